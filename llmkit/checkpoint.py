@@ -59,6 +59,8 @@ def load_config(directory: str | Path) -> ModelConfig:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of config fields, found {type(data).__name__}")
     if data.get("model_type", "llmkit") != "llmkit":
         raise CheckpointError(f"{path}: this is a {data['model_type']!r} Hugging Face config, not an llmkit one; "
                               f"import it with `llmkit convert {directory} --out DIR`")

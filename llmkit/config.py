@@ -53,6 +53,10 @@ class ModelConfig:
     init_std: float = 0.02  # GPT-2 / nanoGPT
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "max_seq_len"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, not {value}")
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None:
@@ -71,8 +75,6 @@ class ModelConfig:
              f"top_k {self.top_k} must be between 1 and n_experts {self.n_experts}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), not {self.dropout}"),
         ]
-        for name in ("vocab_size", "n_layers", "d_model", "n_heads", "d_ff", "max_seq_len"):
-            checks.append((getattr(self, name) > 0, f"{name} must be positive, not {getattr(self, name)}"))
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)

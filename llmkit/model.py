@@ -217,9 +217,10 @@ class Transformer(nn.Module):
     def _build_rope_tables(self) -> None:
         # Tables are built in float64 and stored in float32 whatever the model's dtype: bf16 angles
         # lose whole radians at positions in the thousands.
-        if self.config.pos_embedding != "rope":
-            return
         device = self.rope_cos.device if self.rope_cos.device.type != "meta" else torch.device("cpu")
+        if self.config.pos_embedding != "rope":
+            self.rope_cos = self.rope_sin = torch.empty(0, device=device)
+            return
         inv_freq = rope_inverse_frequencies(self.config)
         angles = torch.outer(torch.arange(self.config.max_seq_len, dtype=torch.float64, device="cpu"), inv_freq)
         angles = torch.cat((angles, angles), dim=-1)

@@ -148,6 +148,8 @@ class Tokenizer:
                 config = json.loads(config_file.read_text())
             except json.JSONDecodeError as e:
                 raise TokenizerError(f"{config_file}: line {e.lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(config, dict):
+                raise TokenizerError(f"{config_file}: expected a JSON object, found {type(config).__name__}")
         template = config.get("chat_template")
         if isinstance(template, list):  # HF allows named templates: [{"name": "default", "template": ...}]
             template = next((t["template"] for t in template if t.get("name") == "default"), None)

@@ -1,11 +1,19 @@
 """A key/value cache pre-allocated per layer.
 
-Shapes are fixed at creation (batch x n_kv_heads x max_len x head_dim: it stores the key/value heads,
-not the query heads, so grouped-query models cache n_heads / n_kv_heads times less), and a forward
-writes its keys and values at their absolute positions. The model talks to it through two calls:
+Shapes are fixed at creation (rows x n_kv_heads x capacity x head_dim: it stores the key/value heads,
+not the query heads, so grouped-query models cache n_heads / n_kv_heads times less). Each row holds one
+sequence; a forward writes its keys and values at their absolute positions, so rows can sit at
+different positions (batched prompts of different lengths, continuous batching) and rolling back a
+rejected speculative draft costs nothing: stale entries past a row's position are masked out and
+overwritten later (the static-cache design of gpt-fast).
 
-    mask = cache.prepare(positions)   # once per forward: (batch, 1, seq, keys) boolean attention mask
-    k, v = cache.update(layer, k, v)  # per layer: store the new keys/values, return all valid ones
+The model talks to it through two calls per forward:
+
+    mask = cache.prepare(positions)   # once: (rows, 1, seq, keys) boolean attention mask
+    k, v = cache.update(layer, k, v)  # per layer: store the new keys/values, return all visible ones
+
+and the engine says beforehand which rows the forward runs on and how many key positions it needs
+(`cache.bind(start, stop, kv_len)`), so neither call has to read a tensor back to the host.
 """
 
 from __future__ import annotations
@@ -16,37 +24,84 @@ from llmkit.config import ModelConfig
 from llmkit.errors import GenerationError
 
 
+def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token occupies across all layers."""
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * element
+
+
 class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         if max_len > config.max_seq_len:
             raise GenerationError(f"cache length {max_len} exceeds the model's context of {config.max_seq_len} tokens")
+        self.config, self.device, self.dtype = config, torch.device(device), dtype
         shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.batch_size, self.max_len = batch_size, max_len
+        self.key_positions = torch.arange(max_len, device=device)
+        self._rows: tuple[int, int] = (0, batch_size)
+        self._kv_len: int | None = None
         self._positions: torch.Tensor | None = None
-        self._length = 0
+        self._attend_len: int | None = None
+        self._row_index: torch.Tensor | None = None
 
-    def prepare(self, positions: torch.Tensor) -> torch.Tensor:
-        """positions: (batch or 1, seq) absolute positions of the tokens about to be run."""
-        positions = positions.expand(self.batch_size, -1)
-        self._length = int(positions.max()) + 1
-        if self._length > self.max_len:
-            raise GenerationError(f"position {self._length - 1} is past the cache's {self.max_len} slots; "
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    # -- the engine's side
+    def bind(self, start: int, stop: int, kv_len: int | None = None) -> None:
+        """The next forward runs on rows [start, stop) and attends to key positions [0, kv_len).
+
+        kv_len None means the whole capacity (static shapes for a compiled step); the engine knows
+        each row's length on the host, so it never needs to read positions back from the device."""
+        if not 0 <= start < stop <= self.batch_size:
+            raise GenerationError(f"rows [{start}, {stop}) are outside the cache's {self.batch_size} rows")
+        if kv_len is not None and kv_len > self.max_len:
+            raise GenerationError(f"position {kv_len - 1} is past the cache's {self.max_len} slots; "
                                   "shorten the prompt or lower max_new_tokens")
-        self._positions = positions
-        key_positions = torch.arange(self._length, device=positions.device)
-        # A query at position p sees every key at position <= p (causal), including earlier forwards'.
-        return (key_positions[None, None, None, :] <= positions[:, None, :, None])
+        self._rows, self._kv_len = (start, stop), kv_len
+
+    # -- the model's side
+    def prepare(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions: (rows or 1, seq) absolute positions of the tokens about to be run."""
+        start, stop = self._rows
+        positions = positions.expand(stop - start, -1)
+        kv_len = self._kv_len
+        if kv_len is None and not torch.compiler.is_compiling():
+            kv_len = int(positions.max()) + 1  # unbound use (tests, scoring): one host read is fine
+            if kv_len > self.max_len:
+                raise GenerationError(f"position {kv_len - 1} is past the cache's {self.max_len} slots; "
+                                      "shorten the prompt or lower max_new_tokens")
+        self._positions, self._attend_len = positions, kv_len
+        self._row_index = torch.arange(stop - start, device=positions.device)[:, None]
+        key_positions = self.key_positions if kv_len is None else self.key_positions[:kv_len]
+        # A query at position p sees every key at position <= p (causal), including earlier forwards';
+        # keys past p in a row are stale (another sequence's, or a rejected draft's) and stay hidden.
+        return key_positions[None, None, None, :] <= positions[:, None, :, None]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = self._positions
-        if bool((positions == positions[:1]).all()):  # the common case: every row at the same positions
-            self.keys[layer].index_copy_(2, positions[0], k)
-            self.values[layer].index_copy_(2, positions[0], v)
-        else:
-            rows = torch.arange(self.batch_size, device=k.device)[:, None]
-            self.keys[layer][rows, :, positions] = k.transpose(1, 2)
-            self.values[layer][rows, :, positions] = v.transpose(1, 2)
-        return self.keys[layer][:, :, : self._length], self.values[layer][:, :, : self._length]
+        """k, v: (rows, n_kv_heads, seq, head_dim), written at each row's own positions."""
+        start, stop = self._rows
+        keys, values = self.keys[layer][start:stop], self.values[layer][start:stop]
+        # One index_put covers every case (rows at equal or different positions) without a host sync.
+        keys[self._row_index, :, self._positions] = k.transpose(1, 2)
+        values[self._row_index, :, self._positions] = v.transpose(1, 2)
+        if self._attend_len is None:
+            return keys, values
+        return keys[:, :, : self._attend_len], values[:, :, : self._attend_len]
+
+    # -- moving rows (continuous batching keeps running sequences in rows [0, n))
+    def copy_row(self, src: int, dst: int, length: int) -> None:
+        for tensors in (self.keys, self.values):
+            for t in tensors:
+                t[dst, :, :length] = t[src, :, :length]
+
+    def resized(self, batch_size: int, max_len: int, keep_rows: int, keep_len: int) -> "KVCache":
+        """A larger cache holding the first keep_rows rows' first keep_len positions of this one."""
+        new = KVCache(self.config, batch_size, max_len, self.device, self.dtype)
+        for old_t, new_t in zip(self.keys + self.values, new.keys + new.values):
+            new_t[:keep_rows, :, :keep_len] = old_t[:keep_rows, :, :keep_len]
+        return new

@@ -1,0 +1,243 @@
+"""The byte-level BPE tokenizer: lossless round trip on any string, one token per digit, special tokens,
+the chat template, save/load, and clear TokenizerErrors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llmkit.errors import TokenizerError
+from llmkit.tokenizer import (BOS, END, EOS, PAD, ROLE_TOKENS, SPECIAL_TOKENS, Tokenizer,
+                              read_text_files)
+
+REPO = Path(__file__).parents[1]
+# The shared data directory sits beside the checkout (or inside it on machines that copy it there).
+TRAIN_DIRS = [REPO / ".." / "shared" / "data" / "shakespeare" / "train", REPO / "shared" / "data" / "shakespeare" / "train"]
+
+FALLBACK_TEXT = """To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer
+the slings and arrows of outrageous fortune, or to take arms against a sea of troubles, and by opposing
+end them. To die, to sleep; no more; and by a sleep to say we end the heart-ache and the thousand
+natural shocks that flesh is heir to. 'Tis a consummation devoutly to be wish'd. In the year 1600 the
+play was entered; 23 copies, 45 pages, 678 lines of the text were there.
+"""
+
+
+NUMBERS = "327 1984 0000 3.14159 x = 42, 327 apples in 1984; 42 is 42. "
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    """vocab 1024 trained on two Shakespeare plays; a built-in passage where the data is absent, so the
+    tests run (not skip) everywhere."""
+    files = next((sorted(d.glob("*.txt"))[:2] for d in TRAIN_DIRS if len(list(d.glob("*.txt"))) >= 2), None)
+    texts = list(read_text_files(files)) if files else [FALLBACK_TEXT * 50]
+    # Frequent multi-digit numbers: a BPE allowed to merge digits would learn "327", "19", "84"...,
+    # so the one-digit-per-token tests below really test the pre-tokenizer.
+    texts.append(NUMBERS * 200)
+    return Tokenizer.train(texts, vocab_size=1024)
+
+
+def test_trained_vocab_size_and_special_ids(tok):
+    assert 300 < tok.vocab_size <= 1024  # 1024 on the real corpus; the fallback passage has fewer merges
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == tuple(tok.backend.token_to_id(t) for t in (BOS, EOS, PAD))
+    assert len({tok.backend.token_to_id(t) for t in SPECIAL_TOKENS}) == len(SPECIAL_TOKENS)
+    assert tok.stop_token_ids == sorted({tok.eos_id, tok.backend.token_to_id(END)})
+
+
+def test_bpe_learned_merges(tok):
+    """Common English words become single tokens (the BPE actually trained, not just bytes)."""
+    ids = tok.encode(" the")
+    assert len(ids) == 1
+    text = "To be, or not to be, that is the question."
+    assert len(tok.encode(text)) < len(text.encode()) / 2
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text())
+def test_decode_encode_roundtrip_any_text(tok, s):
+    assert tok.decode(tok.encode(s)) == s
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(["a", " ", "\n", "\r\n", "\t", "1", "22", "é", "🦜", "'s", "<|", "|>", "<|end|>",
+                                 "ll", " the", "\u200d", "\x00"]), max_size=30).map("".join))
+def test_roundtrip_on_tricky_fragments(tok, s):
+    """Whitespace runs, contractions, digits, partial and whole special-token markers, joiners."""
+    assert tok.decode(tok.encode(s)) == s
+    assert tok.decode(tok.encode(s, add_bos=True), skip_special_tokens=False) == BOS + s
+
+
+def test_encode_batch_matches_encode(tok):
+    texts = ["hello world", "", "327 + 45 = 372", "🦜 parrots"]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert tok.encode_batch(texts, add_bos=True) == [[tok.bos_id, *tok.encode(t)] for t in texts]
+
+
+@pytest.mark.parametrize("number", ["327", "1984", "0000", "3.14159", "x = 42"])
+def test_every_digit_is_its_own_token(tok, number):
+    pieces = [p for _, p in tok.pieces(number)]
+    digits = [p for p in pieces if any(c.isdigit() for c in p)]
+    assert digits == [c for c in number if c.isdigit()]
+
+
+def test_digits_327(tok):
+    assert [p for _, p in tok.pieces("327")] == ["3", "2", "7"]
+    assert [i for i, _ in tok.pieces("327")] == tok.encode("327")
+
+
+def test_pieces_show_partial_utf8_as_bytes(tok):
+    pieces = tok.pieces("🦜")  # 4 UTF-8 bytes, surely not merged in Shakespeare
+    labels = [p for _, p in pieces]
+    assert all(label.startswith("<0x") and label.endswith(">") for label in labels)
+    raw = bytes(int(b, 16) for label in labels for b in label[1:-1].split())
+    assert raw == "🦜".encode()
+
+
+@pytest.mark.parametrize("special", SPECIAL_TOKENS)
+def test_special_tokens_are_single_ids(tok, special):
+    sid = tok.backend.token_to_id(special)
+    assert tok.encode(special) == [sid]
+    ids = tok.encode(f"Hello{special}world")
+    assert ids.count(sid) == 1
+    assert tok.decode(ids) == f"Hello{special}world"
+    assert special not in tok.decode(ids, skip_special_tokens=True)
+
+
+def test_add_bos(tok):
+    assert tok.encode("hi", add_bos=True) == [tok.bos_id, *tok.encode("hi")]
+
+
+def test_chat_template_renders_and_encodes(tok):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who is 327?"},
+                {"role": "assistant", "content": "A number."}, {"role": "user", "content": "Thanks"}]
+    text = tok.apply_chat_template(messages)
+    assert text == ("<|bos|><|system|>Be brief.<|end|><|user|>Who is 327?<|end|>"
+                    "<|assistant|>A number.<|end|><|user|>Thanks<|end|><|assistant|>")
+    assert tok.apply_chat_template(messages, add_generation_prompt=False) == text[: -len("<|assistant|>")]
+    ids = tok.encode(text)
+    sid = tok.backend.token_to_id
+    assert ids[0] == tok.bos_id and ids[1] == sid(ROLE_TOKENS["system"])
+    assert ids[-1] == sid(ROLE_TOKENS["assistant"])
+    assert ids.count(sid(END)) == 4
+    assert ids.count(sid(ROLE_TOKENS["user"])) == 2
+    assert tok.decode(ids) == text
+
+
+def test_chat_template_errors(tok):
+    with pytest.raises(TokenizerError, match="unknown role tool"):
+        tok.apply_chat_template([{"role": "tool", "content": "x"}])
+    with pytest.raises(TokenizerError, match="message 1"):
+        tok.apply_chat_template([{"role": "user", "content": "x"}, {"role": "user"}])
+    bare = Tokenizer(tok.backend)
+    with pytest.raises(TokenizerError, match="no chat template"):
+        bare.apply_chat_template([{"role": "user", "content": "x"}])
+    broken = Tokenizer(tok.backend, chat_template="{% for m in messages %}")
+    with pytest.raises(TokenizerError, match="could not be rendered"):
+        broken.apply_chat_template([{"role": "user", "content": "x"}])
+
+
+def test_save_load_roundtrip(tok, tmp_path):
+    tok.save(tmp_path / "tk")
+    assert (tmp_path / "tk" / "tokenizer.json").is_file()
+    assert (tmp_path / "tk" / "tokenizer_config.json").is_file()
+    loaded = Tokenizer.load(tmp_path / "tk")
+    texts = ["To be, or not to be: 1599.", "  multiple   spaces\n\n", "émoji 🦜 and <|end|> inside", ""]
+    for text in texts:
+        assert loaded.encode(text) == tok.encode(text)
+        assert loaded.encode(text, add_bos=True) == tok.encode(text, add_bos=True)
+    assert loaded.vocab_size == tok.vocab_size
+    assert (loaded.bos_id, loaded.eos_id, loaded.pad_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
+    assert loaded.stop_token_ids == tok.stop_token_ids
+    assert loaded.chat_template == tok.chat_template
+    msgs = [{"role": "user", "content": "hi"}]
+    assert loaded.apply_chat_template(msgs) == tok.apply_chat_template(msgs)
+    # Loading the file path directly works too.
+    assert Tokenizer.load(tmp_path / "tk" / "tokenizer.json").encode("abc 12") == tok.encode("abc 12")
+
+
+def test_vocab_size_too_small_raises():
+    with pytest.raises(TokenizerError, match="too small"):
+        Tokenizer.train(["some text"], vocab_size=256 + len(SPECIAL_TOKENS) - 1)
+
+
+def test_missing_tokenizer_json_names_the_path(tmp_path):
+    with pytest.raises(TokenizerError) as e:
+        Tokenizer.load(tmp_path)
+    assert str(tmp_path / "tokenizer.json") in str(e.value)
+    missing = tmp_path / "nope" / "tokenizer.json"
+    with pytest.raises(TokenizerError) as e:
+        Tokenizer.load(missing)
+    assert str(missing) in str(e.value)
+
+
+@pytest.mark.parametrize("content", ["", "not json {", "{}", '{"model": {"type": "Nonsense"}}'],
+                         ids=["empty", "garbage", "empty-object", "bad-model"])
+def test_corrupt_tokenizer_json_names_the_path(tmp_path, content):
+    (tmp_path / "tokenizer.json").write_text(content)
+    with pytest.raises(TokenizerError) as e:
+        Tokenizer.load(tmp_path)
+    assert str(tmp_path / "tokenizer.json") in str(e.value)
+
+
+def test_truncated_tokenizer_json_names_the_path(tok, tmp_path):
+    tok.save(tmp_path)
+    data = (tmp_path / "tokenizer.json").read_text()
+    (tmp_path / "tokenizer.json").write_text(data[: len(data) // 2])
+    with pytest.raises(TokenizerError) as e:
+        Tokenizer.load(tmp_path)
+    assert str(tmp_path / "tokenizer.json") in str(e.value)
+
+
+def test_corrupt_tokenizer_config_names_the_path(tok, tmp_path):
+    tok.save(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text('{"bos_token": ')
+    with pytest.raises(TokenizerError) as e:
+        Tokenizer.load(tmp_path)
+    assert str(tmp_path / "tokenizer_config.json") in str(e.value)
+
+
+def test_special_token_missing_from_vocab_raises(tok):
+    with pytest.raises(TokenizerError, match="not in the vocabulary"):
+        Tokenizer(tok.backend, bos_token="<|no-such-token|>")
+
+
+def test_read_text_files_errors(tmp_path):
+    with pytest.raises(TokenizerError, match="no such file"):
+        list(read_text_files([tmp_path / "missing.txt"]))
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(TokenizerError) as e:
+        list(read_text_files([bad]))
+    assert str(bad) in str(e.value) and "UTF-8" in str(e.value)
+
+
+def test_read_text_files_chunks_at_line_ends(tmp_path):
+    f = tmp_path / "a.txt"
+    lines = [f"line {i}\n" for i in range(100)]
+    f.write_text("".join(lines))
+    chunks = list(read_text_files([f], chunk_chars=50))
+    assert "".join(chunks) == "".join(lines)
+    assert len(chunks) > 1 and all(c.endswith("\n") for c in chunks)
+
+
+def test_hugging_face_style_config_is_read(tok, tmp_path):
+    """HF tokenizer_config.json: AddedToken dicts for special tokens and a list of named templates."""
+    tok.save(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["bos_token"] = {"content": BOS, "lstrip": False}
+    config["chat_template"] = [{"name": "default", "template": "{{ bos_token }}X"}]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    loaded = Tokenizer.load(tmp_path)
+    assert loaded.bos_id == tok.bos_id
+    assert loaded.apply_chat_template([]) == BOS + "X"
+
+
+def test_tokenizer_config_that_is_not_an_object(tok, tmp_path):
+    tok.save(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text("[1]")
+    with pytest.raises(TokenizerError, match="tokenizer_config.json"):
+        Tokenizer.load(tmp_path)
