@@ -3,8 +3,9 @@
 __version__ = "0.1.0"
 
 
-def load(name_or_path, device=None, dtype=None):
-    """Load a checkpoint directory or a named model ("smollm2"); see llmkit.api.LLM."""
+def load(name_or_path, device=None, dtype=None, **options):
+    """Load a checkpoint directory or a named model ("smollm2"); see llmkit.api.LLM. Options go to the
+    inference engine (compile=True, speculative="prompt-lookup", ...; see llmkit.api.load)."""
     from llmkit.api import load as _load  # imported lazily so `import llmkit` stays cheap
 
-    return _load(name_or_path, device=device, dtype=dtype)
+    return _load(name_or_path, device=device, dtype=dtype, **options)

@@ -4,6 +4,10 @@
     llm.generate("Once upon a time", max_new_tokens=50, temperature=0.8, seed=0)
     llm.chat([{"role": "user", "content": "Hi!"}])
     llm.score("The mouse ate the cheese").total_logprob
+
+Everything that generates goes through the one `llmkit.infer.Engine` (`llm.engine`); `load` passes
+engine options through: `compile=True`, `speculative="prompt-lookup" | "layers:N" | DRAFT_DIR`,
+`max_batch_size`, `kv_cache_mib`, `prefix_cache_mib`.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from llmkit.checkpoint import load_generation_config, load_model, load_tokenizer
+from llmkit.checkpoint import load_generation_config, load_model, load_quantization, load_tokenizer
 from llmkit.convert import resolve_model
 from llmkit.errors import GenerationError, LLMKitError
-from llmkit.infer import Engine, SamplingParams
+from llmkit.infer import Engine, SamplingParams, TokenLogprob
+from llmkit.infer.speculative import layer_skip_draft
 from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer
 
@@ -30,12 +35,14 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_inference_dtype(device: torch.device) -> torch.dtype:
+def default_inference_dtype(device: torch.device, quantized: bool = False) -> torch.dtype:
     # bf16 on GPUs that have it. On CPU we keep fp32: rounding the weights of a small model to bf16
-    # moves logits by ~0.5 and changes its greedy answers (measured on SmolLM2-135M).
+    # moves logits by ~0.5 and changes its greedy answers (measured on SmolLM2-135M). A weight-only
+    # quantized model runs with bf16 activations on CPU too: PyTorch's int8/int4 CPU kernels are ~10x
+    # faster with bf16 than with fp32 activations (llmkit/infer/quantize.py).
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
-    return torch.float32
+    return torch.bfloat16 if quantized else torch.float32
 
 
 def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
@@ -69,14 +76,25 @@ class Score:
         return math.exp(-self.total_logprob / max(len(self.tokens), 1))
 
 
+@dataclass
+class StepProbs:
+    """One generated token with the model's probabilities at that step (`llmkit generate --show-probs`)."""
+
+    text: str
+    prob: float
+    alternatives: list[tuple[str, float]]  # the most likely tokens' text and probability, best first
+
+
 class LLM:
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, generation_config: dict | None = None):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, generation_config: dict | None = None,
+                 **engine_options):
         self.model = model
         self.tokenizer = tokenizer
         self.generation_config = generation_config or {}
         eos = self.generation_config.get("eos_token_id", tokenizer.stop_token_ids)
         stops = sorted(set(eos if isinstance(eos, list) else [eos]) | set(tokenizer.stop_token_ids))
-        self.engine = Engine(model, stop_token_ids=[s for s in stops if s is not None])
+        self.engine = Engine(model, stop_token_ids=[s for s in stops if s is not None], tokenizer=tokenizer,
+                             **engine_options)
 
     @property
     def device(self) -> torch.device:
@@ -116,6 +134,29 @@ class LLM:
     def generate(self, prompt: str, add_bos: bool = True, **sampling) -> str:
         return "".join(self.stream(prompt, add_bos=add_bos, **sampling))
 
+    def stream_probs(self, prompt: str, top: int = 5, add_bos: bool = True, **sampling) -> Iterator[StepProbs]:
+        """Yield each generated token with the model's next-token distribution at that step (its
+        probabilities at temperature 1, before sampling filters): "queso 85%, pan 10%, semillas 5%"."""
+        params = self.sampling_params(**sampling, logprobs=top)
+        ids = self.tokenizer.encode(prompt, add_bos=add_bos)
+        request = self.engine.submit(ids, params)
+        shown = 0
+        try:
+            while not request.done:
+                self.engine.step()
+                for info in request.logprobs[shown:]:
+                    yield self._step_probs(info)
+                shown = len(request.logprobs)
+        finally:
+            self.engine.cancel(request)
+
+    def _step_probs(self, info: TokenLogprob) -> StepProbs:
+        def text(token_id: int) -> str:
+            return self.tokenizer.decode([token_id])
+
+        return StepProbs(text(info.token_id), math.exp(info.logprob),
+                         [(text(t), math.exp(lp)) for t, lp in info.top])
+
     def chat_stream(self, messages: list[dict], **sampling) -> Iterator[str]:
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         ids = self.tokenizer.encode(prompt)  # the template writes any BOS itself
@@ -144,10 +185,33 @@ class LLM:
 
 
 def load(name_or_path: str | Path, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None) -> LLM:
-    """Load a checkpoint directory or a named model ("smollm2") for generation, chat and scoring."""
+         dtype: str | torch.dtype | None = None, *, speculative: str | None = None, **engine_options) -> LLM:
+    """Load a checkpoint directory or a named model ("smollm2") for generation, chat and scoring.
+
+    speculative: "prompt-lookup", "layers:N" (the model's own first N layers draft: LayerSkip-style
+    self-speculation), or a draft checkpoint directory / named model on the same tokenizer.
+    engine_options go to `llmkit.infer.Engine` (compile, max_batch_size, kv_cache_mib, ...)."""
     directory = resolve_model(name_or_path)
     device = torch.device(device) if device is not None else default_device()
-    dtype = parse_dtype(dtype) or default_inference_dtype(device)
+    dtype = parse_dtype(dtype) or default_inference_dtype(device, quantized=bool(load_quantization(directory)))
     model = load_model(directory, device=device, dtype=dtype)
-    return LLM(model, load_tokenizer(directory), load_generation_config(directory))
+    if speculative is not None:
+        engine_options["speculative"] = resolve_draft(speculative, model, device, dtype)
+    return LLM(model, load_tokenizer(directory), load_generation_config(directory), **engine_options)
+
+
+def resolve_draft(spec: str, model: Transformer, device: torch.device, dtype: torch.dtype):
+    """The engine's `speculative` argument from a user's string (see `load`)."""
+    if spec == "prompt-lookup":
+        return spec
+    if spec.startswith("layers:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise GenerationError(f"speculative {spec!r}: write layers:N with N a number of layers") from None
+        return layer_skip_draft(model, n)
+    try:
+        directory = resolve_model(spec)
+    except LLMKitError as e:
+        raise GenerationError(f"speculative {spec!r} is not 'prompt-lookup', 'layers:N' or a draft model ({e})") from None
+    return load_model(directory, device=device, dtype=dtype)

@@ -7,6 +7,10 @@
 
 Weights are never pickled. Every file is written atomically (temp file + rename). Loading checks each
 file and each tensor against the config and says which one is wrong and what to do.
+
+A weight-only quantized model (`llmkit quantize`) is the same directory: config.json also carries
+`"quantization": {"bits": 8 | 4, ...}` and the quantized Linears store `qweight`/`scales`(/`zeros`)
+in place of `weight`; `load_model` rebuilds those Linears (llmkit/infer/quantize.py).
 """
 
 from __future__ import annotations
@@ -20,24 +24,33 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors_bytes
 
 from llmkit.atomic import atomic_write_bytes, atomic_write_text
-from llmkit.config import ModelConfig
+from llmkit.config import _METADATA_KEYS, ModelConfig
 from llmkit.errors import CheckpointError, ConfigError
+from llmkit.infer.quantize import quantized_skeleton
 from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer
 
+QUANTIZATION = "quantization"  # config.json key of a quantized checkpoint (llmkit.infer.quantize)
 CONFIG, WEIGHTS, TOKENIZER, GENERATION = "config.json", "model.safetensors", "tokenizer.json", "generation_config.json"
 
 
 def save_checkpoint(directory: str | Path, model: Transformer, tokenizer: Tokenizer | None = None,
-                    generation_config: dict | None = None, metadata: dict | None = None) -> Path:
+                    generation_config: dict | None = None, metadata: dict | None = None,
+                    state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the checkpoint of `model` (or of `state`, a full state dict of a model of the same
+    config, e.g. gathered from FSDP shards)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = state if state is not None else model.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)  # the same storage as tok_emb.weight; safetensors refuses aliases
     meta = {"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}}
     atomic_write_bytes(directory / WEIGHTS, save_safetensors_bytes(state, metadata=meta))
-    atomic_write_text(directory / CONFIG, model.config.to_json())
+    config_text = model.config.to_json()
+    if getattr(model, "quantization", None):  # a quantized model: the same format, its scheme recorded
+        config_text = json.dumps({**json.loads(config_text), QUANTIZATION: model.quantization}, indent=2) + "\n"
+    atomic_write_text(directory / CONFIG, config_text)
     if tokenizer is not None:
         tokenizer.save(directory)
         if generation_config is None:
@@ -65,7 +78,8 @@ def load_config(directory: str | Path) -> ModelConfig:
         raise CheckpointError(f"{path}: this is a {data['model_type']!r} Hugging Face config, not an llmkit one; "
                               f"import it with `llmkit convert {directory} --out DIR`")
     try:
-        return ModelConfig.from_json(path)
+        fields = {k: v for k, v in data.items() if k not in _METADATA_KEYS and k != QUANTIZATION}
+        return ModelConfig.from_dict(fields, source=str(path))
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
 
@@ -85,12 +99,15 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
     """Build the Transformer of `directory` and load its weights, checking every tensor's name and shape."""
     directory = Path(directory)
     config = load_config(directory)
+    quantization = load_quantization(directory)
     state = load_state_dict(directory / WEIGHTS)
     with torch.device("meta"):
         model = Transformer(config)
+        if quantization:
+            quantized_skeleton(model, quantization)  # quantized Linears in place of nn.Linear
     expected = model.state_dict()
     if config.tie_embeddings:
-        expected.pop("lm_head.weight")
+        expected.pop("lm_head.weight", None)  # a quantized head is not tied: it has its own tensors
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -107,12 +124,24 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
                                   f"{directory / CONFIG} implies {tuple(expected[name].shape)}; the config and "
                                   "the weights come from different models")
     model.load_state_dict(state, strict=False, assign=True)
-    if config.tie_embeddings:
+    if config.tie_embeddings and not quantization:
         model.lm_head.weight = model.tok_emb.weight  # assign=True replaced the tied Parameter
     model._build_rope_tables()  # non-persistent buffers were created on the meta device
     if dtype is not None:
         model.to(dtype)
     return model.to(device).eval()
+
+
+def load_quantization(directory: str | Path) -> dict | None:
+    """The `quantization` record of a checkpoint's config.json (None for a floating-point one)."""
+    path = Path(directory) / CONFIG
+    try:
+        record = json.loads(path.read_text()).get(QUANTIZATION)
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    if record is not None and not isinstance(record, dict):
+        raise CheckpointError(f"{path}: 'quantization' must be an object like {{\"bits\": 8}}, not {record!r}")
+    return record
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:

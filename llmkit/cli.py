@@ -1,6 +1,7 @@
 """`llmkit <verb>`: one verb per stage, no logic of its own.
 
-A user error (LLMKitError) prints one line, `error: ...`, and exits with status 2.
+Each verb is an argument parser plus a `cmd_*` function that calls into the package. A user error
+(LLMKitError) prints one line, `error: ...`, and exits with status 2.
 """
 
 from __future__ import annotations
@@ -30,12 +31,164 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inference engine")
+    g.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow first call)")
+    g.add_argument("--speculative", default=None, metavar="DRAFT",
+                   help="speculative decoding: prompt-lookup | layers:N (the model's first N layers) | draft model")
+    g.add_argument("--draft-tokens", type=int, default=4, help="tokens drafted per speculative step")
+
+
+def engine_from(args) -> dict:
+    return dict(compile=args.compile, speculative=args.speculative, draft_tokens=args.draft_tokens)
+
+
 def sampling_from(args) -> dict:
     return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                 top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                 seed=args.seed, stop_strings=args.stop)
 
 
+# --- verbs -----------------------------------------------------------------------------------------------
+def cmd_convert(args) -> None:
+    from llmkit.api import parse_dtype
+    from llmkit.convert import convert
+
+    out = convert(args.src, args.out, to=args.to, dtype=parse_dtype(args.dtype))
+    print(f"wrote {out}")
+
+
+def cmd_tokenizer_train(args) -> None:
+    from llmkit.tokenizer import Tokenizer, read_text_files
+
+    files = expand_text_inputs(args.input)
+    tokenizer = Tokenizer.train(read_text_files(files), args.vocab_size, args.min_frequency)
+    tokenizer.save(args.out)
+    print(f"trained a {tokenizer.vocab_size}-token BPE on {len(files)} file(s); wrote {Path(args.out) / 'tokenizer.json'}")
+
+
+def cmd_tokenize(args) -> None:
+    from llmkit.tokenizer import Tokenizer
+
+    pieces = Tokenizer.load(args.tokenizer).pieces(args.text)
+    for token_id, piece in pieces:
+        print(f"{token_id:>8}  {piece!r}")
+    print(f"{len(pieces)} tokens")
+
+
+def cmd_generate(args) -> None:
+    import llmkit
+
+    llm = llmkit.load(args.model, device=args.device, dtype=args.dtype, **engine_from(args))
+    if args.show_probs:
+        print(args.prompt)
+        for step in llm.stream_probs(args.prompt, top=args.show_probs, add_bos=not args.no_bos, **sampling_from(args)):
+            others = ", ".join(f"{text!r} {prob:.0%}" for text, prob in step.alternatives)
+            print(f"{step.text!r:>16} {step.prob:6.1%}   | {others}")
+        return
+    print(args.prompt, end="", flush=True)
+    for piece in llm.stream(args.prompt, add_bos=not args.no_bos, **sampling_from(args)):
+        print(piece, end="", flush=True)
+    print()
+
+
+def cmd_chat(args) -> None:
+    import llmkit
+    from llmkit.serve.terminal_chat import run_chat
+
+    llm = llmkit.load(args.model, device=args.device, dtype=args.dtype, **engine_from(args))
+    run_chat(llm, system=args.system, sampling=sampling_from(args))
+
+
+def cmd_quantize(args) -> None:
+    from llmkit.infer.quantize import quantize_checkpoint
+
+    info = quantize_checkpoint(args.model, args.out, args.bits, args.group_size, args.lm_head_bits)
+    print(f"int{info['bits']} weights (head int{info['lm_head_bits']}): {info['bytes_before'] / 2**20:.0f} MiB -> "
+          f"{info['bytes_after'] / 2**20:.0f} MiB; wrote {info['out']} "
+          f"(measure the cost: llmkit eval --model {info['out']} --text FILES)")
+
+
+def cmd_score(args) -> None:
+    import llmkit
+
+    llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
+    for text in args.texts:
+        result = llm.score(text)
+        print(f"{result.total_logprob:10.3f}  log p({text!r})   perplexity {result.perplexity:.2f}")
+        for token in result.tokens:
+            print(f"            {token.prob:8.2%}  {token.text!r}")
+
+
+def cmd_data_shakespeare(args) -> None:
+    from llmkit.data.corpus import fetch_shakespeare
+
+    out = fetch_shakespeare(args.out)
+    print(f"wrote {len(list((out / 'train').glob('*.txt')))} training and "
+          f"{len(list((out / 'val').glob('*.txt')))} validation texts to {out}")
+
+
+def cmd_data_download(args) -> None:
+    from llmkit.data.corpus import download_corpus
+
+    print(f"wrote {download_corpus(args.name, args.out)}")
+
+
+def cmd_data_prepare(args) -> None:
+    from llmkit.data.prepare import prepare
+
+    stats = prepare(args.input, args.tokenizer, args.out, field_name=args.field, skip_bad=args.skip_bad,
+                    shard_tokens=args.shard_tokens)
+    print(f"{stats.documents} documents, {stats.tokens:,} tokens, {stats.bytes:,} bytes "
+          f"({stats.bytes / max(stats.tokens, 1):.2f} bytes/token) in {len(stats.shards)} shard(s) -> {args.out}"
+          + (f"; skipped {stats.skipped_lines} malformed line(s)" if stats.skipped_lines else ""))
+
+
+def cmd_data_clean(args) -> None:
+    from llmkit.data.clean import load_config, parse_inputs, run_pipeline
+    from llmkit.data.clean.report import format_table
+
+    summary = run_pipeline(load_config(args.config), args.out, inputs=parse_inputs(args.input, args.text_field),
+                           workers=args.workers, engine=args.engine)
+    print(format_table(summary))
+    print(f"wrote {args.out}/train (next: llmkit data prepare --input {args.out}/train ...), "
+          f"{args.out}/anneal and the report {args.out}/report/report.md")
+
+
+def cmd_data_train_quality(args) -> None:
+    from llmkit.data.clean import parse_inputs, train_quality
+
+    info = train_quality(parse_inputs(args.good, args.text_field), parse_inputs(args.bad, args.text_field), args.out,
+                         bits=args.bits, epochs=args.epochs, max_docs=args.max_docs)
+    held = info.get("held_out")
+    shown = (f"; held-out accuracy {held['accuracy']:.3f}, precision {held['precision']:.3f}, "
+             f"recall {held['recall']:.3f} on {held['n']} documents") if held else ""
+    print(f"trained on {info['good_docs']} good and {info['bad_docs']} bad documents{shown}; wrote {args.out}")
+
+
+def cmd_pretrain(args) -> None:
+    from llmkit.train.config import TrainConfig
+    from llmkit.train.pretrain import pretrain
+
+    config = TrainConfig.preset(args.preset, args.overrides)
+    result = pretrain(config, args.out, resume=args.resume)
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
+    print(f"done: {result.steps} steps, {result.tokens:,} tokens, {result.train_time_s:.1f} s of training; "
+          f"{shown}; model in {args.out} (try: llmkit generate --model {args.out} \"ROMEO:\")")
+
+
+def cmd_eval(args) -> None:
+    import llmkit
+    from llmkit.eval.bpb import evaluate_texts
+
+    llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
+    files = [p for item in args.text for p in (sorted(Path(item).glob("*.txt")) if Path(item).is_dir() else [Path(item)])]
+    result = evaluate_texts(llm.model, llm.tokenizer, files, llm.device, seq_len=args.seq_len)
+    print(f"{len(files)} file(s), {result.tokens:,} tokens, {int(result.bytes):,} bytes: "
+          f"bits per byte {result.bpb:.4f}, perplexity {result.perplexity:.2f} (loss {result.loss:.4f} nats/token)")
+
+
+# --- parser ------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmkit", description="A complete LLM system: data, tokenizer, "
                                      "pretraining, alignment, fast inference and serving.")
@@ -47,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--to", choices=["llmkit", "hf"], default="llmkit")
     p.add_argument("--dtype", default=None, help="store weights as float32 | bfloat16 | float16")
+    p.set_defaults(handler=cmd_convert)
 
     p = verbs.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -55,76 +209,96 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=int, required=True)
     t.add_argument("--min-frequency", type=int, default=2)
     t.add_argument("--out", required=True)
+    t.set_defaults(handler=cmd_tokenizer_train)
 
     p = verbs.add_parser("tokenize", help="show each token of a text with its id")
     p.add_argument("--tokenizer", required=True, help="directory with tokenizer.json, or a .gguf file")
     p.add_argument("text")
+    p.set_defaults(handler=cmd_tokenize)
 
     p = verbs.add_parser("generate", help="continue a prompt")
     add_model_args(p)
     add_sampling_args(p, max_new_tokens=128)
+    add_engine_args(p)
     p.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token")
+    p.add_argument("--show-probs", type=int, nargs="?", const=5, default=0, metavar="N",
+                   help="print each token with the model's N most likely next tokens and their probabilities")
     p.add_argument("prompt")
+    p.set_defaults(handler=cmd_generate)
 
     p = verbs.add_parser("chat", help="multi-turn chat in the terminal (streamed)")
     add_model_args(p)
     add_sampling_args(p, max_new_tokens=512)
+    add_engine_args(p)
     p.add_argument("--system", default=None, help="system prompt")
+    p.set_defaults(handler=cmd_chat)
+
+    p = verbs.add_parser("quantize", help="weight-only int8 / int4 quantization of a checkpoint's Linear layers")
+    p.add_argument("--model", required=True, help="floating-point checkpoint directory or a named model (smollm2)")
+    p.add_argument("--bits", type=int, required=True, choices=[8, 4])
+    p.add_argument("--group-size", type=int, default=32, help="int4: input columns sharing a scale (32, 64, ...)")
+    p.add_argument("--lm-head-bits", type=int, default=None, choices=[8, 4],
+                   help="the output head's bits (default: 8; llama.cpp's Q4 files also keep it at 8 bits)")
+    p.add_argument("--out", required=True, help="output checkpoint directory")
+    p.set_defaults(handler=cmd_quantize)
 
     p = verbs.add_parser("score", help="log-probability of sentences, token by token")
     add_model_args(p)
     p.add_argument("texts", nargs="+")
+    p.set_defaults(handler=cmd_score)
+
+    p = verbs.add_parser("data", help="corpora, cleaning and token shards")
+    data = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    d = data.add_parser("shakespeare", help="fetch the built-in corpus (train / val split)")
+    d.add_argument("--out", required=True)
+    d.set_defaults(handler=cmd_data_shakespeare)
+    d = data.add_parser("download", help="download a known corpus (needs internet): tinystories, fineweb-edu-10bt")
+    d.add_argument("name")
+    d.add_argument("--out", required=True)
+    d.set_defaults(handler=cmd_data_download)
+    d = data.add_parser("prepare", help="tokenize documents into token shards")
+    d.add_argument("--input", nargs="+", required=True, help=".txt / .jsonl(.gz) / .parquet files or directories")
+    d.add_argument("--tokenizer", required=True, help="directory with tokenizer.json")
+    d.add_argument("--out", required=True)
+    d.add_argument("--field", default="text", help="JSONL field / Parquet column holding the text")
+    d.add_argument("--skip-bad", action="store_true", help="skip and count malformed JSONL lines instead of stopping")
+    d.add_argument("--shard-tokens", type=int, default=100_000_000)
+    d.set_defaults(handler=cmd_data_prepare)
+    d = data.add_parser("clean", help="clean raw text/HTML/WARC/JSONL/Parquet: filters, PII, dedup, quality, mixing")
+    d.add_argument("--config", default="default", help="pipeline YAML (default: llmkit/presets/clean/default.yaml)")
+    d.add_argument("--input", nargs="+", default=None, help="PATH or NAME=PATH (NAME = source for mixing weights); "
+                   "default: the config's inputs")
+    d.add_argument("--out", required=True, help="output directory: train/, anneal/, report/")
+    d.add_argument("--workers", type=int, default=None, help="processes (default: the config's, 0 = every core)")
+    d.add_argument("--engine", choices=["local", "dask"], default=None, help="default: the config's (local)")
+    d.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
+    d.set_defaults(handler=cmd_data_clean)
+    d = data.add_parser("train-quality", help="train the quality classifier: good reference documents vs web text")
+    d.add_argument("--good", nargs="+", required=True, help="reference documents (files or directories)")
+    d.add_argument("--bad", nargs="+", required=True, help="random web-like documents (files or directories)")
+    d.add_argument("--out", required=True, help="model file (.safetensors)")
+    d.add_argument("--bits", type=int, default=20, help="hash buckets = 2^bits")
+    d.add_argument("--epochs", type=int, default=16)
+    d.add_argument("--max-docs", type=int, default=100_000, help="documents read per side")
+    d.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
+    d.set_defaults(handler=cmd_data_train_quality)
+
+    p = verbs.add_parser("pretrain", help="pretrain a model (next-token prediction)")
+    p.add_argument("--preset", default="shakespeare-cpu", help="a training preset (llmkit/presets/train)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, loss.png, final model")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("overrides", nargs="*", help="field=value or model.field=value")
+    p.set_defaults(handler=cmd_pretrain)
+
+    p = verbs.add_parser("eval", help="bits per byte and perplexity of a model on text files")
+    add_model_args(p)
+    p.add_argument("--text", nargs="+", required=True, help="text files or directories of .txt files")
+    p.add_argument("--seq-len", type=int, default=None, help="window length (default: context, at most 1024)")
+    p.set_defaults(handler=cmd_eval)
     return parser
 
 
-def run(args) -> int:
-    if args.verb == "convert":
-        from llmkit.api import parse_dtype
-        from llmkit.convert import convert
-
-        out = convert(args.src, args.out, to=args.to, dtype=parse_dtype(args.dtype))
-        print(f"wrote {out}")
-    elif args.verb == "tokenizer":
-        from llmkit.tokenizer import Tokenizer, read_text_files
-
-        files = expand_inputs(args.input)
-        tokenizer = Tokenizer.train(read_text_files(files), args.vocab_size, args.min_frequency)
-        tokenizer.save(args.out)
-        print(f"trained a {tokenizer.vocab_size}-token BPE on {len(files)} file(s); wrote {Path(args.out) / 'tokenizer.json'}")
-    elif args.verb == "tokenize":
-        from llmkit.tokenizer import Tokenizer
-
-        pieces = Tokenizer.load(args.tokenizer).pieces(args.text)
-        for token_id, piece in pieces:
-            print(f"{token_id:>8}  {piece!r}")
-        print(f"{len(pieces)} tokens")
-    elif args.verb == "generate":
-        import llmkit
-
-        llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
-        print(args.prompt, end="", flush=True)
-        for piece in llm.stream(args.prompt, add_bos=not args.no_bos, **sampling_from(args)):
-            print(piece, end="", flush=True)
-        print()
-    elif args.verb == "chat":
-        import llmkit
-        from llmkit.serve.terminal_chat import run_chat
-
-        llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
-        run_chat(llm, system=args.system, sampling=sampling_from(args))
-    elif args.verb == "score":
-        import llmkit
-
-        llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
-        for text in args.texts:
-            result = llm.score(text)
-            print(f"{result.total_logprob:10.3f}  log p({text!r})   perplexity {result.perplexity:.2f}")
-            for token in result.tokens:
-                print(f"            {token.prob:8.2%}  {token.text!r}")
-    return 0
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
+def expand_text_inputs(inputs: list[str]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -142,7 +316,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        args.handler(args)
+        return 0
     except LLMKitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -144,7 +144,13 @@ def parse_overrides(pairs: list[str], source: str) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"{source}: override {pair!r} is not of the form field=value")
-        out[key.strip()] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "5e-3" (no dot) as a string; a user means the number
+                value = float(value)
+            except ValueError:
+                pass
+        out[key.strip()] = value
     return out
 
 

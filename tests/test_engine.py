@@ -95,3 +95,67 @@ def test_stop_tokens_and_context_limits():
         engine.generate([600], SamplingParams())
     with pytest.raises(GenerationError, match="top_p"):
         SamplingParams(top_p=0)
+
+
+class CharTokenizer:
+    """Decodes token i as one letter, enough for stop-string tests."""
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(ord("a") + i % 26) for i in ids)
+
+
+def test_logprobs_match_full_forward():
+    model = make_model()
+    prompt = [5, 17, 99, 3]
+    completion = Engine(model).complete(prompt, SamplingParams(max_new_tokens=6, temperature=0, logprobs=3))
+    ids = prompt + completion.token_ids
+    with torch.no_grad():
+        reference = torch.log_softmax(model(torch.tensor([ids]))[0].float(), dim=-1)
+    for i, step in enumerate(completion.logprobs):
+        row = reference[len(prompt) - 1 + i]
+        assert step.token_id == completion.token_ids[i]
+        assert abs(step.logprob - float(row[step.token_id])) < 1e-4
+        assert [t for t, _ in step.top] == row.topk(3).indices.tolist()  # greedy: the chosen one is the best
+        assert step.top[0][0] == step.token_id
+
+
+def test_stop_strings_end_generation():
+    model = make_model()
+    params = SamplingParams(max_new_tokens=20, temperature=0)
+    free = Engine(model).generate([1, 2, 3], params)
+    text = CharTokenizer().decode(free)
+    stop = text[5:7]  # two letters that first appear at tokens 5-6 (or earlier)
+    engine = Engine(model, tokenizer=CharTokenizer())
+    stopped = engine.complete([1, 2, 3], SamplingParams(max_new_tokens=20, temperature=0, stop_strings=[stop]))
+    assert stopped.finish_reason == "stop"
+    assert stopped.token_ids == free[: text.index(stop) + 2]
+    with pytest.raises(GenerationError, match="tokenizer"):
+        Engine(model).generate([1, 2], SamplingParams(stop_strings=["x"]))
+
+
+def test_finish_reasons_and_max_new_tokens():
+    model = make_model()
+    engine = Engine(model)
+    done = engine.complete([1, 2, 3], SamplingParams(max_new_tokens=7, temperature=0))
+    assert done.finish_reason == "length" and len(done.token_ids) == 7
+    assert engine.generate([1, 2, 3], SamplingParams(max_new_tokens=0)) == []
+    with pytest.raises(GenerationError, match="logprobs"):
+        SamplingParams(logprobs=100)
+
+
+def test_abandoned_stream_frees_its_row():
+    model = make_model()
+    engine = Engine(model)
+    stream = engine.stream([1, 2, 3], SamplingParams(max_new_tokens=50, temperature=0))
+    next(stream), next(stream)
+    stream.close()
+    assert not engine.has_work and not engine.scheduler.running
+    assert engine.generate([1, 2, 3], SamplingParams(max_new_tokens=5, temperature=0)) == \
+        naive_greedy(model, [1, 2, 3], 5)
+
+
+def test_compiled_decode_equals_eager():
+    model = make_model()
+    params = SamplingParams(max_new_tokens=24, temperature=0)
+    compiled = Engine(model, compile=True)
+    assert compiled.generate([5, 17, 99, 3], params) == Engine(model).generate([5, 17, 99, 3], params)

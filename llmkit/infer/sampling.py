@@ -1,4 +1,5 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p, repetition penalty."""
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p, repetition penalty;
+log-probabilities of the chosen token and its top alternatives."""
 
 from __future__ import annotations
 
@@ -17,18 +18,24 @@ class SamplingParams:
     top_p: float = 1.0  # nucleus sampling (Holtzman et al. 2020): smallest set with mass >= top_p
     min_p: float = 0.0  # drop tokens below min_p * p(most likely) (Nguyen et al. 2024)
     repetition_penalty: float = 1.0  # CTRL (Keskar et al. 2019): divide positive logits of seen tokens
-    seed: int | None = None
+    seed: int | None = None  # per request: the same seed gives the same text whatever else is batched
     stop_token_ids: list[int] = field(default_factory=list)
     stop_strings: list[str] = field(default_factory=list)
+    # Return log-probabilities: None = off; N >= 0 = the chosen token's and the N most likely tokens'
+    # (under the model's distribution at temperature 1, before any filter, as OpenAI's API reports them).
+    logprobs: int | None = None
 
     def __post_init__(self):
         checks = [
-            (self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, not {self.max_new_tokens}"),
+            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
+             f"max_new_tokens must be an integer >= 0, not {self.max_new_tokens}"),
             (self.temperature >= 0, f"temperature must be >= 0, not {self.temperature}"),
             (self.top_k >= 0, f"top_k must be >= 0, not {self.top_k}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], not {self.top_p}"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1], not {self.min_p}"),
             (self.repetition_penalty > 0, f"repetition_penalty must be > 0, not {self.repetition_penalty}"),
+            (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be between 0 and 20, not {self.logprobs}"),
+            (all(isinstance(s, str) and s for s in self.stop_strings), "stop strings must be non-empty strings"),
         ]
         for ok, message in checks:
             if not ok:
@@ -36,18 +43,35 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature == 0 or self.top_k == 1
+
+
+@dataclass
+class TokenLogprob:
+    """The chosen token's log-probability and the most likely alternatives at that step."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)  # (token id, log-probability), best first
+
+
+def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor | None, penalty: float) -> torch.Tensor:
+    if penalty == 1.0 or previous is None or not previous.numel():
+        return logits
+    seen = logits[previous]
+    logits = logits.clone()
+    logits[previous] = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits
 
 
 def next_token_distribution(logits: torch.Tensor, params: SamplingParams,
                             previous: torch.Tensor | None = None) -> torch.Tensor:
-    """Probabilities (float32, shape (vocab,)) after every filter; for greedy, the softmax at T=1."""
-    logits = logits.float()
-    if params.repetition_penalty != 1.0 and previous is not None and previous.numel():
-        seen = logits[previous]
-        logits = logits.clone()
-        logits[previous] = torch.where(seen > 0, seen / params.repetition_penalty, seen * params.repetition_penalty)
-    if params.greedy:
+    """Probabilities (float32, shape (vocab,)) after every filter; for greedy, the softmax at T=1.
+
+    This is the distribution a token is sampled from, so speculative decoding's rejection rule uses
+    it for both the target and the draft (the accepted text then follows it exactly)."""
+    logits = apply_repetition_penalty(logits.float(), previous, params.repetition_penalty)
+    if params.temperature == 0:
         return torch.softmax(logits, dim=-1)
     logits = logits / params.temperature
     if params.top_k and params.top_k < logits.numel():
@@ -67,8 +91,53 @@ def next_token_distribution(logits: torch.Tensor, params: SamplingParams,
 def sample_next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None,
                       previous: torch.Tensor | None = None) -> int:
     if params.greedy:
-        if params.repetition_penalty != 1.0:
-            return int(next_token_distribution(logits, params, previous).argmax())
-        return int(logits.argmax())
+        return int(apply_repetition_penalty(logits.float(), previous, params.repetition_penalty).argmax())
     probs = next_token_distribution(logits, params, previous)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def token_logprobs(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best = torch.topk(logprobs, top) if top else None
+    alternatives = list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []
+    return TokenLogprob(token, float(logprobs[token]), alternatives)
+
+
+class RequestSampler:
+    """One request's sampling state: its own random generator (so its text depends on its seed only,
+    not on which other requests share the batch) and the tokens seen so far (repetition penalty)."""
+
+    def __init__(self, params: SamplingParams, prompt_ids: list[int]):
+        self.params = params
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        self.generator = torch.Generator().manual_seed(seed)
+        self.seen = torch.zeros(0, dtype=torch.long)
+        if params.repetition_penalty != 1.0:
+            self.seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long)
+
+    def observe(self, token: int) -> None:
+        if self.params.repetition_penalty != 1.0 and not bool((self.seen == token).any()):
+            self.seen = torch.cat([self.seen, torch.tensor([token])])
+
+    def choose(self, logits: torch.Tensor) -> int:
+        return sample_next_token(logits, self.params, self.generator, self.seen)
+
+    def distribution(self, logits: torch.Tensor, extra: list[int] = ()) -> torch.Tensor:
+        """The filtered distribution, as if the `extra` tokens had also been seen (speculative steps)."""
+        seen = self.seen
+        if extra and self.params.repetition_penalty != 1.0:
+            seen = torch.unique(torch.cat([seen, torch.tensor(list(extra), dtype=torch.long)]))
+        return next_token_distribution(logits, self.params, seen)
+
+    def random(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+    def draw(self, probs: torch.Tensor) -> int:
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def choose_tokens(logits: torch.Tensor, samplers: list[RequestSampler]) -> list[int]:
+    """Next token for each row of logits (rows, vocab): greedy rows in one argmax, the rest row by row."""
+    plain_greedy = [s.params.greedy and s.params.repetition_penalty == 1.0 for s in samplers]
+    argmax = logits.argmax(dim=-1).tolist() if any(plain_greedy) else None
+    return [argmax[i] if plain_greedy[i] else s.choose(logits[i]) for i, s in enumerate(samplers)]

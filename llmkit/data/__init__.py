@@ -1,0 +1,1 @@
+"""Data: raw text -> clean documents -> token shards on disk."""

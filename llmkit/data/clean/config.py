@@ -1,0 +1,280 @@
+"""The pipeline as a YAML file: inputs, the ordered list of stages with their thresholds, the engine,
+mixing weights and the annealing subset.
+
+    inputs:                      # or `--input NAME=PATH` on the command line
+      - {path: crawl/, source: web}
+    stages:
+      - stage: extract
+      - stage: gopher_quality
+        min_words: 50            # any rule set to null is switched off
+      - stage: c4
+        enabled: false           # a whole stage switched off
+      - stage: near_dedup
+        threshold: 0.75
+
+Every stage's fields are a dataclass with the published defaults (see each stage's module); a field
+the YAML does not name keeps its default. Errors name the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmkit.errors import ConfigError
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "presets" / "clean"
+
+
+class _Mapping(dict):
+    """A YAML mapping that remembers the line of each key, for error messages."""
+
+    lines: dict[str, int]
+    line: int
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
+    loader.flatten_mapping(node)
+    out = _Mapping()
+    out.lines = {}
+    out.line = node.start_mark.line + 1
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.lines[key] = key_node.start_mark.line + 1
+    return out
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def where(path: str, mapping: Any, key: str | None = None) -> str:
+    """'FILE: line N: field KEY' for an error message."""
+    line = None
+    if isinstance(mapping, _Mapping):
+        line = mapping.lines.get(key, mapping.line) if key is not None else mapping.line
+    out = str(path)
+    if line is not None:
+        out += f": line {line}"
+    if key is not None:
+        out += f": field {key!r}"
+    return out
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        args = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        return isinstance(value, dict) and all(_matches(k, key_hint) and _matches(v, value_hint)
+                                               for k, v in value.items())
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def build_dataclass(cls: type, mapping: dict, path: str, skip: tuple[str, ...] = ()) -> Any:
+    """An instance of dataclass `cls` from a YAML mapping: unknown fields and wrong types are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+    values = {}
+    for key, value in mapping.items():
+        if key in skip:
+            continue
+        if key not in names:
+            raise ConfigError(f"{where(path, mapping, key)}: unknown field; {cls.__doc__.splitlines()[0].rstrip('.')} "
+                              f"takes {', '.join(sorted(names))}")
+        if not _matches(value, hints[key]):
+            raise ConfigError(f"{where(path, mapping, key)}: must be {_type_name(hints[key])}, not {value!r}")
+        values[key] = value
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where(path, mapping)}: {e}") from None
+
+
+@dataclass
+class InputSpec:
+    """An input: files or directories of text, JSONL, Parquet, HTML or WARC."""
+
+    path: str
+    source: str = "default"  # the name mixing weights and the report use
+    format: str = "auto"  # auto (by file suffix) | text | jsonl | parquet | html | warc
+    text_field: str = "text"  # JSONL field / Parquet column holding the text
+    id_field: str = "id"  # JSONL field / Parquet column holding an id (optional)
+
+
+@dataclass
+class StageSpec:
+    name: str
+    params: Any  # the stage's config dataclass
+    line: int | None = None
+
+
+@dataclass
+class AnnealConfig:
+    """The high-quality annealing subset."""
+
+    # Documents whose quality-model score is at least this go to `anneal/` as well as `train/`
+    # (Llama 3, Dubey et al. 2024 §3.1.3: anneal on a small amount of the highest-quality data at the
+    # end of pretraining). Needs a `quality_model` stage; null switches the subset off.
+    min_score: float | None = 0.8
+    sources: list[str] | None = None  # restrict the subset to these sources (null = all)
+    fraction_of_training: float = 0.1  # written to mixture.json for the trainer: the last 10% of steps
+
+
+@dataclass
+class MixingConfig:
+    """Mixing."""
+
+    # Sampling weight per source, as epochs: 2.0 writes every document twice, 0.5 keeps a
+    # deterministic random half (The Pile, Gao et al. 2020, Table 1 "epochs"). Unnamed sources: 1.0.
+    weights: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    anneal: AnnealConfig = field(default_factory=AnnealConfig)
+
+
+@dataclass
+class PipelineConfig:
+    inputs: list[InputSpec] = field(default_factory=list)
+    stages: list[StageSpec] = field(default_factory=list)
+    workers: int = 0  # 0 = every core this process may use
+    engine: str = "local"  # local (multiprocessing) | dask
+    dask_address: str | None = None  # a running Dask scheduler; null = a local cluster of `workers`
+    task_mb: float = 64.0  # input per task: small files are grouped, large JSONL/Parquet split
+    skip_bad_records: bool = False  # a malformed JSONL line: error (default) or count and skip
+    report_examples: int = 3  # examples kept per removal reason
+    path: str = "<config>"
+
+    def stage(self, name: str) -> Any | None:
+        for spec in self.stages:
+            if spec.name == name:
+                return spec.params
+        return None
+
+
+_TOP_LEVEL = {"inputs", "stages", "workers", "engine", "dask_address", "task_mb", "skip_bad_records",
+              "report_examples", "mixing"}
+
+
+def load_config(path: str | Path | None = None) -> PipelineConfig:
+    """Read a pipeline YAML (None or 'default' = the shipped `presets/clean/default.yaml`)."""
+    if path is None or str(path) in ("default",):
+        path = PRESET_DIR / "default.yaml"
+    elif not Path(path).exists() and (PRESET_DIR / f"{path}.yaml").exists():
+        path = PRESET_DIR / f"{path}.yaml"
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; pass a pipeline YAML (see llmkit/presets/clean/default.yaml)") from None
+    try:
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f": line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    return config_from_dict(data or {}, str(path))
+
+
+def config_from_dict(data: dict, path: str = "<config>") -> PipelineConfig:
+    from llmkit.data.clean.stages import STAGES
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with `stages:` (and optionally `inputs:`, `mixing:` ...)")
+    for key in data:
+        if key not in _TOP_LEVEL:
+            raise ConfigError(f"{where(path, data, key)}: unknown field; the pipeline takes {', '.join(sorted(_TOP_LEVEL))}")
+    config = PipelineConfig(path=path)
+    for key in ("workers", "engine", "dask_address", "task_mb", "skip_bad_records", "report_examples"):
+        if key in data:
+            hint = typing.get_type_hints(PipelineConfig)[key]
+            if not _matches(data[key], hint):
+                raise ConfigError(f"{where(path, data, key)}: must be {_type_name(hint)}, not {data[key]!r}")
+            setattr(config, key, data[key])
+    if config.engine not in ("local", "dask"):
+        raise ConfigError(f"{where(path, data, 'engine')}: must be 'local' or 'dask', not {config.engine!r}")
+    for item in data.get("inputs") or []:
+        if isinstance(item, str):
+            item = {"path": item}
+        if not isinstance(item, dict) or "path" not in item:
+            raise ConfigError(f"{where(path, data, 'inputs')}: each input is a path or a mapping with `path:`")
+        config.inputs.append(build_dataclass(InputSpec, item, path))
+    mixing = data.get("mixing") or {}
+    anneal = mixing.get("anneal") if isinstance(mixing, dict) else None
+    config.mixing = build_dataclass(MixingConfig, mixing, path, skip=("anneal",))
+    if anneal is not None:
+        config.mixing.anneal = build_dataclass(AnnealConfig, anneal, path)
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError(f"{where(path, data, 'stages')}: must be a non-empty list of `- stage: NAME` entries")
+    seen = set()
+    for entry in stages:
+        if isinstance(entry, str):
+            entry = {"stage": entry}
+        if not isinstance(entry, dict) or "stage" not in entry:
+            raise ConfigError(f"{where(path, data, 'stages')}: each entry needs `stage: NAME` "
+                              f"(one of {', '.join(STAGES)})")
+        name = entry["stage"]
+        if name not in STAGES:
+            raise ConfigError(f"{where(path, entry, 'stage')}: unknown stage {name!r}; choose from {', '.join(STAGES)}")
+        if name in seen:
+            raise ConfigError(f"{where(path, entry, 'stage')}: stage {name!r} is listed twice")
+        seen.add(name)
+        enabled = entry.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{where(path, entry, 'enabled')}: must be true or false, not {enabled!r}")
+        if not enabled:
+            continue
+        params = build_dataclass(STAGES[name].config, entry, path, skip=("stage", "enabled"))
+        config.stages.append(StageSpec(name, params, getattr(entry, "line", None)))
+    _check_order(config)
+    return config
+
+
+def _check_order(config: PipelineConfig) -> None:
+    """Deduplication is one global step between two streaming passes, so its stages must be adjacent."""
+    from llmkit.data.clean.stages import STAGES
+
+    kinds = [STAGES[s.name].is_global for s in config.stages]
+    if any(kinds):
+        first, last = kinds.index(True), len(kinds) - 1 - kinds[::-1].index(True)
+        if not all(kinds[first:last + 1]):
+            raise ConfigError(f"{config.path}: the dedup stages (exact_dedup, near_dedup) must be next to each "
+                              "other in `stages:`; move the per-document stages before or after them")
+
+
+def parse_inputs(values: list[str] | None, text_field: str = "text") -> list[InputSpec]:
+    """`--input` values: PATH or NAME=PATH (NAME is the source that mixing weights refer to; by default
+    the file or directory name)."""
+    specs = []
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if not sep or "/" in name or not name:
+            name, path = Path(value.rstrip("/")).stem or "default", value
+        specs.append(InputSpec(path=path, source=name, text_field=text_field))
+    return specs

@@ -1,0 +1,135 @@
+"""Main-text extraction from HTML, Unicode/whitespace normalisation, and language identification."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from llmkit.data.clean.document import Document, Rejection
+
+
+@dataclass
+class ExtractConfig:
+    """The extract stage (HTML -> main text, with trafilatura)."""
+
+    # FineWeb (Penedo et al. 2024, §3.2) extracts with trafilatura, favouring precision: menus,
+    # footers and link lists are left out at the cost of occasionally losing a real paragraph.
+    favor_precision: bool = True
+    include_tables: bool = False
+    include_comments: bool = False
+    min_chars: int = 1  # extracted text shorter than this removes the page
+
+
+class Extract:
+    name = "extract"
+
+    def __init__(self, config: ExtractConfig):
+        import trafilatura
+
+        self.config = config
+        self._extract = trafilatura.extract
+
+    def __call__(self, doc: Document) -> Document | Rejection:
+        if doc.html is None:
+            return doc  # already text (a .txt, JSONL, Parquet or WET input)
+        c = self.config
+        try:
+            text = self._extract(doc.html, url=doc.meta.get("url"), favor_precision=c.favor_precision,
+                                 include_tables=c.include_tables, include_comments=c.include_comments,
+                                 deduplicate=False, with_metadata=False)
+        except Exception as e:  # noqa: BLE001 - a malformed page is a removal reason, not a crash
+            return Rejection("extract.failed", f"{type(e).__name__}: {e}")
+        doc.html = None
+        if not text or len(text.strip()) < c.min_chars:
+            return Rejection("extract.no_main_text")
+        doc.set_text(text)
+        return doc
+
+
+# Zero-width and byte-order marks, and the C0/C1 control characters except tab and newline.
+_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SPACES = re.compile(r"[^\S\n]+")  # any whitespace but newline: tabs, NBSP, U+2000..U+200A, U+3000 ...
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+@dataclass
+class NormalizeConfig:
+    """The normalize stage."""
+
+    form: str = "NFC"  # Unicode normal form (NFC keeps the text as written; NFKC also folds ligatures)
+    remove_control: bool = True
+    collapse_whitespace: bool = True  # runs of spaces/tabs -> one space, 3+ newlines -> a blank line
+    min_chars: int = 1  # a text shorter than this after normalisation is removed as empty
+
+    def __post_init__(self):
+        if self.form not in ("NFC", "NFKC", "NFD", "NFKD"):
+            raise ValueError(f"form must be NFC, NFKC, NFD or NFKD, not {self.form!r}")
+
+
+class Normalize:
+    name = "normalize"
+
+    def __init__(self, config: NormalizeConfig):
+        self.config = config
+
+    def normalize(self, text: str) -> str:
+        c = self.config
+        text = unicodedata.normalize(c.form, text.replace("\r\n", "\n").replace("\r", "\n"))
+        if c.remove_control:
+            text = _CONTROL.sub("", _INVISIBLE.sub("", text))
+        if c.collapse_whitespace:
+            text = "\n".join(line.strip() for line in _SPACES.sub(" ", text).split("\n"))
+            text = _BLANK_LINES.sub("\n\n", text).strip()
+        return text
+
+    def __call__(self, doc: Document) -> Document | Rejection:
+        doc.set_text(self.normalize(doc.text))
+        if len(doc.text) < self.config.min_chars:
+            return Rejection("normalize.empty")
+        return doc
+
+
+@dataclass
+class LanguageConfig:
+    """The language stage (py3langid, whose model ships inside the package and runs offline)."""
+
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    # FineWeb keeps English documents with a fastText lid.176 score >= 0.65 (Penedo et al. 2024,
+    # §3.3). fastText's model cannot be fetched here; langid's normalised probability is a different
+    # (peakier) score, so the same number is a looser cut-off.
+    min_score: float = 0.65
+    max_chars: int = 2000  # the identifier reads the first 2000 characters: enough, and bounded in time
+
+
+class Language:
+    name = "language"
+
+    def __init__(self, config: LanguageConfig):
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+        self.config = config
+        self.identifier = _identifier(MODEL_FILE, LanguageIdentifier)
+        self.languages = set(config.languages)
+
+    def __call__(self, doc: Document) -> Document | Rejection:
+        lang, score = self.identifier.classify(doc.text[: self.config.max_chars])
+        doc.meta["language"] = lang
+        doc.meta["language_score"] = round(float(score), 4)
+        if lang not in self.languages:
+            return Rejection("language.other", lang)
+        if score < self.config.min_score:
+            return Rejection("language.low_score", f"{lang} {score:.2f}")
+        return doc
+
+
+_IDENTIFIER = None
+
+
+def _identifier(model_file, cls):
+    """One identifier per process: loading the model takes ~0.5 s."""
+    global _IDENTIFIER
+    if _IDENTIFIER is None:
+        _IDENTIFIER = cls.from_model_file(model_file, norm_probs=True)
+    return _IDENTIFIER

@@ -1,0 +1,280 @@
+"""Readers: text files, JSONL (plain or gzip), Parquet, HTML files and WARC archives -> Documents.
+
+The input is cut into tasks of about `task_mb` each: small files are grouped into one task, a large
+plain JSONL file is split at byte offsets (a line belongs to the part where it starts), a large Parquet
+file at row groups. Every reader streams: memory does not grow with the size of a file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmkit.data.clean.config import InputSpec
+from llmkit.data.clean.document import Document
+from llmkit.errors import DataError
+
+FORMATS = {
+    ".txt": "text", ".md": "text",
+    ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".json.gz": "jsonl", ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".html": "html", ".htm": "html",
+    ".warc": "warc", ".warc.gz": "warc", ".wet": "warc", ".wet.gz": "warc",
+}
+
+
+def format_of(path: Path) -> str | None:
+    name = path.name.lower()
+    for suffix in sorted(FORMATS, key=len, reverse=True):
+        if name.endswith(suffix):
+            return FORMATS[suffix]
+    return None
+
+
+@dataclass(frozen=True)
+class FilePart:
+    path: str
+    rel: str  # the path relative to its input, for document ids
+    format: str
+    source: str
+    text_field: str = "text"
+    id_field: str = "id"
+    start: int = 0  # JSONL: byte offset; Parquet: first row group
+    end: int = -1  # JSONL: byte offset (exclusive); Parquet: last row group (exclusive); -1 = to the end
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    index: int
+    parts: tuple[FilePart, ...]
+    nbytes: int  # the estimated uncompressed input, for grouping and progress
+
+
+def expand_input(spec: InputSpec) -> list[tuple[Path, str, str]]:
+    """(file, path relative to the input, format) for every readable file of an input, sorted."""
+    root = Path(spec.path)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if spec.format == "auto":
+            files = [p for p in files if format_of(p) is not None]
+        if not files:
+            raise DataError(f"{root}: no readable files (.txt .md .jsonl[.gz] .parquet .html .warc[.gz]); "
+                            "check the path or set `format:`")
+        out = [(p, str(p.relative_to(root)), spec.format if spec.format != "auto" else format_of(p)) for p in files]
+    elif root.is_file():
+        fmt = spec.format if spec.format != "auto" else format_of(root)
+        if fmt is None:
+            raise DataError(f"{root}: unknown file type; use .txt .md .jsonl[.gz] .parquet .html .warc[.gz] "
+                            "or set `format:` on the input")
+        out = [(root, root.name, fmt)]
+    else:
+        raise DataError(f"{root}: no such file or directory")
+    for path, _, fmt in out:
+        if fmt not in ("text", "jsonl", "parquet", "html", "warc"):
+            raise DataError(f"{path}: unknown format {fmt!r}; use text, jsonl, parquet, html or warc")
+    return out
+
+
+def plan_tasks(inputs: list[InputSpec], task_mb: float) -> list[ReadTask]:
+    """Cut the inputs into tasks of about `task_mb` MB, in input order (which fixes document order)."""
+    if not inputs:
+        raise DataError("no inputs: pass --input PATH (or NAME=PATH), or list `inputs:` in the pipeline YAML")
+    target = max(1, int(task_mb * 1e6))
+    tasks: list[ReadTask] = []
+    group: list[FilePart] = []
+    group_bytes = 0
+
+    def flush():
+        nonlocal group, group_bytes
+        if group:
+            tasks.append(ReadTask(len(tasks), tuple(group), group_bytes))
+        group, group_bytes = [], 0
+
+    for spec in inputs:
+        for path, rel, fmt in expand_input(spec):
+            size = path.stat().st_size
+            base = dict(path=str(path), rel=rel, format=fmt, source=spec.source,
+                        text_field=spec.text_field, id_field=spec.id_field)
+            pieces = _split(path, fmt, size, target)
+            if len(pieces) > 1:
+                flush()
+                for start, end, nbytes in pieces:
+                    tasks.append(ReadTask(len(tasks), (FilePart(**base, start=start, end=end),), nbytes))
+                continue
+            # Group by the work a file holds: gzip (WARC, JSONL) typically inflates ~4x.
+            weight = size * 4 if path.name.endswith(".gz") else size
+            if group and group_bytes + weight > target:
+                flush()
+            group.append(FilePart(**base))
+            group_bytes += weight
+        flush()  # tasks never mix sources, so a source's documents stay together
+    return tasks
+
+
+def _split(path: Path, fmt: str, size: int, target: int) -> list[tuple[int, int, int]]:
+    if fmt == "jsonl" and not path.name.endswith(".gz") and size > target:
+        n = -(-size // target)
+        cuts = [size * i // n for i in range(n + 1)]
+        return [(cuts[i], cuts[i + 1], cuts[i + 1] - cuts[i]) for i in range(n)]
+    if fmt == "parquet" and size > target:
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        pieces, start, acc = [], 0, 0
+        for g in range(meta.num_row_groups):
+            acc += meta.row_group(g).total_byte_size
+            if acc >= target:
+                pieces.append((start, g + 1, acc))
+                start, acc = g + 1, 0
+        if start < meta.num_row_groups:
+            pieces.append((start, meta.num_row_groups, acc))
+        return pieces
+    return [(0, -1, size)]
+
+
+def read_part(part: FilePart, skip_bad: bool = False, bad_counter: list | None = None) -> Iterator[Document]:
+    reader = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet,
+              "html": _read_html, "warc": _read_warc}[part.format]
+    yield from reader(part, skip_bad, bad_counter)
+
+
+def _decode(data: bytes, path: str, what: str = "file") -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: byte {e.start}: the {what} is not UTF-8; convert it (iconv -t UTF-8)") from None
+
+
+def _read_text(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
+    yield Document(text=_decode(Path(part.path).read_bytes(), part.path), id=f"{part.source}/{part.rel}",
+                   source=part.source)
+
+
+def _read_html(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
+    data = Path(part.path).read_bytes()
+    yield Document(text="", html=data.decode("utf-8", errors="replace"), id=f"{part.source}/{part.rel}",
+                   source=part.source)
+
+
+def _line_number(path: str, offset: int) -> int:
+    """1-based line number of the line starting at byte `offset` (only computed for an error message)."""
+    count = 0
+    with open(path, "rb") as f:
+        remaining = offset
+        while remaining > 0:
+            chunk = f.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return count + 1
+
+
+def _read_jsonl(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
+    opener = gzip.open if part.path.endswith(".gz") else open
+    with opener(part.path, "rb") as f:
+        offset = 0
+        if part.start > 0:
+            f.seek(part.start - 1)
+            if f.read(1) != b"\n":
+                f.readline()  # the line that straddles the cut belongs to the previous part
+            offset = f.tell()
+        index = 0
+        while part.end < 0 or offset < part.end:
+            raw = f.readline()
+            if not raw:
+                break
+            line_offset, offset = offset, offset + len(raw)
+            index += 1
+            if not raw.strip():
+                continue
+            try:
+                try:
+                    record = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"invalid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(record, dict):
+                    raise ValueError("expected a JSON object")
+                if part.text_field not in record:
+                    raise ValueError(f"no field {part.text_field!r} (fields: {', '.join(sorted(record)) or 'none'})")
+                text = record[part.text_field]
+                if not isinstance(text, str):
+                    raise ValueError(f"field {part.text_field!r} is {type(text).__name__}, not a string")
+            except (ValueError, UnicodeDecodeError) as e:
+                if skip_bad:
+                    if bad_counter is not None:
+                        bad_counter.append(1)
+                    continue
+                line = _line_number(part.path, line_offset) if part.start > 0 else index
+                raise DataError(f"{part.path}: line {line}: {e}; fix the line, set text_field on the input, "
+                                "or set `skip_bad_records: true` in the pipeline YAML") from None
+            doc_id = record.get(part.id_field)
+            if doc_id is None:  # the byte offset, which does not depend on how the file was split
+                doc_id = f"{part.rel}@{line_offset}"
+            meta = {"url": record["url"]} if isinstance(record.get("url"), str) else {}
+            yield Document(text=text, id=str(doc_id), source=part.source, meta=meta)
+
+
+def _read_parquet(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(part.path)
+    names = pf.schema_arrow.names
+    if part.text_field not in names:
+        raise DataError(f"{part.path}: no column {part.text_field!r} (columns: {', '.join(names)}); "
+                        "set text_field on the input")
+    columns = [part.text_field] + ([part.id_field] if part.id_field in names else [])
+    groups = list(range(part.start, part.end if part.end >= 0 else pf.num_row_groups))
+    row = 0
+    for batch in pf.iter_batches(batch_size=1024, row_groups=groups, columns=columns):
+        texts = batch.column(0).to_pylist()
+        ids = batch.column(1).to_pylist() if len(columns) > 1 else [None] * len(texts)
+        for text, doc_id in zip(texts, ids):
+            row += 1
+            if not isinstance(text, str):
+                if skip_bad:
+                    continue
+                raise DataError(f"{part.path}: row group {groups[0] if groups else 0}+, row {row}: column "
+                                f"{part.text_field!r} is {type(text).__name__}, not a string")
+            yield Document(text=text, id=str(doc_id) if doc_id is not None else f"{part.rel}#{part.start}:{row}",
+                           source=part.source)
+
+
+def _read_warc(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
+    """Response records with an HTML payload (WARC), and text conversion records (WET)."""
+    from warcio.archiveiterator import ArchiveIterator
+    from warcio.exceptions import ArchiveLoadFailed
+
+    with open(part.path, "rb") as f:
+        try:
+            for record in ArchiveIterator(f):
+                headers = record.rec_headers
+                url = headers.get_header("WARC-Target-URI")
+                rid = headers.get_header("WARC-Record-ID") or f"{part.rel}@{record.length}"
+                if record.rec_type == "conversion":
+                    text = record.content_stream().read().decode("utf-8", errors="replace")
+                    yield Document(text=text, id=rid, source=part.source, meta={"url": url} if url else {})
+                elif record.rec_type == "response" and record.http_headers is not None:
+                    ctype = (record.http_headers.get_header("Content-Type") or "").lower()
+                    if "html" not in ctype:
+                        continue
+                    charset = "utf-8"
+                    if "charset=" in ctype:
+                        charset = ctype.split("charset=", 1)[1].split(";")[0].strip() or "utf-8"
+                    data = record.content_stream().read()
+                    try:
+                        html = data.decode(charset, errors="replace")
+                    except LookupError:
+                        html = data.decode("utf-8", errors="replace")
+                    yield Document(text="", html=html, id=rid, source=part.source, meta={"url": url} if url else {})
+        except ArchiveLoadFailed as e:
+            raise DataError(f"{part.path}: not a readable WARC archive ({str(e).strip()}); "
+                            "check the file or its format") from None
+
+
+def write_jsonl_line(f: io.BufferedWriter, record: dict) -> None:
+    f.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")

@@ -1,0 +1,113 @@
+"""Prefix caching: keys and values of prompt prefixes that requests share, computed once.
+
+A long system prompt, or the history of a multi-turn chat, starts many prompts with the same tokens;
+their keys and values depend only on those tokens (causal attention), so they can be reused. The
+prompt is cut into blocks of `block_size` tokens and each full block is keyed by the hash of its
+tokens *and of every block before it* (a chain, as vLLM's automatic prefix caching keys its blocks:
+Kwon et al. 2023, PagedAttention), so a block matches only after an identical prefix.
+
+Blocks live in a pool pre-allocated from a memory budget. On admission the engine copies the longest
+cached run of blocks into the request's KV-cache row and prefills only the rest of the prompt; after
+prefill (and when a request finishes, so the next chat turn finds its reply too) it stores the row's
+new full blocks. When the pool is full the least recently used blocks are evicted; a lookup touches a
+chain from its last block to its first, so leaves go before the roots that other chains share.
+Copying a block costs far less than recomputing it (one memory copy against a forward through
+every layer), which is where the time-to-first-token gain comes from.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from llmkit.config import ModelConfig
+from llmkit.infer.kv_cache import KVCache, kv_bytes_per_token
+
+
+class PrefixCache:
+    def __init__(self, config: ModelConfig, memory_mib: float, block_size: int = 16,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.block_size = block_size
+        self.n_blocks = int(memory_mib * 2**20 // (block_size * kv_bytes_per_token(config, dtype)))
+        shape = (self.n_blocks, config.n_kv_heads, block_size, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        # chain hash -> (pool index, parent hash, block tokens); in least- to most-recently-used order
+        self.table: OrderedDict[int, tuple[int, int, tuple[int, ...]]] = OrderedDict()
+        self.free = list(range(self.n_blocks))[::-1]
+        self.hits = self.misses = self.evictions = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def chain(self, tokens: list[int], n_blocks: int) -> list[tuple[int, int, tuple[int, ...]]]:
+        """(hash, parent hash, tokens) of the first n_blocks full blocks of `tokens`."""
+        out, parent = [], 0
+        for b in range(n_blocks):
+            block = tuple(tokens[b * self.block_size:(b + 1) * self.block_size])
+            h = hash((parent, block))
+            out.append((h, parent, block))
+            parent = h
+        return out
+
+    def match(self, tokens: list[int]) -> list[int]:
+        """Pool indices of the longest cached run of leading blocks. At least one prompt token is left
+        out, because the forward that follows must produce the logits of the last prompt position."""
+        found = []
+        for h, parent, block in self.chain(tokens, (len(tokens) - 1) // self.block_size):
+            entry = self.table.get(h)
+            if entry is None or entry[1] != parent or entry[2] != block:  # verify: a hash can collide
+                break
+            found.append((h, entry[0]))
+        for h, _ in reversed(found):  # most recently used: the root, so leaves are evicted first
+            self.table.move_to_end(h)
+        if self.n_blocks:
+            self.hits += len(found)
+            self.misses += (len(tokens) - 1) // self.block_size - len(found)
+        return [index for _, index in found]
+
+    def load(self, cache: KVCache, row: int, blocks: list[int]) -> int:
+        """Copy the pool blocks into positions [0, len(blocks) * block_size) of a cache row."""
+        n = len(blocks) * self.block_size
+        if not blocks:
+            return 0
+        index = torch.tensor(blocks, device=self.keys[0].device)
+        for pool, rows in ((self.keys, cache.keys), (self.values, cache.values)):
+            for layer in range(len(pool)):
+                picked = pool[layer].index_select(0, index)  # (blocks, heads, block_size, head_dim)
+                rows[layer][row, :, :n] = picked.transpose(0, 1).reshape(picked.shape[1], n, -1)
+        return n
+
+    def store(self, cache: KVCache, row: int, tokens: list[int], length: int) -> None:
+        """Store the full blocks among the first `length` positions of a cache row (holding `tokens`)."""
+        if not self.n_blocks:
+            return
+        new = []
+        chain = self.chain(tokens, min(length // self.block_size, self.n_blocks))
+        for b, (h, parent, block) in enumerate(chain):
+            if h in self.table:
+                self.table.move_to_end(h)
+                continue
+            if not self.free:
+                _, (victim, _, _) = self.table.popitem(last=False)
+                self.evictions += 1
+                self.free.append(victim)
+            index = self.free.pop()
+            self.table[h] = (index, parent, block)
+            new.append((b, index))
+        for h, _, _ in reversed(chain):  # as in match: the root most recently used
+            if h in self.table:
+                self.table.move_to_end(h)
+        if not new:
+            return
+        bs = self.block_size
+        for pool, rows in ((self.keys, cache.keys), (self.values, cache.values)):
+            for layer in range(len(pool)):
+                for b, index in new:
+                    pool[layer][index] = rows[layer][row, :, b * bs:(b + 1) * bs]
+
+    def clear(self) -> None:
+        self.table.clear()
+        self.free = list(range(self.n_blocks))[::-1]

@@ -1,0 +1,142 @@
+"""Continuous batching: requests join and leave the running batch between decode steps.
+
+Static batching waits for the slowest sequence of a batch; continuous (iteration-level) batching
+admits a waiting request as soon as a row is free and retires a finished one at once (Orca, Yu et
+al. 2022). Each running request owns one row of the pre-allocated KV cache; running requests are
+kept in rows [0, n) so a decode step runs on one contiguous slice of the cache.
+
+Memory is bounded: the cache (rows x capacity positions) grows on demand, but never past
+`memory_mib`. A request reserves its prompt plus max_new_tokens positions when it is admitted, so
+a running request can never run out of cache; a request that does not fit waits until others
+finish (first come, first served), and one that could never fit is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from llmkit.config import ModelConfig
+from llmkit.errors import GenerationError
+from llmkit.infer.kv_cache import KVCache, kv_bytes_per_token
+from llmkit.infer.sampling import RequestSampler, SamplingParams, TokenLogprob
+
+CAPACITY_STEP = 256  # cache lengths are multiples of this: fewer distinct shapes to compile
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_new: int  # max_new_tokens, cut to what fits in the model's context
+    stop_ids: frozenset[int]
+    id: int = 0
+    sampler: RequestSampler | None = None
+    output_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None  # "stop" (stop token or string), "length", "cancelled"
+    row: int | None = None
+    length: int = 0  # positions of its row that hold this request's keys/values
+    cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
+    drafted: int = 0  # speculative decoding: tokens proposed and accepted
+    accepted: int = 0
+
+    def __post_init__(self):
+        self.sampler = self.sampler or RequestSampler(self.params, self.prompt_ids)
+        if self.params.logprobs is not None:
+            self.logprobs = []
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def reserved(self) -> int:
+        """Cache positions this request may use: its prompt and every token it may generate."""
+        return len(self.prompt_ids) + self.max_new
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+
+class Scheduler:
+    def __init__(self, config: ModelConfig, device: torch.device, dtype: torch.dtype, max_batch_size: int,
+                 memory_mib: float):
+        if max_batch_size < 1:
+            raise GenerationError(f"max_batch_size must be >= 1, not {max_batch_size}")
+        self.config, self.device, self.dtype = config, device, dtype
+        self.max_batch_size = max_batch_size
+        self.memory_bytes = int(memory_mib * 2**20)
+        self.bytes_per_position = kv_bytes_per_token(config, dtype)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # running[i].row == i
+        self.cache: KVCache | None = None
+        self._ids = itertools.count()
+
+    def add(self, request: Request) -> Request:
+        request.id = next(self._ids)
+        need = self._capacity_for(request.reserved) * self.bytes_per_position
+        if need > self.memory_bytes:
+            raise GenerationError(
+                f"the request needs {need / 2**20:.0f} MiB of KV cache ({request.reserved} positions) but the "
+                f"engine's budget is {self.memory_bytes / 2**20:.0f} MiB; raise kv_cache_mib or lower "
+                "max_new_tokens")
+        self.waiting.append(request)
+        return request
+
+    def _capacity_for(self, positions: int) -> int:
+        rounded = -(-positions // CAPACITY_STEP) * CAPACITY_STEP
+        return min(rounded, self.config.max_seq_len)
+
+    def admit(self, limit: int | None = None) -> list[Request]:
+        """Move waiting requests into free rows while the budget allows (first come, first served)."""
+        admitted: list[Request] = []
+        while self.waiting and len(self.running) < self.max_batch_size and (limit is None or len(admitted) < limit):
+            request = self.waiting[0]
+            if not self._make_room(request):
+                break
+            self.waiting.popleft()
+            request.row, request.length = len(self.running), 0
+            self.running.append(request)
+            admitted.append(request)
+        return admitted
+
+    def _make_room(self, request: Request) -> bool:
+        rows, capacity = (self.cache.batch_size, self.cache.max_len) if self.cache else (0, 0)
+        want_capacity = max(capacity, self._capacity_for(request.reserved))
+        n = len(self.running) + 1
+        if n <= rows and want_capacity == capacity:
+            return True
+        # Grow rows by doubling (fewer reallocations and compiled shapes), within budget and batch size.
+        for want_rows in (min(self.max_batch_size, max(rows, 1 << (n - 1).bit_length())), max(rows, n)):
+            if want_rows * want_capacity * self.bytes_per_position <= self.memory_bytes:
+                break
+        else:
+            return False
+        if self.cache is None:
+            self.cache = KVCache(self.config, want_rows, want_capacity, self.device, self.dtype)
+        else:
+            self.cache = self.cache.resized(want_rows, want_capacity, len(self.running), capacity)
+        return True
+
+    def retire(self, request: Request) -> None:
+        """Free a finished request's row; the last running request moves into it (rows stay [0, n))."""
+        if request.row is None:
+            if request in self.waiting:
+                self.waiting.remove(request)
+            return
+        row, last = request.row, self.running[-1]
+        if last is not request:
+            self.cache.copy_row(last.row, row, last.length)
+            last.row = row
+            self.running[row] = last
+        self.running.pop()
+        request.row = None
+
+    @property
+    def memory_in_use(self) -> int:
+        return self.cache.nbytes if self.cache else 0

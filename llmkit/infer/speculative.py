@@ -1,0 +1,211 @@
+"""Speculative decoding: draft several tokens cheaply, verify them in one forward of the target.
+
+Batch-1 decoding reads every weight for one token; a forward over k+1 tokens costs about the same
+on a memory-bound machine. So a cheap drafter proposes k tokens, the target model scores all of
+them in one forward, and the longest acceptable run is kept (Leviathan et al. 2023, "Fast Inference
+from Transformers via Speculative Decoding"; Chen et al. 2023, "Accelerating Large Language Model
+Decoding with Speculative Sampling"). The rejection rule keeps the target's distribution exactly:
+draft token x_i ~ q_i is accepted with probability min(1, p_i(x_i) / q_i(x_i)); at the first
+rejection a replacement is drawn from norm(max(0, p_i - q_i)); if all k are accepted, one more
+token is drawn from p_{k+1}. p and q are the *filtered* sampling distributions (temperature, top-k,
+top-p, min-p, repetition penalty), so sampled text follows exactly what plain sampling would draw
+from. Greedy decoding accepts a draft token iff it is the target's argmax, so its output equals
+plain greedy decoding token for token.
+
+Drafters:
+- `DraftModel`: any Transformer on the same tokenizer, with its own KV cache. `layer_skip_draft`
+  builds one from the target's first layers, sharing their weights (self-speculation, as in
+  LayerSkip, Elhoushi et al. 2024, without its early-exit training: a plain model's early layers
+  predict less well, so acceptance is lower). A quantized copy of the target is another cheap
+  drafter with high acceptance.
+- `PromptLookup`: no model at all: the continuation of the latest earlier occurrence of the last
+  n-gram of the context (Saxena 2023, "Prompt Lookup Decoding"); the draft distribution is a point
+  mass, so acceptance is min(1, p(x)). It shines when the output copies from the prompt.
+
+Rolling back is free: the KV caches are indexed by position, so the keys of rejected tokens are
+simply overwritten by the next forward (and masked until then).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+
+from llmkit.errors import GenerationError
+from llmkit.infer.kv_cache import KVCache
+from llmkit.infer.scheduler import CAPACITY_STEP, Request
+from llmkit.model import Transformer
+
+
+class PromptLookup:
+    """Draft by copying what followed the latest earlier match of the context's last n-gram."""
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def start(self, request: Request) -> None:
+        pass
+
+    def propose(self, request: Request, n: int) -> tuple[list[int], list[torch.Tensor] | None]:
+        context = request.tokens
+        for size in range(min(self.max_ngram, len(context) - 1), self.min_ngram - 1, -1):
+            tail = context[-size:]
+            # latest earlier occurrence (a match that leaves at least one token to copy)
+            for start in range(len(context) - size - 1, -1, -1):
+                if context[start:start + size] == tail:
+                    follow = context[start + size:start + size + n]
+                    return follow, None  # None: point-mass draft distributions
+        return [], None
+
+    def accepted(self, request: Request, n_accepted: int) -> None:
+        pass
+
+
+class DraftModel:
+    """A smaller model on the same tokenizer drafts by sampling from its own filtered distribution."""
+
+    def __init__(self, model: Transformer):
+        self.model = model
+        self.cache: KVCache | None = None
+        self.fed = 0  # leading positions of the request's tokens whose keys/values the draft holds
+
+    def start(self, request: Request) -> None:
+        capacity = min(-(-request.reserved // CAPACITY_STEP) * CAPACITY_STEP, self.model.config.max_seq_len)
+        if self.cache is None or self.cache.max_len < capacity:
+            self.cache = KVCache(self.model.config, 1, capacity, self.model.tok_emb.weight.device,
+                                 self.model.tok_emb.weight.dtype)
+        self.fed = 0
+
+    def propose(self, request: Request, n: int) -> tuple[list[int], list[torch.Tensor]]:
+        context = request.tokens
+        device = self.model.tok_emb.weight.device
+        new, start = context[self.fed:], self.fed
+        drafts, dists = [], []
+        for _ in range(n):
+            end = start + len(new)
+            self.cache.bind(0, 1, end)
+            logits = self.model(torch.tensor([new], device=device), kv_cache=self.cache, last_token_only=True,
+                                positions=torch.arange(start, end, device=device)[None])[0, -1]
+            q = request.sampler.distribution(logits, extra=drafts)
+            token = int(q.argmax()) if request.params.greedy else request.sampler.draw(q)
+            drafts.append(token)
+            dists.append(q)
+            new, start = [token], end
+        self.fed = len(context) + n - 1  # the last draft was never fed
+        return drafts, dists
+
+    def accepted(self, request: Request, n_accepted: int) -> None:
+        # Only positions holding tokens the target accepted stay valid for the next round.
+        self.fed = min(self.fed, len(request.tokens) - 1)
+
+
+def layer_skip_draft(model: Transformer, n_layers: int) -> Transformer:
+    """A draft made of the target's first `n_layers` blocks plus its final norm and head (shared
+    weights, no extra memory): self-speculative decoding (LayerSkip, Elhoushi et al. 2024)."""
+    if not 1 <= n_layers < model.config.n_layers:
+        raise GenerationError(f"a layer-skip draft needs between 1 and {model.config.n_layers - 1} layers, "
+                              f"not {n_layers}")
+    with torch.device("meta"):
+        draft = Transformer(dataclasses.replace(model.config, n_layers=n_layers))
+    for name in ("tok_emb", "pos_emb", "norm", "lm_head"):
+        setattr(draft, name, getattr(model, name))
+    draft.blocks = nn.ModuleList(list(model.blocks)[:n_layers])
+    draft.rope_cos, draft.rope_sin = model.rope_cos, model.rope_sin
+    return draft.eval()
+
+
+class Speculator:
+    def __init__(self, engine, speculative, draft_tokens: int = 4):
+        if draft_tokens < 1:
+            raise GenerationError(f"draft_tokens must be >= 1, not {draft_tokens}")
+        if speculative == "prompt-lookup":
+            self.drafter = PromptLookup()
+        elif isinstance(speculative, Transformer):
+            if speculative.config.vocab_size != engine.model.config.vocab_size:
+                raise GenerationError(f"the draft model's vocabulary ({speculative.config.vocab_size}) differs "
+                                      f"from the target's ({engine.model.config.vocab_size}); a draft must "
+                                      "share the target's tokenizer")
+            self.drafter = DraftModel(speculative)
+        else:
+            raise GenerationError(f"unknown speculative drafter {speculative!r}; use 'prompt-lookup' or a "
+                                  "draft Transformer")
+        self.engine, self.k = engine, draft_tokens
+        self.drafted = self.accepted = self.steps = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    def run(self, request: Request) -> Iterator[int]:
+        """Generate `request` alone, several tokens per target forward."""
+        engine = self.engine
+        with torch.inference_mode():
+            admitted = engine.scheduler.admit(limit=1)
+            if admitted != [request]:
+                raise GenerationError("speculative decoding runs one request at a time; others are queued")
+            tokens = engine._emit(request, engine._prefill(request))
+        yield from tokens
+        self.drafter.start(request)
+        try:
+            while not request.done:
+                with torch.inference_mode():
+                    tokens = self.step(request)
+                yield from tokens
+        finally:
+            engine._retire(request)
+
+    def step(self, request: Request) -> list[int]:
+        engine, cache = self.engine, self.engine.scheduler.cache
+        n = min(self.k, request.max_new - len(request.output_ids) - 1)
+        drafts, dists = self.drafter.propose(request, n) if n > 0 else ([], None)
+        base = request.length  # position of the pending token (the last one emitted)
+        fed = torch.tensor([[request.output_ids[-1], *drafts]], device=engine.device)
+        positions = torch.arange(base, base + fed.shape[1], device=engine.device)[None]
+        if drafts:
+            cache.bind(request.row, request.row + 1, base + fed.shape[1])
+            logits = engine.model(fed, positions=positions, kv_cache=cache)[0].float()
+        else:  # nothing to verify: a plain (possibly compiled) decode step
+            cache.bind(request.row, request.row + 1, None if engine.compiled else base + 1)
+            logits = engine._decode(fed, positions, cache)
+        engine.stats["decode_steps"] += 1
+        self.steps += 1
+        sampler, greedy = request.sampler, request.params.greedy
+        emitted, n_accepted = [], 0
+        for i, draft in enumerate(drafts):
+            p = sampler.distribution(logits[i], extra=drafts[:i])
+            if greedy:
+                ok = int(p.argmax()) == draft
+            else:
+                q_draft = float(dists[i][draft]) if dists is not None else 1.0
+                ok = sampler.random() < min(1.0, float(p[draft]) / q_draft)
+            if ok:
+                n_accepted += 1
+                emitted += engine._emit(request, logits[i], draft)
+                if request.done:
+                    break
+                continue
+            if greedy:
+                token = int(p.argmax())
+            else:  # the residual distribution norm(max(0, p - q)) keeps the output distributed as p
+                q = dists[i] if dists is not None else torch.nn.functional.one_hot(
+                    torch.tensor(draft), p.numel()).float()
+                residual = (p - q).clamp(min=0)
+                token = sampler.draw(residual / residual.sum() if residual.sum() > 0 else p)
+            emitted += engine._emit(request, logits[i], token)
+            break
+        else:
+            if not request.done:  # every draft accepted: a bonus token from the target's next distribution
+                p = sampler.distribution(logits[len(drafts)], extra=drafts)
+                token = int(p.argmax()) if greedy else sampler.draw(p)
+                emitted += engine._emit(request, logits[len(drafts)], token)
+        request.length = base + len(emitted)
+        request.drafted += len(drafts)
+        request.accepted += n_accepted
+        self.drafted += len(drafts)
+        self.accepted += n_accepted
+        engine.stats["decode_tokens"] += len(emitted)
+        self.drafter.accepted(request, n_accepted)
+        return emitted

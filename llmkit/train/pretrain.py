@@ -1,0 +1,126 @@
+"""Pretraining: next-token prediction with cross-entropy on token shards, through the one Trainer.
+
+`data: shakespeare` needs nothing prepared: the corpus is fetched, a BPE tokenizer of `vocab_size`
+is trained on the training plays, and both splits are tokenized into shards, all cached under
+$LLMKIT_CACHE/data/ so the second run starts at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from llmkit.config import ModelConfig
+from llmkit.data.corpus import cache_root, fetch_shakespeare
+from llmkit.data.prepare import prepare, read_manifest
+from llmkit.errors import ConfigError
+from llmkit.eval.bpb import evaluate_shards
+from llmkit.infer import Engine, SamplingParams
+from llmkit.model import Transformer
+from llmkit.tokenizer import Tokenizer, read_text_files
+from llmkit.train.config import TrainConfig
+from llmkit.train.data import TokenShards
+from llmkit.train.trainer import Trainer, TrainResult
+
+
+def builtin_shards(config: TrainConfig) -> tuple[Path, Path]:
+    """Token shards of the built-in Shakespeare corpus (train, val), made once and cached."""
+    base = cache_root() / "data"
+    corpus = fetch_shakespeare(base / "shakespeare")
+    tag = Path(config.tokenizer).name if config.tokenizer else f"bpe{config.vocab_size}"
+    root = base / f"shakespeare-{tag}"
+    train_dir, val_dir = root / "train", root / "val"
+    if (train_dir / "manifest.json").exists() and (val_dir / "manifest.json").exists():
+        return train_dir, val_dir
+    tokenizer_dir = root / "tokenizer"
+    if config.tokenizer:
+        tokenizer_dir = Path(config.tokenizer)
+    elif not (tokenizer_dir / "tokenizer.json").exists():
+        files = sorted((corpus / "train").glob("*.txt"))
+        Tokenizer.train(read_text_files(files), vocab_size=config.vocab_size).save(tokenizer_dir)
+    prepare([corpus / "train"], tokenizer_dir, train_dir)
+    prepare([corpus / "val"], tokenizer_dir, val_dir)
+    return train_dir, val_dir
+
+
+def resolve_data(config: TrainConfig, is_main: bool) -> tuple[TokenShards, TokenShards | None]:
+    if config.data == "shakespeare":
+        if is_main:
+            builtin_shards(config)
+        if dist.is_initialized():
+            dist.barrier()  # the other ranks wait for rank 0 to build the cache
+        train_dir, val_dir = builtin_shards(config)
+        if config.val_data:
+            val_dir = Path(config.val_data)
+    else:
+        train_dir, val_dir = Path(config.data), Path(config.val_data) if config.val_data else None
+    train = TokenShards(train_dir)
+    val = TokenShards(val_dir) if val_dir else None
+    if val is not None and read_manifest(val_dir)["tokenizer_sha256"] != train.manifest["tokenizer_sha256"]:
+        raise ConfigError(f"{val_dir} was tokenized with a different tokenizer than {train_dir}; "
+                          "prepare both with the same --tokenizer")
+    return train, val
+
+
+def build_model(config: TrainConfig, vocab_size: int) -> Transformer:
+    if config.init_from:
+        from llmkit.checkpoint import load_model
+        from llmkit.convert import resolve_model
+
+        model = load_model(resolve_model(config.init_from))
+        if model.config.vocab_size < vocab_size:
+            raise ConfigError(f"{config.init_from}: vocabulary of {model.config.vocab_size} is smaller than the "
+                              f"data's tokenizer ({vocab_size}); use the model's own tokenizer")
+        return model
+    # The embedding is rounded up to a multiple of 64 (faster matmuls; nanoGPT's 50304 trick).
+    padded = -(-vocab_size // 64) * 64
+    cfg = ModelConfig.preset(config.model, **{"vocab_size": padded, **config.model_overrides})
+    if cfg.vocab_size < vocab_size:
+        raise ConfigError(f"model.vocab_size {cfg.vocab_size} is smaller than the tokenizer's {vocab_size}")
+    if cfg.max_seq_len < config.seq_len:
+        raise ConfigError(f"seq_len {config.seq_len} is longer than the model's max_seq_len {cfg.max_seq_len}; "
+                          f"set model.max_seq_len={config.seq_len}")
+    torch.manual_seed(config.seed)
+    return Transformer(cfg)
+
+
+def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
+    from llmkit.train.distributed import init_distributed
+    from llmkit.train.trainer import resolve_device
+
+    info = init_distributed(resolve_device(config.device).type)
+    train, val = resolve_data(config, info.is_main)
+    tokenizer = Tokenizer.load(train.directory)
+    model = build_model(config, train.manifest["vocab_size"])
+
+    def batch_fn(step: int, micro: int):
+        return train.random_batch(config.micro_batch, config.seq_len, config.seed, step, micro)
+
+    def evaluate(runner) -> dict:
+        device = next(runner.parameters()).device
+        autocast = trainer_autocast(trainer)
+        result = evaluate_shards(runner, val, config.seq_len, config.micro_batch * 4, device, autocast,
+                                 max_tokens=config.eval_tokens)
+        return {"val_loss": result.loss, "val_bpb": result.bpb}
+
+    def sample(model: Transformer, step: int) -> str:
+        was_training = model.training
+        model.eval()
+        ids = Engine(model, tokenizer.stop_token_ids).generate(
+            [tokenizer.bos_id], SamplingParams(max_new_tokens=config.sample_tokens, temperature=0.8, top_k=50, seed=step))
+        model.train(was_training)
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    trainer = Trainer(model, config, out, batch_fn, config.micro_batch * config.seq_len,
+                      evaluate=evaluate if val is not None else None, sample=sample, tokenizer=tokenizer)
+    return trainer.fit(resume=resume)
+
+
+def trainer_autocast(trainer: Trainer):
+    import contextlib
+
+    if trainer.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype)

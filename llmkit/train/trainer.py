@@ -1,0 +1,315 @@
+"""The one training loop. A stage (pretraining, SFT, reward modelling, DPO, ...) is an objective plus
+its data; the Trainer owns everything else: optimizer and LR schedule, gradient accumulation and
+clipping, bf16 autocast, torch.compile, DDP / FSDP2, evaluation, checkpoints and exact resume,
+metrics.jsonl, the progress bar and the loss curve. A feature added here works for every stage.
+
+    objective(model, batch) -> (loss, metrics)     a differentiable scalar and floats to log
+    batch_fn(step, micro) -> batch                 deterministic in (step, micro): resume is exact
+    evaluate(model) -> dict                        e.g. {"val_loss": ..., "val_bpb": ...}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from llmkit.atomic import atomic_write_text
+from llmkit.checkpoint import save_checkpoint
+from llmkit.errors import CheckpointError, ConfigError
+from llmkit.model import Transformer
+from llmkit.train import distributed as D
+from llmkit.train.config import TrainConfig
+from llmkit.train.optim import build_optimizers, lr_multiplier
+from llmkit.train.progress import MetricsLog, ProgressDisplay, measure_peak_flops, plot_losses
+
+TRAINING_STATE = "training_state.pt"
+
+
+def causal_lm_objective(model, batch):
+    """Next-token prediction: mean cross-entropy of targets given inputs (pretraining)."""
+    inputs, targets = batch
+    return model(inputs, targets), {}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the hardware has fast bf16 (CUDA with bf16; CPUs with AVX512-BF16 or AMX,
+    where bf16 matmuls run ~4x faster than fp32); None means plain fp32."""
+    if name in ("fp32", "float32"):
+        return None
+    if name in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    if name in ("fp16", "float16"):
+        raise ConfigError("fp16 training needs loss scaling, which llmkit does not do; use dtype=bf16 or fp32")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    train_time_s: float
+    final_loss: float
+    eval: dict
+
+
+class Trainer:
+    def __init__(self, model: Transformer, config: TrainConfig, out_dir: str | Path,
+                 batch_fn: Callable[[int, int], object], tokens_per_micro_batch: int,
+                 objective: Callable = causal_lm_objective, evaluate: Callable[[torch.nn.Module], dict] | None = None,
+                 sample: Callable[[Transformer, int], str] | None = None, tokenizer=None, total_steps: int | None = None):
+        self.config = config
+        self.model = model
+        self.out = Path(out_dir)
+        self.batch_fn, self.objective, self.evaluate, self.sample = batch_fn, objective, evaluate, sample
+        self.tokenizer = tokenizer
+        self.tokens_per_micro = tokens_per_micro_batch
+        self.device = resolve_device(config.device)
+        self.autocast_dtype = resolve_autocast_dtype(config.dtype, self.device)
+        self.dist = D.init_distributed(self.device.type)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        world_micro = tokens_per_micro_batch * self.dist.world_size
+        batch_tokens = config.batch_tokens or world_micro
+        if batch_tokens % world_micro:
+            raise ConfigError(f"batch_tokens {batch_tokens} is not a multiple of micro_batch x seq_len x processes "
+                              f"= {world_micro}; change batch_tokens or micro_batch")
+        self.accum = batch_tokens // world_micro
+        self.batch_tokens = batch_tokens
+        self.total_steps = total_steps or self._planned_steps()
+
+    # -- planning
+    def _planned_steps(self) -> int:
+        c = self.config
+        if c.max_steps:
+            return c.max_steps
+        tokens = c.max_tokens or 20 * self.model.num_params()  # Chinchilla: ~20 tokens/param (Hoffmann et al. 2022)
+        return max(1, math.ceil(tokens / self.batch_tokens))
+
+    def plan(self, peak_flops: float) -> str:
+        c, n = self.config, self.model.num_params()
+        tokens = self.total_steps * self.batch_tokens
+        flops = self.model.flops_per_token(c.seq_len) * tokens
+        rule = "max_steps" if c.max_steps else ("max_tokens" if c.max_tokens else "Chinchilla, 20 tokens/parameter")
+        eta = flops / (0.4 * peak_flops)
+        return (f"plan: {n / 1e6:.2f}M parameters, {tokens / 1e6:.2f}M tokens ({rule}) in {self.total_steps} steps of "
+                f"{self.batch_tokens} tokens ({self.accum} micro-batch(es) x {self.dist.world_size} process(es)), "
+                f"{flops:.3g} FLOPs, ~{_duration(eta)} at 40% of the measured {peak_flops / 1e12:.2f} TFLOP/s peak"
+                + (f", stopping after {_duration(c.time_limit_s)} of training" if c.time_limit_s else ""))
+
+    # -- the loop
+    def fit(self, resume: bool = False) -> TrainResult:
+        c = self.config
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        torch.manual_seed(c.seed)
+        self.out.mkdir(parents=True, exist_ok=True)
+        model = self.model.to(self.device)
+        model.train()
+        wrapped = D.wrap_model(model, self.dist, c.fsdp, self.device)
+        runner = torch.compile(wrapped) if c.compile else wrapped
+        optimizers = build_optimizers(wrapped, c, self.device.type)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["peak_lr"] = group["lr"]
+        start_step, tokens_seen, train_time = 0, 0, 0.0
+        if resume:
+            start_step, tokens_seen, train_time = self._load_latest(wrapped, optimizers)
+        main = self.dist.is_main
+        metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=start_step if resume else None) if main else None
+        peak = measure_peak_flops(self.device)
+        flops_per_token = self.model.flops_per_token(c.seq_len)
+        display = ProgressDisplay(self.total_steps, start_step, enabled=main)
+        display.print(self.plan(peak))
+        if resume:
+            display.print(f"resumed from step {start_step} ({tokens_seen} tokens, {train_time:.1f} s of training)")
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                    else contextlib.nullcontext())
+        last_loss, last_eval = float("nan"), {}
+        window_tokens, window_time = 0, 0.0
+        step = start_step
+        while step < self.total_steps:
+            t0 = time.perf_counter()
+            mult = lr_multiplier(step, self.total_steps, c)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = group["peak_lr"] * mult
+            loss_sum = torch.zeros((), device=self.device)
+            for micro in range(self.accum):
+                batch = _to_device(self.batch_fn(step, micro * self.dist.world_size + self.dist.rank), self.device)
+                with D.gradient_sync(wrapped, micro == self.accum - 1), autocast:
+                    loss, _ = self.objective(runner, batch)
+                (loss / self.accum).backward()
+                loss_sum += loss.detach()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(wrapped.parameters(), c.grad_clip)
+                         if c.grad_clip else torch.zeros(()))
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            loss_value = D.mean_across_ranks(loss_sum / self.accum, self.dist).item()  # .item() waits for the step
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            elapsed = time.perf_counter() - t0
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at step {step}; lower lr or check the data")
+            step += 1
+            train_time += elapsed
+            tokens_seen += self.batch_tokens
+            window_tokens += self.batch_tokens
+            window_time += elapsed
+            last_loss = loss_value
+            log_now = step % c.log_every == 0 or step == self.total_steps
+            if log_now:
+                tok_s = window_tokens / window_time
+                mfu = tok_s * flops_per_token / (peak * self.dist.world_size)  # peak is one process's
+                record = {"step": step, "loss": round(loss_value, 6), "lr": mult * c.lr, "grad_norm": float(grad_norm),
+                          "tokens": tokens_seen, "tokens_per_s": round(tok_s, 1), "mfu": round(mfu, 4),
+                          "train_time_s": round(train_time, 3)}
+                if metrics:
+                    metrics.write(record)
+                window_tokens, window_time = 0, 0.0
+                status = f"loss {loss_value:.4f}  lr {mult * c.lr:.2e}  {tok_s:,.0f} tok/s  MFU {mfu:.1%}"
+            else:
+                status = f"loss {loss_value:.4f}"
+            display.update(step, status, log_now)
+            out_of_time = bool(c.time_limit_s) and self._agree(train_time >= c.time_limit_s)
+            final = step == self.total_steps or out_of_time
+            if self.evaluate and ((c.eval_every and step % c.eval_every == 0) or final):
+                last_eval = self._run_evaluation(runner, model, step, train_time, metrics, display, autocast)
+            elif self.sample and c.sample_every and step % c.sample_every == 0 and main:
+                display.print(f"sample: {self.sample(model, step)!r}")
+            if (c.ckpt_every and step % c.ckpt_every == 0) or final:
+                self._save(wrapped, model, optimizers, step, tokens_seen, train_time)
+            if out_of_time:
+                display.print(f"time limit of {_duration(c.time_limit_s)} reached at step {step}")
+                break
+        display.close()
+        if main:
+            self._save_final(wrapped, model)
+            if c.plot and metrics and metrics.path.exists():
+                plot_losses(metrics.path, self.out / "loss.png")
+        else:
+            self._save_final(wrapped, model)  # collective under FSDP: every rank takes part
+        return TrainResult(step, tokens_seen, train_time, last_loss, last_eval)
+
+    def _agree(self, flag: bool) -> bool:
+        """All ranks stop together: any rank over its time limit stops every rank."""
+        if not self.dist.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def _run_evaluation(self, runner, model, step, train_time, metrics, display, autocast) -> dict:
+        results = self.evaluate(runner if self.config.fsdp else model)
+        if self.dist.is_main:
+            record = {"step": step, "train_time_s": round(train_time, 3), **{k: round(v, 6) for k, v in results.items()}}
+            if metrics:
+                metrics.write(record)
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in results.items())
+            display.print(f"step {step}  {shown}  ({_duration(train_time)} of training)")
+            if self.sample and not self.config.fsdp:
+                display.print(f"sample: {self.sample(model, step)!r}")
+        return results
+
+    # -- checkpoints
+    def _checkpoint_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def _save(self, wrapped, model, optimizers, step, tokens_seen, train_time) -> None:
+        state = D.full_model_state(wrapped, self.config.fsdp)
+        optimizer_states = [D.full_optimizer_state(wrapped, opt, self.config.fsdp) for opt in optimizers]
+        if not self.dist.is_main:
+            return
+        root = self._checkpoint_root()
+        final = root / f"step_{step:07d}"
+        partial = root / f".step_{step:07d}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        save_checkpoint(partial, model, self.tokenizer, state=state, metadata={"step": step})
+        training_state = {
+            "step": step, "tokens": tokens_seen, "train_time_s": train_time,
+            "optimizers": optimizer_states, "rng": torch.get_rng_state(),
+            "config": {k: v for k, v in self.config.to_dict().items() if not isinstance(v, dict)},
+        }
+        tmp = partial / f".{TRAINING_STATE}.tmp"
+        torch.save(training_state, tmp)
+        tmp.replace(partial / TRAINING_STATE)
+        shutil.rmtree(final, ignore_errors=True)
+        partial.replace(final)  # a checkpoint directory exists whole or not at all
+        atomic_write_text(root / "latest", final.name + "\n")
+        kept = sorted(p for p in root.glob("step_*") if p.is_dir())
+        for old in kept[: max(len(kept) - self.config.keep_checkpoints, 0)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _load_latest(self, wrapped, optimizers) -> tuple[int, int, float]:
+        root = self._checkpoint_root()
+        pointer = root / "latest"
+        if not pointer.exists():
+            raise CheckpointError(f"{pointer}: missing; there is no checkpoint to resume in {self.out} "
+                                  "(run without --resume to start afresh)")
+        directory = root / pointer.read_text().strip()
+        from safetensors.torch import load_file
+
+        from llmkit.checkpoint import load_config
+
+        saved_config = load_config(directory)
+        if saved_config != self.model.config:
+            raise CheckpointError(f"{directory}: the checkpoint's model config differs from this run's; resume with "
+                                  "the same preset and overrides")
+        state = load_file(directory / "model.safetensors")
+        if self.model.config.tie_embeddings:
+            state["lm_head.weight"] = state["tok_emb.weight"]
+        try:
+            training = torch.load(directory / TRAINING_STATE, weights_only=True)
+        except (OSError, RuntimeError) as e:
+            raise CheckpointError(f"{directory / TRAINING_STATE}: unreadable ({e})") from None
+        D.load_full_state(wrapped, optimizers, state, training["optimizers"], self.config.fsdp)
+        torch.set_rng_state(training["rng"])
+        return training["step"], training["tokens"], training["train_time_s"]
+
+    def _save_final(self, wrapped, model) -> None:
+        state = D.full_model_state(wrapped, self.config.fsdp)
+        if self.dist.is_main:
+            save_checkpoint(self.out, model, self.tokenizer, state=state)
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
