@@ -59,10 +59,11 @@ def cmd_convert(args) -> None:
 
 
 def cmd_tokenizer_train(args) -> None:
-    from llmkit.tokenizer import Tokenizer, read_text_files
+    from llmkit.data.prepare import expand_inputs, iter_documents
+    from llmkit.tokenizer import Tokenizer
 
-    files = expand_text_inputs(args.input)
-    tokenizer = Tokenizer.train(read_text_files(files), args.vocab_size, args.min_frequency)
+    files = expand_inputs(args.input)
+    tokenizer = Tokenizer.train(iter_documents(files, args.field), args.vocab_size, args.min_frequency)
     tokenizer.save(args.out)
     print(f"trained a {tokenizer.vocab_size}-token BPE on {len(files)} file(s); wrote {Path(args.out) / 'tokenizer.json'}")
 
@@ -188,6 +189,54 @@ def cmd_eval(args) -> None:
           f"bits per byte {result.bpb:.4f}, perplexity {result.perplexity:.2f} (loss {result.loss:.4f} nats/token)")
 
 
+def run_post_training(args, config_class: str, module: str, function: str) -> None:
+    """sft / reward / dpo / rlhf / distill: a preset + overrides -> the stage's run function."""
+    import importlib
+
+    from llmkit.train import post_config
+
+    config = getattr(post_config, config_class).preset(args.preset, args.overrides)
+    result = getattr(importlib.import_module(module), function)(config, args.out, resume=args.resume)
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
+    print(f"done: {result.steps} steps, {result.train_time_s:.1f} s of training; {shown}; model in {args.out}")
+
+
+def cmd_sft(args) -> None:
+    run_post_training(args, "SFTConfig", "llmkit.train.sft", "run_sft")
+
+
+def cmd_reward(args) -> None:
+    run_post_training(args, "RewardConfig", "llmkit.train.reward", "run_reward")
+
+
+def cmd_dpo(args) -> None:
+    run_post_training(args, "DPOConfig", "llmkit.train.dpo", "run_dpo")
+
+
+def cmd_rlhf(args) -> None:
+    run_post_training(args, "RLConfig", "llmkit.train.rl", "run_rl")
+
+
+def cmd_distill(args) -> None:
+    run_post_training(args, "DistillConfig", "llmkit.train.distill", "run_distill")
+
+
+def cmd_label(args) -> None:
+    from llmkit.train.label import label_preferences
+
+    stats = label_preferences(args.judge, args.policy, args.input, args.out, records=args.records,
+                              max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    print(f"wrote {stats['pairs']} preference pairs to {args.out} ({stats['ties']} ties skipped; judge agreed "
+          f"with itself under swapped order on {stats['consistent']:.0%} of pairs)")
+
+
+def cmd_speedrun(args) -> None:
+    from llmkit.speedrun import speedrun
+
+    report = speedrun(args.out, size="gpu" if args.gpu else "cpu", overrides=args.overrides)
+    print(f"done in {report['total_s'] / 60:.1f} min; report card: {report['report']}")
+
+
 # --- parser ------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmkit", description="A complete LLM system: data, tokenizer, "
@@ -205,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     t = sub.add_parser("train", help="train on text files")
-    t.add_argument("--input", nargs="+", required=True, help="text files or directories of .txt files")
+    t.add_argument("--input", nargs="+", required=True, help=".txt / .jsonl(.gz) / .parquet files or directories")
+    t.add_argument("--field", default="text", help="JSONL field / Parquet column holding the text")
     t.add_argument("--vocab-size", type=int, required=True)
     t.add_argument("--min-frequency", type=int, default=2)
     t.add_argument("--out", required=True)
@@ -295,22 +345,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", nargs="+", required=True, help="text files or directories of .txt files")
     p.add_argument("--seq-len", type=int, default=None, help="window length (default: context, at most 1024)")
     p.set_defaults(handler=cmd_eval)
+
+    post_stages = [
+        ("sft", "supervised fine-tuning on conversations or prompt-completion pairs (full, LoRA or prompt tuning)",
+         "sft-assistant", cmd_sft),
+        ("reward", "train a reward model (Transformer + scalar head, Bradley-Terry on chosen vs rejected)",
+         "reward-assistant", cmd_reward),
+        ("dpo", "Direct Preference Optimization (or IPO) on preference pairs", "dpo-assistant", cmd_dpo),
+        ("rlhf", "RLHF: RLOO / GRPO against a reward model with a KL penalty, rollouts by the engine",
+         "rlhf-assistant", cmd_rlhf),
+        ("distill", "train a student on a teacher's token distributions (forward KL with temperature)",
+         "distill-smollm2", cmd_distill),
+    ]
+    for verb, text, preset, handler in post_stages:
+        p = verbs.add_parser(verb, help=text)
+        p.add_argument("--preset", default=preset, help=f"a training preset (llmkit/presets/train; default {preset})")
+        p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, loss.png, final model")
+        p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+        p.add_argument("overrides", nargs="*", help="field=value, e.g. init_from=DIR data=FILE.jsonl peft=lora")
+        p.set_defaults(handler=handler)
+
+    p = verbs.add_parser("label", help="RLAIF: sample two replies per prompt and let a judge model pick the better")
+    p.add_argument("--judge", required=True, help="judge model: checkpoint directory or named model (smollm2)")
+    p.add_argument("--policy", required=True, help="model whose replies are judged")
+    p.add_argument("--input", required=True, help="JSONL of prompts (any post-training format with a prompt)")
+    p.add_argument("--out", required=True, help="output JSONL of {prompt, chosen, rejected}")
+    p.add_argument("--records", type=int, nargs=2, default=None, metavar=("START", "STOP"), help="use these records only")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_label)
+
+    p = verbs.add_parser("speedrun", help="corpus -> tokenizer -> pretrain -> SFT -> reward -> DPO -> RLHF -> "
+                         "evaluation -> report card, in 20 minutes on a laptop CPU")
+    p.add_argument("--out", required=True, help="run directory (one sub-directory per stage, report.md)")
+    p.add_argument("--gpu", action="store_true", help="the larger size for a GPU")
+    p.add_argument("overrides", nargs="*", help="STAGE.field=value, e.g. pretrain.time_limit_s=300 sft.epochs=3")
+    p.set_defaults(handler=cmd_speedrun)
     return parser
-
-
-def expand_text_inputs(inputs: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*.txt") if p.is_file())
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise LLMKitError(f"{path}: no such file or directory")
-    if not files:
-        raise LLMKitError(f"no .txt files found in {', '.join(inputs)}")
-    return files
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -229,6 +229,14 @@ class LinearCrossEntropy(torch.autograd.Function):
         return (grad_hidden * grad_output).to(hidden_dtype), (grad_weight * grad_output).to(weight_dtype), None
 
 
+def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, seq, seq) boolean mask for packed rows: query i sees key j iff j <= i and both tokens
+    belong to the same document, so packed documents never attend to each other."""
+    seq = doc_ids.shape[1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=doc_ids.device).tril()
+    return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
+
+
 # --- the model ----------------------------------------------------------------------------------------
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -318,13 +326,20 @@ class Transformer(nn.Module):
 
     # -- forward
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
-                positions: torch.Tensor | None = None, kv_cache=None, last_token_only: bool = False):
+                positions: torch.Tensor | None = None, kv_cache=None, last_token_only: bool = False,
+                doc_ids: torch.Tensor | None = None, reduction: str = "mean", return_hidden: bool = False):
         """input_ids: (batch, seq) token ids.
 
         targets: (batch, seq) next-token ids, -100 where no loss is wanted -> returns the mean
         cross-entropy plus moe_aux_loss_coef times the mean MoE auxiliary loss.
         positions: (batch, seq) absolute positions (default 0..seq-1); kv_cache: see module docstring.
         last_token_only: compute logits for the last position only (generation needs no others).
+        doc_ids: (batch, seq) document index of each token of a packed row: a token attends only to
+        earlier tokens of its own document (pass each document's own `positions` too).
+        reduction: "none" -> per-token cross-entropy (batch, seq), 0 where the target is -100 (the
+        head runs on the scored positions only: sequence log-probabilities for DPO, RL, scoring).
+        return_hidden: return the final normalised hidden states (batch, seq, d_model) instead of
+        logits, for a head wrapped around the model (reward model, value head).
         """
         batch, seq = input_ids.shape
         if positions is None:
@@ -339,13 +354,22 @@ class Transformer(nn.Module):
         if self.config.pos_embedding == "rope":
             rope = (self.rope_cos[positions].unsqueeze(2).to(x.dtype), self.rope_sin[positions].unsqueeze(2).to(x.dtype))
         attn_mask = kv_cache.prepare(positions) if kv_cache is not None else None
+        if doc_ids is not None and kv_cache is None:
+            attn_mask = document_causal_mask(doc_ids)
         for block in self.blocks:
             x = block(x, rope, attn_mask, kv_cache)
         if last_token_only:
             x = x[:, -1:]
         x = self.norm(x)
+        if return_hidden:
+            return x
         if targets is None:
             return self.lm_head(x)
+        if reduction == "none":
+            valid = targets != -100
+            logits = self.lm_head(x[valid]).float()
+            per_token = torch.zeros(targets.shape, device=x.device, dtype=torch.float32)
+            return per_token.masked_scatter(valid, F.cross_entropy(logits, targets[valid], reduction="none"))
         if torch.is_grad_enabled() and self.lm_head.weight.requires_grad:
             loss = LinearCrossEntropy.apply(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1))
         else:

@@ -4,7 +4,6 @@ and near duplicates in the generated web corpus; the keep rules; MinHash's estim
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +143,20 @@ def test_exact_and_near_dedup_on_the_web_corpus(tmp_path, web_jsonl):
                 assert by_id[m].dup_of == kept
 
 
+def test_texts_without_words_are_not_exact_duplicates(tmp_path):
+    # The exact key is built from the lower-cased words; a text with none (symbols, emoji) must not share
+    # the empty key with every other such text. Identical ones are still duplicates.
+    path = tmp_path / "docs.jsonl"
+    texts = ["*** --- ***", "🙂🙂🙂", "→ ← ↑ ↓", "🙂🙂🙂", "Words here.", "words, HERE"]
+    with open(path, "w", encoding="utf-8") as f:
+        for i, text in enumerate(texts):
+            f.write(json.dumps({"id": f"d{i}", "text": text}, ensure_ascii=False) + "\n")
+    run_pipeline(config_from_dict({"stages": ["exact_dedup"]}), tmp_path / "out", workers=1,
+                 inputs=[InputSpec(str(path))])
+    kept = [json.loads(line)["id"] for line in open(tmp_path / "out" / "train" / "part-00000.jsonl")]
+    assert kept == ["d0", "d1", "d2", "d4"]
+
+
 def test_keep_rule_longest(tmp_path):
     base = " ".join(f"word{i} filler text number {i}" for i in range(200))
     path = tmp_path / "docs.jsonl"
@@ -178,4 +191,3 @@ def test_lsh_candidate_probability_matches_the_formula():
     expected = np.mean([config.candidate_probability(s) for s in sims])
     print(f"\nLSH 14x8 at Jaccard ~{np.mean(sims):.2f}: candidates {hits}/{trials}, formula {expected:.3f}")
     assert abs(hits / trials - expected) < 0.2
-    assert Path  # noqa: B018 (keeps the import for readers of the test helpers)

@@ -62,11 +62,18 @@ def test_pii_redaction_precision_and_recall(corpus):
     tp = dict.fromkeys(placeholders, 0)
     planted = dict.fromkeys(placeholders, 0)
     produced = dict.fromkeys(placeholders, 0)
-    decoys_kept = decoys_total = 0
+    decoys_kept = decoys_total = exact_docs = docs = 0
     for d, doc in corpus:
         if d.label not in ("pii", "clean"):
             continue
         text, found = pii.redact(doc.text)
+        # Span-exact: every planted value becomes its own kind's placeholder and nothing else changes
+        # (a partial redaction, or a value redacted as the wrong kind, fails here).
+        expected = doc.text
+        for kind, value in d.pii:
+            expected = expected.replace(value, placeholders[kind])
+        docs += 1
+        exact_docs += text == expected
         for kind, value in d.pii:
             planted[kind] += 1
             tp[kind] += value not in text
@@ -83,8 +90,9 @@ def test_pii_redaction_precision_and_recall(corpus):
               f"precision {precision:.3f}  recall {recall:.3f}")
         assert planted[kind] >= 5, "the generator must plant enough of every kind to measure"
         assert precision >= 0.95 and recall >= 0.95
-    print(f"decoys (dates, prices, ISBNs, versions, bad-Luhn numbers) left intact: {decoys_kept}/{decoys_total}")
-    assert decoys_kept == decoys_total
+    print(f"decoys (dates, prices, ISBNs, versions, bad-Luhn numbers) left intact: {decoys_kept}/{decoys_total}; "
+          f"documents redacted exactly as expected: {exact_docs}/{docs}")
+    assert decoys_kept == decoys_total and exact_docs == docs
 
 
 def test_luhn_and_card_rules():
@@ -97,6 +105,21 @@ def test_luhn_and_card_rules():
     assert pii.redact("on 2023-10-15 at 12:30:45, v4.2.1")[0] == "on 2023-10-15 at 12:30:45, v4.2.1"
     off = PII(PIIConfig(phone=None))
     assert off.redact("call (415) 555-0132")[0] == "call (415) 555-0132"
+    # Full-width digits are digits to `\d`: the Luhn check must read them as such (not ord(ch) - 48).
+    assert luhn_ok("\uff14\uff15\uff13\uff19148803436467") and not luhn_ok("\uff14539148803436468")
+    assert pii.redact("card \uff14\uff15\uff13\uff19148803436467 ok")[0] == "card <CREDIT_CARD> ok"
+    assert pii.redact("card \uff14539148803436468 ok")[0] == "card \uff14539148803436468 ok"
+
+
+def test_ipv6_forms():
+    pii = PII(PIIConfig())
+    for address in ("2001:0db8:85a3:0000:0000:8a2e:0370:7334", "2001:db8::8a2e:370:7334", "2606:4700::1111",
+                    "fe80::1", "2001:db8::"):
+        assert pii.redact(f"from {address} today")[0] == "from <IP_ADDRESS> today", address
+    assert pii.redact("at [2001:db8::42]:8080")[0] == "at [<IP_ADDRESS>]:8080"
+    for text in ("std::vector and Foo::Bar", "at 10:30:00 or 12:34", "ratio a::b", "mac 00:1A:2B:3C:4D:5E"):
+        assert pii.redact(text)[0] == text
+    assert PII(PIIConfig(keep_private_ips=True)).redact("link fe80::1 and ::1")[0] == "link fe80::1 and ::1"
 
 
 def test_extraction_keeps_the_article_and_drops_the_boilerplate():
@@ -121,6 +144,9 @@ def test_normalize():
     text = "Cafe\u0301\u00a0au\tlait\u200b\r\n\r\n\r\n\x07Second   line  \n"
     assert n.normalize(text) == "Caf\u00e9 au lait\n\nSecond line"
     assert isinstance(n(Document(" \u200b\n\t", "x")), Rejection)
+    # ZWNJ is spelling in Persian ("I want"), ZWJ joins an emoji family: both are kept.
+    for kept in ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "\U0001f468\u200d\U0001f469\u200d\U0001f467"):
+        assert n.normalize(kept) == kept
 
 
 def test_every_rule_can_be_switched_off():
@@ -150,6 +176,27 @@ def test_every_rule_can_be_switched_off():
     assert not isinstance(build_stage("fineweb", off)(doc(listy)), Rejection)
 
 
+def test_published_rule_details():
+    # Gopher A.1.1: "a symbol-to-word ratio greater than 0.1 for either the hash symbol or the ellipsis":
+    # 8% hashes and 8% ellipses pass (their sum, 16%, is not a rule); 12% of either fails.
+    words = ["the", "river", "and", "bridge", "with", "council", "of", "town", "to", "have"] * 10  # 100 words
+    def with_symbols(hashes, ellipses):
+        out = list(words)
+        for i in range(hashes):
+            out[i] = "#" + out[i]
+        for i in range(ellipses):
+            out[50 + i] += "..."
+        return Document(" ".join(out), "x")
+    gopher = build_stage("gopher_quality", None)
+    assert not isinstance(gopher(with_symbols(8, 8)), Rejection)
+    assert gopher(with_symbols(12, 0)).rule == "gopher_quality.max_symbol_word_ratio"
+    assert gopher(with_symbols(0, 12)).rule == "gopher_quality.max_symbol_word_ratio"
+    # C4 (TFDS c4_utils): a line ending in an ellipsis is not a line ending in terminal punctuation.
+    prose = "\n".join(f"The council met on day {i} and approved the plan for the bridge." for i in range(4))
+    result = build_stage("c4", None)(Document(prose + "\nAnd then the story went on and on and on...", "x"))
+    assert not isinstance(result, Rejection) and "on and on" not in result.text and result.text == prose
+
+
 def test_yaml_config_errors_name_file_line_and_field(tmp_path):
     path = tmp_path / "pipe.yaml"
     path.write_text("stages:\n  - stage: normalize\n  - stage: gopher_quality\n    min_wrds: 10\n")
@@ -168,6 +215,18 @@ def test_yaml_config_errors_name_file_line_and_field(tmp_path):
     assert [s.name for s in config.stages] == ["fineweb"] and config.stages[0].params.max_short_line_ratio is None
     with pytest.raises(ConfigError, match="must be next to each other"):
         config_from_dict({"stages": ["exact_dedup", "normalize", "near_dedup"]})
+    # Wrong shapes are one-line ConfigErrors too, never a TypeError/AttributeError traceback.
+    for text, message in (("stages: [normalize]\nmixing: [1, 2]\n", "line 2: field 'mixing': must be a mapping"),
+                          ("stages: [normalize]\nmixing:\n  anneal: 5\n", "line 3: field 'anneal': must be a mapping"),
+                          ("inputs: 5\nstages: [normalize]\n", "line 1: field 'inputs': must be a list"),
+                          ("inputs: crawl/\nstages: [normalize]\n", "line 1: field 'inputs': must be a list"),
+                          ("stages:\n  - stage: [1]\n", "line 2: field 'stage': unknown stage"),
+                          ("task_mb: 0\nstages: [normalize]\n", "line 1: field 'task_mb': must be a positive"),
+                          ("workers: -2\nstages: [normalize]\n", "line 1: field 'workers'"),
+                          ("stages: [normalize]\nmixing:\n  weights: {web: -1}\n", "line 3: weights: 'web'")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(path)
 
 
 def test_default_preset_loads_with_published_thresholds():

@@ -206,6 +206,43 @@ def test_malformed_input_is_one_line_and_exit_2(tmp_path, content, message):
     assert re.search(message, last), last
 
 
+def test_corrupt_files_are_one_line_and_exit_2(tmp_path):
+    import gzip
+
+    whole = gzip.compress("".join(json.dumps({"text": f"line {i} of {i * 7919 % 100003}"}) + "\n"
+                                  for i in range(5000)).encode())
+    cases = {"a.parquet": b"not a parquet file", "b.jsonl.gz": b"not gzip at all",
+             "c.jsonl.gz": whole[:len(whole) // 2]}  # truncated
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        result = llmkit_cli("data", "clean", "--input", tmp_path / name, "--out", tmp_path / f"out-{name}",
+                            "--workers", 1)
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert last.startswith(f"error: {tmp_path / name}: not a readable"), last
+
+
+def test_html_needs_extract_first_and_out_must_not_overlap_inputs(tmp_path):
+    from llmkit.errors import DataError
+
+    pages = generate(seed=5, per_junk=0, exact_dups=0, near_dups=0, pii=0)[:3]
+    (tmp_path / "html").mkdir()
+    for p in pages:
+        (tmp_path / "html" / f"{p.id}.html").write_text(p.html)
+    inputs = [InputSpec(str(tmp_path / "html"))]
+    # Without `extract` first every page would have empty text: all removed by normalize, or (dedup
+    # first) all "exact duplicates" of one another. Both are refused before anything is written.
+    for stages in (["normalize"], ["exact_dedup", "extract"]):
+        with pytest.raises(DataError, match="needs `- stage: extract` as the first stage"):
+            run_pipeline(config_from_dict({"stages": stages}), tmp_path / "out", inputs=inputs, workers=1)
+        assert not (tmp_path / "out").exists()
+    summary = run_pipeline(config_from_dict({"stages": ["extract", "exact_dedup"]}), tmp_path / "out",
+                           inputs=inputs, workers=1)
+    assert summary["output"]["train_docs"] == 3
+    with pytest.raises(DataError, match="overlaps the input"):
+        run_pipeline(config_from_dict({"stages": ["extract"]}), tmp_path / "html" / "out", inputs=inputs, workers=1)
+
+
 def test_config_and_path_errors_exit_2(tmp_path):
     (tmp_path / "pipe.yaml").write_text("stages:\n  - stage: c4\n    min_sentence: 3\n")
     result = llmkit_cli("data", "clean", "--config", tmp_path / "pipe.yaml", "--input", tmp_path, "--out", tmp_path / "o")

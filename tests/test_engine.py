@@ -159,3 +159,32 @@ def test_compiled_decode_equals_eager():
     params = SamplingParams(max_new_tokens=24, temperature=0)
     compiled = Engine(model, compile=True)
     assert compiled.generate([5, 17, 99, 3], params) == Engine(model).generate([5, 17, 99, 3], params)
+
+
+def test_cli_show_probs_and_speculative(tmp_path, shakespeare_tokenizer):
+    import os
+    import subprocess
+    import sys
+
+    import llmkit
+    from llmkit.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path, make_model(), shakespeare_tokenizer)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "llmkit.cli", "generate", "--model", str(tmp_path), *args],
+                              capture_output=True, text=True, env=dict(os.environ), timeout=300)
+
+    result = cli("--temperature", "0", "--max-new-tokens", "4", "--show-probs", "3", "To be")
+    assert result.returncode == 0, result.stderr
+    steps = [line for line in result.stdout.splitlines() if "|" in line]
+    assert len(steps) == 4
+    chosen, alternatives = steps[0].split("|")
+    assert len(alternatives.split("%,")) == 3 and chosen.strip().endswith("%")
+    plain = llmkit.load(tmp_path).generate("To be", temperature=0, max_new_tokens=12)
+    for draft in ("prompt-lookup", "layers:1"):
+        result = cli("--temperature", "0", "--max-new-tokens", "12", "--speculative", draft, "To be")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == ("To be" + plain).strip()
+    result = cli("--speculative", "layers:9", "To be")
+    assert result.returncode == 2 and "layer-skip draft needs between 1 and 1 layers" in result.stderr

@@ -60,6 +60,18 @@ def exact_second_token_distribution(model, prompt, params):
     return first @ second
 
 
+def likely_chain(model):
+    """Every token of the vocabulary once, each followed by its most likely unused successor: prompt
+    lookup then always finds the last token earlier in the prompt, and drafts a plausible next one."""
+    chain = [0]
+    with torch.no_grad():
+        while len(chain) < model.config.vocab_size:
+            logits = model(torch.tensor([chain]))[0, -1]
+            logits[chain] = float("-inf")
+            chain.append(int(logits.argmax()))
+    return chain
+
+
 def chi_square(counts, probs):
     expected = probs * counts.sum()
     keep = expected > 0
@@ -69,15 +81,21 @@ def chi_square(counts, probs):
 
 @pytest.mark.parametrize("drafter", ["other-model", "prompt-lookup"])
 def test_speculative_sampling_keeps_the_target_distribution(drafter):
-    # A 16-token vocabulary and large weights make distributions peaked and the draft clearly wrong,
-    # so the test has power: the draft's own distribution is rejected by the same statistic.
+    # A 16-token vocabulary and large weights make distributions peaked. The draft model is the target
+    # with 10% noise on its weights: right often enough that drafts are both accepted and rejected, and
+    # wrong enough that its own distribution fails the same test (the test has power).
     config = dict(vocab_size=16, init_std=0.4)
-    target, other = make_model(0, **config), make_model(1, **config)
-    prompt = list(range(16)) + [1, 2]  # every token occurs in the prompt: prompt lookup always drafts
+    target, other = make_model(0, **config), make_model(0, **config)
+    noise = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for weight in other.parameters():
+            weight.add_(0.1 * weight.std() * torch.randn(weight.shape, generator=noise))
+    # For prompt lookup: each token once, followed by a likely successor, so a draft is always found.
+    prompt = [1, 2, 3, 1, 2, 4, 1, 2] if drafter == "other-model" else likely_chain(target) + [0, 1]
     # 3 new tokens: the second is a verified draft. A random model does not copy from its prompt, so
-    # prompt-lookup drafts are rarely right; a flatter distribution gets some of them accepted too.
+    # prompt-lookup drafts are rarely right; at temperature 1 some of them are accepted.
     params = (SamplingParams(max_new_tokens=3, temperature=0.8, top_k=10) if drafter == "other-model" else
-              SamplingParams(max_new_tokens=3, temperature=1.0, top_p=0.9))
+              SamplingParams(max_new_tokens=3, temperature=1.0))
     engine = Engine(target, speculative=other if drafter == "other-model" else "prompt-lookup", draft_tokens=2)
     n = 1500
     counts = torch.zeros(16)
@@ -85,7 +103,7 @@ def test_speculative_sampling_keeps_the_target_distribution(drafter):
         out = engine.generate(prompt, SamplingParams(**{**params.__dict__, "seed": seed}))
         counts[out[1]] += 1
     assert engine.speculator.drafted >= n  # every run drafted the second token
-    assert 0.02 < engine.speculator.acceptance_rate < 0.95  # drafts are both accepted and rejected
+    assert 0.03 < engine.speculator.acceptance_rate < 0.95  # drafts are both accepted and rejected
     p = exact_second_token_distribution(target, prompt, params)
     # chi-square with <= 15 degrees of freedom: 37.7 is its 0.999 quantile
     assert chi_square(counts, p) < 37.7

@@ -211,3 +211,17 @@ def test_bad_overrides_are_named(tmp_path, shards):
     assert result.returncode == 2 and "n_layer" in result.stderr
     result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1, data=tmp_path / "nowhere"))
     assert result.returncode == 2 and "manifest.json: missing" in result.stderr
+
+
+def test_annealing_switches_to_the_high_quality_subset_for_the_last_steps(tmp_path, shards):
+    """The anneal set is trivially predictable text: once the Trainer switches to it (the last half of
+    the steps here) the training loss collapses, and not before."""
+    (tmp_path / "easy.txt").write_text("the king " * 20000)
+    assert run_cli("data", "prepare", "--input", tmp_path / "easy.txt", "--tokenizer", shards / "tok",
+                   "--out", tmp_path / "anneal").returncode == 0
+    result = run_cli("pretrain", "--out", tmp_path / "run",
+                     *common(shards, max_steps=40, lr=5e-3, anneal_data=tmp_path / "anneal", anneal_fraction=0.5))
+    assert result.returncode == 0, result.stderr
+    got = losses(tmp_path / "run")
+    assert min(got[s] for s in range(1, 21)) > 4.0  # Shakespeare: hard
+    assert got[40] < 1.0  # "the king the king ...": easy

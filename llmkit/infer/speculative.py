@@ -70,7 +70,17 @@ class DraftModel:
     def __init__(self, model: Transformer):
         self.model = model
         self.cache: KVCache | None = None
-        self.fed = 0  # leading positions of the request's tokens whose keys/values the draft holds
+        self.fed = 0
+        self._one = None  # the compiled single-token forward, if any  # leading positions of the request's tokens whose keys/values the draft holds
+
+    def compile(self) -> None:
+        """Compile the draft's single-token forward (an engine with compile=True asks for it)."""
+        from llmkit.infer.engine import COMPILE_OPTIONS
+
+        self._one = torch.compile(self._forward, dynamic=None, options=COMPILE_OPTIONS)
+
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        return self.model(tokens, positions=positions, kv_cache=cache, last_token_only=True)[0, -1].float()
 
     def start(self, request: Request) -> None:
         capacity = min(-(-request.reserved // CAPACITY_STEP) * CAPACITY_STEP, self.model.config.max_seq_len)
@@ -86,9 +96,13 @@ class DraftModel:
         drafts, dists = [], []
         for _ in range(n):
             end = start + len(new)
-            self.cache.bind(0, 1, end)
-            logits = self.model(torch.tensor([new], device=device), kv_cache=self.cache, last_token_only=True,
-                                positions=torch.arange(start, end, device=device)[None])[0, -1]
+            tokens, positions = torch.tensor([new], device=device), torch.arange(start, end, device=device)[None]
+            if self._one is not None and len(new) == 1:  # compiled: static shapes, the whole cache
+                self.cache.bind(0, 1, None)
+                logits = self._one(tokens, positions, self.cache)
+            else:
+                self.cache.bind(0, 1, end)
+                logits = self._forward(tokens, positions, self.cache)
             q = request.sampler.distribution(logits, extra=drafts)
             token = int(q.argmax()) if request.params.greedy else request.sampler.draw(q)
             drafts.append(token)
@@ -129,6 +143,8 @@ class Speculator:
                                       f"from the target's ({engine.model.config.vocab_size}); a draft must "
                                       "share the target's tokenizer")
             self.drafter = DraftModel(speculative)
+            if engine.compiled:
+                self.drafter.compile()
         else:
             raise GenerationError(f"unknown speculative drafter {speculative!r}; use 'prompt-lookup' or a "
                                   "draft Transformer")

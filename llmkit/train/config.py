@@ -28,6 +28,8 @@ class TrainConfig:
     # -- data: "shakespeare" (fetched, tokenized and cached automatically) or a token-shard directory
     data: str = "shakespeare"
     val_data: str | None = None  # token-shard directory; for "shakespeare" the held-out plays
+    anneal_data: str | None = None  # token shards of a high-quality subset (`llmkit data clean` writes one)
+    anneal_fraction: float = 0.1  # ... trained on for this last fraction of the steps
     tokenizer: str | None = None  # for raw built-in data: a tokenizer dir; None = train one of vocab_size
     vocab_size: int = 4096
     seq_len: int = 256
@@ -76,6 +78,7 @@ class TrainConfig:
             (self.lr > 0, f"lr must be positive, not {self.lr}"),
             (0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}"),
             (0 < self.decay_fraction <= 1, f"decay_fraction must be in (0, 1], not {self.decay_fraction}"),
+            (0 <= self.anneal_fraction <= 1, f"anneal_fraction must be in [0, 1], not {self.anneal_fraction}"),
             (self.eval_every >= 0 and self.log_every > 0, "eval_every must be >= 0 and log_every > 0"),
         ]
         for ok, message in checks:

@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from llmkit.config import ModelConfig
 from llmkit.data.corpus import cache_root, fetch_shakespeare
+from llmkit.data.clean.mixing import data_source_for_step
 from llmkit.data.prepare import prepare, read_manifest
 from llmkit.errors import ConfigError
 from llmkit.eval.bpb import evaluate_shards
@@ -95,8 +96,17 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
     tokenizer = Tokenizer.load(train.directory)
     model = build_model(config, train.manifest["vocab_size"])
 
+    anneal = TokenShards(config.anneal_data) if config.anneal_data else None
+    if anneal is not None and anneal.manifest["tokenizer_sha256"] != train.manifest["tokenizer_sha256"]:
+        raise ConfigError(f"{config.anneal_data} was tokenized with a different tokenizer than {train.directory}")
+
     def batch_fn(step: int, micro: int):
-        return train.random_batch(config.micro_batch, config.seq_len, config.seed, step, micro)
+        # The last anneal_fraction of the steps draw from the high-quality subset (annealing, as in
+        # Llama 3 and OLMo 2), decided by the step alone so that resume stays exact.
+        source = train
+        if anneal is not None and data_source_for_step(step, trainer.total_steps, config.anneal_fraction) == "anneal":
+            source = anneal
+        return source.random_batch(config.micro_batch, config.seq_len, config.seed, step, micro)
 
     def evaluate(runner) -> dict:
         device = next(runner.parameters()).device

@@ -74,6 +74,10 @@ class ProgressDisplay:
         elif log_line:
             print(f"step {step}  {status}", flush=True)
 
+    def set_total(self, total_steps: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, total=total_steps)
+
     def print(self, text: str) -> None:
         if not self.enabled:
             return

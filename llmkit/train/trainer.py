@@ -6,6 +6,14 @@ metrics.jsonl, the progress bar and the loss curve. A feature added here works f
     objective(model, batch) -> (loss, metrics)     a differentiable scalar and floats to log
     batch_fn(step, micro) -> batch                 deterministic in (step, micro): resume is exact
     evaluate(model) -> dict                        e.g. {"val_loss": ..., "val_bpb": ...}
+    save_model(directory, state) -> None           optional: how the model directory is written (default:
+                                                   the one checkpoint format); PEFT and reward models write
+                                                   merged weights + adapter / head files through it
+
+Only parameters with requires_grad are optimised (LoRA, prompt tuning: the rest is frozen); the model
+may be a module wrapping the Transformer (a reward model's head) if it offers num_params(),
+flops_per_token() and config. With save_model set, a resumable checkpoint also holds the trainable
+tensors alone (trainable.safetensors), and resume restores those onto the model as constructed.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import torch
 import torch.distributed as dist
 
 from llmkit.atomic import atomic_write_text
+from safetensors.torch import save_file
+
 from llmkit.checkpoint import save_checkpoint
 from llmkit.errors import CheckpointError, ConfigError
 from llmkit.model import Transformer
@@ -31,6 +41,8 @@ from llmkit.train.optim import build_optimizers, lr_multiplier
 from llmkit.train.progress import MetricsLog, ProgressDisplay, measure_peak_flops, plot_losses
 
 TRAINING_STATE = "training_state.pt"
+TRAINABLE = "trainable.safetensors"  # with a save_model hook: the trainable tensors, for resume
+CALIBRATION_STEPS = 10  # steps timed (after 5 warm-up steps) before the plan is fitted to time_limit_s
 
 
 def causal_lm_objective(model, batch):
@@ -74,18 +86,21 @@ class TrainResult:
     train_time_s: float
     final_loss: float
     eval: dict
+    peak_flops: float  # the bf16 (or fp32) matmul peak measured at the start: MFU's denominator
 
 
 class Trainer:
     def __init__(self, model: Transformer, config: TrainConfig, out_dir: str | Path,
                  batch_fn: Callable[[int, int], object], tokens_per_micro_batch: int,
                  objective: Callable = causal_lm_objective, evaluate: Callable[[torch.nn.Module], dict] | None = None,
-                 sample: Callable[[Transformer, int], str] | None = None, tokenizer=None, total_steps: int | None = None):
+                 sample: Callable[[Transformer, int], str] | None = None, tokenizer=None, total_steps: int | None = None,
+                 save_model: Callable[[Path, dict], None] | None = None):
         self.config = config
         self.model = model
         self.out = Path(out_dir)
         self.batch_fn, self.objective, self.evaluate, self.sample = batch_fn, objective, evaluate, sample
         self.tokenizer = tokenizer
+        self.save_model = save_model
         self.tokens_per_micro = tokens_per_micro_batch
         self.device = resolve_device(config.device)
         self.autocast_dtype = resolve_autocast_dtype(config.dtype, self.device)
@@ -100,6 +115,7 @@ class Trainer:
         self.accum = batch_tokens // world_micro
         self.batch_tokens = batch_tokens
         self.total_steps = total_steps or self._planned_steps()
+        self.planned_steps = self.total_steps  # the budget; time_limit_s may plan fewer
 
     # -- planning
     def _planned_steps(self) -> int:
@@ -135,12 +151,14 @@ class Trainer:
         for opt in optimizers:
             for group in opt.param_groups:
                 group["peak_lr"] = group["lr"]
+        # Measured before a resume restores the RNG: the benchmark's random matrices must not shift the
+        # random stream (dropout) of a resumed run against an uninterrupted one.
+        peak = measure_peak_flops(self.device, self.autocast_dtype or torch.float32)
         start_step, tokens_seen, train_time = 0, 0, 0.0
         if resume:
             start_step, tokens_seen, train_time = self._load_latest(wrapped, optimizers)
         main = self.dist.is_main
         metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=start_step if resume else None) if main else None
-        peak = measure_peak_flops(self.device)
         flops_per_token = self.model.flops_per_token(c.seq_len)
         display = ProgressDisplay(self.total_steps, start_step, enabled=main)
         display.print(self.plan(peak))
@@ -151,6 +169,7 @@ class Trainer:
         last_loss, last_eval = float("nan"), {}
         window_tokens, window_time = 0, 0.0
         step = start_step
+        calibration_start, next_fit = 0.0, CALIBRATION_STEPS + 5
         while step < self.total_steps:
             t0 = time.perf_counter()
             mult = lr_multiplier(step, self.total_steps, c)
@@ -158,12 +177,15 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"] = group["peak_lr"] * mult
             loss_sum = torch.zeros((), device=self.device)
+            extra: dict[str, float] = {}  # the objective's own metrics (e.g. DPO's reward accuracy), mean of micro-batches
             for micro in range(self.accum):
                 batch = _to_device(self.batch_fn(step, micro * self.dist.world_size + self.dist.rank), self.device)
                 with D.gradient_sync(wrapped, micro == self.accum - 1), autocast:
-                    loss, _ = self.objective(runner, batch)
+                    loss, objective_metrics = self.objective(runner, batch)
                 (loss / self.accum).backward()
                 loss_sum += loss.detach()
+                for key, value in (objective_metrics or {}).items():
+                    extra[key] = extra.get(key, 0.0) + float(value) / self.accum
             grad_norm = (torch.nn.utils.clip_grad_norm_(wrapped.parameters(), c.grad_clip)
                          if c.grad_clip else torch.zeros(()))
             for opt in optimizers:
@@ -187,7 +209,7 @@ class Trainer:
                 mfu = tok_s * flops_per_token / (peak * self.dist.world_size)  # peak is one process's
                 record = {"step": step, "loss": round(loss_value, 6), "lr": mult * c.lr, "grad_norm": float(grad_norm),
                           "tokens": tokens_seen, "tokens_per_s": round(tok_s, 1), "mfu": round(mfu, 4),
-                          "train_time_s": round(train_time, 3)}
+                          "train_time_s": round(train_time, 3), **{k: round(v, 6) for k, v in extra.items()}}
                 if metrics:
                     metrics.write(record)
                 window_tokens, window_time = 0, 0.0
@@ -195,6 +217,12 @@ class Trainer:
             else:
                 status = f"loss {loss_value:.4f}"
             display.update(step, status, log_now)
+            if (c.time_limit_s and not resume and step >= next_fit and step < 0.9 * self.total_steps):
+                # Re-fit at 15 steps and then every fifth of the plan: the machine's speed may drift.
+                self._fit_to_time_limit(step, train_time, (train_time - calibration_start) / (step - 5), display)
+                next_fit = step + max(CALIBRATION_STEPS, self.total_steps // 5)
+            if step == 5:
+                calibration_start = train_time  # the first steps (compilation, warm caches) are not typical
             out_of_time = bool(c.time_limit_s) and self._agree(train_time >= c.time_limit_s)
             final = step == self.total_steps or out_of_time
             if self.evaluate and ((c.eval_every and step % c.eval_every == 0) or final):
@@ -207,13 +235,31 @@ class Trainer:
                 display.print(f"time limit of {_duration(c.time_limit_s)} reached at step {step}")
                 break
         display.close()
-        if main:
-            self._save_final(wrapped, model)
-            if c.plot and metrics and metrics.path.exists():
-                plot_losses(metrics.path, self.out / "loss.png")
-        else:
-            self._save_final(wrapped, model)  # collective under FSDP: every rank takes part
-        return TrainResult(step, tokens_seen, train_time, last_loss, last_eval)
+        self._save_final(wrapped, model)  # a collective under FSDP: every rank takes part
+        if main and c.plot and metrics and metrics.path.exists():
+            plot_losses(metrics.path, self.out / "loss.png")
+        return TrainResult(step, tokens_seen, train_time, last_loss, last_eval, peak)
+
+    def _fit_to_time_limit(self, step: int, train_time: float, step_time: float, display) -> None:
+        """Fit the plan to end within time_limit_s, from the mean step time so far: the LR schedule
+        then decays fully in the time given instead of being cut off mid-way. The step count is
+        saved in checkpoints, so a resumed run follows the same schedule (and is not re-fitted)."""
+        remaining = self.config.time_limit_s - train_time
+        fitted = step + int(0.97 * remaining / step_time)  # 3% margin for timing noise
+        fitted = max(int(self._agree_min(fitted)), step + 1)
+        fitted = min(fitted, self.planned_steps)  # never more than the step or token budget
+        if fitted != self.total_steps:
+            self.total_steps = fitted
+            display.set_total(self.total_steps)
+            display.print(f"time limit {_duration(self.config.time_limit_s)}: {step_time * 1000:.0f} ms/step measured, "
+                          f"planning {self.total_steps} steps")
+
+    def _agree_min(self, value: float) -> float:
+        if not self.dist.enabled:
+            return value
+        t = torch.tensor([float(value)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t.item()
 
     def _agree(self, flag: bool) -> bool:
         """All ranks stop together: any rank over its time limit stops every rank."""
@@ -248,9 +294,12 @@ class Trainer:
         final = root / f"step_{step:07d}"
         partial = root / f".step_{step:07d}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        save_checkpoint(partial, model, self.tokenizer, state=state, metadata={"step": step})
+        self._write_model(partial, model, state, metadata={"step": step})
+        if self.save_model is not None:
+            trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+            save_file({k: v.contiguous() for k, v in state.items() if k in trainable}, partial / TRAINABLE)
         training_state = {
-            "step": step, "tokens": tokens_seen, "train_time_s": train_time,
+            "step": step, "tokens": tokens_seen, "train_time_s": train_time, "total_steps": self.total_steps,
             "optimizers": optimizer_states, "rng": torch.get_rng_state(),
             "config": {k: v for k, v in self.config.to_dict().items() if not isinstance(v, dict)},
         }
@@ -275,12 +324,14 @@ class Trainer:
 
         from llmkit.checkpoint import load_config
 
-        saved_config = load_config(directory)
-        if saved_config != self.model.config:
+        if self.save_model is not None:
+            state = load_file(directory / TRAINABLE)  # frozen weights come from the model as constructed
+        elif load_config(directory) != self.model.config:
             raise CheckpointError(f"{directory}: the checkpoint's model config differs from this run's; resume with "
                                   "the same preset and overrides")
-        state = load_file(directory / "model.safetensors")
-        if self.model.config.tie_embeddings:
+        else:
+            state = load_file(directory / "model.safetensors")
+        if self.model.config.tie_embeddings and "tok_emb.weight" in state:
             state["lm_head.weight"] = state["tok_emb.weight"]
         try:
             training = torch.load(directory / TRAINING_STATE, weights_only=True)
@@ -288,12 +339,19 @@ class Trainer:
             raise CheckpointError(f"{directory / TRAINING_STATE}: unreadable ({e})") from None
         D.load_full_state(wrapped, optimizers, state, training["optimizers"], self.config.fsdp)
         torch.set_rng_state(training["rng"])
+        self.total_steps = training.get("total_steps", self.total_steps)
         return training["step"], training["tokens"], training["train_time_s"]
 
     def _save_final(self, wrapped, model) -> None:
         state = D.full_model_state(wrapped, self.config.fsdp)
         if self.dist.is_main:
-            save_checkpoint(self.out, model, self.tokenizer, state=state)
+            self._write_model(self.out, model, state)
+
+    def _write_model(self, directory: Path, model, state: dict, metadata: dict | None = None) -> None:
+        if self.save_model is not None:
+            self.save_model(directory, state)
+        else:
+            save_checkpoint(directory, model, self.tokenizer, state=state, metadata=metadata)
 
 
 def _to_device(batch, device):

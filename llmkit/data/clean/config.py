@@ -146,6 +146,10 @@ class AnnealConfig:
     sources: list[str] | None = None  # restrict the subset to these sources (null = all)
     fraction_of_training: float = 0.1  # written to mixture.json for the trainer: the last 10% of steps
 
+    def __post_init__(self):
+        if not 0.0 <= self.fraction_of_training <= 1.0:
+            raise ValueError(f"fraction_of_training must be in [0, 1], not {self.fraction_of_training}")
+
 
 @dataclass
 class MixingConfig:
@@ -156,6 +160,11 @@ class MixingConfig:
     weights: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     anneal: AnnealConfig = field(default_factory=AnnealConfig)
+
+    def __post_init__(self):
+        for source, weight in self.weights.items():
+            if weight < 0:
+                raise ValueError(f"weights: {source!r} has weight {weight}; a weight is a number of epochs, >= 0")
 
 
 @dataclass
@@ -218,14 +227,29 @@ def config_from_dict(data: dict, path: str = "<config>") -> PipelineConfig:
             setattr(config, key, data[key])
     if config.engine not in ("local", "dask"):
         raise ConfigError(f"{where(path, data, 'engine')}: must be 'local' or 'dask', not {config.engine!r}")
-    for item in data.get("inputs") or []:
+    # task_mb <= 0 would cut a JSONL file into one-byte tasks (millions of them); negative counts are typos.
+    for key, ok, what in (("task_mb", config.task_mb > 0, "a positive number of MB"),
+                          ("workers", config.workers >= 0, "0 (every core) or a positive number"),
+                          ("report_examples", config.report_examples >= 0, "0 or more")):
+        if not ok:
+            raise ConfigError(f"{where(path, data, key)}: must be {what}, not {data[key]!r}")
+    inputs = data.get("inputs") or []
+    if not isinstance(inputs, list):
+        raise ConfigError(f"{where(path, data, 'inputs')}: must be a list of paths or `{{path: ..., source: ...}}` "
+                          f"mappings, not {inputs!r}")
+    for item in inputs:
         if isinstance(item, str):
             item = {"path": item}
         if not isinstance(item, dict) or "path" not in item:
             raise ConfigError(f"{where(path, data, 'inputs')}: each input is a path or a mapping with `path:`")
         config.inputs.append(build_dataclass(InputSpec, item, path))
     mixing = data.get("mixing") or {}
-    anneal = mixing.get("anneal") if isinstance(mixing, dict) else None
+    if not isinstance(mixing, dict):
+        raise ConfigError(f"{where(path, data, 'mixing')}: must be a mapping (weights:, seed:, anneal:), not {mixing!r}")
+    anneal = mixing.get("anneal")
+    if anneal is not None and not isinstance(anneal, dict):
+        raise ConfigError(f"{where(path, mixing, 'anneal')}: must be a mapping (min_score:, sources:, "
+                          f"fraction_of_training:), not {anneal!r}")
     config.mixing = build_dataclass(MixingConfig, mixing, path, skip=("anneal",))
     if anneal is not None:
         config.mixing.anneal = build_dataclass(AnnealConfig, anneal, path)
@@ -240,7 +264,7 @@ def config_from_dict(data: dict, path: str = "<config>") -> PipelineConfig:
             raise ConfigError(f"{where(path, data, 'stages')}: each entry needs `stage: NAME` "
                               f"(one of {', '.join(STAGES)})")
         name = entry["stage"]
-        if name not in STAGES:
+        if not isinstance(name, str) or name not in STAGES:
             raise ConfigError(f"{where(path, entry, 'stage')}: unknown stage {name!r}; choose from {', '.join(STAGES)}")
         if name in seen:
             raise ConfigError(f"{where(path, entry, 'stage')}: stage {name!r} is listed twice")

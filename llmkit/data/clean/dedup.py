@@ -112,8 +112,12 @@ def band_hashes(signature: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 
 def exact_key(doc: Document) -> bytes:
-    """128-bit hash of the text with case and whitespace/punctuation differences removed."""
-    return hashlib.blake2b(" ".join(doc.norm_words).encode("utf-8"), digest_size=16).digest()
+    """128-bit hash of the text with case and whitespace/punctuation differences removed. A text with no
+    word characters at all (only symbols or emoji) is hashed as written, whitespace collapsed: its
+    normalised form is empty for every such text, and different texts are not duplicates."""
+    words = doc.norm_words
+    basis = " ".join(words) if words else "\x00" + " ".join(doc.text.split())
+    return hashlib.blake2b(basis.encode("utf-8"), digest_size=16).digest()
 
 
 META_DTYPE = np.dtype([("key", "<u8"), ("h1", "<u8"), ("h2", "<u8"), ("nbytes", "<u4"), ("score", "<f4"),

@@ -70,9 +70,11 @@ class GopherQuality:
         if c.max_mean_word_length is not None and mean_len > c.max_mean_word_length:
             return Rejection("gopher_quality.max_mean_word_length", f"{mean_len:.2f}")
         if c.max_symbol_word_ratio is not None and n:
-            symbols = doc.text.count("#") + doc.text.count("...") + doc.text.count("…")
-            if symbols / n > c.max_symbol_word_ratio:
-                return Rejection("gopher_quality.max_symbol_word_ratio", f"{symbols / n:.2f}")
+            # "a symbol-to-word ratio greater than 0.1 for either the hash symbol or the ellipsis": two
+            # separate ratios, not their sum (Rae et al. 2021, A.1.1; datatrove's GopherQualityFilter too).
+            for symbol, count in (("#", doc.text.count("#")), ("...", doc.text.count("...") + doc.text.count("…"))):
+                if count / n > c.max_symbol_word_ratio:
+                    return Rejection("gopher_quality.max_symbol_word_ratio", f"{symbol} {count / n:.2f}")
         lines = doc.lines
         if lines and c.max_bullet_lines_ratio is not None:
             ratio = sum(line.startswith(_BULLETS) for line in lines) / len(lines)
@@ -233,7 +235,8 @@ class C4:
                 if kept and kept[-1] != "":
                     kept.append("")  # keep paragraph breaks between surviving lines
                 continue
-            if c.terminal_punctuation and not line.endswith(_END_MARKS):
+            # An ellipsis ends with "." but is not terminal punctuation (TFDS c4_utils drops such lines).
+            if c.terminal_punctuation and (not line.endswith(_END_MARKS) or line.endswith(_ELLIPSES)):
                 continue
             words = line.split()
             if c.min_words_per_line is not None and len(words) < c.min_words_per_line:

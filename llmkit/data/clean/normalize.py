@@ -47,8 +47,10 @@ class Extract:
         return doc
 
 
-# Zero-width and byte-order marks, and the C0/C1 control characters except tab and newline.
-_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+# Zero-width space, word joiner, byte-order mark and soft hyphen, and the C0/C1 control characters
+# except tab and newline. Not ZWNJ/ZWJ (U+200C/U+200D): they are part of the spelling in Persian and
+# Indic scripts and join emoji sequences, so removing them would change the text, not clean it.
+_INVISIBLE = re.compile("[\u200b\u2060\ufeff\u00ad]")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPACES = re.compile(r"[^\S\n]+")  # any whitespace but newline: tabs, NBSP, U+2000..U+200A, U+3000 ...
 _BLANK_LINES = re.compile(r"\n{3,}")

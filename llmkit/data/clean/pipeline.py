@@ -29,10 +29,12 @@ from llmkit.data.clean.config import InputSpec, PipelineConfig
 from llmkit.data.clean.dedup import SignatureWriter, find_duplicates, lookup_ids
 from llmkit.data.clean.document import Document, Rejection
 from llmkit.data.clean.mixing import copies, in_anneal, mixture_summary
+from llmkit.data.clean.quality import QualityModel
 from llmkit.data.clean.readers import ReadTask, plan_tasks, read_part
 from llmkit.data.clean.report import RunStats, snippet, write_report
+from llmkit.data.clean.safety import load_word_list
 from llmkit.data.clean.stages import STAGES
-from llmkit.errors import DataError
+from llmkit.errors import ConfigError, DataError
 
 _STAGE_CACHE: dict[str, list] = {}
 
@@ -108,6 +110,8 @@ class _AtomicFile:
 
     def close(self) -> None:
         if self.f is not None:
+            self.f.flush()
+            os.fsync(self.f.fileno())  # as llmkit.atomic: the rename must not land before the data
             self.f.close()
             os.replace(self.tmp, self.path)
 
@@ -267,9 +271,12 @@ class LocalExecutor:
             self.pool = ctx.Pool(self.workers)
         return [_tick(result, progress) for result in self.pool.imap(fn, items, chunksize=1)]
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self.pool is not None:
-            self.pool.close()
+            if failed:
+                self.pool.terminate()  # imap queued every task: close() would run them all before the error shows
+            else:
+                self.pool.close()
             self.pool.join()
 
 
@@ -299,7 +306,7 @@ class DaskExecutor:
             _tick(future.result(), progress)
         return self.client.gather(futures)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
@@ -308,7 +315,13 @@ class DaskExecutor:
 def _prepare_out(out: Path) -> None:
     """OUT is ours if empty or made by a previous run (it has report/report.json); then the previous
     output is replaced. Anything else is refused rather than mixed with our shards."""
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is a file; --out must be a directory (new, empty, or a previous output)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot create the output directory ({e.strerror}); choose another --out") from None
+    if any(out.iterdir()):
         if not (out / "report" / "report.json").exists() and not (out / ".work").exists():
             raise DataError(f"{out}: exists and is not the output of a previous `llmkit data clean`; "
                             "choose an empty or new --out directory")
@@ -324,6 +337,33 @@ def _check(config: PipelineConfig) -> None:
         if config.stage(name).keep == "quality" and "quality_model" not in before:
             raise DataError(f"{config.path}: {name}.keep is 'quality' but no quality_model stage runs before "
                             "deduplication; move quality_model before the dedup stages or use keep: first")
+    # Files the stages need are checked here, before OUT is cleared and workers start.
+    quality = config.stage("quality_model")
+    if quality is not None:
+        if not quality.model:
+            raise ConfigError(f"{config.path}: stage quality_model: field 'model' is not set; train a model with "
+                              "`llmkit data train-quality` and set its path, or set `enabled: false`")
+        QualityModel.load(quality.model, weights=False)  # the header only: the driver never scores
+    bad_words = config.stage("bad_words")
+    if bad_words is not None:
+        load_word_list(bad_words.word_list)
+
+
+def _check_inputs(config: PipelineConfig, tasks: list[ReadTask], out: Path) -> None:
+    # Every stage reads `doc.text`, which an HTML page only has once `extract` ran: without it first, pages
+    # would be removed as empty (normalize) or all be "exact duplicates" of one another (dedup).
+    if not config.stages or config.stages[0].name != "extract":
+        for task in tasks:
+            for part in task.parts:
+                if part.format == "html" or (part.format == "warc" and ".wet" not in Path(part.path).name.lower()):
+                    raise DataError(f"{part.path}: HTML input needs `- stage: extract` as the first stage in "
+                                    f"{config.path}; add it (text inputs pass through it unchanged)")
+    resolved = out.resolve()
+    for spec in config.inputs:
+        root = Path(spec.path).resolve()
+        if root == resolved or root in resolved.parents or resolved in root.parents:
+            raise DataError(f"{out}: the output directory overlaps the input {spec.path}; a previous output "
+                            "would be read as input (or an input deleted); choose --out outside the inputs")
 
 
 def run_pipeline(config: PipelineConfig, out: str | Path, inputs: list[InputSpec] | None = None,
@@ -339,12 +379,14 @@ def run_pipeline(config: PipelineConfig, out: str | Path, inputs: list[InputSpec
     _check(config)
     tasks: list[ReadTask] = plan_tasks(config.inputs, config.task_mb)
     out = Path(out)
+    _check_inputs(config, tasks, out)
     _prepare_out(out)
     workdir = out / ".work"
     workdir.mkdir()
     before, dedup, after = split_stages(config)
     executor = DaskExecutor(workers, config.dask_address) if engine == "dask" else LocalExecutor(workers)
     stats = RunStats(_stage_names(config), config.report_examples)
+    failed = True
     try:
         total_mb = sum(t.nbytes for t in tasks) / 1e6
         log(f"clean: {len(tasks)} task(s), {total_mb:,.1f} MB, {workers} worker(s), engine {engine}")
@@ -366,8 +408,9 @@ def run_pipeline(config: PipelineConfig, out: str | Path, inputs: list[InputSpec
             progress = _Progress(log, "pass 2", len(tasks), 0.0)
             for result in executor.map(second_pass, [(config, t, str(workdir), str(out)) for t in tasks], progress):
                 stats.merge(result)
+        failed = False
     finally:
-        executor.close()
+        executor.close(failed)
     summary = _summary(config, stats, dedup_info, workdir, workers, engine, time.perf_counter() - start)
     report_dir = out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)

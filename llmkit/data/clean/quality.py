@@ -56,7 +56,8 @@ class QualityModel:
         atomic_write_bytes(path, data)
 
     @classmethod
-    def load(cls, path: str | Path) -> "QualityModel":
+    def load(cls, path: str | Path, weights: bool = True) -> "QualityModel | None":
+        """The model at `path`; with weights=False only check that it is one (and return None)."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -67,22 +68,31 @@ class QualityModel:
                 meta = f.metadata() or {}
                 if meta.get("format") != FORMAT:
                     raise ValueError(f"format is {meta.get('format')!r}, not {FORMAT!r}")
-                weights, bias = f.get_tensor("weights"), float(f.get_tensor("bias")[0])
+                if not weights:
+                    return None
+                w, bias = f.get_tensor("weights"), float(f.get_tensor("bias")[0])
         except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
             raise ConfigError(f"{path}: not a quality model written by `llmkit data train-quality` ({e})") from None
-        return cls(weights, bias, int(meta["bits"]), int(meta["max_words"]), json.loads(meta.get("info", "{}")))
+        return cls(w, bias, int(meta["bits"]), int(meta["max_words"]), json.loads(meta.get("info", "{}")))
 
 
 def train_model(good: list[np.ndarray], bad: list[np.ndarray], bits: int = 20, max_words: int = 2000,
                 epochs: int = 16, lr: float = 0.1, l2: float = 1e-6, batch_size: int = 32,
                 seed: int = 0) -> QualityModel:
     """Logistic regression with Adam on mini-batches; inputs are per-document word-hash arrays."""
+    if not 1 <= bits <= 30:
+        raise DataError(f"bits must be 1..30 (2^bits float weights), not {bits}")
+    if epochs < 1:
+        raise DataError(f"epochs must be at least 1, not {epochs}")
     docs = [doc_features(h, bits, max_words) for h in good + bad]
     labels = np.array([1.0] * len(good) + [0.0] * len(bad))
     keep = [i for i, f in enumerate(docs) if len(f)]
     docs, labels = [docs[i] for i in keep], labels[keep]
-    if labels.min(initial=1) == labels.max(initial=0):
-        raise DataError("train-quality needs documents in both --good and --bad (after dropping empty ones)")
+    # Both classes, not `min != max`: with no documents at all min(initial=1) != max(initial=0) too.
+    if not (labels == 1).any() or not (labels == 0).any():
+        raise DataError(f"train-quality needs training documents in both --good and --bad (after dropping empty "
+                        f"ones and the held-out tenth); got {int((labels == 1).sum())} good and "
+                        f"{int((labels == 0).sum())} bad")
     dim = 1 << bits
     w = np.zeros(dim, dtype=np.float64)
     b = 0.0
@@ -182,6 +192,8 @@ def train_quality(good: list, bad: list, out: str | Path, bits: int = 20, epochs
     from llmkit.data.clean.normalize import Extract, ExtractConfig, Normalize, NormalizeConfig
     from llmkit.data.clean.readers import plan_tasks, read_part
 
+    if not Path(out).resolve().parent.is_dir():
+        raise DataError(f"{out}: the directory {Path(out).parent} does not exist; create it or choose another --out")
     extract, normalize = Extract(ExtractConfig()), Normalize(NormalizeConfig())
 
     def word_hashes(specs) -> list[np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,9 +122,7 @@ def _split(path: Path, fmt: str, size: int, target: int) -> list[tuple[int, int,
         cuts = [size * i // n for i in range(n + 1)]
         return [(cuts[i], cuts[i + 1], cuts[i + 1] - cuts[i]) for i in range(n)]
     if fmt == "parquet" and size > target:
-        import pyarrow.parquet as pq
-
-        meta = pq.ParquetFile(path).metadata
+        meta = _parquet_file(str(path)).metadata
         pieces, start, acc = [], 0, 0
         for g in range(meta.num_row_groups):
             acc += meta.row_group(g).total_byte_size
@@ -174,7 +173,23 @@ def _line_number(path: str, offset: int) -> int:
     return count + 1
 
 
+def _parquet_file(path: str):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError ... for a bad file
+        raise DataError(f"{path}: not a readable Parquet file ({e}); check the file or its format") from None
+
+
 def _read_jsonl(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
+    try:
+        yield from _read_jsonl_lines(part, skip_bad, bad_counter)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # a corrupt or truncated .gz is one line too
+        raise DataError(f"{part.path}: not a readable gzip file ({e}); check or re-download the file") from None
+
+
+def _read_jsonl_lines(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
     opener = gzip.open if part.path.endswith(".gz") else open
     with opener(part.path, "rb") as f:
         offset = 0
@@ -220,9 +235,7 @@ def _read_jsonl(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
 
 
 def _read_parquet(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(part.path)
+    pf = _parquet_file(part.path)
     names = pf.schema_arrow.names
     if part.text_field not in names:
         raise DataError(f"{part.path}: no column {part.text_field!r} (columns: {', '.join(names)}); "

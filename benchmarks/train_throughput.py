@@ -1,0 +1,72 @@
+"""Training throughput and MFU of the reference shape through the real Trainer.
+
+Reference shape (GPT-2 style): 6 layers, 6 heads, d_model 384, context 256, micro-batch 8, vocab 8192,
+learned positions, LayerNorm, GELU, tied head; data: the built-in Shakespeare shards. MFU divides
+achieved model FLOPs (Transformer.flops_per_token: 6N + 12 L H Q T, PaLM appendix B) by the peak of a
+2048x2048 bf16 matmul measured in the same process (llmkit.train.progress.measure_peak_flops).
+
+    python benchmarks/train_throughput.py [--steps 60] [--no-compile] [--dtype bf16] [overrides ...]
+
+Prints a table, then one JSON line: tokens_per_s, mfu, peak_flops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup-steps", type=int, default=20, help="steps left out of the average (compile, caches)")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", help="extra TrainConfig field=value overrides")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from llmkit.train.config import TrainConfig, merge_overrides
+    from llmkit.train.pretrain import pretrain
+
+    log_every = 10
+    with tempfile.TemporaryDirectory() as out:
+        data = {"model": "gpt2-cpu", "data": "shakespeare", "vocab_size": 8192, "seq_len": 256, "micro_batch": 8,
+                "max_steps": args.steps, "log_every": log_every, "eval_every": 0, "ckpt_every": 0,
+                "compile": not args.no_compile, "dtype": args.dtype, "warmup_steps": 10, "plot": False,
+                "threads": args.threads}
+        config = TrainConfig.from_dict(merge_overrides(data, args.overrides), source="benchmark")
+        result = pretrain(config, out)
+        records = [json.loads(line) for line in open(f"{out}/metrics.jsonl") if '"loss"' in line]
+    measured = [r for r in records if r["step"] > args.warmup_steps]
+    # tokens/s over the measured windows: total tokens / total time (each record covers log_every steps)
+    tokens = sum(log_every * 8 * 256 for _ in measured)
+    seconds = sum(log_every * 8 * 256 / r["tokens_per_s"] for r in measured)
+    tokens_per_s = tokens / seconds
+    from llmkit.config import ModelConfig
+    from llmkit.model import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(ModelConfig.preset("gpt2-cpu", vocab_size=8192))
+    flops_per_token = model.flops_per_token(256)
+    mfu = tokens_per_s * flops_per_token / result.peak_flops
+    rows = [("model", f"gpt2-cpu, {model.num_params() / 1e6:.2f}M params, {flops_per_token / 1e6:.1f} MFLOP/token"),
+            ("precision", f"{args.dtype} autocast, compile={not args.no_compile}, {args.threads} threads"),
+            ("steps measured", f"{len(measured) * log_every} (after {args.warmup_steps} warm-up)"),
+            ("tokens/s", f"{tokens_per_s:,.0f}"),
+            ("peak matmul", f"{result.peak_flops / 1e12:.2f} TFLOP/s"),
+            ("MFU", f"{mfu:.1%}")]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print(json.dumps({"tokens_per_s": round(tokens_per_s, 1), "mfu": round(mfu, 4),
+                      "peak_flops": round(result.peak_flops), "compile": not args.no_compile, "dtype": args.dtype}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""The built-in assistant task: questions about Shakespeare's plays, made by code from the corpus.
+
+A pretrained model has read the plays but does not answer questions; post-training should teach it to.
+Four kinds of question, each with one right answer and a plausible wrong one (a preference pair):
+
+    play      In which play does Shylock appear: The Merchant of Venice or Othello?   knowledge, 2 options
+    speaker   In Othello, who says "...": Iago or Cassio?                              knowledge, 2 options
+    continue  Continue this line from Hamlet: "To be, or not to be,"                   memory of the text
+    passage   <3 short speeches>  In this passage, who says "..."?                     reading the prompt
+
+Held-out questions are about subjects (characters, lines, passages) that no training question touches,
+so accuracy on them measures what the model learned, not what it was shown. The answer is checked by
+exact match after normalisation (case, punctuation, surrounding quotes); `accuracy` reports it with a
+Wilson 95% interval, overall and per kind. Only the training plays are used (the pretraining corpus;
+hamlet, macbeth and tempest stay unseen), so the knowledge questions are answerable from pretraining.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llmkit.errors import DataError
+
+KINDS = ("play", "speaker", "continue", "passage")
+SPEAKER_TAG = re.compile(r"^([A-Z][A-Za-z'\-]*(?: [A-Za-z'\-]+){0,3})\.?$")
+SMALL_WORDS = {"and", "of", "the", "or", "to", "a", "in", "on", "for"}
+
+
+@dataclass
+class Speech:
+    speaker: str
+    lines: list[str]
+
+
+@dataclass
+class Play:
+    title: str
+    speeches: list[Speech]
+
+
+@dataclass
+class Question:
+    kind: str
+    prompt: str  # the user's message
+    answer: str  # the right reply
+    wrong: str  # a plausible wrong reply
+    subject: str  # what the question is about: held-out questions share no subject with training ones
+
+    def sft_record(self) -> dict:
+        return {"messages": [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": self.answer}]}
+
+    def preference_record(self) -> dict:
+        return {"prompt": [{"role": "user", "content": self.prompt}],
+                "chosen": [{"role": "assistant", "content": self.answer}],
+                "rejected": [{"role": "assistant", "content": self.wrong}],
+                "kind": self.kind, "answer": self.answer}
+
+
+# --- parsing the corpus ---------------------------------------------------------------------------------------
+def title_case(text: str) -> str:
+    words = text.strip().lower().split()
+    out = []
+    for i, w in enumerate(words):
+        if re.fullmatch(r"[ivx]+,?", w) and i:
+            out.append(w.upper())  # King Henry IV
+        else:
+            out.append(w if (i and w in SMALL_WORDS) else w[:1].upper() + w[1:])
+    return " ".join(out)
+
+
+def parse_play(path: Path) -> Play | None:
+    """Speeches of a play text (Project Gutenberg layout: a speaker's name alone on a line, then the
+    speech, blocks separated by blank lines). None for poems (no speakers)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    title = title_case(text.strip().split("\n", 1)[0].split(";")[0])
+    speeches = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [line.strip() for line in block.strip().split("\n")]
+        if len(lines) < 2:
+            continue
+        tag = SPEAKER_TAG.match(lines[0])
+        if not tag or not (lines[0].endswith(".") or lines[0].isupper()):
+            continue
+        speech = [line for line in lines[1:] if line and not line.startswith("[")]
+        name = title_case(tag.group(1))
+        if speech and len(name.replace(" ", "")) >= 4:
+            speeches.append(Speech(name, speech))
+    if len(speeches) < 100:
+        return None
+    return Play(title, speeches)
+
+
+def read_plays(corpus_dir: Path) -> list[Play]:
+    files = sorted(Path(corpus_dir).glob("*.txt"))
+    if not files:
+        raise DataError(f"{corpus_dir}: no .txt plays found")
+    return [p for p in (parse_play(f) for f in files) if p is not None]
+
+
+# --- questions ------------------------------------------------------------------------------------------------
+def _held_out(subject: str, fraction: float, seed: int) -> bool:
+    digest = hashlib.sha256(f"{seed}:{subject}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _verse_lines(speech: Speech, min_words: int) -> list[str]:
+    return [line for line in speech.lines if len(line.split()) >= min_words and '"' not in line]
+
+
+def _pick_two(rng: random.Random, right: str, wrong: str) -> tuple[str, str]:
+    return (right, wrong) if rng.random() < 0.5 else (wrong, right)
+
+
+def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000, heldout_per_kind: int = 100,
+                   heldout_fraction: float = 0.2) -> tuple[list[Question], list[Question]]:
+    """(training questions, held-out questions), deterministic in the seed."""
+    rng = random.Random(seed)
+    pools: dict[str, tuple[list, list]] = {k: ([], []) for k in KINDS}
+
+    def add(q: Question):
+        # by subject alone: a line held out is held out from every kind of question
+        pools[q.kind][1 if _held_out(q.subject, heldout_fraction, seed) else 0].append(q)
+
+    # major characters: >= 8 speeches; "play" questions only for names found in one play alone
+    counts = [{} for _ in plays]
+    for i, play in enumerate(plays):
+        for s in play.speeches:
+            counts[i][s.speaker] = counts[i].get(s.speaker, 0) + 1
+    major = [[n for n, c in sorted(cnt.items()) if c >= 8] for cnt in counts]
+    plays_of: dict[str, set] = {}
+    for i, names in enumerate(counts):
+        for n in names:
+            plays_of.setdefault(n, set()).add(i)
+    for i, play in enumerate(plays):
+        for name in major[i]:
+            if len(plays_of[name]) == 1:
+                other = plays[rng.choice([j for j in range(len(plays)) if j != i])].title
+                a, b = _pick_two(rng, play.title, other)
+                add(Question("play", f"In which play does {name} appear: {a} or {b}?", play.title, other, name))
+    for i, play in enumerate(plays):
+        cast = major[i]
+        if len(cast) < 2:
+            continue
+        for s_idx, speech in enumerate(play.speeches):
+            lines = _verse_lines(speech, 6)
+            if speech.speaker in cast and lines:
+                line = rng.choice(lines)
+                other = rng.choice([n for n in cast if n != speech.speaker])
+                a, b = _pick_two(rng, speech.speaker, other)
+                add(Question("speaker", f'In {play.title}, who says "{line}": {a} or {b}?', speech.speaker, other, line))
+            lines = _verse_lines(speech, 8)
+            if lines:
+                words = rng.choice(lines).split()
+                cut = len(words) // 2
+                donor = rng.choice(play.speeches)
+                donor_lines = _verse_lines(donor, 8) or lines
+                wrong_words = rng.choice(donor_lines).split()
+                wrong = " ".join(wrong_words[len(wrong_words) // 2:])
+                answer = " ".join(words[cut:])
+                if _normalise(wrong) != _normalise(answer):
+                    add(Question("continue", f'Continue this line from {play.title}: "{" ".join(words[:cut])}"',
+                                 answer, wrong, " ".join(words)))
+            window = play.speeches[s_idx:s_idx + 3]
+            speakers = {w.speaker for w in window}
+            if len(window) == 3 and len(speakers) >= 2 and all(len(w.lines) <= 3 for w in window):
+                target = rng.choice(window)
+                lines = _verse_lines(target, 4)
+                if lines:
+                    passage = "\n".join(f"{w.speaker}: {' '.join(w.lines)}" for w in window)
+                    line = rng.choice(lines)
+                    if sum(line in " ".join(w.lines) for w in window) == 1:
+                        wrong = rng.choice(sorted(speakers - {target.speaker}))
+                        add(Question("passage", f'{passage}\n\nIn this passage, who says "{line}"?', target.speaker,
+                                     wrong, f"{play.title}:{s_idx}"))
+    train, heldout = [], []
+    for kind in KINDS:
+        pool_train, pool_held = pools[kind]
+        rng.shuffle(pool_train)
+        rng.shuffle(pool_held)
+        train += pool_train[:train_per_kind]
+        heldout += pool_held[:heldout_per_kind]
+    rng.shuffle(train)
+    return train, heldout
+
+
+# --- files --------------------------------------------------------------------------------------------------------
+TASK_FILES = {"sft": "sft_train.jsonl", "preference": "preference_train.jsonl", "heldout": "heldout.jsonl"}
+
+
+def write_task(out: str | Path, corpus_dir: str | Path, seed: int = 0, train_per_kind: int = 1000,
+               heldout_per_kind: int = 100) -> dict[str, Path]:
+    """Write the task's files into `out`: sft_train.jsonl (conversations), preference_train.jsonl
+    and heldout.jsonl (prompt / chosen / rejected, plus "kind" and "answer")."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train, heldout = make_questions(read_plays(Path(corpus_dir)), seed, train_per_kind, heldout_per_kind)
+    paths = {k: out / v for k, v in TASK_FILES.items()}
+    for key, rows in (("sft", [q.sft_record() for q in train]), ("preference", [q.preference_record() for q in train]),
+                      ("heldout", [q.preference_record() for q in heldout])):
+        tmp = paths[key].with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(paths[key])
+    (out / "questions.json").write_text(json.dumps({"seed": seed, "train": len(train), "heldout": len(heldout),
+                                                    "examples": [asdict(q) for q in heldout[:8]]}, indent=2))
+    return paths
+
+
+def builtin_task(seed: int = 0, train_per_kind: int = 1000, heldout_per_kind: int = 100) -> dict[str, Path]:
+    """The task's files for the built-in corpus, made once and cached ($LLMKIT_CACHE/data/)."""
+    from llmkit.data.corpus import cache_root, fetch_shakespeare
+
+    base = cache_root() / "data"
+    corpus = fetch_shakespeare(base / "shakespeare")
+    out = base / f"assistant-task-s{seed}-n{train_per_kind}-h{heldout_per_kind}"
+    paths = {k: out / v for k, v in TASK_FILES.items()}
+    if not all(p.exists() for p in paths.values()):
+        write_task(out, corpus / "train", seed, train_per_kind, heldout_per_kind)
+    return paths
+
+
+# --- the metric -----------------------------------------------------------------------------------------------------
+def _normalise(text: str) -> str:
+    text = text.strip().split("\n", 1)[0].lower() if text.strip() else ""
+    text = re.sub(r"[^\w\s']", " ", text)
+    return " ".join(text.split()).strip("'")
+
+
+def is_correct(reply: str, answer: str) -> bool:
+    """Exact match of the reply's first line with the answer, ignoring case, punctuation and spacing."""
+    return _normalise(reply) == _normalise(answer) != ""
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% confidence interval of a proportion (Wilson 1927): sound near 0 and 1 and for small n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy(kinds: list[str], correct: list[bool]) -> dict:
+    """{"accuracy", "ci95", "n", "by_kind": {kind: accuracy}}."""
+    n, k = len(correct), sum(correct)
+    by_kind = {}
+    for kind in sorted(set(kinds)):
+        marks = [c for kd, c in zip(kinds, correct) if kd == kind]
+        by_kind[kind] = sum(marks) / len(marks)
+    return {"accuracy": k / max(n, 1), "ci95": wilson_interval(k, n), "n": n, "by_kind": by_kind}

@@ -1,0 +1,171 @@
+"""Direct Preference Optimization, through the one Trainer.
+
+DPO (Rafailov et al. 2023, eq. 7) fits the policy to preference pairs without a reward model or
+sampling: with h = [log pi(y_w|x) - log ref(y_w|x)] - [log pi(y_l|x) - log ref(y_l|x)],
+
+    sigmoid (DPO):  loss = -log sigmoid(beta * h)                       beta 0.1 by default
+    ipo (IPO):      loss = (h' - 1 / (2 beta))^2     (Azar et al. 2023, eq. 17; h' from per-token mean
+                                                       log-probabilities, as TRL does)
+
+At the start the policy is the reference, h = 0 and the DPO loss is log 2. The reference is the
+starting model; its log-probabilities of every training and held-out pair are computed once, before
+training (and kept in reference_logprobs.safetensors in the run directory, so a resumed run does not
+redo them), so no second model is held in memory. beta * (log pi - log ref) is the implicit reward:
+`reward_accuracy` is how often it ranks the chosen reply first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from llmkit.train.chat_data import EncodedPair, encode_pair
+from llmkit.train.packing import completion_item, pack, sequence_logprobs
+from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
+from llmkit.train.post_common import (generate, items_for, planned_steps, reply_text, stage_records, start_model,
+                                      task_accuracy, task_records)
+from llmkit.train.post_config import DPOConfig
+from llmkit.train.pretrain import trainer_autocast
+from llmkit.train.trainer import Trainer, TrainResult, resolve_autocast_dtype, resolve_device
+
+REFERENCE_FILE = "reference_logprobs.safetensors"
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float = 0.1, kind: str = "sigmoid",
+             lengths: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
+    """Mean DPO / IPO loss over pairs from summed sequence log-probabilities, and its metrics.
+    lengths (chosen, rejected token counts) turn sums into per-token means for IPO."""
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    if kind == "sigmoid":
+        loss = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+    elif kind == "ipo":
+        if lengths is not None:
+            chosen_ratio, rejected_ratio = chosen_ratio / lengths[0].clamp(min=1), rejected_ratio / lengths[1].clamp(min=1)
+        loss = (chosen_ratio - rejected_ratio - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss {kind!r}")
+    chosen_reward, rejected_reward = beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+    metrics = {"reward_accuracy": (chosen_reward > rejected_reward).float().mean().item(),
+               "reward_margin": (chosen_reward - rejected_reward).mean().item(),
+               "chosen_reward": chosen_reward.mean().item(), "rejected_reward": rejected_reward.mean().item()}
+    return loss.mean(), metrics
+
+
+def pair_batch(pairs: list[EncodedPair], row_len: int, pad_id: int) -> dict:
+    """A packed batch of [chosen_0, rejected_0, chosen_1, ...] with targets on the replies."""
+    items = []
+    for p in pairs:
+        items += [completion_item(p.prompt, p.chosen), completion_item(p.prompt, p.rejected)]
+    batch = pack(items, row_len, pad_id)
+    batch.pop("last_index")
+    return batch
+
+
+@torch.no_grad()
+def pair_logprobs(model, pairs: list[EncodedPair], row_len: int, pad_id: int, pairs_per_batch: int, device,
+                  autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probabilities, token counts), each (n_pairs, 2) [chosen, rejected], in eval mode."""
+    was_training = model.training
+    model.eval()
+    logps, counts = [], []
+    for start in range(0, len(pairs), pairs_per_batch):
+        chunk = pairs[start:start + pairs_per_batch]
+        batch = {k: v.to(device) for k, v in pair_batch(chunk, row_len, pad_id).items()}
+        with autocast:
+            lp, n = sequence_logprobs(model, batch, 2 * len(chunk))
+        logps.append(lp.float().view(-1, 2).cpu())
+        counts.append(n.view(-1, 2).cpu())
+    model.train(was_training)
+    return torch.cat(logps), torch.cat(counts)
+
+
+def reference_logprobs(model, pairs, val_pairs, config, pad_id, out: Path, device, autocast) -> tuple:
+    """The starting model's log-probabilities of every pair, computed once (cached in the run dir)."""
+    path = out / REFERENCE_FILE
+    digest = hashlib.sha256(repr((config.init_from, config.peft, config.dtype, [(p.prompt, p.chosen, p.rejected)
+                                  for p in pairs + val_pairs])).encode()).hexdigest()
+    if path.exists():
+        with safe_open(path, "pt") as f:
+            same = (f.metadata() or {}).get("fingerprint") == digest
+        if same:
+            saved = load_file(path)
+            return saved["train"], saved["val"]
+    model.to(device)
+    batch = config.micro_batch * 2
+    train = pair_logprobs(model, pairs, config.seq_len, pad_id, batch, device, autocast)[0]
+    val = (pair_logprobs(model, val_pairs, config.seq_len, pad_id, batch, device, autocast)[0]
+           if val_pairs else torch.zeros(0, 2))
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"train": train.contiguous(), "val": val.contiguous()}, path, metadata={"fingerprint": digest})
+    return train, val
+
+
+def run_dpo(config: DPOConfig, out: str | Path, resume: bool = False) -> TrainResult:
+    out = Path(out)
+    model, tokenizer, base_dir = start_model(config)
+    summary = apply_peft(model, config)
+    prefix = prompt_prefix_ids(model)
+    train_records, val_records = stage_records(config, "preference")
+    pairs = [encode_pair(tokenizer, r, config.seq_len, prefix) for r in train_records]
+    val_pairs = [encode_pair(tokenizer, r, config.seq_len, prefix) for r in val_records]
+    heldout = task_records(config, val_records)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    device = resolve_device(config.device)
+    dtype = resolve_autocast_dtype(config.dtype, device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
+    print(f"dpo: {len(pairs)} pairs ({len(val_pairs)} held out); {summary}; computing reference log-probabilities",
+          flush=True)
+    ref_train, ref_val = reference_logprobs(model, pairs, val_pairs, config, pad, out, device, autocast)
+    mean_len = sum(len(p.prompt) * 2 + len(p.chosen) + len(p.rejected) for p in pairs) / len(pairs)
+    tokens_per_micro = max(1, int(config.micro_batch * mean_len))
+    accum = max(1, config.batch_tokens // tokens_per_micro) if config.batch_tokens else 1
+    total_steps = planned_steps(config, len(pairs), config.micro_batch * accum)
+
+    def batch_fn(step: int, micro: int):
+        index = items_for(step, micro, accum, config.micro_batch, len(pairs), config.seed)
+        batch = pair_batch([pairs[i] for i in index], config.seq_len, pad)
+        batch["ref"] = ref_train[index]
+        return batch
+
+    def objective(model, batch):
+        logps, counts = sequence_logprobs(model, batch, 2 * batch["ref"].shape[0])
+        logps, counts = logps.view(-1, 2), counts.view(-1, 2)
+        ref = batch["ref"]
+        return dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], config.beta, config.loss,
+                        (counts[:, 0], counts[:, 1]))
+
+    def evaluate(runner) -> dict:
+        device = next(runner.parameters()).device
+        results = {}
+        if val_pairs:
+            logps, counts = pair_logprobs(runner, val_pairs, config.seq_len, pad, config.micro_batch * 2, device,
+                                          trainer_autocast(trainer))
+            loss, metrics = dpo_loss(logps[:, 0], logps[:, 1], ref_val[:, 0], ref_val[:, 1], config.beta,
+                                     config.loss, (counts[:, 0], counts[:, 1]))
+            results.update(val_loss=loss.item(), val_reward_accuracy=metrics["reward_accuracy"],
+                           val_reward_margin=metrics["reward_margin"])
+        if heldout:
+            acc = task_accuracy(runner, tokenizer, heldout, config.eval_max_new_tokens)
+            results["task_accuracy"] = acc["accuracy"]
+            results.update({f"acc_{k}": v for k, v in acc["by_kind"].items()})
+        return results
+
+    def sample(model, step: int) -> str:
+        record = (heldout or val_records or train_records)[0]
+        return reply_text(tokenizer, generate(model, tokenizer, [record.prompt], config.eval_max_new_tokens)[0])
+
+    print(f"dpo: reference done; {total_steps} steps, loss {config.loss}, beta {config.beta} "
+          f"(a loss of log 2 = {math.log(2):.4f} at the start)", flush=True)
+    trainer = Trainer(model, config, out, batch_fn, tokens_per_micro, objective=objective,
+                      evaluate=evaluate if (val_pairs or heldout) else None, sample=sample, tokenizer=tokenizer,
+                      total_steps=total_steps,
+                      save_model=peft_saver(model, tokenizer, base_dir) if config.peft != "none" else None)
+    return trainer.fit(resume=resume)

@@ -1,0 +1,134 @@
+"""What the post-training stages share: the starting model and its tokenizer, the data files (a user's
+JSONL or the built-in assistant task), the step budget, generation through the one engine, and the
+held-out accuracy of the built-in task."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import torch
+
+from llmkit.checkpoint import load_model, load_tokenizer
+from llmkit.errors import ConfigError
+from llmkit.infer import Engine, SamplingParams
+from llmkit.tokenizer import Tokenizer
+from llmkit.train.chat_data import Record, encode_prompt, load_records
+from llmkit.train.peft import prompt_prefix_ids
+from llmkit.train.post_config import PostTrainConfig
+
+
+def start_model(config: PostTrainConfig) -> tuple[torch.nn.Module, Tokenizer, str]:
+    """(model, tokenizer, resolved directory) of config.init_from, in fp32 (the Trainer autocasts)."""
+    if not config.init_from:
+        raise ConfigError("init_from is required: the checkpoint directory or named model (smollm2) to start from")
+    from llmkit.convert import resolve_model
+
+    directory = resolve_model(config.init_from)
+    model = load_model(directory, dtype=torch.float32)
+    if config.seq_len > model.config.max_seq_len:
+        raise ConfigError(f"seq_len {config.seq_len} is longer than the model's context of "
+                          f"{model.config.max_seq_len}; lower seq_len")
+    model.train()
+    return model, load_tokenizer(directory), str(directory)
+
+
+def stage_records(config: PostTrainConfig, kind: str) -> tuple[list[Record], list[Record]]:
+    """(training records, held-out records) of the kind a stage needs (sft / preference / prompt).
+    data "assistant": the built-in task's files (SFT: its conversations; others: its preference pairs;
+    held out: its held-out questions, which carry "kind" and "answer" for the accuracy metric)."""
+    data, val_data, val_records = config.data, config.val_data, config.val_records
+    if data == "assistant":
+        from llmkit.data.assistant_task import builtin_task
+
+        files = builtin_task(config.task_seed, config.task_train_per_kind, config.task_heldout_per_kind)
+        data = files["sft"] if kind == "sft" else files["preference"]
+        val_data, val_records = val_data or files["heldout"], None if val_data is None else val_records
+    train = load_records(data, kind, config.data_records)
+    if val_data:
+        return train, load_records(val_data, kind, val_records)
+    if config.val_fraction:
+        n_val = max(1, int(len(train) * config.val_fraction))
+        return train[:-n_val], train[-n_val:]
+    return train, []
+
+
+def task_records(config: PostTrainConfig, val_records: list[Record]) -> list[Record]:
+    """Held-out records with a reference answer (the built-in task's): scored by answer accuracy."""
+    if not config.eval_task:
+        return []
+    return [r for r in val_records if "answer" in r.extra]
+
+
+def planned_steps(config: PostTrainConfig, items: int, items_per_step: int) -> int:
+    """max_steps if set, else `epochs` passes over the data."""
+    if config.max_steps:
+        return config.max_steps
+    return max(1, math.ceil(config.epochs * items / items_per_step))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """A permutation of range(n) that depends on (seed, epoch) alone: resume stays exact."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def items_for(step: int, micro: int, accum: int, per_micro: int, n: int, seed: int) -> list[int]:
+    """Indices of the items of (step, micro): consecutive slices of per-epoch permutations."""
+    first = (step * accum + micro) * per_micro
+    out = []
+    for k in range(first, first + per_micro):
+        epoch, at = divmod(k, n)
+        out.append(epoch_order(n, seed, epoch)[at])
+    return out
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def generate(model, tokenizer: Tokenizer, prompts: list, max_new_tokens: int, temperature: float = 0.0,
+             seed: int = 0, top_p: float = 1.0, max_batch_size: int = 64) -> list[list[int]]:
+    """Generated token ids (a final stop token included) for each prompt (token ids, or a Record
+    prompt: text or messages), through the one engine; a soft prompt's virtual tokens go first."""
+    prefix = prompt_prefix_ids(model)
+    ids = [p if isinstance(p, list) and (not p or isinstance(p[0], int)) else prefix + encode_prompt(tokenizer, p)
+           for p in prompts]
+    transformer = getattr(model, "transformer", model)
+    with eval_mode(transformer):
+        engine = Engine(transformer, tokenizer.stop_token_ids, tokenizer=tokenizer, max_batch_size=max_batch_size,
+                        prefix_cache_mib=0)
+        params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                 seed=seed + i) for i in range(len(ids))]
+        return [c.token_ids for c in engine.generate_batch(ids, params)]
+
+
+def reply_text(tokenizer: Tokenizer, token_ids: list[int]) -> str:
+    stops = set(tokenizer.stop_token_ids)
+    kept = []
+    for t in token_ids:
+        if t in stops:
+            break
+        kept.append(t)
+    return tokenizer.decode(kept, skip_special_tokens=True)
+
+
+def task_accuracy(model, tokenizer: Tokenizer, heldout: list[Record], max_new_tokens: int = 24,
+                  limit: int = 0) -> dict:
+    """Greedy answers to the built-in task's held-out questions, scored by exact match."""
+    from llmkit.data.assistant_task import accuracy, is_correct
+
+    records = heldout[:limit] if limit else heldout
+    outputs = generate(model, tokenizer, [r.prompt for r in records], max_new_tokens)
+    replies = [reply_text(tokenizer, out) for out in outputs]
+    answers = [r.extra["answer"] for r in records]
+    kinds = [r.extra.get("kind", "all") for r in records]
+    result = accuracy(kinds, [is_correct(reply, answer) for reply, answer in zip(replies, answers)])
+    result["examples"] = [{"prompt": r.prompt[-1]["content"] if isinstance(r.prompt, list) else r.prompt,
+                           "reply": reply, "answer": answer} for r, reply, answer in zip(records[:5], replies, answers)]
+    return result

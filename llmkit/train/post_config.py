@@ -1,0 +1,136 @@
+"""Configuration of the post-training stages: TrainConfig plus each stage's own fields.
+
+Every stage config is a TrainConfig (the one Trainer reads the fields it knows), so presets are YAML
+files in `llmkit/presets/train/` and any field can be overridden as `field=value` on the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmkit.errors import ConfigError
+from llmkit.train.config import TrainConfig
+
+
+@dataclass
+class PostTrainConfig(TrainConfig):
+    # -- what to start from: a checkpoint directory or a named model (smollm2); its tokenizer is used
+    init_from: str | None = None
+    # -- data: a JSONL / JSON file in one of TRL's formats (llmkit/train/chat_data.py), or "assistant":
+    # the built-in Shakespeare question task (llmkit/data/assistant_task.py)
+    data: str = "assistant"
+    data_records: list | None = None  # [start, stop]: use these records of the file only
+    val_data: str | None = None  # held-out file; for "assistant" its held-out questions
+    val_records: list | None = None
+    val_fraction: float = 0.0  # without val_data: hold out this fraction of the records (the last ones)
+    task_seed: int = 0  # the built-in task: question sampling seed and sizes
+    task_train_per_kind: int = 1000
+    task_heldout_per_kind: int = 100
+    eval_task: bool = True  # with the built-in task: answer accuracy on held-out questions at evaluations
+    eval_max_new_tokens: int = 24
+    epochs: float = 1.0  # when max_steps is 0: passes over the training data
+    packing: bool = True  # several sequences per row, with no attention across them
+    # -- PEFT (llmkit/train/peft.py): none = full fine-tuning; lora (Hu et al. 2021); prompt (Lester et al. 2021)
+    peft: str = "none"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: list = field(default_factory=lambda: ["attn.qkv", "attn.out", "mlp.gate_up", "mlp.down"])
+    prompt_tokens: int = 20
+    # -- defaults for fine-tuning rather than pretraining
+    lr: float = 1e-4
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    micro_batch: int = 8
+    seq_len: int = 512
+    eval_every: int = 0
+    log_every: int = 5
+
+    def __post_init__(self):
+        super().__post_init__()
+        checks = [
+            (self.peft in ("none", "lora", "prompt"), f"peft must be none, lora or prompt, not {self.peft!r}"),
+            (self.epochs > 0, f"epochs must be positive, not {self.epochs}"),
+            (0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), not {self.val_fraction}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+@dataclass
+class SFTConfig(PostTrainConfig):
+    """Supervised fine-tuning: cross-entropy on assistant tokens (messages) or completions."""
+
+
+@dataclass
+class RewardConfig(PostTrainConfig):
+    """A reward model: the Transformer + a scalar head, Bradley-Terry loss on chosen vs rejected."""
+
+    lr: float = 1e-4
+
+
+@dataclass
+class DPOConfig(PostTrainConfig):
+    """Direct Preference Optimization (Rafailov et al. 2023) or IPO (Azar et al. 2023)."""
+
+    beta: float = 0.1  # DPO's beta: 0.1 in Rafailov et al. 2023 (section 6) and TRL
+    loss: str = "sigmoid"  # "sigmoid" (DPO) or "ipo"
+    lr: float = 5e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss not in ("sigmoid", "ipo"):
+            raise ConfigError(f"loss must be sigmoid or ipo, not {self.loss!r}")
+        if self.beta <= 0:
+            raise ConfigError(f"beta must be positive, not {self.beta}")
+
+
+@dataclass
+class RLConfig(PostTrainConfig):
+    """RLHF with a critic-free group baseline (RLOO / GRPO) against a reward model, KL to the reference."""
+
+    reward_model: str | None = None  # a `llmkit reward` output directory
+    group_size: int = 4  # completions sampled per prompt (RLOO: Ahmadian et al. 2024 use k = 4)
+    baseline: str = "rloo"  # "rloo": leave-one-out mean; "grpo": group mean and std (Shao et al. 2024)
+    kl_coef: float = 0.05  # beta of the KL penalty to the frozen reference
+    clip_eps: float = 0.2  # PPO's clip range (Schulman et al. 2017) for updates_per_batch > 1
+    updates_per_batch: int = 1  # optimizer steps on each batch of rollouts (1: purely on-policy)
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    micro_batch: int = 8  # prompts per micro-batch (times group_size completions)
+    lr: float = 1e-5
+    epochs: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.baseline not in ("rloo", "grpo"):
+            raise ConfigError(f"baseline must be rloo or grpo, not {self.baseline!r}")
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be at least 2 (the baseline comes from the group), not {self.group_size}")
+        if self.updates_per_batch < 1:
+            raise ConfigError(f"updates_per_batch must be >= 1, not {self.updates_per_batch}")
+
+
+@dataclass
+class DistillConfig(PostTrainConfig):
+    """Knowledge distillation (Hinton et al. 2015): a student matches a teacher's token distributions."""
+
+    teacher: str | None = None  # checkpoint directory or named model
+    temperature: float = 2.0  # softens both distributions; the loss is scaled by T^2 (Hinton et al., section 2)
+    hard_weight: float = 0.0  # weight of the ordinary cross-entropy on the data's next tokens (1 - this on the KL)
+    data: str = "shakespeare"  # "shakespeare" (tokenized with the teacher's tokenizer), token shards, or JSONL
+    seq_len: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    model: str = "tiny"
+    eval_every: int = 100
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive, not {self.temperature}")
+        if not 0 <= self.hard_weight <= 1:
+            raise ConfigError(f"hard_weight must be in [0, 1], not {self.hard_weight}")

@@ -1,0 +1,210 @@
+"""Reward modelling: the Transformer plus a scalar head, trained on preference pairs.
+
+InstructGPT's reward model (Ouyang et al. 2022, section 3.5): r(x, y) is a linear head on the final
+hidden state of the last token of prompt + reply, trained with the Bradley-Terry loss
+-log sigmoid(r(x, y_w) - r(x, y_l)) on (chosen y_w, rejected y_l) pairs. Pairwise accuracy on
+held-out pairs is reported with a Wilson 95% interval. Both replies of a pair are packed into the
+same rows with no attention across them.
+
+On disk: the backbone in the one checkpoint format (merged if it was trained with LoRA; the adapter
+beside it as usual) plus `reward_head.safetensors` (score.weight, score.bias). `load_reward_model(DIR)`
+rebuilds it; `score(...)` rates replies (RLHF rewards, win rates).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from llmkit.data.assistant_task import wilson_interval
+from llmkit.errors import CheckpointError
+from llmkit.train.chat_data import EncodedPair, encode_completion, encode_pair, encode_prompt, truncate_pair
+from llmkit.train.packing import model_inputs, pack, sequence_item
+from llmkit.train.peft import apply_peft, load_peft, prompt_prefix_ids, save_peft
+from llmkit.train.post_common import items_for, planned_steps, stage_records, start_model
+from llmkit.train.post_config import RewardConfig
+from llmkit.train.pretrain import trainer_autocast
+from llmkit.train.trainer import Trainer, TrainResult
+
+HEAD_FILE = "reward_head.safetensors"
+
+
+class RewardModel(nn.Module):
+    """A Transformer wrapped with a scalar head on the last token's final hidden state."""
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.transformer = transformer
+        d = transformer.config.d_model
+        p = transformer.tok_emb.weight
+        self.score = nn.Linear(d, 1, device=p.device, dtype=p.dtype)
+        # std 1/sqrt(d + 1) as in Stiennon et al. 2020's reward head (and TRL): unit-scale rewards at init
+        nn.init.normal_(self.score.weight, std=1 / math.sqrt(d + 1))
+        nn.init.zeros_(self.score.bias)
+
+    def forward(self, input_ids, last_index, positions=None, doc_ids=None) -> torch.Tensor:
+        """Rewards (n,) of the sequences whose last tokens sit at flat indices last_index."""
+        hidden = self.transformer(input_ids, positions=positions, doc_ids=doc_ids, return_hidden=True)
+        return self.score(hidden.flatten(0, 1)[last_index]).squeeze(-1).float()
+
+    # what the Trainer asks of a model
+    @property
+    def config(self):
+        return self.transformer.config
+
+    @property
+    def blocks(self):
+        return self.transformer.blocks
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        return self.transformer.num_params(non_embedding) + sum(p.numel() for p in self.score.parameters())
+
+    def flops_per_token(self, seq_len: int) -> float:
+        # no output head over the vocabulary: 6 x its weights fewer
+        return self.transformer.flops_per_token(seq_len) - 6 * self.transformer.lm_head.weight.numel()
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """-log sigmoid(r_chosen - r_rejected), mean over pairs (Ouyang et al. 2022, eq. 1)."""
+    margin = chosen - rejected
+    return -F.logsigmoid(margin).mean(), {"accuracy": (margin > 0).float().mean().item(),
+                                          "margin": margin.mean().item()}
+
+
+def reward_batch(pairs: list[EncodedPair], row_len: int, pad_id: int) -> dict:
+    """A packed batch of the sequences [chosen_0, rejected_0, chosen_1, ...]."""
+    return sequence_batch([s for p in pairs for s in (p.prompt + p.chosen, p.prompt + p.rejected)], row_len, pad_id)
+
+
+def sequence_batch(sequences: list[list[int]], row_len: int, pad_id: int) -> dict:
+    batch = pack([sequence_item(s) for s in sequences], row_len, pad_id)
+    for key in ("targets", "seq_index"):
+        batch.pop(key)
+    return batch
+
+
+def reward_forward(model: RewardModel, batch: dict) -> torch.Tensor:
+    return model(batch["input_ids"], batch["last_index"], **model_inputs(batch))
+
+
+@torch.no_grad()
+def sequence_rewards(model: RewardModel, sequences: list[list[int]], row_len: int, pad_id: int, per_batch: int,
+                     device, autocast) -> torch.Tensor:
+    """Rewards (n,) of token sequences, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(sequences), per_batch):
+        batch = {k: v.to(device) for k, v in sequence_batch(sequences[start:start + per_batch], row_len, pad_id).items()}
+        with autocast:
+            out.append(reward_forward(model, batch).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def pair_rewards(model: RewardModel, pairs: list[EncodedPair], row_len: int, pad_id: int, per_batch: int, device,
+                 autocast) -> torch.Tensor:
+    """(n_pairs, 2) rewards [chosen, rejected], in eval mode."""
+    sequences = [s for p in pairs for s in (p.prompt + p.chosen, p.prompt + p.rejected)]
+    return sequence_rewards(model, sequences, row_len, pad_id, 2 * per_batch, device, autocast).view(-1, 2)
+
+
+def pairwise_accuracy(rewards: torch.Tensor) -> dict:
+    """Accuracy of (n, 2) [chosen, rejected] rewards with its Wilson 95% interval; ties count half."""
+    wins = (rewards[:, 0] > rewards[:, 1]).float() + 0.5 * (rewards[:, 0] == rewards[:, 1]).float()
+    n, k = len(wins), float(wins.sum())
+    low, high = wilson_interval(round(k), n)
+    return {"accuracy": k / max(n, 1), "ci95_low": low, "ci95_high": high, "n": n}
+
+
+def save_reward_model(directory: str | Path, model: RewardModel, state: dict, tokenizer, base_model: str | None) -> None:
+    directory = Path(directory)
+    save_peft(directory, model, state, tokenizer, base_model, prefix="transformer.")
+    head = {k.removeprefix("score."): v.detach().contiguous().cpu() for k, v in state.items() if k.startswith("score.")}
+    tmp = directory / f".{HEAD_FILE}.tmp"
+    save_file(head, tmp, metadata={"kind": "reward_head"})
+    tmp.replace(directory / HEAD_FILE)
+
+
+def load_reward_model(directory: str | Path, device: str | torch.device = "cpu",
+                      dtype: torch.dtype | None = None) -> tuple[RewardModel, object]:
+    """(reward model in eval mode, tokenizer) of a `llmkit reward` output directory."""
+    directory = Path(directory)
+    if not (directory / HEAD_FILE).exists():
+        raise CheckpointError(f"{directory / HEAD_FILE}: missing; {directory} is not a reward model "
+                              "(train one with `llmkit reward`)")
+    transformer, tokenizer = load_peft(directory, device=device, dtype=dtype)
+    model = RewardModel(transformer)
+    head = load_file(directory / HEAD_FILE)
+    try:
+        model.score.load_state_dict({k: v.to(model.score.weight.dtype) for k, v in head.items()})
+    except RuntimeError as e:
+        raise CheckpointError(f"{directory / HEAD_FILE}: does not fit the backbone ({e})") from None
+    return model.to(device).eval(), tokenizer
+
+
+def score(model: RewardModel, tokenizer, prompts: list, completions: list, max_len: int = 0,
+          batch_size: int = 16, autocast=None) -> list[float]:
+    """Rewards of replies to prompts (records' prompts: text or messages); a reply is text (for a
+    conversation: the assistant's message) or a message list. Sequences longer than max_len lose the
+    beginning of their prompt."""
+    prefix = prompt_prefix_ids(model)
+    max_len = max_len or model.config.max_seq_len
+    sequences = []
+    for prompt, completion in zip(prompts, completions):
+        if isinstance(prompt, list) and isinstance(completion, str):
+            completion = [{"role": "assistant", "content": completion}]
+        reply = encode_completion(tokenizer, prompt, completion)
+        pair = truncate_pair(EncodedPair(prefix + encode_prompt(tokenizer, prompt), reply, reply), max_len, len(prefix))
+        sequences.append(pair.prompt + pair.chosen)
+    device = model.score.weight.device
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    autocast = autocast or torch.autocast(device.type, enabled=False)
+    return sequence_rewards(model, sequences, max_len, pad, batch_size, device, autocast).tolist()
+
+
+def run_reward(config: RewardConfig, out: str | Path, resume: bool = False) -> TrainResult:
+    transformer, tokenizer, base_dir = start_model(config)
+    model = RewardModel(transformer)
+    summary = apply_peft(model, config)
+    prefix = prompt_prefix_ids(model)
+    train_records, val_records = stage_records(config, "preference")
+    pairs = [encode_pair(tokenizer, r, config.seq_len, prefix) for r in train_records]
+    val_pairs = [encode_pair(tokenizer, r, config.seq_len, prefix) for r in val_records]
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    mean_len = sum(len(p.prompt) * 2 + len(p.chosen) + len(p.rejected) for p in pairs) / len(pairs)
+    tokens_per_micro = max(1, int(config.micro_batch * mean_len))
+    accum = max(1, config.batch_tokens // tokens_per_micro) if config.batch_tokens else 1
+    total_steps = planned_steps(config, len(pairs), config.micro_batch * accum)
+    print(f"reward: {len(pairs)} pairs ({len(val_pairs)} held out), mean {mean_len / 2:.0f} tokens a sequence; "
+          f"{summary}; {total_steps} steps", flush=True)
+
+    def batch_fn(step: int, micro: int):
+        index = items_for(step, micro, accum, config.micro_batch, len(pairs), config.seed)
+        return reward_batch([pairs[i] for i in index], config.seq_len, pad)
+
+    def objective(model, batch):
+        rewards = reward_forward(model, batch).view(-1, 2)
+        return bradley_terry_loss(rewards[:, 0], rewards[:, 1])
+
+    def evaluate(runner) -> dict:
+        device = next(runner.parameters()).device
+        rewards = pair_rewards(runner, val_pairs, config.seq_len, pad, config.micro_batch * 2, device,
+                               trainer_autocast(trainer))
+        result = pairwise_accuracy(rewards)
+        loss, _ = bradley_terry_loss(rewards[:, 0], rewards[:, 1])
+        return {"val_loss": loss.item(), "val_accuracy": result["accuracy"], "val_ci95_low": result["ci95_low"],
+                "val_ci95_high": result["ci95_high"]}
+
+    def save(directory: Path, state: dict) -> None:
+        save_reward_model(directory, model, state, tokenizer, base_dir)
+
+    trainer = Trainer(model, config, out, batch_fn, tokens_per_micro, objective=objective,
+                      evaluate=evaluate if val_pairs else None, tokenizer=tokenizer, total_steps=total_steps,
+                      save_model=save)
+    return trainer.fit(resume=resume)
