@@ -109,6 +109,10 @@ def test_luhn_and_card_rules():
     assert luhn_ok("\uff14\uff15\uff13\uff19148803436467") and not luhn_ok("\uff14539148803436468")
     assert pii.redact("card \uff14\uff15\uff13\uff19148803436467 ok")[0] == "card <CREDIT_CARD> ok"
     assert pii.redact("card \uff14539148803436468 ok")[0] == "card \uff14539148803436468 ok"
+    # Luhn-valid by chance but not a card (industry digit 1 or 9): a millisecond timestamp, an ISBN-13-like id.
+    assert luhn_ok("1700000000004") and luhn_ok("9780306406156")
+    text = "created_at 1700000000004, ref 9780306406156"
+    assert pii.redact(text)[0] == text
 
 
 def test_ipv6_forms():
@@ -227,6 +231,35 @@ def test_yaml_config_errors_name_file_line_and_field(tmp_path):
         path.write_text(text)
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(path)
+
+
+def test_published_defaults_are_pinned():
+    # Every default threshold, against its source: a changed number must fail here, not drift silently.
+    from llmkit.data.clean.dedup import NearDedupConfig
+
+    gopher = GopherQualityConfig()  # Rae et al. 2021, Appendix A.1.1
+    assert (gopher.min_words, gopher.max_words, gopher.min_mean_word_length, gopher.max_mean_word_length,
+            gopher.max_symbol_word_ratio, gopher.max_bullet_lines_ratio, gopher.max_ellipsis_lines_ratio,
+            gopher.min_alpha_words_ratio, gopher.min_stop_words) == (50, 100_000, 3, 10, 0.1, 0.9, 0.3, 0.8, 2)
+    assert sorted(gopher.stop_words) == sorted(["the", "be", "to", "of", "and", "that", "have", "with"])
+    rep = GopherRepetitionConfig()  # Rae et al. 2021, Table A1
+    assert (rep.dup_line_frac, rep.dup_para_frac, rep.dup_line_char_frac, rep.dup_para_char_frac) == (0.3, 0.3, 0.2, 0.2)
+    assert rep.top_ngram_char_frac == {2: 0.20, 3: 0.18, 4: 0.16}
+    assert rep.dup_ngram_char_frac == {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    c4 = C4Config()  # Raffel et al. 2020, section 2.2 (+ TFDS c4_utils' 1000-character word limit)
+    assert (c4.terminal_punctuation, c4.min_words_per_line, c4.min_sentences, c4.max_word_length) == (True, 5, 3, 1000)
+    assert c4.remove_javascript_lines and c4.remove_policy_lines and c4.remove_lorem_ipsum and c4.remove_curly_bracket
+    fw = FineWebConfig()  # Penedo et al. 2024: <= 0.12, >= 0.1, >= 0.67 of lines <= 30 characters
+    assert (fw.max_line_punct_ratio, fw.max_dup_line_char_ratio, fw.max_short_line_ratio, fw.short_line_length) == (
+        0.12, 0.1, 0.67, 30)
+    near = NearDedupConfig()  # FineWeb: word 5-grams, 112 hashes = 14 bands x 8 rows, ~0.75
+    assert (near.ngram, near.bands, near.rows, near.threshold) == (5, 14, 8, 0.75)
+    # The shipped preset says "every field shown is the default": hold it to that.
+    from llmkit.data.clean.config import load_config
+    from llmkit.data.clean.stages import STAGES
+
+    for spec in load_config("default").stages:
+        assert spec.params == STAGES[spec.name].config(), spec.name
 
 
 def test_default_preset_loads_with_published_thresholds():

@@ -13,7 +13,8 @@ from safetensors import safe_open
 from llmkit.checkpoint import load_model, save_checkpoint
 from llmkit.config import ModelConfig
 from llmkit.infer import Engine, SamplingParams, quantize_model
-from llmkit.infer.quantize import Int4Linear, Int8Linear, QuantizationError, dequantized_linear
+from llmkit.infer.quantize import (DEQUANTIZE_ROWS, Int4Linear, Int8Linear, QuantizationError, dequantized_linear,
+                                   int4_layout)
 from llmkit.model import Transformer
 
 
@@ -37,14 +38,21 @@ def test_kernel_equals_its_dequantized_weights(cls):
     linear = torch.nn.Linear(128, 96, bias=True)
     q = cls.from_linear(linear)
     reference = dequantized_linear(q)
-    x = torch.randn(5, 7, 128)
     with torch.no_grad():
-        assert torch.allclose(q(x), reference(x), atol=1e-5, rtol=1e-5)
+        for rows in (1, 3, DEQUANTIZE_ROWS):  # the matrix-vector kernel, and the prefill path from 32 rows
+            x = torch.randn(rows, 2, 128)
+            assert torch.allclose(q(x), reference(x), atol=1e-5, rtol=1e-5)
         # and the quantized weights are close to the original ones: within half a quantization step
         error = (reference.weight - linear.weight).abs()
     step = linear.weight.abs().amax(dim=1, keepdim=True) / 127 if cls is Int8Linear else \
         (linear.weight.view(96, -1, 32).amax(-1) - linear.weight.view(96, -1, 32).amin(-1)).repeat_interleave(32, 1) / 15
     assert bool((error <= step / 2 + 1e-6).all())
+
+
+def test_int4_layout_is_a_permutation():
+    for n, k in ((96, 128), (48, 64), (960, 576)):
+        position = int4_layout(n, k)
+        assert torch.equal(position.sort().values, torch.arange(n * k))
 
 
 # Stated tolerances on the tiny model's logits (max |difference| relative to the fp32 logits' max |value|):

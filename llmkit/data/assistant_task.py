@@ -196,17 +196,21 @@ TASK_FILES = {"sft": "sft_train.jsonl", "preference": "preference_train.jsonl", 
 def write_task(out: str | Path, corpus_dir: str | Path, seed: int = 0, train_per_kind: int = 1000,
                heldout_per_kind: int = 100) -> dict[str, Path]:
     """Write the task's files into `out`: sft_train.jsonl (conversations), preference_train.jsonl
-    and heldout.jsonl (prompt / chosen / rejected, plus "kind" and "answer")."""
+    and heldout.jsonl (prompt / chosen / rejected, plus "kind" and "answer"). The SFT and preference
+    files ask different questions (up to train_per_kind of each kind each), as preference data is
+    collected after SFT in practice (InstructGPT, Ouyang et al. 2022)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train, heldout = make_questions(read_plays(Path(corpus_dir)), seed, train_per_kind, heldout_per_kind)
+    train, heldout = make_questions(read_plays(Path(corpus_dir)), seed, 2 * train_per_kind, heldout_per_kind)
+    sft, preference = train[0::2], train[1::2]
     paths = {k: out / v for k, v in TASK_FILES.items()}
-    for key, rows in (("sft", [q.sft_record() for q in train]), ("preference", [q.preference_record() for q in train]),
+    for key, rows in (("sft", [q.sft_record() for q in sft]), ("preference", [q.preference_record() for q in preference]),
                       ("heldout", [q.preference_record() for q in heldout])):
         tmp = paths[key].with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         tmp.replace(paths[key])
-    (out / "questions.json").write_text(json.dumps({"seed": seed, "train": len(train), "heldout": len(heldout),
+    (out / "questions.json").write_text(json.dumps({"seed": seed, "sft": len(sft), "preference": len(preference),
+                                                    "heldout": len(heldout),
                                                     "examples": [asdict(q) for q in heldout[:8]]}, indent=2))
     return paths
 

@@ -102,7 +102,10 @@ class Engine:
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Request:
         """Queue a request; `step()` advances it. Its tokens appear in `request.output_ids`."""
-        prompt_ids = list(prompt_ids)
+        try:
+            prompt_ids = [int(t) for t in prompt_ids]
+        except (TypeError, ValueError):
+            raise GenerationError("the prompt must be a sequence of integer token ids") from None
         max_new = self.check_prompt(prompt_ids, params.max_new_tokens)
         if params.stop_strings and self.tokenizer is None:
             raise GenerationError("stop strings need the engine to have a tokenizer (Engine(..., tokenizer=...))")

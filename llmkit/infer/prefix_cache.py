@@ -31,8 +31,10 @@ class PrefixCache:
         self.block_size = block_size
         self.n_blocks = int(memory_mib * 2**20 // (block_size * kv_bytes_per_token(config, dtype)))
         shape = (self.n_blocks, config.n_kv_heads, block_size, config.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        # Uninitialised: a block is always written before it is read, and untouched pages of a large
+        # pool cost no physical memory until the cache fills up.
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         # chain hash -> (pool index, parent hash, block tokens); in least- to most-recently-used order
         self.table: OrderedDict[int, tuple[int, int, tuple[int, ...]]] = OrderedDict()
         self.free = list(range(self.n_blocks))[::-1]

@@ -29,8 +29,11 @@ the only copy of the weights kept in memory.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from llmkit.errors import LLMKitError
 
@@ -70,8 +73,12 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        scales = self.scales if self.scales.dtype == x.dtype else self.scales.to(x.dtype)
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.qweight, scales)
+        x2 = x.reshape(-1, shape[-1])
+        if x2.shape[0] >= DEQUANTIZE_ROWS:  # prefill: one dequantization, then a fast dense matmul
+            y = F.linear(x2, (self.qweight.to(x.dtype) * self.scales.to(x.dtype)[:, None]))
+        else:
+            scales = self.scales if self.scales.dtype == x.dtype else self.scales.to(x.dtype)
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, scales)
         y = y.view(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
@@ -120,18 +127,20 @@ class Int4Linear(nn.Module):
         dtype = self.scale_and_zero.dtype
         self.scale_and_zero = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous().to(dtype)
 
+    def unpacked(self) -> torch.Tensor:
+        """The 4-bit values as (out, in) uint8, read back from the kernel's layout."""
+        n, k = self.out_features, self.in_features
+        nibbles = torch.stack([self.packed & 0x0F, self.packed >> 4], dim=-1).flatten()
+        return nibbles[int4_layout(n, k).to(self.packed.device)].view(n, k)
+
     def portable(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(qweight (out, in/2) uint8 with the low nibble = the even column, scales, zeros (out, groups))."""
-        n, k, g = self.out_features, self.in_features, self.group_size
+        n, k = self.out_features, self.in_features
         scales = self.scale_and_zero[..., 0].t().contiguous()
         zeros = self.scale_and_zero[..., 1].t().contiguous()
         if self.packed.is_meta:
             return torch.empty(n, k // 2, dtype=torch.uint8, device="meta"), scales, zeros
-        # Read the weights back through the kernel itself: identity @ W.T is exact (one product each).
-        eye = torch.eye(k, dtype=torch.float32, device=self.packed.device)
-        w = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, g, self.scale_and_zero.float()).t()
-        s, z = (t.float().repeat_interleave(g, dim=1) for t in (scales, zeros))
-        q = torch.round((w - z) / s + 8).clamp(0, 15).to(torch.uint8)
+        q = self.unpacked()
         return q[:, 0::2] | (q[:, 1::2] << 4), scales, zeros
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -155,17 +164,20 @@ class Int4Linear(nn.Module):
             self.scale_and_zero = torch.empty(self.scale_and_zero.shape, dtype=scales.dtype)
         self._set_weights(q, scales.float(), zeros.float())
 
-    def dequantize(self) -> torch.Tensor:
-        q, scales, zeros = self.portable()
-        values = torch.empty(self.out_features, self.in_features, device=q.device)
-        values[:, 0::2], values[:, 1::2] = (q & 0x0F).float(), (q >> 4).float()
-        s, z = (t.float().repeat_interleave(self.group_size, dim=1) for t in (scales, zeros))
-        return (values - 8) * s + z
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        n, groups = self.out_features, self.in_features // self.group_size
+        q = self.unpacked().view(n, groups, self.group_size).to(dtype)
+        scale, zero = self.scale_and_zero.to(dtype).transpose(0, 1).unbind(-1)  # (out, groups) each
+        return ((q - 8) * scale[..., None] + zero[..., None]).view(n, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        sz = self.scale_and_zero if self.scale_and_zero.dtype == x.dtype else self.scale_and_zero.to(x.dtype)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, shape[-1]), self.packed, self.group_size, sz)
+        x2 = x.reshape(-1, shape[-1])
+        if x2.shape[0] >= DEQUANTIZE_ROWS:  # prefill: one dequantization, then a fast dense matmul
+            y = F.linear(x2, self.dequantize(x.dtype))
+        else:
+            sz = self.scale_and_zero if self.scale_and_zero.dtype == x.dtype else self.scale_and_zero.to(x.dtype)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, sz)
         y = y.view(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
@@ -175,6 +187,33 @@ class Int4Linear(nn.Module):
 
 
 QUANTIZED_LINEARS = (Int8Linear, Int4Linear)
+
+# The weight-only kernels are matrix-vector kernels: fast for decoding (a few rows), ~10x slower than
+# a bf16 matmul on a long prompt (measured: SmolLM2 bits-per-byte windows of 1,024 tokens). From this
+# many rows on, a Linear dequantizes its weights once and runs a dense matmul instead.
+DEQUANTIZE_ROWS = 32
+
+
+@functools.lru_cache(maxsize=None)
+def int4_layout(n: int, k: int) -> torch.Tensor:
+    """Where the CPU kernel's packing puts each 4-bit value of an (n, k) matrix: for the element at
+    flat index row * k + column, the position of its nibble among the packed bytes' nibbles (low
+    nibble first), so that `nibbles[int4_layout(n, k)]` is the matrix in row-major order.
+
+    The layout is private to PyTorch and depends on the CPU's vector width, so it is measured rather
+    than assumed: pack probe matrices whose values are 4-bit digits of each element's own index, and
+    read the digits back (ceil(log16(n * k)) packings, once per shape)."""
+    index = torch.arange(n * k, dtype=torch.int64)
+    source = torch.zeros(n * k, dtype=torch.int64)
+    shift = 0
+    while (1 << shift) < n * k:
+        probe = ((index >> shift) & 0x0F).view(n, k).to(torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1)
+        source |= torch.stack([packed & 0x0F, packed >> 4], dim=-1).flatten().to(torch.int64) << shift
+        shift += 4
+    position = torch.empty_like(source)
+    position[source] = torch.arange(n * k)  # invert: a gather is faster than a scatter at every use
+    return position
 
 
 def check_int4_shape(in_features: int, out_features: int, group_size: int) -> None:

@@ -150,6 +150,14 @@ class Speculator:
                                   "draft Transformer")
         self.engine, self.k = engine, draft_tokens
         self.drafted = self.accepted = self.steps = 0
+        self._verify = self._verify_forward
+        if engine.compiled:  # static shapes: the whole cache row is attended, masked
+            from llmkit.infer.engine import COMPILE_OPTIONS
+
+            self._verify = torch.compile(self._verify_forward, dynamic=None, options=COMPILE_OPTIONS)
+
+    def _verify_forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        return self.engine.model(tokens, positions=positions, kv_cache=cache)[0].float()
 
     @property
     def acceptance_rate(self) -> float:
@@ -181,8 +189,8 @@ class Speculator:
         fed = torch.tensor([[request.output_ids[-1], *drafts]], device=engine.device)
         positions = torch.arange(base, base + fed.shape[1], device=engine.device)[None]
         if drafts:
-            cache.bind(request.row, request.row + 1, base + fed.shape[1])
-            logits = engine.model(fed, positions=positions, kv_cache=cache)[0].float()
+            cache.bind(request.row, request.row + 1, None if engine.compiled else base + fed.shape[1])
+            logits = self._verify(fed, positions, cache)
         else:  # nothing to verify: a plain (possibly compiled) decode step
             cache.bind(request.row, request.row + 1, None if engine.compiled else base + 1)
             logits = engine._decode(fed, positions, cache)

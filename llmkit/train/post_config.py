@@ -96,6 +96,7 @@ class RLConfig(PostTrainConfig):
     kl_coef: float = 0.05  # beta of the KL penalty to the frozen reference
     clip_eps: float = 0.2  # PPO's clip range (Schulman et al. 2017) for updates_per_batch > 1
     updates_per_batch: int = 1  # optimizer steps on each batch of rollouts (1: purely on-policy)
+    missing_eos_penalty: float = 1.0  # subtracted from the reward of a completion cut off by max_new_tokens
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_p: float = 1.0

@@ -114,6 +114,7 @@ class Trainer:
                               f"= {world_micro}; change batch_tokens or micro_batch")
         self.accum = batch_tokens // world_micro
         self.batch_tokens = batch_tokens
+        self.steps_given = total_steps is not None  # a stage's own plan (epochs over its examples)
         self.total_steps = total_steps or self._planned_steps()
         self.planned_steps = self.total_steps  # the budget; time_limit_s may plan fewer
 
@@ -130,6 +131,7 @@ class Trainer:
         tokens = self.total_steps * self.batch_tokens
         flops = self.model.flops_per_token(c.seq_len) * tokens
         rule = "max_steps" if c.max_steps else ("max_tokens" if c.max_tokens else "Chinchilla, 20 tokens/parameter")
+        rule = "the stage's plan" if self.steps_given and not c.max_steps else rule
         eta = flops / (0.4 * peak_flops)
         return (f"plan: {n / 1e6:.2f}M parameters, {tokens / 1e6:.2f}M tokens ({rule}) in {self.total_steps} steps of "
                 f"{self.batch_tokens} tokens ({self.accum} micro-batch(es) x {self.dist.world_size} process(es)), "

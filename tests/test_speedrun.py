@@ -1,0 +1,52 @@
+"""The speedrun end to end at its `tiny` size: every stage runs, writes its checkpoint, and the report
+card (table, plots, timings, sample chat) and report.json come out. The real sizes are measured in
+BENCHMARKS.md; this checks the wiring, not the accuracy."""
+
+import json
+
+import pytest
+
+from llmkit.errors import ConfigError
+from llmkit.speedrun import MODELS, load_plan, speedrun
+from posttrain_fixtures import run_cli
+
+
+def test_tiny_speedrun_writes_every_stage_and_the_report_card(tmp_path, cache_dir):
+    import os
+    import shutil
+
+    from conftest import SHAKESPEARE
+
+    # the built-in corpus, placed where fetch_shakespeare looks, so the test needs no download
+    corpus = cache_dir / "data" / "shakespeare"
+    for split in ("train", "val"):
+        (corpus / split).mkdir(parents=True, exist_ok=True)
+        for f in (SHAKESPEARE / split).glob("*.txt"):
+            shutil.copy(f, corpus / split / f.name)
+    assert os.environ["LLMKIT_CACHE"] == str(cache_dir)
+    out = tmp_path / "run"
+    results = speedrun(out, size="tiny", overrides=["sft.max_steps=6"])
+    for stage in ("base", "sft", "reward", "dpo", "rlhf"):
+        assert (out / stage / "model.safetensors").exists(), stage
+    assert (out / "reward" / "reward_head.safetensors").exists()
+    assert results["stages"]["sft"]["steps"] == 6
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["accuracy"]) == set(MODELS)
+    for result in report["accuracy"].values():
+        assert result["n"] == 20 and 0 <= result["accuracy"] <= 1 and set(result["by_kind"]) == {
+            "play", "speaker", "continue", "passage"}
+    assert {"pretrain", "sft", "reward", "dpo", "rlhf", "evaluate"} <= set(report["timings_s"])
+    assert len(report["chat"]) == 3
+    text = (out / "report.md").read_text()
+    assert "| base |" in text and "| rlhf |" in text and "![accuracy](accuracy.png)" in text
+    assert (out / "accuracy.png").stat().st_size > 1000 and (out / "training.png").stat().st_size > 1000
+
+
+def test_speedrun_overrides_are_checked():
+    assert load_plan("cpu", ["sft.epochs=3"])["sft"]["epochs"] == 3
+    with pytest.raises(ConfigError, match="STAGE.field=value"):
+        load_plan("cpu", ["epochs=3"])
+    with pytest.raises(ConfigError, match="unknown speedrun size"):
+        load_plan("huge")
+    result = run_cli("speedrun", "--out", "/tmp/never", "nostage.x=1")
+    assert result.returncode == 2 and "STAGE.field=value" in result.stderr
