@@ -28,6 +28,8 @@ class FakeJudge:
             prefer_a = self.biased or len(a) > len(b)
             top = [(self.a, math.log(0.9)), (self.b, math.log(0.1))] if prefer_a else \
                 [(self.a, math.log(0.1)), (self.b, math.log(0.9))]
+            if not self.biased and len(a) == len(b):  # no preference: an unbiased judge says 50/50
+                top = [(self.a, math.log(0.5)), (self.b, math.log(0.5))]
             out.append(SimpleNamespace(logprobs=[SimpleNamespace(top=top)]))
         return out
 
