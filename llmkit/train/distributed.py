@@ -117,5 +117,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def shutdown() -> None:
+    """Leave the process group cleanly: a process that exits with gloo's threads still running can
+    abort ("terminate called without an active exception") and fail the whole torchrun job."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

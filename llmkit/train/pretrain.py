@@ -88,7 +88,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> Transformer:
 
 
 def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
-    from llmkit.train.distributed import init_distributed
+    from llmkit.train.distributed import init_distributed, shutdown
     from llmkit.train.trainer import resolve_device
 
     info = init_distributed(resolve_device(config.device).type)
@@ -125,7 +125,9 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
 
     trainer = Trainer(model, config, out, batch_fn, config.micro_batch * config.seq_len,
                       evaluate=evaluate if val is not None else None, sample=sample, tokenizer=tokenizer)
-    return trainer.fit(resume=resume)
+    result = trainer.fit(resume=resume)
+    shutdown()  # on success only: after a failure the other ranks may never reach a barrier
+    return result
 
 
 def trainer_autocast(trainer: Trainer):
