@@ -164,7 +164,8 @@ def sample_chat(model_dir: Path) -> list[dict]:
     llm = llmkit.load(model_dir)
     questions = ["In which play does Shylock appear: The Merchant of Venice or Othello?",
                  "In Romeo and Juliet, who says \"But soft, what light through yonder window breaks?\": Romeo or Tybalt?",
-                 "Continue this line from Julius Caesar: \"Friends, Romans, countrymen,\""]
+                 "Continue this line from Julius Caesar: \"Friends, Romans, countrymen,\" - \"lend me your ears\" or "
+                 "\"the noble Brutus\"?"]
     turns = []
     for q in questions:
         reply = llm.chat([{"role": "user", "content": q}], max_new_tokens=24, temperature=0)

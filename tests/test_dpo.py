@@ -58,7 +58,7 @@ def test_dpo_training_ranks_chosen_replies_first(tmp_path, sft_model, task_files
 
     out = tmp_path / loss
     fields = dict(init_from=sft_model, data=task_files["preference"], data_records=[0, 32],
-                  val_data=task_files["heldout"], lr=3e-3 if peft == "lora" else 1e-3, micro_batch=8, loss=loss,
+                  val_data=task_files["heldout"], lr=1e-2 if peft == "lora" else 1e-3, micro_batch=8, loss=loss,
                   eval_task=False, peft=peft, lora_rank=8, lora_alpha=32)
     result = run_dpo(config(DPOConfig, max_steps=40, **fields), out)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]

@@ -1,7 +1,6 @@
 """RLHF with a critic-free group baseline: RLOO / GRPO advantages, the clipped surrogate's gradient
 (== REINFORCE with a baseline at ratio 1; zero where the ratio is clipped), the frozen reference costs no
-copy and equals the starting policy. (An end-to-end run that raises a reward model's score is not
-demonstrated yet: see the issue notes.)"""
+copy and equals the starting policy; end to end, RLOO raises a trained reward model's score."""
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ from llmkit.config import ModelConfig
 from llmkit.model import Transformer
 from llmkit.train.packing import completion_item, pack
 from llmkit.train.rl import _Reference, group_advantages, policy_loss, token_logprobs
+from posttrain_fixtures import config, task_files, tiny_base  # noqa: F401 (fixtures)
 
 
 def test_group_advantages():
@@ -88,3 +88,40 @@ def test_frozen_reference_is_the_starting_policy_without_a_copy_of_the_model():
             assert torch.allclose(_Reference(model, reference)(ids), start, atol=1e-5)
         if lora:
             assert sum(t.numel() for t in reference.values()) < sum(p.numel() for p in model.parameters()) / 5
+
+
+
+def test_rlhf_raises_the_reward_model_score(tmp_path, tiny_base):
+    """End to end on a preference a tiny model can learn in seconds: replies "yes" are preferred to "no".
+    SFT teaches both replies (the policy samples each about half the time), a reward model learns the
+    preference, and RLOO against it moves the policy to "yes": the reward of its samples rises and the KL
+    to the reference grows from 0."""
+    import json
+
+    from llmkit.train.post_config import RewardConfig, RLConfig, SFTConfig
+    from llmkit.train.reward import run_reward
+    from llmkit.train.rl import run_rl
+    from llmkit.train.sft import run_sft
+
+    questions = [f"Question {i}: is {i} a number you like?" for i in range(200)]
+    sft_file, pref_file = tmp_path / "sft.jsonl", tmp_path / "pref.jsonl"
+    sft_file.write_text("".join(json.dumps({"prompt": q, "completion": ("yes" if i % 2 else "no")}) + "\n"
+                                for i, q in enumerate(questions)))
+    pref_file.write_text("".join(json.dumps({"prompt": q, "chosen": "yes", "rejected": "no"}) + "\n"
+                                 for q in questions))
+    run_sft(config(SFTConfig, init_from=tiny_base, data=sft_file, max_steps=40, lr=3e-3, micro_batch=8,
+                   eval_task=False), tmp_path / "sft")
+    rm = run_reward(config(RewardConfig, init_from=tmp_path / "sft", data=pref_file, val_data=pref_file,
+                           val_records=[150, 200], max_steps=30, micro_batch=8, lr=1e-3), tmp_path / "rm")
+    print("reward model", rm.eval)
+    result = run_rl(config(RLConfig, init_from=tmp_path / "sft", reward_model=tmp_path / "rm", data=pref_file,
+                           val_data=pref_file, val_records=[150, 200], max_steps=25, micro_batch=4, group_size=4,
+                           lr=1e-3, max_new_tokens=8, kl_coef=0.01, eval_every=0, eval_task=False), tmp_path / "rl")
+    records = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward"] for r in records if "reward" in r]
+    kls = [r["seq_kl"] for r in records if "seq_kl" in r]
+    print("rewards", [round(r, 2) for r in rewards], "kl", [round(k, 3) for k in kls])
+    assert rm.eval["val_accuracy"] > 0.95
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 1.0
+    assert abs(kls[0]) < 1e-4 and kls[-1] > 0.01
+    assert result.eval["val_reward"] > sum(rewards[:5]) / 5 + 1.0

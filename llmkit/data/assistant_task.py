@@ -1,11 +1,15 @@
 """The built-in assistant task: questions about Shakespeare's plays, made by code from the corpus.
 
 A pretrained model has read the plays but does not answer questions; post-training should teach it to.
-Four kinds of question, each with one right answer and a plausible wrong one (a preference pair):
+Four kinds of question, each with one right answer and a plausible wrong one (a preference pair). Three
+offer the two answers in the question (answering with either is the format; choosing the right one is
+knowledge a language model of the plays has: which continuation, speaker or play is likelier), the
+fourth is answered by reading the prompt:
 
     play      In which play does Shylock appear: The Merchant of Venice or Othello?   knowledge, 2 options
     speaker   In Othello, who says "...": Iago or Cassio?                              knowledge, 2 options
-    continue  Continue this line from Hamlet: "To be, or not to be,"                   memory of the text
+    continue  Continue this line from Julius Caesar: "Friends, Romans, countrymen," - "lend me your ears"
+              or "the noble Brutus"?                                                 memory of the text
     passage   <3 short speeches>  In this passage, who says "..."?                     reading the prompt
 
 Held-out questions are about subjects (characters, lines, passages) that no training question touches,
@@ -30,6 +34,16 @@ from llmkit.errors import DataError
 KINDS = ("play", "speaker", "continue", "passage")
 SPEAKER_TAG = re.compile(r"^([A-Z][A-Za-z'\-]*(?: [A-Za-z'\-]+){0,3})\.?$")
 SMALL_WORDS = {"and", "of", "the", "or", "to", "a", "in", "on", "for"}
+# The usual short titles where the Gutenberg headings are long ("The Life and Death of King Richard III"):
+# shorter answers to copy, and the names people use.
+SHORT_TITLES = {
+    "coriolanus_gut": "Coriolanus", "henry_iv_part_1_gut": "Henry IV Part 1", "henry_iv_part_2_gut": "Henry IV Part 2",
+    "henry_v_gut": "Henry V", "henry_vi_part_1_gut": "Henry VI Part 1", "henry_vi_part_2_gut": "Henry VI Part 2",
+    "henry_vi_part_3_gut": "Henry VI Part 3", "henry_viii_gut": "Henry VIII", "lear_gut": "King Lear",
+    "othello_gut": "Othello", "pericles_gut": "Pericles", "richard_ii_gut": "Richard II",
+    "richard_iii_gut": "Richard III", "timon_of_athens_gut": "Timon of Athens",
+    "tragedy_of_titus_andronicus_gut": "Titus Andronicus", "troilus_and_cressida_gut": "Troilus and Cressida",
+}
 
 
 @dataclass
@@ -78,7 +92,7 @@ def parse_play(path: Path) -> Play | None:
     """Speeches of a play text (Project Gutenberg layout: a speaker's name alone on a line, then the
     speech, blocks separated by blank lines). None for poems (no speakers)."""
     text = path.read_text(encoding="utf-8", errors="replace")
-    title = title_case(text.strip().split("\n", 1)[0].split(";")[0])
+    title = SHORT_TITLES.get(path.stem) or title_case(text.strip().split("\n", 1)[0].split(";")[0])
     speeches = []
     for block in re.split(r"\n\s*\n", text):
         lines = [line.strip() for line in block.strip().split("\n")]
@@ -157,15 +171,15 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
             lines = _verse_lines(speech, 8)
             if lines:
                 words = rng.choice(lines).split()
-                cut = len(words) // 2
+                cut = len(words) - 3  # the line's last three words are the answer
                 donor = rng.choice(play.speeches)
                 donor_lines = _verse_lines(donor, 8) or lines
-                wrong_words = rng.choice(donor_lines).split()
-                wrong = " ".join(wrong_words[len(wrong_words) // 2:])
+                wrong = " ".join(rng.choice(donor_lines).split()[-3:])
                 answer = " ".join(words[cut:])
                 if _normalise(wrong) != _normalise(answer):
-                    add(Question("continue", f'Continue this line from {play.title}: "{" ".join(words[:cut])}"',
-                                 answer, wrong, " ".join(words)))
+                    a, b = _pick_two(rng, answer, wrong)
+                    add(Question("continue", f'Continue this line from {play.title}: "{" ".join(words[:cut])}" - '
+                                 f'"{a}" or "{b}"?', answer, wrong, " ".join(words)))
             window = play.speeches[s_idx:s_idx + 3]
             speakers = {w.speaker for w in window}
             if len(window) == 3 and len(speakers) >= 2 and all(len(w.lines) <= 3 for w in window):

@@ -7,7 +7,9 @@ sampling: with h = [log pi(y_w|x) - log ref(y_w|x)] - [log pi(y_l|x) - log ref(y
     ipo (IPO):      loss = (h' - 1 / (2 beta))^2     (Azar et al. 2023, eq. 17; h' from per-token mean
                                                        log-probabilities, as TRL does)
 
-At the start the policy is the reference, h = 0 and the DPO loss is log 2. The reference is the
+`rpo_alpha` adds that much of the chosen replies' per-token cross-entropy (RPO, Pang et al. 2024), which
+keeps DPO from lowering the likelihood of the chosen replies themselves (Pal et al. 2024 show plain
+DPO can). At the start the policy is the reference, h = 0 and the DPO loss is log 2. The reference is the
 starting model; its log-probabilities of every training and held-out pair are computed once, before
 training (and kept in reference_logprobs.safetensors in the run directory, so a resumed run does not
 redo them), so no second model is held in memory. beta * (log pi - log ref) is the implicit reward:
@@ -139,8 +141,13 @@ def run_dpo(config: DPOConfig, out: str | Path, resume: bool = False) -> TrainRe
         logps, counts = sequence_logprobs(model, batch, 2 * batch["ref"].shape[0])
         logps, counts = logps.view(-1, 2), counts.view(-1, 2)
         ref = batch["ref"]
-        return dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], config.beta, config.loss,
-                        (counts[:, 0], counts[:, 1]))
+        loss, metrics = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], config.beta, config.loss,
+                                 (counts[:, 0], counts[:, 1]))
+        if config.rpo_alpha:
+            nll = -logps[:, 0].sum() / counts[:, 0].sum().clamp(min=1)
+            loss = loss + config.rpo_alpha * nll
+            metrics["chosen_nll"] = nll.item()
+        return loss, metrics
 
     def evaluate(runner) -> dict:
         device = next(runner.parameters()).device

@@ -101,8 +101,10 @@ def generate(model, tokenizer: Tokenizer, prompts: list, max_new_tokens: int, te
            for p in prompts]
     transformer = getattr(model, "transformer", model)
     with eval_mode(transformer):
+        # a fresh engine (and prefix cache) per call: the weights change between calls during training;
+        # within a call the prefix cache serves the repeated prompts of RL's groups
         engine = Engine(transformer, tokenizer.stop_token_ids, tokenizer=tokenizer, max_batch_size=max_batch_size,
-                        prefix_cache_mib=0)
+                        prefix_cache_mib=64)
         params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                  seed=seed + i) for i in range(len(ids))]
         return [c.token_ids for c in engine.generate_batch(ids, params)]

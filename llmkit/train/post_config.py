@@ -76,6 +76,9 @@ class DPOConfig(PostTrainConfig):
 
     beta: float = 0.1  # DPO's beta: 0.1 in Rafailov et al. 2023 (section 6) and TRL
     loss: str = "sigmoid"  # "sigmoid" (DPO) or "ipo"
+    # + rpo_alpha x cross-entropy of the chosen replies (RPO, Pang et al. 2024; TRL's rpo_alpha): keeps the
+    # chosen reply's own likelihood from falling while the margin grows
+    rpo_alpha: float = 0.0
     lr: float = 5e-6
 
     def __post_init__(self):
