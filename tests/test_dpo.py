@@ -74,3 +74,16 @@ def test_dpo_training_ranks_chosen_replies_first(tmp_path, sft_model, task_files
     stamp = (out / REFERENCE_FILE).stat().st_mtime_ns
     run_dpo(config(DPOConfig, max_steps=1, **fields), out)
     assert (out / REFERENCE_FILE).stat().st_mtime_ns == stamp
+
+
+def test_rpo_adds_the_chosen_replies_cross_entropy(tmp_path, sft_model, task_files):
+    """rpo_alpha: the loss is DPO's plus alpha x the chosen replies' per-token cross-entropy (at the start:
+    log 2 + alpha x NLL)."""
+    from llmkit.train.dpo import run_dpo
+    from llmkit.train.post_config import DPOConfig
+
+    run_dpo(config(DPOConfig, init_from=sft_model, data=task_files["preference"], data_records=[0, 16], max_steps=2,
+                   micro_batch=8, eval_task=False, rpo_alpha=0.5), tmp_path)
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["chosen_nll"] > 0.1
+    assert first["loss"] == pytest.approx(math.log(2) + 0.5 * first["chosen_nll"], abs=1e-3)
