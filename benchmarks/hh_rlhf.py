@@ -8,6 +8,7 @@ Data: ../shared/data/hh-rlhf/harmless-base-test-2000.jsonl.gz; records 0-1599 tr
    engine); the reward model scores both replies; DPO wins where its reply scores higher (ties half).
 
     python benchmarks/hh_rlhf.py --reward-dir runs/hh-reward --dpo-dir runs/hh-dpo [--train] [--prompts 400]
+    python benchmarks/hh_rlhf.py --reward-dir runs/hh-reward --train        # the reward model only
 
 With --train the two runs are made first (CPU: ~25 min each); without, existing run directories are
 evaluated. Prints a table, then one JSON line.
@@ -27,20 +28,21 @@ HH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test-2000.json
 TRAIN, TEST = [0, 1600], [1600, 2000]
 
 
-def train(reward_dir: Path, dpo_dir: Path) -> None:
+def train(reward_dir: Path, dpo_dir: Path | None) -> None:
     from llmkit.train.dpo import run_dpo
     from llmkit.train.post_config import DPOConfig, RewardConfig
     from llmkit.train.reward import run_reward
 
     common = [f"data={HH}", f"data_records={TRAIN}", f"val_data={HH}", f"val_records={TEST}"]
     run_reward(RewardConfig.preset("reward-smollm2-lora", common), reward_dir)
-    run_dpo(DPOConfig.preset("dpo-smollm2-lora", common), dpo_dir)
+    if dpo_dir is not None:
+        run_dpo(DPOConfig.preset("dpo-smollm2-lora", common), dpo_dir)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reward-dir", type=Path, required=True)
-    parser.add_argument("--dpo-dir", type=Path, required=True)
+    parser.add_argument("--dpo-dir", type=Path, default=None, help="without it: the reward model only")
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--prompts", type=int, default=400, help="held-out prompts for the win rate")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -66,6 +68,13 @@ def main() -> None:
     correct = int((rewards[:, 0] > rewards[:, 1]).sum())
     rm_acc, (rm_low, rm_high) = correct / len(test), wilson_interval(correct, len(test))
     rm_seconds = time.perf_counter() - t0
+    print(f"reward model accuracy on {len(test)} held-out pairs: {rm_acc:.3f} (95% CI {rm_low:.3f}-{rm_high:.3f}), "
+          f"{rm_seconds:.0f} s", flush=True)
+    rm_figures = {"rm_accuracy": round(rm_acc, 4), "rm_ci95_low": round(rm_low, 4), "rm_ci95_high": round(rm_high, 4),
+                  "rm_pairs": len(test)}
+    if args.dpo_dir is None:
+        print(json.dumps(rm_figures))
+        return
 
     prompts = [r.prompt for r in test[:args.prompts]]
     replies = {}
@@ -87,13 +96,10 @@ def main() -> None:
                  "start_reward": round(scores["start"][i], 3), "dpo_reward": round(scores["dpo"][i], 3)}
                 for i in range(3)]
     (args.dpo_dir / "winrate_examples.json").write_text(json.dumps(examples, indent=2))
-    print(f"reward model accuracy on {len(test)} held-out pairs: {rm_acc:.3f} (95% CI {rm_low:.3f}-{rm_high:.3f}), "
-          f"{rm_seconds:.0f} s")
     print(f"DPO vs starting model on {n} held-out prompts: win rate {wins / n:.3f} (95% CI {low:.3f}-{high:.3f}); "
           f"mean reward {sum(scores['dpo']) / n:.3f} vs {sum(scores['start']) / n:.3f}; mean reply "
           f"{lengths['dpo']:.1f} vs {lengths['start']:.1f} tokens; {identical} identical replies")
-    print(json.dumps({"rm_accuracy": round(rm_acc, 4), "rm_ci95_low": round(rm_low, 4), "rm_ci95_high": round(rm_high, 4),
-                      "rm_pairs": len(test), "dpo_win_rate": round(wins / n, 4), "dpo_win_ci95_low": round(low, 4),
+    print(json.dumps({**rm_figures, "dpo_win_rate": round(wins / n, 4), "dpo_win_ci95_low": round(low, 4),
                       "dpo_win_ci95_high": round(high, 4), "winrate_prompts": n,
                       "dpo_mean_reward": round(sum(scores["dpo"]) / n, 4),
                       "start_mean_reward": round(sum(scores["start"]) / n, 4),
