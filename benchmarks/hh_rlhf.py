@@ -34,7 +34,8 @@ def train(reward_dir: Path, dpo_dir: Path | None) -> None:
     from llmkit.train.reward import run_reward
 
     common = [f"data={HH}", f"data_records={TRAIN}", f"val_data={HH}", f"val_records={TEST}"]
-    run_reward(RewardConfig.preset("reward-smollm2-lora", common), reward_dir)
+    if not (reward_dir / "reward_head.safetensors").exists():  # a finished reward model is kept
+        run_reward(RewardConfig.preset("reward-smollm2-lora", common), reward_dir)
     if dpo_dir is not None:
         run_dpo(DPOConfig.preset("dpo-smollm2-lora", common), dpo_dir)
 
