@@ -222,8 +222,15 @@ def cmd_distill(args) -> None:
 
 
 def cmd_label(args) -> None:
-    from llmkit.train.label import label_preferences
+    from llmkit.train.label import label_by_answer, label_preferences
 
+    if args.judge == "answers":
+        stats = label_by_answer(args.policy, args.input, args.out, records=args.records, samples=args.samples,
+                                max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+        print(f"wrote {stats['pairs']} preference pairs for {stats['prompts']} prompts to {args.out} "
+              f"({stats['on_policy']} rejected replies are the policy's own wrong answers; its greedy accuracy "
+              f"{stats['greedy_accuracy']:.3f})")
+        return
     stats = label_preferences(args.judge, args.policy, args.input, args.out, records=args.records,
                               max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     print(f"wrote {stats['pairs']} preference pairs to {args.out} ({stats['ties']} ties skipped; judge agreed "
@@ -234,7 +241,13 @@ def cmd_speedrun(args) -> None:
     from llmkit.speedrun import speedrun
 
     report = speedrun(args.out, size="gpu" if args.gpu else "cpu", overrides=args.overrides)
-    print(f"done in {report['total_s'] / 60:.1f} min; report card: {report['report']}")
+    for name, result in report["accuracy"].items():
+        print(f"{name:>6}: held-out accuracy {result['accuracy']:.3f} "
+              f"(95% CI {result['ci95'][0]:.3f}-{result['ci95'][1]:.3f})")
+    for turn in report["chat"]:
+        print(f"\nuser: {turn['user']}\nassistant: {turn['assistant']}")
+    print(f"\ndone in {report['total_s'] / 60:.1f} min; report card: {report['report']}; "
+          f"talk to the final model: llmkit chat --model {Path(args.out) / 'dpo'}")
 
 
 # --- parser ------------------------------------------------------------------------------------------------
@@ -365,12 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="field=value, e.g. init_from=DIR data=FILE.jsonl peft=lora")
         p.set_defaults(handler=handler)
 
-    p = verbs.add_parser("label", help="RLAIF: sample two replies per prompt and let a judge model pick the better")
-    p.add_argument("--judge", required=True, help="judge model: checkpoint directory or named model (smollm2)")
+    p = verbs.add_parser("label", help="RLAIF: sample two replies per prompt and let a judge model pick the better; "
+                         "or, with --judge answers, pair the policy's wrong answers with the reference ones")
+    p.add_argument("--judge", required=True, help="judge model: checkpoint directory or named model (smollm2); "
+                   "'answers': the records' \"answer\" field is the judge (on-policy pairs from the policy's mistakes)")
     p.add_argument("--policy", required=True, help="model whose replies are judged")
     p.add_argument("--input", required=True, help="JSONL of prompts (any post-training format with a prompt)")
     p.add_argument("--out", required=True, help="output JSONL of {prompt, chosen, rejected}")
     p.add_argument("--records", type=int, nargs=2, default=None, metavar=("START", "STOP"), help="use these records only")
+    p.add_argument("--samples", type=int, default=0, help="--judge answers: sampled answers per prompt besides the greedy one")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)

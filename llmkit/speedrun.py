@@ -1,7 +1,12 @@
 """The speedrun: from raw text to an assistant, every stage, in 20 minutes on a laptop CPU.
 
-    corpus -> tokenizer -> token shards -> pretrain -> built-in task -> SFT -> reward model -> DPO
-           -> RLHF -> evaluation on held-out questions -> report card (report.md, plots) -> sample chat
+    corpus -> tokenizer -> token shards -> pretrain -> built-in task -> SFT -> on-policy preference pairs
+           -> reward model -> DPO -> RLHF -> evaluation on held-out questions -> report card -> sample chat
+
+The preference pairs are collected after SFT, as in InstructGPT: the SFT model answers the preference
+questions and its wrong answers become the rejected replies (`llmkit label --judge answers`; where it
+answers right, the task's plausible wrong option stays the rejected one). Measured on one base: DPO on
+these pairs gained 0.183 -> 0.214 held-out accuracy, DPO on the task's fixed pairs 0.183 -> 0.191.
 
 Each stage is the ordinary stage function (the same code `llmkit pretrain / sft / reward / dpo /
 rlhf` run) with a training preset plus the fields of `llmkit/presets/speedrun/{cpu,gpu}.yaml`; each
@@ -23,7 +28,7 @@ from llmkit.config import parse_overrides
 from llmkit.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets" / "speedrun"
-STAGES = ("tokenizer", "task", "pretrain", "sft", "reward", "dpo", "rlhf")
+STAGES = ("tokenizer", "task", "pretrain", "sft", "collect", "reward", "dpo", "rlhf")
 
 
 def load_plan(size: str, overrides: list[str] | None = None) -> dict:
@@ -79,6 +84,7 @@ def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = N
     from llmkit.tokenizer import Tokenizer, read_text_files
     from llmkit.train.config import TrainConfig
     from llmkit.train.dpo import run_dpo
+    from llmkit.train.label import label_by_answer
     from llmkit.train.post_config import DPOConfig, RewardConfig, RLConfig, SFTConfig
     from llmkit.train.pretrain import pretrain
     from llmkit.train.reward import run_reward
@@ -111,7 +117,12 @@ def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = N
     with clock.stage("sft"):
         result = run_sft(stage_config(SFTConfig, plan["sft"], init_from=out / "base", **wiring), out / "sft")
         results["stages"]["sft"] = {"steps": result.steps, **result.eval}
-    wiring["data"] = task["preference"]
+    with clock.stage("collect"):
+        on_policy = out / "task" / "preference_on_policy.jsonl"
+        results["stages"]["collect"] = label_by_answer(out / "sft", task["preference"], on_policy,
+                                                       **plan.get("collect", {}))
+        print(f"collect: {results['stages']['collect']}", flush=True)
+    wiring["data"] = on_policy
     with clock.stage("reward"):
         result = run_reward(stage_config(RewardConfig, plan["reward"], init_from=out / "sft", **wiring), out / "reward")
         results["stages"]["reward"] = {"steps": result.steps, **result.eval}
@@ -124,6 +135,7 @@ def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = N
         results["stages"]["rlhf"] = {"steps": result.steps, **result.eval}
     with clock.stage("evaluate"):
         results["accuracy"], results["samples"] = evaluate_models(out, task["heldout"])
+        results["paired"] = compare_models(results["accuracy"])
     with clock.stage("report"):
         results["chat"] = sample_chat(out / "dpo")
         results["timings_s"] = {k: round(v, 1) for k, v in clock.stages.items()}
@@ -155,6 +167,24 @@ def evaluate_models(out: Path, heldout_file: Path) -> tuple[dict, dict]:
         print(f"{name:>5}: accuracy {result['accuracy']:.3f} (95% CI {result['ci95'][0]:.3f}-{result['ci95'][1]:.3f}) "
               + "  ".join(f"{k} {v:.2f}" for k, v in result["by_kind"].items()), flush=True)
     return accuracy, samples
+
+
+# each stage against the model it started from, on the same questions
+PAIRS = (("base", "sft"), ("sft", "dpo"), ("sft", "rlhf"))
+
+
+def compare_models(accuracy: dict) -> dict:
+    """Paired comparisons (difference, questions gained / lost, McNemar p) of each stage with its start;
+    removes the per-question lists from `accuracy`."""
+    from llmkit.data.assistant_task import paired_comparison
+
+    correct = {name: result.pop("correct") for name, result in accuracy.items()}
+    paired = {}
+    for before, after in PAIRS:
+        paired[f"{after} vs {before}"] = c = paired_comparison(correct[before], correct[after])
+        print(f"{after} vs {before}: {c['difference']:+.3f} ({c['gained']} questions gained, {c['lost']} lost; "
+              f"McNemar p = {c['p_value']:.3g})", flush=True)
+    return paired
 
 
 def sample_chat(model_dir: Path) -> list[dict]:
@@ -190,10 +220,20 @@ def write_report(out: Path, results: dict) -> None:
                      + " | ".join(f"{r['by_kind'][k]:.3f}" for k in kinds) + " |")
     n = next(iter(acc.values()))["n"]
     stages = results["stages"]
-    lines += ["", f"{n} held-out questions. Chance on the two-option kinds (play, speaker) is 0.5 for a model that "
-              "answers with one of the options.", "", "![accuracy](accuracy.png)", "", "## Stages", "",
+    lines += ["", f"{n} held-out questions. Chance on the two-option kinds (play, speaker, continue) is 0.5 for a "
+              "model that answers with one of the options.", "", "Each stage against the model it started from, on the "
+              "same questions (exact McNemar test on the questions only one of the two gets right):", "",
+              "| comparison | difference | gained | lost | p |", "| --- | --- | --- | --- | --- |"]
+    for name, c in results["paired"].items():
+        lines.append(f"| {name} | {c['difference']:+.3f} | {c['gained']} | {c['lost']} | {c['p_value']:.3g} |")
+    lines += ["", "![accuracy](accuracy.png)", "", "## Stages", "",
               "| stage | steps | time (s) | held-out figures |", "| --- | --- | --- | --- |"]
     timings = results["timings_s"]
+    collect = stages["collect"]
+    lines.insert(lines.index("## Stages") + 2, f"Preference pairs: the SFT model answered {collect['prompts']} "
+                 f"preference questions (greedy accuracy {collect['greedy_accuracy']:.3f}); {collect['on_policy']} of "
+                 f"its wrong answers became rejected replies, {collect['pairs']} pairs in all "
+                 f"({timings.get('collect', 0):.0f} s).\n")
     for name in ("pretrain", "sft", "reward", "dpo", "rlhf"):
         figures = ", ".join(f"{k} {v:.4f}" for k, v in stages[name].items() if k not in ("steps", "tokens"))
         lines.append(f"| {name} | {stages[name]['steps']} | {timings.get(name, 0):.0f} | {figures} |")

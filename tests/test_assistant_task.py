@@ -4,8 +4,8 @@ with training, plausible wrong answers, files in the post-training formats, and 
 import json
 
 from conftest import SHAKESPEARE
-from llmkit.data.assistant_task import (KINDS, accuracy, is_correct, make_questions, parse_play, read_plays,
-                                        write_task)
+from llmkit.data.assistant_task import (KINDS, accuracy, is_correct, make_questions, paired_comparison, parse_play,
+                                        read_plays, write_task)
 from llmkit.train.chat_data import load_records
 
 
@@ -54,3 +54,15 @@ def test_answers_are_checked_by_normalised_exact_match():
     result = accuracy(["play", "play", "speaker", "speaker"], [True, False, True, True])
     assert result["accuracy"] == 0.75 and result["by_kind"] == {"play": 0.5, "speaker": 1.0}
     assert result["ci95"][0] < 0.75 < result["ci95"][1]
+
+
+def test_paired_comparison_counts_discordant_questions_and_gives_the_exact_mcnemar_p():
+    before = [True] * 10 + [False] * 10 + [True] * 5 + [False] * 75
+    after = [True] * 10 + [True] * 10 + [False] * 5 + [False] * 75
+    c = paired_comparison(before, after)
+    assert (c["gained"], c["lost"]) == (10, 5) and c["difference"] == 0.05
+    # two-sided exact binomial: 2 * P(X <= 5 | n=15, 1/2) = 2 * 4944 / 32768
+    assert abs(c["p_value"] - 2 * 4944 / 2**15) < 1e-12
+    assert paired_comparison([True, False], [True, False]) == {"difference": 0.0, "gained": 0, "lost": 0, "p_value": 1.0}
+    assert paired_comparison([False] * 8, [True] * 8)["p_value"] == 2 / 2**8
+    assert paired_comparison([True, False, True, False], [False, True, True, False])["p_value"] == 1.0

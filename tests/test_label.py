@@ -8,6 +8,7 @@ import re
 from types import SimpleNamespace
 
 import llmkit
+import pytest
 from llmkit.train.chat_data import load_records
 from llmkit.train.label import label_preferences
 from posttrain_fixtures import run_cli, tiny_base  # noqa: F401 (fixtures)
@@ -62,3 +63,43 @@ def test_label_cli_with_a_real_model_as_judge(tmp_path, tiny_base):
     result = run_cli("label", "--judge", tiny_base, "--policy", tiny_base, "--input", tmp_path / "none.jsonl",
                      "--out", tmp_path / "x.jsonl")
     assert result.returncode == 2 and "none.jsonl: no such file" in result.stderr
+
+
+def test_label_by_answer_pairs_the_policys_wrong_answers_with_the_reference(tmp_path, tiny_base):
+    from llmkit.errors import DataError
+    from llmkit.train.label import label_by_answer
+    from llmkit.train.post_common import generate, reply_text
+
+    policy = llmkit.load(tiny_base)
+    # plain-text prompts (the untrained fixture model has no chat manners): its greedy replies differ by prompt
+    prompts = ["Who says it", "ROMEO. 1", "KING. 2", "Who says this", "Say what", "Who knows"]
+    greedy = [reply_text(policy.tokenizer, ids) for ids in generate(policy.model, policy.tokenizer, prompts, 24)]
+    assert greedy[0].strip() and "Iago" not in greedy, greedy
+    # the first question's reference answer is what the model says: it is right there, wrong elsewhere
+    rows = [{"prompt": p, "chosen": a, "rejected": "Cassio", "kind": "speaker", "answer": a}
+            for p, a in zip(prompts, [greedy[0]] + ["Iago"] * 5)]
+    source = tmp_path / "questions.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats = label_by_answer(policy, source, tmp_path / "pairs.jsonl", samples=2, seed=3)
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert stats["prompts"] == 6 and stats["greedy_accuracy"] == 1 / 6 and stats["pairs"] == len(pairs)
+    by_prompt = {}
+    for pair in pairs:
+        by_prompt.setdefault(pair["prompt"], []).append(pair)
+        assert pair["kind"] == "speaker" and pair["chosen"] == pair["answer"]
+    for i, prompt in enumerate(prompts):
+        rejected = [p["rejected"] for p in by_prompt[prompt]]
+        if i == 0:  # right greedy; the sampled answers may still be wrong, else the task's own wrong option
+            assert greedy[0] not in rejected and (rejected == ["Cassio"] or "Cassio" not in rejected)
+        else:  # wrong greedy answer first, then distinct wrong samples (at most 1 + 2)
+            assert rejected[0] == greedy[i] and 1 <= len(rejected) <= 3 and len(set(rejected)) == len(rejected)
+    assert stats["on_policy"] == len(pairs) - (by_prompt[prompts[0]][0]["rejected"] == "Cassio")
+    assert len(load_records(tmp_path / "pairs.jsonl", "preference")) == len(pairs)
+    # without reference answers there is nothing to judge by: an error naming the line
+    (tmp_path / "bare.jsonl").write_text(json.dumps({k: v for k, v in rows[0].items() if k != "answer"}) + "\n")
+    with pytest.raises(DataError, match=r'bare.jsonl:1: field "answer" missing'):
+        label_by_answer(policy, tmp_path / "bare.jsonl", tmp_path / "x.jsonl")
+    result = run_cli("label", "--judge", "answers", "--policy", tiny_base, "--input", source, "--out",
+                     tmp_path / "cli.jsonl", "--max-new-tokens", 24)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "greedy accuracy 0.167" in result.stdout and (tmp_path / "cli.jsonl").exists()

@@ -35,10 +35,19 @@ def test_tiny_speedrun_writes_every_stage_and_the_report_card(tmp_path, cache_di
     for result in report["accuracy"].values():
         assert result["n"] == 20 and 0 <= result["accuracy"] <= 1 and set(result["by_kind"]) == {
             "play", "speaker", "continue", "passage"}
-    assert {"pretrain", "sft", "reward", "dpo", "rlhf", "evaluate"} <= set(report["timings_s"])
+    assert {"pretrain", "sft", "collect", "reward", "dpo", "rlhf", "evaluate"} <= set(report["timings_s"])
+    # the reward model and DPO learn from pairs collected from the SFT model: one or more per question
+    collect = report["stages"]["collect"]
+    pairs = (out / "task" / "preference_on_policy.jsonl").read_text().splitlines()
+    assert collect["pairs"] == len(pairs) >= collect["prompts"] > 0 and "Preference pairs: the SFT model" in \
+        (out / "report.md").read_text()
+    assert set(report["paired"]) == {"sft vs base", "dpo vs sft", "rlhf vs sft"}
+    for c in report["paired"].values():
+        assert c["gained"] + c["lost"] <= 20 and 0 < c["p_value"] <= 1
+    assert "correct" not in report["accuracy"]["sft"]  # per-question lists stay out of the report
     assert len(report["chat"]) == 3
     text = (out / "report.md").read_text()
-    assert "| base |" in text and "| rlhf |" in text and "![accuracy](accuracy.png)" in text
+    assert "| base |" in text and "| rlhf |" in text and "| dpo vs sft |" in text and "![accuracy](accuracy.png)" in text
     assert (out / "accuracy.png").stat().st_size > 1000 and (out / "training.png").stat().st_size > 1000
 
 

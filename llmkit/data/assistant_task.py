@@ -272,3 +272,16 @@ def accuracy(kinds: list[str], correct: list[bool]) -> dict:
         marks = [c for kd, c in zip(kinds, correct) if kd == kind]
         by_kind[kind] = sum(marks) / len(marks)
     return {"accuracy": k / max(n, 1), "ci95": wilson_interval(k, n), "n": n, "by_kind": by_kind}
+
+
+def paired_comparison(before: list[bool], after: list[bool]) -> dict:
+    """Two models' correctness on the same questions: the accuracy difference and the exact two-sided
+    McNemar p-value (a binomial test on the questions exactly one of them gets right; McNemar 1947).
+    Pairing removes the questions' own difficulty, so it detects smaller gains than two separate intervals."""
+    if len(before) != len(after):
+        raise ValueError(f"paired comparison of {len(before)} and {len(after)} answers")
+    gained = sum(a and not b for b, a in zip(before, after))
+    lost = sum(b and not a for b, a in zip(before, after))
+    n, k = gained + lost, min(gained, lost)
+    p_value = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"difference": (gained - lost) / max(len(before), 1), "gained": gained, "lost": lost, "p_value": p_value}

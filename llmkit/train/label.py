@@ -8,12 +8,20 @@ judged in both orders and the two verdicts averaged, which cancels the judge's p
 position (Zheng et al. 2023 found strong position bias in LLM judges). Pairs the judge cannot separate
 (identical replies, or a preference within `min_margin` of a coin flip) are skipped. The output is a
 preference JSONL that `llmkit reward` and `llmkit dpo` read as it is.
+
+Where every prompt has a reference answer (the built-in task, or any task checked by exact match), the
+answer key is the judge (`--judge answers`, `label_by_answer`): the policy answers each prompt, and its
+wrong answers become the rejected replies, the reference answer the chosen one. Preference data from
+the policy's own mistakes ("on-policy") is what makes DPO and reward models work on the policy's actual
+errors (Tajwar et al. 2024, "Preference Fine-Tuning of LLMs Should Leverage Suboptimal, On-Policy Data";
+Pang et al. 2024, "Iterative Reasoning Preference Optimization").
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 from llmkit.errors import DataError
@@ -106,9 +114,55 @@ def label_preferences(judge, policy, input_path: str | Path, out: str | Path, re
         if isinstance(prompt, list):
             chosen, rejected = [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}]
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "judge_probability": round(max(p, 1 - p), 4)})
+    write_pairs(out, rows)
+    return {"pairs": len(rows), "ties": ties, "consistent": consistent / max(len(prompts), 1)}
+
+
+def write_pairs(out: str | Path, rows: list[dict]) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(out)
-    return {"pairs": len(rows), "ties": ties, "consistent": consistent / max(len(prompts), 1)}
+
+
+def label_by_answer(policy, input_path: str | Path, out: str | Path, records: list | None = None,
+                    samples: int = 0, max_new_tokens: int = 24, temperature: float = 1.0, seed: int = 0) -> dict:
+    """On-policy pairs judged by the answer key. For each record with an "answer" field (and a prompt),
+    the policy answers greedily (plus `samples` sampled answers); chosen = the reference answer, rejected =
+    each distinct wrong answer (the greedy one first). Where every answer is right the record's own
+    rejected reply is kept, so no prompt is lost. Other fields ("kind", "answer") are carried over.
+    policy: a checkpoint directory / named model, or a loaded `llmkit.LLM`."""
+    import llmkit
+    from llmkit.data.assistant_task import _normalise, is_correct
+    from llmkit.train.post_common import generate
+
+    items = load_records(input_path, "preference", records)
+    missing = next((r for r in items if "answer" not in r.extra), None)
+    if missing is not None:
+        raise DataError(f'{missing.where}: field "answer" missing; labelling by the answer key needs the reference '
+                        "answer of every prompt (or use a judge model: --judge MODEL)")
+    llm = llmkit.load(policy) if isinstance(policy, (str, Path)) else policy
+    prompts = [r.prompt for r in items]
+    answers = [[reply_text(llm.tokenizer, ids)] for ids in generate(llm.model, llm.tokenizer, prompts, max_new_tokens)]
+    if samples:
+        sampled = generate(llm.model, llm.tokenizer, [p for p in prompts for _ in range(samples)], max_new_tokens,
+                           temperature=temperature, seed=seed)
+        for i, ids in enumerate(sampled):
+            answers[i // samples].append(reply_text(llm.tokenizer, ids))
+    rows, stats = [], Counter()
+    for record, replies in zip(items, answers):
+        answer = record.extra["answer"]
+        stats["greedy_right"] += is_correct(replies[0], answer)
+        wrong: dict[str, str] = {}
+        for reply in replies:
+            if reply.strip() and not is_correct(reply, answer):
+                wrong.setdefault(_normalise(reply), reply)
+        stats["on_policy"] += len(wrong)
+        as_turn = (lambda text: [{"role": "assistant", "content": text}]) if isinstance(record.prompt, list) else str
+        for rejected in list(wrong.values()) or [record.rejected]:
+            rows.append({"prompt": record.prompt, "chosen": as_turn(answer),
+                         "rejected": as_turn(rejected) if isinstance(rejected, str) else rejected, **record.extra})
+    write_pairs(out, rows)
+    return {"pairs": len(rows), "prompts": len(items), "greedy_accuracy": stats["greedy_right"] / max(len(items), 1),
+            "on_policy": stats["on_policy"]}

@@ -130,7 +130,9 @@ def task_accuracy(model, tokenizer: Tokenizer, heldout: list[Record], max_new_to
     replies = [reply_text(tokenizer, out) for out in outputs]
     answers = [r.extra["answer"] for r in records]
     kinds = [r.extra.get("kind", "all") for r in records]
-    result = accuracy(kinds, [is_correct(reply, answer) for reply, answer in zip(replies, answers)])
+    correct = [is_correct(reply, answer) for reply, answer in zip(replies, answers)]
+    result = accuracy(kinds, correct)
+    result["correct"] = correct  # per question, for paired comparisons between models
     result["examples"] = [{"prompt": r.prompt[-1]["content"] if isinstance(r.prompt, list) else r.prompt,
                            "reply": reply, "answer": answer} for r, reply, answer in zip(records[:5], replies, answers)]
     return result
