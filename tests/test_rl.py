@@ -125,3 +125,44 @@ def test_rlhf_raises_the_reward_model_score(tmp_path, tiny_base):
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 1.0
     assert abs(kls[0]) < 1e-4 and kls[-1] > 0.01
     assert result.eval["val_reward"] > sum(rewards[:5]) / 5 + 1.0
+
+
+def test_verifiable_reward_from_the_answer_key(tmp_path, tiny_base):
+    """reward_model=answers (RLVR): 1 for a reply that matches the record's "answer", else 0. From an SFT
+    model that says "yes" and "no" about equally, RLOO moves the policy to the right answers (held-out
+    greedy accuracy, before and after); a prompt without an answer is a data error naming file and line."""
+    import json
+
+    import llmkit
+    from llmkit.data.assistant_task import is_correct
+    from llmkit.errors import DataError
+    from llmkit.train.post_common import generate, reply_text
+    from llmkit.train.post_config import RLConfig, SFTConfig
+    from llmkit.train.rl import run_rl
+    from llmkit.train.sft import run_sft
+
+    questions = [f"Question {i}: is {i} a number you like?" for i in range(200)]
+    sft_file, prompt_file = tmp_path / "sft.jsonl", tmp_path / "prompts.jsonl"
+    sft_file.write_text("".join(json.dumps({"prompt": q, "completion": ("yes" if i % 2 else "no")}) + "\n"
+                                for i, q in enumerate(questions)))
+    prompt_file.write_text("".join(json.dumps({"prompt": q, "answer": "yes"}) + "\n" for q in questions))
+    run_sft(config(SFTConfig, init_from=tiny_base, data=sft_file, max_steps=40, lr=3e-3, micro_batch=8,
+                   eval_task=False), tmp_path / "sft")
+    sft = llmkit.load(tmp_path / "sft")
+    held_out = questions[150:]
+    replies = [reply_text(sft.tokenizer, ids) for ids in generate(sft.model, sft.tokenizer, held_out, 8)]
+    sft_accuracy = sum(is_correct(r, "yes") for r in replies) / len(replies)
+    rl = dict(init_from=tmp_path / "sft", reward_model="answers", val_records=[150, 200], max_steps=25,
+              micro_batch=4, group_size=4, lr=1e-3, max_new_tokens=8, kl_coef=0.01, eval_every=0, eval_task=False)
+    result = run_rl(config(RLConfig, data=prompt_file, val_data=prompt_file, **rl), tmp_path / "rl")
+    rewards = [r["reward"] for r in map(json.loads, (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines())
+               if "reward" in r]
+    print("rewards", [round(r, 2) for r in rewards], "held-out accuracy", sft_accuracy, "->", result.eval["val_reward"])
+    assert sft_accuracy < 0.8 and result.eval["val_reward"] > 0.95  # greedy, on the 50 held-out questions
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.1  # sampled (temperature 1), on the training prompts
+
+    lines = prompt_file.read_text().splitlines()
+    lines[6] = json.dumps({"prompt": questions[6]})
+    prompt_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r'prompts\.jsonl:7: field "answer" missing'):
+        run_rl(config(RLConfig, data=prompt_file, val_data=prompt_file, **rl), tmp_path / "rl2")

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch.func import functional_call
 
-from llmkit.errors import ConfigError
+from llmkit.errors import ConfigError, DataError
 from llmkit.train.chat_data import encode_prompt
 from llmkit.train.packing import completion_item, model_inputs, pack
 from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
@@ -72,13 +72,34 @@ def token_logprobs(model, batch: dict) -> torch.Tensor:
     return -model(batch["input_ids"], batch["targets"], reduction="none", **model_inputs(batch))
 
 
+def reward_function(config: RLConfig, device, autocast):
+    """rewards(records, replies) -> list of floats. reward_model=DIR: a `llmkit reward` model's scores.
+    reward_model=answers: a verifiable reward (RLVR; Lambert et al. 2024, "Tulu 3"): 1 where the reply
+    matches the record's "answer" (exact match after normalisation, the built-in task's metric), else 0 -
+    no learned judge for the policy to exploit."""
+    if config.reward_model == "answers":
+        from llmkit.data.assistant_task import is_correct
+
+        return lambda records, texts: [float(is_correct(t, r.extra["answer"])) for r, t in zip(records, texts)]
+    reward_model, reward_tokenizer = load_reward_model(config.reward_model, device=device)
+    reward_model.requires_grad_(False)
+    return lambda records, texts: score(reward_model, reward_tokenizer, [r.prompt for r in records], texts,
+                                        max_len=config.seq_len, autocast=autocast)
+
+
+def require_answers(records: list) -> None:
+    missing = next((r for r in records if "answer" not in r.extra), None)
+    if missing is not None:
+        raise DataError(f'{missing.where}: field "answer" missing; reward_model=answers needs the reference answer '
+                        "of every prompt (or train a reward model with `llmkit reward` and pass its directory)")
+
+
 class Rollouts:
     """Sampling, scoring and the per-token reference / old log-probabilities of one batch of prompts."""
 
-    def __init__(self, model, tokenizer, reward_model, reward_tokenizer, prompts, config: RLConfig, autocast):
-        self.model, self.tokenizer = model, tokenizer
-        self.reward_model, self.reward_tokenizer = reward_model, reward_tokenizer
-        self.prompts, self.config, self.autocast = prompts, config, autocast
+    def __init__(self, model, tokenizer, rewards, records, config: RLConfig, autocast):
+        self.model, self.tokenizer, self.rewards = model, tokenizer, rewards
+        self.records, self.config, self.autocast = records, config, autocast
         # the frozen reference: the starting values of the trainable tensors
         self.reference = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
         self.prefix = prompt_prefix_ids(model)
@@ -88,8 +109,8 @@ class Rollouts:
     @torch.no_grad()
     def make(self, index: list[int], seed: int) -> dict:
         c = self.config
-        prompts = [self.prompts[i] for i in index]
-        prompt_ids = [self.prefix + encode_prompt(self.tokenizer, p) for p in prompts]
+        records = [self.records[i] for i in index]
+        prompt_ids = [self.prefix + encode_prompt(self.tokenizer, r.prompt) for r in records]
         room = c.seq_len - max(len(p) for p in prompt_ids)
         if room < 1:
             raise ConfigError(f"a prompt of {max(len(p) for p in prompt_ids)} tokens leaves no room in seq_len "
@@ -99,9 +120,7 @@ class Rollouts:
                            min(c.max_new_tokens, room), temperature=c.temperature, top_p=c.top_p, seed=seed)
         texts = [reply_text(self.tokenizer, o) for o in outputs]
         finished = torch.tensor([bool(o) and o[-1] in self.stops for o in outputs])
-        reward_prompts = [p for p in prompts for _ in range(k)]
-        rm_scores = torch.tensor(score(self.reward_model, self.reward_tokenizer, reward_prompts, texts,
-                                       max_len=c.seq_len, autocast=self.autocast))
+        rm_scores = torch.tensor(self.rewards([r for r in records for _ in range(k)], texts), dtype=torch.float)
         rewards = rm_scores - c.missing_eos_penalty * (~finished).float()
         items = [completion_item(prompt_ids[j // k], outputs[j]) for j in range(len(outputs))]
         batch = pack(items, c.seq_len, self.pad)
@@ -140,7 +159,8 @@ class _Reference(torch.nn.Module):
 
 def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResult:
     if not config.reward_model:
-        raise ConfigError("reward_model is required: a `llmkit reward` output directory")
+        raise ConfigError("reward_model is required: a `llmkit reward` output directory, or `answers` for a "
+                          "verifiable reward from the records' \"answer\" field")
     model, tokenizer, base_dir = start_model(config)
     summary = apply_peft(model, config)
     train_records, val_records = stage_records(config, "prompt")
@@ -149,14 +169,16 @@ def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResu
     device = resolve_device(config.device)
     dtype = resolve_autocast_dtype(config.dtype, device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    reward_model, reward_tokenizer = load_reward_model(config.reward_model, device=device)
-    reward_model.requires_grad_(False)
+    if config.reward_model == "answers":
+        require_answers(train_records + val_records)
+    rewards = reward_function(config, device, autocast)
     model.to(device)
-    rollouts = Rollouts(model, tokenizer, reward_model, reward_tokenizer, prompts, config, autocast)
+    rollouts = Rollouts(model, tokenizer, rewards, train_records, config, autocast)
     tokens_per_micro = config.micro_batch * config.group_size * (config.max_new_tokens + 64)
     accum = max(1, config.batch_tokens // tokens_per_micro) if config.batch_tokens else 1
     total_steps = planned_steps(config, len(prompts) * config.updates_per_batch, config.micro_batch * accum)
-    print(f"rlhf: {len(prompts)} prompts x {config.group_size} samples, baseline {config.baseline}, kl_coef "
+    print(f"rlhf: {len(prompts)} prompts x {config.group_size} samples, reward {config.reward_model}, baseline "
+          f"{config.baseline}, kl_coef "
           f"{config.kl_coef}; {summary}; {total_steps} steps", flush=True)
     cache: dict = {}
 
@@ -183,8 +205,8 @@ def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResu
         if records:
             outputs = generate(runner, tokenizer, [r.prompt for r in records], config.max_new_tokens)
             texts = [reply_text(tokenizer, o) for o in outputs]
-            rewards = score(reward_model, reward_tokenizer, [r.prompt for r in records], texts, max_len=config.seq_len)
-            results["val_reward"] = sum(rewards) / len(rewards)
+            val_rewards = rewards(records, texts)
+            results["val_reward"] = sum(val_rewards) / len(val_rewards)
         if heldout:
             acc = task_accuracy(runner, tokenizer, heldout, config.eval_max_new_tokens)
             results["task_accuracy"] = acc["accuracy"]
