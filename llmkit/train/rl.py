@@ -1,8 +1,9 @@
 """RLHF: policy optimisation against a reward model, with a KL penalty to the frozen SFT reference.
 
 Each step samples `group_size` completions for each prompt with the one engine (llmkit.infer.Engine,
-the policy's current weights), scores them with the reward model (`llmkit reward`), and takes a policy
-gradient step with a critic-free group baseline:
+the policy's current weights), scores them with the reward model (`llmkit reward`; or, with
+reward_model=answers, with the records' answer key), and takes a policy gradient step with a critic-free
+group baseline:
 
     rloo  (default; Ahmadian et al. 2024, "Back to Basics"): the KL enters the reward,
           R_i = r_RM(x, y_i) - kl_coef * sum_t [log pi(y_t) - log ref(y_t)],
