@@ -5,8 +5,8 @@
 
 The preference pairs are collected after SFT, as in InstructGPT: the SFT model answers the preference
 questions and its wrong answers become the rejected replies (`llmkit label --judge answers`; where it
-answers right, the task's plausible wrong option stays the rejected one). Measured on one base: DPO on
-these pairs gained 0.183 -> 0.214 held-out accuracy, DPO on the task's fixed pairs 0.183 -> 0.191.
+answers right, the task's plausible wrong option stays the rejected one). At the CPU plan's size DPO
+and RLHF do not change held-out accuracy significantly (paired tests in the report; BENCHMARKS.md).
 
 Each stage is the ordinary stage function (the same code `llmkit pretrain / sft / reward / dpo /
 rlhf` run) with a training preset plus the fields of `llmkit/presets/speedrun/{cpu,gpu}.yaml`; each
@@ -226,14 +226,12 @@ def write_report(out: Path, results: dict) -> None:
               "| comparison | difference | gained | lost | p |", "| --- | --- | --- | --- | --- |"]
     for name, c in results["paired"].items():
         lines.append(f"| {name} | {c['difference']:+.3f} | {c['gained']} | {c['lost']} | {c['p_value']:.3g} |")
+    timings, collect = results["timings_s"], stages["collect"]
     lines += ["", "![accuracy](accuracy.png)", "", "## Stages", "",
+              f"Preference pairs: the SFT model answered {collect['prompts']} preference questions (greedy accuracy "
+              f"{collect['greedy_accuracy']:.3f}); {collect['on_policy']} of its wrong answers became rejected "
+              f"replies, {collect['pairs']} pairs in all ({timings.get('collect', 0):.0f} s).", "",
               "| stage | steps | time (s) | held-out figures |", "| --- | --- | --- | --- |"]
-    timings = results["timings_s"]
-    collect = stages["collect"]
-    lines.insert(lines.index("## Stages") + 2, f"Preference pairs: the SFT model answered {collect['prompts']} "
-                 f"preference questions (greedy accuracy {collect['greedy_accuracy']:.3f}); {collect['on_policy']} of "
-                 f"its wrong answers became rejected replies, {collect['pairs']} pairs in all "
-                 f"({timings.get('collect', 0):.0f} s).\n")
     for name in ("pretrain", "sft", "reward", "dpo", "rlhf"):
         figures = ", ".join(f"{k} {v:.4f}" for k, v in stages[name].items() if k not in ("steps", "tokens"))
         lines.append(f"| {name} | {stages[name]['steps']} | {timings.get(name, 0):.0f} | {figures} |")
