@@ -57,6 +57,38 @@ def stage_config(config_class, stage_plan: dict, **fields):
     return config_class.from_dict(data, source=f"speedrun stage {preset}")
 
 
+def pretrain_config(stage_plan: dict, data: Path, val_data: Path):
+    from llmkit.train.config import TrainConfig
+
+    plan = dict(stage_plan)
+    preset = plan.pop("preset")
+    return TrainConfig.preset(preset, [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
+                                       for k, v in plan.items()] + [f"data={data}", f"val_data={val_data}"])
+
+
+def check_plan(plan: dict, out: Path) -> None:
+    """Build every stage's config before the first stage runs, so a misspelt field or a bad value in the
+    plan or an override stops the run at once rather than after the stages before it (minutes)."""
+    import inspect
+
+    from llmkit.data.assistant_task import write_task
+    from llmkit.train.label import label_by_answer
+    from llmkit.train.post_config import DPOConfig, RewardConfig, RLConfig, SFTConfig
+
+    pretrain_config(plan["pretrain"], out / "data" / "train", out / "data" / "val")
+    for stage, config_class in (("sft", SFTConfig), ("reward", RewardConfig), ("dpo", DPOConfig), ("rlhf", RLConfig)):
+        wiring = {"reward_model": out / "reward"} if stage == "rlhf" else {}
+        stage_config(config_class, plan[stage], init_from=out / "sft", **wiring)
+    known = {"tokenizer": {"vocab_size"},
+             "task": set(inspect.signature(write_task).parameters) - {"out", "corpus_dir"},
+             "collect": set(inspect.signature(label_by_answer).parameters) - {"policy", "input_path", "out", "records"}}
+    for stage, fields in known.items():
+        unknown = sorted(set(plan.get(stage, {})) - fields)
+        if unknown:
+            raise ConfigError(f"speedrun stage {stage}: unknown field(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(sorted(fields))}")
+
+
 class Clock:
     def __init__(self):
         self.start = time.perf_counter()
@@ -82,7 +114,6 @@ def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = N
     from llmkit.data.corpus import cache_root, fetch_shakespeare
     from llmkit.data.prepare import prepare
     from llmkit.tokenizer import Tokenizer, read_text_files
-    from llmkit.train.config import TrainConfig
     from llmkit.train.dpo import run_dpo
     from llmkit.train.label import label_by_answer
     from llmkit.train.post_config import DPOConfig, RewardConfig, RLConfig, SFTConfig
@@ -93,6 +124,7 @@ def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = N
 
     plan = load_plan(size, overrides)
     out = Path(out)
+    check_plan(plan, out)
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock()
     results: dict = {"size": size, "plan": plan, "stages": {}}
@@ -104,12 +136,7 @@ def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = N
         prepare([corpus / "train"], out / "tokenizer", out / "data" / "train")
         prepare([corpus / "val"], out / "tokenizer", out / "data" / "val")
     with clock.stage("pretrain"):
-        pre = dict(plan["pretrain"])
-        preset = pre.pop("preset")
-        config = TrainConfig.preset(preset, [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
-                                             for k, v in pre.items()] + [f"data={out / 'data' / 'train'}",
-                                                                        f"val_data={out / 'data' / 'val'}"])
-        result = pretrain(config, out / "base")
+        result = pretrain(pretrain_config(plan["pretrain"], out / "data" / "train", out / "data" / "val"), out / "base")
         results["stages"]["pretrain"] = {"steps": result.steps, "tokens": result.tokens, **result.eval}
     with clock.stage("task"):
         task = write_task(out / "task", corpus / "train", **plan["task"])

@@ -59,3 +59,18 @@ def test_speedrun_overrides_are_checked():
         load_plan("huge")
     result = run_cli("speedrun", "--out", "/tmp/never", "nostage.x=1")
     assert result.returncode == 2 and "STAGE.field=value" in result.stderr
+
+
+def test_every_plan_is_checked_before_the_first_stage(tmp_path):
+    """Each size's plan builds every stage's config (the GPU plan included, which CI cannot run); a
+    misspelt field stops the run before any stage starts, naming the stage and the field."""
+    from llmkit.speedrun import check_plan
+
+    for size in ("tiny", "cpu", "gpu"):
+        check_plan(load_plan(size), tmp_path)
+    for override, stage in (("dpo.lrr=1", "dpo-assistant"), ("collect.max_new_token=3", "collect"),
+                            ("task.train_per_kin=5", "task"), ("pretrain.lr=fast", "shakespeare-cpu")):
+        with pytest.raises(ConfigError, match=stage):
+            check_plan(load_plan("cpu", [override]), tmp_path)
+    result = run_cli("speedrun", "--out", tmp_path / "run", "dpo.lrr=1")
+    assert result.returncode == 2 and "lrr" in result.stderr and not (tmp_path / "run" / "tokenizer").exists()
