@@ -18,12 +18,14 @@ questions), report.md, report.json, accuracy.png, training.png.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
+from llmkit.atomic import atomic_write_text
 from llmkit.config import parse_overrides
 from llmkit.errors import ConfigError
 
@@ -127,7 +129,7 @@ def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = N
     check_plan(plan, out)
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock()
-    results: dict = {"size": size, "plan": plan, "stages": {}}
+    results: dict = {"size": size, "overrides": list(overrides or []), "plan": plan, "stages": {}}
     with clock.stage("corpus"):
         corpus = fetch_shakespeare(cache_root() / "data" / "shakespeare")
     with clock.stage("tokenizer"):
@@ -171,7 +173,7 @@ def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = N
         write_report(out, results)
     results["total_s"] = round(clock.total, 1)
     results["report"] = str(out / "report.md")
-    (out / "report.json").write_text(json.dumps({k: v for k, v in results.items() if k != "plan"}, indent=2) + "\n")
+    atomic_write_text(out / "report.json", json.dumps({k: v for k, v in results.items() if k != "plan"}, indent=2) + "\n")
     return results
 
 
@@ -271,8 +273,10 @@ def write_report(out: Path, results: dict) -> None:
     lines += ["", "## A short chat with the DPO model", ""]
     for turn in results["chat"]:
         lines += [f"> **user:** {turn['user']}", ">", f"> **assistant:** {turn['assistant']}", ""]
-    lines += ["Reproduce: `llmkit speedrun --out DIR`; chat: `llmkit chat --model DIR/dpo`."]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    command = " ".join(["llmkit speedrun --out DIR"] + (["--gpu"] if results["size"] == "gpu" else [])
+                       + [shlex.quote(o) for o in results["overrides"]])
+    lines += [f"Reproduce: `{command}`; chat: `llmkit chat --model DIR/dpo`."]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
 def plot_accuracy(path: Path, accuracy: dict) -> None:

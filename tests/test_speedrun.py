@@ -48,6 +48,7 @@ def test_tiny_speedrun_writes_every_stage_and_the_report_card(tmp_path, cache_di
     assert len(report["chat"]) == 3
     text = (out / "report.md").read_text()
     assert "| base |" in text and "| rlhf |" in text and "| dpo vs sft |" in text and "![accuracy](accuracy.png)" in text
+    assert "Reproduce: `llmkit speedrun --out DIR sft.max_steps=6`" in text  # the overrides the run was given
     assert (out / "accuracy.png").stat().st_size > 1000 and (out / "training.png").stat().st_size > 1000
 
 

@@ -24,6 +24,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from llmkit.atomic import atomic_write_text
 from llmkit.errors import DataError
 from llmkit.infer import SamplingParams
 from llmkit.train.chat_data import load_records
@@ -119,11 +120,8 @@ def label_preferences(judge, policy, input_path: str | Path, out: str | Path, re
 
 
 def write_pairs(out: str | Path, rows: list[dict]) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(out)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def label_by_answer(policy, input_path: str | Path, out: str | Path, records: list | None = None,
