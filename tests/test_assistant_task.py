@@ -66,3 +66,17 @@ def test_paired_comparison_counts_discordant_questions_and_gives_the_exact_mcnem
     assert paired_comparison([True, False], [True, False]) == {"difference": 0.0, "gained": 0, "lost": 0, "p_value": 1.0}
     assert paired_comparison([False] * 8, [True] * 8)["p_value"] == 2 / 2**8
     assert paired_comparison([True, False, True, False], [False, True, True, False])["p_value"] == 1.0
+
+
+def test_task_accuracy_counts_replies_that_are_neither_offered_answer(monkeypatch):
+    import llmkit.train.post_common as post_common
+
+    held = [post_common.Record("f:1", prompt="In which play ...: A or B?", chosen="A", rejected="B",
+                               extra={"kind": "play", "answer": "A"}) for _ in range(4)]
+    replies = iter(["A", "B", "a.", "Neither, I think"])
+    # the scoring is under test, not generation: each question gets the next fixed reply
+    monkeypatch.setattr(post_common, "generate", lambda model, tok, prompts, n: [[] for _ in prompts])
+    monkeypatch.setattr(post_common, "reply_text", lambda tok, ids: next(replies))
+    result = post_common.task_accuracy(None, None, held)
+    assert result["correct"] == [True, False, True, False]
+    assert result["accuracy"] == 0.5 and result["off_option"] == 0.25

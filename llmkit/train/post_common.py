@@ -133,6 +133,10 @@ def task_accuracy(model, tokenizer: Tokenizer, heldout: list[Record], max_new_to
     correct = [is_correct(reply, answer) for reply, answer in zip(replies, answers)]
     result = accuracy(kinds, correct)
     result["correct"] = correct  # per question, for paired comparisons between models
+    if all(r.rejected for r in records):  # two-option questions: how often the reply is neither option
+        wrong = [r.rejected[-1]["content"] if isinstance(r.rejected, list) else r.rejected for r in records]
+        result["off_option"] = sum(not ok and not is_correct(reply, other)
+                                   for ok, reply, other in zip(correct, replies, wrong)) / max(len(records), 1)
     result["examples"] = [{"prompt": r.prompt[-1]["content"] if isinstance(r.prompt, list) else r.prompt,
                            "reply": reply, "answer": answer} for r, reply, answer in zip(records[:5], replies, answers)]
     return result
