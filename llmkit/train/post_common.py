@@ -120,6 +120,11 @@ def reply_text(tokenizer: Tokenizer, token_ids: list[int]) -> str:
     return tokenizer.decode(kept, skip_special_tokens=True)
 
 
+def last_text(text) -> str:
+    """A plain string, or the content of a message list's last message."""
+    return text[-1]["content"] if isinstance(text, list) else text
+
+
 def task_accuracy(model, tokenizer: Tokenizer, heldout: list[Record], max_new_tokens: int = 24,
                   limit: int = 0) -> dict:
     """Greedy answers to the built-in task's held-out questions, scored by exact match."""
@@ -134,9 +139,9 @@ def task_accuracy(model, tokenizer: Tokenizer, heldout: list[Record], max_new_to
     result = accuracy(kinds, correct)
     result["correct"] = correct  # per question, for paired comparisons between models
     if all(r.rejected for r in records):  # two-option questions: how often the reply is neither option
-        wrong = [r.rejected[-1]["content"] if isinstance(r.rejected, list) else r.rejected for r in records]
+        wrong = [last_text(r.rejected) for r in records]
         result["off_option"] = sum(not ok and not is_correct(reply, other)
                                    for ok, reply, other in zip(correct, replies, wrong)) / max(len(records), 1)
-    result["examples"] = [{"prompt": r.prompt[-1]["content"] if isinstance(r.prompt, list) else r.prompt,
+    result["examples"] = [{"prompt": last_text(r.prompt),
                            "reply": reply, "answer": answer} for r, reply, answer in zip(records[:5], replies, answers)]
     return result
