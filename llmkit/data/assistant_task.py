@@ -249,6 +249,14 @@ def _normalise(text: str) -> str:
     return " ".join(text.split()).strip("'")
 
 
+def require_answers(records: list, needed_by: str, otherwise: str) -> None:
+    """Stop with `file:line` at the first record without the "answer" field that `needed_by` scores against."""
+    missing = next((r for r in records if "answer" not in r.extra), None)
+    if missing is not None:
+        raise DataError(f'{missing.where}: field "answer" missing; {needed_by} needs the reference answer of every '
+                        f"prompt ({otherwise})")
+
+
 def is_correct(reply: str, answer: str) -> bool:
     """Exact match of the reply's first line with the answer, ignoring case, punctuation and spacing."""
     return _normalise(reply) == _normalise(answer) != ""

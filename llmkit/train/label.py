@@ -132,14 +132,11 @@ def label_by_answer(policy, input_path: str | Path, out: str | Path, records: li
     rejected reply is kept, so no prompt is lost. Other fields ("kind", "answer") are carried over.
     policy: a checkpoint directory / named model, or a loaded `llmkit.LLM`."""
     import llmkit
-    from llmkit.data.assistant_task import _normalise, is_correct
+    from llmkit.data.assistant_task import _normalise, is_correct, require_answers
     from llmkit.train.post_common import generate
 
     items = load_records(input_path, "preference", records)
-    missing = next((r for r in items if "answer" not in r.extra), None)
-    if missing is not None:
-        raise DataError(f'{missing.where}: field "answer" missing; labelling by the answer key needs the reference '
-                        "answer of every prompt (or use a judge model: --judge MODEL)")
+    require_answers(items, "labelling by the answer key", "or use a judge model: --judge MODEL")
     llm = llmkit.load(policy) if isinstance(policy, (str, Path)) else policy
     prompts = [r.prompt for r in items]
     answers = [[reply_text(llm.tokenizer, ids)] for ids in generate(llm.model, llm.tokenizer, prompts, max_new_tokens)]

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.func import functional_call
 
-from llmkit.errors import ConfigError, DataError
+from llmkit.errors import ConfigError
 from llmkit.train.chat_data import encode_prompt
 from llmkit.train.packing import completion_item, model_inputs, pack
 from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
@@ -86,13 +86,6 @@ def reward_function(config: RLConfig, device, autocast):
     reward_model.requires_grad_(False)
     return lambda records, texts: score(reward_model, reward_tokenizer, [r.prompt for r in records], texts,
                                         max_len=config.seq_len, autocast=autocast)
-
-
-def require_answers(records: list) -> None:
-    missing = next((r for r in records if "answer" not in r.extra), None)
-    if missing is not None:
-        raise DataError(f'{missing.where}: field "answer" missing; reward_model=answers needs the reference answer '
-                        "of every prompt (or train a reward model with `llmkit reward` and pass its directory)")
 
 
 class Rollouts:
@@ -165,22 +158,23 @@ def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResu
     model, tokenizer, base_dir = start_model(config)
     summary = apply_peft(model, config)
     train_records, val_records = stage_records(config, "prompt")
-    prompts = [r.prompt for r in train_records]
     heldout = task_records(config, val_records)
     device = resolve_device(config.device)
     dtype = resolve_autocast_dtype(config.dtype, device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     if config.reward_model == "answers":
-        require_answers(train_records + val_records)
+        from llmkit.data.assistant_task import require_answers
+
+        require_answers(train_records + val_records, "reward_model=answers",
+                        "or train a reward model with `llmkit reward` and pass its directory")
     rewards = reward_function(config, device, autocast)
     model.to(device)
     rollouts = Rollouts(model, tokenizer, rewards, train_records, config, autocast)
     tokens_per_micro = config.micro_batch * config.group_size * (config.max_new_tokens + 64)
     accum = max(1, config.batch_tokens // tokens_per_micro) if config.batch_tokens else 1
-    total_steps = planned_steps(config, len(prompts) * config.updates_per_batch, config.micro_batch * accum)
-    print(f"rlhf: {len(prompts)} prompts x {config.group_size} samples, reward {config.reward_model}, baseline "
-          f"{config.baseline}, kl_coef "
-          f"{config.kl_coef}; {summary}; {total_steps} steps", flush=True)
+    total_steps = planned_steps(config, len(train_records) * config.updates_per_batch, config.micro_batch * accum)
+    print(f"rlhf: {len(train_records)} prompts x {config.group_size} samples, reward {config.reward_model}, baseline "
+          f"{config.baseline}, kl_coef {config.kl_coef}; {summary}; {total_steps} steps", flush=True)
     cache: dict = {}
 
     def batch_fn(step: int, micro: int):
@@ -189,7 +183,7 @@ def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResu
         if key not in cache:
             for old in [k for k in cache if k[0] != rollout_step]:
                 del cache[old]  # rollouts of an earlier batch are not used again
-            index = items_for(rollout_step, micro, accum, config.micro_batch, len(prompts), config.seed)
+            index = items_for(rollout_step, micro, accum, config.micro_batch, len(train_records), config.seed)
             cache[key] = rollouts.make(index, seed=config.seed * 1_000_003 + rollout_step * 1009 + micro * 101)
         return cache[key]
 
