@@ -36,7 +36,8 @@ class ModelConfig:
     rope_theta: float = 10000.0
     # Optional RoPE frequency scaling, e.g. Llama 3.1's {"type": "llama3", "factor": 8.0, ...}.
     rope_scaling: dict | None = None
-    mlp: str = "swiglu"  # "swiglu" (Shazeer 2020) or "gelu" (GPT-2)
+    # "swiglu" (Shazeer 2020), "gelu" (exact, erf) or "gelu_tanh" (the tanh approximation GPT-2 used)
+    mlp: str = "swiglu"
     norm: str = "rmsnorm"  # "rmsnorm" (Zhang & Sennrich 2019) or "layernorm"
     norm_eps: float = 1e-5
     qk_norm: bool = False  # RMSNorm on queries and keys per head (Dehghani et al. 2023)
@@ -68,7 +69,8 @@ class ModelConfig:
             (self.n_heads % self.n_kv_heads == 0,
              f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}"),
             (self.pos_embedding in ("rope", "learned"), f"pos_embedding must be 'rope' or 'learned', not {self.pos_embedding!r}"),
-            (self.mlp in ("swiglu", "gelu"), f"mlp must be 'swiglu' or 'gelu', not {self.mlp!r}"),
+            (self.mlp in ("swiglu", "gelu", "gelu_tanh"),
+             f"mlp must be 'swiglu', 'gelu' or 'gelu_tanh', not {self.mlp!r}"),
             (self.norm in ("rmsnorm", "layernorm"), f"norm must be 'rmsnorm' or 'layernorm', not {self.norm!r}"),
             (self.pos_embedding != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head_dim"),
             (self.n_experts == 0 or 1 <= self.top_k <= self.n_experts,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from llmkit.config import ModelConfig
-from llmkit.model import MoE, Transformer, apply_rope
+from llmkit.model import CausalAttentionCPU, MoE, Transformer, apply_rope, gelu_tanh
 
 V = 97  # small vocab keeps every forward cheap
 
@@ -394,3 +394,56 @@ def test_loss_backward_reaches_every_parameter():
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+# --- the compiled CPU training paths --------------------------------------------------------------------
+def test_gelu_tanh_compiled_form_is_the_tanh_approximation(monkeypatch):
+    x = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    eager = gelu_tanh(x)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the sigmoid form inductor compiles
+    torch.testing.assert_close(gelu_tanh(x), eager, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(eager, F.gelu(x, approximate="tanh"), rtol=0, atol=0)
+    assert (eager - F.gelu(x)).abs().max() > 1e-4  # and it is not the erf GELU
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_cpu_attention_backward_matches_sdpa(dtype, tolerance):
+    """The recomputing backward gives SDPA's gradients (checked against float64), eager here."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v, grad_out = (torch.randn(2, 3, 40, 16, generator=g) for _ in range(4))
+    reference = [t.double().requires_grad_() for t in (q, k, v)]
+    F.scaled_dot_product_attention(*reference, is_causal=True).backward(grad_out.double())
+    ours = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    out = CausalAttentionCPU.apply(*ours)
+    out.backward(grad_out.to(dtype))
+    expected = F.scaled_dot_product_attention(*(t.double() for t in (q, k, v)), is_causal=True)
+    torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+    for mine, ref in zip(ours, reference):
+        error = (mine.grad.double() - ref.grad).norm() / ref.grad.norm()
+        assert error < tolerance, error
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("fields", [{**GPT2, "mlp": "gelu_tanh"}, LLAMA], ids=["gpt2-gelu_tanh", "llama-gqa"])
+def test_compiled_cpu_training_step_matches_eager(fields, dtype):
+    """torch.compile on CPU takes the recomputing attention backward (GQA heads repeated) and the
+    sigmoid-form GELU; the loss and every gradient must equal the eager (SDPA, PyTorch GELU) step's:
+    to float32 rounding, or under bf16 autocast to bf16's (~3 significant digits)."""
+    eager, compiled = make_model(**fields).train(), make_model(**fields).train()
+    ids, targets = random_ids(2, 48, seed=3), random_ids(2, 48, seed=4)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    with autocast:
+        eager_loss = eager(ids, targets)
+    eager_loss.backward()
+    runner = torch.compile(compiled)
+    with torch.profiler.profile() as prof:
+        with autocast:
+            loss = runner(ids, targets)
+        loss.backward()
+    names = {event.key for event in prof.key_averages()}
+    assert not any("flash_attention_for_cpu_backward" in name for name in names), "SDPA's backward ran"
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(loss, eager_loss, rtol=tolerance, atol=tolerance)
+    for (name, mine), ref in zip(compiled.named_parameters(), eager.parameters()):
+        error = (mine.grad - ref.grad).norm() / ref.grad.norm()
+        assert error < 10 * tolerance, (name, error)
