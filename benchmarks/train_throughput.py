@@ -5,17 +5,24 @@ learned positions, LayerNorm, GELU, tied head; data: the built-in Shakespeare sh
 achieved model FLOPs (Transformer.flops_per_token: 6N + 12 L H Q T, PaLM appendix B) by the peak of a
 2048x2048 bf16 matmul measured in the same process (llmkit.train.progress.measure_peak_flops).
 
-    python benchmarks/train_throughput.py [--steps 60] [--no-compile] [--dtype bf16] [overrides ...]
+    python benchmarks/train_throughput.py [--steps 60] [--no-compile] [--dtype bf16] [--nanogpt DIR] [overrides ...]
 
-Prints a table, then one JSON line: tokens_per_s, mfu, peak_flops.
+--nanogpt DIR also times the reference, nanoGPT's `model.py` from a checkout in DIR (github.com/karpathy/
+nanoGPT; not shipped here), at the same shape, precision, compile setting and step counts, with the loop
+of its train.py (AdamW from its configure_optimizers, clipping at 1.0), against the same peak.
+
+Prints a table, then one JSON line: tokens_per_s, mfu, peak_flops (and nanogpt_tokens_per_s, vs_nanogpt).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 import torch
 
@@ -27,6 +34,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout: time its model.py too, as the reference")
     parser.add_argument("overrides", nargs="*", help="extra TrainConfig field=value overrides")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -61,11 +69,47 @@ def main() -> None:
             ("tokens/s", f"{tokens_per_s:,.0f}"),
             ("peak matmul", f"{result.peak_flops / 1e12:.2f} TFLOP/s"),
             ("MFU", f"{mfu:.1%}")]
+    summary = {"tokens_per_s": round(tokens_per_s, 1), "mfu": round(mfu, 4), "peak_flops": round(result.peak_flops),
+               "compile": not args.no_compile, "dtype": args.dtype}
+    if args.nanogpt:
+        reference = nanogpt_tokens_per_s(args.nanogpt, args)
+        rows += [("nanoGPT tokens/s", f"{reference:,.0f} (MFU {reference * flops_per_token / result.peak_flops:.1%})"),
+                 ("llmkit / nanoGPT", f"{tokens_per_s / reference:.2f}x")]
+        summary |= {"nanogpt_tokens_per_s": round(reference, 1), "vs_nanogpt": round(tokens_per_s / reference, 3)}
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    print(json.dumps({"tokens_per_s": round(tokens_per_s, 1), "mfu": round(mfu, 4),
-                      "peak_flops": round(result.peak_flops), "compile": not args.no_compile, "dtype": args.dtype}))
+    print(json.dumps(summary))
+
+
+def nanogpt_tokens_per_s(checkout: Path, args) -> float:
+    """Tokens/s of nanoGPT's GPT at the reference shape, timed like the Trainer's steps (wall clock per
+    optimizer step, warm-up steps left out). Random tokens: throughput does not depend on the text."""
+    if not (checkout / "model.py").is_file():
+        sys.exit(f"--nanogpt {checkout}: no model.py there; pass a checkout of github.com/karpathy/nanoGPT")
+    sys.path.insert(0, str(checkout))
+    from model import GPT, GPTConfig  # nanoGPT's own module
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=256, vocab_size=8192, n_layer=6, n_head=6, n_embd=384, dropout=0.0, bias=True))
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    runner = model if args.no_compile else torch.compile(model)
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype in ("bf16", "bfloat16")
+                else contextlib.nullcontext())
+    x, y = torch.randint(0, 8192, (8, 256)), torch.randint(0, 8192, (8, 256))
+    seconds = 0.0
+    for step in range(args.steps):
+        start = time.perf_counter()
+        with autocast:
+            _, loss = runner(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        if step >= args.warmup_steps:
+            seconds += time.perf_counter() - start
+    return (args.steps - args.warmup_steps) * 8 * 256 / seconds
 
 
 if __name__ == "__main__":
