@@ -149,15 +149,14 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, d_ff: int | None = None):
         super().__init__()
         d_ff = d_ff or cfg.d_ff
-        self.swiglu = cfg.mlp == "swiglu"
         self.activation = cfg.mlp
         # SwiGLU: down(silu(gate(x)) * up(x)) (Shazeer 2020); gate and up fused into one matmul.
-        self.gate_up = nn.Linear(cfg.d_model, (2 if self.swiglu else 1) * d_ff, bias=cfg.mlp_bias)
+        self.gate_up = nn.Linear(cfg.d_model, (2 if cfg.mlp == "swiglu" else 1) * d_ff, bias=cfg.mlp_bias)
         self.down = nn.Linear(d_ff, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x):
         h = self.gate_up(x)
-        if self.swiglu:
+        if self.activation == "swiglu":
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         elif self.activation == "gelu_tanh":

@@ -442,8 +442,9 @@ def test_compiled_cpu_training_step_matches_eager(fields, dtype):
         loss.backward()
     names = {event.key for event in prof.key_averages()}
     assert not any("flash_attention_for_cpu_backward" in name for name in names), "SDPA's backward ran"
-    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(loss, eager_loss, rtol=tolerance, atol=tolerance)
+    # measured: fp32 loss 5e-7 apart, gradients 4e-7 (relative); bf16 loss 2e-5, gradients 7e-3
+    loss_tolerance, grad_tolerance = (1e-5, 1e-5) if dtype == torch.float32 else (1e-3, 3e-2)
+    torch.testing.assert_close(loss, eager_loss, rtol=loss_tolerance, atol=loss_tolerance)
     for (name, mine), ref in zip(compiled.named_parameters(), eager.parameters()):
         error = (mine.grad - ref.grad).norm() / ref.grad.norm()
-        assert error < 10 * tolerance, (name, error)
+        assert error < grad_tolerance, (name, error)
