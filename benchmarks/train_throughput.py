@@ -90,12 +90,14 @@ def nanogpt_tokens_per_s(checkout: Path, args) -> float:
     sys.path.insert(0, str(checkout))
     from model import GPT, GPTConfig  # nanoGPT's own module
 
+    from llmkit.train.trainer import resolve_autocast_dtype
+
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=256, vocab_size=8192, n_layer=6, n_head=6, n_embd=384, dropout=0.0, bias=True))
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
     runner = model if args.no_compile else torch.compile(model)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype in ("bf16", "bfloat16")
-                else contextlib.nullcontext())
+    dtype = resolve_autocast_dtype(args.dtype, torch.device("cpu"))  # as the Trainer reads --dtype
+    autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
     x, y = torch.randint(0, 8192, (8, 256)), torch.randint(0, 8192, (8, 256))
     seconds = 0.0
     for step in range(args.steps):
