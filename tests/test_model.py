@@ -199,6 +199,20 @@ def test_rope_model_logits_invariant_to_shifting_all_positions():
         assert not torch.allclose(learned(ids, positions=shifted), learned(ids), atol=1e-3)
 
 
+def test_learned_positions_default_slice_equals_explicit_lookup():
+    """Default positions read the learned table as a slice (a batch-sum gradient, no scatter); explicit
+    positions 0..seq-1 look the same rows up: loss and every gradient must agree."""
+    ids, targets = random_ids(3, 12), random_ids(3, 12, seed=2)
+    results = []
+    for positions in (None, torch.arange(12).expand(3, 12)):
+        model = make_model(**GPT2)
+        model(ids, targets, positions=positions).backward()
+        results.append({"loss": model(ids, targets).detach()} | {n: p.grad for n, p in model.named_parameters()})
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-6, atol=1e-7, msg=name)
+    assert results[0]["pos_emb.weight"][:12].abs().sum() > 0 and not results[0]["pos_emb.weight"][12:].any()
+
+
 def test_rope_tables_stay_float32_under_dtype_casts():
     model = make_model(**LLAMA, randomize=False)
     cos, sin = model.rope_cos.clone(), model.rope_sin.clone()
