@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from llmkit.errors import LLMKitError
+from llmkit.errors import DataError, LLMKitError
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -171,7 +171,7 @@ def cmd_pretrain(args) -> None:
     from llmkit.train.config import TrainConfig
     from llmkit.train.pretrain import pretrain
 
-    config = TrainConfig.preset(args.preset, args.overrides)
+    config = TrainConfig.preset(args.preset, args.overrides + (["fsdp=true"] if args.fsdp else []))
     result = pretrain(config, args.out, resume=args.resume)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
     print(f"done: {result.steps} steps, {result.tokens:,} tokens, {result.train_time_s:.1f} s of training; "
@@ -184,6 +184,8 @@ def cmd_eval(args) -> None:
 
     llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
     files = [p for item in args.text for p in (sorted(Path(item).glob("*.txt")) if Path(item).is_dir() else [Path(item)])]
+    if not files:
+        raise DataError(f"--text {' '.join(args.text)}: no .txt files there; pass text files or folders holding them")
     result = evaluate_texts(llm.model, llm.tokenizer, files, llm.device, seq_len=args.seq_len)
     print(f"{len(files)} file(s), {result.tokens:,} tokens, {int(result.bytes):,} bytes: "
           f"bits per byte {result.bpb:.4f}, perplexity {result.perplexity:.2f} (loss {result.loss:.4f} nats/token)")
@@ -350,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="shakespeare-cpu", help="a training preset (llmkit/presets/train)")
     p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, loss.png, final model")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard parameters with FSDP2 instead of DDP "
+                   "(same as fsdp=true)")
     p.add_argument("overrides", nargs="*", help="field=value or model.field=value")
     p.set_defaults(handler=cmd_pretrain)
 

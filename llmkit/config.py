@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -146,7 +146,11 @@ def parse_overrides(pairs: list[str], source: str) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"{source}: override {pair!r} is not of the form field=value")
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: override {pair!r}: the value is not valid YAML "
+                              f"({str(e).splitlines()[0]}); quote it, e.g. {key}='\"...\"'") from None
         if isinstance(value, str):
             try:  # YAML 1.1 reads "5e-3" (no dot) as a string; a user means the number
                 value = float(value)

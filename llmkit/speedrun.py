@@ -77,6 +77,10 @@ def check_plan(plan: dict, out: Path) -> None:
     from llmkit.train.label import label_by_answer
     from llmkit.train.post_config import DPOConfig, RewardConfig, RLConfig, SFTConfig
 
+    earlier = sorted(out.glob("*/checkpoints/latest"))
+    if earlier:  # each stage would refuse to start among them, minutes in: say so now
+        raise ConfigError(f"{out}: holds an earlier run ({earlier[0].parent.parent.name}/ has checkpoints); "
+                          f"remove {out} or choose another --out")
     pretrain_config(plan["pretrain"], out / "data" / "train", out / "data" / "val")
     for stage, config_class in (("sft", SFTConfig), ("reward", RewardConfig), ("dpo", DPOConfig), ("rlhf", RLConfig)):
         wiring = {"reward_model": out / "reward"} if stage == "rlhf" else {}

@@ -82,6 +82,32 @@ def test_jsonl_and_parquet_inputs_and_malformed_lines(tmp_path, shards):
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["documents"] == 2
 
 
+def test_prepare_names_undecodable_lines_broken_archives_and_non_text_columns(tmp_path, shards):
+    import gzip
+
+    from llmkit.data.prepare import prepare
+    from llmkit.errors import DataError
+
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n{"text": "also fine"}\n')
+    with pytest.raises(DataError, match=r"latin1.jsonl:2: .*utf-8"):
+        prepare([bad], shards / "tok", tmp_path / "a")
+    assert prepare([bad], shards / "tok", tmp_path / "a", skip_bad=True).skipped_lines == 1
+    (tmp_path / "fake.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"fake.jsonl.gz: unreadable"):
+        prepare([tmp_path / "fake.jsonl.gz"], shards / "tok", tmp_path / "b")
+    lines = "".join(json.dumps({"text": os.urandom(32).hex()}) + "\n" for _ in range(200)).encode()
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(lines)[:4000])  # a download cut short
+    with pytest.raises(DataError, match=r"cut.jsonl.gz: unreadable"):
+        prepare([tmp_path / "cut.jsonl.gz"], shards / "tok", tmp_path / "b")
+    pa = pytest.importorskip("pyarrow", reason="pyarrow is a dependency")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(DataError, match=r"ints.parquet: column 'text' holds int64, not text"):
+        prepare([tmp_path / "ints.parquet"], shards / "tok", tmp_path / "b")
+
+
 def test_training_lowers_validation_loss_and_writes_its_outputs(tmp_path, shards):
     out = tmp_path / "run"
     result = run_cli("pretrain", "--out", out, *common(shards, max_steps=100, eval_every=50, micro_batch=8, lr=5e-3,
@@ -102,6 +128,10 @@ def test_training_lowers_validation_loss_and_writes_its_outputs(tmp_path, shards
     assert result.returncode == 0, result.stderr
     bpb = float(result.stdout.split("bits per byte ")[1].split(",")[0])
     assert abs(bpb - evals[-1]["val_bpb"]) < 0.05  # the same val plays, scored with the model's context
+    result = run_cli("eval", "--model", out, "--text", tmp_path / "run" / "checkpoints")  # no .txt there
+    assert result.returncode == 2 and "no .txt files" in result.stderr
+    result = run_cli("eval", "--model", out, "--text", SHAKESPEARE / "val", "--seq-len", 5000)
+    assert result.returncode == 2 and "--seq-len between 1 and" in result.stderr
 
 
 def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path, shards):
@@ -127,6 +157,25 @@ def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path, shards):
     assert all(got[s] == ref[s] for s in range(killed_at + 1, 121)), "resumed losses differ from the uninterrupted run"
 
 
+def test_checkpoint_folder_rotation_leftovers_and_torn_metrics(tmp_path, shards):
+    """Rotation keeps the newest checkpoints by step; a fresh run refuses a folder holding an earlier
+    run's checkpoints; a resume drops a save cut short (.partial) and a half-written metrics line."""
+    out = tmp_path / "run"
+    assert run_cli("pretrain", "--out", out, *common(shards, max_steps=6, ckpt_every=2)).returncode == 0
+    root = out / "checkpoints"
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_0000004", "step_0000006"]
+    again = run_cli("pretrain", "--out", out, *common(shards, max_steps=6, ckpt_every=2))
+    assert again.returncode == 2 and "step_0000006 of an earlier run" in again.stderr and "--resume" in again.stderr
+    (root / ".step_0000008.partial").mkdir()
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')  # killed mid-write
+    resumed = run_cli("pretrain", "--out", out, "--resume", *common(shards, max_steps=8, ckpt_every=2))
+    assert resumed.returncode == 0, resumed.stderr
+    assert not (root / ".step_0000008.partial").exists()
+    assert "budget changed from 6 to 8 steps" in resumed.stdout  # a larger max_steps on resume extends the run
+    assert sorted(losses(out)) == list(range(1, 9))
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, shards):
     result = run_cli("pretrain", "--out", tmp_path / "none", "--resume", *common(shards, max_steps=2))
     assert result.returncode == 2 and "no checkpoint to resume" in result.stderr
@@ -142,7 +191,7 @@ def _free_port():
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, shards, fsdp):
     """2 gloo processes x 1 micro-batch == 1 process x 2 accumulated micro-batches, same data.
     Tolerance 1e-5 relative: only the order of floating-point reductions differs."""
-    args = common(shards, max_steps=5, batch_tokens=2 * 4 * 64, fsdp=str(fsdp).lower())
+    args = common(shards, max_steps=5, batch_tokens=2 * 4 * 64) + (["--fsdp"] if fsdp else [])
     single = run_cli("pretrain", "--out", tmp_path / "one", *common(shards, max_steps=5, batch_tokens=512))
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -211,6 +260,13 @@ def test_bad_overrides_are_named(tmp_path, shards):
     assert result.returncode == 2 and "n_layer" in result.stderr
     result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1, data=tmp_path / "nowhere"))
     assert result.returncode == 2 and "manifest.json: missing" in result.stderr
+    result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "lr=[1")
+    assert result.returncode == 2 and "'lr=[1': the value is not valid YAML" in result.stderr
+    result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "keep_checkpoints=0")
+    assert result.returncode == 2 and "keep_checkpoints must be >= 1" in result.stderr
+    if not torch.cuda.is_available():  # with a GPU, device=cuda is simply right
+        result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "device=cuda")
+        assert result.returncode == 2 and "sees no CUDA GPU" in result.stderr
 
 
 def test_annealing_switches_to_the_high_quality_subset_for_the_last_steps(tmp_path, shards):

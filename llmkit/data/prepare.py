@@ -86,27 +86,41 @@ def iter_documents(files: list[Path], field_name: str = "text", skip_bad: bool =
 
 def _jsonl_documents(path: Path, field_name: str, skip_bad: bool, stats: PrepareStats | None) -> Iterator[str]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError(f"expected a JSON object, found {type(record).__name__}")
-                if field_name not in record:
-                    raise ValueError(f"no field {field_name!r} (fields: {', '.join(sorted(record)) or 'none'})")
-                text = record[field_name]
-                if not isinstance(text, str):
-                    raise ValueError(f"field {field_name!r} is {type(text).__name__}, not a string")
-            except ValueError as e:  # json.JSONDecodeError is a ValueError
-                if skip_bad:
-                    if stats is not None:
-                        stats.skipped_lines += 1
-                    continue
-                raise DataError(f"{path}:{line_no}: {e}; fix the line, or pass --skip-bad to skip and count "
-                                "such lines") from None
-            yield text
+    line_no = 0
+    try:
+        with opener(path, "rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                text = _jsonl_text(raw, path, line_no, field_name, skip_bad, stats)
+                if text is not None:
+                    yield text
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a truncated .gz ends in EOFError
+        raise DataError(f"{path}: unreadable after line {line_no} ({e or type(e).__name__}); "
+                        "re-download or re-compress the file") from None
+
+
+def _jsonl_text(raw: bytes, path: Path, line_no: int, field_name: str, skip_bad: bool,
+                stats: PrepareStats | None) -> str | None:
+    """The text field of one JSONL line, None for a blank line or a bad one that skip_bad skips."""
+    if not raw.strip():
+        return None
+    try:
+        line = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError: a bad line like any other
+        record = json.loads(line)
+        if not isinstance(record, dict):
+            raise ValueError(f"expected a JSON object, found {type(record).__name__}")
+        if field_name not in record:
+            raise ValueError(f"no field {field_name!r} (fields: {', '.join(sorted(record)) or 'none'})")
+        text = record[field_name]
+        if not isinstance(text, str):
+            raise ValueError(f"field {field_name!r} is {type(text).__name__}, not a string")
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        if skip_bad:
+            if stats is not None:
+                stats.skipped_lines += 1
+            return None
+        raise DataError(f"{path}:{line_no}: {e}; fix the line, or pass --skip-bad to skip and count "
+                        "such lines") from None
+    return text
 
 
 def _parquet_documents(path: Path, column: str) -> Iterator[str]:
@@ -118,9 +132,15 @@ def _parquet_documents(path: Path, column: str) -> Iterator[str]:
         parquet = pq.ParquetFile(path)
     except Exception as e:
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    if column not in parquet.schema_arrow.names:
-        raise DataError(f"{path}: no column {column!r} (columns: {', '.join(parquet.schema_arrow.names)}); "
+    schema = parquet.schema_arrow
+    if column not in schema.names:
+        raise DataError(f"{path}: no column {column!r} (columns: {', '.join(schema.names)}); "
                         "choose one with --field")
+    import pyarrow as pa
+
+    kind = schema.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"{path}: column {column!r} holds {kind}, not text; choose a string column with --field")
     for batch in parquet.iter_batches(columns=[column], batch_size=1024):
         for text in batch.column(0).to_pylist():
             if text is not None:
@@ -176,6 +196,7 @@ def prepare(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path
     files = expand_inputs(inputs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # first: an interrupted re-run must not look complete
     for old in out.glob("shard_*"):  # a re-run replaces the old shards
         old.unlink()
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)

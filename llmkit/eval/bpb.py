@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llmkit.errors import DataError
+from llmkit.errors import ConfigError, DataError
 
 
 @dataclass
@@ -70,6 +70,9 @@ def evaluate_texts(model, tokenizer, files: list[str | Path], device, seq_len: i
     """Bits per byte of text files under a model: each file one document (BOS + tokens when the
     tokenizer has a BOS), scored in non-overlapping windows of the model's context (at most 1024)."""
     seq_len = seq_len or min(model.config.max_seq_len, 1024)
+    if not 0 < seq_len <= model.config.max_seq_len:
+        raise ConfigError(f"seq_len {seq_len}: the model's context is {model.config.max_seq_len} tokens; "
+                          f"pass --seq-len between 1 and {model.config.max_seq_len}")
     total = BpbResult(0.0, 0, 0)
     for file in files:
         path = Path(file)

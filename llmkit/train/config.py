@@ -80,6 +80,7 @@ class TrainConfig:
             (0 < self.decay_fraction <= 1, f"decay_fraction must be in (0, 1], not {self.decay_fraction}"),
             (0 <= self.anneal_fraction <= 1, f"anneal_fraction must be in [0, 1], not {self.anneal_fraction}"),
             (self.eval_every >= 0 and self.log_every > 0, "eval_every must be >= 0 and log_every > 0"),
+            (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, not {self.keep_checkpoints}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -102,7 +103,8 @@ class TrainConfig:
         if not path.exists():
             raise ConfigError(f"unknown training preset {name!r}; available: {', '.join(list_train_presets())}")
         data = yaml.safe_load(path.read_text()) or {}
-        return cls.from_dict(merge_overrides(data, overrides or []), source=str(path))
+        source = f"{path} with the command-line overrides" if overrides else str(path)
+        return cls.from_dict(merge_overrides(data, overrides or []), source=source)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.preset(self.model, **self.model_overrides)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from llmkit.errors import ConfigError
+
 
 @dataclass
 class DistInfo:
@@ -43,7 +45,11 @@ def init_distributed(device_type: str) -> DistInfo:
 def wrap_model(model: torch.nn.Module, info: DistInfo, fsdp: bool, device: torch.device) -> torch.nn.Module:
     """DDP or FSDP2 around the model; unchanged for a single process (FSDP also works with one)."""
     if fsdp:
-        from torch.distributed.fsdp import fully_shard
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:
+            raise ConfigError(f"fsdp=true needs FSDP2's fully_shard (torch >= 2.6; this is {torch.__version__}); "
+                              "upgrade torch or train with DDP") from None
 
         if not dist.is_initialized():  # FSDP2 needs a process group, even of one
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

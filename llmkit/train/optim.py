@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from llmkit.errors import ConfigError
 from llmkit.train.config import TrainConfig
 
 
@@ -38,6 +39,9 @@ def build_optimizers(model: torch.nn.Module, config: TrainConfig, device_type: s
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     # PyTorch's Muon (Newton-Schulz orthogonalised Nesterov momentum); its default LR adjustment scales
     # each update by sqrt(max(1, rows / cols)) as in Jordan et al.'s reference implementation.
+    if not hasattr(torch.optim, "Muon"):
+        raise ConfigError(f"optimizer=muon needs PyTorch's Muon (torch >= 2.9; this is {torch.__version__}); "
+                          "upgrade torch or use optimizer=adamw")
     muon = torch.optim.Muon(hidden, lr=config.muon_lr, weight_decay=config.weight_decay, momentum=0.95)
     return [muon, torch.optim.AdamW(groups, **adam_kwargs)]
 

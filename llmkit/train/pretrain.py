@@ -7,6 +7,7 @@ $LLMKIT_CACHE/data/ so the second run starts at once.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -30,7 +31,13 @@ def builtin_shards(config: TrainConfig) -> tuple[Path, Path]:
     """Token shards of the built-in Shakespeare corpus (train, val), made once and cached."""
     base = cache_root() / "data"
     corpus = fetch_shakespeare(base / "shakespeare")
-    tag = Path(config.tokenizer).name if config.tokenizer else f"bpe{config.vocab_size}"
+    if config.tokenizer:  # keyed on the tokenizer's content: another (or retrained) tokenizer gets its own shards
+        given = Path(config.tokenizer)
+        tokenizer_file = given / "tokenizer.json" if given.is_dir() else given
+        Tokenizer.load(given)  # a clear error if there is no tokenizer there
+        tag = "tok-" + hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()[:16]
+    else:
+        tag = f"bpe{config.vocab_size}"
     root = base / f"shakespeare-{tag}"
     train_dir, val_dir = root / "train", root / "val"
     if (train_dir / "manifest.json").exists() and (val_dir / "manifest.json").exists():
@@ -65,15 +72,22 @@ def resolve_data(config: TrainConfig, is_main: bool) -> tuple[TokenShards, Token
     return train, val
 
 
-def build_model(config: TrainConfig, vocab_size: int) -> Transformer:
+def build_model(config: TrainConfig, train: TokenShards) -> Transformer:
+    vocab_size = train.manifest["vocab_size"]
     if config.init_from:
         from llmkit.checkpoint import load_model
         from llmkit.convert import resolve_model
 
-        model = load_model(resolve_model(config.init_from))
+        directory = resolve_model(config.init_from)
+        model = load_model(directory)
         if model.config.vocab_size < vocab_size:
             raise ConfigError(f"{config.init_from}: vocabulary of {model.config.vocab_size} is smaller than the "
                               f"data's tokenizer ({vocab_size}); use the model's own tokenizer")
+        if (directory / "tokenizer.json").is_file():
+            ours, theirs = Tokenizer.load(directory), Tokenizer.load(train.directory)
+            if ours.backend.get_vocab() != theirs.backend.get_vocab():
+                raise ConfigError(f"{train.directory} was tokenized with another tokenizer than {config.init_from}'s; "
+                                  f"prepare the shards with `--tokenizer {directory}`")
         return model
     # The embedding is rounded up to a multiple of 64 (faster matmuls; nanoGPT's 50304 trick).
     padded = -(-vocab_size // 64) * 64
@@ -94,7 +108,7 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
     info = init_distributed(resolve_device(config.device).type)
     train, val = resolve_data(config, info.is_main)
     tokenizer = Tokenizer.load(train.directory)
-    model = build_model(config, train.manifest["vocab_size"])
+    model = build_model(config, train)
 
     anneal = TokenShards(config.anneal_data) if config.anneal_data else None
     if anneal is not None and anneal.manifest["tokenizer_sha256"] != train.manifest["tokenizer_sha256"]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from llmkit.atomic import atomic_write_text
+
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,
                        repeats: int = 8) -> float:
@@ -35,15 +37,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _parse(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 class MetricsLog:
     """Append-only metrics.jsonl; on resume, lines past the checkpoint's step are dropped."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            # A process killed mid-write leaves a torn last line: dropped with the lines past the checkpoint.
+            kept = [line for line in path.read_text(errors="replace").splitlines()
+                    if (record := _parse(line)) is not None and record.get("step", 0) <= resume_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
         elif resume_step is None and path.exists():
             path.unlink()
 
@@ -98,7 +109,7 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = [r for line in metrics_path.read_text(errors="replace").splitlines() if (r := _parse(line)) is not None]
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -54,7 +54,13 @@ def causal_lm_objective(model, batch):
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but this PyTorch sees no CUDA GPU; use device=cpu or device=auto")
+    return device
 
 
 def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -117,6 +123,7 @@ class Trainer:
         self.steps_given = total_steps is not None  # a stage's own plan (epochs over its examples)
         self.total_steps = total_steps or self._planned_steps()
         self.planned_steps = self.total_steps  # the budget; time_limit_s may plan fewer
+        self.budget_change: tuple[int, int] | None = None  # (saved, new) budget when a resume changes it
 
     # -- planning
     def _planned_steps(self) -> int:
@@ -133,9 +140,15 @@ class Trainer:
         rule = "max_steps" if c.max_steps else ("max_tokens" if c.max_tokens else "Chinchilla, 20 tokens/parameter")
         rule = "the stage's plan" if self.steps_given and not c.max_steps else rule
         eta = flops / (0.4 * peak_flops)
-        return (f"plan: {n / 1e6:.2f}M parameters, {tokens / 1e6:.2f}M tokens ({rule}) in {self.total_steps} steps of "
-                f"{self.batch_tokens} tokens ({self.accum} micro-batch(es) x {self.dist.world_size} process(es)), "
-                f"{flops:.3g} FLOPs, ~{_duration(eta)} at 40% of the measured {peak_flops / 1e12:.2f} TFLOP/s peak"
+        step_size = (f"steps of {self.batch_tokens} tokens ({self.accum} micro-batch(es) x {self.dist.world_size} "
+                     "process(es))")
+        if c.time_limit_s and eta > c.time_limit_s:
+            return (f"plan: {n / 1e6:.2f}M parameters, {step_size}; as many steps as fit in "
+                    f"{_duration(c.time_limit_s)} of training (fitted to the measured step time after "
+                    f"{CALIBRATION_STEPS + 5} steps), at most {self.total_steps} = {tokens / 1e6:.2f}M tokens ({rule})")
+        return (f"plan: {n / 1e6:.2f}M parameters, {tokens / 1e6:.2f}M tokens ({rule}) in {self.total_steps} "
+                f"{step_size}, {flops:.3g} FLOPs, ~{_duration(eta)} at 40% of the measured "
+                f"{peak_flops / 1e12:.2f} TFLOP/s peak"
                 + (f", stopping after {_duration(c.time_limit_s)} of training" if c.time_limit_s else ""))
 
     # -- the loop
@@ -145,6 +158,7 @@ class Trainer:
             torch.set_num_threads(c.threads)
         torch.manual_seed(c.seed)
         self.out.mkdir(parents=True, exist_ok=True)
+        self._check_checkpoint_folder(resume)
         model = self.model.to(self.device)
         model.train()
         wrapped = D.wrap_model(model, self.dist, c.fsdp, self.device)
@@ -166,12 +180,15 @@ class Trainer:
         display.print(self.plan(peak))
         if resume:
             display.print(f"resumed from step {start_step} ({tokens_seen} tokens, {train_time:.1f} s of training)")
+            if self.budget_change:
+                display.print(f"budget changed from {self.budget_change[0]} to {self.budget_change[1]} steps: "
+                              "the learning-rate schedule follows the new plan from here")
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else contextlib.nullcontext())
         last_loss, last_eval = float("nan"), {}
         window_tokens, window_time = 0, 0.0
         step = start_step
-        calibration_start, next_fit = 0.0, CALIBRATION_STEPS + 5
+        calibration_start, next_fit = train_time, start_step + CALIBRATION_STEPS + 5
         while step < self.total_steps:
             t0 = time.perf_counter()
             mult = lr_multiplier(step, self.total_steps, c)
@@ -219,11 +236,13 @@ class Trainer:
             else:
                 status = f"loss {loss_value:.4f}"
             display.update(step, status, log_now)
-            if (c.time_limit_s and not resume and step >= next_fit and step < 0.9 * self.total_steps):
-                # Re-fit at 15 steps and then every fifth of the plan: the machine's speed may drift.
-                self._fit_to_time_limit(step, train_time, (train_time - calibration_start) / (step - 5), display)
+            if c.time_limit_s and step >= next_fit and step < 0.9 * self.total_steps:
+                # Re-fit 15 steps after the (re)start and then every fifth of the plan: the machine's speed
+                # may drift, and a resumed run may be on another machine.
+                step_time = (train_time - calibration_start) / (step - start_step - 5)
+                self._fit_to_time_limit(step, train_time, step_time, display)
                 next_fit = step + max(CALIBRATION_STEPS, self.total_steps // 5)
-            if step == 5:
+            if step == start_step + 5:
                 calibration_start = train_time  # the first steps (compilation, warm caches) are not typical
             out_of_time = bool(c.time_limit_s) and self._agree(train_time >= c.time_limit_s)
             final = step == self.total_steps or out_of_time
@@ -244,8 +263,8 @@ class Trainer:
 
     def _fit_to_time_limit(self, step: int, train_time: float, step_time: float, display) -> None:
         """Fit the plan to end within time_limit_s, from the mean step time so far: the LR schedule
-        then decays fully in the time given instead of being cut off mid-way. The step count is
-        saved in checkpoints, so a resumed run follows the same schedule (and is not re-fitted)."""
+        then decays fully in the time given instead of being cut off mid-way. The clock decides, so a
+        time-limited run (resumed or not) is not step-for-step reproducible; a step or token budget is."""
         remaining = self.config.time_limit_s - train_time
         fitted = step + int(0.97 * remaining / step_time)  # 3% margin for timing noise
         fitted = max(int(self._agree_min(fitted)), step + 1)
@@ -253,8 +272,10 @@ class Trainer:
         if fitted != self.total_steps:
             self.total_steps = fitted
             display.set_total(self.total_steps)
+            tokens = self.total_steps * self.batch_tokens
+            flops = self.model.flops_per_token(self.config.seq_len) * tokens
             display.print(f"time limit {_duration(self.config.time_limit_s)}: {step_time * 1000:.0f} ms/step measured, "
-                          f"planning {self.total_steps} steps")
+                          f"planning {self.total_steps} steps ({tokens / 1e6:.2f}M tokens, {flops:.3g} FLOPs)")
 
     def _agree_min(self, value: float) -> float:
         if not self.dist.enabled:
@@ -302,6 +323,7 @@ class Trainer:
             save_file({k: v.contiguous() for k, v in state.items() if k in trainable}, partial / TRAINABLE)
         training_state = {
             "step": step, "tokens": tokens_seen, "train_time_s": train_time, "total_steps": self.total_steps,
+            "planned_steps": self.planned_steps,
             "optimizers": optimizer_states, "rng": torch.get_rng_state(),
             "config": {k: v for k, v in self.config.to_dict().items() if not isinstance(v, dict)},
         }
@@ -311,9 +333,22 @@ class Trainer:
         shutil.rmtree(final, ignore_errors=True)
         partial.replace(final)  # a checkpoint directory exists whole or not at all
         atomic_write_text(root / "latest", final.name + "\n")
-        kept = sorted(p for p in root.glob("step_*") if p.is_dir())
-        for old in kept[: max(len(kept) - self.config.keep_checkpoints, 0)]:
+        older = sorted((p for p in root.glob("step_*") if p.is_dir() and p != final and _checkpoint_step(p) >= 0),
+                       key=_checkpoint_step)
+        for old in older[: max(len(older) + 1 - self.config.keep_checkpoints, 0)]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def _check_checkpoint_folder(self, resume: bool) -> None:
+        """A fresh run must not write among an earlier run's checkpoints (rotation would delete one run's
+        with the other's); leftovers of a save cut short (.partial) are removed."""
+        root = self._checkpoint_root()
+        if self.dist.is_main:
+            for leftover in root.glob(".step_*.partial"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        if not resume and (root / "latest").exists():
+            earlier = (root / "latest").read_text().strip()
+            raise ConfigError(f"{root}: holds checkpoint {earlier} of an earlier run; pass --resume to continue "
+                              f"it, or remove {root} (or choose another --out) to start afresh")
 
     def _load_latest(self, wrapped, optimizers) -> tuple[int, int, float]:
         root = self._checkpoint_root()
@@ -341,7 +376,11 @@ class Trainer:
             raise CheckpointError(f"{directory / TRAINING_STATE}: unreadable ({e})") from None
         D.load_full_state(wrapped, optimizers, state, training["optimizers"], self.config.fsdp)
         torch.set_rng_state(training["rng"])
-        self.total_steps = training.get("total_steps", self.total_steps)
+        saved_budget = training.get("planned_steps", self.planned_steps)
+        if saved_budget == self.planned_steps:  # the same budget: the saved (possibly time-fitted) plan
+            self.total_steps = training.get("total_steps", self.total_steps)
+        else:  # a new step or token budget given on resume: the schedule follows it from here
+            self.budget_change = (saved_budget, self.planned_steps)
         return training["step"], training["tokens"], training["train_time_s"]
 
     def _save_final(self, wrapped, model) -> None:
@@ -354,6 +393,13 @@ class Trainer:
             self.save_model(directory, state)
         else:
             save_checkpoint(directory, model, self.tokenizer, state=state, metadata=metadata)
+
+
+def _checkpoint_step(path: Path) -> int:
+    try:
+        return int(path.name.removeprefix("step_"))
+    except ValueError:
+        return -1  # not a checkpoint of ours: left alone
 
 
 def _to_device(batch, device):
