@@ -4,6 +4,7 @@ are computed once, and training on preference pairs ranks the chosen replies fir
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -72,6 +73,7 @@ def test_dpo_training_ranks_chosen_replies_first(tmp_path, sft_model, task_files
     assert "val_reward_accuracy" in result.eval
     # the reference log-probabilities were computed once and are reused by a second run on the same data
     stamp = (out / REFERENCE_FILE).stat().st_mtime_ns
+    shutil.rmtree(out / "checkpoints")  # a fresh run refuses to start among an earlier run's checkpoints
     run_dpo(config(DPOConfig, max_steps=1, **fields), out)
     assert (out / REFERENCE_FILE).stat().st_mtime_ns == stamp
 
