@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,7 @@ def _jsonl_documents(path: Path, field_name: str, skip_bad: bool, stats: Prepare
                 text = _jsonl_text(raw, path, line_no, field_name, skip_bad, stats)
                 if text is not None:
                     yield text
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a truncated .gz ends in EOFError
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a truncated .gz: EOFError
         raise DataError(f"{path}: unreadable after line {line_no} ({e or type(e).__name__}); "
                         "re-download or re-compress the file") from None
 

@@ -32,10 +32,8 @@ def builtin_shards(config: TrainConfig) -> tuple[Path, Path]:
     base = cache_root() / "data"
     corpus = fetch_shakespeare(base / "shakespeare")
     if config.tokenizer:  # keyed on the tokenizer's content: another (or retrained) tokenizer gets its own shards
-        given = Path(config.tokenizer)
-        tokenizer_file = given / "tokenizer.json" if given.is_dir() else given
-        Tokenizer.load(given)  # a clear error if there is no tokenizer there
-        tag = "tok-" + hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()[:16]
+        serialized = Tokenizer.load(config.tokenizer).backend.to_str()  # a directory, a file or a .gguf alike
+        tag = "tok-" + hashlib.sha256(serialized.encode()).hexdigest()[:16]
     else:
         tag = f"bpe{config.vocab_size}"
     root = base / f"shakespeare-{tag}"
@@ -72,7 +70,8 @@ def resolve_data(config: TrainConfig, is_main: bool) -> tuple[TokenShards, Token
     return train, val
 
 
-def build_model(config: TrainConfig, train: TokenShards) -> Transformer:
+def build_model(config: TrainConfig, train: TokenShards, tokenizer: Tokenizer) -> Transformer:
+    """A new model of the preset's shape, or init_from's weights; `tokenizer` is the one the shards used."""
     vocab_size = train.manifest["vocab_size"]
     if config.init_from:
         from llmkit.checkpoint import load_model
@@ -84,8 +83,7 @@ def build_model(config: TrainConfig, train: TokenShards) -> Transformer:
             raise ConfigError(f"{config.init_from}: vocabulary of {model.config.vocab_size} is smaller than the "
                               f"data's tokenizer ({vocab_size}); use the model's own tokenizer")
         if (directory / "tokenizer.json").is_file():
-            ours, theirs = Tokenizer.load(directory), Tokenizer.load(train.directory)
-            if ours.backend.get_vocab() != theirs.backend.get_vocab():
+            if Tokenizer.load(directory).backend.get_vocab() != tokenizer.backend.get_vocab():
                 raise ConfigError(f"{train.directory} was tokenized with another tokenizer than {config.init_from}'s; "
                                   f"prepare the shards with `--tokenizer {directory}`")
         return model
@@ -108,7 +106,7 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
     info = init_distributed(resolve_device(config.device).type)
     train, val = resolve_data(config, info.is_main)
     tokenizer = Tokenizer.load(train.directory)
-    model = build_model(config, train)
+    model = build_model(config, train, tokenizer)
 
     anneal = TokenShards(config.anneal_data) if config.anneal_data else None
     if anneal is not None and anneal.manifest["tokenizer_sha256"] != train.manifest["tokenizer_sha256"]:
