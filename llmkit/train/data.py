@@ -59,21 +59,19 @@ class TokenShards:
         shard may be shorter; it comes in a batch of its own). BOS targets are masked with -100: a
         document boundary is not text, and bits per byte counts text only."""
         seen = 0
-        for shard in self.shards:
-            data = torch.from_numpy(np.asarray(shard, dtype=np.int64))
-            n_full = (len(data) - 1) // seq_len
+        for shard in self.shards:  # read a batch at a time from the memory map: a shard may be GBs
+            n_full = (len(shard) - 1) // seq_len
             for first in range(0, n_full, batch):
-                rows = range(first, min(first + batch, n_full))
-                x = torch.stack([data[r * seq_len:(r + 1) * seq_len] for r in rows])
-                y = torch.stack([data[r * seq_len + 1:(r + 1) * seq_len + 1] for r in rows])
-                yield x, self._mask_bos(y)
-                seen += y.numel()
+                rows = min(first + batch, n_full) - first
+                block = torch.from_numpy(np.asarray(shard[first * seq_len:(first + rows) * seq_len + 1], dtype=np.int64))
+                yield block[:-1].view(rows, seq_len), self._mask_bos(block[1:].view(rows, seq_len))
+                seen += rows * seq_len
                 if max_tokens and seen >= max_tokens:
                     return
-            rest = len(data) - 1 - n_full * seq_len
-            if rest > 0:
-                start = n_full * seq_len
-                yield data[None, start:start + rest], self._mask_bos(data[None, start + 1:start + rest + 1])
+            start = n_full * seq_len
+            if len(shard) - 1 > start:
+                block = torch.from_numpy(np.asarray(shard[start:], dtype=np.int64))
+                yield block[None, :-1], self._mask_bos(block[None, 1:])
 
     def _mask_bos(self, targets: torch.Tensor) -> torch.Tensor:
         return targets.masked_fill(targets == self.bos_id, -100)

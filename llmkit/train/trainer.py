@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from llmkit.atomic import atomic_write_text
+from llmkit.atomic import atomic_write_text, fsync_dir, fsync_tree
 from safetensors.torch import save_file
 
 from llmkit.checkpoint import save_checkpoint
@@ -330,8 +330,10 @@ class Trainer:
         tmp = partial / f".{TRAINING_STATE}.tmp"
         torch.save(training_state, tmp)
         tmp.replace(partial / TRAINING_STATE)
+        fsync_tree(partial)
         shutil.rmtree(final, ignore_errors=True)
         partial.replace(final)  # a checkpoint directory exists whole or not at all
+        fsync_dir(root)
         atomic_write_text(root / "latest", final.name + "\n")
         older = sorted((p for p in root.glob("step_*") if p.is_dir() and p != final and _checkpoint_step(p) >= 0),
                        key=_checkpoint_step)

@@ -135,9 +135,18 @@ def _split(path: Path, fmt: str, size: int, target: int) -> list[tuple[int, int,
     return [(0, -1, size)]
 
 
-def read_part(part: FilePart, skip_bad: bool = False, bad_counter: list | None = None) -> Iterator[Document]:
-    reader = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet,
-              "html": _read_html, "warc": _read_warc}[part.format]
+# What a bad JSONL line's error tells the user to do; `llmkit data prepare` passes its own flag.
+PIPELINE_BAD_HINT = "fix the line, set text_field on the input, or set `skip_bad_records: true` in the pipeline YAML"
+
+
+def read_part(part: FilePart, skip_bad: bool = False, bad_counter: list | None = None,
+              bad_hint: str = PIPELINE_BAD_HINT) -> Iterator[Document]:
+    """The documents of one file part. With skip_bad, a malformed record is skipped and counted in
+    bad_counter (one item per record) instead of raising a DataError that ends with bad_hint."""
+    if part.format == "jsonl":
+        yield from _read_jsonl(part, skip_bad, bad_counter, bad_hint)
+        return
+    reader = {"text": _read_text, "parquet": _read_parquet, "html": _read_html, "warc": _read_warc}[part.format]
     yield from reader(part, skip_bad, bad_counter)
 
 
@@ -182,14 +191,34 @@ def _parquet_file(path: str):
         raise DataError(f"{path}: not a readable Parquet file ({e}); check the file or its format") from None
 
 
-def _read_jsonl(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
+def _read_jsonl(part: FilePart, skip_bad, bad_counter, bad_hint) -> Iterator[Document]:
+    where = [0]  # the line being read, for the message when the gzip stream breaks
     try:
-        yield from _read_jsonl_lines(part, skip_bad, bad_counter)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # a corrupt or truncated .gz is one line too
-        raise DataError(f"{part.path}: not a readable gzip file ({e}); check or re-download the file") from None
+        yield from _read_jsonl_lines(part, skip_bad, bad_counter, bad_hint, where)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a truncated .gz: EOFError
+        raise DataError(f"{part.path}: not a readable gzip file after line {where[0]} ({e or type(e).__name__}); "
+                        "check or re-download the file") from None
 
 
-def _read_jsonl_lines(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
+def jsonl_record(raw: bytes, text_field: str) -> tuple[dict, str]:
+    """One JSONL line -> (its object, its text field); a ValueError says what is wrong with the line."""
+    try:
+        record = json.loads(raw)  # bytes: json detects UTF-8; invalid UTF-8 is a UnicodeDecodeError (a ValueError)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON ({e.msg} at column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"byte {e.start} of the line is not valid utf-8") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, found {type(record).__name__}")
+    if text_field not in record:
+        raise ValueError(f"no field {text_field!r} (fields: {', '.join(sorted(record)) or 'none'})")
+    text = record[text_field]
+    if not isinstance(text, str):
+        raise ValueError(f"field {text_field!r} is {type(text).__name__}, not a string")
+    return record, text
+
+
+def _read_jsonl_lines(part: FilePart, skip_bad, bad_counter, bad_hint, where) -> Iterator[Document]:
     opener = gzip.open if part.path.endswith(".gz") else open
     with opener(part.path, "rb") as f:
         offset = 0
@@ -200,6 +229,7 @@ def _read_jsonl_lines(part: FilePart, skip_bad, bad_counter) -> Iterator[Documen
             offset = f.tell()
         index = 0
         while part.end < 0 or offset < part.end:
+            where[0] = index
             raw = f.readline()
             if not raw:
                 break
@@ -208,25 +238,14 @@ def _read_jsonl_lines(part: FilePart, skip_bad, bad_counter) -> Iterator[Documen
             if not raw.strip():
                 continue
             try:
-                try:
-                    record = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"invalid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(record, dict):
-                    raise ValueError("expected a JSON object")
-                if part.text_field not in record:
-                    raise ValueError(f"no field {part.text_field!r} (fields: {', '.join(sorted(record)) or 'none'})")
-                text = record[part.text_field]
-                if not isinstance(text, str):
-                    raise ValueError(f"field {part.text_field!r} is {type(text).__name__}, not a string")
-            except (ValueError, UnicodeDecodeError) as e:
+                record, text = jsonl_record(raw, part.text_field)
+            except ValueError as e:
                 if skip_bad:
                     if bad_counter is not None:
                         bad_counter.append(1)
                     continue
                 line = _line_number(part.path, line_offset) if part.start > 0 else index
-                raise DataError(f"{part.path}: line {line}: {e}; fix the line, set text_field on the input, "
-                                "or set `skip_bad_records: true` in the pipeline YAML") from None
+                raise DataError(f"{part.path}: line {line}: {e}; {bad_hint}") from None
             doc_id = record.get(part.id_field)
             if doc_id is None:  # the byte offset, which does not depend on how the file was split
                 doc_id = f"{part.rel}@{line_offset}"
@@ -239,7 +258,13 @@ def _read_parquet(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
     names = pf.schema_arrow.names
     if part.text_field not in names:
         raise DataError(f"{part.path}: no column {part.text_field!r} (columns: {', '.join(names)}); "
-                        "set text_field on the input")
+                        "choose the text column (text_field on the input, --field for `data prepare`)")
+    import pyarrow as pa
+
+    kind = pf.schema_arrow.field(part.text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"{part.path}: column {part.text_field!r} holds {kind}, not text; choose a string column "
+                        "(text_field on the input, --field for `data prepare`)")
     columns = [part.text_field] + ([part.id_field] if part.id_field in names else [])
     groups = list(range(part.start, part.end if part.end >= 0 else pf.num_row_groups))
     row = 0
@@ -248,11 +273,8 @@ def _read_parquet(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
         ids = batch.column(1).to_pylist() if len(columns) > 1 else [None] * len(texts)
         for text, doc_id in zip(texts, ids):
             row += 1
-            if not isinstance(text, str):
-                if skip_bad:
-                    continue
-                raise DataError(f"{part.path}: row group {groups[0] if groups else 0}+, row {row}: column "
-                                f"{part.text_field!r} is {type(text).__name__}, not a string")
+            if text is None:  # a null in a string column: no document
+                continue
             yield Document(text=text, id=str(doc_id) if doc_id is not None else f"{part.rel}#{part.start}:{row}",
                            source=part.source)
 

