@@ -187,10 +187,11 @@ def test_checkpoint_folder_rotation_leftovers_and_torn_metrics(tmp_path, shards)
     (root / ".step_0000008.partial").mkdir()
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 7, "lo')  # killed mid-write
-    resumed = run_cli("pretrain", "--out", out, "--resume", *common(shards, max_steps=8, ckpt_every=2))
+    resumed = run_cli("pretrain", "--out", out, "--resume", *common(shards, max_steps=8, ckpt_every=2, lr=0.004))
     assert resumed.returncode == 0, resumed.stderr
     assert not (root / ".step_0000008.partial").exists()
     assert "budget changed from 6 to 8 steps" in resumed.stdout  # a larger max_steps on resume extends the run
+    assert "settings changed since the checkpoint: lr 0.002 -> 0.004, max_steps 6 -> 8" in resumed.stdout
     assert sorted(losses(out)) == list(range(1, 9))
 
 
@@ -209,7 +210,7 @@ def _free_port():
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, shards, fsdp):
     """2 gloo processes x 1 micro-batch == 1 process x 2 accumulated micro-batches, same data.
     Tolerance 1e-5 relative: only the order of floating-point reductions differs."""
-    args = common(shards, max_steps=5, batch_tokens=2 * 4 * 64) + (["--fsdp"] if fsdp else [])
+    args = common(shards, max_steps=5, batch_tokens=2 * 4 * 64, sample_every=2) + (["--fsdp"] if fsdp else [])
     single = run_cli("pretrain", "--out", tmp_path / "one", *common(shards, max_steps=5, batch_tokens=512))
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -218,6 +219,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, shards, fs
                             "-m", "llmkit.cli", "pretrain", "--out", str(tmp_path / "two"), *args],
                            capture_output=True, text=True, env=env, timeout=300)
     assert multi.returncode == 0, multi.stderr[-3000:]
+    assert multi.stdout.count("sample: ") == 3, multi.stdout  # steps 2 and 4, and the evaluation at 5 (rank 0 only)
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == [1, 2, 3, 4, 5]
     for step in one:
@@ -299,3 +301,16 @@ def test_annealing_switches_to_the_high_quality_subset_for_the_last_steps(tmp_pa
     got = losses(tmp_path / "run")
     assert min(got[s] for s in range(1, 21)) > 4.0  # Shakespeare: hard
     assert got[40] < 1.0  # "the king the king ...": easy
+
+
+def test_the_embedding_follows_the_data_tokenizer_and_says_so(shards, capsys):
+    from llmkit.tokenizer import Tokenizer
+    from llmkit.train.data import TokenShards
+    from llmkit.train.pretrain import build_model
+
+    train = TokenShards(shards / "train")
+    model = build_model(TrainConfig(model="gpt2-cpu", data=str(shards / "train")), train, Tokenizer.load(shards / "tok"))
+    assert model.config.vocab_size == 512
+    said = capsys.readouterr().out
+    assert "model gpt2-cpu: vocab_size 512 from the data's tokenizer (512 tokens), not the preset's 8192" in said
+    assert f"{model.num_params() / 1e6:.1f}M parameters instead of" in said

@@ -176,7 +176,7 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
                 donor_lines = _verse_lines(donor, 8) or lines
                 wrong = " ".join(rng.choice(donor_lines).split()[-3:])
                 answer = " ".join(words[cut:])
-                if _normalise(wrong) != _normalise(answer):
+                if normalise_answer(wrong) != normalise_answer(answer):
                     a, b = _pick_two(rng, answer, wrong)
                     add(Question("continue", f'Continue this line from {play.title}: "{" ".join(words[:cut])}" - '
                                  f'"{a}" or "{b}"?', answer, wrong, " ".join(words)))
@@ -243,7 +243,8 @@ def builtin_task(seed: int = 0, train_per_kind: int = 1000, heldout_per_kind: in
 
 
 # --- the metric -----------------------------------------------------------------------------------------------------
-def _normalise(text: str) -> str:
+def normalise_answer(text: str) -> str:
+    """A reply's first line, lower-cased, without punctuation or extra spaces: what is_correct compares."""
     text = text.strip().split("\n", 1)[0].lower() if text.strip() else ""
     text = re.sub(r"[^\w\s']", " ", text)
     return " ".join(text.split()).strip("'")
@@ -259,7 +260,7 @@ def require_answers(records: list, needed_by: str, otherwise: str) -> None:
 
 def is_correct(reply: str, answer: str) -> bool:
     """Exact match of the reply's first line with the answer, ignoring case, punctuation and spacing."""
-    return _normalise(reply) == _normalise(answer) != ""
+    return normalise_answer(reply) == normalise_answer(answer) != ""
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

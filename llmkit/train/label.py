@@ -132,7 +132,7 @@ def label_by_answer(policy, input_path: str | Path, out: str | Path, records: li
     rejected reply is kept, so no prompt is lost. Other fields ("kind", "answer") are carried over.
     policy: a checkpoint directory / named model, or a loaded `llmkit.LLM`."""
     import llmkit
-    from llmkit.data.assistant_task import _normalise, is_correct, require_answers
+    from llmkit.data.assistant_task import is_correct, normalise_answer, require_answers
     from llmkit.train.post_common import generate
 
     items = load_records(input_path, "preference", records)
@@ -152,7 +152,7 @@ def label_by_answer(policy, input_path: str | Path, out: str | Path, records: li
         wrong: dict[str, str] = {}
         for reply in replies:
             if reply.strip() and not is_correct(reply, answer):
-                wrong.setdefault(_normalise(reply), reply)
+                wrong.setdefault(normalise_answer(reply), reply)
         stats["on_policy"] += len(wrong)
         as_turn = (lambda text: [{"role": "assistant", "content": text}]) if isinstance(record.prompt, list) else str
         for rejected in list(wrong.values()) or [record.rejected]:

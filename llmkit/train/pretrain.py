@@ -96,7 +96,16 @@ def build_model(config: TrainConfig, train: TokenShards, tokenizer: Tokenizer) -
         raise ConfigError(f"seq_len {config.seq_len} is longer than the model's max_seq_len {cfg.max_seq_len}; "
                           f"set model.max_seq_len={config.seq_len}")
     torch.manual_seed(config.seed)
-    return Transformer(cfg)
+    model = Transformer(cfg)
+    preset = ModelConfig.preset(config.model, **config.model_overrides)
+    if preset.vocab_size != cfg.vocab_size and (not dist.is_initialized() or dist.get_rank() == 0):
+        # Said aloud: e.g. gpt2-124m on the built-in 8192-token Shakespeare tokenizer is a 92M model.
+        with torch.device("meta"):
+            preset_params = Transformer(preset).num_params()
+        print(f"model {config.model}: vocab_size {cfg.vocab_size} from the data's tokenizer ({vocab_size} tokens), "
+              f"not the preset's {preset.vocab_size}: {model.num_params() / 1e6:.1f}M parameters instead of "
+              f"{preset_params / 1e6:.1f}M")
+    return model
 
 
 def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:

@@ -124,6 +124,7 @@ class Trainer:
         self.total_steps = total_steps or self._planned_steps()
         self.planned_steps = self.total_steps  # the budget; time_limit_s may plan fewer
         self.budget_change: tuple[int, int] | None = None  # (saved, new) budget when a resume changes it
+        self.config_changes: list[tuple[str, object, object]] = []  # (field, saved, now) found on resume
 
     # -- planning
     def _planned_steps(self) -> int:
@@ -180,6 +181,9 @@ class Trainer:
         display.print(self.plan(peak))
         if resume:
             display.print(f"resumed from step {start_step} ({tokens_seen} tokens, {train_time:.1f} s of training)")
+            if self.config_changes:  # said, not refused: a new lr or more evaluations are fair on resume
+                display.print("settings changed since the checkpoint: " + ", ".join(
+                    f"{k} {old!r} -> {new!r}" for k, old, new in self.config_changes))
             if self.budget_change:
                 display.print(f"budget changed from {self.budget_change[0]} to {self.budget_change[1]} steps: "
                               "the learning-rate schedule follows the new plan from here")
@@ -247,9 +251,9 @@ class Trainer:
             out_of_time = bool(c.time_limit_s) and self._agree(train_time >= c.time_limit_s)
             final = step == self.total_steps or out_of_time
             if self.evaluate and ((c.eval_every and step % c.eval_every == 0) or final):
-                last_eval = self._run_evaluation(runner, model, step, train_time, metrics, display, autocast)
-            elif self.sample and c.sample_every and step % c.sample_every == 0 and main:
-                display.print(f"sample: {self.sample(model, step)!r}")
+                last_eval = self._run_evaluation(runner, wrapped, model, step, train_time, metrics, display)
+            elif self.sample and c.sample_every and step % c.sample_every == 0:
+                self._print_sample(wrapped, model, step, display)
             if (c.ckpt_every and step % c.ckpt_every == 0) or final:
                 self._save(wrapped, model, optimizers, step, tokens_seen, train_time)
             if out_of_time:
@@ -292,7 +296,7 @@ class Trainer:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
-    def _run_evaluation(self, runner, model, step, train_time, metrics, display, autocast) -> dict:
+    def _run_evaluation(self, runner, wrapped, model, step, train_time, metrics, display) -> dict:
         results = self.evaluate(runner if self.config.fsdp else model)
         if self.dist.is_main:
             record = {"step": step, "train_time_s": round(train_time, 3), **{k: round(v, 6) for k, v in results.items()}}
@@ -300,9 +304,23 @@ class Trainer:
                 metrics.write(record)
             shown = "  ".join(f"{k} {v:.4f}" for k, v in results.items())
             display.print(f"step {step}  {shown}  ({_duration(train_time)} of training)")
-            if self.sample and not self.config.fsdp:
-                display.print(f"sample: {self.sample(model, step)!r}")
+        if self.sample:
+            self._print_sample(wrapped, model, step, display)
         return results
+
+    def _print_sample(self, wrapped, model, step, display) -> None:
+        """Rank 0 prints a sample. Under FSDP every rank must call this: the sharded weights are
+        gathered (as for a checkpoint) into a plain copy of the model on the CPU, which rank 0 samples."""
+        if self.config.fsdp:
+            if self.save_model is not None:
+                return  # a post-training model (e.g. with adapters) is not a plain Transformer to rebuild
+            state = D.full_model_state(wrapped, True)
+            if not self.dist.is_main:
+                return
+            model = Transformer(model.config)
+            model.load_state_dict(state)
+        if self.dist.is_main:
+            display.print(f"sample: {self.sample(model, step)!r}")
 
     # -- checkpoints
     def _checkpoint_root(self) -> Path:
@@ -378,6 +396,8 @@ class Trainer:
             raise CheckpointError(f"{directory / TRAINING_STATE}: unreadable ({e})") from None
         D.load_full_state(wrapped, optimizers, state, training["optimizers"], self.config.fsdp)
         torch.set_rng_state(training["rng"])
+        now = self.config.to_dict()
+        self.config_changes = [(k, v, now[k]) for k, v in training.get("config", {}).items() if k in now and now[k] != v]
         saved_budget = training.get("planned_steps", self.planned_steps)
         if saved_budget == self.planned_steps:  # the same budget: the saved (possibly time-fitted) plan
             self.total_steps = training.get("total_steps", self.total_steps)
