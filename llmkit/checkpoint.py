@@ -132,6 +132,21 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
     return model.to(device).eval()
 
 
+def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
+    """A model holding `state` (a full state dict, e.g. gathered from FSDP shards) without a random
+    initialisation first: built on the meta device, so neither time nor the random stream is spent."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    missing = set(model.load_state_dict(state, strict=False, assign=True).missing_keys)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.tok_emb.weight  # assign=True replaced the tied Parameter
+        missing.discard("lm_head.weight")
+    if missing:
+        raise CheckpointError(f"the state lacks tensors {_short_list(sorted(missing))} of the model")
+    model._build_rope_tables()  # non-persistent buffers were created on the meta device
+    return model
+
+
 def load_quantization(directory: str | Path) -> dict | None:
     """The `quantization` record of a checkpoint's config.json (None for a floating-point one)."""
     path = Path(directory) / CONFIG

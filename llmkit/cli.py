@@ -142,7 +142,7 @@ def cmd_data_prepare(args) -> None:
                     shard_tokens=args.shard_tokens)
     print(f"{stats.documents} documents, {stats.tokens:,} tokens, {stats.bytes:,} bytes "
           f"({stats.bytes / max(stats.tokens, 1):.2f} bytes/token) in {len(stats.shards)} shard(s) -> {args.out}"
-          + (f"; skipped {stats.skipped_lines} malformed line(s)" if stats.skipped_lines else ""))
+          + (f"; skipped {stats.skipped_lines} malformed record(s)" if stats.skipped_lines else ""))
 
 
 def cmd_data_clean(args) -> None:

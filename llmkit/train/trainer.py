@@ -32,7 +32,7 @@ import torch.distributed as dist
 from llmkit.atomic import atomic_write_text, fsync_dir, fsync_tree
 from safetensors.torch import save_file
 
-from llmkit.checkpoint import save_checkpoint
+from llmkit.checkpoint import model_from_state, save_checkpoint
 from llmkit.errors import CheckpointError, ConfigError
 from llmkit.model import Transformer
 from llmkit.train import distributed as D
@@ -317,8 +317,7 @@ class Trainer:
             state = D.full_model_state(wrapped, True)
             if not self.dist.is_main:
                 return
-            model = Transformer(model.config)
-            model.load_state_dict(state)
+            model = model_from_state(model.config, state)
         if self.dist.is_main:
             display.print(f"sample: {self.sample(model, step)!r}")
 
@@ -353,6 +352,7 @@ class Trainer:
         partial.replace(final)  # a checkpoint directory exists whole or not at all
         fsync_dir(root)
         atomic_write_text(root / "latest", final.name + "\n")
+        fsync_dir(root)  # `latest` names the new checkpoint on disk before older ones are deleted
         older = sorted((p for p in root.glob("step_*") if p.is_dir() and p != final and _checkpoint_step(p) >= 0),
                        key=_checkpoint_step)
         for old in older[: max(len(older) + 1 - self.config.keep_checkpoints, 0)]:

@@ -135,18 +135,20 @@ def _split(path: Path, fmt: str, size: int, target: int) -> list[tuple[int, int,
     return [(0, -1, size)]
 
 
-# What a bad JSONL line's error tells the user to do; `llmkit data prepare` passes its own flag.
-PIPELINE_BAD_HINT = "fix the line, set text_field on the input, or set `skip_bad_records: true` in the pipeline YAML"
+# What a bad record's error (a malformed JSONL line, a null Parquet text) tells the user to do;
+# `llmkit data prepare` passes its own flags.
+PIPELINE_BAD_HINT = "fix the record, set text_field on the input, or set `skip_bad_records: true` in the pipeline YAML"
 
 
 def read_part(part: FilePart, skip_bad: bool = False, bad_counter: list | None = None,
               bad_hint: str = PIPELINE_BAD_HINT) -> Iterator[Document]:
     """The documents of one file part. With skip_bad, a malformed record is skipped and counted in
     bad_counter (one item per record) instead of raising a DataError that ends with bad_hint."""
-    if part.format == "jsonl":
-        yield from _read_jsonl(part, skip_bad, bad_counter, bad_hint)
+    if part.format in ("jsonl", "parquet"):
+        reader = _read_jsonl if part.format == "jsonl" else _read_parquet
+        yield from reader(part, skip_bad, bad_counter, bad_hint)
         return
-    reader = {"text": _read_text, "parquet": _read_parquet, "html": _read_html, "warc": _read_warc}[part.format]
+    reader = {"text": _read_text, "html": _read_html, "warc": _read_warc}[part.format]
     yield from reader(part, skip_bad, bad_counter)
 
 
@@ -196,7 +198,8 @@ def _read_jsonl(part: FilePart, skip_bad, bad_counter, bad_hint) -> Iterator[Doc
     try:
         yield from _read_jsonl_lines(part, skip_bad, bad_counter, bad_hint, where)
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a truncated .gz: EOFError
-        raise DataError(f"{part.path}: not a readable gzip file after line {where[0]} ({e or type(e).__name__}); "
+        what = "not a readable gzip file" if part.path.endswith(".gz") else "unreadable"
+        raise DataError(f"{part.path}: {what} after line {where[0]} ({e or type(e).__name__}); "
                         "check or re-download the file") from None
 
 
@@ -253,16 +256,14 @@ def _read_jsonl_lines(part: FilePart, skip_bad, bad_counter, bad_hint, where) ->
             yield Document(text=text, id=str(doc_id), source=part.source, meta=meta)
 
 
-def _read_parquet(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
+def _read_parquet(part: FilePart, skip_bad, bad_counter, bad_hint) -> Iterator[Document]:
     pf = _parquet_file(part.path)
     names = pf.schema_arrow.names
     if part.text_field not in names:
         raise DataError(f"{part.path}: no column {part.text_field!r} (columns: {', '.join(names)}); "
                         "choose the text column (text_field on the input, --field for `data prepare`)")
-    import pyarrow as pa
-
     kind = pf.schema_arrow.field(part.text_field).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+    if not _is_text_type(kind):
         raise DataError(f"{part.path}: column {part.text_field!r} holds {kind}, not text; choose a string column "
                         "(text_field on the input, --field for `data prepare`)")
     columns = [part.text_field] + ([part.id_field] if part.id_field in names else [])
@@ -273,10 +274,25 @@ def _read_parquet(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
         ids = batch.column(1).to_pylist() if len(columns) > 1 else [None] * len(texts)
         for text, doc_id in zip(texts, ids):
             row += 1
-            if text is None:  # a null in a string column: no document
-                continue
+            if text is None:  # a null: a bad record like a malformed JSONL line
+                if skip_bad:
+                    if bad_counter is not None:
+                        bad_counter.append(1)
+                    continue
+                raise DataError(f"{part.path}: row {row} of row groups {groups[0] if groups else 0}+: column "
+                                f"{part.text_field!r} is null; {bad_hint}")
             yield Document(text=text, id=str(doc_id) if doc_id is not None else f"{part.rel}#{part.start}:{row}",
                            source=part.source)
+
+
+def _is_text_type(kind) -> bool:
+    """string / large_string, string_view (pyarrow >= 16), or dictionary-encoded strings (pandas category)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    is_view = getattr(pa.types, "is_string_view", lambda _: False)
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_view(kind)
 
 
 def _read_warc(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
