@@ -101,6 +101,18 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
     config = load_config(directory)
     quantization = load_quantization(directory)
     state = load_state_dict(directory / WEIGHTS)
+    model = model_from_state(config, state, quantization, weights=str(directory / WEIGHTS),
+                             described_by=str(directory / CONFIG))
+    if dtype is not None:
+        model.to(dtype)
+    return model.to(device).eval()
+
+
+def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], quantization: dict | None = None,
+                     weights: str = "the state", described_by: str = "its config") -> Transformer:
+    """A model holding `state` (a checkpoint's, or a full state dict gathered from FSDP shards), every
+    tensor's name and shape checked against `config`. Built on the meta device: no random init first,
+    and the random stream is not touched."""
     with torch.device("meta"):
         model = Transformer(config)
         if quantization:
@@ -116,33 +128,16 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
             parts.append(f"missing tensors {_short_list(missing)}")
         if unexpected:
             parts.append(f"tensors not in this architecture {_short_list(unexpected)}")
-        raise CheckpointError(f"{directory / WEIGHTS}: {'; '.join(parts)}; the weights do not belong to the "
-                              f"model described by {directory / CONFIG}")
+        raise CheckpointError(f"{weights}: {'; '.join(parts)}; the weights do not belong to the "
+                              f"model described by {described_by}")
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointError(f"{directory / WEIGHTS}: tensor {name!r} has shape {tuple(tensor.shape)} but "
-                                  f"{directory / CONFIG} implies {tuple(expected[name].shape)}; the config and "
+            raise CheckpointError(f"{weights}: tensor {name!r} has shape {tuple(tensor.shape)} but "
+                                  f"{described_by} implies {tuple(expected[name].shape)}; the config and "
                                   "the weights come from different models")
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_embeddings and not quantization:
         model.lm_head.weight = model.tok_emb.weight  # assign=True replaced the tied Parameter
-    model._build_rope_tables()  # non-persistent buffers were created on the meta device
-    if dtype is not None:
-        model.to(dtype)
-    return model.to(device).eval()
-
-
-def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
-    """A model holding `state` (a full state dict, e.g. gathered from FSDP shards) without a random
-    initialisation first: built on the meta device, so neither time nor the random stream is spent."""
-    with torch.device("meta"):
-        model = Transformer(config)
-    missing = set(model.load_state_dict(state, strict=False, assign=True).missing_keys)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.tok_emb.weight  # assign=True replaced the tied Parameter
-        missing.discard("lm_head.weight")
-    if missing:
-        raise CheckpointError(f"the state lacks tensors {_short_list(sorted(missing))} of the model")
     model._build_rope_tables()  # non-persistent buffers were created on the meta device
     return model
 

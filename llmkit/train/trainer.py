@@ -317,7 +317,10 @@ class Trainer:
             state = D.full_model_state(wrapped, True)
             if not self.dist.is_main:
                 return
-            model = model_from_state(model.config, state)
+            if model.config.tie_embeddings:
+                state.pop("lm_head.weight", None)  # tok_emb.weight again, as save_checkpoint leaves it out
+            model = model_from_state(model.config, state, weights="the gathered FSDP state",
+                                     described_by="the run's model config")
         if self.dist.is_main:
             display.print(f"sample: {self.sample(model, step)!r}")
 
@@ -350,9 +353,8 @@ class Trainer:
         fsync_tree(partial)
         shutil.rmtree(final, ignore_errors=True)
         partial.replace(final)  # a checkpoint directory exists whole or not at all
-        fsync_dir(root)
         atomic_write_text(root / "latest", final.name + "\n")
-        fsync_dir(root)  # `latest` names the new checkpoint on disk before older ones are deleted
+        fsync_dir(root)  # both renames on disk before older checkpoints are deleted
         older = sorted((p for p in root.glob("step_*") if p.is_dir() and p != final and _checkpoint_step(p) >= 0),
                        key=_checkpoint_step)
         for old in older[: max(len(older) + 1 - self.config.keep_checkpoints, 0)]:
