@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,15 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SHAKESPEARE = SHARED_DATA / "shakespeare"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def run_cli(*args, input=None, env_extra=None, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """`llmkit ARGS...` in a fresh process, as a user runs it: stdout, stderr and the exit code to check.
+    This checkout is on PYTHONPATH, so the command works from any `cwd`."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "llmkit.cli", *map(str, args)], capture_output=True, text=True,
+                          input=input, env=env, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

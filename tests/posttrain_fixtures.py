@@ -1,10 +1,6 @@
 """Shared fixtures of the post-training tests: a tiny base checkpoint with a Shakespeare tokenizer
 (chat special tokens included) and the built-in task's files at a small size."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -38,8 +34,3 @@ def config(cls, **fields):
     base.update(fields)
     return cls(**{k: str(v) if hasattr(v, "__fspath__") else v for k, v in base.items()})
 
-
-def run_cli(*args, timeout=300):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "llmkit.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)

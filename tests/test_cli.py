@@ -1,9 +1,5 @@
 """The command line as a user runs it: real processes, real files, exit codes, no tracebacks."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -12,21 +8,15 @@ from llmkit.checkpoint import save_checkpoint
 from llmkit.config import ModelConfig
 from llmkit.model import Transformer
 
-from conftest import SHAKESPEARE
-
-
-def llmkit_cli(*args, input=None, env_extra=None, timeout=300):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "llmkit.cli", *map(str, args)], capture_output=True, text=True,
-                          input=input, env=env, timeout=timeout)
+from conftest import SHAKESPEARE, run_cli
 
 
 def test_tokenizer_train_and_tokenize(tmp_path):
     out = tmp_path / "tok"
-    result = llmkit_cli("tokenizer", "train", "--input", SHAKESPEARE / "val", "--vocab-size", 600, "--out", out)
+    result = run_cli("tokenizer", "train", "--input", SHAKESPEARE / "val", "--vocab-size", 600, "--out", out)
     assert result.returncode == 0, result.stderr
     assert (out / "tokenizer.json").exists()
-    result = llmkit_cli("tokenize", "--tokenizer", out, "In 1603, 327 players")
+    result = run_cli("tokenize", "--tokenizer", out, "In 1603, 327 players")
     assert result.returncode == 0, result.stderr
     pieces = [line.split(None, 1)[1] for line in result.stdout.splitlines() if line.startswith(" ")]
     assert "'3'" in pieces and "'2'" in pieces and "'7'" in pieces  # digits one by one
@@ -42,11 +32,11 @@ def tiny_checkpoint(tmp_path_factory, shakespeare_tokenizer):
 
 
 def test_generate_and_score_a_checkpoint(tiny_checkpoint):
-    result = llmkit_cli("generate", "--model", tiny_checkpoint, "--temperature", 0, "--max-new-tokens", 12, "To be")
+    result = run_cli("generate", "--model", tiny_checkpoint, "--temperature", 0, "--max-new-tokens", 12, "To be")
     assert result.returncode == 0, result.stderr
     llm = llmkit.load(tiny_checkpoint)
     assert result.stdout.strip() == ("To be" + llm.generate("To be", temperature=0, max_new_tokens=12)).strip()
-    result = llmkit_cli("score", "--model", tiny_checkpoint, "To be or not")
+    result = run_cli("score", "--model", tiny_checkpoint, "To be or not")
     assert result.returncode == 0 and "perplexity" in result.stdout
 
 
@@ -60,7 +50,7 @@ def test_generate_and_score_a_checkpoint(tiny_checkpoint):
 ])
 def test_user_errors_are_one_line_exit_2(tiny_checkpoint, args, message):
     args = [str(tiny_checkpoint) if a == "TINY" else a for a in args]
-    result = llmkit_cli(*args)
+    result = run_cli(*args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr
@@ -69,14 +59,14 @@ def test_user_errors_are_one_line_exit_2(tiny_checkpoint, args, message):
 
 def test_smollm2_scores_and_chats(smollm2_dir, cache_dir):
     env = {"LLMKIT_CACHE": str(cache_dir)}
-    result = llmkit_cli("score", "--model", "smollm2", "The mouse ate the cheese", "The cheese ate the mouse",
-                        env_extra=env)
+    result = run_cli("score", "--model", "smollm2", "The mouse ate the cheese", "The cheese ate the mouse",
+                     env_extra=env)
     assert result.returncode == 0, result.stderr
     totals = [float(line.split()[0]) for line in result.stdout.splitlines() if "log p(" in line]
     assert totals[0] > totals[1]
     # two turns on standard input: the second question only makes sense with the first in the history
-    result = llmkit_cli("chat", "--model", "smollm2", "--temperature", 0, "--max-new-tokens", 40,
-                        input="What is the capital of France?\nAnd of Germany?\n", env_extra=env)
+    result = run_cli("chat", "--model", "smollm2", "--temperature", 0, "--max-new-tokens", 40,
+                     input="What is the capital of France?\nAnd of Germany?\n", env_extra=env)
     assert result.returncode == 0, result.stderr
     first, second = [line for line in result.stdout.splitlines() if line.strip()][:2]
     assert "Paris" in first and "Berlin" in second

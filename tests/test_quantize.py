@@ -2,14 +2,12 @@
 checkpoints round-trip, and the `llmkit quantize` command."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors import safe_open
 
+from conftest import run_cli
 from llmkit.checkpoint import load_model, save_checkpoint
 from llmkit.config import ModelConfig
 from llmkit.infer import Engine, SamplingParams, quantize_model
@@ -110,19 +108,14 @@ def test_quantization_errors():
         quantize_model(quantized(8), 8)
 
 
-def llmkit_cli(*args):
-    return subprocess.run([sys.executable, "-m", "llmkit.cli", *map(str, args)], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=300)
-
-
 def test_quantize_command(tmp_path, shakespeare_tokenizer):
     src, out = tmp_path / "fp32", tmp_path / "int8"
     save_checkpoint(src, make_model(), shakespeare_tokenizer)
-    result = llmkit_cli("quantize", "--model", src, "--bits", 8, "--out", out)
+    result = run_cli("quantize", "--model", src, "--bits", 8, "--out", out)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == 8
-    result = llmkit_cli("generate", "--model", out, "--temperature", 0, "--max-new-tokens", 5, "To be")
+    result = run_cli("generate", "--model", out, "--temperature", 0, "--max-new-tokens", 5, "To be")
     assert result.returncode == 0, result.stderr
-    result = llmkit_cli("quantize", "--model", out, "--bits", 4, "--out", tmp_path / "again")
+    result = run_cli("quantize", "--model", out, "--bits", 4, "--out", tmp_path / "again")
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "already quantized" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

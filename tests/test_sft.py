@@ -10,7 +10,8 @@ import torch
 from llmkit.config import ModelConfig
 from llmkit.model import Transformer
 from llmkit.train.packing import Item, collate, pack, pack_rows, per_sequence_sum
-from posttrain_fixtures import config, run_cli, task_files, tiny_base  # noqa: F401 (fixtures)
+from conftest import run_cli
+from posttrain_fixtures import config, task_files, tiny_base  # noqa: F401 (fixtures)
 
 
 def test_packed_rows_with_document_mask_equal_documents_run_alone():

@@ -8,7 +8,7 @@ import pytest
 
 from llmkit.errors import ConfigError
 from llmkit.speedrun import MODELS, load_plan, speedrun
-from posttrain_fixtures import run_cli
+from conftest import run_cli
 
 
 def test_tiny_speedrun_writes_every_stage_and_the_report_card(tmp_path, cache_dir):

@@ -93,6 +93,8 @@ class TrainResult:
     final_loss: float
     eval: dict
     peak_flops: float  # the bf16 (or fp32) matmul peak measured at the start: MFU's denominator
+    flops_per_token: float  # the model's training FLOPs per token (6N + attention): MFU's numerator
+    params: int
 
 
 class Trainer:
@@ -263,7 +265,8 @@ class Trainer:
         self._save_final(wrapped, model)  # a collective under FSDP: every rank takes part
         if main and c.plot and metrics and metrics.path.exists():
             plot_losses(metrics.path, self.out / "loss.png")
-        return TrainResult(step, tokens_seen, train_time, last_loss, last_eval, peak)
+        return TrainResult(step, tokens_seen, train_time, last_loss, last_eval, peak, flops_per_token,
+                           self.model.num_params())
 
     def _fit_to_time_limit(self, step: int, train_time: float, step_time: float, display) -> None:
         """Fit the plan to end within time_limit_s, from the mean step time so far: the LR schedule
