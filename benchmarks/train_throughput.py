@@ -60,7 +60,8 @@ def main() -> None:
                 "compile": not args.no_compile, "dtype": args.dtype, "warmup_steps": 10, "plot": False,
                 "threads": args.threads}
         config = TrainConfig.from_dict(merge_overrides(data, args.overrides), source="benchmark")
-        if args.nanogpt and resolve_device(config.device).type != "cpu":
+        on_cpu = resolve_device(config.device).type == "cpu"
+        if args.nanogpt and not on_cpu:
             sys.exit("--nanogpt times the reference on the CPU: add device=cpu")
         result = pretrain(config, out)
         records = [json.loads(line) for line in open(f"{out}/metrics.jsonl") if '"loss"' in line]
@@ -74,19 +75,20 @@ def main() -> None:
                     / sum(end["train_time_s"] - start["train_time_s"] for start, end in windows))
     flops_per_token = result.flops_per_token  # of the model the Trainer built, overrides included
     mfu = tokens_per_s * flops_per_token / result.peak_flops
+    peak, mfu_text = f"{result.peak_flops / 1e12:.2f} TFLOP/s", f"{mfu:.1%}"
+    one_thread = one_thread_peak_flops(args) if on_cpu else None
+    if one_thread:
+        peak += f" ({args.threads} threads; one thread: {one_thread / 1e12:.2f})"
+        mfu_text += f" (of the one-thread peak: {tokens_per_s * flops_per_token / one_thread:.1%})"
     rows = [("model", f"{config.model}, {result.params / 1e6:.2f}M params, {flops_per_token / 1e6:.1f} MFLOP/token"),
             ("precision", f"{args.dtype} autocast, compile={not args.no_compile}, {args.threads} threads"),
             ("steps measured", f"{steps_measured} (after {windows[0][0]['step']} warm-up)"),
             ("tokens/s", f"{tokens_per_s:,.0f}"),
-            ("peak matmul", f"{result.peak_flops / 1e12:.2f} TFLOP/s"),
-            ("MFU", f"{mfu:.1%}")]
+            ("peak matmul", peak),
+            ("MFU", mfu_text)]
     summary = {"tokens_per_s": round(tokens_per_s, 1), "mfu": round(mfu, 4), "peak_flops": round(result.peak_flops),
                "compile": not args.no_compile, "dtype": args.dtype}
-    if resolve_device(config.device).type == "cpu":
-        one_thread = one_thread_peak_flops(args)
-        rows[-2:] = [("peak matmul", f"{result.peak_flops / 1e12:.2f} TFLOP/s ({args.threads} threads; "
-                                     f"one thread: {one_thread / 1e12:.2f})"),
-                     ("MFU", f"{mfu:.1%} (of the one-thread peak: {tokens_per_s * flops_per_token / one_thread:.1%})")]
+    if one_thread:
         summary["peak_flops_one_thread"] = round(one_thread)
     if args.nanogpt:
         reference = nanogpt_tokens_per_s(args.nanogpt, args)
