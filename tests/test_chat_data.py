@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import TEST_DATA
 from llmkit.errors import DataError
 from llmkit.train.chat_data import (EncodedPair, encode_conversation, encode_pair, encode_prompt, encode_sft,
                                     load_records, truncate_pair)
@@ -106,8 +106,8 @@ def test_preference_formats_explicit_implicit_and_hh(tmp_path, shakespeare_token
 
 
 def test_hh_rlhf_file_loads_as_it_is():
-    path = SHARED_DATA / "hh-rlhf" / "harmless-base-test-2000.jsonl.gz"
-    records = load_records(path, "preference", [1990, 2000])
+    path = TEST_DATA / "hh-rlhf" / "harmless-base-test-300.jsonl.gz"
+    records = load_records(path, "preference", [290, 300])
     assert len(records) == 10
     for r in records:
         assert r.prompt[0]["role"] == "user" and r.prompt[-1]["role"] == "user"

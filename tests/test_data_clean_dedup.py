@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from conftest import SHAKESPEARE
+from conftest import SHAKESPEARE, SHAKESPEARE_FOLIO
 from data_clean_web import generate, write_jsonl
 from llmkit.data.clean import InputSpec, config_from_dict, run_pipeline
 from llmkit.data.clean.dedup import MinHasher, NearDedupConfig
@@ -51,10 +51,10 @@ def play(member_id: str) -> str:
 
 
 def test_folio_and_modern_spellings_are_one_cluster(tmp_path):
-    assert len(list((SHAKESPEARE / "folio").glob("*.txt"))) == len(FOLIO_OF) == 32
+    assert len(list((SHAKESPEARE_FOLIO).glob("*.txt"))) == len(FOLIO_OF) == 32
     config = config_from_dict(SHAKESPEARE_DEDUP)
     summary = run_pipeline(config, tmp_path / "out", workers=2, inputs=[
-        InputSpec(str(SHAKESPEARE / "train"), source="modern"), InputSpec(str(SHAKESPEARE / "folio"), source="folio")])
+        InputSpec(str(SHAKESPEARE / "train"), source="modern"), InputSpec(str(SHAKESPEARE_FOLIO), source="folio")])
     clusters = [json.loads(line) for line in open(tmp_path / "out" / "report" / "dedup_clusters.jsonl")]
     found_pairs = set()
     similarities = []

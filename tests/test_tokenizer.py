@@ -10,31 +10,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import SHAKESPEARE
 from llmkit.errors import TokenizerError
 from llmkit.tokenizer import (BOS, END, EOS, PAD, ROLE_TOKENS, SPECIAL_TOKENS, Tokenizer,
                               read_text_files)
-
-REPO = Path(__file__).parents[1]
-# The shared data directory sits beside the checkout (or inside it on machines that copy it there).
-TRAIN_DIRS = [REPO / ".." / "shared" / "data" / "shakespeare" / "train", REPO / "shared" / "data" / "shakespeare" / "train"]
-
-FALLBACK_TEXT = """To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer
-the slings and arrows of outrageous fortune, or to take arms against a sea of troubles, and by opposing
-end them. To die, to sleep; no more; and by a sleep to say we end the heart-ache and the thousand
-natural shocks that flesh is heir to. 'Tis a consummation devoutly to be wish'd. In the year 1600 the
-play was entered; 23 copies, 45 pages, 678 lines of the text were there.
-"""
-
 
 NUMBERS = "327 1984 0000 3.14159 x = 42, 327 apples in 1984; 42 is 42. "
 
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    """vocab 1024 trained on two Shakespeare plays; a built-in passage where the data is absent, so the
-    tests run (not skip) everywhere."""
-    files = next((sorted(d.glob("*.txt"))[:2] for d in TRAIN_DIRS if len(list(d.glob("*.txt"))) >= 2), None)
-    texts = list(read_text_files(files)) if files else [FALLBACK_TEXT * 50]
+    """vocab 1024 trained on two Shakespeare plays."""
+    texts = list(read_text_files(sorted((SHAKESPEARE / "train").glob("*.txt"))[:2]))
     # Frequent multi-digit numbers: a BPE allowed to merge digits would learn "327", "19", "84"...,
     # so the one-digit-per-token tests below really test the pre-tokenizer.
     texts.append(NUMBERS * 200)
@@ -42,7 +29,7 @@ def tok() -> Tokenizer:
 
 
 def test_trained_vocab_size_and_special_ids(tok):
-    assert 300 < tok.vocab_size <= 1024  # 1024 on the real corpus; the fallback passage has fewer merges
+    assert tok.vocab_size == 1024
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == tuple(tok.backend.token_to_id(t) for t in (BOS, EOS, PAD))
     assert len({tok.backend.token_to_id(t) for t in SPECIAL_TOKENS}) == len(SPECIAL_TOKENS)
     assert tok.stop_token_ids == sorted({tok.eos_id, tok.backend.token_to_id(END)})
