@@ -131,6 +131,11 @@ class LLM:
                 yield text[len(shown):]
                 shown = text
 
+    def room(self, prompt: str, max_new_tokens: int, add_bos: bool = True) -> tuple[int, int]:
+        """(prompt tokens, tokens that can be generated after it within the model's context)."""
+        ids = self.tokenizer.encode(prompt, add_bos=add_bos)
+        return len(ids), self.engine.check_prompt(ids, max_new_tokens)
+
     def generate(self, prompt: str, add_bos: bool = True, **sampling) -> str:
         return "".join(self.stream(prompt, add_bos=add_bos, **sampling))
 
@@ -158,8 +163,7 @@ class LLM:
                          [(text(t), math.exp(lp)) for t, lp in info.top])
 
     def chat_stream(self, messages: list[dict], **sampling) -> Iterator[str]:
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        ids = self.tokenizer.encode(prompt)  # the template writes any BOS itself
+        ids = self.tokenizer.encode_chat(messages)  # the template writes any BOS itself; contents stay text
         yield from self._stream_ids(ids, self.sampling_params(**sampling))
 
     def chat(self, messages: list[dict], **sampling) -> str:

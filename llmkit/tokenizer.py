@@ -10,6 +10,8 @@ Unicode string round-trips, and a Jinja chat template stored beside `tokenizer.j
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -111,6 +113,41 @@ class Tokenizer:
         return render_chat_template(self.chat_template, messages, add_generation_prompt,
                                     bos_token=self.bos_token or "", eos_token=self.eos_token or "")
 
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """The token ids of a rendered conversation, where what the messages say is always text: a user
+        who types `<|end|><|system|>` gets those characters, not the control tokens (a prompt injection
+        otherwise). Only the template's own markup becomes special tokens.
+
+        A message whose content holds no special-token text is tokenized inline with the template, as
+        Hugging Face's `apply_chat_template(tokenize=True)` does, so ordinary conversations get exactly
+        their usual ids. A content that does is marked with a sentinel while rendering and encoded on
+        its own with special-token matching off (`tokenizers`' `encode_special_tokens`)."""
+        specials = [t.content for t in self.backend.get_added_tokens_decoder().values() if t.special]
+        risky = {i for i, m in enumerate(messages)
+                 if isinstance(m, dict) and isinstance(m.get("content"), str) and any(t in m["content"] for t in specials)}
+        if not risky:
+            return self.encode(self.apply_chat_template(messages, add_generation_prompt))
+        # Private-use characters no template writes itself, and that survive filters such as `trim`.
+        sentinel = {i: f"\ue000{i}\ue001" for i in risky}
+        marked = [{**m, "content": sentinel[i]} if i in risky else m for i, m in enumerate(messages)]
+        rendered = self.apply_chat_template(marked, add_generation_prompt)
+        pieces = re.split("(\ue000\\d+\ue001)", rendered)
+        if sorted(p for p in pieces[1::2]) != sorted(sentinel.values()):
+            raise TokenizerError("the chat template transforms message contents in a way llmkit cannot separate "
+                                 "from its markup; remove special-token text (such as <|end|>) from the messages")
+        ids = []
+        for k, piece in enumerate(pieces):
+            if k % 2 == 0:
+                ids += self.encode(piece) if piece else []
+                continue
+            content = messages[int(piece[1:-1])]["content"]
+            self.backend.encode_special_tokens = True
+            try:
+                ids += self.encode(content)
+            finally:
+                self.backend.encode_special_tokens = False
+        return ids
+
     # -- persistence
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -204,22 +241,55 @@ def read_text_files(paths: Iterable[str | Path], chunk_chars: int = 1 << 20) -> 
                 yield "".join(buf)
 
 
+# A chat template is code from a model file: it runs sandboxed and bounded (a template that loops or
+# builds a huge string stops with an error instead of taking the machine).
+TEMPLATE_MAX_CHARS = 16 << 20  # 16M characters of rendered prompt: far beyond any model's context
+TEMPLATE_MAX_SECONDS = 10.0
+
+
 def render_chat_template(template: str, messages: list[dict], add_generation_prompt: bool, **extra) -> str:
     """Render a Hugging Face-style Jinja chat template in a sandbox (as transformers does:
-    trim_blocks and lstrip_blocks on, `raise_exception` available)."""
+    trim_blocks and lstrip_blocks on, `raise_exception` available), bounded in output size and time."""
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
         raise TokenizerError(f"chat template: {message}")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            # 'a' * 10**10 and 10**10**10 would allocate before any output could be measured
+            if operator == "**" and isinstance(right, int) and abs(right) > 1000:
+                raise TokenizerError(f"chat template computes an exponent of {right}; refusing it")
+            if operator == "*" and isinstance(left, int) and isinstance(right, (str, list, tuple)):
+                left, right = right, left
+            if operator == "*" and isinstance(left, (str, list, tuple)) and isinstance(right, int) \
+                    and len(left) * right > TEMPLATE_MAX_CHARS:
+                raise TokenizerError(f"chat template builds a value of {len(left) * right:,} items; "
+                                     f"the limit is {TEMPLATE_MAX_CHARS:,}")
+            return super().call_binop(context, operator, left, right)
+
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                 **extra)
+        chunks, size, start = [], 0, time.monotonic()
+        for chunk in env.from_string(template).generate(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                        **extra):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > TEMPLATE_MAX_CHARS:
+                raise TokenizerError(f"chat template output passed {TEMPLATE_MAX_CHARS:,} characters; "
+                                     "the template or the messages are broken")
+            if time.monotonic() - start > TEMPLATE_MAX_SECONDS:
+                raise TokenizerError(f"chat template took more than {TEMPLATE_MAX_SECONDS:.0f} s to render; "
+                                     "the template or the messages are broken")
+        return "".join(chunks)
     except jinja2.TemplateError as e:
         raise TokenizerError(f"chat template could not be rendered: {e}") from None
+    except (MemoryError, RecursionError, OverflowError) as e:
+        raise TokenizerError(f"chat template could not be rendered: {type(e).__name__}") from None
 
 
 def _token_text(token) -> str | None:

@@ -1,5 +1,9 @@
 """Multi-turn chat in the terminal: the reply streams token by token, the history is kept and
-re-rendered with the checkpoint's chat template every turn. /reset forgets the history, /exit quits."""
+re-rendered with the checkpoint's chat template every turn. /reset forgets the history, /exit quits.
+
+A conversation that outgrows the model's context keeps going: the oldest turns are dropped (never the
+system prompt), and the chat says so. A message too long to fit even alone is refused with its size;
+the session and its history stay as they were."""
 
 from __future__ import annotations
 
@@ -8,10 +12,34 @@ from typing import TextIO
 
 from llmkit.api import LLM
 
+REPLY_ROOM = 256  # tokens kept free for the reply (a quarter of the context at most)
+
+
+def fit_to_context(llm: LLM, messages: list[dict], reply_room: int) -> tuple[list[dict], int]:
+    """Drop the oldest turns after any system prompt until the rendered conversation leaves
+    `reply_room` tokens of the context free. Returns (messages, how many were dropped); raises
+    ValueError with the token count when the last message alone (with the system prompt) does not fit."""
+    context = llm.model.config.max_seq_len
+    room = min(reply_room, context // 4)
+    keep_from = 1 if messages and messages[0]["role"] == "system" else 0
+    dropped = 0
+    while True:
+        size = len(llm.tokenizer.encode_chat(messages))
+        if size + room <= context:
+            return messages, dropped
+        if len(messages) - keep_from <= 1:
+            raise ValueError(f"that message makes a prompt of {size} tokens, and the model's context is {context} "
+                             f"({room} kept for the reply); shorten it")
+        # a user turn and the reply to it go together, so the history still starts with a user turn
+        cut = 2 if len(messages) - keep_from > 2 and messages[keep_from + 1]["role"] == "assistant" else 1
+        messages = messages[:keep_from] + messages[keep_from + cut:]
+        dropped += cut
+
 
 def run_chat(llm: LLM, system: str | None = None, sampling: dict | None = None,
              stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> list[dict]:
     sampling = sampling or {}
+    reply_room = sampling.get("max_new_tokens") or REPLY_ROOM
     interactive = stdin.isatty()
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     if interactive:
@@ -31,7 +59,15 @@ def run_chat(llm: LLM, system: str | None = None, sampling: dict | None = None,
             messages = messages[:1] if system else []
             print("(history cleared)", file=stdout)
             continue
-        messages.append({"role": "user", "content": text})
+        try:
+            fitted, dropped = fit_to_context(llm, messages + [{"role": "user", "content": text}], reply_room)
+        except ValueError as e:
+            print(f"({e})", file=stdout, flush=True)
+            continue
+        if dropped:
+            print(f"(the conversation outgrew the model's context of {llm.model.config.max_seq_len} tokens: "
+                  f"the oldest {dropped} messages were dropped)", file=stdout, flush=True)
+        messages = fitted
         reply = []
         for piece in llm.chat_stream(messages, **sampling):
             reply.append(piece)
