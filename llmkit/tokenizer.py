@@ -9,6 +9,7 @@ Unicode string round-trips, and a Jinja chat template stored beside `tokenizer.j
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 import time
@@ -79,6 +80,55 @@ class Tokenizer:
         encodings = self.backend.encode_batch(texts, add_special_tokens=False)
         prefix = [self.bos_id] if add_bos and self.bos_id is not None else []
         return [prefix + e.ids for e in encodings]
+
+    def encode_long(self, pieces: Iterable[str], add_bos: bool = False, window: int = 2048) -> Iterator[list[int]]:
+        """The ids of one long document given as consecutive pieces (`read_text_pieces`), in bounded
+        memory: `encode` holds ~190 bytes per input byte, too much for a 100 MB document.
+
+        A piece after the first is encoded behind its predecessor's last character, whose ids are then
+        dropped: a tokenizer that prefixes a text with a space marker (SentencePiece's Metaspace, Llama 2's
+        normalizer) adds it to that anchor, not to the piece. Each cut is checked on a window around it
+        (ids of the window == ids of its left part + ids of its right part); where a tokenizer would join
+        across the cut, the piece is held back and joined to the next one, so the ids always equal
+        `encode` of the whole text."""
+        pending, anchor = None, None  # text not yet encoded; the character before it (None: the document's start)
+        for piece in pieces:
+            if not piece:
+                continue
+            if pending is None:
+                pending = piece
+            elif self._cut_is_exact(pending, piece, window):
+                yield self._encode_piece(pending, anchor, add_bos)
+                anchor, pending = pending[-1], piece
+            else:
+                pending += piece
+        yield self._encode_piece(pending or "", anchor, add_bos)
+
+    def _encode_piece(self, text: str, anchor: str | None, add_bos: bool) -> list[int]:
+        if anchor is None:
+            return self.encode(text, add_bos=add_bos)
+        ids = self._encode_continuation(anchor, text)
+        if ids is None:
+            raise TokenizerError("this tokenizer changes the ids of a text's last character depending on what "
+                                 "follows; it cannot encode a long document in pieces")
+        return ids
+
+    def _encode_continuation(self, anchor: str, text: str) -> list[int] | None:
+        """ids of `text` as it continues after `anchor` (None if the anchor's own ids change)."""
+        head = self.encode(anchor)
+        ids = self.encode(anchor + text)
+        return ids[len(head):] if ids[:len(head)] == head else None
+
+    def _cut_is_exact(self, left: str, right: str, window: int) -> bool:
+        """Does encoding `right` after `left`'s last character give the ids it has in `left + right`?
+        Checked on the text around the cut (from a cut point in left's last `window` characters to one
+        in right's first `window`)."""
+        start = (split_point(left, len(left) - window, len(left)) or len(left) - window) if len(left) > window else 0
+        left_part = left[start:]
+        stop = (split_point(right, 1, window) or window) if len(right) > window else len(right)
+        right_part = right[:stop]
+        continuation = self._encode_continuation(left_part[-1], right_part)
+        return continuation is not None and self.encode(left_part + right_part) == self.encode(left_part) + continuation
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -220,25 +270,75 @@ class Tokenizer:
 
 
 def read_text_files(paths: Iterable[str | Path], chunk_chars: int = 1 << 20) -> Iterator[str]:
-    """Yield the text of each file in pieces of about chunk_chars, split at line ends (flat memory)."""
+    """Yield the text of each file in pieces of about chunk_chars, cut at whitespace (flat memory, even
+    for a file that is one long line)."""
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise TokenizerError(f"{path}: no such file")
-        with open(path, encoding="utf-8", errors="strict") as f:
-            buf: list[str] = []
-            size = 0
+        yield from read_text_pieces(path, chunk_chars, TokenizerError)
+
+
+def read_text_pieces(path: str | Path, chunk_chars: int = 1 << 18, error=TokenizerError) -> Iterator[str]:
+    """One text file (UTF-8, universal newlines: CRLF and CR read as LF) as consecutive pieces of about
+    `chunk_chars` characters, each cut where a pre-token cannot continue (`split_point`), read a block
+    at a time: "".join(pieces) is the whole text, and memory stays flat however long the file is."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    buffer, offset = "", 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk_chars):
             try:
-                for line in f:
-                    buf.append(line)
-                    size += len(line)
-                    if size >= chunk_chars:
-                        yield "".join(buf)
-                        buf, size = [], 0
+                buffer += decoder.decode(block)
             except UnicodeDecodeError as e:
-                raise TokenizerError(f"{path}: byte {e.start} is not valid UTF-8; convert the file to UTF-8") from None
-            if buf:
-                yield "".join(buf)
+                pending = len(decoder.getstate()[0])
+                raise error(f"{path}: byte {offset - pending + e.start}: the file is not UTF-8; "
+                            "convert it (iconv -t UTF-8)") from None
+            offset += len(block)
+            held = buffer.endswith("\r")  # a CRLF may straddle two blocks
+            text = (buffer[:-1] if held else buffer).replace("\r\n", "\n").replace("\r", "\n")
+            pieces = list(text_pieces(text, chunk_chars, keep_last=True))
+            yield from pieces[:-1]
+            buffer = pieces[-1] + ("\r" if held else "") if pieces else ("\r" if held else "")
+        try:
+            buffer += decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise error(f"{path}: the file ends inside a UTF-8 character; convert it (iconv -t UTF-8)") from None
+    yield from text_pieces(buffer.replace("\r\n", "\n").replace("\r", "\n"), chunk_chars)
+
+
+def text_pieces(text: str, chunk_chars: int = 1 << 18, keep_last: bool = False) -> Iterator[str]:
+    """`text` as consecutive pieces of about `chunk_chars` characters, cut at `split_point`s. With
+    keep_last, the last piece is always yielded, however short (the caller appends more text to it)."""
+    while len(text) > 2 * chunk_chars:
+        cut = split_point(text, chunk_chars // 2, 2 * chunk_chars)
+        if cut is None:  # no whitespace near: look further (a run without whitespace is one pre-token anyway)
+            cut = split_point(text, 2 * chunk_chars, len(text) - 1)
+            if cut is None:
+                break
+        yield text[:cut]
+        text = text[cut:]
+    if text or keep_last:
+        yield text
+
+
+def split_point(text: str, start: int, end: int) -> int | None:
+    """The last place in [start, end) where text may be cut without changing its tokens: after a
+    newline that a non-space follows, else before a space that stands between two non-spaces. GPT-2-,
+    GPT-4- and Llama-3-style pre-tokenizers never join characters across such a place (a newline ends
+    a whitespace run; a space begins the next word), and BPE merges only inside a pre-token; `encode_long`
+    checks every cut anyway."""
+    start, end = max(start, 1), min(end, len(text) - 1)
+    i = text.rfind("\n", start - 1, end)
+    while i != -1:
+        if not text[i + 1].isspace():
+            return i + 1
+        i = text.rfind("\n", start - 1, i)
+    i = text.rfind(" ", start, end)
+    while i != -1:
+        if not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i
+        i = text.rfind(" ", start, i)
+    return None
 
 
 # A chat template is code from a model file: it runs sandboxed and bounded (a template that loops or

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +24,14 @@ import numpy as np
 from llmkit.atomic import atomic_write_bytes, atomic_write_text
 from llmkit.data.clean.readers import FilePart, format_of, read_part
 from llmkit.errors import DataError
-from llmkit.tokenizer import Tokenizer
+from llmkit.tokenizer import Tokenizer, read_text_pieces, text_pieces
 
 # The readers of `llmkit data clean` (one reader per format, streaming), for the formats that hold text.
 PREPARE_FORMATS = ("text", "jsonl", "parquet")
+# A document longer than this (characters) is read and tokenized in pieces: `tokenizers` holds ~190 bytes
+# per input byte while encoding, so a 100 MB one-line file would need ~19 GB at once.
+LONG_DOCUMENT = 1 << 18
+BATCH_CHARS, BATCH_DOCUMENTS = 1 << 21, 4096  # short documents per `encode_batch` call (~400 MB at most)
 BAD_LINE_HINT = "fix the record, choose the text field with --field, or pass --skip-bad to skip and count such records"
 
 
@@ -61,30 +65,24 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
 
 
 def iter_documents(files: list[Path], field_name: str = "text", skip_bad: bool = False,
-                   stats: PrepareStats | None = None) -> Iterator[str]:
-    """Yield document texts from every file, streaming (a text file is one document; JSONL one per
-    line; Parquet one per row)."""
+                   stats: PrepareStats | None = None) -> Iterator[str | Iterator[str]]:
+    """Yield documents from every file, streaming (a text file is one document; JSONL one per line;
+    Parquet one per row): a document's text, or for one longer than LONG_DOCUMENT characters an
+    iterator of its consecutive pieces, so that it is never tokenized (or, for a text file, read) whole."""
     skipped: list = []
     for path in files:
+        if format_of(path) == "text":
+            if path.stat().st_size > LONG_DOCUMENT:
+                yield read_text_pieces(path, LONG_DOCUMENT, DataError)
+            else:  # universal newlines, as `tokenizer train` reads text files: a CRLF file gives the same tokens
+                yield "".join(read_text_pieces(path, LONG_DOCUMENT, DataError))
+            continue
         part = FilePart(path=str(path), rel=path.name, format=format_of(path), source="prepare",
                         text_field=field_name, id_field="")  # ids are not needed: no id column is read
         for doc in read_part(part, skip_bad, skipped, bad_hint=BAD_LINE_HINT):
-            # Universal newlines, as `tokenizer train` reads text files: a CRLF file gives the same tokens.
-            yield doc.text.replace("\r\n", "\n").replace("\r", "\n") if part.format == "text" else doc.text
+            yield doc.text if len(doc.text) <= LONG_DOCUMENT else text_pieces(doc.text, LONG_DOCUMENT)
         if stats is not None:
             stats.skipped_lines = len(skipped)
-
-
-def _batches(documents: Iterator[str], max_chars: int = 8 << 20, max_docs: int = 4096) -> Iterator[list[str]]:
-    batch, size = [], 0
-    for doc in documents:
-        batch.append(doc)
-        size += len(doc)
-        if size >= max_chars or len(batch) >= max_docs:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
 
 
 class _ShardWriter:
@@ -94,10 +92,17 @@ class _ShardWriter:
         self.starts: list[int] = []
         self.tokens = self.bytes = 0
 
-    def add(self, ids: list[int], n_bytes: int) -> None:
-        self.starts.append(self.tokens)
-        self.parts.append(np.asarray(ids, dtype=self.dtype))
-        self.tokens += len(ids)
+    def add(self, pieces: Iterable[list[int]]) -> int:
+        """One document, given as the ids of its consecutive pieces; returns its token count. Then
+        `end_document` with its UTF-8 bytes. A document never spans shards."""
+        start = self.tokens
+        self.starts.append(start)
+        for ids in pieces:
+            self.parts.append(np.asarray(ids, dtype=self.dtype))
+            self.tokens += len(ids)
+        return self.tokens - start
+
+    def end_document(self, n_bytes: int) -> None:
         self.bytes += n_bytes
         if self.tokens >= self.shard_tokens:
             self.flush()
@@ -130,12 +135,34 @@ def prepare(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     stats = PrepareStats()
     writer = _ShardWriter(out, dtype, shard_tokens, stats)
-    for batch in _batches(iter_documents(files, field_name, skip_bad, stats)):
+    batch: list[str] = []
+    batch_chars = 0
+
+    def record(tokens: int, n_bytes: int) -> None:
+        stats.documents += 1
+        stats.tokens += tokens
+        stats.bytes += n_bytes
+        writer.end_document(n_bytes)
+
+    def encode_batch():
+        # short documents are tokenized in batches, which `tokenizers` spreads over every core
         for text, ids in zip(batch, tokenizer.encode_batch(batch, add_bos=True)):
-            writer.add(ids, len(text.encode("utf-8")))
-            stats.documents += 1
-            stats.tokens += len(ids)
-            stats.bytes += len(text.encode("utf-8"))
+            record(writer.add([ids]), len(text.encode("utf-8")))
+        batch.clear()
+
+    for doc in iter_documents(files, field_name, skip_bad, stats):
+        if isinstance(doc, str):
+            batch.append(doc)
+            batch_chars += len(doc)
+            if batch_chars >= BATCH_CHARS or len(batch) >= BATCH_DOCUMENTS:
+                encode_batch()
+                batch_chars = 0
+            continue
+        encode_batch()  # documents stay in input order
+        batch_chars = 0
+        counted = _CountedBytes(doc)  # counts each piece's bytes as the tokenizer reads it: no copy kept
+        record(writer.add(tokenizer.encode_long(counted, add_bos=True)), counted.bytes)  # args run in order
+    encode_batch()
     writer.flush()
     if stats.documents == 0:
         raise DataError(f"no documents found in {', '.join(map(str, inputs))}")
@@ -149,6 +176,18 @@ def prepare(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path
     }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")  # written last: marks completion
     return stats
+
+
+class _CountedBytes:
+    """An iterator over text pieces that counts their UTF-8 bytes as they pass."""
+
+    def __init__(self, pieces: Iterator[str]):
+        self.pieces, self.bytes = pieces, 0
+
+    def __iter__(self):
+        for piece in self.pieces:
+            self.bytes += len(piece.encode("utf-8"))
+            yield piece
 
 
 def read_manifest(directory: str | Path) -> dict:
