@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors_bytes
 
 from llmkit.atomic import atomic_write_bytes, atomic_write_text
-from llmkit.config import _METADATA_KEYS, ModelConfig
+from llmkit.config import METADATA_KEYS, ModelConfig
 from llmkit.errors import CheckpointError, ConfigError
 from llmkit.infer.quantize import quantized_skeleton
 from llmkit.model import Transformer
@@ -78,7 +78,7 @@ def load_config(directory: str | Path) -> ModelConfig:
         raise CheckpointError(f"{path}: this is a {data['model_type']!r} Hugging Face config, not an llmkit one; "
                               f"import it with `llmkit convert {directory} --out DIR`")
     try:
-        fields = {k: v for k, v in data.items() if k not in _METADATA_KEYS and k != QUANTIZATION}
+        fields = {k: v for k, v in data.items() if k not in METADATA_KEYS and k != QUANTIZATION}
         return ModelConfig.from_dict(fields, source=str(path))
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
@@ -138,7 +138,7 @@ def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], quanti
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_embeddings and not quantization:
         model.lm_head.weight = model.tok_emb.weight  # assign=True replaced the tied Parameter
-    model._build_rope_tables()  # non-persistent buffers were created on the meta device
+    model.build_rope_tables()  # non-persistent buffers were created on the meta device
     return model
 
 

@@ -69,9 +69,9 @@ def cmd_tokenizer_train(args) -> None:
 
 
 def cmd_tokenize(args) -> None:
-    from llmkit.tokenizer import Tokenizer
+    from llmkit.convert import read_tokenizer
 
-    pieces = Tokenizer.load(args.tokenizer).pieces(args.text)
+    pieces = read_tokenizer(args.tokenizer).pieces(args.text)
     for token_id, piece in pieces:
         print(f"{token_id:>8}  {piece!r}")
     print(f"{len(pieces)} tokens")
@@ -107,7 +107,7 @@ def cmd_chat(args) -> None:
 
 
 def cmd_quantize(args) -> None:
-    from llmkit.infer.quantize import quantize_checkpoint
+    from llmkit.convert import quantize_checkpoint
 
     info = quantize_checkpoint(args.model, args.out, args.bits, args.group_size, args.lm_head_bits)
     print(f"int{info['bits']} weights (head int{info['lm_head_bits']}): {info['bytes_before'] / 2**20:.0f} MiB -> "

@@ -105,7 +105,7 @@ class ModelConfig:
             raise ConfigError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a JSON object of config fields")
-        data = {k: v for k, v in data.items() if k not in _METADATA_KEYS}
+        data = {k: v for k, v in data.items() if k not in METADATA_KEYS}
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -133,7 +133,7 @@ class ModelConfig:
         return ModelConfig.from_dict(data, source="command line")
 
 
-_METADATA_KEYS = {"model_type", "architectures"}
+METADATA_KEYS = {"model_type", "architectures"}  # config.json keys written by to_json that are not fields
 
 
 def list_presets() -> list[str]:

@@ -305,7 +305,7 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
-        self._build_rope_tables()
+        self.build_rope_tables()
         self.reset_parameters()
 
     # -- initialisation
@@ -325,7 +325,9 @@ class Transformer(nn.Module):
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 module.reset_parameters()
 
-    def _build_rope_tables(self) -> None:
+    def build_rope_tables(self) -> None:
+        """(Re)compute the RoPE cos/sin tables from the config. They are non-persistent buffers (not in
+        a checkpoint), so a model built on the meta device and loaded with `assign=True` calls this."""
         # Tables are built in float64 and stored in float32 whatever the model's dtype: bf16 angles
         # lose whole radians at positions in the thousands.
         device = self.rope_cos.device if self.rope_cos.device.type != "meta" else torch.device("cpu")
@@ -341,7 +343,7 @@ class Transformer(nn.Module):
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
         if self.rope_cos.dtype != torch.float32:
-            self._build_rope_tables()  # a dtype cast (model.bfloat16()) must not degrade the tables
+            self.build_rope_tables()  # a dtype cast (model.bfloat16()) must not degrade the tables
         return self
 
     # -- accounting

@@ -213,13 +213,13 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":
-        """Load `tokenizer.json` (+ `tokenizer_config.json`) from a directory, ours or Hugging Face's,
-        or the tokenizer inside a `.gguf` file."""
+        """Load `tokenizer.json` (+ `tokenizer_config.json`) from a directory, ours or Hugging Face's, or
+        the `tokenizer.json` file itself. (A `.gguf` file's tokenizer is the converter's to read:
+        `llmkit.convert.read_tokenizer`.)"""
         path = Path(path)
         if path.suffix == ".gguf":
-            from llmkit.convert.gguf import read_gguf_tokenizer
-
-            return read_gguf_tokenizer(path)
+            raise TokenizerError(f"{path}: a GGUF file, not a tokenizer.json; convert the model with "
+                                 f"`llmkit convert {path} --out DIR` and use DIR, which holds its tokenizer")
         file = path / "tokenizer.json" if path.is_dir() else path
         if not file.exists():
             raise TokenizerError(f"{file}: no such file; train one with `llmkit tokenizer train` "

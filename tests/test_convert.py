@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli
 from llmkit.checkpoint import load_model, load_tokenizer
-from llmkit.convert import convert
-from llmkit.errors import ConversionError
+from llmkit.convert import convert, read_tokenizer
+from llmkit.errors import ConversionError, TokenizerError
 from llmkit.infer import Engine, SamplingParams
+from llmkit.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test dependency (pip install -e .[test])")
 
@@ -59,6 +61,20 @@ def test_smollm2_tokenizer_and_chat_template_match_transformers(smollm2_dir, hf_
     assert tokenizer.stop_token_ids == [2]  # <|im_end|> ends an assistant turn
 
 
+def test_gguf_tokenizer_is_read_by_the_converter(smollm2_gguf, smollm2_dir):
+    from_gguf, converted = read_tokenizer(smollm2_gguf), load_tokenizer(smollm2_dir)
+    assert from_gguf.encode(PROSE) == converted.encode(PROSE)
+    assert from_gguf.chat_template == converted.chat_template
+    assert from_gguf.stop_token_ids == converted.stop_token_ids == [2]
+    assert read_tokenizer(smollm2_dir).encode(PROSE) == converted.encode(PROSE)  # a directory: Tokenizer.load
+    with pytest.raises(TokenizerError, match="a GGUF file, not a tokenizer.json.*llmkit convert"):
+        Tokenizer.load(smollm2_gguf)
+    result = run_cli("tokenize", "--tokenizer", smollm2_gguf, "In 1603")
+    assert result.returncode == 0, result.stderr
+    ids = [int(line.split()[0]) for line in result.stdout.splitlines()[:-1]]
+    assert ids == converted.encode("In 1603") and result.stdout.splitlines()[-1] == f"{len(ids)} tokens"
+
+
 def _tiny_hf_model(arch: str, tie: bool):
     common = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=tie, rms_norm_eps=1e-6)
@@ -92,6 +108,18 @@ def test_hf_to_llmkit_to_hf_round_trip(tmp_path, shakespeare_tokenizer, arch, ti
         back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back", dtype=torch.float32).eval()
         assert type(back) is type(hf_model)
         assert torch.allclose(back(x).logits, reference, atol=1e-5, rtol=0)
+
+
+def test_tensors_that_do_not_fit_their_own_config_are_named(tmp_path, shakespeare_tokenizer):
+    src = tmp_path / "hf"
+    _tiny_hf_model("llama", tie=False).save_pretrained(src)
+    shakespeare_tokenizer.save(src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "intermediate_size": 128}))  # the weights have 96
+    with pytest.raises(ConversionError, match=r"tensor 'blocks.0.mlp.gate_up.weight' has shape \(192, 64\) but "
+                                              r"the config read from .*hf implies \(256, 64\)"):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # --- GGUF files written here, one tensor type per matrix ------------------------------------------------

@@ -8,8 +8,9 @@ import torch
 from safetensors import safe_open
 
 from conftest import run_cli
-from llmkit.checkpoint import load_model, save_checkpoint
+from llmkit.checkpoint import load_model, load_tokenizer, save_checkpoint
 from llmkit.config import ModelConfig
+from llmkit.convert import quantize_checkpoint
 from llmkit.infer import Engine, SamplingParams, quantize_model
 from llmkit.infer.quantize import (DEQUANTIZE_ROWS, Int4Linear, Int8Linear, QuantizationError, dequantized_linear,
                                    int4_layout)
@@ -106,6 +107,25 @@ def test_quantization_errors():
         quantize_model(make_model(d_model=48, n_heads=4, n_kv_heads=2), 4)  # 48 inputs: not a multiple of 32
     with pytest.raises(QuantizationError, match="already quantized"):
         quantize_model(quantized(8), 8)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantize_checkpoint_equals_quantizing_in_memory(tmp_path, shakespeare_tokenizer, bits):
+    src, out = tmp_path / "fp32", tmp_path / f"int{bits}"
+    save_checkpoint(src, make_model(), shakespeare_tokenizer)
+    info = quantize_checkpoint(src, out, bits)
+    assert (info["bits"], info["lm_head_bits"], info["out"]) == (bits, 8, str(out))
+    assert info["bytes_after"] < info["bytes_before"]
+    in_memory = load_model(src)
+    quantize_model(in_memory, bits)
+    in_memory.to(torch.bfloat16)
+    saved = load_model(out)
+    assert saved.quantization == in_memory.quantization
+    with torch.no_grad():
+        assert torch.equal(saved(INPUT), in_memory(INPUT))
+    assert load_tokenizer(out).encode("To be, or not") == shakespeare_tokenizer.encode("To be, or not")
+    with pytest.raises(QuantizationError, match="already quantized"):
+        quantize_checkpoint(out, tmp_path / "again", bits)
 
 
 def test_quantize_command(tmp_path, shakespeare_tokenizer):

@@ -4,6 +4,7 @@ the chat template, save/load, and clear TokenizerErrors for bad input."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,14 @@ def test_missing_tokenizer_json_names_the_path(tmp_path):
     with pytest.raises(TokenizerError) as e:
         Tokenizer.load(missing)
     assert str(missing) in str(e.value)
+
+
+def test_a_gguf_file_is_sent_to_the_converter(tmp_path):
+    # Reading a .gguf file's tokenizer is llmkit.convert's job (read_tokenizer); Tokenizer.load says so.
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(TokenizerError, match=re.escape(f"{gguf}: a GGUF file") + ".*llmkit convert"):
+        Tokenizer.load(gguf)
 
 
 @pytest.mark.parametrize("content", ["", "not json {", "{}", '{"model": {"type": "Nonsense"}}'],

@@ -4,6 +4,8 @@
     convert("hf_model_dir", out)          Hugging Face Llama-family directory -> llmkit
     convert("llmkit_dir", out, to="hf")   llmkit -> Hugging Face directory
     convert("smollm2", out)               a named model (see NAMED_MODELS) -> llmkit
+    quantize_checkpoint("smollm2", out, bits=4)   llmkit -> a weight-only quantized llmkit checkpoint
+    read_tokenizer("model.gguf")          the tokenizer of a .gguf file (or of a tokenizer directory)
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pathlib import Path
 
 import torch
 
-from llmkit.checkpoint import load_generation_config, load_model, load_tokenizer, save_checkpoint
-from llmkit.errors import ConversionError
-from llmkit.model import Transformer
+from llmkit.checkpoint import (load_generation_config, load_model, load_quantization, load_tokenizer,
+                               model_from_state, save_checkpoint)
+from llmkit.errors import CheckpointError, ConversionError
+from llmkit.infer.quantize import QuantizationError, quantize_model, weight_bytes
+from llmkit.tokenizer import Tokenizer
 
 # Named models: a package on the Python package index that carries the weights, and the file inside it.
 NAMED_MODELS = {
@@ -47,15 +51,40 @@ def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.d
         tokenizer = load_tokenizer(src) if (src / "tokenizer.json").exists() else None
         return write_hf_directory(model, tokenizer, load_generation_config(src), out)
     config, state, tokenizer, generation = read_foreign(src)
-    with torch.device("meta"):
-        model = Transformer(config)
-    model.load_state_dict(state, strict=not config.tie_embeddings, assign=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.tok_emb.weight
-    model._build_rope_tables()
+    try:
+        model = model_from_state(config, state, weights=str(src), described_by=f"the config read from {src}")
+    except CheckpointError as e:  # a foreign file whose tensors do not fit its own metadata
+        raise ConversionError(str(e)) from None
     if dtype is not None:
         model.to(dtype)
     return save_checkpoint(out, model, tokenizer, generation, metadata={"converted_from": str(src)})
+
+
+def quantize_checkpoint(src, out, bits: int, group_size: int = 32, lm_head_bits: int | None = None,
+                        dtype: torch.dtype = torch.bfloat16) -> dict:
+    """`llmkit quantize`: load a floating-point checkpoint (or named model), quantize its Linears,
+    store the rest (embedding, norms, scales) in `dtype`, and save it as a checkpoint directory."""
+    directory = resolve_model(src)
+    if load_quantization(directory):
+        raise QuantizationError(f"{directory} is already quantized; quantize the floating-point checkpoint")
+    model = load_model(directory)  # float32: quantize from the most precise weights there are
+    before = weight_bytes(model)
+    record = quantize_model(model, bits, group_size, lm_head_bits)
+    model.to(dtype)
+    tokenizer = load_tokenizer(directory) if (directory / "tokenizer.json").exists() else None
+    save_checkpoint(out, model, tokenizer, load_generation_config(directory) or None,
+                    metadata={"quantized_from": str(directory)})
+    return {**record, "bytes_before": before, "bytes_after": weight_bytes(model), "out": str(out)}
+
+
+def read_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer inside a `.gguf` file, or `Tokenizer.load` of a directory / `tokenizer.json`."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        from llmkit.convert.gguf import read_gguf_tokenizer
+
+        return read_gguf_tokenizer(path)
+    return Tokenizer.load(path)
 
 
 def read_foreign(src: str | Path):

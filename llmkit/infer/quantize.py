@@ -25,6 +25,10 @@ On disk a quantized checkpoint is the usual directory; config.json carries
 (int8, or uint8 with two 4-bit values a byte: low nibble = even column), `scales` and, for int4,
 `zeros`. The CPU kernel's packed int4 layout is private to PyTorch: it is built at load time and is
 the only copy of the weights kept in memory.
+
+This module is the layers and the in-place swap only, and imports nothing of llmkit's but its errors:
+`llmkit.checkpoint` builds quantized Linears from it to load a quantized checkpoint. The verb
+`llmkit quantize` (load, quantize, save) is `llmkit.convert.quantize_checkpoint`.
 """
 
 from __future__ import annotations
@@ -288,27 +292,6 @@ def weight_bytes(model: nn.Module) -> int:
     return total
 
 
-def quantize_checkpoint(src, out, bits: int, group_size: int = 32, lm_head_bits: int | None = None,
-                        dtype: torch.dtype = torch.bfloat16) -> dict:
-    """`llmkit quantize`: load a floating-point checkpoint (or named model), quantize its Linears,
-    store the rest (embedding, norms, scales) in `dtype`, and save it as a checkpoint directory."""
-    from llmkit.checkpoint import (load_generation_config, load_model, load_quantization, load_tokenizer,
-                                   save_checkpoint)
-    from llmkit.convert import resolve_model
-
-    directory = resolve_model(src)
-    if load_quantization(directory):
-        raise QuantizationError(f"{directory} is already quantized; quantize the floating-point checkpoint")
-    model = load_model(directory)  # float32: quantize from the most precise weights there are
-    before = weight_bytes(model)
-    record = quantize_model(model, bits, group_size, lm_head_bits)
-    model.to(dtype)
-    tokenizer = load_tokenizer(directory) if (directory / "tokenizer.json").exists() else None
-    save_checkpoint(out, model, tokenizer, load_generation_config(directory) or None,
-                    metadata={"quantized_from": str(directory)})
-    return {**record, "bytes_before": before, "bytes_after": weight_bytes(model), "out": str(out)}
-
-
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
@@ -324,5 +307,5 @@ def dequantized_linear(module: nn.Module) -> nn.Linear:
     return linear
 
 
-__all__ = ["Int8Linear", "Int4Linear", "QuantizationError", "quantize_model", "quantize_checkpoint", "quantized_skeleton",
+__all__ = ["Int8Linear", "Int4Linear", "QuantizationError", "quantize_model", "quantized_skeleton",
            "is_quantized", "weight_bytes", "dequantized_linear"]

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from llmkit.config import ModelConfig
+from llmkit.convert import read_tokenizer
 from llmkit.data.corpus import cache_root, fetch_shakespeare
 from llmkit.data.clean.mixing import data_source_for_step
 from llmkit.data.prepare import prepare, read_manifest
@@ -32,8 +33,8 @@ def builtin_shards(config: TrainConfig) -> tuple[Path, Path]:
     base = cache_root() / "data"
     corpus = fetch_shakespeare(base / "shakespeare")
     if config.tokenizer:  # keyed on the tokenizer's content: another (or retrained) tokenizer gets its own shards
-        serialized = Tokenizer.load(config.tokenizer).backend.to_str()  # a directory, a file or a .gguf alike
-        tag = "tok-" + hashlib.sha256(serialized.encode()).hexdigest()[:16]
+        tokenizer = read_tokenizer(config.tokenizer)  # a directory, a file or a .gguf alike
+        tag = "tok-" + hashlib.sha256(tokenizer.backend.to_str().encode()).hexdigest()[:16]
     else:
         tag = f"bpe{config.vocab_size}"
     root = base / f"shakespeare-{tag}"
@@ -42,7 +43,7 @@ def builtin_shards(config: TrainConfig) -> tuple[Path, Path]:
         return train_dir, val_dir
     tokenizer_dir = root / "tokenizer"
     if config.tokenizer:
-        tokenizer_dir = Path(config.tokenizer)
+        tokenizer.save(tokenizer_dir)  # as tokenizer.json, which `prepare` reads (a .gguf file's tokenizer too)
     elif not (tokenizer_dir / "tokenizer.json").exists():
         files = sorted((corpus / "train").glob("*.txt"))
         Tokenizer.train(read_text_files(files), vocab_size=config.vocab_size).save(tokenizer_dir)
