@@ -321,3 +321,14 @@ def test_the_embedding_follows_the_data_tokenizer_and_says_so(shards, capsys):
     said = capsys.readouterr().out
     assert "model gpt2-cpu: vocab_size 512 from the data's tokenizer (512 tokens), not the preset's 8192" in said
     assert f"{model.num_params() / 1e6:.1f}M parameters instead of" in said
+
+
+def test_data_prepare_takes_the_tokenizer_of_a_gguf_model_file(tmp_path, smollm2_gguf):
+    from llmkit.convert import read_tokenizer
+    from llmkit.data.prepare import prepare
+
+    (tmp_path / "a.txt").write_text("To be, or not to be, that is the question.")
+    stats = prepare([tmp_path / "a.txt"], smollm2_gguf, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["vocab_size"] == 49152 and stats.documents == 1
+    assert stats.tokens == len(read_tokenizer(smollm2_gguf).encode("To be, or not to be, that is the question.")) + 1

@@ -123,7 +123,12 @@ class _ShardWriter:
 
 def prepare(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path, field_name: str = "text",
             skip_bad: bool = False, shard_tokens: int = 100_000_000) -> PrepareStats:
-    tokenizer = Tokenizer.load(tokenizer_dir)
+    if Path(tokenizer_dir).suffix == ".gguf":  # a model file's own tokenizer: the converter reads it
+        from llmkit.convert import read_tokenizer
+
+        tokenizer = read_tokenizer(tokenizer_dir)
+    else:
+        tokenizer = Tokenizer.load(tokenizer_dir)
     if tokenizer.bos_id is None:
         raise DataError(f"{tokenizer_dir}: the tokenizer has no BOS token, which separates documents in shards")
     files = expand_inputs(inputs)
