@@ -113,6 +113,7 @@ def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], quanti
     """A model holding `state` (a checkpoint's, or a full state dict gathered from FSDP shards), every
     tensor's name and shape checked against `config`. Built on the meta device: no random init first,
     and the random stream is not touched."""
+    check_sizes_against_tensors(config, state, weights, described_by)
     with torch.device("meta"):
         model = Transformer(config)
         if quantization:
@@ -140,6 +141,22 @@ def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], quanti
         model.lm_head.weight = model.tok_emb.weight  # assign=True replaced the tied Parameter
     model.build_rope_tables()  # non-persistent buffers were created on the meta device
     return model
+
+
+def check_sizes_against_tensors(config: ModelConfig, state: dict[str, torch.Tensor], weights: str,
+                                described_by: str) -> None:
+    """The config's sizes agree with the tensors actually present, checked before anything is built: a
+    model file's config.json saying `n_layers: 1e9` (or a huge vocabulary or width) would otherwise make
+    the build run for hours while memory grows, even on the meta device."""
+    layers = {int(name.split(".")[1]) for name in state if name.startswith("blocks.") and name.split(".")[1].isdigit()}
+    if len(layers) != config.n_layers:
+        raise CheckpointError(f"{described_by} says n_layers {config.n_layers:,} but {weights} holds "
+                              f"{len(layers)} layers; the config and the weights come from different models")
+    embedding = state.get("tok_emb.weight")
+    if embedding is not None and embedding.dim() == 2 and tuple(embedding.shape) != (config.vocab_size, config.d_model):
+        raise CheckpointError(f"{described_by} says vocab_size {config.vocab_size:,} and d_model {config.d_model:,} "
+                              f"but {weights} has a token embedding of shape {tuple(embedding.shape)}; the config "
+                              "and the weights come from different models")
 
 
 def load_quantization(directory: str | Path) -> dict | None:

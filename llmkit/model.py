@@ -17,12 +17,14 @@ Two forwards share all code:
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from llmkit.config import ModelConfig
+from llmkit.errors import ConfigError
 
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
@@ -290,6 +292,22 @@ def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
 
 
+def physical_memory_bytes() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_rope_table_size(config: ModelConfig) -> None:
+    """The RoPE tables hold max_seq_len x head_dim angles (built in float64, kept as float32 cos and sin:
+    ~36 bytes each at the peak). A model file claiming an absurd context (max_seq_len: 1e8 would need
+    ~200 GB) stops here with its figure rather than taking the machine's memory."""
+    need = config.max_seq_len * config.head_dim * 36
+    have = physical_memory_bytes()
+    if need > have // 4:
+        raise ConfigError(f"max_seq_len {config.max_seq_len:,} needs {need / 2**30:.1f} GiB of RoPE tables, more than "
+                          f"a quarter of this machine's {have / 2**30:.0f} GiB; the model file is wrong, or set a "
+                          "smaller max_seq_len")
+
+
 # --- the model ----------------------------------------------------------------------------------------
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -334,6 +352,7 @@ class Transformer(nn.Module):
         if self.config.pos_embedding != "rope":
             self.rope_cos = self.rope_sin = torch.empty(0, device=device)
             return
+        check_rope_table_size(self.config)
         inv_freq = rope_inverse_frequencies(self.config)
         angles = torch.outer(torch.arange(self.config.max_seq_len, dtype=torch.float64, device="cpu"), inv_freq)
         angles = torch.cat((angles, angles), dim=-1)
