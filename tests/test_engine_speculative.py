@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from llmkit.config import ModelConfig
-from llmkit.infer import Engine, SamplingParams, layer_skip_draft, next_token_distribution
+from llmkit.infer import Engine, SamplingParams, Speculator, layer_skip_draft, next_token_distribution
 from llmkit.model import Transformer
 
 
@@ -31,7 +31,7 @@ def test_speculative_greedy_equals_target_greedy(drafter):
     draft = {"self": target, "layer-skip": layer_skip_draft(target, 1), "other-model": make_model(seed=1),
              "prompt-lookup": "prompt-lookup"}[drafter]
     params = SamplingParams(max_new_tokens=40, temperature=0)
-    engine = Engine(target, speculative=draft, draft_tokens=4)
+    engine = Engine(target, speculator=Speculator(draft, draft_tokens=4))
     assert engine.generate(PROMPT, params) == Engine(target).generate(PROMPT, params)
     speculator = engine.speculator
     assert 0.0 <= speculator.acceptance_rate <= 1.0 and speculator.drafted > 0
@@ -43,10 +43,10 @@ def test_speculative_respects_stop_tokens_and_max_new_tokens():
     target = make_model()
     params = SamplingParams(max_new_tokens=17, temperature=0)
     plain = Engine(target).generate(PROMPT, params)
-    engine = Engine(target, speculative=target, draft_tokens=4)
+    engine = Engine(target, speculator=Speculator(target, draft_tokens=4))
     assert engine.generate(PROMPT, params) == plain  # 17 is not a multiple of 5: the last step is cut short
     stop = plain[7]
-    stopped = Engine(target, stop_token_ids=[stop], speculative=target).generate(PROMPT, params)
+    stopped = Engine(target, stop_token_ids=[stop], speculator=Speculator(target)).generate(PROMPT, params)
     assert stopped == plain[: plain.index(stop) + 1]
 
 
@@ -96,7 +96,7 @@ def test_speculative_sampling_keeps_the_target_distribution(drafter):
     # prompt-lookup drafts are rarely right; at temperature 1 some of them are accepted.
     params = (SamplingParams(max_new_tokens=3, temperature=0.8, top_k=10) if drafter == "other-model" else
               SamplingParams(max_new_tokens=3, temperature=1.0))
-    engine = Engine(target, speculative=other if drafter == "other-model" else "prompt-lookup", draft_tokens=2)
+    engine = Engine(target, speculator=Speculator(other if drafter == "other-model" else "prompt-lookup", draft_tokens=2))
     n = 1500
     counts = torch.zeros(16)
     for seed in range(n):
@@ -114,6 +114,6 @@ def test_speculative_sampling_keeps_the_target_distribution(drafter):
 
 def test_speculative_sampling_is_reproducible_per_seed():
     target = make_model()
-    engine = Engine(target, speculative=layer_skip_draft(target, 1))
+    engine = Engine(target, speculator=Speculator(layer_skip_draft(target, 1)))
     params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=7)
     assert engine.generate(PROMPT, params) == engine.generate(PROMPT, params)
