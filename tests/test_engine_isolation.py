@@ -7,6 +7,8 @@ import threading
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from llmkit.config import ModelConfig
 from llmkit.errors import GenerationError
@@ -302,3 +304,57 @@ def test_sampling_params_refuse_bad_values(bad, match):
 def test_engine_options_are_checked(model, option, value):
     with pytest.raises(GenerationError, match=option):
         Engine(model, **{option: value})
+
+
+# -- randomized: any sequence of submits, steps, cancels and abandoned streams keeps the invariants
+NAN_PROMPT = [7, BAD, 9, 10, 11]
+
+
+def submit_op():
+    return st.tuples(st.just("submit"), st.integers(0, len(PROMPTS) - 1), st.integers(1, 8),
+                     st.sampled_from(["ok", "ok", "ok", "sampling-fails", "nan"]))
+
+
+OPS = st.lists(st.one_of(
+    submit_op(), st.just(("step",)), st.just(("step",)),
+    st.tuples(st.sampled_from(["cancel", "cancel-from-thread"]), st.integers(0, 50)),
+    st.tuples(st.just("stream"), st.integers(0, len(PROMPTS) - 1), st.integers(0, 3)),
+), max_size=25)
+
+
+@given(ops=OPS)
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+def test_random_submit_step_cancel_sequences(model, ops):
+    engine = Engine(model, max_batch_size=3, block_size=4, prefix_cache_mib=0.05)
+    requests, kinds, streamed = [], {}, []
+    for op in ops:
+        if op[0] == "submit":
+            _, index, n, kind = op
+            prompt = NAN_PROMPT if kind == "nan" else PROMPTS[index]
+            request = engine.submit(prompt, failing_sampler_params(n) if kind == "sampling-fails" else greedy(n))
+            requests.append(request)
+            kinds[request.id] = (kind, n)
+        elif op[0] == "step":
+            engine.step()
+        elif op[0].startswith("cancel") and requests:
+            victim = requests[op[1] % len(requests)]
+            (cancel_from_thread if op[0] == "cancel-from-thread" else Engine.cancel)(engine, victim)
+        elif op[0] == "stream":
+            _, index, take = op
+            stream = engine.stream(PROMPTS[index], greedy(8))
+            tokens = [token for token, _ in zip(stream, range(take))]
+            stream.close()
+            streamed.append((PROMPTS[index], tokens))
+        check_invariants(engine, requests)
+    drain(engine, requests)
+    for request in requests:
+        kind, n = kinds[request.id]
+        if kind != "ok":  # failing requests never produce a token
+            assert request.finish_reason in ("error", "cancelled") and request.output_ids == []
+            assert (request.finish_reason == "error") == (request.error is not None)
+        elif request.finish_reason == "cancelled":
+            assert request.output_ids == solo(model, request.prompt_ids, n)[:len(request.output_ids)]
+        else:
+            assert (request.finish_reason, request.output_ids) == ("length", solo(model, request.prompt_ids, n))
+    for prompt, tokens in streamed:
+        assert tokens == solo(model, prompt, 8)[:len(tokens)]

@@ -96,7 +96,8 @@ def test_speculative_sampling_keeps_the_target_distribution(drafter):
     # prompt-lookup drafts are rarely right; at temperature 1 some of them are accepted.
     params = (SamplingParams(max_new_tokens=3, temperature=0.8, top_k=10) if drafter == "other-model" else
               SamplingParams(max_new_tokens=3, temperature=1.0))
-    engine = Engine(target, speculator=Speculator(other if drafter == "other-model" else "prompt-lookup", draft_tokens=2))
+    drafts = other if drafter == "other-model" else "prompt-lookup"
+    engine = Engine(target, speculator=Speculator(drafts, draft_tokens=2))
     n = 1500
     counts = torch.zeros(16)
     for seed in range(n):
@@ -117,3 +118,58 @@ def test_speculative_sampling_is_reproducible_per_seed():
     engine = Engine(target, speculator=Speculator(layer_skip_draft(target, 1)))
     params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=7)
     assert engine.generate(PROMPT, params) == engine.generate(PROMPT, params)
+
+
+def test_speculative_stream_cancelled_closed_or_failing_leaves_the_engine_clean():
+    import threading
+
+    from llmkit.errors import GenerationError
+
+    target = make_model()
+    params = SamplingParams(max_new_tokens=30, temperature=0)
+    plain = Engine(target).generate(PROMPT, params)
+    engine = Engine(target, speculator=Speculator(target, draft_tokens=3))
+    stream = engine.stream(PROMPT, params)
+    first = [next(stream) for _ in range(5)]
+    stream.close()
+    assert first == plain[:5] and not engine.has_work and not engine.scheduler.running
+    # cancelled from another thread in the middle of a forward, after a few tokens: it ends at the next step
+    cancelled = []
+
+    def hook(module, args, output):
+        running = engine.scheduler.running
+        if running and len(running[0].output_ids) >= 3 and not cancelled:
+            cancelled.append(running[0])
+            thread = threading.Thread(target=engine.cancel, args=(cancelled[0],))
+            thread.start()
+            thread.join()
+
+    handle = target.register_forward_hook(hook)
+    try:
+        tokens = engine.generate(PROMPT, params)
+    finally:
+        handle.remove()
+    request = cancelled[0]
+    assert request.finish_reason == "cancelled" and 3 <= len(tokens) < 30 and tokens == plain[:len(tokens)]
+    assert not engine.has_work
+    failing = SamplingParams(max_new_tokens=30, temperature=1.0, seed=0)
+    failing.temperature = 1e-45  # passes validation, then breaks sampling
+    with pytest.raises(GenerationError, match="probability tensor"):
+        engine.generate(PROMPT, failing)
+    assert not engine.has_work and engine.generate(PROMPT, params) == plain
+
+
+def test_speculator_is_built_by_the_caller_once_per_engine():
+    from llmkit.errors import GenerationError
+
+    target = make_model()
+    with pytest.raises(GenerationError, match="speculator"):
+        Engine(target, speculator="prompt-lookup")
+    speculator = Speculator("prompt-lookup")
+    Engine(target, speculator=speculator)
+    with pytest.raises(GenerationError, match="another engine"):
+        Engine(target, speculator=speculator)
+    with pytest.raises(GenerationError, match="vocabulary"):
+        Engine(target, speculator=Speculator(make_model(vocab_size=64)))
+    with pytest.raises(GenerationError, match="draft_tokens"):
+        Speculator("prompt-lookup", draft_tokens=0)

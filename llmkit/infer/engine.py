@@ -15,7 +15,8 @@ How a request is run:
    only. Requests join (after their prefill) and leave (stop token, stop string, max_new_tokens,
    cancellation, error) between steps.
 3. A request alone in the engine, with a speculator given (`Engine(model, speculator=Speculator(...))`,
-   speculative.py), is instead advanced several tokens per step by draft-and-verify.
+   speculative.py), is instead advanced several tokens per step by draft-and-verify (`stream`,
+   `generate`, `complete`); requests submitted meanwhile wait until it ends.
 
 Isolation: a request ends alone. `cancel()` finishes it with finish_reason "cancelled"; a request whose
 own work fails (its sampling raises, its logits are NaN, its prefill raises) finishes with
@@ -109,6 +110,12 @@ def _is_number(value) -> bool:
 
 
 class Engine:
+    """Continuous-batching generation over one model (see the module docstring).
+
+    Threads: `submit()` and `cancel()` from any thread; everything that steps (`step`, `stream`,
+    `generate`, `complete`, `generate_batch`, `run_until_done`) from one engine thread at a time. A
+    cancelled request ends "cancelled", a failed one "error" (`request.error`), the others unchanged."""
+
     def __init__(self, model: Transformer, stop_token_ids: Sequence[int] = (), *, tokenizer=None,
                  max_batch_size: int = 32, kv_cache_mib: float = 2048, prefix_cache_mib: float = 256,
                  block_size: int = 16, prefill_chunk: int = 512, compile: bool = False,
