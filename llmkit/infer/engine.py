@@ -215,7 +215,7 @@ class Engine:
     def _apply_cancellations(self) -> list[Request]:
         """Retire the requests cancel() marked; returns those it finished. Holds the step lock."""
         with self._queue_lock:
-            pending, self._cancels = self._cancels, []
+            pending, self._cancels = list(dict.fromkeys(self._cancels)), []  # cancel() may come twice
             finished = [r for r in pending if not r.done]
             for request in pending:
                 if request.row is None:  # still waiting: it never runs
