@@ -155,7 +155,7 @@ def system_prompt(tokenizer, n_tokens: int) -> str:
 
 def worker_spec(target: str, draft: str, draft_tokens: int) -> dict:
     """Plain vs speculative decoding of the same request in the same configuration."""
-    from llmkit.infer import Engine, SamplingParams, layer_skip_draft
+    from llmkit.infer import Engine, SamplingParams, Speculator, layer_skip_draft
 
     model, tokenizer = load_ours(target)
     prompt = chat_prompt(tokenizer)
@@ -167,7 +167,7 @@ def worker_spec(target: str, draft: str, draft_tokens: int) -> dict:
         drafter, _ = load_ours(draft)
     params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0)
     plain = Engine(model, compile=True)
-    spec = Engine(model, compile=True, speculative=drafter, draft_tokens=draft_tokens)
+    spec = Engine(model, compile=True, speculator=Speculator(drafter, draft_tokens))
     # warm-up; greedy speculative decoding is exact up to rounding: in bf16 the verify forward (k + 1 tokens)
     # and the one-token decode step round differently, so a near-tie can flip (fp32 equality is tested)
     plain_ids, spec_ids = plain.generate(prompt, params), spec.generate(prompt, params)

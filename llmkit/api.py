@@ -23,7 +23,7 @@ from llmkit.checkpoint import load_generation_config, load_model, load_quantizat
 from llmkit.convert import resolve_model
 from llmkit.errors import GenerationError, LLMKitError
 from llmkit.infer import Engine, SamplingParams, TokenLogprob
-from llmkit.infer.speculative import layer_skip_draft
+from llmkit.infer.speculative import Speculator, layer_skip_draft
 from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer
 
@@ -152,6 +152,7 @@ class LLM:
                 for info in request.logprobs[shown:]:
                     yield self._step_probs(info)
                 shown = len(request.logprobs)
+            request.raise_if_failed()
         finally:
             self.engine.cancel(request)
 
@@ -189,23 +190,25 @@ class LLM:
 
 
 def load(name_or_path: str | Path, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None, *, speculative: str | None = None, **engine_options) -> LLM:
+         dtype: str | torch.dtype | None = None, *, speculative: str | None = None, draft_tokens: int = 4,
+         **engine_options) -> LLM:
     """Load a checkpoint directory or a named model ("smollm2") for generation, chat and scoring.
 
     speculative: "prompt-lookup", "layers:N" (the model's own first N layers draft: LayerSkip-style
-    self-speculation), or a draft checkpoint directory / named model on the same tokenizer.
+    self-speculation), or a draft checkpoint directory / named model on the same tokenizer;
+    draft_tokens: tokens drafted per speculative step.
     engine_options go to `llmkit.infer.Engine` (compile, max_batch_size, kv_cache_mib, ...)."""
     directory = resolve_model(name_or_path)
     device = torch.device(device) if device is not None else default_device()
     dtype = parse_dtype(dtype) or default_inference_dtype(device, quantized=bool(load_quantization(directory)))
     model = load_model(directory, device=device, dtype=dtype)
     if speculative is not None:
-        engine_options["speculative"] = resolve_draft(speculative, model, device, dtype)
+        engine_options["speculator"] = Speculator(resolve_draft(speculative, model, device, dtype), draft_tokens)
     return LLM(model, load_tokenizer(directory), load_generation_config(directory), **engine_options)
 
 
 def resolve_draft(spec: str, model: Transformer, device: torch.device, dtype: torch.dtype):
-    """The engine's `speculative` argument from a user's string (see `load`)."""
+    """The drafter of a `Speculator` from a user's string (see `load`)."""
     if spec == "prompt-lookup":
         return spec
     if spec.startswith("layers:"):

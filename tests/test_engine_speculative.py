@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from llmkit.config import ModelConfig
-from llmkit.infer import Engine, SamplingParams, layer_skip_draft, next_token_distribution
+from llmkit.infer import Engine, SamplingParams, Speculator, layer_skip_draft, next_token_distribution
 from llmkit.model import Transformer
 
 
@@ -31,7 +31,7 @@ def test_speculative_greedy_equals_target_greedy(drafter):
     draft = {"self": target, "layer-skip": layer_skip_draft(target, 1), "other-model": make_model(seed=1),
              "prompt-lookup": "prompt-lookup"}[drafter]
     params = SamplingParams(max_new_tokens=40, temperature=0)
-    engine = Engine(target, speculative=draft, draft_tokens=4)
+    engine = Engine(target, speculator=Speculator(draft, draft_tokens=4))
     assert engine.generate(PROMPT, params) == Engine(target).generate(PROMPT, params)
     speculator = engine.speculator
     assert 0.0 <= speculator.acceptance_rate <= 1.0 and speculator.drafted > 0
@@ -43,10 +43,10 @@ def test_speculative_respects_stop_tokens_and_max_new_tokens():
     target = make_model()
     params = SamplingParams(max_new_tokens=17, temperature=0)
     plain = Engine(target).generate(PROMPT, params)
-    engine = Engine(target, speculative=target, draft_tokens=4)
+    engine = Engine(target, speculator=Speculator(target, draft_tokens=4))
     assert engine.generate(PROMPT, params) == plain  # 17 is not a multiple of 5: the last step is cut short
     stop = plain[7]
-    stopped = Engine(target, stop_token_ids=[stop], speculative=target).generate(PROMPT, params)
+    stopped = Engine(target, stop_token_ids=[stop], speculator=Speculator(target)).generate(PROMPT, params)
     assert stopped == plain[: plain.index(stop) + 1]
 
 
@@ -96,7 +96,8 @@ def test_speculative_sampling_keeps_the_target_distribution(drafter):
     # prompt-lookup drafts are rarely right; at temperature 1 some of them are accepted.
     params = (SamplingParams(max_new_tokens=3, temperature=0.8, top_k=10) if drafter == "other-model" else
               SamplingParams(max_new_tokens=3, temperature=1.0))
-    engine = Engine(target, speculative=other if drafter == "other-model" else "prompt-lookup", draft_tokens=2)
+    drafts = other if drafter == "other-model" else "prompt-lookup"
+    engine = Engine(target, speculator=Speculator(drafts, draft_tokens=2))
     n = 1500
     counts = torch.zeros(16)
     for seed in range(n):
@@ -114,6 +115,61 @@ def test_speculative_sampling_keeps_the_target_distribution(drafter):
 
 def test_speculative_sampling_is_reproducible_per_seed():
     target = make_model()
-    engine = Engine(target, speculative=layer_skip_draft(target, 1))
+    engine = Engine(target, speculator=Speculator(layer_skip_draft(target, 1)))
     params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=7)
     assert engine.generate(PROMPT, params) == engine.generate(PROMPT, params)
+
+
+def test_speculative_stream_cancelled_closed_or_failing_leaves_the_engine_clean():
+    import threading
+
+    from llmkit.errors import GenerationError
+
+    target = make_model()
+    params = SamplingParams(max_new_tokens=30, temperature=0)
+    plain = Engine(target).generate(PROMPT, params)
+    engine = Engine(target, speculator=Speculator(target, draft_tokens=3))
+    stream = engine.stream(PROMPT, params)
+    first = [next(stream) for _ in range(5)]
+    stream.close()
+    assert first == plain[:5] and not engine.has_work and not engine.scheduler.running
+    # cancelled from another thread in the middle of a forward, after a few tokens: it ends at the next step
+    cancelled = []
+
+    def hook(module, args, output):
+        running = engine.scheduler.running
+        if running and len(running[0].output_ids) >= 3 and not cancelled:
+            cancelled.append(running[0])
+            thread = threading.Thread(target=engine.cancel, args=(cancelled[0],))
+            thread.start()
+            thread.join()
+
+    handle = target.register_forward_hook(hook)
+    try:
+        tokens = engine.generate(PROMPT, params)
+    finally:
+        handle.remove()
+    request = cancelled[0]
+    assert request.finish_reason == "cancelled" and 3 <= len(tokens) < 30 and tokens == plain[:len(tokens)]
+    assert not engine.has_work
+    failing = SamplingParams(max_new_tokens=30, temperature=1.0, seed=0)
+    failing.temperature = 1e-45  # passes validation, then breaks sampling
+    with pytest.raises(GenerationError, match="probability tensor"):
+        engine.generate(PROMPT, failing)
+    assert not engine.has_work and engine.generate(PROMPT, params) == plain
+
+
+def test_speculator_is_built_by_the_caller_once_per_engine():
+    from llmkit.errors import GenerationError
+
+    target = make_model()
+    with pytest.raises(GenerationError, match="speculator"):
+        Engine(target, speculator="prompt-lookup")
+    speculator = Speculator("prompt-lookup")
+    Engine(target, speculator=speculator)
+    with pytest.raises(GenerationError, match="another engine"):
+        Engine(target, speculator=speculator)
+    with pytest.raises(GenerationError, match="vocabulary"):
+        Engine(target, speculator=Speculator(make_model(vocab_size=64)))
+    with pytest.raises(GenerationError, match="draft_tokens"):
+        Speculator("prompt-lookup", draft_tokens=0)

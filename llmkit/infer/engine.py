@@ -12,57 +12,132 @@ How a request is run:
    (prefix_cache.py) and the rest is prefilled in chunks, one forward per chunk.
 2. Each `step()` then runs one decode forward for every running request together: a batch of single
    tokens, each at its own position in its own cache row, the batch's logits computed for those tokens
-   only. Requests join (after their prefill) and leave (stop token, stop string, max_new_tokens)
-   between steps.
-3. A request alone in the engine, with speculative decoding configured, is instead advanced several
-   tokens per step by draft-and-verify (speculative.py).
+   only. Requests join (after their prefill) and leave (stop token, stop string, max_new_tokens,
+   cancellation, error) between steps.
+3. A request alone in the engine, with a speculator given (`Engine(model, speculator=Speculator(...))`,
+   speculative.py), is instead advanced several tokens per step by draft-and-verify (`stream`,
+   `generate`, `complete`); requests submitted meanwhile wait until it ends.
+
+Isolation: a request ends alone. `cancel()` finishes it with finish_reason "cancelled"; a request whose
+own work fails (its sampling raises, its logits are NaN, its prefill raises) finishes with
+finish_reason "error" and `request.error` saying why, while the rest of the batch carries on; its row
+is zeroed before reuse, so NaN keys/values cannot leak into the next occupant. The single-request
+calls (`generate`, `stream`) raise that error as a GenerationError; `complete` and `generate_batch`
+report it on the Completion.
+
+Thread safety: one thread, the engine thread, drives the engine: `step()`, and the calls that step it
+(`stream`, `generate`, `complete`, `generate_batch`, `run_until_done`). `submit()` and `cancel()` are
+safe from any thread at any time (a web server's handler threads call them while its engine thread
+steps). `cancel()` only marks the request when a step is in progress; the engine thread retires it at
+the start of its next step. When no step is in progress, `cancel()` retires the request itself, so it
+is done when `cancel()` returns. `step()` reports a request that finishes without a new token
+(cancelled, failed) with an empty token list, so whoever waits on it can be woken.
+
+Decoding strategies (speculative.py's `Speculator`) drive a request through the engine's step
+primitives: `admit`, `prefill`, `emit`, `decode`, `fail` and `retire`, each call inside
+`with engine.stepping():`, which holds the engine for one step (in inference mode, pending
+cancellations applied first). The engine knows a strategy only as a `DecodingStrategy`: it calls
+`bind(engine)` once and `run(request)` for a request it may run alone.
 
 The decode forward can be compiled (`compile=True`): the cache's shapes are static, so the step
 compiles to one graph (gpt-fast's recipe). Weights can be quantized to int8/int4 beforehand
 (quantize.py); the engine does not care which Linear the model holds.
 
 Results equal naive generation: KV-cached greedy == full recomputation, batched == one by one,
-prefix-cached == uncached, speculative greedy == plain greedy (tests/test_engine*.py).
+prefix-cached == uncached, speculative greedy == plain greedy, survivors of cancellations and failures ==
+their solo runs (tests/test_engine*.py).
 """
 
 from __future__ import annotations
 
+import logging
+import numbers
+import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from llmkit.errors import GenerationError
+from llmkit.errors import GenerationError, LLMKitError
+from llmkit.infer.kv_cache import COMPILE_OPTIONS
 from llmkit.infer.prefix_cache import PrefixCache
 from llmkit.infer.sampling import SamplingParams, TokenLogprob, choose_tokens, token_logprobs
 from llmkit.infer.scheduler import Request, Scheduler
 from llmkit.model import Transformer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Completion:
     prompt_ids: list[int]
     token_ids: list[int]  # generated tokens, a final stop token included
-    finish_reason: str  # "stop" | "length" | "cancelled"
+    finish_reason: str  # "stop" | "length" | "cancelled" | "error"
     logprobs: list[TokenLogprob] | None = None
     cached_tokens: int = 0  # prompt tokens served by the prefix cache
+    error: str | None = None  # why, when finish_reason is "error"
 
     @classmethod
     def of(cls, request: Request) -> "Completion":
         return cls(request.prompt_ids, list(request.output_ids), request.finish_reason, request.logprobs,
-                   request.cached_tokens)
+                   request.cached_tokens, request.error)
+
+
+class DecodingStrategy(Protocol):
+    """A way to run one request alone faster than a token a step (speculative.Speculator)."""
+
+    def bind(self, engine: Engine) -> None:
+        """Called once by the engine that receives the strategy."""
+
+    def run(self, request: Request) -> Iterator[int]:
+        """Admit the submitted `request` (next in the queue), generate it to its end with the engine's
+        step primitives, yield its tokens as they are decided, and retire it."""
+
+
+def _check_option(ok: bool, name: str, value, want: str) -> None:
+    if not ok:
+        raise GenerationError(f"engine option {name}={value!r} is invalid: it must be {want}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class Engine:
+    """Continuous-batching generation over one model (see the module docstring).
+
+    Threads: `submit()` and `cancel()` from any thread; everything that steps (`step`, `stream`,
+    `generate`, `complete`, `generate_batch`, `run_until_done`) from one engine thread at a time. A
+    cancelled request ends "cancelled", a failed one "error" (`request.error`), the others unchanged."""
+
     def __init__(self, model: Transformer, stop_token_ids: Sequence[int] = (), *, tokenizer=None,
                  max_batch_size: int = 32, kv_cache_mib: float = 2048, prefix_cache_mib: float = 256,
                  block_size: int = 16, prefill_chunk: int = 512, compile: bool = False,
-                 speculative=None, draft_tokens: int = 4):
+                 speculator: DecodingStrategy | None = None):
         """tokenizer: anything with `.decode(ids)`; needed for stop strings only.
         kv_cache_mib: bound on the running requests' KV cache; prefix_cache_mib: the prefix cache's
-        pool (0 turns prefix caching off). speculative: None, "prompt-lookup", or a draft
-        `Transformer` on the same tokenizer (see speculative.py); draft_tokens: tokens drafted a step.
+        pool (0 turns prefix caching off), in blocks of block_size tokens. prefill_chunk: prompt tokens
+        per prefill forward. speculator: a `llmkit.infer.speculative.Speculator` (built by the caller,
+        one per engine) for speculative decoding of a request running alone.
         """
+        _check_option(_is_int(max_batch_size) and max_batch_size >= 1, "max_batch_size", max_batch_size,
+                      "an integer >= 1")
+        _check_option(_is_number(kv_cache_mib) and kv_cache_mib > 0, "kv_cache_mib", kv_cache_mib,
+                      "a number of MiB > 0")
+        _check_option(_is_number(prefix_cache_mib) and prefix_cache_mib >= 0, "prefix_cache_mib",
+                      prefix_cache_mib, "a number of MiB >= 0 (0 turns prefix caching off)")
+        _check_option(_is_int(block_size) and block_size >= 1, "block_size", block_size,
+                      "an integer >= 1 (tokens per prefix-cache block)")
+        _check_option(_is_int(prefill_chunk) and prefill_chunk >= 1, "prefill_chunk", prefill_chunk,
+                      "an integer >= 1 (prompt tokens per prefill forward)")
+        _check_option(speculator is None or callable(getattr(speculator, "bind", None)), "speculator",
+                      speculator, "None or a llmkit.infer.speculative.Speculator, e.g. Speculator('prompt-lookup')")
         self.model = model
         self.stop_token_ids = list(stop_token_ids)
         self.tokenizer = tokenizer
@@ -72,21 +147,25 @@ class Engine:
         self.prefix_cache = (PrefixCache(config, prefix_cache_mib, block_size, self.device, dtype)
                              if prefix_cache_mib > 0 else None)
         self.compiled = compile
-        self._decode = self._decode_forward
+        self._decode_fn = self._decode_forward
         if compile:
-            self._decode = torch.compile(self._decode_forward, dynamic=None, options=COMPILE_OPTIONS)
-        self.speculator = None
-        if speculative is not None:
-            from llmkit.infer.speculative import Speculator
-
-            self.speculator = Speculator(self, speculative, draft_tokens)
+            self._decode_fn = torch.compile(self._decode_forward, dynamic=None, options=COMPILE_OPTIONS)
+        # _step_lock: held by the engine thread for a whole step (stepping()). _queue_lock: guards the
+        # scheduler's queue and the pending cancellations, held briefly, so submit() and cancel() from
+        # other threads never wait for a forward.
+        self._step_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._cancels: list[Request] = []
         self.stats = {"prefill_tokens": 0, "cached_tokens": 0, "decode_steps": 0, "decode_tokens": 0}
+        self.speculator = speculator
+        if speculator is not None:
+            speculator.bind(self)
 
     @property
     def device(self) -> torch.device:
         return self.model.tok_emb.weight.device
 
-    # -- requests
+    # -- requests (submit and cancel: any thread)
     def check_prompt(self, prompt_ids: list[int], max_new_tokens: int) -> int:
         """Number of tokens that can be generated after this prompt within the context."""
         context = self.model.config.max_seq_len
@@ -101,7 +180,7 @@ class Engine:
         return min(max_new_tokens, context - len(prompt_ids))
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Request:
-        """Queue a request; `step()` advances it. Its tokens appear in `request.output_ids`."""
+        """Queue a request (from any thread); `step()` advances it. Its tokens appear in `request.output_ids`."""
         try:
             prompt_ids = [int(t) for t in prompt_ids]
         except (TypeError, ValueError):
@@ -114,54 +193,110 @@ class Engine:
         if max_new == 0:
             request.finish_reason = "length"
             return request
-        return self.scheduler.add(request)
+        with self._queue_lock:
+            return self.scheduler.add(request)
 
     def cancel(self, request: Request) -> None:
-        if not request.done:
-            request.finish_reason = "cancelled"
-        self._retire(request)
+        """Stop a request: from any thread, in any autograd mode, waiting or running. It finishes with
+        finish_reason "cancelled" (one already finished keeps its reason) and its row is freed: at once
+        when no step is in progress, else at the start of the engine thread's next step."""
+        if request.done and request.row is None:
+            return
+        with self._queue_lock:
+            request.cancel_requested = True
+            self._cancels.append(request)
+        if self._step_lock.acquire(blocking=False):  # no step in progress: retire it here and now
+            try:
+                with torch.inference_mode():
+                    self._apply_cancellations()
+            finally:
+                self._step_lock.release()
+
+    def _apply_cancellations(self) -> list[Request]:
+        """Retire the requests cancel() marked; returns those it finished. Holds the step lock."""
+        with self._queue_lock:
+            pending, self._cancels = list(dict.fromkeys(self._cancels)), []  # cancel() may come twice
+            finished = [r for r in pending if not r.done]
+            for request in pending:
+                if request.row is None:  # still waiting: it never runs
+                    self.scheduler.retire(request)
+        for request in pending:
+            if not request.done:
+                request.finish_reason = "cancelled"
+            if request.row is not None:
+                self.retire(request)
+        return finished
 
     @property
     def has_work(self) -> bool:
-        return bool(self.scheduler.running or self.scheduler.waiting)
+        return bool(self.scheduler.running or self.scheduler.waiting or self._cancels)
 
-    # -- the loop
-    @torch.inference_mode()
+    # -- the loop (the engine thread)
     def step(self) -> list[tuple[Request, list[int]]]:
         """Admit what fits and prefill it, then one decode step for the requests already running.
-        Returns each advanced request with its new tokens; finished requests leave the batch."""
-        running_before = len(self.scheduler.running)
+
+        Returns each request that advanced with its new tokens, and each that finished without one
+        (cancelled, failed) with []; finished requests leave the batch."""
         events: list[tuple[Request, list[int]]] = []
-        for request in self.scheduler.admit():
-            events.append((request, self._emit(request, self._prefill(request))))
-        decoding = [r for r in self.scheduler.running[:running_before] if not r.done]
-        if decoding:
-            assert [r.row for r in decoding] == list(range(len(decoding)))
-            logits = self._decode_rows(decoding)
-            for request, token in zip(decoding, choose_tokens(logits, [r.sampler for r in decoding])):
-                request.length += 1
-                events.append((request, self._emit(request, logits[request.row], token)))
-        for request in [r for r in self.scheduler.running if r.done]:
-            self._retire(request)
+        with self.stepping() as cancelled:
+            events += [(r, []) for r in cancelled]
+            try:
+                decoding = list(self.scheduler.running)
+                for request in self.admit():
+                    events.append((request, self._start(request)))
+                if decoding:
+                    self._decode_step(decoding, events)
+            finally:  # even when interrupted, no finished request keeps a row
+                for request in [r for r in self.scheduler.running if r.done]:
+                    self.retire(request)
         return events
 
-    def _decode_rows(self, requests: list[Request]) -> torch.Tensor:
-        """One forward of the next token of requests in rows [0, n): logits (n, vocab), float32."""
-        cache = self.scheduler.cache
-        tokens = torch.tensor([[r.output_ids[-1]] for r in requests], device=self.device)
-        positions = torch.tensor([[r.length] for r in requests], device=self.device)
-        # Eager: attend to the longest row's positions only. Compiled: the whole (static) capacity.
-        cache.bind(0, len(requests), None if self.compiled else max(r.length for r in requests) + 1)
-        self.stats["decode_steps"] += 1
-        self.stats["decode_tokens"] += len(requests)
-        return self._decode(tokens, positions, cache)
+    def _start(self, request: Request) -> list[int]:
+        """Prefill an admitted request and emit its first token; a failure ends this request alone."""
+        if request.cancel_requested:  # cancelled between the step's start and its admission
+            request.finish_reason = "cancelled"
+            return []
+        try:
+            return self.emit(request, self.prefill(request))
+        except Exception as error:  # noqa: BLE001 - isolation: only this request fails
+            self.fail(request, error)
+            return []
 
-    def _decode_forward(self, tokens, positions, cache):
-        return self.model(tokens, positions=positions, kv_cache=cache)[:, -1].float()
+    def _decode_step(self, decoding: list[Request], events: list) -> None:
+        assert [r.row for r in decoding] == list(range(len(decoding))), "running rows are not compact"
+        try:
+            logits = self.decode(decoding)
+            choices = choose_tokens(logits, [r.sampler for r in decoding])
+        except Exception as error:  # noqa: BLE001 - the shared forward failed: so did all its requests
+            for request in decoding:
+                self.fail(request, error)
+                events.append((request, []))
+            return
+        for request, choice in zip(decoding, choices):
+            try:
+                if isinstance(choice, Exception):
+                    raise choice
+                events.append((request, self.emit(request, logits[request.row], choice)))
+            except Exception as error:  # noqa: BLE001 - isolation: only this request fails
+                self.fail(request, error)
+                events.append((request, []))
 
-    def _prefill(self, request: Request) -> torch.Tensor:
-        """Fill the request's row with its prompt (prefix-cached blocks copied, the rest computed);
-        returns the logits after the last prompt token."""
+    # -- step primitives: the public surface for decoding strategies (speculative.py)
+    @contextmanager
+    def stepping(self) -> Iterator[list[Request]]:
+        """Hold the engine for one step, in inference mode; the primitives below run inside it. Pending
+        cancellations are applied first (the requests it cancelled are yielded). Not reentrant."""
+        with self._step_lock, torch.inference_mode():
+            yield self._apply_cancellations()
+
+    def admit(self, limit: int | None = None) -> list[Request]:
+        """Move waiting requests into free cache rows (first come, first served); they need `prefill`."""
+        with self._queue_lock:
+            return self.scheduler.admit(limit)
+
+    def prefill(self, request: Request) -> torch.Tensor:
+        """Fill an admitted request's row with its prompt (prefix-cached blocks copied, the rest
+        computed in chunks); returns the logits after the last prompt token, float32 (vocab,)."""
         cache, row, prompt = self.scheduler.cache, request.row, request.prompt_ids
         start = 0
         if self.prefix_cache is not None:
@@ -180,14 +315,39 @@ class Engine:
             self.prefix_cache.store(cache, row, prompt, len(prompt))
         return logits[0, -1].float()
 
-    def _emit(self, request: Request, logits: torch.Tensor, token: int | None = None) -> list[int]:
-        """Record the next token (sampled here when not given) and decide whether the request is done."""
+    def decode(self, requests: Sequence[Request]) -> torch.Tensor:
+        """One forward of each request's pending token (its last emitted one) at its own position; the
+        requests hold consecutive rows. Each row then holds one more position (`length` + 1). Returns
+        logits (n, vocab), float32, in the requests' order. Compiled when the engine is."""
+        first, n = requests[0].row, len(requests)
+        if [r.row for r in requests] != list(range(first, first + n)):
+            raise ValueError(f"decode needs requests in consecutive rows, not rows {[r.row for r in requests]}")
+        cache = self.scheduler.cache
+        tokens = torch.tensor([[r.output_ids[-1]] for r in requests], device=self.device)
+        positions = torch.tensor([[r.length] for r in requests], device=self.device)
+        # Eager: attend to the longest row's positions only. Compiled: the whole (static) capacity.
+        cache.bind(first, first + n, None if self.compiled else max(r.length for r in requests) + 1)
+        logits = self._decode_fn(tokens, positions, cache)
+        for request in requests:
+            request.length += 1
+        self.stats["decode_steps"] += 1
+        self.stats["decode_tokens"] += n
+        return logits
+
+    def _decode_forward(self, tokens, positions, cache):
+        return self.model(tokens, positions=positions, kv_cache=cache)[:, -1].float()
+
+    def emit(self, request: Request, logits: torch.Tensor, token: int | None = None) -> list[int]:
+        """Record the request's next token (sampled from `logits` when not given; logits also give its
+        log-probabilities) and decide whether the request is done. Returns [token]. Raises when the
+        token cannot be chosen (NaN logits, a failing sampler); the caller then `fail`s the request."""
         if token is None:
             token = request.sampler.choose(logits)
+        logprob = token_logprobs(logits, token, request.params.logprobs) if request.logprobs is not None else None
         request.output_ids.append(token)
         request.sampler.observe(token)
-        if request.logprobs is not None:
-            request.logprobs.append(token_logprobs(logits, token, request.params.logprobs))
+        if logprob is not None:
+            request.logprobs.append(logprob)
         if token in request.stop_ids or self._hit_stop_string(request):
             request.finish_reason = "stop"
         elif len(request.output_ids) >= request.max_new:
@@ -203,24 +363,46 @@ class Engine:
         tail = self.tokenizer.decode(request.output_ids[-(max(map(len, stops)) + 8):])
         return any(s in tail for s in stops)
 
-    def _retire(self, request: Request) -> None:
-        if request.row is not None and self.prefix_cache is not None and request.length:
-            # Store the reply too: the next turn of a chat starts with this whole conversation.
-            self.prefix_cache.store(self.scheduler.cache, request.row, request.tokens, request.length)
-        self.scheduler.retire(request)
+    def fail(self, request: Request, error: BaseException | str) -> None:
+        """Finish a request with finish_reason "error" (something about this request alone went
+        wrong); `retire` then frees its row, as for any finished request."""
+        if isinstance(error, str) or isinstance(error, LLMKitError):
+            message, trace = str(error), None
+        else:  # unexpected: the operator wants the traceback
+            message, trace = f"{type(error).__name__}: {error}", error
+        request.finish_reason, request.error = "error", message
+        logger.warning("request %d failed: %s", request.id, message, exc_info=trace)
 
-    # -- convenience
+    def retire(self, request: Request) -> None:
+        """Free a finished request's row (rows stay compact: the last running request moves into it).
+        Its reply's full blocks go to the prefix cache first (the next chat turn starts with them); a
+        failed request's row is zeroed instead. A waiting request just leaves the queue."""
+        if request.row is None:
+            with self._queue_lock:
+                self.scheduler.retire(request)
+            return
+        try:
+            if request.finish_reason == "error":
+                self.scheduler.cache.clear_row(request.row)
+            elif self.prefix_cache is not None and request.length:
+                self.prefix_cache.store(self.scheduler.cache, request.row, request.tokens, request.length)
+        finally:
+            self.scheduler.retire(request)
+
+    # -- convenience (the engine thread)
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
-        """Yield generated token ids one at a time (a stop token is yielded, then generation ends)."""
+        """Yield generated token ids one at a time (a stop token is yielded, then generation ends).
+        Raises GenerationError if the request fails; closing the generator early cancels it."""
         request = self.submit(prompt_ids, params)
         try:
             if self.speculator is not None and not self.has_work_besides(request):
                 yield from self.speculator.run(request)
-                return
-            while not request.done:
-                for advanced, tokens in self.step():
-                    if advanced is request:
-                        yield from tokens
+            else:
+                while not request.done:
+                    for advanced, tokens in self.step():
+                        if advanced is request:
+                            yield from tokens
+            request.raise_if_failed()
         finally:
             if not request.done or request.row is not None:
                 self.cancel(request)
@@ -233,7 +415,7 @@ class Engine:
         return list(self.stream(prompt_ids, params))
 
     def complete(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
-        """One request, with its finish reason, log-probabilities and prefix-cache use."""
+        """One request, with its finish reason (an error's message too), log-probabilities and prefix-cache use."""
         request = self.submit(prompt_ids, params)
         if self.speculator is not None and not self.has_work_besides(request):
             for _ in self.speculator.run(request):
@@ -243,7 +425,8 @@ class Engine:
 
     def generate_batch(self, prompts: Sequence[list[int]],
                        params: SamplingParams | Sequence[SamplingParams]) -> list[Completion]:
-        """Generate for many prompts of any lengths together (continuous batching)."""
+        """Generate for many prompts of any lengths together (continuous batching). A request that fails
+        has finish_reason "error" and its message in `error`; the others are unaffected."""
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
         if len(params) != len(prompts):
@@ -260,9 +443,3 @@ class Engine:
             for r in requests:
                 if not r.done or r.row is not None:
                     self.cancel(r)
-
-
-# Inductor options for the decode step. Freezing folds the weights into the graph as constants, which
-# lets inductor pre-pack them for its own CPU GEMM kernels (measured on SmolLM2-135M; see
-# BENCHMARKS.md); the price is that a compiled engine must be rebuilt if the weights change.
-COMPILE_OPTIONS = {"freezing": True}

@@ -23,6 +23,12 @@ import torch
 from llmkit.config import ModelConfig
 from llmkit.errors import GenerationError
 
+# Inductor options for compiled decode steps (the engine's, a speculative verifier's, a draft model's).
+# Freezing folds the weights into the graph as constants, which lets inductor pre-pack them for its own
+# CPU GEMM kernels (measured on SmolLM2-135M; see BENCHMARKS.md); the price is that a compiled engine
+# must be rebuilt if the weights change.
+COMPILE_OPTIONS = {"freezing": True}
+
 
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
     """Bytes of keys and values one token occupies across all layers."""
@@ -94,10 +100,20 @@ class KVCache:
         return keys[:, :, : self._attend_len], values[:, :, : self._attend_len]
 
     # -- moving rows (continuous batching keeps running sequences in rows [0, n))
+    # In inference mode whatever mode the caller is in: a cache filled inside `torch.inference_mode()`
+    # holds inference tensors, which refuse in-place writes outside it.
+    @torch.inference_mode()
     def copy_row(self, src: int, dst: int, length: int) -> None:
         for tensors in (self.keys, self.values):
             for t in tensors:
                 t[dst, :, :length] = t[src, :, :length]
+
+    @torch.inference_mode()
+    def clear_row(self, row: int) -> None:
+        """Zero a row. Positions past a row's length are masked, but a masked key's weight is 0 and
+        0 * NaN is NaN: a row that held non-finite values must be cleared before it is reused."""
+        for t in self.keys + self.values:
+            t[row].zero_()
 
     def resized(self, batch_size: int, max_len: int, keep_rows: int, keep_len: int) -> "KVCache":
         """A larger cache holding the first keep_rows rows' first keep_len positions of this one."""

@@ -3,11 +3,25 @@ log-probabilities of the chosen token and its top alternatives."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
 
 from llmkit.errors import GenerationError
+
+# The smallest non-zero temperature. Logits are divided by it in float32: 1e-45 (which used to pass)
+# turns them into inf and the softmax into NaN. Anything this cold already samples the argmax bar exact
+# ties, so the bound costs nothing; temperature=0 is greedy decoding.
+MIN_TEMPERATURE = 1e-4
+
+NAN_LOGITS = ("the model produced NaN logits for this request (broken weights, or an overflow in a "
+              "low-precision dtype: try dtype=float32)")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass
@@ -26,16 +40,26 @@ class SamplingParams:
     logprobs: int | None = None
 
     def __post_init__(self):
+        for name in ("max_new_tokens", "top_k", "logprobs", "seed"):
+            value = getattr(self, name)
+            if not (_is_int(value) or (value is None and name in ("logprobs", "seed"))):
+                raise GenerationError(f"{name} must be an integer, not {value!r}")
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)):
+                raise GenerationError(f"{name} must be a finite number, not {value!r}")
         checks = [
-            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
-             f"max_new_tokens must be an integer >= 0, not {self.max_new_tokens}"),
-            (self.temperature >= 0, f"temperature must be >= 0, not {self.temperature}"),
+            (self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, not {self.max_new_tokens}"),
+            (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE,
+             f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, not {self.temperature!r}; "
+             "a smaller one divides the logits towards float32's overflow and samples as greedy does anyway"),
             (self.top_k >= 0, f"top_k must be >= 0, not {self.top_k}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], not {self.top_p}"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1], not {self.min_p}"),
             (self.repetition_penalty > 0, f"repetition_penalty must be > 0, not {self.repetition_penalty}"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be between 0 and 20, not {self.logprobs}"),
             (all(isinstance(s, str) and s for s in self.stop_strings), "stop strings must be non-empty strings"),
+            (all(_is_int(t) for t in self.stop_token_ids), "stop token ids must be integers"),
         ]
         for ok, message in checks:
             if not ok:
@@ -120,6 +144,9 @@ class RequestSampler:
             self.seen = torch.cat([self.seen, torch.tensor([token])])
 
     def choose(self, logits: torch.Tensor) -> int:
+        """Raises GenerationError for NaN logits (an argmax would quietly pick a NaN; sampling raises)."""
+        if self.params.greedy and bool(torch.isnan(logits).any()):
+            raise GenerationError(NAN_LOGITS)
         return sample_next_token(logits, self.params, self.generator, self.seen)
 
     def distribution(self, logits: torch.Tensor, extra: list[int] = ()) -> torch.Tensor:
@@ -136,8 +163,23 @@ class RequestSampler:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
-def choose_tokens(logits: torch.Tensor, samplers: list[RequestSampler]) -> list[int]:
-    """Next token for each row of logits (rows, vocab): greedy rows in one argmax, the rest row by row."""
+def choose_tokens(logits: torch.Tensor, samplers: list[RequestSampler]) -> list[int | Exception]:
+    """Next token for each row of logits (rows, vocab): greedy rows in one argmax, the rest row by row.
+
+    A row that cannot be sampled (NaN logits, a sampler that raises) gets the exception instead of a
+    token, so one bad request never fails the others' step. One host read covers every greedy row and
+    the NaN check of all rows."""
     plain_greedy = [s.params.greedy and s.params.repetition_penalty == 1.0 for s in samplers]
-    argmax = logits.argmax(dim=-1).tolist() if any(plain_greedy) else None
-    return [argmax[i] if plain_greedy[i] else s.choose(logits[i]) for i, s in enumerate(samplers)]
+    argmax = torch.where(torch.isnan(logits).any(dim=-1), -1, logits.argmax(dim=-1)).tolist()
+    choices: list[int | Exception] = []
+    for i, sampler in enumerate(samplers):
+        if argmax[i] < 0:
+            choices.append(GenerationError(NAN_LOGITS))
+        elif plain_greedy[i]:
+            choices.append(argmax[i])
+        else:
+            try:
+                choices.append(sampler.choose(logits[i]))
+            except Exception as error:  # noqa: BLE001 - isolated to this row; the engine fails its request
+                choices.append(error)
+    return choices

@@ -27,7 +27,7 @@ from llmkit.infer.sampling import RequestSampler, SamplingParams, TokenLogprob
 CAPACITY_STEP = 256  # cache lengths are multiples of this: fewer distinct shapes to compile
 
 
-@dataclass
+@dataclass(eq=False)  # a request is itself: compared and hashed by identity
 class Request:
     prompt_ids: list[int]
     params: SamplingParams
@@ -37,7 +37,9 @@ class Request:
     sampler: RequestSampler | None = None
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None  # "stop" (stop token or string), "length", "cancelled"
+    finish_reason: str | None = None  # "stop" (stop token or string), "length", "cancelled", "error"
+    error: str | None = None  # why a request with finish_reason "error" failed
+    cancel_requested: bool = False  # set by Engine.cancel (any thread); the engine thread acts on it
     row: int | None = None
     length: int = 0  # positions of its row that hold this request's keys/values
     cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
@@ -61,6 +63,11 @@ class Request:
     @property
     def tokens(self) -> list[int]:
         return self.prompt_ids + self.output_ids
+
+    def raise_if_failed(self) -> None:
+        """Raise the GenerationError of a request that finished with an error (for single-request APIs)."""
+        if self.finish_reason == "error":
+            raise GenerationError(f"generation failed: {self.error}")
 
 
 class Scheduler:
@@ -130,6 +137,7 @@ class Scheduler:
                 self.waiting.remove(request)
             return
         row, last = request.row, self.running[-1]
+        assert self.running[row] is request, f"request {request.id} is not in its row {row}"
         if last is not request:
             self.cache.copy_row(last.row, row, last.length)
             last.row = row

@@ -24,6 +24,10 @@ Drafters:
 
 Rolling back is free: the KV caches are indexed by position, so the keys of rejected tokens are
 simply overwritten by the next forward (and masked until then).
+
+The caller builds a `Speculator` and hands it to the engine (`Engine(model, speculator=Speculator(
+"prompt-lookup"))`); it drives a request through the engine's public step primitives (engine.py), so
+this module depends on the engine's interface only, and the engine not at all on this module.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import torch
 import torch.nn as nn
 
 from llmkit.errors import GenerationError
-from llmkit.infer.kv_cache import KVCache
+from llmkit.infer.kv_cache import COMPILE_OPTIONS, KVCache
+from llmkit.infer.sampling import NAN_LOGITS
 from llmkit.infer.scheduler import CAPACITY_STEP, Request
 from llmkit.model import Transformer
 
@@ -70,13 +75,11 @@ class DraftModel:
     def __init__(self, model: Transformer):
         self.model = model
         self.cache: KVCache | None = None
-        self.fed = 0
-        self._one = None  # the compiled single-token forward, if any  # leading positions of the request's tokens whose keys/values the draft holds
+        self.fed = 0  # leading positions of the request's tokens whose keys/values the draft holds
+        self._one = None  # the compiled single-token forward, if any
 
     def compile(self) -> None:
         """Compile the draft's single-token forward (an engine with compile=True asks for it)."""
-        from llmkit.infer.engine import COMPILE_OPTIONS
-
         self._one = torch.compile(self._forward, dynamic=None, options=COMPILE_OPTIONS)
 
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -132,28 +135,39 @@ def layer_skip_draft(model: Transformer, n_layers: int) -> Transformer:
 
 
 class Speculator:
-    def __init__(self, engine, speculative, draft_tokens: int = 4):
-        if draft_tokens < 1:
-            raise GenerationError(f"draft_tokens must be >= 1, not {draft_tokens}")
-        if speculative == "prompt-lookup":
+    """Speculative decoding for an engine: Speculator("prompt-lookup") or Speculator(draft_model).
+
+    One per engine (it holds the draft's cache and the acceptance counts); the engine binds it."""
+
+    def __init__(self, drafter: str | Transformer, draft_tokens: int = 4):
+        if not isinstance(draft_tokens, int) or draft_tokens < 1:
+            raise GenerationError(f"draft_tokens must be an integer >= 1, not {draft_tokens!r}")
+        if drafter == "prompt-lookup":
             self.drafter = PromptLookup()
-        elif isinstance(speculative, Transformer):
-            if speculative.config.vocab_size != engine.model.config.vocab_size:
-                raise GenerationError(f"the draft model's vocabulary ({speculative.config.vocab_size}) differs "
-                                      f"from the target's ({engine.model.config.vocab_size}); a draft must "
-                                      "share the target's tokenizer")
-            self.drafter = DraftModel(speculative)
-            if engine.compiled:
-                self.drafter.compile()
+        elif isinstance(drafter, Transformer):
+            self.drafter = DraftModel(drafter)
         else:
-            raise GenerationError(f"unknown speculative drafter {speculative!r}; use 'prompt-lookup' or a "
+            raise GenerationError(f"unknown speculative drafter {drafter!r}; use 'prompt-lookup' or a "
                                   "draft Transformer")
-        self.engine, self.k = engine, draft_tokens
+        self.k = draft_tokens
+        self.engine = None
         self.drafted = self.accepted = self.steps = 0
         self._verify = self._verify_forward
-        if engine.compiled:  # static shapes: the whole cache row is attended, masked
-            from llmkit.infer.engine import COMPILE_OPTIONS
 
+    def bind(self, engine) -> None:
+        """Called by the engine that receives this speculator: check the draft fits its model, compile
+        alongside it."""
+        if self.engine is not None and self.engine is not engine:
+            raise GenerationError("this Speculator already serves another engine; build one per engine")
+        if isinstance(self.drafter, DraftModel):
+            draft_vocab, vocab = self.drafter.model.config.vocab_size, engine.model.config.vocab_size
+            if draft_vocab != vocab:
+                raise GenerationError(f"the draft model's vocabulary ({draft_vocab}) differs from the target's "
+                                      f"({vocab}); a draft must share the target's tokenizer")
+            if engine.compiled:
+                self.drafter.compile()
+        self.engine = engine
+        if engine.compiled:  # static shapes: the whole cache row is attended, masked
             self._verify = torch.compile(self._verify_forward, dynamic=None, options=COMPILE_OPTIONS)
 
     def _verify_forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -164,22 +178,30 @@ class Speculator:
         return self.accepted / self.drafted if self.drafted else 0.0
 
     def run(self, request: Request) -> Iterator[int]:
-        """Generate `request` alone, several tokens per target forward."""
+        """Generate `request` alone, several tokens per target forward. A failure of this request
+        finishes it with an error (engine.fail); a cancellation (any thread) ends it at the next step."""
         engine = self.engine
-        with torch.inference_mode():
-            admitted = engine.scheduler.admit(limit=1)
-            if admitted != [request]:
+        with engine.stepping():
+            if engine.admit(limit=1) != [request]:
                 raise GenerationError("speculative decoding runs one request at a time; others are queued")
-            tokens = engine._emit(request, engine._prefill(request))
+            tokens = self._guarded(request, lambda: engine.emit(request, engine.prefill(request)))
         yield from tokens
         self.drafter.start(request)
         try:
             while not request.done:
-                with torch.inference_mode():
-                    tokens = self.step(request)
+                with engine.stepping():
+                    tokens = [] if request.done else self._guarded(request, lambda: self.step(request))
                 yield from tokens
         finally:
-            engine._retire(request)
+            with engine.stepping():
+                engine.retire(request)
+
+    def _guarded(self, request: Request, work) -> list[int]:
+        try:
+            return work()
+        except Exception as error:  # noqa: BLE001 - this request fails, the engine carries on
+            self.engine.fail(request, error)
+            return []
 
     def step(self, request: Request) -> list[int]:
         engine, cache = self.engine, self.engine.scheduler.cache
@@ -191,10 +213,11 @@ class Speculator:
         if drafts:
             cache.bind(request.row, request.row + 1, None if engine.compiled else base + fed.shape[1])
             logits = self._verify(fed, positions, cache)
-        else:  # nothing to verify: a plain (possibly compiled) decode step
-            cache.bind(request.row, request.row + 1, None if engine.compiled else base + 1)
-            logits = engine._decode(fed, positions, cache)
-        engine.stats["decode_steps"] += 1
+            engine.stats["decode_steps"] += 1
+        else:  # nothing to verify: the engine's plain (possibly compiled) decode step
+            logits = engine.decode([request])
+        if bool(torch.isnan(logits).any()):
+            raise GenerationError(NAN_LOGITS)
         self.steps += 1
         sampler, greedy = request.sampler, request.params.greedy
         emitted, n_accepted = [], 0
@@ -207,7 +230,7 @@ class Speculator:
                 ok = sampler.random() < min(1.0, float(p[draft]) / q_draft)
             if ok:
                 n_accepted += 1
-                emitted += engine._emit(request, logits[i], draft)
+                emitted += engine.emit(request, logits[i], draft)
                 if request.done:
                     break
                 continue
@@ -218,18 +241,19 @@ class Speculator:
                     torch.tensor(draft), p.numel()).float()
                 residual = (p - q).clamp(min=0)
                 token = sampler.draw(residual / residual.sum() if residual.sum() > 0 else p)
-            emitted += engine._emit(request, logits[i], token)
+            emitted += engine.emit(request, logits[i], token)
             break
         else:
             if not request.done:  # every draft accepted: a bonus token from the target's next distribution
                 p = sampler.distribution(logits[len(drafts)], extra=drafts)
                 token = int(p.argmax()) if greedy else sampler.draw(p)
-                emitted += engine._emit(request, logits[len(drafts)], token)
+                emitted += engine.emit(request, logits[len(drafts)], token)
         request.length = base + len(emitted)
         request.drafted += len(drafts)
         request.accepted += n_accepted
         self.drafted += len(drafts)
         self.accepted += n_accepted
-        engine.stats["decode_tokens"] += len(emitted)
+        if drafts:
+            engine.stats["decode_tokens"] += len(emitted)
         self.drafter.accepted(request, n_accepted)
         return emitted
