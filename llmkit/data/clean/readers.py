@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.data.clean.config import InputSpec
+from llmkit.data.clean.shared import InputSpec
 from llmkit.data.clean.document import Document
 from llmkit.errors import DataError
 
