@@ -30,9 +30,10 @@ from llmkit.data.clean.dedup import SignatureWriter, find_duplicates, lookup_ids
 from llmkit.data.clean.document import Document, Rejection
 from llmkit.data.clean.mixing import copies, in_anneal, mixture_summary
 from llmkit.data.clean.quality import QualityModel
-from llmkit.data.clean.readers import ReadTask, plan_tasks, read_part
+from llmkit.data.clean.readers import FORMAT_PACKAGES, ReadTask, plan_tasks, read_part
 from llmkit.data.clean.report import RunStats, snippet, write_report
 from llmkit.data.clean.safety import load_word_list
+from llmkit.data.clean.shared import import_extra, require_extra
 from llmkit.data.clean.stages import STAGES
 from llmkit.errors import ConfigError, DataError
 
@@ -288,8 +289,8 @@ class DaskExecutor:
     def __init__(self, workers: int, address: str | None):
         import logging
 
-        from distributed import Client, LocalCluster
-
+        distributed = import_extra("distributed", "engine: dask")
+        Client, LocalCluster = distributed.Client, distributed.LocalCluster
         if address:
             self.cluster = None
             self.client = Client(address)
@@ -299,8 +300,7 @@ class DaskExecutor:
             self.client = Client(self.cluster)
 
     def map(self, fn, items: list, progress=None) -> list:
-        from distributed import as_completed
-
+        as_completed = import_extra("distributed", "engine: dask").as_completed
         futures = self.client.map(fn, items, pure=False)
         for future in as_completed(futures):
             _tick(future.result(), progress)
@@ -366,6 +366,16 @@ def _check_inputs(config: PipelineConfig, tasks: list[ReadTask], out: Path) -> N
                             "would be read as input (or an input deleted); choose --out outside the inputs")
 
 
+def _packages_needed(config: PipelineConfig, tasks: list[ReadTask], engine: str) -> list[str]:
+    """The packages of the `clean` extra this run imports (its stages, input formats and engine): all are
+    checked before the output is cleared and workers start, not when a worker first needs one."""
+    needed = [package for spec in config.stages for package in STAGES[spec.name].needs]
+    needed += [FORMAT_PACKAGES[part.format] for task in tasks for part in task.parts if part.format in FORMAT_PACKAGES]
+    if engine == "dask":
+        needed.append("distributed")
+    return list(dict.fromkeys(needed))
+
+
 def run_pipeline(config: PipelineConfig, out: str | Path, inputs: list[InputSpec] | None = None,
                  workers: int | None = None, engine: str | None = None, log=None) -> dict:
     """Run the pipeline; return the summary (also written to OUT/report/report.json)."""
@@ -378,6 +388,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, inputs: list[InputSpec
     log = log or (lambda message: print(message, file=sys.stderr))
     _check(config)
     tasks: list[ReadTask] = plan_tasks(config.inputs, config.task_mb)
+    require_extra(_packages_needed(config, tasks, engine), "data clean")
     out = Path(out)
     _check_inputs(config, tasks, out)
     _prepare_out(out)

@@ -17,6 +17,7 @@ from llmkit.data.clean.document import Document, Rejection
 from llmkit.data.clean.normalize import Extract, ExtractConfig, Normalize, NormalizeConfig
 from llmkit.data.clean.quality import QualityModel, doc_features
 from llmkit.data.clean.readers import plan_tasks, read_part
+from llmkit.data.clean.shared import require_extra
 from llmkit.errors import DataError
 
 
@@ -94,6 +95,7 @@ def train_quality(good: list, bad: list, out: str | Path, bits: int = 20, epochs
     """Train on `good` (a reference set) vs `bad` (random web-like text), each a list of InputSpec;
     HTML is extracted and every text normalised exactly as the pipeline does before scoring. A
     deterministic `held_out` fraction measures the saved model; returns those figures."""
+    require_extra(["trafilatura"], "data train-quality")  # every text goes through the extract stage
     if not Path(out).resolve().parent.is_dir():
         raise DataError(f"{out}: the directory {Path(out).parent} does not exist; create it or choose another --out")
     extract, normalize = Extract(ExtractConfig()), Normalize(NormalizeConfig())

@@ -39,9 +39,11 @@ class InputSpec:
 class MissingExtraError(LLMKitError):
     """A package of the optional `clean` extra is not installed."""
 
-    def __init__(self, needed_by: str, missing: Iterable[str]):
-        names = ", ".join(dict.fromkeys(CLEAN_EXTRA.get(m.split(".")[0], m) for m in missing))
-        super().__init__(f"{needed_by} needs the `clean` extra: pip install 'llmkit[clean]' (missing: {names})")
+
+def _missing_extra(needed_by: str, missing: Iterable[str]) -> MissingExtraError:
+    # The message is the only argument, so the error pickles back from a worker process unchanged.
+    names = ", ".join(dict.fromkeys(CLEAN_EXTRA.get(m.split(".")[0], m) for m in missing))
+    return MissingExtraError(f"{needed_by} needs the `clean` extra: pip install 'llmkit[clean]' (missing: {names})")
 
 
 def import_extra(module: str, needed_by: str) -> ModuleType:
@@ -50,7 +52,7 @@ def import_extra(module: str, needed_by: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MissingExtraError(needed_by, [e.name or module]) from None
+        raise _missing_extra(needed_by, [e.name or module]) from None
 
 
 def require_extra(modules: Iterable[str], needed_by: str) -> None:
@@ -58,7 +60,7 @@ def require_extra(modules: Iterable[str], needed_by: str) -> None:
     Run before work starts, so a run stops before it clears its output or starts workers."""
     missing = [m for m in modules if not _installed(m)]
     if missing:
-        raise MissingExtraError(needed_by, missing)
+        raise _missing_extra(needed_by, missing)
 
 
 def _installed(module: str) -> bool:
