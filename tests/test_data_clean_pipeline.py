@@ -16,7 +16,8 @@ from llmkit.data.clean import InputSpec, config_from_dict, load_config, run_pipe
 from llmkit.data.clean.document import Document
 from llmkit.data.clean.mixing import data_source_for_step
 from llmkit.data.clean.normalize import Normalize, NormalizeConfig
-from llmkit.data.clean.quality import QualityModel, binary_metrics, train_model
+from llmkit.data.clean.quality import QualityModel
+from llmkit.data.clean.quality_training import binary_metrics, train_model
 from llmkit.data.clean.safety import load_word_list
 
 JUNK = ("spam_keywords", "spam_repetition", "boilerplate", "code", "lorem", "nsfw", "non_english")

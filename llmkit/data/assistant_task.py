@@ -29,6 +29,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llmkit.atomic import atomic_write_text
 from llmkit.errors import DataError
 
 KINDS = ("play", "speaker", "continue", "passage")
@@ -220,9 +221,7 @@ def write_task(out: str | Path, corpus_dir: str | Path, seed: int = 0, train_per
     paths = {k: out / v for k, v in TASK_FILES.items()}
     for key, rows in (("sft", [q.sft_record() for q in sft]), ("preference", [q.preference_record() for q in preference]),
                       ("heldout", [q.preference_record() for q in heldout])):
-        tmp = paths[key].with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(paths[key])
+        atomic_write_text(paths[key], "".join(json.dumps(r) + "\n" for r in rows))
     (out / "questions.json").write_text(json.dumps({"seed": seed, "sft": len(sft), "preference": len(preference),
                                                     "heldout": len(heldout),
                                                     "examples": [asdict(q) for q in heldout[:8]]}, indent=2))

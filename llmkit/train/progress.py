@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from llmkit.atomic import atomic_write_text
+from llmkit.atomic import atomic_open, atomic_write_text
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,
@@ -122,7 +122,6 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_open(png_path) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(png_path)

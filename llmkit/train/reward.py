@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from llmkit.atomic import atomic_write_bytes
 from llmkit.data.assistant_task import wilson_interval
 from llmkit.errors import CheckpointError
 from llmkit.train.chat_data import EncodedPair, encode_completion, encode_pair, encode_prompt, truncate_pair
@@ -126,9 +127,7 @@ def save_reward_model(directory: str | Path, model: RewardModel, state: dict, to
     directory = Path(directory)
     save_peft(directory, model, state, tokenizer, base_model, prefix="transformer.")
     head = {k.removeprefix("score."): v.detach().contiguous().cpu() for k, v in state.items() if k.startswith("score.")}
-    tmp = directory / f".{HEAD_FILE}.tmp"
-    save_file(head, tmp, metadata={"kind": "reward_head"})
-    tmp.replace(directory / HEAD_FILE)
+    atomic_write_bytes(directory / HEAD_FILE, save(head, metadata={"kind": "reward_head"}))
 
 
 def load_reward_model(directory: str | Path, device: str | torch.device = "cpu",

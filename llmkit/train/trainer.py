@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from llmkit.atomic import atomic_write_text, fsync_dir, fsync_tree
+from llmkit.atomic import atomic_open, atomic_write_text, fsync_dir, fsync_tree
 from safetensors.torch import save_file
 
 from llmkit.checkpoint import model_from_state, save_checkpoint
@@ -350,9 +350,8 @@ class Trainer:
             "optimizers": optimizer_states, "rng": torch.get_rng_state(),
             "config": {k: v for k, v in self.config.to_dict().items() if not isinstance(v, dict)},
         }
-        tmp = partial / f".{TRAINING_STATE}.tmp"
-        torch.save(training_state, tmp)
-        tmp.replace(partial / TRAINING_STATE)
+        with atomic_open(partial / TRAINING_STATE) as f:
+            torch.save(training_state, f)
         fsync_tree(partial)
         shutil.rmtree(final, ignore_errors=True)
         partial.replace(final)  # a checkpoint directory exists whole or not at all

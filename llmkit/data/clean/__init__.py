@@ -9,7 +9,8 @@ YAML (`llmkit/presets/clean/default.yaml`), each stage a small function over a s
 from llmkit.data.clean.config import InputSpec, PipelineConfig, config_from_dict, load_config, parse_inputs
 from llmkit.data.clean.document import Document, Rejection
 from llmkit.data.clean.pipeline import run_pipeline
-from llmkit.data.clean.quality import QualityModel, train_quality
+from llmkit.data.clean.quality import QualityModel
+from llmkit.data.clean.quality_training import train_quality
 
 __all__ = ["Document", "InputSpec", "PipelineConfig", "QualityModel", "Rejection", "config_from_dict",
            "load_config", "parse_inputs", "run_pipeline", "train_quality"]

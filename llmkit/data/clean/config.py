@@ -27,9 +27,8 @@ from typing import Any
 
 import yaml
 
+from llmkit.data.clean.shared import PRESET_DIR, InputSpec
 from llmkit.errors import ConfigError
-
-PRESET_DIR = Path(__file__).resolve().parents[2] / "presets" / "clean"
 
 
 class _Mapping(dict):
@@ -115,17 +114,6 @@ def build_dataclass(cls: type, mapping: dict, path: str, skip: tuple[str, ...] =
         return cls(**values)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where(path, mapping)}: {e}") from None
-
-
-@dataclass
-class InputSpec:
-    """An input: files or directories of text, JSONL, Parquet, HTML or WARC."""
-
-    path: str
-    source: str = "default"  # the name mixing weights and the report use
-    format: str = "auto"  # auto (by file suffix) | text | jsonl | parquet | html | warc
-    text_field: str = "text"  # JSONL field / Parquet column holding the text
-    id_field: str = "id"  # JSONL field / Parquet column holding an id (optional)
 
 
 @dataclass

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from llmkit.atomic import atomic_open, atomic_write_text
 from llmkit.data.clean.document import Document, ngram_hashes
 
 KEEP_RULES = ("first", "longest", "quality")
@@ -160,15 +160,12 @@ class SignatureWriter:
             _save(f"{prefix}.sig.npy", np.array(self.sigs, dtype=np.uint32).reshape(-1, k))
             # bands x documents, so that a band task reads one contiguous row per file
             _save(f"{prefix}.bands.npy", np.ascontiguousarray(np.array(self.bands, dtype=np.uint64).reshape(-1, b).T))
-        tmp = Path(f"{prefix}.ids.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in self.ids), encoding="utf-8")
-        os.replace(tmp, f"{prefix}.ids.jsonl")
+        atomic_write_text(f"{prefix}.ids.jsonl", "".join(line + "\n" for line in self.ids))
 
 
 def _save(path: str, array: np.ndarray) -> None:
-    tmp = path + ".tmp.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        np.save(f, array)
 
 
 def load_meta(workdir: Path, tasks: list[int]) -> np.ndarray:

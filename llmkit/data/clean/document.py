@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -46,30 +46,38 @@ class Document:
             self.text = text
             self._cache.clear()
 
-    def _cached(self, key: str, compute):
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The value of `compute()` for the current text, computed once: several stages read the same
+        words, hashes and lines of a document. A value belongs to the text it was computed from and is
+        recomputed after the text changes (set_text, or a stage assigning `text`)."""
         entry = self._cache.get(key)
         if entry is None or entry[0] is not self.text:
             entry = (self.text, compute())
             self._cache[key] = entry
         return entry[1]
 
+    def remember(self, key: str, value: Any) -> None:
+        """Store a value computed elsewhere for the current text, as `cached` would (e.g. word hashes
+        read back from a signature file, so that `word_hashes` does not need the text)."""
+        self._cache[key] = (self.text, value)
+
     @property
     def space_words(self) -> list[str]:
-        return self._cached("space_words", lambda: _SPACE_WORDS.findall(self.text))
+        return self.cached("space_words", lambda: _SPACE_WORDS.findall(self.text))
 
     @property
     def norm_words(self) -> list[str]:
-        return self._cached("norm_words", lambda: _NORM_WORDS.findall(self.text.lower()))
+        return self.cached("norm_words", lambda: _NORM_WORDS.findall(self.text.lower()))
 
     @property
     def word_hashes(self) -> np.ndarray:
         """A stable 32-bit hash per normalised word (CRC-32: the same in every process and on every
         machine, unlike Python's salted `hash`), the input of n-gram statistics and MinHash."""
-        return self._cached("word_hashes", lambda: hash_words(self.norm_words))
+        return self.cached("word_hashes", lambda: hash_words(self.norm_words))
 
     @property
     def lines(self) -> list[str]:
-        return self._cached("lines", lambda: [s.strip() for s in self.text.split("\n") if s.strip()])
+        return self.cached("lines", lambda: [s.strip() for s in self.text.split("\n") if s.strip()])
 
     def to_record(self) -> dict[str, Any]:
         record = {"text": self.text, "id": self.id, "source": self.source}

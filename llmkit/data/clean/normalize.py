@@ -7,6 +7,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from llmkit.data.clean.document import Document, Rejection
+from llmkit.data.clean.shared import import_extra
 
 
 @dataclass
@@ -25,10 +26,8 @@ class Extract:
     name = "extract"
 
     def __init__(self, config: ExtractConfig):
-        import trafilatura
-
         self.config = config
-        self._extract = trafilatura.extract
+        self._extract = import_extra("trafilatura", "the extract stage").extract
 
     def __call__(self, doc: Document) -> Document | Rejection:
         if doc.html is None:
@@ -109,10 +108,9 @@ class Language:
     name = "language"
 
     def __init__(self, config: LanguageConfig):
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
+        langid = import_extra("py3langid.langid", "the language stage")
         self.config = config
-        self.identifier = _identifier(MODEL_FILE, LanguageIdentifier)
+        self.identifier = _identifier(langid.MODEL_FILE, langid.LanguageIdentifier)
         self.languages = set(config.languages)
 
     def __call__(self, doc: Document) -> Document | Rejection:

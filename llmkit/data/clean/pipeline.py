@@ -21,18 +21,21 @@ import os
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
+from llmkit.atomic import atomic_open
 from llmkit.data.clean.config import InputSpec, PipelineConfig
 from llmkit.data.clean.dedup import SignatureWriter, find_duplicates, lookup_ids
 from llmkit.data.clean.document import Document, Rejection
 from llmkit.data.clean.mixing import copies, in_anneal, mixture_summary
 from llmkit.data.clean.quality import QualityModel
-from llmkit.data.clean.readers import ReadTask, plan_tasks, read_part
+from llmkit.data.clean.readers import FORMAT_PACKAGES, ReadTask, plan_tasks, read_part
 from llmkit.data.clean.report import RunStats, snippet, write_report
 from llmkit.data.clean.safety import load_word_list
+from llmkit.data.clean.shared import import_extra, require_extra
 from llmkit.data.clean.stages import STAGES
 from llmkit.errors import ConfigError, DataError
 
@@ -94,34 +97,27 @@ def _flush_counts(stages: list, stats: RunStats) -> None:
             counts.clear()
 
 
-class _AtomicFile:
-    """A file written under a temporary name and renamed into place on close."""
+class _OutputFile:
+    """A task's output file, made only if something is written to it (a task whose documents all go
+    elsewhere leaves no empty part). It is an `atomic_open` file entered on `files`: it appears whole
+    when the task ends, and a failed task leaves neither it nor its temporary file behind."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        self.f = None
+    def __init__(self, files: ExitStack, path: Path):
+        self.files, self.path, self.f = files, path, None
 
     def write(self, data: bytes) -> None:
         if self.f is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(self.tmp, "wb")
+            self.f = self.files.enter_context(atomic_open(self.path, "wb"))
         self.f.write(data)
-
-    def close(self) -> None:
-        if self.f is not None:
-            self.f.flush()
-            os.fsync(self.f.fileno())  # as llmkit.atomic: the rename must not land before the data
-            self.f.close()
-            os.replace(self.tmp, self.path)
 
 
 class OutputWriter:
     """Writes kept documents into the mix (weighted) and the annealing subset."""
 
-    def __init__(self, out: Path, task: int, config: PipelineConfig, stats: RunStats):
-        self.train = _AtomicFile(out / "train" / f"part-{task:05d}.jsonl")
-        self.anneal = _AtomicFile(out / "anneal" / f"part-{task:05d}.jsonl")
+    def __init__(self, out: Path, task: int, config: PipelineConfig, stats: RunStats, files: ExitStack):
+        self.train = _OutputFile(files, out / "train" / f"part-{task:05d}.jsonl")
+        self.anneal = _OutputFile(files, out / "anneal" / f"part-{task:05d}.jsonl")
         self.mixing, self.stats = config.mixing, stats
 
     def write(self, doc: Document) -> None:
@@ -144,10 +140,6 @@ class OutputWriter:
             src["anneal_docs"] += 1
             src["anneal_bytes"] += nbytes
 
-    def close(self) -> None:
-        self.train.close()
-        self.anneal.close()
-
 
 def _stage_names(config: PipelineConfig) -> list[str]:
     return [s.name for s in config.stages]
@@ -162,42 +154,37 @@ def first_pass(args: tuple) -> dict:
     stats = RunStats(_stage_names(config), config.report_examples)
     stages = build_stages(config, before + ([] if dedup else after))
     bad: list[int] = []
-    if dedup:
-        near = config.stage("near_dedup")
-        signatures = SignatureWriter(workdir, task.index, near)
-        shard = _AtomicFile(workdir / f"p1-{task.index:05d}.jsonl")
-    else:
-        writer = OutputWriter(out, task.index, config, stats)
-    local = 0
-    for part in task.parts:
-        for doc in read_part(part, config.skip_bad_records, bad):
-            raw = doc.html if doc.html is not None else doc.text
-            nbytes = len(raw.encode("utf-8"))
-            stats.data["read"]["documents"] += 1
-            stats.data["read"]["bytes"] += nbytes
-            src = stats.source(doc.source)
-            src["docs_in"] += 1
-            src["bytes_in"] += nbytes
-            doc = run_stages(doc, stages, stats)
-            if doc is None:
-                continue
-            if dedup:
-                t0 = time.perf_counter()
-                signatures.add(local, doc)  # hashing and MinHash: the cost of deduplication per document
-                stats.stage(dedup[-1])["seconds"] += time.perf_counter() - t0
-                shard.write(json.dumps(doc.to_record(), ensure_ascii=False).encode("utf-8") + b"\n")
-                local += 1
-            else:
-                writer.write(doc)
+    with ExitStack() as files:  # every file of the task appears when it ends, or none if it fails
+        if dedup:
+            signatures = SignatureWriter(workdir, task.index, config.stage("near_dedup"))
+            shard = files.enter_context(atomic_open(workdir / f"p1-{task.index:05d}.jsonl", "wb"))
+        else:
+            writer = OutputWriter(out, task.index, config, stats, files)
+        local = 0
+        for part in task.parts:
+            for doc in read_part(part, config.skip_bad_records, bad):
+                raw = doc.html if doc.html is not None else doc.text
+                nbytes = len(raw.encode("utf-8"))
+                stats.data["read"]["documents"] += 1
+                stats.data["read"]["bytes"] += nbytes
+                src = stats.source(doc.source)
+                src["docs_in"] += 1
+                src["bytes_in"] += nbytes
+                doc = run_stages(doc, stages, stats)
+                if doc is None:
+                    continue
+                if dedup:
+                    t0 = time.perf_counter()
+                    signatures.add(local, doc)  # hashing and MinHash: the cost of deduplication per document
+                    stats.stage(dedup[-1])["seconds"] += time.perf_counter() - t0
+                    shard.write(json.dumps(doc.to_record(), ensure_ascii=False).encode("utf-8") + b"\n")
+                    local += 1
+                else:
+                    writer.write(doc)
+        if dedup:
+            signatures.close()
     stats.data["read"]["bad_records"] += len(bad)
     _flush_counts(stages, stats)
-    if dedup:
-        signatures.close()
-        if local == 0:
-            shard.write(b"")
-        shard.close()
-    else:
-        writer.close()
     return stats.data
 
 
@@ -209,8 +196,8 @@ def second_pass(args: tuple) -> dict:
     stats = RunStats(_stage_names(config), config.report_examples)
     stages = build_stages(config, after)
     drop = set(np.load(workdir / f"drop-{task.index:05d}.npy").tolist())
-    writer = OutputWriter(out, task.index, config, stats)
-    with open(workdir / f"p1-{task.index:05d}.jsonl", "rb") as f:
+    with ExitStack() as files, open(workdir / f"p1-{task.index:05d}.jsonl", "rb") as f:
+        writer = OutputWriter(out, task.index, config, stats, files)
         for local, line in enumerate(f):
             if local in drop:
                 continue
@@ -218,7 +205,6 @@ def second_pass(args: tuple) -> dict:
             if doc is not None:
                 writer.write(doc)
     _flush_counts(stages, stats)
-    writer.close()
     return stats.data
 
 
@@ -288,8 +274,8 @@ class DaskExecutor:
     def __init__(self, workers: int, address: str | None):
         import logging
 
-        from distributed import Client, LocalCluster
-
+        distributed = import_extra("distributed", "engine: dask")
+        Client, LocalCluster = distributed.Client, distributed.LocalCluster
         if address:
             self.cluster = None
             self.client = Client(address)
@@ -299,8 +285,7 @@ class DaskExecutor:
             self.client = Client(self.cluster)
 
     def map(self, fn, items: list, progress=None) -> list:
-        from distributed import as_completed
-
+        as_completed = import_extra("distributed", "engine: dask").as_completed
         futures = self.client.map(fn, items, pure=False)
         for future in as_completed(futures):
             _tick(future.result(), progress)
@@ -366,6 +351,16 @@ def _check_inputs(config: PipelineConfig, tasks: list[ReadTask], out: Path) -> N
                             "would be read as input (or an input deleted); choose --out outside the inputs")
 
 
+def _packages_needed(config: PipelineConfig, tasks: list[ReadTask], engine: str) -> list[str]:
+    """The packages of the `clean` extra this run imports (its stages, input formats and engine): all are
+    checked before the output is cleared and workers start, not when a worker first needs one."""
+    needed = [package for spec in config.stages for package in STAGES[spec.name].needs]
+    needed += [FORMAT_PACKAGES[part.format] for task in tasks for part in task.parts if part.format in FORMAT_PACKAGES]
+    if engine == "dask":
+        needed.append("distributed")
+    return list(dict.fromkeys(needed))
+
+
 def run_pipeline(config: PipelineConfig, out: str | Path, inputs: list[InputSpec] | None = None,
                  workers: int | None = None, engine: str | None = None, log=None) -> dict:
     """Run the pipeline; return the summary (also written to OUT/report/report.json)."""
@@ -378,6 +373,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, inputs: list[InputSpec
     log = log or (lambda message: print(message, file=sys.stderr))
     _check(config)
     tasks: list[ReadTask] = plan_tasks(config.inputs, config.task_mb)
+    require_extra(_packages_needed(config, tasks, engine), "data clean")
     out = Path(out)
     _check_inputs(config, tasks, out)
     _prepare_out(out)
@@ -438,15 +434,13 @@ def _name_clusters(clusters: list[dict], workdir: Path) -> list[dict]:
 
 def _write_named_clusters(src: Path, workdir: Path, dest: Path) -> None:
     """Stream the cluster log into the report, a block of clusters at a time."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    with open(src, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8") as g:
+    with open(src, encoding="utf-8") as f, atomic_open(dest, "w") as g:
         while True:
             block = [json.loads(line) for _, line in zip(range(10_000), f)]
             if not block:
                 break
             for c in _name_clusters(block, workdir):
                 g.write(json.dumps(c, ensure_ascii=False) + "\n")
-    os.replace(tmp, dest)
 
 
 def _summary(config, stats: RunStats, dedup_info, workdir, workers, engine, seconds) -> dict:

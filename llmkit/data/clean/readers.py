@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.data.clean.config import InputSpec
+from llmkit.data.clean.shared import InputSpec, import_extra
 from llmkit.data.clean.document import Document
 from llmkit.errors import DataError
 
@@ -26,6 +26,10 @@ FORMATS = {
     ".html": "html", ".htm": "html",
     ".warc": "warc", ".warc.gz": "warc", ".wet": "warc", ".wet.gz": "warc",
 }
+
+
+# The package of the `clean` extra each format's reader needs (text, JSONL and HTML files need none).
+FORMAT_PACKAGES = {"parquet": "pyarrow", "warc": "warcio"}
 
 
 def format_of(path: Path) -> str | None:
@@ -185,8 +189,7 @@ def _line_number(path: str, offset: int) -> int:
 
 
 def _parquet_file(path: str):
-    import pyarrow.parquet as pq
-
+    pq = import_extra("pyarrow.parquet", "reading Parquet")
     try:
         return pq.ParquetFile(path)
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError ... for a bad file
@@ -287,8 +290,7 @@ def _read_parquet(part: FilePart, skip_bad, bad_counter, bad_hint) -> Iterator[D
 
 def _is_text_type(kind) -> bool:
     """string / large_string, string_view (pyarrow >= 16), or dictionary-encoded strings (pandas category)."""
-    import pyarrow as pa
-
+    pa = import_extra("pyarrow", "reading Parquet")
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     is_view = getattr(pa.types, "is_string_view", lambda _: False)
@@ -297,12 +299,11 @@ def _is_text_type(kind) -> bool:
 
 def _read_warc(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
     """Response records with an HTML payload (WARC), and text conversion records (WET)."""
-    from warcio.archiveiterator import ArchiveIterator
-    from warcio.exceptions import ArchiveLoadFailed
-
+    archive = import_extra("warcio.archiveiterator", "reading WARC")
+    load_failed = import_extra("warcio.exceptions", "reading WARC").ArchiveLoadFailed
     with open(part.path, "rb") as f:
         try:
-            for record in ArchiveIterator(f):
+            for record in archive.ArchiveIterator(f):
                 headers = record.rec_headers
                 url = headers.get_header("WARC-Target-URI")
                 rid = headers.get_header("WARC-Record-ID") or f"{part.rel}@{record.length}"
@@ -322,7 +323,7 @@ def _read_warc(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
                     except LookupError:
                         html = data.decode("utf-8", errors="replace")
                     yield Document(text="", html=html, id=rid, source=part.source, meta={"url": url} if url else {})
-        except ArchiveLoadFailed as e:
+        except load_failed as e:
             raise DataError(f"{part.path}: not a readable WARC archive ({str(e).strip()}); "
                             "check the file or its format") from None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from llmkit.data.clean.config import PRESET_DIR
+from llmkit.data.clean.shared import PRESET_DIR
 from llmkit.data.clean.document import Document, Rejection
 from llmkit.errors import ConfigError
 

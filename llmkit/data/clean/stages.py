@@ -23,12 +23,13 @@ class StageInfo:
     config: type
     factory: Callable | None  # config -> stage callable; None for the global (dedup) stages
     is_global: bool = False
+    needs: tuple[str, ...] = ()  # packages of the `clean` extra the stage imports
 
 
 STAGES: dict[str, StageInfo] = {
-    "extract": StageInfo(ExtractConfig, Extract),
+    "extract": StageInfo(ExtractConfig, Extract, needs=("trafilatura",)),
     "normalize": StageInfo(NormalizeConfig, Normalize),
-    "language": StageInfo(LanguageConfig, Language),
+    "language": StageInfo(LanguageConfig, Language, needs=("py3langid",)),
     "gopher_quality": StageInfo(GopherQualityConfig, GopherQuality),
     "gopher_repetition": StageInfo(GopherRepetitionConfig, GopherRepetition),
     "c4": StageInfo(C4Config, C4),

@@ -1,0 +1,65 @@
+"""llmkit.atomic.atomic_open, the one temp-then-rename writer, and the cleaning pipeline's use of it:
+a file appears whole or not at all, and a failed write leaves no temporary file behind."""
+
+import json
+
+import numpy as np
+import pytest
+
+from llmkit.atomic import atomic_open, atomic_write_text
+from llmkit.data.clean import InputSpec, config_from_dict, run_pipeline
+from llmkit.errors import DataError
+
+
+def test_streamed_file_appears_only_when_complete(tmp_path):
+    path = tmp_path / "part.jsonl"
+    with atomic_open(path) as f:
+        for i in range(3):
+            f.write(b"line %d\n" % i)
+            assert not path.exists()  # readers never see half a file
+        assert [p.name.startswith(".part.jsonl.tmp-") for p in tmp_path.iterdir()] == [True]
+    assert path.read_bytes() == b"line 0\nline 1\nline 2\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["part.jsonl"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "state.txt"
+    atomic_write_text(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(path, "w") as f:
+            f.write("half of the new")
+            raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.txt"]
+
+
+def test_text_mode_is_utf8_and_writers_that_take_a_file_object_work(tmp_path):
+    with atomic_open(tmp_path / "t.txt", "w") as f:
+        f.write("naïve — ünïcode\n")
+    assert (tmp_path / "t.txt").read_bytes() == "naïve — ünïcode\n".encode("utf-8")
+    array = np.arange(10, dtype=np.uint64)
+    with atomic_open(tmp_path / "a.npy") as f:
+        np.save(f, array)
+    assert np.array_equal(np.load(tmp_path / "a.npy"), array)
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_open(tmp_path / "x", "a"):
+            pass
+
+
+def test_a_failed_cleaning_task_leaves_no_partial_or_temporary_files(tmp_path):
+    lines = [json.dumps({"text": f"document number {i} with a few words"}) for i in range(20)] + ["{not json"]
+    (tmp_path / "web.jsonl").write_text("\n".join(lines) + "\n")
+    config = config_from_dict({"stages": ["normalize"]})
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="line 21"):
+        run_pipeline(config, out, inputs=[InputSpec(str(tmp_path / "web.jsonl"))], workers=1)
+    # The twenty good documents were streamed into the task's part before the bad line: that part and
+    # its temporary file are both gone, so the output holds no truncated shard.
+    assert not (out / "train").exists() or not list((out / "train").iterdir())
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    # With the bad record skipped, the same task writes its part whole.
+    config = config_from_dict({"stages": ["normalize"], "skip_bad_records": True})
+    run_pipeline(config, out, inputs=[InputSpec(str(tmp_path / "web.jsonl"))], workers=1)
+    kept = (out / "train" / "part-00000.jsonl").read_text().splitlines()
+    assert [json.loads(line)["text"] for line in kept] == [json.loads(line)["text"] for line in lines[:20]]
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
