@@ -13,15 +13,15 @@ Tokenization is batched through the `tokenizers` library, which spreads each bat
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+from contextlib import ExitStack
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from llmkit.atomic import atomic_write_bytes, atomic_write_text
+from llmkit.atomic import atomic_open, atomic_write_text
 from llmkit.data.clean.readers import FilePart, format_of, read_part
 from llmkit.errors import DataError
 from llmkit.tokenizer import Tokenizer, read_text_pieces, text_pieces
@@ -86,19 +86,36 @@ def iter_documents(files: list[Path], field_name: str = "text", skip_bad: bool =
 
 
 class _ShardWriter:
+    """Token shards written as the documents arrive: a shard's tokens stream into its file (through
+    `atomic_open`, renamed into place when the shard is full), so memory holds no shard and no whole
+    document, however long. Used as a context manager: on an error the unfinished shard is removed."""
+
     def __init__(self, out: Path, dtype: np.dtype, shard_tokens: int, stats: PrepareStats):
         self.out, self.dtype, self.shard_tokens, self.stats = out, dtype, shard_tokens, stats
-        self.parts: list[np.ndarray] = []
+        self.open_shard = ExitStack()
+        self.file = None
         self.starts: list[int] = []
         self.tokens = self.bytes = 0
+
+    def __enter__(self) -> "_ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.open_shard.__exit__(*exc)
+
+    @property
+    def name(self) -> str:
+        return f"shard_{len(self.stats.shards):05d}"
 
     def add(self, pieces: Iterable[list[int]]) -> int:
         """One document, given as the ids of its consecutive pieces; returns its token count. Then
         `end_document` with its UTF-8 bytes. A document never spans shards."""
+        if self.file is None:
+            self.file = self.open_shard.enter_context(atomic_open(self.out / f"{self.name}.bin"))
         start = self.tokens
         self.starts.append(start)
         for ids in pieces:
-            self.parts.append(np.asarray(ids, dtype=self.dtype))
+            self.file.write(np.asarray(ids, dtype=self.dtype).tobytes())
             self.tokens += len(ids)
         return self.tokens - start
 
@@ -108,17 +125,16 @@ class _ShardWriter:
             self.flush()
 
     def flush(self) -> None:
-        if not self.parts:
+        if self.file is None:
             return
-        index = len(self.stats.shards)
-        name = f"shard_{index:05d}"
-        atomic_write_bytes(self.out / f"{name}.bin", np.concatenate(self.parts).tobytes())
-        starts = io.BytesIO()
-        np.save(starts, np.asarray(self.starts, dtype=np.int64))
-        atomic_write_bytes(self.out / f"{name}.docs.npy", starts.getvalue())
+        name = self.name
+        self.open_shard.close()  # the shard file is complete: fsynced and renamed into place
+        self.file = None
+        with atomic_open(self.out / f"{name}.docs.npy") as f:
+            np.save(f, np.asarray(self.starts, dtype=np.int64))
         self.stats.shards.append({"file": f"{name}.bin", "tokens": self.tokens, "documents": len(self.starts),
                                   "bytes": self.bytes})
-        self.parts, self.starts, self.tokens, self.bytes = [], [], 0, 0
+        self.starts, self.tokens, self.bytes = [], 0, 0
 
 
 def prepare(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path, field_name: str = "text",
@@ -139,36 +155,8 @@ def prepare(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path
         old.unlink()
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     stats = PrepareStats()
-    writer = _ShardWriter(out, dtype, shard_tokens, stats)
-    batch: list[str] = []
-    batch_chars = 0
-
-    def record(tokens: int, n_bytes: int) -> None:
-        stats.documents += 1
-        stats.tokens += tokens
-        stats.bytes += n_bytes
-        writer.end_document(n_bytes)
-
-    def encode_batch():
-        # short documents are tokenized in batches, which `tokenizers` spreads over every core
-        for text, ids in zip(batch, tokenizer.encode_batch(batch, add_bos=True)):
-            record(writer.add([ids]), len(text.encode("utf-8")))
-        batch.clear()
-
-    for doc in iter_documents(files, field_name, skip_bad, stats):
-        if isinstance(doc, str):
-            batch.append(doc)
-            batch_chars += len(doc)
-            if batch_chars >= BATCH_CHARS or len(batch) >= BATCH_DOCUMENTS:
-                encode_batch()
-                batch_chars = 0
-            continue
-        encode_batch()  # documents stay in input order
-        batch_chars = 0
-        counted = _CountedBytes(doc)  # counts each piece's bytes as the tokenizer reads it: no copy kept
-        record(writer.add(tokenizer.encode_long(counted, add_bos=True)), counted.bytes)  # args run in order
-    encode_batch()
-    writer.flush()
+    with _ShardWriter(out, dtype, shard_tokens, stats) as writer:
+        _tokenize_into(writer, tokenizer, iter_documents(files, field_name, skip_bad, stats), stats)
     if stats.documents == 0:
         raise DataError(f"no documents found in {', '.join(map(str, inputs))}")
     tokenizer.save(out)
@@ -181,6 +169,40 @@ def prepare(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path
     }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")  # written last: marks completion
     return stats
+
+
+def _tokenize_into(writer: _ShardWriter, tokenizer: Tokenizer, documents: Iterator[str | Iterator[str]],
+                   stats: PrepareStats) -> None:
+    """Short documents are tokenized in batches, which `tokenizers` spreads over every core; a long one
+    (an iterator of pieces) alone with `encode_long`. Documents stay in input order."""
+    batch: list[str] = []
+
+    def record(tokens: int, n_bytes: int) -> None:
+        stats.documents += 1
+        stats.tokens += tokens
+        stats.bytes += n_bytes
+        writer.end_document(n_bytes)
+
+    def encode_batch() -> None:
+        for text, ids in zip(batch, tokenizer.encode_batch(batch, add_bos=True)):
+            record(writer.add([ids]), len(text.encode("utf-8")))
+        batch.clear()
+
+    batch_chars = 0
+    for doc in documents:
+        if isinstance(doc, str):
+            batch.append(doc)
+            batch_chars += len(doc)
+            if batch_chars >= BATCH_CHARS or len(batch) >= BATCH_DOCUMENTS:
+                encode_batch()
+                batch_chars = 0
+            continue
+        encode_batch()
+        batch_chars = 0
+        counted = _CountedBytes(doc)  # counts each piece's bytes as the tokenizer reads it: no copy kept
+        record(writer.add(tokenizer.encode_long(counted, add_bos=True)), counted.bytes)  # args run in order
+    encode_batch()
+    writer.flush()
 
 
 class _CountedBytes:
