@@ -1,8 +1,12 @@
 """The server's pieces without a process: token ids -> shown text (half characters held back, stop
 strings cut even when they span tokens), and /health's 503 while the model loads."""
 
+import socket
+
 import pytest
 from starlette.testclient import TestClient
+
+from conftest import run_cli
 
 from llmkit.serve.metrics import ServerMetrics
 from llmkit.serve.openai_api import OpenAIService
@@ -62,3 +66,15 @@ def test_health_is_503_until_the_model_is_loaded():
     assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
     worker.llm = object()  # what the engine thread sets once loading is done
     assert client.get("/health").status_code == 200
+
+
+def test_serve_user_errors_are_one_line_and_exit_2(tmp_path):
+    result = run_cli("serve", "--model", tmp_path / "missing", "--port", 0)  # listens, then the load fails
+    assert result.returncode == 2 and "listening on http://127.0.0.1:" in result.stdout
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'}: no such checkpoint directory"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("serve", "--model", tmp_path, "--port", taken.getsockname()[1])
+    assert result.returncode == 2 and "cannot listen on 127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -3,18 +3,22 @@ prompt log-probabilities (completions with `echo` + `logprobs`) and embeddings."
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from llmkit.infer import TokenLogprob
-from llmkit.model import Transformer
+
+if TYPE_CHECKING:
+    from llmkit.model import Transformer
 
 
-def _device(model: Transformer) -> torch.device:
+def _device(model: "Transformer") -> torch.device:
     return model.tok_emb.weight.device
 
 
 @torch.inference_mode()
-def prompt_logprobs(model: Transformer, ids: list[int], top: int) -> list[TokenLogprob | None]:
+def prompt_logprobs(model: "Transformer", ids: list[int], top: int) -> list[TokenLogprob | None]:
     """Each prompt token's log-probability given the tokens before it (None for the first, which has no
     context), with the `top` most likely alternatives. Computed exactly as `LLM.score` does (one full
     forward, log-softmax in float32), so a harness's log-likelihoods equal `llmkit score`'s."""
@@ -31,7 +35,7 @@ def prompt_logprobs(model: Transformer, ids: list[int], top: int) -> list[TokenL
 
 
 @torch.inference_mode()
-def embed(model: Transformer, ids: list[int], skip_first: bool) -> list[float]:
+def embed(model: "Transformer", ids: list[int], skip_first: bool) -> list[float]:
     """Mean of the final normalised hidden states over the input's tokens, scaled to unit length (so a
     dot product is the cosine similarity, as with OpenAI's embeddings). skip_first: leave out a BOS
     token, whose state is the same for every input."""

@@ -9,6 +9,7 @@ documented in README.md ("Serving").
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -195,8 +196,8 @@ def choice_params(options: GenerationOptions, max_new_tokens: int, choice: int) 
     they differ from each other and are all reproducible."""
     params = options.params
     seed = None if params.seed is None else (params.seed + choice) % 2**63
-    return SamplingParams(**{**params.__dict__, "max_new_tokens": max_new_tokens, "seed": seed,
-                             "stop_strings": list(params.stop_strings)})
+    return dataclasses.replace(params, max_new_tokens=max_new_tokens, seed=seed,
+                               stop_strings=list(params.stop_strings))
 
 
 @dataclass
