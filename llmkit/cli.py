@@ -106,6 +106,15 @@ def cmd_chat(args) -> None:
     run_chat(llm, system=args.system, sampling=sampling_from(args))
 
 
+def cmd_serve(args) -> None:
+    from llmkit.serve.server import serve
+
+    serve(args.model, host=args.host, port=args.port, api_key=args.api_key, served_model_name=args.served_model_name,
+          device=args.device, dtype=args.dtype, max_waiting=args.max_waiting, max_body_mib=args.max_body_mib,
+          **engine_from(args), max_batch_size=args.max_batch_size, kv_cache_mib=args.kv_cache_mib,
+          prefix_cache_mib=args.prefix_cache_mib)
+
+
 def cmd_quantize(args) -> None:
     from llmkit.convert import quantize_checkpoint
 
@@ -302,6 +311,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(p)
     p.add_argument("--system", default=None, help="system prompt")
     p.set_defaults(handler=cmd_chat)
+
+    # conflict_handler="resolve": the batching options below may also come from add_engine_args one day.
+    p = verbs.add_parser("serve", help="OpenAI-compatible HTTP server (chat, completions, embeddings, /metrics)",
+                         conflict_handler="resolve")
+    add_model_args(p)
+    add_engine_args(p)
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    g.add_argument("--port", type=int, default=8000, help="0 picks a free port (the URL is printed)")
+    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (except on /health)")
+    g.add_argument("--served-model-name", default=None, help="the model id clients send (default: --model)")
+    g.add_argument("--max-batch-size", type=int, default=32, help="requests decoded together")
+    g.add_argument("--kv-cache-mib", type=float, default=2048, help="KV-cache budget of the running requests")
+    g.add_argument("--prefix-cache-mib", type=float, default=256, help="prefix-cache pool (0 = off)")
+    g.add_argument("--max-waiting", type=int, default=512, help="requests queued beyond the batch before 429")
+    g.add_argument("--max-body-mib", type=float, default=8, help="largest request body (413 beyond)")
+    p.set_defaults(handler=cmd_serve)
 
     p = verbs.add_parser("quantize", help="weight-only int8 / int4 quantization of a checkpoint's Linear layers")
     p.add_argument("--model", required=True, help="floating-point checkpoint directory or a named model (smollm2)")

@@ -1,0 +1,408 @@
+"""The OpenAI-compatible endpoints: chat and text completions (streamed or not), embeddings, models,
+and the tokenizer endpoints evaluation harnesses use with a remote model (/tokenize, /detokenize,
+/tokenizer_info, as vLLM names them).
+
+Handlers parse and check the request (protocol.py), turn it into prompt token ids, submit one engine
+request per choice to the engine thread (worker.py) and turn its updates into OpenAI's bodies
+(responses.py). A streamed reply waits for the first token before sending its headers, so a request
+the engine refuses still gets a proper 4xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from llmkit.errors import LLMKitError
+from llmkit.serve import model_jobs
+from llmkit.serve.protocol import (APIError, CompletionRequest, GenerationOptions, bad, choice_params, parse_chat,
+                                   parse_completion, parse_detokenize, parse_embedding, parse_json, parse_tokenize)
+from llmkit.serve.responses import (ChoiceState, chat_logprobs, completion_logprobs, envelope, new_id, sse, usage)
+from llmkit.serve.text_stream import TextStream
+from llmkit.serve.worker import EngineWorker, Generation, Overloaded, Update
+
+
+class OpenAIService:
+    def __init__(self, worker: EngineWorker, model_name: str):
+        self.worker = worker
+        self.model_name = model_name
+        self.created = int(time.time())
+
+    # -- the loaded model
+    @property
+    def llm(self):
+        if self.worker.llm is None:
+            raise APIError(503, "the model is still loading; wait for /health to answer 200", code="model_loading")
+        return self.worker.llm
+
+    @property
+    def tokenizer(self):
+        return self.llm.tokenizer
+
+    @property
+    def context(self) -> int:
+        return self.llm.model.config.max_seq_len
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model_name:
+            raise APIError(404, f"model {name!r} does not exist; this server serves {self.model_name!r} "
+                           "(see GET /v1/models)", param="model", code="model_not_found")
+
+    async def body(self, request: Request) -> dict:
+        self.llm  # noqa: B018 - 503 before reading the body while the model loads
+        return parse_json(await request.body())
+
+    # -- prompts
+    def render_chat(self, messages: list[dict]) -> list[int]:
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        except LLMKitError as e:
+            raise APIError(400, f"messages: {e}", param="messages", code="invalid_value") from None
+        return self.tokenizer.encode(text)  # the template writes any BOS itself
+
+    def chat_prompt(self, messages: list[dict], max_tokens: int | None, truncate: str | None) -> tuple[list[int], int]:
+        """The conversation's token ids and how many messages were dropped to fit the context."""
+        ids, dropped = self.render_chat(messages), 0
+        need = max_tokens or 1
+        while len(ids) + need > self.context and truncate == "oldest":
+            # Drop the oldest turn that is neither a system turn nor the last message.
+            oldest = next((i for i, m in enumerate(messages[:-1]) if m["role"] != "system"), None)
+            if oldest is None:
+                break
+            messages = messages[:oldest] + messages[oldest + 1:]
+            dropped += 1
+            ids = self.render_chat(messages)
+        self.check_fits(len(ids), max_tokens, "messages", "the messages have",
+                        "shorten the conversation" + ("" if truncate else ", or send \"truncate\": \"oldest\" to "
+                                                      "drop its oldest turns"))
+        return ids, dropped
+
+    def check_fits(self, n: int, max_tokens: int | None, param: str, what: str, advice: str) -> None:
+        need = 1 if max_tokens is None else max_tokens
+        if n + need <= self.context:
+            return
+        asked = f" and max_tokens asks for {max_tokens} more" if max_tokens else ""
+        raise APIError(400, f"{param}: {what} {n} tokens{asked}, but the model's context is {self.context} tokens; "
+                       f"{advice}" + ("" if not max_tokens else " or lower max_tokens"),
+                       param=param, code="context_length_exceeded")
+
+    def completion_prompt(self, prompt: str | list[int], max_tokens: int | None, index: int,
+                          name: str = "prompt") -> list[int]:
+        param = name if index == 0 else f"{name}[{index}]"
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, add_bos=True)
+        else:
+            vocab = self.llm.model.config.vocab_size
+            outside = [t for t in prompt if not 0 <= t < vocab]
+            if outside:
+                raise bad(param, f"token id {outside[0]} is outside the vocabulary of {vocab}")
+            ids = list(prompt)
+        if not ids:
+            raise bad(param, "is empty; give at least one token")
+        self.check_fits(len(ids), max_tokens, param, "the prompt has", "shorten the prompt")
+        return ids
+
+    # -- submitting
+    def submit(self, ids: list[int], options: GenerationOptions, updates: asyncio.Queue | None = None,
+               first_choice: int = 0) -> Generation:
+        max_new = options.max_tokens if options.max_tokens is not None else self.context - len(ids)
+        params = [choice_params(options, max_new, j) for j in range(options.n)]
+        try:
+            return self.worker.submit(ids, params, updates, first_choice)
+        except Overloaded as e:
+            raise APIError(429, str(e), code="queue_full", type="rate_limit_error",
+                           headers={"Retry-After": str(e.retry_after_s)}) from None
+
+    def choices(self, total: int, options: GenerationOptions) -> list[ChoiceState]:
+        stops = set(self.llm.engine.stop_token_ids) | set(options.params.stop_token_ids)
+        return [ChoiceState(i, self.tokenizer, stops, options.params.stop_strings) for i in range(total)]
+
+    # -- POST /v1/chat/completions
+    async def chat_completions(self, request: Request):
+        chat = parse_chat(await self.body(request))
+        options = chat.options
+        self.check_model(options.model)
+        ids, dropped = self.chat_prompt(chat.messages, options.max_tokens, chat.truncate)
+        generation = self.submit(ids, options)
+        extra = {"truncated_messages": dropped} if chat.truncate else {}
+        choices = self.choices(options.n, options)
+        reply = Reply(request, self.worker, [generation], choices)
+        rid, created = new_id("chatcmpl"), int(time.time())
+        if options.stream:
+            first = await reply.first_update()
+            return reply.event_stream(self._chat_chunks(reply, first, options, rid, created, extra))
+        await reply.collect()
+        body = envelope("chat.completion", rid, self.model_name, created, choices=[{
+            "index": c.index, "message": {"role": "assistant", "content": c.text},
+            "logprobs": chat_logprobs(self.tokenizer, c.new_pieces()) if options.logprobs is not None else None,
+            "finish_reason": c.finish_reason} for c in choices],
+            usage=usage(len(ids), sum(c.completion_tokens for c in choices), min(c.cached_tokens for c in choices)),
+            **extra)
+        return JSONResponse(body)
+
+    async def _chat_chunks(self, reply: "Reply", first: Update, options: GenerationOptions, rid: str,
+                           created: int, extra: dict) -> AsyncIterator[str]:
+        def chunk(choices: list[dict], **fields) -> str:
+            if options.include_usage:  # OpenAI: "usage": null on every chunk but the last
+                fields = {"usage": None, **fields}
+            return sse(envelope("chat.completion.chunk", rid, self.model_name, created, choices=choices, **fields))
+
+        for i, c in enumerate(reply.choices):
+            yield chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                          "finish_reason": None}], **(extra if i == 0 else {}))
+        async for c, text in reply.texts(first):
+            pieces = c.new_pieces() if options.logprobs is not None else []
+            if text or pieces or c.finish_reason:
+                yield chunk([{"index": c.index, "delta": {"content": text} if text else {},
+                              "logprobs": chat_logprobs(self.tokenizer, pieces) if pieces else None,
+                              "finish_reason": c.finish_reason}])
+        if options.include_usage:
+            yield chunk([], usage=reply.usage([len(reply.generations[0].prompt_ids)]))
+        yield sse("[DONE]")
+
+    # -- POST /v1/completions
+    async def completions(self, request: Request):
+        completion = parse_completion(await self.body(request))
+        options = completion.options
+        self.check_model(options.model)
+        prompts = [self.completion_prompt(p, options.max_tokens, i) for i, p in enumerate(completion.prompts)]
+        echoed = await self._echo(completion, prompts) if completion.echo else [None] * len(prompts)
+        choices = self.choices(len(prompts) * options.n, options)
+        generations: list[Generation] = []
+        if options.max_tokens == 0:  # nothing to generate: scoring a prompt with echo + logprobs
+            for c in choices:
+                c.finish_reason = "length"
+        else:
+            updates: asyncio.Queue = asyncio.Queue()
+            try:
+                for i, ids in enumerate(prompts):
+                    generations.append(self.submit(ids, options, updates, first_choice=i * options.n))
+            except APIError:
+                for generation in generations:
+                    self.worker.cancel(generation)
+                raise
+        reply = Reply(request, self.worker, generations, choices)
+        rid, created = new_id("cmpl"), int(time.time())
+        if options.stream:
+            first = await reply.first_update()
+            return reply.event_stream(self._completion_chunks(reply, first, options, rid, created))
+        await reply.collect()
+        out = []
+        for c in choices:
+            prompt_text, prompt_pieces = echoed[c.index // options.n] or ("", None)
+            logprobs = None
+            if options.logprobs is not None:
+                pieces = c.new_pieces()
+                texts, lps = [p.text for p, _ in pieces], [lp for _, lp in pieces]
+                if prompt_pieces is not None:
+                    texts, lps = prompt_pieces[0] + texts, prompt_pieces[1] + lps
+                logprobs = completion_logprobs(self.tokenizer, texts, lps)
+            out.append({"index": c.index, "text": prompt_text + c.text, "logprobs": logprobs,
+                        "finish_reason": c.finish_reason})
+        cached = [min([c.cached_tokens for c in choices[i * options.n:(i + 1) * options.n]])
+                  for i in range(len(prompts))]
+        body = envelope("text_completion", rid, self.model_name, created, choices=out,
+                        usage=usage(sum(map(len, prompts)), sum(c.completion_tokens for c in choices), sum(cached)))
+        return JSONResponse(body)
+
+    async def _echo(self, completion: CompletionRequest, prompts: list[list[int]]):
+        """Per prompt: its text, and with logprobs its tokens' texts and log-probabilities."""
+        out = []
+        for prompt, ids in zip(completion.prompts, prompts):
+            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)
+            pieces = None
+            if completion.options.logprobs is not None:
+                stream = TextStream(self.tokenizer)
+                stream.add(ids)
+                stream.finish()
+                lps = await self.worker.call(model_jobs.prompt_logprobs, self.llm.model, ids,
+                                             completion.options.logprobs)
+                pieces = ([p.text for p in stream.pieces], lps)
+            out.append((text, pieces))
+        return out
+
+    async def _completion_chunks(self, reply: "Reply", first: Update, options: GenerationOptions, rid: str,
+                                 created: int) -> AsyncIterator[str]:
+        def chunk(choices: list[dict], **fields) -> str:
+            if options.include_usage:  # OpenAI: "usage": null on every chunk but the last
+                fields = {"usage": None, **fields}
+            return sse(envelope("text_completion", rid, self.model_name, created, choices=choices, **fields))
+
+        async for c, text in reply.texts(first):
+            pieces = c.new_pieces() if options.logprobs is not None else []
+            if text or pieces or c.finish_reason:
+                logprobs = None
+                if pieces:
+                    logprobs = completion_logprobs(self.tokenizer, [p.text for p, _ in pieces],
+                                                   [lp for _, lp in pieces])
+                yield chunk([{"index": c.index, "text": text, "logprobs": logprobs,
+                              "finish_reason": c.finish_reason}])
+        if options.include_usage:
+            yield chunk([], usage=reply.usage([len(g.prompt_ids) for g in reply.generations]))
+        yield sse("[DONE]")
+
+    # -- POST /v1/embeddings
+    async def embeddings(self, request: Request):
+        req = parse_embedding(await self.body(request))
+        self.check_model(req.model)
+        prompts = [self.completion_prompt(p, 0, i, "input") for i, p in enumerate(req.inputs)]
+        skip_first = self.tokenizer.bos_id is not None
+        data = []
+        for i, (given, ids) in enumerate(zip(req.inputs, prompts)):
+            vector = await self.worker.call(model_jobs.embed, self.llm.model, ids,
+                                            skip_first and isinstance(given, str))
+            # base64: little-endian float32, what OpenAI's clients decode.
+            value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if req.base64 else vector
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        tokens = sum(map(len, prompts))
+        return JSONResponse({"object": "list", "data": data, "model": self.model_name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    # -- models and tokenizer
+    async def models(self, request: Request):
+        return JSONResponse({"object": "list", "data": [{
+            "id": self.model_name, "object": "model", "created": self.created, "owned_by": "llmkit",
+            "max_model_len": self.context}]})
+
+    async def tokenize(self, request: Request):
+        req = parse_tokenize(await self.body(request))
+        self.check_model(req.model)
+        if req.messages is not None:
+            text = self.tokenizer.apply_chat_template(req.messages, add_generation_prompt=req.add_generation_prompt)
+            ids = self.tokenizer.encode(text)
+        else:
+            ids = self.tokenizer.encode(req.prompt, add_bos=req.add_special_tokens)
+        body = {"count": len(ids), "max_model_len": self.context, "tokens": ids}
+        if req.return_token_strs:
+            body["token_strs"] = [self.tokenizer.decode([t]) for t in ids]
+        return JSONResponse(body)
+
+    async def detokenize(self, request: Request):
+        body = await self.body(request)
+        self.check_model(body.get("model"))
+        tokens = parse_detokenize(body, self.tokenizer.vocab_size)
+        return JSONResponse({"prompt": self.tokenizer.decode(tokens)})
+
+    async def tokenizer_info(self, request: Request):
+        tok = self.tokenizer
+        return JSONResponse({
+            "tokenizer_class": "PreTrainedTokenizerFast", "vocab_size": tok.vocab_size,
+            "model_max_length": self.context, "bos_token": tok.bos_token, "bos_token_id": tok.bos_id,
+            "eos_token": tok.eos_token, "eos_token_id": tok.eos_id, "pad_token": tok.pad_token,
+            "pad_token_id": tok.pad_id, "stop_token_ids": list(self.llm.engine.stop_token_ids),
+            "add_bos_token": tok.bos_id is not None, "chat_template": tok.chat_template})
+
+
+class Reply:
+    """The choices of one HTTP request as their updates arrive; cancels its generations when the client
+    disconnects (watched on the ASGI receive channel) or the reply is abandoned."""
+
+    def __init__(self, request: Request, worker: EngineWorker, generations: list[Generation],
+                 choices: list[ChoiceState]):
+        self.worker, self.generations, self.choices = worker, generations, choices
+        self.updates = generations[0].updates if generations else None
+        self.watch = asyncio.create_task(self._watch(request.receive)) if generations else None
+
+    async def _watch(self, receive: Callable) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.cancel()
+
+    def cancel(self) -> None:
+        for generation in self.generations:
+            self.worker.cancel(generation)
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
+        if not self.done:
+            self.cancel()
+
+    @property
+    def done(self) -> bool:
+        return all(c.finish_reason is not None for c in self.choices)
+
+    async def first_update(self) -> Update | None:
+        try:
+            if self.done:
+                return None
+            update = await self.updates.get()
+        except BaseException:
+            self.close()
+            raise
+        if update.finish_reason == "error":
+            self.close()
+            raise APIError(update.error_status or 500, update.error)
+        return update
+
+    async def collect(self) -> None:
+        try:
+            while not self.done:
+                update = await self.updates.get()
+                self.choices[update.choice].feed(update)
+        finally:
+            self.close()
+        failed = [c for c in self.choices if c.finish_reason == "error"]
+        if failed:
+            raise APIError(failed[0].error_status or 500, failed[0].error)
+
+    async def texts(self, first: Update | None) -> AsyncIterator[tuple[ChoiceState, str]]:
+        """Each update as (its choice, the text it makes showable); raises on an engine error."""
+        if first is None:  # nothing was generated (max_tokens 0): each choice's finish, once
+            for c in self.choices:
+                yield c, ""
+            return
+        update = first
+        while update is not None:
+            c = self.choices[update.choice]
+            text = c.feed(update)
+            if c.finish_reason == "error":
+                raise APIError(c.error_status or 500, c.error)
+            if c.finish_reason != "cancelled":
+                yield c, text
+            update = None if self.done else await self.updates.get()
+
+    def usage(self, prompt_lengths: list[int]) -> dict:
+        n = len(self.choices) // max(len(prompt_lengths), 1)
+        cached = sum(min(c.cached_tokens for c in self.choices[i * n:(i + 1) * n]) for i in range(len(prompt_lengths)))
+        return usage(sum(prompt_lengths), sum(c.completion_tokens for c in self.choices), cached)
+
+    def event_stream(self, events: AsyncIterator[str]) -> "EventStream":
+        return EventStream(events, self.close)
+
+
+class EventStream:
+    """A server-sent-events response as a plain ASGI app. An error after the headers went out is sent as
+    an OpenAI error object in the stream, then `[DONE]`; the reply is closed (its generations
+    cancelled if unfinished) however the stream ends."""
+
+    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None]):
+        self.events, self.on_close = events, on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no")]})
+        try:
+            try:
+                async for event in self.events:
+                    await send({"type": "http.response.body", "body": event.encode(), "more_body": True})
+            except Exception as e:  # noqa: BLE001 - the status is sent already: report it in the stream
+                if not isinstance(e, APIError):
+                    traceback.print_exc()
+                    e = APIError(500, "internal server error (see the server log)")
+                for event in (sse(e.body()), sse("[DONE]")):
+                    await send({"type": "http.response.body", "body": event.encode(), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client went away; on_close cancels its generations
+        finally:
+            await self.events.aclose()
+            self.on_close()

@@ -1,0 +1,128 @@
+"""Bodies of the OpenAI-compatible responses: choices' text and log-probabilities, usage, chunks.
+
+A `ChoiceState` follows one choice through its updates from the engine thread (worker.py); the same
+state builds a streamed chunk or a whole response, so streamed text == non-streamed text.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import uuid
+
+from llmkit.infer import TokenLogprob
+from llmkit.serve.text_stream import TextStream, TokenPiece
+from llmkit.serve.worker import Update
+
+
+class ChoiceState:
+    def __init__(self, index: int, tokenizer, stop_token_ids, stop_strings):
+        self.index = index
+        self.tokenizer = tokenizer
+        self.stream = TextStream(tokenizer, frozenset(stop_token_ids), tuple(stop_strings))
+        self.logprobs: list[TokenLogprob] = []  # one per generated token
+        self.completion_tokens = 0  # generated tokens, a final stop token included (as OpenAI counts)
+        self.cached_tokens = 0
+        self.finish_reason: str | None = None
+        self.error_status, self.error = 0, ""
+        self.pieces_sent = 0
+        self.role_sent = False
+
+    def feed(self, update: Update) -> str:
+        """Take an update; returns the text that can be shown now."""
+        self.completion_tokens += len(update.token_ids)
+        self.cached_tokens = max(self.cached_tokens, update.cached_tokens)
+        if update.logprobs:
+            self.logprobs += update.logprobs
+        text = self.stream.add(update.token_ids)
+        if update.finish_reason is not None:
+            text += self.stream.finish()
+            reason = update.finish_reason
+            # A stop string seen here on the token that also reached max_tokens is still a stop.
+            self.finish_reason = "stop" if self.stream.stopped and reason == "length" else reason
+            self.error_status, self.error = update.error_status, update.error
+        return text
+
+    @property
+    def text(self) -> str:
+        return self.stream.text
+
+    def new_pieces(self) -> list[tuple[TokenPiece, TokenLogprob]]:
+        """Tokens whose text has been shown since the last call, with their log-probabilities."""
+        pieces = self.stream.pieces if self.finish_reason else self.stream.shown_pieces
+        new = pieces[self.pieces_sent:len(self.logprobs)]
+        out = list(zip(new, self.logprobs[self.pieces_sent:self.pieces_sent + len(new)]))
+        self.pieces_sent += len(out)
+        return out
+
+
+# --- log-probabilities ---------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _unicode_to_byte() -> dict[str, int]:
+    from llmkit.tokenizer import _byte_to_unicode
+
+    return {v: k for k, v in _byte_to_unicode().items()}
+
+
+def token_bytes(tokenizer, token_id: int) -> list[int]:
+    """The raw bytes of a token: for a byte-level BPE, from its vocabulary entry (so half of a UTF-8
+    character shows as its byte); otherwise the UTF-8 of its text."""
+    table = _unicode_to_byte()
+    raw = tokenizer.backend.id_to_token(token_id) if hasattr(tokenizer, "backend") else None
+    if raw and all(ch in table for ch in raw):
+        return [table[ch] for ch in raw]
+    return list(tokenizer.decode([token_id]).encode("utf-8"))
+
+
+def token_text(tokenizer, token_id: int) -> str:
+    return tokenizer.decode([token_id])
+
+
+def chat_logprobs(tokenizer, pieces: list[tuple[TokenPiece, TokenLogprob]]) -> dict:
+    """OpenAI chat format: each token's text (the text it added to the content), log-probability, bytes
+    and its most likely alternatives."""
+    return {"content": [{
+        "token": piece.text, "logprob": lp.logprob, "bytes": token_bytes(tokenizer, piece.token_id),
+        "top_logprobs": [{"token": token_text(tokenizer, t), "logprob": v, "bytes": token_bytes(tokenizer, t)}
+                         for t, v in lp.top],
+    } for piece, lp in pieces]}
+
+
+def completion_logprobs(tokenizer, texts: list[str], logprobs: list[TokenLogprob | None], offset: int = 0) -> dict:
+    """The legacy completions format: parallel lists; a prompt's first token has no log-probability (None).
+    Each token's top alternatives include the token itself, as OpenAI's and vLLM's do."""
+    tops, offsets = [], []
+    for text, lp in zip(texts, logprobs):
+        offsets.append(offset)
+        offset += len(text)
+        if lp is None:
+            tops.append(None)
+            continue
+        top = {token_text(tokenizer, t): v for t, v in lp.top}
+        top.setdefault(text, lp.logprob)
+        tops.append(top)
+    return {"tokens": texts, "token_logprobs": [None if lp is None else lp.logprob for lp in logprobs],
+            "top_logprobs": tops, "text_offset": offsets}
+
+
+# --- envelopes -----------------------------------------------------------------------------------------------
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+def envelope(kind: str, response_id: str, model: str, created: int | None = None, **fields) -> dict:
+    return {"id": response_id, "object": kind, "created": created or int(time.time()), "model": model, **fields}
+
+
+def sse(data: dict | str) -> str:
+    """One server-sent event (the stream ends with `data: [DONE]`)."""
+    import json
+
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text}\n\n"

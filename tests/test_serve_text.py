@@ -1,0 +1,80 @@
+"""The server's pieces without a process: token ids -> shown text (half characters held back, stop
+strings cut even when they span tokens), and /health's 503 while the model loads."""
+
+import socket
+
+import pytest
+from starlette.testclient import TestClient
+
+from conftest import run_cli
+
+from llmkit.serve.metrics import ServerMetrics
+from llmkit.serve.openai_api import OpenAIService
+from llmkit.serve.server import build_app
+from llmkit.serve.text_stream import TextStream
+from llmkit.serve.worker import EngineWorker
+
+
+def stream_one_by_one(tokenizer, ids, **kwargs):
+    stream = TextStream(tokenizer, **kwargs)
+    deltas = [stream.add([t]) for t in ids]
+    deltas.append(stream.finish())
+    return stream, deltas
+
+
+@pytest.mark.parametrize("text", ["héllo wörld, ça va? ✓ 日本語 🎭", "To be, or not to be: 1603"])
+def test_token_by_token_text_equals_the_whole_decode(shakespeare_tokenizer, text):
+    ids = shakespeare_tokenizer.encode(text)
+    assert len(ids) > len(text) // 2  # a small vocabulary: accents and emoji are split into byte tokens
+    stream, deltas = stream_one_by_one(shakespeare_tokenizer, ids)
+    assert "".join(deltas) == text == stream.text
+    assert not any("\ufffd" in d for d in deltas)  # half characters are held back, never shown
+    assert "".join(p.text for p in stream.pieces) == text and len(stream.pieces) == len(ids)
+
+
+def test_stop_string_spanning_tokens_is_held_back_and_cut(shakespeare_tokenizer):
+    text = "To be, or not to be, that is the question"
+    ids = shakespeare_tokenizer.encode(text)
+    stream, deltas = stream_one_by_one(shakespeare_tokenizer, ids, stop_strings=("not to", "zzz"))
+    assert "".join(deltas) == "To be, or " == stream.text
+    assert stream.stopped
+    assert "".join(p.text for p in stream.pieces) == "To be, or "
+    # While the text ends with "n" or "not t" (the start of a stop string), that part is held back.
+    stream, shown = TextStream(shakespeare_tokenizer, stop_strings=("not to",)), ""
+    for token in ids:
+        shown += stream.add([token])
+        if stream.stopped:
+            break
+        if stream.text.endswith(("n", "no", "not", "not ", "not t")) and stream.text.startswith("To be, or n"):
+            assert shown == "To be, or "
+    assert stream.stopped
+
+
+def test_stop_token_ends_the_text(shakespeare_tokenizer):
+    ids = shakespeare_tokenizer.encode("Alas, poor Yorick")
+    end = shakespeare_tokenizer.stop_token_ids[0]
+    stream, deltas = stream_one_by_one(shakespeare_tokenizer, ids[:3] + [end] + ids[3:],
+                                       stop_token_ids=frozenset([end]))
+    assert "".join(deltas) == shakespeare_tokenizer.decode(ids[:3])
+
+
+def test_health_is_503_until_the_model_is_loaded():
+    worker = EngineWorker(lambda: None, ServerMetrics(), max_batch_size=1, max_waiting=0)  # never started
+    client = TestClient(build_app(OpenAIService(worker, "m"), ServerMetrics()))
+    assert client.get("/health").status_code == 503
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
+    worker.llm = object()  # what the engine thread sets once loading is done
+    assert client.get("/health").status_code == 200
+
+
+def test_serve_user_errors_are_one_line_and_exit_2(tmp_path):
+    result = run_cli("serve", "--model", tmp_path / "missing", "--port", 0)  # listens, then the load fails
+    assert result.returncode == 2 and "listening on http://127.0.0.1:" in result.stdout
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'}: no such checkpoint directory"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("serve", "--model", tmp_path, "--port", taken.getsockname()[1])
+    assert result.returncode == 2 and "cannot listen on 127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr
