@@ -10,6 +10,7 @@ Unicode string round-trips, and a Jinja chat template stored beside `tokenizer.j
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import re
 import time
@@ -144,6 +145,16 @@ class Tokenizer:
                 piece = _bytes_label(raw)
             out.append((token_id, piece))
         return out
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes of one token: for a byte-level BPE, from its vocabulary entry (so half of a
+        UTF-8 character shows as that byte, where decoding it alone gives U+FFFD); otherwise the UTF-8
+        of its text."""
+        raw = self.backend.id_to_token(token_id)
+        table = _unicode_to_byte()
+        if raw and all(ch in table for ch in raw):
+            return bytes(table[ch] for ch in raw)
+        return self.decode([token_id]).encode("utf-8")
 
     @property
     def stop_token_ids(self) -> list[int]:
@@ -398,9 +409,14 @@ def _token_text(token) -> str | None:
     return token
 
 
+@functools.lru_cache(maxsize=1)
+def _unicode_to_byte() -> dict[str, int]:
+    return {v: k for k, v in _byte_to_unicode().items()}
+
+
 def _bytes_label(raw: str) -> str:
     # Invert the GPT-2 byte-to-unicode map to show the raw bytes of a partial UTF-8 token.
-    table = {v: k for k, v in _byte_to_unicode().items()}
+    table = _unicode_to_byte()
     if all(ch in table for ch in raw):
         return "<" + " ".join(f"0x{table[ch]:02X}" for ch in raw) + ">"
     return raw

@@ -61,11 +61,10 @@ class OpenAIService:
 
     # -- prompts
     def render_chat(self, messages: list[dict]) -> list[int]:
-        try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        try:  # the template writes any BOS itself; what the messages say stays text (no injected role markers)
+            return self.tokenizer.encode_chat(messages, add_generation_prompt=True)
         except LLMKitError as e:
             raise APIError(400, f"messages: {e}", param="messages", code="invalid_value") from None
-        return self.tokenizer.encode(text)  # the template writes any BOS itself
 
     def chat_prompt(self, messages: list[dict], max_tokens: int | None, truncate: str | None) -> tuple[list[int], int]:
         """The conversation's token ids and how many messages were dropped to fit the context."""
@@ -275,8 +274,10 @@ class OpenAIService:
         req = parse_tokenize(await self.body(request))
         self.check_model(req.model)
         if req.messages is not None:
-            text = self.tokenizer.apply_chat_template(req.messages, add_generation_prompt=req.add_generation_prompt)
-            ids = self.tokenizer.encode(text)
+            try:
+                ids = self.tokenizer.encode_chat(req.messages, add_generation_prompt=req.add_generation_prompt)
+            except LLMKitError as e:
+                raise APIError(400, f"messages: {e}", param="messages", code="invalid_value") from None
         else:
             ids = self.tokenizer.encode(req.prompt, add_bos=req.add_special_tokens)
         body = {"count": len(ids), "max_model_len": self.context, "tokens": ids}

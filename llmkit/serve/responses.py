@@ -6,7 +6,6 @@ state builds a streamed chunk or a whole response, so streamed text == non-strea
 
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 
@@ -57,23 +56,6 @@ class ChoiceState:
 
 
 # --- log-probabilities ---------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def _unicode_to_byte() -> dict[str, int]:
-    from llmkit.tokenizer import _byte_to_unicode
-
-    return {v: k for k, v in _byte_to_unicode().items()}
-
-
-def token_bytes(tokenizer, token_id: int) -> list[int]:
-    """The raw bytes of a token: for a byte-level BPE, from its vocabulary entry (so half of a UTF-8
-    character shows as its byte); otherwise the UTF-8 of its text."""
-    table = _unicode_to_byte()
-    raw = tokenizer.backend.id_to_token(token_id) if hasattr(tokenizer, "backend") else None
-    if raw and all(ch in table for ch in raw):
-        return [table[ch] for ch in raw]
-    return list(tokenizer.decode([token_id]).encode("utf-8"))
-
-
 def token_text(tokenizer, token_id: int) -> str:
     return tokenizer.decode([token_id])
 
@@ -82,8 +64,8 @@ def chat_logprobs(tokenizer, pieces: list[tuple[TokenPiece, TokenLogprob]]) -> d
     """OpenAI chat format: each token's text (the text it added to the content), log-probability, bytes
     and its most likely alternatives."""
     return {"content": [{
-        "token": piece.text, "logprob": lp.logprob, "bytes": token_bytes(tokenizer, piece.token_id),
-        "top_logprobs": [{"token": token_text(tokenizer, t), "logprob": v, "bytes": token_bytes(tokenizer, t)}
+        "token": piece.text, "logprob": lp.logprob, "bytes": list(tokenizer.token_bytes(piece.token_id)),
+        "top_logprobs": [{"token": token_text(tokenizer, t), "logprob": v, "bytes": list(tokenizer.token_bytes(t))}
                          for t, v in lp.top],
     } for piece, lp in pieces]}
 
