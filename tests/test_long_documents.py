@@ -97,3 +97,4 @@ def test_prepare_a_long_document_gives_the_same_shard_as_whole_text_tokenization
     starts = np.load(tmp_path / "out" / "shard_00000.docs.npy").tolist()
     assert starts == [0, len(expected[0]), len(expected[0]) + len(expected[1])]
     assert stats.bytes == len(long_text.encode()) + LONG_DOCUMENT + 5000 + len("short one")
+

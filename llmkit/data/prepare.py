@@ -50,6 +50,7 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
+            _refuse_unfinished_clean_output(path)
             files += sorted(p for p in path.rglob("*") if p.is_file() and format_of(p) in PREPARE_FORMATS)
         elif path.is_file():
             if format_of(path) not in PREPARE_FORMATS:
@@ -62,6 +63,15 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     if not files:
         raise DataError(f"no .txt, .jsonl or .parquet files in {', '.join(map(str, inputs))}")
     return files
+
+
+def _refuse_unfinished_clean_output(path: Path) -> None:
+    """`llmkit data clean` writes report/report.json last and removes its .work folder: an output that
+    still has .work and no report is a run that was killed, whose train/ holds only some of its parts."""
+    for folder in (path, path.parent):
+        if (folder / ".work").is_dir() and not (folder / "report" / "report.json").is_file():
+            raise DataError(f"{path}: the `llmkit data clean` run that wrote {folder} did not finish (its .work "
+                            "folder is there and report/report.json is not); run it again to completion")
 
 
 def iter_documents(files: list[Path], field_name: str = "text", skip_bad: bool = False,
