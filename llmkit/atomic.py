@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+from llmkit.errors import OutputError
 
 
 @contextmanager
@@ -69,3 +72,55 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def staged_directory(out: str | Path, *, overwrite: bool = False, ours=None, what: str = "the output") -> Iterator[Path]:
+    """A directory written whole or not at all, that never replaces a user's files unasked:
+
+        with staged_directory(args.out, overwrite=args.overwrite) as folder:
+            save_checkpoint(folder, model, tokenizer)
+
+    An `out` that exists and holds files is refused unless `overwrite` is set or `ours(out)` says it is
+    this command's own earlier output (e.g. token shards with their manifest). Files are written into a
+    hidden sibling folder, flushed to disk, and renamed into place at the end; an exception removes it,
+    and leftovers of killed runs (`.NAME.partial-*`) are removed first."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is a file; {what} is a directory: choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite and not (ours and ours(out)):
+        raise OutputError(f"{out}: exists and holds files that {what} would replace; choose a new or empty --out, "
+                          "or pass --overwrite to replace them")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in out.parent.glob(f".{out.name}.partial-*"):
+            if not _process_alive(stale.name.rpartition("-")[2]):  # a killed run's, not a running one's
+                shutil.rmtree(stale, ignore_errors=True)
+        partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+        partial.mkdir()
+    except OSError as e:
+        raise OutputError(f"{out}: cannot write there ({e.strerror}); choose another --out") from None
+    try:
+        yield partial
+        fsync_tree(partial)
+        if out.exists():  # os.replace cannot replace a non-empty directory: move the old one aside first
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(partial, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(partial, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _process_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True

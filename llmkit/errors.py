@@ -31,3 +31,7 @@ class GenerationError(LLMKitError):
 
 class DataError(LLMKitError):
     """An input data file is malformed (bad JSONL line, missing field)."""
+
+
+class OutputError(LLMKitError):
+    """An output location cannot be written, or holds files the command would replace without being told to."""

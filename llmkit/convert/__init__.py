@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from llmkit.atomic import atomic_open
+from llmkit.atomic import atomic_open, staged_directory
 from llmkit.checkpoint import (load_generation_config, load_model, load_quantization, load_tokenizer,
                                model_from_state, save_checkpoint)
-from llmkit.errors import CheckpointError, ConversionError
+from llmkit.errors import CheckpointError, ConversionError, OutputError
 from llmkit.infer.quantize import QuantizationError, quantize_model, weight_bytes
 from llmkit.tokenizer import Tokenizer
 
@@ -38,7 +38,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
 
 
-def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.dtype | None = None) -> Path:
+def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.dtype | None = None,
+            overwrite: bool = False) -> Path:
+    """Import a GGUF file, Hugging Face directory or named model as a checkpoint (`to="llmkit"`), or export
+    a checkpoint as a Hugging Face directory (`to="hf"`). `out` is written whole at the end; one that holds
+    files is refused unless `overwrite`."""
     out = Path(out)
     if to not in ("llmkit", "hf"):
         raise ConversionError(f"unknown target format {to!r}; use 'llmkit' or 'hf'")
@@ -50,7 +54,9 @@ def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.d
         if dtype is not None:
             model.to(dtype)
         tokenizer = load_tokenizer(src) if (src / "tokenizer.json").exists() else None
-        return write_hf_directory(model, tokenizer, load_generation_config(src), out)
+        with staged_directory(out, overwrite=overwrite, what="the exported model") as folder:
+            write_hf_directory(model, tokenizer, load_generation_config(src), folder)
+        return out
     config, state, tokenizer, generation = read_foreign(src)
     try:
         model = model_from_state(config, state, weights=str(src), described_by=f"the config read from {src}")
@@ -58,14 +64,18 @@ def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.d
         raise ConversionError(str(e)) from None
     if dtype is not None:
         model.to(dtype)
-    return save_checkpoint(out, model, tokenizer, generation, metadata={"converted_from": str(src)})
+    with staged_directory(out, overwrite=overwrite, what="the converted model") as folder:
+        save_checkpoint(folder, model, tokenizer, generation, metadata={"converted_from": str(src)})
+    return out
 
 
 def quantize_checkpoint(src, out, bits: int, group_size: int = 32, lm_head_bits: int | None = None,
-                        dtype: torch.dtype = torch.bfloat16) -> dict:
+                        dtype: torch.dtype = torch.bfloat16, overwrite: bool = False) -> dict:
     """`llmkit quantize`: load a floating-point checkpoint (or named model), quantize its Linears,
     store the rest (embedding, norms, scales) in `dtype`, and save it as a checkpoint directory."""
     directory = resolve_model(src)
+    if Path(out).resolve() == directory.resolve():
+        raise OutputError(f"{out}: is the model being quantized; write the quantized model to another --out")
     if load_quantization(directory):
         raise QuantizationError(f"{directory} is already quantized; quantize the floating-point checkpoint")
     model = load_model(directory)  # float32: quantize from the most precise weights there are
@@ -73,8 +83,9 @@ def quantize_checkpoint(src, out, bits: int, group_size: int = 32, lm_head_bits:
     record = quantize_model(model, bits, group_size, lm_head_bits)
     model.to(dtype)
     tokenizer = load_tokenizer(directory) if (directory / "tokenizer.json").exists() else None
-    save_checkpoint(out, model, tokenizer, load_generation_config(directory) or None,
-                    metadata={"quantized_from": str(directory)})
+    with staged_directory(out, overwrite=overwrite, what="the quantized model") as folder:
+        save_checkpoint(folder, model, tokenizer, load_generation_config(directory) or None,
+                        metadata={"quantized_from": str(directory)})
     return {**record, "bytes_before": before, "bytes_after": weight_bytes(model), "out": str(out)}
 
 
@@ -142,9 +153,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
         out = cache_dir() / "models" / str(name_or_path)
         if not out.exists():
             print(f"converting {name_or_path} into {out} (first use only) ...", file=sys.stderr)
-            partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-            convert(str(name_or_path), partial)
-            os.replace(partial, out)  # an interrupted conversion never leaves a half checkpoint behind
+            convert(str(name_or_path), out)  # staged: an interrupted conversion leaves no half checkpoint
         return out
     path = Path(name_or_path)
     if path.suffix == ".gguf" or (path.is_dir() and _is_hf_directory(path)):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.atomic import atomic_open, atomic_write_text
+from llmkit.atomic import atomic_open, atomic_write_text, staged_directory
 from llmkit.data.clean.readers import FilePart, format_of, read_part
 from llmkit.errors import DataError
 from llmkit.tokenizer import Tokenizer, read_text_pieces, text_pieces
@@ -32,6 +32,7 @@ PREPARE_FORMATS = ("text", "jsonl", "parquet")
 # per input byte while encoding, so a 100 MB one-line file would need ~19 GB at once.
 LONG_DOCUMENT = 1 << 18
 BATCH_CHARS, BATCH_DOCUMENTS = 1 << 21, 4096  # short documents per `encode_batch` call (~400 MB at most)
+SHARDS_FORMAT = "llmkit-token-shards-v1"
 BAD_LINE_HINT = "fix the record, choose the text field with --field, or pass --skip-bad to skip and count such records"
 
 
@@ -147,8 +148,16 @@ class _ShardWriter:
         self.starts, self.tokens, self.bytes = [], 0, 0
 
 
+def is_token_shards(directory: Path) -> bool:
+    """Is `directory` an earlier `data prepare` output (which a new run may replace)?"""
+    try:
+        return json.loads((directory / "manifest.json").read_text()).get("format") == SHARDS_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def prepare(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path, field_name: str = "text",
-            skip_bad: bool = False, shard_tokens: int = 100_000_000) -> PrepareStats:
+            skip_bad: bool = False, shard_tokens: int = 100_000_000, overwrite: bool = False) -> PrepareStats:
     if Path(tokenizer_dir).suffix == ".gguf":  # a model file's own tokenizer: the converter reads it
         from llmkit.convert import read_tokenizer
 
@@ -159,25 +168,27 @@ def prepare(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path
         raise DataError(f"{tokenizer_dir}: the tokenizer has no BOS token, which separates documents in shards")
     files = expand_inputs(inputs)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)  # first: an interrupted re-run must not look complete
-    for old in out.glob("shard_*"):  # a re-run replaces the old shards
-        old.unlink()
+    for path in files:
+        if out.resolve() in path.resolve().parents:
+            raise DataError(f"{path}: is inside --out {out}, which is replaced; choose --out outside the inputs")
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     stats = PrepareStats()
-    with _ShardWriter(out, dtype, shard_tokens, stats) as writer:
-        _tokenize_into(writer, tokenizer, iter_documents(files, field_name, skip_bad, stats), stats)
-    if stats.documents == 0:
-        raise DataError(f"no documents found in {', '.join(map(str, inputs))}")
-    tokenizer.save(out)
-    manifest = {
-        "format": "llmkit-token-shards-v1", "dtype": dtype.name, "documents": stats.documents,
-        "tokens": stats.tokens, "bytes": stats.bytes, "skipped_lines": stats.skipped_lines,
-        "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id,
-        "tokenizer_sha256": hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest(),
-        "inputs": [str(f) for f in files], "shards": stats.shards,
-    }
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")  # written last: marks completion
+    # Written into a staged folder renamed into place at the end (the manifest last inside it): a killed
+    # run leaves the previous shards, or none, never a mix; a folder of other files is never replaced unasked.
+    with staged_directory(out, overwrite=overwrite, ours=is_token_shards, what="the token shards") as folder:
+        with _ShardWriter(folder, dtype, shard_tokens, stats) as writer:
+            _tokenize_into(writer, tokenizer, iter_documents(files, field_name, skip_bad, stats), stats)
+        if stats.documents == 0:
+            raise DataError(f"no documents found in {', '.join(map(str, inputs))}")
+        tokenizer.save(folder)
+        manifest = {
+            "format": SHARDS_FORMAT, "dtype": dtype.name, "documents": stats.documents,
+            "tokens": stats.tokens, "bytes": stats.bytes, "skipped_lines": stats.skipped_lines,
+            "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id,
+            "tokenizer_sha256": hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest(),
+            "inputs": [str(f) for f in files], "shards": stats.shards,
+        }
+        atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return stats
 
 
