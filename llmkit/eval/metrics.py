@@ -47,6 +47,12 @@ def example_correct(kind: str, scores: Sequence[OptionScore], choice_chars: Sequ
                     gold: int | None) -> tuple[dict[str, int] | None, dict[str, bool]]:
     """(the predictions or None, {metric: right?}) of one example."""
     if kind == LANGUAGE_MODELING:
+        # "Greedy decoding reproduces the continuation" is decided by the one forward that scored it, as
+        # nanochat's CORE and Mosaic's LM accuracy decide it: if every continuation token is the argmax
+        # given the context and the continuation's earlier tokens, then by induction each step of greedy
+        # decoding sees exactly those inputs and emits exactly that token; if one is not, decoding leaves
+        # the continuation there. No generation needed (tests/test_eval_scoring.py checks this against
+        # the engine's greedy `generate_batch`).
         return None, {"acc": scores[0].greedy}
     picked = predictions(scores, choice_chars)
     return picked, {name: picked[name] == gold for name in CHOICE_METRICS}
