@@ -84,7 +84,7 @@ def test_compare_rejects_a_directory_that_is_not_a_run(tmp_path):
 
 def test_smollm2_on_ten_copa_examples(smollm2_dir, tmp_path):
     out = tmp_path / "run"
-    result = run_cli("eval", "--model", "smollm2", "--tasks", FIXTURES / "copa.jsonl", "--limit", 10, "--out", out,
+    result = run_cli("eval", "--model", "smollm2", "--tasks", FIXTURES / "copa.jsonl", "--limit", 10, "--out", out, "--device", "cpu",
                      cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "results.json").read_text())["tasks"]["copa"]["metrics"]
@@ -93,3 +93,13 @@ def test_smollm2_on_ten_copa_examples(smollm2_dir, tmp_path):
     assert metrics["acc"]["value"] == sum(r["correct"]["acc"] for r in records) / 10
     assert all(len(r["scores"]) == 2 and all(-80 < s < 0 for s in r["scores"]) for r in records)
     assert metrics["acc"]["value"] >= 0.5  # SmolLM2-135M reads COPA better than chance (about 0.6-0.7 in full)
+
+
+def test_text_still_gives_bits_per_byte_and_excludes_tasks(two_checkpoints, tmp_path):
+    text = tmp_path / "a.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 20)
+    result = run_cli("eval", "--model", two_checkpoints[0], "--text", text, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 file(s)" in result.stdout and float(result.stdout.split("bits per byte ")[1].split(",")[0]) > 0
+    result = run_cli("eval", "--model", two_checkpoints[0], "--text", text, "--tasks", "copa", cwd=tmp_path)
+    assert result.returncode == 2 and "either --tasks" in result.stderr
