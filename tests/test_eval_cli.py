@@ -84,8 +84,8 @@ def test_compare_rejects_a_directory_that_is_not_a_run(tmp_path):
 
 def test_smollm2_on_ten_copa_examples(smollm2_dir, tmp_path):
     out = tmp_path / "run"
-    result = run_cli("eval", "--model", "smollm2", "--tasks", FIXTURES / "copa.jsonl", "--limit", 10, "--out", out, "--device", "cpu",
-                     cwd=tmp_path, timeout=600)
+    result = run_cli("eval", "--model", "smollm2", "--tasks", FIXTURES / "copa.jsonl", "--limit", 10, "--out", out,
+                     "--device", "cpu", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "results.json").read_text())["tasks"]["copa"]["metrics"]
     records = read_records(out, "copa")
