@@ -97,7 +97,8 @@ def test_accuracies_as_lm_evaluation_harness_defines_them(tiny_model, shakespear
     assert metrics["acc"]["value"] == pytest.approx(np.mean(acc))
     assert metrics["acc_norm"]["value"] == pytest.approx(np.mean(acc_norm))
     assert metrics["acc_per_token"]["value"] == pytest.approx(np.mean(acc_token))
-    assert metrics["acc"]["n"] == 20 and metrics["acc"]["ci95"][0] <= metrics["acc"]["value"] <= metrics["acc"]["ci95"][1]
+    low, high = metrics["acc"]["ci95"]
+    assert metrics["acc"]["n"] == 20 and low <= metrics["acc"]["value"] <= high
     assert run["tasks"]["arc_easy"]["truncated"] == sum(1 for r in run["examples"]["arc_easy"] if r["truncated"])
 
 

@@ -54,8 +54,8 @@ def format_table(run: dict) -> str:
     core = run.get("core")
     if core:
         limited = " (on the first --limit examples of each task)" if core["limited"] else ""
-        lines += ["", f"{core['name']}: {core['score']:.4f}{limited} — the mean centred accuracy over {core['tasks']} "
-                  "of DCLM's 22 CORE tasks (multiple choice and schema by acc_per_token), not comparable with "
+        lines += ["", f"{core['name']}: {core['score']:.4f}{limited} — the mean centred accuracy over "
+                  f"{core['tasks']} of DCLM's 22 CORE tasks (multiple choice and schema by acc_per_token), not comparable with "
                   "a published CORE score"]
     return "\n".join(lines)
 
