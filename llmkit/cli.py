@@ -193,7 +193,29 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    if args.compare:
+        from llmkit.eval import compare_runs, format_comparison
+
+        print(format_comparison(compare_runs(*args.compare, metric=args.metric), *args.compare))
+        return
+    if args.fetch:
+        from llmkit.eval import fetch_core_tasks
+
+        names = None if args.tasks in (None, "core") else [t.strip() for t in args.tasks.split(",") if t.strip()]
+        written = fetch_core_tasks(args.task_dir, names)
+        print(f"{len(written)} task file(s) in {written[0].parent}")
+        return
+    if not args.model or (args.text is None) == (args.tasks is None):
+        raise LLMKitError("eval: give --model with either --tasks (benchmark tasks) or --text (bits per byte); "
+                          "or --compare RUN_A RUN_B; or --fetch")
+    if args.model.startswith(("http://", "https://")):
+        raise LLMKitError(f"--model {args.model}: scoring a model served over HTTP is not supported yet; "
+                          "pass a checkpoint directory or a named model (smollm2)")
     import llmkit
+
+    if args.tasks is not None:
+        cmd_eval_tasks(args)
+        return
     from llmkit.eval.bpb import evaluate_texts
 
     llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
@@ -203,6 +225,25 @@ def cmd_eval(args) -> None:
     result = evaluate_texts(llm.model, llm.tokenizer, files, llm.device, seq_len=args.seq_len)
     print(f"{len(files)} file(s), {result.tokens:,} tokens, {int(result.bytes):,} bytes: "
           f"bits per byte {result.bpb:.4f}, perplexity {result.perplexity:.2f} (loss {result.loss:.4f} nats/token)")
+
+
+def cmd_eval_tasks(args) -> None:
+    import time
+
+    import llmkit
+    from llmkit.eval import evaluate_tasks, format_table, parse_task_list, write_run
+
+    specs = parse_task_list(args.tasks, args.task_dir, shots=args.shots)
+    if args.limit is not None and args.limit < 1:
+        raise LLMKitError(f"--limit {args.limit}: give a number of examples >= 1")
+    llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
+    run = evaluate_tasks(llm.model, llm.tokenizer, specs, limit=args.limit, add_bos=not args.no_bos,
+                         batch_tokens=args.batch_tokens)
+    run["model"] = args.model
+    out = Path(args.out or Path("eval-runs") / f"{Path(args.model).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    write_run(out, run)
+    print(format_table(run))
+    print(f"\nwrote {out / 'results.md'}, {out / 'results.json'} and per-example records in {out / 'examples'}")
 
 
 def run_post_training(args, config_class: str, module: str, function: str) -> None:
@@ -388,10 +429,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="field=value or model.field=value")
     p.set_defaults(handler=cmd_pretrain)
 
-    p = verbs.add_parser("eval", help="bits per byte and perplexity of a model on text files")
-    add_model_args(p)
-    p.add_argument("--text", nargs="+", required=True, help="text files or directories of .txt files")
-    p.add_argument("--seq-len", type=int, default=None, help="window length (default: context, at most 1024)")
+    p = verbs.add_parser("eval", help="benchmark tasks (multiple choice, schema, language modelling; CORE) or "
+                         "bits per byte of text files; compare two runs")
+    p.add_argument("--model", default=None, help="checkpoint directory or a named model (smollm2)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--text", nargs="+", default=None, help="bits per byte: text files or directories of .txt files")
+    p.add_argument("--seq-len", type=int, default=None, help="--text window length (default: context, at most 1024)")
+    p.add_argument("--tasks", default=None, help="core | NAME,... | FILE.jsonl (names are looked up in --task-dir, "
+                   "$LLMKIT_EVAL_DATA, ../shared/data/eval/core, then the cache that --fetch fills)")
+    p.add_argument("--task-dir", default=None, help="folder of NAME.jsonl task files (with --fetch: where to write)")
+    p.add_argument("--shots", type=int, default=None, help="few-shot examples (default: a CORE task's published "
+                   "number, else 0)")
+    p.add_argument("--limit", type=int, default=None, help="the first N examples of each task")
+    p.add_argument("--out", default=None, help="run directory: results.md, results.json, examples/TASK.jsonl "
+                   "(default: eval-runs/MODEL-TIME)")
+    p.add_argument("--no-bos", action="store_true", help="do not start sequences with the BOS token")
+    p.add_argument("--batch-tokens", type=int, default=None, help="tokens per forward (default: 4096 CPU, 32768 GPU)")
+    p.add_argument("--compare", nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
+                   help="paired differences of two run directories with McNemar p-values")
+    p.add_argument("--metric", default="acc", help="--compare: acc | acc_norm | acc_per_token")
+    p.add_argument("--fetch", action="store_true", help="download the CORE task files (or those named by --tasks) "
+                   "into --task-dir or the llmkit cache")
     p.set_defaults(handler=cmd_eval)
 
     post_stages = [

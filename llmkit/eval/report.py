@@ -1,0 +1,109 @@
+"""What an evaluation run leaves behind, and how two runs are compared.
+
+    OUT/results.json           settings, per-task metrics (value, 95% Wilson interval, n), CORE score
+    OUT/results.md             the same as a Markdown table
+    OUT/examples/TASK.jsonl    one line per example: prompt, choices, scores, prediction, gold, correct
+
+`compare_runs(A, B)` pairs the two runs' examples of each task they share and tests the difference in
+accuracy with McNemar's exact test (llmkit/eval/stats.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmkit.atomic import atomic_write_text
+from llmkit.errors import DataError
+from llmkit.eval.metrics import CHOICE_METRICS, CORE_METRIC, centred
+from llmkit.eval.stats import paired_comparison
+
+
+def write_run(out: str | Path, run: dict) -> Path:
+    out = Path(out)
+    (out / "examples").mkdir(parents=True, exist_ok=True)
+    for name, records in run["examples"].items():
+        atomic_write_text(out / "examples" / f"{name}.jsonl",
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    summary = {k: v for k, v in run.items() if k != "examples"}
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "results.md", format_table(summary) + "\n")
+    return out
+
+
+def _percent(metric: dict | None) -> str:
+    if metric is None:
+        return ""
+    low, high = metric["ci95"]
+    return f"{100 * metric['value']:.1f} ({100 * low:.1f}-{100 * high:.1f})"
+
+
+def format_table(run: dict) -> str:
+    """Markdown: one row per task, accuracies in % with their 95% Wilson intervals."""
+    lines = [f"model: {run.get('model', '?')}", "",
+             "| task | kind | shots | n | acc % (95% CI) | acc_norm % | acc_per_token % | centred | truncated | "
+             "examples/s |",
+             "| --- | --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: |"]
+    for name, t in run["tasks"].items():
+        m = t["metrics"]
+        shown = ("" if t["baseline"] is None
+                 else f"{centred(m[CORE_METRIC[t['kind']]]['value'], t['baseline']):.3f}")
+        lines.append(f"| {name} | {t['kind']} | {t['shots']} | {t['n']} | {_percent(m.get('acc'))} | "
+                     f"{_percent(m.get('acc_norm'))} | {_percent(m.get('acc_per_token'))} | {shown} | "
+                     f"{t['truncated']} | {t['examples_per_s']:.1f} |")
+    core = run.get("core")
+    if core:
+        limited = " (on the first --limit examples of each task)" if core["limited"] else ""
+        lines += ["", f"{core['name']}: {core['score']:.4f}{limited} — the mean centred accuracy over "
+                  f"{core['tasks']} of DCLM's 22 CORE tasks (multiple choice and schema by acc_per_token), not comparable with "
+                  "a published CORE score"]
+    return "\n".join(lines)
+
+
+def load_run(directory: str | Path) -> tuple[dict, dict[str, list[dict]]]:
+    """(results.json, {task: per-example records}) of a run directory."""
+    directory = Path(directory)
+    results = directory / "results.json"
+    if not results.is_file():
+        raise DataError(f"{directory}: not an evaluation run (no results.json); pass a directory written by "
+                        "`llmkit eval --tasks ... --out DIR`")
+    summary = json.loads(results.read_text())
+    examples = {}
+    for name in summary["tasks"]:
+        path = directory / "examples" / f"{name}.jsonl"
+        if not path.is_file():
+            raise DataError(f"{path}: missing; the run directory is incomplete")
+        examples[name] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return summary, examples
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, metric: str = "acc") -> list[dict]:
+    """Per shared task: paired accuracies of the examples both runs scored and McNemar's p-value."""
+    if metric not in CHOICE_METRICS:
+        raise DataError(f"--metric {metric}: use one of {', '.join(CHOICE_METRICS)}")
+    (_, a), (_, b) = load_run(run_a), load_run(run_b)
+    shared = [name for name in a if name in b]
+    if not shared:
+        raise DataError(f"{run_a} ran {', '.join(a)} and {run_b} ran {', '.join(b)}: no task in common")
+    rows = []
+    for name in shared:
+        by_index = {r["index"]: r for r in b[name]}
+        pairs = [(r, by_index[r["index"]]) for r in a[name] if r["index"] in by_index]
+        for ra, rb in pairs:
+            if ra["gold"] != rb["gold"] or ra["choices"] != rb["choices"]:
+                raise DataError(f"{name} example {ra['index']}: the two runs did not score the same question "
+                                "(different task files?)")
+        used = metric if all(metric in r["correct"] for r, _ in pairs) else "acc"  # LM tasks have acc only
+        result = paired_comparison([ra["correct"][used] for ra, _ in pairs], [rb["correct"][used] for _, rb in pairs])
+        rows.append({"task": name, "metric": used, **result.__dict__, "difference": result.difference})
+    return rows
+
+
+def format_comparison(rows: list[dict], run_a: str, run_b: str) -> str:
+    lines = [f"A = {run_a}", f"B = {run_b}", "",
+             "| task | metric | n | A % | B % | B - A (points) | only A right | only B right | McNemar p |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['metric']} | {r['n']} | {100 * r['acc_a']:.1f} | {100 * r['acc_b']:.1f} | "
+                     f"{100 * r['difference']:+.1f} | {r['only_a']} | {r['only_b']} | {r['p_value']:.3g} |")
+    return "\n".join(lines)

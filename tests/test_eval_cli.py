@@ -1,0 +1,105 @@
+"""`llmkit eval --tasks` as a user runs it: the run directory it writes, --compare, errors, and SmolLM2."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import TEST_DATA, run_cli
+from llmkit.checkpoint import save_checkpoint
+from llmkit.config import ModelConfig
+from llmkit.eval.stats import paired_comparison, wilson_interval
+from llmkit.model import Transformer
+
+FIXTURES = TEST_DATA / "eval"
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory, shakespeare_tokenizer):
+    out = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        directory = tmp_path_factory.mktemp(f"tiny{seed}")
+        save_checkpoint(directory, Transformer(ModelConfig.preset("tiny", max_seq_len=256)), shakespeare_tokenizer)
+        out.append(directory)
+    return out
+
+
+def read_records(run, task):
+    return [json.loads(line) for line in (run / "examples" / f"{task}.jsonl").read_text().splitlines()]
+
+
+def test_eval_tasks_writes_results_and_examples_then_compares(two_checkpoints, tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for checkpoint, run in zip(two_checkpoints, runs):
+        result = run_cli("eval", "--model", checkpoint, "--tasks", "arc_easy,winogrande,lambada_openai",
+                         "--task-dir", FIXTURES, "--shots", 1, "--limit", 12, "--out", run, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "| arc_easy | multiple_choice | 1 | 12 |" in result.stdout
+    summary = json.loads((runs[0] / "results.json").read_text())
+    assert set(summary["tasks"]) == {"arc_easy", "winogrande", "lambada_openai"} and "core" not in summary
+    assert summary["settings"]["limit"] == 12 and summary["settings"]["add_bos"] is True
+    assert "acc_norm" in (runs[0] / "results.md").read_text()
+    for task, metrics in summary["tasks"].items():
+        records = read_records(runs[0], task)
+        assert [r["index"] for r in records] == list(range(12))
+        k = sum(r["correct"]["acc"] for r in records)
+        assert metrics["metrics"]["acc"]["value"] == pytest.approx(k / 12)
+        assert metrics["metrics"]["acc"]["ci95"] == pytest.approx(list(wilson_interval(k, 12)))
+        assert all({"prompt", "choices", "scores", "prediction", "gold"} <= set(r) for r in records)
+    arc = read_records(runs[0], "arc_easy")[0]
+    assert arc["prompt"].endswith("\nAnswer: ") and "\n\n" in arc["prompt"] and len(arc["scores"]) == 4
+    assert arc["prediction"] == max(range(4), key=lambda i: arc["scores"][i])
+
+    result = run_cli("eval", "--compare", *runs, "--metric", "acc_norm", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| arc_easy"))
+    a, b = read_records(runs[0], "arc_easy"), read_records(runs[1], "arc_easy")
+    expected = paired_comparison([r["correct"]["acc_norm"] for r in a], [r["correct"]["acc_norm"] for r in b])
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "acc_norm" and cells[2] == "12"
+    assert (int(cells[6]), int(cells[7])) == (expected.only_a, expected.only_b)
+    assert float(cells[8]) == pytest.approx(expected.p_value, rel=1e-2)
+    assert "| lambada_openai | acc |" in result.stdout  # LM tasks have acc only
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tasks", "nosuchtask"], "task 'nosuchtask': no nosuchtask.jsonl in"),
+    (["--tasks", "/no/such/file.jsonl"], "/no/such/file.jsonl: no such task file"),
+    (["--tasks", "copa", "--shots", "-1"], "--shots -1"),
+    (["--tasks", "copa", "--limit", "0"], "--limit 0"),
+    ([], "give --model with either --tasks"),
+])
+def test_eval_user_errors_are_one_line_exit_2(two_checkpoints, tmp_path, args, message):
+    result = run_cli("eval", "--model", two_checkpoints[0], "--task-dir", FIXTURES, *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_compare_rejects_a_directory_that_is_not_a_run(tmp_path):
+    result = run_cli("eval", "--compare", tmp_path, tmp_path, cwd=tmp_path)
+    assert result.returncode == 2 and "not an evaluation run" in result.stderr
+
+
+def test_smollm2_on_ten_copa_examples(smollm2_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("eval", "--model", "smollm2", "--tasks", FIXTURES / "copa.jsonl", "--limit", 10, "--out", out,
+                     "--device", "cpu", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "results.json").read_text())["tasks"]["copa"]["metrics"]
+    records = read_records(out, "copa")
+    assert len(records) == 10 and metrics["acc"]["n"] == 10
+    assert metrics["acc"]["value"] == sum(r["correct"]["acc"] for r in records) / 10
+    assert all(len(r["scores"]) == 2 and all(-80 < s < 0 for s in r["scores"]) for r in records)
+    assert metrics["acc"]["value"] >= 0.5  # SmolLM2-135M reads COPA better than chance (about 0.6-0.7 in full)
+
+
+def test_text_still_gives_bits_per_byte_and_excludes_tasks(two_checkpoints, tmp_path):
+    text = tmp_path / "a.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 20)
+    result = run_cli("eval", "--model", two_checkpoints[0], "--text", text, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 file(s)" in result.stdout and float(result.stdout.split("bits per byte ")[1].split(",")[0]) > 0
+    result = run_cli("eval", "--model", two_checkpoints[0], "--text", text, "--tasks", "copa", cwd=tmp_path)
+    assert result.returncode == 2 and "either --tasks" in result.stderr
