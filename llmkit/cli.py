@@ -167,10 +167,19 @@ def cmd_data_train_quality(args) -> None:
     print(f"trained on {info['good_docs']} good and {info['bad_docs']} bad documents{shown}; wrote {args.out}")
 
 
+def training_config_class(verb: str) -> type:
+    """The config dataclass of a training verb (imported when used, so that `llmkit --help` stays fast)."""
+    from llmkit.train.config import TrainConfig
+    from llmkit.train.post_config import DistillConfig, DPOConfig, RewardConfig, RLConfig, SFTConfig
+
+    return {"pretrain": TrainConfig, "sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig, "rlhf": RLConfig,
+            "distill": DistillConfig}[verb]
+
+
 def training_config(args):
     """A training verb's configuration: its preset (--preset) with the command line's field=value overrides."""
     overrides = args.overrides + (["fsdp=true"] if getattr(args, "fsdp", False) else [])
-    return args.config_class.preset(args.preset, overrides)
+    return training_config_class(args.training_verb).preset(args.preset, overrides)
 
 
 def cmd_pretrain(args) -> None:
@@ -266,8 +275,8 @@ class VerbParser(argparse.ArgumentParser):
 
     def format_help(self) -> str:
         text = super().format_help()
-        config_class = self.get_default("config_class")
-        if config_class is None:
+        verb = self.get_default("training_verb")
+        if verb is None:
             return text
         from llmkit.config_help import fields_help
         from llmkit.errors import ConfigError
@@ -278,22 +287,18 @@ class VerbParser(argparse.ArgumentParser):
             preset = load_preset("train", preset_name, "training preset")[0]
         except ConfigError:
             preset, preset_name = {}, None
-        return text + "\n" + fields_help(config_class, preset, preset_name)
+        return text + "\n" + fields_help(training_config_class(verb), preset, preset_name)
 
 
-def add_training_args(p: argparse.ArgumentParser, config_class: type, preset: str, overrides_help: str) -> None:
+def add_training_args(p: argparse.ArgumentParser, verb: str, preset: str, overrides_help: str) -> None:
     p.add_argument("--preset", default=preset, help=f"a training preset (llmkit/presets/train; default {preset})")
     p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, loss.png, final model")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("overrides", nargs="*", help=overrides_help)
-    p.set_defaults(config_class=config_class)
+    p.set_defaults(training_verb=verb)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # the config dataclasses import nothing heavy (no torch): `llmkit --help` stays fast
-    from llmkit.train.config import TrainConfig
-    from llmkit.train.post_config import DistillConfig, DPOConfig, RewardConfig, RLConfig, SFTConfig
-
     parser = argparse.ArgumentParser(prog="llmkit", description="A complete LLM system: data, tokenizer, "
                                      "pretraining, alignment, fast inference and serving.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=VerbParser)
@@ -389,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(handler=cmd_data_train_quality)
 
     p = verbs.add_parser("pretrain", help="pretrain a model (next-token prediction)")
-    add_training_args(p, TrainConfig, "shakespeare-cpu", "field=value or model.field=value (fields below)")
+    add_training_args(p, "pretrain", "shakespeare-cpu", "field=value or model.field=value (fields below)")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard parameters with FSDP2 instead of DDP "
                    "(same as fsdp=true)")
     p.set_defaults(handler=cmd_pretrain)
@@ -402,18 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     post_stages = [
         ("sft", "supervised fine-tuning on conversations or prompt-completion pairs (full, LoRA or prompt tuning)",
-         SFTConfig, "sft-assistant", cmd_sft),
+         "sft-assistant", cmd_sft),
         ("reward", "train a reward model (Transformer + scalar head, Bradley-Terry on chosen vs rejected)",
-         RewardConfig, "reward-assistant", cmd_reward),
-        ("dpo", "Direct Preference Optimization (or IPO) on preference pairs", DPOConfig, "dpo-assistant", cmd_dpo),
+         "reward-assistant", cmd_reward),
+        ("dpo", "Direct Preference Optimization (or IPO) on preference pairs", "dpo-assistant", cmd_dpo),
         ("rlhf", "RLHF: RLOO / GRPO against a reward model with a KL penalty, rollouts by the engine",
-         RLConfig, "rlhf-assistant", cmd_rlhf),
+         "rlhf-assistant", cmd_rlhf),
         ("distill", "train a student on a teacher's token distributions (forward KL with temperature)",
-         DistillConfig, "distill-smollm2", cmd_distill),
+         "distill-smollm2", cmd_distill),
     ]
-    for verb, text, config_class, preset, handler in post_stages:
+    for verb, text, preset, handler in post_stages:
         p = verbs.add_parser(verb, help=text)
-        add_training_args(p, config_class, preset,
+        add_training_args(p, verb, preset,
                           "field=value (fields below), e.g. init_from=DIR data=FILE.jsonl peft=lora")
         p.set_defaults(handler=handler)
 
