@@ -8,10 +8,12 @@ questions and its wrong answers become the rejected replies (`llmkit label --jud
 answers right, the task's plausible wrong option stays the rejected one). At the CPU plan's size DPO
 and RLHF do not change held-out accuracy significantly (paired tests in the report; BENCHMARKS.md).
 
-Each stage is the ordinary stage function (the same code `llmkit pretrain / sft / reward / dpo /
-rlhf` run) with a training preset plus the fields of `llmkit/presets/speedrun/{cpu,gpu}.yaml`; each
-training stage has a time limit (the Trainer fits its schedule to it), so the whole run has a budget.
-Everything lands in one directory: base/, sft/, reward/, dpo/, rlhf/ (checkpoints), task/ (the
+Each stage is the ordinary stage function with its config from the same TrainConfig.preset that
+`llmkit pretrain / sft / reward / dpo / rlhf` use: a training preset plus the fields of
+`llmkit/presets/speedrun/{cpu,gpu}.yaml`; each training stage has a time limit (the Trainer fits its
+schedule to it), so the whole run has a budget. The corpus, tokenizer and token shards are the
+pretraining stage's built-in ones (cached under $LLMKIT_CACHE/data, so a second run starts at once).
+Everything else lands in one directory: base/, sft/, reward/, dpo/, rlhf/ (checkpoints), task/ (the
 questions), report.md, report.json, accuracy.png, training.png.
 """
 
