@@ -21,7 +21,6 @@ on one thread, for calibration only) and, with --nanogpt, nanogpt_tokens_per_s a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import tempfile
@@ -49,9 +48,9 @@ def main() -> None:
                      f"leave {', '.join(sorted(shape_keys))} as they are")
     torch.set_num_threads(args.threads)
 
+    from llmkit.device import resolve_device
     from llmkit.train.config import TrainConfig, merge_overrides
     from llmkit.train.pretrain import pretrain
-    from llmkit.train.trainer import resolve_device
 
     log_every = 10
     with tempfile.TemporaryDirectory() as out:
@@ -107,12 +106,12 @@ def main() -> None:
 def one_thread_peak_flops(args) -> float:
     """The same matmul peak on one thread: reported beside MFU, never in its place (the run uses
     --threads). The ~43% MFU quoted for nanoGPT on this 2-core CPU matches this scale, not the 2-thread one."""
+    from llmkit.device import training_autocast_dtype
     from llmkit.train.progress import measure_peak_flops
-    from llmkit.train.trainer import resolve_autocast_dtype
 
     torch.set_num_threads(1)
     try:
-        dtype = resolve_autocast_dtype(args.dtype, torch.device("cpu")) or torch.float32
+        dtype = training_autocast_dtype(args.dtype, torch.device("cpu")) or torch.float32
         return measure_peak_flops(torch.device("cpu"), dtype)
     finally:
         torch.set_num_threads(args.threads)
@@ -126,14 +125,14 @@ def nanogpt_tokens_per_s(checkout: Path, args) -> float:
     sys.path.insert(0, str(checkout))
     from model import GPT, GPTConfig  # nanoGPT's own module
 
-    from llmkit.train.trainer import resolve_autocast_dtype
+    from llmkit.device import autocast_context, training_autocast_dtype
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=256, vocab_size=8192, n_layer=6, n_head=6, n_embd=384, dropout=0.0, bias=True))
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
     runner = model if args.no_compile else torch.compile(model)
-    dtype = resolve_autocast_dtype(args.dtype, torch.device("cpu"))  # as the Trainer reads --dtype
-    autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+    cpu = torch.device("cpu")
+    autocast = autocast_context(cpu, training_autocast_dtype(args.dtype, cpu))  # as the Trainer reads --dtype
     x, y = torch.randint(0, 8192, (8, 256)), torch.randint(0, 8192, (8, 256))
     seconds = 0.0
     for step in range(args.steps):

@@ -21,37 +21,12 @@ import torch
 
 from llmkit.checkpoint import load_generation_config, load_model, load_quantization, load_tokenizer
 from llmkit.convert import resolve_model
+from llmkit.device import inference_dtype, parse_dtype, resolve_device
 from llmkit.errors import GenerationError, LLMKitError
 from llmkit.infer import Engine, SamplingParams, TokenLogprob
 from llmkit.infer.speculative import Speculator, layer_skip_draft
 from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_inference_dtype(device: torch.device, quantized: bool = False) -> torch.dtype:
-    # bf16 on GPUs that have it. On CPU we keep fp32: rounding the weights of a small model to bf16
-    # moves logits by ~0.5 and changes its greedy answers (measured on SmolLM2-135M). A weight-only
-    # quantized model runs with bf16 activations on CPU too: PyTorch's int8/int4 CPU kernels are ~10x
-    # faster with bf16 than with fp32 activations (llmkit/infer/quantize.py).
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.bfloat16 if quantized else torch.float32
-
-
-def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    if name is None or isinstance(name, torch.dtype):
-        return name
-    if name not in DTYPES:
-        raise LLMKitError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
 
 @dataclass
 class TokenScore:
@@ -199,8 +174,8 @@ def load(name_or_path: str | Path, device: str | torch.device | None = None,
     draft_tokens: tokens drafted per speculative step.
     engine_options go to `llmkit.infer.Engine` (compile, max_batch_size, kv_cache_mib, ...)."""
     directory = resolve_model(name_or_path)
-    device = torch.device(device) if device is not None else default_device()
-    dtype = parse_dtype(dtype) or default_inference_dtype(device, quantized=bool(load_quantization(directory)))
+    device = resolve_device(device)
+    dtype = parse_dtype(dtype) or inference_dtype(device, quantized=bool(load_quantization(directory)))
     model = load_model(directory, device=device, dtype=dtype)
     if speculative is not None:
         engine_options["speculator"] = Speculator(resolve_draft(speculative, model, device, dtype), draft_tokens)

@@ -51,8 +51,8 @@ def sampling_from(args) -> dict:
 
 # --- verbs -----------------------------------------------------------------------------------------------
 def cmd_convert(args) -> None:
-    from llmkit.api import parse_dtype
     from llmkit.convert import convert
+    from llmkit.device import parse_dtype
 
     out = convert(args.src, args.out, to=args.to, dtype=parse_dtype(args.dtype))
     print(f"wrote {out}")
@@ -181,12 +181,25 @@ def cmd_data_train_quality(args) -> None:
     print(f"trained on {info['good_docs']} good and {info['bad_docs']} bad documents{shown}; wrote {args.out}")
 
 
-def cmd_pretrain(args) -> None:
+def training_config_class(verb: str) -> type:
+    """The config dataclass of a training verb (imported when used, so that `llmkit --help` stays fast)."""
     from llmkit.train.config import TrainConfig
+    from llmkit.train.post_config import DistillConfig, DPOConfig, RewardConfig, RLConfig, SFTConfig
+
+    return {"pretrain": TrainConfig, "sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig, "rlhf": RLConfig,
+            "distill": DistillConfig}[verb]
+
+
+def training_config(args):
+    """A training verb's configuration: its preset (--preset) with the command line's field=value overrides."""
+    overrides = args.overrides + (["fsdp=true"] if getattr(args, "fsdp", False) else [])
+    return training_config_class(args.training_verb).preset(args.preset, overrides)
+
+
+def cmd_pretrain(args) -> None:
     from llmkit.train.pretrain import pretrain
 
-    config = TrainConfig.preset(args.preset, args.overrides + (["fsdp=true"] if args.fsdp else []))
-    result = pretrain(config, args.out, resume=args.resume)
+    result = pretrain(training_config(args), args.out, resume=args.resume)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
     print(f"done: {result.steps} steps, {result.tokens:,} tokens, {result.train_time_s:.1f} s of training; "
           f"{shown}; model in {args.out} (try: llmkit generate --model {args.out} \"ROMEO:\")")
@@ -246,36 +259,39 @@ def cmd_eval_tasks(args) -> None:
     print(f"\nwrote {out / 'results.md'}, {out / 'results.json'} and per-example records in {out / 'examples'}")
 
 
-def run_post_training(args, config_class: str, module: str, function: str) -> None:
-    """sft / reward / dpo / rlhf / distill: a preset + overrides -> the stage's run function."""
-    import importlib
-
-    from llmkit.train import post_config
-
-    config = getattr(post_config, config_class).preset(args.preset, args.overrides)
-    result = getattr(importlib.import_module(module), function)(config, args.out, resume=args.resume)
+def report_post_training(result, out) -> None:
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
-    print(f"done: {result.steps} steps, {result.train_time_s:.1f} s of training; {shown}; model in {args.out}")
+    print(f"done: {result.steps} steps, {result.train_time_s:.1f} s of training; {shown}; model in {out}")
 
 
 def cmd_sft(args) -> None:
-    run_post_training(args, "SFTConfig", "llmkit.train.sft", "run_sft")
+    from llmkit.train.sft import run_sft
+
+    report_post_training(run_sft(training_config(args), args.out, resume=args.resume), args.out)
 
 
 def cmd_reward(args) -> None:
-    run_post_training(args, "RewardConfig", "llmkit.train.reward", "run_reward")
+    from llmkit.train.reward import run_reward
+
+    report_post_training(run_reward(training_config(args), args.out, resume=args.resume), args.out)
 
 
 def cmd_dpo(args) -> None:
-    run_post_training(args, "DPOConfig", "llmkit.train.dpo", "run_dpo")
+    from llmkit.train.dpo import run_dpo
+
+    report_post_training(run_dpo(training_config(args), args.out, resume=args.resume), args.out)
 
 
 def cmd_rlhf(args) -> None:
-    run_post_training(args, "RLConfig", "llmkit.train.rl", "run_rl")
+    from llmkit.train.rl import run_rl
+
+    report_post_training(run_rl(training_config(args), args.out, resume=args.resume), args.out)
 
 
 def cmd_distill(args) -> None:
-    run_post_training(args, "DistillConfig", "llmkit.train.distill", "run_distill")
+    from llmkit.train.distill import run_distill
+
+    report_post_training(run_distill(training_config(args), args.out, resume=args.resume), args.out)
 
 
 def cmd_label(args) -> None:
@@ -308,10 +324,39 @@ def cmd_speedrun(args) -> None:
 
 
 # --- parser ------------------------------------------------------------------------------------------------
+class VerbParser(argparse.ArgumentParser):
+    """A verb's parser. A training verb's --help ends with its configuration fields, their defaults (and
+    its preset's values) and meanings, read from the config dataclass only when help is asked for."""
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        verb = self.get_default("training_verb")
+        if verb is None:
+            return text
+        from llmkit.config_help import fields_help
+        from llmkit.errors import ConfigError
+        from llmkit.yaml_config import load_preset
+
+        preset_name = self.get_default("preset")
+        try:
+            preset = load_preset("train", preset_name, "training preset")[0]
+        except ConfigError:
+            preset, preset_name = {}, None
+        return text + "\n" + fields_help(training_config_class(verb), preset, preset_name)
+
+
+def add_training_args(p: argparse.ArgumentParser, verb: str, preset: str, overrides_help: str) -> None:
+    p.add_argument("--preset", default=preset, help=f"a training preset (llmkit/presets/train; default {preset})")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, loss.png, final model")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(training_verb=verb)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmkit", description="A complete LLM system: data, tokenizer, "
                                      "pretraining, alignment, fast inference and serving.")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=VerbParser)
 
     p = verbs.add_parser("convert", help="import a GGUF file / Hugging Face directory, or export to Hugging Face")
     p.add_argument("src", help="a .gguf file, a Hugging Face model directory, an llmkit checkpoint (with --to hf), "
@@ -421,12 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(handler=cmd_data_train_quality)
 
     p = verbs.add_parser("pretrain", help="pretrain a model (next-token prediction)")
-    p.add_argument("--preset", default="shakespeare-cpu", help="a training preset (llmkit/presets/train)")
-    p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, loss.png, final model")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    add_training_args(p, "pretrain", "shakespeare-cpu", "field=value or model.field=value (fields below)")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard parameters with FSDP2 instead of DDP "
                    "(same as fsdp=true)")
-    p.add_argument("overrides", nargs="*", help="field=value or model.field=value")
     p.set_defaults(handler=cmd_pretrain)
 
     p = verbs.add_parser("eval", help="benchmark tasks (multiple choice, schema, language modelling; CORE) or "
@@ -466,10 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     ]
     for verb, text, preset, handler in post_stages:
         p = verbs.add_parser(verb, help=text)
-        p.add_argument("--preset", default=preset, help=f"a training preset (llmkit/presets/train; default {preset})")
-        p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, loss.png, final model")
-        p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-        p.add_argument("overrides", nargs="*", help="field=value, e.g. init_from=DIR data=FILE.jsonl peft=lora")
+        add_training_args(p, verb, preset,
+                          "field=value (fields below), e.g. init_from=DIR data=FILE.jsonl peft=lora")
         p.set_defaults(handler=handler)
 
     p = verbs.add_parser("label", help="RLAIF: sample two replies per prompt and let a judge model pick the better; "

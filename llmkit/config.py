@@ -10,13 +10,10 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
-
-import yaml
+from typing import Any
 
 from llmkit.errors import ConfigError
-
-PRESET_DIR = Path(__file__).parent / "presets" / "models"
+from llmkit.yaml_config import build_dataclass, load_preset, merged, parse_overrides
 
 
 @dataclass
@@ -84,15 +81,8 @@ class ModelConfig:
     # --- construction -------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown config field(s) {', '.join(unknown)}; "
-                              f"known fields are: {', '.join(sorted(known))}")
-        hints = get_type_hints(cls)
-        for key, value in data.items():
-            _check_type(key, value, hints[key], source)
-        return cls(**data)
+        """A config from a mapping of fields (a config.json's, a preset's), each checked (llmkit.yaml_config)."""
+        return build_dataclass(cls, data, source)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ModelConfig":
@@ -111,12 +101,8 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
         """A shipped preset (`llmkit/presets/models/NAME.yaml`), with fields overridden."""
-        path = PRESET_DIR / f"{name}.yaml"
-        if not path.exists():
-            raise ConfigError(f"unknown model preset {name!r}; available: {', '.join(list_presets())}")
-        data = yaml.safe_load(path.read_text()) or {}
-        data.update(overrides)
-        return cls.from_dict(data, source=str(path))
+        data, path = load_preset("models", name, "model preset")
+        return cls.from_dict(merged(data, path, overrides, "model overrides"), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,50 +114,8 @@ class ModelConfig:
 
     def with_overrides(self, pairs: list[str]) -> "ModelConfig":
         """Apply `field=value` strings (values parsed as YAML, so `rope_theta=1e5` is a float)."""
-        data = self.to_dict()
-        data.update(parse_overrides(pairs, source="command line"))
-        return ModelConfig.from_dict(data, source="command line")
+        return ModelConfig.from_dict(merged(self.to_dict(), "config", parse_overrides(pairs), "command line"),
+                                     source="command line")
 
 
 METADATA_KEYS = {"model_type", "architectures"}  # config.json keys written by to_json that are not fields
-
-
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def parse_overrides(pairs: list[str], source: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{source}: override {pair!r} is not of the form field=value")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: override {pair!r}: the value is not valid YAML "
-                              f"({str(e).splitlines()[0]}); quote it, e.g. {key}='\"...\"'") from None
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads "5e-3" (no dot) as a string; a user means the number
-                value = float(value)
-            except ValueError:
-                pass
-        out[key.strip()] = value
-    return out
-
-
-def _check_type(key: str, value: Any, hint: Any, source: str) -> None:
-    """Reject values of the wrong type with the field's name (JSON has no tuples; ints pass as floats)."""
-    allowed = getattr(hint, "__args__", None) or (hint,)
-    allowed = tuple(getattr(a, "__origin__", a) for a in allowed)
-    if value is None and type(None) in allowed:
-        return
-    if isinstance(value, bool) and bool not in allowed:
-        ok = False
-    elif float in allowed and isinstance(value, int):
-        ok = True
-    else:
-        ok = isinstance(value, allowed)
-    if not ok:
-        names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
-        raise ConfigError(f"{source}: field {key!r} must be {names}, not {value!r}")

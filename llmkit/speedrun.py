@@ -8,10 +8,12 @@ questions and its wrong answers become the rejected replies (`llmkit label --jud
 answers right, the task's plausible wrong option stays the rejected one). At the CPU plan's size DPO
 and RLHF do not change held-out accuracy significantly (paired tests in the report; BENCHMARKS.md).
 
-Each stage is the ordinary stage function (the same code `llmkit pretrain / sft / reward / dpo /
-rlhf` run) with a training preset plus the fields of `llmkit/presets/speedrun/{cpu,gpu}.yaml`; each
-training stage has a time limit (the Trainer fits its schedule to it), so the whole run has a budget.
-Everything lands in one directory: base/, sft/, reward/, dpo/, rlhf/ (checkpoints), task/ (the
+Each stage is the ordinary stage function with its config from the same TrainConfig.preset that
+`llmkit pretrain / sft / reward / dpo / rlhf` use: a training preset plus the fields of
+`llmkit/presets/speedrun/{cpu,gpu}.yaml`; each training stage has a time limit (the Trainer fits its
+schedule to it), so the whole run has a budget. The corpus, tokenizer and token shards are the
+pretraining stage's built-in ones (cached under $LLMKIT_CACHE/data, so a second run starts at once).
+Everything else lands in one directory: base/, sft/, reward/, dpo/, rlhf/ (checkpoints), task/ (the
 questions), report.md, report.json, accuracy.png, training.png.
 """
 
@@ -23,49 +25,52 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
 from llmkit.atomic import atomic_write_text
-from llmkit.config import parse_overrides
 from llmkit.errors import ConfigError
+from llmkit.yaml_config import Located, load_preset, parse_overrides, where
 
-PRESET_DIR = Path(__file__).parent / "presets" / "speedrun"
 STAGES = ("tokenizer", "task", "pretrain", "sft", "collect", "reward", "dpo", "rlhf")
+TRAINING_STAGES = ("pretrain", "sft", "reward", "dpo", "rlhf")
 
 
 def load_plan(size: str, overrides: list[str] | None = None) -> dict:
-    path = PRESET_DIR / f"{size}.yaml"
-    if not path.exists():
-        raise ConfigError(f"unknown speedrun size {size!r}; available: "
-                          f"{', '.join(p.stem for p in sorted(PRESET_DIR.glob('*.yaml')))}")
-    plan = yaml.safe_load(path.read_text())
+    """The plan of llmkit/presets/speedrun/SIZE.yaml with `STAGE.field=value` overrides; each value
+    remembers where it was set (the plan's line, or the command line) for error messages."""
+    plan, path = load_preset("speedrun", size, "speedrun size")
+    plan.path = str(path)  # where stage_config's errors point
     for key, value in parse_overrides(overrides or [], source="command line").items():
         stage, _, field = key.partition(".")
         if stage not in STAGES or not field:
             raise ConfigError(f"speedrun override {key!r}: write STAGE.field=value with STAGE one of {', '.join(STAGES)}")
-        plan.setdefault(stage, {})[field] = value
+        if not isinstance(plan.get(stage), Located):
+            plan[stage] = Located(plan.get(stage) or {})
+        plan[stage][field] = value
+        plan[stage].sources[field] = "command line"
     return plan
 
 
-def stage_config(config_class, stage_plan: dict, **fields):
-    """A stage's config: its preset, the plan's fields, then the speedrun's wiring (paths)."""
-    from llmkit.train.config import TRAIN_PRESET_DIR
-
-    plan = dict(stage_plan)
-    preset = plan.pop("preset")
-    data = yaml.safe_load((TRAIN_PRESET_DIR / f"{preset}.yaml").read_text()) or {}
-    data.update(plan)
-    data.update({k: str(v) if isinstance(v, Path) else v for k, v in fields.items()})
-    return config_class.from_dict(data, source=f"speedrun stage {preset}")
-
-
-def pretrain_config(stage_plan: dict, data: Path, val_data: Path):
+def stage_config(plan: dict, stage: str, **wiring):
+    """A training stage's config: its preset (`preset:` in the plan), the plan's fields over it, then the
+    speedrun's wiring (paths) — through the same TrainConfig.preset as `llmkit pretrain / sft / ...`."""
     from llmkit.train.config import TrainConfig
+    from llmkit.train.post_config import DPOConfig, RewardConfig, RLConfig, SFTConfig
 
-    plan = dict(stage_plan)
-    preset = plan.pop("preset")
-    return TrainConfig.preset(preset, [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
-                                       for k, v in plan.items()] + [f"data={data}", f"val_data={val_data}"])
+    config_class = {"pretrain": TrainConfig, "sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig,
+                    "rlhf": RLConfig}[stage]
+    path = getattr(plan, "path", "speedrun plan")
+    fields = plan.get(stage)
+    if not isinstance(fields, dict) or not isinstance(fields.get("preset"), str):
+        raise ConfigError(f"{where(path, plan, stage)}: a training stage needs `preset: NAME` (llmkit/presets/train)")
+    overrides = Located({k: v for k, v in fields.items() if k != "preset"})
+    if isinstance(fields, Located):
+        overrides.lines, overrides.sources = fields.lines, fields.sources
+    for key, value in wiring.items():
+        overrides[key] = str(value) if isinstance(value, Path) else value
+        overrides.sources[key] = "speedrun wiring"
+    try:
+        return config_class.preset(fields["preset"], overrides, source=path)
+    except ConfigError as e:
+        raise ConfigError(f"speedrun stage {stage} (preset {fields['preset']}): {e}") from None
 
 
 def check_plan(plan: dict, out: Path) -> None:
@@ -75,24 +80,35 @@ def check_plan(plan: dict, out: Path) -> None:
 
     from llmkit.data.assistant_task import write_task
     from llmkit.train.label import label_by_answer
-    from llmkit.train.post_config import DPOConfig, RewardConfig, RLConfig, SFTConfig
 
     earlier = sorted(out.glob("*/checkpoints/latest"))
     if earlier:  # each stage would refuse to start among them, minutes in: say so now
         raise ConfigError(f"{out}: holds an earlier run ({earlier[0].parent.parent.name}/ has checkpoints); "
                           f"remove {out} or choose another --out")
-    pretrain_config(plan["pretrain"], out / "data" / "train", out / "data" / "val")
-    for stage, config_class in (("sft", SFTConfig), ("reward", RewardConfig), ("dpo", DPOConfig), ("rlhf", RLConfig)):
-        wiring = {"reward_model": out / "reward"} if stage == "rlhf" else {}
-        stage_config(config_class, plan[stage], init_from=out / "sft", **wiring)
+    for stage in TRAINING_STAGES:
+        stage_config(plan, stage, **stage_wiring(plan, stage, out))
     known = {"tokenizer": {"vocab_size"},
              "task": set(inspect.signature(write_task).parameters) - {"out", "corpus_dir"},
              "collect": set(inspect.signature(label_by_answer).parameters) - {"policy", "input_path", "out", "records"}}
     for stage, fields in known.items():
-        unknown = sorted(set(plan.get(stage, {})) - fields)
+        unknown = sorted(set(plan.get(stage) or {}) - fields)
         if unknown:
             raise ConfigError(f"speedrun stage {stage}: unknown field(s) {', '.join(unknown)}; known: "
                               f"{', '.join(sorted(fields))}")
+
+
+def stage_wiring(plan: dict, stage: str, out: Path, task: dict | None = None) -> dict:
+    """The fields the speedrun sets itself: where each stage's data and starting model are. The task's
+    files (written by the task stage) stand in as paths under out/task before they exist."""
+    if stage == "pretrain":  # the built-in corpus, tokenized with a BPE of the plan's vocabulary
+        return {"data": "shakespeare", "vocab_size": plan["tokenizer"]["vocab_size"]}
+    task = task or {name: out / "task" / f"{name}.jsonl" for name in ("sft", "preference", "heldout")}
+    data = task["sft"] if stage == "sft" else out / "task" / "preference_on_policy.jsonl"
+    wiring = {"init_from": out / ("base" if stage == "sft" else "sft"), "data": data, "val_data": task["heldout"],
+              "eval_task": False, "plot": True}
+    if stage == "rlhf":
+        wiring["reward_model"] = out / "reward"
+    return wiring
 
 
 class Clock:
@@ -118,12 +134,9 @@ def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = N
 
     from llmkit.data.assistant_task import write_task
     from llmkit.data.corpus import cache_root, fetch_shakespeare
-    from llmkit.data.prepare import prepare
-    from llmkit.tokenizer import Tokenizer, read_text_files
     from llmkit.train.dpo import run_dpo
     from llmkit.train.label import label_by_answer
-    from llmkit.train.post_config import DPOConfig, RewardConfig, RLConfig, SFTConfig
-    from llmkit.train.pretrain import pretrain
+    from llmkit.train.pretrain import builtin_shards, pretrain
     from llmkit.train.reward import run_reward
     from llmkit.train.rl import run_rl
     from llmkit.train.sft import run_sft
@@ -134,38 +147,26 @@ def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = N
     out.mkdir(parents=True, exist_ok=True)
     clock = Clock()
     results: dict = {"size": size, "overrides": list(overrides or []), "plan": plan, "stages": {}}
-    with clock.stage("corpus"):
+    with clock.stage("corpus and tokenizer"):  # the pretraining stage's own preparation (cached for the next run)
+        builtin_shards(plan["tokenizer"]["vocab_size"])
         corpus = fetch_shakespeare(cache_root() / "data" / "shakespeare")
-    with clock.stage("tokenizer"):
-        files = sorted((corpus / "train").glob("*.txt"))
-        Tokenizer.train(read_text_files(files), vocab_size=plan["tokenizer"]["vocab_size"]).save(out / "tokenizer")
-        prepare([corpus / "train"], out / "tokenizer", out / "data" / "train")
-        prepare([corpus / "val"], out / "tokenizer", out / "data" / "val")
     with clock.stage("pretrain"):
-        result = pretrain(pretrain_config(plan["pretrain"], out / "data" / "train", out / "data" / "val"), out / "base")
+        result = pretrain(stage_config(plan, "pretrain", **stage_wiring(plan, "pretrain", out)), out / "base")
         results["stages"]["pretrain"] = {"steps": result.steps, "tokens": result.tokens, **result.eval}
     with clock.stage("task"):
         task = write_task(out / "task", corpus / "train", **plan["task"])
-    wiring = dict(data=task["sft"], val_data=task["heldout"], eval_task=False, plot=True)
     with clock.stage("sft"):
-        result = run_sft(stage_config(SFTConfig, plan["sft"], init_from=out / "base", **wiring), out / "sft")
+        result = run_sft(stage_config(plan, "sft", **stage_wiring(plan, "sft", out, task)), out / "sft")
         results["stages"]["sft"] = {"steps": result.steps, **result.eval}
     with clock.stage("collect"):
         on_policy = out / "task" / "preference_on_policy.jsonl"
         results["stages"]["collect"] = label_by_answer(out / "sft", task["preference"], on_policy,
                                                        **plan.get("collect", {}))
         print(f"collect: {results['stages']['collect']}", flush=True)
-    wiring["data"] = on_policy
-    with clock.stage("reward"):
-        result = run_reward(stage_config(RewardConfig, plan["reward"], init_from=out / "sft", **wiring), out / "reward")
-        results["stages"]["reward"] = {"steps": result.steps, **result.eval}
-    with clock.stage("dpo"):
-        result = run_dpo(stage_config(DPOConfig, plan["dpo"], init_from=out / "sft", **wiring), out / "dpo")
-        results["stages"]["dpo"] = {"steps": result.steps, **result.eval}
-    with clock.stage("rlhf"):
-        result = run_rl(stage_config(RLConfig, plan["rlhf"], init_from=out / "sft", reward_model=out / "reward",
-                                     **wiring), out / "rlhf")
-        results["stages"]["rlhf"] = {"steps": result.steps, **result.eval}
+    for stage, run in (("reward", run_reward), ("dpo", run_dpo), ("rlhf", run_rl)):
+        with clock.stage(stage):
+            result = run(stage_config(plan, stage, **stage_wiring(plan, stage, out, task)), out / stage)
+            results["stages"][stage] = {"steps": result.steps, **result.eval}
     with clock.stage("evaluate"):
         results["accuracy"], results["samples"] = evaluate_models(out, task["heldout"])
         results["paired"] = compare_models(results["accuracy"])

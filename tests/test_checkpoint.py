@@ -261,7 +261,7 @@ def test_load_config_accepts_metadata_keys(ckpt):
 
 # --- ModelConfig ----------------------------------------------------------------------------------------------
 def test_config_from_dict_unknown_field():
-    with pytest.raises(ConfigError, match="unknown config field.*foo"):
+    with pytest.raises(ConfigError, match="field 'foo': unknown field"):
         ModelConfig.from_dict({"foo": 1})
 
 

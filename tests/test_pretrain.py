@@ -271,6 +271,11 @@ def test_schedules_and_chinchilla_plan():
                       batch_fn=None, tokens_per_micro_batch=256)
     assert trainer.total_steps == math.ceil(20 * model.num_params() / 256)  # 20 tokens per parameter
     assert "Chinchilla" in trainer.plan(peak_flops=1e12)
+    # batch_tokens need not divide: the nearest whole number of micro-batches, said in the plan
+    trainer = Trainer(model, TrainConfig(seq_len=64, micro_batch=4, device="cpu", batch_tokens=700, max_steps=3),
+                      "/tmp/unused", batch_fn=None, tokens_per_micro_batch=256)
+    assert (trainer.accum, trainer.batch_tokens, trainer.micro_batches_per_step) == (3, 768, 3)
+    assert "768 tokens (3 micro-batch(es) x 1 process(es)) (batch_tokens 700 rounded" in trainer.plan(peak_flops=1e12)
 
 
 def test_muon_trains(tmp_path, shards):
@@ -282,7 +287,7 @@ def test_muon_trains(tmp_path, shards):
 
 def test_bad_overrides_are_named(tmp_path, shards):
     result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "learning_rate=1")
-    assert result.returncode == 2 and "unknown training field(s) learning_rate" in result.stderr
+    assert result.returncode == 2 and "command line: field 'learning_rate': unknown field" in result.stderr
     result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "model.n_layer=3")
     assert result.returncode == 2 and "n_layer" in result.stderr
     result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1, data=tmp_path / "nowhere"))

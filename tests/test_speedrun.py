@@ -74,4 +74,7 @@ def test_every_plan_is_checked_before_the_first_stage(tmp_path):
         with pytest.raises(ConfigError, match=stage):
             check_plan(load_plan("cpu", [override]), tmp_path)
     result = run_cli("speedrun", "--out", tmp_path / "run", "dpo.lrr=1")
-    assert result.returncode == 2 and "lrr" in result.stderr and not (tmp_path / "run" / "tokenizer").exists()
+    assert result.returncode == 2 and "lrr" in result.stderr and not (tmp_path / "run").exists()
+    # a misspelt preset is the same one-line error as `llmkit sft --preset` gives, not a traceback
+    with pytest.raises(ConfigError, match="speedrun stage sft .*unknown training preset 'sft-asistant'"):
+        check_plan(load_plan("cpu", ["sft.preset=sft-asistant"]), tmp_path)

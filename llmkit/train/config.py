@@ -1,72 +1,72 @@
 """Training configuration: one dataclass for every stage, presets in `llmkit/presets/train/*.yaml`.
 
 Any field can be overridden on the command line as `field=value`; model fields as `model.field=value`.
+Each field's comment is its documentation: `llmkit pretrain --help` (and every training verb's) prints
+it beside the default (llmkit/config_help.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from llmkit.config import ModelConfig, _check_type, parse_overrides
+from llmkit.config import ModelConfig
 from llmkit.errors import ConfigError
-
-TRAIN_PRESET_DIR = Path(__file__).resolve().parents[1] / "presets" / "train"
+from llmkit.yaml_config import Located, build_dataclass, checked_fields, load_preset, merged, origin, parse_overrides
 
 
 @dataclass
 class TrainConfig:
     # -- model: a preset of llmkit/presets/models plus field overrides, or an existing checkpoint to continue
-    model: str = "llama-cpu"
-    model_overrides: dict = field(default_factory=dict)
+    model: str = "llama-cpu"  # model preset (llmkit/presets/models) of a new, randomly initialised model
+    model_overrides: dict = field(default_factory=dict)  # its fields changed; on the command line model.FIELD=value
     init_from: str | None = None  # checkpoint directory (or named model) to start from instead of random init
     # -- data: "shakespeare" (fetched, tokenized and cached automatically) or a token-shard directory
-    data: str = "shakespeare"
+    data: str = "shakespeare"  # training data: "shakespeare" or a token-shard directory (llmkit data prepare)
     val_data: str | None = None  # token-shard directory; for "shakespeare" the held-out plays
     anneal_data: str | None = None  # token shards of a high-quality subset (`llmkit data clean` writes one)
-    anneal_fraction: float = 0.1  # ... trained on for this last fraction of the steps
-    tokenizer: str | None = None  # for raw built-in data: a tokenizer dir; None = train one of vocab_size
-    vocab_size: int = 4096
-    seq_len: int = 256
+    anneal_fraction: float = 0.1  # the last fraction of the steps, which train on anneal_data
+    tokenizer: str | None = None  # for the built-in data: a tokenizer dir; null = train one of vocab_size
+    vocab_size: int = 4096  # size of the BPE tokenizer trained for the built-in data
+    seq_len: int = 256  # tokens per training sequence
     micro_batch: int = 8  # sequences per forward/backward on each process
-    batch_tokens: int = 0  # tokens per optimizer step over all processes; 0 = one micro-batch per process
+    # tokens per optimizer step over all processes: the Trainer accumulates the nearest whole number of
+    # micro-batches (at least one per process); 0 = one micro-batch per process
+    batch_tokens: int = 0
     # -- optimisation
     optimizer: str = "adamw"  # "adamw", or "muon" (Muon for hidden matrices, AdamW for the rest)
-    lr: float = 1e-3
+    lr: float = 1e-3  # peak learning rate (AdamW's; after warmup, before decay)
     muon_lr: float = 0.02  # Muon's own learning rate (Jordan et al. 2024 use 0.02)
     min_lr_ratio: float = 0.1  # final LR as a fraction of the peak
     schedule: str = "cosine"  # "cosine" or "wsd" (warmup-stable-decay, Hu et al. 2024 MiniCPM)
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # steps of linear warmup from ~0 to the peak LR
     decay_fraction: float = 0.2  # WSD: the last fraction of steps decays linearly
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 = off
+    weight_decay: float = 0.1  # decoupled weight decay on matrices only (never norms or biases)
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.95  # AdamW's second-moment decay (0.95 as in GPT-3 and Llama)
+    grad_clip: float = 1.0  # clip the global gradient norm to this; 0 = off
     # -- budget: max_steps, else max_tokens, else the Chinchilla rule (20 tokens per parameter)
-    max_steps: int = 0
-    max_tokens: int = 0
+    max_steps: int = 0  # optimizer steps; 0 = from max_tokens (or, post-training, from epochs)
+    max_tokens: int = 0  # training tokens; 0 = 20 per parameter (Chinchilla, Hoffmann et al. 2022)
     time_limit_s: float = 0.0  # stop (and save) after this much training time; 0 = no limit
     # -- precision and speed
     device: str = "auto"  # auto = cuda if available, else cpu
     dtype: str = "auto"  # autocast dtype: auto = bf16 where the hardware has it, else fp32
-    compile: bool = False
+    compile: bool = False  # torch.compile the model (slow first steps, faster after)
     fsdp: bool = False  # under torchrun: FSDP2 (fully_shard) instead of DDP
     threads: int = 0  # CPU threads; 0 = all cores of this process's share
     # -- evaluation, logging, checkpoints
-    eval_every: int = 200
+    eval_every: int = 200  # steps between evaluations on val_data; 0 = at the end only
     eval_tokens: int = 0  # validation tokens per evaluation; 0 = the whole validation set
     sample_every: int = 0  # steps between printed samples; 0 = at evaluations only
-    sample_tokens: int = 64
-    log_every: int = 10
+    sample_tokens: int = 64  # tokens of each printed sample
+    log_every: int = 10  # steps between lines of metrics.jsonl (loss, lr, tokens/s, MFU)
     ckpt_every: int = 0  # steps between resumable checkpoints; 0 = at the end only
-    keep_checkpoints: int = 2
-    seed: int = 1337
-    plot: bool = True
+    keep_checkpoints: int = 2  # resumable checkpoints kept; older ones are deleted
+    seed: int = 1337  # initialisation and data order
+    plot: bool = True  # write loss.png at the end
 
     def __post_init__(self):
         checks = [
@@ -75,6 +75,7 @@ class TrainConfig:
             (self.dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),
              f"dtype must be auto, bf16, fp16 or fp32, not {self.dtype!r}"),
             (self.seq_len > 0 and self.micro_batch > 0, "seq_len and micro_batch must be positive"),
+            (self.batch_tokens >= 0, f"batch_tokens must be >= 0, not {self.batch_tokens}"),
             (self.lr > 0, f"lr must be positive, not {self.lr}"),
             (0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], not {self.min_lr_ratio}"),
             (0 < self.decay_fraction <= 1, f"decay_fraction must be in (0, 1], not {self.decay_fraction}"),
@@ -87,24 +88,22 @@ class TrainConfig:
                 raise ConfigError(message)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown training field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        hints = typing.get_type_hints(cls)
-        for key, value in data.items():
-            _check_type(key, value, hints[key], source)
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any], source: str) -> "TrainConfig":
+        """A config from a mapping of fields, each checked; model_overrides against the model config's
+        fields too, so that a misspelt model.FIELD stops the run before any work."""
+        model_overrides = data.get("model_overrides")
+        if isinstance(model_overrides, Mapping):
+            checked_fields(ModelConfig, model_overrides, source)
+        return build_dataclass(cls, data, source)
 
     @classmethod
-    def preset(cls, name: str, overrides: list[str] | None = None) -> "TrainConfig":
-        path = TRAIN_PRESET_DIR / f"{name}.yaml"
-        if not path.exists():
-            raise ConfigError(f"unknown training preset {name!r}; available: {', '.join(list_train_presets())}")
-        data = yaml.safe_load(path.read_text()) or {}
-        source = f"{path} with the command-line overrides" if overrides else str(path)
-        return cls.from_dict(merge_overrides(data, overrides or []), source=source)
+    def preset(cls, name: str, overrides: list[str] | Mapping[str, Any] | None = None,
+               source: str = "command line") -> "TrainConfig":
+        """A shipped preset (`llmkit/presets/train/NAME.yaml`) with fields overridden: `field=value` strings
+        (from `source`) or a mapping (a Located one keeps the origin of each value); `model.FIELD` keys
+        go to model_overrides."""
+        data, path = load_preset("train", name, "training preset")
+        return cls.from_dict(merge_overrides(data, overrides or {}, path, source), source=str(path))
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.preset(self.model, **self.model_overrides)
@@ -113,16 +112,19 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def merge_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `field=value` and `model.field=value` strings to a preset's dict."""
-    data = {**data, "model_overrides": dict(data.get("model_overrides") or {})}
-    for key, value in parse_overrides(overrides, source="command line").items():
-        if key.startswith("model."):
-            data["model_overrides"][key.removeprefix("model.")] = value
-        else:
-            data[key] = value
-    return data
-
-
-def list_train_presets() -> list[str]:
-    return sorted(p.stem for p in TRAIN_PRESET_DIR.glob("*.yaml"))
+def merge_overrides(data: Mapping, overrides: list[str] | Mapping, path: str = "config",
+                    source: str = "command line") -> Located:
+    """`data` (a preset's fields, read from `path`) with `field=value` strings or a mapping (from `source`)
+    on top; `model.FIELD` keys go into model_overrides. Each value keeps where it came from, for errors."""
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides, source)
+    fields, model = Located(), Located()
+    for key, value in overrides.items():
+        target, name = (model, key.removeprefix("model.")) if key.startswith("model.") else (fields, key)
+        target[name] = value
+        target.sources[name] = origin(source, overrides, key)
+    out = merged(data, path, fields, source)
+    base = out.get("model_overrides") or {}
+    if model and isinstance(base, Mapping):  # (a model_overrides that is not a mapping: the type check names it)
+        out["model_overrides"] = merged(base, path, model, source)
+    return out

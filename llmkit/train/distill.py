@@ -14,6 +14,7 @@ distributions on the assistant tokens).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -26,9 +27,9 @@ from llmkit.eval.bpb import evaluate_shards
 from llmkit.model import Transformer
 from llmkit.train.packing import collate, model_inputs, pack_rows
 from llmkit.train.peft import apply_peft, peft_saver
-from llmkit.train.post_common import items_for, planned_steps, stage_records
+from llmkit.train.post_common import items_for, stage_records
 from llmkit.train.post_config import DistillConfig
-from llmkit.train.pretrain import resolve_data, trainer_autocast
+from llmkit.train.pretrain import resolve_data
 from llmkit.train.trainer import Trainer, TrainResult
 
 
@@ -72,11 +73,9 @@ def run_distill(config: DistillConfig, out: str | Path, resume: bool = False) ->
     if not config.teacher:
         raise ConfigError("teacher is required: a checkpoint directory or named model (smollm2)")
     from llmkit.convert import resolve_model
-    from llmkit.train.trainer import resolve_device
 
     teacher_dir = resolve_model(config.teacher)
-    device = resolve_device(config.device)
-    teacher = load_model(teacher_dir, device=device, dtype=torch.float32).requires_grad_(False)
+    teacher = load_model(teacher_dir, dtype=torch.float32).requires_grad_(False)  # to the run's device below
     tokenizer = load_tokenizer(teacher_dir)
     student = build_student(config, teacher)
     summary = apply_peft(student, config)
@@ -89,11 +88,12 @@ def run_distill(config: DistillConfig, out: str | Path, resume: bool = False) ->
         items = [lm_item(e.ids[:config.seq_len + 1], e.mask[:config.seq_len + 1])
                  for e in (encode_sft(tokenizer, r) for r in records)]
         rows = pack_rows([len(it.inputs) for it in items], config.seq_len)
-        total_steps = planned_steps(config, len(rows), config.micro_batch)
+        epoch_items = len(rows)
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
 
         def batch_fn(step: int, micro: int):
-            chosen = [rows[i] for i in items_for(step, micro, 1, config.micro_batch, len(rows), config.seed)]
+            chosen = [rows[i] for i in items_for(step, micro, trainer.micro_batches_per_step, config.micro_batch,
+                                                 len(rows), config.seed)]
             batch = collate(items, chosen, config.seq_len, pad)
             batch.pop("last_index")
             batch.pop("seq_index")
@@ -101,7 +101,7 @@ def run_distill(config: DistillConfig, out: str | Path, resume: bool = False) ->
     else:
         config.tokenizer = str(teacher_dir)  # the built-in corpus, tokenized with the teacher's tokenizer
         train, val = resolve_data(config, True)
-        total_steps = planned_steps(config, train.tokens, config.micro_batch * config.seq_len)
+        epoch_items = math.ceil(train.tokens / config.seq_len)  # windows of seq_len tokens in the training shards
 
         def batch_fn(step: int, micro: int):
             x, y = train.random_batch(config.micro_batch, config.seq_len, config.seed, step, micro)
@@ -116,14 +116,15 @@ def run_distill(config: DistillConfig, out: str | Path, resume: bool = False) ->
                                  config.hard_weight)
 
     def evaluate(runner) -> dict:
-        result = evaluate_shards(runner, val, config.seq_len, config.micro_batch * 2, device,
-                                 trainer_autocast(trainer), max_tokens=config.eval_tokens or 65536)
+        result = evaluate_shards(runner, val, config.seq_len, config.micro_batch * 2, trainer.device,
+                                 trainer.autocast(), max_tokens=config.eval_tokens or 65536)
         return {"val_loss": result.loss, "val_bpb": result.bpb}
 
-    print(f"distill: teacher {teacher_dir} ({teacher.num_params() / 1e6:.1f}M parameters) -> student "
-          f"{student.num_params() / 1e6:.1f}M; {summary}; temperature {config.temperature}; {total_steps} steps",
-          flush=True)
     trainer = Trainer(student, config, out, batch_fn, config.micro_batch * config.seq_len, objective=objective,
-                      evaluate=evaluate if val is not None else None, tokenizer=tokenizer, total_steps=total_steps,
+                      evaluate=evaluate if val is not None else None, tokenizer=tokenizer, epoch_items=epoch_items,
                       save_model=peft_saver(student, tokenizer, config.init_from) if config.peft != "none" else None)
+    teacher.to(trainer.device)
+    print(f"distill: teacher {teacher_dir} ({teacher.num_params() / 1e6:.1f}M parameters) -> student "
+          f"{student.num_params() / 1e6:.1f}M; {summary}; temperature {config.temperature}; {trainer.total_steps} steps",
+          flush=True)
     return trainer.fit(resume=resume)

@@ -30,11 +30,10 @@ from safetensors.torch import load_file, save_file
 from llmkit.train.chat_data import EncodedPair, encode_pair
 from llmkit.train.packing import completion_item, pack, sequence_logprobs
 from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
-from llmkit.train.post_common import (generate, items_for, planned_steps, reply_text, stage_records, start_model,
-                                      task_accuracy, task_records)
+from llmkit.train.post_common import (generate, items_for, reply_text, stage_records, start_model, task_accuracy,
+                                      task_records)
 from llmkit.train.post_config import DPOConfig
-from llmkit.train.pretrain import trainer_autocast
-from llmkit.train.trainer import Trainer, TrainResult, resolve_autocast_dtype, resolve_device
+from llmkit.train.trainer import Trainer, TrainResult
 
 REFERENCE_FILE = "reference_logprobs.safetensors"
 
@@ -120,19 +119,11 @@ def run_dpo(config: DPOConfig, out: str | Path, resume: bool = False) -> TrainRe
     val_pairs = [encode_pair(tokenizer, r, config.seq_len, prefix) for r in val_records]
     heldout = task_records(config, val_records)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    device = resolve_device(config.device)
-    dtype = resolve_autocast_dtype(config.dtype, device)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
-    print(f"dpo: {len(pairs)} pairs ({len(val_pairs)} held out); {summary}; computing reference log-probabilities",
-          flush=True)
-    ref_train, ref_val = reference_logprobs(model, pairs, val_pairs, config, pad, out, device, autocast)
     mean_len = sum(len(p.prompt) * 2 + len(p.chosen) + len(p.rejected) for p in pairs) / len(pairs)
-    tokens_per_micro = max(1, int(config.micro_batch * mean_len))
-    accum = max(1, config.batch_tokens // tokens_per_micro) if config.batch_tokens else 1
-    total_steps = planned_steps(config, len(pairs), config.micro_batch * accum)
+    ref_train = ref_val = None  # computed below, once the Trainer has chosen the device and precision
 
     def batch_fn(step: int, micro: int):
-        index = items_for(step, micro, accum, config.micro_batch, len(pairs), config.seed)
+        index = items_for(step, micro, trainer.micro_batches_per_step, config.micro_batch, len(pairs), config.seed)
         batch = pair_batch([pairs[i] for i in index], config.seq_len, pad)
         batch["ref"] = ref_train[index]
         return batch
@@ -154,7 +145,7 @@ def run_dpo(config: DPOConfig, out: str | Path, resume: bool = False) -> TrainRe
         results = {}
         if val_pairs:
             logps, counts = pair_logprobs(runner, val_pairs, config.seq_len, pad, config.micro_batch * 2, device,
-                                          trainer_autocast(trainer))
+                                          trainer.autocast())
             loss, metrics = dpo_loss(logps[:, 0], logps[:, 1], ref_val[:, 0], ref_val[:, 1], config.beta,
                                      config.loss, (counts[:, 0], counts[:, 1]))
             results.update(val_loss=loss.item(), val_reward_accuracy=metrics["reward_accuracy"],
@@ -169,10 +160,15 @@ def run_dpo(config: DPOConfig, out: str | Path, resume: bool = False) -> TrainRe
         record = (heldout or val_records or train_records)[0]
         return reply_text(tokenizer, generate(model, tokenizer, [record.prompt], config.eval_max_new_tokens)[0])
 
-    print(f"dpo: reference done; {total_steps} steps, loss {config.loss}, beta {config.beta} "
-          f"(a loss of log 2 = {math.log(2):.4f} at the start)", flush=True)
-    trainer = Trainer(model, config, out, batch_fn, tokens_per_micro, objective=objective,
+    # tokens of a micro-batch: an estimate from the mean pair (each pair is its prompt twice and both replies)
+    trainer = Trainer(model, config, out, batch_fn, max(1, int(config.micro_batch * mean_len)), objective=objective,
                       evaluate=evaluate if (val_pairs or heldout) else None, sample=sample, tokenizer=tokenizer,
-                      total_steps=total_steps,
+                      epoch_items=len(pairs),
                       save_model=peft_saver(model, tokenizer, base_dir) if config.peft != "none" else None)
+    print(f"dpo: {len(pairs)} pairs ({len(val_pairs)} held out); {summary}; computing reference log-probabilities",
+          flush=True)
+    ref_train, ref_val = reference_logprobs(model, pairs, val_pairs, config, pad, out, trainer.device,
+                                            trainer.autocast())
+    print(f"dpo: reference done; {trainer.total_steps} steps, loss {config.loss}, beta {config.beta} "
+          f"(a loss of log 2 = {math.log(2):.4f} at the start)", flush=True)
     return trainer.fit(resume=resume)

@@ -1,11 +1,10 @@
 """What the post-training stages share: the starting model and its tokenizer, the data files (a user's
-JSONL or the built-in assistant task), the step budget, generation through the one engine, and the
-held-out accuracy of the built-in task."""
+JSONL or the built-in assistant task), which examples each micro-batch takes, generation through the
+one engine, and the held-out accuracy of the built-in task."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 import torch
 
 from llmkit.checkpoint import load_model, load_tokenizer
@@ -59,22 +58,16 @@ def task_records(config: PostTrainConfig, val_records: list[Record]) -> list[Rec
     return [r for r in val_records if "answer" in r.extra]
 
 
-def planned_steps(config: PostTrainConfig, items: int, items_per_step: int) -> int:
-    """max_steps if set, else `epochs` passes over the data."""
-    if config.max_steps:
-        return config.max_steps
-    return max(1, math.ceil(config.epochs * items / items_per_step))
-
-
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """A permutation of range(n) that depends on (seed, epoch) alone: resume stays exact."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()
 
 
-def items_for(step: int, micro: int, accum: int, per_micro: int, n: int, seed: int) -> list[int]:
-    """Indices of the items of (step, micro): consecutive slices of per-epoch permutations."""
-    first = (step * accum + micro) * per_micro
+def items_for(step: int, micro: int, micro_batches_per_step: int, per_micro: int, n: int, seed: int) -> list[int]:
+    """Indices of the items of (step, micro): consecutive slices of per-epoch permutations, so the
+    micro-batches of a step (Trainer.micro_batches_per_step, over all processes) never share an item."""
+    first = (step * micro_batches_per_step + micro) * per_micro
     out = []
     for k in range(first, first + per_micro):
         epoch, at = divmod(k, n)

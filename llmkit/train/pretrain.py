@@ -18,6 +18,7 @@ from llmkit.convert import read_tokenizer
 from llmkit.data.corpus import cache_root, fetch_shakespeare
 from llmkit.data.clean.mixing import data_source_for_step
 from llmkit.data.prepare import prepare, read_manifest
+from llmkit.device import resolve_device
 from llmkit.errors import ConfigError
 from llmkit.eval.bpb import evaluate_shards
 from llmkit.infer import Engine, SamplingParams
@@ -28,25 +29,26 @@ from llmkit.train.data import TokenShards
 from llmkit.train.trainer import Trainer, TrainResult
 
 
-def builtin_shards(config: TrainConfig) -> tuple[Path, Path]:
-    """Token shards of the built-in Shakespeare corpus (train, val), made once and cached."""
+def builtin_shards(vocab_size: int, tokenizer: str | None = None) -> tuple[Path, Path]:
+    """Token shards of the built-in Shakespeare corpus (train, val), made once and cached: tokenized with
+    `tokenizer` (a directory, tokenizer file or .gguf), or with a BPE of vocab_size trained on the training plays."""
     base = cache_root() / "data"
     corpus = fetch_shakespeare(base / "shakespeare")
-    if config.tokenizer:  # keyed on the tokenizer's content: another (or retrained) tokenizer gets its own shards
-        tokenizer = read_tokenizer(config.tokenizer)  # a directory, a file or a .gguf alike
-        tag = "tok-" + hashlib.sha256(tokenizer.backend.to_str().encode()).hexdigest()[:16]
+    if tokenizer:  # keyed on the tokenizer's content: another (or retrained) tokenizer gets its own shards
+        given = read_tokenizer(tokenizer)  # a directory, a file or a .gguf alike
+        tag = "tok-" + hashlib.sha256(given.backend.to_str().encode()).hexdigest()[:16]
     else:
-        tag = f"bpe{config.vocab_size}"
+        tag = f"bpe{vocab_size}"
     root = base / f"shakespeare-{tag}"
     train_dir, val_dir = root / "train", root / "val"
     if (train_dir / "manifest.json").exists() and (val_dir / "manifest.json").exists():
         return train_dir, val_dir
     tokenizer_dir = root / "tokenizer"
-    if config.tokenizer:
-        tokenizer.save(tokenizer_dir)  # as tokenizer.json, which `prepare` reads (a .gguf file's tokenizer too)
+    if tokenizer:
+        given.save(tokenizer_dir)  # as tokenizer.json, which `prepare` reads (a .gguf file's tokenizer too)
     elif not (tokenizer_dir / "tokenizer.json").exists():
         files = sorted((corpus / "train").glob("*.txt"))
-        Tokenizer.train(read_text_files(files), vocab_size=config.vocab_size).save(tokenizer_dir)
+        Tokenizer.train(read_text_files(files), vocab_size=vocab_size).save(tokenizer_dir)
     prepare([corpus / "train"], tokenizer_dir, train_dir)
     prepare([corpus / "val"], tokenizer_dir, val_dir)
     return train_dir, val_dir
@@ -55,10 +57,10 @@ def builtin_shards(config: TrainConfig) -> tuple[Path, Path]:
 def resolve_data(config: TrainConfig, is_main: bool) -> tuple[TokenShards, TokenShards | None]:
     if config.data == "shakespeare":
         if is_main:
-            builtin_shards(config)
+            builtin_shards(config.vocab_size, config.tokenizer)
         if dist.is_initialized():
             dist.barrier()  # the other ranks wait for rank 0 to build the cache
-        train_dir, val_dir = builtin_shards(config)
+        train_dir, val_dir = builtin_shards(config.vocab_size, config.tokenizer)
         if config.val_data:
             val_dir = Path(config.val_data)
     else:
@@ -111,7 +113,6 @@ def build_model(config: TrainConfig, train: TokenShards, tokenizer: Tokenizer) -
 
 def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
     from llmkit.train.distributed import init_distributed, shutdown
-    from llmkit.train.trainer import resolve_device
 
     info = init_distributed(resolve_device(config.device).type)
     train, val = resolve_data(config, info.is_main)
@@ -132,8 +133,7 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
 
     def evaluate(runner) -> dict:
         device = next(runner.parameters()).device
-        autocast = trainer_autocast(trainer)
-        result = evaluate_shards(runner, val, config.seq_len, config.micro_batch * 4, device, autocast,
+        result = evaluate_shards(runner, val, config.seq_len, config.micro_batch * 4, device, trainer.autocast(),
                                  max_tokens=config.eval_tokens)
         return {"val_loss": result.loss, "val_bpb": result.bpb}
 
@@ -150,11 +150,3 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
     result = trainer.fit(resume=resume)
     shutdown()  # on success only: after a failure the other ranks may never reach a barrier
     return result
-
-
-def trainer_autocast(trainer: Trainer):
-    import contextlib
-
-    if trainer.autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype)

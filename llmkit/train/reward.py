@@ -27,9 +27,9 @@ from llmkit.errors import CheckpointError
 from llmkit.train.chat_data import EncodedPair, encode_completion, encode_pair, encode_prompt, truncate_pair
 from llmkit.train.packing import model_inputs, pack, sequence_item
 from llmkit.train.peft import apply_peft, load_peft, prompt_prefix_ids, save_peft
-from llmkit.train.post_common import items_for, planned_steps, stage_records, start_model
+from llmkit.device import autocast_context
+from llmkit.train.post_common import items_for, stage_records, start_model
 from llmkit.train.post_config import RewardConfig
-from llmkit.train.pretrain import trainer_autocast
 from llmkit.train.trainer import Trainer, TrainResult
 
 HEAD_FILE = "reward_head.safetensors"
@@ -163,7 +163,7 @@ def score(model: RewardModel, tokenizer, prompts: list, completions: list, max_l
         sequences.append(pair.prompt + pair.chosen)
     device = model.score.weight.device
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    autocast = autocast or torch.autocast(device.type, enabled=False)
+    autocast = autocast or autocast_context(device, None)
     return sequence_rewards(model, sequences, max_len, pad, batch_size, device, autocast).tolist()
 
 
@@ -177,14 +177,9 @@ def run_reward(config: RewardConfig, out: str | Path, resume: bool = False) -> T
     val_pairs = [encode_pair(tokenizer, r, config.seq_len, prefix) for r in val_records]
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     mean_len = sum(len(p.prompt) * 2 + len(p.chosen) + len(p.rejected) for p in pairs) / len(pairs)
-    tokens_per_micro = max(1, int(config.micro_batch * mean_len))
-    accum = max(1, config.batch_tokens // tokens_per_micro) if config.batch_tokens else 1
-    total_steps = planned_steps(config, len(pairs), config.micro_batch * accum)
-    print(f"reward: {len(pairs)} pairs ({len(val_pairs)} held out), mean {mean_len / 2:.0f} tokens a sequence; "
-          f"{summary}; {total_steps} steps", flush=True)
 
     def batch_fn(step: int, micro: int):
-        index = items_for(step, micro, accum, config.micro_batch, len(pairs), config.seed)
+        index = items_for(step, micro, trainer.micro_batches_per_step, config.micro_batch, len(pairs), config.seed)
         return reward_batch([pairs[i] for i in index], config.seq_len, pad)
 
     def objective(model, batch):
@@ -194,7 +189,7 @@ def run_reward(config: RewardConfig, out: str | Path, resume: bool = False) -> T
     def evaluate(runner) -> dict:
         device = next(runner.parameters()).device
         rewards = pair_rewards(runner, val_pairs, config.seq_len, pad, config.micro_batch * 2, device,
-                               trainer_autocast(trainer))
+                               trainer.autocast())
         result = pairwise_accuracy(rewards)
         loss, _ = bradley_terry_loss(rewards[:, 0], rewards[:, 1])
         return {"val_loss": loss.item(), "val_accuracy": result["accuracy"], "val_ci95_low": result["ci95_low"],
@@ -203,7 +198,10 @@ def run_reward(config: RewardConfig, out: str | Path, resume: bool = False) -> T
     def save(directory: Path, state: dict) -> None:
         save_reward_model(directory, model, state, tokenizer, base_dir)
 
-    trainer = Trainer(model, config, out, batch_fn, tokens_per_micro, objective=objective,
-                      evaluate=evaluate if val_pairs else None, tokenizer=tokenizer, total_steps=total_steps,
+    # tokens of a micro-batch: an estimate from the mean pair (each pair is its prompt twice and both replies)
+    trainer = Trainer(model, config, out, batch_fn, max(1, int(config.micro_batch * mean_len)), objective=objective,
+                      evaluate=evaluate if val_pairs else None, tokenizer=tokenizer, epoch_items=len(pairs),
                       save_model=save)
+    print(f"reward: {len(pairs)} pairs ({len(val_pairs)} held out), mean {mean_len / 2:.0f} tokens a sequence; "
+          f"{summary}; {trainer.total_steps} steps", flush=True)
     return trainer.fit(resume=resume)

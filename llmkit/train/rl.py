@@ -27,7 +27,6 @@ starting values (torch.func.functional_call), which for LoRA is the base model.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -37,11 +36,11 @@ from llmkit.errors import ConfigError
 from llmkit.train.chat_data import encode_prompt
 from llmkit.train.packing import completion_item, model_inputs, pack
 from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
-from llmkit.train.post_common import (eval_mode, generate, items_for, planned_steps, reply_text, stage_records,
-                                      start_model, task_accuracy, task_records)
+from llmkit.train.post_common import (eval_mode, generate, items_for, reply_text, stage_records, start_model,
+                                      task_accuracy, task_records)
 from llmkit.train.post_config import RLConfig
 from llmkit.train.reward import load_reward_model, score
-from llmkit.train.trainer import Trainer, TrainResult, resolve_autocast_dtype, resolve_device
+from llmkit.train.trainer import Trainer, TrainResult
 
 
 def group_advantages(rewards: torch.Tensor, baseline: str) -> torch.Tensor:
@@ -159,22 +158,11 @@ def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResu
     summary = apply_peft(model, config)
     train_records, val_records = stage_records(config, "prompt")
     heldout = task_records(config, val_records)
-    device = resolve_device(config.device)
-    dtype = resolve_autocast_dtype(config.dtype, device)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     if config.reward_model == "answers":
         from llmkit.data.assistant_task import require_answers
 
         require_answers(train_records + val_records, "reward_model=answers",
                         "or train a reward model with `llmkit reward` and pass its directory")
-    rewards = reward_function(config, device, autocast)
-    model.to(device)
-    rollouts = Rollouts(model, tokenizer, rewards, train_records, config, autocast)
-    tokens_per_micro = config.micro_batch * config.group_size * (config.max_new_tokens + 64)
-    accum = max(1, config.batch_tokens // tokens_per_micro) if config.batch_tokens else 1
-    total_steps = planned_steps(config, len(train_records) * config.updates_per_batch, config.micro_batch * accum)
-    print(f"rlhf: {len(train_records)} prompts x {config.group_size} samples, reward {config.reward_model}, baseline "
-          f"{config.baseline}, kl_coef {config.kl_coef}; {summary}; {total_steps} steps", flush=True)
     cache: dict = {}
 
     def batch_fn(step: int, micro: int):
@@ -183,7 +171,8 @@ def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResu
         if key not in cache:
             for old in [k for k in cache if k[0] != rollout_step]:
                 del cache[old]  # rollouts of an earlier batch are not used again
-            index = items_for(rollout_step, micro, accum, config.micro_batch, len(train_records), config.seed)
+            index = items_for(rollout_step, micro, trainer.micro_batches_per_step, config.micro_batch,
+                              len(train_records), config.seed)
             cache[key] = rollouts.make(index, seed=config.seed * 1_000_003 + rollout_step * 1009 + micro * 101)
         return cache[key]
 
@@ -208,8 +197,16 @@ def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResu
             results.update({f"acc_{k}": v for k, v in acc["by_kind"].items()})
         return results
 
+    # tokens of a micro-batch: its prompts' group_size completions, each at most max_new_tokens after a
+    # prompt of (for the estimate) 64 tokens
+    tokens_per_micro = config.micro_batch * config.group_size * (config.max_new_tokens + 64)
     trainer = Trainer(model, config, out, batch_fn, tokens_per_micro, objective=objective,
                       evaluate=evaluate if (heldout or val_records) else None, tokenizer=tokenizer,
-                      total_steps=total_steps,
+                      epoch_items=len(train_records) * config.updates_per_batch,
                       save_model=peft_saver(model, tokenizer, base_dir) if config.peft != "none" else None)
+    rewards = reward_function(config, trainer.device, trainer.autocast())
+    model.to(trainer.device)
+    rollouts = Rollouts(model, tokenizer, rewards, train_records, config, trainer.autocast())
+    print(f"rlhf: {len(train_records)} prompts x {config.group_size} samples, reward {config.reward_model}, baseline "
+          f"{config.baseline}, kl_coef {config.kl_coef}; {summary}; {trainer.total_steps} steps", flush=True)
     return trainer.fit(resume=resume)

@@ -16,10 +16,9 @@ from llmkit.errors import DataError
 from llmkit.train.chat_data import encode_sft
 from llmkit.train.packing import Item, collate, lm_item, model_inputs, pack_rows
 from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
-from llmkit.train.post_common import (generate, items_for, planned_steps, reply_text, stage_records, start_model,
-                                      task_accuracy, task_records)
+from llmkit.train.post_common import (generate, items_for, reply_text, stage_records, start_model, task_accuracy,
+                                      task_records)
 from llmkit.train.post_config import SFTConfig
-from llmkit.train.pretrain import trainer_autocast
 from llmkit.train.trainer import Trainer, TrainResult
 
 
@@ -75,16 +74,11 @@ def run_sft(config: SFTConfig, out: str | Path, resume: bool = False) -> TrainRe
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     rows = (pack_rows([len(it.inputs) for it in items], config.seq_len) if config.packing
             else [[i] for i in range(len(items))])
-    tokens_per_micro = config.micro_batch * config.seq_len
-    accum = max(1, config.batch_tokens // tokens_per_micro) if config.batch_tokens else 1
-    total_steps = planned_steps(config, len(rows), config.micro_batch * accum)
     learned = sum(sum(t != -100 for t in it.targets) for it in items)
-    print(f"sft: {len(items)} examples ({learned:,} learned tokens) in {len(rows)} rows of {config.seq_len}"
-          + (f" ({dropped} dropped: prompt longer than seq_len)" if dropped else "") + "; "
-          f"{summary}; {total_steps} steps", flush=True)
 
     def batch_fn(step: int, micro: int):
-        chosen = [rows[i] for i in items_for(step, micro, accum, config.micro_batch, len(rows), config.seed)]
+        chosen = [rows[i] for i in items_for(step, micro, trainer.micro_batches_per_step, config.micro_batch,
+                                             len(rows), config.seed)]
         batch = collate(items, chosen, config.seq_len if config.packing else None, pad)
         batch.pop("last_index")
         return batch
@@ -94,7 +88,7 @@ def run_sft(config: SFTConfig, out: str | Path, resume: bool = False) -> TrainRe
         results = {}
         if val_items:
             results["val_loss"] = token_loss(runner, val_items, config.seq_len, config.micro_batch * 2, device,
-                                             trainer_autocast(trainer))
+                                             trainer.autocast())
         if heldout:
             acc = task_accuracy(runner, tokenizer, heldout, config.eval_max_new_tokens)
             results["task_accuracy"] = acc["accuracy"]
@@ -105,8 +99,11 @@ def run_sft(config: SFTConfig, out: str | Path, resume: bool = False) -> TrainRe
         record = (heldout or val_records or train_records)[0]
         return reply_text(tokenizer, generate(model, tokenizer, [record.prompt], config.eval_max_new_tokens)[0])
 
-    trainer = Trainer(model, config, out, batch_fn, tokens_per_micro, objective=sft_objective,
+    trainer = Trainer(model, config, out, batch_fn, config.micro_batch * config.seq_len, objective=sft_objective,
                       evaluate=evaluate if (val_items or heldout) else None, sample=sample, tokenizer=tokenizer,
-                      total_steps=total_steps,
+                      epoch_items=len(rows),
                       save_model=peft_saver(model, tokenizer, base_dir) if config.peft != "none" else None)
+    print(f"sft: {len(items)} examples ({learned:,} learned tokens) in {len(rows)} rows of {config.seq_len}"
+          + (f" ({dropped} dropped: prompt longer than seq_len)" if dropped else "") + "; "
+          f"{summary}; {trainer.total_steps} steps", flush=True)
     return trainer.fit(resume=resume)

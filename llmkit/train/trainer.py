@@ -4,7 +4,8 @@ clipping, bf16 autocast, torch.compile, DDP / FSDP2, evaluation, checkpoints and
 metrics.jsonl, the progress bar and the loss curve. A feature added here works for every stage.
 
     objective(model, batch) -> (loss, metrics)     a differentiable scalar and floats to log
-    batch_fn(step, micro) -> batch                 deterministic in (step, micro): resume is exact
+    batch_fn(step, micro) -> batch                 deterministic in (step, micro): resume is exact;
+                                                   micro < trainer.micro_batches_per_step (all processes')
     evaluate(model) -> dict                        e.g. {"val_loss": ..., "val_bpb": ...}
     save_model(directory, state) -> None           optional: how the model directory is written (default:
                                                    the one checkpoint format); PEFT and reward models write
@@ -18,7 +19,6 @@ tensors alone (trainable.safetensors), and resume restores those onto the model 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import time
@@ -33,6 +33,7 @@ from llmkit.atomic import atomic_open, atomic_write_text, fsync_dir, fsync_tree
 from safetensors.torch import save_file
 
 from llmkit.checkpoint import model_from_state, save_checkpoint
+from llmkit.device import autocast_context, resolve_device, training_autocast_dtype
 from llmkit.errors import CheckpointError, ConfigError
 from llmkit.model import Transformer
 from llmkit.train import distributed as D
@@ -51,40 +52,6 @@ def causal_lm_objective(model, batch):
     return model(inputs, targets), {}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but this PyTorch sees no CUDA GPU; use device=cpu or device=auto")
-    return device
-
-
-def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware has fast bf16 (CUDA with bf16; CPUs with AVX512-BF16 or AMX,
-    where bf16 matmuls run ~4x faster than fp32); None means plain fp32."""
-    if name in ("fp32", "float32"):
-        return None
-    if name in ("bf16", "bfloat16"):
-        return torch.bfloat16
-    if name in ("fp16", "float16"):
-        raise ConfigError("fp16 training needs loss scaling, which llmkit does not do; use dtype=bf16 or fp32")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
-
-
-def cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 @dataclass
 class TrainResult:
     steps: int
@@ -101,8 +68,12 @@ class Trainer:
     def __init__(self, model: Transformer, config: TrainConfig, out_dir: str | Path,
                  batch_fn: Callable[[int, int], object], tokens_per_micro_batch: int,
                  objective: Callable = causal_lm_objective, evaluate: Callable[[torch.nn.Module], dict] | None = None,
-                 sample: Callable[[Transformer, int], str] | None = None, tokenizer=None, total_steps: int | None = None,
+                 sample: Callable[[Transformer, int], str] | None = None, tokenizer=None, epoch_items: int | None = None,
                  save_model: Callable[[Path, dict], None] | None = None):
+        """tokens_per_micro_batch: what one micro-batch of one process holds (for packed pairs, an
+        estimate); the Trainer turns config.batch_tokens into a number of accumulated micro-batches from
+        it, here and nowhere else. epoch_items: a stage's training items (rows, pairs, prompts), of which
+        each micro-batch takes config.micro_batch; with max_steps 0 the plan is then config.epochs passes."""
         self.config = config
         self.model = model
         self.out = Path(out_dir)
@@ -111,28 +82,37 @@ class Trainer:
         self.save_model = save_model
         self.tokens_per_micro = tokens_per_micro_batch
         self.device = resolve_device(config.device)
-        self.autocast_dtype = resolve_autocast_dtype(config.dtype, self.device)
+        self.autocast_dtype = training_autocast_dtype(config.dtype, self.device)
         self.dist = D.init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
         world_micro = tokens_per_micro_batch * self.dist.world_size
-        batch_tokens = config.batch_tokens or world_micro
-        if batch_tokens % world_micro:
-            raise ConfigError(f"batch_tokens {batch_tokens} is not a multiple of micro_batch x seq_len x processes "
-                              f"= {world_micro}; change batch_tokens or micro_batch")
-        self.accum = batch_tokens // world_micro
-        self.batch_tokens = batch_tokens
-        self.steps_given = total_steps is not None  # a stage's own plan (epochs over its examples)
-        self.total_steps = total_steps or self._planned_steps()
+        # The nearest whole number of micro-batches per process, at least one: batch_tokens need not be a
+        # multiple of anything (a pair stage's micro-batch size is only an estimate); plan() says what it became.
+        self.accum = max(1, round(config.batch_tokens / world_micro)) if config.batch_tokens else 1
+        self.batch_tokens = self.accum * world_micro
+        # micro-batches of one step over all processes: batch_fn(step, micro) is called with micro in
+        # [0, micro_batches_per_step), each process taking its own (see fit), so a stage that indexes its
+        # examples by (step, micro) gives every process different ones
+        self.micro_batches_per_step = self.accum * self.dist.world_size
+        self.epoch_items = epoch_items
+        self.total_steps = self._planned_steps()
         self.planned_steps = self.total_steps  # the budget; time_limit_s may plan fewer
         self.budget_change: tuple[int, int] | None = None  # (saved, new) budget when a resume changes it
         self.config_changes: list[tuple[str, object, object]] = []  # (field, saved, now) found on resume
+
+    def autocast(self):
+        """The mixed-precision context of this run's steps, for a stage's evaluation to run the same way."""
+        return autocast_context(self.device, self.autocast_dtype)
 
     # -- planning
     def _planned_steps(self) -> int:
         c = self.config
         if c.max_steps:
             return c.max_steps
+        if self.epoch_items is not None:  # a stage's epochs over its examples (PostTrainConfig.epochs)
+            per_step = c.micro_batch * self.micro_batches_per_step
+            return max(1, math.ceil(getattr(c, "epochs", 1.0) * self.epoch_items / per_step))
         tokens = c.max_tokens or 20 * self.model.num_params()  # Chinchilla: ~20 tokens/param (Hoffmann et al. 2022)
         return max(1, math.ceil(tokens / self.batch_tokens))
 
@@ -141,10 +121,13 @@ class Trainer:
         tokens = self.total_steps * self.batch_tokens
         flops = self.model.flops_per_token(c.seq_len) * tokens
         rule = "max_steps" if c.max_steps else ("max_tokens" if c.max_tokens else "Chinchilla, 20 tokens/parameter")
-        rule = "the stage's plan" if self.steps_given and not c.max_steps else rule
+        if self.epoch_items is not None and not c.max_steps:
+            rule = f"{getattr(c, 'epochs', 1.0):g} epoch(s) of {self.epoch_items} examples"
         eta = flops / (0.4 * peak_flops)
         step_size = (f"steps of {self.batch_tokens} tokens ({self.accum} micro-batch(es) x {self.dist.world_size} "
                      "process(es))")
+        if c.batch_tokens and c.batch_tokens != self.batch_tokens:
+            step_size += f" (batch_tokens {c.batch_tokens} rounded to whole micro-batches)"
         if c.time_limit_s and eta > c.time_limit_s:
             return (f"plan: {n / 1e6:.2f}M parameters, {step_size}; as many steps as fit in "
                     f"{_duration(c.time_limit_s)} of training (fitted to the measured step time after "
@@ -189,8 +172,7 @@ class Trainer:
             if self.budget_change:
                 display.print(f"budget changed from {self.budget_change[0]} to {self.budget_change[1]} steps: "
                               "the learning-rate schedule follows the new plan from here")
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
-                    else contextlib.nullcontext())
+        step_autocast = self.autocast()
         last_loss, last_eval = float("nan"), {}
         window_tokens, window_time = 0, 0.0
         step = start_step
@@ -205,7 +187,7 @@ class Trainer:
             extra: dict[str, float] = {}  # the objective's own metrics (e.g. DPO's reward accuracy), mean of micro-batches
             for micro in range(self.accum):
                 batch = _to_device(self.batch_fn(step, micro * self.dist.world_size + self.dist.rank), self.device)
-                with D.gradient_sync(wrapped, micro == self.accum - 1), autocast:
+                with D.gradient_sync(wrapped, micro == self.accum - 1), step_autocast:
                     loss, objective_metrics = self.objective(runner, batch)
                 (loss / self.accum).backward()
                 loss_sum += loss.detach()

@@ -18,102 +18,14 @@ the YAML does not name keeps its default. Errors name the file, the line and the
 
 from __future__ import annotations
 
-import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from llmkit.data.clean.shared import PRESET_DIR, InputSpec
 from llmkit.errors import ConfigError
-
-
-class _Mapping(dict):
-    """A YAML mapping that remembers the line of each key, for error messages."""
-
-    lines: dict[str, int]
-    line: int
-
-
-class _LineLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
-    loader.flatten_mapping(node)
-    out = _Mapping()
-    out.lines = {}
-    out.line = node.start_mark.line + 1
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        out[key] = loader.construct_object(value_node, deep=True)
-        out.lines[key] = key_node.start_mark.line + 1
-    return out
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def where(path: str, mapping: Any, key: str | None = None) -> str:
-    """'FILE: line N: field KEY' for an error message."""
-    line = None
-    if isinstance(mapping, _Mapping):
-        line = mapping.lines.get(key, mapping.line) if key is not None else mapping.line
-    out = str(path)
-    if line is not None:
-        out += f": line {line}"
-    if key is not None:
-        out += f": field {key!r}"
-    return out
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (list, tuple):
-        args = typing.get_args(hint)
-        return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, list)
-    if origin is dict:
-        key_hint, value_hint = typing.get_args(hint)
-        return isinstance(value, dict) and all(_matches(k, key_hint) and _matches(v, value_hint)
-                                               for k, v in value.items())
-    return isinstance(value, hint)
-
-
-def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-def build_dataclass(cls: type, mapping: dict, path: str, skip: tuple[str, ...] = ()) -> Any:
-    """An instance of dataclass `cls` from a YAML mapping: unknown fields and wrong types are errors."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
-    values = {}
-    for key, value in mapping.items():
-        if key in skip:
-            continue
-        if key not in names:
-            raise ConfigError(f"{where(path, mapping, key)}: unknown field; {cls.__doc__.splitlines()[0].rstrip('.')} "
-                              f"takes {', '.join(sorted(names))}")
-        if not _matches(value, hints[key]):
-            raise ConfigError(f"{where(path, mapping, key)}: must be {_type_name(hints[key])}, not {value!r}")
-        values[key] = value
-    try:
-        return cls(**values)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where(path, mapping)}: {e}") from None
+from llmkit.yaml_config import build_dataclass, load_yaml, matches_type, type_name, where
 
 
 @dataclass
@@ -185,17 +97,9 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
     elif not Path(path).exists() and (PRESET_DIR / f"{path}.yaml").exists():
         path = PRESET_DIR / f"{path}.yaml"
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; pass a pipeline YAML (see llmkit/presets/clean/default.yaml)") from None
-    try:
-        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f": line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
-    return config_from_dict(data or {}, str(path))
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; pass a pipeline YAML (see llmkit/presets/clean/default.yaml)")
+    return config_from_dict(load_yaml(path) or {}, str(path))
 
 
 def config_from_dict(data: dict, path: str = "<config>") -> PipelineConfig:
@@ -210,8 +114,8 @@ def config_from_dict(data: dict, path: str = "<config>") -> PipelineConfig:
     for key in ("workers", "engine", "dask_address", "task_mb", "skip_bad_records", "report_examples"):
         if key in data:
             hint = typing.get_type_hints(PipelineConfig)[key]
-            if not _matches(data[key], hint):
-                raise ConfigError(f"{where(path, data, key)}: must be {_type_name(hint)}, not {data[key]!r}")
+            if not matches_type(data[key], hint):
+                raise ConfigError(f"{where(path, data, key)}: must be {type_name(hint)}, not {data[key]!r}")
             setattr(config, key, data[key])
     if config.engine not in ("local", "dask"):
         raise ConfigError(f"{where(path, data, 'engine')}: must be 'local' or 'dask', not {config.engine!r}")

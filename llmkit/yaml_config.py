@@ -1,0 +1,224 @@
+"""Configuration files into checked dataclasses: the one validator and the one preset loader.
+
+Every configuration in llmkit is a dataclass; its values come from YAML (a shipped preset under
+`llmkit/presets/KIND/NAME.yaml`, or a user's file), from JSON (a checkpoint's config.json) and from
+`field=value` strings on the command line. Whatever the source, a value is checked against the field's
+type hint before the dataclass sees it, and an error says where the value came from:
+
+    presets/train/sft-assistant.yaml: line 4: field 'lr': must be float, not 'fast'
+    command line: field 'learning_rate': unknown field; the training config takes ...
+
+YAML mappings load as `Located` dicts, which remember the line of each key; values merged in from
+elsewhere (the command line) remember that instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmkit.errors import ConfigError
+
+PRESET_ROOT = Path(__file__).resolve().parent / "presets"
+
+
+class Located(dict):
+    """A mapping that remembers where each key was set: its line in a YAML file, or (for keys merged in
+    from elsewhere) a description such as "command line"."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lines: dict[str, int] = {}
+        self.line: int | None = None  # the mapping's own first line
+        self.sources: dict[str, str] = {}
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Located:
+    loader.flatten_mapping(node)
+    out = Located()
+    out.line = node.start_mark.line + 1
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.lines[key] = key_node.start_mark.line + 1
+    return out
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """A YAML file whose mappings are `Located`; a missing file or invalid YAML is a ConfigError with its line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    try:
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f": line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+
+
+def where(path: str | Path, mapping: Any, key: str | None = None) -> str:
+    """'FILE: line N: field KEY' (or 'command line: field KEY' for a value merged in from there)."""
+    if key is not None and isinstance(mapping, Located) and key in mapping.sources:
+        return f"{mapping.sources[key]}: field {key!r}"
+    line = None
+    if isinstance(mapping, Located):
+        line = mapping.lines.get(key, mapping.line) if key is not None else mapping.line
+    out = str(path)
+    if line is not None:
+        out += f": line {line}"
+    if key is not None:
+        out += f": field {key!r}"
+    return out
+
+
+def origin(path: str | Path, mapping: Any, key: str) -> str:
+    """Where `mapping[key]` was set, without the field: 'FILE: line N', a merged-in source, or `path`."""
+    if isinstance(mapping, Located):
+        if key in mapping.sources:
+            return mapping.sources[key]
+        if key in mapping.lines:
+            return f"{path}: line {mapping.lines[key]}"
+    return str(path)
+
+
+def merged(base: Mapping, path: str | Path, overrides: Mapping, overrides_path: str | Path) -> Located:
+    """`base` (read from `path`) with `overrides` (from `overrides_path`) on top; each key keeps its origin."""
+    out = Located(base)
+    if isinstance(base, Located):
+        out.lines, out.line, out.sources = dict(base.lines), base.line, dict(base.sources)
+    for key, value in overrides.items():
+        out[key] = value
+        out.lines.pop(key, None)
+        out.sources[key] = origin(overrides_path, overrides, key)
+    return out
+
+
+def matches_type(value: Any, hint: Any) -> bool:
+    """Whether a YAML/JSON value fits a type hint: ints pass as floats, bools never pass as numbers,
+    lists stand for tuples (JSON and YAML have no tuples), and the items of list[...] / dict[...] are checked."""
+    origin_type = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin_type in (typing.Union, types.UnionType):
+        return any(matches_type(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin_type in (list, tuple) or hint in (list, tuple):
+        args = typing.get_args(hint)
+        return isinstance(value, list) and (not args or all(matches_type(v, args[0]) for v in value))
+    if origin_type is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        return isinstance(value, dict) and all(matches_type(k, key_hint) and matches_type(v, value_hint)
+                                               for k, v in value.items())
+    return isinstance(value, hint)
+
+
+def type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def checked_fields(cls: type, mapping: Mapping, path: str | Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The values of `mapping` for dataclass `cls`, each checked: an unknown field or a value of the wrong
+    type is a ConfigError naming where it was set."""
+    hints = typing.get_type_hints(cls)
+    names = sorted(f.name for f in dataclasses.fields(cls) if not f.name.startswith("_"))
+    values = {}
+    for key, value in mapping.items():
+        if key in skip:
+            continue
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where(path, mapping, key)}: unknown field{hint}; known fields: {', '.join(names)}")
+        if not matches_type(value, hints[key]):
+            raise ConfigError(f"{where(path, mapping, key)}: must be {type_name(hints[key])}, not {value!r}")
+        values[key] = plain(value)
+    return values
+
+
+def plain(value: Any) -> Any:
+    """`value` with every Located mapping in it turned back into a plain dict (the config keeps no origins)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def build_dataclass(cls: type, mapping: Mapping, path: str | Path, skip: tuple[str, ...] = ()) -> Any:
+    """An instance of dataclass `cls` from a mapping (see checked_fields). A ValueError or TypeError of
+    its own checks becomes a ConfigError naming the mapping; a ConfigError it raises passes through."""
+    values = checked_fields(cls, mapping, path, skip)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where(path, mapping)}: {e}") from None
+
+
+def parse_overrides(pairs: list[str], source: str = "command line") -> Located:
+    """`field=value` strings -> a Located dict whose keys remember `source`. Values are parsed as YAML, so
+    `lr=3e-4` is a float, `plot=false` a bool and `data_records=[0,100]` a list."""
+    out = Located()
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{source}: override {pair!r} is not of the form field=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: override {pair!r}: the value is not valid YAML "
+                              f"({str(e).splitlines()[0]}); quote it, e.g. {key}='\"...\"'") from None
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "5e-3" (no dot) as a string; a user means the number
+                value = float(value)
+            except ValueError:
+                pass
+        out[key.strip()] = value
+        out.sources[key.strip()] = source
+    return out
+
+
+# --- presets ---------------------------------------------------------------------------------------------
+def list_presets(kind: str) -> list[str]:
+    """The names of the presets shipped in llmkit/presets/KIND/."""
+    return sorted(p.stem for p in (PRESET_ROOT / kind).glob("*.yaml"))
+
+
+def preset_path(kind: str, name: str, what: str) -> Path:
+    """llmkit/presets/KIND/NAME.yaml; a name that is not there is a ConfigError listing the ones that are."""
+    path = PRESET_ROOT / kind / f"{name}.yaml"
+    if "/" in name or not path.is_file():
+        raise ConfigError(f"unknown {what} {name!r}; available: {', '.join(list_presets(kind))}")
+    return path
+
+
+def load_preset(kind: str, name: str, what: str) -> tuple[Located, Path]:
+    """(the preset's mapping, its path); see preset_path."""
+    path = preset_path(kind, name, what)
+    data = load_yaml(path)
+    if data is None:
+        data = Located()
+    if not isinstance(data, Located):
+        raise ConfigError(f"{path}: expected a mapping of fields, found {type(data).__name__}")
+    return data, path
