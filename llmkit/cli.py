@@ -81,9 +81,10 @@ def cmd_generate(args) -> None:
     import llmkit
 
     llm = llmkit.load(args.model, device=args.device, dtype=args.dtype, **engine_from(args))
-    wanted = sampling_from(args).get("max_new_tokens") or llm.sampling_params().max_new_tokens
-    prompt_tokens, room = llm.room(args.prompt, wanted, add_bos=not args.no_bos)
-    if room < wanted:  # say so rather than stop short without a word
+    llm.sampling_params(**sampling_from(args))  # a bad sampling value is the error to report first
+    wanted = args.max_new_tokens
+    prompt_tokens, room = llm.room(args.prompt, wanted or 1, add_bos=not args.no_bos)
+    if wanted and room < wanted:  # asked for more than fits: say so rather than stop short without a word
         print(f"note: the prompt has {prompt_tokens} tokens and the model's context is {llm.model.config.max_seq_len}: "
               f"generating at most {room} tokens, not {wanted}", file=sys.stderr)
     if args.show_probs:
