@@ -54,17 +54,21 @@ def cmd_convert(args) -> None:
     from llmkit.convert import convert
     from llmkit.device import parse_dtype
 
-    out = convert(args.src, args.out, to=args.to, dtype=parse_dtype(args.dtype))
+    out = convert(args.src, args.out, to=args.to, dtype=parse_dtype(args.dtype), overwrite=args.overwrite)
     print(f"wrote {out}")
 
 
 def cmd_tokenizer_train(args) -> None:
+    from llmkit.atomic import staged_directory
     from llmkit.data.prepare import expand_inputs, iter_documents
     from llmkit.tokenizer import Tokenizer
 
     files = expand_inputs(args.input)
-    tokenizer = Tokenizer.train(iter_documents(files, args.field), args.vocab_size, args.min_frequency)
-    tokenizer.save(args.out)
+    # a long document comes as an iterator of pieces cut at whitespace: BPE counts words, so pieces train alike
+    texts = (piece for doc in iter_documents(files, args.field) for piece in ([doc] if isinstance(doc, str) else doc))
+    tokenizer = Tokenizer.train(texts, args.vocab_size, args.min_frequency)
+    with staged_directory(args.out, overwrite=args.overwrite, what="the tokenizer") as folder:
+        tokenizer.save(folder)
     print(f"trained a {tokenizer.vocab_size}-token BPE on {len(files)} file(s); wrote {Path(args.out) / 'tokenizer.json'}")
 
 
@@ -119,7 +123,8 @@ def cmd_serve(args) -> None:
 def cmd_quantize(args) -> None:
     from llmkit.convert import quantize_checkpoint
 
-    info = quantize_checkpoint(args.model, args.out, args.bits, args.group_size, args.lm_head_bits)
+    info = quantize_checkpoint(args.model, args.out, args.bits, args.group_size, args.lm_head_bits,
+                               overwrite=args.overwrite)
     print(f"int{info['bits']} weights (head int{info['lm_head_bits']}): {info['bytes_before'] / 2**20:.0f} MiB -> "
           f"{info['bytes_after'] / 2**20:.0f} MiB; wrote {info['out']} "
           f"(measure the cost: llmkit eval --model {info['out']} --text FILES)")
@@ -154,7 +159,7 @@ def cmd_data_prepare(args) -> None:
     from llmkit.data.prepare import prepare
 
     stats = prepare(args.input, args.tokenizer, args.out, field_name=args.field, skip_bad=args.skip_bad,
-                    shard_tokens=args.shard_tokens)
+                    shard_tokens=args.shard_tokens, overwrite=args.overwrite)
     print(f"{stats.documents} documents, {stats.tokens:,} tokens, {stats.bytes:,} bytes "
           f"({stats.bytes / max(stats.tokens, 1):.2f} bytes/token) in {len(stats.shards)} shard(s) -> {args.out}"
           + (f"; skipped {stats.skipped_lines} malformed record(s)" if stats.skipped_lines else ""))
@@ -365,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--to", choices=["llmkit", "hf"], default="llmkit")
     p.add_argument("--dtype", default=None, help="store weights as float32 | bfloat16 | float16")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out that holds other files")
     p.set_defaults(handler=cmd_convert)
 
     p = verbs.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
@@ -375,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=int, required=True)
     t.add_argument("--min-frequency", type=int, default=2)
     t.add_argument("--out", required=True)
+    t.add_argument("--overwrite", action="store_true", help="replace an --out that holds other files")
     t.set_defaults(handler=cmd_tokenizer_train)
 
     p = verbs.add_parser("tokenize", help="show each token of a text with its id")
@@ -423,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-head-bits", type=int, default=None, choices=[8, 4],
                    help="the output head's bits (default: 8; llama.cpp's Q4 files also keep it at 8 bits)")
     p.add_argument("--out", required=True, help="output checkpoint directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out that holds other files")
     p.set_defaults(handler=cmd_quantize)
 
     p = verbs.add_parser("score", help="log-probability of sentences, token by token")
@@ -446,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--field", default="text", help="JSONL field / Parquet column holding the text")
     d.add_argument("--skip-bad", action="store_true", help="skip and count malformed JSONL lines instead of stopping")
     d.add_argument("--shard-tokens", type=int, default=100_000_000)
+    d.add_argument("--overwrite", action="store_true", help="replace an --out that holds other files")
     d.set_defaults(handler=cmd_data_prepare)
     d = data.add_parser("clean", help="clean raw text/HTML/WARC/JSONL/Parquet: filters, PII, dedup, quality, mixing")
     d.add_argument("--config", default="default", help="pipeline YAML (default: llmkit/presets/clean/default.yaml)")

@@ -28,6 +28,7 @@ SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
 
+MAX_VOCAB_SIZE = 1 << 21  # a larger request is a typo (1e9 made the `tokenizers` trainer abort the process)
 BOS, EOS, PAD, END = "<|bos|>", "<|eos|>", "<|pad|>", "<|end|>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 SPECIAL_TOKENS = [BOS, EOS, PAD, END, *ROLE_TOKENS.values()]
@@ -264,6 +265,9 @@ class Tokenizer:
         if vocab_size < 256 + len(SPECIAL_TOKENS):
             raise TokenizerError(f"vocab size {vocab_size} is too small: a byte-level BPE needs at least "
                                  f"{256 + len(SPECIAL_TOKENS)} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+        if vocab_size > MAX_VOCAB_SIZE:
+            raise TokenizerError(f"vocab size {vocab_size:,} is too large: at most {MAX_VOCAB_SIZE:,} (the largest "
+                                 "open models use ~256k)")
         backend = BackendTokenizer(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),

@@ -1,0 +1,85 @@
+"""No verb replaces a user's files unasked: an --out that holds files the verb did not create is refused
+with one line (and --overwrite says so explicitly); outputs appear whole, and a killed run's leftovers go."""
+
+import hashlib
+
+import pytest
+import torch
+
+from conftest import SHAKESPEARE
+from llmkit import cli
+from llmkit.checkpoint import save_checkpoint
+from llmkit.config import ModelConfig
+from llmkit.model import Transformer
+
+
+def fingerprint(directory) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture
+def user_model(tmp_path, shakespeare_tokenizer):
+    """A folder holding someone's model: what the probe lost to `convert --out` and friends."""
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "mine", Transformer(ModelConfig.preset("tiny", vocab_size=shakespeare_tokenizer.vocab_size)),
+                    shakespeare_tokenizer)
+    return tmp_path / "mine"
+
+
+def run(capsys, *args) -> tuple[int, str]:
+    code = cli.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_every_writing_verb_refuses_a_folder_of_other_files(tmp_path, user_model, capsys):
+    before = fingerprint(user_model)
+    source = tmp_path / "source"
+    assert run(capsys, "convert", user_model, "--to", "hf", "--out", source)[0] == 0
+    attempts = [
+        ("convert", source, "--out", user_model),
+        ("convert", user_model, "--to", "hf", "--out", user_model),
+        ("tokenizer", "train", "--input", SHAKESPEARE / "val", "--vocab-size", 400, "--out", user_model),
+        ("data", "prepare", "--input", SHAKESPEARE / "val", "--tokenizer", user_model, "--out", user_model),
+        ("quantize", "--model", source.parent / "mine", "--bits", 8, "--out", user_model),
+    ]
+    for args in attempts:
+        code, err = run(capsys, *args)
+        assert code == 2, args
+        assert "holds files" in err or "is the model being quantized" in err, (args, err)
+        assert "--overwrite" in err or "another --out" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert fingerprint(user_model) == before, args  # nothing of the user's was touched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staged folder left
+
+
+def test_overwrite_replaces_whole_and_a_rerun_may_replace_its_own_output(tmp_path, user_model, capsys):
+    source = tmp_path / "source"
+    assert run(capsys, "convert", user_model, "--to", "hf", "--out", source)[0] == 0
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "notes.txt").write_text("someone's notes")
+    assert run(capsys, "convert", source, "--out", target)[0] == 2
+    assert run(capsys, "convert", source, "--out", target, "--overwrite")[0] == 0
+    assert not (target / "notes.txt").exists() and (target / "model.safetensors").exists()
+    # token shards: a second run over its own earlier output needs no flag
+    shards = tmp_path / "shards"
+    for _ in range(2):
+        assert run(capsys, "data", "prepare", "--input", SHAKESPEARE / "val", "--tokenizer", user_model,
+                   "--out", shards)[0] == 0
+    assert (shards / "manifest.json").exists()
+
+
+def test_quantize_refuses_to_write_over_its_own_input(user_model, capsys):
+    before = fingerprint(user_model)
+    code, err = run(capsys, "quantize", "--model", user_model, "--bits", 8, "--out", user_model, "--overwrite")
+    assert code == 2 and "is the model being quantized" in err
+    assert fingerprint(user_model) == before
+
+
+def test_a_killed_runs_staged_folder_is_removed_by_the_next_run(tmp_path, user_model, capsys):
+    out = tmp_path / "tok"
+    stale = tmp_path / ".tok.partial-999999999"  # no such process: a run that was killed
+    stale.mkdir()
+    (stale / "tokenizer.json").write_text("{half")
+    assert run(capsys, "tokenizer", "train", "--input", SHAKESPEARE / "val", "--vocab-size", 400, "--out", out)[0] == 0
+    assert not stale.exists() and (out / "tokenizer.json").exists()
