@@ -83,3 +83,15 @@ def test_a_killed_runs_staged_folder_is_removed_by_the_next_run(tmp_path, user_m
     (stale / "tokenizer.json").write_text("{half")
     assert run(capsys, "tokenizer", "train", "--input", SHAKESPEARE / "val", "--vocab-size", 400, "--out", out)[0] == 0
     assert not stale.exists() and (out / "tokenizer.json").exists()
+
+
+def test_pretrain_and_label_never_replace_a_users_model_or_input(tmp_path, user_model, capsys):
+    before = fingerprint(user_model)
+    code, err = run(capsys, "pretrain", "--preset", "shakespeare-cpu", "--out", user_model, "model=tiny", "seq_len=64", "max_steps=1")
+    assert code == 2 and "holds a model (config.json, model.safetensors) that no training run wrote" in err, err
+    assert fingerprint(user_model) == before
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c", "answer": "b"}\n')
+    code, err = run(capsys, "label", "--policy", user_model, "--judge", "answers", "--input", pairs, "--out", pairs)
+    assert code == 2 and "is the --input file" in err, err
+    assert pairs.read_text() == '{"prompt": "a", "chosen": "b", "rejected": "c", "answer": "b"}\n'

@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from llmkit.checkpoint import model_from_state, save_checkpoint
 from llmkit.device import autocast_context, resolve_device, training_autocast_dtype
-from llmkit.errors import CheckpointError, ConfigError
+from llmkit.errors import CheckpointError, ConfigError, OutputError
 from llmkit.model import Transformer
 from llmkit.train import distributed as D
 from llmkit.train.config import TrainConfig
@@ -355,6 +355,11 @@ class Trainer:
             earlier = (root / "latest").read_text().strip()
             raise ConfigError(f"{root}: holds checkpoint {earlier} of an earlier run; pass --resume to continue "
                               f"it, or remove {root} (or choose another --out) to start afresh")
+        model_files = [name for name in ("config.json", "model.safetensors") if (self.out / name).exists()]
+        made_by_a_run = (root / "latest").exists() or (self.out / "metrics.jsonl").exists()
+        if not resume and model_files and not made_by_a_run:  # a model no run wrote here: someone's own
+            raise OutputError(f"{self.out}: holds a model ({', '.join(model_files)}) that no training run wrote "
+                              "(no metrics.jsonl or checkpoints); training would replace it: choose another --out")
 
     def _load_latest(self, wrapped, optimizers) -> tuple[int, int, float]:
         root = self._checkpoint_root()
