@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmkit.config import ModelConfig
-from llmkit.data.assistant_task import wilson_interval
+from llmkit.eval.stats import wilson_interval
 from llmkit.model import Transformer
 from llmkit.train.reward import (RewardModel, bradley_terry_loss, load_reward_model, pairwise_accuracy, score,
                                  sequence_batch)

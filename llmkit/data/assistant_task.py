@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import re
 from dataclasses import asdict, dataclass
@@ -31,6 +30,8 @@ from pathlib import Path
 
 from llmkit.atomic import atomic_write_text
 from llmkit.errors import DataError
+from llmkit.eval.stats import paired_comparison as compare_paired
+from llmkit.eval.stats import wilson_interval
 
 KINDS = ("play", "speaker", "continue", "passage")
 SPEAKER_TAG = re.compile(r"^([A-Z][A-Za-z'\-]*(?: [A-Za-z'\-]+){0,3})\.?$")
@@ -262,16 +263,6 @@ def is_correct(reply: str, answer: str) -> bool:
     return normalise_answer(reply) == normalise_answer(answer) != ""
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% confidence interval of a proportion (Wilson 1927): sound near 0 and 1 and for small n."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def accuracy(kinds: list[str], correct: list[bool]) -> dict:
     """{"accuracy", "ci95", "n", "by_kind": {kind: accuracy}}."""
     n, k = len(correct), sum(correct)
@@ -283,13 +274,8 @@ def accuracy(kinds: list[str], correct: list[bool]) -> dict:
 
 
 def paired_comparison(before: list[bool], after: list[bool]) -> dict:
-    """Two models' correctness on the same questions: the accuracy difference and the exact two-sided
-    McNemar p-value (a binomial test on the questions exactly one of them gets right; McNemar 1947).
-    Pairing removes the questions' own difficulty, so it detects smaller gains than two separate intervals."""
-    if len(before) != len(after):
-        raise ValueError(f"paired comparison of {len(before)} and {len(after)} answers")
-    gained = sum(a and not b for b, a in zip(before, after))
-    lost = sum(b and not a for b, a in zip(before, after))
-    n, k = gained + lost, min(gained, lost)
-    p_value = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-    return {"difference": (gained - lost) / max(len(before), 1), "gained": gained, "lost": lost, "p_value": p_value}
+    """Two models' correctness on the same questions, as the reports record it: the accuracy difference,
+    questions gained and lost, and the exact McNemar p-value (llmkit.eval.stats)."""
+    c = compare_paired(before, after)
+    return {"difference": (c.only_b - c.only_a) / max(c.n, 1), "gained": c.only_b, "lost": c.only_a,
+            "p_value": c.p_value}

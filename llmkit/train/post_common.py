@@ -8,7 +8,7 @@ import contextlib
 import torch
 
 from llmkit.checkpoint import load_model, load_tokenizer
-from llmkit.errors import ConfigError
+from llmkit.errors import ConfigError, GenerationError
 from llmkit.infer import Engine, SamplingParams
 from llmkit.tokenizer import Tokenizer
 from llmkit.train.chat_data import Record, encode_prompt, load_records
@@ -100,7 +100,13 @@ def generate(model, tokenizer: Tokenizer, prompts: list, max_new_tokens: int, te
                         prefix_cache_mib=64)
         params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                  seed=seed + i) for i in range(len(ids))]
-        return [c.token_ids for c in engine.generate_batch(ids, params)]
+        completions = engine.generate_batch(ids, params)
+    failed = [(i, c) for i, c in enumerate(completions) if c.finish_reason == "error"]
+    if failed:  # e.g. NaN logits once training diverged: a rollout must not pass on as partial tokens
+        i, c = failed[0]
+        raise GenerationError(f"generating for prompt {i} failed ({c.error}); {len(failed)} of {len(completions)} "
+                              "failed. If training diverged, lower lr or resume from an earlier checkpoint")
+    return [c.token_ids for c in completions]
 
 
 def reply_text(tokenizer: Tokenizer, token_ids: list[int]) -> str:

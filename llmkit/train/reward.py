@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 
 from llmkit.atomic import atomic_write_bytes
-from llmkit.data.assistant_task import wilson_interval
+from llmkit.eval.stats import wilson_interval
 from llmkit.errors import CheckpointError
 from llmkit.train.chat_data import EncodedPair, encode_completion, encode_pair, encode_prompt, truncate_pair
 from llmkit.train.packing import model_inputs, pack, sequence_item
