@@ -150,8 +150,13 @@ def check_sizes_against_tensors(config: ModelConfig, state: dict[str, torch.Tens
     the build run for hours while memory grows, even on the meta device."""
     layers = {int(name.split(".")[1]) for name in state if name.startswith("blocks.") and name.split(".")[1].isdigit()}
     if len(layers) != config.n_layers:
-        raise CheckpointError(f"{described_by} says n_layers {config.n_layers:,} but {weights} holds "
-                              f"{len(layers)} layers; the config and the weights come from different models")
+        if config.n_layers > len(layers):
+            first, last = len(layers), config.n_layers - 1
+            named = f"missing tensors blocks.{first}.*" + (f" ... blocks.{last}.*" if last > first else "")
+        else:
+            named = f"tensors not in this architecture blocks.{config.n_layers}.*"
+        raise CheckpointError(f"{weights}: {named}: {described_by} says n_layers {config.n_layers:,} but the "
+                              f"weights hold {len(layers)} layers; the config and the weights come from different models")
     embedding = state.get("tok_emb.weight")
     if embedding is not None and embedding.dim() == 2 and tuple(embedding.shape) != (config.vocab_size, config.d_model):
         raise CheckpointError(f"{described_by} says vocab_size {config.vocab_size:,} and d_model {config.d_model:,} "

@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -46,6 +48,21 @@ def run_cli(*args, input=None, env_extra=None, cwd=None, timeout=300) -> subproc
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "llmkit.cli", *map(str, args)], capture_output=True, text=True,
                           input=input, env=env, cwd=cwd, timeout=timeout)
+
+
+def cli_in_process(*args) -> subprocess.CompletedProcess:
+    """`llmkit ARGS...` through `cli.main` in this process: for a user error's one line and exit status,
+    where a fresh interpreter (two seconds of imports each) would prove nothing more. Real subprocesses
+    (`run_cli`) stay where the process is the point: kill -9, torchrun, a run end to end."""
+    from llmkit import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 2
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

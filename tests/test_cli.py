@@ -8,7 +8,7 @@ from llmkit.checkpoint import save_checkpoint
 from llmkit.config import ModelConfig
 from llmkit.model import Transformer
 
-from conftest import SHAKESPEARE, run_cli
+from conftest import SHAKESPEARE, cli_in_process, run_cli
 
 
 def test_tokenizer_train_and_tokenize(tmp_path):
@@ -50,13 +50,14 @@ def test_generate_and_score_a_checkpoint(tiny_checkpoint):
 ])
 def test_user_errors_are_one_line_exit_2(tiny_checkpoint, args, message):
     args = [str(tiny_checkpoint) if a == "TINY" else a for a in args]
-    result = run_cli(*args)
+    result = cli_in_process(*args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_smollm2_scores_and_chats(smollm2_dir, cache_dir):
     env = {"LLMKIT_CACHE": str(cache_dir)}
     result = run_cli("score", "--model", "smollm2", "The mouse ate the cheese", "The cheese ate the mouse",

@@ -30,6 +30,7 @@ PROSE = ("The history of the Roman Empire spans more than a thousand years. In 2
          "why it fell: economic troubles, military defeats, and political instability all played a part.")
 
 
+@pytest.mark.slow
 def test_smollm2_logits_and_greedy_match_transformers(smollm2_dir, hf_smollm2):
     hf_model, _ = hf_smollm2
     model, tokenizer = load_model(smollm2_dir), load_tokenizer(smollm2_dir)

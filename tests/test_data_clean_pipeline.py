@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import cli_in_process, run_cli
 from data_clean_web import KEEP_LABELS, generate, write_jsonl, write_warc
 from llmkit.data.clean import InputSpec, config_from_dict, load_config, run_pipeline
 from llmkit.data.clean.document import Document
@@ -194,7 +194,7 @@ def test_mixing_weights_and_the_anneal_switch(tmp_path):
 ])
 def test_malformed_input_is_one_line_and_exit_2(tmp_path, content, message):
     (tmp_path / "bad.jsonl").write_text(content)
-    result = run_cli("data", "clean", "--input", tmp_path / "bad.jsonl", "--out", tmp_path / "out", "--workers", 1)
+    result = cli_in_process("data", "clean", "--input", tmp_path / "bad.jsonl", "--out", tmp_path / "out", "--workers", 1)
     last = result.stderr.strip().splitlines()[-1]  # lines before it are progress
     assert result.returncode == 2 and last.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
     assert re.search(message, last), last
@@ -209,7 +209,7 @@ def test_corrupt_files_are_one_line_and_exit_2(tmp_path):
              "c.jsonl.gz": whole[:len(whole) // 2]}  # truncated
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
-        result = run_cli("data", "clean", "--input", tmp_path / name, "--out", tmp_path / f"out-{name}",
+        result = cli_in_process("data", "clean", "--input", tmp_path / name, "--out", tmp_path / f"out-{name}",
                          "--workers", 1)
         last = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
@@ -239,14 +239,14 @@ def test_html_needs_extract_first_and_out_must_not_overlap_inputs(tmp_path):
 
 def test_config_and_path_errors_exit_2(tmp_path):
     (tmp_path / "pipe.yaml").write_text("stages:\n  - stage: c4\n    min_sentence: 3\n")
-    result = run_cli("data", "clean", "--config", tmp_path / "pipe.yaml", "--input", tmp_path, "--out", tmp_path / "o")
+    result = cli_in_process("data", "clean", "--config", tmp_path / "pipe.yaml", "--input", tmp_path, "--out", tmp_path / "o")
     assert result.returncode == 2 and "pipe.yaml: line 3: field 'min_sentence': unknown field" in result.stderr
-    result = run_cli("data", "clean", "--input", tmp_path / "missing", "--out", tmp_path / "o")
+    result = cli_in_process("data", "clean", "--input", tmp_path / "missing", "--out", tmp_path / "o")
     assert result.returncode == 2 and "missing: no such file or directory" in result.stderr
     (tmp_path / "x.jsonl").write_text('{"text": "hello world"}\n')
     (tmp_path / "notours").mkdir()
     (tmp_path / "notours" / "keep.txt").write_text("precious")
-    result = run_cli("data", "clean", "--input", tmp_path / "x.jsonl", "--out", tmp_path / "notours")
+    result = cli_in_process("data", "clean", "--input", tmp_path / "x.jsonl", "--out", tmp_path / "notours")
     assert result.returncode == 2 and "is not the output of a previous" in result.stderr
     assert (tmp_path / "notours" / "keep.txt").read_text() == "precious"
 

@@ -11,7 +11,7 @@ import llmkit
 import pytest
 from llmkit.train.chat_data import load_records
 from llmkit.train.label import label_preferences
-from conftest import run_cli
+from conftest import cli_in_process, run_cli
 from posttrain_fixtures import tiny_base  # noqa: F401 (fixtures)
 
 
@@ -61,7 +61,7 @@ def test_label_cli_with_a_real_model_as_judge(tmp_path, tiny_base):
                      tmp_path / "pairs.jsonl", "--max-new-tokens", 8)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "preference pairs" in result.stdout and (tmp_path / "pairs.jsonl").exists()
-    result = run_cli("label", "--judge", tiny_base, "--policy", tiny_base, "--input", tmp_path / "none.jsonl",
+    result = cli_in_process("label", "--judge", tiny_base, "--policy", tiny_base, "--input", tmp_path / "none.jsonl",
                      "--out", tmp_path / "x.jsonl")
     assert result.returncode == 2 and "none.jsonl: no such file" in result.stderr
 

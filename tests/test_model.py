@@ -437,6 +437,7 @@ def test_cpu_attention_backward_matches_sdpa(dtype, tolerance):
         assert error < tolerance, error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("fields", [{**GPT2, "mlp": "gelu_tanh"}, LLAMA], ids=["gpt2-gelu_tanh", "llama-gqa"])
 def test_compiled_cpu_training_step_matches_eager(fields, dtype):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHAKESPEARE, run_cli
+from conftest import SHAKESPEARE, cli_in_process, run_cli
 from llmkit.train.config import TrainConfig
 from llmkit.train.optim import lr_multiplier
 
@@ -35,7 +35,7 @@ def shards(tmp_path_factory):
 def common(shards, **extra):
     base = dict(model="tiny", data=shards / "train", val_data=shards / "val", seq_len=64, micro_batch=4,
                 log_every=1, eval_every=0, ckpt_every=0, dtype="fp32", time_limit_s=0, plot="false",
-                warmup_steps=2, threads=1)
+                warmup_steps=2, threads=1, eval_tokens=8192)  # the whole val set (200k tokens) only where compared
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -75,21 +75,21 @@ def test_validation_batches_score_every_token_once_and_mask_document_starts(shar
 def test_jsonl_and_parquet_inputs_and_malformed_lines(tmp_path, shards):
     good = tmp_path / "docs.jsonl"
     good.write_text(json.dumps({"body": "To be, or not to be"}) + "\n" + json.dumps({"body": "that is the question"}) + "\n")
-    result = run_cli("data", "prepare", "--input", good, "--tokenizer", shards / "tok", "--out", tmp_path / "a",
+    result = cli_in_process("data", "prepare", "--input", good, "--tokenizer", shards / "tok", "--out", tmp_path / "a",
                      "--field", "body")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["documents"] == 2
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": "broken\n{"title": "no text field"}\n')
-    result = run_cli("data", "prepare", "--input", bad, "--tokenizer", shards / "tok", "--out", tmp_path / "b")
+    result = cli_in_process("data", "prepare", "--input", bad, "--tokenizer", shards / "tok", "--out", tmp_path / "b")
     assert result.returncode == 2 and f"{bad}: line 2:" in result.stderr and "--skip-bad" in result.stderr
-    result = run_cli("data", "prepare", "--input", bad, "--tokenizer", shards / "tok", "--out", tmp_path / "b", "--skip-bad")
+    result = cli_in_process("data", "prepare", "--input", bad, "--tokenizer", shards / "tok", "--out", tmp_path / "b", "--skip-bad")
     assert result.returncode == 0 and "skipped 2 malformed record(s)" in result.stdout
     pa = pytest.importorskip("pyarrow", reason="pyarrow is a dependency")
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"text": ["Friends, Romans, countrymen", "lend me your ears"]}), tmp_path / "d.parquet")
-    result = run_cli("data", "prepare", "--input", tmp_path / "d.parquet", "--tokenizer", shards / "tok", "--out", tmp_path / "c")
+    result = cli_in_process("data", "prepare", "--input", tmp_path / "d.parquet", "--tokenizer", shards / "tok", "--out", tmp_path / "c")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["documents"] == 2
 
@@ -133,10 +133,11 @@ def test_prepare_names_undecodable_lines_broken_archives_and_non_text_columns(tm
         prepare([tmp_path / "ints.parquet"], shards / "tok", tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_training_lowers_validation_loss_and_writes_its_outputs(tmp_path, shards):
     out = tmp_path / "run"
-    result = run_cli("pretrain", "--out", out, *common(shards, max_steps=100, eval_every=50, micro_batch=8, lr=5e-3,
-                                                        warmup_steps=10, plot="true"))
+    result = run_cli("pretrain", "--out", out, *common(shards, max_steps=100, eval_every=50, eval_tokens=0,
+                                                        micro_batch=8, lr=5e-3, warmup_steps=10, plot="true"))
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "val_bpb" in r]
@@ -153,12 +154,13 @@ def test_training_lowers_validation_loss_and_writes_its_outputs(tmp_path, shards
     assert result.returncode == 0, result.stderr
     bpb = float(result.stdout.split("bits per byte ")[1].split(",")[0])
     assert abs(bpb - evals[-1]["val_bpb"]) < 0.05  # the same val plays, scored with the model's context
-    result = run_cli("eval", "--model", out, "--text", tmp_path / "run" / "checkpoints")  # no .txt there
+    result = cli_in_process("eval", "--model", out, "--text", tmp_path / "run" / "checkpoints")  # no .txt there
     assert result.returncode == 2 and "no .txt files" in result.stderr
-    result = run_cli("eval", "--model", out, "--text", SHAKESPEARE / "val", "--seq-len", 5000)
+    result = cli_in_process("eval", "--model", out, "--text", SHAKESPEARE / "val", "--seq-len", 5000)
     assert result.returncode == 2 and "--seq-len between 1 and" in result.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path, shards):
     args = common(shards, max_steps=120, ckpt_every=10, micro_batch=8)
     reference = run_cli("pretrain", "--out", tmp_path / "ref", *args)
@@ -182,6 +184,7 @@ def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path, shards):
     assert all(got[s] == ref[s] for s in range(killed_at + 1, 121)), "resumed losses differ from the uninterrupted run"
 
 
+@pytest.mark.slow
 def test_checkpoint_folder_rotation_leftovers_and_torn_metrics(tmp_path, shards):
     """Rotation keeps the newest checkpoints by step; a fresh run refuses a folder holding an earlier
     run's checkpoints; a resume drops a save cut short (.partial) and a half-written metrics line."""
@@ -203,7 +206,7 @@ def test_checkpoint_folder_rotation_leftovers_and_torn_metrics(tmp_path, shards)
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, shards):
-    result = run_cli("pretrain", "--out", tmp_path / "none", "--resume", *common(shards, max_steps=2))
+    result = cli_in_process("pretrain", "--out", tmp_path / "none", "--resume", *common(shards, max_steps=2))
     assert result.returncode == 2 and "no checkpoint to resume" in result.stderr
 
 
@@ -213,6 +216,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, shards, fsdp):
     """2 gloo processes x 1 micro-batch == 1 process x 2 accumulated micro-batches, same data.
@@ -278,6 +282,7 @@ def test_schedules_and_chinchilla_plan():
     assert "768 tokens (3 micro-batch(es) x 1 process(es)) (batch_tokens 700 rounded" in trainer.plan(peak_flops=1e12)
 
 
+@pytest.mark.slow
 def test_muon_trains(tmp_path, shards):
     result = run_cli("pretrain", "--out", tmp_path / "muon", *common(shards, max_steps=20, optimizer="muon", lr=3e-3))
     assert result.returncode == 0, result.stderr
@@ -286,21 +291,22 @@ def test_muon_trains(tmp_path, shards):
 
 
 def test_bad_overrides_are_named(tmp_path, shards):
-    result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "learning_rate=1")
+    result = cli_in_process("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "learning_rate=1")
     assert result.returncode == 2 and "command line: field 'learning_rate': unknown field" in result.stderr
-    result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "model.n_layer=3")
+    result = cli_in_process("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "model.n_layer=3")
     assert result.returncode == 2 and "n_layer" in result.stderr
-    result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1, data=tmp_path / "nowhere"))
+    result = cli_in_process("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1, data=tmp_path / "nowhere"))
     assert result.returncode == 2 and "manifest.json: missing" in result.stderr
-    result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "lr=[1")
+    result = cli_in_process("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "lr=[1")
     assert result.returncode == 2 and "'lr=[1': the value is not valid YAML" in result.stderr
-    result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "keep_checkpoints=0")
+    result = cli_in_process("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "keep_checkpoints=0")
     assert result.returncode == 2 and "keep_checkpoints must be >= 1" in result.stderr
     if not torch.cuda.is_available():  # with a GPU, device=cuda is simply right
-        result = run_cli("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "device=cuda")
+        result = cli_in_process("pretrain", "--out", tmp_path / "x", *common(shards, max_steps=1), "device=cuda")
         assert result.returncode == 2 and "sees no CUDA GPU" in result.stderr
 
 
+@pytest.mark.slow
 def test_annealing_switches_to_the_high_quality_subset_for_the_last_steps(tmp_path, shards):
     """The anneal set is trivially predictable text: once the Trainer switches to it (the last half of
     the steps here) the training loss collapses, and not before."""

@@ -12,6 +12,7 @@ import pytest
 import llmkit
 from serve_fixtures import metric, running_server
 
+pytestmark = pytest.mark.slow  # a 135M model served end to end
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 

@@ -1,3 +1,4 @@
+import pytest
 """Supervised fine-tuning: packed rows with a document mask compute what the documents compute alone,
 the loss covers assistant tokens only, and `llmkit sft` trains a checkpoint that then answers in the
 chat format (run through the CLI as a user would)."""
@@ -47,6 +48,7 @@ def test_first_fit_decreasing_fills_rows():
     assert (batch["doc_ids"] >= 0).sum() == sum(lengths)
 
 
+@pytest.mark.slow
 def test_sft_through_the_cli_learns_the_chat_format(tmp_path, tiny_base, task_files):
     out = tmp_path / "sft"
     result = run_cli("sft", "--out", out, f"init_from={tiny_base}", f"data={task_files['sft']}",

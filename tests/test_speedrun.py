@@ -11,6 +11,7 @@ from llmkit.speedrun import MODELS, load_plan, speedrun
 from conftest import run_cli
 
 
+@pytest.mark.slow
 def test_tiny_speedrun_writes_every_stage_and_the_report_card(tmp_path, cache_dir):
     import os
     import shutil
