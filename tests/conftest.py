@@ -65,6 +65,15 @@ def cli_in_process(*args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy shared machine cannot stall them at OpenMP barriers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """A private llmkit cache for the test session (named models are converted into it once)."""

@@ -11,13 +11,7 @@ from llmkit.infer.scheduler import CAPACITY_STEP
 from llmkit.model import Transformer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run fastest on one thread, and a busy shared machine cannot stall them at OpenMP barriers.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(preset="tiny", **overrides):

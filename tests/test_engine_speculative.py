@@ -8,13 +8,7 @@ from llmkit.infer import Engine, SamplingParams, Speculator, layer_skip_draft, n
 from llmkit.model import Transformer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run fastest on one thread, and a busy shared machine cannot stall them at OpenMP barriers.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(seed=0, **overrides):
