@@ -66,3 +66,11 @@ def test_centred_accuracy_and_core_mean():
     assert core["centred"] == {"mc": pytest.approx(0.5), "lm": pytest.approx(0.3)}
     assert core["score"] == pytest.approx(0.4) and core["tasks"] == 2
     assert math.isclose(core_score({})["score"], 0.0)
+
+
+@pytest.mark.parametrize("n", [1, 7, 356, 1000])
+def test_wilson_interval_holds_the_proportion_itself_at_the_ends(n):
+    for k in (0, n):
+        low, high = wilson_interval(k, n)
+        assert low <= k / n <= high
+    assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
