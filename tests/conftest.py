@@ -74,6 +74,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def saved_tiny_model(tmp_path, shakespeare_tokenizer):
+    """A randomly initialised tiny Transformer saved with the Shakespeare tokenizer in tmp_path/model."""
+    from llmkit.checkpoint import save_checkpoint
+    from llmkit.config import ModelConfig
+    from llmkit.model import Transformer
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model", Transformer(ModelConfig.preset("tiny", vocab_size=shakespeare_tokenizer.vocab_size)),
+                    shakespeare_tokenizer)
+    return tmp_path / "model"
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """A private llmkit cache for the test session (named models are converted into it once)."""

@@ -4,13 +4,9 @@ with one line (and --overwrite says so explicitly); outputs appear whole, and a 
 import hashlib
 
 import pytest
-import torch
 
 from conftest import SHAKESPEARE
 from llmkit import cli
-from llmkit.checkpoint import save_checkpoint
-from llmkit.config import ModelConfig
-from llmkit.model import Transformer
 
 
 def fingerprint(directory) -> dict:
@@ -18,12 +14,9 @@ def fingerprint(directory) -> dict:
 
 
 @pytest.fixture
-def user_model(tmp_path, shakespeare_tokenizer):
+def user_model(saved_tiny_model):
     """A folder holding someone's model: what the probe lost to `convert --out` and friends."""
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "mine", Transformer(ModelConfig.preset("tiny", vocab_size=shakespeare_tokenizer.vocab_size)),
-                    shakespeare_tokenizer)
-    return tmp_path / "mine"
+    return saved_tiny_model
 
 
 def run(capsys, *args) -> tuple[int, str]:
@@ -40,7 +33,7 @@ def test_every_writing_verb_refuses_a_folder_of_other_files(tmp_path, user_model
         ("convert", user_model, "--to", "hf", "--out", user_model),
         ("tokenizer", "train", "--input", SHAKESPEARE / "val", "--vocab-size", 400, "--out", user_model),
         ("data", "prepare", "--input", SHAKESPEARE / "val", "--tokenizer", user_model, "--out", user_model),
-        ("quantize", "--model", source.parent / "mine", "--bits", 8, "--out", user_model),
+        ("quantize", "--model", user_model, "--bits", 8, "--out", user_model),
     ]
     for args in attempts:
         code, err = run(capsys, *args)

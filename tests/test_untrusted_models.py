@@ -5,20 +5,13 @@ import json
 import time
 
 import pytest
-import torch
 
 from llmkit import cli
-from llmkit.checkpoint import save_checkpoint
-from llmkit.config import ModelConfig
-from llmkit.model import Transformer
 
 
 @pytest.fixture
-def tiny_checkpoint(tmp_path, shakespeare_tokenizer):
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "m", Transformer(ModelConfig.preset("tiny", vocab_size=shakespeare_tokenizer.vocab_size)),
-                    shakespeare_tokenizer)
-    return tmp_path / "m"
+def tiny_checkpoint(saved_tiny_model):
+    return saved_tiny_model
 
 
 def edit_config(directory, **fields):
