@@ -72,6 +72,15 @@ def test_preset_errors_name_the_preset_and_the_value_s_origin():
     assert type(config.model_overrides) is dict  # values keep no origins once checked
 
 
+def test_another_model_on_the_command_line_drops_the_preset_s_reshaping_of_its_own_model():
+    """shakespeare-cpu reshapes llama-cpu (model_overrides); `model=tiny` must give the tiny model, not
+    a tiny model with llama-cpu's 4 layers of width 256 (the bug trained every test's 'tiny' 16x larger)."""
+    assert TrainConfig.preset("shakespeare-cpu").model_config().d_model == 256
+    assert TrainConfig.preset("shakespeare-cpu", ["model=tiny"]).model_config() == ModelConfig.preset("tiny")
+    config = TrainConfig.preset("shakespeare-cpu", ["model=tiny", "model.n_layers=3"])
+    assert config.model_config() == ModelConfig.preset("tiny", n_layers=3)
+    assert TrainConfig.preset("shakespeare-cpu", ["model=llama-cpu"]).model_config().d_model == 256  # same model: kept
+
 def test_a_bad_value_in_a_preset_file_names_its_line(tmp_path, monkeypatch):
     import llmkit.yaml_config as yaml_config
 

@@ -124,6 +124,10 @@ def merge_overrides(data: Mapping, overrides: list[str] | Mapping, path: str = "
         target[name] = value
         target.sources[name] = origin(source, overrides, key)
     out = merged(data, path, fields, source)
+    if "model" in fields and fields["model"] != data.get("model") and "model_overrides" not in fields:
+        # The preset's model_overrides reshape the preset's own model; another model named on top of it
+        # starts from that model's shape (only model.FIELD overrides given with it apply).
+        out.pop("model_overrides", None)
     base = out.get("model_overrides") or {}
     if model and isinstance(base, Mapping):  # (a model_overrides that is not a mapping: the type check names it)
         out["model_overrides"] = merged(base, path, model, source)
