@@ -3,7 +3,7 @@
 Reference shape (GPT-2 style): 6 layers, 6 heads, d_model 384, context 256, micro-batch 8, vocab 8192,
 learned positions, LayerNorm, GELU, tied head; data: the built-in Shakespeare shards. MFU divides
 achieved model FLOPs (Transformer.flops_per_token: 6N + 12 L H Q T, PaLM appendix B) by the peak of a
-2048x2048 bf16 matmul measured in the same process (llmkit.train.progress.measure_peak_flops).
+1024x1024 bf16 matmul (2048 before 2026-12-01) measured in the same process (llmkit.train.progress.measure_peak_flops).
 
     python benchmarks/train_throughput.py [--steps 60] [--no-compile] [--dtype bf16] [--nanogpt DIR] [overrides ...]
 

