@@ -7,7 +7,8 @@
 The socket is bound first and the URL printed; the model loads on the engine thread meanwhile, and
 `/health` answers 503 until it is ready, then 200. Cross-cutting rules are pure ASGI middleware (no
 per-request task or body buffering): a bounded request body (413) and, with `--api-key`, a bearer
-key on everything but `/health` (401). Every error is OpenAI's error body.
+key on everything but `/health` and the web chat page (401). Every error is OpenAI's error body.
+The page (web.py) is served at `/` by the same process.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from llmkit.errors import LLMKitError
 from llmkit.serve.metrics import ServerMetrics
 from llmkit.serve.openai_api import OpenAIService
 from llmkit.serve.protocol import APIError
+from llmkit.serve.web import STATIC_PREFIX, web_routes
 from llmkit.serve.worker import EngineWorker
 
 
@@ -86,13 +88,20 @@ class LimitBody:
 
 
 class RequireKey:
-    """401 unless `Authorization: Bearer KEY` (OpenAI's clients send it); `open_paths` stay open."""
+    """401 unless `Authorization: Bearer KEY` (OpenAI's clients send it). `open_paths` and paths under
+    `open_prefixes` stay open: /health for probes, and the web page with its assets, which hold no data
+    and ask for the key themselves."""
 
-    def __init__(self, app, key: str, open_paths: frozenset[str] = frozenset({"/health"})):
-        self.app, self.key, self.open_paths = app, key.encode(), open_paths
+    def __init__(self, app, key: str, open_paths: frozenset[str] = frozenset({"/health", "/"}),
+                 open_prefixes: tuple[str, ...] = (STATIC_PREFIX,)):
+        self.app, self.key = app, key.encode()
+        self.open_paths, self.open_prefixes = open_paths, open_prefixes
+
+    def is_open(self, path: str) -> bool:
+        return path in self.open_paths or path.startswith(self.open_prefixes)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] not in self.open_paths:
+        if scope["type"] == "http" and not self.is_open(scope["path"]):
             given = dict(scope["headers"]).get(b"authorization", b"")
             scheme, _, token = given.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
@@ -131,6 +140,7 @@ def build_app(service: OpenAIService, metrics: ServerMetrics, api_key: str | Non
         Route("/tokenizer_info", endpoint(service.tokenizer_info), methods=get),
         Route("/health", health, methods=get),
         Route("/metrics", prometheus, methods=get),
+        *web_routes(),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app = LimitBody(app, max_body_bytes)
@@ -176,8 +186,8 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                            timeout_graceful_shutdown=3))
     worker.on_load_failure = lambda: setattr(server, "should_exit", True)
-    print(f"llmkit serve: listening on {url} (OpenAI API at {url}/v1; /health answers 200 once the model "
-          "is loaded)", flush=True)
+    print(f"llmkit serve: listening on {url} (chat page at {url}/, OpenAI API at {url}/v1; /health answers 200 "
+          "once the model is loaded)", flush=True)
     worker.start()
     try:
         server.run(sockets=[sock])

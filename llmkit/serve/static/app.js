@@ -1,0 +1,436 @@
+// llmkit's chat page: conversations in localStorage, replies streamed from /v1/chat/completions and
+// rendered as Markdown, a stop button (aborting the fetch closes the connection; the server cancels the
+// request within one engine step), regenerate, edit-and-resend, sampling settings, speed and token
+// counts under each reply, and a per-token probabilities view.
+
+import { ApiError, health, listModels, streamChat } from "./api.js";
+import { renderMarkdown } from "./markdown.js";
+import { TokenPopup, renderTokens, tokensOf } from "./probabilities.js";
+import * as store from "./store.js";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  messages: $("messages"), input: $("input"), send: $("send"), stop: $("stop"), composer: $("composer"),
+  list: $("conversations"), newChat: $("new-chat"), settings: $("settings"), notice: $("notice"),
+  model: $("model-name"), status: $("server-status"), system: $("system-prompt"), temperature: $("temperature"),
+  topP: $("top-p"), maxTokens: $("max-tokens"), seed: $("seed"), probabilities: $("probabilities"),
+  apiKey: $("api-key"),
+};
+
+const settings = store.loadSettings();
+let conversations = store.loadConversations();
+let current = conversations.find((c) => c.id === store.loadCurrentId()) || null;
+let model = null; // the served model's id, from /v1/models
+let busy = null; // the generation in flight: {controller, conversation, reply}
+const popup = new TokenPopup($("token-popup"));
+
+// --- persistence -------------------------------------------------------------------------------------------
+function persist() {
+  const kept = conversations.filter((c) => c.messages.length);
+  if (!store.saveConversations(kept, current ? current.id : null)) {
+    showNotice("The browser's storage is full: delete some conversations, or this one will not be kept.");
+  }
+}
+
+function showNotice(text) {
+  ui.notice.textContent = text;
+  ui.notice.hidden = !text;
+}
+
+// --- the conversation list ---------------------------------------------------------------------------------
+function renderList() {
+  ui.list.replaceChildren();
+  const shown = conversations.filter((c) => c.messages.length).sort((a, b) => b.updated - a.updated);
+  for (const conversation of shown) {
+    const row = document.createElement("div");
+    row.className = "conversation" + (conversation === current ? " current" : "");
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "open";
+    open.textContent = conversation.title || "(untitled)";
+    open.title = new Date(conversation.updated).toLocaleString();
+    open.addEventListener("click", () => switchTo(conversation));
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "delete";
+    remove.textContent = "\u00d7";
+    remove.title = "Delete this conversation";
+    remove.addEventListener("click", () => deleteConversation(conversation));
+    row.append(open, remove);
+    ui.list.append(row);
+  }
+}
+
+function switchTo(conversation) {
+  if (busy) stop();
+  current = conversation;
+  ui.system.value = conversation.system || "";
+  renderConversation();
+  renderList();
+  persist();
+  ui.input.focus();
+}
+
+function startNewChat() {
+  if (busy) stop();
+  current = store.newConversation(settings.system);
+  conversations.push(current);
+  ui.system.value = current.system;
+  renderConversation();
+  renderList();
+  ui.input.focus();
+}
+
+function deleteConversation(conversation) {
+  if (!confirm(`Delete "${conversation.title || "this conversation"}"?`)) return;
+  if (busy && busy.conversation === conversation) stop();
+  conversations = conversations.filter((c) => c !== conversation);
+  if (current === conversation) {
+    current = null;
+    startNewChat();
+  }
+  persist();
+  renderList();
+}
+
+// --- messages ----------------------------------------------------------------------------------------------
+function button(label, className, title) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = label;
+  if (title) b.title = title;
+  return b;
+}
+
+function renderConversation() {
+  popup.hide();
+  ui.messages.replaceChildren();
+  if (!current.messages.length) {
+    const empty = document.createElement("p");
+    empty.className = "empty";
+    empty.textContent = "Send a message to start. Settings (system prompt, temperature, ...) are on the left.";
+    ui.messages.append(empty);
+  }
+  current.messages.forEach((message, i) => ui.messages.append(messageElement(message, i)));
+  ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+
+function messageElement(message, index) {
+  const element = document.createElement("article");
+  element.className = `message ${message.role}`;
+  element.dataset.index = String(index);
+  const body = document.createElement("div");
+  body.className = "body";
+  const meta = document.createElement("footer");
+  meta.className = "meta";
+  element.append(body, meta);
+  fillMessage(element, message, index);
+  return element;
+}
+
+// (Re)draws a message's body and footer: called on every streamed chunk (throttled) and when done.
+function fillMessage(element, message, index) {
+  const [body, meta] = element.children;
+  const streaming = busy && busy.reply === message;
+  if (message.role === "user") {
+    body.textContent = message.content;
+    meta.replaceChildren();
+    if (!busy) meta.append(button("Edit", "edit", "Edit this message and send it again"));
+    return;
+  }
+  const showTokens = message.showTokens && message.tokens && message.tokens.length;
+  body.className = showTokens ? "body tokens" : "body markdown";
+  if (showTokens) renderTokens(body, message.tokens);
+  else body.innerHTML = renderMarkdown(message.content); // escaped first: see markdown.js
+  element.classList.toggle("streaming", Boolean(streaming));
+  if (message.error) {
+    const error = document.createElement("div");
+    error.className = "error";
+    error.textContent = message.error;
+    body.append(error);
+  }
+  meta.replaceChildren();
+  if (message.stats) meta.append(statsElement(message.stats));
+  if (!streaming) {
+    if (message.tokens && message.tokens.length) {
+      meta.append(button(showTokens ? "Text" : "Probabilities", "toggle-tokens",
+                         "Show each token and the alternatives the model weighed"));
+    }
+    if (!busy && index === current.messages.length - 1) {
+      meta.append(button("Regenerate", "regenerate", "Generate this reply again"));
+    }
+  }
+}
+
+function statsElement(stats) {
+  const span = document.createElement("span");
+  span.className = "stats";
+  const parts = [`${stats.exact ? "" : "~"}${stats.completion} tokens`];
+  if (stats.tokensPerS !== null) parts.push(`${stats.tokensPerS.toFixed(1)} tokens/s`);
+  if (stats.prompt !== null) parts.push(`prompt ${stats.prompt} tokens${stats.cached ? ` (${stats.cached} cached)` : ""}`);
+  if (stats.ttftS !== null) parts.push(`first token ${stats.ttftS.toFixed(2)} s`);
+  const reason = { length: "max tokens reached", stopped: "stopped" }[stats.finish];
+  if (reason) parts.push(reason);
+  span.textContent = parts.join(" \u00b7 ");
+  for (const key of ["completion", "prompt", "finish"]) span.dataset[key] = String(stats[key]);
+  return span;
+}
+
+function elementOf(index) {
+  return ui.messages.querySelector(`article[data-index="${index}"]`);
+}
+
+// --- generating --------------------------------------------------------------------------------------------
+function number(input) {
+  return input.value.trim() === "" ? null : Number(input.value);
+}
+
+function requestBody(conversation) {
+  const messages = [];
+  if (conversation.system && conversation.system.trim()) messages.push({ role: "system", content: conversation.system });
+  for (const m of conversation.messages) {
+    if (m.role === "assistant" && !m.content) continue; // a reply that failed before its first token
+    messages.push({ role: m.role, content: m.content });
+  }
+  const body = { messages, stream_options: { include_usage: true } };
+  if (model) body.model = model;
+  for (const [field, value] of [["temperature", settings.temperature], ["top_p", settings.top_p],
+                                ["max_tokens", settings.max_tokens], ["seed", settings.seed]]) {
+    if (value !== "" && value !== null && !Number.isNaN(Number(value))) body[field] = Number(value);
+  }
+  if (settings.probabilities) Object.assign(body, { logprobs: true, top_logprobs: 5 });
+  return body;
+}
+
+async function generate(conversation) {
+  const reply = { role: "assistant", content: "", tokens: settings.probabilities ? [] : undefined, stats: null };
+  conversation.messages.push(reply);
+  conversation.updated = Date.now();
+  const index = conversation.messages.length - 1;
+  const controller = new AbortController();
+  busy = { controller, conversation, reply };
+  setBusy(true);
+  renderConversation();
+  renderList();
+  const started = performance.now();
+  let first = null, last = null, usage = null, finish = null, chunks = 0;
+  let redraw = null;
+  const draw = () => {
+    redraw = null;
+    const element = current === conversation && elementOf(index);
+    if (!element) return;
+    const atBottom = ui.messages.scrollHeight - ui.messages.scrollTop - ui.messages.clientHeight < 40;
+    fillMessage(element, reply, index);
+    if (atBottom) ui.messages.scrollTop = ui.messages.scrollHeight;
+  };
+  try {
+    for await (const chunk of streamChat(requestBody(conversation), { apiKey: settings.apiKey, signal: controller.signal })) {
+      if (chunk.usage) usage = chunk.usage;
+      for (const choice of chunk.choices || []) {
+        const text = (choice.delta && choice.delta.content) || "";
+        if (text) {
+          first = first === null ? performance.now() : first;
+          last = performance.now();
+          reply.content += text;
+          chunks++;
+        }
+        if (choice.logprobs && choice.logprobs.content && reply.tokens) reply.tokens.push(...tokensOf(choice.logprobs.content));
+        if (choice.finish_reason) finish = choice.finish_reason;
+      }
+      if (redraw === null) redraw = setTimeout(draw, 40);
+    }
+  } catch (e) {
+    if (e.name === "AbortError") finish = "stopped";
+    else reply.error = e instanceof ApiError ? e.message : `The request failed: ${e.message}`;
+    if (e.status === 401) askForKey();
+  } finally {
+    clearTimeout(redraw);
+    const counted = usage ? usage.completion_tokens : reply.tokens ? reply.tokens.length : chunks;
+    const decodeS = first !== null && last > first ? (last - first) / 1000 : null;
+    reply.stats = reply.error && !reply.content ? null : {
+      completion: counted, exact: Boolean(usage || reply.tokens), finish,
+      prompt: usage ? usage.prompt_tokens : null,
+      cached: usage && usage.prompt_tokens_details ? usage.prompt_tokens_details.cached_tokens : 0,
+      ttftS: first === null ? null : (first - started) / 1000,
+      // Decode speed: tokens after the first over the time since the first arrived.
+      tokensPerS: decodeS && counted > 1 ? (counted - 1) / decodeS : null,
+    };
+    busy = null;
+    setBusy(false);
+    conversation.updated = Date.now();
+    persist();
+    if (current === conversation) renderConversation();
+    renderList();
+  }
+}
+
+function stop() {
+  if (busy) busy.controller.abort();
+}
+
+function setBusy(on) {
+  ui.send.hidden = on;
+  ui.stop.hidden = !on;
+  document.body.classList.toggle("busy", on);
+}
+
+function send() {
+  const text = ui.input.value;
+  if (busy || !text.trim()) return;
+  if (!current) startNewChat();
+  if (!current.messages.length) current.title = text.trim().replace(/\s+/g, " ").slice(0, 60);
+  current.system = ui.system.value;
+  current.messages.push({ role: "user", content: text });
+  ui.input.value = "";
+  generate(current);
+}
+
+function regenerate() {
+  if (busy) return;
+  const last = current.messages[current.messages.length - 1];
+  if (last && last.role === "assistant") current.messages.pop();
+  generate(current);
+}
+
+function editMessage(element, index) {
+  const message = current.messages[index];
+  const [body, meta] = element.children;
+  const editor = document.createElement("textarea");
+  editor.className = "editor";
+  editor.value = message.content;
+  editor.rows = Math.min(12, message.content.split("\n").length + 1);
+  body.replaceChildren(editor);
+  const save = button("Save & send", "save-edit");
+  const cancel = button("Cancel", "cancel-edit");
+  meta.replaceChildren(save, cancel);
+  const commit = () => {
+    if (busy || !editor.value.trim()) return;
+    // Everything after the edited message belonged to the old text: it goes.
+    current.messages = current.messages.slice(0, index);
+    current.messages.push({ role: "user", content: editor.value });
+    if (index === 0) current.title = editor.value.trim().replace(/\s+/g, " ").slice(0, 60);
+    generate(current);
+  };
+  save.addEventListener("click", commit);
+  cancel.addEventListener("click", () => fillMessage(element, message, index));
+  editor.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      commit();
+    } else if (event.key === "Escape") {
+      event.stopPropagation();
+      fillMessage(element, message, index);
+    }
+  });
+  editor.focus();
+}
+
+// --- settings and the server -------------------------------------------------------------------------------
+function loadSettingsIntoForm() {
+  ui.temperature.value = settings.temperature;
+  ui.topP.value = settings.top_p;
+  ui.maxTokens.value = settings.max_tokens;
+  ui.seed.value = settings.seed;
+  ui.probabilities.checked = settings.probabilities;
+  ui.apiKey.value = settings.apiKey;
+  ui.system.value = current ? current.system || "" : settings.system;
+}
+
+function readSettingsForm() {
+  Object.assign(settings, {
+    temperature: ui.temperature.value, top_p: ui.topP.value, max_tokens: ui.maxTokens.value, seed: ui.seed.value,
+    probabilities: ui.probabilities.checked, apiKey: ui.apiKey.value.trim(), system: ui.system.value,
+  });
+  if (current && !busy) current.system = ui.system.value;
+  store.saveSettings(settings);
+}
+
+function askForKey() {
+  ui.settings.open = true;
+  ui.status.textContent = "API key needed";
+  showNotice("This server needs an API key: enter it under Settings (it is kept in this browser).");
+}
+
+async function connect() {
+  try {
+    const status = await health();
+    if (status === 503) {
+      ui.status.textContent = "loading the model\u2026";
+      setTimeout(connect, 2000);
+      return;
+    }
+    model = (await listModels(settings.apiKey))[0] || null;
+    ui.model.textContent = model || "llmkit";
+    ui.status.textContent = "ready";
+    showNotice("");
+  } catch (e) {
+    if (e.status === 401) askForKey();
+    else {
+      ui.status.textContent = "server unreachable";
+      setTimeout(connect, 5000);
+    }
+  }
+}
+
+// --- events ------------------------------------------------------------------------------------------------
+ui.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  send();
+});
+ui.input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    send();
+  }
+});
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape") return;
+  if (busy) stop();
+  popup.hide();
+});
+ui.stop.addEventListener("click", stop);
+ui.newChat.addEventListener("click", startNewChat);
+for (const input of [ui.temperature, ui.topP, ui.maxTokens, ui.seed, ui.probabilities, ui.system]) {
+  input.addEventListener("change", readSettingsForm);
+}
+ui.system.addEventListener("input", readSettingsForm);
+ui.apiKey.addEventListener("change", () => {
+  readSettingsForm();
+  connect();
+});
+ui.messages.addEventListener("click", (event) => {
+  const target = event.target;
+  const element = target.closest("article");
+  const index = element ? Number(element.dataset.index) : -1;
+  if (target.classList.contains("copy-code")) {
+    const code = target.closest(".code-block").querySelector("code").textContent;
+    navigator.clipboard.writeText(code).then(() => { target.textContent = "Copied"; }, () => {});
+  } else if (target.classList.contains("edit") && !busy) {
+    editMessage(element, index);
+  } else if (target.classList.contains("regenerate")) {
+    regenerate();
+  } else if (target.classList.contains("toggle-tokens")) {
+    const message = current.messages[index];
+    message.showTokens = !message.showTokens;
+    popup.hide();
+    fillMessage(element, message, index);
+    persist();
+  }
+});
+popup.attach(ui.messages, (span) => {
+  const index = Number(span.closest("article").dataset.index);
+  return current.messages[index].tokens[Number(span.dataset.token)];
+});
+window.addEventListener("beforeunload", () => {
+  if (busy) persist(); // keep the part of a reply that has arrived
+});
+
+loadSettingsIntoForm();
+if (current) {
+  renderConversation();
+  renderList();
+} else {
+  startNewChat();
+}
+connect();

@@ -1,0 +1,189 @@
+// A small, safe Markdown renderer for model replies (written for llmkit; no third-party code).
+//
+// Safety: the text is HTML-escaped before any Markdown rule runs, and the rules only ever add a fixed set
+// of tags, so nothing a model writes can become markup; links are kept only for http(s) URLs. The page's
+// Content-Security-Policy (no inline scripts) is a second wall.
+//
+// Supported: fenced code blocks (``` or ~~~, with a language; an unclosed fence while a reply streams
+// in is a code block to the end), inline code, **bold**, *italics*, ~~strike~~, [links](https://...),
+// headings, bullet and numbered lists (nested by indentation), block quotes, tables, rules, paragraphs.
+
+const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+
+export function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, (c) => ESCAPES[c]);
+}
+
+const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
+const HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
+const RULE = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
+const QUOTE = /^ {0,3}>\s?(.*)$/;
+const LIST_ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
+const TABLE_DIVIDER = /^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$/;
+
+export function renderMarkdown(source) {
+  // NUL marks inline-code placeholders below; a reply cannot contain one.
+  const lines = source.replace(/\u0000/g, "").replace(/\r\n?/g, "\n").split("\n");
+  return renderBlocks(lines);
+}
+
+function leadingSpaces(line) {
+  return line.length - line.trimStart().length;
+}
+
+function startsBlock(line) {
+  return FENCE.test(line) || HEADING.test(line) || RULE.test(line) || QUOTE.test(line) || LIST_ITEM.test(line);
+}
+
+function renderBlocks(lines) {
+  const out = [];
+  let paragraph = [];
+  const flush = () => {
+    if (paragraph.length) out.push(`<p>${paragraph.map((l) => inline(l.trim())).join("<br>")}</p>`);
+    paragraph = [];
+  };
+  let i = 0;
+  while (i < lines.length) {
+    const line = lines[i];
+    let m;
+    if ((m = line.match(FENCE))) {
+      flush();
+      const marker = m[1];
+      const body = [];
+      i++;
+      const closes = (l) => l.trim().startsWith(marker) && l.trim().replace(/[`~]/g, "") === "";
+      while (i < lines.length && !closes(lines[i])) body.push(lines[i++]);
+      i++; // the closing fence (or past the end while the reply is still streaming)
+      out.push(codeBlock(body.join("\n"), m[2]));
+    } else if (line.trim() === "") {
+      flush();
+      i++;
+    } else if ((m = line.match(HEADING))) {
+      flush();
+      const level = m[1].length;
+      out.push(`<h${level}>${inline(m[2])}</h${level}>`);
+      i++;
+    } else if (RULE.test(line)) {
+      flush();
+      out.push("<hr>");
+      i++;
+    } else if (QUOTE.test(line)) {
+      flush();
+      const quoted = [];
+      while (i < lines.length && (m = lines[i].match(QUOTE))) {
+        quoted.push(m[1]);
+        i++;
+      }
+      out.push(`<blockquote>${renderBlocks(quoted)}</blockquote>`);
+    } else if (LIST_ITEM.test(line)) {
+      flush();
+      i = renderList(lines, i, out);
+    } else if (line.includes("|") && i + 1 < lines.length && TABLE_DIVIDER.test(lines[i + 1]) &&
+               lines[i + 1].includes("-")) {
+      flush();
+      i = renderTable(lines, i, out);
+    } else {
+      paragraph.push(line);
+      i++;
+    }
+  }
+  flush();
+  return out.join("\n");
+}
+
+function codeBlock(code, language) {
+  const lang = escapeHtml(language || "");
+  return `<div class="code-block"><div class="code-bar"><span>${lang}</span>` +
+    `<button type="button" class="copy-code">Copy</button></div>` +
+    `<pre><code${lang ? ` class="language-${lang}"` : ""}>${escapeHtml(code)}</code></pre></div>`;
+}
+
+// A list from line i: its items, each item's continuation lines (indented, or lazy paragraph lines), and
+// nested lists (indented deeper) rendered recursively. Returns the index after the list.
+function renderList(lines, i, out) {
+  const first = lines[i].match(LIST_ITEM);
+  const indent = first[1].length;
+  const ordered = /\d/.test(first[2]);
+  const items = [];
+  while (i < lines.length) {
+    const line = lines[i];
+    const m = line.match(LIST_ITEM);
+    if (m && m[1].length <= indent + 1) {
+      if (/\d/.test(m[2]) !== ordered) break; // another kind of list starts
+      const contentIndent = m[0].length - m[3].length;
+      items.push({ lines: [m[3]], contentIndent });
+      i++;
+    } else if (line.trim() === "") {
+      let j = i;
+      while (j < lines.length && lines[j].trim() === "") j++;
+      const next = j < lines.length ? lines[j] : null;
+      const nextItem = next !== null && next.match(LIST_ITEM);
+      const sameList = nextItem && nextItem[1].length <= indent + 1 && /\d/.test(nextItem[2]) === ordered;
+      if (next !== null && (sameList || leadingSpaces(next) > indent)) {
+        if (!sameList) items[items.length - 1].lines.push("");
+        i = j;
+      } else {
+        break;
+      }
+    } else if (leadingSpaces(line) > indent) {
+      const item = items[items.length - 1];
+      item.lines.push(line.slice(Math.min(leadingSpaces(line), item.contentIndent)));
+      i++;
+    } else if (!startsBlock(line)) {
+      items[items.length - 1].lines.push(line); // a lazy continuation of the item's paragraph
+      i++;
+    } else {
+      break;
+    }
+  }
+  const tag = ordered ? "ol" : "ul";
+  const start = ordered ? parseInt(first[2], 10) : 1;
+  const body = items.map((item) => {
+    const inner = item.lines.length === 1 ? inline(item.lines[0]) : renderBlocks(item.lines);
+    return `<li>${inner}</li>`;
+  });
+  out.push(`<${tag}${start !== 1 ? ` start="${start}"` : ""}>${body.join("")}</${tag}>`);
+  return i;
+}
+
+function tableCells(line) {
+  let text = line.trim();
+  if (text.startsWith("|")) text = text.slice(1);
+  if (text.endsWith("|")) text = text.slice(0, -1);
+  return text.split("|").map((c) => c.trim());
+}
+
+function renderTable(lines, i, out) {
+  const header = tableCells(lines[i]);
+  const aligns = tableCells(lines[i + 1]).map((c) =>
+    c.startsWith(":") && c.endsWith(":") ? "center" : c.endsWith(":") ? "right" : c.startsWith(":") ? "left" : "");
+  const cell = (tag, text, k) => `<${tag}${aligns[k] ? ` class="align-${aligns[k]}"` : ""}>${inline(text)}</${tag}>`;
+  const rows = [];
+  i += 2;
+  while (i < lines.length && lines[i].includes("|") && lines[i].trim() !== "") {
+    rows.push(`<tr>${tableCells(lines[i]).map((c, k) => cell("td", c, k)).join("")}</tr>`);
+    i++;
+  }
+  out.push(`<table><thead><tr>${header.map((c, k) => cell("th", c, k)).join("")}</tr></thead>` +
+           `<tbody>${rows.join("")}</tbody></table>`);
+  return i;
+}
+
+// Inline rules on one line (or paragraph) of raw text: code spans are cut out first (their text is only
+// escaped), then the rest is escaped and the emphasis and link rules add their fixed tags.
+export function inline(raw) {
+  const codes = [];
+  let text = raw.replace(/(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/g, (_, ticks, code) => {
+    codes.push(`<code>${escapeHtml(code)}</code>`);
+    return `\u0000${codes.length - 1}\u0000`;
+  });
+  text = escapeHtml(text);
+  text = text.replace(/\[([^\]\n]+)\]\((https?:\/\/[^\s)]+)\)/g,
+    (_, label, url) => `<a href="${url}" target="_blank" rel="noopener noreferrer">${label}</a>`);
+  text = text.replace(/\*\*(?=\S)([\s\S]*?\S)\*\*/g, "<strong>$1</strong>");
+  text = text.replace(/(^|[^\w])__(?=\S)([\s\S]*?\S)__(?![\w])/g, "$1<strong>$2</strong>");
+  text = text.replace(/(^|[^*\w])\*([^\s*](?:[^*]*?[^\s*])?)\*(?![*\w])/g, "$1<em>$2</em>");
+  text = text.replace(/(^|[^\w])_([^\s_](?:[^_]*?[^\s_])?)_(?![\w])/g, "$1<em>$2</em>");
+  text = text.replace(/~~(?=\S)([\s\S]*?\S)~~/g, "<del>$1</del>");
+  return text.replace(/\u0000(\d+)\u0000/g, (_, n) => codes[Number(n)]);
+}
