@@ -23,6 +23,13 @@ def token_texts(tokenizer, ids: list[int]) -> list[str]:
     return out
 
 
+def visible(text: str) -> str:
+    """A token's text for a table or a picture: escapes for newlines and tabs, and a space token shown
+    as a visible open box (otherwise a cell would look empty)."""
+    shown = repr(text)[1:-1]
+    return shown.replace(" ", "\u2423") if not shown.strip() else shown
+
+
 @dataclass
 class AttentionMaps:
     tokens: list[str]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llmkit.inspect.attention import token_texts
+from llmkit.inspect.attention import token_texts, visible
 from llmkit.inspect import InspectError
 from llmkit.inspect.internals import lens_logits, trace
 from llmkit.model import Transformer
@@ -82,11 +82,11 @@ def format_lens(result: LensResult, width: int = 12) -> str:
     """One row per layer, one column per position: the top token that layer predicts next, and its
     probability (%)."""
     def cell(text: str, prob: float) -> str:
-        label = repr(text)[1:-1]
+        label = visible(text)
         label = label if len(label) <= width - 5 else label[: width - 6] + "~"
         return f"{label} {prob * 100:3.0f}".rjust(width)
 
-    header = "layer".ljust(6) + "".join(repr(result.tokens[p])[1:-1][:width - 1].rjust(width) for p in result.positions)
+    header = "layer".ljust(6) + "".join(visible(result.tokens[p])[:width - 1].rjust(width) for p in result.positions)
     lines = ["next token predicted after each token, at each layer (top 1, %):", header]
     for row in range(result.n_rows):
         name = "emb" if row == 0 else str(row)

@@ -29,7 +29,9 @@ def _save(fig, path: str | Path, dpi: int = 110) -> Path:
 
 
 def _label(text: str, width: int = 12) -> str:
-    shown = repr(text)[1:-1]
+    from llmkit.inspect.attention import visible
+
+    shown = visible(text)
     return shown if len(shown) <= width else shown[: width - 1] + "~"
 
 
