@@ -91,10 +91,11 @@ def speed(model, tokenizer, out: dict, repeats: int = 5) -> None:
     from llmkit.inspect.embeddings import input_embeddings
     from llmkit.inspect.lens import logit_lens
 
-    text = tokenizer.decode(tokenizer.encode("The mouse ran across the kitchen floor, stopped beside the table and "
-                                             "looked up at the cheese that the cook had left there before going out "
-                                             "to the market early in the morning, when the streets were still empty "
-                                             "and quiet.")[:63])
+    story = ("The mouse ran across the kitchen floor, stopped beside the table and looked up at the cheese that "
+             "the cook had left there before going out to the market early in the morning, when the streets were "
+             "still empty and quiet, and the baker in the next street was only just lighting his ovens for the "
+             "first bread of the day.")
+    text = tokenizer.decode(tokenizer.encode(story)[:63])  # 64 tokens with the BOS
     ids = tokenizer.encode(text, add_bos=True)
     space = input_embeddings(model, tokenizer)
     jobs = {"forward": lambda: model(torch.tensor([ids])), "attention": lambda: attention_maps(model, tokenizer, text),
@@ -117,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--speedrun", default=None, help="the speedrun's base model directory")
-    parser.add_argument("--template", default="{word}", help="the text a word is put in for its hidden states")
+    parser.add_argument("--template", default="The word is {word}", help="the text a word is put in for its hidden states")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args()

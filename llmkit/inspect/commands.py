@@ -69,7 +69,8 @@ def add_word_eval_args(p: argparse.ArgumentParser) -> None:
                    help="Spearman correlation with human scores (WordSim353, SimLex-999: word1 word2 score lines)")
     g.add_argument("--embeddings", default="input", help="input (the embedding table) | hidden (the residual stream "
                    "of every layer, words in --template) | hidden:L (layer L)")
-    g.add_argument("--template", default="{word}", help="hidden: the text a word is put in (default: the word alone after BOS)")
+    g.add_argument("--template", default="The word is {word}", help="hidden: the text a word is put in (after BOS; "
+                   "the word alone right after BOS sits where massive activations are, and scores far lower)")
 
 
 def cmd_inspect_attention(args) -> None:

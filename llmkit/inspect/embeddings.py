@@ -156,7 +156,7 @@ def residual_at_words(model: Transformer, tokenizer, words: list[str], template:
     return torch.cat(out, dim=1)
 
 
-def contextual_spaces(model: Transformer, tokenizer, words: list[str], template: str = "{word}",
+def contextual_spaces(model: Transformer, tokenizer, words: list[str], template: str = "The word is {word}",
                       center: bool = True) -> list[WordVectors]:
     """One word space per layer (0 = embeddings output) from the hidden states of `words` in
     `template`; the candidates are `words` themselves. center: subtract the mean vector first — hidden
