@@ -163,6 +163,34 @@ class LLM:
         tokens = [TokenScore(t, self.tokenizer.decode([t]), lp) for t, lp in zip(ids[1:], chosen)]
         return Score(total_logprob=sum(s.logprob for s in tokens), tokens=tokens)
 
+    # -- looking inside (llmkit.inspect): the same functions as `llmkit inspect`
+    def attention(self, text: str, add_bos: bool = True):
+        """Attention weights of every layer and head for `text` (`llmkit.inspect.attention.AttentionMaps`)."""
+        from llmkit.inspect.attention import attention_maps
+
+        return attention_maps(self.model, self.tokenizer, text, add_bos=add_bos)
+
+    def lens(self, text: str, top: int = 5, add_bos: bool = True):
+        """The logit lens: the top next tokens each layer predicts at each position (`LensResult`)."""
+        from llmkit.inspect.lens import logit_lens
+
+        return logit_lens(self.model, self.tokenizer, text, top=top, add_bos=add_bos)
+
+    def neighbours(self, word: str, top: int = 10) -> list[tuple[str, float]]:
+        """The words whose input embeddings are nearest to `word`'s (cosine), nearest first."""
+        return self._word_vectors().neighbours(word, top)
+
+    def analogy(self, expression: str, top: int = 5) -> list[tuple[str, float]]:
+        """3CosAdd on the input embeddings: `llm.analogy("king - man + woman")`."""
+        return self._word_vectors().analogy(expression, top)
+
+    def _word_vectors(self):
+        if getattr(self, "_words", None) is None:
+            from llmkit.inspect.embeddings import input_embeddings
+
+            self._words = input_embeddings(self.model, self.tokenizer)
+        return self._words
+
 
 def load(name_or_path: str | Path, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, *, speculative: str | None = None, draft_tokens: int = 4,

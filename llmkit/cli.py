@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from llmkit.errors import DataError, LLMKitError
+from llmkit.inspect import commands as inspect_commands
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -134,11 +135,16 @@ def cmd_score(args) -> None:
     import llmkit
 
     llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
+    scored = []
     for text in args.texts:
         result = llm.score(text)
+        scored.append((text, result))
         print(f"{result.total_logprob:10.3f}  log p({text!r})   perplexity {result.perplexity:.2f}")
         for token in result.tokens:
             print(f"            {token.prob:8.2%}  {token.text!r}")
+    from llmkit.inspect.commands import report_sentence_ranking
+
+    report_sentence_ranking(scored, args.png)
 
 
 def cmd_data_shakespeare(args) -> None:
@@ -212,6 +218,10 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    if args.analogies or args.similarity:
+        from llmkit.inspect.commands import cmd_eval_words
+
+        return cmd_eval_words(args)
     if args.compare:
         from llmkit.eval import compare_runs, format_comparison
 
@@ -436,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("score", help="log-probability of sentences, token by token")
     add_model_args(p)
     p.add_argument("texts", nargs="+")
+    p.add_argument("--png", default=None, help="with several texts: a picture comparing their log-probabilities")
     p.set_defaults(handler=cmd_score)
 
     p = verbs.add_parser("data", help="corpora, cleaning and token shards")
@@ -503,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="acc", help="--compare: acc | acc_norm | acc_per_token")
     p.add_argument("--fetch", action="store_true", help="download the CORE task files (or those named by --tasks) "
                    "into --task-dir or the llmkit cache")
+    inspect_commands.add_word_eval_args(p)
     p.set_defaults(handler=cmd_eval)
 
     post_stages = [
@@ -542,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="the larger size for a GPU")
     p.add_argument("overrides", nargs="*", help="STAGE.field=value, e.g. pretrain.time_limit_s=300 sft.epochs=3")
     p.set_defaults(handler=cmd_speedrun)
+    inspect_commands.add_inspect_verb(verbs, add_model_args)
     return parser
 
 

@@ -83,7 +83,9 @@ class Attention(nn.Module):
         self.use_rope = cfg.pos_embedding == "rope"
         self.dropout = cfg.dropout
 
-    def forward(self, x, rope, attn_mask, kv_cache):
+    def queries_keys_values(self, x, rope):
+        """q (batch, heads, seq, head_dim), k and v (batch, kv_heads, seq, head_dim) exactly as attention
+        uses them (after QK-norm and RoPE); `llmkit.inspect` recomputes attention weights from these."""
         batch, seq, _ = x.shape
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
@@ -95,7 +97,11 @@ class Attention(nn.Module):
         if self.use_rope:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x, rope, attn_mask, kv_cache):
+        batch, seq, _ = x.shape
+        q, k, v = self.queries_keys_values(x, rope)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         if (torch.compiler.is_compiling() and q.device.type == "cpu" and q.requires_grad and attn_mask is None
@@ -113,7 +119,7 @@ class Attention(nn.Module):
                 dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )
-        return self.out(y.transpose(1, 2).reshape(batch, seq, q_size))
+        return self.out(y.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim))
 
 
 class CausalAttentionCPU(torch.autograd.Function):

@@ -1,0 +1,104 @@
+"""One forward pass of the one model with its insides recorded: the residual stream entering every block
+and, per layer, the attention weights that SDPA computes but does not return.
+
+Nothing here is a second model. Forward hooks on `llmkit.model.Transformer`'s blocks read what the
+normal forward computes; the attention weights are recomputed from the queries and keys the layer itself
+produces (`Attention.queries_keys_values`: after QK-norm and RoPE), grouped-query heads expanded, with the
+same 1/sqrt(head_dim) scale and causal mask as SDPA. `tests/test_inspect.py` proves it: weights @ values
+equals the attention output the model passes to its output projection. The hooks exist only during
+`trace()`, so the normal forward pays nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llmkit.errors import GenerationError
+from llmkit.inspect import InspectError
+from llmkit.model import Transformer
+
+
+@dataclass
+class Trace:
+    """What one text looked like inside the model (batch of one, float32 on the CPU).
+
+    hidden: (n_layers + 1, seq, d_model): hidden[0] is the embedding output, hidden[i] the residual
+    stream after block i (the input of block i + 1); hidden[-1] before the final norm.
+    attention: (n_layers, n_heads, seq, seq) row-stochastic weights, or None when not asked for.
+    logits: (seq, vocab) the model's own output for the text.
+    """
+
+    ids: list[int]
+    hidden: torch.Tensor
+    attention: torch.Tensor | None
+    logits: torch.Tensor
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + causal mask) in float32 (Vaswani et al. 2017, eq. 1), for q
+    (batch, heads, seq, d) and k (batch, kv_heads, seq, d): query head h reads key head h // (heads / kv_heads)."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    seq = q.shape[-2]
+    future = torch.ones(seq, seq, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+
+
+def check_length(model: Transformer, ids: list[int]) -> None:
+    if not ids:
+        raise GenerationError("the text is empty; give some text to look inside the model with")
+    if len(ids) > model.config.max_seq_len:
+        raise GenerationError(f"the text has {len(ids)} tokens but the model's context is {model.config.max_seq_len}; "
+                              "give a shorter text")
+
+
+@torch.inference_mode()
+def trace(model: Transformer, ids: list[int], attention: bool = True, values: list | None = None) -> Trace:
+    """Run `ids` through `model` once and record its residual stream (and attention weights).
+
+    values: a list to receive, per layer, (v, attention output before the output projection); the
+    equivalence test checks weights @ v against it."""
+    check_length(model, ids)
+    device = model.tok_emb.weight.device
+    hidden: list[torch.Tensor] = []
+    maps: list[torch.Tensor] = []
+
+    def block_input(block, args):
+        hidden.append(args[0][0].float().cpu())
+
+    def attention_input(attn, args):
+        x, rope = args[0], args[1]
+        q, k, v = attn.queries_keys_values(x, rope)
+        maps.append(attention_weights(q, k)[0].cpu())
+        if values is not None:
+            values.append([v[0].float().cpu(), None])
+
+    def attention_output(out_proj, args):
+        values[-1][1] = args[0][0].float().cpu()  # (seq, heads * head_dim): SDPA's output, heads side by side
+
+    handles = []
+    try:
+        for block in model.blocks:
+            handles.append(block.register_forward_pre_hook(block_input))
+            if attention:
+                handles.append(block.attn.register_forward_pre_hook(attention_input))
+                if values is not None:
+                    handles.append(block.attn.out.register_forward_pre_hook(attention_output))
+        handles.append(model.norm.register_forward_pre_hook(block_input))  # the last block's output
+        logits = model(torch.tensor([ids], device=device))[0].float().cpu()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return Trace(ids=list(ids), hidden=torch.stack(hidden), attention=torch.stack(maps) if attention else None,
+                 logits=logits)
+
+
+@torch.inference_mode()
+def lens_logits(model: Transformer, hidden: torch.Tensor) -> torch.Tensor:
+    """The logit lens (nostalgebraist 2020): the model's own final norm and output head applied to the
+    residual stream after every layer. hidden: (..., d_model) -> (..., vocab) float32."""
+    like = model.tok_emb.weight  # the head may be a quantized layer without a `.weight`
+    return model.lm_head(model.norm(hidden.to(device=like.device, dtype=like.dtype))).float().cpu()
