@@ -50,9 +50,19 @@ def _llmkit_guard(root):
     def no_network(*args, **kwargs):
         raise OSError("network access is disabled in the llmkit sandbox")
 
+    # classes, not functions: modules imported later subclass them (ssl.SSLSocket(socket.socket))
+    class NoSocket(socket.socket):
+        def __init__(self, *args, **kwargs):
+            no_network()
+
+    class NoRawSocket(_socket.socket):
+        def __init__(self, *args, **kwargs):
+            no_network()
+
+    socket.socket, socket.SocketType, _socket.socket, _socket.SocketType = NoSocket, NoSocket, NoRawSocket, NoRawSocket
     for module in (socket, _socket):
-        for name in ("socket", "create_connection", "getaddrinfo", "gethostbyname", "gethostbyname_ex",
-                     "gethostbyaddr", "socketpair", "fromfd", "create_server"):
+        for name in ("create_connection", "getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr",
+                     "socketpair", "fromfd", "create_server"):
             if hasattr(module, name):
                 setattr(module, name, no_network)
     for name in ("system", "popen", "fork", "forkpty", "kill", "killpg", "execv", "execve", "execvp",
