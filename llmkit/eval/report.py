@@ -3,6 +3,8 @@
     OUT/results.json           settings, per-task metrics (value, 95% Wilson interval, n), CORE score
     OUT/results.md             the same as a Markdown table
     OUT/examples/TASK.jsonl    one line per example: prompt, choices, scores, prediction, gold, correct
+                               (generative tasks: prompt, prediction = the generated text, extracted
+                               answers or the sandbox's status, gold, correct, finish_reason)
 
 `compare_runs(A, B)` pairs the two runs' examples of each task they share and tests the difference in
 accuracy with McNemar's exact test (llmkit/eval/stats.py).

@@ -9,6 +9,8 @@ One JSON object a line, one of three shapes:
                                                                         reproduces the continuation
 
 `--tasks core` is DCLM's CORE suite with its published settings (llmkit/presets/eval/core.yaml).
+The generative tasks' names (gsm8k, gsm8k_cot, humaneval, ...) come from generative.py, which finds
+their files its own way; `parse_task_list` and `fetch_tasks` take both kinds.
 A task name is looked up as NAME.jsonl in: --task-dir; else $LLMKIT_EVAL_DATA; else
 ../shared/data/eval/core (relative to the current directory) when present, then the llmkit cache,
 where `llmkit eval --fetch` writes.
