@@ -3,6 +3,8 @@
     OUT/results.json           settings, per-task metrics (value, 95% Wilson interval, n), CORE score
     OUT/results.md             the same as a Markdown table
     OUT/examples/TASK.jsonl    one line per example: prompt, choices, scores, prediction, gold, correct
+                               (generative tasks: prompt, prediction = the generated text, extracted
+                               answers or the sandbox's status, gold, correct, finish_reason)
 
 `compare_runs(A, B)` pairs the two runs' examples of each task they share and tests the difference in
 accuracy with McNemar's exact test (llmkit/eval/stats.py).
@@ -15,8 +17,13 @@ from pathlib import Path
 
 from llmkit.atomic import atomic_write_text
 from llmkit.errors import DataError
+from llmkit.eval.generative import GENERATIVE
+from llmkit.eval.gsm8k import METRICS as GSM8K_METRICS
 from llmkit.eval.metrics import CHOICE_METRICS, CORE_METRIC, centred
 from llmkit.eval.stats import paired_comparison
+
+
+COMPARABLE_METRICS = (*CHOICE_METRICS, *GSM8K_METRICS, "pass@1")
 
 
 def write_run(out: str | Path, run: dict) -> Path:
@@ -39,18 +46,29 @@ def _percent(metric: dict | None) -> str:
 
 
 def format_table(run: dict) -> str:
-    """Markdown: one row per task, accuracies in % with their 95% Wilson intervals."""
-    lines = [f"model: {run.get('model', '?')}", "",
-             "| task | kind | shots | n | acc % (95% CI) | acc_norm % | acc_per_token % | centred | truncated | "
-             "examples/s |",
-             "| --- | --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: |"]
-    for name, t in run["tasks"].items():
+    """Markdown: one row per log-likelihood task, accuracies in % with their 95% Wilson intervals; then
+    one row per metric of each generative task."""
+    lines = [f"model: {run.get('model', '?')}" + (" (chat template)" if run.get("settings", {}).get("chat") else "")]
+    scored = {name: t for name, t in run["tasks"].items() if t["kind"] != GENERATIVE}
+    generated = {name: t for name, t in run["tasks"].items() if t["kind"] == GENERATIVE}
+    if scored:
+        lines += ["", "| task | kind | shots | n | acc % (95% CI) | acc_norm % | acc_per_token % | centred | truncated | "
+                  "examples/s |",
+                  "| --- | --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: |"]
+    for name, t in scored.items():
         m = t["metrics"]
         shown = ("" if t["baseline"] is None
                  else f"{centred(m[CORE_METRIC[t['kind']]]['value'], t['baseline']):.3f}")
         lines.append(f"| {name} | {t['kind']} | {t['shots']} | {t['n']} | {_percent(m.get('acc'))} | "
                      f"{_percent(m.get('acc_norm'))} | {_percent(m.get('acc_per_token'))} | {shown} | "
                      f"{t['truncated']} | {t['examples_per_s']:.1f} |")
+    if generated:
+        lines += ["", "| task | shots | n | metric | % (95% CI) | truncated | errors | examples/s |",
+                  "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |"]
+    for name, t in generated.items():
+        for metric, m in t["metrics"].items():
+            lines.append(f"| {name} | {t['shots']} | {t['n']} | {metric} | {_percent(m)} | {t['truncated']} | "
+                         f"{t['errors']} | {t['examples_per_s']:.2f} |")
     core = run.get("core")
     if core:
         limited = " (on the first --limit examples of each task)" if core["limited"] else ""
@@ -79,8 +97,8 @@ def load_run(directory: str | Path) -> tuple[dict, dict[str, list[dict]]]:
 
 def compare_runs(run_a: str | Path, run_b: str | Path, metric: str = "acc") -> list[dict]:
     """Per shared task: paired accuracies of the examples both runs scored and McNemar's p-value."""
-    if metric not in CHOICE_METRICS:
-        raise DataError(f"--metric {metric}: use one of {', '.join(CHOICE_METRICS)}")
+    if metric not in COMPARABLE_METRICS:
+        raise DataError(f"--metric {metric}: use one of {', '.join(COMPARABLE_METRICS)}")
     (_, a), (_, b) = load_run(run_a), load_run(run_b)
     shared = [name for name in a if name in b]
     if not shared:
@@ -93,7 +111,10 @@ def compare_runs(run_a: str | Path, run_b: str | Path, metric: str = "acc") -> l
             if ra["gold"] != rb["gold"] or ra["choices"] != rb["choices"]:
                 raise DataError(f"{name} example {ra['index']}: the two runs did not score the same question "
                                 "(different task files?)")
-        used = metric if all(metric in r["correct"] for r, _ in pairs) else "acc"  # LM tasks have acc only
+        if not pairs:
+            raise DataError(f"{name}: the two runs share no example (different --limit ranges?)")
+        # a task without the metric is compared by its first: LM tasks have acc only, GSM8K strict match
+        used = metric if all(metric in r["correct"] for r, _ in pairs) else next(iter(pairs[0][0]["correct"]))
         result = paired_comparison([ra["correct"][used] for ra, _ in pairs], [rb["correct"][used] for _, rb in pairs])
         rows.append({"task": name, "metric": used, **result.__dict__, "difference": result.difference})
     return rows

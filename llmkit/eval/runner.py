@@ -1,9 +1,14 @@
-"""Run benchmark tasks on a model: requests -> tokens -> batched scores -> metrics, with a progress bar.
+"""Run benchmark tasks on a model: requests -> scores or generations -> metrics, with a progress bar.
 
     from llmkit.eval import evaluate_tasks, parse_task_list
     llm = llmkit.load("smollm2")
     run = evaluate_tasks(llm.model, llm.tokenizer, parse_task_list("arc_easy,copa", shots=0), limit=100)
     run["tasks"]["arc_easy"]["metrics"]["acc_norm"]["value"]
+
+The model is reached through a backend: `LocalBackend` (a checkpoint in this process, backends.py) or
+`RemoteBackend` (an OpenAI-compatible server, remote.py); `evaluate_with(backend, specs)` runs any
+tasks on either. Log-likelihood tasks (multiple choice, schema, language modelling) are scored;
+generative tasks (GSM8K, HumanEval: generative.py) are generated greedily and graded.
 
 The returned run is plain data (JSON-ready): per task its settings, metrics with 95% Wilson intervals,
 truncation count and speed, and the per-example records; plus the CORE score when the whole CORE
@@ -16,34 +21,49 @@ import sys
 import time
 from collections.abc import Sequence
 
+from llmkit.errors import ConfigError
+import llmkit.eval.gsm8k as gsm8k
+import llmkit.eval.humaneval as humaneval
+from llmkit.eval.backends import LocalBackend, default_batch_tokens
+from llmkit.eval.generative import GENERATIVE, GenerativeSpec
 from llmkit.eval.metrics import core_score, example_correct, summarize
 from llmkit.eval.prompts import build_requests
-from llmkit.eval.scoring import encode_options, score_examples
+from llmkit.eval.sandbox import SandboxLimits
 from llmkit.eval.tasks import LANGUAGE_MODELING, TaskSpec, core_settings, read_examples
 
-
-def default_batch_tokens(device) -> int:
-    # Rows x padded length per forward. On a GPU a larger batch keeps the chip busy; on a CPU the
-    # attention mask and activations of more tokens only cost memory without speed.
-    return 32768 if str(device).startswith("cuda") else 4096
+__all__ = ["default_batch_tokens", "evaluate_tasks", "evaluate_with"]
 
 
-def evaluate_tasks(model, tokenizer, specs: Sequence[TaskSpec], *, limit: int | None = None, add_bos: bool = True,
-                   batch_tokens: int | None = None, progress: bool = True) -> dict:
-    device = model.tok_emb.weight.device
-    batch_tokens = batch_tokens or default_batch_tokens(device)
+def evaluate_tasks(model, tokenizer, specs: Sequence[TaskSpec | GenerativeSpec], *, limit: int | None = None,
+                   add_bos: bool = True, batch_tokens: int | None = None, progress: bool = True, chat: bool = False,
+                   engine=None, sandbox: SandboxLimits = SandboxLimits()) -> dict:
+    """Tasks on a model in this process. chat: render every prompt with the tokenizer's chat template
+    (the user turn is the question, the assistant's reply the continuation). engine: the Engine that
+    generates (default: a new one on the model)."""
+    backend = LocalBackend(model, tokenizer, engine=engine, add_bos=add_bos, batch_tokens=batch_tokens, chat=chat)
+    return evaluate_with(backend, specs, limit=limit, progress=progress, sandbox=sandbox)
+
+
+def evaluate_with(backend, specs: Sequence[TaskSpec | GenerativeSpec], *, limit: int | None = None,
+                  progress: bool = True, sandbox: SandboxLimits = SandboxLimits()) -> dict:
+    if backend.chat and not getattr(backend, "scores_chat", True) and any(
+            not isinstance(s, GenerativeSpec) for s in specs):
+        raise ConfigError("--chat with log-likelihood tasks needs the chat template on this side; a server's "
+                          "/v1/chat/completions returns no prompt log-probabilities. Evaluate the checkpoint "
+                          "locally, or drop --chat for those tasks")
     display = Progress(enabled=progress)
     tasks: dict[str, dict] = {}
     examples_out: dict[str, list[dict]] = {}
     try:
         for spec in specs:
-            tasks[spec.name], examples_out[spec.name] = _evaluate_task(model, tokenizer, spec, limit, add_bos,
-                                                                       batch_tokens, display)
+            if isinstance(spec, GenerativeSpec):
+                result = _evaluate_generative(backend, spec, limit, display, sandbox)
+            else:
+                result = _evaluate_task(backend, spec, limit, display)
+            tasks[spec.name], examples_out[spec.name] = result
     finally:
         display.close()
-    run = {"settings": {"limit": limit, "add_bos": add_bos, "batch_tokens": batch_tokens, "device": str(device),
-                        "dtype": str(model.tok_emb.weight.dtype).removeprefix("torch.")},
-           "tasks": tasks, "examples": examples_out}
+    run = {"settings": {"limit": limit, **backend.settings()}, "tasks": tasks, "examples": examples_out}
     core = core_subset(specs)
     if core is not None:
         run["core"] = {**core_score({name: tasks[name] for name in core}),
@@ -62,25 +82,19 @@ def core_subset(specs: Sequence[TaskSpec]) -> list[str] | None:
     return list(table)
 
 
-def _evaluate_task(model, tokenizer, spec: TaskSpec, limit: int | None, add_bos: bool, batch_tokens: int,
-                   display: "Progress") -> tuple[dict, list[dict]]:
+def _evaluate_task(backend, spec: TaskSpec, limit: int | None, display: "Progress") -> tuple[dict, list[dict]]:
     start = time.perf_counter()
     examples = read_examples(spec.path, spec.kind)
     indices = list(range(len(examples) if limit is None else min(limit, len(examples))))
-    requests = build_requests(spec, examples, indices)
-    pairs = [pair for r in requests for pair in r.pairs]
+    requests = build_requests(spec, examples, indices, chat=backend.render_chat if backend.chat else None)
     owner = [r.index for r in requests for _ in r.pairs]
-    flat = encode_options(tokenizer, pairs, model.config.max_seq_len, add_bos,
-                          where=lambda i: f"{spec.path}, example {owner[i] + 1}")
-    grouped, k = [], 0
-    for r in requests:
-        grouped.append(flat[k:k + len(r.pairs)])
-        k += len(r.pairs)
     display.start(spec.name, len(requests))
-    scores = score_examples(model, grouped, batch_tokens, on_batch=display.advance)
+    scored = backend.loglikelihood(requests, where=lambda i: f"{spec.path}, example {owner[i] + 1}",
+                                   on_batch=display.advance)
     seconds = time.perf_counter() - start
     records, marks = [], {}
-    for r, options, option_scores in zip(requests, grouped, scores):
+    for r, example in zip(requests, scored):
+        option_scores = example.scores
         picked, correct = example_correct(spec.kind, option_scores, r.choice_chars, r.gold)
         for name, right in correct.items():
             marks.setdefault(name, []).append(right)
@@ -95,7 +109,7 @@ def _evaluate_task(model, tokenizer, spec: TaskSpec, limit: int | None, add_bos:
             "gold": r.gold,
             "greedy": [s.greedy for s in option_scores] if spec.kind == LANGUAGE_MODELING else None,
             "correct": correct,
-            "truncated": max(o.truncated for o in options),
+            "truncated": example.truncated,
         })
     truncated = sum(1 for rec in records if rec["truncated"])
     result = {"kind": spec.kind, "path": str(spec.path), "shots": spec.shots, "delimiter": spec.delimiter,
@@ -104,6 +118,53 @@ def _evaluate_task(model, tokenizer, spec: TaskSpec, limit: int | None, add_bos:
               "truncated": truncated, "seconds": seconds, "examples_per_s": len(records) / max(seconds, 1e-9)}
     display.finish(spec.name, result)
     return result, records
+
+
+def _evaluate_generative(backend, spec: GenerativeSpec, limit: int | None, display: "Progress",
+                         sandbox: SandboxLimits) -> tuple[dict, list[dict]]:
+    """(the task's result, its per-example records) through a backend (backends.py or remote.py)."""
+    start = time.perf_counter()
+    chat = backend.chat
+    if spec.family == "gsm8k":
+        test, train = gsm8k.read_gsm8k(spec.files[0]), gsm8k.read_gsm8k(spec.files[1])
+        shots = gsm8k.exemplars(train, spec.shots, spec.fewshot_seed)
+        items, total = test[:limit], len(test)
+        prompts = [gsm8k.build_prompt(q["question"], shots, spec.style, spec.example_delimiter, chat) for q in items]
+    else:
+        problems = humaneval.read_problems(spec.files[0])
+        items, total = problems[:limit], len(problems)
+        prompts = [humaneval.build_prompt(p, chat) for p in items]
+    display.start(spec.name, len(items))
+    generated = backend.generate(prompts, spec.max_new_tokens, spec.stop, on_done=display.advance)
+    records = []
+    if spec.family == "gsm8k":
+        for i, (item, prompt, g) in enumerate(zip(items, prompts, generated)):
+            extracted, correct = gsm8k.grade(g.text, item["answer"], spec.style)
+            records.append(_record(i, prompt, g, gsm8k.gsm8k_gold(item["answer"]), correct, extracted=extracted))
+    else:
+        programs = [humaneval.program(p, g.text, chat) for p, g in zip(items, generated)]
+        display.start(f"{spec.name} (tests)", len(items))
+        results = humaneval.run_programs(programs, sandbox, on_done=display.advance)
+        for i, (item, prompt, g, r) in enumerate(zip(items, prompts, generated, results)):
+            records.append(_record(i, prompt, g, item["task_id"], {"pass@1": r.passed}, status=r.status,
+                                   stderr=r.stderr[-1000:], seconds=round(r.seconds, 3)))
+    seconds = time.perf_counter() - start
+    metric_names = gsm8k.METRICS if spec.family == "gsm8k" else ("pass@1",)
+    result = {"kind": GENERATIVE, "family": spec.family, "path": str(spec.path), "shots": spec.shots,
+              "style": spec.style, "delimiter": spec.delimiter, "baseline": None, "max_new_tokens": spec.max_new_tokens,
+              "stop": list(spec.stop), "n": len(records), "of": total,
+              "metrics": {m: summarize([r["correct"][m] for r in records]) for m in metric_names},
+              "truncated": sum(1 for r in records if r["truncated"]),
+              "errors": sum(1 for r in records if r["finish_reason"] == "error"),
+              "seconds": seconds, "examples_per_s": len(records) / max(seconds, 1e-9)}
+    display.finish(spec.name, result)
+    return result, records
+
+
+def _record(index: int, prompt, g, gold: str, correct: dict, **extra) -> dict:
+    return {"index": index, "prompt": prompt, "choices": None, "prediction": g.text, "gold": gold, **extra,
+            "correct": correct, "finish_reason": g.finish_reason, "tokens": g.tokens, "truncated": g.truncated,
+            **({"error": g.error} if g.error else {})}
 
 
 class Progress:
@@ -137,9 +198,9 @@ class Progress:
 
     def finish(self, name: str, result: dict) -> None:
         if self.enabled and self.bar is None:
-            acc = result["metrics"]["acc"]["value"]
+            shown = ", ".join(f"{metric} {m['value']:.4f}" for metric, m in result["metrics"].items())
             print(f"{name}: {result['n']} examples in {result['seconds']:.1f} s "
-                  f"({result['examples_per_s']:.1f} examples/s), acc {acc:.4f}", file=sys.stderr, flush=True)
+                  f"({result['examples_per_s']:.1f} examples/s), {shown}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

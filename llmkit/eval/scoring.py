@@ -47,12 +47,14 @@ class OptionScore:
 
 
 def encode_options(tokenizer, pairs: Sequence[tuple[str, str]], max_seq_len: int, add_bos: bool,
-                   where: Callable[[int], str] = str) -> list[TokenizedOption]:
-    """Tokenize (context, continuation) pairs; where(i) names pair i in error messages."""
+                   where: Callable[[int], str] = str, move_whitespace: bool = True) -> list[TokenizedOption]:
+    """Tokenize (context, continuation) pairs; where(i) names pair i in error messages. move_whitespace:
+    False for a context that is a rendered chat ending in its generation prompt (its newline belongs to
+    the template's markup, not to the reply)."""
     moved = []
     for context, continuation in pairs:
         spaces = len(context) - len(context.rstrip())
-        if spaces:
+        if spaces and move_whitespace:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         moved.append((context, continuation))
     contexts = sorted({c for c, _ in moved})

@@ -9,6 +9,8 @@ One JSON object a line, one of three shapes:
                                                                         reproduces the continuation
 
 `--tasks core` is DCLM's CORE suite with its published settings (llmkit/presets/eval/core.yaml).
+The generative tasks' names (gsm8k, gsm8k_cot, humaneval, ...) come from generative.py, which finds
+their files its own way; `parse_task_list` and `fetch_tasks` take both kinds.
 A task name is looked up as NAME.jsonl in: --task-dir; else $LLMKIT_EVAL_DATA; else
 ../shared/data/eval/core (relative to the current directory) when present, then the llmkit cache,
 where `llmkit eval --fetch` writes.
@@ -27,11 +29,14 @@ from pathlib import Path
 import yaml
 
 from llmkit.errors import ConfigError, DataError
+from llmkit.eval.generative import (GenerativeSpec, fetch_generative_files, generative_settings, generative_spec,
+                                    generative_task_names)
+from llmkit.eval.locations import SHARED_ROOT, cache_root
 
 MULTIPLE_CHOICE, SCHEMA, LANGUAGE_MODELING = "multiple_choice", "schema", "language_modeling"
 KINDS = (MULTIPLE_CHOICE, SCHEMA, LANGUAGE_MODELING)
 CORE_FILE = Path(__file__).resolve().parents[1] / "presets" / "eval" / "core.yaml"
-SHARED_DIR = Path("..") / "shared" / "data" / "eval" / "core"  # the project's shared data, beside a checkout
+SHARED_DIR = SHARED_ROOT / "core"  # the project's shared data, beside a checkout
 DEFAULT_SHOTS, DEFAULT_DELIMITER = 0, " "
 
 
@@ -59,8 +64,7 @@ def core_task_names() -> list[str]:
 
 
 def cache_dir() -> Path:
-    # the same root as every llmkit cache (models, corpora): $LLMKIT_CACHE or ~/.cache/llmkit
-    return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit")) / "eval" / "core"
+    return cache_root() / "core"
 
 
 def search_dirs(task_dir: str | Path | None = None) -> list[Path]:
@@ -82,19 +86,26 @@ def find_task_file(name: str, task_dir: str | Path | None = None) -> Path:
     raise DataError(f"task {name!r}: no {name}.jsonl in {where}; pass --task-dir DIR (or a FILE.jsonl){fetch}")
 
 
-def parse_task_list(tasks: str, task_dir: str | Path | None = None, shots: int | None = None) -> list[TaskSpec]:
-    """`core`, task names and .jsonl paths, comma-separated, as TaskSpecs. A CORE task runs at its
-    published shots and delimiter; any other file at 0 shots with a space; --shots overrides both."""
+def parse_task_list(tasks: str, task_dir: str | Path | None = None, shots: int | None = None,
+                    max_new_tokens: int | None = None) -> list[TaskSpec | GenerativeSpec]:
+    """`core`, task names and .jsonl paths, comma-separated, as TaskSpecs; the generative tasks' names
+    (gsm8k, gsm8k_cot, humaneval, ...: llmkit/presets/eval/generative.yaml) as GenerativeSpecs. A CORE
+    task runs at its published shots and delimiter; any other file at 0 shots with a space; --shots
+    overrides both. max_new_tokens: the generative tasks' budget (default: the table's)."""
     if shots is not None and shots < 0:
         raise ConfigError(f"--shots {shots}: give 0 or more examples")
     settings = core_settings()
     table = settings["tasks"]
-    specs: list[TaskSpec] = []
+    generative = generative_task_names()
+    specs: list[TaskSpec | GenerativeSpec] = []
     for item in (t.strip() for t in tasks.split(",")):
         if not item:
             continue
         names = list(table) if item == "core" else [item]
         for name in names:
+            if name in generative:
+                specs.append(generative_spec(name, task_dir, shots, max_new_tokens))
+                continue
             path = Path(name)
             if name.endswith(".jsonl") or path.is_file():
                 if not path.is_file():
@@ -209,6 +220,16 @@ def _check(record: dict, kind: str, path: Path, number: int) -> None:
 
 
 # --- fetching (users with internet; never reached by tests) ---------------------------------------------
+def fetch_tasks(dest: str | Path | None = None, names: list[str] | None = None) -> list[Path]:
+    """Download task files: CORE tasks by name (all of them when names is None) and the files of the
+    generative tasks named (gsm8k/, humaneval/ under dest or the cache)."""
+    generative = generative_settings()["tasks"]
+    core = None if names is None else [n for n in names if n not in generative]
+    families = sorted({generative[n]["family"] for n in names or [] if n in generative})
+    written = fetch_core_tasks(dest, core) if core is None or core else []
+    return written + (fetch_generative_files(dest, families) if families else [])
+
+
 def fetch_core_tasks(dest: str | Path | None = None, names: list[str] | None = None) -> list[Path]:
     """Download CORE task files from the pinned llm-foundry commit into dest (default: the cache),
     each checked against its SHA-256; files already there and intact are kept."""

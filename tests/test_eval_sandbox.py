@@ -1,0 +1,105 @@
+"""The sandbox that runs model-written code: right programs pass, wrong ones fail, and loops, memory
+bombs, network access and writes outside its directory are stopped. HumanEval's canonical solutions
+(tests/data/eval/humaneval) all pass."""
+
+import os
+import socket
+import threading
+
+import pytest
+
+from conftest import TEST_DATA
+from llmkit.eval import humaneval
+from llmkit.eval.sandbox import SandboxLimits, network_namespace_command, run_python
+
+FAST = SandboxLimits(timeout_s=5, cpu_s=3, memory_mib=512)
+PROBLEMS = humaneval.read_problems(TEST_DATA / "eval" / "humaneval" / "HumanEval.jsonl")
+
+
+def test_canonical_solutions_pass_and_wrong_ones_fail():
+    right = [humaneval.program(p, p["canonical_solution"], chat=False) for p in PROBLEMS]
+    wrong = [humaneval.program(p, "    return None\n", chat=False) for p in PROBLEMS]
+    results = humaneval.run_programs(right + wrong, FAST, workers=2)
+    assert [r.status for r in results[:len(right)]] == ["passed"] * len(PROBLEMS), \
+        [r.stderr for r in results if not r.passed][:1]
+    assert all(r.status == "failed" and ("AssertionError" in r.stderr or "TypeError" in r.stderr)
+               for r in results[len(right):]), [r.stderr[-300:] for r in results[len(right):]]
+    passed = sum(r.passed for r in results[:len(right)])
+    assert humaneval.pass_at_k(len(right), passed, 1) == 1.0
+
+
+def test_output_and_exit_status():
+    result = run_python("print('hello')\nraise SystemExit(3)", FAST)
+    assert result.status == "failed" and result.returncode == 3 and result.stdout == "hello\n"
+    assert run_python("print('ok')", FAST).passed
+
+
+def test_an_infinite_loop_is_killed_by_the_cpu_limit():
+    result = run_python("while True:\n    pass\n", SandboxLimits(timeout_s=20, cpu_s=1))
+    assert result.status == "timeout" and result.seconds < 15
+
+
+def test_a_sleeping_program_is_killed_by_the_wall_clock():
+    result = run_python("import time\ntime.sleep(60)\n", SandboxLimits(timeout_s=1.5, cpu_s=5))
+    assert result.status == "timeout" and result.seconds < 10
+
+
+def test_a_memory_bomb_is_stopped():
+    result = run_python("x = bytearray(3 * 1024 ** 3)\nprint('allocated')\n", FAST)
+    assert result.status == "memory" and "allocated" not in result.stdout
+    grown = run_python("x = []\nwhile True:\n    x.append(' ' * 10 ** 6)\n", FAST)
+    assert grown.status == "memory"
+
+
+def test_endless_output_is_bounded_by_the_file_size_limit():
+    result = run_python("while True:\n    print('x' * 1000)\n", SandboxLimits(timeout_s=20, cpu_s=10, file_mib=1))
+    assert not result.passed and len(result.stdout) < 5000
+
+
+@pytest.mark.parametrize("namespace", [True, False])
+def test_the_network_is_unreachable(namespace):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    accepted = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
+    thread.start()
+    try:
+        limits = SandboxLimits(timeout_s=10, network_namespace=namespace)
+        for code in (f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)\n",
+                     f"import urllib.request\nurllib.request.urlopen('http://127.0.0.1:{port}/', timeout=3)\n",
+                     f"import _socket\ns = _socket.socket()\ns.connect(('127.0.0.1', {port}))\n"):
+            result = run_python(code, limits)
+            assert result.status == "failed" and "network access is disabled" in result.stderr, result.stderr
+        assert run_python("import socket\nsocket.getaddrinfo('localhost', 80)\n", limits).status == "failed"
+    finally:
+        listener.close()
+    assert not accepted
+    assert (run_python("print(1)", SandboxLimits(network_namespace=namespace)).network_namespace
+            == (namespace and bool(network_namespace_command())))
+
+
+def test_files_land_in_the_temporary_directory_and_escapes_are_refused(tmp_path):
+    outside = tmp_path / "outside.txt"
+    result = run_python("import os\nopen('here.txt', 'w').write('x')\nprint(os.getcwd())\n"
+                        "print(sorted(os.listdir('.')))\nprint(os.environ['HOME'] == os.getcwd())\n", FAST)
+    cwd, listing, home = result.stdout.splitlines()
+    assert result.passed and os.path.basename(cwd).startswith("llmkit-sandbox-") and "here.txt" in listing
+    assert home == "True"
+    assert not os.path.exists(cwd)  # removed afterwards
+    for code in (f"open({str(outside)!r}, 'w').write('x')", f"import pathlib\npathlib.Path({str(outside)!r}).write_text('x')",
+                 f"import os\nos.system('touch {outside}')", f"import subprocess\nsubprocess.run(['touch', {str(outside)!r}])",
+                 "import os\nos.chdir('/')", f"import shutil\nshutil.rmtree({str(tmp_path)!r})",
+                 f"import os\nos.remove({str(tmp_path / 'keep')!r})"):
+        (tmp_path / "keep").write_text("keep")
+        result = run_python(code, FAST)
+        assert result.status == "failed" and "disabled in the llmkit sandbox" in result.stderr, (code, result.stderr)
+        assert not outside.exists() and (tmp_path / "keep").exists()
+
+
+def test_the_child_environment_is_minimal(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("SECRET_TOKEN", "s3cret")
+    result = run_python("import os\nprint(sorted(os.environ))\n", FAST)
+    assert result.passed and "SECRET_TOKEN" not in result.stdout and "HTTPS_PROXY" not in result.stdout
