@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import ConfigError
-from llmkit.yaml_config import build_dataclass, load_preset, merged, parse_overrides
+from llmkit.yaml_config import build_dataclass, check_ranges, load_preset, merged, parse_overrides
 
 
 @dataclass
@@ -50,11 +50,17 @@ class ModelConfig:
     moe_aux_loss_coef: float = 0.01  # Switch Transformer's alpha
     init_std: float = 0.02  # GPT-2 / nanoGPT
 
+    # The valid range of every numeric field (llmkit.yaml_config). Sizes stop at 2^31: a model file or an
+    # override claiming more is a mistake, and how much memory a legal shape needs is checked separately.
+    RANGES = {
+        "vocab_size": "[1, 2^31)", "n_layers": "[1, 2^31)", "d_model": "[1, 2^31)", "n_heads": "[1, 2^31)",
+        "n_kv_heads": "[1, 2^31)", "head_dim": "[1, 2^31)", "d_ff": "[1, 2^31)", "max_seq_len": "[1, 2^31)",
+        "rope_theta": "(0, inf)", "norm_eps": "(0, 1)", "dropout": "[0, 1)", "n_experts": "[0, 2^16)",
+        "top_k": "[1, 2^16)", "n_shared_experts": "[0, 2^16)", "moe_aux_loss_coef": "[0, inf)", "init_std": "[0, inf)",
+    }
+
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "max_seq_len"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be positive, not {value}")
+        check_ranges(self)
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None:
@@ -72,7 +78,6 @@ class ModelConfig:
             (self.pos_embedding != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head_dim"),
             (self.n_experts == 0 or 1 <= self.top_k <= self.n_experts,
              f"top_k {self.top_k} must be between 1 and n_experts {self.n_experts}"),
-            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), not {self.dropout}"),
         ]
         for ok, message in checks:
             if not ok:
