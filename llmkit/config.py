@@ -109,6 +109,28 @@ class ModelConfig:
         data, path = load_preset("models", name, "model preset")
         return cls.from_dict(merged(data, path, overrides, "model overrides"), source=str(path))
 
+    def num_params(self) -> int:
+        """The parameters a Transformer of this config holds (tied weights once), by arithmetic alone: what a
+        shape costs is known before anything is allocated (equal to Transformer.num_params(); tested)."""
+        d, hd, ff = self.d_model, self.head_dim, self.d_ff
+        norm = d * (2 if self.norm == "layernorm" else 1)
+
+        def mlp(width: int) -> int:
+            up = (2 if self.mlp == "swiglu" else 1) * width
+            return d * up + width * d + (up + d if self.mlp_bias else 0)
+
+        qkv = (self.n_heads + 2 * self.n_kv_heads) * hd
+        attn = d * qkv + self.n_heads * hd * d + (qkv if self.qkv_bias else 0) + (d if self.out_bias else 0)
+        attn += 2 * hd if self.qk_norm else 0
+        if self.n_experts:
+            feed_forward = d * self.n_experts + self.n_experts * mlp(ff)
+            feed_forward += mlp(ff * self.n_shared_experts) if self.n_shared_experts else 0
+        else:
+            feed_forward = mlp(ff)
+        total = self.vocab_size * d + self.n_layers * (2 * norm + attn + feed_forward) + norm
+        total += self.max_seq_len * d if self.pos_embedding == "learned" else 0
+        return total + (0 if self.tie_embeddings else self.vocab_size * d)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
