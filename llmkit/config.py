@@ -82,6 +82,31 @@ class ModelConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self._check_rope_scaling()
+
+    def _check_rope_scaling(self) -> None:
+        """The RoPE scalings the model implements (llmkit.model.rope_inverse_frequencies), with the numbers
+        each needs: a model file's other kind, or a factor given as text, stops here rather than mid-build."""
+        scaling = self.rope_scaling
+        if scaling is None:
+            return
+        if not isinstance(scaling, dict):
+            raise ConfigError(f"rope_scaling must be a mapping such as {{type: linear, factor: 2.0}} or null, "
+                              f"not {scaling!r}")
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind in (None, "default"):
+            return
+        if kind not in ("linear", "llama3"):
+            raise ConfigError(f"rope_scaling type {kind!r} is not supported; llmkit implements 'linear' and 'llama3'")
+        defaults = {"factor": None}
+        if kind == "llama3":
+            defaults.update(low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
+        for key, default in defaults.items():
+            value = scaling.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError(f"rope_scaling {kind}: {key} must be a positive number, not {value!r}")
+        if kind == "llama3" and scaling.get("low_freq_factor", 1.0) == scaling.get("high_freq_factor", 4.0):
+            raise ConfigError("rope_scaling llama3: low_freq_factor and high_freq_factor must differ")
 
     # --- construction -------------------------------------------------------------------------
     @classmethod

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
+import os
 import re
 import types
 import typing
@@ -73,6 +75,26 @@ def load_yaml(path: str | Path) -> Any:
         mark = getattr(e, "problem_mark", None)
         line = f": line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+
+
+def load_json(path: str | Path, error: type[Exception] = ConfigError, expect: type = dict) -> Any:
+    """A JSON file of a model or data folder, which may come from anywhere: unreadable, not UTF-8, invalid
+    JSON or not of the `expect`ed type is one `error` naming the file (and the line)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file (invalid UTF-8); the file is corrupt or not JSON") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    except OSError as e:
+        raise error(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not isinstance(data, expect):
+        wanted = {dict: "a JSON object", list: "a JSON list"}.get(expect, expect.__name__)
+        raise error(f"{path}: expected {wanted}, found {type(data).__name__}")
+    return data
 
 
 def where(path: str | Path, mapping: Any, key: str | None = None) -> str:
@@ -299,11 +321,24 @@ def list_presets(kind: str) -> list[str]:
     return sorted(p.stem for p in (PRESET_ROOT / kind).glob("*.yaml"))
 
 
+def is_preset_file(name: str) -> bool:
+    """A preset given as a path (it has a folder separator or a .yaml/.yml suffix), not a shipped name."""
+    return "/" in name or os.sep in name or name.endswith((".yaml", ".yml"))
+
+
 def preset_path(kind: str, name: str, what: str) -> Path:
-    """llmkit/presets/KIND/NAME.yaml; a name that is not there is a ConfigError listing the ones that are."""
+    """llmkit/presets/KIND/NAME.yaml for a name; for a path (see is_preset_file) the user's own YAML file.
+    A name that is not shipped, or a path with no file, is a ConfigError listing the shipped ones."""
+    if is_preset_file(name):
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"{what} {name!r}: no such file; give a path to a YAML file of fields, or the name "
+                              f"of a shipped one: {', '.join(list_presets(kind))}")
+        return path
     path = PRESET_ROOT / kind / f"{name}.yaml"
-    if "/" in name or not path.is_file():
-        raise ConfigError(f"unknown {what} {name!r}; available: {', '.join(list_presets(kind))}")
+    if not path.is_file():
+        raise ConfigError(f"unknown {what} {name!r}; available: {', '.join(list_presets(kind))} "
+                          "(or a path to your own YAML file, e.g. ./mine.yaml)")
     return path
 
 

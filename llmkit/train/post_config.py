@@ -114,7 +114,7 @@ class RLConfig(PostTrainConfig):
 
     # group_size: at least 2, since the baseline comes from the group
     RANGES = {"group_size": "[2, 2^16)", "kl_coef": "[0, inf)", "clip_eps": "(0, inf)", "updates_per_batch": "[1, 2^16)",
-              "missing_eos_penalty": "[0, inf)", "max_new_tokens": "[1, 2^31)", "temperature": "(0, 100]",
+              "missing_eos_penalty": "[0, inf)", "max_new_tokens": "[1, 2^31)", "temperature": "[0.0001, 100]",
               "top_p": "(0, 1]"}
 
     def __post_init__(self):

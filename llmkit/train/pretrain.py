@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from llmkit.atomic import make_output_dir
 from llmkit.config import ModelConfig
 from llmkit.convert import read_tokenizer
 from llmkit.data.corpus import cache_root, fetch_shakespeare
@@ -152,6 +153,7 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
         # vocabulary comes from the data: a lower bound for now, the exact check in build_model)
         check_model_fits(ModelConfig.preset(config.model, **{"vocab_size": 1, **config.model_overrides}), device,
                          f"model {config.model}", vocab_from_data="vocab_size" not in config.model_overrides)
+    make_output_dir(out)  # a folder that cannot be written stops the run before the data is read
     info = init_distributed(device.type)
     train, val = resolve_data(config, info.is_main)
     tokenizer = Tokenizer.load(train.directory)
