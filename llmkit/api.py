@@ -60,6 +60,10 @@ class StepProbs:
     alternatives: list[tuple[str, float]]  # the most likely tokens' text and probability, best first
 
 
+NOT_FINITE_SCORES = ("the model's log-probabilities are not finite (NaN or inf): its weights hold NaN/inf values, or "
+                     "a low-precision dtype overflowed (try --dtype float32); the checkpoint needs retraining or repair")
+
+
 class LLM:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, generation_config: dict | None = None,
                  **engine_options):
@@ -159,7 +163,10 @@ class LLM:
         x = torch.tensor([ids], device=self.device)
         logprobs = torch.log_softmax(self.model(x)[0, :-1].float(), dim=-1)
         targets = torch.tensor(ids[1:], device=self.device)
-        chosen = logprobs.gather(1, targets[:, None])[:, 0].cpu().tolist()
+        chosen = logprobs.gather(1, targets[:, None])[:, 0]
+        if not bool(torch.isfinite(chosen).all()):
+            raise GenerationError(NOT_FINITE_SCORES)
+        chosen = chosen.cpu().tolist()
         tokens = [TokenScore(t, self.tokenizer.decode([t]), lp) for t, lp in zip(ids[1:], chosen)]
         return Score(total_logprob=sum(s.logprob for s in tokens), tokens=tokens)
 

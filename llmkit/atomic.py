@@ -116,6 +116,23 @@ def staged_directory(out: str | Path, *, overwrite: bool = False, ours=None, wha
         raise
 
 
+def make_output_dir(out: str | Path) -> Path:
+    """`out` created (with its parents) for a verb that writes into it as it runs (a training run's
+    checkpoints and metrics): a file in the way, a read-only or missing filesystem is an OutputError
+    before any work, not an OSError after it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is a file; the output is a directory: choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".llmkit-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"{out}: cannot write there ({e.strerror or e}); choose another --out") from None
+    return out
+
+
 def _process_alive(pid: str) -> bool:
     try:
         os.kill(int(pid), 0)

@@ -29,6 +29,7 @@ from llmkit.errors import CheckpointError, ConfigError
 from llmkit.infer.quantize import quantized_skeleton
 from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer
+from llmkit.yaml_config import load_json
 
 QUANTIZATION = "quantization"  # config.json key of a quantized checkpoint (llmkit.infer.quantize)
 CONFIG, WEIGHTS, TOKENIZER, GENERATION = "config.json", "model.safetensors", "tokenizer.json", "generation_config.json"
@@ -68,12 +69,7 @@ def load_config(directory: str | Path) -> ModelConfig:
     if not path.exists():
         raise CheckpointError(f"{path}: missing; a checkpoint directory needs {CONFIG}, {WEIGHTS} and {TOKENIZER}"
                               " (to import a Hugging Face or GGUF model, run `llmkit convert SRC --out DIR`)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object of config fields, found {type(data).__name__}")
+    data = load_json(path, CheckpointError)
     if data.get("model_type", "llmkit") != "llmkit":
         raise CheckpointError(f"{path}: this is a {data['model_type']!r} Hugging Face config, not an llmkit one; "
                               f"import it with `llmkit convert {directory} --out DIR`")
@@ -136,6 +132,11 @@ def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], quanti
             raise CheckpointError(f"{weights}: tensor {name!r} has shape {tuple(tensor.shape)} but "
                                   f"{described_by} implies {tuple(expected[name].shape)}; the config and "
                                   "the weights come from different models")
+        if expected[name].is_floating_point() and not tensor.is_floating_point():  # (a quantized model's
+            # integer tensors are expected as such: their skeleton holds integers there)
+            raise CheckpointError(f"{weights}: tensor {name!r} holds {str(tensor.dtype).removeprefix('torch.')} "
+                                  "values where weights are floating-point; the file is corrupt or not a model's "
+                                  "weights (a quantized model also needs its 'quantization' record in config.json)")
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_embeddings and not quantization:
         model.lm_head.weight = model.tok_emb.weight  # assign=True replaced the tied Parameter
@@ -168,8 +169,8 @@ def load_quantization(directory: str | Path) -> dict | None:
     """The `quantization` record of a checkpoint's config.json (None for a floating-point one)."""
     path = Path(directory) / CONFIG
     try:
-        record = json.loads(path.read_text()).get(QUANTIZATION)
-    except (OSError, json.JSONDecodeError, AttributeError):
+        record = json.loads(path.read_text(encoding="utf-8")).get(QUANTIZATION)
+    except (OSError, ValueError, AttributeError):  # load_config names what is wrong with the file
         return None
     if record is not None and not isinstance(record, dict):
         raise CheckpointError(f"{path}: 'quantization' must be an object like {{\"bits\": 8}}, not {record!r}")
@@ -184,14 +185,24 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     return Tokenizer.load(directory)
 
 
-def load_generation_config(directory: str | Path) -> dict:
+# generation_config.json keys llmkit reads (Hugging Face's names): the stop and start tokens.
+GENERATION_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def load_generation_config(directory: str | Path, error: type[Exception] = CheckpointError) -> dict:
+    """A model folder's generation_config.json ({} when there is none), the token ids llmkit reads from it
+    checked for type: a model file is data from anywhere."""
     path = Path(directory) / GENERATION
     if not path.exists():
         return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    config = load_json(path, error)
+    for key in GENERATION_IDS:
+        value = config.get(key)
+        ids = value if isinstance(value, list) and key == "eos_token_id" else [value]
+        if value is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            what = "a token id or a list of them" if key == "eos_token_id" else "a token id"
+            raise error(f"{path}: {key} must be {what}, not {value!r}; fix or delete the file")
+    return config
 
 
 def _short_list(names: list[str], limit: int = 5) -> str:

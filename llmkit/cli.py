@@ -576,19 +576,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def undecodable_argument(argv: list[str]) -> str | None:
+    """The first argument that was not valid UTF-8 (Python keeps its bytes as lone surrogates, which
+    the tokenizer, JSON files and the terminal would each reject later, in their own way), shown safely."""
+    for position, arg in enumerate(argv, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            return f"argument {position} '{shown}' is not valid UTF-8; give text and paths in UTF-8"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    problem = undecodable_argument(sys.argv[1:] if argv is None else argv)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides += extra  # field=value after an option (`--out run lr=1`): overrides all the same
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.handler(args)
         return 0
     except LLMKitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # Files the user named, on filesystems they chose: full, read-only, gone, not a folder. The verbs
+        # turn the ones they expect into LLMKitErrors; this is the net for the rest (a disk that fills up
+        # mid-run), still one line. Broken pipes are a closed reader (`| head`), not an error.
+        if isinstance(e, BrokenPipeError):
+            return 0
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import ConfigError
-from llmkit.yaml_config import build_dataclass, load_preset, merged, parse_overrides
+from llmkit.yaml_config import build_dataclass, check_ranges, load_preset, merged, parse_overrides
 
 
 @dataclass
@@ -50,11 +50,17 @@ class ModelConfig:
     moe_aux_loss_coef: float = 0.01  # Switch Transformer's alpha
     init_std: float = 0.02  # GPT-2 / nanoGPT
 
+    # The valid range of every numeric field (llmkit.yaml_config). Sizes stop at 2^31: a model file or an
+    # override claiming more is a mistake, and how much memory a legal shape needs is checked separately.
+    RANGES = {
+        "vocab_size": "[1, 2^31)", "n_layers": "[1, 2^31)", "d_model": "[1, 2^31)", "n_heads": "[1, 2^31)",
+        "n_kv_heads": "[1, 2^31)", "head_dim": "[1, 2^31)", "d_ff": "[1, 2^31)", "max_seq_len": "[1, 2^31)",
+        "rope_theta": "(0, inf)", "norm_eps": "(0, 1)", "dropout": "[0, 1)", "n_experts": "[0, 2^16)",
+        "top_k": "[1, 2^16)", "n_shared_experts": "[0, 2^16)", "moe_aux_loss_coef": "[0, inf)", "init_std": "[0, inf)",
+    }
+
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "max_seq_len"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be positive, not {value}")
+        check_ranges(self)
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None:
@@ -72,11 +78,35 @@ class ModelConfig:
             (self.pos_embedding != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head_dim"),
             (self.n_experts == 0 or 1 <= self.top_k <= self.n_experts,
              f"top_k {self.top_k} must be between 1 and n_experts {self.n_experts}"),
-            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), not {self.dropout}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self._check_rope_scaling()
+
+    def _check_rope_scaling(self) -> None:
+        """The RoPE scalings the model implements (llmkit.model.rope_inverse_frequencies), with the numbers
+        each needs: a model file's other kind, or a factor given as text, stops here rather than mid-build."""
+        scaling = self.rope_scaling
+        if scaling is None:
+            return
+        if not isinstance(scaling, dict):
+            raise ConfigError(f"rope_scaling must be a mapping such as {{type: linear, factor: 2.0}} or null, "
+                              f"not {scaling!r}")
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind in (None, "default"):
+            return
+        if kind not in ("linear", "llama3"):
+            raise ConfigError(f"rope_scaling type {kind!r} is not supported; llmkit implements 'linear' and 'llama3'")
+        defaults = {"factor": None}
+        if kind == "llama3":
+            defaults.update(low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
+        for key, default in defaults.items():
+            value = scaling.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError(f"rope_scaling {kind}: {key} must be a positive number, not {value!r}")
+        if kind == "llama3" and scaling.get("low_freq_factor", 1.0) == scaling.get("high_freq_factor", 4.0):
+            raise ConfigError("rope_scaling llama3: low_freq_factor and high_freq_factor must differ")
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -103,6 +133,28 @@ class ModelConfig:
         """A shipped preset (`llmkit/presets/models/NAME.yaml`), with fields overridden."""
         data, path = load_preset("models", name, "model preset")
         return cls.from_dict(merged(data, path, overrides, "model overrides"), source=str(path))
+
+    def num_params(self) -> int:
+        """The parameters a Transformer of this config holds (tied weights once), by arithmetic alone: what a
+        shape costs is known before anything is allocated (equal to Transformer.num_params(); tested)."""
+        d, hd, ff = self.d_model, self.head_dim, self.d_ff
+        norm = d * (2 if self.norm == "layernorm" else 1)
+
+        def mlp(width: int) -> int:
+            up = (2 if self.mlp == "swiglu" else 1) * width
+            return d * up + width * d + (up + d if self.mlp_bias else 0)
+
+        qkv = (self.n_heads + 2 * self.n_kv_heads) * hd
+        attn = d * qkv + self.n_heads * hd * d + (qkv if self.qkv_bias else 0) + (d if self.out_bias else 0)
+        attn += 2 * hd if self.qk_norm else 0
+        if self.n_experts:
+            feed_forward = d * self.n_experts + self.n_experts * mlp(ff)
+            feed_forward += mlp(ff * self.n_shared_experts) if self.n_shared_experts else 0
+        else:
+            feed_forward = mlp(ff)
+        total = self.vocab_size * d + self.n_layers * (2 * norm + attn + feed_forward) + norm
+        total += self.max_seq_len * d if self.pos_embedding == "learned" else 0
+        return total + (0 if self.tie_embeddings else self.vocab_size * d)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

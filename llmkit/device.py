@@ -5,6 +5,7 @@
     inference_dtype(device, quantized)                  what generation runs in by default
     training_autocast_dtype("auto", device)             what training autocasts to (None: plain fp32)
     autocast_context(device, dtype)                     the context manager for that choice
+    available_memory_bytes(device)                      what a new allocation can still get there
 
 Training and inference choose differently on purpose: training autocasts to bf16 wherever the hardware
 has fast bf16 (the weights stay fp32), inference keeps fp32 weights on CPU (see inference_dtype).
@@ -86,3 +87,20 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    """Memory a new allocation on `device` can get: a GPU's free memory; on the CPU the kernel's estimate
+    of what can be allocated without swapping (MemAvailable: free memory plus reclaimable caches),
+    else the free pages."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -132,6 +132,7 @@ class Clock:
 def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = None) -> dict:
     import torch
 
+    from llmkit.atomic import make_output_dir
     from llmkit.data.assistant_task import write_task
     from llmkit.data.corpus import cache_root, fetch_shakespeare
     from llmkit.train.dpo import run_dpo
@@ -144,7 +145,7 @@ def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = N
     plan = load_plan(size, overrides)
     out = Path(out)
     check_plan(plan, out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     clock = Clock()
     results: dict = {"size": size, "overrides": list(overrides or []), "plan": plan, "stages": {}}
     with clock.stage("corpus and tokenizer"):  # the pretraining stage's own preparation (cached for the next run)

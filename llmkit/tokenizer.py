@@ -22,6 +22,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 
 from llmkit.atomic import atomic_write_text
 from llmkit.errors import TokenizerError
+from llmkit.yaml_config import load_json
 
 # GPT-4's (cl100k) split pattern with `\p{N}{1,3}` narrowed to `\p{N}`: one digit per pre-token.
 SPLIT_PATTERN = (
@@ -243,12 +244,8 @@ class Tokenizer:
         config = {}
         config_file = file.parent / "tokenizer_config.json"
         if config_file.exists():
-            try:
-                config = json.loads(config_file.read_text())
-            except json.JSONDecodeError as e:
-                raise TokenizerError(f"{config_file}: line {e.lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(config, dict):
-                raise TokenizerError(f"{config_file}: expected a JSON object, found {type(config).__name__}")
+            config = load_json(config_file, TokenizerError)
+            _check_tokenizer_config(config, config_file)
         template = config.get("chat_template")
         if isinstance(template, list):  # HF allows named templates: [{"name": "default", "template": ...}]
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
@@ -268,6 +265,8 @@ class Tokenizer:
         if vocab_size > MAX_VOCAB_SIZE:
             raise TokenizerError(f"vocab size {vocab_size:,} is too large: at most {MAX_VOCAB_SIZE:,} (the largest "
                                  "open models use ~256k)")
+        if not 0 <= min_frequency < 2**32:
+            raise TokenizerError(f"min frequency {min_frequency} must be between 0 and 2^32 - 1 (2 is usual)")
         backend = BackendTokenizer(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
@@ -279,7 +278,16 @@ class Tokenizer:
             special_tokens=[AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
-        backend.train_from_iterator(texts, trainer=trainer)
+        seen = [0]
+
+        def counted(texts):
+            for text in texts:
+                seen[0] += len(text)
+                yield text
+
+        backend.train_from_iterator(counted(texts), trainer=trainer)
+        if seen[0] == 0:  # a BPE of nothing is the 256 bytes and the special tokens: not what was asked for
+            raise TokenizerError("no text to train the tokenizer on (the inputs are empty)")
         return cls(backend, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                    chat_template=DEFAULT_CHAT_TEMPLATE, extra_stop_tokens=[END])
 
@@ -405,6 +413,27 @@ def render_chat_template(template: str, messages: list[dict], add_generation_pro
         raise TokenizerError(f"chat template could not be rendered: {e}") from None
     except (MemoryError, RecursionError, OverflowError) as e:
         raise TokenizerError(f"chat template could not be rendered: {type(e).__name__}") from None
+
+
+def _check_tokenizer_config(config: dict, path: Path) -> None:
+    """The tokenizer_config.json keys llmkit reads, each of the type it must have (a model file is data
+    from anywhere: a number for a token would otherwise fail inside the Rust tokenizer)."""
+    def is_token(value) -> bool:
+        return value is None or isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("content"), str))
+
+    problem = None
+    for key in ("bos_token", "eos_token", "pad_token"):
+        if not is_token(config.get(key)):
+            problem = f"{key} must be a token's text, not {config[key]!r}"
+    template = config.get("chat_template")
+    if not (template is None or isinstance(template, str) or (isinstance(template, list) and all(
+            isinstance(t, dict) and isinstance(t.get("template"), str) for t in template))):
+        problem = f"chat_template must be a template string (or a list of {{name, template}}), not {template!r:.80}"
+    stops = config.get("llmkit_stop_tokens", [])
+    if not (isinstance(stops, list) and all(isinstance(t, str) for t in stops)):
+        problem = f"llmkit_stop_tokens must be a list of token texts, not {stops!r}"
+    if problem:
+        raise TokenizerError(f"{path}: {problem}; fix or delete the file")
 
 
 def _token_text(token) -> str | None:

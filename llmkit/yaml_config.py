@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
+import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -71,6 +75,26 @@ def load_yaml(path: str | Path) -> Any:
         mark = getattr(e, "problem_mark", None)
         line = f": line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+
+
+def load_json(path: str | Path, error: type[Exception] = ConfigError, expect: type = dict) -> Any:
+    """A JSON file of a model or data folder, which may come from anywhere: unreadable, not UTF-8, invalid
+    JSON or not of the `expect`ed type is one `error` naming the file (and the line)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file (invalid UTF-8); the file is corrupt or not JSON") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    except OSError as e:
+        raise error(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not isinstance(data, expect):
+        wanted = {dict: "a JSON object", list: "a JSON list"}.get(expect, expect.__name__)
+        raise error(f"{path}: expected {wanted}, found {type(data).__name__}")
+    return data
 
 
 def where(path: str | Path, mapping: Any, key: str | None = None) -> str:
@@ -153,8 +177,100 @@ def checked_fields(cls: type, mapping: Mapping, path: str | Path, skip: tuple[st
             raise ConfigError(f"{where(path, mapping, key)}: unknown field{hint}; known fields: {', '.join(names)}")
         if not matches_type(value, hints[key]):
             raise ConfigError(f"{where(path, mapping, key)}: must be {type_name(hints[key])}, not {value!r}")
+        problem = range_problem(cls, key, value)
+        if problem:
+            raise ConfigError(f"{where(path, mapping, key)}: {problem}")
         values[key] = plain(value)
     return values
+
+
+# --- declared ranges -------------------------------------------------------------------------------------
+# A config class declares the valid range of each numeric field in a `RANGES` class attribute, in interval
+# notation: {"lr": "(0, inf)", "dropout": "[0, 1)", "seed": "[0, 2^63)"}. A subclass's RANGES add to (or
+# replace entries of) its bases'. `checked_fields` checks each value against it with the value's origin;
+# `check_ranges` (called from __post_init__) checks an instance built directly. NaN is never in a range,
+# and an integer must fit in 64 bits whatever its range says (numpy and torch hold them as int64).
+INT64 = 2**63
+_BOUND = r"\s*(-?inf|-?\d+(?:\.\d+)?(?:e-?\d+)?|-?2\^\d+)\s*"
+_INTERVAL = re.compile(rf"([\[(]){_BOUND},{_BOUND}([\])])$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    text: str
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _bound(text: str) -> float:
+    if text.lstrip("-").startswith("2^"):
+        sign = -1 if text.startswith("-") else 1
+        return sign * 2 ** int(text.lstrip("-")[2:])
+    if text.lstrip("-") == "inf":
+        return float(text)
+    return float(text) if any(c in text for c in ".e") else int(text)
+
+
+def interval(text: str) -> Interval:
+    """'[0, 1)' -> the half-open interval; bounds are numbers, inf or 2^N."""
+    m = _INTERVAL.match(text.strip())
+    if not m:
+        raise ValueError(f"not an interval: {text!r} (write e.g. '[0, 1)' or '(0, inf)')")
+    return Interval(text.strip(), _bound(m.group(2)), _bound(m.group(3)), m.group(1) == "[", m.group(4) == "]")
+
+
+def field_ranges(cls: type) -> dict[str, Interval]:
+    """{field: its declared interval} of a config class, from the RANGES of the class and its bases."""
+    cached = cls.__dict__.get("_parsed_ranges")
+    if cached is not None:
+        return cached
+    ranges: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        ranges.update(klass.__dict__.get("RANGES", {}))
+    parsed = {name: interval(text) for name, text in ranges.items()}
+    setattr(cls, "_parsed_ranges", parsed)
+    return parsed
+
+
+def range_problem(cls: type, name: str, value: Any) -> str | None:
+    """What is wrong with `value` for field `name` of `cls` (out of its declared range), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None  # None for an optional field, or not a number: the type check speaks for those
+    allowed = field_ranges(cls).get(name)
+    if isinstance(value, int) and not -INT64 <= value < INT64:
+        return f"{_shown(value)} is out of range: must be in {allowed or '[-2^63, 2^63)'}"
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if math.isnan(number) or (allowed is not None and (value if isinstance(value, int) else number) not in allowed):
+        return f"{_shown(value)} is out of range: must be in {allowed or '(-inf, inf)'}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:6]}...({len(text)} digits)"
+
+
+def check_ranges(config: Any) -> None:
+    """Every numeric field of a config instance within its declared range; a ConfigError naming the first
+    that is not (for instances built directly: values from files and the command line were checked with
+    their origin by checked_fields)."""
+    for name in field_ranges(type(config)):
+        problem = range_problem(type(config), name, getattr(config, name, None))
+        if problem:
+            raise ConfigError(f"field {name!r}: {problem}")
 
 
 def plain(value: Any) -> Any:
@@ -205,11 +321,24 @@ def list_presets(kind: str) -> list[str]:
     return sorted(p.stem for p in (PRESET_ROOT / kind).glob("*.yaml"))
 
 
+def is_preset_file(name: str) -> bool:
+    """A preset given as a path (it has a folder separator or a .yaml/.yml suffix), not a shipped name."""
+    return "/" in name or os.sep in name or name.endswith((".yaml", ".yml"))
+
+
 def preset_path(kind: str, name: str, what: str) -> Path:
-    """llmkit/presets/KIND/NAME.yaml; a name that is not there is a ConfigError listing the ones that are."""
+    """llmkit/presets/KIND/NAME.yaml for a name; for a path (see is_preset_file) the user's own YAML file.
+    A name that is not shipped, or a path with no file, is a ConfigError listing the shipped ones."""
+    if is_preset_file(name):
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"{what} {name!r}: no such file; give a path to a YAML file of fields, or the name "
+                              f"of a shipped one: {', '.join(list_presets(kind))}")
+        return path
     path = PRESET_ROOT / kind / f"{name}.yaml"
-    if "/" in name or not path.is_file():
-        raise ConfigError(f"unknown {what} {name!r}; available: {', '.join(list_presets(kind))}")
+    if not path.is_file():
+        raise ConfigError(f"unknown {what} {name!r}; available: {', '.join(list_presets(kind))} "
+                          "(or a path to your own YAML file, e.g. ./mine.yaml)")
     return path
 
 

@@ -169,6 +169,7 @@ def _is_hf_directory(path: Path) -> bool:
     if not config.exists():
         return False
     try:
-        return json.loads(config.read_text()).get("model_type", "llmkit") != "llmkit"
-    except json.JSONDecodeError:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON: load_config names the problem
         return False
+    return isinstance(data, dict) and data.get("model_type", "llmkit") != "llmkit"

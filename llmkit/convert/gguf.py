@@ -67,28 +67,25 @@ def config_from_gguf(reader, path: Path) -> tuple[ModelConfig, str]:
         raise ConversionError(f"{path}: per-frequency RoPE factors (rope_freqs, Llama 3.1 long context) are not "
                               "supported from GGUF; convert the Hugging Face directory instead")
     tokens = _field(reader, "tokenizer.ggml.tokens", [])
-    n_heads = _field(reader, f"{arch}.attention.head_count")
-    d_model = _field(reader, f"{arch}.embedding_length")
     has_output = any(t.name == "output.weight" for t in reader.tensors)
-    hf = {
-        "architectures": [ARCHITECTURES[arch]],
-        "vocab_size": _field(reader, f"{arch}.vocab_size", len(tokens)),
-        "num_hidden_layers": _field(reader, f"{arch}.block_count"),
-        "hidden_size": d_model,
-        "num_attention_heads": n_heads,
-        "num_key_value_heads": _field(reader, f"{arch}.attention.head_count_kv", n_heads),
-        "head_dim": _field(reader, f"{arch}.attention.key_length", d_model // n_heads),
-        "intermediate_size": _field(reader, f"{arch}.feed_forward_length"),
-        "max_position_embeddings": _field(reader, f"{arch}.context_length", 2048),
-        "rope_theta": _field(reader, f"{arch}.rope.freq_base", 10000.0),
-        "rms_norm_eps": _field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
-        "tie_word_embeddings": not has_output,
-        "attention_bias": False,
+    keys = {  # Hugging Face config key -> (GGUF metadata key, default)
+        "vocab_size": (f"{arch}.vocab_size", len(tokens) if isinstance(tokens, list) else None),
+        "num_hidden_layers": (f"{arch}.block_count", None),
+        "hidden_size": (f"{arch}.embedding_length", None),
+        "num_attention_heads": (f"{arch}.attention.head_count", None),
+        "num_key_value_heads": (f"{arch}.attention.head_count_kv", None),  # None: num_attention_heads
+        "head_dim": (f"{arch}.attention.key_length", None),  # None: hidden_size / num_attention_heads
+        "intermediate_size": (f"{arch}.feed_forward_length", None),
+        "max_position_embeddings": (f"{arch}.context_length", 2048),
+        "rope_theta": (f"{arch}.rope.freq_base", 10000.0),
+        "rms_norm_eps": (f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
     }
-    missing = [k for k, v in hf.items() if v is None]
-    if missing:
-        raise ConversionError(f"{path}: GGUF metadata lacks {', '.join(missing)}")
-    return config_from_hf(hf, str(path)), arch
+    hf = {"architectures": [ARCHITECTURES[arch]], "tie_word_embeddings": not has_output, "attention_bias": False}
+    hf.update({key: _field(reader, name, default) for key, (name, default) in keys.items()})
+    # config_from_hf checks every value's type (a string-typed or zero head count is one clear line),
+    # naming the GGUF metadata keys
+    names = {key: f"metadata {name}" for key, (name, _) in keys.items()}
+    return config_from_hf(hf, str(path), names), arch
 
 
 def _unpermute(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -146,8 +143,17 @@ def tokenizer_from_gguf(reader, path: Path) -> Tokenizer:
         raise ConversionError(f"{path}: GGUF tokenizer model {kind!r} is not supported (only byte-level BPE, "
                               "'gpt2'); for SentencePiece models convert the Hugging Face directory instead")
     tokens = _field(reader, "tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges", [])]
-    token_types = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens))
+    merges = _field(reader, "tokenizer.ggml.merges", [])
+    token_types = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens) if isinstance(tokens, list) else None)
+    for key, value, kind, what in [("tokens", tokens, str, "token texts"), ("merges", merges, str, "merge rules"),
+                                   ("token_type", token_types, int, "token types")]:
+        if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
+            raise ConversionError(f"{path}: metadata tokenizer.ggml.{key} must be a list of {what}, "
+                                  f"not {type(value).__name__}{'' if not isinstance(value, list) else ' of other values'}")
+    if len(token_types) != len(tokens):
+        raise ConversionError(f"{path}: metadata tokenizer.ggml.token_type has {len(token_types)} entries for "
+                              f"{len(tokens)} tokens")
+    merges = [tuple(m.split(" ", 1)) for m in merges]
     pre = _field(reader, "tokenizer.ggml.pre", "default")
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     if pre in ("smollm", "starcoder", "refact"):
@@ -162,8 +168,11 @@ def tokenizer_from_gguf(reader, path: Path) -> Tokenizer:
     else:
         raise ConversionError(f"{path}: GGUF pre-tokenizer {pre!r} is not supported; supported: smollm, llama-bpe, "
                               "qwen2, gpt-2")
-    backend = BackendTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
-                                          ignore_merges=pre in ("llama-bpe", "llama3")))
+    try:
+        backend = BackendTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
+                                              ignore_merges=pre in ("llama-bpe", "llama3")))
+    except Exception as e:  # the library's own errors for merges that do not fit the vocabulary
+        raise ConversionError(f"{path}: the tokenizer's merges do not fit its tokens ({e})") from None
     backend.pre_tokenizer = pre_tokenizer
     backend.decoder = decoders.ByteLevel()
     specials = [AddedToken(t, special=True, normalized=False) for t, kind in zip(tokens, token_types)
@@ -172,10 +181,14 @@ def tokenizer_from_gguf(reader, path: Path) -> Tokenizer:
 
     def token(key):
         token_id = _field(reader, key)
+        if token_id is not None and (isinstance(token_id, bool) or not isinstance(token_id, int)):
+            raise ConversionError(f"{path}: metadata {key} must be a token id, not {token_id!r}")
         return tokens[token_id] if token_id is not None and 0 <= token_id < len(tokens) else None
 
     eot = token("tokenizer.ggml.eot_token_id")
+    template = _field(reader, "tokenizer.chat_template")
+    if template is not None and not isinstance(template, str):
+        raise ConversionError(f"{path}: metadata tokenizer.chat_template must be a string, not {type(template).__name__}")
     return Tokenizer(backend, bos_token=token("tokenizer.ggml.bos_token_id"), eos_token=token("tokenizer.ggml.eos_token_id"),
                      pad_token=token("tokenizer.ggml.padding_token_id"),
-                     chat_template=_field(reader, "tokenizer.chat_template"),
-                     extra_stop_tokens=[eot] if eot else [])
+                     chat_template=template, extra_stop_tokens=[eot] if eot else [])

@@ -15,10 +15,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from llmkit.atomic import atomic_write_bytes, atomic_write_text
+from llmkit.checkpoint import load_generation_config
 from llmkit.config import ModelConfig
-from llmkit.errors import ConversionError
+from llmkit.errors import ConfigError, ConversionError
 from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer
+from llmkit.yaml_config import load_json
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -29,48 +31,97 @@ SUPPORTED_ARCHITECTURES = {
 
 
 # --- config --------------------------------------------------------------------------------------------
-def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
+# The config.json keys we read, with what each must be: a model file is data from anywhere, and a string
+# for a number, a list for a mapping or a zero head count must be one clear line, not a TypeError below.
+HF_REQUIRED_SIZES = ("vocab_size", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
+HF_OPTIONAL_SIZES = ("num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window")
+HF_NUMBERS = ("rope_theta", "rms_norm_eps", "initializer_range")
+HF_FLAGS = ("attention_bias", "tie_word_embeddings", "mlp_bias")
+HF_MAPPINGS = ("rope_scaling", "rope_parameters")
+
+
+def check_hf_config(hf, source: str, names: dict[str, str] | None = None) -> None:
+    """A ConversionError naming the first key of a Hugging Face config whose value has the wrong type
+    (`names` maps keys to what the message calls them: the GGUF importer passes its metadata keys)."""
+    names = names or {}
+    if not isinstance(hf, dict):
+        raise ConversionError(f"{source}: expected a JSON object of config fields, found {type(hf).__name__}")
+
+    def fail(key: str, what: str) -> None:
+        raise ConversionError(f"{source}: {names.get(key, key)} must be {what}, not {hf[key]!r}"
+                              if hf.get(key) is not None else f"{source}: {names.get(key, key)} is missing")
+
+    def is_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for key in HF_REQUIRED_SIZES:
+        if not is_int(hf.get(key)) or hf[key] <= 0:
+            fail(key, "a positive integer")
+    for key in HF_OPTIONAL_SIZES:
+        if hf.get(key) is not None and (not is_int(hf[key]) or hf[key] <= 0):
+            fail(key, "a positive integer")
+    for key in HF_NUMBERS:
+        value = hf.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            fail(key, "a number")
+    for key in HF_FLAGS:
+        if hf.get(key) is not None and not isinstance(hf[key], bool):
+            fail(key, "true or false")
+    for key in HF_MAPPINGS:
+        if hf.get(key) is not None and not isinstance(hf[key], dict):
+            fail(key, "an object")
+
+
+def config_from_hf(hf: dict, source: str = "config.json", names: dict[str, str] | None = None) -> ModelConfig:
+    if not isinstance(hf, dict):
+        raise ConversionError(f"{source}: expected a JSON object of config fields, found {type(hf).__name__}")
     architectures = hf.get("architectures") or []
-    arch = architectures[0] if architectures else None
-    if arch not in SUPPORTED_ARCHITECTURES:
+    arch = architectures[0] if isinstance(architectures, list) and architectures else None
+    if not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES:
         raise ConversionError(f"{source}: architecture {arch!r} is not supported; llmkit imports "
                               f"{', '.join(SUPPORTED_ARCHITECTURES)}")
     if hf.get("hidden_act", "silu") != "silu":
         raise ConversionError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (only silu/SwiGLU)")
+    check_hf_config(hf, source, names)
     family = SUPPORTED_ARCHITECTURES[arch]
     # transformers >= 5 nests RoPE settings in rope_parameters; older configs have rope_theta/rope_scaling.
     rope = dict(hf.get("rope_parameters") or {})
     theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
     scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
-    max_len = hf.get("max_position_embeddings", 2048)
+    max_len = hf.get("max_position_embeddings") or 2048
     if family == "mistral" and hf.get("sliding_window"):
         # Mistral attends to at most `sliding_window` past tokens; up to that length full attention is
         # exact, so we cap the context there rather than implement the window.
         max_len = min(max_len, hf["sliding_window"])
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise ConversionError(f"{source}: rope_theta must be a number, not {theta!r}")
     attention_bias = bool(hf.get("attention_bias", False))
     n_heads = hf["num_attention_heads"]
-    return ModelConfig(
-        vocab_size=hf["vocab_size"],
-        n_layers=hf["num_hidden_layers"],
-        d_model=hf["hidden_size"],
-        n_heads=n_heads,
-        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
-        d_ff=hf["intermediate_size"],
-        max_seq_len=max_len,
-        pos_embedding="rope",
-        rope_theta=float(theta),
-        rope_scaling=scaling,
-        mlp="swiglu",
-        norm="rmsnorm",
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
-        qk_norm=family == "qwen3",
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        qkv_bias=family == "qwen2" or attention_bias,
-        out_bias=attention_bias,
-        mlp_bias=bool(hf.get("mlp_bias", False)),
-        init_std=hf.get("initializer_range", 0.02),
-    )
+    try:  # the ranges and combinations ModelConfig checks (heads dividing the width, rope_scaling's kind)
+        return ModelConfig(
+            vocab_size=hf["vocab_size"],
+            n_layers=hf["num_hidden_layers"],
+            d_model=hf["hidden_size"],
+            n_heads=n_heads,
+            n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
+            d_ff=hf["intermediate_size"],
+            max_seq_len=max_len,
+            pos_embedding="rope",
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            mlp="swiglu",
+            norm="rmsnorm",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            qk_norm=family == "qwen3",
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            qkv_bias=family == "qwen2" or attention_bias,
+            out_bias=attention_bias,
+            mlp_bias=bool(hf.get("mlp_bias", False)),
+            init_std=hf.get("initializer_range", 0.02),
+        )
+    except ConfigError as e:
+        raise ConversionError(f"{source}: {e}") from None
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
@@ -177,10 +228,7 @@ def read_hf_directory(directory: Path) -> tuple[ModelConfig, dict[str, torch.Ten
     if not config_path.exists():
         raise ConversionError(f"{config_path}: missing; a Hugging Face model directory needs config.json, "
                               "*.safetensors and tokenizer.json")
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{config_path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    hf_config = load_json(config_path, ConversionError, expect=object)  # (config_from_hf names a non-object)
     cfg = config_from_hf(hf_config, str(config_path))
     files = sorted(directory.glob("*.safetensors"))
     if not files:
@@ -197,9 +245,7 @@ def read_hf_directory(directory: Path) -> tuple[ModelConfig, dict[str, torch.Ten
         raise ConversionError(f"{directory / 'tokenizer.json'}: missing; llmkit needs the fast-tokenizer file "
                               "(save it with transformers' `tokenizer.save_pretrained`)")
     tokenizer = Tokenizer.load(directory)
-    generation = {}
-    if (directory / "generation_config.json").exists():
-        generation = json.loads((directory / "generation_config.json").read_text())
+    generation = load_generation_config(directory, ConversionError)
     generation.setdefault("eos_token_id", tokenizer.stop_token_ids or hf_config.get("eos_token_id"))
     return cfg, state, tokenizer, generation
 

@@ -166,6 +166,8 @@ def prepare(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path
         tokenizer = Tokenizer.load(tokenizer_dir)
     if tokenizer.bos_id is None:
         raise DataError(f"{tokenizer_dir}: the tokenizer has no BOS token, which separates documents in shards")
+    if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1:
+        raise DataError(f"shard_tokens {shard_tokens!r}: give the tokens per shard file as a whole number >= 1")
     files = expand_inputs(inputs)
     out = Path(out)
     for path in files:
@@ -212,6 +214,8 @@ def _tokenize_into(writer: _ShardWriter, tokenizer: Tokenizer, documents: Iterat
     batch_chars = 0
     for doc in documents:
         if isinstance(doc, str):
+            if not doc:  # an empty file or record is no document: BOS alone teaches nothing
+                continue
             batch.append(doc)
             batch_chars += len(doc)
             if batch_chars >= BATCH_CHARS or len(batch) >= BATCH_DOCUMENTS:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llmkit.errors import ConfigError, DataError
+from llmkit.errors import ConfigError, DataError, GenerationError
 
 
 @dataclass
@@ -65,11 +65,14 @@ def evaluate_shards(model, shards, seq_len: int, batch: int, device, autocast=No
     return BpbResult(nats=nats, tokens=count, bytes=covered)
 
 
+STRUCTURED_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
 def evaluate_texts(model, tokenizer, files: list[str | Path], device, seq_len: int | None = None,
                    batch: int = 4, autocast=None) -> BpbResult:
     """Bits per byte of text files under a model: each file one document (BOS + tokens when the
     tokenizer has a BOS), scored in non-overlapping windows of the model's context (at most 1024)."""
-    seq_len = seq_len or min(model.config.max_seq_len, 1024)
+    seq_len = min(model.config.max_seq_len, 1024) if seq_len is None else seq_len
     if not 0 < seq_len <= model.config.max_seq_len:
         raise ConfigError(f"seq_len {seq_len}: the model's context is {model.config.max_seq_len} tokens; "
                           f"pass --seq-len between 1 and {model.config.max_seq_len}")
@@ -78,6 +81,10 @@ def evaluate_texts(model, tokenizer, files: list[str | Path], device, seq_len: i
         path = Path(file)
         if not path.is_file():
             raise DataError(f"{path}: no such file")
+        if path.suffix.lower() in STRUCTURED_SUFFIXES or path.name.lower().endswith((".jsonl.gz", ".json.gz")):
+            # scored as text, a JSON Lines file's bits per byte would be mostly its quotes and braces
+            raise DataError(f"{path}: a {path.suffix} file; --text scores plain text files (.txt, .md). Write the "
+                            "text field out first (e.g. `jq -r .text FILE > FILE.txt`); task examples go to --tasks")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
@@ -94,4 +101,9 @@ def evaluate_texts(model, tokenizer, files: list[str | Path], device, seq_len: i
         windows = [(x[:, :y.shape[1]], y) for x, y in windows]
         nats, count = summed_loss(model, windows, device, autocast)
         total = BpbResult(total.nats + nats, total.tokens + count, total.bytes + text_bytes)
+    if total.bytes == 0:
+        raise DataError(f"{', '.join(map(str, files))}: no text to score (empty files)")
+    if not math.isfinite(total.nats):
+        raise GenerationError("the model's loss is not finite (NaN or inf): its weights hold NaN/inf values, or "
+                              "a low-precision dtype overflowed (try --dtype float32)")
     return total

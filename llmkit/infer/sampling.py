@@ -16,7 +16,7 @@ from llmkit.errors import GenerationError
 # ties, so the bound costs nothing; temperature=0 is greedy decoding.
 MIN_TEMPERATURE = 1e-4
 
-NAN_LOGITS = ("the model produced NaN logits for this request (broken weights, or an overflow in a "
+NAN_LOGITS = ("the model produced NaN (or infinite) logits for this request (broken weights, or an overflow in a "
               "low-precision dtype: try dtype=float32)")
 
 
@@ -53,6 +53,8 @@ class SamplingParams:
             (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE,
              f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, not {self.temperature!r}; "
              "a smaller one divides the logits towards float32's overflow and samples as greedy does anyway"),
+            (self.seed is None or -2**63 <= self.seed < 2**64,  # what torch.Generator.manual_seed takes
+             f"seed must be between -2^63 and 2^64 - 1, not {self.seed}"),
             (self.top_k >= 0, f"top_k must be >= 0, not {self.top_k}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], not {self.top_p}"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1], not {self.min_p}"),
@@ -144,8 +146,9 @@ class RequestSampler:
             self.seen = torch.cat([self.seen, torch.tensor([token])])
 
     def choose(self, logits: torch.Tensor) -> int:
-        """Raises GenerationError for NaN logits (an argmax would quietly pick a NaN; sampling raises)."""
-        if self.params.greedy and bool(torch.isnan(logits).any()):
+        """Raises GenerationError for NaN or +inf logits (an argmax would quietly pick a NaN; the sampler's
+        softmax turns +inf into NaN and raises a RuntimeError deep inside torch.multinomial)."""
+        if bool((torch.isnan(logits) | torch.isposinf(logits)).any()):
             raise GenerationError(NAN_LOGITS)
         return sample_next_token(logits, self.params, self.generator, self.seen)
 
@@ -166,11 +169,12 @@ class RequestSampler:
 def choose_tokens(logits: torch.Tensor, samplers: list[RequestSampler]) -> list[int | Exception]:
     """Next token for each row of logits (rows, vocab): greedy rows in one argmax, the rest row by row.
 
-    A row that cannot be sampled (NaN logits, a sampler that raises) gets the exception instead of a
+    A row that cannot be sampled (NaN or +inf logits, a sampler that raises) gets the exception instead of a
     token, so one bad request never fails the others' step. One host read covers every greedy row and
     the NaN check of all rows."""
     plain_greedy = [s.params.greedy and s.params.repetition_penalty == 1.0 for s in samplers]
-    argmax = torch.where(torch.isnan(logits).any(dim=-1), -1, logits.argmax(dim=-1)).tolist()
+    broken = (torch.isnan(logits) | torch.isposinf(logits)).any(dim=-1)
+    argmax = torch.where(broken, -1, logits.argmax(dim=-1)).tolist()
     choices: list[int | Exception] = []
     for i, sampler in enumerate(samplers):
         if argmax[i] < 0:

@@ -36,11 +36,21 @@ def fit_to_context(llm: LLM, messages: list[dict], reply_room: int) -> tuple[lis
         dropped += cut
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def run_chat(llm: LLM, system: str | None = None, sampling: dict | None = None,
              stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> list[dict]:
     sampling = sampling or {}
     reply_room = sampling.get("max_new_tokens") or REPLY_ROOM
     interactive = stdin.isatty()
+    if hasattr(stdin, "reconfigure"):  # a line that is not UTF-8 is refused alone, not the whole session
+        stdin.reconfigure(errors="surrogateescape")
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     if interactive:
         print("Chatting with the model. /reset clears the history, /exit (or Ctrl-D) quits.", file=stdout)
@@ -52,6 +62,9 @@ def run_chat(llm: LLM, system: str | None = None, sampling: dict | None = None,
             break
         text = line.strip()
         if not text:
+            continue
+        if not _is_utf8(text):  # bytes that were not UTF-8, kept as surrogates (see above)
+            print("(that line was not valid UTF-8 text; type it again)", file=stdout, flush=True)
             continue
         if text in ("/exit", "/quit"):
             break

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from llmkit.checkpoint import load_model, load_tokenizer
 from llmkit.config import ModelConfig
+from llmkit.device import resolve_device
 from llmkit.errors import ConfigError
 from llmkit.eval.bpb import evaluate_shards
 from llmkit.model import Transformer
@@ -29,7 +30,7 @@ from llmkit.train.packing import collate, model_inputs, pack_rows
 from llmkit.train.peft import apply_peft, peft_saver
 from llmkit.train.post_common import items_for, stage_records
 from llmkit.train.post_config import DistillConfig
-from llmkit.train.pretrain import resolve_data
+from llmkit.train.pretrain import check_model_fits, resolve_data
 from llmkit.train.trainer import Trainer, TrainResult
 
 
@@ -57,10 +58,11 @@ def build_student(config: DistillConfig, teacher: Transformer) -> Transformer:
 
         student = load_model(resolve_model(config.init_from), dtype=torch.float32)
     else:
+        shape = ModelConfig.preset(config.model, **{"vocab_size": teacher.config.vocab_size,
+                                                    "max_seq_len": config.seq_len, **config.model_overrides})
+        check_model_fits(shape, resolve_device(config.device), f"the student {config.model}")
         torch.manual_seed(config.seed)
-        student = Transformer(ModelConfig.preset(config.model, **{"vocab_size": teacher.config.vocab_size,
-                                                                  "max_seq_len": config.seq_len,
-                                                                  **config.model_overrides}))
+        student = Transformer(shape)
     if student.config.vocab_size != teacher.config.vocab_size:
         raise ConfigError(f"the student's vocabulary ({student.config.vocab_size}) must be the teacher's "
                           f"({teacher.config.vocab_size}): distillation compares their distributions token by token")

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from llmkit.atomic import atomic_write_text
-from llmkit.errors import DataError, OutputError
+from llmkit.errors import DataError, GenerationError, OutputError
 from llmkit.infer import SamplingParams
 from llmkit.train.chat_data import load_records
 from llmkit.train.post_common import reply_text
@@ -86,7 +86,7 @@ def label_preferences(judge, policy, input_path: str | Path, out: str | Path, re
                       min_margin: float = 0.05) -> dict:
     """Sample two replies per prompt with `policy`, let `judge` choose, write {prompt, chosen, rejected}.
     judge, policy: checkpoint directories / named models, or loaded `llmkit.LLM`s."""
-    check_output(out, input_path)
+    check_output(out, input_path, max_new_tokens, temperature, seed)
     import llmkit
 
     prompts = [r.prompt for r in load_records(input_path, "prompt", records)]
@@ -120,8 +120,13 @@ def label_preferences(judge, policy, input_path: str | Path, out: str | Path, re
     return {"pairs": len(rows), "ties": ties, "consistent": consistent / max(len(prompts), 1)}
 
 
-def check_output(out: str | Path, input_path: str | Path) -> None:
-    """Checked before any labelling work: the pairs never replace the input they are made from."""
+def check_output(out: str | Path, input_path: str | Path, max_new_tokens: int = 1, temperature: float = 1.0,
+                 seed: int = 0, samples: int = 0) -> None:
+    """Checked before any labelling work: the pairs never replace the input they are made from, and the
+    sampling values are ones the engine takes (a bad one is found before models are loaded)."""
+    SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    if max_new_tokens < 1 or samples < 0:
+        raise GenerationError(f"max_new_tokens must be >= 1 and samples >= 0, not {max_new_tokens} and {samples}")
     out = Path(out)
     if out.resolve() == Path(input_path).resolve():
         raise OutputError(f"{out}: is the --input file; write the pairs to another --out")
@@ -141,7 +146,7 @@ def label_by_answer(policy, input_path: str | Path, out: str | Path, records: li
     each distinct wrong answer (the greedy one first). Where every answer is right the record's own
     rejected reply is kept, so no prompt is lost. Other fields ("kind", "answer") are carried over.
     policy: a checkpoint directory / named model, or a loaded `llmkit.LLM`."""
-    check_output(out, input_path)
+    check_output(out, input_path, max_new_tokens, temperature, seed, samples)
     import llmkit
     from llmkit.data.assistant_task import is_correct, normalise_answer, require_answers
     from llmkit.train.post_common import generate

@@ -49,16 +49,16 @@ class PostTrainConfig(TrainConfig):
     eval_every: int = 0
     log_every: int = 5
 
+    RANGES = {  # (with TrainConfig's; see llmkit.yaml_config)
+        "val_fraction": "[0, 1)", "task_seed": "[0, 2^63)", "task_train_per_kind": "[1, 2^31)",
+        "task_heldout_per_kind": "[0, 2^31)", "eval_max_new_tokens": "[1, 2^31)", "epochs": "(0, 1e6]",
+        "lora_rank": "[1, 2^16)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)", "prompt_tokens": "[1, 2^16)",
+    }
+
     def __post_init__(self):
         super().__post_init__()
-        checks = [
-            (self.peft in ("none", "lora", "prompt"), f"peft must be none, lora or prompt, not {self.peft!r}"),
-            (self.epochs > 0, f"epochs must be positive, not {self.epochs}"),
-            (0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), not {self.val_fraction}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        if self.peft not in ("none", "lora", "prompt"):
+            raise ConfigError(f"peft must be none, lora or prompt, not {self.peft!r}")
 
 
 @dataclass
@@ -85,12 +85,12 @@ class DPOConfig(PostTrainConfig):
     rpo_alpha: float = 0.0
     lr: float = 5e-6
 
+    RANGES = {"beta": "(0, inf)", "rpo_alpha": "[0, inf)"}
+
     def __post_init__(self):
         super().__post_init__()
         if self.loss not in ("sigmoid", "ipo"):
             raise ConfigError(f"loss must be sigmoid or ipo, not {self.loss!r}")
-        if self.beta <= 0:
-            raise ConfigError(f"beta must be positive, not {self.beta}")
 
 
 @dataclass
@@ -112,14 +112,15 @@ class RLConfig(PostTrainConfig):
     lr: float = 1e-5
     epochs: float = 1.0
 
+    # group_size: at least 2, since the baseline comes from the group
+    RANGES = {"group_size": "[2, 2^16)", "kl_coef": "[0, inf)", "clip_eps": "(0, inf)", "updates_per_batch": "[1, 2^16)",
+              "missing_eos_penalty": "[0, inf)", "max_new_tokens": "[1, 2^31)", "temperature": "[0.0001, 100]",
+              "top_p": "(0, 1]"}
+
     def __post_init__(self):
         super().__post_init__()
         if self.baseline not in ("rloo", "grpo"):
             raise ConfigError(f"baseline must be rloo or grpo, not {self.baseline!r}")
-        if self.group_size < 2:
-            raise ConfigError(f"group_size must be at least 2 (the baseline comes from the group), not {self.group_size}")
-        if self.updates_per_batch < 1:
-            raise ConfigError(f"updates_per_batch must be >= 1, not {self.updates_per_batch}")
 
 
 @dataclass
@@ -138,9 +139,4 @@ class DistillConfig(PostTrainConfig):
     model: str = "tiny"  # model preset of the student (its vocabulary becomes the teacher's)
     eval_every: int = 100
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive, not {self.temperature}")
-        if not 0 <= self.hard_weight <= 1:
-            raise ConfigError(f"hard_weight must be in [0, 1], not {self.hard_weight}")
+    RANGES = {"temperature": "[0.01, 100]", "hard_weight": "[0, 1]"}  # (t / T overflows for a tiny T)

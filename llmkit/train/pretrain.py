@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from llmkit.atomic import make_output_dir
 from llmkit.config import ModelConfig
 from llmkit.convert import read_tokenizer
 from llmkit.data.corpus import cache_root, fetch_shakespeare
@@ -73,8 +74,41 @@ def resolve_data(config: TrainConfig, is_main: bool) -> tuple[TokenShards, Token
     return train, val
 
 
-def build_model(config: TrainConfig, train: TokenShards, tokenizer: Tokenizer) -> Transformer:
-    """A new model of the preset's shape, or init_from's weights; `tokenizer` is the one the shards used."""
+# Bytes per parameter a training run holds on its device: fp32 weights (4) + gradients (4) + AdamW's two
+# moments (8). Activations come on top, so a shape refused by this estimate could never have trained.
+TRAINING_BYTES_PER_PARAM = 16
+
+
+def check_model_fits(cfg: ModelConfig, device: torch.device, what: str = "the model",
+                     vocab_from_data: bool = False) -> None:
+    """A new model's shape (a preset with the command line's model.FIELD=value overrides) against the memory
+    of the machine, before anything is allocated: `model.n_layers=1000000000` is one clear line, not an
+    out-of-memory kill or a build that runs for hours. vocab_from_data: cfg's vocabulary is a lower bound
+    (the data's is not known yet) and is left out of the message."""
+    from llmkit.device import available_memory_bytes
+
+    params = cfg.num_params()
+    need = params * TRAINING_BYTES_PER_PARAM
+    have = available_memory_bytes(device)
+    if device.type != "cpu":  # built on the CPU in fp32 before it moves to the device
+        have = min(have, available_memory_bytes(torch.device("cpu")) * TRAINING_BYTES_PER_PARAM // 4)
+    if need > have:
+        shape = f"n_layers {cfg.n_layers:,}, d_model {cfg.d_model:,}, d_ff {cfg.d_ff:,}"
+        shape += "" if vocab_from_data else f", vocab_size {cfg.vocab_size:,}"
+        raise ConfigError(f"{what} ({shape}) has {'at least ' if vocab_from_data else ''}{params:.3g} parameters: "
+                          f"training it needs {_size(need)} or more ({TRAINING_BYTES_PER_PARAM} bytes per "
+                          f"parameter for weights, gradients and AdamW's moments), but {device.type} has "
+                          f"{_size(have)} available; choose a smaller shape (model.n_layers, model.d_model, ...)")
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.1f} MiB"
+
+
+def build_model(config: TrainConfig, train: TokenShards, tokenizer: Tokenizer,
+                device: torch.device | None = None) -> Transformer:
+    """A new model of the preset's shape, or init_from's weights; `tokenizer` is the one the shards used;
+    `device` is where it will train (for the memory check; default the config's)."""
     vocab_size = train.manifest["vocab_size"]
     if config.init_from:
         from llmkit.checkpoint import load_model
@@ -98,13 +132,13 @@ def build_model(config: TrainConfig, train: TokenShards, tokenizer: Tokenizer) -
     if cfg.max_seq_len < config.seq_len:
         raise ConfigError(f"seq_len {config.seq_len} is longer than the model's max_seq_len {cfg.max_seq_len}; "
                           f"set model.max_seq_len={config.seq_len}")
+    check_model_fits(cfg, device or resolve_device(config.device), f"model {config.model}")
     torch.manual_seed(config.seed)
     model = Transformer(cfg)
     preset = ModelConfig.preset(config.model, **config.model_overrides)
     if preset.vocab_size != cfg.vocab_size and (not dist.is_initialized() or dist.get_rank() == 0):
         # Said aloud: e.g. gpt2-124m on the built-in 8192-token Shakespeare tokenizer is a 92M model.
-        with torch.device("meta"):
-            preset_params = Transformer(preset).num_params()
+        preset_params = preset.num_params()
         print(f"model {config.model}: vocab_size {cfg.vocab_size} from the data's tokenizer ({vocab_size} tokens), "
               f"not the preset's {preset.vocab_size}: {model.num_params() / 1e6:.1f}M parameters instead of "
               f"{preset_params / 1e6:.1f}M")
@@ -114,10 +148,16 @@ def build_model(config: TrainConfig, train: TokenShards, tokenizer: Tokenizer) -
 def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
     from llmkit.train.distributed import init_distributed, shutdown
 
-    info = init_distributed(resolve_device(config.device).type)
+    device = resolve_device(config.device)
+    if not config.init_from:  # a shape that cannot fit stops before the data is fetched or tokenized (the
+        # vocabulary comes from the data: a lower bound for now, the exact check in build_model)
+        check_model_fits(ModelConfig.preset(config.model, **{"vocab_size": 1, **config.model_overrides}), device,
+                         f"model {config.model}", vocab_from_data="vocab_size" not in config.model_overrides)
+    make_output_dir(out)  # a folder that cannot be written stops the run before the data is read
+    info = init_distributed(device.type)
     train, val = resolve_data(config, info.is_main)
     tokenizer = Tokenizer.load(train.directory)
-    model = build_model(config, train, tokenizer)
+    model = build_model(config, train, tokenizer, device)
 
     anneal = TokenShards(config.anneal_data) if config.anneal_data else None
     if anneal is not None and anneal.manifest["tokenizer_sha256"] != train.manifest["tokenizer_sha256"]:

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from llmkit.atomic import atomic_open, atomic_write_text, fsync_dir, fsync_tree
+from llmkit.atomic import atomic_open, atomic_write_text, fsync_dir, fsync_tree, make_output_dir
 from safetensors.torch import save_file
 
-from llmkit.checkpoint import model_from_state, save_checkpoint
+from llmkit.checkpoint import load_config, load_state_dict, model_from_state, save_checkpoint
 from llmkit.device import autocast_context, resolve_device, training_autocast_dtype
 from llmkit.errors import CheckpointError, ConfigError, OutputError
 from llmkit.model import Transformer
@@ -143,7 +143,7 @@ class Trainer:
         if c.threads:
             torch.set_num_threads(c.threads)
         torch.manual_seed(c.seed)
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_output_dir(self.out)
         self._check_checkpoint_folder(resume)
         model = self.model.to(self.device)
         model.train()
@@ -367,26 +367,27 @@ class Trainer:
         if not pointer.exists():
             raise CheckpointError(f"{pointer}: missing; there is no checkpoint to resume in {self.out} "
                                   "(run without --resume to start afresh)")
-        directory = root / pointer.read_text().strip()
-        from safetensors.torch import load_file
-
-        from llmkit.checkpoint import load_config
-
-        if self.save_model is not None:
-            state = load_file(directory / TRAINABLE)  # frozen weights come from the model as constructed
+        name = pointer.read_text(errors="replace").strip()
+        directory = root / name
+        if not name.startswith("step_") or "/" in name or not directory.is_dir():
+            raise CheckpointError(f"{pointer}: names {name!r}, which is not a checkpoint folder in {root}; point it "
+                                  "at one of the step_* folders there, or run without --resume to start afresh")
+        if self.save_model is not None:  # frozen weights come from the model as constructed
+            state = load_state_dict(directory / TRAINABLE)
         elif load_config(directory) != self.model.config:
             raise CheckpointError(f"{directory}: the checkpoint's model config differs from this run's; resume with "
                                   "the same preset and overrides")
         else:
-            state = load_file(directory / "model.safetensors")
+            state = load_state_dict(directory / "model.safetensors")
         if self.model.config.tie_embeddings and "tok_emb.weight" in state:
             state["lm_head.weight"] = state["tok_emb.weight"]
+        training = _read_training_state(directory / TRAINING_STATE)
         try:
-            training = torch.load(directory / TRAINING_STATE, weights_only=True)
-        except (OSError, RuntimeError) as e:
-            raise CheckpointError(f"{directory / TRAINING_STATE}: unreadable ({e})") from None
-        D.load_full_state(wrapped, optimizers, state, training["optimizers"], self.config.fsdp)
-        torch.set_rng_state(training["rng"])
+            D.load_full_state(wrapped, optimizers, state, training["optimizers"], self.config.fsdp)
+            torch.set_rng_state(training["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # shapes or keys of another model/optimizer
+            raise CheckpointError(f"{directory}: does not fit this run's model and optimizer ({str(e).splitlines()[0]}); "
+                                  "resume with the same preset and overrides, or start afresh") from None
         now = self.config.to_dict()
         self.config_changes = [(k, v, now[k]) for k, v in training.get("config", {}).items() if k in now and now[k] != v]
         saved_budget = training.get("planned_steps", self.planned_steps)
@@ -406,6 +407,28 @@ class Trainer:
             self.save_model(directory, state)
         else:
             save_checkpoint(directory, model, self.tokenizer, state=state, metadata=metadata)
+
+
+TRAINING_STATE_KEYS = {"step": int, "tokens": int, "train_time_s": (int, float), "optimizers": list,
+                       "rng": torch.Tensor}
+
+
+def _read_training_state(path: Path) -> dict:
+    """A checkpoint's training_state.pt (tensors and plain containers only: weights_only), its keys checked."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete: resume from an earlier one (edit "
+                              f"{path.parent.parent / 'latest'}) or start afresh")
+    try:
+        training = torch.load(path, weights_only=True)
+    except Exception as e:  # truncated or garbage: EOFError, RuntimeError, UnpicklingError, ...
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                              "the file is truncated or corrupt: resume from an earlier checkpoint or start afresh") from None
+    wrong = [k for k, kind in TRAINING_STATE_KEYS.items() if not isinstance(training, dict)
+             or not isinstance(training.get(k), kind)]
+    if wrong:
+        raise CheckpointError(f"{path}: not a training state written by llmkit (missing or wrong {', '.join(wrong)}); "
+                              "resume from an earlier checkpoint or start afresh")
+    return training
 
 
 def _checkpoint_step(path: Path) -> int:

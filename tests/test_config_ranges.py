@@ -1,0 +1,129 @@
+"""Every numeric config field has a declared valid range, checked in one place (llmkit.yaml_config) with
+the value's origin: `grad_clip=-1` (gradient ascent), `max_steps=-1` (an untrained model written as done),
+`beta1=2`, `seed=1e30` or `lr=inf` stop before any work with one line naming the field, value and range."""
+
+import dataclasses
+import json
+import re
+import typing
+
+import pytest
+
+from llmkit.config import ModelConfig
+from llmkit.errors import ConfigError
+from llmkit.train.config import TrainConfig
+from llmkit.train.post_config import DistillConfig, DPOConfig, PostTrainConfig, RewardConfig, RLConfig, SFTConfig
+from llmkit.yaml_config import check_ranges, field_ranges, interval, range_problem
+
+from conftest import cli_in_process
+
+CONFIG_CLASSES = [TrainConfig, PostTrainConfig, SFTConfig, RewardConfig, DPOConfig, RLConfig, DistillConfig, ModelConfig]
+
+
+def numeric_fields(cls) -> list[str]:
+    hints = typing.get_type_hints(cls)
+
+    def numeric(hint) -> bool:
+        return hint in (int, float) or any(numeric(a) for a in typing.get_args(hint))
+
+    return [f.name for f in dataclasses.fields(cls) if numeric(hints[f.name])]
+
+
+@pytest.mark.parametrize("cls", CONFIG_CLASSES, ids=lambda c: c.__name__)
+def test_every_numeric_field_declares_a_range_and_its_default_is_in_it(cls):
+    """A new numeric field without a range fails here, so none can skip the check."""
+    ranges = field_ranges(cls)
+    assert [name for name in numeric_fields(cls) if name not in ranges] == []
+    assert [name for name in ranges if name not in numeric_fields(cls)] == []  # no stale entries
+    instance = cls()
+    assert {name: range_problem(cls, name, getattr(instance, name)) for name in ranges} == dict.fromkeys(ranges)
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("grad_clip=-1", "field 'grad_clip': -1 is out of range: must be in [0, inf)"),
+    ("max_steps=-1", "field 'max_steps': -1 is out of range: must be in [0, 2^62)"),
+    ("warmup_steps=-5", "field 'warmup_steps': -5 is out of range"),
+    ("weight_decay=-0.1", "field 'weight_decay': -0.1 is out of range"),
+    ("time_limit_s=-1", "field 'time_limit_s': -1 is out of range"),
+    ("eval_tokens=-1", "field 'eval_tokens': -1 is out of range"),
+    ("ckpt_every=-1", "field 'ckpt_every': -1 is out of range"),
+    ("max_tokens=-1", "field 'max_tokens': -1 is out of range"),
+    ("sample_every=-1", "field 'sample_every': -1 is out of range"),
+    ("beta1=2", "field 'beta1': 2 is out of range: must be in [0, 1)"),
+    ("threads=-1", "field 'threads': -1 is out of range"),
+    ("seed=1000000000000000000000000000000", "field 'seed': 100000...(31 digits) is out of range: must be in [0, 2^63)"),
+    ("seed=-3", "field 'seed': -3 is out of range"),
+    ("lr=inf", "field 'lr': inf is out of range: must be in (0, inf)"),
+    ("lr=.nan", "field 'lr': nan is out of range"),
+    ("lr=0", "field 'lr': 0 is out of range"),
+    ("micro_batch=0", "field 'micro_batch': 0 is out of range: must be in [1, 2^31)"),
+    ("model.dropout=1.0", "field 'dropout': 1.0 is out of range: must be in [0, 1)"),
+    ("model.norm_eps=-1e-5", "field 'norm_eps': -1e-05 is out of range"),
+    ("model.n_layers=0", "field 'n_layers': 0 is out of range"),
+])
+def test_an_out_of_range_override_names_field_value_origin_and_range(override, shown):
+    with pytest.raises(ConfigError) as e:
+        TrainConfig.preset("shakespeare-cpu", [override])
+    assert str(e.value).startswith(f"command line: {shown}")
+
+
+@pytest.mark.parametrize("cls, override, name", [
+    (DPOConfig, "beta=-0.1", "beta"), (RLConfig, "group_size=1", "group_size"), (RLConfig, "top_p=0", "top_p"),
+    (DistillConfig, "temperature=1e-45", "temperature"), (DistillConfig, "hard_weight=2", "hard_weight"),
+    (SFTConfig, "lora_dropout=1", "lora_dropout"), (SFTConfig, "epochs=-1", "epochs"),
+    (SFTConfig, "val_fraction=1", "val_fraction"),
+])
+def test_post_training_fields_are_ranged_too(cls, override, name):
+    preset = {DPOConfig: "dpo-assistant", RLConfig: "rlhf-assistant", DistillConfig: "distill-smollm2",
+              SFTConfig: "sft-assistant"}[cls]
+    with pytest.raises(ConfigError, match=rf"^command line: field '{name}': .* is out of range: must be in "):
+        cls.preset(preset, [override])
+
+
+def test_the_largest_legal_values_pass():
+    config = TrainConfig.preset("shakespeare-cpu", [f"seed={2**63 - 1}", "beta1=0.999", "grad_clip=0"])
+    assert config.seed == 2**63 - 1 and config.grad_clip == 0
+
+
+def test_a_value_in_a_preset_file_names_its_line(tmp_path, monkeypatch):
+    import llmkit.yaml_config as yaml_config
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "mine.yaml").write_text("# a preset\nmodel: tiny\ngrad_clip: -1.0\n")
+    monkeypatch.setattr(yaml_config, "PRESET_ROOT", tmp_path)
+    with pytest.raises(ConfigError, match=re.escape("mine.yaml: line 3: field 'grad_clip': -1.0 is out of range: "
+                                                    "must be in [0, inf)")):
+        TrainConfig.preset("mine")
+
+
+def test_a_model_file_s_config_is_ranged(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**ModelConfig.preset("tiny").to_dict(), "rope_theta": -10000.0}))
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: field 'rope_theta': -10000.0 is out of range")):
+        ModelConfig.from_json(path)
+
+
+def test_instances_built_directly_are_checked():
+    with pytest.raises(ConfigError, match=r"^field 'grad_clip': -1 is out of range"):
+        TrainConfig(grad_clip=-1)
+    with pytest.raises(ConfigError, match=r"^field 'd_model': -8 is out of range"):
+        ModelConfig(d_model=-8)
+    config = TrainConfig()
+    config.warmup_steps = -1  # mutated after construction: check_ranges still sees it
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        check_ranges(config)
+
+
+def test_interval_notation():
+    assert [v in interval("[0, 1)") for v in (-0.1, 0, 0.5, 1)] == [False, True, True, False]
+    assert [v in interval("(0, inf)") for v in (0, 1e300, float("inf"))] == [False, True, False]
+    assert 2**63 - 1 in interval("[0, 2^63)") and 2**63 not in interval("[0, 2^63)")
+    with pytest.raises(ValueError):
+        interval("0..1")
+
+
+def test_the_cli_prints_one_line_and_exits_2(tmp_path):
+    result = cli_in_process("pretrain", "--out", tmp_path / "run", "model=tiny", "max_steps=-1")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: command line: field 'max_steps': -1 is out of range: must be in [0, 2^62)"]
+    assert not (tmp_path / "run").exists()
