@@ -193,10 +193,12 @@ def _allowed(bits: np.ndarray, token: int) -> bool:
 
 def _apply(logits: torch.Tensor, bits: np.ndarray) -> torch.Tensor:
     """logits (rows, vocab) with every token whose bit is 0 set to -inf. The int32 words are little-endian
-    in memory, so unpacking their bytes little-bit-first lists the bits in token order."""
+    in memory, so unpacking their bytes little-bit-first lists the bits in token order. torch.where rather
+    than masked_fill(~allowed): one pass instead of two, about half the time on CPU for a 16 x 49k batch
+    (benchmarks/grammar_cost.py)."""
     allowed = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, :logits.shape[1]]
-    allowed = torch.from_numpy(allowed).view(torch.bool).to(logits.device)
-    return logits.masked_fill(~allowed, float("-inf"))
+    allowed = torch.from_numpy(allowed).view(torch.bool).to(logits.device, non_blocking=True)
+    return torch.where(allowed, logits, float("-inf"))
 
 
 def constrain_logits(logits: torch.Tensor, constraints: list[Constraint | None]) -> tuple[torch.Tensor, list]:
