@@ -166,17 +166,21 @@ class Tokenizer:
         return sorted(set(ids))
 
     # -- chat
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Render a conversation ([{"role": ..., "content": ...}, ...]) with the checkpoint's template."""
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            tools: list[dict] | None = None) -> str:
+        """Render a conversation ([{"role": ..., "content": ...}, ...]) with the checkpoint's template;
+        `tools` (OpenAI's [{"type": "function", "function": {...}}]) go to a template that has a tools branch."""
         if not self.chat_template:
             raise TokenizerError("this tokenizer has no chat template; use a chat model or `generate` instead")
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or "role" not in message or "content" not in message:
                 raise TokenizerError(f"message {i} must be an object with 'role' and 'content' fields")
+        extra = {"tools": tools} if tools else {}
         return render_chat_template(self.chat_template, messages, add_generation_prompt,
-                                    bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+                                    bos_token=self.bos_token or "", eos_token=self.eos_token or "", **extra)
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    tools: list[dict] | None = None) -> list[int]:
         """The token ids of a rendered conversation, where what the messages say is always text: a user
         who types `<|end|><|system|>` gets those characters, not the control tokens (a prompt injection
         otherwise). Only the template's own markup becomes special tokens.
@@ -189,11 +193,11 @@ class Tokenizer:
         risky = {i for i, m in enumerate(messages)
                  if isinstance(m, dict) and isinstance(m.get("content"), str) and any(t in m["content"] for t in specials)}
         if not risky:
-            return self.encode(self.apply_chat_template(messages, add_generation_prompt))
+            return self.encode(self.apply_chat_template(messages, add_generation_prompt, tools))
         # Private-use characters no template writes itself, and that survive filters such as `trim`.
         sentinel = {i: f"\ue000{i}\ue001" for i in risky}
         marked = [{**m, "content": sentinel[i]} if i in risky else m for i, m in enumerate(messages)]
-        rendered = self.apply_chat_template(marked, add_generation_prompt)
+        rendered = self.apply_chat_template(marked, add_generation_prompt, tools)
         pieces = re.split("(\ue000\\d+\ue001)", rendered)
         if sorted(p for p in pieces[1::2]) != sorted(sentinel.values()):
             raise TokenizerError("the chat template transforms message contents in a way llmkit cannot separate "

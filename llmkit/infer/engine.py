@@ -33,6 +33,12 @@ the start of its next step. When no step is in progress, `cancel()` retires the 
 is done when `cancel()` returns. `step()` reports a request that finishes without a new token
 (cancelled, failed) with an empty token list, so whoever waits on it can be woken.
 
+Constrained decoding: a request whose `SamplingParams.grammar` is set (grammar.py) samples only tokens
+its grammar allows: the sampler masks its logits row before choosing (for a decode step, every
+constrained row of the batch in one call), `emit` advances its grammar, and a complete grammar ends it
+with finish_reason "stop". Speculative decoding masks each verified position as the grammar stands
+after the drafts before it, and rolls the grammar back afterwards.
+
 Decoding strategies (speculative.py's `Speculator`) drive a request through the engine's step
 primitives: `admit`, `prefill`, `emit`, `decode`, `fail` and `retire`, each call inside
 `with engine.stepping():`, which holds the engine for one step (in inference mode, pending
@@ -348,7 +354,8 @@ class Engine:
         request.sampler.observe(token)
         if logprob is not None:
             request.logprobs.append(logprob)
-        if token in request.stop_ids or self._hit_stop_string(request):
+        # A finished grammar allows only a stop token: end here rather than spend a forward on it.
+        if token in request.stop_ids or self._hit_stop_string(request) or request.sampler.finished:
             request.finish_reason = "stop"
         elif len(request.output_ids) >= request.max_new:
             request.finish_reason = "length"

@@ -1,4 +1,5 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p, repetition penalty;
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p, repetition penalty,
+an optional grammar (grammar.py: disallowed tokens masked to -inf before any of the rest);
 log-probabilities of the chosen token and its top alternatives."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmkit.errors import GenerationError
+from llmkit.infer.grammar import Constraint, Grammar, constrain_logits
 
 # The smallest non-zero temperature. Logits are divided by it in float32: 1e-45 (which used to pass)
 # turns them into inf and the softmax into NaN. Anything this cold already samples the argmax bar exact
@@ -38,6 +40,9 @@ class SamplingParams:
     # Return log-probabilities: None = off; N >= 0 = the chosen token's and the N most likely tokens'
     # (under the model's distribution at temperature 1, before any filter, as OpenAI's API reports them).
     logprobs: int | None = None
+    # Constrained decoding: the output must match this grammar (grammar.py). Log-probabilities stay the
+    # model's own (unmasked), as OpenAI reports them.
+    grammar: Grammar | None = None
 
     def __post_init__(self):
         for name in ("max_new_tokens", "top_k", "logprobs", "seed"):
@@ -62,6 +67,8 @@ class SamplingParams:
             (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be between 0 and 20, not {self.logprobs}"),
             (all(isinstance(s, str) and s for s in self.stop_strings), "stop strings must be non-empty strings"),
             (all(_is_int(t) for t in self.stop_token_ids), "stop token ids must be integers"),
+            (self.grammar is None or isinstance(self.grammar, Grammar),
+             f"grammar must be a llmkit.infer.grammar.Grammar (GrammarCompiler.json_schema(...)), not {self.grammar!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -131,7 +138,8 @@ def token_logprobs(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
 
 class RequestSampler:
     """One request's sampling state: its own random generator (so its text depends on its seed only,
-    not on which other requests share the batch) and the tokens seen so far (repetition penalty)."""
+    not on which other requests share the batch), the tokens seen so far (repetition penalty) and its
+    place in its grammar, if it has one (`constraint`)."""
 
     def __init__(self, params: SamplingParams, prompt_ids: list[int]):
         self.params = params
@@ -140,16 +148,31 @@ class RequestSampler:
         self.seen = torch.zeros(0, dtype=torch.long)
         if params.repetition_penalty != 1.0:
             self.seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long)
+        self.constraint: Constraint | None = params.grammar.constraint() if params.grammar is not None else None
 
     def observe(self, token: int) -> None:
+        """The token was emitted: remember it; advance the grammar past it (raises if it breaks it)."""
+        if self.constraint is not None:
+            self.constraint.advance(token)
         if self.params.repetition_penalty != 1.0 and not bool((self.seen == token).any()):
             self.seen = torch.cat([self.seen, torch.tensor([token])])
+
+    @property
+    def finished(self) -> bool:
+        """The grammar is complete: nothing more may be generated."""
+        return self.constraint is not None and self.constraint.finished
 
     def choose(self, logits: torch.Tensor) -> int:
         """Raises GenerationError for NaN or +inf logits (an argmax would quietly pick a NaN; the sampler's
         softmax turns +inf into NaN and raises a RuntimeError deep inside torch.multinomial)."""
         if bool((torch.isnan(logits) | torch.isposinf(logits)).any()):
             raise GenerationError(NAN_LOGITS)
+        if self.constraint is not None:
+            logits = self.constraint.mask_logits(logits)
+        return self.sample(logits)
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """Choose from logits already masked by the grammar."""
         return sample_next_token(logits, self.params, self.generator, self.seen)
 
     def distribution(self, logits: torch.Tensor, extra: list[int] = ()) -> torch.Tensor:
@@ -171,19 +194,24 @@ def choose_tokens(logits: torch.Tensor, samplers: list[RequestSampler]) -> list[
 
     A row that cannot be sampled (NaN or +inf logits, a sampler that raises) gets the exception instead of a
     token, so one bad request never fails the others' step. One host read covers every greedy row and
-    the NaN check of all rows."""
+    the NaN check of all rows. Rows with a grammar are masked first, all in one call (grammar.py)."""
     plain_greedy = [s.params.greedy and s.params.repetition_penalty == 1.0 for s in samplers]
     broken = (torch.isnan(logits) | torch.isposinf(logits)).any(dim=-1)
+    grammar_errors: list = [None] * len(samplers)
+    if any(s.constraint is not None for s in samplers):
+        logits, grammar_errors = constrain_logits(logits, [s.constraint for s in samplers])
     argmax = torch.where(broken, -1, logits.argmax(dim=-1)).tolist()
     choices: list[int | Exception] = []
     for i, sampler in enumerate(samplers):
         if argmax[i] < 0:
             choices.append(GenerationError(NAN_LOGITS))
+        elif grammar_errors[i] is not None:
+            choices.append(grammar_errors[i])
         elif plain_greedy[i]:
             choices.append(argmax[i])
         else:
             try:
-                choices.append(sampler.choose(logits[i]))
+                choices.append(sampler.sample(logits[i]))
             except Exception as error:  # noqa: BLE001 - isolated to this row; the engine fails its request
                 choices.append(error)
     return choices

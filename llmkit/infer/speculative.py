@@ -97,21 +97,34 @@ class DraftModel:
         device = self.model.tok_emb.weight.device
         new, start = context[self.fed:], self.fed
         drafts, dists = [], []
-        for _ in range(n):
-            end = start + len(new)
-            tokens, positions = torch.tensor([new], device=device), torch.arange(start, end, device=device)[None]
-            if self._one is not None and len(new) == 1:  # compiled: static shapes, the whole cache
-                self.cache.bind(0, 1, None)
-                logits = self._one(tokens, positions, self.cache)
-            else:
-                self.cache.bind(0, 1, end)
-                logits = self._forward(tokens, positions, self.cache)
-            q = request.sampler.distribution(logits, extra=drafts)
-            token = int(q.argmax()) if request.params.greedy else request.sampler.draw(q)
-            drafts.append(token)
-            dists.append(q)
-            new, start = [token], end
-        self.fed = len(context) + n - 1  # the last draft was never fed
+        # With a grammar the draft samples under it too (walked draft by draft, rolled back at the end):
+        # q then matches the target's masked p closely, and acceptance stays high.
+        constraint = request.sampler.constraint
+        try:
+            for _ in range(n):
+                if constraint is not None and constraint.finished:  # nothing may follow: nothing to draft
+                    break
+                end = start + len(new)
+                tokens, positions = torch.tensor([new], device=device), torch.arange(start, end, device=device)[None]
+                if self._one is not None and len(new) == 1:  # compiled: static shapes, the whole cache
+                    self.cache.bind(0, 1, None)
+                    logits = self._one(tokens, positions, self.cache)
+                else:
+                    self.cache.bind(0, 1, end)
+                    logits = self._forward(tokens, positions, self.cache)
+                if constraint is not None:
+                    logits = constraint.mask_logits(logits)
+                q = request.sampler.distribution(logits, extra=drafts)
+                token = int(q.argmax()) if request.params.greedy else request.sampler.draw(q)
+                if constraint is not None:
+                    constraint.advance(token)
+                drafts.append(token)
+                dists.append(q)
+                new, start = [token], end
+        finally:
+            if constraint is not None:
+                constraint.rollback(len(drafts))
+        self.fed = len(context) + len(drafts) - 1  # the last draft was never fed
         return drafts, dists
 
     def accepted(self, request: Request, n_accepted: int) -> None:
@@ -220,9 +233,13 @@ class Speculator:
             raise GenerationError(NAN_LOGITS)
         self.steps += 1
         sampler, greedy = request.sampler, request.params.greedy
+        # A grammar: position i is masked as the grammar stands after drafts[:i] (walked, then rolled
+        # back); a draft it refuses has probability 0 and is rejected. `emit` advances the grammar by
+        # the tokens actually kept. Log-probabilities come from the unmasked logits.
+        allowed = logits if sampler.constraint is None else sampler.constraint.mask_draft_logits(logits, drafts)
         emitted, n_accepted = [], 0
         for i, draft in enumerate(drafts):
-            p = sampler.distribution(logits[i], extra=drafts[:i])
+            p = sampler.distribution(allowed[i], extra=drafts[:i])
             if greedy:
                 ok = int(p.argmax()) == draft
             else:
@@ -245,7 +262,7 @@ class Speculator:
             break
         else:
             if not request.done:  # every draft accepted: a bonus token from the target's next distribution
-                p = sampler.distribution(logits[len(drafts)], extra=drafts)
+                p = sampler.distribution(allowed[len(drafts)], extra=drafts)
                 token = int(p.argmax()) if greedy else sampler.draw(p)
                 emitted += engine.emit(request, logits[len(drafts)], token)
         request.length = base + len(emitted)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import struct
 import time
 import traceback
@@ -25,7 +26,9 @@ from llmkit.serve import model_jobs
 from llmkit.serve.protocol import (APIError, CompletionRequest, GenerationOptions, bad, choice_params, parse_chat,
                                    parse_completion, parse_detokenize, parse_embedding, parse_json, parse_tokenize)
 from llmkit.serve.responses import (ChoiceState, chat_logprobs, completion_logprobs, envelope, new_id, sse, usage)
+from llmkit.serve.structured import Grammars
 from llmkit.serve.text_stream import TextStream
+from llmkit.serve.tools import chat_messages
 from llmkit.serve.worker import EngineWorker, Generation, Overloaded, Update
 
 
@@ -34,6 +37,7 @@ class OpenAIService:
         self.worker = worker
         self.model_name = model_name
         self.created = int(time.time())
+        self._grammars: Grammars | None = None
 
     # -- the loaded model
     @property
@@ -45,6 +49,18 @@ class OpenAIService:
     @property
     def tokenizer(self):
         return self.llm.tokenizer
+
+    @property
+    def grammars(self) -> Grammars:
+        if self._grammars is None:
+            self._grammars = Grammars(self.llm)
+        return self._grammars
+
+    async def constrain(self, options: GenerationOptions, tools: list[dict] = (), tool_choice="none") -> None:
+        """Set the grammar of structured output (response_format) or of a forced tool call."""
+        grammar = await self.grammars.for_request(options.response_format, tools, tool_choice)
+        if grammar is not None:
+            options.params = dataclasses.replace(options.params, grammar=grammar)
 
     @property
     def context(self) -> int:
@@ -60,15 +76,16 @@ class OpenAIService:
         return parse_json(await request.body())
 
     # -- prompts
-    def render_chat(self, messages: list[dict]) -> list[int]:
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         try:  # the template writes any BOS itself; what the messages say stays text (no injected role markers)
-            return self.tokenizer.encode_chat(messages, add_generation_prompt=True)
+            return self.tokenizer.encode_chat(messages, add_generation_prompt=True, tools=tools)
         except LLMKitError as e:
             raise APIError(400, f"messages: {e}", param="messages", code="invalid_value") from None
 
-    def chat_prompt(self, messages: list[dict], max_tokens: int | None, truncate: str | None) -> tuple[list[int], int]:
+    def chat_prompt(self, messages: list[dict], max_tokens: int | None, truncate: str | None,
+                    tools: list[dict] | None = None) -> tuple[list[int], int]:
         """The conversation's token ids and how many messages were dropped to fit the context."""
-        ids, dropped = self.render_chat(messages), 0
+        ids, dropped = self.render_chat(messages, tools), 0
         need = max_tokens or 1
         while len(ids) + need > self.context and truncate == "oldest":
             # Drop the oldest turn that is neither a system turn nor the last message.
@@ -77,7 +94,7 @@ class OpenAIService:
                 break
             messages = messages[:oldest] + messages[oldest + 1:]
             dropped += 1
-            ids = self.render_chat(messages)
+            ids = self.render_chat(messages, tools)
         self.check_fits(len(ids), max_tokens, "messages", "the messages have",
                         "shorten the conversation" + ("" if truncate else ", or send \"truncate\": \"oldest\" to "
                                                       "drop its oldest turns"))
@@ -119,19 +136,23 @@ class OpenAIService:
             raise APIError(429, str(e), code="queue_full", type="rate_limit_error",
                            headers={"Retry-After": str(e.retry_after_s)}) from None
 
-    def choices(self, total: int, options: GenerationOptions) -> list[ChoiceState]:
+    def choices(self, total: int, options: GenerationOptions, tool_names: set[str] | None = None) -> list[ChoiceState]:
         stops = set(self.llm.engine.stop_token_ids) | set(options.params.stop_token_ids)
-        return [ChoiceState(i, self.tokenizer, stops, options.params.stop_strings) for i in range(total)]
+        return [ChoiceState(i, self.tokenizer, stops, options.params.stop_strings, tool_names) for i in range(total)]
 
     # -- POST /v1/chat/completions
     async def chat_completions(self, request: Request):
         chat = parse_chat(await self.body(request))
         options = chat.options
         self.check_model(options.model)
-        ids, dropped = self.chat_prompt(chat.messages, options.max_tokens, chat.truncate)
+        messages, template_tools = chat_messages(chat.messages, chat.tools, chat.tool_choice,
+                                                 self.tokenizer.chat_template)
+        ids, dropped = self.chat_prompt(messages, options.max_tokens, chat.truncate, template_tools)
+        await self.constrain(options, chat.tools, chat.tool_choice)
         generation = self.submit(ids, options)
         extra = {"truncated_messages": dropped} if chat.truncate else {}
-        choices = self.choices(options.n, options)
+        tool_names = {t["name"] for t in chat.tools} if chat.tool_choice != "none" else None
+        choices = self.choices(options.n, options, tool_names)
         reply = Reply(request, self.worker, [generation], choices)
         rid, created = new_id("chatcmpl"), int(time.time())
         if options.stream:
@@ -139,7 +160,7 @@ class OpenAIService:
             return reply.event_stream(self._chat_chunks(reply, first, options, rid, created, extra))
         await reply.collect()
         body = envelope("chat.completion", rid, self.model_name, created, choices=[{
-            "index": c.index, "message": {"role": "assistant", "content": c.text},
+            "index": c.index, "message": chat_message(c),
             "logprobs": chat_logprobs(self.tokenizer, c.new_pieces()) if options.logprobs is not None else None,
             "finish_reason": c.finish_reason} for c in choices],
             usage=usage(len(ids), sum(c.completion_tokens for c in choices), min(c.cached_tokens for c in choices)),
@@ -158,6 +179,18 @@ class OpenAIService:
                           "finish_reason": None}], **(extra if i == 0 else {}))
         async for c, text in reply.texts(first):
             pieces = c.new_pieces() if options.logprobs is not None else []
+            if c.tool_calls:  # the reply ended in calls: each as a delta naming it, then its arguments
+                if text or pieces:
+                    yield chunk([{"index": c.index, "delta": {"content": text} if text else {},
+                                  "logprobs": chat_logprobs(self.tokenizer, pieces) if pieces else None,
+                                  "finish_reason": None}])
+                    text, pieces = "", []
+                for k, call in enumerate(c.tool_calls):
+                    head = {"index": k, "id": call["id"], "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""}}
+                    for delta in (head, {"index": k, "function": {"arguments": call["function"]["arguments"]}}):
+                        yield chunk([{"index": c.index, "delta": {"tool_calls": [delta]}, "logprobs": None,
+                                      "finish_reason": None}])
             if text or pieces or c.finish_reason:
                 yield chunk([{"index": c.index, "delta": {"content": text} if text else {},
                               "logprobs": chat_logprobs(self.tokenizer, pieces) if pieces else None,
@@ -171,6 +204,7 @@ class OpenAIService:
         completion = parse_completion(await self.body(request))
         options = completion.options
         self.check_model(options.model)
+        await self.constrain(options)
         prompts = [self.completion_prompt(p, options.max_tokens, i) for i, p in enumerate(completion.prompts)]
         echoed = await self._echo(completion, prompts) if completion.echo else [None] * len(prompts)
         choices = self.choices(len(prompts) * options.n, options)
@@ -299,6 +333,17 @@ class OpenAIService:
             "eos_token": tok.eos_token, "eos_token_id": tok.eos_id, "pad_token": tok.pad_token,
             "pad_token_id": tok.pad_id, "stop_token_ids": list(self.llm.engine.stop_token_ids),
             "add_bos_token": tok.bos_id is not None, "chat_template": tok.chat_template})
+
+
+def chat_message(c: ChoiceState) -> dict:
+    """A choice's assistant message: its content, and its tool calls if it made any (content then null
+    when empty, as OpenAI sends it)."""
+    if c.tools is None:
+        return {"role": "assistant", "content": c.text}
+    message = {"role": "assistant", "content": c.content if c.content or not c.tool_calls else None}
+    if c.tool_calls:
+        message["tool_calls"] = c.tool_calls
+    return message
 
 
 class Reply:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,8 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_N = 16  # choices per prompt
 MAX_STOPS = 16
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat's top_logprobs
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function and schema names
+MAX_TOOLS = 128
 
 
 class APIError(Exception):
@@ -125,15 +128,48 @@ def _not_supported(body: dict) -> None:
                       "leave it at 0 or use repetition_penalty", "unsupported_parameter")
     if body.get("logit_bias"):
         raise bad("logit_bias", "is not supported yet", "unsupported_parameter")
-    if body.get("tools") or body.get("functions"):
-        param = "tools" if body.get("tools") else "functions"
-        raise bad(param, "tool calling is not supported yet", "unsupported_parameter")
-    response_format = body.get("response_format")
-    if response_format is not None:
-        kind = response_format.get("type") if isinstance(response_format, dict) else None
-        if kind != "text":
-            raise bad("response_format", "only {\"type\": \"text\"} is supported yet (structured output is not)",
-                      "unsupported_parameter")
+    if body.get("functions") or body.get("function_call"):
+        param = "functions" if body.get("functions") else "function_call"
+        raise bad(param, "the legacy functions API is not supported; use tools and tool_choice",
+                  "unsupported_parameter")
+
+
+@dataclass
+class ResponseFormat:
+    """Structured output: "json_object" (any JSON object) or "json_schema" (JSON valid for `schema`)."""
+
+    type: str
+    schema: dict | None = None
+    name: str | None = None
+
+
+def parse_response_format(body: dict) -> ResponseFormat | None:
+    value = body.get("response_format")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad("response_format", "must be an object such as {\"type\": \"json_object\"}", "invalid_type")
+    kind = value.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ResponseFormat("json_object")
+    if kind != "json_schema":
+        raise bad("response_format", f"type must be \"text\", \"json_object\" or \"json_schema\", not {json.dumps(kind)}")
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise bad("response_format", "json_schema is required with type \"json_schema\": "
+                  "{\"name\": ..., \"schema\": {...}}", "invalid_type")
+    name = spec.get("name")
+    if name is not None and not (isinstance(name, str) and NAME.fullmatch(name)):
+        raise bad("response_format", f"json_schema.name must be 1-64 letters, digits, _ or -, not {json.dumps(name)}")
+    schema = spec.get("schema", {})
+    if not isinstance(schema, dict):
+        raise bad("response_format", f"json_schema.schema must be a JSON schema object, not {json.dumps(schema)}",
+                  "invalid_type")
+    if "strict" in spec and not isinstance(spec["strict"], bool):
+        raise bad("response_format", "json_schema.strict must be true or false", "invalid_type")
+    return ResponseFormat("json_schema", schema, name)
 
 
 # --- generation requests -------------------------------------------------------------------------------------
@@ -148,6 +184,7 @@ class GenerationOptions:
     stream: bool
     include_usage: bool
     logprobs: int | None  # None = off, else the number of top alternatives per token
+    response_format: ResponseFormat | None = None  # structured output (compiled into params.grammar later)
 
 
 def parse_generation(body: dict, *, chat: bool) -> GenerationOptions:
@@ -188,7 +225,8 @@ def parse_generation(body: dict, *, chat: bool) -> GenerationOptions:
         )
     except GenerationError as e:
         raise APIError(400, str(e)) from None
-    return GenerationOptions(model, n, max_tokens, params, stream, include_usage, logprobs)
+    return GenerationOptions(model, n, max_tokens, params, stream, include_usage, logprobs,
+                             parse_response_format(body))
 
 
 def choice_params(options: GenerationOptions, max_new_tokens: int, choice: int) -> SamplingParams:
@@ -203,8 +241,10 @@ def choice_params(options: GenerationOptions, max_new_tokens: int, choice: int) 
 @dataclass
 class ChatRequest:
     options: GenerationOptions
-    messages: list[dict]  # {"role", "content": str} ready for the chat template
+    messages: list[dict]  # {"role", "content": str, and "tool_calls" / "tool_call_id"} for the chat template
     truncate: str | None  # None | "oldest"
+    tools: list[dict] = field(default_factory=list)  # each {"name", "description", "parameters"}
+    tool_choice: str | dict = "none"  # "none" | "auto" | "required" | {"name": ...} (one function)
 
 
 def _message_text(content: Any, where: str) -> str:
@@ -220,6 +260,27 @@ def _message_text(content: Any, where: str) -> str:
             texts.append(part["text"])
         return "".join(texts)
     raise bad(f"{where}.content", "must be a string or a list of text parts", "invalid_type")
+
+
+def _message_tool_calls(calls: Any, where: str) -> list[dict]:
+    """An assistant message's earlier tool calls, as chat templates expect them (arguments as an object)."""
+    if not isinstance(calls, list):
+        raise bad(f"{where}.tool_calls", "must be a list of {id, type, function: {name, arguments}}", "invalid_type")
+    out = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise bad(f"{where}.tool_calls[{j}]", "must be {\"id\", \"type\": \"function\", \"function\": "
+                      "{\"name\", \"arguments\"}}", "invalid_type")
+        arguments = function.get("arguments", "{}")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError:
+                raise bad(f"{where}.tool_calls[{j}].function.arguments", "must be a JSON object (as a string)") from None
+        out.append({"id": call.get("id"), "type": "function",
+                    "function": {"name": function["name"], "arguments": arguments}})
+    return out
 
 
 def parse_chat(body: dict) -> ChatRequest:
@@ -241,12 +302,68 @@ def parse_chat(body: dict) -> ChatRequest:
         if content is None and role != "assistant":
             raise bad(f"{where}.content", "is required", "invalid_type")
         # OpenAI's "developer" role is the system role of newer models; chat templates know "system".
-        rendered.append({"role": "system" if role == "developer" else role,
-                         "content": "" if content is None else _message_text(content, where)})
+        out = {"role": "system" if role == "developer" else role,
+               "content": "" if content is None else _message_text(content, where)}
+        if role == "assistant" and message.get("tool_calls"):
+            out["tool_calls"] = _message_tool_calls(message["tool_calls"], where)
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str):
+                raise bad(f"{where}.tool_call_id", "is required: the id of the tool call this message answers",
+                          "invalid_type")
+            out["tool_call_id"] = call_id
+        rendered.append(out)
     truncate = _string(body, "truncate")
     if truncate not in (None, "oldest"):
         raise bad("truncate", f"must be \"oldest\" (or absent), not {json.dumps(truncate)}")
-    return ChatRequest(options, rendered, truncate)
+    tools, tool_choice = parse_tools(body)
+    if options.response_format is not None and tool_choice not in ("none", "auto"):
+        raise bad("tool_choice", "a forced tool call cannot be combined with response_format; drop one of them")
+    return ChatRequest(options, rendered, truncate, tools, tool_choice)
+
+
+def parse_tools(body: dict) -> tuple[list[dict], str | dict]:
+    """`tools` (functions only) and `tool_choice`, checked; a named choice becomes {"name": ...}."""
+    value = body.get("tools")
+    tools = []
+    if value is not None:
+        if not isinstance(value, list):
+            raise bad("tools", "must be a list of {\"type\": \"function\", \"function\": {...}}", "invalid_type")
+        if len(value) > MAX_TOOLS:
+            raise bad("tools", f"at most {MAX_TOOLS} tools, not {len(value)}")
+        for i, tool in enumerate(value):
+            where = f"tools[{i}]"
+            if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+                raise bad(where, "must be {\"type\": \"function\", \"function\": {\"name\", \"description\", "
+                          "\"parameters\"}}", "invalid_type")
+            function = tool["function"]
+            name = function.get("name")
+            if not (isinstance(name, str) and NAME.fullmatch(name)):
+                raise bad(f"{where}.function.name", f"must be 1-64 letters, digits, _ or -, not {json.dumps(name)}")
+            if any(t["name"] == name for t in tools):
+                raise bad(f"{where}.function.name", f"{name!r} is declared twice")
+            parameters = function.get("parameters", {"type": "object", "properties": {}})
+            if not isinstance(parameters, dict):
+                raise bad(f"{where}.function.parameters", "must be a JSON schema object", "invalid_type")
+            description = function.get("description")
+            if description is not None and not isinstance(description, str):
+                raise bad(f"{where}.function.description", "must be a string", "invalid_type")
+            tools.append({"name": name, "description": description or "", "parameters": parameters})
+    choice = body.get("tool_choice")
+    if choice is None:
+        return tools, "auto" if tools else "none"
+    if choice in ("none", "auto", "required"):
+        if choice != "none" and not tools:
+            raise bad("tool_choice", f"{json.dumps(choice)} needs tools")
+        return tools, choice
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) and choice.get("type") == "function" \
+        and isinstance(choice.get("function"), dict) else None
+    if not isinstance(name, str):
+        raise bad("tool_choice", "must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", "
+                  "\"function\": {\"name\": ...}}", "invalid_type")
+    if not any(t["name"] == name for t in tools):
+        raise bad("tool_choice", f"names the function {name!r}, which is not among tools")
+    return tools, {"name": name}
 
 
 @dataclass

@@ -11,12 +11,17 @@ import uuid
 
 from llmkit.infer import TokenLogprob
 from llmkit.serve.text_stream import TextStream, TokenPiece
+from llmkit.serve.tools import ToolCallStream
 from llmkit.serve.worker import Update
 
 
 class ChoiceState:
-    def __init__(self, index: int, tokenizer, stop_token_ids, stop_strings):
+    def __init__(self, index: int, tokenizer, stop_token_ids, stop_strings, tool_names: set[str] | None = None):
+        """tool_names: the declared functions, when the reply may call them (tools.py reads the calls)."""
         self.index = index
+        self.tools = ToolCallStream(tool_names) if tool_names is not None else None
+        self.tool_calls: list[dict] = []
+        self.content = ""  # the text shown as content: all of it, or what precedes the tool calls
         self.tokenizer = tokenizer
         self.stream = TextStream(tokenizer, frozenset(stop_token_ids), tuple(stop_strings))
         self.logprobs: list[TokenLogprob] = []  # one per generated token
@@ -36,10 +41,19 @@ class ChoiceState:
         text = self.stream.add(update.token_ids)
         if update.finish_reason is not None:
             text += self.stream.finish()
+        if self.tools is not None:
+            text = self.tools.feed(text)
+        if update.finish_reason is not None:
             reason = update.finish_reason
             # A stop string seen here on the token that also reached max_tokens is still a stop.
             self.finish_reason = "stop" if self.stream.stopped and reason == "length" else reason
             self.error_status, self.error = update.error_status, update.error
+            if self.tools is not None and reason in ("stop", "length"):
+                rest, self.tool_calls = self.tools.finish()
+                text += rest
+                if self.tool_calls:
+                    self.finish_reason = "tool_calls"
+        self.content += text
         return text
 
     @property
