@@ -25,7 +25,6 @@ import os
 import random
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -261,7 +260,7 @@ def main() -> None:
                 raise SystemExit("--soak measures the server's memory: give it an --llmkit model")
             figures = asyncio.run(soak(url, served_model(url), pid, args.soak, args.disconnect,
                                        max(args.max_concurrency), args.max_tokens))
-            print(f"| server | requests | disconnected | errors | running after | RSS after 200 | RSS end | growth |")
+            print("| server | requests | disconnected | errors | running after | RSS after 200 | RSS end | growth |")
             print("| --- | --- | --- | --- | --- | --- | --- | --- |")
             print(f"| {name} | {figures['requests']} | {figures['disconnected']} | {figures['errors']} | "
                   f"{figures['running_after']:.0f} | {figures['rss_after_200_mib']} MiB | {figures['rss_end_mib']} MiB | "

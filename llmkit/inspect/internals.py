@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 
 from llmkit.errors import GenerationError
-from llmkit.inspect import InspectError
 from llmkit.model import Transformer
 
 
