@@ -1,9 +1,9 @@
 """What grammar-constrained decoding costs a decode step: the engine's step time with and without a JSON-schema
 constraint, at batch 1 and batch 16, on SmolLM2-135M-Instruct (or the random tiny model: --model tiny).
 
-    flock /tmp/llmkit-heavy.lock python benchmarks/grammar_cost.py          # ~2 minutes on 2 cores
+    flock /tmp/llmkit-heavy.lock python benchmarks/grammar_cost.py          # ~5 minutes on 2 idle cores
 
-Each configuration: B identical greedy chat requests, all admitted at once, then 48 decode steps timed one
+Each configuration: B identical greedy chat requests, all admitted at once, then 32 decode steps timed one
 by one (only steps where all B rows are running count; the median is reported). The constrained run gives
 every request a JSON schema that keeps it writing (an array of at least 40 short strings), so no request
 ends early. The grammar's own share of a step is measured too, by timing the two places it runs: the
@@ -22,14 +22,14 @@ import statistics
 import time
 
 THREADS = 2
-STEPS = 48
+STEPS = 32
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["fruits"],
           "properties": {"fruits": {"type": "array", "minItems": 40,
                                     "items": {"type": "string", "maxLength": 24}}}}
 CHAT = [{"role": "user", "content": "List fifty fruits, as a JSON object with a list called fruits."}]
 
 
-def load(name: str):
+def load(name: str, dtype: str):
     import torch
 
     torch.set_num_threads(THREADS)
@@ -46,7 +46,8 @@ def load(name: str):
     from llmkit.convert import resolve_model
 
     directory = resolve_model("smollm2")
-    return load_model(directory), load_tokenizer(directory)
+    model = load_model(directory)
+    return model.to(getattr(torch, dtype)), load_tokenizer(directory)
 
 
 class Timer:
@@ -105,11 +106,13 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2", choices=["smollm2", "tiny"])
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="SmolLM2's weights (bf16: what `llmkit serve` runs on a CPU with bf16 units)")
     args = parser.parse_args()
     from llmkit.infer import Engine
     from llmkit.infer.grammar import GrammarCompiler
 
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, args.dtype)
     prompt = tokenizer.encode(tokenizer.apply_chat_template(CHAT, add_generation_prompt=True)) \
         if tokenizer.chat_template else tokenizer.encode("List fifty fruits as JSON:", add_bos=True)
     engine = Engine(model, stop_token_ids=tokenizer.stop_token_ids, tokenizer=tokenizer, max_batch_size=16,
@@ -133,13 +136,14 @@ def main() -> None:
         rows[f"b{batch}"] = {"plain_step_ms": round(p, 3), "constrained_step_ms": round(c, 3),
                              "grammar_ms": round(g, 3), "overhead_pct": round(100 * (c - p) / p, 2),
                              "grammar_share_pct": round(100 * g / c, 2)}
-    print(f"grammar cost on {args.model} ({THREADS} threads, eager, greedy, {STEPS} decode steps, median of "
+        print(f"batch {batch}: {rows[f'b{batch}']}", flush=True)
+    print(f"grammar cost on {args.model} {args.dtype if args.model != 'tiny' else ''} ({THREADS} threads, eager, greedy, {STEPS} decode steps, median of "
           f"{args.repeats}); llguidance tokenizer {tokenizer_s:.2f} s, schema compile {1000 * compile_s:.1f} ms")
     print(f"{'batch':>6} {'plain ms':>10} {'json ms':>10} {'overhead':>9} {'in grammar ms':>14} {'share':>7}")
     for name, row in rows.items():
         print(f"{name[1:]:>6} {row['plain_step_ms']:>10.2f} {row['constrained_step_ms']:>10.2f} "
               f"{row['overhead_pct']:>8.1f}% {row['grammar_ms']:>14.3f} {row['grammar_share_pct']:>6.1f}%")
-    print(json.dumps({"benchmark": "grammar_cost", "model": args.model, "threads": THREADS,
+    print(json.dumps({"benchmark": "grammar_cost", "model": args.model, "dtype": args.dtype, "threads": THREADS,
                       "llguidance_tokenizer_s": round(tokenizer_s, 3), "schema_compile_ms": round(1000 * compile_s, 2),
                       **{f"{k}_{field}": v for k, row in rows.items() for field, v in row.items()}}))
 

@@ -96,7 +96,7 @@ class DraftModel:
         context = request.tokens
         device = self.model.tok_emb.weight.device
         new, start = context[self.fed:], self.fed
-        drafts, dists = [], []
+        drafts, dists, fed = [], [], self.fed
         # With a grammar the draft samples under it too (walked draft by draft, rolled back at the end):
         # q then matches the target's masked p closely, and acceptance stays high.
         constraint = request.sampler.constraint
@@ -112,6 +112,7 @@ class DraftModel:
                 else:
                     self.cache.bind(0, 1, end)
                     logits = self._forward(tokens, positions, self.cache)
+                fed = end
                 if constraint is not None:
                     logits = constraint.mask_logits(logits)
                 q = request.sampler.distribution(logits, extra=drafts)
@@ -124,7 +125,7 @@ class DraftModel:
         finally:
             if constraint is not None:
                 constraint.rollback(len(drafts))
-        self.fed = len(context) + len(drafts) - 1  # the last draft was never fed
+        self.fed = fed  # positions fed to the draft (the last draft itself never is)
         return drafts, dists
 
     def accepted(self, request: Request, n_accepted: int) -> None:
