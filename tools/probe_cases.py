@@ -215,8 +215,13 @@ def all_cases(f: dict, Case) -> list:
     add("label --out == --input (no loss)", ["label", "--judge", "answers", "--policy", M, "--input", f["prompts"],
                                             "--out", f["prompts"]],
         check=lambda r: "the input changed" if "Question 0" not in f["prompts"].read_text() else None)
-    add("label --out /dev/full", ["label", "--judge", "answers", "--policy", M, "--input", f["prompts"],
-                                  "--out", "/dev/full", "--max-new-tokens", "2"])
+    # (never a device of the machine itself: an older llmkit renamed its output over /dev/full)
+    add("label --out a named pipe", ["label", "--judge", "answers", "--policy", M, "--input", f["prompts"],
+                                     "--out", f["fifo"], "--max-new-tokens", "2"],
+        check=lambda r: "the named pipe was replaced" if not f["fifo"].is_fifo() else None)
+    add("label --out a symlink", ["label", "--judge", "answers", "--policy", M, "--input", f["prompts"],
+                                  "--out", f["link"], "--max-new-tokens", "2"], "ok",
+        check=lambda r: "the symlink was replaced" if not f["link"].is_symlink() else None)
     add("label --records 5 1", ["label", "--judge", "answers", "--policy", M, "--input", f["prompts"], "--out",
                                 o(), "--records", "5", "1"])
     add("label --samples -1", ["label", "--judge", "answers", "--policy", M, "--input", f["prompts"], "--out",
