@@ -250,16 +250,18 @@ def cmd_eval_tasks(args) -> None:
     import time
 
     import llmkit
+    from llmkit.atomic import make_output_dir
     from llmkit.eval import evaluate_tasks, format_table, parse_task_list, write_run
 
     specs = parse_task_list(args.tasks, args.task_dir, shots=args.shots)
     if args.limit is not None and args.limit < 1:
         raise LLMKitError(f"--limit {args.limit}: give a number of examples >= 1")
+    out = Path(args.out or Path("eval-runs") / f"{Path(args.model).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    make_output_dir(out)  # before the evaluation, not after it
     llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
     run = evaluate_tasks(llm.model, llm.tokenizer, specs, limit=args.limit, add_bos=not args.no_bos,
                          batch_tokens=args.batch_tokens)
     run["model"] = args.model
-    out = Path(args.out or Path("eval-runs") / f"{Path(args.model).name}-{time.strftime('%Y%m%d-%H%M%S')}")
     write_run(out, run)
     print(format_table(run))
     print(f"\nwrote {out / 'results.md'}, {out / 'results.json'} and per-example records in {out / 'examples'}")
