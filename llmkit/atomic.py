@@ -29,7 +29,7 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
         raise ValueError(f"atomic_open writes a new file: mode 'w' or 'wb', not {mode!r}")
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
-    path = Path(path)
+    path = writable_target(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, mode, encoding=encoding) as f:
@@ -40,6 +40,20 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def writable_target(path: str | Path) -> Path:
+    """Where an atomic write of `path` renames its file: through a symlink to the file it names (renaming
+    over the link would cut it), and never over something that is not a regular file. Renamed over,
+    `/dev/full` or a named pipe would stop being a device or a pipe (as root, for the whole machine)."""
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "a device, pipe or socket"
+        raise OutputError(f"{path}: is {kind}, not a regular file; llmkit writes a file by renaming a complete "
+                          "copy into place: choose a file path")
+    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -257,18 +257,21 @@ def cmd_eval(args) -> None:
 
 
 def cmd_eval_tasks(args) -> None:
-    import time
-
     import os
     import re
+    import time
 
     import llmkit
+    from llmkit.atomic import make_output_dir
     from llmkit.eval import evaluate_tasks, evaluate_with, format_table, parse_task_list, write_run
     from llmkit.eval.remote import RemoteBackend, is_url
 
     specs = parse_task_list(args.tasks, args.task_dir, shots=args.shots, max_new_tokens=args.max_new_tokens)
     if args.limit is not None and args.limit < 1:
         raise LLMKitError(f"--limit {args.limit}: give a number of examples >= 1")
+    name = re.sub(r"[^\w.-]+", "_", args.model.split("://")[-1]) if is_url(args.model) else Path(args.model).name
+    out = Path(args.out or Path("eval-runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    make_output_dir(out)  # before the evaluation, not after it
     if is_url(args.model):
         # a server started with --api-key wants it; OPENAI_API_KEY is where OpenAI's own clients look
         backend = RemoteBackend(args.model, chat=args.chat, api_key=os.environ.get("OPENAI_API_KEY"))
@@ -278,8 +281,6 @@ def cmd_eval_tasks(args) -> None:
         run = evaluate_tasks(llm.model, llm.tokenizer, specs, limit=args.limit, add_bos=not args.no_bos,
                              batch_tokens=args.batch_tokens, chat=args.chat, engine=llm.engine)
     run["model"] = args.model
-    name = re.sub(r"[^\w.-]+", "_", args.model.split("://")[-1]) if is_url(args.model) else Path(args.model).name
-    out = Path(args.out or Path("eval-runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     write_run(out, run)
     print(format_table(run))
     print(f"\nwrote {out / 'results.md'}, {out / 'results.json'} and per-example records in {out / 'examples'}")

@@ -238,6 +238,24 @@ def test_outputs_that_cannot_be_written(saved_tiny_model, tmp_path):
     assert a_file.read_text() == "in the way\n"
 
 
+def test_a_file_output_never_replaces_a_device_pipe_or_symlink(saved_tiny_model, tmp_path):
+    """Atomic writes rename a complete copy into place: renamed over /dev/full (as root) the device was gone."""
+    import os
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"ROMEO. {i}", "chosen": "yes", "rejected": "no",
+                                           "answer": "yes"}) + "\n" for i in range(2)))
+    label = ("label", "--judge", "answers", "--policy", saved_tiny_model, "--input", prompts, "--max-new-tokens", 2)
+    one_line_error(cli_in_process(*label, "--out", pipe), "is a device, pipe or socket, not a regular file")
+    assert pipe.is_fifo()
+    link, target = tmp_path / "pairs.jsonl", tmp_path / "elsewhere.jsonl"
+    link.symlink_to(target)
+    assert cli_in_process(*label, "--out", link).returncode == 0
+    assert link.is_symlink() and len(target.read_text().splitlines()) >= 2  # written through the link
+
+
 def test_an_os_error_mid_run_is_one_line(saved_tiny_model, tmp_path, monkeypatch):
     """A disk that fills up while a verb writes: the last-resort net in cli.main, still one line and 2."""
     import llmkit.convert

@@ -235,6 +235,10 @@ def build_fixtures(root: Path) -> dict[str, Path]:
     f["readonly"].chmod(0o555)
     f["a_file"] = root / "a_file"
     f["a_file"].write_text("I am a file, not a folder\n")
+    f["fifo"] = root / "fifo"
+    os.mkfifo(f["fifo"])
+    f["link"] = root / "link.jsonl"
+    f["link"].symlink_to(root / "link-target.jsonl")
     f["preset_yaml"] = root / "mine.yaml"
     f["preset_yaml"].write_text("model: tiny\nmax_steps: 1\n")
     return f

@@ -18,8 +18,9 @@ def all_cases(f: dict, Case) -> list:
     M, S = f["model"], f["shards"]
     out = f["root"] / "outs"
     gen = ["generate", "--model", M, "--max-new-tokens", "4"]
-    train = ["pretrain", "model=tiny", f"data={S}", "max_steps=1", "seq_len=32", "micro_batch=2", "eval_every=0",
-             "plot=false", "threads=1"]
+    # options first, then overrides: as the usage line shows it (and as older versions needed)
+    train_overrides = ["model=tiny", f"data={S}", "max_steps=1", "seq_len=32", "micro_batch=2", "eval_every=0",
+                       "plot=false", "threads=1"]
     n = iter(range(10_000))
 
     def o() -> Path:  # a fresh output path
@@ -49,17 +50,18 @@ def all_cases(f: dict, Case) -> list:
                      "seq_len=100000", f"val_data={f['empty_dir']}", f"anneal_data={f['a_file']}",
                      f"init_from={f['cfg_list']}", f"init_from={f['weights_truncated']}", "init_from=/nonexistent",
                      f"tokenizer={f['a_file']}"]:
-        add(f"pretrain {override[:40]}", [*train, "--out", o(), override])
-    add("pretrain ok", [*train, "--out", o()], "ok")
-    add("pretrain --preset a path", ["pretrain", "--preset", f["preset_yaml"], "--out", o()])
+        add(f"pretrain {override[:40]}", ["pretrain", "--out", o(), *train_overrides, override])
+    add("pretrain ok", ["pretrain", "--out", o(), *train_overrides], "ok")
+    add("pretrain override after --out", ["pretrain", *train_overrides[:3], "--out", o(), *train_overrides[3:]], "ok")
     add("pretrain --preset ../train/x", ["pretrain", "--preset", "../train/shakespeare-cpu", "--out", o()])
     add("pretrain --preset unknown", ["pretrain", "--preset", "nope", "--out", o()])
-    add("pretrain override not utf-8", [*train, "--out", o(), b"lr=\xff\xfe"])
-    add("pretrain --out not utf-8", [*train, "--out", os.fsencode(str(f["root"])) + b"/\xff\xfe-run"], "any")
-    add("pretrain --out under a file", [*train, "--out", f["a_file"] / "run"])
-    add("pretrain --out in /proc", [*train, "--out", "/proc/llmkit-run"])
-    add("pretrain --out is a file", [*train, "--out", f["a_file"]])
-    add("pretrain --out the model dir", [*train, "--out", M])
+    add("pretrain override not utf-8", ["pretrain", "--out", o(), *train_overrides, b"lr=\xff\xfe"])
+    add("pretrain --out not utf-8", ["pretrain", "--out", os.fsencode(str(f["root"])) + b"/\xff\xfe-run",
+                                     *train_overrides], "any")
+    add("pretrain --out under a file", ["pretrain", "--out", f["a_file"] / "run", *train_overrides])
+    add("pretrain --out in /proc", ["pretrain", "--out", "/proc/llmkit-run", *train_overrides])
+    add("pretrain --out is a file", ["pretrain", "--out", f["a_file"], *train_overrides])
+    add("pretrain --out the model dir", ["pretrain", "--out", M, *train_overrides])
 
     add("pretrain --preset ./mine.yaml", ["pretrain", "--preset", f["preset_yaml"], "--out", o(), f"data={S}",
                                           "seq_len=32", "micro_batch=2", "eval_every=0", "plot=false"], "ok")
@@ -73,7 +75,7 @@ def all_cases(f: dict, Case) -> list:
         add(f"pretrain --resume {name}", ["pretrain", "model=tiny", f"data={S}", "max_steps=3", "seq_len=32",
                                           "micro_batch=2", "eval_every=0", "plot=false", "ckpt_every=1",
                                           "warmup_steps=0", "--out", f[name], "--resume"])
-    add("pretrain --resume nothing there", [*train, "--out", o(), "--resume"])
+    add("pretrain --resume nothing there", ["pretrain", "--out", o(), *train_overrides, "--resume"])
 
     # -- post-training verbs
     sft = ["sft", f"init_from={M}", "seq_len=64", "max_steps=1", "eval_task=false"]
@@ -215,8 +217,13 @@ def all_cases(f: dict, Case) -> list:
     add("label --out == --input (no loss)", ["label", "--judge", "answers", "--policy", M, "--input", f["prompts"],
                                             "--out", f["prompts"]],
         check=lambda r: "the input changed" if "Question 0" not in f["prompts"].read_text() else None)
-    add("label --out /dev/full", ["label", "--judge", "answers", "--policy", M, "--input", f["prompts"],
-                                  "--out", "/dev/full", "--max-new-tokens", "2"])
+    # (never a device of the machine itself: an older llmkit renamed its output over /dev/full)
+    add("label --out a named pipe", ["label", "--judge", "answers", "--policy", M, "--input", f["prompts"],
+                                     "--out", f["fifo"], "--max-new-tokens", "2"],
+        check=lambda r: "the named pipe was replaced" if not f["fifo"].is_fifo() else None)
+    add("label --out a symlink", ["label", "--judge", "answers", "--policy", M, "--input", f["prompts"],
+                                  "--out", f["link"], "--max-new-tokens", "2"], "ok",
+        check=lambda r: "the symlink was replaced" if not f["link"].is_symlink() else None)
     add("label --records 5 1", ["label", "--judge", "answers", "--policy", M, "--input", f["prompts"], "--out",
                                 o(), "--records", "5", "1"])
     add("label --samples -1", ["label", "--judge", "answers", "--policy", M, "--input", f["prompts"], "--out",

@@ -57,6 +57,7 @@ their solo runs (tests/test_engine*.py).
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import threading
 from collections.abc import Iterator, Sequence
@@ -66,6 +67,7 @@ from typing import Protocol
 
 import torch
 
+from llmkit.device import available_memory_bytes
 from llmkit.errors import GenerationError, LLMKitError
 from llmkit.infer.kv_cache import COMPILE_OPTIONS
 from llmkit.infer.prefix_cache import PrefixCache
@@ -132,15 +134,19 @@ class Engine:
         per prefill forward. speculator: a `llmkit.infer.speculative.Speculator` (built by the caller,
         one per engine) for speculative decoding of a request running alone.
         """
-        _check_option(_is_int(max_batch_size) and max_batch_size >= 1, "max_batch_size", max_batch_size,
+        _check_option(_is_int(max_batch_size) and 1 <= max_batch_size < 2**31, "max_batch_size", max_batch_size,
                       "an integer >= 1")
-        _check_option(_is_number(kv_cache_mib) and kv_cache_mib > 0, "kv_cache_mib", kv_cache_mib,
-                      "a number of MiB > 0")
-        _check_option(_is_number(prefix_cache_mib) and prefix_cache_mib >= 0, "prefix_cache_mib",
-                      prefix_cache_mib, "a number of MiB >= 0 (0 turns prefix caching off)")
-        _check_option(_is_int(block_size) and block_size >= 1, "block_size", block_size,
+        _check_option(_is_number(kv_cache_mib) and 0 < kv_cache_mib < math.inf, "kv_cache_mib", kv_cache_mib,
+                      "a finite number of MiB > 0")
+        _check_option(_is_number(prefix_cache_mib) and 0 <= prefix_cache_mib < math.inf, "prefix_cache_mib",
+                      prefix_cache_mib, "a finite number of MiB >= 0 (0 turns prefix caching off)")
+        # the prefix cache's pool is allocated (and its free list built) up front: it must fit the device
+        available = available_memory_bytes(model.tok_emb.weight.device) / 2**20
+        _check_option(prefix_cache_mib <= available, "prefix_cache_mib", prefix_cache_mib,
+                      f"at most the {available:,.0f} MiB of memory available on the model's device")
+        _check_option(_is_int(block_size) and 1 <= block_size < 2**31, "block_size", block_size,
                       "an integer >= 1 (tokens per prefix-cache block)")
-        _check_option(_is_int(prefill_chunk) and prefill_chunk >= 1, "prefill_chunk", prefill_chunk,
+        _check_option(_is_int(prefill_chunk) and 1 <= prefill_chunk < 2**31, "prefill_chunk", prefill_chunk,
                       "an integer >= 1 (prompt tokens per prefill forward)")
         _check_option(speculator is None or callable(getattr(speculator, "bind", None)), "speculator",
                       speculator, "None or a llmkit.infer.speculative.Speculator, e.g. Speculator('prompt-lookup')")

@@ -49,10 +49,17 @@ class SamplingParams:
             value = getattr(self, name)
             if not (_is_int(value) or (value is None and name in ("logprobs", "seed"))):
                 raise GenerationError(f"{name} must be an integer, not {value!r}")
+            if name != "seed" and value is not None and not -2**63 <= value < 2**63:
+                raise GenerationError(f"{name} must fit in 64 bits, not {value}")
         for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
             value = getattr(self, name)
-            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)):
+            try:  # as a float: a huge int would overflow when a tensor is divided by it
+                number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+            except OverflowError:
+                number = None
+            if number is None or not math.isfinite(number):
                 raise GenerationError(f"{name} must be a finite number, not {value!r}")
+            setattr(self, name, number)
         checks = [
             (self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, not {self.max_new_tokens}"),
             (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE,

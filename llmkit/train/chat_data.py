@@ -52,7 +52,7 @@ def read_json_records(path: str | Path, records: list | None = None) -> list[tup
     (by record number, as Python slices: [0, 1600] is the first 1,600)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: {'a directory; give a .jsonl or .json file' if path.is_dir() else 'no such file'}")
     opener = gzip.open if path.suffix == ".gz" else open
     out: list[tuple[str, dict]] = []
     try:

@@ -101,7 +101,8 @@ def run_distill(config: DistillConfig, out: str | Path, resume: bool = False) ->
             batch.pop("seq_index")
             return batch
     else:
-        config.tokenizer = str(teacher_dir)  # the built-in corpus, tokenized with the teacher's tokenizer
+        if config.data == "shakespeare":  # the built-in corpus, tokenized with the teacher's tokenizer
+            config.tokenizer = str(teacher_dir)
         train, val = resolve_data(config, True)
         epoch_items = math.ceil(train.tokens / config.seq_len)  # windows of seq_len tokens in the training shards
 

@@ -65,6 +65,9 @@ def resolve_data(config: TrainConfig, is_main: bool) -> tuple[TokenShards, Token
         if config.val_data:
             val_dir = Path(config.val_data)
     else:
+        if config.tokenizer:  # said rather than ignored: token shards carry the tokenizer they were made with
+            raise ConfigError(f"tokenizer={config.tokenizer} applies to data=shakespeare only; {config.data} holds "
+                              "token shards made with their own tokenizer (prepare them with --tokenizer to change it)")
         train_dir, val_dir = Path(config.data), Path(config.val_data) if config.val_data else None
     train = TokenShards(train_dir)
     val = TokenShards(val_dir) if val_dir else None
