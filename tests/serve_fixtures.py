@@ -62,3 +62,21 @@ def metric(url: str, name: str, headers: dict | None = None) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def save_wide_tiny_model(out: Path, tokenizer, context: int) -> Path:
+    """A random tiny model, its weights drawn wide (std 0.3) so that its greedy text varies with the prompt
+    and wanders over the whole vocabulary (stray bytes, half characters), not one token repeated."""
+    import torch
+
+    from llmkit.checkpoint import save_checkpoint
+    from llmkit.config import ModelConfig
+    from llmkit.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny", max_seq_len=context)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    save_checkpoint(out, model, tokenizer)
+    return out

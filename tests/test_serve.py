@@ -10,13 +10,9 @@ from collections import Counter
 import httpx
 import openai
 import pytest
-import torch
 
 import llmkit
-from llmkit.checkpoint import save_checkpoint
-from llmkit.config import ModelConfig
-from llmkit.model import Transformer
-from serve_fixtures import metric, running_server
+from serve_fixtures import metric, running_server, save_wide_tiny_model
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -28,14 +24,7 @@ HAMLET = [{"role": "user", "content": "Speak the speech, I pray you, as I pronou
 def tiny_dir(tmp_path_factory, shakespeare_tokenizer):
     """A random tiny model, its weights drawn wide (std 0.3) so that its greedy text varies with the prompt
     and wanders over the whole vocabulary (stray bytes, half characters), not one token repeated."""
-    out = tmp_path_factory.mktemp("serve-tiny")
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig.preset("tiny", max_seq_len=CONTEXT)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    save_checkpoint(out, model, shakespeare_tokenizer)
-    return out
+    return save_wide_tiny_model(tmp_path_factory.mktemp("serve-tiny"), shakespeare_tokenizer, CONTEXT)
 
 
 @pytest.fixture(scope="module")

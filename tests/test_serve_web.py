@@ -14,12 +14,8 @@ import time
 
 import httpx
 import pytest
-import torch
 
-from llmkit.checkpoint import save_checkpoint
-from llmkit.config import ModelConfig
-from llmkit.model import Transformer
-from serve_fixtures import metric, running_server
+from serve_fixtures import metric, running_server, save_wide_tiny_model
 
 INSTALL = ("needs a headless Chromium with its driver and Selenium: `sudo apt-get install -y chromium "
            "chromium-driver` (Debian/Ubuntu) and `pip install selenium` (.ci/run installs both)")
@@ -47,14 +43,7 @@ SYSTEM = "You are a player in a company of travelling actors."
 def model_dir(tmp_path_factory, shakespeare_tokenizer):
     """A random tiny model (weights drawn wide so its greedy text varies with the prompt) with a context
     long enough for a generation that is still running when the test stops it."""
-    out = tmp_path_factory.mktemp("web-tiny")
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig.preset("tiny", max_seq_len=CONTEXT)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    save_checkpoint(out, model, shakespeare_tokenizer)
-    return out
+    return save_wide_tiny_model(tmp_path_factory.mktemp("web-tiny"), shakespeare_tokenizer, CONTEXT)
 
 
 @pytest.fixture(scope="module")
