@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from llmkit.errors import ConfigError, DataError
-from llmkit.eval.locations import SHARED_ROOT, cache_root
+from llmkit.eval.locations import SHARED_ROOT, cache_root, search_roots
 
 GENERATIVE = "generative"
 SETTINGS_FILE = Path(__file__).resolve().parents[1] / "presets" / "eval" / "generative.yaml"
@@ -64,11 +64,7 @@ def generative_task_names() -> list[str]:
 
 def data_roots(task_dir: str | Path | None = None) -> list[Path]:
     """Folders holding gsm8k/ and humaneval/, in the order they are searched."""
-    if task_dir is not None:
-        return [Path(task_dir)]
-    if os.environ.get("LLMKIT_EVAL_DATA"):
-        return [Path(os.environ["LLMKIT_EVAL_DATA"])]
-    return ([SHARED_ROOT] if SHARED_ROOT.is_dir() else []) + [cache_root()]
+    return search_roots(task_dir, SHARED_ROOT, cache_root())
 
 
 def find_files(family: str, task_dir: str | Path | None = None) -> tuple[Path, ...]:

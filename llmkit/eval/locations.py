@@ -11,3 +11,13 @@ SHARED_ROOT = Path("..") / "shared" / "data" / "eval"  # relative to the current
 def cache_root() -> Path:
     # the same root as every llmkit cache (models, corpora): $LLMKIT_CACHE or ~/.cache/llmkit
     return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit")) / "eval"
+
+
+def search_roots(task_dir: str | Path | None, shared: Path, cache: Path) -> list[Path]:
+    """Where task files are looked up, in order: --task-dir alone if given, else $LLMKIT_EVAL_DATA
+    alone if set, else the shared data beside a checkout (when present) and then the cache."""
+    if task_dir is not None:
+        return [Path(task_dir)]
+    if os.environ.get("LLMKIT_EVAL_DATA"):
+        return [Path(os.environ["LLMKIT_EVAL_DATA"])]
+    return ([shared] if shared.is_dir() else []) + [cache]

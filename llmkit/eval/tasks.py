@@ -31,7 +31,7 @@ import yaml
 from llmkit.errors import ConfigError, DataError
 from llmkit.eval.generative import (GenerativeSpec, fetch_generative_files, generative_settings, generative_spec,
                                     generative_task_names)
-from llmkit.eval.locations import SHARED_ROOT, cache_root
+from llmkit.eval.locations import SHARED_ROOT, cache_root, search_roots
 
 MULTIPLE_CHOICE, SCHEMA, LANGUAGE_MODELING = "multiple_choice", "schema", "language_modeling"
 KINDS = (MULTIPLE_CHOICE, SCHEMA, LANGUAGE_MODELING)
@@ -69,11 +69,7 @@ def cache_dir() -> Path:
 
 def search_dirs(task_dir: str | Path | None = None) -> list[Path]:
     """Where task names are looked up, in order."""
-    if task_dir is not None:
-        return [Path(task_dir)]
-    if os.environ.get("LLMKIT_EVAL_DATA"):
-        return [Path(os.environ["LLMKIT_EVAL_DATA"])]
-    return ([SHARED_DIR] if SHARED_DIR.is_dir() else []) + [cache_dir()]
+    return search_roots(task_dir, SHARED_DIR, cache_dir())
 
 
 def find_task_file(name: str, task_dir: str | Path | None = None) -> Path:
