@@ -374,10 +374,10 @@ TEMPLATE_MAX_CHARS = 16 << 20  # 16M characters of rendered prompt: far beyond a
 TEMPLATE_MAX_SECONDS = 10.0
 
 
-def render_chat_template(template: str, messages: list[dict], add_generation_prompt: bool, **extra) -> str:
-    """Render a Hugging Face-style Jinja chat template in a sandbox (as transformers does:
-    trim_blocks and lstrip_blocks on, `raise_exception` available), bounded in output size and time."""
-    import jinja2
+@functools.lru_cache(maxsize=16)
+def _compiled_chat_template(template: str):
+    """The template compiled once in its sandbox: compiling costs milliseconds, far more than rendering, and
+    a server or a batch job renders the same template for every request."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
@@ -400,10 +400,18 @@ def render_chat_template(template: str, messages: list[dict], add_generation_pro
 
     env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
+    return env.from_string(template)
+
+
+def render_chat_template(template: str, messages: list[dict], add_generation_prompt: bool, **extra) -> str:
+    """Render a Hugging Face-style Jinja chat template in a sandbox (as transformers does:
+    trim_blocks and lstrip_blocks on, `raise_exception` available), bounded in output size and time."""
+    import jinja2
+
     try:
         chunks, size, start = [], 0, time.monotonic()
-        for chunk in env.from_string(template).generate(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                        **extra):
+        for chunk in _compiled_chat_template(template).generate(
+                messages=messages, add_generation_prompt=add_generation_prompt, **extra):
             chunks.append(chunk)
             size += len(chunk)
             if size > TEMPLATE_MAX_CHARS:

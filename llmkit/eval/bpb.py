@@ -52,6 +52,8 @@ def summed_loss(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], dev
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
         nats += loss.item()
         count += int((y != -100).sum())
+        if not math.isfinite(nats):
+            break  # NaN/inf stays NaN/inf whatever follows: the callers report it without scoring the rest
     model.train(was_training)
     return nats, count
 
@@ -101,9 +103,9 @@ def evaluate_texts(model, tokenizer, files: list[str | Path], device, seq_len: i
         windows = [(x[:, :y.shape[1]], y) for x, y in windows]
         nats, count = summed_loss(model, windows, device, autocast)
         total = BpbResult(total.nats + nats, total.tokens + count, total.bytes + text_bytes)
+        if not math.isfinite(total.nats):  # said at once: the remaining files cannot make it finite again
+            raise GenerationError("the model's loss is not finite (NaN or inf): its weights hold NaN/inf values, "
+                                  "or a low-precision dtype overflowed (try --dtype float32)")
     if total.bytes == 0:
         raise DataError(f"{', '.join(map(str, files))}: no text to score (empty files)")
-    if not math.isfinite(total.nats):
-        raise GenerationError("the model's loss is not finite (NaN or inf): its weights hold NaN/inf values, or "
-                              "a low-precision dtype overflowed (try --dtype float32)")
     return total
