@@ -38,10 +38,13 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--speculative", default=None, metavar="DRAFT",
                    help="speculative decoding: prompt-lookup | layers:N (the model's first N layers) | draft model")
     g.add_argument("--draft-tokens", type=int, default=4, help="tokens drafted per speculative step")
+    g.add_argument("--prefill-chunk", type=int, default=512,
+                   help="prompt tokens prefilled per engine step, between decode steps (chunked prefill)")
 
 
 def engine_from(args) -> dict:
-    return dict(compile=args.compile, speculative=args.speculative, draft_tokens=args.draft_tokens)
+    return dict(compile=args.compile, speculative=args.speculative, draft_tokens=args.draft_tokens,
+                prefill_chunk=args.prefill_chunk)
 
 
 def sampling_from(args) -> dict:

@@ -8,11 +8,16 @@
 
 How a request is run:
 1. It waits in the scheduler's queue until a row of the KV cache is free and the memory budget allows
-   (scheduler.py); then its prompt's longest cached prefix is copied from the prefix cache
-   (prefix_cache.py) and the rest is prefilled in chunks, one forward per chunk.
-2. Each `step()` then runs one decode forward for every running request together: a batch of single
-   tokens, each at its own position in its own cache row, the batch's logits computed for those tokens
-   only. Requests join (after their prefill) and leave (stop token, stop string, max_new_tokens,
+   (scheduler.py); on admission its prompt's longest cached prefix is copied from the prefix cache
+   (prefix_cache.py). The rest of the prompt is prefilled in chunks over the following steps.
+2. Each `step()` runs one decode forward for every request whose prompt is in (a batch of single
+   tokens, each at its own position in its own cache row, logits for those tokens only), then
+   prefills at most `prefill_chunk` tokens of the waiting prompts, oldest first, the chunks of several
+   prompts batched into one forward of left-padded rows (Sarathi-Serve's chunked prefill with a
+   per-step token budget, Agrawal et al. 2024: a new prompt never stalls the running requests for
+   longer than one budget's worth of work, and a burst of prompts is prefilled together instead of
+   one forward each). A request whose prompt completes samples its first token from that forward and
+   decodes from the next step on. Requests leave (stop token, stop string, max_new_tokens,
    cancellation, error) between steps.
 3. A request alone in the engine, with a speculator given (`Engine(model, speculator=Speculator(...))`,
    speculative.py), is instead advanced several tokens per step by draft-and-verify (`stream`,
@@ -20,7 +25,8 @@ How a request is run:
 
 Isolation: a request ends alone. `cancel()` finishes it with finish_reason "cancelled"; a request whose
 own work fails (its sampling raises, its logits are NaN, its prefill raises) finishes with
-finish_reason "error" and `request.error` saying why, while the rest of the batch carries on; its row
+finish_reason "error" and `request.error` saying why, while the rest of the batch carries on (a shared
+forward that raises fails the requests it ran); its row
 is zeroed before reuse, so NaN keys/values cannot leak into the next occupant. The single-request
 calls (`generate`, `stream`) raise that error as a GenerationError; `complete` and `generate_batch`
 report it on the Completion.
@@ -40,7 +46,7 @@ with finish_reason "stop". Speculative decoding masks each verified position as 
 after the drafts before it, and rolls the grammar back afterwards.
 
 Decoding strategies (speculative.py's `Speculator`) drive a request through the engine's step
-primitives: `admit`, `prefill`, `emit`, `decode`, `fail` and `retire`, each call inside
+primitives: `admit`, `prefill` (or `prefill_chunks`), `emit`, `decode`, `fail` and `retire`, each call inside
 `with engine.stepping():`, which holds the engine for one step (in inference mode, pending
 cancellations applied first). The engine knows a strategy only as a `DecodingStrategy`: it calls
 `bind(engine)` once and `run(request)` for a request it may run alone.
@@ -109,6 +115,36 @@ def _check_option(ok: bool, name: str, value, want: str) -> None:
         raise GenerationError(f"engine option {name}={value!r} is invalid: it must be {want}")
 
 
+class _ForwardFailed(Exception):
+    """A prefill forward raised: `requests` ran in it; `completed` finished their prompts before it."""
+
+    def __init__(self, requests: list[Request], error: Exception, completed: list):
+        super().__init__(str(error))
+        self.requests, self.error, self.completed = requests, error, completed
+
+
+# A prefill forward of left-padded rows computes rows x longest-chunk tokens. Rows join one forward
+# while the filler stays within this fraction of the real tokens (or under PAD_SLACK tokens): the
+# weight-only int4/int8 kernels cost about the same per row, so filler is wasted work, while every
+# extra forward pays its own per-layer overhead.
+PAD_FRACTION, PAD_SLACK = 0.25, 64
+
+
+def _padding_groups(plan: list[tuple[Request, int]]) -> list[list[tuple[Request, int]]]:
+    """Split a row-ordered prefill plan into forwards of consecutive rows with little padding."""
+    groups: list[list[tuple[Request, int]]] = []
+    for item in plan:
+        group = groups[-1] if groups else None
+        if group is not None and item[0].row == group[-1][0].row + 1:
+            real = sum(n for _, n in group) + item[1]
+            padded = (len(group) + 1) * max(item[1], max(n for _, n in group))
+            if padded - real <= max(PAD_SLACK, PAD_FRACTION * real):
+                group.append(item)
+                continue
+        groups.append([item])
+    return groups
+
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -131,7 +167,8 @@ class Engine:
         """tokenizer: anything with `.decode(ids)`; needed for stop strings only.
         kv_cache_mib: bound on the running requests' KV cache; prefix_cache_mib: the prefix cache's
         pool (0 turns prefix caching off), in blocks of block_size tokens. prefill_chunk: prompt tokens
-        per prefill forward. speculator: a `llmkit.infer.speculative.Speculator` (built by the caller,
+        prefilled per step, all waiting prompts together (the budget that bounds how long a new prompt
+        delays the running requests' next token). speculator: a `llmkit.infer.speculative.Speculator` (built by the caller,
         one per engine) for speculative decoding of a request running alone.
         """
         _check_option(_is_int(max_batch_size) and 1 <= max_batch_size < 2**31, "max_batch_size", max_batch_size,
@@ -147,7 +184,7 @@ class Engine:
         _check_option(_is_int(block_size) and 1 <= block_size < 2**31, "block_size", block_size,
                       "an integer >= 1 (tokens per prefix-cache block)")
         _check_option(_is_int(prefill_chunk) and 1 <= prefill_chunk < 2**31, "prefill_chunk", prefill_chunk,
-                      "an integer >= 1 (prompt tokens per prefill forward)")
+                      "an integer >= 1 (prompt tokens prefilled per step)")
         _check_option(speculator is None or callable(getattr(speculator, "bind", None)), "speculator",
                       speculator, "None or a llmkit.infer.speculative.Speculator, e.g. Speculator('prompt-lookup')")
         self.model = model
@@ -245,7 +282,8 @@ class Engine:
 
     # -- the loop (the engine thread)
     def step(self) -> list[tuple[Request, list[int]]]:
-        """Admit what fits and prefill it, then one decode step for the requests already running.
+        """Admit what fits; one decode step for the requests whose prompt is in; then up to
+        `prefill_chunk` prompt tokens of the others (a prompt that completes gives its first token).
 
         Returns each request that advanced with its new tokens, and each that finished without one
         (cancelled, failed) with []; finished requests leave the batch."""
@@ -253,26 +291,41 @@ class Engine:
         with self.stepping() as cancelled:
             events += [(r, []) for r in cancelled]
             try:
-                decoding = list(self.scheduler.running)
-                for request in self.admit():
-                    events.append((request, self._start(request)))
+                self.admit()
+                decoding = [r for r in self.scheduler.running if not r.needs_prefill]
+                prefilling = [r for r in self.scheduler.running if r.needs_prefill]
                 if decoding:
                     self._decode_step(decoding, events)
+                if prefilling:
+                    self._prefill_step(prefilling, events)
             finally:  # even when interrupted, no finished request keeps a row
                 for request in [r for r in self.scheduler.running if r.done]:
                     self.retire(request)
+                self.scheduler.arrange()
         return events
 
-    def _start(self, request: Request) -> list[int]:
-        """Prefill an admitted request and emit its first token; a failure ends this request alone."""
-        if request.cancel_requested:  # cancelled between the step's start and its admission
-            request.finish_reason = "cancelled"
-            return []
+    def _prefill_step(self, prefilling: list[Request], events: list) -> None:
+        """Spend this step's prefill budget; a request whose prompt completes emits its first token."""
+        ready = []
+        for request in prefilling:
+            if request.cancel_requested:  # cancelled during this step: no more work for it
+                request.finish_reason = "cancelled"
+                events.append((request, []))
+            else:
+                ready.append(request)
         try:
-            return self.emit(request, self.prefill(request))
-        except Exception as error:  # noqa: BLE001 - isolation: only this request fails
-            self.fail(request, error)
-            return []
+            completed = self.prefill_chunks(ready)
+        except _ForwardFailed as failure:  # the shared forward failed: so did the requests it ran
+            for request in failure.requests:
+                self.fail(request, failure.error)
+                events.append((request, []))
+            completed = failure.completed
+        for request, logits in completed:
+            try:
+                events.append((request, self.emit(request, logits)))
+            except Exception as error:  # noqa: BLE001 - isolation: only this request fails
+                self.fail(request, error)
+                events.append((request, []))
 
     def _decode_step(self, decoding: list[Request], events: list) -> None:
         assert [r.row for r in decoding] == list(range(len(decoding))), "running rows are not compact"
@@ -302,30 +355,79 @@ class Engine:
             yield self._apply_cancellations()
 
     def admit(self, limit: int | None = None) -> list[Request]:
-        """Move waiting requests into free cache rows (first come, first served); they need `prefill`."""
+        """Move waiting requests into free cache rows (first come, first served), each with its prompt's
+        longest prefix-cached run of blocks copied in; the rest of the prompt needs `prefill`."""
         with self._queue_lock:
-            return self.scheduler.admit(limit)
+            admitted = self.scheduler.admit(limit)
+        for request in admitted:
+            if self.prefix_cache is not None:
+                request.length = self.prefix_cache.load(self.scheduler.cache, request.row,
+                                                        self.prefix_cache.match(request.prompt_ids))
+            request.cached_tokens = request.length
+            self.stats["cached_tokens"] += request.length
+        return admitted
 
     def prefill(self, request: Request) -> torch.Tensor:
-        """Fill an admitted request's row with its prompt (prefix-cached blocks copied, the rest
-        computed in chunks); returns the logits after the last prompt token, float32 (vocab,)."""
-        cache, row, prompt = self.scheduler.cache, request.row, request.prompt_ids
-        start = 0
-        if self.prefix_cache is not None:
-            start = self.prefix_cache.load(cache, row, self.prefix_cache.match(prompt))
-        request.cached_tokens = start
-        self.stats["cached_tokens"] += start
-        self.stats["prefill_tokens"] += len(prompt) - start
-        ids = torch.tensor(prompt, device=self.device)
-        for begin in range(start, len(prompt), self.prefill_chunk):
-            end = min(begin + self.prefill_chunk, len(prompt))
-            cache.bind(row, row + 1, end)
-            logits = self.model(ids[None, begin:end], positions=torch.arange(begin, end, device=self.device)[None],
-                                kv_cache=cache, last_token_only=True)
-        request.length = len(prompt)
-        if self.prefix_cache is not None:
-            self.prefix_cache.store(cache, row, prompt, len(prompt))
-        return logits[0, -1].float()
+        """Fill an admitted request's row with the rest of its prompt, `prefill_chunk` tokens per
+        forward; returns the logits after the last prompt token, float32 (vocab,)."""
+        while True:
+            try:
+                completed = self.prefill_chunks([request])
+            except _ForwardFailed as failure:
+                raise failure.error from None
+            if completed:
+                return completed[0][1]
+
+    def prefill_chunks(self, requests: Sequence[Request],
+                       budget: int | None = None) -> list[tuple[Request, torch.Tensor]]:
+        """Advance the prefill of admitted requests by at most `budget` prompt tokens in all (default
+        `prefill_chunk`), oldest first, each continuing its row from `request.length`. Requests in
+        consecutive rows run as one forward (left-padded to the longest chunk) unless padding would
+        waste too much of it. Returns (request, float32 logits after its last prompt token) for each
+        request whose prompt is now complete; their full blocks go to the prefix cache."""
+        budget = self.prefill_chunk if budget is None else budget
+        plan: list[tuple[Request, int]] = []  # (request, tokens this step)
+        for request in sorted(requests, key=lambda r: r.id):
+            if budget <= 0:
+                break
+            n = min(len(request.prompt_ids) - request.length, budget)
+            if n > 0:
+                plan.append((request, n))
+                budget -= n
+        plan.sort(key=lambda item: item[0].row)
+        completed: list[tuple[Request, torch.Tensor]] = []
+        for group in _padding_groups(plan):
+            try:
+                logits = self._prefill_forward(group)
+            except Exception as error:  # noqa: BLE001 - reported per request by the caller
+                raise _ForwardFailed([r for r, _ in group], error, completed) from error
+            for i, (request, _) in enumerate(group):
+                if not request.needs_prefill:
+                    if self.prefix_cache is not None:
+                        self.prefix_cache.store(self.scheduler.cache, request.row, request.prompt_ids,
+                                                request.length)
+                    completed.append((request, logits[i]))
+        return completed
+
+    def _prefill_forward(self, group: list[tuple[Request, int]]) -> torch.Tensor:
+        """One forward of the next chunk of each request in `group` (consecutive rows); (rows, vocab)."""
+        width = max(n for _, n in group)
+        tokens, positions, pad = [], [], []
+        for request, n in group:
+            begin = request.length
+            pad.append(width - n)
+            tokens.append([0] * (width - n) + request.prompt_ids[begin:begin + n])
+            # filler tokens sit at the row's first real position: they see the keys it sees, never none
+            positions.append([begin] * (width - n) + list(range(begin, begin + n)))
+        first = group[0][0].row
+        cache = self.scheduler.cache
+        cache.bind(first, first + len(group), max(r.length + n for r, n in group), pad)
+        logits = self.model(torch.tensor(tokens, device=self.device), kv_cache=cache, last_token_only=True,
+                            positions=torch.tensor(positions, device=self.device))
+        for request, n in group:
+            request.length += n
+            self.stats["prefill_tokens"] += n
+        return logits[:, -1].float()
 
     def decode(self, requests: Sequence[Request]) -> torch.Tensor:
         """One forward of each request's pending token (its last emitted one) at its own position; the
@@ -401,6 +503,7 @@ class Engine:
                 self.prefix_cache.store(self.scheduler.cache, request.row, request.tokens, request.length)
         finally:
             self.scheduler.retire(request)
+            self.scheduler.arrange()
 
     # -- convenience (the engine thread)
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:

@@ -14,6 +14,11 @@ The model talks to it through two calls per forward:
 
 and the engine says beforehand which rows the forward runs on and how many key positions it needs
 (`cache.bind(start, stop, kv_len)`), so neither call has to read a tensor back to the host.
+
+Prompt chunks of several requests run as one forward of left-padded rows (`bind(..., pad=[...])`: the
+first pad[i] tokens of row i are filler). Left padding keeps each row's last real token in the last
+column, where `last_token_only` reads it; a filler token takes its row's first real position (so its
+attention row is never empty, hence never NaN) and its keys and values are not written.
 """
 
 from __future__ import annotations
@@ -52,23 +57,29 @@ class KVCache:
         self._positions: torch.Tensor | None = None
         self._attend_len: int | None = None
         self._row_index: torch.Tensor | None = None
+        self._pad: list[int] | None = None
+        self._write: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
     # -- the engine's side
-    def bind(self, start: int, stop: int, kv_len: int | None = None) -> None:
+    def bind(self, start: int, stop: int, kv_len: int | None = None, pad: list[int] | None = None) -> None:
         """The next forward runs on rows [start, stop) and attends to key positions [0, kv_len).
 
         kv_len None means the whole capacity (static shapes for a compiled step); the engine knows
-        each row's length on the host, so it never needs to read positions back from the device."""
+        each row's length on the host, so it never needs to read positions back from the device.
+        pad: per row, how many leading tokens of the forward are filler (left padding), not stored."""
         if not 0 <= start < stop <= self.batch_size:
             raise GenerationError(f"rows [{start}, {stop}) are outside the cache's {self.batch_size} rows")
         if kv_len is not None and kv_len > self.max_len:
             raise GenerationError(f"position {kv_len - 1} is past the cache's {self.max_len} slots; "
                                   "shorten the prompt or lower max_new_tokens")
+        if pad is not None and len(pad) != stop - start:
+            raise ValueError(f"pad has {len(pad)} entries for {stop - start} rows")
         self._rows, self._kv_len = (start, stop), kv_len
+        self._pad = pad if pad is not None and any(pad) else None
 
     # -- the model's side
     def prepare(self, positions: torch.Tensor) -> torch.Tensor:
@@ -83,6 +94,14 @@ class KVCache:
                                       "shorten the prompt or lower max_new_tokens")
         self._positions, self._attend_len = positions, kv_len
         self._row_index = torch.arange(stop - start, device=positions.device)[:, None]
+        self._write = None
+        if self._pad is not None:  # the real tokens only: (row, column) pairs built on the host, no sync
+            seq = positions.shape[1]
+            rows = [r for r, p in enumerate(self._pad) for _ in range(seq - p)]
+            columns = [c for p in self._pad for c in range(p, seq)]
+            rows_t = torch.tensor(rows, device=positions.device)
+            columns_t = torch.tensor(columns, device=positions.device)
+            self._write = (rows_t, columns_t, positions[rows_t, columns_t])
         key_positions = self.key_positions if kv_len is None else self.key_positions[:kv_len]
         # A query at position p sees every key at position <= p (causal), including earlier forwards';
         # keys past p in a row are stale (another sequence's, or a rejected draft's) and stay hidden.
@@ -93,8 +112,13 @@ class KVCache:
         start, stop = self._rows
         keys, values = self.keys[layer][start:stop], self.values[layer][start:stop]
         # One index_put covers every case (rows at equal or different positions) without a host sync.
-        keys[self._row_index, :, self._positions] = k.transpose(1, 2)
-        values[self._row_index, :, self._positions] = v.transpose(1, 2)
+        if self._write is None:
+            keys[self._row_index, :, self._positions] = k.transpose(1, 2)
+            values[self._row_index, :, self._positions] = v.transpose(1, 2)
+        else:  # left-padded rows: the filler tokens' keys and values are dropped
+            rows, columns, positions = self._write
+            keys[rows, :, positions] = k.transpose(1, 2)[rows, columns]
+            values[rows, :, positions] = v.transpose(1, 2)[rows, columns]
         if self._attend_len is None:
             return keys, values
         return keys[:, :, : self._attend_len], values[:, :, : self._attend_len]
@@ -107,6 +131,15 @@ class KVCache:
         for tensors in (self.keys, self.values):
             for t in tensors:
                 t[dst, :, :length] = t[src, :, :length]
+
+    @torch.inference_mode()
+    def move_rows(self, sources: list[int], destinations: list[int], length: int) -> None:
+        """Row sources[i] goes to row destinations[i] (the first `length` positions), all at once: a
+        permutation is safe, because the sources are gathered before anything is written."""
+        src = torch.tensor(sources, device=self.device)
+        dst = torch.tensor(destinations, device=self.device)
+        for t in self.keys + self.values:
+            t[dst, :, :length] = t[src, :, :length]
 
     @torch.inference_mode()
     def clear_row(self, row: int) -> None:

@@ -3,7 +3,9 @@
 Static batching waits for the slowest sequence of a batch; continuous (iteration-level) batching
 admits a waiting request as soon as a row is free and retires a finished one at once (Orca, Yu et
 al. 2022). Each running request owns one row of the pre-allocated KV cache; running requests are
-kept in rows [0, n) so a decode step runs on one contiguous slice of the cache.
+kept in rows [0, n): first those that decode, then those whose prompt is still being prefilled (in
+admission order), so a decode step runs on one contiguous slice of the cache and the prompts
+prefilled together sit in another (`arrange`).
 
 Memory is bounded: the cache (rows x capacity positions) grows on demand, but never past
 `memory_mib`. A request reserves its prompt plus max_new_tokens positions when it is admitted, so
@@ -59,6 +61,11 @@ class Request:
     def reserved(self) -> int:
         """Cache positions this request may use: its prompt and every token it may generate."""
         return len(self.prompt_ids) + self.max_new
+
+    @property
+    def needs_prefill(self) -> bool:
+        """Part of the prompt is not in the request's cache row yet (chunked prefill continues it)."""
+        return self.length < len(self.prompt_ids)
 
     @property
     def tokens(self) -> list[int]:
@@ -144,6 +151,21 @@ class Scheduler:
             self.running[row] = last
         self.running.pop()
         request.row = None
+
+    def arrange(self) -> None:
+        """Put the decoding requests in rows [0, d) and the prefilling ones after them, oldest first
+        (the prefill budget goes to the oldest, so they finish in order and the region stays sorted).
+        Only rows that change place are copied; usually none."""
+        order = sorted(self.running, key=lambda r: (r.needs_prefill, r.id if r.needs_prefill else 0))
+        moved = [(r.row, i) for i, r in enumerate(order) if r.row != i]
+        if not moved:
+            return
+        length = max(order[i].length for _, i in moved)
+        if length:
+            self.cache.move_rows([src for src, _ in moved], [dst for _, dst in moved], length)
+        for i, request in enumerate(order):
+            request.row = i
+        self.running = order
 
     @property
     def memory_in_use(self) -> int:

@@ -164,7 +164,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
           served_model_name: str | None = None, device: str | None = None, dtype: str | None = None,
           max_waiting: int = 512, max_body_mib: float = 8, **engine_options) -> None:
     """Run the server until interrupted. engine_options go to `llmkit.load` (compile, speculative,
-    max_batch_size, kv_cache_mib, prefix_cache_mib, draft_tokens)."""
+    max_batch_size, kv_cache_mib, prefix_cache_mib, prefill_chunk, draft_tokens)."""
     import uvicorn
 
     import llmkit
