@@ -13,7 +13,8 @@ the file's own line number: what a citation like `[2] hamlet_gut.txt, line 1734`
 
 Chunks are `size` characters (or tokens of a tokenizer) with `overlap` shared between neighbours, so a
 sentence cut by one boundary is whole in the next chunk. A character chunk ends at the last line break
-in its second half where there is one (else a space): passages of verse stay whole lines.
+in its second half where there is one (else a space) and starts at the beginning of a line where it
+can: passages of verse stay whole lines.
 """
 
 from __future__ import annotations
@@ -110,10 +111,11 @@ def document_name(document: Document, cited: str, fmt: str) -> str:
 
 
 def char_spans(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
-    """[start, end) spans of at most `size` characters covering `text`, neighbours sharing up to `overlap`.
-    An end moves back to just after the last newline (else space) in the window's second half; a start
-    moves forward to just after the first newline (else space) in the overlap, so chunks hold whole
-    lines (words) where the text allows."""
+    """[start, end) spans of at most `size` characters covering `text`, neighbours sharing about `overlap`.
+    An end moves back to just after the last newline (else space) in the window's second half. A start
+    moves back to the beginning of its line when that stays in the window's last three quarters (the
+    overlap then grows by less than a line: a citation's line number is where the passage begins), else
+    forward to just after a space, so chunks hold whole lines (words) where the text allows."""
     spans, start, n = [], 0, len(text)
     while start < n:
         end = min(start + size, n)
@@ -127,11 +129,13 @@ def char_spans(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
         if end >= n:
             break
         nxt = max(end - overlap, start + 1)
-        for sep in ("\n", " "):
-            cut = text.find(sep, nxt, end)
+        line_start = text.rfind("\n", start, nxt) + 1
+        if line_start > start + size // 4:
+            nxt = line_start
+        else:
+            cut = text.find(" ", nxt, end)
             if cut != -1 and cut + 1 < end:
                 nxt = cut + 1
-                break
         start = nxt
     return spans
 
