@@ -146,9 +146,24 @@ class LLM:
         ids = self.tokenizer.encode_chat(messages)  # the template writes any BOS itself; contents stay text
         yield from self._stream_ids(ids, self.sampling_params(**sampling))
 
-    def chat(self, messages: list[dict], **sampling) -> str:
-        """The assistant's reply to a conversation, rendered with the checkpoint's chat template."""
+    def chat(self, messages: list[dict], tools: list | None = None, max_tool_rounds: int = 4, **sampling) -> str:
+        """The assistant's reply to a conversation, rendered with the checkpoint's chat template. With tools
+        ("calculator", or `llmkit.rag.tools.Tool`s) the model may call them: see `chat_with_tools`."""
+        if tools:
+            return self.chat_with_tools(messages, tools, max_tool_rounds, **sampling).reply
         return "".join(self.chat_stream(messages, **sampling))
+
+    def chat_with_tools(self, messages: list[dict], tools: list, max_tool_rounds: int = 4, **sampling):
+        """Chat where each tool call the model makes is run and answered with a `tool` message, and the model
+        continues, for at most max_tool_rounds rounds of calls (`llmkit.rag.tool_loop.ToolChat`: the reply,
+        the whole exchange, counts)."""
+        from llmkit.rag.tool_loop import run_tool_loop
+
+        params = self.sampling_params(**sampling)
+
+        def generate(rendered: list[dict], template_tools: list[dict] | None) -> str:
+            return "".join(self._stream_ids(self.tokenizer.encode_chat(rendered, tools=template_tools), params))
+        return run_tool_loop(generate, messages, tools, self.tokenizer.chat_template, max_tool_rounds)
 
     # -- scoring
     @torch.inference_mode()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from llmkit.infer import TokenLogprob
+from llmkit.rag.embed import pooled_embeddings
 
 if TYPE_CHECKING:
     from llmkit.model import Transformer
@@ -34,13 +35,8 @@ def prompt_logprobs(model: "Transformer", ids: list[int], top: int) -> list[Toke
     return out
 
 
-@torch.inference_mode()
 def embed(model: "Transformer", ids: list[int], skip_first: bool) -> list[float]:
     """Mean of the final normalised hidden states over the input's tokens, scaled to unit length (so a
     dot product is the cosine similarity, as with OpenAI's embeddings). skip_first: leave out a BOS
-    token, whose state is the same for every input."""
-    hidden = model(torch.tensor([ids], device=_device(model)), return_hidden=True)[0].float()
-    if skip_first and len(ids) > 1:
-        hidden = hidden[1:]
-    pooled = hidden.mean(dim=0)
-    return (pooled / pooled.norm().clamp_min(1e-12)).cpu().tolist()
+    token, whose state is the same for every input. The same vectors as a RAG index's (llmkit/rag/embed.py)."""
+    return pooled_embeddings(model, [ids], skip_first)[0].tolist()

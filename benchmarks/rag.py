@@ -1,0 +1,144 @@
+"""Retrieval on the built-in task: recall@1 and @5 of BM25 (and, with --dense MODEL, dense and hybrid)
+over the complete works, for the built-in assistant task's held-out questions.
+
+The corpus is the built-in corpus (every play and poem, train and val, as `llmkit data shakespeare`
+writes it), chunked as `llmkit rag index` chunks it. The questions are the held-out questions of the
+built-in assistant task (seed 0, the task `builtin_task()` caches): "who says this line" (speaker),
+"continue this line" (continue) — their gold chunks are those that contain the quoted line whole — and
+"which play" (play), whose gold chunks are those of the right play that name the character. "passage"
+questions hold their answer in the prompt and are left out. The query is the question as the user asks it.
+
+Also measured: index build speed (MB of text per second, BM25 and dense separately), query latency
+p50/p99 per mode, index size on disk.
+
+    python benchmarks/rag.py                          # BM25 only (~1 minute on a 2-core CPU)
+    python benchmarks/rag.py --dense smollm2          # + dense and hybrid (embeds ~7,000 chunks)
+
+Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+KINDS = ("speaker", "continue", "play")
+
+
+def gold_rows(index, questions, plays_by_title) -> list[set[int]]:
+    """For each question, the rows of the chunks that answer it (see the module's docstring)."""
+    out = []
+    for q in questions:
+        if q.kind in ("speaker", "continue"):
+            out.append({i for i, c in enumerate(index.chunks) if q.subject in c.text})
+        else:
+            file = plays_by_title[q.answer]
+            out.append({i for i, c in enumerate(index.chunks) if c.file == file and q.subject in c.text})
+    return out
+
+
+def evaluate(index, questions, gold, mode, embedder) -> tuple[dict, list[float]]:
+    found1, found5, latencies = [], [], []
+    for q, rows in zip(questions, gold):
+        start = time.perf_counter()
+        hits = index.search(q.prompt, 5, mode, embedder)
+        latencies.append(time.perf_counter() - start)
+        ranked = [h.row for h in hits]
+        found1.append(bool(ranked[:1]) and ranked[0] in rows)
+        found5.append(any(r in rows for r in ranked))
+    result = {"recall_at_1": float(np.mean(found1)), "recall_at_5": float(np.mean(found5))}
+    for kind in KINDS:
+        marks = [(a, b) for q, a, b in zip(questions, found1, found5) if q.kind == kind]
+        if marks:
+            result[f"{kind}_recall_at_1"] = float(np.mean([a for a, _ in marks]))
+            result[f"{kind}_recall_at_5"] = float(np.mean([b for _, b in marks]))
+    result["query_p50_ms"] = float(np.percentile(latencies, 50) * 1000)
+    result["query_p99_ms"] = float(np.percentile(latencies, 99) * 1000)
+    return result, latencies
+
+
+def folder_mib(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dense", default=None, metavar="MODEL", help="also dense and hybrid, embedded by MODEL")
+    parser.add_argument("--chunk-chars", type=int, default=1000)
+    parser.add_argument("--overlap", type=int, default=200)
+    parser.add_argument("--heldout-per-kind", type=int, default=100)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+
+    from llmkit.data.assistant_task import make_questions, parse_play, read_plays
+    from llmkit.data.corpus import cache_root, fetch_shakespeare
+    from llmkit.rag.chunking import ChunkingConfig
+    from llmkit.rag.index import RagIndex
+
+    corpus = fetch_shakespeare(cache_root() / "data" / "shakespeare")
+    # the built-in task's held-out questions (builtin_task: seed 0, 2 x 1,000 training questions per kind)
+    _, heldout = make_questions(read_plays(corpus / "train"), 0, 2000, args.heldout_per_kind)
+    questions = [q for q in heldout if q.kind in KINDS]
+    plays_by_title = {}
+    for path in sorted((corpus / "train").glob("*.txt")):
+        play = parse_play(path)
+        if play is not None:
+            plays_by_title[play.title] = path.name
+    inputs = [corpus / "train", corpus / "val"]
+    text_mb = sum(p.stat().st_size for folder in inputs for p in folder.glob("*.txt")) / 1e6
+    config = ChunkingConfig(size=args.chunk_chars, overlap=args.overlap)
+
+    start = time.perf_counter()
+    index = RagIndex.build(inputs, config)
+    bm25_build_s = time.perf_counter() - start
+    figures = {"corpus_mb": text_mb, "chunks": len(index.chunks), "questions": len(questions),
+               "bm25_build_s": bm25_build_s, "bm25_build_mb_s": text_mb / bm25_build_s}
+    gold = gold_rows(index, questions, plays_by_title)
+    figures["questions_without_gold"] = sum(not g for g in gold)
+    modes = {"bm25": None}
+    if args.dense:
+        import llmkit
+        from llmkit.rag.embed import ModelEmbedder
+
+        llm = llmkit.load(args.dense, device=args.device)
+        embedder = ModelEmbedder(llm.model, llm.tokenizer, args.dense)
+        start = time.perf_counter()
+        index.embeddings = embedder.embed([c.text for c in index.chunks])
+        index.meta["dense"] = embedder.describe()
+        dense_s = time.perf_counter() - start
+        figures.update(dense_build_s=dense_s, dense_build_mb_s=text_mb / dense_s)
+        modes.update(dense=embedder, hybrid=embedder)
+    folder = Path(tempfile.mkdtemp()) / "index"
+    try:
+        index.save(folder)
+        figures["index_mib"] = folder_mib(folder)
+        index = RagIndex.load(folder)
+        for mode, embedder in modes.items():
+            result, _ = evaluate(index, questions, gold, mode, embedder)
+            figures.update({f"{mode}_{k}": v for k, v in result.items()})
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+    print(f"corpus {text_mb:.1f} MB -> {len(index.chunks)} chunks of {args.chunk_chars} characters "
+          f"(overlap {args.overlap}); {len(questions)} held-out questions "
+          f"({figures['questions_without_gold']} without a gold chunk); index {figures['index_mib']:.1f} MiB")
+    print(f"build: BM25 {figures['bm25_build_mb_s']:.2f} MB/s"
+          + (f", dense {figures['dense_build_mb_s']:.3f} MB/s" if args.dense else ""))
+    print(f"{'mode':<8} {'R@1':>6} {'R@5':>6} " + " ".join(f"{k[:8] + ' R@1':>13} {k[:8] + ' R@5':>13}" for k in KINDS)
+          + f" {'p50 ms':>8} {'p99 ms':>8}")
+    for mode in modes:
+        f = {k[len(mode) + 1:]: v for k, v in figures.items() if k.startswith(mode + "_")}
+        print(f"{mode:<8} {f['recall_at_1']:6.3f} {f['recall_at_5']:6.3f} "
+              + " ".join(f"{f.get(f'{k}_recall_at_1', float('nan')):13.3f} {f.get(f'{k}_recall_at_5', float('nan')):13.3f}"
+                         for k in KINDS) + f" {f['query_p50_ms']:8.2f} {f['query_p99_ms']:8.2f}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

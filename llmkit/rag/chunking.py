@@ -1,0 +1,184 @@
+"""Documents -> overlapping chunks that remember where they came from.
+
+The documents are read by `llmkit data clean`'s readers (llmkit/data/clean/readers.py), so an index
+takes every format cleaning takes: text and Markdown files (one document each), JSONL (plain or gzip,
+one document per line), Parquet (one per row), HTML files and WARC archives (main text extracted with
+trafilatura, as the clean pipeline's `extract` stage does; the `clean` extra).
+
+A chunk keeps its file, its document (a JSONL/Parquet record's id; the file itself for text), the
+character offsets [start, end) of its text inside the document's text, and the 1-based line its first
+character is on. A text file's document text is the file's characters exactly (read as UTF-8 bytes,
+no newline translation), so `open(path, newline="").read()[start:end] == chunk.text` and the line is
+the file's own line number: what a citation like `[2] hamlet_gut.txt, line 1734` points at.
+
+Chunks are `size` characters (or tokens of a tokenizer) with `overlap` shared between neighbours, so a
+sentence cut by one boundary is whole in the next chunk. A character chunk ends at the last line break
+in its second half where there is one (else a space) and starts at the beginning of a line where it
+can: passages of verse stay whole lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llmkit.data.clean.document import Document, Rejection
+from llmkit.data.clean.readers import FilePart, expand_input, read_part
+from llmkit.data.clean.shared import InputSpec
+from llmkit.errors import DataError
+
+RAG_BAD_HINT = "fix the record, or choose the text field with --field"
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    unit: str = "chars"  # "chars" | "tokens" (of the index's tokenizer)
+    size: int = 1000
+    overlap: int = 200
+    text_field: str = "text"  # JSONL field / Parquet column holding the text
+
+    def __post_init__(self):
+        if self.unit not in ("chars", "tokens"):
+            raise DataError(f"chunk unit {self.unit!r}: use chars or tokens")
+        if self.size < 1:
+            raise DataError(f"chunk size {self.size}: give a positive number of {self.unit}")
+        if not 0 <= self.overlap < self.size:
+            raise DataError(f"chunk overlap {self.overlap}: give 0 <= overlap < the chunk size ({self.size})")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    file: str  # the file as cited: its path relative to the input folder (or its name)
+    doc: str  # the document inside the file: a record's id, or the file itself ("" for a text file)
+    start: int  # character offsets of `text` in the document's text
+    end: int
+    line: int  # 1-based line of the document's text where the chunk starts
+    text: str
+
+    def citation(self) -> str:
+        """`hamlet_gut.txt, line 1734` (a record of a JSONL file: `data.jsonl, record 7, line 3`)."""
+        record = f", record {self.doc}" if self.doc else ""
+        return f"{self.file}{record}, line {self.line}"
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SourceDocument:
+    path: str  # the file on disk
+    file: str  # as cited
+    doc: str
+    text: str
+
+
+def input_files(inputs: list[str | Path]) -> list[tuple[Path, str, str]]:
+    """(file, name as cited, format) of every readable file of the inputs (files or folders), in order."""
+    files = []
+    for item in inputs:
+        root = Path(item)
+        for path, rel, fmt in expand_input(InputSpec(path=str(root))):
+            files.append((path, rel if root.is_dir() else path.name, fmt))
+    if not files:
+        raise DataError(f"no readable files in {', '.join(map(str, inputs))}")
+    return files
+
+
+def read_documents(path: Path, cited: str, fmt: str, text_field: str = "text") -> Iterator[SourceDocument]:
+    """The documents of one file, their text as the clean readers give it (HTML: its main text)."""
+    part = FilePart(path=str(path), rel=cited, format=fmt, source="rag", text_field=text_field)
+    extract = None
+    for document in read_part(part, bad_hint=RAG_BAD_HINT):
+        if document.html is not None:
+            if extract is None:
+                from llmkit.data.clean.normalize import Extract, ExtractConfig
+
+                extract = Extract(ExtractConfig())
+            if isinstance(extract(document), Rejection):  # no main text on the page
+                continue
+        yield SourceDocument(str(path), cited, document_name(document, cited, fmt), document.text)
+
+
+def document_name(document: Document, cited: str, fmt: str) -> str:
+    """How a citation names a document inside its file: nothing for a file that is one document; a
+    record's id (or "@BYTE", its offset in a JSONL file without ids); a WARC record's URL."""
+    if fmt in ("text", "html"):
+        return ""
+    if fmt == "warc":
+        return document.meta.get("url") or document.id
+    return "@" + document.id.split("@", 1)[1] if document.id.startswith(f"{cited}@") else document.id
+
+
+def char_spans(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
+    """[start, end) spans of at most `size` characters covering `text`, neighbours sharing about `overlap`.
+    An end moves back to just after the last newline (else space) in the window's second half. A start
+    moves back to the beginning of its line when that stays in the window's last three quarters (the
+    overlap then grows by less than a line: a citation's line number is where the passage begins), else
+    forward to just after a space, so chunks hold whole lines (words) where the text allows."""
+    spans, start, n = [], 0, len(text)
+    while start < n:
+        end = min(start + size, n)
+        if end < n:
+            for sep in ("\n", " "):
+                cut = text.rfind(sep, start + size // 2, end)
+                if cut != -1:
+                    end = cut + 1
+                    break
+        spans.append((start, end))
+        if end >= n:
+            break
+        nxt = max(end - overlap, start + 1)
+        line_start = text.rfind("\n", start, nxt) + 1
+        if line_start > start + size // 4:
+            nxt = line_start
+        else:
+            cut = text.find(" ", nxt, end)
+            if cut != -1 and cut + 1 < end:
+                nxt = cut + 1
+        start = nxt
+    return spans
+
+
+def token_spans(text: str, tokenizer, size: int, overlap: int) -> list[tuple[int, int]]:
+    """[start, end) character spans of windows of `size` tokens (stride size - overlap), from the
+    tokenizer's own offsets: each chunk then embeds without truncation in a model of that context."""
+    offsets = tokenizer.backend.encode(text, add_special_tokens=False).offsets
+    spans = []
+    for first in range(0, len(offsets), size - overlap):
+        last = min(first + size, len(offsets)) - 1
+        spans.append((offsets[first][0], offsets[last][1]))
+        if last == len(offsets) - 1:
+            break
+    return spans
+
+
+def chunk_document(document: SourceDocument, config: ChunkingConfig, tokenizer=None) -> list[Chunk]:
+    text = document.text
+    if config.unit == "tokens":
+        if tokenizer is None:
+            raise DataError("chunks measured in tokens need a tokenizer: give --model (or chunk in characters)")
+        spans = token_spans(text, tokenizer, config.size, config.overlap)
+    else:
+        spans = char_spans(text, config.size, config.overlap)
+    chunks, line, counted = [], 1, 0
+    for start, end in spans:
+        line += text.count("\n", counted, start)
+        counted = start
+        if text[start:end].strip():
+            chunks.append(Chunk(document.file, document.doc, start, end, line, text[start:end]))
+    return chunks
+
+
+def chunk_inputs(inputs: list[str | Path], config: ChunkingConfig, tokenizer=None) \
+        -> tuple[list[Chunk], list[dict]]:
+    """(chunks of every document of every input file, one record per file: path, name, chunks)."""
+    chunks, files = [], []
+    for path, cited, fmt in input_files(inputs):
+        before = len(chunks)
+        for document in read_documents(path, cited, fmt, config.text_field):
+            chunks += chunk_document(document, config, tokenizer)
+        files.append({"path": str(path.resolve()), "file": cited, "format": fmt, "chunks": len(chunks) - before})
+    if not chunks:
+        raise DataError(f"{', '.join(map(str, inputs))}: no text to index (the files are empty)")
+    return chunks, files

@@ -1,0 +1,213 @@
+"""A retrieval index on disk: chunks with their sources, BM25, and (optionally) dense vectors.
+
+    INDEX/index.json      format, chunking, the files indexed, the BM25 settings, the embedding model
+    INDEX/chunks.jsonl    one chunk per line: file, doc, start, end, line, text
+    INDEX/embeddings.npy  float32 (chunks, dim) unit vectors, loaded with mmap_mode="r"
+    INDEX/bm25/           bm25s's sparse score matrix (.npy, no pickle) and vocabulary (JSON)
+
+Written whole or not at all (`llmkit.atomic.staged_directory`). `add` chunks and embeds only the new
+files; the old vectors are copied, not recomputed, and BM25 (whose scores depend on the whole
+collection) is re-scored from the stored chunk texts. An index built in two steps equals one built at
+once (tests/test_rag.py).
+
+Search modes: "bm25", "dense" (cosine of the query's vector with each chunk's), and "hybrid":
+reciprocal-rank fusion of the two rankings, score(d) = sum over rankings of 1 / (60 + rank(d))
+(Cormack, Clarke & Büttcher 2009, "Reciprocal Rank Fusion outperforms Condorcet and individual rank
+learning methods"; k = 60 is theirs), which needs no calibration between BM25 scores and cosines.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llmkit.atomic import staged_directory
+from llmkit.errors import LLMKitError
+from llmkit.rag.chunking import Chunk, ChunkingConfig, chunk_inputs
+from llmkit.rag.lexical import BM25Index, top_k
+
+INDEX_FORMAT = "llmkit-rag-index-v1"
+MODES = ("bm25", "dense", "hybrid")
+RRF_K = 60  # Cormack et al. 2009
+FUSION_DEPTH = 100  # candidates each ranking contributes to the fusion
+
+
+class RagIndexError(LLMKitError):
+    """An index folder is missing, incomplete or corrupt, or cannot answer the query asked of it."""
+
+
+@dataclass
+class Hit:
+    rank: int  # 1-based
+    row: int  # the chunk's row in the index
+    chunk: Chunk
+    score: float  # the mode's score: BM25, cosine, or the fused reciprocal-rank sum
+
+
+def is_index(folder: Path) -> bool:
+    try:
+        return json.loads((Path(folder) / "index.json").read_text()).get("format") == INDEX_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class RagIndex:
+    def __init__(self, meta: dict, chunks: list[Chunk], bm25: BM25Index, embeddings: np.ndarray | None,
+                 folder: Path | None = None):
+        self.meta, self.chunks, self.bm25, self.embeddings, self.folder = meta, chunks, bm25, embeddings, folder
+
+    # -- building
+    @classmethod
+    def build(cls, inputs: list[str | Path], config: ChunkingConfig = ChunkingConfig(), embedder=None,
+              tokenizer=None, progress=None) -> "RagIndex":
+        """An index of every document of `inputs` (files or folders). embedder: a `ModelEmbedder` for dense
+        vectors (None: BM25 only); tokenizer: for chunks measured in tokens."""
+        meta = {"format": INDEX_FORMAT, "chunking": config.__dict__.copy(), "files": [], "chunks": 0,
+                "bm25": {"k1": 1.5, "b": 0.75, "stopwords": None},
+                "dense": embedder.describe() if embedder is not None else None}
+        empty = np.zeros((0, embedder.dim), dtype=np.float32) if embedder is not None else None
+        return cls(meta, [], None, empty).add(inputs, embedder, tokenizer, progress)
+
+    def add(self, inputs: list[str | Path], embedder=None, tokenizer=None, progress=None) -> "RagIndex":
+        """A new index holding this one's chunks and those of `inputs`: only the new chunks are embedded."""
+        config = ChunkingConfig(**self.meta["chunking"])
+        known = {f["path"] for f in self.meta["files"]}
+        new_chunks, files = chunk_inputs(inputs, config, tokenizer)
+        again = [f["path"] for f in files if f["path"] in known]
+        if again:
+            raise RagIndexError(f"{again[0]}: already in the index; build a new index to re-index a changed file")
+        embeddings = self.embeddings
+        if self.meta["dense"] is not None:
+            self.check_embedder(embedder, "adding to an index with dense vectors")
+            added = embedder.embed([c.text for c in new_chunks], progress)
+            embeddings = np.concatenate([np.asarray(self.embeddings), added]) if len(self.chunks) else added
+        chunks = self.chunks + new_chunks
+        first = len(self.chunks)
+        for record in files:
+            record["first_chunk"], first = first, first + record["chunks"]
+        meta = {**self.meta, "files": self.meta["files"] + files, "chunks": len(chunks),
+                "characters": self.meta.get("characters", 0) + sum(len(c.text) for c in new_chunks)}
+        settings = meta["bm25"]
+        bm25 = BM25Index.build([c.text for c in chunks], settings["k1"], settings["b"], settings["stopwords"])
+        return RagIndex(meta, chunks, bm25, embeddings)
+
+    # -- files
+    def save(self, out: str | Path, overwrite: bool = False) -> Path:
+        out = Path(out)
+        with staged_directory(out, overwrite=overwrite, ours=is_index, what="the index") as folder:
+            (folder / "index.json").write_text(json.dumps(self.meta, indent=1, ensure_ascii=False) + "\n")
+            with open(folder / "chunks.jsonl", "w", encoding="utf-8") as f:
+                for chunk in self.chunks:
+                    f.write(json.dumps(chunk.to_record(), ensure_ascii=False) + "\n")
+            if self.embeddings is not None:
+                np.save(folder / "embeddings.npy", np.ascontiguousarray(self.embeddings, dtype=np.float32),
+                        allow_pickle=False)
+            (folder / "bm25").mkdir()
+            self.bm25.save(folder / "bm25")
+        self.folder = out
+        return out
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "RagIndex":
+        folder = Path(folder)
+        hint = f"build one with: llmkit rag index --input FILES --out {folder}"
+        if not folder.is_dir():
+            raise RagIndexError(f"{folder}: no such index; {hint}")
+        if not (folder / "index.json").is_file():
+            raise RagIndexError(f"{folder}: not an llmkit index (no index.json); {hint}")
+        try:
+            meta = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RagIndexError(f"{folder / 'index.json'}: not valid JSON ({e}); rebuild the index") from None
+        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
+            raise RagIndexError(f"{folder / 'index.json'}: not an {INDEX_FORMAT} index; rebuild it with this llmkit")
+        chunks = read_chunks(folder / "chunks.jsonl", meta.get("chunks"))
+        embeddings = None
+        if meta.get("dense") is not None:
+            embeddings = read_embeddings(folder / "embeddings.npy", len(chunks), meta["dense"].get("dim"))
+        bm25 = BM25Index.load(folder / "bm25", meta.get("bm25", {}).get("stopwords"))
+        if bm25.size != len(chunks):
+            raise RagIndexError(f"{folder / 'bm25'}: scores {bm25.size} chunks, chunks.jsonl holds {len(chunks)}; "
+                              "rebuild the index")
+        return cls(meta, chunks, bm25, embeddings, folder)
+
+    # -- searching
+    @property
+    def has_dense(self) -> bool:
+        return self.embeddings is not None
+
+    def default_mode(self) -> str:
+        return "hybrid" if self.has_dense else "bm25"
+
+    def check_embedder(self, embedder, needed_by: str) -> None:
+        wanted = self.meta["dense"]
+        if embedder is None:
+            raise RagIndexError(f"{needed_by} needs the model that embedded the index ({wanted['model']})")
+        mine = embedder.describe()
+        if (mine["dim"], mine["config_sha256"]) != (wanted["dim"], wanted["config_sha256"]):
+            raise RagIndexError(f"{needed_by}: the index was embedded with {wanted['model']} ({wanted['dim']} "
+                              f"dimensions), not {mine['model']} ({mine['dim']}); use that model, or --mode bm25")
+
+    def search(self, query: str, k: int = 5, mode: str | None = None, embedder=None) -> list[Hit]:
+        mode = mode or self.default_mode()
+        if mode not in MODES:
+            raise RagIndexError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
+        if k < 1:
+            raise RagIndexError(f"--k {k}: retrieve at least one passage")
+        if mode != "bm25" and not self.has_dense:
+            raise RagIndexError(f"--mode {mode}: the index has no dense vectors (built with --no-dense); "
+                              "use --mode bm25, or rebuild it with --dense")
+        if mode == "bm25":
+            ranked = self.bm25.search(query, k)
+        else:
+            self.check_embedder(embedder, f"--mode {mode}")
+            query_vector = embedder.embed([query])[0]
+            dense = top_k(np.asarray(self.embeddings @ query_vector, dtype=np.float32),
+                          k if mode == "dense" else max(k, FUSION_DEPTH))
+            ranked = dense if mode == "dense" else reciprocal_rank_fusion(
+                [self.bm25.search(query, max(k, FUSION_DEPTH)), dense])[:k]
+        return [Hit(rank, row, self.chunks[row], score) for rank, (row, score) in enumerate(ranked, 1)]
+
+
+def reciprocal_rank_fusion(rankings: list[list[tuple[int, float]]], k: int = RRF_K) -> list[tuple[int, float]]:
+    """Rows of several best-first rankings, ordered by sum of 1 / (k + rank) (Cormack et al. 2009);
+    ties go to the row with the better best rank, then the lower row."""
+    fused: dict[int, float] = {}
+    best: dict[int, int] = {}
+    for ranking in rankings:
+        for rank, (row, _) in enumerate(ranking, 1):
+            fused[row] = fused.get(row, 0.0) + 1.0 / (k + rank)
+            best[row] = min(best.get(row, rank), rank)
+    return sorted(fused.items(), key=lambda item: (-item[1], best[item[0]], item[0]))
+
+
+def read_chunks(path: Path, expected) -> list[Chunk]:
+    if not path.is_file():
+        raise RagIndexError(f"{path}: missing; the index is incomplete: rebuild it")
+    chunks = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+                chunks.append(Chunk(**record))
+            except (ValueError, TypeError) as e:
+                raise RagIndexError(f"{path}: line {number}: not a chunk record ({e}); rebuild the index") from None
+    if expected != len(chunks):
+        raise RagIndexError(f"{path}: holds {len(chunks)} chunks, index.json says {expected}; rebuild the index")
+    return chunks
+
+
+def read_embeddings(path: Path, rows: int, dim) -> np.ndarray:
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise RagIndexError(f"{path}: missing; the index is incomplete: rebuild it") from None
+    except (ValueError, OSError) as e:
+        raise RagIndexError(f"{path}: not a readable .npy array ({e}); rebuild the index") from None
+    if vectors.dtype != np.float32 or vectors.shape != (rows, dim):
+        raise RagIndexError(f"{path}: holds {vectors.dtype} {vectors.shape}, expected float32 ({rows}, {dim}); "
+                          "rebuild the index")
+    return vectors

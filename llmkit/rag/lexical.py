@@ -1,0 +1,89 @@
+"""Lexical retrieval: BM25 (Robertson & Zaragoza 2009, "The Probabilistic Relevance Framework: BM25 and
+Beyond") through the `bm25s` library (Lù 2024), which precomputes every (document, term) score into a
+sparse matrix, so a query is a sum of a few columns.
+
+Saved and loaded with bm25s's own format: the sparse matrix as three `.npy` arrays written and read
+with `allow_pickle=False` (read memory-mapped), the vocabulary and parameters as JSON; nothing is
+pickled. BM25 scores depend on the whole collection (IDF, mean length), so adding documents re-scores
+the matrix from the stored chunk texts: seconds for the complete works, against minutes for their
+dense vectors, which adding never recomputes.
+
+Tokens: lower-cased words of two or more letters/digits (bm25s's default pattern). No stop-word list
+by default: the questions quote lines ("To be, or not to be") made of nothing else, and IDF already
+weighs common words down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from llmkit.errors import LLMKitError
+
+
+class MissingRagExtraError(LLMKitError):
+    """bm25s (the `rag` extra) is not installed."""
+
+
+def _bm25s():
+    try:
+        import bm25s
+    except ImportError:
+        raise MissingRagExtraError("lexical retrieval needs the `rag` extra: pip install 'llmkit[rag]' "
+                                   "(missing: bm25s)") from None
+    return bm25s
+
+
+class BM25Index:
+    """BM25 over a list of texts; `search` returns (row, score) best first, rows with a matching term only."""
+
+    def __init__(self, retriever, stopwords: str | None = None):
+        self.retriever = retriever
+        self.stopwords = stopwords
+
+    @classmethod
+    def build(cls, texts: list[str], k1: float = 1.5, b: float = 0.75, stopwords: str | None = None) -> "BM25Index":
+        bm25s = _bm25s()
+        tokens = bm25s.tokenize(texts, stopwords=stopwords, show_progress=False)
+        retriever = bm25s.BM25(k1=k1, b=b)
+        retriever.index(tokens, show_progress=False)
+        return cls(retriever, stopwords)
+
+    def save(self, folder: Path) -> None:
+        self.retriever.save(str(folder), allow_pickle=False)
+
+    @classmethod
+    def load(cls, folder: Path, stopwords: str | None = None) -> "BM25Index":
+        bm25s = _bm25s()
+        if not (folder / "params.index.json").is_file():
+            raise LLMKitError(f"{folder}: the BM25 part of the index is missing; rebuild it with llmkit rag index")
+        try:
+            retriever = bm25s.BM25.load(str(folder), mmap=True, allow_pickle=False)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LLMKitError(f"{folder}: the BM25 part of the index is unreadable ({e}); "
+                              "rebuild it with llmkit rag index") from None
+        return cls(retriever, stopwords)
+
+    @property
+    def size(self) -> int:
+        return int(self.retriever.scores["num_docs"])
+
+    def search(self, query: str, k: int) -> list[tuple[int, float]]:
+        words = _bm25s().tokenize([query], stopwords=self.stopwords, return_ids=False, show_progress=False)[0]
+        ids = [self.retriever.vocab_dict[w] for w in words if w in self.retriever.vocab_dict]
+        if not ids or k < 1:
+            return []
+        scores = np.asarray(self.retriever.get_scores_from_ids(ids), dtype=np.float32)
+        return top_k(scores, k, positive_only=True)
+
+
+def top_k(scores: np.ndarray, k: int, positive_only: bool = False) -> list[tuple[int, float]]:
+    """The k best (row, score) pairs, best first, ties by row (deterministic); positive_only: only rows
+    scoring above 0 (BM25: rows that share a term with the query)."""
+    k = min(k, len(scores))
+    if k <= 0:
+        return []
+    best = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    ranked = sorted(best.tolist(), key=lambda i: (-float(scores[i]), i))
+    return [(i, float(scores[i])) for i in ranked if scores[i] > 0 or not positive_only]
