@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import TEST_DATA, run_cli
+from conftest import TEST_DATA, cli_in_process, run_cli
 from llmkit.checkpoint import save_checkpoint
 from llmkit.config import ModelConfig
 from llmkit.eval.stats import paired_comparison, wilson_interval
@@ -70,15 +70,16 @@ def test_eval_tasks_writes_results_and_examples_then_compares(two_checkpoints, t
     (["--tasks", "copa", "--limit", "0"], "--limit 0"),
     ([], "give --model with either --tasks"),
 ])
-def test_eval_user_errors_are_one_line_exit_2(two_checkpoints, tmp_path, args, message):
-    result = run_cli("eval", "--model", two_checkpoints[0], "--task-dir", FIXTURES, *args, cwd=tmp_path)
+def test_eval_user_errors_are_one_line_exit_2(two_checkpoints, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = cli_in_process("eval", "--model", two_checkpoints[0], "--task-dir", FIXTURES, *args)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_compare_rejects_a_directory_that_is_not_a_run(tmp_path):
-    result = run_cli("eval", "--compare", tmp_path, tmp_path, cwd=tmp_path)
+    result = cli_in_process("eval", "--compare", tmp_path, tmp_path)
     assert result.returncode == 2 and "not an evaluation run" in result.stderr
 
 
@@ -101,5 +102,5 @@ def test_text_still_gives_bits_per_byte_and_excludes_tasks(two_checkpoints, tmp_
     result = run_cli("eval", "--model", two_checkpoints[0], "--text", text, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "1 file(s)" in result.stdout and float(result.stdout.split("bits per byte ")[1].split(",")[0]) > 0
-    result = run_cli("eval", "--model", two_checkpoints[0], "--text", text, "--tasks", "copa", cwd=tmp_path)
+    result = cli_in_process("eval", "--model", two_checkpoints[0], "--text", text, "--tasks", "copa")
     assert result.returncode == 2 and "either --tasks" in result.stderr

@@ -11,7 +11,7 @@ import torch
 from llmkit.config import ModelConfig
 from llmkit.model import Transformer
 from llmkit.train.packing import Item, collate, pack, pack_rows, per_sequence_sum
-from conftest import run_cli
+from conftest import cli_in_process, run_cli
 from posttrain_fixtures import config, task_files, tiny_base  # noqa: F401 (fixtures)
 
 
@@ -86,10 +86,10 @@ def test_sft_errors_are_one_line_with_file_and_line(tmp_path, tiny_base):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
                    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}\n')
-    result = run_cli("sft", "--out", tmp_path / "x", f"init_from={tiny_base}", f"data={bad}")
+    result = cli_in_process("sft", "--out", tmp_path / "x", f"init_from={tiny_base}", f"data={bad}")
     assert result.returncode == 2 and f"{bad}:2: field 'messages': message 1" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    result = run_cli("sft", "--out", tmp_path / "x", f"data={bad}")
+    result = cli_in_process("sft", "--out", tmp_path / "x", f"data={bad}")
     assert result.returncode == 2 and "init_from is required" in result.stderr
-    result = run_cli("sft", "--out", tmp_path / "x", f"init_from={tiny_base}", f"data={bad}", "peft=qlora")
+    result = cli_in_process("sft", "--out", tmp_path / "x", f"init_from={tiny_base}", f"data={bad}", "peft=qlora")
     assert result.returncode == 2 and "peft must be none, lora or prompt" in result.stderr

@@ -8,7 +8,7 @@ import pytest
 
 from llmkit.errors import ConfigError
 from llmkit.speedrun import MODELS, load_plan, speedrun
-from conftest import run_cli
+from conftest import cli_in_process
 
 
 @pytest.mark.slow
@@ -59,7 +59,7 @@ def test_speedrun_overrides_are_checked():
         load_plan("cpu", ["epochs=3"])
     with pytest.raises(ConfigError, match="unknown speedrun size"):
         load_plan("huge")
-    result = run_cli("speedrun", "--out", "/tmp/never", "nostage.x=1")
+    result = cli_in_process("speedrun", "--out", "/tmp/never", "nostage.x=1")
     assert result.returncode == 2 and "STAGE.field=value" in result.stderr
 
 
@@ -74,7 +74,7 @@ def test_every_plan_is_checked_before_the_first_stage(tmp_path):
                             ("task.train_per_kin=5", "task"), ("pretrain.lr=fast", "shakespeare-cpu")):
         with pytest.raises(ConfigError, match=stage):
             check_plan(load_plan("cpu", [override]), tmp_path)
-    result = run_cli("speedrun", "--out", tmp_path / "run", "dpo.lrr=1")
+    result = cli_in_process("speedrun", "--out", tmp_path / "run", "dpo.lrr=1")
     assert result.returncode == 2 and "lrr" in result.stderr and not (tmp_path / "run").exists()
     # a misspelt preset is the same one-line error as `llmkit sft --preset` gives, not a traceback
     with pytest.raises(ConfigError, match="speedrun stage sft .*unknown training preset 'sft-asistant'"):
