@@ -315,12 +315,22 @@ def check_rope_table_size(config: ModelConfig) -> None:
 
 
 # --- the model ----------------------------------------------------------------------------------------
+def _embedding(rows: int, dim: int) -> nn.Embedding:
+    """nn.Embedding, left uninitialised on the meta device, where checkpoints are loaded: its own init
+    there runs torch._refs.normal_, whose first call imports torch._dynamo, seconds added to every
+    `llmkit generate`/`score`/`chat` for values the checkpoint replaces. Elsewhere unchanged, so a seeded
+    model's initial weights stay what they were."""
+    if torch.get_default_device().type == "meta":
+        return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
+    return nn.Embedding(rows, dim)
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos_embedding == "learned" else None
+        self.tok_emb = _embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = _embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos_embedding == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = make_norm(cfg, cfg.d_model)
@@ -330,7 +340,8 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.build_rope_tables()
-        self.reset_parameters()
+        if self.tok_emb.weight.device.type != "meta":  # a model built on meta is filled from a checkpoint;
+            self.reset_parameters()  # init there would only import torch._dynamo (torch._refs.normal_)
 
     # -- initialisation
     def reset_parameters(self) -> None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import cli_in_process
 from llmkit.config import ModelConfig
 from llmkit.errors import GenerationError
 from llmkit.infer import Engine, KVCache, SamplingParams, next_token_distribution, sample_next_token
@@ -168,8 +168,8 @@ def test_cli_show_probs_and_speculative(tmp_path, shakespeare_tokenizer):
 
     save_checkpoint(tmp_path, make_model(), shakespeare_tokenizer)
 
-    def cli(*args):
-        return run_cli("generate", "--model", tmp_path, *args)
+    def cli(*args):  # in-process: the options' parsing and printing are the point, not a fresh interpreter
+        return cli_in_process("generate", "--model", tmp_path, *args)
 
     result = cli("--temperature", "0", "--max-new-tokens", "4", "--show-probs", "3", "To be")
     assert result.returncode == 0, result.stderr
