@@ -12,6 +12,7 @@ from pathlib import Path
 
 from llmkit.errors import DataError, LLMKitError
 from llmkit.inspect import commands as inspect_commands
+from llmkit.scaling import commands as scaling_commands
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -211,7 +212,13 @@ def training_config(args):
 def cmd_pretrain(args) -> None:
     from llmkit.train.pretrain import pretrain
 
-    result = pretrain(training_config(args), args.out, resume=args.resume)
+    config = training_config(args)
+    if args.scaling:  # the token budget from a fitted scaling law instead of 20 tokens per parameter
+        from llmkit.scaling.predict import scaled_pretrain_config
+
+        config, message = scaled_pretrain_config(config, args.scaling, args.overrides)
+        print(message)
+    result = pretrain(config, args.out, resume=args.resume)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
     print(f"done: {result.steps} steps, {result.tokens:,} tokens, {result.train_time_s:.1f} s of training; "
           f"{shown}; model in {args.out} (try: llmkit generate --model {args.out} \"ROMEO:\")")
@@ -501,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_args(p, "pretrain", "shakespeare-cpu", "field=value or model.field=value (fields below)")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard parameters with FSDP2 instead of DDP "
                    "(same as fsdp=true)")
+    p.add_argument("--scaling", default=None, metavar="DIR", help="token budget from DIR/fit.json (llmkit scaling fit)")
     p.set_defaults(handler=cmd_pretrain)
 
     p = verbs.add_parser("eval", help="benchmark tasks (multiple choice, schema, language modelling; CORE) or "
@@ -574,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="STAGE.field=value, e.g. pretrain.time_limit_s=300 sft.epochs=3")
     p.set_defaults(handler=cmd_speedrun)
     inspect_commands.add_inspect_verb(verbs, add_model_args)
+    scaling_commands.add_scaling_verb(verbs)
     return parser
 
 
