@@ -214,10 +214,7 @@ def cmd_pretrain(args) -> None:
 
     config = training_config(args)
     if args.scaling:  # the token budget from a fitted scaling law instead of 20 tokens per parameter
-        from llmkit.scaling.predict import scaled_pretrain_config
-
-        config, message = scaled_pretrain_config(config, args.scaling, args.overrides)
-        print(message)
+        config = scaling_commands.scaled_pretrain(config, args.scaling, args.overrides)
     result = pretrain(config, args.out, resume=args.resume)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
     print(f"done: {result.steps} steps, {result.tokens:,} tokens, {result.train_time_s:.1f} s of training; "

@@ -189,3 +189,21 @@ def test_pretrain_takes_its_token_budget_from_a_fitted_law(tmp_path, shards):
         scaled_pretrain_config(config, tmp_path, overrides + ["max_tokens=1000"])
     with pytest.raises(DataError, match="llmkit scaling fit"):
         scaled_pretrain_config(config, tmp_path / "none", overrides)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--budgets", "1e12", "--sizes", "2x128", "--depths", "1,2"], "not both"),
+    (["--budgets", "1e12", "--sizes", "2by128"], "'2by128' is not LAYERSxWIDTH"),
+    (["--budgets", "1e12,-3", "--depths", "1,2"], "positive FLOP counts"),
+    (["--budgets", "1e12", "--depths", "1,x"], "'x' is not a positive whole number"),
+    (["--budgets", "1e12", "--depths", "1,2", "max_steps=5"], "sets max_steps for each run itself"),
+])
+def test_sweep_usage_errors_are_one_line(tmp_path, args, expected):
+    result = cli_in_process("scaling", "sweep", "--out", tmp_path / "s", *args)
+    assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_pretrain_scaling_with_its_own_budget_is_refused(tmp_path):
+    result = cli_in_process("pretrain", "--out", tmp_path / "run", "--scaling", tmp_path, "max_tokens=1000")
+    assert result.returncode == 2 and "give one of them" in result.stderr and not (tmp_path / "run").exists()

@@ -48,6 +48,15 @@ def add_scaling_verb(verbs) -> None:
     r.set_defaults(handler=cmd_scaling_predict)
 
 
+def scaled_pretrain(config, directory: str, overrides: list[str]):
+    """`llmkit pretrain --scaling DIR`: the config with its token budget from DIR/fit.json, said aloud."""
+    from llmkit.scaling.predict import scaled_pretrain_config
+
+    config, message = scaled_pretrain_config(config, directory, overrides)
+    print(message)
+    return config
+
+
 def cmd_scaling_sweep(args) -> None:
     from llmkit.scaling.shapes import parse_budgets, parse_sizes
     from llmkit.scaling.sweep import run_sweep
