@@ -139,7 +139,7 @@ def cmd_scaling_predict(args) -> None:
                   f"tokens/param){loss}")
     model = result.get("model")
     if model:
-        print(f"  model {model['shape']['label']}: N {model['params']:,} ({model['params_total']:,} with embeddings), "
+        print(f"  model {model['shape']['label']}: N {model['params']:,} ({model['params_total']:,} parameters stored), "
               f"D {int(model['tokens']):,}, predicted loss {model['loss']:.4f}{_ci(model.get('loss_ci95'))} "
               "(95%: the fit's uncertainty and one run's scatter)")
         print(f"  {model['command']}")

@@ -79,7 +79,7 @@ def _geomean(values) -> float:
 # --- approach 2: IsoFLOP profiles -----------------------------------------------------------------------
 @dataclass
 class Profile:
-    budget: float  # geometric mean of the runs' FLOPs
+    budget: float  # the runs' nominal budget, or the geometric mean of their FLOPs
     params: np.ndarray
     tokens: np.ndarray
     loss: np.ndarray
@@ -95,7 +95,9 @@ def isoflop_profile(runs: list[dict]) -> Profile:
     params = np.array([r["params"] for r in runs], float)
     tokens = np.array([r["tokens"] for r in runs], float)
     loss = np.array([r["val_loss"] for r in runs], float)
-    profile = Profile(_geomean([r["flops"] for r in runs]), params, tokens, loss)
+    nominal = {r.get("budget") for r in runs}  # a sweep's budget; else the runs' FLOPs (grouped by closeness)
+    budget = float(nominal.pop()) if len(nominal) == 1 and None not in nominal else _geomean([r["flops"] for r in runs])
+    profile = Profile(budget, params, tokens, loss)
     x = np.log(params)
     if len(np.unique(x)) < 3:
         profile.note = f"{len(np.unique(x))} size(s): a parabola needs 3"
@@ -123,12 +125,13 @@ def power_law(budgets, values) -> tuple[float, float]:
 
 def approach2(groups: list[list[dict]], bootstrap: int, rng: np.random.Generator) -> dict:
     profiles = [isoflop_profile(g) for g in groups]
-    found = [p for p in profiles if p.n_opt is not None]
+    # Only minima inside the swept sizes: a vertex beyond them is the parabola's guess, not a measurement.
+    found = [p for p in profiles if p.n_opt is not None and p.inside]
     result = {"profiles": profiles, "budgets": [
         {"budget": p.budget, "runs": len(p.params), "n_opt": p.n_opt, "d_opt": p.d_opt, "loss_opt": p.loss_opt,
          "inside": p.inside, "note": p.note, "coeffs": p.coeffs} for p in profiles]}
     if len(found) < 2:
-        result["note"] = f"{len(found)} budget(s) with a minimum: the power laws need 2 or more"
+        result["note"] = f"{len(found)} budget(s) with a minimum inside the swept sizes: the power laws need 2 or more"
         return result
     c = [p.budget for p in found]
     a, k_n = power_law(c, [p.n_opt for p in found])
@@ -138,7 +141,7 @@ def approach2(groups: list[list[dict]], bootstrap: int, rng: np.random.Generator
         mins = []
         for g in groups:
             p = isoflop_profile([g[i] for i in rng.integers(0, len(g), len(g))])
-            if p.n_opt is not None:
+            if p.n_opt is not None and p.inside:
                 mins.append(p)
         if len(mins) >= 2:
             samples.append((power_law([p.budget for p in mins], [p.n_opt for p in mins])[0],

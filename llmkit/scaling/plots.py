@@ -70,8 +70,12 @@ def _frontier(fit: ScalingFit, path: Path) -> Path:
     c = np.geomspace(min(budgets) / 2, max(budgets) * 20, 50)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, what in ((axes[0], "n", "N_opt (parameters)"), (axes[1], "d", "D_opt (tokens)")):
-        ax.plot([p.budget for p in found], [p.n_opt if key == "n" else p.d_opt for p in found], "o", color="C0",
-                label="IsoFLOP minima")
+        ax.plot([p.budget for p in found if p.inside], [p.n_opt if key == "n" else p.d_opt for p in found if p.inside],
+                "o", color="C0", label="IsoFLOP minima")
+        outside = [p for p in found if not p.inside]
+        if outside:
+            ax.plot([p.budget for p in outside], [p.n_opt if key == "n" else p.d_opt for p in outside], "x",
+                    color="gray", label="minima outside the swept sizes (not fitted)")
         if "a" in a2:
             exponent = a2["a"] if key == "n" else a2["b"]
             ax.plot(c, a2[f"{key}_coef"] * c ** exponent, "-", color="C0", label=f"approach 2: C^{exponent:.2f}")
