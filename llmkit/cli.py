@@ -13,6 +13,7 @@ from pathlib import Path
 from llmkit.errors import DataError, LLMKitError
 from llmkit.inspect import commands as inspect_commands
 from llmkit.rag import cli as rag_commands
+from llmkit.scaling import commands as scaling_commands
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -215,7 +216,10 @@ def training_config(args):
 def cmd_pretrain(args) -> None:
     from llmkit.train.pretrain import pretrain
 
-    result = pretrain(training_config(args), args.out, resume=args.resume)
+    config = training_config(args)
+    if args.scaling:  # the token budget from a fitted scaling law instead of 20 tokens per parameter
+        config = scaling_commands.scaled_pretrain(config, args.scaling, args.overrides)
+    result = pretrain(config, args.out, resume=args.resume)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
     print(f"done: {result.steps} steps, {result.tokens:,} tokens, {result.train_time_s:.1f} s of training; "
           f"{shown}; model in {args.out} (try: llmkit generate --model {args.out} \"ROMEO:\")")
@@ -505,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_args(p, "pretrain", "shakespeare-cpu", "field=value or model.field=value (fields below)")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard parameters with FSDP2 instead of DDP "
                    "(same as fsdp=true)")
+    p.add_argument("--scaling", default=None, metavar="DIR", help="token budget from DIR/fit.json (llmkit scaling fit)")
     p.set_defaults(handler=cmd_pretrain)
 
     p = verbs.add_parser("eval", help="benchmark tasks (multiple choice, schema, language modelling; CORE) or "
@@ -579,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_speedrun)
     inspect_commands.add_inspect_verb(verbs, add_model_args)
     rag_commands.add_rag_verb(verbs, add_model_args, add_sampling_args)
+    scaling_commands.add_scaling_verb(verbs)
     return parser
 
 

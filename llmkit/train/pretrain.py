@@ -108,6 +108,12 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.1f} MiB"
 
 
+def padded_vocab_size(vocab_size: int) -> int:
+    """The embedding's rows for a tokenizer of vocab_size: rounded up to a multiple of 64 (faster matmuls;
+    nanoGPT's 50304 trick)."""
+    return -(-vocab_size // 64) * 64
+
+
 def build_model(config: TrainConfig, train: TokenShards, tokenizer: Tokenizer,
                 device: torch.device | None = None) -> Transformer:
     """A new model of the preset's shape, or init_from's weights; `tokenizer` is the one the shards used;
@@ -127,8 +133,7 @@ def build_model(config: TrainConfig, train: TokenShards, tokenizer: Tokenizer,
                 raise ConfigError(f"{train.directory} was tokenized with another tokenizer than {config.init_from}'s; "
                                   f"prepare the shards with `--tokenizer {directory}`")
         return model
-    # The embedding is rounded up to a multiple of 64 (faster matmuls; nanoGPT's 50304 trick).
-    padded = -(-vocab_size // 64) * 64
+    padded = padded_vocab_size(vocab_size)
     cfg = ModelConfig.preset(config.model, **{"vocab_size": padded, **config.model_overrides})
     if cfg.vocab_size < vocab_size:
         raise ConfigError(f"model.vocab_size {cfg.vocab_size} is smaller than the tokenizer's {vocab_size}")
