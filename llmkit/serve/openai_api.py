@@ -28,8 +28,8 @@ from llmkit.serve.protocol import (APIError, CompletionRequest, GenerationOption
 from llmkit.serve.responses import (ChoiceState, chat_logprobs, completion_logprobs, envelope, new_id, sse, usage)
 from llmkit.serve.structured import Grammars
 from llmkit.serve.text_stream import TextStream
-from llmkit.serve.tools import chat_messages
 from llmkit.serve.worker import EngineWorker, Generation, Overloaded, Update
+from llmkit.tool_calls import chat_messages
 
 
 class OpenAIService:
