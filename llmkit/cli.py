@@ -113,7 +113,7 @@ def cmd_chat(args) -> None:
     from llmkit.serve.terminal_chat import run_chat
 
     llm = llmkit.load(args.model, device=args.device, dtype=args.dtype, **engine_from(args))
-    run_chat(llm, system=args.system, sampling=sampling_from(args))
+    run_chat(llm, system=args.system, sampling=sampling_from(args), **rag_commands.chat_options(args, llm))
 
 
 def cmd_serve(args) -> None:
@@ -429,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p, max_new_tokens=512)
     add_engine_args(p)
     p.add_argument("--system", default=None, help="system prompt")
+    rag_commands.add_chat_rag_args(p)
     p.set_defaults(handler=cmd_chat)
 
     # conflict_handler="resolve": the batching options below may also come from add_engine_args one day.

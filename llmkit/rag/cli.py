@@ -183,3 +183,51 @@ def cmd_rag_ask(args) -> None:
     print("\n\nSources:" if answer.passages else "\n\n(no passages retrieved)")
     for line in answer.sources():
         print(line)
+
+
+# --- `llmkit chat --rag INDEX --tools calculator,search` and `llmkit serve --rag INDEX` --------------------------
+def add_chat_rag_args(p, tools: bool = True) -> None:
+    g = p.add_argument_group("retrieval and tools")
+    g.add_argument("--rag", default=None, metavar="INDEX", help="answer every turn from passages of this index "
+                   "(`llmkit rag index`), citing them")
+    _search_args(g)
+    if tools:
+        g.add_argument("--tools", default=None, help="comma-separated tools the model may call: calculator, "
+                       "search (retrieval over --rag INDEX)")
+        g.add_argument("--max-tool-rounds", type=int, default=4, help="rounds of tool calls per turn")
+
+
+def retriever_from(args, llm):
+    """The `Retriever` of --rag/--k/--mode (None without --rag); dense search embeds with the loaded model
+    when it is the index's, else loads the index's model."""
+    if args.rag is None:
+        return None
+    from llmkit.rag.chat import Retriever
+    from llmkit.rag.index import RagIndex
+
+    index = RagIndex.load(args.rag)
+    if args.k < 1:
+        raise LLMKitError(f"--k {args.k}: retrieve at least one passage")
+    return Retriever(index, args.k, args.mode, _search_embedder(index, args.mode, args.model, args, llm))
+
+
+def chat_options(args, llm) -> dict:
+    """run_chat's retrieval and tool arguments from the command line."""
+    retriever = retriever_from(args, llm)
+    names = [t.strip() for t in (args.tools or "").split(",") if t.strip()]
+    tools: list = []
+    for name in names:
+        if name == "search":
+            if retriever is None:
+                raise LLMKitError("--tools search searches an index: give it with --rag INDEX")
+            from llmkit.rag.chat import search_tool
+
+            tools.append(search_tool(retriever))
+        else:
+            from llmkit.rag.tools import resolve_tools
+
+            tools += resolve_tools([name])  # an unknown name is refused with the list of built-in tools
+    if args.max_tool_rounds < 0:
+        raise LLMKitError(f"--max-tool-rounds {args.max_tool_rounds}: give 0 or more")
+    # With tools, retrieval is one of them (search): a turn does not also retrieve on its own.
+    return {"retriever": None if tools else retriever, "tools": tools or None, "max_tool_rounds": args.max_tool_rounds}
