@@ -121,6 +121,7 @@ def cmd_serve(args) -> None:
 
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, served_model_name=args.served_model_name,
           device=args.device, dtype=args.dtype, max_waiting=args.max_waiting, max_body_mib=args.max_body_mib,
+          rag=args.rag, rag_k=args.k, rag_mode=args.mode,
           **engine_from(args), max_batch_size=args.max_batch_size, kv_cache_mib=args.kv_cache_mib,
           prefix_cache_mib=args.prefix_cache_mib)
 
@@ -447,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prefix-cache-mib", type=float, default=256, help="prefix-cache pool (0 = off)")
     g.add_argument("--max-waiting", type=int, default=512, help="requests queued beyond the batch before 429")
     g.add_argument("--max-body-mib", type=float, default=8, help="largest request body (413 beyond)")
+    rag_commands.add_chat_rag_args(p, tools=False)
     p.set_defaults(handler=cmd_serve)
 
     p = verbs.add_parser("quantize", help="weight-only int8 / int4 quantization of a checkpoint's Linear layers")

@@ -108,3 +108,12 @@ def test_tool_chat_prints_calls_and_results(llm, one_thread):
 def test_chat_cli_refuses_search_without_an_index(tmp_path):
     result = cli_in_process("chat", "--model", tmp_path / "missing", "--tools", "search")
     assert result.returncode == 2
+
+
+def test_server_without_an_index_refuses_a_rag_request():
+    from llmkit.serve.protocol import APIError
+    from llmkit.serve.retrieval import requested_k
+
+    assert requested_k({}, None) is None and requested_k({"rag": False}, None) is None
+    with pytest.raises(APIError, match="no retrieval index"):
+        requested_k({"rag": {"k": 2}}, None)

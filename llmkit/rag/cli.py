@@ -202,13 +202,22 @@ def retriever_from(args, llm):
     when it is the index's, else loads the index's model."""
     if args.rag is None:
         return None
-    from llmkit.rag.chat import Retriever
-    from llmkit.rag.index import RagIndex
+    return make_retriever(args.rag, args.k, args.mode, args.model, llm, args.device, args.dtype)
 
-    index = RagIndex.load(args.rag)
-    if args.k < 1:
-        raise LLMKitError(f"--k {args.k}: retrieve at least one passage")
-    return Retriever(index, args.k, args.mode, _search_embedder(index, args.mode, args.model, args, llm))
+
+def make_retriever(path: str, k: int, mode: str | None, model: str, llm, device=None, dtype=None):
+    """A `Retriever` over the index at `path`; dense search embeds with `llm` when the index was embedded
+    with `model`, else loads the index's model."""
+    from llmkit.rag.chat import Retriever
+    from llmkit.rag.index import MODES, RagIndex
+
+    index = RagIndex.load(path)
+    if k < 1:
+        raise LLMKitError(f"--k {k}: retrieve at least one passage")
+    if mode is not None and mode not in MODES:
+        raise LLMKitError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
+    where = argparse.Namespace(device=device, dtype=dtype)
+    return Retriever(index, k, mode, _search_embedder(index, mode, model, where, llm))
 
 
 def chat_options(args, llm) -> dict:
