@@ -58,6 +58,13 @@ def add_rag_verb(verbs, add_model_args, add_sampling_args) -> None:
     d.add_argument("--show-passages", action="store_true", help="print the retrieved passages before the answer")
     d.set_defaults(handler=cmd_rag_ask)
 
+    d = rag.add_parser("make-tool-data", help="arithmetic word problems solved with calculator calls (SFT data, "
+                       "TRL messages with tool_calls and tool turns)")
+    d.add_argument("--out", required=True, help=".jsonl file to write")
+    d.add_argument("--n", type=int, default=1000, help="problems")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(handler=cmd_rag_make_tool_data)
+
 
 def _device_args(p) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -240,3 +247,17 @@ def chat_options(args, llm) -> dict:
         raise LLMKitError(f"--max-tool-rounds {args.max_tool_rounds}: give 0 or more")
     # With tools, retrieval is one of them (search): a turn does not also retrieve on its own.
     return {"retriever": None if tools else retriever, "tools": tools or None, "max_tool_rounds": args.max_tool_rounds}
+
+
+def cmd_rag_make_tool_data(args) -> None:
+    import json
+
+    from llmkit.atomic import atomic_open
+    from llmkit.rag.tool_data import tool_examples
+
+    if args.n < 1:
+        raise LLMKitError(f"--n {args.n}: make at least one problem")
+    with atomic_open(args.out, "w", encoding="utf-8") as f:
+        for example in tool_examples(args.n, args.seed):
+            f.write(json.dumps(example, ensure_ascii=False) + "\n")
+    print(f"wrote {args.n} tool-use conversations to {args.out} (next: llmkit sft --data {args.out} ...)")
