@@ -260,4 +260,4 @@ def cmd_rag_make_tool_data(args) -> None:
     with atomic_open(args.out, "w", encoding="utf-8") as f:
         for example in tool_examples(args.n, args.seed):
             f.write(json.dumps(example, ensure_ascii=False) + "\n")
-    print(f"wrote {args.n} tool-use conversations to {args.out} (next: llmkit sft --data {args.out} ...)")
+    print(f"wrote {args.n} tool-use conversations to {args.out} (next: llmkit sft --model MODEL --out RUN data={args.out})")
