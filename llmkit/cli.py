@@ -114,7 +114,7 @@ def cmd_chat(args) -> None:
     from llmkit.serve.terminal_chat import run_chat
 
     llm = llmkit.load(args.model, device=args.device, dtype=args.dtype, **engine_from(args))
-    run_chat(llm, system=args.system, sampling=sampling_from(args))
+    run_chat(llm, system=args.system, sampling=sampling_from(args), **rag_commands.chat_options(args, llm))
 
 
 def cmd_serve(args) -> None:
@@ -122,6 +122,7 @@ def cmd_serve(args) -> None:
 
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, served_model_name=args.served_model_name,
           device=args.device, dtype=args.dtype, max_waiting=args.max_waiting, max_body_mib=args.max_body_mib,
+          rag=args.rag, rag_k=args.k, rag_mode=args.mode,
           **engine_from(args), max_batch_size=args.max_batch_size, kv_cache_mib=args.kv_cache_mib,
           prefix_cache_mib=args.prefix_cache_mib)
 
@@ -433,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p, max_new_tokens=512)
     add_engine_args(p)
     p.add_argument("--system", default=None, help="system prompt")
+    rag_commands.add_chat_rag_args(p)
     p.set_defaults(handler=cmd_chat)
 
     # conflict_handler="resolve": the batching options below may also come from add_engine_args one day.
@@ -450,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prefix-cache-mib", type=float, default=256, help="prefix-cache pool (0 = off)")
     g.add_argument("--max-waiting", type=int, default=512, help="requests queued beyond the batch before 429")
     g.add_argument("--max-body-mib", type=float, default=8, help="largest request body (413 beyond)")
+    rag_commands.add_chat_rag_args(p, tools=False)
     p.set_defaults(handler=cmd_serve)
 
     p = verbs.add_parser("quantize", help="weight-only int8 / int4 quantization of a checkpoint's Linear layers")

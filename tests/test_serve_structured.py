@@ -14,7 +14,7 @@ import torch
 from llmkit.checkpoint import save_checkpoint
 from llmkit.config import ModelConfig
 from llmkit.model import Transformer
-from llmkit.serve.tools import ToolCallStream, chat_messages, parse_tool_calls
+from llmkit.tool_calls import ToolCallStream, chat_messages, parse_tool_calls
 from llmkit.tokenizer import Tokenizer
 from serve_fixtures import running_server
 

@@ -8,5 +8,7 @@
     calculator.py safe arithmetic (Python's ast, bounded sizes)
     tools.py      tool definitions (OpenAI's `tools` form) and the registry of built-in tools
     tool_loop.py  chat with tools: run each call, answer it, let the model continue, bounded rounds
+    chat.py       retrieval and tools per conversation turn (`llmkit chat --rag/--tools`, `serve --rag`)
+    tool_data.py  tool-use SFT data: arithmetic word problems solved with calculator calls
     cli.py        `llmkit rag index | add | ask`
 """

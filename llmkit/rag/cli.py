@@ -58,6 +58,13 @@ def add_rag_verb(verbs, add_model_args, add_sampling_args) -> None:
     d.add_argument("--show-passages", action="store_true", help="print the retrieved passages before the answer")
     d.set_defaults(handler=cmd_rag_ask)
 
+    d = rag.add_parser("make-tool-data", help="arithmetic word problems solved with calculator calls (SFT data, "
+                       "TRL messages with tool_calls and tool turns)")
+    d.add_argument("--out", required=True, help=".jsonl file to write")
+    d.add_argument("--n", type=int, default=1000, help="problems")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(handler=cmd_rag_make_tool_data)
+
 
 def _device_args(p) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -183,3 +190,74 @@ def cmd_rag_ask(args) -> None:
     print("\n\nSources:" if answer.passages else "\n\n(no passages retrieved)")
     for line in answer.sources():
         print(line)
+
+
+# --- `llmkit chat --rag INDEX --tools calculator,search` and `llmkit serve --rag INDEX` --------------------------
+def add_chat_rag_args(p, tools: bool = True) -> None:
+    g = p.add_argument_group("retrieval and tools")
+    g.add_argument("--rag", default=None, metavar="INDEX", help="answer every turn from passages of this index "
+                   "(`llmkit rag index`), citing them")
+    _search_args(g)
+    if tools:
+        g.add_argument("--tools", default=None, help="comma-separated tools the model may call: calculator, "
+                       "search (retrieval over --rag INDEX)")
+        g.add_argument("--max-tool-rounds", type=int, default=4, help="rounds of tool calls per turn")
+
+
+def retriever_from(args, llm):
+    """The `Retriever` of --rag/--k/--mode (None without --rag); dense search embeds with the loaded model
+    when it is the index's, else loads the index's model."""
+    if args.rag is None:
+        return None
+    return make_retriever(args.rag, args.k, args.mode, args.model, llm, args.device, args.dtype)
+
+
+def make_retriever(path: str, k: int, mode: str | None, model: str, llm, device=None, dtype=None):
+    """A `Retriever` over the index at `path`; dense search embeds with `llm` when the index was embedded
+    with `model`, else loads the index's model."""
+    from llmkit.rag.chat import Retriever
+    from llmkit.rag.index import MODES, RagIndex
+
+    index = RagIndex.load(path)
+    if k < 1:
+        raise LLMKitError(f"--k {k}: retrieve at least one passage")
+    if mode is not None and mode not in MODES:
+        raise LLMKitError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
+    where = argparse.Namespace(device=device, dtype=dtype)
+    return Retriever(index, k, mode, _search_embedder(index, mode, model, where, llm))
+
+
+def chat_options(args, llm) -> dict:
+    """run_chat's retrieval and tool arguments from the command line."""
+    retriever = retriever_from(args, llm)
+    names = [t.strip() for t in (args.tools or "").split(",") if t.strip()]
+    tools: list = []
+    for name in names:
+        if name == "search":
+            if retriever is None:
+                raise LLMKitError("--tools search searches an index: give it with --rag INDEX")
+            from llmkit.rag.chat import search_tool
+
+            tools.append(search_tool(retriever))
+        else:
+            from llmkit.rag.tools import resolve_tools
+
+            tools += resolve_tools([name])  # an unknown name is refused with the list of built-in tools
+    if args.max_tool_rounds < 0:
+        raise LLMKitError(f"--max-tool-rounds {args.max_tool_rounds}: give 0 or more")
+    # With tools, retrieval is one of them (search): a turn does not also retrieve on its own.
+    return {"retriever": None if tools else retriever, "tools": tools or None, "max_tool_rounds": args.max_tool_rounds}
+
+
+def cmd_rag_make_tool_data(args) -> None:
+    import json
+
+    from llmkit.atomic import atomic_open
+    from llmkit.rag.tool_data import tool_examples
+
+    if args.n < 1:
+        raise LLMKitError(f"--n {args.n}: make at least one problem")
+    with atomic_open(args.out, "w", encoding="utf-8") as f:
+        for example in tool_examples(args.n, args.seed):
+            f.write(json.dumps(example, ensure_ascii=False) + "\n")
+    print(f"wrote {args.n} tool-use conversations to {args.out} (next: llmkit sft --model MODEL --out RUN data={args.out})")

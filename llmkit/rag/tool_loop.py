@@ -1,7 +1,7 @@
 """Chat with tools: the model replies, its calls are run, their results go back as `tool` messages, and
 the model continues — until it answers without a call or `max_tool_rounds` rounds of calls have run.
 
-Rendering and reading calls is the server's (llmkit/serve/tools.py): a template with a tools branch
+Rendering and reading calls is llmkit/tool_calls.py's, shared with the server and SFT data: a template with a tools branch
 renders the tools itself, any other gets the documented `<tool_call>{"name", "arguments"}</tool_call>`
 fallback; `parse_tool_calls` reads the calls back. There is one format and one parser.
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from llmkit.errors import LLMKitError
 from llmkit.rag.tools import Tool, resolve_tools, run_call
-from llmkit.serve.tools import OPEN, chat_messages, parse_tool_calls
+from llmkit.tool_calls import OPEN, chat_messages, parse_tool_calls
 
 MALFORMED_CALL = ("error: your tool call could not be read: write exactly "
                   "<tool_call>{\"name\": \"TOOL\", \"arguments\": {...}}</tool_call> with valid JSON")

@@ -47,7 +47,7 @@ class Tool:
             raise ToolError(f"tool {self.name}: function must be callable")
 
     def spec(self) -> dict:
-        """{name, description, parameters}: the form llmkit/serve/tools.py renders and forces."""
+        """{name, description, parameters}: the form llmkit/tool_calls.py renders and llmkit/serve/tools.py forces."""
         return {"name": self.name, "description": self.description, "parameters": self.parameters}
 
     def definition(self) -> dict:

@@ -26,10 +26,11 @@ from llmkit.serve import model_jobs
 from llmkit.serve.protocol import (APIError, CompletionRequest, GenerationOptions, bad, choice_params, parse_chat,
                                    parse_completion, parse_detokenize, parse_embedding, parse_json, parse_tokenize)
 from llmkit.serve.responses import (ChoiceState, chat_logprobs, completion_logprobs, envelope, new_id, sse, usage)
+from llmkit.serve.retrieval import retrieve, sources_of
 from llmkit.serve.structured import Grammars
 from llmkit.serve.text_stream import TextStream
-from llmkit.serve.tools import chat_messages
 from llmkit.serve.worker import EngineWorker, Generation, Overloaded, Update
+from llmkit.tool_calls import chat_messages
 
 
 class OpenAIService:
@@ -38,6 +39,7 @@ class OpenAIService:
         self.model_name = model_name
         self.created = int(time.time())
         self._grammars: Grammars | None = None
+        self.retriever = None  # a llmkit.rag.chat.Retriever when started with --rag (serve/retrieval.py)
 
     # -- the loaded model
     @property
@@ -142,10 +144,12 @@ class OpenAIService:
 
     # -- POST /v1/chat/completions
     async def chat_completions(self, request: Request):
-        chat = parse_chat(await self.body(request))
+        body = await self.body(request)
+        chat = parse_chat(body)
         options = chat.options
         self.check_model(options.model)
-        messages, template_tools = chat_messages(chat.messages, chat.tools, chat.tool_choice,
+        shown, passages = await retrieve(self, body, chat.messages, options.max_tokens)
+        messages, template_tools = chat_messages(shown, chat.tools, chat.tool_choice,
                                                  self.tokenizer.chat_template)
         ids, dropped = self.chat_prompt(messages, options.max_tokens, chat.truncate, template_tools)
         await self.constrain(options, chat.tools, chat.tool_choice)
@@ -157,10 +161,10 @@ class OpenAIService:
         rid, created = new_id("chatcmpl"), int(time.time())
         if options.stream:
             first = await reply.first_update()
-            return reply.event_stream(self._chat_chunks(reply, first, options, rid, created, extra))
+            return reply.event_stream(self._chat_chunks(reply, first, options, rid, created, extra, passages))
         await reply.collect()
         body = envelope("chat.completion", rid, self.model_name, created, choices=[{
-            "index": c.index, "message": chat_message(c),
+            "index": c.index, "message": {**chat_message(c), **sources_of(c.text, passages)},
             "logprobs": chat_logprobs(self.tokenizer, c.new_pieces()) if options.logprobs is not None else None,
             "finish_reason": c.finish_reason} for c in choices],
             usage=usage(len(ids), sum(c.completion_tokens for c in choices), min(c.cached_tokens for c in choices)),
@@ -168,7 +172,7 @@ class OpenAIService:
         return JSONResponse(body)
 
     async def _chat_chunks(self, reply: "Reply", first: Update, options: GenerationOptions, rid: str,
-                           created: int, extra: dict) -> AsyncIterator[str]:
+                           created: int, extra: dict, passages=None) -> AsyncIterator[str]:
         def chunk(choices: list[dict], **fields) -> str:
             if options.include_usage:  # OpenAI: "usage": null on every chunk but the last
                 fields = {"usage": None, **fields}
@@ -192,7 +196,8 @@ class OpenAIService:
                         yield chunk([{"index": c.index, "delta": {"tool_calls": [delta]}, "logprobs": None,
                                       "finish_reason": None}])
             if text or pieces or c.finish_reason:
-                yield chunk([{"index": c.index, "delta": {"content": text} if text else {},
+                delta = ({"content": text} if text else {}) | (sources_of(c.text, passages) if c.finish_reason else {})
+                yield chunk([{"index": c.index, "delta": delta,
                               "logprobs": chat_logprobs(self.tokenizer, pieces) if pieces else None,
                               "finish_reason": c.finish_reason}])
         if options.include_usage:

@@ -11,7 +11,7 @@ import uuid
 
 from llmkit.infer import TokenLogprob
 from llmkit.serve.text_stream import TextStream, TokenPiece
-from llmkit.serve.tools import ToolCallStream
+from llmkit.tool_calls import ToolCallStream
 from llmkit.serve.worker import Update
 
 

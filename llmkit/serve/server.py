@@ -162,9 +162,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           served_model_name: str | None = None, device: str | None = None, dtype: str | None = None,
-          max_waiting: int = 512, max_body_mib: float = 8, **engine_options) -> None:
+          max_waiting: int = 512, max_body_mib: float = 8, rag: str | None = None, rag_k: int = 5,
+          rag_mode: str | None = None, **engine_options) -> None:
     """Run the server until interrupted. engine_options go to `llmkit.load` (compile, speculative,
-    max_batch_size, kv_cache_mib, prefix_cache_mib, prefill_chunk, draft_tokens)."""
+    max_batch_size, kv_cache_mib, prefix_cache_mib, prefill_chunk, draft_tokens). rag: a retrieval index
+    that chat completions answer from (rag_k passages, rag_mode search; serve/retrieval.py)."""
     import uvicorn
 
     import llmkit
@@ -176,6 +178,10 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
 
     def load():
         llm = llmkit.load(model, device=device, dtype=dtype, **engine_options)
+        if rag is not None:
+            from llmkit.rag.cli import make_retriever
+
+            service.retriever = make_retriever(rag, rag_k, rag_mode, model, llm, device, dtype)
         print(f"llmkit serve: {model} loaded; ready at {url}/v1", flush=True)
         return llm
 

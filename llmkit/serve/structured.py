@@ -16,7 +16,8 @@ from collections import OrderedDict
 
 from llmkit.errors import GenerationError
 from llmkit.serve.protocol import APIError, ResponseFormat, bad
-from llmkit.serve.tools import forced_call_lark, tag_lark, OPEN, CLOSE
+from llmkit.serve.tools import forced_call_lark, tag_lark
+from llmkit.tool_calls import CLOSE, OPEN
 
 CACHED_GRAMMARS = 64
 

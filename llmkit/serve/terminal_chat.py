@@ -3,14 +3,21 @@ re-rendered with the checkpoint's chat template every turn. /reset forgets the h
 
 A conversation that outgrows the model's context keeps going: the oldest turns are dropped (never the
 system prompt), and the chat says so. A message too long to fit even alone is refused with its size;
-the session and its history stay as they were."""
+the session and its history stay as they were.
+
+With a retriever (`llmkit chat --rag INDEX`) each turn retrieves for the user's message and answers from
+the numbered passages (llmkit/rag/chat.py), then prints the sources the reply cites. With tools
+(`--tools calculator,search`) each turn runs the tool loop (llmkit/rag/tool_loop.py): the calls and
+their results are printed as they ran, then the reply; the history keeps them."""
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import TextIO
 
 from llmkit.api import LLM
+from llmkit.rag.chat import fit_retrieval, source_lines
 
 REPLY_ROOM = 256  # tokens kept free for the reply (a quarter of the context at most)
 
@@ -45,7 +52,9 @@ def _is_utf8(text: str) -> bool:
 
 
 def run_chat(llm: LLM, system: str | None = None, sampling: dict | None = None,
-             stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> list[dict]:
+             stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, retriever=None, tools: list | None = None,
+             max_tool_rounds: int = 4) -> list[dict]:
+    """retriever: a `llmkit.rag.chat.Retriever` (answers from passages); tools: tool names or `Tool`s."""
     sampling = sampling or {}
     reply_room = sampling.get("max_new_tokens") or REPLY_ROOM
     interactive = stdin.isatty()
@@ -81,10 +90,46 @@ def run_chat(llm: LLM, system: str | None = None, sampling: dict | None = None,
             print(f"(the conversation outgrew the model's context of {llm.model.config.max_seq_len} tokens: "
                   f"the oldest {dropped} messages were dropped)", file=stdout, flush=True)
         messages = fitted
+        if tools:
+            messages = _tool_turn(llm, messages, tools, max_tool_rounds, sampling, stdout)
+            continue
+        shown, passages = messages, None
+        if retriever is not None:
+            shown, passages = _retrieval_prompt(llm, messages, retriever, reply_room)
         reply = []
-        for piece in llm.chat_stream(messages, **sampling):
+        for piece in llm.chat_stream(shown, **sampling):
             reply.append(piece)
             print(piece, end="", file=stdout, flush=True)
         print(file=stdout, flush=True)
         messages.append({"role": "assistant", "content": "".join(reply).strip()})
+        if passages is not None:
+            print("Sources:" if passages else "(no passages retrieved)", file=stdout)
+            for source in source_lines(messages[-1]["content"], passages):
+                print(source, file=stdout)
+            stdout.flush()
     return messages
+
+
+def _retrieval_prompt(llm: LLM, messages: list[dict], retriever, reply_room: int):
+    hits = retriever.search(messages[-1]["content"])
+    return fit_retrieval(lambda shown: len(llm.tokenizer.encode_chat(shown)), llm.model.config.max_seq_len, messages, hits,
+                         min(reply_room, llm.model.config.max_seq_len // 4))
+
+
+def _tool_turn(llm: LLM, messages: list[dict], tools: list, max_tool_rounds: int, sampling: dict,
+               stdout: TextIO) -> list[dict]:
+    """One turn through the tool loop: each call and its result printed, then the reply; the history
+    returned holds the calls and results."""
+    result = llm.chat_with_tools(messages, tools, max_tool_rounds, **sampling)
+    for message in result.messages[len(messages):]:
+        for call in message.get("tool_calls") or []:
+            print(f"[calls {call['function']['name']}({json.dumps(call['function']['arguments'])})]", file=stdout)
+        if message["role"] == "tool":
+            print(f"[{message['name']} -> {message['content']}]", file=stdout)
+    print(result.reply.strip(), file=stdout)
+    if result.finish == "max_tool_rounds":
+        print(f"(stopped after {max_tool_rounds} rounds of tool calls)", file=stdout)
+    stdout.flush()
+    history = result.messages
+    history[-1] = {"role": "assistant", "content": result.reply.strip()}  # the final reply, without a cut call
+    return history

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit.errors import DataError, TokenizerError
+from llmkit.tool_calls import chat_messages
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 Text = str | list  # a string, or a list of {"role", "content"} messages
 
 
@@ -198,11 +199,42 @@ def _text(where: str, field: str, value) -> Text:
 def _messages(where: str, field: str, value) -> list[dict]:
     if not isinstance(value, list) or not value:
         raise DataError(f"{where}: field {field!r} must be a non-empty list of messages")
+    out = []
     for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
-            raise DataError(f"{where}: field {field!r}: message {i} must be {{\"role\": system|user|assistant, "
+        calls = m.get("tool_calls") if isinstance(m, dict) and m.get("role") == "assistant" else None
+        content = m.get("content") if isinstance(m, dict) else None
+        if calls is not None and content is None:
+            content = ""  # an assistant turn that only calls tools
+        if not isinstance(m, dict) or not isinstance(content, str) or m.get("role") not in ROLES:
+            raise DataError(f"{where}: field {field!r}: message {i} must be {{\"role\": system|user|assistant|tool, "
                             f"\"content\": string}}, not {json.dumps(m)[:80]}")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+        message = {"role": m["role"], "content": content}
+        if calls is not None:
+            message["tool_calls"] = _tool_calls(where, f"{field}[{i}].tool_calls", calls)
+        if m["role"] == "tool":
+            message.update({k: m[k] for k in ("name", "tool_call_id") if isinstance(m.get(k), str)})
+        out.append(message)
+    return out
+
+
+def _tool_calls(where: str, field: str, calls) -> list[dict]:
+    """Calls in the chat templates' convention: {"type": "function", "function": {"name", "arguments": object}}
+    (arguments given as a JSON string, OpenAI's wire form, are parsed)."""
+    out = []
+    for call in calls if isinstance(calls, list) else [None]:
+        function = call.get("function") if isinstance(call, dict) else None
+        arguments = function.get("arguments", {}) if isinstance(function, dict) else None
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                arguments = None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not isinstance(arguments, dict):
+            raise DataError(f"{where}: field {field!r}: each call is {{\"type\": \"function\", \"function\": "
+                            f"{{\"name\": string, \"arguments\": object}}}}, not {json.dumps(call)[:80]}")
+        out.append({**({"id": call["id"]} if isinstance(call.get("id"), str) else {}), "type": "function",
+                    "function": {"name": function["name"], "arguments": arguments}})
+    return out
 
 
 # --- tokenizing ---------------------------------------------------------------------------------------------
@@ -212,19 +244,25 @@ class Encoded:
     mask: list[bool]  # True where the token is the model's to learn (an assistant turn, a completion)
 
 
-def _render(tokenizer, messages: list[dict], generation_prompt: bool, where: str) -> str:
+def _render(tokenizer, messages: list[dict], generation_prompt: bool, where: str, tools=None) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tools=tools)
     except TokenizerError as e:
         raise DataError(f"{where}: {e}") from None
 
 
 def encode_conversation(tokenizer, messages: list[dict], where: str = "conversation",
-                        train_on: str = "assistant") -> Encoded:
+                        train_on: str = "assistant", tools: list[dict] | None = None) -> Encoded:
     """Tokens of a conversation rendered with the tokenizer's chat template, turn by turn: each
     assistant turn is the text its rendering adds after the generation prompt, so the loss mask is
     exact for any prefix-stable template (ours, ChatML/SmolLM2, Llama 3), and a prompt is tokenized
-    exactly as it is at generation time. train_on="last" learns the last assistant turn only."""
+    exactly as it is at generation time. train_on="last" learns the last assistant turn only.
+
+    Tools (OpenAI definitions, TRL's `tools` column) and `tool_calls`/`tool` turns are rendered as at
+    generation time (llmkit/tool_calls.py: the template's tools branch, or the <tool_call> fallback):
+    the assistant's calls are its text and are learned; a tool's output is a turn the model reads, not
+    one it writes, so it is never learned (Toolformer, Schick et al. 2023, trains on calls, not results)."""
+    messages, tools = _with_tools(tokenizer, messages, tools)
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     ids: list[int] = []
     mask: list[bool] = []
@@ -232,9 +270,9 @@ def encode_conversation(tokenizer, messages: list[dict], where: str = "conversat
     for i, message in enumerate(messages):
         pieces = []
         if message["role"] == "assistant":
-            pieces.append((_render(tokenizer, messages[:i], True, where), False))
+            pieces.append((_render(tokenizer, messages[:i], True, where, tools), False))
         learn = message["role"] == "assistant" and (train_on == "assistant" or i == last)
-        pieces.append((_render(tokenizer, messages[:i + 1], False, where), learn))
+        pieces.append((_render(tokenizer, messages[:i + 1], False, where, tools), learn))
         for text, learn_piece in pieces:
             if not text.startswith(done):
                 raise DataError(f"{where}: the tokenizer's chat template renders turn {i} differently in a longer "
@@ -244,6 +282,16 @@ def encode_conversation(tokenizer, messages: list[dict], where: str = "conversat
             mask += [learn_piece] * len(piece_ids)
             done = text
     return Encoded(ids, mask)
+
+
+def _with_tools(tokenizer, messages: list[dict], tools) -> tuple[list[dict], list[dict] | None]:
+    """The messages and the template's tools, with tool calls shown as at generation time."""
+    if not tools and not any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        return messages, None
+    if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
+        raise DataError("field 'tools' must be a list of OpenAI tool definitions")
+    specs = [{"description": "", "parameters": {"type": "object"}, **t.get("function", t)} for t in tools or []]
+    return chat_messages(messages, specs, "auto", tokenizer.chat_template)
 
 
 def encode_prompt(tokenizer, prompt: Text, where: str = "prompt") -> list[int]:
@@ -269,7 +317,7 @@ def encode_completion(tokenizer, prompt: Text, completion: Text, where: str = "c
 def encode_sft(tokenizer, record: Record, prefix_ids: list[int] = ()) -> Encoded:
     """Tokens + loss mask of an SFT record; `prefix_ids` (a soft prompt's virtual tokens) go first."""
     if record.messages is not None:
-        enc = encode_conversation(tokenizer, record.messages, record.where)
+        enc = encode_conversation(tokenizer, record.messages, record.where, tools=record.extra.get("tools"))
     else:
         prompt = encode_prompt(tokenizer, record.prompt, record.where)
         completion = encode_completion(tokenizer, record.prompt, record.completion, record.where)

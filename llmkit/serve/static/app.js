@@ -129,6 +129,27 @@ function messageElement(message, index) {
   return element;
 }
 
+// The passages a retrieval-augmented reply cites (a server started with --rag sends them as `sources`):
+// "[2] hamlet.txt, line 1734", the passage itself folded under it. Text only, never markup.
+function sourcesElement(sources) {
+  const list = document.createElement("div");
+  list.className = "sources";
+  const title = document.createElement("div");
+  title.className = "sources-title";
+  title.textContent = "Sources";
+  list.append(title);
+  for (const source of sources) {
+    const item = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = `[${source.n}] ${source.file}, line ${source.line}`;
+    const passage = document.createElement("pre");
+    passage.textContent = source.text;
+    item.append(summary, passage);
+    list.append(item);
+  }
+  return list;
+}
+
 // (Re)draws a message's body and footer: called on every streamed chunk (throttled) and when done.
 function fillMessage(element, message, index) {
   const [body, meta] = element.children;
@@ -144,6 +165,7 @@ function fillMessage(element, message, index) {
   if (showTokens) renderTokens(body, message.tokens);
   else body.innerHTML = renderMarkdown(message.content); // escaped first: see markdown.js
   element.classList.toggle("streaming", Boolean(streaming));
+  if (message.sources && message.sources.length && !streaming) body.append(sourcesElement(message.sources));
   if (message.error) {
     const error = document.createElement("div");
     error.className = "error";
@@ -236,6 +258,7 @@ async function generate(conversation) {
           chunks++;
         }
         if (choice.logprobs && choice.logprobs.content && reply.tokens) reply.tokens.push(...tokensOf(choice.logprobs.content));
+        if (choice.delta && Array.isArray(choice.delta.sources)) reply.sources = choice.delta.sources;
         if (choice.finish_reason) finish = choice.finish_reason;
       }
       if (redraw === null) redraw = setTimeout(draw, 40);

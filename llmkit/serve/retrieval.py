@@ -1,0 +1,62 @@
+"""Retrieval-augmented chat completions (`llmkit serve --rag INDEX`): llmkit's extension of
+/v1/chat/completions.
+
+Request: `"rag"` (an extension field; the official clients send it with `extra_body`):
+    absent or true     retrieve when the server was started with --rag (the server's --k passages)
+    {"k": N}           retrieve N passages (1..MAX_K)
+    false              answer without retrieval
+The last message (a user turn) is the query; the model sees the conversation with that turn replaced
+by the numbered passages and the question, and the citation instruction (llmkit/rag/chat.py).
+Response: the assistant message carries `"sources": [{"n", "file", "line", "start", "end", "text"}]`,
+the passages its reply cites ([n]; all shown passages if it cites none); a stream carries them in the
+delta of each choice's final chunk (the one with `finish_reason`). A request for retrieval to a server
+without an index is a 400.
+"""
+
+from __future__ import annotations
+
+from llmkit.errors import GenerationError
+from llmkit.rag.chat import cited_sources, fit_retrieval
+from llmkit.rag.index import Hit
+from llmkit.serve.protocol import APIError, bad
+
+MAX_K = 50
+REPLY_ROOM = 256  # tokens kept for the reply when the request sets no max_tokens (a quarter of the context at most)
+
+
+def requested_k(body: dict, retriever) -> int | None:
+    """Passages to retrieve for this request, or None for none."""
+    option = body.get("rag", retriever is not None)
+    if option is False or option is None:
+        return None
+    if option is not True and not (isinstance(option, dict) and set(option) <= {"k"}):
+        raise bad("rag", 'must be true, false or {"k": N}', "invalid_type")
+    if retriever is None:
+        raise bad("rag", "this server has no retrieval index; start it with `llmkit serve --rag INDEX`")
+    k = option.get("k", retriever.k) if isinstance(option, dict) else retriever.k
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise bad("rag.k", f"must be an integer from 1 to {MAX_K}")
+    return k
+
+
+async def retrieve(service, body: dict, messages: list[dict], max_tokens: int | None) \
+        -> tuple[list[dict], list[Hit] | None]:
+    """(the messages for the model, the passages shown: None without retrieval)."""
+    retriever = service.retriever
+    k = requested_k(body, retriever)
+    if k is None:
+        return messages, None
+    if messages[-1]["role"] != "user":
+        raise bad("messages", "retrieval answers a user turn: the last message must be one (or send \"rag\": false)")
+    # On the engine thread: a dense or hybrid search runs the model to embed the query.
+    hits = await service.worker.call(retriever.search, messages[-1]["content"], k)
+    room = max_tokens if max_tokens is not None else min(REPLY_ROOM, service.context // 4)
+    try:
+        return fit_retrieval(lambda shown: len(service.render_chat(shown)), service.context, messages, hits, room)
+    except GenerationError as e:
+        raise APIError(400, str(e), param="messages", code="context_length_exceeded") from None
+
+
+def sources_of(text: str, passages: list[Hit] | None) -> dict:
+    """{"sources": [...]} to add to a message or a final delta; {} without retrieval."""
+    return {} if passages is None else {"sources": cited_sources(text, passages)}
