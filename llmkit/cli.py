@@ -12,6 +12,7 @@ from pathlib import Path
 
 from llmkit.errors import DataError, LLMKitError
 from llmkit.inspect import commands as inspect_commands
+from llmkit.train import constitution_cli
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -574,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="STAGE.field=value, e.g. pretrain.time_limit_s=300 sft.epochs=3")
     p.set_defaults(handler=cmd_speedrun)
     inspect_commands.add_inspect_verb(verbs, add_model_args)
+    constitution_cli.add_constitution_verb(verbs, add_model_args)
     return parser
 
 

@@ -94,8 +94,9 @@ def _principle(path: Path, data: Located, i: int, item) -> Principle:
                               f"{', '.join(FIELDS)}")
         value = item[key]
         if not isinstance(value, str) or not value.strip():
+            hint = "; put it in quotes" if isinstance(value, (bool, int, float)) else ""  # YAML's `true`, `1.5`
             raise ConfigError(f"{where(path, item, key)}: principle {i}: must be a non-empty string, not "
-                              f"{json.dumps(value)[:60] if not isinstance(value, str) else repr(value)}")
+                              f"{json.dumps(value)[:60] if not isinstance(value, str) else repr(value)}{hint}")
     if not NAME.match(item["name"]):
         raise ConfigError(f"{where(path, item, 'name')}: principle {i}: {item['name']!r} is not a name; use letters, "
                           "digits, '-' and '_'")
