@@ -79,7 +79,8 @@ def measure(args) -> None:
     print(f"| stage | prompts | figure | seconds |\n| --- | --- | --- | --- |")
     for r in sl["per_round"]:
         print(f"| SL-CAI round {r['round']} | {r['revised']} | revision changed the answer {r['changed_rate']:.0%}, "
-              f"similarity {r['mean_similarity']:.2f}, {r['empty_revisions']} empty | {sl_s:.0f} |")
+              f"similarity {r['mean_similarity']:.2f} to the answer, {r['revision_like_critique']:.2f} to the critique, "
+              f"{r['empty_revisions']} empty | {sl_s:.0f} |")
     print(f"| RL-CAI labels | {rl['prompts']} | two-order agreement {rl['order_agreement']:.0%} ({rl['identical']} "
           f"identical pairs); {rl['pairs']} pairs kept; first position preferred {rl['first_position_preferred']:.0%} "
           f"| {rl_s:.0f} |")
@@ -94,6 +95,7 @@ def measure(args) -> None:
     print(json.dumps({"prompts": len(prompts), "rounds": args.rounds,
                       "revision_changed_rate": sl["per_round"][0]["changed_rate"],
                       "revision_similarity": sl["per_round"][0]["mean_similarity"],
+                      "revision_critique_similarity": sl["per_round"][0]["revision_like_critique"],
                       "final_changed_rate": sl["final_changed_rate"], "sl_s": round(sl_s, 1),
                       "label_order_agreement": rl["order_agreement"], "label_pairs": rl["pairs"],
                       "label_identical": rl["identical"], "label_first_position_preferred": rl["first_position_preferred"],

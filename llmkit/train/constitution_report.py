@@ -28,6 +28,8 @@ def revision_summary(traces: list[dict], rounds: int) -> dict:
         per_round.append({"round": r + 1, "revised": len(steps),
                           "changed_rate": _mean([float(s["changed"]) for s in steps]),
                           "mean_similarity": _mean([s["similarity"] for s in steps]),
+                          # a weak model often answers the revision request by repeating its critique
+                          "revision_like_critique": _mean([similarity(s["critique"], s["revision"]) for s in steps]),
                           "empty_revisions": sum(not s["revision"] for s in steps)})
     return {
         "prompts": len(traces), "kept": len(kept), "dropped": len(traces) - len(kept), "rounds": rounds,
@@ -73,11 +75,11 @@ def revision_report(traces: list[dict], summary: dict) -> str:
              f"{summary['prompts']} prompts, {summary['rounds']} round(s); {summary['kept']} revised answers written "
              f"to sft.jsonl ({summary['dropped']} dropped: too long for the context). Principles: "
              f"{summary['settings']['principles']}.", "",
-             "| round | revised | answer changed | mean similarity to the answer before | empty revisions |",
-             "| --- | --- | --- | --- | --- |"]
+             "| round | revised | answer changed | similarity to the answer before | similarity to the critique | "
+             "empty revisions |", "| --- | --- | --- | --- | --- | --- |"]
     for r in summary["per_round"]:
         lines.append(f"| {r['round']} | {r['revised']} | {r['changed_rate']:.0%} | {r['mean_similarity']:.2f} | "
-                     f"{r['empty_revisions']} |")
+                     f"{r['revision_like_critique']:.2f} | {r['empty_revisions']} |")
     lines += ["", f"Final answer differs from the first: {summary['final_changed_rate']:.0%} of prompts; character "
               f"similarity first -> final {summary['final_similarity']:.2f}; mean length {summary['initial_chars']:.0f} "
               f"-> {summary['final_chars']:.0f} characters.", "", "## Examples", ""]
