@@ -19,7 +19,11 @@ LoRA SFT on the revisions, RL-CAI labels by the SL-CAI model, LoRA DPO on them, 
 the rate at which it prefers the SL-CAI model's and the final model's answers over the starting model's,
 with Wilson 95% intervals.
 
-    python benchmarks/constitution.py --full --out runs/cai --reward-dir runs/hh-reward --prompts 400
+    python benchmarks/constitution.py --full --out runs/cai --reward-dir runs/hh-reward --prompts 400 [--judge J]
+
+The judge (default: the SL-CAI model) must prefer the same answer in both orders for a pair to be kept;
+SmolLM2-135M as a judge prefers whichever answer is shown first, so it keeps none and DPO is skipped
+(the SL-CAI figures are still reported): --judge a bigger checkpoint or an OpenAI-compatible URL.
 
 Prints a table, then one JSON line.
 """
@@ -109,6 +113,7 @@ def full(args) -> None:
     from llmkit.train.chat_data import load_records
     from llmkit.train.constitution import label, read_prompts, revise
     from llmkit.train.dpo import run_dpo
+    from llmkit.train.label import load_judge
     from llmkit.train.post_common import reply_text
     from llmkit.train.post_config import DPOConfig, SFTConfig
     from llmkit.train.principles import load_constitution
@@ -127,32 +132,41 @@ def full(args) -> None:
     if not (out / "sl-model" / "model.safetensors").exists():
         run_sft(SFTConfig.preset("sft-smollm2-lora", [f"data={out / 'sl' / 'sft.jsonl'}"]), out / "sl-model")
     sl_model = llmkit.load(out / "sl-model", max_batch_size=64)
+    judge = load_judge(args.judge, "smollm2", start) if args.judge else sl_model
     if not (out / "rl" / "pairs.jsonl").exists():
-        label(sl_model, sl_model, train_prompts, constitution, out / "rl", max_new_tokens=args.max_new_tokens,
-              seed=args.seed, settings={"model": str(out / "sl-model"), "judge": str(out / "sl-model")})
-    if not (out / "dpo-model" / "model.safetensors").exists():
-        run_dpo(DPOConfig.preset("dpo-smollm2-lora", [f"init_from={out / 'sl-model'}",
-                                                      f"data={out / 'rl' / 'pairs.jsonl'}"]), out / "dpo-model")
+        label(judge, sl_model, train_prompts, constitution, out / "rl", max_new_tokens=args.max_new_tokens,
+              seed=args.seed, settings={"model": str(out / "sl-model"), "judge": args.judge or str(out / "sl-model")})
+    pairs = len((out / "rl" / "pairs.jsonl").read_text().splitlines())
+    models = [("start", "smollm2"), ("sl_cai", out / "sl-model")]
+    if pairs:
+        if not (out / "dpo-model" / "model.safetensors").exists():
+            run_dpo(DPOConfig.preset("dpo-smollm2-lora", [f"init_from={out / 'sl-model'}",
+                                                          f"data={out / 'rl' / 'pairs.jsonl'}"]), out / "dpo-model")
+        models.append(("rl_cai", out / "dpo-model"))
+    else:  # a judge that only ever prefers one position yields no order-consistent pair (SmolLM2-135M does)
+        print(f"RL-CAI: no order-consistent pairs in {out / 'rl'} (see its report.md); DPO skipped: pass a "
+              "stronger --judge (a bigger checkpoint or an OpenAI-compatible URL)")
     train_reward(args.reward_dir, None)  # kept when already trained
     reward_model, tokenizer = load_reward_model(args.reward_dir)
     test = load_records(HH, "preference", TEST)[:args.prompts]
     prompts = [r.prompt for r in test]
     autocast = torch.autocast("cpu", dtype=torch.bfloat16)
     scores = {}
-    for name, source in (("start", "smollm2"), ("sl_cai", out / "sl-model"), ("rl_cai", out / "dpo-model")):
+    for name, source in models:
         llm = llmkit.load(source, max_batch_size=64)
         ids = [llm.tokenizer.encode(llm.tokenizer.apply_chat_template(p, add_generation_prompt=True)) for p in prompts]
         done = llm.engine.generate_batch(ids, SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0))
         replies = [reply_text(llm.tokenizer, c.token_ids) for c in done]
         scores[name] = score(reward_model, tokenizer, prompts, replies, max_len=320, autocast=autocast)
     figures = {"winrate_prompts": len(prompts)}
-    for name in ("sl_cai", "rl_cai"):
+    figures["rl_cai_pairs"] = pairs
+    for name in [m[0] for m in models[1:]]:
         win = pairwise_accuracy(torch.tensor([scores[name], scores["start"]]).T)
         figures.update({f"{name}_win_rate": round(win["accuracy"], 4), f"{name}_win_ci95_low": round(win["ci95_low"], 4),
                         f"{name}_win_ci95_high": round(win["ci95_high"], 4)})
         print(f"{name} vs starting model on {len(prompts)} held-out prompts: reward-model win rate "
               f"{win['accuracy']:.3f} (95% CI {win['ci95_low']:.3f}-{win['ci95_high']:.3f})")
-    figures.update(human_agreement(start, constitution, test, args.seed))
+    figures.update(human_agreement(judge if args.judge else start, constitution, test, args.seed))
     print(json.dumps(figures))
 
 
@@ -166,6 +180,8 @@ def main() -> None:
     parser.add_argument("--principles", default="default")
     parser.add_argument("--full", action="store_true", help="SL-CAI -> SFT -> RL-CAI -> DPO -> reward-model win rates")
     parser.add_argument("--train-prompts", type=int, default=1600, help="--full: training prompts for both stages")
+    parser.add_argument("--judge", default=None, help="--full: the RL-CAI judge (checkpoint, named model or URL); "
+                        "default: the SL-CAI model itself")
     parser.add_argument("--reward-dir", type=Path, default=Path("runs/hh-reward"), help="--full: HH-RLHF reward model")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
