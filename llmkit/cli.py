@@ -14,6 +14,7 @@ from llmkit.errors import DataError, LLMKitError
 from llmkit.inspect import commands as inspect_commands
 from llmkit.rag import cli as rag_commands
 from llmkit.scaling import commands as scaling_commands
+from llmkit.train import constitution_cli
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -588,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_commands.add_inspect_verb(verbs, add_model_args)
     rag_commands.add_rag_verb(verbs, add_model_args, add_sampling_args)
     scaling_commands.add_scaling_verb(verbs)
+    constitution_cli.add_constitution_verb(verbs, add_model_args)
     return parser
 
 

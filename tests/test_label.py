@@ -32,7 +32,7 @@ class FakeJudge:
                 [(self.a, math.log(0.1)), (self.b, math.log(0.9))]
             if not self.biased and len(a) == len(b):  # no preference: an unbiased judge says 50/50
                 top = [(self.a, math.log(0.5)), (self.b, math.log(0.5))]
-            out.append(SimpleNamespace(logprobs=[SimpleNamespace(top=top)]))
+            out.append(SimpleNamespace(finish_reason="length", logprobs=[SimpleNamespace(top=top)]))
         return out
 
 

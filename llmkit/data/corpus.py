@@ -179,12 +179,12 @@ def download_corpus(name: str, out: str | Path, fetch=None) -> Path:
     _refuse_other_files(out)
     corpus = HUB_CORPORA[name]
     folder = cache_root() / "downloads" / name
-    fetch = fetch or _hub_fetch
+    fetch = fetch or hub_fetch
     sources = [(fetch(corpus.repo, file, folder), split) for file, split in corpus.files.items()]
     return write_corpus(name, sources, out, about=f"{corpus.about}; https://huggingface.co/datasets/{corpus.repo}")
 
 
-def _hub_fetch(repo: str, filename: str, folder: Path) -> Path:
+def hub_fetch(repo: str, filename: str, folder: Path) -> Path:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:

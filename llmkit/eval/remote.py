@@ -211,6 +211,22 @@ class RemoteBackend:
         batches = [list(prompts[i:i + self.batch]) for i in range(0, len(prompts), self.batch)]
         return [g for out in self._map(chunk, batches) for g in out]
 
+    def first_tokens(self, conversations: Sequence[list[dict]], top: int = 20) -> list[tuple[str, dict[str, float]]]:
+        """For each conversation, the first token the server's model answers greedily: (its reply text,
+        {token text: log-probability} of the most likely first tokens; empty where the server returns no
+        log-probabilities). A judge reads its verdict from these (train/label.py)."""
+
+        def one(messages: list[dict]) -> tuple[str, dict[str, float]]:
+            body = self._request("POST", "/chat/completions", self._body(
+                messages=messages, max_tokens=1, temperature=0, logprobs=True, top_logprobs=top))
+            choice = (body.get("choices") or [{}])[0]
+            content = ((choice.get("logprobs") or {}).get("content") or [{}])[0]
+            tops = {t["token"]: t["logprob"] for t in content.get("top_logprobs") or []
+                    if isinstance(t, dict) and isinstance(t.get("token"), str)}
+            return (choice.get("message") or {}).get("content") or "", tops
+
+        return self._map(one, list(conversations))
+
 
 def _moved(context: str, continuation: str) -> tuple[str, str]:
     """The context's trailing whitespace moved to the continuation (scoring.encode_options's rule)."""

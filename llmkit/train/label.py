@@ -26,11 +26,13 @@ from pathlib import Path
 
 from llmkit.atomic import atomic_write_text
 from llmkit.errors import DataError, GenerationError, OutputError
+from llmkit.eval.remote import RemoteBackend, is_url
 from llmkit.infer import SamplingParams
 from llmkit.train.chat_data import load_records
 from llmkit.train.post_common import reply_text
 
-JUDGE_PROMPT = """Which response answers the request better? Be helpful, honest and harmless.
+JUDGE_QUESTION = "Which response answers the request better? Be helpful, honest and harmless."
+JUDGE_PROMPT = """{question}
 
 Request:
 {prompt}
@@ -62,23 +64,77 @@ def letter_ids(tokenizer, letter: str) -> set[int]:
     return ids
 
 
-def judge_probabilities(judge, prompts: list, first: list[str], second: list[str]) -> list[float]:
+def judge_conversation(prompt, a: str, b: str, question: str = JUDGE_QUESTION) -> list[dict]:
+    """The judge's question about one pair, as a one-turn conversation; `question` is the criterion
+    (Constitutional AI asks by a principle, Bai et al. 2022 section 4.1)."""
+    return [{"role": "user", "content": JUDGE_PROMPT.format(question=question, prompt=render_prompt(prompt), a=a, b=b)}]
+
+
+def judge_probabilities(judge, prompts: list, first: list[str], second: list[str],
+                        questions: list[str] | None = None) -> list[float]:
     """P(the judge prefers `first`) for each (prompt, first, second), from its next-token probabilities
-    of "A" and "B", renormalised over the two."""
+    of "A" and "B", renormalised over the two. judge: a loaded `llmkit.LLM` (all questions in one batch
+    through its engine) or a `RemoteBackend` (an OpenAI-compatible server's top log-probabilities)."""
+    questions = questions or [JUDGE_QUESTION] * len(prompts)
+    conversations = [judge_conversation(*item) for item in zip(prompts, first, second, questions)]
+    if isinstance(judge, RemoteBackend):
+        return [remote_preference(text, top) for text, top in judge.first_tokens(conversations)]
     tok = judge.tokenizer
     a_ids, b_ids = letter_ids(tok, "A"), letter_ids(tok, "B")
-    requests = []
-    for prompt, a, b in zip(prompts, first, second):
-        messages = [{"role": "user", "content": JUDGE_PROMPT.format(prompt=render_prompt(prompt), a=a, b=b)}]
-        requests.append(tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True)))
+    requests = [tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True)) for messages in conversations]
     params = SamplingParams(max_new_tokens=1, temperature=0, logprobs=20)
     out = []
     for completion in judge.engine.generate_batch(requests, params):
+        if completion.finish_reason == "error":
+            raise GenerationError(f"the judge failed on a question ({completion.error}); is the judge's context long "
+                                  "enough for the request and both replies? Lower --max-new-tokens")
         top = completion.logprobs[0].top
         pa = sum(math.exp(lp) for t, lp in top if t in a_ids)
         pb = sum(math.exp(lp) for t, lp in top if t in b_ids)
         out.append(0.5 if pa + pb == 0 else pa / (pa + pb))
     return out
+
+
+def remote_preference(text: str, top: dict[str, float]) -> float:
+    """P("A") over {"A", "B"} from a server's first-token log-probabilities; a server that returns none
+    is read by the letter it answered (1, 0, or 0.5 for neither)."""
+    pa = sum(math.exp(lp) for t, lp in top.items() if t.strip() == "A")
+    pb = sum(math.exp(lp) for t, lp in top.items() if t.strip() == "B")
+    if pa + pb > 0:
+        return pa / (pa + pb)
+    letter = text.strip()[:1]
+    return 1.0 if letter == "A" else 0.0 if letter == "B" else 0.5
+
+
+def load_judge(judge, policy, policy_llm):
+    """The judge of `--judge`: an OpenAI-compatible URL (a RemoteBackend), the policy itself (the same
+    name as `policy`: `policy_llm` is reused), another checkpoint directory / named model, or an object
+    already loaded."""
+    import llmkit
+
+    if not isinstance(judge, (str, Path)):
+        return judge
+    if is_url(str(judge)):
+        return RemoteBackend(str(judge), chat=True)
+    return policy_llm if str(judge) == str(policy) else llmkit.load(judge)
+
+
+def sample_reply_pairs(llm, prompts: list, max_new_tokens: int, temperature: float,
+                       seeds: list[int]) -> tuple[list[str], list[str]]:
+    """Two sampled replies per prompt, all in one batch through the engine; seeds[2i], seeds[2i+1] are the
+    two requests' seeds for prompt i."""
+    from llmkit.train.chat_data import encode_prompt
+
+    tok = llm.tokenizer
+    ids = [encode_prompt(tok, p) for p in prompts for _ in range(2)]
+    params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=s) for s in seeds]
+    completions = llm.engine.generate_batch(ids, params)
+    for completion in completions:
+        if completion.finish_reason == "error":
+            raise GenerationError(f"sampling a reply failed ({completion.error}); is a prompt longer than the "
+                                  "model's context?")
+    replies = [reply_text(tok, c.token_ids) for c in completions]
+    return replies[0::2], replies[1::2]
 
 
 def label_preferences(judge, policy, input_path: str | Path, out: str | Path, records: list | None = None,
@@ -91,18 +147,9 @@ def label_preferences(judge, policy, input_path: str | Path, out: str | Path, re
 
     prompts = [r.prompt for r in load_records(input_path, "prompt", records)]
     policy_llm = llmkit.load(policy) if isinstance(policy, (str, Path)) else policy
-    if isinstance(judge, (str, Path)):
-        judge_llm = policy_llm if str(judge) == str(policy) else llmkit.load(judge)
-    else:
-        judge_llm = judge
-    tok = policy_llm.tokenizer
-    from llmkit.train.chat_data import encode_prompt
-
-    ids = [encode_prompt(tok, p) for p in prompts for _ in range(2)]
-    params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + i)
-              for i in range(len(ids))]
-    replies = [reply_text(tok, c.token_ids) for c in policy_llm.engine.generate_batch(ids, params)]
-    first, second = replies[0::2], replies[1::2]
+    judge_llm = load_judge(judge, policy, policy_llm)
+    first, second = sample_reply_pairs(policy_llm, prompts, max_new_tokens, temperature,
+                                       [seed + i for i in range(2 * len(prompts))])
     forward = judge_probabilities(judge_llm, prompts, first, second)
     backward = judge_probabilities(judge_llm, prompts, second, first)
     rows, ties, consistent = [], 0, 0

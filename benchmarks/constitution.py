@@ -1,0 +1,193 @@
+"""Constitutional AI with SmolLM2-135M-Instruct on held-out HH-RLHF prompts (`llmkit constitution`).
+
+Data: ../shared/data/hh-rlhf/harmless-base-test-2000.jsonl.gz, split as benchmarks/hh_rlhf.py splits it:
+records 0-1599 train, 1600-1999 held out. The default constitution (llmkit/presets/constitution).
+
+Measurement (default): on the first --prompts held-out prompts,
+1. SL-CAI: answer, critique by a drawn principle, revise (--rounds); how often the revision changed the
+   answer, and how much (character similarity);
+2. RL-CAI: two sampled answers per prompt judged by the model itself by a drawn principle in both orders:
+   how often the two orders agree;
+3. the judge asked by principle about the held-out human pairs (HH-RLHF chosen vs rejected): two-order
+   agreement, and agreement with the human label where the orders agree.
+
+    python benchmarks/constitution.py --out runs/cai-bench [--prompts 30]
+
+--full runs the whole must-show (CPU: hours; GPU: minutes): SL-CAI on --train-prompts training prompts,
+LoRA SFT on the revisions, RL-CAI labels by the SL-CAI model, LoRA DPO on them, then the HH-RLHF reward model
+(benchmarks/hh_rlhf.py's, trained if --reward-dir has none) scores greedy answers to the held-out prompts:
+the rate at which it prefers the SL-CAI model's and the final model's answers over the starting model's,
+with Wilson 95% intervals.
+
+    python benchmarks/constitution.py --full --out runs/cai --reward-dir runs/hh-reward --prompts 400 [--judge J]
+
+The judge (default: the SL-CAI model) must prefer the same answer in both orders for a pair to be kept;
+SmolLM2-135M as a judge prefers whichever answer is shown first, so it keeps none and DPO is skipped
+(the SL-CAI figures are still reported): --judge a bigger checkpoint or an OpenAI-compatible URL.
+
+Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+HH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test-2000.jsonl.gz"
+TRAIN, TEST = [0, 1600], [1600, 2000]
+
+
+def human_agreement(judge, constitution, test_records, seed: int) -> dict:
+    """The judge by principle on held-out human pairs: a = the human-chosen reply."""
+    from llmkit.train.constitution import verdicts
+    from llmkit.train.post_common import last_text
+
+    prompts = [r.prompt for r in test_records]
+    rows = verdicts(judge, prompts, [last_text(r.chosen) for r in test_records],
+                    [last_text(r.rejected) for r in test_records], constitution, seed)
+    decided = [r for r in rows if r["verdict"] in ("a", "b")]
+    compared = [r for r in rows if r["verdict"] != "identical"]
+    return {"human_pairs": len(rows), "human_order_agreement": round(len(decided) / max(len(compared), 1), 4),
+            "human_label_agreement": round(sum(r["verdict"] == "a" for r in decided) / max(len(decided), 1), 4),
+            # reading the judge's averaged probability as its vote on every pair (ties half)
+            "human_label_agreement_all": round(sum(1.0 if (r["p_a_first"] + r["p_a_second"]) > 1 else 0.5
+                                                   if (r["p_a_first"] + r["p_a_second"]) == 1 else 0.0
+                                                   for r in compared) / max(len(compared), 1), 4)}
+
+
+def measure(args) -> None:
+    import llmkit
+    from llmkit.train.chat_data import load_records
+    from llmkit.train.constitution import label, read_prompts, revise
+    from llmkit.train.principles import load_constitution
+
+    constitution = load_constitution(args.principles)
+    prompts = read_prompts(HH, TEST, args.prompts)
+    llm = llmkit.load("smollm2", max_batch_size=64)
+    t0 = time.perf_counter()
+    sl = revise(llm, prompts, constitution, args.out / "sl", rounds=args.rounds, max_new_tokens=args.max_new_tokens,
+                seed=args.seed, overwrite=True, settings={"model": "smollm2", "prompts": f"{HH}:{TEST}"})
+    sl_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rl = label(llm, llm, prompts, constitution, args.out / "rl", max_new_tokens=args.max_new_tokens, seed=args.seed,
+               overwrite=True, settings={"model": "smollm2", "judge": "smollm2"})
+    rl_s = time.perf_counter() - t0
+    human = human_agreement(llm, constitution, load_records(HH, "preference", TEST)[:args.prompts], args.seed)
+    print(f"| stage | prompts | figure | seconds |\n| --- | --- | --- | --- |")
+    for r in sl["per_round"]:
+        print(f"| SL-CAI round {r['round']} | {r['revised']} | revision changed the answer {r['changed_rate']:.0%}, "
+              f"similarity {r['mean_similarity']:.2f} to the answer, {r['revision_like_critique']:.2f} to the critique, "
+              f"{r['empty_revisions']} empty | {sl_s:.0f} |")
+    print(f"| RL-CAI labels | {rl['prompts']} | two-order agreement {rl['order_agreement']:.0%} ({rl['identical']} "
+          f"identical pairs); {rl['pairs']} pairs kept; first position preferred {rl['first_position_preferred']:.0%} "
+          f"| {rl_s:.0f} |")
+    print(f"| judge on human pairs | {human['human_pairs']} | two-order agreement {human['human_order_agreement']:.0%}; "
+          f"agrees with the human label {human['human_label_agreement']:.0%} where consistent, "
+          f"{human['human_label_agreement_all']:.0%} by averaged vote | |")
+    traces = [json.loads(line) for line in (args.out / "sl" / "critiques.jsonl").read_text().splitlines()]
+    for t in [t for t in traces if t["final"] is not None][:3]:
+        step = t["rounds"][0]
+        print(f"\nPROMPT: {t['prompt'][-1]['content'][:200]}\nANSWER: {t['initial'][:300]}\nCRITIQUE "
+              f"({step['principle']}): {step['critique'][:300]}\nREVISION: {step['revision'][:300]}")
+    print(json.dumps({"prompts": len(prompts), "rounds": args.rounds,
+                      "revision_changed_rate": sl["per_round"][0]["changed_rate"],
+                      "revision_similarity": sl["per_round"][0]["mean_similarity"],
+                      "revision_critique_similarity": sl["per_round"][0]["revision_like_critique"],
+                      "final_changed_rate": sl["final_changed_rate"], "sl_s": round(sl_s, 1),
+                      "label_order_agreement": rl["order_agreement"], "label_pairs": rl["pairs"],
+                      "label_identical": rl["identical"], "label_first_position_preferred": rl["first_position_preferred"],
+                      "label_s": round(rl_s, 1), **human}))
+
+
+def full(args) -> None:
+    """SL-CAI -> LoRA SFT -> RL-CAI labels -> LoRA DPO; reward-model win rates vs the starting model."""
+    import llmkit
+    from llmkit.infer import SamplingParams
+    from llmkit.train.chat_data import load_records
+    from llmkit.train.constitution import label, read_prompts, revise
+    from llmkit.train.dpo import run_dpo
+    from llmkit.train.label import load_judge
+    from llmkit.train.post_common import reply_text
+    from llmkit.train.post_config import DPOConfig, SFTConfig
+    from llmkit.train.principles import load_constitution
+    from llmkit.train.reward import load_reward_model, pairwise_accuracy, score
+    from llmkit.train.sft import run_sft
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from hh_rlhf import train as train_reward
+
+    out, constitution = args.out, load_constitution(args.principles)
+    train_prompts = read_prompts(HH, TRAIN, args.train_prompts)
+    start = llmkit.load("smollm2", max_batch_size=64)
+    if not (out / "sl" / "sft.jsonl").exists():
+        revise(start, train_prompts, constitution, out / "sl", rounds=args.rounds, max_new_tokens=args.max_new_tokens,
+               seed=args.seed, settings={"model": "smollm2", "prompts": f"{HH}:{TRAIN}"})
+    if not (out / "sl-model" / "model.safetensors").exists():
+        run_sft(SFTConfig.preset("sft-smollm2-lora", [f"data={out / 'sl' / 'sft.jsonl'}"]), out / "sl-model")
+    sl_model = llmkit.load(out / "sl-model", max_batch_size=64)
+    judge = load_judge(args.judge, "smollm2", start) if args.judge else sl_model
+    if not (out / "rl" / "pairs.jsonl").exists():
+        label(judge, sl_model, train_prompts, constitution, out / "rl", max_new_tokens=args.max_new_tokens,
+              seed=args.seed, settings={"model": str(out / "sl-model"), "judge": args.judge or str(out / "sl-model")})
+    pairs = len((out / "rl" / "pairs.jsonl").read_text().splitlines())
+    models = [("start", "smollm2"), ("sl_cai", out / "sl-model")]
+    if pairs:
+        if not (out / "dpo-model" / "model.safetensors").exists():
+            run_dpo(DPOConfig.preset("dpo-smollm2-lora", [f"init_from={out / 'sl-model'}",
+                                                          f"data={out / 'rl' / 'pairs.jsonl'}"]), out / "dpo-model")
+        models.append(("rl_cai", out / "dpo-model"))
+    else:  # a judge that only ever prefers one position yields no order-consistent pair (SmolLM2-135M does)
+        print(f"RL-CAI: no order-consistent pairs in {out / 'rl'} (see its report.md); DPO skipped: pass a "
+              "stronger --judge (a bigger checkpoint or an OpenAI-compatible URL)")
+    train_reward(args.reward_dir, None)  # kept when already trained
+    reward_model, tokenizer = load_reward_model(args.reward_dir)
+    test = load_records(HH, "preference", TEST)[:args.prompts]
+    prompts = [r.prompt for r in test]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    scores = {}
+    for name, source in models:
+        llm = llmkit.load(source, max_batch_size=64)
+        ids = [llm.tokenizer.encode(llm.tokenizer.apply_chat_template(p, add_generation_prompt=True)) for p in prompts]
+        done = llm.engine.generate_batch(ids, SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0))
+        replies = [reply_text(llm.tokenizer, c.token_ids) for c in done]
+        scores[name] = score(reward_model, tokenizer, prompts, replies, max_len=320, autocast=autocast)
+    figures = {"winrate_prompts": len(prompts)}
+    figures["rl_cai_pairs"] = pairs
+    for name in [m[0] for m in models[1:]]:
+        win = pairwise_accuracy(torch.tensor([scores[name], scores["start"]]).T)
+        figures.update({f"{name}_win_rate": round(win["accuracy"], 4), f"{name}_win_ci95_low": round(win["ci95_low"], 4),
+                        f"{name}_win_ci95_high": round(win["ci95_high"], 4)})
+        print(f"{name} vs starting model on {len(prompts)} held-out prompts: reward-model win rate "
+              f"{win['accuracy']:.3f} (95% CI {win['ci95_low']:.3f}-{win['ci95_high']:.3f})")
+    figures.update(human_agreement(judge if args.judge else start, constitution, test, args.seed))
+    print(json.dumps(figures))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--prompts", type=int, default=30, help="held-out prompts")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--principles", default="default")
+    parser.add_argument("--full", action="store_true", help="SL-CAI -> SFT -> RL-CAI -> DPO -> reward-model win rates")
+    parser.add_argument("--train-prompts", type=int, default=1600, help="--full: training prompts for both stages")
+    parser.add_argument("--judge", default=None, help="--full: the RL-CAI judge (checkpoint, named model or URL); "
+                        "default: the SL-CAI model itself")
+    parser.add_argument("--reward-dir", type=Path, default=Path("runs/hh-reward"), help="--full: HH-RLHF reward model")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    (full if args.full else measure)(args)
+
+
+if __name__ == "__main__":
+    main()
