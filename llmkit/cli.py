@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from llmkit.errors import DataError, LLMKitError
+from llmkit.errors import LLMKitError
+from llmkit.eval import commands as eval_commands
 from llmkit.inspect import commands as inspect_commands
 from llmkit.rag import cli as rag_commands
 from llmkit.scaling import commands as scaling_commands
@@ -225,75 +226,6 @@ def cmd_pretrain(args) -> None:
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
     print(f"done: {result.steps} steps, {result.tokens:,} tokens, {result.train_time_s:.1f} s of training; "
           f"{shown}; model in {args.out} (try: llmkit generate --model {args.out} \"ROMEO:\")")
-
-
-def cmd_eval(args) -> None:
-    if args.analogies or args.similarity:
-        from llmkit.inspect.commands import cmd_eval_words
-
-        return cmd_eval_words(args)
-    if args.compare:
-        from llmkit.eval import compare_runs, format_comparison
-
-        print(format_comparison(compare_runs(*args.compare, metric=args.metric), *args.compare))
-        return
-    if args.fetch:
-        from llmkit.eval import fetch_tasks
-
-        names = None if args.tasks in (None, "core") else [t.strip() for t in args.tasks.split(",") if t.strip()]
-        written = fetch_tasks(args.task_dir, names)
-        print(f"{len(written)} task file(s): {', '.join(sorted({str(p.parent) for p in written}))}")
-        return
-    if not args.model or (args.text is None) == (args.tasks is None):
-        raise LLMKitError("eval: give --model with either --tasks (benchmark tasks) or --text (bits per byte); "
-                          "or --compare RUN_A RUN_B; or --fetch")
-    if args.model.startswith(("http://", "https://")) and args.text is not None:
-        raise LLMKitError(f"--model {args.model}: bits per byte (--text) needs the checkpoint itself; "
-                          "--tasks can use a server URL")
-    import llmkit
-
-    if args.tasks is not None:
-        cmd_eval_tasks(args)
-        return
-    from llmkit.eval.bpb import evaluate_texts
-
-    llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
-    files = [p for item in args.text for p in (sorted(Path(item).glob("*.txt")) if Path(item).is_dir() else [Path(item)])]
-    if not files:
-        raise DataError(f"--text {' '.join(args.text)}: no .txt files there; pass text files or folders holding them")
-    result = evaluate_texts(llm.model, llm.tokenizer, files, llm.device, seq_len=args.seq_len)
-    print(f"{len(files)} file(s), {result.tokens:,} tokens, {int(result.bytes):,} bytes: "
-          f"bits per byte {result.bpb:.4f}, perplexity {result.perplexity:.2f} (loss {result.loss:.4f} nats/token)")
-
-
-def cmd_eval_tasks(args) -> None:
-    import os
-    import re
-    import time
-
-    import llmkit
-    from llmkit.atomic import make_output_dir
-    from llmkit.eval import evaluate_tasks, evaluate_with, format_table, parse_task_list, write_run
-    from llmkit.eval.remote import RemoteBackend, is_url
-
-    specs = parse_task_list(args.tasks, args.task_dir, shots=args.shots, max_new_tokens=args.max_new_tokens)
-    if args.limit is not None and args.limit < 1:
-        raise LLMKitError(f"--limit {args.limit}: give a number of examples >= 1")
-    name = re.sub(r"[^\w.-]+", "_", args.model.split("://")[-1]) if is_url(args.model) else Path(args.model).name
-    out = Path(args.out or Path("eval-runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    make_output_dir(out)  # before the evaluation, not after it
-    if is_url(args.model):
-        # a server started with --api-key wants it; OPENAI_API_KEY is where OpenAI's own clients look
-        backend = RemoteBackend(args.model, chat=args.chat, api_key=os.environ.get("OPENAI_API_KEY"))
-        run = evaluate_with(backend, specs, limit=args.limit)
-    else:
-        llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
-        run = evaluate_tasks(llm.model, llm.tokenizer, specs, limit=args.limit, add_bos=not args.no_bos,
-                             batch_tokens=args.batch_tokens, chat=args.chat, engine=llm.engine)
-    run["model"] = args.model
-    write_run(out, run)
-    print(format_table(run))
-    print(f"\nwrote {out / 'results.md'}, {out / 'results.json'} and per-example records in {out / 'examples'}")
 
 
 def report_post_training(result, out) -> None:
@@ -516,38 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling", default=None, metavar="DIR", help="token budget from DIR/fit.json (llmkit scaling fit)")
     p.set_defaults(handler=cmd_pretrain)
 
-    p = verbs.add_parser("eval", help="benchmark tasks (multiple choice, schema, language modelling; CORE) or "
-                         "bits per byte of text files; compare two runs")
-    p.add_argument("--model", default=None, help="checkpoint directory, a named model (smollm2), or with --tasks "
-                   "an OpenAI-compatible server's URL (http://HOST:PORT/v1)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--text", nargs="+", default=None, help="bits per byte: text files or directories of .txt files")
-    p.add_argument("--seq-len", type=int, default=None, help="--text window length (default: context, at most 1024)")
-    p.add_argument("--tasks", default=None, help="core | NAME,... | FILE.jsonl; generative: gsm8k_zero, gsm8k, "
-                   "gsm8k_direct, gsm8k_cot, humaneval (EXECUTES model-written code in a sandbox; see the README). "
-                   "Names are looked up in --task-dir, $LLMKIT_EVAL_DATA, ../shared/data/eval, then the cache "
-                   "that --fetch fills")
-    p.add_argument("--chat", action="store_true", help="render every prompt with the model's chat template (the "
-                   "question as the user's turn, the answer as the assistant's)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generative tasks: tokens to generate "
-                   "(default: 256 for GSM8K, 512 for HumanEval)")
-    p.add_argument("--task-dir", default=None, help="folder of NAME.jsonl task files (with --fetch: where to write)")
-    p.add_argument("--shots", type=int, default=None, help="few-shot examples (default: a CORE task's published "
-                   "number, else 0)")
-    p.add_argument("--limit", type=int, default=None, help="the first N examples of each task")
-    p.add_argument("--out", default=None, help="run directory: results.md, results.json, examples/TASK.jsonl "
-                   "(default: eval-runs/MODEL-TIME)")
-    p.add_argument("--no-bos", action="store_true", help="do not start sequences with the BOS token")
-    p.add_argument("--batch-tokens", type=int, default=None, help="tokens per forward (default: 4096 CPU, 32768 GPU)")
-    p.add_argument("--compare", nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
-                   help="paired differences of two run directories with McNemar p-values")
-    p.add_argument("--metric", default="acc", help="--compare: acc | acc_norm | acc_per_token | exact_match_strict "
-                   "| exact_match_flexible | pass@1")
-    p.add_argument("--fetch", action="store_true", help="download the CORE task files (or those named by --tasks, "
-                   "gsm8k and humaneval too) into --task-dir or the llmkit cache")
-    inspect_commands.add_word_eval_args(p)
-    p.set_defaults(handler=cmd_eval)
+    eval_commands.add_eval_verb(verbs)
 
     post_stages = [
         ("sft", "supervised fine-tuning on conversations or prompt-completion pairs (full, LoRA or prompt tuning)",
