@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from llmkit.errors import DataError, LLMKitError
+from llmkit.eval import judge_cli as judge_commands
 from llmkit.inspect import commands as inspect_commands
 from llmkit.rag import cli as rag_commands
 
@@ -579,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_speedrun)
     inspect_commands.add_inspect_verb(verbs, add_model_args)
     rag_commands.add_rag_verb(verbs, add_model_args, add_sampling_args)
+    judge_commands.add_judge_verbs(verbs, add_model_args)
     return parser
 
 
