@@ -1,14 +1,22 @@
 """Evaluation: bits per byte; benchmark tasks from JSONL files (multiple choice, schema, language
 modelling; the CORE suite) scored in batches with shared prefixes; generative tasks (GSM8K with answer
 extraction, HumanEval pass@1 in a sandbox) through the engine; a local checkpoint or an OpenAI-compatible
-server (remote.py); statistics (Wilson, McNemar). (Later: judges, scaling laws.)"""
+server (remote.py); statistics (Wilson, McNemar, bootstrap, Cohen's kappa); a judge (judge.py: MT-Bench
+grading, pairwise Bradley-Terry ratings, agreement with people). (Later: scaling laws.)"""
 
-from llmkit.eval.generative import GenerativeSpec, generative_task_names
-from llmkit.eval.report import compare_runs, format_comparison, format_table, load_run, write_run
-from llmkit.eval.runner import evaluate_tasks, evaluate_with
-from llmkit.eval.stats import mcnemar_exact, paired_comparison, wilson_interval
-from llmkit.eval.tasks import TaskSpec, core_task_names, fetch_core_tasks, fetch_tasks, parse_task_list
+import importlib
 
-__all__ = ["GenerativeSpec", "TaskSpec", "compare_runs", "core_task_names", "evaluate_tasks", "evaluate_with",
-           "fetch_core_tasks", "fetch_tasks", "format_comparison", "format_table", "generative_task_names", "load_run",
-           "mcnemar_exact", "paired_comparison", "parse_task_list", "wilson_interval", "write_run"]
+# Imported on first use (PEP 562), so that `llmkit.cli` can import llmkit.eval.judge_cli (argument
+# parsing only) without loading torch for every verb.
+_WHERE = {"GenerativeSpec": "generative", "generative_task_names": "generative", "compare_runs": "report",
+          "format_comparison": "report", "format_table": "report", "load_run": "report", "write_run": "report",
+          "evaluate_tasks": "runner", "evaluate_with": "runner", "mcnemar_exact": "stats",
+          "paired_comparison": "stats", "wilson_interval": "stats", "TaskSpec": "tasks", "core_task_names": "tasks",
+          "fetch_core_tasks": "tasks", "fetch_tasks": "tasks", "parse_task_list": "tasks"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"llmkit.eval.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'llmkit.eval' has no attribute {name!r}")
