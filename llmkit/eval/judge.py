@@ -127,7 +127,8 @@ def turn_fields(question: dict, turn: int) -> dict:
 @dataclass
 class Judgement:
     text: str  # the judge's reply
-    finish_reason: str
+    finish_reason: str  # "length": the reply was cut at max_new_tokens (often before its verdict)
+    truncated: int = 0  # prompt tokens cut from the left to fit the judge's context
 
 
 class Judge:
@@ -145,7 +146,6 @@ class Judge:
         if is_url(model):
             return cls(RemoteBackend(model, chat=True, api_key=api_key), model, max_new_tokens)
         import llmkit
-        from llmkit.eval.backends import LocalBackend
 
         llm = llmkit.load(model, device=device, dtype=dtype)
         return cls.of(llm, str(model), max_new_tokens)
@@ -162,7 +162,7 @@ class Judge:
         if not conversations:
             return []
         out = self.backend.generate(list(conversations), self.max_new_tokens, [], on_done=on_done)
-        return [Judgement(g.text, g.finish_reason) for g in out]
+        return [Judgement(g.text, g.finish_reason, g.truncated) for g in out]
 
     def grade(self, prompts: dict[str, JudgePrompt], items: Sequence[dict]) -> list[dict]:
         """Single-answer grades. items: {"question": MT-Bench question, "answers": [turn 1, turn 2], "turn"}."""
@@ -175,7 +175,7 @@ class Judge:
                                                  answer_1=answers[0], answer_2=answers[1] if len(answers) > 1 else ""))
         replies = self.ask(conversations)
         return [{"prompt": c[-1]["content"], "judgement": r.text, "finish_reason": r.finish_reason,
-                 "score": parse_score(r.text)} for c, r in zip(conversations, replies)]
+                 "truncated": r.truncated, "score": parse_score(r.text)} for c, r in zip(conversations, replies)]
 
     def compare(self, prompts: dict[str, JudgePrompt], items: Sequence[dict]) -> list[dict]:
         """Pairwise verdicts, both orders. items: {"question", "turn", "first": [a1, a2], "second": [a1, a2]}."""
@@ -194,5 +194,7 @@ class Judge:
             forward, backward = replies[2 * k], replies[2 * k + 1]
             v1, v2 = parse_verdict(forward.text), parse_verdict(backward.text)
             out.append({"verdict_first_as_a": v1, "verdict_first_as_b": v2, "winner": combine_orders(v1, v2),
-                        "judgement_first_as_a": forward.text, "judgement_first_as_b": backward.text})
+                        "judgement_first_as_a": forward.text, "judgement_first_as_b": backward.text,
+                        "finish_reasons": [forward.finish_reason, backward.finish_reason],
+                        "truncated": max(forward.truncated, backward.truncated)})
         return out

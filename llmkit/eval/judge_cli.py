@@ -123,21 +123,24 @@ def format_judge_report(summary: dict) -> str:
     lines = [f"judge: {summary['judge']}"]
     if summary["mode"] == "single":
         lines += [f"MT-Bench single-answer grading (1-10), {summary['questions']} questions; 95% bootstrap intervals",
-                  "", "| model | turn 1 | turn 2 | overall | judged | unparsable |", "| --- | --- | --- | --- | ---: | ---: |"]
+                  "", "| model | turn 1 | turn 2 | overall | judged | unparsable | replies cut | prompts truncated |",
+                  "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
         for name, m in summary["models"].items():
             lines.append(f"| {name} | {_ci(m['turn_1'])} | {_ci(m['turn_2'])} | {_ci(m['overall'])} | {m['judged']} | "
-                         f"{m['unparsable']} |")
+                         f"{m['unparsable']} | {m['replies_cut']} | {m['prompts_truncated']} |")
     elif summary["mode"] == "pairwise":
         lines += [f"MT-Bench pairwise, {summary['questions']} questions, {summary['comparisons']} comparisons asked in "
                   f"both orders: {summary['order_flips']} verdicts flipped with the order (counted as ties), "
-                  f"{summary['unparsable']} unparsable (left out)", "",
+                  f"{summary['unparsable']} unparsable (left out); {summary['replies_cut']} judge replies cut at "
+                  "--max-new-tokens", "",
                   "| model | Bradley-Terry rating (95% CI) | games | wins | ties |", "| --- | --- | ---: | ---: | ---: |"]
         for r in summary["ratings"]:
             lines.append(f"| {r['model']} | {r['rating']:.0f} ({_num(r['ci95'][0], 0)}-{_num(r['ci95'][1], 0)}) | "
                          f"{r['games']} | {r['wins']} | {r['ties']} |")
     else:
         lines += [f"agreement with human preference labels: {summary['pairs']} pairs from {summary.get('source', '?')}, "
-                  f"{summary['unparsable']} unparsable (left out)", "", "| measure | value (95% CI) | n |",
+                  f"{summary['unparsable']} unparsable (left out); {summary['replies_cut']} judge replies cut at --max-new-tokens, "
+                  f"{summary['prompts_truncated']} prompts cut to fit the judge's context", "", "| measure | value (95% CI) | n |",
                   "| --- | --- | ---: |"]
         rows = [("Cohen's kappa (judge vs human; bootstrap CI)", summary["kappa"], 3, 1.0),
                 ("accuracy: picks the human's reply (both orders; tie = miss) %", summary["accuracy"], 1, 100.0),

@@ -53,6 +53,10 @@ def _shared_questions(answer_sets: list[list[dict]], limit: int | None) -> list:
 def single_grades(judge: Judge, prompts: dict, answer_sets: list[list[dict]], limit: int | None = None,
                   seed: int = 0) -> tuple[dict, list[dict]]:
     """({"models": per-model scores}, per-judgement records)."""
+    names = [a[0]["model"] for a in answer_sets]
+    if len(set(names)) != len(names):
+        raise DataError(f"two answer files name the same model ({', '.join(names)}); give each a distinct \"model\" "
+                        "(llmkit answer --name NAME)")
     ids = _shared_questions(answer_sets, limit)
     items, records = [], []
     for answers in answer_sets:
@@ -71,7 +75,8 @@ def single_grades(judge: Judge, prompts: dict, answer_sets: list[list[dict]], li
         scores = {t: [r["score"] for r in mine if r["turn"] == t and r["score"] is not None] for t in (1, 2)}
         models[name] = {"turn_1": _mean_interval(scores[1], seed), "turn_2": _mean_interval(scores[2], seed),
                         "overall": _mean_interval(scores[1] + scores[2], seed), "judged": len(mine),
-                        "unparsable": sum(1 for r in mine if r["score"] is None)}
+                        "unparsable": sum(1 for r in mine if r["score"] is None),
+                        "replies_cut": _replies_cut(mine), "prompts_truncated": sum(1 for r in mine if r["truncated"])}
     return {"mode": "single", "judge": judge.name, "questions": len(ids), "models": models}, records
 
 
@@ -103,9 +108,16 @@ def pairwise_ratings(judge: Judge, prompts: dict, answer_sets: list[list[dict]],
     decided = [r for r in records if r["verdict_first_as_a"] is not None and r["verdict_first_as_b"] is not None]
     flips = sum(1 for r in decided if r["winner"] == "tie" and "tie" not in (r["verdict_first_as_a"], r["verdict_first_as_b"]))
     summary = {"mode": "pairwise", "judge": judge.name, "questions": len(ids), "comparisons": len(records),
-               "unparsable": len(records) - len(games), "order_flips": flips,
+               "unparsable": len(records) - len(games), "order_flips": flips, "replies_cut": _replies_cut(records),
+               "prompts_truncated": sum(1 for r in records if r.get("truncated")),
                "ratings": rate_models(games, resamples=resamples, seed=seed) if games else []}
     return summary, records
+
+
+def _replies_cut(records: list[dict]) -> int:
+    """Judge replies stopped by max_new_tokens (the usual reason a verdict is missing)."""
+    return sum(reasons.count("length") for r in records
+               for reasons in [r.get("finish_reasons") or [r.get("finish_reason")]])
 
 
 # --- agreement with people ---------------------------------------------------------------------------------
@@ -192,6 +204,7 @@ def agreement_summary(records: list[dict], judge_name: str, seed: int = 0) -> di
         return {"value": k / total if total else math.nan, "ci95": list(wilson_interval(k, total)), "k": k, "n": total}
 
     return {"mode": "agreement", "judge": judge_name, "pairs": len(records), "unparsable": len(records) - n,
+            "replies_cut": _replies_cut(records), "prompts_truncated": sum(1 for r in records if r.get("truncated")),
             "kappa": {"value": kappa, "ci95": [low, high], "n": n},
             "accuracy": share(right, n), "ties": share(sum(1 for r in parsed if r["winner"] == "tie"), n),
             "accuracy_one_order": share(once_right, len(once)),
