@@ -198,3 +198,13 @@ class Judge:
                         "finish_reasons": [forward.finish_reason, backward.finish_reason],
                         "truncated": max(forward.truncated, backward.truncated)})
         return out
+
+    def compare_replies(self, prompts: dict[str, JudgePrompt], questions: Sequence[str], first: Sequence[str],
+                        second: Sequence[str]) -> list[dict]:
+        """Pairwise verdicts on single replies to plain-text questions (RLAIF labelling, preference
+        pairs): compare() with one-turn questions; each result's "winner" is "first", "second", "tie"
+        or None (unparsable)."""
+        items = [{"question": {"turns": [q], "category": "general"}, "turn": 1, "first": [a], "second": [b]}
+                 for q, a, b in zip(questions, first, second, strict=True)]
+        return self.compare(prompts, items)
+

@@ -165,20 +165,18 @@ def _as_text(value, conversation: bool = False) -> str:
 
 def agreement_with_humans(judge: Judge, prompts: dict, pairs: list[dict], seed: int = 0) -> tuple[dict, list[dict]]:
     coin = random.Random(seed)
-    items, human = [], []
+    firsts, seconds, human = [], [], []
     for p in pairs:
         chosen_first = coin.random() < 0.5
         first, second = (p["chosen"], p["rejected"]) if chosen_first else (p["rejected"], p["chosen"])
-        items.append({"question": {"turns": [p["prompt"]], "category": "general"}, "turn": 1,
-                      "first": [first], "second": [second]})
+        firsts.append(first)
+        seconds.append(second)
         human.append("first" if chosen_first else "second")
-    verdicts = judge.compare(prompts, items)
+    verdicts = judge.compare_replies(prompts, [p["prompt"] for p in pairs], firsts, seconds)
     records = []
-    for item, label, v in zip(items, human, verdicts):
-        lengths = (len(item["first"][0]), len(item["second"][0]))
-        longer = None if lengths[0] == lengths[1] else ("first" if lengths[0] > lengths[1] else "second")
-        records.append({"prompt": item["question"]["turns"][0], "first": item["first"][0], "second": item["second"][0],
-                        "human": label, "longer": longer, **v})
+    for p, first, second, label, v in zip(pairs, firsts, seconds, human, verdicts):
+        longer = None if len(first) == len(second) else ("first" if len(first) > len(second) else "second")
+        records.append({"prompt": p["prompt"], "first": first, "second": second, "human": label, "longer": longer, **v})
     return agreement_summary(records, judge.name, seed), records
 
 
