@@ -12,6 +12,7 @@ from pathlib import Path
 
 from llmkit.errors import LLMKitError
 from llmkit.eval import commands as eval_commands
+from llmkit.eval import judge_cli as judge_commands
 from llmkit.inspect import commands as inspect_commands
 from llmkit.rag import cli as rag_commands
 from llmkit.scaling import commands as scaling_commands
@@ -491,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     rag_commands.add_rag_verb(verbs, add_model_args, add_sampling_args)
     scaling_commands.add_scaling_verb(verbs)
     constitution_cli.add_constitution_verb(verbs, add_model_args)
+    judge_commands.add_judge_verbs(verbs, add_model_args)
     return parser
 
 

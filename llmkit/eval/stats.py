@@ -7,12 +7,17 @@ Two models scored on the same questions are compared with McNemar's exact test (
 the questions exactly one of them gets right carry information, and under "no difference" each such
 question is a fair coin. Pairing removes the questions' own difficulty, so it detects smaller
 differences than comparing two separate intervals.
+
+Statistics without a closed form (a judge's Cohen's kappa, a Bradley-Terry rating, a mean score) get a
+percentile bootstrap interval: the items are resampled with replacement and the statistic recomputed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
@@ -74,3 +79,45 @@ def paired_comparison(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> P
     return PairedComparison(n=n, acc_a=sum(map(bool, correct_a)) / max(n, 1),
                             acc_b=sum(map(bool, correct_b)) / max(n, 1),
                             only_a=only_a, only_b=only_b, p_value=mcnemar_exact(only_a, only_b))
+
+
+def bootstrap_resamples(n: int, resamples: int = 1000, seed: int = 0) -> list[list[int]]:
+    """`resamples` lists of n indices drawn with replacement from range(n); seeded."""
+    rng = random.Random(seed)
+    return [[rng.randrange(n) for _ in range(n)] for _ in range(resamples)] if n else []
+
+
+def percentile_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The central `level` range of bootstrap values, NaNs (undefined resamples) dropped."""
+    kept = sorted(v for v in values if not math.isnan(v))
+    if not kept:
+        return math.nan, math.nan
+    tail = (1 - level) / 2
+    low = kept[min(len(kept) - 1, int(tail * len(kept)))]
+    high = kept[min(len(kept) - 1, max(0, math.ceil((1 - tail) * len(kept)) - 1))]
+    return low, high
+
+
+def bootstrap_interval(n: int, statistic: Callable[[list[int]], float], *, resamples: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval (Efron 1979) of statistic(indices) over n items resampled with
+    replacement; resamples where the statistic is undefined (NaN) are dropped. Seeded: the same call
+    gives the same interval. (nan, nan) when nothing is defined."""
+    return percentile_interval([statistic(sample) for sample in bootstrap_resamples(n, resamples, seed)], level)
+
+
+def cohen_kappa(labels_a: Sequence, labels_b: Sequence) -> float:
+    """Cohen's kappa (Cohen 1960) of two raters' labels on the same items: (p_o - p_e) / (1 - p_e), the
+    observed agreement beyond what the raters' own label frequencies give by chance. NaN when p_e is 1
+    (both raters always give one and the same label: agreement is then uninformative)."""
+    if len(labels_a) != len(labels_b):
+        raise ValueError(f"kappa of {len(labels_a)} and {len(labels_b)} labels")
+    n = len(labels_a)
+    if n == 0:
+        return math.nan
+    observed = sum(1 for a, b in zip(labels_a, labels_b) if a == b) / n
+    count_a, count_b = Counter(labels_a), Counter(labels_b)
+    expected = sum(count_a[k] * count_b[k] for k in count_a) / (n * n)
+    if expected >= 1:
+        return math.nan
+    return (observed - expected) / (1 - expected)

@@ -1,0 +1,116 @@
+"""MT-Bench answers: `llmkit answer --model M --questions mt_bench --out A.jsonl`.
+
+Each question has two user turns; the model answers the first, then the second with the first exchange
+as context, every prompt rendered by the checkpoint's chat template (MT-Bench measures chat models).
+All questions' first turns go through the one engine together (continuous batching), then all second
+turns. Greedy by default; with --temperature > 0 each reply is sampled with its own seed derived from
+--seed, the question id and the turn, so a file is reproducible whatever else was batched with it
+(the engine's per-request seeds).
+
+The answer file holds one JSON object a line, with the question so that a judge needs nothing else:
+{"question_id", "category", "turns": [q1, q2], "reference": [...] (if any), "model", "answers": [a1, a2]}.
+It is written atomically: complete or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from llmkit.atomic import atomic_write_text
+from llmkit.errors import DataError
+from llmkit.eval.locations import SHARED_ROOT, cache_root, search_roots
+
+MT_BENCH = "mt_bench"
+
+
+def mt_bench_dir(task_dir: str | Path | None = None) -> Path:
+    roots = search_roots(task_dir, SHARED_ROOT, cache_root())
+    for root in roots:
+        if (root / MT_BENCH / "question.jsonl").is_file():
+            return root / MT_BENCH
+    raise DataError(f"mt_bench: no mt_bench/question.jsonl under {', '.join(str(r) for r in roots)}; pass "
+                    "--task-dir DIR (holding mt_bench/) or --questions FILE.jsonl")
+
+
+def questions_path(questions: str, task_dir: str | Path | None = None) -> Path:
+    return mt_bench_dir(task_dir) / "question.jsonl" if questions == MT_BENCH else Path(questions)
+
+
+def read_questions(path: str | Path) -> list[dict]:
+    """MT-Bench questions: {"question_id", "category", "turns": [str, ...], "reference"?: [str, ...]}."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such questions file; give --questions mt_bench or a JSONL of "
+                        '{"question_id", "turns": [...]}')
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            q = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not valid JSON ({e.msg}, column {e.colno})") from None
+        turns = q.get("turns") if isinstance(q, dict) else None
+        if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+            raise DataError(f'{path}:{number}: expected {{"question_id", "turns": [strings]}}')
+        q.setdefault("question_id", number)
+        q.setdefault("category", "general")
+        out.append(q)
+    if not out:
+        raise DataError(f"{path}: no questions (the file is empty)")
+    return out
+
+
+def request_seed_of(seed: int, question_id, turn: int) -> int:
+    # a stable hash (Python's hash() of a string changes from process to process)
+    return int(hashlib.sha256(f"{seed}/{question_id}/{turn}".encode()).hexdigest()[:8], 16)
+
+
+def generate_answers(llm, questions: list[dict], *, max_new_tokens: int = 512, temperature: float = 0.0,
+                     seed: int = 0, model_name: str = "model") -> list[dict]:
+    """Every turn of every question answered through the engine, turn by turn across all questions."""
+    from llmkit.infer import SamplingParams
+
+    tokenizer, engine = llm.tokenizer, llm.engine
+    context = llm.model.config.max_seq_len
+    keep = max(context - max_new_tokens, context // 2)  # prompt tokens kept (the oldest cut first)
+    stops = set(engine.stop_token_ids)
+    histories = [[] for _ in questions]
+    answers = [[] for _ in questions]
+    for turn in range(max(len(q["turns"]) for q in questions)):
+        active = [i for i, q in enumerate(questions) if turn < len(q["turns"])]
+        prompts, params = [], []
+        for i in active:
+            histories[i].append({"role": "user", "content": questions[i]["turns"][turn]})
+            ids = tokenizer.encode_chat(histories[i], add_generation_prompt=True)
+            prompts.append(ids[max(0, len(ids) - keep):])
+            request_seed = None if temperature == 0 else request_seed_of(seed, questions[i]["question_id"], turn)
+            params.append(SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=request_seed))
+        for i, completion in zip(active, engine.generate_batch(prompts, params)):
+            tokens = completion.token_ids
+            if tokens and tokens[-1] in stops:
+                tokens = tokens[:-1]
+            text = tokenizer.decode(tokens).strip()
+            histories[i].append({"role": "assistant", "content": text})
+            answers[i].append(text)
+    return [{"question_id": q["question_id"], "category": q["category"], "turns": q["turns"],
+             **({"reference": q["reference"]} if q.get("reference") else {}), "model": model_name, "answers": a}
+            for q, a in zip(questions, answers)]
+
+
+def write_answers(path: str | Path, records: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_answers(path: str | Path) -> list[dict]:
+    """An answer file written by `llmkit answer` (or any JSONL of the same shape)."""
+    records = read_questions(path)
+    for number, r in enumerate(records, 1):
+        answers = r.get("answers")
+        if not isinstance(answers, list) or len(answers) != len(r["turns"]) or not all(isinstance(a, str) for a in answers):
+            raise DataError(f"{path}: record {number}: expected \"answers\": one string per turn "
+                            "(a file written by `llmkit answer`)")
+        r.setdefault("model", Path(path).stem)
+    return records

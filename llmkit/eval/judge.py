@@ -1,0 +1,210 @@
+"""A model as judge (an autorater), with MT-Bench's prompts (Zheng et al. 2023, "Judging LLM-as-a-Judge
+with MT-Bench and Chatbot Arena").
+
+    judge = Judge.load("smollm2")                  # or Judge.load("http://HOST:PORT/v1")
+    grades = judge.grade(questions, answers)       # 1-10, parsed from "[[N]]"
+    verdicts = judge.compare(questions, first, second)   # both orders; a verdict that flips is a tie
+
+The judge is any backend that generates from chat messages: a local checkpoint through the one engine
+(backends.LocalBackend, greedy) or an OpenAI-compatible server (remote.RemoteBackend, temperature 0).
+Its reply is free text (an explanation, then the verdict); the verdict is read from the last
+`[[N]]` (single grading) or from `[[A]]` / `[[B]]` / `[[C]]` (pairwise). A reply without one is
+*unparsable*: kept, counted and reported, never a crash.
+
+Pairwise verdicts are asked in both orders, (X, Y) and (Y, X). LLM judges favour a position (Zheng et
+al. 2023, section 3.3); a verdict that names the same answer in both orders stands, any other pair of
+verdicts (one flips with the order, or one says tie) is a tie, MT-Bench's own rule. If either order is
+unparsable the comparison is unparsable.
+
+Prompts: MT-Bench's judge_prompts.jsonl (single-v1, pair-v2 and their -math- variants with a
+reference answer for maths, reasoning and coding, and the -multi-turn variants that grade the second
+turn with the whole conversation shown).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmkit.errors import DataError
+
+SCORE = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
+VERDICT = re.compile(r"\[\[([ABC])\]\]")
+# MT-Bench grades these categories against a reference answer (FastChat's NEED_REF_CATS)
+REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
+DEFAULT_MAX_NEW_TOKENS = 512
+
+
+def parse_score(text: str) -> float | None:
+    """The rating in the last `[[N]]` of a judge's reply (N may be a decimal), or None when there is no
+    such mark or N is outside 1-10."""
+    found = SCORE.findall(text or "")
+    if not found:
+        return None
+    value = float(found[-1])
+    return value if 1 <= value <= 10 else None
+
+
+def parse_verdict(text: str) -> str | None:
+    """"A", "B" or "tie" from `[[A]]`, `[[B]]`, `[[C]]`; None when none appears or two different ones do
+    (a judge that writes `[[A]]` and `[[B]]` has not decided)."""
+    found = set(VERDICT.findall(text or ""))
+    if len(found) != 1:
+        return None
+    return {"A": "A", "B": "B", "C": "tie"}[found.pop()]
+
+
+def combine_orders(first_as_a: str | None, first_as_b: str | None) -> str | None:
+    """The verdict on (X, Y) from the two orders: "first" (X), "second" (Y), "tie", or None when either
+    order is unparsable. first_as_a: the verdict with X shown as A; first_as_b: with X shown as B."""
+    if first_as_a is None or first_as_b is None:
+        return None
+    one = {"A": "first", "B": "second", "tie": "tie"}[first_as_a]
+    other = {"A": "second", "B": "first", "tie": "tie"}[first_as_b]
+    return one if one == other else "tie"
+
+
+# --- prompts --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JudgePrompt:
+    name: str
+    kind: str  # "single" | "pairwise"
+    system_prompt: str
+    template: str
+
+    def messages(self, **fields) -> list[dict]:
+        # str.format ignores fields a template does not use; the answers are values, never formatted
+        return [{"role": "system", "content": self.system_prompt},
+                {"role": "user", "content": self.template.format(**fields)}]
+
+
+def read_judge_prompts(path: str | Path) -> dict[str, JudgePrompt]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no judge prompts file (MT-Bench's judge_prompts.jsonl)")
+    prompts = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompts[row["name"]] = JudgePrompt(row["name"], row["type"], row["system_prompt"], row["prompt_template"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"{path}:{number}: not a judge prompt ({e}); expected MT-Bench's "
+                            '{"name", "type", "system_prompt", "prompt_template"}') from None
+    for needed in ("single-v1", "pair-v2"):
+        if needed not in prompts:
+            raise DataError(f"{path}: no {needed!r} prompt; use MT-Bench's judge_prompts.jsonl")
+    return prompts
+
+
+def prompt_for(prompts: dict[str, JudgePrompt], kind: str, turn: int, reference: bool) -> JudgePrompt:
+    """MT-Bench's prompt for a kind ("single"/"pair"), turn (1, 2) and whether a reference answer is shown."""
+    name = f"{'single' if kind == 'single' else 'pair'}-{'math-v1' if reference else ('v1' if kind == 'single' else 'v2')}"
+    name += "-multi-turn" if turn == 2 else ""
+    if name not in prompts:
+        raise DataError(f"the judge prompts have no {name!r}; use MT-Bench's judge_prompts.jsonl")
+    return prompts[name]
+
+
+def uses_reference(question: dict) -> bool:
+    return question.get("category") in REFERENCE_CATEGORIES and bool(question.get("reference"))
+
+
+def turn_fields(question: dict, turn: int) -> dict:
+    """The question's and reference's placeholders for a turn (1 or 2)."""
+    turns, reference = question["turns"], question.get("reference") or []
+    fields = {"question": turns[turn - 1], "question_1": turns[0], "question_2": turns[1] if len(turns) > 1 else ""}
+    for k in (1, 2):
+        fields[f"ref_answer_{k}"] = reference[k - 1] if len(reference) >= k else ""
+    return fields
+
+
+# --- the judge ------------------------------------------------------------------------------------------
+@dataclass
+class Judgement:
+    text: str  # the judge's reply
+    finish_reason: str  # "length": the reply was cut at max_new_tokens (often before its verdict)
+    truncated: int = 0  # prompt tokens cut from the left to fit the judge's context
+
+
+class Judge:
+    """A backend that generates from chat messages (LocalBackend(chat=True) or RemoteBackend(chat=True))."""
+
+    def __init__(self, backend, name: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
+        self.backend, self.name, self.max_new_tokens = backend, name, max_new_tokens
+
+    @classmethod
+    def load(cls, model: str, *, device=None, dtype=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+             api_key: str | None = None) -> "Judge":
+        """A checkpoint directory / named model (greedy, through its engine) or an OpenAI-compatible URL."""
+        from llmkit.eval.remote import RemoteBackend, is_url
+
+        if is_url(model):
+            return cls(RemoteBackend(model, chat=True, api_key=api_key), model, max_new_tokens)
+        import llmkit
+
+        llm = llmkit.load(model, device=device, dtype=dtype)
+        return cls.of(llm, str(model), max_new_tokens)
+
+    @classmethod
+    def of(cls, llm, name: str = "judge", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> "Judge":
+        """A loaded `llmkit.LLM` as judge (label.py holds one already)."""
+        from llmkit.eval.backends import LocalBackend
+
+        return cls(LocalBackend(llm.model, llm.tokenizer, engine=llm.engine, chat=True), name, max_new_tokens)
+
+    def ask(self, conversations: Sequence[list[dict]], on_done=None) -> list[Judgement]:
+        """The judge's greedy replies to message lists."""
+        if not conversations:
+            return []
+        out = self.backend.generate(list(conversations), self.max_new_tokens, [], on_done=on_done)
+        return [Judgement(g.text, g.finish_reason, g.truncated) for g in out]
+
+    def grade(self, prompts: dict[str, JudgePrompt], items: Sequence[dict]) -> list[dict]:
+        """Single-answer grades. items: {"question": MT-Bench question, "answers": [turn 1, turn 2], "turn"}."""
+        conversations = []
+        for item in items:
+            q, turn = item["question"], item["turn"]
+            prompt = prompt_for(prompts, "single", turn, uses_reference(q))
+            answers = item["answers"]
+            conversations.append(prompt.messages(**turn_fields(q, turn), answer=answers[turn - 1],
+                                                 answer_1=answers[0], answer_2=answers[1] if len(answers) > 1 else ""))
+        replies = self.ask(conversations)
+        return [{"prompt": c[-1]["content"], "judgement": r.text, "finish_reason": r.finish_reason,
+                 "truncated": r.truncated, "score": parse_score(r.text)} for c, r in zip(conversations, replies)]
+
+    def compare(self, prompts: dict[str, JudgePrompt], items: Sequence[dict]) -> list[dict]:
+        """Pairwise verdicts, both orders. items: {"question", "turn", "first": [a1, a2], "second": [a1, a2]}."""
+        conversations = []
+        for item in items:
+            q, turn = item["question"], item["turn"]
+            prompt = prompt_for(prompts, "pair", turn, uses_reference(q))
+            for a, b in ((item["first"], item["second"]), (item["second"], item["first"])):
+                conversations.append(prompt.messages(
+                    **turn_fields(q, turn), answer_a=a[turn - 1], answer_b=b[turn - 1],
+                    answer_a_1=a[0], answer_a_2=a[1] if len(a) > 1 else "",
+                    answer_b_1=b[0], answer_b_2=b[1] if len(b) > 1 else ""))
+        replies = self.ask(conversations)
+        out = []
+        for k in range(len(items)):
+            forward, backward = replies[2 * k], replies[2 * k + 1]
+            v1, v2 = parse_verdict(forward.text), parse_verdict(backward.text)
+            out.append({"verdict_first_as_a": v1, "verdict_first_as_b": v2, "winner": combine_orders(v1, v2),
+                        "judgement_first_as_a": forward.text, "judgement_first_as_b": backward.text,
+                        "finish_reasons": [forward.finish_reason, backward.finish_reason],
+                        "truncated": max(forward.truncated, backward.truncated)})
+        return out
+
+    def compare_replies(self, prompts: dict[str, JudgePrompt], questions: Sequence[str], first: Sequence[str],
+                        second: Sequence[str]) -> list[dict]:
+        """Pairwise verdicts on single replies to plain-text questions (RLAIF labelling, preference
+        pairs): compare() with one-turn questions; each result's "winner" is "first", "second", "tie"
+        or None (unparsable)."""
+        items = [{"question": {"turns": [q], "category": "general"}, "turn": 1, "first": [a], "second": [b]}
+                 for q, a, b in zip(questions, first, second, strict=True)]
+        return self.compare(prompts, items)
+
