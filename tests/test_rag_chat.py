@@ -96,13 +96,15 @@ def test_tool_chat_prints_calls_and_results(llm, one_thread):
     compiler = GrammarCompiler(llm.tokenizer, llm.model.config.vocab_size, llm.engine.stop_token_ids)
     grammar = compiler.lark(f"start: {json.dumps(call)}\n")
     out = io.StringIO()
+    # two turns: the second is rendered (and fitted to the context) with the first turn's call and result in it
     history = run_chat(llm, sampling={"max_new_tokens": 64, "temperature": 0.0, "grammar": grammar},
-                       stdin=Lines("What is 327 times 48?\n"), stdout=out, tools=["calculator"], max_tool_rounds=1)
+                       stdin=Lines("What is 327 times 48?\nAnd that again?\n"), stdout=out, tools=["calculator"],
+                       max_tool_rounds=1)
     text = out.getvalue()
     assert '[calls calculator({"expression": "327 * 48"})]' in text and "[calculator -> 15696]" in text
-    assert "(stopped after 1 rounds of tool calls)" in text
-    assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant"]
-    assert history[-1]["content"] == ""  # the bound's reply was only a call: nothing of it is kept
+    assert text.count("(stopped after 1 rounds of tool calls)") == 2
+    assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant"] * 2
+    assert history[3]["content"] == history[-1]["content"] == ""  # the bound's reply was only a call: not kept
 
 
 def test_chat_cli_refuses_search_without_an_index(tmp_path):

@@ -17,21 +17,40 @@ import sys
 from typing import TextIO
 
 from llmkit.api import LLM
+from llmkit.errors import LLMKitError
 from llmkit.rag.chat import fit_retrieval, source_lines
 
 REPLY_ROOM = 256  # tokens kept free for the reply (a quarter of the context at most)
 
 
-def fit_to_context(llm: LLM, messages: list[dict], reply_room: int) -> tuple[list[dict], int]:
+def prompt_counter(llm: LLM, tools: list | None = None):
+    """messages -> the prompt's length in tokens, rendered as the turn will be: with tools, as the tool
+    loop renders them (tool results and calls in the template's form, the tools' descriptions included)."""
+    if not tools:
+        return lambda messages: len(llm.tokenizer.encode_chat(messages))
+    from llmkit.rag.tools import resolve_tools
+    from llmkit.tool_calls import chat_messages
+
+    specs = [tool.spec() for tool in resolve_tools(tools)]
+
+    def count(messages: list[dict]) -> int:
+        rendered, template_tools = chat_messages(messages, specs, "auto", llm.tokenizer.chat_template)
+        return len(llm.tokenizer.encode_chat(rendered, tools=template_tools))
+    return count
+
+
+def fit_to_context(llm: LLM, messages: list[dict], reply_room: int, count=None) -> tuple[list[dict], int]:
     """Drop the oldest turns after any system prompt until the rendered conversation leaves
     `reply_room` tokens of the context free. Returns (messages, how many were dropped); raises
-    ValueError with the token count when the last message alone (with the system prompt) does not fit."""
+    ValueError with the token count when the last message alone (with the system prompt) does not fit.
+    count: messages -> prompt tokens (`prompt_counter`; default: the plain chat template)."""
+    count = count or prompt_counter(llm)
     context = llm.model.config.max_seq_len
     room = min(reply_room, context // 4)
     keep_from = 1 if messages and messages[0]["role"] == "system" else 0
     dropped = 0
     while True:
-        size = len(llm.tokenizer.encode_chat(messages))
+        size = count(messages)
         if size + room <= context:
             return messages, dropped
         if len(messages) - keep_from <= 1:
@@ -61,6 +80,7 @@ def run_chat(llm: LLM, system: str | None = None, sampling: dict | None = None,
     if hasattr(stdin, "reconfigure"):  # a line that is not UTF-8 is refused alone, not the whole session
         stdin.reconfigure(errors="surrogateescape")
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
+    count = prompt_counter(llm, tools)
     if interactive:
         print("Chatting with the model. /reset clears the history, /exit (or Ctrl-D) quits.", file=stdout)
     while True:
@@ -82,32 +102,37 @@ def run_chat(llm: LLM, system: str | None = None, sampling: dict | None = None,
             print("(history cleared)", file=stdout)
             continue
         try:
-            fitted, dropped = fit_to_context(llm, messages + [{"role": "user", "content": text}], reply_room)
-        except ValueError as e:
+            messages = _turn(llm, messages, text, count, reply_room, retriever, tools, max_tool_rounds, sampling,
+                             stdout)
+        except (ValueError, LLMKitError) as e:  # this turn is refused or failed; the session and history stay
             print(f"({e})", file=stdout, flush=True)
-            continue
-        if dropped:
-            print(f"(the conversation outgrew the model's context of {llm.model.config.max_seq_len} tokens: "
-                  f"the oldest {dropped} messages were dropped)", file=stdout, flush=True)
-        messages = fitted
-        if tools:
-            messages = _tool_turn(llm, messages, tools, max_tool_rounds, sampling, stdout)
-            continue
-        shown, passages = messages, None
-        if retriever is not None:
-            shown, passages = _retrieval_prompt(llm, messages, retriever, reply_room)
-        reply = []
-        for piece in llm.chat_stream(shown, **sampling):
-            reply.append(piece)
-            print(piece, end="", file=stdout, flush=True)
-        print(file=stdout, flush=True)
-        messages.append({"role": "assistant", "content": "".join(reply).strip()})
-        if passages is not None:
-            print("Sources:" if passages else "(no passages retrieved)", file=stdout)
-            for source in source_lines(messages[-1]["content"], passages):
-                print(source, file=stdout)
-            stdout.flush()
     return messages
+
+
+def _turn(llm: LLM, messages: list[dict], text: str, count, reply_room: int, retriever, tools, max_tool_rounds: int,
+          sampling: dict, stdout: TextIO) -> list[dict]:
+    """One user turn: the history fitted to the context, the reply streamed; returns the new history."""
+    fitted, dropped = fit_to_context(llm, messages + [{"role": "user", "content": text}], reply_room, count)
+    if dropped:
+        print(f"(the conversation outgrew the model's context of {llm.model.config.max_seq_len} tokens: "
+              f"the oldest {dropped} messages were dropped)", file=stdout, flush=True)
+    if tools:
+        return _tool_turn(llm, fitted, tools, max_tool_rounds, sampling, stdout)
+    shown, passages = fitted, None
+    if retriever is not None:
+        shown, passages = _retrieval_prompt(llm, fitted, retriever, reply_room)
+    reply = []
+    for piece in llm.chat_stream(shown, **sampling):
+        reply.append(piece)
+        print(piece, end="", file=stdout, flush=True)
+    print(file=stdout, flush=True)
+    fitted = fitted + [{"role": "assistant", "content": "".join(reply).strip()}]
+    if passages is not None:
+        print("Sources:" if passages else "(no passages retrieved)", file=stdout)
+        for source in source_lines(fitted[-1]["content"], passages):
+            print(source, file=stdout)
+        stdout.flush()
+    return fitted
 
 
 def _retrieval_prompt(llm: LLM, messages: list[dict], retriever, reply_room: int):
