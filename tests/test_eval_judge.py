@@ -258,3 +258,16 @@ def test_judge_pairs_file_and_user_errors(tiny_chat_models, tmp_path):
     result = run_cli("judge", "--judge", tiny_chat_models[0], "--answers", tmp_path / "missing.jsonl",
                      "--task-dir", FIXTURES, "--out", tmp_path / "y")
     assert result.returncode == 2 and "missing.jsonl" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_judge_that_fails_is_an_error_not_an_unreadable_verdict():
+    from llmkit.eval.backends import Generated
+    from llmkit.errors import GenerationError
+
+    class FailingBackend(ScriptedBackend):
+        def generate(self, prompts, max_new_tokens, stop, on_done=None):
+            return [Generated("", "error", 0, error="the prompt does not fit the context") for _ in prompts]
+
+    judge = Judge(FailingBackend(None), "broken")
+    with pytest.raises(GenerationError, match="the judge broken failed to answer: the prompt does not fit"):
+        judge.ask([[{"role": "user", "content": "which is better?"}]])

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from llmkit.atomic import atomic_write_text
-from llmkit.errors import DataError
+from llmkit.errors import DataError, GenerationError
 from llmkit.eval.locations import SHARED_ROOT, cache_root, search_roots
 
 MT_BENCH = "mt_bench"
@@ -89,6 +89,9 @@ def generate_answers(llm, questions: list[dict], *, max_new_tokens: int = 512, t
             request_seed = None if temperature == 0 else request_seed_of(seed, questions[i]["question_id"], turn)
             params.append(SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=request_seed))
         for i, completion in zip(active, engine.generate_batch(prompts, params)):
+            if completion.finish_reason == "error":  # never written down as an (empty) answer to be judged
+                raise GenerationError(f"question {questions[i]['question_id']}, turn {turn + 1}: generation failed "
+                                      f"({completion.error})")
             tokens = completion.token_ids
             if tokens and tokens[-1] in stops:
                 tokens = tokens[:-1]

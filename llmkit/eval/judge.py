@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.errors import DataError
+from llmkit.errors import DataError, GenerationError
 
 SCORE = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
 VERDICT = re.compile(r"\[\[([ABC])\]\]")
@@ -162,6 +162,9 @@ class Judge:
         if not conversations:
             return []
         out = self.backend.generate(list(conversations), self.max_new_tokens, [], on_done=on_done)
+        for g in out:
+            if g.finish_reason == "error":  # a failed judge is not an unreadable verdict: say so and stop
+                raise GenerationError(f"the judge {self.name} failed to answer: {g.error}")
         return [Judgement(g.text, g.finish_reason, g.truncated) for g in out]
 
     def grade(self, prompts: dict[str, JudgePrompt], items: Sequence[dict]) -> list[dict]:
