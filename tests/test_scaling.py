@@ -207,3 +207,13 @@ def test_sweep_usage_errors_are_one_line(tmp_path, args, expected):
 def test_pretrain_scaling_with_its_own_budget_is_refused(tmp_path):
     result = cli_in_process("pretrain", "--out", tmp_path / "run", "--scaling", tmp_path, "max_tokens=1000")
     assert result.returncode == 2 and "give one of them" in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_runs_whose_loss_does_not_fall_are_one_clear_error(tmp_path):
+    runs = synthetic_runs(noise=0.0)
+    for run in runs:
+        run["val_loss"] = 3.0  # neither size nor data helps: the law has no exponent to fit
+    (tmp_path / "flat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    result = cli_in_process("scaling", "fit", tmp_path / "flat.jsonl", "--bootstrap", 3)
+    assert result.returncode == 2 and "the fitted law has no exponent" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

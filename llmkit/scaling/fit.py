@@ -153,7 +153,11 @@ def approach2(groups: list[list[dict]], bootstrap: int, rng: np.random.Generator
     return result
 
 
-def _percentiles(values) -> list[float]:
+def _percentiles(values) -> list[float] | None:
+    """The 95% percentile interval; None when no resample gave a value."""
+    values = list(values)
+    if not values:
+        return None
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
@@ -251,14 +255,21 @@ def approach3(runs: list[dict], bootstrap: int, rng: np.random.Generator) -> dic
     tokens = np.array([r["tokens"] for r in runs], float)
     loss = np.array([r["val_loss"] for r in runs], float)
     theta = fit_parametric(params, tokens, loss)
+    if theta is None:
+        raise DataError("the parametric fit did not converge from any starting point (every L-BFGS run ended "
+                        "non-finite); check the runs' val_loss values, or sweep more sizes and budgets")
     constants = law_constants(theta)
+    if constants["alpha"] + constants["beta"] <= 0:
+        raise DataError("the fitted law has no exponent (alpha = beta = 0: loss does not fall with size or data "
+                        "in these runs); sweep more sizes and budgets")
     residuals = np.log(predicted_loss(constants, params, tokens)) - np.log(loss)
     samples = []
     for _ in range(bootstrap):
         pick = rng.integers(0, len(runs), len(runs))
         ranked = best_grid_starts(BOOTSTRAP_STARTS, np.log(params[pick]), np.log(tokens[pick]), np.log(loss[pick]))
-        samples.append(law_constants(fit_parametric(params[pick], tokens[pick], loss[pick],
-                                                    np.vstack([theta, ranked]))))
+        refit = fit_parametric(params[pick], tokens[pick], loss[pick], np.vstack([theta, ranked]))
+        if refit is not None:  # a resample that fits nowhere is left out of the intervals
+            samples.append(law_constants(refit))
     result = {**constants, "a": constants["beta"] / (constants["alpha"] + constants["beta"]),
               "b": constants["alpha"] / (constants["alpha"] + constants["beta"]),
               "huber_delta": HUBER_DELTA, "residual_rms": float(np.sqrt(np.mean(residuals ** 2))),
