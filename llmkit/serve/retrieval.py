@@ -15,6 +15,8 @@ without an index is a 400.
 
 from __future__ import annotations
 
+import asyncio
+
 from llmkit.errors import GenerationError
 from llmkit.rag.chat import cited_sources, fit_retrieval
 from llmkit.rag.index import Hit
@@ -48,11 +50,14 @@ async def retrieve(service, body: dict, messages: list[dict], max_tokens: int | 
         return messages, None
     if messages[-1]["role"] != "user":
         raise bad("messages", "retrieval answers a user turn: the last message must be one (or send \"rag\": false)")
-    # On the engine thread: a dense or hybrid search runs the model to embed the query.
-    hits = await service.worker.call(retriever.search, messages[-1]["content"], k)
+    if retriever.embedder is not None:  # dense or hybrid: the query is embedded by the model, on the engine thread
+        hits = await service.worker.call(retriever.search, messages[-1]["content"], k)
+    else:  # BM25 alone: in a worker thread, so neither the event loop nor the engine's decoding waits for it
+        hits = await asyncio.to_thread(retriever.search, messages[-1]["content"], k)
     room = max_tokens if max_tokens is not None else min(REPLY_ROOM, service.context // 4)
-    try:
-        return fit_retrieval(lambda shown: len(service.render_chat(shown)), service.context, messages, hits, room)
+    try:  # up to k + 1 renders and tokenizations of the whole conversation: off the event loop too
+        return await asyncio.to_thread(fit_retrieval, lambda shown: len(service.render_chat(shown)), service.context,
+                                       messages, hits, room)
     except GenerationError as e:
         raise APIError(400, str(e), param="messages", code="context_length_exceeded") from None
 
