@@ -6,6 +6,8 @@ import json
 import math
 import random
 
+import re
+
 import pytest
 import torch
 
@@ -271,3 +273,19 @@ def test_a_judge_that_fails_is_an_error_not_an_unreadable_verdict():
     judge = Judge(FailingBackend(None), "broken")
     with pytest.raises(GenerationError, match="the judge broken failed to answer: the prompt does not fit"):
         judge.ask([[{"role": "user", "content": "which is better?"}]])
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x1f\x8b not really gzip", "unreadable"),
+    (b'{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"chosen": "a"}\n', ':2: expected {"chosen", "rejected"}'),
+    (b'{"prompt": 7, "chosen": "a", "rejected": "b"}\n', ":1: field 'prompt' must be text or a list"),
+    (b'{"prompt": "q", "chosen": [{"role": "assistant"}], "rejected": "b"}\n', ":1: field 'chosen' must be text"),
+])
+def test_bad_preference_pair_files_are_one_clear_error(tmp_path, content, message):
+    from llmkit.errors import DataError
+    from llmkit.eval.judge_runs import read_preference_pairs
+
+    path = tmp_path / ("pairs.jsonl.gz" if content.startswith(b"\x1f\x8b") else "pairs.jsonl")
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_preference_pairs(str(path))

@@ -17,9 +17,7 @@ humans chose the longer reply.
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import json
 import math
 import random
 from pathlib import Path
@@ -124,40 +122,40 @@ def _replies_cut(records: list[dict]) -> int:
 def read_preference_pairs(source: str, limit: int | None = None) -> tuple[list[dict], str]:
     """[{"prompt": text, "chosen": reply, "rejected": reply}] and where they came from. `hh-rlhf`: the last
     400 pairs of ../shared/data/hh-rlhf/harmless-base-test-2000.jsonl.gz (held out from post-training)."""
-    from llmkit.train.chat_data import parse_hh_transcript, split_implicit_prompt
+    from llmkit.train.chat_data import parse_hh_transcript, read_json_records, split_implicit_prompt
 
     path = HH_RLHF if source == "hh-rlhf" else Path(source)
     if not path.is_file():
         raise DataError(f"{path}: no such preference file; give --pairs hh-rlhf (beside a checkout) or a JSONL(.gz) "
                         'of {"chosen", "rejected"} (HH-RLHF transcripts or a "prompt" field)')
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
+    rows = read_json_records(path)  # gzip, UTF-8 and JSON errors named with file and line
     if source == "hh-rlhf":
-        lines = lines[-HH_HELD_OUT:]
+        rows = rows[-HH_HELD_OUT:]
     pairs = []
-    for number, line in enumerate(lines[:limit] if limit else lines, 1):
-        where = f"{path}: pair {number}"
-        try:
-            row = json.loads(line)
-            chosen, rejected = row["chosen"], row["rejected"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(f'{where}: expected {{"chosen", "rejected"}} JSON') from None
+    for where, row in rows[:limit] if limit else rows:
+        if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
+            raise DataError(f'{where}: expected {{"chosen", "rejected"}} JSON')
+        chosen, rejected = row["chosen"], row["rejected"]
         if "prompt" in row:
             prompt = row["prompt"]
         else:
             to_messages = (lambda f, t: parse_hh_transcript(where, f, t) if isinstance(t, str) and t.startswith("\n\nHuman:") else t)
             prompt, chosen, rejected = split_implicit_prompt(where, to_messages("chosen", chosen),
                                                              to_messages("rejected", rejected))
-        pairs.append({"prompt": _as_text(prompt, conversation=True), "chosen": _as_text(chosen), "rejected": _as_text(rejected)})
+        pairs.append({"prompt": _as_text(prompt, where, "prompt", conversation=True),
+                      "chosen": _as_text(chosen, where, "chosen"), "rejected": _as_text(rejected, where, "rejected")})
     if not pairs:
         raise DataError(f"{path}: no preference pairs")
     return pairs, str(path)
 
 
-def _as_text(value, conversation: bool = False) -> str:
+def _as_text(value, where: str, field: str, conversation: bool = False) -> str:
+    """A reply or a prompt as text: a string, or a list of {"role", "content"} messages."""
     if isinstance(value, str):
         return value.strip()
+    if not (isinstance(value, list) and value and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str) for m in value)):
+        raise DataError(f'{where}: field {field!r} must be text or a list of {{"role", "content"}} messages')
     if conversation and len(value) > 1:
         return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in value)
     return "\n\n".join(m["content"] for m in value).strip()
