@@ -289,3 +289,17 @@ def test_bad_preference_pair_files_are_one_clear_error(tmp_path, content, messag
     path.write_bytes(content)
     with pytest.raises(DataError, match=re.escape(message)):
         read_preference_pairs(str(path))
+
+
+def test_a_line_that_is_not_json_is_named_by_every_eval_file_reader(tmp_path):
+    """GSM8K, HumanEval and MT-Bench question files share one JSONL loop (llmkit/eval/jsonl.py)."""
+    from llmkit.errors import DataError
+    from llmkit.eval.answers import read_questions
+    from llmkit.eval.gsm8k import read_gsm8k
+    from llmkit.eval.humaneval import read_problems
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('\n\n{not json\n')  # blank lines are skipped, but counted
+    for read in (read_gsm8k, read_problems, read_questions):
+        with pytest.raises(DataError, match=re.escape(f"{path}:3: not valid JSON (") + r".*column 2\)"):
+            read(path)

@@ -14,12 +14,12 @@ answer) and the question the last user turn, as lm-evaluation-harness's multi-tu
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from llmkit.errors import DataError
 from llmkit.eval.extract import extract_flexible, extract_strict, gsm8k_gold, strip_calculator
+from llmkit.eval.jsonl import json_lines
 
 STYLES = ("full", "direct", "cot")
 METRICS = ("exact_match_strict", "exact_match_flexible")
@@ -30,13 +30,7 @@ def read_gsm8k(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: no such GSM8K file")
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: not valid JSON ({e.msg}, column {e.colno})") from None
+    for number, record in json_lines(path, path.read_text(encoding="utf-8")):
         if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("question", "answer")):
             raise DataError(f'{path}:{number}: expected {{"question": string, "answer": string}}')
         try:

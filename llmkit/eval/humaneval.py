@@ -15,7 +15,6 @@ function's body, as without --chat.
 from __future__ import annotations
 
 import gzip
-import json
 import math
 import os
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from llmkit.errors import DataError
 from llmkit.eval.extract import extract_code
+from llmkit.eval.jsonl import json_lines
 from llmkit.eval.sandbox import SandboxLimits, SandboxResult, run_python
 
 FIELDS = ("task_id", "prompt", "entry_point", "test")
@@ -42,13 +42,7 @@ def read_problems(path: Path) -> list[dict]:
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot be read as (gzipped) UTF-8 JSONL ({e})") from None
     problems = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: not valid JSON ({e.msg}, column {e.colno})") from None
+    for number, record in json_lines(path, text):
         missing = [f for f in FIELDS if not isinstance(record, dict) or not isinstance(record.get(f), str)]
         if missing:
             raise DataError(f"{path}:{number}: a HumanEval problem needs string fields {', '.join(FIELDS)}; "
