@@ -222,6 +222,34 @@ def test_gguf_every_tensor_type_matches_transformers(tmp_path, shakespeare_token
     assert tokenizer.decode(tokenizer.encode("Good morrow, 1601!")) == "Good morrow, 1601!"
 
 
+def test_gguf_file_reader_equals_the_gguf_package_and_refuses_broken_files(tmp_path, shakespeare_tokenizer):
+    from llmkit.convert.gguf_file import read_gguf_file
+
+    path = tmp_path / "tiny.gguf"
+    _write_tiny_gguf(path, shakespeare_tokenizer)
+    ours, theirs = read_gguf_file(path), gguf.GGUFReader(path)
+    expected = {key: field.contents() for key, field in theirs.fields.items() if not key.startswith("GGUF.")}
+    assert ours.metadata == expected and len(expected) > 10
+    assert all(type(ours.metadata[key]) is type(value) for key, value in expected.items())
+    assert [(t.name, t.shape, t.tensor_type) for t in ours.tensors] == \
+        [(t.name, tuple(int(n) for n in t.shape), t.tensor_type) for t in theirs.tensors]
+    for mine, reference in zip(ours.tensors, theirs.tensors):
+        assert mine.data.tobytes() == np.ascontiguousarray(reference.data).tobytes(), mine.name
+    raw = path.read_bytes()
+    header_end = raw.index(b"token_embd.weight")  # inside the tensor table
+    for cut in (0, 3, 10, 23, header_end // 2, header_end + 5, len(raw) - 100):
+        (tmp_path / "cut.gguf").write_bytes(raw[:cut])
+        with pytest.raises(ConversionError, match="cut.gguf: not a readable GGUF file"):
+            read_gguf_file(tmp_path / "cut.gguf")
+    # a hostile length field (2^60 metadata strings) is refused at once, not looped over or allocated
+    key = raw.index(b"tokenizer.ggml.tokens")
+    count_at = key + len(b"tokenizer.ggml.tokens") + 8  # after the value type (u32) and element type (u32)
+    hostile = raw[:count_at] + (1 << 60).to_bytes(8, "little") + raw[count_at + 8:]
+    (tmp_path / "hostile.gguf").write_bytes(hostile)
+    with pytest.raises(ConversionError, match="runs past the end of the file"):
+        read_gguf_file(tmp_path / "hostile.gguf")
+
+
 def test_gguf_unsupported_architecture_and_type_are_named(tmp_path):
     path = tmp_path / "falcon.gguf"
     writer = gguf.GGUFWriter(str(path), "falcon")

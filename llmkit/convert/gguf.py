@@ -1,7 +1,7 @@
-"""Import GGUF files (llama.cpp's format) through the `gguf` package.
+"""Import GGUF files (llama.cpp's format).
 
-The package parses the file and dequantizes every ggml tensor type (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
-Q5_x, the K-quants Q2_K..Q6_K, ...) to float32 with numpy. We map GGUF names and metadata to Hugging Face
+`gguf_file.py` reads the header and tensor table; the `gguf` package dequantizes every ggml tensor type
+(F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_x, the K-quants Q2_K..Q6_K, ...) to float32 with numpy. We map GGUF names and metadata to Hugging Face
 ones and reuse the Hugging Face importer, so the Llama mapping exists once. Tokenizers of the "gpt2"
 kind (byte-level BPE: SmolLM, Llama 3, Qwen2) are rebuilt for the `tokenizers` library with the
 pre-tokenizer that llama.cpp uses for the file's `tokenizer.ggml.pre`.
@@ -17,6 +17,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 
 from llmkit.config import ModelConfig
+from llmkit.convert.gguf_file import GGUFFile, read_gguf_file
 from llmkit.convert.hf import config_from_hf, state_from_hf
 from llmkit.errors import ConversionError
 from llmkit.tokenizer import Tokenizer
@@ -40,33 +41,15 @@ QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| 
 TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED = 3, 4
 
 
-def open_gguf(path: Path):
-    import gguf
-
-    if not path.exists():
-        raise ConversionError(f"{path}: no such file")
-    try:
-        return gguf.GGUFReader(path)
-    except Exception as e:  # the reader raises ValueError/struct errors for anything malformed
-        raise ConversionError(f"{path}: not a readable GGUF file ({e})") from None
-
-
-def _field(reader, key: str, default=None):
-    field = reader.fields.get(key)
-    if field is None:
-        return default
-    return field.contents()
-
-
-def config_from_gguf(reader, path: Path) -> tuple[ModelConfig, str]:
-    arch = _field(reader, "general.architecture")
+def config_from_gguf(reader: GGUFFile, path: Path) -> tuple[ModelConfig, str]:
+    arch = reader.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise ConversionError(f"{path}: GGUF architecture {arch!r} is not supported; llmkit imports "
                               f"{', '.join(ARCHITECTURES)} (Mistral files use 'llama')")
     if any(t.name == "rope_freqs.weight" for t in reader.tensors):
         raise ConversionError(f"{path}: per-frequency RoPE factors (rope_freqs, Llama 3.1 long context) are not "
                               "supported from GGUF; convert the Hugging Face directory instead")
-    tokens = _field(reader, "tokenizer.ggml.tokens", [])
+    tokens = reader.get("tokenizer.ggml.tokens", [])
     has_output = any(t.name == "output.weight" for t in reader.tensors)
     keys = {  # Hugging Face config key -> (GGUF metadata key, default)
         "vocab_size": (f"{arch}.vocab_size", len(tokens) if isinstance(tokens, list) else None),
@@ -81,7 +64,7 @@ def config_from_gguf(reader, path: Path) -> tuple[ModelConfig, str]:
         "rms_norm_eps": (f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
     }
     hf = {"architectures": [ARCHITECTURES[arch]], "tie_word_embeddings": not has_output, "attention_bias": False}
-    hf.update({key: _field(reader, name, default) for key, (name, default) in keys.items()})
+    hf.update({key: reader.get(name, default) for key, (name, default) in keys.items()})
     # config_from_hf checks every value's type (a string-typed or zero head count is one clear line),
     # naming the GGUF metadata keys
     names = {key: f"metadata {name}" for key, (name, _) in keys.items()}
@@ -110,7 +93,7 @@ def dequantize_tensor(tensor, path: Path) -> torch.Tensor:
 def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, dict]:
     """(config, llmkit state dict, tokenizer, generation config) of a GGUF file, weights in float32."""
     path = Path(path)
-    reader = open_gguf(path)
+    reader = read_gguf_file(path)
     cfg, arch = config_from_gguf(reader, path)
     hf_state = {}
     for tensor in reader.tensors:
@@ -134,17 +117,17 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
 
 def read_gguf_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
-    return tokenizer_from_gguf(open_gguf(path), path)
+    return tokenizer_from_gguf(read_gguf_file(path, tensors=False), path)
 
 
-def tokenizer_from_gguf(reader, path: Path) -> Tokenizer:
-    kind = _field(reader, "tokenizer.ggml.model")
+def tokenizer_from_gguf(reader: GGUFFile, path: Path) -> Tokenizer:
+    kind = reader.get("tokenizer.ggml.model")
     if kind != "gpt2":
         raise ConversionError(f"{path}: GGUF tokenizer model {kind!r} is not supported (only byte-level BPE, "
                               "'gpt2'); for SentencePiece models convert the Hugging Face directory instead")
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    merges = _field(reader, "tokenizer.ggml.merges", [])
-    token_types = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens) if isinstance(tokens, list) else None)
+    tokens = reader.get("tokenizer.ggml.tokens")
+    merges = reader.get("tokenizer.ggml.merges", [])
+    token_types = reader.get("tokenizer.ggml.token_type", [1] * len(tokens) if isinstance(tokens, list) else None)
     for key, value, kind, what in [("tokens", tokens, str, "token texts"), ("merges", merges, str, "merge rules"),
                                    ("token_type", token_types, int, "token types")]:
         if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
@@ -154,7 +137,7 @@ def tokenizer_from_gguf(reader, path: Path) -> Tokenizer:
         raise ConversionError(f"{path}: metadata tokenizer.ggml.token_type has {len(token_types)} entries for "
                               f"{len(tokens)} tokens")
     merges = [tuple(m.split(" ", 1)) for m in merges]
-    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    pre = reader.get("tokenizer.ggml.pre", "default")
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     if pre in ("smollm", "starcoder", "refact"):
         pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
@@ -180,13 +163,13 @@ def tokenizer_from_gguf(reader, path: Path) -> Tokenizer:
     backend.add_special_tokens(specials)
 
     def token(key):
-        token_id = _field(reader, key)
+        token_id = reader.get(key)
         if token_id is not None and (isinstance(token_id, bool) or not isinstance(token_id, int)):
             raise ConversionError(f"{path}: metadata {key} must be a token id, not {token_id!r}")
         return tokens[token_id] if token_id is not None and 0 <= token_id < len(tokens) else None
 
     eot = token("tokenizer.ggml.eot_token_id")
-    template = _field(reader, "tokenizer.chat_template")
+    template = reader.get("tokenizer.chat_template")
     if template is not None and not isinstance(template, str):
         raise ConversionError(f"{path}: metadata tokenizer.chat_template must be a string, not {type(template).__name__}")
     return Tokenizer(backend, bos_token=token("tokenizer.ggml.bos_token_id"), eos_token=token("tokenizer.ggml.eos_token_id"),
