@@ -438,12 +438,16 @@ def test_cpu_attention_backward_matches_sdpa(dtype, tolerance):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-autocast"])
-@pytest.mark.parametrize("fields", [{**GPT2, "mlp": "gelu_tanh"}, LLAMA], ids=["gpt2-gelu_tanh", "llama-gqa"])
+@pytest.mark.parametrize("fields,dtype", [(LLAMA, torch.float32), ({**GPT2, "mlp": "gelu_tanh"}, torch.bfloat16)],
+                         ids=["llama-gqa-fp32", "gpt2-gelu_tanh-bf16-autocast"])
 def test_compiled_cpu_training_step_matches_eager(fields, dtype):
     """torch.compile on CPU takes the recomputing attention backward (GQA heads repeated) and the
     sigmoid-form GELU; the loss and every gradient must equal the eager (SDPA, PyTorch GELU) step's:
-    to float32 rounding, or under bf16 autocast to bf16's (~3 significant digits)."""
+    to float32 rounding, or under bf16 autocast to bf16's (~3 significant digits).
+
+    Two of the four architecture x dtype pairs, each compile costing 12-20 s: every value of both axes
+    is covered, and the grouped-query backward gets the tight float32 tolerance. The GELU forms
+    themselves are compared eagerly to 1e-12 above."""
     eager, compiled = make_model(**fields).train(), make_model(**fields).train()
     ids, targets = random_ids(2, 48, seed=3), random_ids(2, 48, seed=4)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
