@@ -51,6 +51,11 @@ export class Inspector {
     $("run-attention").addEventListener("click", () => this.runAttention({}));
     $("run-lens").addEventListener("click", () => this.runLens());
     $("run-next").addEventListener("click", () => this.runNext());
+    for (const radio of [this.ui.sourceText, this.ui.sourceReply]) radio.addEventListener("change", () => this.sourceChanged());
+  }
+
+  sourceChanged() {
+    this.ui.text.disabled = this.ui.sourceReply.checked; // the text box is not what is inspected then
   }
 
   show(on) {
@@ -63,6 +68,7 @@ export class Inspector {
       this.ui.sourceReply.disabled = !reply;
       if (!reply) this.ui.sourceText.checked = true;
       this.ui.sourceReply.parentElement.title = reply ? "" : "the current conversation has no reply yet";
+      this.sourceChanged();
     }
   }
 
@@ -142,12 +148,13 @@ export class Inspector {
     const strip = element("div", "token-strip");
     strip.id = "attention-tokens";
     const shown = rowOf(layer);
+    const most = Math.max(...shown); // shaded relative to the largest weight, so that a flat row still shows its shape
     tokens.forEach((t, i) => {
       const span = element("span", "itok" + (i === token ? " sel" : ""), visible(t));
       span.dataset.i = String(i);
       span.tabIndex = 0;
       if (i <= token) {
-        span.style.backgroundColor = accent(shown[i]);
+        span.style.backgroundColor = accent(0.8 * shown[i] / most);
         span.title = pct(shown[i]);
       }
       strip.append(span);
