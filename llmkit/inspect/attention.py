@@ -89,8 +89,12 @@ def token_position(tokens: list[str], spec: str | int | None) -> int:
 
 
 def attention_maps(model: Transformer, tokenizer, text: str, add_bos: bool = True) -> AttentionMaps:
-    ids = tokenizer.encode(text, add_bos=add_bos)
-    return AttentionMaps(token_texts(tokenizer, ids), trace(model, ids).attention)
+    return attention_maps_of_ids(model, tokenizer, tokenizer.encode(text, add_bos=add_bos))
+
+
+def attention_maps_of_ids(model: Transformer, tokenizer, ids: list[int]) -> AttentionMaps:
+    """The same for token ids (a rendered conversation, as the server's Inspect view sends)."""
+    return AttentionMaps(token_texts(tokenizer, ids), trace(model, ids, logits=False).attention)
 
 
 def format_attention(maps: AttentionMaps, position: int, layer: int | None = None, head: int | None = None,

@@ -10,7 +10,7 @@ import torch
 
 from llmkit.inspect.attention import token_texts, visible
 from llmkit.inspect import InspectError
-from llmkit.inspect.internals import lens_logits, trace
+from llmkit.inspect.internals import check_length, lens_logits, trace
 from llmkit.model import Transformer
 
 
@@ -38,25 +38,76 @@ class LensResult:
                 "top_probs": self.top_probs.tolist()}
 
 
+# Logits of this many bytes at a time: the output head runs on a few hundred rows (layers x positions
+# together) per matmul, which reads its 49,152 x 576 weights once per few hundred rows rather than once
+# per layer, yet never holds the layers x positions x vocabulary floats at once (390 MB for SmolLM2 and
+# 64 tokens).
+LOGITS_CHUNK_BYTES = 64 << 20
+
+
 @torch.inference_mode()
+def lens_top(model: Transformer, hidden: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logit lens's `top` tokens and their probabilities for every row of hidden (..., d_model):
+    (..., top) ids and (..., top) probabilities, largest first. Only the top entries are turned into
+    probabilities, exp(logit - logsumexp): the full distribution is never written."""
+    if not 1 <= top <= model.config.vocab_size:
+        raise InspectError(f"top {top}: give a number of tokens from 1 to the vocabulary's {model.config.vocab_size}")
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    rows = max(1, LOGITS_CHUNK_BYTES // (4 * model.config.vocab_size))
+    index, probs = [], []
+    for start in range(0, flat.shape[0], rows):
+        logits = lens_logits(model, flat[start:start + rows])
+        values, i = logits.topk(top, dim=-1)
+        probs.append((values - logits.logsumexp(dim=-1, keepdim=True)).exp())
+        index.append(i)
+    shape = (*hidden.shape[:-1], top)
+    return torch.cat(index).reshape(shape), torch.cat(probs).reshape(shape)
+
+
 def logit_lens(model: Transformer, tokenizer, text: str, top: int = 5, add_bos: bool = True,
                positions: list[int] | None = None) -> LensResult:
     """The lens at `positions` (default: every token). Its cost is the output head's matmul once per
-    layer and position (31 x 64 rows of 49,152 logits for SmolLM2 and 64 tokens), so reading fewer
-    positions is proportionally cheaper."""
-    ids = tokenizer.encode(text, add_bos=add_bos)
-    hidden = trace(model, ids, attention=False).hidden
+    layer and position (31 x 64 rows of 49,152 logits for SmolLM2 and 64 tokens: 112 GFLOP, seven
+    times the forward itself), so reading fewer positions is proportionally cheaper."""
+    return logit_lens_of_ids(model, tokenizer, tokenizer.encode(text, add_bos=add_bos), top, positions)
+
+
+def logit_lens_of_ids(model: Transformer, tokenizer, ids: list[int], top: int = 5,
+                      positions: list[int] | None = None) -> LensResult:
+    """The same for token ids (a rendered conversation, as the server's Inspect view sends)."""
+    hidden = trace(model, ids, attention=False, logits=False).hidden
     positions = list(range(len(ids))) if positions is None else positions
-    probs, index = [], []
-    for layer in hidden[:, positions]:  # a layer at a time: all at once would hold layers x seq x vocab floats
-        logits = lens_logits(model, layer)
-        values, i = logits.topk(top, dim=-1)
-        # softmax of the top entries only: exp(logit - logsumexp) never writes the full distribution
-        probs.append((values - logits.logsumexp(dim=-1, keepdim=True)).exp())
-        index.append(i)
-    top_ids, top_probs = torch.stack(index), torch.stack(probs)
+    top_ids, top_probs = lens_top(model, hidden[:, positions], top)
     texts = [[token_texts(tokenizer, row) for row in layer] for layer in top_ids.tolist()]
     return LensResult(token_texts(tokenizer, ids), positions, top_ids, top_probs, texts)
+
+
+@dataclass
+class NextToken:
+    """The model's distribution over the token after `tokens`: its `top` most likely tokens."""
+
+    tokens: list[str]
+    top_ids: list[int]
+    top_texts: list[str]
+    top_logprobs: list[float]
+
+    def to_dict(self) -> dict:
+        return {"tokens": self.tokens, "top_ids": self.top_ids, "top_texts": self.top_texts,
+                "top_logprobs": self.top_logprobs}
+
+
+@torch.inference_mode()
+def next_token_of_ids(model: Transformer, tokenizer, ids: list[int], top: int = 10) -> NextToken:
+    """The next-token probabilities after `ids` as the model computes them for generation (the last
+    position's logits, log-softmax in float32, as `llmkit score` and the API's logprobs do)."""
+    check_length(model, ids)
+    if not 1 <= top <= model.config.vocab_size:
+        raise InspectError(f"top {top}: give a number of tokens from 1 to the vocabulary's {model.config.vocab_size}")
+    x = torch.tensor([ids], device=model.tok_emb.weight.device)
+    logprobs = torch.log_softmax(model(x, last_token_only=True)[0, -1].float(), dim=-1)
+    values, index = logprobs.topk(top)
+    index_list = index.tolist()
+    return NextToken(token_texts(tokenizer, ids), index_list, token_texts(tokenizer, index_list), values.tolist())
 
 
 def lens_positions(n_tokens: int, spec: str | None) -> list[int]:

@@ -8,7 +8,8 @@ The socket is bound first and the URL printed; the model loads on the engine thr
 `/health` answers 503 until it is ready, then 200. Cross-cutting rules are pure ASGI middleware (no
 per-request task or body buffering): a bounded request body (413) and, with `--api-key`, a bearer
 key on everything but `/health` and the web chat page (401). Every error is OpenAI's error body.
-The page (web.py) is served at `/` by the same process.
+The page (web.py) is served at `/` by the same process; its Inspect view reads /v1/inspect/*
+(inspect_api.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from llmkit.errors import LLMKitError
+from llmkit.serve.inspect_api import InspectService
 from llmkit.serve.metrics import ServerMetrics
 from llmkit.serve.openai_api import OpenAIService
 from llmkit.serve.protocol import APIError
@@ -115,6 +117,7 @@ class RequireKey:
 def build_app(service: OpenAIService, metrics: ServerMetrics, api_key: str | None = None,
               max_body_bytes: int = 8 << 20):
     worker = service.worker
+    inspect = InspectService(service)
 
     async def health(request: Request):
         if worker.llm is None:
@@ -138,6 +141,9 @@ def build_app(service: OpenAIService, metrics: ServerMetrics, api_key: str | Non
         Route("/tokenize", endpoint(service.tokenize), methods=post),
         Route("/detokenize", endpoint(service.detokenize), methods=post),
         Route("/tokenizer_info", endpoint(service.tokenizer_info), methods=get),
+        Route("/v1/inspect/attention", endpoint(inspect.attention), methods=post),
+        Route("/v1/inspect/lens", endpoint(inspect.lens), methods=post),
+        Route("/v1/inspect/next_token", endpoint(inspect.next_token), methods=post),
         Route("/health", health, methods=get),
         Route("/metrics", prometheus, methods=get),
         *web_routes(),

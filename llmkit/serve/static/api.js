@@ -1,5 +1,6 @@
 // The page's calls to this server's OpenAI-compatible API: a streamed chat completion read as
-// server-sent events from fetch's body stream (EventSource cannot POST), the model list, the health check.
+// server-sent events from fetch's body stream (EventSource cannot POST), the model list, the health check,
+// and the Inspect view's /v1/inspect/* endpoints.
 
 export class ApiError extends Error {
   constructor(message, status = 0) {
@@ -67,4 +68,14 @@ export async function* streamChat(body, { apiKey, signal }) {
     }
   }
   throw new ApiError("the connection closed before the reply was complete");
+}
+
+// POST /v1/inspect/{kind} (attention | lens | next_token): the reply's JSON, or an ApiError with the
+// server's message (a text too long, a token that is not in it...).
+export async function inspect(kind, body, apiKey) {
+  const response = await fetch(`/v1/inspect/${kind}`, {
+    method: "POST", headers: headers(apiKey, true), body: JSON.stringify(body),
+  });
+  if (!response.ok) throw await errorOf(response);
+  return response.json();
 }

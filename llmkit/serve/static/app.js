@@ -1,9 +1,10 @@
 // llmkit's chat page: conversations in localStorage, replies streamed from /v1/chat/completions and
 // rendered as Markdown, a stop button (aborting the fetch closes the connection; the server cancels the
 // request within one engine step), regenerate, edit-and-resend, sampling settings, speed and token
-// counts under each reply, and a per-token probabilities view.
+// counts under each reply, a per-token probabilities view, and the Inspect view (inspect.js).
 
 import { ApiError, health, listModels, streamChat } from "./api.js";
+import { Inspector } from "./inspect.js";
 import { renderMarkdown } from "./markdown.js";
 import { TokenPopup, renderTokens, tokensOf } from "./probabilities.js";
 import * as store from "./store.js";
@@ -23,6 +24,9 @@ let current = conversations.find((c) => c.id === store.loadCurrentId()) || null;
 let model = null; // the served model's id, from /v1/models
 let busy = null; // the generation in flight: {controller, conversation, reply}
 const popup = new TokenPopup($("token-popup"));
+const inspector = new Inspector({
+  conversation: () => current, apiKey: () => settings.apiKey, model: () => model, onUnauthorized: () => askForKey(),
+});
 
 // --- persistence -------------------------------------------------------------------------------------------
 function persist() {
@@ -63,6 +67,7 @@ function renderList() {
 
 function switchTo(conversation) {
   if (busy) stop();
+  inspector.show(false);
   current = conversation;
   ui.system.value = conversation.system || "";
   renderConversation();
@@ -73,6 +78,7 @@ function switchTo(conversation) {
 
 function startNewChat() {
   if (busy) stop();
+  inspector.show(false);
   current = store.newConversation(settings.system);
   conversations.push(current);
   ui.system.value = current.system;
