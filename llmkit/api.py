@@ -207,6 +207,12 @@ class LLM:
 
         return ModelEmbedder(self.model, self.tokenizer, "loaded model").embed(list(texts))
 
+    def fill(self, text: str, top: int = 5):
+        """An encoder's `top` predictions for each [MASK] of `text` (`llmkit.fill.MaskPrediction`s)."""
+        from llmkit.fill import fill_masks
+
+        return fill_masks(self.model, self.tokenizer, text, top)
+
     # -- looking inside (llmkit.inspect): the same functions as `llmkit inspect`
     def attention(self, text: str, add_bos: bool = True):
         """Attention weights of every layer and head for `text` (`llmkit.inspect.attention.AttentionMaps`)."""

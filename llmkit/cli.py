@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from llmkit import fill_cli
 from llmkit.errors import LLMKitError
 from llmkit.eval import commands as eval_commands
 from llmkit.eval import judge_cli as judge_commands
@@ -489,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="STAGE.field=value, e.g. pretrain.time_limit_s=300 sft.epochs=3")
     p.set_defaults(handler=cmd_speedrun)
     inspect_commands.add_inspect_verb(verbs, add_model_args)
+    fill_cli.add_fill_verb(verbs, add_model_args)
     rag_commands.add_rag_verb(verbs, add_model_args, add_sampling_args)
     scaling_commands.add_scaling_verb(verbs)
     constitution_cli.add_constitution_verb(verbs, add_model_args)

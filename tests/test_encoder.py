@@ -192,3 +192,73 @@ def test_minilm_sentence_embeddings_equal_transformers_mean_pooling(minilm_dir, 
     ours = llm.embed(texts)
     assert np.abs(ours - reference).max() < 1e-5
     assert float(ours[0] @ ours[1]) < float(ours[2] @ ours[2])  # (unit vectors: a text is nearest itself)
+
+
+
+@pytest.mark.slow
+def test_rag_index_with_minilm_finds_the_passage_by_meaning(minilm_dir, tmp_path):
+    """Dense retrieval through the encoder's pooled embeddings: the query shares no word with the passage
+    it must find, so BM25 cannot find it and the encoder must."""
+    from conftest import cli_in_process
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "cats.txt").write_text("The cat sat on the mat and purred all afternoon.\n")
+    (docs / "bank.txt").write_text("Interest rates rose sharply as the central bank fought inflation.\n")
+    (docs / "music.txt").write_text("The violinist tuned her instrument before the concert began.\n")
+    result = cli_in_process("rag", "index", "--input", docs, "--model", minilm_dir, "--out", tmp_path / "idx")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert meta["dense"]["dim"] == 384 and meta["dense"]["pooling"] == "mean of encoder states"
+    for query, expected in [("monetary policy and the economy", "bank.txt"), ("a feline resting", "cats.txt"),
+                            ("an orchestra performance", "music.txt")]:
+        result = cli_in_process("rag", "search", tmp_path / "idx", query, "--mode", "dense", "--k", "1")
+        assert result.returncode == 0 and expected in result.stdout, result.stdout + result.stderr
+
+# --- llmkit fill ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_mlm(tmp_path):
+    """A random tiny BertForMaskedLM converted to llmkit: (checkpoint directory, the transformers model)."""
+    vocab = write_wordpiece_tokenizer(tmp_path / "hf")
+    hf_model = tiny_bert("mlm", vocab)
+    hf_model.save_pretrained(tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "mlm")
+    return tmp_path / "mlm", hf_model
+
+
+def test_fill_gives_transformers_probabilities_for_each_mask(tiny_mlm):
+    import llmkit
+
+    directory, hf_model = tiny_mlm
+    llm = llmkit.load(directory, device="cpu", dtype="float32")
+    text = "The [MASK] ate the [MASK]."
+    predictions = llm.fill(text, top=4)
+    ids = llm.tokenizer.encode_with_special_tokens([text], 64)[0]
+    masks = [i for i, t in enumerate(ids) if t == llm.tokenizer.mask_id]
+    assert [p.position for p in predictions] == masks and len(masks) == 2
+    with torch.no_grad():
+        probs = torch.softmax(hf_model(torch.tensor([ids])).logits[0, masks], dim=-1)
+    for prediction, row in zip(predictions, probs):
+        best, best_ids = row.topk(4)
+        assert [text for text, _ in prediction.candidates] == [llm.tokenizer.decode([t]) for t in best_ids.tolist()]
+        assert np.allclose([p for _, p in prediction.candidates], best.tolist(), atol=1e-6)
+
+
+def test_fill_cli_prints_a_table_and_refuses_what_cannot_fill(tiny_mlm, tmp_path, saved_tiny_model):
+    from conftest import cli_in_process
+
+    directory, _ = tiny_mlm
+    result = cli_in_process("fill", "--model", directory, "--top", "3", "The [MASK] ate the [MASK].")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["rank", "[MASK]", "1", "[MASK]", "2"] and len(lines) == 4
+    assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3"] and all(line.count("%") == 2 for line in lines[1:])
+    vocab = load_tokenizer(tmp_path / "hf").vocab_size
+    tiny_bert("encoder", vocab).save_pretrained(tmp_path / "enc")
+    (tmp_path / "enc" / "tokenizer.json").write_bytes((tmp_path / "hf" / "tokenizer.json").read_bytes())
+    convert(tmp_path / "enc", tmp_path / "encoder")
+    for model, text, message in [(saved_tiny_model, "The [MASK] ate", "this model is a decoder"),
+                                 (tmp_path / "encoder", "The [MASK] ate", "has no masked-LM head"),
+                                 (directory, "The mouse ate", "the text has no [MASK]")]:
+        result = cli_in_process("fill", "--model", model, text)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
