@@ -45,6 +45,8 @@ def fill_masks(model: Transformer, tokenizer, text: str, top: int = 5) -> list[M
     check_can_fill(model, tokenizer)
     if not 1 <= top <= model.config.vocab_size:
         raise GenerationError(f"--top {top}: give a number of candidates between 1 and {model.config.vocab_size}")
+    if tokenizer.mask_token != "[MASK]":  # "[MASK]" as the usual way to write it, for any tokenizer's own mask
+        text = text.replace("[MASK]", tokenizer.mask_token)
     context = model.config.max_seq_len
     ids = tokenizer.encode_with_special_tokens([text], 2**31)[0]  # whole: a cut text would lose its masks
     if len(ids) > context:
