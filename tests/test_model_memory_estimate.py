@@ -24,6 +24,7 @@ VARIANTS = [
          out_bias=True, mlp_bias=True, type_vocab_size=2, embedding_norm=True, head_transform=True, head_bias=True,
          cls_pooler=True),
     dict(causal=False, norm_position="post", type_vocab_size=3, embedding_norm=True, lm_head=False, cls_pooler=True,
+         head_transform=False, head_bias=False,
          tie_embeddings=False),
 ]
 
