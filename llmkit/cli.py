@@ -227,7 +227,8 @@ def cmd_pretrain(args) -> None:
     result = pretrain(config, args.out, resume=args.resume)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
     print(f"done: {result.steps} steps, {result.tokens:,} tokens, {result.train_time_s:.1f} s of training; "
-          f"{shown}; model in {args.out} (try: llmkit generate --model {args.out} \"ROMEO:\")")
+          f"{shown}; model in {args.out} (try: llmkit {'fill' if config.objective == 'mlm' else 'generate'} "
+          f"--model {args.out} \"{'ROMEO: My [MASK] is Juliet.' if config.objective == 'mlm' else 'ROMEO:'}\")")
 
 
 def report_post_training(result, out) -> None:
