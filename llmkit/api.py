@@ -83,6 +83,10 @@ class LLM:
             raise GenerationError(ENCODER_CANNOT_GENERATE)
         return self._engine
 
+    @engine.setter
+    def engine(self, engine: Engine) -> None:  # (a caller may wrap or replace the engine, e.g. to count its calls)
+        self._engine = engine
+
     @property
     def device(self) -> torch.device:
         return self.model.tok_emb.weight.device
