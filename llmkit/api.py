@@ -24,6 +24,7 @@ from llmkit.convert import resolve_model
 from llmkit.device import inference_dtype, parse_dtype, resolve_device
 from llmkit.errors import GenerationError, LLMKitError
 from llmkit.infer import Engine, SamplingParams, TokenLogprob
+from llmkit.infer.engine import ENCODER_CANNOT_GENERATE
 from llmkit.infer.speculative import Speculator, layer_skip_draft
 from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer
@@ -72,8 +73,19 @@ class LLM:
         self.generation_config = generation_config or {}
         eos = self.generation_config.get("eos_token_id", tokenizer.stop_token_ids)
         stops = sorted(set(eos if isinstance(eos, list) else [eos]) | set(tokenizer.stop_token_ids))
-        self.engine = Engine(model, stop_token_ids=[s for s in stops if s is not None], tokenizer=tokenizer,
-                             **engine_options)
+        # An encoder has no engine (it cannot generate); embed and fill use the model directly.
+        self._engine = (Engine(model, stop_token_ids=[s for s in stops if s is not None], tokenizer=tokenizer,
+                               **engine_options) if model.config.causal else None)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise GenerationError(ENCODER_CANNOT_GENERATE)
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: Engine) -> None:  # (a caller may wrap or replace the engine, e.g. to count its calls)
+        self._engine = engine
 
     @property
     def device(self) -> torch.device:
@@ -143,6 +155,7 @@ class LLM:
                          [(text(t), math.exp(lp)) for t, lp in info.top])
 
     def chat_stream(self, messages: list[dict], **sampling) -> Iterator[str]:
+        self.engine  # noqa: B018 -- an encoder says so here, before its (absent) chat template is asked for
         ids = self.tokenizer.encode_chat(messages)  # the template writes any BOS itself; contents stay text
         yield from self._stream_ids(ids, self.sampling_params(**sampling))
 
@@ -160,6 +173,7 @@ class LLM:
         from llmkit.rag.tool_loop import run_tool_loop
 
         params = self.sampling_params(**sampling)
+        self.engine  # noqa: B018 -- an encoder refuses before any tool runs
 
         def generate(rendered: list[dict], template_tools: list[dict] | None) -> str:
             return "".join(self._stream_ids(self.tokenizer.encode_chat(rendered, tools=template_tools), params))
@@ -169,6 +183,9 @@ class LLM:
     @torch.inference_mode()
     def score(self, text: str) -> Score:
         # With a BOS every token of the text is scored; without one the first token has no context.
+        if not self.model.config.causal:
+            raise GenerationError("this model is an encoder (causal: false): it gives no next-token probabilities "
+                                  "to score a text with; use `llmkit fill`")
         ids = self.tokenizer.encode(text, add_bos=True)
         if len(ids) < 2:
             raise GenerationError("the text is too short to score; give at least one token after the first")
@@ -184,6 +201,21 @@ class LLM:
         chosen = chosen.cpu().tolist()
         tokens = [TokenScore(t, self.tokenizer.decode([t]), lp) for t, lp in zip(ids[1:], chosen)]
         return Score(total_logprob=sum(s.logprob for s in tokens), tokens=tokens)
+
+    # -- embeddings
+    def embed(self, texts: list[str]) -> "numpy.ndarray":
+        """(len(texts), d_model) float32 unit vectors: the mean of the final hidden states over each text's
+        tokens (an encoder: [CLS] text [SEP], padding left out, as sentence-transformers pools), normalised.
+        The vectors `llmkit rag index --model M` stores."""
+        from llmkit.rag.embed import ModelEmbedder
+
+        return ModelEmbedder(self.model, self.tokenizer, "loaded model").embed(list(texts))
+
+    def fill(self, text: str, top: int = 5):
+        """An encoder's `top` predictions for each [MASK] of `text` (`llmkit.fill.MaskPrediction`s)."""
+        from llmkit.fill import fill_masks
+
+        return fill_masks(self.model, self.tokenizer, text, top)
 
     # -- looking inside (llmkit.inspect): the same functions as `llmkit inspect`
     def attention(self, text: str, add_bos: bool = True):

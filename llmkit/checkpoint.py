@@ -138,7 +138,7 @@ def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], quanti
                                   "values where weights are floating-point; the file is corrupt or not a model's "
                                   "weights (a quantized model also needs its 'quantization' record in config.json)")
     model.load_state_dict(state, strict=False, assign=True)
-    if config.tie_embeddings and not quantization:
+    if config.tie_embeddings and config.lm_head and not quantization:
         model.lm_head.weight = model.tok_emb.weight  # assign=True replaced the tied Parameter
     model.build_rope_tables()  # non-persistent buffers were created on the meta device
     return model

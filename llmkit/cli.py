@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from llmkit import fill_cli
 from llmkit.errors import LLMKitError
 from llmkit.eval import commands as eval_commands
 from llmkit.eval import judge_cli as judge_commands
@@ -226,7 +227,8 @@ def cmd_pretrain(args) -> None:
     result = pretrain(config, args.out, resume=args.resume)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
     print(f"done: {result.steps} steps, {result.tokens:,} tokens, {result.train_time_s:.1f} s of training; "
-          f"{shown}; model in {args.out} (try: llmkit generate --model {args.out} \"ROMEO:\")")
+          f"{shown}; model in {args.out} (try: llmkit {'fill' if config.objective == 'mlm' else 'generate'} "
+          f"--model {args.out} \"{'ROMEO: My [MASK] is Juliet.' if config.objective == 'mlm' else 'ROMEO:'}\")")
 
 
 def report_post_training(result, out) -> None:
@@ -489,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="STAGE.field=value, e.g. pretrain.time_limit_s=300 sft.epochs=3")
     p.set_defaults(handler=cmd_speedrun)
     inspect_commands.add_inspect_verb(verbs, add_model_args)
+    fill_cli.add_fill_verb(verbs, add_model_args)
     rag_commands.add_rag_verb(verbs, add_model_args, add_sampling_args)
     scaling_commands.add_scaling_verb(verbs)
     constitution_cli.add_constitution_verb(verbs, add_model_args)

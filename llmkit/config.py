@@ -49,6 +49,17 @@ class ModelConfig:
     n_shared_experts: int = 0  # always-on experts beside the routed ones (DeepSeekMoE, Dai et al. 2024)
     moe_aux_loss_coef: float = 0.01  # Switch Transformer's alpha
     init_std: float = 0.02  # GPT-2 / nanoGPT
+    # -- encoder (BERT, Devlin et al. 2019): all off for a decoder, which then runs exactly as without them
+    causal: bool = True  # false: bidirectional attention (an encoder); generation is refused, `fill`/`embed` serve it
+    # "pre": x + f(norm(x)) (GPT-2) with a final norm; "post": norm(x + f(x)) (Vaswani et al. 2017, BERT), no final norm
+    norm_position: str = "pre"
+    type_vocab_size: int = 0  # token-type (segment) embeddings added to the input (BERT: 2); 0 = none
+    embedding_norm: bool = False  # a norm over the summed input embeddings (BERT's embeddings.LayerNorm)
+    # false: no output head (a sentence encoder such as BertModel: hidden states only; fill is refused)
+    lm_head: bool = True
+    head_transform: bool = False  # dense + activation + norm before the output head (BERT's MLM head)
+    head_bias: bool = False  # a bias on the output head's logits (BERT's MLM decoder bias)
+    cls_pooler: bool = False  # BERT's pooler: tanh(dense(first token's state)); kept for classifiers and export
 
     # The valid range of every numeric field (llmkit.yaml_config). Sizes stop at 2^31: a model file or an
     # override claiming more is a mistake, and how much memory a legal shape needs is checked separately.
@@ -57,6 +68,7 @@ class ModelConfig:
         "n_kv_heads": "[1, 2^31)", "head_dim": "[1, 2^31)", "d_ff": "[1, 2^31)", "max_seq_len": "[1, 2^31)",
         "rope_theta": "(0, inf)", "norm_eps": "(0, 1)", "dropout": "[0, 1)", "n_experts": "[0, 2^16)",
         "top_k": "[1, 2^16)", "n_shared_experts": "[0, 2^16)", "moe_aux_loss_coef": "[0, inf)", "init_std": "[0, inf)",
+        "type_vocab_size": "[0, 2^16)",
     }
 
     def __post_init__(self) -> None:
@@ -75,6 +87,9 @@ class ModelConfig:
             (self.mlp in ("swiglu", "gelu", "gelu_tanh"),
              f"mlp must be 'swiglu', 'gelu' or 'gelu_tanh', not {self.mlp!r}"),
             (self.norm in ("rmsnorm", "layernorm"), f"norm must be 'rmsnorm' or 'layernorm', not {self.norm!r}"),
+            (self.norm_position in ("pre", "post"), f"norm_position must be 'pre' or 'post', not {self.norm_position!r}"),
+            (self.lm_head or not (self.head_transform or self.head_bias),
+             "head_transform and head_bias need an output head (lm_head: true)"),
             (self.pos_embedding != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head_dim"),
             (self.n_experts == 0 or 1 <= self.top_k <= self.n_experts,
              f"top_k {self.top_k} must be between 1 and n_experts {self.n_experts}"),
@@ -152,8 +167,15 @@ class ModelConfig:
             feed_forward += mlp(ff * self.n_shared_experts) if self.n_shared_experts else 0
         else:
             feed_forward = mlp(ff)
-        total = self.vocab_size * d + self.n_layers * (2 * norm + attn + feed_forward) + norm
+        total = self.vocab_size * d + self.n_layers * (2 * norm + attn + feed_forward)
+        total += norm if self.norm_position == "pre" else 0  # post-norm blocks end normalised: no final norm
         total += self.max_seq_len * d if self.pos_embedding == "learned" else 0
+        total += self.type_vocab_size * d + (norm if self.embedding_norm else 0)
+        total += d * d + d if self.cls_pooler else 0
+        if not self.lm_head:
+            return total
+        total += d * d + d + norm if self.head_transform else 0
+        total += self.vocab_size if self.head_bias else 0
         return total + (0 if self.tie_embeddings else self.vocab_size * d)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""The one decoder-only Transformer that every llmkit stage uses.
+"""The one Transformer that every llmkit stage uses.
 
 One `ModelConfig` describes GPT-2 (learned positions, LayerNorm, GELU, biases, tied head), Llama-family
-models (RoPE, RMSNorm, SwiGLU, grouped-query attention: Llama 2/3, SmolLM2, Mistral, Qwen2) and
-Mixture-of-Experts variants. Attention goes through `F.scaled_dot_product_attention`, which picks flash
+models (RoPE, RMSNorm, SwiGLU, grouped-query attention: Llama 2/3, SmolLM2, Mistral, Qwen2),
+Mixture-of-Experts variants, and BERT-style encoders (`causal: false`: bidirectional attention over a
+padding mask; post-norm blocks, token-type embeddings, an embedding norm, the masked-LM head transform;
+options that are off for a decoder, whose forward then does exactly what it did without them). Attention goes through `F.scaled_dot_product_attention`, which picks flash
 kernels on GPU and a fused kernel on CPU; compiled CPU training keeps SDPA's forward and takes a faster
 backward of its own (`CausalAttentionCPU`).
 
@@ -82,6 +84,7 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.use_rope = cfg.pos_embedding == "rope"
         self.dropout = cfg.dropout
+        self.causal = cfg.causal
 
     def queries_keys_values(self, x, rope):
         """q (batch, heads, seq, head_dim), k and v (batch, kv_heads, seq, head_dim) exactly as attention
@@ -105,7 +108,7 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         if (torch.compiler.is_compiling() and q.device.type == "cpu" and q.requires_grad and attn_mask is None
-                and kv_cache is None and not (self.training and self.dropout)):
+                and kv_cache is None and self.causal and not (self.training and self.dropout)):
             groups = self.n_heads // self.n_kv_heads  # GQA: query head h reads key/value head h // groups
             # One dtype for all three, as autocast gives SDPA (RoPE's float32 tables promote q and k)
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else v.dtype
@@ -115,7 +118,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v,
                 attn_mask=attn_mask,
-                is_causal=attn_mask is None,
+                is_causal=attn_mask is None and self.causal,
                 dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )
@@ -240,6 +243,28 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
+class PostNormBlock(Block):
+    """Post-norm residual block: norm(x + attn(x)), then norm(x + mlp(x)) (Vaswani et al. 2017; BERT).
+    A class of its own, so the pre-norm forward above has no branch for it."""
+
+    def forward(self, x, rope, attn_mask, kv_cache):
+        x = self.attn_norm(x + self.drop(self.attn(x, rope, attn_mask, kv_cache)))
+        return self.mlp_norm(x + self.drop(self.mlp(x)))
+
+
+class HeadTransform(nn.Module):
+    """BERT's masked-LM head transform before the output projection: norm(act(dense(x)))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.norm = make_norm(cfg, cfg.d_model)
+        self.activation = F.gelu if cfg.mlp != "gelu_tanh" else gelu_tanh
+
+    def forward(self, x):
+        return self.norm(self.activation(self.dense(x)))
+
+
 # --- the loss -----------------------------------------------------------------------------------------
 CE_CHUNK = 512  # rows of logits per chunk; at 8k vocab 256-1024 measure alike on CPU, 2048 is 14% slower
 
@@ -298,6 +323,17 @@ def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
 
 
+def padding_mask(attention_mask: torch.Tensor, causal: bool) -> torch.Tensor:
+    """(batch, 1, seq, seq) boolean mask from a (batch, seq) mask of real tokens (1) and padding (0): no
+    query attends to a padded key (and, when causal, to a later one). Padded queries still see the real
+    keys, so their rows stay finite; their outputs are to be ignored."""
+    keys = attention_mask.bool()[:, None, None, :]
+    if not causal:
+        return keys
+    seq = attention_mask.shape[1]
+    return keys & torch.ones(seq, seq, dtype=torch.bool, device=attention_mask.device).tril()
+
+
 def physical_memory_bytes() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
@@ -331,11 +367,16 @@ class Transformer(nn.Module):
         self.config = cfg
         self.tok_emb = _embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = _embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos_embedding == "learned" else None
+        self.type_emb = _embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.emb_norm = make_norm(cfg, cfg.d_model) if cfg.embedding_norm else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.norm = make_norm(cfg, cfg.d_model)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
+        block = Block if cfg.norm_position == "pre" else PostNormBlock
+        self.blocks = nn.ModuleList(block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = make_norm(cfg, cfg.d_model) if cfg.norm_position == "pre" else nn.Identity()
+        self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if cfg.cls_pooler else None
+        self.head_transform = HeadTransform(cfg) if cfg.head_transform else None
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_bias) if cfg.lm_head else None
+        if cfg.tie_embeddings and cfg.lm_head:
             self.lm_head.weight = self.tok_emb.weight
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
@@ -388,8 +429,8 @@ class Transformer(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         if non_embedding:
             total -= self.tok_emb.weight.numel()
-            if self.pos_emb is not None:
-                total -= self.pos_emb.weight.numel()
+            for table in (self.pos_emb, self.type_emb):
+                total -= table.weight.numel() if table is not None else 0
         return total
 
     def flops_per_token(self, seq_len: int) -> float:
@@ -412,13 +453,15 @@ class Transformer(nn.Module):
                     n += sum(p.numel() for p in mlp.shared.parameters() if p.dim() == 2)
             else:
                 n += sum(p.numel() for p in mlp.parameters() if p.dim() == 2)
-        n += self.lm_head.weight.numel()
+        n += self.lm_head.weight.numel() if self.lm_head is not None else 0
+        n += self.head_transform.dense.weight.numel() if self.head_transform is not None else 0
         return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
 
     # -- forward
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
                 positions: torch.Tensor | None = None, kv_cache=None, last_token_only: bool = False,
-                doc_ids: torch.Tensor | None = None, reduction: str = "mean", return_hidden: bool = False):
+                doc_ids: torch.Tensor | None = None, reduction: str = "mean", return_hidden: bool = False,
+                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None):
         """input_ids: (batch, seq) token ids.
 
         targets: (batch, seq) next-token ids, -100 where no loss is wanted -> returns the mean
@@ -431,6 +474,8 @@ class Transformer(nn.Module):
         head runs on the scored positions only: sequence log-probabilities for DPO, RL, scoring).
         return_hidden: return the final normalised hidden states (batch, seq, d_model) instead of
         logits, for a head wrapped around the model (reward model, value head).
+        attention_mask: (batch, seq) 1 for real tokens, 0 for padding, which no token then attends to
+        (an encoder's right-padded batch). token_type_ids: (batch, seq) segment ids (default 0).
         """
         batch, seq = input_ids.shape
         default_positions = positions is None
@@ -443,6 +488,10 @@ class Transformer(nn.Module):
             # Positions 0..seq-1 as a slice, not a lookup: the gradient is then a sum over the batch, not a
             # scatter-add of every row (compiled on CPU, atomic adds: ~1 ms of a 280-ms benchmark step).
             x = x + (self.pos_emb.weight[:seq] if default_positions else self.pos_emb(positions))
+        if self.type_emb is not None:
+            x = x + (self.type_emb.weight[0] if token_type_ids is None else self.type_emb(token_type_ids))
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
         x = self.drop(x)
         rope = None
         if self.config.pos_embedding == "rope":
@@ -450,6 +499,8 @@ class Transformer(nn.Module):
         attn_mask = kv_cache.prepare(positions) if kv_cache is not None else None
         if doc_ids is not None and kv_cache is None:
             attn_mask = document_causal_mask(doc_ids)
+        elif attention_mask is not None and kv_cache is None:
+            attn_mask = padding_mask(attention_mask, self.config.causal)
         for block in self.blocks:
             x = block(x, rope, attn_mask, kv_cache)
         if last_token_only:
@@ -457,6 +508,11 @@ class Transformer(nn.Module):
         x = self.norm(x)
         if return_hidden:
             return x
+        if self.lm_head is None:
+            raise ConfigError("this model has no output head (lm_head: false, a sentence encoder such as BertModel): "
+                              "it gives hidden states and embeddings, not token predictions")
+        if self.head_transform is not None:
+            x = self.head_transform(x)
         if targets is None:
             return self.lm_head(x)
         if reduction == "none":
@@ -464,7 +520,7 @@ class Transformer(nn.Module):
             logits = self.lm_head(x[valid]).float()
             per_token = torch.zeros(targets.shape, device=x.device, dtype=torch.float32)
             return per_token.masked_scatter(valid, F.cross_entropy(logits, targets[valid], reduction="none"))
-        if torch.is_grad_enabled() and self.lm_head.weight.requires_grad:
+        if torch.is_grad_enabled() and self.lm_head.weight.requires_grad and self.lm_head.bias is None:
             loss = LinearCrossEntropy.apply(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1))
         else:
             logits = self.lm_head(x)

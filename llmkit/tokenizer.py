@@ -52,14 +52,16 @@ class Tokenizer:
 
     def __init__(self, backend: BackendTokenizer, *, bos_token: str | None = None, eos_token: str | None = None,
                  pad_token: str | None = None, chat_template: str | None = None,
-                 extra_stop_tokens: Iterable[str] = ()):
+                 extra_stop_tokens: Iterable[str] = (), mask_token: str | None = None):
         self.backend = backend
+        self.mask_token = mask_token
         self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
         self.chat_template = chat_template
         self.extra_stop_tokens = [t for t in extra_stop_tokens if backend.token_to_id(t) is not None]
         self.bos_id = self._id_of(bos_token)
         self.eos_id = self._id_of(eos_token)
         self.pad_id = self._id_of(pad_token)
+        self.mask_id = self._id_of(mask_token)  # BERT's [MASK]: what `llmkit fill` predicts
 
     def _id_of(self, token: str | None) -> int | None:
         if token is None:
@@ -83,6 +85,17 @@ class Tokenizer:
         encodings = self.backend.encode_batch(texts, add_special_tokens=False)
         prefix = [self.bos_id] if add_bos and self.bos_id is not None else []
         return [prefix + e.ids for e in encodings]
+
+    def encode_with_special_tokens(self, texts: list[str], max_len: int) -> list[list[int]]:
+        """Each text as an encoder was trained to read it: wrapped by the tokenizer's own post-processor
+        ([CLS] text [SEP] for BERT; nothing for llmkit's BPE), the text cut so the whole fits max_len."""
+        room = max(max_len - self.backend.num_special_tokens_to_add(False), 0)
+        out = []
+        for encoding in self.backend.encode_batch(texts, add_special_tokens=False):
+            if len(encoding.ids) > room:
+                encoding.truncate(room)
+            out.append(self.backend.post_process(encoding).ids)
+        return out
 
     def encode_long(self, pieces: Iterable[str], add_bos: bool = False, window: int = 2048) -> Iterator[list[int]]:
         """The ids of one long document given as consecutive pieces (`read_text_pieces`), in bounded
@@ -225,6 +238,8 @@ class Tokenizer:
             "chat_template": self.chat_template,
             "llmkit_stop_tokens": self.extra_stop_tokens,
         }
+        if self.mask_token is not None:
+            config["mask_token"] = self.mask_token
         atomic_write_text(directory / "tokenizer.json", self.backend.to_str(pretty=False))
         atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
 
@@ -245,6 +260,10 @@ class Tokenizer:
             backend = BackendTokenizer.from_file(str(file))
         except Exception as e:  # the library raises plain Exception subclasses with parser messages
             raise TokenizerError(f"{file}: not a valid tokenizer.json ({e})") from None
+        # A file's padding/truncation settings (BERT's pads every text to 128) are its trainer's; llmkit
+        # decides lengths itself, so `encode` returns the text's tokens and nothing else.
+        backend.no_padding()
+        backend.no_truncation()
         config = {}
         config_file = file.parent / "tokenizer_config.json"
         if config_file.exists():
@@ -257,7 +276,8 @@ class Tokenizer:
             template = (file.parent / "chat_template.jinja").read_text()
         return cls(backend, bos_token=_token_text(config.get("bos_token")),
                    eos_token=_token_text(config.get("eos_token")), pad_token=_token_text(config.get("pad_token")),
-                   chat_template=template, extra_stop_tokens=config.get("llmkit_stop_tokens", []))
+                   chat_template=template, extra_stop_tokens=config.get("llmkit_stop_tokens", []),
+                   mask_token=_token_text(config.get("mask_token")))
 
     # -- training
     @classmethod
@@ -434,7 +454,7 @@ def _check_tokenizer_config(config: dict, path: Path) -> None:
         return value is None or isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("content"), str))
 
     problem = None
-    for key in ("bos_token", "eos_token", "pad_token"):
+    for key in ("bos_token", "eos_token", "pad_token", "mask_token"):
         if not is_token(config.get(key)):
             problem = f"{key} must be a token's text, not {config[key]!r}"
     template = config.get("chat_template")

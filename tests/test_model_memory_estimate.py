@@ -20,10 +20,17 @@ VARIANTS = [
     dict(norm="layernorm", qkv_bias=True, out_bias=True, mlp_bias=True, qk_norm=True, tie_embeddings=False,
          pos_embedding="learned", mlp="gelu"),
     dict(n_experts=4, top_k=2, n_shared_experts=1, n_kv_heads=1),
+    dict(causal=False, norm_position="post", norm="layernorm", pos_embedding="learned", mlp="gelu", qkv_bias=True,
+         out_bias=True, mlp_bias=True, type_vocab_size=2, embedding_norm=True, head_transform=True, head_bias=True,
+         cls_pooler=True),
+    dict(causal=False, norm_position="post", type_vocab_size=3, embedding_norm=True, lm_head=False, cls_pooler=True,
+         head_transform=False, head_bias=False,
+         tie_embeddings=False),
 ]
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=["preset", "biases-layernorm-untied", "moe-mqa"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=["preset", "biases-layernorm-untied", "moe-mqa", "bert-mlm",
+                                                   "bert-encoder-no-head"])
 @pytest.mark.parametrize("name", list_presets("models"))
 def test_the_arithmetic_count_equals_the_built_model_s(name, variant):
     config = ModelConfig.preset(name, **variant)

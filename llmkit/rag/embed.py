@@ -6,6 +6,9 @@ tokens is the usual way to read a sentence vector out of a transformer without a
 (Reimers & Gurevych 2019, Sentence-BERT, found it the best of the untrained poolings); a decoder's
 states are weaker sentence vectors than a trained encoder's, which `benchmarks/rag.py` measures.
 
+An encoder (`causal: false`, e.g. all-MiniLM-L6-v2) is pooled the way sentence-transformers pools it:
+the mean over every token of [CLS] text [SEP], padding masked out of attention and of the mean, unit length.
+
 Many texts are embedded in batches of similar length, right-padded: under causal attention the
 positions before the padding never see it, and the padded positions are left out of the mean, so a
 text's vector does not depend on what it was batched with (the tests hold batched == one by one).
@@ -33,9 +36,11 @@ def pooled_embeddings(model: Transformer, rows: list[list[int]], skip_first: boo
     device = model.tok_emb.weight.device
     width = max(len(r) for r in rows)
     batch = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=device)
-    hidden = model(batch, return_hidden=True).float()
     position = torch.arange(width, device=device)[None, :]
     lengths = torch.tensor([len(r) for r in rows], device=device)[:, None]
+    # An encoder's tokens see the whole row, padding included unless masked out of attention.
+    real = None if model.config.causal else position < lengths
+    hidden = model(batch, return_hidden=True, attention_mask=real).float()
     first = torch.tensor([1 if skip_first and len(r) > 1 else 0 for r in rows], device=device)[:, None]
     mask = ((position >= first) & (position < lengths)).float()
     pooled = (hidden * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True)
@@ -55,11 +60,14 @@ class ModelEmbedder:
     def describe(self) -> dict:
         """What the index records, to refuse query vectors from another model later."""
         config = json.dumps(asdict(self.model.config), sort_keys=True, default=str)
-        return {"model": self.name, "dim": self.dim, "pooling": "mean of final normalised hidden states",
+        pooling = "mean of final normalised hidden states" if self.model.config.causal else "mean of encoder states"
+        return {"model": self.name, "dim": self.dim, "pooling": pooling,
                 "config_sha256": hashlib.sha256(config.encode()).hexdigest()[:16]}
 
     def token_rows(self, texts: list[str]) -> list[list[int]]:
         context = self.model.config.max_seq_len
+        if not self.model.config.causal:  # an encoder reads texts as it was trained: [CLS] text [SEP] for BERT
+            return [ids or [0] for ids in self.tokenizer.encode_with_special_tokens(texts, context)]
         bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []
         return [(bos + ids)[:context] or [0] for ids in self.tokenizer.encode_batch(texts)]
 
@@ -68,7 +76,7 @@ class ModelEmbedder:
         rows = self.token_rows(texts)
         out = np.zeros((len(rows), self.dim), dtype=np.float32)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths: little padding
-        skip_first = self.tokenizer.bos_id is not None
+        skip_first = self.tokenizer.bos_id is not None and self.model.config.causal
         done = 0
         while done < len(order):
             width = len(rows[order[done]])

@@ -1,4 +1,5 @@
-"""Pretraining: next-token prediction with cross-entropy on token shards, through the one Trainer.
+"""Pretraining: next-token prediction with cross-entropy on token shards, through the one Trainer (or,
+with objective=mlm, masked language modelling of an encoder: llmkit/train/mlm.py).
 
 `data: shakespeare` needs nothing prepared: the corpus is fetched, a BPE tokenizer of `vocab_size`
 is trained on the training plays, and both splits are tokenized into shards, all cached under
@@ -118,7 +119,7 @@ def build_model(config: TrainConfig, train: TokenShards, tokenizer: Tokenizer,
                 device: torch.device | None = None) -> Transformer:
     """A new model of the preset's shape, or init_from's weights; `tokenizer` is the one the shards used;
     `device` is where it will train (for the memory check; default the config's)."""
-    vocab_size = train.manifest["vocab_size"]
+    vocab_size = max(train.manifest["vocab_size"], tokenizer.vocab_size)  # (mlm adds a mask token)
     if config.init_from:
         from llmkit.checkpoint import load_model
         from llmkit.convert import resolve_model
@@ -165,7 +166,18 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
     info = init_distributed(device.type)
     train, val = resolve_data(config, info.is_main)
     tokenizer = Tokenizer.load(train.directory)
+    masker = None
+    if config.objective == "mlm":
+        from llmkit.train.mlm import Masker, with_mask_token
+
+        tokenizer = with_mask_token(tokenizer)
+        masker = Masker(tokenizer, config.mlm_probability)
     model = build_model(config, train, tokenizer, device)
+    if model.config.causal != (masker is None):
+        need = "a decoder (causal: true)" if masker is None else "an encoder (causal: false)"
+        have = "a decoder" if model.config.causal else "an encoder"
+        raise ConfigError(f"objective={config.objective} needs {need}; model {config.init_from or config.model} is "
+                          f"{have} (objective=mlm for an encoder such as model=bert-cpu, next_token for a decoder)")
 
     anneal = TokenShards(config.anneal_data) if config.anneal_data else None
     if anneal is not None and anneal.manifest["tokenizer_sha256"] != train.manifest["tokenizer_sha256"]:
@@ -177,10 +189,16 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
         source = train
         if anneal is not None and data_source_for_step(step, trainer.total_steps, config.anneal_fraction) == "anneal":
             source = anneal
-        return source.random_batch(config.micro_batch, config.seq_len, config.seed, step, micro)
+        batch = source.random_batch(config.micro_batch, config.seq_len, config.seed, step, micro)
+        return batch if masker is None else masker.batch(batch[0], config.seed, step, micro)
 
     def evaluate(runner) -> dict:
         device = next(runner.parameters()).device
+        if masker is not None:
+            from llmkit.train.mlm import evaluate_mlm
+
+            return evaluate_mlm(runner, val, masker, config.seq_len, config.micro_batch, device, trainer.autocast(),
+                                config.eval_tokens)
         result = evaluate_shards(runner, val, config.seq_len, config.micro_batch * 4, device, trainer.autocast(),
                                  max_tokens=config.eval_tokens)
         return {"val_loss": result.loss, "val_bpb": result.bpb}
@@ -194,7 +212,8 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
         return tokenizer.decode(ids, skip_special_tokens=True)
 
     trainer = Trainer(model, config, out, batch_fn, config.micro_batch * config.seq_len,
-                      evaluate=evaluate if val is not None else None, sample=sample, tokenizer=tokenizer)
+                      evaluate=evaluate if val is not None else None, sample=sample if masker is None else None,
+                      tokenizer=tokenizer)
     result = trainer.fit(resume=resume)
     shutdown()  # on success only: after a failure the other ranks may never reach a barrier
     return result
