@@ -303,3 +303,76 @@ def test_a_line_that_is_not_json_is_named_by_every_eval_file_reader(tmp_path):
     for read in (read_gsm8k, read_problems, read_questions):
         with pytest.raises(DataError, match=re.escape(f"{path}:3: not valid JSON (") + r".*column 2\)"):
             read(path)
+
+
+# --- verdicts read from probabilities (small judges) -------------------------------------------------------
+def _mark_logprob(llm, messages, mark):
+    """log P(reply starts "[[" + mark), computed here from one plain forward over the whole text."""
+    tok = llm.tokenizer
+    context = tok.apply_chat_template(messages, add_generation_prompt=True) + "[["
+    head, whole = tok.encode(context), tok.encode(context + mark)
+    assert whole[:len(head)] == head
+    with torch.no_grad():
+        logits = llm.model(torch.tensor([whole])).float().log_softmax(-1)[0]
+    return sum(logits[i - 1, whole[i]].item() for i in range(len(head), len(whole)))
+
+
+def test_probability_verdicts_equal_a_plain_forward_and_are_symmetric_in_the_order(tmp_path, shakespeare_tokenizer):
+    import llmkit
+
+    torch.manual_seed(0)  # a context long enough for MT-Bench's judge prompt (~700 tokens here): nothing cut
+    save_checkpoint(tmp_path / "judge", Transformer(ModelConfig.preset("tiny", max_seq_len=1024)), shakespeare_tokenizer)
+    llm = llmkit.load(tmp_path / "judge", device="cpu")
+    judge = Judge.of(llm, "tiny", verdict="probability")
+    prompts = read_judge_prompts(PROMPTS)
+    questions = [json.loads(line) for line in (FIXTURES / "mt_bench" / "question.jsonl").read_text().splitlines()][:2]
+    items = [{"question": q, "turn": 1, "first": ["Thou art a villain.", "x"], "second": ["Good morrow, sir.", "y"]}
+             for q in questions]
+    records = judge.compare(prompts, items)
+    swapped = judge.compare(prompts, [{**i, "first": i["second"], "second": i["first"]} for i in items])
+    for r, s in zip(records, swapped):
+        # the swapped question asks the same two conversations in the other order
+        assert r["probabilities_first_as_a"] == s["probabilities_first_as_b"]
+        assert abs(r["p_first"] + s["p_first"] - 1) < 1e-4
+        forward, backward = r["probabilities_first_as_a"], r["probabilities_first_as_b"]
+        assert abs(sum(forward.values()) - 1) < 1e-4
+        assert r["verdict_first_as_a"] == max(forward, key=forward.get)
+        assert r["winner"] == combine_orders(r["verdict_first_as_a"], r["verdict_first_as_b"])
+    # the probabilities are the judge's own: renormalised exp(log P) of "[[A]]", "[[B]]", "[[C]]"
+    from llmkit.eval.judge import prompt_for, turn_fields, uses_reference
+
+    q = questions[0]
+    conversation = prompt_for(prompts, "pair", 1, uses_reference(q)).messages(
+        **turn_fields(q, 1), answer_a="Thou art a villain.", answer_b="Good morrow, sir.", answer_a_1="Thou art a villain.",
+        answer_a_2="x", answer_b_1="Good morrow, sir.", answer_b_2="y")
+    raw = {m: math.exp(_mark_logprob(llm, conversation, m + "]]")) for m in "ABC"}
+    expected = {"A": raw["A"], "B": raw["B"], "tie": raw["C"]}
+    total = sum(expected.values())
+    for mark, p in records[0]["probabilities_first_as_a"].items():
+        assert abs(p - expected[mark] / total) < 1e-4, mark
+
+    grades = judge.grade(prompts, [{"question": questions[0], "answers": ["Good morrow.", "Fare thee well."], "turn": 1}])
+    distribution = {int(n): p for n, p in grades[0]["grade_probabilities"].items()}
+    assert sorted(distribution) == list(range(1, 11)) and abs(sum(distribution.values()) - 1) < 1e-3
+    assert abs(grades[0]["score"] - sum(n * p for n, p in distribution.items())) < 1e-3
+    assert 1 <= grades[0]["score"] <= 10
+
+
+def test_probability_verdicts_through_the_cli_and_refused_for_a_server_judge(tiny_chat_models, tmp_path):
+    pairs = tmp_path / "pairs.jsonl.gz"
+    with gzip.open(TEST_DATA / "hh-rlhf" / "harmless-base-test-300.jsonl.gz", "rt") as f:
+        head = [next(f) for _ in range(4)]
+    with gzip.open(pairs, "wt") as f:
+        f.writelines(head)
+    result = run_cli("judge", "--judge", tiny_chat_models[0], "--pairs", pairs, "--verdict", "probability",
+                     "--task-dir", FIXTURES, "--out", tmp_path / "agree", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "agree" / "results.json").read_text())
+    # every pair gets a verdict: none is unparsable, and the order-averaged accuracy is reported
+    assert summary["pairs"] == 4 and summary["unparsable"] == 0 and summary["verdict"] == "probability"
+    assert summary["accuracy_order_averaged"]["n"] == 4 and "averaged over both orders" in result.stdout
+    records = [json.loads(line) for line in (tmp_path / "agree" / "judgements.jsonl").read_text().splitlines()]
+    assert all(0 <= r["p_first"] <= 1 for r in records)
+    result = run_cli("judge", "--judge", "http://127.0.0.1:9/v1", "--pairs", pairs, "--verdict", "probability",
+                     "--task-dir", FIXTURES, "--out", tmp_path / "remote")
+    assert result.returncode == 2 and "--verdict probability" in result.stderr and "Traceback" not in result.stderr

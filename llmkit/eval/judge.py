@@ -11,6 +11,14 @@ Its reply is free text (an explanation, then the verdict); the verdict is read f
 `[[N]]` (single grading) or from `[[A]]` / `[[B]]` / `[[C]]` (pairwise). A reply without one is
 *unparsable*: kept, counted and reported, never a crash.
 
+A small judge rarely writes a verdict at all (SmolLM2-135M wrote none in 12 of 12 MT-Bench pairs: it
+continues the conversation). `verdict="probability"` reads the verdict from its next-token
+distribution instead, as `llmkit label` does (Lee et al. 2023, "RLAIF", section 2.1): the reply is
+started for it with "[[", and each possible mark ("A]]", "B]]", "C]]", or "1]]".."10]]") is scored as a
+continuation; the verdict is the most likely mark, a grade the probability-weighted mean of 1..10
+(G-Eval, Liu et al. 2023). This needs the judge's log-probabilities over its own chat template: a
+local judge only.
+
 Pairwise verdicts are asked in both orders, (X, Y) and (Y, X). LLM judges favour a position (Zheng et
 al. 2023, section 3.3); a verdict that names the same answer in both orders stands, any other pair of
 verdicts (one flips with the order, or one says tie) is a tie, MT-Bench's own rule. If either order is
@@ -24,18 +32,22 @@ turn with the whole conversation shown).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.errors import DataError, GenerationError
+from llmkit.errors import ConfigError, DataError, GenerationError
 
 SCORE = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
 VERDICT = re.compile(r"\[\[([ABC])\]\]")
 # MT-Bench grades these categories against a reference answer (FastChat's NEED_REF_CATS)
 REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
 DEFAULT_MAX_NEW_TOKENS = 512
+VERDICT_PREFIX = "[["  # the judge's reply begins with this; its next tokens are the mark
+VERDICT_MARKS = {"A": "A]]", "B": "B]]", "tie": "C]]"}
+GRADE_MARKS = {n: f"{n}]]" for n in range(1, 11)}  # "1]]" and "10]]" differ after the first token
 
 
 def parse_score(text: str) -> float | None:
@@ -123,6 +135,12 @@ def turn_fields(question: dict, turn: int) -> dict:
     return fields
 
 
+def _no_probabilities_over_http(name: str) -> ConfigError:
+    return ConfigError(f"--verdict probability scores the judge's next tokens under its own chat template, which a "
+                       f"server's chat endpoint does not return; use a local judge (checkpoint or named model) or "
+                       f"--verdict text with {name}")
+
+
 # --- the judge ------------------------------------------------------------------------------------------
 @dataclass
 class Judgement:
@@ -134,28 +152,58 @@ class Judgement:
 class Judge:
     """A backend that generates from chat messages (LocalBackend(chat=True) or RemoteBackend(chat=True))."""
 
-    def __init__(self, backend, name: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
-        self.backend, self.name, self.max_new_tokens = backend, name, max_new_tokens
+    def __init__(self, backend, name: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, verdict: str = "text"):
+        if verdict not in ("text", "probability"):
+            raise ValueError(f"verdict must be 'text' or 'probability', not {verdict!r}")
+        if verdict == "probability" and getattr(backend, "scores_chat", True) is False:
+            raise _no_probabilities_over_http(name)
+        self.backend, self.name, self.max_new_tokens, self.verdict = backend, name, max_new_tokens, verdict
 
     @classmethod
     def load(cls, model: str, *, device=None, dtype=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-             api_key: str | None = None) -> "Judge":
+             api_key: str | None = None, verdict: str = "text") -> "Judge":
         """A checkpoint directory / named model (greedy, through its engine) or an OpenAI-compatible URL."""
         from llmkit.eval.remote import RemoteBackend, is_url
 
         if is_url(model):
-            return cls(RemoteBackend(model, chat=True, api_key=api_key), model, max_new_tokens)
+            if verdict == "probability":  # before connecting: the answer does not depend on the server
+                raise _no_probabilities_over_http(model)
+            return cls(RemoteBackend(model, chat=True, api_key=api_key), model, max_new_tokens, verdict)
         import llmkit
 
         llm = llmkit.load(model, device=device, dtype=dtype)
-        return cls.of(llm, str(model), max_new_tokens)
+        return cls.of(llm, str(model), max_new_tokens, verdict)
 
     @classmethod
-    def of(cls, llm, name: str = "judge", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> "Judge":
+    def of(cls, llm, name: str = "judge", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+           verdict: str = "text") -> "Judge":
         """A loaded `llmkit.LLM` as judge (label.py holds one already)."""
         from llmkit.eval.backends import LocalBackend
 
-        return cls(LocalBackend(llm.model, llm.tokenizer, engine=llm.engine, chat=True), name, max_new_tokens)
+        return cls(LocalBackend(llm.model, llm.tokenizer, engine=llm.engine, chat=True), name, max_new_tokens,
+                   verdict)
+
+    def mark_probabilities(self, conversations: Sequence[list[dict]],
+                           marks: Sequence[str]) -> list[tuple[list[float], int]]:
+        """For each conversation, (P(the judge's reply starts "[[" + mark) for each mark, renormalised over
+        the marks; prompt tokens cut from the left to fit the context): the verdict read from the judge's
+        log-probabilities rather than its text."""
+        from llmkit.eval.prompts import ExampleRequests
+
+        contexts = [self.backend.render_chat(list(c)) + VERDICT_PREFIX for c in conversations]
+        requests = [ExampleRequests(i, [context] * len(marks), list(marks), None, [len(m) for m in marks])
+                    for i, context in enumerate(contexts)]
+        scored = self.backend.loglikelihood(requests, where=lambda k: f"judge question {k // len(marks) + 1}")
+        out = []
+        for example in scored:
+            logprobs = [option.logprob for option in example.scores]
+            top = max(logprobs)
+            if not math.isfinite(top):
+                raise GenerationError(f"the judge {self.name} gave no finite log-probability to any verdict mark; "
+                                      "are its weights finite?")
+            weights = [math.exp(lp - top) for lp in logprobs]
+            out.append(([w / sum(weights) for w in weights], example.truncated))
+        return out
 
     def ask(self, conversations: Sequence[list[dict]], on_done=None) -> list[Judgement]:
         """The judge's greedy replies to message lists."""
@@ -176,6 +224,15 @@ class Judge:
             answers = item["answers"]
             conversations.append(prompt.messages(**turn_fields(q, turn), answer=answers[turn - 1],
                                                  answer_1=answers[0], answer_2=answers[1] if len(answers) > 1 else ""))
+        if self.verdict == "probability":
+            out = []
+            marks = self.mark_probabilities(conversations, list(GRADE_MARKS.values()))
+            for c, (probs, truncated) in zip(conversations, marks):
+                distribution = dict(zip(GRADE_MARKS, probs))
+                out.append({"prompt": c[-1]["content"], "judgement": None, "finish_reason": "probability",
+                            "truncated": truncated, "score": sum(n * p for n, p in distribution.items()),
+                            "grade_probabilities": {str(n): round(p, 5) for n, p in distribution.items()}})
+            return out
         replies = self.ask(conversations)
         return [{"prompt": c[-1]["content"], "judgement": r.text, "finish_reason": r.finish_reason,
                  "truncated": r.truncated, "score": parse_score(r.text)} for c, r in zip(conversations, replies)]
@@ -191,6 +248,8 @@ class Judge:
                     **turn_fields(q, turn), answer_a=a[turn - 1], answer_b=b[turn - 1],
                     answer_a_1=a[0], answer_a_2=a[1] if len(a) > 1 else "",
                     answer_b_1=b[0], answer_b_2=b[1] if len(b) > 1 else ""))
+        if self.verdict == "probability":
+            return self._compare_by_probability(conversations)
         replies = self.ask(conversations)
         out = []
         for k in range(len(items)):
@@ -200,6 +259,26 @@ class Judge:
                         "judgement_first_as_a": forward.text, "judgement_first_as_b": backward.text,
                         "finish_reasons": [forward.finish_reason, backward.finish_reason],
                         "truncated": max(forward.truncated, backward.truncated)})
+        return out
+
+    def _compare_by_probability(self, conversations: list[list[dict]]) -> list[dict]:
+        """compare()'s records from mark probabilities: each order's verdict is its most likely mark, and
+        `p_first` is P(the first answer wins) averaged over the two orders, ties counted half (the order
+        average that `llmkit label` trains on; the MT-Bench rule for `winner` is kept)."""
+        probs = self.mark_probabilities(conversations, list(VERDICT_MARKS.values()))
+        out = []
+        for k in range(len(conversations) // 2):
+            forward = dict(zip(VERDICT_MARKS, probs[2 * k][0]))
+            backward = dict(zip(VERDICT_MARKS, probs[2 * k + 1][0]))
+            v1, v2 = max(forward, key=forward.get), max(backward, key=backward.get)
+            p_first = (forward["A"] + backward["B"] + (forward["tie"] + backward["tie"]) / 2) / 2
+            out.append({"verdict_first_as_a": v1, "verdict_first_as_b": v2, "winner": combine_orders(v1, v2),
+                        "judgement_first_as_a": None, "judgement_first_as_b": None,
+                        "finish_reasons": ["probability", "probability"],
+                        "truncated": max(probs[2 * k][1], probs[2 * k + 1][1]),
+                        "p_first": round(p_first, 5),
+                        "probabilities_first_as_a": {m: round(p, 5) for m, p in forward.items()},
+                        "probabilities_first_as_b": {m: round(p, 5) for m, p in backward.items()}})
         return out
 
     def compare_replies(self, prompts: dict[str, JudgePrompt], questions: Sequence[str], first: Sequence[str],

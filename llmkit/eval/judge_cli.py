@@ -47,6 +47,9 @@ def add_judge_verbs(verbs, add_model_args) -> None:
     p.add_argument("--out", required=True, help="run directory: results.md, results.json, judgements.jsonl")
     p.add_argument("--limit", type=int, default=None, help="the first N questions / pairs")
     p.add_argument("--max-new-tokens", type=int, default=512, help="tokens the judge may write")
+    p.add_argument("--verdict", choices=("text", "probability"), default="text", help="text: the judge writes its "
+                   "reasoning and a [[mark]] (MT-Bench); probability: its reply is started with '[[' and the verdict "
+                   "read from its next-token probabilities (for small local judges that never write a mark)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap resamples and the pairs' presentation order")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
@@ -85,7 +88,7 @@ def cmd_judge(args) -> None:
     pairs = judge_runs.read_preference_pairs(args.pairs, args.limit) if args.pairs else None
     out = make_output_dir(args.out)
     judge = Judge.load(args.judge, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
-                       api_key=os.environ.get("OPENAI_API_KEY"))
+                       api_key=os.environ.get("OPENAI_API_KEY"), verdict=args.verdict)
     if pairs is not None:
         summary, records = judge_runs.agreement_with_humans(judge, prompts, pairs[0], seed=args.seed)
         summary["source"] = pairs[1]
@@ -93,7 +96,7 @@ def cmd_judge(args) -> None:
         summary, records = judge_runs.single_grades(judge, prompts, answer_sets, args.limit, seed=args.seed)
     else:
         summary, records = judge_runs.pairwise_ratings(judge, prompts, answer_sets, args.limit, seed=args.seed)
-    summary["max_new_tokens"] = args.max_new_tokens
+    summary["max_new_tokens"], summary["verdict"] = args.max_new_tokens, args.verdict
     atomic_write_text(out / "judgements.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     table = format_judge_report(summary)
@@ -150,6 +153,9 @@ def format_judge_report(summary: dict) -> str:
                 ("first position picked (decisive single verdicts) %", summary["first_position_picked"], 1, 100.0),
                 ("judge picks the longer reply (decisive verdicts) %", summary["judge_picks_longer"], 1, 100.0),
                 ("humans picked the longer reply %", summary["humans_pick_longer"], 1, 100.0)]
+        if "accuracy_order_averaged" in summary:
+            rows.insert(2, ("accuracy by P(first) averaged over both orders (--verdict probability) %",
+                            summary["accuracy_order_averaged"], 1, 100.0))
         for label, m, digits, scale in rows:
             lines.append(f"| {label} | {_ci(m, digits, scale)} | {m['n']} |")
     return "\n".join(lines)

@@ -199,6 +199,11 @@ def agreement_summary(records: list[dict], judge_name: str, seed: int = 0) -> di
     def share(k: int, total: int) -> dict:
         return {"value": k / total if total else math.nan, "ci95": list(wilson_interval(k, total)), "k": k, "n": total}
 
+    # a probability judge: the order-averaged P(first wins) decides (label.py's rule); exactly 0.5 is a miss
+    averaged = [r for r in records if r.get("p_first") is not None]
+    averaged_right = sum(1 for r in averaged if r["p_first"] != 0.5 and (r["p_first"] > 0.5) == (r["human"] == "first"))
+    extra = {"accuracy_order_averaged": share(averaged_right, len(averaged))} if averaged else {}
+
     return {"mode": "agreement", "judge": judge_name, "pairs": len(records), "unparsable": len(records) - n,
             "replies_cut": _replies_cut(records), "prompts_truncated": sum(1 for r in records if r.get("truncated")),
             "kappa": {"value": kappa, "ci95": [low, high], "n": n},
@@ -207,4 +212,4 @@ def agreement_summary(records: list[dict], judge_name: str, seed: int = 0) -> di
             "position_consistency": share(consistent, len(both)),
             "first_position_picked": share(singles.count("A"), len(singles)),
             "judge_picks_longer": share(longer_wins, len(decisive)),
-            "humans_pick_longer": share(human_longer, len(unequal))}
+            "humans_pick_longer": share(human_longer, len(unequal)), **extra}
