@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import urllib.request
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from llmkit.atomic import atomic_write_bytes
 from llmkit.errors import ConfigError, DataError
 from llmkit.eval.generative import (GenerativeSpec, fetch_generative_files, generative_settings, generative_spec,
                                     generative_task_names)
@@ -254,9 +254,7 @@ def fetch_core_tasks(dest: str | Path | None = None, names: list[str] | None = N
                             f"file to {target} yourself") from None
         if _sha256(data) != row["sha256"]:
             raise DataError(f"{url}: the download's SHA-256 is not the pinned one; not written to {target}")
-        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-        partial.write_bytes(data)
-        os.replace(partial, target)  # never a half-written task file under the final name
+        atomic_write_bytes(target, data)  # never a half-written file under the final name
         written.append(target)
     return written
 
