@@ -137,13 +137,17 @@ def staged_directory(out: str | Path, *, overwrite: bool = False, ours=None, wha
         raise
 
 
-def make_output_dir(out: str | Path) -> Path:
+def make_output_dir(out: str | Path, ours=None, what: str = "the output") -> Path:
     """`out` created (with its parents) for a verb that writes into it as it runs (a training run's
     checkpoints and metrics): a file in the way, a read-only or missing filesystem is an OutputError
-    before any work, not an OSError after it."""
+    before any work, not an OSError after it. With `ours` (a test of a folder: is it this verb's own
+    earlier output?), a folder holding other files (a model, a user's data) is refused too."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is a file; the output is a directory: choose another --out")
+    if ours is not None and out.is_dir() and any(out.iterdir()) and not ours(out):
+        raise OutputError(f"{out}: holds files that are not {what}; llmkit does not write among a user's files: "
+                          "choose a new or empty --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".llmkit-write-test-{os.getpid()}"

@@ -55,6 +55,9 @@ def logit_lens(model: Transformer, tokenizer, text: str, top: int = 5, add_bos: 
         probs.append((values - logits.logsumexp(dim=-1, keepdim=True)).exp())
         index.append(i)
     top_ids, top_probs = torch.stack(index), torch.stack(probs)
+    if not torch.isfinite(top_probs).all():  # a table of "nan%" would look like a finding
+        raise InspectError("the lens's probabilities are not finite (NaN or inf): the model's weights hold NaN/inf "
+                           "values, or a low-precision dtype overflowed (try --dtype float32)")
     texts = [[token_texts(tokenizer, row) for row in layer] for layer in top_ids.tolist()]
     return LensResult(token_texts(tokenizer, ids), positions, top_ids, top_probs, texts)
 
