@@ -429,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--input", nargs="+", default=None, help="PATH or NAME=PATH (NAME = source for mixing weights); "
                    "default: the config's inputs")
     d.add_argument("--out", required=True, help="output directory: train/, anneal/, report/")
-    d.add_argument("--workers", type=int, default=None, help="processes (default: the config's, 0 = every core)")
+    d.add_argument("--workers", type=int_in("[0, 2^16)"), default=None,
+                   help="processes (default: the config's, 0 = every core)")
     d.add_argument("--engine", choices=["local", "dask"], default=None, help="default: the config's (local)")
     d.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
     d.set_defaults(handler=cmd_data_clean)

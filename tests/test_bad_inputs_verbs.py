@@ -57,6 +57,7 @@ def binary_file(tmp_path):
     (["scaling", "fit", "OUT", "--max-epochs", "-1"], "--max-epochs: -1 is out of range: must be in [0, inf]"),
     (["scaling", "fit", "OUT", "--max-epochs", "nan"], "--max-epochs: nan is out of range"),
     (["answer", "--model", "OUT", "--out", "OUT/a.jsonl", "--seed", str(10**30)], "--seed: 100000...(31 digits) is out"),
+    (["data", "clean", "--input", "DOCS", "--out", "OUT", "--workers", "-1"], "--workers: -1 is out of range"),
 ])
 def test_out_of_range_options_are_refused_before_any_work(tmp_path, args, shown):
     """Were: chunk size 0 silently became 1000 (a falsy 0), --top 0 printed empty tables or a torch traceback,
