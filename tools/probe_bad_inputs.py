@@ -401,6 +401,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", default=None, help="run the cases whose name contains this")
     parser.add_argument("--new-verbs", action="store_true", help="only the cases of probe_cases_verbs.py")
+    parser.add_argument("--rerun", default=None, metavar="OUT.json", help="only the cases an earlier --json recorded "
+                        "as anything but ok / clear error (to check fixes without the whole probe)")
     parser.add_argument("--json", default=None, help="write every case's outcome here")
     parser.add_argument("--keep", action="store_true", help="keep the fixture folder")
     parser.add_argument("--repo", default=None, help="run the cases against this checkout's llmkit (fixtures are "
@@ -413,6 +415,9 @@ def main() -> int:
         fixtures = build_fixtures(root)
         print(f"fixtures in {root} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
         todo = [c for c in cases(fixtures, args.new_verbs) if args.only is None or args.only in c.name]
+        if args.rerun:
+            bad = {r["name"] for r in json.loads(Path(args.rerun).read_text()) if r["outcome"] not in ("ok", "clear error")}
+            todo = [c for c in todo if c.name in bad]
         cwd = root / "cwd"
         cwd.mkdir()
         global TARGET

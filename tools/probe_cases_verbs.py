@@ -92,7 +92,7 @@ def build_verb_fixtures(root: Path, f: dict, env: dict) -> None:
         "principles_empty": "principles: []\n",
         "principles_number": "principles:\n  - {name: a, critique: 1.5, revision: r, compare: c}\n",
         "principles_garbage": "principles: [\n",
-        "principles_short": "principles:\n  - {name: a, critique: Flaws?, revision: Fix it., compare: Better?}\n",
+        "principles_short": "principles:\n  - {name: a, critique: 'Flaws?', revision: Fix it., compare: 'Better?'}\n",
     }.items():
         f[name] = root / f"{name}.yaml"
         f[name].write_text(text)
