@@ -30,6 +30,7 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
     path = writable_target(path)
+    remove_leftovers(path, "tmp")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, mode, encoding=encoding) as f:
@@ -98,8 +99,17 @@ def staged_directory(out: str | Path, *, overwrite: bool = False, ours=None, wha
     An `out` that exists and holds files is refused unless `overwrite` is set or `ours(out)` says it is
     this command's own earlier output (e.g. token shards with their manifest). Files are written into a
     hidden sibling folder, flushed to disk, and renamed into place at the end; an exception removes it,
-    and leftovers of killed runs (`.NAME.partial-*`) are removed first."""
+    and leftovers of killed runs are removed first (`.NAME.partial-*`; a `.NAME.old-*` that a run killed
+    between its two renames left while `out` is missing is the previous output, and is put back)."""
     out = Path(out)
+    if out.parent.is_dir():
+        try:
+            for old in _leftovers(out, "old")[:1] if not out.exists() else []:
+                os.replace(old, out)
+            remove_leftovers(out, "partial", "old")
+        except OSError as e:
+            raise OutputError(f"{out}: cannot tidy what a killed run left beside it ({e.strerror}); "
+                              "choose another --out") from None
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is a file; {what} is a directory: choose another --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite and not (ours and ours(out)):
@@ -107,9 +117,6 @@ def staged_directory(out: str | Path, *, overwrite: bool = False, ours=None, wha
                           "or pass --overwrite to replace them")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        for stale in out.parent.glob(f".{out.name}.partial-*"):
-            if not _process_alive(stale.name.rpartition("-")[2]):  # a killed run's, not a running one's
-                shutil.rmtree(stale, ignore_errors=True)
         partial = out.parent / f".{out.name}.partial-{os.getpid()}"
         partial.mkdir()
     except OSError as e:
@@ -130,13 +137,17 @@ def staged_directory(out: str | Path, *, overwrite: bool = False, ours=None, wha
         raise
 
 
-def make_output_dir(out: str | Path) -> Path:
+def make_output_dir(out: str | Path, ours=None, what: str = "the output") -> Path:
     """`out` created (with its parents) for a verb that writes into it as it runs (a training run's
     checkpoints and metrics): a file in the way, a read-only or missing filesystem is an OutputError
-    before any work, not an OSError after it."""
+    before any work, not an OSError after it. With `ours` (a test of a folder: is it this verb's own
+    earlier output?), a folder holding other files (a model, a user's data) is refused too."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is a file; the output is a directory: choose another --out")
+    if ours is not None and out.is_dir() and any(out.iterdir()) and not ours(out):
+        raise OutputError(f"{out}: holds files that are not {what}; llmkit does not write among a user's files: "
+                          "choose a new or empty --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".llmkit-write-test-{os.getpid()}"
@@ -145,6 +156,26 @@ def make_output_dir(out: str | Path) -> Path:
     except OSError as e:
         raise OutputError(f"{out}: cannot write there ({e.strerror or e}); choose another --out") from None
     return out
+
+
+def _leftovers(path: Path, *kinds: str) -> list[Path]:
+    """Hidden siblings `.NAME.KIND-PID` of `path` left by processes that no longer run (a killed run's, not
+    a running one's: two runs may write beside each other)."""
+    return [stale for kind in kinds for stale in sorted(path.parent.glob(f".{path.name}.{kind}-*"))
+            if not _process_alive(stale.name.rpartition("-")[2])]
+
+
+def remove_leftovers(path: str | Path, *kinds: str) -> None:
+    """Remove what killed runs left beside `path` while writing it: `.NAME.tmp-PID` files of atomic_open,
+    `.NAME.partial-PID` files or folders of staged writes and downloads."""
+    for stale in _leftovers(Path(path), *kinds):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            try:
+                stale.unlink(missing_ok=True)
+            except OSError:  # tidying is best effort: the write itself will say if the folder is unwritable
+                pass
 
 
 def _process_alive(pid: str) -> bool:

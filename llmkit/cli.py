@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from llmkit import fill_cli
+from llmkit.arg_types import float_in, int_in
 from llmkit.errors import LLMKitError
 from llmkit.eval import commands as eval_commands
 from llmkit.eval import judge_cli as judge_commands
@@ -380,14 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(p)
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    g.add_argument("--port", type=int, default=8000, help="0 picks a free port (the URL is printed)")
+    g.add_argument("--port", type=int_in("[0, 65535]"), default=8000, help="0 picks a free port (the URL is printed)")
     g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (except on /health)")
     g.add_argument("--served-model-name", default=None, help="the model id clients send (default: --model)")
     g.add_argument("--max-batch-size", type=int, default=32, help="requests decoded together")
     g.add_argument("--kv-cache-mib", type=float, default=2048, help="KV-cache budget of the running requests")
     g.add_argument("--prefix-cache-mib", type=float, default=256, help="prefix-cache pool (0 = off)")
-    g.add_argument("--max-waiting", type=int, default=512, help="requests queued beyond the batch before 429")
-    g.add_argument("--max-body-mib", type=float, default=8, help="largest request body (413 beyond)")
+    g.add_argument("--max-waiting", type=int_in("[0, 2^31)"), default=512, help="requests queued beyond the batch before 429")
+    g.add_argument("--max-body-mib", type=float_in("(0, 2^20)"), default=8, help="largest request body (413 beyond)")
     rag_commands.add_chat_rag_args(p, tools=False)
     p.set_defaults(handler=cmd_serve)
 
@@ -430,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--input", nargs="+", default=None, help="PATH or NAME=PATH (NAME = source for mixing weights); "
                    "default: the config's inputs")
     d.add_argument("--out", required=True, help="output directory: train/, anneal/, report/")
-    d.add_argument("--workers", type=int, default=None, help="processes (default: the config's, 0 = every core)")
+    d.add_argument("--workers", type=int_in("[0, 2^16)"), default=None,
+                   help="processes (default: the config's, 0 = every core)")
     d.add_argument("--engine", choices=["local", "dask"], default=None, help="default: the config's (local)")
     d.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
     d.set_defaults(handler=cmd_data_clean)

@@ -243,7 +243,14 @@ def field_ranges(cls: type) -> dict[str, Interval]:
 
 
 def range_problem(cls: type, name: str, value: Any) -> str | None:
-    """What is wrong with `value` for field `name` of `cls` (out of its declared range), or None."""
+    """What is wrong with `value` for field `name` of `cls` (out of its declared range), or None. For a
+    mapping or list of numbers (e.g. mixing weights per source) the range applies to each value."""
+    if isinstance(value, dict):
+        return next((f"{key!r}: {problem}" for key, item in value.items()
+                     if (problem := range_problem(cls, name, item))), None)
+    if isinstance(value, (list, tuple)):
+        return next((f"item {i}: {problem}" for i, item in enumerate(value)
+                     if (problem := range_problem(cls, name, item))), None)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None  # None for an optional field, or not a number: the type check speaks for those
     allowed = field_ranges(cls).get(name)

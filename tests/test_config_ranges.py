@@ -10,6 +10,8 @@ import typing
 import pytest
 
 from llmkit.config import ModelConfig
+from llmkit.data.clean.config import AnnealConfig, MixingConfig, PipelineConfig, load_config
+from llmkit.data.clean.stages import STAGES
 from llmkit.errors import ConfigError
 from llmkit.train.config import TrainConfig
 from llmkit.train.post_config import DistillConfig, DPOConfig, PostTrainConfig, RewardConfig, RLConfig, SFTConfig
@@ -17,7 +19,10 @@ from llmkit.yaml_config import check_ranges, field_ranges, interval, range_probl
 
 from conftest import cli_in_process
 
-CONFIG_CLASSES = [TrainConfig, PostTrainConfig, SFTConfig, RewardConfig, DPOConfig, RLConfig, DistillConfig, ModelConfig]
+CONFIG_CLASSES = [TrainConfig, PostTrainConfig, SFTConfig, RewardConfig, DPOConfig, RLConfig, DistillConfig, ModelConfig,
+                  # the data-cleaning pipeline's YAML: its top level, mixing, and every stage's fields
+                  PipelineConfig, MixingConfig, AnnealConfig,
+                  *dict.fromkeys(info.config for info in STAGES.values())]
 
 
 def numeric_fields(cls) -> list[str]:
@@ -35,7 +40,7 @@ def test_every_numeric_field_declares_a_range_and_its_default_is_in_it(cls):
     ranges = field_ranges(cls)
     assert [name for name in numeric_fields(cls) if name not in ranges] == []
     assert [name for name in ranges if name not in numeric_fields(cls)] == []  # no stale entries
-    instance = cls()
+    instance = cls() if cls is not PipelineConfig else cls(path="x")
     assert {name: range_problem(cls, name, getattr(instance, name)) for name in ranges} == dict.fromkeys(ranges)
 
 
@@ -127,3 +132,30 @@ def test_the_cli_prints_one_line_and_exits_2(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "error: command line: field 'max_steps': -1 is out of range: must be in [0, 2^62)"]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("yaml_text, shown", [
+    ("stages:\n  - stage: gopher_quality\n    min_words: -5\n",
+     "line 3: field 'min_words': -5 is out of range: must be in [0, 2^63)"),
+    ("stages:\n  - stage: language\n    min_score: 2\n", "line 3: field 'min_score': 2 is out of range: must be in [0, 1]"),
+    ("stages:\n  - stage: bad_words\n    max_ratio: -0.5\n", "line 3: field 'max_ratio': -0.5 is out of range"),
+    ("stages:\n  - stage: near_dedup\n    bands: 0\n", "line 3: field 'bands': 0 is out of range: must be in [1, 2^16)"),
+    ("stages:\n  - stage: gopher_repetition\n    dup_ngram_char_frac: {5: 1.5}\n",
+     "line 3: field 'dup_ngram_char_frac': 5: 1.5 is out of range: must be in [0, 1]"),
+    ("stages:\n  - stage: gopher_repetition\n    top_ngram_char_frac: {0: 0.2}\n", "n-gram size 0 is out of range"),
+    ("mixing:\n  weights: {web: .nan}\nstages: [normalize]\n",
+     "line 2: field 'weights': 'web': nan is out of range: must be in [0, inf)"),
+    ("mixing:\n  seed: 100000000000000000000000000\nstages: [normalize]\n", "line 2: field 'seed': "),
+    ("mixing:\n  anneal: {fraction_of_training: 2}\nstages: [normalize]\n", "field 'fraction_of_training': 2 is out"),
+    ("task_mb: 0\nstages: [normalize]\n", "line 1: field 'task_mb': 0 is out of range: must be in (0, inf)"),
+    ("workers: -1\nstages: [normalize]\n", "line 1: field 'workers': -1 is out of range"),
+])
+def test_a_cleaning_pipeline_s_numbers_are_ranged_with_their_line(tmp_path, yaml_text, shown):
+    """`data clean --config`: a negative word count, a ratio above 1 or a NaN mixing weight used to pass and
+    filter nothing (or everything) without a word."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(str(path)) and shown in str(e.value)
+    assert load_config(None).stages  # the shipped pipeline is within every range

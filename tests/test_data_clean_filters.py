@@ -225,9 +225,9 @@ def test_yaml_config_errors_name_file_line_and_field(tmp_path):
                           ("inputs: 5\nstages: [normalize]\n", "line 1: field 'inputs': must be a list"),
                           ("inputs: crawl/\nstages: [normalize]\n", "line 1: field 'inputs': must be a list"),
                           ("stages:\n  - stage: [1]\n", "line 2: field 'stage': unknown stage"),
-                          ("task_mb: 0\nstages: [normalize]\n", "line 1: field 'task_mb': must be a positive"),
+                          ("task_mb: 0\nstages: [normalize]\n", "line 1: field 'task_mb': 0 is out of range"),
                           ("workers: -2\nstages: [normalize]\n", "line 1: field 'workers'"),
-                          ("stages: [normalize]\nmixing:\n  weights: {web: -1}\n", "line 3: weights: 'web'")):
+                          ("stages: [normalize]\nmixing:\n  weights: {web: -1}\n", "line 3: field 'weights': 'web': -1 is out of range")):
         path.write_text(text)
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(path)

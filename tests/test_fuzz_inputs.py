@@ -115,3 +115,39 @@ def test_sampling_and_engine_options_are_used_or_refused_with_a_clear_error(tiny
     for name, value in sampling.items():  # what was accepted was a usable value
         if isinstance(value, float):
             assert math.isfinite(value), (name, value)
+
+
+# JSON values as an API client might send them, right or wrong, nested a little
+JSON_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=6),
+                        st.sampled_from(["system", "user", "assistant", "tool", "json_object", "json_schema", "auto",
+                                         "none", "required", "function", "oldest", "text"]))
+JSON_VALUES = st.recursive(JSON_LEAVES, lambda children: st.one_of(
+    st.lists(children, max_size=3), st.dictionaries(st.sampled_from(["role", "content", "type", "name", "text",
+                                                                     "function", "arguments", "json_schema", "schema",
+                                                                     "include_usage", "tool_calls", "id"]),
+                                                    children, max_size=3)), max_leaves=8)
+REQUEST_FIELDS = ["model", "messages", "prompt", "input", "n", "max_tokens", "max_completion_tokens", "stream",
+                  "stream_options", "logprobs", "top_logprobs", "temperature", "top_p", "top_k", "min_p",
+                  "repetition_penalty", "seed", "stop", "presence_penalty", "logit_bias", "response_format", "tools",
+                  "tool_choice", "truncate", "echo", "best_of", "suffix", "encoding_format", "tokens",
+                  "add_special_tokens", "functions"]
+
+
+@settings(max_examples=10 * EXAMPLES, deadline=None)
+@given(body=st.dictionaries(st.sampled_from(REQUEST_FIELDS), JSON_VALUES, max_size=6),
+       messages=st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool", "x"])},
+                                               optional={"content": JSON_VALUES}), max_size=3))
+def test_server_request_fields_are_used_or_a_400_naming_the_field(body, messages):
+    """Every request body the server parses (chat, completions, embeddings, tokenize, detokenize) is a
+    request or an APIError with status 400 and a one-line message: never another exception, which the
+    server would turn into a 500."""
+    from llmkit.serve import protocol
+
+    if messages and "messages" not in body:
+        body["messages"] = messages
+    for parse in (protocol.parse_chat, protocol.parse_completion, protocol.parse_embedding, protocol.parse_tokenize,
+                  lambda b: protocol.parse_detokenize(b, 512)):
+        try:
+            parse(dict(body))
+        except protocol.APIError as e:
+            assert e.status == 400 and str(e.message) and "\n" not in str(e.message), (body, e.message)

@@ -2,6 +2,7 @@
 with one line (and --overwrite says so explicitly); outputs appear whole, and a killed run's leftovers go."""
 
 import hashlib
+import os
 
 import pytest
 
@@ -88,3 +89,34 @@ def test_pretrain_and_label_never_replace_a_users_model_or_input(tmp_path, user_
     code, err = run(capsys, "label", "--policy", user_model, "--judge", "answers", "--input", pairs, "--out", pairs)
     assert code == 2 and "is the --input file" in err, err
     assert pairs.read_text() == '{"prompt": "a", "chosen": "b", "rejected": "c", "answer": "b"}\n'
+
+
+def test_a_killed_single_file_write_leaves_nothing_behind_after_the_next_one(tmp_path):
+    """atomic_open writes `.NAME.tmp-PID` beside the file; a run killed mid-write (dead PID) left it for good."""
+    from llmkit.atomic import atomic_write_text
+
+    target = tmp_path / "answers.jsonl"
+    dead = tmp_path / ".answers.jsonl.tmp-999999999"
+    dead.write_text('{"half')
+    running = tmp_path / f".answers.jsonl.tmp-{os.getppid()}"  # another live writer's: kept
+    running.write_text("")
+    atomic_write_text(target, "whole\n")
+    assert target.read_text() == "whole\n" and not dead.exists() and running.exists()
+
+
+def test_a_run_killed_between_its_two_renames_gets_the_old_output_back(tmp_path):
+    """staged_directory moves the old output aside, then the new one in: killed in between, `out` was gone and
+    the old output sat in `.out.old-PID`. The next run puts it back before deciding anything."""
+    from llmkit.atomic import staged_directory
+    from llmkit.errors import OutputError
+
+    out = tmp_path / "index"
+    old = tmp_path / ".index.old-999999999"
+    old.mkdir()
+    (old / "mine.txt").write_text("the user's earlier output")
+    (tmp_path / ".index.partial-999999999").mkdir()
+    with pytest.raises(OutputError, match="holds files"):
+        with staged_directory(out):
+            pass
+    assert (out / "mine.txt").read_text() == "the user's earlier output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]

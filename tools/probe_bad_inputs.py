@@ -241,6 +241,9 @@ def build_fixtures(root: Path) -> dict[str, Path]:
     f["link"].symlink_to(root / "link-target.jsonl")
     f["preset_yaml"] = root / "mine.yaml"
     f["preset_yaml"].write_text("model: tiny\nmax_steps: 1\n")
+    from probe_cases_verbs import build_verb_fixtures
+
+    build_verb_fixtures(root, f, _env())
     return f
 
 
@@ -342,10 +345,13 @@ def _env() -> dict:
 
 
 # --- cases -------------------------------------------------------------------------------------------------
-def cases(f: dict[str, Path]) -> list[Case]:
-    from probe_cases import all_cases  # (the list is long; it lives beside this file)
+def cases(f: dict[str, Path], new_verbs_only: bool = False) -> list[Case]:
+    from probe_cases import all_cases  # (the lists are long; they live beside this file)
+    from probe_cases_verbs import verb_cases
 
-    return all_cases(f, Case)
+    n = iter(range(10_000))
+    fresh = lambda: f["root"] / "outs" / f"v{next(n)}"  # noqa: E731
+    return ([] if new_verbs_only else all_cases(f, Case)) + verb_cases(f, Case, fresh)
 
 
 # --- running and sorting ----------------------------------------------------------------------------------
@@ -394,6 +400,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", default=None, help="run the cases whose name contains this")
+    parser.add_argument("--new-verbs", action="store_true", help="only the cases of probe_cases_verbs.py")
+    parser.add_argument("--rerun", default=None, metavar="OUT.json", help="only the cases an earlier --json recorded "
+                        "as anything but ok / clear error (to check fixes without the whole probe)")
     parser.add_argument("--json", default=None, help="write every case's outcome here")
     parser.add_argument("--keep", action="store_true", help="keep the fixture folder")
     parser.add_argument("--repo", default=None, help="run the cases against this checkout's llmkit (fixtures are "
@@ -405,13 +414,21 @@ def main() -> int:
         started = time.monotonic()
         fixtures = build_fixtures(root)
         print(f"fixtures in {root} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
-        todo = [c for c in cases(fixtures) if args.only is None or args.only in c.name]
+        todo = [c for c in cases(fixtures, args.new_verbs) if args.only is None or args.only in c.name]
+        if args.rerun:
+            bad = {r["name"] for r in json.loads(Path(args.rerun).read_text()) if r["outcome"] not in ("ok", "clear error")}
+            todo = [c for c in todo if c.name in bad]
         cwd = root / "cwd"
         cwd.mkdir()
         global TARGET
         TARGET = Path(args.repo).resolve() if args.repo else REPO
+        def run_and_say(case: Case) -> Case:  # each outcome as it comes: a long probe cut short still tells
+            run_case(case, cwd)
+            print(f"[{case.outcome}] {case.name} {case.detail}", file=sys.stderr, flush=True)
+            return case
+
         with ThreadPoolExecutor(args.workers) as pool:
-            done = list(pool.map(lambda c: run_case(c, cwd), todo))
+            done = list(pool.map(run_and_say, todo))
         for case in done:
             flag = "" if case.outcome in ("ok", "clear error") else "  <--"
             print(f"{case.outcome:12} {case.seconds:6.1f}s  {case.name:44} {case.detail}{flag}")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from llmkit.atomic import atomic_write_text
 from llmkit.errors import DataError, GenerationError
-from llmkit.eval.jsonl import json_lines
+from llmkit.eval.jsonl import json_lines, read_utf8
 from llmkit.eval.locations import SHARED_ROOT, cache_root, search_roots
 
 MT_BENCH = "mt_bench"
@@ -46,7 +46,7 @@ def read_questions(path: str | Path) -> list[dict]:
         raise DataError(f"{path}: no such questions file; give --questions mt_bench or a JSONL of "
                         '{"question_id", "turns": [...]}')
     out = []
-    for number, q in json_lines(path, path.read_text(encoding="utf-8")):
+    for number, q in json_lines(path, read_utf8(path)):
         turns = q.get("turns") if isinstance(q, dict) else None
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
             raise DataError(f'{path}:{number}: expected {{"question_id", "turns": [strings]}}')

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmkit.arg_types import COUNT, int_in
 from llmkit.errors import DataError, LLMKitError
 from llmkit.inspect import commands as inspect_commands
 
@@ -34,7 +35,7 @@ def add_eval_verb(verbs) -> None:
     p.add_argument("--out", default=None, help="run directory: results.md, results.json, examples/TASK.jsonl "
                    "(default: eval-runs/MODEL-TIME)")
     p.add_argument("--no-bos", action="store_true", help="do not start sequences with the BOS token")
-    p.add_argument("--batch-tokens", type=int, default=None, help="tokens per forward (default: 4096 CPU, 32768 GPU)")
+    p.add_argument("--batch-tokens", type=int_in(COUNT), default=None, help="tokens per forward (default: 4096 CPU, 32768 GPU)")
     p.add_argument("--compare", nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
                    help="paired differences of two run directories with McNemar p-values")
     p.add_argument("--metric", default="acc", help="--compare: acc | acc_norm | acc_per_token | exact_match_strict "
@@ -99,7 +100,8 @@ def cmd_eval_tasks(args) -> None:
         raise LLMKitError(f"--limit {args.limit}: give a number of examples >= 1")
     name = re.sub(r"[^\w.-]+", "_", args.model.split("://")[-1]) if is_url(args.model) else Path(args.model).name
     out = Path(args.out or Path("eval-runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    make_output_dir(out)  # before the evaluation, not after it
+    # before the evaluation, not after it; a folder of other files (a model) is not written into
+    make_output_dir(out, ours=lambda d: (d / "results.json").is_file(), what="an earlier evaluation run")
     if is_url(args.model):
         # a server started with --api-key wants it; OPENAI_API_KEY is where OpenAI's own clients look
         backend = RemoteBackend(args.model, chat=args.chat, api_key=os.environ.get("OPENAI_API_KEY"))

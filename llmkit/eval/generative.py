@@ -17,7 +17,6 @@ interval, like the log-likelihood tasks' accuracies.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import urllib.request
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from llmkit.atomic import atomic_write_bytes
 from llmkit.errors import ConfigError, DataError
 from llmkit.eval.locations import SHARED_ROOT, cache_root, search_roots
 
@@ -124,8 +124,6 @@ def fetch_generative_files(dest: str | Path | None, families: list[str]) -> list
             if hashlib.sha256(data).hexdigest() != sha256:
                 raise DataError(f"{url}: the download's SHA-256 is not the pinned one; not written to {target}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-            partial.write_bytes(data)
-            os.replace(partial, target)
+            atomic_write_bytes(target, data)  # never a half-written file under the final name
             written.append(target)
     return written

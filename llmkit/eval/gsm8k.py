@@ -19,7 +19,7 @@ from pathlib import Path
 
 from llmkit.errors import DataError
 from llmkit.eval.extract import extract_flexible, extract_strict, gsm8k_gold, strip_calculator
-from llmkit.eval.jsonl import json_lines
+from llmkit.eval.jsonl import json_lines, read_utf8
 
 STYLES = ("full", "direct", "cot")
 METRICS = ("exact_match_strict", "exact_match_flexible")
@@ -30,7 +30,7 @@ def read_gsm8k(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: no such GSM8K file")
     records = []
-    for number, record in json_lines(path, path.read_text(encoding="utf-8")):
+    for number, record in json_lines(path, read_utf8(path)):
         if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("question", "answer")):
             raise DataError(f'{path}:{number}: expected {{"question": string, "answer": string}}')
         try:

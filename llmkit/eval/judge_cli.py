@@ -15,6 +15,7 @@ import math
 import os
 from pathlib import Path
 
+from llmkit.arg_types import SIGNED_SEED, int_in
 from llmkit.errors import ConfigError, LLMKitError
 
 
@@ -29,7 +30,7 @@ def add_judge_verbs(verbs, add_model_args) -> None:
     p.add_argument("--name", default=None, help="the model's name in the file (default: --model)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seed", type=int, default=0, help="with --temperature > 0: per-reply seeds derive from it")
+    p.add_argument("--seed", type=int_in(SIGNED_SEED), default=0, help="with --temperature > 0: per-reply seeds derive from it")
     p.set_defaults(handler=cmd_answer)
 
     p = verbs.add_parser("judge", help="a model as judge: MT-Bench grades / pairwise Bradley-Terry ratings, or its "
@@ -50,7 +51,7 @@ def add_judge_verbs(verbs, add_model_args) -> None:
     p.add_argument("--verdict", choices=("text", "probability"), default="text", help="text: the judge writes its "
                    "reasoning and a [[mark]] (MT-Bench); probability: its reply is started with '[[' and the verdict "
                    "read from its next-token probabilities (for small local judges that never write a mark)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap resamples and the pairs' presentation order")
+    p.add_argument("--seed", type=int_in(SIGNED_SEED), default=0, help="bootstrap resamples and the pairs' presentation order")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.set_defaults(handler=cmd_judge)
@@ -61,7 +62,11 @@ def cmd_answer(args) -> None:
     from llmkit.eval.answers import generate_answers, questions_path, read_questions, write_answers
 
     _check_limit(args.limit)
-    questions = read_questions(questions_path(args.questions, args.task_dir))[:args.limit]
+    source = questions_path(args.questions, args.task_dir)
+    if Path(args.out).resolve() == Path(source).resolve():
+        raise ConfigError(f"--out {args.out} is the --questions file; writing the answers there would replace the "
+                          "questions: choose another --out")
+    questions = read_questions(source)[:args.limit]
     llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
     if not llm.tokenizer.chat_template:
         raise LLMKitError(f"--model {args.model}: its tokenizer has no chat template; MT-Bench answers need a chat "
@@ -86,7 +91,7 @@ def cmd_judge(args) -> None:
     prompts = read_judge_prompts(prompts_file)
     answer_sets = [read_answers(a) for a in args.answers] if args.answers else None
     pairs = judge_runs.read_preference_pairs(args.pairs, args.limit) if args.pairs else None
-    out = make_output_dir(args.out)
+    out = make_output_dir(args.out, ours=lambda d: (d / "judgements.jsonl").is_file(), what="an earlier judge run")
     judge = Judge.load(args.judge, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
                        api_key=os.environ.get("OPENAI_API_KEY"), verdict=args.verdict)
     if pairs is not None:

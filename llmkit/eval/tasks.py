@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import urllib.request
 from dataclasses import dataclass
@@ -28,9 +27,11 @@ from pathlib import Path
 
 import yaml
 
+from llmkit.atomic import atomic_write_bytes
 from llmkit.errors import ConfigError, DataError
 from llmkit.eval.generative import (GenerativeSpec, fetch_generative_files, generative_settings, generative_spec,
                                     generative_task_names)
+from llmkit.eval.jsonl import read_utf8
 from llmkit.eval.locations import SHARED_ROOT, cache_root, search_roots
 
 MULTIPLE_CHOICE, SCHEMA, LANGUAGE_MODELING = "multiple_choice", "schema", "language_modeling"
@@ -140,10 +141,9 @@ def kind_of(record: dict) -> str | None:
 
 
 def detect_kind(path: Path) -> str:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                return _kind_or_error(_parse_line(line, path, number), path, number)
+    for number, line in enumerate(read_utf8(path).splitlines(), 1):
+        if line.strip():
+            return _kind_or_error(_parse_line(line, path, number), path, number)
     raise DataError(f"{path}: no examples (the file is empty)")
 
 
@@ -170,10 +170,7 @@ def read_examples(path: Path, kind: str) -> list[dict]:
     """The file's examples, checked, with their top-level strings stripped of surrounding whitespace
     (Mosaic's datasets strip them by default: piqa's queries end in a newline the delimiter supplies)."""
     examples = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: byte {e.start} is not valid UTF-8") from None
+    text = read_utf8(path)
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -254,9 +251,7 @@ def fetch_core_tasks(dest: str | Path | None = None, names: list[str] | None = N
                             f"file to {target} yourself") from None
         if _sha256(data) != row["sha256"]:
             raise DataError(f"{url}: the download's SHA-256 is not the pinned one; not written to {target}")
-        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-        partial.write_bytes(data)
-        os.replace(partial, target)  # never a half-written task file under the final name
+        atomic_write_bytes(target, data)  # never a half-written file under the final name
         written.append(target)
     return written
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from llmkit.arg_types import COUNT, int_in
 from llmkit.inspect import InspectError
 
 
@@ -35,7 +36,7 @@ def add_inspect_verb(verbs, add_model_args) -> None:
                    "(its last occurrence); default the last token")
     a.add_argument("--layer", type=int, default=None, help="one layer: show each of its heads (default: every layer's mean)")
     a.add_argument("--head", type=int, default=None, help="one head only")
-    a.add_argument("--top", type=int, default=5, help="tokens shown per line")
+    a.add_argument("--top", type=int_in(COUNT), default=5, help="tokens shown per line")
     a.add_argument("--png", default=None, help="heatmaps: one panel per head of --layer, else one per layer")
     a.add_argument("--html", default=None, help="a self-contained page: click a token to see its attention lines")
     a.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token")
@@ -45,7 +46,7 @@ def add_inspect_verb(verbs, add_model_args) -> None:
     add_model_args(a)
     a.add_argument("text")
     a.add_argument("--positions", default=None, help="columns of the table: 'all', an index, or A:B (default: the last 8)")
-    a.add_argument("--top", type=int, default=5, help="tokens kept per layer and position")
+    a.add_argument("--top", type=int_in(COUNT), default=5, help="tokens kept per layer and position")
     a.add_argument("--png", default=None, help="a grid of layers x positions (every position unless --positions)")
     a.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token")
     a.set_defaults(handler=cmd_inspect_lens)
@@ -56,7 +57,7 @@ def add_inspect_verb(verbs, add_model_args) -> None:
     what.add_argument("--neighbours", metavar="WORD", help="the words nearest to WORD by cosine")
     what.add_argument("--analogy", metavar="EXPR", help='3CosAdd, e.g. "king - man + woman"')
     what.add_argument("--map", nargs="+", metavar="WORD", help="a 2-D PCA picture of these words (needs --png)")
-    a.add_argument("--top", type=int, default=10)
+    a.add_argument("--top", type=int_in(COUNT), default=10)
     a.add_argument("--png", default=None, help="--map: the picture's file")
     a.set_defaults(handler=cmd_inspect_embeddings)
 

@@ -78,6 +78,9 @@ def logit_lens_of_ids(model: Transformer, tokenizer, ids: list[int], top: int = 
     hidden = trace(model, ids, attention=False, logits=False).hidden
     positions = list(range(len(ids))) if positions is None else positions
     top_ids, top_probs = lens_top(model, hidden[:, positions], top)
+    if not torch.isfinite(top_probs).all():  # a table of "nan%" would look like a finding
+        raise InspectError("the lens's probabilities are not finite (NaN or inf): the model's weights hold NaN/inf "
+                           "values, or a low-precision dtype overflowed (try --dtype float32)")
     texts = [[token_texts(tokenizer, row) for row in layer] for layer in top_ids.tolist()]
     return LensResult(token_texts(tokenizer, ids), positions, top_ids, top_probs, texts)
 

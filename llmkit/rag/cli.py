@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from llmkit.arg_types import COUNT, SEED, int_in
 from llmkit.errors import LLMKitError
 
 
@@ -22,9 +23,9 @@ def add_rag_verb(verbs, add_model_args, add_sampling_args) -> None:
     d.add_argument("--input", nargs="+", required=True, help=".txt .md .jsonl[.gz] .parquet .html .warc files or folders")
     d.add_argument("--out", required=True, help="index folder")
     size = d.add_mutually_exclusive_group()
-    size.add_argument("--chunk-chars", type=int, default=None, help="chunk length in characters (default 1000)")
-    size.add_argument("--chunk-tokens", type=int, default=None, help="chunk length in tokens of --model's tokenizer")
-    d.add_argument("--overlap", type=int, default=None, help="shared between neighbouring chunks (default: a fifth)")
+    size.add_argument("--chunk-chars", type=int_in(COUNT), default=None, help="chunk length in characters (default 1000)")
+    size.add_argument("--chunk-tokens", type=int_in(COUNT), default=None, help="chunk length in tokens of --model's tokenizer")
+    d.add_argument("--overlap", type=int_in("[0, 2^31)"), default=None, help="shared between neighbouring chunks (default: a fifth)")
     d.add_argument("--dense", action=argparse.BooleanOptionalAction, default=None,
                    help="also store dense vectors from --model (default: when --model is given)")
     d.add_argument("--model", default=None, help="embedding model: checkpoint directory or named model (smollm2)")
@@ -61,8 +62,8 @@ def add_rag_verb(verbs, add_model_args, add_sampling_args) -> None:
     d = rag.add_parser("make-tool-data", help="arithmetic word problems solved with calculator calls (SFT data, "
                        "TRL messages with tool_calls and tool turns)")
     d.add_argument("--out", required=True, help=".jsonl file to write")
-    d.add_argument("--n", type=int, default=1000, help="problems")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n", type=int_in(COUNT), default=1000, help="problems")
+    d.add_argument("--seed", type=int_in(SEED), default=0)
     d.set_defaults(handler=cmd_rag_make_tool_data)
 
 
@@ -72,7 +73,7 @@ def _device_args(p) -> None:
 
 
 def _search_args(p) -> None:
-    p.add_argument("--k", type=int, default=5, help="passages to retrieve")
+    p.add_argument("--k", type=int_in(COUNT), default=5, help="passages to retrieve")
     p.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default=None,
                    help="default: hybrid when the index has dense vectors, else bm25")
 
@@ -110,7 +111,8 @@ def cmd_rag_index(args) -> None:
     if (dense or args.chunk_tokens) and args.model is None:
         raise LLMKitError(f"{'--dense' if dense else '--chunk-tokens'} needs --model (the model whose "
                           f"{'hidden states embed the chunks' if dense else 'tokenizer counts the tokens'})")
-    unit, size = ("tokens", args.chunk_tokens) if args.chunk_tokens else ("chars", args.chunk_chars or 1000)
+    unit, size = (("tokens", args.chunk_tokens) if args.chunk_tokens is not None else
+                  ("chars", 1000 if args.chunk_chars is None else args.chunk_chars))
     overlap = args.overlap if args.overlap is not None else size // 5
     config = ChunkingConfig(unit=unit, size=size, overlap=overlap, text_field=args.field)
     embedder = tokenizer = None

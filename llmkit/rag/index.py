@@ -188,13 +188,16 @@ def read_chunks(path: Path, expected) -> list[Chunk]:
     if not path.is_file():
         raise RagIndexError(f"{path}: missing; the index is incomplete: rebuild it")
     chunks = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                record = json.loads(line)
-                chunks.append(Chunk(**record))
-            except (ValueError, TypeError) as e:
-                raise RagIndexError(f"{path}: line {number}: not a chunk record ({e}); rebuild the index") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RagIndexError(f"{path}: byte {e.start} is not valid UTF-8; the file is damaged: rebuild the index") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            record = json.loads(line)
+            chunks.append(Chunk(**record))
+        except (ValueError, TypeError) as e:
+            raise RagIndexError(f"{path}: line {number}: not a chunk record ({e}); rebuild the index") from None
     if expected != len(chunks):
         raise RagIndexError(f"{path}: holds {len(chunks)} chunks, index.json says {expected}; rebuild the index")
     return chunks

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llmkit.arg_types import float_in
+
 
 def add_scaling_verb(verbs) -> None:
     p = verbs.add_parser("scaling", help="measure scaling laws: IsoFLOP sweeps, Chinchilla fits, compute-optimal "
@@ -33,7 +35,7 @@ def add_scaling_verb(verbs) -> None:
     f.add_argument("runs", help="sweep directory (its runs.jsonl), or any runs.jsonl with params, tokens, flops "
                    "and val_loss per line")
     f.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for the 95%% intervals")
-    f.add_argument("--max-epochs", type=float, default=4.0, help="leave out runs that repeat their data more "
+    f.add_argument("--max-epochs", type=float_in("[0, inf]"), default=4.0, help="leave out runs that repeat their data more "
                    "often (Muennighoff et al. 2023: ~4 epochs cost little); 0 = keep all")
     f.add_argument("--no-plots", action="store_true", help="write fit.json only")
     f.set_defaults(handler=cmd_scaling_fit)

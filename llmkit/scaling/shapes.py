@@ -60,7 +60,7 @@ def shape_for_depth(depth: int, width_per_layer: int = 64, head_dim: int = 64) -
 
 def parse_budgets(text: str) -> list[float]:
     try:
-        budgets = [float(item) for item in text.split(",") if item.strip()]
+        budgets = [float(item) for item in text.split(",")]  # (an empty item is a typo: float('') refuses it)
     except ValueError:
         raise ConfigError(f"--budgets {text!r}: give FLOP counts separated by commas, e.g. 1e12,3e12,1e13") from None
     if not budgets or any(not math.isfinite(b) or b <= 0 for b in budgets):

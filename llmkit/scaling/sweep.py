@@ -72,6 +72,8 @@ def plan_sweep(config, budgets: list[float], shapes: list[Shape], vocab: int, tr
                world_size: int = 1) -> tuple[list[PlannedRun], list[str]]:
     """Every (budget, shape) run, and a line for each left out (fewer than MIN_STEPS steps)."""
     from llmkit.config import ModelConfig
+    from llmkit.device import resolve_device
+    from llmkit.train.pretrain import check_model_fits
 
     per_micro = config.micro_batch * config.seq_len * world_size
     step_tokens = max(1, round(config.batch_tokens / per_micro)) * per_micro if config.batch_tokens else per_micro
@@ -79,6 +81,8 @@ def plan_sweep(config, budgets: list[float], shapes: list[Shape], vocab: int, tr
     for budget in budgets:
         for shape in shapes:
             cfg = ModelConfig.preset(config.model, **{**config.model_overrides, **shape.overrides(), "vocab_size": vocab})
+            # priced by arithmetic before model_costs builds it (on the meta device, but a layer at a time)
+            check_model_fits(cfg, resolve_device(config.device), f"the sweep's model {run_name(budget, shape)}")
             params, per_token, total = model_costs(cfg, config.seq_len)
             steps = round(budget / per_token / step_tokens)
             if steps < MIN_STEPS:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from llmkit.arg_types import SIGNED_SEED, int_in
+
 
 def add_constitution_verb(verbs, add_model_args) -> None:
     p = verbs.add_parser("constitution", help="Constitutional AI: critique and revise answers by written principles "
@@ -35,7 +37,7 @@ def _common(a: argparse.ArgumentParser, add_model_args, temperature: float) -> N
                    "file of principles [{name, critique, revision, compare}]")
     a.add_argument("--out", required=True, help="output directory (report.md, summary.json and the data files)")
     a.add_argument("--overwrite", action="store_true", help="replace an --out that holds other files")
-    a.add_argument("--seed", type=int, default=0, help="principles and sampling seeds are drawn from it")
+    a.add_argument("--seed", type=int_in(SIGNED_SEED), default=0, help="principles and sampling seeds are drawn from it")
     a.add_argument("--max-new-tokens", type=int, default=128, help="per answer, critique and revision")
     a.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
     a.add_argument("--max-batch-size", type=int, default=32, help="requests decoded together by the engine")

@@ -25,7 +25,7 @@ from typing import Any
 
 from llmkit.data.clean.shared import PRESET_DIR, InputSpec
 from llmkit.errors import ConfigError
-from llmkit.yaml_config import build_dataclass, load_yaml, matches_type, type_name, where
+from llmkit.yaml_config import build_dataclass, check_ranges, load_yaml, matches_type, range_problem, type_name, where
 
 
 @dataclass
@@ -46,9 +46,10 @@ class AnnealConfig:
     sources: list[str] | None = None  # restrict the subset to these sources (null = all)
     fraction_of_training: float = 0.1  # written to mixture.json for the trainer: the last 10% of steps
 
+    RANGES = {"min_score": "[0, 1]", "fraction_of_training": "[0, 1]"}  # (see llmkit.yaml_config)
+
     def __post_init__(self):
-        if not 0.0 <= self.fraction_of_training <= 1.0:
-            raise ValueError(f"fraction_of_training must be in [0, 1], not {self.fraction_of_training}")
+        check_ranges(self)
 
 
 @dataclass
@@ -61,10 +62,10 @@ class MixingConfig:
     seed: int = 0
     anneal: AnnealConfig = field(default_factory=AnnealConfig)
 
+    RANGES = {"weights": "[0, inf)", "seed": "[0, 2^63)"}  # a weight is a number of epochs; each source's is checked
+
     def __post_init__(self):
-        for source, weight in self.weights.items():
-            if weight < 0:
-                raise ValueError(f"weights: {source!r} has weight {weight}; a weight is a number of epochs, >= 0")
+        check_ranges(self)
 
 
 @dataclass
@@ -78,6 +79,9 @@ class PipelineConfig:
     skip_bad_records: bool = False  # a malformed JSONL line: error (default) or count and skip
     report_examples: int = 3  # examples kept per removal reason
     path: str = "<config>"
+
+    # task_mb near 0 would cut a JSONL file into one-byte tasks (millions of them); negative counts are typos
+    RANGES = {"workers": "[0, 2^16)", "task_mb": "(0, inf)", "report_examples": "[0, 2^31)"}
 
     def stage(self, name: str) -> Any | None:
         for spec in self.stages:
@@ -116,15 +120,12 @@ def config_from_dict(data: dict, path: str = "<config>") -> PipelineConfig:
             hint = typing.get_type_hints(PipelineConfig)[key]
             if not matches_type(data[key], hint):
                 raise ConfigError(f"{where(path, data, key)}: must be {type_name(hint)}, not {data[key]!r}")
+            problem = range_problem(PipelineConfig, key, data[key])
+            if problem:
+                raise ConfigError(f"{where(path, data, key)}: {problem}")
             setattr(config, key, data[key])
     if config.engine not in ("local", "dask"):
         raise ConfigError(f"{where(path, data, 'engine')}: must be 'local' or 'dask', not {config.engine!r}")
-    # task_mb <= 0 would cut a JSONL file into one-byte tasks (millions of them); negative counts are typos.
-    for key, ok, what in (("task_mb", config.task_mb > 0, "a positive number of MB"),
-                          ("workers", config.workers >= 0, "0 (every core) or a positive number"),
-                          ("report_examples", config.report_examples >= 0, "0 or more")):
-        if not ok:
-            raise ConfigError(f"{where(path, data, key)}: must be {what}, not {data[key]!r}")
     inputs = data.get("inputs") or []
     if not isinstance(inputs, list):
         raise ConfigError(f"{where(path, data, 'inputs')}: must be a list of paths or `{{path: ..., source: ...}}` "

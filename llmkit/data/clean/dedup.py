@@ -25,6 +25,7 @@ import numpy as np
 
 from llmkit.atomic import atomic_open, atomic_write_text
 from llmkit.data.clean.document import Document, ngram_hashes
+from llmkit.yaml_config import check_ranges
 
 KEEP_RULES = ("first", "longest", "quality")
 
@@ -56,13 +57,14 @@ class NearDedupConfig:
     keep: str = "first"
     seed: int = 1
 
+    # bands x rows hash functions are computed for every document: 2^16 of them is already far beyond use
+    RANGES = {"ngram": "[1, 2^16)", "bands": "[1, 2^16)", "rows": "[1, 2^16)", "threshold": "(0, 1]",
+              "seed": "[0, 2^63)"}
+
     def __post_init__(self):
         if self.keep not in KEEP_RULES:
             raise ValueError(f"keep must be one of {', '.join(KEEP_RULES)}, not {self.keep!r}")
-        if self.ngram < 1 or self.bands < 1 or self.rows < 1:
-            raise ValueError("ngram, bands and rows must be positive")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], not {self.threshold}")
+        check_ranges(self)
 
     @property
     def num_perm(self) -> int:

@@ -40,6 +40,11 @@ class GopherQualityConfig:
     min_stop_words: int | None = 2
     stop_words: list[str] = field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
 
+    RANGES = {"min_words": "[0, 2^63)", "max_words": "[0, 2^63)", "min_mean_word_length": "[0, inf)",
+              "max_mean_word_length": "[0, inf)", "max_symbol_word_ratio": "[0, inf)",  # (symbols per word)
+              "max_bullet_lines_ratio": "[0, 1]", "max_ellipsis_lines_ratio": "[0, 1]",
+              "min_alpha_words_ratio": "[0, 1]", "min_stop_words": "[0, 2^63)"}
+
 
 _BULLETS = ("•", "●", "○", "▪", "◦", "‣", "⁃", "-", "*", "·", "–", "—", "►", "➢")
 _ELLIPSES = ("...", "…")
@@ -109,6 +114,15 @@ class GopherRepetitionConfig:
     top_ngram_char_frac: dict[int, float] | None = field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
     dup_ngram_char_frac: dict[int, float] | None = field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
+
+    RANGES = {"dup_line_frac": "[0, 1]", "dup_para_frac": "[0, 1]", "dup_line_char_frac": "[0, 1]",
+              "dup_para_char_frac": "[0, 1]", "top_ngram_char_frac": "[0, 1]", "dup_ngram_char_frac": "[0, 1]"}
+
+    def __post_init__(self):
+        for name in ("top_ngram_char_frac", "dup_ngram_char_frac"):
+            sizes = [n for n in (getattr(self, name) or {}) if not 1 <= n <= 1000]
+            if sizes:
+                raise ValueError(f"field {name!r}: n-gram size {sizes[0]} is out of range: must be in [1, 1000]")
 
 
 def duplicate_fractions(items: list[str]) -> tuple[float, float]:
@@ -206,6 +220,8 @@ class C4Config:
     remove_lorem_ipsum: bool = True
     remove_curly_bracket: bool = True
 
+    RANGES = {"min_words_per_line": "[0, 2^63)", "max_word_length": "[1, 2^63)", "min_sentences": "[0, 2^63)"}
+
 
 _END_MARKS = (".", "?", "!", '"', "”")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
@@ -274,6 +290,9 @@ class FineWebConfig:
     max_short_line_ratio: float | None = 0.67
     short_line_length: int = 30
     max_newline_word_ratio: float | None = 0.3
+
+    RANGES = {"max_line_punct_ratio": "[0, 1]", "max_dup_line_char_ratio": "[0, 1]", "max_short_line_ratio": "[0, 1]",
+              "short_line_length": "[0, 2^63)", "max_newline_word_ratio": "[0, inf)"}  # (newlines per word)
 
 
 _FINEWEB_STOP = (".", "'", '"', "!", "?", "”", "’", ":", ";", "…")

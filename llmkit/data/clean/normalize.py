@@ -21,6 +21,8 @@ class ExtractConfig:
     include_comments: bool = False
     min_chars: int = 1  # extracted text shorter than this removes the page
 
+    RANGES = {"min_chars": "[0, 2^63)"}  # (checked by llmkit.yaml_config with the value's file and line)
+
 
 class Extract:
     name = "extract"
@@ -64,6 +66,8 @@ class NormalizeConfig:
     collapse_whitespace: bool = True  # runs of spaces/tabs -> one space, 3+ newlines -> a blank line
     min_chars: int = 1  # a text shorter than this after normalisation is removed as empty
 
+    RANGES = {"min_chars": "[0, 2^63)"}
+
     def __post_init__(self):
         if self.form not in ("NFC", "NFKC", "NFD", "NFKD"):
             raise ValueError(f"form must be NFC, NFKC, NFD or NFKD, not {self.form!r}")
@@ -102,6 +106,8 @@ class LanguageConfig:
     # (peakier) score, so the same number is a looser cut-off.
     min_score: float = 0.65
     max_chars: int = 2000  # the identifier reads the first 2000 characters: enough, and bounded in time
+
+    RANGES = {"min_score": "[0, 1]", "max_chars": "[1, 2^63)"}
 
 
 class Language:

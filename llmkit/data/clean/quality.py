@@ -90,6 +90,8 @@ class QualityModelConfig:
     pareto_alpha: float = 9.0
     seed: int = 0
 
+    RANGES = {"min_score": "[0, 1]", "pareto_alpha": "(0, inf)", "seed": "[0, 2^63)"}  # (a score is a probability)
+
     def __post_init__(self):
         if self.mode not in ("threshold", "pareto"):
             raise ValueError(f"mode must be 'threshold' or 'pareto', not {self.mode!r}")

@@ -27,6 +27,8 @@ class BadWordsConfig:
     # mention a word in passing (medical text, quotes) and still removes pornographic spam.
     max_ratio: float = 0.0
 
+    RANGES = {"max_ratio": "[0, 1]"}
+
 
 def load_word_list(path: str | None) -> list[str]:
     file = Path(path) if path else PRESET_DIR / "bad_words_en.yaml"
@@ -85,6 +87,8 @@ class PIIConfig:
     # Private and loopback addresses (192.168.x.x, 10.x, 127.0.0.1) identify no one; BigCode keeps them.
     keep_private_ips: bool = False
     min_phone_digits: int = 10  # fewer digits than a full national number is too often not a phone
+
+    RANGES = {"min_phone_digits": "[1, 2^16)"}
 
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}(?![\w-])")
