@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import math
 
-from llmkit.yaml_config import interval
-
 COUNT = "[1, 2^31)"  # how many of something (passages, tokens, rows): at least one, and an index fits in 32 bits
 SEED = "[0, 2^63)"  # a seed as numpy and torch hold it
 SIGNED_SEED = "[-2^63, 2^63)"  # a seed that is only hashed (any 64-bit integer)
@@ -20,9 +18,9 @@ SIGNED_SEED = "[-2^63, 2^63)"  # a seed that is only hashed (any 64-bit integer)
 
 def int_in(bounds: str):
     """An argparse type: an integer inside `bounds` (interval notation, e.g. "[0, 2^63)")."""
-    allowed = interval(bounds)
 
     def parse(text: str) -> int:
+        allowed = _interval(bounds)
         try:
             value = int(text)
         except ValueError:
@@ -38,9 +36,9 @@ def int_in(bounds: str):
 
 def float_in(bounds: str):
     """An argparse type: a number inside `bounds`; NaN never is."""
-    allowed = interval(bounds)
 
     def parse(text: str) -> float:
+        allowed = _interval(bounds)
         try:
             value = float(text)
         except ValueError:
@@ -51,3 +49,10 @@ def float_in(bounds: str):
 
     parse.__name__ = "number"
     return parse
+
+
+def _interval(bounds: str):
+    # imported when an option is parsed, not when the parser is built: `llmkit --help` imports no YAML
+    from llmkit.yaml_config import interval
+
+    return interval(bounds)
