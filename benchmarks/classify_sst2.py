@@ -1,0 +1,116 @@
+"""SST-2 sentiment (Socher et al. 2013; GLUE split) accuracy on the 872 dev sentences, each with a Wilson
+95% interval and the time it took:
+
+1. majority class: the commonest label of the training set, for every sentence (floor; 50.9% expected).
+2. zero-shot SmolLM2-135M-Instruct (`smollm2`) by label words: "{text} It was" + " terrible" / " great"
+   (LM-BFF's SST-2 template, Gao et al. 2021), uncalibrated and with contextual calibration (Zhao et al.
+   2021: content-free inputs N/A, "", [MASK]); both from one scoring pass, calibration is a rescaling.
+3. SmolLM2 + LoRA + a classification head (last-token pooling), trained with `llmkit classify train
+   --lora` on a seeded random subsample of SST-2 train for a fixed training time.
+
+    python benchmarks/classify_sst2.py [--train-examples 4000] [--time-limit 240] [--run-dir runs/sst2-lora]
+
+Anchor: BERT-base 93.5% (Devlin et al. 2019, table 1). Data: ../shared/data/eval/sentiment (read only
+here, never by tests). Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2 = ROOT.parent / "shared" / "data" / "eval" / "sentiment"
+
+
+def row(name: str, probs_or_correct, y: list[int], seconds: float, note: str = "") -> dict:
+    from llmkit.classify.train import accuracy_with_interval
+
+    result = accuracy_with_interval(probs_or_correct, y)
+    return {"name": name, **result, "seconds": seconds, "note": note}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", type=Path, default=SST2)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--train-examples", type=int, default=4000, help="random subsample of SST-2 train for LoRA")
+    parser.add_argument("--time-limit", type=float, default=240, help="seconds of LoRA training")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "sst2-lora")
+    parser.add_argument("--skip-train", action="store_true", help="evaluate an existing --run-dir")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import llmkit
+    from llmkit.classify.data import label_indices, label_names, read_examples
+    from llmkit.classify.head import classify_texts, load_classifier
+    from llmkit.classify.train import ClassifyConfig, run_classify
+    from llmkit.classify.zero_shot import (DEFAULT_TEMPLATE, calibrate, content_free_probabilities, label_logprobs,
+                                           label_probabilities, parse_label_words)
+
+    train = read_examples(args.data_dir / "sst2_train.tsv")
+    dev = read_examples(args.data_dir / "sst2_dev.tsv")
+    labels = label_names(train)  # ["0", "1"]: 1 = positive
+    y = label_indices(dev, labels)
+    texts = [e.text for e in dev]
+    rows = []
+
+    t0 = time.perf_counter()
+    train_y = label_indices(train, labels)
+    top = max(range(len(labels)), key=train_y.count)
+    majority = torch.nn.functional.one_hot(torch.full((len(y),), top), len(labels)).float()
+    rows.append(row("majority class (of train)", majority, y, time.perf_counter() - t0, f"always {labels[top]}"))
+
+    words = parse_label_words("0=terrible,1=great")
+    llm = llmkit.load(args.model, device="cpu")
+    t0 = time.perf_counter()
+    probs = label_probabilities(label_logprobs(llm.model, llm.tokenizer, texts, words, DEFAULT_TEMPLATE))
+    zero_shot_s = time.perf_counter() - t0
+    rows.append(row(f"zero-shot {args.model}", probs, y, zero_shot_s, f"{DEFAULT_TEMPLATE!r} + terrible/great"))
+    t0 = time.perf_counter()
+    p_cf = content_free_probabilities(llm.model, llm.tokenizer, words, DEFAULT_TEMPLATE)
+    calibrated = calibrate(probs, p_cf)
+    rows.append(row(f"zero-shot {args.model}, calibrated", calibrated, y, zero_shot_s + time.perf_counter() - t0,
+                    "p_cf " + "/".join(f"{float(p):.3f}" for p in p_cf)))
+    del llm
+
+    train_s = 0.0
+    if not args.skip_train:
+        shutil.rmtree(args.run_dir, ignore_errors=True)
+        config = ClassifyConfig.preset("classify", {
+            "init_from": args.model, "data": str(args.data_dir / "sst2_train.tsv"), "peft": "lora", "lr": 5e-4,
+            "train_examples": args.train_examples, "time_limit_s": args.time_limit, "threads": args.threads,
+            "eval_every": 0, "plot": False})
+        result = run_classify(config, args.run_dir)
+        train_s = result.train_time_s
+        steps = result.steps
+    else:
+        steps = json.loads((args.run_dir / "metrics.jsonl").read_text().splitlines()[-1]).get("step", 0)
+    model, tokenizer = load_classifier(args.run_dir)
+    t0 = time.perf_counter()
+    probs = classify_texts(model, tokenizer, texts, max_len=128)
+    rows.append(row(f"{args.model} + LoRA + head", probs, y, train_s,
+                    f"{args.train_examples} train sentences, {steps} steps; dev {time.perf_counter() - t0:.0f} s"))
+
+    print(f"SST-2 dev, {len(y)} sentences (Wilson 95% intervals); anchor BERT-base 93.5% (Devlin et al. 2019)")
+    print(f"{'method':<40} {'accuracy':>9} {'95% CI':>16} {'time s':>8}  note")
+    for r in rows:
+        print(f"{r['name']:<40} {r['accuracy']:>9.1%} {r['ci95_low']:>7.1%}-{r['ci95_high']:<8.1%} "
+              f"{r['seconds']:>8.1f}  {r['note']}")
+    keys = ["majority", "zero_shot", "zero_shot_calibrated", "lora_head"]
+    out = {"n": len(y), "train_examples": args.train_examples, "time_limit_s": args.time_limit}
+    for key, r in zip(keys, rows):
+        out[f"{key}_acc"] = round(r["accuracy"], 4)
+        out[f"{key}_ci95"] = [round(r["ci95_low"], 4), round(r["ci95_high"], 4)]
+        out[f"{key}_s"] = round(r["seconds"], 1)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
