@@ -193,7 +193,19 @@ def test_config_fields_have_ranges_and_data_is_required(tiny_base):
     from llmkit.errors import ConfigError
     from llmkit.yaml_config import field_ranges
 
-    assert "train_examples" in field_ranges(ClassifyConfig)
+    import dataclasses
+    import typing
+
+    from llmkit.config_help import field_docs
+    from llmkit.yaml_config import range_problem
+
+    hints = typing.get_type_hints(ClassifyConfig)
+    numeric = [f.name for f in dataclasses.fields(ClassifyConfig)
+               if hints[f.name] in (int, float) or {int, float} & set(typing.get_args(hints[f.name]))]
+    ranges = field_ranges(ClassifyConfig)
+    assert "train_examples" in ranges and [n for n in numeric if n not in ranges] == []
+    assert all(range_problem(ClassifyConfig, n, getattr(ClassifyConfig(), n)) is None for n in ranges)
+    assert [d.name for d in field_docs(ClassifyConfig) if len(d.meaning) < 8] == []  # every field's --help text
     with pytest.raises(ConfigError, match="pooling must be"):
         ClassifyConfig(pooling="max")
     with pytest.raises(ConfigError, match="data is required"):

@@ -10,8 +10,8 @@ label words is computed once, tokenized at the boundary as lm-evaluation-harness
 Contextual calibration (Zhao et al. 2021, "Calibrate Before Use", section 5): a model prefers some label
 words whatever the text (a word's frequency, the template's bias). The same template filled with
 content-free inputs ("N/A", "", "[MASK]") measures that preference: p_cf is the mean of their label
-distributions, and each text's distribution p becomes softmax-free W p renormalised with
-W = diag(p_cf)^-1 (bias b = 0), so a content-free input lands on the uniform distribution.
+distributions, and each text's distribution p becomes W p, renormalised, with W = diag(p_cf)^-1 and
+bias b = 0 (their choice for classification), so a content-free input lands on the uniform distribution.
 """
 
 from __future__ import annotations
