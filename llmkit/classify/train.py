@@ -70,7 +70,11 @@ def training_examples(config: ClassifyConfig) -> tuple[list[Example], list[Examp
         train = train[start:stop]
     train = subsample(train, config.train_examples, config.seed)
     if config.val_data:
-        return train, read_examples(config.val_data)
+        val = read_examples(config.val_data)
+        if config.val_records:
+            start, stop = config.val_records
+            val = val[start:stop]
+        return train, val
     if config.val_fraction:
         n_val = max(1, int(len(train) * config.val_fraction))
         return train[:-n_val], train[-n_val:]
