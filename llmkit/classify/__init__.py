@@ -9,11 +9,22 @@
     commands.py   `llmkit classify [train | eval | zero-shot]`
 """
 
-from llmkit.classify.data import Example, label_names, read_examples
-from llmkit.classify.head import SequenceClassifier, classify_texts, load_classifier, save_classifier
-from llmkit.classify.zero_shot import (LabelWords, calibrate, content_free_probabilities, label_logprobs,
-                                       label_probabilities, parse_label_words)
+import importlib
 
-__all__ = ["Example", "LabelWords", "SequenceClassifier", "calibrate", "classify_texts", "content_free_probabilities",
-           "label_logprobs", "label_names", "label_probabilities", "load_classifier", "parse_label_words",
-           "read_examples", "save_classifier"]
+# Names re-exported from the submodules, imported on first use (PEP 562): `llmkit --help` imports this
+# package to build the classify verb's parser (commands.py) without torch.
+_EXPORTS = {
+    "data": ["Example", "label_names", "read_examples"],
+    "head": ["SequenceClassifier", "classify_texts", "load_classifier", "save_classifier"],
+    "train": ["ClassifyConfig", "run_classify"],
+    "zero_shot": ["LabelWords", "calibrate", "content_free_probabilities", "label_logprobs", "label_probabilities",
+                  "parse_label_words"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"llmkit.classify.{_MODULE_OF[name]}"), name)
+    raise AttributeError(f"module 'llmkit.classify' has no attribute {name!r}")

@@ -36,7 +36,11 @@ class ClassifyConfig(PostTrainConfig):
     eval_task: bool = False  # (the built-in task's answer accuracy: not for classification)
     seq_len: int = 128  # longest text in tokens (longer texts lose their end)
     micro_batch: int = 16
-    lr: float = 1e-4
+    lr: float = 5e-5  # full fine-tuning: BERT's 2e-5..5e-5 (Devlin et al. 2019, appendix A.3); --lora sets 5e-4
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0  # one epoch: little to regularise; on CPU the dropout masks cost ~20% of a step
+    log_every: int = 10
 
     RANGES = {"train_examples": "[0, 2^31)"}
 
