@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from llmkit.classify.data import label_indices, label_names, read_examples, subsample
-from llmkit.classify.head import (SequenceClassifier, classify_texts, load_classifier, pool, classification_batch,
+from llmkit.classify.head import (SequenceClassifier, classification_batch, classify_texts, load_classifier,
                                   save_classifier)
 from llmkit.classify.train import ClassifyConfig, run_classify
 from llmkit.classify.zero_shot import (CONTENT_FREE, calibrate, content_free_probabilities, label_logprobs,
@@ -210,6 +210,25 @@ def test_config_fields_have_ranges_and_data_is_required(tiny_base):
         ClassifyConfig(pooling="max")
     with pytest.raises(ConfigError, match="data is required"):
         run_classify(ClassifyConfig(init_from=str(tiny_base)), "/nonexistent-out")
+
+
+def test_train_flags_and_overrides_build_the_config():
+    from llmkit.classify.commands import LORA_LR, classify_train_config
+    from llmkit.cli import build_parser
+
+    def built(*extra):
+        args, rest = build_parser().parse_known_args(["classify", "train", "--model", "m", "--data", "d.tsv",
+                                                      "--out", "o", *extra])
+        args.overrides += rest
+        return classify_train_config(args)
+
+    plain = built()
+    assert (plain.init_from, plain.data, plain.val_data, plain.peft, plain.lr) == ("m", "d.tsv", None, "none", 5e-5)
+    lora = built("--lora", "--dev", "v.jsonl", "pooling=mean")
+    assert (lora.peft, lora.lr, lora.val_data, lora.pooling, lora.lora_rank) == ("lora", LORA_LR, "v.jsonl", "mean", 16)
+    assert built("--lora", "lr=1e-3").lr == 1e-3  # a field=value wins over what --lora implies
+    with pytest.raises(Exception, match="pooling must be"):
+        built("pooling=max")
 
 
 def test_cli_train_predict_and_eval(tmp_path, tiny_base):

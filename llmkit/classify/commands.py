@@ -138,8 +138,9 @@ def cmd_classify(args) -> None:
         print(f"{text!r}\n{format_probabilities(model.labels, row)}")
 
 
-def cmd_classify_train(args) -> None:
-    from llmkit.classify.train import ClassifyConfig, run_classify
+def classify_train_config(args):
+    """The ClassifyConfig of `classify train`: the preset, then what the flags imply, then field=value."""
+    from llmkit.classify.train import ClassifyConfig
     from llmkit.yaml_config import Located, parse_overrides
 
     fields = Located()
@@ -153,8 +154,13 @@ def cmd_classify_train(args) -> None:
     typed = parse_overrides(args.overrides, "command line")
     for key, value in typed.items():  # field=value wins over what a flag implied (lr= beside --lora)
         fields[key], fields.sources[key] = value, typed.sources.get(key, "command line")
-    config = ClassifyConfig.preset(args.preset, fields)
-    result = run_classify(config, args.out, resume=args.resume)
+    return ClassifyConfig.preset(args.preset, fields)
+
+
+def cmd_classify_train(args) -> None:
+    from llmkit.classify.train import run_classify
+
+    result = run_classify(classify_train_config(args), args.out, resume=args.resume)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
     print(f"done: {result.steps} steps, {result.train_time_s:.1f} s of training; {shown}; classifier in {args.out} "
           f"(try: llmkit classify --model {args.out} \"some text\")")

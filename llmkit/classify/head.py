@@ -21,6 +21,7 @@ beside it, llmkit/train/peft.py), `classifier_head.safetensors` (score.weight, s
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -125,8 +126,6 @@ def encode_texts(tokenizer, texts: list[str], max_len: int, prefix: list[int] | 
 def classify_sequences(model: SequenceClassifier, sequences: list[list[int]], row_len: int, pad_id: int,
                        per_batch: int = 32, autocast=None) -> torch.Tensor:
     """Label probabilities (n, n_labels) of token sequences, in eval mode."""
-    import contextlib
-
     was_training = model.training
     model.eval()
     device = model.score.weight.device
