@@ -12,6 +12,7 @@ from pathlib import Path
 
 from llmkit import fill_cli
 from llmkit.arg_types import float_in, int_in
+from llmkit.classify import commands as classify_commands
 from llmkit.errors import LLMKitError
 from llmkit.eval import commands as eval_commands
 from llmkit.eval import judge_cli as judge_commands
@@ -498,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     scaling_commands.add_scaling_verb(verbs)
     constitution_cli.add_constitution_verb(verbs, add_model_args)
     judge_commands.add_judge_verbs(verbs, add_model_args)
+    classify_commands.add_classify_verb(verbs)
     return parser
 
 
