@@ -55,7 +55,7 @@ def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.d
     if to == "hf":
         from llmkit.convert.hf import write_hf_directory
 
-        src = Path(src)
+        src = resolve_model(src)  # a checkpoint directory, or a named model (smollm2) from the cache
         model = load_model(src)
         if dtype is not None:
             model.to(dtype)
