@@ -47,6 +47,7 @@ class Request:
     cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
     drafted: int = 0  # speculative decoding: tokens proposed and accepted
     accepted: int = 0
+    source_ids: list[int] | None = None  # an encoder-decoder's source (prompt_ids then start the decoder)
 
     def __post_init__(self):
         self.sampler = self.sampler or RequestSampler(self.params, self.prompt_ids)
