@@ -87,6 +87,7 @@ def test_span_pretraining_lowers_the_loss(tmp_path):
             "model.head_dim=16", "model.d_ff=128", "model.max_seq_len=64"]
     result = cli_in_process("pretrain", "--out", root / "run", *args)
     assert result.returncode == 0, result.stderr
+    assert 'generate --model' in result.stdout and 'My <extra_id_0> is Juliet."' in result.stdout
     records = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "val_target_accuracy" in r]
     assert [r["step"] for r in evals] == [30, 60] and evals[1]["val_loss"] < evals[0]["val_loss"]
@@ -95,6 +96,10 @@ def test_span_pretraining_lowers_the_loss(tmp_path):
     config = json.loads((root / "run" / "config.json").read_text())
     assert config["n_encoder_layers"] == 2 and config["vocab_size"] >= 512 + N_SENTINELS
     assert json.loads((root / "run" / "tokenizer.json").read_text())["added_tokens"][-1]["content"] == sentinel(99)
+    # the engine generates from it: the source (a sentinel in it) is the prompt
+    result = cli_in_process("generate", "--model", root / "run", "--max-new-tokens", "4", "--temperature", "0",
+                            "ROMEO: My <extra_id_0> is Juliet.")
+    assert result.returncode == 0 and result.stdout.startswith("ROMEO: My <extra_id_0> is Juliet."), result.stderr
     # the objective and the model's kind must agree
     result = cli_in_process("pretrain", "--out", root / "bad", *args[:5], "model=tiny", "max_steps=1")
     assert result.returncode == 2 and "objective=span needs an encoder-decoder" in result.stderr, result.stderr
