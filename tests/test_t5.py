@@ -30,8 +30,9 @@ def write_word_tokenizer(folder):
                                                               "unk_token": "<unk>"}))
 
 
-def tiny_t5(feed_forward: str, tie: bool = True, seed: int = 0, out_scale: float = 1.0):
-    config = transformers.T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_decoder_layers=2,
+def tiny_t5(feed_forward: str, tie: bool = True, seed: int = 0, out_scale: float = 1.0, decoder_layers: int = 2):
+    config = transformers.T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=96, num_layers=2,
+                                   num_decoder_layers=decoder_layers,
                                    num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
                                    feed_forward_proj=feed_forward, tie_word_embeddings=tie, decoder_start_token_id=0)
     torch.manual_seed(seed)
@@ -66,15 +67,16 @@ def assert_logits_equal(reference, ours, mask):
     assert torch.allclose(reference, ours, atol=1e-5, rtol=0), (reference - ours).abs().max()
 
 
-@pytest.mark.parametrize("feed_forward,tie", [("relu", True), ("gated-gelu", True), ("gated-gelu", False),
-                                              ("relu", False)])
-def test_t5_to_llmkit_to_t5_logits_equal_with_padding(tmp_path, feed_forward, tie):
+@pytest.mark.parametrize("feed_forward,tie,decoder_layers", [("relu", True, 2), ("gated-gelu", True, 2),
+                                                             ("gated-gelu", False, 2), ("relu", False, 3)])
+def test_t5_to_llmkit_to_t5_logits_equal_with_padding(tmp_path, feed_forward, tie, decoder_layers):
     """tie=False in transformers 5 still ties the weights but drops the d_model^-0.5 head scaling (T5 v1.1)."""
-    hf_model = tiny_t5(feed_forward, tie)
+    hf_model = tiny_t5(feed_forward, tie, decoder_layers=decoder_layers)
     convert(hf_directory(tmp_path, hf_model), tmp_path / "ours")
     model = load_model(tmp_path / "ours")
     cfg = model.config
-    assert (cfg.n_encoder_layers, cfg.n_layers, cfg.pos_embedding, cfg.scaled_attention) == (2, 2, "relative", False)
+    assert (cfg.n_encoder_layers, cfg.n_layers, cfg.pos_embedding, cfg.scaled_attention) == (2, decoder_layers,
+                                                                                             "relative", False)
     assert cfg.mlp == {"relu": "relu", "gated-gelu": "geglu"}[feed_forward] and cfg.scale_head_input == tie
     ids, mask, decoder_ids = padded_sources()
     with torch.no_grad():
@@ -220,3 +222,32 @@ def test_engine_refuses_a_speculator_for_an_encoder_decoder(t5_pair):
 
     with pytest.raises(GenerationError, match="speculative decoding is for decoder-only models"):
         Engine(t5_pair[1], speculator=Speculator("prompt-lookup"))
+
+
+@pytest.mark.parametrize("options", [
+    {"pos_embedding": "relative", "scaled_attention": False, "mlp": "relu"},
+    {"pos_embedding": "rope", "n_kv_heads": 2, "mlp": "swiglu", "tie_embeddings": False},  # RoPE, grouped-query
+])
+def test_engine_equals_naive_greedy_full_recompute(options):
+    """Any encoder-decoder of the options (not only T5's): the engine's greedy text equals re-running the whole
+    model (encoder included) for every new token, batched and alone."""
+    from llmkit.config import ModelConfig
+    from llmkit.infer import Engine, SamplingParams
+    from llmkit.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=VOCAB, n_layers=2, n_encoder_layers=2, d_model=64, n_heads=4, d_ff=96,
+                                    max_seq_len=64, init_std=0.2, **options)).eval()
+    naive = []
+    with torch.no_grad():
+        for source in SOURCES:
+            decoded = [model.config.decoder_start_token]
+            for _ in range(8):
+                logits = model(torch.tensor([decoded]), encoder_ids=torch.tensor([source]))
+                decoded.append(int(logits[0, -1].argmax()))
+            naive.append(decoded[1:])
+    assert len({tuple(n) for n in naive}) == 3 and len(set(sum(naive, []))) > 6  # (text that varies)
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    engine = Engine(model)
+    assert [c.token_ids for c in engine.generate_batch(SOURCES, params)] == naive
+    assert [engine.generate(source, params) for source in SOURCES] == naive
