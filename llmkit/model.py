@@ -585,7 +585,8 @@ class Transformer(nn.Module):
         """An encoder-decoder's encoder over a right-padded batch of sources (batch, source); mask 1 for real
         tokens (default all)."""
         if self.encoder is None or encoder_ids is None:
-            raise ConfigError("this model has no encoder" if self.encoder is None else "pass the source: encoder_ids")
+            raise ConfigError("this model has no encoder" if self.encoder is None else "this model is an encoder-decoder "
+                              "(n_encoder_layers > 0): its forward needs the source (encoder_ids); generation takes it as the prompt")
         mask = torch.ones_like(encoder_ids, dtype=torch.bool) if encoder_mask is None else encoder_mask.bool()
         x, rope = self.drop(self.tok_emb(encoder_ids)), None
         if self.config.pos_embedding == "rope":

@@ -215,6 +215,13 @@ def test_incremental_decoding_equals_full_recompute(t5_pair):
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_a_forward_without_the_source_is_one_clear_error(t5_pair):
+    from llmkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="encoder-decoder .* needs the source"):
+        t5_pair[1](torch.tensor([[0, 5]]))
+
+
 def test_engine_refuses_a_speculator_for_an_encoder_decoder(t5_pair):
     from llmkit.errors import GenerationError
     from llmkit.infer import Engine
