@@ -258,3 +258,26 @@ def test_engine_equals_naive_greedy_full_recompute(options):
     engine = Engine(model)
     assert [c.token_ids for c in engine.generate_batch(SOURCES, params)] == naive
     assert [engine.generate(source, params) for source in SOURCES] == naive
+
+
+def test_the_memory_budget_counts_the_sources_cross_attention_cache():
+    """Each row holds its source's cross-attention keys and values beside the decoder's: the engine's
+    budget covers both, so fewer requests run at once, and each still equals its solo run."""
+    from llmkit.config import ModelConfig
+    from llmkit.infer import Engine, SamplingParams
+    from llmkit.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=VOCAB, n_layers=2, n_encoder_layers=2, d_model=64, n_heads=4, d_ff=96,
+                                    max_seq_len=64, pos_embedding="relative", init_std=0.2)).eval()
+    # a row: 64 decoder positions + 64 source positions, 2 layers x (keys + values) x 64 wide x 4 bytes = 128 KiB
+    engine = Engine(model, kv_cache_mib=0.3, prefix_cache_mib=0)
+    params = SamplingParams(max_new_tokens=5, temperature=0)
+    most = 0
+    requests = [engine.submit(source, params) for source in SOURCES + SOURCES[:2]]
+    while not all(r.done for r in requests):
+        engine.step()
+        most = max(most, len(engine.scheduler.running))
+        assert engine.scheduler.memory_in_use <= 0.3 * 2**20
+    assert most == 2  # (counting the decoder's positions alone, four rows would have fit)
+    assert [r.output_ids for r in requests] == [Engine(model).generate(s, params) for s in SOURCES + SOURCES[:2]]

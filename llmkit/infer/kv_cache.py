@@ -37,6 +37,7 @@ from llmkit.errors import GenerationError
 # CPU GEMM kernels (measured on SmolLM2-135M; see BENCHMARKS.md); the price is that a compiled engine
 # must be rebuilt if the weights change.
 COMPILE_OPTIONS = {"freezing": True}
+CROSS_STEP = 64  # an encoder-decoder's source capacity grows in multiples of this (the scheduler budgets it)
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
@@ -80,6 +81,11 @@ class KVCache:
     def _row_tensors(self) -> list[torch.Tensor]:
         """Every tensor whose first dimension is the row: keys and values, and the cross-attention's."""
         return self.keys + self.values + self.cross_keys + self.cross_values
+
+    @property
+    def cross_capacity(self) -> int:
+        """Source positions each row can hold cross-attention keys and values for (0: a decoder-only model)."""
+        return self.cross_mask.shape[1] if self.cross_mask is not None else 0
 
     @property
     def nbytes(self) -> int:
@@ -152,19 +158,26 @@ class KVCache:
         layer, (len(rows), kv_heads, source, head_dim) of a right-padded batch of sources, row i's first
         lengths[i] positions real (`Transformer.cross_keys_values`)."""
         source = keys_values[0][0].shape[2]
-        capacity = self.cross_mask.shape[1]
-        if source > capacity:  # grow to the next multiple of 64 positions: few reallocations, few shapes
-            old = (self.cross_keys, self.cross_values, self.cross_mask)
-            self._allocate_cross(-(-source // 64) * 64)
-            for old_t, new_t in zip(old[0] + old[1], self.cross_keys + self.cross_values):
-                new_t[:, :, :capacity] = old_t
-            self.cross_mask[:, :capacity] = old[2]
+        self.grow_cross(source)
         index = torch.tensor(rows, device=self.device)
         for layer, (k, v) in enumerate(keys_values):
             self.cross_keys[layer][index, :, :source] = k.to(self.dtype)
             self.cross_values[layer][index, :, :source] = v.to(self.dtype)
         real = torch.arange(self.cross_mask.shape[1], device=self.device)[None] < torch.tensor(lengths, device=self.device)[:, None]
         self.cross_mask[index] = real
+
+    @torch.inference_mode()
+    def grow_cross(self, positions: int) -> None:
+        """Room for sources of `positions` tokens in every row (the scheduler reserves it on admission,
+        within its budget), in multiples of CROSS_STEP: few reallocations, few shapes."""
+        capacity = self.cross_capacity
+        if positions <= capacity:
+            return
+        old = (self.cross_keys, self.cross_values, self.cross_mask)
+        self._allocate_cross(-(-positions // CROSS_STEP) * CROSS_STEP)
+        for old_t, new_t in zip(old[0] + old[1], self.cross_keys + self.cross_values):
+            new_t[:, :, :capacity] = old_t
+        self.cross_mask[:, :capacity] = old[2]
 
     def cross_keys_values(self, layer: int, attention=None):
         """The bound rows' cross-attention keys, values and (rows, 1, 1, source) mask, for `layer`."""
