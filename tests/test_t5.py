@@ -78,6 +78,7 @@ def test_t5_to_llmkit_to_t5_logits_equal_with_padding(tmp_path, feed_forward, ti
     assert (cfg.n_encoder_layers, cfg.n_layers, cfg.pos_embedding, cfg.scaled_attention) == (2, decoder_layers,
                                                                                              "relative", False)
     assert cfg.mlp == {"relu": "relu", "gated-gelu": "geglu"}[feed_forward] and cfg.scale_head_input == tie
+    assert cfg.num_params() == model.num_params() == hf_model.num_parameters()  # (the arithmetic, tied head once)
     ids, mask, decoder_ids = padded_sources()
     with torch.no_grad():
         reference = hf_model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
