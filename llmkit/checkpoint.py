@@ -149,14 +149,18 @@ def check_sizes_against_tensors(config: ModelConfig, state: dict[str, torch.Tens
     """The config's sizes agree with the tensors actually present, checked before anything is built: a
     model file's config.json saying `n_layers: 1e9` (or a huge vocabulary or width) would otherwise make
     the build run for hours while memory grows, even on the meta device."""
-    layers = {int(name.split(".")[1]) for name in state if name.startswith("blocks.") and name.split(".")[1].isdigit()}
-    if len(layers) != config.n_layers:
-        if config.n_layers > len(layers):
-            first, last = len(layers), config.n_layers - 1
-            named = f"missing tensors blocks.{first}.*" + (f" ... blocks.{last}.*" if last > first else "")
+    for prefix, field in (("blocks.", "n_layers"), ("encoder.blocks.", "n_encoder_layers")):  # (an encoder-decoder's)
+        want = getattr(config, field)
+        layers = {name[len(prefix):].split(".")[0] for name in state if name.startswith(prefix)}
+        layers = {int(i) for i in layers if i.isdigit()}
+        if len(layers) == want:
+            continue
+        if want > len(layers):
+            first, last = len(layers), want - 1
+            named = f"missing tensors {prefix}{first}.*" + (f" ... {prefix}{last}.*" if last > first else "")
         else:
-            named = f"tensors not in this architecture blocks.{config.n_layers}.*"
-        raise CheckpointError(f"{weights}: {named}: {described_by} says n_layers {config.n_layers:,} but the "
+            named = f"tensors not in this architecture {prefix}{want}.*"
+        raise CheckpointError(f"{weights}: {named}: {described_by} says {field} {want:,} but the "
                               f"weights hold {len(layers)} layers; the config and the weights come from different models")
     embedding = state.get("tok_emb.weight")
     if embedding is not None and embedding.dim() == 2 and tuple(embedding.shape) != (config.vocab_size, config.d_model):

@@ -22,6 +22,10 @@ from llmkit.scaling import commands as scaling_commands
 from llmkit.train import constitution_cli
 
 
+# what the closing hint of `pretrain` suggests typing, by objective (a masked word; a span's sentinel)
+HINT_PROMPTS = {"mlm": "ROMEO: My [MASK] is Juliet.", "span": "ROMEO: My <extra_id_0> is Juliet."}
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory or a named model (smollm2)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -230,7 +234,7 @@ def cmd_pretrain(args) -> None:
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
     print(f"done: {result.steps} steps, {result.tokens:,} tokens, {result.train_time_s:.1f} s of training; "
           f"{shown}; model in {args.out} (try: llmkit {'fill' if config.objective == 'mlm' else 'generate'} "
-          f"--model {args.out} \"{'ROMEO: My [MASK] is Juliet.' if config.objective == 'mlm' else 'ROMEO:'}\")")
+          f"--model {args.out} \"{HINT_PROMPTS.get(config.objective, 'ROMEO:')}\")")
 
 
 def report_post_training(result, out) -> None:

@@ -28,12 +28,14 @@ class ModelConfig:
     head_dim: int | None = None  # None means d_model // n_heads
     d_ff: int = 1536
     max_seq_len: int = 256
-    # "rope" (Su et al. 2021) or "learned" absolute position embeddings (GPT-2).
+    # "rope" (Su et al. 2021), "learned" absolute position embeddings (GPT-2) or "relative": T5's bucketed
+    # relative position bias added to the attention scores (Raffel et al. 2020, section 2.1)
     pos_embedding: str = "rope"
     rope_theta: float = 10000.0
     # Optional RoPE frequency scaling, e.g. Llama 3.1's {"type": "llama3", "factor": 8.0, ...}.
     rope_scaling: dict | None = None
-    # "swiglu" (Shazeer 2020), "gelu" (exact, erf) or "gelu_tanh" (the tanh approximation GPT-2 used)
+    # "swiglu" (Shazeer 2020), "geglu" (GELU-gated, tanh GELU: T5 v1.1's "gated-gelu"), "gelu" (exact, erf),
+    # "gelu_tanh" (the tanh approximation GPT-2 used) or "relu" (the original T5)
     mlp: str = "swiglu"
     norm: str = "rmsnorm"  # "rmsnorm" (Zhang & Sennrich 2019) or "layernorm"
     norm_eps: float = 1e-5
@@ -60,6 +62,15 @@ class ModelConfig:
     head_transform: bool = False  # dense + activation + norm before the output head (BERT's MLM head)
     head_bias: bool = False  # a bias on the output head's logits (BERT's MLM decoder bias)
     cls_pooler: bool = False  # BERT's pooler: tanh(dense(first token's state)); kept for classifiers and export
+    # -- encoder-decoder (T5, Raffel et al. 2020): off for the others, whose forward then runs exactly as without it
+    # > 0: an encoder of that many bidirectional pre-norm blocks (+ final norm) reads the source; the `n_layers`
+    # blocks are the decoder, each with a cross-attention sublayer over the encoder's output
+    n_encoder_layers: int = 0
+    relative_buckets: int = 32  # pos_embedding "relative": buckets of the relative position bias (T5: 32)
+    relative_max_distance: int = 128  # ... distances beyond this share the last bucket (T5: 128)
+    scaled_attention: bool = True  # false: softmax(QK^T) without 1/sqrt(head_dim) (T5 folds it into its init)
+    scale_head_input: bool = False  # final states times d_model^-0.5 before the output head (T5 with tied embeddings)
+    decoder_start_token: int = 0  # the decoder's first input token (T5: the pad token, 0)
 
     # The valid range of every numeric field (llmkit.yaml_config). Sizes stop at 2^31: a model file or an
     # override claiming more is a mistake, and how much memory a legal shape needs is checked separately.
@@ -68,7 +79,8 @@ class ModelConfig:
         "n_kv_heads": "[1, 2^31)", "head_dim": "[1, 2^31)", "d_ff": "[1, 2^31)", "max_seq_len": "[1, 2^31)",
         "rope_theta": "(0, inf)", "norm_eps": "(0, 1)", "dropout": "[0, 1)", "n_experts": "[0, 2^16)",
         "top_k": "[1, 2^16)", "n_shared_experts": "[0, 2^16)", "moe_aux_loss_coef": "[0, inf)", "init_std": "[0, inf)",
-        "type_vocab_size": "[0, 2^16)",
+        "type_vocab_size": "[0, 2^16)", "n_encoder_layers": "[0, 2^31)", "relative_buckets": "[4, 2^16)",
+        "relative_max_distance": "[1, 2^31)", "decoder_start_token": "[0, 2^31)",
     }
 
     def __post_init__(self) -> None:
@@ -83,14 +95,23 @@ class ModelConfig:
         checks = [
             (self.n_heads % self.n_kv_heads == 0,
              f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}"),
-            (self.pos_embedding in ("rope", "learned"), f"pos_embedding must be 'rope' or 'learned', not {self.pos_embedding!r}"),
-            (self.mlp in ("swiglu", "gelu", "gelu_tanh"),
-             f"mlp must be 'swiglu', 'gelu' or 'gelu_tanh', not {self.mlp!r}"),
+            (self.pos_embedding in ("rope", "learned", "relative"),
+             f"pos_embedding must be 'rope', 'learned' or 'relative', not {self.pos_embedding!r}"),
+            (self.mlp in MLP_KINDS, f"mlp must be one of {', '.join(MLP_KINDS)}, not {self.mlp!r}"),
             (self.norm in ("rmsnorm", "layernorm"), f"norm must be 'rmsnorm' or 'layernorm', not {self.norm!r}"),
             (self.norm_position in ("pre", "post"), f"norm_position must be 'pre' or 'post', not {self.norm_position!r}"),
             (self.lm_head or not (self.head_transform or self.head_bias),
              "head_transform and head_bias need an output head (lm_head: true)"),
             (self.pos_embedding != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head_dim"),
+            (not self.n_encoder_layers or (self.causal and self.norm_position == "pre" and self.lm_head
+                                           and self.pos_embedding != "learned" and not self.type_vocab_size),
+             "an encoder-decoder (n_encoder_layers > 0) is a causal, pre-norm decoder with an output head and "
+             "relative or RoPE positions (no learned positions or token types)"),
+            (self.relative_max_distance > self.relative_buckets // 2,
+             f"relative_max_distance {self.relative_max_distance} must exceed half of relative_buckets "
+             f"{self.relative_buckets} (the exact buckets; the rest grow logarithmically up to it)"),
+            (self.decoder_start_token < self.vocab_size,
+             f"decoder_start_token {self.decoder_start_token} is outside the vocabulary of {self.vocab_size}"),
             (self.n_experts == 0 or 1 <= self.top_k <= self.n_experts,
              f"top_k {self.top_k} must be between 1 and n_experts {self.n_experts}"),
         ]
@@ -156,7 +177,7 @@ class ModelConfig:
         norm = d * (2 if self.norm == "layernorm" else 1)
 
         def mlp(width: int) -> int:
-            up = (2 if self.mlp == "swiglu" else 1) * width
+            up = (2 if self.mlp in GATED_MLPS else 1) * width
             return d * up + width * d + (up + d if self.mlp_bias else 0)
 
         qkv = (self.n_heads + 2 * self.n_kv_heads) * hd
@@ -167,7 +188,12 @@ class ModelConfig:
             feed_forward += mlp(ff * self.n_shared_experts) if self.n_shared_experts else 0
         else:
             feed_forward = mlp(ff)
-        total = self.vocab_size * d + self.n_layers * (2 * norm + attn + feed_forward)
+        total = self.vocab_size * d + (self.n_layers + self.n_encoder_layers) * (2 * norm + attn + feed_forward)
+        if self.n_encoder_layers:  # the encoder's final norm; each decoder block's cross-attention and its norm
+            cross = d * qkv + self.n_heads * hd * d + (qkv if self.qkv_bias else 0) + (d if self.out_bias else 0)
+            total += norm + self.n_layers * (norm + cross)
+        if self.pos_embedding == "relative":  # one bias table per stack (T5: layer 0 holds it, all layers use it)
+            total += self.relative_buckets * self.n_heads * (2 if self.n_encoder_layers else 1)
         total += norm if self.norm_position == "pre" else 0  # post-norm blocks end normalised: no final norm
         total += self.max_seq_len * d if self.pos_embedding == "learned" else 0
         total += self.type_vocab_size * d + (norm if self.embedding_norm else 0)
@@ -192,4 +218,6 @@ class ModelConfig:
                                      source="command line")
 
 
+MLP_KINDS = ("swiglu", "geglu", "gelu", "gelu_tanh", "relu")
+GATED_MLPS = ("swiglu", "geglu")  # a gate and an up projection, fused as one matrix (twice d_ff wide)
 METADATA_KEYS = {"model_type", "architectures"}  # config.json keys written by to_json that are not fields

@@ -4,7 +4,8 @@ One `ModelConfig` describes GPT-2 (learned positions, LayerNorm, GELU, biases, t
 models (RoPE, RMSNorm, SwiGLU, grouped-query attention: Llama 2/3, SmolLM2, Mistral, Qwen2),
 Mixture-of-Experts variants, and BERT-style encoders (`causal: false`: bidirectional attention over a
 padding mask; post-norm blocks, token-type embeddings, an embedding norm, the masked-LM head transform;
-options that are off for a decoder, whose forward then does exactly what it did without them). Attention goes through `F.scaled_dot_product_attention`, which picks flash
+options that are off for a decoder, whose forward then does exactly what it did without them), and T5-style
+encoder-decoders (`n_encoder_layers`; model_seq2seq.py: relative position buckets, cross-attention). Attention goes through `F.scaled_dot_product_attention`, which picks flash
 kernels on GPU and a fused kernel on CPU; compiled CPU training keeps SDPA's forward and takes a faster
 backward of its own (`CausalAttentionCPU`).
 
@@ -18,6 +19,7 @@ Two forwards share all code:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -25,8 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmkit.config import ModelConfig
+from llmkit.config import GATED_MLPS, ModelConfig
 from llmkit.errors import ConfigError
+from llmkit.model_seq2seq import CrossAttention, EncoderMemory, EncoderStack, RelativePositionBias, gelu_tanh_formula
 
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
@@ -85,6 +88,7 @@ class Attention(nn.Module):
         self.use_rope = cfg.pos_embedding == "rope"
         self.dropout = cfg.dropout
         self.causal = cfg.causal
+        self.scale = None if cfg.scaled_attention else 1.0  # None: SDPA's 1/sqrt(head_dim)
 
     def queries_keys_values(self, x, rope):
         """q (batch, heads, seq, head_dim), k and v (batch, kv_heads, seq, head_dim) exactly as attention
@@ -108,7 +112,7 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         if (torch.compiler.is_compiling() and q.device.type == "cpu" and q.requires_grad and attn_mask is None
-                and kv_cache is None and self.causal and not (self.training and self.dropout)):
+                and kv_cache is None and self.causal and self.scale is None and not (self.training and self.dropout)):
             groups = self.n_heads // self.n_kv_heads  # GQA: query head h reads key/value head h // groups
             # One dtype for all three, as autocast gives SDPA (RoPE's float32 tables promote q and k)
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else v.dtype
@@ -121,6 +125,7 @@ class Attention(nn.Module):
                 is_causal=attn_mask is None and self.causal,
                 dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.n_kv_heads != self.n_heads,
+                scale=self.scale,
             )
         return self.out(y.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim))
 
@@ -161,8 +166,9 @@ class MLP(nn.Module):
         super().__init__()
         d_ff = d_ff or cfg.d_ff
         self.activation = cfg.mlp
-        # SwiGLU: down(silu(gate(x)) * up(x)) (Shazeer 2020); gate and up fused into one matmul.
-        self.gate_up = nn.Linear(cfg.d_model, (2 if cfg.mlp == "swiglu" else 1) * d_ff, bias=cfg.mlp_bias)
+        # SwiGLU: down(silu(gate(x)) * up(x)) (Shazeer 2020); gate and up fused into one matmul. GEGLU
+        # the same with a tanh-GELU gate (T5 v1.1's "gated-gelu").
+        self.gate_up = nn.Linear(cfg.d_model, (2 if cfg.mlp in GATED_MLPS else 1) * d_ff, bias=cfg.mlp_bias)
         self.down = nn.Linear(d_ff, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x):
@@ -172,8 +178,13 @@ class MLP(nn.Module):
             h = F.silu(gate) * up
         elif self.activation == "gelu_tanh":
             h = gelu_tanh(h)
-        else:
+        elif self.activation == "gelu":
             h = F.gelu(h)
+        elif self.activation == "geglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = gelu_tanh_formula(gate) * up
+        else:
+            h = F.relu(h)
         return self.down(h)
 
 
@@ -250,6 +261,21 @@ class PostNormBlock(Block):
     def forward(self, x, rope, attn_mask, kv_cache):
         x = self.attn_norm(x + self.drop(self.attn(x, rope, attn_mask, kv_cache)))
         return self.mlp_norm(x + self.drop(self.mlp(x)))
+
+
+class CrossAttentionBlock(Block):
+    """A decoder block of an encoder-decoder: self-attention, then cross-attention over the encoder's
+    output, then the MLP, each pre-norm and residual (T5, Raffel et al. 2020; Vaswani et al. 2017)."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        self.cross_norm = make_norm(cfg, cfg.d_model)
+        self.cross_attn = CrossAttention(cfg, layer_idx)
+
+    def forward(self, x, rope, attn_mask, kv_cache, memory):
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, attn_mask, kv_cache))
+        x = x + self.drop(self.cross_attn(self.cross_norm(x), memory))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
 class HeadTransform(nn.Module):
@@ -371,7 +397,14 @@ class Transformer(nn.Module):
         self.emb_norm = make_norm(cfg, cfg.d_model) if cfg.embedding_norm else None
         self.drop = nn.Dropout(cfg.dropout)
         block = Block if cfg.norm_position == "pre" else PostNormBlock
+        self.encoder = None
+        if cfg.n_encoder_layers:  # an encoder-decoder: `blocks` are the decoder (model_seq2seq.py)
+            encoder_cfg = dataclasses.replace(cfg, causal=False, n_encoder_layers=0)
+            self.encoder = EncoderStack(cfg, [Block(encoder_cfg, i) for i in range(cfg.n_encoder_layers)],
+                                        make_norm(cfg, cfg.d_model))
+            block = CrossAttentionBlock
         self.blocks = nn.ModuleList(block(cfg, i) for i in range(cfg.n_layers))
+        self.rel_bias = RelativePositionBias(cfg, bidirectional=not cfg.causal) if cfg.pos_embedding == "relative" else None
         self.norm = make_norm(cfg, cfg.d_model) if cfg.norm_position == "pre" else nn.Identity()
         self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if cfg.cls_pooler else None
         self.head_transform = HeadTransform(cfg) if cfg.head_transform else None
@@ -396,7 +429,7 @@ class Transformer(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=std * scale)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
+            elif isinstance(module, (nn.Embedding, RelativePositionBias)):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 module.reset_parameters()
@@ -453,6 +486,9 @@ class Transformer(nn.Module):
                     n += sum(p.numel() for p in mlp.shared.parameters() if p.dim() == 2)
             else:
                 n += sum(p.numel() for p in mlp.parameters() if p.dim() == 2)
+        if self.encoder is not None:  # the encoder's and cross-attention's weights (a source as long as the target)
+            n += sum(p.numel() for p in self.encoder.blocks.parameters() if p.dim() == 2)
+            n += sum(p.numel() for b in self.blocks for p in b.cross_attn.parameters() if p.dim() == 2)
         n += self.lm_head.weight.numel() if self.lm_head is not None else 0
         n += self.head_transform.dense.weight.numel() if self.head_transform is not None else 0
         return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
@@ -461,7 +497,9 @@ class Transformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
                 positions: torch.Tensor | None = None, kv_cache=None, last_token_only: bool = False,
                 doc_ids: torch.Tensor | None = None, reduction: str = "mean", return_hidden: bool = False,
-                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None):
+                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                encoder_ids: torch.Tensor | None = None, encoder_mask: torch.Tensor | None = None,
+                memory: EncoderMemory | None = None):
         """input_ids: (batch, seq) token ids.
 
         targets: (batch, seq) next-token ids, -100 where no loss is wanted -> returns the mean
@@ -476,6 +514,9 @@ class Transformer(nn.Module):
         logits, for a head wrapped around the model (reward model, value head).
         attention_mask: (batch, seq) 1 for real tokens, 0 for padding, which no token then attends to
         (an encoder's right-padded batch). token_type_ids: (batch, seq) segment ids (default 0).
+        Encoder-decoder: input_ids are the decoder's; encoder_ids (batch, source) and encoder_mask (1 real,
+        0 padding) the source, or memory its `encode`d output; with a kv_cache and neither, the cache's
+        stored cross-attention keys and values (generation).
         """
         batch, seq = input_ids.shape
         default_positions = positions is None
@@ -501,8 +542,17 @@ class Transformer(nn.Module):
             attn_mask = document_causal_mask(doc_ids)
         elif attention_mask is not None and kv_cache is None:
             attn_mask = padding_mask(attention_mask, self.config.causal)
-        for block in self.blocks:
-            x = block(x, rope, attn_mask, kv_cache)
+        if self.rel_bias is not None:  # keys: the cache's positions 0..n-1, or the tokens' own
+            keys = positions if kv_cache is None else torch.arange(attn_mask.shape[-1], device=x.device)[None]
+            attn_mask = self.rel_bias.attention_mask(positions, keys, attn_mask, x.dtype)
+        if self.encoder is None:
+            for block in self.blocks:
+                x = block(x, rope, attn_mask, kv_cache)
+        else:  # the source: given encoded, encoded here, or (generation) the cache's cross keys and values
+            if memory is None:
+                memory = kv_cache if encoder_ids is None and kv_cache is not None else self.encode(encoder_ids, encoder_mask)
+            for block in self.blocks:
+                x = block(x, rope, attn_mask, kv_cache, memory)
         if last_token_only:
             x = x[:, -1:]
         x = self.norm(x)
@@ -513,6 +563,8 @@ class Transformer(nn.Module):
                               "it gives hidden states and embeddings, not token predictions")
         if self.head_transform is not None:
             x = self.head_transform(x)
+        if self.config.scale_head_input:  # T5 with tied embeddings: the head sees d_model^-0.5 times the state
+            x = x * self.config.d_model ** -0.5
         if targets is None:
             return self.lm_head(x)
         if reduction == "none":
@@ -528,6 +580,23 @@ class Transformer(nn.Module):
         if self.config.n_experts:
             loss = loss + self.config.moe_aux_loss_coef * self.moe_aux_loss()
         return loss
+
+    def encode(self, encoder_ids: torch.Tensor, encoder_mask: torch.Tensor | None = None) -> EncoderMemory:
+        """An encoder-decoder's encoder over a right-padded batch of sources (batch, source); mask 1 for real
+        tokens (default all)."""
+        if self.encoder is None or encoder_ids is None:
+            raise ConfigError("this model has no encoder" if self.encoder is None else "this model is an encoder-decoder "
+                              "(n_encoder_layers > 0): its forward needs the source (encoder_ids); generation takes it as the prompt")
+        mask = torch.ones_like(encoder_ids, dtype=torch.bool) if encoder_mask is None else encoder_mask.bool()
+        x, rope = self.drop(self.tok_emb(encoder_ids)), None
+        if self.config.pos_embedding == "rope":
+            rope = (self.rope_cos[None, :x.shape[1], None].to(x.dtype), self.rope_sin[None, :x.shape[1], None].to(x.dtype))
+        return EncoderMemory(self.encoder(x, mask, rope), mask)
+
+    def cross_keys_values(self, memory: EncoderMemory) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each decoder block's cross-attention keys and values of an encoded source, computed once per
+        request by the engine (they depend on the source alone) and kept in its KV cache."""
+        return [block.cross_attn.keys_values(memory.hidden) for block in self.blocks]
 
     def moe_aux_loss(self) -> torch.Tensor:
         """Mean load-balancing loss of the MoE layers in the last forward (0 for a dense model)."""

@@ -244,7 +244,7 @@ def test_wrong_type_config_field(ckpt, field, value):
 
 
 def test_invalid_config_value(ckpt):
-    edit_config(ckpt, mlp="relu")
+    edit_config(ckpt, mlp="tanh")
     with pytest.raises(CheckpointError, match="mlp must be"):
         load_model(ckpt)
 

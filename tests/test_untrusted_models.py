@@ -21,6 +21,7 @@ def edit_config(directory, **fields):
 
 @pytest.mark.parametrize("fields, message", [
     ({"n_layers": 1_000_000_000}, "says n_layers 1,000,000,000 but"),
+    ({"n_encoder_layers": 1_000_000_000, "pos_embedding": "relative"}, "says n_encoder_layers 1,000,000,000 but"),
     ({"vocab_size": 1_000_000_000}, "says vocab_size 1,000,000,000 and d_model"),
     ({"max_seq_len": 100_000_000}, "max_seq_len 100,000,000 needs"),
 ])

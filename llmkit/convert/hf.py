@@ -1,5 +1,6 @@
 """Hugging Face <-> llmkit for the Llama family (Llama 2/3, SmolLM/SmolLM2, Mistral, Qwen2, Qwen3);
-BERT encoders are read and written by llmkit/convert/bert.py, chosen here by the config's model_type.
+BERT encoders (llmkit/convert/bert.py) and T5 encoder-decoders (llmkit/convert/t5.py) are read and written
+by their own modules, chosen here by the config's model_type.
 
 Import: a directory with `config.json`, `*.safetensors` (one file or shards with an index) and
 `tokenizer.json`. Export: the same layout, loadable by `transformers.AutoModelForCausalLM`.
@@ -19,6 +20,7 @@ from llmkit.atomic import atomic_write_bytes, atomic_write_text
 from llmkit.checkpoint import load_generation_config
 from llmkit.config import ModelConfig
 from llmkit.convert.bert import config_from_bert, config_to_bert, is_bert_config, state_from_bert, state_to_bert
+from llmkit.convert.t5 import config_from_t5, config_to_t5, is_t5_config, state_from_t5, state_to_t5
 from llmkit.errors import ConfigError, ConversionError
 from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer
@@ -231,8 +233,9 @@ def read_hf_directory(directory: Path) -> tuple[ModelConfig, dict[str, torch.Ten
         raise ConversionError(f"{config_path}: missing; a Hugging Face model directory needs config.json, "
                               "*.safetensors and tokenizer.json")
     hf_config = load_json(config_path, ConversionError, expect=object)  # (config_from_hf names a non-object)
-    bert = is_bert_config(hf_config)  # BERT's config depends on its tensors (a pooler or not): read below
-    cfg = None if bert else config_from_hf(hf_config, str(config_path))
+    # BERT's and T5's configs depend on their tensors (a pooler or not, a tied head or not): read below
+    bert, t5 = is_bert_config(hf_config), is_t5_config(hf_config)
+    cfg = None if bert or t5 else config_from_hf(hf_config, str(config_path))
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise ConversionError(f"{directory}: no *.safetensors files (PyTorch .bin checkpoints are pickles and are "
@@ -246,6 +249,9 @@ def read_hf_directory(directory: Path) -> tuple[ModelConfig, dict[str, torch.Ten
     if bert:
         cfg = config_from_bert(hf_config, hf_state, str(config_path))
         state = state_from_bert(cfg, hf_state, str(directory))
+    elif t5:
+        cfg = config_from_t5(hf_config, hf_state, str(config_path))
+        state = state_from_t5(cfg, hf_state, str(directory))
     else:
         state = state_from_hf(cfg, hf_state, str(directory))
     if not (directory / "tokenizer.json").exists():
@@ -258,10 +264,13 @@ def read_hf_directory(directory: Path) -> tuple[ModelConfig, dict[str, torch.Ten
 
 
 def write_hf_directory(model: Transformer, tokenizer: Tokenizer | None, generation: dict, out: Path) -> Path:
-    encoder = not model.config.causal
-    hf_config = config_to_bert(model.config) if encoder else config_to_hf(model.config)
+    if model.config.n_encoder_layers:
+        hf_config, state = config_to_t5(model.config), state_to_t5(model)
+    elif not model.config.causal:
+        hf_config, state = config_to_bert(model.config), state_to_bert(model)
+    else:
+        hf_config, state = config_to_hf(model.config), state_to_hf(model)
     out.mkdir(parents=True, exist_ok=True)
-    state = state_to_bert(model) if encoder else state_to_hf(model)
     hf_config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
     if tokenizer is not None:
         hf_config["bos_token_id"], hf_config["eos_token_id"] = tokenizer.bos_id, tokenizer.eos_id

@@ -55,6 +55,13 @@ The decode forward can be compiled (`compile=True`): the cache's shapes are stat
 compiles to one graph (gpt-fast's recipe). Weights can be quantized to int8/int4 beforehand
 (quantize.py); the engine does not care which Linear the model holds.
 
+Encoder-decoder models (T5: `n_encoder_layers > 0`): a request's prompt is the source. On admission the
+encoder runs once over the sources admitted together (right-padded, masked) and each decoder layer's
+cross-attention keys and values are stored in the request's KV-cache row (`KVCache.store_cross`); the
+decoder then starts from `decoder_start_token` and runs as any decoder does (prefill, decode steps,
+batching, sampling). The prefix cache and speculative decoding are decoder-only features (a decoder
+prefix means nothing without its source) and are off for these models.
+
 Results equal naive generation: KV-cached greedy == full recomputation, batched == one by one,
 prefix-cached == uncached, speculative greedy == plain greedy, survivors of cancellations and failures ==
 their solo runs (tests/test_engine*.py).
@@ -95,7 +102,8 @@ class Completion:
 
     @classmethod
     def of(cls, request: Request) -> "Completion":
-        return cls(request.prompt_ids, list(request.output_ids), request.finish_reason, request.logprobs,
+        prompt = request.source_ids if request.source_ids is not None else request.prompt_ids
+        return cls(prompt, list(request.output_ids), request.finish_reason, request.logprobs,
                    request.cached_tokens, request.error)
 
 
@@ -192,6 +200,10 @@ class Engine:
                       "an integer >= 1 (prompt tokens prefilled per step)")
         _check_option(speculator is None or callable(getattr(speculator, "bind", None)), "speculator",
                       speculator, "None or a llmkit.infer.speculative.Speculator, e.g. Speculator('prompt-lookup')")
+        self.encoder_decoder = model.encoder is not None
+        if self.encoder_decoder and speculator is not None:
+            raise GenerationError("speculative decoding is for decoder-only models; this one is an encoder-decoder "
+                                  "(n_encoder_layers > 0): build the engine without a speculator")
         self.model = model
         self.stop_token_ids = list(stop_token_ids)
         self.tokenizer = tokenizer
@@ -199,7 +211,7 @@ class Engine:
         config, dtype = model.config, model.tok_emb.weight.dtype
         self.scheduler = Scheduler(config, self.device, dtype, max_batch_size, kv_cache_mib)
         self.prefix_cache = (PrefixCache(config, prefix_cache_mib, block_size, self.device, dtype)
-                             if prefix_cache_mib > 0 else None)
+                             if prefix_cache_mib > 0 and not self.encoder_decoder else None)
         self.compiled = compile
         self._decode_fn = self._decode_forward
         if compile:
@@ -243,7 +255,11 @@ class Engine:
         if params.stop_strings and self.tokenizer is None:
             raise GenerationError("stop strings need the engine to have a tokenizer (Engine(..., tokenizer=...))")
         stops = frozenset(self.stop_token_ids) | frozenset(params.stop_token_ids)
-        request = Request(prompt_ids, params, max_new, stops)
+        if self.encoder_decoder:  # the prompt is the source; the decoder starts from its start token
+            max_new = min(params.max_new_tokens, self.model.config.max_seq_len - 1)
+            request = Request([self.model.config.decoder_start_token], params, max_new, stops, source_ids=prompt_ids)
+        else:
+            request = Request(prompt_ids, params, max_new, stops)
         if max_new == 0:
             request.finish_reason = "length"
             return request
@@ -313,8 +329,8 @@ class Engine:
         """Spend this step's prefill budget; a request whose prompt completes emits its first token."""
         ready = []
         for request in prefilling:
-            if request.cancel_requested:  # cancelled during this step: no more work for it
-                request.finish_reason = "cancelled"
+            if request.cancel_requested or request.done:  # cancelled during this step, or its source's
+                request.finish_reason = request.finish_reason or "cancelled"  # encoding failed: no more work
                 events.append((request, []))
             else:
                 ready.append(request)
@@ -364,6 +380,8 @@ class Engine:
         longest prefix-cached run of blocks copied in; the rest of the prompt needs `prefill`."""
         with self._queue_lock:
             admitted = self.scheduler.admit(limit)
+        if self.encoder_decoder and admitted:
+            self._encode_sources(admitted)
         for request in admitted:
             if self.prefix_cache is not None:
                 request.length = self.prefix_cache.load(self.scheduler.cache, request.row,
@@ -371,6 +389,22 @@ class Engine:
             request.cached_tokens = request.length
             self.stats["cached_tokens"] += request.length
         return admitted
+
+    def _encode_sources(self, requests: list[Request]) -> None:
+        """Run the encoder once over the admitted requests' sources (right-padded into one forward) and
+        store each decoder layer's cross-attention keys and values in their rows. If it fails, so do they."""
+        width = max(len(r.source_ids) for r in requests)
+        ids = torch.tensor([r.source_ids + [0] * (width - len(r.source_ids)) for r in requests], device=self.device)
+        mask = torch.tensor([[1] * len(r.source_ids) + [0] * (width - len(r.source_ids)) for r in requests],
+                            device=self.device)
+        try:
+            keys_values = self.model.cross_keys_values(self.model.encode(ids, mask))
+            self.scheduler.cache.store_cross([r.row for r in requests], keys_values,
+                                             [len(r.source_ids) for r in requests])
+        except Exception as error:  # noqa: BLE001 - the shared forward failed: so did the requests it ran
+            for request in requests:
+                self.fail(request, error)
+        self.stats["prefill_tokens"] += sum(len(r.source_ids) for r in requests)
 
     def prefill(self, request: Request) -> torch.Tensor:
         """Fill an admitted request's row with the rest of its prompt, `prefill_chunk` tokens per

@@ -19,6 +19,10 @@ Prompt chunks of several requests run as one forward of left-padded rows (`bind(
 first pad[i] tokens of row i are filler). Left padding keeps each row's last real token in the last
 column, where `last_token_only` reads it; a filler token takes its row's first real position (so its
 attention row is never empty, hence never NaN) and its keys and values are not written.
+
+An encoder-decoder's cache also holds, per row, the cross-attention keys and values of that request's
+source (`store_cross`, once at admission: they depend on the source alone), which its decoder blocks read
+back each forward (`cross_keys_values`); they move, clear and grow with the row.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from llmkit.errors import GenerationError
 # CPU GEMM kernels (measured on SmolLM2-135M; see BENCHMARKS.md); the price is that a compiled engine
 # must be rebuilt if the weights change.
 COMPILE_OPTIONS = {"freezing": True}
+CROSS_STEP = 64  # an encoder-decoder's source capacity grows in multiples of this (the scheduler budgets it)
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
@@ -59,10 +64,32 @@ class KVCache:
         self._row_index: torch.Tensor | None = None
         self._pad: list[int] | None = None
         self._write: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # encoder-decoder: per decoder layer (rows, kv_heads, source capacity, head_dim), and which source
+        # positions of each row are real (the capacity grows with the longest source stored)
+        self.cross_keys: list[torch.Tensor] = []
+        self.cross_values: list[torch.Tensor] = []
+        self.cross_mask: torch.Tensor | None = None
+        if config.n_encoder_layers:
+            self._allocate_cross(0)
+
+    def _allocate_cross(self, capacity: int) -> None:
+        shape = (self.batch_size, self.config.n_kv_heads, capacity, self.config.head_dim)
+        self.cross_keys = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.config.n_layers)]
+        self.cross_values = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.config.n_layers)]
+        self.cross_mask = torch.zeros(self.batch_size, capacity, dtype=torch.bool, device=self.device)
+
+    def _row_tensors(self) -> list[torch.Tensor]:
+        """Every tensor whose first dimension is the row: keys and values, and the cross-attention's."""
+        return self.keys + self.values + self.cross_keys + self.cross_values
+
+    @property
+    def cross_capacity(self) -> int:
+        """Source positions each row can hold cross-attention keys and values for (0: a decoder-only model)."""
+        return self.cross_mask.shape[1] if self.cross_mask is not None else 0
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        return sum(t.numel() * t.element_size() for t in self._row_tensors())
 
     # -- the engine's side
     def bind(self, start: int, stop: int, kv_len: int | None = None, pad: list[int] | None = None) -> None:
@@ -123,6 +150,41 @@ class KVCache:
             return keys, values
         return keys[:, :, : self._attend_len], values[:, :, : self._attend_len]
 
+    # -- an encoder-decoder's source
+    @torch.inference_mode()
+    def store_cross(self, rows: list[int], keys_values: list[tuple[torch.Tensor, torch.Tensor]],
+                    lengths: list[int]) -> None:
+        """Hold the cross-attention keys and values of the sources of the requests in `rows`: per decoder
+        layer, (len(rows), kv_heads, source, head_dim) of a right-padded batch of sources, row i's first
+        lengths[i] positions real (`Transformer.cross_keys_values`)."""
+        source = keys_values[0][0].shape[2]
+        self.grow_cross(source)
+        index = torch.tensor(rows, device=self.device)
+        for layer, (k, v) in enumerate(keys_values):
+            self.cross_keys[layer][index, :, :source] = k.to(self.dtype)
+            self.cross_values[layer][index, :, :source] = v.to(self.dtype)
+        real = torch.arange(self.cross_mask.shape[1], device=self.device)[None] < torch.tensor(lengths, device=self.device)[:, None]
+        self.cross_mask[index] = real
+
+    @torch.inference_mode()
+    def grow_cross(self, positions: int) -> None:
+        """Room for sources of `positions` tokens in every row (the scheduler reserves it on admission,
+        within its budget), in multiples of CROSS_STEP: few reallocations, few shapes."""
+        capacity = self.cross_capacity
+        if positions <= capacity:
+            return
+        old = (self.cross_keys, self.cross_values, self.cross_mask)
+        self._allocate_cross(-(-positions // CROSS_STEP) * CROSS_STEP)
+        for old_t, new_t in zip(old[0] + old[1], self.cross_keys + self.cross_values):
+            new_t[:, :, :capacity] = old_t
+        self.cross_mask[:, :capacity] = old[2]
+
+    def cross_keys_values(self, layer: int, attention=None):
+        """The bound rows' cross-attention keys, values and (rows, 1, 1, source) mask, for `layer`."""
+        start, stop = self._rows
+        return (self.cross_keys[layer][start:stop], self.cross_values[layer][start:stop],
+                self.cross_mask[start:stop, None, None, :])
+
     # -- moving rows (continuous batching keeps running sequences in rows [0, n))
     # In inference mode whatever mode the caller is in: a cache filled inside `torch.inference_mode()`
     # holds inference tensors, which refuse in-place writes outside it.
@@ -131,6 +193,13 @@ class KVCache:
         for tensors in (self.keys, self.values):
             for t in tensors:
                 t[dst, :, :length] = t[src, :, :length]
+        self._move_cross([src], [dst])
+
+    def _move_cross(self, sources: list[int], destinations: list[int]) -> None:
+        if self.cross_mask is not None:  # (sources gathered before anything is written: a permutation is safe)
+            src, dst = torch.tensor(sources, device=self.device), torch.tensor(destinations, device=self.device)
+            for t in self.cross_keys + self.cross_values + [self.cross_mask]:
+                t[dst] = t[src]
 
     @torch.inference_mode()
     def move_rows(self, sources: list[int], destinations: list[int], length: int) -> None:
@@ -140,17 +209,25 @@ class KVCache:
         dst = torch.tensor(destinations, device=self.device)
         for t in self.keys + self.values:
             t[dst, :, :length] = t[src, :, :length]
+        self._move_cross(sources, destinations)
 
     @torch.inference_mode()
     def clear_row(self, row: int) -> None:
         """Zero a row. Positions past a row's length are masked, but a masked key's weight is 0 and
         0 * NaN is NaN: a row that held non-finite values must be cleared before it is reused."""
-        for t in self.keys + self.values:
+        for t in self._row_tensors():
             t[row].zero_()
+        if self.cross_mask is not None:
+            self.cross_mask[row] = False
 
     def resized(self, batch_size: int, max_len: int, keep_rows: int, keep_len: int) -> "KVCache":
         """A larger cache holding the first keep_rows rows' first keep_len positions of this one."""
         new = KVCache(self.config, batch_size, max_len, self.device, self.dtype)
         for old_t, new_t in zip(self.keys + self.values, new.keys + new.values):
             new_t[:keep_rows, :, :keep_len] = old_t[:keep_rows, :, :keep_len]
+        if self.cross_mask is not None:
+            new._allocate_cross(self.cross_mask.shape[1])
+            for old_t, new_t in zip(self.cross_keys + self.cross_values + [self.cross_mask],
+                                    new.cross_keys + new.cross_values + [new.cross_mask]):
+                new_t[:keep_rows] = old_t[:keep_rows]
         return new

@@ -23,7 +23,7 @@ import torch
 
 from llmkit.config import ModelConfig
 from llmkit.errors import GenerationError
-from llmkit.infer.kv_cache import KVCache, kv_bytes_per_token
+from llmkit.infer.kv_cache import CROSS_STEP, KVCache, kv_bytes_per_token
 from llmkit.infer.sampling import RequestSampler, SamplingParams, TokenLogprob
 
 CAPACITY_STEP = 256  # cache lengths are multiples of this: fewer distinct shapes to compile
@@ -47,6 +47,7 @@ class Request:
     cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
     drafted: int = 0  # speculative decoding: tokens proposed and accepted
     accepted: int = 0
+    source_ids: list[int] | None = None  # an encoder-decoder's source (prompt_ids then start the decoder)
 
     def __post_init__(self):
         self.sampler = self.sampler or RequestSampler(self.params, self.prompt_ids)
@@ -77,6 +78,12 @@ class Request:
             raise GenerationError(f"generation failed: {self.error}")
 
 
+def cross_positions(request: Request) -> int:
+    """Source positions an encoder-decoder request's row keeps cross-attention keys and values for: its
+    source, rounded up as KVCache.store_cross grows (0 for a decoder-only request)."""
+    return -(-len(request.source_ids) // CROSS_STEP) * CROSS_STEP if request.source_ids is not None else 0
+
+
 class Scheduler:
     def __init__(self, config: ModelConfig, device: torch.device, dtype: torch.dtype, max_batch_size: int,
                  memory_mib: float):
@@ -93,7 +100,7 @@ class Scheduler:
 
     def add(self, request: Request) -> Request:
         request.id = next(self._ids)
-        need = self._capacity_for(request.reserved) * self.bytes_per_position
+        need = (self._capacity_for(request.reserved) + cross_positions(request)) * self.bytes_per_position
         if need > self.memory_bytes:
             raise GenerationError(
                 f"the request needs {need / 2**20:.0f} MiB of KV cache ({request.reserved} positions) but the "
@@ -122,19 +129,24 @@ class Scheduler:
     def _make_room(self, request: Request) -> bool:
         rows, capacity = (self.cache.batch_size, self.cache.max_len) if self.cache else (0, 0)
         want_capacity = max(capacity, self._capacity_for(request.reserved))
+        # an encoder-decoder's rows also hold their sources' cross-attention keys and values
+        cross = self.cache.cross_capacity if self.cache else 0
+        want_cross = max(cross, cross_positions(request))
         n = len(self.running) + 1
-        if n <= rows and want_capacity == capacity:
+        if n <= rows and want_capacity == capacity and want_cross == cross:
             return True
         # Grow rows by doubling (fewer reallocations and compiled shapes), within budget and batch size.
         for want_rows in (min(self.max_batch_size, max(rows, 1 << (n - 1).bit_length())), max(rows, n)):
-            if want_rows * want_capacity * self.bytes_per_position <= self.memory_bytes:
+            if want_rows * (want_capacity + want_cross) * self.bytes_per_position <= self.memory_bytes:
                 break
         else:
             return False
         if self.cache is None:
             self.cache = KVCache(self.config, want_rows, want_capacity, self.device, self.dtype)
-        else:
+        elif (want_rows, want_capacity) != (rows, capacity):
             self.cache = self.cache.resized(want_rows, want_capacity, len(self.running), capacity)
+        if want_cross:  # reserved now, so the next admission's check counts it
+            self.cache.grow_cross(want_cross)
         return True
 
     def retire(self, request: Request) -> None:

@@ -36,9 +36,12 @@ class TrainConfig:
     # tokens per optimizer step over all processes: the Trainer accumulates the nearest whole number of
     # micro-batches (at least one per process); 0 = one micro-batch per process
     batch_tokens: int = 0
-    # pretraining objective: "next_token" (a decoder) or "mlm", masked language modelling (an encoder: BERT)
+    # pretraining objective: "next_token" (a decoder), "mlm", masked language modelling (an encoder: BERT), or
+    # "span", span corruption (an encoder-decoder: T5)
     objective: str = "next_token"
     mlm_probability: float = 0.15  # mlm: the fraction of non-special tokens chosen (Devlin et al. 2019)
+    span_density: float = 0.15  # span: the fraction of each window's tokens corrupted (Raffel et al. 2020)
+    span_mean_length: float = 3.0  # span: the mean length of a corrupted span (Raffel et al. 2020)
     # -- optimisation
     optimizer: str = "adamw"  # "adamw", or "muon" (Muon for hidden matrices, AdamW for the rest)
     lr: float = 1e-3  # peak learning rate (AdamW's; after warmup, before decay)
@@ -76,7 +79,8 @@ class TrainConfig:
     # its origin; a test holds that no numeric field lacks one). Counts of steps and tokens stop at 2^62
     # so that sums of them stay inside int64.
     RANGES = {
-        "anneal_fraction": "[0, 1]", "mlm_probability": "(0, 1)", "vocab_size": "[1, 2^21]", "seq_len": "[1, 2^31)",
+        "anneal_fraction": "[0, 1]", "mlm_probability": "(0, 1)", "span_density": "(0, 0.5]",
+        "span_mean_length": "[1, 2^31)", "vocab_size": "[1, 2^21]", "seq_len": "[1, 2^31)",
         "micro_batch": "[1, 2^31)", "batch_tokens": "[0, 2^62)",
         "lr": "(0, inf)", "muon_lr": "(0, inf)", "min_lr_ratio": "[0, 1]", "warmup_steps": "[0, 2^62)",
         "decay_fraction": "(0, 1]", "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)",
@@ -89,7 +93,8 @@ class TrainConfig:
     def __post_init__(self):
         check_ranges(self)
         checks = [
-            (self.objective in ("next_token", "mlm"), f"objective must be 'next_token' or 'mlm', not {self.objective!r}"),
+            (self.objective in ("next_token", "mlm", "span"),
+             f"objective must be 'next_token', 'mlm' or 'span', not {self.objective!r}"),
             (self.optimizer in ("adamw", "muon"), f"optimizer must be 'adamw' or 'muon', not {self.optimizer!r}"),
             (self.schedule in ("cosine", "wsd"), f"schedule must be 'cosine' or 'wsd', not {self.schedule!r}"),
             (self.dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),

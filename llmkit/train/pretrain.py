@@ -1,5 +1,6 @@
 """Pretraining: next-token prediction with cross-entropy on token shards, through the one Trainer (or,
-with objective=mlm, masked language modelling of an encoder: llmkit/train/mlm.py).
+with objective=mlm, masked language modelling of an encoder: llmkit/train/mlm.py; with objective=span,
+T5's span corruption of an encoder-decoder: llmkit/train/span.py).
 
 `data: shakespeare` needs nothing prepared: the corpus is fetched, a BPE tokenizer of `vocab_size`
 is trained on the training plays, and both splits are tokenized into shards, all cached under
@@ -166,18 +167,28 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
     info = init_distributed(device.type)
     train, val = resolve_data(config, info.is_main)
     tokenizer = Tokenizer.load(train.directory)
-    masker = None
+    masker = corruptor = None
     if config.objective == "mlm":
         from llmkit.train.mlm import Masker, with_mask_token
 
         tokenizer = with_mask_token(tokenizer)
         masker = Masker(tokenizer, config.mlm_probability)
+    elif config.objective == "span":
+        from llmkit.train.span import SpanCorruptor, span_objective, with_sentinels
+
+        tokenizer = with_sentinels(tokenizer)
     model = build_model(config, train, tokenizer, device)
-    if model.config.causal != (masker is None):
-        need = "a decoder (causal: true)" if masker is None else "an encoder (causal: false)"
-        have = "a decoder" if model.config.causal else "an encoder"
+    kinds = {"next_token": "a decoder", "mlm": "an encoder", "span": "an encoder-decoder"}
+    have = "an encoder-decoder" if model.config.n_encoder_layers else "a decoder" if model.config.causal else "an encoder"
+    if kinds[config.objective] != have:
+        need = {"next_token": "a decoder (causal: true)", "mlm": "an encoder (causal: false)",
+                "span": "an encoder-decoder (n_encoder_layers > 0)"}[config.objective]
         raise ConfigError(f"objective={config.objective} needs {need}; model {config.init_from or config.model} is "
-                          f"{have} (objective=mlm for an encoder such as model=bert-cpu, next_token for a decoder)")
+                          f"{have} (objective=mlm for an encoder such as model=bert-cpu, span for an encoder-decoder "
+                          "such as model=t5-cpu, next_token for a decoder)")
+    if config.objective == "span":
+        corruptor = SpanCorruptor(tokenizer, model.config.decoder_start_token, config.span_density,
+                                  config.span_mean_length)
 
     anneal = TokenShards(config.anneal_data) if config.anneal_data else None
     if anneal is not None and anneal.manifest["tokenizer_sha256"] != train.manifest["tokenizer_sha256"]:
@@ -190,10 +201,17 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
         if anneal is not None and data_source_for_step(step, trainer.total_steps, config.anneal_fraction) == "anneal":
             source = anneal
         batch = source.random_batch(config.micro_batch, config.seq_len, config.seed, step, micro)
+        if corruptor is not None:
+            return corruptor.batch(batch[0], config.seed, step, micro)
         return batch if masker is None else masker.batch(batch[0], config.seed, step, micro)
 
     def evaluate(runner) -> dict:
         device = next(runner.parameters()).device
+        if corruptor is not None:
+            from llmkit.train.span import evaluate_span
+
+            return evaluate_span(runner, val, corruptor, config.seq_len, config.micro_batch, device, trainer.autocast(),
+                                 config.eval_tokens)
         if masker is not None:
             from llmkit.train.mlm import evaluate_mlm
 
@@ -211,9 +229,10 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
         model.train(was_training)
         return tokenizer.decode(ids, skip_special_tokens=True)
 
+    objective = {"objective": span_objective} if corruptor is not None else {}
     trainer = Trainer(model, config, out, batch_fn, config.micro_batch * config.seq_len,
-                      evaluate=evaluate if val is not None else None, sample=sample if masker is None else None,
-                      tokenizer=tokenizer)
+                      evaluate=evaluate if val is not None else None, tokenizer=tokenizer,
+                      sample=sample if masker is None and corruptor is None else None, **objective)
     result = trainer.fit(resume=resume)
     shutdown()  # on success only: after a failure the other ranks may never reach a barrier
     return result
