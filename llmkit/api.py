@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,6 +29,10 @@ from llmkit.infer.engine import ENCODER_CANNOT_GENERATE
 from llmkit.infer.speculative import Speculator, layer_skip_draft
 from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    import numpy
+
 
 @dataclass
 class TokenScore:
