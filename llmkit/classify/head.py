@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save
 
 from llmkit.atomic import atomic_write_bytes, atomic_write_text
 from llmkit.errors import CheckpointError, ConfigError
+from llmkit.train.head_model import HeadOnTransformer
 from llmkit.train.packing import model_inputs, pack, sequence_item
 from llmkit.train.peft import load_peft, prompt_prefix_ids, save_peft
 
@@ -46,7 +47,7 @@ def resolve_pooling(pooling: str, model_config) -> str:
     return pooling
 
 
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(HeadOnTransformer):
     """A Transformer wrapped with a pooled linear head: logits (n_texts, n_labels)."""
 
     def __init__(self, transformer: nn.Module, labels: list[str], pooling: str = "auto"):
@@ -67,22 +68,6 @@ class SequenceClassifier(nn.Module):
         """Logits (n, n_labels), float32, of the texts of a packed batch (`classification_batch`)."""
         hidden = self.transformer(batch["input_ids"], return_hidden=True, **model_inputs(batch))
         return self.score(pool(hidden, batch, self.pooling)).float()
-
-    # what the Trainer asks of a model
-    @property
-    def config(self):
-        return self.transformer.config
-
-    @property
-    def blocks(self):
-        return self.transformer.blocks
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        return self.transformer.num_params(non_embedding) + sum(p.numel() for p in self.score.parameters())
-
-    def flops_per_token(self, seq_len: int) -> float:
-        # the vocabulary-wide output head never runs: 6 x its weights fewer
-        return self.transformer.flops_per_token(seq_len) - 6 * self.transformer.lm_head.weight.numel()
 
 
 def pool(hidden: torch.Tensor, batch: dict, how: str) -> torch.Tensor:

@@ -25,6 +25,7 @@ from llmkit.atomic import atomic_write_bytes
 from llmkit.eval.stats import wilson_interval
 from llmkit.errors import CheckpointError
 from llmkit.train.chat_data import EncodedPair, encode_completion, encode_pair, encode_prompt, truncate_pair
+from llmkit.train.head_model import HeadOnTransformer
 from llmkit.train.packing import model_inputs, pack, sequence_item
 from llmkit.train.peft import apply_peft, load_peft, prompt_prefix_ids, save_peft
 from llmkit.device import autocast_context
@@ -35,7 +36,7 @@ from llmkit.train.trainer import Trainer, TrainResult
 HEAD_FILE = "reward_head.safetensors"
 
 
-class RewardModel(nn.Module):
+class RewardModel(HeadOnTransformer):
     """A Transformer wrapped with a scalar head on the last token's final hidden state."""
 
     def __init__(self, transformer: nn.Module):
@@ -52,22 +53,6 @@ class RewardModel(nn.Module):
         """Rewards (n,) of the sequences whose last tokens sit at flat indices last_index."""
         hidden = self.transformer(input_ids, positions=positions, doc_ids=doc_ids, return_hidden=True)
         return self.score(hidden.flatten(0, 1)[last_index]).squeeze(-1).float()
-
-    # what the Trainer asks of a model
-    @property
-    def config(self):
-        return self.transformer.config
-
-    @property
-    def blocks(self):
-        return self.transformer.blocks
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        return self.transformer.num_params(non_embedding) + sum(p.numel() for p in self.score.parameters())
-
-    def flops_per_token(self, seq_len: int) -> float:
-        # no output head over the vocabulary: 6 x its weights fewer
-        return self.transformer.flops_per_token(seq_len) - 6 * self.transformer.lm_head.weight.numel()
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor, dict]:
