@@ -80,7 +80,7 @@ def measure(args) -> None:
                overwrite=True, settings={"model": "smollm2", "judge": "smollm2"})
     rl_s = time.perf_counter() - t0
     human = human_agreement(llm, constitution, load_records(HH, "preference", TEST)[:args.prompts], args.seed)
-    print(f"| stage | prompts | figure | seconds |\n| --- | --- | --- | --- |")
+    print("| stage | prompts | figure | seconds |\n| --- | --- | --- | --- |")
     for r in sl["per_round"]:
         print(f"| SL-CAI round {r['round']} | {r['revised']} | revision changed the answer {r['changed_rate']:.0%}, "
               f"similarity {r['mean_similarity']:.2f} to the answer, {r['revision_like_critique']:.2f} to the critique, "
