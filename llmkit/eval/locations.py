@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from llmkit.cache import cache_root as llmkit_cache_root
+
 SHARED_ROOT = Path("..") / "shared" / "data" / "eval"  # relative to the current directory, as a checkout sits
 
 
 def cache_root() -> Path:
-    # the same root as every llmkit cache (models, corpora): $LLMKIT_CACHE or ~/.cache/llmkit
-    return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit")) / "eval"
+    """The evaluation files' part of the one llmkit cache ($LLMKIT_CACHE or ~/.cache/llmkit)."""
+    return llmkit_cache_root() / "eval"
 
 
 def search_roots(task_dir: str | Path | None, shared: Path, cache: Path) -> list[Path]:
