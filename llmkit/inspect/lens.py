@@ -55,8 +55,9 @@ def lens_top(model: Transformer, hidden: torch.Tensor, top: int) -> tuple[torch.
     flat = hidden.reshape(-1, hidden.shape[-1])
     rows = max(1, LOGITS_CHUNK_BYTES // (4 * model.config.vocab_size))
     index, probs = [], []
+    buffer = torch.empty(min(rows, flat.shape[0]), model.config.vocab_size)
     for start in range(0, flat.shape[0], rows):
-        logits = lens_logits(model, flat[start:start + rows])
+        logits = lens_logits(model, flat[start:start + rows], out=buffer)
         values, i = logits.topk(top, dim=-1)
         probs.append((values - logits.logsumexp(dim=-1, keepdim=True)).exp())
         index.append(i)
