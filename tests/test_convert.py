@@ -1,6 +1,7 @@
 """Real-model import checked against an implementation nobody here wrote: Hugging Face transformers."""
 
 import json
+import re
 
 import gguf
 import numpy as np
@@ -280,3 +281,34 @@ def test_bad_sources_give_clear_errors(tmp_path):
         convert(hf_dir, tmp_path / "out")
     with pytest.raises(ConversionError, match="not a .gguf file"):
         convert(tmp_path / "missing", tmp_path / "out")
+
+
+@pytest.mark.parametrize("kind", ["llama", "bert", "t5"])
+def test_a_tensor_the_converter_does_not_map_is_refused_by_name(tmp_path, shakespeare_tokenizer, kind):
+    """One extra tensor (an option the converter does not know) must stop the import, not be dropped."""
+    from safetensors.torch import load_file, save_file
+
+    from test_encoder import tiny_bert, write_wordpiece_tokenizer
+    from test_t5 import hf_directory, tiny_t5
+
+    if kind == "llama":
+        src = tmp_path / "hf"
+        _tiny_hf_model("llama", tie=False).save_pretrained(src)
+        shakespeare_tokenizer.save(src)
+        extra, what = "model.layers.0.self_attn.o_proj.bias", ""
+    elif kind == "bert":
+        src = tmp_path / "hf"
+        tiny_bert("encoder", 64).save_pretrained(src)
+        write_wordpiece_tokenizer(src)
+        extra, what = "encoder.layer.0.output.extra.weight", r" \(llmkit imports BertModel and BertForMaskedLM\)"
+    else:
+        src = hf_directory(tmp_path, tiny_t5("relu"))
+        extra, what = "encoder.block.0.layer.0.SelfAttention.o.bias", r" \(llmkit imports T5ForConditionalGeneration\)"
+    state = load_file(src / "model.safetensors")
+    state[extra] = torch.zeros(4)
+    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+    shown = extra.removeprefix("model.")
+    with pytest.raises(ConversionError, match=rf"hf: tensors this architecture does not use: "
+                                              rf"{re.escape(shown)}{what}$"):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from llmkit.config import ModelConfig
+from llmkit.convert.hf_tensors import HFTensors
 from llmkit.errors import ConfigError, ConversionError
 
 BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM")
@@ -120,13 +121,9 @@ def _name_pairs(cfg: ModelConfig, prefix: str) -> list[tuple[str, str]]:
 
 
 def state_from_bert(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    hf_state = dict(hf_state)
+    hf_state = HFTensors(hf_state, source, "llmkit imports BertModel and BertForMaskedLM")
+    take = hf_state.take
     prefix = "bert." if cfg.lm_head else ""
-
-    def take(name: str) -> torch.Tensor:
-        if name not in hf_state:
-            raise ConversionError(f"{source}: tensor {name!r} is missing")
-        return hf_state.pop(name)
 
     hf_state.pop(prefix + "embeddings.position_ids", None)  # a buffer of 0..n-1 that older files carry
     if "cls.predictions.bias" not in hf_state and "cls.predictions.decoder.bias" in hf_state:
@@ -143,9 +140,7 @@ def state_from_bert(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], source:
             raise ConversionError(f"{source}: tensor 'cls.predictions.decoder.weight' is missing and embeddings "
                                   "are not tied")
         out["lm_head.weight"] = decoder
-    if hf_state:
-        raise ConversionError(f"{source}: tensors this architecture does not use: {', '.join(sorted(hf_state)[:5])} "
-                              "(llmkit imports BertModel and BertForMaskedLM)")
+    hf_state.check_all_used()
     return out
 
 

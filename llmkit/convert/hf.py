@@ -20,6 +20,7 @@ from llmkit.atomic import atomic_write_bytes, atomic_write_text
 from llmkit.checkpoint import load_generation_config
 from llmkit.config import ModelConfig
 from llmkit.convert.bert import config_from_bert, config_to_bert, is_bert_config, state_from_bert, state_to_bert
+from llmkit.convert.hf_tensors import HFTensors
 from llmkit.convert.t5 import config_from_t5, config_to_t5, is_t5_config, state_from_t5, state_to_t5
 from llmkit.errors import ConfigError, ConversionError
 from llmkit.model import Transformer
@@ -160,12 +161,8 @@ def config_to_hf(cfg: ModelConfig) -> dict:
 # --- weights -------------------------------------------------------------------------------------------
 def state_from_hf(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """Hugging Face tensor names -> llmkit names (q/k/v and gate/up concatenated into fused matrices)."""
-    hf_state = {k.removeprefix("model.") if k.startswith("model.") else k: v for k, v in hf_state.items()}
-
-    def take(name: str) -> torch.Tensor:
-        if name not in hf_state:
-            raise ConversionError(f"{source}: tensor {name!r} is missing")
-        return hf_state.pop(name)
+    hf_state = HFTensors({k.removeprefix("model."): v for k, v in hf_state.items()}, source)
+    take = hf_state.take
 
     out = {"tok_emb.weight": take("embed_tokens.weight"), "norm.weight": take("norm.weight")}
     for i in range(cfg.n_layers):
@@ -191,9 +188,9 @@ def state_from_hf(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], source: s
         if head is None:
             raise ConversionError(f"{source}: tensor 'lm_head.weight' is missing and embeddings are not tied")
         out["lm_head.weight"] = head
-    hf_state = {k: v for k, v in hf_state.items() if not k.endswith("rotary_emb.inv_freq")}
-    if hf_state:
-        raise ConversionError(f"{source}: tensors this architecture does not use: {', '.join(sorted(hf_state)[:5])}")
+    for name in [k for k in hf_state if k.endswith("rotary_emb.inv_freq")]:  # a buffer older files carry
+        del hf_state[name]
+    hf_state.check_all_used()
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from llmkit.config import ModelConfig
+from llmkit.convert.hf_tensors import HFTensors
 from llmkit.errors import ConfigError, ConversionError
 
 T5_ARCHITECTURES = ("T5ForConditionalGeneration",)
@@ -134,12 +135,8 @@ def _fused_parts(cfg: ModelConfig) -> list[tuple[str, list[str]]]:
 
 
 def state_from_t5(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    hf_state = dict(hf_state)
-
-    def take(name: str) -> torch.Tensor:
-        if name not in hf_state:
-            raise ConversionError(f"{source}: tensor {name!r} is missing")
-        return hf_state.pop(name)
+    hf_state = HFTensors(hf_state, source, "llmkit imports T5ForConditionalGeneration")
+    take = hf_state.take
 
     # copies of the shared embedding that some files carry, and a table transformers itself ignores
     for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
@@ -151,9 +148,7 @@ def state_from_t5(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], source: s
     head = hf_state.pop("lm_head.weight", None)
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = head
-    if hf_state:
-        raise ConversionError(f"{source}: tensors this architecture does not use: {', '.join(sorted(hf_state)[:5])} "
-                              "(llmkit imports T5ForConditionalGeneration)")
+    hf_state.check_all_used()
     return out
 
 
