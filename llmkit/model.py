@@ -341,12 +341,15 @@ class LinearCrossEntropy(torch.autograd.Function):
         return (grad_hidden * grad_output).to(hidden_dtype), (grad_weight * grad_output).to(weight_dtype), None
 
 
-def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """(batch, 1, seq, seq) boolean mask for packed rows: query i sees key j iff j <= i and both tokens
-    belong to the same document, so packed documents never attend to each other."""
-    seq = doc_ids.shape[1]
-    causal = torch.ones(seq, seq, dtype=torch.bool, device=doc_ids.device).tril()
-    return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
+def document_mask(doc_ids: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """(batch, 1, seq, seq) boolean mask for packed rows: query i sees key j iff both tokens belong to the
+    same document (and j <= i when causal), so packed documents never attend to each other; an encoder's
+    token sees its whole document, before and after it."""
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    if causal:
+        seq = doc_ids.shape[1]
+        same = same & torch.ones(seq, seq, dtype=torch.bool, device=doc_ids.device).tril()
+    return same[:, None]
 
 
 def padding_mask(attention_mask: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -539,7 +542,7 @@ class Transformer(nn.Module):
             rope = (self.rope_cos[positions].unsqueeze(2).to(x.dtype), self.rope_sin[positions].unsqueeze(2).to(x.dtype))
         attn_mask = kv_cache.prepare(positions) if kv_cache is not None else None
         if doc_ids is not None and kv_cache is None:
-            attn_mask = document_causal_mask(doc_ids)
+            attn_mask = document_mask(doc_ids, self.config.causal)
         elif attention_mask is not None and kv_cache is None:
             attn_mask = padding_mask(attention_mask, self.config.causal)
         if self.rel_bias is not None:  # keys: the cache's positions 0..n-1, or the tokens' own

@@ -83,10 +83,13 @@ def test_subsample_is_seeded_and_keeps_file_order():
 
 
 # --- the head ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("causal", [True, False], ids=["decoder", "encoder"])
 @pytest.mark.parametrize("pooling", ["last", "cls", "mean"])
-def test_pooling_of_packed_rows_equals_each_text_alone(pooling):
+def test_pooling_of_packed_rows_equals_each_text_alone(pooling, causal):
+    """Packed texts never see each other; an encoder's tokens see their whole text (before this was
+    tested, packed rows were causal for an encoder too: its [CLS] saw only itself)."""
     torch.manual_seed(0)
-    model = SequenceClassifier(Transformer(ModelConfig.preset("tiny")), ["a", "b", "c"], pooling).eval()
+    model = SequenceClassifier(Transformer(ModelConfig.preset("tiny", causal=causal)), ["a", "b", "c"], pooling).eval()
     sequences = [torch.randint(0, 512, (n,)).tolist() for n in (9, 20, 5, 14, 1)]
     batch = classification_batch(sequences, row_len=32, pad_id=0)
     assert batch["input_ids"].shape[0] < len(sequences)  # several texts share a row
@@ -102,16 +105,36 @@ def test_pooling_of_packed_rows_equals_each_text_alone(pooling):
 
 
 def test_auto_pooling_follows_the_models_causal_flag():
-    cfg = ModelConfig.preset("tiny")
-    assert SequenceClassifier(Transformer(cfg), ["a", "b"]).pooling == "last"
+    assert SequenceClassifier(Transformer(ModelConfig.preset("tiny")), ["a", "b"]).pooling == "last"
+    assert SequenceClassifier(Transformer(ModelConfig.preset("tiny", causal=False)), ["a", "b"]).pooling == "cls"
 
-    class Encoder(torch.nn.Module):  # what an encoder's config says (issue 23: a `causal` flag)
-        def __init__(self):
-            super().__init__()
-            self.inner = Transformer(cfg)
-            self.tok_emb, self.config = self.inner.tok_emb, type("C", (), {"causal": False, "d_model": cfg.d_model})()
 
-    assert SequenceClassifier(Encoder(), ["a", "b"]).pooling == "cls"
+def test_a_bert_classifier_reads_cls_text_sep_and_pools_what_transformers_computes(tmp_path):
+    """A BERT imported from Hugging Face: classify_texts wraps each text as BERT was trained ([CLS] text
+    [SEP]) and the head reads the [CLS] vector transformers' BertModel gives, packed or alone."""
+    transformers = pytest.importorskip("transformers", reason="transformers is a test dependency")
+    from test_encoder import tiny_bert, write_wordpiece_tokenizer
+
+    from llmkit.checkpoint import load_model, load_tokenizer
+    from llmkit.convert import convert
+
+    hf = tiny_bert("encoder", write_wordpiece_tokenizer(tmp_path / "hf"))
+    hf.save_pretrained(tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "ours")
+    tokenizer = load_tokenizer(tmp_path / "ours")
+    torch.manual_seed(0)
+    model = SequenceClassifier(load_model(tmp_path / "ours"), ["negative", "positive"]).eval()
+    assert model.pooling == "cls"
+    texts = ["the cat sat", "a dog ran on the mat", "cat"]
+    probs = classify_texts(model, tokenizer, texts, per_batch=3)
+    hf_tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "hf" / "tokenizer.json"))
+    for text, row in zip(texts, probs):
+        ids = hf_tokenizer(text).input_ids
+        assert ids[0] == tokenizer.backend.token_to_id("[CLS]") and ids[-1] == tokenizer.backend.token_to_id("[SEP]")
+        with torch.no_grad():
+            cls = hf(torch.tensor([ids])).last_hidden_state[0, 0]
+            expected = torch.softmax(model.score(cls), -1)
+        torch.testing.assert_close(row, expected, atol=1e-5, rtol=0)
 
 
 def test_batched_probabilities_equal_one_by_one(tiny_base):

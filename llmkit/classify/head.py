@@ -11,8 +11,9 @@ Pooling:
   sentence embeddings).
 "auto" is "last" for a causal model and "cls" for an encoder (`getattr(config, "causal", True)`).
 
-Texts are packed several to a row with no attention across them (llmkit/train/packing.py), so a batch
-computes exactly what each text would alone (tested: batched == one by one).
+Texts are packed several to a row with no attention across them (llmkit/train/packing.py; an encoder's
+tokens see their whole text, before and after), so a batch computes exactly what each text would alone
+(tested: batched == one by one, for a decoder and an encoder).
 
 On disk: the backbone in the one checkpoint format (merged if it was trained with LoRA; the adapter
 beside it, llmkit/train/peft.py), `classifier_head.safetensors` (score.weight, score.bias) and
@@ -99,10 +100,15 @@ def classification_batch(sequences: list[list[int]], row_len: int, pad_id: int) 
     return batch
 
 
-def encode_texts(tokenizer, texts: list[str], max_len: int, prefix: list[int] | None = None) -> list[list[int]]:
+def encode_texts(tokenizer, texts: list[str], max_len: int, prefix: list[int] | None = None,
+                 causal: bool = True) -> list[list[int]]:
     """Token ids of each text (BOS first where the tokenizer has one, as the model saw documents in
-    pretraining), cut to max_len tokens: the end of a long text is dropped (its start is kept)."""
+    pretraining), cut to max_len tokens: the end of a long text is dropped (its start is kept). An encoder
+    whose tokenizer wraps texts (BERT's [CLS] text [SEP]) reads them wrapped, as it was trained."""
     prefix = prefix or []
+    if not causal and tokenizer.backend.num_special_tokens_to_add(False) > 0:
+        wrapped = tokenizer.encode_with_special_tokens(texts, max(max_len - len(prefix), 1))
+        return [(prefix + ids)[:max_len] for ids in wrapped]
     encoded = tokenizer.encode_batch(texts, add_bos=True)
     return [(prefix + ids)[:max_len] for ids in encoded]
 
@@ -130,7 +136,7 @@ def classify_texts(model: SequenceClassifier, tokenizer, texts: list[str], max_l
                    per_batch: int = 32, autocast=None) -> torch.Tensor:
     """Label probabilities (n, n_labels) of texts; columns in the order of model.labels."""
     max_len = min(max_len or model.config.max_seq_len, model.config.max_seq_len)
-    sequences = encode_texts(tokenizer, texts, max_len, prompt_prefix_ids(model))
+    sequences = encode_texts(tokenizer, texts, max_len, prompt_prefix_ids(model), model.config.causal)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     return classify_sequences(model, sequences, max_len, pad, per_batch, autocast)
 
