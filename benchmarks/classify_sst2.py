@@ -7,11 +7,17 @@
    2021: content-free inputs N/A, "", [MASK]); both from one scoring pass, calibration is a rescaling.
 3. SmolLM2 + LoRA + a classification head (last-token pooling), trained with `llmkit classify train
    --lora` on a seeded random subsample of SST-2 train for a fixed training time.
+4. all-MiniLM-L6-v2 (`all-minilm`, the sentence encoder from its PyPI wheel) + head ([CLS] pooling, as BERT
+   is fine-tuned), fully fine-tuned the same way (BERT's lr range, Devlin et al. 2019 appendix A.3).
+5. The CPU-trained BERT-style encoder (`llmkit pretrain --preset bert-shakespeare-cpu`, given by
+   --bert-model) + head, fully fine-tuned the same way: what ten minutes of masked-LM pretraining on
+   Shakespeare carry over to modern film reviews.
 
     python benchmarks/classify_sst2.py [--train-examples 2000] [--time-limit 600] [--run-dir runs/sst2-lora]
     python benchmarks/classify_sst2.py --parts lora --micro-batch 64 --lr 1e-3 --warmup 2   # the LoRA row alone
+    python benchmarks/classify_sst2.py --parts minilm,bert --bert-model runs/bert   # the encoder rows
 
---parts picks the rows (majority, zero-shot, lora): on a shared 2-core machine each row takes minutes.
+--parts picks the rows (majority, zero-shot, lora, minilm, bert): each trained row takes --time-limit.
 
 Anchor: BERT-base 93.5% (Devlin et al. 2019, table 1). Data: ../shared/data/eval/sentiment (read only
 here, never by tests). Prints a table, then one JSON line.
@@ -71,28 +77,32 @@ def zero_shot_rows(args, texts, y) -> list[dict]:
     return out
 
 
-def lora_row(args, texts, y) -> tuple[dict, int]:
-    """(the row, optimizer steps): LoRA + head trained for --time-limit s on a subsample, scored on dev."""
+def head_row(args, texts, y, key: str, name: str, model: str, run_dir: Path, lr: float, peft: str = "none",
+             pooling: str = "auto") -> tuple[dict, int]:
+    """(the row, optimizer steps): `model` + a head (LoRA or full fine-tuning) trained for --time-limit s on a
+    subsample of SST-2 train, scored on dev."""
     from llmkit.classify.head import classify_texts, load_classifier
     from llmkit.classify.train import ClassifyConfig, run_classify
 
     train_s = 0.0
     if not args.skip_train:
-        shutil.rmtree(args.run_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
         config = ClassifyConfig.preset("classify", {
-            "init_from": args.model, "data": str(args.data_dir / "sst2_train.tsv"), "peft": "lora", "lr": args.lr,
-            "micro_batch": args.micro_batch, "warmup_steps": args.warmup, "train_examples": args.train_examples,
-            "time_limit_s": args.time_limit, "threads": args.threads, "eval_every": 0, "plot": False})
-        result = run_classify(config, args.run_dir)
+            "init_from": model, "data": str(args.data_dir / "sst2_train.tsv"), "peft": peft, "lr": lr,
+            "pooling": pooling, "micro_batch": args.micro_batch, "warmup_steps": args.warmup,
+            "train_examples": args.train_examples, "time_limit_s": args.time_limit, "threads": args.threads,
+            "eval_every": 0, "plot": False})
+        result = run_classify(config, run_dir)
         train_s, steps = result.train_time_s, result.steps
     else:
-        steps = json.loads((args.run_dir / "metrics.jsonl").read_text().splitlines()[-1]).get("step", 0)
-    model, tokenizer = load_classifier(args.run_dir)
+        steps = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1]).get("step", 0)
+    classifier, tokenizer = load_classifier(run_dir)
     t0 = time.perf_counter()
-    probs = classify_texts(model, tokenizer, texts, max_len=128)
-    note = (f"subsample of {args.train_examples}: {steps} steps x {args.micro_batch} sentences, lr {args.lr:g}; "
+    probs = classify_texts(classifier, tokenizer, texts, max_len=128)
+    note = (f"{'LoRA' if peft == 'lora' else 'full fine-tuning'}, {classifier.pooling} pooling; subsample of "
+            f"{args.train_examples}: {steps} steps x {args.micro_batch} sentences, lr {lr:g}; "
             f"dev scored in {time.perf_counter() - t0:.0f} s")
-    return row("lora_head", f"{args.model} + LoRA + head", probs, y, train_s, note), steps
+    return row(key, name, probs, y, train_s, note), steps
 
 
 def main() -> None:
@@ -105,7 +115,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="LoRA and head learning rate")
     parser.add_argument("--micro-batch", type=int, default=64, help="sentences per optimizer step (on a busy CPU a step costs about the same for 8 or 64)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up steps")
-    parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "sst2-lora")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "sst2-lora", help="the LoRA row's run "
+                        "(the encoder rows: beside it, sst2-minilm and sst2-bert)")
+    parser.add_argument("--encoder-lr", type=float, default=5e-5, help="full fine-tuning lr of the encoder rows")
+    parser.add_argument("--minilm-model", default="all-minilm")
+    parser.add_argument("--bert-model", default=str(ROOT / "runs" / "bert"),
+                        help="a bert-shakespeare-cpu run (llmkit pretrain --preset bert-shakespeare-cpu --out DIR)")
     parser.add_argument("--skip-train", action="store_true", help="score an existing --run-dir")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -119,14 +134,20 @@ def main() -> None:
     texts = [e.text for e in dev]
     parts = set(args.parts.split(","))
     load_before = os.getloadavg()[0]
-    rows, steps = [], 0
+    rows, steps = [], {}
     if "majority" in parts:
         rows.append(majority_row(train, labels, y))
     if "zero-shot" in parts:
         rows += zero_shot_rows(args, texts, y)
-    if "lora" in parts:
-        lora, steps = lora_row(args, texts, y)
-        rows.append(lora)
+    trained = [("lora", "lora_head", f"{args.model} + LoRA + head", args.model, args.run_dir, args.lr, "lora"),
+               ("minilm", "minilm_head", "all-MiniLM-L6-v2 + head", args.minilm_model,
+                args.run_dir.with_name("sst2-minilm"), args.encoder_lr, "none"),
+               ("bert", "bert_head", "CPU-trained BERT + head", args.bert_model,
+                args.run_dir.with_name("sst2-bert"), args.encoder_lr, "none")]
+    for part, key, name, model, run_dir, lr, peft in trained:
+        if part in parts:
+            result, steps[key] = head_row(args, texts, y, key, name, model, run_dir, lr, peft)
+            rows.append(result)
 
     print(f"SST-2 dev, {len(y)} sentences (Wilson 95% intervals); anchor BERT-base 93.5% (Devlin et al. 2019)")
     print(f"{'method':<40} {'accuracy':>9} {'95% CI':>16} {'time s':>8}  note")
@@ -135,8 +156,9 @@ def main() -> None:
               f"{r['seconds']:>8.1f}  {r['note']}")
     print(f"machine load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
           f"({os.cpu_count()} cores, {args.threads} threads)")
-    out = {"n": len(y), "train_examples": args.train_examples, "time_limit_s": args.time_limit, "lora_steps": steps,
-           "lora_lr": args.lr, "lora_micro_batch": args.micro_batch}
+    out = {"n": len(y), "train_examples": args.train_examples, "time_limit_s": args.time_limit,
+           **{f"{key}_steps": n for key, n in steps.items()}, "lora_lr": args.lr, "encoder_lr": args.encoder_lr,
+           "micro_batch": args.micro_batch}
     for r in rows:
         key = r["key"]
         out[f"{key}_acc"] = round(r["accuracy"], 4)
