@@ -7,13 +7,14 @@ Each verb is an argument parser plus a `cmd_*` function that calls into the pack
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from llmkit import fill_cli
 from llmkit.arg_types import float_in, int_in
 from llmkit.classify import commands as classify_commands
-from llmkit.errors import LLMKitError
+from llmkit.errors import GenerationError, LLMKitError
 from llmkit.eval import commands as eval_commands
 from llmkit.eval import judge_cli as judge_commands
 from llmkit.inspect import commands as inspect_commands
@@ -124,7 +125,11 @@ def cmd_chat(args) -> None:
     from llmkit.serve.terminal_chat import run_chat
 
     llm = llmkit.load(args.model, device=args.device, dtype=args.dtype, **engine_from(args))
-    run_chat(llm, system=args.system, sampling=sampling_from(args), **rag_commands.chat_options(args, llm))
+    failed: list[str] = []
+    run_chat(llm, system=args.system, sampling=sampling_from(args), failed=failed,
+             **rag_commands.chat_options(args, llm))
+    if failed and not sys.stdin.isatty():  # a script piped in: its exit status says that turns failed
+        raise GenerationError(f"{len(failed)} chat turn{'s' if len(failed) > 1 else ''} failed; the first: {failed[0]}")
 
 
 def cmd_serve(args) -> None:
@@ -530,6 +535,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra  # field=value after an option (`--out run lr=1`): overrides all the same
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "handler", None) is not cmd_serve:
+        # The engine logs each failed request for a server's operator (Python's last-resort handler prints it);
+        # every other verb reports the failure itself, as its one `error:` line, so it is not printed twice.
+        logging.getLogger("llmkit.infer").addHandler(logging.NullHandler())
     try:
         args.handler(args)
         return 0

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import SHAKESPEARE, cli_in_process
+from conftest import SHAKESPEARE, cli_in_process, run_cli
 
 TEXT = sorted((SHAKESPEARE / "val").glob("*.txt"))[0]
 
@@ -123,6 +123,17 @@ def test_nan_weights_are_a_clear_error_in_score_generate_and_eval(nan_model):
     one_line_error(generate(nan_model, "--temperature", "0.7"), "NaN (or infinite) logits")
     one_line_error(generate(nan_model, "--temperature", "0"), "NaN (or infinite) logits")
     one_line_error(cli_in_process("eval", "--model", nan_model, "--text", TEXT, "--seq-len", 64), "loss is not finite")
+
+
+def test_a_scripted_chat_whose_turns_fail_exits_2(nan_model):
+    """Piped into `llmkit chat`, a failed turn is shown and the session goes on, but the exit status says so
+    (before: exit 0, so a script could not tell)."""
+    result = run_cli("chat", "--model", nan_model, "--max-new-tokens", "3", input="hi\nhello again\n")
+    line = one_line_error(result, "2 chat turns failed; the first: generation failed", "NaN (or infinite) logits")
+    assert result.stdout.count("generation failed") == 2, result.stdout
+    assert line.count("\n") == 0
+    # in a real process the engine's warning for a server's operator is not printed beside the error line
+    one_line_error(run_cli("generate", "--model", nan_model, "--max-new-tokens", "3", "hi"), "NaN (or infinite) logits")
 
 
 # --- foreign files: a Hugging Face config, GGUF metadata -----------------------------------------------------

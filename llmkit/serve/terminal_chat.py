@@ -72,8 +72,10 @@ def _is_utf8(text: str) -> bool:
 
 def run_chat(llm: LLM, system: str | None = None, sampling: dict | None = None,
              stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, retriever=None, tools: list | None = None,
-             max_tool_rounds: int = 4) -> list[dict]:
-    """retriever: a `llmkit.rag.chat.Retriever` (answers from passages); tools: tool names or `Tool`s."""
+             max_tool_rounds: int = 4, failed: list[str] | None = None) -> list[dict]:
+    """retriever: a `llmkit.rag.chat.Retriever` (answers from passages); tools: tool names or `Tool`s.
+    A turn that is refused or fails is shown and the session goes on; its message is appended to `failed`
+    (the CLI's exit status when the input was a script rather than a person)."""
     sampling = sampling or {}
     reply_room = sampling.get("max_new_tokens") or REPLY_ROOM
     interactive = stdin.isatty()
@@ -106,6 +108,8 @@ def run_chat(llm: LLM, system: str | None = None, sampling: dict | None = None,
                              stdout)
         except (ValueError, LLMKitError) as e:  # this turn is refused or failed; the session and history stay
             print(f"({e})", file=stdout, flush=True)
+            if failed is not None:
+                failed.append(str(e))
     return messages
 
 
