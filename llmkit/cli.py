@@ -50,8 +50,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow first call)")
     g.add_argument("--speculative", default=None, metavar="DRAFT",
                    help="speculative decoding: prompt-lookup | layers:N (the model's first N layers) | draft model")
-    g.add_argument("--draft-tokens", type=int, default=4, help="tokens drafted per speculative step")
-    g.add_argument("--prefill-chunk", type=int, default=512,
+    g.add_argument("--draft-tokens", type=int_in("[1, 2^31)"), default=4,
+                   help="tokens drafted per speculative step (with --speculative)")
+    g.add_argument("--prefill-chunk", type=int_in("[1, 2^31)"), default=512,
                    help="prompt tokens prefilled per engine step, between decode steps (chunked prefill)")
 
 

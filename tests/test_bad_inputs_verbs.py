@@ -50,6 +50,8 @@ def binary_file(tmp_path):
     (["serve", "--model", "OUT", "--port", "-1"], "--port: -1 is out of range"),
     (["serve", "--model", "OUT", "--max-body-mib", "0"], "--max-body-mib: 0 is out of range"),
     (["serve", "--model", "OUT", "--k", "0"], "--k: 0 is out of range"),
+    (["serve", "--model", "OUT", "--draft-tokens", "0"], "--draft-tokens: 0 is out of range"),
+    (["generate", "--model", "OUT", "--prefill-chunk", "0", "hi"], "--prefill-chunk: 0 is out of range"),
     (["inspect", "lens", "--model", "OUT", "--top", "0", "hi"], "--top: 0 is out of range"),
     (["inspect", "attention", "--model", "OUT", "--top", "-1", "hi"], "--top: -1 is out of range"),
     (["inspect", "embeddings", "--model", "OUT", "--neighbours", "the", "--top", "0"], "--top: 0 is out of range"),
@@ -61,7 +63,8 @@ def binary_file(tmp_path):
 ])
 def test_out_of_range_options_are_refused_before_any_work(tmp_path, args, shown):
     """Were: chunk size 0 silently became 1000 (a falsy 0), --top 0 printed empty tables or a torch traceback,
-    --port 70000 an OverflowError traceback, --max-body-mib 0 / --k 0 a server no request could use, and
+    --port 70000 an OverflowError traceback, --max-body-mib 0 / --k 0 a server no request could use,
+    `serve --draft-tokens 0` without --speculative a server that ignored it, and
     `scaling fit --max-epochs -1` a hang."""
     (tmp_path / "docs").mkdir()
     args = [a.replace("DOCS", str(tmp_path / "docs")).replace("OUT", str(tmp_path / "out")) for a in args]

@@ -316,15 +316,16 @@ def verb_cases(f: dict, Case, fresh_out) -> list:
         check=model_unchanged)
 
     # -- serve: refusals only (a valid one runs until stopped); each must exit, not hang
-    serve = ["serve", "--model", M]
+    # --port 0 (a free port): two cases running at once never meet on 8000 (a later --port wins in argparse)
+    serve = ["serve", "--model", M, "--port", "0"]
     for flag, value in [("--port", "-1"), ("--port", "70000"), ("--port", "abc"), ("--max-batch-size", "0"),
                         ("--kv-cache-mib", "-1"), ("--kv-cache-mib", "nan"), ("--prefix-cache-mib", "-1"),
                         ("--max-waiting", "-1"), ("--max-body-mib", "0"), ("--prefill-chunk", "0"),
                         ("--host", "256.1.1.1"), ("--device", "banana"), ("--rag", "/nonexistent"),
                         ("--rag", str(f["index_bad_json"])), ("--k", "0"), ("--draft-tokens", "0")]:
         add(f"serve {flag} {value[:20]}", [*serve, flag, value], timeout=60)
-    add("serve --model missing", ["serve", "--model", "/nonexistent"], timeout=60)
-    add("serve --model a file", ["serve", "--model", f["a_file"]], timeout=60)
-    add("serve --model weights_truncated", ["serve", "--model", f["weights_truncated"]], timeout=60)
+    add("serve --model missing", ["serve", "--model", "/nonexistent", "--port", "0"], timeout=60)
+    add("serve --model a file", ["serve", "--model", f["a_file"], "--port", "0"], timeout=60)
+    add("serve --model weights_truncated", ["serve", "--model", f["weights_truncated"], "--port", "0"], timeout=60)
     return cases
 
