@@ -20,8 +20,10 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16
     # 1024 on a CPU: within a few percent of larger sizes (cache-blocked kernels peak early) at 1/8 of the
     # time, which every training process pays (2.8 s vs 0.36 s on one core of a 2-core EPYC).
     size = size or (8192 if device.type == "cuda" else 1024)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    # its own generator: measuring (at the start, or again mid-run) never moves the run's random stream
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     best = float("inf")
     for _ in range(3):
         a @ b  # warm-up: kernels chosen, memory touched

@@ -214,6 +214,11 @@ class Trainer:
             if log_now:
                 tok_s = window_tokens / window_time
                 mfu = tok_s * flops_per_token / (peak * self.dist.world_size)  # peak is one process's
+                if mfu > 1.0:
+                    # The peak was measured while the machine was busier than now (another job shared the
+                    # cores); no run outpaces the machine's matmul, so measure it again and keep the larger.
+                    peak = max(peak, measure_peak_flops(self.device, self.autocast_dtype or torch.float32))
+                    mfu = tok_s * flops_per_token / (peak * self.dist.world_size)
                 record = {"step": step, "loss": round(loss_value, 6), "lr": mult * c.lr, "grad_norm": float(grad_norm),
                           "tokens": tokens_seen, "tokens_per_s": round(tok_s, 1), "mfu": round(mfu, 4),
                           "train_time_s": round(train_time, 3), **{k: round(v, 6) for k, v in extra.items()}}
