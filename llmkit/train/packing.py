@@ -1,7 +1,7 @@
 """Packing variable-length sequences into fixed-length rows, with no attention across them.
 
 Several sequences share a row; `doc_ids` tells the model which tokens belong together (its attention
-is then block-diagonal and causal: `llmkit.model.document_mask`) and `positions` restart at 0
+is then block-diagonal, and causal for a decoder: `llmkit.model.document_mask`) and `positions` restart at 0
 for each sequence, so a packed row computes exactly what the sequences would alone (tested), without
 the compute that padding wastes. Rows are filled first-fit-decreasing (Krell et al. 2021 pack BERT's
 data this way; the waste is a few percent).
