@@ -312,3 +312,17 @@ def test_a_tensor_the_converter_does_not_map_is_refused_by_name(tmp_path, shakes
                                               rf"{re.escape(shown)}{what}$"):
         convert(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_untied_model_without_its_head_is_refused(tmp_path, shakespeare_tokenizer):
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "hf"
+    _tiny_hf_model("llama", tie=False).save_pretrained(src)
+    shakespeare_tokenizer.save(src)
+    state = load_file(src / "model.safetensors")
+    del state["lm_head.weight"]
+    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match=r"hf: tensor 'lm_head.weight' is missing and embeddings are not tied$"):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -134,11 +134,8 @@ def state_from_bert(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], source:
         for kind in ("weight", "bias"):
             out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(
                 [take(f"{prefix}encoder.layer.{i}.attention.self.{x}.{kind}") for x in ("query", "key", "value")])
-    decoder = hf_state.pop("cls.predictions.decoder.weight", None)
+    decoder = hf_state.head("cls.predictions.decoder.weight", needed=cfg.lm_head and not cfg.tie_embeddings)
     if cfg.lm_head and not cfg.tie_embeddings:
-        if decoder is None:
-            raise ConversionError(f"{source}: tensor 'cls.predictions.decoder.weight' is missing and embeddings "
-                                  "are not tied")
         out["lm_head.weight"] = decoder
     hf_state.check_all_used()
     return out

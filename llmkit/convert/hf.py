@@ -183,10 +183,8 @@ def state_from_hf(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], source: s
         if cfg.mlp_bias:
             out[q + "mlp.gate_up.bias"] = torch.cat([take(p + "mlp.gate_proj.bias"), take(p + "mlp.up_proj.bias")])
             out[q + "mlp.down.bias"] = take(p + "mlp.down_proj.bias")
-    head = hf_state.pop("lm_head.weight", None)
+    head = hf_state.head("lm_head.weight", needed=not cfg.tie_embeddings)
     if not cfg.tie_embeddings:
-        if head is None:
-            raise ConversionError(f"{source}: tensor 'lm_head.weight' is missing and embeddings are not tied")
         out["lm_head.weight"] = head
     for name in [k for k in hf_state if k.endswith("rotary_emb.inv_freq")]:  # a buffer older files carry
         del hf_state[name]

@@ -25,6 +25,14 @@ class HFTensors(dict):
             raise ConversionError(f"{self.source}: tensor {name!r} is missing")
         return self.pop(name)
 
+    def head(self, name: str, needed: bool) -> torch.Tensor | None:
+        """The output head's tensor, taken either way (a tied model's file may carry a copy of the embedding);
+        an error when the model needs its own head (untied) and the file has none."""
+        tensor = self.pop(name, None)
+        if needed and tensor is None:
+            raise ConversionError(f"{self.source}: tensor {name!r} is missing and embeddings are not tied")
+        return tensor
+
     def check_all_used(self) -> None:
         if self:
             names = ", ".join(sorted(self)[:5])

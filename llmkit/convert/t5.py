@@ -145,7 +145,7 @@ def state_from_t5(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], source: s
     out = {ours: take(theirs) for ours, theirs in _name_pairs(cfg)}
     for ours, parts in _fused_parts(cfg):
         out[ours] = torch.cat([take(name) for name in parts])
-    head = hf_state.pop("lm_head.weight", None)
+    head = hf_state.head("lm_head.weight", needed=not cfg.tie_embeddings)
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = head
     hf_state.check_all_used()
