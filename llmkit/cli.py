@@ -539,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "handler", None) is not cmd_serve:
         # The engine logs each failed request for a server's operator (Python's last-resort handler prints it);
         # every other verb reports the failure itself, as its one `error:` line, so it is not printed twice.
-        logging.getLogger("llmkit.infer").addHandler(logging.NullHandler())
+        engine_log = logging.getLogger("llmkit.infer")
+        if not any(isinstance(h, logging.NullHandler) for h in engine_log.handlers):  # main() may run many times
+            engine_log.addHandler(logging.NullHandler())
     try:
         args.handler(args)
         return 0
