@@ -217,3 +217,58 @@ def test_runs_whose_loss_does_not_fall_are_one_clear_error(tmp_path):
     result = cli_in_process("scaling", "fit", tmp_path / "flat.jsonl", "--bootstrap", 3)
     assert result.returncode == 2 and "the fitted law has no exponent" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- right-size: the model for a time budget on this machine ----------------------------------------------
+def _sweep_dir(path, shards, law) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "fit.json").write_text(json.dumps({"approach2": {}, "approach3": {**law, "a": 0.5, "b": 0.5}}))
+    (path / "sweep.json").write_text(json.dumps({
+        "preset": "shakespeare-cpu", "overrides": tiny_overrides(shards), "vocab_size": 512, "seq_len": 32,
+        "model": "llama-cpu", "model_overrides": {}, "rule": {"width_per_layer": 16, "head_dim": 16}}))
+
+
+def test_right_size_ranks_measured_speeds_by_the_fitted_law(tmp_path, shards):
+    """With a law where data is worth more than size, a fast small model beats a slow big one; with the
+    speeds swapped the big one wins. The predicted loss is the law's at D = tokens/s x seconds, capped at
+    MAX_EPOCHS passes over the training data."""
+    from llmkit.scaling.fit import MAX_EPOCHS
+    from llmkit.scaling.right_size import right_size
+    from llmkit.scaling.shapes import parse_sizes
+
+    law = {"E": 1.0, "A": 10.0, "B": 500.0, "alpha": 0.3, "beta": 0.4}
+    _sweep_dir(tmp_path, shards, law)
+    settings = json.loads((tmp_path / "sweep.json").read_text())
+    extra = parse_sizes("1x16,4x64", None, 16, 16)
+    train_tokens = json.loads((shards / "train" / "manifest.json").read_text())["tokens"]
+
+    def run(speeds):
+        return right_size(law, settings, 30.0, "shakespeare-cpu", tiny_overrides(shards), extra,
+                          measure=lambda preset, overrides, shape: speeds.get(shape.label, 50.0), say=lambda _: None)
+
+    fast_small = run({"L1-d16": 2000.0, "L4-d64": 50.0})
+    assert fast_small["best"]["shape"]["label"] == "L1-d16"
+    for row in fast_small["candidates"]:
+        tokens = min(row["tokens_per_s"] * 30.0, MAX_EPOCHS * train_tokens)
+        assert row["loss"] == pytest.approx(float(predicted_loss(law, row["params"], tokens)))
+    assert any(row["preset_shape"] and row["shape"]["label"] == "L4-d256" for row in fast_small["candidates"])
+    fast_big = run({"L1-d16": 50.0, "L4-d64": 2000.0})
+    assert fast_big["best"]["shape"]["label"] == "L4-d64"
+    assert "time_limit_s=30" in fast_big["command"] and "model.d_model=64" in fast_big["command"]
+
+
+def test_right_size_times_real_training_steps(tmp_path, shards):
+    _sweep_dir(tmp_path, shards, {"E": 1.0, "A": 10.0, "B": 500.0, "alpha": 0.3, "beta": 0.4})
+    result = cli_in_process("scaling", "right-size", tmp_path, "--seconds", 0.01, "--sizes", "1x16", "--json",
+                            *tiny_overrides(shards), "threads=1")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    labels = [row["shape"]["label"] for row in out["candidates"]]
+    assert "L1-d16" in labels and "L4-d256" in labels  # the extra size and the preset's own
+    for row in out["candidates"]:
+        assert row["tokens_per_s"] > 0 and row["tokens"] == int(row["tokens_per_s"] * 0.01)
+    assert "timing candidate shapes" in result.stderr
+    missing = cli_in_process("scaling", "right-size", tmp_path / "none", "--seconds", 10)
+    assert missing.returncode == 2 and "llmkit scaling fit" in missing.stderr
+    bad = cli_in_process("scaling", "right-size", tmp_path, "--seconds", 0)
+    assert bad.returncode == 2 and "--seconds" in bad.stderr

@@ -48,6 +48,17 @@ def add_scaling_verb(verbs) -> None:
     r.add_argument("--json", action="store_true", help="print the prediction as JSON")
     r.set_defaults(handler=cmd_scaling_predict)
 
+    z = actions.add_parser("right-size", help="the model size for a time budget on this machine: each candidate's "
+                           "tokens/s measured with a few training steps, its loss predicted by the fitted law")
+    z.add_argument("dir", help="a sweep directory holding fit.json and sweep.json")
+    z.add_argument("--seconds", type=float_in("(0, inf)"), required=True, help="training time budget in seconds")
+    z.add_argument("--preset", default=None, help="the training preset to size (default: the sweep's)")
+    z.add_argument("--sizes", default=None, help="more shapes to try besides the sweep's rule and the preset's "
+                   "own, LAYERSxWIDTH[xHEADS],...")
+    z.add_argument("--json", action="store_true", help="print the result as JSON (the table goes to stderr)")
+    z.add_argument("overrides", nargs="*", help="field=value for the preset while timing, e.g. dtype=fp32")
+    z.set_defaults(handler=cmd_scaling_right_size)
+
 
 def scaled_pretrain(config, directory: str, overrides: list[str]):
     """`llmkit pretrain --scaling DIR`: the config with its token budget from DIR/fit.json, said aloud."""
@@ -147,3 +158,33 @@ def cmd_scaling_predict(args) -> None:
     else:
         print("  (no sweep.json beside fit.json: no model shape; choose one of about N_opt parameters and pass "
               "max_tokens=D_opt to llmkit pretrain)")
+
+
+def cmd_scaling_right_size(args) -> None:
+    import sys
+
+    from llmkit.errors import DataError
+    from llmkit.scaling.predict import _read_settings, load_fit
+    from llmkit.scaling.right_size import right_size
+    from llmkit.scaling.shapes import parse_sizes
+
+    directory = Path(args.dir)
+    law, settings = load_fit(directory)["approach3"], _read_settings(directory)
+    if settings is None:
+        raise DataError(f"{directory / 'sweep.json'}: no such file; right-size needs a sweep made by "
+                        "`llmkit scaling sweep` (its model, vocabulary and shape rule)")
+    if not law.get("alpha", 0) > 0:
+        raise DataError(f"{directory / 'fit.json'}: the parametric law was not fitted ({law.get('note')}); "
+                        "sweep more sizes and budgets")
+    rule = settings.get("rule") or {}
+    extra = parse_sizes(args.sizes, None, 64, rule.get("head_dim", 64)) if args.sizes else []
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    say(f"timing candidate shapes for {args.seconds:g} s of training (a few steps each, on this machine):")
+    result = right_size(law, settings, args.seconds, args.preset or settings["preset"], args.overrides, extra, say=say)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    best = result["best"]
+    print(f"best: {best['shape']['label']} (N {best['params']:,}), {best['tokens']:,} tokens in {args.seconds:g} s, "
+          f"predicted loss {best['loss']:.4f}{_ci(best.get('loss_ci95'))}")
+    print(f"  {result['command']}")
