@@ -233,7 +233,12 @@ def training_config(args):
 def cmd_pretrain(args) -> None:
     from llmkit.train.pretrain import pretrain
 
+    from llmkit.train.config import machine_note
+
     config = training_config(args)
+    note = machine_note(args.preset, config)
+    if note:
+        print(note)
     if args.scaling:  # the token budget from a fitted scaling law instead of 20 tokens per parameter
         config = scaling_commands.scaled_pretrain(config, args.scaling, args.overrides)
     result = pretrain(config, args.out, resume=args.resume)

@@ -129,4 +129,10 @@ def fields_help(cls: type, preset: dict | None = None, preset_name: str | None =
                 head = ""
             lines += textwrap.wrap(doc.meaning, width, initial_indent=head.ljust(indent),
                                    subsequent_indent=" " * indent) or [head]
+    variant = preset.get("fp32_cpu")  # llmkit.train.config.FP32_CPU_KEY (not imported: help stays light)
+    if isinstance(variant, dict) and variant:
+        shown = ", ".join(f"{k}={show_value(v)}" for k, v in variant.items())
+        lines += [""] + textwrap.wrap(f"On a CPU that trains in fp32 (no AVX512-BF16 or AMX), preset {preset_name} sets "
+                                      f"instead: {shown} (fields given on the command line still win).", width,
+                                      initial_indent="  ", subsequent_indent="  ")
     return "\n".join(lines) + "\n"

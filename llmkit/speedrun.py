@@ -135,6 +135,7 @@ def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = N
     from llmkit.atomic import make_output_dir
     from llmkit.data.assistant_task import write_task
     from llmkit.data.corpus import cache_root, fetch_shakespeare
+    from llmkit.train.config import machine_note
     from llmkit.train.dpo import run_dpo
     from llmkit.train.label import label_by_answer
     from llmkit.train.pretrain import builtin_shards, pretrain
@@ -152,7 +153,11 @@ def speedrun(out: str | Path, size: str = "cpu", overrides: list[str] | None = N
         builtin_shards(plan["tokenizer"]["vocab_size"])
         corpus = fetch_shakespeare(cache_root() / "data" / "shakespeare")
     with clock.stage("pretrain"):
-        result = pretrain(stage_config(plan, "pretrain", **stage_wiring(plan, "pretrain", out)), out / "base")
+        config = stage_config(plan, "pretrain", **stage_wiring(plan, "pretrain", out))
+        note = machine_note(plan["pretrain"]["preset"], config)
+        if note:
+            print(note)
+        result = pretrain(config, out / "base")
         results["stages"]["pretrain"] = {"steps": result.steps, "tokens": result.tokens, **result.eval}
     with clock.stage("task"):
         task = write_task(out / "task", corpus / "train", **plan["task"])

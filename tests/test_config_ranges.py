@@ -159,3 +159,43 @@ def test_a_cleaning_pipeline_s_numbers_are_ranged_with_their_line(tmp_path, yaml
         load_config(path)
     assert str(e.value).startswith(str(path)) and shown in str(e.value)
     assert load_config(None).stages  # the shipped pipeline is within every range
+
+
+def test_a_presets_fp32_cpu_block_applies_only_where_training_runs_in_fp32_on_a_cpu(monkeypatch):
+    """shakespeare-cpu carries a right-sized shape for CPUs without fast bf16: merged in there, under the
+    command line's fields; ignored on a machine that trains in bf16 or on a GPU."""
+    import llmkit.train.config as train_config
+    from llmkit.yaml_config import load_preset
+
+    variant = load_preset("train", "shakespeare-cpu", "training preset")[0]["fp32_cpu"]
+    monkeypatch.setattr(train_config, "trains_in_fp32_on_cpu", lambda device, dtype: True)
+    fp32 = TrainConfig.preset("shakespeare-cpu")
+    assert fp32.model_overrides["d_model"] == variant["model.d_model"] and fp32.micro_batch == variant["micro_batch"]
+    mine = TrainConfig.preset("shakespeare-cpu", ["model.d_model=96", "micro_batch=3"])
+    assert mine.model_overrides["d_model"] == 96 and mine.micro_batch == 3  # the command line wins
+    assert mine.model_overrides["n_layers"] == variant["model.n_layers"]
+    monkeypatch.setattr(train_config, "trains_in_fp32_on_cpu", lambda device, dtype: False)
+    fast = TrainConfig.preset("shakespeare-cpu")
+    assert (fast.model_overrides["n_layers"], fast.model_overrides["d_model"], fast.micro_batch) == (4, 256, 8)
+    with pytest.raises(ConfigError, match="fp32_cpu must be a mapping"):
+        train_config.for_this_machine(TrainConfig, {"fp32_cpu": 3}, "x.yaml", {}, "command line")
+
+
+def test_the_fp32_decision_follows_the_device_and_dtype_asked_for():
+    from llmkit.device import cpu_has_fast_bf16
+    from llmkit.train.config import trains_in_fp32_on_cpu
+
+    assert trains_in_fp32_on_cpu("cpu", "fp32") is True
+    assert trains_in_fp32_on_cpu("cpu", "bf16") is False
+    assert trains_in_fp32_on_cpu("cpu", "auto") is (not cpu_has_fast_bf16())
+
+
+def test_a_run_shaped_by_the_fp32_cpu_block_says_so(monkeypatch):
+    import llmkit.train.config as train_config
+
+    monkeypatch.setattr(train_config, "trains_in_fp32_on_cpu", lambda device, dtype: True)
+    note = train_config.machine_note("shakespeare-cpu", TrainConfig.preset("shakespeare-cpu"))
+    assert "model.d_model=80" in note and "no AVX512-BF16 or AMX" in note
+    assert train_config.machine_note("sft-assistant", TrainConfig.preset("shakespeare-cpu")) is None  # no block
+    monkeypatch.setattr(train_config, "trains_in_fp32_on_cpu", lambda device, dtype: False)
+    assert train_config.machine_note("shakespeare-cpu", TrainConfig.preset("shakespeare-cpu")) is None

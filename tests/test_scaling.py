@@ -226,6 +226,15 @@ def _sweep_dir(path, shards, law) -> None:
     (path / "sweep.json").write_text(json.dumps({
         "preset": "shakespeare-cpu", "overrides": tiny_overrides(shards), "vocab_size": 512, "seq_len": 32,
         "model": "llama-cpu", "model_overrides": {}, "rule": {"width_per_layer": 16, "head_dim": 16}}))
+    (path / "runs.jsonl").write_text(json.dumps({"params": 2e5, "tokens": 1e6, "flops": 1.2e12, "val_loss": 5.0}) + "\n")
+
+
+def preset_label(shards) -> str:
+    """The preset's own shape on this machine (shakespeare-cpu has a smaller one for CPUs training in fp32)."""
+    from llmkit.train.config import TrainConfig
+
+    shape = TrainConfig.preset("shakespeare-cpu", tiny_overrides(shards)).model_overrides
+    return f"L{shape['n_layers']}-d{shape['d_model']}"
 
 
 def test_right_size_ranks_measured_speeds_by_the_fitted_law(tmp_path, shards):
@@ -251,10 +260,16 @@ def test_right_size_ranks_measured_speeds_by_the_fitted_law(tmp_path, shards):
     for row in fast_small["candidates"]:
         tokens = min(row["tokens_per_s"] * 30.0, MAX_EPOCHS * train_tokens)
         assert row["loss"] == pytest.approx(float(predicted_loss(law, row["params"], tokens)))
-    assert any(row["preset_shape"] and row["shape"]["label"] == "L4-d256" for row in fast_small["candidates"])
+    assert any(row["preset_shape"] and row["shape"]["label"] == preset_label(shards) for row in fast_small["candidates"])
     fast_big = run({"L1-d16": 50.0, "L4-d64": 2000.0})
     assert fast_big["best"]["shape"]["label"] == "L4-d64"
     assert "time_limit_s=30" in fast_big["command"] and "model.d_model=64" in fast_big["command"]
+    # a size beyond the largest swept model is timed and shown but never chosen: the law is extrapolated there
+    in_range = right_size(law, settings, 30.0, "shakespeare-cpu", tiny_overrides(shards), extra, say=lambda _: None,
+                          measure=lambda preset, overrides, shape: {"L1-d16": 50.0, "L4-d64": 2000.0}.get(shape.label, 50.0),
+                          max_params=1e5)
+    assert in_range["best"]["params"] <= 1e5
+    assert {r["shape"]["label"] for r in in_range["candidates"] if r["extrapolated"]} >= {"L4-d64", preset_label(shards)}
 
 
 def test_right_size_times_real_training_steps(tmp_path, shards):
@@ -264,11 +279,25 @@ def test_right_size_times_real_training_steps(tmp_path, shards):
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     labels = [row["shape"]["label"] for row in out["candidates"]]
-    assert "L1-d16" in labels and "L4-d256" in labels  # the extra size and the preset's own
+    assert "L1-d16" in labels and preset_label(shards) in labels  # the extra size and the preset's own
     for row in out["candidates"]:
         assert row["tokens_per_s"] > 0 and row["tokens"] == int(row["tokens_per_s"] * 0.01)
     assert "timing candidate shapes" in result.stderr
+    assert out["best"]["params"] <= 2e5 and "not chosen" in result.stderr  # the preset's 4x256 is beyond the sweep
     missing = cli_in_process("scaling", "right-size", tmp_path / "none", "--seconds", 10)
     assert missing.returncode == 2 and "llmkit scaling fit" in missing.stderr
     bad = cli_in_process("scaling", "right-size", tmp_path, "--seconds", 0)
     assert bad.returncode == 2 and "--seconds" in bad.stderr
+
+
+def test_predict_chooses_no_shape_that_would_repeat_the_data_beyond_the_fitted_range():
+    """The fit leaves out runs beyond MAX_EPOCHS, so the shape predict offers stays within them too."""
+    from llmkit.scaling.fit import MAX_EPOCHS
+    from llmkit.scaling.predict import best_shape
+
+    settings = {"model": "llama-cpu", "model_overrides": {}, "vocab_size": 512, "seq_len": 32,
+                "rule": {"width_per_layer": 16, "head_dim": 16}}
+    free = best_shape(TRUTH, settings, 1e13)
+    limited = best_shape(TRUTH, {**settings, "train_tokens": free["tokens"] / MAX_EPOCHS / 3}, 1e13)
+    assert limited["tokens"] <= MAX_EPOCHS * free["tokens"] / MAX_EPOCHS / 3
+    assert limited["params"] > free["params"] and limited["loss"] > free["loss"]

@@ -67,7 +67,7 @@ def test_preset_errors_name_the_preset_and_the_value_s_origin():
         TrainConfig.preset("shakespeare-cpu", ["model.n_layer=3"])  # checked before any model is built
     with pytest.raises(ConfigError, match=r"^command line: field 'lr': must be float, not 'fast'"):
         TrainConfig.preset("shakespeare-cpu", ["lr=fast"])
-    config = TrainConfig.preset("shakespeare-cpu", ["lr=3e-3", "model.n_layers=2"])
+    config = TrainConfig.preset("shakespeare-cpu", ["lr=3e-3", "model.n_layers=2", "dtype=bf16"])  # (bf16: not the fp32_cpu shape)
     assert config.lr == 3e-3 and config.model_overrides["n_layers"] == 2 and config.model_overrides["d_model"] == 256
     assert type(config.model_overrides) is dict  # values keep no origins once checked
 
@@ -75,11 +75,11 @@ def test_preset_errors_name_the_preset_and_the_value_s_origin():
 def test_another_model_on_the_command_line_drops_the_preset_s_reshaping_of_its_own_model():
     """shakespeare-cpu reshapes llama-cpu (model_overrides); `model=tiny` must give the tiny model, not
     a tiny model with llama-cpu's 4 layers of width 256 (the bug trained every test's 'tiny' 16x larger)."""
-    assert TrainConfig.preset("shakespeare-cpu").model_config().d_model == 256
+    assert TrainConfig.preset("shakespeare-cpu", ["dtype=bf16"]).model_config().d_model == 256  # (fp32_cpu: 80)
     assert TrainConfig.preset("shakespeare-cpu", ["model=tiny"]).model_config() == ModelConfig.preset("tiny")
     config = TrainConfig.preset("shakespeare-cpu", ["model=tiny", "model.n_layers=3"])
     assert config.model_config() == ModelConfig.preset("tiny", n_layers=3)
-    assert TrainConfig.preset("shakespeare-cpu", ["model=llama-cpu"]).model_config().d_model == 256  # same model: kept
+    assert TrainConfig.preset("shakespeare-cpu", ["model=llama-cpu", "dtype=bf16"]).model_config().d_model == 256  # kept
 
 def test_a_bad_value_in_a_preset_file_names_its_line(tmp_path, monkeypatch):
     import llmkit.yaml_config as yaml_config

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from llmkit.arg_types import float_in
@@ -180,7 +181,11 @@ def cmd_scaling_right_size(args) -> None:
     extra = parse_sizes(args.sizes, None, 64, rule.get("head_dim", 64)) if args.sizes else []
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
     say(f"timing candidate shapes for {args.seconds:g} s of training (a few steps each, on this machine):")
-    result = right_size(law, settings, args.seconds, args.preset or settings["preset"], args.overrides, extra, say=say)
+    from llmkit.scaling.runs import read_runs
+
+    largest = max((float(r["params"]) for r in read_runs(directory)), default=math.inf)
+    result = right_size(law, settings, args.seconds, args.preset or settings["preset"], args.overrides, extra, say=say,
+                        max_params=largest)
     if args.json:
         print(json.dumps(result, indent=1))
         return

@@ -17,7 +17,7 @@ import shlex
 from pathlib import Path
 
 from llmkit.errors import ConfigError, DataError
-from llmkit.scaling.fit import allocation, compute_optimal, loss_interval, predicted_loss
+from llmkit.scaling.fit import MAX_EPOCHS, allocation, compute_optimal, loss_interval, predicted_loss
 from llmkit.scaling.shapes import model_costs, shape_for_depth
 from llmkit.scaling.sweep import SETTINGS_FILE
 
@@ -60,7 +60,8 @@ def _read_settings(directory: Path) -> dict | None:
 
 
 def best_shape(law: dict, settings: dict, budget: float):
-    """The depth-rule shape with the lowest fitted loss at D = budget / flops_per_token (None: none fits)."""
+    """The depth-rule shape with the lowest fitted loss at D = budget / flops_per_token (None: none fits),
+    among those whose D stays within MAX_EPOCHS passes over the sweep's training data."""
     from llmkit.config import ModelConfig
 
     rule = settings.get("rule") or {}
@@ -73,6 +74,8 @@ def best_shape(law: dict, settings: dict, budget: float):
         tokens = budget / per_token
         if tokens < 1:
             break
+        if settings.get("train_tokens") and tokens > MAX_EPOCHS * settings["train_tokens"]:
+            continue  # the law was fitted on runs within MAX_EPOCHS passes over the data: no prediction beyond
         loss = float(predicted_loss(law, params, tokens))
         if best is None or loss < best["loss"]:
             best = {"shape": shape, "params": params, "params_total": total, "tokens": tokens, "loss": loss}

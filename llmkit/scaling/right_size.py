@@ -10,7 +10,13 @@ training data counts only up to that (Muennighoff et al. 2023: up to about 4 epo
 worth nearly as much as fresh; the law was fitted on runs within that).
 
 Candidates: the sweep's depth/width rule at every depth up to the one past the FLOP optimum, plus the
-preset's own shape (the "before"), plus any --sizes given.
+preset's own shape (the "before"), plus any --sizes given. Only sizes within the sweep's range of N can
+win: beyond the largest swept model the law is an extrapolation, and a measured one went wrong (a 2-core
+EPYC, BENCHMARKS.md: the law fitted up to 724k parameters ranked 2-4M-parameter shapes first; trained,
+they lost to the in-range choice). Those rows are still timed and shown, marked.
+
+The law's losses are those of the sweep's sequence length and batch: time the preset with the same
+(`seq_len=`, `micro_batch=` overrides) for predictions in its units.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ import tempfile
 from pathlib import Path
 
 from llmkit.errors import ConfigError
-from llmkit.scaling.fit import MAX_EPOCHS, loss_interval, predicted_loss
+from llmkit.scaling.fit import MAX_EPOCHS, compute_optimal, loss_interval, predicted_loss
 from llmkit.scaling.shapes import Shape, model_costs, shape_for_depth
 
-MEASURE_STEPS = 12  # training steps per candidate; the first WARM_STEPS are left out (allocation, caches)
-WARM_STEPS = 4
+MEASURE_STEPS = 20  # training steps per candidate; the first WARM_STEPS are left out (allocation, caches)
+WARM_STEPS = 5
+GENEROUS_FLOPS = 60e9  # FLOP/s: above what 2 CPU cores sustain in fp32 training, so no good size is cut off
 
 
 def measure_tokens_per_s(preset: str, overrides: list[str], shape: Shape | None, steps: int = MEASURE_STEPS) -> float:
@@ -52,11 +59,10 @@ def measure_tokens_per_s(preset: str, overrides: list[str], shape: Shape | None,
 
 
 def candidate_shapes(law: dict, settings: dict, seconds: float, extra: list[Shape]) -> list[Shape]:
-    """The rule's shapes from depth 1 up to two past the FLOP-optimal one at a generous 60 GFLOP/s, and extra."""
+    """The rule's shapes from depth 1 to the first with more than twice the FLOP-optimal N of the budget a
+    CPU would reach at a generous GENEROUS_FLOPS, and the extra ones."""
     rule = settings.get("rule") or {}
-    from llmkit.scaling.fit import compute_optimal
-
-    n_opt, _ = compute_optimal(law, 60e9 * seconds)
+    n_opt, _ = compute_optimal(law, GENEROUS_FLOPS * seconds)
     shapes = []
     for depth in range(1, 257):
         shape = shape_for_depth(depth, rule.get("width_per_layer", 64), rule.get("head_dim", 64))
@@ -81,8 +87,10 @@ def _params(settings: dict, shape: Shape) -> int:
 
 
 def right_size(law: dict, settings: dict, seconds: float, preset: str, overrides: list[str],
-               extra: list[Shape] | None = None, measure=measure_tokens_per_s, say=print) -> dict:
-    """Measure each candidate's tokens/s, predict its loss after `seconds` of training; the best and the table."""
+               extra: list[Shape] | None = None, measure=measure_tokens_per_s, say=print,
+               max_params: float = math.inf) -> dict:
+    """Measure each candidate's tokens/s, predict its loss after `seconds` of training; the best (among
+    those with N <= max_params, the largest swept) and the table."""
     from llmkit.scaling.sweep import base_config, data_facts
 
     if not math.isfinite(seconds) or seconds <= 0:
@@ -105,12 +113,13 @@ def right_size(law: dict, settings: dict, seconds: float, preset: str, overrides
         row = {"shape": {"label": shape.label, **shape.overrides()}, "params": params, "params_total": total,
                "tokens_per_s": round(tokens_per_s, 1), "flops_per_s": tokens_per_s * per_token, "tokens": int(tokens),
                "epochs": tokens / train_tokens, "loss": loss, "loss_ci95": loss_interval(law, params, effective),
-               "preset_shape": shape == own}
+               "preset_shape": shape == own, "extrapolated": params > max_params}
         rows.append(row)
         say(f"  {shape.label:<10} N {params:>10,}  {tokens_per_s:>8,.0f} tok/s  {row['flops_per_s'] / 1e9:5.1f} GFLOP/s  "
             f"D {int(tokens):>11,} ({row['epochs']:.1f} epochs)  predicted loss {loss:.4f}"
-            + ("  (the preset's shape)" if row["preset_shape"] else ""))
-    best = min(rows, key=lambda r: r["loss"])
+            + ("  (the preset's shape)" if row["preset_shape"] else "")
+            + ("  (larger than any swept model: not chosen)" if row["extrapolated"] else ""))
+    best = min([r for r in rows if not r["extrapolated"]] or rows, key=lambda r: r["loss"])
     args = ["llmkit", "pretrain", "--preset", preset, "--out", "RUN", *overrides, f"time_limit_s={seconds:g}",
             *(f"model.{k}={v}" for k, v in best["shape"].items() if k != "label")]
     return {"seconds": seconds, "preset": preset, "candidates": rows, "best": best,

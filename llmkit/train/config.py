@@ -120,6 +120,7 @@ class TrainConfig:
         (from `source`) or a mapping (a Located one keeps the origin of each value); `model.FIELD` keys
         go to model_overrides."""
         data, path = load_preset("train", name, "training preset")
+        data = for_this_machine(cls, data, path, overrides or {}, source)
         return cls.from_dict(merge_overrides(data, overrides or {}, path, source), source=str(path))
 
     def model_config(self) -> ModelConfig:
@@ -149,3 +150,46 @@ def merge_overrides(data: Mapping, overrides: list[str] | Mapping, path: str = "
     if model and isinstance(base, Mapping):  # (a model_overrides that is not a mapping: the type check names it)
         out["model_overrides"] = merged(base, path, model, source)
     return out
+
+
+# A preset may carry field overrides for machines that train in fp32 on a CPU (no AVX512-BF16 or AMX):
+# there a step costs several times more, so the best size for the same minutes is smaller (BENCHMARKS.md,
+# "Scaling laws": measured with `llmkit scaling right-size`). They go under the command line's fields, so
+# anything given there still wins.
+FP32_CPU_KEY = "fp32_cpu"
+
+
+def for_this_machine(cls, data: Mapping, path, overrides, source: str) -> Mapping:
+    """The preset's fields as this machine trains them: its `fp32_cpu:` block merged in where the run (with
+    the given overrides) would train in fp32 on a CPU, and dropped elsewhere."""
+    variant = data.get(FP32_CPU_KEY)
+    if variant is None:
+        return data
+    base = Located({k: v for k, v in data.items() if k != FP32_CPU_KEY})
+    if isinstance(data, Located):
+        base.lines, base.line, base.sources = data.lines, data.line, data.sources
+    if not isinstance(variant, Mapping):
+        raise ConfigError(f"{path}: {FP32_CPU_KEY} must be a mapping of field: value (model.FIELD for the model's shape)")
+    probe = cls.from_dict(merge_overrides(base, overrides, path, source), source=str(path))
+    if not trains_in_fp32_on_cpu(probe.device, probe.dtype):
+        return base
+    return merge_overrides(base, dict(variant), path, f"{path} ({FP32_CPU_KEY}: this machine trains in fp32)")
+
+
+def trains_in_fp32_on_cpu(device: str | None, dtype: str) -> bool:
+    from llmkit.device import resolve_device, training_autocast_dtype
+
+    resolved = resolve_device(device)
+    return resolved.type == "cpu" and training_autocast_dtype(dtype, resolved) is None
+
+
+def machine_note(preset_name: str, config) -> str | None:
+    """The line a run prints when its preset's fp32_cpu fields shaped it: which they are and why."""
+    data, _ = load_preset("train", preset_name, "training preset")
+    variant = data.get(FP32_CPU_KEY)
+    if not isinstance(variant, Mapping) or not trains_in_fp32_on_cpu(config.device, config.dtype):
+        return None
+    fields = ", ".join(f"{k}={v}" for k, v in variant.items())
+    return (f"preset {preset_name} on this machine: {fields} (its {FP32_CPU_KEY} fields: this CPU has no AVX512-BF16 "
+            "or AMX, so training runs in fp32, several times slower a step, and a smaller model does better in the "
+            "same minutes; measured in BENCHMARKS.md, 'Scaling laws'; fields given on the command line win)")
