@@ -1,4 +1,4 @@
-"""`llmkit scaling predict DIR --seconds T`: the model size for a *time* budget on this machine.
+"""`llmkit scaling right-size DIR --seconds T`: the model size for a *time* budget on this machine.
 
 The fitted law speaks in FLOPs; a user has minutes. The FLOPs a CPU delivers per second depend on the
 model's size (a small model spends its step in Python and memory traffic, not in matmuls: 3 GFLOP/s for
@@ -9,7 +9,7 @@ D = tokens/s x T, and the fitted law L(N, D) ranks the candidates. D beyond MAX_
 training data counts only up to that (Muennighoff et al. 2023: up to about 4 epochs repeated data is
 worth nearly as much as fresh; the law was fitted on runs within that).
 
-Candidates: the sweep's depth/width rule at every depth up to the one past the FLOP optimum, plus the
+Candidates: the sweep's depth/width rule from depth 1 to a size past the FLOP optimum, plus the
 preset's own shape (the "before"), plus any --sizes given. Only sizes within the sweep's range of N can
 win: beyond the largest swept model the law is an extrapolation, and a measured one went wrong (a 2-core
 EPYC, BENCHMARKS.md: the law fitted up to 724k parameters ranked 2-4M-parameter shapes first; trained,
