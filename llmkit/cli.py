@@ -231,9 +231,8 @@ def training_config(args):
 
 
 def cmd_pretrain(args) -> None:
-    from llmkit.train.pretrain import pretrain
-
     from llmkit.train.config import machine_note
+    from llmkit.train.pretrain import pretrain
 
     config = training_config(args)
     note = machine_note(args.preset, config)

@@ -197,5 +197,10 @@ def test_a_run_shaped_by_the_fp32_cpu_block_says_so(monkeypatch):
     note = train_config.machine_note("shakespeare-cpu", TrainConfig.preset("shakespeare-cpu"))
     assert "model.d_model=80" in note and "no AVX512-BF16 or AMX" in note
     assert train_config.machine_note("sft-assistant", TrainConfig.preset("shakespeare-cpu")) is None  # no block
+    # another model drops the preset's shape: the note names only what the run still takes from the block
+    other = train_config.machine_note("shakespeare-cpu", TrainConfig.preset("shakespeare-cpu", ["model=tiny"]))
+    assert "micro_batch=2" in other and "model.d_model" not in other
+    assert train_config.machine_note("shakespeare-cpu", TrainConfig.preset("shakespeare-cpu", [
+        "model=tiny", "micro_batch=4", "eval_every=10", "ckpt_every=10"])) is None
     monkeypatch.setattr(train_config, "trains_in_fp32_on_cpu", lambda device, dtype: False)
     assert train_config.machine_note("shakespeare-cpu", TrainConfig.preset("shakespeare-cpu")) is None

@@ -167,6 +167,7 @@ def cmd_scaling_right_size(args) -> None:
     from llmkit.errors import DataError
     from llmkit.scaling.predict import _read_settings, load_fit
     from llmkit.scaling.right_size import right_size
+    from llmkit.scaling.runs import read_runs
     from llmkit.scaling.shapes import parse_sizes
 
     directory = Path(args.dir)
@@ -181,8 +182,6 @@ def cmd_scaling_right_size(args) -> None:
     extra = parse_sizes(args.sizes, None, 64, rule.get("head_dim", 64)) if args.sizes else []
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
     say(f"timing candidate shapes for {args.seconds:g} s of training (a few steps each, on this machine):")
-    from llmkit.scaling.runs import read_runs
-
     largest = max((float(r["params"]) for r in read_runs(directory)), default=math.inf)
     result = right_size(law, settings, args.seconds, args.preset or settings["preset"], args.overrides, extra, say=say,
                         max_params=largest)

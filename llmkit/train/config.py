@@ -184,12 +184,22 @@ def trains_in_fp32_on_cpu(device: str | None, dtype: str) -> bool:
 
 
 def machine_note(preset_name: str, config) -> str | None:
-    """The line a run prints when its preset's fp32_cpu fields shaped it: which they are and why."""
+    """The line a run prints when its preset's fp32_cpu fields shaped it: which of them the config holds
+    (another model or a field on the command line replaces some or all) and why."""
     data, _ = load_preset("train", preset_name, "training preset")
     variant = data.get(FP32_CPU_KEY)
     if not isinstance(variant, Mapping) or not trains_in_fp32_on_cpu(config.device, config.dtype):
         return None
-    fields = ", ".join(f"{k}={v}" for k, v in variant.items())
+
+    def holds(key: str, value) -> bool:
+        if key.startswith("model."):
+            return config.model_overrides.get(key.removeprefix("model.")) == value
+        return getattr(config, key, None) == value
+
+    applied = [f"{k}={v}" for k, v in variant.items() if holds(k, v)]
+    if not applied:
+        return None
+    fields = ", ".join(applied)
     return (f"preset {preset_name} on this machine: {fields} (its {FP32_CPU_KEY} fields: this CPU has no AVX512-BF16 "
             "or AMX, so training runs in fp32, several times slower a step, and a smaller model does better in the "
             "same minutes; measured in BENCHMARKS.md, 'Scaling laws'; fields given on the command line win)")
