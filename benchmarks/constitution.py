@@ -23,7 +23,8 @@ with Wilson 95% intervals.
 
 The judge (default: the SL-CAI model) must prefer the same answer in both orders for a pair to be kept;
 SmolLM2-135M as a judge prefers whichever answer is shown first, so it keeps none and DPO is skipped
-(the SL-CAI figures are still reported): --judge a bigger checkpoint or an OpenAI-compatible URL.
+(the SL-CAI figures are still reported): --judge a bigger checkpoint or an OpenAI-compatible URL, or
+--rule averaged (its probability averaged over the two orders decides, as `llmkit constitution label`).
 
 Prints a table, then one JSON line.
 """
@@ -46,6 +47,7 @@ TRAIN, TEST = [0, 1600], [1600, 2000]
 
 def human_agreement(judge, constitution, test_records, seed: int) -> dict:
     """The judge by principle on held-out human pairs: a = the human-chosen reply."""
+    from llmkit.eval.stats import wilson_interval
     from llmkit.train.constitution import verdicts
     from llmkit.train.post_common import last_text
 
@@ -54,12 +56,14 @@ def human_agreement(judge, constitution, test_records, seed: int) -> dict:
                     [last_text(r.rejected) for r in test_records], constitution, seed)
     decided = [r for r in rows if r["verdict"] in ("a", "b")]
     compared = [r for r in rows if r["verdict"] != "identical"]
+    # reading the judge's probability averaged over the two orders as its vote on every pair (ties half)
+    votes = [1.0 if (r["p_a_first"] + r["p_a_second"]) > 1 else 0.5 if (r["p_a_first"] + r["p_a_second"]) == 1
+             else 0.0 for r in compared]
+    low, high = wilson_interval(sum(votes), len(votes))
     return {"human_pairs": len(rows), "human_order_agreement": round(len(decided) / max(len(compared), 1), 4),
             "human_label_agreement": round(sum(r["verdict"] == "a" for r in decided) / max(len(decided), 1), 4),
-            # reading the judge's averaged probability as its vote on every pair (ties half)
-            "human_label_agreement_all": round(sum(1.0 if (r["p_a_first"] + r["p_a_second"]) > 1 else 0.5
-                                                   if (r["p_a_first"] + r["p_a_second"]) == 1 else 0.0
-                                                   for r in compared) / max(len(compared), 1), 4)}
+            "human_label_agreement_all": round(sum(votes) / max(len(votes), 1), 4),
+            "human_label_agreement_all_ci95": [round(low, 4), round(high, 4)]}
 
 
 def measure(args) -> None:
@@ -126,27 +130,40 @@ def full(args) -> None:
     out, constitution = args.out, load_constitution(args.principles)
     train_prompts = read_prompts(HH, TRAIN, args.train_prompts)
     start = llmkit.load("smollm2", max_batch_size=64)
+    clock = time.perf_counter()
+
+    def stage(name: str) -> None:  # each stage's wall time, for the benchmark's record
+        nonlocal clock
+        print(f"[stage] {name}: {time.perf_counter() - clock:.0f} s", flush=True)
+        clock = time.perf_counter()
+
     if not (out / "sl" / "sft.jsonl").exists():
         revise(start, train_prompts, constitution, out / "sl", rounds=args.rounds, max_new_tokens=args.max_new_tokens,
                seed=args.seed, settings={"model": "smollm2", "prompts": f"{HH}:{TRAIN}"})
+        stage("SL-CAI critiques and revisions")
     if not (out / "sl-model" / "model.safetensors").exists():
         run_sft(SFTConfig.preset("sft-smollm2-lora", [f"data={out / 'sl' / 'sft.jsonl'}"]), out / "sl-model")
+        stage("LoRA SFT on the revisions")
     sl_model = llmkit.load(out / "sl-model", max_batch_size=64)
     judge = load_judge(args.judge, "smollm2", start) if args.judge else sl_model
     if not (out / "rl" / "pairs.jsonl").exists():
         label(judge, sl_model, train_prompts, constitution, out / "rl", max_new_tokens=args.max_new_tokens,
-              seed=args.seed, settings={"model": str(out / "sl-model"), "judge": args.judge or str(out / "sl-model")})
+              seed=args.seed, settings={"model": str(out / "sl-model"), "judge": args.judge or str(out / "sl-model")},
+              rule=args.rule, margin=args.margin)
+        stage("RL-CAI labels")
     pairs = len((out / "rl" / "pairs.jsonl").read_text().splitlines())
     models = [("start", "smollm2"), ("sl_cai", out / "sl-model")]
     if pairs:
         if not (out / "dpo-model" / "model.safetensors").exists():
             run_dpo(DPOConfig.preset("dpo-smollm2-lora", [f"init_from={out / 'sl-model'}",
                                                           f"data={out / 'rl' / 'pairs.jsonl'}"]), out / "dpo-model")
+            stage("LoRA DPO on the AI labels")
         models.append(("rl_cai", out / "dpo-model"))
     else:  # a judge that only ever prefers one position yields no order-consistent pair (SmolLM2-135M does)
-        print(f"RL-CAI: no order-consistent pairs in {out / 'rl'} (see its report.md); DPO skipped: pass a "
-              "stronger --judge (a bigger checkpoint or an OpenAI-compatible URL)")
+        print(f"RL-CAI: no pairs kept in {out / 'rl'} (see its report.md); DPO skipped: pass a stronger --judge "
+              "(a bigger checkpoint or an OpenAI-compatible URL) or --rule averaged")
     train_reward(args.reward_dir, None)  # kept when already trained
+    stage("HH-RLHF reward model (trained unless --reward-dir has one)")
     reward_model, tokenizer = load_reward_model(args.reward_dir)
     test = load_records(HH, "preference", TEST)[:args.prompts]
     prompts = [r.prompt for r in test]
@@ -158,6 +175,7 @@ def full(args) -> None:
         done = llm.engine.generate_batch(ids, SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0))
         replies = [reply_text(llm.tokenizer, c.token_ids) for c in done]
         scores[name] = score(reward_model, tokenizer, prompts, replies, max_len=320, autocast=autocast)
+        stage(f"{name}: greedy answers to the held-out prompts, scored")
     figures = {"winrate_prompts": len(prompts)}
     figures["rl_cai_pairs"] = pairs
     for name in [m[0] for m in models[1:]]:
@@ -166,7 +184,8 @@ def full(args) -> None:
                         f"{name}_win_ci95_high": round(win["ci95_high"], 4)})
         print(f"{name} vs starting model on {len(prompts)} held-out prompts: reward-model win rate "
               f"{win['accuracy']:.3f} (95% CI {win['ci95_low']:.3f}-{win['ci95_high']:.3f})")
-    figures.update(human_agreement(judge if args.judge else start, constitution, test, args.seed))
+    figures.update(human_agreement(judge, constitution, test, args.seed))  # the judge the labels came from
+    stage("the judge by principle on the held-out human pairs")
     print(json.dumps(figures))
 
 
@@ -182,6 +201,9 @@ def main() -> None:
     parser.add_argument("--train-prompts", type=int, default=1600, help="--full: training prompts for both stages")
     parser.add_argument("--judge", default=None, help="--full: the RL-CAI judge (checkpoint, named model or URL); "
                         "default: the SL-CAI model itself")
+    parser.add_argument("--rule", choices=["both-orders", "averaged"], default="both-orders",
+                        help="--full: which RL-CAI pairs are kept (llmkit constitution label --rule)")
+    parser.add_argument("--margin", type=float, default=0.0, help="--full, --rule averaged: its margin")
     parser.add_argument("--reward-dir", type=Path, default=Path("runs/hh-reward"), help="--full: HH-RLHF reward model")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -13,12 +13,17 @@ Rows:
 - b1_*: batch 1 with the weights in fp32, bf16, int8 (per channel) and int4 (groups of 32, int8 head; and
   int4_head4 with the output head in int4 as well),
   decode step compiled with torch.compile (compilation happens in a warm-up run, not timed);
-- b32: 32 requests decoding together (continuous batching engine, all admitted at once);
+- b32, b32_fp32, b32_int4: 32 requests decoding together (continuous batching engine, all admitted at
+  once), with bf16, fp32 and int4 weights (int8 head): which is fastest depends on the CPU's bf16 support;
 - ttft: time to first token of a chat request behind a 1,000-token system prompt, with a cold prefix
   cache (miss) and after another request with the same system prompt (hit);
 - spec: speculative decoding against plain decoding of the same configuration (see SPEC below);
 - hf: `transformers` LlamaForCausalLM on the same weights (dequantized from the same GGUF) in fp32;
-- llamacpp: `llama-cpp-python` on the Q4_1 GGUF itself (null, with the reason, when not installed).
+- llamacpp: `llama-cpp-python` on the Q4_1 GGUF itself (null, with the reason, when not installed);
+- machine: the CPU model, its ISA extensions (AVX2, AVX-512 VNNI/BF16, AMX) and the memory read bandwidth
+  measured on the same threads (benchmarks/machine.py). Each batch-1 row reports the bytes it reads per
+  token (its weights as stored, plus the cached keys and values at the run's mean context; llama.cpp: the
+  GGUF file's size) and its achieved bandwidth, bytes x tokens/s, as a fraction of the measured one.
 
 Prints a table, then one JSON line (DESIGN.md keys; peak memory keys end in _mib).
 """
@@ -81,18 +86,27 @@ def timed_stream(engine, prompt, params) -> tuple[float, float]:
 
 
 # --- workers: each prints one JSON object ----------------------------------------------------------------
+def bytes_per_token(model, prompt_tokens: int) -> float:
+    """Weights as stored plus the KV cache (the model's dtype) at the mean context of a NEW_TOKENS run."""
+    from machine import kv_bytes_per_token, weight_bytes_per_token
+
+    kv_value = model.tok_emb.weight.element_size()
+    return weight_bytes_per_token(model) + kv_bytes_per_token(model.config, prompt_tokens + NEW_TOKENS / 2, kv_value)
+
+
 def worker_b1(kind: str, compile: bool = True) -> dict:
     from llmkit.infer import Engine, SamplingParams
 
     model, tokenizer = load_ours(kind)
     prompt = chat_prompt(tokenizer)
+    read = bytes_per_token(model, len(prompt))
     engine = Engine(model, compile=compile)  # no stop tokens: always 128 new tokens
     params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0)
     start = time.perf_counter()
     timed_stream(engine, prompt, params)  # warm-up: compiles the decode step
     warmup = time.perf_counter() - start
     speeds = [timed_stream(engine, prompt, params)[1] for _ in range(3)]
-    return {"tok_s": sorted(speeds)[1], "warmup_s": warmup, "peak_mib": peak_mib()}
+    return {"tok_s": sorted(speeds)[1], "warmup_s": warmup, "peak_mib": peak_mib(), "bytes_per_token": read}
 
 
 def worker_b32(kind: str, compile: bool = True) -> dict:
@@ -211,7 +225,10 @@ def worker_hf() -> dict:
         assert out.shape[1] - ids.shape[1] == NEW_TOKENS
         tokens = clock.stamps[1:]
         speeds.append((len(tokens) - 1) / (tokens[-1] - tokens[0]))
-    return {"tok_s": sorted(speeds)[1], "peak_mib": peak_mib(), "version": transformers.__version__}
+    seen = {p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}  # the head is tied
+    return {"tok_s": sorted(speeds)[1], "peak_mib": peak_mib(), "version": transformers.__version__,
+            "bytes_per_token": sum(seen.values()) - model.get_input_embeddings().weight.numel() * 4
+            * (model.get_output_embeddings().weight is not model.get_input_embeddings().weight)}
 
 
 def worker_llamacpp() -> dict:
@@ -238,10 +255,18 @@ def worker_llamacpp() -> dict:
             if i < NEW_TOKENS - 1:
                 llm.eval([token])
         speeds.append((NEW_TOKENS - 1) / (time.perf_counter() - start))
-    return {"tok_s": sorted(speeds[1:])[1], "peak_mib": peak_mib(), "version": llama_cpp.__version__}
+    return {"tok_s": sorted(speeds[1:])[1], "peak_mib": peak_mib(), "version": llama_cpp.__version__,
+            "bytes_per_token": named_model_file("smollm2").stat().st_size}
+
+
+def worker_machine() -> dict:
+    from machine import machine_report
+
+    return {**machine_report(THREADS), "peak_mib": peak_mib()}
 
 
 WORKERS = {
+    "machine": lambda: worker_machine(),
     "hf": lambda: worker_hf(),
     "llamacpp": lambda: worker_llamacpp(),
     "b1_fp32_eager": lambda: worker_b1("fp32", compile=False),
@@ -251,6 +276,8 @@ WORKERS = {
     "b1_int4": lambda: worker_b1("int4"),
     "b1_int4_head4": lambda: worker_b1("int4_head4"),
     "b32": lambda: worker_b32("bf16"),
+    "b32_fp32": lambda: worker_b32("fp32"),
+    "b32_int4": lambda: worker_b32("int4"),
     "ttft": lambda: worker_ttft("fp32"),
     "spec": lambda: worker_spec(**SPEC),
 }
@@ -291,13 +318,22 @@ def summary(r: dict) -> dict:
         "b1_fp32_tok_s": get(r, "b1_fp32", "tok_s"), "b1_bf16_tok_s": get(r, "b1_bf16", "tok_s"),
         "b1_int8_tok_s": get(r, "b1_int8", "tok_s"), "b1_int4_tok_s": get(r, "b1_int4", "tok_s"),
         "b1_int4_head4_tok_s": get(r, "b1_int4_head4", "tok_s"),
-        "b32_tok_s": get(r, "b32", "tok_s"), "ttft_miss_s": get(r, "ttft", "miss_s"),
+        "b32_tok_s": get(r, "b32", "tok_s"), "b32_fp32_tok_s": get(r, "b32_fp32", "tok_s"),
+        "b32_int4_tok_s": get(r, "b32_int4", "tok_s"), "ttft_miss_s": get(r, "ttft", "miss_s"),
         "ttft_hit_s": get(r, "ttft", "hit_s"), "spec_speedup": get(r, "spec", "speedup"),
         "spec_acceptance": get(r, "spec", "acceptance"), "hf_tok_s": get(r, "hf", "tok_s"),
         "llamacpp_tok_s": get(r, "llamacpp", "tok_s"),
     }
+    if "machine" in r:
+        m = r["machine"]
+        out.update({"cpu": m["cpu"], "isa": m["isa"], "read_bandwidth_gbs": m["read_bandwidth_gbs"]})
     for name in r:
-        out[f"{name}_peak_mib"] = get(r, name, "peak_mib")
+        if name != "machine":
+            out[f"{name}_peak_mib"] = get(r, name, "peak_mib")
+        if get(r, name, "bytes_per_token") and get(r, name, "tok_s"):
+            out[f"{name}_gbs"] = get(r, name, "bytes_per_token") * get(r, name, "tok_s") / 1e9
+            if "machine" in r:
+                out[f"{name}_bandwidth_fraction"] = out[f"{name}_gbs"] / r["machine"]["read_bandwidth_gbs"]
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
 
@@ -307,23 +343,37 @@ def print_table(r: dict) -> None:
     def ratio(x, ref):
         return f"{x / ref:5.2f}x" if x and ref else "    - "
 
+    bandwidth = get(r, "machine", "read_bandwidth_gbs")
+    if "machine" in r:
+        m = r["machine"]
+        print(f"CPU: {m['cpu']}; ISA: {', '.join(m['isa']) or 'none of AVX2/AVX-512/AMX'} (PyTorch dispatches "
+              f"{m['torch_cpu_capability']}); memory read bandwidth on {m['threads']} threads: {bandwidth:.1f} GB/s")
     print(f"SmolLM2-135M-Instruct, {THREADS} threads, {NEW_TOKENS} new tokens, greedy; decode tok/s exclude prefill")
-    print(f"{'configuration':<34} {'decode tok/s':>12} {'vs HF':>7} {'vs llama.cpp':>12} {'peak MiB':>9}")
+    print(f"{'configuration':<34} {'decode tok/s':>12} {'vs HF':>7} {'vs llama.cpp':>12} {'peak MiB':>9} "
+          f"{'MB/token':>9} {'GB/s':>6} {'of bw':>6}")
     rows = [("hf", "transformers generate(), fp32"), ("llamacpp", "llama.cpp, Q4_1 GGUF"),
             ("b1_fp32_eager", "llmkit batch 1, fp32, eager"), ("b1_fp32", "llmkit batch 1, fp32, compiled"),
             ("b1_bf16", "llmkit batch 1, bf16, compiled"), ("b1_int8", "llmkit batch 1, int8, compiled"),
             ("b1_int4", "llmkit batch 1, int4, compiled"), ("b1_int4_head4", "llmkit batch 1, int4 + int4 head"),
-            ("b32", "llmkit batch 32, bf16, compiled")]
+            ("b32", "llmkit batch 32, bf16, compiled"), ("b32_fp32", "llmkit batch 32, fp32, compiled"),
+            ("b32_int4", "llmkit batch 32, int4, compiled")]
     for name, label in rows:
         if name in r:
             x = get(r, name, "tok_s")
             shown = f"{x:12.1f}" if x else f"{'n/a':>12}"
-            peak = get(r, name, "peak_mib")
-            print(f"{label:<34} {shown} {ratio(x, hf):>7} {ratio(x, llama):>12} {peak or 0:9.0f}")
+            peak, read = get(r, name, "peak_mib"), get(r, name, "bytes_per_token")
+            achieved = read * x / 1e9 if read and x else None
+            print(f"{label:<34} {shown} {ratio(x, hf):>7} {ratio(x, llama):>12} {peak or 0:9.0f} "
+                  + (f"{read / 1e6:9.1f} {achieved:6.1f} " if achieved else f"{'-':>9} {'-':>6} ")
+                  + (f"{achieved / bandwidth:6.0%}" if achieved and bandwidth else f"{'-':>6}"))
     if get(r, "llamacpp", "reason"):
         print(f"llama.cpp not measured: {get(r, 'llamacpp', 'reason')}")
     if "b32" in r and "b1_bf16" in r:
         print(f"batch 32 / batch 1 (bf16, compiled): {get(r, 'b32', 'tok_s') / get(r, 'b1_bf16', 'tok_s'):.1f}x")
+    if "b32_fp32" in r and "b1_fp32" in r:
+        print(f"batch 32 / batch 1 (fp32, compiled): {get(r, 'b32_fp32', 'tok_s') / get(r, 'b1_fp32', 'tok_s'):.1f}x")
+    if "b32_int4" in r and "b1_int4" in r:
+        print(f"batch 32 / batch 1 (int4, compiled): {get(r, 'b32_int4', 'tok_s') / get(r, 'b1_int4', 'tok_s'):.1f}x")
     if "ttft" in r:
         t = r["ttft"]
         print(f"time to first token, {t['prompt_tokens']}-token prompt (1,000-token system prompt), fp32: "

@@ -13,6 +13,15 @@ p50/p99 per mode, index size on disk.
 
     python benchmarks/rag.py                          # BM25 only (~1 minute on a 2-core CPU)
     python benchmarks/rag.py --dense smollm2          # + dense and hybrid (embeds ~7,000 chunks)
+    python benchmarks/rag.py --answers smollm2,runs/speedrun/sft   # + answer accuracy, closed-book vs RAG
+
+--answers: each model answers every held-out question twice, greedily, through the engine: closed-book
+(the question alone as the user's turn) and with the top --answer-k BM25 passages (`llmkit rag ask`'s
+prompt: numbered passages, the citation instruction; passages that do not fit the model's context
+are dropped from the lowest-ranked up, and the number shown is reported). Graded two ways: exact (the
+built-in task's grader: the reply's first line is the answer) and names-it (the reply names the right
+option and not the other: each question offers two). Paired by question: gained / lost and McNemar's
+exact p.
 
 Prints a table, then one JSON line.
 """
@@ -63,6 +72,50 @@ def evaluate(index, questions, gold, mode, embedder) -> tuple[dict, list[float]]
     return result, latencies
 
 
+def names_it(reply: str, right: str, wrong: str) -> bool:
+    """The reply names the right option and not the wrong one (both as the task grader normalises them)."""
+    from llmkit.data.assistant_task import normalise_answer
+
+    text = f" {' '.join(normalise_answer(line) for line in reply.splitlines())} "
+    return f" {normalise_answer(right)} " in text and f" {normalise_answer(wrong)} " not in text
+
+
+def answer_accuracy(model: str, index, questions, k: int, max_new_tokens: int, device=None) -> dict:
+    """Closed-book vs retrieval-augmented answers of one model (see the module's docstring)."""
+    import llmkit
+    from llmkit.data.assistant_task import is_correct, paired_comparison
+    from llmkit.eval.stats import wilson_interval
+    from llmkit.infer import SamplingParams
+    from llmkit.rag.answer import fitting_messages
+    from llmkit.train.post_common import reply_text
+
+    llm = llmkit.load(model, device=device, max_batch_size=32)
+    closed = [[{"role": "user", "content": q.prompt}] for q in questions]
+    augmented, shown = [], []
+    for q in questions:
+        messages, kept = fitting_messages(llm, q.prompt, index.search(q.prompt, k, "bm25"), max_new_tokens)
+        augmented.append(messages)
+        shown.append(len(kept))
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0)
+    out = {"model": model, "passages_shown_mean": sum(shown) / len(shown)}
+    marks = {}
+    for name, prompts in (("closed", closed), ("rag", augmented)):
+        start = time.perf_counter()
+        done = llm.engine.generate_batch([llm.tokenizer.encode_chat(m) for m in prompts], params)
+        replies = [reply_text(llm.tokenizer, c.token_ids) for c in done]
+        out[f"{name}_s"] = time.perf_counter() - start
+        marks[name] = {"exact": [is_correct(r, q.answer) for r, q in zip(replies, questions)],
+                       "names": [names_it(r, q.answer, q.wrong) for r, q in zip(replies, questions)]}
+        out[f"{name}_examples"] = [{"question": q.prompt, "answer": q.answer, "reply": r}
+                                   for q, r in list(zip(questions, replies))[:3]]
+        for grade, ok in marks[name].items():
+            out[f"{name}_{grade}"] = sum(ok) / len(ok)
+            out[f"{name}_{grade}_ci95"] = wilson_interval(sum(ok), len(ok))
+    for grade in ("exact", "names"):
+        out[f"paired_{grade}"] = paired_comparison(marks["closed"][grade], marks["rag"][grade])
+    return out
+
+
 def folder_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
@@ -74,6 +127,10 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=200)
     parser.add_argument("--heldout-per-kind", type=int, default=100)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--answers", default=None, metavar="MODEL,...",
+                        help="also answer accuracy closed-book vs with retrieval, for these models")
+    parser.add_argument("--answer-k", type=int, default=3, help="--answers: BM25 passages in the prompt")
+    parser.add_argument("--answer-tokens", type=int, default=32, help="--answers: new tokens per reply")
     args = parser.parse_args()
 
     from llmkit.data.assistant_task import make_questions, parse_play, read_plays
@@ -122,6 +179,8 @@ def main() -> None:
         for mode, embedder in modes.items():
             result, _ = evaluate(index, questions, gold, mode, embedder)
             figures.update({f"{mode}_{k}": v for k, v in result.items()})
+        answers = [answer_accuracy(m, index, questions, args.answer_k, args.answer_tokens, args.device)
+                   for m in (args.answers.split(",") if args.answers else [])]
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)
 
@@ -137,6 +196,19 @@ def main() -> None:
         print(f"{mode:<8} {f['recall_at_1']:6.3f} {f['recall_at_5']:6.3f} "
               + " ".join(f"{f.get(f'{k}_recall_at_1', float('nan')):13.3f} {f.get(f'{k}_recall_at_5', float('nan')):13.3f}"
                          for k in KINDS) + f" {f['query_p50_ms']:8.2f} {f['query_p99_ms']:8.2f}")
+    if answers:
+        print(f"\nanswer accuracy on the {len(questions)} questions, greedy, {args.answer_tokens} new tokens; RAG: "
+              f"top {args.answer_k} BM25 passages")
+        print("| model | grade | closed-book | with retrieval | gained / lost | McNemar p | passages shown |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for a in answers:
+            for grade in ("exact", "names"):
+                c = a[f"paired_{grade}"]
+                print(f"| {a['model']} | {grade} | {a[f'closed_{grade}']:.3f} | {a[f'rag_{grade}']:.3f} | "
+                      f"{c['gained']} / {c['lost']} | {c['p_value']:.2g} | {a['passages_shown_mean']:.2f} |")
+            for e in a["rag_examples"]:
+                print(f"  {a['model']} RAG: {e['question'][:90]!r} -> {e['reply'][:80]!r} (answer {e['answer']!r})")
+        figures["answers"] = answers
     print(json.dumps(figures))
 
 

@@ -208,11 +208,11 @@ def test_prompts_that_outgrow_the_context_are_dropped_and_counted(tmp_path, tiny
 
 # --- RL-CAI --------------------------------------------------------------------------------------------------
 class PrincipledJudge:
-    """A judge with a known taste, asked by principle: prefers the longer answer, or (biased) always "A";
-    it records the questions it was asked."""
+    """A judge with a known taste, asked by principle: prefers the longer answer, or (biased) always "A",
+    or (lean) always "A" but more so when A is the longer; it records the questions it was asked."""
 
-    def __init__(self, tokenizer, biased=False):
-        self.tokenizer, self.biased, self.engine, self.questions = tokenizer, biased, self, []
+    def __init__(self, tokenizer, biased=False, lean=False):
+        self.tokenizer, self.biased, self.lean, self.engine, self.questions = tokenizer, biased, lean, self, []
         self.a, self.b = tokenizer.encode("A")[0], tokenizer.encode("B")[0]
 
     def generate_batch(self, requests, params):
@@ -222,7 +222,8 @@ class PrincipledJudge:
             self.questions.append(re.search(r"(Which is \w+\?)\n\nRequest:", text).group(1))
             a, b = re.search(r"Response A:\n(.*)\n\nResponse B:\n(.*)\n\nAnswer with", text, re.S).groups()
             prefer_a = self.biased or len(a) > len(b)
-            top = [(self.a, math.log(0.8 if prefer_a else 0.2)), (self.b, math.log(0.2 if prefer_a else 0.8))]
+            p_a = (0.9 if len(a) > len(b) else 0.6) if self.lean else 0.8 if prefer_a else 0.2
+            top = [(self.a, math.log(p_a)), (self.b, math.log(1 - p_a))]
             out.append(SimpleNamespace(finish_reason="length", logprobs=[SimpleNamespace(top=top)]))
         return out
 
@@ -254,6 +255,40 @@ def test_label_keeps_order_consistent_pairs_that_llmkit_dpo_trains_on(tmp_path, 
     assert summary["pairs"] == 0 and summary["order_agreement"] == 0.0 and summary["first_position_preferred"] == 1.0
 
 
+def test_the_averaged_rule_keeps_the_preference_under_a_position_bias(tmp_path, tiny_base, short_principles):
+    """A judge that always says "A" but says it more surely for the longer answer: both-orders keeps
+    nothing; the averaged rule keeps its taste (longer chosen, averaged probability (0.9 + 0.4) / 2)."""
+    llm = llmkit.load(tiny_base)
+    conversations = [[{"role": "user", "content": f"Tell me of the king {i}."}] for i in range(10)]
+    strict = label(PrincipledJudge(llm.tokenizer, lean=True), llm, conversations, short_principles, tmp_path / "strict",
+                   max_new_tokens=12, seed=2)
+    averaged = label(PrincipledJudge(llm.tokenizer, lean=True), llm, conversations, short_principles,
+                     tmp_path / "averaged", max_new_tokens=12, seed=2, rule="averaged", margin=0.1)
+    assert strict["pairs"] == 0 and strict["order_agreement"] == 0.0
+    different_lengths = strict["prompts"] - strict["identical"]
+    pairs = [json.loads(line) for line in (tmp_path / "averaged" / "pairs.jsonl").read_text().splitlines()]
+    assert averaged["order_agreement"] == 0.0 and averaged["settings"]["rule"] == "averaged"
+    assert len(pairs) == averaged["pairs"] >= 6 and averaged["pairs"] <= different_lengths
+    for pair in pairs:
+        assert len(pair["chosen"][0]["content"]) > len(pair["rejected"][0]["content"])
+        assert pair["judge_probability"] == pytest.approx(0.65)
+    assert 'rule "averaged"' in (tmp_path / "averaged" / "report.md").read_text()
+    # a margin beyond the judge's lean keeps nothing
+    none = label(PrincipledJudge(llm.tokenizer, lean=True), llm, conversations, short_principles, tmp_path / "margin",
+                 max_new_tokens=12, seed=2, rule="averaged", margin=0.2)
+    assert none["pairs"] == 0 and none["undecided"] == none["prompts"] - none["identical"]
+
+
+def test_decide_rules_and_their_bad_values():
+    from llmkit.train.constitution import decide
+
+    assert decide(0.9, 0.4) == "inconsistent" and decide(0.9, 0.6) == "a" and decide(0.1, 0.4) == "b"
+    assert decide(0.9, 0.4, "averaged") == "a" and decide(0.6, 0.3, "averaged") == "b"
+    assert decide(0.6, 0.45, "averaged", margin=0.05) == "undecided"
+    with pytest.raises(ValueError, match="rule must be one of both-orders, averaged"):
+        decide(0.5, 0.5, "majority")
+
+
 def test_constitution_verbs_through_the_cli_with_the_model_as_its_own_judge(tmp_path, tiny_base, prompts):
     rules = tmp_path / "short.yaml"
     rules.write_text(SHORT)
@@ -270,6 +305,14 @@ def test_constitution_verbs_through_the_cli_with_the_model_as_its_own_judge(tmp_
     result = cli_in_process("constitution", "label", "--model", tiny_base, "--prompts", prompts, "--principles", rules,
                             "--out", tmp_path / "rl", "--max-new-tokens", 8)
     assert result.returncode == 2 and "--overwrite" in result.stderr
+    result = cli_in_process("constitution", "label", "--model", tiny_base, "--prompts", prompts, "--principles", rules,
+                            "--out", tmp_path / "rl2", "--max-new-tokens", 8, "--rule", "averaged")
+    assert result.returncode == 0, result.stderr
+    assert "not kept by rule averaged" in result.stdout
+    assert json.loads((tmp_path / "rl2" / "summary.json").read_text())["settings"]["rule"] == "averaged"
+    result = cli_in_process("constitution", "label", "--model", tiny_base, "--prompts", prompts, "--principles", rules,
+                            "--out", tmp_path / "rl3", "--rule", "averaged", "--margin", "0.5")
+    assert result.returncode == 2 and "--margin" in result.stderr
 
 
 def test_a_judge_behind_an_openai_compatible_server(tmp_path):

@@ -98,6 +98,26 @@ def test_memory_budget_bounds_the_cache_and_queues_requests():
         Engine(model, kv_cache_mib=0.01).generate([1, 2, 3], GREEDY)
 
 
+def test_a_long_request_after_the_cache_widened_is_admitted_once_the_batch_drains():
+    """Short requests widen the cache to as many rows as the budget allows; a long request then cannot
+    have a row that long in so wide a cache, but fits alone: the cache is reshaped for it rather than
+    left waiting forever (an idle engine once spun without end here)."""
+    model = make_model(max_seq_len=4 * CAPACITY_STEP)
+    per_position = kv_bytes_per_token(model.config, torch.float32)
+    engine = Engine(model, kv_cache_mib=4 * CAPACITY_STEP * per_position / 2**20, prefix_cache_mib=0)
+    long_prompt = [(7 * i) % 500 + 3 for i in range(2 * CAPACITY_STEP + 40)]  # 3 x CAPACITY_STEP reserved
+    prompts = PROMPTS + [long_prompt] + PROMPTS[:2]
+    requests = [engine.submit(p, GREEDY) for p in prompts]
+    for _ in range(1000):
+        if not engine.has_work:
+            break
+        engine.step()
+        assert engine.scheduler.memory_in_use <= 4 * CAPACITY_STEP * per_position
+    assert not engine.has_work, "requests left unfinished"
+    for request, prompt in zip(requests, prompts):
+        assert request.output_ids == alone(model, prompt).token_ids
+
+
 def test_prefix_cache_equals_uncached():
     model = make_model()
     system = list(range(3, 50))  # a shared "system prompt" of 47 tokens: two full blocks of 16

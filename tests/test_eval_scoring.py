@@ -76,6 +76,30 @@ def test_prefix_sharing_handles_options_that_are_prefixes_of_each_other(tiny_mod
         assert scores[1][0].logprob == pytest.approx(scores[0][0].logprob, abs=1e-5)
 
 
+def test_examples_packed_into_one_row_see_only_their_own_tokens(tiny_long, shakespeare_tokenizer):
+    """Short examples share rows; each sees only its own prefix and option: the scores equal each option
+    alone however the examples are packed, and packed rows leave less padding than one example a row."""
+    from llmkit.eval.scoring import _batches, _pack_rows
+
+    spec = parse_task_list(str(FIXTURES / "copa.jsonl"), shots=0)[0]
+    _, grouped = tokenized(spec, shakespeare_tokenizer, tiny_long)
+    lengths = [len(pack_example(options).tokens) for options in grouped]
+    def padded(rows):
+        row_lengths = [sum(lengths[i] for i in r) for r in rows]
+        return sum(len(g) * max(row_lengths[i] for i in g) for g in _batches(row_lengths, 4096))
+
+    rows = _pack_rows(lengths, 256)
+    assert len(rows) == -(-sum(lengths) // 256) and sorted(i for r in rows for i in r) == list(range(len(grouped)))
+    assert max(sum(lengths[i] for i in r) for r in rows) <= 256 + max(lengths)
+    assert padded(rows) < 1.1 * sum(lengths) < padded([[i] for i in range(len(grouped))])
+    assert _pack_rows([300, 10, 20, 600], 256) == [[0], [3], [2, 1]]  # the long ones alone
+    for row_tokens in (1, 64, 512):
+        for got, options in zip(score_examples(tiny_long, grouped, row_tokens=row_tokens), grouped):
+            for score, option in zip(got, options):
+                alone = score_alone(tiny_long, option)
+                assert score.logprob == pytest.approx(alone.logprob, abs=2e-4) and score.greedy == alone.greedy
+
+
 def test_accuracies_as_lm_evaluation_harness_defines_them(tiny_model, shakespeare_tokenizer):
     spec = parse_task_list(str(FIXTURES / "arc_easy.jsonl"), shots=1)[0]
     run = evaluate_tasks(tiny_model, shakespeare_tokenizer, [spec], progress=False)

@@ -221,7 +221,7 @@ class KVCache:
             self.cross_mask[row] = False
 
     def resized(self, batch_size: int, max_len: int, keep_rows: int, keep_len: int) -> "KVCache":
-        """A larger cache holding the first keep_rows rows' first keep_len positions of this one."""
+        """A cache of another shape holding the first keep_rows rows' first keep_len positions of this one."""
         new = KVCache(self.config, batch_size, max_len, self.device, self.dtype)
         for old_t, new_t in zip(self.keys + self.values, new.keys + new.values):
             new_t[:keep_rows, :, :keep_len] = old_t[:keep_rows, :, :keep_len]

@@ -128,15 +128,23 @@ class Scheduler:
 
     def _make_room(self, request: Request) -> bool:
         rows, capacity = (self.cache.batch_size, self.cache.max_len) if self.cache else (0, 0)
-        want_capacity = max(capacity, self._capacity_for(request.reserved))
+        need = self._capacity_for(request.reserved)
         # an encoder-decoder's rows also hold their sources' cross-attention keys and values
         cross = self.cache.cross_capacity if self.cache else 0
         want_cross = max(cross, cross_positions(request))
         n = len(self.running) + 1
-        if n <= rows and want_capacity == capacity and want_cross == cross:
+        if n <= rows and need <= capacity and want_cross == cross:
             return True
-        # Grow rows by doubling (fewer reallocations and compiled shapes), within budget and batch size.
-        for want_rows in (min(self.max_batch_size, max(rows, 1 << (n - 1).bit_length())), max(rows, n)):
+        # Grow by doubling the rows (fewer reallocations and compiled shapes), within budget and batch size.
+        # When growing does not fit, the smallest cache that holds the running requests and this one:
+        # rows and length only ever grew before, so after many short requests had widened the cache a
+        # long one could not be admitted even into an idle engine, and generate_batch spun forever.
+        doubled = 1 << (n - 1).bit_length()
+        fitted = max([need] + [self._capacity_for(r.reserved) for r in self.running])
+        grown = max(capacity, need)
+        shapes = [(min(self.max_batch_size, max(rows, doubled)), grown), (max(rows, n), grown),
+                  (min(self.max_batch_size, doubled), fitted), (n, fitted)]
+        for want_rows, want_capacity in shapes:
             if want_rows * (want_capacity + want_cross) * self.bytes_per_position <= self.memory_bytes:
                 break
         else:
@@ -144,7 +152,7 @@ class Scheduler:
         if self.cache is None:
             self.cache = KVCache(self.config, want_rows, want_capacity, self.device, self.dtype)
         elif (want_rows, want_capacity) != (rows, capacity):
-            self.cache = self.cache.resized(want_rows, want_capacity, len(self.running), capacity)
+            self.cache = self.cache.resized(want_rows, want_capacity, len(self.running), min(capacity, want_capacity))
         if want_cross:  # reserved now, so the next admission's check counts it
             self.cache.grow_cross(want_cross)
         return True

@@ -12,10 +12,16 @@ kept in critiques.jsonl for inspection.
 
 RL stage (RL-CAI, section 4): the policy samples two answers per prompt; a judge (the model itself,
 another local model, or an OpenAI-compatible server) is asked which better follows a principle drawn
-for the prompt, in both orders (train/label.py's judge: its probabilities of "A" and "B"). The rule:
-a pair is kept only when the two orders agree — the same answer is preferred (probability > 0.5)
-whichever position it is shown in — and the answers differ; that answer is "chosen". Disagreeing
-orders are the judge's position bias or indifference, not a preference, and are dropped and counted.
+for the prompt, in both orders (train/label.py's judge: its probabilities of "A" and "B"). Two rules
+decide which pairs are kept (the answers must differ under both):
+- "both-orders" (the default): the same answer is preferred (probability > 0.5) whichever position it
+  is shown in; that answer is "chosen". Disagreeing orders are the judge's position bias or
+  indifference, not a preference, and are dropped and counted.
+- "averaged": the judge's probability that an answer is better, averaged over its two positions (which
+  cancels a bias toward one position), beyond 0.5 by more than `margin`. The paper uses the judge's
+  normalised probabilities as soft labels (section 4.1); averaging the orders is the position debiasing
+  of Zheng et al. 2023 (MT-Bench, section 3.4). A small judge that always prefers the answer shown first
+  keeps nothing under "both-orders"; under "averaged" what is left of its preference decides.
 The pairs are {prompt, chosen, rejected} for `llmkit dpo` (or `llmkit reward`).
 
 Each principle, and each sampling seed, is drawn from a hash of (seed, step, prompt) (principles.py),
@@ -162,19 +168,39 @@ def revise(llm, prompts: list[list[dict]], constitution: Constitution, out: str 
 
 # --- RL-CAI --------------------------------------------------------------------------------------------------
 def judge_by_principles(judge, policy_llm, prompts: list[list[dict]], constitution: Constitution,
-                        max_new_tokens: int = 128, temperature: float = 1.0, seed: int = 0) -> list[dict]:
+                        max_new_tokens: int = 128, temperature: float = 1.0, seed: int = 0,
+                        rule: str = "both-orders", margin: float = 0.0) -> list[dict]:
     """Two sampled answers per prompt (one batch through the policy's engine), judged by `verdicts`."""
     seeds = [stable_int(seed, f"sample:{k}", p) for p in prompts for k in (0, 1)]
     first, second = sample_reply_pairs(policy_llm, prompts, max_new_tokens, temperature, seeds)
-    return verdicts(judge, prompts, first, second, constitution, seed)
+    return verdicts(judge, prompts, first, second, constitution, seed, rule, margin)
+
+
+RULES = ("both-orders", "averaged")
+
+
+def decide(p_a_first: float, p_a_second: float, rule: str = "both-orders", margin: float = 0.0) -> str:
+    """"a", "b" or (where the rule keeps neither) "inconsistent" ("both-orders") / "undecided" ("averaged")."""
+    if rule == "both-orders":
+        if p_a_first > 0.5 and p_a_second > 0.5:
+            return "a"
+        if p_a_first < 0.5 and p_a_second < 0.5:
+            return "b"
+        return "inconsistent"
+    if rule != "averaged":
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, not {rule!r}")
+    lean = (p_a_first + p_a_second) / 2 - 0.5
+    return "a" if lean > margin else "b" if lean < -margin else "undecided"
 
 
 def verdicts(judge, prompts: list, first: list[str], second: list[str], constitution: Constitution,
-             seed: int = 0) -> list[dict]:
+             seed: int = 0, rule: str = "both-orders", margin: float = 0.0) -> list[dict]:
     """The judge's verdict on each pair of answers (a = first, b = second) in both orders, asked by the
     principle drawn for the prompt: one row per prompt, {prompt, principle, a, b, p_a_first, p_a_second,
-    verdict}; verdict "a" or "b" where both orders prefer that answer, "identical" where the answers are
-    the same, else "inconsistent"."""
+    verdict}; verdict "identical" where the answers are the same, else `decide`'s under `rule`."""
+    if not 0 <= margin < 0.5:
+        raise ValueError(f"margin must be in [0, 0.5), not {margin}")
+    decide(0.5, 0.5, rule, margin)  # an unknown rule is refused before the judge runs
     principles = [constitution.pick(seed, "label", p) for p in prompts]
     questions = [p.compare for p in principles]
     forward = judge_probabilities(judge, prompts, first, second, questions)  # P(a preferred), a shown first
@@ -182,14 +208,7 @@ def verdicts(judge, prompts: list, first: list[str], second: list[str], constitu
     rows = []
     for prompt, principle, a, b, p_ab, p_ba in zip(prompts, principles, first, second, forward, backward):
         p_a_second = 1 - p_ba  # P(a preferred) with a shown second
-        if a.strip() == b.strip():
-            verdict = "identical"
-        elif p_ab > 0.5 and p_a_second > 0.5:
-            verdict = "a"
-        elif p_ab < 0.5 and p_a_second < 0.5:
-            verdict = "b"
-        else:
-            verdict = "inconsistent"
+        verdict = "identical" if a.strip() == b.strip() else decide(p_ab, p_a_second, rule, margin)
         rows.append({"prompt": prompt, "principle": principle.name, "a": a, "b": b, "p_a_first": round(p_ab, 4),
                      "p_a_second": round(p_a_second, 4), "verdict": verdict})
     return rows
@@ -197,12 +216,13 @@ def verdicts(judge, prompts: list, first: list[str], second: list[str], constitu
 
 def label(judge, policy_llm, prompts: list[list[dict]], constitution: Constitution, out: str | Path,
           max_new_tokens: int = 128, temperature: float = 1.0, seed: int = 0, overwrite: bool = False,
-          settings: dict | None = None) -> dict:
+          settings: dict | None = None, rule: str = "both-orders", margin: float = 0.0) -> dict:
     """RL-CAI labels; writes out/pairs.jsonl ({prompt, chosen, rejected, principle, judge_probability}
     for `llmkit dpo`), out/judgements.jsonl (every prompt's two answers and both verdicts),
     out/summary.json and out/report.md. judge: a loaded `llmkit.LLM` or a `RemoteBackend`
-    (label.load_judge); None: the policy judges its own answers. A prompt that leaves no room for
-    max_new_tokens in the policy's context is dropped and counted."""
+    (label.load_judge); None: the policy judges its own answers. rule/margin: which pairs are kept (the
+    module's docstring). A prompt that leaves no room for max_new_tokens in the policy's context is
+    dropped and counted."""
     context = policy_llm.model.config.max_seq_len
     fits = [p for p in prompts if len(encode_prompt(policy_llm.tokenizer, p)) + max_new_tokens <= context]
     if not fits:
@@ -210,7 +230,7 @@ def label(judge, policy_llm, prompts: list[list[dict]], constitution: Constituti
                         f"{max_new_tokens}; lower --max-new-tokens or use shorter prompts")
     with staged_directory(out, overwrite=overwrite, what="the constitution run") as folder:  # refused up front
         rows = judge_by_principles(judge or policy_llm, policy_llm, fits, constitution, max_new_tokens, temperature,
-                                   seed)
+                                   seed, rule, margin)
         pairs = []
         for row in rows:
             if row["verdict"] not in ("a", "b"):
@@ -222,7 +242,7 @@ def label(judge, policy_llm, prompts: list[list[dict]], constitution: Constituti
                           "judge_probability": round(max(p, 1 - p), 4)})
         summary = label_summary(rows, len(pairs), dropped=len(prompts) - len(fits))
         summary["settings"] = {**(settings or {}), "max_new_tokens": max_new_tokens, "temperature": temperature,
-                               "seed": seed, "principles": constitution.source}
+                               "seed": seed, "principles": constitution.source, "rule": rule, "margin": margin}
         write_jsonl(folder / "pairs.jsonl", pairs)
         write_jsonl(folder / "judgements.jsonl", rows)
         (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from llmkit.arg_types import SIGNED_SEED, int_in
+from llmkit.arg_types import SIGNED_SEED, float_in, int_in
 
 
 def add_constitution_verb(verbs, add_model_args) -> None:
@@ -22,6 +22,12 @@ def add_constitution_verb(verbs, add_model_args) -> None:
     _common(a, add_model_args, temperature=1.0)
     a.add_argument("--judge", default=None, help="judge: a checkpoint directory, named model (smollm2) or an "
                    "OpenAI-compatible URL (http://HOST:PORT/v1); default: the --model itself")
+    a.add_argument("--rule", choices=["both-orders", "averaged"], default="both-orders",
+                   help="which pairs are kept: both-orders = the same answer preferred in both positions; averaged = "
+                   "the judge's probability averaged over the two positions beyond 0.5 by more than --margin (for a "
+                   "judge with a position bias, e.g. a small model)")
+    a.add_argument("--margin", type=float_in("[0, 0.5)"), default=0.0,
+                   help="--rule averaged: how far from 0.5 the averaged probability must be")
     a.set_defaults(handler=cmd_label)
 
 
@@ -77,7 +83,7 @@ def cmd_label(args) -> None:
     judge = load_judge(args.judge or args.model, args.model, llm)
     summary = label(judge, llm, prompts, constitution, args.out, max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature, seed=args.seed, overwrite=args.overwrite,
-                    settings={**settings, "judge": str(args.judge or args.model)})
+                    settings={**settings, "judge": str(args.judge or args.model)}, rule=args.rule, margin=args.margin)
     print(f"wrote {summary['pairs']} preference pairs to {args.out}/pairs.jsonl from {summary['prompts']} prompts "
-          f"({summary['identical']} identical answer pairs, {summary['inconsistent']} where the two orders disagreed: "
+          f"({summary['identical']} identical answer pairs, {summary['undecided']} not kept by rule {args.rule}; "
           f"two-order agreement {summary['order_agreement']:.0%}); report in {args.out}/report.md")

@@ -45,12 +45,15 @@ def revision_summary(traces: list[dict], rounds: int) -> dict:
 
 def label_summary(rows: list[dict], pairs: int, dropped: int = 0) -> dict:
     compared = [r for r in rows if r["verdict"] != "identical"]
-    agree = sum(r["verdict"] in ("a", "b") for r in compared)
+    # the orders agree when the same answer is preferred in both positions (whatever rule kept the pairs)
+    agree = sum((r["p_a_first"] > 0.5 and r["p_a_second"] > 0.5) or (r["p_a_first"] < 0.5 and r["p_a_second"] < 0.5)
+                for r in compared)
     # how often the judge picked whichever answer was shown first (0.5 = no position bias)
     first = [r["p_a_first"] > 0.5 for r in compared] + [r["p_a_second"] < 0.5 for r in compared]
     return {
         "prompts": len(rows), "dropped": dropped, "pairs": pairs,
         "identical": len(rows) - len(compared), "inconsistent": len(compared) - agree,
+        "undecided": sum(r["verdict"] not in ("a", "b") for r in compared),
         "order_agreement": round(agree / len(compared), 4) if compared else 0.0,
         "first_position_preferred": _mean([float(x) for x in first]),
         "principles": dict(sorted(Counter(r["principle"] for r in rows).items())),
@@ -93,16 +96,21 @@ def revision_report(traces: list[dict], summary: dict) -> str:
 
 
 def label_report(rows: list[dict], summary: dict) -> str:
+    settings = summary.get("settings", {})
+    if settings.get("rule", "both-orders") == "both-orders":
+        rule = "A pair is kept only when both orders prefer the same answer."
+    else:
+        rule = (f"A pair is kept when the judge's probability for one answer, averaged over its two positions, is "
+                f"beyond 0.5 by more than {settings.get('margin', 0.0)} (rule \"averaged\").")
     lines = ["# Constitutional AI: preference labels by principle (RL-CAI)", "",
              f"{summary['prompts']} prompts ({summary['dropped']} dropped: too long for the context); two sampled "
-             "answers each, judged in both orders by a principle drawn per prompt. A pair is kept only when both "
-             "orders prefer the same answer.", "",
+             f"answers each, judged in both orders by a principle drawn per prompt. {rule}", "",
              "| pairs kept | identical answers | orders disagree | two-order agreement | first position preferred |",
              "| --- | --- | --- | --- | --- |",
              f"| {summary['pairs']} | {summary['identical']} | {summary['inconsistent']} | "
              f"{summary['order_agreement']:.0%} | {summary['first_position_preferred']:.0%} |", "", "## Examples", ""]
     shown = [r for r in rows if r["verdict"] in ("a", "b")][:EXAMPLES - 1] + \
-        [r for r in rows if r["verdict"] == "inconsistent"][:1]
+        [r for r in rows if r["verdict"] in ("inconsistent", "undecided")][:1]
     for i, r in enumerate(shown, 1):
         lines += [f"### {i}. {_cut(_request(r['prompt']))[:200]}", "",
                   f"Principle `{r['principle']}`; P(A preferred) shown first {r['p_a_first']:.2f}, shown second "

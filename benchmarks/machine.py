@@ -1,0 +1,89 @@
+"""What a benchmark ran on, so that figures from different machines can be read side by side: the CPU
+model, the instruction-set extensions that decide which kernels are fast (AVX2, AVX-512 and its VNNI
+and BF16 parts, AMX), PyTorch's own view of them, and the memory bandwidth measured here.
+
+Decode at batch 1 reads every weight once per token, so its speed is bounded by memory bandwidth; a
+configuration's *achieved* bandwidth (bytes read per token x tokens/s) as a fraction of the measured
+bandwidth says how close to that bound it runs (gpt-fast prints the same figure).
+
+The bandwidth is a read test: the sum of a tensor many times larger than the last-level cache, on the
+benchmark's threads, best of several passes (a decode step reads weights; it writes almost nothing).
+
+    python benchmarks/machine.py          # prints one JSON line
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+# /proc/cpuinfo flag -> the name people know it by
+ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512F", "avx512_vnni": "AVX-512 VNNI", "avx512_bf16": "AVX-512 BF16",
+             "avx_vnni": "AVX-VNNI", "amx_tile": "AMX", "amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8"}
+
+
+def cpu_report() -> dict:
+    """{"cpu": model name, "isa": [names present], "torch_cpu_capability": what PyTorch dispatches to}."""
+    import torch
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux: the model name from platform, no flags
+        pass
+    return {"cpu": model, "isa": [name for flag, name in ISA_FLAGS.items() if flag in flags],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def read_bandwidth_gbs(threads: int, mib: int = 1024, passes: int = 5) -> float:
+    """GB/s (1e9 bytes) of reading a `mib`-MiB fp32 tensor with `threads` threads, best of `passes`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
+    x.sum()  # touch every page before timing
+    best = float("inf")
+    for _ in range(passes):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best / 1e9
+
+
+def machine_report(threads: int) -> dict:
+    return {**cpu_report(), "threads": threads, "read_bandwidth_gbs": round(read_bandwidth_gbs(threads), 2)}
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights one decode step reads: every parameter and buffer once (shared storage once),
+    except a token-embedding table the output head does not share (a lookup reads one row)."""
+    seen, total = set(), 0
+    head = getattr(model, "lm_head", None)
+    head_tensors = {t.data_ptr() for t in list(head.parameters()) + list(head.buffers())} if head is not None else set()
+    embedding = model.tok_emb.weight
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        if t is embedding and embedding.data_ptr() not in head_tensors:
+            continue
+        total += t.numel() * t.element_size()
+    return total
+
+
+def kv_bytes_per_token(config, mean_context: float, bytes_per_value: int) -> float:
+    """Bytes of cached keys and values one decode step reads at a mean context length."""
+    kv_heads, head_dim = config.n_kv_heads or config.n_heads, config.head_dim or config.d_model // config.n_heads
+    return 2 * config.n_layers * kv_heads * head_dim * mean_context * bytes_per_value
+
+
+if __name__ == "__main__":
+    print(json.dumps(machine_report(2)))
