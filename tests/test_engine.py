@@ -65,6 +65,23 @@ def test_seed_reproducible_and_sampling_filters():
         engine.generate([1, 2, 3], SamplingParams(max_new_tokens=15, temperature=0))
 
 
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 20.0])  # peaked, as trained, nearly flat
+def test_nucleus_equals_a_full_sort(top_p, temperature):
+    """Top-p from growing top-k equals the rule applied to the whole sorted vocabulary, whether the
+    nucleus holds a few tokens or most of them (the 20.0 rows make it grow past `first` many times)."""
+    from llmkit.infer.sampling import nucleus
+
+    torch.manual_seed(int(top_p * 1000) + int(temperature * 10))
+    for _ in range(5):
+        probs = torch.softmax(torch.randn(5000) * 3 / temperature, dim=-1)
+        ordered, order = probs.sort(descending=True)
+        drop = (ordered.cumsum(0) - ordered) >= top_p
+        expected = probs.scatter(0, order, ordered.masked_fill(drop, 0.0))
+        assert torch.equal(nucleus(probs, top_p), expected)
+        assert torch.equal(nucleus(probs, top_p, first=1), expected)
+
+
 def test_distribution_filters():
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
     top_p = next_token_distribution(logits, SamplingParams(temperature=1.0, top_p=0.75))
