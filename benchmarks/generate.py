@@ -225,10 +225,11 @@ def worker_hf() -> dict:
         assert out.shape[1] - ids.shape[1] == NEW_TOKENS
         tokens = clock.stamps[1:]
         speeds.append((len(tokens) - 1) / (tokens[-1] - tokens[0]))
-    seen = {p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}  # the head is tied
+    from machine import weight_bytes_per_token
+
+    read = weight_bytes_per_token(model, model.get_input_embeddings().weight, model.get_output_embeddings())
     return {"tok_s": sorted(speeds)[1], "peak_mib": peak_mib(), "version": transformers.__version__,
-            "bytes_per_token": sum(seen.values()) - model.get_input_embeddings().weight.numel() * 4
-            * (model.get_output_embeddings().weight is not model.get_input_embeddings().weight)}
+            "bytes_per_token": read}
 
 
 def worker_llamacpp() -> dict:
@@ -368,12 +369,11 @@ def print_table(r: dict) -> None:
                   + (f"{achieved / bandwidth:6.0%}" if achieved and bandwidth else f"{'-':>6}"))
     if get(r, "llamacpp", "reason"):
         print(f"llama.cpp not measured: {get(r, 'llamacpp', 'reason')}")
-    if "b32" in r and "b1_bf16" in r:
-        print(f"batch 32 / batch 1 (bf16, compiled): {get(r, 'b32', 'tok_s') / get(r, 'b1_bf16', 'tok_s'):.1f}x")
-    if "b32_fp32" in r and "b1_fp32" in r:
-        print(f"batch 32 / batch 1 (fp32, compiled): {get(r, 'b32_fp32', 'tok_s') / get(r, 'b1_fp32', 'tok_s'):.1f}x")
-    if "b32_int4" in r and "b1_int4" in r:
-        print(f"batch 32 / batch 1 (int4, compiled): {get(r, 'b32_int4', 'tok_s') / get(r, 'b1_int4', 'tok_s'):.1f}x")
+    for batched, single, weights in (("b32", "b1_bf16", "bf16"), ("b32_fp32", "b1_fp32", "fp32"),
+                                     ("b32_int4", "b1_int4", "int4")):
+        if batched in r and single in r:
+            print(f"batch 32 / batch 1 ({weights}, compiled): "
+                  f"{get(r, batched, 'tok_s') / get(r, single, 'tok_s'):.1f}x")
     if "ttft" in r:
         t = r["ttft"]
         print(f"time to first token, {t['prompt_tokens']}-token prompt (1,000-token system prompt), fp32: "

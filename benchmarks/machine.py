@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-from pathlib import Path
 
 # /proc/cpuinfo flag -> the name people know it by
 ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512F", "avx512_vnni": "AVX-512 VNNI", "avx512_bf16": "AVX-512 BF16",
@@ -28,17 +27,10 @@ def cpu_report() -> dict:
     """{"cpu": model name, "isa": [names present], "torch_cpu_capability": what PyTorch dispatches to}."""
     import torch
 
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:  # not Linux: the model name from platform, no flags
-        pass
+    from llmkit.device import cpu_info
+
+    model, flags = cpu_info()
+    model = model or platform.processor() or platform.machine()
     return {"cpu": model, "isa": [name for flag, name in ISA_FLAGS.items() if flag in flags],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
@@ -62,13 +54,14 @@ def machine_report(threads: int) -> dict:
     return {**cpu_report(), "threads": threads, "read_bandwidth_gbs": round(read_bandwidth_gbs(threads), 2)}
 
 
-def weight_bytes_per_token(model) -> int:
+def weight_bytes_per_token(model, embedding=None, head=None) -> int:
     """Bytes of weights one decode step reads: every parameter and buffer once (shared storage once),
-    except a token-embedding table the output head does not share (a lookup reads one row)."""
-    seen, total = set(), 0
-    head = getattr(model, "lm_head", None)
+    except a token-embedding table the output head does not share (a lookup reads one row). embedding,
+    head: the model's token-embedding weight and output-head module (default: llmkit's names)."""
+    embedding = model.tok_emb.weight if embedding is None else embedding
+    head = getattr(model, "lm_head", None) if head is None else head
     head_tensors = {t.data_ptr() for t in list(head.parameters()) + list(head.buffers())} if head is not None else set()
-    embedding = model.tok_emb.weight
+    seen, total = set(), 0
     for t in list(model.parameters()) + list(model.buffers()):
         if t.data_ptr() in seen:
             continue

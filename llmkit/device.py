@@ -74,11 +74,24 @@ def training_autocast_dtype(name: str, device: torch.device) -> torch.dtype | No
     return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
-def cpu_has_fast_bf16() -> bool:
+def cpu_info() -> tuple[str, set[str]]:
+    """(model name, ISA flags) of the first CPU in /proc/cpuinfo; ("", set()) where there is none."""
+    model, flags = "", set()
     try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux
+        pass
+    return model, flags
+
+
+def cpu_has_fast_bf16() -> bool:
+    flags = cpu_info()[1]
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
