@@ -179,6 +179,33 @@ def test_compiled_decode_equals_eager():
     assert compiled.generate([5, 17, 99, 3], params) == Engine(model).generate([5, 17, 99, 3], params)
 
 
+def test_compiled_engine_after_warm_up_equals_eager_and_compiles_nothing_more():
+    """After `warm_up`, a lone request and batches of other sizes running past 64 and 128 positions
+    need no new graph:
+    the compiled step attends to a multiple of ATTEND_STEP, and the row count and that length are
+    symbolic by then. Its tokens equal the eager engine's (each row's keys written into the whole
+    cache), and its frozen weights were packed for oneDNN (an option passed to torch.compile alone
+    left them unpacked)."""
+    from torch._dynamo.utils import counters
+
+    from llmkit.infer.compiled import ATTEND_STEP, warm_up
+
+    model = make_model(max_seq_len=320)
+    counters.clear()
+    engine = Engine(model, compile=True, max_batch_size=8)
+    assert warm_up(engine) > 0
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 2 and counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > 0
+    prompts = [[5, 17, 99, 3], list(range(1, 40)), [7] * 20, [9, 8], [4] * 11]
+    params = SamplingParams(max_new_tokens=2 * ATTEND_STEP + 10, temperature=0)
+    compiled = [c.token_ids for c in engine.generate_batch(prompts, params)]
+    alone = engine.generate([3, 1, 4], params)  # a lone row: a graph of its own, also warmed up
+    assert counters["stats"]["unique_graphs"] == graphs, "a shape the warm-up did not cover was compiled"
+    assert alone == Engine(model).generate([3, 1, 4], params)
+    eager = [c.token_ids for c in Engine(model, max_batch_size=8).generate_batch(prompts, params)]
+    assert compiled == eager
+
+
 def test_cli_show_probs_and_speculative(tmp_path, shakespeare_tokenizer):
     import llmkit
     from llmkit.checkpoint import save_checkpoint

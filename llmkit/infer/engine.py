@@ -82,7 +82,7 @@ import torch
 
 from llmkit.device import available_memory_bytes
 from llmkit.errors import GenerationError, LLMKitError
-from llmkit.infer.kv_cache import COMPILE_OPTIONS
+from llmkit.infer.compiled import attend_length, compile_frozen
 from llmkit.infer.prefix_cache import PrefixCache
 from llmkit.infer.sampling import SamplingParams, TokenLogprob, choose_tokens, token_logprobs
 from llmkit.infer.scheduler import Request, Scheduler
@@ -215,7 +215,7 @@ class Engine:
         self.compiled = compile
         self._decode_fn = self._decode_forward
         if compile:
-            self._decode_fn = torch.compile(self._decode_forward, dynamic=None, options=COMPILE_OPTIONS)
+            self._decode_fn = compile_frozen(self._decode_forward)
         # _step_lock: held by the engine thread for a whole step (stepping()). _queue_lock: guards the
         # scheduler's queue and the pending cancellations, held briefly, so submit() and cancel() from
         # other threads never wait for a forward.
@@ -478,8 +478,8 @@ class Engine:
         cache = self.scheduler.cache
         tokens = torch.tensor([[r.output_ids[-1]] for r in requests], device=self.device)
         positions = torch.tensor([[r.length] for r in requests], device=self.device)
-        # Eager: attend to the longest row's positions only. Compiled: the whole (static) capacity.
-        cache.bind(first, first + n, None if self.compiled else max(r.length for r in requests) + 1)
+        attend = attend_length(max(r.length for r in requests) + 1, cache.max_len, self.compiled)
+        cache.bind(first, first + n, attend)
         logits = self._decode_fn(tokens, positions, cache)
         for request in requests:
             request.length += 1

@@ -188,6 +188,11 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
             from llmkit.rag.cli import make_retriever
 
             service.retriever = make_retriever(rag, rag_k, rag_mode, model, llm, device, dtype)
+        # a compiled step's compilations happen now, not in the first clients' requests
+        if engine_options.get("compile") and llm.model.config.causal:
+            from llmkit.infer.compiled import warm_up
+
+            print(f"llmkit serve: compiling the decode step ({warm_up(llm.engine):.0f} s)", flush=True)
         print(f"llmkit serve: {model} loaded; ready at {url}/v1", flush=True)
         return llm
 
