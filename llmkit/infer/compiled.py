@@ -1,10 +1,10 @@
 """Compiled decode steps: how they are compiled, which attention lengths they see, and a warm-up that
 pays for their compilations before the first user does.
 
-A compiled step is specialised on the shapes it first sees. The engine's decode step sees two that
-change: the number of running rows and the attention length (a multiple of ATTEND_STEP). Dynamo
-compiles the first values it meets as constants, recompiles once when one changes (marking it
-symbolic) and never again for it, so three or four compilations cover every later step.
+A compiled step is specialised on the sizes it first sees. Dynamo compiles the first values it meets
+as constants and recompiles once when one changes (making it symbolic); the engine's decode step has
+four sizes that change (rows, the cache's rows and capacity, the attention length, a multiple of
+ATTEND_STEP), and four graphs cover every later step (`warm_up` says why four).
 """
 
 from __future__ import annotations
