@@ -180,12 +180,11 @@ def test_compiled_decode_equals_eager():
 
 
 def test_compiled_engine_after_warm_up_equals_eager_and_compiles_nothing_more():
-    """After `warm_up`, a lone request and batches of other sizes running past 64 and 128 positions
-    need no new graph:
-    the compiled step attends to a multiple of ATTEND_STEP, and the row count and that length are
-    symbolic by then. Its tokens equal the eager engine's (each row's keys written into the whole
-    cache), and its frozen weights were packed for oneDNN (an option passed to torch.compile alone
-    left them unpacked)."""
+    """After `warm_up`, a batch of another size and a lone request, both running past 64 and 128
+    positions, need no new graph (the rows, the cache's shape and the attention length are symbolic
+    by then). Their tokens equal the eager engine's (each row's keys written into the whole cache),
+    and the frozen weights were packed for oneDNN (an option passed to torch.compile alone left
+    them unpacked)."""
     from torch._dynamo.utils import counters
 
     from llmkit.infer.compiled import ATTEND_STEP, warm_up
