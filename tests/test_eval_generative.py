@@ -174,7 +174,21 @@ def test_cli_runs_zero_few_and_cot_side_by_side_then_compares(checkpoint, tmp_pa
     assert "| copa | acc | 3 |" in result.stdout
 
 
+def test_compiled_engine_writes_what_the_eager_one_writes(checkpoint, tmp_path):
+    predictions, settings = {}, {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        result = cli_in_process("eval", "--model", str(checkpoint), "--tasks", "gsm8k_zero", "--task-dir", str(FIXTURES),
+                                "--limit", "3", "--max-new-tokens", "8", "--out", str(tmp_path / name), *extra)
+        assert result.returncode == 0, result.stderr
+        lines = (tmp_path / name / "examples" / "gsm8k_zero.jsonl").read_text().splitlines()
+        predictions[name] = [json.loads(line)["prediction"] for line in lines]
+        settings[name] = json.loads((tmp_path / name / "results.json").read_text())["settings"]["compile"]
+    assert predictions["compiled"] == predictions["eager"] and len(predictions["eager"]) == 3
+    assert settings == {"eager": False, "compiled": True}
+
+
 @pytest.mark.parametrize("args,message", [
+    (["--tasks", "gsm8k", "--compile", "--model", "http://127.0.0.1:9/v1"], "start it with `llmkit serve --compile`"),
     (["--tasks", "humaneval", "--shots", "2"], "humaneval is zero-shot"),
     (["--tasks", "gsm8k", "--max-new-tokens", "0"], "--max-new-tokens 0"),
     (["--tasks", "gsm8k", "--task-dir", "EMPTY"], "no gsm8k/test.jsonl and gsm8k/train.jsonl under"),

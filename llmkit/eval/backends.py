@@ -60,7 +60,7 @@ class LocalBackend:
 
     def settings(self) -> dict:
         return {"backend": "local", "add_bos": self.add_bos and not self.chat, "batch_tokens": self.batch_tokens,
-                "chat": self.chat, "device": str(self.device),
+                "chat": self.chat, "device": str(self.device), "compile": bool(self._engine and self._engine.compiled),
                 "dtype": str(self.model.tok_emb.weight.dtype).removeprefix("torch.")}
 
     def render_chat(self, messages: list[dict]) -> str:
