@@ -4,13 +4,15 @@ server given by URL (llama.cpp's `llama-server`, llama-cpp-python's server), in 
 
     python benchmarks/serve.py                                   # llmkit serve on smollm2 (fp32), 1/4/16 clients
     python benchmarks/serve.py --llmkit smollm2 --llmkit runs/smollm2-int4 --max-concurrency 1 4 16 64
+    python benchmarks/serve.py --llmkit "smollm2 --compile" --llmkit runs/smollm2-int4  # options per server
     python benchmarks/serve.py --url llama-server=http://127.0.0.1:8080/v1 --max-concurrency 16
-    python benchmarks/serve.py --request-rate 2 --num-prompts 64 # Poisson arrivals at 2 requests/s
+    python benchmarks/serve.py --request-rate 2 --num-prompts 64 # also Poisson arrivals at 2 requests/s
     python benchmarks/serve.py --soak 2000 --disconnect 0.1      # the soak test: leaks and stuck requests
 
 Each request streams (`stream_options.include_usage`), so per request we see: TTFT (time to the first
 content token), ITL (every gap between streamed content chunks), TPOT ((end-to-end - TTFT) / (output
-tokens - 1)) and end-to-end latency; output tokens are the server's own `usage.completion_tokens`.
+tokens - 1)) and end-to-end latency; output tokens are the server's own `usage.completion_tokens`, or
+the content chunks it streamed where it reports no usage (llama-cpp-python's server: one token a chunk).
 Every server gets the same prompts, `max_tokens` and `temperature=0`, and `ignore_eos`-free requests,
 so the reply lengths can differ between servers: output tokens/s is what compares them.
 Prints a table, then one JSON line.
@@ -78,7 +80,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
             if response.status_code != 200:
                 result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
                 return result
-            chunks = 0
+            chunks, usage_seen = 0, False
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):
                     continue
@@ -87,6 +89,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
                     break
                 event = json.loads(data)
                 if event.get("usage"):
+                    usage_seen = True
                     result.output_tokens = event["usage"].get("completion_tokens", 0)
                 for choice in event.get("choices") or []:
                     if (choice.get("delta") or {}).get("content"):
@@ -101,6 +104,8 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
                     result.cancelled = True
                     return result  # leaving the `async with` closes the connection mid-stream
         result.e2e = time.perf_counter() - start
+        if not usage_seen:  # a server that never reports usage (llama-cpp-python's): count what it streamed
+            result.output_tokens = chunks
         result.ok = last is not None or result.output_tokens == 0
         if not result.ok:
             result.error = "no content streamed"
@@ -230,12 +235,14 @@ async def soak(url: str, model: str, pid: int, total: int, disconnect: float, co
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--llmkit", action="append", default=None, metavar="MODEL",
-                        help="start `llmkit serve --model MODEL` (repeatable; default: smollm2)")
-    parser.add_argument("--llmkit-args", default="", help="extra `llmkit serve` options, e.g. '--threads 2'")
+                        help="start `llmkit serve --model MODEL` (repeatable; default: smollm2); options for that "
+                        "server alone may follow the model in the same argument: 'smollm2 --compile'")
+    parser.add_argument("--llmkit-args", default="", help="extra `llmkit serve` options for every llmkit server")
     parser.add_argument("--url", action="append", default=[], metavar="NAME=URL",
                         help="an already running OpenAI-compatible server, e.g. llama-server=http://127.0.0.1:8080/v1")
     parser.add_argument("--max-concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--request-rate", type=float, default=None, help="Poisson arrivals per second (default: all at once)")
+    parser.add_argument("--request-rate", type=float, nargs="+", default=[], help="also Poisson arrivals at these "
+                        "rates (requests/s), at most the largest --max-concurrency in flight, after the all-at-once rows")
     parser.add_argument("--num-prompts", type=int, default=None, help="requests per setting (default: 4 x concurrency, >= 16)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--soak", type=int, default=0, metavar="N", help="instead: N requests, some clients hanging up")
@@ -245,11 +252,12 @@ def main() -> None:
     targets, processes = [], []
     log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
     try:
-        for model in (args.llmkit if args.llmkit is not None else ([] if args.url else ["smollm2"])):
+        for spec in (args.llmkit if args.llmkit is not None else ([] if args.url else ["smollm2"])):
+            model, *own = spec.split()
             log = log_dir / f"bench-serve-{len(processes)}.log"
-            process, url = start_llmkit(model, args.llmkit_args.split(), log)
+            process, url = start_llmkit(model, own + args.llmkit_args.split(), log)
             processes.append(process)
-            targets.append((f"llmkit:{Path(model).name}", url, process.pid))
+            targets.append((f"llmkit:{Path(model).name}" + "".join(f" {o}" for o in own), url, process.pid))
         for spec in args.url:
             name, _, url = spec.partition("=")
             targets.append((name, url.rstrip("/"), None))
@@ -272,26 +280,30 @@ def main() -> None:
         for name, url, _ in targets:
             model = served_model(url)
             asyncio.run(run_load(url, model, 2, 1, None, 8))  # warm-up: first-call costs stay out of the figures
-            for concurrency in args.max_concurrency:
+            settings = [(c, None) for c in args.max_concurrency] + [(max(args.max_concurrency), r)
+                                                                     for r in args.request_rate]
+            for concurrency, rate in settings:
                 n = args.num_prompts or max(16, 4 * concurrency)
-                figures = asyncio.run(run_load(url, model, n, concurrency, args.request_rate, args.max_tokens))
+                figures = asyncio.run(run_load(url, model, n, concurrency, rate, args.max_tokens))
                 rows.append({"server": name, **figures})
-                print(f"  {name} c={concurrency}: {figures['output_tok_s']} tok/s, {figures['failed']} failed",
-                      file=sys.stderr, flush=True)
-        header = ["server", "concurrency", "requests", "failed", "output_tok_s", "ttft_p50_ms", "ttft_p99_ms",
+                print(f"  {name} c={concurrency} rate={rate or 'all at once'}: {figures['output_tok_s']} tok/s, "
+                      f"{figures['failed']} failed", file=sys.stderr, flush=True)
+        header = ["server", "concurrency", "request_rate", "requests", "failed", "output_tok_s", "ttft_p50_ms", "ttft_p99_ms",
                   "tpot_p50_ms", "tpot_p99_ms", "itl_p50_ms", "itl_p99_ms", "e2e_p50_ms", "e2e_p99_ms"]
         print("| " + " | ".join(header) + " |")
         print("|" + " --- |" * len(header))
         for row in rows:
-            print("| " + " | ".join(str(row[h]) for h in header) + " |")
+            print("| " + " | ".join("at once" if row[h] is None else str(row[h]) for h in header) + " |")
         ratios = {}
         base = [r for r in rows if r["server"].startswith("llmkit:")]
         for other in {r["server"] for r in rows} - {r["server"] for r in base}:
             for r in base:
-                match = next((o for o in rows if o["server"] == other and o["concurrency"] == r["concurrency"]), None)
+                match = next((o for o in rows if o["server"] == other and o["concurrency"] == r["concurrency"]
+                              and o["request_rate"] == r["request_rate"]), None)
                 if match and match["output_tok_s"]:
-                    ratios[f"{r['server']}/{other}@c{r['concurrency']}"] = round(r["output_tok_s"] / match["output_tok_s"], 2)
-        print(json.dumps({"benchmark": "serve", "max_tokens": args.max_tokens, "request_rate": args.request_rate,
+                    where = f"c{r['concurrency']}" + (f"@rate{r['request_rate']:g}" if r["request_rate"] else "")
+                    ratios[f"{r['server']}/{other}@{where}"] = round(r["output_tok_s"] / match["output_tok_s"], 2)
+        print(json.dumps({"benchmark": "serve", "max_tokens": args.max_tokens, "request_rates": args.request_rate,
                           "rows": rows, "output_tok_s_ratios": ratios}))
     finally:
         for process in processes:

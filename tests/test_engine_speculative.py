@@ -33,6 +33,16 @@ def test_speculative_greedy_equals_target_greedy(drafter):
         assert speculator.acceptance_rate == 1.0 and speculator.steps <= 40 // 5 + 1
 
 
+def test_compiled_speculative_engine_packs_target_and_draft_and_equals_eager_greedy():
+    from llmkit.infer.packed import is_packed
+
+    target, draft, reference = make_model(n_layers=3), make_model(seed=1), make_model(n_layers=3)
+    params = SamplingParams(max_new_tokens=24, temperature=0)
+    engine = Engine(target, compile=True, speculator=Speculator(draft, draft_tokens=3))
+    assert engine.generate(PROMPT, params) == Engine(reference).generate(PROMPT, params)
+    assert is_packed(target) and is_packed(draft) and engine.speculator.drafted > 0
+
+
 def test_speculative_respects_stop_tokens_and_max_new_tokens():
     target = make_model()
     params = SamplingParams(max_new_tokens=17, temperature=0)

@@ -175,3 +175,17 @@ def test_boundary_tokenization_moves_trailing_space_and_takes_the_tail(shakespea
     (cut,) = encode_options(tok, [("word " * 200, "end")], max_seq_len=32, add_bos=True)
     assert len(cut.tokens) == 33 and cut.truncated > 0
     assert tok.decode(cut.tokens[cut.start:]) == " end"
+
+
+def test_a_continuation_longer_than_the_context_is_scored_on_what_fits(tiny_model, shakespeare_tokenizer):
+    """A small model meets a CORE answer longer than its whole context (PIQA has 380-token answers; the
+    speedrun's model reads 256): the last max_seq_len + 1 tokens are kept, the kept part of the answer is
+    scored after its own first kept token, and the cut is counted, never an error that ends the run."""
+    context_len = tiny_model.config.max_seq_len
+    long_answer = " the quick brown fox" * 100
+    (option,) = encode_options(shakespeare_tokenizer, [("Question: what?", long_answer)], context_len, add_bos=True)
+    whole = len(shakespeare_tokenizer.encode("Question: what?" + long_answer, add_bos=True))
+    assert len(option.tokens) == context_len + 1 and option.start == 1
+    assert option.truncated == whole - (context_len + 1)
+    (scores,) = score_examples(tiny_model, [[option]])
+    assert scores[0].tokens == context_len and scores[0] == score_alone(tiny_model, option)

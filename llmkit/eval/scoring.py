@@ -82,10 +82,9 @@ def encode_options(tokenizer, pairs: Sequence[tuple[str, str]], max_seq_len: int
         tokens, start, cut = head + tail, len(head), 0
         if len(tokens) > max_seq_len + 1:
             cut = len(tokens) - (max_seq_len + 1)
-            if cut >= start:
-                raise DataError(f"{where(i)}: the continuation alone has {len(tail)} tokens, more than the model's "
-                                f"context of {max_seq_len}; use a model with a longer context or drop the example")
-            tokens, start = tokens[cut:], start - cut
+            # the last max_seq_len + 1 tokens are kept; a continuation longer than the model's context loses
+            # its own first tokens too (the kept part is scored after one token of it; counted in `cut`)
+            tokens, start = tokens[cut:], max(1, start - cut)
         out.append(TokenizedOption(tokens, start, cut))
     return out
 

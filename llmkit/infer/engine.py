@@ -52,8 +52,10 @@ cancellations applied first). The engine knows a strategy only as a `DecodingStr
 `bind(engine)` once and `run(request)` for a request it may run alone.
 
 The decode forward can be compiled (`compile=True`): the cache's shapes are static, so the step
-compiles to one graph (gpt-fast's recipe). Weights can be quantized to int8/int4 beforehand
-(quantize.py); the engine does not care which Linear the model holds.
+compiles to one graph (gpt-fast's recipe). Compiling packs a CPU fp32 model's Linears for oneDNN in
+place (packed.py; compiled.py says why), so prefill, which runs eager, uses the packed weights too; the
+model is inference-only from then on. Weights can be quantized to int8/int4 beforehand (quantize.py);
+the engine does not care which Linear the model holds.
 
 Encoder-decoder models (T5: `n_encoder_layers > 0`): a request's prompt is the source. On admission the
 encoder runs once over the sources admitted together (right-padded, masked) and each decoder layer's
@@ -82,7 +84,7 @@ import torch
 
 from llmkit.device import available_memory_bytes
 from llmkit.errors import GenerationError, LLMKitError
-from llmkit.infer.compiled import attend_length, compile_frozen
+from llmkit.infer.compiled import attend_length, compile_for_inference
 from llmkit.infer.prefix_cache import PrefixCache
 from llmkit.infer.sampling import SamplingParams, TokenLogprob, choose_tokens, token_logprobs
 from llmkit.infer.scheduler import Request, Scheduler
@@ -215,7 +217,7 @@ class Engine:
         self.compiled = compile
         self._decode_fn = self._decode_forward
         if compile:
-            self._decode_fn = compile_frozen(self._decode_forward)
+            self._decode_fn = compile_for_inference(self._decode_forward, model)
         # _step_lock: held by the engine thread for a whole step (stepping()). _queue_lock: guards the
         # scheduler's queue and the pending cancellations, held briefly, so submit() and cancel() from
         # other threads never wait for a forward.

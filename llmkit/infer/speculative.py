@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from llmkit.errors import GenerationError
-from llmkit.infer.compiled import compile_frozen
+from llmkit.infer.compiled import compile_for_inference
 from llmkit.infer.kv_cache import KVCache
 from llmkit.infer.sampling import NAN_LOGITS
 from llmkit.infer.scheduler import CAPACITY_STEP, Request
@@ -81,7 +81,7 @@ class DraftModel:
 
     def compile(self) -> None:
         """Compile the draft's single-token forward (an engine with compile=True asks for it)."""
-        self._one = compile_frozen(self._forward)
+        self._one = compile_for_inference(self._forward, self.model)
 
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         return self.model(tokens, positions=positions, kv_cache=cache, last_token_only=True)[0, -1].float()
@@ -183,7 +183,7 @@ class Speculator:
                 self.drafter.compile()
         self.engine = engine
         if engine.compiled:  # static shapes: the whole cache row is attended, masked
-            self._verify = compile_frozen(self._verify_forward)
+            self._verify = compile_for_inference(self._verify_forward, engine.model)
 
     def _verify_forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         return self.engine.model(tokens, positions=positions, kv_cache=cache)[0].float()
