@@ -52,10 +52,9 @@ cancellations applied first). The engine knows a strategy only as a `DecodingStr
 `bind(engine)` once and `run(request)` for a request it may run alone.
 
 The decode forward can be compiled (`compile=True`): the cache's shapes are static, so the step
-compiles to one graph (gpt-fast's recipe). Compiling packs a CPU fp32 model's Linears for oneDNN in
-place (packed.py; compiled.py says why), so prefill, which runs eager, uses the packed weights too; the
-model is inference-only from then on. Weights can be quantized to int8/int4 beforehand (quantize.py);
-the engine does not care which Linear the model holds.
+compiles to one graph (gpt-fast's recipe); a CPU fp32 model's Linears are packed for oneDNN first, in
+place (compiled.py). Weights can be quantized to int8/int4 beforehand (quantize.py); the engine does not
+care which Linear the model holds.
 
 Encoder-decoder models (T5: `n_encoder_layers > 0`): a request's prompt is the source. On admission the
 encoder runs once over the sources admitted together (right-padded, masked) and each decoder layer's

@@ -100,7 +100,7 @@ def pack_linears(model: nn.Module) -> int:
     swapped = 0
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear):
-            _set_submodule(model, name, PackedLinear(module))
+            model.set_submodule(name, PackedLinear(module))
             swapped += 1
     return swapped
 
@@ -110,7 +110,7 @@ def unpack_linears(model: nn.Module) -> int:
     swapped = 0
     for name, module in list(model.named_modules()):
         if isinstance(module, PackedLinear):
-            _set_submodule(model, name, module.to_linear())
+            model.set_submodule(name, module.to_linear())
             swapped += 1
     return swapped
 
@@ -118,7 +118,3 @@ def unpack_linears(model: nn.Module) -> int:
 def is_packed(model: nn.Module) -> bool:
     return any(isinstance(m, PackedLinear) for m in model.modules())
 
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)

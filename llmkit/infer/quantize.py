@@ -254,7 +254,7 @@ def quantize_model(model: nn.Module, bits: int, group_size: int = 32, lm_head_bi
             n_bits = lm_head_bits if name == "lm_head" else bits
             with torch.no_grad():
                 new = Int8Linear.from_linear(module) if n_bits == 8 else Int4Linear.from_linear(module, group_size)
-            _set_submodule(model, name, new)
+            model.set_submodule(name, new)
     model.quantization = record
     return record
 
@@ -274,7 +274,7 @@ def quantized_skeleton(model: nn.Module, record: dict) -> None:
             else:
                 new = Int4Linear(module.in_features, module.out_features, module.bias is not None, group_size,
                                  dtype, device)
-            _set_submodule(model, name, new)
+            model.set_submodule(name, new)
     model.quantization = dict(record)
 
 
@@ -292,10 +292,6 @@ def weight_bytes(model: nn.Module) -> int:
         total += t.numel() * t.element_size()
     return total
 
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def dequantized_linear(module: nn.Module) -> nn.Linear:
