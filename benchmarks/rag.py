@@ -23,6 +23,16 @@ built-in task's grader: the reply's first line is the answer) and names-it (the 
 option and not the other: each question offers two). Paired by question: gained / lost and McNemar's
 exact p.
 
+--teach N (issue 21's "teaching a model to use them"): SmolLM2 learns to call the search tool. N of the
+built-in task's *training* questions become search conversations over this index (`llmkit rag
+make-tool-data --index`: the quoted line or the character's name as the query, the top --teach-k passages
+as the tool's reply, the answer; only questions whose answer the passages hold), LoRA SFT with the
+tools-smollm2-lora preset, then the taught model answers the held-out questions through the product's tool
+loop (`llm.chat_with_tools`, the search tool offered, greedy), graded as above and paired against
+SmolLM2's closed-book answers.
+
+    python benchmarks/rag.py --chunk-chars 300 --overlap 60 --teach 300 --teach-run runs/rag-taught
+
 Prints a table, then one JSON line.
 """
 
@@ -30,7 +40,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -116,6 +129,88 @@ def answer_accuracy(model: str, index, questions, k: int, max_new_tokens: int, d
     return out
 
 
+def closed_book(model: str, questions, max_new_tokens: int, device=None) -> list[str]:
+    """Greedy replies to the questions alone, batched on the engine."""
+    import llmkit
+    from llmkit.infer import SamplingParams
+    from llmkit.train.post_common import reply_text
+
+    llm = llmkit.load(model, device=device, max_batch_size=32)
+    ids = [llm.tokenizer.encode_chat([{"role": "user", "content": q.prompt}]) for q in questions]
+    done = llm.engine.generate_batch(ids, SamplingParams(max_new_tokens=max_new_tokens, temperature=0))
+    return [reply_text(llm.tokenizer, c.token_ids) for c in done]
+
+
+def teach_search(index, n: int, k: int, run: Path, max_new_tokens: int, call_tokens: int, heldout,
+                 device=None) -> dict:
+    """SmolLM2 taught to call search (see the module's docstring): the held-out answers through the tool
+    loop (call_tokens per generation: a call quotes a whole line), paired against SmolLM2 closed-book
+    (max_new_tokens, as --answers)."""
+    import llmkit
+    from llmkit.atomic import atomic_write_text
+    from llmkit.data.assistant_task import is_correct, make_questions, paired_comparison, read_plays
+    from llmkit.data.corpus import cache_root, fetch_shakespeare
+    from llmkit.eval.stats import wilson_interval
+    from llmkit.rag.chat import Retriever, search_tool
+    from llmkit.rag.tool_data import search_examples
+
+    search = search_tool(Retriever(index, k=k, mode="bm25"))
+    out: dict = {"teach_questions": n, "teach_k": k}
+    if not (run / "model.safetensors").exists():
+        train, _ = make_questions(read_plays(fetch_shakespeare(cache_root() / "data" / "shakespeare") / "train"), 0, 2000, 100)
+        examples, out["teach_skipped"] = search_examples(train, search, n)
+        data = run.with_name(run.name + "-data.jsonl")
+        data.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(data, "".join(json.dumps(e) + "\n" for e in examples))
+        start = time.perf_counter()  # two ~480-token conversations per 1,024-token row
+        subprocess.run([sys.executable, "-m", "llmkit.cli", "sft", "--preset", "tools-smollm2-lora", "--out", str(run),
+                        f"data={data}", "seq_len=1024", "micro_batch=2", "eval_every=0", "plot=false", "ckpt_every=0"],
+                       check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        out["teach_sft_s"] = time.perf_counter() - start
+    base = closed_book("smollm2", heldout, max_new_tokens, device)
+    taught = llmkit.load(run, device=device)
+    replies, calls, malformed, start = [], 0, 0, time.perf_counter()
+    for q in heldout:
+        chat = taught.chat_with_tools([{"role": "user", "content": q.prompt}], [search], max_tool_rounds=2,
+                                      max_new_tokens=call_tokens, temperature=0)
+        replies.append(chat.reply)
+        calls, malformed = calls + chat.calls, malformed + chat.errors
+    out.update(taught_s=time.perf_counter() - start, taught_calls=calls, taught_malformed=malformed,
+               taught_examples=[{"question": q.prompt, "answer": q.answer, "reply": r}
+                                for q, r in list(zip(heldout, replies))[:3]])
+    for grade, judge in (("exact", lambda r, q: is_correct(r, q.answer)),
+                         ("names", lambda r, q: names_it(r, q.answer, q.wrong))):
+        before = [judge(r, q) for r, q in zip(base, heldout)]
+        after = [judge(r, q) for r, q in zip(replies, heldout)]
+        out[f"closed_{grade}"], out[f"taught_{grade}"] = sum(before) / len(before), sum(after) / len(after)
+        out[f"taught_{grade}_ci95"] = wilson_interval(sum(after), len(after))
+        out[f"paired_{grade}"] = paired_comparison(before, after)
+    return out
+
+
+MEMORY_PROBE = """
+import json, os, sys
+def rss():  # resident set size, MiB (Linux: /proc/self/statm counts pages)
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+import bm25s  # (the library's own import is not the index's memory)
+from llmkit.rag.index import RagIndex
+before = rss()
+index = RagIndex.load(sys.argv[1])
+loaded = rss()
+for query in json.loads(sys.argv[2]):
+    index.search(query, 5, "bm25")
+print(json.dumps({"index_rss_loaded_mib": loaded - before, "index_rss_queried_mib": rss() - before}))
+"""
+
+
+def index_memory(folder: Path, queries: list[str]) -> dict:
+    """Resident memory an index adds to a fresh process (imports excluded): once loaded, and after BM25
+    queries (the memory-mapped arrays are paged in as they are read)."""
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(folder), json.dumps(queries)], check=True,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def folder_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
@@ -131,6 +226,12 @@ def main() -> None:
                         help="also answer accuracy closed-book vs with retrieval, for these models")
     parser.add_argument("--answer-k", type=int, default=3, help="--answers: BM25 passages in the prompt")
     parser.add_argument("--answer-tokens", type=int, default=32, help="--answers: new tokens per reply")
+    parser.add_argument("--teach", type=int, default=0, metavar="N",
+                        help="teach SmolLM2 to call search on N training questions, then answer with it")
+    parser.add_argument("--teach-k", type=int, default=2, help="--teach: passages each search returns")
+    parser.add_argument("--teach-run", type=Path, default=Path("runs/rag-taught"), help="--teach: the SFT run")
+    parser.add_argument("--teach-tokens", type=int, default=64, help="--teach: new tokens per generation of the "
+                        "tool loop (the call quotes a whole line)")
     args = parser.parse_args()
 
     from llmkit.data.assistant_task import make_questions, parse_play, read_plays
@@ -175,18 +276,23 @@ def main() -> None:
     try:
         index.save(folder)
         figures["index_mib"] = folder_mib(folder)
+        figures.update(index_memory(folder, [q.prompt for q in questions]))
         index = RagIndex.load(folder)
         for mode, embedder in modes.items():
             result, _ = evaluate(index, questions, gold, mode, embedder)
             figures.update({f"{mode}_{k}": v for k, v in result.items()})
         answers = [answer_accuracy(m, index, questions, args.answer_k, args.answer_tokens, args.device)
                    for m in (args.answers.split(",") if args.answers else [])]
+        taught = (teach_search(index, args.teach, args.teach_k, args.teach_run, args.answer_tokens,
+                               args.teach_tokens, questions, args.device) if args.teach else None)
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)
 
     print(f"corpus {text_mb:.1f} MB -> {len(index.chunks)} chunks of {args.chunk_chars} characters "
           f"(overlap {args.overlap}); {len(questions)} held-out questions "
-          f"({figures['questions_without_gold']} without a gold chunk); index {figures['index_mib']:.1f} MiB")
+          f"({figures['questions_without_gold']} without a gold chunk); index {figures['index_mib']:.1f} MiB on disk, "
+          f"{figures['index_rss_loaded_mib']:.1f} MiB resident once loaded, {figures['index_rss_queried_mib']:.1f} "
+          f"after the BM25 queries")
     print(f"build: BM25 {figures['bm25_build_mb_s']:.2f} MB/s"
           + (f", dense {figures['dense_build_mb_s']:.3f} MB/s" if args.dense else ""))
     print(f"{'mode':<8} {'R@1':>6} {'R@5':>6} " + " ".join(f"{k[:8] + ' R@1':>13} {k[:8] + ' R@5':>13}" for k in KINDS)
@@ -209,6 +315,19 @@ def main() -> None:
             for e in a["rag_examples"]:
                 print(f"  {a['model']} RAG: {e['question'][:90]!r} -> {e['reply'][:80]!r} (answer {e['answer']!r})")
         figures["answers"] = answers
+    if taught:
+        print(f"\nSmolLM2 taught to call search ({args.teach} training questions, top {args.teach_k} BM25 passages "
+              f"per search), the held-out questions through the tool loop: {taught['taught_calls']} calls, "
+              f"{taught['taught_malformed']} malformed, {taught['taught_s']:.0f} s")
+        print("| grade | SmolLM2 closed-book | taught, with search | gained / lost | McNemar p |")
+        print("| --- | --- | --- | --- | --- |")
+        for grade in ("exact", "names"):
+            c = taught[f"paired_{grade}"]
+            print(f"| {grade} | {taught[f'closed_{grade}']:.3f} | {taught[f'taught_{grade}']:.3f} | "
+                  f"{c['gained']} / {c['lost']} | {c['p_value']:.2g} |")
+        for e in taught["taught_examples"]:
+            print(f"  taught: {e['question'][:90]!r} -> {e['reply'][:80]!r} (answer {e['answer']!r})")
+        figures["taught"] = taught
     print(json.dumps(figures))
 
 

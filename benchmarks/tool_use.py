@@ -98,7 +98,7 @@ def teach(args, train: list[dict]) -> float:
     atomic_write_text(data, "".join(json.dumps(example) + "\n" for example in train))
     command = [sys.executable, "-m", "llmkit.cli", "sft", "--preset", "sft-smollm2-lora", "--out", str(args.run_dir),
                f"init_from={args.model}", f"data={data}", f"time_limit_s={args.time_limit}", "eval_every=0",
-               f"threads={args.threads}", "plot=false", "ckpt_every=0"]
+               f"threads={args.threads}", "plot=false", "ckpt_every=0", *args.sft]
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return time.perf_counter() - start
@@ -114,6 +114,9 @@ def main() -> None:
                         "calculator offered (it rambles to the token limit: ~7 s each on 2 cores)")
     parser.add_argument("--gsm8k", type=int, default=30, help="GSM8K test questions (the first N); 0 skips them")
     parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "tool-sft")
+    parser.add_argument("--sft", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for the LoRA SFT preset (e.g. seq_len=640 lr=1e-3: two ~310-token problems "
+                        "per packed row instead of one per 512-token row)")
     parser.add_argument("--skip-train", action="store_true", help="evaluate an existing --run-dir")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

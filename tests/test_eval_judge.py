@@ -335,7 +335,7 @@ def test_probability_verdicts_equal_a_plain_forward_and_are_symmetric_in_the_ord
         assert r["probabilities_first_as_a"] == s["probabilities_first_as_b"]
         assert abs(r["p_first"] + s["p_first"] - 1) < 1e-4
         forward, backward = r["probabilities_first_as_a"], r["probabilities_first_as_b"]
-        assert abs(sum(forward.values()) - 1) < 1e-4
+        assert abs(sum(forward.values()) - 1) < 1e-4 and abs(sum(backward.values()) - 1) < 1e-4
         assert r["verdict_first_as_a"] == max(forward, key=forward.get)
         assert r["winner"] == combine_orders(r["verdict_first_as_a"], r["verdict_first_as_b"])
     # the probabilities are the judge's own: renormalised exp(log P) of "[[A]]", "[[B]]", "[[C]]"

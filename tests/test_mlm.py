@@ -5,7 +5,6 @@ that `llmkit fill` then reads."""
 
 import json
 
-import pytest
 import torch
 
 from llmkit.tokenizer import Tokenizer

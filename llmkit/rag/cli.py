@@ -59,11 +59,17 @@ def add_rag_verb(verbs, add_model_args, add_sampling_args) -> None:
     d.add_argument("--show-passages", action="store_true", help="print the retrieved passages before the answer")
     d.set_defaults(handler=cmd_rag_ask)
 
-    d = rag.add_parser("make-tool-data", help="arithmetic word problems solved with calculator calls (SFT data, "
-                       "TRL messages with tool_calls and tool turns)")
+    d = rag.add_parser("make-tool-data", help="arithmetic word problems solved with calculator calls, and (with "
+                       "--index) play questions solved with search calls (SFT data, TRL messages with tool_calls)")
     d.add_argument("--out", required=True, help=".jsonl file to write")
-    d.add_argument("--n", type=int_in(COUNT), default=1000, help="problems")
+    d.add_argument("--n", type=int_in("[0, 2^31)"), default=1000, help="arithmetic problems")
     d.add_argument("--seed", type=int_in(SEED), default=0)
+    d.add_argument("--index", default=None, help="an index of the plays (`llmkit rag index --input` the built-in "
+                   "corpus): adds --questions built-in task training questions answered by searching it")
+    d.add_argument("--questions", type=int_in("[0, 2^31)"), default=500, help="with --index: play questions")
+    d.add_argument("--k", type=int_in(COUNT), default=2, help="with --index: passages each search returns")
+    d.add_argument("--mode", choices=["bm25", "dense", "hybrid"], default="bm25",
+                   help="with --index: how the search ranks (dense and hybrid embed with the index's model)")
     d.set_defaults(handler=cmd_rag_make_tool_data)
 
 
@@ -253,13 +259,35 @@ def chat_options(args, llm) -> dict:
 
 def cmd_rag_make_tool_data(args) -> None:
     import json
+    import random
 
     from llmkit.atomic import atomic_open
     from llmkit.rag.tool_data import tool_examples
 
-    if args.n < 1:
-        raise LLMKitError(f"--n {args.n}: make at least one problem")
+    examples = tool_examples(args.n, args.seed)
+    searched = 0
+    if args.index:
+        from llmkit.data.assistant_task import make_questions, read_plays
+        from llmkit.data.corpus import cache_root, fetch_shakespeare
+        from llmkit.rag.chat import search_tool
+        from llmkit.rag.tool_data import search_examples
+
+        retriever = make_retriever(args.index, args.k, args.mode, None, None)
+        # the built-in task's training questions (builtin_task: seed 0, 2 x 1,000 per kind); its held-out
+        # questions are split off by subject (line or character), so none of them is asked here
+        plays = read_plays(fetch_shakespeare(cache_root() / "data" / "shakespeare") / "train")
+        questions, _ = make_questions(plays, 0, 2000, 100)
+        found, skipped = search_examples(questions, search_tool(retriever), args.questions,
+                                         _progress("play questions answered from the index"))
+        searched = len(found)
+        examples += found
+        random.Random(args.seed).shuffle(examples)
+        print(f"{searched} play questions whose answer the top {args.k} passages hold ({skipped} skipped: answer not "
+              "in the passages, or a passage question)", file=sys.stderr)
+    if not examples:
+        raise LLMKitError("nothing to write: --n 0 and no --index questions")
     with atomic_open(args.out, "w", encoding="utf-8") as f:
-        for example in tool_examples(args.n, args.seed):
+        for example in examples:
             f.write(json.dumps(example, ensure_ascii=False) + "\n")
-    print(f"wrote {args.n} tool-use conversations to {args.out} (next: llmkit sft --model MODEL --out RUN data={args.out})")
+    print(f"wrote {len(examples)} tool-use conversations ({args.n} calculator, {searched} search) to {args.out} "
+          f"(next: llmkit sft --preset tools-smollm2-lora --out RUN data={args.out})")
