@@ -248,8 +248,8 @@ def cmd_pretrain(args) -> None:
 
 
 def report_post_training(result, out) -> None:
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
-    print(f"done: {result.steps} steps, {result.train_time_s:.1f} s of training; {shown}; model in {out}")
+    shown = "".join(f"; {k} {v:.4f}" for k, v in result.eval.items())  # nothing when eval_every=0
+    print(f"done: {result.steps} steps, {result.train_time_s:.1f} s of training{shown}; model in {out}")
 
 
 def cmd_sft(args) -> None:
