@@ -27,7 +27,7 @@ exact p.
 built-in task's *training* questions become search conversations over this index (`llmkit rag
 make-tool-data --index`: the quoted line or the character's name as the query, the top --teach-k passages
 as the tool's reply, the answer; only questions whose answer the passages hold), LoRA SFT with the
-tools-smollm2-lora preset, then the taught model answers the held-out questions through the product's tool
+sft-tools-smollm2-lora preset, then the taught model answers the held-out questions through the product's tool
 loop (`llm.chat_with_tools`, the search tool offered, greedy), graded as above and paired against
 SmolLM2's closed-book answers.
 
@@ -163,7 +163,7 @@ def teach_search(index, n: int, k: int, run: Path, max_new_tokens: int, call_tok
         data.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(data, "".join(json.dumps(e) + "\n" for e in examples))
         start = time.perf_counter()  # two ~480-token conversations per 1,024-token row
-        subprocess.run([sys.executable, "-m", "llmkit.cli", "sft", "--preset", "tools-smollm2-lora", "--out", str(run),
+        subprocess.run([sys.executable, "-m", "llmkit.cli", "sft", "--preset", "sft-tools-smollm2-lora", "--out", str(run),
                         f"data={data}", "seq_len=1024", "micro_batch=2", "eval_every=0", "plot=false", "ckpt_every=0"],
                        check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
         out["teach_sft_s"] = time.perf_counter() - start

@@ -290,4 +290,4 @@ def cmd_rag_make_tool_data(args) -> None:
         for example in examples:
             f.write(json.dumps(example, ensure_ascii=False) + "\n")
     print(f"wrote {len(examples)} tool-use conversations ({args.n} calculator, {searched} search) to {args.out} "
-          f"(next: llmkit sft --preset tools-smollm2-lora --out RUN data={args.out})")
+          f"(next: llmkit sft --preset sft-tools-smollm2-lora --out RUN data={args.out})")
