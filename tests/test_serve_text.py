@@ -8,11 +8,13 @@ from starlette.testclient import TestClient
 
 from conftest import run_cli
 
+from llmkit.infer.sampling import TokenLogprob
 from llmkit.serve.metrics import ServerMetrics
 from llmkit.serve.openai_api import OpenAIService
+from llmkit.serve.responses import ChoiceState
 from llmkit.serve.server import build_app
 from llmkit.serve.text_stream import TextStream
-from llmkit.serve.worker import EngineWorker
+from llmkit.serve.worker import EngineWorker, Update
 
 
 def stream_one_by_one(tokenizer, ids, **kwargs):
@@ -56,6 +58,24 @@ def test_stop_token_ends_the_text(shakespeare_tokenizer):
     stream, deltas = stream_one_by_one(shakespeare_tokenizer, ids[:3] + [end] + ids[3:],
                                        stop_token_ids=frozenset([end]))
     assert "".join(deltas) == shakespeare_tokenizer.decode(ids[:3])
+    assert stream.stop_token == end
+
+
+def test_completions_list_the_stop_token_s_log_probability(shakespeare_tokenizer):
+    """`echo` + `max_tokens: 1` must give one log-probability past the prompt even when the generated
+    token is a stop token: lm-evaluation-harness's local-completions drops the last one as the generated
+    token's, and would otherwise drop a scored token instead."""
+    ids = shakespeare_tokenizer.encode("Alas, poor")
+    end = shakespeare_tokenizer.stop_token_ids[0]
+    choice = ChoiceState(0, shakespeare_tokenizer, [end], [])
+    choice.feed(Update(0, ids + [end], [TokenLogprob(t, -0.5) for t in ids + [end]], finish_reason="stop"))
+    assert choice.text == "Alas, poor"
+    completion = choice.new_pieces(stop_token=True)
+    assert [p.token_id for p, _ in completion] == ids + [end] and completion[-1][0].text == ""
+    assert "".join(p.text for p, _ in completion) == choice.text  # the tokens still concatenate to the text
+    chat = ChoiceState(0, shakespeare_tokenizer, [end], [])
+    chat.feed(Update(0, ids + [end], [TokenLogprob(t, -0.5) for t in ids + [end]], finish_reason="stop"))
+    assert [p.token_id for p, _ in chat.new_pieces()] == ids  # chat lists the content's tokens only
 
 
 def test_health_is_503_until_the_model_is_loaded():

@@ -237,7 +237,7 @@ class OpenAIService:
             prompt_text, prompt_pieces = echoed[c.index // options.n] or ("", None)
             logprobs = None
             if options.logprobs is not None:
-                pieces = c.new_pieces()
+                pieces = c.new_pieces(stop_token=True)
                 texts, lps = [p.text for p, _ in pieces], [lp for _, lp in pieces]
                 if prompt_pieces is not None:
                     texts, lps = prompt_pieces[0] + texts, prompt_pieces[1] + lps
@@ -274,7 +274,7 @@ class OpenAIService:
             return sse(envelope("text_completion", rid, self.model_name, created, choices=choices, **fields))
 
         async for c, text in reply.texts(first):
-            pieces = c.new_pieces() if options.logprobs is not None else []
+            pieces = c.new_pieces(stop_token=True) if options.logprobs is not None else []
             if text or pieces or c.finish_reason:
                 logprobs = None
                 if pieces:

@@ -60,9 +60,14 @@ class ChoiceState:
     def text(self) -> str:
         return self.stream.text
 
-    def new_pieces(self) -> list[tuple[TokenPiece, TokenLogprob]]:
-        """Tokens whose text has been shown since the last call, with their log-probabilities."""
+    def new_pieces(self, stop_token: bool = False) -> list[tuple[TokenPiece, TokenLogprob]]:
+        """Tokens whose text has been shown since the last call, with their log-probabilities. stop_token:
+        once finished, also the stop token that ended the reply, with "" as its text (completions list it,
+        as OpenAI's and vLLM's do: lm-evaluation-harness reads a prompt's log-probabilities as all but the
+        last of `echo` + `max_tokens: 1`'s, whichever token was generated)."""
         pieces = self.stream.pieces if self.finish_reason else self.stream.shown_pieces
+        if stop_token and self.finish_reason and self.stream.stop_token is not None:
+            pieces = pieces + [TokenPiece(self.stream.stop_token, "")]
         new = pieces[self.pieces_sent:len(self.logprobs)]
         out = list(zip(new, self.logprobs[self.pieces_sent:self.pieces_sent + len(new)]))
         self.pieces_sent += len(out)

@@ -39,6 +39,7 @@ class TextStream:
     text: str = ""  # all text decoded so far (stop strings not yet cut)
     shown: int = 0  # characters of `text` already handed out
     stopped: bool = False  # a stop token or stop string was reached: nothing more is shown
+    stop_token: int | None = None  # the stop token that ended the reply (generated, never shown as text)
     pieces: list[TokenPiece] = field(default_factory=list)  # every shown token with its text
 
     def add(self, token_ids: list[int]) -> str:
@@ -47,7 +48,7 @@ class TextStream:
             if self.stopped:
                 break
             if token in self.stop_token_ids:
-                self.stopped = True
+                self.stopped, self.stop_token = True, token
                 break
             self.ids.append(token)
             self.pieces.append(TokenPiece(token, self._decode_next()))
