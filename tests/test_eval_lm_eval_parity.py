@@ -65,6 +65,38 @@ def test_loglikelihoods_and_picks_equal_lm_eval(tmp_path, exported, one_thread, 
             assert picked["acc_norm"] == record["predictions"]["acc_norm"]
 
 
+@pytest.mark.slow  # a server process and lm-eval's task building: ~1 min on a loaded 2-core machine
+def test_lm_eval_local_completions_against_llmkit_serve_equals_llmkit(tmp_path, shakespeare_tokenizer, one_thread):
+    """lm-eval's `local-completions` model scoring through `llmkit serve` (its tokenizer through /tokenize and
+    /tokenizer_info, token-id prompts in batches with `echo`, `logprobs` and `max_tokens: 1`) gives llmkit's
+    own log-likelihoods: what users of vLLM or llama.cpp servers do with lm-eval works on llmkit's."""
+    pytest.importorskip("tenacity", reason="lm_eval[api] is a test dependency (pip install -e .[test])")
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+    from serve_fixtures import running_server, save_wide_tiny_model
+
+    from llmkit.checkpoint import load_model, load_tokenizer
+
+    # 512 positions: no example is cut (lm-eval's API models cut at max_length, one token short of the
+    # `hf` model's cut, and the server refuses a prompt with no room for max_tokens)
+    saved_tiny_model = save_wide_tiny_model(tmp_path / "model", shakespeare_tokenizer, 512)
+    specs = parse_task_list(TASKS, TEST_DATA / "eval", shots=0)
+    names = write_task_yamls(specs, tmp_path / "tasks", cache_dir=tmp_path / "datasets")
+    ours = evaluate_tasks(load_model(saved_tiny_model), load_tokenizer(saved_tiny_model), specs, add_bos=False,
+                          progress=False)
+    with running_server(["--model", saved_tiny_model, "--served-model-name", "tiny", "--dtype", "float32"],
+                        tmp_path / "server.log") as url:
+        lm = LocalCompletionsAPI(base_url=f"{url}/v1/completions", model="tiny", tokenizer_backend="remote",
+                                 tokenized_requests=True, batch_size=8, max_retries=1)
+        for spec, name in zip(specs, names):
+            theirs = run_lm_eval(lm, tmp_path / "tasks", name)
+            records = ours["examples"][spec.name]
+            assert theirs.n == len(records) == 20
+            for record in records:
+                assert record["scores"] == pytest.approx(theirs.loglikelihoods[record["index"]], abs=1e-4), (
+                    spec.name, record["index"])
+            assert theirs.metrics["acc"] == ours["tasks"][spec.name]["metrics"]["acc"]["value"]
+
+
 class _Score:  # the fields metrics.predictions reads
     def __init__(self, logprob: float):
         self.logprob, self.tokens = logprob, 1
