@@ -93,11 +93,37 @@ def names_it(reply: str, right: str, wrong: str) -> bool:
     return f" {normalise_answer(right)} " in text and f" {normalise_answer(wrong)} " not in text
 
 
+def grade(replies: list[str], questions) -> dict[str, list[bool]]:
+    """Each reply marked exact (the built-in task's grader) and names-it (see the module's docstring)."""
+    from llmkit.data.assistant_task import is_correct
+
+    return {"exact": [is_correct(r, q.answer) for r, q in zip(replies, questions)],
+            "names": [names_it(r, q.answer, q.wrong) for r, q in zip(replies, questions)]}
+
+
+def add_paired(out: dict, before: str, after: str, marks: dict[str, dict[str, list[bool]]]) -> None:
+    """Accuracy and Wilson interval of each of the two arms, per grade, and the paired comparison."""
+    from llmkit.data.assistant_task import paired_comparison
+    from llmkit.eval.stats import wilson_interval
+
+    for name in (before, after):
+        for kind, ok in marks[name].items():
+            out[f"{name}_{kind}"] = sum(ok) / len(ok)
+            out[f"{name}_{kind}_ci95"] = wilson_interval(sum(ok), len(ok))
+    for kind in marks[before]:
+        out[f"paired_{kind}"] = paired_comparison(marks[before][kind], marks[after][kind])
+
+
+def paired_row(first: str, figures: dict, before: str, after: str, kind: str, last: str = "") -> str:
+    """A Markdown row: `first`, the grade, both arms' accuracy, gained / lost and McNemar's p (add_paired)."""
+    c = figures[f"paired_{kind}"]
+    return (f"| {first}{kind} | {figures[f'{before}_{kind}']:.3f} | {figures[f'{after}_{kind}']:.3f} | "
+            f"{c['gained']} / {c['lost']} | {c['p_value']:.2g} |{last}")
+
+
 def answer_accuracy(model: str, index, questions, k: int, max_new_tokens: int, device=None) -> dict:
     """Closed-book vs retrieval-augmented answers of one model (see the module's docstring)."""
     import llmkit
-    from llmkit.data.assistant_task import is_correct, paired_comparison
-    from llmkit.eval.stats import wilson_interval
     from llmkit.infer import SamplingParams
     from llmkit.rag.answer import fitting_messages
     from llmkit.train.post_common import reply_text
@@ -117,15 +143,10 @@ def answer_accuracy(model: str, index, questions, k: int, max_new_tokens: int, d
         done = llm.engine.generate_batch([llm.tokenizer.encode_chat(m) for m in prompts], params)
         replies = [reply_text(llm.tokenizer, c.token_ids) for c in done]
         out[f"{name}_s"] = time.perf_counter() - start
-        marks[name] = {"exact": [is_correct(r, q.answer) for r, q in zip(replies, questions)],
-                       "names": [names_it(r, q.answer, q.wrong) for r, q in zip(replies, questions)]}
+        marks[name] = grade(replies, questions)
         out[f"{name}_examples"] = [{"question": q.prompt, "answer": q.answer, "reply": r}
                                    for q, r in list(zip(questions, replies))[:3]]
-        for grade, ok in marks[name].items():
-            out[f"{name}_{grade}"] = sum(ok) / len(ok)
-            out[f"{name}_{grade}_ci95"] = wilson_interval(sum(ok), len(ok))
-    for grade in ("exact", "names"):
-        out[f"paired_{grade}"] = paired_comparison(marks["closed"][grade], marks["rag"][grade])
+    add_paired(out, "closed", "rag", marks)
     return out
 
 
@@ -148,9 +169,8 @@ def teach_search(index, n: int, k: int, run: Path, max_new_tokens: int, call_tok
     (max_new_tokens, as --answers)."""
     import llmkit
     from llmkit.atomic import atomic_write_text
-    from llmkit.data.assistant_task import is_correct, make_questions, paired_comparison, read_plays
+    from llmkit.data.assistant_task import make_questions, read_plays
     from llmkit.data.corpus import cache_root, fetch_shakespeare
-    from llmkit.eval.stats import wilson_interval
     from llmkit.rag.chat import Retriever, search_tool
     from llmkit.rag.tool_data import search_examples
 
@@ -178,13 +198,7 @@ def teach_search(index, n: int, k: int, run: Path, max_new_tokens: int, call_tok
     out.update(taught_s=time.perf_counter() - start, taught_calls=calls, taught_malformed=malformed,
                taught_examples=[{"question": q.prompt, "answer": q.answer, "reply": r}
                                 for q, r in list(zip(heldout, replies))[:3]])
-    for grade, judge in (("exact", lambda r, q: is_correct(r, q.answer)),
-                         ("names", lambda r, q: names_it(r, q.answer, q.wrong))):
-        before = [judge(r, q) for r, q in zip(base, heldout)]
-        after = [judge(r, q) for r, q in zip(replies, heldout)]
-        out[f"closed_{grade}"], out[f"taught_{grade}"] = sum(before) / len(before), sum(after) / len(after)
-        out[f"taught_{grade}_ci95"] = wilson_interval(sum(after), len(after))
-        out[f"paired_{grade}"] = paired_comparison(before, after)
+    add_paired(out, "closed", "taught", {"closed": grade(base, heldout), "taught": grade(replies, heldout)})
     return out
 
 
@@ -308,10 +322,8 @@ def main() -> None:
         print("| model | grade | closed-book | with retrieval | gained / lost | McNemar p | passages shown |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for a in answers:
-            for grade in ("exact", "names"):
-                c = a[f"paired_{grade}"]
-                print(f"| {a['model']} | {grade} | {a[f'closed_{grade}']:.3f} | {a[f'rag_{grade}']:.3f} | "
-                      f"{c['gained']} / {c['lost']} | {c['p_value']:.2g} | {a['passages_shown_mean']:.2f} |")
+            for kind in ("exact", "names"):
+                print(paired_row(f"{a['model']} | ", a, "closed", "rag", kind, f" {a['passages_shown_mean']:.2f} |"))
             for e in a["rag_examples"]:
                 print(f"  {a['model']} RAG: {e['question'][:90]!r} -> {e['reply'][:80]!r} (answer {e['answer']!r})")
         figures["answers"] = answers
@@ -321,10 +333,8 @@ def main() -> None:
               f"{taught['taught_malformed']} malformed, {taught['taught_s']:.0f} s")
         print("| grade | SmolLM2 closed-book | taught, with search | gained / lost | McNemar p |")
         print("| --- | --- | --- | --- | --- |")
-        for grade in ("exact", "names"):
-            c = taught[f"paired_{grade}"]
-            print(f"| {grade} | {taught[f'closed_{grade}']:.3f} | {taught[f'taught_{grade}']:.3f} | "
-                  f"{c['gained']} / {c['lost']} | {c['p_value']:.2g} |")
+        for kind in ("exact", "names"):
+            print(paired_row("", taught, "closed", "taught", kind))
         for e in taught["taught_examples"]:
             print(f"  taught: {e['question'][:90]!r} -> {e['reply'][:80]!r} (answer {e['answer']!r})")
         figures["taught"] = taught
