@@ -91,7 +91,7 @@ def main() -> None:
         theirs = run_lm_eval(lm, work / "tasks", name, limit=args.limit)
         if theirs.n != task["n"]:
             raise SystemExit(f"{spec.name}: llmkit scored {task['n']} examples, lm-eval {theirs.n}")
-        ll_diff = max(abs(a - b) for r in records for a, b in zip(r["scores"], theirs.loglikelihoods[r["index"]]))
+        ll_diff = _max_ll_diff(records, theirs)
         ours_acc = {m: task["metrics"][m]["value"] for m in ("acc", "acc_norm")}
         ratio = task["examples_per_s"] / theirs.examples_per_s
         row = {"task": spec.name, "n": task["n"], "llmkit": ours_acc, "lm_eval": theirs.metrics,
@@ -99,8 +99,8 @@ def main() -> None:
                "lm_eval_examples_per_s": theirs.examples_per_s, "speed_ratio": ratio}
         if served:
             remote = run_lm_eval(served[1], work / "tasks", name, limit=args.limit)
-            row["served"] = {"metrics": remote.metrics, "examples_per_s": remote.examples_per_s, "max_ll_diff": max(
-                abs(a - b) for r in records for a, b in zip(r["scores"], remote.loglikelihoods[r["index"]]))}
+            row["served"] = {"metrics": remote.metrics, "examples_per_s": remote.examples_per_s,
+                             "max_ll_diff": _max_ll_diff(records, remote)}
             figures.update({**{f"{spec.name}_served_{m}": round(v, 4) for m, v in remote.metrics.items()},
                             f"{spec.name}_served_max_ll_diff": float(f"{row['served']['max_ll_diff']:.3g}"),
                             f"{spec.name}_served_examples_per_s": round(remote.examples_per_s, 2)})
@@ -121,6 +121,11 @@ def main() -> None:
     if served:
         print(_served_table(rows))
     print(json.dumps(figures))
+
+
+def _max_ll_diff(records: list[dict], harness) -> float:
+    """The largest difference between llmkit's and lm-eval's log-likelihood of any option of any example."""
+    return max(abs(a - b) for r in records for a, b in zip(r["scores"], harness.loglikelihoods[r["index"]]))
 
 
 def start_served(model: str, work: Path):

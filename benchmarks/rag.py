@@ -121,12 +121,20 @@ def paired_row(first: str, figures: dict, before: str, after: str, kind: str, la
             f"{c['gained']} / {c['lost']} | {c['p_value']:.2g} |{last}")
 
 
+def greedy_replies(llm, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+    """Greedy replies to the conversations, batched on the engine."""
+    from llmkit.infer import SamplingParams
+    from llmkit.train.post_common import reply_text
+
+    done = llm.engine.generate_batch([llm.tokenizer.encode_chat(m) for m in conversations],
+                                     SamplingParams(max_new_tokens=max_new_tokens, temperature=0))
+    return [reply_text(llm.tokenizer, c.token_ids) for c in done]
+
+
 def answer_accuracy(model: str, index, questions, k: int, max_new_tokens: int, device=None) -> dict:
     """Closed-book vs retrieval-augmented answers of one model (see the module's docstring)."""
     import llmkit
-    from llmkit.infer import SamplingParams
     from llmkit.rag.answer import fitting_messages
-    from llmkit.train.post_common import reply_text
 
     llm = llmkit.load(model, device=device, max_batch_size=32)
     closed = [[{"role": "user", "content": q.prompt}] for q in questions]
@@ -135,31 +143,17 @@ def answer_accuracy(model: str, index, questions, k: int, max_new_tokens: int, d
         messages, kept = fitting_messages(llm, q.prompt, index.search(q.prompt, k, "bm25"), max_new_tokens)
         augmented.append(messages)
         shown.append(len(kept))
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0)
     out = {"model": model, "passages_shown_mean": sum(shown) / len(shown)}
     marks = {}
     for name, prompts in (("closed", closed), ("rag", augmented)):
         start = time.perf_counter()
-        done = llm.engine.generate_batch([llm.tokenizer.encode_chat(m) for m in prompts], params)
-        replies = [reply_text(llm.tokenizer, c.token_ids) for c in done]
+        replies = greedy_replies(llm, prompts, max_new_tokens)
         out[f"{name}_s"] = time.perf_counter() - start
         marks[name] = grade(replies, questions)
         out[f"{name}_examples"] = [{"question": q.prompt, "answer": q.answer, "reply": r}
                                    for q, r in list(zip(questions, replies))[:3]]
     add_paired(out, "closed", "rag", marks)
     return out
-
-
-def closed_book(model: str, questions, max_new_tokens: int, device=None) -> list[str]:
-    """Greedy replies to the questions alone, batched on the engine."""
-    import llmkit
-    from llmkit.infer import SamplingParams
-    from llmkit.train.post_common import reply_text
-
-    llm = llmkit.load(model, device=device, max_batch_size=32)
-    ids = [llm.tokenizer.encode_chat([{"role": "user", "content": q.prompt}]) for q in questions]
-    done = llm.engine.generate_batch(ids, SamplingParams(max_new_tokens=max_new_tokens, temperature=0))
-    return [reply_text(llm.tokenizer, c.token_ids) for c in done]
 
 
 def teach_search(index, n: int, k: int, run: Path, max_new_tokens: int, call_tokens: int, heldout,
@@ -169,16 +163,13 @@ def teach_search(index, n: int, k: int, run: Path, max_new_tokens: int, call_tok
     (max_new_tokens, as --answers)."""
     import llmkit
     from llmkit.atomic import atomic_write_text
-    from llmkit.data.assistant_task import make_questions, read_plays
-    from llmkit.data.corpus import cache_root, fetch_shakespeare
     from llmkit.rag.chat import Retriever, search_tool
-    from llmkit.rag.tool_data import search_examples
+    from llmkit.rag.tool_data import builtin_search_examples
 
     search = search_tool(Retriever(index, k=k, mode="bm25"))
     out: dict = {"teach_questions": n, "teach_k": k}
     if not (run / "model.safetensors").exists():
-        train, _ = make_questions(read_plays(fetch_shakespeare(cache_root() / "data" / "shakespeare") / "train"), 0, 2000, 100)
-        examples, out["teach_skipped"] = search_examples(train, search, n)
+        examples, out["teach_skipped"] = builtin_search_examples(search, n)
         data = run.with_name(run.name + "-data.jsonl")
         data.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(data, "".join(json.dumps(e) + "\n" for e in examples))
@@ -187,7 +178,8 @@ def teach_search(index, n: int, k: int, run: Path, max_new_tokens: int, call_tok
                         f"data={data}", "seq_len=1024", "micro_batch=2", "eval_every=0", "plot=false", "ckpt_every=0"],
                        check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
         out["teach_sft_s"] = time.perf_counter() - start
-    base = closed_book("smollm2", heldout, max_new_tokens, device)
+    base = greedy_replies(llmkit.load("smollm2", device=device, max_batch_size=32),
+                          [[{"role": "user", "content": q.prompt}] for q in heldout], max_new_tokens)
     taught = llmkit.load(run, device=device)
     replies, calls, malformed, start = [], 0, 0, time.perf_counter()
     for q in heldout:

