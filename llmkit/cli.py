@@ -400,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (except on /health)")
     g.add_argument("--served-model-name", default=None, help="the model id clients send (default: --model)")
     g.add_argument("--max-batch-size", type=int, default=32, help="requests decoded together")
-    g.add_argument("--kv-cache-mib", type=float, default=2048, help="KV-cache budget of the running requests")
+    g.add_argument("--kv-cache-mib", type=float, default=2048,
+                   help="KV-cache budget of the running requests (llmkit serve allocates it at start-up)")
     g.add_argument("--prefix-cache-mib", type=float, default=256, help="prefix-cache pool (0 = off)")
     g.add_argument("--max-waiting", type=int_in("[0, 2^31)"), default=512, help="requests queued beyond the batch before 429")
     g.add_argument("--max-body-mib", type=float_in("(0, 2^20)"), default=8, help="largest request body (413 beyond)")

@@ -149,3 +149,44 @@ def test_prefix_cache_evicts_under_its_budget():
     assert pool.evictions > 0 and len(pool.table) <= 3
     again = engine.complete(prompts[-1], GREEDY)  # the most recent prompt is still cached
     assert again.cached_tokens > 0 and again.token_ids == alone(model, prompts[-1]).token_ids
+
+
+def test_token_prefix_cache_reuses_all_but_the_last_prompt_token():
+    """The default blocks are one token: a prompt reuses every cached token it shares, and a follow-up
+    turn holding the whole previous exchange prefills only its last token's worth of new positions."""
+    model = make_model()
+    system = list(range(3, 50))  # 47 shared tokens: 16-token blocks would reuse 32 of them
+    engine = Engine(model)
+    params = SamplingParams(max_new_tokens=12, temperature=0, logprobs=0)
+    first = engine.complete(system + [400, 401], params)
+    second = engine.complete(system + [402, 403, 404], params)
+    assert first.cached_tokens == 0 and second.cached_tokens == 47
+    again = engine.complete(system + [402, 403, 404], params)
+    assert again.cached_tokens == len(system) + 2  # all but the last prompt token
+    follow_up = system + [402, 403, 404] + second.token_ids + [405]
+    third = engine.complete(follow_up, params)
+    # the reply's last token never entered the cache (it was emitted, not run), so that and [405] are prefilled
+    assert third.cached_tokens == len(follow_up) - 2
+    for completion, prompt in ((second, system + [402, 403, 404]), (again, system + [402, 403, 404]),
+                               (third, follow_up)):
+        uncached = alone(model, prompt, params)
+        assert completion.token_ids == uncached.token_ids
+        assert max(abs(a.logprob - b.logprob) for a, b in zip(completion.logprobs, uncached.logprobs)) < 1e-5
+
+
+def test_a_reserved_cache_is_not_reallocated_by_a_burst():
+    """A server allocates its KV cache up front: a burst of max_batch_size requests runs in that one
+    cache (no resize copying every row while they wait), within the budget, and gives the same tokens."""
+    model = make_model(max_seq_len=4 * CAPACITY_STEP)
+    per_row = CAPACITY_STEP * kv_bytes_per_token(model.config, torch.float32)
+    engine = Engine(model, max_batch_size=8, kv_cache_mib=8 * 2.5 * per_row / 2**20, prefix_cache_mib=0)
+    assert engine.reserve_cache() == (8, 2 * CAPACITY_STEP)  # 2.5 steps' worth a row, rounded down
+    cache = engine.scheduler.cache
+    prompts = (PROMPTS * 2)[:8]
+    completions = engine.generate_batch(prompts, GREEDY)
+    assert engine.scheduler.cache is cache
+    assert [c.token_ids for c in completions] == [alone(model, p).token_ids for p in prompts]
+    # too small a budget for max_batch_size rows of CAPACITY_STEP: fewer rows, never over the budget
+    small = Engine(model, max_batch_size=8, kv_cache_mib=3 * per_row / 2**20, prefix_cache_mib=0)
+    assert small.reserve_cache() == (2, CAPACITY_STEP)
+    assert small.generate_batch(prompts, GREEDY)[3].token_ids == completions[3].token_ids

@@ -77,10 +77,12 @@ def test_prompts_of_one_burst_are_prefilled_in_one_padded_forward(model):
         solo.submit(short, greedy())
         solo.step()
         cache, solo_cache, row = engine.scheduler.cache, solo.scheduler.cache, requests[1].row
-        for layer in range(model.config.n_layers):  # the short row holds its own 3 positions, zeros after
+        # the short row holds its 3 prompt positions and its first token's (decoded in the same step), zeros after
+        assert requests[1].length == 4
+        for layer in range(model.config.n_layers):
             for mine, theirs in ((cache.keys, solo_cache.keys), (cache.values, solo_cache.values)):
-                assert torch.allclose(mine[layer][row, :, :3], theirs[layer][0, :, :3], atol=1e-6)
-                assert mine[layer][row, :, 3:].abs().sum() == 0
+                assert torch.allclose(mine[layer][row, :, :4], theirs[layer][0, :, :4], atol=1e-6)
+                assert mine[layer][row, :, 4:].abs().sum() == 0
         drain(engine, requests)
     finally:
         handle.remove()
@@ -91,19 +93,21 @@ def test_running_requests_decode_while_a_long_prompt_is_prefilled(model):
     engine = Engine(model, prefix_cache_mib=0, prefill_chunk=8)
     running = engine.submit(PROMPTS[3], greedy(20))  # 9 tokens: two steps of prefill
     engine.step()
-    engine.step()
-    assert len(running.output_ids) == 1
+    engine.step()  # the last prompt token, its first token, and that token decoded in the same step
+    assert len(running.output_ids) == 2
     long = engine.submit(PROMPTS[4], greedy())  # 90 tokens: 12 steps at 8 a step
     for step in range(12):
-        events = dict((id(r), tokens) for r, tokens in engine.step())
+        events: dict[int, list[int]] = {}
+        for request, tokens in engine.step():
+            events.setdefault(id(request), []).extend(tokens)
         check_rows(engine)
         assert len(events[id(running)]) == 1, f"step {step}: the running request did not decode"
         if step < 11:
             assert long.needs_prefill and long.output_ids == [] and id(long) not in events
             assert long.length == 8 * (step + 1)
-        else:  # the last chunk completes the prompt: its first token comes in the same step
-            assert not long.needs_prefill and len(events[id(long)]) == 1
-    assert len(running.output_ids) == 13
+        else:  # the last chunk completes the prompt: its first token, then its second from the decode forward
+            assert not long.needs_prefill and len(events[id(long)]) == 2
+    assert len(running.output_ids) == 14
     drain(engine, [running, long])
     assert running.output_ids == alone(model, PROMPTS[3], 20).token_ids
     assert long.output_ids == alone(model, PROMPTS[4]).token_ids
@@ -114,8 +118,8 @@ def test_budget_is_shared_oldest_first(model):
     first, second = engine.submit(PROMPTS[0], greedy()), engine.submit(PROMPTS[1], greedy())
     engine.step()  # 47 and 11 tokens: the oldest takes the whole budget
     assert (first.length, second.length) == (32, 0)
-    engine.step()  # the oldest's last 15 tokens, then 11 of the next: both complete
-    assert (first.length, second.length) == (47, 11) and len(first.output_ids) == len(second.output_ids) == 1
+    engine.step()  # the oldest's last 15 tokens, then 11 of the next: both complete, and both decode once
+    assert (first.length, second.length) == (48, 12) and len(first.output_ids) == len(second.output_ids) == 2
     drain(engine, [first, second])
     assert first.output_ids == alone(model, PROMPTS[0]).token_ids
     assert second.output_ids == alone(model, PROMPTS[1]).token_ids
@@ -167,3 +171,25 @@ def test_prefix_cache_hit_skips_the_cached_part_of_a_chunked_prompt(model):
     reference = alone(model, follow_up, logprobs=0)
     assert second.token_ids == reference.token_ids
     assert max(abs(a.logprob - b.logprob) for a, b in zip(second.logprobs, reference.logprobs)) < 1e-5
+
+
+def test_first_tokens_are_handed_over_before_the_decode_forward(model):
+    """A server delivers a new request's first token between the prefill and the decode forward, so its
+    time to first token does not include everyone's next token."""
+    engine = Engine(model, prefix_cache_mib=0)
+    running = engine.submit(PROMPTS[1], greedy(20))
+    engine.step()
+    forwards, seen = [], []
+    handle = model.register_forward_hook(lambda m, args, out: forwards.append(tuple(args[0].shape)))
+    try:
+        late = engine.submit(PROMPTS[3], greedy())
+        engine.step(on_first_tokens=lambda: seen.append((list(late.output_ids), list(forwards))))
+    finally:
+        handle.remove()
+    prefill, decode = (1, len(PROMPTS[3])), (2, 1)
+    assert seen == [([alone(model, PROMPTS[3]).token_ids[0]], [prefill])]  # its token, and only its prefill ran
+    assert forwards == [prefill, decode]  # then one decode forward for both requests
+    assert (running.row, late.row) == (0, 1) and len(late.output_ids) == 2
+    drain(engine, [running, late])
+    assert running.output_ids == alone(model, PROMPTS[1], 20).token_ids
+    assert late.output_ids == alone(model, PROMPTS[3]).token_ids

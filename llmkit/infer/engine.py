@@ -10,15 +10,16 @@ How a request is run:
 1. It waits in the scheduler's queue until a row of the KV cache is free and the memory budget allows
    (scheduler.py); on admission its prompt's longest cached prefix is copied from the prefix cache
    (prefix_cache.py). The rest of the prompt is prefilled in chunks over the following steps.
-2. Each `step()` runs one decode forward for every request whose prompt is in (a batch of single
-   tokens, each at its own position in its own cache row, logits for those tokens only), then
-   prefills at most `prefill_chunk` tokens of the waiting prompts, oldest first, the chunks of several
-   prompts batched into one forward of left-padded rows (Sarathi-Serve's chunked prefill with a
-   per-step token budget, Agrawal et al. 2024: a new prompt never stalls the running requests for
-   longer than one budget's worth of work, and a burst of prompts is prefilled together instead of
-   one forward each). A request whose prompt completes samples its first token from that forward and
-   decodes from the next step on. Requests leave (stop token, stop string, max_new_tokens,
-   cancellation, error) between steps.
+2. Each `step()` first prefills at most `prefill_chunk` tokens of the waiting prompts, oldest first,
+   the chunks of several prompts batched into one forward of left-padded rows (Sarathi-Serve's chunked
+   prefill with a per-step token budget, Agrawal et al. 2024: a new prompt never stalls the running
+   requests for longer than one budget's worth of work, and a burst of prompts is prefilled together
+   instead of one forward each). A request whose prompt completes samples its first token from that
+   forward, which the caller may deliver at once (`step(on_first_tokens=...)`), and joins the step's
+   decode forward: one forward for every request whose prompt is in (a batch of single tokens, each at
+   its own position in its own cache row, logits for those tokens only). Prefill goes first so that a
+   new request's first token waits for its own prompt only, not for everyone's next token too.
+   Requests leave (stop token, stop string, max_new_tokens, cancellation, error) between steps.
 3. A request alone in the engine, with a speculator given (`Engine(model, speculator=Speculator(...))`,
    speculative.py), is instead advanced several tokens per step by draft-and-verify (`stream`,
    `generate`, `complete`); requests submitted meanwhile wait until it ends.
@@ -74,7 +75,7 @@ import logging
 import math
 import numbers
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -86,7 +87,7 @@ from llmkit.errors import GenerationError, LLMKitError
 from llmkit.infer.compiled import attend_length, compile_for_inference
 from llmkit.infer.prefix_cache import PrefixCache
 from llmkit.infer.sampling import SamplingParams, TokenLogprob, choose_tokens, token_logprobs
-from llmkit.infer.scheduler import Request, Scheduler
+from llmkit.infer.scheduler import Request, Scheduler, padding_groups
 from llmkit.model import Transformer
 
 logger = logging.getLogger(__name__)
@@ -132,29 +133,8 @@ class _ForwardFailed(Exception):
         self.requests, self.error, self.completed = requests, error, completed
 
 
-# A prefill forward of left-padded rows computes rows x longest-chunk tokens. Rows join one forward
-# while the filler stays within this fraction of the real tokens (or under PAD_SLACK tokens): the
-# weight-only int4/int8 kernels cost about the same per row, so filler is wasted work, while every
-# extra forward pays its own per-layer overhead.
-PAD_FRACTION, PAD_SLACK = 0.25, 64
-
 ENCODER_CANNOT_GENERATE = ("this model is an encoder (bidirectional attention, causal: false): it does not generate "
                            "text; use `llmkit fill` for masked-token predictions or `llm.embed` for embeddings")
-
-
-def _padding_groups(plan: list[tuple[Request, int]]) -> list[list[tuple[Request, int]]]:
-    """Split a row-ordered prefill plan into forwards of consecutive rows with little padding."""
-    groups: list[list[tuple[Request, int]]] = []
-    for item in plan:
-        group = groups[-1] if groups else None
-        if group is not None and item[0].row == group[-1][0].row + 1:
-            real = sum(n for _, n in group) + item[1]
-            padded = (len(group) + 1) * max(item[1], max(n for _, n in group))
-            if padded - real <= max(PAD_SLACK, PAD_FRACTION * real):
-                group.append(item)
-                continue
-        groups.append([item])
-    return groups
 
 
 def _is_int(value) -> bool:
@@ -174,11 +154,12 @@ class Engine:
 
     def __init__(self, model: Transformer, stop_token_ids: Sequence[int] = (), *, tokenizer=None,
                  max_batch_size: int = 32, kv_cache_mib: float = 2048, prefix_cache_mib: float = 256,
-                 block_size: int = 16, prefill_chunk: int = 512, compile: bool = False,
+                 block_size: int = 1, prefill_chunk: int = 512, compile: bool = False,
                  speculator: DecodingStrategy | None = None):
         """tokenizer: anything with `.decode(ids)`; needed for stop strings only.
         kv_cache_mib: bound on the running requests' KV cache; prefix_cache_mib: the prefix cache's
-        pool (0 turns prefix caching off), in blocks of block_size tokens. prefill_chunk: prompt tokens
+        pool (0 turns prefix caching off), in blocks of block_size tokens (1: a prompt reuses every
+        cached token but its last, see prefix_cache.py). prefill_chunk: prompt tokens
         prefilled per step, all waiting prompts together (the budget that bounds how long a new prompt
         delays the running requests' next token). speculator: a `llmkit.infer.speculative.Speculator` (built by the caller,
         one per engine) for speculative decoding of a request running alone.
@@ -303,10 +284,13 @@ class Engine:
         return bool(self.scheduler.running or self.scheduler.waiting or self._cancels)
 
     # -- the loop (the engine thread)
-    def step(self) -> list[tuple[Request, list[int]]]:
-        """Admit what fits; one decode step for the requests whose prompt is in; then up to
-        `prefill_chunk` prompt tokens of the others (a prompt that completes gives its first token).
+    def step(self, on_first_tokens: Callable[[], None] | None = None) -> list[tuple[Request, list[int]]]:
+        """Admit what fits; up to `prefill_chunk` prompt tokens of the requests still prefilling (a
+        prompt that completes samples its first token); then one decode forward for every request
+        whose prompt is in, those just completed included.
 
+        on_first_tokens: called between the two phases (the server delivers the first tokens then, so
+        a new request's time to first token does not include the decode forward).
         Returns each request that advanced with its new tokens, and each that finished without one
         (cancelled, failed) with []; finished requests leave the batch."""
         events: list[tuple[Request, list[int]]] = []
@@ -316,10 +300,18 @@ class Engine:
                 self.admit()
                 decoding = [r for r in self.scheduler.running if not r.needs_prefill]
                 prefilling = [r for r in self.scheduler.running if r.needs_prefill]
-                if decoding:
-                    self._decode_step(decoding, events)
                 if prefilling:
                     self._prefill_step(prefilling, events)
+                    if on_first_tokens is not None:
+                        on_first_tokens()
+                    # prompts complete oldest first, and arrange() keeps the prefilling rows in that order:
+                    # those that completed (and did not stop at once) usually continue the decode rows
+                    for request in prefilling:
+                        if request.row != len(decoding) or request.needs_prefill or request.done:
+                            break
+                        decoding.append(request)
+                if decoding:
+                    self._decode_step(decoding, events)
             finally:  # even when interrupted, no finished request keeps a row
                 for request in [r for r in self.scheduler.running if r.done]:
                     self.retire(request)
@@ -375,6 +367,12 @@ class Engine:
         cancellations are applied first (the requests it cancelled are yielded). Not reentrant."""
         with self._step_lock, torch.inference_mode():
             yield self._apply_cancellations()
+
+    def reserve_cache(self) -> tuple[int, int]:
+        """Allocate the KV cache for max_batch_size rows within kv_cache_mib now, not as requests
+        arrive (Scheduler.reserve says why); returns its (rows, positions per row)."""
+        with self.stepping():
+            return self.scheduler.reserve()
 
     def admit(self, limit: int | None = None) -> list[Request]:
         """Move waiting requests into free cache rows (first come, first served), each with its prompt's
@@ -436,7 +434,7 @@ class Engine:
                 budget -= n
         plan.sort(key=lambda item: item[0].row)
         completed: list[tuple[Request, torch.Tensor]] = []
-        for group in _padding_groups(plan):
+        for group in padding_groups(plan):
             try:
                 logits = self._prefill_forward(group)
             except Exception as error:  # noqa: BLE001 - reported per request by the caller

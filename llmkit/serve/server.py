@@ -193,6 +193,11 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
             from llmkit.infer.compiled import warm_up
 
             print(f"llmkit serve: compiling the decode step ({warm_up(llm.engine):.0f} s)", flush=True)
+        if llm.model.config.causal:  # after warm_up, whose small caches made the compiled shapes symbolic
+            rows, positions = llm.engine.reserve_cache()
+            if rows:
+                print(f"llmkit serve: KV cache of {rows} rows x {positions} positions "
+                      f"({llm.engine.scheduler.memory_in_use / 2**20:,.0f} MiB, --kv-cache-mib)", flush=True)
         print(f"llmkit serve: {model} loaded; ready at {url}/v1", flush=True)
         return llm
 

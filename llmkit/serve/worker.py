@@ -148,7 +148,7 @@ class EngineWorker:
                 break
             if self.engine.has_work:
                 try:
-                    self.engine.step()
+                    self.engine.step(on_first_tokens=self._deliver)  # first tokens before the decode forward
                 except Exception:  # noqa: BLE001 - an engine bug must not take the server down
                     self._fail_all(traceback.format_exc())
             self._deliver()
