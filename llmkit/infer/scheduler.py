@@ -192,11 +192,13 @@ class Scheduler:
         rows, shortest = self.max_batch_size, min(CAPACITY_STEP, self.config.max_seq_len)
         while True:
             fits = self.memory_bytes // (rows * self.bytes_per_position)
-            capacity = min(self.config.max_seq_len, fits // CAPACITY_STEP * CAPACITY_STEP)
+            longest = self.config.max_seq_len
+            capacity = longest if fits >= longest else fits // CAPACITY_STEP * CAPACITY_STEP
             if capacity >= shortest or rows == 1:
                 break
             rows //= 2
-        if capacity >= shortest and (self.cache is None or (rows, capacity) != (self.cache.batch_size, self.cache.max_len)):
+        unchanged = self.cache is not None and (rows, capacity) == (self.cache.batch_size, self.cache.max_len)
+        if capacity >= shortest and not unchanged:
             self.cache = KVCache(self.config, rows, capacity, self.device, self.dtype)
         return (self.cache.batch_size, self.cache.max_len) if self.cache else (0, 0)
 
