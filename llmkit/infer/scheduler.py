@@ -187,8 +187,9 @@ class Scheduler:
         SmolLM2 fp32 on a 2-core AVX2 EPYC, measured), which a burst of new clients paid in its time to
         first token. Only when idle, and not for encoder-decoders (their rows also hold sources, sized
         on admission). Returns (rows, positions)."""
+        shape = lambda: (self.cache.batch_size, self.cache.max_len) if self.cache else (0, 0)  # noqa: E731
         if self.running or self.config.n_encoder_layers:
-            return (self.cache.batch_size, self.cache.max_len) if self.cache else (0, 0)
+            return shape()
         rows, shortest = self.max_batch_size, min(CAPACITY_STEP, self.config.max_seq_len)
         while True:
             fits = self.memory_bytes // (rows * self.bytes_per_position)
@@ -197,10 +198,9 @@ class Scheduler:
             if capacity >= shortest or rows == 1:
                 break
             rows //= 2
-        unchanged = self.cache is not None and (rows, capacity) == (self.cache.batch_size, self.cache.max_len)
-        if capacity >= shortest and not unchanged:
+        if capacity >= shortest and shape() != (rows, capacity):
             self.cache = KVCache(self.config, rows, capacity, self.device, self.dtype)
-        return (self.cache.batch_size, self.cache.max_len) if self.cache else (0, 0)
+        return shape()
 
     def retire(self, request: Request) -> None:
         """Free a finished request's row; the last running request moves into it (rows stay [0, n))."""
