@@ -62,14 +62,17 @@ def load_ours(kind: str):
     torch = setup_torch()
     from llmkit.checkpoint import load_model, load_tokenizer
     from llmkit.convert import resolve_model
+    from llmkit.device import inference_dtype
     from llmkit.infer import quantize_model
 
     directory = resolve_model("smollm2")
     model = load_model(directory)
     if kind.startswith(("int8", "int4")):  # int4_head4: the output head in int4 too (default: int8)
         quantize_model(model, 8 if kind == "int8" else 4, lm_head_bits=4 if kind == "int4_head4" else None)
-    if kind != "fp32":
-        model = model.to(torch.bfloat16)  # quantized kernels take bf16 activations (llmkit/infer/quantize.py)
+    if kind == "bf16":
+        model = model.to(torch.bfloat16)
+    elif kind != "fp32":  # the activations llmkit chooses for a quantized model on this CPU (fp32 with its
+        model = model.to(inference_dtype(torch.device("cpu"), quantized=True))  # int8-activation kernels)
     return model, load_tokenizer(directory)
 
 

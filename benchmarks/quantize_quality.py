@@ -1,5 +1,6 @@
 """What weight-only quantization costs in quality: bits per byte of SmolLM2-135M-Instruct on the
-Shakespeare validation plays (Hamlet, Macbeth, The Tempest), fp32 against bf16, int8 and int4.
+Shakespeare validation plays (Hamlet, Macbeth, The Tempest), fp32 against bf16, int8 and int4, with
+PyTorch's weight-only kernels (bf16 activations) and with llmkit's int8-activation kernels (the `_a8` rows).
 
     flock /tmp/llmkit-heavy.lock python benchmarks/quantize_quality.py            # ~15 minutes on 2 cores
     flock /tmp/llmkit-heavy.lock python benchmarks/quantize_quality.py --max-chars 40000   # a quicker subset
@@ -21,12 +22,17 @@ from pathlib import Path
 import torch
 
 VAL = Path(__file__).resolve().parents[2] / "shared/data/shakespeare/val"
-CONFIGS = {  # name: (bits, lm_head_bits, activation dtype)
-    "fp32": (None, None, torch.float32),
-    "bf16": (None, None, torch.bfloat16),
-    "int8": (8, 8, torch.bfloat16),
-    "int4": (4, 8, torch.bfloat16),
-    "int4_head4": (4, 4, torch.bfloat16),
+CONFIGS = {  # name: (bits, lm_head_bits, activation dtype, int8 activations)
+    "fp32": (None, None, torch.float32, False),
+    "bf16": (None, None, torch.bfloat16, False),
+    "int8": (8, 8, torch.bfloat16, False),
+    "int4": (4, 8, torch.bfloat16, False),
+    "int4_head4": (4, 4, torch.bfloat16, False),
+    # llmkit's int8-activation CPU kernels (llmkit/cpu_kernels.py): fp32 activations rounded to int8
+    # in blocks of 32 inside each Linear, int4 scales and mins in fp16
+    "int8_a8": (8, 8, torch.float32, True),
+    "int4_a8": (4, 8, torch.float32, True),
+    "int4_head4_a8": (4, 4, torch.float32, True),
 }
 
 
@@ -41,6 +47,9 @@ def main() -> None:
     from llmkit.convert import resolve_model
     from llmkit.eval.bpb import evaluate_texts
     from llmkit.infer import quantize_model
+    from llmkit.infer import quantize as quantize_module
+
+    default_rows = quantize_module.INT8_ACTIVATION_ROWS
 
     directory = resolve_model("smollm2")
     tokenizer = load_tokenizer(directory)
@@ -54,10 +63,13 @@ def main() -> None:
             files = subset
         results = {}
         for name in args.only:
-            bits, head_bits, dtype = CONFIGS[name]
+            bits, head_bits, dtype, int8_activations = CONFIGS[name]
+            # an int8 layer dequantizes for long inputs (1,024-token windows here); decoding runs the
+            # kernel, so that is what the _a8 rows score, at every length
+            quantize_module.INT8_ACTIVATION_ROWS = 1 << 30 if int8_activations else default_rows
             model = load_model(directory)
             if bits:
-                quantize_model(model, bits, group_size=32, lm_head_bits=head_bits)
+                quantize_model(model, bits, group_size=32, lm_head_bits=head_bits, int8_activations=int8_activations)
             model.to(dtype)
             start = time.perf_counter()
             with torch.inference_mode():
@@ -68,10 +80,10 @@ def main() -> None:
     base = results.get("fp32", {}).get("bpb")
     print(f"SmolLM2-135M-Instruct, bits per byte on {', '.join(f.name for f in files)}"
           + (f" (first {args.max_chars:,} characters of each)" if args.max_chars else ""))
-    print(f"{'weights':<12} {'bits/byte':>10} {'change vs fp32':>15}")
+    print(f"{'weights':<14} {'bits/byte':>10} {'change vs fp32':>15}")
     for name, r in results.items():
         change = f"{r['bpb'] - base:+.4f} ({(r['bpb'] / base - 1):+.2%})" if base else "-"
-        print(f"{name:<12} {r['bpb']:10.4f} {change:>15}")
+        print(f"{name:<14} {r['bpb']:10.4f} {change:>15}")
     print(json.dumps({f"{name}_bpb": round(r["bpb"], 5) for name, r in results.items()}))
 
 

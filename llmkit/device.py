@@ -51,11 +51,15 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 def inference_dtype(device: torch.device, quantized: bool = False) -> torch.dtype:
     """The weights' dtype for generation when the user names none."""
     # bf16 on GPUs that have it. On CPU we keep fp32: rounding the weights of a small model to bf16
-    # moves logits by ~0.5 and changes its greedy answers (measured on SmolLM2-135M). A weight-only
-    # quantized model runs with bf16 activations on CPU too: PyTorch's int8/int4 CPU kernels are ~10x
-    # faster with bf16 than with fp32 activations (llmkit/infer/quantize.py).
+    # moves logits by ~0.5 and changes its greedy answers (measured on SmolLM2-135M). A quantized model
+    # on a CPU where llmkit's int8-activation kernels run keeps fp32 too (they quantize the activations
+    # themselves); elsewhere it runs with bf16 activations: PyTorch's weight-only int8/int4 CPU kernels
+    # are ~10x faster with bf16 than with fp32 activations (llmkit/infer/quantize.py).
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
+    if quantized and device.type == "cpu":
+        import llmkit.cpu_kernels as cpu_kernels
+        return torch.float32 if cpu_kernels.wanted("cpu") else torch.bfloat16
     return torch.bfloat16 if quantized else torch.float32
 
 

@@ -33,9 +33,10 @@ INPUT = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(1
 
 @pytest.mark.parametrize("cls", [Int8Linear, Int4Linear])
 def test_kernel_equals_its_dequantized_weights(cls):
+    """PyTorch's weight-only kernels (the int8-activation ones: tests/test_cpu_kernels.py)."""
     torch.manual_seed(0)
     linear = torch.nn.Linear(128, 96, bias=True)
-    q = cls.from_linear(linear)
+    q = cls.from_linear(linear, int8_activations=False)
     reference = dequantized_linear(q)
     with torch.no_grad():
         for rows in (1, 3, DEQUANTIZE_ROWS):  # the matrix-vector kernel, and the prefill path from 32 rows

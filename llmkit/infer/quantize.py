@@ -15,19 +15,26 @@ CPU kernels that dequantize on the fly inside the matmul:
 
 Both kernels are ~10x faster with bfloat16 activations than with float32 on this CPU (measured:
 3072x576 matvec, 47 us vs 490 us for int8), so a quantized model runs with bf16 activations by default
-(`preferred_dtype`). `quantize_model` swaps the nn.Linear modules in place (DESIGN.md: quantization
-swaps the Linears of the one model; there is no second forward pass). The token embedding stays in
-floating point (a lookup reads one row per token; it costs no bandwidth), so a tied output head gets
-its own quantized copy.
+(`llmkit.device.inference_dtype`) where they are used.
+
+On x86 CPUs without AMX the layers use llmkit's own kernels instead (`llmkit.cpu_kernels`, chosen
+when the weights are set; `int8_activations`): activations rounded to int8 per block of 32 and byte dot
+products (VNNI or AVX2), as llama.cpp does; fp32 activations outside the layers. int4 then keeps its
+weights in the kernel's panel layout with scale and min rounded to fp16 (Q4_1's precision).
+
+`quantize_model` swaps the nn.Linear modules in place (DESIGN.md: quantization swaps the Linears of
+the one model; there is no second forward pass). The token embedding stays in floating point (a
+lookup reads one row per token; it costs no bandwidth), so a tied output head gets its own quantized
+copy.
 
 On disk a quantized checkpoint is the usual directory; config.json carries
 `"quantization": {"bits": 4, "group_size": 32, "lm_head_bits": 8}` and the tensors are `qweight`
 (int8, or uint8 with two 4-bit values a byte: low nibble = even column), `scales` and, for int4,
-`zeros`. The CPU kernel's packed int4 layout is private to PyTorch: it is built at load time and is
-the only copy of the weights kept in memory.
+`zeros`. The kernel's packed int4 layout (PyTorch's private one, or llmkit's panels) is built at
+load time and is the only copy of the weights kept in memory.
 
-This module is the layers and the in-place swap only, and imports nothing of llmkit's but its errors:
-`llmkit.checkpoint` builds quantized Linears from it to load a quantized checkpoint. The verb
+This module is the layers and the in-place swap only, and imports nothing of llmkit's but its errors
+and the kernels: `llmkit.checkpoint` builds quantized Linears from it to load a quantized checkpoint. The verb
 `llmkit quantize` (load, quantize, save) is `llmkit.convert.quantize_checkpoint`.
 """
 
@@ -40,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmkit.errors import LLMKitError
+import llmkit.cpu_kernels as cpu_kernels
 
 
 class QuantizationError(LLMKitError):
@@ -52,25 +60,40 @@ class Int8Linear(nn.Module):
     bits = 8
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype = torch.float32,
-                 device=None):
+                 device=None, int8_activations: bool | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        # None: decided when the weights arrive, by the device they are on (cpu_kernels.wanted)
+        self.int8_activations = int8_activations
         self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.empty(out_features, dtype=dtype, device=device))
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear, int8_activations: bool | None = None) -> "Int8Linear":
         w = linear.weight.detach().float()
         scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)
         q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, linear.weight.dtype,
-                     device=w.device)
+                     device=w.device, int8_activations=int8_activations)
         module.qweight.copy_(q)
         module.scales.copy_(scales)
         if linear.bias is not None:
             module.bias.copy_(linear.bias.detach())
+        module._choose_kernel()
         return module
+
+    def _choose_kernel(self) -> None:
+        if self.int8_activations is None:
+            self.int8_activations = cpu_kernels.wanted(self.qweight.device.type)
+        self.int8_activations = self.int8_activations and self.in_features % cpu_kernels.BLOCK == 0
+        if self.int8_activations:
+            require_int8_kernels()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        if not self.qweight.is_meta:
+            self._choose_kernel()
 
     def dequantize(self) -> torch.Tensor:
         return self.qweight.float() * self.scales.float()[:, None]
@@ -78,7 +101,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if x2.shape[0] >= DEQUANTIZE_ROWS:  # prefill: one dequantization, then a fast dense matmul
+        if self.int8_activations and x2.shape[0] < INT8_ACTIVATION_ROWS:
+            y = cpu_kernels.int8_linear(x2, self.qweight, self.scales.float())
+        elif x2.shape[0] >= DEQUANTIZE_ROWS:  # prefill: one dequantization, then a fast dense matmul
             y = F.linear(x2, (self.qweight.to(x.dtype) * self.scales.to(x.dtype)[:, None]))
         else:
             scales = self.scales if self.scales.dtype == x.dtype else self.scales.to(x.dtype)
@@ -87,23 +112,29 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
+        kernel = ", int8 activations" if self.int8_activations else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel{kernel}"
 
 
 class Int4Linear(nn.Module):
     """y = x @ w.T + bias with w = (q - 8) * scale + zero per group of `group_size` input columns,
-    q in [0, 15] (the kernel's own formula, so the stored and the computed weights are the same)."""
+    q in [0, 15] (the kernel's own formula, so the stored and the computed weights are the same).
+
+    Two kernels, chosen when the weights arrive (`int8_activations`, default cpu_kernels.wanted):
+    llmkit's int8-activation kernel with its own layout (scale and min rounded to fp16, as Q4_1), or
+    PyTorch's weight-only one with its private layout."""
 
     bits = 4
 
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int = 32,
-                 dtype: torch.dtype = torch.float32, device=None):
+                 dtype: torch.dtype = torch.float32, device=None, int8_activations: bool | None = None):
         super().__init__()
         check_int4_shape(in_features, out_features, group_size)
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.int8_activations = int8_activations
         groups = in_features // group_size
-        # The kernel's private layout is all that is kept in memory; the checkpoint holds a portable
-        # one (`portable()`, plain nibbles), converted on save and load by the two hooks below.
+        # The kernel's layout is all that is kept in memory; the checkpoint holds a portable one
+        # (`portable()`, plain nibbles), converted on save and load by the two hooks below.
         self.register_buffer("packed", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device),
                              persistent=False)
         self.register_buffer("scale_and_zero", torch.empty(groups, out_features, 2, dtype=dtype, device=device),
@@ -111,7 +142,8 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int = 32) -> "Int4Linear":
+    def from_linear(cls, linear: nn.Linear, group_size: int = 32,
+                    int8_activations: bool | None = None) -> "Int4Linear":
         w = linear.weight.detach().float()
         n, k = w.shape
         check_int4_shape(k, n, group_size)
@@ -119,7 +151,8 @@ class Int4Linear(nn.Module):
         lo, hi = grouped.amin(dim=-1), grouped.amax(dim=-1)
         scales = ((hi - lo) / 15).clamp(min=1e-10)
         q = torch.round((grouped - lo[..., None]) / scales[..., None]).clamp(0, 15).view(n, k)
-        module = cls(k, n, linear.bias is not None, group_size, linear.weight.dtype, device=w.device)
+        module = cls(k, n, linear.bias is not None, group_size, linear.weight.dtype, device=w.device,
+                     int8_activations=int8_activations)
         module._set_weights(q.to(torch.uint8), scales, lo + 8 * scales)  # w = q * scale + min
         if linear.bias is not None:
             module.bias.copy_(linear.bias.detach())
@@ -127,6 +160,13 @@ class Int4Linear(nn.Module):
 
     def _set_weights(self, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> None:
         """q: (out, in) values in [0, 15]; scales, zeros: (out, groups)."""
+        if self.int8_activations is None:
+            self.int8_activations = cpu_kernels.wanted(q.device.type)
+        if self.int8_activations:
+            require_int8_kernels()
+            self.packed = cpu_kernels.pack_int4(q, scales, zeros - 8 * scales)
+            self.scale_and_zero = None
+            return
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
         dtype = self.scale_and_zero.dtype
         self.scale_and_zero = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous().to(dtype)
@@ -134,12 +174,19 @@ class Int4Linear(nn.Module):
     def unpacked(self) -> torch.Tensor:
         """The 4-bit values as (out, in) uint8, read back from the kernel's layout."""
         n, k = self.out_features, self.in_features
+        if self.int8_activations:
+            return cpu_kernels.unpack_int4(self.packed, k)[0]
         nibbles = torch.stack([self.packed & 0x0F, self.packed >> 4], dim=-1).flatten()
         return nibbles[int4_layout(n, k).to(self.packed.device)].view(n, k)
 
     def portable(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(qweight (out, in/2) uint8 with the low nibble = the even column, scales, zeros (out, groups))."""
         n, k = self.out_features, self.in_features
+        if self.int8_activations:
+            q, scales, mins = cpu_kernels.unpack_int4(self.packed, k)
+            every = self.group_size // cpu_kernels.BLOCK
+            scales, mins = scales[:, ::every].contiguous(), mins[:, ::every].contiguous()
+            return q[:, 0::2] | (q[:, 1::2] << 4), scales, mins + 8 * scales
         scales = self.scale_and_zero[..., 0].t().contiguous()
         zeros = self.scale_and_zero[..., 1].t().contiguous()
         if self.packed.is_meta:
@@ -164,12 +211,16 @@ class Int4Linear(nn.Module):
         qweight, scales, zeros = (state_dict[n] for n in names)
         q = torch.empty(self.out_features, self.in_features, dtype=torch.uint8, device=qweight.device)
         q[:, 0::2], q[:, 1::2] = qweight & 0x0F, qweight >> 4
-        if self.scale_and_zero.is_meta:  # loading into a skeleton built on the meta device
+        if self.scale_and_zero is not None and self.scale_and_zero.is_meta:  # into a skeleton on the meta device
             self.scale_and_zero = torch.empty(self.scale_and_zero.shape, dtype=scales.dtype)
         self._set_weights(q, scales.float(), zeros.float())
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         n, groups = self.out_features, self.in_features // self.group_size
+        if self.int8_activations:
+            q, scales, mins = cpu_kernels.unpack_int4(self.packed, self.in_features)
+            w = q.view(n, -1, cpu_kernels.BLOCK).float() * scales[..., None] + mins[..., None]
+            return w.view(n, self.in_features).to(dtype)
         q = self.unpacked().view(n, groups, self.group_size).to(dtype)
         scale, zero = self.scale_and_zero.to(dtype).transpose(0, 1).unbind(-1)  # (out, groups) each
         return ((q - 8) * scale[..., None] + zero[..., None]).view(n, self.in_features)
@@ -177,6 +228,9 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
+        if self.int8_activations:
+            y = cpu_kernels.int4_linear(x2, self.packed, self.in_features).view(*shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
         # The kernel at any number of rows: unpacking its private layout to dequantize costs more than
         # the matmul it would speed up (SmolLM2 int4 forward, torch 2.13, 2-core EPYC without AVX512-BF16:
         # 64 / 256 / 512 tokens in 3.5 / 12.1 / 21.7 s with the kernel against 11.2 / 32.3 / 53.8 s
@@ -187,16 +241,27 @@ class Int4Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
+        kernel = ", int8 activations" if self.int8_activations else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"int4 group_size={self.group_size}")
+                f"int4 group_size={self.group_size}{kernel}")
 
 
 QUANTIZED_LINEARS = (Int8Linear, Int4Linear)
+
+
+def require_int8_kernels() -> None:
+    if not cpu_kernels.available():  # builds and loads them on first use
+        raise QuantizationError("int8 activations were asked for, but llmkit's CPU kernels are not available "
+                                "here (see the message above; LLMKIT_CPU_KERNELS=0 turns them off)")
 
 # The int8 weight-only kernel is a matrix-vector kernel: fast for decoding (a few rows), ~10x slower
 # than a bf16 matmul on a long prompt (measured: SmolLM2 bits-per-byte windows of 1,024 tokens). From
 # this many rows on, an Int8Linear dequantizes its weights once and runs a dense matmul instead.
 DEQUANTIZE_ROWS = 32
+# The int8-activation kernel (cpu_kernels) is used below this many rows; from there on, as above. SmolLM2's
+# head (49152 x 576) on the AVX-512 EPYC: 64 / 128 / 512 rows in 41 / 93 / 527 ms with the kernel, 137 /
+# 170 / 408 ms dequantized in fp32.
+INT8_ACTIVATION_ROWS = 256
 
 
 @functools.lru_cache(maxsize=None)
@@ -232,13 +297,15 @@ def check_int4_shape(in_features: int, out_features: int, group_size: int) -> No
                                 "use --bits 8 for this model")
 
 
-def quantize_model(model: nn.Module, bits: int, group_size: int = 32, lm_head_bits: int | None = None) -> dict:
+def quantize_model(model: nn.Module, bits: int, group_size: int = 32, lm_head_bits: int | None = None,
+                   int8_activations: bool | None = None) -> dict:
     """Swap the Linear layers of `model` (a Transformer) for quantized ones, in place.
 
     bits: 8 or 4 for the blocks' Linears; lm_head_bits: the output head's (default: 8 when bits is 4,
     as llama.cpp's Q4 files keep the output/embedding matrix at Q8_0 — the head is the layer whose
     errors reach the logits directly). MoE routers stay in floating point: they choose experts, and
-    are tiny. Returns the `quantization` record that goes into config.json.
+    are tiny. int8_activations: the kernel (None: cpu_kernels.wanted for the weights' device). Returns
+    the `quantization` record that goes into config.json (the kernel is not part of it).
     """
     if bits not in (4, 8):
         raise QuantizationError(f"bits must be 8 or 4, not {bits}")
@@ -253,7 +320,8 @@ def quantize_model(model: nn.Module, bits: int, group_size: int = 32, lm_head_bi
         if isinstance(module, nn.Linear) and not name.endswith("router"):
             n_bits = lm_head_bits if name == "lm_head" else bits
             with torch.no_grad():
-                new = Int8Linear.from_linear(module) if n_bits == 8 else Int4Linear.from_linear(module, group_size)
+                new = (Int8Linear.from_linear(module, int8_activations) if n_bits == 8 else
+                       Int4Linear.from_linear(module, group_size, int8_activations))
             model.set_submodule(name, new)
     model.quantization = record
     return record

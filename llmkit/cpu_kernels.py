@@ -1,0 +1,152 @@
+"""Int8-activation linear kernels for x86 CPUs (llmkit/kernels/int8_dot.cpp), built at first use.
+
+PyTorch's weight-only int4/int8 CPU kernels dequantize to bf16 or fp32 and multiply in floating point;
+on CPUs without bf16 units that is slower than reading the weights. llama.cpp's CPU backend quantizes
+each activation row to int8 in blocks of 32 and multiplies bytes with VNNI (`vpdpbusd`) or AVX2
+(`vpmaddubsw`). No maintained Python package ships such kernels for PyTorch on x86 that a pip install
+reaches: torchao's `Int8DynamicActivationInt4WeightConfig` x86 kernels are in its CPU wheels on
+download.pytorch.org, while its PyPI wheel (0.18) holds only CUDA extensions. So llmkit carries one
+C++ file (~300 lines) and builds it here with `torch.utils.cpp_extension` and `-march=native`: the
+instruction set is chosen per CPU when the model is loaded (avx512-vnni, avx-vnni, avx2, or plain C++).
+
+The build takes ~30-60 s once per machine (cached under torch's extensions directory, keyed by the
+source and the CPU's flags). Without a C++ compiler, or with LLMKIT_CPU_KERNELS=0, `available()` is
+False and the quantized layers use PyTorch's weight-only kernels, as before; the reason is printed once.
+
+The cost in quality: activations rounded to 8 bits per block of 32 (BENCHMARKS.md, quantization table).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels") / "int8_dot.cpp"
+BLOCK = 32  # activation values per int8 block (and the int4 weights' block)
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def isa() -> str | None:
+    """Build and load the kernels once per process; their instruction set ("avx512-vnni", "avx-vnni",
+    "avx2", "scalar"), or None where they cannot be used here (the reason printed once)."""
+    if os.environ.get("LLMKIT_CPU_KERNELS") == "0":
+        return None
+    if not sys.platform.startswith("linux"):
+        return None  # built and tested on Linux only
+    try:
+        build("native", "llmkit_cpu")
+    except Exception as error:  # no compiler, no ninja, a compile error: fall back, say why
+        print(f"llmkit: the int8-activation CPU kernels could not be built ({type(error).__name__}: "
+              f"{str(error).splitlines()[0] if str(error) else ''}); quantized layers use PyTorch's "
+              "weight-only kernels. Install a C++ compiler and `ninja` to get them.", file=sys.stderr)
+        return None
+    _register_fakes()
+    return torch.ops.llmkit_cpu.isa()
+
+
+def build(march: str, namespace: str) -> None:
+    """Compile int8_dot.cpp for `-march=<march>` and load it, its operators under torch.ops.<namespace>
+    (tests build "haswell" and "x86-64" too, to check the AVX2 and plain C++ paths on any machine)."""
+    flags = ["-O3", f"-march={march}", f"-DLLMKIT_OPS={namespace}"]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode() + _cpu_flags().encode()
+                         + torch.__version__.encode()).hexdigest()[:12]
+    name = f"{namespace}_{key}"
+    from torch.utils import cpp_extension
+    if not (Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so").exists():
+        print(f"llmkit: building the int8-activation CPU kernels for -march={march} (once per machine, ~30-60 s)",
+              file=sys.stderr)
+    cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, is_python_module=False, verbose=False)
+
+
+def available() -> bool:
+    return isa() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def wanted(device_type: str) -> bool:
+    """Whether quantized layers on this device use these kernels: on a CPU where they build, unless it
+    has AMX, where PyTorch's bf16-activation kernels were measured at 1.24x llama.cpp (BENCHMARKS.md)
+    and stay until these are measured there. LLMKIT_CPU_KERNELS=1 forces them on, =0 off."""
+    choice = os.environ.get("LLMKIT_CPU_KERNELS", "auto")
+    if device_type != "cpu" or choice == "0":
+        return False
+    if choice != "1" and "amx_tile" in _cpu_flags().split():
+        return False
+    return available()
+
+
+def _register_fakes() -> None:
+    """Shapes for torch.compile's tracing (the kernels themselves run in the compiled graph)."""
+    @torch.library.register_fake("llmkit_cpu::int4_linear")
+    def _(x, weight, in_features):
+        return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+    @torch.library.register_fake("llmkit_cpu::int8_linear")
+    def _(x, weight, scales):
+        return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def int4_linear(x: torch.Tensor, packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    return torch.ops.llmkit_cpu.int4_linear(x, packed, in_features)
+
+
+def int8_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return torch.ops.llmkit_cpu.int8_linear(x, weight, scales)
+
+
+# ---- the int4 layout: panels of 8 rows; per block of 32 inputs, 4 x 32 bytes of nibbles (lane i = row i,
+# 4 inputs a lane: low nibbles inputs 4t.., high ones 16 + 4t..), then 8 fp16 scales and 8 fp16 mins
+
+PANEL = 8
+
+
+def pack_int4(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    """q (n, k) in [0, 15]; scales, mins (n, k / group) with a group a multiple of 32 -> (n, k / 32 * 20)
+    uint8, the kernel's panels. The weight is w = q * scale + min with scale and min rounded to fp16."""
+    n, k = q.shape
+    blocks, panels = k // BLOCK, n // PANEL
+    per_block = blocks // scales.shape[1]
+    # (panel, row i, block, half, t, j) -> byte (panel, block, t, i, j) = low half | high half << 4
+    q = q.to(torch.uint8).reshape(panels, PANEL, blocks, 2, 4, 4)
+    nibbles = (q[:, :, :, 0] | (q[:, :, :, 1] << 4)).permute(0, 2, 3, 1, 4).reshape(panels, blocks, 128)
+    halves = [t.repeat_interleave(per_block, dim=1).to(torch.float16).reshape(panels, PANEL, blocks)
+              .transpose(1, 2).contiguous().view(torch.uint8) for t in (scales, mins)]
+    return torch.cat([nibbles, *halves], dim=2).reshape(n, blocks * 20).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q (n, k) uint8, scales (n, k / 32) float32, mins (n, k / 32) float32) of a packed weight."""
+    n, blocks = packed.shape[0], k // BLOCK
+    panels = packed.reshape(n // PANEL, blocks, 160)
+    nibbles = panels[..., :128].reshape(n // PANEL, blocks, 4, PANEL, 4).permute(0, 3, 1, 2, 4)  # (P, i, b, t, j)
+    q = torch.stack([nibbles & 0x0F, nibbles >> 4], dim=3).reshape(n, k)
+    halves = [panels[..., start:start + 16].contiguous().view(torch.float16).float().transpose(1, 2).reshape(n, blocks)
+              for start in (128, 144)]
+    return q, halves[0], halves[1]
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernels' activation rounding, in torch (for tests): (q int8, d, exact block sums)."""
+    blocks = x.float().reshape(*x.shape[:-1], -1, BLOCK)
+    amax = blocks.abs().amax(-1)
+    inverse = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
+    q = torch.round(blocks * inverse[..., None]).to(torch.int8)
+    return q, amax / 127, blocks.sum(-1)
+
+
+__all__ = ["isa", "available", "wanted", "int4_linear", "int8_linear", "pack_int4", "unpack_int4", "quantize_activations"]

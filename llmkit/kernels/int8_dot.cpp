@@ -1,0 +1,344 @@
+// Linear layers with int8 activations and int4 or int8 weights, for x86 CPUs.
+//
+// Why: PyTorch's weight-only CPU kernels (_weight_int4pack_mm_for_cpu, _weight_int8pack_mm) turn the
+// weights back into bf16 or fp32 and multiply in floating point. On a CPU without bf16 units that
+// costs more than reading the weights (BENCHMARKS.md, issue 25: 14-17% of the memory bandwidth).
+// llama.cpp instead quantizes each activation row to int8 in blocks of 32 (its Q8 formats) and
+// multiplies integers with the CPU's byte dot-product instructions (ggml-cpu's vec_dot_q4_1_q8_1 and
+// vec_dot_q8_0_q8_0). These kernels do the same, for llmkit's own weight layouts:
+//
+// - int4: per output row, per block of 32 inputs: 16 bytes of 4-bit values q in [0, 15] (byte j holds
+//   input j in its low nibble and input j + 16 in its high one), then the row's fp16 scales d and
+//   mins m (w = q * d + m). Row stride: blocks * 20 bytes, as Q4_1.
+// - int8: per output row, int8 values in [-127, 127] and one fp32 scale for the row (llmkit's
+//   per-channel int8, its checkpoint layout as it is).
+//
+// An activation row x is quantized per block b of 32: d_x = max|x| / 127, q_x = round(x / d_x), and
+// s_x = sum(x) is kept exactly. Then for int4: y = sum_b d_w d_x <q_w, q_x> + m_w s_x; for int8:
+// y = s_w sum_b d_x <q_w, q_x>.
+//
+// The byte dot product: AVX-512 VNNI / AVX-VNNI `vpdpbusd` (unsigned x signed bytes, four at a time into
+// int32); AVX2 `vpmaddubsw` + `vpmaddwd`; plain C++ otherwise. The unsigned operand is the 4-bit weight,
+// or for int8 with VNNI the activation plus 128 (x ^ 0x80), corrected by 128 * the block's weight sum
+// (itself one vpdpbusd against ones); for int8 on AVX2, |w| against x carrying w's sign.
+//
+// Every (row, output) pair is computed by the same instruction sequence whatever the number of rows,
+// so a row's result does not depend on the batch it is in (the engine's batched == one-by-one tests).
+// The file is built at first use with -march=native (llmkit/cpu_kernels.py): the ISA is the
+// machine's own.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int64_t QK = 32;  // values per block
+
+float fp16_to_float(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = (h & 0x8000u) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+  uint32_t bits;
+  if (exponent == 0) {
+    if (mantissa == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      uint32_t m = mantissa;
+      do { ++e; m <<= 1; } while ((m & 0x400) == 0);
+      bits = sign | ((127 - 15 - e) << 23) | ((m & 0x3ff) << 13);
+    }
+  } else if (exponent == 31) {
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else {
+    bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+#endif
+}
+
+// One activation row -> int8 values (k), per-block scales and exact sums (k / 32 each).
+void quantize_row(const float* x, int64_t k, int8_t* q, float* d, float* s) {
+  for (int64_t b = 0; b < k / QK; ++b) {
+    const float* xb = x + b * QK;
+    float amax = 0.f, sum = 0.f;
+    for (int i = 0; i < QK; ++i) {
+      amax = std::max(amax, std::fabs(xb[i]));
+      sum += xb[i];
+    }
+    const float inverse = amax > 0.f ? 127.f / amax : 0.f;
+    for (int i = 0; i < QK; ++i) q[b * QK + i] = static_cast<int8_t>(std::nearbyint(xb[i] * inverse));
+    d[b] = amax / 127.f;
+    s[b] = sum;
+  }
+}
+
+#if defined(__AVX2__)
+inline float horizontal_sum(__m256 v) {
+  __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  r = _mm_add_ss(r, _mm_movehdup_ps(r));
+  return _mm_cvtss_f32(r);
+}
+
+// 32 unsigned bytes u times 32 signed bytes s -> 8 int32 sums of four products each.
+inline __m256i dot_u8_s8(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+  // vpmaddubsw adds pairs of products into int16 with saturation: safe for 4-bit weights (2 * 15 * 127)
+  // and for int8 weights given as |w| (2 * 127 * 127), not for the +128 offset, which only VNNI takes
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------------
+// int4 weights, in panels of 8 output rows (as llama.cpp's repacked Q4_0_8x8 CPU layout): for each
+// block of 32 inputs, 4 x 32 bytes in which lane i (4 bytes) holds 4 consecutive inputs of row i, low
+// nibbles inputs 4t..4t+3 and high nibbles inputs 16+4t..16+4t+3 of the t-th 32 bytes; then the 8
+// rows' fp16 scales and their fp16 mins: 160 bytes a block. One byte dot product against 4 broadcast
+// activation bytes then advances all 8 rows at once, and the scales are applied 8 rows a vector.
+
+constexpr int64_t PANEL = 8, PANEL_BLOCK_BYTES = 160;
+
+template <int R>
+inline void int4_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* qx, const float* dx, const float* sx,
+                            int64_t k, float* out, int64_t ldo) {
+  const int64_t nb = k / QK;
+#if defined(__AVX2__)
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* p = panel + b * PANEL_BLOCK_BYTES;
+    __m256i w[8];
+    for (int t = 0; t < 4; ++t) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
+      w[t] = _mm256_and_si256(v, low);
+      w[4 + t] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 128)));
+    const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 144)));
+    for (int r = 0; r < R; ++r) {
+      const int8_t* a = qx + r * k + b * QK;
+      __m256i dot = _mm256_setzero_si256();
+      for (int t = 0; t < 8; ++t) {  // t < 4: inputs 4t..; t >= 4: inputs 16 + 4(t - 4)..
+        int32_t four;
+        std::memcpy(&four, a + (t < 4 ? 4 * t : 16 + 4 * (t - 4)), 4);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+        dot = _mm256_dpbusd_epi32(dot, w[t], _mm256_set1_epi32(four));
+#elif defined(__AVXVNNI__)
+        dot = _mm256_dpbusd_avx_epi32(dot, w[t], _mm256_set1_epi32(four));
+#else
+        dot = _mm256_add_epi32(dot, dot_u8_s8(w[t], _mm256_set1_epi32(four)));
+#endif
+      }
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(dx[r * nb + b])), acc[r]);
+      acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[r * nb + b]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, acc[r]);
+#else
+  for (int r = 0; r < R; ++r) {
+    float acc[PANEL] = {0.f};
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* p = panel + b * PANEL_BLOCK_BYTES;
+      const int8_t* a = qx + r * k + b * QK;
+      for (int i = 0; i < PANEL; ++i) {
+        int32_t dot = 0;
+        for (int t = 0; t < 4; ++t)
+          for (int j = 0; j < 4; ++j) {
+            const uint8_t byte = p[32 * t + 4 * i + j];
+            dot += (byte & 0x0f) * a[4 * t + j] + (byte >> 4) * a[16 + 4 * t + j];
+          }
+        uint16_t dh, mh;
+        std::memcpy(&dh, p + 128 + 2 * i, 2);
+        std::memcpy(&mh, p + 144 + 2 * i, 2);
+        acc[i] = std::fma(static_cast<float>(dot), fp16_to_float(dh) * dx[r * nb + b], acc[i]);
+        acc[i] = std::fma(fp16_to_float(mh), sx[r * nb + b], acc[i]);
+      }
+    }
+    for (int i = 0; i < PANEL; ++i) out[r * ldo + i] = acc[i];
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------
+// int8 weights
+
+template <int R>
+inline void int8_row_tile(const int8_t* qw, float scale, int64_t blocks, const int8_t* qx, const float* dx,
+                          int64_t k, float* out, int64_t ldo) {
+#if defined(__AVX2__)
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qw + b * QK));
+#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
+    // (a + 128) as unsigned bytes adds 128 * sum(w) to each lane: start the lanes at minus that
+    const __m256i start = _mm256_slli_epi32(dot_u8_s8(_mm256_set1_epi8(1), w), 7);
+    const __m256i minus_offset = _mm256_sub_epi32(_mm256_setzero_si256(), start);
+#else
+    const __m256i w_abs = _mm256_sign_epi8(w, w);
+#endif
+    for (int r = 0; r < R; ++r) {
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + r * k + b * QK));
+#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
+      const __m256i products = _mm256_add_epi32(
+          minus_offset, dot_u8_s8(_mm256_xor_si256(a, _mm256_set1_epi8(static_cast<char>(0x80))), w));
+#else
+      // |w| unsigned, a carrying w's sign: the same products (llama.cpp's AVX2 q8_0 dot)
+      const __m256i products = dot_u8_s8(w_abs, _mm256_sign_epi8(a, w));
+#endif
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), _mm256_set1_ps(dx[r * (k / QK) + b]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r * ldo] = scale * horizontal_sum(acc[r]);
+#else
+  for (int r = 0; r < R; ++r) {
+    float total = 0.f;
+    for (int64_t b = 0; b < blocks; ++b) {
+      int32_t dot = 0;
+      for (int j = 0; j < QK; ++j) dot += qw[b * QK + j] * qx[r * k + b * QK + j];
+      total = std::fma(static_cast<float>(dot), dx[r * (k / QK) + b], total);
+    }
+    out[r * ldo] = scale * total;
+  }
+#endif
+}
+
+constexpr int TILE = 4;  // activation rows that share one unpacked weight block
+
+struct QuantizedActivations {
+  std::vector<int8_t> q;
+  std::vector<float> d, s;
+};
+
+QuantizedActivations quantize_activations(const at::Tensor& x2) {
+  const int64_t rows = x2.size(0), k = x2.size(1);
+  QuantizedActivations a{std::vector<int8_t>(rows * k), std::vector<float>(rows * (k / QK)),
+                         std::vector<float>(rows * (k / QK))};
+  const float* x = x2.data_ptr<float>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      quantize_row(x + r * k, k, a.q.data() + r * k, a.d.data() + r * (k / QK), a.s.data() + r * (k / QK));
+  });
+  return a;
+}
+
+at::Tensor as_rows(const at::Tensor& x, int64_t k, const char* op) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": the activations must be on the CPU");
+  TORCH_CHECK(x.size(-1) == k, op, ": the activations have ", x.size(-1), " features, the weights ", k);
+  TORCH_CHECK(k % QK == 0, op, ": the number of inputs (", k, ") must be a multiple of 32");
+  return x.reshape({-1, k}).to(at::kFloat).contiguous();
+}
+
+at::Tensor output_like(const at::Tensor& x, const at::Tensor& out2, int64_t n) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = n;
+  return out2.view(shape).to(x.scalar_type());
+}
+
+// x (..., k) float or bf16; weight (n, k / 32 * 20) uint8: n / 8 panels as described above.
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, int64_t k) {
+  TORCH_CHECK(weight.dtype() == at::kByte && weight.dim() == 2 && weight.is_contiguous(),
+              "int4_linear: the weight must be a contiguous 2-D uint8 tensor");
+  TORCH_CHECK(weight.size(1) == k / QK * 20, "int4_linear: a weight row has ", weight.size(1), " bytes; ", k,
+              " inputs need ", k / QK * 20);
+  TORCH_CHECK(weight.size(0) % PANEL == 0, "int4_linear: the outputs (", weight.size(0), ") must be a multiple of 8");
+  const at::Tensor x2 = as_rows(x, k, "int4_linear");
+  const int64_t rows = x2.size(0), n = weight.size(0), blocks = k / QK;
+  const QuantizedActivations a = quantize_activations(x2);
+  at::Tensor out2 = at::empty({rows, n}, x2.options());
+  float* out = out2.data_ptr<float>();
+  const uint8_t* w = weight.data_ptr<uint8_t>();
+  at::parallel_for(0, n / PANEL, 2, [&](int64_t begin, int64_t end) {
+    for (int64_t panel = begin; panel < end; ++panel) {
+      const uint8_t* p = w + panel * blocks * PANEL_BLOCK_BYTES;
+      float* o = out + panel * PANEL;
+      int64_t r = 0;
+      for (; r + TILE <= rows; r += TILE)
+        int4_panel_tile<TILE>(p, blocks, a.q.data() + r * k, a.d.data() + r * blocks, a.s.data() + r * blocks, k,
+                              o + r * n, n);
+      for (; r < rows; ++r)
+        int4_panel_tile<1>(p, blocks, a.q.data() + r * k, a.d.data() + r * blocks, a.s.data() + r * blocks, k,
+                           o + r * n, n);
+    }
+  });
+  return output_like(x, out2, n);
+}
+
+// x (..., k); weight (n, k) int8 in [-127, 127]; scales (n) float32.
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
+  TORCH_CHECK(weight.dtype() == at::kChar && weight.dim() == 2 && weight.is_contiguous(),
+              "int8_linear: the weight must be a contiguous 2-D int8 tensor");
+  const int64_t n = weight.size(0), k = weight.size(1), blocks = k / QK;
+  TORCH_CHECK(scales.dtype() == at::kFloat && scales.numel() == n && scales.is_contiguous(),
+              "int8_linear: scales must be ", n, " contiguous float32 values");
+  const at::Tensor x2 = as_rows(x, k, "int8_linear");
+  const int64_t rows = x2.size(0);
+  const QuantizedActivations a = quantize_activations(x2);
+  at::Tensor out2 = at::empty({rows, n}, x2.options());
+  float* out = out2.data_ptr<float>();
+  const int8_t* w = weight.data_ptr<int8_t>();
+  const float* s = scales.data_ptr<float>();
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      int64_t r = 0;
+      for (; r + TILE <= rows; r += TILE)
+        int8_row_tile<TILE>(w + j * k, s[j], blocks, a.q.data() + r * k, a.d.data() + r * blocks, k, out + r * n + j, n);
+      for (; r < rows; ++r)
+        int8_row_tile<1>(w + j * k, s[j], blocks, a.q.data() + r * k, a.d.data() + r * blocks, k, out + r * n + j, n);
+    }
+  });
+  return output_like(x, out2, n);
+}
+
+std::string isa() {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return "avx512-vnni";
+#elif defined(__AVXVNNI__)
+  return "avx-vnni";
+#elif defined(__AVX2__)
+  return "avx2";
+#else
+  return "scalar";
+#endif
+}
+
+}  // namespace
+
+// Registered as operators so that torch.compile can call them from a compiled decode step. The
+// namespace is llmkit_cpu; tests build the file again for other instruction sets under other names.
+#ifndef LLMKIT_OPS
+#define LLMKIT_OPS llmkit_cpu
+#endif
+#define LLMKIT_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define LLMKIT_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
+LLMKIT_LIBRARY(LLMKIT_OPS, m) {
+  m.def("int4_linear(Tensor x, Tensor weight, int in_features) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor");
+  m.def("isa() -> str", &isa);
+}
+
+LLMKIT_LIBRARY_IMPL(LLMKIT_OPS, CPU, m) {
+  m.impl("int4_linear", &int4_linear);
+  m.impl("int8_linear", &int8_linear);
+}
