@@ -47,9 +47,6 @@ def main() -> None:
     from llmkit.convert import resolve_model
     from llmkit.eval.bpb import evaluate_texts
     from llmkit.infer import quantize_model
-    from llmkit.infer import quantize as quantize_module
-
-    default_rows = quantize_module.INT8_ACTIVATION_ROWS
 
     directory = resolve_model("smollm2")
     tokenizer = load_tokenizer(directory)
@@ -64,9 +61,6 @@ def main() -> None:
         results = {}
         for name in args.only:
             bits, head_bits, dtype, int8_activations = CONFIGS[name]
-            # an int8 layer dequantizes for long inputs (1,024-token windows here); decoding runs the
-            # kernel, so that is what the _a8 rows score, at every length
-            quantize_module.INT8_ACTIVATION_ROWS = 1 << 30 if int8_activations else default_rows
             model = load_model(directory)
             if bits:
                 quantize_model(model, bits, group_size=32, lm_head_bits=head_bits, int8_activations=int8_activations)

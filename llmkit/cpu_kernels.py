@@ -105,11 +105,11 @@ def int4_linear(x: torch.Tensor, packed: torch.Tensor, in_features: int) -> torc
     return torch.ops.llmkit_cpu.int4_linear(x, packed, in_features)
 
 
-def int8_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    return torch.ops.llmkit_cpu.int8_linear(x, weight, scales)
+def int8_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return torch.ops.llmkit_cpu.int8_linear(x, packed, scales)
 
 
-# ---- the int4 layout: panels of 8 rows; per block of 32 inputs, 4 x 32 bytes of nibbles (lane i = row i,
+# ---- the int4 layout: panels of 8 rows (PANEL); per block of 32 inputs, 4 x 32 bytes of nibbles (lane i = row i,
 # 4 inputs a lane: low nibbles inputs 4t.., high ones 16 + 4t..), then 8 fp16 scales and 8 fp16 mins
 
 PANEL = 8
@@ -140,6 +140,23 @@ def unpack_int4(packed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     return q, halves[0], halves[1]
 
 
+# ---- the int8 layout: the same panels; per block of 32 inputs, 8 x 32 bytes (lane i = row i, inputs 4t..4t+3
+# of the t-th 32 bytes), each value stored + 128 as uint8; shape (n, k) like the weight itself
+
+def pack_int8(q: torch.Tensor) -> torch.Tensor:
+    """q (n, k) int8 in [-127, 127] -> (n, k) uint8, the kernel's panels."""
+    n, k = q.shape
+    shifted = (q.to(torch.int16) + 128).to(torch.uint8).reshape(n // PANEL, PANEL, k // BLOCK, 8, 4)
+    return shifted.permute(0, 2, 3, 1, 4).reshape(n, k).contiguous()  # (panel, block, t, row i, j)
+
+
+def unpack_int8(packed: torch.Tensor) -> torch.Tensor:
+    """The (n, k) int8 values of a packed int8 weight."""
+    n, k = packed.shape
+    panels = packed.reshape(n // PANEL, k // BLOCK, 8, PANEL, 4).permute(0, 3, 1, 2, 4).reshape(n, k)
+    return (panels.to(torch.int16) - 128).to(torch.int8)
+
+
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernels' activation rounding, in torch (for tests): (q int8, d, exact block sums)."""
     blocks = x.float().reshape(*x.shape[:-1], -1, BLOCK)
@@ -149,4 +166,5 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     return q, amax / 127, blocks.sum(-1)
 
 
-__all__ = ["isa", "available", "wanted", "int4_linear", "int8_linear", "pack_int4", "unpack_int4", "quantize_activations"]
+__all__ = ["isa", "available", "wanted", "int4_linear", "int8_linear", "pack_int4", "unpack_int4", "pack_int8",
+           "unpack_int8", "quantize_activations"]

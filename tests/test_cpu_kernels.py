@@ -58,21 +58,32 @@ def test_kernels_compute_what_they_state_on_every_path(march):
     _, d16, m16 = cpu_kernels.unpack_int4(packed, k)  # the fp16-rounded scales the kernel reads
     w8 = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=torch.Generator().manual_seed(1))
     s8 = torch.rand(n, generator=torch.Generator().manual_seed(2))
+    p8 = cpu_kernels.pack_int8(w8)
     x = torch.randn(9, k, generator=torch.Generator().manual_seed(3)) * 3
     x[2, :32] = 0  # an all-zero block
     for got, want in ((lib.int4_linear(x, packed, k), reference_int4(x, q, d16, m16)),
-                      (lib.int8_linear(x, w8, s8), reference_int8(x, w8, s8))):
+                      (lib.int8_linear(x, p8, s8), reference_int8(x, w8, s8))):
         assert got.dtype == torch.float32 and got.shape == (9, n)
         assert float((got.double() - want).abs().max() / want.abs().max()) < 1e-5
     # a row's result does not depend on the rows beside it (tiles of 4 and the rest): bit for bit
     for rows in (1, 2, 4, 5, 8):
         assert torch.equal(lib.int4_linear(x[:rows], packed, k), lib.int4_linear(x, packed, k)[:rows])
-        assert torch.equal(lib.int8_linear(x[rows - 1:rows], w8, s8), lib.int8_linear(x, w8, s8)[rows - 1:rows])
+        assert torch.equal(lib.int8_linear(x[:rows], p8, s8), lib.int8_linear(x, p8, s8)[:rows])
+        assert torch.equal(lib.int8_linear(x[rows - 1:rows], p8, s8), lib.int8_linear(x, p8, s8)[rows - 1:rows])
     # any leading shape; bf16 in, bf16 out
     y = lib.int4_linear(x.view(3, 3, k).bfloat16(), packed, k)
     assert y.shape == (3, 3, n) and y.dtype == torch.bfloat16
     with pytest.raises(RuntimeError, match="the activations have 100 features, the weights 192"):
         lib.int4_linear(torch.randn(2, 100), packed, k)
+
+
+def test_pack_int8_round_trips_and_puts_four_inputs_of_a_row_in_a_lane():
+    q = torch.randint(-127, 128, (16, 64), dtype=torch.int8, generator=torch.Generator().manual_seed(4))
+    packed = cpu_kernels.pack_int8(q)
+    assert packed.shape == q.shape and packed.dtype == torch.uint8
+    assert torch.equal(cpu_kernels.unpack_int8(packed), q)
+    lanes = packed.view(-1)[:32].view(8, 4).int() - 128  # first block, inputs 0..3 of rows 0..7
+    assert torch.equal(lanes, q[:8, :4].int())
 
 
 def test_pack_int4_round_trips_groups_larger_than_a_block():

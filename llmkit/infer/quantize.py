@@ -84,24 +84,40 @@ class Int8Linear(nn.Module):
         return module
 
     def _choose_kernel(self) -> None:
+        """With int8 activations `qweight` holds the kernel's panels (uint8, cpu_kernels.pack_int8) and
+        is the only copy in memory; the checkpoint keeps the plain int8 values (the two hooks below)."""
         if self.int8_activations is None:
             self.int8_activations = cpu_kernels.wanted(self.qweight.device.type)
-        self.int8_activations = self.int8_activations and self.in_features % cpu_kernels.BLOCK == 0
+        self.int8_activations = (self.int8_activations and self.in_features % cpu_kernels.BLOCK == 0
+                                 and self.out_features % cpu_kernels.PANEL == 0)
         if self.int8_activations:
             require_int8_kernels()
+            if self.qweight.dtype == torch.int8:
+                self.qweight = cpu_kernels.pack_int8(self.qweight)
+
+    def int8_values(self) -> torch.Tensor:
+        """q (out, in) int8, whichever layout is in memory."""
+        return cpu_kernels.unpack_int8(self.qweight) if self.qweight.dtype == torch.uint8 else self.qweight
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "qweight"] = self.int8_values()
 
     def _load_from_state_dict(self, *args, **kwargs):
+        if self.qweight.dtype == torch.uint8:  # loading over panels: the checkpoint's int8 values first
+            self.qweight = torch.empty(self.out_features, self.in_features, dtype=torch.int8,
+                                       device=self.qweight.device)
         super()._load_from_state_dict(*args, **kwargs)
         if not self.qweight.is_meta:
             self._choose_kernel()
 
     def dequantize(self) -> torch.Tensor:
-        return self.qweight.float() * self.scales.float()[:, None]
+        return self.int8_values().float() * self.scales.float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if self.int8_activations and x2.shape[0] < INT8_ACTIVATION_ROWS:
+        if self.int8_activations:
             y = cpu_kernels.int8_linear(x2, self.qweight, self.scales.float())
         elif x2.shape[0] >= DEQUANTIZE_ROWS:  # prefill: one dequantization, then a fast dense matmul
             y = F.linear(x2, (self.qweight.to(x.dtype) * self.scales.to(x.dtype)[:, None]))
@@ -258,10 +274,9 @@ def require_int8_kernels() -> None:
 # than a bf16 matmul on a long prompt (measured: SmolLM2 bits-per-byte windows of 1,024 tokens). From
 # this many rows on, an Int8Linear dequantizes its weights once and runs a dense matmul instead.
 DEQUANTIZE_ROWS = 32
-# The int8-activation kernel (cpu_kernels) is used below this many rows; from there on, as above. SmolLM2's
-# head (49152 x 576) on the AVX-512 EPYC: 64 / 128 / 512 rows in 41 / 93 / 527 ms with the kernel, 137 /
-# 170 / 408 ms dequantized in fp32.
-INT8_ACTIVATION_ROWS = 256
+# The int8-activation kernel (cpu_kernels), where it is chosen, runs at any number of rows: SmolLM2's head
+# (49152 x 576) on the AVX-512 EPYC, 64 / 256 / 1024 rows in 22 / 101 / 416 ms against 210 / 261 / 550 ms
+# dequantized to fp32 and multiplied by MKL.
 
 
 @functools.lru_cache(maxsize=None)

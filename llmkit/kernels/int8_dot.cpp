@@ -7,20 +7,19 @@
 // multiplies integers with the CPU's byte dot-product instructions (ggml-cpu's vec_dot_q4_1_q8_1 and
 // vec_dot_q8_0_q8_0). These kernels do the same, for llmkit's own weight layouts:
 //
-// - int4: per output row, per block of 32 inputs: 16 bytes of 4-bit values q in [0, 15] (byte j holds
-//   input j in its low nibble and input j + 16 in its high one), then the row's fp16 scales d and
-//   mins m (w = q * d + m). Row stride: blocks * 20 bytes, as Q4_1.
-// - int8: per output row, int8 values in [-127, 127] and one fp32 scale for the row (llmkit's
-//   per-channel int8, its checkpoint layout as it is).
+// - int4: 4-bit values q in [0, 15] with an fp16 scale d and min m per row and block of 32 inputs
+//   (w = q * d + m, as Q4_1), in panels of 8 output rows (described below).
+// - int8: int8 values in [-127, 127] (stored + 128) and one fp32 scale per output row (llmkit's
+//   per-channel int8), in panels of 8 rows like int4's.
 //
 // An activation row x is quantized per block b of 32: d_x = max|x| / 127, q_x = round(x / d_x), and
 // s_x = sum(x) is kept exactly. Then for int4: y = sum_b d_w d_x <q_w, q_x> + m_w s_x; for int8:
 // y = s_w sum_b d_x <q_w, q_x>.
 //
 // The byte dot product: AVX-512 VNNI / AVX-VNNI `vpdpbusd` (unsigned x signed bytes, four at a time into
-// int32); AVX2 `vpmaddubsw` + `vpmaddwd`; plain C++ otherwise. The unsigned operand is the 4-bit weight,
-// or for int8 with VNNI the activation plus 128 (x ^ 0x80), corrected by 128 * the block's weight sum
-// (itself one vpdpbusd against ones); for int8 on AVX2, |w| against x carrying w's sign.
+// int32); AVX2 `vpmaddubsw` + `vpmaddwd`; plain C++ otherwise. The unsigned operand is the weight: the
+// 4-bit value, or the int8 one plus 128 (corrected by 128 * the activation block's sum); for int8 on
+// AVX2, |w| against x carrying w's sign.
 //
 // Every (row, output) pair is computed by the same instruction sequence whatever the number of rows,
 // so a row's result does not depend on the batch it is in (the engine's batched == one-by-one tests).
@@ -71,7 +70,7 @@ float fp16_to_float(uint16_t h) {
 }
 
 // One activation row -> int8 values (k), per-block scales and exact sums (k / 32 each).
-void quantize_row(const float* x, int64_t k, int8_t* q, float* d, float* s) {
+void quantize_row(const float* x, int64_t k, int8_t* q, float* d, float* s, int32_t* sq) {
   for (int64_t b = 0; b < k / QK; ++b) {
     const float* xb = x + b * QK;
     float amax = 0.f, sum = 0.f;
@@ -80,8 +79,13 @@ void quantize_row(const float* x, int64_t k, int8_t* q, float* d, float* s) {
       sum += xb[i];
     }
     const float inverse = amax > 0.f ? 127.f / amax : 0.f;
-    for (int i = 0; i < QK; ++i) q[b * QK + i] = static_cast<int8_t>(std::nearbyint(xb[i] * inverse));
+    int32_t qsum = 0;
+    for (int i = 0; i < QK; ++i) {
+      q[b * QK + i] = static_cast<int8_t>(std::nearbyint(xb[i] * inverse));
+      qsum += q[b * QK + i];
+    }
     d[b] = amax / 127.f;
+    sq[b] = qsum;
     s[b] = sum;
   }
 }
@@ -180,45 +184,70 @@ inline void int4_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
 }
 
 // ---------------------------------------------------------------------------------------------------
-// int8 weights
+// int8 weights, in the same panels of 8 output rows: for each block of 32 inputs, 8 x 32 bytes in which
+// lane i of the t-th 32 bytes holds inputs 4t..4t+3 of row i, stored as w + 128 (unsigned, so that the
+// byte dot product takes the weight as its unsigned operand, as for int4); 256 bytes a block. The +128
+// adds 128 * sum(q_x) over the block to every row's dot product, one integer per activation block,
+// subtracted before the block's scale is applied: the result is the exact integer <q_w, q_x>.
+
+constexpr int64_t INT8_PANEL_BLOCK_BYTES = 256;
 
 template <int R>
-inline void int8_row_tile(const int8_t* qw, float scale, int64_t blocks, const int8_t* qx, const float* dx,
-                          int64_t k, float* out, int64_t ldo) {
+inline void int8_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* qx, const float* dx,
+                            const int32_t* sqx, int64_t k, const float* scales, float* out, int64_t ldo) {
+  const int64_t nb = k / QK;
 #if defined(__AVX2__)
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
-    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qw + b * QK));
-#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
-    // (a + 128) as unsigned bytes adds 128 * sum(w) to each lane: start the lanes at minus that
-    const __m256i start = _mm256_slli_epi32(dot_u8_s8(_mm256_set1_epi8(1), w), 7);
-    const __m256i minus_offset = _mm256_sub_epi32(_mm256_setzero_si256(), start);
-#else
-    const __m256i w_abs = _mm256_sign_epi8(w, w);
+    const uint8_t* p = panel + b * INT8_PANEL_BLOCK_BYTES;
+    __m256i w[8];
+    for (int t = 0; t < 8; ++t) w[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
+#if !defined(__AVX512VNNI__) && !defined(__AVXVNNI__)
+    // vpmaddubsw saturates at (w + 128) * x pairs: take |w| against x carrying w's sign instead
+    // (llama.cpp's AVX2 q8_0 dot), and no offset to remove
+    __m256i w_abs[8];
+    for (int t = 0; t < 8; ++t) {
+      w[t] = _mm256_xor_si256(w[t], _mm256_set1_epi8(static_cast<char>(0x80)));
+      w_abs[t] = _mm256_sign_epi8(w[t], w[t]);
+    }
 #endif
     for (int r = 0; r < R; ++r) {
-      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + r * k + b * QK));
-#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
-      const __m256i products = _mm256_add_epi32(
-          minus_offset, dot_u8_s8(_mm256_xor_si256(a, _mm256_set1_epi8(static_cast<char>(0x80))), w));
+      const int8_t* a = qx + r * k + b * QK;
+      __m256i dot = _mm256_setzero_si256();
+      for (int t = 0; t < 8; ++t) {
+        int32_t four;
+        std::memcpy(&four, a + 4 * t, 4);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+        dot = _mm256_dpbusd_epi32(dot, w[t], _mm256_set1_epi32(four));
+#elif defined(__AVXVNNI__)
+        dot = _mm256_dpbusd_avx_epi32(dot, w[t], _mm256_set1_epi32(four));
 #else
-      // |w| unsigned, a carrying w's sign: the same products (llama.cpp's AVX2 q8_0 dot)
-      const __m256i products = dot_u8_s8(w_abs, _mm256_sign_epi8(a, w));
+        dot = _mm256_add_epi32(dot, dot_u8_s8(w_abs[t], _mm256_sign_epi8(_mm256_set1_epi32(four), w[t])));
 #endif
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), _mm256_set1_ps(dx[r * (k / QK) + b]), acc[r]);
+      }
+#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
+      dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(128 * sqx[r * nb + b]));
+#endif
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dx[r * nb + b]), acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) out[r * ldo] = scale * horizontal_sum(acc[r]);
+  const __m256 s = _mm256_loadu_ps(scales);
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, _mm256_mul_ps(acc[r], s));
 #else
   for (int r = 0; r < R; ++r) {
-    float total = 0.f;
+    float acc[PANEL] = {0.f};
     for (int64_t b = 0; b < blocks; ++b) {
-      int32_t dot = 0;
-      for (int j = 0; j < QK; ++j) dot += qw[b * QK + j] * qx[r * k + b * QK + j];
-      total = std::fma(static_cast<float>(dot), dx[r * (k / QK) + b], total);
+      const uint8_t* p = panel + b * INT8_PANEL_BLOCK_BYTES;
+      const int8_t* a = qx + r * k + b * QK;
+      for (int i = 0; i < PANEL; ++i) {
+        int32_t dot = 0;
+        for (int t = 0; t < 8; ++t)
+          for (int j = 0; j < 4; ++j) dot += (static_cast<int32_t>(p[32 * t + 4 * i + j]) - 128) * a[4 * t + j];
+        acc[i] = std::fma(static_cast<float>(dot), dx[r * nb + b], acc[i]);
+      }
     }
-    out[r * ldo] = scale * total;
+    for (int i = 0; i < PANEL; ++i) out[r * ldo + i] = acc[i] * scales[i];
   }
 #endif
 }
@@ -228,16 +257,18 @@ constexpr int TILE = 4;  // activation rows that share one unpacked weight block
 struct QuantizedActivations {
   std::vector<int8_t> q;
   std::vector<float> d, s;
+  std::vector<int32_t> sq;  // sum of q per block (the int8 weights' +128 offset)
 };
 
 QuantizedActivations quantize_activations(const at::Tensor& x2) {
   const int64_t rows = x2.size(0), k = x2.size(1);
   QuantizedActivations a{std::vector<int8_t>(rows * k), std::vector<float>(rows * (k / QK)),
-                         std::vector<float>(rows * (k / QK))};
+                         std::vector<float>(rows * (k / QK)), std::vector<int32_t>(rows * (k / QK))};
   const float* x = x2.data_ptr<float>();
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
-      quantize_row(x + r * k, k, a.q.data() + r * k, a.d.data() + r * (k / QK), a.s.data() + r * (k / QK));
+      quantize_row(x + r * k, k, a.q.data() + r * k, a.d.data() + r * (k / QK), a.s.data() + r * (k / QK),
+                   a.sq.data() + r * (k / QK));
   });
   return a;
 }
@@ -284,11 +315,12 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, int64_t k)
   return output_like(x, out2, n);
 }
 
-// x (..., k); weight (n, k) int8 in [-127, 127]; scales (n) float32.
+// x (..., k); weight (n, k) uint8: n / 8 panels as described above; scales (n) float32.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
-  TORCH_CHECK(weight.dtype() == at::kChar && weight.dim() == 2 && weight.is_contiguous(),
-              "int8_linear: the weight must be a contiguous 2-D int8 tensor");
+  TORCH_CHECK(weight.dtype() == at::kByte && weight.dim() == 2 && weight.is_contiguous(),
+              "int8_linear: the weight must be a contiguous 2-D uint8 tensor (int8 panels)");
   const int64_t n = weight.size(0), k = weight.size(1), blocks = k / QK;
+  TORCH_CHECK(n % PANEL == 0, "int8_linear: the outputs (", n, ") must be a multiple of 8");
   TORCH_CHECK(scales.dtype() == at::kFloat && scales.numel() == n && scales.is_contiguous(),
               "int8_linear: scales must be ", n, " contiguous float32 values");
   const at::Tensor x2 = as_rows(x, k, "int8_linear");
@@ -296,15 +328,19 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   const QuantizedActivations a = quantize_activations(x2);
   at::Tensor out2 = at::empty({rows, n}, x2.options());
   float* out = out2.data_ptr<float>();
-  const int8_t* w = weight.data_ptr<int8_t>();
+  const uint8_t* w = weight.data_ptr<uint8_t>();
   const float* s = scales.data_ptr<float>();
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
+  at::parallel_for(0, n / PANEL, 2, [&](int64_t begin, int64_t end) {
+    for (int64_t panel = begin; panel < end; ++panel) {
+      const uint8_t* p = w + panel * blocks * INT8_PANEL_BLOCK_BYTES;
+      float* o = out + panel * PANEL;
       int64_t r = 0;
       for (; r + TILE <= rows; r += TILE)
-        int8_row_tile<TILE>(w + j * k, s[j], blocks, a.q.data() + r * k, a.d.data() + r * blocks, k, out + r * n + j, n);
+        int8_panel_tile<TILE>(p, blocks, a.q.data() + r * k, a.d.data() + r * blocks, a.sq.data() + r * blocks, k,
+                              s + panel * PANEL, o + r * n, n);
       for (; r < rows; ++r)
-        int8_row_tile<1>(w + j * k, s[j], blocks, a.q.data() + r * k, a.d.data() + r * blocks, k, out + r * n + j, n);
+        int8_panel_tile<1>(p, blocks, a.q.data() + r * k, a.d.data() + r * blocks, a.sq.data() + r * blocks, k,
+                           s + panel * PANEL, o + r * n, n);
     }
   });
   return output_like(x, out2, n);
