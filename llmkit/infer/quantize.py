@@ -19,8 +19,8 @@ Both kernels are ~10x faster with bfloat16 activations than with float32 on this
 
 On x86 CPUs without AMX the layers use llmkit's own kernels instead (`llmkit.cpu_kernels`, chosen
 when the weights are set; `int8_activations`): activations rounded to int8 per block of 32 and byte dot
-products (VNNI or AVX2), as llama.cpp does; fp32 activations outside the layers. int4 then keeps its
-weights in the kernel's panel layout with scale and min rounded to fp16 (Q4_1's precision).
+products (VNNI or AVX2), as llama.cpp does; fp32 activations outside the layers. The weights are then
+kept in the kernel's panels of 8 rows (int4 with scale and min rounded to fp16, Q4_1's precision).
 
 `quantize_model` swaps the nn.Linear modules in place (DESIGN.md: quantization swaps the Linears of
 the one model; there is no second forward pass). The token embedding stays in floating point (a
