@@ -86,12 +86,9 @@ class Int8Linear(nn.Module):
     def _choose_kernel(self) -> None:
         """With int8 activations `qweight` holds the kernel's panels (uint8, cpu_kernels.pack_int8) and
         is the only copy in memory; the checkpoint keeps the plain int8 values (the two hooks below)."""
-        if self.int8_activations is None:
-            self.int8_activations = cpu_kernels.wanted(self.qweight.device.type)
-        self.int8_activations = (self.int8_activations and self.in_features % cpu_kernels.BLOCK == 0
-                                 and self.out_features % cpu_kernels.PANEL == 0)
+        fits = self.in_features % cpu_kernels.BLOCK == 0 and self.out_features % cpu_kernels.PANEL == 0
+        self.int8_activations = use_int8_activations(self.int8_activations, self.qweight.device, fits)
         if self.int8_activations:
-            require_int8_kernels()
             if self.qweight.dtype == torch.int8:
                 self.qweight = cpu_kernels.pack_int8(self.qweight)
 
@@ -176,10 +173,8 @@ class Int4Linear(nn.Module):
 
     def _set_weights(self, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> None:
         """q: (out, in) values in [0, 15]; scales, zeros: (out, groups)."""
-        if self.int8_activations is None:
-            self.int8_activations = cpu_kernels.wanted(q.device.type)
+        self.int8_activations = use_int8_activations(self.int8_activations, q.device)  # int4 shapes always fit
         if self.int8_activations:
-            require_int8_kernels()
             self.packed = cpu_kernels.pack_int4(q, scales, zeros - 8 * scales)
             self.scale_and_zero = None
             return
@@ -244,15 +239,15 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if self.int8_activations:
-            y = cpu_kernels.int4_linear(x2, self.packed, self.in_features).view(*shape[:-1], self.out_features)
-            return y if self.bias is None else y + self.bias.to(x.dtype)
-        # The kernel at any number of rows: unpacking its private layout to dequantize costs more than
-        # the matmul it would speed up (SmolLM2 int4 forward, torch 2.13, 2-core EPYC without AVX512-BF16:
+        # Either kernel at any number of rows: unpacking PyTorch's private layout to dequantize costs more
+        # than the matmul it would speed up (SmolLM2 int4 forward, torch 2.13, 2-core EPYC without AVX512-BF16:
         # 64 / 256 / 512 tokens in 3.5 / 12.1 / 21.7 s with the kernel against 11.2 / 32.3 / 53.8 s
         # dequantized, on a loaded machine; batched prefill runs hundreds of rows at once).
-        sz = self.scale_and_zero if self.scale_and_zero.dtype == x.dtype else self.scale_and_zero.to(x.dtype)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, sz)
+        if self.int8_activations:
+            y = cpu_kernels.int4_linear(x2, self.packed, self.in_features)
+        else:
+            sz = self.scale_and_zero if self.scale_and_zero.dtype == x.dtype else self.scale_and_zero.to(x.dtype)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, sz)
         y = y.view(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
@@ -265,10 +260,14 @@ class Int4Linear(nn.Module):
 QUANTIZED_LINEARS = (Int8Linear, Int4Linear)
 
 
-def require_int8_kernels() -> None:
-    if not cpu_kernels.available():  # builds and loads them on first use
+def use_int8_activations(choice: bool | None, device: torch.device, fits: bool = True) -> bool:
+    """A quantized layer's kernel: `choice`, or when None cpu_kernels.wanted for its weights' device; never
+    for a shape that does not fit the kernel's blocks and panels. Raises if asked for but unavailable."""
+    chosen = bool(cpu_kernels.wanted(device.type) if choice is None else choice) and fits
+    if chosen and not cpu_kernels.available():  # builds and loads them on first use
         raise QuantizationError("int8 activations were asked for, but llmkit's CPU kernels are not available "
                                 "here (see the message above; LLMKIT_CPU_KERNELS=0 turns them off)")
+    return chosen
 
 # The int8 weight-only kernel is a matrix-vector kernel: fast for decoding (a few rows), ~10x slower
 # than a bf16 matmul on a long prompt (measured: SmolLM2 bits-per-byte windows of 1,024 tokens). From

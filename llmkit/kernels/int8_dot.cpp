@@ -91,23 +91,20 @@ void quantize_row(const float* x, int64_t k, int8_t* q, float* d, float* s, int3
 }
 
 #if defined(__AVX2__)
-inline float horizontal_sum(__m256 v) {
-  __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-  r = _mm_add_ss(r, _mm_movehdup_ps(r));
-  return _mm_cvtss_f32(r);
-}
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
+#define LLMKIT_VNNI 1  // vpdpbusd: unsigned x signed bytes into int32, no intermediate saturation
+#endif
 
-// 32 unsigned bytes u times 32 signed bytes s -> 8 int32 sums of four products each.
-inline __m256i dot_u8_s8(__m256i u, __m256i s) {
+// acc + the 8 int32 sums of four products each of 32 unsigned bytes u and 32 signed bytes s.
+inline __m256i add_dot_u8_s8(__m256i acc, __m256i u, __m256i s) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+  return _mm256_dpbusd_epi32(acc, u, s);
 #elif defined(__AVXVNNI__)
-  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
 #else
   // vpmaddubsw adds pairs of products into int16 with saturation: safe for 4-bit weights (2 * 15 * 127)
   // and for int8 weights given as |w| (2 * 127 * 127), not for the +128 offset, which only VNNI takes
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 #endif
 }
 #endif
@@ -145,13 +142,7 @@ inline void int4_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
       for (int t = 0; t < 8; ++t) {  // t < 4: inputs 4t..; t >= 4: inputs 16 + 4(t - 4)..
         int32_t four;
         std::memcpy(&four, a + (t < 4 ? 4 * t : 16 + 4 * (t - 4)), 4);
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-        dot = _mm256_dpbusd_epi32(dot, w[t], _mm256_set1_epi32(four));
-#elif defined(__AVXVNNI__)
-        dot = _mm256_dpbusd_avx_epi32(dot, w[t], _mm256_set1_epi32(four));
-#else
-        dot = _mm256_add_epi32(dot, dot_u8_s8(w[t], _mm256_set1_epi32(four)));
-#endif
+        dot = add_dot_u8_s8(dot, w[t], _mm256_set1_epi32(four));
       }
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(dx[r * nb + b])), acc[r]);
       acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[r * nb + b]), acc[r]);
@@ -203,7 +194,7 @@ inline void int8_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
     const uint8_t* p = panel + b * INT8_PANEL_BLOCK_BYTES;
     __m256i w[8];
     for (int t = 0; t < 8; ++t) w[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
-#if !defined(__AVX512VNNI__) && !defined(__AVXVNNI__)
+#if !defined(LLMKIT_VNNI)
     // vpmaddubsw saturates at (w + 128) * x pairs: take |w| against x carrying w's sign instead
     // (llama.cpp's AVX2 q8_0 dot), and no offset to remove
     __m256i w_abs[8];
@@ -218,15 +209,13 @@ inline void int8_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
       for (int t = 0; t < 8; ++t) {
         int32_t four;
         std::memcpy(&four, a + 4 * t, 4);
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-        dot = _mm256_dpbusd_epi32(dot, w[t], _mm256_set1_epi32(four));
-#elif defined(__AVXVNNI__)
-        dot = _mm256_dpbusd_avx_epi32(dot, w[t], _mm256_set1_epi32(four));
+#if defined(LLMKIT_VNNI)
+        dot = add_dot_u8_s8(dot, w[t], _mm256_set1_epi32(four));
 #else
-        dot = _mm256_add_epi32(dot, dot_u8_s8(w_abs[t], _mm256_sign_epi8(_mm256_set1_epi32(four), w[t])));
+        dot = add_dot_u8_s8(dot, w_abs[t], _mm256_sign_epi8(_mm256_set1_epi32(four), w[t]));
 #endif
       }
-#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
+#if defined(LLMKIT_VNNI)
       dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(128 * sqx[r * nb + b]));
 #endif
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dx[r * nb + b]), acc[r]);
