@@ -15,8 +15,8 @@ Rows:
   decode step compiled with torch.compile (compilation happens in a warm-up run, not timed);
 - b32, b32_fp32, b32_int4: 32 requests decoding together (continuous batching engine, all admitted at
   once), with bf16, fp32 and int4 weights (int8 head): which is fastest depends on the CPU's bf16 support;
-- ttft: time to first token of a chat request behind a 1,000-token system prompt, with a cold prefix
-  cache (miss) and after another request with the same system prompt (hit);
+- ttft, ttft_int4: time to first token of a chat request behind a 1,000-token system prompt, with a cold
+  prefix cache (miss) and after another request with the same system prompt (hit), fp32 and int4 weights;
 - spec: speculative decoding against plain decoding of the same configuration (see SPEC below);
 - hf: `transformers` LlamaForCausalLM on the same weights (dequantized from the same GGUF) in fp32;
 - llamacpp: `llama-cpp-python` on the Q4_1 GGUF itself (null, with the reason, when not installed);
@@ -283,6 +283,7 @@ WORKERS = {
     "b32_fp32": lambda: worker_b32("fp32"),
     "b32_int4": lambda: worker_b32("int4"),
     "ttft": lambda: worker_ttft("fp32"),
+    "ttft_int4": lambda: worker_ttft("int4"),
     "spec": lambda: worker_spec(**SPEC),
 }
 
@@ -324,7 +325,8 @@ def summary(r: dict) -> dict:
         "b1_int4_head4_tok_s": get(r, "b1_int4_head4", "tok_s"),
         "b32_tok_s": get(r, "b32", "tok_s"), "b32_fp32_tok_s": get(r, "b32_fp32", "tok_s"),
         "b32_int4_tok_s": get(r, "b32_int4", "tok_s"), "ttft_miss_s": get(r, "ttft", "miss_s"),
-        "ttft_hit_s": get(r, "ttft", "hit_s"), "spec_speedup": get(r, "spec", "speedup"),
+        "ttft_hit_s": get(r, "ttft", "hit_s"), "ttft_int4_miss_s": get(r, "ttft_int4", "miss_s"),
+        "ttft_int4_hit_s": get(r, "ttft_int4", "hit_s"), "spec_speedup": get(r, "spec", "speedup"),
         "spec_acceptance": get(r, "spec", "acceptance"), "hf_tok_s": get(r, "hf", "tok_s"),
         "llamacpp_tok_s": get(r, "llamacpp", "tok_s"),
     }
@@ -377,11 +379,12 @@ def print_table(r: dict) -> None:
         if batched in r and single in r:
             print(f"batch 32 / batch 1 ({weights}, compiled): "
                   f"{get(r, batched, 'tok_s') / get(r, single, 'tok_s'):.1f}x")
-    if "ttft" in r:
-        t = r["ttft"]
-        print(f"time to first token, {t['prompt_tokens']}-token prompt (1,000-token system prompt), fp32: "
-              f"miss {t['miss_s']:.3f} s, prefix-cache hit {t['hit_s']:.3f} s ({t['miss_s'] / t['hit_s']:.1f}x; "
-              f"{t['cached_tokens']} tokens reused)")
+    for name, weights in (("ttft", "fp32"), ("ttft_int4", "int4")):
+        if name in r:
+            t = r[name]
+            print(f"time to first token, {t['prompt_tokens']}-token prompt (1,000-token system prompt), {weights}: "
+                  f"miss {t['miss_s']:.3f} s, prefix-cache hit {t['hit_s']:.3f} s ({t['miss_s'] / t['hit_s']:.1f}x; "
+                  f"{t['cached_tokens']} tokens reused)")
     if "spec" in r:
         s = r["spec"]
         print(f"speculative decoding, target {SPEC['target']}, draft {SPEC['draft']}, k={SPEC['draft_tokens']}: "

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("kernels") / "int8_dot.cpp"
+KERNELS = Path(__file__).with_name("kernels")
+# int8_dot.cpp: the linear layers; attention.cpp: the attention their models use with a KV cache
+SOURCES = [KERNELS / "int8_dot.cpp", KERNELS / "attention.cpp"]
 BLOCK = 32  # activation values per int8 block (and the int4 weights' block)
 
 
@@ -60,17 +62,17 @@ def isa() -> str | None:
 
 
 def build(march: str, namespace: str) -> None:
-    """Compile int8_dot.cpp for `-march=<march>` and load it, its operators under torch.ops.<namespace>
+    """Compile the kernels for `-march=<march>` and load them, their operators under torch.ops.<namespace>
     (tests build "haswell" and "x86-64" too, to check the AVX2 and plain C++ paths on any machine)."""
     flags = ["-O3", f"-march={march}", f"-DLLMKIT_OPS={namespace}"]
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode() + _cpu_flags().encode()
+    key = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES) + " ".join(flags).encode() + _cpu_flags().encode()
                          + torch.__version__.encode()).hexdigest()[:12]
     name = f"{namespace}_{key}"
     from torch.utils import cpp_extension
     if not (Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so").exists():
         print(f"llmkit: building the int8-activation CPU kernels for -march={march} (once per machine, ~30-60 s)",
               file=sys.stderr)
-    cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, is_python_module=False, verbose=False)
+    cpp_extension.load(name=name, sources=[str(source) for source in SOURCES], extra_cflags=flags, is_python_module=False, verbose=False)
 
 
 def available() -> bool:
@@ -100,6 +102,10 @@ def _register_fakes() -> None:
     def _(x, weight, scales):
         return x.new_empty(*x.shape[:-1], weight.shape[0])
 
+    @torch.library.register_fake("llmkit_cpu::attention")
+    def _(q, k, v, mask, scale):
+        return q.new_empty(q.shape)
+
 
 def int4_linear(x: torch.Tensor, packed: torch.Tensor, in_features: int) -> torch.Tensor:
     return torch.ops.llmkit_cpu.int4_linear(x, packed, in_features)
@@ -107,6 +113,13 @@ def int4_linear(x: torch.Tensor, packed: torch.Tensor, in_features: int) -> torc
 
 def int8_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return torch.ops.llmkit_cpu.int8_linear(x, packed, scales)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Softmax attention whose result for a query is the same bits whatever is computed beside it
+    (kernels/attention.cpp says why): q (batch, heads, queries, d), k and v (batch, kv_heads, keys, d),
+    mask bool (true: seen) broadcastable to (batch, heads, queries, keys)."""
+    return torch.ops.llmkit_cpu.attention(q, k, v, mask, scale)
 
 
 # ---- the int4 layout: panels of 8 rows (PANEL); per block of 32 inputs, 4 x 32 bytes of nibbles (lane i = row i,
@@ -166,5 +179,5 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     return q, amax / 127, blocks.sum(-1)
 
 
-__all__ = ["isa", "available", "wanted", "int4_linear", "int8_linear", "pack_int4", "unpack_int4", "pack_int8",
+__all__ = ["isa", "available", "wanted", "int4_linear", "int8_linear", "attention", "pack_int4", "unpack_int4", "pack_int8",
            "unpack_int8", "quantize_activations"]

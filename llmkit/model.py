@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import llmkit.cpu_kernels as cpu_kernels
 from llmkit.config import GATED_MLPS, ModelConfig
 from llmkit.errors import ConfigError
 from llmkit.fused_loss import LinearCrossEntropy
@@ -107,6 +108,10 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
+    def rounds_activations(self) -> bool:
+        """Whether this layer's projections round their inputs to int8 (llmkit.cpu_kernels)."""
+        return bool(getattr(self.qkv, "int8_activations", False))
+
     def forward(self, x, rope, attn_mask, kv_cache):
         batch, seq, _ = x.shape
         q, k, v = self.queries_keys_values(x, rope)
@@ -119,6 +124,14 @@ class Attention(nn.Module):
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else v.dtype
             k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
             y = CausalAttentionCPU.apply(q.to(dtype), k.to(dtype), v.to(dtype))
+        elif (self.rounds_activations() and q.dtype == torch.float32 and not q.requires_grad
+              and (attn_mask is None or attn_mask.dtype == torch.bool)):
+            # int8 activations make the network discontinuous: attention must give a query the same bits
+            # whatever is computed beside it, or a prefix-cache hit changes greedy replies (attention.cpp)
+            if attn_mask is None:  # a whole sequence, no cache: every key, or the causal triangle
+                attn_mask = torch.ones(seq, k.shape[2], dtype=torch.bool, device=q.device)
+                attn_mask = (attn_mask.tril(k.shape[2] - seq) if self.causal else attn_mask)[None, None]
+            y = cpu_kernels.attention(q, k, v, attn_mask, self.head_dim ** -0.5 if self.scale is None else self.scale)
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v,

@@ -1,0 +1,230 @@
+// Attention over a KV cache whose result for a query does not depend on the other queries or keys
+// computed with it, for the models whose linear layers round activations to int8 (int8_dot.cpp).
+//
+// Why: a network that rounds its activations is discontinuous. A difference of one unit in the last
+// place of an attention output can move an activation across a rounding boundary, the next layers
+// turn that into differences of the size of the rounding itself, and after a few layers two runs of
+// the same prompt disagree as much as int4 disagrees with fp32. Measured on SmolLM2-135M int4 with
+// int8 activations (BENCHMARKS.md): the same 400 tokens prefilled whole or in two chunks differ by a
+// mean KL of 0.023 nats, the int4-vs-fp32 figure itself, and the greedy token differs at 12% of the
+// positions, because PyTorch's attention rounds a query's result slightly differently with 1 or 42
+// queries beside it (1e-7). A prefix-cache hit, a chunked prefill or another batch then changed greedy
+// replies. Here each query's result is computed by the same instructions in the same order whatever
+// the number of queries, keys past its own, padding rows or threads: the dot products over the head
+// dimension in 16 fixed lanes, the softmax and the weighted sum of values key by key in key order.
+// With the linear kernels' row independence, a prompt prefilled whole, in chunks or from the prefix
+// cache, alone or in a batch, gives bit-identical logits (tests/test_cpu_kernels.py).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int LANES = 16;  // partial sums of a dot product over the head dimension
+constexpr int KEYS = 16;   // keys a transposed block holds (many queries: one query against 16 keys at once)
+constexpr float NO_KEY = -std::numeric_limits<float>::infinity();
+
+typedef float v16 __attribute__((vector_size(64)));  // GCC vectors: 16 floats in whatever registers the ISA has
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+typedef float v2 __attribute__((vector_size(8)));
+
+template <typename Half, typename Whole>
+inline Half low_half(const Whole& x) {
+  Half h;
+  std::memcpy(&h, &x, sizeof h);
+  return h;
+}
+
+template <typename Half, typename Whole>
+inline Half high_half(const Whole& x) {
+  Half h;
+  std::memcpy(&h, reinterpret_cast<const char*>(&x) + sizeof h, sizeof h);
+  return h;
+}
+
+inline v16 load16(const float* x) {
+  v16 r;
+  std::memcpy(&r, x, sizeof r);
+  return r;
+}
+
+// <q, k> over d values: 16 partial sums (lane l takes values l, l + 16, ...), then a fixed tree.
+inline float dot(const float* q, const float* k, int64_t d) {
+  v16 part = {};
+  int64_t i = 0;
+  for (; i + LANES <= d; i += LANES) part += load16(q + i) * load16(k + i);
+  for (; i < d; ++i) part[i % LANES] += q[i] * k[i];
+  // dot_keys's tree, lane for lane: halves added (l + 8 onto l, then l + 4, l + 2, l + 1)
+  v8 eight = low_half<v8>(part) + high_half<v8>(part);
+  v4 four = low_half<v4>(eight) + high_half<v4>(eight);
+  v2 two = low_half<v2>(four) + high_half<v2>(four);
+  return two[0] + two[1];
+}
+
+// The same arithmetic as dot(), for 16 keys at once held transposed (kt[c * 16 + j]: value c of key j):
+// each key's partial sums and tree are dot()'s, step for step, so a score has the same bits either way,
+// while the vectors run along the keys (no horizontal sum per key).
+inline void dot_keys(const float* q, const float* kt, int64_t d, float* out) {
+  v16 part[LANES] = {};
+  int64_t i = 0;
+  for (; i + LANES <= d; i += LANES)
+    for (int l = 0; l < LANES; ++l) part[l] += q[i + l] * load16(kt + (i + l) * KEYS);
+  for (; i < d; ++i) part[i % LANES] += q[i] * load16(kt + i * KEYS);
+  for (int width = LANES / 2; width > 0; width /= 2)
+    for (int l = 0; l < width; ++l) part[l] += part[l + width];
+  std::memcpy(out, &part[0], sizeof part[0]);
+}
+
+// exp(x) for x <= 0 within ~2 ulp: Cody-Waite reduction by ln 2 and Cephes' degree-6 expf polynomial,
+// in plain arithmetic so that the loop over keys vectorizes (libm's expf is a call per key). Below -87
+// it returns exp(-87) ~ 1.6e-38: nothing, beside the top key's 1.
+inline float exp_nonpositive(float x) {
+  x = std::max(x, -87.0f);
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (2^23 + 2^22)
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n >= -126: a normal float
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return poly * two_n;
+}
+
+// Softmax of one query's scores p[0, padded) (NO_KEY where unseen, and past the keys) and the weighted
+// sum of the values it sees. Every sum is split by the key's own index (8 lanes for the normaliser, 2 for
+// the values, then fixed trees), never by how many keys there are, so extra unseen keys change no bit.
+// D > 0: the head size known when compiling (the sums stay in registers); D = 0: any size, given as d_any.
+template <int D>
+void softmax_values(float* __restrict p, int64_t padded, const float* __restrict v, int64_t v_stride,
+                    const bool* __restrict seen, int64_t mask_stride, int64_t keys, int64_t d_any,
+                    float* __restrict acc_any, float* __restrict out) {
+  const int64_t d = D > 0 ? D : d_any;
+  float top = NO_KEY;
+  for (int64_t j = 0; j < padded; ++j) top = std::max(top, p[j]);
+  if (top == NO_KEY) {  // a query that sees nothing (a padding row)
+    std::fill(out, out + d, 0.f);
+    return;
+  }
+  for (int64_t j = 0; j < padded; ++j) p[j] = p[j] == NO_KEY ? 0.f : exp_nonpositive(p[j] - top);
+  float lanes[8] = {0.f};
+  for (int64_t j = 0; j < padded; j += 8)  // padded is a multiple of KEYS
+    for (int l = 0; l < 8; ++l) lanes[l] += p[j + l];
+  const float sum = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+  // seen keys only, not weighted by 0: a cache slot past a row's end may hold NaN
+  if constexpr (D > 0 && D % LANES == 0) {  // the sums in vector registers
+    v16 acc[2][D / LANES] = {};
+    for (int64_t j = 0; j < keys; ++j)
+      if (seen[j * mask_stride])
+        for (int c = 0; c < D / LANES; ++c) acc[j & 1][c] += p[j] * load16(v + j * v_stride + c * LANES);
+    for (int c = 0; c < D / LANES; ++c) {
+      const v16 o = (acc[0][c] + acc[1][c]) / sum;
+      std::memcpy(out + c * LANES, &o, sizeof o);
+    }
+  } else {  // the same arithmetic, any head size
+    float* __restrict acc = acc_any;  // acc[0, d): even keys, acc[d, 2d): odd keys
+    std::fill(acc, acc + 2 * d, 0.f);
+    for (int64_t j = 0; j < keys; ++j)
+      if (seen[j * mask_stride]) {
+        const float* __restrict vj = v + j * v_stride;
+        float* __restrict a = acc + (j & 1) * d;
+        for (int64_t c = 0; c < d; ++c) a[c] += p[j] * vj[c];
+      }
+    for (int64_t c = 0; c < d; ++c) out[c] = (acc[c] + acc[d + c]) / sum;
+  }
+}
+
+at::Tensor last_dim_contiguous(const at::Tensor& t) {
+  const at::Tensor f = t.to(at::kFloat);
+  return f.stride(-1) == 1 ? f : f.contiguous();
+}
+
+// q (batch, heads, queries, d); k, v (batch, kv_heads, keys, d), query head h reading key/value head
+// h / (heads / kv_heads); mask bool, broadcastable to (batch, heads, queries, keys), true where a query
+// sees a key. A query that sees no key gets zeros (a padding row's).
+at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& mask_in,
+                     double scale) {
+  TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, "attention: q, k and v must be 4-D");
+  TORCH_CHECK(q_in.device().is_cpu() && k_in.device().is_cpu() && v_in.device().is_cpu(), "attention: CPU tensors only");
+  TORCH_CHECK(mask_in.scalar_type() == at::kBool && mask_in.dim() == 4, "attention: the mask must be a 4-D bool tensor");
+  const at::Tensor q = q_in.to(at::kFloat).contiguous(), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
+  const int64_t batch = q.size(0), heads = q.size(1), queries = q.size(2), d = q.size(3);
+  const int64_t kv_heads = k.size(1), keys = k.size(2);
+  TORCH_CHECK(k.size(0) == batch && k.size(3) == d && v.sizes() == k.sizes(), "attention: q ", q.sizes(), ", k ",
+              k.sizes(), " and v ", v.sizes(), " do not match");
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "attention: ", heads, " query heads for ", kv_heads, " kv heads");
+  const at::Tensor mask = mask_in.expand({batch, heads, queries, keys});
+  at::Tensor out = at::empty({batch, heads, queries, d}, q.options());
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const bool* mp = mask.data_ptr<bool>();
+  float* op = out.data_ptr<float>();
+  const int64_t group = heads / kv_heads, padded = (keys + KEYS - 1) / KEYS * KEYS;
+  const float scale_f = static_cast<float>(scale);
+  auto softmax = d == 64 ? softmax_values<64> : d == 128 ? softmax_values<128> : softmax_values<0>;
+  // Many queries: the keys transposed once per (batch row, kv head) in blocks of 16, and scored 16 at a time
+  // (dot_keys); few queries (decoding): scored one by one (dot), without the copy. The same bits either way.
+  const bool transpose = queries * group >= 16;
+  std::vector<float> kt(transpose ? batch * kv_heads * padded * d : 0, 0.f);
+  if (transpose) {
+    at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const float* kb = kp + bh / kv_heads * k.stride(0) + bh % kv_heads * k.stride(1);
+        float* dst = kt.data() + bh * padded * d;
+        for (int64_t j = 0; j < keys; ++j)
+          for (int64_t c = 0; c < d; ++c) dst[(j / KEYS) * KEYS * d + c * KEYS + j % KEYS] = kb[j * k.stride(2) + c];
+      }
+    });
+  }
+  at::parallel_for(0, batch * heads * queries, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> p(padded), acc(2 * d);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / (heads * queries), h = item / queries % heads, i = item % queries;
+      const float* qi = qp + item * d;
+      const bool* seen = mp + b * mask.stride(0) + h * mask.stride(1) + i * mask.stride(2);
+      const int64_t ms = mask.stride(3);
+      int64_t last = keys;  // keys past the last seen one are skipped (the causal half of a prefill)
+      while (last > 0 && !seen[(last - 1) * ms]) --last;
+      const int64_t limit = (last + KEYS - 1) / KEYS * KEYS;
+      if (transpose) {
+        const float* kb = kt.data() + (b * kv_heads + h / group) * padded * d;
+        for (int64_t j0 = 0; j0 < limit; j0 += KEYS) dot_keys(qi, kb + j0 * d, d, p.data() + j0);
+        for (int64_t j = 0; j < limit; ++j) p[j] = j < last && seen[j * ms] ? p[j] * scale_f : NO_KEY;
+      } else {
+        const float* kb = kp + b * k.stride(0) + h / group * k.stride(1);
+        for (int64_t j = 0; j < limit; ++j)
+          p[j] = j < last && seen[j * ms] ? dot(qi, kb + j * k.stride(2), d) * scale_f : NO_KEY;
+      }
+      softmax(p.data(), limit, vp + b * v.stride(0) + h / group * v.stride(1), v.stride(2), seen, ms, last, d,
+              acc.data(), op + item * d);
+    }
+  });
+  return out.to(q_in.scalar_type());
+}
+
+}  // namespace
+
+#ifndef LLMKIT_OPS
+#define LLMKIT_OPS llmkit_cpu
+#endif
+#define LLMKIT_FRAGMENT(ns, m) TORCH_LIBRARY_FRAGMENT(ns, m)
+#define LLMKIT_FRAGMENT_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
+LLMKIT_FRAGMENT(LLMKIT_OPS, m) {
+  m.def("attention(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor");
+}
+
+LLMKIT_FRAGMENT_IMPL(LLMKIT_OPS, CPU, m) {
+  m.impl("attention", &attention);
+}
