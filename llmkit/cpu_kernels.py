@@ -1,12 +1,13 @@
-"""Int8-activation linear kernels for x86 CPUs (llmkit/kernels/int8_dot.cpp), built at first use.
+"""Int8-activation linear kernels for x86 CPUs (llmkit/kernels/int8_dot.cpp) and the attention their
+models use (kernels/attention.cpp: the same bits for a query however a prompt is split), built at first use.
 
 PyTorch's weight-only int4/int8 CPU kernels dequantize to bf16 or fp32 and multiply in floating point;
 on CPUs without bf16 units that is slower than reading the weights. llama.cpp's CPU backend quantizes
 each activation row to int8 in blocks of 32 and multiplies bytes with VNNI (`vpdpbusd`) or AVX2
 (`vpmaddubsw`). No maintained Python package ships such kernels for PyTorch on x86 that a pip install
 reaches: torchao's `Int8DynamicActivationInt4WeightConfig` x86 kernels are in its CPU wheels on
-download.pytorch.org, while its PyPI wheel (0.18) holds only CUDA extensions. So llmkit carries one
-C++ file (~300 lines) and builds it here with `torch.utils.cpp_extension` and `-march=native`: the
+download.pytorch.org, while its PyPI wheel (0.18) holds only CUDA extensions. So llmkit carries the
+C++ (int8_dot.cpp, ~370 lines; attention.cpp, ~200) and builds it here with `torch.utils.cpp_extension` and `-march=native`: the
 instruction set is chosen per CPU when the model is loaded (avx512-vnni, avx-vnni, avx2, or plain C++).
 
 The build takes ~30-60 s once per machine (cached under torch's extensions directory, keyed by the
@@ -65,14 +66,16 @@ def build(march: str, namespace: str) -> None:
     """Compile the kernels for `-march=<march>` and load them, their operators under torch.ops.<namespace>
     (tests build "haswell" and "x86-64" too, to check the AVX2 and plain C++ paths on any machine)."""
     flags = ["-O3", f"-march={march}", f"-DLLMKIT_OPS={namespace}"]
-    key = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES) + " ".join(flags).encode() + _cpu_flags().encode()
+    sources = b"".join(source.read_bytes() for source in SOURCES)
+    key = hashlib.sha256(sources + " ".join(flags).encode() + _cpu_flags().encode()
                          + torch.__version__.encode()).hexdigest()[:12]
     name = f"{namespace}_{key}"
     from torch.utils import cpp_extension
     if not (Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so").exists():
         print(f"llmkit: building the int8-activation CPU kernels for -march={march} (once per machine, ~30-60 s)",
               file=sys.stderr)
-    cpp_extension.load(name=name, sources=[str(source) for source in SOURCES], extra_cflags=flags, is_python_module=False, verbose=False)
+    cpp_extension.load(name=name, sources=[str(source) for source in SOURCES], extra_cflags=flags,
+                       is_python_module=False, verbose=False)
 
 
 def available() -> bool:
@@ -179,5 +182,5 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     return q, amax / 127, blocks.sum(-1)
 
 
-__all__ = ["isa", "available", "wanted", "int4_linear", "int8_linear", "attention", "pack_int4", "unpack_int4", "pack_int8",
-           "unpack_int8", "quantize_activations"]
+__all__ = ["isa", "available", "wanted", "int4_linear", "int8_linear", "attention", "pack_int4", "unpack_int4",
+           "pack_int8", "unpack_int8", "quantize_activations"]

@@ -124,8 +124,8 @@ class Attention(nn.Module):
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else v.dtype
             k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
             y = CausalAttentionCPU.apply(q.to(dtype), k.to(dtype), v.to(dtype))
-        elif (self.rounds_activations() and q.dtype == torch.float32 and not q.requires_grad
-              and (attn_mask is None or attn_mask.dtype == torch.bool)):
+        elif (self.rounds_activations() and q.device.type == "cpu" and q.dtype == torch.float32
+              and not q.requires_grad and (attn_mask is None or attn_mask.dtype == torch.bool)):
             # int8 activations make the network discontinuous: attention must give a query the same bits
             # whatever is computed beside it, or a prefix-cache hit changes greedy replies (attention.cpp)
             if attn_mask is None:  # a whole sequence, no cache: every key, or the causal triangle
