@@ -50,6 +50,15 @@ inline Half high_half(const Whole& x) {
   return h;
 }
 
+// The 16 lanes added by a fixed tree: halves onto halves (lane l + 8 onto l, then l + 4, l + 2, l + 1),
+// the tree dot_keys applies lane for lane.
+inline float sum16(v16 part) {
+  const v8 eight = low_half<v8>(part) + high_half<v8>(part);
+  const v4 four = low_half<v4>(eight) + high_half<v4>(eight);
+  const v2 two = low_half<v2>(four) + high_half<v2>(four);
+  return two[0] + two[1];
+}
+
 inline v16 load16(const float* x) {
   v16 r;
   std::memcpy(&r, x, sizeof r);
@@ -62,11 +71,7 @@ inline float dot(const float* q, const float* k, int64_t d) {
   int64_t i = 0;
   for (; i + LANES <= d; i += LANES) part += load16(q + i) * load16(k + i);
   for (; i < d; ++i) part[i % LANES] += q[i] * k[i];
-  // dot_keys's tree, lane for lane: halves added (l + 8 onto l, then l + 4, l + 2, l + 1)
-  v8 eight = low_half<v8>(part) + high_half<v8>(part);
-  v4 four = low_half<v4>(eight) + high_half<v4>(eight);
-  v2 two = low_half<v2>(four) + high_half<v2>(four);
-  return two[0] + two[1];
+  return sum16(part);
 }
 
 // The same arithmetic as dot(), for 16 keys at once held transposed (kt[c * 16 + j]: value c of key j):
@@ -83,28 +88,33 @@ inline void dot_keys(const float* q, const float* kt, int64_t d, float* out) {
   std::memcpy(out, &part[0], sizeof part[0]);
 }
 
-// exp(x) for x <= 0 within ~2 ulp: Cody-Waite reduction by ln 2 and Cephes' degree-6 expf polynomial,
-// in plain arithmetic so that the loop over keys vectorizes (libm's expf is a call per key). Below -87
-// it returns exp(-87) ~ 1.6e-38: nothing, beside the top key's 1.
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (2^23 + 2^22)
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float poly = 1.9875691500e-4f;
+typedef int32_t vi16 __attribute__((vector_size(64)));
+
+// exp(x - top) for 16 scores at once (x <= top), 0 where a score is NO_KEY, within ~2 ulp: Cody-Waite
+// reduction by ln 2 and Cephes' degree-6 expf polynomial in vector arithmetic (libm's expf is a call per
+// key). Below -87 it gives exp(-87) ~ 1.6e-38: nothing, beside the top key's 1.
+inline v16 exp16(v16 scores, float top) {
+  const v16 none = scores == NO_KEY ? v16{} + 1.0f : v16{};  // 1 in the lanes that see nothing
+  v16 x = scores - top;
+  x = x > -87.0f ? x : v16{} - 87.0f;
+  const v16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (2^23 + 2^22)
+  const v16 r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  v16 poly = v16{} + 1.9875691500e-4f;
   poly = poly * r + 1.3981999507e-3f;
   poly = poly * r + 8.3334519073e-3f;
   poly = poly * r + 4.1665795894e-2f;
   poly = poly * r + 1.6666665459e-1f;
   poly = poly * r + 5.0000001201e-1f;
   poly = poly * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n >= -126: a normal float
-  float two_n;
+  const vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;  // 2^n, n >= -126: a normal float
+  v16 two_n;
   std::memcpy(&two_n, &bits, sizeof two_n);
-  return poly * two_n;
+  const v16 e = poly * two_n;
+  return none > 0.5f ? v16{} : e;
 }
 
 // Softmax of one query's scores p[0, padded) (NO_KEY where unseen, and past the keys) and the weighted
-// sum of the values it sees. Every sum is split by the key's own index (8 lanes for the normaliser, 2 for
+// sum of the values it sees. Every sum is split by the key's own index (16 lanes for the normaliser, 2 for
 // the values, then fixed trees), never by how many keys there are, so extra unseen keys change no bit.
 // D > 0: the head size known when compiling (the sums stay in registers); D = 0: any size, given as d_any.
 template <int D>
@@ -112,25 +122,35 @@ void softmax_values(float* __restrict p, int64_t padded, const float* __restrict
                     const bool* __restrict seen, int64_t mask_stride, int64_t keys, int64_t d_any,
                     float* __restrict acc_any, float* __restrict out) {
   const int64_t d = D > 0 ? D : d_any;
+  v16 tops = v16{} + NO_KEY;
+  for (int64_t j = 0; j < padded; j += LANES) {  // padded is a multiple of KEYS (16)
+    const v16 x = load16(p + j);
+    tops = x > tops ? x : tops;
+  }
   float top = NO_KEY;
-  for (int64_t j = 0; j < padded; ++j) top = std::max(top, p[j]);
+  for (int l = 0; l < LANES; ++l) top = std::max(top, tops[l]);
   if (top == NO_KEY) {  // a query that sees nothing (a padding row)
     std::fill(out, out + d, 0.f);
     return;
   }
-  for (int64_t j = 0; j < padded; ++j) p[j] = p[j] == NO_KEY ? 0.f : exp_nonpositive(p[j] - top);
-  float lanes[8] = {0.f};
-  for (int64_t j = 0; j < padded; j += 8)  // padded is a multiple of KEYS
-    for (int l = 0; l < 8; ++l) lanes[l] += p[j + l];
-  const float sum = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+  v16 lanes = {};  // the normaliser: key j in lane j % 16, then dot()'s tree
+  for (int64_t j = 0; j < padded; j += LANES) {
+    const v16 e = exp16(load16(p + j), top);
+    std::memcpy(p + j, &e, sizeof e);
+    lanes += e;
+  }
+  const float sum = sum16(lanes);
   // seen keys only, not weighted by 0: a cache slot past a row's end may hold NaN
   if constexpr (D > 0 && D % LANES == 0) {  // the sums in vector registers
-    v16 acc[2][D / LANES] = {};
-    for (int64_t j = 0; j < keys; ++j)
+    v16 even[D / LANES] = {}, odd[D / LANES] = {};  // two named sums (an indexed pair would live in memory)
+    for (int64_t j = 0; j < keys; j += 2) {
       if (seen[j * mask_stride])
-        for (int c = 0; c < D / LANES; ++c) acc[j & 1][c] += p[j] * load16(v + j * v_stride + c * LANES);
+        for (int c = 0; c < D / LANES; ++c) even[c] += p[j] * load16(v + j * v_stride + c * LANES);
+      if (j + 1 < keys && seen[(j + 1) * mask_stride])
+        for (int c = 0; c < D / LANES; ++c) odd[c] += p[j + 1] * load16(v + (j + 1) * v_stride + c * LANES);
+    }
     for (int c = 0; c < D / LANES; ++c) {
-      const v16 o = (acc[0][c] + acc[1][c]) / sum;
+      const v16 o = (even[c] + odd[c]) / sum;
       std::memcpy(out + c * LANES, &o, sizeof o);
     }
   } else {  // the same arithmetic, any head size
