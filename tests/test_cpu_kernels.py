@@ -164,7 +164,8 @@ def reference_attention(q, k, v, mask):
         q.double(), k.double().repeat_interleave(groups, 1), v.double().repeat_interleave(groups, 1), attn_mask=mask)
 
 
-@pytest.mark.parametrize("march,d", [(march, 64) for march in VARIANTS] + [("native", 48)])
+# d = 40: the code for any head size, and a dot product's tail past its 16-lane steps
+@pytest.mark.parametrize("march,d", [(march, 64) for march in VARIANTS] + [("native", 40), ("x86-64", 40)])
 def test_attention_is_softmax_attention_and_a_querys_bits_do_not_depend_on_what_is_beside_it(march, d):
     lib = ops(march)
     gen = torch.Generator().manual_seed(0)

@@ -9,9 +9,9 @@
 // mean KL of 0.023 nats, the int4-vs-fp32 figure itself, and the greedy token differs at 12% of the
 // positions, because PyTorch's attention rounds a query's result slightly differently with 1 or 42
 // queries beside it (1e-7). A prefix-cache hit, a chunked prefill or another batch then changed greedy
-// replies. Here each query's result is computed by the same instructions in the same order whatever
-// the number of queries, keys past its own, padding rows or threads: the dot products over the head
-// dimension in 16 fixed lanes, the softmax and the weighted sum of values key by key in key order.
+// replies. Here each query's result is computed by the same arithmetic whatever the number of queries,
+// keys past its own, padding rows or threads: the dot products over the head dimension in 16 fixed lanes
+// and a fixed tree, the softmax's normaliser and the weighted sum of values split by each key's own index.
 // With the linear kernels' row independence, a prompt prefilled whole, in chunks or from the prefix
 // cache, alone or in a batch, gives bit-identical logits (tests/test_cpu_kernels.py).
 
