@@ -34,6 +34,12 @@ from llmkit.fused_loss import LinearCrossEntropy
 from llmkit.model_seq2seq import CrossAttention, EncoderMemory, EncoderStack, RelativePositionBias, gelu_tanh_formula
 
 
+def weight_training_flops(weight: torch.Tensor) -> int:
+    """Training FLOPs per token of a weight in a matmul: forward 2, its input's gradient 2, its own 2
+    unless frozen (Kaplan et al. 2020, section 2.1, the 6N of a training step)."""
+    return (6 if weight.requires_grad else 4) * weight.numel()
+
+
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return nn.RMSNorm(dim, eps=cfg.norm_eps)
@@ -439,26 +445,28 @@ class Transformer(nn.Module):
         N counts the weights that take part in matmuls: every Linear in the blocks (for MoE only the
         top_k routed and the shared experts a token visits) and the output head (embedding lookups
         are free; a tied head is still a matmul). The second term is attention's QK^T and AV products
-        over a context of seq_len. Forward only (inference) is a third of this.
+        over a context of seq_len. Forward only (inference) is a third of this. A frozen weight (LoRA's
+        base, prompt tuning's model) counts 4 instead of 6: forward and the gradient of its input, no
+        gradient of its own.
         """
         cfg = self.config
-        n = 0
+        n = 0.0
         for block in self.blocks:
-            n += sum(p.numel() for p in block.attn.parameters() if p.dim() == 2)
+            n += sum(weight_training_flops(p) for p in block.attn.parameters() if p.dim() == 2)
             mlp = block.mlp
             if isinstance(mlp, MoE):
-                n += mlp.router.weight.numel()
-                n += cfg.top_k * sum(p.numel() for p in mlp.experts[0].parameters() if p.dim() == 2)
+                n += weight_training_flops(mlp.router.weight)
+                n += cfg.top_k * sum(weight_training_flops(p) for p in mlp.experts[0].parameters() if p.dim() == 2)
                 if mlp.shared is not None:
-                    n += sum(p.numel() for p in mlp.shared.parameters() if p.dim() == 2)
+                    n += sum(weight_training_flops(p) for p in mlp.shared.parameters() if p.dim() == 2)
             else:
-                n += sum(p.numel() for p in mlp.parameters() if p.dim() == 2)
+                n += sum(weight_training_flops(p) for p in mlp.parameters() if p.dim() == 2)
         if self.encoder is not None:  # the encoder's and cross-attention's weights (a source as long as the target)
-            n += sum(p.numel() for p in self.encoder.blocks.parameters() if p.dim() == 2)
-            n += sum(p.numel() for b in self.blocks for p in b.cross_attn.parameters() if p.dim() == 2)
-        n += self.lm_head.weight.numel() if self.lm_head is not None else 0
-        n += self.head_transform.dense.weight.numel() if self.head_transform is not None else 0
-        return 6 * n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+            n += sum(weight_training_flops(p) for p in self.encoder.blocks.parameters() if p.dim() == 2)
+            n += sum(weight_training_flops(p) for b in self.blocks for p in b.cross_attn.parameters() if p.dim() == 2)
+        n += weight_training_flops(self.lm_head.weight) if self.lm_head is not None else 0
+        n += weight_training_flops(self.head_transform.dense.weight) if self.head_transform is not None else 0
+        return n + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
 
     # -- forward
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from llmkit.model import weight_training_flops
+
 
 class HeadOnTransformer(nn.Module):
     transformer: nn.Module
@@ -24,6 +26,6 @@ class HeadOnTransformer(nn.Module):
         return self.transformer.num_params(non_embedding) + sum(p.numel() for p in self.score.parameters())
 
     def flops_per_token(self, seq_len: int) -> float:
-        # the vocabulary-wide output head never runs: 6 x its weights fewer (an encoder may have none)
+        # the vocabulary-wide output head never runs: its weights' FLOPs fewer (an encoder may have none)
         head = self.transformer.lm_head
-        return self.transformer.flops_per_token(seq_len) - (6 * head.weight.numel() if head is not None else 0)
+        return self.transformer.flops_per_token(seq_len) - (weight_training_flops(head.weight) if head is not None else 0)
