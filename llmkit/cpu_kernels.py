@@ -65,7 +65,10 @@ def isa() -> str | None:
 def build(march: str, namespace: str) -> None:
     """Compile the kernels for `-march=<march>` and load them, their operators under torch.ops.<namespace>
     (tests build "haswell" and "x86-64" too, to check the AVX2 and plain C++ paths on any machine)."""
-    flags = ["-O3", f"-march={march}", f"-DLLMKIT_OPS={namespace}"]
+    # -fopenmp: at::parallel_for is a header template that runs serially unless the extension itself is
+    # compiled with OpenMP (PyTorch's own build uses it; cpp_extension does not add it). Without it every
+    # kernel here ran on one thread whatever torch.get_num_threads() said (BENCHMARKS.md, 2026-12-04).
+    flags = ["-O3", f"-march={march}", "-fopenmp", f"-DLLMKIT_OPS={namespace}"]
     sources = b"".join(source.read_bytes() for source in SOURCES)
     key = hashlib.sha256(sources + " ".join(flags).encode() + _cpu_flags().encode()
                          + torch.__version__.encode()).hexdigest()[:12]
@@ -75,7 +78,7 @@ def build(march: str, namespace: str) -> None:
         print(f"llmkit: building the int8-activation CPU kernels for -march={march} (once per machine, ~30-60 s)",
               file=sys.stderr)
     cpp_extension.load(name=name, sources=[str(source) for source in SOURCES], extra_cflags=flags,
-                       is_python_module=False, verbose=False)
+                       extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
 
 
 def available() -> bool:

@@ -77,6 +77,37 @@ def test_kernels_compute_what_they_state_on_every_path(march):
         lib.int4_linear(torch.randn(2, 100), packed, k)
 
 
+@pytest.mark.parametrize("march", list(VARIANTS))
+def test_kernels_run_on_every_thread_and_give_the_same_bits_on_any_number(march):
+    """Built without OpenMP, at::parallel_for ran every kernel on one thread whatever torch's setting
+    (2026-12-04: the kernels were half as fast as they could be on 2 cores). The split of the work between
+    threads must change no bit."""
+    lib = ops(march)
+    before = torch.get_num_threads()
+    n, k = 512, 192
+    q, scales, mins = int4_weights(n, k)
+    packed = cpu_kernels.pack_int4(q, scales, mins)
+    p8 = cpu_kernels.pack_int8(torch.randint(-127, 128, (n, k), dtype=torch.int8,
+                                             generator=torch.Generator().manual_seed(1)))
+    s8 = torch.rand(n, generator=torch.Generator().manual_seed(2))
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(37, k, generator=gen)
+    qa, ka, va = torch.randn(4, 6, 5, 64, generator=gen), torch.randn(4, 2, 30, 64, generator=gen), torch.randn(4, 2, 30, 64, generator=gen)
+    mask = torch.ones(4, 1, 5, 30, dtype=torch.bool).tril(25)
+    results = {}
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            assert lib.parallel_threads() == threads
+            results[threads] = (lib.int4_linear(x, packed, k), lib.int8_linear(x, p8, s8),
+                                lib.attention(qa, ka, va, mask, 0.125))
+    finally:
+        torch.set_num_threads(before)
+    for threads in (2, 3):
+        for one, many in zip(results[1], results[threads]):
+            assert torch.equal(one, many)
+
+
 def test_pack_int8_round_trips_and_puts_four_inputs_of_a_row_in_a_lane():
     q = torch.randint(-127, 128, (16, 64), dtype=torch.int8, generator=torch.Generator().manual_seed(4))
     packed = cpu_kernels.pack_int8(q)

@@ -36,6 +36,14 @@ typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
 typedef float v2 __attribute__((vector_size(8)));
 
+// The widest vector the ISA holds in one register, for sums that must stay in registers
+#if defined(__AVX512F__)
+typedef v16 vnative;
+#else
+typedef v8 vnative;
+#endif
+constexpr int NATIVE = sizeof(vnative) / sizeof(float);
+
 template <typename Half, typename Whole>
 inline Half low_half(const Whole& x) {
   Half h;
@@ -76,16 +84,47 @@ inline float dot(const float* q, const float* k, int64_t d) {
 
 // The same arithmetic as dot(), for 16 keys at once held transposed (kt[c * 16 + j]: value c of key j):
 // each key's partial sums and tree are dot()'s, step for step, so a score has the same bits either way,
-// while the vectors run along the keys (no horizontal sum per key).
+// while the vectors run along the keys (no horizontal sum per key). The 16 partial sums are formed in
+// pairs (l, l + 8), whose sum is the tree's first step, and for V = 8 keys at a time where vectors are 8
+// floats wide (AVX2): 16 live vectors of 16 keys would not fit in its 16 registers (measured: spilled,
+// 5x slower than PyTorch's attention on a 256-token prefill).
+template <typename V>
+inline void dot_keys_part(const float* q, const float* kt, int64_t d, float* out) {
+  V eight[LANES / 2];
+  for (int l = 0; l < LANES / 2; ++l) {
+    V a = {}, b = {};
+    int64_t i = 0;
+    for (; i + LANES <= d; i += LANES) {
+      V ka, kb;
+      std::memcpy(&ka, kt + (i + l) * KEYS, sizeof ka);
+      std::memcpy(&kb, kt + (i + l + LANES / 2) * KEYS, sizeof kb);
+      a += q[i + l] * ka;
+      b += q[i + l + LANES / 2] * kb;
+    }
+    if (i + l < d) {  // the tail: value i + l in lane l, as dot()'s part[i % 16]
+      V ka;
+      std::memcpy(&ka, kt + (i + l) * KEYS, sizeof ka);
+      a += q[i + l] * ka;
+    }
+    if (i + l + LANES / 2 < d) {
+      V kb;
+      std::memcpy(&kb, kt + (i + l + LANES / 2) * KEYS, sizeof kb);
+      b += q[i + l + LANES / 2] * kb;
+    }
+    eight[l] = a + b;
+  }
+  for (int width = LANES / 4; width > 0; width /= 2)
+    for (int l = 0; l < width; ++l) eight[l] += eight[l + width];
+  std::memcpy(out, &eight[0], sizeof eight[0]);
+}
+
 inline void dot_keys(const float* q, const float* kt, int64_t d, float* out) {
-  v16 part[LANES] = {};
-  int64_t i = 0;
-  for (; i + LANES <= d; i += LANES)
-    for (int l = 0; l < LANES; ++l) part[l] += q[i + l] * load16(kt + (i + l) * KEYS);
-  for (; i < d; ++i) part[i % LANES] += q[i] * load16(kt + i * KEYS);
-  for (int width = LANES / 2; width > 0; width /= 2)
-    for (int l = 0; l < width; ++l) part[l] += part[l + width];
-  std::memcpy(out, &part[0], sizeof part[0]);
+#if defined(__AVX512F__)
+  dot_keys_part<v16>(q, kt, d, out);
+#else
+  dot_keys_part<v8>(q, kt, d, out);
+  dot_keys_part<v8>(q, kt + 8, d, out + 8);
+#endif
 }
 
 typedef int32_t vi16 __attribute__((vector_size(64)));
@@ -141,17 +180,25 @@ void softmax_values(float* __restrict p, int64_t padded, const float* __restrict
   }
   const float sum = sum16(lanes);
   // seen keys only, not weighted by 0: a cache slot past a row's end may hold NaN
-  if constexpr (D > 0 && D % LANES == 0) {  // the sums in vector registers
-    v16 even[D / LANES] = {}, odd[D / LANES] = {};  // two named sums (an indexed pair would live in memory)
-    for (int64_t j = 0; j < keys; j += 2) {
-      if (seen[j * mask_stride])
-        for (int c = 0; c < D / LANES; ++c) even[c] += p[j] * load16(v + j * v_stride + c * LANES);
-      if (j + 1 < keys && seen[(j + 1) * mask_stride])
-        for (int c = 0; c < D / LANES; ++c) odd[c] += p[j + 1] * load16(v + (j + 1) * v_stride + c * LANES);
-    }
-    for (int c = 0; c < D / LANES; ++c) {
-      const v16 o = (even[c] + odd[c]) / sum;
-      std::memcpy(out + c * LANES, &o, sizeof o);
+  if constexpr (D > 0 && D % NATIVE == 0) {  // the sums in vector registers
+    // a register's worth of the head's values at a time over all keys: each value's sums are the same
+    // operations in the same order however the values are grouped, and only two vectors are live (GCC
+    // kept 16-float vectors in memory on AVX2 here, moving them through general registers: 5x slower)
+    for (int c = 0; c < D / NATIVE; ++c) {
+      vnative even = {}, odd = {};  // two named sums (an indexed pair would live in memory)
+      for (int64_t j = 0; j < keys; j += 2) {
+        vnative x;
+        if (seen[j * mask_stride]) {
+          std::memcpy(&x, v + j * v_stride + c * NATIVE, sizeof x);
+          even += p[j] * x;
+        }
+        if (j + 1 < keys && seen[(j + 1) * mask_stride]) {
+          std::memcpy(&x, v + (j + 1) * v_stride + c * NATIVE, sizeof x);
+          odd += p[j + 1] * x;
+        }
+      }
+      const vnative o = (even + odd) / sum;
+      std::memcpy(out + c * NATIVE, &o, sizeof o);
     }
   } else {  // the same arithmetic, any head size
     float* __restrict acc = acc_any;  // acc[0, d): even keys, acc[d, 2d): odd keys

@@ -95,18 +95,17 @@ void quantize_row(const float* x, int64_t k, int8_t* q, float* d, float* s, int3
 #define LLMKIT_VNNI 1  // vpdpbusd: unsigned x signed bytes into int32, no intermediate saturation
 #endif
 
-// acc + the 8 int32 sums of four products each of 32 unsigned bytes u and 32 signed bytes s.
+#if defined(LLMKIT_VNNI)
+// acc + the 8 int32 sums of four products each of 32 unsigned bytes u and 32 signed bytes s (vpdpbusd:
+// no intermediate saturation, so the int8 weights' +128 offset is fine here, unlike vpmaddubsw's)
 inline __m256i add_dot_u8_s8(__m256i acc, __m256i u, __m256i s) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
   return _mm256_dpbusd_epi32(acc, u, s);
-#elif defined(__AVXVNNI__)
-  return _mm256_dpbusd_avx_epi32(acc, u, s);
 #else
-  // vpmaddubsw adds pairs of products into int16 with saturation: safe for 4-bit weights (2 * 15 * 127)
-  // and for int8 weights given as |w| (2 * 127 * 127), not for the +128 offset, which only VNNI takes
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
 #endif
 }
+#endif
 #endif
 
 // ---------------------------------------------------------------------------------------------------
@@ -122,7 +121,7 @@ template <int R>
 inline void int4_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* qx, const float* dx, const float* sx,
                             int64_t k, float* out, int64_t ldo) {
   const int64_t nb = k / QK;
-#if defined(__AVX2__)
+#if defined(LLMKIT_VNNI)
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const __m256i low = _mm256_set1_epi8(0x0f);
@@ -144,6 +143,40 @@ inline void int4_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
         std::memcpy(&four, a + (t < 4 ? 4 * t : 16 + 4 * (t - 4)), 4);
         dot = add_dot_u8_s8(dot, w[t], _mm256_set1_epi32(four));
       }
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(dx[r * nb + b])), acc[r]);
+      acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[r * nb + b]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, acc[r]);
+#elif defined(__AVX2__)
+  // AVX2 without VNNI: vpmaddubsw gives int16 sums of product pairs. A block's 8 of them per row are
+  // added as int16 and widened once (vpmaddwd), a third fewer instructions than widening each; no
+  // saturation: a pair sum is at most 2 * 15 * 127 = 3,810 in magnitude (|q_x| <= 127), eight 30,480.
+  // The 32 bytes of weights are the outer loop and the rows the inner one, so that the accumulators
+  // stay in the 16 ymm registers. The integer dot is exact, so the order of its sums changes nothing.
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* p = panel + b * PANEL_BLOCK_BYTES;
+    __m256i pairs[R];
+    for (int r = 0; r < R; ++r) pairs[r] = _mm256_setzero_si256();
+    for (int t = 0; t < 4; ++t) {  // low nibbles: inputs 4t..4t+3; high nibbles: inputs 16 + 4t..
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
+      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* a = qx + r * k + b * QK;
+        int32_t four_lo, four_hi;
+        std::memcpy(&four_lo, a + 4 * t, 4);
+        std::memcpy(&four_hi, a + 16 + 4 * t, 4);
+        pairs[r] = _mm256_add_epi16(pairs[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(four_lo)));
+        pairs[r] = _mm256_add_epi16(pairs[r], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(four_hi)));
+      }
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 128)));
+    const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 144)));
+    for (int r = 0; r < R; ++r) {
+      const __m256i dot = _mm256_madd_epi16(pairs[r], _mm256_set1_epi16(1));
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(dx[r * nb + b])), acc[r]);
       acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[r * nb + b]), acc[r]);
     }
@@ -187,39 +220,50 @@ template <int R>
 inline void int8_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* qx, const float* dx,
                             const int32_t* sqx, int64_t k, const float* scales, float* out, int64_t ldo) {
   const int64_t nb = k / QK;
-#if defined(__AVX2__)
+#if defined(LLMKIT_VNNI)
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = panel + b * INT8_PANEL_BLOCK_BYTES;
     __m256i w[8];
     for (int t = 0; t < 8; ++t) w[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
-#if !defined(LLMKIT_VNNI)
-    // vpmaddubsw saturates at (w + 128) * x pairs: take |w| against x carrying w's sign instead
-    // (llama.cpp's AVX2 q8_0 dot), and no offset to remove
-    __m256i w_abs[8];
-    for (int t = 0; t < 8; ++t) {
-      w[t] = _mm256_xor_si256(w[t], _mm256_set1_epi8(static_cast<char>(0x80)));
-      w_abs[t] = _mm256_sign_epi8(w[t], w[t]);
-    }
-#endif
     for (int r = 0; r < R; ++r) {
       const int8_t* a = qx + r * k + b * QK;
       __m256i dot = _mm256_setzero_si256();
       for (int t = 0; t < 8; ++t) {
         int32_t four;
         std::memcpy(&four, a + 4 * t, 4);
-#if defined(LLMKIT_VNNI)
         dot = add_dot_u8_s8(dot, w[t], _mm256_set1_epi32(four));
-#else
-        dot = add_dot_u8_s8(dot, w_abs[t], _mm256_sign_epi8(_mm256_set1_epi32(four), w[t]));
-#endif
       }
-#if defined(LLMKIT_VNNI)
       dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(128 * sqx[r * nb + b]));
-#endif
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dx[r * nb + b]), acc[r]);
     }
+  }
+  const __m256 s = _mm256_loadu_ps(scales);
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, _mm256_mul_ps(acc[r], s));
+#elif defined(__AVX2__)
+  // AVX2 without VNNI: vpmaddubsw saturates at (w + 128) * x pairs, so it takes |w| against x carrying
+  // w's sign instead (llama.cpp's AVX2 q8_0 dot), and there is no offset to remove. Weights outer, rows
+  // inner, as in int4_panel_tile, so that nothing spills out of the 16 ymm registers.
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1), offset = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* p = panel + b * INT8_PANEL_BLOCK_BYTES;
+    __m256i dot[R];
+    for (int r = 0; r < R; ++r) dot[r] = _mm256_setzero_si256();
+    for (int t = 0; t < 8; ++t) {
+      const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t)), offset);
+      const __m256i w_abs = _mm256_sign_epi8(w, w);
+      for (int r = 0; r < R; ++r) {
+        int32_t four;
+        std::memcpy(&four, qx + r * k + b * QK + 4 * t, 4);
+        const __m256i x = _mm256_sign_epi8(_mm256_set1_epi32(four), w);
+        dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, x), ones));
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_set1_ps(dx[r * nb + b]), acc[r]);
   }
   const __m256 s = _mm256_loadu_ps(scales);
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, _mm256_mul_ps(acc[r], s));
@@ -335,6 +379,19 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   return output_like(x, out2, n);
 }
 
+// How many threads at::parallel_for gives a 64-item loop here: the test that the file was built with
+// OpenMP (without it at::parallel_for runs everything on the calling thread).
+int64_t parallel_threads() {
+  std::vector<int> used(at::get_num_threads() + 1, 0);
+  at::parallel_for(0, 64, 1, [&](int64_t, int64_t) {
+    const int t = at::get_thread_num();
+    if (t >= 0 && t < static_cast<int>(used.size())) used[t] = 1;
+  });
+  int64_t n = 0;
+  for (int u : used) n += u;
+  return n;
+}
+
 std::string isa() {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
   return "avx512-vnni";
@@ -361,6 +418,7 @@ LLMKIT_LIBRARY(LLMKIT_OPS, m) {
   m.def("int4_linear(Tensor x, Tensor weight, int in_features) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor");
   m.def("isa() -> str", &isa);
+  m.def("parallel_threads() -> int", &parallel_threads);
 }
 
 LLMKIT_LIBRARY_IMPL(LLMKIT_OPS, CPU, m) {
