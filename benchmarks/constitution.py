@@ -113,6 +113,7 @@ def measure(args) -> None:
 def full(args) -> None:
     """SL-CAI -> LoRA SFT -> RL-CAI labels -> LoRA DPO; reward-model win rates vs the starting model."""
     import llmkit
+    from llmkit.atomic import atomic_write_text
     from llmkit.infer import SamplingParams
     from llmkit.train.chat_data import load_records
     from llmkit.train.constitution import label, read_prompts, revise
@@ -162,30 +163,47 @@ def full(args) -> None:
     else:  # a judge that only ever prefers one position yields no order-consistent pair (SmolLM2-135M does)
         print(f"RL-CAI: no pairs kept in {out / 'rl'} (see its report.md); DPO skipped: pass a stronger --judge "
               "(a bigger checkpoint or an OpenAI-compatible URL) or --rule averaged")
+    # The models' greedy replies and the judge's agreement with people are saved before the reward model
+    # (an hour of training on a 2-core CPU) so that a run stopped there resumes with them: the replies can
+    # be scored by any reward model later (benchmarks/results/cai-answers holds a finished run's).
+    test = load_records(HH, "preference", TEST)[:args.prompts]
+    prompts = [r.prompt for r in test]
+    replies = {}
+    for name, source in models:
+        path = out / "answers" / f"{name}.jsonl"
+        if not path.exists():
+            llm = llmkit.load(source, max_batch_size=64)
+            ids = [llm.tokenizer.encode(llm.tokenizer.apply_chat_template(p, add_generation_prompt=True)) for p in prompts]
+            done = llm.engine.generate_batch(ids, SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, "".join(json.dumps({"record": TEST[0] + i, "reply": reply_text(llm.tokenizer, c.token_ids)})
+                                            + "\n" for i, c in enumerate(done)))
+            stage(f"{name}: greedy answers to the held-out prompts")
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        if len(rows) != len(prompts):
+            sys.exit(f"{path} holds {len(rows)} replies, not {len(prompts)} (--prompts changed? remove it to regenerate)")
+        replies[name] = [r["reply"] for r in rows]
+    agreement_path = out / "human_agreement.json"
+    if not agreement_path.exists():
+        atomic_write_text(agreement_path, json.dumps(human_agreement(judge, constitution, test, args.seed)))  # the labels' judge
+        stage("the judge by principle on the held-out human pairs")
+    figures = {"winrate_prompts": len(prompts), "rl_cai_pairs": pairs, **json.loads(agreement_path.read_text())}
+    if args.no_reward_model:
+        print(json.dumps(figures))
+        return
     train_reward(args.reward_dir, None)  # kept when already trained
     stage("HH-RLHF reward model (trained unless --reward-dir has one)")
     reward_model, tokenizer = load_reward_model(args.reward_dir)
-    test = load_records(HH, "preference", TEST)[:args.prompts]
-    prompts = [r.prompt for r in test]
     autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-    scores = {}
-    for name, source in models:
-        llm = llmkit.load(source, max_batch_size=64)
-        ids = [llm.tokenizer.encode(llm.tokenizer.apply_chat_template(p, add_generation_prompt=True)) for p in prompts]
-        done = llm.engine.generate_batch(ids, SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0))
-        replies = [reply_text(llm.tokenizer, c.token_ids) for c in done]
-        scores[name] = score(reward_model, tokenizer, prompts, replies, max_len=320, autocast=autocast)
-        stage(f"{name}: greedy answers to the held-out prompts, scored")
-    figures = {"winrate_prompts": len(prompts)}
-    figures["rl_cai_pairs"] = pairs
+    scores = {name: score(reward_model, tokenizer, prompts, replies[name], max_len=320, autocast=autocast)
+              for name, _ in models}
+    stage("the replies scored by the reward model")
     for name in [m[0] for m in models[1:]]:
         win = pairwise_accuracy(torch.tensor([scores[name], scores["start"]]).T)
         figures.update({f"{name}_win_rate": round(win["accuracy"], 4), f"{name}_win_ci95_low": round(win["ci95_low"], 4),
                         f"{name}_win_ci95_high": round(win["ci95_high"], 4)})
         print(f"{name} vs starting model on {len(prompts)} held-out prompts: reward-model win rate "
               f"{win['accuracy']:.3f} (95% CI {win['ci95_low']:.3f}-{win['ci95_high']:.3f})")
-    figures.update(human_agreement(judge, constitution, test, args.seed))  # the judge the labels came from
-    stage("the judge by principle on the held-out human pairs")
     print(json.dumps(figures))
 
 
@@ -206,6 +224,8 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.0, help="--full, --rule averaged: its margin")
     parser.add_argument("--reward-dir", type=Path, default=Path("runs/hh-reward"), help="--full: HH-RLHF reward model")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-reward-model", action="store_true",
+                        help="--full: stop after the replies and the judge's agreement (the reward model takes ~1 h on 2 cores)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     (full if args.full else measure)(args)
