@@ -21,6 +21,11 @@ with Wilson 95% intervals.
 
     python benchmarks/constitution.py --full --out runs/cai --reward-dir runs/hh-reward --prompts 400 [--judge J]
 
+Each stage keeps its output in --out and a rerun resumes after the last finished one. The models' replies
+(OUT/answers/NAME.jsonl) and the figures so far (OUT/figures.json) are saved before the reward model is
+trained (~1 h on 2 cores); --no-reward-model stops there, and `--full --replies OUT --prompts N` later
+scores saved replies without the models (benchmarks/results/cai holds the 2026-12-04 run's).
+
 The judge (default: the SL-CAI model) must prefer the same answer in both orders for a pair to be kept;
 SmolLM2-135M as a judge prefers whichever answer is shown first, so it keeps none and DPO is skipped
 (the SL-CAI figures are still reported): --judge a bigger checkpoint or an OpenAI-compatible URL, or
@@ -122,11 +127,7 @@ def full(args) -> None:
     from llmkit.train.post_common import reply_text
     from llmkit.train.post_config import DPOConfig, SFTConfig
     from llmkit.train.principles import load_constitution
-    from llmkit.train.reward import load_reward_model, pairwise_accuracy, score
     from llmkit.train.sft import run_sft
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from hh_rlhf import train as train_reward
 
     out, constitution = args.out, load_constitution(args.principles)
     train_prompts = read_prompts(HH, TRAIN, args.train_prompts)
@@ -188,17 +189,46 @@ def full(args) -> None:
         atomic_write_text(agreement_path, json.dumps(human_agreement(judge, constitution, test, args.seed)))  # the labels' judge
         stage("the judge by principle on the held-out human pairs")
     figures = {"winrate_prompts": len(prompts), "rl_cai_pairs": pairs, **json.loads(agreement_path.read_text())}
+    atomic_write_text(out / "figures.json", json.dumps(figures))
     if args.no_reward_model:
         print(json.dumps(figures))
         return
+    win_rates(args, replies, prompts, figures)
+
+
+def saved_replies(directory: Path, prompts: int) -> tuple[dict, list, dict]:
+    """A finished run's replies (DIR/answers/NAME.jsonl), its held-out prompts and its figures so far."""
+    from llmkit.train.chat_data import load_records
+
+    figures = json.loads((directory / "figures.json").read_text())
+    if figures["winrate_prompts"] != prompts:
+        sys.exit(f"{directory} holds replies to {figures['winrate_prompts']} prompts; pass --prompts {figures['winrate_prompts']}")
+    replies = {}
+    for name in ("start", "sl_cai", "rl_cai"):
+        path = directory / "answers" / f"{name}.jsonl"
+        if path.exists():
+            replies[name] = [json.loads(line)["reply"] for line in path.read_text().splitlines()]
+    test = load_records(HH, "preference", TEST)[:prompts]
+    return replies, [r.prompt for r in test], figures
+
+
+def win_rates(args, replies: dict, prompts: list, figures: dict) -> None:
+    """The HH-RLHF reward model (trained into --reward-dir unless there) scores every model's replies; the
+    rate at which it prefers each model's reply over the starting model's, with Wilson 95% intervals."""
+    from llmkit.train.reward import load_reward_model, pairwise_accuracy, score
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from hh_rlhf import train as train_reward
+
+    clock = time.perf_counter()
     train_reward(args.reward_dir, None)  # kept when already trained
-    stage("HH-RLHF reward model (trained unless --reward-dir has one)")
+    print(f"[stage] HH-RLHF reward model (trained unless --reward-dir has one): {time.perf_counter() - clock:.0f} s",
+          flush=True)
     reward_model, tokenizer = load_reward_model(args.reward_dir)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-    scores = {name: score(reward_model, tokenizer, prompts, replies[name], max_len=320, autocast=autocast)
-              for name, _ in models}
-    stage("the replies scored by the reward model")
-    for name in [m[0] for m in models[1:]]:
+    scores = {name: score(reward_model, tokenizer, prompts, texts, max_len=320, autocast=autocast)
+              for name, texts in replies.items()}
+    for name in [name for name in replies if name != "start"]:
         win = pairwise_accuracy(torch.tensor([scores[name], scores["start"]]).T)
         figures.update({f"{name}_win_rate": round(win["accuracy"], 4), f"{name}_win_ci95_low": round(win["ci95_low"], 4),
                         f"{name}_win_ci95_high": round(win["ci95_high"], 4)})
@@ -224,11 +254,17 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.0, help="--full, --rule averaged: its margin")
     parser.add_argument("--reward-dir", type=Path, default=Path("runs/hh-reward"), help="--full: HH-RLHF reward model")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--replies", type=Path, default=None,
+                        help="--full: only score a finished run's saved replies (DIR/answers, DIR/figures.json; e.g. "
+                             "benchmarks/results/cai) with the reward model")
     parser.add_argument("--no-reward-model", action="store_true",
                         help="--full: stop after the replies and the judge's agreement (the reward model takes ~1 h on 2 cores)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    (full if args.full else measure)(args)
+    if args.full and args.replies:
+        win_rates(args, *saved_replies(args.replies, args.prompts))
+    else:
+        (full if args.full else measure)(args)
 
 
 if __name__ == "__main__":
