@@ -51,13 +51,11 @@ def best_time(fn, budget_s: float = 0.5, at_least: int = 5) -> float:
 
 
 def load_other(source: Path) -> str:
-    """Build another int8_dot.cpp under its own namespace; the namespace."""
-    from torch.utils import cpp_extension
-    text = source.read_bytes()
-    namespace = "llmkit_ab_" + hashlib.sha256(text).hexdigest()[:8]
-    # the flags llmkit's own build uses (cpu_kernels.build), so that only the source differs
-    cpp_extension.load(name=namespace, sources=[str(source)], extra_cflags=["-O3", "-march=native", "-fopenmp",
-                       f"-DLLMKIT_OPS={namespace}"], extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+    """Build another int8_dot.cpp with llmkit's own flags (cpu_kernels.build) under its own namespace."""
+    from llmkit import cpu_kernels
+
+    namespace = "llmkit_ab_" + hashlib.sha256(source.read_bytes()).hexdigest()[:8]
+    cpu_kernels.build("native", namespace, [source])
     return namespace
 
 

@@ -62,22 +62,23 @@ def isa() -> str | None:
     return torch.ops.llmkit_cpu.isa()
 
 
-def build(march: str, namespace: str) -> None:
+def build(march: str, namespace: str, sources: list[Path] = SOURCES) -> None:
     """Compile the kernels for `-march=<march>` and load them, their operators under torch.ops.<namespace>
-    (tests build "haswell" and "x86-64" too, to check the AVX2 and plain C++ paths on any machine)."""
+    (tests build "haswell" and "x86-64" too, to check the AVX2 and plain C++ paths on any machine;
+    benchmarks/cpu_kernels.py builds another source, an earlier commit's, to compare with)."""
     # -fopenmp: at::parallel_for is a header template that runs serially unless the extension itself is
     # compiled with OpenMP (PyTorch's own build uses it; cpp_extension does not add it). Without it every
     # kernel here ran on one thread whatever torch.get_num_threads() said (BENCHMARKS.md, 2026-12-04).
     flags = ["-O3", f"-march={march}", "-fopenmp", f"-DLLMKIT_OPS={namespace}"]
-    sources = b"".join(source.read_bytes() for source in SOURCES)
-    key = hashlib.sha256(sources + " ".join(flags).encode() + _cpu_flags().encode()
+    text = b"".join(source.read_bytes() for source in sources)
+    key = hashlib.sha256(text + " ".join(flags).encode() + _cpu_flags().encode()
                          + torch.__version__.encode()).hexdigest()[:12]
     name = f"{namespace}_{key}"
     from torch.utils import cpp_extension
     if not (Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so").exists():
         print(f"llmkit: building the int8-activation CPU kernels for -march={march} (once per machine, ~30-60 s)",
               file=sys.stderr)
-    cpp_extension.load(name=name, sources=[str(source) for source in SOURCES], extra_cflags=flags,
+    cpp_extension.load(name=name, sources=[str(source) for source in sources], extra_cflags=flags,
                        extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
 
 
