@@ -239,7 +239,7 @@ def win_rates(args, replies: dict, prompts: list, figures: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="where the run keeps its stages (not needed with --replies)")
     parser.add_argument("--prompts", type=int, default=30, help="held-out prompts")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=96)
@@ -263,6 +263,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.full and args.replies:
         win_rates(args, *saved_replies(args.replies, args.prompts))
+    elif args.out is None:
+        parser.error("--out DIR is needed (only --full --replies DIR runs without it)")
     else:
         (full if args.full else measure)(args)
 

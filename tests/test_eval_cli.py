@@ -68,6 +68,8 @@ def test_eval_tasks_writes_results_and_examples_then_compares(two_checkpoints, t
     (["--tasks", "/no/such/file.jsonl"], "/no/such/file.jsonl: no such task file"),
     (["--tasks", "copa", "--shots", "-1"], "--shots -1"),
     (["--tasks", "copa", "--limit", "0"], "--limit 0"),
+    (["--tasks", "copa", "--sample", "0"], "--sample 0"),
+    (["--tasks", "copa", "--limit", "3", "--sample", "3"], "give one"),
     ([], "give --model with either --tasks"),
 ])
 def test_eval_user_errors_are_one_line_exit_2(two_checkpoints, tmp_path, monkeypatch, args, message):
@@ -76,6 +78,31 @@ def test_eval_user_errors_are_one_line_exit_2(two_checkpoints, tmp_path, monkeyp
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_random_sample_scores_the_same_examples_as_the_whole_run(two_checkpoints, tmp_path):
+    # --sample draws the same examples for every model and rerun, and an example's few-shot prompt and
+    # scores do not depend on which others were drawn: the sampled run's records are the whole run's.
+    whole, sampled, again = tmp_path / "whole", tmp_path / "sampled", tmp_path / "again"
+    common = ("eval", "--model", two_checkpoints[0], "--tasks", "arc_easy,lambada_openai", "--task-dir", FIXTURES,
+              "--shots", 2)
+    assert cli_in_process(*common, "--out", whole).returncode == 0
+    for out in (sampled, again):
+        result = cli_in_process(*common, "--sample", 7, "--sample-seed", 5, "--out", out)
+        assert result.returncode == 0, result.stderr
+    summary = json.loads((sampled / "results.json").read_text())
+    assert summary["settings"]["sample"] == 7 and summary["settings"]["sample_seed"] == 5
+    full = {task: {r["index"]: r for r in read_records(whole, task)} for task in ("arc_easy", "lambada_openai")}
+    drawn = {}
+    for task in full:
+        records = read_records(sampled, task)
+        drawn[task] = [r["index"] for r in records]
+        assert len(records) == 7 and drawn[task] == sorted(set(drawn[task])) and drawn[task] != list(range(7))
+        assert [r["index"] for r in read_records(again, task)] == drawn[task]
+        for r in records:
+            assert r["prompt"] == full[task][r["index"]]["prompt"]
+            assert r["scores"] == pytest.approx(full[task][r["index"]]["scores"], abs=1e-4)
+    assert drawn["arc_easy"] != drawn["lambada_openai"]  # each task draws its own
 
 
 def test_compare_rejects_a_directory_that_is_not_a_run(tmp_path):

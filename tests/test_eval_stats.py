@@ -1,6 +1,7 @@
 """Statistics of accuracies: Wilson intervals and McNemar's exact test, against published values and scipy."""
 
 import math
+import random
 
 import pytest
 
@@ -66,6 +67,33 @@ def test_centred_accuracy_and_core_mean():
     assert core["centred"] == {"mc": pytest.approx(0.5), "lm": pytest.approx(0.3)}
     assert core["score"] == pytest.approx(0.4) and core["tasks"] == 2
     assert math.isclose(core_score({})["score"], 0.0)
+
+
+def test_a_sampled_core_score_interval_covers_the_whole_suites_score():
+    # Three tasks with known per-example correctness; draw random samples as `--sample` does and check
+    # that the 95% interval holds the full score about 95% of the time (a wrong variance, e.g. one
+    # without the centring's 1/(1-b)^2 or with the correction inverted, lands far from it).
+    rng = random.Random(0)
+    population = {"a": ([rng.random() < 0.7 for _ in range(600)], 0.25, "multiple_choice"),
+                  "b": ([rng.random() < 0.55 for _ in range(300)], 0.5, "schema"),
+                  "c": ([rng.random() < 0.2 for _ in range(900)], 0.0, "language_modeling")}
+
+    def result(correct, baseline, kind, n_of):
+        metric = "acc" if kind == "language_modeling" else "acc_per_token"
+        return {"kind": kind, "baseline": baseline, "n": len(correct), "of": n_of,
+                "metrics": {metric: {"value": sum(correct) / len(correct)}}}
+
+    truth = core_score({k: result(c, b, kind, len(c)) for k, (c, b, kind) in population.items()})["score"]
+    covered, draws = 0, 400
+    for _ in range(draws):
+        tasks = {k: result(rng.sample(c, 60), b, kind, len(c)) for k, (c, b, kind) in population.items()}
+        low, high = core_score(tasks, sampled=True)["ci95"]
+        covered += low <= truth <= high
+    assert 0.91 <= covered / draws <= 0.98
+    # a task run whole adds nothing: all three whole give an interval of no width at the score itself
+    whole = core_score({k: result(c, b, kind, len(c)) for k, (c, b, kind) in population.items()}, sampled=True)
+    assert whole["ci95"] == pytest.approx([truth, truth])
+    assert "ci95" not in core_score({k: result(c, b, kind, len(c)) for k, (c, b, kind) in population.items()})
 
 
 @pytest.mark.parametrize("n", [1, 7, 356, 1000])

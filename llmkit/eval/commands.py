@@ -31,7 +31,12 @@ def add_eval_verb(verbs) -> None:
     p.add_argument("--task-dir", default=None, help="folder of NAME.jsonl task files (with --fetch: where to write)")
     p.add_argument("--shots", type=int, default=None, help="few-shot examples (default: a CORE task's published "
                    "number, else 0)")
-    p.add_argument("--limit", type=int, default=None, help="the first N examples of each task")
+    p.add_argument("--limit", type=int, default=None, help="the first N examples of each task (quick; not a "
+                   "random sample: files are often ordered)")
+    p.add_argument("--sample", type=int, default=None, help="N examples of each task drawn at random (seeded by "
+                   "--sample-seed and the task's name: every model gets the same ones); a CORE score from them "
+                   "comes with a 95%% interval")
+    p.add_argument("--sample-seed", type=int, default=0, help="--sample's seed")
     p.add_argument("--out", default=None, help="run directory: results.md, results.json, examples/TASK.jsonl "
                    "(default: eval-runs/MODEL-TIME)")
     p.add_argument("--no-bos", action="store_true", help="do not start sequences with the BOS token")
@@ -98,8 +103,11 @@ def cmd_eval_tasks(args) -> None:
     from llmkit.eval.remote import RemoteBackend, is_url
 
     specs = parse_task_list(args.tasks, args.task_dir, shots=args.shots, max_new_tokens=args.max_new_tokens)
-    if args.limit is not None and args.limit < 1:
-        raise LLMKitError(f"--limit {args.limit}: give a number of examples >= 1")
+    for flag, value in (("--limit", args.limit), ("--sample", args.sample)):
+        if value is not None and value < 1:
+            raise LLMKitError(f"{flag} {value}: give a number of examples >= 1")
+    if args.limit is not None and args.sample is not None:
+        raise LLMKitError(f"--limit {args.limit} with --sample {args.sample}: give one (the first N, or N at random)")
     if is_url(args.model) and args.compile:
         raise LLMKitError(f"--compile with --model {args.model}: the server runs the model; start it with "
                           "`llmkit serve --compile` instead")
@@ -110,10 +118,11 @@ def cmd_eval_tasks(args) -> None:
     if is_url(args.model):
         # a server started with --api-key wants it; OPENAI_API_KEY is where OpenAI's own clients look
         backend = RemoteBackend(args.model, chat=args.chat, api_key=os.environ.get("OPENAI_API_KEY"))
-        run = evaluate_with(backend, specs, limit=args.limit)
+        run = evaluate_with(backend, specs, limit=args.limit, sample=args.sample, sample_seed=args.sample_seed)
     else:
         llm = llmkit.load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
-        run = evaluate_tasks(llm.model, llm.tokenizer, specs, limit=args.limit, add_bos=not args.no_bos,
+        run = evaluate_tasks(llm.model, llm.tokenizer, specs, limit=args.limit, sample=args.sample,
+                             sample_seed=args.sample_seed, add_bos=not args.no_bos,
                              batch_tokens=args.batch_tokens, chat=args.chat, engine=llm.engine)
     run["model"] = args.model
     write_run(out, run)

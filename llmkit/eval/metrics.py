@@ -11,11 +11,17 @@ multiple-choice task; the first best option wins ties, as numpy's argmax):
 Language modelling: acc = every continuation token is the greedy (argmax) token.
 
 CORE (DCLM, Li et al. 2024): each task's accuracy centred on its random baseline,
-(acc - baseline) / (1 - baseline), averaged over the tasks.
+(acc - baseline) / (1 - baseline), averaged over the tasks. On a random sample of each task's examples
+(`llmkit eval --sample N`) the score is an estimate, given with a 95% interval: each task's accuracy
+is a proportion from a simple random sample drawn without replacement, whose variance is
+p(1 - p) / (n - 1) * (1 - n / N) (Cochran, "Sampling Techniques", 1977, sec. 3.2; the last factor is the
+finite-population correction: a task run whole adds no uncertainty); centring divides it by
+(1 - baseline)^2, the tasks are sampled independently, so the mean's variance is their sum / tasks^2.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from llmkit.eval.scoring import OptionScore
@@ -69,9 +75,27 @@ def centred(accuracy: float, baseline: float) -> float:
     return (accuracy - baseline) / (1 - baseline)
 
 
-def core_score(tasks: dict[str, dict]) -> dict:
-    """The mean centred accuracy over task results ({name: {"kind", "baseline", "metrics"}})."""
+def core_score(tasks: dict[str, dict], sampled: bool = False) -> dict:
+    """The mean centred accuracy over task results ({name: {"kind", "baseline", "metrics", "n", "of"}});
+    sampled: the examples were a random sample of each task, so add 95% intervals (the module's note)."""
     per_task = {name: centred(r["metrics"][CORE_METRIC[r["kind"]]]["value"], r["baseline"])
                 for name, r in tasks.items()}
-    return {"score": sum(per_task.values()) / len(per_task) if per_task else 0.0, "tasks": len(per_task),
-            "centred": per_task}
+    score = sum(per_task.values()) / len(per_task) if per_task else 0.0
+    out = {"score": score, "tasks": len(per_task), "centred": per_task}
+    if sampled and per_task:
+        variances = {name: _sampling_variance(r["metrics"][CORE_METRIC[r["kind"]]]["value"], r["n"], r["of"])
+                     / (1 - r["baseline"]) ** 2 for name, r in tasks.items()}
+        half = 1.959964 * math.sqrt(sum(variances.values())) / len(per_task)
+        out["ci95"] = [score - half, score + half]
+        out["centred_ci95"] = {name: [per_task[name] - 1.959964 * math.sqrt(v), per_task[name] + 1.959964 * math.sqrt(v)]
+                               for name, v in variances.items()}
+    return out
+
+
+def _sampling_variance(p: float, n: int, population: int) -> float:
+    """The variance of a proportion p seen in a simple random sample of n of `population` examples."""
+    if n >= population:
+        return 0.0
+    if n < 2:  # one example tells nothing of the spread: the largest a proportion's can be
+        return 0.25 * (1 - n / population)
+    return p * (1 - p) / (n - 1) * (1 - n / population)

@@ -55,10 +55,13 @@ def format_table(run: dict) -> str:
         lines += ["", "| task | kind | shots | n | acc % (95% CI) | acc_norm % | acc_per_token % | centred | truncated | "
                   "examples/s |",
                   "| --- | --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: |"]
+    intervals = (run.get("core") or {}).get("centred_ci95", {})
     for name, t in scored.items():
         m = t["metrics"]
         shown = ("" if t["baseline"] is None
                  else f"{centred(m[CORE_METRIC[t['kind']]]['value'], t['baseline']):.3f}")
+        if name in intervals:
+            shown += f" ({intervals[name][0]:.2f} to {intervals[name][1]:.2f})"
         lines.append(f"| {name} | {t['kind']} | {t['shots']} | {t['n']} | {_percent(m.get('acc'))} | "
                      f"{_percent(m.get('acc_norm'))} | {_percent(m.get('acc_per_token'))} | {shown} | "
                      f"{t['truncated']} | {t['examples_per_s']:.1f} |")
@@ -71,7 +74,12 @@ def format_table(run: dict) -> str:
                          f"{t['errors']} | {t['examples_per_s']:.2f} |")
     core = run.get("core")
     if core:
-        limited = " (on the first --limit examples of each task)" if core["limited"] else ""
+        limited = (" (on the first --limit examples of each task: not a random sample, so no interval)"
+                   if core["limited"] else "")
+        if core.get("sample"):
+            low, high = core["ci95"]
+            limited = (f", 95% CI {low:.4f} to {high:.4f} (an estimate from {core['sample']} random examples of "
+                       "each task, --sample)")
         lines += ["", f"{core['name']}: {core['score']:.4f}{limited} — the mean centred accuracy over "
                   f"{core['tasks']} of DCLM's 22 CORE tasks (multiple choice and schema by acc_per_token), not comparable with "
                   "a published CORE score"]

@@ -17,6 +17,7 @@ suite ran at its published settings (report.py writes it all to disk).
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -35,39 +36,62 @@ __all__ = ["default_batch_tokens", "evaluate_tasks", "evaluate_with"]
 
 
 def evaluate_tasks(model, tokenizer, specs: Sequence[TaskSpec | GenerativeSpec], *, limit: int | None = None,
-                   add_bos: bool = True, batch_tokens: int | None = None, progress: bool = True, chat: bool = False,
+                   sample: int | None = None, sample_seed: int = 0, add_bos: bool = True,
+                   batch_tokens: int | None = None, progress: bool = True, chat: bool = False,
                    engine=None, sandbox: SandboxLimits = SandboxLimits()) -> dict:
-    """Tasks on a model in this process. chat: render every prompt with the tokenizer's chat template
-    (the user turn is the question, the assistant's reply the continuation). engine: the Engine that
-    generates (default: a new one on the model)."""
+    """Tasks on a model in this process. limit: the first N examples of each task; sample: N drawn at
+    random (chosen_indices). chat: render every prompt with the tokenizer's chat template (the user turn
+    is the question, the assistant's reply the continuation). engine: the Engine that generates (default:
+    a new one on the model)."""
     backend = LocalBackend(model, tokenizer, engine=engine, add_bos=add_bos, batch_tokens=batch_tokens, chat=chat)
-    return evaluate_with(backend, specs, limit=limit, progress=progress, sandbox=sandbox)
+    return evaluate_with(backend, specs, limit=limit, sample=sample, sample_seed=sample_seed, progress=progress,
+                         sandbox=sandbox)
+
+
+def chosen_indices(total: int, task: str, limit: int | None = None, sample: int | None = None,
+                   seed: int = 0) -> list[int]:
+    """The examples of a task that run, in file order: all; the first `limit` (quick, but a file's order
+    is often not random: sorted by source or difficulty); or `sample` drawn without replacement, seeded by
+    the seed and the task's name so every model and rerun scores the same ones. nanochat's CORE runs take
+    a seeded shuffle's head the same way; a random sample is what an interval on the score assumes."""
+    if limit is not None and sample is not None:
+        raise ConfigError("give --limit (the first N examples) or --sample (N at random), not both")
+    if sample is not None:
+        # a str seed is hashed with SHA-512 by random.Random: the same draw in every process and version
+        return sorted(random.Random(f"{seed}:{task}").sample(range(total), sample)) if sample < total \
+            else list(range(total))
+    return list(range(total if limit is None else min(limit, total)))
 
 
 def evaluate_with(backend, specs: Sequence[TaskSpec | GenerativeSpec], *, limit: int | None = None,
-                  progress: bool = True, sandbox: SandboxLimits = SandboxLimits()) -> dict:
+                  sample: int | None = None, sample_seed: int = 0, progress: bool = True,
+                  sandbox: SandboxLimits = SandboxLimits()) -> dict:
     if backend.chat and not getattr(backend, "scores_chat", True) and any(
             not isinstance(s, GenerativeSpec) for s in specs):
         raise ConfigError("--chat with log-likelihood tasks needs the chat template on this side; a server's "
                           "/v1/chat/completions returns no prompt log-probabilities. Evaluate the checkpoint "
                           "locally, or drop --chat for those tasks")
+    if limit is not None and sample is not None:
+        raise ConfigError("give --limit (the first N examples) or --sample (N at random), not both")
+    subset = {"limit": limit, "sample": sample, "seed": sample_seed}
     display = Progress(enabled=progress)
     tasks: dict[str, dict] = {}
     examples_out: dict[str, list[dict]] = {}
     try:
         for spec in specs:
             if isinstance(spec, GenerativeSpec):
-                result = _evaluate_generative(backend, spec, limit, display, sandbox)
+                result = _evaluate_generative(backend, spec, subset, display, sandbox)
             else:
-                result = _evaluate_task(backend, spec, limit, display)
+                result = _evaluate_task(backend, spec, subset, display)
             tasks[spec.name], examples_out[spec.name] = result
     finally:
         display.close()
-    run = {"settings": {"limit": limit, **backend.settings()}, "tasks": tasks, "examples": examples_out}
+    settings = {"limit": limit, **({"sample": sample, "sample_seed": sample_seed} if sample is not None else {})}
+    run = {"settings": {**settings, **backend.settings()}, "tasks": tasks, "examples": examples_out}
     core = core_subset(specs)
     if core is not None:
-        run["core"] = {**core_score({name: tasks[name] for name in core}),
-                       "name": f"CORE-{len(core)}", "limited": limit is not None}
+        run["core"] = {**core_score({name: tasks[name] for name in core}, sampled=sample is not None),
+                       "name": f"CORE-{len(core)}", "limited": limit is not None, "sample": sample}
     return run
 
 
@@ -82,10 +106,10 @@ def core_subset(specs: Sequence[TaskSpec]) -> list[str] | None:
     return list(table)
 
 
-def _evaluate_task(backend, spec: TaskSpec, limit: int | None, display: "Progress") -> tuple[dict, list[dict]]:
+def _evaluate_task(backend, spec: TaskSpec, subset: dict, display: "Progress") -> tuple[dict, list[dict]]:
     start = time.perf_counter()
     examples = read_examples(spec.path, spec.kind)
-    indices = list(range(len(examples) if limit is None else min(limit, len(examples))))
+    indices = chosen_indices(len(examples), spec.name, **subset)
     requests = build_requests(spec, examples, indices, chat=backend.render_chat if backend.chat else None)
     owner = [r.index for r in requests for _ in r.pairs]
     display.start(spec.name, len(requests))
@@ -120,7 +144,7 @@ def _evaluate_task(backend, spec: TaskSpec, limit: int | None, display: "Progres
     return result, records
 
 
-def _evaluate_generative(backend, spec: GenerativeSpec, limit: int | None, display: "Progress",
+def _evaluate_generative(backend, spec: GenerativeSpec, subset: dict, display: "Progress",
                          sandbox: SandboxLimits) -> tuple[dict, list[dict]]:
     """(the task's result, its per-example records) through a backend (backends.py or remote.py)."""
     start = time.perf_counter()
@@ -128,24 +152,26 @@ def _evaluate_generative(backend, spec: GenerativeSpec, limit: int | None, displ
     if spec.family == "gsm8k":
         test, train = gsm8k.read_gsm8k(spec.files[0]), gsm8k.read_gsm8k(spec.files[1])
         shots = gsm8k.exemplars(train, spec.shots, spec.fewshot_seed)
-        items, total = test[:limit], len(test)
+        indices = chosen_indices(len(test), spec.name, **subset)
+        items, total = [test[i] for i in indices], len(test)
         prompts = [gsm8k.build_prompt(q["question"], shots, spec.style, spec.example_delimiter, chat) for q in items]
     else:
         problems = humaneval.read_problems(spec.files[0])
-        items, total = problems[:limit], len(problems)
+        indices = chosen_indices(len(problems), spec.name, **subset)
+        items, total = [problems[i] for i in indices], len(problems)
         prompts = [humaneval.build_prompt(p, chat) for p in items]
     display.start(spec.name, len(items))
     generated = backend.generate(prompts, spec.max_new_tokens, spec.stop, on_done=display.advance)
     records = []
     if spec.family == "gsm8k":
-        for i, (item, prompt, g) in enumerate(zip(items, prompts, generated)):
+        for i, item, prompt, g in zip(indices, items, prompts, generated):
             extracted, correct = gsm8k.grade(g.text, item["answer"], spec.style)
             records.append(_record(i, prompt, g, gsm8k.gsm8k_gold(item["answer"]), correct, extracted=extracted))
     else:
         programs = [humaneval.program(p, g.text, chat) for p, g in zip(items, generated)]
         display.start(f"{spec.name} (tests)", len(items))
         results = humaneval.run_programs(programs, sandbox, on_done=display.advance)
-        for i, (item, prompt, g, r) in enumerate(zip(items, prompts, generated, results)):
+        for i, item, prompt, g, r in zip(indices, items, prompts, generated, results):
             records.append(_record(i, prompt, g, item["task_id"], {"pass@1": r.passed}, status=r.status,
                                    stderr=r.stderr[-1000:], seconds=round(r.seconds, 3)))
     seconds = time.perf_counter() - start
