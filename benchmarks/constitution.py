@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -193,7 +195,7 @@ def full(args) -> None:
     if args.no_reward_model:
         print(json.dumps(figures))
         return
-    win_rates(args, replies, prompts, figures)
+    win_rates(args, replies, prompts, figures, out)
 
 
 def saved_replies(directory: Path, prompts: int) -> tuple[dict, list, dict]:
@@ -212,9 +214,12 @@ def saved_replies(directory: Path, prompts: int) -> tuple[dict, list, dict]:
     return replies, [r.prompt for r in test], figures
 
 
-def win_rates(args, replies: dict, prompts: list, figures: dict) -> None:
+def win_rates(args, replies: dict, prompts: list, figures: dict, directory: Path) -> None:
     """The HH-RLHF reward model (trained into --reward-dir unless there) scores every model's replies; the
-    rate at which it prefers each model's reply over the starting model's, with Wilson 95% intervals."""
+    rate at which it prefers each model's reply over the starting model's, with Wilson 95% intervals.
+    The scores (DIRECTORY/reward_scores.json) and the figures (DIRECTORY/figures.json) are kept."""
+    from llmkit.atomic import atomic_write_text
+    from llmkit.device import cpu_has_fast_bf16
     from llmkit.train.reward import load_reward_model, pairwise_accuracy, score
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -225,7 +230,8 @@ def win_rates(args, replies: dict, prompts: list, figures: dict) -> None:
     print(f"[stage] HH-RLHF reward model (trained unless --reward-dir has one): {time.perf_counter() - clock:.0f} s",
           flush=True)
     reward_model, tokenizer = load_reward_model(args.reward_dir)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    # bf16 as it was trained where the CPU has bf16 units; emulated bf16 (AVX2) is ~5x slower than fp32
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_fast_bf16() else None
     scores = {name: score(reward_model, tokenizer, prompts, texts, max_len=320, autocast=autocast)
               for name, texts in replies.items()}
     for name in [name for name in replies if name != "start"]:
@@ -234,7 +240,52 @@ def win_rates(args, replies: dict, prompts: list, figures: dict) -> None:
                         f"{name}_win_ci95_high": round(win["ci95_high"], 4)})
         print(f"{name} vs starting model on {len(prompts)} held-out prompts: reward-model win rate "
               f"{win['accuracy']:.3f} (95% CI {win['ci95_low']:.3f}-{win['ci95_high']:.3f})")
+    atomic_write_text(directory / "reward_scores.json", json.dumps({name: [round(x, 5) for x in values]
+                                                                    for name, values in scores.items()}))
+    atomic_write_text(directory / "figures.json", json.dumps(figures))
+    print(reply_profile(replies, scores))
     print(json.dumps(figures))
+
+
+# A reply refuses when it says so in one of these ways; counted on the replies, not judged.
+REFUSAL = re.compile(r"\b(I'm sorry|I am sorry|I apologi[sz]e|I can't|I cannot|I can not|I'm not able|I am not able|"
+                     r"I won't|I will not|I'm unable|I am unable|I'm not going to)\b", re.IGNORECASE)
+
+
+def repeats_a_sentence(text: str, times: int = 3) -> bool:
+    """Degenerate looping: one sentence (case-folded) said `times` or more times."""
+    sentences = [s.strip().lower() for s in re.split(r"[.!?\n]+", text) if s.strip()]
+    return bool(sentences) and max(Counter(sentences).values()) >= times
+
+
+def reply_profile(replies: dict, scores: dict) -> str:
+    """What the replies are (length, refusals, loops) and whether the reward model's preference for a
+    model's replies holds where neither reply refuses, i.e. beyond the style of refusing (Markdown)."""
+    from llmkit.eval.stats import wilson_interval
+
+    lines = ["| model | mean chars | refuse | repeat a sentence 3+ times | mean reward, refusing | "
+             "mean reward, not refusing |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    refuses = {name: [bool(REFUSAL.search(t)) for t in texts] for name, texts in replies.items()}
+    for name, texts in replies.items():
+        mine = [(r, x) for r, x in zip(refuses[name], scores[name])]
+        mean = lambda v: f"{sum(v) / len(v):.3f} ({len(v)})" if v else "-"  # noqa: E731
+        lines.append(f"| {name} | {sum(map(len, texts)) / len(texts):.0f} | {sum(refuses[name])} | "
+                     f"{sum(map(repeats_a_sentence, texts))} | {mean([x for r, x in mine if r])} | "
+                     f"{mean([x for r, x in mine if not r])} |")
+    lines += ["", "| model vs start | replies (model, start) | n | model's reply preferred (95% CI) |",
+              "| --- | --- | ---: | --- |"]
+    cases = {"neither refuses": (False, False), "model refuses, start does not": (True, False),
+             "start refuses, model does not": (False, True), "both refuse": (True, True)}
+    for name in [n for n in replies if n != "start"]:
+        for label, (mine, theirs) in cases.items():
+            # ties (the same reply) count half, as pairwise_accuracy counts them
+            wins = [1.0 if scores[name][i] > scores["start"][i] else 0.5 if scores[name][i] == scores["start"][i]
+                    else 0.0 for i in range(len(scores[name]))
+                    if refuses[name][i] == mine and refuses["start"][i] == theirs]
+            low, high = wilson_interval(round(sum(wins)), len(wins))
+            share = f"{sum(wins) / len(wins):.3f} ({low:.3f}-{high:.3f})" if wins else "-"
+            lines.append(f"| {name} | {label} | {len(wins)} | {share} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -262,7 +313,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.full and args.replies:
-        win_rates(args, *saved_replies(args.replies, args.prompts))
+        win_rates(args, *saved_replies(args.replies, args.prompts), args.replies)
     elif args.out is None:
         parser.error("--out DIR is needed (only --full --replies DIR runs without it)")
     else:
