@@ -295,7 +295,8 @@ def test_sampling_params_refuse_bad_values(bad, match):
 
 
 @pytest.mark.parametrize("option,value", [("prefill_chunk", 0), ("block_size", 0), ("max_batch_size", 0),
-                                          ("kv_cache_mib", 0), ("prefix_cache_mib", -1), ("prefill_chunk", None)])
+                                          ("kv_cache_mib", 0), ("prefix_cache_mib", -1), ("prefill_chunk", None),
+                                          ("kv_cache_mib", 1.7e302)])  # hypothesis found: overflowed in bytes
 def test_engine_options_are_checked(model, option, value):
     with pytest.raises(GenerationError, match=option):
         Engine(model, **{option: value})

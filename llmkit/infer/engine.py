@@ -168,8 +168,9 @@ class Engine:
             raise GenerationError(ENCODER_CANNOT_GENERATE)
         _check_option(_is_int(max_batch_size) and 1 <= max_batch_size < 2**31, "max_batch_size", max_batch_size,
                       "an integer >= 1")
-        _check_option(_is_number(kv_cache_mib) and 0 < kv_cache_mib < math.inf, "kv_cache_mib", kv_cache_mib,
-                      "a finite number of MiB > 0")
+        # a bound, not an allocation, but it is counted in bytes: 1e302 MiB would overflow to infinity
+        _check_option(_is_number(kv_cache_mib) and 0 < kv_cache_mib < 2**40, "kv_cache_mib", kv_cache_mib,
+                      "a number of MiB > 0 and below 2**40 (an exbibyte)")
         _check_option(_is_number(prefix_cache_mib) and 0 <= prefix_cache_mib < math.inf, "prefix_cache_mib",
                       prefix_cache_mib, "a finite number of MiB >= 0 (0 turns prefix caching off)")
         # the prefix cache's pool is allocated (and its free list built) up front: it must fit the device
