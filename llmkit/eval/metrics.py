@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 
 from llmkit.eval.scoring import OptionScore
-from llmkit.eval.stats import wilson_interval
+from llmkit.eval.stats import Z_95, wilson_interval
 from llmkit.eval.tasks import LANGUAGE_MODELING
 
 CHOICE_METRICS = ("acc", "acc_norm", "acc_per_token")
@@ -85,9 +85,9 @@ def core_score(tasks: dict[str, dict], sampled: bool = False) -> dict:
     if sampled and per_task:
         variances = {name: _sampling_variance(r["metrics"][CORE_METRIC[r["kind"]]]["value"], r["n"], r["of"])
                      / (1 - r["baseline"]) ** 2 for name, r in tasks.items()}
-        half = 1.959964 * math.sqrt(sum(variances.values())) / len(per_task)
+        half = Z_95 * math.sqrt(sum(variances.values())) / len(per_task)
         out["ci95"] = [score - half, score + half]
-        out["centred_ci95"] = {name: [per_task[name] - 1.959964 * math.sqrt(v), per_task[name] + 1.959964 * math.sqrt(v)]
+        out["centred_ci95"] = {name: [per_task[name] - Z_95 * math.sqrt(v), per_task[name] + Z_95 * math.sqrt(v)]
                                for name, v in variances.items()}
     return out
 

@@ -54,8 +54,6 @@ def chosen_indices(total: int, task: str, limit: int | None = None, sample: int 
     is often not random: sorted by source or difficulty); or `sample` drawn without replacement, seeded by
     the seed and the task's name so every model and rerun scores the same ones. nanochat's CORE runs take
     a seeded shuffle's head the same way; a random sample is what an interval on the score assumes."""
-    if limit is not None and sample is not None:
-        raise ConfigError("give --limit (the first N examples) or --sample (N at random), not both")
     if sample is not None:
         # a str seed is hashed with SHA-512 by random.Random: the same draw in every process and version
         return sorted(random.Random(f"{seed}:{task}").sample(range(total), sample)) if sample < total \
