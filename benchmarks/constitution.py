@@ -267,11 +267,11 @@ def reply_profile(replies: dict, scores: dict) -> str:
              "mean reward, not refusing |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     refuses = {name: [bool(REFUSAL.search(t)) for t in texts] for name, texts in replies.items()}
     for name, texts in replies.items():
-        mine = [(r, x) for r, x in zip(refuses[name], scores[name])]
+        scored = list(zip(refuses[name], scores[name]))
         mean = lambda v: f"{sum(v) / len(v):.3f} ({len(v)})" if v else "-"  # noqa: E731
         lines.append(f"| {name} | {sum(map(len, texts)) / len(texts):.0f} | {sum(refuses[name])} | "
-                     f"{sum(map(repeats_a_sentence, texts))} | {mean([x for r, x in mine if r])} | "
-                     f"{mean([x for r, x in mine if not r])} |")
+                     f"{sum(map(repeats_a_sentence, texts))} | {mean([x for r, x in scored if r])} | "
+                     f"{mean([x for r, x in scored if not r])} |")
     lines += ["", "| model vs start | replies (model, start) | n | model's reply preferred (95% CI) |",
               "| --- | --- | ---: | --- |"]
     cases = {"neither refuses": (False, False), "model refuses, start does not": (True, False),
