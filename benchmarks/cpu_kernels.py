@@ -11,8 +11,9 @@ bound by reading them; also as a fraction of the measured read bandwidth) and it
     python benchmarks/cpu_kernels.py [--threads 2] [--against OLD/int8_dot.cpp]
 
 --against builds another copy of int8_dot.cpp (an earlier commit's) under its own operator namespace and
-adds both builds' operators timed alone (no layer around them) and whether every output is bit-identical:
-an A/B of a kernel change in one process. Prints a table, then one JSON line.
+adds both builds' operators timed alone (no layer around them; at 1 row over the same copies, so the A/B
+sees the weights come from memory too) and whether every output is bit-identical: an A/B of a kernel
+change in one process. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -112,14 +113,18 @@ def main() -> None:
                             f"{t_theirs / t_ours:.2f}x | {rate} |")
                     record = {"kind": kind, "layer": name, "n": n, "k": k, "rows": rows, "llmkit_ms": t_ours * 1e3,
                               "pytorch_ms": t_theirs * 1e3}
-                    if other:  # the two builds' operators called directly, on one copy, without the layer around them
-                        def call(namespace):
+                    if other:  # the two builds' operators called directly, without the layer around them; at
+                        # 1 row on every copy in turn, as above (weights from memory)
+                        def call(namespace, layers):
                             op = getattr(getattr(torch.ops, namespace), f"{kind}_linear")
-                            return ((lambda: op(x, ours.packed, k)) if kind == "int4"
-                                    else (lambda: op(x, ours.qweight, scales)))
+                            if kind == "int4":
+                                return lambda: [op(x, layer.packed, k) for layer in layers]
+                            return lambda: [op(x, layer.qweight, scales) for layer in layers]
                         scales = ours.scales.float() if kind == "int8" else None
-                        t_this, t_other = best_time(call("llmkit_cpu")), best_time(call(other))
-                        same = torch.equal(call(other)(), call("llmkit_cpu")())
+                        layers = ours_all if rows == 1 else [ours]
+                        t_this = best_time(call("llmkit_cpu", layers)) / len(layers)
+                        t_other = best_time(call(other, layers)) / len(layers)
+                        same = torch.equal(call(other, [ours])()[0], call("llmkit_cpu", [ours])()[0])
                         line += f" {t_this * 1e3:.3f} | {t_other * 1e3:.3f} | {t_other / t_this:.2f}x | {same} |"
                         record.update(this_op_ms=t_this * 1e3, other_op_ms=t_other * 1e3, identical=same)
                 print(line, flush=True)
