@@ -212,21 +212,36 @@ void softmax_values(float* __restrict p, int64_t padded, const float* __restrict
     // a register's worth of the head's values at a time over all keys: each value's sums are the same
     // operations in the same order however the values are grouped, and only two vectors are live (GCC
     // kept 16-float vectors in memory on AVX2 here, moving them through general registers: 5x slower)
-    for (int c = 0; c < D / NATIVE; ++c) {
-      vnative even = {}, odd = {};  // two named sums (an indexed pair would live in memory)
+    constexpr int GROUP = (D / NATIVE) % 4 == 0 ? 4 : (D / NATIVE) % 2 == 0 ? 2 : 1;  // registers a pass
+    for (int c = 0; c < D / NATIVE; c += GROUP) {
+      vnative even[GROUP], odd[GROUP];  // constant indices after unrolling: kept in registers
+#pragma GCC unroll 4
+      for (int g = 0; g < GROUP; ++g) even[g] = odd[g] = vnative{};
       for (int64_t j = 0; j < keys; j += 2) {
-        vnative x;
         if (seen[j * mask_stride]) {
-          std::memcpy(&x, v + j * v_stride + c * NATIVE, sizeof x);
-          even += p[j] * x;
+          const float* vj = v + j * v_stride + c * NATIVE;
+#pragma GCC unroll 4
+          for (int g = 0; g < GROUP; ++g) {
+            vnative x;
+            std::memcpy(&x, vj + g * NATIVE, sizeof x);
+            even[g] += p[j] * x;
+          }
         }
         if (j + 1 < keys && seen[(j + 1) * mask_stride]) {
-          std::memcpy(&x, v + (j + 1) * v_stride + c * NATIVE, sizeof x);
-          odd += p[j + 1] * x;
+          const float* vj = v + (j + 1) * v_stride + c * NATIVE;
+#pragma GCC unroll 4
+          for (int g = 0; g < GROUP; ++g) {
+            vnative x;
+            std::memcpy(&x, vj + g * NATIVE, sizeof x);
+            odd[g] += p[j + 1] * x;
+          }
         }
       }
-      const vnative o = (even + odd) / sum;
-      std::memcpy(out + c * NATIVE, &o, sizeof o);
+#pragma GCC unroll 4
+      for (int g = 0; g < GROUP; ++g) {
+        const vnative o = (even[g] + odd[g]) / sum;
+        std::memcpy(out + (c + g) * NATIVE, &o, sizeof o);
+      }
     }
   } else {  // the same arithmetic, any head size
     float* __restrict acc = acc_any;  // acc[0, d): even keys, acc[d, 2d): odd keys
