@@ -209,9 +209,10 @@ void softmax_values(float* __restrict p, int64_t padded, const float* __restrict
   const float sum = sum16(lanes);
   // seen keys only, not weighted by 0: a cache slot past a row's end may hold NaN
   if constexpr (D > 0 && D % NATIVE == 0) {  // the sums in vector registers
-    // a register's worth of the head's values at a time over all keys: each value's sums are the same
-    // operations in the same order however the values are grouped, and only two vectors are live (GCC
-    // kept 16-float vectors in memory on AVX2 here, moving them through general registers: 5x slower)
+    // GROUP registers' worth of the head's values at a time over all keys: each value's sums are the same
+    // operations in the same order however the values are grouped; 2 x GROUP sums are live, in registers
+    // (GCC kept 16-float vectors in memory on AVX2 here, moving them through general registers: 5x slower;
+    // one register a pass, then four: 4-15% faster at decode shapes, BENCHMARKS.md)
     constexpr int GROUP = (D / NATIVE) % 4 == 0 ? 4 : (D / NATIVE) % 2 == 0 ? 2 : 1;  // registers a pass
     for (int c = 0; c < D / NATIVE; c += GROUP) {
       vnative even[GROUP], odd[GROUP];  // constant indices after unrolling: kept in registers
