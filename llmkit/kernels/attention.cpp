@@ -58,14 +58,16 @@ inline Half high_half(const Whole& x) {
   return h;
 }
 
-// The 16 lanes added by a fixed tree: halves onto halves (lane l + 8 onto l, then l + 4, l + 2, l + 1),
-// the tree dot_keys applies lane for lane.
-inline float sum16(v16 part) {
-  const v8 eight = low_half<v8>(part) + high_half<v8>(part);
+// The tree's steps after its first: lane l + 4 onto l, then l + 2, l + 1.
+inline float sum8(v8 eight) {
   const v4 four = low_half<v4>(eight) + high_half<v4>(eight);
   const v2 two = low_half<v2>(four) + high_half<v2>(four);
   return two[0] + two[1];
 }
+
+// The 16 lanes added by a fixed tree: halves onto halves (lane l + 8 onto l, then l + 4, l + 2, l + 1),
+// the tree dot_keys applies lane for lane.
+inline float sum16(v16 part) { return sum8(low_half<v8>(part) + high_half<v8>(part)); }
 
 inline v16 load16(const float* x) {
   v16 r;
@@ -103,10 +105,7 @@ inline float dot(const float* q, const float* k, int64_t d) {
     std::memcpy(&low, part, sizeof low);
     std::memcpy(&high, part + LANES / 2, sizeof high);
   }
-  const v8 eight = low + high;  // sum16's tree from its first step
-  const v4 four = low_half<v4>(eight) + high_half<v4>(eight);
-  const v2 two = low_half<v2>(four) + high_half<v2>(four);
-  return two[0] + two[1];
+  return sum8(low + high);  // sum16's tree: its first step is low + high
 #endif
 }
 
