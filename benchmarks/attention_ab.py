@@ -19,7 +19,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,12 +60,8 @@ def main() -> None:
     def run(name: str) -> tuple[float, list[list[int]]]:
         engine, kernel = builds[name]
         cpu_kernels.attention = kernel  # model.py calls it through the module: each engine traced its own
-        requests = [engine.submit(prompt, params) for _ in range(args.batch)]
-        engine.step()  # admits and prefills them all; each gets its first token
-        start, tokens = time.perf_counter(), 0
-        while engine.has_work:
-            tokens += sum(len(new) for _, new in engine.step())
-        return tokens / (time.perf_counter() - start), [r.output_ids for r in requests]
+        speed, requests = generate.timed_batch(engine, prompt, params, args.batch)
+        return speed, [r.output_ids for r in requests]
 
     for name in builds:  # compile each engine's graphs while its build is the one called
         run(name)

@@ -120,17 +120,22 @@ def worker_b32(kind: str, compile: bool = True) -> dict:
     engine = Engine(model, compile=compile, max_batch_size=32, prefix_cache_mib=0)
     params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0)
     engine.generate_batch([prompt] * 32, params)  # warm-up (compiles the batch-32 step)
-    best = 0.0
-    for _ in range(2):
-        requests = [engine.submit(prompt, params) for _ in range(32)]
-        engine.step()  # admits and prefills all 32, each gets its first token
-        assert len(engine.scheduler.running) == 32
-        start, tokens = time.perf_counter(), 0
-        while engine.has_work:
-            tokens += sum(len(new) for _, new in engine.step())
-        best = max(best, tokens / (time.perf_counter() - start))
-        assert all(len(r.output_ids) == NEW_TOKENS for r in requests)
+    best = max(timed_batch(engine, prompt, params, 32)[0] for _ in range(2))
     return {"tok_s": best, "peak_mib": peak_mib()}
+
+
+def timed_batch(engine, prompt, params, rows: int):
+    """(decode tok/s of all streams, the requests) for `rows` copies of `prompt` decoding together: all
+    admitted and prefilled in the first step (each gets its first token there), then timed to the end."""
+    requests = [engine.submit(prompt, params) for _ in range(rows)]
+    engine.step()
+    assert len(engine.scheduler.running) == rows
+    start, tokens = time.perf_counter(), 0
+    while engine.has_work:
+        tokens += sum(len(new) for _, new in engine.step())
+    speed = tokens / (time.perf_counter() - start)
+    assert all(len(r.output_ids) == params.max_new_tokens for r in requests)
+    return speed, requests
 
 
 def worker_ttft(kind: str) -> dict:
