@@ -179,11 +179,12 @@ def test_compiled_decode_equals_eager():
     assert compiled.generate([5, 17, 99, 3], params) == Engine(reference).generate([5, 17, 99, 3], params)
 
 
-def test_compiled_engine_after_warm_up_equals_eager_and_compiles_nothing_more():
+def test_compiled_engine_after_warm_up_equals_eager_and_compiles_nothing_more(caplog):
     """After `warm_up`, a batch of another size and a lone request, both running past 64 and 128
     positions, need no new graph (the rows, the cache's shape and the attention length are symbolic
-    by then). Their tokens equal the eager engine's (each row's keys written into the whole cache),
-    and the CPU fp32 model's Linears were packed for oneDNN, once, in place (no nn.Linear is left)."""
+    by then). Their steps run with dynamo's guards skipped (`call_warmed`), and their tokens equal the
+    eager engine's (each row's keys written into the whole cache), and the CPU fp32 model's Linears
+    were packed for oneDNN, once, in place (no nn.Linear is left)."""
     from torch._dynamo.utils import counters
 
     from llmkit.infer.compiled import ATTEND_STEP, warm_up
@@ -192,7 +193,9 @@ def test_compiled_engine_after_warm_up_equals_eager_and_compiles_nothing_more():
     model, reference = make_model(max_seq_len=320), make_model(max_seq_len=320)
     counters.clear()
     engine = Engine(model, compile=True, max_batch_size=8)
+    assert not engine.warmed_up
     assert warm_up(engine) > 0
+    assert engine.warmed_up
     graphs = counters["stats"]["unique_graphs"]
     assert graphs >= 2
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
@@ -202,9 +205,31 @@ def test_compiled_engine_after_warm_up_equals_eager_and_compiles_nothing_more():
     compiled = [c.token_ids for c in engine.generate_batch(prompts, params)]
     alone = engine.generate([3, 1, 4], params)  # a lone row: a graph of its own, also warmed up
     assert counters["stats"]["unique_graphs"] == graphs, "a shape the warm-up did not cover was compiled"
+    assert "did not compile" not in caplog.text  # every step ran trusted, none fell back to the guards
     assert alone == Engine(reference).generate([3, 1, 4], params)
     eager = [c.token_ids for c in Engine(reference, max_batch_size=8).generate_batch(prompts, params)]
     assert compiled == eager
+
+
+def test_a_warmed_call_that_needs_a_new_graph_compiles_it_instead_of_running_a_wrong_one(caplog):
+    """`call_warmed` skips dynamo's guards; an input no cached graph was made for (here another dtype,
+    which no differentiating guard of two float32 graphs looks at by itself) must not run one of them:
+    dynamo refuses it, and the call is made again with every guard, compiling its graph."""
+    from torch._dynamo.utils import counters
+
+    from llmkit.infer.compiled import call_warmed
+
+    step = torch.compile(lambda x, n: x * 2 + n.shape[0], dynamic=None)
+    counters.clear()
+    for rows in (1, 2, 3):  # a 1-row graph and a symbolic one
+        step(torch.ones(rows, 4), torch.ones(rows))
+    graphs = counters["stats"]["unique_graphs"]
+    assert call_warmed(step, torch.ones(5, 4), torch.ones(5)).tolist() == [[7.0] * 4] * 5
+    assert call_warmed(step, torch.ones(1, 4), torch.ones(1)).tolist() == [[3.0] * 4]
+    assert counters["stats"]["unique_graphs"] == graphs and "did not compile" not in caplog.text
+    wide = call_warmed(step, torch.ones(2, 4, dtype=torch.float64), torch.ones(2))
+    assert wide.dtype == torch.float64 and wide.tolist() == [[4.0] * 4] * 2
+    assert counters["stats"]["unique_graphs"] == graphs + 1 and "did not compile" in caplog.text
 
 
 def test_cli_show_probs_and_speculative(tmp_path, shakespeare_tokenizer):

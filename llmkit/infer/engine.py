@@ -84,7 +84,7 @@ import torch
 
 from llmkit.device import available_memory_bytes
 from llmkit.errors import GenerationError, LLMKitError
-from llmkit.infer.compiled import attend_length, compile_for_inference
+from llmkit.infer.compiled import attend_length, call_warmed, compile_for_inference
 from llmkit.infer.prefix_cache import PrefixCache
 from llmkit.infer.sampling import SamplingParams, TokenLogprob, choose_tokens, token_logprobs
 from llmkit.infer.scheduler import Request, Scheduler, padding_groups
@@ -196,6 +196,7 @@ class Engine:
         self.prefix_cache = (PrefixCache(config, prefix_cache_mib, block_size, self.device, dtype)
                              if prefix_cache_mib > 0 and not self.encoder_decoder else None)
         self.compiled = compile
+        self.warmed_up = False  # set by compiled.warm_up: every decode graph exists, guard evaluation is skipped
         self._decode_fn = self._decode_forward
         if compile:
             self._decode_fn = compile_for_inference(self._decode_forward, model)
@@ -480,7 +481,10 @@ class Engine:
         positions = torch.tensor([[r.length] for r in requests], device=self.device)
         attend = attend_length(max(r.length for r in requests) + 1, cache.max_len, self.compiled)
         cache.bind(first, first + n, attend)
-        logits = self._decode_fn(tokens, positions, cache)
+        if self.warmed_up:
+            logits = call_warmed(self._decode_fn, tokens, positions, cache)
+        else:
+            logits = self._decode_fn(tokens, positions, cache)
         for request in requests:
             request.length += 1
         self.stats["decode_steps"] += 1
