@@ -185,29 +185,30 @@ inline void dot_keys(const float* q, const float* kt, int64_t d, float* out) {
 #endif
 }
 
-typedef int32_t vi16 __attribute__((vector_size(64)));
-
-// exp(x - top) for 16 scores at once (x <= top), 0 where a score is NO_KEY, within ~2 ulp: Cody-Waite
+// exp(x - top) for a vector of scores (x <= top), 0 where a score is NO_KEY, within ~2 ulp: Cody-Waite
 // reduction by ln 2 and Cephes' degree-6 expf polynomial in vector arithmetic (libm's expf is a call per
-// key). Below -87 it gives exp(-87) ~ 1.6e-38: nothing, beside the top key's 1.
-inline v16 exp16(v16 scores, float top) {
-  const v16 none = scores == NO_KEY ? v16{} + 1.0f : v16{};  // 1 in the lanes that see nothing
-  v16 x = scores - top;
-  x = x > -87.0f ? x : v16{} - 87.0f;
-  const v16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (2^23 + 2^22)
-  const v16 r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  v16 poly = v16{} + 1.9875691500e-4f;
+// key). Below -87 it gives exp(-87) ~ 1.6e-38: nothing, beside the top key's 1. Lane by lane, so the
+// same bits whatever the vector's width.
+template <typename V>
+inline V exp_lanes(V scores, float top) {
+  typedef int32_t VI __attribute__((vector_size(sizeof(V))));
+  const V none = scores == NO_KEY ? V{} + 1.0f : V{};  // 1 in the lanes that see nothing
+  V x = scores - top;
+  x = x > -87.0f ? x : V{} - 87.0f;
+  const V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (2^23 + 2^22)
+  const V r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  V poly = V{} + 1.9875691500e-4f;
   poly = poly * r + 1.3981999507e-3f;
   poly = poly * r + 8.3334519073e-3f;
   poly = poly * r + 4.1665795894e-2f;
   poly = poly * r + 1.6666665459e-1f;
   poly = poly * r + 5.0000001201e-1f;
   poly = poly * r * r + r + 1.0f;
-  const vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;  // 2^n, n >= -126: a normal float
-  v16 two_n;
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;  // 2^n, n >= -126: a normal float
+  V two_n;
   std::memcpy(&two_n, &bits, sizeof two_n);
-  const v16 e = poly * two_n;
-  return none > 0.5f ? v16{} : e;
+  const V e = poly * two_n;
+  return none > 0.5f ? V{} : e;
 }
 
 // Softmax of one query's scores p[0, padded) (NO_KEY where unseen, and past the keys) and the weighted
@@ -219,24 +220,38 @@ void softmax_values(float* __restrict p, int64_t padded, const float* __restrict
                     const bool* __restrict seen, int64_t mask_stride, int64_t keys, int64_t d_any,
                     float* __restrict acc_any, float* __restrict out) {
   const int64_t d = D > 0 ? D : d_any;
-  v16 tops = v16{} + NO_KEY;
-  for (int64_t j = 0; j < padded; j += LANES) {  // padded is a multiple of KEYS (16)
-    const v16 x = load16(p + j);
-    tops = x > tops ? x : tops;
-  }
+  // The 16 lanes of the maximum and of the normaliser in registers: as PIECES vectors of the ISA's width
+  // (GCC kept 16-float vectors on the stack on AVX2 here too, and took the maximum lane by lane from there)
+  constexpr int PIECES = LANES / NATIVE;
+  vnative tops[PIECES];
+  for (int c = 0; c < PIECES; ++c) tops[c] = vnative{} + NO_KEY;
+  for (int64_t j = 0; j < padded; j += LANES)  // padded is a multiple of KEYS (16)
+    for (int c = 0; c < PIECES; ++c) {
+      vnative x;
+      std::memcpy(&x, p + j + c * NATIVE, sizeof x);
+      tops[c] = x > tops[c] ? x : tops[c];
+    }
   float top = NO_KEY;
-  for (int l = 0; l < LANES; ++l) top = std::max(top, tops[l]);
+  for (int c = 0; c < PIECES; ++c)
+    for (int l = 0; l < NATIVE; ++l) top = std::max(top, tops[c][l]);
   if (top == NO_KEY) {  // a query that sees nothing (a padding row)
     std::fill(out, out + d, 0.f);
     return;
   }
-  v16 lanes = {};  // the normaliser: key j in lane j % 16, then dot()'s tree
-  for (int64_t j = 0; j < padded; j += LANES) {
-    const v16 e = exp16(load16(p + j), top);
-    std::memcpy(p + j, &e, sizeof e);
-    lanes += e;
-  }
-  const float sum = sum16(lanes);
+  vnative lanes[PIECES] = {};  // the normaliser: key j in lane j % 16, then dot()'s tree
+  for (int64_t j = 0; j < padded; j += LANES)
+    for (int c = 0; c < PIECES; ++c) {
+      vnative x;
+      std::memcpy(&x, p + j + c * NATIVE, sizeof x);
+      const vnative e = exp_lanes(x, top);
+      std::memcpy(p + j + c * NATIVE, &e, sizeof e);
+      lanes[c] += e;
+    }
+#if defined(__AVX512F__)
+  const float sum = sum16(lanes[0]);
+#else
+  const float sum = sum8(lanes[0] + lanes[1]);  // sum16's tree: its first step is low + high
+#endif
   // seen keys only, not weighted by 0: a cache slot past a row's end may hold NaN
   if constexpr (D > 0 && D % NATIVE == 0) {  // the sums in vector registers
     // GROUP registers' worth of the head's values at a time over all keys: each value's sums are the same
