@@ -214,6 +214,9 @@ def test_attention_is_softmax_attention_and_a_querys_bits_do_not_depend_on_what_
     want = reference_attention(q, k, v, mask)
     assert torch.equal(out[1, :, 0], torch.zeros(heads, d))
     assert float((out.double() - want).nan_to_num().abs().max()) < 1e-5
+    # every row's last query together, one query a row (a batched decode step: keys scored four at a time)
+    step = lib.attention(q[:, :, -1:], k, v, mask[:, :, -1:], d ** -0.5)
+    assert torch.equal(step[:, :, 0], out[:, :, -1])
     for b in range(batch):  # one query alone, over the cache's full 64 keys (the rest hidden): the same bits
         for i in range(queries):
             alone = lib.attention(q[b:b + 1, :, i:i + 1], cache_k[b:b + 1], cache_v[b:b + 1],
