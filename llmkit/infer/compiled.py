@@ -104,7 +104,9 @@ def call_warmed(step, *args):
     sizes `warm_up` made symbolic (its test runs every later shape with guards skipped and compares
     with eager), and dynamo refuses an input that no cached graph's differentiating guards accept
     ("Recompilation triggered with skip_guard_eval_unsafe stance"): that call is then made again with
-    every guard, compiling the graph it needs, and the next ones are trusted again."""
+    every guard, compiling the graph it needs, and the next ones are trusted again. The stance is the
+    process's, for the length of the call: in a server the engine's thread is the only one running
+    compiled code."""
     try:
         with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
             return step(*args)

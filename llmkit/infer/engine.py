@@ -71,6 +71,7 @@ their solo runs (tests/test_engine*.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import numbers
@@ -481,10 +482,8 @@ class Engine:
         positions = torch.tensor([[r.length] for r in requests], device=self.device)
         attend = attend_length(max(r.length for r in requests) + 1, cache.max_len, self.compiled)
         cache.bind(first, first + n, attend)
-        if self.warmed_up:
-            logits = call_warmed(self._decode_fn, tokens, positions, cache)
-        else:
-            logits = self._decode_fn(tokens, positions, cache)
+        step = functools.partial(call_warmed, self._decode_fn) if self.warmed_up else self._decode_fn
+        logits = step(tokens, positions, cache)
         for request in requests:
             request.length += 1
         self.stats["decode_steps"] += 1
