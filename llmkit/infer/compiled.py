@@ -4,8 +4,8 @@ pays for their compilations before the first user does.
 A compiled step is specialised on the sizes it first sees. Dynamo compiles the first values it meets
 as constants and recompiles once when one changes (making it symbolic); the engine's decode step has
 four sizes that change (rows, the cache's rows and capacity, the attention length, a multiple of
-ATTEND_STEP), and four graphs cover every later step (`warm_up` says why four). Once they exist, the engine calls its
-step without evaluating dynamo's guards (`call_warmed`).
+ATTEND_STEP), and four graphs cover every later step (`warm_up` says why four). Once they exist, the
+engine calls its step without evaluating dynamo's guards (`call_warmed`).
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def call_warmed(step, *args):
     """`step(*args)`, a compiled decode step whose graphs all exist (after `warm_up`), without dynamo's
     guard evaluation: before each call dynamo checks ~2,700 guards on the model's modules, globals and
     inputs (0.85 ms of a 14-ms batch-1 SmolLM2 int4 step on the 2-core AVX2 EPYC); skipping all but the
-    guards that tell the cached graphs apart (`skip_guard_eval_unsafe`) made batch-1 decode 1.07x
-    faster, measured in one process (BENCHMARKS.md). It is unsafe only where a needed graph is missing:
+    guards that tell the cached graphs apart (`skip_guard_eval_unsafe`) made batch-1 decode 1.06-1.08x
+    faster, measured in one process (benchmarks/guards_ab.py, BENCHMARKS.md). It is unsafe only where a needed graph is missing:
     a trusted call would run a graph made for other inputs. The engine's decode inputs change only in the
     sizes `warm_up` made symbolic (its test runs every later shape with guards skipped and compares
     with eager), and dynamo refuses an input that no cached graph's differentiating guards accept

@@ -112,7 +112,8 @@ inline float dot(const float* q, const float* k, int64_t d) {
 // dot() for 4 keys at once (rows k, k + stride, ...; d a multiple of 16): each key's partial sums and
 // tree are dot()'s, so its score has the same bits, but the 4 keys' chains run side by side and their
 // trees' steps are taken a vector at a time. dot() for one key waits on its FMA chain and then on its
-// tree's adds, one after the other (perf: ~100 cycles a key in a batch-32 decode step).
+// tree's adds, one after the other (a query-key pair took ~45 cycles with the keys in L2, ~13 of them
+// arithmetic; BENCHMARKS.md).
 inline v4 dot4(const float* q, const float* k, int64_t stride, int64_t d) {
   v8 low[4] = {}, high[4] = {};
   for (int64_t i = 0; i < d; i += LANES) {
