@@ -138,13 +138,21 @@ class Tokenizer:
     def _cut_is_exact(self, left: str, right: str, window: int) -> bool:
         """Does encoding `right` after `left`'s last character give the ids it has in `left + right`?
         Checked on the text around the cut (from a cut point in left's last `window` characters to one
-        in right's first `window`)."""
+        in right's first `window`), never fewer characters a side than the vocabulary's longest token: a
+        narrower check could not see a token that spans the cut (hypothesis found "king| king" with a
+        window of 1 or 2 and Llama 2's normaliser, which has no pre-tokenizer to stop merges at spaces)."""
+        window = max(window, self._longest_token)
         start = (split_point(left, len(left) - window, len(left)) or len(left) - window) if len(left) > window else 0
         left_part = left[start:]
         stop = (split_point(right, 1, window) or window) if len(right) > window else len(right)
         right_part = right[:stop]
         continuation = self._encode_continuation(left_part[-1], right_part)
         return continuation is not None and self.encode(left_part + right_part) == self.encode(left_part) + continuation
+
+    @functools.cached_property
+    def _longest_token(self) -> int:
+        """Characters in the vocabulary's longest token string (bytes, for a byte-level one)."""
+        return max(map(len, self.backend.get_vocab()), default=1)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
