@@ -99,14 +99,14 @@ def call_warmed(step, *args):
     guard evaluation: before each call dynamo checks ~2,700 guards on the model's modules, globals and
     inputs (0.85 ms of a 14-ms batch-1 SmolLM2 int4 step on the 2-core AVX2 EPYC); skipping all but the
     guards that tell the cached graphs apart (`skip_guard_eval_unsafe`) made batch-1 decode 1.06-1.08x
-    faster, measured in one process (benchmarks/guards_ab.py, BENCHMARKS.md). It is unsafe only where a needed graph is missing:
-    a trusted call would run a graph made for other inputs. The engine's decode inputs change only in the
-    sizes `warm_up` made symbolic (its test runs every later shape with guards skipped and compares
-    with eager), and dynamo refuses an input that no cached graph's differentiating guards accept
-    ("Recompilation triggered with skip_guard_eval_unsafe stance"): that call is then made again with
-    every guard, compiling the graph it needs, and the next ones are trusted again. The stance is the
-    process's, for the length of the call: in a server the engine's thread is the only one running
-    compiled code."""
+    faster, measured in one process (benchmarks/guards_ab.py, BENCHMARKS.md). It is unsafe only where a
+    needed graph is missing: a trusted call would run a graph made for other inputs. The engine's decode
+    inputs change only in the sizes `warm_up` made symbolic (its test runs every later shape with guards
+    skipped and compares with eager), and dynamo refuses an input that no cached graph's differentiating
+    guards accept ("Recompilation triggered with skip_guard_eval_unsafe stance"): that call is then made
+    again with every guard, compiling the graph it needs, and the next ones are trusted again. The
+    stance is the process's, for the length of the call: in a server the engine's thread is the only one
+    running compiled code."""
     try:
         with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
             return step(*args)
