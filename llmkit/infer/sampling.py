@@ -164,8 +164,8 @@ class RequestSampler:
 
     def __init__(self, params: SamplingParams, prompt_ids: list[int]):
         self.params = params
-        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        self.generators: dict[torch.device, torch.Generator] = {}
         self.seen = torch.zeros(0, dtype=torch.long)
         if params.repetition_penalty != 1.0:
             self.seen = torch.tensor(sorted(set(prompt_ids)), dtype=torch.long)
@@ -177,6 +177,13 @@ class RequestSampler:
             self.constraint.advance(token)
         if self.params.repetition_penalty != 1.0 and not bool((self.seen == token).any()):
             self.seen = torch.cat([self.seen, torch.tensor([token])])
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The request's random generator on `device`, seeded with its seed: CUDA's sampling kernels take
+        only a generator of their own device, and the logits are where the model is."""
+        if device not in self.generators:
+            self.generators[device] = torch.Generator(device).manual_seed(self.seed)
+        return self.generators[device]
 
     @property
     def finished(self) -> bool:
@@ -194,7 +201,7 @@ class RequestSampler:
 
     def sample(self, logits: torch.Tensor) -> int:
         """Choose from logits already masked by the grammar."""
-        return sample_next_token(logits, self.params, self.generator, self.seen)
+        return sample_next_token(logits, self.params, self.generator(logits.device), self.seen)
 
     def distribution(self, logits: torch.Tensor, extra: list[int] = ()) -> torch.Tensor:
         """The filtered distribution, as if the `extra` tokens had also been seen (speculative steps)."""
@@ -203,11 +210,13 @@ class RequestSampler:
             seen = torch.unique(torch.cat([seen, torch.tensor(list(extra), dtype=torch.long)]))
         return next_token_distribution(logits, self.params, seen)
 
-    def random(self) -> float:
-        return float(torch.rand((), generator=self.generator))
+    def random(self, device: torch.device) -> float:
+        """A uniform draw in [0, 1) from the request's generator on `device` (that of the logits it is
+        compared with)."""
+        return float(torch.rand((), generator=self.generator(device), device=device))
 
     def draw(self, probs: torch.Tensor) -> int:
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return int(torch.multinomial(probs, 1, generator=self.generator(probs.device)))
 
 
 def broken_rows(logits: torch.Tensor) -> torch.Tensor:

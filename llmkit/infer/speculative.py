@@ -246,7 +246,7 @@ class Speculator:
                 ok = int(p.argmax()) == draft
             else:
                 q_draft = float(dists[i][draft]) if dists is not None else 1.0
-                ok = sampler.random() < min(1.0, float(p[draft]) / q_draft)
+                ok = sampler.random(p.device) < min(1.0, float(p[draft]) / q_draft)
             if ok:
                 n_accepted += 1
                 emitted += engine.emit(request, logits[i], draft)
