@@ -25,7 +25,7 @@ from llmkit.convert import resolve_model
 from llmkit.device import inference_dtype, parse_dtype, resolve_device
 from llmkit.errors import GenerationError, LLMKitError
 from llmkit.infer import Engine, SamplingParams, TokenLogprob
-from llmkit.infer.engine import ENCODER_CANNOT_GENERATE
+from llmkit.infer.options import ENCODER_CANNOT_GENERATE
 from llmkit.infer.speculative import Speculator, layer_skip_draft
 from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer

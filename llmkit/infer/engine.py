@@ -73,8 +73,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
-import numbers
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -83,9 +81,9 @@ from typing import Protocol
 
 import torch
 
-from llmkit.device import available_memory_bytes
 from llmkit.errors import GenerationError, LLMKitError
 from llmkit.infer.compiled import attend_length, call_warmed, compile_for_inference
+from llmkit.infer.options import check_engine_options
 from llmkit.infer.prefix_cache import PrefixCache
 from llmkit.infer.sampling import SamplingParams, TokenLogprob, choose_tokens, token_logprobs
 from llmkit.infer.scheduler import Request, Scheduler, padding_groups
@@ -121,29 +119,12 @@ class DecodingStrategy(Protocol):
         step primitives, yield its tokens as they are decided, and retire it."""
 
 
-def _check_option(ok: bool, name: str, value, want: str) -> None:
-    if not ok:
-        raise GenerationError(f"engine option {name}={value!r} is invalid: it must be {want}")
-
-
 class _ForwardFailed(Exception):
     """A prefill forward raised: `requests` ran in it; `completed` finished their prompts before it."""
 
     def __init__(self, requests: list[Request], error: Exception, completed: list):
         super().__init__(str(error))
         self.requests, self.error, self.completed = requests, error, completed
-
-
-ENCODER_CANNOT_GENERATE = ("this model is an encoder (bidirectional attention, causal: false): it does not generate "
-                           "text; use `llmkit fill` for masked-token predictions or `llm.embed` for embeddings")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class Engine:
@@ -165,25 +146,8 @@ class Engine:
         delays the running requests' next token). speculator: a `llmkit.infer.speculative.Speculator` (built by the caller,
         one per engine) for speculative decoding of a request running alone.
         """
-        if not model.config.causal:  # bidirectional: each position sees the future, so there is no next token
-            raise GenerationError(ENCODER_CANNOT_GENERATE)
-        _check_option(_is_int(max_batch_size) and 1 <= max_batch_size < 2**31, "max_batch_size", max_batch_size,
-                      "an integer >= 1")
-        # a bound, not an allocation, but it is counted in bytes: 1e302 MiB would overflow to infinity
-        _check_option(_is_number(kv_cache_mib) and 0 < kv_cache_mib < 2**40, "kv_cache_mib", kv_cache_mib,
-                      "a number of MiB > 0 and below 2**40 (an exbibyte)")
-        _check_option(_is_number(prefix_cache_mib) and 0 <= prefix_cache_mib < math.inf, "prefix_cache_mib",
-                      prefix_cache_mib, "a finite number of MiB >= 0 (0 turns prefix caching off)")
-        # the prefix cache's pool is allocated (and its free list built) up front: it must fit the device
-        available = available_memory_bytes(model.tok_emb.weight.device) / 2**20
-        _check_option(prefix_cache_mib <= available, "prefix_cache_mib", prefix_cache_mib,
-                      f"at most the {available:,.0f} MiB of memory available on the model's device")
-        _check_option(_is_int(block_size) and 1 <= block_size < 2**31, "block_size", block_size,
-                      "an integer >= 1 (tokens per prefix-cache block)")
-        _check_option(_is_int(prefill_chunk) and 1 <= prefill_chunk < 2**31, "prefill_chunk", prefill_chunk,
-                      "an integer >= 1 (prompt tokens prefilled per step)")
-        _check_option(speculator is None or callable(getattr(speculator, "bind", None)), "speculator",
-                      speculator, "None or a llmkit.infer.speculative.Speculator, e.g. Speculator('prompt-lookup')")
+        check_engine_options(model, max_batch_size, kv_cache_mib, prefix_cache_mib, block_size, prefill_chunk,
+                             speculator)
         self.encoder_decoder = model.encoder is not None
         if self.encoder_decoder and speculator is not None:
             raise GenerationError("speculative decoding is for decoder-only models; this one is an encoder-decoder "

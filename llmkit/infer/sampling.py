@@ -12,6 +12,7 @@ import torch
 
 from llmkit.errors import GenerationError
 from llmkit.infer.grammar import Constraint, Grammar, constrain_logits
+from llmkit.infer.options import is_int
 
 # The smallest non-zero temperature. Logits are divided by it in float32: 1e-45 (which used to pass)
 # turns them into inf and the softmax into NaN. Anything this cold already samples the argmax bar exact
@@ -20,10 +21,6 @@ MIN_TEMPERATURE = 1e-4
 
 NAN_LOGITS = ("the model produced NaN (or infinite) logits for this request (broken weights, or an overflow in a "
               "low-precision dtype: try dtype=float32)")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass
@@ -47,7 +44,7 @@ class SamplingParams:
     def __post_init__(self):
         for name in ("max_new_tokens", "top_k", "logprobs", "seed"):
             value = getattr(self, name)
-            if not (_is_int(value) or (value is None and name in ("logprobs", "seed"))):
+            if not (is_int(value) or (value is None and name in ("logprobs", "seed"))):
                 raise GenerationError(f"{name} must be an integer, not {value!r}")
             if name != "seed" and value is not None and not -2**63 <= value < 2**63:
                 raise GenerationError(f"{name} must fit in 64 bits, not {value}")
@@ -73,7 +70,7 @@ class SamplingParams:
             (self.repetition_penalty > 0, f"repetition_penalty must be > 0, not {self.repetition_penalty}"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be between 0 and 20, not {self.logprobs}"),
             (all(isinstance(s, str) and s for s in self.stop_strings), "stop strings must be non-empty strings"),
-            (all(_is_int(t) for t in self.stop_token_ids), "stop token ids must be integers"),
+            (all(is_int(t) for t in self.stop_token_ids), "stop token ids must be integers"),
             (self.grammar is None or isinstance(self.grammar, Grammar),
              f"grammar must be a llmkit.infer.grammar.Grammar (GrammarCompiler.json_schema(...)), not {self.grammar!r}"),
         ]
