@@ -85,9 +85,10 @@ def test_sampling_on_gpu_follows_the_seed_through_every_filter():
     assert first == engine.generate([5, 17, 99], SamplingParams(seed=1, **params))
     assert first != engine.generate([5, 17, 99], SamplingParams(seed=2, **params))
     assert all(0 <= t < 512 for t in first)
-    spec = Engine(model, speculator=Speculator(make_model().to(GPU), 3))
-    drafted = spec.generate([5, 17, 99], SamplingParams(seed=1, max_new_tokens=30, temperature=1.0))
-    assert len(drafted) == 30 and spec.speculator.drafted > 0
+    for drafter in (make_model().to(GPU), "prompt-lookup"):  # drafts with and without their distributions
+        spec = Engine(model, speculator=Speculator(drafter, 3))
+        drafted = spec.generate([5, 17, 99, 5, 17, 99, 5, 17], SamplingParams(seed=1, max_new_tokens=30, temperature=1.0))
+        assert len(drafted) == 30 and (spec.speculator.drafted > 0 or drafter == "prompt-lookup")
 
 
 def test_compiled_engine_on_gpu_after_warm_up_equals_eager():

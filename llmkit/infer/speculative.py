@@ -257,7 +257,7 @@ class Speculator:
                 token = int(p.argmax())
             else:  # the residual distribution norm(max(0, p - q)) keeps the output distributed as p
                 q = dists[i] if dists is not None else torch.nn.functional.one_hot(
-                    torch.tensor(draft), p.numel()).float()
+                    torch.tensor(draft, device=p.device), p.numel()).float()
                 residual = (p - q).clamp(min=0)
                 token = sampler.draw(residual / residual.sum() if residual.sum() > 0 else p)
             emitted += engine.emit(request, logits[i], token)
