@@ -75,8 +75,8 @@ float fp16_to_float(uint16_t h) {
 // A block at a time in four vectors. The int8 values, scales and integer sums are those of the plain
 // loop below bit for bit (vcvtps2dq rounds to nearest even, as nearbyint in the default rounding mode);
 // only the float sum s is added in another order. The plain loop did not vectorise (nearbyint, and a
-// float sum it may not reorder): at 32 rows it cost ~24 us a layer of 576 inputs, as much as the
-// products of a 576 x 576 layer's 72 panels on one thread.
+// float sum it may not reorder): for 32 rows of 576 inputs it took ~10 us a call longer than this
+// (one thread; ~7% of a 576 x 576 layer's products at that batch; BENCHMARKS.md).
 inline float horizontal_sum(__m256 v) {
   __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   x = _mm_add_ps(x, _mm_movehl_ps(x, x));
