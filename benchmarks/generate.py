@@ -206,6 +206,36 @@ def worker_spec(target: str, draft: str, draft_tokens: int) -> dict:
             "plain_tok_s": plain_speed, "spec_tok_s": spec_speed, "same_tokens": same, "peak_mib": peak_mib()}
 
 
+def hf_decode_speed(model, ids, torch, synchronize=None, **generate_kwargs) -> float:
+    """transformers' pure decode tokens/s over all rows of `ids` (median of 3): generate() timed through a
+    streamer, whose first call is the prompt and then one per new token; `synchronize` (a GPU's) runs
+    before each time stamp."""
+    import transformers
+
+    class Clock(transformers.generation.streamers.BaseStreamer):
+        def __init__(self):
+            self.stamps = []
+
+        def put(self, value):
+            if synchronize is not None:
+                synchronize()
+            self.stamps.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    speeds = []
+    for _ in range(3):
+        clock = Clock()
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                                 streamer=clock, pad_token_id=0, **generate_kwargs)
+        assert out.shape[1] - ids.shape[1] == NEW_TOKENS
+        tokens = clock.stamps[1:]
+        speeds.append(ids.shape[0] * (len(tokens) - 1) / (tokens[-1] - tokens[0]))
+    return sorted(speeds)[1]
+
+
 def worker_hf() -> dict:
     torch = setup_torch()
     import transformers
@@ -219,29 +249,11 @@ def worker_hf() -> dict:
     ids = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, return_tensors="pt")
     ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
 
-    class Clock(transformers.generation.streamers.BaseStreamer):
-        def __init__(self):
-            self.stamps = []
-
-        def put(self, value):
-            self.stamps.append(time.perf_counter())  # first call: the prompt; then one per new token
-
-        def end(self):
-            pass
-
-    speeds = []
-    for _ in range(3):
-        clock = Clock()
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                                 streamer=clock, pad_token_id=0)
-        assert out.shape[1] - ids.shape[1] == NEW_TOKENS
-        tokens = clock.stamps[1:]
-        speeds.append((len(tokens) - 1) / (tokens[-1] - tokens[0]))
+    speed = hf_decode_speed(model, ids, torch)
     from machine import weight_bytes_per_token
 
     read = weight_bytes_per_token(model, model.get_input_embeddings().weight, model.get_output_embeddings())
-    return {"tok_s": sorted(speeds)[1], "peak_mib": peak_mib(), "version": transformers.__version__,
+    return {"tok_s": speed, "peak_mib": peak_mib(), "version": transformers.__version__,
             "bytes_per_token": read}
 
 

@@ -122,34 +122,12 @@ def hf_llama(config, torch):
 
 
 def hf_decode(model, prompt: list[int], rows: int, torch, **generate_kwargs) -> float:
-    """transformers' pure decode tokens/s (all rows) for `rows` copies of `prompt`: generate() timed
-    through a streamer, which sees the prefill's token first and then one call per step."""
-    import transformers
-
-    class Clock(transformers.generation.streamers.BaseStreamer):
-        def __init__(self):
-            self.stamps = []
-
-        def put(self, value):
-            if DEVICE == "cuda":
-                torch.cuda.synchronize()
-            self.stamps.append(time.perf_counter())
-
-        def end(self):
-            pass
+    """transformers' pure decode tokens/s (all rows) for `rows` copies of `prompt` (generate.py's timing)."""
+    from generate import hf_decode_speed
 
     ids = torch.tensor([prompt] * rows, device=DEVICE)
-    speeds = []
-    for _ in range(3):
-        clock = Clock()
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
-                                 min_new_tokens=NEW_TOKENS, do_sample=False, streamer=clock, pad_token_id=0,
-                                 **generate_kwargs)
-        assert out.shape[1] - ids.shape[1] == NEW_TOKENS
-        stamps = clock.stamps[1:]  # the first put is the prompt
-        speeds.append(rows * (len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    return sorted(speeds)[1]
+    synchronize = torch.cuda.synchronize if DEVICE == "cuda" else None
+    return hf_decode_speed(model, ids, torch, synchronize, attention_mask=torch.ones_like(ids), **generate_kwargs)
 
 
 def profile_steps(engine, prompt: list[int], torch, steps: int = 16) -> str:
@@ -172,7 +150,7 @@ def stage_decode(directory: Path) -> dict:
     from generate import chat_prompt, timed_batch, timed_stream
     from machine import kv_bytes_per_token, weight_bytes_per_token
 
-    from llmkit.checkpoint import load_model, load_tokenizer
+    from llmkit.checkpoint import load_config, load_model, load_tokenizer
     from llmkit.infer import Engine, SamplingParams
     from llmkit.infer.compiled import warm_up
 
@@ -180,7 +158,7 @@ def stage_decode(directory: Path) -> dict:
     prompt = chat_prompt(tokenizer)
     params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0)
     results = {"prompt_tokens": len(prompt)}
-    config = load_model(directory).config
+    config = load_config(directory)
     hf = None
     # the eager figures first, then the compiled ones: a stage cut short by its time limit keeps the first
     for compiled in (False, True):
