@@ -3,28 +3,21 @@ compiled == eager, batched == one by one), compiled bf16 pretraining whose check
 and FSDP2 under torchrun with NCCL. Each test needs a CUDA GPU and is skipped without one (CI has none);
 `benchmarks/gpu.py` runs them on a lent GPU together with the GPU figures (BENCHMARKS.md, "On a GPU")."""
 
-import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import SHAKESPEARE, cli_in_process, run_cli
-from llmkit.config import ModelConfig
+import test_pretrain as pretrain
+from conftest import run_cli
 from llmkit.infer import Engine, SamplingParams
-from llmkit.model import Transformer
+from test_engine import make_model, naive_greedy
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
 GPU = torch.device("cuda")
-
-
-def make_model(**overrides):
-    torch.manual_seed(0)
-    return Transformer(ModelConfig.preset("tiny", **overrides)).eval()
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -52,14 +45,6 @@ def test_bf16_training_step_on_fused_attention_matches_fp32(kv_heads):
     assert relative_error(got, want) < 2e-2
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         assert relative_error(p.grad, q.grad) < 6e-2, name
-
-
-def naive_greedy(model, prompt, n):
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(n):
-            ids.append(int(model(torch.tensor([ids], device=GPU))[0, -1].argmax()))
-    return ids[len(prompt):]
 
 
 def test_engine_on_gpu_greedy_equals_full_recompute_and_batched_equals_one_by_one():
@@ -129,46 +114,24 @@ def test_bf16_engine_scores_match_fp32():
         assert abs(step.logprob - float(full[len(prompt) - 1 + i, step.token_id])) < 0.05, i
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    """A 512-token tokenizer and train/val shards of two plays, made through the CLI."""
-    root = tmp_path_factory.mktemp("shards")
-    train = [SHAKESPEARE / "train" / "as_you_like_it_gut.txt", SHAKESPEARE / "train" / "coriolanus_gut.txt"]
-    assert cli_in_process("tokenizer", "train", "--input", *train, "--vocab-size", 512, "--out", root / "tok").returncode == 0
-    assert cli_in_process("data", "prepare", "--input", *train, "--tokenizer", root / "tok", "--out", root / "train").returncode == 0
-    assert cli_in_process("data", "prepare", "--input", SHAKESPEARE / "val", "--tokenizer", root / "tok",
-                          "--out", root / "val").returncode == 0
-    return root
+shards = pretrain.shards  # the 512-token tokenizer and shards of test_pretrain.py, made the same way
 
 
 def common(shards, **extra):
-    base = dict(model="tiny", data=shards / "train", val_data=shards / "val", seq_len=128, micro_batch=16,
-                log_every=1, eval_every=0, ckpt_every=0, time_limit_s=0, plot="false", warmup_steps=5,
-                eval_tokens=16384, device="cuda")
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
-
-
-def losses(run_dir):
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
+    """test_pretrain's overrides, on the GPU with a longer sequence and a larger batch."""
+    return pretrain.common(shards, **{"device": "cuda", "seq_len": 128, "micro_batch": 16, "eval_tokens": 16384,
+                                      "warmup_steps": 5, **extra})
 
 
 def test_compiled_bf16_pretraining_on_gpu_learns_and_its_checkpoint_runs_on_a_cpu(tmp_path, shards):
     out = tmp_path / "run"
     result = run_cli("pretrain", "--out", out, *common(shards, max_steps=80, lr=5e-3, compile="true", dtype="bf16"))
     assert result.returncode == 0, result.stderr[-3000:]
-    got = losses(out)
+    got = pretrain.losses(out)
     assert got[80] < got[1] - 1.0, got  # 512-way uniform guessing is 6.24 nats
     assert all(math.isfinite(v) for v in got.values())
     result = run_cli("generate", "--model", out, "--device", "cpu", "--max-new-tokens", 5, "ROMEO")
     assert result.returncode == 0, result.stderr[-3000:]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_fsdp2_on_one_gpu_matches_a_plain_run(tmp_path, shards):
@@ -179,11 +142,11 @@ def test_fsdp2_on_one_gpu_matches_a_plain_run(tmp_path, shards):
     assert plain.returncode == 0, plain.stderr[-3000:]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
-                              "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                              "--master_addr", "127.0.0.1", "--master_port", str(pretrain._free_port()),
                               "-m", "llmkit.cli", "pretrain", "--fsdp", "--out", str(tmp_path / "fsdp"), *args],
                              capture_output=True, text=True, env=env, timeout=300)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
-    one, two = losses(tmp_path / "plain"), losses(tmp_path / "fsdp")
+    one, two = pretrain.losses(tmp_path / "plain"), pretrain.losses(tmp_path / "fsdp")
     assert sorted(one) == sorted(two) == [1, 2, 3, 4, 5]
     for step in one:
         assert math.isclose(one[step], two[step], rel_tol=1e-4), (step, one[step], two[step])

@@ -16,10 +16,10 @@ def make_model(preset="tiny", **overrides):
 
 
 def naive_greedy(model, prompt, n):
-    ids = list(prompt)
+    ids, device = list(prompt), model.tok_emb.weight.device
     with torch.no_grad():
         for _ in range(n):
-            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+            ids.append(int(model(torch.tensor([ids], device=device))[0, -1].argmax()))
     return ids[len(prompt):]
 
 
