@@ -1,6 +1,7 @@
 """What weight-only quantization costs in quality: bits per byte of SmolLM2-135M-Instruct on the
 Shakespeare validation plays (Hamlet, Macbeth, The Tempest), fp32 against bf16, int8 and int4, with
-PyTorch's weight-only kernels (bf16 activations) and with llmkit's int8-activation kernels (the `_a8` rows).
+PyTorch's weight-only kernels (bf16 activations) and with llmkit's int8-activation kernels (the `_a8` rows),
+and (the `_kv16` / `_kv32` rows, by --only) through a float16 or float32 KV cache as the engine runs them.
 
     flock /tmp/llmkit-heavy.lock python benchmarks/quantize_quality.py            # ~15 minutes on 2 cores
     flock /tmp/llmkit-heavy.lock python benchmarks/quantize_quality.py --max-chars 40000   # a quicker subset
@@ -34,12 +35,37 @@ CONFIGS = {  # name: (bits, lm_head_bits, activation dtype, int8 activations)
     "int4_a8": (4, 8, torch.float32, True),
     "int4_head4_a8": (4, 4, torch.float32, True),
 }
+# the same, scored as the engine runs them: through a KV cache of that dtype, prompts prefilled in chunks
+# of 512 tokens (every query reads its keys and values back from the cache, rounded to its dtype)
+CACHED = {"int4_a8_kv32": ("int4_a8", torch.float32), "int4_a8_kv16": ("int4_a8", torch.float16),
+          "int8_a8_kv16": ("int8_a8", torch.float16)}
+
+
+class ThroughCache(torch.nn.Module):
+    """model(x) for bpb.evaluate_texts, computed through a fresh KV cache of `dtype` in chunks."""
+
+    def __init__(self, model, dtype: torch.dtype, chunk: int = 512):
+        super().__init__()
+        self.model, self.dtype, self.chunk, self.config = model, dtype, chunk, model.config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from llmkit.infer.kv_cache import KVCache
+
+        seq = x.shape[1]
+        cache = KVCache(self.config, 1, seq, x.device, self.dtype)
+        logits = []
+        for start in range(0, seq, self.chunk):
+            stop = min(seq, start + self.chunk)
+            cache.bind(0, 1, stop)
+            positions = torch.arange(start, stop, device=x.device)[None]
+            logits.append(self.model(x[:, start:stop], positions=positions, kv_cache=cache))
+        return torch.cat(logits, dim=1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-chars", type=int, default=0, help="score only the first N characters of each play")
-    parser.add_argument("--only", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--only", nargs="*", default=list(CONFIGS), choices=list(CONFIGS) + list(CACHED))
     args = parser.parse_args()
     torch.set_num_threads(2)
 
@@ -60,11 +86,14 @@ def main() -> None:
             files = subset
         results = {}
         for name in args.only:
-            bits, head_bits, dtype, int8_activations = CONFIGS[name]
+            base, cache_dtype = CACHED.get(name, (name, None))
+            bits, head_bits, dtype, int8_activations = CONFIGS[base]
             model = load_model(directory)
             if bits:
                 quantize_model(model, bits, group_size=32, lm_head_bits=head_bits, int8_activations=int8_activations)
             model.to(dtype)
+            if cache_dtype is not None:
+                model = ThroughCache(model, cache_dtype)
             start = time.perf_counter()
             with torch.inference_mode():
                 result = evaluate_texts(model, tokenizer, files, torch.device("cpu"), seq_len=1024)

@@ -7,7 +7,7 @@
 
 Everything that generates goes through the one `llmkit.infer.Engine` (`llm.engine`); `load` passes
 engine options through: `compile=True`, `speculative="prompt-lookup" | "layers:N" | DRAFT_DIR`,
-`max_batch_size`, `kv_cache_mib`, `prefix_cache_mib`, `prefill_chunk`.
+`max_batch_size`, `kv_cache_mib`, `kv_cache_dtype`, `prefix_cache_mib`, `prefill_chunk`.
 """
 
 from __future__ import annotations

@@ -54,11 +54,14 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="tokens drafted per speculative step (with --speculative)")
     g.add_argument("--prefill-chunk", type=int_in("[1, 2^31)"), default=512,
                    help="prompt tokens prefilled per engine step, between decode steps (chunked prefill)")
+    g.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "float32", "float16"],
+                   help="auto: float16 where llmkit's CPU attention kernel reads the cache (int4/int8 models "
+                        "with int8 activations), else the model's dtype")
 
 
 def engine_from(args) -> dict:
     return dict(compile=args.compile, speculative=args.speculative, draft_tokens=args.draft_tokens,
-                prefill_chunk=args.prefill_chunk)
+                prefill_chunk=args.prefill_chunk, kv_cache_dtype=args.kv_cache_dtype)
 
 
 def sampling_from(args) -> dict:

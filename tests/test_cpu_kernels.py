@@ -168,25 +168,59 @@ def test_the_kernels_run_inside_a_compiled_graph():
         assert torch.equal(compiled(x), layer(x))
 
 
-def test_engine_on_int8_activations_batched_equals_one_by_one_and_full_recompute():
+def recompute_through_cache(model, ids, dtype):
+    """Logits of a whole sequence in one forward whose attention reads its keys and values back from a KV
+    cache of `dtype` (as the engine's prefill does): for float32 the plain forward's bits."""
+    from llmkit.infer.kv_cache import KVCache
+
+    cache = KVCache(model.config, 1, ids.shape[1], torch.device("cpu"), dtype)
+    cache.bind(0, 1)
+    with torch.no_grad():
+        return model(ids, positions=torch.arange(ids.shape[1])[None], kv_cache=cache)
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "float32"])
+def test_engine_on_int8_activations_batched_equals_one_by_one_and_full_recompute(kv_cache_dtype):
     model = tiny_model()
     quantize_model(model, 4, lm_head_bits=8)
+    engine = Engine(model, prefix_cache_mib=0, kv_cache_dtype=kv_cache_dtype)
+    # the attention kernel reads a float16 cache as it is: "auto" halves the cache's bytes
+    dtype = torch.float16 if kv_cache_dtype == "auto" else torch.float32
+    assert engine.scheduler.dtype == dtype
     prompts = [[5, 17, 99, 3], [7, 8], [100, 200, 300, 400, 11, 12, 13]]
     # seeded sampling at temperature 1: varied tokens (a random tiny model's greedy text is one token)
     params = [SamplingParams(max_new_tokens=12, temperature=1.0, seed=s, logprobs=0) for s in (1, 2, 3)]
-    alone = [Engine(model, prefix_cache_mib=0).complete(p, q) for p, q in zip(prompts, params)]
-    batched = Engine(model, prefix_cache_mib=0).generate_batch(prompts, params)
+    alone = [Engine(model, prefix_cache_mib=0, kv_cache_dtype=kv_cache_dtype).complete(p, q)
+             for p, q in zip(prompts, params)]
+    batched = engine.generate_batch(prompts, params)
     assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
     assert len(set(alone[0].token_ids)) > 3
     for prompt, completion in zip(prompts, alone):  # KV-cached decoding ~ recomputing the whole sequence
         ids = torch.tensor([prompt + completion.token_ids])
-        with torch.no_grad():
-            full = torch.log_softmax(model(ids)[0, len(prompt) - 1:-1].float(), dim=-1)
+        logits = recompute_through_cache(model, ids, dtype)
+        if dtype == torch.float32:
+            with torch.no_grad():
+                assert torch.equal(logits, model(ids))
+        full = torch.log_softmax(logits[0, len(prompt) - 1:-1].float(), dim=-1)
         expected = full.gather(1, ids[0, len(prompt):, None])[:, 0]
         got = torch.tensor([entry.logprob for entry in completion.logprobs])
         # The same bits: with int8 activations a 1e-7 difference in attention can move a rounding by a whole
         # step (measured on SmolLM2: greedy tokens changed), so every path attends in one order (attention.cpp)
         assert torch.equal(got, expected)
+
+
+def test_a_float16_cache_is_only_for_models_whose_attention_reads_it():
+    from llmkit.errors import GenerationError
+
+    model = tiny_model()  # float32, SDPA: its cache stays float32
+    assert Engine(model, prefix_cache_mib=0).scheduler.dtype == torch.float32
+    with pytest.raises(GenerationError, match="kv_cache_dtype='float16' needs a model whose attention reads"):
+        Engine(model, kv_cache_dtype="float16")
+    with pytest.raises(GenerationError, match="kv_cache_dtype='fp8' is invalid: it must be one of auto, float32"):
+        Engine(model, kv_cache_dtype="fp8")
+    quantize_model(model, 8, lm_head_bits=8)
+    engine = Engine(model, kv_cache_dtype="float16", prefix_cache_mib=1)
+    assert engine.scheduler.dtype == engine.prefix_cache.keys[0].dtype == torch.float16
 
 
 def reference_attention(q, k, v, mask):
@@ -217,6 +251,11 @@ def test_attention_is_softmax_attention_and_a_querys_bits_do_not_depend_on_what_
     # every row's last query together, one query a row (a batched decode step: keys scored four at a time)
     step = lib.attention(q[:, :, -1:], k, v, mask[:, :, -1:], d ** -0.5)
     assert torch.equal(step[:, :, 0], out[:, :, -1])
+    # float16 keys and values (the engine's cache) read as they are: the bits of float32 ones of equal value
+    k16, v16 = cache_k.half()[:, :, :keys], cache_v.half()[:, :, :keys]
+    for rows in (slice(None), slice(-1, None)):  # many queries (keys transposed) and a decode step
+        half = lib.attention(q[:, :, rows], k16, v16, mask[:, :, rows], d ** -0.5)
+        assert torch.equal(half, lib.attention(q[:, :, rows], k16.float(), v16.float(), mask[:, :, rows], d ** -0.5))
     for b in range(batch):  # one query alone, over the cache's full 64 keys (the rest hidden): the same bits
         for i in range(queries):
             alone = lib.attention(q[b:b + 1, :, i:i + 1], cache_k[b:b + 1], cache_v[b:b + 1],
@@ -231,14 +270,15 @@ def test_int8_activation_models_give_the_same_logits_whole_chunked_or_prefix_cac
     model = tiny_model()
     quantize_model(model, bits, lm_head_bits=bits)
     ids = torch.randint(0, 512, (1, 48), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        whole = model(ids)[0]
+    for dtype in (torch.float32, torch.float16):  # the engine's float16 cache: its rounding, then the same bits
+        whole = recompute_through_cache(model, ids, dtype)[0]
         for split in (40, 47, 20):  # the first tokens into the cache, the rest after them
-            cache = KVCache(model.config, 2, 64, torch.device("cpu"), torch.float32)
-            cache.bind(0, 1)
-            model(ids[:, :split], positions=torch.arange(split)[None], kv_cache=cache)
-            cache.bind(0, 1)
-            rest = model(ids[:, split:], positions=torch.arange(split, 48)[None], kv_cache=cache)[0]
+            cache = KVCache(model.config, 2, 64, torch.device("cpu"), dtype)
+            with torch.no_grad():
+                cache.bind(0, 1)
+                model(ids[:, :split], positions=torch.arange(split)[None], kv_cache=cache)
+                cache.bind(0, 1)
+                rest = model(ids[:, split:], positions=torch.arange(split, 48)[None], kv_cache=cache)[0]
             assert torch.equal(rest, whole[split:])
     prompt = ids[0, :30].tolist()
     params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=5, logprobs=0)

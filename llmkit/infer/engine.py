@@ -83,6 +83,7 @@ import torch
 
 from llmkit.errors import GenerationError, LLMKitError
 from llmkit.infer.compiled import attend_length, call_warmed, compile_for_inference
+from llmkit.infer.kv_cache import cache_dtype
 from llmkit.infer.options import check_engine_options
 from llmkit.infer.prefix_cache import PrefixCache
 from llmkit.infer.sampling import SamplingParams, TokenLogprob, choose_tokens, token_logprobs
@@ -137,14 +138,16 @@ class Engine:
     def __init__(self, model: Transformer, stop_token_ids: Sequence[int] = (), *, tokenizer=None,
                  max_batch_size: int = 32, kv_cache_mib: float = 2048, prefix_cache_mib: float = 256,
                  block_size: int = 1, prefill_chunk: int = 512, compile: bool = False,
-                 speculator: DecodingStrategy | None = None):
+                 speculator: DecodingStrategy | None = None, kv_cache_dtype: str = "auto"):
         """tokenizer: anything with `.decode(ids)`; needed for stop strings only.
         kv_cache_mib: bound on the running requests' KV cache; prefix_cache_mib: the prefix cache's
         pool (0 turns prefix caching off), in blocks of block_size tokens (1: a prompt reuses every
         cached token but its last, see prefix_cache.py). prefill_chunk: prompt tokens
         prefilled per step, all waiting prompts together (the budget that bounds how long a new prompt
         delays the running requests' next token). speculator: a `llmkit.infer.speculative.Speculator` (built by the caller,
-        one per engine) for speculative decoding of a request running alone.
+        one per engine) for speculative decoding of a request running alone. kv_cache_dtype: "auto"
+        (float16 where llmkit's CPU attention kernel reads the cache, else the model's dtype), "float32"
+        or "float16" (kv_cache.cache_dtype).
         """
         check_engine_options(model, max_batch_size, kv_cache_mib, prefix_cache_mib, block_size, prefill_chunk,
                              speculator)
@@ -156,7 +159,7 @@ class Engine:
         self.stop_token_ids = list(stop_token_ids)
         self.tokenizer = tokenizer
         self.prefill_chunk = prefill_chunk
-        config, dtype = model.config, model.tok_emb.weight.dtype
+        config, dtype = model.config, cache_dtype(model, kv_cache_dtype)
         self.scheduler = Scheduler(config, self.device, dtype, max_batch_size, kv_cache_mib)
         self.prefix_cache = (PrefixCache(config, prefix_cache_mib, block_size, self.device, dtype)
                              if prefix_cache_mib > 0 and not self.encoder_decoder else None)

@@ -35,6 +35,37 @@ from llmkit.errors import GenerationError
 CROSS_STEP = 64  # an encoder-decoder's source capacity grows in multiples of this (the scheduler budgets it)
 
 
+KV_CACHE_DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16}
+
+
+def reads_half_cache(model) -> bool:
+    """Whether every attention layer of `model` reads its cache through llmkit's CPU attention kernel
+    (float32 models whose layers round activations to int8, llmkit.cpu_kernels), which reads a float16
+    cache as it is: SDPA would need float32 copies of it every step."""
+    weight = model.tok_emb.weight
+    return (model.encoder is None and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and all(block.attn.rounds_activations() for block in model.blocks))
+
+
+def cache_dtype(model, choice: str = "auto") -> torch.dtype:
+    """The dtype of a model's KV cache. "auto": float16 where the attention kernel reads it (half the bytes:
+    batch-32 decode on a CPU reads its whole cache from memory every step; llama.cpp's default cache type
+    is f16 too), else the model's own dtype; "float32" / "float16": that, where the model's attention can
+    read it."""
+    if choice not in KV_CACHE_DTYPES:
+        raise GenerationError(f"engine option kv_cache_dtype={choice!r} is invalid: it must be one of "
+                              f"{', '.join(KV_CACHE_DTYPES)}")
+    own = model.tok_emb.weight.dtype
+    if choice == "auto":
+        return torch.float16 if reads_half_cache(model) else own
+    wanted = KV_CACHE_DTYPES[choice]
+    if wanted != own and not (wanted == torch.float16 and reads_half_cache(model)):
+        raise GenerationError(f"kv_cache_dtype={choice!r} needs a model whose attention reads that dtype: this "
+                              f"one's reads {str(own).removeprefix('torch.')} (a float16 cache is read by llmkit's "
+                              "CPU kernels, used by int4/int8 models with int8 activations); use 'auto'")
+    return wanted
+
+
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
     """Bytes of keys and values one token occupies across all layers."""
     element = torch.empty((), dtype=dtype).element_size()
@@ -139,6 +170,7 @@ class KVCache:
         # base from the view), which inductor does not turn back into an in-place write -- four full
         # copies per layer per step, 70 ms of a 300-ms batch-32 SmolLM2 step, measured. Written into
         # the base tensor, the write stays in place.
+        k, v = k.to(self.dtype), v.to(self.dtype)  # a float16 cache of a float32 model (cache_dtype)
         if self._write is None:
             rows = self._row_index + start
             all_keys[rows, :, self._positions] = k.transpose(1, 2)

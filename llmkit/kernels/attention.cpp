@@ -24,6 +24,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__F16C__) || defined(__FMA__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 constexpr int LANES = 16;  // partial sums of a dot product over the head dimension
@@ -75,13 +79,78 @@ inline v16 load16(const float* x) {
   return r;
 }
 
+// Keys and values come as float, or as IEEE half (the engine's fp16 KV cache: half the bytes to read, and
+// a decode step's attention at batch 32 reads its cache from memory; BENCHMARKS.md). A half converts to
+// float exactly, so the arithmetic below, in float, is the same for either: only the rounding of the keys
+// and values to half when they were stored differs.
+inline v8 load8(const float* x) {
+  v8 r;
+  std::memcpy(&r, x, sizeof r);
+  return r;
+}
+
+inline v8 load8(const at::Half* x) {
+#if defined(__F16C__)
+  return (v8)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+#else
+  v8 r;
+  for (int l = 0; l < 8; ++l) r[l] = static_cast<float>(x[l]);
+  return r;
+#endif
+}
+
+inline v16 load16(const at::Half* x) {
+#if defined(__AVX512F__)
+  return (v16)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+#else
+  v16 r;
+  const v8 low = load8(x), high = load8(x + 8);
+  std::memcpy(&r, &low, sizeof low);
+  std::memcpy(reinterpret_cast<char*>(&r) + sizeof low, &high, sizeof high);
+  return r;
+#endif
+}
+
+inline vnative load_native(const float* x) {
+  vnative r;
+  std::memcpy(&r, x, sizeof r);
+  return r;
+}
+
+inline vnative load_native(const at::Half* x) {
+#if defined(__AVX512F__)
+  return load16(x);
+#else
+  return load8(x);
+#endif
+}
+
+// a * b + c in one rounding where the ISA has FMA, in two where it has not; written out, not left to the
+// compiler's contraction of a * b + c, which it applied to one sum of a dot product and not to another
+// (seen as soon as the keys came through a conversion): every path that scores a key or sums a value must
+// round the same way, or a query's bits depend on which path ran it.
+#if defined(__FMA__)
+inline v8 fmadd(v8 a, v8 b, v8 c) { return (v8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
+inline float fmadd(float a, float b, float c) { return std::fma(a, b, c); }
+#else
+inline v8 fmadd(v8 a, v8 b, v8 c) { return a * b + c; }
+inline float fmadd(float a, float b, float c) { return a * b + c; }
+#endif
+#if defined(__AVX512F__)
+inline v16 fmadd(v16 a, v16 b, v16 c) { return (v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
+#endif
+
+inline float to_float(float x) { return x; }
+inline float to_float(at::Half x) { return static_cast<float>(x); }
+
 // <q, k> over d values: 16 partial sums (lane l takes values l, l + 16, ...), then a fixed tree.
-inline float dot(const float* q, const float* k, int64_t d) {
+template <typename KV>
+inline float dot(const float* q, const KV* k, int64_t d) {
 #if defined(__AVX512F__)
   v16 part = {};
   int64_t i = 0;
-  for (; i + LANES <= d; i += LANES) part += load16(q + i) * load16(k + i);
-  for (; i < d; ++i) part[i % LANES] += q[i] * k[i];
+  for (; i + LANES <= d; i += LANES) part = fmadd(load16(q + i), load16(k + i), part);
+  for (; i < d; ++i) part[i % LANES] = fmadd(q[i], to_float(k[i]), part[i % LANES]);
   return sum16(part);
 #else
   // The same sums as two named 8-lane halves: GCC kept a 16-float vector on the stack here, moving it
@@ -89,19 +158,14 @@ inline float dot(const float* q, const float* k, int64_t d) {
   v8 low = {}, high = {};
   int64_t i = 0;
   for (; i + LANES <= d; i += LANES) {
-    v8 a, b, c, e;
-    std::memcpy(&a, q + i, sizeof a);
-    std::memcpy(&b, k + i, sizeof b);
-    std::memcpy(&c, q + i + LANES / 2, sizeof c);
-    std::memcpy(&e, k + i + LANES / 2, sizeof e);
-    low += a * b;
-    high += c * e;
+    low = fmadd(load8(q + i), load8(k + i), low);
+    high = fmadd(load8(q + i + LANES / 2), load8(k + i + LANES / 2), high);
   }
   if (i < d) {  // the tail in lane i % 16, as above
     float part[LANES];
     std::memcpy(part, &low, sizeof low);
     std::memcpy(part + LANES / 2, &high, sizeof high);
-    for (; i < d; ++i) part[i % LANES] += q[i] * k[i];
+    for (; i < d; ++i) part[i % LANES] = fmadd(q[i], to_float(k[i]), part[i % LANES]);
     std::memcpy(&low, part, sizeof low);
     std::memcpy(&high, part + LANES / 2, sizeof high);
   }
@@ -114,19 +178,15 @@ inline float dot(const float* q, const float* k, int64_t d) {
 // trees' steps are taken a vector at a time. dot() for one key waits on its FMA chain and then on its
 // tree's adds, one after the other (a query-key pair took ~45 cycles with the keys in L2, ~13 of them
 // arithmetic; BENCHMARKS.md).
-inline v4 dot4(const float* q, const float* k, int64_t stride, int64_t d) {
+template <typename KV>
+inline v4 dot4(const float* q, const KV* k, int64_t stride, int64_t d) {
   v8 low[4] = {}, high[4] = {};
   for (int64_t i = 0; i < d; i += LANES) {
-    v8 a, c;
-    std::memcpy(&a, q + i, sizeof a);
-    std::memcpy(&c, q + i + LANES / 2, sizeof c);
+    const v8 a = load8(q + i), c = load8(q + i + LANES / 2);
 #pragma GCC unroll 4
     for (int n = 0; n < 4; ++n) {
-      v8 b, e;
-      std::memcpy(&b, k + n * stride + i, sizeof b);
-      std::memcpy(&e, k + n * stride + i + LANES / 2, sizeof e);
-      low[n] += a * b;
-      high[n] += c * e;
+      low[n] = fmadd(a, load8(k + n * stride + i), low[n]);
+      high[n] = fmadd(c, load8(k + n * stride + i + LANES / 2), high[n]);
     }
   }
   typedef int32_t i8 __attribute__((vector_size(32)));
@@ -157,18 +217,18 @@ inline void dot_keys_part(const float* q, const float* kt, int64_t d, float* out
       V ka, kb;
       std::memcpy(&ka, kt + (i + l) * KEYS, sizeof ka);
       std::memcpy(&kb, kt + (i + l + LANES / 2) * KEYS, sizeof kb);
-      a += q[i + l] * ka;
-      b += q[i + l + LANES / 2] * kb;
+      a = fmadd(V{} + q[i + l], ka, a);
+      b = fmadd(V{} + q[i + l + LANES / 2], kb, b);
     }
     if (i + l < d) {  // the tail: value i + l in lane l, as dot()'s part[i % 16]
       V ka;
       std::memcpy(&ka, kt + (i + l) * KEYS, sizeof ka);
-      a += q[i + l] * ka;
+      a = fmadd(V{} + q[i + l], ka, a);
     }
     if (i + l + LANES / 2 < d) {
       V kb;
       std::memcpy(&kb, kt + (i + l + LANES / 2) * KEYS, sizeof kb);
-      b += q[i + l + LANES / 2] * kb;
+      b = fmadd(V{} + q[i + l + LANES / 2], kb, b);
     }
     eight[l] = a + b;
   }
@@ -216,8 +276,8 @@ inline V exp_lanes(V scores, float top) {
 // sum of the values it sees. Every sum is split by the key's own index (16 lanes for the normaliser, 2 for
 // the values, then fixed trees), never by how many keys there are, so extra unseen keys change no bit.
 // D > 0: the head size known when compiling (the sums stay in registers); D = 0: any size, given as d_any.
-template <int D>
-void softmax_values(float* __restrict p, int64_t padded, const float* __restrict v, int64_t v_stride,
+template <int D, typename KV>
+void softmax_values(float* __restrict p, int64_t padded, const KV* __restrict v, int64_t v_stride,
                     const bool* __restrict seen, int64_t mask_stride, int64_t keys, int64_t d_any,
                     float* __restrict acc_any, float* __restrict out) {
   const int64_t d = D > 0 ? D : d_any;
@@ -266,22 +326,14 @@ void softmax_values(float* __restrict p, int64_t padded, const float* __restrict
       for (int g = 0; g < GROUP; ++g) even[g] = odd[g] = vnative{};
       for (int64_t j = 0; j < keys; j += 2) {
         if (seen[j * mask_stride]) {
-          const float* vj = v + j * v_stride + c * NATIVE;
+          const KV* vj = v + j * v_stride + c * NATIVE;
 #pragma GCC unroll 4
-          for (int g = 0; g < GROUP; ++g) {
-            vnative x;
-            std::memcpy(&x, vj + g * NATIVE, sizeof x);
-            even[g] += p[j] * x;
-          }
+          for (int g = 0; g < GROUP; ++g) even[g] = fmadd(vnative{} + p[j], load_native(vj + g * NATIVE), even[g]);
         }
         if (j + 1 < keys && seen[(j + 1) * mask_stride]) {
-          const float* vj = v + (j + 1) * v_stride + c * NATIVE;
+          const KV* vj = v + (j + 1) * v_stride + c * NATIVE;
 #pragma GCC unroll 4
-          for (int g = 0; g < GROUP; ++g) {
-            vnative x;
-            std::memcpy(&x, vj + g * NATIVE, sizeof x);
-            odd[g] += p[j + 1] * x;
-          }
+          for (int g = 0; g < GROUP; ++g) odd[g] = fmadd(vnative{} + p[j + 1], load_native(vj + g * NATIVE), odd[g]);
         }
       }
 #pragma GCC unroll 4
@@ -295,41 +347,27 @@ void softmax_values(float* __restrict p, int64_t padded, const float* __restrict
     std::fill(acc, acc + 2 * d, 0.f);
     for (int64_t j = 0; j < keys; ++j)
       if (seen[j * mask_stride]) {
-        const float* __restrict vj = v + j * v_stride;
+        const KV* __restrict vj = v + j * v_stride;
         float* __restrict a = acc + (j & 1) * d;
-        for (int64_t c = 0; c < d; ++c) a[c] += p[j] * vj[c];
+        for (int64_t c = 0; c < d; ++c) a[c] = fmadd(p[j], to_float(vj[c]), a[c]);
       }
     for (int64_t c = 0; c < d; ++c) out[c] = (acc[c] + acc[d + c]) / sum;
   }
 }
 
-at::Tensor last_dim_contiguous(const at::Tensor& t) {
-  const at::Tensor f = t.to(at::kFloat);
-  return f.stride(-1) == 1 ? f : f.contiguous();
-}
-
-// q (batch, heads, queries, d); k, v (batch, kv_heads, keys, d), query head h reading key/value head
-// h / (heads / kv_heads); mask bool, broadcastable to (batch, heads, queries, keys), true where a query
-// sees a key. A query that sees no key gets zeros (a padding row's).
-at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& mask_in,
-                     double scale) {
-  TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, "attention: q, k and v must be 4-D");
-  TORCH_CHECK(q_in.device().is_cpu() && k_in.device().is_cpu() && v_in.device().is_cpu(), "attention: CPU tensors only");
-  TORCH_CHECK(mask_in.scalar_type() == at::kBool && mask_in.dim() == 4, "attention: the mask must be a 4-D bool tensor");
-  const at::Tensor q = q_in.to(at::kFloat).contiguous(), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
+// q (batch, heads, queries, d) float; k, v (batch, kv_heads, keys, d) of KV (float or half), each row's
+// last dimension contiguous; the mask (batch, heads, queries, keys), strided; out like q.
+template <typename KV>
+void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, float scale_f,
+            at::Tensor& out) {
   const int64_t batch = q.size(0), heads = q.size(1), queries = q.size(2), d = q.size(3);
   const int64_t kv_heads = k.size(1), keys = k.size(2);
-  TORCH_CHECK(k.size(0) == batch && k.size(3) == d && v.sizes() == k.sizes(), "attention: q ", q.sizes(), ", k ",
-              k.sizes(), " and v ", v.sizes(), " do not match");
-  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "attention: ", heads, " query heads for ", kv_heads, " kv heads");
-  const at::Tensor mask = mask_in.expand({batch, heads, queries, keys});
-  at::Tensor out = at::empty({batch, heads, queries, d}, q.options());
-  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const float* qp = q.data_ptr<float>();
+  const KV *kp = k.data_ptr<KV>(), *vp = v.data_ptr<KV>();
   const bool* mp = mask.data_ptr<bool>();
   float* op = out.data_ptr<float>();
   const int64_t group = heads / kv_heads, padded = (keys + KEYS - 1) / KEYS * KEYS;
-  const float scale_f = static_cast<float>(scale);
-  auto softmax = d == 64 ? softmax_values<64> : d == 128 ? softmax_values<128> : softmax_values<0>;
+  auto softmax = d == 64 ? softmax_values<64, KV> : d == 128 ? softmax_values<128, KV> : softmax_values<0, KV>;
   // Many queries: the keys transposed once per (batch row, kv head) in blocks of 16, and scored 16 at a time
   // (dot_keys); few queries (decoding): scored one by one (dot), without the copy. The same bits either way.
   const bool transpose = queries * group >= 16;
@@ -337,10 +375,11 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
   if (transpose) {
     at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bh = begin; bh < end; ++bh) {
-        const float* kb = kp + bh / kv_heads * k.stride(0) + bh % kv_heads * k.stride(1);
+        const KV* kb = kp + bh / kv_heads * k.stride(0) + bh % kv_heads * k.stride(1);
         float* dst = kt.data() + bh * padded * d;
         for (int64_t j = 0; j < keys; ++j)
-          for (int64_t c = 0; c < d; ++c) dst[(j / KEYS) * KEYS * d + c * KEYS + j % KEYS] = kb[j * k.stride(2) + c];
+          for (int64_t c = 0; c < d; ++c)
+            dst[(j / KEYS) * KEYS * d + c * KEYS + j % KEYS] = to_float(kb[j * k.stride(2) + c]);
       }
     });
   }
@@ -359,7 +398,7 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
         for (int64_t j0 = 0; j0 < limit; j0 += KEYS) dot_keys(qi, kb + j0 * d, d, p.data() + j0);
         for (int64_t j = 0; j < limit; ++j) p[j] = j < last && seen[j * ms] ? p[j] * scale_f : NO_KEY;
       } else {
-        const float* kb = kp + b * k.stride(0) + h / group * k.stride(1);
+        const KV* kb = kp + b * k.stride(0) + h / group * k.stride(1);
         const int64_t ks = k.stride(2);
         for (int64_t j = 0; j < limit;) {
           if (d % LANES == 0 && j + 4 <= last && seen[j * ms] && seen[(j + 1) * ms] && seen[(j + 2) * ms] &&
@@ -377,6 +416,36 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
               acc.data(), op + item * d);
     }
   });
+}
+
+// Half keys and values are read as they are; any other dtype is converted to float first.
+at::Tensor keys_or_values(const at::Tensor& t) {
+  const at::Tensor f = t.scalar_type() == at::kHalf ? t : t.to(at::kFloat);
+  return f.stride(-1) == 1 ? f : f.contiguous();
+}
+
+// q (batch, heads, queries, d); k, v (batch, kv_heads, keys, d), one dtype (half: read as half), query head
+// h reading key/value head h / (heads / kv_heads); mask bool, broadcastable to (batch, heads, queries,
+// keys), true where a query sees a key. A query that sees no key gets zeros (a padding row's).
+at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& mask_in,
+                     double scale) {
+  TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, "attention: q, k and v must be 4-D");
+  TORCH_CHECK(q_in.device().is_cpu() && k_in.device().is_cpu() && v_in.device().is_cpu(), "attention: CPU tensors only");
+  TORCH_CHECK(mask_in.scalar_type() == at::kBool && mask_in.dim() == 4, "attention: the mask must be a 4-D bool tensor");
+  TORCH_CHECK(k_in.scalar_type() == v_in.scalar_type(), "attention: k is ", k_in.scalar_type(), " and v ",
+              v_in.scalar_type(), "; they must have one dtype");
+  const at::Tensor q = q_in.to(at::kFloat).contiguous(), k = keys_or_values(k_in), v = keys_or_values(v_in);
+  const int64_t batch = q.size(0), heads = q.size(1), queries = q.size(2), d = q.size(3);
+  const int64_t kv_heads = k.size(1), keys = k.size(2);
+  TORCH_CHECK(k.size(0) == batch && k.size(3) == d && v.sizes() == k.sizes(), "attention: q ", q.sizes(), ", k ",
+              k.sizes(), " and v ", v.sizes(), " do not match");
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "attention: ", heads, " query heads for ", kv_heads, " kv heads");
+  const at::Tensor mask = mask_in.expand({batch, heads, queries, keys});
+  at::Tensor out = at::empty({batch, heads, queries, d}, q.options());
+  if (k.scalar_type() == at::kHalf)
+    attend<at::Half>(q, k, v, mask, static_cast<float>(scale), out);
+  else
+    attend<float>(q, k, v, mask, static_cast<float>(scale), out);
   return out.to(q_in.scalar_type());
 }
 

@@ -171,7 +171,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
           max_waiting: int = 512, max_body_mib: float = 8, rag: str | None = None, rag_k: int = 5,
           rag_mode: str | None = None, **engine_options) -> None:
     """Run the server until interrupted. engine_options go to `llmkit.load` (compile, speculative,
-    max_batch_size, kv_cache_mib, prefix_cache_mib, prefill_chunk, draft_tokens). rag: a retrieval index
+    max_batch_size, kv_cache_mib, kv_cache_dtype, prefix_cache_mib, prefill_chunk, draft_tokens). rag: a retrieval index
     that chat completions answer from (rag_k passages, rag_mode search; serve/retrieval.py)."""
     import uvicorn
 
@@ -196,7 +196,8 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
         if llm.model.config.causal:  # after warm_up, whose small caches made the compiled shapes symbolic
             rows, positions = llm.engine.reserve_cache()
             if rows:
-                print(f"llmkit serve: KV cache of {rows} rows x {positions} positions "
+                kind = str(llm.engine.scheduler.dtype).removeprefix("torch.")
+                print(f"llmkit serve: KV cache of {rows} rows x {positions} positions, {kind} "
                       f"({llm.engine.scheduler.memory_in_use / 2**20:,.0f} MiB, --kv-cache-mib)", flush=True)
         print(f"llmkit serve: {model} loaded; ready at {url}/v1", flush=True)
         return llm
