@@ -1,0 +1,74 @@
+"""Decode with a float16 and a float32 KV cache, two warmed-up engines, in one process.
+
+    python benchmarks/kv_cache_ab.py [--weights int4] [--batch 32] [--rounds 4] [--prompt-tokens 0]
+
+For models whose attention runs through llmkit's CPU kernel (int4/int8 weights with int8 activations) the
+engine's cache is float16 by default (`kv_cache_dtype="auto"`): the kernel reads half the bytes. This
+measures what that is worth: SmolLM2-135M-Instruct, compiled, 2 threads, 128 new tokens greedy, one
+engine per cache dtype over the same model, rounds alternating between them (their order swapped every
+round), so the host's drift hits both alike. --prompt-tokens N puts an N-token system prompt (the opening
+of Hamlet) before the question: longer contexts read more cache a step. Reports each dtype's median decode
+tok/s (all streams) and the rounds float16 won. The tokens differ from the first ones that the rounding of
+the keys and values moves (int8 activations: BENCHMARKS.md); the quality cost is measured by
+`benchmarks/quantize_quality.py --only int4_a8_kv32 int4_a8_kv16`. Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+DTYPES = ("float16", "float32")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default="int4", choices=["int8", "int4", "int4_head4"])
+    parser.add_argument("--batch", type=int, default=32, help="requests decoding together")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--prompt-tokens", type=int, default=0, help="a system prompt of this many tokens (0: none)")
+    args = parser.parse_args()
+    import generate
+    generate.setup_torch()
+    from llmkit.infer import Engine, SamplingParams
+    from llmkit.infer.compiled import warm_up
+
+    model, tokenizer = generate.load_ours(args.weights)
+    prompt = generate.chat_prompt(tokenizer)
+    if args.prompt_tokens:
+        prompt = tokenizer.encode(tokenizer.apply_chat_template(
+            [{"role": "system", "content": generate.system_prompt(tokenizer, args.prompt_tokens)},
+             {"role": "user", "content": "Summarise the text."}]))
+    params = SamplingParams(max_new_tokens=generate.NEW_TOKENS, temperature=0)
+    engines = {}
+    for dtype in DTYPES:  # the whole batch's prompts prefilled in the first step (generate.timed_batch)
+        engine = Engine(model, compile=True, max_batch_size=max(args.batch, 2), prefix_cache_mib=0,
+                        kv_cache_dtype=dtype, prefill_chunk=len(prompt) * args.batch)
+        print(f"{dtype}: warm-up {warm_up(engine):.0f} s", file=sys.stderr)
+        generate.timed_batch(engine, prompt, params, args.batch)  # the batch's own shapes
+        engines[dtype] = engine
+
+    speeds = {dtype: [] for dtype in DTYPES}
+    for round_ in range(args.rounds):
+        for dtype in DTYPES if round_ % 2 == 0 else DTYPES[::-1]:
+            speeds[dtype].append(generate.timed_batch(engines[dtype], prompt, params, args.batch)[0])
+    won = sum(a > b for a, b in zip(speeds["float16"], speeds["float32"]))
+    median = {dtype: statistics.median(values) for dtype, values in speeds.items()}
+    print(f"batch {args.batch}, {args.weights}, compiled, prompt {len(prompt)} tokens, {args.rounds} alternating rounds")
+    print("| KV cache | decode tok/s (median) | rounds |")
+    print("| --- | ---: | --- |")
+    for dtype in DTYPES:
+        print(f"| {dtype} | {median[dtype]:.1f} | {', '.join(f'{s:.1f}' for s in speeds[dtype])} |")
+    print(f"float16 / float32: {median['float16'] / median['float32']:.2f}x, won {won} of {args.rounds} rounds")
+    print(json.dumps({"benchmark": "kv_cache_ab", "weights": args.weights, "batch": args.batch,
+                      "prompt_tokens": len(prompt), "rounds": args.rounds, "float16_tok_s": median["float16"],
+                      "float32_tok_s": median["float32"], "rounds_won": won}))
+
+
+if __name__ == "__main__":
+    main()
