@@ -111,13 +111,9 @@ inline v16 load16(const at::Half* x) {
 #endif
 }
 
-inline vnative load_native(const float* x) {
-  vnative r;
-  std::memcpy(&r, x, sizeof r);
-  return r;
-}
-
-inline vnative load_native(const at::Half* x) {
+// A register's worth (vnative) of floats or halves
+template <typename KV>
+inline vnative load_native(const KV* x) {
 #if defined(__AVX512F__)
   return load16(x);
 #else
