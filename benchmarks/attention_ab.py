@@ -65,13 +65,8 @@ def main() -> None:
 
     for name in builds:  # compile each engine's graphs while its build is the one called
         run(name)
-    speeds, outputs = {name: [] for name in builds}, {}
-    for _ in range(args.rounds):
-        for name in builds:
-            speed, outputs[name] = run(name)
-            speeds[name].append(speed)
+    speeds, outputs, won = generate.alternating_rounds(run, ["this", "other"], args.rounds)
     cpu_kernels.attention = this_build
-    won = sum(a > b for a, b in zip(speeds["this"], speeds["other"]))
     median = {name: statistics.median(values) for name, values in speeds.items()}
     print(f"batch {args.batch}, int4, compiled, {args.rounds} alternating rounds")
     print("| build | decode tok/s (median) | rounds |")

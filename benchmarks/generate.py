@@ -143,6 +143,19 @@ def timed_batch(engine, prompt, params, rows: int):
     return speed, requests
 
 
+def alternating_rounds(run, names: list[str], rounds: int) -> tuple[dict, dict, int]:
+    """A/B in one process (guards_ab, attention_ab, kv_cache_ab): `run(name)` -> (tok/s, outputs) for each
+    name every round, the order reversed every other round so that the host's drift hits all alike.
+    Returns ({name: [tok/s per round]}, {name: last outputs}, rounds the first name beat the second)."""
+    speeds, outputs = {name: [] for name in names}, {}
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            speed, outputs[name] = run(name)
+            speeds[name].append(speed)
+    won = sum(a > b for a, b in zip(speeds[names[0]], speeds[names[1]]))
+    return speeds, outputs, won
+
+
 def worker_ttft(kind: str) -> dict:
     from llmkit.infer import Engine, SamplingParams
 

@@ -44,13 +44,8 @@ def main() -> None:
         speed, requests = generate.timed_batch(engine, prompt, params, args.batch)
         return speed, [r.output_ids for r in requests]
 
-    speeds, outputs = {True: [], False: []}, {}
     run(True)  # the batch's own shapes, if the warm-up's cache differed
-    for round_ in range(args.rounds):
-        for skip in (True, False) if round_ % 2 == 0 else (False, True):
-            speed, outputs[skip] = run(skip)
-            speeds[skip].append(speed)
-    won = sum(a > b for a, b in zip(speeds[True], speeds[False]))
+    speeds, outputs, won = generate.alternating_rounds(run, [True, False], args.rounds)
     median = {skip: statistics.median(values) for skip, values in speeds.items()}
     print(f"batch {args.batch}, {args.weights}, compiled, {args.rounds} alternating rounds")
     print("| guards | decode tok/s (median) | rounds |")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DTYPES = ("float16", "float32")
+DTYPES = ["float16", "float32"]
 
 
 def main() -> None:
@@ -53,11 +53,10 @@ def main() -> None:
         generate.timed_batch(engine, prompt, params, args.batch)  # the batch's own shapes
         engines[dtype] = engine
 
-    speeds = {dtype: [] for dtype in DTYPES}
-    for round_ in range(args.rounds):
-        for dtype in DTYPES if round_ % 2 == 0 else DTYPES[::-1]:
-            speeds[dtype].append(generate.timed_batch(engines[dtype], prompt, params, args.batch)[0])
-    won = sum(a > b for a, b in zip(speeds["float16"], speeds["float32"]))
+    def run(dtype: str) -> tuple[float, None]:
+        return generate.timed_batch(engines[dtype], prompt, params, args.batch)[0], None
+
+    speeds, _, won = generate.alternating_rounds(run, list(DTYPES), args.rounds)
     median = {dtype: statistics.median(values) for dtype, values in speeds.items()}
     print(f"batch {args.batch}, {args.weights}, compiled, prompt {len(prompt)} tokens, {args.rounds} alternating rounds")
     print("| KV cache | decode tok/s (median) | rounds |")
