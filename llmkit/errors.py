@@ -33,5 +33,9 @@ class DataError(LLMKitError):
     """An input data file is malformed (bad JSONL line, missing field)."""
 
 
+class TrainingError(LLMKitError):
+    """Training diverged (a loss that is not finite): the settings or the data, not the code, are to blame."""
+
+
 class OutputError(LLMKitError):
     """An output location cannot be written, or holds files the command would replace without being told to."""

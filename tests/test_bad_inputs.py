@@ -212,6 +212,14 @@ def finished_run(tmp_path_factory, shakespeare_tokenizer):
     return root
 
 
+def test_a_run_whose_loss_is_not_finite_stops_with_one_line(finished_run, tmp_path):
+    # weights of std 1e37: the logits overflow at the first step (found by test_fuzz_inputs' hypothesis)
+    result = cli_in_process("pretrain", "--out", tmp_path / "run", "model=tiny", "model.init_std=1e37",
+                            f"data={finished_run / 'shards'}", "max_steps=2", "seq_len=32", "micro_batch=2",
+                            "eval_every=0", "plot=false", "threads=1", "warmup_steps=0")
+    one_line_error(result, "loss is nan at step", "; lower lr (or model.init_std), or check the data")
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:4000]),
      "model.safetensors: not a readable safetensors file"),

@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from llmkit.checkpoint import load_config, load_state_dict, model_from_state, save_checkpoint
 from llmkit.device import autocast_context, resolve_device, training_autocast_dtype
-from llmkit.errors import CheckpointError, ConfigError, OutputError
+from llmkit.errors import CheckpointError, ConfigError, OutputError, TrainingError
 from llmkit.model import Transformer
 from llmkit.train import distributed as D
 from llmkit.train.config import TrainConfig
@@ -203,7 +203,9 @@ class Trainer:
                 torch.cuda.synchronize(self.device)
             elapsed = time.perf_counter() - t0
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at step {step}; lower lr or check the data")
+                # a user's error (lr, init_std, data), said in one line: hypothesis found model.init_std=7e37
+                raise TrainingError(f"loss is {loss_value} at step {step}; lower lr (or model.init_std), or check "
+                                    "the data; checkpoints written before this step are intact")
             step += 1
             train_time += elapsed
             tokens_seen += self.batch_tokens
