@@ -56,7 +56,7 @@ def main() -> None:
     def run(dtype: str) -> tuple[float, None]:
         return generate.timed_batch(engines[dtype], prompt, params, args.batch)[0], None
 
-    speeds, _, won = generate.alternating_rounds(run, list(DTYPES), args.rounds)
+    speeds, _, won = generate.alternating_rounds(run, DTYPES, args.rounds)
     median = {dtype: statistics.median(values) for dtype, values in speeds.items()}
     print(f"batch {args.batch}, {args.weights}, compiled, prompt {len(prompt)} tokens, {args.rounds} alternating rounds")
     print("| KV cache | decode tok/s (median) | rounds |")

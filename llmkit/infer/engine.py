@@ -150,7 +150,7 @@ class Engine:
         or "float16" (kv_cache.cache_dtype).
         """
         check_engine_options(model, max_batch_size, kv_cache_mib, prefix_cache_mib, block_size, prefill_chunk,
-                             speculator)
+                             speculator, kv_cache_dtype)
         self.encoder_decoder = model.encoder is not None
         if self.encoder_decoder and speculator is not None:
             raise GenerationError("speculative decoding is for decoder-only models; this one is an encoder-decoder "

@@ -51,10 +51,7 @@ def cache_dtype(model, choice: str = "auto") -> torch.dtype:
     """The dtype of a model's KV cache. "auto": float16 where the attention kernel reads it (half the bytes:
     batch-32 decode on a CPU reads its whole cache from memory every step; llama.cpp's default cache type
     is f16 too), else the model's own dtype; "float32" / "float16": that, where the model's attention can
-    read it."""
-    if choice not in KV_CACHE_DTYPES:
-        raise GenerationError(f"engine option kv_cache_dtype={choice!r} is invalid: it must be one of "
-                              f"{', '.join(KV_CACHE_DTYPES)}")
+    read it (`choice` one of KV_CACHE_DTYPES, checked with the engine's other options)."""
     own = model.tok_emb.weight.dtype
     if choice == "auto":
         return torch.float16 if reads_half_cache(model) else own

@@ -8,6 +8,7 @@ import numbers
 
 from llmkit.device import available_memory_bytes
 from llmkit.errors import GenerationError
+from llmkit.infer.kv_cache import KV_CACHE_DTYPES
 
 ENCODER_CANNOT_GENERATE = ("this model is an encoder (bidirectional attention, causal: false): it does not generate "
                            "text; use `llmkit fill` for masked-token predictions or `llm.embed` for embeddings")
@@ -27,7 +28,7 @@ def _check_option(ok: bool, name: str, value, want: str) -> None:
 
 
 def check_engine_options(model, max_batch_size, kv_cache_mib, prefix_cache_mib, block_size, prefill_chunk,
-                         speculator) -> None:
+                         speculator, kv_cache_dtype) -> None:
     """Raises GenerationError naming the first option of `Engine(...)` that is out of its range."""
     if not model.config.causal:  # bidirectional: each position sees the future, so there is no next token
         raise GenerationError(ENCODER_CANNOT_GENERATE)
@@ -48,3 +49,5 @@ def check_engine_options(model, max_batch_size, kv_cache_mib, prefix_cache_mib, 
                   "an integer >= 1 (prompt tokens prefilled per step)")
     _check_option(speculator is None or callable(getattr(speculator, "bind", None)), "speculator",
                   speculator, "None or a llmkit.infer.speculative.Speculator, e.g. Speculator('prompt-lookup')")
+    _check_option(isinstance(kv_cache_dtype, str) and kv_cache_dtype in KV_CACHE_DTYPES, "kv_cache_dtype",
+                  kv_cache_dtype, f"one of {', '.join(KV_CACHE_DTYPES)}")

@@ -5,14 +5,13 @@ log-probabilities of the chosen token and its top alternatives."""
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 
 import torch
 
 from llmkit.errors import GenerationError
 from llmkit.infer.grammar import Constraint, Grammar, constrain_logits
-from llmkit.infer.options import is_int
+from llmkit.infer.options import is_int, is_number
 
 # The smallest non-zero temperature. Logits are divided by it in float32: 1e-45 (which used to pass)
 # turns them into inf and the softmax into NaN. Anything this cold already samples the argmax bar exact
@@ -51,7 +50,7 @@ class SamplingParams:
         for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
             value = getattr(self, name)
             try:  # as a float: a huge int would overflow when a tensor is divided by it
-                number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+                number = float(value) if is_number(value) else None
             except OverflowError:
                 number = None
             if number is None or not math.isfinite(number):
