@@ -121,8 +121,12 @@ class Attention(nn.Module):
     def forward(self, x, rope, attn_mask, kv_cache):
         batch, seq, _ = x.shape
         q, k, v = self.queries_keys_values(x, rope)
+        # int8 activations make the network discontinuous: attention must give a query the same bits
+        # whatever is computed beside it, or a prefix-cache hit changes greedy replies (attention.cpp)
+        kernel = (self.rounds_activations() and q.device.type == "cpu" and q.dtype == torch.float32
+                  and not q.requires_grad and (attn_mask is None or attn_mask.dtype == torch.bool))
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v)
+            k, v = kv_cache.update(self.layer_idx, k, v, whole_rows=kernel)
         if (torch.compiler.is_compiling() and q.device.type == "cpu" and q.requires_grad and attn_mask is None
                 and kv_cache is None and self.causal and self.scale is None and not (self.training and self.dropout)):
             groups = self.n_heads // self.n_kv_heads  # GQA: query head h reads key/value head h // groups
@@ -130,10 +134,7 @@ class Attention(nn.Module):
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else v.dtype
             k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
             y = CausalAttentionCPU.apply(q.to(dtype), k.to(dtype), v.to(dtype))
-        elif (self.rounds_activations() and q.device.type == "cpu" and q.dtype == torch.float32
-              and not q.requires_grad and (attn_mask is None or attn_mask.dtype == torch.bool)):
-            # int8 activations make the network discontinuous: attention must give a query the same bits
-            # whatever is computed beside it, or a prefix-cache hit changes greedy replies (attention.cpp)
+        elif kernel:
             if attn_mask is None:  # a whole sequence, no cache: every key, or the causal triangle
                 attn_mask = torch.ones(seq, k.shape[2], dtype=torch.bool, device=q.device)
                 attn_mask = (attn_mask.tril(k.shape[2] - seq) if self.causal else attn_mask)[None, None]

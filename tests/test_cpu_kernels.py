@@ -209,6 +209,30 @@ def test_engine_on_int8_activations_batched_equals_one_by_one_and_full_recompute
         assert torch.equal(got, expected)
 
 
+def test_a_compiled_engine_on_int8_activations_equals_eager_after_warm_up(caplog):
+    """The kernels inside the engine's compiled step (on a CPU its wrapper is C++: compiled.py): after
+    `warm_up`, a batch and a lone request running past 64 positions need no new graph, run with guards
+    skipped, and sample what the eager engine samples (seeded, temperature 1: varied tokens)."""
+    from torch._dynamo.utils import counters
+
+    from llmkit.infer.compiled import ATTEND_STEP, warm_up
+
+    model = tiny_model()
+    quantize_model(model, 4, lm_head_bits=8)
+    counters.clear()
+    engine = Engine(model, compile=True, max_batch_size=4, prefix_cache_mib=0)
+    warm_up(engine)
+    graphs = counters["stats"]["unique_graphs"]
+    prompts = [[5, 17, 99, 3], [7, 8], [100, 200, 300, 400, 11, 12, 13]]
+    params = [SamplingParams(max_new_tokens=ATTEND_STEP + 10, temperature=1.0, seed=s) for s in (1, 2, 3)]
+    compiled = [c.token_ids for c in engine.generate_batch(prompts, params)] + [engine.complete(prompts[0], params[1]).token_ids]
+    assert counters["stats"]["unique_graphs"] == graphs and "did not compile" not in caplog.text
+    eager = Engine(model, max_batch_size=4, prefix_cache_mib=0)
+    expected = [c.token_ids for c in eager.generate_batch(prompts, params)] + [eager.complete(prompts[0], params[1]).token_ids]
+    assert compiled == expected
+    assert len(set(compiled[0])) > 3
+
+
 def test_a_float16_cache_is_only_for_models_whose_attention_reads_it():
     from llmkit.errors import GenerationError
 
@@ -246,6 +270,10 @@ def test_attention_is_softmax_attention_and_a_querys_bits_do_not_depend_on_what_
     mask[1, :, 0] = False  # a query that sees nothing (a padding row): zeros, not NaN
     out = lib.attention(q, k, v, mask, d ** -0.5)
     want = reference_attention(q, k, v, mask)
+    # the mask's width is the number of keys: the cache's whole rows give the slice's bits (the engine's way)
+    assert torch.equal(lib.attention(q, cache_k, cache_v, mask, d ** -0.5), out)
+    with pytest.raises(RuntimeError, match="the mask covers 40 keys; k and v hold 39"):
+        lib.attention(q, k[:, :, :39], v[:, :, :39], mask, d ** -0.5)
     assert torch.equal(out[1, :, 0], torch.zeros(heads, d))
     assert float((out.double() - want).nan_to_num().abs().max()) < 1e-5
     # every row's last query together, one query a row (a batched decode step: keys scored four at a time)

@@ -157,8 +157,13 @@ class KVCache:
         # keys past p in a row are stale (another sequence's, or a rejected draft's) and stay hidden.
         return key_positions[None, None, None, :] <= positions[:, None, :, None]
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v: (rows, n_kv_heads, seq, head_dim), written at each row's own positions."""
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+               whole_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: (rows, n_kv_heads, seq, head_dim), written at each row's own positions. Returns the bound
+        rows' keys and values up to the attention length, or at every slot with `whole_rows` (for
+        llmkit's attention kernel, which reads as many keys as the mask is wide: a compiled step then has
+        no slice whose contiguity -- the length equal to the capacity or not -- it would specialise on,
+        compiling a graph the warm-up did not)."""
         start, stop = self._rows
         all_keys, all_values = self.keys[layer], self.values[layer]
         # One index_put covers every case (rows at equal or different positions) without a host sync.
@@ -177,7 +182,7 @@ class KVCache:
             all_keys[rows + start, :, positions] = k.transpose(1, 2)[rows, columns]
             all_values[rows + start, :, positions] = v.transpose(1, 2)[rows, columns]
         keys, values = all_keys[start:stop], all_values[start:stop]
-        if self._attend_len is None:
+        if self._attend_len is None or whole_rows:
             return keys, values
         return keys[:, :, : self._attend_len], values[:, :, : self._attend_len]
 

@@ -357,7 +357,7 @@ template <typename KV>
 void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, float scale_f,
             at::Tensor& out) {
   const int64_t batch = q.size(0), heads = q.size(1), queries = q.size(2), d = q.size(3);
-  const int64_t kv_heads = k.size(1), keys = k.size(2);
+  const int64_t kv_heads = k.size(1), keys = mask.size(3);
   const float* qp = q.data_ptr<float>();
   const KV *kp = k.data_ptr<KV>(), *vp = v.data_ptr<KV>();
   const bool* mp = mask.data_ptr<bool>();
@@ -420,9 +420,12 @@ at::Tensor keys_or_values(const at::Tensor& t) {
   return f.stride(-1) == 1 ? f : f.contiguous();
 }
 
-// q (batch, heads, queries, d); k, v (batch, kv_heads, keys, d), one dtype (half: read as half), query head
-// h reading key/value head h / (heads / kv_heads); mask bool, broadcastable to (batch, heads, queries,
-// keys), true where a query sees a key. A query that sees no key gets zeros (a padding row's).
+// q (batch, heads, queries, d); k, v (batch, kv_heads, >= keys, d), one dtype (half: read as half), query
+// head h reading key/value head h / (heads / kv_heads); mask bool (batch, heads, queries, keys), its first
+// three dimensions broadcastable, true where a query sees a key. A query that sees no key gets zeros (a
+// padding row's). The mask's width is the number of keys attended: k and v may hold more (the engine
+// passes a KV cache's whole rows, not a slice of them, so that a compiled step has no slice whose
+// contiguity -- the attention length equal to the cache's capacity or not -- it would specialise on).
 at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& mask_in,
                      double scale) {
   TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, "attention: q, k and v must be 4-D");
@@ -432,9 +435,10 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
               v_in.scalar_type(), "; they must have one dtype");
   const at::Tensor q = q_in.to(at::kFloat).contiguous(), k = keys_or_values(k_in), v = keys_or_values(v_in);
   const int64_t batch = q.size(0), heads = q.size(1), queries = q.size(2), d = q.size(3);
-  const int64_t kv_heads = k.size(1), keys = k.size(2);
+  const int64_t kv_heads = k.size(1), keys = mask_in.size(3);
   TORCH_CHECK(k.size(0) == batch && k.size(3) == d && v.sizes() == k.sizes(), "attention: q ", q.sizes(), ", k ",
               k.sizes(), " and v ", v.sizes(), " do not match");
+  TORCH_CHECK(keys <= k.size(2), "attention: the mask covers ", keys, " keys; k and v hold ", k.size(2));
   TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "attention: ", heads, " query heads for ", kv_heads, " kv heads");
   const at::Tensor mask = mask_in.expand({batch, heads, queries, keys});
   at::Tensor out = at::empty({batch, heads, queries, d}, q.options());
