@@ -22,41 +22,52 @@ logger = logging.getLogger(__name__)
 ATTEND_STEP = 64  # a compiled decode step attends to a multiple of this many key positions
 
 
-def compile_frozen(fn):
-    """`fn` compiled for decoding (the engine's step, a speculative verifier's, a draft model's) with
-    inductor's freezing: the weights become constants of the graph, so inductor packs each linear
-    layer's weight once for oneDNN's GEMM (`mkldnn._linear_pointwise`, which takes any batch size)
-    instead of calling MKL's unpacked sgemm every step. On a 2-core AMD EPYC (AVX2) the fp32 linear
-    layers of a batch-32 SmolLM2 step take 84 ms packed against 146 ms unpacked (BENCHMARKS.md).
-    The price: a compiled engine must be rebuilt if the weights change (training's rollouts use eager
-    engines), and the packed copy is held beside the module's weights.
+def compile_for_inference(fn, model, cpp_wrapper: bool | None = None):
+    """`fn`, a forward of `model` for decoding (the engine's step, a speculative verifier's, a draft
+    model's), compiled; `cpp_wrapper` None: on a CPU (below). Inductor's options are set around every call, not passed as
+    `torch.compile(options=...)`: dynamo decides at trace time whether the parameters are constants,
+    from the global inductor config, and an option reaches only inductor, too late (measured on torch
+    2.13: no weight was packed). Recompilations happen inside calls, so each call carries the options
+    (36 us a call, 0.1% of a batch-1 step).
 
-    The flag is set around every call, not passed as `torch.compile(options=...)`: dynamo decides at
-    trace time whether the parameters are constants, from the global inductor config, and an option
-    reaches only inductor, too late (measured on torch 2.13: no weight was packed). Recompilations
-    happen inside calls, so each call carries the flag (36 us a call, 0.1% of a batch-1 step)."""
+    - Weights. A CPU fp32 model has its Linears packed for oneDNN first (`llmkit.infer.packed`, in
+      place: the model is inference-only from then on); its packed weights are inputs of the graph,
+      shared by every graph and by eager prefill. Measured on the 2-core AVX2 EPYC with SmolLM2 fp32
+      (BENCHMARKS.md): decode as fast as with freezing, eager prefill on packed weights (1.33x for a
+      wave of 16 short prompts), one copy of the weights for all graphs (2.1 against 3.4 GiB with two
+      graphs), and compilations inductor's cache can serve again. Other models (bf16, quantized, on a
+      GPU) are compiled with `freezing`: the weights become constants of the graph, so inductor packs
+      each bf16 linear's weight once for oneDNN (a batch-32 step's linears 84 ms packed against 146 ms
+      unpacked). The price: a compiled engine must be rebuilt if the weights change (training's
+      rollouts use eager engines).
+    - The wrapper, on a CPU. Inductor's default wrapper is Python: per layer ~40 statements (buffer
+      allocations, views, stride asserts, one call per kernel and operator), ~1.5 ms of a ~6-ms
+      batch-1 SmolLM2 int4 token. `cpp_wrapper` generates that code as C++ instead. Measured in one
+      process, alternating rounds, tokens identical (2-core AVX2 EPYC, BENCHMARKS.md 2026-12-04):
+      batch-1 int4 decode 203.7 against 171.0 tok/s (1.19x, 6 of 6 rounds), fp32 33.8 against 24.1
+      (1.40x, 4 of 4), batch-32 int4 1.00x (a 50-ms step). The price is compile time: `warm_up` of an
+      int4 engine from an empty inductor cache 262 s against 223 (the wrapper is a C++ file the size
+      of the model), 91 s once inductor's cache holds the graphs. `benchmarks/wrapper_ab.py` measures it.
+    """
+    pack_linears(model)
+    options = {} if is_packed(model) else {"freezing": True}
+    if cpp_wrapper if cpp_wrapper is not None else _device(model).type == "cpu":
+        options["cpp_wrapper"] = True
     compiled = torch.compile(fn, dynamic=None)
 
     def call(*args, **kwargs):
-        with torch._inductor.config.patch(freezing=True):
+        with torch._inductor.config.patch(options):
             return compiled(*args, **kwargs)
 
     return call
 
 
-def compile_for_inference(fn, model):
-    """`fn`, a forward of `model` for decoding, compiled. A CPU fp32 model has its Linears packed for
-    oneDNN first (`llmkit.infer.packed`, in place: the model is inference-only from then on); its
-    packed weights are inputs of the graph, shared by every graph and by eager prefill, so no freezing
-    is needed. Other models (bf16, quantized, on a GPU) are compiled with freezing (`compile_frozen`).
-    Measured on the 2-core AVX2 EPYC with SmolLM2 fp32 (BENCHMARKS.md): decode is as fast either way
-    (within run-to-run noise); packing adds eager prefill on packed weights (1.33x for a wave of 16
-    short prompts), one copy of the weights for all graphs (2.1 against 3.4 GiB with two graphs), and
-    compilations inductor's cache can serve again (`llmkit serve --compile` restarts in 51 s, not 400)."""
-    pack_linears(model)
-    if is_packed(model):
-        return torch.compile(fn, dynamic=None)
-    return compile_frozen(fn)
+def _device(model) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
 
 
 def attend_length(longest: int, capacity: int, compiled: bool) -> int:
