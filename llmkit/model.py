@@ -14,7 +14,9 @@ Two forwards share all code:
   `model(input_ids)` -> logits (batch x seq x vocab).
 - inference: `model(input_ids, positions=..., kv_cache=cache)`; the cache object (llmkit.infer) is
   asked once per forward for the attention mask (`cache.prepare(positions)`) and then by each layer to
-  store and return its keys and values (`cache.update(layer, k, v)`).
+  store and return its keys and values (`cache.update(layer, k, v, whole_rows)`: up to the attention
+  length, or every slot of the bound rows for llmkit's attention kernel, which reads as many keys as the
+  mask is wide).
 """
 
 from __future__ import annotations

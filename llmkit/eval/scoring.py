@@ -101,8 +101,9 @@ class TreeAttentionMask:
     def prepare(self, positions: torch.Tensor) -> torch.Tensor:
         return self.mask
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return k, v
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+               whole_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return k, v  # this forward's own keys: as many as the mask is wide, whole rows or not
 
 
 @dataclass
