@@ -1,7 +1,7 @@
 """Batch-1 decode of a larger model shape (SmolLM2-1.7B's), llmkit against llama.cpp on the same GGUF, and
 the bandwidth each achieves.
 
-    flock /tmp/llmkit-heavy.lock python benchmarks/larger_model.py [--shape 1.7b] [--dir DIR]   # ~20 min, 2 cores
+    flock /tmp/llmkit-heavy.lock python benchmarks/larger_model.py [--shape 1.7b] [--dir DIR]   # ~6 min, 2 cores
 
 Why: on SmolLM2-135M (benchmarks/generate.py) a batch-1 token reads ~100 MB in ~6 ms, and a third of that
 time is cost per token or per layer call that does not grow with the weights (the graph's wrapper,

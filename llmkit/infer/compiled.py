@@ -24,10 +24,10 @@ ATTEND_STEP = 64  # a compiled decode step attends to a multiple of this many ke
 
 def compile_for_inference(fn, model, cpp_wrapper: bool | None = None):
     """`fn`, a forward of `model` for decoding (the engine's step, a speculative verifier's, a draft
-    model's), compiled; `cpp_wrapper` None: on a CPU (below). Inductor's options are set around every call, not passed as
-    `torch.compile(options=...)`: dynamo decides at trace time whether the parameters are constants,
-    from the global inductor config, and an option reaches only inductor, too late (measured on torch
-    2.13: no weight was packed). Recompilations happen inside calls, so each call carries the options
+    model's), compiled; `cpp_wrapper` None means on a CPU (below). Inductor's options are set around
+    every call, not passed as `torch.compile(options=...)`: dynamo decides at trace time whether the
+    parameters are constants, from the global inductor config, and an option reaches only inductor, too
+    late (measured on torch 2.13: no weight was packed). Recompilations happen inside calls, so each call carries the options
     (36 us a call, 0.1% of a batch-1 step).
 
     - Weights. A CPU fp32 model has its Linears packed for oneDNN first (`llmkit.infer.packed`, in
