@@ -324,11 +324,13 @@ WORKERS = {
 }
 
 
-def run_worker(name: str) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--worker", name], capture_output=True, text=True)
+def run_worker(*args: str, script: str = __file__) -> dict:
+    """`python script --worker *args` in a process of its own (its peak memory its own); its last stdout
+    line, parsed as JSON (benchmarks/larger_model.py runs its workers this way too)."""
+    result = subprocess.run([sys.executable, script, "--worker", *args], capture_output=True, text=True)
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
-        raise SystemExit(f"worker {name} failed:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"worker {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return json.loads(lines[-1])
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -154,11 +153,9 @@ def worker_llmkit(directory: Path, shape: str, bits: int) -> dict:
 
 
 def run_worker(*args: str) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True)
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        raise SystemExit(f"worker {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    from generate import run_worker
+
+    return run_worker(*args, script=__file__)
 
 
 def main() -> None:
