@@ -270,6 +270,24 @@ def worker_hf() -> dict:
             "bytes_per_token": read}
 
 
+def llamacpp_decode_speeds(llm, prompt: list[int], new_tokens: int, runs: int) -> list[float]:
+    """Pure-decode tok/s of `runs` greedy generations of `new_tokens` by a llama_cpp.Llama after `prompt`
+    (benchmarks/larger_model.py measures its llama.cpp rows this way too)."""
+    speeds = []
+    for _ in range(runs):
+        llm.reset()
+        llm.eval(prompt)
+        start = time.perf_counter()
+        for i in range(new_tokens):
+            token = llm.sample(temp=0)  # greedy
+            if i == 0:
+                start = time.perf_counter()  # the first token comes from the prefill: not decode
+            if i < new_tokens - 1:
+                llm.eval([token])
+        speeds.append((new_tokens - 1) / (time.perf_counter() - start))
+    return speeds
+
+
 def worker_llamacpp() -> dict:
     try:
         import llama_cpp
@@ -282,18 +300,7 @@ def worker_llamacpp() -> dict:
                           n_ctx=1024, verbose=False)
     text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in CHAT) + "<|im_start|>assistant\n"
     prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
-    speeds = []
-    for _ in range(4):
-        llm.reset()
-        llm.eval(prompt)
-        start = time.perf_counter()
-        for i in range(NEW_TOKENS):
-            token = llm.sample(temp=0)  # greedy
-            if i == 0:
-                start = time.perf_counter()  # the first token comes from the prefill: not decode
-            if i < NEW_TOKENS - 1:
-                llm.eval([token])
-        speeds.append((NEW_TOKENS - 1) / (time.perf_counter() - start))
+    speeds = llamacpp_decode_speeds(llm, prompt, NEW_TOKENS, runs=4)
     return {"tok_s": sorted(speeds[1:])[1], "peak_mib": peak_mib(), "version": llama_cpp.__version__,
             "bytes_per_token": named_model_file("smollm2").stat().st_size}
 

@@ -107,21 +107,11 @@ def worker_make(directory: Path, shape: str) -> dict:
 
 def worker_llamacpp(directory: Path, shape: str, kind: str) -> dict:
     import llama_cpp
+    from generate import llamacpp_decode_speeds
 
     path = files(directory, shape)[kind]
     llm = llama_cpp.Llama(model_path=str(path), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=256, verbose=False)
-    speeds = []
-    for _ in range(3):
-        llm.reset()
-        llm.eval(PROMPT)
-        start = time.perf_counter()
-        for i in range(NEW_TOKENS):
-            token = llm.sample(temp=0)
-            if i == 0:
-                start = time.perf_counter()  # the first token comes from the prefill
-            if i < NEW_TOKENS - 1:
-                llm.eval([token])
-        speeds.append((NEW_TOKENS - 1) / (time.perf_counter() - start))
+    speeds = llamacpp_decode_speeds(llm, PROMPT, NEW_TOKENS, runs=3)
     # the whole file: with tied embeddings the one table is also the output head, read whole every token
     return {"tok_s": sorted(speeds)[1], "bytes_per_token": path.stat().st_size}
 
