@@ -1,11 +1,19 @@
-"""A key/value cache pre-allocated per layer.
+"""A key/value cache pre-allocated for every layer.
 
-Shapes are fixed at creation (rows x n_kv_heads x capacity x head_dim: it stores the key/value heads,
-not the query heads, so grouped-query models cache n_heads / n_kv_heads times less). Each row holds one
-sequence; a forward writes its keys and values at their absolute positions, so rows can sit at
+Shapes are fixed at creation (per layer rows x n_kv_heads x capacity x head_dim: it stores the key/value
+heads, not the query heads, so grouped-query models cache n_heads / n_kv_heads times less). Each row holds
+one sequence; a forward writes its keys and values at their absolute positions, so rows can sit at
 different positions (batched prompts of different lengths, continuous batching) and rolling back a
 rejected speculative draft costs nothing: stale entries past a row's position are masked out and
 overwritten later (the static-cache design of gpt-fast).
+
+All layers' keys are one tensor, and all their values another (`key_store`, `value_store`, layers first;
+`keys[i]` and `values[i]` are views of layer i). A compiled decode step then takes two cache tensors as
+inputs, not two per layer. With 60 of them, TorchDynamo passed each one's sizes as integers of their own
+(new symbols for every tensor's rows and capacity), ~120 per call, each made a tensor and read back by
+the graph's wrapper: a batch-1 SmolLM2 token spent 0.35 ms in dynamo's entry alone. One store: 0.06 ms,
+7 integers; batch-1 int4 decode 1.02x faster (5 of 6 alternating rounds), batch 32 unchanged
+(BENCHMARKS.md, 2026-12-05).
 
 The model talks to it through two calls per forward:
 
@@ -75,9 +83,10 @@ class KVCache:
         if max_len > config.max_seq_len:
             raise GenerationError(f"cache length {max_len} exceeds the model's context of {config.max_seq_len} tokens")
         self.config, self.device, self.dtype = config, torch.device(device), dtype
-        shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        shape = (config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
+        self.key_store = torch.zeros(shape, device=device, dtype=dtype)
+        self.value_store = torch.zeros(shape, device=device, dtype=dtype)
+        self.keys, self.values = list(self.key_store.unbind(0)), list(self.value_store.unbind(0))
         self.batch_size, self.max_len = batch_size, max_len
         self.key_positions = torch.arange(max_len, device=device)
         self._rows: tuple[int, int] = (0, batch_size)
@@ -165,23 +174,24 @@ class KVCache:
         no slice whose contiguity -- the length equal to the capacity or not -- it would specialise on,
         compiling a graph the warm-up did not)."""
         start, stop = self._rows
-        all_keys, all_values = self.keys[layer], self.values[layer]
+        all_keys, all_values = self.key_store, self.value_store
         # One index_put covers every case (rows at equal or different positions) without a host sync.
-        # It writes into the whole cache tensor, not into a view of the bound rows: a compiled step
-        # turns a write through a view into copies of the cache (functionalization regenerates the
-        # base from the view), which inductor does not turn back into an in-place write -- four full
-        # copies per layer per step, 70 ms of a 300-ms batch-32 SmolLM2 step, measured. Written into
-        # the base tensor, the write stays in place.
+        # It writes into the whole store, the layer too given as an index tensor, not into a view (a
+        # layer's, the bound rows'): a compiled step turns a write through a view into copies of the cache
+        # (functionalization regenerates the base from the view), which inductor does not turn back into
+        # an in-place write -- four full copies per layer per step, 70 ms of a 300-ms batch-32 SmolLM2
+        # step, measured. Written into the base tensor, the write stays in place.
+        layer_index = torch.full((1, 1), layer, dtype=torch.long, device=all_keys.device)
         k, v = k.to(self.dtype), v.to(self.dtype)  # a float16 cache of a float32 model (cache_dtype)
         if self._write is None:
             rows = self._row_index + start
-            all_keys[rows, :, self._positions] = k.transpose(1, 2)
-            all_values[rows, :, self._positions] = v.transpose(1, 2)
+            all_keys[layer_index, rows, :, self._positions] = k.transpose(1, 2)
+            all_values[layer_index, rows, :, self._positions] = v.transpose(1, 2)
         else:  # left-padded rows: the filler tokens' keys and values are dropped
             rows, columns, positions = self._write
-            all_keys[rows + start, :, positions] = k.transpose(1, 2)[rows, columns]
-            all_values[rows + start, :, positions] = v.transpose(1, 2)[rows, columns]
-        keys, values = all_keys[start:stop], all_values[start:stop]
+            all_keys[layer_index, rows + start, :, positions] = k.transpose(1, 2)[rows, columns]
+            all_values[layer_index, rows + start, :, positions] = v.transpose(1, 2)[rows, columns]
+        keys, values = all_keys[layer, start:stop], all_values[layer, start:stop]
         if self._attend_len is None or whole_rows:
             return keys, values
         return keys[:, :, : self._attend_len], values[:, :, : self._attend_len]
