@@ -1,4 +1,4 @@
-"""The int8-activation CPU kernels (llmkit/kernels/int8_dot.cpp, attention.cpp): the arithmetic they state,
+"""The int8-activation CPU kernels (llmkit/kernels/int8_dot.cpp, attention.cpp, greedy.cpp): the arithmetic they state,
 for every instruction set path (this machine's own, AVX2, plain C++), batch and chunk invariance, the layers
 and models built on them, checkpoints and torch.compile."""
 
@@ -317,3 +317,40 @@ def test_int8_activation_models_give_the_same_logits_whole_chunked_or_prefix_cac
     assert hit.cached_tokens == 20
     assert hit.token_ids == cold.token_ids
     assert [e.logprob for e in hit.logprobs] == [e.logprob for e in cold.logprobs]
+
+
+@pytest.mark.parametrize("march", list(VARIANTS))
+def test_the_greedy_kernel_is_torchs_argmax_and_marks_rows_holding_nan_or_inf(march):
+    lib = ops(march)
+    generator = torch.Generator().manual_seed(4)
+    for rows in (1, 3, 32):
+        for vocab in (1, 7, 31, 32, 33, 100, 1000):  # below, at and past the kernel's 32-value steps
+            logits = torch.randn(rows, vocab, generator=generator)
+            assert torch.equal(lib.greedy_tokens(logits), logits.argmax(-1))
+            logits[:, vocab // 3] = logits[:, -1] = 9.0  # a tie: the first index, as torch's
+            assert torch.equal(lib.greedy_tokens(logits), logits.argmax(-1))
+    logits = torch.randn(5, 70, generator=generator)
+    logits[1, 40] = float("nan")
+    logits[2, 69] = float("inf")
+    logits[3] = float("-inf")  # every token masked: index 0, as torch's argmax (a grammar reports it)
+    logits[4, 66] = float("-inf")
+    expected = logits.argmax(-1)
+    expected[1:3] = -1
+    assert torch.equal(lib.greedy_tokens(logits), expected)
+
+
+def test_choose_tokens_is_the_same_with_the_greedy_kernel_or_torch(monkeypatch):
+    from llmkit.infer.sampling import RequestSampler, choose_tokens
+
+    assert cpu_kernels.isa() is not None  # built and loaded: choose_tokens uses them from then on
+    assert cpu_kernels.loaded()
+    logits = torch.randn(6, 49152, generator=torch.Generator().manual_seed(5))
+    logits[2, 7] = float("nan")
+    logits[4, 100] = float("inf")
+    samplers = [RequestSampler(SamplingParams(temperature=0), []) for _ in range(6)]
+    with_kernel = choose_tokens(logits, samplers)
+    monkeypatch.setattr(cpu_kernels, "loaded", lambda: False)
+    with_torch = choose_tokens(logits, samplers)
+    assert [c if isinstance(c, int) else type(c) for c in with_kernel] == \
+        [c if isinstance(c, int) else type(c) for c in with_torch]
+    assert with_torch[0] == int(logits[0].argmax()) and isinstance(with_torch[2], Exception)
