@@ -5,8 +5,9 @@
 // 32 rows on the 2-core AVX2 EPYC), and the NaN check is a second pass (amax, 8 us). Here: two
 // vectorised passes over a row that sits in the L2 cache, its maximum (with NaN tracked beside it), then
 // the first position holding it: 6 us a row, 83 us for 32 rows. Whole decode, SmolLM2 int4: 1.016x at
-// batch 1 (5 of 8 alternating rounds) and at batch 32 (6 of 6), BENCHMARKS.md 2026-12-05. The result equals torch.argmax's (first index of the maximum) wherever the row is
-// finite or -inf (tests/test_cpu_kernels.py).
+// batch 1 (5 of 8 alternating rounds) and at batch 32 (6 of 6), BENCHMARKS.md 2026-12-05. The result
+// equals torch.argmax's (first index of the maximum) wherever the row is finite or -inf
+// (tests/test_cpu_kernels.py).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>

@@ -171,7 +171,8 @@ constexpr int64_t PANEL = 8, PANEL_BLOCK_BYTES = 160;
 constexpr int64_t PREFETCH_AHEAD = 2560;
 
 inline void prefetch_ahead(const uint8_t* block, int64_t block_bytes) {
-  for (int64_t offset = 0; offset < block_bytes; offset += 64) __builtin_prefetch(block + PREFETCH_AHEAD + offset, 0, 3);
+  for (int64_t offset = 0; offset < block_bytes; offset += 64)
+    __builtin_prefetch(block + PREFETCH_AHEAD + offset, 0, 3);
 }
 
 template <int R>
