@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -67,12 +66,8 @@ def main() -> None:
         run(name)
     speeds, outputs, won = generate.alternating_rounds(run, ["this", "other"], args.rounds)
     cpu_kernels.attention = this_build
-    median = {name: statistics.median(values) for name, values in speeds.items()}
     print(f"batch {args.batch}, int4, compiled, {args.rounds} alternating rounds")
-    print("| build | decode tok/s (median) | rounds |")
-    print("| --- | ---: | --- |")
-    for name, label in (("this", "this source"), ("other", str(args.other))):
-        print(f"| {label} | {median[name]:.1f} | {', '.join(f'{s:.1f}' for s in speeds[name])} |")
+    median = generate.rounds_table("build", {"this": "this source", "other": str(args.other)}, speeds)
     same = outputs["this"] == outputs["other"]
     print(f"this / other: {median['this'] / median['other']:.2f}x, won {won} of {args.rounds} rounds; "
           f"greedy tokens identical: {same}")

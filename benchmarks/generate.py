@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -144,9 +145,10 @@ def timed_batch(engine, prompt, params, rows: int):
 
 
 def alternating_rounds(run, names: list[str], rounds: int) -> tuple[dict, dict, int]:
-    """A/B in one process (guards_ab, attention_ab, kv_cache_ab): `run(name)` -> (tok/s, outputs) for each
-    name every round, the order reversed every other round so that the host's drift hits all alike.
-    Returns ({name: [tok/s per round]}, {name: last outputs}, rounds the first name beat the second)."""
+    """A/B in one process (guards_ab, attention_ab, kv_cache_ab, wrapper_ab, kernel_decode_ab): `run(name)`
+    -> (tok/s, outputs) for each name every round, the order reversed every other round so that the host's
+    drift hits all alike. Returns ({name: [tok/s per round]}, {name: last outputs}, rounds the first name beat
+    the second)."""
     speeds, outputs = {name: [] for name in names}, {}
     for round_ in range(rounds):
         for name in names if round_ % 2 == 0 else names[::-1]:
@@ -154,6 +156,18 @@ def alternating_rounds(run, names: list[str], rounds: int) -> tuple[dict, dict, 
             speeds[name].append(speed)
     won = sum(a > b for a, b in zip(speeds[names[0]], speeds[names[1]]))
     return speeds, outputs, won
+
+
+def rounds_table(column: str, rows: dict, speeds: dict, first: dict | None = None) -> dict:
+    """Print the markdown table of an alternating-rounds A/B (`rows`: {name: label}, in order) and return
+    each name's median tok/s; `first`: each name's first (compiling) run in seconds, a column if given."""
+    median = {name: statistics.median(values) for name, values in speeds.items()}
+    print(f"| {column} | decode tok/s (median) | rounds |" + (" first run (compiling) |" if first else ""))
+    print("| --- | ---: | --- |" + (" ---: |" if first else ""))
+    for name, label in rows.items():
+        print(f"| {label} | {median[name]:.1f} | {', '.join(f'{s:.1f}' for s in speeds[name])} |"
+              + (f" {first[name]:.0f} s |" if first else ""))
+    return median
 
 
 def worker_ttft(kind: str) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -46,12 +45,8 @@ def main() -> None:
 
     run(True)  # the batch's own shapes, if the warm-up's cache differed
     speeds, outputs, won = generate.alternating_rounds(run, [True, False], args.rounds)
-    median = {skip: statistics.median(values) for skip, values in speeds.items()}
     print(f"batch {args.batch}, {args.weights}, compiled, {args.rounds} alternating rounds")
-    print("| guards | decode tok/s (median) | rounds |")
-    print("| --- | ---: | --- |")
-    for skip, label in ((True, "skipped (after warm_up)"), (False, "evaluated")):
-        print(f"| {label} | {median[skip]:.1f} | {', '.join(f'{s:.1f}' for s in speeds[skip])} |")
+    median = generate.rounds_table("guards", {True: "skipped (after warm_up)", False: "evaluated"}, speeds)
     same = outputs[True] == outputs[False]
     print(f"skipped / evaluated: {median[True] / median[False]:.2f}x, won {won} of {args.rounds} rounds; "
           f"greedy tokens identical: {same}")

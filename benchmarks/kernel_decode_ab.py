@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -97,12 +96,8 @@ def main() -> None:
         first[name] = time.perf_counter() - start
         engine.warmed_up = True  # every graph these runs need exists: guard-free, as after warm_up
     speeds, outputs, won = generate.alternating_rounds(run, ["this", "other"], args.rounds)
-    median = {name: statistics.median(values) for name, values in speeds.items()}
     print(f"batch {args.batch}, {args.weights}, compiled, {args.rounds} alternating rounds; other: {args.against}")
-    print("| kernels | decode tok/s (median) | rounds | first run (compiling) |")
-    print("| --- | ---: | --- | ---: |")
-    for name in engines:
-        print(f"| {name} | {median[name]:.1f} | {', '.join(f'{s:.1f}' for s in speeds[name])} | {first[name]:.0f} s |")
+    median = generate.rounds_table("kernels", {name: name for name in engines}, speeds, first)
     same = outputs["this"] == outputs["other"]
     print(f"this / other: {median['this'] / median['other']:.3f}x, won {won} of {args.rounds} rounds; "
           f"greedy tokens identical: {same}")

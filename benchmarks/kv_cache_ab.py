@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -57,12 +56,8 @@ def main() -> None:
         return generate.timed_batch(engines[dtype], prompt, params, args.batch)[0], None
 
     speeds, _, won = generate.alternating_rounds(run, DTYPES, args.rounds)
-    median = {dtype: statistics.median(values) for dtype, values in speeds.items()}
     print(f"batch {args.batch}, {args.weights}, compiled, prompt {len(prompt)} tokens, {args.rounds} alternating rounds")
-    print("| KV cache | decode tok/s (median) | rounds |")
-    print("| --- | ---: | --- |")
-    for dtype in DTYPES:
-        print(f"| {dtype} | {median[dtype]:.1f} | {', '.join(f'{s:.1f}' for s in speeds[dtype])} |")
+    median = generate.rounds_table("KV cache", {dtype: dtype for dtype in DTYPES}, speeds)
     print(f"float16 / float32: {median['float16'] / median['float32']:.2f}x, won {won} of {args.rounds} rounds")
     print(json.dumps({"benchmark": "kv_cache_ab", "weights": args.weights, "batch": args.batch,
                       "prompt_tokens": len(prompt), "rounds": args.rounds, "float16_tok_s": median["float16"],

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -62,12 +61,8 @@ def main() -> None:
         first[name] = time.perf_counter() - start
         engine.warmed_up = True  # every graph these runs need exists: guard-free, as after warm_up
     speeds, outputs, won = generate.alternating_rounds(run, ["C++", "Python"], args.rounds)
-    median = {name: statistics.median(values) for name, values in speeds.items()}
     print(f"batch {args.batch}, {args.weights}, compiled, {args.rounds} alternating rounds")
-    print("| wrapper | decode tok/s (median) | rounds | first run (compiling) |")
-    print("| --- | ---: | --- | ---: |")
-    for name in engines:
-        print(f"| {name} | {median[name]:.1f} | {', '.join(f'{s:.1f}' for s in speeds[name])} | {first[name]:.0f} s |")
+    median = generate.rounds_table("wrapper", {name: name for name in engines}, speeds, first)
     same = outputs["C++"] == outputs["Python"]
     print(f"C++ / Python: {median['C++'] / median['Python']:.2f}x, won {won} of {args.rounds} rounds; "
           f"greedy tokens identical: {same}")
