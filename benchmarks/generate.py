@@ -158,6 +158,19 @@ def alternating_rounds(run, names: list[str], rounds: int) -> tuple[dict, dict, 
     return speeds, outputs, won
 
 
+def first_runs(engines: dict, run) -> dict:
+    """Each engine's first `run(name)` (compiling its graphs, or loading them from inductor's cache), timed in
+    seconds; every engine then calls its steps guard-free, as after `warm_up` (the A/B's runs repeat these
+    shapes, so every graph they need exists)."""
+    first = {}
+    for name, engine in engines.items():
+        start = time.perf_counter()
+        run(name)
+        first[name] = time.perf_counter() - start
+        engine.warmed_up = True
+    return first
+
+
 def rounds_table(column: str, rows: dict, speeds: dict, first: dict | None = None) -> dict:
     """Print the markdown table of an alternating-rounds A/B (`rows`: {name: label}, in order) and return
     each name's median tok/s; `first`: each name's first (compiling) run in seconds, a column if given."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,12 +88,7 @@ def main() -> None:
         speed, requests = generate.timed_batch(engines[name], prompt, params, args.batch)
         return speed, [r.output_ids for r in requests]
 
-    first = {}
-    for name, engine in engines.items():  # each engine's graphs traced on its own build's operators
-        start = time.perf_counter()
-        run(name)
-        first[name] = time.perf_counter() - start
-        engine.warmed_up = True  # every graph these runs need exists: guard-free, as after warm_up
+    first = generate.first_runs(engines, run)  # each engine's graphs traced on its own build's operators
     speeds, outputs, won = generate.alternating_rounds(run, ["this", "other"], args.rounds)
     print(f"batch {args.batch}, {args.weights}, compiled, {args.rounds} alternating rounds; other: {args.against}")
     median = generate.rounds_table("kernels", {name: name for name in engines}, speeds, first)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,12 +53,7 @@ def main() -> None:
         speed, requests = generate.timed_batch(engines[name], prompt, params, args.batch)
         return speed, [r.output_ids for r in requests]
 
-    first = {}
-    for name, engine in engines.items():  # compile (or load from inductor's cache) each engine's graphs
-        start = time.perf_counter()
-        run(name)
-        first[name] = time.perf_counter() - start
-        engine.warmed_up = True  # every graph these runs need exists: guard-free, as after warm_up
+    first = generate.first_runs(engines, run)
     speeds, outputs, won = generate.alternating_rounds(run, ["C++", "Python"], args.rounds)
     print(f"batch {args.batch}, {args.weights}, compiled, {args.rounds} alternating rounds")
     median = generate.rounds_table("wrapper", {name: name for name in engines}, speeds, first)
