@@ -145,7 +145,7 @@ def timed_batch(engine, prompt, params, rows: int):
 
 
 def alternating_rounds(run, names: list[str], rounds: int) -> tuple[dict, dict, int]:
-    """A/B in one process (guards_ab, attention_ab, kv_cache_ab, wrapper_ab, kernel_decode_ab): `run(name)`
+    """A/B in one process (guards_ab, kv_cache_ab, wrapper_ab, kernel_decode_ab): `run(name)`
     -> (tok/s, outputs) for each name every round, the order reversed every other round so that the host's
     drift hits all alike. Returns ({name: [tok/s per round]}, {name: last outputs}, rounds the first name beat
     the second)."""

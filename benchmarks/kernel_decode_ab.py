@@ -1,17 +1,22 @@
-"""Whole decode on this int8_dot.cpp against another (an earlier commit's), in one process.
+"""Whole decode on this checkout's build of a kernel source against another build (an earlier commit's),
+in one process: llmkit/kernels/int8_dot.cpp (the int4/int8 linear layers) or attention.cpp.
 
     git show HEAD~1:llmkit/kernels/int8_dot.cpp > /tmp/old_int8_dot.cpp
     python benchmarks/kernel_decode_ab.py --against /tmp/old_int8_dot.cpp [--weights int4] [--batch 1] [--rounds 6]
+    git show HEAD~1:llmkit/kernels/attention.cpp > /tmp/attention_old.cpp
+    python benchmarks/kernel_decode_ab.py --kernel attention --against /tmp/attention_old.cpp --batch 32 --rounds 4
 
-`benchmarks/cpu_kernels.py --against` times the two builds' operators alone; this measures what a kernel
-change is worth to a user: SmolLM2-135M-Instruct, compiled, 2 threads, 128 new tokens greedy, two engines
-on one model, one calling this checkout's kernels (built from llmkit/kernels/int8_dot.cpp under its own
-operator namespace, like the other file), the other the other file's. Each engine's graphs are traced while
-`llmkit.cpu_kernels.int4_linear` / `int8_linear` call its build (the second engine is a subclass, so that
-TorchDynamo keeps its graphs apart), and every round sets them again for eager prefill. Both engines call
-their steps guard-free as after `warm_up`; rounds alternate (the order swapped every round) so that the
-host's drift hits both alike. Reports each build's median decode tok/s (all streams), the rounds this
-build won and whether the greedy tokens are identical. Prints a table, then one JSON line.
+`benchmarks/cpu_kernels.py --against` times the linear operators alone; this measures what a kernel change
+is worth to a user, on a host whose bandwidth swings too much for two runs of generate.py to tell a 10%
+change (BENCHMARKS.md, 2026-12-04: 16-27 GB/s): SmolLM2-135M-Instruct, compiled, 2 threads, 128 new tokens
+greedy, two engines on one model, each calling one build (this checkout's source and the other file, each
+built under its own operator namespace). Each engine's graphs are traced while the `llmkit.cpu_kernels`
+functions the model calls (`int4_linear` / `int8_linear`, or `attention`) call its build (the second engine
+is a subclass, so that TorchDynamo keeps its graphs apart), and every round sets them again for eager
+prefill. Both engines call their steps guard-free as after `warm_up`; rounds alternate (the order swapped
+every round) so that the host's drift hits both alike. Reports each build's median decode tok/s (all
+streams), the rounds this build won and whether the greedy tokens are identical (they should be: a kernel
+change is meant to keep the bits). Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -25,37 +30,39 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def build(source: Path) -> str:
+# per kernel source: the llmkit.cpu_kernels functions the model calls, each with its output's shape for tracing
+OPERATORS = {
+    "int8_dot": {"int4_linear": lambda x, weight, in_features: x.new_empty(*x.shape[:-1], weight.shape[0]),
+                 "int8_linear": lambda x, weight, scales: x.new_empty(*x.shape[:-1], weight.shape[0])},
+    "attention": {"attention": lambda q, k, v, mask, scale: q.new_empty(q.shape)},
+}
+
+
+def build(source: Path, kernel: str) -> str:
     """`source` built as cpu_kernels.py --against does, with shapes registered for torch.compile's tracing."""
     import torch
     from cpu_kernels import load_other
 
     namespace = load_other(source)
-
-    @torch.library.register_fake(f"{namespace}::int4_linear")
-    def _(x, weight, in_features):
-        return x.new_empty(*x.shape[:-1], weight.shape[0])
-
-    @torch.library.register_fake(f"{namespace}::int8_linear")
-    def _(x, weight, scales):
-        return x.new_empty(*x.shape[:-1], weight.shape[0])
-
+    for name, shape in OPERATORS[kernel].items():
+        torch.library.register_fake(f"{namespace}::{name}")(shape)
     return namespace
 
 
-def use(namespace: str) -> None:
-    """Route llmkit's int4/int8 layers to the operators of one build (the layers call these two functions)."""
+def use(namespace: str, kernel: str) -> None:
+    """Route the model's calls of one kernel source's operators to one build (model.py and the quantized
+    layers call them through the llmkit.cpu_kernels module)."""
     import torch
     import llmkit.cpu_kernels as cpu_kernels
 
-    ops = getattr(torch.ops, namespace)
-    cpu_kernels.int4_linear = lambda x, packed, in_features: ops.int4_linear(x, packed, in_features)
-    cpu_kernels.int8_linear = lambda x, packed, scales: ops.int8_linear(x, packed, scales)
+    for name in OPERATORS[kernel]:
+        setattr(cpu_kernels, name, getattr(getattr(torch.ops, namespace), name))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--against", type=Path, required=True, help="the other int8_dot.cpp")
+    parser.add_argument("--kernel", default="int8_dot", choices=list(OPERATORS), help="which kernel source")
+    parser.add_argument("--against", type=Path, required=True, help="the other build's source file")
     parser.add_argument("--weights", default="int4", choices=["int8", "int4", "int4_head4"])
     parser.add_argument("--batch", type=int, default=1, help="requests decoding together")
     parser.add_argument("--rounds", type=int, default=6)
@@ -67,9 +74,13 @@ def main() -> None:
 
     if not cpu_kernels.available():
         sys.exit("llmkit's CPU kernels are not available here (see the message above)")
-    if args.against.read_bytes() == (cpu_kernels.KERNELS / "int8_dot.cpp").read_bytes():
-        sys.exit(f"{args.against} is this checkout's int8_dot.cpp: nothing to compare")
-    namespaces = {"this": build(cpu_kernels.KERNELS / "int8_dot.cpp"), "other": build(args.against)}
+    this_source = cpu_kernels.KERNELS / f"{args.kernel}.cpp"
+    if not args.against.is_file():
+        sys.exit(f"{args.against}: no such file (give another {this_source.name}, e.g. "
+                 f"`git show REV:llmkit/kernels/{this_source.name}`)")
+    if args.against.read_bytes() == this_source.read_bytes():
+        sys.exit(f"{args.against} is this checkout's {this_source.name}: nothing to compare")
+    namespaces = {"this": build(this_source, args.kernel), "other": build(args.against, args.kernel)}
 
     class OtherKernelsEngine(Engine):
         """The same step under another code object: its graphs call the other build."""
@@ -84,19 +95,20 @@ def main() -> None:
     engines = {"this": Engine(model, **options), "other": OtherKernelsEngine(model, **options)}
 
     def run(name: str) -> tuple[float, list[list[int]]]:
-        use(namespaces[name])
+        use(namespaces[name], args.kernel)
         speed, requests = generate.timed_batch(engines[name], prompt, params, args.batch)
         return speed, [r.output_ids for r in requests]
 
     first = generate.first_runs(engines, run)  # each engine's graphs traced on its own build's operators
     speeds, outputs, won = generate.alternating_rounds(run, ["this", "other"], args.rounds)
-    print(f"batch {args.batch}, {args.weights}, compiled, {args.rounds} alternating rounds; other: {args.against}")
+    print(f"batch {args.batch}, {args.weights}, compiled, {args.rounds} alternating rounds; "
+          f"{args.kernel}.cpp against {args.against}")
     median = generate.rounds_table("kernels", {name: name for name in engines}, speeds, first)
     same = outputs["this"] == outputs["other"]
     print(f"this / other: {median['this'] / median['other']:.3f}x, won {won} of {args.rounds} rounds; "
           f"greedy tokens identical: {same}")
-    print(json.dumps({"benchmark": "kernel_decode_ab", "weights": args.weights, "batch": args.batch,
-                      "rounds": args.rounds, "this_tok_s": median["this"], "other_tok_s": median["other"],
+    print(json.dumps({"benchmark": "kernel_decode_ab", "kernel": args.kernel, "weights": args.weights,
+                      "batch": args.batch, "rounds": args.rounds, "this_tok_s": median["this"], "other_tok_s": median["other"],
                       "rounds_won": won, "identical": same}))
 
 
