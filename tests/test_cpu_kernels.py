@@ -75,6 +75,17 @@ def test_kernels_compute_what_they_state_on_every_path(march):
     assert y.shape == (3, 3, n) and y.dtype == torch.bfloat16
     with pytest.raises(RuntimeError, match="the activations have 100 features, the weights 192"):
         lib.int4_linear(torch.randn(2, 100), packed, k)
+    with pytest.raises(RuntimeError, match="the activations have 0 features"):
+        lib.int8_linear(torch.tensor(1.0), p8, s8)
+    # strided activations are read as their contiguous copy; the quantized activations live in a buffer each
+    # thread keeps between calls: a small call after a large one gives the bits it gave before
+    strided = (torch.randn(k, 9, generator=torch.Generator().manual_seed(4)) * 3).t()
+    assert not strided.is_contiguous()
+    assert torch.equal(lib.int4_linear(strided, packed, k), lib.int4_linear(strided.contiguous(), packed, k))
+    assert torch.equal(lib.int8_linear(strided, p8, s8), lib.int8_linear(strided.contiguous(), p8, s8))
+    one4, one8 = lib.int4_linear(x[:1], packed, k), lib.int8_linear(x[:1], p8, s8)
+    lib.int4_linear(torch.randn(300, k), packed, k), lib.int8_linear(torch.randn(300, k), p8, s8)
+    assert torch.equal(lib.int4_linear(x[:1], packed, k), one4) and torch.equal(lib.int8_linear(x[:1], p8, s8), one8)
 
 
 @pytest.mark.parametrize("march", list(VARIANTS))
@@ -274,6 +285,11 @@ def test_attention_is_softmax_attention_and_a_querys_bits_do_not_depend_on_what_
     assert torch.equal(lib.attention(q, cache_k, cache_v, mask, d ** -0.5), out)
     with pytest.raises(RuntimeError, match="the mask covers 40 keys; k and v hold 39"):
         lib.attention(q, k[:, :, :39], v[:, :, :39], mask, d ** -0.5)
+    with pytest.raises(RuntimeError, match=r"a mask of shape \[3, 2, 8, 40\] does not broadcast to \(3, 6, 8, 40\)"):
+        lib.attention(q, k, v, mask.expand(3, 2, 8, 40), d ** -0.5)
+    # strided queries are read as their contiguous copy; a mask broadcast over the heads is read in place
+    assert torch.equal(lib.attention(q.transpose(1, 2).contiguous().transpose(1, 2), k, v, mask, d ** -0.5), out)
+    assert torch.equal(lib.attention(q, k, v, mask.expand(batch, heads, queries, keys).contiguous(), d ** -0.5), out)
     assert torch.equal(out[1, :, 0], torch.zeros(heads, d))
     assert float((out.double() - want).nan_to_num().abs().max()) < 1e-5
     # every row's last query together, one query a row (a batched decode step: keys scored four at a time)

@@ -19,6 +19,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -352,15 +353,15 @@ void softmax_values(float* __restrict p, int64_t padded, const KV* __restrict v,
 }
 
 // q (batch, heads, queries, d) float; k, v (batch, kv_heads, keys, d) of KV (float or half), each row's
-// last dimension contiguous; the mask (batch, heads, queries, keys), strided; out like q.
+// last dimension contiguous; the mask (batch, heads, queries, keys) at mp, read through mask_strides (zero
+// along a dimension it is broadcast over); out like q.
 template <typename KV>
-void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, float scale_f,
-            at::Tensor& out) {
+void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const bool* mp,
+            const std::array<int64_t, 4>& mask_strides, int64_t keys, float scale_f, at::Tensor& out) {
   const int64_t batch = q.size(0), heads = q.size(1), queries = q.size(2), d = q.size(3);
-  const int64_t kv_heads = k.size(1), keys = mask.size(3);
+  const int64_t kv_heads = k.size(1);
   const float* qp = q.data_ptr<float>();
   const KV *kp = k.data_ptr<KV>(), *vp = v.data_ptr<KV>();
-  const bool* mp = mask.data_ptr<bool>();
   float* op = out.data_ptr<float>();
   const int64_t group = heads / kv_heads, padded = (keys + KEYS - 1) / KEYS * KEYS;
   auto softmax = d == 64 ? softmax_values<64, KV> : d == 128 ? softmax_values<128, KV> : softmax_values<0, KV>;
@@ -384,8 +385,8 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / (heads * queries), h = item / queries % heads, i = item % queries;
       const float* qi = qp + item * d;
-      const bool* seen = mp + b * mask.stride(0) + h * mask.stride(1) + i * mask.stride(2);
-      const int64_t ms = mask.stride(3);
+      const bool* seen = mp + b * mask_strides[0] + h * mask_strides[1] + i * mask_strides[2];
+      const int64_t ms = mask_strides[3];
       int64_t last = keys;  // keys past the last seen one are skipped (the causal half of a prefill)
       while (last > 0 && !seen[(last - 1) * ms]) --last;
       const int64_t limit = (last + KEYS - 1) / KEYS * KEYS;
@@ -416,7 +417,7 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
 
 // Half keys and values are read as they are; any other dtype is converted to float first.
 at::Tensor keys_or_values(const at::Tensor& t) {
-  const at::Tensor f = t.scalar_type() == at::kHalf ? t : t.to(at::kFloat);
+  const at::Tensor f = t.scalar_type() == at::kHalf || t.scalar_type() == at::kFloat ? t : t.to(at::kFloat);
   return f.stride(-1) == 1 ? f : f.contiguous();
 }
 
@@ -433,20 +434,30 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
   TORCH_CHECK(mask_in.scalar_type() == at::kBool && mask_in.dim() == 4, "attention: the mask must be a 4-D bool tensor");
   TORCH_CHECK(k_in.scalar_type() == v_in.scalar_type(), "attention: k is ", k_in.scalar_type(), " and v ",
               v_in.scalar_type(), "; they must have one dtype");
-  const at::Tensor q = q_in.to(at::kFloat).contiguous(), k = keys_or_values(k_in), v = keys_or_values(v_in);
+  // no dispatcher calls for what a decode step passes (float32 contiguous q, a half or float cache, a
+  // broadcast mask): ~30 calls a token
+  const at::Tensor q = q_in.scalar_type() == at::kFloat && q_in.is_contiguous() ? q_in : q_in.to(at::kFloat).contiguous();
+  const at::Tensor k = keys_or_values(k_in), v = keys_or_values(v_in);
   const int64_t batch = q.size(0), heads = q.size(1), queries = q.size(2), d = q.size(3);
   const int64_t kv_heads = k.size(1), keys = mask_in.size(3);
   TORCH_CHECK(k.size(0) == batch && k.size(3) == d && v.sizes() == k.sizes(), "attention: q ", q.sizes(), ", k ",
               k.sizes(), " and v ", v.sizes(), " do not match");
   TORCH_CHECK(keys <= k.size(2), "attention: the mask covers ", keys, " keys; k and v hold ", k.size(2));
   TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "attention: ", heads, " query heads for ", kv_heads, " kv heads");
-  const at::Tensor mask = mask_in.expand({batch, heads, queries, keys});
+  // the mask read in place, broadcast to (batch, heads, queries, keys) by a zero stride
+  const int64_t wanted[4] = {batch, heads, queries, keys};
+  std::array<int64_t, 4> mask_strides{};
+  for (int i = 0; i < 4; ++i) {
+    TORCH_CHECK(mask_in.size(i) == wanted[i] || mask_in.size(i) == 1, "attention: a mask of shape ", mask_in.sizes(),
+                " does not broadcast to (", batch, ", ", heads, ", ", queries, ", ", keys, ")");
+    mask_strides[i] = mask_in.size(i) == 1 ? 0 : mask_in.stride(i);
+  }
   at::Tensor out = at::empty({batch, heads, queries, d}, q.options());
   if (k.scalar_type() == at::kHalf)
-    attend<at::Half>(q, k, v, mask, static_cast<float>(scale), out);
+    attend<at::Half>(q, k, v, mask_in.data_ptr<bool>(), mask_strides, keys, static_cast<float>(scale), out);
   else
-    attend<float>(q, k, v, mask, static_cast<float>(scale), out);
-  return out.to(q_in.scalar_type());
+    attend<float>(q, k, v, mask_in.data_ptr<bool>(), mask_strides, keys, static_cast<float>(scale), out);
+  return q_in.scalar_type() == at::kFloat ? out : out.to(q_in.scalar_type());
 }
 
 }  // namespace

@@ -352,40 +352,59 @@ inline void int8_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
 
 constexpr int TILE = 4;  // activation rows that share one unpacked weight block
 
+// One call's quantized activations: per row, the int8 values q and per block of 32 the scale d, the sum s
+// of the float values and the sum sq of q (the int8 weights' +128 offset).
 struct QuantizedActivations {
-  std::vector<int8_t> q;
-  std::vector<float> d, s;
-  std::vector<int32_t> sq;  // sum of q per block (the int8 weights' +128 offset)
+  int8_t* q;
+  float *d, *s;
+  int32_t* sq;
 };
 
-QuantizedActivations quantize_activations(const at::Tensor& x2) {
-  const int64_t rows = x2.size(0), k = x2.size(1);
-  QuantizedActivations a{std::vector<int8_t>(rows * k), std::vector<float>(rows * (k / QK)),
-                         std::vector<float>(rows * (k / QK)), std::vector<int32_t>(rows * (k / QK))};
-  const float* x = x2.data_ptr<float>();
+// The activations quantized into a buffer the calling thread keeps between calls (grown as needed, never
+// zeroed): a batch-1 decode step makes ~150 operator calls, and four fresh vectors per call were four
+// mallocs, four frees and a memset each (perf on the 2-core AVX2 EPYC: libc's allocator ~10% of the
+// host thread's time in a decode step whose kernels did no work). The buffer is in use only until the
+// operator returns; worker threads write into the caller's buffer.
+QuantizedActivations quantize_activations(const float* x, int64_t rows, int64_t k) {
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> d, s;
+  thread_local std::vector<int32_t> sq;
+  const size_t values = static_cast<size_t>(rows * k), blocks = static_cast<size_t>(rows * (k / QK));
+  if (q.size() < values) q.resize(values);
+  if (d.size() < blocks) d.resize(blocks), s.resize(blocks), sq.resize(blocks);
+  QuantizedActivations a{q.data(), d.data(), s.data(), sq.data()};
   // threads only for at least ~32k values a thread: waking the second one costs ~5 us, the time of
   // quantizing ~19k values (measured on the 2-core AVX2 EPYC), so a batch-32 decode step quantizes
   // its 576-input layers on the calling thread and a prefill chunk on all of them
   const int64_t grain = std::max<int64_t>(16, (32768 + k - 1) / k);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
-      quantize_row(x + r * k, k, a.q.data() + r * k, a.d.data() + r * (k / QK), a.s.data() + r * (k / QK),
-                   a.sq.data() + r * (k / QK));
+      quantize_row(x + r * k, k, a.q + r * k, a.d + r * (k / QK), a.s + r * (k / QK), a.sq + r * (k / QK));
   });
   return a;
 }
 
+// The activations as rows of k contiguous float32 values: x itself when it is that already (a decode
+// step's case: no view and no dispatcher call), else a float32 copy.
 at::Tensor as_rows(const at::Tensor& x, int64_t k, const char* op) {
   TORCH_CHECK(x.device().is_cpu(), op, ": the activations must be on the CPU");
-  TORCH_CHECK(x.size(-1) == k, op, ": the activations have ", x.size(-1), " features, the weights ", k);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == k, op, ": the activations have ", x.dim() ? x.size(-1) : 0,
+              " features, the weights ", k);
   TORCH_CHECK(k % QK == 0, op, ": the number of inputs (", k, ") must be a multiple of 32");
-  return x.reshape({-1, k}).to(at::kFloat).contiguous();
+  if (x.scalar_type() == at::kFloat && x.is_contiguous()) return x;
+  return x.to(at::kFloat).contiguous();
 }
 
-at::Tensor output_like(const at::Tensor& x, const at::Tensor& out2, int64_t n) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+// A float32 output shaped like x with n features, written as rows of n by the caller.
+at::Tensor new_output(const at::Tensor& x, int64_t n) {
+  c10::SmallVector<int64_t, 5> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = n;
-  return out2.view(shape).to(x.scalar_type());
+  return at::empty(shape, x.options().dtype(at::kFloat));
+}
+
+// The output in the activations' dtype (bf16 activations get bf16 back).
+at::Tensor in_dtype_of(const at::Tensor& x, const at::Tensor& out) {
+  return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
 }
 
 // x (..., k) float or bf16; weight (n, k / 32 * 20) uint8: n / 8 panels as described above.
@@ -396,9 +415,9 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, int64_t k)
               " inputs need ", k / QK * 20);
   TORCH_CHECK(weight.size(0) % PANEL == 0, "int4_linear: the outputs (", weight.size(0), ") must be a multiple of 8");
   const at::Tensor x2 = as_rows(x, k, "int4_linear");
-  const int64_t rows = x2.size(0), n = weight.size(0), blocks = k / QK;
-  const QuantizedActivations a = quantize_activations(x2);
-  at::Tensor out2 = at::empty({rows, n}, x2.options());
+  const int64_t rows = x2.numel() / k, n = weight.size(0), blocks = k / QK;
+  const QuantizedActivations a = quantize_activations(x2.data_ptr<float>(), rows, k);
+  at::Tensor out2 = new_output(x, n);
   float* out = out2.data_ptr<float>();
   const uint8_t* w = weight.data_ptr<uint8_t>();
   at::parallel_for(0, n / PANEL, 2, [&](int64_t begin, int64_t end) {
@@ -407,14 +426,14 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, int64_t k)
       float* o = out + panel * PANEL;
       int64_t r = 0;
       for (; r + TILE <= rows; r += TILE)
-        int4_panel_tile<TILE>(p, blocks, a.q.data() + r * k, a.d.data() + r * blocks, a.s.data() + r * blocks, k,
+        int4_panel_tile<TILE>(p, blocks, a.q + r * k, a.d + r * blocks, a.s + r * blocks, k,
                               o + r * n, n, r == 0);
       for (; r < rows; ++r)
-        int4_panel_tile<1>(p, blocks, a.q.data() + r * k, a.d.data() + r * blocks, a.s.data() + r * blocks, k,
+        int4_panel_tile<1>(p, blocks, a.q + r * k, a.d + r * blocks, a.s + r * blocks, k,
                            o + r * n, n, r == 0);
     }
   });
-  return output_like(x, out2, n);
+  return in_dtype_of(x, out2);
 }
 
 // x (..., k); weight (n, k) uint8: n / 8 panels as described above; scales (n) float32.
@@ -426,9 +445,9 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   TORCH_CHECK(scales.dtype() == at::kFloat && scales.numel() == n && scales.is_contiguous(),
               "int8_linear: scales must be ", n, " contiguous float32 values");
   const at::Tensor x2 = as_rows(x, k, "int8_linear");
-  const int64_t rows = x2.size(0);
-  const QuantizedActivations a = quantize_activations(x2);
-  at::Tensor out2 = at::empty({rows, n}, x2.options());
+  const int64_t rows = x2.numel() / k;
+  const QuantizedActivations a = quantize_activations(x2.data_ptr<float>(), rows, k);
+  at::Tensor out2 = new_output(x, n);
   float* out = out2.data_ptr<float>();
   const uint8_t* w = weight.data_ptr<uint8_t>();
   const float* s = scales.data_ptr<float>();
@@ -438,14 +457,14 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
       float* o = out + panel * PANEL;
       int64_t r = 0;
       for (; r + TILE <= rows; r += TILE)
-        int8_panel_tile<TILE>(p, blocks, a.q.data() + r * k, a.d.data() + r * blocks, a.sq.data() + r * blocks, k,
+        int8_panel_tile<TILE>(p, blocks, a.q + r * k, a.d + r * blocks, a.sq + r * blocks, k,
                               s + panel * PANEL, o + r * n, n, r == 0);
       for (; r < rows; ++r)
-        int8_panel_tile<1>(p, blocks, a.q.data() + r * k, a.d.data() + r * blocks, a.sq.data() + r * blocks, k,
+        int8_panel_tile<1>(p, blocks, a.q + r * k, a.d + r * blocks, a.sq + r * blocks, k,
                            s + panel * PANEL, o + r * n, n, r == 0);
     }
   });
-  return output_like(x, out2, n);
+  return in_dtype_of(x, out2);
 }
 
 // How many threads at::parallel_for gives a 64-item loop here: the test that the file was built with
