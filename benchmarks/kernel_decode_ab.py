@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's llmkit, whatever is installed
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 

@@ -180,28 +180,34 @@ inline void int4_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
                             int64_t k, float* out, int64_t ldo, bool prefetch) {
   const int64_t nb = k / QK;
 #if defined(LLMKIT_VNNI)
+  // Two dot products per row (low and high nibbles) and the rows in the inner loop: 2R independent
+  // vpdpbusd chains. One chain per row (8 in a row, each waiting for the last) kept the instruction at
+  // 1 a cycle for 4 rows: its latency is 4 cycles and a core can start 2 a cycle (measured on the
+  // AVX-512 EPYC, Zen 4: 4 chains 1.0 a cycle, 8 or more 1.85-1.9; BENCHMARKS.md).
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const __m256i low = _mm256_set1_epi8(0x0f);
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = panel + b * PANEL_BLOCK_BYTES;
     if (prefetch) prefetch_ahead(p, PANEL_BLOCK_BYTES);
-    __m256i w[8];
-    for (int t = 0; t < 4; ++t) {
+    __m256i dot_low[R], dot_high[R];
+    for (int r = 0; r < R; ++r) dot_low[r] = dot_high[r] = _mm256_setzero_si256();
+    for (int t = 0; t < 4; ++t) {  // low nibbles: inputs 4t..4t+3; high nibbles: inputs 16 + 4t..
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
-      w[t] = _mm256_and_si256(v, low);
-      w[4 + t] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* a = qx + r * k + b * QK;
+        int32_t four_lo, four_hi;
+        std::memcpy(&four_lo, a + 4 * t, 4);
+        std::memcpy(&four_hi, a + 16 + 4 * t, 4);
+        dot_low[r] = add_dot_u8_s8(dot_low[r], lo, _mm256_set1_epi32(four_lo));
+        dot_high[r] = add_dot_u8_s8(dot_high[r], hi, _mm256_set1_epi32(four_hi));
+      }
     }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 128)));
     const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 144)));
     for (int r = 0; r < R; ++r) {
-      const int8_t* a = qx + r * k + b * QK;
-      __m256i dot = _mm256_setzero_si256();
-      for (int t = 0; t < 8; ++t) {  // t < 4: inputs 4t..; t >= 4: inputs 16 + 4(t - 4)..
-        int32_t four;
-        std::memcpy(&four, a + (t < 4 ? 4 * t : 16 + 4 * (t - 4)), 4);
-        dot = add_dot_u8_s8(dot, w[t], _mm256_set1_epi32(four));
-      }
+      const __m256i dot = _mm256_add_epi32(dot_low[r], dot_high[r]);
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(dx[r * nb + b])), acc[r]);
       acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[r * nb + b]), acc[r]);
     }
@@ -288,16 +294,24 @@ inline void int8_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = panel + b * INT8_PANEL_BLOCK_BYTES;
     if (prefetch) prefetch_ahead(p, INT8_PANEL_BLOCK_BYTES);
-    __m256i w[8];
-    for (int t = 0; t < 8; ++t) w[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
-    for (int r = 0; r < R; ++r) {
-      const int8_t* a = qx + r * k + b * QK;
-      __m256i dot = _mm256_setzero_si256();
-      for (int t = 0; t < 8; ++t) {
-        int32_t four;
-        std::memcpy(&four, a + 4 * t, 4);
-        dot = add_dot_u8_s8(dot, w[t], _mm256_set1_epi32(four));
+    // even and odd 4-input groups in two chains per row, rows inner: 2R independent vpdpbusd chains
+    // (as int4_panel_tile; one chain per row left the instruction latency-bound)
+    __m256i dot_even[R], dot_odd[R];
+    for (int r = 0; r < R; ++r) dot_even[r] = dot_odd[r] = _mm256_setzero_si256();
+    for (int t = 0; t < 8; t += 2) {
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t + 32));
+      for (int r = 0; r < R; ++r) {
+        const int8_t* a = qx + r * k + b * QK;
+        int32_t four0, four1;
+        std::memcpy(&four0, a + 4 * t, 4);
+        std::memcpy(&four1, a + 4 * t + 4, 4);
+        dot_even[r] = add_dot_u8_s8(dot_even[r], w0, _mm256_set1_epi32(four0));
+        dot_odd[r] = add_dot_u8_s8(dot_odd[r], w1, _mm256_set1_epi32(four1));
       }
+    }
+    for (int r = 0; r < R; ++r) {
+      __m256i dot = _mm256_add_epi32(dot_even[r], dot_odd[r]);
       dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(128 * sqx[r * nb + b]));
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dx[r * nb + b]), acc[r]);
     }
