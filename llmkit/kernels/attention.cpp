@@ -415,7 +415,7 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
         // of the group PREFETCH_GROUPS ahead to be brought into the cache, a few rows a step: decoding, each
         // (batch row, kv head) reads a few KB of cache once from memory, a stream too short for the hardware
         // prefetcher, and the reads waited on memory instead of overlapping the arithmetic. AVX-512 EPYC,
-        // batch 32 x 9 heads, 64-192 fp16 keys with the caches cold: 1.23-1.55x a call, 2-5% slower warm;
+        // batch 32 x 9 heads, 64-192 fp16 keys with the caches cold: 1.18-1.77x a call, 2-7% slower warm;
         // a batch-32 int4 decode 1.045x (BENCHMARKS.md).
         const int64_t ahead = b * kv_heads + h / group + PREFETCH_GROUPS;
         const bool prefetch = h % group == 0 && i == 0 && ahead < batch * kv_heads;
