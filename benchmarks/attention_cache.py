@@ -14,7 +14,6 @@ bytes over the time) and whether both builds give the same bits. Prints a table,
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -36,15 +35,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from llmkit import cpu_kernels
-    from cpu_kernels import best_time  # benchmarks/cpu_kernels.py: the best of >= 5 calls over >= 0.5 s
+    from cpu_kernels import best_time, load_other  # benchmarks/cpu_kernels.py
     from machine import cpu_report
     if not cpu_kernels.available():
         sys.exit("llmkit's CPU kernels are not available here (see the message above)")
     builds = {"this": torch.ops.llmkit_cpu.attention}
     if args.against:
-        namespace = "llmkit_attention_ab_" + hashlib.sha256(args.against.read_bytes()).hexdigest()[:8]
-        cpu_kernels.build("native", namespace, [args.against])
-        builds["other"] = getattr(torch.ops, namespace).attention
+        builds["other"] = getattr(torch.ops, load_other(args.against)).attention
     generator = torch.Generator().manual_seed(0)
     caches = [(torch.randn(BATCH, KV_HEADS, CAPACITY, HEAD_DIM, generator=generator).half(),
                torch.randn(BATCH, KV_HEADS, CAPACITY, HEAD_DIM, generator=generator).half()) for _ in range(LAYERS)]

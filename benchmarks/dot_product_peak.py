@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's llmkit, whatever is installed
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 MACS_PER_TOKEN = 134.5e6  # SmolLM2-135M: 30 layers x 3.54M + the 49,152 x 576 head

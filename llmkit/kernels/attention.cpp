@@ -425,10 +425,10 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
                                                                        ahead % kv_heads * v.stride(1)) : nullptr;
         int64_t prefetched = 0;  // rows [0, prefetched) of the group ahead asked for
         for (int64_t j = 0; j < limit;) {
-          if (prefetch && prefetched < std::min<int64_t>(j + 4, last)) {
-            const int64_t end = std::min<int64_t>(j + 4, last);
-            prefetch_rows<KV>(ahead_k, ks, ahead_v, v.stride(2), prefetched, end, d);
-            prefetched = end;
+          const int64_t wanted = std::min<int64_t>(j + 4, last);  // the rows this step's keys match
+          if (prefetch && prefetched < wanted) {
+            prefetch_rows<KV>(ahead_k, ks, ahead_v, v.stride(2), prefetched, wanted, d);
+            prefetched = wanted;
           }
           if (d % LANES == 0 && j + 4 <= last && seen[j * ms] && seen[(j + 1) * ms] && seen[(j + 2) * ms] &&
               seen[(j + 3) * ms]) {

@@ -151,6 +151,14 @@ inline __m256i add_dot_u8_s8(__m256i acc, __m256i u, __m256i s) {
 #endif
 }
 #endif
+
+// 4 activation bytes (4 consecutive inputs of one row) in each of the 8 32-bit lanes: the signed operand
+// that a byte dot product takes against 8 output rows' 4 weights each
+inline __m256i broadcast_four(const int8_t* a) {
+  int32_t four;
+  std::memcpy(&four, a, 4);
+  return _mm256_set1_epi32(four);
+}
 #endif
 
 // ---------------------------------------------------------------------------------------------------
@@ -197,11 +205,8 @@ inline void int4_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
       const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
       for (int r = 0; r < R; ++r) {
         const int8_t* a = qx + r * k + b * QK;
-        int32_t four_lo, four_hi;
-        std::memcpy(&four_lo, a + 4 * t, 4);
-        std::memcpy(&four_hi, a + 16 + 4 * t, 4);
-        dot_low[r] = add_dot_u8_s8(dot_low[r], lo, _mm256_set1_epi32(four_lo));
-        dot_high[r] = add_dot_u8_s8(dot_high[r], hi, _mm256_set1_epi32(four_hi));
+        dot_low[r] = add_dot_u8_s8(dot_low[r], lo, broadcast_four(a + 4 * t));
+        dot_high[r] = add_dot_u8_s8(dot_high[r], hi, broadcast_four(a + 16 + 4 * t));
       }
     }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 128)));
@@ -232,11 +237,8 @@ inline void int4_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
       const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
       for (int r = 0; r < R; ++r) {
         const int8_t* a = qx + r * k + b * QK;
-        int32_t four_lo, four_hi;
-        std::memcpy(&four_lo, a + 4 * t, 4);
-        std::memcpy(&four_hi, a + 16 + 4 * t, 4);
-        pairs[r] = _mm256_add_epi16(pairs[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(four_lo)));
-        pairs[r] = _mm256_add_epi16(pairs[r], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(four_hi)));
+        pairs[r] = _mm256_add_epi16(pairs[r], _mm256_maddubs_epi16(lo, broadcast_four(a + 4 * t)));
+        pairs[r] = _mm256_add_epi16(pairs[r], _mm256_maddubs_epi16(hi, broadcast_four(a + 16 + 4 * t)));
       }
     }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 128)));
@@ -303,11 +305,8 @@ inline void int8_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
       const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t + 32));
       for (int r = 0; r < R; ++r) {
         const int8_t* a = qx + r * k + b * QK;
-        int32_t four0, four1;
-        std::memcpy(&four0, a + 4 * t, 4);
-        std::memcpy(&four1, a + 4 * t + 4, 4);
-        dot_even[r] = add_dot_u8_s8(dot_even[r], w0, _mm256_set1_epi32(four0));
-        dot_odd[r] = add_dot_u8_s8(dot_odd[r], w1, _mm256_set1_epi32(four1));
+        dot_even[r] = add_dot_u8_s8(dot_even[r], w0, broadcast_four(a + 4 * t));
+        dot_odd[r] = add_dot_u8_s8(dot_odd[r], w1, broadcast_four(a + 4 * t + 4));
       }
     }
     for (int r = 0; r < R; ++r) {
@@ -334,9 +333,7 @@ inline void int8_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
       const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t)), offset);
       const __m256i w_abs = _mm256_sign_epi8(w, w);
       for (int r = 0; r < R; ++r) {
-        int32_t four;
-        std::memcpy(&four, qx + r * k + b * QK + 4 * t, 4);
-        const __m256i x = _mm256_sign_epi8(_mm256_set1_epi32(four), w);
+        const __m256i x = _mm256_sign_epi8(broadcast_four(qx + r * k + b * QK + 4 * t), w);
         dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, x), ones));
       }
     }
