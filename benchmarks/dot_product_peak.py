@@ -13,7 +13,8 @@ the core clock (a chain of dependent integer adds, one a cycle), so the rate rea
 
 Reports per chain count the instructions a cycle and GMAC/s on one core and on --threads cores at once,
 and SmolLM2-135M's ceiling in tokens a second at that rate (its ~134.5M multiply-adds a token, head
-included). Prints a table, then one JSON line.
+included); then, on one core, the rate of 8 chains with 0-8 independent fp32 FMAs beside them (what the
+tiles' per-block float epilogue costs where the two share pipes). Prints two tables, then one JSON line.
 """
 
 from __future__ import annotations
@@ -66,6 +67,53 @@ double timed(int64_t iterations, int64_t threads) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// Seconds for `iterations` rounds of 8 independent byte dot products plus EXTRA independent fp32 FMAs on
+// one thread: what a tile's per-block float epilogue (int32 -> float, scale, accumulate) costs the dot
+// products when the two share execution pipes.
+template <int EXTRA>
+double timed_with_fma(int64_t iterations) {
+  __m256i acc[8];
+  __m256 f[EXTRA > 0 ? EXTRA : 1];
+  for (int c = 0; c < 8; ++c) acc[c] = _mm256_set1_epi32(c);
+  for (int e = 0; e < EXTRA; ++e) f[e] = _mm256_set1_ps(e);
+  __m256i u = _mm256_set1_epi8(3), s = _mm256_set1_epi8(1);
+  __m256 a = _mm256_set1_ps(1.0001f), b = _mm256_set1_ps(0.25f);
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t n = 0; n < iterations; ++n) {
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; ++c) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+      acc[c] = _mm256_dpbusd_epi32(acc[c], u, s);
+#elif defined(__AVXVNNI__)
+      acc[c] = _mm256_dpbusd_avx_epi32(acc[c], u, s);
+#else
+      acc[c] = _mm256_maddubs_epi16(acc[c], s);
+#endif
+    }
+#pragma GCC unroll 8
+    for (int e = 0; e < EXTRA; ++e) f[e] = _mm256_fmadd_ps(f[e], a, b);
+    asm volatile("" : "+x"(u), "+x"(a));  // keeps the loop from being folded
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  int32_t sink = 0;
+  for (int c = 0; c < 8; ++c) sink += _mm256_extract_epi32(acc[c], 0);
+  for (int e = 0; e < EXTRA; ++e) sink += static_cast<int32_t>(_mm256_cvtss_f32(f[e]));
+  asm volatile("" : : "r"(sink));
+  return seconds;
+}
+
+double with_fma(int64_t extra, int64_t iterations) {
+  switch (extra) {
+    case 0: return timed_with_fma<0>(iterations);
+    case 1: return timed_with_fma<1>(iterations);
+    case 2: return timed_with_fma<2>(iterations);
+    case 3: return timed_with_fma<3>(iterations);
+    case 4: return timed_with_fma<4>(iterations);
+    case 8: return timed_with_fma<8>(iterations);
+  }
+  TORCH_CHECK(false, "extra FMAs: 0, 1, 2, 3, 4 or 8");
+}
+
 double chains(int64_t count, int64_t iterations, int64_t threads) {
   switch (count) {
     case 1: return timed<1>(iterations, threads);
@@ -97,6 +145,7 @@ std::string instruction() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("chains", &chains);
+  m.def("with_fma", &with_fma);
   m.def("clock_ghz", &clock_ghz);
   m.def("instruction", &instruction);
 }
@@ -131,8 +180,24 @@ def main() -> None:
         gmacs_all = 32 * count * iterations * args.threads / every / 1e9
         print(f"| {count} | {per_cycle:.2f} | {gmacs_one:.0f} | {gmacs_all:.0f} | {gmacs_all * 1e9 / MACS_PER_TOKEN:,.0f} |")
         rows.append({"chains": count, "per_cycle": per_cycle, "gmacs_one_core": gmacs_one, "gmacs_all": gmacs_all})
+    # The tiles' float epilogue: per activation row and block of 32 inputs, the int4 tile issues 8 byte dot
+    # products and 3 float multiplies or FMAs (the weight scale times the activation scale, then two
+    # accumulations: the scaled dot and the min term), the int8 tile 8 and 1. Where the FMAs share the dot
+    # product's pipes, the int4 tile's ceiling is 8/11 of the peak however the rest is tuned.
+    print()
+    print(f"| extra FMAs per 8 {name} | {name} a cycle, 1 core | GMAC/s, 1 core | of the 8-chain rate |")
+    print("| ---: | ---: | ---: | ---: |")
+    epilogue = []
+    base = None
+    for extra in (0, 1, 2, 3, 4, 8):
+        seconds = min(probe.with_fma(extra, iterations) for _ in range(3))
+        per_cycle = 8 * iterations / seconds / (ghz * 1e9)
+        gmacs = 32 * 8 * iterations / seconds / 1e9
+        base = base or gmacs
+        print(f"| {extra} | {per_cycle:.2f} | {gmacs:.0f} | {gmacs / base:.0%} |")
+        epilogue.append({"extra_fma": extra, "per_cycle": per_cycle, "gmacs_one_core": gmacs})
     print(json.dumps({"benchmark": "dot_product_peak", "machine": machine, "clock_ghz": ghz, "instruction": name,
-                      "threads": args.threads, "rows": rows}))
+                      "threads": args.threads, "rows": rows, "epilogue": epilogue}))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -140,18 +141,6 @@ void quantize_row(const float* x, int64_t k, int8_t* q, float* d, float* s, int3
 #define LLMKIT_VNNI 1  // vpdpbusd: unsigned x signed bytes into int32, no intermediate saturation
 #endif
 
-#if defined(LLMKIT_VNNI)
-// acc + the 8 int32 sums of four products each of 32 unsigned bytes u and 32 signed bytes s (vpdpbusd:
-// no intermediate saturation, so the int8 weights' +128 offset is fine here, unlike vpmaddubsw's)
-inline __m256i add_dot_u8_s8(__m256i acc, __m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpbusd_epi32(acc, u, s);
-#else
-  return _mm256_dpbusd_avx_epi32(acc, u, s);
-#endif
-}
-#endif
-
 // 4 activation bytes (4 consecutive inputs of one row) in each of the 8 32-bit lanes: the signed operand
 // that a byte dot product takes against 8 output rows' 4 weights each
 inline __m256i broadcast_four(const int8_t* a) {
@@ -159,6 +148,25 @@ inline __m256i broadcast_four(const int8_t* a) {
   std::memcpy(&four, a, 4);
   return _mm256_set1_epi32(four);
 }
+
+#if defined(LLMKIT_VNNI)
+// acc + the 8 int32 sums of four products each of 32 unsigned bytes u (8 output rows' 4 weights) and the
+// 4 signed activation bytes at a, the same in every lane (vpdpbusd: no intermediate saturation, so the
+// int8 weights' +128 offset is fine here, unlike vpmaddubsw's). With AVX-512 the 4 bytes are the
+// instruction's own broadcast memory operand ({1to8}): GCC 12 does not fold _mm256_set1_epi32 of a load
+// into vpdpbusd, and a separate vpbroadcastd for each was 32 more instructions a block of a 4-row tile
+// (int8 layers at 32 rows 1.05-1.08x in-process A/B with this, int4 1.00-1.04x; BENCHMARKS.md).
+inline __m256i add_dot_four(__m256i acc, __m256i u, const int8_t* a) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  asm("vpdpbusd %[a]%{1to8%}, %[u], %[acc]"
+      : [acc] "+v"(acc)
+      : [u] "v"(u), [a] "m"(*reinterpret_cast<const int32_t*>(a)));
+  return acc;
+#else
+  return _mm256_dpbusd_avx_epi32(acc, u, broadcast_four(a));
+#endif
+}
+#endif
 #endif
 
 // ---------------------------------------------------------------------------------------------------
@@ -205,8 +213,8 @@ inline void int4_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
       const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
       for (int r = 0; r < R; ++r) {
         const int8_t* a = qx + r * k + b * QK;
-        dot_low[r] = add_dot_u8_s8(dot_low[r], lo, broadcast_four(a + 4 * t));
-        dot_high[r] = add_dot_u8_s8(dot_high[r], hi, broadcast_four(a + 16 + 4 * t));
+        dot_low[r] = add_dot_four(dot_low[r], lo, a + 4 * t);
+        dot_high[r] = add_dot_four(dot_high[r], hi, a + 16 + 4 * t);
       }
     }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 128)));
@@ -305,8 +313,8 @@ inline void int8_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* 
       const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t + 32));
       for (int r = 0; r < R; ++r) {
         const int8_t* a = qx + r * k + b * QK;
-        dot_even[r] = add_dot_u8_s8(dot_even[r], w0, broadcast_four(a + 4 * t));
-        dot_odd[r] = add_dot_u8_s8(dot_odd[r], w1, broadcast_four(a + 4 * t + 4));
+        dot_even[r] = add_dot_four(dot_even[r], w0, a + 4 * t);
+        dot_odd[r] = add_dot_four(dot_odd[r], w1, a + 4 * t + 4);
       }
     }
     for (int r = 0; r < R; ++r) {
@@ -371,29 +379,55 @@ struct QuantizedActivations {
   int32_t* sq;
 };
 
-// The activations quantized into a buffer the calling thread keeps between calls (grown as needed, never
-// zeroed): a batch-1 decode step makes ~150 operator calls, and four fresh vectors per call were four
-// mallocs, four frees and a memset each (perf on the 2-core AVX2 EPYC: libc's allocator ~10% of the
-// host thread's time in a decode step whose kernels did no work). The buffer is in use only until the
+// The buffer for one call's quantized activations, kept by the calling thread between calls (grown as
+// needed, never zeroed): a batch-1 decode step makes ~150 operator calls, and four fresh vectors per call
+// were four mallocs, four frees and a memset each (perf on the 2-core AVX2 EPYC: libc's allocator ~10% of
+// the host thread's time in a decode step whose kernels did no work). The buffer is in use only until the
 // operator returns; worker threads write into the caller's buffer.
-QuantizedActivations quantize_activations(const float* x, int64_t rows, int64_t k) {
+QuantizedActivations activation_buffer(int64_t rows, int64_t k) {
   thread_local std::vector<int8_t> q;
   thread_local std::vector<float> d, s;
   thread_local std::vector<int32_t> sq;
   const size_t values = static_cast<size_t>(rows * k), blocks = static_cast<size_t>(rows * (k / QK));
   if (q.size() < values) q.resize(values);
   if (d.size() < blocks) d.resize(blocks), s.resize(blocks), sq.resize(blocks);
-  QuantizedActivations a{q.data(), d.data(), s.data(), sq.data()};
-  // threads only for at least ~32k values a thread: waking the second one costs ~5 us, the time of
-  // quantizing ~19k values (measured on the 2-core AVX2 EPYC), so a batch-32 decode step quantizes
-  // its 576-input layers on the calling thread and a prefill chunk on all of them
-  const int64_t grain = std::max<int64_t>(16, (32768 + k - 1) / k);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      quantize_row(x + r * k, k, a.q + r * k, a.d + r * (k / QK), a.s + r * (k / QK), a.sq + r * (k / QK));
-  });
-  return a;
+  return QuantizedActivations{q.data(), d.data(), s.data(), sq.data()};
 }
+
+// The activations' quantization, done by the threads of the operator's own parallel region before they
+// multiply: each claims rows a few at a time, then waits until every claimed row is written (a thread
+// waits only for rows another thread is quantizing at that moment, so it cannot wait on a thread that
+// never comes, however many threads the region gets). Quantizing before the region instead ran on the
+// calling thread alone while the others spun: perf of a batch-32 decode step on the AVX-512 EPYC put it at
+// ~2.3% of the calling thread's time, and a 1,536-input layer paid a second fork and join for it.
+class SharedQuantization {
+ public:
+  SharedQuantization(const float* x, int64_t rows, int64_t k)
+      : x_(x), rows_(rows), k_(k), chunk_(std::max<int64_t>(1, 4096 / k)), a_(activation_buffer(rows, k)) {}
+
+  const QuantizedActivations& activations() const { return a_; }
+
+  void help_then_wait() {
+    const int64_t nb = k_ / QK;
+    for (int64_t begin; (begin = next_.fetch_add(chunk_, std::memory_order_relaxed)) < rows_;) {
+      const int64_t end = std::min(rows_, begin + chunk_);
+      for (int64_t r = begin; r < end; ++r)
+        quantize_row(x_ + r * k_, k_, a_.q + r * k_, a_.d + r * nb, a_.s + r * nb, a_.sq + r * nb);
+      done_.fetch_add(end - begin, std::memory_order_release);
+    }
+    while (done_.load(std::memory_order_acquire) < rows_) {
+#if defined(__x86_64__)
+      __builtin_ia32_pause();  // a spin-wait hint (the pause instruction)
+#endif
+    }
+  }
+
+ private:
+  const float* x_;
+  const int64_t rows_, k_, chunk_;
+  const QuantizedActivations a_;
+  std::atomic<int64_t> next_{0}, done_{0};
+};
 
 // The activations as rows of k contiguous float32 values: x itself when it is that already (a decode
 // step's case: no view and no dispatcher call), else a float32 copy.
@@ -427,11 +461,13 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, int64_t k)
   TORCH_CHECK(weight.size(0) % PANEL == 0, "int4_linear: the outputs (", weight.size(0), ") must be a multiple of 8");
   const at::Tensor x2 = as_rows(x, k, "int4_linear");
   const int64_t rows = x2.numel() / k, n = weight.size(0), blocks = k / QK;
-  const QuantizedActivations a = quantize_activations(x2.data_ptr<float>(), rows, k);
+  SharedQuantization quantization(x2.data_ptr<float>(), rows, k);
+  const QuantizedActivations& a = quantization.activations();
   at::Tensor out2 = new_output(x, n);
   float* out = out2.data_ptr<float>();
   const uint8_t* w = weight.data_ptr<uint8_t>();
   at::parallel_for(0, n / PANEL, 2, [&](int64_t begin, int64_t end) {
+    quantization.help_then_wait();
     for (int64_t panel = begin; panel < end; ++panel) {
       const uint8_t* p = w + panel * blocks * PANEL_BLOCK_BYTES;
       float* o = out + panel * PANEL;
@@ -457,12 +493,14 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
               "int8_linear: scales must be ", n, " contiguous float32 values");
   const at::Tensor x2 = as_rows(x, k, "int8_linear");
   const int64_t rows = x2.numel() / k;
-  const QuantizedActivations a = quantize_activations(x2.data_ptr<float>(), rows, k);
+  SharedQuantization quantization(x2.data_ptr<float>(), rows, k);
+  const QuantizedActivations& a = quantization.activations();
   at::Tensor out2 = new_output(x, n);
   float* out = out2.data_ptr<float>();
   const uint8_t* w = weight.data_ptr<uint8_t>();
   const float* s = scales.data_ptr<float>();
   at::parallel_for(0, n / PANEL, 2, [&](int64_t begin, int64_t end) {
+    quantization.help_then_wait();
     for (int64_t panel = begin; panel < end; ++panel) {
       const uint8_t* p = w + panel * blocks * INT8_PANEL_BLOCK_BYTES;
       float* o = out + panel * PANEL;
