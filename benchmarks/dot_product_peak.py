@@ -38,6 +38,18 @@ SOURCE = r"""
 #include <immintrin.h>
 #include <chrono>
 
+// One step of a chain: the byte dot product, accumulated (vpdpbusd) or, on AVX2, vpmaddubsw with the last
+// result as its unsigned bytes.
+inline __m256i dot_step(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+  return _mm256_maddubs_epi16(acc, s);
+#endif
+}
+
 // Seconds for `iterations` rounds of `chains` independent byte dot products on each of `threads` threads.
 template <int CHAINS>
 double timed(int64_t iterations, int64_t threads) {
@@ -49,15 +61,7 @@ double timed(int64_t iterations, int64_t threads) {
       const __m256i u = _mm256_set1_epi8(3), s = _mm256_set1_epi8(1);
       for (int64_t n = 0; n < iterations; ++n) {
 #pragma GCC unroll 16
-        for (int c = 0; c < CHAINS; ++c) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-          acc[c] = _mm256_dpbusd_epi32(acc[c], u, s);
-#elif defined(__AVXVNNI__)
-          acc[c] = _mm256_dpbusd_avx_epi32(acc[c], u, s);
-#else
-          acc[c] = _mm256_maddubs_epi16(acc[c], s);  // the chain: the last result as the unsigned bytes
-#endif
-        }
+        for (int c = 0; c < CHAINS; ++c) acc[c] = dot_step(acc[c], u, s);
       }
       int32_t sink = 0;
       for (int c = 0; c < CHAINS; ++c) sink += _mm256_extract_epi32(acc[c], 0);
@@ -81,15 +85,7 @@ double timed_with_fma(int64_t iterations) {
   const auto start = std::chrono::steady_clock::now();
   for (int64_t n = 0; n < iterations; ++n) {
 #pragma GCC unroll 8
-    for (int c = 0; c < 8; ++c) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-      acc[c] = _mm256_dpbusd_epi32(acc[c], u, s);
-#elif defined(__AVXVNNI__)
-      acc[c] = _mm256_dpbusd_avx_epi32(acc[c], u, s);
-#else
-      acc[c] = _mm256_maddubs_epi16(acc[c], s);
-#endif
-    }
+    for (int c = 0; c < 8; ++c) acc[c] = dot_step(acc[c], u, s);
 #pragma GCC unroll 8
     for (int e = 0; e < EXTRA; ++e) f[e] = _mm256_fmadd_ps(f[e], a, b);
     asm volatile("" : "+x"(u), "+x"(a));  // keeps the loop from being folded
@@ -183,7 +179,7 @@ def main() -> None:
     # The tiles' float epilogue: per activation row and block of 32 inputs, the int4 tile issues 8 byte dot
     # products and 3 float multiplies or FMAs (the weight scale times the activation scale, then two
     # accumulations: the scaled dot and the min term), the int8 tile 8 and 1. Where the FMAs share the dot
-    # product's pipes, the int4 tile's ceiling is 8/11 of the peak however the rest is tuned.
+    # product's pipes, the int4 tile can run no faster than the 3-FMA row however the rest is tuned.
     print()
     print(f"| extra FMAs per 8 {name} | {name} a cycle, 1 core | GMAC/s, 1 core | of the 8-chain rate |")
     print("| ---: | ---: | ---: | ---: |")
