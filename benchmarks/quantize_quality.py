@@ -1,7 +1,8 @@
 """What weight-only quantization costs in quality: bits per byte of SmolLM2-135M-Instruct on the
 Shakespeare validation plays (Hamlet, Macbeth, The Tempest), fp32 against bf16, int8 and int4, with
 PyTorch's weight-only kernels (bf16 activations) and with llmkit's int8-activation kernels (the `_a8` rows),
-and (the `_kv16` / `_kv32` rows, by --only) through a float16 or float32 KV cache as the engine runs them.
+and (the `_kv32` / `_kv16` / `_kv8` rows, by --only) through a float32, float16 or int8 KV cache as the engine
+runs them.
 
     flock /tmp/llmkit-heavy.lock python benchmarks/quantize_quality.py            # ~15 minutes on 2 cores
     flock /tmp/llmkit-heavy.lock python benchmarks/quantize_quality.py --max-chars 40000   # a quicker subset
@@ -38,7 +39,8 @@ CONFIGS = {  # name: (bits, lm_head_bits, activation dtype, int8 activations)
 # the same, scored as the engine runs them: through a KV cache of that dtype, prompts prefilled in chunks
 # of 512 tokens (every query reads its keys and values back from the cache, rounded to its dtype)
 CACHED = {"int4_a8_kv32": ("int4_a8", torch.float32), "int4_a8_kv16": ("int4_a8", torch.float16),
-          "int8_a8_kv16": ("int8_a8", torch.float16)}
+          "int4_a8_kv8": ("int4_a8", torch.int8), "int8_a8_kv16": ("int8_a8", torch.float16),
+          "int8_a8_kv8": ("int8_a8", torch.int8)}
 
 
 class ThroughCache(torch.nn.Module):

@@ -54,9 +54,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="tokens drafted per speculative step (with --speculative)")
     g.add_argument("--prefill-chunk", type=int_in("[1, 2^31)"), default=512,
                    help="prompt tokens prefilled per engine step, between decode steps (chunked prefill)")
-    g.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "float32", "float16"],
+    g.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "float32", "float16", "int8"],
                    help="auto: float16 where llmkit's CPU attention kernel reads the cache (int4/int8 models "
-                        "with int8 activations), else the model's dtype")
+                        "with int8 activations), else the model's dtype; int8 (that kernel too): half float16's "
+                        "bytes, one scale per position and kv head")
 
 
 def engine_from(args) -> dict:

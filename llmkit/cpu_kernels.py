@@ -8,7 +8,7 @@ each activation row to int8 in blocks of 32 and multiplies bytes with VNNI (`vpd
 (`vpmaddubsw`). No maintained Python package ships such kernels for PyTorch on x86 that a pip install
 reaches: torchao's `Int8DynamicActivationInt4WeightConfig` x86 kernels are in its CPU wheels on
 download.pytorch.org, while its PyPI wheel (0.18) holds only CUDA extensions. So llmkit carries the
-C++ (int8_dot.cpp, ~565 lines; attention.cpp, ~510; greedy.cpp, ~100) and builds it here with `torch.utils.cpp_extension` and `-march=native`: the
+C++ (int8_dot.cpp, ~565 lines; attention.cpp, ~610; greedy.cpp, ~100) and builds it here with `torch.utils.cpp_extension` and `-march=native`: the
 instruction set is chosen per CPU when the model is loaded (avx512-vnni, avx-vnni, avx2, or plain C++).
 
 The build takes ~30-60 s once per machine (cached under torch's extensions directory, keyed by the
@@ -119,7 +119,7 @@ def _register_fakes() -> None:
         return x.new_empty(*x.shape[:-1], weight.shape[0])
 
     @torch.library.register_fake("llmkit_cpu::attention")
-    def _(q, k, v, mask, scale):
+    def _(q, k, v, mask, scale, k_scale=None, v_scale=None):
         return q.new_empty(q.shape)
 
 
@@ -131,11 +131,13 @@ def int8_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> 
     return torch.ops.llmkit_cpu.int8_linear(x, packed, scales)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+              k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax attention whose result for a query is the same bits whatever is computed beside it
     (kernels/attention.cpp says why): q (batch, heads, queries, d), k and v (batch, kv_heads, keys, d),
-    mask bool (true: seen) broadcastable to (batch, heads, queries, keys)."""
-    return torch.ops.llmkit_cpu.attention(q, k, v, mask, scale)
+    mask bool (true: seen) broadcastable to (batch, heads, queries, keys). int8 k and v (an int8 KV cache)
+    come with k_scale and v_scale, (batch, kv_heads, keys, 1) float32: row j of k is k[..., j, :] * k_scale[..., j, :]."""
+    return torch.ops.llmkit_cpu.attention(q, k, v, mask, scale, k_scale, v_scale)
 
 
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:

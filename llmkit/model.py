@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import llmkit.cpu_kernels as cpu_kernels
 from llmkit.config import GATED_MLPS, ModelConfig
-from llmkit.errors import ConfigError
+from llmkit.errors import ConfigError, GenerationError
 from llmkit.fused_loss import LinearCrossEntropy
 from llmkit.model_seq2seq import CrossAttention, EncoderMemory, EncoderStack, RelativePositionBias, gelu_tanh_formula
 
@@ -127,8 +127,13 @@ class Attention(nn.Module):
         # whatever is computed beside it, or a prefix-cache hit changes greedy replies (attention.cpp)
         kernel = (self.rounds_activations() and q.device.type == "cpu" and q.dtype == torch.float32
                   and not q.requires_grad and (attn_mask is None or attn_mask.dtype == torch.bool))
+        kv_scales = None  # an int8 cache's per-row scales, read by the kernel alone (kv_cache.cache_dtype)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v, whole_rows=kernel)
+            kv_scales = kv_cache.scales(self.layer_idx)
+            if kv_scales is not None and not kernel:
+                raise GenerationError("an int8 KV cache is read by llmkit's CPU attention kernel only: this forward "
+                                      "(a float32 CPU model with int8 activations, no gradients) cannot use it")
         if (torch.compiler.is_compiling() and q.device.type == "cpu" and q.requires_grad and attn_mask is None
                 and kv_cache is None and self.causal and self.scale is None and not (self.training and self.dropout)):
             groups = self.n_heads // self.n_kv_heads  # GQA: query head h reads key/value head h // groups
@@ -140,7 +145,8 @@ class Attention(nn.Module):
             if attn_mask is None:  # a whole sequence, no cache: every key, or the causal triangle
                 attn_mask = torch.ones(seq, k.shape[2], dtype=torch.bool, device=q.device)
                 attn_mask = (attn_mask.tril(k.shape[2] - seq) if self.causal else attn_mask)[None, None]
-            y = cpu_kernels.attention(q, k, v, attn_mask, self.head_dim ** -0.5 if self.scale is None else self.scale)
+            y = cpu_kernels.attention(q, k, v, attn_mask, self.head_dim ** -0.5 if self.scale is None else self.scale,
+                                      *(kv_scales or ()))
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v,

@@ -190,13 +190,13 @@ def recompute_through_cache(model, ids, dtype):
         return model(ids, positions=torch.arange(ids.shape[1])[None], kv_cache=cache)
 
 
-@pytest.mark.parametrize("kv_cache_dtype", ["auto", "float32"])
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "float32", "int8"])
 def test_engine_on_int8_activations_batched_equals_one_by_one_and_full_recompute(kv_cache_dtype):
     model = tiny_model()
     quantize_model(model, 4, lm_head_bits=8)
     engine = Engine(model, prefix_cache_mib=0, kv_cache_dtype=kv_cache_dtype)
-    # the attention kernel reads a float16 cache as it is: "auto" halves the cache's bytes
-    dtype = torch.float16 if kv_cache_dtype == "auto" else torch.float32
+    # the attention kernel reads a float16 cache as it is: "auto" halves the cache's bytes; int8 with scales
+    dtype = {"auto": torch.float16, "float32": torch.float32, "int8": torch.int8}[kv_cache_dtype]
     assert engine.scheduler.dtype == dtype
     prompts = [[5, 17, 99, 3], [7, 8], [100, 200, 300, 400, 11, 12, 13]]
     # seeded sampling at temperature 1: varied tokens (a random tiny model's greedy text is one token)
@@ -220,10 +220,12 @@ def test_engine_on_int8_activations_batched_equals_one_by_one_and_full_recompute
         assert torch.equal(got, expected)
 
 
-def test_a_compiled_engine_on_int8_activations_equals_eager_after_warm_up(caplog):
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+def test_a_compiled_engine_on_int8_activations_equals_eager_after_warm_up(caplog, kv_cache_dtype):
     """The kernels inside the engine's compiled step (on a CPU its wrapper is C++: compiled.py): after
     `warm_up`, a batch and a lone request running past 64 positions need no new graph, run with guards
-    skipped, and sample what the eager engine samples (seeded, temperature 1: varied tokens)."""
+    skipped, and sample what the eager engine samples (seeded, temperature 1: varied tokens), with the
+    default float16 cache and an int8 one (rounded inside the compiled step)."""
     from torch._dynamo.utils import counters
 
     from llmkit.infer.compiled import ATTEND_STEP, warm_up
@@ -231,31 +233,57 @@ def test_a_compiled_engine_on_int8_activations_equals_eager_after_warm_up(caplog
     model = tiny_model()
     quantize_model(model, 4, lm_head_bits=8)
     counters.clear()
-    engine = Engine(model, compile=True, max_batch_size=4, prefix_cache_mib=0)
+    engine = Engine(model, compile=True, max_batch_size=4, prefix_cache_mib=0, kv_cache_dtype=kv_cache_dtype)
     warm_up(engine)
     graphs = counters["stats"]["unique_graphs"]
     prompts = [[5, 17, 99, 3], [7, 8], [100, 200, 300, 400, 11, 12, 13]]
     params = [SamplingParams(max_new_tokens=ATTEND_STEP + 10, temperature=1.0, seed=s) for s in (1, 2, 3)]
     compiled = [c.token_ids for c in engine.generate_batch(prompts, params)] + [engine.complete(prompts[0], params[1]).token_ids]
     assert counters["stats"]["unique_graphs"] == graphs and "did not compile" not in caplog.text
-    eager = Engine(model, max_batch_size=4, prefix_cache_mib=0)
+    eager = Engine(model, max_batch_size=4, prefix_cache_mib=0, kv_cache_dtype=kv_cache_dtype)
     expected = [c.token_ids for c in eager.generate_batch(prompts, params)] + [eager.complete(prompts[0], params[1]).token_ids]
     assert compiled == expected
     assert len(set(compiled[0])) > 3
 
 
-def test_a_float16_cache_is_only_for_models_whose_attention_reads_it():
+def test_float16_and_int8_caches_are_only_for_models_whose_attention_reads_them():
     from llmkit.errors import GenerationError
+    from llmkit.infer.kv_cache import KVCache
 
     model = tiny_model()  # float32, SDPA: its cache stays float32
     assert Engine(model, prefix_cache_mib=0).scheduler.dtype == torch.float32
-    with pytest.raises(GenerationError, match="kv_cache_dtype='float16' needs a model whose attention reads"):
-        Engine(model, kv_cache_dtype="float16")
+    for dtype in ("float16", "int8"):
+        with pytest.raises(GenerationError, match=f"kv_cache_dtype='{dtype}' needs a model whose attention reads"):
+            Engine(model, kv_cache_dtype=dtype)
+    cache = KVCache(model.config, 1, 8, torch.device("cpu"), torch.int8)  # made by hand: refused at the forward
+    cache.bind(0, 1)
+    with pytest.raises(GenerationError, match="an int8 KV cache is read by llmkit's CPU attention kernel only"):
+        model(torch.tensor([[1, 2, 3]]), positions=torch.arange(3)[None], kv_cache=cache)
     with pytest.raises(GenerationError, match="kv_cache_dtype='fp8' is invalid: it must be one of auto, float32"):
         Engine(model, kv_cache_dtype="fp8")
     quantize_model(model, 8, lm_head_bits=8)
     engine = Engine(model, kv_cache_dtype="float16", prefix_cache_mib=1)
     assert engine.scheduler.dtype == engine.prefix_cache.keys[0].dtype == torch.float16
+    engine = Engine(model, kv_cache_dtype="int8", prefix_cache_mib=1)
+    assert engine.scheduler.dtype == engine.prefix_cache.keys[0].dtype == torch.int8
+    assert engine.prefix_cache.key_scales[0].dtype == torch.float32
+    # an int8 position: head_dim values + a float32 scale per kv head and layer, for keys and for values
+    c = model.config
+    assert engine.scheduler.bytes_per_position == 2 * c.n_layers * c.n_kv_heads * (c.head_dim + 4)
+
+
+def test_int8_cache_rows_round_to_within_half_a_step_of_their_scale():
+    from llmkit.infer.kv_cache import quantize_rows
+
+    x = torch.randn(2, 3, 5, 64, generator=torch.Generator().manual_seed(1)) * torch.tensor([1e-3, 1.0, 50.0])[None, :, None, None]
+    x[0, 0, 0] = 0.0  # an all-zero row: zeros, scale 0 (not NaN)
+    q, scale = quantize_rows(x)
+    assert q.dtype == torch.int8 and scale.shape == (2, 3, 5, 1) and scale.dtype == torch.float32
+    assert torch.equal(scale.half().float(), scale)  # rounded to float16's precision (quantize_rows says why)
+    assert int(q.abs().max()) == 127 and torch.equal(q[0, 0, 0], torch.zeros(64, dtype=torch.int8))
+    assert float(scale[0, 0, 0]) == 0.0
+    # half a step of the (float16-rounded) scale, plus what that rounding moves the row's largest value by
+    assert bool(((q.float() * scale - x).abs() <= scale / 2 + 127 * scale * 2.0 ** -11).all())
 
 
 def reference_attention(q, k, v, mask):
@@ -300,6 +328,26 @@ def test_attention_is_softmax_attention_and_a_querys_bits_do_not_depend_on_what_
     for rows in (slice(None), slice(-1, None)):  # many queries (keys transposed) and a decode step
         half = lib.attention(q[:, :, rows], k16, v16, mask[:, :, rows], d ** -0.5)
         assert torch.equal(half, lib.attention(q[:, :, rows], k16.float(), v16.float(), mask[:, :, rows], d ** -0.5))
+    # int8 keys and values with a float32 scale a row (the engine's int8 cache; the scales read through their
+    # strides, a cache's whole rows): a row's scale multiplies its score and its softmax weight on every path,
+    # so many queries (keys transposed), a decode step and a query alone give the same bits, within float
+    # roundings of float32 keys and values holding value * scale
+    from llmkit.infer.kv_cache import quantize_rows
+
+    (k8, k_scale), (v8, v_scale) = quantize_rows(cache_k.nan_to_num()), quantize_rows(cache_v.nan_to_num())
+    int8 = lib.attention(q, k8, v8, mask, d ** -0.5, k_scale, v_scale)
+    equal_value = lib.attention(q, k8.float() * k_scale, v8.float() * v_scale, mask, d ** -0.5)
+    assert float((int8 - equal_value).abs().max()) < 1e-5
+    assert torch.equal(lib.attention(q[:, :, -1:], k8, v8, mask[:, :, -1:], d ** -0.5, k_scale, v_scale)[:, :, 0],
+                       int8[:, :, -1])
+    assert torch.equal(lib.attention(q[2:, :, 3:4], k8[2:], v8[2:], mask[2:, :, 3:4], d ** -0.5, k_scale[2:],
+                                     v_scale[2:])[0, :, 0], int8[2, :, 3])
+    with pytest.raises(RuntimeError, match="int8 keys and values need k_scale and v_scale"):
+        lib.attention(q, k8, v8, mask, d ** -0.5)
+    with pytest.raises(RuntimeError, match="k_scale and v_scale are for int8 keys and values; these are Float"):
+        lib.attention(q, k, v, mask, d ** -0.5, k_scale, v_scale)
+    with pytest.raises(RuntimeError, match=r"v_scale must be a float32 CPU tensor \(3, 2, >= 40, 1\); it is Float \[3, 2, 39, 1\]"):
+        lib.attention(q, k8, v8, mask, d ** -0.5, k_scale, v_scale[:, :, :39])
     for b in range(batch):  # one query alone, over the cache's full 64 keys (the rest hidden): the same bits
         for i in range(queries):
             alone = lib.attention(q[b:b + 1, :, i:i + 1], cache_k[b:b + 1], cache_v[b:b + 1],
@@ -314,7 +362,7 @@ def test_int8_activation_models_give_the_same_logits_whole_chunked_or_prefix_cac
     model = tiny_model()
     quantize_model(model, bits, lm_head_bits=bits)
     ids = torch.randint(0, 512, (1, 48), generator=torch.Generator().manual_seed(3))
-    for dtype in (torch.float32, torch.float16):  # the engine's float16 cache: its rounding, then the same bits
+    for dtype in (torch.float32, torch.float16, torch.int8):  # a float16 / int8 cache: its rounding, then the same bits
         whole = recompute_through_cache(model, ids, dtype)[0]
         for split in (40, 47, 20):  # the first tokens into the cache, the rest after them
             cache = KVCache(model.config, 2, 64, torch.device("cpu"), dtype)
@@ -326,13 +374,14 @@ def test_int8_activation_models_give_the_same_logits_whole_chunked_or_prefix_cac
             assert torch.equal(rest, whole[split:])
     prompt = ids[0, :30].tolist()
     params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=5, logprobs=0)
-    cold = Engine(model, prefix_cache_mib=0).complete(prompt, params)
-    engine = Engine(model)
-    engine.complete(prompt[:20] + [1, 2, 3], params)  # leaves the first 20 tokens in the prefix cache
-    hit = engine.complete(prompt, params)
-    assert hit.cached_tokens == 20
-    assert hit.token_ids == cold.token_ids
-    assert [e.logprob for e in hit.logprobs] == [e.logprob for e in cold.logprobs]
+    for kv_cache_dtype in ("auto", "int8"):  # an int8 cache's prefix blocks keep their scales
+        cold = Engine(model, prefix_cache_mib=0, kv_cache_dtype=kv_cache_dtype).complete(prompt, params)
+        engine = Engine(model, kv_cache_dtype=kv_cache_dtype)
+        engine.complete(prompt[:20] + [1, 2, 3], params)  # leaves the first 20 tokens in the prefix cache
+        hit = engine.complete(prompt, params)
+        assert hit.cached_tokens == 20
+        assert hit.token_ids == cold.token_ids
+        assert [e.logprob for e in hit.logprobs] == [e.logprob for e in cold.logprobs]
 
 
 @pytest.mark.parametrize("march", list(VARIANTS))

@@ -92,8 +92,9 @@ def encode_options(tokenizer, pairs: Sequence[tuple[str, str]], max_seq_len: int
 # --- scoring ---------------------------------------------------------------------------------------------
 class TreeAttentionMask:
     """Hands the model a precomputed attention mask through its KV-cache hook (llmkit/infer/kv_cache.py:
-    the model calls `prepare(positions)` once for the mask and `update(layer, k, v)` per layer for the
-    keys/values to attend to). Nothing is cached: the keys are this forward's own."""
+    the model calls `prepare(positions)` once for the mask, and per layer `update(layer, k, v)` for the
+    keys/values to attend to and `scales(layer)` for an int8 cache's scales). Nothing is cached: the keys
+    are this forward's own."""
 
     def __init__(self, mask: torch.Tensor):
         self.mask = mask  # (rows, 1, seq, seq) boolean: query i may attend to key j
@@ -104,6 +105,9 @@ class TreeAttentionMask:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
                whole_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return k, v  # this forward's own keys: as many as the mask is wide, whole rows or not
+
+    def scales(self, layer: int) -> None:
+        return None  # float keys and values, not an int8 cache's
 
 
 @dataclass

@@ -146,8 +146,8 @@ class Engine:
         prefilled per step, all waiting prompts together (the budget that bounds how long a new prompt
         delays the running requests' next token). speculator: a `llmkit.infer.speculative.Speculator` (built by the caller,
         one per engine) for speculative decoding of a request running alone. kv_cache_dtype: "auto"
-        (float16 where llmkit's CPU attention kernel reads the cache, else the model's dtype), "float32"
-        or "float16" (kv_cache.cache_dtype).
+        (float16 where llmkit's CPU attention kernel reads the cache, else the model's dtype), "float32",
+        "float16" or "int8" (kv_cache.cache_dtype).
         """
         check_engine_options(model, max_batch_size, kv_cache_mib, prefix_cache_mib, block_size, prefill_chunk,
                              speculator, kv_cache_dtype)

@@ -15,10 +15,11 @@ the graph's wrapper: a batch-1 SmolLM2 token spent 0.35 ms in dynamo's entry alo
 7 integers; batch-1 int4 decode 1.02x faster (5 of 6 alternating rounds), batch 32 unchanged
 (BENCHMARKS.md, 2026-12-05).
 
-The model talks to it through two calls per forward:
+The model talks to it through three calls per forward:
 
     mask = cache.prepare(positions)   # once: (rows, 1, seq, keys) boolean attention mask
     k, v = cache.update(layer, k, v)  # per layer: store the new keys/values, return all visible ones
+    scales = cache.scales(layer)      # per layer: an int8 cache's scales of those rows (else None)
 
 and the engine says beforehand which rows the forward runs on and how many key positions it needs
 (`cache.bind(start, stop, kv_len)`), so neither call has to read a tensor back to the host.
@@ -27,6 +28,12 @@ Prompt chunks of several requests run as one forward of left-padded rows (`bind(
 first pad[i] tokens of row i are filler). Left padding keeps each row's last real token in the last
 column, where `last_token_only` reads it; a filler token takes its row's first real position (so its
 attention row is never empty, hence never NaN) and its keys and values are not written.
+
+An int8 cache (`kv_cache_dtype="int8"`, for the models whose attention runs through llmkit's CPU kernel)
+stores each position's key and value of each kv head as int8 values and one float32 scale (`quantize_rows`,
+in `key_scale_store` / `value_scale_store`, beside the values and moved, copied and prefix-cached with them:
+`parts`); the kernel reads them as the float products value * scale. A batch-32 decode step reads its whole
+cache from memory: 68 bytes a row against float16's 128 (BENCHMARKS.md).
 
 An encoder-decoder's cache also holds, per row, the cross-attention keys and values of that request's
 source (`store_cross`, once at admission: they depend on the source alone), which its decoder blocks read
@@ -43,7 +50,7 @@ from llmkit.errors import GenerationError
 CROSS_STEP = 64  # an encoder-decoder's source capacity grows in multiples of this (the scheduler budgets it)
 
 
-KV_CACHE_DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16}
+KV_CACHE_DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
 
 
 def reads_half_cache(model) -> bool:
@@ -58,23 +65,44 @@ def reads_half_cache(model) -> bool:
 def cache_dtype(model, choice: str = "auto") -> torch.dtype:
     """The dtype of a model's KV cache. "auto": float16 where the attention kernel reads it (half the bytes:
     batch-32 decode on a CPU reads its whole cache from memory every step; llama.cpp's default cache type
-    is f16 too), else the model's own dtype; "float32" / "float16": that, where the model's attention can
-    read it (`choice` one of KV_CACHE_DTYPES, checked with the engine's other options)."""
+    is f16 too), else the model's own dtype; "float32" / "float16" / "int8": that, where the model's
+    attention can read it (`choice` one of KV_CACHE_DTYPES, checked with the engine's other options). int8:
+    each position's key and value in each kv head rounded to int8 with one float32 scale (quantize_rows),
+    ~a quarter of float32's bytes, read by the same kernel."""
     own = model.tok_emb.weight.dtype
     if choice == "auto":
         return torch.float16 if reads_half_cache(model) else own
     wanted = KV_CACHE_DTYPES[choice]
-    if wanted != own and not (wanted == torch.float16 and reads_half_cache(model)):
+    if wanted != own and not (wanted in (torch.float16, torch.int8) and reads_half_cache(model)):
         raise GenerationError(f"kv_cache_dtype={choice!r} needs a model whose attention reads that dtype: this "
-                              f"one's reads {str(own).removeprefix('torch.')} (a float16 cache is read by llmkit's "
-                              "CPU kernels, used by int4/int8 models with int8 activations); use 'auto'")
+                              f"one's reads {str(own).removeprefix('torch.')} (float16 and int8 caches are read by "
+                              "llmkit's CPU kernels, used by int4/int8 models with int8 activations); use 'auto'")
     return wanted
 
 
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (..., head_dim) -> int8 values and (..., 1) float32 scales, per row: scale = max|x| / 127 rounded to
+    float16's precision and value round(x / scale), so that x ~ value * scale (what the attention kernel
+    reads; an all-zero row: zeros, scale 0). One scale per position and kv head (llama.cpp's q8_0 cache:
+    int8 values and a float16 scale per 32). Rounded to float16: a key a compiled step computes one ulp
+    apart from the eager forward (inductor's fused code rounds differently) then moves a row's scale only
+    when it crosses a float16 rounding boundary, as it moves a float16 cache's value, rather than every time
+    its largest value moves; with full float32 scales a compiled engine's seeded samples parted from the
+    eager engine's (tests/test_cpu_kernels.py). Kept as float32 all the same: the kernel multiplies by a
+    row's scale twice a query head, and converting float16 there made a decode call 14-16% slower (warm)
+    against 3-6% with float32, for 2 bytes a row (BENCHMARKS.md)."""
+    x = x.float()
+    amax = x.abs().amax(-1, keepdim=True)
+    scale = (amax / 127).half().float()
+    values = torch.where(scale > 0, torch.round(x / scale), 0.0).clamp(-127, 127).to(torch.int8)
+    return values, scale
+
+
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
-    """Bytes of keys and values one token occupies across all layers."""
+    """Bytes of keys and values one token occupies across all layers (an int8 cache's scales included)."""
     element = torch.empty((), dtype=dtype).element_size()
-    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * element
+    row = config.head_dim * element + (4 if dtype == torch.int8 else 0)
+    return 2 * config.n_layers * config.n_kv_heads * row
 
 
 class KVCache:
@@ -87,6 +115,14 @@ class KVCache:
         self.key_store = torch.zeros(shape, device=device, dtype=dtype)
         self.value_store = torch.zeros(shape, device=device, dtype=dtype)
         self.keys, self.values = list(self.key_store.unbind(0)), list(self.value_store.unbind(0))
+        # an int8 cache: each position's float32 scale per kv head, (layers, rows, kv_heads, max_len, 1)
+        self.key_scale_store = self.value_scale_store = None
+        self.key_scales: list[torch.Tensor] = []
+        self.value_scales: list[torch.Tensor] = []
+        if dtype == torch.int8:
+            self.key_scale_store = torch.zeros(shape[:-1] + (1,), device=device)
+            self.value_scale_store = torch.zeros(shape[:-1] + (1,), device=device)
+            self.key_scales, self.value_scales = list(self.key_scale_store.unbind(0)), list(self.value_scale_store.unbind(0))
         self.batch_size, self.max_len = batch_size, max_len
         self.key_positions = torch.arange(max_len, device=device)
         self._rows: tuple[int, int] = (0, batch_size)
@@ -110,9 +146,17 @@ class KVCache:
         self.cross_values = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.config.n_layers)]
         self.cross_mask = torch.zeros(self.batch_size, capacity, dtype=torch.bool, device=self.device)
 
+    def parts(self) -> list[list[torch.Tensor]]:
+        """Per layer, what a position stores: keys and values (rows, kv_heads, max_len, head_dim), and an
+        int8 cache's scales (rows, kv_heads, max_len, 1). Moving, copying or caching positions moves all."""
+        return [self.keys, self.values] + ([self.key_scales, self.value_scales] if self.key_scales else [])
+
+    def _position_tensors(self) -> list[torch.Tensor]:
+        return [t for part in self.parts() for t in part]
+
     def _row_tensors(self) -> list[torch.Tensor]:
-        """Every tensor whose first dimension is the row: keys and values, and the cross-attention's."""
-        return self.keys + self.values + self.cross_keys + self.cross_values
+        """Every tensor whose first dimension is the row: keys and values (and scales), and the cross-attention's."""
+        return self._position_tensors() + self.cross_keys + self.cross_values
 
     @property
     def cross_capacity(self) -> int:
@@ -182,19 +226,29 @@ class KVCache:
         # an in-place write -- four full copies per layer per step, 70 ms of a 300-ms batch-32 SmolLM2
         # step, measured. Written into the base tensor, the write stays in place.
         layer_index = torch.full((1, 1), layer, dtype=torch.long, device=all_keys.device)
-        k, v = k.to(self.dtype), v.to(self.dtype)  # a float16 cache of a float32 model (cache_dtype)
-        if self._write is None:
-            rows = self._row_index + start
-            all_keys[layer_index, rows, :, self._positions] = k.transpose(1, 2)
-            all_values[layer_index, rows, :, self._positions] = v.transpose(1, 2)
-        else:  # left-padded rows: the filler tokens' keys and values are dropped
-            rows, columns, positions = self._write
-            all_keys[layer_index, rows + start, :, positions] = k.transpose(1, 2)[rows, columns]
-            all_values[layer_index, rows + start, :, positions] = v.transpose(1, 2)[rows, columns]
+        if self.dtype == torch.int8:  # values and their scales, each stored like float keys
+            (k, k_scale), (v, v_scale) = quantize_rows(k), quantize_rows(v)
+            pairs = ((all_keys, k), (all_values, v), (self.key_scale_store, k_scale), (self.value_scale_store, v_scale))
+        else:  # a float16 cache of a float32 model (cache_dtype)
+            pairs = ((all_keys, k.to(self.dtype)), (all_values, v.to(self.dtype)))
+        for store, new in pairs:
+            if self._write is None:
+                store[layer_index, self._row_index + start, :, self._positions] = new.transpose(1, 2)
+            else:  # left-padded rows: the filler tokens' keys and values are dropped
+                rows, columns, positions = self._write
+                store[layer_index, rows + start, :, positions] = new.transpose(1, 2)[rows, columns]
         keys, values = all_keys[layer, start:stop], all_values[layer, start:stop]
         if self._attend_len is None or whole_rows:
             return keys, values
         return keys[:, :, : self._attend_len], values[:, :, : self._attend_len]
+
+    def scales(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """An int8 cache: the bound rows' key and value scales of `layer`, every slot (for the attention
+        kernel, with update's whole rows); None for a float cache."""
+        if self.key_scale_store is None:
+            return None
+        start, stop = self._rows
+        return self.key_scale_store[layer, start:stop], self.value_scale_store[layer, start:stop]
 
     # -- an encoder-decoder's source
     @torch.inference_mode()
@@ -236,9 +290,8 @@ class KVCache:
     # holds inference tensors, which refuse in-place writes outside it.
     @torch.inference_mode()
     def copy_row(self, src: int, dst: int, length: int) -> None:
-        for tensors in (self.keys, self.values):
-            for t in tensors:
-                t[dst, :, :length] = t[src, :, :length]
+        for t in self._position_tensors():
+            t[dst, :, :length] = t[src, :, :length]
         self._move_cross([src], [dst])
 
     def _move_cross(self, sources: list[int], destinations: list[int]) -> None:
@@ -253,7 +306,7 @@ class KVCache:
         permutation is safe, because the sources are gathered before anything is written."""
         src = torch.tensor(sources, device=self.device)
         dst = torch.tensor(destinations, device=self.device)
-        for t in self.keys + self.values:
+        for t in self._position_tensors():
             t[dst, :, :length] = t[src, :, :length]
         self._move_cross(sources, destinations)
 
@@ -269,7 +322,7 @@ class KVCache:
     def resized(self, batch_size: int, max_len: int, keep_rows: int, keep_len: int) -> "KVCache":
         """A cache of another shape holding the first keep_rows rows' first keep_len positions of this one."""
         new = KVCache(self.config, batch_size, max_len, self.device, self.dtype)
-        for old_t, new_t in zip(self.keys + self.values, new.keys + new.values):
+        for old_t, new_t in zip(self._position_tensors(), new._position_tensors()):
             new_t[:keep_rows, :, :keep_len] = old_t[:keep_rows, :, :keep_len]
         if self.cross_mask is not None:
             new._allocate_cross(self.cross_mask.shape[1])

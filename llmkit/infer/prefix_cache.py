@@ -44,6 +44,11 @@ class PrefixCache:
         # pool cost no physical memory until the cache fills up.
         self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        # an int8 cache's float32 scales, one per position and kv head (KVCache.parts)
+        scales = dtype == torch.int8
+        scale_shape = shape[:-1] + (1,)
+        self.key_scales = [torch.empty(scale_shape, device=device) for _ in range(config.n_layers)] if scales else []
+        self.value_scales = [torch.empty(scale_shape, device=device) for _ in range(config.n_layers)] if scales else []
         # chain hash -> (pool index, parent hash, block tokens); in least- to most-recently-used order
         self.table: OrderedDict[int, tuple[int, int, tuple[int, ...]]] = OrderedDict()
         self.free = list(range(self.n_blocks))[::-1]
@@ -51,7 +56,11 @@ class PrefixCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        return sum(t.numel() * t.element_size() for part in self.parts() for t in part)
+
+    def parts(self) -> list[list[torch.Tensor]]:
+        """The pools, part for part as KVCache.parts: keys, values (and an int8 cache's scales)."""
+        return [self.keys, self.values] + ([self.key_scales, self.value_scales] if self.key_scales else [])
 
     def chain(self, tokens: list[int], n_blocks: int) -> list[tuple[int, int, tuple[int, ...]]]:
         """(hash, parent hash, tokens) of the first n_blocks full blocks of `tokens`."""
@@ -85,7 +94,7 @@ class PrefixCache:
         if not blocks:
             return 0
         index = torch.tensor(blocks, device=self.keys[0].device)
-        for pool, rows in ((self.keys, cache.keys), (self.values, cache.values)):
+        for pool, rows in zip(self.parts(), cache.parts(), strict=True):
             for layer in range(len(pool)):
                 picked = pool[layer].index_select(0, index)  # (blocks, heads, block_size, head_dim)
                 rows[layer][row, :, :n] = picked.transpose(0, 1).reshape(picked.shape[1], n, -1)
@@ -117,7 +126,7 @@ class PrefixCache:
         bs = self.block_size
         index = torch.tensor([i for _, i in new], device=self.keys[0].device)
         positions = torch.tensor([b * bs + k for b, _ in new for k in range(bs)], device=self.keys[0].device)
-        for pool, rows in ((self.keys, cache.keys), (self.values, cache.values)):
+        for pool, rows in zip(self.parts(), cache.parts(), strict=True):
             for layer in range(len(pool)):
                 picked = rows[layer][row].index_select(1, positions)  # (heads, blocks * bs, head_dim)
                 pool[layer].index_copy_(0, index, picked.unflatten(1, (len(new), bs)).transpose(0, 1))

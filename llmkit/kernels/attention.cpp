@@ -23,9 +23,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
-#if defined(__F16C__) || defined(__FMA__) || defined(__AVX512F__)
+#if defined(__F16C__) || defined(__FMA__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -100,6 +101,30 @@ inline v8 load8(const at::Half* x) {
 #endif
 }
 
+// int8 keys and values (the engine's int8 cache) convert exactly too; their row's scale is applied to the
+// row's score and to the row's softmax weight (attend_query, softmax_values), once a row, not per value.
+inline v8 load8(const int8_t* x) {
+#if defined(__AVX2__)
+  return (v8)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x))));
+#else
+  v8 r;
+  for (int l = 0; l < 8; ++l) r[l] = static_cast<float>(x[l]);
+  return r;
+#endif
+}
+
+inline v16 load16(const int8_t* x) {
+#if defined(__AVX512F__)
+  return (v16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x))));
+#else
+  v16 r;
+  const v8 low = load8(x), high = load8(x + 8);
+  std::memcpy(&r, &low, sizeof low);
+  std::memcpy(reinterpret_cast<char*>(&r) + sizeof low, &high, sizeof high);
+  return r;
+#endif
+}
+
 inline v16 load16(const at::Half* x) {
 #if defined(__AVX512F__)
   return (v16)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
@@ -139,6 +164,7 @@ inline v16 fmadd(v16 a, v16 b, v16 c) { return (v16)_mm512_fmadd_ps((__m512)a, (
 
 inline float to_float(float x) { return x; }
 inline float to_float(at::Half x) { return static_cast<float>(x); }
+inline float to_float(int8_t x) { return static_cast<float>(x); }
 
 // <q, k> over d values: 16 partial sums (lane l takes values l, l + 16, ...), then a fixed tree.
 template <typename KV>
@@ -273,10 +299,13 @@ inline V exp_lanes(V scores, float top) {
 // sum of the values it sees. Every sum is split by the key's own index (16 lanes for the normaliser, 2 for
 // the values, then fixed trees), never by how many keys there are, so extra unseen keys change no bit.
 // D > 0: the head size known when compiling (the sums stay in registers); D = 0: any size, given as d_any.
+// v_scale: an int8 cache's value scales (rows v_scale_stride apart; null otherwise), each folded into its
+// key's weight after the normaliser is summed: the values' sums are then sum_j (p_j * s_j) * v_j.
 template <int D, typename KV>
 void softmax_values(float* __restrict p, int64_t padded, const KV* __restrict v, int64_t v_stride,
                     const bool* __restrict seen, int64_t mask_stride, int64_t keys, int64_t d_any,
-                    float* __restrict acc_any, float* __restrict out) {
+                    float* __restrict acc_any, float* __restrict out, const float* v_scale,
+                    int64_t v_scale_stride) {
   const int64_t d = D > 0 ? D : d_any;
   // The 16 lanes of the maximum and of the normaliser in registers: as PIECES vectors of the ISA's width
   // (GCC kept 16-float vectors on the stack on AVX2 here too, and took the maximum lane by lane from there)
@@ -310,6 +339,8 @@ void softmax_values(float* __restrict p, int64_t padded, const KV* __restrict v,
 #else
   const float sum = sum8(lanes[0] + lanes[1]);  // sum16's tree: its first step is low + high
 #endif
+  if (v_scale != nullptr)
+    for (int64_t j = 0; j < keys; ++j) p[j] *= v_scale[j * v_scale_stride];
   // seen keys only, not weighted by 0: a cache slot past a row's end may hold NaN
   if constexpr (D > 0 && D % NATIVE == 0) {  // the sums in vector registers
     // GROUP registers' worth of the head's values at a time over all keys: each value's sums are the same
@@ -366,19 +397,88 @@ inline void prefetch_rows(const char* k, int64_t k_stride, const char* v, int64_
     }
 }
 
-// q (batch, heads, queries, d) float; k, v (batch, kv_heads, keys, d) of KV (float or half), each row's
-// last dimension contiguous; the mask (batch, heads, queries, keys) at mp, read through mask_strides (zero
-// along a dimension it is broadcast over); out like q.
+// The scales of an int8 cache: (batch, kv_heads, >= keys, 1) float32, read through their strides; no data
+// for a float or half cache.
+struct RowScales {
+  const float* data = nullptr;
+  int64_t batch_stride = 0, head_stride = 0, row_stride = 0;
+  const float* of(int64_t b, int64_t kv_head) const {
+    return data == nullptr ? nullptr : data + b * batch_stride + kv_head * head_stride;
+  }
+};
+
+// What to ask the cache for while a query scores its keys: the rows of the group PREFETCH_GROUPS ahead
+// (null: nothing), and an int8 cache's scales of those rows.
+struct Ahead {
+  const char *k = nullptr, *v = nullptr;
+  const float *k_scale = nullptr, *v_scale = nullptr;
+};
+
+// One query: its scores against keys [0, last) -- from kt, its (batch row, kv head)'s keys transposed in
+// blocks of 16 (many queries), or key by key from kb, rows ks apart (decoding) -- then softmax_values over
+// vb's rows (vs apart) into out. An int8 cache: k_scale / v_scale are the rows' scales (st apart), a key's
+// score being <q, k_int8> * its scale * scale_f on every path, so the bits stay path-independent.
+template <typename KV>
+void attend_query(const float* qi, const KV* kb, int64_t ks, const KV* vb, int64_t vs, const float* kt,
+                  const float* k_scale, const float* v_scale, int64_t st, const bool* seen, int64_t ms,
+                  int64_t last, int64_t d, float scale_f, const Ahead& ahead, float* p, float* acc, float* out) {
+  constexpr bool INT8 = std::is_same_v<KV, int8_t>;
+  const int64_t limit = (last + KEYS - 1) / KEYS * KEYS;
+  if (kt != nullptr) {
+    for (int64_t j0 = 0; j0 < limit; j0 += KEYS) dot_keys(qi, kt + j0 * d, d, p + j0);
+    for (int64_t j = 0; j < limit; ++j) {
+      if constexpr (INT8)
+        p[j] = j < last && seen[j * ms] ? p[j] * k_scale[j * st] * scale_f : NO_KEY;
+      else
+        p[j] = j < last && seen[j * ms] ? p[j] * scale_f : NO_KEY;
+    }
+  } else {
+    int64_t prefetched = 0;  // rows [0, prefetched) of the group ahead asked for
+    for (int64_t j = 0; j < limit;) {
+      const int64_t wanted = std::min<int64_t>(j + 4, last);  // the rows this step's keys match
+      if (ahead.k != nullptr && prefetched < wanted) {
+        prefetch_rows<KV>(ahead.k, ks, ahead.v, vs, prefetched, wanted, d);
+        if (INT8 && prefetched % 16 == 0) {  // a cache line holds 16 rows' scales
+          __builtin_prefetch(ahead.k_scale + prefetched * st, 0, 2);
+          __builtin_prefetch(ahead.v_scale + prefetched * st, 0, 2);
+        }
+        prefetched = wanted;
+      }
+      if (d % LANES == 0 && j + 4 <= last && seen[j * ms] && seen[(j + 1) * ms] && seen[(j + 2) * ms] &&
+          seen[(j + 3) * ms]) {
+        v4 four = dot4(qi, kb + j * ks, ks, d);
+        if constexpr (INT8)
+          four = four * v4{k_scale[j * st], k_scale[(j + 1) * st], k_scale[(j + 2) * st], k_scale[(j + 3) * st]};
+        four = four * scale_f;
+        std::memcpy(p + j, &four, sizeof four);
+        j += 4;
+      } else {
+        if constexpr (INT8)
+          p[j] = j < last && seen[j * ms] ? dot(qi, kb + j * ks, d) * k_scale[j * st] * scale_f : NO_KEY;
+        else
+          p[j] = j < last && seen[j * ms] ? dot(qi, kb + j * ks, d) * scale_f : NO_KEY;
+        ++j;
+      }
+    }
+  }
+  auto softmax = d == 64 ? softmax_values<64, KV> : d == 128 ? softmax_values<128, KV> : softmax_values<0, KV>;
+  softmax(p, limit, vb, vs, seen, ms, last, d, acc, out, v_scale, st);
+}
+
+// q (batch, heads, queries, d) float; k, v (batch, kv_heads, keys, d) of KV (float, half, or int8 with row
+// scales k_rows / v_rows), each row's last dimension contiguous; the mask (batch, heads, queries, keys) at
+// mp, read through mask_strides (zero along a dimension it is broadcast over); out like q.
 template <typename KV>
 void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const bool* mp,
-            const std::array<int64_t, 4>& mask_strides, int64_t keys, float scale_f, at::Tensor& out) {
+            const std::array<int64_t, 4>& mask_strides, int64_t keys, float scale_f, at::Tensor& out,
+            RowScales k_rows = {}, RowScales v_rows = {}) {
   const int64_t batch = q.size(0), heads = q.size(1), queries = q.size(2), d = q.size(3);
-  const int64_t kv_heads = k.size(1);
+  const int64_t kv_heads = k.size(1), ks = k.stride(2), vs = v.stride(2);
   const float* qp = q.data_ptr<float>();
-  const KV *kp = k.data_ptr<KV>(), *vp = v.data_ptr<KV>();
+  const KV *kp = static_cast<const KV*>(k.data_ptr()), *vp = static_cast<const KV*>(v.data_ptr());
   float* op = out.data_ptr<float>();
   const int64_t group = heads / kv_heads, padded = (keys + KEYS - 1) / KEYS * KEYS;
-  auto softmax = d == 64 ? softmax_values<64, KV> : d == 128 ? softmax_values<128, KV> : softmax_values<0, KV>;
+  TORCH_CHECK(k_rows.row_stride == v_rows.row_stride, "attention: k_scale and v_scale need the same strides");
   // Many queries: the keys transposed once per (batch row, kv head) in blocks of 16, and scored 16 at a time
   // (dot_keys); few queries (decoding): scored one by one (dot), without the copy. The same bits either way.
   const bool transpose = queries * group >= 16;
@@ -390,7 +490,7 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
         float* dst = kt.data() + bh * padded * d;
         for (int64_t j = 0; j < keys; ++j)
           for (int64_t c = 0; c < d; ++c)
-            dst[(j / KEYS) * KEYS * d + c * KEYS + j % KEYS] = to_float(kb[j * k.stride(2) + c]);
+            dst[(j / KEYS) * KEYS * d + c * KEYS + j % KEYS] = to_float(kb[j * ks + c]);
       }
     });
   }
@@ -403,64 +503,56 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
       const int64_t ms = mask_strides[3];
       int64_t last = keys;  // keys past the last seen one are skipped (the causal half of a prefill)
       while (last > 0 && !seen[(last - 1) * ms]) --last;
-      const int64_t limit = (last + KEYS - 1) / KEYS * KEYS;
-      if (transpose) {
-        const float* kb = kt.data() + (b * kv_heads + h / group) * padded * d;
-        for (int64_t j0 = 0; j0 < limit; j0 += KEYS) dot_keys(qi, kb + j0 * d, d, p.data() + j0);
-        for (int64_t j = 0; j < limit; ++j) p[j] = j < last && seen[j * ms] ? p[j] * scale_f : NO_KEY;
-      } else {
-        const KV* kb = kp + b * k.stride(0) + h / group * k.stride(1);
-        const int64_t ks = k.stride(2);
-        // The first query of a key/value head's group asks, as it scores its keys, for the keys and values
-        // of the group PREFETCH_GROUPS ahead to be brought into the cache, a few rows a step: decoding, each
-        // (batch row, kv head) reads a few KB of cache once from memory, a stream too short for the hardware
-        // prefetcher, and the reads waited on memory instead of overlapping the arithmetic. AVX-512 EPYC,
-        // batch 32 x 9 heads, 64-192 fp16 keys with the caches cold: 1.18-1.77x a call, 2-7% slower warm;
-        // a batch-32 int4 decode 1.045x (BENCHMARKS.md).
-        const int64_t ahead = b * kv_heads + h / group + PREFETCH_GROUPS;
-        const bool prefetch = h % group == 0 && i == 0 && ahead < batch * kv_heads;
-        const char* ahead_k = prefetch ? reinterpret_cast<const char*>(kp + ahead / kv_heads * k.stride(0) +
-                                                                       ahead % kv_heads * k.stride(1)) : nullptr;
-        const char* ahead_v = prefetch ? reinterpret_cast<const char*>(vp + ahead / kv_heads * v.stride(0) +
-                                                                       ahead % kv_heads * v.stride(1)) : nullptr;
-        int64_t prefetched = 0;  // rows [0, prefetched) of the group ahead asked for
-        for (int64_t j = 0; j < limit;) {
-          const int64_t wanted = std::min<int64_t>(j + 4, last);  // the rows this step's keys match
-          if (prefetch && prefetched < wanted) {
-            prefetch_rows<KV>(ahead_k, ks, ahead_v, v.stride(2), prefetched, wanted, d);
-            prefetched = wanted;
-          }
-          if (d % LANES == 0 && j + 4 <= last && seen[j * ms] && seen[(j + 1) * ms] && seen[(j + 2) * ms] &&
-              seen[(j + 3) * ms]) {
-            const v4 four = dot4(qi, kb + j * ks, ks, d) * scale_f;
-            std::memcpy(p.data() + j, &four, sizeof four);
-            j += 4;
-          } else {
-            p[j] = j < last && seen[j * ms] ? dot(qi, kb + j * ks, d) * scale_f : NO_KEY;
-            ++j;
-          }
-        }
+      // The first query of a key/value head's group asks, as it scores its keys, for the keys and values of
+      // the group PREFETCH_GROUPS ahead to be brought into the cache, a few rows a step: decoding, each
+      // (batch row, kv head) reads a few KB of cache once from memory, a stream too short for the hardware
+      // prefetcher, and the reads waited on memory instead of overlapping the arithmetic. AVX-512 EPYC,
+      // batch 32 x 9 heads, 64-192 fp16 keys with the caches cold: 1.18-1.77x a call, 2-7% slower warm;
+      // a batch-32 int4 decode 1.045x (BENCHMARKS.md).
+      const int64_t next = b * kv_heads + h / group + PREFETCH_GROUPS;
+      Ahead ahead;
+      if (!transpose && h % group == 0 && i == 0 && next < batch * kv_heads) {
+        const int64_t nb = next / kv_heads, nh = next % kv_heads;
+        ahead = {reinterpret_cast<const char*>(kp + nb * k.stride(0) + nh * k.stride(1)),
+                 reinterpret_cast<const char*>(vp + nb * v.stride(0) + nh * v.stride(1)), k_rows.of(nb, nh),
+                 v_rows.of(nb, nh)};
       }
-      softmax(p.data(), limit, vp + b * v.stride(0) + h / group * v.stride(1), v.stride(2), seen, ms, last, d,
-              acc.data(), op + item * d);
+      attend_query<KV>(qi, kp + b * k.stride(0) + h / group * k.stride(1), ks,
+                       vp + b * v.stride(0) + h / group * v.stride(1), vs,
+                       transpose ? kt.data() + (b * kv_heads + h / group) * padded * d : nullptr,
+                       k_rows.of(b, h / group), v_rows.of(b, h / group), k_rows.row_stride, seen, ms, last, d,
+                       scale_f, ahead, p.data(), acc.data(), op + item * d);
     }
   });
 }
 
-// Half keys and values are read as they are; any other dtype is converted to float first.
+// Half and int8 keys and values are read as they are; any other dtype is converted to float first.
 at::Tensor keys_or_values(const at::Tensor& t) {
-  const at::Tensor f = t.scalar_type() == at::kHalf || t.scalar_type() == at::kFloat ? t : t.to(at::kFloat);
+  const auto dtype = t.scalar_type();
+  const at::Tensor f = dtype == at::kHalf || dtype == at::kFloat || dtype == at::kChar ? t : t.to(at::kFloat);
   return f.stride(-1) == 1 ? f : f.contiguous();
 }
 
-// q (batch, heads, queries, d); k, v (batch, kv_heads, >= keys, d), one dtype (half: read as half), query
+// An int8 cache's scales for k or v (batch, kv_heads, >= keys, d): (batch, kv_heads, >= keys, 1) float32.
+RowScales row_scales(const std::optional<at::Tensor>& scales, const at::Tensor& kv, int64_t keys, const char* name) {
+  TORCH_CHECK(scales.has_value(), "attention: int8 keys and values need k_scale and v_scale (one float32 per row)");
+  const at::Tensor& s = *scales;
+  TORCH_CHECK(s.scalar_type() == at::kFloat && s.dim() == 4 && s.device().is_cpu() && s.size(0) == kv.size(0) &&
+                  s.size(1) == kv.size(1) && s.size(2) >= keys && s.size(3) == 1,
+              "attention: ", name, " must be a float32 CPU tensor (", kv.size(0), ", ", kv.size(1), ", >= ", keys,
+              ", 1); it is ", s.scalar_type(), " ", s.sizes());
+  return RowScales{s.data_ptr<float>(), s.stride(0), s.stride(1), s.stride(2)};
+}
+
+// q (batch, heads, queries, d); k, v (batch, kv_heads, >= keys, d), one dtype (half, int8: read as such), query
 // head h reading key/value head h / (heads / kv_heads); mask bool (batch, heads, queries, keys), its first
 // three dimensions broadcastable, true where a query sees a key. A query that sees no key gets zeros (a
 // padding row's). The mask's width is the number of keys attended: k and v may hold more (the engine
 // passes a KV cache's whole rows, not a slice of them, so that a compiled step has no slice whose
 // contiguity -- the attention length equal to the cache's capacity or not -- it would specialise on).
+// int8 k and v (an int8 KV cache): k_scale and v_scale give each row's scale (row_scales above).
 at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& mask_in,
-                     double scale) {
+                     double scale, const std::optional<at::Tensor>& k_scale, const std::optional<at::Tensor>& v_scale) {
   TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, "attention: q, k and v must be 4-D");
   TORCH_CHECK(q_in.device().is_cpu() && k_in.device().is_cpu() && v_in.device().is_cpu(), "attention: CPU tensors only");
   TORCH_CHECK(mask_in.scalar_type() == at::kBool && mask_in.dim() == 4, "attention: the mask must be a 4-D bool tensor");
@@ -485,7 +577,13 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
     mask_strides[i] = mask_in.size(i) == 1 ? 0 : mask_in.stride(i);
   }
   at::Tensor out = at::empty({batch, heads, queries, d}, q.options());
-  if (k.scalar_type() == at::kHalf)
+  const bool int8 = k.scalar_type() == at::kChar;
+  TORCH_CHECK(int8 || (!k_scale.has_value() && !v_scale.has_value()), "attention: k_scale and v_scale are for int8 "
+              "keys and values; these are ", k.scalar_type());
+  if (int8)
+    attend<int8_t>(q, k, v, mask_in.data_ptr<bool>(), mask_strides, keys, static_cast<float>(scale), out,
+                   row_scales(k_scale, k, keys, "k_scale"), row_scales(v_scale, v, keys, "v_scale"));
+  else if (k.scalar_type() == at::kHalf)
     attend<at::Half>(q, k, v, mask_in.data_ptr<bool>(), mask_strides, keys, static_cast<float>(scale), out);
   else
     attend<float>(q, k, v, mask_in.data_ptr<bool>(), mask_strides, keys, static_cast<float>(scale), out);
@@ -501,7 +599,8 @@ at::Tensor attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::T
 #define LLMKIT_FRAGMENT_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
 
 LLMKIT_FRAGMENT(LLMKIT_OPS, m) {
-  m.def("attention(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor");
+  m.def("attention(Tensor q, Tensor k, Tensor v, Tensor mask, float scale, Tensor? k_scale=None, "
+        "Tensor? v_scale=None) -> Tensor");
 }
 
 LLMKIT_FRAGMENT_IMPL(LLMKIT_OPS, CPU, m) {
