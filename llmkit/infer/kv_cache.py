@@ -55,8 +55,8 @@ KV_CACHE_DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.floa
 
 def reads_half_cache(model) -> bool:
     """Whether every attention layer of `model` reads its cache through llmkit's CPU attention kernel
-    (float32 models whose layers round activations to int8, llmkit.cpu_kernels), which reads a float16
-    cache as it is: SDPA would need float32 copies of it every step."""
+    (float32 models whose layers round activations to int8, llmkit.cpu_kernels), which reads a float16 or
+    int8 cache as it is: SDPA would need float32 copies of it every step."""
     weight = model.tok_emb.weight
     return (model.encoder is None and weight.device.type == "cpu" and weight.dtype == torch.float32
             and all(block.attn.rounds_activations() for block in model.blocks))
