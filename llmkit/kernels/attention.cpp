@@ -91,13 +91,19 @@ inline v8 load8(const float* x) {
   return r;
 }
 
+// Where the ISA has no conversion instruction for a type: value by value (exact for half and int8 alike).
+template <typename T>
+inline v8 load8_plain(const T* x) {
+  v8 r;
+  for (int l = 0; l < 8; ++l) r[l] = static_cast<float>(x[l]);
+  return r;
+}
+
 inline v8 load8(const at::Half* x) {
 #if defined(__F16C__)
   return (v8)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
 #else
-  v8 r;
-  for (int l = 0; l < 8; ++l) r[l] = static_cast<float>(x[l]);
-  return r;
+  return load8_plain(x);
 #endif
 }
 
@@ -107,21 +113,25 @@ inline v8 load8(const int8_t* x) {
 #if defined(__AVX2__)
   return (v8)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x))));
 #else
-  v8 r;
-  for (int l = 0; l < 8; ++l) r[l] = static_cast<float>(x[l]);
-  return r;
+  return load8_plain(x);
 #endif
+}
+
+// 16 values as two loads of 8 (no AVX-512)
+template <typename T>
+inline v16 load16_halves(const T* x) {
+  v16 r;
+  const v8 low = load8(x), high = load8(x + 8);
+  std::memcpy(&r, &low, sizeof low);
+  std::memcpy(reinterpret_cast<char*>(&r) + sizeof low, &high, sizeof high);
+  return r;
 }
 
 inline v16 load16(const int8_t* x) {
 #if defined(__AVX512F__)
   return (v16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x))));
 #else
-  v16 r;
-  const v8 low = load8(x), high = load8(x + 8);
-  std::memcpy(&r, &low, sizeof low);
-  std::memcpy(reinterpret_cast<char*>(&r) + sizeof low, &high, sizeof high);
-  return r;
+  return load16_halves(x);
 #endif
 }
 
@@ -129,15 +139,11 @@ inline v16 load16(const at::Half* x) {
 #if defined(__AVX512F__)
   return (v16)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
 #else
-  v16 r;
-  const v8 low = load8(x), high = load8(x + 8);
-  std::memcpy(&r, &low, sizeof low);
-  std::memcpy(reinterpret_cast<char*>(&r) + sizeof low, &high, sizeof high);
-  return r;
+  return load16_halves(x);
 #endif
 }
 
-// A register's worth (vnative) of floats or halves
+// A register's worth (vnative) of floats, halves or int8 values
 template <typename KV>
 inline vnative load_native(const KV* x) {
 #if defined(__AVX512F__)
