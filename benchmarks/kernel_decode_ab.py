@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 OPERATORS = {
     "int8_dot": {"int4_linear": lambda x, weight, in_features: x.new_empty(*x.shape[:-1], weight.shape[0]),
                  "int8_linear": lambda x, weight, scales: x.new_empty(*x.shape[:-1], weight.shape[0])},
-    "attention": {"attention": lambda q, k, v, mask, scale: q.new_empty(q.shape)},
+    "attention": {"attention": lambda q, k, v, mask, scale, *scales: q.new_empty(q.shape)},
 }
 
 
