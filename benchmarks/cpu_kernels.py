@@ -60,6 +60,23 @@ def load_other(source: Path) -> str:
     return namespace
 
 
+def panel_rows_of(namespace: str) -> int:
+    """The rows of a full weight panel in another build's layout: its panel_rows(), or 8 for a build from
+    before that operator (every build packed 8-row panels then)."""
+    ops = getattr(torch.ops, namespace)
+    return ops.panel_rows() if hasattr(ops, "panel_rows") else 8
+
+
+def repacked(layer, panel: int) -> torch.Tensor:
+    """A quantized layer's kernel weights (this build's layout) in panels of `panel` rows, for another build."""
+    from llmkit import cpu_kernels
+    from llmkit.infer.quantize import Int4Linear
+
+    if isinstance(layer, Int4Linear):
+        return cpu_kernels.pack_int4(*cpu_kernels.unpack_int4(layer.packed, layer.in_features), panel)
+    return cpu_kernels.pack_int8(cpu_kernels.unpack_int8(layer.qweight), panel)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -72,6 +89,7 @@ def main() -> None:
     if not cpu_kernels.available():
         sys.exit("llmkit's CPU kernels are not available here (see the message above)")
     other = load_other(args.against) if args.against else None
+    other_panel = panel_rows_of(other) if other else None
     machine = machine_report(args.threads)
     bandwidth = machine["read_bandwidth_gbs"]
     print(f"CPU: {machine['cpu']}; ISA: {', '.join(machine['isa'])}; llmkit's kernels: {cpu_kernels.isa()}; "
@@ -115,16 +133,20 @@ def main() -> None:
                               "pytorch_ms": t_theirs * 1e3}
                     if other:  # the two builds' operators called directly, without the layer around them; at
                         # 1 row on every copy in turn, as above (weights from memory)
-                        def call(namespace, layers):
+                        # (each build gets the weights in its own layout: the other may pack other panels)
+                        def call(namespace, weights):
                             op = getattr(getattr(torch.ops, namespace), f"{kind}_linear")
                             if kind == "int4":
-                                return lambda: [op(x, layer.packed, k) for layer in layers]
-                            return lambda: [op(x, layer.qweight, scales) for layer in layers]
+                                return lambda: [op(x, weight, k) for weight in weights]
+                            return lambda: [op(x, weight, scales) for weight in weights]
                         scales = ours.scales.float() if kind == "int8" else None
                         layers = ours_all if rows == 1 else [ours]
-                        t_this = best_time(call("llmkit_cpu", layers)) / len(layers)
-                        t_other = best_time(call(other, layers)) / len(layers)
-                        same = torch.equal(call(other, [ours])()[0], call("llmkit_cpu", [ours])()[0])
+                        this_weights = [layer.packed if kind == "int4" else layer.qweight for layer in layers]
+                        other_weights = ([repacked(layer, other_panel) for layer in layers]
+                                         if other_panel != cpu_kernels.panel_rows() else this_weights)
+                        t_this = best_time(call("llmkit_cpu", this_weights)) / len(layers)
+                        t_other = best_time(call(other, other_weights)) / len(layers)
+                        same = torch.equal(call(other, other_weights[:1])()[0], call("llmkit_cpu", this_weights[:1])()[0])
                         line += f" {t_this * 1e3:.3f} | {t_other * 1e3:.3f} | {t_other / t_this:.2f}x | {same} |"
                         record.update(this_op_ms=t_this * 1e3, other_op_ms=t_other * 1e3, identical=same)
                 print(line, flush=True)

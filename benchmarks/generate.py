@@ -13,9 +13,9 @@ Rows:
 - b1_*: batch 1 with the weights in fp32, bf16, int8 (per channel) and int4 (groups of 32, int8 head; and
   int4_head4 with the output head in int4 as well),
   decode step compiled with torch.compile (compilation happens in a warm-up run, not timed);
-- b32, b32_fp32, b32_int4, b32_int4_head4: 32 requests decoding together (continuous batching engine, all
-  admitted at once), with bf16, fp32 and int4 weights (int8 head; int4 head): which is fastest depends on
-  the CPU's bf16 support;
+- b32, b32_fp32, b32_int8, b32_int4, b32_int4_head4: 32 requests decoding together (continuous batching
+  engine, all admitted at once), with bf16, fp32, int8 and int4 weights (int8 head; int4 head): which is
+  fastest depends on the CPU's bf16 and byte dot-product support;
 - ttft, ttft_int4: time to first token of a chat request behind a 1,000-token system prompt, with a cold
   prefix cache (miss) and after another request with the same system prompt (hit), fp32 and int4 weights;
 - spec: speculative decoding against plain decoding of the same configuration (see SPEC below);
@@ -350,6 +350,7 @@ WORKERS = {
     "b1_int4_head4": lambda: worker_b1("int4_head4"),
     "b32": lambda: worker_b32("bf16"),
     "b32_fp32": lambda: worker_b32("fp32"),
+    "b32_int8": lambda: worker_b32("int8"),
     "b32_int4": lambda: worker_b32("int4"),
     "b32_int4_head4": lambda: worker_b32("int4_head4"),
     "ttft": lambda: worker_ttft("fp32"),
@@ -396,7 +397,7 @@ def summary(r: dict) -> dict:
         "b1_int8_tok_s": get(r, "b1_int8", "tok_s"), "b1_int4_tok_s": get(r, "b1_int4", "tok_s"),
         "b1_int4_head4_tok_s": get(r, "b1_int4_head4", "tok_s"),
         "b32_tok_s": get(r, "b32", "tok_s"), "b32_fp32_tok_s": get(r, "b32_fp32", "tok_s"),
-        "b32_int4_tok_s": get(r, "b32_int4", "tok_s"), "b32_int4_head4_tok_s": get(r, "b32_int4_head4", "tok_s"),
+        "b32_int8_tok_s": get(r, "b32_int8", "tok_s"), "b32_int4_tok_s": get(r, "b32_int4", "tok_s"), "b32_int4_head4_tok_s": get(r, "b32_int4_head4", "tok_s"),
         "ttft_miss_s": get(r, "ttft", "miss_s"),
         "ttft_hit_s": get(r, "ttft", "hit_s"), "ttft_int4_miss_s": get(r, "ttft_int4", "miss_s"),
         "ttft_int4_hit_s": get(r, "ttft_int4", "hit_s"), "spec_speedup": get(r, "spec", "speedup"),
@@ -435,6 +436,7 @@ def print_table(r: dict) -> None:
             ("b1_bf16", "llmkit batch 1, bf16, compiled"), ("b1_int8", "llmkit batch 1, int8, compiled"),
             ("b1_int4", "llmkit batch 1, int4, compiled"), ("b1_int4_head4", "llmkit batch 1, int4 + int4 head"),
             ("b32", "llmkit batch 32, bf16, compiled"), ("b32_fp32", "llmkit batch 32, fp32, compiled"),
+            ("b32_int8", "llmkit batch 32, int8, compiled"),
             ("b32_int4", "llmkit batch 32, int4, compiled"), ("b32_int4_head4", "llmkit batch 32, int4 + int4 head")]
     for name, label in rows:
         if name in r:
@@ -448,7 +450,7 @@ def print_table(r: dict) -> None:
     if get(r, "llamacpp", "reason"):
         print(f"llama.cpp not measured: {get(r, 'llamacpp', 'reason')}")
     for batched, single, weights in (("b32", "b1_bf16", "bf16"), ("b32_fp32", "b1_fp32", "fp32"),
-                                     ("b32_int4", "b1_int4", "int4"), ("b32_int4_head4", "b1_int4_head4", "int4 + int4 head")):
+                                     ("b32_int8", "b1_int8", "int8"), ("b32_int4", "b1_int4", "int4"), ("b32_int4_head4", "b1_int4_head4", "int4 + int4 head")):
         if batched in r and single in r:
             print(f"batch 32 / batch 1 ({weights}, compiled): "
                   f"{get(r, batched, 'tok_s') / get(r, single, 'tok_s'):.1f}x")

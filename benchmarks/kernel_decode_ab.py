@@ -13,8 +13,9 @@ greedy, two engines on one model, each calling one build (this checkout's source
 built under its own operator namespace). Each engine's graphs are traced while the `llmkit.cpu_kernels`
 functions the model calls (`int4_linear` / `int8_linear`, or `attention`) call its build (the second engine
 is a subclass, so that TorchDynamo keeps its graphs apart), and every round sets them again for eager
-prefill. Both engines call their steps guard-free as after `warm_up`; rounds alternate (the order swapped
-every round) so that the host's drift hits both alike. Reports each build's median decode tok/s (all
+prefill. Where the other build packs its weights in other panels (int8_dot.cpp before 2026-12-05: 8 rows
+each), its engine gets a second copy of the model, repacked. Both engines call their steps guard-free as
+after `warm_up`; rounds alternate (the order swapped every round) so that the host's drift hits both alike. Reports each build's median decode tok/s (all
 streams), the rounds this build won and whether the greedy tokens are identical (they should be: a kernel
 change is meant to keep the bits). Prints a table, then one JSON line.
 """
@@ -71,7 +72,9 @@ def main() -> None:
     import generate
     generate.setup_torch()
     import llmkit.cpu_kernels as cpu_kernels
+    from cpu_kernels import panel_rows_of, repacked  # benchmarks/cpu_kernels.py
     from llmkit.infer import Engine, SamplingParams
+    from llmkit.infer.quantize import Int4Linear, Int8Linear
 
     if not cpu_kernels.available():
         sys.exit("llmkit's CPU kernels are not available here (see the message above)")
@@ -90,10 +93,17 @@ def main() -> None:
             return self.model(tokens, positions=positions, kv_cache=cache)[:, -1].float()
 
     model, tokenizer = generate.load_ours(args.weights)
+    other_model = model
+    panel = panel_rows_of(namespaces["other"]) if args.kernel == "int8_dot" else cpu_kernels.panel_rows()
+    if panel != cpu_kernels.panel_rows():  # the other build packs other panels: a second model in its layout
+        other_model = generate.load_ours(args.weights)[0]
+        for layer in other_model.modules():
+            if isinstance(layer, (Int4Linear, Int8Linear)) and layer.int8_activations:
+                setattr(layer, "packed" if isinstance(layer, Int4Linear) else "qweight", repacked(layer, panel))
     prompt = generate.chat_prompt(tokenizer)
     params = SamplingParams(max_new_tokens=generate.NEW_TOKENS, temperature=0)
     options = dict(compile=True, max_batch_size=args.batch, prefix_cache_mib=0)
-    engines = {"this": Engine(model, **options), "other": OtherKernelsEngine(model, **options)}
+    engines = {"this": Engine(model, **options), "other": OtherKernelsEngine(other_model, **options)}
 
     def run(name: str) -> tuple[float, list[list[int]]]:
         use(namespaces[name], args.kernel)

@@ -8,8 +8,9 @@ each activation row to int8 in blocks of 32 and multiplies bytes with VNNI (`vpd
 (`vpmaddubsw`). No maintained Python package ships such kernels for PyTorch on x86 that a pip install
 reaches: torchao's `Int8DynamicActivationInt4WeightConfig` x86 kernels are in its CPU wheels on
 download.pytorch.org, while its PyPI wheel (0.18) holds only CUDA extensions. So llmkit carries the
-C++ (int8_dot.cpp, ~565 lines; attention.cpp, ~610; greedy.cpp, ~100) and builds it here with `torch.utils.cpp_extension` and `-march=native`: the
-instruction set is chosen per CPU when the model is loaded (avx512-vnni, avx-vnni, avx2, or plain C++).
+C++ (int8_dot.cpp, ~330 lines, and its tiles, int8_tiles.h, ~380; attention.cpp, ~610; greedy.cpp, ~100)
+and builds it here with `torch.utils.cpp_extension` and `-march=native`: the instruction set is chosen
+per CPU when the model is loaded (avx512-vnni, avx-vnni, avx2, or plain C++).
 
 The build takes ~30-60 s once per machine (cached under torch's extensions directory, keyed by the
 source and the CPU's flags). Without a C++ compiler, or with LLMKIT_CPU_KERNELS=0, `available()` is
@@ -72,7 +73,9 @@ def build(march: str, namespace: str, sources: list[Path] = SOURCES) -> None:
     # compiled with OpenMP (PyTorch's own build uses it; cpp_extension does not add it). Without it every
     # kernel here ran on one thread whatever torch.get_num_threads() said (BENCHMARKS.md, 2026-12-04).
     flags = ["-O3", f"-march={march}", "-fopenmp", f"-DLLMKIT_OPS={namespace}"]
-    text = b"".join(source.read_bytes() for source in sources)
+    # the sources and the headers beside them (int8_tiles.h): a change to either is a new build
+    headers = sorted({header for source in sources for header in source.parent.glob("*.h")})
+    text = b"".join(path.read_bytes() for path in [*sources, *headers])
     key = hashlib.sha256(text + " ".join(flags).encode() + _cpu_flags().encode()
                          + torch.__version__.encode()).hexdigest()[:12]
     name = f"{namespace}_{key}"
@@ -147,52 +150,81 @@ def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
     return torch.ops.llmkit_cpu.greedy_tokens(logits)
 
 
-# ---- the int4 layout: panels of 8 rows (PANEL); per block of 32 inputs, 4 x 32 bytes of nibbles (lane i = row i,
-# 4 inputs a lane: low nibbles inputs 4t.., high ones 16 + 4t..), then 8 fp16 scales and 8 fp16 mins
+# ---- the weight layouts (kernels/int8_tiles.h): panels of `panel` output rows -- the build's own, panel_rows():
+# 16 where the CPU has AVX-512, else 8 -- the last one of 8 rows where the outputs are 8 more than a multiple of
+# 16 (the outputs must be a multiple of OUTPUT_MULTIPLE = 8). Per block of 32 inputs a panel of P rows holds
+# groups of 4P bytes, lane i (4 bytes) = 4 consecutive inputs of row i:
+# - int4: 4 groups (low nibbles inputs 4t.., high ones 16 + 4t.. of group t), then P fp16 scales and P fp16 mins;
+# - int8: 8 groups (group t: inputs 4t..4t+3), each value stored + 128 as uint8; shape (n, k) like the weight.
+# The layout lives in memory only (checkpoints keep a portable one), so it may differ between machines.
 
-PANEL = 8
+OUTPUT_MULTIPLE = 8  # a layer fits the kernels with a multiple of 8 outputs
 
 
-def pack_int4(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
-    """q (n, k) in [0, 15]; scales, mins (n, k / group) with a group a multiple of 32 -> (n, k / 32 * 20)
-    uint8, the kernel's panels. The weight is w = q * scale + min with scale and min rounded to fp16."""
+def panel_rows() -> int:
+    """The rows of a full panel in this machine's build (8 where the kernels are not available)."""
+    return torch.ops.llmkit_cpu.panel_rows() if available() else OUTPUT_MULTIPLE
+
+
+def _panels(n: int, panel: int | None) -> list[tuple[int, int, int]]:
+    """(first row, rows, rows a panel) of each run of equal panels: the full ones, then an 8-row one."""
+    panel = panel or panel_rows()
+    if n % OUTPUT_MULTIPLE or panel % OUTPUT_MULTIPLE:
+        raise ValueError(f"the kernels' panels need a multiple of {OUTPUT_MULTIPLE} outputs, got {n} ({panel} a panel)")
+    full = n // panel * panel
+    return [(start, rows, min(rows, panel)) for start, rows in ((0, full), (full, n - full)) if rows]
+
+
+def _pack_int4_rows(q, scales, mins, rows: int) -> torch.Tensor:
     n, k = q.shape
-    blocks, panels = k // BLOCK, n // PANEL
+    blocks, panels = k // BLOCK, n // rows
     per_block = blocks // scales.shape[1]
     # (panel, row i, block, half, t, j) -> byte (panel, block, t, i, j) = low half | high half << 4
-    q = q.to(torch.uint8).reshape(panels, PANEL, blocks, 2, 4, 4)
-    nibbles = (q[:, :, :, 0] | (q[:, :, :, 1] << 4)).permute(0, 2, 3, 1, 4).reshape(panels, blocks, 128)
-    halves = [t.repeat_interleave(per_block, dim=1).to(torch.float16).reshape(panels, PANEL, blocks)
+    q = q.to(torch.uint8).reshape(panels, rows, blocks, 2, 4, 4)
+    nibbles = (q[:, :, :, 0] | (q[:, :, :, 1] << 4)).permute(0, 2, 3, 1, 4).reshape(panels, blocks, 16 * rows)
+    halves = [t.repeat_interleave(per_block, dim=1).to(torch.float16).reshape(panels, rows, blocks)
               .transpose(1, 2).contiguous().view(torch.uint8) for t in (scales, mins)]
-    return torch.cat([nibbles, *halves], dim=2).reshape(n, blocks * 20).contiguous()
+    return torch.cat([nibbles, *halves], dim=2).reshape(n, blocks * 20)
 
 
-def unpack_int4(packed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pack_int4(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, panel: int | None = None) -> torch.Tensor:
+    """q (n, k) in [0, 15]; scales, mins (n, k / group) with a group a multiple of 32 -> (n, k / 32 * 20)
+    uint8, the kernel's panels (`panel` rows each; default this machine's). The weight is w = q * scale + min
+    with scale and min rounded to fp16."""
+    return torch.cat([_pack_int4_rows(q[s:s + n], scales[s:s + n], mins[s:s + n], rows)
+                      for s, n, rows in _panels(q.shape[0], panel)]).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor, k: int, panel: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(q (n, k) uint8, scales (n, k / 32) float32, mins (n, k / 32) float32) of a packed weight."""
-    n, blocks = packed.shape[0], k // BLOCK
-    panels = packed.reshape(n // PANEL, blocks, 160)
-    nibbles = panels[..., :128].reshape(n // PANEL, blocks, 4, PANEL, 4).permute(0, 3, 1, 2, 4)  # (P, i, b, t, j)
-    q = torch.stack([nibbles & 0x0F, nibbles >> 4], dim=3).reshape(n, k)
-    halves = [panels[..., start:start + 16].contiguous().view(torch.float16).float().transpose(1, 2).reshape(n, blocks)
-              for start in (128, 144)]
-    return q, halves[0], halves[1]
+    parts = []
+    for start, n, rows in _panels(packed.shape[0], panel):
+        blocks = k // BLOCK
+        panels = packed[start:start + n].reshape(n // rows, blocks, 20 * rows)
+        nibbles = panels[..., :16 * rows].reshape(n // rows, blocks, 4, rows, 4).permute(0, 3, 1, 2, 4)  # (P, i, b, t, j)
+        q = torch.stack([nibbles & 0x0F, nibbles >> 4], dim=3).reshape(n, k)
+        halves = [panels[..., at:at + 2 * rows].contiguous().view(torch.float16).float().transpose(1, 2).reshape(n, blocks)
+                  for at in (16 * rows, 18 * rows)]
+        parts.append((q, *halves))
+    return tuple(torch.cat(part) for part in zip(*parts))
 
 
-# ---- the int8 layout: the same panels; per block of 32 inputs, 8 x 32 bytes (lane i = row i, inputs 4t..4t+3
-# of the t-th 32 bytes), each value stored + 128 as uint8; shape (n, k) like the weight itself
+def pack_int8(q: torch.Tensor, panel: int | None = None) -> torch.Tensor:
+    """q (n, k) int8 in [-127, 127] -> (n, k) uint8, the kernel's panels (`panel` rows; default this machine's)."""
+    k = q.shape[1]
+    parts = []
+    for start, n, rows in _panels(q.shape[0], panel):
+        shifted = (q[start:start + n].to(torch.int16) + 128).to(torch.uint8).reshape(n // rows, rows, k // BLOCK, 8, 4)
+        parts.append(shifted.permute(0, 2, 3, 1, 4).reshape(n, k))  # (panel, block, t, row i, j)
+    return torch.cat(parts).contiguous()
 
-def pack_int8(q: torch.Tensor) -> torch.Tensor:
-    """q (n, k) int8 in [-127, 127] -> (n, k) uint8, the kernel's panels."""
-    n, k = q.shape
-    shifted = (q.to(torch.int16) + 128).to(torch.uint8).reshape(n // PANEL, PANEL, k // BLOCK, 8, 4)
-    return shifted.permute(0, 2, 3, 1, 4).reshape(n, k).contiguous()  # (panel, block, t, row i, j)
 
-
-def unpack_int8(packed: torch.Tensor) -> torch.Tensor:
+def unpack_int8(packed: torch.Tensor, panel: int | None = None) -> torch.Tensor:
     """The (n, k) int8 values of a packed int8 weight."""
-    n, k = packed.shape
-    panels = packed.reshape(n // PANEL, k // BLOCK, 8, PANEL, 4).permute(0, 3, 1, 2, 4).reshape(n, k)
-    return (panels.to(torch.int16) - 128).to(torch.int8)
+    k = packed.shape[1]
+    parts = [packed[start:start + n].reshape(n // rows, k // BLOCK, 8, rows, 4).permute(0, 3, 1, 2, 4).reshape(n, k)
+             for start, n, rows in _panels(packed.shape[0], panel)]
+    return (torch.cat(parts).to(torch.int16) - 128).to(torch.int8)
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -205,4 +237,4 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 __all__ = ["isa", "available", "loaded", "wanted", "int4_linear", "int8_linear", "attention", "greedy_tokens",
-           "pack_int4", "unpack_int4", "pack_int8", "unpack_int8", "quantize_activations"]
+           "panel_rows", "pack_int4", "unpack_int4", "pack_int8", "unpack_int8", "quantize_activations"]

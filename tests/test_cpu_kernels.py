@@ -52,13 +52,15 @@ def test_kernels_compute_what_they_state_on_every_path(march):
     lib = ops(march)
     assert lib.isa() in (("avx512-vnni", "avx-vnni", "avx2") if march == "native" else
                          ("avx2",) if march == "haswell" else ("scalar",))
-    n, k = 80, 192
+    n, k = 88, 192  # with AVX-512: five panels of 16 outputs and one of 8; without: 11 of 8
+    panel = lib.panel_rows()  # each build's own layout
+    assert panel == (16 if lib.isa() == "avx512-vnni" else 8)
     q, scales, mins = int4_weights(n, k)
-    packed = cpu_kernels.pack_int4(q, scales, mins)
-    _, d16, m16 = cpu_kernels.unpack_int4(packed, k)  # the fp16-rounded scales the kernel reads
+    packed = cpu_kernels.pack_int4(q, scales, mins, panel)
+    _, d16, m16 = cpu_kernels.unpack_int4(packed, k, panel)  # the fp16-rounded scales the kernel reads
     w8 = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=torch.Generator().manual_seed(1))
     s8 = torch.rand(n, generator=torch.Generator().manual_seed(2))
-    p8 = cpu_kernels.pack_int8(w8)
+    p8 = cpu_kernels.pack_int8(w8, panel)
     x = torch.randn(9, k, generator=torch.Generator().manual_seed(3)) * 3
     x[2, :32] = 0  # an all-zero block
     for got, want in ((lib.int4_linear(x, packed, k), reference_int4(x, q, d16, m16)),
@@ -97,9 +99,9 @@ def test_kernels_run_on_every_thread_and_give_the_same_bits_on_any_number(march)
     before = torch.get_num_threads()
     n, k = 512, 192
     q, scales, mins = int4_weights(n, k)
-    packed = cpu_kernels.pack_int4(q, scales, mins)
+    packed = cpu_kernels.pack_int4(q, scales, mins, lib.panel_rows())
     p8 = cpu_kernels.pack_int8(torch.randint(-127, 128, (n, k), dtype=torch.int8,
-                                             generator=torch.Generator().manual_seed(1)))
+                                             generator=torch.Generator().manual_seed(1)), lib.panel_rows())
     s8 = torch.rand(n, generator=torch.Generator().manual_seed(2))
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(37, k, generator=gen)
@@ -119,20 +121,30 @@ def test_kernels_run_on_every_thread_and_give_the_same_bits_on_any_number(march)
             assert torch.equal(one, many)
 
 
-def test_pack_int8_round_trips_and_puts_four_inputs_of_a_row_in_a_lane():
-    q = torch.randint(-127, 128, (16, 64), dtype=torch.int8, generator=torch.Generator().manual_seed(4))
-    packed = cpu_kernels.pack_int8(q)
+@pytest.mark.parametrize("panel", [16, 8])
+def test_pack_int8_round_trips_and_puts_four_inputs_of_a_row_in_a_lane(panel):
+    q = torch.randint(-127, 128, (24, 64), dtype=torch.int8, generator=torch.Generator().manual_seed(4))
+    packed = cpu_kernels.pack_int8(q, panel)
     assert packed.shape == q.shape and packed.dtype == torch.uint8
-    assert torch.equal(cpu_kernels.unpack_int8(packed), q)
-    lanes = packed.view(-1)[:32].view(8, 4).int() - 128  # first block, inputs 0..3 of rows 0..7
-    assert torch.equal(lanes, q[:8, :4].int())
+    assert torch.equal(cpu_kernels.unpack_int8(packed, panel), q)
+    lanes = packed.view(-1)[:4 * panel].view(panel, 4).int() - 128  # first block, inputs 0..3 of rows 0..panel-1
+    assert torch.equal(lanes, q[:panel, :4].int())
+    lanes = packed.view(-1)[4 * panel:8 * panel].view(panel, 4).int() - 128  # inputs 4..7
+    assert torch.equal(lanes, q[:panel, 4:8].int())
+    tail = packed[16:].reshape(-1)[:32].view(8, 4).int() - 128  # the last panel has 8 rows: 16..23
+    assert torch.equal(tail, q[16:, :4].int())
+    with pytest.raises(ValueError, match="multiple of 8 outputs, got 20"):
+        cpu_kernels.pack_int8(q[:20], panel)
 
 
-def test_pack_int4_round_trips_groups_larger_than_a_block():
-    q, scales, mins = int4_weights(48, 256, group=64)
-    packed = cpu_kernels.pack_int4(q, scales, mins)
-    assert packed.shape == (48, 256 // 32 * 20) and packed.dtype == torch.uint8
-    q2, d, m = cpu_kernels.unpack_int4(packed, 256)
+@pytest.mark.parametrize("panel", [16, 8])
+def test_pack_int4_round_trips_groups_larger_than_a_block(panel):
+    q, scales, mins = int4_weights(56, 256, group=64)  # 16-row panels: three and one of 8
+    packed = cpu_kernels.pack_int4(q, scales, mins, panel)
+    assert packed.shape == (56, 256 // 32 * 20) and packed.dtype == torch.uint8
+    first = packed.view(-1)[:4 * panel].view(panel, 4)  # first block: low nibbles inputs 0..3, high 16..19
+    assert torch.equal(first & 0x0F, q[:panel, :4]) and torch.equal(first >> 4, q[:panel, 16:20])
+    q2, d, m = cpu_kernels.unpack_int4(packed, 256, panel)
     assert torch.equal(q2, q)
     assert torch.equal(d[:, ::2], d[:, 1::2]) and torch.allclose(d[:, ::2], scales, rtol=1e-3)
     assert torch.allclose(m[:, 1::2], mins, rtol=1e-3, atol=1e-4)

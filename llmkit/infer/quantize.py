@@ -20,7 +20,7 @@ Both kernels are ~10x faster with bfloat16 activations than with float32 on this
 On x86 CPUs without AMX the layers use llmkit's own kernels instead (`llmkit.cpu_kernels`, chosen
 when the weights are set; `int8_activations`): activations rounded to int8 per block of 32 and byte dot
 products (VNNI or AVX2), as llama.cpp does; fp32 activations outside the layers. The weights are then
-kept in the kernel's panels of 8 rows (int4 with scale and min rounded to fp16, Q4_1's precision).
+kept in the kernel's panels of 16 rows (int4 with scale and min rounded to fp16, Q4_1's precision).
 
 `quantize_model` swaps the nn.Linear modules in place (DESIGN.md: quantization swaps the Linears of
 the one model; there is no second forward pass). The token embedding stays in floating point (a
@@ -86,7 +86,7 @@ class Int8Linear(nn.Module):
     def _choose_kernel(self) -> None:
         """With int8 activations `qweight` holds the kernel's panels (uint8, cpu_kernels.pack_int8) and
         is the only copy in memory; the checkpoint keeps the plain int8 values (the two hooks below)."""
-        fits = self.in_features % cpu_kernels.BLOCK == 0 and self.out_features % cpu_kernels.PANEL == 0
+        fits = self.in_features % cpu_kernels.BLOCK == 0 and self.out_features % cpu_kernels.OUTPUT_MULTIPLE == 0
         self.int8_activations = use_int8_activations(self.int8_activations, self.qweight.device, fits)
         if self.int8_activations:
             if self.qweight.dtype == torch.int8:

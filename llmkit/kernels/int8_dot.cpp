@@ -8,9 +8,9 @@
 // vec_dot_q8_0_q8_0). These kernels do the same, for llmkit's own weight layouts:
 //
 // - int4: 4-bit values q in [0, 15] with an fp16 scale d and min m per row and block of 32 inputs
-//   (w = q * d + m, as Q4_1), in panels of 8 output rows (described below).
+//   (w = q * d + m, as Q4_1), in panels of 16 output rows with AVX-512, 8 without (int8_tiles.h).
 // - int8: int8 values in [-127, 127] (stored + 128) and one fp32 scale per output row (llmkit's
-//   per-channel int8), in panels of 8 rows like int4's.
+//   per-channel int8), in panels like int4's.
 //
 // An activation row x is quantized per block b of 32: d_x = max|x| / 127, q_x = round(x / d_x), and
 // s_x = sum(x) is kept exactly. Then for int4: y = sum_b d_w d_x <q_w, q_x> + m_w s_x; for int8:
@@ -23,8 +23,9 @@
 //
 // Every (row, output) pair is computed by the same instruction sequence whatever the number of rows,
 // so a row's result does not depend on the batch it is in (the engine's batched == one-by-one tests).
-// The file is built at first use with -march=native (llmkit/cpu_kernels.py): the ISA is the
-// machine's own.
+// The multiply tiles, per instruction set, are in int8_tiles.h; this file quantizes the activations and
+// runs the tiles over a layer's panels. It is built at first use with -march=native
+// (llmkit/cpu_kernels.py): the ISA is the machine's own.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -35,41 +36,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
+#include "int8_tiles.h"
 
 namespace {
-
-constexpr int64_t QK = 32;  // values per block
-
-float fp16_to_float(uint16_t h) {
-#if defined(__F16C__)
-  return _cvtsh_ss(h);
-#else
-  const uint32_t sign = (h & 0x8000u) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
-  uint32_t bits;
-  if (exponent == 0) {
-    if (mantissa == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      int e = -1;
-      uint32_t m = mantissa;
-      do { ++e; m <<= 1; } while ((m & 0x400) == 0);
-      bits = sign | ((127 - 15 - e) << 23) | ((m & 0x3ff) << 13);
-    }
-  } else if (exponent == 31) {
-    bits = sign | 0x7f800000u | (mantissa << 13);
-  } else {
-    bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-#endif
-}
 
 // One activation row -> int8 values (k), per-block scales and exact sums (k / 32 each).
 #if defined(__AVX2__)
@@ -135,241 +107,6 @@ void quantize_row(const float* x, int64_t k, int8_t* q, float* d, float* s, int3
   }
 }
 #endif
-
-#if defined(__AVX2__)
-#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
-#define LLMKIT_VNNI 1  // vpdpbusd: unsigned x signed bytes into int32, no intermediate saturation
-#endif
-
-// 4 activation bytes (4 consecutive inputs of one row) in each of the 8 32-bit lanes: the signed operand
-// that a byte dot product takes against 8 output rows' 4 weights each
-inline __m256i broadcast_four(const int8_t* a) {
-  int32_t four;
-  std::memcpy(&four, a, 4);
-  return _mm256_set1_epi32(four);
-}
-
-#if defined(LLMKIT_VNNI)
-// acc + the 8 int32 sums of four products each of 32 unsigned bytes u (8 output rows' 4 weights) and the
-// 4 signed activation bytes at a, the same in every lane (vpdpbusd: no intermediate saturation, so the
-// int8 weights' +128 offset is fine here, unlike vpmaddubsw's). With AVX-512 the 4 bytes are the
-// instruction's own broadcast memory operand ({1to8}): GCC 12 does not fold _mm256_set1_epi32 of a load
-// into vpdpbusd, and a separate vpbroadcastd for each was 32 more instructions a block of a 4-row tile
-// (int8 layers at 32 rows 1.05-1.08x in-process A/B with this, int4 1.00-1.04x; BENCHMARKS.md).
-inline __m256i add_dot_four(__m256i acc, __m256i u, const int8_t* a) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  asm("vpdpbusd %[a]%{1to8%}, %[u], %[acc]"
-      : [acc] "+v"(acc)
-      : [u] "v"(u), [a] "m"(*reinterpret_cast<const int32_t*>(a)));
-  return acc;
-#else
-  return _mm256_dpbusd_avx_epi32(acc, u, broadcast_four(a));
-#endif
-}
-#endif
-#endif
-
-// ---------------------------------------------------------------------------------------------------
-// int4 weights, in panels of 8 output rows (as llama.cpp's repacked Q4_0_8x8 CPU layout): for each
-// block of 32 inputs, 4 x 32 bytes in which lane i (4 bytes) holds 4 consecutive inputs of row i, low
-// nibbles inputs 4t..4t+3 and high nibbles inputs 16+4t..16+4t+3 of the t-th 32 bytes; then the 8
-// rows' fp16 scales and their fp16 mins: 160 bytes a block. One byte dot product against 4 broadcast
-// activation bytes then advances all 8 rows at once, and the scales are applied 8 rows a vector.
-
-constexpr int64_t PANEL = 8, PANEL_BLOCK_BYTES = 160;
-
-// Software prefetch of the weight stream 2.5 KB ahead of the block being multiplied (16 int4 blocks, 10
-// int8 ones), the next panel's first blocks included: the hardware prefetcher alone ramps up too slowly
-// on a layer of a few hundred KB read by each thread as one stream. Measured on the 2-core AVX2 EPYC
-// (Zen 3) over SmolLM2-135M's 120 int4 layers at batch 1: 3.01 -> 2.52 ms a token (4, 8, 16, 24, 32
-// blocks ahead: 2.85, 2.64, 2.52-2.62, 2.59, 2.58). Only the first row tile of a panel prefetches; the
-// others find the panel in the cache.
-constexpr int64_t PREFETCH_AHEAD = 2560;
-
-inline void prefetch_ahead(const uint8_t* block, int64_t block_bytes) {
-  for (int64_t offset = 0; offset < block_bytes; offset += 64)
-    __builtin_prefetch(block + PREFETCH_AHEAD + offset, 0, 3);
-}
-
-template <int R>
-inline void int4_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* qx, const float* dx, const float* sx,
-                            int64_t k, float* out, int64_t ldo, bool prefetch) {
-  const int64_t nb = k / QK;
-#if defined(LLMKIT_VNNI)
-  // Two dot products per row (low and high nibbles) and the rows in the inner loop: 2R independent
-  // vpdpbusd chains. One chain per row (8 in a row, each waiting for the last) kept the instruction at
-  // 1 a cycle for 4 rows: its latency is 4 cycles and a core can start 2 a cycle (measured on the
-  // AVX-512 EPYC, Zen 4: 4 chains 1.0 a cycle, 8 or more 1.85-1.9; BENCHMARKS.md).
-  __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const __m256i low = _mm256_set1_epi8(0x0f);
-  for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* p = panel + b * PANEL_BLOCK_BYTES;
-    if (prefetch) prefetch_ahead(p, PANEL_BLOCK_BYTES);
-    __m256i dot_low[R], dot_high[R];
-    for (int r = 0; r < R; ++r) dot_low[r] = dot_high[r] = _mm256_setzero_si256();
-    for (int t = 0; t < 4; ++t) {  // low nibbles: inputs 4t..4t+3; high nibbles: inputs 16 + 4t..
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
-      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-      for (int r = 0; r < R; ++r) {
-        const int8_t* a = qx + r * k + b * QK;
-        dot_low[r] = add_dot_four(dot_low[r], lo, a + 4 * t);
-        dot_high[r] = add_dot_four(dot_high[r], hi, a + 16 + 4 * t);
-      }
-    }
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 128)));
-    const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 144)));
-    for (int r = 0; r < R; ++r) {
-      const __m256i dot = _mm256_add_epi32(dot_low[r], dot_high[r]);
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(dx[r * nb + b])), acc[r]);
-      acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[r * nb + b]), acc[r]);
-    }
-  }
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, acc[r]);
-#elif defined(__AVX2__)
-  // AVX2 without VNNI: vpmaddubsw gives int16 sums of product pairs. A block's 8 of them per row are
-  // added as int16 and widened once (vpmaddwd), a third fewer instructions than widening each; no
-  // saturation: a pair sum is at most 2 * 15 * 127 = 3,810 in magnitude (|q_x| <= 127), eight 30,480.
-  // The 32 bytes of weights are the outer loop and the rows the inner one, so that the accumulators
-  // stay in the 16 ymm registers. The integer dot is exact, so the order of its sums changes nothing.
-  __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const __m256i low = _mm256_set1_epi8(0x0f);
-  for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* p = panel + b * PANEL_BLOCK_BYTES;
-    if (prefetch) prefetch_ahead(p, PANEL_BLOCK_BYTES);
-    __m256i pairs[R];
-    for (int r = 0; r < R; ++r) pairs[r] = _mm256_setzero_si256();
-    for (int t = 0; t < 4; ++t) {  // low nibbles: inputs 4t..4t+3; high nibbles: inputs 16 + 4t..
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
-      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-      for (int r = 0; r < R; ++r) {
-        const int8_t* a = qx + r * k + b * QK;
-        pairs[r] = _mm256_add_epi16(pairs[r], _mm256_maddubs_epi16(lo, broadcast_four(a + 4 * t)));
-        pairs[r] = _mm256_add_epi16(pairs[r], _mm256_maddubs_epi16(hi, broadcast_four(a + 16 + 4 * t)));
-      }
-    }
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 128)));
-    const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 144)));
-    for (int r = 0; r < R; ++r) {
-      const __m256i dot = _mm256_madd_epi16(pairs[r], _mm256_set1_epi16(1));
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(dx[r * nb + b])), acc[r]);
-      acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[r * nb + b]), acc[r]);
-    }
-  }
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, acc[r]);
-#else
-  for (int r = 0; r < R; ++r) {
-    float acc[PANEL] = {0.f};
-    for (int64_t b = 0; b < blocks; ++b) {
-      const uint8_t* p = panel + b * PANEL_BLOCK_BYTES;
-    if (prefetch) prefetch_ahead(p, PANEL_BLOCK_BYTES);
-      const int8_t* a = qx + r * k + b * QK;
-      for (int i = 0; i < PANEL; ++i) {
-        int32_t dot = 0;
-        for (int t = 0; t < 4; ++t)
-          for (int j = 0; j < 4; ++j) {
-            const uint8_t byte = p[32 * t + 4 * i + j];
-            dot += (byte & 0x0f) * a[4 * t + j] + (byte >> 4) * a[16 + 4 * t + j];
-          }
-        uint16_t dh, mh;
-        std::memcpy(&dh, p + 128 + 2 * i, 2);
-        std::memcpy(&mh, p + 144 + 2 * i, 2);
-        acc[i] = std::fma(static_cast<float>(dot), fp16_to_float(dh) * dx[r * nb + b], acc[i]);
-        acc[i] = std::fma(fp16_to_float(mh), sx[r * nb + b], acc[i]);
-      }
-    }
-    for (int i = 0; i < PANEL; ++i) out[r * ldo + i] = acc[i];
-  }
-#endif
-}
-
-// ---------------------------------------------------------------------------------------------------
-// int8 weights, in the same panels of 8 output rows: for each block of 32 inputs, 8 x 32 bytes in which
-// lane i of the t-th 32 bytes holds inputs 4t..4t+3 of row i, stored as w + 128 (unsigned, so that the
-// byte dot product takes the weight as its unsigned operand, as for int4); 256 bytes a block. The +128
-// adds 128 * sum(q_x) over the block to every row's dot product, one integer per activation block,
-// subtracted before the block's scale is applied: the result is the exact integer <q_w, q_x>.
-
-constexpr int64_t INT8_PANEL_BLOCK_BYTES = 256;
-
-template <int R>
-inline void int8_panel_tile(const uint8_t* panel, int64_t blocks, const int8_t* qx, const float* dx,
-                            const int32_t* sqx, int64_t k, const float* scales, float* out, int64_t ldo,
-                            bool prefetch) {
-  const int64_t nb = k / QK;
-#if defined(LLMKIT_VNNI)
-  __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* p = panel + b * INT8_PANEL_BLOCK_BYTES;
-    if (prefetch) prefetch_ahead(p, INT8_PANEL_BLOCK_BYTES);
-    // even and odd 4-input groups in two chains per row, rows inner: 2R independent vpdpbusd chains
-    // (as int4_panel_tile; one chain per row left the instruction latency-bound)
-    __m256i dot_even[R], dot_odd[R];
-    for (int r = 0; r < R; ++r) dot_even[r] = dot_odd[r] = _mm256_setzero_si256();
-    for (int t = 0; t < 8; t += 2) {
-      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
-      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t + 32));
-      for (int r = 0; r < R; ++r) {
-        const int8_t* a = qx + r * k + b * QK;
-        dot_even[r] = add_dot_four(dot_even[r], w0, a + 4 * t);
-        dot_odd[r] = add_dot_four(dot_odd[r], w1, a + 4 * t + 4);
-      }
-    }
-    for (int r = 0; r < R; ++r) {
-      __m256i dot = _mm256_add_epi32(dot_even[r], dot_odd[r]);
-      dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(128 * sqx[r * nb + b]));
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dx[r * nb + b]), acc[r]);
-    }
-  }
-  const __m256 s = _mm256_loadu_ps(scales);
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, _mm256_mul_ps(acc[r], s));
-#elif defined(__AVX2__)
-  // AVX2 without VNNI: vpmaddubsw saturates at (w + 128) * x pairs, so it takes |w| against x carrying
-  // w's sign instead (llama.cpp's AVX2 q8_0 dot), and there is no offset to remove. Weights outer, rows
-  // inner, as in int4_panel_tile, so that nothing spills out of the 16 ymm registers.
-  __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const __m256i ones = _mm256_set1_epi16(1), offset = _mm256_set1_epi8(static_cast<char>(0x80));
-  for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* p = panel + b * INT8_PANEL_BLOCK_BYTES;
-    if (prefetch) prefetch_ahead(p, INT8_PANEL_BLOCK_BYTES);
-    __m256i dot[R];
-    for (int r = 0; r < R; ++r) dot[r] = _mm256_setzero_si256();
-    for (int t = 0; t < 8; ++t) {
-      const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t)), offset);
-      const __m256i w_abs = _mm256_sign_epi8(w, w);
-      for (int r = 0; r < R; ++r) {
-        const __m256i x = _mm256_sign_epi8(broadcast_four(qx + r * k + b * QK + 4 * t), w);
-        dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, x), ones));
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_set1_ps(dx[r * nb + b]), acc[r]);
-  }
-  const __m256 s = _mm256_loadu_ps(scales);
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, _mm256_mul_ps(acc[r], s));
-#else
-  for (int r = 0; r < R; ++r) {
-    float acc[PANEL] = {0.f};
-    for (int64_t b = 0; b < blocks; ++b) {
-      const uint8_t* p = panel + b * INT8_PANEL_BLOCK_BYTES;
-    if (prefetch) prefetch_ahead(p, INT8_PANEL_BLOCK_BYTES);
-      const int8_t* a = qx + r * k + b * QK;
-      for (int i = 0; i < PANEL; ++i) {
-        int32_t dot = 0;
-        for (int t = 0; t < 8; ++t)
-          for (int j = 0; j < 4; ++j) dot += (static_cast<int32_t>(p[32 * t + 4 * i + j]) - 128) * a[4 * t + j];
-        acc[i] = std::fma(static_cast<float>(dot), dx[r * nb + b], acc[i]);
-      }
-    }
-    for (int i = 0; i < PANEL; ++i) out[r * ldo + i] = acc[i] * scales[i];
-  }
-#endif
-}
-
-constexpr int TILE = 4;  // activation rows that share one unpacked weight block
 
 // One call's quantized activations: per row, the int8 values q and per block of 32 the scale d, the sum s
 // of the float values and the sum sq of q (the int8 weights' +128 offset).
@@ -452,65 +189,92 @@ at::Tensor in_dtype_of(const at::Tensor& x, const at::Tensor& out) {
   return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
 }
 
-// x (..., k) float or bf16; weight (n, k / 32 * 20) uint8: n / 8 panels as described above.
+// One panel's outputs for every activation row: `tile(R, r)` for tiles of R = 4 rows, then R = 1 for the
+// rest (R as a std::integral_constant, a template argument for the tile); only a panel's first tile
+// prefetches, the others find the panel in the cache.
+template <class Tile>
+void each_row_tile(int64_t rows, const Tile& tile) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) tile(std::integral_constant<int, 4>{}, r);
+  for (; r < rows; ++r) tile(std::integral_constant<int, 1>{}, r);
+}
+
+void int4_panel(const uint8_t* p, int64_t panel_rows, const QuantizedActivations& a, int64_t rows, int64_t k,
+                float* o, int64_t ldo) {
+  const int64_t blocks = k / QK;
+  each_row_tile(rows, [&](auto R, int64_t r) {
+    const int8_t* q = a.q + r * k;
+    const float *d = a.d + r * blocks, *s = a.s + r * blocks;
+#if defined(LLMKIT_AVX512)
+    if (panel_rows == PANEL) return int4_tile_512<R>(p, blocks, q, d, s, k, o + r * ldo, ldo, r == 0);
+#endif
+    int4_tile_256<R>(p, blocks, q, d, s, k, o + r * ldo, ldo, r == 0);
+  });
+}
+
+void int8_panel(const uint8_t* p, int64_t panel_rows, const QuantizedActivations& a, int64_t rows, int64_t k,
+                const float* scales, float* o, int64_t ldo) {
+  const int64_t blocks = k / QK;
+  each_row_tile(rows, [&](auto R, int64_t r) {
+    const int8_t* q = a.q + r * k;
+    const float* d = a.d + r * blocks;
+    const int32_t* sq = a.sq + r * blocks;
+#if defined(LLMKIT_AVX512)
+    if (panel_rows == PANEL) return int8_tile_512<R>(p, blocks, q, d, sq, k, scales, o + r * ldo, ldo, r == 0);
+#endif
+    int8_tile_256<R>(p, blocks, q, d, sq, k, scales, o + r * ldo, ldo, r == 0);
+  });
+}
+
+// The panels of n outputs: n / PANEL of PANEL rows, then one of 8 where n is 8 more than a multiple of 16.
+int64_t panels_of(int64_t n) { return (n + PANEL - 1) / PANEL; }
+
+// x (..., k) float or bf16; weight (n, k / 32 * 20) uint8: the panels described in int8_tiles.h.
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, int64_t k) {
   TORCH_CHECK(weight.dtype() == at::kByte && weight.dim() == 2 && weight.is_contiguous(),
               "int4_linear: the weight must be a contiguous 2-D uint8 tensor");
   TORCH_CHECK(weight.size(1) == k / QK * 20, "int4_linear: a weight row has ", weight.size(1), " bytes; ", k,
               " inputs need ", k / QK * 20);
-  TORCH_CHECK(weight.size(0) % PANEL == 0, "int4_linear: the outputs (", weight.size(0), ") must be a multiple of 8");
+  TORCH_CHECK(weight.size(0) % HALF_PANEL == 0, "int4_linear: the outputs (", weight.size(0),
+              ") must be a multiple of 8");
   const at::Tensor x2 = as_rows(x, k, "int4_linear");
   const int64_t rows = x2.numel() / k, n = weight.size(0), blocks = k / QK;
   SharedQuantization quantization(x2.data_ptr<float>(), rows, k);
-  const QuantizedActivations& a = quantization.activations();
   at::Tensor out2 = new_output(x, n);
   float* out = out2.data_ptr<float>();
   const uint8_t* w = weight.data_ptr<uint8_t>();
-  at::parallel_for(0, n / PANEL, 2, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, panels_of(n), 1, [&](int64_t begin, int64_t end) {
     quantization.help_then_wait();
     for (int64_t panel = begin; panel < end; ++panel) {
-      const uint8_t* p = w + panel * blocks * PANEL_BLOCK_BYTES;
-      float* o = out + panel * PANEL;
-      int64_t r = 0;
-      for (; r + TILE <= rows; r += TILE)
-        int4_panel_tile<TILE>(p, blocks, a.q + r * k, a.d + r * blocks, a.s + r * blocks, k,
-                              o + r * n, n, r == 0);
-      for (; r < rows; ++r)
-        int4_panel_tile<1>(p, blocks, a.q + r * k, a.d + r * blocks, a.s + r * blocks, k,
-                           o + r * n, n, r == 0);
+      const int64_t first = panel * PANEL;  // every panel before this one has PANEL rows
+      int4_panel(w + first * blocks * INT4_ROW_BLOCK_BYTES, std::min(PANEL, n - first), quantization.activations(),
+                 rows, k, out + first, n);
     }
   });
   return in_dtype_of(x, out2);
 }
 
-// x (..., k); weight (n, k) uint8: n / 8 panels as described above; scales (n) float32.
+// x (..., k); weight (n, k) uint8: the panels described in int8_tiles.h; scales (n) float32.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
   TORCH_CHECK(weight.dtype() == at::kByte && weight.dim() == 2 && weight.is_contiguous(),
               "int8_linear: the weight must be a contiguous 2-D uint8 tensor (int8 panels)");
   const int64_t n = weight.size(0), k = weight.size(1), blocks = k / QK;
-  TORCH_CHECK(n % PANEL == 0, "int8_linear: the outputs (", n, ") must be a multiple of 8");
+  TORCH_CHECK(n % HALF_PANEL == 0, "int8_linear: the outputs (", n, ") must be a multiple of 8");
   TORCH_CHECK(scales.dtype() == at::kFloat && scales.numel() == n && scales.is_contiguous(),
               "int8_linear: scales must be ", n, " contiguous float32 values");
   const at::Tensor x2 = as_rows(x, k, "int8_linear");
   const int64_t rows = x2.numel() / k;
   SharedQuantization quantization(x2.data_ptr<float>(), rows, k);
-  const QuantizedActivations& a = quantization.activations();
   at::Tensor out2 = new_output(x, n);
   float* out = out2.data_ptr<float>();
   const uint8_t* w = weight.data_ptr<uint8_t>();
   const float* s = scales.data_ptr<float>();
-  at::parallel_for(0, n / PANEL, 2, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, panels_of(n), 1, [&](int64_t begin, int64_t end) {
     quantization.help_then_wait();
     for (int64_t panel = begin; panel < end; ++panel) {
-      const uint8_t* p = w + panel * blocks * INT8_PANEL_BLOCK_BYTES;
-      float* o = out + panel * PANEL;
-      int64_t r = 0;
-      for (; r + TILE <= rows; r += TILE)
-        int8_panel_tile<TILE>(p, blocks, a.q + r * k, a.d + r * blocks, a.sq + r * blocks, k,
-                              s + panel * PANEL, o + r * n, n, r == 0);
-      for (; r < rows; ++r)
-        int8_panel_tile<1>(p, blocks, a.q + r * k, a.d + r * blocks, a.sq + r * blocks, k,
-                           s + panel * PANEL, o + r * n, n, r == 0);
+      const int64_t first = panel * PANEL;
+      int8_panel(w + first * blocks * INT8_ROW_BLOCK_BYTES, std::min(PANEL, n - first), quantization.activations(),
+                 rows, k, s + first, out + first, n);
     }
   });
   return in_dtype_of(x, out2);
@@ -528,6 +292,9 @@ int64_t parallel_threads() {
   for (int u : used) n += u;
   return n;
 }
+
+// The rows of a full panel in this build's weight layout (cpu_kernels.py packs the weights for it)
+int64_t panel_rows() { return PANEL; }
 
 std::string isa() {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -555,6 +322,7 @@ LLMKIT_LIBRARY(LLMKIT_OPS, m) {
   m.def("int4_linear(Tensor x, Tensor weight, int in_features) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor");
   m.def("isa() -> str", &isa);
+  m.def("panel_rows() -> int", &panel_rows);
   m.def("parallel_threads() -> int", &parallel_threads);
 }
 
