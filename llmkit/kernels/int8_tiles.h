@@ -141,64 +141,51 @@ inline void int4_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx
                           int64_t k, float* out, int64_t ldo, bool prefetch) {
   constexpr int64_t BLOCK_BYTES = INT4_ROW_BLOCK_BYTES * HALF_PANEL;
   const int64_t nb = k / QK;
-#if defined(LLMKIT_VNNI)
-  // Two dot products per row (low and high nibbles) and the rows in the inner loop: 2R independent
+#if defined(__AVX2__)
+  // VNNI: two dot products per row (low and high nibbles) and the rows in the inner loop: 2R independent
   // vpdpbusd chains. One chain per row (8 in a row, each waiting for the last) kept the instruction at
   // 1 a cycle for 4 rows: its latency is 4 cycles and a core can start 2 a cycle (measured on the
   // AVX-512 EPYC, Zen 4: 4 chains 1.0 a cycle, 8 or more 1.85-1.9; BENCHMARKS.md).
-  __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const __m256i low = _mm256_set1_epi8(0x0f);
-  for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* p = panel + b * BLOCK_BYTES;
-    if (prefetch) prefetch_ahead(p, BLOCK_BYTES);
-    __m256i dot_low[R], dot_high[R];
-    for (int r = 0; r < R; ++r) dot_low[r] = dot_high[r] = _mm256_setzero_si256();
-    for (int t = 0; t < 4; ++t) {  // low nibbles: inputs 4t..4t+3; high nibbles: inputs 16 + 4t..
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
-      const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-      for (int r = 0; r < R; ++r) {
-        const int8_t* a = qx + r * k + b * QK;
-        dot_low[r] = add_dot_four(dot_low[r], lo, a + 4 * t);
-        dot_high[r] = add_dot_four(dot_high[r], hi, a + 16 + 4 * t);
-      }
-    }
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 128)));
-    const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 144)));
-    for (int r = 0; r < R; ++r) {
-      const __m256i dot = _mm256_add_epi32(dot_low[r], dot_high[r]);
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(dx[r * nb + b])), acc[r]);
-      acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[r * nb + b]), acc[r]);
-    }
-  }
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, acc[r]);
-#elif defined(__AVX2__)
   // AVX2 without VNNI: vpmaddubsw gives int16 sums of product pairs. A block's 8 of them per row are
   // added as int16 and widened once (vpmaddwd), a third fewer instructions than widening each; no
   // saturation: a pair sum is at most 2 * 15 * 127 = 3,810 in magnitude (|q_x| <= 127), eight 30,480.
-  // The 32 bytes of weights are the outer loop and the rows the inner one, so that the accumulators
-  // stay in the 16 ymm registers. The integer dot is exact, so the order of its sums changes nothing.
+  // Either way the 32 bytes of weights are the outer loop and the rows the inner one, so that the
+  // accumulators stay in registers (AVX2 has 16). The integer dot is exact: its order changes nothing.
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const __m256i low = _mm256_set1_epi8(0x0f);
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = panel + b * BLOCK_BYTES;
     if (prefetch) prefetch_ahead(p, BLOCK_BYTES);
+#if defined(LLMKIT_VNNI)
+    __m256i dot_low[R], dot_high[R];
+    for (int r = 0; r < R; ++r) dot_low[r] = dot_high[r] = _mm256_setzero_si256();
+#else
     __m256i pairs[R];
     for (int r = 0; r < R; ++r) pairs[r] = _mm256_setzero_si256();
+#endif
     for (int t = 0; t < 4; ++t) {  // low nibbles: inputs 4t..4t+3; high nibbles: inputs 16 + 4t..
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
       const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
       for (int r = 0; r < R; ++r) {
         const int8_t* a = qx + r * k + b * QK;
+#if defined(LLMKIT_VNNI)
+        dot_low[r] = add_dot_four(dot_low[r], lo, a + 4 * t);
+        dot_high[r] = add_dot_four(dot_high[r], hi, a + 16 + 4 * t);
+#else
         pairs[r] = _mm256_add_epi16(pairs[r], _mm256_maddubs_epi16(lo, broadcast_four(a + 4 * t)));
         pairs[r] = _mm256_add_epi16(pairs[r], _mm256_maddubs_epi16(hi, broadcast_four(a + 16 + 4 * t)));
+#endif
       }
     }
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 128)));
     const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 144)));
     for (int r = 0; r < R; ++r) {
+#if defined(LLMKIT_VNNI)
+      const __m256i dot = _mm256_add_epi32(dot_low[r], dot_high[r]);
+#else
       const __m256i dot = _mm256_madd_epi16(pairs[r], _mm256_set1_epi16(1));
+#endif
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(dx[r * nb + b])), acc[r]);
       acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx[r * nb + b]), acc[r]);
     }
