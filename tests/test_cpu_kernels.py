@@ -52,7 +52,9 @@ def test_kernels_compute_what_they_state_on_every_path(march):
     lib = ops(march)
     assert lib.isa() in (("avx512-vnni", "avx-vnni", "avx2") if march == "native" else
                          ("avx2",) if march == "haswell" else ("scalar",))
-    n, k = 88, 192  # with AVX-512: five panels of 16 outputs and one of 8; without: 11 of 8
+    # with AVX-512: five panels of 16 outputs and one of 8; without: 11 of 8. 11 blocks of 32 inputs: a
+    # chunk of 9 and one of 2 where a panel's row tiles take k in chunks (int8_dot.cpp's each_row_tile)
+    n, k = 88, 352
     panel = lib.panel_rows()  # each build's own layout
     assert panel == (16 if lib.isa() == "avx512-vnni" else 8)
     q, scales, mins = int4_weights(n, k)
@@ -61,21 +63,23 @@ def test_kernels_compute_what_they_state_on_every_path(march):
     w8 = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=torch.Generator().manual_seed(1))
     s8 = torch.rand(n, generator=torch.Generator().manual_seed(2))
     p8 = cpu_kernels.pack_int8(w8, panel)
-    x = torch.randn(9, k, generator=torch.Generator().manual_seed(3)) * 3
+    # 70 rows: groups of 32, 32 and 6, quantized into one shared buffer (more than 64 rows)
+    x = torch.randn(70, k, generator=torch.Generator().manual_seed(3)) * 3
     x[2, :32] = 0  # an all-zero block
     for got, want in ((lib.int4_linear(x, packed, k), reference_int4(x, q, d16, m16)),
                       (lib.int8_linear(x, p8, s8), reference_int8(x, w8, s8))):
-        assert got.dtype == torch.float32 and got.shape == (9, n)
+        assert got.dtype == torch.float32 and got.shape == (70, n)
         assert float((got.double() - want).abs().max() / want.abs().max()) < 1e-5
-    # a row's result does not depend on the rows beside it (tiles of 4 and the rest): bit for bit
-    for rows in (1, 2, 4, 5, 8):
+    # a row's result does not depend on the rows beside it (one pass over k for 1 or 4 rows, else chunks;
+    # tiles of 4 and the rest; each thread quantizing every row, or rows shared): bit for bit
+    for rows in (1, 2, 4, 5, 8, 33, 64):
         assert torch.equal(lib.int4_linear(x[:rows], packed, k), lib.int4_linear(x, packed, k)[:rows])
         assert torch.equal(lib.int8_linear(x[:rows], p8, s8), lib.int8_linear(x, p8, s8)[:rows])
         assert torch.equal(lib.int8_linear(x[rows - 1:rows], p8, s8), lib.int8_linear(x, p8, s8)[rows - 1:rows])
     # any leading shape; bf16 in, bf16 out
-    y = lib.int4_linear(x.view(3, 3, k).bfloat16(), packed, k)
+    y = lib.int4_linear(x[:9].view(3, 3, k).bfloat16(), packed, k)
     assert y.shape == (3, 3, n) and y.dtype == torch.bfloat16
-    with pytest.raises(RuntimeError, match="the activations have 100 features, the weights 192"):
+    with pytest.raises(RuntimeError, match="the activations have 100 features, the weights 352"):
         lib.int4_linear(torch.randn(2, 100), packed, k)
     with pytest.raises(RuntimeError, match="the activations have 0 features"):
         lib.int8_linear(torch.tensor(1.0), p8, s8)
@@ -104,7 +108,7 @@ def test_kernels_run_on_every_thread_and_give_the_same_bits_on_any_number(march)
                                              generator=torch.Generator().manual_seed(1)), lib.panel_rows())
     s8 = torch.rand(n, generator=torch.Generator().manual_seed(2))
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(37, k, generator=gen)
+    x, x70 = torch.randn(37, k, generator=gen), torch.randn(70, k, generator=gen)  # own / shared quantization
     qa, ka, va = torch.randn(4, 6, 5, 64, generator=gen), torch.randn(4, 2, 30, 64, generator=gen), torch.randn(4, 2, 30, 64, generator=gen)
     mask = torch.ones(4, 1, 5, 30, dtype=torch.bool).tril(25)
     results = {}
@@ -113,6 +117,7 @@ def test_kernels_run_on_every_thread_and_give_the_same_bits_on_any_number(march)
             torch.set_num_threads(threads)
             assert lib.parallel_threads() == threads
             results[threads] = (lib.int4_linear(x, packed, k), lib.int8_linear(x, p8, s8),
+                                lib.int4_linear(x70, packed, k), lib.int8_linear(x70, p8, s8),
                                 lib.attention(qa, ka, va, mask, 0.125))
     finally:
         torch.set_num_threads(before)

@@ -116,11 +116,11 @@ struct QuantizedActivations {
   int32_t* sq;
 };
 
-// The buffer for one call's quantized activations, kept by the calling thread between calls (grown as
-// needed, never zeroed): a batch-1 decode step makes ~150 operator calls, and four fresh vectors per call
+// A buffer for one call's quantized activations, kept by the thread that asks for it between calls (grown
+// as needed, never zeroed): a batch-1 decode step makes ~150 operator calls, and four fresh vectors per call
 // were four mallocs, four frees and a memset each (perf on the 2-core AVX2 EPYC: libc's allocator ~10% of
-// the host thread's time in a decode step whose kernels did no work). The buffer is in use only until the
-// operator returns; worker threads write into the caller's buffer.
+// the host thread's time in a decode step whose kernels did no work). A buffer is in use only until the
+// operator returns (ActivationQuantization: each thread's own, or the calling thread's shared by all).
 QuantizedActivations activation_buffer(int64_t rows, int64_t k) {
   thread_local std::vector<int8_t> q;
   thread_local std::vector<float> d, s;
@@ -132,24 +132,35 @@ QuantizedActivations activation_buffer(int64_t rows, int64_t k) {
 }
 
 // The activations' quantization, done by the threads of the operator's own parallel region before they
-// multiply: each claims rows a few at a time, then waits until every claimed row is written (a thread
-// waits only for rows another thread is quantizing at that moment, so it cannot wait on a thread that
-// never comes, however many threads the region gets). Quantizing before the region instead ran on the
-// calling thread alone while the others spun: perf of a batch-32 decode step on the AVX-512 EPYC put it at
-// ~2.3% of the calling thread's time, and a 1,536-input layer paid a second fork and join for it.
-class SharedQuantization {
+// multiply. Quantizing before the region instead ran on the calling thread alone while the others spun:
+// perf of a batch-32 decode step on the AVX-512 EPYC put it at ~2.3% of the calling thread's time, and a
+// 1,536-input layer paid a second fork and join for it.
+// - Up to OWN_ROWS rows (decoding), every thread quantizes all of them into its own buffer. Shared, each
+//   thread wrote a share of the rows into one buffer that every thread had read in the layer before: each
+//   line written was a line another core held, and every store waited for that core to give it up (perf,
+//   batch-32 int8 step: quantize_row 10% of the samples, ~85% of them on its stores); the arithmetic is
+//   the smaller part, and a thread then waits for no other.
+// - More rows (a prefill chunk): each thread claims rows a few at a time into the caller's buffer, then
+//   waits until every claimed row is written (a thread waits only for rows another thread is quantizing at
+//   that moment, so it cannot wait on a thread that never comes, however many threads the region gets).
+class ActivationQuantization {
  public:
-  SharedQuantization(const float* x, int64_t rows, int64_t k)
-      : x_(x), rows_(rows), k_(k), chunk_(std::max<int64_t>(1, 4096 / k)), a_(activation_buffer(rows, k)) {}
+  static constexpr int64_t OWN_ROWS = 64;
 
-  const QuantizedActivations& activations() const { return a_; }
+  ActivationQuantization(const float* x, int64_t rows, int64_t k)
+      : x_(x), rows_(rows), k_(k), chunk_(std::max<int64_t>(1, 4096 / k)), own_(rows <= OWN_ROWS),
+        shared_(own_ ? QuantizedActivations{} : activation_buffer(rows, k)) {}
 
-  void help_then_wait() {
-    const int64_t nb = k_ / QK;
+  // The quantized activations, for a thread of the region
+  QuantizedActivations for_this_thread() {
+    if (own_) {
+      const QuantizedActivations a = activation_buffer(rows_, k_);
+      for (int64_t r = 0; r < rows_; ++r) quantize(a, r);
+      return a;
+    }
     for (int64_t begin; (begin = next_.fetch_add(chunk_, std::memory_order_relaxed)) < rows_;) {
       const int64_t end = std::min(rows_, begin + chunk_);
-      for (int64_t r = begin; r < end; ++r)
-        quantize_row(x_ + r * k_, k_, a_.q + r * k_, a_.d + r * nb, a_.s + r * nb, a_.sq + r * nb);
+      for (int64_t r = begin; r < end; ++r) quantize(shared_, r);
       done_.fetch_add(end - begin, std::memory_order_release);
     }
     while (done_.load(std::memory_order_acquire) < rows_) {
@@ -157,12 +168,19 @@ class SharedQuantization {
       __builtin_ia32_pause();  // a spin-wait hint (the pause instruction)
 #endif
     }
+    return shared_;
   }
 
  private:
+  void quantize(const QuantizedActivations& a, int64_t r) const {
+    const int64_t nb = k_ / QK;
+    quantize_row(x_ + r * k_, k_, a.q + r * k_, a.d + r * nb, a.s + r * nb, a.sq + r * nb);
+  }
+
   const float* x_;
   const int64_t rows_, k_, chunk_;
-  const QuantizedActivations a_;
+  const bool own_;
+  const QuantizedActivations shared_;
   std::atomic<int64_t> next_{0}, done_{0};
 };
 
@@ -189,40 +207,92 @@ at::Tensor in_dtype_of(const at::Tensor& x, const at::Tensor& out) {
   return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
 }
 
-// One panel's outputs for every activation row: `tile(R, r)` for tiles of R = 4 rows, then R = 1 for the
-// rest (R as a std::integral_constant, a template argument for the tile); only a panel's first tile
-// prefetches, the others find the panel in the cache.
+// One panel's outputs for every activation row: `tile(R, r, first_block, count, carry, dst, ld, final,
+// prefetch)` for tiles of R = 4 rows, then R = 1 for the rest (R as a std::integral_constant, a template
+// argument for the tile). A single tile (1 or 4 rows: a batch-1 step) runs over all k / 32 blocks at once,
+// prefetching as it goes. With more, the rows go in groups of ROW_GROUP and the blocks in chunks of
+// CHUNK_BLOCKS: every tile of a group takes a chunk before any takes the next, its accumulators carried
+// between chunks in `partial` (exact float stores and loads: the same operations in the same order, every
+// output bit-identical to one pass), and each tile of the first group prefetches its share of the chunk
+// after the next.
+// Why: a panel comes from memory once a step (a model's weights are far larger than the caches). When a
+// panel's first tile ran over all of k alone, it waited on memory while the core's multipliers idled, and
+// the other tiles then found the panel in the cache: at 32 rows, layers whose weights came from memory
+// took 1.15-1.4x the time of the same layers with warm weights. Chunked, the panel is read at the pace of
+// all the group's tiles, a chunk ahead of them. Operators at 32 rows, weights from memory, against one
+// pass (AVX-512 EPYC, in-process, 2 threads; BENCHMARKS.md, 2026-12-05): chunks of 9 blocks, prefetched
+// one ahead, 1.18x int4 and 1.20x int8 (the layers of a step, weighted), warm weights 1.03x; 4 blocks
+// two ahead 1.11x / 1.17x (warm 0.99x / 0.98x: more carried accumulators); 16 blocks 1.05x / 1.08x;
+// 4 blocks prefetched by the first tile alone, inside its loop, 1.11x / 1.11x (warm 0.99x / 0.92x).
+constexpr int64_t ROW_GROUP = 32, CHUNK_BLOCKS = 9, PREFETCH_CHUNKS = 1;
+
 template <class Tile>
-void each_row_tile(int64_t rows, const Tile& tile) {
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) tile(std::integral_constant<int, 4>{}, r);
-  for (; r < rows; ++r) tile(std::integral_constant<int, 1>{}, r);
+void each_row_tile(int64_t rows, int64_t blocks, int64_t lanes, const uint8_t* panel, int64_t block_bytes,
+                   float* out, int64_t ldo, const Tile& tile) {
+  constexpr std::integral_constant<int, 4> four;
+  constexpr std::integral_constant<int, 1> one;
+  if (rows == 1 || rows == 4) {
+    if (rows == 4) tile(four, 0, 0, blocks, nullptr, out, ldo, true, true);
+    else tile(one, 0, 0, blocks, nullptr, out, ldo, true, true);
+    return;
+  }
+  alignas(64) float partial[ROW_GROUP * PANEL];
+  const int64_t chunk_lines = CHUNK_BLOCKS * block_bytes / 64;
+  for (int64_t group = 0; group < rows; group += ROW_GROUP) {
+    const int64_t group_end = std::min(rows, group + ROW_GROUP);
+    const int64_t tiles = (group_end - group) / 4 + (group_end - group) % 4;
+    for (int64_t b = 0; b < blocks; b += CHUNK_BLOCKS) {
+      const int64_t count = std::min(CHUNK_BLOCKS, blocks - b);
+      const bool final = b + count == blocks;
+      const uint8_t* ahead = panel + (b + PREFETCH_CHUNKS * CHUNK_BLOCKS) * block_bytes;
+      int64_t index = 0;
+      const auto run = [&](auto R, int64_t r) {
+        if (group == 0)
+          for (int64_t line = index * chunk_lines / tiles; line < (index + 1) * chunk_lines / tiles; ++line)
+            __builtin_prefetch(ahead + 64 * line, 0, 3);
+        ++index;
+        float* own = partial + (r - group) * lanes;
+        tile(R, r, b, count, b == 0 ? nullptr : own, final ? out + r * ldo : own, final ? ldo : lanes, final,
+             false);
+      };
+      int64_t r = group;
+      for (; r + 4 <= group_end; r += 4) run(four, r);
+      for (; r < group_end; ++r) run(one, r);
+    }
+  }
 }
 
 void int4_panel(const uint8_t* p, int64_t panel_rows, const QuantizedActivations& a, int64_t rows, int64_t k,
                 float* o, int64_t ldo) {
   const int64_t blocks = k / QK;
-  each_row_tile(rows, [&](auto R, int64_t r) {
-    const int8_t* q = a.q + r * k;
-    const float *d = a.d + r * blocks, *s = a.s + r * blocks;
+  each_row_tile(rows, blocks, panel_rows, p, INT4_ROW_BLOCK_BYTES * panel_rows, o, ldo,
+                [&](auto R, int64_t r, int64_t b, int64_t count, const float* carry, float* dst, int64_t ld, bool,
+                    bool prefetch) {
+    const uint8_t* chunk = p + b * INT4_ROW_BLOCK_BYTES * panel_rows;
+    const int8_t* q = a.q + r * k + b * QK;
+    const float *d = a.d + r * blocks + b, *s = a.s + r * blocks + b;
 #if defined(LLMKIT_AVX512)
-    if (panel_rows == PANEL) return int4_tile_512<R>(p, blocks, q, d, s, k, o + r * ldo, ldo, r == 0);
+    if (panel_rows == PANEL) return int4_tile_512<R>(chunk, count, q, d, s, k, carry, dst, ld, prefetch);
 #endif
-    int4_tile_256<R>(p, blocks, q, d, s, k, o + r * ldo, ldo, r == 0);
+    int4_tile_256<R>(chunk, count, q, d, s, k, carry, dst, ld, prefetch);
   });
 }
 
 void int8_panel(const uint8_t* p, int64_t panel_rows, const QuantizedActivations& a, int64_t rows, int64_t k,
                 const float* scales, float* o, int64_t ldo) {
   const int64_t blocks = k / QK;
-  each_row_tile(rows, [&](auto R, int64_t r) {
-    const int8_t* q = a.q + r * k;
-    const float* d = a.d + r * blocks;
-    const int32_t* sq = a.sq + r * blocks;
+  each_row_tile(rows, blocks, panel_rows, p, INT8_ROW_BLOCK_BYTES * panel_rows, o, ldo,
+                [&](auto R, int64_t r, int64_t b, int64_t count, const float* carry, float* dst, int64_t ld,
+                    bool final, bool prefetch) {
+    const uint8_t* chunk = p + b * INT8_ROW_BLOCK_BYTES * panel_rows;
+    const int8_t* q = a.q + r * k + b * QK;
+    const float* d = a.d + r * blocks + b;
+    const int32_t* sq = a.sq + r * blocks + b;
+    const float* s = final ? scales : nullptr;  // the rows' scales once, after the last chunk
 #if defined(LLMKIT_AVX512)
-    if (panel_rows == PANEL) return int8_tile_512<R>(p, blocks, q, d, sq, k, scales, o + r * ldo, ldo, r == 0);
+    if (panel_rows == PANEL) return int8_tile_512<R>(chunk, count, q, d, sq, k, carry, s, dst, ld, prefetch);
 #endif
-    int8_tile_256<R>(p, blocks, q, d, sq, k, scales, o + r * ldo, ldo, r == 0);
+    int8_tile_256<R>(chunk, count, q, d, sq, k, carry, s, dst, ld, prefetch);
   });
 }
 
@@ -239,15 +309,15 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, int64_t k)
               ") must be a multiple of 8");
   const at::Tensor x2 = as_rows(x, k, "int4_linear");
   const int64_t rows = x2.numel() / k, n = weight.size(0), blocks = k / QK;
-  SharedQuantization quantization(x2.data_ptr<float>(), rows, k);
+  ActivationQuantization quantization(x2.data_ptr<float>(), rows, k);
   at::Tensor out2 = new_output(x, n);
   float* out = out2.data_ptr<float>();
   const uint8_t* w = weight.data_ptr<uint8_t>();
   at::parallel_for(0, panels_of(n), 1, [&](int64_t begin, int64_t end) {
-    quantization.help_then_wait();
+    const QuantizedActivations activations = quantization.for_this_thread();
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t first = panel * PANEL;  // every panel before this one has PANEL rows
-      int4_panel(w + first * blocks * INT4_ROW_BLOCK_BYTES, std::min(PANEL, n - first), quantization.activations(),
+      int4_panel(w + first * blocks * INT4_ROW_BLOCK_BYTES, std::min(PANEL, n - first), activations,
                  rows, k, out + first, n);
     }
   });
@@ -264,16 +334,16 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
               "int8_linear: scales must be ", n, " contiguous float32 values");
   const at::Tensor x2 = as_rows(x, k, "int8_linear");
   const int64_t rows = x2.numel() / k;
-  SharedQuantization quantization(x2.data_ptr<float>(), rows, k);
+  ActivationQuantization quantization(x2.data_ptr<float>(), rows, k);
   at::Tensor out2 = new_output(x, n);
   float* out = out2.data_ptr<float>();
   const uint8_t* w = weight.data_ptr<uint8_t>();
   const float* s = scales.data_ptr<float>();
   at::parallel_for(0, panels_of(n), 1, [&](int64_t begin, int64_t end) {
-    quantization.help_then_wait();
+    const QuantizedActivations activations = quantization.for_this_thread();
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t first = panel * PANEL;
-      int8_panel(w + first * blocks * INT8_ROW_BLOCK_BYTES, std::min(PANEL, n - first), quantization.activations(),
+      int8_panel(w + first * blocks * INT8_ROW_BLOCK_BYTES, std::min(PANEL, n - first), activations,
                  rows, k, s + first, out + first, n);
     }
   });

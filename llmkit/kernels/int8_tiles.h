@@ -81,11 +81,12 @@ float fp16_to_float(uint16_t h) {
 // first blocks included: the hardware prefetcher alone ramps up too slowly on a layer of a few hundred KB
 // read by each thread as one stream. Measured on the 2-core AVX2 EPYC (Zen 3) over SmolLM2-135M's 120 int4
 // layers at batch 1: 3.01 -> 2.52 ms a token (4, 8, 16, 24, 32 blocks of 160 bytes ahead: 2.85, 2.64,
-// 2.52-2.62, 2.59, 2.58). Only the first row tile of a panel prefetches; the others find the panel in the
-// cache. A 16-row panel's blocks are twice the bytes and prefetch twice as far, the same number of blocks
-// ahead: at 2.5 KB the 512-bit tiles waited on memory at batch 1 (AVX-512 EPYC, int8 decode against the
-// 8-row build: 0.91x at 2.5 KB, 0.96x at 5 KB, 0.94x at 10 KB; layers read from memory at 5 KB against
-// 2.5 KB: 1.06-1.28x on 8 of 10 shapes; BENCHMARKS.md, 2026-12-05).
+// 2.52-2.62, 2.59, 2.58). A tile prefetches where it is the only one over its panel (1 or 4 rows); with
+// more, int8_dot.cpp's each_row_tile prefetches for the tiles. A 16-row panel's blocks are twice the bytes
+// and prefetch twice as far, the same number of blocks ahead: at 2.5 KB the 512-bit tiles waited on
+// memory at batch 1 (AVX-512 EPYC, int8 decode against the 8-row build: 0.91x at 2.5 KB, 0.96x at 5 KB,
+// 0.94x at 10 KB; layers read from memory at 5 KB against 2.5 KB: 1.06-1.28x on 8 of 10 shapes;
+// BENCHMARKS.md, 2026-12-05).
 constexpr int64_t PREFETCH_AHEAD = 2560;  // bytes, for an 8-row panel
 
 inline void prefetch_ahead(const uint8_t* block, int64_t block_bytes, int64_t ahead = PREFETCH_AHEAD) {
@@ -133,12 +134,17 @@ inline __m512i add_dot_four(__m512i acc, __m512i u, const int8_t* a) {
 #endif
 
 // ---------------------------------------------------------------------------------------------------
-// int4. A tile's outputs: R rows x the panel's outputs, written at out + r * ldo.
+// A tile: R activation rows against `blocks` blocks of one panel (all of k, or a chunk of it: panel, qx,
+// dx, ... then point at the chunk's first block; rows stay k values and k / 32 blocks apart). Its float
+// accumulators start at zero, or at `carry` (R x the panel's lanes, from the chunk before), and end at
+// out + r * ldo: the outputs, or the carry for the next chunk.
+//
+// int4. A tile's outputs: R rows x the panel's outputs.
 
 // 256-bit tiles (and plain C++): R rows against an 8-row panel.
 template <int R>
 inline void int4_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx, const float* dx, const float* sx,
-                          int64_t k, float* out, int64_t ldo, bool prefetch) {
+                          int64_t k, const float* carry, float* out, int64_t ldo, bool prefetch) {
   constexpr int64_t BLOCK_BYTES = INT4_ROW_BLOCK_BYTES * HALF_PANEL;
   const int64_t nb = k / QK;
 #if defined(__AVX2__)
@@ -152,7 +158,7 @@ inline void int4_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx
   // Either way the 32 bytes of weights are the outer loop and the rows the inner one, so that the
   // accumulators stay in registers (AVX2 has 16). The integer dot is exact: its order changes nothing.
   __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int r = 0; r < R; ++r) acc[r] = carry ? _mm256_loadu_ps(carry + r * HALF_PANEL) : _mm256_setzero_ps();
   const __m256i low = _mm256_set1_epi8(0x0f);
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = panel + b * BLOCK_BYTES;
@@ -193,7 +199,8 @@ inline void int4_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, acc[r]);
 #else
   for (int r = 0; r < R; ++r) {
-    float acc[HALF_PANEL] = {0.f};
+    float acc[HALF_PANEL];
+    for (int i = 0; i < HALF_PANEL; ++i) acc[i] = carry ? carry[r * HALF_PANEL + i] : 0.f;
     for (int64_t b = 0; b < blocks; ++b) {
       const uint8_t* p = panel + b * BLOCK_BYTES;
       if (prefetch) prefetch_ahead(p, BLOCK_BYTES);
@@ -221,11 +228,11 @@ inline void int4_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx
 // 512-bit tile: R rows against a 16-row panel, the operations of int4_tile_256's VNNI path on 16 lanes
 template <int R>
 inline void int4_tile_512(const uint8_t* panel, int64_t blocks, const int8_t* qx, const float* dx, const float* sx,
-                          int64_t k, float* out, int64_t ldo, bool prefetch) {
+                          int64_t k, const float* carry, float* out, int64_t ldo, bool prefetch) {
   constexpr int64_t BLOCK_BYTES = INT4_ROW_BLOCK_BYTES * PANEL;
   const int64_t nb = k / QK;
   __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int r = 0; r < R; ++r) acc[r] = carry ? _mm512_loadu_ps(carry + r * PANEL) : _mm512_setzero_ps();
   const __m512i low = _mm512_set1_epi8(0x0f);
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = panel + b * BLOCK_BYTES;
@@ -256,17 +263,17 @@ inline void int4_tile_512(const uint8_t* panel, int64_t blocks, const int8_t* qx
 // ---------------------------------------------------------------------------------------------------
 // int8: the weights' +128 adds 128 * sum(q_x) over the block to every row's dot product, one integer per
 // activation block, subtracted before the block's scale is applied: the result is the exact integer
-// <q_w, q_x>. `scales`: the panel's rows' fp32 scales.
+// <q_w, q_x>. `scales`: the panel's rows' fp32 scales, applied at the end; null: none (a chunk's carry).
 
 template <int R>
 inline void int8_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx, const float* dx,
-                          const int32_t* sqx, int64_t k, const float* scales, float* out, int64_t ldo,
-                          bool prefetch) {
+                          const int32_t* sqx, int64_t k, const float* carry, const float* scales, float* out,
+                          int64_t ldo, bool prefetch) {
   constexpr int64_t BLOCK_BYTES = INT8_ROW_BLOCK_BYTES * HALF_PANEL;
   const int64_t nb = k / QK;
 #if defined(LLMKIT_VNNI)
   __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int r = 0; r < R; ++r) acc[r] = carry ? _mm256_loadu_ps(carry + r * HALF_PANEL) : _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = panel + b * BLOCK_BYTES;
     if (prefetch) prefetch_ahead(p, BLOCK_BYTES);
@@ -289,14 +296,14 @@ inline void int8_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dx[r * nb + b]), acc[r]);
     }
   }
-  const __m256 s = _mm256_loadu_ps(scales);
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, _mm256_mul_ps(acc[r], s));
+  const __m256 s = scales ? _mm256_loadu_ps(scales) : _mm256_set1_ps(1.f);
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, scales ? _mm256_mul_ps(acc[r], s) : acc[r]);
 #elif defined(__AVX2__)
   // AVX2 without VNNI: vpmaddubsw saturates at (w + 128) * x pairs, so it takes |w| against x carrying
   // w's sign instead (llama.cpp's AVX2 q8_0 dot), and there is no offset to remove. Weights outer, rows
   // inner, as in int4_tile_256, so that nothing spills out of the 16 ymm registers.
   __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int r = 0; r < R; ++r) acc[r] = carry ? _mm256_loadu_ps(carry + r * HALF_PANEL) : _mm256_setzero_ps();
   const __m256i ones = _mm256_set1_epi16(1), offset = _mm256_set1_epi8(static_cast<char>(0x80));
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = panel + b * BLOCK_BYTES;
@@ -314,11 +321,12 @@ inline void int8_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx
     for (int r = 0; r < R; ++r)
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_set1_ps(dx[r * nb + b]), acc[r]);
   }
-  const __m256 s = _mm256_loadu_ps(scales);
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, _mm256_mul_ps(acc[r], s));
+  const __m256 s = scales ? _mm256_loadu_ps(scales) : _mm256_set1_ps(1.f);
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, scales ? _mm256_mul_ps(acc[r], s) : acc[r]);
 #else
   for (int r = 0; r < R; ++r) {
-    float acc[HALF_PANEL] = {0.f};
+    float acc[HALF_PANEL];
+    for (int i = 0; i < HALF_PANEL; ++i) acc[i] = carry ? carry[r * HALF_PANEL + i] : 0.f;
     for (int64_t b = 0; b < blocks; ++b) {
       const uint8_t* p = panel + b * BLOCK_BYTES;
       if (prefetch) prefetch_ahead(p, BLOCK_BYTES);
@@ -330,7 +338,7 @@ inline void int8_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx
         acc[i] = std::fma(static_cast<float>(dot), dx[r * nb + b], acc[i]);
       }
     }
-    for (int i = 0; i < HALF_PANEL; ++i) out[r * ldo + i] = acc[i] * scales[i];
+    for (int i = 0; i < HALF_PANEL; ++i) out[r * ldo + i] = scales ? acc[i] * scales[i] : acc[i];
   }
 #endif
 }
@@ -338,12 +346,12 @@ inline void int8_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx
 #if defined(LLMKIT_AVX512)
 template <int R>
 inline void int8_tile_512(const uint8_t* panel, int64_t blocks, const int8_t* qx, const float* dx,
-                          const int32_t* sqx, int64_t k, const float* scales, float* out, int64_t ldo,
-                          bool prefetch) {
+                          const int32_t* sqx, int64_t k, const float* carry, const float* scales, float* out,
+                          int64_t ldo, bool prefetch) {
   constexpr int64_t BLOCK_BYTES = INT8_ROW_BLOCK_BYTES * PANEL;
   const int64_t nb = k / QK;
   __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int r = 0; r < R; ++r) acc[r] = carry ? _mm512_loadu_ps(carry + r * PANEL) : _mm512_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = panel + b * BLOCK_BYTES;
     if (prefetch) prefetch_ahead(p, BLOCK_BYTES, PREFETCH_AHEAD * PANEL / HALF_PANEL);
@@ -363,8 +371,8 @@ inline void int8_tile_512(const uint8_t* panel, int64_t blocks, const int8_t* qx
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(dx[r * nb + b]), acc[r]);
     }
   }
-  const __m512 s = _mm512_loadu_ps(scales);
-  for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * ldo, _mm512_mul_ps(acc[r], s));
+  const __m512 s = scales ? _mm512_loadu_ps(scales) : _mm512_set1_ps(1.f);
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * ldo, scales ? _mm512_mul_ps(acc[r], s) : acc[r]);
 }
 #endif
 
