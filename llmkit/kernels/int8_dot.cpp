@@ -213,15 +213,15 @@ at::Tensor in_dtype_of(const at::Tensor& x, const at::Tensor& out) {
 // prefetching as it goes. With more, the rows go in groups of ROW_GROUP and the blocks in chunks of
 // CHUNK_BLOCKS: every tile of a group takes a chunk before any takes the next, its accumulators carried
 // between chunks in `partial` (exact float stores and loads: the same operations in the same order, every
-// output bit-identical to one pass), and each tile of the first group prefetches its share of the chunk
-// after the next.
+// output bit-identical to one pass), and each tile of the first group prefetches its share of the next
+// chunk.
 // Why: a panel comes from memory once a step (a model's weights are far larger than the caches). When a
 // panel's first tile ran over all of k alone, it waited on memory while the core's multipliers idled, and
 // the other tiles then found the panel in the cache: at 32 rows, layers whose weights came from memory
-// took 1.15-1.4x the time of the same layers with warm weights. Chunked, the panel is read at the pace of
-// all the group's tiles, a chunk ahead of them. Operators at 32 rows, weights from memory, against one
-// pass (AVX-512 EPYC, in-process, 2 threads; BENCHMARKS.md, 2026-12-05): chunks of 9 blocks, prefetched
-// one ahead, 1.18x int4 and 1.20x int8 (the layers of a step, weighted), warm weights 1.03x; 4 blocks
+// took 1.1-1.4x the time of the same layers with warm weights on most shapes. Chunked, the panel is read
+// at the pace of all the group's tiles, a chunk ahead of them. Operators at 32 rows, weights from memory,
+// against one pass (AVX-512 EPYC, in-process, 2 threads; BENCHMARKS.md, 2026-12-05): chunks of 9 blocks,
+// prefetched one ahead, 1.18x int4 and 1.20x int8 (the layers of a step, weighted), warm 1.03-1.04x; 4 blocks
 // two ahead 1.11x / 1.17x (warm 0.99x / 0.98x: more carried accumulators); 16 blocks 1.05x / 1.08x;
 // 4 blocks prefetched by the first tile alone, inside its loop, 1.11x / 1.11x (warm 0.99x / 0.92x).
 constexpr int64_t ROW_GROUP = 32, CHUNK_BLOCKS = 9, PREFETCH_CHUNKS = 1;
