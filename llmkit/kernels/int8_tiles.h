@@ -141,6 +141,25 @@ inline __m512i add_dot_four(__m512i acc, __m512i u, const int8_t* a) {
 //
 // int4. A tile's outputs: R rows x the panel's outputs.
 
+// The plain C++ tiles' loops (no AVX2), R rows against an 8-row panel: per row, block and output row i,
+// acc_i = add(acc_i, the block's bytes, the row's block of activations, r, b, i); then finish(acc_i, i).
+template <int R, class Add, class Finish>
+inline void plain_tile(const uint8_t* panel, int64_t blocks, int64_t block_bytes, const int8_t* qx, int64_t k,
+                       const float* carry, float* out, int64_t ldo, bool prefetch, const Add& add,
+                       const Finish& finish) {
+  for (int r = 0; r < R; ++r) {
+    float acc[HALF_PANEL];
+    for (int i = 0; i < HALF_PANEL; ++i) acc[i] = carry ? carry[r * HALF_PANEL + i] : 0.f;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* p = panel + b * block_bytes;
+      if (prefetch) prefetch_ahead(p, block_bytes);
+      const int8_t* a = qx + r * k + b * QK;
+      for (int i = 0; i < HALF_PANEL; ++i) acc[i] = add(acc[i], p, a, r, b, i);
+    }
+    for (int i = 0; i < HALF_PANEL; ++i) out[r * ldo + i] = finish(acc[i], i);
+  }
+}
+
 // 256-bit tiles (and plain C++): R rows against an 8-row panel.
 template <int R>
 inline void int4_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx, const float* dx, const float* sx,
@@ -198,29 +217,20 @@ inline void int4_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx
   }
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, acc[r]);
 #else
-  for (int r = 0; r < R; ++r) {
-    float acc[HALF_PANEL];
-    for (int i = 0; i < HALF_PANEL; ++i) acc[i] = carry ? carry[r * HALF_PANEL + i] : 0.f;
-    for (int64_t b = 0; b < blocks; ++b) {
-      const uint8_t* p = panel + b * BLOCK_BYTES;
-      if (prefetch) prefetch_ahead(p, BLOCK_BYTES);
-      const int8_t* a = qx + r * k + b * QK;
-      for (int i = 0; i < HALF_PANEL; ++i) {
-        int32_t dot = 0;
-        for (int t = 0; t < 4; ++t)
-          for (int j = 0; j < 4; ++j) {
-            const uint8_t byte = p[32 * t + 4 * i + j];
-            dot += (byte & 0x0f) * a[4 * t + j] + (byte >> 4) * a[16 + 4 * t + j];
-          }
-        uint16_t dh, mh;
-        std::memcpy(&dh, p + 128 + 2 * i, 2);
-        std::memcpy(&mh, p + 144 + 2 * i, 2);
-        acc[i] = std::fma(static_cast<float>(dot), fp16_to_float(dh) * dx[r * nb + b], acc[i]);
-        acc[i] = std::fma(fp16_to_float(mh), sx[r * nb + b], acc[i]);
+  plain_tile<R>(panel, blocks, BLOCK_BYTES, qx, k, carry, out, ldo, prefetch,
+                [&](float acc, const uint8_t* p, const int8_t* a, int r, int64_t b, int i) {
+    int32_t dot = 0;
+    for (int t = 0; t < 4; ++t)
+      for (int j = 0; j < 4; ++j) {
+        const uint8_t byte = p[32 * t + 4 * i + j];
+        dot += (byte & 0x0f) * a[4 * t + j] + (byte >> 4) * a[16 + 4 * t + j];
       }
-    }
-    for (int i = 0; i < HALF_PANEL; ++i) out[r * ldo + i] = acc[i];
-  }
+    uint16_t dh, mh;
+    std::memcpy(&dh, p + 128 + 2 * i, 2);
+    std::memcpy(&mh, p + 144 + 2 * i, 2);
+    acc = std::fma(static_cast<float>(dot), fp16_to_float(dh) * dx[r * nb + b], acc);
+    return std::fma(fp16_to_float(mh), sx[r * nb + b], acc);
+  }, [](float acc, int) { return acc; });
 #endif
 }
 
@@ -324,22 +334,13 @@ inline void int8_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx
   const __m256 s = scales ? _mm256_loadu_ps(scales) : _mm256_set1_ps(1.f);
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, scales ? _mm256_mul_ps(acc[r], s) : acc[r]);
 #else
-  for (int r = 0; r < R; ++r) {
-    float acc[HALF_PANEL];
-    for (int i = 0; i < HALF_PANEL; ++i) acc[i] = carry ? carry[r * HALF_PANEL + i] : 0.f;
-    for (int64_t b = 0; b < blocks; ++b) {
-      const uint8_t* p = panel + b * BLOCK_BYTES;
-      if (prefetch) prefetch_ahead(p, BLOCK_BYTES);
-      const int8_t* a = qx + r * k + b * QK;
-      for (int i = 0; i < HALF_PANEL; ++i) {
-        int32_t dot = 0;
-        for (int t = 0; t < 8; ++t)
-          for (int j = 0; j < 4; ++j) dot += (static_cast<int32_t>(p[32 * t + 4 * i + j]) - 128) * a[4 * t + j];
-        acc[i] = std::fma(static_cast<float>(dot), dx[r * nb + b], acc[i]);
-      }
-    }
-    for (int i = 0; i < HALF_PANEL; ++i) out[r * ldo + i] = scales ? acc[i] * scales[i] : acc[i];
-  }
+  plain_tile<R>(panel, blocks, BLOCK_BYTES, qx, k, carry, out, ldo, prefetch,
+                [&](float acc, const uint8_t* p, const int8_t* a, int r, int64_t b, int i) {
+    int32_t dot = 0;
+    for (int t = 0; t < 8; ++t)
+      for (int j = 0; j < 4; ++j) dot += (static_cast<int32_t>(p[32 * t + 4 * i + j]) - 128) * a[4 * t + j];
+    return std::fma(static_cast<float>(dot), dx[r * nb + b], acc);
+  }, [&](float acc, int i) { return scales ? acc * scales[i] : acc; });
 #endif
 }
 
