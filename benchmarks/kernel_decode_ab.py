@@ -15,9 +15,10 @@ functions the model calls (`int4_linear` / `int8_linear`, or `attention`) call i
 is a subclass, so that TorchDynamo keeps its graphs apart), and every round sets them again for eager
 prefill. Where the other build packs its weights in other panels (int8_dot.cpp before 2026-12-05: 8 rows
 each), its engine gets a second copy of the model, repacked. Both engines call their steps guard-free as
-after `warm_up`; rounds alternate (the order swapped every round) so that the host's drift hits both alike. Reports each build's median decode tok/s (all
-streams), the rounds this build won and whether the greedy tokens are identical (they should be: a kernel
-change is meant to keep the bits). Prints a table, then one JSON line.
+after `warm_up`; rounds alternate (the order swapped every round) so that the host's drift hits both
+alike. Reports each build's median decode tok/s (all streams), the rounds this build won and whether the
+greedy tokens are identical (they should be: a kernel change is meant to keep the bits). Prints a table,
+then one JSON line.
 """
 
 from __future__ import annotations

@@ -281,44 +281,37 @@ inline void int8_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx
                           int64_t ldo, bool prefetch) {
   constexpr int64_t BLOCK_BYTES = INT8_ROW_BLOCK_BYTES * HALF_PANEL;
   const int64_t nb = k / QK;
-#if defined(LLMKIT_VNNI)
+#if defined(__AVX2__)
+  // VNNI: even and odd 4-input groups in two chains per row, rows inner: 2R independent vpdpbusd chains
+  // (as int4_tile_256; one chain per row left the instruction latency-bound).
+  // AVX2 without VNNI: vpmaddubsw saturates at (w + 128) * x pairs, so it takes |w| against x carrying
+  // w's sign instead (llama.cpp's AVX2 q8_0 dot), and there is no offset to remove.
+  // Either way weights outer, rows inner, as in int4_tile_256, so that nothing spills out of the 16 ymm
+  // registers; each block's exact integer dot per row then takes the same float epilogue.
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = carry ? _mm256_loadu_ps(carry + r * HALF_PANEL) : _mm256_setzero_ps();
+#if !defined(LLMKIT_VNNI)
+  const __m256i ones = _mm256_set1_epi16(1), offset = _mm256_set1_epi8(static_cast<char>(0x80));
+#endif
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* p = panel + b * BLOCK_BYTES;
     if (prefetch) prefetch_ahead(p, BLOCK_BYTES);
-    // even and odd 4-input groups in two chains per row, rows inner: 2R independent vpdpbusd chains
-    // (as int4_tile_256; one chain per row left the instruction latency-bound)
-    __m256i dot_even[R], dot_odd[R];
-    for (int r = 0; r < R; ++r) dot_even[r] = dot_odd[r] = _mm256_setzero_si256();
+    __m256i dot[R];
+#if defined(LLMKIT_VNNI)
+    __m256i dot_odd[R];
+    for (int r = 0; r < R; ++r) dot[r] = dot_odd[r] = _mm256_setzero_si256();
     for (int t = 0; t < 8; t += 2) {
       const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t));
       const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t + 32));
       for (int r = 0; r < R; ++r) {
         const int8_t* a = qx + r * k + b * QK;
-        dot_even[r] = add_dot_four(dot_even[r], w0, a + 4 * t);
+        dot[r] = add_dot_four(dot[r], w0, a + 4 * t);
         dot_odd[r] = add_dot_four(dot_odd[r], w1, a + 4 * t + 4);
       }
     }
-    for (int r = 0; r < R; ++r) {
-      __m256i dot = _mm256_add_epi32(dot_even[r], dot_odd[r]);
-      dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(128 * sqx[r * nb + b]));
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dx[r * nb + b]), acc[r]);
-    }
-  }
-  const __m256 s = scales ? _mm256_loadu_ps(scales) : _mm256_set1_ps(1.f);
-  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, scales ? _mm256_mul_ps(acc[r], s) : acc[r]);
-#elif defined(__AVX2__)
-  // AVX2 without VNNI: vpmaddubsw saturates at (w + 128) * x pairs, so it takes |w| against x carrying
-  // w's sign instead (llama.cpp's AVX2 q8_0 dot), and there is no offset to remove. Weights outer, rows
-  // inner, as in int4_tile_256, so that nothing spills out of the 16 ymm registers.
-  __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = carry ? _mm256_loadu_ps(carry + r * HALF_PANEL) : _mm256_setzero_ps();
-  const __m256i ones = _mm256_set1_epi16(1), offset = _mm256_set1_epi8(static_cast<char>(0x80));
-  for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* p = panel + b * BLOCK_BYTES;
-    if (prefetch) prefetch_ahead(p, BLOCK_BYTES);
-    __m256i dot[R];
+    for (int r = 0; r < R; ++r)
+      dot[r] = _mm256_sub_epi32(_mm256_add_epi32(dot[r], dot_odd[r]), _mm256_set1_epi32(128 * sqx[r * nb + b]));
+#else
     for (int r = 0; r < R; ++r) dot[r] = _mm256_setzero_si256();
     for (int t = 0; t < 8; ++t) {
       const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * t)), offset);
@@ -328,6 +321,7 @@ inline void int8_tile_256(const uint8_t* panel, int64_t blocks, const int8_t* qx
         dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, x), ones));
       }
     }
+#endif
     for (int r = 0; r < R; ++r)
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_set1_ps(dx[r * nb + b]), acc[r]);
   }
