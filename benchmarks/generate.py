@@ -122,7 +122,7 @@ def worker_b32(kind: str, compile: bool = True) -> dict:
 
     model, tokenizer = load_ours(kind)
     prompt = chat_prompt(tokenizer)
-    engine = Engine(model, compile=compile, max_batch_size=32, prefix_cache_mib=0)
+    engine = Engine(model, compile=compile, max_batch_size=32, prefix_cache_mib=0, prefill_chunk=32 * len(prompt))
     params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0)
     engine.generate_batch([prompt] * 32, params)  # warm-up (compiles the batch-32 step)
     engine.warmed_up = compile  # guards skipped from here, as in worker_b1
@@ -135,7 +135,12 @@ def timed_batch(engine, prompt, params, rows: int):
     admitted and prefilled in the first step (each gets its first token there), then timed to the end."""
     requests = [engine.submit(prompt, params) for _ in range(rows)]
     engine.step()
-    assert len(engine.scheduler.running) == rows
+    # every prompt in before the clock starts: with a smaller prefill budget the next steps would prefill
+    # the rest while decoding, and their prompt chunks would be timed as decode (worker_b32's figures until
+    # the fifteenth session: two chunks of 42-token prompts, ~0.45 s a 128-token run, 12-15% of it)
+    if len(engine.scheduler.running) != rows or any(r.needs_prefill for r in requests):
+        raise SystemExit(f"timed_batch: the first step must admit and prefill all {rows} prompts; give the engine "
+                         f"max_batch_size >= {rows} and prefill_chunk >= {rows * len(prompt)} (rows x prompt tokens)")
     start, tokens = time.perf_counter(), 0
     while engine.has_work:
         tokens += sum(len(new) for _, new in engine.step())
