@@ -389,7 +389,22 @@ void softmax_values(float* __restrict p, int64_t padded, const KV* __restrict v,
   }
 }
 
-constexpr int64_t PREFETCH_GROUPS = 2;  // groups ahead (cold, 128 keys: 1 ahead 207-220 us a call, 2 ahead 186-188)
+// How a decoding query asks for the cache rows of the (batch row, kv head) group ahead (attend below):
+// `shared`, each query of its group asks for its share of the rows of the group `ahead` groups on;
+// otherwise the group's first query asks for all of them. Measured on the AVX-512 EPYC, batch 32 x 9
+// heads, caches cold (BENCHMARKS.md): for a float16 cache, all by the first query, 2 ahead beat 1 (128 keys:
+// 186-188 us a call against 207-220), and shared 1 ahead beat that (1.19-1.21x at 100 keys, 1.31x at 160);
+// an int8 cache's call is bound by its arithmetic, not its reads, and shared was 0.89-0.90x there.
+template <typename KV>
+struct PrefetchPlan {
+  static constexpr int64_t ahead = 1;
+  static constexpr bool shared = true;
+};
+template <>
+struct PrefetchPlan<int8_t> {
+  static constexpr int64_t ahead = 2;
+  static constexpr bool shared = false;
+};
 
 // Ask for rows [begin, end) of k and v (d values each, strides in values) to be brought into L2.
 template <typename KV>
@@ -413,11 +428,12 @@ struct RowScales {
   }
 };
 
-// What to ask the cache for while a query scores its keys: the rows of the group PREFETCH_GROUPS ahead
-// (null: nothing), and an int8 cache's scales of those rows.
+// What to ask the cache for while a query scores its keys: rows [begin, end) of a group ahead (k null:
+// nothing), and an int8 cache's scales of those rows.
 struct Ahead {
   const char *k = nullptr, *v = nullptr;
   const float *k_scale = nullptr, *v_scale = nullptr;
+  int64_t begin = 0, end = 0;
 };
 
 // One query: its scores against keys [0, last) -- from kt, its (batch row, kv head)'s keys transposed in
@@ -439,15 +455,20 @@ void attend_query(const float* qi, const KV* kb, int64_t ks, const KV* vb, int64
         p[j] = j < last && seen[j * ms] ? p[j] * scale_f : NO_KEY;
     }
   } else {
-    int64_t prefetched = 0;  // rows [0, prefetched) of the group ahead asked for
+    // rows [ahead.begin, prefetched) of the group ahead asked for: `per_step` more with every 4 keys
+    // scored, so that they are asked for a few at a time while the arithmetic goes on
+    const int64_t steps = (last + 3) / 4, per_step = (ahead.end - ahead.begin + steps - 1) / std::max<int64_t>(steps, 1);
+    int64_t prefetched = ahead.begin;
     for (int64_t j = 0; j < limit;) {
-      const int64_t wanted = std::min<int64_t>(j + 4, last);  // the rows this step's keys match
+      const int64_t wanted = std::min(prefetched + per_step, ahead.end);
       if (ahead.k != nullptr && prefetched < wanted) {
         prefetch_rows<KV>(ahead.k, ks, ahead.v, vs, prefetched, wanted, d);
-        if (INT8 && prefetched % 16 == 0) {  // a cache line holds 16 rows' scales
-          __builtin_prefetch(ahead.k_scale + prefetched * st, 0, 2);
-          __builtin_prefetch(ahead.v_scale + prefetched * st, 0, 2);
-        }
+        if constexpr (INT8)
+          for (int64_t r = prefetched; r < wanted; ++r)
+            if (r % 16 == 0 || r == ahead.begin) {  // a cache line holds 16 rows' scales
+              __builtin_prefetch(ahead.k_scale + r * st, 0, 2);
+              __builtin_prefetch(ahead.v_scale + r * st, 0, 2);
+            }
         prefetched = wanted;
       }
       if (d % LANES == 0 && j + 4 <= last && seen[j * ms] && seen[(j + 1) * ms] && seen[(j + 2) * ms] &&
@@ -509,19 +530,20 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
       const int64_t ms = mask_strides[3];
       int64_t last = keys;  // keys past the last seen one are skipped (the causal half of a prefill)
       while (last > 0 && !seen[(last - 1) * ms]) --last;
-      // The first query of a key/value head's group asks, as it scores its keys, for the keys and values of
-      // the group PREFETCH_GROUPS ahead to be brought into the cache, a few rows a step: decoding, each
-      // (batch row, kv head) reads a few KB of cache once from memory, a stream too short for the hardware
-      // prefetcher, and the reads waited on memory instead of overlapping the arithmetic. AVX-512 EPYC,
-      // batch 32 x 9 heads, 64-192 fp16 keys with the caches cold: 1.18-1.77x a call, 2-7% slower warm;
-      // a batch-32 int4 decode 1.045x (BENCHMARKS.md).
-      const int64_t next = b * kv_heads + h / group + PREFETCH_GROUPS;
+      // Decoding, a query asks, as it scores its keys, for rows of the group ahead to be brought into the
+      // cache, a few a step (PrefetchPlan): each (batch row, kv head) reads a few KB of cache once from
+      // memory, a stream too short for the hardware prefetcher, and the reads waited on memory instead of
+      // overlapping the arithmetic (AVX-512 EPYC, float16 keys, the first query asking for the whole group
+      // 2 ahead: 1.18-1.77x a call, a batch-32 int4 decode 1.045x; BENCHMARKS.md). Shared, query r of a
+      // group of g asks for rows [last * r / g, last * (r + 1) / g).
+      using Plan = PrefetchPlan<KV>;
+      const int64_t next = b * kv_heads + h / group + Plan::ahead, r = h % group;
       Ahead ahead;
-      if (!transpose && h % group == 0 && i == 0 && next < batch * kv_heads) {
+      if (!transpose && i == 0 && last > 0 && next < batch * kv_heads && (Plan::shared || r == 0)) {
         const int64_t nb = next / kv_heads, nh = next % kv_heads;
         ahead = {reinterpret_cast<const char*>(kp + nb * k.stride(0) + nh * k.stride(1)),
                  reinterpret_cast<const char*>(vp + nb * v.stride(0) + nh * v.stride(1)), k_rows.of(nb, nh),
-                 v_rows.of(nb, nh)};
+                 v_rows.of(nb, nh), Plan::shared ? last * r / group : 0, Plan::shared ? last * (r + 1) / group : last};
       }
       attend_query<KV>(qi, kp + b * k.stride(0) + h / group * k.stride(1), ks,
                        vp + b * v.stride(0) + h / group * v.stride(1), vs,
