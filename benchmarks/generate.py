@@ -16,6 +16,8 @@ Rows:
 - b32, b32_fp32, b32_int8, b32_int4, b32_int4_head4: 32 requests decoding together (continuous batching
   engine, all admitted at once), with bf16, fp32, int8 and int4 weights (int8 head; int4 head): which is
   fastest depends on the CPU's bf16 and byte dot-product support;
+- scaling_int8, scaling_int4: batch 32 against batch 1 on one engine in one process, alternating rounds (the
+  b32_*/b1_* ratio comes from two processes minutes apart; this one from pairs run back to back);
 - ttft, ttft_int4: time to first token of a chat request behind a 1,000-token system prompt, with a cold
   prefix cache (miss) and after another request with the same system prompt (hit), fp32 and int4 weights;
 - spec: speculative decoding against plain decoding of the same configuration (see SPEC below);
@@ -128,6 +130,27 @@ def worker_b32(kind: str, compile: bool = True) -> dict:
     engine.warmed_up = compile  # guards skipped from here, as in worker_b1
     best = max(timed_batch(engine, prompt, params, 32)[0] for _ in range(2))
     return {"tok_s": best, "peak_mib": peak_mib()}
+
+
+def worker_scaling(kind: str, rounds: int = 4) -> dict:
+    """Batch 32 against batch 1 on one engine in one process, alternating rounds (alternating_rounds): the
+    ratio the b32_* and b1_* rows give comes from two processes minutes apart, on a host whose speed swings
+    by a third within a minute (BENCHMARKS.md); here each round's pair ran back to back."""
+    from llmkit.infer import Engine, SamplingParams
+
+    model, tokenizer = load_ours(kind)
+    prompt = chat_prompt(tokenizer)
+    engine = Engine(model, compile=True, max_batch_size=32, prefix_cache_mib=0, prefill_chunk=32 * len(prompt))
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0)
+    runs = {"b1": lambda: timed_stream(engine, prompt, params)[1],
+            "b32": lambda: timed_batch(engine, prompt, params, 32)[0]}
+    for run in runs.values():  # warm-up: compiles the batch-1 and the batch-32 steps
+        run()
+    engine.warmed_up = True  # guards skipped from here, as in worker_b1
+    speeds, _, _ = alternating_rounds(lambda name: (runs[name](), None), list(runs), rounds)
+    b1, b32 = statistics.median(speeds["b1"]), statistics.median(speeds["b32"])
+    return {"b1_tok_s": b1, "b32_tok_s": b32, "ratio": b32 / b1, "peak_mib": peak_mib(),
+            "round_ratios": [round(b / a, 2) for a, b in zip(speeds["b1"], speeds["b32"])]}
 
 
 def timed_batch(engine, prompt, params, rows: int):
@@ -358,6 +381,8 @@ WORKERS = {
     "b32_int8": lambda: worker_b32("int8"),
     "b32_int4": lambda: worker_b32("int4"),
     "b32_int4_head4": lambda: worker_b32("int4_head4"),
+    "scaling_int8": lambda: worker_scaling("int8"),
+    "scaling_int4": lambda: worker_scaling("int4"),
     "ttft": lambda: worker_ttft("fp32"),
     "ttft_int4": lambda: worker_ttft("int4"),
     "spec": lambda: worker_spec(**SPEC),
@@ -403,6 +428,7 @@ def summary(r: dict) -> dict:
         "b1_int4_head4_tok_s": get(r, "b1_int4_head4", "tok_s"),
         "b32_tok_s": get(r, "b32", "tok_s"), "b32_fp32_tok_s": get(r, "b32_fp32", "tok_s"),
         "b32_int8_tok_s": get(r, "b32_int8", "tok_s"), "b32_int4_tok_s": get(r, "b32_int4", "tok_s"), "b32_int4_head4_tok_s": get(r, "b32_int4_head4", "tok_s"),
+        "scaling_int8_ratio": get(r, "scaling_int8", "ratio"), "scaling_int4_ratio": get(r, "scaling_int4", "ratio"),
         "ttft_miss_s": get(r, "ttft", "miss_s"),
         "ttft_hit_s": get(r, "ttft", "hit_s"), "ttft_int4_miss_s": get(r, "ttft_int4", "miss_s"),
         "ttft_int4_hit_s": get(r, "ttft_int4", "hit_s"), "spec_speedup": get(r, "spec", "speedup"),
@@ -459,6 +485,11 @@ def print_table(r: dict) -> None:
         if batched in r and single in r:
             print(f"batch 32 / batch 1 ({weights}, compiled): "
                   f"{get(r, batched, 'tok_s') / get(r, single, 'tok_s'):.1f}x")
+    for name, weights in (("scaling_int8", "int8"), ("scaling_int4", "int4")):
+        if name in r:
+            t = r[name]
+            print(f"batch 32 / batch 1 ({weights}, compiled), one process, alternating rounds: {t['ratio']:.1f}x "
+                  f"(median {t['b32_tok_s']:.1f} / {t['b1_tok_s']:.1f} tok/s; per round {t['round_ratios']})")
     for name, weights in (("ttft", "fp32"), ("ttft_int4", "int4")):
         if name in r:
             t = r[name]
