@@ -65,6 +65,10 @@ def check_invariants(engine, requests=()):
     assert not any(r.done for r in running), "a finished request holds a row"
     waiting = list(engine.scheduler.waiting)
     assert not set(map(id, waiting)) & set(map(id, running))
+    cache = engine.scheduler.cache
+    if cache is not None:  # a free row holds no NaN: the next request given it would read it (a masked key's 0 x NaN)
+        for t in cache._position_tensors():
+            assert not t[len(running):].isnan().any(), "a free cache row holds NaN"
     for r in requests:  # each request is exactly one of: waiting, running, finished
         states = [any(r is w for w in waiting), any(r is x for x in running), r.done and r.row is None]
         assert sum(states) == 1, (r.id, r.finish_reason, r.row, states)
@@ -318,10 +322,27 @@ OPS = st.lists(st.one_of(
 ), max_size=25)
 
 
-@given(ops=OPS)
+@given(ops=OPS, chunk=st.sampled_from([3, 512]))  # 3: prompts prefilled over steps, between other rows' moves
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-def test_random_submit_step_cancel_sequences(model, ops):
-    engine = Engine(model, max_batch_size=3, block_size=4, prefix_cache_mib=0.05)
+def test_random_submit_step_cancel_sequences(model, ops, chunk):
+    run_sequence(model, ops, chunk)
+
+
+def test_a_failed_prompt_leaves_no_nan_for_the_next_request(model):
+    """Found by the sequences above: a NaN prompt failing beside a request that finished in the same step
+    moved (retire -> arrange) before it retired, and its old row, still holding the NaN its forward wrote,
+    went to the next request, whose masked keys' 0 x NaN made its logits NaN. Then a NaN prompt prefilled
+    over steps: its first chunk written, the row above it retired and it moved there, leaving a copy of
+    that NaN behind; and one cancelled between its chunks."""
+    run_sequence(model, [("submit", 0, 1, "ok"), ("submit", 0, 1, "nan"), ("step",), ("submit", 0, 1, "ok"),
+                         ("submit", 1, 1, "ok")], 512)
+    run_sequence(model, [("submit", 3, 3, "ok"), ("step",), ("submit", 0, 1, "nan"), ("step",), ("step",),
+                         ("submit", 1, 1, "ok")], 3)
+    run_sequence(model, [("submit", 0, 1, "nan"), ("step",), ("cancel", 0), ("submit", 4, 2, "ok")], 3)
+
+
+def run_sequence(model, ops, chunk):
+    engine = Engine(model, max_batch_size=3, block_size=4, prefix_cache_mib=0.05, prefill_chunk=chunk)
     requests, kinds, streamed = [], {}, []
     for op in ops:
         if op[0] == "submit":

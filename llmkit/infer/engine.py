@@ -496,19 +496,27 @@ class Engine:
             message, trace = f"{type(error).__name__}: {error}", error
         request.finish_reason, request.error = "error", message
         logger.warning("request %d failed: %s", request.id, message, exc_info=trace)
+        # Its row is zeroed now, not when it retires: its forward may have written NaN past its recorded
+        # length (a prompt chunk that failed), and rows move (retire -> arrange) before it retires, which
+        # would leave that NaN in a row the next request gets (a masked key's weight is 0, and 0 x NaN is
+        # NaN; found by test_engine_isolation's random sequences).
+        if request.row is not None and self.scheduler.cache is not None:
+            self.scheduler.cache.clear_row(request.row)
 
     def retire(self, request: Request) -> None:
         """Free a finished request's row (rows stay compact: the last running request moves into it).
         Its reply's full blocks go to the prefix cache first (the next chat turn starts with them); a
-        failed request's row is zeroed instead. A waiting request just leaves the queue."""
+        failed request's row was zeroed when it failed (`fail`), and a cancelled one's is if it holds NaN (a
+        prompt that would have failed, cancelled between its chunks). A waiting request just leaves the queue."""
         if request.row is None:
             with self._queue_lock:
                 self.scheduler.retire(request)
             return
         try:
-            if request.finish_reason == "error":
-                self.scheduler.cache.clear_row(request.row)
-            elif self.prefix_cache is not None and request.length:
+            cache = self.scheduler.cache
+            if request.finish_reason == "cancelled" and not cache.finite(request.row, request.length):
+                cache.clear_row(request.row)
+            elif request.finish_reason != "error" and self.prefix_cache is not None and request.length:
                 self.prefix_cache.store(self.scheduler.cache, request.row, request.tokens, request.length)
         finally:
             self.scheduler.retire(request)

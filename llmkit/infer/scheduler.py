@@ -211,7 +211,7 @@ class Scheduler:
         row, last = request.row, self.running[-1]
         assert self.running[row] is request, f"request {request.id} is not in its row {row}"
         if last is not request:
-            self.cache.copy_row(last.row, row, last.length)
+            self.cache.move_rows([last.row], [row], last.length)
             last.row = row
             self.running[row] = last
         self.running.pop()
