@@ -460,8 +460,6 @@ def print_table(r: dict) -> None:
         print(f"CPU: {m['cpu']}; ISA: {', '.join(m['isa']) or 'none of AVX2/AVX-512/AMX'} (PyTorch dispatches "
               f"{m['torch_cpu_capability']}); memory read bandwidth on {m['threads']} threads: {bandwidth:.1f} GB/s")
     print(f"SmolLM2-135M-Instruct, {THREADS} threads, {NEW_TOKENS} new tokens, greedy; decode tok/s exclude prefill")
-    print(f"{'configuration':<34} {'decode tok/s':>12} {'vs HF':>7} {'vs llama.cpp':>12} {'peak MiB':>9} "
-          f"{'MB/token':>9} {'GB/s':>6} {'of bw':>6}")
     rows = [("hf", "transformers generate(), fp32"), ("llamacpp", "llama.cpp, Q4_1 GGUF"),
             ("b1_fp32_eager", "llmkit batch 1, fp32, eager"), ("b1_fp32", "llmkit batch 1, fp32, compiled"),
             ("b1_bf16", "llmkit batch 1, bf16, compiled"), ("b1_int8", "llmkit batch 1, int8, compiled"),
@@ -469,6 +467,9 @@ def print_table(r: dict) -> None:
             ("b32", "llmkit batch 32, bf16, compiled"), ("b32_fp32", "llmkit batch 32, fp32, compiled"),
             ("b32_int8", "llmkit batch 32, int8, compiled"),
             ("b32_int4", "llmkit batch 32, int4, compiled"), ("b32_int4_head4", "llmkit batch 32, int4 + int4 head")]
+    if any(name in r for name, _ in rows):
+        print(f"{'configuration':<34} {'decode tok/s':>12} {'vs HF':>7} {'vs llama.cpp':>12} {'peak MiB':>9} "
+              f"{'MB/token':>9} {'GB/s':>6} {'of bw':>6}")
     for name, label in rows:
         if name in r:
             x = get(r, name, "tok_s")
