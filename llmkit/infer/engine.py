@@ -517,7 +517,7 @@ class Engine:
             if request.finish_reason == "cancelled" and not cache.finite(request.row, request.length):
                 cache.clear_row(request.row)
             elif request.finish_reason != "error" and self.prefix_cache is not None and request.length:
-                self.prefix_cache.store(self.scheduler.cache, request.row, request.tokens, request.length)
+                self.prefix_cache.store(cache, request.row, request.tokens, request.length)
         finally:
             self.scheduler.retire(request)
             self.scheduler.arrange()

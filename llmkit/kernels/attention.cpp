@@ -457,7 +457,8 @@ void attend_query(const float* qi, const KV* kb, int64_t ks, const KV* vb, int64
   } else {
     // rows [ahead.begin, prefetched) of the group ahead asked for: `per_step` more with every 4 keys
     // scored, so that they are asked for a few at a time while the arithmetic goes on
-    const int64_t steps = (last + 3) / 4, per_step = (ahead.end - ahead.begin + steps - 1) / std::max<int64_t>(steps, 1);
+    const int64_t steps = std::max<int64_t>((last + 3) / 4, 1);
+    const int64_t per_step = (ahead.end - ahead.begin + steps - 1) / steps;
     int64_t prefetched = ahead.begin;
     for (int64_t j = 0; j < limit;) {
       const int64_t wanted = std::min(prefetched + per_step, ahead.end);
@@ -541,9 +542,10 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
       Ahead ahead;
       if (!transpose && i == 0 && last > 0 && next < batch * kv_heads && (Plan::shared || r == 0)) {
         const int64_t nb = next / kv_heads, nh = next % kv_heads;
+        const int64_t begin = Plan::shared ? last * r / group : 0, end = Plan::shared ? last * (r + 1) / group : last;
         ahead = {reinterpret_cast<const char*>(kp + nb * k.stride(0) + nh * k.stride(1)),
                  reinterpret_cast<const char*>(vp + nb * v.stride(0) + nh * v.stride(1)), k_rows.of(nb, nh),
-                 v_rows.of(nb, nh), Plan::shared ? last * r / group : 0, Plan::shared ? last * (r + 1) / group : last};
+                 v_rows.of(nb, nh), begin, end};
       }
       attend_query<KV>(qi, kp + b * k.stride(0) + h / group * k.stride(1), ks,
                        vp + b * v.stride(0) + h / group * v.stride(1), vs,
