@@ -124,7 +124,8 @@ def worker_b32(kind: str, compile: bool = True) -> dict:
 
     model, tokenizer = load_ours(kind)
     prompt = chat_prompt(tokenizer)
-    engine = Engine(model, compile=compile, max_batch_size=32, prefix_cache_mib=0, prefill_chunk=32 * len(prompt))
+    engine = Engine(model, compile=compile, max_batch_size=32, prefix_cache_mib=0,
+                    prefill_chunk=batch_prefill_chunk(prompt, 32))
     params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0)
     engine.generate_batch([prompt] * 32, params)  # warm-up (compiles the batch-32 step)
     engine.warmed_up = compile  # guards skipped from here, as in worker_b1
@@ -140,7 +141,8 @@ def worker_scaling(kind: str, rounds: int = 4) -> dict:
 
     model, tokenizer = load_ours(kind)
     prompt = chat_prompt(tokenizer)
-    engine = Engine(model, compile=True, max_batch_size=32, prefix_cache_mib=0, prefill_chunk=32 * len(prompt))
+    engine = Engine(model, compile=True, max_batch_size=32, prefix_cache_mib=0,
+                    prefill_chunk=batch_prefill_chunk(prompt, 32))
     params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0)
     runs = {"b1": lambda: timed_stream(engine, prompt, params)[1],
             "b32": lambda: timed_batch(engine, prompt, params, 32)[0]}
@@ -153,6 +155,12 @@ def worker_scaling(kind: str, rounds: int = 4) -> dict:
             "round_ratios": [round(b / a, 2) for a, b in zip(speeds["b1"], speeds["b32"])]}
 
 
+def batch_prefill_chunk(prompt, rows: int) -> int:
+    """The prefill budget an engine needs for timed_batch: `rows` copies of `prompt` all prefilled in the first
+    step (and the engine's default, 512, at least)."""
+    return max(512, rows * len(prompt))
+
+
 def timed_batch(engine, prompt, params, rows: int):
     """(decode tok/s of all streams, the requests) for `rows` copies of `prompt` decoding together: all
     admitted and prefilled in the first step (each gets its first token there), then timed to the end."""
@@ -163,7 +171,7 @@ def timed_batch(engine, prompt, params, rows: int):
     # the fifteenth session: two chunks of 42-token prompts, ~0.45 s a 128-token run, 12-15% of it)
     if len(engine.scheduler.running) != rows or any(r.needs_prefill for r in requests):
         raise SystemExit(f"timed_batch: the first step must admit and prefill all {rows} prompts; give the engine "
-                         f"max_batch_size >= {rows} and prefill_chunk >= {rows * len(prompt)} (rows x prompt tokens)")
+                         f"max_batch_size >= {rows} and prefill_chunk >= {batch_prefill_chunk(prompt, rows)}")
     start, tokens = time.perf_counter(), 0
     while engine.has_work:
         tokens += sum(len(new) for _, new in engine.step())

@@ -36,7 +36,7 @@ def main() -> None:
     prompt = generate.chat_prompt(tokenizer)
     params = SamplingParams(max_new_tokens=generate.NEW_TOKENS, temperature=0)
     engine = Engine(model, compile=True, max_batch_size=max(args.batch, 2), prefix_cache_mib=0,
-                    prefill_chunk=max(512, len(prompt) * args.batch))  # all prompts in the first step (timed_batch)
+                    prefill_chunk=generate.batch_prefill_chunk(prompt, args.batch))
     print(f"warm-up (the server's): {warm_up(engine):.0f} s", file=sys.stderr)
 
     def run(skip: bool) -> tuple[float, list[list[int]]]:

@@ -54,7 +54,7 @@ def main() -> None:
     engines = {}
     for dtype in dtypes:  # the whole batch's prompts prefilled in the first step (generate.timed_batch)
         engine = Engine(model, compile=True, max_batch_size=max(args.batch, 2), prefix_cache_mib=0,
-                        kv_cache_dtype=dtype, prefill_chunk=len(prompt) * args.batch)
+                        kv_cache_dtype=dtype, prefill_chunk=generate.batch_prefill_chunk(prompt, args.batch))
         print(f"{dtype}: warm-up {warm_up(engine):.0f} s", file=sys.stderr)
         generate.timed_batch(engine, prompt, params, args.batch)  # the batch's own shapes
         engines[dtype] = engine

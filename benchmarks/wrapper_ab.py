@@ -47,7 +47,7 @@ def main() -> None:
     prompt = generate.chat_prompt(tokenizer)
     params = SamplingParams(max_new_tokens=generate.NEW_TOKENS, temperature=0)
     options = dict(compile=True, max_batch_size=args.batch, prefix_cache_mib=0,
-                   prefill_chunk=max(512, len(prompt) * args.batch))  # all prompts in the first step (timed_batch)
+                   prefill_chunk=generate.batch_prefill_chunk(prompt, args.batch))
     engines = {"C++": Engine(model, **options), "Python": PythonWrapperEngine(model, **options)}
 
     def run(name: str) -> tuple[float, list[list[int]]]:
