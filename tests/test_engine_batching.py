@@ -78,6 +78,33 @@ def test_continuous_batching_requests_join_midway():
         assert request.finish_reason == "length"
 
 
+def test_requests_finishing_in_one_step_leave_with_one_move_at_most(monkeypatch):
+    """Rows 0 and 3 of 5 finish in the same step: the running request of row 4 moves into row 0 and the
+    others stay, one move (one at a time, row 4 moved into row 0, then the new last row into row 3); a
+    whole batch finishing together moves nothing. Every reply as if run alone."""
+    model = make_model()
+    moves = []
+    engine = Engine(model, max_batch_size=5, prefix_cache_mib=0)
+    prompts = PROMPTS + [[7, 7, 7, 300]]
+    lengths = [6, 12, 12, 6, 12]
+    requests = [engine.submit(p, SamplingParams(max_new_tokens=n, temperature=0)) for p, n in zip(prompts, lengths)]
+    engine.step()
+    assert [r.row for r in requests] == [0, 1, 2, 3, 4]
+    original = engine.scheduler.cache.move_rows
+    monkeypatch.setattr(engine.scheduler.cache, "move_rows",
+                        lambda sources, destinations, length: (moves.append((list(sources), list(destinations))),
+                                                               original(sources, destinations, length)))
+    while not requests[0].done:
+        engine.step()
+    assert requests[3].done and moves == [([4], [0])]
+    assert [r.row for r in requests] == [None, 1, 2, None, 0]
+    while engine.has_work:
+        engine.step()
+    assert moves == [([4], [0])] and engine.scheduler.running == []
+    for request, prompt, n in zip(requests, prompts, lengths):
+        assert request.output_ids == alone(model, prompt, SamplingParams(max_new_tokens=n, temperature=0)).token_ids
+
+
 def test_memory_budget_bounds_the_cache_and_queues_requests():
     model = make_model()
     capacity = min(CAPACITY_STEP, model.config.max_seq_len)  # every request here fits one row this long

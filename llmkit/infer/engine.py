@@ -245,8 +245,7 @@ class Engine:
         for request in pending:
             if not request.done:
                 request.finish_reason = "cancelled"
-            if request.row is not None:
-                self.retire(request)
+        self.retire(*[r for r in pending if r.row is not None])
         return finished
 
     @property
@@ -283,8 +282,7 @@ class Engine:
                 if decoding:
                     self._decode_step(decoding, events)
             finally:  # even when interrupted, no finished request keeps a row
-                for request in [r for r in self.scheduler.running if r.done]:
-                    self.retire(request)
+                self.retire(*[r for r in self.scheduler.running if r.done])
                 self.scheduler.arrange()
         return events
 
@@ -503,23 +501,28 @@ class Engine:
         if request.row is not None and self.scheduler.cache is not None:
             self.scheduler.cache.clear_row(request.row)
 
-    def retire(self, request: Request) -> None:
-        """Free a finished request's row (rows stay compact: the last running request moves into it).
-        Its reply's full blocks go to the prefix cache first (the next chat turn starts with them); a
-        failed request's row was zeroed when it failed (`fail`), and a cancelled one's is if it holds NaN (a
-        prompt that would have failed, cancelled between its chunks). A waiting request just leaves the queue."""
-        if request.row is None:
+    def retire(self, *requests: Request) -> None:
+        """Free finished requests' rows (rows stay compact: running requests past the new end move into
+        the freed rows, in one move for all). Each reply's full blocks go to the prefix cache first (the
+        next chat turn starts with them); a failed request's row was zeroed when it failed (`fail`), and a
+        cancelled one's is if it holds NaN (a prompt that would have failed, cancelled between its chunks).
+        A waiting request just leaves the queue."""
+        waiting = [r for r in requests if r.row is None]
+        if waiting:
             with self._queue_lock:
-                self.scheduler.retire(request)
+                self.scheduler.retire(*waiting)
+        running = [r for r in requests if r.row is not None]
+        if not running:
             return
         try:
             cache = self.scheduler.cache
-            if request.finish_reason == "cancelled" and not cache.finite(request.row, request.length):
-                cache.clear_row(request.row)
-            elif request.finish_reason != "error" and self.prefix_cache is not None and request.length:
-                self.prefix_cache.store(cache, request.row, request.tokens, request.length)
+            for request in running:
+                if request.finish_reason == "cancelled" and not cache.finite(request.row, request.length):
+                    cache.clear_row(request.row)
+                elif request.finish_reason != "error" and self.prefix_cache is not None and request.length:
+                    self.prefix_cache.store(cache, request.row, request.tokens, request.length)
         finally:
-            self.scheduler.retire(request)
+            self.scheduler.retire(*running)
             self.scheduler.arrange()
 
     # -- convenience (the engine thread)

@@ -202,20 +202,32 @@ class Scheduler:
             self.cache = KVCache(self.config, rows, capacity, self.device, self.dtype)
         return shape()
 
-    def retire(self, request: Request) -> None:
-        """Free a finished request's row; the last running request moves into it (rows stay [0, n))."""
-        if request.row is None:
-            if request in self.waiting:
+    def retire(self, *requests: Request) -> None:
+        """Free finished requests' rows; running requests in rows past the new end move into the freed
+        rows below it (rows stay [0, n)), all in one move. Retired one at a time, the last row moved into
+        each freed one, and a row moved might be one retiring in the same step: a batch of 32 that finished
+        together made 16 moves of its whole cache (3.4 ms each for SmolLM2-135M at 170 positions, 54 ms at
+        the end of a 128-token batch-32 run; BENCHMARKS.md)."""
+        leaving = [r for r in requests if r.row is not None]
+        for request in requests:
+            if request.row is None and request in self.waiting:
                 self.waiting.remove(request)
+        if not leaving:
             return
-        row, last = request.row, self.running[-1]
-        assert self.running[row] is request, f"request {request.id} is not in its row {row}"
-        if last is not request:
-            self.cache.move_rows([last.row], [row], last.length)
-            last.row = row
-            self.running[row] = last
-        self.running.pop()
-        request.row = None
+        for request in leaving:
+            assert self.running[request.row] is request, f"request {request.id} is not in its row {request.row}"
+        gone = {request.row for request in leaving}
+        stay = len(self.running) - len(gone)
+        holes = sorted(row for row in gone if row < stay)
+        movers = [r for r in self.running[stay:] if r.row not in gone]  # as many as the holes
+        if movers:
+            self.cache.move_rows([r.row for r in movers], holes, max(r.length for r in movers))
+            for request, row in zip(movers, holes):
+                self.running[row] = request
+                request.row = row
+        del self.running[stay:]
+        for request in leaving:
+            request.row = None
 
     def arrange(self) -> None:
         """Put the decoding requests in rows [0, d) and the prefilling ones after them, oldest first
