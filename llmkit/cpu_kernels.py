@@ -121,6 +121,14 @@ def _register_fakes() -> None:
     def _(x, weight, scales):
         return x.new_empty(*x.shape[:-1], weight.shape[0])
 
+    @torch.library.register_fake("llmkit_cpu::int4_linear_swiglu")
+    def _(x, weight, in_features):
+        return x.new_empty(*x.shape[:-1], weight.shape[0] // 2)
+
+    @torch.library.register_fake("llmkit_cpu::int8_linear_swiglu")
+    def _(x, weight, scales):
+        return x.new_empty(*x.shape[:-1], weight.shape[0] // 2)
+
     @torch.library.register_fake("llmkit_cpu::attention")
     def _(q, k, v, mask, scale, k_scale=None, v_scale=None):
         return q.new_empty(q.shape)
@@ -132,6 +140,17 @@ def int4_linear(x: torch.Tensor, packed: torch.Tensor, in_features: int) -> torc
 
 def int8_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return torch.ops.llmkit_cpu.int8_linear(x, packed, scales)
+
+
+def int4_linear_swiglu(x: torch.Tensor, packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    """silu(gate) * up of a gate/up layer (gate outputs first, then up): int4_linear's (..., n) outputs never
+    written, only the (..., n / 2) product (int8_dot.cpp's swiglu_of_panels)."""
+    return torch.ops.llmkit_cpu.int4_linear_swiglu(x, packed, in_features)
+
+
+def int8_linear_swiglu(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """int4_linear_swiglu for int8 weights."""
+    return torch.ops.llmkit_cpu.int8_linear_swiglu(x, packed, scales)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,

@@ -201,6 +201,10 @@ class MLP(nn.Module):
         self.down = nn.Linear(d_ff, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x):
+        # a quantized gate/up layer may compute silu(gate) * up in its kernel (llmkit.infer.quantize.fused_swiglu)
+        fused = self.gate_up.swiglu(x) if self.activation == "swiglu" and hasattr(self.gate_up, "swiglu") else None
+        if fused is not None:
+            return self.down(fused)
         h = self.gate_up(x)
         if self.activation == "swiglu":
             gate, up = h.chunk(2, dim=-1)

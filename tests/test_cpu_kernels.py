@@ -9,7 +9,7 @@ from llmkit.checkpoint import load_model, save_checkpoint
 from llmkit.config import ModelConfig
 import llmkit.cpu_kernels as cpu_kernels
 from llmkit.infer import Engine, SamplingParams, quantize_model
-from llmkit.infer.quantize import Int4Linear, Int8Linear, dequantized_linear
+from llmkit.infer.quantize import Int4Linear, Int8Linear, dequantized_linear, fused_swiglu
 from llmkit.model import Transformer
 
 # every path, whatever this machine has: "native" is its own (avx512-vnni, avx-vnni or avx2)
@@ -95,6 +95,35 @@ def test_kernels_compute_what_they_state_on_every_path(march):
 
 
 @pytest.mark.parametrize("march", list(VARIANTS))
+def test_the_swiglu_epilogue_is_silu_of_the_gate_times_up_and_does_not_depend_on_the_batch(march):
+    """int4/int8_linear_swiglu: the gate/up layer's outputs (gate first) never written, silu(gate) * up
+    instead, within a few ulp of PyTorch's silu on the plain kernel's outputs; a row's bits whatever the rows
+    beside it (own and shared quantization, row tiles and chunks), as the plain kernels'."""
+    lib = ops(march)
+    panel = lib.panel_rows()
+    n, k = 6 * panel, 352  # gate and up: 3 panels each
+    q, scales, mins = int4_weights(n, k)
+    packed = cpu_kernels.pack_int4(q, scales, mins, panel)
+    gen = torch.Generator().manual_seed(5)
+    p8 = cpu_kernels.pack_int8(torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen), panel)
+    s8 = torch.rand(n, generator=gen) * 0.05
+    x = torch.randn(70, k, generator=gen) * 3
+    for fused, plain in ((lambda x: lib.int4_linear_swiglu(x, packed, k), lambda x: lib.int4_linear(x, packed, k)),
+                         (lambda x: lib.int8_linear_swiglu(x, p8, s8), lambda x: lib.int8_linear(x, p8, s8))):
+        gate, up = plain(x).chunk(2, dim=-1)
+        want, got = torch.nn.functional.silu(gate) * up, fused(x)
+        assert got.shape == (70, n // 2) and got.dtype == torch.float32
+        # a few ulp; where silu underflows (gate < -88: PyTorch's 0, the kernel's ~g * u / e^88) far below 1e-30
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-30)
+        assert fused(x[:6].view(2, 3, k).bfloat16()).shape == (2, 3, n // 2)
+        for rows in (1, 4, 5, 33, 64):
+            assert torch.equal(fused(x[:rows]), got[:rows])
+    odd = cpu_kernels.pack_int8(torch.zeros(2 * panel + 8, k, dtype=torch.int8), panel)
+    with pytest.raises(RuntimeError, match="gate and up halves"):
+        lib.int8_linear_swiglu(x, odd, torch.ones(2 * panel + 8))
+
+
+@pytest.mark.parametrize("march", list(VARIANTS))
 def test_kernels_run_on_every_thread_and_give_the_same_bits_on_any_number(march):
     """Built without OpenMP, at::parallel_for ran every kernel on one thread whatever torch's setting
     (2026-12-04: the kernels were half as fast as they could be on 2 cores). The split of the work between
@@ -174,6 +203,27 @@ def test_layers_with_int8_activations_are_close_to_their_dequantized_weights(cls
 def tiny_model():
     torch.manual_seed(0)
     return Transformer(ModelConfig.preset("tiny")).eval()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_quantized_swiglu_mlp_runs_its_pointwise_in_the_gate_up_kernel(bits, monkeypatch):
+    model = tiny_model()
+    quantize_model(model, bits)
+    mlp = model.blocks[0].mlp
+    assert fused_swiglu(mlp.gate_up)
+    x = torch.randn(5, model.config.d_model, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        gate, up = mlp.gate_up(x).chunk(2, dim=-1)
+        torch.testing.assert_close(mlp.gate_up.swiglu(x), torch.nn.functional.silu(gate) * up, rtol=1e-6, atol=1e-30)
+        calls = []
+        monkeypatch.setattr(mlp.gate_up, "forward", lambda x: calls.append(x))
+        mlp(x)  # the fused kernel alone: the layer's forward (then the pointwise) is not called
+        assert calls == []
+    # a bias, or halves that are not whole panels: the layer says no, and the MLP runs forward + pointwise
+    mlp.gate_up.bias = torch.zeros(mlp.gate_up.out_features)
+    assert not fused_swiglu(mlp.gate_up) and mlp.gate_up.swiglu(x) is None
+    mlp.gate_up.bias, mlp.gate_up.kernel_panel = None, 3 * mlp.gate_up.out_features
+    assert not fused_swiglu(mlp.gate_up)
 
 
 @pytest.mark.parametrize("bits", [4, 8])

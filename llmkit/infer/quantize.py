@@ -65,6 +65,7 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         # None: decided when the weights arrive, by the device they are on (cpu_kernels.wanted)
         self.int8_activations = int8_activations
+        self.kernel_panel: int | None = None  # the int8-activation kernel's panel rows once chosen (fused_swiglu)
         self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.empty(out_features, dtype=dtype, device=device))
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
@@ -89,6 +90,7 @@ class Int8Linear(nn.Module):
         fits = self.in_features % cpu_kernels.BLOCK == 0 and self.out_features % cpu_kernels.OUTPUT_MULTIPLE == 0
         self.int8_activations = use_int8_activations(self.int8_activations, self.qweight.device, fits)
         if self.int8_activations:
+            self.kernel_panel = cpu_kernels.panel_rows()
             if self.qweight.dtype == torch.int8:
                 self.qweight = cpu_kernels.pack_int8(self.qweight)
 
@@ -124,6 +126,13 @@ class Int8Linear(nn.Module):
         y = y.view(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
+    def swiglu(self, x: torch.Tensor) -> torch.Tensor | None:
+        """silu(gate) * up for a gate/up layer (gate outputs first), fused into the kernel
+        (`fused_swiglu`); None where this layer cannot (then the caller runs forward and the pointwise)."""
+        if not fused_swiglu(self):
+            return None
+        return cpu_kernels.int8_linear_swiglu(x, self.qweight, self.scales.float())
+
     def extra_repr(self) -> str:
         kernel = ", int8 activations" if self.int8_activations else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel{kernel}"
@@ -145,6 +154,7 @@ class Int4Linear(nn.Module):
         check_int4_shape(in_features, out_features, group_size)
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.int8_activations = int8_activations
+        self.kernel_panel: int | None = None  # as Int8Linear's
         groups = in_features // group_size
         # The kernel's layout is all that is kept in memory; the checkpoint holds a portable one
         # (`portable()`, plain nibbles), converted on save and load by the two hooks below.
@@ -175,6 +185,7 @@ class Int4Linear(nn.Module):
         """q: (out, in) values in [0, 15]; scales, zeros: (out, groups)."""
         self.int8_activations = use_int8_activations(self.int8_activations, q.device)  # int4 shapes always fit
         if self.int8_activations:
+            self.kernel_panel = cpu_kernels.panel_rows()
             self.packed = cpu_kernels.pack_int4(q, scales, zeros - 8 * scales)
             self.scale_and_zero = None
             return
@@ -251,6 +262,12 @@ class Int4Linear(nn.Module):
         y = y.view(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
+    def swiglu(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Int8Linear.swiglu for int4 weights."""
+        if not fused_swiglu(self):
+            return None
+        return cpu_kernels.int4_linear_swiglu(x, self.packed, self.in_features)
+
     def extra_repr(self) -> str:
         kernel = ", int8 activations" if self.int8_activations else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -258,6 +275,15 @@ class Int4Linear(nn.Module):
 
 
 QUANTIZED_LINEARS = (Int8Linear, Int4Linear)
+
+
+def fused_swiglu(layer: Int8Linear | Int4Linear) -> bool:
+    """Whether a gate/up layer's SwiGLU can run in its kernel's epilogue (int8_dot.cpp's swiglu_of_panels):
+    the int8-activation kernels, no bias, and each half a whole number of the build's weight panels. At batch
+    32 on SmolLM2-135M the unfused pointwise kernel was ~3% of a compiled decode step (BENCHMARKS.md)."""
+    # plain attribute reads: this runs inside the compiled step's trace
+    return (bool(layer.int8_activations) and layer.kernel_panel is not None and layer.bias is None
+            and layer.out_features % (2 * layer.kernel_panel) == 0)
 
 
 def use_int8_activations(choice: bool | None, device: torch.device, fits: bool = True) -> bool:

@@ -350,6 +350,99 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   return in_dtype_of(x, out2);
 }
 
+// SwiGLU's gate and up layers in one weight (llmkit.model.MLP's gate_up: gate outputs [0, n / 2), up
+// outputs [n / 2, n)), and silu(gate) * up computed as the outputs are: a thread takes gate panel p and up
+// panel p + n / 2 / PANEL, their outputs for all rows go to two small buffers of its own, and only the
+// (rows, n / 2) product is written. Unfused, the compiled step wrote the (rows, n) outputs and a pointwise
+// kernel read them back and wrote the product (at batch 32 on SmolLM2-135M, 23 us a layer, ~3% of the
+// step; BENCHMARKS.md). The layout is the plain one: no weight is packed differently.
+typedef float floats8 __attribute__((vector_size(32)));  // GCC vectors: AVX2 or AVX-512 registers alike
+typedef int32_t ints8 __attribute__((vector_size(32)));
+
+// silu(g) * u = g * u / (1 + exp(-g)), lane by lane (the same bits at any batch). exp by Cody-Waite
+// reduction by ln 2 and Cephes' degree-6 expf polynomial (attention.cpp's exp_lanes), within ~2 ulp;
+// -g clamped to [-87, 88], where exp is a normal float (beyond, the product is g * u or ~0 anyway). A NaN
+// gate gives NaN: the clamp maps it to -87, and g * u stays NaN.
+inline floats8 silu_times(floats8 g, floats8 u) {
+  floats8 x = -g;
+  x = x > -87.0f ? x : floats8{} - 87.0f;
+  x = x < 88.0f ? x : floats8{} + 88.0f;
+  const floats8 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (2^23 + 2^22)
+  const floats8 r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  floats8 poly = floats8{} + 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * r * r + r + 1.0f;
+  const ints8 bits = (__builtin_convertvector(n, ints8) + 127) << 23;  // 2^n, -87 <= n <= 127
+  floats8 two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return g * u / (poly * two_n + 1.0f);
+}
+
+// x's rows through a gate/up weight of n outputs: `panel(activations, first_output, out, ldo)` writes one full
+// panel's outputs for every row into out (rows, ldo).
+template <class Panel>
+at::Tensor swiglu_of_panels(const at::Tensor& x, const at::Tensor& x2, int64_t k, int64_t n, const char* op,
+                            const Panel& panel) {
+  TORCH_CHECK(n % (2 * PANEL) == 0, op, ": the gate and up halves (", n / 2, " outputs each) must be a multiple of ",
+              PANEL, " outputs (this build's panel)");
+  const int64_t half = n / 2, rows = x2.numel() / k;
+  ActivationQuantization quantization(x2.data_ptr<float>(), rows, k);
+  at::Tensor out2 = new_output(x, half);
+  float* out = out2.data_ptr<float>();
+  at::parallel_for(0, half / PANEL, 1, [&](int64_t begin, int64_t end) {
+    const QuantizedActivations activations = quantization.for_this_thread();
+    thread_local std::vector<float> gate, up;  // grown as needed, like activation_buffer
+    if (gate.size() < static_cast<size_t>(rows * PANEL)) gate.resize(rows * PANEL), up.resize(rows * PANEL);
+    for (int64_t p = begin; p < end; ++p) {
+      panel(activations, p * PANEL, gate.data(), PANEL);
+      panel(activations, half + p * PANEL, up.data(), PANEL);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < PANEL; i += 8) {
+          floats8 g, u;
+          std::memcpy(&g, gate.data() + r * PANEL + i, sizeof g);
+          std::memcpy(&u, up.data() + r * PANEL + i, sizeof u);
+          const floats8 y = silu_times(g, u);
+          std::memcpy(out + r * half + p * PANEL + i, &y, sizeof y);
+        }
+    }
+  });
+  return in_dtype_of(x, out2);
+}
+
+// int4_linear and int8_linear (their weights, their checks) with the SwiGLU epilogue: (..., n / 2) outputs
+at::Tensor int4_linear_swiglu(const at::Tensor& x, const at::Tensor& weight, int64_t k) {
+  TORCH_CHECK(weight.dtype() == at::kByte && weight.dim() == 2 && weight.is_contiguous() &&
+                  weight.size(1) == k / QK * 20,
+              "int4_linear_swiglu: the weight must be a contiguous 2-D uint8 tensor of int4 panels for ", k, " inputs");
+  const at::Tensor x2 = as_rows(x, k, "int4_linear_swiglu");
+  const int64_t rows = x2.numel() / k, blocks = k / QK;
+  const uint8_t* w = weight.data_ptr<uint8_t>();
+  return swiglu_of_panels(x, x2, k, weight.size(0), "int4_linear_swiglu",
+                          [&](const QuantizedActivations& a, int64_t first, float* o, int64_t ldo) {
+    int4_panel(w + first * blocks * INT4_ROW_BLOCK_BYTES, PANEL, a, rows, k, o, ldo);
+  });
+}
+
+at::Tensor int8_linear_swiglu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
+  TORCH_CHECK(weight.dtype() == at::kByte && weight.dim() == 2 && weight.is_contiguous(),
+              "int8_linear_swiglu: the weight must be a contiguous 2-D uint8 tensor (int8 panels)");
+  const int64_t n = weight.size(0), k = weight.size(1), blocks = k / QK;
+  TORCH_CHECK(scales.dtype() == at::kFloat && scales.numel() == n && scales.is_contiguous(),
+              "int8_linear_swiglu: scales must be ", n, " contiguous float32 values");
+  const at::Tensor x2 = as_rows(x, k, "int8_linear_swiglu");
+  const int64_t rows = x2.numel() / k;
+  const uint8_t* w = weight.data_ptr<uint8_t>();
+  const float* s = scales.data_ptr<float>();
+  return swiglu_of_panels(x, x2, k, n, "int8_linear_swiglu",
+                          [&](const QuantizedActivations& a, int64_t first, float* o, int64_t ldo) {
+    int8_panel(w + first * blocks * INT8_ROW_BLOCK_BYTES, PANEL, a, rows, k, s + first, o, ldo);
+  });
+}
+
 // How many threads at::parallel_for gives a 64-item loop here: the test that the file was built with
 // OpenMP (without it at::parallel_for runs everything on the calling thread).
 int64_t parallel_threads() {
@@ -391,6 +484,8 @@ std::string isa() {
 LLMKIT_LIBRARY(LLMKIT_OPS, m) {
   m.def("int4_linear(Tensor x, Tensor weight, int in_features) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor");
+  m.def("int4_linear_swiglu(Tensor x, Tensor weight, int in_features) -> Tensor");
+  m.def("int8_linear_swiglu(Tensor x, Tensor weight, Tensor scales) -> Tensor");
   m.def("isa() -> str", &isa);
   m.def("panel_rows() -> int", &panel_rows);
   m.def("parallel_threads() -> int", &parallel_threads);
@@ -399,4 +494,6 @@ LLMKIT_LIBRARY(LLMKIT_OPS, m) {
 LLMKIT_LIBRARY_IMPL(LLMKIT_OPS, CPU, m) {
   m.impl("int4_linear", &int4_linear);
   m.impl("int8_linear", &int8_linear);
+  m.impl("int4_linear_swiglu", &int4_linear_swiglu);
+  m.impl("int8_linear_swiglu", &int8_linear_swiglu);
 }
