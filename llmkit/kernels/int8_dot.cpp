@@ -393,21 +393,31 @@ at::Tensor swiglu_of_panels(const at::Tensor& x, const at::Tensor& x2, int64_t k
   ActivationQuantization quantization(x2.data_ptr<float>(), rows, k);
   at::Tensor out2 = new_output(x, half);
   float* out = out2.data_ptr<float>();
+  // Runs of `span` panels: the run's gate panels, then its up panels, then the products. Alternating gate
+  // and up panel by panel, each thread switched between two weight streams every panel, and a batch-1
+  // gate/up layer (3072 x 576 int8, weights from memory) took 56.9 us against 49.3 for the plain operator: a
+  // stream's first blocks come unprefetched. A decode step's run is the thread's whole range (2 switches);
+  // a prefill chunk's runs are shorter, to keep the buffers (rows x span x PANEL floats) near 0.5 MB.
+  const int64_t span = std::clamp<int64_t>(8192 / std::max<int64_t>(rows, 1), 1, half / PANEL);
   at::parallel_for(0, half / PANEL, 1, [&](int64_t begin, int64_t end) {
     const QuantizedActivations activations = quantization.for_this_thread();
     thread_local std::vector<float> gate, up;  // grown as needed, like activation_buffer
-    if (gate.size() < static_cast<size_t>(rows * PANEL)) gate.resize(rows * PANEL), up.resize(rows * PANEL);
-    for (int64_t p = begin; p < end; ++p) {
-      panel(activations, p * PANEL, gate.data(), PANEL);
-      panel(activations, half + p * PANEL, up.data(), PANEL);
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t i = 0; i < PANEL; i += 8) {
-          floats8 g, u;
-          std::memcpy(&g, gate.data() + r * PANEL + i, sizeof g);
-          std::memcpy(&u, up.data() + r * PANEL + i, sizeof u);
-          const floats8 y = silu_times(g, u);
-          std::memcpy(out + r * half + p * PANEL + i, &y, sizeof y);
-        }
+    const size_t size = static_cast<size_t>(span * rows * PANEL);
+    if (gate.size() < size) gate.resize(size), up.resize(size);
+    for (int64_t run = begin; run < end; run += span) {
+      const int64_t panels = std::min(span, end - run);
+      for (int64_t i = 0; i < panels; ++i) panel(activations, (run + i) * PANEL, gate.data() + i * rows * PANEL, PANEL);
+      for (int64_t i = 0; i < panels; ++i)
+        panel(activations, half + (run + i) * PANEL, up.data() + i * rows * PANEL, PANEL);
+      for (int64_t i = 0; i < panels; ++i)
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < PANEL; c += 8) {
+            floats8 g, u;
+            std::memcpy(&g, gate.data() + (i * rows + r) * PANEL + c, sizeof g);
+            std::memcpy(&u, up.data() + (i * rows + r) * PANEL + c, sizeof u);
+            const floats8 y = silu_times(g, u);
+            std::memcpy(out + r * half + (run + i) * PANEL + c, &y, sizeof y);
+          }
     }
   });
   return in_dtype_of(x, out2);
