@@ -280,7 +280,8 @@ QUANTIZED_LINEARS = (Int8Linear, Int4Linear)
 def fused_swiglu(layer: Int8Linear | Int4Linear) -> bool:
     """Whether a gate/up layer's SwiGLU can run in its kernel's epilogue (int8_dot.cpp's swiglu_of_panels):
     the int8-activation kernels, no bias, and each half a whole number of the build's weight panels. At batch
-    32 on SmolLM2-135M the unfused pointwise kernel was ~3% of a compiled decode step (BENCHMARKS.md)."""
+    32 on SmolLM2-135M the unfused pointwise kernel was ~3% of a compiled decode step; fused, the step ran
+    1.08-1.10x (BENCHMARKS.md)."""
     # plain attribute reads: this runs inside the compiled step's trace
     return (bool(layer.int8_activations) and layer.kernel_panel is not None and layer.bias is None
             and layer.out_features % (2 * layer.kernel_panel) == 0)
