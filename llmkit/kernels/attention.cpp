@@ -26,6 +26,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "vector_exp.h"
+
 #if defined(__F16C__) || defined(__FMA__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -275,29 +277,14 @@ inline void dot_keys(const float* q, const float* kt, int64_t d, float* out) {
 #endif
 }
 
-// exp(x - top) for a vector of scores (x <= top), 0 where a score is NO_KEY, within ~2 ulp: Cody-Waite
-// reduction by ln 2 and Cephes' degree-6 expf polynomial in vector arithmetic (libm's expf is a call per
-// key). Below -87 it gives exp(-87) ~ 1.6e-38: nothing, beside the top key's 1. Lane by lane, so the
-// same bits whatever the vector's width.
+// exp(x - top) for a vector of scores (x <= top), 0 where a score is NO_KEY (vector_exp.h's exp_in_range).
+// Below -87 it gives exp(-87) ~ 1.6e-38: nothing, beside the top key's 1.
 template <typename V>
 inline V exp_lanes(V scores, float top) {
-  typedef int32_t VI __attribute__((vector_size(sizeof(V))));
   const V none = scores == NO_KEY ? V{} + 1.0f : V{};  // 1 in the lanes that see nothing
   V x = scores - top;
   x = x > -87.0f ? x : V{} - 87.0f;
-  const V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (2^23 + 2^22)
-  const V r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  V poly = V{} + 1.9875691500e-4f;
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
-  poly = poly * r * r + r + 1.0f;
-  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;  // 2^n, n >= -126: a normal float
-  V two_n;
-  std::memcpy(&two_n, &bits, sizeof two_n);
-  const V e = poly * two_n;
+  const V e = exp_in_range(x);
   return none > 0.5f ? V{} : e;
 }
 

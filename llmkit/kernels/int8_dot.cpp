@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "int8_tiles.h"
+#include "vector_exp.h"
 
 namespace {
 
@@ -358,29 +359,15 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
 // step); fused, batch-32 decode ran 1.08-1.10x, batch 1 the same (BENCHMARKS.md, 2026-12-06). The layout
 // is the plain one: no weight is packed differently.
 typedef float floats8 __attribute__((vector_size(32)));  // GCC vectors: AVX2 or AVX-512 registers alike
-typedef int32_t ints8 __attribute__((vector_size(32)));
 
-// silu(g) * u = g * u / (1 + exp(-g)), lane by lane (the same bits at any batch). exp by Cody-Waite
-// reduction by ln 2 and Cephes' degree-6 expf polynomial (attention.cpp's exp_lanes), within ~2 ulp;
-// -g clamped to [-87, 88], where exp is a normal float (beyond, the product is g * u or ~0 anyway). A NaN
-// gate gives NaN: the clamp maps it to -87, and g * u stays NaN.
+// silu(g) * u = g * u / (1 + exp(-g)), lane by lane (the same bits at any batch), exp by vector_exp.h
+// (within ~2 ulp) with -g clamped to [-87, 88] (beyond, the product is g * u or ~0 anyway). A NaN gate
+// gives NaN: the clamp maps it to -87, and g * u stays NaN.
 inline floats8 silu_times(floats8 g, floats8 u) {
   floats8 x = -g;
   x = x > -87.0f ? x : floats8{} - 87.0f;
   x = x < 88.0f ? x : floats8{} + 88.0f;
-  const floats8 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (2^23 + 2^22)
-  const floats8 r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  floats8 poly = floats8{} + 1.9875691500e-4f;
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
-  poly = poly * r * r + r + 1.0f;
-  const ints8 bits = (__builtin_convertvector(n, ints8) + 127) << 23;  // 2^n, -87 <= n <= 127
-  floats8 two_n;
-  std::memcpy(&two_n, &bits, sizeof two_n);
-  return g * u / (poly * two_n + 1.0f);
+  return g * u / (exp_in_range(x) + 1.0f);
 }
 
 // x's rows through a gate/up weight of n outputs: `panel(activations, first_output, out, ldo)` writes one full
