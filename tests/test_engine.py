@@ -191,6 +191,9 @@ def test_compiled_engine_after_warm_up_equals_eager_and_compiles_nothing_more(ca
     from llmkit.infer.packed import PackedLinear
 
     model, reference = make_model(max_seq_len=320), make_model(max_seq_len=320)
+    # graphs an earlier test in this process compiled for the same code are dynamo's to reuse (after
+    # tests/test_cpu_kernels.py and test_engine_speculative.py, warm_up compiled 0-1 new graphs): start clean
+    torch._dynamo.reset()
     counters.clear()
     engine = Engine(model, compile=True, max_batch_size=8)
     assert not engine.warmed_up
