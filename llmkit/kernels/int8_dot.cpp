@@ -300,14 +300,28 @@ void int8_panel(const uint8_t* p, int64_t panel_rows, const QuantizedActivations
 // The panels of n outputs: n / PANEL of PANEL rows, then one of 8 where n is 8 more than a multiple of 16.
 int64_t panels_of(int64_t n) { return (n + PANEL - 1) / PANEL; }
 
+// The weights an int4 operator takes (x's checks are as_rows'): panels for k inputs, outputs a multiple of 8
+void check_int4_weight(const at::Tensor& weight, int64_t k, const char* op) {
+  TORCH_CHECK(weight.dtype() == at::kByte && weight.dim() == 2 && weight.is_contiguous(),
+              op, ": the weight must be a contiguous 2-D uint8 tensor");
+  TORCH_CHECK(weight.size(1) == k / QK * 20, op, ": a weight row has ", weight.size(1), " bytes; ", k,
+              " inputs need ", k / QK * 20);
+  TORCH_CHECK(weight.size(0) % HALF_PANEL == 0, op, ": the outputs (", weight.size(0), ") must be a multiple of 8");
+}
+
+// The same for an int8 operator, and its per-output scales
+void check_int8_weight(const at::Tensor& weight, const at::Tensor& scales, const char* op) {
+  TORCH_CHECK(weight.dtype() == at::kByte && weight.dim() == 2 && weight.is_contiguous(),
+              op, ": the weight must be a contiguous 2-D uint8 tensor (int8 panels)");
+  const int64_t n = weight.size(0);
+  TORCH_CHECK(n % HALF_PANEL == 0, op, ": the outputs (", n, ") must be a multiple of 8");
+  TORCH_CHECK(scales.dtype() == at::kFloat && scales.numel() == n && scales.is_contiguous(),
+              op, ": scales must be ", n, " contiguous float32 values");
+}
+
 // x (..., k) float or bf16; weight (n, k / 32 * 20) uint8: the panels described in int8_tiles.h.
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, int64_t k) {
-  TORCH_CHECK(weight.dtype() == at::kByte && weight.dim() == 2 && weight.is_contiguous(),
-              "int4_linear: the weight must be a contiguous 2-D uint8 tensor");
-  TORCH_CHECK(weight.size(1) == k / QK * 20, "int4_linear: a weight row has ", weight.size(1), " bytes; ", k,
-              " inputs need ", k / QK * 20);
-  TORCH_CHECK(weight.size(0) % HALF_PANEL == 0, "int4_linear: the outputs (", weight.size(0),
-              ") must be a multiple of 8");
+  check_int4_weight(weight, k, "int4_linear");
   const at::Tensor x2 = as_rows(x, k, "int4_linear");
   const int64_t rows = x2.numel() / k, n = weight.size(0), blocks = k / QK;
   ActivationQuantization quantization(x2.data_ptr<float>(), rows, k);
@@ -327,12 +341,8 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& weight, int64_t k)
 
 // x (..., k); weight (n, k) uint8: the panels described in int8_tiles.h; scales (n) float32.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
-  TORCH_CHECK(weight.dtype() == at::kByte && weight.dim() == 2 && weight.is_contiguous(),
-              "int8_linear: the weight must be a contiguous 2-D uint8 tensor (int8 panels)");
+  check_int8_weight(weight, scales, "int8_linear");
   const int64_t n = weight.size(0), k = weight.size(1), blocks = k / QK;
-  TORCH_CHECK(n % HALF_PANEL == 0, "int8_linear: the outputs (", n, ") must be a multiple of 8");
-  TORCH_CHECK(scales.dtype() == at::kFloat && scales.numel() == n && scales.is_contiguous(),
-              "int8_linear: scales must be ", n, " contiguous float32 values");
   const at::Tensor x2 = as_rows(x, k, "int8_linear");
   const int64_t rows = x2.numel() / k;
   ActivationQuantization quantization(x2.data_ptr<float>(), rows, k);
@@ -413,9 +423,7 @@ at::Tensor swiglu_of_panels(const at::Tensor& x, const at::Tensor& x2, int64_t k
 
 // int4_linear and int8_linear (their weights, their checks) with the SwiGLU epilogue: (..., n / 2) outputs
 at::Tensor int4_linear_swiglu(const at::Tensor& x, const at::Tensor& weight, int64_t k) {
-  TORCH_CHECK(weight.dtype() == at::kByte && weight.dim() == 2 && weight.is_contiguous() &&
-                  weight.size(1) == k / QK * 20,
-              "int4_linear_swiglu: the weight must be a contiguous 2-D uint8 tensor of int4 panels for ", k, " inputs");
+  check_int4_weight(weight, k, "int4_linear_swiglu");
   const at::Tensor x2 = as_rows(x, k, "int4_linear_swiglu");
   const int64_t rows = x2.numel() / k, blocks = k / QK;
   const uint8_t* w = weight.data_ptr<uint8_t>();
@@ -426,11 +434,8 @@ at::Tensor int4_linear_swiglu(const at::Tensor& x, const at::Tensor& weight, int
 }
 
 at::Tensor int8_linear_swiglu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales) {
-  TORCH_CHECK(weight.dtype() == at::kByte && weight.dim() == 2 && weight.is_contiguous(),
-              "int8_linear_swiglu: the weight must be a contiguous 2-D uint8 tensor (int8 panels)");
+  check_int8_weight(weight, scales, "int8_linear_swiglu");
   const int64_t n = weight.size(0), k = weight.size(1), blocks = k / QK;
-  TORCH_CHECK(scales.dtype() == at::kFloat && scales.numel() == n && scales.is_contiguous(),
-              "int8_linear_swiglu: scales must be ", n, " contiguous float32 values");
   const at::Tensor x2 = as_rows(x, k, "int8_linear_swiglu");
   const int64_t rows = x2.numel() / k;
   const uint8_t* w = weight.data_ptr<uint8_t>();
