@@ -36,11 +36,17 @@ def cpu_report() -> dict:
 
 
 def read_bandwidth_gbs(threads: int, mib: int = 1024, passes: int = 5) -> float:
-    """GB/s (1e9 bytes) of reading a `mib`-MiB fp32 tensor with `threads` threads, best of `passes`."""
+    """GB/s (1e9 bytes) of reading a `mib`-MiB fp32 tensor with `threads` threads, best of `passes`. The
+    tensor is in 2 MB pages where the kernel has them, as the engine's weights and KV cache are
+    (llmkit/infer/huge_pages.py): in 4 KB pages the same read ran at ~62% of that on the AVX-512 EPYC
+    (prefetchers stop at every page; BENCHMARKS.md, 2026-12-06), and the fraction of it a decode achieves
+    would flatter the engine."""
     import torch
 
+    from llmkit.infer import huge_pages
+
     torch.set_num_threads(threads)
-    x = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
+    x = huge_pages.zeros((mib * 2**20 // 4,), torch.float32).fill_(1.0)
     x.sum()  # touch every page before timing
     best = float("inf")
     for _ in range(passes):

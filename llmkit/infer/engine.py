@@ -83,6 +83,7 @@ import torch
 
 from llmkit.errors import GenerationError, LLMKitError
 from llmkit.infer.compiled import attend_length, call_warmed, compile_for_inference
+from llmkit.infer.huge_pages import place_in_huge_pages
 from llmkit.infer.kv_cache import cache_dtype
 from llmkit.infer.options import check_engine_options
 from llmkit.infer.prefix_cache import PrefixCache
@@ -156,6 +157,8 @@ class Engine:
             raise GenerationError("speculative decoding is for decoder-only models; this one is an encoder-decoder "
                                   "(n_encoder_layers > 0): build the engine without a speculator")
         self.model = model
+        if self.device.type == "cpu":  # each decode step streams every weight: 2 MB pages (huge_pages.py)
+            place_in_huge_pages(model)
         self.stop_token_ids = list(stop_token_ids)
         self.tokenizer = tokenizer
         self.prefill_chunk = prefill_chunk

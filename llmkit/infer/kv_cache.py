@@ -46,6 +46,7 @@ import torch
 
 from llmkit.config import ModelConfig
 from llmkit.errors import GenerationError
+from llmkit.infer.huge_pages import zeros as huge_page_zeros
 
 CROSS_STEP = 64  # an encoder-decoder's source capacity grows in multiples of this (the scheduler budgets it)
 
@@ -105,6 +106,11 @@ def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
     return 2 * config.n_layers * config.n_kv_heads * row
 
 
+def store(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed cache store: on a CPU in huge pages where the OS has them (huge_pages.py)."""
+    return huge_page_zeros(shape, dtype) if device.type == "cpu" else torch.zeros(shape, device=device, dtype=dtype)
+
+
 class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
@@ -112,16 +118,16 @@ class KVCache:
             raise GenerationError(f"cache length {max_len} exceeds the model's context of {config.max_seq_len} tokens")
         self.config, self.device, self.dtype = config, torch.device(device), dtype
         shape = (config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
-        self.key_store = torch.zeros(shape, device=device, dtype=dtype)
-        self.value_store = torch.zeros(shape, device=device, dtype=dtype)
+        # on a CPU in 2 MB pages: attention streams these every step (huge_pages.py)
+        self.key_store, self.value_store = store(shape, self.device, dtype), store(shape, self.device, dtype)
         self.keys, self.values = list(self.key_store.unbind(0)), list(self.value_store.unbind(0))
         # an int8 cache: each position's float32 scale per kv head, (layers, rows, kv_heads, max_len, 1)
         self.key_scale_store = self.value_scale_store = None
         self.key_scales: list[torch.Tensor] = []
         self.value_scales: list[torch.Tensor] = []
         if dtype == torch.int8:
-            self.key_scale_store = torch.zeros(shape[:-1] + (1,), device=device)
-            self.value_scale_store = torch.zeros(shape[:-1] + (1,), device=device)
+            self.key_scale_store = store(shape[:-1] + (1,), self.device, torch.float32)
+            self.value_scale_store = store(shape[:-1] + (1,), self.device, torch.float32)
             self.key_scales, self.value_scales = list(self.key_scale_store.unbind(0)), list(self.value_scale_store.unbind(0))
         self.batch_size, self.max_len = batch_size, max_len
         self.key_positions = torch.arange(max_len, device=device)
