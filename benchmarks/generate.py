@@ -26,7 +26,9 @@ Rows:
 - machine: the CPU model, its ISA extensions (AVX2, AVX-512 VNNI/BF16, AMX) and the memory read bandwidth
   measured on the same threads (benchmarks/machine.py). Each batch-1 row reports the bytes it reads per
   token (its weights as stored, plus the cached keys and values at the run's mean context; llama.cpp: the
-  GGUF file's size) and its achieved bandwidth, bytes x tokens/s, as a fraction of the measured one.
+  GGUF file's size) and its achieved bandwidth, bytes x tokens/s, as a fraction of the measured one (the
+  higher of the machine row's and a measurement right after that row's runs: a shared host's bandwidth
+  swings within minutes). Bandwidths are read in 2 MB pages, as the engine keeps its weights.
 
 Prints a table, then one JSON line (DESIGN.md keys; peak memory keys end in _mib).
 """
@@ -101,6 +103,22 @@ def bytes_per_token(model, prompt_tokens: int) -> float:
     return weight_bytes_per_token(model) + kv_bytes_per_token(model.config, prompt_tokens + NEW_TOKENS / 2, kv_value)
 
 
+def bandwidth_now() -> dict:
+    """The memory read bandwidth right after a batch-1 row's timed runs (its peak memory read first: the
+    512-MiB tensor would count in it). A shared host's bandwidth swings by 2x within minutes (30-64 GB/s
+    on the AVX-512 EPYC, 2026-12-06), so a row's fraction is taken against the higher of this and the
+    machine row's figure: a slow moment never flatters it."""
+    from machine import read_bandwidth_gbs
+
+    return {"read_bandwidth_gbs": round(read_bandwidth_gbs(THREADS, mib=512), 2)}
+
+
+def row_bandwidth(r: dict, name: str) -> float | None:
+    """The bandwidth a row's achieved GB/s is a fraction of: the higher of the machine's and the row's own."""
+    measured = [x for x in (get(r, "machine", "read_bandwidth_gbs"), get(r, name, "read_bandwidth_gbs")) if x]
+    return max(measured) if measured else None
+
+
 def worker_b1(kind: str, compile: bool = True) -> dict:
     from llmkit.infer import Engine, SamplingParams
 
@@ -116,7 +134,8 @@ def worker_b1(kind: str, compile: bool = True) -> dict:
     # `llmkit serve --compile` after its warm_up (a missing graph would be compiled, not run wrongly)
     engine.warmed_up = compile
     speeds = [timed_stream(engine, prompt, params)[1] for _ in range(3)]
-    return {"tok_s": sorted(speeds)[1], "warmup_s": warmup, "peak_mib": peak_mib(), "bytes_per_token": read}
+    return {"tok_s": sorted(speeds)[1], "warmup_s": warmup, "peak_mib": peak_mib(), "bytes_per_token": read,
+            **bandwidth_now()}
 
 
 def worker_b32(kind: str, compile: bool = True) -> dict:
@@ -365,7 +384,7 @@ def worker_llamacpp() -> dict:
     prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
     speeds = llamacpp_decode_speeds(llm, prompt, NEW_TOKENS, runs=4)
     return {"tok_s": sorted(speeds[1:])[1], "peak_mib": peak_mib(), "version": llama_cpp.__version__,
-            "bytes_per_token": named_model_file("smollm2").stat().st_size}
+            "bytes_per_token": named_model_file("smollm2").stat().st_size, **bandwidth_now()}
 
 
 def worker_machine() -> dict:
@@ -451,8 +470,9 @@ def summary(r: dict) -> dict:
             out[f"{name}_peak_mib"] = get(r, name, "peak_mib")
         if get(r, name, "bytes_per_token") and get(r, name, "tok_s"):
             out[f"{name}_gbs"] = get(r, name, "bytes_per_token") * get(r, name, "tok_s") / 1e9
-            if "machine" in r:
-                out[f"{name}_bandwidth_fraction"] = out[f"{name}_gbs"] / r["machine"]["read_bandwidth_gbs"]
+            if row_bandwidth(r, name):
+                out[f"{name}_bandwidth_fraction"] = out[f"{name}_gbs"] / row_bandwidth(r, name)
+                out[f"{name}_read_bandwidth_gbs"] = get(r, name, "read_bandwidth_gbs")
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
 
@@ -486,7 +506,11 @@ def print_table(r: dict) -> None:
             achieved = read * x / 1e9 if read and x else None
             print(f"{label:<34} {shown} {ratio(x, hf):>7} {ratio(x, llama):>12} {peak or 0:9.0f} "
                   + (f"{read / 1e6:9.1f} {achieved:6.1f} " if achieved else f"{'-':>9} {'-':>6} ")
-                  + (f"{achieved / bandwidth:6.0%}" if achieved and bandwidth else f"{'-':>6}"))
+                  + (f"{achieved / row_bandwidth(r, name):6.0%}" if achieved and row_bandwidth(r, name) else f"{'-':>6}"))
+    own = {name: get(r, name, "read_bandwidth_gbs") for name, _ in rows if get(r, name, "read_bandwidth_gbs")}
+    if own:
+        print("bandwidth right after each batch-1 row (its fraction is of the higher of this and the machine's): "
+              + ", ".join(f"{name} {gbs:.1f}" for name, gbs in own.items()) + " GB/s")
     if get(r, "llamacpp", "reason"):
         print(f"llama.cpp not measured: {get(r, 'llamacpp', 'reason')}")
     for batched, single, weights in (("b32", "b1_bf16", "bf16"), ("b32_fp32", "b1_fp32", "fp32"),
