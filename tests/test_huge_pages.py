@@ -119,3 +119,22 @@ def test_a_cpu_engine_decodes_from_huge_pages_as_from_ordinary_memory(monkeypatc
     assert cache.key_store.nbytes > huge_pages.HUGE_PAGE
     assert huge_pages.in_huge_pages(cache.key_store) == huge_pages.in_huge_pages(cache.value_store) == offered
     assert not offered or advised_for_huge_pages(cache.key_store)
+
+
+def test_a_refused_mapping_leaves_memory_as_pytorch_allocates_it(monkeypatch, caplog):
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(huge_pages.mmap, "mmap", refuse)
+    monkeypatch.setattr(huge_pages, "_refused", [])
+    z = huge_pages.zeros((3, 2 << 20), torch.float32)
+    assert not z.any() and not huge_pages.in_huge_pages(z)
+    model = tiny()
+    x = torch.randint(0, 512, (1, 5))
+    before = model(x)
+    assert huge_pages.place_in_huge_pages(model, min_bytes=0) == 0
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+    if huge_pages.available():  # the refusal is said once, with what to expect
+        assert [r.message for r in caplog.records].count(
+            "huge pages: [Errno 12] Cannot allocate memory; keeping PyTorch's own allocation (4 KB pages: slower "
+            "decode)") == 1

@@ -23,6 +23,7 @@ LLMKIT_HUGE_PAGES=0 is set, both leave memory as PyTorch allocates it.
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import weakref
@@ -33,8 +34,11 @@ import torch.nn as nn
 HUGE_PAGE = 2 << 20  # bytes: the x86-64 transparent huge page
 ALIGNMENT = 64  # bytes between tensors in a mapping: a cache line
 
+logger = logging.getLogger(__name__)
+
 # (first byte, end, the mapping) of every mapping made here: a tensor inside one is already placed
 _mappings: list[tuple[int, int, weakref.ref]] = []
+_refused: list[OSError] = []  # mappings the system refused (logged once)
 
 
 def available() -> bool:
@@ -49,12 +53,19 @@ def available() -> bool:
         return False
 
 
-def _mapping(nbytes: int) -> tuple[mmap.mmap, int]:
+def _mapping(nbytes: int) -> tuple[mmap.mmap, int] | None:
     """A zeroed mapping advised MADV_HUGEPAGE with room for nbytes from the returned offset, which is on
     a huge page boundary (a huge page covers only an aligned 2 MB of a mapping). Tensors made over it
-    with torch.frombuffer keep it alive."""
-    memory = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    memory.madvise(mmap.MADV_HUGEPAGE)
+    with torch.frombuffer keep it alive. None where the system refuses the mapping or the advice (out of
+    memory, a kernel built without THP): the caller allocates as PyTorch does, and says so once."""
+    try:
+        memory = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    except OSError as error:
+        if not _refused:
+            logger.warning("huge pages: %s; keeping PyTorch's own allocation (4 KB pages: slower decode)", error)
+        _refused.append(error)
+        return None
     first = torch.frombuffer(memory, dtype=torch.uint8, count=1).data_ptr()
     _mappings[:] = [m for m in _mappings if m[2]() is not None]
     _mappings.append((first, first + len(memory), weakref.ref(memory)))
@@ -79,7 +90,10 @@ def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
     if nbytes < HUGE_PAGE or not available():
         return torch.zeros(shape, dtype=dtype)
-    memory, start = _mapping(nbytes)
+    mapped = _mapping(nbytes)
+    if mapped is None:
+        return torch.zeros(shape, dtype=dtype)
+    memory, start = mapped
     return _over(memory, start, shape, dtype).zero_()  # zero_ touches every page now, as torch.zeros' memset
 
 
@@ -109,7 +123,10 @@ def place_in_huge_pages(model: nn.Module, min_bytes: int = HUGE_PAGE) -> int:
         total += -(-tensor.nbytes // ALIGNMENT) * ALIGNMENT
     if total == 0 or total < min_bytes:
         return 0
-    memory, start = _mapping(total)
+    mapped = _mapping(total)
+    if mapped is None:
+        return 0
+    memory, start = mapped
     placed = {address: _over(memory, start + offsets[address], tensor.shape, tensor.dtype).copy_(tensor)
               for address, tensor in tensors.items()}
     for module in model.modules():
