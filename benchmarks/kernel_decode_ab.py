@@ -36,7 +36,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 # per kernel source: the llmkit.cpu_kernels functions the model calls, each with its output's shape for tracing
 OPERATORS = {
     "int8_dot": {"int4_linear": lambda x, weight, in_features: x.new_empty(*x.shape[:-1], weight.shape[0]),
-                 "int8_linear": lambda x, weight, scales: x.new_empty(*x.shape[:-1], weight.shape[0])},
+                 "int8_linear": lambda x, weight, scales: x.new_empty(*x.shape[:-1], weight.shape[0]),
+                 # SwiGLU gate/up layers (2026-12-06): silu(gate) * up, half the outputs
+                 "int4_linear_swiglu": lambda x, weight, in_features: x.new_empty(*x.shape[:-1], weight.shape[0] // 2),
+                 "int8_linear_swiglu": lambda x, weight, scales: x.new_empty(*x.shape[:-1], weight.shape[0] // 2)},
     "attention": {"attention": lambda q, k, v, mask, scale, *scales: q.new_empty(q.shape)},
 }
 
@@ -47,6 +50,10 @@ def build(source: Path, kernel: str) -> str:
     from cpu_kernels import load_other
 
     namespace = load_other(source)
+    missing = [name for name in OPERATORS[kernel] if not hasattr(getattr(torch.ops, namespace), name)]
+    if missing:  # e.g. an int8_dot.cpp from before the SwiGLU operators: its gate/up layers would call ours
+        raise SystemExit(f"kernel_decode_ab: {source} has no {', '.join(missing)}; compare builds that define "
+                         f"every operator the model calls ({', '.join(OPERATORS[kernel])})")
     for name, shape in OPERATORS[kernel].items():
         torch.library.register_fake(f"{namespace}::{name}")(shape)
     return namespace
