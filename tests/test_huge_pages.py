@@ -138,3 +138,15 @@ def test_a_refused_mapping_leaves_memory_as_pytorch_allocates_it(monkeypatch, ca
         assert [r.message for r in caplog.records].count(
             "huge pages: [Errno 12] Cannot allocate memory; keeping PyTorch's own allocation (4 KB pages: slower "
             "decode)") == 1
+
+
+def test_a_draft_model_is_placed_with_its_engine(monkeypatch):
+    from llmkit.infer import Speculator
+
+    overrides = dict(vocab_size=4096, d_model=128, n_heads=4, n_kv_heads=2, head_dim=32, d_ff=256)
+    target, draft = tiny(**overrides), tiny(n_layers=1, **overrides)
+    engine = Engine(target, speculator=Speculator(draft, 3), max_batch_size=1, prefix_cache_mib=0)
+    offered = huge_pages.available()
+    assert huge_pages.in_huge_pages(target.tok_emb.weight) == huge_pages.in_huge_pages(draft.tok_emb.weight) == offered
+    ids = engine.generate([5, 9, 300], SamplingParams(max_new_tokens=6, temperature=0))
+    assert len(ids) == 6

@@ -40,6 +40,7 @@ import torch.nn as nn
 
 from llmkit.errors import GenerationError
 from llmkit.infer.compiled import compile_for_inference
+from llmkit.infer.huge_pages import place_in_huge_pages
 from llmkit.infer.kv_cache import KVCache
 from llmkit.infer.sampling import NAN_LOGITS
 from llmkit.infer.scheduler import CAPACITY_STEP, Request
@@ -179,6 +180,8 @@ class Speculator:
             if draft_vocab != vocab:
                 raise GenerationError(f"the draft model's vocabulary ({draft_vocab}) differs from the target's "
                                       f"({vocab}); a draft must share the target's tokenizer")
+            if engine.device.type == "cpu":  # the draft streams its weights every drafted token too
+                place_in_huge_pages(self.drafter.model)
             if engine.compiled:
                 self.drafter.compile()
         self.engine = engine
