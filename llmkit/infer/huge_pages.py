@@ -110,30 +110,34 @@ def _movable(tensor: torch.Tensor | None) -> bool:
 def place_in_huge_pages(model: nn.Module, min_bytes: int = HUGE_PAGE) -> int:
     """Copy the model's CPU parameters and buffers into one huge-page mapping, in place (see the module
     docstring). Tensors sharing a storage (tied weights) share the copy. Does nothing where huge pages
-    are not `available()` or the tensors to move take less than min_bytes. Returns the bytes moved."""
+    are not `available()` or the tensors to move take less than min_bytes. Returns the bytes moved.
+    Each tensor is swapped in as soon as it is copied, so that its old memory can go at once: the
+    process never holds two copies of the whole model."""
     if not available():
         return 0
-    tensors: dict[int, torch.Tensor] = {}  # by storage address: tied tensors once
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if _movable(tensor):
-            tensors.setdefault(tensor.data_ptr(), tensor)
-    offsets, total = {}, 0
-    for address, tensor in tensors.items():
-        offsets[address] = total
-        total += -(-tensor.nbytes // ALIGNMENT) * ALIGNMENT
+    # by storage address (tied tensors once): the tensor, and where it is held (module, name, a parameter?)
+    holders: dict[int, tuple[torch.Tensor, list[tuple[nn.Module, str, bool]]]] = {}
+    for module in model.modules():
+        for table, is_parameter in ((module._parameters, True), (module._buffers, False)):
+            for name, tensor in table.items():
+                if _movable(tensor):
+                    holders.setdefault(tensor.data_ptr(), (tensor, []))[1].append((module, name, is_parameter))
+    sizes = {address: -(-tensor.nbytes // ALIGNMENT) * ALIGNMENT for address, (tensor, _) in holders.items()}
+    total = sum(sizes.values())
     if total == 0 or total < min_bytes:
         return 0
     mapped = _mapping(total)
     if mapped is None:
         return 0
-    memory, start = mapped
-    placed = {address: _over(memory, start + offsets[address], tensor.shape, tensor.dtype).copy_(tensor)
-              for address, tensor in tensors.items()}
-    for module in model.modules():
-        for name, parameter in module._parameters.items():
-            if parameter is not None and parameter.data_ptr() in placed and _movable(parameter):
-                parameter.data = placed[parameter.data_ptr()]
-        for name, buffer in module._buffers.items():
-            if buffer is not None and buffer.data_ptr() in placed and _movable(buffer):
-                module._buffers[name] = placed[buffer.data_ptr()]
+    memory, offset = mapped
+    for address in list(holders):
+        tensor, places = holders.pop(address)
+        placed = _over(memory, offset, tensor.shape, tensor.dtype).copy_(tensor)
+        offset += sizes[address]
+        for module, name, is_parameter in places:
+            if is_parameter:
+                module._parameters[name].data = placed
+            else:
+                module._buffers[name] = placed
+        del tensor, places
     return total
