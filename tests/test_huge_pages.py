@@ -150,3 +150,18 @@ def test_a_draft_model_is_placed_with_its_engine(monkeypatch):
     assert huge_pages.in_huge_pages(target.tok_emb.weight) == huge_pages.in_huge_pages(draft.tok_emb.weight) == offered
     ids = engine.generate([5, 9, 300], SamplingParams(max_new_tokens=6, temperature=0))
     assert len(ids) == 6
+
+
+def test_a_model_made_under_inference_mode_still_runs_after_the_move():
+    # a Parameter made under torch.inference_mode is an inference tensor; ordinary data swapped into it
+    # failed every later forward ("Inference tensors do not track version counter")
+    with torch.inference_mode():
+        model = tiny()
+    x = torch.randint(0, 512, (1, 7))
+    with torch.no_grad():
+        before = model(x)
+    huge_pages.place_in_huge_pages(model, min_bytes=0)
+    assert huge_pages.in_huge_pages(model.tok_emb.weight) == huge_pages.available()
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            torch.testing.assert_close(model(x), before, rtol=0, atol=0)

@@ -3,10 +3,10 @@
 Why: a decode step streams every weight from memory once, and attention streams every running row's
 keys and values. In 4 KB pages the CPU's hardware prefetchers stop at each page boundary and every
 4 KB costs a TLB miss, so a stream runs well below the memory's speed. Measured on the 2-core AMD EPYC
-(AVX-512 VNNI, Zen 4; BENCHMARKS.md, 2026-12-06), in one process, alternating rounds:
+(AVX-512 VNNI, Zen 4; BENCHMARKS.md, 2026-12-06):
 - reading a 1 GiB fp32 tensor with torch.sum on 2 threads: 37.5-38.2 GB/s in 4 KB pages, 60.3-61.7 in 2 MB;
-- SmolLM2-135M int8 decode, batch 1: 1.23-1.24x with the weights in 2 MB pages (both load orders);
-  batch 32: 1.02x for the weights, then 1.03x more for the KV cache.
+- SmolLM2-135M decode, compiled, in one process, alternating rounds (benchmarks/huge_pages_ab.py, both
+  load orders, tokens identical): int8 batch 1 1.14-1.38x, int4 batch 1 1.17-1.21x, batch 32 1.04-1.06x.
 
 PyTorch's CPU allocator asks for huge pages only with THP_MEM_ALLOC_ENABLE=1 set before it starts and
 only for allocations of 2 MB or more, and a small model's layers are a few hundred KB each. So the
@@ -132,7 +132,9 @@ def place_in_huge_pages(model: nn.Module, min_bytes: int = HUGE_PAGE) -> int:
     memory, offset = mapped
     for address in list(holders):
         tensor, places = holders.pop(address)
-        placed = _over(memory, offset, tensor.shape, tensor.dtype).copy_(tensor)
+        # an inference tensor (made under torch.inference_mode) gets one: a Parameter's data keeps its kind
+        with torch.inference_mode(tensor.is_inference()):
+            placed = _over(memory, offset, tensor.shape, tensor.dtype).copy_(tensor)
         offset += sizes[address]
         for module, name, is_parameter in places:
             if is_parameter:
