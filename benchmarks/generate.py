@@ -105,7 +105,7 @@ def bytes_per_token(model, prompt_tokens: int) -> float:
 
 def bandwidth_now() -> dict:
     """The memory read bandwidth right after a batch-1 row's timed runs (its peak memory read first: the
-    512-MiB tensor would count in it). A shared host's bandwidth swings by 2x within minutes (30-64 GB/s
+    512-MiB tensor would count in it). A shared host's bandwidth swings by 2x within minutes (28-67 GB/s
     on the AVX-512 EPYC, 2026-12-06), so a row's fraction is taken against the higher of this and the
     machine row's figure: a slow moment never flatters it."""
     from machine import read_bandwidth_gbs

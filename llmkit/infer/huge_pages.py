@@ -74,8 +74,12 @@ def _mapping(nbytes: int) -> tuple[mmap.mmap, int] | None:
 
 def _over(memory: mmap.mmap, offset: int, shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A tensor over the mapping's bytes from offset, with a storage of its own"""
-    count = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    count = _nbytes(shape, dtype)
     return torch.frombuffer(memory, dtype=torch.uint8, count=count, offset=offset).view(dtype).view(shape)
+
+
+def _nbytes(shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> int:
+    return torch.Size(shape).numel() * dtype.itemsize
 
 
 def in_huge_pages(tensor: torch.Tensor) -> bool:
@@ -87,7 +91,7 @@ def in_huge_pages(tensor: torch.Tensor) -> bool:
 def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """torch.zeros(shape, dtype=dtype) on the CPU, in huge pages where `available()` (and the tensor
     is at least a huge page), every page touched."""
-    nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    nbytes = _nbytes(shape, dtype)
     if nbytes < HUGE_PAGE or not available():
         return torch.zeros(shape, dtype=dtype)
     mapped = _mapping(nbytes)
