@@ -281,7 +281,9 @@ def test_right_size_times_real_training_steps(tmp_path, shards):
     labels = [row["shape"]["label"] for row in out["candidates"]]
     assert "L1-d16" in labels and preset_label(shards) in labels  # the extra size and the preset's own
     for row in out["candidates"]:
-        assert row["tokens_per_s"] > 0 and row["tokens"] == int(row["tokens_per_s"] * 0.01)
+        # tokens come from the unrounded rate; the JSON rate is rounded to 0.1 tok/s, so allow that rounding
+        assert row["tokens_per_s"] > 0
+        assert int((row["tokens_per_s"] - 0.05) * 0.01) <= row["tokens"] <= int((row["tokens_per_s"] + 0.05) * 0.01)
     assert "timing candidate shapes" in result.stderr
     assert out["best"]["params"] <= 2e5 and "not chosen" in result.stderr  # the preset's 4x256 is beyond the sweep
     missing = cli_in_process("scaling", "right-size", tmp_path / "none", "--seconds", 10)
