@@ -8,8 +8,8 @@ each activation row to int8 in blocks of 32 and multiplies bytes with VNNI (`vpd
 (`vpmaddubsw`). No maintained Python package ships such kernels for PyTorch on x86 that a pip install
 reaches: torchao's `Int8DynamicActivationInt4WeightConfig` x86 kernels are in its CPU wheels on
 download.pytorch.org, while its PyPI wheel (0.18) holds only CUDA extensions. So llmkit carries the
-C++ (int8_dot.cpp, ~490 lines, and its tiles, int8_tiles.h, ~380; attention.cpp, ~620; greedy.cpp, ~100;
-vector_exp.h, the exp both use)
+C++ (int8_dot.cpp, ~490 lines, and its tiles, int8_tiles.h, ~380; attention.cpp, ~510, and its scores'
+arithmetic, attention_scores.h, ~290; greedy.cpp, ~100; vector_exp.h, the exp both use)
 and builds it here with `torch.utils.cpp_extension` and `-march=native`: the instruction set is chosen
 per CPU when the model is loaded (avx512-vnni, avx-vnni, avx2, or plain C++).
 

@@ -422,6 +422,40 @@ def test_attention_is_softmax_attention_and_a_querys_bits_do_not_depend_on_what_
             assert torch.equal(alone[0, :, 0], out[b, :, i])
 
 
+# Decoding, the query heads of a kv head are scored and summed together where the CPU has AVX-512 (runs of
+# up to 4 heads: a group of 8 is two runs); elsewhere, and where the mask differs by head, one by one. Both
+# must give every query its own bits.
+@pytest.mark.parametrize("march", list(VARIANTS))
+@pytest.mark.parametrize("group,d", [(2, 64), (3, 64), (4, 128), (8, 64), (6, 128)])
+def test_decoding_query_heads_together_gives_each_query_the_bits_it_has_alone(march, group, d):
+    from llmkit.infer.kv_cache import quantize_rows
+
+    lib = ops(march)
+    gen = torch.Generator().manual_seed(group * d)
+    batch, kv_heads, capacity = 4, 2, 48
+    heads = group * kv_heads
+    q = torch.randn(batch, heads, 1, d, generator=gen)
+    cache_k, cache_v = (torch.randn(batch, kv_heads, capacity, d, generator=gen) for _ in range(2))
+    lengths = torch.tensor([37, 0, 5, 46])  # row 1 sees nothing (a padding row); row 2 ends within 4 keys
+    for b, n in enumerate(lengths):
+        cache_v[b, :, n:] = float("nan")  # slots past a row's end: never read
+    mask = (torch.arange(capacity)[None, :] < lengths[:, None])[:, None, None, :]  # broadcast over heads
+    mask[3, 0, 0, 20] = False  # a hole: the key-by-key path between runs of 4
+    per_head = mask.expand(batch, heads, 1, capacity).contiguous()  # a mask by head: one query at a time
+    (k8, k_scale), (v8, v_scale) = quantize_rows(cache_k), quantize_rows(cache_v.nan_to_num())
+    for k, v, scales in ((cache_k, cache_v, ()), (cache_k.half(), cache_v.half(), ()), (k8, v8, (k_scale, v_scale))):
+        out = lib.attention(q, k, v, mask, d ** -0.5, *scales)
+        assert torch.equal(out, lib.attention(q, k, v, per_head, d ** -0.5, *scales))
+        for h in (0, group - 1, group, heads - 1):  # a head alone, with its kv head alone
+            kv = slice(h // group, h // group + 1)
+            alone = lib.attention(q[:, h:h + 1], k[:, kv], v[:, kv], mask, d ** -0.5, *(s[:, kv] for s in scales))
+            assert torch.equal(alone[:, 0], out[:, h])
+        assert torch.equal(out[1], torch.zeros(heads, 1, d))
+        if not scales:
+            want = reference_attention(q, k.float(), v.float().nan_to_num(), mask)
+            assert float((out.double() - want).nan_to_num().abs().max()) < 1e-5
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_int8_activation_models_give_the_same_logits_whole_chunked_or_prefix_cached(bits):
     from llmkit.infer.kv_cache import KVCache

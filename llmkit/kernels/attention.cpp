@@ -22,260 +22,13 @@
 #include <array>
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
+#include "attention_scores.h"
 #include "vector_exp.h"
 
-#if defined(__F16C__) || defined(__FMA__) || defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 namespace {
-
-constexpr int LANES = 16;  // partial sums of a dot product over the head dimension
-constexpr int KEYS = 16;   // keys a transposed block holds (many queries: one query against 16 keys at once)
-constexpr float NO_KEY = -std::numeric_limits<float>::infinity();
-
-typedef float v16 __attribute__((vector_size(64)));  // GCC vectors: 16 floats in whatever registers the ISA has
-
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
-typedef float v2 __attribute__((vector_size(8)));
-
-// The widest vector the ISA holds in one register, for sums that must stay in registers
-#if defined(__AVX512F__)
-typedef v16 vnative;
-#else
-typedef v8 vnative;
-#endif
-constexpr int NATIVE = sizeof(vnative) / sizeof(float);
-
-template <typename Half, typename Whole>
-inline Half low_half(const Whole& x) {
-  Half h;
-  std::memcpy(&h, &x, sizeof h);
-  return h;
-}
-
-template <typename Half, typename Whole>
-inline Half high_half(const Whole& x) {
-  Half h;
-  std::memcpy(&h, reinterpret_cast<const char*>(&x) + sizeof h, sizeof h);
-  return h;
-}
-
-// The tree's steps after its first: lane l + 4 onto l, then l + 2, l + 1.
-inline float sum8(v8 eight) {
-  const v4 four = low_half<v4>(eight) + high_half<v4>(eight);
-  const v2 two = low_half<v2>(four) + high_half<v2>(four);
-  return two[0] + two[1];
-}
-
-// The 16 lanes added by a fixed tree: halves onto halves (lane l + 8 onto l, then l + 4, l + 2, l + 1),
-// the tree dot_keys applies lane for lane.
-inline float sum16(v16 part) { return sum8(low_half<v8>(part) + high_half<v8>(part)); }
-
-inline v16 load16(const float* x) {
-  v16 r;
-  std::memcpy(&r, x, sizeof r);
-  return r;
-}
-
-// Keys and values come as float, or as IEEE half (the engine's fp16 KV cache: half the bytes to read, and
-// a decode step's attention at batch 32 reads its cache from memory; BENCHMARKS.md). A half converts to
-// float exactly, so the arithmetic below, in float, is the same for either: only the rounding of the keys
-// and values to half when they were stored differs.
-inline v8 load8(const float* x) {
-  v8 r;
-  std::memcpy(&r, x, sizeof r);
-  return r;
-}
-
-// Where the ISA has no conversion instruction for a type: value by value (exact for half and int8 alike).
-template <typename T>
-inline v8 load8_plain(const T* x) {
-  v8 r;
-  for (int l = 0; l < 8; ++l) r[l] = static_cast<float>(x[l]);
-  return r;
-}
-
-inline v8 load8(const at::Half* x) {
-#if defined(__F16C__)
-  return (v8)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
-#else
-  return load8_plain(x);
-#endif
-}
-
-// int8 keys and values (the engine's int8 cache) convert exactly too; their row's scale is applied to the
-// row's score and to the row's softmax weight (attend_query, softmax_values), once a row, not per value.
-inline v8 load8(const int8_t* x) {
-#if defined(__AVX2__)
-  return (v8)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x))));
-#else
-  return load8_plain(x);
-#endif
-}
-
-// 16 values as two loads of 8 (no AVX-512)
-template <typename T>
-inline v16 load16_halves(const T* x) {
-  v16 r;
-  const v8 low = load8(x), high = load8(x + 8);
-  std::memcpy(&r, &low, sizeof low);
-  std::memcpy(reinterpret_cast<char*>(&r) + sizeof low, &high, sizeof high);
-  return r;
-}
-
-inline v16 load16(const int8_t* x) {
-#if defined(__AVX512F__)
-  return (v16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x))));
-#else
-  return load16_halves(x);
-#endif
-}
-
-inline v16 load16(const at::Half* x) {
-#if defined(__AVX512F__)
-  return (v16)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
-#else
-  return load16_halves(x);
-#endif
-}
-
-// A register's worth (vnative) of floats, halves or int8 values
-template <typename KV>
-inline vnative load_native(const KV* x) {
-#if defined(__AVX512F__)
-  return load16(x);
-#else
-  return load8(x);
-#endif
-}
-
-// a * b + c in one rounding where the ISA has FMA, in two where it has not; written out, not left to the
-// compiler's contraction of a * b + c, which it applied to one sum of a dot product and not to another
-// (seen as soon as the keys came through a conversion): every path that scores a key or sums a value must
-// round the same way, or a query's bits depend on which path ran it.
-#if defined(__FMA__)
-inline v8 fmadd(v8 a, v8 b, v8 c) { return (v8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
-inline float fmadd(float a, float b, float c) { return std::fma(a, b, c); }
-#else
-inline v8 fmadd(v8 a, v8 b, v8 c) { return a * b + c; }
-inline float fmadd(float a, float b, float c) { return a * b + c; }
-#endif
-#if defined(__AVX512F__)
-inline v16 fmadd(v16 a, v16 b, v16 c) { return (v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
-#endif
-
-inline float to_float(float x) { return x; }
-inline float to_float(at::Half x) { return static_cast<float>(x); }
-inline float to_float(int8_t x) { return static_cast<float>(x); }
-
-// <q, k> over d values: 16 partial sums (lane l takes values l, l + 16, ...), then a fixed tree.
-template <typename KV>
-inline float dot(const float* q, const KV* k, int64_t d) {
-#if defined(__AVX512F__)
-  v16 part = {};
-  int64_t i = 0;
-  for (; i + LANES <= d; i += LANES) part = fmadd(load16(q + i), load16(k + i), part);
-  for (; i < d; ++i) part[i % LANES] = fmadd(q[i], to_float(k[i]), part[i % LANES]);
-  return sum16(part);
-#else
-  // The same sums as two named 8-lane halves: GCC kept a 16-float vector on the stack here, moving it
-  // through general registers for every key (perf: vmovq/vpinsrq; 55 us for one decode row of 64 keys)
-  v8 low = {}, high = {};
-  int64_t i = 0;
-  for (; i + LANES <= d; i += LANES) {
-    low = fmadd(load8(q + i), load8(k + i), low);
-    high = fmadd(load8(q + i + LANES / 2), load8(k + i + LANES / 2), high);
-  }
-  if (i < d) {  // the tail in lane i % 16, as above
-    float part[LANES];
-    std::memcpy(part, &low, sizeof low);
-    std::memcpy(part + LANES / 2, &high, sizeof high);
-    for (; i < d; ++i) part[i % LANES] = fmadd(q[i], to_float(k[i]), part[i % LANES]);
-    std::memcpy(&low, part, sizeof low);
-    std::memcpy(&high, part + LANES / 2, sizeof high);
-  }
-  return sum8(low + high);  // sum16's tree: its first step is low + high
-#endif
-}
-
-// dot() for 4 keys at once (rows k, k + stride, ...; d a multiple of 16): each key's partial sums and
-// tree are dot()'s, so its score has the same bits, but the 4 keys' chains run side by side and their
-// trees' steps are taken a vector at a time. dot() for one key waits on its FMA chain and then on its
-// tree's adds, one after the other (a query-key pair took ~45 cycles with the keys in L2, ~13 of them
-// arithmetic; BENCHMARKS.md).
-template <typename KV>
-inline v4 dot4(const float* q, const KV* k, int64_t stride, int64_t d) {
-  v8 low[4] = {}, high[4] = {};
-  for (int64_t i = 0; i < d; i += LANES) {
-    const v8 a = load8(q + i), c = load8(q + i + LANES / 2);
-#pragma GCC unroll 4
-    for (int n = 0; n < 4; ++n) {
-      low[n] = fmadd(a, load8(k + n * stride + i), low[n]);
-      high[n] = fmadd(c, load8(k + n * stride + i + LANES / 2), high[n]);
-    }
-  }
-  typedef int32_t i8 __attribute__((vector_size(32)));
-  const v8 s0 = low[0] + high[0], s1 = low[1] + high[1], s2 = low[2] + high[2], s3 = low[3] + high[3];
-  // lane l + 4 onto l: [keys 0 | 1] and [keys 2 | 3], four lanes each
-  const v8 x = __builtin_shuffle(s0, s1, i8{0, 1, 2, 3, 8, 9, 10, 11}) + __builtin_shuffle(s0, s1, i8{4, 5, 6, 7, 12, 13, 14, 15});
-  const v8 y = __builtin_shuffle(s2, s3, i8{0, 1, 2, 3, 8, 9, 10, 11}) + __builtin_shuffle(s2, s3, i8{4, 5, 6, 7, 12, 13, 14, 15});
-  // lane l + 2 onto l: [key 0, key 2 | key 1, key 3], two lanes each
-  const v8 z = __builtin_shuffle(x, y, i8{0, 1, 8, 9, 4, 5, 12, 13}) + __builtin_shuffle(x, y, i8{2, 3, 10, 11, 6, 7, 14, 15});
-  // lane 1 onto lane 0
-  const v8 w = z + __builtin_shuffle(z, i8{1, 0, 3, 2, 5, 4, 7, 6});
-  return v4{w[0], w[4], w[2], w[6]};
-}
-
-// The same arithmetic as dot(), for 16 keys at once held transposed (kt[c * 16 + j]: value c of key j):
-// each key's partial sums and tree are dot()'s, step for step, so a score has the same bits either way,
-// while the vectors run along the keys (no horizontal sum per key). The 16 partial sums are formed in
-// pairs (l, l + 8), whose sum is the tree's first step, and for V = 8 keys at a time where vectors are 8
-// floats wide (AVX2): 16 live vectors of 16 keys would not fit in its 16 registers (measured: spilled,
-// 5x slower than PyTorch's attention on a 256-token prefill).
-template <typename V>
-inline void dot_keys_part(const float* q, const float* kt, int64_t d, float* out) {
-  V eight[LANES / 2];
-  for (int l = 0; l < LANES / 2; ++l) {
-    V a = {}, b = {};
-    int64_t i = 0;
-    for (; i + LANES <= d; i += LANES) {
-      V ka, kb;
-      std::memcpy(&ka, kt + (i + l) * KEYS, sizeof ka);
-      std::memcpy(&kb, kt + (i + l + LANES / 2) * KEYS, sizeof kb);
-      a = fmadd(V{} + q[i + l], ka, a);
-      b = fmadd(V{} + q[i + l + LANES / 2], kb, b);
-    }
-    if (i + l < d) {  // the tail: value i + l in lane l, as dot()'s part[i % 16]
-      V ka;
-      std::memcpy(&ka, kt + (i + l) * KEYS, sizeof ka);
-      a = fmadd(V{} + q[i + l], ka, a);
-    }
-    if (i + l + LANES / 2 < d) {
-      V kb;
-      std::memcpy(&kb, kt + (i + l + LANES / 2) * KEYS, sizeof kb);
-      b = fmadd(V{} + q[i + l + LANES / 2], kb, b);
-    }
-    eight[l] = a + b;
-  }
-  for (int width = LANES / 4; width > 0; width /= 2)
-    for (int l = 0; l < width; ++l) eight[l] += eight[l + width];
-  std::memcpy(out, &eight[0], sizeof eight[0]);
-}
-
-inline void dot_keys(const float* q, const float* kt, int64_t d, float* out) {
-#if defined(__AVX512F__)
-  dot_keys_part<v16>(q, kt, d, out);
-#else
-  dot_keys_part<v8>(q, kt, d, out);
-  dot_keys_part<v8>(q, kt + 8, d, out + 8);
-#endif
-}
 
 // exp(x - top) for a vector of scores (x <= top), 0 where a score is NO_KEY (vector_exp.h's exp_in_range).
 // Below -87 it gives exp(-87) ~ 1.6e-38: nothing, beside the top key's 1.
@@ -288,18 +41,14 @@ inline V exp_lanes(V scores, float top) {
   return none > 0.5f ? V{} : e;
 }
 
-// Softmax of one query's scores p[0, padded) (NO_KEY where unseen, and past the keys) and the weighted
-// sum of the values it sees. Every sum is split by the key's own index (16 lanes for the normaliser, 2 for
-// the values, then fixed trees), never by how many keys there are, so extra unseen keys change no bit.
-// D > 0: the head size known when compiling (the sums stay in registers); D = 0: any size, given as d_any.
-// v_scale: an int8 cache's value scales (rows v_scale_stride apart; null otherwise), each folded into its
-// key's weight after the normaliser is summed: the values' sums are then sum_j (p_j * s_j) * v_j.
-template <int D, typename KV>
-void softmax_values(float* __restrict p, int64_t padded, const KV* __restrict v, int64_t v_stride,
-                    const bool* __restrict seen, int64_t mask_stride, int64_t keys, int64_t d_any,
-                    float* __restrict acc_any, float* __restrict out, const float* v_scale,
-                    int64_t v_scale_stride) {
-  const int64_t d = D > 0 ? D : d_any;
+// The softmax weights of one query's scores p[0, padded) in place (NO_KEY where unseen, and past the keys):
+// exp(score - top), an int8 cache's value scales (rows v_scale_stride apart; null otherwise) folded into
+// each key's weight after the normaliser is summed (the values' sums are then sum_j (p_j * s_j) * v_j).
+// Returns the normaliser, split by the key's own index (16 lanes, then a fixed tree) so that extra unseen
+// keys change no bit; 0 for a query that sees nothing (a padding row), which otherwise has at least its
+// top key's exp(0) = 1.
+inline float softmax_weights(float* __restrict p, int64_t padded, int64_t keys, const float* v_scale,
+                             int64_t v_scale_stride) {
   // The 16 lanes of the maximum and of the normaliser in registers: as PIECES vectors of the ISA's width
   // (GCC kept 16-float vectors on the stack on AVX2 here too, and took the maximum lane by lane from there)
   constexpr int PIECES = LANES / NATIVE;
@@ -314,10 +63,7 @@ void softmax_values(float* __restrict p, int64_t padded, const KV* __restrict v,
   float top = NO_KEY;
   for (int c = 0; c < PIECES; ++c)
     for (int l = 0; l < NATIVE; ++l) top = std::max(top, tops[c][l]);
-  if (top == NO_KEY) {  // a query that sees nothing (a padding row)
-    std::fill(out, out + d, 0.f);
-    return;
-  }
+  if (top == NO_KEY) return 0.f;
   vnative lanes[PIECES] = {};  // the normaliser: key j in lane j % 16, then dot()'s tree
   for (int64_t j = 0; j < padded; j += LANES)
     for (int c = 0; c < PIECES; ++c) {
@@ -334,35 +80,78 @@ void softmax_values(float* __restrict p, int64_t padded, const KV* __restrict v,
 #endif
   if (v_scale != nullptr)
     for (int64_t j = 0; j < keys; ++j) p[j] *= v_scale[j * v_scale_stride];
-  // seen keys only, not weighted by 0: a cache slot past a row's end may hold NaN
-  if constexpr (D > 0 && D % NATIVE == 0) {  // the sums in vector registers
-    // GROUP registers' worth of the head's values at a time over all keys: each value's sums are the same
-    // operations in the same order however the values are grouped; 2 x GROUP sums are live, in registers
-    // (GCC kept 16-float vectors in memory on AVX2 here, moving them through general registers: 5x slower;
-    // one register a pass, then four: 4-15% faster at decode shapes, BENCHMARKS.md)
-    constexpr int GROUP = (D / NATIVE) % 4 == 0 ? 4 : (D / NATIVE) % 2 == 0 ? 2 : 1;  // registers a pass
-    for (int c = 0; c < D / NATIVE; c += GROUP) {
-      vnative even[GROUP], odd[GROUP];  // constant indices after unrolling: kept in registers
+  return sum;
+}
+
+// The weighted sums of the values for G queries that see the same keys (the query heads of one kv head,
+// decoding): query g's weights at p + g * p_stride, its normaliser sums[g], its output at out + g * D. Each
+// query's sums are the same operations in the same order whatever G is (the values are loaded once for
+// all G): seen keys only, not weighted by 0 (a cache slot past a row's end may hold NaN), even and odd keys
+// in two sums, then (even + odd) / sum.
+template <int D, int G, typename KV>
+inline void weighted_values(const float* __restrict p, int64_t p_stride, const float* sums, const KV* __restrict v,
+                            int64_t v_stride, const bool* __restrict seen, int64_t mask_stride, int64_t keys,
+                            float* __restrict out) {
+  static_assert(D > 0 && D % NATIVE == 0, "the sums in vector registers");
+  // GROUP registers' worth of the head's values at a time over all keys: each value's sums are the same
+  // operations in the same order however the values are grouped; 2 x G x GROUP sums are live, in registers
+  // (GCC kept 16-float vectors in memory on AVX2 here, moving them through general registers: 5x slower;
+  // one register a pass, then four: 4-15% faster at decode shapes, BENCHMARKS.md)
+  constexpr int GROUP = (D / NATIVE) % 4 == 0 ? 4 : (D / NATIVE) % 2 == 0 ? 2 : 1;  // registers a pass
+  for (int c = 0; c < D / NATIVE; c += GROUP) {
+    vnative even[G][GROUP], odd[G][GROUP];  // constant indices after unrolling: kept in registers
+#pragma GCC unroll 16
+    for (int q = 0; q < G; ++q)
 #pragma GCC unroll 4
-      for (int g = 0; g < GROUP; ++g) even[g] = odd[g] = vnative{};
-      for (int64_t j = 0; j < keys; j += 2) {
-        if (seen[j * mask_stride]) {
-          const KV* vj = v + j * v_stride + c * NATIVE;
+      for (int g = 0; g < GROUP; ++g) even[q][g] = odd[q][g] = vnative{};
+    for (int64_t j = 0; j < keys; j += 2) {
+      if (seen[j * mask_stride]) {
+        const KV* vj = v + j * v_stride + c * NATIVE;
+        vnative values[GROUP];
 #pragma GCC unroll 4
-          for (int g = 0; g < GROUP; ++g) even[g] = fmadd(vnative{} + p[j], load_native(vj + g * NATIVE), even[g]);
-        }
-        if (j + 1 < keys && seen[(j + 1) * mask_stride]) {
-          const KV* vj = v + (j + 1) * v_stride + c * NATIVE;
+        for (int g = 0; g < GROUP; ++g) values[g] = load_native(vj + g * NATIVE);
+#pragma GCC unroll 16
+        for (int q = 0; q < G; ++q)
 #pragma GCC unroll 4
-          for (int g = 0; g < GROUP; ++g) odd[g] = fmadd(vnative{} + p[j + 1], load_native(vj + g * NATIVE), odd[g]);
-        }
+          for (int g = 0; g < GROUP; ++g) even[q][g] = fmadd(vnative{} + p[q * p_stride + j], values[g], even[q][g]);
       }
+      if (j + 1 < keys && seen[(j + 1) * mask_stride]) {
+        const KV* vj = v + (j + 1) * v_stride + c * NATIVE;
+        vnative values[GROUP];
 #pragma GCC unroll 4
-      for (int g = 0; g < GROUP; ++g) {
-        const vnative o = (even[g] + odd[g]) / sum;
-        std::memcpy(out + (c + g) * NATIVE, &o, sizeof o);
+        for (int g = 0; g < GROUP; ++g) values[g] = load_native(vj + g * NATIVE);
+#pragma GCC unroll 16
+        for (int q = 0; q < G; ++q)
+#pragma GCC unroll 4
+          for (int g = 0; g < GROUP; ++g) odd[q][g] = fmadd(vnative{} + p[q * p_stride + j + 1], values[g], odd[q][g]);
       }
     }
+#pragma GCC unroll 16
+    for (int q = 0; q < G; ++q)
+#pragma GCC unroll 4
+      for (int g = 0; g < GROUP; ++g) {
+        const vnative o = (even[q][g] + odd[q][g]) / sums[q];
+        std::memcpy(out + q * D + (c + g) * NATIVE, &o, sizeof o);
+      }
+  }
+}
+
+// Softmax of one query's scores p[0, padded) (softmax_weights) and the weighted sum of the values it sees.
+// D > 0: the head size known when compiling (the sums stay in registers: weighted_values); D = 0: any size,
+// given as d_any, the same arithmetic in memory.
+template <int D, typename KV>
+void softmax_values(float* __restrict p, int64_t padded, const KV* __restrict v, int64_t v_stride,
+                    const bool* __restrict seen, int64_t mask_stride, int64_t keys, int64_t d_any,
+                    float* __restrict acc_any, float* __restrict out, const float* v_scale,
+                    int64_t v_scale_stride) {
+  const int64_t d = D > 0 ? D : d_any;
+  const float sum = softmax_weights(p, padded, keys, v_scale, v_scale_stride);
+  if (sum == 0.f) {  // a query that sees nothing (a padding row)
+    std::fill(out, out + d, 0.f);
+    return;
+  }
+  if constexpr (D > 0 && D % NATIVE == 0) {
+    weighted_values<D, 1, KV>(p, padded, &sum, v, v_stride, seen, mask_stride, keys, out);
   } else {  // the same arithmetic, any head size
     float* __restrict acc = acc_any;  // acc[0, d): even keys, acc[d, 2d): odd keys
     std::fill(acc, acc + 2 * d, 0.f);
@@ -480,6 +269,62 @@ void attend_query(const float* qi, const KV* kb, int64_t ks, const KV* vb, int64
   softmax(p, limit, vb, vs, seen, ms, last, d, acc, out, v_scale, st);
 }
 
+#if defined(__AVX512F__)
+// The G query heads of one kv head, decoding (one query each, seeing the same keys: a mask broadcast over
+// heads), scored and summed together: each key and value is loaded and converted once for the G of them
+// (dot4_group, weighted_values) instead of once a query. Every score, weight and sum is attend_query's
+// arithmetic for that query, so the bits are those of the query alone. q: the G queries, D apart; p: G
+// rows of `padded` scores; out: G outputs, D apart.
+template <int G, int D, typename KV>
+void attend_group(const float* q, const KV* kb, int64_t ks, const KV* vb, int64_t vs, const float* k_scale,
+                  const float* v_scale, int64_t st, const bool* seen, int64_t ms, int64_t last, float scale_f,
+                  const Ahead& ahead, float* p, int64_t padded, float* out) {
+  constexpr bool INT8 = std::is_same_v<KV, int8_t>;
+  const int64_t limit = (last + KEYS - 1) / KEYS * KEYS;
+  const int64_t steps = std::max<int64_t>((last + 3) / 4, 1);
+  const int64_t per_step = (ahead.end - ahead.begin + steps - 1) / steps;
+  int64_t prefetched = ahead.begin;
+  for (int64_t j = 0; j < limit;) {
+    const int64_t wanted = std::min(prefetched + per_step, ahead.end);
+    if (ahead.k != nullptr && prefetched < wanted) {
+      prefetch_rows<KV>(ahead.k, ks, ahead.v, vs, prefetched, wanted, D);
+      if constexpr (INT8)
+        for (int64_t r = prefetched; r < wanted; ++r)
+          if (r % 16 == 0 || r == ahead.begin) {
+            __builtin_prefetch(ahead.k_scale + r * st, 0, 2);
+            __builtin_prefetch(ahead.v_scale + r * st, 0, 2);
+          }
+      prefetched = wanted;
+    }
+    if (j + 4 <= last && seen[j * ms] && seen[(j + 1) * ms] && seen[(j + 2) * ms] && seen[(j + 3) * ms]) {
+      v4 four[G];
+      dot4_group<G, KV>(q, D, kb + j * ks, ks, D, four);
+#pragma GCC unroll 16
+      for (int g = 0; g < G; ++g) {
+        if constexpr (INT8)
+          four[g] = four[g] * v4{k_scale[j * st], k_scale[(j + 1) * st], k_scale[(j + 2) * st], k_scale[(j + 3) * st]};
+        four[g] = four[g] * scale_f;
+        std::memcpy(p + g * padded + j, &four[g], sizeof four[g]);
+      }
+      j += 4;
+    } else {
+      for (int g = 0; g < G; ++g) {
+        if constexpr (INT8)
+          p[g * padded + j] = j < last && seen[j * ms] ? dot(q + g * D, kb + j * ks, D) * k_scale[j * st] * scale_f : NO_KEY;
+        else
+          p[g * padded + j] = j < last && seen[j * ms] ? dot(q + g * D, kb + j * ks, D) * scale_f : NO_KEY;
+      }
+      ++j;
+    }
+  }
+  float sums[G];
+  for (int g = 0; g < G; ++g) sums[g] = softmax_weights(p + g * padded, limit, last, v_scale, st);
+  weighted_values<D, G, KV>(p, padded, sums, vb, vs, seen, ms, last, out);
+  for (int g = 0; g < G; ++g)
+    if (sums[g] == 0.f) std::fill(out + g * D, out + (g + 1) * D, 0.f);  // sees nothing: a padding row
+}
+#endif
+
 // q (batch, heads, queries, d) float; k, v (batch, kv_heads, keys, d) of KV (float, half, or int8 with row
 // scales k_rows / v_rows), each row's last dimension contiguous; the mask (batch, heads, queries, keys) at
 // mp, read through mask_strides (zero along a dimension it is broadcast over); out like q.
@@ -509,6 +354,49 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
       }
     });
   }
+#if defined(__AVX512F__)
+  // Decoding with grouped-query attention: the query heads of a kv head together (attend_group), in runs
+  // of up to 4 (the registers their sums take)
+  const int64_t run = group % 4 == 0 ? 4 : group % 3 == 0 ? 3 : group % 2 == 0 ? 2 : 1;
+  if (!transpose && queries == 1 && run > 1 && mask_strides[1] == 0 && (d == 64 || d == 128)) {
+    at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> p(run * padded);
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t b = bh / kv_heads, kvh = bh % kv_heads;
+        const bool* seen = mp + b * mask_strides[0];
+        const int64_t ms = mask_strides[3];
+        int64_t last = keys;
+        while (last > 0 && !seen[(last - 1) * ms]) --last;
+        using Plan = PrefetchPlan<KV>;
+        const int64_t next = bh + Plan::ahead;
+        const KV *kb = kp + b * k.stride(0) + kvh * k.stride(1), *vb = vp + b * v.stride(0) + kvh * v.stride(1);
+        for (int64_t h = kvh * group; h < (kvh + 1) * group; h += run) {
+          Ahead ahead;  // the rows of the group ahead, asked for by the kv head's first run
+          if (h == kvh * group && last > 0 && next < batch * kv_heads) {
+            const int64_t nb = next / kv_heads, nh = next % kv_heads;
+            ahead = {reinterpret_cast<const char*>(kp + nb * k.stride(0) + nh * k.stride(1)),
+                     reinterpret_cast<const char*>(vp + nb * v.stride(0) + nh * v.stride(1)), k_rows.of(nb, nh),
+                     v_rows.of(nb, nh), 0, last};
+          }
+          const float* qh = qp + (b * heads + h) * d;
+          float* oh = op + (b * heads + h) * d;
+          const float *k_scale = k_rows.of(b, kvh), *v_scale = v_rows.of(b, kvh);
+          const auto call = [&](auto G, auto D) {
+            attend_group<decltype(G)::value, decltype(D)::value, KV>(qh, kb, ks, vb, vs, k_scale, v_scale,
+                                                                   k_rows.row_stride, seen, ms, last, scale_f,
+                                                                   ahead, p.data(), padded, oh);
+          };
+          using D64 = std::integral_constant<int, 64>;
+          using D128 = std::integral_constant<int, 128>;
+          if (run == 4) d == 64 ? call(std::integral_constant<int, 4>{}, D64{}) : call(std::integral_constant<int, 4>{}, D128{});
+          else if (run == 3) d == 64 ? call(std::integral_constant<int, 3>{}, D64{}) : call(std::integral_constant<int, 3>{}, D128{});
+          else d == 64 ? call(std::integral_constant<int, 2>{}, D64{}) : call(std::integral_constant<int, 2>{}, D128{});
+        }
+      }
+    });
+    return;
+  }
+#endif
   at::parallel_for(0, batch * heads * queries, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> p(padded), acc(2 * d);
     for (int64_t item = begin; item < end; ++item) {
