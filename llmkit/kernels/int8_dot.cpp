@@ -368,15 +368,18 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::
 // kernel read them back and wrote the product (at batch 32 on SmolLM2-135M, 23 us a layer, ~3% of the
 // step); fused, batch-32 decode ran 1.08-1.10x, batch 1 the same (BENCHMARKS.md, 2026-12-06). The layout
 // is the plain one: no weight is packed differently.
-typedef float floats8 __attribute__((vector_size(32)));  // GCC vectors: AVX2 or AVX-512 registers alike
+// GCC vectors of a panel's width: 16 floats (one AVX-512 register) where panels have 16 rows, else 8. Every
+// lane takes the same operations, so the width changes no bit; on AVX-512, 8 lanes a vector took twice the
+// instructions (the 3072 x 576 int8 gate/up operator at 32 rows: 1.025x with 16, outputs bit-identical).
+typedef float panel_floats __attribute__((vector_size(PANEL * sizeof(float))));
 
 // silu(g) * u = g * u / (1 + exp(-g)), lane by lane (the same bits at any batch), exp by vector_exp.h
 // (within ~2 ulp) with -g clamped to [-87, 88] (beyond, the product is g * u or ~0 anyway). A NaN gate
 // gives NaN: the clamp maps it to -87, and g * u stays NaN.
-inline floats8 silu_times(floats8 g, floats8 u) {
-  floats8 x = -g;
-  x = x > -87.0f ? x : floats8{} - 87.0f;
-  x = x < 88.0f ? x : floats8{} + 88.0f;
+inline panel_floats silu_times(panel_floats g, panel_floats u) {
+  panel_floats x = -g;
+  x = x > -87.0f ? x : panel_floats{} - 87.0f;
+  x = x < 88.0f ? x : panel_floats{} + 88.0f;
   return g * u / (exp_in_range(x) + 1.0f);
 }
 
@@ -408,14 +411,13 @@ at::Tensor swiglu_of_panels(const at::Tensor& x, const at::Tensor& x2, int64_t k
       for (int64_t i = 0; i < panels; ++i)
         panel(activations, half + (run + i) * PANEL, up.data() + i * rows * PANEL, PANEL);
       for (int64_t i = 0; i < panels; ++i)
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t c = 0; c < PANEL; c += 8) {
-            floats8 g, u;
-            std::memcpy(&g, gate.data() + (i * rows + r) * PANEL + c, sizeof g);
-            std::memcpy(&u, up.data() + (i * rows + r) * PANEL + c, sizeof u);
-            const floats8 y = silu_times(g, u);
-            std::memcpy(out + r * half + (run + i) * PANEL + c, &y, sizeof y);
-          }
+        for (int64_t r = 0; r < rows; ++r) {
+          panel_floats g, u;
+          std::memcpy(&g, gate.data() + (i * rows + r) * PANEL, sizeof g);
+          std::memcpy(&u, up.data() + (i * rows + r) * PANEL, sizeof u);
+          const panel_floats y = silu_times(g, u);
+          std::memcpy(out + r * half + (run + i) * PANEL, &y, sizeof y);
+        }
     }
   });
   return in_dtype_of(x, out2);
