@@ -27,8 +27,8 @@ Rows:
   measured on the same threads (benchmarks/machine.py). Each batch-1 row reports the bytes it reads per
   token (its weights as stored, plus the cached keys and values at the run's mean context; llama.cpp: the
   GGUF file's size) and its achieved bandwidth, bytes x tokens/s, as a fraction of the measured one (the
-  higher of the machine row's and a measurement right after that row's runs: a shared host's bandwidth
-  swings within minutes). Bandwidths are read in 2 MB pages, as the engine keeps its weights.
+  highest of the run: the machine row's and one right after each batch-1 row's runs, since a shared host's
+  bandwidth swings within minutes). Bandwidths are read in 2 MB pages, as the engine keeps its weights.
 
 Prints a table, then one JSON line (DESIGN.md keys; peak memory keys end in _mib).
 """
