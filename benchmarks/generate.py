@@ -63,6 +63,12 @@ def setup_torch():
     return torch
 
 
+# the weight formats load_ours makes (int4_head4: the output head in int4 too); the quantized ones run
+# llmkit's int8-activation kernels on x86 CPUs without AMX
+WEIGHT_KINDS = ("fp32", "bf16", "int8", "int4", "int4_head4")
+QUANTIZED_KINDS = WEIGHT_KINDS[2:]
+
+
 def load_ours(kind: str):
     """SmolLM2 in one of our configurations: fp32, bf16, int8, int4 (quantized from the fp32 weights)."""
     torch = setup_torch()

@@ -22,12 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
+    import generate  # light: torch is imported when a model is loaded
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="int4", choices=["fp32", "bf16", "int8", "int4", "int4_head4"])
+    parser.add_argument("--weights", default="int4", choices=generate.WEIGHT_KINDS)
     parser.add_argument("--batch", type=int, default=1, help="requests decoding together")
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
-    import generate
     generate.setup_torch()
     from llmkit.infer import Engine, SamplingParams
     from llmkit.infer.compiled import warm_up

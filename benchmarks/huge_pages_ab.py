@@ -23,13 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
+    import generate  # light: torch is imported when a model is loaded
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="int8", choices=["fp32", "bf16", "int8", "int4", "int4_head4"])
+    parser.add_argument("--weights", default="int8", choices=generate.WEIGHT_KINDS)
     parser.add_argument("--batch", type=int, default=1, help="requests decoding together")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--plain-first", action="store_true", help="load the 4 KB-page copy first")
     args = parser.parse_args()
-    import generate
     import machine
     generate.setup_torch()
     from llmkit.infer import Engine, SamplingParams, huge_pages

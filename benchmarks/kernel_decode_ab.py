@@ -70,14 +70,15 @@ def use(namespace: str, kernel: str) -> None:
 
 
 def main() -> None:
+    import generate  # light: torch is imported when a model is loaded
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", default="int8_dot", choices=list(OPERATORS), help="which kernel source")
     parser.add_argument("--against", type=Path, required=True, help="the other build's source file")
-    parser.add_argument("--weights", default="int4", choices=["int8", "int4", "int4_head4"])
+    parser.add_argument("--weights", default="int4", choices=generate.QUANTIZED_KINDS)
     parser.add_argument("--batch", type=int, default=1, help="requests decoding together")
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
-    import generate
     generate.setup_torch()
     import llmkit.cpu_kernels as cpu_kernels
     from cpu_kernels import panel_rows_of, repacked  # benchmarks/cpu_kernels.py

@@ -28,10 +28,12 @@ DTYPES = ["int8", "float16", "float32"]
 
 
 def main() -> None:
+    import generate  # light: torch is imported when a model is loaded
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", nargs="+", default=["int8", "float16"], choices=DTYPES,
                         help="cache dtypes, at least two; ratios are of each against the last")
-    parser.add_argument("--weights", default="int4", choices=["int8", "int4", "int4_head4"])
+    parser.add_argument("--weights", default="int4", choices=generate.QUANTIZED_KINDS)
     parser.add_argument("--batch", type=int, default=32, help="requests decoding together")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--prompt-tokens", type=int, default=0, help="a system prompt of this many tokens (0: none)")
@@ -39,7 +41,6 @@ def main() -> None:
     if len(set(args.dtypes)) < 2:
         parser.error("--dtypes: name at least two different cache dtypes")
     dtypes = list(dict.fromkeys(args.dtypes))
-    import generate
     generate.setup_torch()
     from llmkit.infer import Engine, SamplingParams
     from llmkit.infer.compiled import warm_up

@@ -22,13 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
+    import generate  # light: torch is imported when a model is loaded
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="int8", choices=["int8", "int4", "int4_head4"])
+    parser.add_argument("--weights", default="int8", choices=generate.QUANTIZED_KINDS)
     parser.add_argument("--batch", type=int, default=32, help="requests decoding together")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--plain-first", action="store_true", help="load the unfused copy first")
     args = parser.parse_args()
-    import generate
     generate.setup_torch()
     from llmkit.infer import Engine, SamplingParams
     from llmkit.infer.quantize import fused_swiglu
