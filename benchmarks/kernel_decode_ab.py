@@ -39,11 +39,7 @@ OPERATORS = {
                  "int8_linear": lambda x, weight, scales: x.new_empty(*x.shape[:-1], weight.shape[0]),
                  # SwiGLU gate/up layers (2026-12-06): silu(gate) * up, half the outputs
                  "int4_linear_swiglu": lambda x, weight, in_features: x.new_empty(*x.shape[:-1], weight.shape[0] // 2),
-                 "int8_linear_swiglu": lambda x, weight, scales: x.new_empty(*x.shape[:-1], weight.shape[0] // 2),
-                 # a SwiGLU MLP in one call (2026-12-06, nineteenth session)
-                 "int4_swiglu_mlp": lambda x, gate_up, down, in_features: x.new_empty(*x.shape[:-1], down.shape[0]),
-                 "int8_swiglu_mlp": lambda x, gate_up, gate_up_scales, down, down_scales:
-                     x.new_empty(*x.shape[:-1], down.shape[0])},
+                 "int8_linear_swiglu": lambda x, weight, scales: x.new_empty(*x.shape[:-1], weight.shape[0] // 2)},
     "attention": {"attention": lambda q, k, v, mask, scale, *scales: q.new_empty(q.shape)},
 }
 

@@ -4,8 +4,7 @@
 
 A quantized gate/up layer on the int8-activation kernels computes silu(gate) * up in its epilogue
 (`int8_linear_swiglu` / `int4_linear_swiglu`, llmkit.infer.quantize.fused_swiglu); unfused, the kernel
-writes the (rows, 2 d_ff) outputs and the compiled step's pointwise kernel reads them back. (Fused, the
-down layer joins the same call since 2026-12-06, `fused_swiglu_mlp`; unfused, it is its own call.) Two copies of
+writes the (rows, 2 d_ff) outputs and the compiled step's pointwise kernel reads them back. Two copies of
 SmolLM2-135M-Instruct, one with fusion turned off in its gate/up layers, two compiled engines, 128 new
 tokens greedy, 2 threads, rounds alternating (order swapped every round). Which copy is loaded first moved
 batch-1 figures by ~1% (memory placement), so `--plain-first` swaps the load order: run both. The greedy tokens may differ (the kernel's silu is within a few ulp of PyTorch's, and a

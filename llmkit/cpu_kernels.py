@@ -8,7 +8,7 @@ each activation row to int8 in blocks of 32 and multiplies bytes with VNNI (`vpd
 (`vpmaddubsw`). No maintained Python package ships such kernels for PyTorch on x86 that a pip install
 reaches: torchao's `Int8DynamicActivationInt4WeightConfig` x86 kernels are in its CPU wheels on
 download.pytorch.org, while its PyPI wheel (0.18) holds only CUDA extensions. So llmkit carries the
-C++ (int8_dot.cpp, ~610 lines, and its tiles, int8_tiles.h, ~380; attention.cpp, ~510, and its scores'
+C++ (int8_dot.cpp, ~490 lines, and its tiles, int8_tiles.h, ~380; attention.cpp, ~510, and its scores'
 arithmetic, attention_scores.h, ~290; greedy.cpp, ~100; vector_exp.h, the exp both use)
 and builds it here with `torch.utils.cpp_extension` and `-march=native`: the instruction set is chosen
 per CPU when the model is loaded (avx512-vnni, avx-vnni, avx2, or plain C++).
@@ -130,14 +130,6 @@ def _register_fakes() -> None:
     def _(x, weight, scales):
         return x.new_empty(*x.shape[:-1], weight.shape[0] // 2)
 
-    @torch.library.register_fake("llmkit_cpu::int4_swiglu_mlp")
-    def _(x, gate_up, down, in_features):
-        return x.new_empty(*x.shape[:-1], down.shape[0])
-
-    @torch.library.register_fake("llmkit_cpu::int8_swiglu_mlp")
-    def _(x, gate_up, gate_up_scales, down, down_scales):
-        return x.new_empty(*x.shape[:-1], down.shape[0])
-
     @torch.library.register_fake("llmkit_cpu::attention")
     def _(q, k, v, mask, scale, k_scale=None, v_scale=None):
         return q.new_empty(q.shape)
@@ -160,18 +152,6 @@ def int4_linear_swiglu(x: torch.Tensor, packed: torch.Tensor, in_features: int) 
 def int8_linear_swiglu(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """int4_linear_swiglu for int8 weights."""
     return torch.ops.llmkit_cpu.int8_linear_swiglu(x, packed, scales)
-
-
-def int4_swiglu_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, in_features: int) -> torch.Tensor:
-    """down(silu(gate) * up) of a SwiGLU MLP in one call, x float32: the bits of int4_linear_swiglu and then
-    int4_linear, one operator call and one parallel region fewer (int8_dot.cpp's swiglu_mlp)."""
-    return torch.ops.llmkit_cpu.int4_swiglu_mlp(x, gate_up, down, in_features)
-
-
-def int8_swiglu_mlp(x: torch.Tensor, gate_up: torch.Tensor, gate_up_scales: torch.Tensor, down: torch.Tensor,
-                    down_scales: torch.Tensor) -> torch.Tensor:
-    """int4_swiglu_mlp for int8 weights."""
-    return torch.ops.llmkit_cpu.int8_swiglu_mlp(x, gate_up, gate_up_scales, down, down_scales)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,

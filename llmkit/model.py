@@ -201,15 +201,10 @@ class MLP(nn.Module):
         self.down = nn.Linear(d_ff, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x):
-        # a quantized gate/up layer may compute silu(gate) * up in its kernel, and with its down layer the
-        # whole MLP in one call (llmkit.infer.quantize.fused_swiglu, fused_swiglu_mlp)
-        if self.activation == "swiglu" and hasattr(self.gate_up, "swiglu"):
-            y = self.gate_up.swiglu_down(x, self.down)
-            if y is not None:
-                return y
-            fused = self.gate_up.swiglu(x)
-            if fused is not None:
-                return self.down(fused)
+        # a quantized gate/up layer may compute silu(gate) * up in its kernel (llmkit.infer.quantize.fused_swiglu)
+        fused = self.gate_up.swiglu(x) if self.activation == "swiglu" and hasattr(self.gate_up, "swiglu") else None
+        if fused is not None:
+            return self.down(fused)
         h = self.gate_up(x)
         if self.activation == "swiglu":
             gate, up = h.chunk(2, dim=-1)

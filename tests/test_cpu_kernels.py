@@ -9,7 +9,7 @@ from llmkit.checkpoint import load_model, save_checkpoint
 from llmkit.config import ModelConfig
 import llmkit.cpu_kernels as cpu_kernels
 from llmkit.infer import Engine, SamplingParams, quantize_model
-from llmkit.infer.quantize import Int4Linear, Int8Linear, dequantized_linear, fused_swiglu, fused_swiglu_mlp
+from llmkit.infer.quantize import Int4Linear, Int8Linear, dequantized_linear, fused_swiglu
 from llmkit.model import Transformer
 
 # every path, whatever this machine has: "native" is its own (avx512-vnni, avx-vnni or avx2)
@@ -124,50 +124,6 @@ def test_the_swiglu_epilogue_is_silu_of_the_gate_times_up_and_does_not_depend_on
 
 
 @pytest.mark.parametrize("march", list(VARIANTS))
-def test_a_swiglu_mlp_in_one_call_gives_the_bits_of_its_two_calls_on_any_threads(march):
-    """int4_swiglu_mlp / int8_swiglu_mlp: the gate/up layer's SwiGLU and the down layer in one call, the
-    threads waiting for each other at a barrier between them. Each row's outputs are exactly those of the
-    two operators (and so a row's bits whatever rows are beside it), on 1, 2 or 3 threads; more than 64
-    rows take the two operators themselves."""
-    lib = ops(march)
-    panel = lib.panel_rows()
-    n, k = 8 * panel, 352  # gate and up: 4 panels each; down: half = 4 panels of inputs (a multiple of 32)
-    half, outputs = n // 2, 3 * panel + 8  # a down layer whose last panel is a half panel
-    gen = torch.Generator().manual_seed(8)
-    q, scales, mins = int4_weights(n, k, seed=8)
-    gu4 = cpu_kernels.pack_int4(q, scales, mins, panel)
-    q, scales, mins = int4_weights(outputs, half, seed=9)
-    down4 = cpu_kernels.pack_int4(q, scales, mins, panel)
-    gu8 = cpu_kernels.pack_int8(torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen), panel)
-    gs8 = torch.rand(n, generator=gen) * 0.05
-    down8 = cpu_kernels.pack_int8(torch.randint(-127, 128, (outputs, half), dtype=torch.int8, generator=gen), panel)
-    ds8 = torch.rand(outputs, generator=gen) * 0.05
-    x = torch.randn(100, k, generator=gen) * 3
-    pairs = ((lambda x: lib.int4_swiglu_mlp(x, gu4, down4, k),
-              lambda x: lib.int4_linear(lib.int4_linear_swiglu(x, gu4, k), down4, half)),
-             (lambda x: lib.int8_swiglu_mlp(x, gu8, gs8, down8, ds8),
-              lambda x: lib.int8_linear(lib.int8_linear_swiglu(x, gu8, gs8), down8, ds8)))
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            for fused, two_calls in pairs:
-                want = two_calls(x)
-                assert want.abs().max() > 0
-                for rows in (1, 2, 5, 33, 64, 65, 100):
-                    got = fused(x[:rows])
-                    assert got.shape == (rows, outputs) and got.dtype == torch.float32
-                    assert torch.equal(got, want[:rows]), (threads, rows)
-                assert torch.equal(fused(x[:6].view(2, 3, k)), want[:6].view(2, 3, outputs))
-    finally:
-        torch.set_num_threads(before)
-    with pytest.raises(RuntimeError, match="must be float32"):
-        lib.int4_swiglu_mlp(x.bfloat16(), gu4, down4, k)
-    with pytest.raises(RuntimeError, match="takes 352 inputs; the gate/up halves give"):
-        lib.int8_swiglu_mlp(x, gu8, gs8, gu8[:outputs], ds8)
-
-
-@pytest.mark.parametrize("march", list(VARIANTS))
 def test_kernels_run_on_every_thread_and_give_the_same_bits_on_any_number(march):
     """Built without OpenMP, at::parallel_for ran every kernel on one thread whatever torch's setting
     (2026-12-04: the kernels were half as fast as they could be on 2 cores). The split of the work between
@@ -268,31 +224,6 @@ def test_a_quantized_swiglu_mlp_runs_its_pointwise_in_the_gate_up_kernel(bits, m
     assert not fused_swiglu(mlp.gate_up) and mlp.gate_up.swiglu(x) is None
     mlp.gate_up.bias, mlp.gate_up.kernel_panel = None, 3 * mlp.gate_up.out_features
     assert not fused_swiglu(mlp.gate_up)
-
-
-@pytest.mark.parametrize("bits", [4, 8])
-def test_a_quantized_swiglu_mlp_is_one_kernel_call_with_the_bits_of_two(bits, monkeypatch):
-    model = tiny_model()
-    quantize_model(model, bits)
-    mlp = model.blocks[0].mlp
-    x = torch.randn(3, 4, model.config.d_model, generator=torch.Generator().manual_seed(7))
-    assert fused_swiglu_mlp(mlp.gate_up, mlp.down, x)
-    with torch.no_grad():
-        want = mlp.down(mlp.gate_up.swiglu(x))
-        calls = []
-        monkeypatch.setattr(mlp.gate_up, "swiglu", lambda x: calls.append(x))
-        monkeypatch.setattr(mlp.down, "forward", lambda x: calls.append(x))
-        assert torch.equal(mlp(x), want) and calls == []  # one call: neither the SwiGLU nor the down layer's
-        monkeypatch.undo()
-        # other activations: the two calls (the product is rounded to bf16 before the down layer)
-        assert not fused_swiglu_mlp(mlp.gate_up, mlp.down, x.bfloat16())
-        assert mlp.gate_up.swiglu_down(x.bfloat16(), mlp.down) is None
-        assert torch.equal(mlp(x.bfloat16()), mlp.down(mlp.gate_up.swiglu(x.bfloat16())))
-    # a down layer with a bias, or of another kind: two calls
-    mlp.down.bias = torch.zeros(mlp.down.out_features)
-    assert not fused_swiglu_mlp(mlp.gate_up, mlp.down, x) and mlp.gate_up.swiglu_down(x, mlp.down) is None
-    mlp.down.bias = None
-    assert not fused_swiglu_mlp(mlp.gate_up, dequantized_linear(mlp.down), x)
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -133,13 +133,6 @@ class Int8Linear(nn.Module):
             return None
         return cpu_kernels.int8_linear_swiglu(x, self.qweight, self.scales.float())
 
-    def swiglu_down(self, x: torch.Tensor, down: nn.Module) -> torch.Tensor | None:
-        """down(silu(gate) * up) for this gate/up layer and its MLP's down layer in one kernel call
-        (`fused_swiglu_mlp`); None where the pair cannot (then the caller uses `swiglu`)."""
-        if not fused_swiglu_mlp(self, down, x):
-            return None
-        return cpu_kernels.int8_swiglu_mlp(x, self.qweight, self.scales.float(), down.qweight, down.scales.float())
-
     def extra_repr(self) -> str:
         kernel = ", int8 activations" if self.int8_activations else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel{kernel}"
@@ -275,12 +268,6 @@ class Int4Linear(nn.Module):
             return None
         return cpu_kernels.int4_linear_swiglu(x, self.packed, self.in_features)
 
-    def swiglu_down(self, x: torch.Tensor, down: nn.Module) -> torch.Tensor | None:
-        """Int8Linear.swiglu_down for int4 weights."""
-        if not fused_swiglu_mlp(self, down, x):
-            return None
-        return cpu_kernels.int4_swiglu_mlp(x, self.packed, down.packed, self.in_features)
-
     def extra_repr(self) -> str:
         kernel = ", int8 activations" if self.int8_activations else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -298,18 +285,6 @@ def fused_swiglu(layer: Int8Linear | Int4Linear) -> bool:
     # plain attribute reads: this runs inside the compiled step's trace
     return (bool(layer.int8_activations) and layer.kernel_panel is not None and layer.bias is None
             and layer.out_features % (2 * layer.kernel_panel) == 0)
-
-
-def fused_swiglu_mlp(gate_up: Int8Linear | Int4Linear, down: nn.Module, x: torch.Tensor) -> bool:
-    """Whether a SwiGLU MLP runs as one kernel call (int8_dot.cpp's swiglu_mlp): a gate/up layer that fuses
-    its SwiGLU (`fused_swiglu`), a down layer of the same kind on the same kernels without a bias, and
-    float32 activations (with others the product is rounded to their dtype before the down layer, as the
-    two calls do). The same bits as the two calls, one operator call and parallel region fewer: at batch 1
-    an int4 MLP of SmolLM2-135M 1.078x, int8 1.036x; whole decode within the host's noise (BENCHMARKS.md,
-    2026-12-06)."""
-    # plain attribute reads: this runs inside the compiled step's trace
-    return (fused_swiglu(gate_up) and type(down) is type(gate_up) and bool(down.int8_activations)
-            and down.bias is None and down.in_features * 2 == gate_up.out_features and x.dtype == torch.float32)
 
 
 def use_int8_activations(choice: bool | None, device: torch.device, fits: bool = True) -> bool:

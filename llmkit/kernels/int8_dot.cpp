@@ -31,10 +31,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -387,92 +383,44 @@ inline panel_floats silu_times(panel_floats g, panel_floats u) {
   return g * u / (exp_in_range(x) + 1.0f);
 }
 
-// One thread's share, half-panels [begin, end), of x's rows through a gate/up weight of 2 half outputs:
-// silu(gate) * up into out (rows, half). `panel(activations, first_output, out, ldo)` writes one full panel's
-// outputs for every row into out (rows, ldo).
-// Runs of `span` panels: the run's gate panels, then its up panels, then the products. Alternating gate and
-// up panel by panel, each thread switched between two weight streams every panel, and a batch-1 gate/up
-// layer (3072 x 576 int8, weights from memory) took 56.9 us against 49.3 for the plain operator: a stream's
-// first blocks come unprefetched. A decode step's run is the thread's whole range (2 switches); a prefill
-// chunk's runs are shorter, to keep the buffers (rows x span x PANEL floats) near 0.5 MB.
-template <class Panel>
-void swiglu_share(const QuantizedActivations& activations, int64_t begin, int64_t end, int64_t rows, int64_t half,
-                  const Panel& panel, float* out) {
-  const int64_t span = std::clamp<int64_t>(8192 / std::max<int64_t>(rows, 1), 1, half / PANEL);
-  thread_local std::vector<float> gate, up;  // grown as needed, like activation_buffer
-  const size_t size = static_cast<size_t>(span * rows * PANEL);
-  if (gate.size() < size) gate.resize(size), up.resize(size);
-  for (int64_t run = begin; run < end; run += span) {
-    const int64_t panels = std::min(span, end - run);
-    for (int64_t i = 0; i < panels; ++i) panel(activations, (run + i) * PANEL, gate.data() + i * rows * PANEL, PANEL);
-    for (int64_t i = 0; i < panels; ++i)
-      panel(activations, half + (run + i) * PANEL, up.data() + i * rows * PANEL, PANEL);
-    for (int64_t i = 0; i < panels; ++i)
-      for (int64_t r = 0; r < rows; ++r) {
-        panel_floats g, u;
-        std::memcpy(&g, gate.data() + (i * rows + r) * PANEL, sizeof g);
-        std::memcpy(&u, up.data() + (i * rows + r) * PANEL, sizeof u);
-        const panel_floats y = silu_times(g, u);
-        std::memcpy(out + r * half + (run + i) * PANEL, &y, sizeof y);
-      }
-  }
-}
-
-void check_halves(int64_t n, const char* op) {
-  TORCH_CHECK(n % (2 * PANEL) == 0, op, ": the gate and up halves (", n / 2, " outputs each) must be a multiple of ",
-              PANEL, " outputs (this build's panel)");
-}
-
+// x's rows through a gate/up weight of n outputs: `panel(activations, first_output, out, ldo)` writes one full
+// panel's outputs for every row into out (rows, ldo).
 template <class Panel>
 at::Tensor swiglu_of_panels(const at::Tensor& x, const at::Tensor& x2, int64_t k, int64_t n, const char* op,
                             const Panel& panel) {
-  check_halves(n, op);
+  TORCH_CHECK(n % (2 * PANEL) == 0, op, ": the gate and up halves (", n / 2, " outputs each) must be a multiple of ",
+              PANEL, " outputs (this build's panel)");
   const int64_t half = n / 2, rows = x2.numel() / k;
   ActivationQuantization quantization(x2.data_ptr<float>(), rows, k);
   at::Tensor out2 = new_output(x, half);
   float* out = out2.data_ptr<float>();
+  // Runs of `span` panels: the run's gate panels, then its up panels, then the products. Alternating gate
+  // and up panel by panel, each thread switched between two weight streams every panel, and a batch-1
+  // gate/up layer (3072 x 576 int8, weights from memory) took 56.9 us against 49.3 for the plain operator: a
+  // stream's first blocks come unprefetched. A decode step's run is the thread's whole range (2 switches);
+  // a prefill chunk's runs are shorter, to keep the buffers (rows x span x PANEL floats) near 0.5 MB.
+  const int64_t span = std::clamp<int64_t>(8192 / std::max<int64_t>(rows, 1), 1, half / PANEL);
   at::parallel_for(0, half / PANEL, 1, [&](int64_t begin, int64_t end) {
-    swiglu_share(quantization.for_this_thread(), begin, end, rows, half, panel, out);
+    const QuantizedActivations activations = quantization.for_this_thread();
+    thread_local std::vector<float> gate, up;  // grown as needed, like activation_buffer
+    const size_t size = static_cast<size_t>(span * rows * PANEL);
+    if (gate.size() < size) gate.resize(size), up.resize(size);
+    for (int64_t run = begin; run < end; run += span) {
+      const int64_t panels = std::min(span, end - run);
+      for (int64_t i = 0; i < panels; ++i) panel(activations, (run + i) * PANEL, gate.data() + i * rows * PANEL, PANEL);
+      for (int64_t i = 0; i < panels; ++i)
+        panel(activations, half + (run + i) * PANEL, up.data() + i * rows * PANEL, PANEL);
+      for (int64_t i = 0; i < panels; ++i)
+        for (int64_t r = 0; r < rows; ++r) {
+          panel_floats g, u;
+          std::memcpy(&g, gate.data() + (i * rows + r) * PANEL, sizeof g);
+          std::memcpy(&u, up.data() + (i * rows + r) * PANEL, sizeof u);
+          const panel_floats y = silu_times(g, u);
+          std::memcpy(out + r * half + (run + i) * PANEL, &y, sizeof y);
+        }
+    }
   });
   return in_dtype_of(x, out2);
-}
-
-// f(thread, threads) on every thread of one OpenMP team (the caller alone inside a parallel region or without
-// OpenMP), so f may wait at `#pragma omp barrier`: at::parallel_for skips threads that get no items.
-template <class F>
-void on_every_thread(const F& f) {
-#if defined(_OPENMP)
-  if (at::get_num_threads() > 1 && !at::in_parallel_region()) {
-#pragma omp parallel num_threads(at::get_num_threads())
-    f(static_cast<int64_t>(omp_get_thread_num()), static_cast<int64_t>(omp_get_num_threads()));
-    return;
-  }
-#endif
-  f(int64_t{0}, int64_t{1});
-}
-
-// A SwiGLU MLP, down(silu(gate) * up), in one call: every thread's gate/up share, a barrier, the down
-// layer's panels. The operations of swiglu_of_panels and then the down operator, so the same bits, with one
-// call and one parallel region fewer a layer (batch 1: ~3-6 us an MLP, BENCHMARKS.md 2026-12-06). Over
-// OWN_ROWS rows (prefill), `unfused()`: both layers' shared activations would be the caller's one buffer.
-template <class GateUp, class Down, class Unfused>
-at::Tensor swiglu_mlp(const at::Tensor& x, const at::Tensor& x2, int64_t k, int64_t n, int64_t outputs,
-                      const GateUp& gate_up_panel, const Down& down_panel, const Unfused& unfused) {
-  const int64_t half = n / 2, rows = x2.numel() / k, hp = half / PANEL, dp = panels_of(outputs);
-  if (rows > ActivationQuantization::OWN_ROWS) return unfused();
-  ActivationQuantization quantization(x2.data_ptr<float>(), rows, k);
-  at::Tensor hidden = at::empty({rows, half}, x2.options());
-  ActivationQuantization hidden_quantization(hidden.data_ptr<float>(), rows, half);
-  at::Tensor out2 = new_output(x, outputs);
-  float *h = hidden.data_ptr<float>(), *out = out2.data_ptr<float>();
-  on_every_thread([&](int64_t t, int64_t threads) {
-    swiglu_share(quantization.for_this_thread(), hp * t / threads, hp * (t + 1) / threads, rows, half,
-                 gate_up_panel, h);
-#pragma omp barrier
-    const QuantizedActivations activations = hidden_quantization.for_this_thread();
-    for (int64_t panel = dp * t / threads; panel < dp * (t + 1) / threads; ++panel) down_panel(activations, panel, out);
-  });
-  return out2;
 }
 
 // int4_linear and int8_linear (their weights, their checks) with the SwiGLU epilogue: (..., n / 2) outputs
@@ -498,54 +446,6 @@ at::Tensor int8_linear_swiglu(const at::Tensor& x, const at::Tensor& weight, con
                           [&](const QuantizedActivations& a, int64_t first, float* o, int64_t ldo) {
     int8_panel(w + first * blocks * INT8_ROW_BLOCK_BYTES, PANEL, a, rows, k, s + first, o, ldo);
   });
-}
-
-// x (..., k) float32; gate_up (n, ...) and down (outputs, n / 2 inputs) as int4_linear's / int8_linear's weights
-at::Tensor int4_swiglu_mlp(const at::Tensor& x, const at::Tensor& gate_up, const at::Tensor& down, int64_t k) {
-  const char* op = "int4_swiglu_mlp";
-  check_int4_weight(gate_up, k, op);
-  check_halves(gate_up.size(0), op);
-  const int64_t half = gate_up.size(0) / 2, outputs = down.size(0), blocks = k / QK, hidden_blocks = half / QK;
-  TORCH_CHECK(half % QK == 0, op, ": the down layer's inputs (", half, ") must be a multiple of 32");
-  check_int4_weight(down, half, op);
-  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": the activations must be float32");
-  const at::Tensor x2 = as_rows(x, k, op);
-  const int64_t rows = x2.numel() / k;
-  const uint8_t *w = gate_up.data_ptr<uint8_t>(), *wd = down.data_ptr<uint8_t>();
-  const auto unfused = [&] { return int4_linear(int4_linear_swiglu(x, gate_up, k), down, half); };
-  return swiglu_mlp(x, x2, k, gate_up.size(0), outputs,
-                    [&](const QuantizedActivations& a, int64_t first, float* o, int64_t ldo) {
-    int4_panel(w + first * blocks * INT4_ROW_BLOCK_BYTES, PANEL, a, rows, k, o, ldo);
-  }, [&](const QuantizedActivations& a, int64_t panel, float* out) {
-    const int64_t first = panel * PANEL;
-    int4_panel(wd + first * hidden_blocks * INT4_ROW_BLOCK_BYTES, std::min(PANEL, outputs - first), a, rows, half,
-               out + first, outputs);
-  }, unfused);
-}
-
-at::Tensor int8_swiglu_mlp(const at::Tensor& x, const at::Tensor& gate_up, const at::Tensor& gate_up_scales,
-                           const at::Tensor& down, const at::Tensor& down_scales) {
-  const char* op = "int8_swiglu_mlp";
-  check_int8_weight(gate_up, gate_up_scales, op);
-  check_int8_weight(down, down_scales, op);
-  check_halves(gate_up.size(0), op);
-  const int64_t k = gate_up.size(1), half = gate_up.size(0) / 2, outputs = down.size(0);
-  TORCH_CHECK(down.size(1) == half, op, ": the down weight takes ", down.size(1), " inputs; the gate/up halves give ", half);
-  TORCH_CHECK(half % QK == 0, op, ": the down layer's inputs (", half, ") must be a multiple of 32");
-  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": the activations must be float32");
-  const at::Tensor x2 = as_rows(x, k, op);
-  const int64_t rows = x2.numel() / k, blocks = k / QK, hidden_blocks = half / QK;
-  const uint8_t *w = gate_up.data_ptr<uint8_t>(), *wd = down.data_ptr<uint8_t>();
-  const float *s = gate_up_scales.data_ptr<float>(), *sd = down_scales.data_ptr<float>();
-  const auto unfused = [&] { return int8_linear(int8_linear_swiglu(x, gate_up, gate_up_scales), down, down_scales); };
-  return swiglu_mlp(x, x2, k, gate_up.size(0), outputs,
-                    [&](const QuantizedActivations& a, int64_t first, float* o, int64_t ldo) {
-    int8_panel(w + first * blocks * INT8_ROW_BLOCK_BYTES, PANEL, a, rows, k, s + first, o, ldo);
-  }, [&](const QuantizedActivations& a, int64_t panel, float* out) {
-    const int64_t first = panel * PANEL;
-    int8_panel(wd + first * hidden_blocks * INT8_ROW_BLOCK_BYTES, std::min(PANEL, outputs - first), a, rows, half,
-               sd + first, out + first, outputs);
-  }, unfused);
 }
 
 // How many threads at::parallel_for gives a 64-item loop here: the test that the file was built with
@@ -591,8 +491,6 @@ LLMKIT_LIBRARY(LLMKIT_OPS, m) {
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor");
   m.def("int4_linear_swiglu(Tensor x, Tensor weight, int in_features) -> Tensor");
   m.def("int8_linear_swiglu(Tensor x, Tensor weight, Tensor scales) -> Tensor");
-  m.def("int4_swiglu_mlp(Tensor x, Tensor gate_up, Tensor down, int in_features) -> Tensor");
-  m.def("int8_swiglu_mlp(Tensor x, Tensor gate_up, Tensor gate_up_scales, Tensor down, Tensor down_scales) -> Tensor");
   m.def("isa() -> str", &isa);
   m.def("panel_rows() -> int", &panel_rows);
   m.def("parallel_threads() -> int", &parallel_threads);
@@ -603,6 +501,4 @@ LLMKIT_LIBRARY_IMPL(LLMKIT_OPS, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("int4_linear_swiglu", &int4_linear_swiglu);
   m.impl("int8_linear_swiglu", &int8_linear_swiglu);
-  m.impl("int4_swiglu_mlp", &int4_swiglu_mlp);
-  m.impl("int8_swiglu_mlp", &int8_swiglu_mlp);
 }
