@@ -113,15 +113,15 @@ def bandwidth_now() -> dict:
     """The memory read bandwidth right after a batch-1 row's timed runs (its peak memory read first: the
     512-MiB tensor would count in it). A shared host's bandwidth swings by 2x within minutes (28-67 GB/s
     on the AVX-512 EPYC, 2026-12-06), so every row's fraction is taken against the highest figure of the
-    run (row_bandwidth): a slow moment never flatters a row."""
+    run (run_bandwidth): a slow moment never flatters a row."""
     from machine import read_bandwidth_gbs
 
     return {"read_bandwidth_gbs": round(read_bandwidth_gbs(THREADS, mib=512), 2)}
 
 
-def row_bandwidth(r: dict, name: str) -> float | None:
-    """The bandwidth a row's achieved GB/s is a fraction of: the highest read bandwidth measured in the run
-    (the machine row's and every batch-1 row's own). Against the higher of the machine's and the row's own
+def run_bandwidth(r: dict) -> float | None:
+    """The bandwidth every row's achieved GB/s is a fraction of: the highest read bandwidth measured in the
+    run (the machine row's and every batch-1 row's own). Against the higher of the machine's and the row's own
     figure, a row whose two figures both fell in slow moments read as 76% where the run's others said 45-50%
     (2026-12-06, eighteenth session)."""
     measured = [row["read_bandwidth_gbs"] for row in r.values() if isinstance(row, dict) and row.get("read_bandwidth_gbs")]
@@ -474,13 +474,14 @@ def summary(r: dict) -> dict:
     if "machine" in r:
         m = r["machine"]
         out.update({"cpu": m["cpu"], "isa": m["isa"], "read_bandwidth_gbs": m["read_bandwidth_gbs"]})
+    bandwidth = run_bandwidth(r)
     for name in r:
         if name != "machine":
             out[f"{name}_peak_mib"] = get(r, name, "peak_mib")
         if get(r, name, "bytes_per_token") and get(r, name, "tok_s"):
             out[f"{name}_gbs"] = get(r, name, "bytes_per_token") * get(r, name, "tok_s") / 1e9
-            if row_bandwidth(r, name):
-                out[f"{name}_bandwidth_fraction"] = out[f"{name}_gbs"] / row_bandwidth(r, name)
+            if bandwidth:
+                out[f"{name}_bandwidth_fraction"] = out[f"{name}_gbs"] / bandwidth
                 out[f"{name}_read_bandwidth_gbs"] = get(r, name, "read_bandwidth_gbs")
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
@@ -504,6 +505,7 @@ def print_table(r: dict) -> None:
             ("b32", "llmkit batch 32, bf16, compiled"), ("b32_fp32", "llmkit batch 32, fp32, compiled"),
             ("b32_int8", "llmkit batch 32, int8, compiled"),
             ("b32_int4", "llmkit batch 32, int4, compiled"), ("b32_int4_head4", "llmkit batch 32, int4 + int4 head")]
+    highest = run_bandwidth(r)
     if any(name in r for name, _ in rows):
         print(f"{'configuration':<34} {'decode tok/s':>12} {'vs HF':>7} {'vs llama.cpp':>12} {'peak MiB':>9} "
               f"{'MB/token':>9} {'GB/s':>6} {'of bw':>6}")
@@ -515,7 +517,7 @@ def print_table(r: dict) -> None:
             achieved = read * x / 1e9 if read and x else None
             print(f"{label:<34} {shown} {ratio(x, hf):>7} {ratio(x, llama):>12} {peak or 0:9.0f} "
                   + (f"{read / 1e6:9.1f} {achieved:6.1f} " if achieved else f"{'-':>9} {'-':>6} ")
-                  + (f"{achieved / row_bandwidth(r, name):6.0%}" if achieved and row_bandwidth(r, name) else f"{'-':>6}"))
+                  + (f"{achieved / highest:6.0%}" if achieved and highest else f"{'-':>6}"))
     own = {name: get(r, name, "read_bandwidth_gbs") for name, _ in rows if get(r, name, "read_bandwidth_gbs")}
     if own:
         print("bandwidth right after each batch-1 row (every fraction is of the run's highest figure): "
