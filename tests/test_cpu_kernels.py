@@ -288,29 +288,90 @@ def test_engine_on_int8_activations_batched_equals_one_by_one_and_full_recompute
 
 
 @pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
-def test_a_compiled_engine_on_int8_activations_equals_eager_after_warm_up(caplog, kv_cache_dtype):
-    """The kernels inside the engine's compiled step (on a CPU its wrapper is C++: compiled.py): after
-    `warm_up`, a batch and a lone request running past 64 positions need no new graph, run with guards
-    skipped, and sample what the eager engine samples (seeded, temperature 1: varied tokens), with the
-    default float16 cache and an int8 one (rounded inside the compiled step)."""
+def test_a_compiled_engine_on_int8_activations_runs_its_step_ahead_of_time_and_equals_eager(kv_cache_dtype):
+    """A compiled engine on the kernels runs its decode step as one AOTInductor program (ahead.py) built by
+    `warm_up`: a batch (the cache grows to more rows) and then a lone request running past the cache's
+    capacity (it grows longer) reuse it (no other program, no dynamo graph), and sample what the eager
+    engine samples (seeded, temperature 1: varied tokens), with the default float16 cache and an int8 one
+    (rounded inside the program)."""
     from torch._dynamo.utils import counters
 
     from llmkit.infer.compiled import ATTEND_STEP, warm_up
+    from llmkit.infer.scheduler import CAPACITY_STEP
 
-    model = tiny_model()
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny", max_seq_len=CAPACITY_STEP + 64)).eval()
     quantize_model(model, 4, lm_head_bits=8)
     counters.clear()
     engine = Engine(model, compile=True, max_batch_size=4, prefix_cache_mib=0, kv_cache_dtype=kv_cache_dtype)
+    assert engine.ahead is not None and not engine.ahead.built  # built on demand, not by the constructor
     warm_up(engine)
-    graphs = counters["stats"]["unique_graphs"]
+    runner, warm = engine.ahead.runner, engine.scheduler.cache
+    assert runner is not None and (warm.batch_size, warm.max_len) == (1, CAPACITY_STEP)
     prompts = [[5, 17, 99, 3], [7, 8], [100, 200, 300, 400, 11, 12, 13]]
     params = [SamplingParams(max_new_tokens=ATTEND_STEP + 10, temperature=1.0, seed=s) for s in (1, 2, 3)]
-    compiled = [c.token_ids for c in engine.generate_batch(prompts, params)] + [engine.complete(prompts[0], params[1]).token_ids]
-    assert counters["stats"]["unique_graphs"] == graphs and "did not compile" not in caplog.text
-    eager = Engine(model, max_batch_size=4, prefix_cache_mib=0, kv_cache_dtype=kv_cache_dtype)
-    expected = [c.token_ids for c in eager.generate_batch(prompts, params)] + [eager.complete(prompts[0], params[1]).token_ids]
-    assert compiled == expected
+    lone = SamplingParams(max_new_tokens=CAPACITY_STEP + 10, temperature=1.0, seed=4)
+
+    def run(each):
+        return [c.token_ids for c in each.generate_batch(prompts, params)] + [each.complete(prompts[0], lone).token_ids]
+
+    compiled = run(engine)
+    grown = engine.scheduler.cache
+    assert grown.batch_size > warm.batch_size and grown.max_len > warm.max_len  # one program, other shapes
+    assert engine.ahead.runner is runner and counters["stats"]["unique_graphs"] == 0
+    assert compiled == run(Engine(model, max_batch_size=4, prefix_cache_mib=0, kv_cache_dtype=kv_cache_dtype))
     assert len(set(compiled[0])) > 3
+
+
+def test_an_ahead_of_time_step_runs_the_first_rows_and_other_rows_run_eagerly():
+    """The program takes the cache's rows from 0 (the engine's decode steps, a speculated request alone);
+    `Engine.decode` of requests in later rows runs the model eagerly, with the same logits, and the
+    program refuses such a binding itself with an error that says why."""
+    from llmkit.errors import GenerationError
+
+    model = tiny_model()
+    quantize_model(model, 8)
+    engine, eager = (Engine(model, compile=compiled, max_batch_size=2, prefix_cache_mib=0) for compiled in (True, False))
+    params = SamplingParams(max_new_tokens=4, temperature=0)
+    logits = []
+    for each in (engine, eager):
+        requests = [each.submit(prompt, params) for prompt in ([5, 17, 99, 3], [7, 8, 9])]
+        each.step()
+        with each.stepping():
+            logits.append((each.decode(requests[1:]), each.decode(requests[:1])))
+    assert engine.ahead.built
+    assert torch.equal(logits[0][0], logits[1][0]) and torch.equal(logits[0][1], logits[1][1])
+    cache = engine.scheduler.cache
+    cache.bind(1, 2, 8)
+    with pytest.raises(GenerationError, match=r"runs the cache's first rows with no padding; this one is bound to rows \(1, 2\)"):
+        engine.ahead(torch.tensor([[1]]), torch.tensor([[7]]), cache)
+
+
+def test_a_step_that_cannot_be_built_ahead_of_time_runs_under_torch_compile(monkeypatch, caplog):
+    """A model export cannot trace (a mixture of experts routes by data: not even tried) or a build that fails
+    for any other reason: the engine says so once in its log and decodes through torch.compile's step,
+    with the eager engine's tokens."""
+    from llmkit.infer.ahead import AheadOfTimeStep, ahead_of_time
+
+    torch.manual_seed(0)
+    experts = Transformer(ModelConfig.preset("tiny", n_experts=4, top_k=2)).eval()
+    quantize_model(experts, 8)
+    assert not ahead_of_time(experts) and Engine(experts, compile=True).ahead is None
+    model = tiny_model()
+    quantize_model(model, 8)
+
+    def fails(self, cache):
+        raise RuntimeError("no compiler today\nsecond line")
+
+    monkeypatch.setattr(AheadOfTimeStep, "build", fails)
+    engine = Engine(model, compile=True, max_batch_size=2, prefix_cache_mib=0)
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    prompts = [[5, 17, 99, 3], [7, 8]]
+    got = [c.token_ids for c in engine.generate_batch(prompts, params)] + [engine.generate(prompts[0], params)]
+    assert not engine.ahead.built and engine.ahead.compiled_instead is not None
+    assert caplog.text.count("could not be compiled ahead of time (RuntimeError: no compiler today); using torch.compile") == 1
+    eager = Engine(model, max_batch_size=2, prefix_cache_mib=0)
+    assert got == [c.token_ids for c in eager.generate_batch(prompts, params)] + [eager.generate(prompts[0], params)]
 
 
 def test_float16_and_int8_caches_are_only_for_models_whose_attention_reads_them():

@@ -88,7 +88,9 @@ def warm_up(engine) -> float:
     has seen two values of it; but it never lets a symbolic size stand for 1, so a lone row keeps
     graphs of its own. Hence: one row at two capacities and lengths (capacity and length symbolic),
     two rows (rows symbolic), then one row again in the two-row cache. Later shapes reuse these four
-    graphs (tested). `llmkit serve --compile` calls it before /health answers 200."""
+    graphs (tested). An engine whose step is compiled ahead of time (ahead.py) has one program for
+    every shape: one short generation builds it. `llmkit serve --compile` calls it before /health
+    answers 200."""
     if not engine.compiled:
         return 0.0
     from llmkit.infer.sampling import SamplingParams
@@ -97,7 +99,8 @@ def warm_up(engine) -> float:
     start = time.perf_counter()
     longest = engine.model.config.max_seq_len - 4
     params = SamplingParams(max_new_tokens=2, temperature=0)
-    for rows, length in ((1, 1), (1, CAPACITY_STEP + 1), (2, 1), (1, 1)):
+    shapes = ((1, 1),) if engine.ahead is not None else ((1, 1), (1, CAPACITY_STEP + 1), (2, 1), (1, 1))
+    for rows, length in shapes:
         began = time.perf_counter()
         engine.generate_batch([[0] * max(1, min(length, longest))] + [[0]] * (rows - 1), params)
         logger.info("warm-up: %d row(s), %d positions: %.1f s", rows, length, time.perf_counter() - began)

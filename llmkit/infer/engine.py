@@ -82,6 +82,7 @@ from typing import Protocol
 import torch
 
 from llmkit.errors import GenerationError, LLMKitError
+from llmkit.infer.ahead import AheadOfTimeStep, ahead_of_time
 from llmkit.infer.compiled import attend_length, call_warmed, compile_for_inference
 from llmkit.infer.huge_pages import place_in_huge_pages
 from llmkit.infer.kv_cache import cache_dtype
@@ -169,7 +170,11 @@ class Engine:
         self.compiled = compile
         self.warmed_up = False  # set by compiled.warm_up: every decode graph exists, guard evaluation is skipped
         self._decode_fn = self._decode_forward
-        if compile:
+        # compiled: on a CPU with llmkit's int8-activation kernels, ahead of time (ahead.py), else torch.compile
+        self.ahead = (AheadOfTimeStep(self._decode_forward, max_batch_size,
+                                      fallback=lambda: compile_for_inference(self._decode_forward, model))
+                      if compile and ahead_of_time(model) else None)
+        if compile and self.ahead is None:
             self._decode_fn = compile_for_inference(self._decode_forward, model)
         # _step_lock: held by the engine thread for a whole step (stepping()). _queue_lock: guards the
         # scheduler's queue and the pending cancellations, held briefly, so submit() and cancel() from
@@ -448,10 +453,14 @@ class Engine:
         cache = self.scheduler.cache
         tokens = torch.tensor([[r.output_ids[-1]] for r in requests], device=self.device)
         positions = torch.tensor([[r.length] for r in requests], device=self.device)
-        attend = attend_length(max(r.length for r in requests) + 1, cache.max_len, self.compiled)
+        ahead = self.ahead is not None and first == 0  # (speculation's lone request is in row 0 too)
+        attend = attend_length(max(r.length for r in requests) + 1, cache.max_len, self.compiled and not ahead)
         cache.bind(first, first + n, attend)
-        step = functools.partial(call_warmed, self._decode_fn) if self.warmed_up else self._decode_fn
-        logits = step(tokens, positions, cache)
+        if ahead:  # every length is one program's: no rounding, no guards
+            logits = self.ahead(tokens, positions, cache)
+        else:
+            step = functools.partial(call_warmed, self._decode_fn) if self.warmed_up else self._decode_fn
+            logits = step(tokens, positions, cache)
         for request in requests:
             request.length += 1
         self.stats["decode_steps"] += 1

@@ -190,6 +190,34 @@ class KVCache:
         self._rows, self._kv_len = (start, stop), kv_len
         self._pad = pad if pad is not None and any(pad) else None
 
+    @property
+    def bound_rows(self) -> tuple[int, int]:
+        return self._rows
+
+    def step_inputs(self) -> list[torch.Tensor] | None:
+        """The tensors an ahead-of-time decode step (ahead.py) takes for the bound rows: the key positions
+        it attends to (their number is the attention length) and the stores (an int8 cache's scales too);
+        None when the rows do not start at 0, are padded, or have no attention length."""
+        if self._rows[0] != 0 or self._pad is not None or self._kv_len is None:
+            return None
+        stores = [self.key_store, self.value_store]
+        if self.key_scale_store is not None:
+            stores += [self.key_scale_store, self.value_scale_store]
+        return [self.key_positions[: self._kv_len]] + stores
+
+    def over(self, rows: int, key_positions: torch.Tensor, key_store: torch.Tensor, value_store: torch.Tensor,
+             key_scale_store: torch.Tensor | None = None, value_scale_store: torch.Tensor | None = None) -> "KVCache":
+        """This cache's kind over other tensors (`step_inputs`'), bound to rows [0, rows) attending to
+        len(key_positions) positions: what an exported decode step traces the model with (ahead.py)."""
+        view = object.__new__(KVCache)
+        view.__dict__.update(self.__dict__)
+        view.key_store, view.value_store = key_store, value_store
+        view.key_scale_store, view.value_scale_store = key_scale_store, value_scale_store
+        view.keys = view.values = view.key_scales = view.value_scales = []  # per-layer views: not for a step
+        view.key_positions = key_positions
+        view._rows, view._kv_len, view._pad = (0, rows), key_positions.shape[0], None
+        return view
+
     # -- the model's side
     def prepare(self, positions: torch.Tensor) -> torch.Tensor:
         """positions: (rows or 1, seq) absolute positions of the tokens about to be run."""
