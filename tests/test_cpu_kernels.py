@@ -347,6 +347,36 @@ def test_an_ahead_of_time_step_runs_the_first_rows_and_other_rows_run_eagerly():
         engine.ahead(torch.tensor([[1]]), torch.tensor([[7]]), cache)
 
 
+def test_a_built_decode_program_is_cached_between_engines_and_a_damaged_one_is_rebuilt(tmp_path, monkeypatch, caplog):
+    """The program is kept in inductor's cache directory under a key of what the build depends on, not of
+    the weights (they are handed over at load): a second engine, here on a model of the same shape with
+    other weights, loads it instead of compiling, and decodes its own model's tokens; a damaged package is
+    built again."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=1)  # sampled: each model's tokens differ
+
+    def decoded(seed):
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig.preset("tiny")).eval()
+        with torch.no_grad():  # weights of its own
+            for weight in model.parameters():
+                weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(seed)) * 0.05)
+        quantize_model(model, 8)
+        engine = Engine(model, compile=True, max_batch_size=2, prefix_cache_mib=0)
+        tokens = engine.generate([5, 17, 99, 3], params)
+        assert engine.ahead.built and tokens == Engine(model, prefix_cache_mib=0).generate([5, 17, 99, 3], params)
+        return tokens, engine.ahead.build_seconds
+
+    first, built_in = decoded(0)
+    packages = list((tmp_path / "llmkit-decode").glob("*.pt2"))
+    assert len(packages) == 1 and not list((tmp_path / "llmkit-decode").glob("building-*"))
+    other, loaded_in = decoded(1)
+    assert other != first and loaded_in < built_in / 2 and list((tmp_path / "llmkit-decode").glob("*.pt2")) == packages
+    packages[0].write_bytes(b"not a package")
+    assert decoded(0)[0] == first
+    assert "rebuilding the cached decode program" in caplog.text and packages[0].stat().st_size > 1000
+
+
 def test_a_step_that_cannot_be_built_ahead_of_time_runs_under_torch_compile(monkeypatch, caplog):
     """A model export cannot trace (a mixture of experts routes by data: not even tried) or a build that fails
     for any other reason: the engine says so once in its log and decodes through torch.compile's step,

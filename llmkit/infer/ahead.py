@@ -1,29 +1,34 @@
-"""The engine's decode step compiled ahead of time (AOTInductor), for compiled engines on a CPU.
+"""The engine's decode step compiled ahead of time (AOTInductor), for compiled engines on llmkit's CPU kernels.
 
 `torch.compile` runs a compiled step through Python on every call: dynamo's frame entry, AOTAutograd's
 runtime wrappers, inductor's shim that turns ~190 frozen weights and the step's size integers into
-handles, and an output alias replayed by view. Measured on the 2-core AVX2 EPYC (SmolLM2-135M int8, batch
-1, guards skipped after warm-up): ~1.1 ms of a ~9-ms step outside the graph's C++ entry. An AOTInductor
-build of the same step is a shared library with a C++ runner: the engine hands it five tensors and gets
-the logits back, with nothing in Python between (BENCHMARKS.md, 2026-12-06: 1.12x batch-1 decode in
-alternating rounds, logits bit-identical).
+handles, and an output alias replayed by view. Timed on the 2-core AVX2 EPYC (SmolLM2-135M int8, batch
+1, guards already skipped after warm-up): ~1.1 ms of a ~9-ms step was outside the graph's C++ entry. An
+AOTInductor build of the same step is a shared library with a C++ runner: the engine hands it five tensors
+and gets the logits back, nothing in Python between. Measured in one process, alternating rounds, greedy
+tokens identical (`benchmarks/ahead_ab.py`, BENCHMARKS.md 2026-12-06): batch-1 decode 1.10x (int8) and
+1.13x (int4), batch 32 unchanged, first build ~90 s against torch.compile's ~140 s for its four graphs.
 
 How: `torch.export` traces `Engine._decode_forward` over a small example cache through `DecodeProgram`
-(the model as the engine calls it, the cache's stores given as inputs: `KVCache.over`), with every size
-that changes symbolic (the rows the step runs, the cache's rows and capacity, the attention length), so
-one program serves every decode step: no warm-up shapes, no guards. AOTInductor compiles it (the
-wrapper in C++, as compiled.py's `cpp_wrapper`); the weights stay the model's own tensors, handed to the
-runner as user-managed constants (one copy in memory; the package holds code only, ~4 MB for SmolLM2).
-The cache's stores are written in place, as by the compiled step.
+(the model as the engine calls it, the cache's tensors given as inputs: `KVCache.over`), every size that
+changes symbolic (the rows the step runs, the cache's rows and capacity, the attention length), so one
+program serves every decode step: no warm-up shapes, no guards, no attention length rounded up for a
+graph's sake. AOTInductor compiles it (its wrapper C++, as compiled.py's `cpp_wrapper`); the weights
+stay the model's own tensors, handed to the runner as user-managed constants (one copy in memory), so
+the package holds code only (~4 MB for SmolLM2) and is kept in inductor's cache directory for the next
+process (`package_path`). The cache's stores are written in place, as by the compiled step.
 
-What it takes: a decoder-only model on a CPU (`ahead_of_time`); a step over rows [0, n) of the cache
-(the engine's decode steps; `__call__` checks). The program is built on the first call (export and
-compile: ~100 s for SmolLM2-135M, seconds for a tiny model) or by `compiled.warm_up`.
+What it takes: a decoder-only model on a CPU whose layers run the int8-activation kernels, no mixture of
+experts (`ahead_of_time`); a step over rows [0, n) of the cache (the engine's decode steps; `__call__`
+checks). The program is built on the first call or by `compiled.warm_up`; a model that cannot be exported
+falls back to `torch.compile`'s step, logged once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -104,7 +109,8 @@ class AheadOfTimeStep:
         """Export the step over an example cache like `cache` and compile it with AOTInductor."""
         started = time.perf_counter()
         config = cache.config
-        example = KVCache(config, EXAMPLE_CACHE_ROWS, min(EXAMPLE_CAPACITY, config.max_seq_len), cache.device, cache.dtype)
+        capacity = min(EXAMPLE_CAPACITY, config.max_seq_len)
+        example = KVCache(config, EXAMPLE_CACHE_ROWS, capacity, cache.device, cache.dtype)
         program = DecodeProgram(self.forward, example).eval()
         attend = min(EXAMPLE_ATTEND, example.max_len)
         example.bind(0, EXAMPLE_ROWS, attend)
@@ -113,26 +119,62 @@ class AheadOfTimeStep:
         dim = torch.export.Dim
         most = max(self.max_rows, EXAMPLE_CACHE_ROWS)  # (an engine of one row still has a 3-row example)
         rows, cache_rows = dim("rows", min=1, max=most), dim("cache_rows", min=1, max=most)
-        capacity = dim("capacity", min=1, max=config.max_seq_len)
+        capacities = dim("capacity", min=1, max=config.max_seq_len)
         attend_length = dim("attend", min=1, max=config.max_seq_len)
-        store = {1: cache_rows, 3: capacity}
+        store = {1: cache_rows, 3: capacities}
         shapes = ({0: rows}, {0: rows}, {0: attend_length}, tuple(store for _ in inputs[3:]))  # *stores: one tuple
-        directory = Path(tempfile.mkdtemp(prefix="llmkit-decode-"))
-        try:
-            with torch.inference_mode(), warnings.catch_warnings():  # the cache's tensors are inference tensors
-                # torch's own export internals warn about a deprecated pytree call (torch 2.13): not the user's
-                warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-                exported = torch.export.export(program, inputs, dynamic_shapes=shapes, strict=False)
-                package = torch._inductor.aoti_compile_and_package(
-                    exported, package_path=str(directory / "decode.pt2"),
-                    inductor_configs={"aot_inductor.package_constants_in_so": False})
-            runner = torch._inductor.aoti_load_package(package)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)  # loaded: the library is mapped, the files can go
-        named = (dict(program.named_parameters(remove_duplicate=False)) | dict(program.named_buffers(remove_duplicate=False))
-                 | dict(exported.constants))  # tensors a module holds as plain attributes
+        with torch.inference_mode(), warnings.catch_warnings():  # the cache's tensors are inference tensors
+            # torch's own export internals warn about a deprecated pytree call (torch 2.13): not the user's
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            exported = torch.export.export(program, inputs, dynamic_shapes=shapes, strict=False)
+            named = (dict(program.named_parameters(remove_duplicate=False))
+                     | dict(program.named_buffers(remove_duplicate=False))
+                     | dict(exported.constants))  # tensors a module holds as plain attributes
+            runner = load_or_build(exported, named)
         self.constants = {name: named[name] for name in runner.get_constant_fqns()}
         runner.load_constants(self.constants, check_full_update=True, user_managed=True)
         self.runner = runner.loader
         self.build_seconds = time.perf_counter() - started
         logger.info("decode step compiled ahead of time in %.1f s", self.build_seconds)
+
+
+def package_path(exported, tensors: dict[str, torch.Tensor]) -> Path:
+    """Where the built program of `exported` is kept between processes (a server's restart loads it in
+    seconds): inductor's cache directory, under a key of all the build depends on: the traced graph and
+    its size ranges, the weights' names, shapes and dtypes (not their values: the runner is handed them
+    at load, so one build serves every checkpoint of an architecture), torch's version and the CPU's
+    vector instruction set (inductor's kernels are compiled for it). llmkit's own operators are called by
+    name from the program: a rebuilt kernel library needs no new program."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    parts = [torch.__version__, str(pick_vec_isa()), exported.graph_module.code,
+             repr(exported.range_constraints), repr(exported.graph_signature)]
+    parts += [f"{name} {tuple(t.shape)} {t.dtype}" for name, t in sorted(tensors.items())]
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
+    return Path(cache_dir()) / "llmkit-decode" / f"{key}.pt2"
+
+
+def load_or_build(exported, tensors: dict[str, torch.Tensor]):
+    """The AOTInductor runner of `exported`: its package from the cache (`package_path`) if there, else
+    compiled (the weights left out of it: `package_constants_in_so` off) and put there atomically. A
+    cached package that does not load is rebuilt. Inductor's `force_disable_caches` turns the cache off."""
+    path = package_path(exported, tensors)
+    use_cache = not torch._inductor.config.force_disable_caches
+    if use_cache and path.exists():
+        try:
+            return torch._inductor.aoti_load_package(str(path))
+        except Exception as error:  # noqa: BLE001 - a damaged or foreign file: build it again
+            logger.warning("rebuilding the cached decode program %s (%s)", path, error)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="building-", dir=path.parent))
+    try:
+        built = torch._inductor.aoti_compile_and_package(
+            exported, package_path=str(directory / path.name),
+            inductor_configs={"aot_inductor.package_constants_in_so": False})
+        runner = torch._inductor.aoti_load_package(built)
+        if use_cache:
+            os.replace(built, path)  # whole or not at all: a reader never sees half a package
+        return runner
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)  # loaded: the library is mapped, the files can go
