@@ -54,7 +54,8 @@ cancellations applied first). The engine knows a strategy only as a `DecodingStr
 
 The decode forward can be compiled (`compile=True`): the cache's shapes are static, so the step
 compiles to one graph (gpt-fast's recipe); a CPU fp32 model's Linears are packed for oneDNN first, in
-place (compiled.py). Weights can be quantized to int8/int4 beforehand (quantize.py); the engine does not
+place (compiled.py). On llmkit's int8-activation CPU kernels the same forward is compiled ahead of time
+instead, one AOTInductor program for every shape (ahead.py). Weights can be quantized to int8/int4 beforehand (quantize.py); the engine does not
 care which Linear the model holds.
 
 Encoder-decoder models (T5: `n_encoder_layers > 0`): a request's prompt is the source. On admission the
