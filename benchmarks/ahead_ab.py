@@ -1,7 +1,7 @@
 """The decode step compiled ahead of time (AOTInductor, the default for int8/int4 on a CPU) against the same
 step under `torch.compile`, in one process.
 
-    python benchmarks/ahead_ab.py [--weights int8] [--batch 1] [--rounds 8]
+    python benchmarks/ahead_ab.py [--weights int8] [--batch 1] [--rounds 8] [--against jit|proxy]
 
 `llmkit.infer.ahead` exports the engine's decode step once, with every changing size symbolic, and
 AOTInductor builds it into a library the engine calls with five tensors; under `torch.compile` (with its
@@ -11,6 +11,10 @@ new tokens greedy, two engines on one model (the second a subclass whose step is
 rounds alternating (their order swapped every round) so that the host's drift hits both alike. Reports
 each engine's median decode tok/s (all streams), the rounds the ahead-of-time one won, whether the greedy
 tokens are identical, and each engine's first (compiling) run. Prints a table, then one JSON line.
+
+`--against proxy`: against the program as it was first built (2026-12-06): the kernels called through
+AOTInductor's proxy executor (no C functions) and inductor's own kernels in OpenMP regions (its default
+`cpp.min_chunk_size`), to measure what `ahead.build_configs` adds.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ def main() -> None:
     parser.add_argument("--weights", default="int8", choices=["int8", "int4", "int4_head4"])
     parser.add_argument("--batch", type=int, default=1, help="requests decoding together")
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--against", default="jit", choices=["jit", "proxy"])
     args = parser.parse_args()
     generate.setup_torch()
-    from llmkit.infer import Engine, SamplingParams
+    from llmkit.infer import Engine, SamplingParams, ahead
     from llmkit.infer.compiled import compile_for_inference
 
     class JitEngine(Engine):
@@ -48,24 +53,33 @@ def main() -> None:
     params = SamplingParams(max_new_tokens=generate.NEW_TOKENS, temperature=0)
     options = dict(compile=True, max_batch_size=args.batch, prefix_cache_mib=0,
                    prefill_chunk=generate.batch_prefill_chunk(prompt, args.batch))
-    engines = {"ahead": Engine(model, **options), "jit": JitEngine(model, **options)}
+    other = args.against
+    engines = {"ahead": Engine(model, **options),
+               other: JitEngine(model, **options) if other == "jit" else Engine(model, **options)}
     assert engines["ahead"].ahead is not None, "this model's engine does not compile its step ahead of time"
+    configs = ahead.build_configs
 
     def run(name: str) -> tuple[float, list[list[int]]]:
-        speed, requests = generate.timed_batch(engines[name], prompt, params, args.batch)
+        if name == "proxy" and not engines[name].ahead.built:  # its build: the first settings
+            ahead.build_configs = lambda: {"aot_inductor.package_constants_in_so": False}
+        try:
+            speed, requests = generate.timed_batch(engines[name], prompt, params, args.batch)
+        finally:
+            ahead.build_configs = configs
         return speed, [r.output_ids for r in requests]
 
     first = generate.first_runs(engines, run)
-    speeds, outputs, won = generate.alternating_rounds(run, ["ahead", "jit"], args.rounds)
+    speeds, outputs, won = generate.alternating_rounds(run, ["ahead", other], args.rounds)
     print(f"batch {args.batch}, {args.weights}, compiled, {args.rounds} alternating rounds")
-    labels = {"ahead": "AOTInductor (ahead.py)", "jit": "torch.compile, C++ wrapper, guards skipped"}
-    median = generate.rounds_table("decode step", labels, speeds, first)
-    same = outputs["ahead"] == outputs["jit"]
-    print(f"ahead / torch.compile: {median['ahead'] / median['jit']:.3f}x, won {won} of {args.rounds} rounds; "
+    labels = {"ahead": "AOTInductor (ahead.py)", "jit": "torch.compile, C++ wrapper, guards skipped",
+              "proxy": "AOTInductor, kernels through the proxy executor, inductor's kernels parallel"}
+    median = generate.rounds_table("decode step", {name: labels[name] for name in engines}, speeds, first)
+    same = outputs["ahead"] == outputs[other]
+    print(f"ahead / {other}: {median['ahead'] / median[other]:.3f}x, won {won} of {args.rounds} rounds; "
           f"greedy tokens identical: {same}")
-    print(json.dumps({"benchmark": "ahead_ab", "weights": args.weights, "batch": args.batch,
-                      "rounds": args.rounds, "ahead_tok_s": median["ahead"], "jit_tok_s": median["jit"],
-                      "ratio": round(median["ahead"] / median["jit"], 4), "rounds_won": won, "identical": same}))
+    print(json.dumps({"benchmark": "ahead_ab", "weights": args.weights, "batch": args.batch, "against": other,
+                      "rounds": args.rounds, "ahead_tok_s": median["ahead"], f"{other}_tok_s": median[other],
+                      "ratio": round(median["ahead"] / median[other], 4), "rounds_won": won, "identical": same}))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ each activation row to int8 in blocks of 32 and multiplies bytes with VNNI (`vpd
 (`vpmaddubsw`). No maintained Python package ships such kernels for PyTorch on x86 that a pip install
 reaches: torchao's `Int8DynamicActivationInt4WeightConfig` x86 kernels are in its CPU wheels on
 download.pytorch.org, while its PyPI wheel (0.18) holds only CUDA extensions. So llmkit carries the
-C++ (int8_dot.cpp, ~490 lines, and its tiles, int8_tiles.h, ~380; attention.cpp, ~510, and its scores'
-arithmetic, attention_scores.h, ~290; greedy.cpp, ~100; vector_exp.h, the exp both use)
+C++ (int8_dot.cpp, ~530 lines, and its tiles, int8_tiles.h, ~380; attention.cpp, ~520, and its scores'
+arithmetic, attention_scores.h, ~290; greedy.cpp, ~100; vector_exp.h, the exp both use; aoti_shims.h, their C
+functions for AOTInductor programs)
 and builds it here with `torch.utils.cpp_extension` and `-march=native`: the instruction set is chosen
 per CPU when the model is loaded (avx512-vnni, avx-vnni, avx2, or plain C++).
 
@@ -74,6 +75,8 @@ def build(march: str, namespace: str, sources: list[Path] = SOURCES) -> None:
     # compiled with OpenMP (PyTorch's own build uses it; cpp_extension does not add it). Without it every
     # kernel here ran on one thread whatever torch.get_num_threads() said (BENCHMARKS.md, 2026-12-04).
     flags = ["-O3", f"-march={march}", "-fopenmp", f"-DLLMKIT_OPS={namespace}"]
+    if namespace == "llmkit_cpu":  # the C functions AOTInductor programs call (kernels/aoti_shims.h): one library's
+        flags.append("-DLLMKIT_AOTI_SHIMS")
     # the sources and the headers beside them (int8_tiles.h): a change to either is a new build
     headers = sorted({header for source in sources for header in source.parent.glob("*.h")})
     text = b"".join(path.read_bytes() for path in [*sources, *headers])
@@ -86,6 +89,10 @@ def build(march: str, namespace: str, sources: list[Path] = SOURCES) -> None:
               file=sys.stderr)
     cpp_extension.load(name=name, sources=[str(source) for source in sources], extra_cflags=flags,
                        extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+    _libraries[namespace] = Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so"
+
+
+_libraries: dict[str, Path] = {}  # namespace -> the shared library loaded for it
 
 
 def available() -> bool:
@@ -133,6 +140,39 @@ def _register_fakes() -> None:
     @torch.library.register_fake("llmkit_cpu::attention")
     def _(q, k, v, mask, scale, k_scale=None, v_scale=None):
         return q.new_empty(q.shape)
+
+
+# The operators' C functions for AOTInductor programs (kernels/aoti_shims.h): the arguments of
+# aoti_torch_cpu_<operator>, as the kernels define them, the result's handle last.
+C_SHIMS = {
+    "int4_linear": "AtenTensorHandle x, AtenTensorHandle weight, int64_t in_features",
+    "int8_linear": "AtenTensorHandle x, AtenTensorHandle weight, AtenTensorHandle scales",
+    "int4_linear_swiglu": "AtenTensorHandle x, AtenTensorHandle weight, int64_t in_features",
+    "int8_linear_swiglu": "AtenTensorHandle x, AtenTensorHandle weight, AtenTensorHandle scales",
+    "attention": "AtenTensorHandle q, AtenTensorHandle k, AtenTensorHandle v, AtenTensorHandle mask, double scale, "
+                 "AtenTensorHandle* k_scale, AtenTensorHandle* v_scale",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def c_shims() -> dict:
+    """AOTInductor's `aot_inductor.custom_ops_to_c_shims` for the loaded kernels: {operator: [its C
+    declaration]}, so that a program calls them directly rather than through its proxy executor and the
+    dispatcher (llmkit.infer.ahead; BENCHMARKS.md, 2026-12-06). Makes the library's symbols global first
+    (it was loaded with RTLD_LOCAL, and a program's library finds its functions by name when loaded). An
+    operator whose function name PyTorch's own library already has is left to the proxy executor (a
+    later torch adding, say, aoti_torch_cpu_attention would otherwise call ours in its own programs).
+    Empty where the kernels are not loaded."""
+    import ctypes
+
+    library = _libraries.get("llmkit_cpu")
+    if library is None or not loaded():
+        return {}
+    ctypes.CDLL(str(library), mode=os.RTLD_GLOBAL | os.RTLD_NOLOAD)  # already loaded: only its scope changes
+    torch_cpu = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"), mode=os.RTLD_NOLOAD)
+    return {getattr(torch.ops.llmkit_cpu, name).default:
+            [f"AOTITorchError aoti_torch_cpu_{name}({arguments}, AtenTensorHandle* out)"]
+            for name, arguments in C_SHIMS.items() if not hasattr(torch_cpu, f"aoti_torch_cpu_{name}")}
 
 
 def int4_linear(x: torch.Tensor, packed: torch.Tensor, in_features: int) -> torch.Tensor:

@@ -2,6 +2,8 @@
 for every instruction set path (this machine's own, AVX2, plain C++), batch and chunk invariance, the layers
 and models built on them, checkpoints and torch.compile."""
 
+import zipfile
+
 import pytest
 import torch
 
@@ -370,11 +372,54 @@ def test_a_built_decode_program_is_cached_between_engines_and_a_damaged_one_is_r
     first, built_in = decoded(0)
     packages = list((tmp_path / "llmkit-decode").glob("*.pt2"))
     assert len(packages) == 1 and not list((tmp_path / "llmkit-decode").glob("building-*"))
+    # the program calls the kernels' C functions, not the proxy executor, and inductor's kernels run serially
+    with zipfile.ZipFile(packages[0]) as package:
+        code = {name.rsplit(".", 2)[-2]: package.read(name).decode() for name in package.namelist()
+                if name.endswith((".wrapper.cpp", ".kernel.cpp"))}
+    assert "aoti_torch_cpu_int8_linear(" in code["wrapper"] and "aoti_torch_cpu_attention(" in code["wrapper"]
+    assert "call_function" not in code["wrapper"] and "#pragma omp" not in code["kernel"]
     other, loaded_in = decoded(1)
     assert other != first and loaded_in < built_in / 2 and list((tmp_path / "llmkit-decode").glob("*.pt2")) == packages
     packages[0].write_bytes(b"not a package")
     assert decoded(0)[0] == first
     assert "rebuilding the cached decode program" in caplog.text and packages[0].stat().st_size > 1000
+
+
+def test_the_kernels_c_functions_for_ahead_of_time_programs_equal_the_operators_and_report_bad_input():
+    """What an AOTInductor program calls (kernels/aoti_shims.h), through the C declarations `c_shims` gives
+    it: the operators' results for tensor handles, and an error code, not a crash, for a bad weight."""
+    import ctypes
+
+    assert cpu_kernels.isa() and cpu_kernels.c_shims()
+    declared = {str(op).split(".")[1]: text for op, (text,) in cpu_kernels.c_shims().items()}
+    assert set(declared) == set(cpu_kernels.C_SHIMS)
+    capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    capsule_pointer.restype, capsule_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    new_capsule = ctypes.pythonapi.PyCapsule_New
+    new_capsule.restype, new_capsule.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    kept = []
+
+    def handle(tensor):  # an AtenTensorHandle, as a program holds one
+        kept.append(torch._C._aoti.unsafe_alloc_void_ptr_from_tensor(tensor))
+        return ctypes.c_void_p(capsule_pointer(kept[-1], None))
+
+    def call(name, *arguments):
+        function = getattr(ctypes.CDLL(None), f"aoti_torch_cpu_{name}")  # found by name in the global scope
+        function.restype = ctypes.c_int32
+        out = ctypes.c_void_p()
+        code = function(*arguments, ctypes.byref(out))
+        return code, (torch._C._aoti.alloc_tensor_by_stealing_from_void_ptr(new_capsule(out.value, None, None))
+                      if code == 0 else None)
+
+    torch.manual_seed(0)
+    x, int8, scales = torch.randn(3, 64), cpu_kernels.pack_int8(torch.randint(-127, 128, (48, 64), dtype=torch.int8)), torch.rand(48)
+    code, out = call("int8_linear", handle(x), handle(int8), handle(scales))
+    assert code == 0 and torch.equal(out, cpu_kernels.int8_linear(x, int8, scales))
+    assert call("int8_linear", handle(x), handle(torch.rand(48, 64)), handle(scales)) == (1, None)
+    q, k, v = torch.randn(1, 4, 2, 16), torch.randn(1, 2, 9, 16).half(), torch.randn(1, 2, 9, 16).half()
+    mask = torch.ones(1, 1, 2, 7, dtype=torch.bool)
+    code, out = call("attention", handle(q), handle(k), handle(v), handle(mask), ctypes.c_double(0.25), None, None)
+    assert code == 0 and torch.equal(out, cpu_kernels.attention(q, k, v, mask, 0.25))
 
 
 def test_a_step_that_cannot_be_built_ahead_of_time_runs_under_torch_compile(monkeypatch, caplog):

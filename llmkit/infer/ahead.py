@@ -16,7 +16,10 @@ program serves every decode step: no warm-up shapes, no guards, no attention len
 graph's sake. AOTInductor compiles it (its wrapper C++, as compiled.py's `cpp_wrapper`); the weights
 stay the model's own tensors, handed to the runner as user-managed constants (one copy in memory), so
 the package holds code only (~4 MB for SmolLM2) and is kept in inductor's cache directory for the next
-process (`package_path`). The cache's stores are written in place, as by the compiled step.
+process (`package_path`). The cache's stores are written in place, as by the compiled step. The program
+calls llmkit's kernels as C functions (`cpu_kernels.c_shims`) rather than through AOTInductor's proxy
+executor and the dispatcher, and inductor's own small kernels without OpenMP regions (`build_configs`):
+batch-1 decode 1.05x (int8) and 1.06x (int4) again, batch 32 unchanged (BENCHMARKS.md, 2026-12-06).
 
 What it takes: a decoder-only model on a CPU whose layers run the int8-activation kernels, no mixture of
 experts (`ahead_of_time`); a step over rows [0, n) of the cache (the engine's decode steps; `__call__`
@@ -138,7 +141,23 @@ class AheadOfTimeStep:
         logger.info("decode step compiled ahead of time in %.1f s", self.build_seconds)
 
 
-def package_path(exported, tensors: dict[str, torch.Tensor]) -> Path:
+# OpenMP regions in inductor's own kernels (norms, RoPE, the cache's stores) start at this many values a
+# thread: a decode step's are a few thousand values, less work than a region's start and end on two
+# threads, so they run on the calling thread (inductor's default, 512, parallelised them at 2 rows).
+SERIAL_KERNELS_BELOW = 1 << 20
+
+
+def build_configs() -> dict:
+    """Inductor's settings for the program: weights left out of the package (handed over at load), the
+    kernels called as C functions where they have them (cpu_kernels.c_shims), inductor's kernels serial."""
+    from llmkit import cpu_kernels
+
+    return {"aot_inductor.package_constants_in_so": False,
+            "aot_inductor.custom_ops_to_c_shims": cpu_kernels.c_shims(),
+            "cpp.min_chunk_size": SERIAL_KERNELS_BELOW}
+
+
+def package_path(exported, tensors: dict[str, torch.Tensor], configs: dict) -> Path:
     """Where the built program of `exported` is kept between processes (a server's restart loads it in
     seconds): inductor's cache directory, under a key of all the build depends on: the traced graph and
     its size ranges, the weights' names, shapes and dtypes (not their values: the runner is handed them
@@ -148,8 +167,10 @@ def package_path(exported, tensors: dict[str, torch.Tensor]) -> Path:
     from torch._inductor.cpu_vec_isa import pick_vec_isa
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
+    settings = {name: sorted(map(str, value.values())) if isinstance(value, dict) else value
+                for name, value in configs.items()}  # (the C declarations, not the operator objects)
     parts = [torch.__version__, str(pick_vec_isa()), exported.graph_module.code,
-             repr(exported.range_constraints), repr(exported.graph_signature)]
+             repr(exported.range_constraints), repr(exported.graph_signature), repr(sorted(settings.items()))]
     parts += [f"{name} {tuple(t.shape)} {t.dtype}" for name, t in sorted(tensors.items())]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
     return Path(cache_dir()) / "llmkit-decode" / f"{key}.pt2"
@@ -159,7 +180,8 @@ def load_or_build(exported, tensors: dict[str, torch.Tensor]):
     """The AOTInductor runner of `exported`: its package from the cache (`package_path`) if there, else
     compiled (the weights left out of it: `package_constants_in_so` off) and put there atomically. A
     cached package that does not load is rebuilt. Inductor's `force_disable_caches` turns the cache off."""
-    path = package_path(exported, tensors)
+    configs = build_configs()  # (first: a cached program calls the kernels' C functions by name)
+    path = package_path(exported, tensors, configs)
     use_cache = not torch._inductor.config.force_disable_caches
     if use_cache and path.exists():
         try:
@@ -170,8 +192,7 @@ def load_or_build(exported, tensors: dict[str, torch.Tensor]):
     directory = Path(tempfile.mkdtemp(prefix="building-", dir=path.parent))
     try:
         built = torch._inductor.aoti_compile_and_package(
-            exported, package_path=str(directory / path.name),
-            inductor_configs={"aot_inductor.package_constants_in_so": False})
+            exported, package_path=str(directory / path.name), inductor_configs=configs)
         runner = torch._inductor.aoti_load_package(built)
         if use_cache:
             os.replace(built, path)  # whole or not at all: a reader never sees half a package

@@ -519,3 +519,16 @@ LLMKIT_FRAGMENT(LLMKIT_OPS, m) {
 LLMKIT_FRAGMENT_IMPL(LLMKIT_OPS, CPU, m) {
   m.impl("attention", &attention);
 }
+
+#ifdef LLMKIT_AOTI_SHIMS
+#include "aoti_shims.h"
+// attention as a C function for AOTInductor programs (aoti_shims.h)
+LLMKIT_C_SHIM(attention, AtenTensorHandle q, AtenTensorHandle k, AtenTensorHandle v, AtenTensorHandle mask, double scale,
+              AtenTensorHandle* k_scale, AtenTensorHandle* v_scale, AtenTensorHandle* out) {
+  using namespace llmkit_shim;
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *out = handle(attention(tensor(q), tensor(k), tensor(v), tensor(mask), scale, optional_tensor(k_scale),
+                            optional_tensor(v_scale)));
+  });
+}
+#endif

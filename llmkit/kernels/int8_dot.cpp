@@ -502,3 +502,31 @@ LLMKIT_LIBRARY_IMPL(LLMKIT_OPS, CPU, m) {
   m.impl("int4_linear_swiglu", &int4_linear_swiglu);
   m.impl("int8_linear_swiglu", &int8_linear_swiglu);
 }
+
+#ifdef LLMKIT_AOTI_SHIMS
+#include "aoti_shims.h"
+// The operators above as C functions for AOTInductor programs (aoti_shims.h)
+LLMKIT_C_SHIM(int4_linear, AtenTensorHandle x, AtenTensorHandle weight, int64_t in_features, AtenTensorHandle* out) {
+  using namespace llmkit_shim;
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({ *out = handle(int4_linear(tensor(x), tensor(weight), in_features)); });
+}
+
+LLMKIT_C_SHIM(int8_linear, AtenTensorHandle x, AtenTensorHandle weight, AtenTensorHandle scales, AtenTensorHandle* out) {
+  using namespace llmkit_shim;
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({ *out = handle(int8_linear(tensor(x), tensor(weight), tensor(scales))); });
+}
+
+LLMKIT_C_SHIM(int4_linear_swiglu, AtenTensorHandle x, AtenTensorHandle weight, int64_t in_features,
+              AtenTensorHandle* out) {
+  using namespace llmkit_shim;
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({ *out = handle(int4_linear_swiglu(tensor(x), tensor(weight), in_features)); });
+}
+
+LLMKIT_C_SHIM(int8_linear_swiglu, AtenTensorHandle x, AtenTensorHandle weight, AtenTensorHandle scales,
+              AtenTensorHandle* out) {
+  using namespace llmkit_shim;
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    *out = handle(int8_linear_swiglu(tensor(x), tensor(weight), tensor(scales)));
+  });
+}
+#endif
