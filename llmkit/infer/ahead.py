@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+import llmkit.cpu_kernels as cpu_kernels
 from llmkit.errors import GenerationError
 from llmkit.infer.kv_cache import KVCache, reads_half_cache
 
@@ -150,8 +151,6 @@ SERIAL_KERNELS_BELOW = 1 << 20
 def build_configs() -> dict:
     """Inductor's settings for the program: weights left out of the package (handed over at load), the
     kernels called as C functions where they have them (cpu_kernels.c_shims), inductor's kernels serial."""
-    from llmkit import cpu_kernels
-
     return {"aot_inductor.package_constants_in_so": False,
             "aot_inductor.custom_ops_to_c_shims": cpu_kernels.c_shims(),
             "cpp.min_chunk_size": SERIAL_KERNELS_BELOW}
