@@ -154,7 +154,6 @@ C_SHIMS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
 def c_shims() -> dict:
     """AOTInductor's `aot_inductor.custom_ops_to_c_shims` for the loaded kernels: {operator: [its C
     declaration]}, so that a program calls them directly rather than through its proxy executor and the
@@ -162,7 +161,7 @@ def c_shims() -> dict:
     (it was loaded with RTLD_LOCAL, and a program's library finds its functions by name when loaded). An
     operator whose function name PyTorch's own library already has is left to the proxy executor (a
     later torch adding, say, aoti_torch_cpu_attention would otherwise call ours in its own programs).
-    Empty where the kernels are not loaded."""
+    Empty where the kernels are not loaded (not cached: asked again once they are)."""
     import ctypes
 
     library = _libraries.get("llmkit_cpu")
