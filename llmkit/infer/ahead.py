@@ -19,7 +19,7 @@ the package holds code only (~4 MB for SmolLM2) and is kept in inductor's cache 
 process (`package_path`). The cache's stores are written in place, as by the compiled step. The program
 calls llmkit's kernels as C functions (`cpu_kernels.c_shims`) rather than through AOTInductor's proxy
 executor and the dispatcher, and inductor's own small kernels without OpenMP regions (`build_configs`):
-batch-1 decode 1.05x (int8) and 1.06x (int4) again, batch 32 unchanged (BENCHMARKS.md, 2026-12-06).
+a further 1.05x (int8) and 1.06x (int4) at batch 1, batch 32 unchanged (BENCHMARKS.md, 2026-12-06).
 
 What it takes: a decoder-only model on a CPU whose layers run the int8-activation kernels, no mixture of
 experts (`ahead_of_time`); a step over rows [0, n) of the cache (the engine's decode steps; `__call__`
