@@ -160,9 +160,10 @@ def package_path(exported, tensors: dict[str, torch.Tensor], configs: dict) -> P
     """Where the built program of `exported` is kept between processes (a server's restart loads it in
     seconds): inductor's cache directory, under a key of all the build depends on: the traced graph and
     its size ranges, the weights' names, shapes and dtypes (not their values: the runner is handed them
-    at load, so one build serves every checkpoint of an architecture), torch's version and the CPU's
-    vector instruction set (inductor's kernels are compiled for it). llmkit's own operators are called by
-    name from the program: a rebuilt kernel library needs no new program."""
+    at load, so one build serves every checkpoint of an architecture), torch's version, the CPU's vector
+    instruction set (inductor's kernels are compiled for it) and the build's settings (`build_configs`,
+    the kernels' C declarations included). llmkit's own operators are called by name from the program: a
+    rebuilt kernel library needs no new program."""
     from torch._inductor.cpu_vec_isa import pick_vec_isa
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
