@@ -28,7 +28,9 @@ Rows:
   token (its weights as stored, plus the cached keys and values at the run's mean context; llama.cpp: the
   GGUF file's size) and its achieved bandwidth, bytes x tokens/s, as a fraction of the measured one (the
   highest of the run: the machine row's and one right after each batch-1 row's runs, since a shared host's
-  bandwidth swings within minutes). Bandwidths are read in 2 MB pages, as the engine keeps its weights.
+  bandwidth swings within minutes), and "paired": 6 more runs, each against the higher of the bandwidths
+  read right before and right after it, the median (`paired_bandwidth`). Bandwidths are read in 2 MB
+  pages, as the engine keeps its weights.
 
 Prints a table, then one JSON line (DESIGN.md keys; peak memory keys end in _mib).
 """
@@ -128,6 +130,31 @@ def run_bandwidth(r: dict) -> float | None:
     return max(measured) if measured else None
 
 
+PAIRED_ROUNDS = 6
+
+
+def paired_bandwidth(decode, read_bytes: float, rounds: int = PAIRED_ROUNDS) -> dict:
+    """The fraction of the memory bandwidth a batch-1 row achieves, with the bandwidth read right before and
+    right after each of `rounds` decode runs (`decode()` -> tok/s; best of 3 reads of 512 MiB each time):
+    each run's GB/s against the higher of the two readings around it, the median over the runs. The run's
+    highest figure (run_bandwidth) holds every row to the fastest moment of a host whose bandwidth swung
+    36.7-45.4 GB/s within one run (2026-12-06, twenty-second session); here the host's drift meets the
+    decode and the bandwidth it is compared with alike."""
+    from machine import bandwidth_reader
+
+    read = bandwidth_reader(THREADS, mib=512)
+    before, fractions, readings = read(3), [], []
+    for _ in range(rounds):
+        tok_s = decode()
+        after = read(3)
+        fractions.append(read_bytes * tok_s / 1e9 / max(before, after))
+        readings.append(max(before, after))
+        before = after
+    return {"paired_bandwidth_fraction": statistics.median(fractions),
+            "paired_fractions": [round(f, 3) for f in fractions],
+            "paired_read_bandwidth_gbs": round(statistics.median(readings), 2)}
+
+
 def worker_b1(kind: str, compile: bool = True) -> dict:
     from llmkit.infer import Engine, SamplingParams
 
@@ -143,8 +170,9 @@ def worker_b1(kind: str, compile: bool = True) -> dict:
     # `llmkit serve --compile` after its warm_up (a missing graph would be compiled, not run wrongly)
     engine.warmed_up = compile
     speeds = [timed_stream(engine, prompt, params)[1] for _ in range(3)]
-    return {"tok_s": sorted(speeds)[1], "warmup_s": warmup, "peak_mib": peak_mib(), "bytes_per_token": read,
-            **bandwidth_now()}
+    peak = peak_mib()  # before the bandwidth reads' 512-MiB tensors
+    return {"tok_s": sorted(speeds)[1], "warmup_s": warmup, "peak_mib": peak, "bytes_per_token": read,
+            **bandwidth_now(), **paired_bandwidth(lambda: timed_stream(engine, prompt, params)[1], read)}
 
 
 def worker_b32(kind: str, compile: bool = True) -> dict:
@@ -392,8 +420,11 @@ def worker_llamacpp() -> dict:
     text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in CHAT) + "<|im_start|>assistant\n"
     prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
     speeds = llamacpp_decode_speeds(llm, prompt, NEW_TOKENS, runs=4)
-    return {"tok_s": sorted(speeds[1:])[1], "peak_mib": peak_mib(), "version": llama_cpp.__version__,
-            "bytes_per_token": named_model_file("smollm2").stat().st_size, **bandwidth_now()}
+    read = named_model_file("smollm2").stat().st_size
+    peak = peak_mib()
+    return {"tok_s": sorted(speeds[1:])[1], "peak_mib": peak, "version": llama_cpp.__version__,
+            "bytes_per_token": read, **bandwidth_now(),
+            **paired_bandwidth(lambda: llamacpp_decode_speeds(llm, prompt, NEW_TOKENS, runs=1)[0], read)}
 
 
 def worker_machine() -> dict:
@@ -483,6 +514,8 @@ def summary(r: dict) -> dict:
             if bandwidth:
                 out[f"{name}_bandwidth_fraction"] = out[f"{name}_gbs"] / bandwidth
                 out[f"{name}_read_bandwidth_gbs"] = get(r, name, "read_bandwidth_gbs")
+            if get(r, name, "paired_bandwidth_fraction"):
+                out[f"{name}_paired_bandwidth_fraction"] = get(r, name, "paired_bandwidth_fraction")
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
 
 
@@ -508,7 +541,7 @@ def print_table(r: dict) -> None:
     highest = run_bandwidth(r)
     if any(name in r for name, _ in rows):
         print(f"{'configuration':<34} {'decode tok/s':>12} {'vs HF':>7} {'vs llama.cpp':>12} {'peak MiB':>9} "
-              f"{'MB/token':>9} {'GB/s':>6} {'of bw':>6}")
+              f"{'MB/token':>9} {'GB/s':>6} {'of bw':>6} {'paired':>6}")
     for name, label in rows:
         if name in r:
             x = get(r, name, "tok_s")
@@ -517,11 +550,18 @@ def print_table(r: dict) -> None:
             achieved = read * x / 1e9 if read and x else None
             print(f"{label:<34} {shown} {ratio(x, hf):>7} {ratio(x, llama):>12} {peak or 0:9.0f} "
                   + (f"{read / 1e6:9.1f} {achieved:6.1f} " if achieved else f"{'-':>9} {'-':>6} ")
-                  + (f"{achieved / highest:6.0%}" if achieved and highest else f"{'-':>6}"))
+                  + (f"{achieved / highest:6.0%}" if achieved and highest else f"{'-':>6}")
+                  + (f" {get(r, name, 'paired_bandwidth_fraction'):6.0%}" if get(r, name, "paired_bandwidth_fraction")
+                     else f" {'-':>6}"))
     own = {name: get(r, name, "read_bandwidth_gbs") for name, _ in rows if get(r, name, "read_bandwidth_gbs")}
     if own:
         print("bandwidth right after each batch-1 row (every fraction is of the run's highest figure): "
               + ", ".join(f"{name} {gbs:.1f}" for name, gbs in own.items()) + " GB/s")
+    paired = {name: r[name] for name, _ in rows if get(r, name, "paired_fractions")}
+    if paired:
+        print(f"paired: each of {PAIRED_ROUNDS} more runs against the higher bandwidth read right before and after it, "
+              "the median; " + "; ".join(f"{name} {t['paired_fractions']} around {t['paired_read_bandwidth_gbs']:.1f} GB/s"
+                                        for name, t in paired.items()))
     if get(r, "llamacpp", "reason"):
         print(f"llama.cpp not measured: {get(r, 'llamacpp', 'reason')}")
     for batched, single, weights in (("b32", "b1_bf16", "bf16"), ("b32_fp32", "b1_fp32", "fp32"),

@@ -41,6 +41,12 @@ def read_bandwidth_gbs(threads: int, mib: int = 1024, passes: int = 5) -> float:
     (llmkit/infer/huge_pages.py): in 4 KB pages the same read ran at ~62% of that on the AVX-512 EPYC
     (prefetchers stop at every page; BENCHMARKS.md, 2026-12-06), and the fraction of it a decode achieves
     would flatter the engine."""
+    return bandwidth_reader(threads, mib)(passes)
+
+
+def bandwidth_reader(threads: int, mib: int = 1024):
+    """read(passes) -> GB/s, read_bandwidth_gbs's measurement on one tensor allocated once (for reading
+    the bandwidth again and again between timed runs)."""
     import torch
 
     from llmkit.infer import huge_pages
@@ -48,12 +54,16 @@ def read_bandwidth_gbs(threads: int, mib: int = 1024, passes: int = 5) -> float:
     torch.set_num_threads(threads)
     x = huge_pages.zeros((mib * 2**20 // 4,), torch.float32).fill_(1.0)
     x.sum()  # touch every page before timing
-    best = float("inf")
-    for _ in range(passes):
-        start = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - start)
-    return x.numel() * 4 / best / 1e9
+
+    def read(passes: int = 5) -> float:
+        best = float("inf")
+        for _ in range(passes):
+            start = time.perf_counter()
+            x.sum()
+            best = min(best, time.perf_counter() - start)
+        return x.numel() * 4 / best / 1e9
+
+    return read
 
 
 def machine_report(threads: int) -> dict:
