@@ -1,13 +1,13 @@
 """What an operator call costs once a weight stream has gone through the caches: the same call timed warm
 (called again and again) and right after reading M MiB of other memory, as every call of a batch-1
-decode step is (SmolLM2-135M's int8 weights are 135 MB a token, 4.5 MB a layer; the CPU's last-level cache
-is tens of MB).
+decode step is (SmolLM2-135M's int8 weights are ~135 MB a token, ~3.5 MB a decoder layer; the CPU's
+last-level cache is tens of MB).
 
     flock /tmp/llmkit-heavy.lock python benchmarks/cold_calls.py [--mib 0 1 4 16 64 128] [--calls 200]
 
 Calls timed, each from Python through torch.ops (so Python's own dispatch is in every figure):
 - `panel_rows`: llmkit's kernels' smallest operator, a constant: no parallel region, no tensor;
-- `parallel_threads`: one OpenMP region over 64 empty items on the build's threads;
+- `parallel_threads`: one OpenMP region over 64 near-empty items (each notes its thread) on the build's threads;
 - `int8_linear`, 1 row x 576 inputs, 576 outputs (SmolLM2-135M's o layer): checks, activation rounding, an
   output allocated, a parallel region over 331 KB of int8 weights (read from cache when warm).
 The memory read between calls is a 1-thread numpy sum (its own time is not counted). Median of `--calls`

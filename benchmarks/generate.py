@@ -24,13 +24,13 @@ Rows:
 - hf: `transformers` LlamaForCausalLM on the same weights (dequantized from the same GGUF) in fp32;
 - llamacpp: `llama-cpp-python` on the Q4_1 GGUF itself (null, with the reason, when not installed);
 - machine: the CPU model, its ISA extensions (AVX2, AVX-512 VNNI/BF16, AMX) and the memory read bandwidth
-  measured on the same threads (benchmarks/machine.py). Each batch-1 row reports the bytes it reads per
-  token (its weights as stored, plus the cached keys and values at the run's mean context; llama.cpp: the
-  GGUF file's size) and its achieved bandwidth, bytes x tokens/s, as a fraction of the measured one (the
-  highest of the run: the machine row's and one right after each batch-1 row's runs, since a shared host's
-  bandwidth swings within minutes), and "paired": 6 more runs, each against the higher of the bandwidths
-  read right before and right after it, the median (`paired_bandwidth`). Bandwidths are read in 2 MB
-  pages, as the engine keeps its weights.
+  measured on the same threads (benchmarks/machine.py). Each llmkit batch-1 row and llama.cpp report the
+  bytes they read per token (the weights as stored, plus the cached keys and values at the run's mean
+  context; llama.cpp: the GGUF file's size) and the achieved bandwidth, bytes x tokens/s, as a fraction of
+  the measured one (the highest of the run: the machine row's and one right after each such row's runs,
+  since a shared host's bandwidth swings within minutes), and a "paired" fraction: the median, over 6 more
+  runs, of each run's GB/s against the higher of the bandwidths read right before and right after it
+  (`paired_bandwidth`). Bandwidths are read in 2 MB pages, as the engine keeps its weights.
 
 Prints a table, then one JSON line (DESIGN.md keys; peak memory keys end in _mib).
 """
@@ -137,22 +137,23 @@ def paired_bandwidth(decode, read_bytes: float, rounds: int = PAIRED_ROUNDS) -> 
     """The fraction of the memory bandwidth a batch-1 row achieves, with the bandwidth read right before and
     right after each of `rounds` decode runs (`decode()` -> tok/s; best of 3 reads of 512 MiB each time):
     each run's GB/s against the higher of the two readings around it, the median over the runs. The run's
-    highest figure (run_bandwidth) holds every row to the fastest moment of a host whose bandwidth swung
-    36.7-45.4 GB/s within one run (2026-12-06, twenty-second session); here the host's drift meets the
-    decode and the bandwidth it is compared with alike."""
+    highest figure (run_bandwidth) holds every row to the fastest moment of a host whose bandwidth readings
+    spanned 33.8-46.4 GB/s within half an hour (BENCHMARKS.md, 2026-12-06, twenty-second session); here each
+    decode and the bandwidth it is compared with are read seconds apart, so the host's drift meets both."""
     from machine import bandwidth_reader
 
     read = bandwidth_reader(THREADS, mib=512)
-    before, fractions, readings = read(3), [], []
+    before, fractions, readings, speeds = read(3), [], [], []
     for _ in range(rounds):
-        tok_s = decode()
+        speeds.append(tok_s := decode())
         after = read(3)
         fractions.append(read_bytes * tok_s / 1e9 / max(before, after))
         readings.append(max(before, after))
         before = after
     return {"paired_bandwidth_fraction": statistics.median(fractions),
             "paired_fractions": [round(f, 3) for f in fractions],
-            "paired_read_bandwidth_gbs": round(statistics.median(readings), 2)}
+            "paired_read_bandwidth_gbs": round(statistics.median(readings), 2),
+            "paired_tok_s": statistics.median(speeds)}
 
 
 def worker_b1(kind: str, compile: bool = True) -> dict:
@@ -555,13 +556,14 @@ def print_table(r: dict) -> None:
                      else f" {'-':>6}"))
     own = {name: get(r, name, "read_bandwidth_gbs") for name, _ in rows if get(r, name, "read_bandwidth_gbs")}
     if own:
-        print("bandwidth right after each batch-1 row (every fraction is of the run's highest figure): "
+        print("bandwidth right after each batch-1 row (the 'of bw' column is of the run's highest figure): "
               + ", ".join(f"{name} {gbs:.1f}" for name, gbs in own.items()) + " GB/s")
     paired = {name: r[name] for name, _ in rows if get(r, name, "paired_fractions")}
     if paired:
-        print(f"paired: each of {PAIRED_ROUNDS} more runs against the higher bandwidth read right before and after it, "
-              "the median; " + "; ".join(f"{name} {t['paired_fractions']} around {t['paired_read_bandwidth_gbs']:.1f} GB/s"
-                                        for name, t in paired.items()))
+        print(f"paired: {PAIRED_ROUNDS} more runs each, against the higher bandwidth read right before and after "
+              "each run, the median; " + "; ".join(
+                  f"{name} {t['paired_fractions']} at {t['paired_tok_s']:.1f} tok/s around "
+                  f"{t['paired_read_bandwidth_gbs']:.1f} GB/s" for name, t in paired.items()))
     if get(r, "llamacpp", "reason"):
         print(f"llama.cpp not measured: {get(r, 'llamacpp', 'reason')}")
     for batched, single, weights in (("b32", "b1_bf16", "bf16"), ("b32_fp32", "b1_fp32", "fp32"),
