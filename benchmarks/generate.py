@@ -138,7 +138,7 @@ def paired_bandwidth(decode, read_bytes: float, rounds: int = PAIRED_ROUNDS) -> 
     right after each of `rounds` decode runs (`decode()` -> tok/s; best of 3 reads of 512 MiB each time):
     each run's GB/s against the higher of the two readings around it, the median over the runs. The run's
     highest figure (run_bandwidth) holds every row to the fastest moment of a host whose bandwidth readings
-    spanned 33.8-46.4 GB/s within half an hour (BENCHMARKS.md, 2026-12-06, twenty-second session); here each
+    spanned 27.6-46.4 GB/s within an hour (BENCHMARKS.md, 2026-12-06, twenty-second session); here each
     decode and the bandwidth it is compared with are read seconds apart, so the host's drift meets both."""
     from machine import bandwidth_reader
 
