@@ -30,7 +30,7 @@ Rows:
   the measured one (the highest of the run: the machine row's and one right after each such row's runs,
   since a shared host's bandwidth swings within minutes), and a "paired" fraction: the median, over 6 more
   runs, of each run's GB/s against the higher of the bandwidths read right before and right after it
-  (`paired_bandwidth`). Bandwidths are read in 2 MB pages, as the engine keeps its weights.
+  (`bandwidths_after`). Bandwidths are read in 2 MB pages, as the engine keeps its weights.
 
 Prints a table, then one JSON line (DESIGN.md keys; peak memory keys end in _mib).
 """
@@ -111,16 +111,6 @@ def bytes_per_token(model, prompt_tokens: int) -> float:
     return weight_bytes_per_token(model) + kv_bytes_per_token(model.config, prompt_tokens + NEW_TOKENS / 2, kv_value)
 
 
-def bandwidth_now() -> dict:
-    """The memory read bandwidth right after a batch-1 row's timed runs (its peak memory read first: the
-    512-MiB tensor would count in it). A shared host's bandwidth swings by 2x within minutes (28-67 GB/s
-    on the AVX-512 EPYC, 2026-12-06), so every row's fraction is taken against the highest figure of the
-    run (run_bandwidth): a slow moment never flatters a row."""
-    from machine import read_bandwidth_gbs
-
-    return {"read_bandwidth_gbs": round(read_bandwidth_gbs(THREADS, mib=512), 2)}
-
-
 def run_bandwidth(r: dict) -> float | None:
     """The bandwidth every row's achieved GB/s is a fraction of: the highest read bandwidth measured in the
     run (the machine row's and every batch-1 row's own). Against the higher of the machine's and the row's own
@@ -133,24 +123,30 @@ def run_bandwidth(r: dict) -> float | None:
 PAIRED_ROUNDS = 6
 
 
-def paired_bandwidth(decode, read_bytes: float, rounds: int = PAIRED_ROUNDS) -> dict:
-    """The fraction of the memory bandwidth a batch-1 row achieves, with the bandwidth read right before and
-    right after each of `rounds` decode runs (`decode()` -> tok/s; best of 3 reads of 512 MiB each time):
-    each run's GB/s against the higher of the two readings around it, the median over the runs. The run's
-    highest figure (run_bandwidth) holds every row to the fastest moment of a host whose bandwidth readings
-    spanned 27.6-46.4 GB/s within an hour (BENCHMARKS.md, 2026-12-06, twenty-second session); here each
-    decode and the bandwidth it is compared with are read seconds apart, so the host's drift meets both."""
+def bandwidths_after(decode, read_bytes: float, rounds: int = PAIRED_ROUNDS) -> dict:
+    """The memory read bandwidth right after a batch-1 row's timed runs (its peak memory read first: the
+    512-MiB tensor would count in it), and the row's "paired" fraction of it. A shared host's bandwidth
+    swings by 2x within minutes (28-67 GB/s on the AVX-512 EPYC, 2026-12-06), so the first reading (best
+    of 5) joins the run's others and every row's fraction is taken against their highest (run_bandwidth):
+    a slow moment never flatters a row. But the highest holds every row to the fastest moment of a run
+    whose readings spanned 27.6-46.4 GB/s within two hours (BENCHMARKS.md, 2026-12-06, twenty-second
+    session), so `rounds` more decode runs (`decode()` -> tok/s) follow, the bandwidth read again after
+    each (best of 3), and each run's GB/s is taken against the higher of the readings right before and
+    right after it: the median over the runs is the paired fraction. Each decode and the bandwidth it is
+    compared with are read seconds apart, so the host's drift meets both."""
     from machine import bandwidth_reader
 
     read = bandwidth_reader(THREADS, mib=512)
-    before, fractions, readings, speeds = read(3), [], [], []
+    now = before = read(5)
+    fractions, readings, speeds = [], [], []
     for _ in range(rounds):
         speeds.append(tok_s := decode())
         after = read(3)
         fractions.append(read_bytes * tok_s / 1e9 / max(before, after))
         readings.append(max(before, after))
         before = after
-    return {"paired_bandwidth_fraction": statistics.median(fractions),
+    return {"read_bandwidth_gbs": round(now, 2),
+            "paired_bandwidth_fraction": statistics.median(fractions),
             "paired_fractions": [round(f, 3) for f in fractions],
             "paired_read_bandwidth_gbs": round(statistics.median(readings), 2),
             "paired_tok_s": statistics.median(speeds)}
@@ -171,9 +167,9 @@ def worker_b1(kind: str, compile: bool = True) -> dict:
     # `llmkit serve --compile` after its warm_up (a missing graph would be compiled, not run wrongly)
     engine.warmed_up = compile
     speeds = [timed_stream(engine, prompt, params)[1] for _ in range(3)]
-    peak = peak_mib()  # before the bandwidth reads' 512-MiB tensors
+    peak = peak_mib()  # before the bandwidth reads' 512-MiB tensor
     return {"tok_s": sorted(speeds)[1], "warmup_s": warmup, "peak_mib": peak, "bytes_per_token": read,
-            **bandwidth_now(), **paired_bandwidth(lambda: timed_stream(engine, prompt, params)[1], read)}
+            **bandwidths_after(lambda: timed_stream(engine, prompt, params)[1], read)}
 
 
 def worker_b32(kind: str, compile: bool = True) -> dict:
@@ -424,8 +420,8 @@ def worker_llamacpp() -> dict:
     read = named_model_file("smollm2").stat().st_size
     peak = peak_mib()
     return {"tok_s": sorted(speeds[1:])[1], "peak_mib": peak, "version": llama_cpp.__version__,
-            "bytes_per_token": read, **bandwidth_now(),
-            **paired_bandwidth(lambda: llamacpp_decode_speeds(llm, prompt, NEW_TOKENS, runs=1)[0], read)}
+            "bytes_per_token": read,
+            **bandwidths_after(lambda: llamacpp_decode_speeds(llm, prompt, NEW_TOKENS, runs=1)[0], read)}
 
 
 def worker_machine() -> dict:
