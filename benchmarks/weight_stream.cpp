@@ -1,6 +1,6 @@
 // The drivers of benchmarks/weight_stream.py, appended to llmkit/kernels/int8_dot.cpp's text (it calls that
 // file's quantize_row, int4_panel and int8_panel): a batch-1 decode step's linear layers, in their order, in
-// ONE parallel region, each thread taking its share of a layer's panels as at::parallel_for gives it, an
+// ONE parallel region, each thread taking an even share of a layer's panels (run_panels), an
 // OpenMP barrier between layers (the next layer's input waits for every thread's outputs). No norms, no
 // attention, no operator calls, no tensors made: what llmkit's tiles make of the weight stream when nothing
 // else runs, the most any batch-1 step built on them could read. Every layer reads the same input row (its
@@ -15,21 +15,36 @@
 
 namespace {
 
+// A quantized linear layer as the kernels hold it: panels, an int8 layer's row scales (null for int4)
+struct Lin { const uint8_t* w; const float* s; int64_t n, k; };
+
+// Thread t's share of a layer's panels for one rounded row, split evenly
+inline void run_panels(const Lin& l, const QuantizedActivations& a, float* o, int t, int threads) {
+  const int64_t blocks = l.k / QK, count = panels_of(l.n);
+  for (int64_t panel = t * count / threads; panel < (t + 1) * count / threads; ++panel) {
+    const int64_t first = panel * PANEL, rows = std::min(PANEL, l.n - first);
+    if (l.s) int8_panel(l.w + first * blocks * INT8_ROW_BLOCK_BYTES, rows, a, 1, l.k, l.s + first, o + first, l.n);
+    else int4_panel(l.w + first * blocks * INT4_ROW_BLOCK_BYTES, rows, a, 1, l.k, o + first, l.n);
+  }
+}
+
+Lin lin_of(const at::Tensor& w, const at::Tensor& s, int64_t k) {
+  return Lin{w.data_ptr<uint8_t>(), s.numel() ? s.data_ptr<float>() : nullptr, w.size(0), k};
+}
+
 at::Tensor weight_stream(const at::Tensor& x, std::vector<at::Tensor> weights, std::vector<int64_t> in_features,
                          std::vector<at::Tensor> scales) {
   const int64_t layers = static_cast<int64_t>(weights.size());
   TORCH_CHECK(static_cast<int64_t>(in_features.size()) == layers && static_cast<int64_t>(scales.size()) == layers,
               "weight_stream: one in_features and one scales tensor (empty for int4) per weight");
   int64_t widest = 0, longest = 0;
-  std::vector<const uint8_t*> panels(layers);
-  std::vector<const float*> row_scales(layers);
+  std::vector<Lin> linears(layers);
   for (int64_t i = 0; i < layers; ++i) {
     if (scales[i].numel()) check_int8_weight(weights[i], scales[i], "weight_stream");
     else check_int4_weight(weights[i], in_features[i], "weight_stream");
-    panels[i] = weights[i].data_ptr<uint8_t>();
-    row_scales[i] = scales[i].numel() ? scales[i].data_ptr<float>() : nullptr;
-    widest = std::max(widest, weights[i].size(0));
-    longest = std::max(longest, in_features[i]);
+    linears[i] = lin_of(weights[i], scales[i], in_features[i]);
+    widest = std::max(widest, linears[i].n);
+    longest = std::max(longest, linears[i].k);
   }
   const at::Tensor x2 = as_rows(x, x.size(-1), "weight_stream");
   TORCH_CHECK(x2.numel() >= longest, "weight_stream: x must hold the widest layer's ", longest, " inputs");
@@ -40,23 +55,14 @@ at::Tensor weight_stream(const at::Tensor& x, std::vector<at::Tensor> weights, s
   {
     const int threads = omp_get_num_threads(), t = omp_get_thread_num();
     const QuantizedActivations a = activation_buffer(1, longest);
-    for (int64_t i = 0; i < layers; ++i) {
-      const int64_t k = in_features[i], n = weights[i].size(0), blocks = k / QK, count = panels_of(n);
-      quantize_row(in, k, a.q, a.d, a.s, a.sq);  // every thread its own copy, as int8_dot.cpp's decode calls
-      for (int64_t panel = t * count / threads; panel < (t + 1) * count / threads; ++panel) {
-        const int64_t first = panel * PANEL, rows = std::min(PANEL, n - first);
-        if (row_scales[i])
-          int8_panel(panels[i] + first * blocks * INT8_ROW_BLOCK_BYTES, rows, a, 1, k, row_scales[i] + first,
-                     o + first, n);
-        else
-          int4_panel(panels[i] + first * blocks * INT4_ROW_BLOCK_BYTES, rows, a, 1, k, o + first, n);
-      }
+    for (const Lin& linear : linears) {
+      quantize_row(in, linear.k, a.q, a.d, a.s, a.sq);  // every thread its own copy, as int8_dot.cpp's decode calls
+      run_panels(linear, a, o, t, threads);
 #pragma omp barrier
     }
   }
   return out;
 }
-
 
 #if defined(__AVX2__)
 // x * w / sqrt(mean(x^2) + eps) for one row of d (a multiple of 8) values
@@ -76,19 +82,6 @@ inline void rope_head(float* h, const float* cos, const float* sin, int64_t hd) 
     const float a = h[i], b = h[i + half];
     h[i] = a * cos[i] - b * sin[i];
     h[i + half] = b * cos[i + half] + a * sin[i + half];
-  }
-}
-
-// A quantized linear layer as the kernels hold it: panels, an int8 layer's row scales (null for int4)
-struct Lin { const uint8_t* w; const float* s; int64_t n, k; };
-
-// Thread t's share of a layer's panels for one rounded row, as at::parallel_for would split them
-inline void run_panels(const Lin& l, const QuantizedActivations& a, float* o, int t, int threads) {
-  const int64_t blocks = l.k / QK, count = panels_of(l.n);
-  for (int64_t panel = t * count / threads; panel < (t + 1) * count / threads; ++panel) {
-    const int64_t first = panel * PANEL, rows = std::min(PANEL, l.n - first);
-    if (l.s) int8_panel(l.w + first * blocks * INT8_ROW_BLOCK_BYTES, rows, a, 1, l.k, l.s + first, o + first, l.n);
-    else int4_panel(l.w + first * blocks * INT4_ROW_BLOCK_BYTES, rows, a, 1, l.k, o + first, l.n);
   }
 }
 
@@ -113,9 +106,6 @@ inline void run_swiglu(const Lin& l, const QuantizedActivations& a, float* act, 
   }
 }
 
-Lin lin_of(const at::Tensor& w, const at::Tensor& s, int64_t k) {
-  return Lin{w.data_ptr<uint8_t>(), s.numel() ? s.data_ptr<float>() : nullptr, w.size(0), k};
-}
 
 // One token of a Llama-type model (pre-norm RMSNorm, RoPE, grouped-query attention over a float16 cache,
 // SwiGLU, no biases) at position `pos`, from its embedding row x0, in ONE parallel region: per layer,
