@@ -8,9 +8,10 @@ each activation row to int8 in blocks of 32 and multiplies bytes with VNNI (`vpd
 (`vpmaddubsw`). No maintained Python package ships such kernels for PyTorch on x86 that a pip install
 reaches: torchao's `Int8DynamicActivationInt4WeightConfig` x86 kernels are in its CPU wheels on
 download.pytorch.org, while its PyPI wheel (0.18) holds only CUDA extensions. So llmkit carries the
-C++ (int8_dot.cpp, ~530 lines, and its tiles, int8_tiles.h, ~380; attention.cpp, ~520, and its scores'
-arithmetic, attention_scores.h, ~290; greedy.cpp, ~100; vector_exp.h, the exp both use; aoti_shims.h, their C
-functions for AOTInductor programs)
+C++ (int8_dot.cpp and int8_linear.h, ~550 lines, and its tiles, int8_tiles.h, ~380; attention.cpp and
+attention_query.h, ~550, and its scores' arithmetic, attention_scores.h, ~290; greedy.cpp, ~100; llama_layer.cpp,
+~380, a Llama-type layer on them and a batch-1 token in one parallel region; vector_exp.h, the exp they use;
+aoti_shims.h, their C functions for AOTInductor programs)
 and builds it here with `torch.utils.cpp_extension` and `-march=native`: the instruction set is chosen
 per CPU when the model is loaded (avx512-vnni, avx-vnni, avx2, or plain C++).
 
@@ -33,8 +34,10 @@ import torch
 
 KERNELS = Path(__file__).with_name("kernels")
 # int8_dot.cpp: the linear layers; attention.cpp: the attention their models use with a KV cache;
-# greedy.cpp: argmax and the NaN check over logits in one go (llmkit.infer.sampling)
-SOURCES = [KERNELS / "int8_dot.cpp", KERNELS / "attention.cpp", KERNELS / "greedy.cpp"]
+# greedy.cpp: argmax and the NaN check over logits in one go (llmkit.infer.sampling); llama_layer.cpp: a
+# Llama-type decoder layer on those kernels, and a whole batch-1 decode token in one parallel region
+# (llmkit.kernel_layers, llmkit.infer.token_step)
+SOURCES = [KERNELS / "int8_dot.cpp", KERNELS / "attention.cpp", KERNELS / "greedy.cpp", KERNELS / "llama_layer.cpp"]
 BLOCK = 32  # activation values per int8 block (and the int4 weights' block)
 
 
@@ -141,6 +144,18 @@ def _register_fakes() -> None:
     def _(q, k, v, mask, scale, k_scale=None, v_scale=None):
         return q.new_empty(q.shape)
 
+    @torch.library.register_fake("llmkit_cpu::llama_pre_attention")
+    def _(x, norm, eps, qkv, qkv_scales, cos, sin, heads, kv_heads):
+        return x.new_empty(*x.shape[:-1], qkv.shape[0])
+
+    @torch.library.register_fake("llmkit_cpu::llama_post_attention")
+    def _(x, y, out, out_scales, norm, eps, gate_up, gate_up_scales, down, down_scales):
+        return x.new_empty(x.shape)
+
+    @torch.library.register_fake("llmkit_cpu::llama_final")
+    def _(x, norm, eps, head, head_scales):
+        return x.new_empty(*x.shape[:-1], head.shape[0])
+
 
 # The operators' C functions for AOTInductor programs (kernels/aoti_shims.h): the arguments of
 # aoti_torch_cpu_<operator>, as the kernels define them, the result's handle last.
@@ -151,6 +166,14 @@ C_SHIMS = {
     "int8_linear_swiglu": "AtenTensorHandle x, AtenTensorHandle weight, AtenTensorHandle scales",
     "attention": "AtenTensorHandle q, AtenTensorHandle k, AtenTensorHandle v, AtenTensorHandle mask, double scale, "
                  "AtenTensorHandle* k_scale, AtenTensorHandle* v_scale",
+    "llama_pre_attention": "AtenTensorHandle x, AtenTensorHandle norm, double eps, AtenTensorHandle qkv, "
+                           "AtenTensorHandle* qkv_scales, AtenTensorHandle cos, AtenTensorHandle sin, int64_t heads, "
+                           "int64_t kv_heads",
+    "llama_post_attention": "AtenTensorHandle x, AtenTensorHandle y, AtenTensorHandle out_w, AtenTensorHandle* out_scales, "
+                            "AtenTensorHandle norm, double eps, AtenTensorHandle gate_up, "
+                            "AtenTensorHandle* gate_up_scales, AtenTensorHandle down, AtenTensorHandle* down_scales",
+    "llama_final": "AtenTensorHandle x, AtenTensorHandle norm, double eps, AtenTensorHandle head, "
+                   "AtenTensorHandle* head_scales",
 }
 
 

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import llmkit.cpu_kernels as cpu_kernels
+import llmkit.kernel_layers as kernel_layers
 from llmkit.config import GATED_MLPS, ModelConfig
 from llmkit.errors import ConfigError, GenerationError
 from llmkit.fused_loss import LinearCrossEntropy
@@ -127,11 +128,12 @@ class Attention(nn.Module):
         # whatever is computed beside it, or a prefix-cache hit changes greedy replies (attention.cpp)
         kernel = (self.rounds_activations() and q.device.type == "cpu" and q.dtype == torch.float32
                   and not q.requires_grad and (attn_mask is None or attn_mask.dtype == torch.bool))
-        kv_scales = None  # an int8 cache's per-row scales, read by the kernel alone (kv_cache.cache_dtype)
+        if kernel:
+            return self.out(self.kernel_attention(q, k, v, attn_mask, kv_cache).transpose(1, 2)
+                            .reshape(batch, seq, self.n_heads * self.head_dim))
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v, whole_rows=kernel)
-            kv_scales = kv_cache.scales(self.layer_idx)
-            if kv_scales is not None and not kernel:
+            k, v = kv_cache.update(self.layer_idx, k, v)
+            if kv_cache.scales(self.layer_idx) is not None:  # an int8 cache (kv_cache.cache_dtype)
                 raise GenerationError("an int8 KV cache is read by llmkit's CPU attention kernel only: this forward "
                                       "(a float32 CPU model with int8 activations, no gradients) cannot use it")
         if (torch.compiler.is_compiling() and q.device.type == "cpu" and q.requires_grad and attn_mask is None
@@ -141,12 +143,6 @@ class Attention(nn.Module):
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else v.dtype
             k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
             y = CausalAttentionCPU.apply(q.to(dtype), k.to(dtype), v.to(dtype))
-        elif kernel:
-            if attn_mask is None:  # a whole sequence, no cache: every key, or the causal triangle
-                attn_mask = torch.ones(seq, k.shape[2], dtype=torch.bool, device=q.device)
-                attn_mask = (attn_mask.tril(k.shape[2] - seq) if self.causal else attn_mask)[None, None]
-            y = cpu_kernels.attention(q, k, v, attn_mask, self.head_dim ** -0.5 if self.scale is None else self.scale,
-                                      *(kv_scales or ()))
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v,
@@ -157,6 +153,20 @@ class Attention(nn.Module):
                 scale=self.scale,
             )
         return self.out(y.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim))
+
+    def kernel_attention(self, q, k, v, attn_mask, kv_cache):
+        """llmkit's CPU attention kernel over q (batch, heads, seq, head_dim), k and v (batch, kv_heads, seq,
+        head_dim), stored in the cache first (every slot of its rows returned, and an int8 cache's scales)."""
+        kv_scales = None
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v, whole_rows=True)
+            kv_scales = kv_cache.scales(self.layer_idx)
+        if attn_mask is None:  # a whole sequence, no cache: every key, or the causal triangle
+            seq = q.shape[2]
+            attn_mask = torch.ones(seq, k.shape[2], dtype=torch.bool, device=q.device)
+            attn_mask = (attn_mask.tril(k.shape[2] - seq) if self.causal else attn_mask)[None, None]
+        return cpu_kernels.attention(q, k, v, attn_mask, self.head_dim ** -0.5 if self.scale is None else self.scale,
+                                     *(kv_scales or ()))
 
 
 class CausalAttentionCPU(torch.autograd.Function):
@@ -283,6 +293,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope, attn_mask, kv_cache):
+        if kernel_layers.runs_fused(self, x, attn_mask):  # a Llama-type layer on llmkit's CPU kernels
+            return kernel_layers.block_forward(self, x, rope, attn_mask, kv_cache)
         x = x + self.drop(self.attn(self.attn_norm(x), rope, attn_mask, kv_cache))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
@@ -543,6 +555,8 @@ class Transformer(nn.Module):
                 x = block(x, rope, attn_mask, kv_cache, memory)
         if last_token_only:
             x = x[:, -1:]
+        if targets is None and not return_hidden and (logits := kernel_layers.final_forward(self, x)) is not None:
+            return logits
         x = self.norm(x)
         if return_hidden:
             return x

@@ -99,7 +99,9 @@ def warm_up(engine) -> float:
     start = time.perf_counter()
     longest = engine.model.config.max_seq_len - 4
     params = SamplingParams(max_new_tokens=2, temperature=0)
-    shapes = ((1, 1),) if engine.ahead is not None else ((1, 1), (1, CAPACITY_STEP + 1), (2, 1), (1, 1))
+    # (a lone request whose tokens run in one parallel region (token_step.py) never runs the program: two rows)
+    ahead_rows = 2 if engine.token_step() is not None else 1
+    shapes = ((ahead_rows, 1),) if engine.ahead is not None else ((1, 1), (1, CAPACITY_STEP + 1), (2, 1), (1, 1))
     for rows, length in shapes:
         began = time.perf_counter()
         engine.generate_batch([[0] * max(1, min(length, longest))] + [[0]] * (rows - 1), params)

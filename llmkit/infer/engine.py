@@ -91,6 +91,7 @@ from llmkit.infer.options import check_engine_options
 from llmkit.infer.prefix_cache import PrefixCache
 from llmkit.infer.sampling import SamplingParams, TokenLogprob, choose_tokens, token_logprobs
 from llmkit.infer.scheduler import Request, Scheduler, padding_groups
+from llmkit.infer.token_step import token_step_for
 from llmkit.model import Transformer
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,8 @@ class Engine:
         self.compiled = compile
         self.warmed_up = False  # set by compiled.warm_up: every decode graph exists, guard evaluation is skipped
         self._decode_fn = self._decode_forward
+        self._token_step = None  # a request decoding alone: one parallel region a token (token_step.py), at first use
+        self._token_step_checked = False
         # compiled: on a CPU with llmkit's int8-activation kernels, ahead of time (ahead.py), else torch.compile
         self.ahead = (AheadOfTimeStep(self._decode_forward, max_batch_size,
                                       fallback=lambda: compile_for_inference(self._decode_forward, model))
@@ -457,7 +460,10 @@ class Engine:
         ahead = self.ahead is not None and first == 0  # (speculation's lone request is in row 0 too)
         attend = attend_length(max(r.length for r in requests) + 1, cache.max_len, self.compiled and not ahead)
         cache.bind(first, first + n, attend)
-        if ahead:  # every length is one program's: no rounding, no guards
+        if n == 1 and (token_step := self.token_step()) is not None:  # the graph's bits in one parallel region
+            request = requests[0]
+            logits = token_step.step(request.output_ids[-1], request.length, cache.key_store, cache.value_store, first)
+        elif ahead:  # every length is one program's: no rounding, no guards
             logits = self.ahead(tokens, positions, cache)
         else:
             step = functools.partial(call_warmed, self._decode_fn) if self.warmed_up else self._decode_fn
@@ -467,6 +473,13 @@ class Engine:
         self.stats["decode_steps"] += 1
         self.stats["decode_tokens"] += n
         return logits
+
+    def token_step(self):
+        """The batch-1 decode step in one parallel region (token_step.py), None where the model is not of its kind."""
+        if not self._token_step_checked:
+            self._token_step = token_step_for(self.model, self.scheduler.dtype)
+            self._token_step_checked = True
+        return self._token_step
 
     def _decode_forward(self, tokens, positions, cache):
         return self.model(tokens, positions=positions, kv_cache=cache)[:, -1].float()
