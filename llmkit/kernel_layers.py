@@ -17,8 +17,25 @@ Anything else runs the plain modules, unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 import torch.nn as nn
+
+# Set by `plain_modules()`, for the calling thread alone (a server's engine thread keeps the operators)
+_PLAIN = contextvars.ContextVar("llmkit_plain_modules", default=False)
+
+
+@contextlib.contextmanager
+def plain_modules():
+    """Forwards inside run the plain modules, so that hooks on them fire (llmkit.inspect reads attention and
+    the residual stream so); they round differently from the operators (not the engine's bits)."""
+    token = _PLAIN.set(True)
+    try:
+        yield
+    finally:
+        _PLAIN.reset(token)
 
 
 def kernel_weights(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -50,9 +67,15 @@ def block_runs_fused(block, attn_mask: torch.Tensor | None = None) -> bool:
             and all(kernel_weights(m) is not None for m in (attn.qkv, attn.out, mlp.gate_up, mlp.down)))
 
 
+def _no_gradients(x: torch.Tensor, *norms: nn.Module) -> bool:
+    """The operators have no backward: with gradients on, a forward that would need one (x, or a trainable
+    norm) runs the plain modules in every layer alike."""
+    return not torch.is_grad_enabled() or not (x.requires_grad or any(n.weight.requires_grad for n in norms))
+
+
 def runs_fused(block, x: torch.Tensor, attn_mask: torch.Tensor | None) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not (x.requires_grad and torch.is_grad_enabled())
-            and block_runs_fused(block, attn_mask))
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not _PLAIN.get()
+            and block_runs_fused(block, attn_mask) and _no_gradients(x, block.attn_norm, block.mlp_norm))
 
 
 def block_forward(block, x: torch.Tensor, rope, attn_mask, kv_cache) -> torch.Tensor:
@@ -82,8 +105,8 @@ def head_runs_fused(model) -> bool:
 
 def final_forward(model, x: torch.Tensor) -> torch.Tensor | None:
     """The logits of x (batch, seq, d_model) through `llama_final`, or None where the head does not run so."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.requires_grad and torch.is_grad_enabled():
+    if x.device.type != "cpu" or x.dtype != torch.float32 or _PLAIN.get() or not head_runs_fused(model):
         return None
-    if not head_runs_fused(model):
+    if not _no_gradients(x, model.norm):
         return None
     return torch.ops.llmkit_cpu.llama_final(x, model.norm.weight, _eps(model.norm), *kernel_weights(model.lm_head))

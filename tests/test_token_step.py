@@ -115,3 +115,18 @@ def test_a_token_step_refuses_a_position_row_or_token_outside_what_it_was_given(
         step.step(512, 0, cache.key_store, cache.value_store, 0)
     with pytest.raises(RuntimeError, match="contiguous float16"):
         step.step(1, 0, cache.key_store.float(), cache.value_store.float(), 0)
+
+
+def test_inspecting_a_kernel_model_runs_its_plain_modules():
+    """llmkit.inspect's hooks on a layer's modules fire: its forward runs them, in every layer."""
+    from llmkit.inspect.internals import trace
+
+    model = model_of(8, 8)
+    ids = list(range(1, 20))
+    traced = trace(model, ids, attention=True)
+    assert traced.hidden.shape[0] == model.config.n_layers + 1 and traced.attention.shape[0] == model.config.n_layers
+    with kernel_layers.plain_modules(), torch.no_grad():
+        plain = model(torch.tensor([ids]))
+    with torch.no_grad():
+        assert not torch.equal(model(torch.tensor([ids])), plain)  # the operators' own rounding
+    assert torch.equal(traced.logits, plain[0])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+import llmkit.kernel_layers as kernel_layers
 from llmkit.errors import GenerationError
 from llmkit.model import Transformer
 
@@ -90,7 +91,8 @@ def trace(model: Transformer, ids: list[int], attention: bool = True, values: li
                 if values is not None:
                     handles.append(block.attn.out.register_forward_pre_hook(attention_output))
         handles.append(model.norm.register_forward_pre_hook(block_input))  # the last block's output
-        output = model(torch.tensor([ids], device=device), return_hidden=not logits)[0]
+        with kernel_layers.plain_modules():  # (a quantized Llama layer's operators would bypass the hooks)
+            output = model(torch.tensor([ids], device=device), return_hidden=not logits)[0]
     finally:
         for handle in handles:
             handle.remove()

@@ -17,7 +17,7 @@
 // RMSNorm and the head) -- and every row of both goes through the same functions: rms_norm_row and rope_row
 // below (neither inlined nor cloned: one instruction sequence for every caller), int8_linear.h's panels, attention_query.h's
 // attend_query. A row's result depends on no other row (the kernels' own rule), so the graph's batched and
-// chunked forwards and the one-region token agree bit for bit (tests/test_llama_layer.py).
+// chunked forwards and the one-region token agree bit for bit (tests/test_token_step.py).
 
 #include <omp.h>
 #include <torch/custom_class.h>
@@ -235,6 +235,8 @@ class TokenStep : public torch::CustomClassHolder {
                   op, ": layer ", l, "'s shapes do not match");
       layer.down = linear_of(p[8], scales(p[9]), layer.gate_up.n / 2, op);
       TORCH_CHECK(layer.down.n == d_, op, ": layer ", l, "'s down layer has ", layer.down.n, " outputs");
+      TORCH_CHECK(l == 0 || layer.gate_up.n == layers_[0].gate_up.n, op, ": layer ", l, " has ",
+                  layer.gate_up.n / 2, " feed-forward units, layer 0 ", layers_[0].gate_up.n / 2);  // (step's buffers)
       layers_.push_back(layer);
     }
     final_norm_ = norm(tensors_[10 * layers]);
