@@ -23,6 +23,8 @@ import contextvars
 import torch
 import torch.nn as nn
 
+import llmkit.cpu_kernels as cpu_kernels
+
 # Set by `plain_modules()`, for the calling thread alone (a server's engine thread keeps the operators)
 _PLAIN = contextvars.ContextVar("llmkit_plain_modules", default=False)
 
@@ -78,6 +80,22 @@ def runs_fused(block, x: torch.Tensor, attn_mask: torch.Tensor | None) -> bool:
             and block_runs_fused(block, attn_mask) and _no_gradients(x, block.attn_norm, block.mlp_norm))
 
 
+def attention(attn, q, k, v, attn_mask, kv_cache) -> torch.Tensor:
+    """llmkit's CPU attention kernel for an llmkit.model.Attention `attn`: q (batch, heads, seq, head_dim), k and v
+    (batch, kv_heads, seq, head_dim) stored in the cache first (every slot of its rows returned, and an int8
+    cache's scales); with no cache, every key or the causal triangle."""
+    kv_scales = None
+    if kv_cache is not None:
+        k, v = kv_cache.update(attn.layer_idx, k, v, whole_rows=True)
+        kv_scales = kv_cache.scales(attn.layer_idx)
+    if attn_mask is None:
+        seq = q.shape[2]
+        attn_mask = torch.ones(seq, k.shape[2], dtype=torch.bool, device=q.device)
+        attn_mask = (attn_mask.tril(k.shape[2] - seq) if attn.causal else attn_mask)[None, None]
+    return cpu_kernels.attention(q, k, v, attn_mask, attn.head_dim ** -0.5 if attn.scale is None else attn.scale,
+                                 *(kv_scales or ()))
+
+
 def block_forward(block, x: torch.Tensor, rope, attn_mask, kv_cache) -> torch.Tensor:
     """Block.forward through the operators: x (batch, seq, d_model) -> the block's output."""
     attn, mlp = block.attn, block.mlp
@@ -87,9 +105,8 @@ def block_forward(block, x: torch.Tensor, rope, attn_mask, kv_cache) -> torch.Te
     qkv = torch.ops.llmkit_cpu.llama_pre_attention(x, block.attn_norm.weight, _eps(block.attn_norm),
                                                    *kernel_weights(attn.qkv), cos, sin, heads, kv_heads)
     q, k, v = qkv.split([heads * hd, kv_heads * hd, kv_heads * hd], dim=-1)
-    y = attn.kernel_attention(q.view(batch, seq, heads, hd).transpose(1, 2),
-                              k.view(batch, seq, kv_heads, hd).transpose(1, 2),
-                              v.view(batch, seq, kv_heads, hd).transpose(1, 2), attn_mask, kv_cache)
+    y = attention(attn, q.view(batch, seq, heads, hd).transpose(1, 2), k.view(batch, seq, kv_heads, hd).transpose(1, 2),
+                  v.view(batch, seq, kv_heads, hd).transpose(1, 2), attn_mask, kv_cache)
     y = y.transpose(1, 2).reshape(batch, seq, heads * hd)
     return torch.ops.llmkit_cpu.llama_post_attention(x, y, *kernel_weights(attn.out), block.mlp_norm.weight,
                                                      _eps(block.mlp_norm), *kernel_weights(mlp.gate_up),

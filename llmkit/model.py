@@ -29,7 +29,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import llmkit.cpu_kernels as cpu_kernels
 import llmkit.kernel_layers as kernel_layers
 from llmkit.config import GATED_MLPS, ModelConfig
 from llmkit.errors import ConfigError, GenerationError
@@ -129,7 +128,7 @@ class Attention(nn.Module):
         kernel = (self.rounds_activations() and q.device.type == "cpu" and q.dtype == torch.float32
                   and not q.requires_grad and (attn_mask is None or attn_mask.dtype == torch.bool))
         if kernel:
-            return self.out(self.kernel_attention(q, k, v, attn_mask, kv_cache).transpose(1, 2)
+            return self.out(kernel_layers.attention(self, q, k, v, attn_mask, kv_cache).transpose(1, 2)
                             .reshape(batch, seq, self.n_heads * self.head_dim))
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
@@ -153,20 +152,6 @@ class Attention(nn.Module):
                 scale=self.scale,
             )
         return self.out(y.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim))
-
-    def kernel_attention(self, q, k, v, attn_mask, kv_cache):
-        """llmkit's CPU attention kernel over q (batch, heads, seq, head_dim), k and v (batch, kv_heads, seq,
-        head_dim), stored in the cache first (every slot of its rows returned, and an int8 cache's scales)."""
-        kv_scales = None
-        if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v, whole_rows=True)
-            kv_scales = kv_cache.scales(self.layer_idx)
-        if attn_mask is None:  # a whole sequence, no cache: every key, or the causal triangle
-            seq = q.shape[2]
-            attn_mask = torch.ones(seq, k.shape[2], dtype=torch.bool, device=q.device)
-            attn_mask = (attn_mask.tril(k.shape[2] - seq) if self.causal else attn_mask)[None, None]
-        return cpu_kernels.attention(q, k, v, attn_mask, self.head_dim ** -0.5 if self.scale is None else self.scale,
-                                     *(kv_scales or ()))
 
 
 class CausalAttentionCPU(torch.autograd.Function):

@@ -172,8 +172,7 @@ class Engine:
         self.compiled = compile
         self.warmed_up = False  # set by compiled.warm_up: every decode graph exists, guard evaluation is skipped
         self._decode_fn = self._decode_forward
-        self._token_step = None  # a request decoding alone: one parallel region a token (token_step.py), at first use
-        self._token_step_checked = False
+        self._token_step = ...  # a request decoding alone: one parallel region a token (token_step.py), at first use
         # compiled: on a CPU with llmkit's int8-activation kernels, ahead of time (ahead.py), else torch.compile
         self.ahead = (AheadOfTimeStep(self._decode_forward, max_batch_size,
                                       fallback=lambda: compile_for_inference(self._decode_forward, model))
@@ -476,9 +475,8 @@ class Engine:
 
     def token_step(self):
         """The batch-1 decode step in one parallel region (token_step.py), None where the model is not of its kind."""
-        if not self._token_step_checked:
+        if self._token_step is ...:
             self._token_step = token_step_for(self.model, self.scheduler.dtype)
-            self._token_step_checked = True
         return self._token_step
 
     def _decode_forward(self, tokens, positions, cache):
