@@ -7,8 +7,8 @@ lone steps must agree. Its norms, RoPE and residual sums are C++, so the model's
 every row it computes (prefill, batched decode, a full recompute, scoring): `llama_pre_attention` (RMSNorm, the
 qkv layer, RoPE), then the KV-cache write and the attention operator as before, then `llama_post_attention` (the
 output layer, the residual, RMSNorm, gate/up with SwiGLU, down, the residual), and `llama_final` (the last
-RMSNorm and the head). A compiled step also makes 3 calls a layer where it made ~5 operator calls and ~4 small
-kernels (BENCHMARKS.md, twenty-fourth session).
+RMSNorm and the head). A compiled step then makes 3 operator calls a layer and the cache write, where it made ~5
+operator calls and ~4 small kernels (BENCHMARKS.md, twenty-fourth session).
 
 Which layers: a pre-norm block with RMSNorm, RoPE without QK-norm, SwiGLU without experts, no biases, every
 linear layer on the kernels (int8 or int4 weights), float32 activations without gradients, a boolean mask or none.
