@@ -87,7 +87,7 @@ from llmkit.infer.ahead import AheadOfTimeStep, ahead_of_time
 from llmkit.infer.compiled import attend_length, call_warmed, compile_for_inference
 from llmkit.infer.huge_pages import place_in_huge_pages
 from llmkit.infer.kv_cache import cache_dtype
-from llmkit.infer.options import check_engine_options
+from llmkit.infer.options import check_engine_options, prompt_budget
 from llmkit.infer.prefix_cache import PrefixCache
 from llmkit.infer.sampling import SamplingParams, TokenLogprob, choose_tokens, token_logprobs
 from llmkit.infer.scheduler import Request, Scheduler, padding_groups
@@ -196,17 +196,8 @@ class Engine:
 
     # -- requests (submit and cancel: any thread)
     def check_prompt(self, prompt_ids: list[int], max_new_tokens: int) -> int:
-        """Number of tokens that can be generated after this prompt within the context."""
-        context = self.model.config.max_seq_len
-        if not prompt_ids:
-            raise GenerationError("the prompt is empty; give at least one token")
-        if len(prompt_ids) >= context:
-            raise GenerationError(f"the prompt has {len(prompt_ids)} tokens but the model's context is {context}; "
-                                  "shorten the prompt")
-        bad = [t for t in prompt_ids if not (isinstance(t, int) and 0 <= t < self.model.config.vocab_size)]
-        if bad:
-            raise GenerationError(f"token id {bad[0]} is outside the vocabulary of {self.model.config.vocab_size}")
-        return min(max_new_tokens, context - len(prompt_ids))
+        """Number of tokens that can be generated after this prompt within the context (options.prompt_budget)."""
+        return prompt_budget(self.model.config, prompt_ids, max_new_tokens)
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Request:
         """Queue a request (from any thread); `step()` advances it. Its tokens appear in `request.output_ids`."""

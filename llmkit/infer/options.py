@@ -51,3 +51,18 @@ def check_engine_options(model, max_batch_size, kv_cache_mib, prefix_cache_mib, 
                   speculator, "None or a llmkit.infer.speculative.Speculator, e.g. Speculator('prompt-lookup')")
     _check_option(isinstance(kv_cache_dtype, str) and kv_cache_dtype in KV_CACHE_DTYPES, "kv_cache_dtype",
                   kv_cache_dtype, f"one of {', '.join(KV_CACHE_DTYPES)}")
+
+
+def prompt_budget(config, prompt_ids: list[int], max_new_tokens: int) -> int:
+    """Number of tokens that can be generated after this prompt within the model's context (`config`, a
+    ModelConfig); a clear error for an empty prompt, one as long as the context, or a token outside the vocabulary."""
+    context = config.max_seq_len
+    if not prompt_ids:
+        raise GenerationError("the prompt is empty; give at least one token")
+    if len(prompt_ids) >= context:
+        raise GenerationError(f"the prompt has {len(prompt_ids)} tokens but the model's context is {context}; "
+                              "shorten the prompt")
+    bad = [t for t in prompt_ids if not (isinstance(t, int) and 0 <= t < config.vocab_size)]
+    if bad:
+        raise GenerationError(f"token id {bad[0]} is outside the vocabulary of {config.vocab_size}")
+    return min(max_new_tokens, context - len(prompt_ids))
