@@ -1,6 +1,6 @@
-// The drivers of benchmarks/weight_stream.py, appended to llmkit/kernels/int8_dot.cpp's text (it calls that
-// file's quantize_row, int4_panel and int8_panel): a batch-1 decode step's linear layers, in their order, in
-// ONE parallel region, each thread taking an even share of a layer's panels (run_panels), an
+// The drivers of benchmarks/weight_stream.py, appended to llmkit/kernels/int8_dot.cpp's text (they call the
+// quantize_row, run_panels and run_swiglu of int8_linear.h, which it includes): a batch-1 decode step's linear
+// layers, in their order, in ONE parallel region, each thread taking an even share of a layer's panels, an
 // OpenMP barrier between layers (the next layer's input waits for every thread's outputs). No norms, no
 // attention, no operator calls, no tensors made: what llmkit's tiles make of the weight stream when nothing
 // else runs, the most any batch-1 step built on them could read. Every layer reads the same input row (its
@@ -15,21 +15,8 @@
 
 namespace {
 
-// A quantized linear layer as the kernels hold it: panels, an int8 layer's row scales (null for int4)
-struct Lin { const uint8_t* w; const float* s; int64_t n, k; };
-
-// Thread t's share of a layer's panels for one rounded row, split evenly
-inline void run_panels(const Lin& l, const QuantizedActivations& a, float* o, int t, int threads) {
-  const int64_t blocks = l.k / QK, count = panels_of(l.n);
-  for (int64_t panel = t * count / threads; panel < (t + 1) * count / threads; ++panel) {
-    const int64_t first = panel * PANEL, rows = std::min(PANEL, l.n - first);
-    if (l.s) int8_panel(l.w + first * blocks * INT8_ROW_BLOCK_BYTES, rows, a, 1, l.k, l.s + first, o + first, l.n);
-    else int4_panel(l.w + first * blocks * INT4_ROW_BLOCK_BYTES, rows, a, 1, l.k, o + first, l.n);
-  }
-}
-
-Lin lin_of(const at::Tensor& w, const at::Tensor& s, int64_t k) {
-  return Lin{w.data_ptr<uint8_t>(), s.numel() ? s.data_ptr<float>() : nullptr, w.size(0), k};
+Linear lin_of(const at::Tensor& w, const at::Tensor& s, int64_t k) {
+  return Linear{w.data_ptr<uint8_t>(), s.numel() ? s.data_ptr<float>() : nullptr, w.size(0), k};
 }
 
 at::Tensor weight_stream(const at::Tensor& x, std::vector<at::Tensor> weights, std::vector<int64_t> in_features,
@@ -38,7 +25,7 @@ at::Tensor weight_stream(const at::Tensor& x, std::vector<at::Tensor> weights, s
   TORCH_CHECK(static_cast<int64_t>(in_features.size()) == layers && static_cast<int64_t>(scales.size()) == layers,
               "weight_stream: one in_features and one scales tensor (empty for int4) per weight");
   int64_t widest = 0, longest = 0;
-  std::vector<Lin> linears(layers);
+  std::vector<Linear> linears(layers);
   for (int64_t i = 0; i < layers; ++i) {
     if (scales[i].numel()) check_int8_weight(weights[i], scales[i], "weight_stream");
     else check_int4_weight(weights[i], in_features[i], "weight_stream");
@@ -55,7 +42,7 @@ at::Tensor weight_stream(const at::Tensor& x, std::vector<at::Tensor> weights, s
   {
     const int threads = omp_get_num_threads(), t = omp_get_thread_num();
     const QuantizedActivations a = activation_buffer(1, longest);
-    for (const Lin& linear : linears) {
+    for (const Linear& linear : linears) {
       quantize_row(in, linear.k, a.q, a.d, a.s, a.sq);  // every thread its own copy, as int8_dot.cpp's decode calls
       run_panels(linear, a, o, t, threads);
 #pragma omp barrier
@@ -85,28 +72,6 @@ inline void rope_head(float* h, const float* cos, const float* sin, int64_t hd) 
   }
 }
 
-// Thread t's share of gate+up panel pairs (gate panel p with up panel p + n / 2), int8_dot.cpp's epilogue
-inline void run_swiglu(const Lin& l, const QuantizedActivations& a, float* act, int t, int threads) {
-  const int64_t blocks = l.k / QK, half = l.n / 2, count = half / PANEL;
-  alignas(64) float g[PANEL], u[PANEL];
-  for (int64_t panel = t * count / threads; panel < (t + 1) * count / threads; ++panel) {
-    const int64_t first = panel * PANEL, up = half + first;
-    if (l.s) {
-      int8_panel(l.w + first * blocks * INT8_ROW_BLOCK_BYTES, PANEL, a, 1, l.k, l.s + first, g, PANEL);
-      int8_panel(l.w + up * blocks * INT8_ROW_BLOCK_BYTES, PANEL, a, 1, l.k, l.s + up, u, PANEL);
-    } else {
-      int4_panel(l.w + first * blocks * INT4_ROW_BLOCK_BYTES, PANEL, a, 1, l.k, g, PANEL);
-      int4_panel(l.w + up * blocks * INT4_ROW_BLOCK_BYTES, PANEL, a, 1, l.k, u, PANEL);
-    }
-    panel_floats gv, uv;
-    std::memcpy(&gv, g, sizeof gv);
-    std::memcpy(&uv, u, sizeof uv);
-    const panel_floats y = silu_times(gv, uv);
-    std::memcpy(act + first, &y, sizeof y);
-  }
-}
-
-
 // One token of a Llama-type model (pre-norm RMSNorm, RoPE, grouped-query attention over a float16 cache,
 // SwiGLU, no biases) at position `pos`, from its embedding row x0, in ONE parallel region: per layer,
 // each thread normalises and rounds the residual row itself (no barrier for it), takes its share of the
@@ -127,13 +92,13 @@ at::Tensor decode_token(const at::Tensor& x0, std::vector<at::Tensor> t, at::Ten
               k_cache.scalar_type() == at::kHalf && v_cache.scalar_type() == at::kHalf && k_cache.is_contiguous() &&
               v_cache.is_contiguous() && k_cache.size(0) == layers && k_cache.size(1) == kv_heads && pos < cap &&
               pos < cos.size(0), "decode_token: a Llama-type layer list, head size 64, float16 caches, pos < capacity");
-  std::vector<Lin> qkv(layers), out(layers), gu(layers), down(layers);
+  std::vector<Linear> qkv(layers), out(layers), gu(layers), down(layers);
   for (int64_t l = 0; l < layers; ++l) {
     const at::Tensor* p = t.data() + 10 * l;
     qkv[l] = lin_of(p[1], p[2], d); out[l] = lin_of(p[3], p[4], heads * hd);
     gu[l] = lin_of(p[6], p[7], d); down[l] = lin_of(p[8], p[9], gu[l].n / 2);
   }
-  const Lin head = lin_of(t[10 * layers + 1], t[10 * layers + 2], d);
+  const Linear head = lin_of(t[10 * layers + 1], t[10 * layers + 2], d);
   const float* final_norm = t[10 * layers].data_ptr<float>();
   at::Tensor logits = at::empty({head.n}, x0.options());
   const int64_t qkv_n = (heads + 2 * kv_heads) * hd, ff = gu[0].n / 2;

@@ -56,7 +56,8 @@ def _rms_norm(norm: nn.Module) -> bool:
     return isinstance(norm, nn.RMSNorm) and norm.weight is not None
 
 
-def _eps(norm: nn.RMSNorm) -> float:
+def norm_eps(norm: nn.RMSNorm) -> float:
+    """The eps an nn.RMSNorm adds (its own, or float32's machine epsilon where it has none, as it uses then)."""
     return norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps
 
 
@@ -102,14 +103,14 @@ def block_forward(block, x: torch.Tensor, rope, attn_mask, kv_cache) -> torch.Te
     batch, seq, _ = x.shape
     heads, kv_heads, hd = attn.n_heads, attn.n_kv_heads, attn.head_dim
     cos, sin = (t.expand(batch, seq, 1, hd) for t in rope)
-    qkv = torch.ops.llmkit_cpu.llama_pre_attention(x, block.attn_norm.weight, _eps(block.attn_norm),
+    qkv = torch.ops.llmkit_cpu.llama_pre_attention(x, block.attn_norm.weight, norm_eps(block.attn_norm),
                                                    *kernel_weights(attn.qkv), cos, sin, heads, kv_heads)
     q, k, v = qkv.split([heads * hd, kv_heads * hd, kv_heads * hd], dim=-1)
     y = attention(attn, q.view(batch, seq, heads, hd).transpose(1, 2), k.view(batch, seq, kv_heads, hd).transpose(1, 2),
                   v.view(batch, seq, kv_heads, hd).transpose(1, 2), attn_mask, kv_cache)
     y = y.transpose(1, 2).reshape(batch, seq, heads * hd)
     return torch.ops.llmkit_cpu.llama_post_attention(x, y, *kernel_weights(attn.out), block.mlp_norm.weight,
-                                                     _eps(block.mlp_norm), *kernel_weights(mlp.gate_up),
+                                                     norm_eps(block.mlp_norm), *kernel_weights(mlp.gate_up),
                                                      *kernel_weights(mlp.down))
 
 
@@ -126,4 +127,4 @@ def final_forward(model, x: torch.Tensor) -> torch.Tensor | None:
         return None
     if not _no_gradients(x, model.norm):
         return None
-    return torch.ops.llmkit_cpu.llama_final(x, model.norm.weight, _eps(model.norm), *kernel_weights(model.lm_head))
+    return torch.ops.llmkit_cpu.llama_final(x, model.norm.weight, norm_eps(model.norm), *kernel_weights(model.lm_head))

@@ -445,19 +445,20 @@ class Engine:
         if [r.row for r in requests] != list(range(first, first + n)):
             raise ValueError(f"decode needs requests in consecutive rows, not rows {[r.row for r in requests]}")
         cache = self.scheduler.cache
-        tokens = torch.tensor([[r.output_ids[-1]] for r in requests], device=self.device)
-        positions = torch.tensor([[r.length] for r in requests], device=self.device)
         ahead = self.ahead is not None and first == 0  # (speculation's lone request is in row 0 too)
         attend = attend_length(max(r.length for r in requests) + 1, cache.max_len, self.compiled and not ahead)
         cache.bind(first, first + n, attend)
         if n == 1 and (token_step := self.token_step()) is not None:  # the graph's bits in one parallel region
             request = requests[0]
             logits = token_step.step(request.output_ids[-1], request.length, cache.key_store, cache.value_store, first)
-        elif ahead:  # every length is one program's: no rounding, no guards
-            logits = self.ahead(tokens, positions, cache)
-        else:
-            step = functools.partial(call_warmed, self._decode_fn) if self.warmed_up else self._decode_fn
-            logits = step(tokens, positions, cache)
+        else:  # the graph's step: the tokens and positions as tensors
+            tokens = torch.tensor([[r.output_ids[-1]] for r in requests], device=self.device)
+            positions = torch.tensor([[r.length] for r in requests], device=self.device)
+            if ahead:  # every length is one program's: no rounding, no guards
+                logits = self.ahead(tokens, positions, cache)
+            else:
+                step = functools.partial(call_warmed, self._decode_fn) if self.warmed_up else self._decode_fn
+                logits = step(tokens, positions, cache)
         for request in requests:
             request.length += 1
         self.stats["decode_steps"] += 1

@@ -44,7 +44,7 @@ def token_step_for(model, cache_dtype: torch.dtype):
         return None
     embedding = model.tok_emb.weight
     norms = [n for b in blocks for n in (b.attn_norm, b.mlp_norm)] + [model.norm]
-    epsilons = {kernel_layers._eps(n) for n in norms}
+    epsilons = {kernel_layers.norm_eps(n) for n in norms}
     if (embedding.dtype != torch.float32 or embedding.device.type != "cpu" or len(epsilons) != 1
             or model.rope_cos.dtype != torch.float32):
         return None

@@ -425,4 +425,44 @@ at::Tensor int8_linear_swiglu(const at::Tensor& x, const at::Tensor& weight, con
   });
 }
 
+// One quantized row through a layer, split between the threads of a parallel region that runs a whole decode
+// token (llama_layer.cpp's TokenStep, benchmarks/weight_stream.cpp): the layer as the kernels hold it, panels and
+// an int8 layer's row scales (null for int4).
+struct Linear {
+  const uint8_t* w;
+  const float* s;
+  int64_t n, k;
+};
+
+// Thread t's share of a layer's panels for one quantized row
+inline void run_panels(const Linear& l, const QuantizedActivations& a, float* o, int t, int threads) {
+  const int64_t blocks = l.k / QK, count = panels_of(l.n);
+  for (int64_t panel = t * count / threads; panel < (t + 1) * count / threads; ++panel) {
+    const int64_t first = panel * PANEL, rows = std::min(PANEL, l.n - first);
+    if (l.s) int8_panel(l.w + first * blocks * INT8_ROW_BLOCK_BYTES, rows, a, 1, l.k, l.s + first, o + first, l.n);
+    else int4_panel(l.w + first * blocks * INT4_ROW_BLOCK_BYTES, rows, a, 1, l.k, o + first, l.n);
+  }
+}
+
+// Thread t's share of gate/up panel pairs, silu(gate) * up into act: swiglu_of_panels' arithmetic for a row
+inline void run_swiglu(const Linear& l, const QuantizedActivations& a, float* act, int t, int threads) {
+  const int64_t blocks = l.k / QK, half = l.n / 2, count = half / PANEL;
+  alignas(64) float g[PANEL], u[PANEL];
+  for (int64_t panel = t * count / threads; panel < (t + 1) * count / threads; ++panel) {
+    const int64_t first = panel * PANEL, up = half + first;
+    if (l.s) {
+      int8_panel(l.w + first * blocks * INT8_ROW_BLOCK_BYTES, PANEL, a, 1, l.k, l.s + first, g, PANEL);
+      int8_panel(l.w + up * blocks * INT8_ROW_BLOCK_BYTES, PANEL, a, 1, l.k, l.s + up, u, PANEL);
+    } else {
+      int4_panel(l.w + first * blocks * INT4_ROW_BLOCK_BYTES, PANEL, a, 1, l.k, g, PANEL);
+      int4_panel(l.w + up * blocks * INT4_ROW_BLOCK_BYTES, PANEL, a, 1, l.k, u, PANEL);
+    }
+    panel_floats gv, uv;
+    std::memcpy(&gv, g, sizeof gv);
+    std::memcpy(&uv, u, sizeof uv);
+    const panel_floats y = silu_times(gv, uv);
+    std::memcpy(act + first, &y, sizeof y);
+  }
+}
+
 }  // namespace

@@ -15,7 +15,7 @@
 // attention operator -- `llama_pre_attention` (RMSNorm, the qkv layer, RoPE), `llama_post_attention` (the
 // output layer, the residual, RMSNorm, gate/up with SwiGLU, down, the residual) and `llama_final` (the last
 // RMSNorm and the head) -- and every row of both goes through the same functions: rms_norm_row and rope_row
-// below (neither inlined nor cloned: one instruction sequence for every caller), int8_linear.h's panels, attention_query.h's
+// below (neither inlined nor cloned: one instruction sequence for every caller), int8_linear.h's panels (run_panels, run_swiglu), attention_query.h's
 // attend_query. A row's result depends on no other row (the kernels' own rule), so the graph's batched and
 // chunked forwards and the one-region token agree bit for bit (tests/test_token_step.py).
 
@@ -62,13 +62,6 @@ __attribute__((noinline, noclone)) void rope_row(float* x, int64_t heads, const 
       x[i + half] = b * cos[i + half] + a * sin[i + half];
     }
 }
-
-// A quantized linear layer as the kernels hold it: panels; an int8 layer's row scales (null for int4)
-struct Linear {
-  const uint8_t* w;
-  const float* s;
-  int64_t n, k;
-};
 
 Linear linear_of(const at::Tensor& weight, const std::optional<at::Tensor>& scales, int64_t k, const char* op) {
   if (scales.has_value()) check_int8_weight(weight, *scales, op);
@@ -160,37 +153,6 @@ at::Tensor llama_final(const at::Tensor& x_in, const at::Tensor& norm, double ep
   return linear(norm_rows(x, norm, eps, "llama_final"), head, head_scales, x.size(-1));
 }
 
-// Thread t's share of a layer's panels for one quantized row
-void run_panels(const Linear& l, const QuantizedActivations& a, float* o, int t, int threads) {
-  const int64_t blocks = l.k / QK, count = panels_of(l.n);
-  for (int64_t panel = t * count / threads; panel < (t + 1) * count / threads; ++panel) {
-    const int64_t first = panel * PANEL, rows = std::min(PANEL, l.n - first);
-    if (l.s) int8_panel(l.w + first * blocks * INT8_ROW_BLOCK_BYTES, rows, a, 1, l.k, l.s + first, o + first, l.n);
-    else int4_panel(l.w + first * blocks * INT4_ROW_BLOCK_BYTES, rows, a, 1, l.k, o + first, l.n);
-  }
-}
-
-// Thread t's share of gate/up panel pairs, silu(gate) * up into act: swiglu_of_panels' arithmetic for a row
-void run_swiglu(const Linear& l, const QuantizedActivations& a, float* act, int t, int threads) {
-  const int64_t blocks = l.k / QK, half = l.n / 2, count = half / PANEL;
-  alignas(64) float g[PANEL], u[PANEL];
-  for (int64_t panel = t * count / threads; panel < (t + 1) * count / threads; ++panel) {
-    const int64_t first = panel * PANEL, up = half + first;
-    if (l.s) {
-      int8_panel(l.w + first * blocks * INT8_ROW_BLOCK_BYTES, PANEL, a, 1, l.k, l.s + first, g, PANEL);
-      int8_panel(l.w + up * blocks * INT8_ROW_BLOCK_BYTES, PANEL, a, 1, l.k, l.s + up, u, PANEL);
-    } else {
-      int4_panel(l.w + first * blocks * INT4_ROW_BLOCK_BYTES, PANEL, a, 1, l.k, g, PANEL);
-      int4_panel(l.w + up * blocks * INT4_ROW_BLOCK_BYTES, PANEL, a, 1, l.k, u, PANEL);
-    }
-    panel_floats gv, uv;
-    std::memcpy(&gv, g, sizeof gv);
-    std::memcpy(&uv, u, sizeof uv);
-    const panel_floats y = silu_times(gv, uv);
-    std::memcpy(act + first, &y, sizeof y);
-  }
-}
-
 struct Layer {
   const float *attn_norm, *mlp_norm;
   Linear qkv, out, gate_up, down;
@@ -260,7 +222,7 @@ class TokenStep : public torch::CustomClassHolder {
     at::Tensor logits = at::empty({1, head_.n}, embedding_.options());
     const int64_t heads = heads_, kv_heads = kv_heads_, group = heads / kv_heads, qkv_n = (heads + 2 * kv_heads) * hd;
     const int64_t ff = layers_[0].gate_up.n / 2, keys = pos + 1, padded = (keys + KEYS - 1) / KEYS * KEYS;
-    std::vector<float> shared(qkv_n + heads * hd + std::max<int64_t>(ff, 0) + 2 * d);
+    std::vector<float> shared(qkv_n + heads * hd + ff + 2 * d);
     float *qkv = shared.data(), *y = qkv + qkv_n, *act = y + heads * hd, *o = act + ff, *o2 = o + d;
     at::Half *kc = key_store.data_ptr<at::Half>(), *vc = value_store.data_ptr<at::Half>();
     const float *c = cos_.data_ptr<float>() + pos * hd, *s = sin_.data_ptr<float>() + pos * hd;
