@@ -23,6 +23,9 @@ Rows:
 - spec: speculative decoding against plain decoding of the same configuration (see SPEC below);
 - hf: `transformers` LlamaForCausalLM on the same weights (dequantized from the same GGUF) in fp32;
 - llamacpp: `llama-cpp-python` on the Q4_1 GGUF itself (null, with the reason, when not installed);
+- llamacpp_scaling, _q4_0, _q8_0: llama.cpp's own batch 32 against its batch 1 on one context (one llama_batch
+  of 32 sequences a step, as its server decodes parallel slots), on the Q4_1 file and on llama.cpp's own
+  requantized Q4_0 / Q8_0 copies of it (benchmarks/llamacpp_runs.py);
 - machine: the CPU model, its ISA extensions (AVX2, AVX-512 VNNI/BF16, AMX) and the memory read bandwidth
   measured on the same threads (benchmarks/machine.py). Each llmkit batch-1 row and llama.cpp report the
   bytes they read per token (the weights as stored, plus the cached keys and values at the run's mean
@@ -386,42 +389,39 @@ def worker_hf() -> dict:
             "bytes_per_token": read}
 
 
-def llamacpp_decode_speeds(llm, prompt: list[int], new_tokens: int, runs: int) -> list[float]:
-    """Pure-decode tok/s of `runs` greedy generations of `new_tokens` by a llama_cpp.Llama after `prompt`
-    (benchmarks/larger_model.py measures its llama.cpp rows this way too)."""
-    speeds = []
-    for _ in range(runs):
-        llm.reset()
-        llm.eval(prompt)
-        start = time.perf_counter()
-        for i in range(new_tokens):
-            token = llm.sample(temp=0)  # greedy
-            if i == 0:
-                start = time.perf_counter()  # the first token comes from the prefill: not decode
-            if i < new_tokens - 1:
-                llm.eval([token])
-        speeds.append((new_tokens - 1) / (time.perf_counter() - start))
-    return speeds
-
-
 def worker_llamacpp() -> dict:
     try:
         import llama_cpp
     except ImportError:
         return {"tok_s": None, "reason": "llama-cpp-python is not installed (pip install llama-cpp-python "
                 "builds it from source)", "peak_mib": None}
+    from llamacpp_runs import chat_text, llamacpp_decode_speeds
     from llmkit.convert import named_model_file
 
     llm = llama_cpp.Llama(model_path=str(named_model_file("smollm2")), n_threads=THREADS, n_threads_batch=THREADS,
                           n_ctx=1024, verbose=False)
-    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in CHAT) + "<|im_start|>assistant\n"
-    prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
+    prompt = llm.tokenize(chat_text(CHAT).encode(), add_bos=False, special=True)
     speeds = llamacpp_decode_speeds(llm, prompt, NEW_TOKENS, runs=4)
     read = named_model_file("smollm2").stat().st_size
     peak = peak_mib()
     return {"tok_s": sorted(speeds[1:])[1], "peak_mib": peak, "version": llama_cpp.__version__,
             "bytes_per_token": read,
             **bandwidths_after(lambda: llamacpp_decode_speeds(llm, prompt, NEW_TOKENS, runs=1)[0], read)}
+
+
+def worker_llamacpp_scaling(kind: str | None = None) -> dict:
+    """llamacpp_scaling (the Q4_1 file), _q4_0, _q8_0 (llama.cpp's requantized copies of it): llama.cpp's batch 32
+    against its batch 1 on one context, as worker_scaling measures llmkit (benchmarks/llamacpp_runs.py)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return {"ratio": None, "reason": "llama-cpp-python is not installed", "peak_mib": None}
+    from llamacpp_runs import requantized, scaling
+    from llmkit.convert import named_model_file
+
+    path = requantized(llama_cpp, named_model_file("smollm2"), kind, THREADS) if kind else named_model_file("smollm2")
+    return {**scaling(path, CHAT, THREADS, NEW_TOKENS, alternating_rounds), "format": kind or "q4_1",
+            "peak_mib": peak_mib()}
 
 
 def worker_machine() -> dict:
@@ -434,6 +434,9 @@ WORKERS = {
     "machine": lambda: worker_machine(),
     "hf": lambda: worker_hf(),
     "llamacpp": lambda: worker_llamacpp(),
+    "llamacpp_scaling": lambda: worker_llamacpp_scaling(),
+    "llamacpp_scaling_q4_0": lambda: worker_llamacpp_scaling("q4_0"),
+    "llamacpp_scaling_q8_0": lambda: worker_llamacpp_scaling("q8_0"),
     "b1_fp32_eager": lambda: worker_b1("fp32", compile=False),
     "b1_fp32": lambda: worker_b1("fp32"),
     "b1_bf16": lambda: worker_b1("bf16"),
@@ -493,6 +496,9 @@ def summary(r: dict) -> dict:
         "b32_tok_s": get(r, "b32", "tok_s"), "b32_fp32_tok_s": get(r, "b32_fp32", "tok_s"),
         "b32_int8_tok_s": get(r, "b32_int8", "tok_s"), "b32_int4_tok_s": get(r, "b32_int4", "tok_s"), "b32_int4_head4_tok_s": get(r, "b32_int4_head4", "tok_s"),
         "scaling_int8_ratio": get(r, "scaling_int8", "ratio"), "scaling_int4_ratio": get(r, "scaling_int4", "ratio"),
+        **{f"{name}_{key}": get(r, name, key) for name in r if name.startswith(("scaling_", "llamacpp_scaling"))
+           for key in ("b1_tok_s", "b32_tok_s")},
+        **{f"{name}_ratio": get(r, name, "ratio") for name in r if name.startswith("llamacpp_scaling")},
         "ttft_miss_s": get(r, "ttft", "miss_s"),
         "ttft_hit_s": get(r, "ttft", "hit_s"), "ttft_int4_miss_s": get(r, "ttft_int4", "miss_s"),
         "ttft_int4_hit_s": get(r, "ttft_int4", "hit_s"), "spec_speedup": get(r, "spec", "speedup"),
@@ -572,6 +578,11 @@ def print_table(r: dict) -> None:
             t = r[name]
             print(f"batch 32 / batch 1 ({weights}, compiled), one process, alternating rounds: {t['ratio']:.1f}x "
                   f"(median {t['b32_tok_s']:.1f} / {t['b1_tok_s']:.1f} tok/s; per round {t['round_ratios']})")
+    for name in (name for name in r if name.startswith("llamacpp_scaling")):
+        t = r[name]
+        print(f"llama.cpp batch 32 / batch 1 ({t['format'].upper()} GGUF), one context, alternating rounds: "
+              + (f"{t['ratio']:.1f}x (median {t['b32_tok_s']:.1f} / {t['b1_tok_s']:.1f} tok/s; per round "
+                 f"{t['round_ratios']}; batched rows == batch 1: {t['rows_equal_batch_1']})" if t["ratio"] else t["reason"]))
     for name, weights in (("ttft", "fp32"), ("ttft_int4", "int4")):
         if name in r:
             t = r[name]

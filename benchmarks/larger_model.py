@@ -88,6 +88,7 @@ def write_random_gguf(path: Path, shape: str) -> None:
 
 def worker_make(directory: Path, shape: str) -> dict:
     import llama_cpp
+    from llamacpp_runs import quantize_gguf
 
     paths = files(directory, shape)
     directory.mkdir(parents=True, exist_ok=True)
@@ -96,18 +97,13 @@ def worker_make(directory: Path, shape: str) -> dict:
         write_random_gguf(paths["f16"], shape)
     for kind, ftype in LLAMA_FTYPES.items():
         if not paths[kind].exists():
-            params = llama_cpp.llama_model_quantize_default_params()
-            params.ftype, params.nthread = ftype, THREADS
-            part = str(paths[kind]) + ".part"
-            if llama_cpp.llama_model_quantize(str(paths["f16"]).encode(), part.encode(), params) != 0:
-                raise SystemExit(f"llama.cpp could not quantize {paths['f16']} to {kind}")
-            Path(part).replace(paths[kind])
+            quantize_gguf(llama_cpp, paths["f16"], paths[kind], ftype, THREADS)
     return {"seconds": time.perf_counter() - start, **{k: p.stat().st_size for k, p in paths.items()}}
 
 
 def worker_llamacpp(directory: Path, shape: str, kind: str) -> dict:
     import llama_cpp
-    from generate import llamacpp_decode_speeds
+    from llamacpp_runs import llamacpp_decode_speeds
 
     path = files(directory, shape)[kind]
     llm = llama_cpp.Llama(model_path=str(path), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=256, verbose=False)
