@@ -1,7 +1,7 @@
 """Generation speed of llmkit's engine on SmolLM2-135M-Instruct, against Hugging Face transformers and
 llama.cpp measured in the same run.
 
-    flock /tmp/llmkit-heavy.lock python benchmarks/generate.py            # ~10 minutes on 2 cores
+    flock /tmp/llmkit-heavy.lock python benchmarks/generate.py            # every row (--only ROW... for some)
 
 Every configuration runs in its own process (so its peak resident memory is its own) with 2 threads,
 on one fixed chat prompt, generating exactly 128 new tokens greedily (stop tokens ignored). Decode

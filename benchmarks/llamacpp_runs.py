@@ -81,14 +81,14 @@ class BatchedDecoder:
                                    n_ctx=context_per_row, verbose=False)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_seq_max = max_rows * context_per_row, max_rows
-        params.n_batch, params.n_ubatch = max(512, max_rows * context_per_row // 4), 512
+        params.n_batch, params.n_ubatch = max_rows * context_per_row, 512  # all prompts in one batch
         params.n_threads = params.n_threads_batch = threads
         params.kv_unified = False  # each sequence its own cells (unified measured 0.8x at 32 rows here)
         self.ctx = llama_cpp.llama_init_from_model(self.llm.model, params)
         if not self.ctx:
             raise SystemExit("llama.cpp could not create a context for batched decoding")
         self.batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
-        self.vocab = self.llm.n_vocab()
+        self.vocab, self.context_per_row = self.llm.n_vocab(), context_per_row
 
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -111,6 +111,9 @@ class BatchedDecoder:
         """(decode tok/s of all rows, each row's tokens) for `rows` copies of `prompt` decoding together:
         the prompts prefilled in one batch (each row's first token comes from it, as in timed_batch), then
         timed to `new_tokens` tokens a row."""
+        if len(prompt) + new_tokens > self.context_per_row:
+            raise SystemExit(f"BatchedDecoder: a {len(prompt)}-token prompt and {new_tokens} new tokens need "
+                             f"context_per_row >= {len(prompt) + new_tokens} (it is {self.context_per_row})")
         self.cpp.llama_memory_clear(self.cpp.llama_get_memory(self.ctx), True)
         last = len(prompt) - 1
         tokens = self._decode([(token, position, row, position == last)
