@@ -415,7 +415,7 @@ def worker_llamacpp_scaling(kind: str | None = None) -> dict:
     try:
         import llama_cpp
     except ImportError:
-        return {"ratio": None, "reason": "llama-cpp-python is not installed", "peak_mib": None}
+        return {"ratio": None, "reason": "llama-cpp-python is not installed", "format": kind or "q4_1", "peak_mib": None}
     from llamacpp_runs import requantized, scaling
     from llmkit.convert import named_model_file
 
