@@ -81,6 +81,12 @@ def runs_fused(block, x: torch.Tensor, attn_mask: torch.Tensor | None) -> bool:
             and block_runs_fused(block, attn_mask) and _no_gradients(x, block.attn_norm, block.mlp_norm))
 
 
+def attention_scale(attn) -> float:
+    """The score scale of an llmkit.model.Attention: its own, or 1/sqrt(head_dim) (the graph's kernel call and
+    TokenStep take it from here, so that both scale alike)."""
+    return attn.head_dim ** -0.5 if attn.scale is None else attn.scale
+
+
 def attention(attn, q, k, v, attn_mask, kv_cache) -> torch.Tensor:
     """llmkit's CPU attention kernel for an llmkit.model.Attention `attn`: q (batch, heads, seq, head_dim), k and v
     (batch, kv_heads, seq, head_dim) stored in the cache first (every slot of its rows returned, and an int8
@@ -93,8 +99,7 @@ def attention(attn, q, k, v, attn_mask, kv_cache) -> torch.Tensor:
         seq = q.shape[2]
         attn_mask = torch.ones(seq, k.shape[2], dtype=torch.bool, device=q.device)
         attn_mask = (attn_mask.tril(k.shape[2] - seq) if attn.causal else attn_mask)[None, None]
-    return cpu_kernels.attention(q, k, v, attn_mask, attn.head_dim ** -0.5 if attn.scale is None else attn.scale,
-                                 *(kv_scales or ()))
+    return cpu_kernels.attention(q, k, v, attn_mask, attention_scale(attn), *(kv_scales or ()))
 
 
 def block_forward(block, x: torch.Tensor, rope, attn_mask, kv_cache) -> torch.Tensor:

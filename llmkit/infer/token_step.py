@@ -65,11 +65,10 @@ def token_step_for(model, cache_dtype: torch.dtype):
     tensors.append(model.norm.weight.detach().contiguous())
     linear(model.lm_head)
     attn = blocks[0].attn
-    scale = attn.head_dim ** -0.5 if attn.scale is None else attn.scale
     try:
         return torch.classes.llmkit_cpu.TokenStep(embedding.detach().contiguous(), tensors, model.rope_cos.contiguous(),
                                                   model.rope_sin.contiguous(), attn.n_heads, attn.n_kv_heads,
-                                                  epsilons.pop(), scale)
+                                                  epsilons.pop(), kernel_layers.attention_scale(attn))
     except RuntimeError as error:  # a shape it does not take (a head size not a multiple of 8): the graph's step
         logger.info("a lone request decodes through the graph's step: %s", str(error).splitlines()[0])
         return None
