@@ -78,7 +78,12 @@ class Tokenizer:
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         # add_special_tokens=False: Hugging Face post-processors would add their own BOS; we decide.
-        ids = self.backend.encode(text, add_special_tokens=False).ids
+        # A long text through encode_batch: the same ids, but `tokenizers` releases the GIL there and not in
+        # encode, so a server's event loop keeps running while a worker thread tokenizes megabytes.
+        if len(text) > 65536:
+            ids = self.backend.encode_batch([text], add_special_tokens=False)[0].ids
+        else:
+            ids = self.backend.encode(text, add_special_tokens=False).ids
         return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
 
     def encode_batch(self, texts: list[str], add_bos: bool = False) -> list[list[int]]:

@@ -245,6 +245,15 @@ ERRORS = {
     "body too large": (chat_body(messages=[{"role": "user", "content": "x" * 300_000}]), 413, None),
     "conversation longer than the context": (
         chat_body(messages=[{"role": "user", "content": "Words, words, words. " * 80}]), 400, "messages"),
+    # far longer: refused from a prefix, before the whole text is tokenized
+    "conversation far longer than the context": (
+        chat_body(messages=[{"role": "user", "content": "ab " * 80_000}]), 400, "messages"),
+    "temperature a 400-digit integer": (chat_body(temperature=10**400), 400, "temperature"),
+    "temperature below the engine's least": (chat_body(temperature=1e-7), 400, "temperature"),
+    "top_k beyond 64 bits": (chat_body(top_k=10**30), 400, "top_k"),
+    "seed of 5,000 digits": (b'{"model": "tiny", "seed": ' + b"9" * 5000 + b"}", 400, None),
+    "arrays nested 50,000 deep": (b'{"a": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, None),
+    "a stop string of 1,001 characters": (chat_body(stop=["x" * 1001]), 400, "stop"),
 }
 
 
@@ -261,6 +270,29 @@ def test_errors_are_answered_and_the_server_serves_on(server, name):
         assert error["code"] == "context_length_exceeded"
         assert "the messages have" in error["message"]
         assert f"but the model's context is {CONTEXT} tokens" in error["message"]
+    if name == "conversation far longer than the context":
+        assert error["code"] == "context_length_exceeded" and "characters alone" in error["message"]
+    if name in ("seed of 5,000 digits", "arrays nested 50,000 deep"):
+        assert error["code"] == "invalid_json"
+    ok(server)
+
+
+def test_requests_the_server_could_never_hold_or_answer_are_400s_not_429s_or_500s(server, client):
+    # More generations than --max-batch-size + --max-waiting (40): a 429 would have the client retry forever.
+    with pytest.raises(openai.BadRequestError, match="more than this server holds"):
+        client.completions.create(model="tiny", prompt=["ROMEO:"] * 41, max_tokens=2)
+    r = httpx.post(f"{server}/v1/completions", headers=AUTH, timeout=30,
+                   json={"model": "tiny", "prompt": ["ROMEO:"] * 20, "n": 3, "max_tokens": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n", r.text
+    # embeddings: OpenAI's limit of 2,048 inputs; `dimensions` refused by name rather than ignored
+    with pytest.raises(openai.BadRequestError, match="at most 2048 inputs"):
+        client.embeddings.create(model="tiny", input=["a"] * 2049)
+    with pytest.raises(openai.BadRequestError, match="dimensions"):
+        client.embeddings.create(model="tiny", input="a", dimensions=8)
+    r = httpx.post(f"{server}/detokenize", headers=AUTH, json={"model": 5, "tokens": [1]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
+    r = httpx.get(f"{server}/v1/chat/completions", headers=AUTH)
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"]["message"]
     ok(server)
 
 
@@ -292,6 +324,16 @@ def test_truncate_oldest_drops_turns_but_not_the_system_turn(server, client):
     kept = [system, *turns[dropped:]]
     count = httpx.post(f"{server}/tokenize", headers=AUTH, json={"messages": kept}).json()["count"]
     assert r.usage.prompt_tokens == count and count + 8 <= CONTEXT
+    one_more = [system, *turns[dropped - 1:]]  # the fewest turns dropped: keeping one more does not fit
+    assert httpx.post(f"{server}/tokenize", headers=AUTH, json={"messages": one_more}).json()["count"] + 8 > CONTEXT
+    # A history of 3,000 turns: a few renders (a binary search over how many to drop), not one per turn.
+    long_history = [system, *[{"role": ("user", "assistant")[i % 2], "content": f"Turn {i}."} for i in range(3001)]]
+    r = client.chat.completions.create(model="tiny", messages=long_history, max_tokens=8,
+                                       extra_body={"truncate": "oldest"}, timeout=60)
+    dropped = r.model_extra["truncated_messages"]
+    kept = [system, *long_history[1 + dropped:]]
+    assert httpx.post(f"{server}/tokenize", headers=AUTH, json={"messages": kept}).json()["count"] == \
+        r.usage.prompt_tokens
 
 
 async def raw_post(url: str, path: str, body: dict) -> tuple[int, dict, bytes]:

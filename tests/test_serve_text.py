@@ -4,6 +4,8 @@ strings cut even when they span tokens), and /health's 503 while the model loads
 import socket
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from conftest import run_cli
@@ -50,6 +52,15 @@ def test_stop_string_spanning_tokens_is_held_back_and_cut(shakespeare_tokenizer)
         if stream.text.endswith(("n", "no", "not", "not ", "not t")) and stream.text.startswith("To be, or n"):
             assert shown == "To be, or "
     assert stream.stopped
+
+
+@given(st.text("ab", max_size=14), st.lists(st.text("abc", min_size=1, max_size=9), min_size=1, max_size=3))
+def test_held_back_text_is_the_longest_end_that_begins_a_stop_string(text, stops):
+    stream = TextStream(None, stop_strings=tuple(stops))
+    stream.text = text
+    # the definition: the longest n < len(stop) such that the text ends with the stop string's first n characters
+    want = max((n for s in stops for n in range(min(len(s) - 1, len(text)) + 1) if text.endswith(s[:n])), default=0)
+    assert stream._held_back() == want
 
 
 def test_stop_token_ends_the_text(shakespeare_tokenizer):

@@ -64,6 +64,15 @@ def test_encode_batch_matches_encode(tok):
     assert tok.encode_batch(texts, add_bos=True) == [[tok.bos_id, *tok.encode(t)] for t in texts]
 
 
+def test_a_long_text_gets_the_same_ids_through_the_gil_releasing_path(tok):
+    # Past 65,536 characters encode goes through tokenizers' encode_batch, which releases the GIL (a server
+    # tokenizes megabytes on a worker thread while its event loop runs): the ids must not change.
+    text = "".join(f.read_text(encoding="utf-8") for f in sorted((SHAKESPEARE / "train").glob("*.txt"))[:3])
+    assert len(text) > 65536
+    assert tok.encode(text) == tok.backend.encode(text, add_special_tokens=False).ids
+    assert tok.encode(text, add_bos=True)[1:] == tok.encode(text)
+
+
 @pytest.mark.parametrize("number", ["327", "1984", "0000", "3.14159", "x = 42"])
 def test_every_digit_is_its_own_token(tok, number):
     pieces = [p for _, p in tok.pieces(number)]

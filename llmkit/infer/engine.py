@@ -85,6 +85,7 @@ import torch
 from llmkit.errors import GenerationError, LLMKitError
 from llmkit.infer.ahead import AheadOfTimeStep, ahead_of_time
 from llmkit.infer.compiled import attend_length, call_warmed, compile_for_inference
+from llmkit.infer.grammar import GrammarError
 from llmkit.infer.huge_pages import place_in_huge_pages
 from llmkit.infer.kv_cache import cache_dtype
 from llmkit.infer.options import check_engine_options, prompt_budget
@@ -509,6 +510,7 @@ class Engine:
         else:  # unexpected: the operator wants the traceback
             message, trace = f"{type(error).__name__}: {error}", error
         request.finish_reason, request.error = "error", message
+        request.error_from_input = isinstance(error, GrammarError)
         logger.warning("request %d failed: %s", request.id, message, exc_info=trace)
         # Its row is zeroed now, not when it retires: its forward may have written NaN past its recorded
         # length (a prompt chunk that failed), and rows move (retire -> arrange) before it retires, which

@@ -40,7 +40,8 @@ _executor_lock = threading.Lock()
 
 
 class GrammarError(GenerationError):
-    """A grammar (JSON schema, Lark grammar) that cannot be compiled."""
+    """A grammar (JSON schema, Lark grammar) that cannot be compiled, or that admits no output (at its start
+    or part-way, e.g. an object that must contain itself): the request's own input is at fault."""
 
 
 def _llguidance():
@@ -118,6 +119,13 @@ class Grammar:
         self._start = llguidance.LLMatcher(compiler.lltokenizer, text, log_level=0)
         if self._start.is_error():
             raise GrammarError(f"{where} cannot be compiled: {_first_line(self._start.get_error())}")
+        # A grammar that compiles may still admit no output at all (a schema whose only object is itself,
+        # {"$ref": "#"}): its first mask fails. Found here, it is the request's error, not the engine's.
+        probe = self._start.deep_copy()
+        mask = np.empty((compiler.vocab_size + 31) // 32, dtype=np.int32)
+        probe.unsafe_compute_mask_ptr(mask.ctypes.data, mask.size * 4)
+        if probe.is_error():
+            raise GrammarError(f"{where} admits no output: {_first_line(probe.get_error())}")
 
     def constraint(self) -> Constraint:
         return Constraint(self._start.deep_copy(), self.compiler.vocab_size)
@@ -145,8 +153,8 @@ class Constraint:
 
     def advance(self, token: int) -> None:
         """The token was chosen: move past it. Raises if the grammar does not allow it."""
-        if not self.matcher.consume_token(token):
-            raise GenerationError(f"token {token} breaks the output's grammar: "
+        if not self.matcher.consume_token(token):  # the token came from its mask: the parser's limits are hit
+            raise GrammarError(f"token {token} breaks the output's grammar: "
                                   f"{_first_line(self.matcher.get_error())}")
 
     def rollback(self, n_tokens: int) -> None:
@@ -160,7 +168,7 @@ class Constraint:
 
     def _check(self) -> None:
         if self.matcher.is_error():
-            raise GenerationError(f"the output's grammar failed: {_first_line(self.matcher.get_error())}")
+            raise GrammarError(f"the output's grammar failed: {_first_line(self.matcher.get_error())}")
 
     def mask_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """One row of logits (vocab,) with the disallowed tokens at -inf (a new tensor)."""
@@ -219,7 +227,7 @@ def constrain_logits(logits: torch.Tensor, constraints: list[Constraint | None])
         _parallel_executor().unsafe_compute_mask_ptr(rows, bits.ctypes.data, words * 4, len(constraints))
     for matcher, i in rows:
         if matcher.is_error():
-            errors[i] = GenerationError(f"the output's grammar failed: {_first_line(matcher.get_error())}")
+            errors[i] = GrammarError(f"the output's grammar failed: {_first_line(matcher.get_error())}")
             bits[i] = -1
     return _apply(logits, bits), errors
 

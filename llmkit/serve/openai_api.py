@@ -68,7 +68,9 @@ class OpenAIService:
     def context(self) -> int:
         return self.llm.model.config.max_seq_len
 
-    def check_model(self, name: str | None) -> None:
+    def check_model(self, name) -> None:
+        if name is not None and not isinstance(name, str):
+            raise bad("model", f"must be a string, not {type(name).__name__}", "invalid_type")
         if name is not None and name != self.model_name:
             raise APIError(404, f"model {name!r} does not exist; this server serves {self.model_name!r} "
                            "(see GET /v1/models)", param="model", code="model_not_found")
@@ -86,21 +88,63 @@ class OpenAIService:
 
     def chat_prompt(self, messages: list[dict], max_tokens: int | None, truncate: str | None,
                     tools: list[dict] | None = None) -> tuple[list[int], int]:
-        """The conversation's token ids and how many messages were dropped to fit the context."""
-        ids, dropped = self.render_chat(messages, tools), 0
+        """The conversation's token ids and how many messages were dropped to fit the context (runs on a
+        worker thread: a long conversation takes a while to render and tokenize)."""
+        advice = "shorten the conversation" + ("" if truncate else ", or send \"truncate\": \"oldest\" to "
+                                               "drop its oldest turns")
+        # The turns "oldest" may drop: neither a system turn nor the last message, oldest first.
+        droppable = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"] if truncate == "oldest" else []
+        kept = set(range(len(messages))) - set(droppable)
+        self.refuse_far_too_long([str(messages[i]["content"]) for i in sorted(kept)], "messages", advice)
+
+        def without_first(k: int) -> list[int]:
+            gone = set(droppable[:k])
+            return self.render_chat([m for i, m in enumerate(messages) if i not in gone], tools)
+
+        ids, dropped = without_first(0), 0
         need = max_tokens or 1
-        while len(ids) + need > self.context and truncate == "oldest":
-            # Drop the oldest turn that is neither a system turn nor the last message.
-            oldest = next((i for i, m in enumerate(messages[:-1]) if m["role"] != "system"), None)
-            if oldest is None:
-                break
-            messages = messages[:oldest] + messages[oldest + 1:]
-            dropped += 1
-            ids = self.render_chat(messages, tools)
-        self.check_fits(len(ids), max_tokens, "messages", "the messages have",
-                        "shorten the conversation" + ("" if truncate else ", or send \"truncate\": \"oldest\" to "
-                                                      "drop its oldest turns"))
+        if len(ids) + need > self.context and droppable:
+            # The fewest oldest turns to drop: a binary search over how many (a conversation only gets
+            # shorter with fewer turns), so a long history costs log2(turns) renders, not one per turn.
+            low, high = 1, len(droppable)
+            ids, dropped = without_first(high), high
+            if len(ids) + need <= self.context:
+                while low < high:
+                    middle = (low + high) // 2
+                    candidate = without_first(middle)
+                    if len(candidate) + need <= self.context:
+                        ids, dropped, high = candidate, middle, middle
+                    else:
+                        low = middle + 1
+        self.check_fits(len(ids), max_tokens, "messages", "the messages have", advice)
         return ids, dropped
+
+    def refuse_far_too_long(self, texts: list[str], param: str, advice: str) -> None:
+        """Refuse texts far beyond the context from a prefix of them, before the whole is tokenized (a client
+        may send megabytes, and tokenizing 2.7 M characters took 26 s). The prefix is as many characters as
+        the context's tokens could cover at most (its longest token's length each): a prompt that fits is
+        never cut, and one whose prefix alone has more tokens than the context cannot fit."""
+        budget = (self.context + 8) * self.max_token_chars
+        if sum(map(len, texts)) <= budget:
+            return
+        slack = 8 + 2 * len(texts)  # tokens merged or split where the texts are cut and joined
+        n = len(self.tokenizer.encode("\n".join(texts)[:budget]))
+        if n > self.context + slack:
+            raise APIError(400, f"{param}: has {n} tokens in its first {budget:,} characters alone, but the model's "
+                           f"context is {self.context} tokens; {advice}", param=param, code="context_length_exceeded")
+
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters one token stands for (its vocabulary entry's length: bytes for byte-level BPE)."""
+        if getattr(self, "_max_token_chars", None) is None:
+            self._max_token_chars = max(map(len, self.tokenizer.backend.get_vocab()), default=1)
+        return self._max_token_chars
+
+    def check_capacity(self, choices: int, param: str) -> None:
+        """A request must fit the server's queue on its own, or a 429 would send the client retrying forever."""
+        if choices > self.worker.capacity:
+            raise bad(param, f"asks for {choices} generations at once, more than this server holds "
+                      f"({self.worker.capacity}: --max-batch-size + --max-waiting); send fewer prompts or a lower n")
 
     def check_fits(self, n: int, max_tokens: int | None, param: str, what: str, advice: str) -> None:
         need = 1 if max_tokens is None else max_tokens
@@ -115,6 +159,7 @@ class OpenAIService:
                           name: str = "prompt") -> list[int]:
         param = name if index == 0 else f"{name}[{index}]"
         if isinstance(prompt, str):
+            self.refuse_far_too_long([prompt], param, "shorten the prompt")
             ids = self.tokenizer.encode(prompt, add_bos=True)
         else:
             vocab = self.llm.model.config.vocab_size
@@ -149,9 +194,11 @@ class OpenAIService:
         options = chat.options
         self.check_model(options.model)
         shown, passages = await retrieve(self, body, chat.messages, options.max_tokens)
+        self.check_capacity(options.n, "n")
         messages, template_tools = chat_messages(shown, chat.tools, chat.tool_choice,
                                                  self.tokenizer.chat_template)
-        ids, dropped = self.chat_prompt(messages, options.max_tokens, chat.truncate, template_tools)
+        ids, dropped = await asyncio.to_thread(self.chat_prompt, messages, options.max_tokens, chat.truncate,
+                                               template_tools)
         await self.constrain(options, chat.tools, chat.tool_choice)
         generation = self.submit(ids, options)
         extra = {"truncated_messages": dropped} if chat.truncate else {}
@@ -209,9 +256,12 @@ class OpenAIService:
         completion = parse_completion(await self.body(request))
         options = completion.options
         self.check_model(options.model)
+        if options.max_tokens != 0:
+            self.check_capacity(len(completion.prompts) * options.n, "prompt" if options.n == 1 else "n")
         await self.constrain(options)
-        prompts = [self.completion_prompt(p, options.max_tokens, i) for i, p in enumerate(completion.prompts)]
-        echoed = await self._echo(completion, prompts) if completion.echo else [None] * len(prompts)
+        prompts = await asyncio.to_thread(lambda: [self.completion_prompt(p, options.max_tokens, i)
+                                                   for i, p in enumerate(completion.prompts)])
+        echoed = await self._echo(request, completion, prompts) if completion.echo else [None] * len(prompts)
         choices = self.choices(len(prompts) * options.n, options)
         generations: list[Generation] = []
         if options.max_tokens == 0:  # nothing to generate: scoring a prompt with echo + logprobs
@@ -250,10 +300,12 @@ class OpenAIService:
                         usage=usage(sum(map(len, prompts)), sum(c.completion_tokens for c in choices), sum(cached)))
         return JSONResponse(body)
 
-    async def _echo(self, completion: CompletionRequest, prompts: list[list[int]]):
+    async def _echo(self, request: Request, completion: CompletionRequest, prompts: list[list[int]]):
         """Per prompt: its text, and with logprobs its tokens' texts and log-probabilities."""
         out = []
         for prompt, ids in zip(completion.prompts, prompts):
+            if completion.options.logprobs is not None:
+                await self.stop_if_gone(request)
             text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)
             pieces = None
             if completion.options.logprobs is not None:
@@ -290,10 +342,12 @@ class OpenAIService:
     async def embeddings(self, request: Request):
         req = parse_embedding(await self.body(request))
         self.check_model(req.model)
-        prompts = [self.completion_prompt(p, 0, i, "input") for i, p in enumerate(req.inputs)]
+        prompts = await asyncio.to_thread(lambda: [self.completion_prompt(p, 0, i, "input")
+                                                   for i, p in enumerate(req.inputs)])
         skip_first = self.tokenizer.bos_id is not None
         data = []
         for i, (given, ids) in enumerate(zip(req.inputs, prompts)):
+            await self.stop_if_gone(request)
             vector = await self.worker.call(model_jobs.embed, self.llm.model, ids,
                                             skip_first and isinstance(given, str))
             # base64: little-endian float32, what OpenAI's clients decode.
@@ -302,6 +356,12 @@ class OpenAIService:
         tokens = sum(map(len, prompts))
         return JSONResponse({"object": "list", "data": data, "model": self.model_name,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    @staticmethod
+    async def stop_if_gone(request: Request) -> None:
+        """Between the forwards of a many-input request: stop if its client hung up (nobody reads the answer)."""
+        if await request.is_disconnected():
+            raise ClientGone()
 
     # -- models and tokenizer
     async def models(self, request: Request):
@@ -314,11 +374,12 @@ class OpenAIService:
         self.check_model(req.model)
         if req.messages is not None:
             try:
-                ids = self.tokenizer.encode_chat(req.messages, add_generation_prompt=req.add_generation_prompt)
+                ids = await asyncio.to_thread(self.tokenizer.encode_chat, req.messages,
+                                              add_generation_prompt=req.add_generation_prompt)
             except LLMKitError as e:
                 raise APIError(400, f"messages: {e}", param="messages", code="invalid_value") from None
         else:
-            ids = self.tokenizer.encode(req.prompt, add_bos=req.add_special_tokens)
+            ids = await asyncio.to_thread(self.tokenizer.encode, req.prompt, add_bos=req.add_special_tokens)
         body = {"count": len(ids), "max_model_len": self.context, "tokens": ids}
         if req.return_token_strs:
             body["token_strs"] = [self.tokenizer.decode([t]) for t in ids]
@@ -338,6 +399,10 @@ class OpenAIService:
             "eos_token": tok.eos_token, "eos_token_id": tok.eos_id, "pad_token": tok.pad_token,
             "pad_token_id": tok.pad_id, "stop_token_ids": list(self.llm.engine.stop_token_ids),
             "add_bos_token": tok.bos_id is not None, "chat_template": tok.chat_template})
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready (server.py answers nobody)."""
 
 
 def chat_message(c: ChoiceState) -> dict:

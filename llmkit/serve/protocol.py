@@ -22,6 +22,11 @@ from llmkit.infer import SamplingParams
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_N = 16  # choices per prompt
 MAX_STOPS = 16
+# A stop string's characters: every new token is checked against each one's prefixes (text_stream.py, the
+# engine's tail decode), so their length bounds the per-token work a request can ask for. OpenAI states no
+# limit; 1,000 is far beyond any real stop sequence.
+MAX_STOP_CHARS = 1000
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on /v1/embeddings inputs in one request
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat's top_logprobs
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function and schema names
 MAX_TOOLS = 128
@@ -55,6 +60,9 @@ def parse_json(body: bytes) -> dict:
     except json.JSONDecodeError as e:
         raise APIError(400, f"the request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
                        code="invalid_json") from None
+    except (ValueError, RecursionError) as e:  # an integer of > 4,300 digits; arrays nested thousands deep
+        reason = "it nests too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise APIError(400, f"the request body cannot be read as JSON: {reason}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}", code="invalid_json")
     return data
@@ -65,12 +73,22 @@ def _number(body: dict, name: str, default, low: float, high: float, *, low_open
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise bad(name, f"must be a number, not {json.dumps(value)}", "invalid_type")
-    if value < low or value > high or (low_open and value == low):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad(name, f"must be a number, not {_shown(value)}", "invalid_type")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float's range
+        number = math.inf if value > 0 else -math.inf
+    if not math.isfinite(number) or number < low or number > high or (low_open and number == low):
         left = "(" if low_open else "["
-        raise bad(name, f"must be in {left}{low:g}, {high:g}], not {value:g}")
-    return float(value)
+        raise bad(name, f"must be in {left}{low:g}, {high:g}], not {_shown(value)}")
+    return number
+
+
+def _shown(value, limit: int = 40) -> str:
+    """A value as JSON for an error message, cut short (a client may send a 4,000-digit number)."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _integer(body: dict, name: str, default, low: int, high: int | None = None):
@@ -81,10 +99,10 @@ def _integer(body: dict, name: str, default, low: int, high: int | None = None):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise bad(name, f"must be an integer, not {json.dumps(value)}", "invalid_type")
+            raise bad(name, f"must be an integer, not {_shown(value)}", "invalid_type")
     if value < low or (high is not None and value > high):
         raise bad(name, f"must be an integer >= {low}" + (f" and <= {high}" if high is not None else "")
-                  + f", not {value}")
+                  + f", not {_shown(value)}")
     return value
 
 
@@ -93,7 +111,7 @@ def _boolean(body: dict, name: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise bad(name, f"must be true or false, not {json.dumps(value)}", "invalid_type")
+        raise bad(name, f"must be true or false, not {_shown(value)}", "invalid_type")
     return value
 
 
@@ -102,7 +120,7 @@ def _string(body: dict, name: str, default: str | None = None) -> str | None:
     if value is None:
         return default
     if not isinstance(value, str):
-        raise bad(name, f"must be a string, not {json.dumps(value)}", "invalid_type")
+        raise bad(name, f"must be a string, not {_shown(value)}", "invalid_type")
     return value
 
 
@@ -117,6 +135,9 @@ def _stop_strings(body: dict) -> list[str]:
         raise bad("stop", f"at most {MAX_STOPS} stop strings, not {len(stops)}")
     if any(not s for s in stops):
         raise bad("stop", "stop strings must not be empty")
+    longest = max(stops, key=len, default="")
+    if len(longest) > MAX_STOP_CHARS:
+        raise bad("stop", f"a stop string may have at most {MAX_STOP_CHARS} characters, not {len(longest)}")
     return stops
 
 
@@ -223,8 +244,10 @@ def parse_generation(body: dict, *, chat: bool) -> GenerationOptions:
             stop_strings=_stop_strings(body),
             logprobs=logprobs,
         )
-    except GenerationError as e:
-        raise APIError(400, str(e)) from None
+    except GenerationError as e:  # the engine's own rules (e.g. temperature 0 or >= 1e-5): name the field
+        name = str(e).split(" ", 1)[0]
+        param = name if name in body else None
+        raise APIError(400, str(e), param=param, code="invalid_value" if param else None) from None
     return GenerationOptions(model, n, max_tokens, params, stream, include_usage, logprobs,
                              parse_response_format(body))
 
@@ -272,12 +295,19 @@ def _message_tool_calls(calls: Any, where: str) -> list[dict]:
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise bad(f"{where}.tool_calls[{j}]", "must be {\"id\", \"type\": \"function\", \"function\": "
                       "{\"name\", \"arguments\"}}", "invalid_type")
+        # The name is written into the prompt by the chat template, outside any quoting: held to the rule
+        # for tools[].function.name so that it cannot carry a template's control tokens.
+        if not NAME.fullmatch(function["name"]):
+            raise bad(f"{where}.tool_calls[{j}].function.name",
+                      f"must be 1-64 letters, digits, _ or -, not {_shown(function['name'])}")
         arguments = function.get("arguments", "{}")
         if isinstance(arguments, str):
             try:
                 arguments = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError:
-                raise bad(f"{where}.tool_calls[{j}].function.arguments", "must be a JSON object (as a string)") from None
+            except (ValueError, RecursionError):
+                arguments = None
+        if not isinstance(arguments, dict):
+            raise bad(f"{where}.tool_calls[{j}].function.arguments", "must be a JSON object (as a string)")
         out.append({"id": call.get("id"), "type": "function",
                     "function": {"name": function["name"], "arguments": arguments}})
     return out
@@ -416,7 +446,13 @@ def parse_embedding(body: dict) -> EmbeddingRequest:
     fmt = _string(body, "encoding_format", "float")
     if fmt not in ("float", "base64"):
         raise bad("encoding_format", f"must be \"float\" or \"base64\", not {json.dumps(fmt)}")
-    return EmbeddingRequest(_string(body, "model"), parse_prompts(body["input"], "input"), fmt == "base64")
+    if body.get("dimensions") is not None:  # refused by name rather than silently ignored
+        raise bad("dimensions", "is not supported: the embeddings have the model's width (leave it out)",
+                  "unsupported_parameter")
+    inputs = parse_prompts(body["input"], "input")
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise bad("input", f"at most {MAX_EMBEDDING_INPUTS} inputs a request, not {len(inputs)}; split them")
+    return EmbeddingRequest(_string(body, "model"), inputs, fmt == "base64")
 
 
 @dataclass

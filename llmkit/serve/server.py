@@ -23,13 +23,13 @@ from collections.abc import Callable
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from llmkit.errors import LLMKitError
 from llmkit.serve.inspect_api import InspectService
 from llmkit.serve.metrics import ServerMetrics
-from llmkit.serve.openai_api import OpenAIService
+from llmkit.serve.openai_api import ClientGone, OpenAIService
 from llmkit.serve.protocol import APIError
 from llmkit.serve.web import STATIC_PREFIX, web_routes
 from llmkit.serve.worker import EngineWorker
@@ -48,6 +48,8 @@ def endpoint(handler: Callable) -> Callable:
             return await handler(request)
         except APIError as e:
             return error_response(e)
+        except ClientGone:  # nobody to answer: nginx's "client closed request"
+            return Response(status_code=499)
         except LLMKitError as e:
             return error_response(APIError(400, str(e)))
         except Exception:  # noqa: BLE001 - the server keeps serving; the log has the details
@@ -130,7 +132,8 @@ def build_app(service: OpenAIService, metrics: ServerMetrics, api_key: str | Non
     async def http_error(request: Request, exc: HTTPException):
         what = "no such endpoint" if exc.status_code == 404 else exc.detail
         return error_response(APIError(exc.status_code, f"{request.method} {request.url.path}: {what}",
-                                       code="not_found" if exc.status_code == 404 else None))
+                                       code="not_found" if exc.status_code == 404 else None,
+                                       headers=dict(exc.headers or {})))  # a 405's Allow
 
     post, get = ["POST"], ["GET"]
     routes = [

@@ -107,10 +107,16 @@ class TextStream:
         """Characters at the end of the text that may be the start of a stop string."""
         longest = 0
         for stop in self.stop_strings:
-            for n in range(min(len(stop) - 1, len(self.text)), longest, -1):
-                if self.text.endswith(stop[:n]):
-                    longest = n
+            # The longest end of the text that begins the stop string: its candidates start where the stop
+            # string's first character is, found by str.find rather than by slicing the stop string at every
+            # length (per token, that was quadratic in the stop string's length).
+            tail = self.text[len(self.text) - min(len(stop) - 1, len(self.text)):]
+            start = tail.find(stop[0])
+            while start != -1 and len(tail) - start > longest:
+                if stop.startswith(tail[start:]):
+                    longest = len(tail) - start
                     break
+                start = tail.find(stop[0], start + 1)
         return longest
 
     @property
