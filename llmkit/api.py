@@ -23,7 +23,7 @@ import torch
 from llmkit.checkpoint import load_generation_config, load_model, load_quantization, load_tokenizer
 from llmkit.convert import resolve_model
 from llmkit.device import inference_dtype, parse_dtype, resolve_device
-from llmkit.errors import GenerationError, LLMKitError
+from llmkit.errors import CheckpointError, GenerationError, LLMKitError
 from llmkit.infer import Engine, SamplingParams, TokenLogprob
 from llmkit.infer.options import ENCODER_CANNOT_GENERATE
 from llmkit.infer.speculative import Speculator, layer_skip_draft
@@ -261,12 +261,27 @@ def load(name_or_path: str | Path, device: str | torch.device | None = None,
     draft_tokens: tokens drafted per speculative step.
     engine_options go to `llmkit.infer.Engine` (compile, max_batch_size, kv_cache_mib, ...)."""
     directory = resolve_model(name_or_path)
+    refuse_prompt_tuned(directory)
     device = resolve_device(device)
     dtype = parse_dtype(dtype) or inference_dtype(device, quantized=bool(load_quantization(directory)))
     model = load_model(directory, device=device, dtype=dtype)
     if speculative is not None:
         engine_options["speculator"] = Speculator(resolve_draft(speculative, model, device, dtype), draft_tokens)
     return LLM(model, load_tokenizer(directory), load_generation_config(directory), **engine_options)
+
+
+def refuse_prompt_tuned(directory: Path) -> None:
+    """A prompt-tuned directory holds the base model and, apart, its soft prompt, which generation, chat,
+    serving and evaluation do not prepend: they would run the base model without a word, so they refuse."""
+    from llmkit.train.peft import ADAPTER_WEIGHTS, read_adapter_config
+
+    record = read_adapter_config(directory)
+    if record is not None and record.get("num_virtual_tokens"):
+        raise CheckpointError(
+            f"{directory} is prompt-tuned: model.safetensors is the base model and its soft prompt "
+            f"({ADAPTER_WEIGHTS}) is applied only by llmkit.train.peft.load_peft (then generate from "
+            "prompt_prefix_ids(model) + ids); generate, chat, serve and eval would run the base model without it. "
+            "Train with peft=lora for a model that runs everywhere (merged into the weights)")
 
 
 def resolve_draft(spec: str, model: Transformer, device: torch.device, dtype: torch.dtype):

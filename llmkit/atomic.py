@@ -54,6 +54,10 @@ def writable_target(path: str | Path) -> Path:
         kind = "a directory" if path.is_dir() else "a device, pipe or socket"
         raise OutputError(f"{path}: is {kind}, not a regular file; llmkit writes a file by renaming a complete "
                           "copy into place: choose a file path")
+    parent = path.parent
+    if not parent.is_dir():  # said of the user's path, not of the hidden temporary file written first
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise OutputError(f"{path}: the directory {parent} {what}; create it or choose another path")
     return path
 
 

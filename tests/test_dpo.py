@@ -76,6 +76,12 @@ def test_dpo_training_ranks_chosen_replies_first(tmp_path, sft_model, task_files
     shutil.rmtree(out / "checkpoints")  # a fresh run refuses to start among an earlier run's checkpoints
     run_dpo(config(DPOConfig, max_steps=1, **fields), out)
     assert (out / REFERENCE_FILE).stat().st_mtime_ns == stamp
+    # a cache cut short (a run killed while writing it, before the writes were atomic) is computed again
+    kept = (out / REFERENCE_FILE).read_bytes()
+    (out / REFERENCE_FILE).write_bytes(kept[:50])
+    shutil.rmtree(out / "checkpoints")
+    run_dpo(config(DPOConfig, max_steps=1, **fields), out)
+    assert (out / REFERENCE_FILE).read_bytes() == kept
 
 
 def test_rpo_adds_the_chosen_replies_cross_entropy(tmp_path, sft_model, task_files):

@@ -31,7 +31,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save
 
 from llmkit.atomic import atomic_write_bytes, atomic_write_text
-from llmkit.errors import CheckpointError, ConfigError
+from llmkit.errors import CheckpointError, ConfigError, GenerationError
 from llmkit.train.head_model import HeadOnTransformer
 from llmkit.train.packing import model_inputs, pack, sequence_item
 from llmkit.train.peft import load_peft, prompt_prefix_ids, save_peft
@@ -127,6 +127,9 @@ def classify_sequences(model: SequenceClassifier, sequences: list[list[int]], ro
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast or contextlib.nullcontext():
                 out.append(torch.softmax(model(batch), dim=-1).cpu())
+            if not torch.isfinite(out[-1]).all():  # an accuracy of nan% or a label drawn from NaN says nothing
+                raise GenerationError("the classifier's label probabilities are not finite (NaN or inf): its weights "
+                                      "hold NaN/inf values, or a low-precision dtype overflowed (try --dtype float32)")
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, len(model.labels))

@@ -256,6 +256,10 @@ def require_answers(records: list, needed_by: str, otherwise: str) -> None:
     if missing is not None:
         raise DataError(f'{missing.where}: field "answer" missing; {needed_by} needs the reference answer of every '
                         f"prompt ({otherwise})")
+    wrong = next((r for r in records if not isinstance(r.extra["answer"], str)), None)
+    if wrong is not None:  # compared as text: 2 and "2" alike must be written "2"
+        raise DataError(f'{wrong.where}: field "answer" must be a string, not {type(wrong.extra["answer"]).__name__} '
+                        f'{wrong.extra["answer"]!r}; write it in quotes')
 
 
 def is_correct(reply: str, answer: str) -> bool:

@@ -93,13 +93,33 @@ def load_run(directory: str | Path) -> tuple[dict, dict[str, list[dict]]]:
     if not results.is_file():
         raise DataError(f"{directory}: not an evaluation run (no results.json); pass a directory written by "
                         "`llmkit eval --tasks ... --out DIR`")
-    summary = json.loads(results.read_text())
+    damaged = "the run directory is damaged; run `llmkit eval` again"
+    try:
+        summary = json.loads(results.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{results}: not valid JSON ({e}); {damaged}") from None
+    tasks = summary.get("tasks") if isinstance(summary, dict) else None
+    if not isinstance(tasks, (dict, list)) or not all(isinstance(name, str) for name in tasks):
+        raise DataError(f"{results}: has no \"tasks\" naming the tasks run; {damaged}")
     examples = {}
-    for name in summary["tasks"]:
+    for name in tasks:
         path = directory / "examples" / f"{name}.jsonl"
         if not path.is_file():
             raise DataError(f"{path}: missing; the run directory is incomplete")
-        examples[name] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        records = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as e:
+                raise DataError(f"{path}:{number}: not valid JSON ({e}); {damaged}") from None
+            missing = [k for k in ("index", "gold", "choices", "correct") if not isinstance(record, dict) or k not in record]
+            if missing or not isinstance(record["correct"], dict) or not record["correct"]:
+                what = f"field {missing[0]!r} missing" if missing else "\"correct\" must map metrics to results"
+                raise DataError(f"{path}:{number}: {what}; {damaged}")
+            records.append(record)
+        examples[name] = records
     return summary, examples
 
 

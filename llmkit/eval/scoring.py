@@ -28,12 +28,13 @@ same forward.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from llmkit.errors import DataError
+from llmkit.errors import DataError, GenerationError
 
 
 @dataclass
@@ -231,6 +232,9 @@ def score_examples(model, examples: Sequence[Sequence[TokenizedOption]], batch_t
                 logprobs.append(lp.gather(1, t[:, None])[:, 0])
                 greedy.append(lp.argmax(dim=-1) == t)
             flat_lp = torch.cat(logprobs).double().cpu().tolist()
+            if not all(map(math.isfinite, flat_lp)):  # a score, and so an accuracy, would be silently wrong
+                raise GenerationError("the model's log-probabilities are not finite (NaN or inf): its weights hold "
+                                      "NaN/inf values, or a low-precision dtype overflowed (try --dtype float32)")
             flat_greedy = torch.cat(greedy).cpu().tolist()
             k = 0
             for i in (i for m in members for i in m):  # the order `where` was built in

@@ -123,14 +123,20 @@ def cmd_inspect_embeddings(args) -> None:
     from llmkit.inspect.embeddings import input_embeddings
     from llmkit.inspect.plots import plot_word_map
 
-    if args.map and not args.png:
+    if args.map is not None and not args.png:
         raise InspectError("--map draws a picture: give its file with --png FILE")
+    if args.map is not None and len(set(args.map)) < 2:
+        raise InspectError(f"--map places words against each other: give two or more different words, not {args.map}")
+    for option, value in (("--neighbours", args.neighbours), ("--analogy", args.analogy)):
+        if value is not None and not value.strip():
+            raise InspectError(f"{option} is empty: give a word" + (" expression, e.g. \"king - man + woman\""
+                                                                     if option == "--analogy" else ""))
     model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype)
     space = input_embeddings(model, tokenizer)
-    if args.neighbours:
+    if args.neighbours is not None:
         shown = space.neighbours(args.neighbours, args.top)
         print(f"nearest to {args.neighbours!r} (cosine, input embeddings):")
-    elif args.analogy:
+    elif args.analogy is not None:
         shown = space.analogy(args.analogy, args.top)
         print(f"{args.analogy} = ? (3CosAdd, input embeddings; the query words left out):")
     else:

@@ -124,6 +124,7 @@ class RagIndex:
             raise RagIndexError(f"{folder / 'index.json'}: not valid JSON ({e}); rebuild the index") from None
         if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
             raise RagIndexError(f"{folder / 'index.json'}: not an {INDEX_FORMAT} index; rebuild it with this llmkit")
+        check_meta(meta, folder / "index.json")
         chunks = read_chunks(folder / "chunks.jsonl", meta.get("chunks"))
         embeddings = None
         if meta.get("dense") is not None:
@@ -214,3 +215,34 @@ def read_embeddings(path: Path, rows: int, dim) -> np.ndarray:
         raise RagIndexError(f"{path}: holds {vectors.dtype} {vectors.shape}, expected float32 ({rows}, {dim}); "
                           "rebuild the index")
     return vectors
+
+
+def check_meta(meta: dict, path: Path) -> None:
+    """The fields of index.json the index reads, each of its type (a hand-edited file fails here, by name,
+    rather than deep inside BM25 or the chunker)."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def fields(record, types: dict) -> str | None:
+        if not isinstance(record, dict):
+            return "must be an object"
+        for key, ok in types.items():
+            if key not in record or not ok(record[key]):
+                return f"{key!r} is missing or of the wrong type ({record.get(key)!r})"
+        return None
+
+    checks = {
+        "chunking": (meta.get("chunking"), {"unit": lambda v: isinstance(v, str), "size": lambda v: isinstance(v, int),
+                                            "overlap": lambda v: isinstance(v, int),
+                                            "text_field": lambda v: isinstance(v, str)}),
+        "bm25": (meta.get("bm25"), {"k1": number, "b": number,
+                                    "stopwords": lambda v: v is None or isinstance(v, (str, list))}),
+        "files": ({"list": meta.get("files")}, {"list": lambda v: isinstance(v, list) and all(
+            isinstance(f, dict) and isinstance(f.get("path"), str) for f in v)}),
+    }
+    if meta.get("dense") is not None:
+        checks["dense"] = (meta["dense"], {"model": lambda v: isinstance(v, str), "dim": lambda v: isinstance(v, int)})
+    for name, (record, types) in checks.items():
+        problem = fields(record, types)
+        if problem is not None:
+            raise RagIndexError(f"{path}: {name!r}: {problem}; restore the file or rebuild the index")

@@ -35,6 +35,12 @@ def load_fit(directory: str | Path) -> dict:
         raise DataError(f"{path}: not valid JSON; run `llmkit scaling fit {directory}` again") from None
     if not isinstance(fit, dict) or not isinstance(fit.get("approach2"), dict) or not isinstance(fit.get("approach3"), dict):
         raise DataError(f"{path}: not a fit written by `llmkit scaling fit`; run it again")
+    for name, keys in (("approach3", ("E", "A", "B", "alpha", "beta", "a")), ("approach2", ("a", "b", "n_coef", "d_coef"))):
+        for key in keys:
+            value = fit[name].get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise DataError(f"{path}: {name}.{key} must be a number, not {value!r}; run `llmkit scaling fit "
+                                f"{directory}` again")
     return fit
 
 
@@ -54,9 +60,20 @@ def tokens_for_params(fit: dict, params: float) -> tuple[float, str]:
 def _read_settings(directory: Path) -> dict | None:
     path = directory / SETTINGS_FILE
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
+        settings = json.loads(path.read_text()) if path.is_file() else None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(f"{path}: not valid JSON; restore it, or remove it to predict without a model shape") from None
+    if settings is None:
+        return None
+    kinds = {"preset": str, "model": str, "overrides": list, "seq_len": int, "vocab_size": int, "train_tokens": int}
+    wrong = ([] if isinstance(settings, dict) else ["the whole file (an object)"]) or \
+        [key for key, kind in kinds.items() if not isinstance(settings.get(key), kind) or isinstance(settings[key], bool)]
+    wrong += [key for key in ("rule", "model_overrides") if isinstance(settings, dict)
+              and not isinstance(settings.get(key) or {}, dict)]
+    if wrong:
+        raise DataError(f"{path}: {wrong[0]} is missing or of the wrong type; it was written by `llmkit scaling "
+                        "sweep`: restore it, or remove it to predict without a model shape")
+    return settings
 
 
 def best_shape(law: dict, settings: dict, budget: float):

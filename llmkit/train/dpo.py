@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from llmkit.atomic import atomic_write_bytes
 from llmkit.train.chat_data import EncodedPair, encode_pair
 from llmkit.train.packing import completion_item, pack, sequence_logprobs
 from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
@@ -94,18 +95,22 @@ def reference_logprobs(model, pairs, val_pairs, config, pad_id, out: Path, devic
     digest = hashlib.sha256(repr((config.init_from, config.peft, config.dtype, [(p.prompt, p.chosen, p.rejected)
                                   for p in pairs + val_pairs])).encode()).hexdigest()
     if path.exists():
-        with safe_open(path, "pt") as f:
-            same = (f.metadata() or {}).get("fingerprint") == digest
-        if same:
-            saved = load_file(path)
-            return saved["train"], saved["val"]
+        try:
+            with safe_open(path, "pt") as f:
+                same = (f.metadata() or {}).get("fingerprint") == digest
+            if same:
+                saved = load_file(path)
+                return saved["train"], saved["val"]
+        except Exception:  # noqa: BLE001 - a damaged cache (an older run stopped mid-write): computed again
+            pass
     model.to(device)
     batch = config.micro_batch * 2
     train = pair_logprobs(model, pairs, config.seq_len, pad_id, batch, device, autocast)[0]
     val = (pair_logprobs(model, val_pairs, config.seq_len, pad_id, batch, device, autocast)[0]
            if val_pairs else torch.zeros(0, 2))
     out.mkdir(parents=True, exist_ok=True)
-    save_file({"train": train.contiguous(), "val": val.contiguous()}, path, metadata={"fingerprint": digest})
+    atomic_write_bytes(path, save({"train": train.contiguous(), "val": val.contiguous()},
+                                  metadata={"fingerprint": digest}))
     return train, val
 
 

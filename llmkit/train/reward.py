@@ -124,7 +124,11 @@ def load_reward_model(directory: str | Path, device: str | torch.device = "cpu",
                               "(train one with `llmkit reward`)")
     transformer, tokenizer = load_peft(directory, device=device, dtype=dtype)
     model = RewardModel(transformer)
-    head = load_file(directory / HEAD_FILE)
+    try:
+        head = load_file(directory / HEAD_FILE)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error for a damaged file
+        raise CheckpointError(f"{directory / HEAD_FILE}: cannot be read ({str(e).splitlines()[0]}); the reward model "
+                              "was not saved completely: train it again with `llmkit reward`") from None
     try:
         model.score.load_state_dict({k: v.to(model.score.weight.dtype) for k, v in head.items()})
     except RuntimeError as e:
