@@ -65,11 +65,13 @@ def _read_settings(directory: Path) -> dict | None:
         raise DataError(f"{path}: not valid JSON; restore it, or remove it to predict without a model shape") from None
     if settings is None:
         return None
-    kinds = {"preset": str, "model": str, "overrides": list, "seq_len": int, "vocab_size": int, "train_tokens": int}
+    kinds = {"preset": str, "model": str, "overrides": list, "seq_len": int, "vocab_size": int}
     wrong = ([] if isinstance(settings, dict) else ["the whole file (an object)"]) or \
         [key for key, kind in kinds.items() if not isinstance(settings.get(key), kind) or isinstance(settings[key], bool)]
-    wrong += [key for key in ("rule", "model_overrides") if isinstance(settings, dict)
-              and not isinstance(settings.get(key) or {}, dict)]
+    if not wrong:  # optional (older sweeps have no train_tokens), but of their type when present
+        wrong += [key for key in ("rule", "model_overrides") if not isinstance(settings.get(key) or {}, dict)]
+        count = settings.get("train_tokens")
+        wrong += ["train_tokens"] if count is not None and (isinstance(count, bool) or not isinstance(count, (int, float))) else []
     if wrong:
         raise DataError(f"{path}: {wrong[0]} is missing or of the wrong type; it was written by `llmkit scaling "
                         "sweep`: restore it, or remove it to predict without a model shape")
