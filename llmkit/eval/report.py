@@ -114,7 +114,8 @@ def load_run(directory: str | Path) -> tuple[dict, dict[str, list[dict]]]:
                 record = json.loads(line)
             except ValueError as e:
                 raise DataError(f"{path}:{number}: not valid JSON ({e}); {damaged}") from None
-            missing = [k for k in ("index", "gold", "choices", "correct") if not isinstance(record, dict) or k not in record]
+            missing = [k for k in ("index", "gold", "choices", "correct")
+                       if not isinstance(record, dict) or k not in record]
             if missing or not isinstance(record["correct"], dict) or not record["correct"]:
                 what = f"field {missing[0]!r} missing" if missing else "\"correct\" must map metrics to results"
                 raise DataError(f"{path}:{number}: {what}; {damaged}")

@@ -35,7 +35,8 @@ def load_fit(directory: str | Path) -> dict:
         raise DataError(f"{path}: not valid JSON; run `llmkit scaling fit {directory}` again") from None
     if not isinstance(fit, dict) or not isinstance(fit.get("approach2"), dict) or not isinstance(fit.get("approach3"), dict):
         raise DataError(f"{path}: not a fit written by `llmkit scaling fit`; run it again")
-    for name, keys in (("approach3", ("E", "A", "B", "alpha", "beta", "a")), ("approach2", ("a", "b", "n_coef", "d_coef"))):
+    read = {"approach3": ("E", "A", "B", "alpha", "beta", "a"), "approach2": ("a", "b", "n_coef", "d_coef")}
+    for name, keys in read.items():
         for key in keys:
             value = fit[name].get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -67,11 +68,13 @@ def _read_settings(directory: Path) -> dict | None:
         return None
     kinds = {"preset": str, "model": str, "overrides": list, "seq_len": int, "vocab_size": int}
     wrong = ([] if isinstance(settings, dict) else ["the whole file (an object)"]) or \
-        [key for key, kind in kinds.items() if not isinstance(settings.get(key), kind) or isinstance(settings[key], bool)]
+        [key for key, kind in kinds.items()
+         if not isinstance(settings.get(key), kind) or isinstance(settings[key], bool)]
     if not wrong:  # optional (older sweeps have no train_tokens), but of their type when present
         wrong += [key for key in ("rule", "model_overrides") if not isinstance(settings.get(key) or {}, dict)]
         count = settings.get("train_tokens")
-        wrong += ["train_tokens"] if count is not None and (isinstance(count, bool) or not isinstance(count, (int, float))) else []
+        if count is not None and (isinstance(count, bool) or not isinstance(count, (int, float))):
+            wrong.append("train_tokens")
     if wrong:
         raise DataError(f"{path}: {wrong[0]} is missing or of the wrong type; it was written by `llmkit scaling "
                         "sweep`: restore it, or remove it to predict without a model shape")
