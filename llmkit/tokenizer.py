@@ -47,6 +47,15 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
+def _encode(backend: BackendTokenizer, text: str) -> list[int]:
+    # add_special_tokens=False: Hugging Face post-processors would add their own BOS; Tokenizer decides.
+    # A long text through encode_batch: the same ids, but `tokenizers` releases the GIL there and not in
+    # encode, so a server's event loop keeps running while a worker thread tokenizes megabytes.
+    if len(text) > 65536:
+        return backend.encode_batch([text], add_special_tokens=False)[0].ids
+    return backend.encode(text, add_special_tokens=False).ids
+
+
 class Tokenizer:
     """A `tokenizers.Tokenizer` plus what a model needs around it: BOS/EOS, stop tokens, chat template."""
 
@@ -62,6 +71,7 @@ class Tokenizer:
         self.eos_id = self._id_of(eos_token)
         self.pad_id = self._id_of(pad_token)
         self.mask_id = self._id_of(mask_token)  # BERT's [MASK]: what `llmkit fill` predicts
+        self._literal_backend: BackendTokenizer | None = None  # a copy that reads special-token text as text
 
     def _id_of(self, token: str | None) -> int | None:
         if token is None:
@@ -77,14 +87,19 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        # add_special_tokens=False: Hugging Face post-processors would add their own BOS; we decide.
-        # A long text through encode_batch: the same ids, but `tokenizers` releases the GIL there and not in
-        # encode, so a server's event loop keeps running while a worker thread tokenizes megabytes.
-        if len(text) > 65536:
-            ids = self.backend.encode_batch([text], add_special_tokens=False)[0].ids
-        else:
-            ids = self.backend.encode(text, add_special_tokens=False).ids
+        ids = _encode(self.backend, text)
         return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
+
+    def _literal(self) -> BackendTokenizer:
+        """The backend's twin with special-token matching off (`encode_special_tokens`), for message contents.
+        A second object rather than a switch flipped on the shared one: a server tokenizes on several threads
+        at once, and a flipped switch is seen by all of them (another request's markup read as text, or a
+        user's `<|system|>` as the control token)."""
+        if self._literal_backend is None:
+            literal = BackendTokenizer.from_str(self.backend.to_str())
+            literal.encode_special_tokens = True
+            self._literal_backend = literal
+        return self._literal_backend
 
     def encode_batch(self, texts: list[str], add_bos: bool = False) -> list[list[int]]:
         encodings = self.backend.encode_batch(texts, add_special_tokens=False)
@@ -233,12 +248,7 @@ class Tokenizer:
             if k % 2 == 0:
                 ids += self.encode(piece) if piece else []
                 continue
-            content = messages[int(piece[1:-1])]["content"]
-            self.backend.encode_special_tokens = True
-            try:
-                ids += self.encode(content)
-            finally:
-                self.backend.encode_special_tokens = False
+            ids += _encode(self._literal(), messages[int(piece[1:-1])]["content"])
         return ids
 
     # -- persistence

@@ -81,6 +81,11 @@ def test_a_prompt_tuned_directory_is_refused_where_its_soft_prompt_would_be_left
                                                                       "num_virtual_tokens": 4}))
     one_line_error(cli_in_process("generate", "--model", saved_tiny_model, "--max-new-tokens", 2, "ROMEO:"),
                    "is prompt-tuned", "peft=lora")
+    # any other adapter record (LoRA, merged into the weights; another PEFT type; a damaged file) loads as before
+    for record in ('{"peft_type": "LORA", "r": 8}', '{"peft_type": "IA3"}', "\xff{not json"):
+        (saved_tiny_model / "adapter_config.json").write_text(record)
+        result = cli_in_process("generate", "--model", saved_tiny_model, "--max-new-tokens", 2, "ROMEO:")
+        assert result.returncode == 0, result.stderr
 
 
 def test_a_damaged_reward_head_is_one_line(tmp_path, saved_tiny_model):

@@ -510,7 +510,8 @@ class Engine:
         else:  # unexpected: the operator wants the traceback
             message, trace = f"{type(error).__name__}: {error}", error
         request.finish_reason, request.error = "error", message
-        request.error_from_input = isinstance(error, GrammarError)
+        request.error_kind = ("input" if isinstance(error, GrammarError) else
+                              "internal" if trace is not None else "model")
         logger.warning("request %d failed: %s", request.id, message, exc_info=trace)
         # Its row is zeroed now, not when it retires: its forward may have written NaN past its recorded
         # length (a prompt chunk that failed), and rows move (retire -> arrange) before it retires, which

@@ -41,7 +41,9 @@ class Request:
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None  # "stop" (stop token or string), "length", "cancelled", "error"
     error: str | None = None  # why a request with finish_reason "error" failed
-    error_from_input: bool = False  # ... and it was the request's own doing (its grammar admits no output)
+    # ... and whose doing: "input" (the request's own: its grammar admits no output), "model" (a known failure,
+    # e.g. logits not finite: `error` says it), "internal" (an unexpected exception: the log has its traceback)
+    error_kind: str | None = None
     cancel_requested: bool = False  # set by Engine.cancel (any thread); the engine thread acts on it
     row: int | None = None
     length: int = 0  # positions of its row that hold this request's keys/values

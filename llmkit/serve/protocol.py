@@ -100,9 +100,10 @@ def _integer(body: dict, name: str, default, low: int, high: int | None = None):
             value = int(value)
         else:
             raise bad(name, f"must be an integer, not {_shown(value)}", "invalid_type")
-    if value < low or (high is not None and value > high):
-        raise bad(name, f"must be an integer >= {low}" + (f" and <= {high}" if high is not None else "")
-                  + f", not {_shown(value)}")
+    limit = 2**63 - 1 if high is None else high  # past 64 bits nothing is a meaningful count, seed or k
+    if value < low or value > limit:
+        raise bad(name, f"must be an integer >= {low}" + (f" and <= {limit}" if high is not None or value > limit
+                                                          else "") + f", not {_shown(value)}")
     return value
 
 

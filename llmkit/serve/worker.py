@@ -220,9 +220,11 @@ class EngineWorker:
                 update = Update(choice, list(new), logprobs, cached_tokens=request.cached_tokens)
                 if request.done:
                     update.finish_reason = request.finish_reason
-                    if request.finish_reason == "error":  # the engine's reason (request.error), never a traceback
-                        update.error_status = 400 if request.error_from_input else 500
-                        update.error = f"the engine could not finish this request: {request.error}"
+                    if request.finish_reason == "error":  # a known reason is told; an unexpected one is logged
+                        update.error_status = 400 if request.error_kind == "input" else 500
+                        update.error = ("the engine could not finish this request (see the server log)"
+                                        if request.error_kind == "internal"
+                                        else f"the engine could not finish this request: {request.error}")
                     self._close(generation, choice, update)
                 else:
                     generation.put(update)

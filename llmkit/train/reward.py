@@ -127,7 +127,8 @@ def load_reward_model(directory: str | Path, device: str | torch.device = "cpu",
     try:
         head = load_file(directory / HEAD_FILE)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error for a damaged file
-        raise CheckpointError(f"{directory / HEAD_FILE}: cannot be read ({str(e).splitlines()[0]}); the reward model "
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{directory / HEAD_FILE}: cannot be read ({reason}); the reward model "
                               "was not saved completely: train it again with `llmkit reward`") from None
     try:
         model.score.load_state_dict({k: v.to(model.score.weight.dtype) for k, v in head.items()})
