@@ -89,6 +89,29 @@ def test_completions_list_the_stop_token_s_log_probability(shakespeare_tokenizer
     assert [p.token_id for p, _ in chat.new_pieces()] == ids  # chat lists the content's tokens only
 
 
+@pytest.mark.parametrize("turns, system", [(300, True), (37, False), (2, True)])
+def test_truncate_oldest_drops_what_one_turn_at_a_time_would_in_a_few_renders(shakespeare_tokenizer, turns, system):
+    import math
+    import types
+
+    config = types.SimpleNamespace(max_seq_len=200)
+    llm = types.SimpleNamespace(tokenizer=shakespeare_tokenizer, model=types.SimpleNamespace(config=config))
+    service = OpenAIService(types.SimpleNamespace(llm=llm), "m")
+    messages = [{"role": "system", "content": "Be brief."}] * system + [
+        {"role": ("user", "assistant")[i % 2], "content": f"Turn {i}: to be or not"} for i in range(turns)]
+    renders = []
+    render = service.render_chat
+    service.render_chat = lambda m, tools=None: renders.append(len(m)) or render(m, tools)
+    ids, dropped = service.chat_prompt(messages, 8, "oldest")
+    # the definition: drop the oldest non-system turn, never the last message, until the prompt and 8 fit
+    kept, expect = list(messages), 0
+    while len(render(kept)) + 8 > 200:
+        kept.pop(next(i for i, m in enumerate(kept[:-1]) if m["role"] != "system"))
+        expect += 1
+    assert (ids, dropped) == (render(kept), expect)
+    assert len(renders) <= 3 + math.ceil(math.log2(turns))
+
+
 def test_health_is_503_until_the_model_is_loaded():
     worker = EngineWorker(lambda: None, ServerMetrics(), max_batch_size=1, max_waiting=0)  # never started
     client = TestClient(build_app(OpenAIService(worker, "m"), ServerMetrics()))
