@@ -23,7 +23,7 @@ import torch
 from llmkit.checkpoint import load_generation_config, load_model, load_quantization, load_tokenizer
 from llmkit.convert import resolve_model
 from llmkit.device import inference_dtype, parse_dtype, resolve_device
-from llmkit.errors import CheckpointError, GenerationError, LLMKitError
+from llmkit.errors import NOT_FINITE_SCORES, CheckpointError, GenerationError, LLMKitError
 from llmkit.infer import Engine, SamplingParams, TokenLogprob
 from llmkit.infer.options import ENCODER_CANNOT_GENERATE
 from llmkit.infer.speculative import Speculator, layer_skip_draft
@@ -64,10 +64,6 @@ class StepProbs:
     text: str
     prob: float
     alternatives: list[tuple[str, float]]  # the most likely tokens' text and probability, best first
-
-
-NOT_FINITE_SCORES = ("the model's log-probabilities are not finite (NaN or inf): its weights hold NaN/inf values, or "
-                     "a low-precision dtype overflowed (try --dtype float32); the checkpoint needs retraining or repair")
 
 
 class LLM:

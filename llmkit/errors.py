@@ -39,3 +39,10 @@ class TrainingError(LLMKitError):
 
 class OutputError(LLMKitError):
     """An output location cannot be written, or holds files the command would replace without being told to."""
+
+
+# Said wherever log-probabilities come out NaN or inf (llmkit.load's score, benchmark scoring): a score, and
+# an accuracy made from it, would be silently wrong.
+NOT_FINITE_SCORES = ("the model's log-probabilities are not finite (NaN or inf): its weights hold NaN/inf values, "
+                     "or a low-precision dtype overflowed (try --dtype float32); the checkpoint needs retraining or "
+                     "repair")

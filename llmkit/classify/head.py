@@ -186,6 +186,7 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu",
         head = load_file(directory / HEAD_FILE)
         model.score.load_state_dict({k: v.to(model.score.weight.dtype) for k, v in head.items()})
     except Exception as e:  # unreadable, or shapes that do not fit (another backbone, other labels)
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{directory / HEAD_FILE}: does not fit the backbone and its "
-                              f"{len(record['labels'])} labels ({str(e).splitlines()[0]})") from None
+                              f"{len(record['labels'])} labels ({reason})") from None
     return model.to(device).eval(), tokenizer

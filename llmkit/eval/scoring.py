@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llmkit.errors import DataError, GenerationError
+from llmkit.errors import NOT_FINITE_SCORES, DataError, GenerationError
 
 
 @dataclass
@@ -233,8 +233,7 @@ def score_examples(model, examples: Sequence[Sequence[TokenizedOption]], batch_t
                 greedy.append(lp.argmax(dim=-1) == t)
             flat_lp = torch.cat(logprobs).double().cpu().tolist()
             if not all(map(math.isfinite, flat_lp)):  # a score, and so an accuracy, would be silently wrong
-                raise GenerationError("the model's log-probabilities are not finite (NaN or inf): its weights hold "
-                                      "NaN/inf values, or a low-precision dtype overflowed (try --dtype float32)")
+                raise GenerationError(NOT_FINITE_SCORES)
             flat_greedy = torch.cat(greedy).cpu().tolist()
             k = 0
             for i in (i for m in members for i in m):  # the order `where` was built in
