@@ -41,6 +41,12 @@ class OutputError(LLMKitError):
     """An output location cannot be written, or holds files the command would replace without being told to."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line, for a one-line error (its type's name if it has none:
+    `str(e).splitlines()[0]` fails on an empty message)."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 # Said wherever log-probabilities come out NaN or inf (llmkit.load's score, benchmark scoring): a score, and
 # an accuracy made from it, would be silently wrong.
 NOT_FINITE_SCORES = ("the model's log-probabilities are not finite (NaN or inf): its weights hold NaN/inf values, "

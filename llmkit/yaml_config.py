@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from llmkit.errors import ConfigError
+from llmkit.errors import ConfigError, first_line
 
 PRESET_ROOT = Path(__file__).resolve().parent / "presets"
 
@@ -311,7 +311,7 @@ def parse_overrides(pairs: list[str], source: str = "command line") -> Located:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: override {pair!r}: the value is not valid YAML "
-                              f"({str(e).splitlines()[0]}); quote it, e.g. {key}='\"...\"'") from None
+                              f"({first_line(e)}); quote it, e.g. {key}='\"...\"'") from None
         if isinstance(value, str):
             try:  # YAML 1.1 reads "5e-3" (no dot) as a string; a user means the number
                 value = float(value)

@@ -31,7 +31,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save
 
 from llmkit.atomic import atomic_write_bytes, atomic_write_text
-from llmkit.errors import CheckpointError, ConfigError, GenerationError
+from llmkit.errors import CheckpointError, ConfigError, GenerationError, first_line
 from llmkit.train.head_model import HeadOnTransformer
 from llmkit.train.packing import model_inputs, pack, sequence_item
 from llmkit.train.peft import load_peft, prompt_prefix_ids, save_peft
@@ -186,7 +186,6 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu",
         head = load_file(directory / HEAD_FILE)
         model.score.load_state_dict({k: v.to(model.score.weight.dtype) for k, v in head.items()})
     except Exception as e:  # unreadable, or shapes that do not fit (another backbone, other labels)
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{directory / HEAD_FILE}: does not fit the backbone and its "
-                              f"{len(record['labels'])} labels ({reason})") from None
+                              f"{len(record['labels'])} labels ({first_line(e)})") from None
     return model.to(device).eval(), tokenizer

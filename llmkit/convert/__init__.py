@@ -52,8 +52,9 @@ def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.d
         from llmkit.convert.hf import write_hf_directory
 
         src = resolve_model(src)  # a checkpoint directory, or a named model (smollm2) from the cache
-        if load_quantization(src):  # Hugging Face's layout has no place for llmkit's packed int8/int4 weights
-            raise ConversionError(f"{src} is quantized ({load_quantization(src)}); export the floating-point "
+        quantization = load_quantization(src)
+        if quantization:  # Hugging Face's layout has no place for llmkit's packed int8/int4 weights
+            raise ConversionError(f"{src} is quantized ({quantization}); export the floating-point "
                                   "checkpoint it was quantized from")
         model = load_model(src)
         if dtype is not None:

@@ -24,6 +24,7 @@ import torch
 
 import llmkit.cpu_kernels as cpu_kernels
 import llmkit.kernel_layers as kernel_layers
+from llmkit.errors import first_line
 from llmkit.model import Block
 
 logger = logging.getLogger(__name__)
@@ -70,5 +71,5 @@ def token_step_for(model, cache_dtype: torch.dtype):
                                                   model.rope_sin.contiguous(), attn.n_heads, attn.n_kv_heads,
                                                   epsilons.pop(), kernel_layers.attention_scale(attn))
     except RuntimeError as error:  # a shape it does not take (a head size not a multiple of 8): the graph's step
-        logger.info("a lone request decodes through the graph's step: %s", str(error).splitlines()[0])
+        logger.info("a lone request decodes through the graph's step: %s", first_line(error))
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import struct
 import time
 import traceback
@@ -133,12 +134,11 @@ class OpenAIService:
             raise APIError(400, f"{param}: has {n} tokens in its first {budget:,} characters alone, but the model's "
                            f"context is {self.context} tokens; {advice}", param=param, code="context_length_exceeded")
 
-    @property
+    @functools.cached_property
     def max_token_chars(self) -> int:
-        """The most characters one token stands for (its vocabulary entry's length: bytes for byte-level BPE)."""
-        if getattr(self, "_max_token_chars", None) is None:
-            self._max_token_chars = max(map(len, self.tokenizer.backend.get_vocab()), default=1)
-        return self._max_token_chars
+        """The most characters one token stands for (its vocabulary entry's length: bytes for byte-level BPE).
+        Not cached while the model loads: the 503 that `tokenizer` raises then is not stored."""
+        return max(map(len, self.tokenizer.backend.get_vocab()), default=1)
 
     def check_capacity(self, choices: int, param: str) -> None:
         """A request must fit the server's queue on its own, or a 429 would send the client retrying forever."""

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save
 
 from llmkit.atomic import atomic_write_bytes
 from llmkit.eval.stats import wilson_interval
-from llmkit.errors import CheckpointError
+from llmkit.errors import CheckpointError, first_line
 from llmkit.train.chat_data import EncodedPair, encode_completion, encode_pair, encode_prompt, truncate_pair
 from llmkit.train.head_model import HeadOnTransformer
 from llmkit.train.packing import model_inputs, pack, sequence_item
@@ -127,8 +127,7 @@ def load_reward_model(directory: str | Path, device: str | torch.device = "cpu",
     try:
         head = load_file(directory / HEAD_FILE)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error for a damaged file
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{directory / HEAD_FILE}: cannot be read ({reason}); the reward model "
+        raise CheckpointError(f"{directory / HEAD_FILE}: cannot be read ({first_line(e)}); the reward model "
                               "was not saved completely: train it again with `llmkit reward`") from None
     try:
         model.score.load_state_dict({k: v.to(model.score.weight.dtype) for k, v in head.items()})

@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from llmkit.checkpoint import load_config, load_state_dict, model_from_state, save_checkpoint
 from llmkit.device import autocast_context, resolve_device, training_autocast_dtype
-from llmkit.errors import CheckpointError, ConfigError, OutputError, TrainingError
+from llmkit.errors import CheckpointError, ConfigError, OutputError, TrainingError, first_line
 from llmkit.model import Transformer
 from llmkit.train import distributed as D
 from llmkit.train.config import TrainConfig
@@ -393,7 +393,7 @@ class Trainer:
             D.load_full_state(wrapped, optimizers, state, training["optimizers"], self.config.fsdp)
             torch.set_rng_state(training["rng"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:  # shapes or keys of another model/optimizer
-            raise CheckpointError(f"{directory}: does not fit this run's model and optimizer ({str(e).splitlines()[0]}); "
+            raise CheckpointError(f"{directory}: does not fit this run's model and optimizer ({first_line(e)}); "
                                   "resume with the same preset and overrides, or start afresh") from None
         now = self.config.to_dict()
         self.config_changes = [(k, v, now[k]) for k, v in training.get("config", {}).items() if k in now and now[k] != v]
