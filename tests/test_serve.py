@@ -5,6 +5,8 @@ and every error answered with OpenAI's error body, the server serving on after e
 
 import asyncio
 import json
+import socket
+import time
 from collections import Counter
 
 import httpx
@@ -293,6 +295,23 @@ def test_requests_the_server_could_never_hold_or_answer_are_400s_not_429s_or_500
     assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
     r = httpx.get(f"{server}/v1/chat/completions", headers=AUTH)
     assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"]["message"]
+    ok(server)
+
+
+def test_a_many_input_embeddings_request_stops_when_its_client_hangs_up(server):
+    """Embeddings run one forward per input off the engine's batch: a client that hangs up stops the rest
+    (counted in /metrics) instead of holding the worker for 2,048 forwards nobody reads."""
+    abandoned = metric(server, "llmkit_requests_abandoned_total", AUTH)
+    payload = json.dumps({"model": "tiny", "input": ["Speak the speech, I pray you " * 3] * 2048}).encode()
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as connection:  # a raw client that sends and goes
+        connection.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+                           % (KEY.encode(), len(payload), payload))
+    deadline = time.monotonic() + 60
+    while metric(server, "llmkit_requests_abandoned_total", AUTH) == abandoned and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert metric(server, "llmkit_requests_abandoned_total", AUTH) == abandoned + 1
     ok(server)
 
 

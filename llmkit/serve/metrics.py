@@ -51,6 +51,7 @@ class ServerMetrics:
         self.generation_tokens = 0
         self.finished: dict[str, int] = {}
         self.rejected = 0  # 429: the waiting queue was full
+        self.abandoned = 0  # embeddings / echo requests stopped between forwards: their client hung up
         self.ttft = Histogram(TTFT_BUCKETS)
         self.itl = Histogram(ITL_BUCKETS)
 
@@ -61,6 +62,10 @@ class ServerMetrics:
     def count_rejected(self) -> None:
         with self.lock:
             self.rejected += 1
+
+    def count_abandoned(self) -> None:
+        with self.lock:
+            self.abandoned += 1
 
     def render(self) -> str:
         with self.lock:
@@ -82,6 +87,9 @@ class ServerMetrics:
                  [f'{{reason="{k}"}} {v}' for k, v in sorted(self.finished.items())] or ['{reason="stop"} 0']),
                 ("llmkit_requests_rejected_total", "counter", "Requests refused with 429 (waiting queue full).",
                  [f"{self.rejected}"]),
+                ("llmkit_requests_abandoned_total", "counter",
+                 "Embedding and prompt log-probability requests stopped between forwards: the client hung up.",
+                 [f"{self.abandoned}"]),
             ]
             text = []
             for name, kind, help_text, values in rows:

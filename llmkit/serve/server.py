@@ -39,7 +39,7 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-def endpoint(handler: Callable) -> Callable:
+def endpoint(handler: Callable, metrics: ServerMetrics | None = None) -> Callable:
     """Every way a handler can fail becomes OpenAI's error body: an APIError as it is, a user error
     from the package (LLMKitError) as 400, anything else as 500 with the traceback in the server log."""
     @functools.wraps(handler)
@@ -49,6 +49,8 @@ def endpoint(handler: Callable) -> Callable:
         except APIError as e:
             return error_response(e)
         except ClientGone:  # nobody to answer: nginx's "client closed request"
+            if metrics is not None:
+                metrics.count_abandoned()
             return Response(status_code=499)
         except LLMKitError as e:
             return error_response(APIError(400, str(e)))
@@ -138,8 +140,8 @@ def build_app(service: OpenAIService, metrics: ServerMetrics, api_key: str | Non
     post, get = ["POST"], ["GET"]
     routes = [
         Route("/v1/chat/completions", endpoint(service.chat_completions), methods=post),
-        Route("/v1/completions", endpoint(service.completions), methods=post),
-        Route("/v1/embeddings", endpoint(service.embeddings), methods=post),
+        Route("/v1/completions", endpoint(service.completions, metrics), methods=post),
+        Route("/v1/embeddings", endpoint(service.embeddings, metrics), methods=post),
         Route("/v1/models", endpoint(service.models), methods=get),
         Route("/tokenize", endpoint(service.tokenize), methods=post),
         Route("/detokenize", endpoint(service.detokenize), methods=post),
