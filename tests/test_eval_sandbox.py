@@ -5,12 +5,13 @@ bombs, network access and writes outside its directory are stopped. HumanEval's 
 import os
 import socket
 import threading
+import time
 
 import pytest
 
 from conftest import TEST_DATA
 from llmkit.eval import humaneval
-from llmkit.eval.sandbox import SandboxLimits, network_namespace_command, run_python
+from llmkit.eval.sandbox import ISOLATION, SandboxLimits, isolation, run_python
 
 FAST = SandboxLimits(timeout_s=5, cpu_s=3, memory_mib=512)
 PROBLEMS = humaneval.read_problems(TEST_DATA / "eval" / "humaneval" / "HumanEval.jsonl")
@@ -32,6 +33,72 @@ def test_output_and_exit_status():
     result = run_python("print('hello')\nraise SystemExit(3)", FAST)
     assert result.status == "failed" and result.returncode == 3 and result.stdout == "hello\n"
     assert run_python("print('ok')", FAST).passed
+
+
+EARLY_EXITS = ["import sys\nsys.exit(0)", "exit()", "quit()", "raise SystemExit", "import os\nos._exit(0)",
+               "import atexit, os\natexit.register(lambda: os._exit(0))",
+               "import sys, os\nsys.excepthook = lambda *a: os._exit(0)",
+               "import posix\nposix._exit(0)", "print('passed')\nimport os\nos._exit(0)"]
+
+
+@pytest.mark.parametrize("namespaces", [True, False])
+def test_a_program_that_exits_before_its_tests_ran_fails(namespaces):
+    """Passing is running to the end: a wrong answer followed by an exit with status 0 (a model's
+    `sys.exit(0)`, or a hard `os._exit(0)`) did pass when exit status 0 was the criterion."""
+    limits = SandboxLimits(timeout_s=10, cpu_s=5, namespaces=namespaces)
+    problem = PROBLEMS[0]
+    for escape in EARLY_EXITS:
+        body = "    return None\n" + escape.replace("\n", "\n")  # a wrong body, then the exit at top level
+        code = humaneval.program(problem, body, chat=False)
+        result = run_python(code, limits)
+        assert result.status == "failed", (escape, result.status, result.stderr)
+    # the runner's own exit is not mistaken for one: a right answer passes in either mode
+    assert run_python(humaneval.program(problem, problem["canonical_solution"], chat=False), limits).passed
+
+
+def test_a_main_block_does_not_run_and_argv_is_the_program_alone():
+    """--chat takes the reply's whole code block: its `if __name__ == "__main__":` must not run (HF
+    code_eval's exec does not run it either), whether it would pass a wrong answer or fail a right one."""
+    problem = PROBLEMS[0]
+    wrong_then_exit = f"```python\ndef {problem['entry_point']}(*args):\n    return None\n\n" \
+                      "if __name__ == '__main__':\n    import sys\n    sys.exit(0)\n```"
+    right_then_input = f"```python\n{problem['prompt']}{problem['canonical_solution']}\n" \
+                       "if __name__ == '__main__':\n    print(input())\n```"
+    assert run_python(humaneval.program(problem, wrong_then_exit, chat=True), FAST).status == "failed"
+    assert run_python(humaneval.program(problem, right_then_input, chat=True), FAST).passed
+    result = run_python("import sys\nprint(__name__, sys.argv)", FAST)
+    assert result.stdout.strip() == "__sandbox__ ['program.py']"
+
+
+@pytest.mark.skipif(isolation() != ISOLATION[0], reason="this system lets no namespaces be made (unshare)")
+def test_in_namespaces_the_evaluator_cannot_be_seen_and_nothing_outside_can_be_written(tmp_path):
+    outside = tmp_path / "outside"
+    code = ("import ctypes, os\nprint(os.getpid(), os.getppid())\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            f"print(libc.kill({os.getpid()}, 9), ctypes.get_errno())\n"  # the evaluator's pid, past the guard
+            f"import sqlite3\nsqlite3.connect({str(outside)!r}).execute('create table t(x)')\n")
+    result = run_python(code, FAST)
+    pids, kill = result.stdout.splitlines()[:2]
+    assert pids == "1 0" and kill == "-1 3"  # pid 1 of its own namespace; the evaluator: no such process
+    assert result.status == "failed" and "unable to open database file" in result.stderr
+    assert not outside.exists()
+
+
+@pytest.mark.parametrize("namespaces", [True, False])
+def test_nothing_the_program_started_outlives_it(namespaces):
+    # a child forked past the guard (ctypes), which would sleep on after its parent ends
+    code = "import ctypes, os, time\nprint(os.getcwd(), flush=True)\nif ctypes.CDLL(None).fork() == 0:\n" \
+           "    time.sleep(60)\n"
+    result = run_python(code, SandboxLimits(timeout_s=10, namespaces=namespaces))
+    root = result.stdout.split()[0]
+    time.sleep(0.2)
+    alive = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and root.encode() in open(f"/proc/{entry}/cmdline", "rb").read():
+                alive.append(entry)
+        except OSError:
+            pass
+    assert result.passed and not alive
 
 
 def test_an_infinite_loop_is_killed_by_the_cpu_limit():
@@ -69,7 +136,7 @@ def test_the_network_is_unreachable(namespace):
     thread = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
     thread.start()
     try:
-        limits = SandboxLimits(timeout_s=10, network_namespace=namespace)
+        limits = SandboxLimits(timeout_s=10, namespaces=namespace)
         for code in (f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)\n",
                      f"import urllib.request\nurllib.request.urlopen('http://127.0.0.1:{port}/', timeout=3)\n",
                      f"import _socket\ns = _socket.socket()\ns.connect(('127.0.0.1', {port}))\n"):
@@ -79,8 +146,8 @@ def test_the_network_is_unreachable(namespace):
     finally:
         listener.close()
     assert not accepted
-    assert (run_python("print(1)", SandboxLimits(network_namespace=namespace)).network_namespace
-            == (namespace and bool(network_namespace_command())))
+    assert run_python("print(1)", SandboxLimits(namespaces=namespace)).isolation == \
+        (isolation() if namespace else "none")
 
 
 def test_files_land_in_the_temporary_directory_and_escapes_are_refused(tmp_path):

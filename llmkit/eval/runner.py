@@ -160,7 +160,7 @@ def _evaluate_generative(backend, spec: GenerativeSpec, subset: dict, display: "
         prompts = [humaneval.build_prompt(p, chat) for p in items]
     display.start(spec.name, len(items))
     generated = backend.generate(prompts, spec.max_new_tokens, spec.stop, on_done=display.advance)
-    records = []
+    records, isolation = [], {}
     if spec.family == "gsm8k":
         for i, item, prompt, g in zip(indices, items, prompts, generated):
             extracted, correct = gsm8k.grade(g.text, item["answer"], spec.style)
@@ -169,6 +169,7 @@ def _evaluate_generative(backend, spec: GenerativeSpec, subset: dict, display: "
         programs = [humaneval.program(p, g.text, chat) for p, g in zip(items, generated)]
         display.start(f"{spec.name} (tests)", len(items))
         results = humaneval.run_programs(programs, sandbox, on_done=display.advance)
+        isolation = {"sandbox": sorted({r.isolation for r in results})}  # what the programs were shut in
         for i, item, prompt, g, r in zip(indices, items, prompts, generated, results):
             records.append(_record(i, prompt, g, item["task_id"], {"pass@1": r.passed}, status=r.status,
                                    stderr=r.stderr[-1000:], seconds=round(r.seconds, 3)))
@@ -180,7 +181,7 @@ def _evaluate_generative(backend, spec: GenerativeSpec, subset: dict, display: "
               "metrics": {m: summarize([r["correct"][m] for r in records]) for m in metric_names},
               "truncated": sum(1 for r in records if r["truncated"]),
               "errors": sum(1 for r in records if r["finish_reason"] == "error"),
-              "seconds": seconds, "examples_per_s": len(records) / max(seconds, 1e-9)}
+              "seconds": seconds, "examples_per_s": len(records) / max(seconds, 1e-9), **isolation}
     display.finish(spec.name, result)
     return result, records
 
