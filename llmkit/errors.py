@@ -47,6 +47,14 @@ def first_line(error: BaseException) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0]
 
 
+def text_lines(text: str) -> list[str]:
+    """A file's lines as editors and JSON Lines number them: split at "\n" only ("\r\n" keeps a "\r",
+    which JSON and strip() ignore). `str.splitlines` also splits at U+2028, U+2029, U+0085 and other
+    separators that JSON strings hold unescaped (json.dumps(ensure_ascii=False) writes them as they are):
+    a valid record would be cut in two and the line numbers after it would be wrong."""
+    return text.split("\n")
+
+
 # Said wherever log-probabilities come out NaN or inf (llmkit.load's score, benchmark scoring): a score, and
 # an accuracy made from it, would be silently wrong.
 NOT_FINITE_SCORES = ("the model's log-probabilities are not finite (NaN or inf): its weights hold NaN/inf values, "

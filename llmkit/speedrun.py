@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from llmkit.atomic import atomic_write_text
-from llmkit.errors import ConfigError
+from llmkit.errors import ConfigError, text_lines
 from llmkit.yaml_config import Located, load_preset, parse_overrides, where
 
 STAGES = ("tokenizer", "task", "pretrain", "sft", "collect", "reward", "dpo", "rlhf")
@@ -332,7 +332,7 @@ def plot_training(path: Path, out: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (name, title, keys) in zip(axes, panels):
         metrics = out / name / "metrics.jsonl"
-        records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+        records = [json.loads(line) for line in text_lines(metrics.read_text()) if line.strip()] if metrics.exists() else []
         for key in keys:
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:

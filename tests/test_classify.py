@@ -63,6 +63,14 @@ def test_bad_rows_are_one_line_errors_at_file_and_line(tmp_path, name, content, 
     assert result.returncode == 2 and result.stderr == f"error: {message}\n"
 
 
+def test_a_line_separator_inside_a_text_is_text(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text("text\tlabel\nfirst\u2028half, second half\tpositive\r\nplain\tnegative\n", encoding="utf-8")
+    examples = read_examples(path)
+    assert [(e.text, e.label, e.where) for e in examples] == [
+        ("first\u2028half, second half", "positive", f"{path}:2"), ("plain", "negative", f"{path}:3")]
+
+
 def test_unknown_label_missing_file_and_empty_file(tmp_path):
     dev = read_examples(DEV)
     with pytest.raises(DataError, match=rf"^{DEV}:1: label 'positive' is not one of the classifier's labels"):

@@ -113,6 +113,19 @@ def test_chat_scores_the_assistant_reply_after_the_rendered_conversation(tiny, s
         assert record["scores"] != pytest.approx(other["scores"], abs=1e-3)
 
 
+def test_humaneval_completions_end_at_the_papers_stop_sequences():
+    """Chen et al. 2021 (section 3.4) and lm-eval stop at a new top-level class, def, comment, if or print:
+    a right body followed by such a statement that would fail is cut before it, and passes."""
+    (spec,) = parse_task_list("humaneval", FIXTURES)
+    problem = humaneval.read_problems(FIXTURES / "humaneval" / "HumanEval.jsonl")[0]
+    tails = ["\n\n# a self-check\nassert False\n", "\nif True:\n    raise ValueError\n", "\nprint(1 / 0)\n",
+             "\ndef helper():\n    pass\nassert False\n", "\nclass Broken(Missing):\n    pass\n"]
+    programs = [humaneval.program(problem, cut_at_stops(problem["canonical_solution"] + tail, spec.stop), False)
+                for tail in tails]
+    results = humaneval.run_programs(programs, SandboxLimits(timeout_s=10), workers=2)
+    assert [r.status for r in results] == ["passed"] * len(tails), [r.stderr[-200:] for r in results]
+
+
 def test_chat_generation_renders_the_template(tiny, shakespeare_tokenizer):
     specs = parse_task_list("gsm8k_cot", FIXTURES, shots=1, max_new_tokens=6) + \
         parse_task_list("humaneval", FIXTURES, max_new_tokens=6)
@@ -120,14 +133,17 @@ def test_chat_generation_renders_the_template(tiny, shakespeare_tokenizer):
     run = evaluate_tasks(tiny, shakespeare_tokenizer, specs, limit=3, progress=False, chat=True, engine=engine,
                          sandbox=SandboxLimits(timeout_s=10))
     alone = Engine(tiny, stop_token_ids=shakespeare_tokenizer.stop_token_ids, tokenizer=shakespeare_tokenizer)
+    # a chat reply to HumanEval is cut by nothing but the end of the turn: its code block is the answer
+    assert run["tasks"]["humaneval"]["stop"] == [] and run["tasks"]["gsm8k_cot"]["stop"] == list(specs[0].stop)
     for spec in specs:
-        params = SamplingParams(max_new_tokens=6, temperature=0, stop_strings=list(spec.stop))
+        stop = run["tasks"][spec.name]["stop"]
+        params = SamplingParams(max_new_tokens=6, temperature=0, stop_strings=stop)
         for record in run["examples"][spec.name]:
             messages = record["prompt"]
             assert isinstance(messages, list) and messages[-1]["role"] == "user"
             ids = alone.generate(shakespeare_tokenizer.encode_chat(messages), params)
             ids = [t for t in ids if t not in shakespeare_tokenizer.stop_token_ids]
-            assert record["prediction"] == cut_at_stops(shakespeare_tokenizer.decode(ids), spec.stop)
+            assert record["prediction"] == cut_at_stops(shakespeare_tokenizer.decode(ids), stop)
     assert [m["role"] for m in run["examples"]["gsm8k_cot"][0]["prompt"]] == ["user", "assistant", "user"]
     assert "```python" in run["examples"]["humaneval"][0]["prompt"][0]["content"]
 

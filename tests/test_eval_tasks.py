@@ -81,6 +81,18 @@ def test_malformed_lines_name_file_and_line(tmp_path, line, message):
     assert f"{path}{message}" in str(error.value)
 
 
+def test_line_separators_inside_strings_are_text_not_line_breaks(tmp_path):
+    """JSON strings may hold U+2028, U+2029 and U+0085 unescaped (json.dumps(ensure_ascii=False) writes
+    them so); str.splitlines() broke such a record in two and misnumbered the lines after it."""
+    path = tmp_path / "separators.jsonl"
+    first = {"query": "one\u2028two\u2029three\x85four", "choices": ["a", "b"], "gold": 1}
+    path.write_text(json.dumps(first, ensure_ascii=False) + "\n" + '{"query": "q", "choices": [], "gold": 0}\n')
+    with pytest.raises(DataError, match=f"{path}:2: \"choices\" must be a non-empty list"):
+        read_examples(path, parse_task_list(str(path))[0].kind)
+    path.write_text(json.dumps(first, ensure_ascii=False) + "\r\n")
+    assert read_examples(path, parse_task_list(str(path))[0].kind)[0]["query"] == first["query"]
+
+
 def test_task_names_resolve_in_order(tmp_path, monkeypatch):
     line = (FIXTURES / "copa.jsonl").read_text().splitlines()[0] + "\n"
     explicit, env, cache = tmp_path / "explicit", tmp_path / "env", tmp_path / "cache"

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.errors import DataError
+from llmkit.errors import DataError, text_lines
 
 TEXT_HEADERS = ("text", "sentence")  # GLUE's SST-2 TSV calls its text column "sentence"
 
@@ -46,7 +46,7 @@ def read_examples(path: str | Path) -> list[Example]:
 
 def _tsv_examples(path: Path, text: str) -> list[Example]:
     out = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text_lines(text), 1):
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -61,7 +61,7 @@ def _tsv_examples(path: Path, text: str) -> list[Example]:
 
 
 def _first_line(text: str) -> int:
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text_lines(text), 1):
         if line.strip():
             return number
     return 0

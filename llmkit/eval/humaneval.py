@@ -2,9 +2,10 @@
 completed Python functions, each checked by running its unit tests in the sandbox.
 
 The prompt is the problem's own text (imports, signature, docstring); the model writes the body, and
-generation stops where a new top-level statement would begin (`\\ndef `, `\\nclass `, `\\nif __name__`,
-`\\nprint(`), as the paper's sampling does. The program run is prompt + completion + the problem's test
-code + `check(ENTRY_POINT)`; it passes when it exits with status 0 within the limits.
+generation stops where a new top-level statement would begin (`\\nclass`, `\\ndef`, `\\n#`, `\\nif`,
+`\\nprint`: the paper's stop sequences, section 3.4, as lm-evaluation-harness's humaneval). The program
+run is prompt + completion + the problem's test code + `check(ENTRY_POINT)`; it passes when it runs to
+its end within the limits (sandbox.py: an early exit is a failure).
 
 With --chat the problem is put to the assistant as a request to complete the function; its reply's
 first fenced code block (or the whole reply) is the code. When that code defines the function itself,

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from llmkit.errors import DataError
+from llmkit.errors import DataError, text_lines
 
 
 def read_utf8(path: Path) -> str:
@@ -24,7 +24,7 @@ def read_utf8(path: Path) -> str:
 def json_lines(path: Path, text: str) -> Iterator[tuple[int, object]]:
     """(line number, parsed value) for each non-blank line of `text`, read from `path`; a line that is not
     JSON is a DataError naming path:line and the column."""
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text_lines(text), 1):
         if not line.strip():
             continue
         try:

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.errors import ConfigError, DataError, GenerationError
+from llmkit.errors import ConfigError, DataError, GenerationError, text_lines
 from llmkit.eval.jsonl import read_utf8
 
 SCORE = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
@@ -100,7 +100,7 @@ def read_judge_prompts(path: str | Path) -> dict[str, JudgePrompt]:
     if not path.is_file():
         raise DataError(f"{path}: no judge prompts file (MT-Bench's judge_prompts.jsonl)")
     prompts = {}
-    for number, line in enumerate(read_utf8(path).splitlines(), 1):
+    for number, line in enumerate(text_lines(read_utf8(path)), 1):
         if not line.strip():
             continue
         try:

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from llmkit.atomic import atomic_write_text
-from llmkit.errors import DataError
+from llmkit.errors import DataError, text_lines
 from llmkit.eval.generative import GENERATIVE
 from llmkit.eval.gsm8k import METRICS as GSM8K_METRICS
 from llmkit.eval.metrics import CHOICE_METRICS, CORE_METRIC, centred
@@ -107,7 +107,7 @@ def load_run(directory: str | Path) -> tuple[dict, dict[str, list[dict]]]:
         if not path.is_file():
             raise DataError(f"{path}: missing; the run directory is incomplete")
         records = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(text_lines(path.read_text(encoding="utf-8")), 1):
             if not line.strip():
                 continue
             try:

@@ -158,8 +158,11 @@ def _evaluate_generative(backend, spec: GenerativeSpec, subset: dict, display: "
         indices = chosen_indices(len(problems), spec.name, **subset)
         items, total = [problems[i] for i in indices], len(problems)
         prompts = [humaneval.build_prompt(p, chat) for p in items]
+    # With --chat the reply is the answer and HumanEval runs its first code block, whose own lines the
+    # completion stops (a top-level def, #, if) would cut: only the end of the turn ends it.
+    stop = () if chat and spec.family == "humaneval" else spec.stop
     display.start(spec.name, len(items))
-    generated = backend.generate(prompts, spec.max_new_tokens, spec.stop, on_done=display.advance)
+    generated = backend.generate(prompts, spec.max_new_tokens, stop, on_done=display.advance)
     records, isolation = [], {}
     if spec.family == "gsm8k":
         for i, item, prompt, g in zip(indices, items, prompts, generated):
@@ -177,7 +180,7 @@ def _evaluate_generative(backend, spec: GenerativeSpec, subset: dict, display: "
     metric_names = gsm8k.METRICS if spec.family == "gsm8k" else ("pass@1",)
     result = {"kind": GENERATIVE, "family": spec.family, "path": str(spec.path), "shots": spec.shots,
               "style": spec.style, "delimiter": spec.delimiter, "baseline": None, "max_new_tokens": spec.max_new_tokens,
-              "stop": list(spec.stop), "n": len(records), "of": total,
+              "stop": list(stop), "n": len(records), "of": total,
               "metrics": {m: summarize([r["correct"][m] for r in records]) for m in metric_names},
               "truncated": sum(1 for r in records if r["truncated"]),
               "errors": sum(1 for r in records if r["finish_reason"] == "error"),

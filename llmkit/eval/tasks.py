@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from llmkit.atomic import atomic_write_bytes
-from llmkit.errors import ConfigError, DataError
+from llmkit.errors import ConfigError, DataError, text_lines
 from llmkit.eval.generative import (GenerativeSpec, fetch_generative_files, generative_settings, generative_spec,
                                     generative_task_names)
 from llmkit.eval.jsonl import read_utf8
@@ -141,7 +141,7 @@ def kind_of(record: dict) -> str | None:
 
 
 def detect_kind(path: Path) -> str:
-    for number, line in enumerate(read_utf8(path).splitlines(), 1):
+    for number, line in enumerate(text_lines(read_utf8(path)), 1):
         if line.strip():
             return _kind_or_error(_parse_line(line, path, number), path, number)
     raise DataError(f"{path}: no examples (the file is empty)")
@@ -171,7 +171,7 @@ def read_examples(path: Path, kind: str) -> list[dict]:
     (Mosaic's datasets strip them by default: piqa's queries end in a newline the delimiter supplies)."""
     examples = []
     text = read_utf8(path)
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text_lines(text), 1):
         if not line.strip():
             continue
         record = _parse_line(line, path, number)

@@ -29,7 +29,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from llmkit.errors import ConfigError
+from llmkit.errors import ConfigError, text_lines
 from llmkit.scaling.fit import MAX_EPOCHS, compute_optimal, loss_interval, predicted_loss
 from llmkit.scaling.shapes import Shape, model_costs, shape_for_depth
 
@@ -50,7 +50,7 @@ def measure_tokens_per_s(preset: str, overrides: list[str], shape: Shape | None,
             "ckpt_every=0", "plot=false", "sample_every=0", "eval_tokens=1"])
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the table is the output
             pretrain(config, out)
-        records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        records = [json.loads(line) for line in text_lines((Path(out) / "metrics.jsonl").read_text()) if line.strip()]
     steady = [r for r in records if "tokens_per_s" in r and r["step"] > WARM_STEPS]
     if not steady:
         raise ConfigError(f"could not time the preset {preset}: no training steps were logged")

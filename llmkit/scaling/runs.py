@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from llmkit.atomic import atomic_write_text
-from llmkit.errors import DataError
+from llmkit.errors import DataError, text_lines
 
 RUNS_FILE = "runs.jsonl"
 REQUIRED_FIELDS = ("params", "tokens", "flops", "val_loss")
@@ -62,7 +62,7 @@ def read_runs(path: str | Path) -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}); runs.jsonl holds one JSON object per line") from None
-    return [parse_run(line, f"{path}:{number}") for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return [parse_run(line, f"{path}:{number}") for number, line in enumerate(text_lines(text), 1) if line.strip()]
 
 
 def append_run(path: str | Path, record: dict) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from llmkit.atomic import atomic_open, atomic_write_text
+from llmkit.errors import text_lines
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,
@@ -56,7 +57,7 @@ class MetricsLog:
         self.path = path
         if resume_step is not None and path.exists():
             # A process killed mid-write leaves a torn last line: dropped with the lines past the checkpoint.
-            kept = [line for line in path.read_text(errors="replace").splitlines()
+            kept = [line for line in text_lines(path.read_text(errors="replace"))
                     if (record := _parse(line)) is not None and record.get("step", 0) <= resume_step]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
         elif resume_step is None and path.exists():
@@ -113,7 +114,7 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for line in metrics_path.read_text(errors="replace").splitlines() if (r := _parse(line)) is not None]
+    records = [r for line in text_lines(metrics_path.read_text(errors="replace")) if (r := _parse(line)) is not None]
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
