@@ -131,3 +131,63 @@ def test_text_still_gives_bits_per_byte_and_excludes_tasks(two_checkpoints, tmp_
     assert "1 file(s)" in result.stdout and float(result.stdout.split("bits per byte ")[1].split(",")[0]) > 0
     result = cli_in_process("eval", "--model", two_checkpoints[0], "--text", text, "--tasks", "copa")
     assert result.returncode == 2 and "either --tasks" in result.stderr
+
+
+def test_an_interrupted_run_keeps_its_finished_tasks_and_the_same_command_resumes_it(two_checkpoints, tmp_path,
+                                                                                       monkeypatch):
+    """Every finished task is written at once (atomically); Ctrl-C loses the task it was in, no more, and
+    the same command takes the finished tasks from the folder and runs the rest: the results equal an
+    uninterrupted run's."""
+    import llmkit.eval.runner as runner
+
+    model, tasks = two_checkpoints[0], "arc_easy,winogrande,lambada_openai"
+    common = ["eval", "--model", model, "--tasks", tasks, "--task-dir", FIXTURES, "--limit", 6]
+    assert cli_in_process(*common, "--out", tmp_path / "whole").returncode == 0
+    real, ran = runner._evaluate_task, []
+
+    def interrupted_at_the_third(backend, spec, *args):
+        if len(ran) == 2:
+            raise KeyboardInterrupt
+        ran.append(spec.name)
+        return real(backend, spec, *args)
+
+    monkeypatch.setattr(runner, "_evaluate_task", interrupted_at_the_third)
+    out = tmp_path / "run"
+    result = cli_in_process(*common, "--out", out)
+    assert result.returncode == 130 and f"interrupted: 2 of 3 tasks finished and are in {out}" in result.stderr
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["complete"] is False and list(partial["tasks"]) == ["arc_easy", "winogrande"]
+    assert "interrupted" in (out / "results.md").read_text()
+    # another model or other settings into the same folder: refused, not mixed
+    other = cli_in_process(*common[:2], two_checkpoints[1], *common[3:], "--out", out)
+    assert other.returncode == 2 and "holds an interrupted evaluation of" in other.stderr
+    changed = cli_in_process(*common[:-1], 5, "--out", out)
+    assert changed.returncode == 2 and "limit: 6 then, 5 now" in changed.stderr
+
+    ran.clear()
+    monkeypatch.setattr(runner, "_evaluate_task", lambda backend, spec, *args: (ran.append(spec.name),
+                                                                                 real(backend, spec, *args))[1])
+    result = cli_in_process(*common, "--out", out)
+    assert result.returncode == 0 and "resuming" in result.stderr and ran == ["lambada_openai"]
+    resumed, whole = (json.loads((d / "results.json").read_text()) for d in (out, tmp_path / "whole"))
+    assert resumed["complete"] is True and "interrupted" not in (out / "results.md").read_text()
+    for task in whole["tasks"]:
+        assert resumed["tasks"][task]["metrics"] == whole["tasks"][task]["metrics"]
+        assert read_records(out, task) == read_records(tmp_path / "whole", task)
+    # a complete run is evaluated again, not taken as it is (its model may have changed since)
+    ran.clear()
+    assert cli_in_process(*common, "--out", out).returncode == 0 and len(ran) == 3
+
+
+def test_flags_that_fail_at_load_time_fail_before_anything_is_made_or_generated(two_checkpoints, tmp_path):
+    out = tmp_path / "run"
+    for flag, value in (("--dtype", "float33"), ("--device", "tpu")):
+        result = cli_in_process("eval", "--model", two_checkpoints[0], "--tasks", "arc_easy", "--task-dir", FIXTURES,
+                                "--limit", 2, "--out", out, flag, value)
+        assert result.returncode == 2 and value in result.stderr and not out.exists(), result.stderr
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question_id": 1, "turns": ["Hello?"]}\n')
+    for extra, says in ((["--max-new-tokens", 0, "--out", tmp_path / "a.jsonl"], "--max-new-tokens"),
+                        (["--out", tmp_path / "missing" / "a.jsonl"], "does not exist")):
+        result = cli_in_process("answer", "--model", two_checkpoints[0], "--questions", questions, *extra)
+        assert result.returncode == 2 and says in result.stderr, result.stderr

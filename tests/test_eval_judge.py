@@ -14,6 +14,7 @@ import torch
 from conftest import TEST_DATA, run_cli
 from llmkit.checkpoint import save_checkpoint
 from llmkit.config import ModelConfig
+from llmkit.errors import DataError
 from llmkit.eval.judge import Judge, combine_orders, parse_score, parse_verdict, read_judge_prompts
 from llmkit.eval.judge_runs import agreement_summary, agreement_with_humans, pairwise_ratings
 from llmkit.eval.ratings import Game, fit_bradley_terry, rate_models
@@ -194,6 +195,27 @@ def test_pairwise_ratings_follow_a_judge_that_prefers_longer_answers():
             assert all(q["reference"][0] in p for p in shown) and any(q["reference"][1] in p for p in shown)
         else:
             assert not any("Reference Answer" in p for p in shown)
+
+
+def test_duplicate_ids_and_different_questions_under_one_id_are_refused(tmp_path):
+    """A duplicated question_id had one answer graded twice and its twin never; two files answering
+    different questions under the same ids were compared answer against answer."""
+    from llmkit.eval.answers import read_answers
+
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"question_id": 1, "turns": ["Name a colour"], "answers": ["blue"]}\n'
+                    '{"question_id": 1, "turns": ["What is 2+2?"], "answers": ["4"]}\n')
+    with pytest.raises(DataError, match=f"{path}:2: question_id 1 again \\(first at line 1\\)"):
+        read_answers(path)
+    path.write_text('{"question_id": [1], "turns": ["Name a colour"], "answers": ["blue"]}\n')
+    with pytest.raises(DataError, match="question_id must be a number or a string"):
+        read_answers(path)
+    colour = [{"question_id": 1, "turns": ["Name a colour"], "answers": ["blue"], "model": "a", "category": "x"}]
+    poem = [{"question_id": 1, "turns": ["Write a poem"], "answers": ["roses"], "model": "b", "category": "x"}]
+    judge = Judge(ScriptedBackend(lambda prompt: "[[A]]"), "scripted")
+    with pytest.raises(DataError, match="question_id 1: the answer files of a and b hold different questions"):
+        pairwise_ratings(judge, read_judge_prompts(PROMPTS), [colour, poem], resamples=10)
+    assert not judge.backend.asked
 
 
 # --- end to end ------------------------------------------------------------------------------------------

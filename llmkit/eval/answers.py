@@ -45,13 +45,20 @@ def read_questions(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: no such questions file; give --questions mt_bench or a JSONL of "
                         '{"question_id", "turns": [...]}')
-    out = []
+    out, seen = [], {}
     for number, q in json_lines(path, read_utf8(path)):
         turns = q.get("turns") if isinstance(q, dict) else None
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
             raise DataError(f'{path}:{number}: expected {{"question_id", "turns": [strings]}}')
         q.setdefault("question_id", number)
         q.setdefault("category", "general")
+        qid = q["question_id"]
+        if not isinstance(qid, (int, str)) or isinstance(qid, bool):
+            raise DataError(f"{path}:{number}: question_id must be a number or a string, not {qid!r}")
+        if qid in seen:  # a judge would grade one of the two twice and the other never
+            raise DataError(f"{path}:{number}: question_id {qid!r} again (first at line {seen[qid]}); "
+                            "give each question its own id")
+        seen[qid] = number
         out.append(q)
     if not out:
         raise DataError(f"{path}: no questions (the file is empty)")

@@ -4,6 +4,7 @@ tests. `llmkit/cli.py` calls `add_eval_verb` once; everything heavy is imported 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from llmkit.arg_types import COUNT, int_in
@@ -53,6 +54,27 @@ def add_eval_verb(verbs) -> None:
     p.set_defaults(handler=cmd_eval)
 
 
+def interrupted_run(out: Path, model: str) -> tuple[dict, dict] | None:
+    """The run an interrupted `llmkit eval` left in `out` (its finished tasks), to resume; None if there is
+    none (a complete run is evaluated again: its model may have changed since)."""
+    from llmkit.eval.report import load_run
+
+    if not (out / "results.json").is_file():
+        return None
+    try:
+        summary, examples = load_run(out)
+    except DataError as e:
+        print(f"not resuming {out}: {e}", file=sys.stderr)
+        return None
+    if summary.get("complete", True):
+        return None
+    if summary.get("model") != model:
+        raise LLMKitError(f"{out} holds an interrupted evaluation of {summary.get('model')!r}, not {model!r}; "
+                          "choose another --out, or resume it with that --model")
+    print(f"resuming {out}: {', '.join(summary['tasks']) or 'no task'} finished before", file=sys.stderr)
+    return summary, examples
+
+
 def cmd_eval(args) -> None:
     if args.analogies or args.similarity:
         from llmkit.inspect.commands import cmd_eval_words
@@ -100,6 +122,7 @@ def cmd_eval_tasks(args) -> None:
     import llmkit
     from llmkit.atomic import make_output_dir
     from llmkit.eval import evaluate_tasks, evaluate_with, format_table, parse_task_list, write_run
+    from llmkit.device import parse_dtype, resolve_device
     from llmkit.eval.remote import RemoteBackend, is_url
 
     specs = parse_task_list(args.tasks, args.task_dir, shots=args.shots, max_new_tokens=args.max_new_tokens)
@@ -111,19 +134,36 @@ def cmd_eval_tasks(args) -> None:
     if is_url(args.model) and args.compile:
         raise LLMKitError(f"--compile with --model {args.model}: the server runs the model; start it with "
                           "`llmkit serve --compile` instead")
+    if not is_url(args.model):  # flags that fail at load time fail before the output folder is made
+        resolve_device(args.device)
+        parse_dtype(args.dtype)
     name = re.sub(r"[^\w.-]+", "_", args.model.split("://")[-1]) if is_url(args.model) else Path(args.model).name
     out = Path(args.out or Path("eval-runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    resume = interrupted_run(out, args.model)
     # before the evaluation, not after it; a folder of other files (a model) is not written into
     make_output_dir(out, ours=lambda d: (d / "results.json").is_file(), what="an earlier evaluation run")
-    if is_url(args.model):
-        # a server started with --api-key wants it; OPENAI_API_KEY is where OpenAI's own clients look
-        backend = RemoteBackend(args.model, chat=args.chat, api_key=os.environ.get("OPENAI_API_KEY"))
-        run = evaluate_with(backend, specs, limit=args.limit, sample=args.sample, sample_seed=args.sample_seed)
-    else:
-        llm = llmkit.load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
-        run = evaluate_tasks(llm.model, llm.tokenizer, specs, limit=args.limit, sample=args.sample,
-                             sample_seed=args.sample_seed, add_bos=not args.no_bos,
-                             batch_tokens=args.batch_tokens, chat=args.chat, engine=llm.engine)
+    finished: list[str] = []
+
+    def save(partial: dict) -> None:  # after every task: an interruption loses the task it was in, no more
+        write_run(out, {**partial, "model": args.model})
+        finished[:] = list(partial["tasks"])
+
+    try:
+        if is_url(args.model):
+            # a server started with --api-key wants it; OPENAI_API_KEY is where OpenAI's own clients look
+            backend = RemoteBackend(args.model, chat=args.chat, api_key=os.environ.get("OPENAI_API_KEY"))
+            run = evaluate_with(backend, specs, limit=args.limit, sample=args.sample, sample_seed=args.sample_seed,
+                                resume=resume, on_task=save)
+        else:
+            llm = llmkit.load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+            run = evaluate_tasks(llm.model, llm.tokenizer, specs, limit=args.limit, sample=args.sample,
+                                 sample_seed=args.sample_seed, add_bos=not args.no_bos,
+                                 batch_tokens=args.batch_tokens, chat=args.chat, engine=llm.engine,
+                                 resume=resume, on_task=save)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(finished)} of {len(specs)} tasks finished and are in {out}"
+              + (f"; run the same command with --out {out} to resume" if finished else ""), file=sys.stderr)
+        raise
     run["model"] = args.model
     write_run(out, run)
     print(format_table(run))

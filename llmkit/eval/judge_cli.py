@@ -15,7 +15,7 @@ import math
 import os
 from pathlib import Path
 
-from llmkit.arg_types import SIGNED_SEED, int_in
+from llmkit.arg_types import COUNT, SIGNED_SEED, int_in
 from llmkit.errors import ConfigError, LLMKitError
 
 
@@ -28,7 +28,7 @@ def add_judge_verbs(verbs, add_model_args) -> None:
     p.add_argument("--out", required=True, help="answers JSONL (written atomically)")
     p.add_argument("--limit", type=int, default=None, help="the first N questions")
     p.add_argument("--name", default=None, help="the model's name in the file (default: --model)")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int_in(COUNT), default=512)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int_in(SIGNED_SEED), default=0, help="with --temperature > 0: per-reply seeds derive from it")
     p.set_defaults(handler=cmd_answer)
@@ -47,7 +47,7 @@ def add_judge_verbs(verbs, add_model_args) -> None:
     p.add_argument("--task-dir", default=None, help="folder holding mt_bench/judge_prompts.jsonl")
     p.add_argument("--out", required=True, help="run directory: results.md, results.json, judgements.jsonl")
     p.add_argument("--limit", type=int, default=None, help="the first N questions / pairs")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="tokens the judge may write")
+    p.add_argument("--max-new-tokens", type=int_in(COUNT), default=512, help="tokens the judge may write")
     p.add_argument("--verdict", choices=("text", "probability"), default="text", help="text: the judge writes its "
                    "reasoning and a [[mark]] (MT-Bench); probability: its reply is started with '[[' and the verdict "
                    "read from its next-token probabilities (for small local judges that never write a mark)")
@@ -59,6 +59,7 @@ def add_judge_verbs(verbs, add_model_args) -> None:
 
 def cmd_answer(args) -> None:
     import llmkit
+    from llmkit.atomic import writable_target
     from llmkit.eval.answers import generate_answers, questions_path, read_questions, write_answers
 
     _check_limit(args.limit)
@@ -67,6 +68,7 @@ def cmd_answer(args) -> None:
         raise ConfigError(f"--out {args.out} is the --questions file; writing the answers there would replace the "
                           "questions: choose another --out")
     questions = read_questions(source)[:args.limit]
+    writable_target(args.out)  # before the generation, not after it
     llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
     if not llm.tokenizer.chat_template:
         raise LLMKitError(f"--model {args.model}: its tokenizer has no chat template; MT-Bench answers need a chat "

@@ -45,6 +45,13 @@ def _shared_questions(answer_sets: list[list[dict]], limit: int | None) -> list:
         ids = [i for i in ids if i in present]
     if not ids:
         raise DataError("the answer files share no question_id; answer the same questions (llmkit answer --questions ...)")
+    first = {r["question_id"]: r for r in answer_sets[0]}
+    for answers in answer_sets[1:]:
+        for r in answers:
+            if r["question_id"] in first and r["turns"] != first[r["question_id"]]["turns"]:
+                raise DataError(f"question_id {r['question_id']!r}: the answer files of {first[r['question_id']]['model']} "
+                                f"and {r['model']} hold different questions ({first[r['question_id']]['turns'][0][:60]!r} "
+                                f"vs {r['turns'][0][:60]!r}); answer the same questions file with each model")
     return ids[:limit]
 
 

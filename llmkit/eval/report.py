@@ -49,6 +49,8 @@ def format_table(run: dict) -> str:
     """Markdown: one row per log-likelihood task, accuracies in % with their 95% Wilson intervals; then
     one row per metric of each generative task."""
     lines = [f"model: {run.get('model', '?')}" + (" (chat template)" if run.get("settings", {}).get("chat") else "")]
+    if run.get("complete") is False:
+        lines.append("interrupted: the tasks below finished; the same `llmkit eval` command resumes the run")
     scored = {name: t for name, t in run["tasks"].items() if t["kind"] != GENERATIVE}
     generated = {name: t for name, t in run["tasks"].items() if t["kind"] == GENERATIVE}
     if scored:

@@ -17,10 +17,12 @@ suite ran at its published settings (report.py writes it all to disk).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from llmkit.errors import ConfigError
 import llmkit.eval.gsm8k as gsm8k
@@ -38,14 +40,15 @@ __all__ = ["default_batch_tokens", "evaluate_tasks", "evaluate_with"]
 def evaluate_tasks(model, tokenizer, specs: Sequence[TaskSpec | GenerativeSpec], *, limit: int | None = None,
                    sample: int | None = None, sample_seed: int = 0, add_bos: bool = True,
                    batch_tokens: int | None = None, progress: bool = True, chat: bool = False,
-                   engine=None, sandbox: SandboxLimits = SandboxLimits()) -> dict:
+                   engine=None, sandbox: SandboxLimits = SandboxLimits(), resume: tuple[dict, dict] | None = None,
+                   on_task: Callable[[dict], None] | None = None) -> dict:
     """Tasks on a model in this process. limit: the first N examples of each task; sample: N drawn at
     random (chosen_indices). chat: render every prompt with the tokenizer's chat template (the user turn
     is the question, the assistant's reply the continuation). engine: the Engine that generates (default:
-    a new one on the model)."""
+    a new one on the model). resume, on_task: see evaluate_with."""
     backend = LocalBackend(model, tokenizer, engine=engine, add_bos=add_bos, batch_tokens=batch_tokens, chat=chat)
     return evaluate_with(backend, specs, limit=limit, sample=sample, sample_seed=sample_seed, progress=progress,
-                         sandbox=sandbox)
+                         sandbox=sandbox, resume=resume, on_task=on_task)
 
 
 def chosen_indices(total: int, task: str, limit: int | None = None, sample: int | None = None,
@@ -63,7 +66,11 @@ def chosen_indices(total: int, task: str, limit: int | None = None, sample: int 
 
 def evaluate_with(backend, specs: Sequence[TaskSpec | GenerativeSpec], *, limit: int | None = None,
                   sample: int | None = None, sample_seed: int = 0, progress: bool = True,
-                  sandbox: SandboxLimits = SandboxLimits()) -> dict:
+                  sandbox: SandboxLimits = SandboxLimits(), resume: tuple[dict, dict] | None = None,
+                  on_task: Callable[[dict], None] | None = None) -> dict:
+    """resume: (results.json, examples) of an interrupted run (report.load_run): its tasks run with the
+    same settings are taken as they are, not run again. on_task: called with the run so far (its
+    "complete" false until the last task) after each task, so that an interruption loses one task at most."""
     if backend.chat and not getattr(backend, "scores_chat", True) and any(
             not isinstance(s, GenerativeSpec) for s in specs):
         raise ConfigError("--chat with log-likelihood tasks needs the chat template on this side; a server's "
@@ -72,25 +79,61 @@ def evaluate_with(backend, specs: Sequence[TaskSpec | GenerativeSpec], *, limit:
     if limit is not None and sample is not None:
         raise ConfigError("give --limit (the first N examples) or --sample (N at random), not both")
     subset = {"limit": limit, "sample": sample, "seed": sample_seed}
+    settings = {"limit": limit, **({"sample": sample, "sample_seed": sample_seed} if sample is not None else {}),
+                **backend.settings()}
+    done = _resumable(resume, settings, specs)
     display = Progress(enabled=progress)
     tasks: dict[str, dict] = {}
     examples_out: dict[str, list[dict]] = {}
     try:
         for spec in specs:
-            if isinstance(spec, GenerativeSpec):
+            if spec.name in done:
+                result = done[spec.name]
+            elif isinstance(spec, GenerativeSpec):
                 result = _evaluate_generative(backend, spec, subset, display, sandbox)
             else:
                 result = _evaluate_task(backend, spec, subset, display)
+            result[0]["spec"] = spec_record(spec)
             tasks[spec.name], examples_out[spec.name] = result
+            if on_task is not None:
+                on_task(_run(settings, tasks, examples_out, specs, limit, sample))
     finally:
         display.close()
-    settings = {"limit": limit, **({"sample": sample, "sample_seed": sample_seed} if sample is not None else {})}
-    run = {"settings": {**settings, **backend.settings()}, "tasks": tasks, "examples": examples_out}
-    core = core_subset(specs)
+    return _run(settings, tasks, examples_out, specs, limit, sample)
+
+
+def _run(settings: dict, tasks: dict, examples: dict, specs: Sequence, limit: int | None, sample: int | None) -> dict:
+    run = {"settings": settings, "tasks": dict(tasks), "examples": dict(examples), "complete": len(tasks) == len(specs)}
+    core = core_subset(specs) if run["complete"] else None
     if core is not None:
         run["core"] = {**core_score({name: tasks[name] for name in core}, sampled=sample is not None),
                        "name": f"CORE-{len(core)}", "limited": limit is not None, "sample": sample}
     return run
+
+
+def spec_record(spec: TaskSpec | GenerativeSpec) -> dict:
+    """A task's settings as JSON (files, shots, delimiters, stop strings ...): what a resumed run's task
+    must share with the interrupted run's to be taken from it."""
+    return json.loads(json.dumps(dataclasses.asdict(spec), default=str))
+
+
+def _resumable(resume: tuple[dict, dict] | None, settings: dict, specs: Sequence) -> dict[str, tuple[dict, list]]:
+    """The interrupted run's tasks that this run would compute again alike: {name: (result, records)}."""
+    if resume is None:
+        return {}
+    summary, examples = resume
+    if summary.get("settings") != settings:
+        before = summary.get("settings") or {}
+        differ = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        raise ConfigError("the output folder holds an interrupted run with other settings ("
+                          + ", ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in differ)
+                          + "); rerun with its settings to resume it, or choose another --out")
+    done = {}
+    for spec in specs:
+        result = summary["tasks"].get(spec.name) if isinstance(summary["tasks"], dict) else None
+        if isinstance(result, dict) and result.get("spec") == spec_record(spec) and spec.name in examples:
+            done[spec.name] = (result, examples[spec.name])
+    return done
 
 
 def core_subset(specs: Sequence[TaskSpec]) -> list[str] | None:
