@@ -315,6 +315,28 @@ def test_a_many_input_embeddings_request_stops_when_its_client_hangs_up(server):
     ok(server)
 
 
+def test_half_a_surrogate_pair_is_a_400_naming_the_field(server):
+    """JSON can escape half a UTF-16 surrogate pair alone; it is not text, and the tokenizer failed on it
+    with a 500 and a traceback."""
+    for path, body, param in (
+            ("/v1/chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": "hi \\ud83d"}]}',
+             "messages[0].content"),
+            ("/v1/completions", '{"model": "tiny", "prompt": ["fine", "\\udc00 alone"], "max_tokens": 2}', "prompt[1]"),
+            ("/tokenize", '{"prompt": "x \\ud83d"}', "prompt"),
+            ("/v1/embeddings", '{"model": "tiny", "input": "\\ud800"}', "input"),
+            ("/v1/chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": "hi"}, '
+             '{"role": "assistant", "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", '
+             '"arguments": "{\\"x\\": \\"\\\\ud83d\\"}"}}]}, {"role": "user", "content": "go"}]}',
+             "messages[1].tool_calls[0].function.arguments.x")):
+        r = httpx.post(f"{server}{path}", headers={**AUTH, "Content-Type": "application/json"}, content=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (path, r.text)
+        assert "unpaired UTF-16 surrogate" in r.json()["error"]["message"]
+    # a whole pair is a character, and a backslash-u written as text is text
+    r = httpx.post(f"{server}/tokenize", headers=AUTH, content='{"prompt": "\\ud83d\\ude00 and \\\\ud83d"}')
+    assert r.status_code == 200, r.text
+    ok(server)
+
+
 def test_errors_through_the_openai_client(server, client):
     with pytest.raises(openai.BadRequestError, match="top_logprobs"):
         chat(client, logprobs=True, top_logprobs=21)

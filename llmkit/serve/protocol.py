@@ -65,7 +65,33 @@ def parse_json(body: bytes) -> dict:
         raise APIError(400, f"the request body cannot be read as JSON: {reason}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}", code="invalid_json")
+    if LONE_SURROGATE_ESCAPE.search(text):  # only a \uD800-\uDFFF escape can make one: the walk is rare
+        _refuse_lone_surrogates(data)
     return data
+
+
+# JSON may escape half of a UTF-16 surrogate pair alone ("\ud83d"); Python reads it into a str that is not
+# text (it cannot be encoded, and the tokenizer refuses it): a 400 naming the field, not a 500 later.
+LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(data: dict, where: str = "") -> None:
+    stack: list[tuple[str, object]] = [(where, data)]
+    while stack:  # iterative: the body may nest as deep as the JSON parser allows
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{where}.{k}" if where else str(k), v) for k, v in value.items()]
+            stack += [(where or "body", k) for k in value]  # keys are strings too
+        elif isinstance(value, list):
+            stack += [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                bad_char = value[e.start]
+                raise APIError(400, f"{where}: holds an unpaired UTF-16 surrogate (\\u{ord(bad_char):04x}), "
+                                    "half of a character; send whole characters (both halves of a surrogate pair)",
+                               param=where, code="invalid_value") from None
 
 
 # --- typed field readers: each names the field in its error --------------------------------------------------
@@ -309,6 +335,7 @@ def _message_tool_calls(calls: Any, where: str) -> list[dict]:
                 arguments = None
         if not isinstance(arguments, dict):
             raise bad(f"{where}.tool_calls[{j}].function.arguments", "must be a JSON object (as a string)")
+        _refuse_lone_surrogates(arguments, f"{where}.tool_calls[{j}].function.arguments")
         out.append({"id": call.get("id"), "type": "function",
                     "function": {"name": function["name"], "arguments": arguments}})
     return out
