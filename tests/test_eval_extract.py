@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import TEST_DATA
 from llmkit.errors import DataError
@@ -40,11 +42,51 @@ def test_chain_of_thought_marker_and_grading():
     text = "There are 15 trees and 21 after, so 21 - 15 = 6. The answer is 6."
     assert extract_strict(text, "the answer is") == "6" and extract_strict(text) is None
     answer = "15 + 6 = <<15+6=21>>21\n#### 6"
-    assert gsm8k.grade(text, answer, "cot") == ({"strict": "6", "flexible": "6"},
-                                                {"exact_match_strict": True, "exact_match_flexible": True})
+    assert gsm8k.grade(text, answer, "cot") == (
+        {"strict": "6", "flexible": "6.", "numeric": "6"},
+        {"exact_match_strict": True, "exact_match_flexible": True, "exact_match_numeric": True})
     extracted, correct = gsm8k.grade("#### 7 and then 6", answer, "full")
-    assert extracted == {"strict": "7", "flexible": "6"}
-    assert correct == {"exact_match_strict": False, "exact_match_flexible": True}
+    assert extracted == {"strict": "7", "flexible": "6", "numeric": "6"}
+    assert correct == {"exact_match_strict": False, "exact_match_flexible": True, "exact_match_numeric": True}
+
+
+@pytest.mark.parametrize("generated,strict,flexible,numeric", [
+    (" 9*2 = 18\n#### 18", True, True, True),
+    (" 9*2 = 18\n####18", False, True, True),           # lm-eval's strict wants "#### " with its space
+    (" 9*2 = 18\n#### $18", False, True, True),
+    (" 9*2 = 18\n#### 18.00", False, False, True),      # "18.00" is not "18" as a string
+    (" The total is $18.00.", False, False, True),
+    (" She pays 1,8 dollars.", False, True, True),      # "1,8" loses its comma: "18" (both ways)
+])
+def test_strict_and_flexible_are_lm_evals_and_numeric_is_lenient(generated, strict, flexible, numeric):
+    _, correct = gsm8k.grade(generated, "She pays 9*2=<<9*2=18>>18 dollars.\n#### 18", "full")
+    assert correct == {"exact_match_strict": strict, "exact_match_flexible": flexible, "exact_match_numeric": numeric}
+
+
+PIECES = ["####", "#### ", "The answer is ", "the answer is ", "$", ",", ".", "-", " ", "\n", "18", "1,018", "0",
+          "7.50", "abc", "Q:", "<<2*9=18>>"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=12), st.sampled_from(["18", "1,018", "-7.5", "0"]),
+       st.sampled_from(["full", "cot"]))
+def test_grading_equals_lm_evaluation_harness(pieces, gold, style):
+    """lm_eval's own RegexFilter and exact_match_hf_evaluate, configured as its gsm8k / gsm8k-cot yamls."""
+    lm_eval = pytest.importorskip("lm_eval", reason="lm_eval is a test dependency (pip install -e .[test])")
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+
+    assert lm_eval.__version__
+    generated, answer = "".join(pieces), f"Some steps <<1+1=2>>.\n#### {gold}"
+    strict_pattern = r"The answer is (\-?[0-9\.\,]+)." if style == "cot" else r"#### (\-?[0-9\.\,]+)"
+    filters = {"exact_match_strict": RegexFilter(regex_pattern=strict_pattern, group_select=0),
+               "exact_match_flexible": RegexFilter(regex_pattern=r"(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1)}
+    _, ours = gsm8k.grade(generated, answer, style)
+    for metric, regex_filter in filters.items():
+        extracted = list(regex_filter.apply([[generated]], [{}]))[0][0]
+        theirs = exact_match_hf_evaluate([extracted], [answer], regexes_to_ignore=[",", "\\$", "(?s).*#### ", "\\.$"],
+                                         ignore_case=True)["exact_match"]
+        assert ours[metric] == bool(theirs), (metric, generated, answer)
 
 
 def test_gold_numbers_and_calculator_annotations():

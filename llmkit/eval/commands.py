@@ -47,7 +47,7 @@ def add_eval_verb(verbs) -> None:
     p.add_argument("--compare", nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
                    help="paired differences of two run directories with McNemar p-values")
     p.add_argument("--metric", default="acc", help="--compare: acc | acc_norm | acc_per_token | exact_match_strict "
-                   "| exact_match_flexible | pass@1")
+                   "| exact_match_flexible | exact_match_numeric | pass@1")
     p.add_argument("--fetch", action="store_true", help="download the CORE task files (or those named by --tasks, "
                    "gsm8k and humaneval too) into --task-dir or the llmkit cache")
     inspect_commands.add_word_eval_args(p)

@@ -1,13 +1,16 @@
 """Answers out of generated text: the number a maths solution ends with, the code a chat reply holds.
 
-GSM8K (Cobbe et al. 2021) solutions end with `#### N`. A generation is graded twice, as
-lm-evaluation-harness grades its gsm8k tasks:
-- strict: the number after the task's answer marker (`#### N`, or `The answer is N` for the
-  chain-of-thought prompt), the first one the text states; a model that does not follow the format
-  gets nothing;
-- flexible: the last number anywhere in the text, whatever the format.
-Both sides are normalised before comparing: thousands separators, a dollar sign, a trailing full stop
-and trailing zeros of a decimal part go ("$1,200.00." and "1200" are the same answer).
+GSM8K (Cobbe et al. 2021) solutions end with `#### N`. A generation is graded as lm-evaluation-harness
+grades its gsm8k tasks, rule for rule (its gsm8k*.yaml filters and `exact_match` with regexes_to_ignore;
+tests/test_eval_extract.py holds them equal to lm_eval's own code):
+- strict: the first `#### N` (`The answer is N.` for the chain-of-thought prompt), N being what
+  `-?[0-9.,]+` takes; a model that does not follow the format gets "[invalid]";
+- flexible: the last match of `(-?[$0-9.,]{2,})|(-?[0-9]+)` anywhere in the text;
+then the extraction and the reference lose commas, dollar signs, everything up to a `#### ` and one
+final full stop, are lower-cased, and must be equal as strings: "18.00" is not "18".
+- numeric (llmkit's own, more lenient): the last number in the text and the reference compared as
+  numbers (thousands separators, a dollar sign, a trailing full stop and trailing zeros of a decimal
+  part go: "$1,200.00." and "1200" are the same answer).
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ _NUMBER_RE = re.compile(NUMBER)
 STRICT_MARKERS = {"####": re.compile(r"####\s*(" + NUMBER + ")"),
                   "the answer is": re.compile(r"[Tt]he answer is:?\s*(" + NUMBER + ")")}
 CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
+
+# lm-evaluation-harness's gsm8k.yaml / gsm8k-cot.yaml: filters, then exact_match's regexes_to_ignore.
+LM_EVAL_STRICT = {"####": re.compile(r"#### (\-?[0-9\.\,]+)"),
+                  "the answer is": re.compile(r"The answer is (\-?[0-9\.\,]+).")}
+LM_EVAL_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+LM_EVAL_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
+INVALID = "[invalid]"  # lm-eval's fallback when its regex finds nothing
 
 
 def normalize_number(text: str) -> str | None:
@@ -51,6 +61,25 @@ def extract_flexible(text: str) -> str | None:
         if number is not None:
             return number
     return None
+
+
+def lm_eval_extract(text: str, pattern: re.Pattern, last: bool = False) -> str:
+    """lm-eval's RegexFilter: the first (or last) match; of a match's groups the first non-empty one;
+    stripped; "[invalid]" when nothing matches."""
+    found = pattern.findall(text)
+    if not found:
+        return INVALID
+    match = found[-1 if last else 0]
+    if isinstance(match, tuple):
+        match = next((group for group in match if group), INVALID)
+    return match.strip()
+
+
+def lm_eval_exact_match(extracted: str, reference: str) -> bool:
+    """lm-eval's exact_match with the gsm8k tasks' regexes_to_ignore and ignore_case."""
+    for pattern in LM_EVAL_IGNORE:
+        extracted, reference = re.sub(pattern, "", extracted), re.sub(pattern, "", reference)
+    return extracted.lower() == reference.lower()
 
 
 def gsm8k_gold(answer: str) -> str:

@@ -18,11 +18,12 @@ import random
 from pathlib import Path
 
 from llmkit.errors import DataError
-from llmkit.eval.extract import extract_flexible, extract_strict, gsm8k_gold, strip_calculator
+from llmkit.eval.extract import (LM_EVAL_FLEXIBLE, LM_EVAL_STRICT, extract_flexible, gsm8k_gold, lm_eval_exact_match,
+                                 lm_eval_extract, strip_calculator)
 from llmkit.eval.jsonl import json_lines, read_utf8
 
 STYLES = ("full", "direct", "cot")
-METRICS = ("exact_match_strict", "exact_match_flexible")
+METRICS = ("exact_match_strict", "exact_match_flexible", "exact_match_numeric")
 
 
 def read_gsm8k(path: Path) -> list[dict]:
@@ -81,9 +82,12 @@ def build_prompt(question: str, shots: list[dict], style: str, example_delimiter
 
 
 def grade(generated: str, answer: str, style: str) -> tuple[dict, dict]:
-    """({"strict", "flexible"} extracted numbers, {metric: right?}) of one generation."""
-    gold = gsm8k_gold(answer)
-    extracted = {"strict": extract_strict(generated, "the answer is" if style == "cot" else "####"),
-                 "flexible": extract_flexible(generated)}
-    return extracted, {"exact_match_strict": extracted["strict"] == gold,
-                       "exact_match_flexible": extracted["flexible"] == gold}
+    """({"strict", "flexible", "numeric"} extractions, {metric: right?}) of one generation (extract.py)."""
+    marker = "the answer is" if style == "cot" else "####"
+    extracted = {"strict": lm_eval_extract(generated, LM_EVAL_STRICT[marker]),
+                 "flexible": lm_eval_extract(generated, LM_EVAL_FLEXIBLE, last=True),
+                 "numeric": extract_flexible(generated)}
+    # lm-eval's reference is the answer field itself: its ignore rules cut everything up to "#### "
+    return extracted, {"exact_match_strict": lm_eval_exact_match(extracted["strict"], answer),
+                       "exact_match_flexible": lm_eval_exact_match(extracted["flexible"], answer),
+                       "exact_match_numeric": extracted["numeric"] == gsm8k_gold(answer)}
