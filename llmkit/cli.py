@@ -82,16 +82,20 @@ def cmd_convert(args) -> None:
 
 def cmd_tokenizer_train(args) -> None:
     from llmkit.atomic import staged_directory
-    from llmkit.data.prepare import expand_inputs, iter_documents
+    from llmkit.data.prepare import PrepareStats, expand_inputs, iter_documents
     from llmkit.tokenizer import Tokenizer
 
     files = expand_inputs(args.input)
+    stats = PrepareStats()
+    documents = iter_documents(files, args.field, skip_bad=args.skip_bad, stats=stats)
     # a long document comes as an iterator of pieces cut at whitespace: BPE counts words, so pieces train alike
-    texts = (piece for doc in iter_documents(files, args.field) for piece in ([doc] if isinstance(doc, str) else doc))
+    texts = (piece for doc in documents for piece in ([doc] if isinstance(doc, str) else doc))
     tokenizer = Tokenizer.train(texts, args.vocab_size, args.min_frequency)
     with staged_directory(args.out, overwrite=args.overwrite, what="the tokenizer") as folder:
         tokenizer.save(folder)
-    print(f"trained a {tokenizer.vocab_size}-token BPE on {len(files)} file(s); wrote {Path(args.out) / 'tokenizer.json'}")
+    skipped = f"; skipped {stats.skipped_lines} malformed record(s)" if stats.skipped_lines else ""
+    print(f"trained a {tokenizer.vocab_size}-token BPE on {len(files)} file(s); "
+          f"wrote {Path(args.out) / 'tokenizer.json'}{skipped}")
 
 
 def cmd_tokenize(args) -> None:
@@ -204,8 +208,17 @@ def cmd_data_clean(args) -> None:
     summary = run_pipeline(load_config(args.config), args.out, inputs=parse_inputs(args.input, args.text_field),
                            workers=args.workers, engine=args.engine)
     print(format_table(summary))
-    print(f"wrote {args.out}/train (next: llmkit data prepare --input {args.out}/train ...), "
-          f"{args.out}/anneal and the report {args.out}/report/report.md")
+    out, output = args.out, summary["output"]
+    bad = summary["read"]["bad_records"]
+    skipped = f"; skipped {bad} malformed record(s)" if bad else ""
+    anneal = f", {out}/anneal" if output["anneal_docs"] else ""
+    if not output["train_docs"]:  # no part was written: there is no OUT/train to prepare
+        also = f"{out}/anneal and " if output["anneal_docs"] else ""
+        print(f"0 documents kept in the mix; nothing written to {out}/train; wrote {also}the report "
+              f"{out}/report/report.md (it says what removed them){skipped}")
+        return
+    print(f"wrote {out}/train (next: llmkit data prepare --input {out}/train ...){anneal} "
+          f"and the report {out}/report/report.md{skipped}")
 
 
 def cmd_data_train_quality(args) -> None:
@@ -366,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--field", default="text", help="JSONL field / Parquet column holding the text")
     t.add_argument("--vocab-size", type=int, required=True)
     t.add_argument("--min-frequency", type=int, default=2)
+    t.add_argument("--skip-bad", action="store_true", help="skip and count malformed JSONL lines instead of stopping")
     t.add_argument("--out", required=True)
     t.add_argument("--overwrite", action="store_true", help="replace an --out that holds other files")
     t.set_defaults(handler=cmd_tokenizer_train)

@@ -86,8 +86,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        ids = _encode(self.backend, text)
+    def encode(self, text: str, add_bos: bool = False, literal: bool = False) -> list[int]:
+        """The ids of `text`. Special-token text in it (`<|end|>`) becomes that control token, as a prompt
+        written with a template's markup needs; with `literal`, it is read as the characters it is, as a
+        document's or a message's text must be (a web page quoting `<|endoftext|>` ends no document)."""
+        ids = _encode(self._literal() if literal else self.backend, text)
         return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
 
     def _literal(self) -> BackendTokenizer:
@@ -101,8 +104,10 @@ class Tokenizer:
             self._literal_backend = literal
         return self._literal_backend
 
-    def encode_batch(self, texts: list[str], add_bos: bool = False) -> list[list[int]]:
-        encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+    def encode_batch(self, texts: list[str], add_bos: bool = False, literal: bool = False) -> list[list[int]]:
+        """`encode` of each text, spread over all cores by `tokenizers` (`literal` as there: the documents
+        of a corpus are encoded with it, so their special-token text never becomes a control token)."""
+        encodings = (self._literal() if literal else self.backend).encode_batch(texts, add_special_tokens=False)
         prefix = [self.bos_id] if add_bos and self.bos_id is not None else []
         return [prefix + e.ids for e in encodings]
 
@@ -117,9 +122,11 @@ class Tokenizer:
             out.append(self.backend.post_process(encoding).ids)
         return out
 
-    def encode_long(self, pieces: Iterable[str], add_bos: bool = False, window: int = 2048) -> Iterator[list[int]]:
+    def encode_long(self, pieces: Iterable[str], add_bos: bool = False, window: int = 2048,
+                    literal: bool = False) -> Iterator[list[int]]:
         """The ids of one long document given as consecutive pieces (`read_text_pieces`), in bounded
-        memory: `encode` holds ~190 bytes per input byte, too much for a 100 MB document.
+        memory: `encode` holds ~190 bytes per input byte, too much for a 100 MB document (`literal` as
+        in `encode`).
 
         A piece after the first is encoded behind its predecessor's last character, whose ids are then
         dropped: a tokenizer that prefixes a text with a space marker (SentencePiece's Metaspace, Llama 2's
@@ -133,29 +140,29 @@ class Tokenizer:
                 continue
             if pending is None:
                 pending = piece
-            elif self._cut_is_exact(pending, piece, window):
-                yield self._encode_piece(pending, anchor, add_bos)
+            elif self._cut_is_exact(pending, piece, window, literal):
+                yield self._encode_piece(pending, anchor, add_bos, literal)
                 anchor, pending = pending[-1], piece
             else:
                 pending += piece
-        yield self._encode_piece(pending or "", anchor, add_bos)
+        yield self._encode_piece(pending or "", anchor, add_bos, literal)
 
-    def _encode_piece(self, text: str, anchor: str | None, add_bos: bool) -> list[int]:
+    def _encode_piece(self, text: str, anchor: str | None, add_bos: bool, literal: bool = False) -> list[int]:
         if anchor is None:
-            return self.encode(text, add_bos=add_bos)
-        ids = self._encode_continuation(anchor, text)
+            return self.encode(text, add_bos=add_bos, literal=literal)
+        ids = self._encode_continuation(anchor, text, literal)
         if ids is None:
             raise TokenizerError("this tokenizer changes the ids of a text's last character depending on what "
                                  "follows; it cannot encode a long document in pieces")
         return ids
 
-    def _encode_continuation(self, anchor: str, text: str) -> list[int] | None:
+    def _encode_continuation(self, anchor: str, text: str, literal: bool = False) -> list[int] | None:
         """ids of `text` as it continues after `anchor` (None if the anchor's own ids change)."""
-        head = self.encode(anchor)
-        ids = self.encode(anchor + text)
+        head = self.encode(anchor, literal=literal)
+        ids = self.encode(anchor + text, literal=literal)
         return ids[len(head):] if ids[:len(head)] == head else None
 
-    def _cut_is_exact(self, left: str, right: str, window: int) -> bool:
+    def _cut_is_exact(self, left: str, right: str, window: int, literal: bool = False) -> bool:
         """Does encoding `right` after `left`'s last character give the ids it has in `left + right`?
         Checked on the text around the cut (from a cut point in left's last `window` characters to one
         in right's first `window`), never fewer characters a side than the vocabulary's longest token: a
@@ -166,8 +173,9 @@ class Tokenizer:
         left_part = left[start:]
         stop = (split_point(right, 1, window) or window) if len(right) > window else len(right)
         right_part = right[:stop]
-        continuation = self._encode_continuation(left_part[-1], right_part)
-        return continuation is not None and self.encode(left_part + right_part) == self.encode(left_part) + continuation
+        continuation = self._encode_continuation(left_part[-1], right_part, literal)
+        return continuation is not None and (self.encode(left_part + right_part, literal=literal)
+                                             == self.encode(left_part, literal=literal) + continuation)
 
     @functools.cached_property
     def _longest_token(self) -> int:
@@ -248,7 +256,7 @@ class Tokenizer:
             if k % 2 == 0:
                 ids += self.encode(piece) if piece else []
                 continue
-            ids += _encode(self._literal(), messages[int(piece[1:-1])]["content"])
+            ids += self.encode(messages[int(piece[1:-1])]["content"], literal=True)
         return ids
 
     # -- persistence

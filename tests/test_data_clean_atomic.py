@@ -2,6 +2,7 @@
 a file appears whole or not at all, and a failed write leaves no temporary file behind."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -63,3 +64,75 @@ def test_a_failed_cleaning_task_leaves_no_partial_or_temporary_files(tmp_path):
     kept = (out / "train" / "part-00000.jsonl").read_text().splitlines()
     assert [json.loads(line)["text"] for line in kept] == [json.loads(line)["text"] for line in lines[:20]]
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+def _clean_inputs(tmp_path):
+    words = "The farmer walked to the market in the morning and sold his apples"
+    good = [json.dumps({"id": str(i), "text": f"{words} number {i}."}) for i in range(5)]
+    (tmp_path / "ok.jsonl").write_text("\n".join(good) + "\n")
+    (tmp_path / "bad.jsonl").write_text("\n".join(good) + '\n{"text": broken\n')
+    return [InputSpec(str(tmp_path / "ok.jsonl"))], [InputSpec(str(tmp_path / "bad.jsonl"))]
+
+
+def _files(directory):
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("stages", [["normalize"], ["normalize", "exact_dedup"]])  # one pass; two passes
+def test_a_failed_rerun_keeps_the_previous_output(tmp_path, stages, monkeypatch):
+    """A rerun into the same --out builds its output aside and swaps it in at the end: a bad record, or a
+    Ctrl-C at the very end, leaves the previous complete output (and a user's own files) as they were."""
+    from llmkit.data.clean import pipeline
+
+    ok, bad = _clean_inputs(tmp_path)
+    config = config_from_dict({"stages": stages})
+    out = tmp_path / "out"
+    run_pipeline(config, out, inputs=ok, workers=1)
+    (out / "notes.txt").write_text("mine")
+    before = _files(out)
+    assert "train/part-00000.jsonl" in before and "report/report.json" in before
+    with pytest.raises(DataError, match="line 6"):
+        run_pipeline(config, out, inputs=bad, workers=1)
+    assert _files(out) == before and not (out / ".work").exists()
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pipeline, "write_report", interrupted)  # Ctrl-C after every part is written
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, out, inputs=ok, workers=1)
+    assert _files(out) == before and not (out / ".work").exists()
+    monkeypatch.undo()
+    replace = os.replace
+
+    def interrupted_swap(src, dst):  # Ctrl-C between the renames that swap the new output in
+        if str(dst) == str(out / "report") and str(src).endswith("output/report"):
+            raise KeyboardInterrupt
+        replace(src, dst)
+    monkeypatch.setattr(os, "replace", interrupted_swap)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, out, inputs=ok, workers=1)
+    monkeypatch.undo()
+    assert _files(out) == before and not (out / ".work").exists()
+    # A run that succeeds replaces train/ and report/ (not the user's file); a failed first run leaves no --out.
+    config = config_from_dict({"stages": stages, "skip_bad_records": True})
+    assert run_pipeline(config, out, inputs=bad, workers=1)["read"]["bad_records"] == 1
+    assert json.loads((out / "report" / "report.json").read_text())["read"]["bad_records"] == 1
+    assert (out / "notes.txt").read_text() == "mine" and not (out / ".work").exists()
+    with pytest.raises(DataError, match="line 6"):
+        run_pipeline(config_from_dict({"stages": stages}), tmp_path / "new", inputs=bad, workers=1)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_killed_run_leaves_the_previous_output_readable(tmp_path, shakespeare_tokenizer):
+    """Killed mid-run, a rerun left only its .work folder beside the previous output, which stays whole:
+    `data prepare` reads it, and the next run clears .work."""
+    from llmkit.data.prepare import prepare
+
+    ok, _ = _clean_inputs(tmp_path)
+    out = tmp_path / "out"
+    run_pipeline(config_from_dict({"stages": ["normalize"]}), out, inputs=ok, workers=1)
+    (out / ".work" / "output" / "train").mkdir(parents=True)  # what kill -9 during a rerun leaves
+    shakespeare_tokenizer.save(tmp_path / "tok")
+    assert prepare([out / "train"], tmp_path / "tok", tmp_path / "shards").documents == 5
+    run_pipeline(config_from_dict({"stages": ["normalize"]}), out, inputs=ok, workers=1)
+    assert sorted(p.name for p in out.iterdir()) == ["report", "train"]

@@ -282,3 +282,20 @@ def test_parquet_text_columns_dictionary_encoded_and_nulls(tmp_path):
         list(read_part(part))
     bad: list = []
     assert [d.text for d in read_part(part, skip_bad=True, bad_counter=bad)] == ["one", "three"] and len(bad) == 1
+
+
+def test_the_closing_line_says_when_nothing_was_kept_and_counts_skipped_records(tmp_path):
+    (tmp_path / "pipe.yaml").write_text("workers: 1\nskip_bad_records: true\nstages:\n  - stage: gopher_quality\n")
+    (tmp_path / "short.jsonl").write_text('{"text": "x"}\n{"text": broken\n')
+    result = cli_in_process("data", "clean", "--config", tmp_path / "pipe.yaml", "--input", tmp_path / "short.jsonl",
+                            "--out", tmp_path / "out")
+    last = result.stdout.strip().splitlines()[-1]
+    assert result.returncode == 0 and not (tmp_path / "out" / "train").exists(), result.stderr
+    assert last.startswith(f"0 documents kept in the mix; nothing written to {tmp_path / 'out'}/train"), last
+    assert "data prepare" not in last and last.endswith("; skipped 1 malformed record(s)"), last
+    (tmp_path / "pipe.yaml").write_text("workers: 1\nskip_bad_records: true\nstages:\n  - stage: normalize\n")
+    result = cli_in_process("data", "clean", "--config", tmp_path / "pipe.yaml", "--input", tmp_path / "short.jsonl",
+                            "--out", tmp_path / "out")
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"wrote {tmp_path / 'out'}/train (next: llmkit data prepare"), last
+    assert last.endswith("report.md; skipped 1 malformed record(s)") and "anneal" not in last, last

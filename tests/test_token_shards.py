@@ -118,3 +118,33 @@ def test_pretrain_stops_with_one_line_before_building_anything(shards, tmp_path)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "shard_00000.bin" in lines[0] and "llmkit data prepare" in lines[0]
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_special_token_text_in_documents_stays_text(tmp_path, shakespeare_tokenizer, monkeypatch):
+    """`<|bos|>`, `<|end|>` (or a Hugging Face tokenizer's `<|endoftext|>`) written in a document are its
+    characters, not control tokens: each document has one BOS, the one that starts it, short or long."""
+    from tokenizers import AddedToken
+
+    import llmkit.data.prepare as prepare_module
+    from llmkit.tokenizer import Tokenizer
+
+    shakespeare_tokenizer.save(tmp_path / "tok")
+    tok = Tokenizer.load(tmp_path / "tok")
+    tok.backend.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
+    tok.save(tmp_path / "tok")
+    tok = Tokenizer.load(tmp_path / "tok")
+    monkeypatch.setattr(prepare_module, "LONG_DOCUMENT", 300)  # the long-document path on a small file
+    docs = ["hello <|bos|> x <|end|>", "a story<|endoftext|>another <|user|>one",
+            "And then <|bos|> spoke, <|eos|> said the king. " * 40]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text(docs[0])
+    (tmp_path / "in" / "b.jsonl").write_text(json.dumps({"text": docs[1]}) + "\n")
+    (tmp_path / "in" / "c.txt").write_text(docs[2])
+    prepare([tmp_path / "in"], tmp_path / "tok", tmp_path / "shards")
+    tokens = np.fromfile(tmp_path / "shards" / "shard_00000.bin", dtype=json.loads(
+        (tmp_path / "shards" / "manifest.json").read_text())["dtype"]).tolist()
+    starts = np.load(tmp_path / "shards" / "shard_00000.docs.npy").tolist()
+    specials = {tok.backend.token_to_id(t) for t in ("<|bos|>", "<|eos|>", "<|end|>", "<|user|>", "<|endoftext|>")}
+    assert [i for i, t in enumerate(tokens) if t in specials] == starts == [0, starts[1], starts[2]]
+    for doc, start, end in zip(docs, starts, starts[1:] + [len(tokens)]):
+        assert tokens[start] == tok.bos_id and tok.decode(tokens[start + 1:end]) == doc

@@ -64,6 +64,42 @@ def test_encode_batch_matches_encode(tok):
     assert tok.encode_batch(texts, add_bos=True) == [[tok.bos_id, *tok.encode(t)] for t in texts]
 
 
+def test_literal_encoding_reads_special_token_text_as_text(shakespeare_tokenizer):
+    """`literal=True` (what `data prepare` encodes documents with): `<|end|>` in a text is its characters;
+    a text without special-token text gets exactly its usual ids, in a batch or in pieces."""
+    from llmkit.tokenizer import text_pieces
+
+    tok = shakespeare_tokenizer
+
+    plain = ["hello world", "", "327 + 45 = 372"]
+    marked = ["hello <|bos|> x <|end|>", "<|user|>hi<|assistant|>"]
+    assert tok.encode_batch(plain, add_bos=True, literal=True) == tok.encode_batch(plain, add_bos=True)
+    specials = {tok.backend.token_to_id(t) for t in SPECIAL_TOKENS}
+    for text, ids in zip(marked, tok.encode_batch(marked, add_bos=True, literal=True)):
+        assert ids[0] == tok.bos_id and not specials & set(ids[1:]) and tok.decode(ids[1:]) == text
+        assert ids == tok.encode(text, add_bos=True, literal=True)
+    assert specials & set(tok.encode(marked[0]))  # the default is unchanged: markup for templates
+    long = ("Then <|end|> spoke the king; <|bos|> answered. " * 60)
+    pieces = list(text_pieces(long, 200))
+    assert len(pieces) > 3
+    ids = [i for part in tok.encode_long(pieces, add_bos=True, literal=True) for i in part]
+    assert ids == tok.encode(long, add_bos=True, literal=True)
+
+
+def test_tokenizer_train_skips_and_counts_bad_records_with_skip_bad(tmp_path):
+    from conftest import cli_in_process
+
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "the cat sat on the mat " * 20}) + "\n{broken\n")
+    result = cli_in_process("tokenizer", "train", "--input", tmp_path / "bad.jsonl", "--vocab-size", 300,
+                            "--out", tmp_path / "tok")
+    assert result.returncode == 2 and "line 2: invalid JSON" in result.stderr and "--skip-bad" in result.stderr
+    result = cli_in_process("tokenizer", "train", "--input", tmp_path / "bad.jsonl", "--vocab-size", 300,
+                            "--out", tmp_path / "tok", "--skip-bad")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("; skipped 1 malformed record(s)")
+    assert (tmp_path / "tok" / "tokenizer.json").exists()
+
+
 def test_a_long_text_gets_the_same_ids_through_the_gil_releasing_path(tok):
     # Past 65,536 characters encode goes through tokenizers' encode_batch, which releases the GIL (a server
     # tokenizes megabytes on a worker thread while its event loop runs): the ids must not change.

@@ -197,7 +197,9 @@ def prepare(inputs: list[str | Path], tokenizer_dir: str | Path, out: str | Path
 def _tokenize_into(writer: _ShardWriter, tokenizer: Tokenizer, documents: Iterator[str | Iterator[str]],
                    stats: PrepareStats) -> None:
     """Short documents are tokenized in batches, which `tokenizers` spreads over every core; a long one
-    (an iterator of pieces) alone with `encode_long`. Documents stay in input order."""
+    (an iterator of pieces) alone with `encode_long`. Documents stay in input order. A document is text:
+    encoded `literal`, so `<|bos|>` or `<|endoftext|>` written in it never becomes a control token (the
+    only BOS in a shard is the one that starts each document)."""
     batch: list[str] = []
 
     def record(tokens: int, n_bytes: int) -> None:
@@ -207,7 +209,7 @@ def _tokenize_into(writer: _ShardWriter, tokenizer: Tokenizer, documents: Iterat
         writer.end_document(n_bytes)
 
     def encode_batch() -> None:
-        for text, ids in zip(batch, tokenizer.encode_batch(batch, add_bos=True)):
+        for text, ids in zip(batch, tokenizer.encode_batch(batch, add_bos=True, literal=True)):
             record(writer.add([ids]), len(text.encode("utf-8")))
         batch.clear()
 
@@ -225,7 +227,7 @@ def _tokenize_into(writer: _ShardWriter, tokenizer: Tokenizer, documents: Iterat
         encode_batch()
         batch_chars = 0
         counted = _CountedBytes(doc)  # counts each piece's bytes as the tokenizer reads it: no copy kept
-        record(writer.add(tokenizer.encode_long(counted, add_bos=True)), counted.bytes)  # args run in order
+        record(writer.add(tokenizer.encode_long(counted, add_bos=True, literal=True)), counted.bytes)  # args in order
     encode_batch()
     writer.flush()
 

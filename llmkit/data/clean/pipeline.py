@@ -11,7 +11,10 @@ engine is a process pool and the cluster engine is Dask's `Client.map`, with no 
 Every task writes its own files (atomically), so results do not depend on the engine or worker count.
 
 Output: OUT/train/part-NNNNN.jsonl (the mix; {"text", "id", "source", ...} per line, the input of
-`llmkit data prepare --input OUT/train`), OUT/anneal/ (the high-quality subset), OUT/report/.
+`llmkit data prepare --input OUT/train`), OUT/anneal/ (the high-quality subset), OUT/report/. A run builds
+them in OUT/.work and moves them into OUT only when complete: a failed or interrupted rerun leaves the
+previous output as it was. A part is written only if a document goes into it, so a run that keeps no
+document has no OUT/train.
 """
 
 from __future__ import annotations
@@ -297,11 +300,16 @@ class DaskExecutor:
             self.cluster.close()
 
 
-def _prepare_out(out: Path) -> None:
-    """OUT is ours if empty or made by a previous run (it has report/report.json); then the previous
-    output is replaced. Anything else is refused rather than mixed with our shards."""
+OUTPUTS = ("train", "anneal", "report")  # what a run writes into OUT, and replaces there at its end
+
+
+def _prepare_out(out: Path) -> bool:
+    """OUT is ours if empty or made by a previous run (it has report/report.json, or the .work folder of a
+    killed one); then its previous output is replaced when the new one is complete (`_swap_in`). Anything
+    else is refused rather than mixed with our shards. Returns whether OUT was created here."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is a file; --out must be a directory (new, empty, or a previous output)")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -310,10 +318,35 @@ def _prepare_out(out: Path) -> None:
         if not (out / "report" / "report.json").exists() and not (out / ".work").exists():
             raise DataError(f"{out}: exists and is not the output of a previous `llmkit data clean`; "
                             "choose an empty or new --out directory")
-        for name in ("train", "anneal", "report", ".work"):
+        if (out / ".work").exists():  # the scratch of a killed run: never the output itself
+            shutil.rmtree(out / ".work")
+    return created
+
+
+def _swap_in(staged: Path, out: Path, workdir: Path) -> None:
+    """Replace OUT's previous train/anneal/report with the complete new ones built in `staged` (inside
+    OUT/.work, so on the same file system: renames only). The old report goes first and the new one comes
+    last: a run killed in between leaves .work and no report.json, which `llmkit data prepare` refuses as
+    unfinished; before that, OUT holds the previous output whole. Other files in OUT are left alone. An
+    error (or Ctrl-C) between the renames puts the previous output back before the caller clears .work."""
+    replaced = workdir / "replaced"
+    replaced.mkdir()
+    moved_out, moved_in = [], []
+    try:
+        for name in reversed(OUTPUTS):
             if (out / name).exists():
-                shutil.rmtree(out / name)
-    out.mkdir(parents=True, exist_ok=True)
+                os.replace(out / name, replaced / name)
+                moved_out.append(name)
+        for name in OUTPUTS:
+            if (staged / name).exists():
+                os.replace(staged / name, out / name)
+                moved_in.append(name)
+    except BaseException:
+        for name in moved_in:
+            os.replace(out / name, staged / name)
+        for name in moved_out:
+            os.replace(replaced / name, out / name)
+        raise
 
 
 def _check(config: PipelineConfig) -> None:
@@ -376,9 +409,27 @@ def run_pipeline(config: PipelineConfig, out: str | Path, inputs: list[InputSpec
     require_extra(_packages_needed(config, tasks, engine), "data clean")
     out = Path(out)
     _check_inputs(config, tasks, out)
-    _prepare_out(out)
+    created = _prepare_out(out)
+    # Everything is built in OUT/.work and swapped in at the end: a run that fails (bad input, Ctrl-C, a
+    # missing package in a worker) leaves the previous output as it was, and a killed one leaves it beside .work.
     workdir = out / ".work"
-    workdir.mkdir()
+    staged = workdir / "output"
+    staged.mkdir(parents=True)
+    try:
+        summary = _run(config, tasks, workdir, staged, workers, engine, log, start)
+        _swap_in(staged, out, workdir)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    return summary
+
+
+def _run(config: PipelineConfig, tasks: list[ReadTask], workdir: Path, staged: Path, workers: int, engine: str,
+         log, start: float) -> dict:
+    """Both passes and the report, written into `staged` (train/, anneal/, report/)."""
     before, dedup, after = split_stages(config)
     executor = DaskExecutor(workers, config.dask_address) if engine == "dask" else LocalExecutor(workers)
     stats = RunStats(_stage_names(config), config.report_examples)
@@ -387,7 +438,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, inputs: list[InputSpec
         total_mb = sum(t.nbytes for t in tasks) / 1e6
         log(f"clean: {len(tasks)} task(s), {total_mb:,.1f} MB, {workers} worker(s), engine {engine}")
         progress = _Progress(log, "pass 1", len(tasks), total_mb)
-        for result in executor.map(first_pass, [(config, t, str(workdir), str(out)) for t in tasks], progress):
+        for result in executor.map(first_pass, [(config, t, str(workdir), str(staged)) for t in tasks], progress):
             stats.merge(result)
         dedup_info = None
         if dedup:
@@ -402,19 +453,18 @@ def run_pipeline(config: PipelineConfig, out: str | Path, inputs: list[InputSpec
                 if step["dropped"]:
                     entry["removed"][f"{name}.duplicate"] = step["dropped"]
             progress = _Progress(log, "pass 2", len(tasks), 0.0)
-            for result in executor.map(second_pass, [(config, t, str(workdir), str(out)) for t in tasks], progress):
+            for result in executor.map(second_pass, [(config, t, str(workdir), str(staged)) for t in tasks], progress):
                 stats.merge(result)
         failed = False
     finally:
         executor.close(failed)
     summary = _summary(config, stats, dedup_info, workdir, workers, engine, time.perf_counter() - start)
-    report_dir = out / "report"
+    report_dir = staged / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     if dedup_info:
         summary["dedup"]["largest"] = _name_clusters(dedup_info["largest"], workdir)
         _write_named_clusters(Path(dedup_info["clusters_file"]), workdir, report_dir / "dedup_clusters.jsonl")
     write_report(report_dir, summary)
-    shutil.rmtree(workdir, ignore_errors=True)
     return summary
 
 
