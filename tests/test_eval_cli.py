@@ -133,6 +133,20 @@ def test_text_still_gives_bits_per_byte_and_excludes_tasks(two_checkpoints, tmp_
     assert result.returncode == 2 and "either --tasks" in result.stderr
 
 
+def test_special_token_text_in_a_scored_file_is_text(two_checkpoints, tmp_path):
+    """A document that spells a control token (`<|end|>`) is scored as the characters it has, as its
+    shards would hold it: not as the one control token, which would skip its bytes' cost."""
+    from llmkit.checkpoint import load_model, load_tokenizer
+    from llmkit.eval.bpb import evaluate_texts
+
+    model, tokenizer = load_model(two_checkpoints[0]), load_tokenizer(two_checkpoints[0])
+    special = next(t for t in ("<|end|>", "<|bos|>", "<|eos|>") if len(tokenizer.encode(t)) == 1)
+    path = tmp_path / "quoting.txt"
+    path.write_text(f"a page that quotes {special} as text")
+    result = evaluate_texts(model, tokenizer, [path], "cpu")
+    assert result.tokens == len(tokenizer.encode(path.read_text(), literal=True)) > len(tokenizer.encode(path.read_text()))
+
+
 def test_an_interrupted_run_keeps_its_finished_tasks_and_the_same_command_resumes_it(two_checkpoints, tmp_path,
                                                                                        monkeypatch):
     """Every finished task is written at once (atomically); Ctrl-C loses the task it was in, no more, and

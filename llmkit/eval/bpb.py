@@ -91,7 +91,7 @@ def evaluate_texts(model, tokenizer, files: list[str | Path], device, seq_len: i
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: byte {e.start} is not valid UTF-8") from None
-        ids = tokenizer.encode(text, add_bos=True)
+        ids = tokenizer.encode(text, add_bos=True, literal=True)  # a document: `<|end|>` in it is text
         if tokenizer.bos_id is None:
             # Without a BOS the first token has no context; its bytes are left out of the count too.
             text_bytes = len(text.encode("utf-8")) - len(tokenizer.decode(ids[:1]).encode("utf-8"))
