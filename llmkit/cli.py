@@ -7,6 +7,7 @@ Each verb is an argument parser plus a `cmd_*` function that calls into the pack
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -578,7 +579,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, BrokenPipeError):
             return 0
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        # a write to an open file names no path: say what to do (files are written atomically, so the
+        # previous output or checkpoint is intact)
+        hint = {errno.ENOSPC: "; free disk space (or choose an --out on another disk) and run the command "
+                              "again: finished outputs and checkpoints are intact (a training run: add --resume)",
+                errno.EDQUOT: "; the disk quota is used up: free space and run the command again"}.get(e.errno, "")
+        print(f"error: {where}{e.strerror or e}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(file=sys.stderr)

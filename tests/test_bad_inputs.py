@@ -286,6 +286,10 @@ def test_an_os_error_mid_run_is_one_line(saved_tiny_model, tmp_path, monkeypatch
     hf = tmp_path / "hf"
     assert cli_in_process("convert", saved_tiny_model, "--to", "hf", "--out", hf).returncode == 0
     one_line_error(cli_in_process("convert", hf, "--out", tmp_path / "out"), "model.safetensors: No space left on device")
+    # a write to an open file names no path: the line says what to do instead
+    monkeypatch.setattr(llmkit.convert, "save_checkpoint", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))
+    one_line_error(cli_in_process("convert", hf, "--out", tmp_path / "out2"), "No space left on device; free disk space")
 
 
 # --- eval, tokenizer training and data preparation on empty or structured inputs ---------------------------------

@@ -17,11 +17,12 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import sys
 
 from llmkit.errors import LLMKitError
 
 MAX_EXPRESSION_CHARS = 500
-MAX_DEPTH = 50  # nested operations
+MAX_DEPTH = 50  # nested operations (a chain like 1 + 2 + 3 - 4 is one level, however long)
 MAX_EXPONENT = 10_000
 MAX_DIGITS = 1_000  # of an integer result (or any integer on the way)
 
@@ -55,7 +56,7 @@ def calculate(expression: str) -> str:
                               "+ - * / // % ** and parentheses") from None
     except (RecursionError, MemoryError, ValueError):
         raise CalculatorError(f"{text[:40]!r}...: too deeply nested") from None
-    return format_number(_evaluate(tree.body, 0))
+    return format_number(_evaluate(tree.body, 0, text))
 
 
 def format_number(value: int | float) -> str:
@@ -66,6 +67,25 @@ def format_number(value: int | float) -> str:
     return format(value, ".15g")
 
 
+def _short(value) -> str:
+    """A number for a message: a long one cut to its first digits and its length."""
+    text = format_number(value)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text.lstrip('-'))} digits)"
+
+
+# Operators of one precedence level: a chain of them (1 + 2 - 3 + ...) nests only in the parser's tree.
+LEVEL = {ast.Add: 1, ast.Sub: 1, ast.Mult: 2, ast.Div: 2, ast.FloorDiv: 2, ast.Mod: 2, ast.Pow: 3}
+
+
+def _chained(parent: ast.BinOp, child: ast.AST, right: bool) -> bool:
+    """Whether `child` continues `parent`'s chain of operators of its level: the left operand of a
+    left-associative chain (+ - and * / // %), the right one of a power tower (2 ** 3 ** 4)."""
+    if not isinstance(child, ast.BinOp) or type(child.op) not in LEVEL:
+        return False
+    level = LEVEL[type(parent.op)]
+    return LEVEL[type(child.op)] == level and right == (level == 3)
+
+
 def _digits(value: int) -> int:
     return len(str(abs(value))) if abs(value) < 10 ** 50 else int(abs(value).bit_length() * math.log10(2)) + 1
 
@@ -73,22 +93,32 @@ def _digits(value: int) -> int:
 def _check_size(value):
     if isinstance(value, float) and not math.isfinite(value):
         raise CalculatorError("the result is too large (or undefined) for a floating-point number")
+    if isinstance(value, float) and 0 < abs(value) < sys.float_info.min:  # subnormal: digits already lost
+        raise CalculatorError(f"the result {value:.3g} is too small for a floating-point number (it underflows; "
+                              "the smallest with full precision is about 2.2e-308)")
     if isinstance(value, int) and _digits(value) > MAX_DIGITS:
         raise CalculatorError(f"the result has more than {MAX_DIGITS} digits; the calculator refuses numbers that large")
     return value
 
 
-def _evaluate(node: ast.AST, depth: int):
+def _evaluate(node: ast.AST, depth: int, text: str = ""):
     if depth > MAX_DEPTH:
-        raise CalculatorError(f"the expression nests more than {MAX_DEPTH} operations")
+        raise CalculatorError(f"the expression nests more than {MAX_DEPTH} operations inside one another; "
+                              "simplify it or compute it in steps")
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
             raise CalculatorError(f"{node.value!r} is not a number; the calculator takes numbers only")
+        if node.value == 0 and isinstance(node.value, float):
+            written = ast.get_source_segment(text, node) or ""
+            if any(c in "123456789" for c in written.lower().split("e")[0]):
+                raise CalculatorError(f"{written[:40]} is too small for a floating-point number (it underflows "
+                                      "to 0; the smallest is about 1e-308)")
         return _check_size(node.value)
     if isinstance(node, ast.UnaryOp) and type(node.op) in UNARY:
-        return UNARY[type(node.op)](_evaluate(node.operand, depth + 1))
+        return UNARY[type(node.op)](_evaluate(node.operand, depth + 1, text))
     if isinstance(node, ast.BinOp) and type(node.op) in BINARY:
-        left, right = _evaluate(node.left, depth + 1), _evaluate(node.right, depth + 1)
+        left = _evaluate(node.left, depth if _chained(node, node.left, False) else depth + 1, text)
+        right = _evaluate(node.right, depth if _chained(node, node.right, True) else depth + 1, text)
         return _check_size(_binary(node.op, left, right))
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitXor):
         raise CalculatorError("^ is not a power here; write ** for powers (2 ** 10)")
@@ -101,7 +131,7 @@ def _evaluate(node: ast.AST, depth: int):
 def _binary(op: ast.operator, left, right):
     if isinstance(op, ast.Pow):
         if abs(right) > MAX_EXPONENT:
-            raise CalculatorError(f"the exponent {format_number(right)} is larger than {MAX_EXPONENT}; "
+            raise CalculatorError(f"the exponent {_short(right)} is larger than {MAX_EXPONENT}; "
                                   "the calculator refuses numbers that large")
         if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1 \
                 and right * math.log10(abs(left)) > MAX_DIGITS:
@@ -119,4 +149,8 @@ def _binary(op: ast.operator, left, right):
         raise CalculatorError(f"undefined: {e}") from None
     if isinstance(result, complex):
         raise CalculatorError("undefined: a negative number to a fractional power is not a real number")
+    if isinstance(result, float) and result == 0 and left != 0 and (right != 0 or isinstance(op, ast.Pow)) \
+            and isinstance(op, (ast.Mult, ast.Div, ast.Pow)):
+        raise CalculatorError("the result is too small for a floating-point number (it underflows to 0; the "
+                              "smallest is about 1e-308); the calculator cannot give it")
     return result

@@ -19,16 +19,32 @@ can: passages of verse stay whole lines.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llmkit.data.clean.document import Document, Rejection
-from llmkit.data.clean.readers import FilePart, expand_input, read_part
+from llmkit.data.clean.readers import FilePart, expand_input, format_of, read_part
 from llmkit.data.clean.shared import InputSpec
 from llmkit.errors import DataError
 
 RAG_BAD_HINT = "fix the record, or choose the text field with --field"
+INDEX_FORMAT = "llmkit-rag-index-v1"  # index.json's "format" (index.py)
+
+
+def is_index(folder: Path) -> bool:
+    """Does `folder` hold an llmkit index (never indexed as documents, replaced only as an index)?"""
+    try:
+        return json.loads((Path(folder) / "index.json").read_text()).get("format") == INDEX_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class AlreadyIndexed(DataError):
+    """Every file of the inputs is in the index already."""
 
 
 @dataclass(frozen=True)
@@ -73,16 +89,88 @@ class SourceDocument:
     text: str
 
 
-def input_files(inputs: list[str | Path]) -> list[tuple[Path, str, str]]:
-    """(file, name as cited, format) of every readable file of the inputs (files or folders), in order."""
-    files = []
+def input_files(inputs: list[str | Path], notice=None) -> list[tuple[Path, str, str]]:
+    """(file, name as cited, format) of every readable file of the inputs (files or folders), in order, each
+    file once (by its resolved path). Inside a folder, hidden paths (.git/, .venv/, .notes.txt) and llmkit
+    indexes (an index inside its input folder would index itself) are passed over; files of a type no
+    reader takes are counted and reported through notice(message)."""
+    files, seen, unsupported = [], set(), {}
     for item in inputs:
         root = Path(item)
-        for path, rel, fmt in expand_input(InputSpec(path=str(root))):
-            files.append((path, rel if root.is_dir() else path.name, fmt))
+        if root.is_dir() and is_index(root):
+            raise DataError(f"{root}: is an llmkit index, not documents; give the folders of the files to index")
+        if not root.is_dir():
+            found = expand_input(InputSpec(path=str(root)))  # a file (its format checked) or a missing path
+            found = [(path, path.name, fmt) for path, _, fmt in found]
+        else:
+            found = []
+            for folder, dirs, names in os.walk(root):
+                folder = Path(folder)
+                dirs[:] = [d for d in dirs if not d.startswith(".") and not is_index(folder / d)]
+                for name in names:
+                    path = folder / name
+                    if name.startswith(".") or not path.is_file():
+                        continue
+                    fmt = format_of(path)
+                    if fmt is None:
+                        suffix = path.suffix.lower() or "(no suffix)"
+                        unsupported[suffix] = unsupported.get(suffix, 0) + 1
+                        continue
+                    found.append((path, str(path.relative_to(root)), fmt))
+            found.sort(key=lambda f: f[0])
+        for path, cited, fmt in found:
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append((path, cited, fmt))
+    if unsupported and notice is not None:
+        notice(f"skipped {sum(unsupported.values())} file(s) of unsupported type ({', '.join(sorted(unsupported))}); "
+               "indexed are .txt .md .jsonl[.gz] .parquet .html .warc[.gz]")
     if not files:
-        raise DataError(f"no readable files in {', '.join(map(str, inputs))}")
+        raise DataError(f"no readable files in {', '.join(map(str, inputs))} (.txt .md .jsonl[.gz] .parquet .html "
+                        ".warc[.gz])")
     return files
+
+
+def file_stamp(path: Path) -> dict:
+    """What a file was when it was indexed: its size, modification time and SHA-256 (`changed_since`)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    status = path.stat()
+    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+def changed_since(record: dict) -> str | None:
+    """None when the file of an index's file record is as it was indexed (or the record, from an older
+    index, has no stamp); else what changed ("changed", "is missing")."""
+    if not isinstance(record.get("size"), int) or not isinstance(record.get("sha256"), str):
+        return None
+    path = Path(record["path"])
+    try:
+        status = path.stat()
+    except OSError:
+        return "is missing"
+    if status.st_size != record["size"]:
+        return "changed"
+    if status.st_mtime_ns == record.get("mtime_ns"):
+        return None
+    try:
+        return None if file_stamp(path)["sha256"] == record["sha256"] else "changed"
+    except OSError:
+        return "is unreadable"
+
+
+def check_apart(inputs: list[str | Path], out: str | Path, what: str = "--out") -> None:
+    """Refuse an output folder that is, contains or lies inside an input (`data clean`'s rule): replacing
+    it would delete the documents, or the next run would read the index as input."""
+    resolved = Path(out).resolve()
+    for item in inputs:
+        root = Path(item).resolve()
+        if root == resolved or resolved in root.parents or root in resolved.parents:
+            raise DataError(f"{what} {out}: overlaps the input {item} (it would be replaced, or read as a document); "
+                            f"choose {what} outside the inputs")
 
 
 def read_documents(path: Path, cited: str, fmt: str, text_field: str = "text") -> Iterator[SourceDocument]:
@@ -170,15 +258,33 @@ def chunk_document(document: SourceDocument, config: ChunkingConfig, tokenizer=N
     return chunks
 
 
-def chunk_inputs(inputs: list[str | Path], config: ChunkingConfig, tokenizer=None) \
-        -> tuple[list[Chunk], list[dict]]:
-    """(chunks of every document of every input file, one record per file: path, name, chunks)."""
-    chunks, files = [], []
-    for path, cited, fmt in input_files(inputs):
+def chunk_inputs(inputs: list[str | Path], config: ChunkingConfig, tokenizer=None, known: dict | None = None,
+                 notice=None) -> tuple[list[Chunk], list[dict]]:
+    """(chunks of every document of every input file, one record per file: path, name, format, chunks and
+    its stamp: size, mtime_ns, sha256). Files whose resolved path is a key of `known` (an index's file
+    records by path) are passed over, and counted through notice(message), a changed one by name."""
+    chunks, files, again, changed = [], [], 0, []
+    for path, cited, fmt in input_files(inputs, notice):
+        if known and str(path.resolve()) in known:
+            again += 1
+            if changed_since(known[str(path.resolve())]) is not None:
+                changed.append(cited)
+            continue
         before = len(chunks)
+        stamp = file_stamp(path)
         for document in read_documents(path, cited, fmt, config.text_field):
             chunks += chunk_document(document, config, tokenizer)
-        files.append({"path": str(path.resolve()), "file": cited, "format": fmt, "chunks": len(chunks) - before})
-    if not chunks:
+        files.append({"path": str(path.resolve()), "file": cited, "format": fmt, "chunks": len(chunks) - before,
+                      **stamp})
+    if again and not files:
+        raise AlreadyIndexed(f"{', '.join(map(str, inputs))}: all {again} file(s) are already in the index, nothing "
+                             "new to add" + (f" ({', '.join(changed[:5])} changed since; rebuild the index with "
+                                             "llmkit rag index --overwrite to re-index a changed file)" if changed
+                                             else ""))
+    if again and notice is not None:
+        notice(f"skipped {again} file(s) already in the index" + (
+            f"; changed since they were indexed: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} "
+            "(rebuild the index with llmkit rag index to re-index them)" if changed else ""))
+    if files and not chunks:
         raise DataError(f"{', '.join(map(str, inputs))}: no text to index (the files are empty)")
     return chunks, files

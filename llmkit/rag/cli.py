@@ -109,10 +109,21 @@ def _embedder(model: str, args):
     return ModelEmbedder(llm.model, llm.tokenizer, model_key(model)), llm
 
 
+def _notice(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _query(text: str, what: str) -> str:
+    if not text.strip():
+        raise LLMKitError(f"the {what} is empty; give words to look for, e.g. llmkit rag search INDEX \"lighthouse\"")
+    return text
+
+
 def cmd_rag_index(args) -> None:
-    from llmkit.rag.chunking import ChunkingConfig
+    from llmkit.rag.chunking import ChunkingConfig, check_apart
     from llmkit.rag.index import RagIndex
 
+    check_apart(args.input, args.out)  # before any work: --out replaced must not delete or swallow an input
     dense = args.dense if args.dense is not None else args.model is not None
     if (dense or args.chunk_tokens) and args.model is None:
         raise LLMKitError(f"{'--dense' if dense else '--chunk-tokens'} needs --model (the model whose "
@@ -126,7 +137,7 @@ def cmd_rag_index(args) -> None:
         embedder, llm = _embedder(args.model, args)
         tokenizer = llm.tokenizer
     index = RagIndex.build(args.input, config, embedder if dense else None, tokenizer,
-                           progress=_progress("embedding chunks") if dense else None)
+                           progress=_progress("embedding chunks") if dense else None, notice=_notice)
     index.save(args.out, overwrite=args.overwrite)
     print(f"indexed {len(index.meta['files'])} file(s) as {len(index.chunks)} chunks "
           f"({'BM25 + dense vectors' if dense else 'BM25'}); wrote {args.out} "
@@ -137,6 +148,11 @@ def cmd_rag_add(args) -> None:
     from llmkit.rag.index import RagIndex
 
     index = RagIndex.load(args.index)
+    folder = Path(args.index).resolve()
+    for item in args.input:
+        if Path(item).resolve() == folder or folder in Path(item).resolve().parents:
+            raise LLMKitError(f"--input {item}: is inside the index {args.index}, which is replaced when the index "
+                              "is written; keep documents outside the index folder")
     embedder = tokenizer = None
     model = args.model or (index.meta["dense"]["model"] if index.has_dense else None)
     if index.meta["chunking"]["unit"] == "tokens" and model is None:
@@ -145,7 +161,8 @@ def cmd_rag_add(args) -> None:
         embedder, llm = _embedder(model, args)
         tokenizer = llm.tokenizer
     before = len(index.chunks)
-    index = index.add(args.input, embedder if index.has_dense else None, tokenizer, _progress("embedding chunks"))
+    index = index.add(args.input, embedder if index.has_dense else None, tokenizer, _progress("embedding chunks"),
+                      notice=_notice)
     index.save(args.index, overwrite=False)
     print(f"added {len(index.chunks) - before} chunks; {args.index} holds {len(index.chunks)}")
 
@@ -166,12 +183,20 @@ def cmd_rag_search(args) -> None:
     from llmkit.rag.index import RagIndex
 
     index = RagIndex.load(args.index)
+    _query(args.query, "query")
     embedder = None
     if (args.mode or index.default_mode()) != "bm25" and index.has_dense:
         embedder = _embedder(args.model or index.meta["dense"]["model"], args)[0]
-    for hit in index.search(args.query, args.k, args.mode, embedder):
+    hits = index.search(args.query, args.k, args.mode, embedder)
+    for hit in hits:
         print(f"[{hit.rank}] {hit.chunk.citation()}  (score {hit.score:.4f})")
         print("    " + hit.chunk.text.strip().replace("\n", "\n    "))
+    if not hits:
+        print(f"no chunk matches {args.query[:80]!r}: none of its words (of two or more letters or digits) is in "
+              f"the index's {len(index.chunks)} chunks; try other words" +
+              ("" if index.has_dense else ", or an index with dense vectors (--model) to search by meaning"))
+    for warning in index.changed_sources(hits):
+        _notice(f"warning: {warning}")
 
 
 def cmd_rag_ask(args) -> None:
@@ -180,6 +205,7 @@ def cmd_rag_ask(args) -> None:
     from llmkit.rag.index import RagIndex
 
     index = RagIndex.load(args.index)  # a missing index is the first thing to report, before loading a model
+    _query(args.question, "question")
     llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
     embedder = _search_embedder(index, args.mode, args.model, args, llm)
     sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -198,6 +224,9 @@ def cmd_rag_ask(args) -> None:
     print("\n\nSources:" if answer.passages else "\n\n(no passages retrieved)")
     for line in answer.sources():
         print(line)
+    cited = [answer.passages[n - 1] for n in answer.cited or range(1, len(answer.passages) + 1)]
+    for warning in index.changed_sources(cited):
+        _notice(f"warning: {warning}")
 
 
 # --- `llmkit chat --rag INDEX --tools calculator,search` and `llmkit serve --rag INDEX` --------------------------

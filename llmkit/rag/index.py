@@ -18,6 +18,7 @@ learning methods"; k = 60 is theirs), which needs no calibration between BM25 sc
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,11 @@ import numpy as np
 
 from llmkit.atomic import staged_directory
 from llmkit.errors import LLMKitError
-from llmkit.rag.chunking import Chunk, ChunkingConfig, chunk_inputs
+from llmkit.errors import DataError
+from llmkit.rag.chunking import (INDEX_FORMAT, AlreadyIndexed, Chunk, ChunkingConfig, changed_since, chunk_inputs,
+                                 is_index)
 from llmkit.rag.lexical import BM25Index, top_k
 
-INDEX_FORMAT = "llmkit-rag-index-v1"
 MODES = ("bm25", "dense", "hybrid")
 RRF_K = 60  # Cormack et al. 2009
 FUSION_DEPTH = 100  # candidates each ranking contributes to the fusion
@@ -47,13 +49,6 @@ class Hit:
     score: float  # the mode's score: BM25, cosine, or the fused reciprocal-rank sum
 
 
-def is_index(folder: Path) -> bool:
-    try:
-        return json.loads((Path(folder) / "index.json").read_text()).get("format") == INDEX_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 class RagIndex:
     def __init__(self, meta: dict, chunks: list[Chunk], bm25: BM25Index, embeddings: np.ndarray | None,
                  folder: Path | None = None):
@@ -62,23 +57,26 @@ class RagIndex:
     # -- building
     @classmethod
     def build(cls, inputs: list[str | Path], config: ChunkingConfig = ChunkingConfig(), embedder=None,
-              tokenizer=None, progress=None) -> "RagIndex":
+              tokenizer=None, progress=None, notice=None) -> "RagIndex":
         """An index of every document of `inputs` (files or folders). embedder: a `ModelEmbedder` for dense
-        vectors (None: BM25 only); tokenizer: for chunks measured in tokens."""
+        vectors (None: BM25 only); tokenizer: for chunks measured in tokens; notice(message): told of the
+        files passed over (of unsupported types; already indexed)."""
         meta = {"format": INDEX_FORMAT, "chunking": config.__dict__.copy(), "files": [], "chunks": 0,
                 "bm25": {"k1": 1.5, "b": 0.75, "stopwords": None},
                 "dense": embedder.describe() if embedder is not None else None}
         empty = np.zeros((0, embedder.dim), dtype=np.float32) if embedder is not None else None
-        return cls(meta, [], None, empty).add(inputs, embedder, tokenizer, progress)
+        return cls(meta, [], None, empty).add(inputs, embedder, tokenizer, progress, notice)
 
-    def add(self, inputs: list[str | Path], embedder=None, tokenizer=None, progress=None) -> "RagIndex":
-        """A new index holding this one's chunks and those of `inputs`: only the new chunks are embedded."""
+    def add(self, inputs: list[str | Path], embedder=None, tokenizer=None, progress=None,
+            notice=None) -> "RagIndex":
+        """A new index holding this one's chunks and those of `inputs`' files that it does not hold yet
+        (files already indexed are passed over, a changed one with a notice): only the new chunks are embedded."""
         config = ChunkingConfig(**self.meta["chunking"])
-        known = {f["path"] for f in self.meta["files"]}
-        new_chunks, files = chunk_inputs(inputs, config, tokenizer)
-        again = [f["path"] for f in files if f["path"] in known]
-        if again:
-            raise RagIndexError(f"{again[0]}: already in the index; build a new index to re-index a changed file")
+        known = {f["path"]: f for f in self.meta["files"]}
+        try:
+            new_chunks, files = chunk_inputs(inputs, config, tokenizer, known, notice)
+        except AlreadyIndexed as e:
+            raise RagIndexError(str(e)) from None
         embeddings = self.embeddings
         if self.meta["dense"] is not None:
             self.check_embedder(embedder, "adding to an index with dense vectors")
@@ -97,6 +95,10 @@ class RagIndex:
     # -- files
     def save(self, out: str | Path, overwrite: bool = False) -> Path:
         out = Path(out)
+        inside = [f["path"] for f in self.meta["files"] if out.resolve() in Path(f["path"]).resolve().parents]
+        if inside:  # replacing the folder would delete the documents it indexes
+            raise RagIndexError(f"{inside[0]}: an indexed file is inside the index folder {out}, which is replaced "
+                                "when the index is written; choose an index folder outside the inputs")
         with staged_directory(out, overwrite=overwrite, ours=is_index, what="the index") as folder:
             (folder / "index.json").write_text(json.dumps(self.meta, indent=1, ensure_ascii=False) + "\n")
             with open(folder / "chunks.jsonl", "w", encoding="utf-8") as f:
@@ -129,11 +131,32 @@ class RagIndex:
         embeddings = None
         if meta.get("dense") is not None:
             embeddings = read_embeddings(folder / "embeddings.npy", len(chunks), meta["dense"].get("dim"))
-        bm25 = BM25Index.load(folder / "bm25", meta.get("bm25", {}).get("stopwords"))
+        bm25 = BM25Index.load(folder / "bm25", meta.get("bm25", {}).get("stopwords"), len(chunks))
         if bm25.size != len(chunks):
             raise RagIndexError(f"{folder / 'bm25'}: scores {bm25.size} chunks, chunks.jsonl holds {len(chunks)}; "
                               "rebuild the index")
         return cls(meta, chunks, bm25, embeddings, folder)
+
+    # -- sources
+    def file_of(self, row: int) -> dict:
+        """The index.json record of the file chunk `row` came from."""
+        starts = [f["first_chunk"] for f in self.meta["files"]]
+        return self.meta["files"][bisect.bisect_right(starts, row) - 1]
+
+    def changed_sources(self, hits: list[Hit]) -> list[str]:
+        """One warning for each file of `hits` that changed (or went) since it was indexed, so that a citation
+        may point at the wrong line; none for an index older than the files' stamps (size, mtime, SHA-256)."""
+        warnings, seen = [], set()
+        for hit in hits:
+            record = self.file_of(hit.row)
+            if record["path"] in seen:
+                continue
+            seen.add(record["path"])
+            what = changed_since(record)
+            if what is not None:
+                warnings.append(f"{record['path']}: {what} since it was indexed, so its passages and line numbers "
+                                "may be out of date; rebuild the index (llmkit rag index ... --overwrite)")
+        return warnings
 
     # -- searching
     @property
@@ -193,15 +216,36 @@ def read_chunks(path: Path, expected) -> list[Chunk]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise RagIndexError(f"{path}: byte {e.start} is not valid UTF-8; the file is damaged: rebuild the index") from None
-    for number, line in enumerate(text.splitlines(), 1):
+    lines = text.split("\n")  # not splitlines(): U+2028, U+0085 ... stand unescaped inside the JSON strings
+    if lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
-            chunks.append(Chunk(**record))
+            chunk = Chunk(**record)
         except (ValueError, TypeError) as e:
             raise RagIndexError(f"{path}: line {number}: not a chunk record ({e}); rebuild the index") from None
+        problem = chunk_problem(chunk)
+        if problem is not None:
+            raise RagIndexError(f"{path}: line {number}: damaged ({problem}); rebuild the index with llmkit rag index")
+        chunks.append(chunk)
     if expected != len(chunks):
         raise RagIndexError(f"{path}: holds {len(chunks)} chunks, index.json says {expected}; rebuild the index")
     return chunks
+
+
+def chunk_problem(chunk: Chunk) -> str | None:
+    """What is wrong with a chunk record's fields (None: nothing)."""
+    for name in ("file", "doc", "text"):
+        if not isinstance(getattr(chunk, name), str):
+            return f"{name!r} must be text, not {getattr(chunk, name)!r:.40}"
+    for name in ("start", "end", "line"):
+        value = getattr(chunk, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "line" else 0):
+            return f"{name!r} must be a whole number >= {1 if name == 'line' else 0}, not {value!r:.40}"
+    if chunk.end < chunk.start:
+        return f"'end' {chunk.end} is before 'start' {chunk.start}"
+    return None
 
 
 def read_embeddings(path: Path, rows: int, dim) -> np.ndarray:
@@ -246,3 +290,40 @@ def check_meta(meta: dict, path: Path) -> None:
         problem = fields(record, types)
         if problem is not None:
             raise RagIndexError(f"{path}: {name!r}: {problem}; restore the file or rebuild the index")
+    problem = meta_values_problem(meta)
+    if problem is not None:
+        raise RagIndexError(f"{path}: damaged ({problem}); rebuild the index with llmkit rag index")
+
+
+def meta_values_problem(meta: dict) -> str | None:
+    """What is wrong with the values of index.json's fields, their types being right (None: nothing): the
+    chunking settings, the chunk count, and each file's chunks following the previous file's."""
+    def whole(value, least: int = 0) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    try:
+        ChunkingConfig(**meta["chunking"])
+    except (DataError, TypeError) as e:
+        return f"'chunking': {e}"
+    settings = meta["bm25"]
+    if not (0 <= settings["k1"] < float("inf") and 0 <= settings["b"] <= 1):
+        return f"'bm25': k1 {settings['k1']!r} and b {settings['b']!r} must be >= 0 and in [0, 1]"
+    if not whole(meta.get("chunks")):
+        return f"'chunks' must be a whole number >= 0, not {meta.get('chunks')!r:.40}"
+    if meta["dense"] is not None and not whole(meta["dense"]["dim"], 1):
+        return f"'dense': 'dim' must be a whole number >= 1, not {meta['dense']['dim']!r:.40}"
+    first = 0
+    for number, record in enumerate(meta["files"], 1):
+        for key in ("chunks", "first_chunk"):
+            if not whole(record.get(key)):
+                return f"'files' entry {number} ({record['path']}): {key!r} must be a whole number >= 0, " \
+                       f"not {record.get(key)!r:.40}"
+        if record["first_chunk"] != first:
+            return f"'files' entry {number} ({record['path']}): 'first_chunk' is {record['first_chunk']}, " \
+                   f"its chunks follow the previous file's at {first}"
+        if not isinstance(record.get("file"), str):
+            return f"'files' entry {number} ({record['path']}): 'file' must be text"
+        first += record["chunks"]
+    if first != meta["chunks"]:
+        return f"the files hold {first} chunks, 'chunks' says {meta['chunks']}"
+    return None

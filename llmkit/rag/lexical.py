@@ -54,15 +54,22 @@ class BM25Index:
         self.retriever.save(str(folder), allow_pickle=False)
 
     @classmethod
-    def load(cls, folder: Path, stopwords: str | None = None) -> "BM25Index":
+    def load(cls, folder: Path, stopwords: str | None = None, num_docs: int | None = None) -> "BM25Index":
+        """bm25s's saved index, checked to be whole and consistent (each failure one line naming the file:
+        bm25s itself would fail deep inside a search, or silently score nothing). num_docs: the chunks the
+        index should score."""
         bm25s = _bm25s()
         if not (folder / "params.index.json").is_file():
             raise LLMKitError(f"{folder}: the BM25 part of the index is missing; rebuild it with llmkit rag index")
         try:
             retriever = bm25s.BM25.load(str(folder), mmap=True, allow_pickle=False)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise LLMKitError(f"{folder}: the BM25 part of the index is unreadable ({e}); "
-                              "rebuild it with llmkit rag index") from None
+        except Exception as e:  # noqa: BLE001 - any failure of a damaged file: JSON, .npy headers, parameters
+            raise LLMKitError(f"{folder}: damaged ({type(e).__name__}: {str(e)[:200]}); "
+                              "rebuild the index with llmkit rag index") from None
+        problem = scores_problem(retriever, num_docs)
+        if problem is not None:
+            where, what = problem
+            raise LLMKitError(f"{folder / where}: damaged ({what}); rebuild the index with llmkit rag index")
         return cls(retriever, stopwords)
 
     @property
@@ -76,6 +83,33 @@ class BM25Index:
             return []
         scores = np.asarray(self.retriever.get_scores_from_ids(ids), dtype=np.float32)
         return top_k(scores, k, positive_only=True)
+
+
+def scores_problem(retriever, num_docs: int | None = None) -> tuple[str, str] | None:
+    """(file, what is wrong) with a loaded bm25s index, or None: the vocabulary maps words to the matrix's
+    term columns, the CSC arrays (one column per term) are consistent, the scores are floats."""
+    scores, vocab = retriever.scores, retriever.vocab_dict
+    data, indices, indptr, docs = scores["data"], scores["indices"], scores["indptr"], scores["num_docs"]
+    if isinstance(docs, bool) or not isinstance(docs, int) or docs < 0 or (num_docs is not None and docs != num_docs):
+        return "params.index.json", f"num_docs {docs!r:.40} is not the index's {num_docs} chunks"
+    for name, array, kind in (("data", data, "f"), ("indices", indices, "iu"), ("indptr", indptr, "iu")):
+        if not isinstance(array, np.ndarray) or array.ndim != 1 or array.dtype.kind not in kind:
+            return f"{name}.csc.index.npy", (f"holds {getattr(array, 'dtype', type(array).__name__)} "
+                                             f"{getattr(array, 'shape', '')}, expected a 1-D "
+                                             f"{'float' if kind == 'f' else 'integer'} array")
+    terms = len(indptr) - 1
+    if terms < 0 or indptr[0] != 0 or indptr[-1] != len(data) or len(indices) != len(data) \
+            or (terms and np.any(np.diff(indptr) < 0)):
+        return "indptr.csc.index.npy", (f"{len(indptr)} column offsets do not fit {len(data)} scores and "
+                                        f"{len(indices)} rows")
+    if len(indices) and (indices.min() < 0 or indices.max() >= docs):
+        return "indices.csc.index.npy", f"rows outside 0..{docs - 1}"
+    # bm25s maps "" (the empty word, which no query holds) to a number past the matrix's columns
+    if not isinstance(vocab, dict) or not all(isinstance(word, str) and isinstance(term, int)
+                                              and not isinstance(term, bool) and 0 <= term <= terms
+                                              and (term < terms or word == "") for word, term in vocab.items()):
+        return "vocab.index.json", f"not a map of words to term numbers below {terms}"
+    return None
 
 
 def top_k(scores: np.ndarray, k: int, positive_only: bool = False) -> list[tuple[int, float]]:
