@@ -69,7 +69,8 @@ class ModelEmbedder:
         if not self.model.config.causal:  # an encoder reads texts as it was trained: [CLS] text [SEP] for BERT
             return [ids or [0] for ids in self.tokenizer.encode_with_special_tokens(texts, context)]
         bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []
-        return [(bos + ids)[:context] or [0] for ids in self.tokenizer.encode_batch(texts)]
+        # literal: a document (or query) quoting `<|endoftext|>` is embedded as the text it is
+        return [(bos + ids)[:context] or [0] for ids in self.tokenizer.encode_batch(texts, literal=True)]
 
     def embed(self, texts: list[str], progress=None) -> np.ndarray:
         """(len(texts), dim) float32. progress: called with (texts done, len(texts)) after each batch."""
