@@ -2,8 +2,9 @@
 `chromium-driver`, through Selenium; no browser is downloaded) against a real server process on a tiny
 random model with an API key: the page loads offline and without the key, asks for the key, streams a
 reply that equals the API's own reply, sends the system prompt, shows the probabilities of each token,
-edits and resends, regenerates, stops a long generation (the server cancels it), and keeps the
-conversation across a reload."""
+edits and resends, regenerates, stops a long generation (the server cancels it), keeps the
+conversation across a reload, and goes on with a conversation longer than the model's context.
+tests/test_serve_web_robustness.py drives the page through what goes wrong."""
 
 import json
 import math
@@ -264,4 +265,27 @@ def test_chat_in_a_real_browser(server, browser):
     assert [e.get_attribute("class") for e in shown] == ["message user", "message assistant"] * 2
     assert browser.find_element(By.ID, "system-prompt").get_attribute("value") == SYSTEM
     assert "stopped" in shown[3].find_element(By.CSS_SELECTOR, ".stats").text
+    assert page_errors(browser) == []
+
+
+def test_a_conversation_longer_than_the_context_goes_on(server, browser):
+    """The page asks the server to drop the oldest turns that do not fit ("truncate": "oldest") rather than
+    refuse the conversation, and the reply's stats say how many went."""
+    turn = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 12
+    history = [{"role": ("user", "assistant")[i % 2], "content": f"{i}: {turn}"} for i in range(8)]
+    assert prompt_tokens(server, history) > CONTEXT
+    conversation = {"id": "long", "title": "long", "system": "", "messages": history, "created": 1, "updated": 2}
+    browser.get(f"{server}/")
+    browser.execute_script("localStorage.clear();"
+                           "localStorage.setItem('llmkit.settings', JSON.stringify(arguments[0]));"
+                           "localStorage.setItem('llmkit.conversations', JSON.stringify([arguments[1]]));"
+                           "localStorage.setItem('llmkit.current', JSON.stringify('long'));",
+                           {"apiKey": KEY, "max_tokens": "4", "temperature": 0, "probabilities": False}, conversation)
+    browser.refresh()
+    wait(browser, lambda d: d.find_element(By.ID, "model-name").text == "tiny", what="the page")
+    browser.find_element(By.ID, "input").send_keys("And now?", Keys.ENTER)
+    stats = wait(browser, lambda d: reply_done(d, 1), what="the reply to the long conversation")  # the only stats
+    dropped = int(stats.get_attribute("data-truncated"))
+    assert 1 <= dropped < len(history) and "oldest messages were left out to fit the context" in stats.text
+    assert not browser.find_elements(By.CSS_SELECTOR, "article.assistant .error")
     assert page_errors(browser) == []

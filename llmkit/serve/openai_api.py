@@ -151,9 +151,10 @@ class OpenAIService:
         if n + need <= self.context:
             return
         asked = f" and max_tokens asks for {max_tokens} more" if max_tokens else ""
+        # "lower max_tokens" first: the advice may end in a clause of its own (the chat's "truncate").
+        lower = "lower max_tokens or " if max_tokens else ""
         raise APIError(400, f"{param}: {what} {n} tokens{asked}, but the model's context is {self.context} tokens; "
-                       f"{advice}" + ("" if not max_tokens else " or lower max_tokens"),
-                       param=param, code="context_length_exceeded")
+                       f"{lower}{advice}", param=param, code="context_length_exceeded")
 
     def completion_prompt(self, prompt: str | list[int], max_tokens: int | None, index: int,
                           name: str = "prompt") -> list[int]:

@@ -9,6 +9,19 @@ export class ApiError extends Error {
   }
 }
 
+// No HTTP answer at all: the server is down or unreachable, or the connection broke mid-reply. fetch says
+// so with a TypeError worded differently by each browser; this names the case for the page.
+export class NetworkError extends ApiError {}
+
+async function request(url, options) {
+  try {
+    return await fetch(url, options);
+  } catch (e) {
+    if (e.name === "AbortError") throw e; // the page's own Stop
+    throw new NetworkError("the server could not be reached");
+  }
+}
+
 function headers(apiKey, json = false) {
   const out = {};
   if (json) out["Content-Type"] = "application/json";
@@ -26,12 +39,12 @@ async function errorOf(response) {
 }
 
 export async function health() {
-  const response = await fetch("/health", { cache: "no-store" });
+  const response = await request("/health", { cache: "no-store" });
   return response.status;
 }
 
 export async function listModels(apiKey) {
-  const response = await fetch("/v1/models", { headers: headers(apiKey), cache: "no-store" });
+  const response = await request("/v1/models", { headers: headers(apiKey), cache: "no-store" });
   if (!response.ok) throw await errorOf(response);
   return (await response.json()).data.map((m) => m.id);
 }
@@ -40,7 +53,7 @@ export async function listModels(apiKey) {
 // An error the server reports inside the stream (after the 200 went out) is thrown as ApiError;
 // aborting `signal` makes fetch close the connection, and the server cancels the request.
 export async function* streamChat(body, { apiKey, signal }) {
-  const response = await fetch("/v1/chat/completions", {
+  const response = await request("/v1/chat/completions", {
     method: "POST", headers: headers(apiKey, true), body: JSON.stringify({ ...body, stream: true }), signal,
   });
   if (!response.ok) throw await errorOf(response);
@@ -48,7 +61,13 @@ export async function* streamChat(body, { apiKey, signal }) {
   let pending = ""; // text after the last line break
   let data = []; // the data lines of the event being read
   for (;;) {
-    const { value, done } = await reader.read();
+    let value, done;
+    try {
+      ({ value, done } = await reader.read());
+    } catch (e) {
+      if (e.name === "AbortError") throw e;
+      throw new NetworkError("the connection to the server was lost before the reply was complete");
+    }
     if (done) break;
     pending += value;
     const lines = pending.split(/\r\n|\r|\n/);
@@ -73,7 +92,7 @@ export async function* streamChat(body, { apiKey, signal }) {
 // POST /v1/inspect/{kind} (attention | lens | next_token): the reply's JSON, or an ApiError with the
 // server's message (a text too long, a token that is not in it...).
 export async function inspect(kind, body, apiKey) {
-  const response = await fetch(`/v1/inspect/${kind}`, {
+  const response = await request(`/v1/inspect/${kind}`, {
     method: "POST", headers: headers(apiKey, true), body: JSON.stringify(body),
   });
   if (!response.ok) throw await errorOf(response);

@@ -3,7 +3,7 @@
 // request within one engine step), regenerate, edit-and-resend, sampling settings, speed and token
 // counts under each reply, a per-token probabilities view, and the Inspect view (inspect.js).
 
-import { ApiError, health, listModels, streamChat } from "./api.js";
+import { ApiError, NetworkError, health, listModels, streamChat } from "./api.js";
 import { Inspector } from "./inspect.js";
 import { renderMarkdown } from "./markdown.js";
 import { TokenPopup, renderTokens, tokensOf } from "./probabilities.js";
@@ -23,6 +23,10 @@ let conversations = store.loadConversations();
 let current = conversations.find((c) => c.id === store.loadCurrentId()) || null;
 let model = null; // the served model's id, from /v1/models
 let busy = null; // the generation in flight: {controller, conversation, reply}
+let retry = null; // the timer of the next connect() while the server is loading or unreachable
+// Conversations deleted in this tab, by id, with their `updated` then: a stored copy no newer than that is
+// one the merge with other tabs' saves must not bring back (one continued since, in another tab, stays).
+const deleted = new Map();
 const popup = new TokenPopup($("token-popup"));
 const inspector = new Inspector({
   conversation: () => current, apiKey: () => settings.apiKey, model: () => model, onUnauthorized: () => askForKey(),
@@ -31,9 +35,48 @@ const inspector = new Inspector({
 // --- persistence -------------------------------------------------------------------------------------------
 function persist() {
   const kept = conversations.filter((c) => c.messages.length);
-  if (!store.saveConversations(kept, current ? current.id : null)) {
+  const outcome = store.saveConversations(kept, current ? current.id : null, deleted);
+  if (outcome === "full") {
     showNotice("The browser's storage is full: delete some conversations, or this one will not be kept.");
+  } else if (outcome === "without-tokens") {
+    showNotice("The browser's storage is nearly full: this conversation's text is kept, its token " +
+               "probabilities are not (delete some conversations to keep them).");
   }
+}
+
+// Another tab of the page saved its conversations (both keep theirs in the same localStorage key): take
+// what it added or changed later than this tab did, and drop what it deleted, so that this tab's next
+// save neither overwrites nor revives them. A conversation this tab is generating into, or whose message
+// is being edited here, stays as this tab has it; a deleted one on screen stays on screen (sending in it
+// keeps it again).
+function takeOtherTabsChanges(event) {
+  if (event.storageArea !== localStorage || event.key !== store.CONVERSATIONS_KEY) return;
+  const before = new Set(store.parseConversations(event.oldValue).map((c) => c.id));
+  const after = store.parseConversations(event.newValue);
+  const ids = new Set(after.map((c) => c.id));
+  const generating = (c) => busy && c === busy.conversation;
+  const editing = (c) => c === current && ui.messages.querySelector("textarea.editor");
+  conversations = conversations.filter((c) => generating(c) || !before.has(c.id) || ids.has(c.id));
+  let redraw = false;
+  for (const theirs of after) {
+    if (deleted.has(theirs.id) && theirs.updated <= deleted.get(theirs.id)) continue;
+    const i = conversations.findIndex((c) => c.id === theirs.id);
+    if (i < 0) {
+      if (current && current.id === theirs.id && (generating(current) || editing(current))) continue;
+      conversations.push(theirs);
+      redraw ||= current && current.id === theirs.id;
+    } else if (theirs.updated > conversations[i].updated && !generating(conversations[i]) &&
+               !editing(conversations[i])) {
+      redraw ||= conversations[i] === current;
+      conversations[i] = theirs;
+    }
+  }
+  if (redraw) {
+    current = conversations.find((c) => c.id === current.id);
+    ui.system.value = current.system || "";
+    renderConversation();
+  }
+  renderList();
 }
 
 function showNotice(text) {
@@ -52,6 +95,7 @@ function renderList() {
     open.type = "button";
     open.className = "open";
     open.textContent = conversation.title || "(untitled)";
+    open.dir = "auto";
     open.title = new Date(conversation.updated).toLocaleString();
     open.addEventListener("click", () => switchTo(conversation));
     const remove = document.createElement("button");
@@ -91,6 +135,7 @@ function deleteConversation(conversation) {
   if (!confirm(`Delete "${conversation.title || "this conversation"}"?`)) return;
   if (busy && busy.conversation === conversation) stop();
   conversations = conversations.filter((c) => c !== conversation);
+  deleted.set(conversation.id, conversation.updated);
   if (current === conversation) {
     current = null;
     startNewChat();
@@ -128,6 +173,7 @@ function messageElement(message, index) {
   element.dataset.index = String(index);
   const body = document.createElement("div");
   body.className = "body";
+  body.dir = "auto"; // a reply in Arabic or Hebrew reads right to left
   const meta = document.createElement("footer");
   meta.className = "meta";
   element.append(body, meta);
@@ -159,30 +205,30 @@ function sourcesElement(sources) {
 // (Re)draws a message's body and footer: called on every streamed chunk (throttled) and when done.
 function fillMessage(element, message, index) {
   const [body, meta] = element.children;
-  const streaming = busy && busy.reply === message;
-  if (message.role === "user") {
+  const streaming = Boolean(busy && busy.reply === message);
+  element.classList.toggle("streaming", streaming);
+  meta.replaceChildren();
+  try {
+    fillBody(body, message, streaming);
+    if (message.stats) meta.append(statsElement(message.stats));
+  } catch (e) {
+    // A reply the renderer cannot draw (or stored data it does not expect) is shown as plain text: one
+    // message must not stop the conversation, or the page, from being drawn.
+    console.warn("a message drawn as plain text:", e);
+    body.className = "body";
     body.textContent = message.content;
-    meta.replaceChildren();
-    if (!busy) meta.append(button("Edit", "edit", "Edit this message and send it again"));
-    return;
   }
-  const showTokens = message.showTokens && message.tokens && message.tokens.length;
-  body.className = showTokens ? "body tokens" : "body markdown";
-  if (showTokens) renderTokens(body, message.tokens);
-  else body.innerHTML = renderMarkdown(message.content); // escaped first: see markdown.js
-  element.classList.toggle("streaming", Boolean(streaming));
-  if (message.sources && message.sources.length && !streaming) body.append(sourcesElement(message.sources));
   if (message.error) {
     const error = document.createElement("div");
     error.className = "error";
     error.textContent = message.error;
     body.append(error);
   }
-  meta.replaceChildren();
-  if (message.stats) meta.append(statsElement(message.stats));
-  if (!streaming) {
+  if (message.role === "user") {
+    if (!busy) meta.append(button("Edit", "edit", "Edit this message and send it again"));
+  } else if (!streaming) {
     if (message.tokens && message.tokens.length) {
-      meta.append(button(showTokens ? "Text" : "Probabilities", "toggle-tokens",
+      meta.append(button(message.showTokens ? "Text" : "Probabilities", "toggle-tokens",
                          "Show each token and the alternatives the model weighed"));
     }
     if (!busy && index === current.messages.length - 1) {
@@ -191,17 +237,35 @@ function fillMessage(element, message, index) {
   }
 }
 
+function fillBody(body, message, streaming) {
+  if (message.role === "user") {
+    body.textContent = message.content;
+    return;
+  }
+  const showTokens = message.showTokens && message.tokens && message.tokens.length;
+  body.className = showTokens ? "body tokens" : "body markdown";
+  if (showTokens) renderTokens(body, message.tokens);
+  else body.innerHTML = renderMarkdown(message.content); // escaped first: see markdown.js
+  if (message.sources && message.sources.length && !streaming) body.append(sourcesElement(message.sources));
+}
+
+// Each figure only if it is a number: replies stored by an older page lack some (tokensPerS, truncated).
 function statsElement(stats) {
   const span = document.createElement("span");
   span.className = "stats";
-  const parts = [`${stats.exact ? "" : "~"}${stats.completion} tokens`];
-  if (stats.tokensPerS !== null) parts.push(`${stats.tokensPerS.toFixed(1)} tokens/s`);
-  if (stats.prompt !== null) parts.push(`prompt ${stats.prompt} tokens${stats.cached ? ` (${stats.cached} cached)` : ""}`);
-  if (stats.ttftS !== null) parts.push(`first token ${stats.ttftS.toFixed(2)} s`);
+  const known = (x) => typeof x === "number" && Number.isFinite(x);
+  const parts = [`${stats.exact ? "" : "~"}${known(stats.completion) ? stats.completion : "?"} tokens`];
+  if (known(stats.tokensPerS)) parts.push(`${stats.tokensPerS.toFixed(1)} tokens/s`);
+  if (known(stats.prompt)) parts.push(`prompt ${stats.prompt} tokens${stats.cached ? ` (${stats.cached} cached)` : ""}`);
+  if (known(stats.ttftS)) parts.push(`first token ${stats.ttftS.toFixed(2)} s`);
+  if (known(stats.truncated) && stats.truncated > 0) {
+    const n = stats.truncated;
+    parts.push(`the ${n === 1 ? "oldest message was" : `${n} oldest messages were`} left out to fit the context`);
+  }
   const reason = { length: "max tokens reached", stopped: "stopped" }[stats.finish];
   if (reason) parts.push(reason);
   span.textContent = parts.join(" \u00b7 ");
-  for (const key of ["completion", "prompt", "finish"]) span.dataset[key] = String(stats[key]);
+  for (const key of ["completion", "prompt", "finish", "truncated"]) span.dataset[key] = String(stats[key]);
   return span;
 }
 
@@ -221,7 +285,9 @@ function requestBody(conversation) {
     if (m.role === "assistant" && !m.content) continue; // a reply that failed before its first token
     messages.push({ role: m.role, content: m.content });
   }
-  const body = { messages, stream_options: { include_usage: true } };
+  // A conversation longer than the model's context goes on: the server drops its oldest turns (never the
+  // system prompt or the new message) and says how many in `truncated_messages`.
+  const body = { messages, stream_options: { include_usage: true }, truncate: "oldest" };
   if (model) body.model = model;
   for (const [field, value] of [["temperature", settings.temperature], ["top_p", settings.top_p],
                                 ["max_tokens", settings.max_tokens], ["seed", settings.seed]]) {
@@ -232,6 +298,7 @@ function requestBody(conversation) {
 }
 
 async function generate(conversation) {
+  if (!conversations.includes(conversation)) conversations.push(conversation); // deleted in another tab
   const reply = { role: "assistant", content: "", tokens: settings.probabilities ? [] : undefined, stats: null };
   conversation.messages.push(reply);
   conversation.updated = Date.now();
@@ -242,7 +309,7 @@ async function generate(conversation) {
   renderConversation();
   renderList();
   const started = performance.now();
-  let first = null, last = null, usage = null, finish = null, chunks = 0;
+  let first = null, last = null, usage = null, finish = null, chunks = 0, truncated = null;
   let redraw = null;
   const draw = () => {
     redraw = null;
@@ -255,6 +322,7 @@ async function generate(conversation) {
   try {
     for await (const chunk of streamChat(requestBody(conversation), { apiKey: settings.apiKey, signal: controller.signal })) {
       if (chunk.usage) usage = chunk.usage;
+      if (typeof chunk.truncated_messages === "number") truncated = chunk.truncated_messages;
       for (const choice of chunk.choices || []) {
         const text = (choice.delta && choice.delta.content) || "";
         if (text) {
@@ -270,8 +338,15 @@ async function generate(conversation) {
       if (redraw === null) redraw = setTimeout(draw, 40);
     }
   } catch (e) {
-    if (e.name === "AbortError") finish = "stopped";
-    else reply.error = e instanceof ApiError ? e.message : `The request failed: ${e.message}`;
+    if (e.name === "AbortError") {
+      finish = "stopped";
+    } else if (e instanceof NetworkError) {
+      reply.error = `The request failed: ${e.message}.`;
+      ui.status.textContent = "server unreachable";
+      connect(); // tries again until the server answers, then says "ready"
+    } else {
+      reply.error = e instanceof ApiError ? e.message : `The request failed: ${e.message}`;
+    }
     if (e.status === 401) askForKey();
   } finally {
     clearTimeout(redraw);
@@ -284,12 +359,15 @@ async function generate(conversation) {
       ttftS: first === null ? null : (first - started) / 1000,
       // Decode speed: tokens after the first over the time since the first arrived.
       tokensPerS: decodeS && counted > 1 ? (counted - 1) / decodeS : null,
+      truncated,
     };
     busy = null;
     setBusy(false);
     conversation.updated = Date.now();
     persist();
-    if (current === conversation) renderConversation();
+    // Also when the user has switched conversation meanwhile: the one on screen was drawn while this
+    // reply was busy, without its Edit and Regenerate buttons.
+    if (current) renderConversation();
     renderList();
   }
 }
@@ -304,11 +382,16 @@ function setBusy(on) {
   document.body.classList.toggle("busy", on);
 }
 
+// The first 60 characters of the first message; counted in code points, so an emoji is never cut in two.
+function titleOf(text) {
+  return Array.from(text.trim().replace(/\s+/g, " ")).slice(0, 60).join("");
+}
+
 function send() {
   const text = ui.input.value;
   if (busy || !text.trim()) return;
   if (!current) startNewChat();
-  if (!current.messages.length) current.title = text.trim().replace(/\s+/g, " ").slice(0, 60);
+  if (!current.messages.length) current.title = titleOf(text);
   current.system = ui.system.value;
   current.messages.push({ role: "user", content: text });
   ui.input.value = "";
@@ -327,6 +410,7 @@ function editMessage(element, index) {
   const [body, meta] = element.children;
   const editor = document.createElement("textarea");
   editor.className = "editor";
+  editor.dir = "auto";
   editor.value = message.content;
   editor.rows = Math.min(12, message.content.split("\n").length + 1);
   body.replaceChildren(editor);
@@ -338,7 +422,7 @@ function editMessage(element, index) {
     // Everything after the edited message belonged to the old text: it goes.
     current.messages = current.messages.slice(0, index);
     current.messages.push({ role: "user", content: editor.value });
-    if (index === 0) current.title = editor.value.trim().replace(/\s+/g, " ").slice(0, 60);
+    if (index === 0) current.title = titleOf(editor.value);
     generate(current);
   };
   save.addEventListener("click", commit);
@@ -382,11 +466,12 @@ function askForKey() {
 }
 
 async function connect() {
+  clearTimeout(retry); // one pending retry at most, however many failures called this
   try {
     const status = await health();
     if (status === 503) {
       ui.status.textContent = "loading the model\u2026";
-      setTimeout(connect, 2000);
+      retry = setTimeout(connect, 2000);
       return;
     }
     model = (await listModels(settings.apiKey))[0] || null;
@@ -397,9 +482,35 @@ async function connect() {
     if (e.status === 401) askForKey();
     else {
       ui.status.textContent = "server unreachable";
-      setTimeout(connect, 5000);
+      retry = setTimeout(connect, 5000);
     }
   }
+}
+
+// Copies a code block. navigator.clipboard exists only in secure contexts (https, localhost), not for a
+// server on a LAN address over http: then the code is selected and the older copy command asked for; if
+// the browser refuses that too, the code stays selected for the user to copy.
+async function copyCode(copyButton) {
+  const code = copyButton.closest(".code-block").querySelector("code");
+  let copied = false;
+  if (navigator.clipboard) {
+    try {
+      await navigator.clipboard.writeText(code.textContent);
+      copied = true;
+    } catch (_) { /* refused: try the other way */ }
+  }
+  if (!copied) {
+    const range = document.createRange();
+    range.selectNodeContents(code);
+    const selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    try {
+      copied = document.execCommand("copy");
+    } catch (_) { /* some browsers throw rather than return false */ }
+    if (copied) selection.removeAllRanges();
+  }
+  copyButton.textContent = copied ? "Copied" : "Copy failed \u2014 select the text";
 }
 
 // --- events ------------------------------------------------------------------------------------------------
@@ -433,8 +544,7 @@ ui.messages.addEventListener("click", (event) => {
   const element = target.closest("article");
   const index = element ? Number(element.dataset.index) : -1;
   if (target.classList.contains("copy-code")) {
-    const code = target.closest(".code-block").querySelector("code").textContent;
-    navigator.clipboard.writeText(code).then(() => { target.textContent = "Copied"; }, () => {});
+    copyCode(target);
   } else if (target.classList.contains("edit") && !busy) {
     editMessage(element, index);
   } else if (target.classList.contains("regenerate")) {
@@ -452,14 +562,20 @@ popup.attach(ui.messages, (span) => {
   return current.messages[index].tokens[Number(span.dataset.token)];
 });
 window.addEventListener("beforeunload", () => {
-  if (busy) persist(); // keep the part of a reply that has arrived
+  if (!busy) return;
+  // Keep the part of the reply that has arrived, marked as cut short: it is not the model's whole reply.
+  busy.reply.error = "Interrupted: the page was reloaded or closed before the reply was complete.";
+  persist();
 });
+window.addEventListener("storage", takeOtherTabsChanges);
 
 loadSettingsIntoForm();
-if (current) {
-  renderConversation();
-  renderList();
-} else {
-  startNewChat();
+try {
+  if (current) renderConversation();
+  else startNewChat();
+} catch (e) {
+  // Whatever the stored conversation holds, the list of the others and the server connection come up.
+  console.warn("the conversation could not be drawn:", e);
 }
+renderList();
 connect();

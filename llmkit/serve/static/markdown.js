@@ -7,6 +7,8 @@
 // Supported: fenced code blocks (``` or ~~~, with a language; an unclosed fence while a reply streams
 // in is a code block to the end), inline code, **bold**, *italics*, ~~strike~~, [links](https://...),
 // headings, bullet and numbered lists (nested by indentation), block quotes, tables, rules, paragraphs.
+// Quotes and lists nest at most MAX_DEPTH deep (deeper markers stay text): rendering recurses per level,
+// and a reply of thousands of `>` would otherwise overflow the stack.
 
 const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 
@@ -20,11 +22,12 @@ const RULE = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
 const QUOTE = /^ {0,3}>\s?(.*)$/;
 const LIST_ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
 const TABLE_DIVIDER = /^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$/;
+export const MAX_DEPTH = 32;
 
 export function renderMarkdown(source) {
-  // NUL marks inline-code placeholders below; a reply cannot contain one.
+  // NUL marks inline placeholders below; a reply cannot contain one.
   const lines = source.replace(/\u0000/g, "").replace(/\r\n?/g, "\n").split("\n");
-  return renderBlocks(lines);
+  return renderBlocks(lines, 0);
 }
 
 function leadingSpaces(line) {
@@ -35,7 +38,8 @@ function startsBlock(line) {
   return FENCE.test(line) || HEADING.test(line) || RULE.test(line) || QUOTE.test(line) || LIST_ITEM.test(line);
 }
 
-function renderBlocks(lines) {
+function renderBlocks(lines, depth) {
+  const nests = depth < MAX_DEPTH; // past the limit, quote and list markers are paragraph text
   const out = [];
   let paragraph = [];
   const flush = () => {
@@ -67,17 +71,17 @@ function renderBlocks(lines) {
       flush();
       out.push("<hr>");
       i++;
-    } else if (QUOTE.test(line)) {
+    } else if (nests && QUOTE.test(line)) {
       flush();
       const quoted = [];
       while (i < lines.length && (m = lines[i].match(QUOTE))) {
         quoted.push(m[1]);
         i++;
       }
-      out.push(`<blockquote>${renderBlocks(quoted)}</blockquote>`);
-    } else if (LIST_ITEM.test(line)) {
+      out.push(`<blockquote>${renderBlocks(quoted, depth + 1)}</blockquote>`);
+    } else if (nests && LIST_ITEM.test(line)) {
       flush();
-      i = renderList(lines, i, out);
+      i = renderList(lines, i, out, depth);
     } else if (line.includes("|") && i + 1 < lines.length && TABLE_DIVIDER.test(lines[i + 1]) &&
                lines[i + 1].includes("-")) {
       flush();
@@ -100,7 +104,7 @@ function codeBlock(code, language) {
 
 // A list from line i: its items, each item's continuation lines (indented, or lazy paragraph lines), and
 // nested lists (indented deeper) rendered recursively. Returns the index after the list.
-function renderList(lines, i, out) {
+function renderList(lines, i, out, depth) {
   const first = lines[i].match(LIST_ITEM);
   const indent = first[1].length;
   const ordered = /\d/.test(first[2]);
@@ -139,7 +143,7 @@ function renderList(lines, i, out) {
   const tag = ordered ? "ol" : "ul";
   const start = ordered ? parseInt(first[2], 10) : 1;
   const body = items.map((item) => {
-    const inner = item.lines.length === 1 ? inline(item.lines[0]) : renderBlocks(item.lines);
+    const inner = item.lines.length === 1 ? inline(item.lines[0]) : renderBlocks(item.lines, depth + 1);
     return `<li>${inner}</li>`;
   });
   out.push(`<${tag}${start !== 1 ? ` start="${start}"` : ""}>${body.join("")}</${tag}>`);
@@ -170,20 +174,29 @@ function renderTable(lines, i, out) {
 }
 
 // Inline rules on one line (or paragraph) of raw text: code spans are cut out first (their text is only
-// escaped), then the rest is escaped and the emphasis and link rules add their fixed tags.
+// escaped), then the rest is escaped, links are cut out in turn (so that no emphasis rule reaches into an
+// href: `#object.__init__` stays a URL), the emphasis rules add their fixed tags, and the cut-outs go back.
+// A placeholder is NUL, a kind letter and a number, NUL: text that no rule below matches.
 export function inline(raw) {
-  const codes = [];
-  let text = raw.replace(/(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/g, (_, ticks, code) => {
-    codes.push(`<code>${escapeHtml(code)}</code>`);
-    return `\u0000${codes.length - 1}\u0000`;
-  });
+  const cut = { c: [], a: [] };
+  const placeholder = (kind, html) => `\u0000${kind}${cut[kind].push(html) - 1}\u0000`;
+  let text = raw.replace(/\u0000/g, "").replace(/(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/g,
+    (_, ticks, code) => placeholder("c", `<code>${escapeHtml(code)}</code>`));
   text = escapeHtml(text);
-  text = text.replace(/\[([^\]\n]+)\]\((https?:\/\/[^\s)]+)\)/g,
-    (_, label, url) => `<a href="${url}" target="_blank" rel="noopener noreferrer">${label}</a>`);
+  // A URL may hold one level of balanced parentheses (Wikipedia's `Python_(programming_language)`).
+  text = text.replace(/\[([^\]\n]+)\]\((https?:\/\/(?:[^\s()]|\([^\s()]*\))+)\)/g, (_, label, url) =>
+    placeholder("a", `<a href="${url}" target="_blank" rel="noopener noreferrer">${emphasis(label)}</a>`));
+  text = emphasis(text);
+  for (const kind of ["a", "c"]) { // links first: a link's label may hold a code span
+    text = text.replace(new RegExp(`\u0000${kind}(\\d+)\u0000`, "g"), (_, n) => cut[kind][Number(n)]);
+  }
+  return text;
+}
+
+function emphasis(text) {
   text = text.replace(/\*\*(?=\S)([\s\S]*?\S)\*\*/g, "<strong>$1</strong>");
   text = text.replace(/(^|[^\w])__(?=\S)([\s\S]*?\S)__(?![\w])/g, "$1<strong>$2</strong>");
   text = text.replace(/(^|[^*\w])\*([^\s*](?:[^*]*?[^\s*])?)\*(?![*\w])/g, "$1<em>$2</em>");
   text = text.replace(/(^|[^\w])_([^\s_](?:[^_]*?[^\s_])?)_(?![\w])/g, "$1<em>$2</em>");
-  text = text.replace(/~~(?=\S)([\s\S]*?\S)~~/g, "<del>$1</del>");
-  return text.replace(/\u0000(\d+)\u0000/g, (_, n) => codes[Number(n)]);
+  return text.replace(/~~(?=\S)([\s\S]*?\S)~~/g, "<del>$1</del>");
 }

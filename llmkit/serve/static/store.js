@@ -2,6 +2,7 @@
 // token probabilities and speed. Nothing is stored on the server.
 
 const KEYS = { settings: "llmkit.settings", conversations: "llmkit.conversations", current: "llmkit.current" };
+export const CONVERSATIONS_KEY = KEYS.conversations; // for the page's `storage` listener (other tabs)
 
 export const DEFAULT_SETTINGS = {
   apiKey: "", system: "", temperature: 0.7, top_p: 1, max_tokens: "", seed: "", probabilities: true,
@@ -34,28 +35,90 @@ export function newConversation(system) {
   return { id: newId(), title: "", system, messages: [], created: now, updated: now };
 }
 
+// A stored conversation as the page can show it, or null: data written by another version of the page,
+// edited by hand or cut short must never stop the page from loading, so each message is checked here.
+function validConversation(c) {
+  if (!c || typeof c !== "object" || !c.id || !Array.isArray(c.messages)) return null;
+  const messages = c.messages.map(validMessage).filter(Boolean);
+  return { ...c, id: String(c.id), title: typeof c.title === "string" ? c.title : "",
+           system: typeof c.system === "string" ? c.system : "", messages,
+           updated: Number(c.updated) || 0, created: Number(c.created) || 0 };
+}
+
+function validMessage(m) {
+  if (!m || typeof m !== "object" || !["user", "assistant"].includes(m.role)) return null;
+  const out = { ...m, content: typeof m.content === "string" ? m.content : "" };
+  if (!Array.isArray(m.tokens)) delete out.tokens;
+  if (!Array.isArray(m.sources)) delete out.sources;
+  if (!m.stats || typeof m.stats !== "object") delete out.stats;
+  if (m.error !== undefined && typeof m.error !== "string") out.error = String(m.error);
+  return out;
+}
+
 export function loadConversations() {
-  const list = read(KEYS.conversations, []);
-  return Array.isArray(list) ? list.filter((c) => c && c.id && Array.isArray(c.messages)) : [];
+  return validList(read(KEYS.conversations, []));
+}
+
+// The conversations in a `storage` event's value (another tab saved), checked as loadConversations's.
+export function parseConversations(text) {
+  try {
+    return validList(JSON.parse(text));
+  } catch (_) {
+    return [];
+  }
+}
+
+function validList(list) {
+  return Array.isArray(list) ? list.map(validConversation).filter(Boolean) : [];
 }
 
 export function loadCurrentId() {
   return read(KEYS.current, null);
 }
 
-// Saves all conversations. When the browser's quota (about 5 MB) is reached, the token probabilities of
-// the least recently used conversations are dropped, oldest first, until the rest fits; their text stays.
-export function saveConversations(conversations, currentId) {
-  localStorage.setItem(KEYS.current, JSON.stringify(currentId));
-  const oldestFirst = [...conversations].sort((a, b) => a.updated - b.updated);
+function withoutTokens(conversation) {
+  return { ...conversation, messages: conversation.messages.map(({ tokens, showTokens, ...m }) => m) };
+}
+
+// Saves this tab's conversations, merged with what is stored: other tabs of the page save to the same
+// key, so each conversation is taken from whichever side changed it last (`updated`), conversations only
+// another tab knows are kept, and those this tab deleted go (`deleted`: id -> `updated` when deleted; a
+// copy changed since, in another tab, stays).
+//
+// When the browser's quota (about 5 MB) is reached, the token probabilities of the least recently used
+// conversations are dropped, oldest first, until the rest fits; their text stays. Then, rather than lose
+// the current conversation's text, its own probabilities are left out of what is stored (this tab keeps
+// showing them). Returns "saved", "without-tokens" (the current one's probabilities were left out), or
+// "full" (nothing could be saved).
+export function saveConversations(conversations, currentId, deleted = new Map()) {
+  const wasDeleted = (c) => deleted.has(c.id) && c.updated <= deleted.get(c.id);
+  const merged = new Map();
+  for (const c of loadConversations()) if (!wasDeleted(c)) merged.set(c.id, c);
+  for (const c of conversations) {
+    const theirs = merged.get(c.id);
+    if (!theirs || theirs.updated <= c.updated) merged.set(c.id, c);
+  }
+  const list = [...merged.values()];
+  const oldestFirst = [...list].sort((a, b) => a.updated - b.updated);
+  const hasTokens = (c) => c.messages.some((m) => m.tokens);
+  let outcome = "saved";
   for (;;) {
     try {
-      localStorage.setItem(KEYS.conversations, JSON.stringify(conversations));
-      return true;
+      localStorage.setItem(KEYS.conversations, JSON.stringify(list));
+      try {
+        localStorage.setItem(KEYS.current, JSON.stringify(currentId));
+      } catch (_) { /* which conversation to reopen: not worth dropping any data for */ }
+      return outcome;
     } catch (e) {
-      const victim = oldestFirst.find((c) => c.id !== currentId && c.messages.some((m) => m.tokens));
-      if (!victim) return false;
-      for (const m of victim.messages) delete m.tokens;
+      const victim = oldestFirst.find((c) => c.id !== currentId && hasTokens(c));
+      if (victim) {
+        for (const m of victim.messages) delete m.tokens;
+        continue;
+      }
+      const i = list.findIndex((c) => c.id === currentId);
+      if (i < 0 || !hasTokens(list[i])) return "full";
+      list[i] = withoutTokens(list[i]); // a copy: this tab's Probabilities view keeps working
+      outcome = "without-tokens";
     }
   }
 }
