@@ -5,6 +5,9 @@
     tokenizer.json           the `tokenizers` library's file (+ tokenizer_config.json: BOS/EOS, chat template)
     generation_config.json   stop tokens and sampling defaults (Hugging Face's keys)
 
+A training run writes its final model files under FINAL_SAVE_MARKER and removes it last: a directory
+holding the marker (a run killed while saving) is refused, not loaded as a mix of two steps.
+
 Weights are never pickled. Every file is written atomically (temp file + rename). Loading checks each
 file and each tensor against the config and says which one is wrong and what to do.
 
@@ -15,6 +18,7 @@ in place of `weight`; `load_model` rebuilds those Linears (llmkit/infer/quantize
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -33,6 +37,26 @@ from llmkit.yaml_config import load_json
 
 QUANTIZATION = "quantization"  # config.json key of a quantized checkpoint (llmkit.infer.quantize)
 CONFIG, WEIGHTS, TOKENIZER, GENERATION = "config.json", "model.safetensors", "tokenizer.json", "generation_config.json"
+FINAL_SAVE_MARKER = ".final-save-incomplete"  # present while a training run writes its final model files
+_SHA256_CACHE: dict[tuple, str] = {}
+
+
+def weights_sha256(directory: str | Path) -> str:
+    """sha256 of a checkpoint's weights file: what a model is, whatever path it is found at (a training
+    run's resume and DPO's reference cache compare it). Cached per (file, size, mtime) in the process."""
+    path = Path(directory) / WEIGHTS
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror}); the checkpoint has no weights") from None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _SHA256_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 23):
+                digest.update(block)
+        _SHA256_CACHE[key] = digest.hexdigest()
+    return _SHA256_CACHE[key]
 
 
 def save_checkpoint(directory: str | Path, model: Transformer, tokenizer: Tokenizer | None = None,
@@ -65,6 +89,9 @@ def load_config(directory: str | Path) -> ModelConfig:
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such checkpoint directory")
+    if (directory / FINAL_SAVE_MARKER).exists():
+        hint = (directory / FINAL_SAVE_MARKER).read_text(errors="replace").strip()
+        raise CheckpointError(f"{directory}: incomplete: {hint or 'a training run was killed while saving it'}")
     path = directory / CONFIG
     if not path.exists():
         raise CheckpointError(f"{path}: missing; a checkpoint directory needs {CONFIG}, {WEIGHTS} and {TOKENIZER}"

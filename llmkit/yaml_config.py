@@ -48,7 +48,21 @@ class _LineLoader(yaml.SafeLoader):
     pass
 
 
+# YAML 1.1 (PyYAML) reads `1e-3` (no dot) as a string; YAML 1.2 and a user mean the number, as the
+# command line's `lr=1e-3` does (parse_overrides)
+_LineLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789"))
+
+
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Located:
+    seen: dict[str, int] = {}
+    for key_node, _ in node.value:  # the mapping's own keys (a `<<` merge's may be overridden, as YAML says)
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+            if key_node.value in seen:  # PyYAML keeps the last silently: which one the user meant is not known
+                raise yaml.constructor.ConstructorError(
+                    problem=f"key {key_node.value!r} appears twice (first on line {seen[key_node.value]}); keep one",
+                    problem_mark=key_node.start_mark)
+            seen[key_node.value] = key_node.start_mark.line + 1
     loader.flatten_mapping(node)
     out = Located()
     out.line = node.start_mark.line + 1

@@ -51,7 +51,7 @@ def resolve_pooling(pooling: str, model_config) -> str:
 class SequenceClassifier(HeadOnTransformer):
     """A Transformer wrapped with a pooled linear head: logits (n_texts, n_labels)."""
 
-    def __init__(self, transformer: nn.Module, labels: list[str], pooling: str = "auto"):
+    def __init__(self, transformer: nn.Module, labels: list[str], pooling: str = "auto", seed: int = 0):
         super().__init__()
         if len(labels) < 2 or len(set(labels)) != len(labels):
             raise ConfigError(f"a classifier needs two or more distinct labels, not {labels}")
@@ -61,8 +61,11 @@ class SequenceClassifier(HeadOnTransformer):
         d = transformer.config.d_model
         p = transformer.tok_emb.weight
         self.score = nn.Linear(d, len(labels), device=p.device, dtype=p.dtype)
-        # small logits at the start (every label near 1/n): std 0.02 is BERT's initializer_range
-        nn.init.normal_(self.score.weight, std=0.02)
+        # small logits at the start (every label near 1/n): std 0.02 is BERT's initializer_range; drawn
+        # from the run's seed, not torch's global generator: the same seed trains the same classifier
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.score.weight.copy_(torch.randn(self.score.weight.shape, generator=generator) * 0.02)
         nn.init.zeros_(self.score.bias)
 
     def forward(self, batch: dict) -> torch.Tensor:

@@ -19,7 +19,7 @@ from llmkit.classify.head import (SequenceClassifier, classification_batch, clas
 from llmkit.errors import ConfigError, DataError
 from llmkit.eval.stats import wilson_interval
 from llmkit.train.peft import apply_peft, prompt_prefix_ids
-from llmkit.train.post_common import items_for, start_model
+from llmkit.train.post_common import check_held_out, items_for, start_model
 from llmkit.train.post_config import PostTrainConfig
 from llmkit.train.trainer import Trainer, TrainResult
 
@@ -81,6 +81,7 @@ def training_examples(config: ClassifyConfig) -> tuple[list[Example], list[Examp
         return train, val
     if config.val_fraction:
         n_val = max(1, int(len(train) * config.val_fraction))
+        check_held_out(config.data, len(train), n_val, config.val_fraction)
         return train[:-n_val], train[-n_val:]
     return train, []
 
@@ -92,7 +93,8 @@ def run_classify(config: ClassifyConfig, out: str | Path, resume: bool = False) 
         raise DataError(f"{config.data}: every example has the label {labels[0]!r}; a classifier needs two or more")
     train_y, val_y = label_indices(train, labels), label_indices(val, labels)
     transformer, tokenizer, base_dir = start_model(config)
-    model = SequenceClassifier(transformer, labels, resolve_pooling(config.pooling, transformer.config))
+    model = SequenceClassifier(transformer, labels, resolve_pooling(config.pooling, transformer.config),
+                               seed=config.seed)
     summary = apply_peft(model, config)
     prefix = prompt_prefix_ids(model)
     causal = model.config.causal
@@ -123,7 +125,7 @@ def run_classify(config: ClassifyConfig, out: str | Path, resume: bool = False) 
 
     trainer = Trainer(model, config, out, batch_fn, max(1, int(config.micro_batch * mean_len)), objective=objective,
                       evaluate=evaluate if val_ids else None, tokenizer=tokenizer, epoch_items=len(train_ids),
-                      save_model=save)
+                      save_model=save, stage="classify train", starting_models={"init_from": base_dir})
     counts = ", ".join(f"{name} {train_y.count(i)}" for i, name in enumerate(labels))
     print(f"classify: {len(train)} examples ({counts}), {len(val)} held out, mean {mean_len:.0f} tokens; "
           f"pooling {model.pooling}; {summary}; {trainer.total_steps} steps", flush=True)

@@ -71,6 +71,18 @@ def build_student(config: DistillConfig, teacher: Transformer) -> Transformer:
     return student.train()
 
 
+def check_shards_tokenizer(shards: Path, tokenizer, teacher_dir: Path) -> None:
+    """Token shards hold ids of the tokenizer they were made with: distilling on another tokenizer's ids
+    would teach the student the teacher's distributions over unrelated text."""
+    from llmkit.tokenizer import Tokenizer
+
+    if not (Path(shards) / "tokenizer.json").is_file():
+        return  # (TokenShards checked the manifest; a folder without its tokenizer cannot be compared)
+    if Tokenizer.load(shards).backend.get_vocab() != tokenizer.backend.get_vocab():
+        raise ConfigError(f"{shards} was tokenized with another tokenizer than the teacher {teacher_dir}'s; "
+                          f"prepare the shards with `llmkit data prepare --tokenizer {teacher_dir}`")
+
+
 def run_distill(config: DistillConfig, out: str | Path, resume: bool = False) -> TrainResult:
     if not config.teacher:
         raise ConfigError("teacher is required: a checkpoint directory or named model (smollm2)")
@@ -80,6 +92,7 @@ def run_distill(config: DistillConfig, out: str | Path, resume: bool = False) ->
     teacher = load_model(teacher_dir, dtype=torch.float32).requires_grad_(False)  # to the run's device below
     tokenizer = load_tokenizer(teacher_dir)
     student = build_student(config, teacher)
+    student_dir = resolve_model(config.init_from) if config.init_from else None
     summary = apply_peft(student, config)
     val = None
     if config.data.endswith((".jsonl", ".jsonl.gz", ".json")):
@@ -104,6 +117,7 @@ def run_distill(config: DistillConfig, out: str | Path, resume: bool = False) ->
         if config.data == "shakespeare":  # the built-in corpus, tokenized with the teacher's tokenizer
             config.tokenizer = str(teacher_dir)
         train, val = resolve_data(config, True)
+        check_shards_tokenizer(train.directory, tokenizer, teacher_dir)
         epoch_items = math.ceil(train.tokens / config.seq_len)  # windows of seq_len tokens in the training shards
 
         def batch_fn(step: int, micro: int):
@@ -125,7 +139,8 @@ def run_distill(config: DistillConfig, out: str | Path, resume: bool = False) ->
 
     trainer = Trainer(student, config, out, batch_fn, config.micro_batch * config.seq_len, objective=objective,
                       evaluate=evaluate if val is not None else None, tokenizer=tokenizer, epoch_items=epoch_items,
-                      save_model=peft_saver(student, tokenizer, config.init_from) if config.peft != "none" else None)
+                      save_model=peft_saver(student, tokenizer, config.init_from) if config.peft != "none" else None,
+                      stage="distill", starting_models={"teacher": teacher_dir, "init_from": student_dir})
     teacher.to(trainer.device)
     print(f"distill: teacher {teacher_dir} ({teacher.num_params() / 1e6:.1f}M parameters) -> student "
           f"{student.num_params() / 1e6:.1f}M; {summary}; temperature {config.temperature}; {trainer.total_steps} steps",

@@ -89,10 +89,13 @@ def pair_logprobs(model, pairs: list[EncodedPair], row_len: int, pad_id: int, pa
     return torch.cat(logps), torch.cat(counts)
 
 
-def reference_logprobs(model, pairs, val_pairs, config, pad_id, out: Path, device, autocast) -> tuple:
-    """The starting model's log-probabilities of every pair, computed once (cached in the run dir)."""
+def reference_logprobs(model, pairs, val_pairs, config, pad_id, out: Path, device, autocast,
+                       weights_sha256: str = "") -> tuple:
+    """The starting model's log-probabilities of every pair, computed once (cached in the run dir). The
+    cache is keyed on the starting weights' sha256, not only their path: another model put at the same
+    path computes them again."""
     path = out / REFERENCE_FILE
-    digest = hashlib.sha256(repr((config.init_from, config.peft, config.dtype, [(p.prompt, p.chosen, p.rejected)
+    digest = hashlib.sha256(repr((config.init_from, weights_sha256, config.peft, config.dtype, [(p.prompt, p.chosen, p.rejected)
                                   for p in pairs + val_pairs])).encode()).hexdigest()
     if path.exists():
         try:
@@ -169,11 +172,13 @@ def run_dpo(config: DPOConfig, out: str | Path, resume: bool = False) -> TrainRe
     trainer = Trainer(model, config, out, batch_fn, max(1, int(config.micro_batch * mean_len)), objective=objective,
                       evaluate=evaluate if (val_pairs or heldout) else None, sample=sample, tokenizer=tokenizer,
                       epoch_items=len(pairs),
-                      save_model=peft_saver(model, tokenizer, base_dir) if config.peft != "none" else None)
+                      save_model=peft_saver(model, tokenizer, base_dir) if config.peft != "none" else None,
+                      stage="dpo", starting_models={"init_from": base_dir})
+    trainer.prepare_output(resume)  # refusals (another stage's checkpoints, a changed model) before the cache
     print(f"dpo: {len(pairs)} pairs ({len(val_pairs)} held out); {summary}; computing reference log-probabilities",
           flush=True)
     ref_train, ref_val = reference_logprobs(model, pairs, val_pairs, config, pad, out, trainer.device,
-                                            trainer.autocast())
+                                            trainer.autocast(), trainer.starting_fingerprints()["init_from"]["sha256"])
     print(f"dpo: reference done; {trainer.total_steps} steps, loss {config.loss}, beta {config.beta} "
           f"(a loss of log 2 = {math.log(2):.4f} at the start)", flush=True)
     return trainer.fit(resume=resume)

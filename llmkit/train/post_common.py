@@ -47,8 +47,16 @@ def stage_records(config: PostTrainConfig, kind: str) -> tuple[list[Record], lis
         return train, load_records(val_data, kind, val_records)
     if config.val_fraction:
         n_val = max(1, int(len(train) * config.val_fraction))
+        check_held_out(data, len(train), n_val, config.val_fraction)
         return train[:-n_val], train[-n_val:]
     return train, []
+
+
+def check_held_out(data, n_records: int, n_val: int, val_fraction: float) -> None:
+    """val_fraction holds out at least one record: of one record (or a fraction near 1) none would be left."""
+    if n_val >= n_records:
+        raise ConfigError(f"{data}: val_fraction={val_fraction:g} holds out {n_val} of its {n_records} record(s), "
+                          "leaving none to train on; lower val_fraction, use more records, or give val_data")
 
 
 def task_records(config: PostTrainConfig, val_records: list[Record]) -> list[Record]:

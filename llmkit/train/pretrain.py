@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from llmkit.atomic import make_output_dir
 from llmkit.config import ModelConfig
 from llmkit.convert import read_tokenizer
 from llmkit.data.corpus import cache_root, fetch_shakespeare
@@ -29,7 +28,7 @@ from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer, read_text_files
 from llmkit.train.config import TrainConfig
 from llmkit.train.data import TokenShards
-from llmkit.train.trainer import Trainer, TrainResult
+from llmkit.train.trainer import Trainer, TrainResult, check_training_out
 
 
 def builtin_shards(vocab_size: int, tokenizer: str | None = None) -> tuple[Path, Path]:
@@ -155,6 +154,14 @@ def build_model(config: TrainConfig, train: TokenShards, tokenizer: Tokenizer,
     return model
 
 
+def starting_directory(config: TrainConfig) -> Path | None:
+    if not config.init_from:
+        return None
+    from llmkit.convert import resolve_model
+
+    return resolve_model(config.init_from)
+
+
 def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
     from llmkit.train.distributed import init_distributed, shutdown
 
@@ -163,7 +170,7 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
         # vocabulary comes from the data: a lower bound for now, the exact check in build_model)
         check_model_fits(ModelConfig.preset(config.model, **{"vocab_size": 1, **config.model_overrides}), device,
                          f"model {config.model}", vocab_from_data="vocab_size" not in config.model_overrides)
-    make_output_dir(out)  # a folder that cannot be written stops the run before the data is read
+    check_training_out(out)  # a folder that cannot be written, or a user's, stops the run before the data is read
     info = init_distributed(device.type)
     train, val = resolve_data(config, info.is_main)
     tokenizer = Tokenizer.load(train.directory)
@@ -232,7 +239,8 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
     objective = {"objective": span_objective} if corruptor is not None else {}
     trainer = Trainer(model, config, out, batch_fn, config.micro_batch * config.seq_len,
                       evaluate=evaluate if val is not None else None, tokenizer=tokenizer,
-                      sample=sample if masker is None and corruptor is None else None, **objective)
+                      sample=sample if masker is None and corruptor is None else None, **objective,
+                      starting_models={"init_from": starting_directory(config)})
     result = trainer.fit(resume=resume)
     shutdown()  # on success only: after a failure the other ranks may never reach a barrier
     return result

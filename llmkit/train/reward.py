@@ -39,14 +39,17 @@ HEAD_FILE = "reward_head.safetensors"
 class RewardModel(HeadOnTransformer):
     """A Transformer wrapped with a scalar head on the last token's final hidden state."""
 
-    def __init__(self, transformer: nn.Module):
+    def __init__(self, transformer: nn.Module, seed: int = 0):
         super().__init__()
         self.transformer = transformer
         d = transformer.config.d_model
         p = transformer.tok_emb.weight
         self.score = nn.Linear(d, 1, device=p.device, dtype=p.dtype)
-        # std 1/sqrt(d + 1) as in Stiennon et al. 2020's reward head (and TRL): unit-scale rewards at init
-        nn.init.normal_(self.score.weight, std=1 / math.sqrt(d + 1))
+        # std 1/sqrt(d + 1) as in Stiennon et al. 2020's reward head (and TRL): unit-scale rewards at init;
+        # drawn from the run's seed, not torch's global generator: the same seed trains the same model
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.score.weight.copy_(torch.randn(self.score.weight.shape, generator=generator) / math.sqrt(d + 1))
         nn.init.zeros_(self.score.bias)
 
     def forward(self, input_ids, last_index, positions=None, doc_ids=None) -> torch.Tensor:
@@ -158,7 +161,7 @@ def score(model: RewardModel, tokenizer, prompts: list, completions: list, max_l
 
 def run_reward(config: RewardConfig, out: str | Path, resume: bool = False) -> TrainResult:
     transformer, tokenizer, base_dir = start_model(config)
-    model = RewardModel(transformer)
+    model = RewardModel(transformer, seed=config.seed)
     summary = apply_peft(model, config)
     prefix = prompt_prefix_ids(model)
     train_records, val_records = stage_records(config, "preference")
@@ -190,7 +193,7 @@ def run_reward(config: RewardConfig, out: str | Path, resume: bool = False) -> T
     # tokens of a micro-batch: an estimate from the mean pair (each pair is its prompt twice and both replies)
     trainer = Trainer(model, config, out, batch_fn, max(1, int(config.micro_batch * mean_len)), objective=objective,
                       evaluate=evaluate if val_pairs else None, tokenizer=tokenizer, epoch_items=len(pairs),
-                      save_model=save)
+                      save_model=save, stage="reward", starting_models={"init_from": base_dir})
     print(f"reward: {len(pairs)} pairs ({len(val_pairs)} held out), mean {mean_len / 2:.0f} tokens a sequence; "
           f"{summary}; {trainer.total_steps} steps", flush=True)
     return trainer.fit(resume=resume)

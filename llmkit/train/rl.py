@@ -16,6 +16,9 @@ The loss is PPO's clipped surrogate (Schulman et al. 2017, eq. 7), -min(rho A, c
 per completion token, averaged over the tokens of the batch; rho = pi / pi_old is exactly 1 with one
 update per batch of rollouts (plain REINFORCE with a baseline) and matters when `updates_per_batch` > 1
 reuses rollouts. Completions that never reach a stop token get `missing_eos_penalty` off their reward.
+A batch's rollouts live in memory, so periodic checkpoints fall on a batch's first step and resume is
+exact; a final or time-limit save in the middle of a batch samples that batch again when resumed.
+Prompts that leave no room for a completion in seq_len are dropped (and counted) before training, as SFT does.
 
 Why critic-free rather than PPO with a value head and GAE: a value head is a second network to train on
 the same few rollouts, and for a reward given once at the end of a short completion GAE's per-token
@@ -32,7 +35,7 @@ from pathlib import Path
 import torch
 from torch.func import functional_call
 
-from llmkit.errors import ConfigError
+from llmkit.errors import ConfigError, DataError
 from llmkit.train.chat_data import encode_prompt
 from llmkit.train.packing import completion_item, model_inputs, pack
 from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
@@ -150,6 +153,16 @@ class _Reference(torch.nn.Module):
         return functional_call(self.model, self.reference, args, kwargs, tie_weights=True, strict=False)
 
 
+def fitting_prompts(records: list, tokenizer, prefix: list[int], seq_len: int) -> tuple[list, int]:
+    """(records whose prompt leaves room for a completion in seq_len, how many were dropped): checked
+    before training, as SFT does, rather than at the step whose batch holds a long prompt."""
+    kept = [r for r in records if len(prefix) + len(encode_prompt(tokenizer, r.prompt)) < seq_len]
+    if records and not kept:
+        raise DataError(f"{records[0].where}: every record's prompt fills seq_len={seq_len} tokens, leaving no "
+                        "room for a completion; raise seq_len")
+    return kept, len(records) - len(kept)
+
+
 def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResult:
     if not config.reward_model:
         raise ConfigError("reward_model is required: a `llmkit reward` output directory, or `answers` for a "
@@ -157,6 +170,8 @@ def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResu
     model, tokenizer, base_dir = start_model(config)
     summary = apply_peft(model, config)
     train_records, val_records = stage_records(config, "prompt")
+    train_records, dropped = fitting_prompts(train_records, tokenizer, prompt_prefix_ids(model), config.seq_len)
+    val_records, val_dropped = fitting_prompts(val_records, tokenizer, prompt_prefix_ids(model), config.seq_len)
     heldout = task_records(config, val_records)
     if config.reward_model == "answers":
         from llmkit.data.assistant_task import require_answers
@@ -203,10 +218,15 @@ def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResu
     trainer = Trainer(model, config, out, batch_fn, tokens_per_micro, objective=objective,
                       evaluate=evaluate if (heldout or val_records) else None, tokenizer=tokenizer,
                       epoch_items=len(train_records) * config.updates_per_batch,
-                      save_model=peft_saver(model, tokenizer, base_dir) if config.peft != "none" else None)
+                      save_model=peft_saver(model, tokenizer, base_dir) if config.peft != "none" else None,
+                      stage="rlhf", starting_models={"init_from": base_dir},
+                      # a batch's rollouts live in memory: checkpoints fall on the first step of a batch
+                      checkpoint_multiple=config.updates_per_batch)
     rewards = reward_function(config, trainer.device, trainer.autocast())
     model.to(trainer.device)
     rollouts = Rollouts(model, tokenizer, rewards, train_records, config, trainer.autocast())
-    print(f"rlhf: {len(train_records)} prompts x {config.group_size} samples, reward {config.reward_model}, baseline "
+    dropped_note = "".join(f" ({n} {what}dropped: prompt longer than seq_len)"
+                           for n, what in ((dropped, ""), (val_dropped, "held-out ")) if n)
+    print(f"rlhf: {len(train_records)} prompts{dropped_note} x {config.group_size} samples, reward {config.reward_model}, baseline "
           f"{config.baseline}, kl_coef {config.kl_coef}; {summary}; {trainer.total_steps} steps", flush=True)
     return trainer.fit(resume=resume)

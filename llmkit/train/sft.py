@@ -102,7 +102,8 @@ def run_sft(config: SFTConfig, out: str | Path, resume: bool = False) -> TrainRe
     trainer = Trainer(model, config, out, batch_fn, config.micro_batch * config.seq_len, objective=sft_objective,
                       evaluate=evaluate if (val_items or heldout) else None, sample=sample, tokenizer=tokenizer,
                       epoch_items=len(rows),
-                      save_model=peft_saver(model, tokenizer, base_dir) if config.peft != "none" else None)
+                      save_model=peft_saver(model, tokenizer, base_dir) if config.peft != "none" else None,
+                      stage="sft", starting_models={"init_from": base_dir})
     print(f"sft: {len(items)} examples ({learned:,} learned tokens) in {len(rows)} rows of {config.seq_len}"
           + (f" ({dropped} dropped: prompt longer than seq_len)" if dropped else "") + "; "
           f"{summary}; {trainer.total_steps} steps", flush=True)

@@ -11,6 +11,13 @@ metrics.jsonl, the progress bar and the loss curve. A feature added here works f
                                                    the one checkpoint format); PEFT and reward models write
                                                    merged weights + adapter / head files through it
 
+A run directory belongs to one run of one stage: its checkpoints record the stage (and PEFT method) and a
+sha256 of each starting model (init_from, a teacher), and a resume by another stage, or after a starting
+model changed on disk, is refused before anything is loaded. An --out holding files no training run wrote
+is refused. The final model files are written under a marker (FINAL_SAVE_MARKER) that loaders refuse,
+so a run killed while writing them leaves a folder that says so, not a mix of two steps; --resume
+writes them again from the last checkpoint.
+
 Only parameters with requires_grad are optimised (LoRA, prompt tuning: the rest is frozen); the model
 may be a module wrapping the Transformer (a reward model's head) if it offers num_params(),
 flops_per_token() and config. With save_model set, a resumable checkpoint also holds the trainable
@@ -32,7 +39,8 @@ import torch.distributed as dist
 from llmkit.atomic import atomic_open, atomic_write_text, fsync_dir, fsync_tree, make_output_dir
 from safetensors.torch import save_file
 
-from llmkit.checkpoint import load_config, load_state_dict, model_from_state, save_checkpoint
+from llmkit.checkpoint import (FINAL_SAVE_MARKER, load_config, load_state_dict, model_from_state, save_checkpoint,
+                               weights_sha256)
 from llmkit.device import autocast_context, resolve_device, training_autocast_dtype
 from llmkit.errors import CheckpointError, ConfigError, OutputError, TrainingError, first_line
 from llmkit.model import Transformer
@@ -44,6 +52,41 @@ from llmkit.train.progress import MetricsLog, ProgressDisplay, measure_peak_flop
 TRAINING_STATE = "training_state.pt"
 TRAINABLE = "trainable.safetensors"  # with a save_model hook: the trainable tensors, for resume
 CALIBRATION_STEPS = 10  # steps timed (after 5 warm-up steps) before the plan is fitted to time_limit_s
+# settings that change no tensor's shape: left out when a checkpoint does not fit the model
+BUDGET_FIELDS = {"max_steps", "max_tokens", "epochs", "time_limit_s", "lr", "eval_every", "log_every", "ckpt_every",
+                 "keep_checkpoints", "plot", "sample_every", "threads", "eval_tokens"}
+# what a run writes in its --out before its first checkpoint or metrics line (DPO's reference cache)
+RUN_FILES = ("checkpoints", "metrics.jsonl", "loss.png", "reference_logprobs.safetensors")
+MODEL_FILES = ("config.json", "model.safetensors")
+
+
+def is_training_output(out: Path) -> bool:
+    """Is `out` a training run's directory (or empty)? A run's checkpoints, metrics or DPO's reference
+    cache say so; anything else (a user's tokenizer, notes, a model no run wrote) is not."""
+    entries = _visible_entries(out)
+    return not entries or any(name in entries for name in RUN_FILES)
+
+
+def _visible_entries(out: Path) -> list[str]:
+    """The names in `out`, less hidden ones: another process's write probe or temporary file (the ranks of
+    a distributed run check the folder at once), never a user's model or notes."""
+    return sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+
+
+def check_training_out(out: str | Path) -> Path:
+    """`out` created for a training run, or refused in one line when it holds files no training run wrote:
+    the run would write its model files (config.json, tokenizer.json, ...) over them."""
+    out = Path(out)
+    if out.is_dir() and not is_training_output(out):
+        entries = _visible_entries(out)
+        models = [name for name in MODEL_FILES if name in entries]
+        if models:  # a model no run wrote here: someone's own
+            raise OutputError(f"{out}: holds a model ({', '.join(models)}) that no training run wrote "
+                              "(no metrics.jsonl or checkpoints); training would replace it: choose another --out")
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise OutputError(f"{out}: holds files that no training run wrote ({shown}); training writes its model, "
+                          "checkpoints and metrics there: choose a new or empty --out")
+    return make_output_dir(out)
 
 
 def causal_lm_objective(model, batch):
@@ -69,11 +112,16 @@ class Trainer:
                  batch_fn: Callable[[int, int], object], tokens_per_micro_batch: int,
                  objective: Callable = causal_lm_objective, evaluate: Callable[[torch.nn.Module], dict] | None = None,
                  sample: Callable[[Transformer, int], str] | None = None, tokenizer=None, epoch_items: int | None = None,
-                 save_model: Callable[[Path, dict], None] | None = None):
+                 save_model: Callable[[Path, dict], None] | None = None, stage: str = "pretrain",
+                 starting_models: dict[str, str | Path | None] | None = None, checkpoint_multiple: int = 1):
         """tokens_per_micro_batch: what one micro-batch of one process holds (for packed pairs, an
         estimate); the Trainer turns config.batch_tokens into a number of accumulated micro-batches from
         it, here and nowhere else. epoch_items: a stage's training items (rows, pairs, prompts), of which
-        each micro-batch takes config.micro_batch; with max_steps 0 the plan is then config.epochs passes."""
+        each micro-batch takes config.micro_batch; with max_steps 0 the plan is then config.epochs passes.
+        stage: the verb (`sft`, `dpo`, ...), recorded in checkpoints: another verb cannot resume them.
+        starting_models: {role: directory} of the models the run starts from (init_from, teacher), whose
+        weights' sha256 a resume must find unchanged. checkpoint_multiple: periodic checkpoints only at
+        steps that are multiples of it (RLHF: the first step of a batch of rollouts, which live in memory)."""
         self.config = config
         self.model = model
         self.out = Path(out_dir)
@@ -100,6 +148,11 @@ class Trainer:
         self.planned_steps = self.total_steps  # the budget; time_limit_s may plan fewer
         self.budget_change: tuple[int, int] | None = None  # (saved, new) budget when a resume changes it
         self.config_changes: list[tuple[str, object, object]] = []  # (field, saved, now) found on resume
+        self.stage, self.peft = stage, getattr(config, "peft", "none")
+        self.starting_models = {role: Path(d) for role, d in (starting_models or {}).items() if d}
+        self._fingerprints: dict[str, dict] | None = None
+        self.checkpoint_multiple = max(1, checkpoint_multiple)
+        self._output_ready = False
 
     def autocast(self):
         """The mixed-precision context of this run's steps, for a stage's evaluation to run the same way."""
@@ -137,14 +190,34 @@ class Trainer:
                 f"{peak_flops / 1e12:.2f} TFLOP/s peak"
                 + (f", stopping after {_duration(c.time_limit_s)} of training" if c.time_limit_s else ""))
 
+    def starting_fingerprints(self) -> dict[str, dict]:
+        """{role: {"path", "sha256"}} of the starting models' weights (hashed once)."""
+        if self._fingerprints is None:
+            self._fingerprints = {role: {"path": str(d), "sha256": weights_sha256(d)}
+                                  for role, d in self.starting_models.items()}
+        return self._fingerprints
+
+    def prepare_output(self, resume: bool = False) -> None:
+        """Everything that can refuse the run directory, before a stage writes or computes anything there
+        (fit calls it; DPO first, before its reference cache): a folder of someone else's files, an
+        earlier run's checkpoints without --resume, and on --resume checkpoints of another stage or PEFT
+        method, or of a starting model that has changed since."""
+        if self._output_ready:
+            return
+        check_training_out(self.out)
+        self._check_checkpoint_folder(resume)
+        if resume:
+            directory = self._latest_checkpoint()
+            self._check_same_run(directory, _read_training_state(directory / TRAINING_STATE))
+        self._output_ready = True
+
     # -- the loop
     def fit(self, resume: bool = False) -> TrainResult:
         c = self.config
         if c.threads:
             torch.set_num_threads(c.threads)
         torch.manual_seed(c.seed)
-        make_output_dir(self.out)
-        self._check_checkpoint_folder(resume)
+        self.prepare_output(resume)
         model = self.model.to(self.device)
         model.train()
         wrapped = D.wrap_model(model, self.dist, c.fsdp, self.device)
@@ -177,6 +250,7 @@ class Trainer:
         window_tokens, window_time = 0, 0.0
         step = start_step
         calibration_start, next_fit = train_time, start_step + CALIBRATION_STEPS + 5
+        checkpoint_due = False  # ckpt_every passed, waiting for a step that is a multiple of checkpoint_multiple
         while step < self.total_steps:
             t0 = time.perf_counter()
             mult = lr_multiplier(step, self.total_steps, c)
@@ -245,8 +319,10 @@ class Trainer:
                 last_eval = self._run_evaluation(runner, wrapped, model, step, train_time, metrics, display)
             elif self.sample and c.sample_every and step % c.sample_every == 0:
                 self._print_sample(wrapped, model, step, display)
-            if (c.ckpt_every and step % c.ckpt_every == 0) or final:
+            checkpoint_due = checkpoint_due or bool(c.ckpt_every and step % c.ckpt_every == 0)
+            if (checkpoint_due and step % self.checkpoint_multiple == 0) or final:
                 self._save(wrapped, model, optimizers, step, tokens_seen, train_time)
+                checkpoint_due = False
             if out_of_time:
                 display.print(f"time limit of {_duration(c.time_limit_s)} reached at step {step}")
                 break
@@ -338,6 +414,7 @@ class Trainer:
             "planned_steps": self.planned_steps,
             "optimizers": optimizer_states, "rng": torch.get_rng_state(),
             "config": {k: v for k, v in self.config.to_dict().items() if not isinstance(v, dict)},
+            "stage": self.stage, "peft": self.peft, "starting_models": self.starting_fingerprints(),
         }
         with atomic_open(partial / TRAINING_STATE) as f:
             torch.save(training_state, f)
@@ -362,13 +439,8 @@ class Trainer:
             earlier = (root / "latest").read_text().strip()
             raise ConfigError(f"{root}: holds checkpoint {earlier} of an earlier run; pass --resume to continue "
                               f"it, or remove {root} (or choose another --out) to start afresh")
-        model_files = [name for name in ("config.json", "model.safetensors") if (self.out / name).exists()]
-        made_by_a_run = (root / "latest").exists() or (self.out / "metrics.jsonl").exists()
-        if not resume and model_files and not made_by_a_run:  # a model no run wrote here: someone's own
-            raise OutputError(f"{self.out}: holds a model ({', '.join(model_files)}) that no training run wrote "
-                              "(no metrics.jsonl or checkpoints); training would replace it: choose another --out")
 
-    def _load_latest(self, wrapped, optimizers) -> tuple[int, int, float]:
+    def _latest_checkpoint(self) -> Path:
         root = self._checkpoint_root()
         pointer = root / "latest"
         if not pointer.exists():
@@ -379,6 +451,43 @@ class Trainer:
         if not name.startswith("step_") or "/" in name or not directory.is_dir():
             raise CheckpointError(f"{pointer}: names {name!r}, which is not a checkpoint folder in {root}; point it "
                                   "at one of the step_* folders there, or run without --resume to start afresh")
+        return directory
+
+    def _check_same_run(self, directory: Path, training: dict) -> None:
+        """A checkpoint is resumed by the stage and PEFT method that wrote it, from the same starting
+        weights; older checkpoints, which did not record these, are taken on trust."""
+        stage, peft = training.get("stage"), training.get("peft")
+        if stage is not None and (stage != self.stage or peft != self.peft):
+            how = f"`llmkit {stage}`" + (f" with peft={peft}" if peft != "none" else "")
+            now = f"`llmkit {self.stage}`" + (f" with peft={self.peft}" if self.peft != "none" else "")
+            raise CheckpointError(f"{directory}: was written by {how}, not {now}; resume it with {how}, "
+                                  "or choose another --out")
+        saved = training.get("starting_models")
+        if not isinstance(saved, dict):
+            return
+        now = self.starting_fingerprints()
+        for role, before in saved.items():
+            if role not in now:
+                continue
+            after = now[role]
+            if before.get("sha256") != after["sha256"]:
+                what = "the teacher" if role == "teacher" else "the starting model"
+                if before.get("path") == after["path"]:
+                    where = (f"{what} at {after['path']} changed since this run began (sha256 "
+                             f"{str(before.get('sha256'))[:12]}... then, {after['sha256'][:12]}... now)")
+                else:
+                    where = (f"this run began from {what} {before.get('path')} (sha256 {str(before.get('sha256'))[:12]}...), "
+                             f"not {after['path']} (sha256 {after['sha256'][:12]}...)")
+                raise CheckpointError(f"{directory}: {where}; resume with the original {role} weights, or start "
+                                      "a new --out")
+            after["path"] = before.get("path", after["path"])  # the same weights: the run began from there
+
+    def _load_latest(self, wrapped, optimizers) -> tuple[int, int, float]:
+        directory = self._latest_checkpoint()
+        training = _read_training_state(directory / TRAINING_STATE)
+        self._check_same_run(directory, training)
+        now = self.config.to_dict()
+        self.config_changes = [(k, v, now[k]) for k, v in training.get("config", {}).items() if k in now and now[k] != v]
         if self.save_model is not None:  # frozen weights come from the model as constructed
             state = load_state_dict(directory / TRAINABLE)
         elif load_config(directory) != self.model.config:
@@ -388,15 +497,18 @@ class Trainer:
             state = load_state_dict(directory / "model.safetensors")
         if self.model.config.tie_embeddings and "tok_emb.weight" in state:
             state["lm_head.weight"] = state["tok_emb.weight"]
-        training = _read_training_state(directory / TRAINING_STATE)
         try:
             D.load_full_state(wrapped, optimizers, state, training["optimizers"], self.config.fsdp)
             torch.set_rng_state(training["rng"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:  # shapes or keys of another model/optimizer
+            changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in self.config_changes
+                                if k not in BUDGET_FIELDS)  # (a longer run or a new lr changes no tensor)
+            if changed:  # e.g. lora_rank: say which setting, not only which tensor
+                raise CheckpointError(f"{directory}: does not fit this run's model and optimizer; settings changed "
+                                      f"since the checkpoint: {changed}; resume with the checkpoint's settings, or "
+                                      "start afresh") from None
             raise CheckpointError(f"{directory}: does not fit this run's model and optimizer ({first_line(e)}); "
                                   "resume with the same preset and overrides, or start afresh") from None
-        now = self.config.to_dict()
-        self.config_changes = [(k, v, now[k]) for k, v in training.get("config", {}).items() if k in now and now[k] != v]
         saved_budget = training.get("planned_steps", self.planned_steps)
         if saved_budget == self.planned_steps:  # the same budget: the saved (possibly time-fitted) plan
             self.total_steps = training.get("total_steps", self.total_steps)
@@ -405,9 +517,19 @@ class Trainer:
         return training["step"], training["tokens"], training["train_time_s"]
 
     def _save_final(self, wrapped, model) -> None:
+        """The final model files, one at a time, under a marker that loaders refuse (llmkit.checkpoint): a
+        kill part-way leaves a folder that says so, never one step's backbone beside another's head; the
+        last checkpoint holds the same weights, and --resume writes them again from it."""
         state = D.full_model_state(wrapped, self.config.fsdp)
         if self.dist.is_main:
+            marker = self.out / FINAL_SAVE_MARKER
+            atomic_write_text(marker, f"the final save of `llmkit {self.stage}` was cut short and its files may "
+                                      f"mix two steps; run `llmkit {self.stage} --out {self.out} --resume` with the "
+                                      "run's settings to write them again\n")
+            fsync_dir(self.out)
             self._write_model(self.out, model, state)
+            marker.unlink()
+            fsync_dir(self.out)
 
     def _write_model(self, directory: Path, model, state: dict, metadata: dict | None = None) -> None:
         if self.save_model is not None:
@@ -431,7 +553,8 @@ def _read_training_state(path: Path) -> dict:
         raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                               "the file is truncated or corrupt: resume from an earlier checkpoint or start afresh") from None
     wrong = [k for k, kind in TRAINING_STATE_KEYS.items() if not isinstance(training, dict)
-             or not isinstance(training.get(k), kind)]
+             or not isinstance(training.get(k), kind)
+             or (kind in (int, (int, float)) and not training[k] >= 0)]  # a step of -5: not ours either
     if wrong:
         raise CheckpointError(f"{path}: not a training state written by llmkit (missing or wrong {', '.join(wrong)}); "
                               "resume from an earlier checkpoint or start afresh")
