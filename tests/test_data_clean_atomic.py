@@ -3,10 +3,14 @@ a file appears whole or not at all, and a failed write leaves no temporary file 
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from conftest import REPO
 from llmkit.atomic import atomic_open, atomic_write_text
 from llmkit.data.clean import InputSpec, config_from_dict, run_pipeline
 from llmkit.errors import DataError
@@ -136,3 +140,49 @@ def test_a_killed_run_leaves_the_previous_output_readable(tmp_path, shakespeare_
     assert prepare([out / "train"], tmp_path / "tok", tmp_path / "shards").documents == 5
     run_pipeline(config_from_dict({"stages": ["normalize"]}), out, inputs=ok, workers=1)
     assert sorted(p.name for p in out.iterdir()) == ["report", "train"]
+
+
+KILLED_SWAP = """
+import os, signal, sys
+from llmkit.data.clean import InputSpec, config_from_dict, run_pipeline
+import llmkit.data.clean.pipeline as pipeline
+
+out, source, renames = sys.argv[1], sys.argv[2], int(sys.argv[3])
+real, moved, swap = os.replace, [], pipeline._swap_in
+
+def replace(src, dst):  # kill -9 after `renames` of the swap's folder moves
+    folder = os.path.basename(str(src)) in pipeline.OUTPUTS
+    if folder and len(moved) == renames:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(src, dst)
+    moved.extend([dst] if folder else [])
+
+def swap_in(*args):
+    pipeline.os.replace = replace
+    swap(*args)
+
+pipeline._swap_in = swap_in
+run_pipeline(config_from_dict({"stages": ["normalize"]}), out, inputs=[InputSpec(source)], workers=1)
+"""
+
+
+@pytest.mark.parametrize("renames", [0, 1, 2, 3])  # old report, train aside; new train, report in
+def test_a_run_killed_while_swapping_its_output_in_is_finished_by_the_next(tmp_path, renames):
+    """kill -9 between the renames that move the old output aside and the new one in: the next run into
+    OUT, even one that then fails, finishes the swap first; the output was whole only inside .work."""
+    ok, bad = _clean_inputs(tmp_path)
+    newer = tmp_path / "newer.jsonl"
+    newer.write_text(json.dumps({"text": "A different document, the one the killed run cleaned."}) + "\n")
+    expected, out = tmp_path / "expected", tmp_path / "out"
+    run_pipeline(config_from_dict({"stages": ["normalize"]}), expected, inputs=[InputSpec(str(newer))], workers=1)
+    run_pipeline(config_from_dict({"stages": ["normalize"]}), out, inputs=ok, workers=1)
+    killed = subprocess.run([sys.executable, "-c", KILLED_SWAP, str(out), str(newer), str(renames)],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (out / ".work").exists()
+    with pytest.raises(DataError, match="line 6"):
+        run_pipeline(config_from_dict({"stages": ["normalize"]}), out, inputs=bad, workers=1)
+    assert not (out / ".work").exists()
+    train = {k: v for k, v in _files(out).items() if k.startswith("train/")}
+    assert train == {k: v for k, v in _files(expected).items() if k.startswith("train/")}
+    assert json.loads((out / "report" / "report.json").read_text())["read"]["documents"] == 1

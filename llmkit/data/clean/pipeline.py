@@ -318,9 +318,32 @@ def _prepare_out(out: Path) -> bool:
         if not (out / "report" / "report.json").exists() and not (out / ".work").exists():
             raise DataError(f"{out}: exists and is not the output of a previous `llmkit data clean`; "
                             "choose an empty or new --out directory")
-        if (out / ".work").exists():  # the scratch of a killed run: never the output itself
+        if (out / ".work").exists():  # the scratch of a killed run: the output only if killed mid-swap
+            _finish_swap(out, out / ".work")
             shutil.rmtree(out / ".work")
     return created
+
+
+SWAP_PLAN = "swap.json"  # in OUT/.work: which outputs a swap replaces, written before its first rename
+
+
+def _finish_swap(out: Path, workdir: Path) -> None:
+    """A run killed inside `_swap_in` left one whole output only in .work (the previous one moved aside,
+    or the new one not yet moved in): finish its swap. The plan is written once the new output is
+    complete, so rolling forward is always possible; without a plan no rename had happened."""
+    try:
+        plan = json.loads((workdir / SWAP_PLAN).read_text())
+    except (OSError, ValueError):
+        return
+    staged, replaced = workdir / "output", workdir / "replaced"
+    for name in plan.get("old", []):  # not yet moved aside: still the previous run's
+        if (out / name).exists() and not (replaced / name).exists():
+            replaced.mkdir(exist_ok=True)
+            os.replace(out / name, replaced / name)
+    for name in plan.get("new", []):  # not yet moved in
+        if (staged / name).exists():
+            os.replace(staged / name, out / name)
+    print(f"{out}: finished moving in the output of a run killed while it did so", file=sys.stderr)
 
 
 def _swap_in(staged: Path, out: Path, workdir: Path) -> None:
@@ -328,9 +351,13 @@ def _swap_in(staged: Path, out: Path, workdir: Path) -> None:
     OUT/.work, so on the same file system: renames only). The old report goes first and the new one comes
     last: a run killed in between leaves .work and no report.json, which `llmkit data prepare` refuses as
     unfinished; before that, OUT holds the previous output whole. Other files in OUT are left alone. An
-    error (or Ctrl-C) between the renames puts the previous output back before the caller clears .work."""
+    error (or Ctrl-C) between the renames puts the previous output back before the caller clears .work; a
+    kill leaves the plan (SWAP_PLAN), and the next run into OUT finishes the swap before anything else."""
     replaced = workdir / "replaced"
     replaced.mkdir()
+    plan = {"old": [n for n in OUTPUTS if (out / n).exists()], "new": [n for n in OUTPUTS if (staged / n).exists()]}
+    with atomic_open(workdir / SWAP_PLAN, "w", encoding="utf-8") as f:  # a kill from here on: _finish_swap
+        json.dump(plan, f)
     moved_out, moved_in = [], []
     try:
         for name in reversed(OUTPUTS):
