@@ -69,22 +69,24 @@ PIECES = ["####", "#### ", "The answer is ", "the answer is ", "$", ",", ".", "-
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=12), st.sampled_from(["18", "1,018", "-7.5", "0"]),
-       st.sampled_from(["full", "cot"]))
-def test_grading_equals_lm_evaluation_harness(pieces, gold, style):
+       st.sampled_from(["full", "cot"]), st.sampled_from(["", "\n", " "]))
+def test_grading_equals_lm_evaluation_harness(pieces, gold, style, after):
     """lm_eval's own RegexFilter and exact_match_hf_evaluate, configured as its gsm8k / gsm8k-cot yamls."""
     lm_eval = pytest.importorskip("lm_eval", reason="lm_eval is a test dependency (pip install -e .[test])")
     from lm_eval.api.metrics import exact_match_hf_evaluate
     from lm_eval.filters.extraction import RegexFilter
 
     assert lm_eval.__version__
-    generated, answer = "".join(pieces), f"Some steps <<1+1=2>>.\n#### {gold}"
+    generated, answer = "".join(pieces), f"Some steps <<1+1=2>>.\n#### {gold}{after}"
+    # gsm8k.yaml's target is the answer field; gsm8k-cot.yaml's the text after "####", stripped
+    target = answer.split("####")[-1].strip() if style == "cot" else answer
     strict_pattern = r"The answer is (\-?[0-9\.\,]+)." if style == "cot" else r"#### (\-?[0-9\.\,]+)"
     filters = {"exact_match_strict": RegexFilter(regex_pattern=strict_pattern, group_select=0),
                "exact_match_flexible": RegexFilter(regex_pattern=r"(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1)}
     _, ours = gsm8k.grade(generated, answer, style)
     for metric, regex_filter in filters.items():
         extracted = list(regex_filter.apply([[generated]], [{}]))[0][0]
-        theirs = exact_match_hf_evaluate([extracted], [answer], regexes_to_ignore=[",", "\\$", "(?s).*#### ", "\\.$"],
+        theirs = exact_match_hf_evaluate([extracted], [target], regexes_to_ignore=[",", "\\$", "(?s).*#### ", "\\.$"],
                                          ignore_case=True)["exact_match"]
         assert ours[metric] == bool(theirs), (metric, generated, answer)
 

@@ -4,12 +4,15 @@ bombs, network access and writes outside its directory are stopped. HumanEval's 
 
 import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 
 import pytest
 
-from conftest import TEST_DATA
+from conftest import REPO, TEST_DATA
 from llmkit.eval import humaneval
 from llmkit.eval.sandbox import ISOLATION, SandboxLimits, isolation, run_python
 
@@ -173,3 +176,68 @@ def test_the_child_environment_is_minimal(monkeypatch):
     monkeypatch.setenv("SECRET_TOKEN", "s3cret")
     result = run_python("import os\nprint(sorted(os.environ))\n", FAST)
     assert result.passed and "SECRET_TOKEN" not in result.stdout and "HTTPS_PROXY" not in result.stdout
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and text.encode() in open(f"/proc/{entry}/cmdline", "rb").read():
+                found.append(entry)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("namespaces", [True, False])
+def test_an_interrupted_run_leaves_no_program_running(namespaces, tmp_path, monkeypatch):
+    """Ctrl-C while run_python waits: the program (its own session: a terminal's Ctrl-C never reaches it)
+    is killed before the exception goes on, not left sleeping with its folder deleted."""
+    import llmkit.eval.sandbox as sandbox
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the program's folder, and so its command line, in tmp_path
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    waits = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        if sum(waits) > 0.5:
+            raise KeyboardInterrupt
+        time.sleep(seconds)
+
+    monkeypatch.setattr(sandbox.time, "sleep", sleep)
+    with pytest.raises(KeyboardInterrupt):
+        run_python("import time\ntime.sleep(60)\n", SandboxLimits(timeout_s=30, namespaces=namespaces))
+    monkeypatch.undo()
+    time.sleep(0.2)
+    assert not _processes_mentioning(str(tmp_path))
+
+
+@pytest.mark.parametrize("namespaces", [True, False])
+def test_a_killed_evaluator_takes_its_program_with_it(namespaces, tmp_path):
+    """kill -9 of the process that runs the sandbox: the program dies too (PR_SET_PDEATHSIG)."""
+    evaluator = subprocess.Popen(
+        [sys.executable, "-c", "from llmkit.eval.sandbox import SandboxLimits, run_python\n"
+         f"run_python('import time\\ntime.sleep(60)', SandboxLimits(timeout_s=50, namespaces={namespaces}))"],
+        env={**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO)})
+
+    def running() -> bool:  # the runner itself, past the launcher that execs it
+        for pid in _processes_mentioning(str(tmp_path)):
+            try:
+                argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if argv[1:3] == [b"-I", b"llmkit_runner.py"]:
+                return True
+        return False
+
+    deadline = time.monotonic() + 30
+    while not running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running(), "the program never started"
+    evaluator.kill()
+    evaluator.wait()
+    deadline = time.monotonic() + 5
+    while _processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _processes_mentioning(str(tmp_path))

@@ -87,7 +87,9 @@ def grade(generated: str, answer: str, style: str) -> tuple[dict, dict]:
     extracted = {"strict": lm_eval_extract(generated, LM_EVAL_STRICT[marker]),
                  "flexible": lm_eval_extract(generated, LM_EVAL_FLEXIBLE, last=True),
                  "numeric": extract_flexible(generated)}
-    # lm-eval's reference is the answer field itself: its ignore rules cut everything up to "#### "
-    return extracted, {"exact_match_strict": lm_eval_exact_match(extracted["strict"], answer),
-                       "exact_match_flexible": lm_eval_exact_match(extracted["flexible"], answer),
+    # lm-eval's reference: gsm8k's is the answer field itself (its ignore rules cut everything up to
+    # "#### "), gsm8k-cot's the text after "####", stripped
+    reference = answer.split("####")[-1].strip() if style == "cot" else answer
+    return extracted, {"exact_match_strict": lm_eval_exact_match(extracted["strict"], reference),
+                       "exact_match_flexible": lm_eval_exact_match(extracted["flexible"], reference),
                        "exact_match_numeric": extracted["numeric"] == gsm8k_gold(answer)}

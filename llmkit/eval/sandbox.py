@@ -23,7 +23,11 @@ runs a program in a child interpreter with these limits (`SandboxLimits`):
 - passing means running to the end: the program is exec()'d as a module named `__sandbox__` (so an
   `if __name__ == "__main__":` block does not run, as in HF `code_eval`, lm-evaluation-harness's
   grader); `sys.exit(0)` or `os._exit(0)` before the tests ran is a failure, not a pass (the runner
-  reports completion on a pipe with a token only it knows, after the program returned).
+  reports completion on a pipe with a token, after the program returned; a program that digs the token
+  out of the runner's frames could forge it: this catches habits, not cheats);
+- if the evaluator dies (even by SIGKILL), the program dies with it (PR_SET_PDEATHSIG: `setpriv
+  --pdeathsig` on `unshare`, and the launcher's own); if run_python is interrupted (Ctrl-C), it kills
+  the program before it returns.
 
 This is defence in depth for benchmark runs, not a security boundary: Python code that means harm can
 undo an in-process guard (ctypes, reloading modules). Evaluate models you do not trust inside a
@@ -40,15 +44,18 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
 # The child's entry point (RUNNER_FILE): the guard, then the program. The program is compiled from its own
 # file and run with exec() as a module named __sandbox__, as HF `code_eval` (lm-evaluation-harness's
 # grader) does: an `if __name__ == "__main__":` block the model wrote does not run. It passes only when it
-# runs to its end: then, and only then, the runner writes a token that only it knows (read from stdin
-# before the program starts) to a pipe of the parent's. Any exception, SystemExit included (`sys.exit(0)`
-# before the tests ran), and any early `os._exit(0)` leave no token: failed.
+# runs to its end: then, and only then, the runner writes a token (read from stdin before the program
+# starts) to a pipe of the parent's. Any exception, SystemExit included (`sys.exit(0)` before the tests
+# ran), and any early `os._exit(0)` leave no token: failed. The token lives in the same process as the
+# program, so code written to find it can (through frames or memory): it stops the early exits models
+# write by habit, not a program that sets out to cheat; the namespaces bound what such code can do.
 RUNNER = r"""
 def _llmkit_guard(root):
     import builtins, io, os, posix, shutil, signal, socket, subprocess
@@ -140,7 +147,11 @@ def _llmkit_run():
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # the program reads an empty stdin, as before
     os.close(null)
-    write, leave = os.write, os._exit  # kept before the program can replace them
+    leave = os._exit  # kept before the program can replace it
+    # Kept in a closure, not in this frame's variables, which the program's frame can reach by its
+    # f_back: that only raises the bar (see run_python: the token catches early exits, not cheats).
+    finish = (lambda write, fd, secret: lambda: write(fd, secret))(os.write, result_fd, token)
+    del token, result_fd
     sys.argv = [program_file]
 
     def flush():
@@ -165,7 +176,7 @@ def _llmkit_run():
         flush()
         leave(status)
     flush()
-    write(result_fd, token)
+    finish()
     leave(0)
 
 
@@ -211,12 +222,15 @@ class SandboxResult:
 # process with threads (HumanEval programs run from a thread pool).
 LAUNCHER = r"""
 import ctypes, os, re, resource, sys
-spec, writable, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+spec, writable, parent, argv = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the process that started this one (kept across exec)
+if parent and os.getppid() != parent:  # it died before the line above: no signal will come
+    sys.exit("llmkit sandbox: the evaluator is gone")
 if writable:
     MS_RDONLY, MS_REMOUNT, MS_BIND = 1, 32, 4096
     # a mount's own flags must be kept when remounting it inside a user namespace (they are locked)
     KEEP = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
-    libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(writable.encode(), writable.encode(), None, MS_BIND, None) != 0:
         sys.exit(f"llmkit sandbox: cannot bind {writable} (errno {ctypes.get_errno()})")
     with open("/proc/self/mountinfo") as f:
@@ -245,16 +259,26 @@ def _limit_spec(limits: SandboxLimits) -> str:
 
 def _namespace_prefix(level: str) -> tuple[str, ...]:
     unshare = shutil.which("unshare") or "unshare"
+    setpriv = shutil.which("setpriv")  # util-linux, beside unshare: `unshare` dies with the evaluator
+    dies_with_us = (setpriv, "--pdeathsig", "KILL") if setpriv else ()
     user = () if os.geteuid() == 0 else ("--map-root-user",)  # unprivileged: a user namespace first
     if level == "network":
-        return (unshare, *user, "--net")
+        return (*dies_with_us, unshare, *user, "--net")
     # --pid --fork: the program is pid 1 of its own process namespace; it cannot see or signal anything
     # outside, and everything it started dies with it. --mount-proc: a /proc of that namespace alone.
-    return (unshare, *user, "--net", "--pid", "--fork", "--kill-child", "--mount-proc")
+    return (*dies_with_us, unshare, *user, "--net", "--pid", "--fork", "--kill-child", "--mount-proc")
+
+
+_PROBE_LOCK = threading.Lock()  # run_programs' threads ask at once: one probe, one answer for all
+
+
+def isolation() -> str:
+    with _PROBE_LOCK:
+        return _probe_isolation()
 
 
 @functools.cache
-def isolation() -> str:
+def _probe_isolation() -> str:
     """The strongest of ISOLATION that this system lets this user create: probed once, by starting the
     launcher in it and checking that it holds (a file outside the writable directory cannot be made)."""
     for level in ISOLATION[:-1]:
@@ -265,7 +289,7 @@ def isolation() -> str:
             check = (f"open('inside', 'w').close()\ntry:\n    open({outside!r}, 'w')\nexcept OSError:\n"
                      "    raise SystemExit(0)\nraise SystemExit(3)") if writable else "pass"
             command = [*_namespace_prefix(level), sys.executable, "-I", "-c", LAUNCHER, "RLIMIT_CORE=0", writable,
-                       sys.executable, "-I", "-c", check]
+                       "0", sys.executable, "-I", "-c", check]
             try:
                 probe = subprocess.run(command, capture_output=True, timeout=20, cwd=root)
             except (OSError, subprocess.TimeoutExpired):
@@ -325,6 +349,7 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxRes
         prefix = () if level == ISOLATION[-1] else _namespace_prefix(level)
         command = [*prefix, sys.executable, "-I", "-c", LAUNCHER, _limit_spec(limits),
                    root if level == ISOLATION[0] else "",
+                   str(os.getpid()) if not prefix else "0",  # (in a process namespace its parent is unshare)
                    sys.executable, "-I", RUNNER_FILE, root, str(done_write), PROGRAM_FILE]
         start = time.perf_counter()
         # Output goes to unlinked files, not pipes: a program printing without end fills a file up to
@@ -334,12 +359,22 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxRes
                                        start_new_session=True, pass_fds=(done_write,))
             os.close(done_write)
             done_write = -1
-            try:  # the token fits a pipe's buffer: this never blocks
-                process.stdin.write(token + b"\n")
-                process.stdin.close()
-            except OSError:  # it died before reading: it did not pass
-                pass
-            timed_out, cpu_s, returncode = _wait(process, start + limits.timeout_s)
+            try:
+                try:  # the token fits a pipe's buffer: this never blocks
+                    process.stdin.write(token + b"\n")
+                    process.stdin.close()
+                except OSError:  # it died before reading: it did not pass
+                    pass
+                timed_out, cpu_s, returncode = _wait(process, start + limits.timeout_s)
+            except BaseException:  # Ctrl-C or an error here: the program must not run on without us
+                if process.returncode is None:
+                    try:
+                        os.killpg(process.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    os.wait4(process.pid, 0)
+                    process.returncode = -signal.SIGKILL
+                raise
             seconds = time.perf_counter() - start
             stdout, stderr = _tail(out), _tail(err)
         os.set_blocking(done_read, False)
