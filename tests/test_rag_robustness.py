@@ -85,9 +85,13 @@ def test_hidden_folders_are_skipped_and_unsupported_files_reported(tmp_path):
     (docs / "paper.pdf").write_bytes(b"%PDF-1.4")
     (docs / "guide.rst").write_text("walruses rst\n")
     (docs / "more.pdf").write_bytes(b"%PDF-1.4")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "linked.txt").write_text("walruses linked\n")
+    (docs / "link").symlink_to(tmp_path / "elsewhere")  # not followed: said, not silently passed over
     result = cli_in_process("rag", "index", "--input", docs, "--out", tmp_path / "index")
     assert result.returncode == 0, result.stderr
     assert "skipped 3 file(s) of unsupported type (.pdf, .rst)" in result.stderr
+    assert f"skipped 1 linked folder(s) ({docs / 'link'})" in result.stderr
     assert [f["file"] for f in RagIndex.load(tmp_path / "index").meta["files"]] == [os.path.join("sub", "ok.txt")]
 
 

@@ -94,7 +94,7 @@ def input_files(inputs: list[str | Path], notice=None) -> list[tuple[Path, str, 
     file once (by its resolved path). Inside a folder, hidden paths (.git/, .venv/, .notes.txt) and llmkit
     indexes (an index inside its input folder would index itself) are passed over; files of a type no
     reader takes are counted and reported through notice(message)."""
-    files, seen, unsupported = [], set(), {}
+    files, seen, unsupported, unreadable, links = [], set(), {}, [], []
     for item in inputs:
         root = Path(item)
         if root.is_dir() and is_index(root):
@@ -104,8 +104,10 @@ def input_files(inputs: list[str | Path], notice=None) -> list[tuple[Path, str, 
             found = [(path, path.name, fmt) for path, _, fmt in found]
         else:
             found = []
-            for folder, dirs, names in os.walk(root):
+            for folder, dirs, names in os.walk(root, onerror=lambda e: unreadable.append(f"{e.filename} "
+                                                                                       f"({e.strerror})")):
                 folder = Path(folder)
+                links += [str(folder / d) for d in dirs if (folder / d).is_symlink()]  # os.walk does not follow
                 dirs[:] = [d for d in dirs if not d.startswith(".") and not is_index(folder / d)]
                 for name in names:
                     path = folder / name
@@ -123,6 +125,10 @@ def input_files(inputs: list[str | Path], notice=None) -> list[tuple[Path, str, 
             if key not in seen:
                 seen.add(key)
                 files.append((path, cited, fmt))
+    if notice is not None and unreadable:
+        notice(f"cannot read {len(unreadable)} folder(s): {', '.join(unreadable[:3])}; their files are not indexed")
+    if notice is not None and links:
+        notice(f"skipped {len(links)} linked folder(s) ({', '.join(links[:3])}); give a folder as --input to index it")
     if unsupported and notice is not None:
         notice(f"skipped {sum(unsupported.values())} file(s) of unsupported type ({', '.join(sorted(unsupported))}); "
                "indexed are .txt .md .jsonl[.gz] .parquet .html .warc[.gz]")

@@ -38,9 +38,10 @@ def _bm25s():
 class BM25Index:
     """BM25 over a list of texts; `search` returns (row, score) best first, rows with a matching term only."""
 
-    def __init__(self, retriever, stopwords: str | None = None):
+    def __init__(self, retriever, stopwords: str | None = None, folder: Path | None = None):
         self.retriever = retriever
         self.stopwords = stopwords
+        self.folder = folder  # where it was loaded from, for errors
 
     @classmethod
     def build(cls, texts: list[str], k1: float = 1.5, b: float = 0.75, stopwords: str | None = None) -> "BM25Index":
@@ -70,7 +71,7 @@ class BM25Index:
         if problem is not None:
             where, what = problem
             raise LLMKitError(f"{folder / where}: damaged ({what}); rebuild the index with llmkit rag index")
-        return cls(retriever, stopwords)
+        return cls(retriever, stopwords, folder)
 
     @property
     def size(self) -> int:
@@ -81,8 +82,22 @@ class BM25Index:
         ids = [self.retriever.vocab_dict[w] for w in words if w in self.retriever.vocab_dict]
         if not ids or k < 1:
             return []
+        self._check_rows(ids)
         scores = np.asarray(self.retriever.get_scores_from_ids(ids), dtype=np.float32)
         return top_k(scores, k, positive_only=True)
+
+
+    def _check_rows(self, terms: list[int]) -> None:
+        """The rows the query's terms score lie inside the index (a damaged indices file would raise deep
+        in numpy, or wrap around to other chunks): read here, as the scoring reads them anyway."""
+        scores = self.retriever.scores
+        indices, indptr, docs = scores["indices"], scores["indptr"], scores["num_docs"]
+        for term in terms:
+            rows = indices[indptr[term]:indptr[term + 1]]
+            if len(rows) and (rows.min() < 0 or rows.max() >= docs):
+                where = self.folder / "indices.csc.index.npy" if self.folder else "the BM25 index"
+                raise LLMKitError(f"{where}: damaged (rows outside 0..{docs - 1}); rebuild the index with "
+                                  "llmkit rag index")
 
 
 def scores_problem(retriever, num_docs: int | None = None) -> tuple[str, str] | None:
@@ -102,8 +117,8 @@ def scores_problem(retriever, num_docs: int | None = None) -> tuple[str, str] | 
             or (terms and np.any(np.diff(indptr) < 0)):
         return "indptr.csc.index.npy", (f"{len(indptr)} column offsets do not fit {len(data)} scores and "
                                         f"{len(indices)} rows")
-    if len(indices) and (indices.min() < 0 or indices.max() >= docs):
-        return "indices.csc.index.npy", f"rows outside 0..{docs - 1}"
+    # the rows of each term (indices) are checked by `search` for the terms it reads: a full scan here
+    # would read all of a memory-mapped index on every load
     # bm25s maps "" (the empty word, which no query holds) to a number past the matrix's columns
     if not isinstance(vocab, dict) or not all(isinstance(word, str) and isinstance(term, int)
                                               and not isinstance(term, bool) and 0 <= term <= terms
