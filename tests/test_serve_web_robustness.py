@@ -261,6 +261,25 @@ def test_two_tabs_keep_each_others_conversations(backend, browser):
     assert page_errors(browser) == []
 
 
+def test_a_tab_that_missed_a_deletion_does_not_bring_it_back(backend, browser):
+    """Tab A deletes X; tab B never heard (its storage event lost: busy, or back from the back-forward
+    cache) and saves its old list: X stays deleted, because deletions are stored, not only remembered."""
+    said = [{"role": "user", "content": "hello"}]
+    x, y = conversation("x", said, "X", updated=5), conversation("y", said, "Y", updated=6)
+    open_page(browser, backend.url, conversations=[x, y])
+    titles = browser.execute_async_script("""const done = arguments[arguments.length - 1];
+        import('/static/store.js').then(store => {
+            const [x, y] = store.loadConversations();
+            store.saveConversations([y], null, new Map([[x.id, x.updated]]));  // tab A deletes X
+            store.saveConversations([x, y], null, new Map());                   // tab B's stale list
+            const afterB = store.loadConversations().map(c => c.title);
+            x.updated = 7;  // X continued in a tab since the deletion: a newer conversation, kept
+            store.saveConversations([x, y], null, new Map());
+            done([afterB, store.loadConversations().map(c => c.title).sort()]);
+        });""")
+    assert titles == [["Y"], ["X", "Y"]]
+
+
 def test_storage_nearly_full_keeps_the_current_conversations_text(backend, browser):
     open_page(browser, backend.url, settings={"probabilities": True})
     # Fill localStorage to its quota with other data, then free room for a reply's text but not for its

@@ -1,7 +1,11 @@
 // What the page keeps in the browser (localStorage): settings, and the conversations with their replies'
 // token probabilities and speed. Nothing is stored on the server.
 
-const KEYS = { settings: "llmkit.settings", conversations: "llmkit.conversations", current: "llmkit.current" };
+const KEYS = {
+  settings: "llmkit.settings", conversations: "llmkit.conversations", current: "llmkit.current",
+  deleted: "llmkit.deleted", // id -> `updated` when deleted, for tabs that did not hear of the deletion
+};
+const KEPT_DELETIONS = 1000; // the newest are enough: a tab that old would have reloaded since
 export const CONVERSATIONS_KEY = KEYS.conversations; // for the page's `storage` listener (other tabs)
 
 export const DEFAULT_SETTINGS = {
@@ -91,13 +95,21 @@ function withoutTokens(conversation) {
 // showing them). Returns "saved", "without-tokens" (the current one's probabilities were left out), or
 // "full" (nothing could be saved).
 export function saveConversations(conversations, currentId, deleted = new Map()) {
-  const wasDeleted = (c) => deleted.has(c.id) && c.updated <= deleted.get(c.id);
+  // Deletions are stored too: a tab that missed the `storage` event (busy saving, or restored from the
+  // back-forward cache) would otherwise bring a deleted conversation back with its next save.
+  const tombstones = new Map(Object.entries(read(KEYS.deleted, {})).filter(([, t]) => Number.isFinite(t)));
+  for (const [id, updated] of deleted) tombstones.set(id, Math.max(updated, tombstones.get(id) ?? -Infinity));
+  const wasDeleted = (c) => tombstones.has(c.id) && c.updated <= tombstones.get(c.id);
   const merged = new Map();
   for (const c of loadConversations()) if (!wasDeleted(c)) merged.set(c.id, c);
   for (const c of conversations) {
     const theirs = merged.get(c.id);
-    if (!theirs || theirs.updated <= c.updated) merged.set(c.id, c);
+    if (!wasDeleted(c) && (!theirs || theirs.updated <= c.updated)) merged.set(c.id, c);
   }
+  try {
+    const newest = [...tombstones].sort((a, b) => b[1] - a[1]).slice(0, KEPT_DELETIONS);
+    localStorage.setItem(KEYS.deleted, JSON.stringify(Object.fromEntries(newest)));
+  } catch (_) { /* full: this tab's own deletions still hold for its saves */ }
   const list = [...merged.values()];
   const oldestFirst = [...list].sort((a, b) => a.updated - b.updated);
   const hasTokens = (c) => c.messages.some((m) => m.tokens);
