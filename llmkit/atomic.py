@@ -141,6 +141,17 @@ def staged_directory(out: str | Path, *, overwrite: bool = False, ours=None, wha
         raise
 
 
+def overlapping_input(out: str | Path, inputs) -> str | Path | None:
+    """The first of `inputs` that is `out`, holds it or lies inside it, else None: a folder a verb fills
+    or replaces must not be one it reads (a previous output read as input, or the inputs deleted)."""
+    resolved = Path(out).resolve()
+    for item in inputs:
+        root = Path(item).resolve()
+        if root == resolved or root in resolved.parents or resolved in root.parents:
+            return item
+    return None
+
+
 def make_output_dir(out: str | Path, ours=None, what: str = "the output") -> Path:
     """`out` created (with its parents) for a verb that writes into it as it runs (a training run's
     checkpoints and metrics): a file in the way, a read-only or missing filesystem is an OutputError

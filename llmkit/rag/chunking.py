@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llmkit.atomic import overlapping_input
 from llmkit.data.clean.document import Document, Rejection
 from llmkit.data.clean.readers import FilePart, expand_input, format_of, read_part
 from llmkit.data.clean.shared import InputSpec
@@ -171,12 +172,10 @@ def changed_since(record: dict) -> str | None:
 def check_apart(inputs: list[str | Path], out: str | Path, what: str = "--out") -> None:
     """Refuse an output folder that is, contains or lies inside an input (`data clean`'s rule): replacing
     it would delete the documents, or the next run would read the index as input."""
-    resolved = Path(out).resolve()
-    for item in inputs:
-        root = Path(item).resolve()
-        if root == resolved or resolved in root.parents or root in resolved.parents:
-            raise DataError(f"{what} {out}: overlaps the input {item} (it would be replaced, or read as a document); "
-                            f"choose {what} outside the inputs")
+    clash = overlapping_input(out, inputs)
+    if clash is not None:
+        raise DataError(f"{what} {out}: overlaps the input {clash} (it would be replaced, or read as a document); "
+                        f"choose {what} outside the inputs")
 
 
 def read_documents(path: Path, cited: str, fmt: str, text_field: str = "text") -> Iterator[SourceDocument]:

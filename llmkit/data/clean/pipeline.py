@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmkit.atomic import atomic_open
+from llmkit.atomic import atomic_open, overlapping_input
 from llmkit.data.clean.config import InputSpec, PipelineConfig
 from llmkit.data.clean.dedup import SignatureWriter, find_duplicates, lookup_ids
 from llmkit.data.clean.document import Document, Rejection
@@ -403,12 +403,10 @@ def _check_inputs(config: PipelineConfig, tasks: list[ReadTask], out: Path) -> N
                 if part.format == "html" or (part.format == "warc" and ".wet" not in Path(part.path).name.lower()):
                     raise DataError(f"{part.path}: HTML input needs `- stage: extract` as the first stage in "
                                     f"{config.path}; add it (text inputs pass through it unchanged)")
-    resolved = out.resolve()
-    for spec in config.inputs:
-        root = Path(spec.path).resolve()
-        if root == resolved or root in resolved.parents or resolved in root.parents:
-            raise DataError(f"{out}: the output directory overlaps the input {spec.path}; a previous output "
-                            "would be read as input (or an input deleted); choose --out outside the inputs")
+    clash = overlapping_input(out, [spec.path for spec in config.inputs])
+    if clash is not None:
+        raise DataError(f"{out}: the output directory overlaps the input {clash}; a previous output "
+                        "would be read as input (or an input deleted); choose --out outside the inputs")
 
 
 def _packages_needed(config: PipelineConfig, tasks: list[ReadTask], engine: str) -> list[str]:
