@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.atomic import staged_directory
-from llmkit.errors import LLMKitError
-from llmkit.errors import DataError
+from llmkit.errors import DataError, LLMKitError, text_lines
 from llmkit.rag.chunking import (INDEX_FORMAT, AlreadyIndexed, Chunk, ChunkingConfig, changed_since, chunk_inputs,
                                  is_index)
 from llmkit.rag.lexical import BM25Index, top_k
@@ -216,7 +215,7 @@ def read_chunks(path: Path, expected) -> list[Chunk]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise RagIndexError(f"{path}: byte {e.start} is not valid UTF-8; the file is damaged: rebuild the index") from None
-    lines = text.split("\n")  # not splitlines(): U+2028, U+0085 ... stand unescaped inside the JSON strings
+    lines = text_lines(text)  # not splitlines(): U+2028, U+0085 ... stand unescaped inside the JSON strings
     if lines[-1] == "":
         lines.pop()
     for number, line in enumerate(lines, 1):
