@@ -42,20 +42,42 @@ _SHA256_CACHE: dict[tuple, str] = {}
 
 
 def weights_sha256(directory: str | Path) -> str:
-    """sha256 of a checkpoint's weights file: what a model is, whatever path it is found at (a training
-    run's resume and DPO's reference cache compare it). Cached per (file, size, mtime) in the process."""
-    path = Path(directory) / WEIGHTS
+    """sha256 of a checkpoint's weights: what a model is, whatever path it is found at (a training run's
+    resume and DPO's reference cache compare it). Every *.safetensors file of the folder counts (the model
+    and any reward head, classifier head or adapter beside it), each by its name, its tensor table and its
+    data, not by its free-form __metadata__ (which records e.g. the path a model was converted from).
+    Cached per file (path, size, mtime) in the process."""
+    directory = Path(directory)
+    if not (directory / WEIGHTS).is_file():
+        raise CheckpointError(f"{directory / WEIGHTS}: cannot be read (no such file); the starting model has no "
+                              "weights there: was it moved or deleted?")
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.safetensors")):
+        digest.update(path.name.encode() + b"\0" + _file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
     try:
         st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key not in _SHA256_CACHE:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                if not 0 < size <= min(st.st_size - 8, 100 << 20):  # safetensors' own limit: 100 MB
+                    raise CheckpointError(f"{path}: not a safetensors file (header of {size} bytes); it is damaged")
+                header = json.loads(f.read(size))
+                header.pop("__metadata__", None)
+                digest.update(json.dumps(header, sort_keys=True).encode())
+                while block := f.read(1 << 23):
+                    digest.update(block)
+            _SHA256_CACHE[key] = digest.hexdigest()
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot be read ({e.strerror}); the checkpoint has no weights") from None
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _SHA256_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 23):
-                digest.update(block)
-        _SHA256_CACHE[key] = digest.hexdigest()
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror}); was the starting model moved or deleted?") \
+            from None
+    except (ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: not a safetensors file ({e}); it is damaged") from None
     return _SHA256_CACHE[key]
 
 

@@ -119,6 +119,46 @@ def test_a_resume_after_the_starting_model_changed_is_refused(tmp_path, tiny_bas
         run_sft(config(SFTConfig, max_steps=4, **fields), tmp_path / "run", resume=True)
 
 
+def test_the_starting_model_may_go_away_while_the_run_trains(tmp_path, tiny_base, task_files, monkeypatch):
+    """Its weights are hashed when the run starts: a base folder tidied away mid-run (before the first
+    checkpoint) must not cost the run its checkpoints (review)."""
+    from llmkit.train.post_config import SFTConfig
+    from llmkit.train.sft import run_sft
+    from llmkit.train.trainer import Trainer
+
+    start = tmp_path / "start"
+    shutil.copytree(tiny_base, start)
+    real_save = Trainer._save
+
+    def save_after_the_base_went(self, *args, **kwargs):
+        shutil.rmtree(start, ignore_errors=True)
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_save", save_after_the_base_went)
+    assert run_sft(config(SFTConfig, max_steps=2, ckpt_every=1, **sft_fields(start, task_files)),
+                   tmp_path / "run").steps == 2
+    assert (tmp_path / "run" / "checkpoints" / "step_0000002").is_dir()
+
+
+def test_weights_are_known_by_their_tensors_and_heads_not_their_metadata(tmp_path, tiny_base):
+    from safetensors.torch import load_file, save_file
+
+    from llmkit.checkpoint import weights_sha256
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_base, model)
+    before = weights_sha256(model)
+    tensors = load_file(model / "model.safetensors")
+    save_file(tensors, model / "model.safetensors", metadata={"converted_from": "/somewhere/else"})
+    assert weights_sha256(model) == before  # converted from another path: the same weights
+    save_file({"head.weight": torch.zeros(1, 4)}, model / "reward_head.safetensors")
+    with_head = weights_sha256(model)
+    assert with_head != before  # a reward model's head is part of what it is
+    name = next(iter(tensors))
+    save_file({**tensors, name: tensors[name] + 1}, model / "model.safetensors")
+    assert weights_sha256(model) not in (before, with_head)
+
+
 def test_val_fraction_that_leaves_no_training_records_is_a_config_error(tiny_base, task_files):
     from llmkit.train.post_common import stage_records
     from llmkit.train.post_config import SFTConfig

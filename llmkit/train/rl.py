@@ -219,7 +219,8 @@ def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResu
                       evaluate=evaluate if (heldout or val_records) else None, tokenizer=tokenizer,
                       epoch_items=len(train_records) * config.updates_per_batch,
                       save_model=peft_saver(model, tokenizer, base_dir) if config.peft != "none" else None,
-                      stage="rlhf", starting_models={"init_from": base_dir},
+                      stage="rlhf", starting_models={"init_from": base_dir, "reward_model":
+                                                     None if config.reward_model == "answers" else config.reward_model},
                       # a batch's rollouts live in memory: checkpoints fall on the first step of a batch
                       checkpoint_multiple=config.updates_per_batch)
     rewards = reward_function(config, trainer.device, trainer.autocast())

@@ -153,6 +153,7 @@ class Trainer:
         self._fingerprints: dict[str, dict] | None = None
         self.checkpoint_multiple = max(1, checkpoint_multiple)
         self._output_ready = False
+        self._resume_state: tuple[Path, dict] | None = None
 
     def autocast(self):
         """The mixed-precision context of this run's steps, for a stage's evaluation to run the same way."""
@@ -206,9 +207,12 @@ class Trainer:
             return
         check_training_out(self.out)
         self._check_checkpoint_folder(resume)
+        # hashed now, at the start: the starting models may be moved or replaced while the run trains
+        self.starting_fingerprints()
         if resume:
             directory = self._latest_checkpoint()
-            self._check_same_run(directory, _read_training_state(directory / TRAINING_STATE))
+            self._resume_state = (directory, _read_training_state(directory / TRAINING_STATE))  # read once
+            self._check_same_run(*self._resume_state)
         self._output_ready = True
 
     # -- the loop
@@ -471,7 +475,7 @@ class Trainer:
                 continue
             after = now[role]
             if before.get("sha256") != after["sha256"]:
-                what = "the teacher" if role == "teacher" else "the starting model"
+                what = {"teacher": "the teacher", "reward_model": "the reward model"}.get(role, "the starting model")
                 if before.get("path") == after["path"]:
                     where = (f"{what} at {after['path']} changed since this run began (sha256 "
                              f"{str(before.get('sha256'))[:12]}... then, {after['sha256'][:12]}... now)")
@@ -483,9 +487,7 @@ class Trainer:
             after["path"] = before.get("path", after["path"])  # the same weights: the run began from there
 
     def _load_latest(self, wrapped, optimizers) -> tuple[int, int, float]:
-        directory = self._latest_checkpoint()
-        training = _read_training_state(directory / TRAINING_STATE)
-        self._check_same_run(directory, training)
+        directory, training = self._resume_state  # read and checked by prepare_output
         now = self.config.to_dict()
         self.config_changes = [(k, v, now[k]) for k, v in training.get("config", {}).items() if k in now and now[k] != v]
         if self.save_model is not None:  # frozen weights come from the model as constructed
