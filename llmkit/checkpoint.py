@@ -37,14 +37,17 @@ from llmkit.yaml_config import load_json
 
 QUANTIZATION = "quantization"  # config.json key of a quantized checkpoint (llmkit.infer.quantize)
 CONFIG, WEIGHTS, TOKENIZER, GENERATION = "config.json", "model.safetensors", "tokenizer.json", "generation_config.json"
+# the files beside model.safetensors that are part of what a model is: a reward head, a classifier head,
+# an adapter (their modules' names; written out here, as those modules import this one)
+MODEL_PART_FILES = ("reward_head.safetensors", "classifier_head.safetensors", "adapter_model.safetensors")
 FINAL_SAVE_MARKER = ".final-save-incomplete"  # present while a training run writes its final model files
 _SHA256_CACHE: dict[tuple, str] = {}
 
 
 def weights_sha256(directory: str | Path) -> str:
     """sha256 of a checkpoint's weights: what a model is, whatever path it is found at (a training run's
-    resume and DPO's reference cache compare it). Every *.safetensors file of the folder counts (the model
-    and any reward head, classifier head or adapter beside it), each by its name, its tensor table and its
+    resume and DPO's reference cache compare it). The model and any reward head, classifier head or
+    adapter beside it (MODEL_PART_FILES) count, not a run's caches; each by its name, its tensor table and its
     data, not by its free-form __metadata__ (which records e.g. the path a model was converted from).
     Cached per file (path, size, mtime) in the process."""
     directory = Path(directory)
@@ -52,8 +55,9 @@ def weights_sha256(directory: str | Path) -> str:
         raise CheckpointError(f"{directory / WEIGHTS}: cannot be read (no such file); the starting model has no "
                               "weights there: was it moved or deleted?")
     digest = hashlib.sha256()
-    for path in sorted(directory.glob("*.safetensors")):
-        digest.update(path.name.encode() + b"\0" + _file_sha256(path).encode())
+    for name in (WEIGHTS, *MODEL_PART_FILES):  # not a run's caches beside them (DPO's reference_logprobs)
+        if (directory / name).is_file():
+            digest.update(name.encode() + b"\0" + _file_sha256(directory / name).encode())
     return digest.hexdigest()
 
 
@@ -65,9 +69,11 @@ def _file_sha256(path: Path) -> str:
             digest = hashlib.sha256()
             with open(path, "rb") as f:
                 size = int.from_bytes(f.read(8), "little")
-                if not 0 < size <= min(st.st_size - 8, 100 << 20):  # safetensors' own limit: 100 MB
+                if not 0 < size <= min(st.st_size - 8, 100_000_000):  # safetensors' own limit
                     raise CheckpointError(f"{path}: not a safetensors file (header of {size} bytes); it is damaged")
                 header = json.loads(f.read(size))
+                if not isinstance(header, dict):
+                    raise CheckpointError(f"{path}: not a safetensors file (its header is not a table); it is damaged")
                 header.pop("__metadata__", None)
                 digest.update(json.dumps(header, sort_keys=True).encode())
                 while block := f.read(1 << 23):
@@ -76,8 +82,8 @@ def _file_sha256(path: Path) -> str:
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e.strerror}); was the starting model moved or deleted?") \
             from None
-    except (ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path}: not a safetensors file ({e}); it is damaged") from None
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not a safetensors file ({type(e).__name__}); it is damaged") from None
     return _SHA256_CACHE[key]
 
 

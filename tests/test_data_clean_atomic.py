@@ -162,11 +162,22 @@ def swap_in(*args):
     swap(*args)
 
 pipeline._swap_in = swap_in
+if renames < 0:  # the swap completes; kill -9 while the old output is being deleted, half of it gone
+    pipeline._swap_in = swap
+    rmtree = pipeline.shutil.rmtree
+
+    def killed_midway(path, **kwargs):
+        if str(path).endswith(".work"):
+            rmtree(os.path.join(path, "replaced"))
+            os.kill(os.getpid(), signal.SIGKILL)
+        rmtree(path, **kwargs)
+
+    pipeline.shutil.rmtree = killed_midway
 run_pipeline(config_from_dict({"stages": ["normalize"]}), out, inputs=[InputSpec(source)], workers=1)
 """
 
 
-@pytest.mark.parametrize("renames", [0, 1, 2, 3])  # old report, train aside; new train, report in
+@pytest.mark.parametrize("renames", [0, 1, 2, 3, -1])  # old report, train aside; new train, report in; after
 def test_a_run_killed_while_swapping_its_output_in_is_finished_by_the_next(tmp_path, renames):
     """kill -9 between the renames that move the old output aside and the new one in: the next run into
     OUT, even one that then fails, finishes the swap first; the output was whole only inside .work."""

@@ -197,13 +197,13 @@ def test_an_interrupted_run_leaves_no_program_running(namespaces, tmp_path, monk
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the program's folder, and so its command line, in tmp_path
     monkeypatch.setattr(tempfile, "tempdir", None)
-    waits = []
+    waits, real_sleep = [], time.sleep
 
-    def sleep(seconds):
+    def sleep(seconds):  # the Ctrl-C comes half a second into the wait, the program sleeping by then
         waits.append(seconds)
         if sum(waits) > 0.5:
             raise KeyboardInterrupt
-        time.sleep(seconds)
+        real_sleep(seconds)
 
     monkeypatch.setattr(sandbox.time, "sleep", sleep)
     with pytest.raises(KeyboardInterrupt):

@@ -306,3 +306,19 @@ def test_a_preset_file_reads_1e_3_as_a_number_and_refuses_a_key_given_twice(tmp_
     with pytest.raises(ConfigError, match=r"mine\.yaml: line 4: invalid YAML \(key 'lr' appears twice \(first on "
                                           r"line 2\); keep one\)"):
         TrainConfig.preset(str(preset), [])
+
+
+def test_a_run_cache_beside_the_weights_is_not_part_of_the_model_and_bad_headers_are_one_line(tmp_path, tiny_base):
+    from safetensors.torch import save_file
+
+    from llmkit.checkpoint import weights_sha256
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_base, model)
+    before = weights_sha256(model)
+    save_file({"logp": torch.zeros(3)}, model / "reference_logprobs.safetensors")  # DPO's cache in its --out
+    assert weights_sha256(model) == before
+    for header in (b"[1, 2]", b"[" * 100_000 + b"]" * 100_000):
+        (model / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+        with pytest.raises(CheckpointError, match="not a safetensors file"):
+            weights_sha256(model)

@@ -25,9 +25,9 @@ runs a program in a child interpreter with these limits (`SandboxLimits`):
   grader); `sys.exit(0)` or `os._exit(0)` before the tests ran is a failure, not a pass (the runner
   reports completion on a pipe with a token, after the program returned; a program that digs the token
   out of the runner's frames could forge it: this catches habits, not cheats);
-- if the evaluator dies (even by SIGKILL), the program dies with it (PR_SET_PDEATHSIG: `setpriv
-  --pdeathsig` on `unshare`, and the launcher's own); if run_python is interrupted (Ctrl-C), it kills
-  the program before it returns.
+- if the evaluator dies (even by SIGKILL), the program dies with it (PR_SET_PDEATHSIG, set on `unshare`
+  by DEATH_LINK and by the launcher on itself); if run_python is interrupted (Ctrl-C), it kills the
+  program before it returns.
 
 This is defence in depth for benchmark runs, not a security boundary: Python code that means harm can
 undo an in-process guard (ctypes, reloading modules). Evaluate models you do not trust inside a
@@ -257,10 +257,21 @@ def _limit_spec(limits: SandboxLimits) -> str:
     return ",".join(f"{name}={value}" for name, value in values.items())
 
 
+# Becomes `unshare` (exec) tied to the evaluator: PR_SET_PDEATHSIG is kept across exec, and a parent that
+# died before it was set (no signal would come) is caught by the check after. (util-linux's `setpriv
+# --pdeathsig` does the first half, from version 2.33 on, and not the check.)
+DEATH_LINK = r"""
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("llmkit sandbox: the evaluator is gone")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
 def _namespace_prefix(level: str) -> tuple[str, ...]:
     unshare = shutil.which("unshare") or "unshare"
-    setpriv = shutil.which("setpriv")  # util-linux, beside unshare: `unshare` dies with the evaluator
-    dies_with_us = (setpriv, "--pdeathsig", "KILL") if setpriv else ()
+    dies_with_us = (sys.executable, "-I", "-S", "-c", DEATH_LINK, str(os.getpid()))  # `unshare` dies with us
     user = () if os.geteuid() == 0 else ("--map-root-user",)  # unprivileged: a user namespace first
     if level == "network":
         return (*dies_with_us, unshare, *user, "--net")
@@ -349,7 +360,9 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxRes
         prefix = () if level == ISOLATION[-1] else _namespace_prefix(level)
         command = [*prefix, sys.executable, "-I", "-c", LAUNCHER, _limit_spec(limits),
                    root if level == ISOLATION[0] else "",
-                   str(os.getpid()) if not prefix else "0",  # (in a process namespace its parent is unshare)
+                   # its parent, checked after its own PR_SET_PDEATHSIG: the evaluator, through the execs of the
+                   # prefix; in a process namespace `unshare` forks it (and dies with the evaluator itself)
+                   "0" if level == ISOLATION[0] else str(os.getpid()),
                    sys.executable, "-I", RUNNER_FILE, root, str(done_write), PROGRAM_FILE]
         start = time.perf_counter()
         # Output goes to unlinked files, not pipes: a program printing without end fills a file up to
@@ -370,9 +383,9 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxRes
                 if process.returncode is None:
                     try:
                         os.killpg(process.pid, signal.SIGKILL)
-                    except ProcessLookupError:
+                        os.wait4(process.pid, 0)
+                    except (ProcessLookupError, ChildProcessError):  # _wait had reaped it just before
                         pass
-                    os.wait4(process.pid, 0)
                     process.returncode = -signal.SIGKILL
                 raise
             seconds = time.perf_counter() - start

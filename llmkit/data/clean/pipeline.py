@@ -335,15 +335,22 @@ def _finish_swap(out: Path, workdir: Path) -> None:
         plan = json.loads((workdir / SWAP_PLAN).read_text())
     except (OSError, ValueError):
         return
+    if not isinstance(plan, dict):
+        return
     staged, replaced = workdir / "output", workdir / "replaced"
-    for name in plan.get("old", []):  # not yet moved aside: still the previous run's
+    moved = False
+    for name in [n for n in plan.get("old", []) if n in OUTPUTS]:  # not yet moved aside: the previous run's
         if (out / name).exists() and not (replaced / name).exists():
             replaced.mkdir(exist_ok=True)
             os.replace(out / name, replaced / name)
-    for name in plan.get("new", []):  # not yet moved in
+            moved = True
+    for name in [n for n in plan.get("new", []) if n in OUTPUTS]:  # not yet moved in
         if (staged / name).exists():
             os.replace(staged / name, out / name)
-    print(f"{out}: finished moving in the output of a run killed while it did so", file=sys.stderr)
+            moved = True
+    (workdir / SWAP_PLAN).unlink(missing_ok=True)  # done: what .work still holds is scratch
+    if moved:
+        print(f"{out}: finished moving in the output of a run killed while it did so", file=sys.stderr)
 
 
 def _swap_in(staged: Path, out: Path, workdir: Path) -> None:
@@ -373,7 +380,11 @@ def _swap_in(staged: Path, out: Path, workdir: Path) -> None:
             os.replace(out / name, staged / name)
         for name in moved_out:
             os.replace(replaced / name, out / name)
+        (workdir / SWAP_PLAN).unlink(missing_ok=True)  # OUT is as it was: nothing for a next run to finish
         raise
+    # Swapped: the plan goes before .work is deleted (the old output with it), or a kill during that
+    # deletion would leave a plan that moves the new output aside.
+    (workdir / SWAP_PLAN).unlink()
 
 
 def _check(config: PipelineConfig) -> None:
