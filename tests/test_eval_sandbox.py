@@ -86,6 +86,18 @@ def test_in_namespaces_the_evaluator_cannot_be_seen_and_nothing_outside_can_be_w
     assert not outside.exists()
 
 
+def _processes_mentioning(text: str) -> list[str]:
+    """The pids whose command line holds `text` (a sandbox folder: its programs)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and text.encode() in open(f"/proc/{entry}/cmdline", "rb").read():
+                found.append(entry)
+        except OSError:
+            pass
+    return found
+
+
 @pytest.mark.parametrize("namespaces", [True, False])
 def test_nothing_the_program_started_outlives_it(namespaces):
     # a child forked past the guard (ctypes), which would sleep on after its parent ends
@@ -94,14 +106,7 @@ def test_nothing_the_program_started_outlives_it(namespaces):
     result = run_python(code, SandboxLimits(timeout_s=10, namespaces=namespaces))
     root = result.stdout.split()[0]
     time.sleep(0.2)
-    alive = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and root.encode() in open(f"/proc/{entry}/cmdline", "rb").read():
-                alive.append(entry)
-        except OSError:
-            pass
-    assert result.passed and not alive
+    assert result.passed and not _processes_mentioning(root)
 
 
 def test_an_infinite_loop_is_killed_by_the_cpu_limit():
@@ -176,17 +181,6 @@ def test_the_child_environment_is_minimal(monkeypatch):
     monkeypatch.setenv("SECRET_TOKEN", "s3cret")
     result = run_python("import os\nprint(sorted(os.environ))\n", FAST)
     assert result.passed and "SECRET_TOKEN" not in result.stdout and "HTTPS_PROXY" not in result.stdout
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and text.encode() in open(f"/proc/{entry}/cmdline", "rb").read():
-                found.append(entry)
-        except OSError:
-            pass
-    return found
 
 
 @pytest.mark.parametrize("namespaces", [True, False])
