@@ -233,15 +233,20 @@ def read_chunks(path: Path, expected) -> list[Chunk]:
     return chunks
 
 
+def _whole(value, least: int = 0) -> bool:
+    """An int (not a bool) of at least `least`: a count, an offset or a line number in the index's files."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def chunk_problem(chunk: Chunk) -> str | None:
     """What is wrong with a chunk record's fields (None: nothing)."""
     for name in ("file", "doc", "text"):
         if not isinstance(getattr(chunk, name), str):
             return f"{name!r} must be text, not {getattr(chunk, name)!r:.40}"
     for name in ("start", "end", "line"):
-        value = getattr(chunk, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "line" else 0):
-            return f"{name!r} must be a whole number >= {1 if name == 'line' else 0}, not {value!r:.40}"
+        value, least = getattr(chunk, name), 1 if name == "line" else 0
+        if not _whole(value, least):
+            return f"{name!r} must be a whole number >= {least}, not {value!r:.40}"
     if chunk.end < chunk.start:
         return f"'end' {chunk.end} is before 'start' {chunk.start}"
     return None
@@ -297,9 +302,6 @@ def check_meta(meta: dict, path: Path) -> None:
 def meta_values_problem(meta: dict) -> str | None:
     """What is wrong with the values of index.json's fields, their types being right (None: nothing): the
     chunking settings, the chunk count, and each file's chunks following the previous file's."""
-    def whole(value, least: int = 0) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
     try:
         ChunkingConfig(**meta["chunking"])
     except (DataError, TypeError) as e:
@@ -307,14 +309,14 @@ def meta_values_problem(meta: dict) -> str | None:
     settings = meta["bm25"]
     if not (0 <= settings["k1"] < float("inf") and 0 <= settings["b"] <= 1):
         return f"'bm25': k1 {settings['k1']!r} and b {settings['b']!r} must be >= 0 and in [0, 1]"
-    if not whole(meta.get("chunks")):
+    if not _whole(meta.get("chunks")):
         return f"'chunks' must be a whole number >= 0, not {meta.get('chunks')!r:.40}"
-    if meta["dense"] is not None and not whole(meta["dense"]["dim"], 1):
+    if meta["dense"] is not None and not _whole(meta["dense"]["dim"], 1):
         return f"'dense': 'dim' must be a whole number >= 1, not {meta['dense']['dim']!r:.40}"
     first = 0
     for number, record in enumerate(meta["files"], 1):
         for key in ("chunks", "first_chunk"):
-            if not whole(record.get(key)):
+            if not _whole(record.get(key)):
                 return f"'files' entry {number} ({record['path']}): {key!r} must be a whole number >= 0, " \
                        f"not {record.get(key)!r:.40}"
         if record["first_chunk"] != first:
