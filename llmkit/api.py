@@ -23,7 +23,7 @@ import torch
 from llmkit.checkpoint import load_generation_config, load_model, load_quantization, load_tokenizer
 from llmkit.convert import resolve_model
 from llmkit.device import inference_dtype, parse_dtype, resolve_device
-from llmkit.errors import NOT_FINITE_SCORES, CheckpointError, GenerationError, LLMKitError
+from llmkit.errors import NOT_FINITE_SCORES, GenerationError, LLMKitError
 from llmkit.infer import Engine, SamplingParams, TokenLogprob
 from llmkit.infer.options import ENCODER_CANNOT_GENERATE
 from llmkit.infer.speculative import Speculator, layer_skip_draft
@@ -190,11 +190,13 @@ class LLM:
         ids = self.tokenizer.encode(text, add_bos=True)
         if len(ids) < 2:
             raise GenerationError("the text is too short to score; give at least one token after the first")
-        context = self.model.config.max_seq_len
+        soft = self.model.soft_prompt_ids  # a prompt-tuned model reads the text after its soft prompt
+        context = self.model.config.max_seq_len - len(soft)
         if len(ids) > context:
-            raise GenerationError(f"the text has {len(ids)} tokens but the model's context is {context}")
-        x = torch.tensor([ids], device=self.device)
-        logprobs = torch.log_softmax(self.model(x)[0, :-1].float(), dim=-1)
+            after = f" after its {len(soft)}-token soft prompt" if soft else ""
+            raise GenerationError(f"the text has {len(ids)} tokens but the model's context is {context}{after}")
+        x = torch.tensor([soft + ids], device=self.device)
+        logprobs = torch.log_softmax(self.model(x)[0, len(soft):-1].float(), dim=-1)
         targets = torch.tensor(ids[1:], device=self.device)
         chosen = logprobs.gather(1, targets[:, None])[:, 0]
         if not bool(torch.isfinite(chosen).all()):
@@ -223,12 +225,14 @@ class LLM:
         """Attention weights of every layer and head for `text` (`llmkit.inspect.attention.AttentionMaps`)."""
         from llmkit.inspect.attention import attention_maps
 
+        refuse_soft_prompt(self.model, "an attention map")
         return attention_maps(self.model, self.tokenizer, text, add_bos=add_bos)
 
     def lens(self, text: str, top: int = 5, add_bos: bool = True):
         """The logit lens: the top next tokens each layer predicts at each position (`LensResult`)."""
         from llmkit.inspect.lens import logit_lens
 
+        refuse_soft_prompt(self.model, "the logit lens")
         return logit_lens(self.model, self.tokenizer, text, top=top, add_bos=add_bos)
 
     def neighbours(self, word: str, top: int = 10) -> list[tuple[str, float]]:
@@ -257,32 +261,46 @@ def load(name_or_path: str | Path, device: str | torch.device | None = None,
     draft_tokens: tokens drafted per speculative step.
     engine_options go to `llmkit.infer.Engine` (compile, max_batch_size, kv_cache_mib, ...)."""
     directory = resolve_model(name_or_path)
-    refuse_prompt_tuned(directory)
     device = resolve_device(device)
     dtype = parse_dtype(dtype) or inference_dtype(device, quantized=bool(load_quantization(directory)))
-    model = load_model(directory, device=device, dtype=dtype)
+    model = load_inference_model(directory, device, dtype)
     if speculative is not None:
         engine_options["speculator"] = Speculator(resolve_draft(speculative, model, device, dtype), draft_tokens)
     return LLM(model, load_tokenizer(directory), load_generation_config(directory), **engine_options)
 
 
-def refuse_prompt_tuned(directory: Path) -> None:
-    """A prompt-tuned directory holds the base model and, apart, its soft prompt, which generation, chat,
-    serving and evaluation do not prepend: they would run the base model without a word, so they refuse."""
+def load_inference_model(directory: Path, device: torch.device, dtype: torch.dtype) -> Transformer:
+    """The model of a checkpoint directory, a prompt-tuned one with its soft prompt on (the engine and the
+    scorers put its virtual tokens before every input: `Transformer.soft_prompt_ids`)."""
+    if not soft_prompt_tokens(directory):
+        return load_model(directory, device=device, dtype=dtype)
+    from llmkit.train.peft import load_peft
+
+    return load_peft(directory, device=device, dtype=dtype)[0]
+
+
+def soft_prompt_tokens(directory: Path) -> int:
+    """The soft prompt's length of a prompt-tuned directory, else 0. Read leniently: only a soft prompt
+    matters here (another adapter's merged weights load as they are)."""
     import json
 
-    from llmkit.train.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+    from llmkit.train.peft import ADAPTER_CONFIG
 
-    try:  # read leniently: only a soft prompt matters here (another adapter's merged weights load as before)
+    try:
         record = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return
-    if isinstance(record, dict) and record.get("num_virtual_tokens"):
-        raise CheckpointError(
-            f"{directory} is prompt-tuned: model.safetensors is the base model and its soft prompt "
-            f"({ADAPTER_WEIGHTS}) is applied only by llmkit.train.peft.load_peft (then generate from "
-            "prompt_prefix_ids(model) + ids); generate, chat, serve and eval would run the base model without it. "
-            "Train with peft=lora for a model that runs everywhere (merged into the weights)")
+        return 0
+    if not isinstance(record, dict):
+        return 0
+    return record.get("num_virtual_tokens") or 0
+
+
+def refuse_soft_prompt(model: Transformer, what: str) -> None:
+    """Views of the model's own states (embeddings, attention, the logit lens) are defined for a text alone;
+    a prompt-tuned model's soft prompt would come before it, so they refuse rather than show the base model."""
+    if model.soft_prompt_ids:
+        raise GenerationError(f"{what} is not defined for a prompt-tuned model (its {len(model.soft_prompt_ids)} "
+                              "soft-prompt tokens come before every input); use its base model, or a LoRA one")
 
 
 def resolve_draft(spec: str, model: Transformer, device: torch.device, dtype: torch.dtype):
@@ -295,6 +313,9 @@ def resolve_draft(spec: str, model: Transformer, device: torch.device, dtype: to
         except ValueError:
             raise GenerationError(f"speculative {spec!r}: write layers:N with N a number of layers") from None
         return layer_skip_draft(model, n)
+    if model.soft_prompt_ids:
+        raise GenerationError(f"speculative {spec!r}: a draft model has no soft prompt, and this model is "
+                              "prompt-tuned; use speculative='prompt-lookup' or 'layers:N'")
     try:
         directory = resolve_model(spec)
     except LLMKitError as e:

@@ -439,6 +439,14 @@ class Transformer(nn.Module):
             self.build_rope_tables()  # a dtype cast (model.bfloat16()) must not degrade the tables
         return self
 
+    @property
+    def soft_prompt_ids(self) -> list[int]:
+        """The virtual token ids of a prompt-tuned model's soft prompt (llmkit/train/peft.py swaps tok_emb
+        for a SoftPromptEmbedding, whose extra ids base_vocab.. map to the learned vectors); every input
+        starts with them. Empty for every other model."""
+        base = getattr(self.tok_emb, "base_vocab", None)
+        return list(range(base, self.tok_emb.num_embeddings)) if base is not None else []
+
     # -- accounting
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, counting tied weights once; non_embedding leaves out token/position tables."""

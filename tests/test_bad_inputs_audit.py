@@ -75,12 +75,13 @@ def test_eval_compare_on_a_damaged_run_names_the_file_and_line(tmp_path, saved_t
     one_line_error(cli_in_process("eval", "--compare", tmp_path / "a", tmp_path / "b"), 'has no "tasks"')
 
 
-def test_a_prompt_tuned_directory_is_refused_where_its_soft_prompt_would_be_left_out(saved_tiny_model):
-    """Was the base model's text without a word: generate, chat, serve and eval do not prepend a soft prompt."""
+def test_a_prompt_tuned_directory_without_its_soft_prompt_is_one_line(saved_tiny_model):
+    """A prompt-tuned directory runs with its soft prompt (tests/test_prompt_tuned_inference.py); one whose
+    soft prompt is missing is refused by name, never run as the base model without a word."""
     (saved_tiny_model / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING",
                                                                       "num_virtual_tokens": 4}))
     one_line_error(cli_in_process("generate", "--model", saved_tiny_model, "--max-new-tokens", 2, "ROMEO:"),
-                   "is prompt-tuned", "peft=lora")
+                   "adapter_model.safetensors: missing")
     # any other adapter record (LoRA, merged into the weights; another PEFT type; a damaged file) loads as before
     for record in ('{"peft_type": "LORA", "r": 8}', '{"peft_type": "IA3"}', "\xff{not json"):
         (saved_tiny_model / "adapter_config.json").write_text(record)

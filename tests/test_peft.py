@@ -111,8 +111,8 @@ def test_prompt_tuning_prepends_trainable_tokens_and_runs_in_the_engine(tmp_path
     reference = prefix + ids
     for _ in range(6):
         reference.append(int(model(torch.tensor([reference]))[0, -1].argmax()))
-    engine = Engine(model, [], prefix_cache_mib=0)
-    assert engine.generate(prefix + ids, SamplingParams(max_new_tokens=6, temperature=0)) == reference[n + len(ids):]
+    engine = Engine(model, [], prefix_cache_mib=0)  # it puts the soft prompt before the prompt itself
+    assert engine.generate(ids, SamplingParams(max_new_tokens=6, temperature=0)) == reference[n + len(ids):]
     # gradients reach the soft prompt only
     model.train()
     targets = full.masked_fill(full >= 512, -100)

@@ -90,7 +90,7 @@ from llmkit.infer.huge_pages import place_in_huge_pages
 from llmkit.infer.kv_cache import cache_dtype
 from llmkit.infer.options import check_engine_options, prompt_budget
 from llmkit.infer.prefix_cache import PrefixCache
-from llmkit.infer.sampling import SamplingParams, TokenLogprob, choose_tokens, token_logprobs
+from llmkit.infer.sampling import RequestSampler, SamplingParams, TokenLogprob, choose_tokens, token_logprobs
 from llmkit.infer.scheduler import Request, Scheduler, padding_groups
 from llmkit.infer.token_step import token_step_for
 from llmkit.model import Transformer
@@ -109,7 +109,7 @@ class Completion:
 
     @classmethod
     def of(cls, request: Request) -> "Completion":
-        prompt = request.source_ids if request.source_ids is not None else request.prompt_ids
+        prompt = request.source_ids if request.source_ids is not None else request.prompt_ids[request.soft_tokens:]
         return cls(prompt, list(request.output_ids), request.finish_reason, request.logprobs,
                    request.cached_tokens, request.error)
 
@@ -161,6 +161,12 @@ class Engine:
             raise GenerationError("speculative decoding is for decoder-only models; this one is an encoder-decoder "
                                   "(n_encoder_layers > 0): build the engine without a speculator")
         self.model = model
+        # A prompt-tuned model's soft prompt (Lester et al. 2021) goes before every prompt as its virtual
+        # token ids: the prefix cache keeps its keys/values like any shared prefix. Callers never see it:
+        # completions, cached-token counts and penalties are about their own tokens.
+        self.soft_prompt = model.soft_prompt_ids
+        if self.soft_prompt and self.encoder_decoder:
+            raise GenerationError("a soft prompt is for decoder-only models; this one is an encoder-decoder")
         if self.device.type == "cpu":  # each decode step streams every weight: 2 MB pages (huge_pages.py)
             place_in_huge_pages(model)
         self.stop_token_ids = list(stop_token_ids)
@@ -198,7 +204,7 @@ class Engine:
     # -- requests (submit and cancel: any thread)
     def check_prompt(self, prompt_ids: list[int], max_new_tokens: int) -> int:
         """Number of tokens that can be generated after this prompt within the context (options.prompt_budget)."""
-        return prompt_budget(self.model.config, prompt_ids, max_new_tokens)
+        return prompt_budget(self.model.config, prompt_ids, max_new_tokens, len(self.soft_prompt))
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Request:
         """Queue a request (from any thread); `step()` advances it. Its tokens appear in `request.output_ids`."""
@@ -214,7 +220,8 @@ class Engine:
             max_new = min(params.max_new_tokens, self.model.config.max_seq_len - 1)
             request = Request([self.model.config.decoder_start_token], params, max_new, stops, source_ids=prompt_ids)
         else:
-            request = Request(prompt_ids, params, max_new, stops)
+            request = Request(self.soft_prompt + prompt_ids, params, max_new, stops,
+                              sampler=RequestSampler(params, prompt_ids), soft_tokens=len(self.soft_prompt))
         if max_new == 0:
             request.finish_reason = "length"
             return request
@@ -356,7 +363,7 @@ class Engine:
             if self.prefix_cache is not None:
                 request.length = self.prefix_cache.load(self.scheduler.cache, request.row,
                                                         self.prefix_cache.match(request.prompt_ids))
-            request.cached_tokens = request.length
+            request.cached_tokens = max(0, request.length - request.soft_tokens)
             self.stats["cached_tokens"] += request.length
         return admitted
 

@@ -53,16 +53,20 @@ def check_engine_options(model, max_batch_size, kv_cache_mib, prefix_cache_mib, 
                   kv_cache_dtype, f"one of {', '.join(KV_CACHE_DTYPES)}")
 
 
-def prompt_budget(config, prompt_ids: list[int], max_new_tokens: int) -> int:
+def prompt_budget(config, prompt_ids: list[int], max_new_tokens: int, soft_tokens: int = 0) -> int:
     """Number of tokens that can be generated after this prompt within the model's context (`config`, a
-    ModelConfig); a clear error for an empty prompt, one as long as the context, or a token outside the vocabulary."""
-    context = config.max_seq_len
+    ModelConfig); a clear error for an empty prompt, one as long as the context, or a token outside the vocabulary.
+    soft_tokens: a prompt-tuned model's soft prompt, put before the prompt: it takes context, and its
+    virtual ids (the last soft_tokens of config.vocab_size) are not the prompt's to use."""
+    context = config.max_seq_len - soft_tokens
     if not prompt_ids:
         raise GenerationError("the prompt is empty; give at least one token")
     if len(prompt_ids) >= context:
-        raise GenerationError(f"the prompt has {len(prompt_ids)} tokens but the model's context is {context}; "
+        after = f" after the soft prompt's {soft_tokens}" if soft_tokens else ""
+        raise GenerationError(f"the prompt has {len(prompt_ids)} tokens but the model's context is {context}{after}; "
                               "shorten the prompt")
-    bad = [t for t in prompt_ids if not (isinstance(t, int) and 0 <= t < config.vocab_size)]
+    vocab = config.vocab_size - soft_tokens
+    bad = [t for t in prompt_ids if not (isinstance(t, int) and 0 <= t < vocab)]
     if bad:
-        raise GenerationError(f"token id {bad[0]} is outside the vocabulary of {config.vocab_size}")
+        raise GenerationError(f"token id {bad[0]} is outside the vocabulary of {vocab}")
     return min(max_new_tokens, context - len(prompt_ids))

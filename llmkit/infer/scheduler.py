@@ -51,6 +51,7 @@ class Request:
     drafted: int = 0  # speculative decoding: tokens proposed and accepted
     accepted: int = 0
     source_ids: list[int] | None = None  # an encoder-decoder's source (prompt_ids then start the decoder)
+    soft_tokens: int = 0  # a prompt-tuned model's soft prompt: the first soft_tokens of prompt_ids (Engine.submit)
 
     def __post_init__(self):
         self.sampler = self.sampler or RequestSampler(self.params, self.prompt_ids)

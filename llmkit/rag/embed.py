@@ -23,6 +23,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from llmkit.errors import GenerationError
 from llmkit.model import Transformer
 
 EMBED_BATCH_TOKENS = 8192  # padded tokens per forward: bounds activation memory on a CPU
@@ -33,6 +34,9 @@ def pooled_embeddings(model: Transformer, rows: list[list[int]], skip_first: boo
     """(len(rows), d_model) float32 unit vectors, one per token-id list (each at most the model's
     context). skip_first: leave out the first token (a BOS, whose state is the same for every input)
     where a row has more than one."""
+    if model.soft_prompt_ids:  # its states depend on the soft prompt before the text: no text-alone vector
+        raise GenerationError("embeddings are not defined for a prompt-tuned model (its soft prompt comes "
+                              "before every input); embed with its base model, or a LoRA one")
     device = model.tok_emb.weight.device
     width = max(len(r) for r in rows)
     batch = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=device)

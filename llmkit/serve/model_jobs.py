@@ -23,8 +23,9 @@ def prompt_logprobs(model: "Transformer", ids: list[int], top: int) -> list[Toke
     """Each prompt token's log-probability given the tokens before it (None for the first, which has no
     context), with the `top` most likely alternatives. Computed exactly as `LLM.score` does (one full
     forward, log-softmax in float32), so a harness's log-likelihoods equal `llmkit score`'s."""
-    x = torch.tensor([ids], device=_device(model))
-    logprobs = torch.log_softmax(model(x)[0, :-1].float(), dim=-1)
+    soft = model.soft_prompt_ids  # a prompt-tuned model reads the prompt after its soft prompt
+    x = torch.tensor([soft + ids], device=_device(model))
+    logprobs = torch.log_softmax(model(x)[0, len(soft):-1].float(), dim=-1)
     targets = torch.tensor(ids[1:], device=logprobs.device)
     chosen = logprobs.gather(1, targets[:, None])[:, 0].cpu().tolist()
     best = torch.topk(logprobs, top, dim=-1) if top else None

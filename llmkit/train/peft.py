@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors_bytes
 
 from llmkit.atomic import atomic_write_bytes, atomic_write_text
-from llmkit.checkpoint import load_model, load_tokenizer, save_checkpoint
+from llmkit.checkpoint import load_model, load_state_dict, load_tokenizer, save_checkpoint
 from llmkit.errors import CheckpointError, ConfigError
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -139,10 +139,7 @@ def apply_prompt_tuning(model: nn.Module, n_tokens: int, seed: int = 0) -> list[
 
 def prompt_prefix_ids(model: nn.Module) -> list[int]:
     """The virtual token ids to put before every input (empty without prompt tuning)."""
-    emb = _transformer(model).tok_emb
-    if isinstance(emb, SoftPromptEmbedding):
-        return list(range(emb.base_vocab, emb.num_embeddings))
-    return []
+    return _transformer(model).soft_prompt_ids
 
 
 def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
@@ -325,11 +322,30 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
 
 def load_peft(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
     """(model, tokenizer) of a post-training output directory: the merged model, with its soft prompt
-    restored when it was prompt-tuned (then generate from `prompt_prefix_ids(model) + ids`)."""
+    restored when it was prompt-tuned (the engine then puts `prompt_prefix_ids(model)` before every prompt)."""
     model = load_model(directory, device=device, dtype=dtype)
     record = read_adapter_config(directory)
     if record is not None and record.get("num_virtual_tokens"):
+        prompt = read_soft_prompt(Path(directory), record["num_virtual_tokens"], model.config.d_model)
         apply_prompt_tuning(model, record["num_virtual_tokens"])
-        prompt = load_file(Path(directory) / ADAPTER_WEIGHTS)["tok_emb.prompt"]
         model.tok_emb.prompt.data.copy_(prompt)
     return model, load_tokenizer(directory)
+
+
+def read_soft_prompt(directory: Path, n_tokens, d_model: int) -> torch.Tensor:
+    """The soft prompt (n_tokens, d_model) of a prompt-tuned directory, checked: a missing, corrupt or
+    mis-shaped file would otherwise be a traceback or, worse, a model running on a random prompt."""
+    config, path = directory / ADAPTER_CONFIG, directory / ADAPTER_WEIGHTS
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens <= 0:
+        raise CheckpointError(f"{config}: num_virtual_tokens must be a positive whole number, not {n_tokens!r}")
+    tensors = load_state_dict(path)  # missing or unreadable: a CheckpointError naming the file
+    prompt = tensors.get("tok_emb.prompt")
+    if prompt is None:
+        raise CheckpointError(f"{path}: no tensor 'tok_emb.prompt' (it holds {', '.join(sorted(tensors)) or 'none'}); "
+                              "the soft prompt was not saved: train again with peft=prompt")
+    if tuple(prompt.shape) != (n_tokens, d_model):
+        raise CheckpointError(f"{path}: the soft prompt has shape {tuple(prompt.shape)}, but {config} and the "
+                              f"model need ({n_tokens}, {d_model}); the adapter belongs to another model")
+    if not bool(torch.isfinite(prompt).all()):
+        raise CheckpointError(f"{path}: the soft prompt holds NaN or infinite values; train it again")
+    return prompt

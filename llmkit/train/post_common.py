@@ -12,7 +12,6 @@ from llmkit.errors import ConfigError, GenerationError
 from llmkit.infer import Engine, SamplingParams
 from llmkit.tokenizer import Tokenizer
 from llmkit.train.chat_data import Record, encode_prompt, load_records
-from llmkit.train.peft import prompt_prefix_ids
 from llmkit.train.post_config import PostTrainConfig
 
 
@@ -96,9 +95,8 @@ def eval_mode(model: torch.nn.Module):
 def generate(model, tokenizer: Tokenizer, prompts: list, max_new_tokens: int, temperature: float = 0.0,
              seed: int = 0, top_p: float = 1.0, max_batch_size: int = 64) -> list[list[int]]:
     """Generated token ids (a final stop token included) for each prompt (token ids, or a Record
-    prompt: text or messages), through the one engine; a soft prompt's virtual tokens go first."""
-    prefix = prompt_prefix_ids(model)
-    ids = [p if isinstance(p, list) and (not p or isinstance(p[0], int)) else prefix + encode_prompt(tokenizer, p)
+    prompt: text or messages), through the one engine; it puts a soft prompt's virtual tokens first."""
+    ids = [p if isinstance(p, list) and (not p or isinstance(p[0], int)) else encode_prompt(tokenizer, p)
            for p in prompts]
     transformer = getattr(model, "transformer", model)
     with eval_mode(transformer):

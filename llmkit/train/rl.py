@@ -106,13 +106,14 @@ class Rollouts:
     def make(self, index: list[int], seed: int) -> dict:
         c = self.config
         records = [self.records[i] for i in index]
-        prompt_ids = [self.prefix + encode_prompt(self.tokenizer, r.prompt) for r in records]
+        prompts = [encode_prompt(self.tokenizer, r.prompt) for r in records]  # the engine adds the soft prompt
+        prompt_ids = [self.prefix + p for p in prompts]  # ... which the policy's forward reads too
         room = c.seq_len - max(len(p) for p in prompt_ids)
         if room < 1:
             raise ConfigError(f"a prompt of {max(len(p) for p in prompt_ids)} tokens leaves no room in seq_len "
                               f"{c.seq_len}; raise seq_len")
         k = c.group_size
-        outputs = generate(self.model, self.tokenizer, [p for p in prompt_ids for _ in range(k)],
+        outputs = generate(self.model, self.tokenizer, [p for p in prompts for _ in range(k)],
                            min(c.max_new_tokens, room), temperature=c.temperature, top_p=c.top_p, seed=seed)
         texts = [reply_text(self.tokenizer, o) for o in outputs]
         finished = torch.tensor([bool(o) and o[-1] in self.stops for o in outputs])
