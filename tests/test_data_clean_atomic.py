@@ -197,3 +197,19 @@ def test_a_run_killed_while_swapping_its_output_in_is_finished_by_the_next(tmp_p
     train = {k: v for k, v in _files(out).items() if k.startswith("train/")}
     assert train == {k: v for k, v in _files(expected).items() if k.startswith("train/")}
     assert json.loads((out / "report" / "report.json").read_text())["read"]["documents"] == 1
+
+
+def test_hidden_folders_of_an_input_are_not_read(tmp_path):
+    """Was: a repository's .git/ and .venv/ files (package READMEs, licence texts) became documents, and
+    `data prepare --input clean/` read an interrupted clean's .work/ beside the output."""
+    from llmkit.data.clean.readers import expand_input
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("a document\n")
+    for hidden in (".venv/lib/pkg/README.md", ".git/description.txt", "docs/.cache/page.html", ".notes.txt"):
+        (tmp_path / hidden).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / hidden).write_text("not a document\n")
+    assert [rel for _, rel, _ in expand_input(InputSpec(path=str(tmp_path)))] == ["docs/a.txt"]
+    from llmkit.data.prepare import expand_inputs  # `data prepare` reads folders the same way
+
+    assert expand_inputs([tmp_path]) == [tmp_path / "docs" / "a.txt"]

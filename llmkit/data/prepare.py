@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.atomic import atomic_open, atomic_write_text, staged_directory
-from llmkit.data.clean.readers import FilePart, format_of, read_part
+from llmkit.data.clean.readers import FilePart, format_of, read_part, visible_files
 from llmkit.errors import DataError
 from llmkit.tokenizer import Tokenizer, read_text_pieces, text_pieces
 
@@ -52,7 +52,7 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             _refuse_unfinished_clean_output(path)
-            files += sorted(p for p in path.rglob("*") if p.is_file() and format_of(p) in PREPARE_FORMATS)
+            files += [p for p in visible_files(path) if format_of(p) in PREPARE_FORMATS]
         elif path.is_file():
             if format_of(path) not in PREPARE_FORMATS:
                 extra = "; HTML and WARC go through `llmkit data clean` (stage extract) first" \

@@ -59,11 +59,18 @@ class ReadTask:
     nbytes: int  # the estimated uncompressed input, for grouping and progress
 
 
+def visible_files(root: Path) -> list[Path]:
+    """The files under folder `root`, sorted, hidden paths left out: .git/, .venv/, .notes.txt are not
+    documents (as `llmkit rag index` passes them over), nor is a data clean output's unfinished `.work/`."""
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
 def expand_input(spec: InputSpec) -> list[tuple[Path, str, str]]:
     """(file, path relative to the input, format) for every readable file of an input, sorted."""
     root = Path(spec.path)
     if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = visible_files(root)
         if spec.format == "auto":
             files = [p for p in files if format_of(p) is not None]
         if not files:
