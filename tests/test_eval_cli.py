@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+import llmkit
+
 from conftest import TEST_DATA, cli_in_process, run_cli
 from llmkit.checkpoint import save_checkpoint
 from llmkit.config import ModelConfig
@@ -175,8 +177,12 @@ def test_an_interrupted_run_keeps_its_finished_tasks_and_the_same_command_resume
     # another model or other settings into the same folder: refused, not mixed
     other = cli_in_process(*common[:2], two_checkpoints[1], *common[3:], "--out", out)
     assert other.returncode == 2 and "holds an interrupted evaluation of" in other.stderr
-    changed = cli_in_process(*common[:-1], 5, "--out", out)
-    assert changed.returncode == 2 and "limit: 6 then, 5 now" in changed.stderr
+    loads = []  # settings known before the model loads are compared before it loads
+    monkeypatch.setattr(llmkit, "load", lambda *a, **k: loads.append(a) or pytest.fail("loaded the model"))
+    for flags, says in (([5], "limit: 6 then, 5 now"), ([6, "--no-bos"], "add_bos: True then, False now")):
+        changed = cli_in_process(*common[:-1], *flags, "--out", out)
+        assert changed.returncode == 2 and says in changed.stderr and not loads, changed.stderr
+    monkeypatch.undo()
 
     ran.clear()
     monkeypatch.setattr(runner, "_evaluate_task", lambda backend, spec, *args: (ran.append(spec.name),

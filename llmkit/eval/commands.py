@@ -140,6 +140,14 @@ def cmd_eval_tasks(args) -> None:
     name = re.sub(r"[^\w.-]+", "_", args.model.split("://")[-1]) if is_url(args.model) else Path(args.model).name
     out = Path(args.out or Path("eval-runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     resume = interrupted_run(out, args.model)
+    if resume is not None:  # the settings known before the model loads (backends' settings() has the rest)
+        from llmkit.eval.runner import check_resumed_settings
+
+        known = {"limit": args.limit, **({"sample": args.sample, "sample_seed": args.sample_seed}
+                                        if args.sample is not None else {}), "chat": args.chat}
+        if not is_url(args.model):
+            known.update(add_bos=not args.no_bos and not args.chat, compile=bool(args.compile))
+        check_resumed_settings(resume[0], known, only_given=True)
     # before the evaluation, not after it; a folder of other files (a model) is not written into
     make_output_dir(out, ours=lambda d: (d / "results.json").is_file(), what="an earlier evaluation run")
     finished: list[str] = []

@@ -117,17 +117,25 @@ def spec_record(spec: TaskSpec | GenerativeSpec) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(spec), default=str))
 
 
+def check_resumed_settings(summary: dict, settings: dict, only_given: bool = False) -> None:
+    """Refuse to resume an interrupted run (its results.json `summary`) under other settings. only_given:
+    compare just the keys of `settings` (the ones known before the model loads: `llmkit eval` checks
+    those first, so a mismatch is not found only after a large model has loaded)."""
+    before = summary.get("settings") or {}
+    keys = set(settings) if only_given else set(before) | set(settings)
+    differ = sorted(k for k in keys if before.get(k) != settings.get(k))
+    if differ:
+        raise ConfigError("the output folder holds an interrupted run with other settings ("
+                          + ", ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in differ)
+                          + "); rerun with its settings to resume it, or choose another --out")
+
+
 def _resumable(resume: tuple[dict, dict] | None, settings: dict, specs: Sequence) -> dict[str, tuple[dict, list]]:
     """The interrupted run's tasks that this run would compute again alike: {name: (result, records)}."""
     if resume is None:
         return {}
     summary, examples = resume
-    if summary.get("settings") != settings:
-        before = summary.get("settings") or {}
-        differ = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-        raise ConfigError("the output folder holds an interrupted run with other settings ("
-                          + ", ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in differ)
-                          + "); rerun with its settings to resume it, or choose another --out")
+    check_resumed_settings(summary, settings)
     done = {}
     for spec in specs:
         result = summary["tasks"].get(spec.name) if isinstance(summary["tasks"], dict) else None
