@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from llmkit import fill_cli
-from llmkit.arg_types import float_in, int_in
+from llmkit.arg_types import SIGNED_SEED, float_in, int_in
 from llmkit.classify import commands as classify_commands
 from llmkit.errors import GenerationError, LLMKitError
 from llmkit.eval import commands as eval_commands
@@ -518,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=0, help="--judge answers: sampled answers per prompt besides the greedy one")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(SIGNED_SEED), default=0, help="per-reply sampling seeds derive from it")
     p.set_defaults(handler=cmd_label)
 
     p = verbs.add_parser("speedrun", help="corpus -> tokenizer -> pretrain -> SFT -> reward -> DPO -> RLHF -> "

@@ -45,6 +45,11 @@ def read_questions(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: no such questions file; give --questions mt_bench or a JSONL of "
                         '{"question_id", "turns": [...]}')
+    return [q for _, q in _numbered_questions(path)]
+
+
+def _numbered_questions(path: Path) -> list[tuple[int, dict]]:
+    """(line number, question) for each record of a questions or answers file, each field checked."""
     out, seen = [], {}
     for number, q in json_lines(path, read_utf8(path)):
         turns = q.get("turns") if isinstance(q, dict) else None
@@ -58,8 +63,15 @@ def read_questions(path: str | Path) -> list[dict]:
         if qid in seen:  # a judge would grade one of the two twice and the other never
             raise DataError(f"{path}:{number}: question_id {qid!r} again (first at line {seen[qid]}); "
                             "give each question its own id")
+        # the judge formats these into its prompts: a number or a list there was a TypeError mid-run
+        if not isinstance(q["category"], str):
+            raise DataError(f"{path}:{number}: field 'category' must be a string, not {json.dumps(q['category'])[:60]}")
+        reference = q.get("reference")
+        if reference is not None and not (isinstance(reference, list) and all(isinstance(r, str) for r in reference)):
+            raise DataError(f"{path}:{number}: field 'reference' must be a list of strings (one reference answer a "
+                            f"turn), not {json.dumps(reference)[:60]}")
         seen[qid] = number
-        out.append(q)
+        out.append((number, q))
     if not out:
         raise DataError(f"{path}: no questions (the file is empty)")
     return out
@@ -71,8 +83,12 @@ def request_seed_of(seed: int, question_id, turn: int) -> int:
 
 
 def generate_answers(llm, questions: list[dict], *, max_new_tokens: int = 512, temperature: float = 0.0,
-                     seed: int = 0, model_name: str = "model") -> list[dict]:
-    """Every turn of every question answered through the engine, turn by turn across all questions."""
+                     seed: int = 0, model_name: str = "model", cache=None, identity=None) -> list[dict]:
+    """Every turn of every question answered through the engine, turn by turn across all questions.
+    cache: a judge.ReplyCache that keeps each reply as its chunk finishes, so that an interrupted run
+    (MT-Bench's 160 replies take a 2-core CPU hours) resumes; a reply is found by `identity` (the model),
+    the sampling settings and the whole conversation so far, so nothing else's reply is reused."""
+    from llmkit.eval.judge import ReplyCache, cached_map
     from llmkit.infer import SamplingParams
 
     tokenizer, engine = llm.tokenizer, llm.engine
@@ -83,21 +99,29 @@ def generate_answers(llm, questions: list[dict], *, max_new_tokens: int = 512, t
     answers = [[] for _ in questions]
     for turn in range(max(len(q["turns"]) for q in questions)):
         active = [i for i, q in enumerate(questions) if turn < len(q["turns"])]
-        prompts, params = [], []
+        prompts, params, keys = [], [], []
         for i in active:
             histories[i].append({"role": "user", "content": questions[i]["turns"][turn]})
             ids = tokenizer.encode_chat(histories[i], add_generation_prompt=True)
             prompts.append(ids[max(0, len(ids) - keep):])
             request_seed = None if temperature == 0 else request_seed_of(seed, questions[i]["question_id"], turn)
             params.append(SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=request_seed))
-        for i, completion in zip(active, engine.generate_batch(prompts, params)):
-            if completion.finish_reason == "error":  # never written down as an (empty) answer to be judged
-                raise GenerationError(f"question {questions[i]['question_id']}, turn {turn + 1}: generation failed "
-                                      f"({completion.error})")
-            tokens = completion.token_ids
-            if tokens and tokens[-1] in stops:
-                tokens = tokens[:-1]
-            text = tokenizer.decode(tokens).strip()
+            keys.append(ReplyCache.key("answer", identity, max_new_tokens, temperature, request_seed, histories[i]))
+
+        def reply(indices: list[int]) -> list[str]:
+            texts = []
+            for k, completion in zip(indices, engine.generate_batch([prompts[k] for k in indices],
+                                                                    [params[k] for k in indices])):
+                if completion.finish_reason == "error":  # never written down as an (empty) answer to be judged
+                    raise GenerationError(f"question {questions[active[k]]['question_id']}, turn {turn + 1}: "
+                                          f"generation failed ({completion.error})")
+                tokens = completion.token_ids
+                if tokens and tokens[-1] in stops:
+                    tokens = tokens[:-1]
+                texts.append(tokenizer.decode(tokens).strip())
+            return texts
+
+        for i, text in zip(active, cached_map(cache, keys, reply)):
             histories[i].append({"role": "assistant", "content": text})
             answers[i].append(text)
     return [{"question_id": q["question_id"], "category": q["category"], "turns": q["turns"],
@@ -110,12 +134,28 @@ def write_answers(path: str | Path, records: list[dict]) -> None:
 
 
 def read_answers(path: str | Path) -> list[dict]:
-    """An answer file written by `llmkit answer` (or any JSONL of the same shape)."""
-    records = read_questions(path)
-    for number, r in enumerate(records, 1):
+    """An answer file written by `llmkit answer` (or any JSONL of the same shape): one model's answers to
+    one or two turns a question (MT-Bench's judge prompts grade the first turn, or the second with the first
+    shown)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such answers file; write one with `llmkit answer --model M --out {path}`")
+    records, model = [], None
+    for number, r in _numbered_questions(path):
         answers = r.get("answers")
         if not isinstance(answers, list) or len(answers) != len(r["turns"]) or not all(isinstance(a, str) for a in answers):
-            raise DataError(f"{path}: record {number}: expected \"answers\": one string per turn "
+            raise DataError(f"{path}:{number}: expected \"answers\": one string per turn "
                             "(a file written by `llmkit answer`)")
-        r.setdefault("model", Path(path).stem)
+        if len(r["turns"]) > 2:  # a third turn was graded with the one-turn prompt, its context unseen
+            raise DataError(f"{path}:{number}: {len(r['turns'])} turns; MT-Bench's judge prompts grade one or two "
+                            "turns: keep the first two turns of each question")
+        r.setdefault("model", path.stem)
+        # the judge names a file's model by its first record: a second name was silently rated as the first
+        if not isinstance(r["model"], str) or not r["model"]:
+            raise DataError(f"{path}:{number}: field 'model' must be a non-empty string, not {json.dumps(r['model'])}")
+        if model is not None and r["model"] != model:
+            raise DataError(f"{path}:{number}: model {r['model']!r}, but the file's first record is {model!r}; "
+                            "an answers file holds one model's answers (one `llmkit answer` run)")
+        model = r["model"]
+        records.append(r)
     return records

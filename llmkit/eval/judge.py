@@ -24,6 +24,9 @@ al. 2023, section 3.3); a verdict that names the same answer in both orders stan
 verdicts (one flips with the order, or one says tie) is a tie, MT-Bench's own rule. If either order is
 unparsable the comparison is unparsable.
 
+A judge given a ReplyCache keeps every finished chunk of replies on disk, so that `llmkit judge` (and
+`llmkit answer`, `llmkit label`, `llmkit constitution`, which use the same cache) resume a run cut short.
+
 Prompts: MT-Bench's judge_prompts.jsonl (single-v1, pair-v2 and their -math- variants with a
 reference answer for maths, reasoning and coding, and the -multi-turn variants that grade the second
 turn with the whole conversation shown).
@@ -31,15 +34,17 @@ turn with the whole conversation shown).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.errors import ConfigError, DataError, GenerationError, text_lines
+from llmkit.errors import ConfigError, DataError, GenerationError, OutputError, text_lines
 from llmkit.eval.jsonl import read_utf8
 
 SCORE = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
@@ -50,6 +55,9 @@ DEFAULT_MAX_NEW_TOKENS = 512
 VERDICT_PREFIX = "[["  # the judge's reply begins with this; its next tokens are the mark
 VERDICT_MARKS = {"A": "A]]", "B": "B]]", "tie": "C]]"}
 GRADE_MARKS = {n: f"{n}]]" for n in range(1, 11)}  # "1]]" and "10]]" differ after the first token
+# judge replies are kept on disk (ReplyCache) after every CHUNK of them: an interrupted run loses at most one
+# chunk. 64 is the local backend's own chunk, so continuous batching is not cut any finer than it was.
+CHUNK = 64
 
 
 def parse_score(text: str) -> float | None:
@@ -143,6 +151,73 @@ def _no_probabilities_over_http(name: str) -> ConfigError:
                        f"--verdict text with {name}")
 
 
+# --- resuming -------------------------------------------------------------------------------------------
+class ReplyCache:
+    """The judge's finished replies (or mark probabilities), one JSON line each, appended and fsynced after
+    every chunk: `llmkit judge` run again with the same --out asks the judge only what it has not answered
+    (judging 400 pairs takes a 2-core CPU ~20 min; a Ctrl-C, a kill or a server that stops answering
+    must not cost the finished ones). A reply is found by a hash of everything that decides it (the judge,
+    --max-new-tokens, the verdict mode and the full conversation), so changed settings or answer files are
+    asked again, never mixed in. A line cut short by a kill is ignored (its reply is asked again)."""
+
+    def __init__(self, path: str | Path):
+        self.path, self.entries = Path(path), {}
+        if self.path.is_file():
+            for line in text_lines(self.path.read_bytes().decode("utf-8", errors="replace")):
+                try:
+                    row = json.loads(line)
+                    self.entries[row["key"]] = row["value"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # the torn last line of a killed run
+
+    @staticmethod
+    def key(*parts) -> str:
+        return hashlib.sha256(json.dumps(parts, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+
+    def add(self, items: Sequence[tuple[str, object]]) -> None:
+        if not items:
+            return
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps({"key": k, "value": v}, ensure_ascii=False) + "\n" for k, v in items))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk or a read-only folder: one line, not a traceback
+            raise OutputError(f"{self.path}: cannot keep the finished replies there ({e.strerror or e}); free space "
+                              "or choose another --out") from None
+        self.entries.update(items)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    @classmethod
+    def beside(cls, out: str | Path) -> "ReplyCache":
+        """The cache of a run writing `out` (a file or a folder written whole at the end): a hidden sibling
+        `.NAME.resume.jsonl`, which the atomic writers' tidying of killed runs' leftovers does not touch."""
+        out = Path(out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"{out}: cannot write there ({e.strerror or e}); choose another --out") from None
+        return cls(out.parent / f".{out.name}.resume.jsonl")
+
+
+def cached_map(cache: "ReplyCache | None", keys: list[str], compute, on_done=None) -> list:
+    """compute(indices) -> values for the conversations not in `cache`, in chunks of CHUNK, each chunk
+    written to the cache as soon as it is done; the cached ones are reported to on_done at once."""
+    found = {i: cache.entries[k] for i, k in enumerate(keys) if cache is not None and k in cache.entries}
+    if found and on_done is not None:
+        on_done(len(found))
+    todo = [i for i in range(len(keys)) if i not in found]
+    for start in range(0, len(todo), CHUNK):
+        part = todo[start:start + CHUNK]
+        values = compute(part)
+        if cache is not None:
+            cache.add([(keys[i], v) for i, v in zip(part, values)])
+        found.update(zip(part, values))
+    return [found[i] for i in range(len(keys))]
+
+
 # --- the judge ------------------------------------------------------------------------------------------
 @contextmanager
 def _progress(what: str, total: int):
@@ -168,12 +243,14 @@ class Judgement:
 class Judge:
     """A backend that generates from chat messages (LocalBackend(chat=True) or RemoteBackend(chat=True))."""
 
-    def __init__(self, backend, name: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, verdict: str = "text"):
+    def __init__(self, backend, name: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, verdict: str = "text",
+                 cache: ReplyCache | None = None):
         if verdict not in ("text", "probability"):
             raise ValueError(f"verdict must be 'text' or 'probability', not {verdict!r}")
         if verdict == "probability" and getattr(backend, "scores_chat", True) is False:
             raise _no_probabilities_over_http(name)
         self.backend, self.name, self.max_new_tokens, self.verdict = backend, name, max_new_tokens, verdict
+        self.cache = cache  # finished replies kept for a rerun (ReplyCache); None: nothing kept
 
     @classmethod
     def load(cls, model: str, *, device=None, dtype=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -207,37 +284,48 @@ class Judge:
         from llmkit.eval.prompts import ExampleRequests
 
         contexts = [self.backend.render_chat(list(c)) + VERDICT_PREFIX for c in conversations]
-        requests = [ExampleRequests(i, [context] * len(marks), list(marks), None, [len(m) for m in marks])
-                    for i, context in enumerate(contexts)]
-        with _progress("judge: verdicts", len(requests)) as advance:
+        keys = [ReplyCache.key(self.name, "marks", list(marks), context) for context in contexts]
+
+        def score(indices: list[int]) -> list:
+            requests = [ExampleRequests(i, [contexts[i]] * len(marks), list(marks), None, [len(m) for m in marks])
+                        for i in indices]
             scored = self.backend.loglikelihood(requests, where=lambda k: f"judge question {k // len(marks) + 1}",
                                                 on_batch=advance)
-        out = []
-        for example in scored:
-            logprobs = [option.logprob for option in example.scores]
-            top = max(logprobs)
-            if not math.isfinite(top):
-                raise GenerationError(f"the judge {self.name} gave no finite log-probability to any verdict mark; "
-                                      "are its weights finite?")
-            weights = [math.exp(lp - top) for lp in logprobs]
-            out.append(([w / sum(weights) for w in weights], example.truncated))
-        return out
+            out = []
+            for example in scored:
+                logprobs = [option.logprob for option in example.scores]
+                top = max(logprobs)
+                if not math.isfinite(top):
+                    raise GenerationError(f"the judge {self.name} gave no finite log-probability to any verdict "
+                                          "mark; are its weights finite?")
+                weights = [math.exp(lp - top) for lp in logprobs]
+                out.append([[w / sum(weights) for w in weights], example.truncated])
+            return out
+
+        with _progress("judge: verdicts", len(contexts)) as advance:
+            return [tuple(v) for v in cached_map(self.cache, keys, score, advance)]
 
     def ask(self, conversations: Sequence[list[dict]], on_done=None) -> list[Judgement]:
         """The judge's greedy replies to message lists."""
         if not conversations:
             return []
+        keys = [ReplyCache.key(self.name, "reply", self.max_new_tokens, list(c)) for c in conversations]
         with _progress("judge: replies", len(conversations)) as advance:
             def done(n: int) -> None:
                 advance(n)
                 if on_done is not None:
                     on_done(n)
 
-            out = self.backend.generate(list(conversations), self.max_new_tokens, [], on_done=done)
-        for g in out:
-            if g.finish_reason == "error":  # a failed judge is not an unreadable verdict: say so and stop
-                raise GenerationError(f"the judge {self.name} failed to answer: {g.error}")
-        return [Judgement(g.text, g.finish_reason, g.truncated) for g in out]
+            def reply(indices: list[int]) -> list:
+                out = self.backend.generate([conversations[i] for i in indices], self.max_new_tokens, [],
+                                            on_done=done)
+                for g in out:
+                    if g.finish_reason == "error":  # a failed judge is not an unreadable verdict: say so, stop
+                        raise GenerationError(f"the judge {self.name} failed to answer: {g.error}")
+                return [[g.text, g.finish_reason, g.truncated] for g in out]
+
+            replies = cached_map(self.cache, keys, reply, done)
+        return [Judgement(*r) for r in replies]
 
     def grade(self, prompts: dict[str, JudgePrompt], items: Sequence[dict]) -> list[dict]:
         """Single-answer grades. items: {"question": MT-Bench question, "answers": [turn 1, turn 2], "turn"}."""

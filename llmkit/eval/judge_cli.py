@@ -5,7 +5,8 @@
     llmkit judge --judge http://HOST:PORT/v1 --pairs hh-rlhf --limit 40 --out judged/
 
 A judge run directory holds results.json, results.md and judgements.jsonl (one line per judgement:
-the prompt or the pair, the judge's reply(ies), the parsed score or verdicts).
+the prompt or the pair, the judge's reply(ies), the parsed score or verdicts); while it runs, also
+replies.partial.jsonl (every finished reply), from which the same command resumes an interrupted run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from llmkit.arg_types import COUNT, SIGNED_SEED, int_in
 from llmkit.errors import ConfigError, LLMKitError
+
+CACHE = "replies.partial.jsonl"  # the judge's finished replies while a run is under way (judge.ReplyCache)
 
 
 def add_judge_verbs(verbs, add_model_args) -> None:
@@ -61,6 +64,7 @@ def cmd_answer(args) -> None:
     import llmkit
     from llmkit.atomic import writable_target
     from llmkit.eval.answers import generate_answers, questions_path, read_questions, write_answers
+    from llmkit.eval.judge import ReplyCache
 
     _check_limit(args.limit)
     source = questions_path(args.questions, args.task_dir)
@@ -73,16 +77,22 @@ def cmd_answer(args) -> None:
     if not llm.tokenizer.chat_template:
         raise LLMKitError(f"--model {args.model}: its tokenizer has no chat template; MT-Bench answers need a chat "
                           "model")
+    # each reply is kept beside --out as its chunk finishes: the same command resumes an interrupted run
+    cache = ReplyCache.beside(args.out)
+    if cache.entries:
+        print(f"resuming: {len(cache.entries)} replies kept from an interrupted run of {args.out}")
     records = generate_answers(llm, questions, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                               seed=args.seed, model_name=args.name or str(args.model))
+                               seed=args.seed, model_name=args.name or str(args.model), cache=cache,
+                               identity=[str(args.model), args.device, args.dtype])
     write_answers(args.out, records)
+    cache.remove()
     print(f"wrote {len(records)} answers ({sum(len(r['answers']) for r in records)} turns) to {args.out}")
 
 
 def cmd_judge(args) -> None:
     from llmkit.atomic import atomic_write_text, make_output_dir
     from llmkit.eval.answers import mt_bench_dir, read_answers
-    from llmkit.eval.judge import Judge, read_judge_prompts
+    from llmkit.eval.judge import Judge, ReplyCache, read_judge_prompts
     from llmkit.eval import judge_runs
 
     if (args.answers is None) == (args.pairs is None):
@@ -93,9 +103,14 @@ def cmd_judge(args) -> None:
     prompts = read_judge_prompts(prompts_file)
     answer_sets = [read_answers(a) for a in args.answers] if args.answers else None
     pairs = judge_runs.read_preference_pairs(args.pairs, args.limit) if args.pairs else None
-    out = make_output_dir(args.out, ours=lambda d: (d / "judgements.jsonl").is_file(), what="an earlier judge run")
+    out = make_output_dir(args.out, ours=lambda d: (d / "judgements.jsonl").is_file() or (d / CACHE).is_file(),
+                          what="an earlier judge run")
     judge = Judge.load(args.judge, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
                        api_key=os.environ.get("OPENAI_API_KEY"), verdict=args.verdict)
+    # every finished judge reply is kept in --out as it comes: the same command resumes a run cut short
+    judge.cache = ReplyCache(out / CACHE)
+    if judge.cache.entries:
+        print(f"resuming: {len(judge.cache.entries)} judge replies kept from an interrupted run in {out}")
     if pairs is not None:
         summary, records = judge_runs.agreement_with_humans(judge, prompts, pairs[0], seed=args.seed)
         summary["source"] = pairs[1]
@@ -108,6 +123,7 @@ def cmd_judge(args) -> None:
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     table = format_judge_report(summary)
     atomic_write_text(out / "results.md", table + "\n")
+    judge.cache.remove()  # the run is complete: judgements.jsonl holds every reply
     print(table)
     print(f"\nwrote {out / 'results.md'}, {out / 'results.json'} and {out / 'judgements.jsonl'}")
 
@@ -150,7 +166,9 @@ def format_judge_report(summary: dict) -> str:
     else:
         lines += [f"agreement with human preference labels: {summary['pairs']} pairs from {summary.get('source', '?')}, "
                   f"{summary['unparsable']} unparsable (left out); {summary['replies_cut']} judge replies cut at --max-new-tokens, "
-                  f"{summary['prompts_truncated']} prompts cut to fit the judge's context", "", "| measure | value (95% CI) | n |",
+                  f"{summary['prompts_truncated']} prompts cut to fit the judge's context"
+                  + (f"; {summary['identical_left_out']} pairs with identical replies left out"
+                     if summary.get("identical_left_out") else ""), "", "| measure | value (95% CI) | n |",
                   "| --- | --- | ---: |"]
         rows = [("Cohen's kappa (judge vs human; bootstrap CI)", summary["kappa"], 3, 1.0),
                 ("accuracy: picks the human's reply (both orders; tie = miss) %", summary["accuracy"], 1, 100.0),

@@ -169,6 +169,12 @@ def _as_text(value, where: str, field: str, conversation: bool = False) -> str:
 
 
 def agreement_with_humans(judge: Judge, prompts: dict, pairs: list[dict], seed: int = 0) -> tuple[dict, list[dict]]:
+    # two identical replies carry no preference to agree with: a judge's (right) tie on them was counted
+    # a miss against the human's arbitrary pick. They are left out, and counted in the report.
+    identical = sum(1 for p in pairs if p["chosen"].strip() == p["rejected"].strip())
+    pairs = [p for p in pairs if p["chosen"].strip() != p["rejected"].strip()]
+    if not pairs:
+        raise DataError(f"all {identical} preference pairs have identical chosen and rejected replies: nothing to judge")
     coin = random.Random(seed)
     firsts, seconds, human = [], [], []
     for p in pairs:
@@ -182,7 +188,7 @@ def agreement_with_humans(judge: Judge, prompts: dict, pairs: list[dict], seed: 
     for p, first, second, label, v in zip(pairs, firsts, seconds, human, verdicts):
         longer = None if len(first) == len(second) else ("first" if len(first) > len(second) else "second")
         records.append({"prompt": p["prompt"], "first": first, "second": second, "human": label, "longer": longer, **v})
-    return agreement_summary(records, judge.name, seed), records
+    return {**agreement_summary(records, judge.name, seed), "identical_left_out": identical}, records
 
 
 def agreement_summary(records: list[dict], judge_name: str, seed: int = 0) -> dict:

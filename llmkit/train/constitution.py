@@ -25,7 +25,9 @@ decide which pairs are kept (the answers must differ under both):
 The pairs are {prompt, chosen, rejected} for `llmkit dpo` (or `llmkit reward`).
 
 Each principle, and each sampling seed, is drawn from a hash of (seed, step, prompt) (principles.py),
-so a run is reproducible, and a prompt's output does not depend on the other prompts in the batch.
+so a run is reproducible, and a prompt's output does not depend on the other prompts in the batch. That
+is also what lets a run resume: prompts go in chunks, each chunk's results kept beside --out
+(`.OUT.resume.jsonl`) until the run's folder is written, and the same command skips the kept prompts.
 """
 
 from __future__ import annotations
@@ -148,7 +150,9 @@ def revise(llm, prompts: list[list[dict]], constitution: Constitution, out: str 
     """SL-CAI over `prompts`; writes out/sft.jsonl, out/critiques.jsonl, out/summary.json and
     out/report.md, all or nothing. Returns the summary."""
     with staged_directory(out, overwrite=overwrite, what="the constitution run") as folder:  # refused up front
-        traces = critique_and_revise(llm, prompts, constitution, rounds, max_new_tokens, temperature, top_p, seed)
+        cache = _resume_cache(out, settings, constitution, "revise", rounds, max_new_tokens, temperature, top_p, seed)
+        traces = _resumable(cache, prompts, lambda chunk: critique_and_revise(
+            llm, chunk, constitution, rounds, max_new_tokens, temperature, top_p, seed))
         kept = [t for t in traces if t["final"] is not None]
         if not kept:
             raise DataError(f"no prompt fits the model's context of {llm.model.config.max_seq_len} tokens with "
@@ -163,6 +167,8 @@ def revise(llm, prompts: list[list[dict]], constitution: Constitution, out: str 
         write_jsonl(folder / "critiques.jsonl", traces)
         (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (folder / "report.md").write_text(revision_report(traces, summary))
+    if cache is not None:
+        cache.remove()
     return summary
 
 
@@ -229,8 +235,9 @@ def label(judge, policy_llm, prompts: list[list[dict]], constitution: Constituti
         raise DataError(f"no prompt fits the model's context of {context} tokens with --max-new-tokens "
                         f"{max_new_tokens}; lower --max-new-tokens or use shorter prompts")
     with staged_directory(out, overwrite=overwrite, what="the constitution run") as folder:  # refused up front
-        rows = judge_by_principles(judge or policy_llm, policy_llm, fits, constitution, max_new_tokens, temperature,
-                                   seed, rule, margin)
+        cache = _resume_cache(out, settings, constitution, "label", max_new_tokens, temperature, seed, rule, margin)
+        rows = _resumable(cache, fits, lambda chunk: judge_by_principles(
+            judge or policy_llm, policy_llm, chunk, constitution, max_new_tokens, temperature, seed, rule, margin))
         pairs = []
         for row in rows:
             if row["verdict"] not in ("a", "b"):
@@ -247,7 +254,35 @@ def label(judge, policy_llm, prompts: list[list[dict]], constitution: Constituti
         write_jsonl(folder / "judgements.jsonl", rows)
         (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (folder / "report.md").write_text(label_report(rows, summary))
+    if cache is not None:
+        cache.remove()
     return summary
+
+
+# --- resuming ------------------------------------------------------------------------------------------------
+def _resume_cache(out: str | Path, settings: dict | None, constitution: Constitution, *how):
+    """Where a run keeps each prompt's finished work (`.OUT.resume.jsonl` beside --out) so that the same
+    command resumes after a Ctrl-C or a kill: hours of CPU for a few hundred prompts are not redone. Only
+    runs whose models are named (`settings`, as the CLI passes them) keep anything: a loaded model
+    cannot be told apart from another. The key holds everything that decides a prompt's output but which
+    other prompts run (--limit, --records): a prompt's output does not depend on them (module docstring)."""
+    from llmkit.eval.judge import ReplyCache
+
+    if not settings or "model" not in settings:
+        return None
+    named = {k: v for k, v in settings.items() if k not in ("limit", "records", "prompts")}
+    cache = ReplyCache.beside(out)
+    cache.identity = [named, [vars(p) for p in constitution.principles], *how]
+    return cache
+
+
+def _resumable(cache, prompts: list, work) -> list[dict]:
+    """work(prompts) -> one JSON-able result per prompt, run in chunks of prompts, each chunk kept in
+    `cache` as soon as it is done; prompts in the cache are not run again."""
+    from llmkit.eval.judge import ReplyCache, cached_map
+
+    keys = [ReplyCache.key(cache.identity if cache else None, p) for p in prompts]
+    return cached_map(cache, keys, lambda indices: work([prompts[i] for i in indices]))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -7,7 +7,8 @@ distribution after the question puts mass on "A" and "B" (Lee et al. 2023, secti
 judged in both orders and the two verdicts averaged, which cancels the judge's preference for a
 position (Zheng et al. 2023 found strong position bias in LLM judges). Pairs the judge cannot separate
 (identical replies, or a preference within `min_margin` of a coin flip) are skipped. The output is a
-preference JSONL that `llmkit reward` and `llmkit dpo` read as it is.
+preference JSONL that `llmkit reward` and `llmkit dpo` read as it is. Each chunk of judged prompts is
+kept beside it (`.OUT.resume.jsonl`) until the file is written: the same command resumes a run cut short.
 
 Where every prompt has a reference answer (the built-in task, or any task checked by exact match), the
 answer key is the judge (`--judge answers`, `label_by_answer`): the policy answers each prompt, and its
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -114,8 +116,8 @@ def load_judge(judge, policy, policy_llm):
 
     if not isinstance(judge, (str, Path)):
         return judge
-    if is_url(str(judge)):
-        return RemoteBackend(str(judge), chat=True)
+    if is_url(str(judge)):  # the key as `llmkit judge` and `llmkit eval` send it: a server may require one
+        return RemoteBackend(str(judge), chat=True, api_key=os.environ.get("OPENAI_API_KEY"))
     return policy_llm if str(judge) == str(policy) else llmkit.load(judge)
 
 
@@ -145,13 +147,31 @@ def label_preferences(judge, policy, input_path: str | Path, out: str | Path, re
     check_output(out, input_path, max_new_tokens, temperature, seed)
     import llmkit
 
+    from llmkit.eval.judge import ReplyCache, cached_map
+
     prompts = [r.prompt for r in load_records(input_path, "prompt", records)]
     policy_llm = llmkit.load(policy) if isinstance(policy, (str, Path)) else policy
     judge_llm = load_judge(judge, policy, policy_llm)
-    first, second = sample_reply_pairs(policy_llm, prompts, max_new_tokens, temperature,
-                                       [seed + i for i in range(2 * len(prompts))])
-    forward = judge_probabilities(judge_llm, prompts, first, second)
-    backward = judge_probabilities(judge_llm, prompts, second, first)
+    # Each prompt's two replies and verdicts are kept beside --out as they are done (chunks of prompts): the
+    # same command after a Ctrl-C, a kill or a failing judge server resumes instead of starting over. A
+    # prompt's seeds depend on its index alone, and its replies on nothing else in its batch (per-request
+    # seeds), so a resumed file equals an uninterrupted one. Models passed loaded (Python callers) cannot be
+    # told apart from others by name: their runs keep nothing, rather than risk reusing another model's work.
+    named = all(isinstance(m, (str, Path)) for m in (policy, judge))
+    cache = ReplyCache.beside(out) if named else None
+    keys = [ReplyCache.key("label", str(policy), str(judge), max_new_tokens, temperature, seed + 2 * i, prompt)
+            for i, prompt in enumerate(prompts)]
+
+    def judged(indices: list[int]) -> list:
+        chunk = [prompts[i] for i in indices]
+        a, b = sample_reply_pairs(policy_llm, chunk, max_new_tokens, temperature,
+                                  [seed + 2 * i + k for i in indices for k in (0, 1)])
+        forward = judge_probabilities(judge_llm, chunk, a, b)
+        backward = judge_probabilities(judge_llm, chunk, b, a)
+        return [list(v) for v in zip(a, b, forward, backward)]
+
+    done = cached_map(cache, keys, judged)
+    first, second, forward, backward = ([v[k] for v in done] for k in range(4)) if done else ([], [], [], [])
     rows, ties, consistent = [], 0, 0
     for prompt, a, b, p_ab, p_ba in zip(prompts, first, second, forward, backward):
         p = (p_ab + (1 - p_ba)) / 2  # P(a better than b), position bias averaged out
@@ -164,6 +184,8 @@ def label_preferences(judge, policy, input_path: str | Path, out: str | Path, re
             chosen, rejected = [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}]
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "judge_probability": round(max(p, 1 - p), 4)})
     write_pairs(out, rows)
+    if cache is not None:
+        cache.remove()
     return {"pairs": len(rows), "ties": ties, "consistent": consistent / max(len(prompts), 1)}
 
 
