@@ -81,9 +81,9 @@ def call_json(name: str, arguments) -> str:
 def _calls_in(blob: str) -> list[tuple[str, dict]] | None:
     """(name, arguments) of each call in a JSON object or list of them; None if it is not that."""
     blob = blob.strip()
-    try:
+    try:  # RecursionError: a reply of thousands of "[" is the model's text, not a call (and no crash)
         value, _ = json.JSONDecoder().raw_decode(blob)
-    except (json.JSONDecodeError, ValueError):
+    except (ValueError, RecursionError):
         return None
     items = value if isinstance(value, list) else [value]
     calls = []
@@ -94,7 +94,7 @@ def _calls_in(blob: str) -> list[tuple[str, dict]] | None:
         if isinstance(arguments, str):
             try:
                 arguments = json.loads(arguments)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 return None
         if not isinstance(arguments, dict):
             return None

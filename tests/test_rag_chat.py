@@ -80,7 +80,7 @@ def test_sources_carry_file_line_and_offsets(index):
     text = (index.parent / "docs" / "planted.txt").read_text()
     assert text[sources[0]["start"]:sources[0]["end"]] == sources[0]["text"] and PLANTED in sources[0]["text"]
     assert len(cited_sources("No citation.", hits)) == 2  # none cited: every passage shown is a source
-    with pytest.raises(Exception, match="must end with"):
+    with pytest.raises(Exception, match="user turn"):
         retrieval_messages([{"role": "assistant", "content": "hi"}], hits)
 
 

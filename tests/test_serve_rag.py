@@ -68,3 +68,40 @@ def test_a_bad_rag_field_is_a_400_naming_it(served, option):
     client, _ = served
     with pytest.raises(openai.BadRequestError, match="rag"):
         client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=2, extra_body={"rag": option})
+
+
+def test_a_tool_round_trip_on_a_rag_server_answers_from_the_last_user_turn(served):
+    """An OpenAI client's second request of a tool call ends in a `tool` message, not a user turn: retrieval
+    answers the last user turn, and the call and its result stay after it."""
+    client, _ = served
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    messages = QUESTION + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "nothing found"}]
+    reply = client.chat.completions.create(model="tiny", messages=messages, tools=[tool], max_tokens=4, temperature=0)
+    assert any(PLANTED in s["text"] for s in reply.choices[0].message.model_extra["sources"])
+    closed = client.chat.completions.create(model="tiny", messages=messages, tools=[tool], max_tokens=4,
+                                            temperature=0, extra_body={"rag": False})
+    assert reply.usage.prompt_tokens > closed.usage.prompt_tokens + 40  # the passages, and the call and result too
+
+
+def test_sources_say_when_their_file_changed_since_indexing(served):
+    """As `rag search` and `rag ask` warn: a cited file edited after indexing may put the passage elsewhere.
+    (Last in the module: it edits the indexed file, then puts it back.)"""
+    client, out = served
+    planted = out / "docs" / "planted.txt"
+    before = planted.read_text()
+    reply = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=2, temperature=0)
+    assert all("warning" not in s for s in reply.choices[0].message.model_extra["sources"])
+    planted.write_text("A new first line moves every other one.\n" + before)
+    try:
+        reply = client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=2, temperature=0)
+        chunks = list(client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=2, temperature=0,
+                                                     stream=True))
+    finally:
+        planted.write_text(before)
+    sources = reply.choices[0].message.model_extra["sources"]
+    assert all("planted.txt: changed since it was indexed" in s["warning"] for s in sources
+               if s["file"] == "planted.txt") and any(s["file"] == "planted.txt" for s in sources)
+    [last] = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert last.choices[0].delta.model_extra["sources"] == sources

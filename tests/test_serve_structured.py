@@ -255,7 +255,7 @@ def test_streamed_tool_call_deltas_concatenate_to_the_same_call(client):
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "foo"}}}],
-      "tool_choice": "required"}, "tools"),
+      "tool_choice": "required"}, "tools[0].function.parameters"),
     ({"messages": [{"role": "tool", "content": "result"}]}, "messages[0].tool_call_id"),
     # an earlier call's name is written into the prompt: held to the same rule, so it cannot carry control tokens
     ({"messages": [*HELLO, {"role": "assistant", "content": "", "tool_calls": [
@@ -268,6 +268,38 @@ def test_streamed_tool_call_deltas_concatenate_to_the_same_call(client):
 def test_tool_errors_are_400s_naming_the_field(server, client, body, param):
     r = httpx.post(f"{server}/v1/chat/completions", timeout=30, json={"model": "tiny", "messages": HELLO, **body})
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    ok(client)
+
+
+CITY = {"$defs": {"city": {"enum": ["Paris", "Lima"]}}, "type": "object", "properties": {"city": {"$ref": "#/$defs/city"}},
+        "required": ["city"], "additionalProperties": False}
+TREE = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9},
+                                         "next": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}},
+        "required": ["n", "next"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("parameters", [CITY, TREE], ids=["defs", "recursive"])
+def test_forced_call_arguments_follow_the_functions_own_schema_and_refs(client, parameters):
+    """$defs and "#" are the parameters' own: not a 400 for a valid schema, not calls nested in the arguments."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+    for seed in range(2):
+        choice = chat(client, tools=[tool], tool_choice={"type": "function", "function": {"name": "f"}},
+                      temperature=1.0, seed=seed, max_tokens=300).choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        check_call(choice.message.tool_calls[0], [tool])
+
+
+@pytest.mark.parametrize("parameters, choice, says", [
+    ({"type": "string"}, "auto", "type \"object\""),  # such arguments could never be read back as a call
+    ({"type": "string"}, "required", "type \"object\""),
+    ({"$ref": "#"}, "required", "admits no output"),  # found before decoding, not part-way through the call
+])
+def test_unusable_tool_parameters_are_a_400_naming_the_tool(server, client, parameters, choice, says):
+    tools = [ADD, {"type": "function", "function": {"name": "f", "parameters": parameters}}]
+    r = httpx.post(f"{server}/v1/chat/completions", timeout=60,
+                   json={"model": "tiny", "messages": HELLO, "tools": tools, "tool_choice": choice, "max_tokens": 50})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "tools[1].function.parameters" and says in r.json()["error"]["message"]
     ok(client)
 
 

@@ -96,8 +96,13 @@ def resolve_tools(tools: list) -> list[Tool]:
 
 def argument_problem(schema: dict, arguments: dict) -> str | None:
     """What is wrong with a call's arguments under the tool's schema (the top level), or None."""
-    properties = schema.get("properties", {})
-    missing = [name for name in schema.get("required", []) if name not in arguments]
+    # A property's schema may be a boolean (true: anything), and a hand-written schema may hold the wrong
+    # JSON type where an object or list belongs: what cannot be read is not checked, rather than raised.
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    required = schema.get("required")
+    required = [name for name in required if isinstance(name, str)] if isinstance(required, list) else []
+    missing = [name for name in required if name not in arguments]
     if missing:
         return f"missing argument(s): {', '.join(missing)}"
     if schema.get("additionalProperties") is False:
@@ -105,9 +110,10 @@ def argument_problem(schema: dict, arguments: dict) -> str | None:
         if unknown:
             return f"unknown argument(s): {', '.join(unknown)}; the arguments are: {', '.join(properties) or 'none'}"
     for name, value in arguments.items():
-        kind = properties.get(name, {}).get("type")
-        kinds = kind if isinstance(kind, list) else [kind] if kind else []
-        allowed = tuple(t for k in kinds for t in JSON_TYPES.get(k, ()))
+        spec = properties.get(name)
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        kinds = [k for k in (kind if isinstance(kind, list) else [kind]) if isinstance(k, str) and k in JSON_TYPES]
+        allowed = tuple(t for k in kinds for t in JSON_TYPES[k])
         bad_bool = isinstance(value, bool) and "boolean" not in kinds
         if allowed and (not isinstance(value, allowed) or bad_bool):
             return f"argument {name!r} must be {' or '.join(kinds)}, not {json.dumps(value)[:40]}"

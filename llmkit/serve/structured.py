@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 from llmkit.errors import GenerationError
 from llmkit.serve.protocol import APIError, ResponseFormat, bad
-from llmkit.serve.tools import forced_call_lark, tag_lark
+from llmkit.serve.tools import check_tools, forced_call_lark, tag_lark
 from llmkit.tool_calls import CLOSE, OPEN
 
 CACHED_GRAMMARS = 64
@@ -40,7 +40,8 @@ class Grammars:
 
     async def for_request(self, response_format: ResponseFormat | None, tools: list[dict] = (),
                           tool_choice="none"):
-        """The grammar a request's output must follow, or None."""
+        """The grammar a request's output must follow, or None. Refuses tools whose calls could not be read."""
+        check_tools(tools)
         if response_format is None and tool_choice in ("none", "auto"):
             return None
         return await asyncio.to_thread(self._compile, response_format, list(tools), tool_choice)
@@ -61,6 +62,14 @@ class Grammars:
             key = "lark:" + lark
 
             def build():
+                # Each forced function's schema alone first: a 400 then names the tool at fault (and one
+                # that admits no arguments at all is found here, not part-way through a call).
+                for i, tool in enumerate(tools):
+                    if tool_choice == "required" or tool["name"] == tool_choice["name"]:
+                        try:
+                            compiler.json_schema(tool["parameters"], "its schema")
+                        except Exception as e:  # noqa: BLE001 - llguidance raises plain errors
+                            raise bad(f"tools[{i}].function.parameters", str(e)) from None
                 return compiler.lark(lark, "the tool call grammar (tools[].function.parameters)")
         with self._lock:
             if key in self._cache:
@@ -68,6 +77,8 @@ class Grammars:
                 return self._cache[key]
         try:
             grammar = build()
+        except APIError:
+            raise
         except GenerationError as e:
             raise bad(param, str(e)) from None
         except Exception as e:  # noqa: BLE001 - llguidance raises plain errors for inputs it rejects
@@ -77,3 +88,4 @@ class Grammars:
             while len(self._cache) > CACHED_GRAMMARS:
                 self._cache.popitem(last=False)
         return grammar
+
