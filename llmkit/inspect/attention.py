@@ -92,9 +92,29 @@ def attention_maps(model: Transformer, tokenizer, text: str, add_bos: bool = Tru
     return attention_maps_of_ids(model, tokenizer, tokenizer.encode(text, add_bos=add_bos))
 
 
+# The maps are n_layers x n_heads x seq^2 float32 numbers (held twice while the layers are stacked): for
+# SmolLM2 (30 x 9) a 4,000-token text would need 17 GB and the process would be killed without a word.
+MAX_ATTENTION_BYTES = 2 << 30
+
+
+def check_attention_size(model: Transformer, n_tokens: int) -> None:
+    cfg = model.config
+    per_token_pair = cfg.n_layers * cfg.n_heads * 4
+    if per_token_pair * n_tokens ** 2 > MAX_ATTENTION_BYTES:
+        most = int((MAX_ATTENTION_BYTES / per_token_pair) ** 0.5)
+        raise InspectError(f"the text has {n_tokens} tokens: the attention weights of all {cfg.n_layers} layers x "
+                           f"{cfg.n_heads} heads would take {per_token_pair * n_tokens ** 2 / 2 ** 30:.1f} GiB; "
+                           f"give a text of at most {most} tokens")
+
+
 def attention_maps_of_ids(model: Transformer, tokenizer, ids: list[int]) -> AttentionMaps:
     """The same for token ids (a rendered conversation, as the server's Inspect view sends)."""
-    return AttentionMaps(token_texts(tokenizer, ids), trace(model, ids, logits=False).attention)
+    check_attention_size(model, len(ids))
+    weights = trace(model, ids, logits=False).attention
+    if not torch.isfinite(weights).all():  # a table of "nan%" would look like a finding (and is no JSON)
+        raise InspectError("the attention weights are not finite (NaN or inf): the model's weights hold NaN/inf "
+                           "values, or a low-precision dtype overflowed (try --dtype float32)")
+    return AttentionMaps(token_texts(tokenizer, ids), weights)
 
 
 def format_attention(maps: AttentionMaps, position: int, layer: int | None = None, head: int | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -95,11 +96,17 @@ select(T - 1);
 """
 
 
+PLACEHOLDER = re.compile(r"__(TITLE|TOKENS|LAYERS|HEADS|START_LAYER|DATA)__")
+
+
 def write_attention_html(maps, path: str | Path, title: str = "", layer: int | None = None) -> Path:
-    page = (PAGE.replace("__TITLE__", html.escape(title or "attention"))
-            .replace("__TOKENS__", json.dumps(maps.tokens).replace("</", "<\\/"))
-            .replace("__LAYERS__", str(maps.n_layers)).replace("__HEADS__", str(maps.n_heads))
-            .replace("__START_LAYER__", str(layer if layer is not None else maps.n_layers // 2))
-            .replace("__DATA__", base64.b64encode(attention_bytes(maps.weights)).decode("ascii")))
+    fields = {"TITLE": html.escape(title or "attention"),
+              "TOKENS": json.dumps(maps.tokens).replace("</", "<\\/"),
+              "LAYERS": str(maps.n_layers), "HEADS": str(maps.n_heads),
+              "START_LAYER": str(layer if layer is not None else maps.n_layers // 2),
+              "DATA": base64.b64encode(attention_bytes(maps.weights)).decode("ascii")}
+    # one pass over the template: chained replaces would also rewrite a placeholder's name inside the user's
+    # text (a title or token holding "__TOKENS__" got the raw, unescaped token list put into the page's HTML)
+    page = PLACEHOLDER.sub(lambda m: fields[m[1]], PAGE)
     atomic_write_text(path, page)
     return Path(path)

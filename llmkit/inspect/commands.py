@@ -164,13 +164,18 @@ def cmd_eval_words(args) -> None:
         if pair_sets:  # similarity pairs: a word of several tokens gets the mean of its tokens
             similarity_spaces = {"input embeddings": input_embeddings(model, tokenizer)}
     elif kind == "hidden":
+        count = model.config.n_layers + 1  # the embeddings' output and every block's
+        try:
+            chosen = range(count) if not layer_text else [int(layer_text)]
+        except ValueError:
+            chosen = [-1]
+        # checked before the forward over every word; a negative L would index from the end yet be printed
+        # as "layer -1": layers are named 0 to n, as --layer's are
+        if any(not 0 <= i < count for i in chosen):
+            raise InspectError(f"--embeddings {args.embeddings}: the model has layers 0 to {count - 1}")
         words = sorted({w for q in questions for w in q.words} | {w for _, pairs in pair_sets for p in pairs for w in p[:2]})
         all_layers = contextual_spaces(model, tokenizer, words, args.template)
-        try:
-            chosen = range(len(all_layers)) if not layer_text else [int(layer_text)]
-            spaces = {f"layer {i}": all_layers[i] for i in chosen}
-        except (ValueError, IndexError):
-            raise InspectError(f"--embeddings {args.embeddings}: the model has layers 0 to {len(all_layers) - 1}") from None
+        spaces = {f"layer {i}": all_layers[i] for i in chosen}
         similarity_spaces = spaces
         print(f"hidden states of {len(words)} words in {args.template!r}; candidates: these words")
     else:

@@ -55,13 +55,17 @@ class WordVectors:
 
     def neighbours(self, word: str, top: int = 10) -> list[tuple[str, float]]:
         """The `top` candidate words nearest to `word` by cosine (the word itself left out)."""
-        return self.nearest(self.require(word), top, exclude=(word,))
+        # the vector is looked up stripped (" king" is "king"), so the word left out must be too
+        return self.nearest(self.require(word), top, exclude=(word.strip(),))
 
     def analogy(self, expression: str, top: int = 5) -> list[tuple[str, float]]:
         """3CosAdd for "king - man + woman" (any sum of +/- words): nearest candidates to the sum of
         the terms' unit vectors, the query words left out."""
         terms = parse_expression(expression)
         target = sum(sign * unit(self.require(word)) for sign, word in terms)
+        if float(target.norm()) < 1e-6:  # "king - king": every cosine would be 0, a list in vocabulary order
+            raise InspectError(f"--analogy {expression!r}: its terms cancel out (the sum is the zero vector); "
+                               "give words that do not, e.g. \"king - man + woman\"")
         return self.nearest(target, top, exclude=tuple(word for _, word in terms))
 
     def similarity(self, first: str, second: str) -> float | None:

@@ -110,6 +110,9 @@ def next_token_of_ids(model: Transformer, tokenizer, ids: list[int], top: int = 
     x = torch.tensor([ids], device=model.tok_emb.weight.device)
     logprobs = torch.log_softmax(model(x, last_token_only=True)[0, -1].float(), dim=-1)
     values, index = logprobs.topk(top)
+    if torch.isnan(values).any() or torch.isposinf(values).any():  # (-inf: a token of probability 0, is fine)
+        raise InspectError("the next-token probabilities are not finite (NaN or inf): the model's weights hold NaN/inf "
+                           "values, or a low-precision dtype overflowed (try --dtype float32)")
     index_list = index.tolist()
     return NextToken(token_texts(tokenizer, ids), index_list, token_texts(tokenizer, index_list), values.tolist())
 

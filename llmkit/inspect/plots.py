@@ -54,13 +54,18 @@ def plot_attention(maps, path: str | Path, layer: int | None = None, head: int |
     labels = [_label(t) for t in maps.tokens]
     font = max(3, min(8, 400 // max(seq, 1)))
     for ax, (title, weights) in zip(axes.flat, panels):
-        ax.imshow(weights.numpy(), cmap="viridis", vmin=0, vmax=1)
+        image = ax.imshow(weights.numpy(), cmap="viridis", vmin=0, vmax=1)
         ax.set_title(title, fontsize=9)
         ax.set_xticks(range(seq), labels, rotation=90, fontsize=font)
         ax.set_yticks(range(seq), labels, fontsize=font)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
+    # which axis attends and what a colour weighs: without these a reader cannot tell rows from columns
+    # (the matrix is not symmetric) nor whether a bright cell is 10% or 90%
+    fig.supylabel("token that attends (row)", fontsize=9)
+    fig.supxlabel("token attended to (column)", fontsize=9)
     fig.tight_layout()
+    fig.colorbar(image, ax=list(axes.flat), label="attention weight", shrink=0.8)
     return _save(fig, path)
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,15 +56,23 @@ def read_similarity(path: str | Path) -> list[tuple[str, str, float]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the similarity pairs ({e})") from None
+    first = True  # only the first line that is not a comment may be a header (WordSim353's "Word 1 ...")
     for number, line in enumerate(lines, 1):
         parts = line.split("\t") if "\t" in line else line.split()
         if not line.strip() or line.startswith("#"):
             continue
+        header, first = first, False
         try:
-            pairs.append((parts[0].strip(), parts[1].strip(), float(parts[2])))
+            score = float(parts[2])
+            words = parts[0].strip(), parts[1].strip()
         except (IndexError, ValueError):
-            if pairs:  # only a first line may be a header
-                raise DataError(f"{path}:{number}: expected 'word1<TAB>word2<TAB>score', got {line[:80]!r}") from None
+            if header:
+                continue
+            raise DataError(f"{path}:{number}: expected 'word1<TAB>word2<TAB>score', got {line[:80]!r}") from None
+        # float() reads "nan" and "inf": a rank of NaN would make Spearman's rho silently meaningless
+        if not math.isfinite(score):
+            raise DataError(f"{path}:{number}: the score {parts[2].strip()!r} is not a finite number; fix or delete the line")
+        pairs.append((*words, score))
     if not pairs:
         raise DataError(f"{path}: no word pairs ('word1<TAB>word2<TAB>score' lines)")
     return pairs
@@ -144,7 +153,9 @@ def evaluate_similarity(space: WordVectors, pairs: list[tuple[str, str, float]])
         if sim is not None:
             model.append(sim)
             human.append(score)
-    return {"spearman": spearman(model, human) if len(model) > 2 else None, "pairs": len(model), "total": len(pairs)}
+    # a constant column has no ranking: rho is undefined there, not 0 (the clamp in `spearman` would say 0)
+    defined = len(model) > 2 and len(set(model)) > 1 and len(set(human)) > 1
+    return {"spearman": spearman(model, human) if defined else None, "pairs": len(model), "total": len(pairs)}
 
 
 def format_analogies(result: AnalogyResult, title: str) -> str:

@@ -46,11 +46,16 @@ def _isoflop(fit: ScalingFit, path: Path) -> Path:
     colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(profiles), 1)))
     for profile, colour in zip(profiles, colours):
         order = np.argsort(profile.params)
-        ax.plot(profile.params[order], profile.loss[order], "o", color=colour, label=f"C = {profile.budget:.2g}")
+        outside = profile.n_opt is not None and not profile.inside
+        ax.plot(profile.params[order], profile.loss[order], "o", color=colour,
+                label=f"C = {profile.budget:.2g}" + (" (vertex outside the swept sizes)" if outside else ""))
         if profile.coeffs is not None:
             x = np.linspace(np.log(profile.params.min()) - 0.3, np.log(profile.params.max()) + 0.3, 100)
             ax.plot(np.exp(x), np.polyval(profile.coeffs, x), "-", color=colour, alpha=0.7)
-        if profile.n_opt is not None:
+        # Only the minima the power laws use are starred: an extrapolated vertex is the parabola's guess (a
+        # measured sweep put one at N = 0.7 with a loss below every run's), and drawn it stretched the axis
+        # over five decades with nothing on them, squeezing the runs into a corner.
+        if profile.n_opt is not None and profile.inside:
             ax.plot(profile.n_opt, profile.loss_opt, "*", color=colour, markersize=14, markeredgecolor="black")
     ax.set_xscale("log")
     ax.set_xlabel("parameters N (matmul weights)")
@@ -69,10 +74,14 @@ def _frontier(fit: ScalingFit, path: Path) -> Path:
     budgets = [p.budget for p in a2["profiles"]]
     c = np.geomspace(min(budgets) / 2, max(budgets) * 20, 50)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    inside = [p for p in found if p.inside]
+    # vertices outside the swept sizes are shown (as not fitted) only within 10x of them: beyond, the
+    # parabola's extrapolation means nothing and would set the axis range (see _isoflop)
+    outside = [p for p in found if not p.inside and p.params.min() / 10 <= p.n_opt <= 10 * p.params.max()]
     for ax, key, what in ((axes[0], "n", "N_opt (parameters)"), (axes[1], "d", "D_opt (tokens)")):
-        ax.plot([p.budget for p in found if p.inside], [p.n_opt if key == "n" else p.d_opt for p in found if p.inside],
-                "o", color="C0", label="IsoFLOP minima")
-        outside = [p for p in found if not p.inside]
+        if inside:
+            ax.plot([p.budget for p in inside], [p.n_opt if key == "n" else p.d_opt for p in inside],
+                    "o", color="C0", label="IsoFLOP minima")
         if outside:
             ax.plot([p.budget for p in outside], [p.n_opt if key == "n" else p.d_opt for p in outside], "x",
                     color="gray", label="minima outside the swept sizes (not fitted)")

@@ -55,6 +55,8 @@ def read_runs(path: str | Path) -> list[dict]:
     path = Path(path)
     if path.is_dir():
         path = path / RUNS_FILE
+    if path.exists() and not path.is_file():  # a device or a pipe: "no such file" would send the user looking
+        raise DataError(f"{path}: not a regular file; give a sweep directory or a runs.jsonl file")
     if not path.is_file():
         raise DataError(f"{path}: no such file; run `llmkit scaling sweep --out {path.parent}` first, or write one "
                         "JSON object per run with params, tokens, flops and val_loss")

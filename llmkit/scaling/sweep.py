@@ -92,7 +92,27 @@ def plan_sweep(config, budgets: list[float], shapes: list[Shape], vocab: int, tr
             tokens = steps * step_tokens
             planned.append(PlannedRun(run_name(budget, shape), budget, shape, params, total, per_token, tokens,
                                       steps, tokens / train_tokens))
+    check_unique_names(planned)
     return planned, left_out
+
+
+def check_unique_names(planned: list[PlannedRun]) -> None:
+    """A run is known by its name (its folder, its line in runs.jsonl, what a resumed sweep skips), and the
+    name keeps 3 digits of the budget and a shape's layers and width only: two runs of one name would
+    train into one folder, the second deleting the first's, and a resumed sweep would count both as done."""
+    seen: dict[str, PlannedRun] = {}
+    for p in planned:
+        other = seen.setdefault(p.name, p)
+        if other is p:
+            continue
+        if other.budget != p.budget:
+            why = (f"budgets {other.budget:g} and {p.budget:g} differ beyond the 3 significant digits of the name: "
+                   "give budgets that differ in their first 3 digits")
+        else:
+            why = (f"shapes {other.shape.n_layers}x{other.shape.d_model}x{other.shape.n_heads} and "
+                   f"{p.shape.n_layers}x{p.shape.d_model}x{p.shape.n_heads} differ only in their heads: sweep each "
+                   "head count into its own --out")
+        raise ConfigError(f"two runs of the sweep would both be named {p.name}: {why}")
 
 
 def check_settings(out: Path, settings: dict) -> None:
@@ -111,6 +131,16 @@ def check_settings(out: Path, settings: dict) -> None:
                               "preset and overrides, or choose another --out")
     elif os.environ.get("RANK", "0") == "0":
         atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+SWEEP_ENTRIES = {RUNS_FILE, SETTINGS_FILE, "runs", "fit.json", "isoflop.png", "frontier.png", "contours.png"}
+
+
+def _is_sweep_dir(out: Path) -> bool:
+    """A folder `llmkit scaling sweep` (or fit) made: its settings file, or nothing but a sweep's entries
+    (a hand-written runs.jsonl being extended; hidden files such as a killed write's leftovers aside)."""
+    return (out / SETTINGS_FILE).is_file() or all(
+        entry.name in SWEEP_ENTRIES or entry.name.startswith(".") for entry in out.iterdir())
 
 
 def run_sweep(out: str | Path, budgets: list[float], shapes: list[Shape], preset: str = "shakespeare-cpu",
@@ -143,7 +173,8 @@ def run_sweep(out: str | Path, budgets: list[float], shapes: list[Shape], preset
             + ("  (done)" if p.name in done else ""))
     if dry_run or not todo:
         return []
-    make_output_dir(out)
+    # a sweep writes runs/ and deletes unrecorded run folders there: never among a user's own files
+    make_output_dir(out, ours=_is_sweep_dir, what="a scaling sweep (runs.jsonl, sweep.json, runs/)")
     check_settings(out, {"preset": preset, "overrides": overrides, "vocab_size": vocab, "seq_len": config.seq_len,
                          "train_tokens": train_tokens, "model": config.model,
                          "model_overrides": {k: v for k, v in config.model_overrides.items() if k not in SHAPE_FIELDS}, "warmup_fraction": warmup_fraction,
