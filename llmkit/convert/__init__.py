@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import subprocess
 import sys
@@ -48,6 +49,10 @@ def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.d
     out = Path(out)
     if to not in ("llmkit", "hf"):
         raise ConversionError(f"unknown target format {to!r}; use 'llmkit' or 'hf'")
+    if overwrite and str(src) not in NAMED_MODELS and _inside(Path(src), out):
+        # --overwrite replaced the source with its own conversion: the model read was gone with the first run
+        # (without it, staged_directory refuses the folder of files)
+        raise OutputError(f"{out}: holds the model being converted ({src}); write the conversion to another --out")
     if to == "hf":
         from llmkit.convert.hf import write_hf_directory
 
@@ -58,7 +63,7 @@ def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.d
                                   "checkpoint it was quantized from")
         model = load_model(src)
         if dtype is not None:
-            model.to(dtype)
+            _cast(model, dtype, src)
         tokenizer = load_tokenizer(src) if (src / "tokenizer.json").exists() else None
         with staged_directory(out, overwrite=overwrite, what="the exported model") as folder:
             write_hf_directory(model, tokenizer, load_generation_config(src), folder)
@@ -69,10 +74,28 @@ def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.d
     except CheckpointError as e:  # a foreign file whose tensors do not fit its own metadata
         raise ConversionError(str(e)) from None
     if dtype is not None:
-        model.to(dtype)
+        _cast(model, dtype, src)
     with staged_directory(out, overwrite=overwrite, what="the converted model") as folder:
         save_checkpoint(folder, model, tokenizer, generation, metadata={"converted_from": str(src)})
     return out
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies inside it (symlinks resolved)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _cast(model: torch.nn.Module, dtype: torch.dtype, src) -> None:
+    """`model.to(dtype)`, refusing a weight that float16 cannot hold (|w| > 65504 became infinity, and the
+    model's outputs NaN, with no word of why); bfloat16 has float32's range."""
+    if dtype == torch.float16:
+        limit = torch.finfo(torch.float16).max
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and tensor.numel() and float(tensor.abs().max()) > limit:
+                raise ConversionError(f"{src}: tensor {name!r} holds values beyond float16's range (±{limit:g}); "
+                                      "use --dtype bfloat16 or float32")
+    model.to(dtype)
 
 
 def quantize_checkpoint(src, out, bits: int, group_size: int = 32, lm_head_bits: int | None = None,
@@ -82,6 +105,9 @@ def quantize_checkpoint(src, out, bits: int, group_size: int = 32, lm_head_bits:
     directory = resolve_model(src)
     if Path(out).resolve() == directory.resolve():
         raise OutputError(f"{out}: is the model being quantized; write the quantized model to another --out")
+    if _inside(directory, Path(out)):  # --overwrite replaced the whole folder, the model read included
+        raise OutputError(f"{out}: holds the model being quantized ({directory}); write the quantized model to "
+                          "another --out")
     if load_quantization(directory):
         raise QuantizationError(f"{directory} is already quantized; quantize the floating-point checkpoint")
     model = load_model(directory)  # float32: quantize from the most precise weights there are
@@ -139,12 +165,19 @@ def read_hf_zip(path: Path):
             if not configs:
                 raise ConversionError(f"{path}: no config.json inside; not a zip of a Hugging Face model directory")
             top = configs[0][:-len("config.json")]
-            for name in HF_ZIP_MEMBERS:
-                if top + name in zf.namelist():
+            # a sharded model's files too (they were left in the zip: "no *.safetensors files"); matched by a
+            # pattern without "/" in the folder of config.json, so the name written is always a plain file name
+            shards = sorted({m[len(top):] for m in zf.namelist() if m.startswith(top)
+                             and fnmatch.fnmatchcase(m[len(top):], "model-*-of-*.safetensors")})
+            for name in [*HF_ZIP_MEMBERS, "model.safetensors.index.json", *shards]:
+                if top + name in zf.namelist() and "/" not in name:
                     with zf.open(top + name) as src, open(Path(folder) / name, "wb") as dst:
                         while chunk := src.read(1 << 20):
                             dst.write(chunk)
-            return read_hf_directory(Path(folder))
+            try:
+                return read_hf_directory(Path(folder))
+            except ConversionError as e:  # named by the zip, not by a temporary folder the user never saw
+                raise ConversionError(str(e).replace(folder, str(path / top.rstrip("/")))) from None
     except zipfile.BadZipFile as e:
         raise ConversionError(f"{path}: not a readable zip file ({e})") from None
 

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 from llmkit.config import ModelConfig
 from llmkit.convert.gguf_file import GGUFFile, read_gguf_file
 from llmkit.convert.hf import config_from_hf, state_from_hf
+from llmkit.convert.hf_tensors import check_finite
 from llmkit.errors import ConversionError
 from llmkit.tokenizer import Tokenizer
 
@@ -65,10 +66,38 @@ def config_from_gguf(reader: GGUFFile, path: Path) -> tuple[ModelConfig, str]:
     }
     hf = {"architectures": [ARCHITECTURES[arch]], "tie_word_embeddings": not has_output, "attention_bias": False}
     hf.update({key: reader.get(name, default) for key, (name, default) in keys.items()})
+    hf["rope_scaling"] = _rope_scaling(reader, arch, path)
     # config_from_hf checks every value's type (a string-typed or zero head count is one clear line),
     # naming the GGUF metadata keys
     names = {key: f"metadata {name}" for key, (name, _) in keys.items()}
-    return config_from_hf(hf, str(path), names), arch
+    cfg = config_from_hf(hf, str(path), names)
+    rotated = reader.get(f"{arch}.rope.dimension_count")
+    if rotated is not None and rotated != cfg.head_dim:
+        # llama.cpp rotates only the first `dimension_count` dimensions of each head; llmkit rotates all
+        raise ConversionError(f"{path}: metadata {arch}.rope.dimension_count is {rotated!r} but heads have "
+                              f"{cfg.head_dim} dimensions; partial rotary embeddings are not supported")
+    return cfg, arch
+
+
+def _rope_scaling(reader: GGUFFile, arch: str, path: Path) -> dict | None:
+    """The RoPE scaling of a GGUF file as a Hugging Face rope_scaling, read as llama.cpp reads it
+    (llama-model.cpp: `rope.scaling.factor`, else the older `rope.scale_linear`; the type defaults to
+    linear, and "none" scales nothing). Ignoring these keys gave other logits than llama.cpp's."""
+    kind = reader.get(f"{arch}.rope.scaling.type", "linear")
+    factor = reader.get(f"{arch}.rope.scaling.factor")
+    if factor is None or factor == 0:  # llama.cpp: 0 means unset
+        factor = reader.get(f"{arch}.rope.scale_linear")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 0):
+        raise ConversionError(f"{path}: metadata {arch}.rope.scaling.factor must be a positive number, not {factor!r}")
+    if not isinstance(kind, str):
+        raise ConversionError(f"{path}: metadata {arch}.rope.scaling.type must be a string, not {kind!r}")
+    if kind == "none" or factor in (None, 0, 1):
+        return None
+    if kind != "linear":
+        raise ConversionError(f"{path}: RoPE scaling {kind!r} (metadata {arch}.rope.scaling.type) is not supported "
+                              "from GGUF; llmkit implements linear scaling here (and llama3 from a Hugging Face "
+                              "directory)")
+    return {"rope_type": "linear", "factor": float(factor)}
 
 
 def _unpermute(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -106,6 +135,7 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         else:
             raise ConversionError(f"{path}: tensor {tensor.name!r} has no counterpart in the {arch} architecture")
         weight = dequantize_tensor(tensor, path)
+        check_finite(tensor.name, weight, str(path))
         if arch == "llama" and parts[-1] in ("attn_q", "attn_k"):
             weight = _unpermute(weight, cfg.n_heads if parts[-1] == "attn_q" else cfg.n_kv_heads)
         hf_state[name] = weight

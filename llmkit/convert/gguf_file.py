@@ -15,6 +15,7 @@ multiple of `general.alignment` (default 32). Strings are a u64 byte length and 
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -91,6 +92,27 @@ class _Cursor:
         raise ValueError(f"unknown metadata value type {kind} at byte {self.offset - 4}")
 
 
+def _tensor_bytes(buffer, name: str, shape: tuple[int, ...], kind, start: int, offset: int,
+                  alignment: int) -> np.ndarray:
+    """The raw bytes of one tensor, its table entry checked as ggml's gguf.c checks it: a zero, huge or
+    partial-block dimension made a numpy reshape fail (a traceback) when the tensor was dequantized, and an
+    offset off the alignment was read as other bytes without complaint."""
+    import gguf
+
+    block, block_bytes = gguf.GGML_QUANT_SIZES[kind]
+    if not 1 <= len(shape) <= 4 or any(n < 1 for n in shape):  # GGML_MAX_DIMS = 4
+        raise ValueError(f"tensor {name!r} has shape {shape}; ggml tensors have 1 to 4 dimensions of at least 1")
+    if shape[0] % block:
+        raise ValueError(f"tensor {name!r} has rows of {shape[0]} values, not a multiple of its "
+                         f"{kind.name} blocks of {block}")
+    if offset % alignment:
+        raise ValueError(f"tensor {name!r} starts at offset {offset}, not a multiple of the alignment {alignment}")
+    size = math.prod(shape) // block * block_bytes  # Python integers: a huge shape cannot wrap around
+    if start + offset + size > len(buffer):
+        raise ValueError(f"tensor {name!r} runs past the end of the file")
+    return np.frombuffer(buffer, np.uint8, size, start + offset)
+
+
 def read_gguf_file(path: Path, *, tensors: bool = True) -> GGUFFile:
     """The metadata (plain Python values) and, when asked, the tensor table of a GGUF file."""
     import gguf
@@ -123,15 +145,18 @@ def read_gguf_file(path: Path, *, tensors: bool = True) -> GGUFFile:
                 shape = tuple(cursor.take("<Q") for _ in range(n_dims))
                 table.append((name, shape, gguf.GGMLQuantizationType(cursor.take("<I")), cursor.take("<Q")))
             alignment = metadata.get("general.alignment", 32)
+            # ggml's gguf.c refuses the same: an alignment of 0 divided by zero below, a string raised TypeError
+            if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0 \
+                    or alignment & (alignment - 1):
+                raise ValueError(f"general.alignment must be a power of two, not {alignment!r}")
             start = -(-cursor.offset // alignment) * alignment
-            out = []
+            out, names = [], set()
             for name, shape, kind, offset in table:
-                block, block_bytes = gguf.GGML_QUANT_SIZES[kind]
-                elements = int(np.prod(shape, dtype=np.int64)) if shape else 1
-                size = elements // block * block_bytes
-                if start + offset + size > len(buffer):
-                    raise ValueError(f"tensor {name!r} runs past the end of the file")
-                out.append(GGUFTensor(name, shape, kind, np.frombuffer(buffer, np.uint8, size, start + offset)))
+                out.append(GGUFTensor(name, shape, kind, _tensor_bytes(buffer, name, shape, kind, start, offset,
+                                                                       alignment)))
+                if name in names:  # one would silently replace the other
+                    raise ValueError(f"tensor {name!r} appears twice")
+                names.add(name)
             table = out
     except (ValueError, struct.error, OverflowError, KeyError) as e:
         raise ConversionError(f"{path}: not a readable GGUF file ({e})") from None

@@ -38,3 +38,11 @@ class HFTensors(dict):
             names = ", ".join(sorted(self)[:5])
             raise ConversionError(f"{self.source}: tensors this architecture does not use: {names}"
                                   + (f" ({self.imports})" if self.imports else ""))
+
+
+def check_finite(name: str, tensor: torch.Tensor, source: str) -> None:
+    """Refuse a floating-point tensor holding NaN or infinity: a model built from it loads, and every
+    forward through that weight gives NaN logits (or, once quantized, finite garbage) with no word of why."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ConversionError(f"{source}: tensor {name!r} holds NaN or infinite values; the file is corrupt "
+                              "(download or save the model again)")

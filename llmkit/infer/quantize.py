@@ -103,6 +103,7 @@ class Int8Linear(nn.Module):
         destination[prefix + "qweight"] = self.int8_values()
 
     def _load_from_state_dict(self, *args, **kwargs):
+        check_stored(args[0], args[1], torch.int8, ("scales",))
         if self.qweight.dtype == torch.uint8:  # loading over panels: the checkpoint's int8 values first
             self.qweight = torch.empty(self.out_features, self.in_features, dtype=torch.int8,
                                        device=self.qweight.device)
@@ -225,6 +226,7 @@ class Int4Linear(nn.Module):
                               error_msgs):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        check_stored(state_dict, prefix, torch.uint8, ("scales", "zeros"))
         names = [prefix + n for n in ("qweight", "scales", "zeros")]
         unexpected_keys[:] = [k for k in unexpected_keys if k not in names]
         if not all(n in state_dict for n in names):
@@ -275,6 +277,23 @@ class Int4Linear(nn.Module):
 
 
 QUANTIZED_LINEARS = (Int8Linear, Int4Linear)
+
+
+def check_stored(state_dict: dict, prefix: str, qweight_dtype: torch.dtype, floats: tuple[str, ...]) -> None:
+    """A quantized layer's tensors as read from a file (data from anywhere): the packed values in their one
+    integer type, scales and zeros floating-point and finite. A float qweight was a NotImplementedError
+    traceback; int8 read where uint8 nibbles belong (or the reverse) and NaN scales loaded and computed garbage."""
+    qweight = state_dict.get(prefix + "qweight")
+    if qweight is not None and qweight.dtype != qweight_dtype:
+        raise QuantizationError(f"tensor '{prefix}qweight' holds {str(qweight.dtype).removeprefix('torch.')} values; "
+                                f"an int{8 if qweight_dtype == torch.int8 else 4} layer stores "
+                                f"{str(qweight_dtype).removeprefix('torch.')}: the checkpoint is corrupt or its "
+                                "config.json's quantization record is wrong")
+    for name in floats:
+        tensor = state_dict.get(prefix + name)
+        if tensor is not None and (not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all())):
+            raise QuantizationError(f"tensor '{prefix}{name}' must hold finite floating-point values; the "
+                                    "checkpoint is corrupt")
 
 
 def fused_swiglu(layer: Int8Linear | Int4Linear) -> bool:
@@ -331,8 +350,10 @@ def check_int4_shape(in_features: int, out_features: int, group_size: int) -> No
     if group_size not in (32, 64, 128, 256):
         raise QuantizationError(f"int4 group_size must be 32, 64, 128 or 256, not {group_size}")
     if in_features % group_size:
+        fitting = [g for g in (32, 64, 128, 256) if in_features % g == 0]
         raise QuantizationError(f"a Linear with {in_features} inputs cannot be split into int4 groups of "
-                                f"{group_size}; choose a group size that divides {in_features}")
+                                f"{group_size}; " + (f"use --group-size {fitting[0]}" if fitting else
+                                                     "no int4 group size divides it: use --bits 8 for this model"))
     if out_features % 16:
         raise QuantizationError(f"the int4 kernel needs a multiple of 16 outputs, not {out_features}; "
                                 "use --bits 8 for this model")
@@ -357,13 +378,25 @@ def quantize_model(model: nn.Module, bits: int, group_size: int = 32, lm_head_bi
     if getattr(model, "quantization", None):
         raise QuantizationError(f"the model is already quantized ({model.quantization}); quantize the "
                                 "floating-point checkpoint instead")
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and not name.endswith("router"):
-            n_bits = lm_head_bits if name == "lm_head" else bits
-            with torch.no_grad():
-                new = (Int8Linear.from_linear(module, int8_activations) if n_bits == 8 else
-                       Int4Linear.from_linear(module, group_size, int8_activations))
-            model.set_submodule(name, new)
+    linears = [(name, module, lm_head_bits if name == "lm_head" else bits) for name, module in model.named_modules()
+               if isinstance(module, nn.Linear) and not name.endswith("router")]
+    for name, module, n_bits in linears:
+        # Every layer checked before the first swap: a refusal midway left the caller's model half quantized.
+        # A NaN or infinite weight would round to finite garbage (an int8 cast of NaN is undefined), turning
+        # NaN logits into plausible wrong ones.
+        if not bool(torch.isfinite(module.weight).all()):
+            raise QuantizationError(f"layer {name!r} has NaN or infinite weights; they cannot be quantized "
+                                    "(the model is broken: retrain or reconvert it)")
+        if n_bits == 4:
+            try:
+                check_int4_shape(module.in_features, module.out_features, group_size)
+            except QuantizationError as e:  # which of the model's layers it is, or the user cannot tell
+                raise QuantizationError(f"layer {name!r}: {e}") from None
+    for name, module, n_bits in linears:
+        with torch.no_grad():
+            new = (Int8Linear.from_linear(module, int8_activations) if n_bits == 8 else
+                   Int4Linear.from_linear(module, group_size, int8_activations))
+        model.set_submodule(name, new)
     model.quantization = record
     return record
 
