@@ -132,3 +132,34 @@ def test_serve_user_errors_are_one_line_and_exit_2(tmp_path):
         result = run_cli("serve", "--model", tmp_path, "--port", taken.getsockname()[1])
     assert result.returncode == 2 and "cannot listen on 127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_engine_bug_in_one_submit_fails_that_request_and_the_server_keeps_serving(saved_tiny_model, capsys):
+    """Was: any exception but an LLMKitError escaped engine.submit on the engine thread and ended it;
+    /health still said 200 while every later request hung."""
+    import llmkit
+
+    metrics = ServerMetrics()
+    worker = EngineWorker(lambda: llmkit.load(saved_tiny_model, device="cpu"), metrics, max_batch_size=2,
+                          max_waiting=4)
+    worker.start()
+    assert worker.ready.wait(120) and worker.load_error is None
+    real, calls = worker.engine.submit, []
+
+    def first_one_breaks(ids, params):
+        calls.append(ids)
+        if len(calls) == 1:
+            raise RuntimeError("an engine bug")
+        return real(ids, params)
+
+    worker.engine.submit = first_one_breaks
+    body = {"messages": [{"role": "user", "content": "Who's there?"}], "max_tokens": 3}
+    try:
+        with TestClient(build_app(OpenAIService(worker, "m"), metrics)) as client:
+            r = client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 500 and "RuntimeError: an engine bug" in r.json()["error"]["message"]
+            r = client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("length", "stop"), r.text
+    finally:
+        worker.stop()
+    assert "Traceback" in capsys.readouterr().err  # the bug is in the log

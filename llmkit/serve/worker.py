@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmkit.errors import LLMKitError
+from llmkit.errors import LLMKitError, first_line
 from llmkit.infer import SamplingParams, TokenLogprob
 from llmkit.serve.metrics import ServerMetrics
 
@@ -179,6 +179,10 @@ class EngineWorker:
                 generation.requests[choice] = self.engine.submit(generation.prompt_ids, params)
             except LLMKitError as e:  # e.g. the request can never fit the KV-cache budget
                 self._cancel(generation, "error", 400, str(e))
+                return
+            except Exception as e:  # noqa: BLE001 - an engine bug fails this request, not the engine thread
+                traceback.print_exc()  # (escaping here, it ended the thread: every later request hung)
+                self._cancel(generation, "error", 500, f"internal error: {type(e).__name__}: {first_line(e)}")
                 return
         self._active.append(generation)
         with self.metrics.lock:
