@@ -27,6 +27,10 @@ class MaskPrediction:
 def check_can_fill(model: Transformer, tokenizer) -> None:
     """A one-line GenerationError for a model that cannot fill masks, saying which kind it is."""
     config = model.config
+    if getattr(config, "n_encoder_layers", 0):  # (causal too, by its decoder: the message below would mislead)
+        raise GenerationError("fill needs an encoder trained with masked language modelling (BERT-style); this model "
+                              "is an encoder-decoder (T5-style): it fills spans by generating, so write <extra_id_0> "
+                              "where the text is missing and use `llmkit generate`")
     if config.causal:
         raise GenerationError("fill needs an encoder trained with masked language modelling (BERT-style, causal: "
                               "false); this model is a decoder: use `llmkit generate --show-probs` instead")

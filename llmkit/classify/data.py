@@ -8,6 +8,7 @@ trained on silently dropped or shifted rows would report an accuracy of data it 
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,10 @@ def read_examples(path: str | Path) -> list[Example]:
     if not path.is_file():
         raise DataError(f"{path}: no such file; give a TSV (text<TAB>label) or JSONL ({{\"text\", \"label\"}}) file")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (what Excel and Notepad put first in a "UTF-8" file) is not text;
+        # read as text it would glue itself to the header's first field, which then reads as an example
+        # (its label "label" a class of its own) or, in JSONL, as a JSON error on line 1
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
     suffixes = "".join(path.suffixes[-1:]).lower()
@@ -81,6 +85,8 @@ def _jsonl_examples(path: Path, text: str) -> list[Example]:
         if isinstance(label, bool):
             label = "true" if label else "false"
         elif isinstance(label, (int, float)) and not isinstance(label, bool):
+            if not math.isfinite(label):  # (Python's json reads NaN and Infinity): "nan" would be a class
+                raise DataError(f"{path}:{number}: \"label\" is {label}; give a string or a finite number")
             label = str(int(label)) if float(label).is_integer() else str(label)
         elif not isinstance(label, str):
             raise DataError(f"{path}:{number}: \"label\" is a {type(label).__name__}; give a string or a number")

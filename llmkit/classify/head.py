@@ -17,7 +17,8 @@ tokens see their whole text, before and after), so a batch computes exactly what
 
 On disk: the backbone in the one checkpoint format (merged if it was trained with LoRA; the adapter
 beside it, llmkit/train/peft.py), `classifier_head.safetensors` (score.weight, score.bias) and
-`classifier_config.json` (the label names in the head's order, the pooling, the base model).
+`classifier_config.json` (the label names in the head's order, the pooling, the base model, the seq_len texts
+were cut to in training, which prediction keeps).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save
 
 from llmkit.atomic import atomic_write_bytes, atomic_write_text
-from llmkit.errors import CheckpointError, ConfigError, GenerationError, first_line
+from llmkit.errors import CheckpointError, ConfigError, DataError, GenerationError, first_line
 from llmkit.train.head_model import HeadOnTransformer
 from llmkit.train.packing import model_inputs, pack, sequence_item
 from llmkit.train.peft import load_peft, prompt_prefix_ids, save_peft
@@ -55,9 +56,16 @@ class SequenceClassifier(HeadOnTransformer):
         super().__init__()
         if len(labels) < 2 or len(set(labels)) != len(labels):
             raise ConfigError(f"a classifier needs two or more distinct labels, not {labels}")
+        if getattr(transformer.config, "n_encoder_layers", 0):  # its forward needs a source (encoder_ids) the
+            # packed batch does not give: refused here, before a run is planned, rather than at its first step
+            raise ConfigError("a classifier is built on a decoder or an encoder (BERT-style); this model is an "
+                              "encoder-decoder (T5-style, n_encoder_layers > 0), which classify does not support")
         self.transformer = transformer
         self.labels = list(labels)
         self.pooling = resolve_pooling(pooling, transformer.config)
+        # the length texts were cut to in training (0: the model's context); prediction cuts them alike, or
+        # `classify eval` on the dev file would score longer texts than training's val_accuracy did
+        self.max_len = 0
         d = transformer.config.d_model
         p = transformer.tok_emb.weight
         self.score = nn.Linear(d, len(labels), device=p.device, dtype=p.dtype)
@@ -112,8 +120,13 @@ def encode_texts(tokenizer, texts: list[str], max_len: int, prefix: list[int] | 
     if not causal and tokenizer.backend.num_special_tokens_to_add(False) > 0:
         wrapped = tokenizer.encode_with_special_tokens(texts, max(max_len - len(prefix), 1))
         return [(prefix + ids)[:max_len] for ids in wrapped]
-    encoded = tokenizer.encode_batch(texts, add_bos=True)
-    return [(prefix + ids)[:max_len] for ids in encoded]
+    encoded = [(prefix + ids)[:max_len] for ids in tokenizer.encode_batch(texts, add_bos=True)]
+    for i, ids in enumerate(encoded):
+        if not ids:  # (no BOS, no prompt prefix, an empty text): packed, it would be pooled from its neighbour's
+            # tokens, its label silently another text's
+            raise DataError(f"text {i + 1} ({texts[i]!r:.40}) has no tokens to classify (and this tokenizer adds "
+                            "no BOS); give a non-empty text")
+    return encoded
 
 
 @torch.no_grad()
@@ -141,7 +154,7 @@ def classify_sequences(model: SequenceClassifier, sequences: list[list[int]], ro
 def classify_texts(model: SequenceClassifier, tokenizer, texts: list[str], max_len: int = 0,
                    per_batch: int = 32, autocast=None) -> torch.Tensor:
     """Label probabilities (n, n_labels) of texts; columns in the order of model.labels."""
-    max_len = min(max_len or model.config.max_seq_len, model.config.max_seq_len)
+    max_len = min(max_len or model.max_len or model.config.max_seq_len, model.config.max_seq_len)
     sequences = encode_texts(tokenizer, texts, max_len, prompt_prefix_ids(model), model.config.causal)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     return classify_sequences(model, sequences, max_len, pad, per_batch, autocast)
@@ -156,6 +169,8 @@ def save_classifier(directory: str | Path, model: SequenceClassifier, state: dic
     head = {k.removeprefix("score."): v.detach().contiguous().cpu() for k, v in state.items() if k.startswith("score.")}
     atomic_write_bytes(directory / HEAD_FILE, save(head, metadata={"kind": "classifier_head"}))
     record = {"labels": model.labels, "pooling": model.pooling, "base_model": base_model}
+    if model.max_len:  # (a classifier built outside `classify train` reads up to the model's context)
+        record["seq_len"] = model.max_len
     atomic_write_text(directory / HEAD_CONFIG, json.dumps(record, indent=2) + "\n")
 
 
@@ -173,6 +188,10 @@ def read_head_config(directory: str | Path) -> dict:
             or record.get("pooling") not in POOLINGS[1:]):
         raise CheckpointError(f"{path}: expected {{\"labels\": [two or more names], \"pooling\": last|cls|mean}}; "
                               "the file was not written by llmkit: save the classifier again")
+    seq_len = record.get("seq_len")  # (absent from classifiers saved before it was recorded)
+    if seq_len is not None and (not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1):
+        raise CheckpointError(f"{path}: seq_len {seq_len!r} is not a positive integer; the file is corrupt: save "
+                              "the classifier again")
     return record
 
 
@@ -185,6 +204,7 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{directory / HEAD_FILE}: missing; the classifier was not saved completely")
     transformer, tokenizer = load_peft(directory, device=device, dtype=dtype)
     model = SequenceClassifier(transformer, record["labels"], record["pooling"])
+    model.max_len = record.get("seq_len") or 0
     try:
         head = load_file(directory / HEAD_FILE)
         model.score.load_state_dict({k: v.to(model.score.weight.dtype) for k, v in head.items()})

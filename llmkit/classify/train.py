@@ -95,6 +95,7 @@ def run_classify(config: ClassifyConfig, out: str | Path, resume: bool = False) 
     transformer, tokenizer, base_dir = start_model(config)
     model = SequenceClassifier(transformer, labels, resolve_pooling(config.pooling, transformer.config),
                                seed=config.seed)
+    model.max_len = config.seq_len  # saved with the head: prediction cuts texts as training did
     summary = apply_peft(model, config)
     prefix = prompt_prefix_ids(model)
     causal = model.config.causal

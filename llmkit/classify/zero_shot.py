@@ -69,6 +69,11 @@ def label_logprobs(model, tokenizer, texts: list[str], labels: LabelWords, templ
     if getattr(model.config, "causal", True) is False:
         raise DataError("zero-shot classification scores the next word, which needs a causal language model; "
                         "this model is an encoder: train a head with `llmkit classify train`")
+    if getattr(model.config, "n_encoder_layers", 0):  # its decoder reads nothing without a source (the scorer
+        # gives it none): a T5 scores a text as the source and the label word as the target, not as a prompt
+        raise DataError("zero-shot classification scores the label word as the next word of a causal language "
+                        "model's prompt; this model is an encoder-decoder (T5-style, n_encoder_layers > 0): use a "
+                        "decoder-only model")
     pairs = []
     for text in texts:
         prompt = fill_template(template, text)

@@ -126,9 +126,12 @@ def state_from_bert(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], source:
     prefix = "bert." if cfg.lm_head else ""
 
     hf_state.pop(prefix + "embeddings.position_ids", None)  # a buffer of 0..n-1 that older files carry
-    if "cls.predictions.bias" not in hf_state and "cls.predictions.decoder.bias" in hf_state:
+    # The head's forward adds `decoder.bias` (transformers 5's BertLMPredictionHead): transformers < 5 made
+    # it the same tensor as `cls.predictions.bias` (saved twice), transformers 5 ties the two only when the
+    # embeddings are tied, so an untied file's `cls.predictions.bias` is an unused leftover. The decoder's
+    # bias, where the file has one, is therefore the one the model computes with.
+    if "cls.predictions.decoder.bias" in hf_state:
         hf_state["cls.predictions.bias"] = hf_state.pop("cls.predictions.decoder.bias")
-    hf_state.pop("cls.predictions.decoder.bias", None)  # (the same tensor, saved twice by older versions)
     out = {ours: take(theirs) for ours, theirs in _name_pairs(cfg, prefix)}
     for i in range(cfg.n_layers):
         for kind in ("weight", "bias"):
@@ -153,4 +156,7 @@ def state_to_bert(model) -> dict[str, torch.Tensor]:
                 out[f"{prefix}encoder.layer.{i}.attention.self.{x}.{kind}"] = part
     if cfg.lm_head and not cfg.tie_embeddings:
         out["cls.predictions.decoder.weight"] = state["lm_head.weight"]
+        # transformers 5 leaves an untied head's decoder.bias untied from cls.predictions.bias: written
+        # under both names, the bias is the model's whichever name a version of transformers reads
+        out["cls.predictions.decoder.bias"] = state["lm_head.bias"]
     return {k: v.detach().cpu().clone() for k, v in out.items()}

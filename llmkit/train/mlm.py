@@ -45,7 +45,13 @@ class Masker:
 
     def mask(self, ids: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         ids = ids.long()
-        chosen = (torch.rand(ids.shape, generator=generator) < self.probability) & ~torch.isin(ids, self.special_ids)
+        eligible = ~torch.isin(ids, self.special_ids)
+        chosen = (torch.rand(ids.shape, generator=generator) < self.probability) & eligible
+        if not chosen.any() and eligible.any():
+            # no chosen token, no target: the batch's mean loss is 0/0 = NaN and the run stops (short windows:
+            # 8 tokens at 15% choose none 27% of the time), so one eligible token, drawn uniformly, is chosen
+            candidates = eligible.flatten().nonzero()[:, 0]
+            chosen.view(-1)[candidates[torch.randint(len(candidates), (1,), generator=generator)]] = True
         roll = torch.rand(ids.shape, generator=generator)
         inputs = ids.masked_fill(chosen & (roll < MASK_FRACTION), self.mask_id)
         randomised = chosen & (roll >= MASK_FRACTION) & (roll < MASK_FRACTION + RANDOM_FRACTION)
