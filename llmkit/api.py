@@ -225,14 +225,12 @@ class LLM:
         """Attention weights of every layer and head for `text` (`llmkit.inspect.attention.AttentionMaps`)."""
         from llmkit.inspect.attention import attention_maps
 
-        refuse_soft_prompt(self.model, "an attention map")
         return attention_maps(self.model, self.tokenizer, text, add_bos=add_bos)
 
     def lens(self, text: str, top: int = 5, add_bos: bool = True):
         """The logit lens: the top next tokens each layer predicts at each position (`LensResult`)."""
         from llmkit.inspect.lens import logit_lens
 
-        refuse_soft_prompt(self.model, "the logit lens")
         return logit_lens(self.model, self.tokenizer, text, top=top, add_bos=add_bos)
 
     def neighbours(self, word: str, top: int = 10) -> list[tuple[str, float]]:
@@ -293,14 +291,6 @@ def soft_prompt_tokens(directory: Path) -> int:
     if not isinstance(record, dict):
         return 0
     return record.get("num_virtual_tokens") or 0
-
-
-def refuse_soft_prompt(model: Transformer, what: str) -> None:
-    """Views of the model's own states (embeddings, attention, the logit lens) are defined for a text alone;
-    a prompt-tuned model's soft prompt would come before it, so they refuse rather than show the base model."""
-    if model.soft_prompt_ids:
-        raise GenerationError(f"{what} is not defined for a prompt-tuned model (its {len(model.soft_prompt_ids)} "
-                              "soft-prompt tokens come before every input); use its base model, or a LoRA one")
 
 
 def resolve_draft(spec: str, model: Transformer, device: torch.device, dtype: torch.dtype):

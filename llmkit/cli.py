@@ -124,7 +124,8 @@ def cmd_generate(args) -> None:
             others = ", ".join(f"{text!r} {prob:.0%}" for text, prob in step.alternatives)
             print(f"{step.text!r:>16} {step.prob:6.1%}   | {others}")
         return
-    print(args.prompt, end="", flush=True)
+    if not llm.model.config.n_encoder_layers:  # an encoder-decoder's reply is not a continuation of its prompt
+        print(args.prompt, end="", flush=True)
     for piece in llm.stream(args.prompt, add_bos=not args.no_bos, **sampling_from(args)):
         print(piece, end="", flush=True)
     print()
@@ -164,7 +165,10 @@ def cmd_quantize(args) -> None:
 
 def cmd_score(args) -> None:
     import llmkit
+    from llmkit.inspect import InspectError
 
+    if args.png and len(args.texts) < 2:  # before the model loads and the texts are scored
+        raise InspectError("--png compares sentences: give two or more texts to score")
     llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
     scored = []
     for text in args.texts:

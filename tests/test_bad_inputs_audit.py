@@ -136,3 +136,9 @@ def test_a_file_in_a_missing_folder_names_the_users_path_not_the_temporary_file(
     line = one_line_error(cli_in_process("inspect", "attention", "--model", saved_tiny_model, "--png", png, "the king"),
                           f"{png}: the directory {png.parent} does not exist")
     assert ".tmp-" not in line
+
+
+def test_score_png_with_one_text_is_refused_before_the_model_loads(tmp_path):
+    """Was: the model loaded and the text was scored and printed, then the run ended with this error."""
+    one_line_error(cli_in_process("score", "--model", tmp_path / "missing", "--png", tmp_path / "a.png", "one text"),
+                   "--png compares sentences")

@@ -95,10 +95,19 @@ def test_scores_read_the_text_after_the_soft_prompt(tuned_dir):
     scored = backend.loglikelihood([request], where=str)[0]
     assert scored.scores[0].logprob == pytest.approx(llm.score(text).total_logprob
                                                      - llm.score("JULIET: O").total_logprob, abs=1e-4)
-    # views of the text alone are refused by name, not shown for the base model
+    # views of the text alone are refused by name, not shown for the base model (the CLI's too)
     for view in (lambda: llm.embed(["a"]), lambda: llm.attention("a"), lambda: llm.lens("a")):
         with pytest.raises(GenerationError, match="prompt-tuned"):
             view()
+    for action in ("attention", "lens"):
+        result = cli_in_process("inspect", action, "--model", tuned_dir, "ROMEO: soft")
+        assert result.returncode == 2 and "prompt-tuned" in result.stderr and "Traceback" not in result.stderr
+    # the next-token view (the server's Inspect panel) is the distribution generation samples from
+    from llmkit.inspect.lens import next_token_of_ids
+
+    with torch.inference_mode():
+        best = llm.model(torch.tensor([llm.model.soft_prompt_ids + ids]))[0, -1].float().log_softmax(-1).topk(3)
+    assert next_token_of_ids(llm.model, llm.tokenizer, ids, top=3).top_ids == best.indices.tolist()
 
 
 def test_speculation_needs_a_drafter_with_the_soft_prompt(tuned_dir, saved_tiny_model):

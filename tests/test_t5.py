@@ -282,3 +282,25 @@ def test_the_memory_budget_counts_the_sources_cross_attention_cache():
         assert engine.scheduler.memory_in_use <= 0.3 * 2**20
     assert most == 2  # (counting the decoder's positions alone, four rows would have fit)
     assert [r.output_ids for r in requests] == [Engine(model).generate(s, params) for s in SOURCES + SOURCES[:2]]
+
+
+def test_a_source_without_its_end_token_gets_it_as_t5_was_trained(tmp_path):
+    """Hugging Face's T5 tokenizer ends every source with </s> (and llmkit's span corruption with EOS);
+    `llm.generate(text)` encoded the text alone, so its replies differed from transformers' on the same text."""
+    import llmkit
+    from llmkit.infer import SamplingParams
+
+    hf_model = tiny_t5("gated-gelu", tie=True, seed=0, out_scale=6.0)
+    convert(hf_directory(tmp_path, hf_model), tmp_path / "ours")
+    llm = llmkit.load(tmp_path / "ours")
+    assert llm.tokenizer.eos_id == 1
+    reference = hf_greedy(hf_model, SOURCES, max_new_tokens=12, eos=94)
+    params = SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=[94])
+    assert [llm.engine.generate(source[:-1], params) for source in SOURCES] == reference  # </s> added
+    assert [llm.engine.generate(source, params) for source in SOURCES] == reference  # never twice
+    text = " ".join(f"w{i}" for i in SOURCES[0][:-1])
+    assert llm.engine.complete(llm.tokenizer.encode(text), params).prompt_ids == SOURCES[0]
+    from conftest import cli_in_process
+
+    result = cli_in_process("generate", "--model", tmp_path / "ours", "--max-new-tokens", 4, "--temperature", 0, text)
+    assert result.returncode == 0 and not result.stdout.startswith(text), result  # a reply, not a continuation

@@ -161,12 +161,13 @@ class Engine:
             raise GenerationError("speculative decoding is for decoder-only models; this one is an encoder-decoder "
                                   "(n_encoder_layers > 0): build the engine without a speculator")
         self.model = model
-        # A prompt-tuned model's soft prompt (Lester et al. 2021) goes before every prompt as its virtual
-        # token ids: the prefix cache keeps its keys/values like any shared prefix. Callers never see it:
-        # completions, cached-token counts and penalties are about their own tokens.
+        # A prompt-tuned model's soft prompt (Lester et al. 2021) goes before every prompt (the prefix cache
+        # keeps it like any shared prefix); completions, cached tokens and penalties count the caller's own.
         self.soft_prompt = model.soft_prompt_ids
         if self.soft_prompt and self.encoder_decoder:
             raise GenerationError("a soft prompt is for decoder-only models; this one is an encoder-decoder")
+        # An encoder-decoder's source ends in EOS, as it was trained (HF's T5 tokenizer: `$A </s>`; span.py).
+        self.source_end = getattr(tokenizer, "eos_id", None) if self.encoder_decoder else None
         if self.device.type == "cpu":  # each decode step streams every weight: 2 MB pages (huge_pages.py)
             place_in_huge_pages(model)
         self.stop_token_ids = list(stop_token_ids)
@@ -212,6 +213,8 @@ class Engine:
             prompt_ids = [int(t) for t in prompt_ids]
         except (TypeError, ValueError):
             raise GenerationError("the prompt must be a sequence of integer token ids") from None
+        if self.source_end is not None and prompt_ids and prompt_ids[-1] != self.source_end:
+            prompt_ids.append(self.source_end)
         max_new = self.check_prompt(prompt_ids, params.max_new_tokens)
         if params.stop_strings and self.tokenizer is None:
             raise GenerationError("stop strings need the engine to have a tokenizer (Engine(..., tokenizer=...))")

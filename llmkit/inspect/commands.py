@@ -15,14 +15,15 @@ from llmkit.inspect import InspectError
 
 def load_model_and_tokenizer(name: str, device: str | None, dtype: str | None):
     """The model and tokenizer alone (no engine, no KV cache): fp32 on the CPU unless told otherwise."""
-    from llmkit.checkpoint import load_model, load_quantization, load_tokenizer
+    from llmkit.api import load_inference_model
+    from llmkit.checkpoint import load_quantization, load_tokenizer
     from llmkit.convert import resolve_model
     from llmkit.device import inference_dtype, parse_dtype, resolve_device
 
     directory = resolve_model(name)
     device = resolve_device(device)
     dtype = parse_dtype(dtype) or inference_dtype(device, quantized=bool(load_quantization(directory)))
-    return load_model(directory, device=device, dtype=dtype), load_tokenizer(directory)
+    return load_inference_model(directory, device, dtype), load_tokenizer(directory)
 
 
 def add_inspect_verb(verbs, add_model_args) -> None:
@@ -207,9 +208,7 @@ def report_sentence_ranking(scored, png: str | None) -> None:
     """After `llmkit score A B ...`: the sentences ranked by log-probability, and the picture."""
     from llmkit.inspect.sentences import format_ranking, rank_sentences
 
-    if png and len(scored) < 2:
-        raise InspectError("--png compares sentences: give two or more texts to score")
-    if len(scored) < 2:
+    if len(scored) < 2:  # (`llmkit score` refuses --png with one text before scoring it)
         return
     ranked = rank_sentences(scored)
     print()

@@ -65,6 +65,10 @@ def trace(model: Transformer, ids: list[int], attention: bool = True, values: li
     small model with a large vocabulary costs as much as all its blocks (SmolLM2-135M: 49,152 x 576
     per token against 3.5M weights a block), when only the insides are wanted."""
     check_length(model, ids)
+    if model.soft_prompt_ids:  # its states depend on the soft prompt before the text
+        raise GenerationError("attention maps and the logit lens show a text alone; a prompt-tuned model reads its "
+                              f"{len(model.soft_prompt_ids)} soft-prompt tokens before every text: inspect its base "
+                              "model (or a LoRA one)")
     device = model.tok_emb.weight.device
     hidden: list[torch.Tensor] = []
     maps: list[torch.Tensor] = []

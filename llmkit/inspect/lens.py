@@ -107,7 +107,9 @@ def next_token_of_ids(model: Transformer, tokenizer, ids: list[int], top: int = 
     check_length(model, ids)
     if not 1 <= top <= model.config.vocab_size:
         raise InspectError(f"top {top}: give a number of tokens from 1 to the vocabulary's {model.config.vocab_size}")
-    x = torch.tensor([ids], device=model.tok_emb.weight.device)
+    soft = model.soft_prompt_ids  # a prompt-tuned model generates after its soft prompt: so does this
+    check_length(model, soft + ids)
+    x = torch.tensor([soft + ids], device=model.tok_emb.weight.device)
     logprobs = torch.log_softmax(model(x, last_token_only=True)[0, -1].float(), dim=-1)
     values, index = logprobs.topk(top)
     if torch.isnan(values).any() or torch.isposinf(values).any():  # (-inf: a token of probability 0, is fine)
