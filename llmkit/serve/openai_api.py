@@ -184,9 +184,11 @@ class OpenAIService:
             raise APIError(429, str(e), code="queue_full", type="rate_limit_error",
                            headers={"Retry-After": str(e.retry_after_s)}) from None
 
-    def choices(self, total: int, options: GenerationOptions, tool_names: set[str] | None = None) -> list[ChoiceState]:
+    def choices(self, total: int, options: GenerationOptions, tool_names: set[str] | None = None,
+                max_calls: int | None = None) -> list[ChoiceState]:
         stops = set(self.llm.engine.stop_token_ids) | set(options.params.stop_token_ids)
-        return [ChoiceState(i, self.tokenizer, stops, options.params.stop_strings, tool_names) for i in range(total)]
+        return [ChoiceState(i, self.tokenizer, stops, options.params.stop_strings, tool_names, max_calls)
+                for i in range(total)]
 
     # -- POST /v1/chat/completions
     async def chat_completions(self, request: Request):
@@ -204,7 +206,7 @@ class OpenAIService:
         generation = self.submit(ids, options)
         extra = {"truncated_messages": dropped} if chat.truncate else {}
         tool_names = {t["name"] for t in chat.tools} if chat.tool_choice != "none" else None
-        choices = self.choices(options.n, options, tool_names)
+        choices = self.choices(options.n, options, tool_names, None if chat.parallel_tool_calls else 1)
         reply = Reply(request, self.worker, [generation], choices)
         rid, created = new_id("chatcmpl"), int(time.time())
         if options.stream:

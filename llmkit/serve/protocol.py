@@ -208,9 +208,9 @@ def parse_response_format(body: dict) -> ResponseFormat | None:
     if not isinstance(spec, dict):
         raise bad("response_format", "json_schema is required with type \"json_schema\": "
                   "{\"name\": ..., \"schema\": {...}}", "invalid_type")
-    name = spec.get("name")
-    if name is not None and not (isinstance(name, str) and NAME.fullmatch(name)):
-        raise bad("response_format", f"json_schema.name must be 1-64 letters, digits, _ or -, not {json.dumps(name)}")
+    name = spec.get("name")  # required by OpenAI's API: a client that omits it would fail there
+    if not (isinstance(name, str) and NAME.fullmatch(name)):
+        raise bad("response_format", f"json_schema.name is required: 1-64 letters, digits, _ or -, not {json.dumps(name)}")
     schema = spec.get("schema", {})
     if not isinstance(schema, dict):
         raise bad("response_format", f"json_schema.schema must be a JSON schema object, not {json.dumps(schema)}",
@@ -295,6 +295,7 @@ class ChatRequest:
     truncate: str | None  # None | "oldest"
     tools: list[dict] = field(default_factory=list)  # each {"name", "description", "parameters"}
     tool_choice: str | dict = "none"  # "none" | "auto" | "required" | {"name": ...} (one function)
+    parallel_tool_calls: bool = True  # False: at most one call a reply (OpenAI's parameter)
 
 
 def _message_text(content: Any, where: str) -> str:
@@ -349,6 +350,7 @@ def parse_chat(body: dict) -> ChatRequest:
     if not messages:
         raise bad("messages", "must not be empty")
     rendered = []
+    answerable: set | None = None  # the ids of the tool calls the messages since the last assistant's may answer
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -369,7 +371,17 @@ def parse_chat(body: dict) -> ChatRequest:
             if not isinstance(call_id, str):
                 raise bad(f"{where}.tool_call_id", "is required: the id of the tool call this message answers",
                           "invalid_type")
+            # OpenAI's rule: a tool message answers a call of the assistant message before it (a template
+            # would otherwise show the model a result of a call it never made)
+            if answerable is None:
+                raise bad(f"{where}.role", "a tool message must follow an assistant message with tool_calls "
+                          "(or other tool messages answering them)")
+            if None not in answerable and call_id not in answerable:
+                raise bad(f"{where}.tool_call_id", f"{_shown(call_id)} answers no tool call of the assistant message "
+                          f"before it (its calls: {', '.join(sorted(answerable))})")
             out["tool_call_id"] = call_id
+        else:
+            answerable = {c["id"] for c in out["tool_calls"]} if out.get("tool_calls") else None
         rendered.append(out)
     truncate = _string(body, "truncate")
     if truncate not in (None, "oldest"):
@@ -377,7 +389,10 @@ def parse_chat(body: dict) -> ChatRequest:
     tools, tool_choice = parse_tools(body)
     if options.response_format is not None and tool_choice not in ("none", "auto"):
         raise bad("tool_choice", "a forced tool call cannot be combined with response_format; drop one of them")
-    return ChatRequest(options, rendered, truncate, tools, tool_choice)
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise bad("parallel_tool_calls", "must be true or false", "invalid_type")
+    return ChatRequest(options, rendered, truncate, tools, tool_choice, parallel)
 
 
 def parse_tools(body: dict) -> tuple[list[dict], str | dict]:

@@ -16,9 +16,12 @@ from llmkit.serve.worker import Update
 
 
 class ChoiceState:
-    def __init__(self, index: int, tokenizer, stop_token_ids, stop_strings, tool_names: set[str] | None = None):
-        """tool_names: the declared functions, when the reply may call them (tools.py reads the calls)."""
+    def __init__(self, index: int, tokenizer, stop_token_ids, stop_strings, tool_names: set[str] | None = None,
+                 max_calls: int | None = None):
+        """tool_names: the declared functions, when the reply may call them (tools.py reads the calls);
+        max_calls: 1 with `parallel_tool_calls: false` (the calls after the first are dropped)."""
         self.index = index
+        self.max_calls = max_calls
         self.tools = ToolCallStream(tool_names) if tool_names is not None else None
         self.tool_calls: list[dict] = []
         self.content = ""  # the text shown as content: all of it, or what precedes the tool calls
@@ -50,6 +53,7 @@ class ChoiceState:
             self.error_status, self.error = update.error_status, update.error
             if self.tools is not None and reason in ("stop", "length"):
                 rest, self.tool_calls = self.tools.finish()
+                self.tool_calls = self.tool_calls[:self.max_calls]
                 text += rest
                 if self.tool_calls:
                     self.finish_reason = "tool_calls"
