@@ -270,27 +270,12 @@ def load(name_or_path: str | Path, device: str | torch.device | None = None,
 def load_inference_model(directory: Path, device: torch.device, dtype: torch.dtype) -> Transformer:
     """The model of a checkpoint directory, a prompt-tuned one with its soft prompt on (the engine and the
     scorers put its virtual tokens before every input: `Transformer.soft_prompt_ids`)."""
+    from llmkit.train.peft import load_peft, soft_prompt_tokens
+
     if not soft_prompt_tokens(directory):
         return load_model(directory, device=device, dtype=dtype)
-    from llmkit.train.peft import load_peft
 
     return load_peft(directory, device=device, dtype=dtype)[0]
-
-
-def soft_prompt_tokens(directory: Path) -> int:
-    """The soft prompt's length of a prompt-tuned directory, else 0. Read leniently: only a soft prompt
-    matters here (another adapter's merged weights load as they are)."""
-    import json
-
-    from llmkit.train.peft import ADAPTER_CONFIG
-
-    try:
-        record = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return 0
-    if not isinstance(record, dict):
-        return 0
-    return record.get("num_virtual_tokens") or 0
 
 
 def resolve_draft(spec: str, model: Transformer, device: torch.device, dtype: torch.dtype):

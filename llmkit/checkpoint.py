@@ -30,7 +30,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from llmkit.atomic import atomic_write_bytes, atomic_write_text
 from llmkit.config import METADATA_KEYS, ModelConfig
 from llmkit.errors import CheckpointError, ConfigError
-from llmkit.infer.quantize import quantized_skeleton
+from llmkit.infer.quantize import QuantizationError, quantized_skeleton
 from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer
 from llmkit.yaml_config import load_json
@@ -192,7 +192,10 @@ def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], quanti
             raise CheckpointError(f"{weights}: tensor {name!r} holds {str(tensor.dtype).removeprefix('torch.')} "
                                   "values where weights are floating-point; the file is corrupt or not a model's "
                                   "weights (a quantized model also needs its 'quantization' record in config.json)")
-    model.load_state_dict(state, strict=False, assign=True)
+    try:
+        model.load_state_dict(state, strict=False, assign=True)
+    except QuantizationError as e:  # a quantized layer's stored tensors refused (quantize.check_stored)
+        raise CheckpointError(f"{weights}: {e}") from None
     if config.tie_embeddings and config.lm_head and not quantization:
         model.lm_head.weight = model.tok_emb.weight  # assign=True replaced the tied Parameter
     model.build_rope_tables()  # non-persistent buffers were created on the meta device

@@ -16,7 +16,7 @@ from llmkit.checkpoint import load_model, save_checkpoint
 from llmkit.config import ModelConfig
 from llmkit.convert import convert, quantize_checkpoint
 from llmkit.convert.gguf_file import read_gguf_file
-from llmkit.errors import ConversionError, OutputError
+from llmkit.errors import CheckpointError, ConversionError, OutputError
 from llmkit.infer.quantize import QuantizationError, quantize_model
 from llmkit.model import Transformer
 
@@ -395,5 +395,5 @@ def test_a_corrupt_quantized_checkpoint_is_refused_by_tensor(tmp_path, edit, mes
     quantize_model(model, 4)  # int4 blocks, int8 head
     save_checkpoint(tmp_path, model)
     edit_tensors(tmp_path / "model.safetensors", edit)
-    with pytest.raises(QuantizationError, match=message):
+    with pytest.raises(CheckpointError, match=f"model.safetensors: .*{message}"):  # the file and the tensor
         load_model(tmp_path)

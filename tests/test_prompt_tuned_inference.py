@@ -147,3 +147,18 @@ def test_a_damaged_soft_prompt_is_one_line(tuned_dir, tmp_path):
     (broken / "adapter_config.json").write_text(json.dumps({**record, "num_virtual_tokens": SOFT + 1}))
     with pytest.raises(CheckpointError, match=rf"shape \({SOFT}, \d+\), but .* need \({SOFT + 1}, "):
         llmkit.load(broken)
+
+
+def test_quantizing_keeps_the_soft_prompt_and_exporting_refuses(tuned_dir, tmp_path):
+    """Was: `llmkit quantize` wrote the base model alone (it loaded and ran without the soft prompt, without
+    a word), and `convert --to hf` exported the base model as if it were the tuned one."""
+    from llmkit.convert import convert, quantize_checkpoint
+    from llmkit.errors import ConversionError
+
+    quantize_checkpoint(tuned_dir, tmp_path / "q8", bits=8)
+    llm = llmkit.load(tmp_path / "q8")
+    assert llm.model.soft_prompt_ids == list(range(llm.tokenizer.vocab_size, llm.tokenizer.vocab_size + SOFT))
+    ids = llm.tokenizer.encode("ROMEO:", add_bos=True)
+    assert llm.engine.generate(ids, SamplingParams(max_new_tokens=5, temperature=0)) == greedy_reference(llm.model, ids, 5)
+    with pytest.raises(ConversionError, match="prompt-tuned"):
+        convert(tuned_dir, tmp_path / "hf", to="hf")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -65,6 +66,11 @@ def convert(src: str | Path, out: str | Path, to: str = "llmkit", dtype: torch.d
         if dtype is not None:
             _cast(model, dtype, src)
         tokenizer = load_tokenizer(src) if (src / "tokenizer.json").exists() else None
+        from llmkit.train.peft import soft_prompt_tokens
+
+        if soft_prompt_tokens(src):  # its model.safetensors is the base: exported alone it would lose the prompt
+            raise ConversionError(f"{src} is prompt-tuned: a Hugging Face model directory has no place for its soft "
+                                  "prompt (adapter_model.safetensors); export its base model, or train with peft=lora")
         with staged_directory(out, overwrite=overwrite, what="the exported model") as folder:
             write_hf_directory(model, tokenizer, load_generation_config(src), folder)
         return out
@@ -118,6 +124,11 @@ def quantize_checkpoint(src, out, bits: int, group_size: int = 32, lm_head_bits:
     with staged_directory(out, overwrite=overwrite, what="the quantized model") as folder:
         save_checkpoint(folder, model, tokenizer, load_generation_config(directory) or None,
                         metadata={"quantized_from": str(directory)})
+        from llmkit.train.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, soft_prompt_tokens
+
+        if soft_prompt_tokens(directory):  # the soft prompt lives in the embedding, which stays unquantized
+            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+                shutil.copyfile(directory / name, folder / name)
     return {**record, "bytes_before": before, "bytes_after": weight_bytes(model), "out": str(out)}
 
 

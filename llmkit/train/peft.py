@@ -280,6 +280,16 @@ def peft_saver(model: nn.Module, tokenizer, base_model: str | None) -> Callable[
     return save
 
 
+def soft_prompt_tokens(directory: Path) -> int:
+    """The soft prompt's length of a prompt-tuned directory, else 0. Read leniently: only a soft prompt
+    matters to its readers (another adapter's merged weights load as they are)."""
+    try:
+        record = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    return (record.get("num_virtual_tokens") or 0) if isinstance(record, dict) else 0
+
+
 def read_adapter_config(directory: str | Path) -> dict | None:
     path = Path(directory) / ADAPTER_CONFIG
     if not path.exists():
