@@ -179,3 +179,13 @@ def test_span_corruption_fits_every_window_its_config_allows(shakespeare_tokeniz
         assert int((mask[1:] & ~mask[:-1]).sum()) == spans
         inputs, targets = corruptor.corrupt(window, mask)
         assert _uncorrupt(inputs, targets, set(corruptor.sentinel_ids), tokenizer.eos_id)[0] == window
+
+
+def test_a_byte_order_marked_file_that_is_not_utf8_names_the_files_own_byte(tmp_path):
+    """Review: utf-8-sig counts offsets after the mark, so the error named byte 9 for the file's byte 12."""
+    from llmkit.classify.data import read_examples
+
+    path = tmp_path / "bom.tsv"
+    path.write_bytes(b"\xef\xbb\xbfgood\t1\nba\xffd\t0\n")
+    with pytest.raises(DataError, match=r"not UTF-8 text \(byte 12\)"):
+        read_examples(path)

@@ -100,10 +100,14 @@ def test_a_sweep_refuses_two_runs_that_would_share_a_name(tmp_path, shards):  # 
     with pytest.raises(ConfigError, match=r"both be named C1e08-L1-d16: budgets"):
         run_sweep(out, [1e8, 1.0001e8], parse_sizes("1x16", None, 16, 16), overrides=tiny_overrides(shards),
                   dry_run=True, say=lambda line: None)
-    with pytest.raises(ConfigError, match=r"both be named C1e08-L1-d16: shapes .* differ only in their heads"):
-        run_sweep(out, [1e8], parse_sizes("1x16x2,1x16x4", None, 16, 16), overrides=tiny_overrides(shards),
-                  dry_run=True, say=lambda line: None)
     assert not out.exists()
+    # shapes that differ only in their heads are named with them (review: refusing them left a sweep of
+    # such shapes, recorded under one name by older versions, with no way to go on)
+    from llmkit.scaling.sweep import base_config, plan_sweep
+
+    config = base_config("shakespeare-cpu", tiny_overrides(shards))
+    planned, _ = plan_sweep(config, [1e8], parse_sizes("1x16x2,1x16x4,2x16", None, 16, 16), 512, 10**6)
+    assert [p.name for p in planned] == ["C1e08-L1-d16-h2", "C1e08-L1-d16-h4", "C1e08-L2-d16"]
 
 
 def test_a_sweep_does_not_write_among_a_users_files(tmp_path, shards):  # noqa: F811
@@ -150,11 +154,13 @@ def test_plots_do_not_draw_a_parabolas_far_extrapolated_vertex(tmp_path, monkeyp
 def test_attention_of_a_text_too_long_to_hold_is_one_clear_error(saved_tiny_model, monkeypatch):
     from llmkit.inspect import attention
 
-    # the tiny model (2 layers x 4 heads) at 600 tokens needs 11 MB; a 4 MB budget stands in for 2 GiB
-    monkeypatch.setattr(attention, "MAX_ATTENTION_BYTES", 4 << 20)
+    # the tiny model (2 layers x 4 heads) at 600 tokens needs 23 MB at its peak; a budget of 8 MiB stands in
+    # for half the machine's free memory
+    monkeypatch.setattr(attention, "attention_memory_budget", lambda: 8 << 20)
     result = cli_in_process("inspect", "attention", "--model", saved_tiny_model, "To be, or not to be. " * 100)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert re.search(r"the text has \d+ tokens: .* GiB; give a text of at most 362 tokens", result.stderr), result.stderr
+    assert re.search(r"the text has \d+ tokens: .* GiB at their peak, .*; give a text of at most 362 tokens",
+                     result.stderr), result.stderr
     assert cli_in_process("inspect", "attention", "--model", saved_tiny_model, "To be, or not to be.").returncode == 0
 
 
@@ -194,3 +200,15 @@ def test_a_model_with_nan_weights_gives_an_error_not_nan_percentages(shakespeare
         attention_maps_of_ids(model, shakespeare_tokenizer, ids)
     with pytest.raises(InspectError, match="next-token probabilities are not finite"):
         next_token_of_ids(model, shakespeare_tokenizer, ids)
+
+
+def test_a_similarity_file_with_a_byte_order_mark_reads(tmp_path):
+    """Review: the mark glued itself to a first '#' comment, which then took the one header line, and the
+    real header after it was an error (and a mark on a data line dropped that pair)."""
+    from llmkit.inspect.word_benchmarks import read_similarity
+
+    path = tmp_path / "s.tsv"
+    path.write_bytes(b"\xef\xbb\xbf# WordSim353\nWord 1\tWord 2\tHuman (mean)\nlove\tsex\t6.77\ntiger\tcat\t7.35\n")
+    assert read_similarity(path) == [("love", "sex", 6.77), ("tiger", "cat", 7.35)]
+    path.write_bytes(b"\xef\xbb\xbflove\tsex\t6.77\n")
+    assert read_similarity(path) == [("love", "sex", 6.77)]

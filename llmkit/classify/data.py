@@ -35,9 +35,11 @@ def read_examples(path: str | Path) -> list[Example]:
         # utf-8-sig: a byte-order mark (what Excel and Notepad put first in a "UTF-8" file) is not text;
         # read as text it would glue itself to the header's first field, which then reads as an example
         # (its label "label" a class of its own) or, in JSONL, as a JSON error on line 1
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:  # (utf-8-sig counts its offsets after the mark: the file's own are wanted)
+        start = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        raise DataError(f"{path}: not UTF-8 text (byte {start}); save the file as UTF-8") from None
     suffixes = "".join(path.suffixes[-1:]).lower()
     if suffixes in (".jsonl", ".json") or (suffixes not in (".tsv", ".txt") and text.lstrip().startswith("{")):
         examples = _jsonl_examples(path, text)

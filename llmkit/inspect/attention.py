@@ -92,19 +92,31 @@ def attention_maps(model: Transformer, tokenizer, text: str, add_bos: bool = Tru
     return attention_maps_of_ids(model, tokenizer, tokenizer.encode(text, add_bos=add_bos))
 
 
-# The maps are n_layers x n_heads x seq^2 float32 numbers (held twice while the layers are stacked): for
-# SmolLM2 (30 x 9) a 4,000-token text would need 17 GB and the process would be killed without a word.
-MAX_ATTENTION_BYTES = 2 << 30
+# The maps are n_layers x n_heads x seq^2 float32 numbers, held twice while the layers are stacked: for
+# SmolLM2 (30 x 9) a 4,000-token text would need 35 GB and the process would be killed without a word.
+def attention_memory_budget() -> int:
+    """Bytes the maps may take at their peak: half the memory available now (Linux's MemAvailable), at least
+    2 GiB (where /proc/meminfo cannot be read)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return max(2 << 30, int(line.split()[1]) * 1024 // 2)
+    except (OSError, ValueError):
+        pass
+    return 2 << 30
 
 
 def check_attention_size(model: Transformer, n_tokens: int) -> None:
     cfg = model.config
-    per_token_pair = cfg.n_layers * cfg.n_heads * 4
-    if per_token_pair * n_tokens ** 2 > MAX_ATTENTION_BYTES:
-        most = int((MAX_ATTENTION_BYTES / per_token_pair) ** 0.5)
+    peak_per_token_pair = 2 * cfg.n_layers * cfg.n_heads * 4
+    budget = attention_memory_budget()
+    if peak_per_token_pair * n_tokens ** 2 > budget:
+        most = int((budget / peak_per_token_pair) ** 0.5)
+        need = -(-peak_per_token_pair * n_tokens ** 2 * 10 // 2 ** 30) / 10  # GiB, rounded up to a tenth
         raise InspectError(f"the text has {n_tokens} tokens: the attention weights of all {cfg.n_layers} layers x "
-                           f"{cfg.n_heads} heads would take {per_token_pair * n_tokens ** 2 / 2 ** 30:.1f} GiB; "
-                           f"give a text of at most {most} tokens")
+                           f"{cfg.n_heads} heads would take {need:.1f} GiB at their peak, more than half the memory "
+                           f"free now; give a text of at most {most} tokens")
 
 
 def attention_maps_of_ids(model: Transformer, tokenizer, ids: list[int]) -> AttentionMaps:

@@ -31,7 +31,7 @@ class AnalogyQuestion:
 def read_analogies(path: str | Path) -> list[AnalogyQuestion]:
     questions, section = [], "(none)"
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not text
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the analogy questions ({e})") from None
     for number, line in enumerate(lines, 1):
@@ -53,7 +53,7 @@ def read_similarity(path: str | Path) -> list[tuple[str, str, float]]:
     """Tab- or space-separated "word1 word2 score" lines; '#' comments and a header line are skipped."""
     pairs = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not text
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the similarity pairs ({e})") from None
     first = True  # only the first line that is not a comment may be a header (WordSim353's "Word 1 ...")

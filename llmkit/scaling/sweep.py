@@ -46,8 +46,10 @@ class PlannedRun:
     epochs: float  # passes over the training tokens
 
 
-def run_name(budget: float, shape: Shape) -> str:
-    return f"C{budget:.3g}".replace("+", "") + f"-{shape.label}"
+def run_name(budget: float, shape: Shape, with_heads: bool = False) -> str:
+    """with_heads: the sweep has shapes of one layer count and width with different heads, which the
+    label alone would give one name (sweeps without such shapes keep the names they always had)."""
+    return f"C{budget:.3g}".replace("+", "") + f"-{shape.label}" + (f"-h{shape.n_heads}" if with_heads else "")
 
 
 def base_config(preset: str, overrides: list[str]):
@@ -78,19 +80,23 @@ def plan_sweep(config, budgets: list[float], shapes: list[Shape], vocab: int, tr
     per_micro = config.micro_batch * config.seq_len * world_size
     step_tokens = max(1, round(config.batch_tokens / per_micro)) * per_micro if config.batch_tokens else per_micro
     planned, left_out = [], []
+    heads = {}
+    for shape in shapes:
+        heads.setdefault((shape.n_layers, shape.d_model), set()).add(shape.n_heads)
     for budget in budgets:
         for shape in shapes:
+            name = run_name(budget, shape, len(heads[shape.n_layers, shape.d_model]) > 1)
             cfg = ModelConfig.preset(config.model, **{**config.model_overrides, **shape.overrides(), "vocab_size": vocab})
             # priced by arithmetic before model_costs builds it (on the meta device, but a layer at a time)
-            check_model_fits(cfg, resolve_device(config.device), f"the sweep's model {run_name(budget, shape)}")
+            check_model_fits(cfg, resolve_device(config.device), f"the sweep's model {name}")
             params, per_token, total = model_costs(cfg, config.seq_len)
             steps = round(budget / per_token / step_tokens)
             if steps < MIN_STEPS:
-                left_out.append(f"{run_name(budget, shape)}: C={budget:.3g} buys {budget / per_token:,.0f} tokens, "
+                left_out.append(f"{name}: C={budget:.3g} buys {budget / per_token:,.0f} tokens, "
                                 f"under {MIN_STEPS} steps of {step_tokens} tokens: left out")
                 continue
             tokens = steps * step_tokens
-            planned.append(PlannedRun(run_name(budget, shape), budget, shape, params, total, per_token, tokens,
+            planned.append(PlannedRun(name, budget, shape, params, total, per_token, tokens,
                                       steps, tokens / train_tokens))
     check_unique_names(planned)
     return planned, left_out
@@ -98,21 +104,15 @@ def plan_sweep(config, budgets: list[float], shapes: list[Shape], vocab: int, tr
 
 def check_unique_names(planned: list[PlannedRun]) -> None:
     """A run is known by its name (its folder, its line in runs.jsonl, what a resumed sweep skips), and the
-    name keeps 3 digits of the budget and a shape's layers and width only: two runs of one name would
-    train into one folder, the second deleting the first's, and a resumed sweep would count both as done."""
+    name keeps 3 digits of the budget: two runs of one name would train into one folder, the second
+    deleting the first's, and a resumed sweep would count both as done."""
     seen: dict[str, PlannedRun] = {}
     for p in planned:
         other = seen.setdefault(p.name, p)
-        if other is p:
-            continue
-        if other.budget != p.budget:
-            why = (f"budgets {other.budget:g} and {p.budget:g} differ beyond the 3 significant digits of the name: "
-                   "give budgets that differ in their first 3 digits")
-        else:
-            why = (f"shapes {other.shape.n_layers}x{other.shape.d_model}x{other.shape.n_heads} and "
-                   f"{p.shape.n_layers}x{p.shape.d_model}x{p.shape.n_heads} differ only in their heads: sweep each "
-                   "head count into its own --out")
-        raise ConfigError(f"two runs of the sweep would both be named {p.name}: {why}")
+        if other is not p:
+            raise ConfigError(f"two runs of the sweep would both be named {p.name}: budgets {other.budget:g} and "
+                              f"{p.budget:g} differ beyond the 3 significant digits of the name: give budgets "
+                              "that differ in their first 3 digits")
 
 
 def check_settings(out: Path, settings: dict) -> None:
