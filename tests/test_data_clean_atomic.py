@@ -205,6 +205,7 @@ def test_hidden_folders_of_an_input_are_not_read(tmp_path):
     from llmkit.data.clean.readers import expand_input
 
     tmp_path = tmp_path / ".cache" / "input"  # an input inside a hidden folder is read: only paths below it count
+    tmp_path.mkdir(parents=True)
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("a document\n")
     for hidden in (".venv/lib/pkg/README.md", ".git/description.txt", "docs/.cache/page.html", ".notes.txt"):
