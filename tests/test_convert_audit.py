@@ -117,19 +117,25 @@ def test_non_finite_weights_are_refused_by_name(tmp_path, shakespeare_tokenizer,
     assert not (tmp_path / "out").exists()
 
 
-def test_shards_that_disagree_are_refused(tmp_path, shakespeare_tokenizer):
+def test_weight_files_are_chosen_as_transformers_chooses_them(tmp_path, shakespeare_tokenizer):
     src = tmp_path / "hf"
     hf_model().save_pretrained(src, max_shard_size="100KB")
     shakespeare_tokenizer.save(src)
     shards = sorted(src.glob("model-*.safetensors"))
     assert len(shards) > 2 and (src / "model.safetensors.index.json").exists()
     convert(src, tmp_path / "ok")  # the sharded directory itself converts
-    # a stale single file beside the shards: which copy won depended on the sort order
-    hf_model().save_pretrained(tmp_path / "stale")
-    (tmp_path / "stale" / "model.safetensors").rename(src / "model.safetensors")
-    with pytest.raises(ConversionError, match=r"model.safetensors: tensor '.*' is also in model-0000\d-of-\d+"
-                                              r".safetensors; the directory holds two copies"):
-        convert(src, tmp_path / "out")
+    # a single file beside the shards: transformers loads model.safetensors, and so do we (which copy won
+    # depended on the sort order; review: refusing it refused folders transformers loads)
+    other = hf_model()
+    with torch.no_grad():
+        other.lm_head.weight.mul_(2)
+    other.save_pretrained(tmp_path / "single")
+    (tmp_path / "single" / "model.safetensors").rename(src / "model.safetensors")
+    convert(src, tmp_path / "out")
+    reference = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
+    ids = torch.tensor([[1, 5, 9, 200]])
+    with torch.no_grad():
+        assert torch.allclose(load_model(tmp_path / "out")(ids), reference(ids).logits, atol=1e-4)
     (src / "model.safetensors").unlink()
     shards[1].unlink()  # an interrupted download
     with pytest.raises(ConversionError, match=rf"index.json: lists shard '{shards[1].name}', which is not in"):
@@ -397,3 +403,22 @@ def test_a_corrupt_quantized_checkpoint_is_refused_by_tensor(tmp_path, edit, mes
     edit_tensors(tmp_path / "model.safetensors", edit)
     with pytest.raises(CheckpointError, match=f"model.safetensors: .*{message}"):  # the file and the tensor
         load_model(tmp_path)
+
+
+def test_gguf_rope_factor_zero_scales_nothing_as_in_llama_cpp():
+    """Review: a factor of 0 fell back to the older rope.scale_linear key; llama.cpp reads that key only
+    when rope.scaling.factor is absent."""
+    from pathlib import Path as P
+
+    from llmkit.convert.gguf import _rope_scaling
+
+    class Reader:
+        def __init__(self, values):
+            self.values = values
+
+        def get(self, key, default=None):
+            return self.values.get(key, default)
+
+    both = {"llama.rope.scaling.factor": 0.0, "llama.rope.scale_linear": 2.0}
+    assert _rope_scaling(Reader(both), "llama", P("m.gguf")) is None
+    assert _rope_scaling(Reader({"llama.rope.scale_linear": 2.0}), "llama", P("m.gguf"))["factor"] == 2.0

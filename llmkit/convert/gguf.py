@@ -85,7 +85,7 @@ def _rope_scaling(reader: GGUFFile, arch: str, path: Path) -> dict | None:
     linear, and "none" scales nothing). Ignoring these keys gave other logits than llama.cpp's."""
     kind = reader.get(f"{arch}.rope.scaling.type", "linear")
     factor = reader.get(f"{arch}.rope.scaling.factor")
-    if factor is None or factor == 0:  # llama.cpp: 0 means unset
+    if factor is None:  # llama.cpp reads the older key only when the newer one is absent (0 then scales nothing)
         factor = reader.get(f"{arch}.rope.scale_linear")
     if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 0):
         raise ConversionError(f"{path}: metadata {arch}.rope.scaling.factor must be a positive number, not {factor!r}")

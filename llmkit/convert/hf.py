@@ -305,11 +305,7 @@ def read_hf_directory(directory: Path) -> tuple[ModelConfig, dict[str, torch.Ten
     # BERT's and T5's configs depend on their tensors (a pooler or not, a tied head or not): read below
     bert, t5 = is_bert_config(hf_config), is_t5_config(hf_config)
     cfg = None if bert or t5 else config_from_hf(hf_config, str(config_path))
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise ConversionError(f"{directory}: no *.safetensors files (PyTorch .bin checkpoints are pickles and are "
-                              "not loaded; convert them to safetensors first)")
-    hf_state = read_safetensors_files(directory, files)
+    hf_state = read_safetensors_files(directory, weight_files(directory))
     if bert:
         cfg = config_from_bert(hf_config, hf_state, str(config_path))
         state = state_from_bert(cfg, hf_state, str(directory))
@@ -327,10 +323,12 @@ def read_hf_directory(directory: Path) -> tuple[ModelConfig, dict[str, torch.Ten
     return cfg, state, tokenizer, generation
 
 
-def read_safetensors_files(directory: Path, files: list[Path]) -> dict[str, torch.Tensor]:
-    """Every tensor of `files`, each checked finite. A name in two files (a stale model.safetensors beside
-    new shards) is refused: which copy won depended on the files' sort order. So is a shard that the
-    index lists and the directory lacks (an interrupted download), named before its tensors go missing."""
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files that hold a directory's weights, chosen as transformers chooses them:
+    model.safetensors if present, else the shards its index lists (each checked present: an interrupted
+    download is named before its tensors go missing), else every *.safetensors."""
+    if (directory / "model.safetensors").is_file():
+        return [directory / "model.safetensors"]
     index_path = directory / "model.safetensors.index.json"
     if index_path.exists():
         index = load_json(index_path, ConversionError, expect=object)
@@ -341,6 +339,17 @@ def read_safetensors_files(directory: Path, files: list[Path]) -> dict[str, torc
             if Path(shard).name != shard or not (directory / shard).is_file():
                 raise ConversionError(f"{index_path}: lists shard {shard!r}, which is not in {directory}; "
                                       "download the model's missing files")
+        return [directory / shard for shard in sorted(set(weight_map.values()))]
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ConversionError(f"{directory}: no *.safetensors files (PyTorch .bin checkpoints are pickles and are "
+                              "not loaded; convert them to safetensors first)")
+    return files
+
+
+def read_safetensors_files(directory: Path, files: list[Path]) -> dict[str, torch.Tensor]:
+    """Every tensor of `files` (weight_files), each checked finite. A name in two of them is refused:
+    which copy won would depend on the files' sort order."""
     hf_state: dict[str, torch.Tensor] = {}
     origin: dict[str, Path] = {}
     for file in files:
