@@ -262,3 +262,29 @@ def test_label_into_a_folder_that_cannot_be_made_is_one_line_before_any_work(tmp
                             "--out", tmp_path / "afile" / "pairs.jsonl", "--max-new-tokens", 4)
     assert result.returncode == 2 and "afile/pairs.jsonl: cannot write there" in result.stderr
     assert "Traceback" not in result.stderr and not calls
+
+
+def test_reply_cache_review_cases(tmp_path, saved_tiny_model):
+    """Review: a damaged byte was reused as a reply ('caf\ufffd'); after a torn last line the next chunk's first
+    reply merged into it and was lost; a conversation asked twice shifted a resumed run's chunks; a model
+    retrained at the same path got the old model's kept replies."""
+    import os
+
+    from llmkit.eval.judge import ReplyCache, cached_map, model_identity
+
+    path = tmp_path / "cache.jsonl"
+    path.write_bytes(b'{"key": "k1", "value": "caf\xe9"}\n{"key": "k2", "value": "ok"}\n{"key": "k3", "val')
+    cache = ReplyCache(path)
+    assert cache.entries == {"k2": "ok"}  # the damaged line and the torn one are asked again
+    cache.add([("k3", "three"), ("k4", "four")])
+    assert ReplyCache(path).entries == {"k2": "ok", "k3": "three", "k4": "four"}
+    # each key computed once, its value given to every index that asks it
+    asked = []
+    values = cached_map(None, ["a", "b", "a", "c"], lambda part: asked.append(part) or [f"v{i}" for i in part])
+    assert asked == [[0, 1, 3]] and values == ["v0", "v1", "v0", "v3"]
+    # the identity of a checkpoint changes when its weights are written again
+    before = model_identity(str(saved_tiny_model), {"dtype": "float32"})
+    weights = saved_tiny_model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert model_identity(str(saved_tiny_model), {"dtype": "float32"}) != before
+    assert model_identity(str(saved_tiny_model), {"dtype": "bfloat16"}) != before

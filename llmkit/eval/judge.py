@@ -156,18 +156,21 @@ class ReplyCache:
     """The judge's finished replies (or mark probabilities), one JSON line each, appended and fsynced after
     every chunk: `llmkit judge` run again with the same --out asks the judge only what it has not answered
     (judging 400 pairs takes a 2-core CPU ~20 min; a Ctrl-C, a kill or a server that stops answering
-    must not cost the finished ones). A reply is found by a hash of everything that decides it (the judge,
-    --max-new-tokens, the verdict mode and the full conversation), so changed settings or answer files are
-    asked again, never mixed in. A line cut short by a kill is ignored (its reply is asked again)."""
+    must not cost the finished ones). A reply is found by a hash of everything that decides it (the judge's
+    model_identity, --max-new-tokens, the verdict mode and the full conversation), so changed settings,
+    weights or answer files are asked again, never mixed in. A line cut short by a kill, or damaged (not
+    UTF-8, not JSON), is ignored: its reply is asked again."""
 
     def __init__(self, path: str | Path):
-        self.path, self.entries = Path(path), {}
+        self.path, self.entries, self.torn = Path(path), {}, False
         if self.path.is_file():
-            for line in text_lines(self.path.read_bytes().decode("utf-8", errors="replace")):
+            data = self.path.read_bytes()
+            self.torn = bool(data) and not data.endswith(b"\n")  # the next write starts a line of its own
+            for raw in data.split(b"\n"):
                 try:
-                    row = json.loads(line)
+                    row = json.loads(raw.decode("utf-8"))  # strict: a damaged byte is no reply to reuse
                     self.entries[row["key"]] = row["value"]
-                except (json.JSONDecodeError, KeyError, TypeError):
+                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
                     continue  # the torn last line of a killed run
 
     @staticmethod
@@ -179,7 +182,9 @@ class ReplyCache:
             return
         try:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write("".join(json.dumps({"key": k, "value": v}, ensure_ascii=False) + "\n" for k, v in items))
+                f.write("\n" * self.torn + "".join(json.dumps({"key": k, "value": v}, ensure_ascii=False) + "\n"
+                                                    for k, v in items))
+                self.torn = False
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:  # a full disk or a read-only folder: one line, not a traceback
@@ -203,19 +208,57 @@ class ReplyCache:
 
 
 def cached_map(cache: "ReplyCache | None", keys: list[str], compute, on_done=None) -> list:
-    """compute(indices) -> values for the conversations not in `cache`, in chunks of CHUNK, each chunk
-    written to the cache as soon as it is done; the cached ones are reported to on_done at once."""
-    found = {i: cache.entries[k] for i, k in enumerate(keys) if cache is not None and k in cache.entries}
-    if found and on_done is not None:
-        on_done(len(found))
-    todo = [i for i in range(len(keys)) if i not in found]
+    """compute(indices) -> values for the keys not in `cache`, each key computed once (a conversation that
+    comes twice is asked once: a resumed run then cuts the rest into the same chunks as an uninterrupted
+    one, whose batches decide the last digits of log-probabilities), in chunks of CHUNK, each written to the
+    cache as soon as it is done; the cached and repeated ones are reported to on_done."""
+    values = {k: cache.entries[k] for k in keys if cache is not None and k in cache.entries}
+    first = {}  # each key not in the cache -> the first index asking it
+    for i, k in enumerate(keys):
+        if k not in values:
+            first.setdefault(k, i)
+    if on_done is not None and len(keys) > len(first):
+        on_done(len(keys) - len(first))
+    todo = list(first.values())
     for start in range(0, len(todo), CHUNK):
         part = todo[start:start + CHUNK]
-        values = compute(part)
+        results = compute(part)
         if cache is not None:
-            cache.add([(keys[i], v) for i, v in zip(part, values)])
-        found.update(zip(part, values))
-    return [found[i] for i in range(len(keys))]
+            cache.add([(keys[i], v) for i, v in zip(part, results)])
+        values.update((keys[i], v) for i, v in zip(part, results))
+    return [values[k] for k in keys]
+
+
+def model_settings(model) -> dict:
+    """A backend's settings(), or a loaded `llmkit.LLM`'s device and dtype: what model_identity records
+    (nothing for another object: a Python caller's stand-in)."""
+    if callable(getattr(model, "settings", None)):
+        return model.settings()
+    weights = getattr(getattr(getattr(model, "model", None), "tok_emb", None), "weight", None)
+    if weights is None:
+        return {}
+    return {"device": str(weights.device), "dtype": str(weights.dtype).removeprefix("torch.")}
+
+
+def model_identity(name: str, settings: dict) -> list:
+    """What decides a model's replies besides the conversation, for ReplyCache keys: its name, a backend's
+    settings (a server's URL and served model; a local model's dtype and device) and, for a checkpoint on
+    disk, the size and time of each of its files (retrained weights or another chat template at the same
+    path are not the model whose replies were kept)."""
+    from llmkit.eval.remote import is_url
+
+    stamp = []
+    if not is_url(name):
+        from llmkit.convert import resolve_model
+        from llmkit.errors import LLMKitError
+
+        try:
+            directory = resolve_model(name)
+            stamp = sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in directory.iterdir()
+                           if f.is_file() and f.suffix in (".json", ".safetensors", ".jinja"))
+        except (LLMKitError, OSError):
+            stamp = []
+    return [str(name), settings, stamp]
 
 
 # --- the judge ------------------------------------------------------------------------------------------
@@ -251,6 +294,7 @@ class Judge:
             raise _no_probabilities_over_http(name)
         self.backend, self.name, self.max_new_tokens, self.verdict = backend, name, max_new_tokens, verdict
         self.cache = cache  # finished replies kept for a rerun (ReplyCache); None: nothing kept
+        self.identity = model_identity(name, model_settings(backend))  # what the cached replies' keys name
 
     @classmethod
     def load(cls, model: str, *, device=None, dtype=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -284,7 +328,7 @@ class Judge:
         from llmkit.eval.prompts import ExampleRequests
 
         contexts = [self.backend.render_chat(list(c)) + VERDICT_PREFIX for c in conversations]
-        keys = [ReplyCache.key(self.name, "marks", list(marks), context) for context in contexts]
+        keys = [ReplyCache.key(self.identity, "marks", list(marks), context) for context in contexts]
 
         def score(indices: list[int]) -> list:
             requests = [ExampleRequests(i, [contexts[i]] * len(marks), list(marks), None, [len(m) for m in marks])
@@ -309,7 +353,7 @@ class Judge:
         """The judge's greedy replies to message lists."""
         if not conversations:
             return []
-        keys = [ReplyCache.key(self.name, "reply", self.max_new_tokens, list(c)) for c in conversations]
+        keys = [ReplyCache.key(self.identity, "reply", self.max_new_tokens, list(c)) for c in conversations]
         with _progress("judge: replies", len(conversations)) as advance:
             def done(n: int) -> None:
                 advance(n)

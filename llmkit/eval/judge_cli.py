@@ -64,7 +64,7 @@ def cmd_answer(args) -> None:
     import llmkit
     from llmkit.atomic import writable_target
     from llmkit.eval.answers import generate_answers, questions_path, read_questions, write_answers
-    from llmkit.eval.judge import ReplyCache
+    from llmkit.eval.judge import ReplyCache, model_identity, model_settings
 
     _check_limit(args.limit)
     source = questions_path(args.questions, args.task_dir)
@@ -83,7 +83,7 @@ def cmd_answer(args) -> None:
         print(f"resuming: {len(cache.entries)} replies kept from an interrupted run of {args.out}")
     records = generate_answers(llm, questions, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                seed=args.seed, model_name=args.name or str(args.model), cache=cache,
-                               identity=[str(args.model), args.device, args.dtype])
+                               identity=model_identity(str(args.model), model_settings(llm)))
     write_answers(args.out, records)
     cache.remove()
     print(f"wrote {len(records)} answers ({sum(len(r['answers']) for r in records)} turns) to {args.out}")

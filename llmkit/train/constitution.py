@@ -150,7 +150,8 @@ def revise(llm, prompts: list[list[dict]], constitution: Constitution, out: str 
     """SL-CAI over `prompts`; writes out/sft.jsonl, out/critiques.jsonl, out/summary.json and
     out/report.md, all or nothing. Returns the summary."""
     with staged_directory(out, overwrite=overwrite, what="the constitution run") as folder:  # refused up front
-        cache = _resume_cache(out, settings, constitution, "revise", rounds, max_new_tokens, temperature, top_p, seed)
+        cache = _resume_cache(out, settings, constitution, [llm], "revise", rounds, max_new_tokens, temperature,
+                              top_p, seed)
         traces = _resumable(cache, prompts, lambda chunk: critique_and_revise(
             llm, chunk, constitution, rounds, max_new_tokens, temperature, top_p, seed))
         kept = [t for t in traces if t["final"] is not None]
@@ -235,7 +236,8 @@ def label(judge, policy_llm, prompts: list[list[dict]], constitution: Constituti
         raise DataError(f"no prompt fits the model's context of {context} tokens with --max-new-tokens "
                         f"{max_new_tokens}; lower --max-new-tokens or use shorter prompts")
     with staged_directory(out, overwrite=overwrite, what="the constitution run") as folder:  # refused up front
-        cache = _resume_cache(out, settings, constitution, "label", max_new_tokens, temperature, seed, rule, margin)
+        cache = _resume_cache(out, settings, constitution, [policy_llm, judge or policy_llm], "label", max_new_tokens,
+                              temperature, seed, rule, margin)
         rows = _resumable(cache, fits, lambda chunk: judge_by_principles(
             judge or policy_llm, policy_llm, chunk, constitution, max_new_tokens, temperature, seed, rule, margin))
         pairs = []
@@ -260,19 +262,23 @@ def label(judge, policy_llm, prompts: list[list[dict]], constitution: Constituti
 
 
 # --- resuming ------------------------------------------------------------------------------------------------
-def _resume_cache(out: str | Path, settings: dict | None, constitution: Constitution, *how):
+def _resume_cache(out: str | Path, settings: dict | None, constitution: Constitution, models: list, *how):
     """Where a run keeps each prompt's finished work (`.OUT.resume.jsonl` beside --out) so that the same
     command resumes after a Ctrl-C or a kill: hours of CPU for a few hundred prompts are not redone. Only
     runs whose models are named (`settings`, as the CLI passes them) keep anything: a loaded model
     cannot be told apart from another. The key holds everything that decides a prompt's output but which
-    other prompts run (--limit, --records): a prompt's output does not depend on them (module docstring)."""
-    from llmkit.eval.judge import ReplyCache
+    other prompts run (--limit, --records): the models' identities (judge.model_identity: their files,
+    dtype and device, a server's served model), the principles and `how`; a prompt's output does not
+    depend on the other prompts (module docstring)."""
+    from llmkit.eval.judge import ReplyCache, model_identity, model_settings
 
     if not settings or "model" not in settings:
         return None
     named = {k: v for k, v in settings.items() if k not in ("limit", "records", "prompts")}
+    names = [settings["model"], settings.get("judge", settings["model"])]
     cache = ReplyCache.beside(out)
-    cache.identity = [named, [vars(p) for p in constitution.principles], *how]
+    cache.identity = [named, [model_identity(str(n), model_settings(m)) for n, m in zip(names, models)],
+                      [vars(p) for p in constitution.principles], *how]
     return cache
 
 

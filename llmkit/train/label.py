@@ -147,7 +147,7 @@ def label_preferences(judge, policy, input_path: str | Path, out: str | Path, re
     check_output(out, input_path, max_new_tokens, temperature, seed)
     import llmkit
 
-    from llmkit.eval.judge import ReplyCache, cached_map
+    from llmkit.eval.judge import ReplyCache, cached_map, model_identity, model_settings
 
     prompts = [r.prompt for r in load_records(input_path, "prompt", records)]
     policy_llm = llmkit.load(policy) if isinstance(policy, (str, Path)) else policy
@@ -159,7 +159,8 @@ def label_preferences(judge, policy, input_path: str | Path, out: str | Path, re
     # told apart from others by name: their runs keep nothing, rather than risk reusing another model's work.
     named = all(isinstance(m, (str, Path)) for m in (policy, judge))
     cache = ReplyCache.beside(out) if named else None
-    keys = [ReplyCache.key("label", str(policy), str(judge), max_new_tokens, temperature, seed + 2 * i, prompt)
+    models = [model_identity(str(policy), model_settings(policy_llm)), model_identity(str(judge), model_settings(judge_llm))]
+    keys = [ReplyCache.key("label", models, max_new_tokens, temperature, seed + 2 * i, prompt)
             for i, prompt in enumerate(prompts)]
 
     def judged(indices: list[int]) -> list:
