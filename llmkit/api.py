@@ -191,7 +191,7 @@ class LLM:
         if len(ids) < 2:
             raise GenerationError("the text is too short to score; give at least one token after the first")
         soft = self.model.soft_prompt_ids  # a prompt-tuned model reads the text after its soft prompt
-        context = self.model.config.max_seq_len - len(soft)
+        context = self.model.text_context
         if len(ids) > context:
             after = f" after its {len(soft)}-token soft prompt" if soft else ""
             raise GenerationError(f"the text has {len(ids)} tokens but the model's context is {context}{after}")

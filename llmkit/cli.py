@@ -116,7 +116,7 @@ def cmd_generate(args) -> None:
     wanted = args.max_new_tokens
     prompt_tokens, room = llm.room(args.prompt, wanted or 1, add_bos=not args.no_bos)
     if wanted and room < wanted:  # asked for more than fits: say so rather than stop short without a word
-        print(f"note: the prompt has {prompt_tokens} tokens and the model's context is {llm.model.config.max_seq_len}: "
+        print(f"note: the prompt has {prompt_tokens} tokens and the model's context is {llm.model.text_context}: "
               f"generating at most {room} tokens, not {wanted}", file=sys.stderr)
     if args.show_probs:
         print(args.prompt)

@@ -447,6 +447,11 @@ class Transformer(nn.Module):
         base = getattr(self.tok_emb, "base_vocab", None)
         return list(range(base, self.tok_emb.num_embeddings)) if base is not None else []
 
+    @property
+    def text_context(self) -> int:
+        """Tokens of text the model reads: its context less a soft prompt's (prompt budgets, truncation)."""
+        return self.config.max_seq_len - len(self.soft_prompt_ids)
+
     # -- accounting
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, counting tied weights once; non_embedding leaves out token/position tables."""

@@ -129,6 +129,8 @@ def test_cli_and_server_run_it(tuned_dir, tmp_path):
         reply = client.completions.create(model="tuned", prompt="ROMEO:", max_tokens=6, temperature=0)
         assert reply.choices[0].text == expected
         assert reply.usage.prompt_tokens == len(ids)  # the caller's tokens, not the soft prompt's
+        context = llm.model.config.max_seq_len - SOFT  # what a client may send (review: it said max_seq_len)
+        assert client.models.list().data[0].model_extra["max_model_len"] == context
         with pytest.raises(openai.BadRequestError, match="prompt-tuned"):
             client.embeddings.create(model="tuned", input="ROMEO:")
         assert client.completions.create(model="tuned", prompt="ROMEO:", max_tokens=1).choices[0].text is not None
@@ -162,3 +164,21 @@ def test_quantizing_keeps_the_soft_prompt_and_exporting_refuses(tuned_dir, tmp_p
     assert llm.engine.generate(ids, SamplingParams(max_new_tokens=5, temperature=0)) == greedy_reference(llm.model, ids, 5)
     with pytest.raises(ConversionError, match="prompt-tuned"):
         convert(tuned_dir, tmp_path / "hf", to="hf")
+
+
+def test_zero_shot_and_bits_per_byte_read_after_the_soft_prompt(tuned_dir, tmp_path):
+    """Review: zero-shot classification and `eval --text` scored the base model once load applied the soft
+    prompt elsewhere (their numbers equalled the base model's)."""
+    from llmkit.classify.zero_shot import label_logprobs, parse_label_words
+    from llmkit.eval.bpb import evaluate_texts
+
+    llm = llmkit.load(tuned_dir)
+    text = "JULIET: O Romeo, Romeo"
+    ids = llm.tokenizer.encode(text, add_bos=True)
+    nats = -llm.score(text).total_logprob  # (score is checked against a manual forward above)
+    (tmp_path / "t.txt").write_text(text)
+    result = evaluate_texts(llm.model, llm.tokenizer, [tmp_path / "t.txt"], llm.device)
+    assert result.tokens == len(ids) - 1 and result.nats == pytest.approx(nats, abs=1e-3)
+    logprobs = label_logprobs(llm.model, llm.tokenizer, ["JULIET: O"], parse_label_words("good,bad"), template="{text}")
+    expected = [llm.score("JULIET: O " + w).total_logprob - llm.score("JULIET: O").total_logprob for w in ("good", "bad")]
+    assert logprobs[0].tolist() == pytest.approx(expected, abs=1e-3)

@@ -64,7 +64,7 @@ def label_logprobs(model, tokenizer, texts: list[str], labels: LabelWords, templ
                    on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
     """(n, n_labels) log p(label word | template filled with the text), float64. The word follows the
     prompt after one space (lm-evaluation-harness moves a prompt's trailing whitespace onto it)."""
-    from llmkit.eval.scoring import encode_options, score_examples
+    from llmkit.eval.scoring import encode_for_model, score_examples
 
     if getattr(model.config, "causal", True) is False:
         raise DataError("zero-shot classification scores the next word, which needs a causal language model; "
@@ -79,8 +79,8 @@ def label_logprobs(model, tokenizer, texts: list[str], labels: LabelWords, templ
         prompt = fill_template(template, text)
         pairs += [(prompt, (" " if not prompt[-1:].isspace() else "") + w) for w in labels.words]
     k = len(labels.words)
-    options = encode_options(tokenizer, pairs, model.config.max_seq_len, add_bos,
-                             where=lambda i: f"text {i // k + 1}, label word {labels.words[i % k]!r}")
+    options = encode_for_model(model, tokenizer, pairs, add_bos,  # (after a prompt-tuned model's soft prompt)
+                               where=lambda i: f"text {i // k + 1}, label word {labels.words[i % k]!r}")
     examples = [options[i:i + k] for i in range(0, len(options), k)]
     scores = score_examples(model, examples, batch_tokens=batch_tokens, on_batch=on_batch)
     return torch.tensor([[s.logprob for s in ex] for ex in scores], dtype=torch.float64)

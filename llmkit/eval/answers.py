@@ -92,7 +92,7 @@ def generate_answers(llm, questions: list[dict], *, max_new_tokens: int = 512, t
     from llmkit.infer import SamplingParams
 
     tokenizer, engine = llm.tokenizer, llm.engine
-    context = llm.model.config.max_seq_len
+    context = llm.model.text_context
     keep = max(context - max_new_tokens, context // 2)  # prompt tokens kept (the oldest cut first)
     stops = set(engine.stop_token_ids)
     histories = [[] for _ in questions]

@@ -11,13 +11,12 @@ oldest exemplars first), down to half the context at most; the count is reported
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from llmkit.eval.extract import cut_at_stops
 from llmkit.eval.prompts import ExampleRequests
-from llmkit.eval.scoring import OptionScore, encode_options, score_examples
+from llmkit.eval.scoring import OptionScore, encode_for_model, score_examples
 from llmkit.infer import Engine, SamplingParams
 
 
@@ -72,11 +71,8 @@ class LocalBackend:
         """Every option of every request scored; where(k) names the k-th pair in error messages."""
         pairs = [pair for r in requests for pair in r.pairs]
         # a chat context starts with the template's own BOS, if any, and ends with its markup
-        soft = self.model.soft_prompt_ids  # a prompt-tuned model reads every example after its soft prompt
-        flat = encode_options(self.tokenizer, pairs, self.model.config.max_seq_len - len(soft),
-                              self.add_bos and not self.chat, where=where, move_whitespace=not self.chat)
-        if soft:
-            flat = [dataclasses.replace(o, tokens=soft + o.tokens, start=o.start + len(soft)) for o in flat]
+        flat = encode_for_model(self.model, self.tokenizer, pairs, self.add_bos and not self.chat, where=where,
+                                move_whitespace=not self.chat)
         grouped, k = [], 0
         for r in requests:
             grouped.append(flat[k:k + len(r.pairs)])
@@ -93,7 +89,7 @@ class LocalBackend:
                  on_done: Callable[[int], None] | None = None, chunk: int = 64) -> list[Generated]:
         """Greedy replies to prompts (strings, or message lists with --chat), in chunks of `chunk`
         requests through the engine (continuous batching within a chunk; the chunks report progress)."""
-        context = self.model.config.max_seq_len - len(self.model.soft_prompt_ids)
+        context = self.model.text_context
         keep = max(context - max_new_tokens, context // 2)
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0, stop_strings=list(stop))
         stops = set(self.engine.stop_token_ids)

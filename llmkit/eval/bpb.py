@@ -74,10 +74,11 @@ def evaluate_texts(model, tokenizer, files: list[str | Path], device, seq_len: i
                    batch: int = 4, autocast=None) -> BpbResult:
     """Bits per byte of text files under a model: each file one document (BOS + tokens when the
     tokenizer has a BOS), scored in non-overlapping windows of the model's context (at most 1024)."""
-    seq_len = min(model.config.max_seq_len, 1024) if seq_len is None else seq_len
-    if not 0 < seq_len <= model.config.max_seq_len:
-        raise ConfigError(f"seq_len {seq_len}: the model's context is {model.config.max_seq_len} tokens; "
-                          f"pass --seq-len between 1 and {model.config.max_seq_len}")
+    context = model.text_context  # a prompt-tuned model reads each window after its soft prompt
+    seq_len = min(context, 1024) if seq_len is None else seq_len
+    if not 0 < seq_len <= context:
+        raise ConfigError(f"seq_len {seq_len}: the model's context is {context} tokens; "
+                          f"pass --seq-len between 1 and {context}")
     total = BpbResult(0.0, 0, 0)
     for file in files:
         path = Path(file)
@@ -101,6 +102,9 @@ def evaluate_texts(model, tokenizer, files: list[str | Path], device, seq_len: i
         windows = [(data[None, i:i + seq_len], data[None, i + 1:i + seq_len + 1])
                    for i in range(0, len(ids) - 1, seq_len)]
         windows = [(x[:, :y.shape[1]], y) for x, y in windows]
+        soft = torch.tensor([model.soft_prompt_ids], dtype=torch.long)
+        if soft.numel():  # the soft prompt is read, not scored
+            windows = [(torch.cat([soft, x], 1), torch.cat([torch.full_like(soft, -100), y], 1)) for x, y in windows]
         nats, count = summed_loss(model, windows, device, autocast)
         total = BpbResult(total.nats + nats, total.tokens + count, total.bytes + text_bytes)
         if not math.isfinite(total.nats):  # said at once: the remaining files cannot make it finite again

@@ -27,6 +27,7 @@ same forward.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections.abc import Callable, Sequence
@@ -88,6 +89,17 @@ def encode_options(tokenizer, pairs: Sequence[tuple[str, str]], max_seq_len: int
             tokens, start = tokens[cut:], max(1, start - cut)
         out.append(TokenizedOption(tokens, start, cut))
     return out
+
+
+def encode_for_model(model, tokenizer, pairs: Sequence[tuple[str, str]], add_bos: bool,
+                     where: Callable[[int], str] = str, move_whitespace: bool = True) -> list[TokenizedOption]:
+    """encode_options within `model`'s context; a prompt-tuned model's soft prompt (its virtual ids) goes
+    before each option, read by the scorer like any other context token."""
+    soft = model.soft_prompt_ids
+    options = encode_options(tokenizer, pairs, model.text_context, add_bos, where, move_whitespace)
+    if soft:
+        options = [dataclasses.replace(o, tokens=soft + o.tokens, start=o.start + len(soft)) for o in options]
+    return options
 
 
 # --- scoring ---------------------------------------------------------------------------------------------

@@ -105,10 +105,11 @@ def next_token_of_ids(model: Transformer, tokenizer, ids: list[int], top: int = 
     """The next-token probabilities after `ids` as the model computes them for generation (the last
     position's logits, log-softmax in float32, as `llmkit score` and the API's logprobs do)."""
     check_length(model, ids)
-    if not 1 <= top <= model.config.vocab_size:
-        raise InspectError(f"top {top}: give a number of tokens from 1 to the vocabulary's {model.config.vocab_size}")
     soft = model.soft_prompt_ids  # a prompt-tuned model generates after its soft prompt: so does this
     check_length(model, soft + ids)
+    vocab = model.config.vocab_size - len(soft)  # the logits' width: a soft prompt's ids are inputs only
+    if not 1 <= top <= vocab:
+        raise InspectError(f"top {top}: give a number of tokens from 1 to the vocabulary's {vocab}")
     x = torch.tensor([soft + ids], device=model.tok_emb.weight.device)
     logprobs = torch.log_softmax(model(x, last_token_only=True)[0, -1].float(), dim=-1)
     values, index = logprobs.topk(top)

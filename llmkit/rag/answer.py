@@ -48,7 +48,7 @@ def rag_messages(question: str, passages: list[Hit], system: str = SYSTEM_PROMPT
 
 def fitting_messages(llm, question: str, hits: list[Hit], max_new_tokens: int) -> tuple[list[dict], list[Hit]]:
     """The prompt with as many of the best passages as fit the context beside max_new_tokens."""
-    context = llm.model.config.max_seq_len
+    context = llm.model.text_context
     for keep in range(len(hits), -1, -1):
         messages = rag_messages(question, hits[:keep])
         if len(llm.tokenizer.encode_chat(messages)) + max(max_new_tokens, 1) <= context:

@@ -67,7 +67,7 @@ class OpenAIService:
 
     @property
     def context(self) -> int:
-        return self.llm.model.config.max_seq_len
+        return self.llm.model.text_context  # (less a prompt-tuned model's soft prompt)
 
     def check_model(self, name) -> None:
         if name is not None and not isinstance(name, str):

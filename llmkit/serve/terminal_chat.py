@@ -45,7 +45,7 @@ def fit_to_context(llm: LLM, messages: list[dict], reply_room: int, count=None) 
     ValueError with the token count when the last message alone (with the system prompt) does not fit.
     count: messages -> prompt tokens (`prompt_counter`; default: the plain chat template)."""
     count = count or prompt_counter(llm)
-    context = llm.model.config.max_seq_len
+    context = llm.model.text_context
     room = min(reply_room, context // 4)
     keep_from = 1 if messages and messages[0]["role"] == "system" else 0
     dropped = 0
@@ -118,7 +118,7 @@ def _turn(llm: LLM, messages: list[dict], text: str, count, reply_room: int, ret
     """One user turn: the history fitted to the context, the reply streamed; returns the new history."""
     fitted, dropped = fit_to_context(llm, messages + [{"role": "user", "content": text}], reply_room, count)
     if dropped:
-        print(f"(the conversation outgrew the model's context of {llm.model.config.max_seq_len} tokens: "
+        print(f"(the conversation outgrew the model's context of {llm.model.text_context} tokens: "
               f"the oldest {dropped} messages were dropped)", file=stdout, flush=True)
     if tools:
         return _tool_turn(llm, fitted, tools, max_tool_rounds, sampling, stdout)
@@ -141,8 +141,8 @@ def _turn(llm: LLM, messages: list[dict], text: str, count, reply_room: int, ret
 
 def _retrieval_prompt(llm: LLM, messages: list[dict], retriever, reply_room: int):
     hits = retriever.search(messages[-1]["content"])
-    return fit_retrieval(lambda shown: len(llm.tokenizer.encode_chat(shown)), llm.model.config.max_seq_len, messages, hits,
-                         min(reply_room, llm.model.config.max_seq_len // 4))
+    return fit_retrieval(lambda shown: len(llm.tokenizer.encode_chat(shown)), llm.model.text_context, messages, hits,
+                         min(reply_room, llm.model.text_context // 4))
 
 
 def _tool_turn(llm: LLM, messages: list[dict], tools: list, max_tool_rounds: int, sampling: dict,

@@ -86,7 +86,7 @@ class Generator:
         self.llm, self.max_new_tokens, self.temperature, self.top_p = llm, max_new_tokens, temperature, top_p
 
     def __call__(self, conversations: list[list[dict]], seeds: list[int]) -> list[str | None]:
-        tok, context = self.llm.tokenizer, self.llm.model.config.max_seq_len
+        tok, context = self.llm.tokenizer, self.llm.model.text_context
         ids = [tok.encode(tok.apply_chat_template(c, add_generation_prompt=True)) for c in conversations]
         fits = [i for i, x in enumerate(ids) if len(x) + self.max_new_tokens <= context]
         params = [SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -156,7 +156,7 @@ def revise(llm, prompts: list[list[dict]], constitution: Constitution, out: str 
             llm, chunk, constitution, rounds, max_new_tokens, temperature, top_p, seed))
         kept = [t for t in traces if t["final"] is not None]
         if not kept:
-            raise DataError(f"no prompt fits the model's context of {llm.model.config.max_seq_len} tokens with "
+            raise DataError(f"no prompt fits the model's context of {llm.model.text_context} tokens with "
                             f"--max-new-tokens {max_new_tokens} for its answer, critique and revision; lower "
                             "--max-new-tokens or use shorter prompts")
         summary = revision_summary(traces, rounds)
@@ -230,7 +230,7 @@ def label(judge, policy_llm, prompts: list[list[dict]], constitution: Constituti
     (label.load_judge); None: the policy judges its own answers. rule/margin: which pairs are kept (the
     module's docstring). A prompt that leaves no room for max_new_tokens in the policy's context is
     dropped and counted."""
-    context = policy_llm.model.config.max_seq_len
+    context = policy_llm.model.text_context
     fits = [p for p in prompts if len(encode_prompt(policy_llm.tokenizer, p)) + max_new_tokens <= context]
     if not fits:
         raise DataError(f"no prompt fits the model's context of {context} tokens with --max-new-tokens "

@@ -89,12 +89,11 @@ class SoftPromptEmbedding(nn.Module):
         self.prompt = nn.Parameter(base.weight.detach()[init_ids].clone())
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # no branch on the ids' values (`if virtual.any()`): a compiled decode step would break its graph there
         virtual = ids >= self.base_vocab
         x = F.embedding(ids.masked_fill(virtual, 0), self.weight)
-        if virtual.any():
-            soft = self.prompt[(ids - self.base_vocab).clamp(min=0)]
-            x = torch.where(virtual[..., None], soft.to(x.dtype), x)
-        return x
+        soft = self.prompt[(ids - self.base_vocab).clamp(0, self.prompt.shape[0] - 1)]
+        return torch.where(virtual[..., None], soft.to(x.dtype), x)
 
 
 # --- applying and removing adapters ----------------------------------------------------------------------
