@@ -441,15 +441,13 @@ class Transformer(nn.Module):
 
     @property
     def soft_prompt_ids(self) -> list[int]:
-        """The virtual token ids of a prompt-tuned model's soft prompt (llmkit/train/peft.py swaps tok_emb
-        for a SoftPromptEmbedding, whose extra ids base_vocab.. map to the learned vectors); every input
-        starts with them. Empty for every other model."""
+        """A prompt-tuned model's soft prompt, put before every input: the virtual ids base_vocab.. of its
+        SoftPromptEmbedding (llmkit/train/peft.py). Empty for every other model."""
         base = getattr(self.tok_emb, "base_vocab", None)
         return list(range(base, self.tok_emb.num_embeddings)) if base is not None else []
 
     @property
-    def text_context(self) -> int:
-        """Tokens of text the model reads: its context less a soft prompt's (prompt budgets, truncation)."""
+    def text_context(self) -> int:  # the tokens of text it reads: its context less a soft prompt's
         return self.config.max_seq_len - len(self.soft_prompt_ids)
 
     # -- accounting
