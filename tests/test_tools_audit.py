@@ -15,13 +15,12 @@ import pytest
 import torch
 
 from llmkit.rag.chat import Retriever, cited_sources, retrieval_messages, source_lines
-from llmkit.rag.chunking import ChunkingConfig
 from llmkit.rag.index import RagIndex
 from llmkit.rag.tools import Tool, run_call
 from llmkit.serve.tools import forced_call_lark
 from llmkit.tool_calls import ToolCallStream, parse_tool_calls
 
-PLANTED = "The zebra Quillon guards the lighthouse of Vortenmark every winter night."
+from test_rag_chat import PLANTED, index  # noqa: F401 (the fixture: a small index with one planted fact)
 CITY = {"$defs": {"city": {"enum": ["Paris", "Oslo"]}}, "type": "object",
         "properties": {"city": {"$ref": "#/$defs/city"}}, "required": ["city"], "additionalProperties": False}
 TREE = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 3},
@@ -77,14 +76,6 @@ def test_tool_loop_checks_arguments_under_any_json_schema():
                                                                            'not "three"')
 
 
-@pytest.fixture
-def index(tmp_path):
-    (tmp_path / "docs").mkdir()
-    filler = "".join(f"filler line {i}: the quality of mercy is not strained\n" for i in range(40))
-    (tmp_path / "docs" / "planted.txt").write_text(filler + PLANTED + "\n" + filler)
-    (tmp_path / "docs" / "other.txt").write_text(filler)
-    RagIndex.build([tmp_path / "docs"], ChunkingConfig(size=300, overlap=50)).save(tmp_path / "index")
-    return tmp_path / "index"
 
 
 def test_retrieval_in_a_tool_round_trip_answers_the_last_user_turn(index):
