@@ -422,3 +422,8 @@ def test_gguf_rope_factor_zero_scales_nothing_as_in_llama_cpp():
     both = {"llama.rope.scaling.factor": 0.0, "llama.rope.scale_linear": 2.0}
     assert _rope_scaling(Reader(both), "llama", P("m.gguf")) is None
     assert _rope_scaling(Reader({"llama.rope.scale_linear": 2.0}), "llama", P("m.gguf"))["factor"] == 2.0
+    # an attention factor, which llama.cpp applies to RoPE, is refused by name rather than ignored
+    assert _rope_scaling(Reader({"llama.rope.scaling.attn_factor": 1.0}), "llama", P("m.gguf")) is None
+    with pytest.raises(ConversionError, match="attn_factor 0.5 is not supported"):
+        _rope_scaling(Reader({"llama.rope.scaling.attn_factor": 0.5, "llama.rope.scale_linear": 2.0}), "llama",
+                      P("m.gguf"))

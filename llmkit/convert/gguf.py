@@ -84,6 +84,11 @@ def _rope_scaling(reader: GGUFFile, arch: str, path: Path) -> dict | None:
     (llama-model.cpp: `rope.scaling.factor`, else the older `rope.scale_linear`; the type defaults to
     linear, and "none" scales nothing). Ignoring these keys gave other logits than llama.cpp's."""
     kind = reader.get(f"{arch}.rope.scaling.type", "linear")
+    attention = reader.get(f"{arch}.rope.scaling.attn_factor")
+    if attention is not None and attention != 1:  # llama.cpp scales RoPE's cos/sin by it: ignored, other logits
+        raise ConversionError(f"{path}: metadata {arch}.rope.scaling.attn_factor {attention!r} is not supported "
+                              "(llmkit's RoPE has no attention factor); convert the model from its Hugging Face "
+                              "directory")
     factor = reader.get(f"{arch}.rope.scaling.factor")
     if factor is None:  # llama.cpp reads the older key only when the newer one is absent (0 then scales nothing)
         factor = reader.get(f"{arch}.rope.scale_linear")
