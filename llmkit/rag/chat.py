@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from llmkit.errors import GenerationError
 from llmkit.rag.answer import SYSTEM_PROMPT, RagAnswer, rag_messages
-from llmkit.rag.chunking import changed_since
 from llmkit.rag.index import Hit, RagIndex
 from llmkit.rag.tools import Tool
 
@@ -48,10 +47,7 @@ class Retriever:
         for hit in hits:
             record = self.index.file_of(hit.row)
             if record["path"] not in warnings:
-                what = changed_since(record)
-                warnings[record["path"]] = what and (
-                    f"{record['path']}: {what} since it was indexed, so its passages and line numbers may be out "
-                    "of date; rebuild the index (llmkit rag index ... --overwrite)")
+                warnings[record["path"]] = self.index.source_warning(record)  # (rag search's and ask's words)
             out.append(SourcedHit(hit.rank, hit.row, hit.chunk, hit.score, warnings[record["path"]]))
         return out
 

@@ -151,11 +151,17 @@ class RagIndex:
             if record["path"] in seen:
                 continue
             seen.add(record["path"])
-            what = changed_since(record)
-            if what is not None:
-                warnings.append(f"{record['path']}: {what} since it was indexed, so its passages and line numbers "
-                                "may be out of date; rebuild the index (llmkit rag index ... --overwrite)")
+            warning = self.source_warning(record)
+            if warning is not None:
+                warnings.append(warning)
         return warnings
+
+    @staticmethod
+    def source_warning(record: dict) -> str | None:
+        """The warning for an index.json file record whose file changed (or went) since it was indexed."""
+        what = changed_since(record)
+        return None if what is None else (f"{record['path']}: {what} since it was indexed, so its passages and line "
+                                          "numbers may be out of date; rebuild the index (llmkit rag index ... --overwrite)")
 
     # -- searching
     @property
