@@ -69,7 +69,7 @@ def setup_torch():
 
 
 # the weight formats load_ours makes (int4_head4: the output head in int4 too); the quantized ones run
-# llmkit's int8-activation kernels on x86 CPUs without AMX
+# llmkit's int8-activation kernels on x86 CPUs
 WEIGHT_KINDS = ("fp32", "bf16", "int8", "int4", "int4_head4")
 QUANTIZED_KINDS = WEIGHT_KINDS[2:]
 

@@ -17,7 +17,7 @@ Both kernels are ~10x faster with bfloat16 activations than with float32 on this
 3072x576 matvec, 47 us vs 490 us for int8), so a quantized model runs with bf16 activations by default
 (`llmkit.device.inference_dtype`) where they are used.
 
-On x86 CPUs without AMX the layers use llmkit's own kernels instead (`llmkit.cpu_kernels`, chosen
+On x86 CPUs the layers use llmkit's own kernels instead (`llmkit.cpu_kernels`, chosen
 when the weights are set; `int8_activations`): activations rounded to int8 per block of 32 and byte dot
 products (VNNI or AVX2), as llama.cpp does; fp32 activations outside the layers. The weights are then
 kept in the kernel's panels of 16 rows (int4 with scale and min rounded to fp16, Q4_1's precision).
