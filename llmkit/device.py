@@ -34,6 +34,8 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xla, meta: PyTorch's errors came later, as tracebacks
+        raise ConfigError(f"device {name!r}: llmkit runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but this PyTorch sees no CUDA GPU; use device=cpu or device=auto")
     return device

@@ -85,8 +85,6 @@ def check_plan(plan: dict, out: Path) -> None:
     if earlier:  # each stage would refuse to start among them, minutes in: say so now
         raise ConfigError(f"{out}: holds an earlier run ({earlier[0].parent.parent.name}/ has checkpoints); "
                           f"remove {out} or choose another --out")
-    for stage in TRAINING_STAGES:
-        stage_config(plan, stage, **stage_wiring(plan, stage, out))
     known = {"tokenizer": {"vocab_size"},
              "task": set(inspect.signature(write_task).parameters) - {"out", "corpus_dir"},
              "collect": set(inspect.signature(label_by_answer).parameters) - {"policy", "input_path", "out", "records"}}
@@ -95,6 +93,45 @@ def check_plan(plan: dict, out: Path) -> None:
         if unknown:
             raise ConfigError(f"speedrun stage {stage}: unknown field(s) {', '.join(unknown)}; known: "
                               f"{', '.join(sorted(fields))}")
+    check_plain_stages(plan)  # first: the pretraining stage's vocab_size is the tokenizer stage's
+    for stage in TRAINING_STAGES:
+        stage_config(plan, stage, **stage_wiring(plan, stage, out))
+
+
+# The values of the stages that are no training config, checked as a config's are (type, then range), so
+# that `task.train_per_kind=abc` stops the run at once, naming where it was set, rather than as a traceback
+# after minutes of pretraining (it did).
+PLAIN_FIELDS = {
+    "tokenizer": {"vocab_size": (int, "[1, 2^21]")},
+    "task": {"seed": (int, "[0, 2^63)"), "train_per_kind": (int, "[1, 2^31)"), "heldout_per_kind": (int, "[1, 2^31)")},
+    "collect": {"max_new_tokens": (int, "[1, 2^31)"), "samples": (int, "[0, 2^31)"), "temperature": (float, "[0, inf)"),
+                "seed": (int, "[-2^63, 2^63)")},
+}
+
+
+def check_plain_stages(plan: dict) -> None:
+    from llmkit.errors import LLMKitError
+    from llmkit.yaml_config import interval, matches_type
+
+    path = getattr(plan, "path", "speedrun plan")
+    for stage, kinds in PLAIN_FIELDS.items():
+        fields = plan.get(stage) or {}
+        for key, (kind, allowed) in kinds.items():
+            if key not in fields:
+                continue
+            value, at = fields[key], where(path, fields, key)
+            if not matches_type(value, kind):
+                raise ConfigError(f"speedrun stage {stage}: {at}: must be {kind.__name__}, not {value!r}")
+            if value not in interval(allowed):  # (NaN is in no interval)
+                raise ConfigError(f"speedrun stage {stage}: {at}: {value!r} is out of range: must be in {allowed}")
+    collect = plan.get("collect") or {}
+    try:  # what the engine itself refuses (a temperature too small to divide by), before any stage runs
+        from llmkit.infer import SamplingParams
+
+        SamplingParams(max_new_tokens=collect.get("max_new_tokens", 24), temperature=collect.get("temperature", 1.0),
+                       seed=collect.get("seed", 0))
+    except LLMKitError as e:
+        raise ConfigError(f"speedrun stage collect: {e}") from None
 
 
 def stage_wiring(plan: dict, stage: str, out: Path, task: dict | None = None) -> dict:

@@ -8,6 +8,7 @@ it beside the default (llmkit/config_help.py).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,12 @@ class TrainConfig:
             (self.schedule in ("cosine", "wsd"), f"schedule must be 'cosine' or 'wsd', not {self.schedule!r}"),
             (self.dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),
              f"dtype must be auto, bf16, fp16 or fp32, not {self.dtype!r}"),
+            # (torch also parses mps, xla, meta, ...: a run on one of those failed with a traceback mid-way)
+            (isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+             f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}"),
+            (not self.anneal_data or self.anneal_fraction > 0,
+             f"anneal_data={self.anneal_data} with anneal_fraction=0 trains on none of it; give anneal_fraction "
+             "(e.g. 0.1, the last tenth of the steps) or leave anneal_data out"),
         ]
         for ok, message in checks:
             if not ok:
@@ -121,7 +128,13 @@ class TrainConfig:
         go to model_overrides."""
         data, path = load_preset("train", name, "training preset")
         data = for_this_machine(cls, data, path, overrides or {}, source)
-        return cls.from_dict(merge_overrides(data, overrides or {}, path, source), source=str(path))
+        config = cls.from_dict(merge_overrides(data, overrides or {}, path, source), source=str(path))
+        given = [pair.partition("=")[0].strip() for pair in overrides] if isinstance(overrides, list) else list(overrides or {})
+        shaping = [key for key in given if key in ("model", "model_overrides") or key.startswith("model.")]
+        if config.init_from and shaping:  # they were ignored: the run trained init_from's model as it is
+            raise ConfigError(f"{source}: {', '.join(shaping)} shape a new model, but init_from={config.init_from} "
+                              "starts from that model's own weights and shape; give one or the other")
+        return config
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.preset(self.model, **self.model_overrides)

@@ -112,7 +112,9 @@ class TokenShards:
 
     def random_batch(self, batch: int, seq_len: int, seed: int, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each batch x seq_len, from windows chosen by (seed, step, micro) alone."""
-        usable = np.maximum(self.lengths - seq_len - 1, 0)
+        # windows of seq_len + 1 tokens that fit in each shard: starts 0 .. length - seq_len - 1 (a shard of
+        # exactly seq_len + 1 tokens holds one; it was counted as none, and refused as "shorter")
+        usable = np.maximum(self.lengths - seq_len, 0)
         if usable.sum() == 0:
             raise DataError(f"{self.directory}: every shard is shorter than seq_len + 1 = {seq_len + 1} tokens; "
                             "lower seq_len or add data")
@@ -120,7 +122,7 @@ class TokenShards:
         shard_ids = rng.choice(len(self.shards), size=batch, p=usable / usable.sum())
         rows = []
         for shard_id in shard_ids:
-            start = int(rng.integers(0, usable[shard_id] + 1))
+            start = int(rng.integers(0, usable[shard_id]))
             rows.append(np.asarray(self.shards[shard_id][start:start + seq_len + 1], dtype=np.int64))
         window = torch.from_numpy(np.stack(rows))
         return window[:, :-1], window[:, 1:]

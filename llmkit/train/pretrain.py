@@ -10,6 +10,7 @@ $LLMKIT_CACHE/data/ so the second run starts at once.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer, read_text_files
 from llmkit.train.config import TrainConfig
 from llmkit.train.data import TokenShards
-from llmkit.train.trainer import Trainer, TrainResult, check_training_out
+from llmkit.train.trainer import Trainer, TrainResult, _to_device, check_training_out
 
 
 def builtin_shards(vocab_size: int, tokenizer: str | None = None) -> tuple[Path, Path]:
@@ -105,6 +106,50 @@ def check_model_fits(cfg: ModelConfig, device: torch.device, what: str = "the mo
                           f"{_size(have)} available; choose a smaller shape (model.n_layers, model.d_model, ...)")
 
 
+def saved_activation_bytes(model: torch.nn.Module, objective: Callable, batch, autocast: Callable) -> int:
+    """Bytes of the tensors autograd keeps for the backward of one training forward on `batch`, less the
+    parameters themselves (counted per parameter elsewhere): activations, dropout masks, autocast's copies.
+    The random stream is left where it was: the probe's dropout must not shift the run's."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # a tensor without storage (e.g. a subclass): not ours to count
+            return tensor
+        if storage.data_ptr() not in parameters:
+            kept[storage.data_ptr()] = storage.nbytes()  # (alive with the graph, so no address is reused)
+        return tensor
+
+    where = next(model.parameters()).device
+    devices = [where.index or 0] if where.type == "cuda" else []  # the CPU's stream is always kept
+    with torch.random.fork_rng(devices=devices), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast():
+        loss, _ = objective(model, batch)
+    del loss
+    return sum(kept.values())
+
+
+def check_batch_fits(model: torch.nn.Module, config: TrainConfig, probe_batch: Callable, objective: Callable,
+                     device: torch.device, autocast: Callable) -> None:
+    """micro_batch x seq_len against the device's memory before the first step: `micro_batch=100000` (a typo)
+    was an out-of-memory kill of the whole process (on a machine shared with others, the kernel may pick any of
+    them). What one sequence adds is measured, not guessed: the tensors autograd keeps for 2 sequences less
+    those for 1 (what does not grow with the batch, such as autocast's weight copies, cancels). That is a lower
+    bound on the step's peak, so a run refused here could never have trained."""
+    from llmkit.device import available_memory_bytes
+
+    one, two = (saved_activation_bytes(model, objective, probe_batch(rows), autocast) for rows in (1, 2))
+    per_sequence = max(two - one, 0)
+    need = per_sequence * config.micro_batch
+    have = available_memory_bytes(device)
+    if need > have:
+        raise ConfigError(f"micro_batch {config.micro_batch:,} x seq_len {config.seq_len:,}: the activations one "
+                          f"forward/backward keeps come to {_size(need)} ({_size(per_sequence)} a sequence, measured), "
+                          f"but {device.type} has {_size(have)} available; lower micro_batch (batch_tokens keeps the "
+                          "tokens per step: the Trainer accumulates micro-batches)")
+
+
 def _size(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.1f} MiB"
 
@@ -129,6 +174,9 @@ def build_model(config: TrainConfig, train: TokenShards, tokenizer: Tokenizer,
         if model.config.vocab_size < vocab_size:
             raise ConfigError(f"{config.init_from}: vocabulary of {model.config.vocab_size} is smaller than the "
                               f"data's tokenizer ({vocab_size}); use the model's own tokenizer")
+        if model.config.max_seq_len < config.seq_len:  # (was a traceback at the first step)
+            raise ConfigError(f"seq_len {config.seq_len} is longer than the context of {config.init_from} "
+                              f"({model.config.max_seq_len} tokens); lower seq_len")
         if (directory / "tokenizer.json").is_file():
             if Tokenizer.load(directory).backend.get_vocab() != tokenizer.backend.get_vocab():
                 raise ConfigError(f"{train.directory} was tokenized with another tokenizer than {config.init_from}'s; "
@@ -201,16 +249,19 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
     if anneal is not None and anneal.manifest["tokenizer_sha256"] != train.manifest["tokenizer_sha256"]:
         raise ConfigError(f"{config.anneal_data} was tokenized with a different tokenizer than {train.directory}")
 
-    def batch_fn(step: int, micro: int):
+    def make_batch(step: int, micro: int, rows: int):
         # The last anneal_fraction of the steps draw from the high-quality subset (annealing, as in
         # Llama 3 and OLMo 2), decided by the step alone so that resume stays exact.
         source = train
         if anneal is not None and data_source_for_step(step, trainer.total_steps, config.anneal_fraction) == "anneal":
             source = anneal
-        batch = source.random_batch(config.micro_batch, config.seq_len, config.seed, step, micro)
+        batch = source.random_batch(rows, config.seq_len, config.seed, step, micro)
         if corruptor is not None:
             return corruptor.batch(batch[0], config.seed, step, micro)
         return batch if masker is None else masker.batch(batch[0], config.seed, step, micro)
+
+    def batch_fn(step: int, micro: int):
+        return make_batch(step, micro, config.micro_batch)
 
     def evaluate(runner) -> dict:
         device = next(runner.parameters()).device
@@ -241,6 +292,9 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
                       evaluate=evaluate if val is not None else None, tokenizer=tokenizer,
                       sample=sample if masker is None and corruptor is None else None, **objective,
                       starting_models={"init_from": starting_directory(config)})
+    model.to(trainer.device)  # (where fit puts it) measured there, with the run's objective and autocast
+    check_batch_fits(model, config, lambda rows: _to_device(make_batch(0, 0, rows), trainer.device), trainer.objective,
+                     trainer.device, trainer.autocast)
     result = trainer.fit(resume=resume)
     shutdown()  # on success only: after a failure the other ranks may never reach a barrier
     return result

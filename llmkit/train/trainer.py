@@ -148,6 +148,7 @@ class Trainer:
         self.planned_steps = self.total_steps  # the budget; time_limit_s may plan fewer
         self.budget_change: tuple[int, int] | None = None  # (saved, new) budget when a resume changes it
         self.config_changes: list[tuple[str, object, object]] = []  # (field, saved, now) found on resume
+        self.step_size_change: tuple[int, int] | None = None  # (tokens per step, processes) saved, if a resume changes it
         self.stage, self.peft = stage, getattr(config, "peft", "none")
         self.starting_models = {role: Path(d) for role, d in (starting_models or {}).items() if d}
         self._fingerprints: dict[str, dict] | None = None
@@ -246,6 +247,10 @@ class Trainer:
             if self.config_changes:  # said, not refused: a new lr or more evaluations are fair on resume
                 display.print("settings changed since the checkpoint: " + ", ".join(
                     f"{k} {old!r} -> {new!r}" for k, old, new in self.config_changes))
+            if self.step_size_change:  # no config field differs, yet each step now holds other tokens
+                saved, world = self.step_size_change
+                display.print(f"tokens per step changed from {saved} ({world} process(es)) to {self.batch_tokens} "
+                              f"({self.dist.world_size}): give batch_tokens={saved} to keep the checkpoint's batch")
             if self.budget_change:
                 display.print(f"budget changed from {self.budget_change[0]} to {self.budget_change[1]} steps: "
                               "the learning-rate schedule follows the new plan from here")
@@ -415,7 +420,7 @@ class Trainer:
             save_file({k: v.contiguous() for k, v in state.items() if k in trainable}, partial / TRAINABLE)
         training_state = {
             "step": step, "tokens": tokens_seen, "train_time_s": train_time, "total_steps": self.total_steps,
-            "planned_steps": self.planned_steps,
+            "planned_steps": self.planned_steps, "batch_tokens": self.batch_tokens, "world_size": self.dist.world_size,
             "optimizers": optimizer_states, "rng": torch.get_rng_state(),
             "config": {k: v for k, v in self.config.to_dict().items() if not isinstance(v, dict)},
             "stage": self.stage, "peft": self.peft, "starting_models": self.starting_fingerprints(),
@@ -511,6 +516,10 @@ class Trainer:
                                       "start afresh") from None
             raise CheckpointError(f"{directory}: does not fit this run's model and optimizer ({first_line(e)}); "
                                   "resume with the same preset and overrides, or start afresh") from None
+        saved_tokens = training.get("batch_tokens", self.batch_tokens)  # (older checkpoints did not record it)
+        if saved_tokens != self.batch_tokens and not {"batch_tokens", "micro_batch", "seq_len"} & {
+                k for k, _, _ in self.config_changes}:  # no field changed it: another number of processes did
+            self.step_size_change = (saved_tokens, training.get("world_size", 1))
         saved_budget = training.get("planned_steps", self.planned_steps)
         if saved_budget == self.planned_steps:  # the same budget: the saved (possibly time-fitted) plan
             self.total_steps = training.get("total_steps", self.total_steps)
