@@ -48,6 +48,17 @@ class Record:
 
 
 # --- reading ------------------------------------------------------------------------------------------------
+def _utf8(path: Path, raw: bytes, first_line: int) -> str:
+    """`raw` (one line of a file, or the whole file from line 1) decoded, a byte-order mark at the file's start
+    dropped; a byte that is not UTF-8 is one line naming its line (it was "unreadable (... position 59)", a
+    position in the whole file)."""
+    try:
+        return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + raw[:e.start].count(b"\n")
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+
+
 def read_json_records(path: str | Path, records: list | None = None) -> list[tuple[str, dict]]:
     """[(where, object)] of a .jsonl / .jsonl.gz / .json file; `records` = [start, stop] keeps a slice
     (by record number, as Python slices: [0, 1600] is the first 1,600)."""
@@ -57,17 +68,19 @@ def read_json_records(path: str | Path, records: list | None = None) -> list[tup
     opener = gzip.open if path.suffix == ".gz" else open
     out: list[tuple[str, dict]] = []
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
+        with opener(path, "rb") as f:  # bytes, decoded here: a non-UTF-8 byte is named by its line
             if path.name.endswith((".json", ".json.gz")):
+                text = _utf8(path, f.read(), 1)
                 try:
-                    data = json.load(f)
+                    data = json.loads(text)
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
                 if not isinstance(data, list):
                     raise DataError(f"{path}: expected a JSON array of records (or use .jsonl, one per line)")
                 out = [(f"{path}:record {i}", obj) for i, obj in enumerate(data)]
             else:
-                for lineno, line in enumerate(f, 1):
+                for lineno, raw_line in enumerate(f, 1):
+                    line = _utf8(path, raw_line, lineno)
                     if not line.strip():
                         continue
                     try:

@@ -28,11 +28,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from llmkit.atomic import atomic_write_bytes
-from llmkit.train.chat_data import EncodedPair, encode_pair
+from llmkit.train.chat_data import EncodedPair
 from llmkit.train.packing import completion_item, pack, sequence_logprobs
 from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
-from llmkit.train.post_common import (generate, items_for, reply_text, stage_records, start_model, task_accuracy,
-                                      task_records)
+from llmkit.train.post_common import (encode_pairs, generate, items_for, reply_text, stage_records, start_model,
+                                      task_accuracy, task_records)
 from llmkit.train.post_config import DPOConfig
 from llmkit.train.trainer import Trainer, TrainResult
 
@@ -123,8 +123,10 @@ def run_dpo(config: DPOConfig, out: str | Path, resume: bool = False) -> TrainRe
     summary = apply_peft(model, config)
     prefix = prompt_prefix_ids(model)
     train_records, val_records = stage_records(config, "preference")
-    pairs = [encode_pair(tokenizer, r, config.seq_len, prefix) for r in train_records]
-    val_pairs = [encode_pair(tokenizer, r, config.seq_len, prefix) for r in val_records]
+    pairs, dropped = encode_pairs(tokenizer, train_records, config.seq_len, prefix)
+    val_pairs, val_dropped = encode_pairs(tokenizer, val_records, config.seq_len, prefix) if val_records else ([], 0)
+    dropped_note = "".join(f" ({n} {what}dropped: no two different replies within seq_len)"
+                           for n, what in ((dropped, ""), (val_dropped, "held-out ")) if n)
     heldout = task_records(config, val_records)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     mean_len = sum(len(p.prompt) * 2 + len(p.chosen) + len(p.rejected) for p in pairs) / len(pairs)
@@ -175,8 +177,8 @@ def run_dpo(config: DPOConfig, out: str | Path, resume: bool = False) -> TrainRe
                       save_model=peft_saver(model, tokenizer, base_dir) if config.peft != "none" else None,
                       stage="dpo", starting_models={"init_from": base_dir})
     trainer.prepare_output(resume)  # refusals (another stage's checkpoints, a changed model) before the cache
-    print(f"dpo: {len(pairs)} pairs ({len(val_pairs)} held out); {summary}; computing reference log-probabilities",
-          flush=True)
+    print(f"dpo: {len(pairs)} pairs ({len(val_pairs)} held out){dropped_note}; {summary}; computing reference "
+          "log-probabilities", flush=True)
     ref_train, ref_val = reference_logprobs(model, pairs, val_pairs, config, pad, out, trainer.device,
                                             trainer.autocast(), trainer.starting_fingerprints()["init_from"]["sha256"])
     print(f"dpo: reference done; {trainer.total_steps} steps, loss {config.loss}, beta {config.beta} "

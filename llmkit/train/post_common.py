@@ -5,13 +5,16 @@ one engine, and the held-out accuracy of the built-in task."""
 from __future__ import annotations
 
 import contextlib
+import sys
+from pathlib import Path
+
 import torch
 
 from llmkit.checkpoint import load_model, load_tokenizer
-from llmkit.errors import ConfigError, GenerationError
+from llmkit.errors import ConfigError, DataError, GenerationError
 from llmkit.infer import Engine, SamplingParams
 from llmkit.tokenizer import Tokenizer
-from llmkit.train.chat_data import Record, encode_prompt, load_records
+from llmkit.train.chat_data import Record, encode_pair, encode_prompt, load_records, truncate_pair
 from llmkit.train.post_config import PostTrainConfig
 
 
@@ -22,12 +25,32 @@ def start_model(config: PostTrainConfig) -> tuple[torch.nn.Module, Tokenizer, st
     from llmkit.convert import resolve_model
 
     directory = resolve_model(config.init_from)
+    check_language_model(directory, "init_from")
     model = load_model(directory, dtype=torch.float32)
     if config.seq_len > model.config.max_seq_len:
         raise ConfigError(f"seq_len {config.seq_len} is longer than the model's context of "
                           f"{model.config.max_seq_len}; lower seq_len")
     model.train()
     return model, load_tokenizer(directory), str(directory)
+
+
+def check_language_model(directory, field: str) -> None:
+    """A directory read as a language model (init_from, a teacher) must be one. A reward model's or a
+    classifier's backbone loads as a Transformer too, but its next-token head was never what was trained;
+    a prompt-tuned run's model.safetensors is its base without the soft prompt (adapter_model.safetensors).
+    Either would train, or teach, a model other than the one named, with no sign of it."""
+    from llmkit.train.peft import soft_prompt_tokens
+
+    directory = Path(directory)
+    for head, what in (("reward_head.safetensors", "a reward model (for `llmkit rlhf reward_model=...`)"),
+                       ("classifier_head.safetensors", "a classifier")):
+        if (directory / head).exists():
+            raise ConfigError(f"{field}={directory} is {what}, not a language model ({head}); give the model "
+                              "it was trained from (e.g. the SFT run)")
+    if soft_prompt_tokens(directory):
+        raise ConfigError(f"{field}={directory} is prompt-tuned: its model.safetensors is the base model without the "
+                          "soft prompt (adapter_model.safetensors), which a new run cannot carry on; give the base "
+                          "model, or train the earlier stage with peft=lora (merged into model.safetensors)")
 
 
 def stage_records(config: PostTrainConfig, kind: str) -> tuple[list[Record], list[Record]]:
@@ -49,6 +72,34 @@ def stage_records(config: PostTrainConfig, kind: str) -> tuple[list[Record], lis
         check_held_out(data, len(train), n_val, config.val_fraction)
         return train[:-n_val], train[-n_val:]
     return train, []
+
+
+def encode_pairs(tokenizer, records: list[Record], seq_len: int, prefix: list[int] = ()) -> tuple[list, int]:
+    """(encoded preference pairs, how many were dropped) for DPO and the reward model. A record whose
+    chosen and rejected replies are the same holds no preference (its loss is log 2 whatever the model,
+    and it counted against the accuracies): left out, with a warning naming the first (public preference
+    sets have a few such pairs, so refusing the file would refuse them). A pair that only the cut to
+    seq_len makes identical (the replies differ after it), or whose prompt leaves no room for a reply, is
+    dropped and counted, as SFT drops prompts that fill seq_len."""
+    pairs, dropped, same = [], 0, []
+    for record in records:
+        whole = encode_pair(tokenizer, record, 1 << 62, prefix)  # not cut yet
+        if whole.chosen == whole.rejected:
+            same.append(record.where)
+            dropped += 1
+            continue
+        pair = truncate_pair(whole, seq_len, len(prefix))
+        if len(pair.prompt) >= seq_len or pair.chosen == pair.rejected:
+            dropped += 1
+            continue
+        pairs.append(pair)
+    if same:
+        print(f"warning: {len(same)} record(s) have the same reply as 'chosen' and 'rejected' (first: {same[0]}); "
+              "left out: they prefer nothing", file=sys.stderr)
+    if records and not pairs:
+        raise DataError(f"{records[0].where}: no pair keeps two different replies within seq_len={seq_len} tokens "
+                        "(the prompt fills it, or the replies differ only after the cut); raise seq_len")
+    return pairs, dropped
 
 
 def check_held_out(data, n_records: int, n_val: int, val_fraction: float) -> None:

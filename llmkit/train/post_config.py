@@ -131,7 +131,7 @@ class DistillConfig(PostTrainConfig):
     teacher: str | None = None  # checkpoint directory or named model
     temperature: float = 2.0  # softens both distributions; the loss is scaled by T^2 (Hinton et al., section 2)
     hard_weight: float = 0.0  # weight of the ordinary cross-entropy on the data's next tokens (1 - this on the KL)
-    data: str = "shakespeare"  # "shakespeare" (tokenized with the teacher's tokenizer), token shards, or JSONL
+    data: str = "shakespeare"  # "shakespeare" (in the teacher's tokens), token shards, JSONL, or "assistant"
     seq_len: int = 256
     lr: float = 1e-3
     warmup_steps: int = 50

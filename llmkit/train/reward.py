@@ -24,12 +24,12 @@ from safetensors.torch import load_file, save
 from llmkit.atomic import atomic_write_bytes
 from llmkit.eval.stats import wilson_interval
 from llmkit.errors import CheckpointError, first_line
-from llmkit.train.chat_data import EncodedPair, encode_completion, encode_pair, encode_prompt, truncate_pair
+from llmkit.train.chat_data import EncodedPair, encode_completion, encode_prompt, truncate_pair
 from llmkit.train.head_model import HeadOnTransformer
 from llmkit.train.packing import model_inputs, pack, sequence_item
 from llmkit.train.peft import apply_peft, load_peft, prompt_prefix_ids, save_peft
 from llmkit.device import autocast_context
-from llmkit.train.post_common import items_for, stage_records, start_model
+from llmkit.train.post_common import encode_pairs, items_for, stage_records, start_model
 from llmkit.train.post_config import RewardConfig
 from llmkit.train.trainer import Trainer, TrainResult
 
@@ -142,10 +142,10 @@ def load_reward_model(directory: str | Path, device: str | torch.device = "cpu",
 def score(model: RewardModel, tokenizer, prompts: list, completions: list, max_len: int = 0,
           batch_size: int = 16, autocast=None) -> list[float]:
     """Rewards of replies to prompts (records' prompts: text or messages); a reply is text (for a
-    conversation: the assistant's message) or a message list. Sequences longer than max_len lose the
-    beginning of their prompt."""
+    conversation: the assistant's message) or a message list. Sequences longer than max_len (at most the
+    model's context: RLHF passes the policy's seq_len, which may be longer) lose the beginning of their prompt."""
     prefix = prompt_prefix_ids(model)
-    max_len = max_len or model.config.max_seq_len
+    max_len = min(max_len or model.config.max_seq_len, model.config.max_seq_len)
     sequences = []
     for prompt, completion in zip(prompts, completions):
         if isinstance(prompt, list) and isinstance(completion, str):
@@ -165,8 +165,10 @@ def run_reward(config: RewardConfig, out: str | Path, resume: bool = False) -> T
     summary = apply_peft(model, config)
     prefix = prompt_prefix_ids(model)
     train_records, val_records = stage_records(config, "preference")
-    pairs = [encode_pair(tokenizer, r, config.seq_len, prefix) for r in train_records]
-    val_pairs = [encode_pair(tokenizer, r, config.seq_len, prefix) for r in val_records]
+    pairs, dropped = encode_pairs(tokenizer, train_records, config.seq_len, prefix)
+    val_pairs, val_dropped = encode_pairs(tokenizer, val_records, config.seq_len, prefix) if val_records else ([], 0)
+    dropped_note = "".join(f" ({n} {what}dropped: no two different replies within seq_len)"
+                           for n, what in ((dropped, ""), (val_dropped, "held-out ")) if n)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     mean_len = sum(len(p.prompt) * 2 + len(p.chosen) + len(p.rejected) for p in pairs) / len(pairs)
 
@@ -194,6 +196,6 @@ def run_reward(config: RewardConfig, out: str | Path, resume: bool = False) -> T
     trainer = Trainer(model, config, out, batch_fn, max(1, int(config.micro_batch * mean_len)), objective=objective,
                       evaluate=evaluate if val_pairs else None, tokenizer=tokenizer, epoch_items=len(pairs),
                       save_model=save, stage="reward", starting_models={"init_from": base_dir})
-    print(f"reward: {len(pairs)} pairs ({len(val_pairs)} held out), mean {mean_len / 2:.0f} tokens a sequence; "
+    print(f"reward: {len(pairs)} pairs ({len(val_pairs)} held out){dropped_note}, mean {mean_len / 2:.0f} tokens a sequence; "
           f"{summary}; {trainer.total_steps} steps", flush=True)
     return trainer.fit(resume=resume)
