@@ -5,7 +5,7 @@
 
 import { ApiError, NetworkError, health, listModels, streamChat } from "./api.js";
 import { Inspector } from "./inspect.js";
-import { renderMarkdown } from "./markdown.js";
+import { copyCode, renderMarkdown } from "./markdown.js";
 import { TokenPopup, renderTokens, tokensOf } from "./probabilities.js";
 import * as store from "./store.js";
 
@@ -95,6 +95,7 @@ function renderList() {
     open.type = "button";
     open.className = "open";
     open.textContent = conversation.title || "(untitled)";
+    if (conversation === current) open.setAttribute("aria-current", "true");
     open.dir = "auto";
     open.title = new Date(conversation.updated).toLocaleString();
     open.addEventListener("click", () => switchTo(conversation));
@@ -103,6 +104,8 @@ function renderList() {
     remove.className = "delete";
     remove.textContent = "\u00d7";
     remove.title = "Delete this conversation";
+    // Its text is a bare "×": a screen reader would read "times", so the name says what it deletes.
+    remove.setAttribute("aria-label", `Delete "${conversation.title || "(untitled)"}"`);
     remove.addEventListener("click", () => deleteConversation(conversation));
     row.append(open, remove);
     ui.list.append(row);
@@ -142,6 +145,7 @@ function deleteConversation(conversation) {
   }
   persist();
   renderList();
+  refocus(); // the row that held the focus is gone
 }
 
 // --- messages ----------------------------------------------------------------------------------------------
@@ -269,15 +273,21 @@ function statsElement(stats) {
   return span;
 }
 
+// A control that had the keyboard focus was removed or hidden (Send and Stop swap places, a message is
+// redrawn with new buttons): the focus would fall to the page's body, and a keyboard user would have to
+// find their way back. It goes to the message box instead (or to `fallback`).
+function refocus(fallback = ui.input) {
+  const active = document.activeElement;
+  if (!active || active === document.body || !active.isConnected || active.closest("[hidden]")) {
+    fallback.focus({ preventScroll: true });
+  }
+}
+
 function elementOf(index) {
   return ui.messages.querySelector(`article[data-index="${index}"]`);
 }
 
 // --- generating --------------------------------------------------------------------------------------------
-function number(input) {
-  return input.value.trim() === "" ? null : Number(input.value);
-}
-
 function requestBody(conversation) {
   const messages = [];
   if (conversation.system && conversation.system.trim()) messages.push({ role: "system", content: conversation.system });
@@ -308,6 +318,7 @@ async function generate(conversation) {
   setBusy(true);
   renderConversation();
   renderList();
+  refocus(); // Send, Regenerate or Save & send was pressed: typing goes on in the message box
   const started = performance.now();
   let first = null, last = null, usage = null, finish = null, chunks = 0, truncated = null;
   let redraw = null;
@@ -377,9 +388,13 @@ function stop() {
 }
 
 function setBusy(on) {
+  const pressed = document.activeElement === ui.send || document.activeElement === ui.stop;
   ui.send.hidden = on;
   ui.stop.hidden = !on;
   document.body.classList.toggle("busy", on);
+  // The reply is redrawn as it streams: a screen reader (#messages is a live region) reads it once, done.
+  ui.messages.setAttribute("aria-busy", String(on));
+  if (pressed) ui.input.focus({ preventScroll: true }); // the button pressed is hidden now
 }
 
 // The first 60 characters of the first message; counted in code points, so an emoji is never cut in two.
@@ -425,15 +440,19 @@ function editMessage(element, index) {
     if (index === 0) current.title = titleOf(editor.value);
     generate(current);
   };
+  const close = () => { // back to the message, the focus back on its Edit button
+    fillMessage(element, message, index);
+    refocus(element.querySelector(".edit") || ui.input);
+  };
   save.addEventListener("click", commit);
-  cancel.addEventListener("click", () => fillMessage(element, message, index));
+  cancel.addEventListener("click", close);
   editor.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       commit();
     } else if (event.key === "Escape") {
       event.stopPropagation();
-      fillMessage(element, message, index);
+      close();
     }
   });
   editor.focus();
@@ -487,32 +506,6 @@ async function connect() {
   }
 }
 
-// Copies a code block. navigator.clipboard exists only in secure contexts (https, localhost), not for a
-// server on a LAN address over http: then the code is selected and the older copy command asked for; if
-// the browser refuses that too, the code stays selected for the user to copy.
-async function copyCode(copyButton) {
-  const code = copyButton.closest(".code-block").querySelector("code");
-  let copied = false;
-  if (navigator.clipboard) {
-    try {
-      await navigator.clipboard.writeText(code.textContent);
-      copied = true;
-    } catch (_) { /* refused: try the other way */ }
-  }
-  if (!copied) {
-    const range = document.createRange();
-    range.selectNodeContents(code);
-    const selection = window.getSelection();
-    selection.removeAllRanges();
-    selection.addRange(range);
-    try {
-      copied = document.execCommand("copy");
-    } catch (_) { /* some browsers throw rather than return false */ }
-    if (copied) selection.removeAllRanges();
-  }
-  copyButton.textContent = copied ? "Copied" : "Copy failed \u2014 select the text";
-}
-
 // --- events ------------------------------------------------------------------------------------------------
 ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();
@@ -531,10 +524,22 @@ document.addEventListener("keydown", (event) => {
 });
 ui.stop.addEventListener("click", stop);
 ui.newChat.addEventListener("click", startNewChat);
-for (const input of [ui.temperature, ui.topP, ui.maxTokens, ui.seed, ui.probabilities, ui.system]) {
+for (const input of [ui.temperature, ui.topP, ui.maxTokens, ui.seed, ui.probabilities]) {
   input.addEventListener("change", readSettingsForm);
 }
-ui.system.addEventListener("input", readSettingsForm);
+// The system prompt belongs to the conversation on screen: stored with it once edited (when the box is
+// left, or the page closed first), or a reload would bring back the old one and the next reply would be
+// asked with it.
+let systemEdited = false;
+ui.system.addEventListener("input", () => {
+  readSettingsForm();
+  systemEdited = Boolean(current && current.messages.length && !busy);
+});
+ui.system.addEventListener("change", () => {
+  readSettingsForm();
+  if (systemEdited) persist();
+  systemEdited = false;
+});
 ui.apiKey.addEventListener("change", () => {
   readSettingsForm();
   connect();
@@ -554,6 +559,7 @@ ui.messages.addEventListener("click", (event) => {
     message.showTokens = !message.showTokens;
     popup.hide();
     fillMessage(element, message, index);
+    refocus(element.querySelector(".toggle-tokens")); // redrawn: the focus stays on the (new) toggle
     persist();
   }
 });
@@ -562,10 +568,10 @@ popup.attach(ui.messages, (span) => {
   return current.messages[index].tokens[Number(span.dataset.token)];
 });
 window.addEventListener("beforeunload", () => {
-  if (!busy) return;
   // Keep the part of the reply that has arrived, marked as cut short: it is not the model's whole reply.
-  busy.reply.error = "Interrupted: the page was reloaded or closed before the reply was complete.";
-  persist();
+  if (busy) busy.reply.error = "Interrupted: the page was reloaded or closed before the reply was complete.";
+  // Also a system prompt still being typed (its `change` has not fired yet).
+  if (busy || systemEdited) persist();
 });
 window.addEventListener("storage", takeOtherTabsChanges);
 

@@ -63,6 +63,8 @@ export class Inspector {
     for (const el of this.ui.chat) el.hidden = on;
     this.ui.tabChat.classList.toggle("current", !on);
     this.ui.tabInspect.classList.toggle("current", on);
+    this.ui.tabChat.setAttribute("aria-pressed", String(!on)); // which view is shown, for a screen reader
+    this.ui.tabInspect.setAttribute("aria-pressed", String(on));
     if (on) {
       const reply = this.lastReply();
       this.ui.sourceReply.disabled = !reply;
@@ -133,10 +135,12 @@ export class Inspector {
     const controls = element("div", "inspect-controls");
     const layerSelect = element("select");
     layerSelect.id = "attention-layer";
+    layerSelect.setAttribute("aria-label", "Layer of the heatmap and shading");
     for (let l = 0; l < layers; l++) layerSelect.add(new Option(`layer ${l}`, String(l)));
     layerSelect.value = String(layer);
     const headSelect = element("select");
     headSelect.id = "attention-head";
+    headSelect.setAttribute("aria-label", "Head, or the mean of the heads");
     headSelect.add(new Option("mean of the heads", ""));
     for (let h = 0; h < heads; h++) headSelect.add(new Option(`head ${h}`, String(h)));
     headSelect.value = head === null ? "" : String(head);
@@ -153,6 +157,7 @@ export class Inspector {
       const span = element("span", "itok" + (i === token ? " sel" : ""), visible(t));
       span.dataset.i = String(i);
       span.tabIndex = 0;
+      span.setAttribute("role", "button"); // chosen with Enter or Space as well as a click
       if (i <= token) {
         span.style.backgroundColor = accent(0.8 * shown[i] / most);
         span.title = pct(shown[i]);
@@ -162,6 +167,13 @@ export class Inspector {
     strip.addEventListener("click", (event) => {
       const span = event.target.closest(".itok");
       if (span) this.runAttention({ token: Number(span.dataset.i) });
+    });
+    strip.addEventListener("keydown", (event) => {
+      const span = event.target.closest(".itok");
+      if (span && (event.key === "Enter" || event.key === " ")) {
+        event.preventDefault(); // Space would scroll the view
+        this.runAttention({ token: Number(span.dataset.i) });
+      }
     });
 
     const caption = element("p", "hint", `Token ${token} \u201c${visible(tokens[token])}\u201d attends to (top ${TOP_ATTENDED}, `
@@ -199,7 +211,14 @@ export class Inspector {
     left.append(caption, table);
     panels.append(left, figure);
     box.append(controls, strip, panels);
+    // The view is drawn anew on each answer: a keyboard user's focus (on a token, or the layer or head
+    // list) goes to the same control in the new drawing rather than to the page's body.
+    const active = document.activeElement;
+    const focused = this.ui.output.contains(active) ? active : null;
     this.ui.output.replaceChildren(box);
+    const again = !focused ? null : focused.id ? box.querySelector(`#${focused.id}`)
+      : focused.classList.contains("itok") ? strip.querySelector(".itok.sel") : null;
+    if (again) again.focus();
   }
 
   heatmap(reply) {
@@ -208,6 +227,8 @@ export class Inspector {
     const cell = Math.max(2, Math.min(16, Math.floor(480 / n)));
     const canvas = element("canvas");
     canvas.id = "attention-heatmap";
+    canvas.setAttribute("role", "img");
+    canvas.setAttribute("aria-label", `Attention heatmap, ${n} x ${n} tokens (the table gives the numbers)`);
     canvas.width = canvas.height = n * cell;
     const context = canvas.getContext("2d");
     context.fillStyle = "#ffffff";

@@ -2,11 +2,14 @@
 //
 // Safety: the text is HTML-escaped before any Markdown rule runs, and the rules only ever add a fixed set
 // of tags, so nothing a model writes can become markup; links are kept only for http(s) URLs. The page's
-// Content-Security-Policy (no inline scripts) is a second wall.
+// Content-Security-Policy (no inline scripts) is a second wall. copyCode() (at the end) is the code
+// blocks' Copy button.
 //
 // Supported: fenced code blocks (``` or ~~~, with a language; an unclosed fence while a reply streams
 // in is a code block to the end), inline code, **bold**, *italics*, ~~strike~~, [links](https://...),
-// headings, bullet and numbered lists (nested by indentation), block quotes, tables, rules, paragraphs.
+// headings, bullet and numbered lists (nested by indentation), block quotes, tables (GitHub's: a divider
+// row with a cell per header cell; `\|` is a pipe inside a cell, code spans included), rules, paragraphs,
+// and backslash escapes (`\*` is a literal asterisk, as in CommonMark).
 // Quotes and lists nest at most MAX_DEPTH deep (deeper markers stay text): rendering recurses per level,
 // and a reply of thousands of `>` would otherwise overflow the stack.
 
@@ -83,7 +86,9 @@ function renderBlocks(lines, depth) {
       flush();
       i = renderList(lines, i, out, depth);
     } else if (line.includes("|") && i + 1 < lines.length && TABLE_DIVIDER.test(lines[i + 1]) &&
-               lines[i + 1].includes("-")) {
+               lines[i + 1].includes("-") && tableCells(line).length === tableCells(lines[i + 1]).length) {
+      // (as GitHub's tables: a paragraph line that holds a pipe, such as `ls | wc`, above a rule "---"
+      // is no table; its one-cell divider does not match the header's two cells)
       flush();
       i = renderTable(lines, i, out);
     } else {
@@ -154,7 +159,8 @@ function tableCells(line) {
   let text = line.trim();
   if (text.startsWith("|")) text = text.slice(1);
   if (text.endsWith("|")) text = text.slice(0, -1);
-  return text.split("|").map((c) => c.trim());
+  // `\|` is a pipe in the cell's text, inside a code span too (as on GitHub): unescaped before inline().
+  return text.split(/(?<!\\)\|/).map((c) => c.trim().replace(/\\\|/g, "|"));
 }
 
 function renderTable(lines, i, out) {
@@ -176,18 +182,21 @@ function renderTable(lines, i, out) {
 // Inline rules on one line (or paragraph) of raw text: code spans are cut out first (their text is only
 // escaped), then the rest is escaped, links are cut out in turn (so that no emphasis rule reaches into an
 // href: `#object.__init__` stays a URL), the emphasis rules add their fixed tags, and the cut-outs go back.
+// A backslash before ASCII punctuation (CommonMark's escapes) is cut out too, after the code spans (whose
+// text stays as written), so that `\*` or `snake\_case` is no emphasis and shows no backslash.
 // A placeholder is NUL, a kind letter and a number, NUL: text that no rule below matches.
 export function inline(raw) {
-  const cut = { c: [], a: [] };
+  const cut = { c: [], a: [], e: [] };
   const placeholder = (kind, html) => `\u0000${kind}${cut[kind].push(html) - 1}\u0000`;
   let text = raw.replace(/\u0000/g, "").replace(/(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/g,
     (_, ticks, code) => placeholder("c", `<code>${escapeHtml(code)}</code>`));
+  text = text.replace(/\\([!-/:-@[-`{-~])/g, (_, c) => placeholder("e", escapeHtml(c)));
   text = escapeHtml(text);
   // A URL may hold one level of balanced parentheses (Wikipedia's `Python_(programming_language)`).
   text = text.replace(/\[([^\]\n]+)\]\((https?:\/\/(?:[^\s()]|\([^\s()]*\))+)\)/g, (_, label, url) =>
     placeholder("a", `<a href="${url}" target="_blank" rel="noopener noreferrer">${emphasis(label)}</a>`));
   text = emphasis(text);
-  for (const kind of ["a", "c"]) { // links first: a link's label may hold a code span
+  for (const kind of ["a", "c", "e"]) { // links first: a link's label (or URL) may hold the others
     text = text.replace(new RegExp(`\u0000${kind}(\\d+)\u0000`, "g"), (_, n) => cut[kind][Number(n)]);
   }
   return text;
@@ -199,4 +208,31 @@ function emphasis(text) {
   text = text.replace(/(^|[^*\w])\*([^\s*](?:[^*]*?[^\s*])?)\*(?![*\w])/g, "$1<em>$2</em>");
   text = text.replace(/(^|[^\w])_([^\s_](?:[^_]*?[^\s_])?)_(?![\w])/g, "$1<em>$2</em>");
   return text.replace(/~~(?=\S)([\s\S]*?\S)~~/g, "<del>$1</del>");
+}
+
+// The Copy button that codeBlock() puts on each code block (app.js sends its clicks here).
+// navigator.clipboard exists only in secure contexts (https, localhost), not for a server on a LAN
+// address over http: then the code is selected and the older copy command asked for; if the browser
+// refuses that too, the code stays selected for the user to copy.
+export async function copyCode(copyButton) {
+  const code = copyButton.closest(".code-block").querySelector("code");
+  let copied = false;
+  if (navigator.clipboard) {
+    try {
+      await navigator.clipboard.writeText(code.textContent);
+      copied = true;
+    } catch (_) { /* refused: try the other way */ }
+  }
+  if (!copied) {
+    const range = document.createRange();
+    range.selectNodeContents(code);
+    const selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    try {
+      copied = document.execCommand("copy");
+    } catch (_) { /* some browsers throw rather than return false */ }
+    if (copied) selection.removeAllRanges();
+  }
+  copyButton.textContent = copied ? "Copied" : "Copy failed \u2014 select the text";
 }
