@@ -1,4 +1,5 @@
-"""Command-line numbers with a declared range, as argparse types: `type=int_in("[1, 2^31)")`.
+"""What a user types, checked before any work: command-line numbers with a declared range, as argparse
+types (`type=int_in("[1, 2^31)")`), arguments that are not UTF-8, and the LLMKIT_* environment variables.
 
 The interval notation and its check are the config files' (llmkit.yaml_config), so an option and a config
 field say "out of range" the same way; argparse turns the error into its one usage line and exit status 2:
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Mapping
+from pathlib import Path
 
 COUNT = "[1, 2^31)"  # how many of something (passages, tokens, rows): at least one, and an index fits in 32 bits
 SEED = "[0, 2^63)"  # a seed as numpy and torch hold it
@@ -56,3 +59,41 @@ def _interval(bounds: str):
     from llmkit.yaml_config import interval
 
     return interval(bounds)
+
+
+def undecodable_argument(argv: list[str]) -> str | None:
+    """The first argument that was not valid UTF-8 (Python keeps its bytes as lone surrogates, which
+    the tokenizer, JSON files and the terminal would each reject later, in their own way), shown safely."""
+    for position, arg in enumerate(argv, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            return f"argument {position} '{shown}' is not valid UTF-8; give text and paths in UTF-8"
+    return None
+
+
+# The LLMKIT_* switches and the values their code reads (README): any other value silently meant the default,
+# e.g. LLMKIT_HUGE_PAGES=off left huge pages on (huge_pages.py tests for "0" alone). Empty reads as unset.
+ENV_SWITCHES = {
+    "LLMKIT_CPU_KERNELS": ("0", "1", "auto"),  # cpu_kernels.py: off, forced on, by the CPU
+    "LLMKIT_HUGE_PAGES": ("0", "1"),  # infer/huge_pages.py
+    "LLMKIT_TOKEN_STEP": ("0", "1"),  # infer/token_step.py
+}
+
+
+def environment_problem(environ: Mapping[str, str]) -> str | None:
+    """What is wrong with the LLMKIT_* environment variables, or None: a switch set to a value its code
+    does not read, or an $LLMKIT_CACHE that is empty (cache.py would fill the current folder) or a file."""
+    for name, allowed in ENV_SWITCHES.items():
+        value = environ.get(name, "")
+        if value and value not in allowed:
+            return (f"environment variable {name}={value!r} is not a value llmkit reads: set it to "
+                    f"{' or '.join(allowed)}, or unset it")
+    cache = environ.get("LLMKIT_CACHE")
+    if cache is not None and not cache.strip():
+        return ("environment variable LLMKIT_CACHE is empty, which would make the current folder llmkit's cache: "
+                "unset it (the cache is then ~/.cache/llmkit) or set it to a folder")
+    if cache and Path(cache).exists() and not Path(cache).is_dir():
+        return f"environment variable LLMKIT_CACHE={cache!r} is a file, not a folder: set it to a folder, or unset it"
+    return None

@@ -7,15 +7,16 @@ Each verb is an argument parser plus a `cmd_*` function that calls into the pack
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
+import os
 import sys
 from pathlib import Path
 
 from llmkit import fill_cli
-from llmkit.arg_types import SIGNED_SEED, float_in, int_in
+from llmkit.arg_types import SIGNED_SEED, environment_problem, float_in, int_in, undecodable_argument
 from llmkit.classify import commands as classify_commands
-from llmkit.errors import GenerationError, LLMKitError
+from llmkit.errors import (ConversionError, GenerationError, LLMKitError, discard_output, interrupted,
+                           os_error_message, say)
 from llmkit.eval import commands as eval_commands
 from llmkit.eval import judge_cli as judge_commands
 from llmkit.inspect import commands as inspect_commands
@@ -51,8 +52,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow first call)")
     g.add_argument("--speculative", default=None, metavar="DRAFT",
                    help="speculative decoding: prompt-lookup | layers:N (the model's first N layers) | draft model")
-    g.add_argument("--draft-tokens", type=int_in("[1, 2^31)"), default=4,
-                   help="tokens drafted per speculative step (with --speculative)")
+    g.add_argument("--draft-tokens", type=int_in("[1, 2^31)"), default=None,
+                   help="tokens drafted per speculative step (with --speculative; default 4)")
     g.add_argument("--prefill-chunk", type=int_in("[1, 2^31)"), default=512,
                    help="prompt tokens prefilled per engine step, between decode steps (chunked prefill)")
     g.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "float32", "float16", "int8"],
@@ -62,7 +63,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def engine_from(args) -> dict:
-    return dict(compile=args.compile, speculative=args.speculative, draft_tokens=args.draft_tokens,
+    if args.draft_tokens is not None and not args.speculative:  # it would be ignored without a word
+        raise GenerationError("--draft-tokens is the tokens drafted per speculative step: give --speculative too")
+    return dict(compile=args.compile, speculative=args.speculative, draft_tokens=args.draft_tokens or 4,
                 prefill_chunk=args.prefill_chunk, kv_cache_dtype=args.kv_cache_dtype)
 
 
@@ -156,8 +159,11 @@ def cmd_serve(args) -> None:
 def cmd_quantize(args) -> None:
     from llmkit.convert import quantize_checkpoint
 
-    info = quantize_checkpoint(args.model, args.out, args.bits, args.group_size, args.lm_head_bits,
-                               overwrite=args.overwrite)
+    if args.group_size is not None and 4 not in (args.bits, args.lm_head_bits):  # int8 scales whole rows
+        raise ConversionError(f"--group-size {args.group_size} is for int4 layers (--bits 4 or --lm-head-bits 4): "
+                              "int8 keeps one scale per output row; leave it out")
+    group_size = 32 if args.group_size is None else args.group_size
+    info = quantize_checkpoint(args.model, args.out, args.bits, group_size, args.lm_head_bits, overwrite=args.overwrite)
     print(f"int{info['bits']} weights (head int{info['lm_head_bits']}): {info['bytes_before'] / 2**20:.0f} MiB -> "
           f"{info['bytes_after'] / 2**20:.0f} MiB; wrote {info['out']} "
           f"(measure the cost: llmkit eval --model {info['out']} --text FILES)")
@@ -165,10 +171,13 @@ def cmd_quantize(args) -> None:
 
 def cmd_score(args) -> None:
     import llmkit
+    from llmkit.atomic import writable_target
     from llmkit.inspect import InspectError
 
-    if args.png and len(args.texts) < 2:  # before the model loads and the texts are scored
-        raise InspectError("--png compares sentences: give two or more texts to score")
+    if args.png:  # before the model loads and the texts are scored
+        if len(args.texts) < 2:
+            raise InspectError("--png compares sentences: give two or more texts to score")
+        writable_target(args.png)  # not a folder, nor in a missing one
     llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
     scored = []
     for text in args.texts:
@@ -263,8 +272,8 @@ def cmd_pretrain(args) -> None:
     if args.scaling:  # the token budget from a fitted scaling law instead of 20 tokens per parameter
         config = scaling_commands.scaled_pretrain(config, args.scaling, args.overrides)
     result = pretrain(config, args.out, resume=args.resume)
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
-    print(f"done: {result.steps} steps, {result.tokens:,} tokens, {result.train_time_s:.1f} s of training; "
+    shown = "".join(f"; {k} {v:.4f}" for k, v in result.eval.items())  # nothing without validation data
+    print(f"done: {result.steps} steps, {result.tokens:,} tokens, {result.train_time_s:.1f} s of training"
           f"{shown}; model in {args.out} (try: llmkit {'fill' if config.objective == 'mlm' else 'generate'} "
           f"--model {args.out} \"{HINT_PROMPTS.get(config.objective, 'ROMEO:')}\")")
 
@@ -274,34 +283,17 @@ def report_post_training(result, out) -> None:
     print(f"done: {result.steps} steps, {result.train_time_s:.1f} s of training{shown}; model in {out}")
 
 
-def cmd_sft(args) -> None:
-    from llmkit.train.sft import run_sft
-
-    report_post_training(run_sft(training_config(args), args.out, resume=args.resume), args.out)
-
-
-def cmd_reward(args) -> None:
-    from llmkit.train.reward import run_reward
-
-    report_post_training(run_reward(training_config(args), args.out, resume=args.resume), args.out)
+# each post-training verb's run function, llmkit.train.MODULE.FUNCTION(config, out, resume=...)
+POST_TRAINING = {"sft": ("sft", "run_sft"), "reward": ("reward", "run_reward"), "dpo": ("dpo", "run_dpo"),
+                 "rlhf": ("rl", "run_rl"), "distill": ("distill", "run_distill")}
 
 
-def cmd_dpo(args) -> None:
-    from llmkit.train.dpo import run_dpo
+def cmd_post_training(args) -> None:
+    import importlib
 
-    report_post_training(run_dpo(training_config(args), args.out, resume=args.resume), args.out)
-
-
-def cmd_rlhf(args) -> None:
-    from llmkit.train.rl import run_rl
-
-    report_post_training(run_rl(training_config(args), args.out, resume=args.resume), args.out)
-
-
-def cmd_distill(args) -> None:
-    from llmkit.train.distill import run_distill
-
-    report_post_training(run_distill(training_config(args), args.out, resume=args.resume), args.out)
+    module, function = POST_TRAINING[args.training_verb]
+    run_stage = getattr(importlib.import_module(f"llmkit.train.{module}"), function)
+    report_post_training(run_stage(training_config(args), args.out, resume=args.resume), args.out)
 
 
 def cmd_label(args) -> None:
@@ -314,6 +306,9 @@ def cmd_label(args) -> None:
               f"({stats['on_policy']} rejected replies are the policy's own wrong answers; its greedy accuracy "
               f"{stats['greedy_accuracy']:.3f})")
         return
+    if args.samples:  # a judge model compares two sampled replies per prompt: more would be ignored
+        raise GenerationError(f"--samples {args.samples} is for --judge answers (sampled answers besides the greedy "
+                              "one); a judge model compares two replies per prompt: leave it out")
     stats = label_preferences(args.judge, args.policy, args.input, args.out, records=args.records,
                               max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     print(f"wrote {stats['pairs']} preference pairs to {args.out} ({stats['ties']} ties skipped; judge agreed "
@@ -399,8 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p, max_new_tokens=128)
     add_engine_args(p)
     p.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token")
-    p.add_argument("--show-probs", type=int, nargs="?", const=5, default=0, metavar="N",
-                   help="print each token with the model's N most likely next tokens and their probabilities")
+    p.add_argument("--show-probs", type=int_in("[0, 20]"), nargs="?", const=5, default=0, metavar="N",
+                   help="print each token with the model's N most likely next tokens and their probabilities "
+                        "(N up to 20, the engine's logprobs limit; 0 = off)")
     p.add_argument("prompt")
     p.set_defaults(handler=cmd_generate)
 
@@ -434,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("quantize", help="weight-only int8 / int4 quantization of a checkpoint's Linear layers")
     p.add_argument("--model", required=True, help="floating-point checkpoint directory or a named model (smollm2)")
     p.add_argument("--bits", type=int, required=True, choices=[8, 4])
-    p.add_argument("--group-size", type=int, default=32, help="int4: input columns sharing a scale (32, 64, ...)")
+    p.add_argument("--group-size", type=int, default=None, help="int4: input columns sharing a scale (32, 64, 128 "
+                   "or 256; default 32)")
     p.add_argument("--lm-head-bits", type=int, default=None, choices=[8, 4],
                    help="the output head's bits (default: 8; llama.cpp's Q4 files also keep it at 8 bits)")
     p.add_argument("--out", required=True, help="output checkpoint directory")
@@ -496,20 +493,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     post_stages = [
         ("sft", "supervised fine-tuning on conversations or prompt-completion pairs (full, LoRA or prompt tuning)",
-         "sft-assistant", cmd_sft),
+         "sft-assistant"),
         ("reward", "train a reward model (Transformer + scalar head, Bradley-Terry on chosen vs rejected)",
-         "reward-assistant", cmd_reward),
-        ("dpo", "Direct Preference Optimization (or IPO) on preference pairs", "dpo-assistant", cmd_dpo),
-        ("rlhf", "RLHF: RLOO / GRPO against a reward model with a KL penalty, rollouts by the engine",
-         "rlhf-assistant", cmd_rlhf),
+         "reward-assistant"),
+        ("dpo", "Direct Preference Optimization (or IPO) on preference pairs", "dpo-assistant"),
+        ("rlhf", "RLHF: RLOO / GRPO against a reward model with a KL penalty, rollouts by the engine", "rlhf-assistant"),
         ("distill", "train a student on a teacher's token distributions (forward KL with temperature)",
-         "distill-smollm2", cmd_distill),
+         "distill-smollm2"),
     ]
-    for verb, text, preset, handler in post_stages:
+    for verb, text, preset in post_stages:
         p = verbs.add_parser(verb, help=text)
         add_training_args(p, verb, preset,
                           "field=value (fields below), e.g. init_from=DIR data=FILE.jsonl peft=lora")
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=cmd_post_training)
 
     p = verbs.add_parser("label", help="RLAIF: sample two replies per prompt and let a judge model pick the better; "
                          "or, with --judge answers, pair the policy's wrong answers with the reference ones")
@@ -541,22 +537,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def undecodable_argument(argv: list[str]) -> str | None:
-    """The first argument that was not valid UTF-8 (Python keeps its bytes as lone surrogates, which
-    the tokenizer, JSON files and the terminal would each reject later, in their own way), shown safely."""
-    for position, arg in enumerate(argv, 1):
-        try:
-            arg.encode("utf-8")
-        except UnicodeEncodeError:
-            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            return f"argument {position} '{shown}' is not valid UTF-8; give text and paths in UTF-8"
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = run(argv)
+        sys.stdout.flush()  # the last of the output is written here, where a failure is caught (below), not at exit
+        return code
+    except BrokenPipeError:  # a closed reader (`| head`) is not an error
+        discard_output()
+        return 0
+    except OSError as e:  # stdout on a full disk
+        discard_output()
+        say(f"error: {os_error_message(e)}")
+        return 2
+    finally:  # argparse's --help and usage errors leave through SystemExit with the text still buffered
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            discard_output()
+
+
+def run(argv: list[str] | None) -> int:
     problem = undecodable_argument(sys.argv[1:] if argv is None else argv)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        say(f"error: {problem}")
         return 2
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -564,6 +567,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra  # field=value after an option (`--out run lr=1`): overrides all the same
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    problem = environment_problem(os.environ)
+    if problem:
+        say(f"error: {problem}")
+        return 2
     if getattr(args, "handler", None) is not cmd_serve:
         # The engine logs each failed request for a server's operator (Python's last-resort handler prints it);
         # every other verb reports the failure itself, as its one `error:` line, so it is not printed twice.
@@ -574,24 +581,18 @@ def main(argv: list[str] | None = None) -> int:
         args.handler(args)
         return 0
     except LLMKitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         return 2
+    except BrokenPipeError:
+        raise  # main's: a closed reader
     except OSError as e:
         # Files the user named, on filesystems they chose: full, read-only, gone, not a folder. The verbs
         # turn the ones they expect into LLMKitErrors; this is the net for the rest (a disk that fills up
-        # mid-run), still one line. Broken pipes are a closed reader (`| head`), not an error.
-        if isinstance(e, BrokenPipeError):
-            return 0
-        where = f"{e.filename}: " if e.filename else ""
-        # a write to an open file names no path: say what to do (files are written atomically, so the
-        # previous output or checkpoint is intact)
-        hint = {errno.ENOSPC: "; free disk space (or choose an --out on another disk) and run the command "
-                              "again: finished outputs and checkpoints are intact (a training run: add --resume)",
-                errno.EDQUOT: "; the disk quota is used up: free space and run the command again"}.get(e.errno, "")
-        print(f"error: {where}{e.strerror or e}{hint}", file=sys.stderr)
+        # mid-run), still one line.
+        say(f"error: {os_error_message(e)}")
         return 2
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
+    except KeyboardInterrupt as e:
+        say(interrupted(e, getattr(args, "out", None), resumable=hasattr(args, "resume")))
         return 130
 
 

@@ -330,8 +330,8 @@ def parse_overrides(pairs: list[str], source: str = "command line") -> Located:
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: override {pair!r}: the value is not valid YAML "
                               f"({first_line(e)}); quote it, e.g. {key}='\"...\"'") from None
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads "5e-3" (no dot) as a string; a user means the number
+        if isinstance(value, str) and not raw.strip().startswith(("'", '"')):  # quoted: the user means text
+            try:  # YAML 1.1 reads "5e-3" (no dot) and "inf" as strings; a user means the number
                 value = float(value)
             except ValueError:
                 pass
@@ -357,7 +357,8 @@ def preset_path(kind: str, name: str, what: str) -> Path:
     if is_preset_file(name):
         path = Path(name)
         if not path.is_file():
-            raise ConfigError(f"{what} {name!r}: no such file; give a path to a YAML file of fields, or the name "
+            problem = "a folder, not a YAML file" if path.is_dir() else "no such file"
+            raise ConfigError(f"{what} {name!r}: {problem}; give a path to a YAML file of fields, or the name "
                               f"of a shipped one: {', '.join(list_presets(kind))}")
         return path
     path = PRESET_ROOT / kind / f"{name}.yaml"
