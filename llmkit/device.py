@@ -112,8 +112,10 @@ def available_memory_bytes(device: torch.device) -> int:
     """Memory a new allocation on `device` can get: a GPU's free memory; on the CPU the kernel's estimate
     of what can be allocated without swapping (MemAvailable: free memory plus reclaimable caches),
     else the free pages."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cuda":  # the driver's free memory, plus the blocks PyTorch's caching allocator holds with no
+        # tensor in them (a forward's, freed): they are this process's next allocations, yet used to the driver
+        free = torch.cuda.mem_get_info(device)[0]
+        return free + max(torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device), 0)
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):

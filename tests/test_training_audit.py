@@ -280,6 +280,7 @@ def test_conflicting_or_unusable_settings_are_one_line(tmp_path, shards, base, e
     assert not (tmp_path / "x" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(tmp_path, shards):
     """2 gloo processes x 1 micro-batch == 1 process x 2 accumulated: the same losses (1e-5 relative), a
     checkpoint that loads and resumes in one process with the same global batch to the same losses, and a
@@ -319,3 +320,88 @@ def test_a_device_llmkit_does_not_run_on_is_refused_by_name(name):
 
     with pytest.raises(ConfigError, match=f"device '{name}': llmkit runs on cpu or cuda"):
         resolve_device(name)
+
+
+def test_a_gpu_s_available_memory_counts_the_blocks_pytorch_holds_cached(monkeypatch):
+    """The probe's forwards leave their freed activations in PyTorch's caching allocator: used to the driver
+    (cudaMemGetInfo), free to this process. Counted as used, a micro_batch that fits was refused after the probe."""
+    from llmkit.device import available_memory_bytes
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 6 * gib)
+    assert available_memory_bytes(torch.device("cuda", 0)) == (10 + 30 - 6) * gib
+
+
+def _probe_setup(monkeypatch, micro_batch, compile=False, have=None):
+    """check_batch_fits on the tiny model with the device's free memory set to `have` bytes; the probe's calls."""
+    from llmkit import device
+    from llmkit.config import ModelConfig
+    from llmkit.model import Transformer
+    from llmkit.train import pretrain
+    from llmkit.train.config import TrainConfig
+    from llmkit.train.trainer import causal_lm_objective
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny"))
+    x = torch.randint(0, 512, (2, 64))
+    calls = []
+    probe = pretrain.saved_activation_bytes
+    monkeypatch.setattr(pretrain, "saved_activation_bytes", lambda *a: calls.append(1) or probe(*a))
+    monkeypatch.setattr(device, "available_memory_bytes", lambda d: have if have is not None else 2**62)
+    config = TrainConfig(model="tiny", seq_len=64, micro_batch=micro_batch, compile=compile, device="cpu", dtype="fp32")
+    pretrain.check_batch_fits(model, config, lambda rows: (x[:rows], x[:rows]), causal_lm_objective,
+                              torch.device("cpu"), nullcontext)
+    return calls
+
+
+def test_a_micro_batch_of_one_or_two_is_not_probed(monkeypatch):
+    """The probe holds 2 sequences' activations: at micro_batch 1 its peak was above the run's own (resident
+    405 -> 506 MiB, the tiny model at seq_len 4096), and it could refuse neither 1 nor 2, which it has just held."""
+    assert _probe_setup(monkeypatch, 1) == [] and _probe_setup(monkeypatch, 2) == []
+    assert _probe_setup(monkeypatch, 3) == [1, 1]
+
+
+def test_a_compiled_run_is_priced_at_what_a_compiled_step_keeps(monkeypatch):
+    """torch.compile's backward recomputes cheap ops instead of keeping their outputs: the compiled step kept
+    0.72-0.91 of the eager forward's saved bytes (measured), so the eager measure refused compiled runs that fit.
+    Memory for 80% of the eager measure: refused eager, trained compiled; a typo's micro_batch still refused."""
+    from llmkit.train.pretrain import saved_activation_bytes
+    from llmkit.train.trainer import causal_lm_objective
+
+    from llmkit.config import ModelConfig
+    from llmkit.model import Transformer
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 512, (2, 64))
+    model = Transformer(ModelConfig.preset("tiny"))
+    one, two = (saved_activation_bytes(model, causal_lm_objective, (x[:n], x[:n]), nullcontext) for n in (1, 2))
+    have = int(0.8 * (two - one) * 8)
+    with pytest.raises(ConfigError, match="micro_batch 8 x seq_len 64: .* a sequence, measured"):
+        _probe_setup(monkeypatch, 8, have=have)
+    assert _probe_setup(monkeypatch, 8, compile=True, have=have) == [1, 1]
+    with pytest.raises(ConfigError, match="a sequence, at least, compiled"):
+        _probe_setup(monkeypatch, 100_000, compile=True, have=have)
+
+
+def test_a_resume_on_more_processes_does_not_advise_a_batch_tokens_that_rounds_away(tmp_path, shards, monkeypatch):
+    """A checkpoint of 1 process x 3 micro-batches (768 tokens) resumed on 2 processes of 256-token micro-batches:
+    768 is no whole number of them (the step becomes 1024). 'give batch_tokens=768' was the advice, the setting
+    the run already had, which rounds to 1024 again."""
+    from llmkit.checkpoint import load_model
+    from llmkit.train import trainer as trainer_module
+    from llmkit.train.config import TrainConfig
+    from llmkit.train.distributed import DistInfo
+    from llmkit.train.optim import build_optimizers
+
+    args = common(shards, max_steps=2, batch_tokens=768)
+    assert cli_in_process("pretrain", "--out", tmp_path / "run", *args).returncode == 0
+    monkeypatch.setattr(trainer_module.D, "init_distributed", lambda device_type: DistInfo(world_size=2))
+    config, model = TrainConfig.preset("shakespeare-cpu", args), load_model(tmp_path / "run")
+    run = trainer_module.Trainer(model, config, tmp_path / "run", lambda step, micro: None, 4 * 64)
+    assert run.batch_tokens == 1024  # round(768 / 512) = 2 micro-batches on each of the 2 processes
+    run.prepare_output(resume=True)
+    run._load_latest(model, build_optimizers(model, config, "cpu"))
+    assert run.step_size_message() == ("tokens per step changed from 768 (1 process(es)) to 1024 (2): no "
+                                       "batch_tokens makes 768 from 2 process(es); resume with 1 to keep it")

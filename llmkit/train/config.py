@@ -101,7 +101,7 @@ class TrainConfig:
             (self.dtype in ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),
              f"dtype must be auto, bf16, fp16 or fp32, not {self.dtype!r}"),
             # (torch also parses mps, xla, meta, ...: a run on one of those failed with a traceback mid-way)
-            (isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            (isinstance(self.device, str) and re.fullmatch(r"auto|cpu(:0)?|cuda(:\d+)?", self.device) is not None,
              f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}"),
             (not self.anneal_data or self.anneal_fraction > 0,
              f"anneal_data={self.anneal_data} with anneal_fraction=0 trains on none of it; give anneal_fraction "

@@ -10,6 +10,7 @@ $LLMKIT_CACHE/data/ so the second run starts at once.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,6 +131,12 @@ def saved_activation_bytes(model: torch.nn.Module, objective: Callable, batch, a
     return sum(kept.values())
 
 
+# What a torch.compile'd step keeps of the eager forward's saved tensors, at least: measured 0.72-0.91 (tiny and
+# gpt2-cpu shapes at seq_len 512, fp32 and bf16 autocast, with and without dropout; 2026-12-07); half, a margin
+# below the least of those (the eager measure refused compiled runs that fit).
+COMPILED_SAVED_FRACTION = 0.5
+
+
 def check_batch_fits(model: torch.nn.Module, config: TrainConfig, probe_batch: Callable, objective: Callable,
                      device: torch.device, autocast: Callable) -> None:
     """micro_batch x seq_len against the device's memory before the first step: `micro_batch=100000` (a typo)
@@ -139,13 +146,20 @@ def check_batch_fits(model: torch.nn.Module, config: TrainConfig, probe_batch: C
     bound on the step's peak, so a run refused here could never have trained."""
     from llmkit.device import available_memory_bytes
 
+    if config.micro_batch <= 2:  # the probe holds 2 sequences' activations: it could only refuse a batch it has just
+        return  # held, and at micro_batch 1 it raised the run's peak (resident 405 -> 506 MiB, tiny at seq_len 4096)
     one, two = (saved_activation_bytes(model, objective, probe_batch(rows), autocast) for rows in (1, 2))
     per_sequence = max(two - one, 0)
+    if config.compile:  # the compiled step recomputes cheap ops in its backward instead of keeping their outputs
+        per_sequence = int(per_sequence * COMPILED_SAVED_FRACTION)
     need = per_sequence * config.micro_batch
+    if device.type == "cpu":  # torchrun's ranks on one machine share its memory, each holding its own batch
+        need *= int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     have = available_memory_bytes(device)
     if need > have:
         raise ConfigError(f"micro_batch {config.micro_batch:,} x seq_len {config.seq_len:,}: the activations one "
-                          f"forward/backward keeps come to {_size(need)} ({_size(per_sequence)} a sequence, measured), "
+                          f"forward/backward keeps come to {_size(need)} ({_size(per_sequence)} a sequence, "
+                          f"{'at least, compiled' if config.compile else 'measured'}), "
                           f"but {device.type} has {_size(have)} available; lower micro_batch (batch_tokens keeps the "
                           "tokens per step: the Trainer accumulates micro-batches)")
 

@@ -160,6 +160,13 @@ class Trainer:
         """The mixed-precision context of this run's steps, for a stage's evaluation to run the same way."""
         return autocast_context(self.device, self.autocast_dtype)
 
+    def step_size_message(self) -> str:
+        saved, world = self.step_size_change  # (a resume on another number of processes: see _load_latest)
+        said = f"tokens per step changed from {saved} ({world} process(es)) to {self.batch_tokens} ({self.dist.world_size})"
+        if saved % (self.tokens_per_micro * self.dist.world_size) == 0:  # else batch_tokens=saved rounds back to now's
+            return f"{said}: give batch_tokens={saved} to keep the checkpoint's batch"
+        return f"{said}: no batch_tokens makes {saved} from {self.dist.world_size} process(es); resume with {world} to keep it"
+
     # -- planning
     def _planned_steps(self) -> int:
         c = self.config
@@ -248,9 +255,7 @@ class Trainer:
                 display.print("settings changed since the checkpoint: " + ", ".join(
                     f"{k} {old!r} -> {new!r}" for k, old, new in self.config_changes))
             if self.step_size_change:  # no config field differs, yet each step now holds other tokens
-                saved, world = self.step_size_change
-                display.print(f"tokens per step changed from {saved} ({world} process(es)) to {self.batch_tokens} "
-                              f"({self.dist.world_size}): give batch_tokens={saved} to keep the checkpoint's batch")
+                display.print(self.step_size_message())
             if self.budget_change:
                 display.print(f"budget changed from {self.budget_change[0]} to {self.budget_change[1]} steps: "
                               "the learning-rate schedule follows the new plan from here")
