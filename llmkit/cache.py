@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
+    return Path(os.environ.get("LLMKIT_CACHE") or Path.home() / ".cache" / "llmkit")  # (empty: the default)
 
 
 def lock_name(*parts: object) -> str:

@@ -116,7 +116,8 @@ def save_checkpoint(directory: str | Path, model: Transformer, tokenizer: Tokeni
 def load_config(directory: str | Path) -> ModelConfig:
     directory = Path(directory)
     if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such checkpoint directory")
+        raise CheckpointError(f"{directory}: " + ("a file, not a checkpoint directory; give the folder that holds it"
+                                                  if directory.exists() else "no such checkpoint directory"))
     if (directory / FINAL_SAVE_MARKER).exists():
         hint = (directory / FINAL_SAVE_MARKER).read_text(errors="replace").strip()
         raise CheckpointError(f"{directory}: incomplete: {hint or 'a training run was killed while saving it'}")

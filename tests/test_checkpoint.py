@@ -148,7 +148,7 @@ def test_missing_directory(tmp_path):
 def test_file_instead_of_directory(tmp_path):
     f = tmp_path / "model.bin"
     f.write_bytes(b"x")
-    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+    with pytest.raises(CheckpointError, match="model.bin: a file, not a checkpoint directory; give the folder"):
         load_model(f)
 
 

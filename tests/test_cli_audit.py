@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +178,15 @@ def test_options_the_verb_would_ignore_are_refused(saved_tiny_model, tmp_path):
     one_line_error(cli_in_process("label", "--judge", saved_tiny_model, "--policy", saved_tiny_model, "--input", prompts,
                                   "--out", tmp_path / "pairs.jsonl", "--samples", "2"), "--samples 2 is for --judge answers")
     assert not (tmp_path / "pairs.jsonl").exists()
+
+
+def test_a_model_path_that_is_a_file_says_so_and_an_empty_cache_variable_is_the_default(tmp_path, monkeypatch):
+    # `--model path/to/config.json` said "no such checkpoint directory" of a file that exists
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    result = cli_in_process("generate", "--model", config, "hi")
+    assert result.returncode == 2 and f"{config}: a file, not a checkpoint directory" in result.stderr, result.stderr
+    from llmkit.cache import cache_root
+
+    monkeypatch.setenv("LLMKIT_CACHE", "")  # for library users (the CLI refuses it): the default, not the current folder
+    assert cache_root() == Path.home() / ".cache" / "llmkit"

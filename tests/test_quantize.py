@@ -140,3 +140,18 @@ def test_quantize_command(tmp_path, shakespeare_tokenizer):
     result = run_cli("quantize", "--model", out, "--bits", 4, "--out", tmp_path / "again")
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "already quantized" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_int8_model_with_an_int4_head_saves_its_group_size_and_loads(tmp_path):
+    # the record kept group_size only for bits=4, so an int4 head beside int8 layers wrote a checkpoint whose
+    # head scales did not match the config ("has shape (512, 1) but ... implies (512, 2)")
+    from llmkit.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny")).eval()
+    record = quantize_model(model, 8, lm_head_bits=4, group_size=32)
+    assert record["group_size"] == 32
+    save_checkpoint(tmp_path, model)
+    tokens = torch.randint(0, 512, (1, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path, dtype=torch.float32)(tokens), model(tokens))

@@ -169,9 +169,9 @@ def cmd_eval_tasks(args) -> None:
                                  batch_tokens=args.batch_tokens, chat=args.chat, engine=llm.engine,
                                  resume=resume, on_task=save)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {len(finished)} of {len(specs)} tasks finished and are in {out}"
-              + (f"; run the same command with --out {out} to resume" if finished else ""), file=sys.stderr)
-        raise
+        # the CLI prints the interrupt's message alone, as its one line
+        raise KeyboardInterrupt(f"interrupted: {len(finished)} of {len(specs)} tasks finished and are in {out}"
+                                + (f"; run the same command with --out {out} to resume" if finished else "")) from None
     run["model"] = args.model
     write_run(out, run)
     print(format_table(run))

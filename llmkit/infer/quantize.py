@@ -374,7 +374,8 @@ def quantize_model(model: nn.Module, bits: int, group_size: int = 32, lm_head_bi
     lm_head_bits = lm_head_bits or (8 if bits == 4 else bits)
     if lm_head_bits not in (4, 8):
         raise QuantizationError(f"lm_head_bits must be 8 or 4, not {lm_head_bits}")
-    record = {"bits": bits, "group_size": group_size if bits == 4 else None, "lm_head_bits": lm_head_bits}
+    # an int4 head has groups even where the rest is int8 (a record without them wrote a checkpoint that did not load)
+    record = {"bits": bits, "group_size": group_size if 4 in (bits, lm_head_bits) else None, "lm_head_bits": lm_head_bits}
     if getattr(model, "quantization", None):
         raise QuantizationError(f"the model is already quantized ({model.quantization}); quantize the "
                                 "floating-point checkpoint instead")
