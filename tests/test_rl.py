@@ -32,6 +32,35 @@ def rollout_batch(model, seed=0):
     return batch
 
 
+
+def test_log_probs_are_of_the_policy_at_the_rollouts_sampling_temperature(tmp_path, tiny_base, monkeypatch):
+    """Rollouts sampled at temperature T come from softmax(logits / T); the ratio, the KL and the gradient
+    were of the untempered policy (a biased estimate at T != 1; TRL's GRPO divides by T as well)."""
+    import json
+
+    import llmkit.train.rl as rl
+    from llmkit.train.packing import model_inputs
+    from llmkit.train.post_config import RLConfig
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny"))
+    batch = rollout_batch(model)
+    targets, valid = batch["targets"], batch["targets"] != -100
+    with torch.no_grad():
+        logits = model(batch["input_ids"], **model_inputs(batch))
+        for t in (1.0, 0.5):
+            expected = torch.log_softmax(logits / t, -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0] * valid
+            torch.testing.assert_close(token_logprobs(model, batch, t), expected, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(token_logprobs(model, batch, 0.5), token_logprobs(model, batch))
+    # and a run passes its sampling temperature to every log-probability it takes
+    seen, real = [], rl.token_logprobs
+    monkeypatch.setattr(rl, "token_logprobs", lambda m, b, t=1.0: seen.append(t) or real(m, b, t))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Is {i} odd?", "answer": "yes"}) + "\n" for i in range(8)))
+    rl.run_rl(config(RLConfig, init_from=tiny_base, data=prompts, reward_model="answers", max_steps=1, micro_batch=2,
+                     group_size=2, max_new_tokens=4, temperature=0.7, eval_every=0, eval_task=False), tmp_path / "rl")
+    assert len(seen) >= 3 and set(seen) == {0.7}
+
 def test_surrogate_at_ratio_one_is_reinforce_with_a_baseline():
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("tiny"))

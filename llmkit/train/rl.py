@@ -33,6 +33,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call
 
 from llmkit.errors import ConfigError, DataError
@@ -70,9 +71,19 @@ def policy_loss(logp: torch.Tensor, batch: dict, clip_eps: float, kl_coef: float
     return (surrogate * mask).sum() / mask.sum().clamp(min=1), metrics
 
 
-def token_logprobs(model, batch: dict) -> torch.Tensor:
-    """log pi of each target token (rows x len), 0 where there is no target."""
-    return -model(batch["input_ids"], batch["targets"], reduction="none", **model_inputs(batch))
+def token_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+    """log pi_T of each target token (rows x len), 0 where there is no target: pi_T = softmax(logits / T),
+    the distribution the rollouts were sampled from at `temperature` T. The ratio, the KL and the gradient
+    must be of that policy, not the untempered one (which made the estimate biased at T != 1); TRL's GRPO
+    divides the logits by T alike. At T != 1 the whole logits are made (rows x len x vocab), not only the
+    targets' cross-entropy."""
+    if temperature == 1.0:
+        return -model(batch["input_ids"], batch["targets"], reduction="none", **model_inputs(batch))
+    targets = batch["targets"]
+    valid = targets != -100
+    logits = model(batch["input_ids"], **model_inputs(batch))[valid].float() / temperature
+    chosen = -F.cross_entropy(logits, targets[valid], reduction="none")
+    return torch.zeros(targets.shape, device=logits.device, dtype=torch.float32).masked_scatter(valid, chosen)
 
 
 def reward_function(config: RLConfig, device, autocast):
@@ -125,8 +136,8 @@ class Rollouts:
         device = next(self.model.parameters()).device
         on_device = {key: v.to(device) for key, v in batch.items()}
         with eval_mode(self.model), self.autocast:
-            logp = token_logprobs(self.model, on_device).float()
-            ref_logp = token_logprobs(_Reference(self.model, self.reference), on_device).float()
+            logp = token_logprobs(self.model, on_device, c.temperature).float()
+            ref_logp = token_logprobs(_Reference(self.model, self.reference), on_device, c.temperature).float()
         mask = (on_device["targets"] != -100).float()
         seq_kl = torch.zeros(len(items), device=device).index_add(
             0, on_device["seq_index"][mask.bool()], (logp - ref_logp)[mask.bool()])
@@ -193,7 +204,7 @@ def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResu
         return cache[key]
 
     def objective(model, batch):
-        logp = token_logprobs(model, batch).float()
+        logp = token_logprobs(model, batch, config.temperature).float()
         loss, metrics = policy_loss(logp, batch, config.clip_eps, config.kl_coef, config.baseline == "grpo")
         reward, kl, length, finished = batch["stats"].tolist()
         metrics.update(reward=reward, seq_kl=kl, completion_tokens=length, finished=finished)
