@@ -316,3 +316,24 @@ def test_a_byte_that_is_not_utf8_is_named_by_its_line_and_a_byte_order_mark_read
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + good + b"\n")
     assert [obj for _, obj in read_json_records(bom)] == [json.loads(good)] * 2
+
+
+def test_data_files_with_cr_or_crlf_line_ends_read_line_by_line_as_before(tmp_path):
+    # review: reading bytes split lines at "\n" only, so a file with CR line ends (old Mac editors) became one
+    # line, "invalid JSON (Extra data)"; text mode (universal newlines) read it, as before the UTF-8 check
+    import gzip
+
+    from llmkit.train.chat_data import read_json_records
+
+    rows = [{"prompt": "Hi", "completion": "Hello."}, {"prompt": "Bye", "completion": "See you \u2028 soon."}]
+    for ending in ("\r", "\r\n"):
+        text = ending.join(json.dumps(r, ensure_ascii=False) for r in rows) + ending
+        plain, packed = tmp_path / "cr.jsonl", tmp_path / "cr.jsonl.gz"
+        plain.write_bytes(text.encode())
+        packed.write_bytes(gzip.compress(text.encode()))
+        for path in (plain, packed):
+            assert read_json_records(path) == [(f"{path}:{i}", r) for i, r in enumerate(rows, 1)]
+        bad = tmp_path / "cr-bad.jsonl"
+        bad.write_bytes(text.encode() + b'{"prompt": "\xfe"}' + ending.encode())
+        with pytest.raises(DataError, match=rf"^{re.escape(str(bad))}:3: not valid UTF-8 \(byte 0xfe\)"):
+            read_json_records(bad)

@@ -374,6 +374,20 @@ def test_markdown_tables_follow_githubs_rule_and_backslashes_escape(standin, bro
     assert link == '<p><a href="https://example.org/x" target="_blank" rel="noopener noreferrer">a]b</a></p>'
 
 
+
+def test_latex_math_keeps_its_backslashes_beside_the_escapes(standin, browser):
+    # review: the backslash escapes made `\(x^2\)` "(x^2)" and a matrix's `\\` row break "\": the page typesets
+    # no math, so the LaTeX a model writes is shown as written (escapes elsewhere still work)
+    open_page(browser, standin.url)
+    spans, display = render(browser, [
+        "If \\(a_1 * b_1\\) then \\[ \\{x \\mid x > 0\\} \\] and \\*lit\\*",
+        "Solve:\n\\[\n\\begin{pmatrix} a & b \\\\ c & d \\end{pmatrix}\n\\]\nDone.",
+    ])
+    assert spans == "<p>If \\(a_1 * b_1\\) then \\[ \\{x \\mid x &gt; 0\\} \\] and *lit*</p>"
+    assert display == ("<p>Solve:</p>\n<p>\\[<br>\\begin{pmatrix} a &amp; b \\\\ c &amp; d \\end{pmatrix}<br>\\]</p>"
+                       "\n<p>Done.</p>")
+
+
 # --- errors --------------------------------------------------------------------------------------------------
 def test_errors_from_the_server_are_shown_and_the_page_goes_on(standin, browser):
     open_page(browser, standin.url)

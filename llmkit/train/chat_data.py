@@ -48,15 +48,20 @@ class Record:
 
 
 # --- reading ------------------------------------------------------------------------------------------------
-def _utf8(path: Path, raw: bytes, first_line: int) -> str:
-    """`raw` (one line of a file, or the whole file from line 1) decoded, a byte-order mark at the file's start
-    dropped; a byte that is not UTF-8 is one line naming its line (it was "unreadable (... position 59)", a
-    position in the whole file)."""
-    try:
-        return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
-    except UnicodeDecodeError as e:
-        line = first_line + raw[:e.start].count(b"\n")
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+
+
+def _utf8(path: Path, text: str, first_line: int) -> str:
+    """`text` (one line of a file, or the whole file from line 1, read with errors="surrogateescape") as it
+    is, or, where a byte was not UTF-8, one line naming its line (it was "unreadable (... position 59)", a
+    position in the whole file). Read as text, not bytes: the file's lines are Python's universal newlines
+    (a file with CR line ends, as old Mac editors write, reads line by line as it always did)."""
+    bad = _NOT_UTF8.search(text)
+    if bad:
+        line = first_line + text[:bad.start()].count("\n")
+        byte = ord(bad.group()) - 0xdc00
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{byte:02x}); save the file as UTF-8")
+    return text
 
 
 def read_json_records(path: str | Path, records: list | None = None) -> list[tuple[str, dict]]:
@@ -68,7 +73,9 @@ def read_json_records(path: str | Path, records: list | None = None) -> list[tup
     opener = gzip.open if path.suffix == ".gz" else open
     out: list[tuple[str, dict]] = []
     try:
-        with opener(path, "rb") as f:  # bytes, decoded here: a non-UTF-8 byte is named by its line
+        # utf-8-sig: a byte-order mark at the start is dropped; a byte that is not UTF-8 is kept (as a lone
+        # surrogate) until _utf8 names its line
+        with opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape") as f:
             if path.name.endswith((".json", ".json.gz")):
                 text = _utf8(path, f.read(), 1)
                 try:
@@ -79,8 +86,8 @@ def read_json_records(path: str | Path, records: list | None = None) -> list[tup
                     raise DataError(f"{path}: expected a JSON array of records (or use .jsonl, one per line)")
                 out = [(f"{path}:record {i}", obj) for i, obj in enumerate(data)]
             else:
-                for lineno, raw_line in enumerate(f, 1):
-                    line = _utf8(path, raw_line, lineno)
+                for lineno, line in enumerate(f, 1):
+                    line = _utf8(path, line, lineno)
                     if not line.strip():
                         continue
                     try:

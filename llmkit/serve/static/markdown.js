@@ -85,6 +85,14 @@ function renderBlocks(lines, depth) {
     } else if (nests && LIST_ITEM.test(line)) {
       flush();
       i = renderList(lines, i, out, depth);
+    } else if (line.trim() === "\\[") {
+      // LaTeX display math over several lines (`\[`, the lines, `\]`): no math is typeset here, so it is
+      // shown as written; the backslash escapes would eat its delimiters and halve its `\\` row breaks
+      flush();
+      const body = [lines[i++].trim()];
+      while (i < lines.length && lines[i].trim() !== "\\]") body.push(lines[i++]);
+      if (i < lines.length) body.push(lines[i++].trim());
+      out.push(`<p>${body.map(escapeHtml).join("<br>")}</p>`);
     } else if (line.includes("|") && i + 1 < lines.length && TABLE_DIVIDER.test(lines[i + 1]) &&
                lines[i + 1].includes("-") && tableCells(line).length === tableCells(lines[i + 1]).length) {
       // (as GitHub's tables: a paragraph line that holds a pipe, such as `ls | wc`, above a rule "---"
@@ -186,17 +194,22 @@ function renderTable(lines, i, out) {
 // text stays as written), so that `\*` or `snake\_case` is no emphasis and shows no backslash.
 // A placeholder is NUL, a kind letter and a number, NUL: text that no rule below matches.
 export function inline(raw) {
-  const cut = { c: [], a: [], e: [] };
+  const cut = { c: [], a: [], e: [], m: [] };
   const placeholder = (kind, html) => `\u0000${kind}${cut[kind].push(html) - 1}\u0000`;
   let text = raw.replace(/\u0000/g, "").replace(/(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/g,
     (_, ticks, code) => placeholder("c", `<code>${escapeHtml(code)}</code>`));
+  // LaTeX math, \(...\) or \[...\], is kept as written (as code spans are): without a math renderer, its
+  // delimiters and `\\` are what says it is math, and an escape would take their backslashes away
+  // (at most 2,000 characters: a reply of thousands of unclosed `\(` stays quick to draw)
+  text = text.replace(/\\\((?:[^\\]|\\(?!\))){1,2000}?\\\)|\\\[(?:[^\\]|\\(?!\])){1,2000}?\\\]/g,
+    (math) => placeholder("m", escapeHtml(math)));
   text = text.replace(/\\([!-/:-@[-`{-~])/g, (_, c) => placeholder("e", escapeHtml(c)));
   text = escapeHtml(text);
   // A URL may hold one level of balanced parentheses (Wikipedia's `Python_(programming_language)`).
   text = text.replace(/\[([^\]\n]+)\]\((https?:\/\/(?:[^\s()]|\([^\s()]*\))+)\)/g, (_, label, url) =>
     placeholder("a", `<a href="${url}" target="_blank" rel="noopener noreferrer">${emphasis(label)}</a>`));
   text = emphasis(text);
-  for (const kind of ["a", "c", "e"]) { // links first: a link's label (or URL) may hold the others
+  for (const kind of ["a", "c", "e", "m"]) { // links first: a link's label (or URL) may hold the others
     text = text.replace(new RegExp(`\u0000${kind}(\\d+)\u0000`, "g"), (_, n) => cut[kind][Number(n)]);
   }
   return text;
