@@ -84,16 +84,16 @@ ENV_SWITCHES = {
 
 def environment_problem(environ: Mapping[str, str]) -> str | None:
     """What is wrong with the LLMKIT_* environment variables, or None: a switch set to a value its code
-    does not read, or an $LLMKIT_CACHE that is empty (cache.py would fill the current folder) or a file."""
+    does not read, or an $LLMKIT_CACHE of spaces alone (cache.py would make a folder of that name) or a file."""
     for name, allowed in ENV_SWITCHES.items():
         value = environ.get(name, "")
         if value and value not in allowed:
             return (f"environment variable {name}={value!r} is not a value llmkit reads: set it to "
                     f"{' or '.join(allowed)}, or unset it")
-    cache = environ.get("LLMKIT_CACHE")
-    if cache is not None and not cache.strip():
-        return ("environment variable LLMKIT_CACHE is empty, which would make the current folder llmkit's cache: "
-                "unset it (the cache is then ~/.cache/llmkit) or set it to a folder")
+    cache = environ.get("LLMKIT_CACHE", "")  # empty reads as unset, as cache.py's cache_root reads it
+    if cache and not cache.strip():
+        return (f"environment variable LLMKIT_CACHE={cache!r} is only spaces, which would make a folder named so "
+                "llmkit's cache: unset it (the cache is then ~/.cache/llmkit) or set it to a folder")
     if cache and Path(cache).exists() and not Path(cache).is_dir():
         return f"environment variable LLMKIT_CACHE={cache!r} is a file, not a folder: set it to a folder, or unset it"
     return None

@@ -15,8 +15,8 @@ from pathlib import Path
 from llmkit import fill_cli
 from llmkit.arg_types import SIGNED_SEED, environment_problem, float_in, int_in, undecodable_argument
 from llmkit.classify import commands as classify_commands
-from llmkit.errors import (ConversionError, GenerationError, LLMKitError, discard_output, interrupted,
-                           os_error_message, say)
+from llmkit.errors import (ConversionError, GenerationError, LLMKitError, discard_output, flush_output,
+                           interrupted, os_error_message, say)
 from llmkit.eval import commands as eval_commands
 from llmkit.eval import judge_cli as judge_commands
 from llmkit.inspect import commands as inspect_commands
@@ -540,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         code = run(argv)
-        sys.stdout.flush()  # the last of the output is written here, where a failure is caught (below), not at exit
+        flush_output()  # the last of the output is written here, where a failure is caught (below), not at exit
         return code
     except BrokenPipeError:  # a closed reader (`| head`) is not an error
         discard_output()
@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:  # argparse's --help and usage errors leave through SystemExit with the text still buffered
         try:
-            sys.stdout.flush()
+            flush_output()
         except (OSError, ValueError):
             discard_output()
 

@@ -87,6 +87,13 @@ def say(line: str) -> None:
         discard_output(sys.stderr)
 
 
+def flush_output() -> None:
+    """Flush stdout, which is None where the command ran with it closed (`llmkit ... >&-`): print() then writes
+    nothing, and a flush must not turn a run that worked into a traceback and status 1."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
 def discard_output(stream=None) -> None:
     """Point stdout (or `stream`) at /dev/null once its reader is gone (`llmkit ... | head -1`) or a write to
     it failed: Python's flush at exit would print 'Exception ignored ... BrokenPipeError' and exit with 120."""

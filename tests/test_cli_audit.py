@@ -94,7 +94,7 @@ def test_ctrl_c_says_what_a_verb_kept(tmp_path, monkeypatch):
     ("LLMKIT_HUGE_PAGES", "off", "LLMKIT_HUGE_PAGES='off' is not a value llmkit reads: set it to 0 or 1"),
     ("LLMKIT_TOKEN_STEP", "false", "LLMKIT_TOKEN_STEP='false' is not a value llmkit reads: set it to 0 or 1"),
     ("LLMKIT_CPU_KERNELS", " 0", "LLMKIT_CPU_KERNELS=' 0' is not a value llmkit reads: set it to 0 or 1 or auto"),
-    ("LLMKIT_CACHE", "", "LLMKIT_CACHE is empty, which would make the current folder llmkit's cache"),
+    ("LLMKIT_CACHE", "  ", "LLMKIT_CACHE='  ' is only spaces, which would make a folder named so llmkit's cache"),
     ("LLMKIT_CACHE", "FILE", "is a file, not a folder"),
 ])
 def test_llmkit_variables_with_values_llmkit_does_not_read(tmp_path, monkeypatch, saved_tiny_model, name, value, says):
@@ -109,6 +109,24 @@ def test_llmkit_variables_with_values_llmkit_reads_are_accepted(monkeypatch, sav
                         ("LLMKIT_CACHE", str(tmp_path / "cache"))]:
         monkeypatch.setenv(name, value)
     assert cli_in_process("tokenize", "--tokenizer", saved_tiny_model, "hello").returncode == 0
+
+
+def test_an_empty_cache_variable_is_the_default_on_the_command_line_too(monkeypatch, saved_tiny_model):
+    """cache.py reads an empty LLMKIT_CACHE as unset (~/.cache/llmkit), as an empty switch reads; the CLI refused
+    it, saying it 'would make the current folder llmkit's cache', which it no longer did."""
+    monkeypatch.setenv("LLMKIT_CACHE", "")
+    result = cli_in_process("tokenize", "--tokenizer", saved_tiny_model, "hello")
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+
+
+def test_a_closed_stdout_is_no_traceback(tmp_path, shakespeare_tokenizer):
+    """`llmkit ... >&-`: Python's sys.stdout is None and print() writes nothing. Was: the final flush raised
+    AttributeError ('NoneType' object has no attribute 'flush'), a traceback and status 1 for a run that worked."""
+    shakespeare_tokenizer.save(tmp_path / "tok")
+    process = llmkit_process("tokenize", "--tokenizer", tmp_path / "tok", "To be", stderr=subprocess.PIPE,
+                             preexec_fn=lambda: os.close(1))  # the child starts with no file descriptor 1
+    _, err = process.communicate(timeout=120)
+    assert (process.returncode, err) == (0, "")
 
 
 @pytest.mark.parametrize("args, shown", [
