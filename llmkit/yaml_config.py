@@ -330,6 +330,10 @@ def parse_overrides(pairs: list[str], source: str = "command line") -> Located:
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: override {pair!r}: the value is not valid YAML "
                               f"({first_line(e)}); quote it, e.g. {key}='\"...\"'") from None
+        if re.fullmatch(r"\s*[-+]?0[0-9_]+\s*", raw):
+            # YAML 1.1 reads a leading 0 as octal: seed=010 was 8, data=007 the number 7 (and 08 a float)
+            raise ConfigError(f"{source}: override {pair!r}: a number with a leading 0 reads as octal in YAML; "
+                              f"write it without the 0s, or quote it for text ({key}='\"{raw.strip()}\"')")
         if isinstance(value, str) and not raw.strip().startswith(("'", '"')):  # quoted: the user means text
             try:  # YAML 1.1 reads "5e-3" (no dot) and "inf" as strings; a user means the number
                 value = float(value)

@@ -208,3 +208,13 @@ def test_a_model_path_that_is_a_file_says_so_and_an_empty_cache_variable_is_the_
 
     monkeypatch.setenv("LLMKIT_CACHE", "")  # for library users (the CLI refuses it): the default, not the current folder
     assert cache_root() == Path.home() / ".cache" / "llmkit"
+
+
+@pytest.mark.parametrize("pair", ["seed=010", "data=007", "seed=08", "seed=-012"])
+def test_an_override_with_a_leading_zero_is_refused_not_read_as_octal(pair):
+    # YAML 1.1 reads 010 as octal: seed=010 silently became 8
+    from llmkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="a number with a leading 0 reads as octal"):
+        parse_overrides([pair])
+    assert parse_overrides(["seed=10", "x=0", "y=0.5", 'data="007"']) == {"seed": 10, "x": 0, "y": 0.5, "data": "007"}

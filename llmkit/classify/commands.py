@@ -161,8 +161,8 @@ def cmd_classify_train(args) -> None:
     from llmkit.classify.train import run_classify
 
     result = run_classify(classify_train_config(args), args.out, resume=args.resume)
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
-    print(f"done: {result.steps} steps, {result.train_time_s:.1f} s of training; {shown}; classifier in {args.out} "
+    shown = "".join(f"; {k} {v:.4f}" for k, v in result.eval.items())  # (none without validation data)
+    print(f"done: {result.steps} steps, {result.train_time_s:.1f} s of training{shown}; classifier in {args.out} "
           f"(try: llmkit classify --model {args.out} \"some text\")")
 
 
