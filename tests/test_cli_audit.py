@@ -50,13 +50,21 @@ def test_ctrl_c_during_training_is_one_line_naming_the_checkpoint_to_resume(tmp_
     process = llmkit_process("pretrain", "--out", out, "model=tiny", f"data={shards}", "max_steps=100000",
                              "seq_len=16", "micro_batch=1", "ckpt_every=5", "keep_checkpoints=1", "eval_every=0",
                              "plot=false", "threads=1", "device=cpu", "log_every=1000",
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not (out / "checkpoints" / "latest").is_file():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             # as a terminal's Ctrl-C finds it: a test run started in the background (nohup, a
+                             # CI runner's `&`) hands its children SIGINT ignored, and Python then keeps it so
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoints" / "latest").is_file():
+            assert process.poll() is None and time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:  # a failure must not leave a 100,000-step run behind
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
     lines = err.strip().splitlines()
     assert process.returncode == 130 and len(lines) == 1, err
     assert lines[0].startswith(f"interrupted (Ctrl-C); the same command with --resume continues from {out}/checkpoints/step_")
