@@ -31,8 +31,8 @@ from llmkit.atomic import atomic_write_bytes
 from llmkit.train.chat_data import EncodedPair
 from llmkit.train.packing import completion_item, pack, sequence_logprobs
 from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
-from llmkit.train.post_common import (encode_pairs, generate, items_for, reply_text, stage_records, start_model,
-                                      task_accuracy, task_records)
+from llmkit.train.post_common import (encode_train_and_held_out_pairs, generate, items_for, reply_text, stage_records,
+                                      start_model, task_accuracy, task_records)
 from llmkit.train.post_config import DPOConfig
 from llmkit.train.trainer import Trainer, TrainResult
 
@@ -123,10 +123,8 @@ def run_dpo(config: DPOConfig, out: str | Path, resume: bool = False) -> TrainRe
     summary = apply_peft(model, config)
     prefix = prompt_prefix_ids(model)
     train_records, val_records = stage_records(config, "preference")
-    pairs, dropped = encode_pairs(tokenizer, train_records, config.seq_len, prefix)
-    val_pairs, val_dropped = encode_pairs(tokenizer, val_records, config.seq_len, prefix) if val_records else ([], 0)
-    dropped_note = "".join(f" ({n} {what}dropped: no two different replies within seq_len)"
-                           for n, what in ((dropped, ""), (val_dropped, "held-out ")) if n)
+    pairs, val_pairs, dropped_note = encode_train_and_held_out_pairs(tokenizer, train_records, val_records,
+                                                                     config.seq_len, prefix)
     heldout = task_records(config, val_records)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     mean_len = sum(len(p.prompt) * 2 + len(p.chosen) + len(p.rejected) for p in pairs) / len(pairs)

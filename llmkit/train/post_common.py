@@ -102,6 +102,17 @@ def encode_pairs(tokenizer, records: list[Record], seq_len: int, prefix: list[in
     return pairs, dropped
 
 
+
+def encode_train_and_held_out_pairs(tokenizer, train_records: list[Record], val_records: list[Record], seq_len: int,
+                                    prefix: list[int] = ()) -> tuple[list, list, str]:
+    """(training pairs, held-out pairs, a note of what was dropped for the stage's summary line): encode_pairs
+    of both, for DPO and the reward model."""
+    pairs, dropped = encode_pairs(tokenizer, train_records, seq_len, prefix)
+    val_pairs, val_dropped = encode_pairs(tokenizer, val_records, seq_len, prefix) if val_records else ([], 0)
+    note = "".join(f" ({n} {what}dropped: no two different replies within seq_len)"
+                   for n, what in ((dropped, ""), (val_dropped, "held-out ")) if n)
+    return pairs, val_pairs, note
+
 def check_held_out(data, n_records: int, n_val: int, val_fraction: float) -> None:
     """val_fraction holds out at least one record: of one record (or a fraction near 1) none would be left."""
     if n_val >= n_records:

@@ -30,7 +30,7 @@ from llmkit.model import Transformer
 from llmkit.tokenizer import Tokenizer, read_text_files
 from llmkit.train.config import TrainConfig
 from llmkit.train.data import TokenShards
-from llmkit.train.trainer import Trainer, TrainResult, _to_device, check_training_out
+from llmkit.train.trainer import Trainer, TrainResult, to_device, check_training_out
 
 
 def builtin_shards(vocab_size: int, tokenizer: str | None = None) -> tuple[Path, Path]:
@@ -307,7 +307,7 @@ def pretrain(config: TrainConfig, out: str | Path, resume: bool = False) -> Trai
                       sample=sample if masker is None and corruptor is None else None, **objective,
                       starting_models={"init_from": starting_directory(config)})
     model.to(trainer.device)  # (where fit puts it) measured there, with the run's objective and autocast
-    check_batch_fits(model, config, lambda rows: _to_device(make_batch(0, 0, rows), trainer.device), trainer.objective,
+    check_batch_fits(model, config, lambda rows: to_device(make_batch(0, 0, rows), trainer.device), trainer.objective,
                      trainer.device, trainer.autocast)
     result = trainer.fit(resume=resume)
     shutdown()  # on success only: after a failure the other ranks may never reach a barrier

@@ -29,7 +29,7 @@ from llmkit.train.head_model import HeadOnTransformer
 from llmkit.train.packing import model_inputs, pack, sequence_item
 from llmkit.train.peft import apply_peft, load_peft, prompt_prefix_ids, save_peft
 from llmkit.device import autocast_context
-from llmkit.train.post_common import encode_pairs, items_for, stage_records, start_model
+from llmkit.train.post_common import encode_train_and_held_out_pairs, items_for, stage_records, start_model
 from llmkit.train.post_config import RewardConfig
 from llmkit.train.trainer import Trainer, TrainResult
 
@@ -165,10 +165,8 @@ def run_reward(config: RewardConfig, out: str | Path, resume: bool = False) -> T
     summary = apply_peft(model, config)
     prefix = prompt_prefix_ids(model)
     train_records, val_records = stage_records(config, "preference")
-    pairs, dropped = encode_pairs(tokenizer, train_records, config.seq_len, prefix)
-    val_pairs, val_dropped = encode_pairs(tokenizer, val_records, config.seq_len, prefix) if val_records else ([], 0)
-    dropped_note = "".join(f" ({n} {what}dropped: no two different replies within seq_len)"
-                           for n, what in ((dropped, ""), (val_dropped, "held-out ")) if n)
+    pairs, val_pairs, dropped_note = encode_train_and_held_out_pairs(tokenizer, train_records, val_records,
+                                                                     config.seq_len, prefix)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     mean_len = sum(len(p.prompt) * 2 + len(p.chosen) + len(p.rejected) for p in pairs) / len(pairs)
 

@@ -274,7 +274,7 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
             extra: dict[str, float] = {}  # the objective's own metrics (e.g. DPO's reward accuracy), mean of micro-batches
             for micro in range(self.accum):
-                batch = _to_device(self.batch_fn(step, micro * self.dist.world_size + self.dist.rank), self.device)
+                batch = to_device(self.batch_fn(step, micro * self.dist.world_size + self.dist.rank), self.device)
                 with D.gradient_sync(wrapped, micro == self.accum - 1), step_autocast:
                     loss, objective_metrics = self.objective(runner, batch)
                 (loss / self.accum).backward()
@@ -584,13 +584,14 @@ def _checkpoint_step(path: Path) -> int:
         return -1  # not a checkpoint of ours: left alone
 
 
-def _to_device(batch, device):
+def to_device(batch, device):
+    """A batch (a tensor, or tuples, lists and dicts of them) moved to `device` (also pretrain's memory probe)."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(b, device) for b in batch)
+        return type(batch)(to_device(b, device) for b in batch)
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     return batch
 
 
