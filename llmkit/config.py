@@ -121,7 +121,7 @@ class ModelConfig:
         self._check_rope_scaling()
 
     def _check_rope_scaling(self) -> None:
-        """The RoPE scalings the model implements (llmkit.model.rope_inverse_frequencies), with the numbers
+        """The RoPE scalings the model implements (llmkit.rope.rope_inverse_frequencies), with the numbers
         each needs: a model file's other kind, or a factor given as text, stops here rather than mid-build."""
         scaling = self.rope_scaling
         if scaling is None:

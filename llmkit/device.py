@@ -14,6 +14,7 @@ has fast bf16 (the weights stay fp32), inference keeps fp32 weights on CPU (see 
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import torch
@@ -108,6 +109,11 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def physical_memory_bytes() -> int:
+    """The machine's RAM"""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def available_memory_bytes(device: torch.device) -> int:
     """Memory a new allocation on `device` can get: a GPU's free memory; on the CPU the kernel's estimate
     of what can be allocated without swapping (MemAvailable: free memory plus reclaimable caches),
@@ -122,6 +128,4 @@ def available_memory_bytes(device: torch.device) -> int:
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    import os
-
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

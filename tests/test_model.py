@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from llmkit.config import ModelConfig
-from llmkit.model import CausalAttentionCPU, MoE, Transformer, apply_rope, gelu_tanh
+from llmkit.model import CausalAttentionCPU, MoE, Transformer, gelu_tanh
+from llmkit.rope import apply_rope
 
 V = 97  # small vocab keeps every forward cheap
 

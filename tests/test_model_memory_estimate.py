@@ -75,7 +75,7 @@ def test_the_estimate_is_compared_with_the_memory_available(monkeypatch):
 
 def test_the_available_memory_is_a_real_figure():
     from llmkit.device import available_memory_bytes
-    from llmkit.model import physical_memory_bytes
+    from llmkit.device import physical_memory_bytes
 
     assert 0 < available_memory_bytes(torch.device("cpu")) <= physical_memory_bytes()
 

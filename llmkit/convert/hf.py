@@ -158,7 +158,7 @@ def _sliding_window(hf: dict, family: str) -> bool:
 
 def _rope_scaling_to_hf(scaling: dict | None) -> dict | None:
     """llmkit's rope_scaling with every key transformers requires: llmkit's llama3 defaults
-    (llmkit.model.rope_inverse_frequencies) written out, since transformers 5 refuses to load a llama3
+    (llmkit.rope.rope_inverse_frequencies) written out, since transformers 5 refuses to load a llama3
     scaling without low_freq_factor and high_freq_factor (a KeyError on the exported directory)."""
     if not scaling or scaling.get("rope_type", scaling.get("type")) in (None, "default"):
         return None
