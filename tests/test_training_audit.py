@@ -118,11 +118,11 @@ def test_a_run_killed_inside_a_checkpoint_write_resumes_exactly(tmp_path, shards
     the rename): the folder keeps the first checkpoint, and --resume from it gives the losses of the
     uninterrupted run bit for bit, with dropout (the saved random stream) and Muon's momentum (the saved
     optimizer state)."""
-    from llmkit.train import trainer
+    from llmkit.train import trainer_checkpoints
 
     args = common(shards, max_steps=8, ckpt_every=3, optimizer="muon", **{"model.dropout": 0.1})
     assert cli_in_process("pretrain", "--out", tmp_path / "ref", *args).returncode == 0
-    fsync_tree, written = trainer.fsync_tree, []
+    fsync_tree, written = trainer_checkpoints.fsync_tree, []
 
     def killed_on_the_second(path):
         written.append(path)
@@ -130,7 +130,7 @@ def test_a_run_killed_inside_a_checkpoint_write_resumes_exactly(tmp_path, shards
             raise KeyboardInterrupt  # as a kill lands: mid-save, nothing after it runs
         fsync_tree(path)
 
-    monkeypatch.setattr(trainer, "fsync_tree", killed_on_the_second)
+    monkeypatch.setattr(trainer_checkpoints, "fsync_tree", killed_on_the_second)
     assert cli_in_process("pretrain", "--out", tmp_path / "cut", *args).returncode == 130
     monkeypatch.undo()
     root = tmp_path / "cut" / "checkpoints"

@@ -31,7 +31,7 @@ from llmkit.train.peft import apply_peft, peft_saver
 from llmkit.train.post_common import check_language_model, items_for, stage_records
 from llmkit.train.post_config import DistillConfig
 from llmkit.train.pretrain import check_model_fits, resolve_data
-from llmkit.train.trainer import Trainer, TrainResult
+from llmkit.train.trainer import Trainer, TrainResult, learned_tokens, weighted_by
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -178,6 +178,7 @@ def run_distill(config: DistillConfig, out: str | Path, resume: bool = False) ->
             x, y = train.random_batch(config.micro_batch, config.seq_len, config.seed, step, micro)
             return {"input_ids": x, "targets": y}
 
+    @weighted_by(lambda batch: learned_tokens(batch["targets"]))  # KL and CE: means over the positions with a target
     def objective(model, batch):
         kwargs = model_inputs(batch) if "doc_ids" in batch else {}
         with torch.no_grad():

@@ -7,12 +7,13 @@ sampling: with h = [log pi(y_w|x) - log ref(y_w|x)] - [log pi(y_l|x) - log ref(y
     ipo (IPO):      loss = (h' - 1 / (2 beta))^2     (Azar et al. 2023, eq. 17; h' from per-token mean
                                                        log-probabilities, as TRL does)
 
-`rpo_alpha` adds that much of the chosen replies' per-token cross-entropy (RPO, Pang et al. 2024), which
-keeps DPO from lowering the likelihood of the chosen replies themselves (Pal et al. 2024 show plain
-DPO can). At the start the policy is the reference, h = 0 and the DPO loss is log 2. The reference is the
-starting model; its log-probabilities of every training and held-out pair are computed once, before
-training (and kept in reference_logprobs.safetensors in the run directory, so a resumed run does not
-redo them), so no second model is held in memory. beta * (log pi - log ref) is the implicit reward:
+`rpo_alpha` adds that much of the chosen replies' per-token cross-entropy (RPO, Pang et al. 2024; the
+mean over all of a step's chosen tokens, however it is split into micro-batches), which keeps DPO from
+lowering the likelihood of the chosen replies themselves (Pal et al. 2024 show plain DPO can). At the
+start the policy is the reference, h = 0 and the DPO loss is log 2. The reference is the starting model;
+its log-probabilities of every training and held-out pair are computed once, before training (and kept in
+reference_logprobs.safetensors in the run directory, so a resumed run does not redo them), so no second
+model is held in memory. beta * (log pi - log ref) is the implicit reward:
 `reward_accuracy` is how often it ranks the chosen reply first.
 """
 
@@ -34,7 +35,7 @@ from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
 from llmkit.train.post_common import (encode_train_and_held_out_pairs, generate, items_for, reply_text, stage_records,
                                       start_model, task_accuracy, task_records)
 from llmkit.train.post_config import DPOConfig
-from llmkit.train.trainer import Trainer, TrainResult
+from llmkit.train.trainer import Trainer, TrainResult, weighted_by
 
 REFERENCE_FILE = "reference_logprobs.safetensors"
 
@@ -130,12 +131,31 @@ def run_dpo(config: DPOConfig, out: str | Path, resume: bool = False) -> TrainRe
     mean_len = sum(len(p.prompt) * 2 + len(p.chosen) + len(p.rejected) for p in pairs) / len(pairs)
     ref_train = ref_val = None  # computed below, once the Trainer has chosen the device and precision
 
+    # RPO's NLL is a mean over the chosen tokens of the whole step (as one large batch computes it), and a
+    # step's micro-batches hold different numbers of them: each micro-batch is told the step's count, over all
+    # its micro-batches on every process (items_for gives them all, deterministically: no communication)
+    chosen_tokens = [sum(t != -100 for t in completion_item(p.prompt, p.chosen).targets) for p in pairs] \
+        if config.rpo_alpha else []
+    step_chosen: dict[int, int] = {}
+
     def batch_fn(step: int, micro: int):
         index = items_for(step, micro, trainer.micro_batches_per_step, config.micro_batch, len(pairs), config.seed)
         batch = pair_batch([pairs[i] for i in index], config.seq_len, pad)
         batch["ref"] = ref_train[index]
+        if config.rpo_alpha:
+            if step not in step_chosen:  # (the step's items are its micro-batches' consecutive slices: one call)
+                step_chosen.clear()
+                step_chosen[step] = sum(chosen_tokens[i] for i in items_for(
+                    step, 0, 1, config.micro_batch * trainer.micro_batches_per_step, len(pairs), config.seed))
+            # the Trainer weighs this micro-batch by its share of the step's pairs; this scale turns its NLL sum
+            # into its share of the step's per-token NLL: sum x (step pairs / its pairs) / step chosen tokens
+            batch["nll_scale"] = torch.tensor(config.micro_batch * trainer.micro_batches_per_step
+                                              / (len(index) * max(step_chosen[step], 1)))
         return batch
 
+    # a mean over pairs (each micro-batch holds micro_batch of them: equal weights, said all the same), plus
+    # RPO's NLL scaled as above, so that a step's loss is that of one large batch
+    @weighted_by(lambda batch: batch["ref"].shape[0])
     def objective(model, batch):
         logps, counts = sequence_logprobs(model, batch, 2 * batch["ref"].shape[0])
         logps, counts = logps.view(-1, 2), counts.view(-1, 2)
@@ -143,9 +163,9 @@ def run_dpo(config: DPOConfig, out: str | Path, resume: bool = False) -> TrainRe
         loss, metrics = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], config.beta, config.loss,
                                  (counts[:, 0], counts[:, 1]))
         if config.rpo_alpha:
-            nll = -logps[:, 0].sum() / counts[:, 0].sum().clamp(min=1)
-            loss = loss + config.rpo_alpha * nll
-            metrics["chosen_nll"] = nll.item()
+            nll_sum = -logps[:, 0].sum()
+            loss = loss + config.rpo_alpha * nll_sum * batch["nll_scale"]
+            metrics["chosen_nll"] = (nll_sum / counts[:, 0].sum().clamp(min=1)).item()  # this micro-batch's per token
         return loss, metrics
 
     def evaluate(runner) -> dict:

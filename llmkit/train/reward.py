@@ -31,7 +31,7 @@ from llmkit.train.peft import apply_peft, load_peft, prompt_prefix_ids, save_pef
 from llmkit.device import autocast_context
 from llmkit.train.post_common import encode_train_and_held_out_pairs, items_for, stage_records, start_model
 from llmkit.train.post_config import RewardConfig
-from llmkit.train.trainer import Trainer, TrainResult
+from llmkit.train.trainer import Trainer, TrainResult, weighted_by
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -174,6 +174,7 @@ def run_reward(config: RewardConfig, out: str | Path, resume: bool = False) -> T
         index = items_for(step, micro, trainer.micro_batches_per_step, config.micro_batch, len(pairs), config.seed)
         return reward_batch([pairs[i] for i in index], config.seq_len, pad)
 
+    @weighted_by(lambda batch: len(batch["last_index"]) // 2)  # a mean over pairs (two sequences each)
     def objective(model, batch):
         rewards = reward_forward(model, batch).view(-1, 2)
         return bradley_terry_loss(rewards[:, 0], rewards[:, 1])

@@ -13,7 +13,8 @@ group baseline:
           kl_coef * KL(pi || ref) per token (the k3 estimator, Schulman 2020) is added to the loss.
 
 The loss is PPO's clipped surrogate (Schulman et al. 2017, eq. 7), -min(rho A, clip(rho, 1 +- eps) A)
-per completion token, averaged over the tokens of the batch; rho = pi / pi_old is exactly 1 with one
+per completion token, averaged over the tokens of the step's batch (all its micro-batches: the Trainer
+weights them by their tokens); rho = pi / pi_old is exactly 1 with one
 update per batch of rollouts (plain REINFORCE with a baseline) and matters when `updates_per_batch` > 1
 reuses rollouts. Completions that never reach a stop token get `missing_eos_penalty` off their reward.
 A batch's rollouts live in memory, so periodic checkpoints fall on a batch's first step and resume is
@@ -44,7 +45,7 @@ from llmkit.train.post_common import (eval_mode, generate, items_for, reply_text
                                       task_accuracy, task_records)
 from llmkit.train.post_config import RLConfig
 from llmkit.train.reward import load_reward_model, score
-from llmkit.train.trainer import Trainer, TrainResult
+from llmkit.train.trainer import Trainer, TrainResult, learned_tokens, weighted_by
 
 
 def group_advantages(rewards: torch.Tensor, baseline: str) -> torch.Tensor:
@@ -203,6 +204,9 @@ def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResu
             cache[key] = rollouts.make(index, seed=config.seed * 1_000_003 + rollout_step * 1009 + micro * 101)
         return cache[key]
 
+    # a mean over completion tokens (policy_loss), whose number varies with the sampled lengths: weighted by
+    # them, a step's loss is the token mean over all its rollouts, as one batch of them computes it
+    @weighted_by(lambda batch: learned_tokens(batch["targets"]))
     def objective(model, batch):
         logp = token_logprobs(model, batch, config.temperature).float()
         loss, metrics = policy_loss(logp, batch, config.clip_eps, config.kl_coef, config.baseline == "grpo")

@@ -19,11 +19,14 @@ from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
 from llmkit.train.post_common import (generate, items_for, reply_text, stage_records, start_model, task_accuracy,
                                       task_records)
 from llmkit.train.post_config import SFTConfig
-from llmkit.train.trainer import Trainer, TrainResult
+from llmkit.train.trainer import Trainer, TrainResult, learned_tokens, weighted_by
 
 
+@weighted_by(lambda batch: learned_tokens(batch["targets"]))
 def sft_objective(model, batch):
-    """Mean cross-entropy over the learned tokens of a packed batch."""
+    """Mean cross-entropy over the learned tokens of a packed batch: the Trainer weights micro-batches by
+    their learned tokens (their number varies with the replies' lengths), so a step's loss is the mean over
+    all its learned tokens."""
     loss = model(batch["input_ids"], batch["targets"], **model_inputs(batch))
     return loss, {}
 

@@ -18,6 +18,7 @@ from tokenizers import AddedToken
 
 from llmkit.errors import ConfigError
 from llmkit.tokenizer import Tokenizer
+from llmkit.train.trainer import learned_tokens, weighted_by
 
 N_SENTINELS = 100  # as T5's vocabulary (more than any window here needs: a window's spans are numbered from 0)
 
@@ -92,8 +93,10 @@ class SpanCorruptor:
         return self.corrupt_batch(windows, np.random.default_rng([seed, step, micro, 2020]))
 
 
+@weighted_by(lambda batch: learned_tokens(batch[2]))
 def span_objective(model, batch):
-    """Cross-entropy of the targets (each sentinel and its span) given the corrupted window."""
+    """Cross-entropy of the targets (each sentinel and its span) given the corrupted window. Every window has
+    as many targets (module docstring), so the units weigh micro-batches equally; said all the same."""
     inputs, decoder_inputs, targets = batch
     return model(decoder_inputs, targets, encoder_ids=inputs), {}
 

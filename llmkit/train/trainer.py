@@ -4,6 +4,8 @@ clipping, bf16 autocast, torch.compile, DDP / FSDP2, evaluation, checkpoints and
 metrics.jsonl, the progress bar and the loss curve. A feature added here works for every stage.
 
     objective(model, batch) -> (loss, metrics)     a differentiable scalar and floats to log
+    objective.units(batch) -> int                  optional (set by @weighted_by): how many units (learned
+                                                   tokens, pairs) the loss is a mean over, from the batch alone
     batch_fn(step, micro) -> batch                 deterministic in (step, micro): resume is exact;
                                                    micro < trainer.micro_batches_per_step (all processes')
     evaluate(model) -> dict                        e.g. {"val_loss": ..., "val_bpb": ...}
@@ -18,6 +20,16 @@ is refused. The final model files are written under a marker (FINAL_SAVE_MARKER)
 so a run killed while writing them leaves a folder that says so, not a mix of two steps; --resume
 writes them again from the last checkpoint.
 
+A step's loss is that of one large batch, however it is split into micro-batches and processes. An objective
+whose loss is a mean over units that vary between micro-batches (SFT's assistant tokens, MLM's masked ones)
+says so with `units`: the Trainer draws all of a step's micro-batches first, counts their units, sums the
+count over the processes (one all_reduce) and backpropagates loss_i * n_i * world_size / N (DDP and FSDP
+average the processes' gradients: the world_size undoes that), so the gradient is sum(n_i loss_i) / N,
+the mean over all N units of the step, as Hugging Face's num_items_in_batch fix (2024). A micro-batch of
+no units gets weight 0. The logged loss is the same weighted mean; the objective's metrics stay the plain
+mean of the micro-batches'. An objective without `units` keeps equal weights (loss / micro-batches, a
+mean of means), right where every micro-batch holds as many units (classification: one per example).
+
 Only parameters with requires_grad are optimised (LoRA, prompt tuning: the rest is frozen); the model
 may be a module wrapping the Transformer (a reward model's head) if it offers num_params(),
 flops_per_token() and config. With save_model set, a resumable checkpoint also holds the trainable
@@ -27,7 +39,6 @@ tensors alone (trainable.safetensors), and resume restores those onto the model 
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,25 +47,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from llmkit.atomic import atomic_open, atomic_write_text, fsync_dir, fsync_tree, make_output_dir
-from safetensors.torch import save_file
-
-from llmkit.checkpoint import (FINAL_SAVE_MARKER, load_config, load_state_dict, model_from_state, save_checkpoint,
-                               weights_sha256)
+from llmkit.atomic import make_output_dir
+from llmkit.checkpoint import model_from_state
 from llmkit.device import autocast_context, resolve_device, training_autocast_dtype
-from llmkit.errors import CheckpointError, ConfigError, OutputError, TrainingError, first_line
+from llmkit.errors import OutputError, TrainingError
 from llmkit.model import Transformer
 from llmkit.train import distributed as D
 from llmkit.train.config import TrainConfig
 from llmkit.train.optim import build_optimizers, lr_multiplier
 from llmkit.train.progress import MetricsLog, ProgressDisplay, measure_peak_flops, plot_losses
+from llmkit.train.trainer_checkpoints import TRAINING_STATE, TrainerCheckpoints, _read_training_state
 
-TRAINING_STATE = "training_state.pt"
-TRAINABLE = "trainable.safetensors"  # with a save_model hook: the trainable tensors, for resume
 CALIBRATION_STEPS = 10  # steps timed (after 5 warm-up steps) before the plan is fitted to time_limit_s
-# settings that change no tensor's shape: left out when a checkpoint does not fit the model
-BUDGET_FIELDS = {"max_steps", "max_tokens", "epochs", "time_limit_s", "lr", "eval_every", "log_every", "ckpt_every",
-                 "keep_checkpoints", "plot", "sample_every", "threads", "eval_tokens"}
 # what a run writes in its --out before its first checkpoint or metrics line (DPO's reference cache)
 RUN_FILES = ("checkpoints", "metrics.jsonl", "loss.png", "reference_logprobs.safetensors")
 MODEL_FILES = ("config.json", "model.safetensors")
@@ -89,8 +93,24 @@ def check_training_out(out: str | Path) -> Path:
     return make_output_dir(out)
 
 
+def weighted_by(units: Callable[[object], int]):
+    """Decorator of an objective whose loss is a mean over `units(batch)` things of its batch (learned tokens,
+    pairs): the Trainer then weights each micro-batch by its share of the step's units (module docstring)."""
+    def mark(objective):
+        objective.units = units
+        return objective
+    return mark
+
+
+def learned_tokens(targets: torch.Tensor) -> int:
+    """Positions with a target (not -100): what a cross-entropy with ignore_index=-100 averages over."""
+    return int((targets != -100).sum())
+
+
+@weighted_by(lambda batch: learned_tokens(batch[1]))
 def causal_lm_objective(model, batch):
-    """Next-token prediction: mean cross-entropy of targets given inputs (pretraining)."""
+    """Next-token prediction (pretraining), or masked language modelling (targets only at the masked tokens):
+    mean cross-entropy of the targets given the inputs."""
     inputs, targets = batch
     return model(inputs, targets), {}
 
@@ -107,7 +127,7 @@ class TrainResult:
     params: int
 
 
-class Trainer:
+class Trainer(TrainerCheckpoints):
     def __init__(self, model: Transformer, config: TrainConfig, out_dir: str | Path,
                  batch_fn: Callable[[int, int], object], tokens_per_micro_batch: int,
                  objective: Callable = causal_lm_objective, evaluate: Callable[[torch.nn.Module], dict] | None = None,
@@ -199,13 +219,6 @@ class Trainer:
                 f"{peak_flops / 1e12:.2f} TFLOP/s peak"
                 + (f", stopping after {_duration(c.time_limit_s)} of training" if c.time_limit_s else ""))
 
-    def starting_fingerprints(self) -> dict[str, dict]:
-        """{role: {"path", "sha256"}} of the starting models' weights (hashed once)."""
-        if self._fingerprints is None:
-            self._fingerprints = {role: {"path": str(d), "sha256": weights_sha256(d)}
-                                  for role, d in self.starting_models.items()}
-        return self._fingerprints
-
     def prepare_output(self, resume: bool = False) -> None:
         """Everything that can refuse the run directory, before a stage writes or computes anything there
         (fit calls it; DPO first, before its reference cache): a folder of someone else's files, an
@@ -260,6 +273,7 @@ class Trainer:
                 display.print(f"budget changed from {self.budget_change[0]} to {self.budget_change[1]} steps: "
                               "the learning-rate schedule follows the new plan from here")
         step_autocast = self.autocast()
+        units_of = getattr(self.objective, "units", None)
         last_loss, last_eval = float("nan"), {}
         window_tokens, window_time = 0, 0.0
         step = start_step
@@ -273,12 +287,23 @@ class Trainer:
                     group["lr"] = group["peak_lr"] * mult
             loss_sum = torch.zeros((), device=self.device)
             extra: dict[str, float] = {}  # the objective's own metrics (e.g. DPO's reward accuracy), mean of micro-batches
-            for micro in range(self.accum):
-                batch = to_device(self.batch_fn(step, micro * self.dist.world_size + self.dist.rank), self.device)
+            batches = (self.batch_fn(step, micro * self.dist.world_size + self.dist.rank)
+                       for micro in range(self.accum))  # drawn one by one, unless counted first (below)
+            weights = None
+            if units_of is not None:  # every micro-batch counted before the first forward (see the docstring)
+                batches = list(batches)
+                weights = self._unit_weights(step, [units_of(b) for b in batches])
+            for micro, batch in enumerate(batches):
+                batch = to_device(batch, self.device)
                 with D.gradient_sync(wrapped, micro == self.accum - 1), step_autocast:
                     loss, objective_metrics = self.objective(runner, batch)
-                (loss / self.accum).backward()
-                loss_sum += loss.detach()
+                if weights is None:
+                    (loss / self.accum).backward()
+                    loss_sum += loss.detach()
+                else:  # weight 0 (no units): no gradient, yet it takes part in the sync; its 0/0 mean is not logged
+                    (loss * weights[micro]).backward()
+                    if weights[micro]:
+                        loss_sum += loss.detach() * weights[micro]
                 for key, value in (objective_metrics or {}).items():
                     extra[key] = extra.get(key, 0.0) + float(value) / self.accum
             grad_norm = (torch.nn.utils.clip_grad_norm_(wrapped.parameters(), c.grad_clip)
@@ -286,7 +311,8 @@ class Trainer:
             for opt in optimizers:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            loss_value = D.mean_across_ranks(loss_sum / self.accum, self.dist).item()  # .item() waits for the step
+            # the mean of the micro-batches' losses, or with units their weighted sum: the step's mean per unit
+            loss_value = D.mean_across_ranks(loss_sum / (self.accum if weights is None else 1), self.dist).item()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             elapsed = time.perf_counter() - t0
@@ -363,6 +389,20 @@ class Trainer:
             display.print(f"time limit {_duration(self.config.time_limit_s)}: {step_time * 1000:.0f} ms/step measured, "
                           f"planning {self.total_steps} steps ({tokens / 1e6:.2f}M tokens, {flops:.3g} FLOPs)")
 
+    def _unit_weights(self, step: int, counts: list) -> list[float]:
+        """Each micro-batch's weight: its share of the units of the whole step (all micro-batches of all
+        processes), times world_size because DDP and FSDP average the processes' gradients."""
+        counts = [float(n) for n in counts]
+        total = sum(counts)
+        if self.dist.enabled:
+            t = torch.tensor([total], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            total = t.item()
+        if total <= 0:  # every process sees the same total: all stop together
+            raise TrainingError(f"step {step}: no micro-batch of the step has anything to learn (0 units: e.g. no "
+                                "token with a target); check the data")
+        return [n * self.dist.world_size / total for n in counts]
+
     def _agree_min(self, value: float) -> float:
         if not self.dist.enabled:
             return value
@@ -405,183 +445,6 @@ class Trainer:
                                      described_by="the run's model config")
         if self.dist.is_main:
             display.print(f"sample: {self.sample(model, step)!r}")
-
-    # -- checkpoints
-    def _checkpoint_root(self) -> Path:
-        return self.out / "checkpoints"
-
-    def _save(self, wrapped, model, optimizers, step, tokens_seen, train_time) -> None:
-        state = D.full_model_state(wrapped, self.config.fsdp)
-        optimizer_states = [D.full_optimizer_state(wrapped, opt, self.config.fsdp) for opt in optimizers]
-        if not self.dist.is_main:
-            return
-        root = self._checkpoint_root()
-        final = root / f"step_{step:07d}"
-        partial = root / f".step_{step:07d}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        self._write_model(partial, model, state, metadata={"step": step})
-        if self.save_model is not None:
-            trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-            save_file({k: v.contiguous() for k, v in state.items() if k in trainable}, partial / TRAINABLE)
-        training_state = {
-            "step": step, "tokens": tokens_seen, "train_time_s": train_time, "total_steps": self.total_steps,
-            "planned_steps": self.planned_steps, "batch_tokens": self.batch_tokens, "world_size": self.dist.world_size,
-            "optimizers": optimizer_states, "rng": torch.get_rng_state(),
-            "config": {k: v for k, v in self.config.to_dict().items() if not isinstance(v, dict)},
-            "stage": self.stage, "peft": self.peft, "starting_models": self.starting_fingerprints(),
-        }
-        with atomic_open(partial / TRAINING_STATE) as f:
-            torch.save(training_state, f)
-        fsync_tree(partial)
-        shutil.rmtree(final, ignore_errors=True)
-        partial.replace(final)  # a checkpoint directory exists whole or not at all
-        atomic_write_text(root / "latest", final.name + "\n")
-        fsync_dir(root)  # both renames on disk before older checkpoints are deleted
-        older = sorted((p for p in root.glob("step_*") if p.is_dir() and p != final and _checkpoint_step(p) >= 0),
-                       key=_checkpoint_step)
-        for old in older[: max(len(older) + 1 - self.config.keep_checkpoints, 0)]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def _check_checkpoint_folder(self, resume: bool) -> None:
-        """A fresh run must not write among an earlier run's checkpoints (rotation would delete one run's
-        with the other's); leftovers of a save cut short (.partial) are removed."""
-        root = self._checkpoint_root()
-        if self.dist.is_main:
-            for leftover in root.glob(".step_*.partial"):
-                shutil.rmtree(leftover, ignore_errors=True)
-        if not resume and (root / "latest").exists():
-            earlier = (root / "latest").read_text().strip()
-            raise ConfigError(f"{root}: holds checkpoint {earlier} of an earlier run; pass --resume to continue "
-                              f"it, or remove {root} (or choose another --out) to start afresh")
-
-    def _latest_checkpoint(self) -> Path:
-        root = self._checkpoint_root()
-        pointer = root / "latest"
-        if not pointer.exists():
-            raise CheckpointError(f"{pointer}: missing; there is no checkpoint to resume in {self.out} "
-                                  "(run without --resume to start afresh)")
-        name = pointer.read_text(errors="replace").strip()
-        directory = root / name
-        if not name.startswith("step_") or "/" in name or not directory.is_dir():
-            raise CheckpointError(f"{pointer}: names {name!r}, which is not a checkpoint folder in {root}; point it "
-                                  "at one of the step_* folders there, or run without --resume to start afresh")
-        return directory
-
-    def _check_same_run(self, directory: Path, training: dict) -> None:
-        """A checkpoint is resumed by the stage and PEFT method that wrote it, from the same starting
-        weights; older checkpoints, which did not record these, are taken on trust."""
-        stage, peft = training.get("stage"), training.get("peft")
-        if stage is not None and (stage != self.stage or peft != self.peft):
-            how = f"`llmkit {stage}`" + (f" with peft={peft}" if peft != "none" else "")
-            now = f"`llmkit {self.stage}`" + (f" with peft={self.peft}" if self.peft != "none" else "")
-            raise CheckpointError(f"{directory}: was written by {how}, not {now}; resume it with {how}, "
-                                  "or choose another --out")
-        saved = training.get("starting_models")
-        if not isinstance(saved, dict):
-            return
-        now = self.starting_fingerprints()
-        for role, before in saved.items():
-            if role not in now:
-                continue
-            after = now[role]
-            if before.get("sha256") != after["sha256"]:
-                what = {"teacher": "the teacher", "reward_model": "the reward model"}.get(role, "the starting model")
-                if before.get("path") == after["path"]:
-                    where = (f"{what} at {after['path']} changed since this run began (sha256 "
-                             f"{str(before.get('sha256'))[:12]}... then, {after['sha256'][:12]}... now)")
-                else:
-                    where = (f"this run began from {what} {before.get('path')} (sha256 {str(before.get('sha256'))[:12]}...), "
-                             f"not {after['path']} (sha256 {after['sha256'][:12]}...)")
-                raise CheckpointError(f"{directory}: {where}; resume with the original {role} weights, or start "
-                                      "a new --out")
-            after["path"] = before.get("path", after["path"])  # the same weights: the run began from there
-
-    def _load_latest(self, wrapped, optimizers) -> tuple[int, int, float]:
-        directory, training = self._resume_state  # read and checked by prepare_output
-        now = self.config.to_dict()
-        self.config_changes = [(k, v, now[k]) for k, v in training.get("config", {}).items() if k in now and now[k] != v]
-        if self.save_model is not None:  # frozen weights come from the model as constructed
-            state = load_state_dict(directory / TRAINABLE)
-        elif load_config(directory) != self.model.config:
-            raise CheckpointError(f"{directory}: the checkpoint's model config differs from this run's; resume with "
-                                  "the same preset and overrides")
-        else:
-            state = load_state_dict(directory / "model.safetensors")
-        if self.model.config.tie_embeddings and "tok_emb.weight" in state:
-            state["lm_head.weight"] = state["tok_emb.weight"]
-        try:
-            D.load_full_state(wrapped, optimizers, state, training["optimizers"], self.config.fsdp)
-            torch.set_rng_state(training["rng"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # shapes or keys of another model/optimizer
-            changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in self.config_changes
-                                if k not in BUDGET_FIELDS)  # (a longer run or a new lr changes no tensor)
-            if changed:  # e.g. lora_rank: say which setting, not only which tensor
-                raise CheckpointError(f"{directory}: does not fit this run's model and optimizer; settings changed "
-                                      f"since the checkpoint: {changed}; resume with the checkpoint's settings, or "
-                                      "start afresh") from None
-            raise CheckpointError(f"{directory}: does not fit this run's model and optimizer ({first_line(e)}); "
-                                  "resume with the same preset and overrides, or start afresh") from None
-        saved_tokens = training.get("batch_tokens", self.batch_tokens)  # (older checkpoints did not record it)
-        if saved_tokens != self.batch_tokens and not {"batch_tokens", "micro_batch", "seq_len"} & {
-                k for k, _, _ in self.config_changes}:  # no field changed it: another number of processes did
-            self.step_size_change = (saved_tokens, training.get("world_size", 1))
-        saved_budget = training.get("planned_steps", self.planned_steps)
-        if saved_budget == self.planned_steps:  # the same budget: the saved (possibly time-fitted) plan
-            self.total_steps = training.get("total_steps", self.total_steps)
-        else:  # a new step or token budget given on resume: the schedule follows it from here
-            self.budget_change = (saved_budget, self.planned_steps)
-        return training["step"], training["tokens"], training["train_time_s"]
-
-    def _save_final(self, wrapped, model) -> None:
-        """The final model files, one at a time, under a marker that loaders refuse (llmkit.checkpoint): a
-        kill part-way leaves a folder that says so, never one step's backbone beside another's head; the
-        last checkpoint holds the same weights, and --resume writes them again from it."""
-        state = D.full_model_state(wrapped, self.config.fsdp)
-        if self.dist.is_main:
-            marker = self.out / FINAL_SAVE_MARKER
-            atomic_write_text(marker, f"the final save of `llmkit {self.stage}` was cut short and its files may "
-                                      f"mix two steps; run `llmkit {self.stage} --out {self.out} --resume` with the "
-                                      "run's settings to write them again\n")
-            fsync_dir(self.out)
-            self._write_model(self.out, model, state)
-            marker.unlink()
-            fsync_dir(self.out)
-
-    def _write_model(self, directory: Path, model, state: dict, metadata: dict | None = None) -> None:
-        if self.save_model is not None:
-            self.save_model(directory, state)
-        else:
-            save_checkpoint(directory, model, self.tokenizer, state=state, metadata=metadata)
-
-
-TRAINING_STATE_KEYS = {"step": int, "tokens": int, "train_time_s": (int, float), "optimizers": list,
-                       "rng": torch.Tensor}
-
-
-def _read_training_state(path: Path) -> dict:
-    """A checkpoint's training_state.pt (tensors and plain containers only: weights_only), its keys checked."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete: resume from an earlier one (edit "
-                              f"{path.parent.parent / 'latest'}) or start afresh")
-    try:
-        training = torch.load(path, weights_only=True)
-    except Exception as e:  # truncated or garbage: EOFError, RuntimeError, UnpicklingError, ...
-        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                              "the file is truncated or corrupt: resume from an earlier checkpoint or start afresh") from None
-    wrong = [k for k, kind in TRAINING_STATE_KEYS.items() if not isinstance(training, dict)
-             or not isinstance(training.get(k), kind)
-             or (kind in (int, (int, float)) and not training[k] >= 0)]  # a step of -5: not ours either
-    if wrong:
-        raise CheckpointError(f"{path}: not a training state written by llmkit (missing or wrong {', '.join(wrong)}); "
-                              "resume from an earlier checkpoint or start afresh")
-    return training
-
-
-def _checkpoint_step(path: Path) -> int:
-    try:
-        return int(path.name.removeprefix("step_"))
-    except ValueError:
-        return -1  # not a checkpoint of ours: left alone
 
 
 def to_device(batch, device):
