@@ -288,3 +288,31 @@ def test_reply_cache_review_cases(tmp_path, saved_tiny_model):
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert model_identity(str(saved_tiny_model), {"dtype": "float32"}) != before
     assert model_identity(str(saved_tiny_model), {"dtype": "bfloat16"}) != before
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_runs(tmp_path):
+    """Two judge/label/answer runs writing one --out at once appended to one resume file and each replaced
+    the other's output; the second is now refused in one line, and the first's lock dies with its process."""
+    import subprocess
+    import sys
+
+    from llmkit.errors import OutputError
+
+    out = tmp_path / "labels.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom llmkit.eval.judge import ReplyCache\n"
+         f"ReplyCache.beside({str(out)!r})\nprint('held', flush=True)\nsys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match="another llmkit run is writing it now") as error:
+            judge_module.ReplyCache.beside(out)
+        assert str(out) in str(error.value)
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0
+    assert not (tmp_path / ".labels.jsonl.resume.jsonl").exists()  # it had nothing to keep: removed at exit
+    cache = judge_module.ReplyCache.beside(out)  # free again, and twice in one process (a resumed Python caller)
+    cache.add([("k", 1)])
+    assert judge_module.ReplyCache.beside(out).entries == {"k": 1}
+    cache.remove()

@@ -159,10 +159,16 @@ class ReplyCache:
     must not cost the finished ones). A reply is found by a hash of everything that decides it (the judge's
     model_identity, --max-new-tokens, the verdict mode and the full conversation), so changed settings,
     weights or answer files are asked again, never mixed in. A line cut short by a kill, or damaged (not
-    UTF-8, not JSON), is ignored: its reply is asked again."""
+    UTF-8, not JSON), is ignored: its reply is asked again.
+
+    A run holds an exclusive lock on the file while it lives (flock, released by the kernel however the
+    process ends): a second run writing the same --out at the same time is refused in one line, instead of
+    both appending to one file and each replacing the other's output. A file the run leaves empty (it
+    stopped before its first chunk) is removed when the process exits."""
 
     def __init__(self, path: str | Path):
         self.path, self.entries, self.torn = Path(path), {}, False
+        self._lock = _lock_exclusively(self.path)
         if self.path.is_file():
             data = self.path.read_bytes()
             self.torn = bool(data) and not data.endswith(b"\n")  # the next write starts a line of its own
@@ -194,6 +200,7 @@ class ReplyCache:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+        self._lock.close()  # releases the lock
 
     @classmethod
     def beside(cls, out: str | Path) -> "ReplyCache":
@@ -205,6 +212,46 @@ class ReplyCache:
         except OSError as e:
             raise OutputError(f"{out}: cannot write there ({e.strerror or e}); choose another --out") from None
         return cls(out.parent / f".{out.name}.resume.jsonl")
+
+
+_LOCKED: dict[str, object] = {}  # resume files this process holds locked: resolved path -> open file
+
+
+def _lock_exclusively(path: Path):
+    """The resume file `path` opened (created if need be) and locked for this process, or an OutputError
+    naming the run's output when another process holds it. Held per process, not per ReplyCache: a run cut
+    short by an exception and run again in the same process (a Python caller, the tests) resumes."""
+    import atexit
+    import fcntl
+
+    key = str(path.resolve())
+    if key in _LOCKED and not _LOCKED[key].closed:
+        return _LOCKED[key]
+    try:
+        handle = open(path, "ab")
+    except OSError as e:
+        raise OutputError(f"{path}: cannot keep the finished replies there ({e.strerror or e}); choose another "
+                          "--out") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        output = path.with_name(path.name.removeprefix(".").removesuffix(".resume.jsonl"))
+        raise OutputError(f"{output}: another llmkit run is writing it now (it holds {path}); wait for it to "
+                          "finish, or choose another --out") from None
+
+    def remove_if_empty() -> None:  # a run stopped before its first chunk leaves nothing to resume
+        if not handle.closed:
+            try:
+                if os.fstat(handle.fileno()).st_size == 0 and path.exists() and path.stat().st_size == 0:
+                    path.unlink()
+            except OSError:
+                pass
+            handle.close()
+
+    atexit.register(remove_if_empty)
+    _LOCKED[key] = handle
+    return handle
 
 
 def cached_map(cache: "ReplyCache | None", keys: list[str], compute, on_done=None) -> list:
