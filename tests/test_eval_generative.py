@@ -214,7 +214,10 @@ def test_compiled_engine_writes_what_the_eager_one_writes(checkpoint, tmp_path):
     (["--tasks", "copa", "--text", "x.txt"], "give --model with either --tasks"),
     (["--text", "x.txt", "--model", "http://127.0.0.1:9/v1"], "bits per byte (--text) needs the checkpoint"),
 ])
-def test_user_errors_are_one_line(checkpoint, tmp_path, args, message):
+def test_user_errors_are_one_line(checkpoint, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)  # no ../shared/data/eval beside this folder: the task lookup ends at the cache
+    monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLMKIT_EVAL_DATA", raising=False)
     args = [str(tmp_path) if a == "EMPTY" else a for a in args]
     if "--task-dir" not in args:
         args += ["--task-dir", str(FIXTURES)]

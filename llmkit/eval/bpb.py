@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,15 +70,25 @@ def evaluate_shards(model, shards, seq_len: int, batch: int, device, autocast=No
 STRUCTURED_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
-def evaluate_texts(model, tokenizer, files: list[str | Path], device, seq_len: int | None = None,
-                   batch: int = 4, autocast=None) -> BpbResult:
-    """Bits per byte of text files under a model: each file one document (BOS + tokens when the
-    tokenizer has a BOS), scored in non-overlapping windows of the model's context (at most 1024)."""
+def text_window(model, seq_len: int | None = None) -> int:
+    """The window --text scores in: seq_len, checked against the model's context (default: the context,
+    at most 1024)."""
     context = model.text_context  # a prompt-tuned model reads each window after its soft prompt
     seq_len = min(context, 1024) if seq_len is None else seq_len
     if not 0 < seq_len <= context:
         raise ConfigError(f"seq_len {seq_len}: the model's context is {context} tokens; "
                           f"pass --seq-len between 1 and {context}")
+    return seq_len
+
+
+def evaluate_texts(model, tokenizer, files: list[str | Path], device, seq_len: int | None = None,
+                   batch: int = 4, autocast=None, add_bos: bool = True,
+                   on_file: Callable[[Path, BpbResult], None] | None = None) -> BpbResult:
+    """Bits per byte of text files under a model: each file one document (BOS + tokens when the
+    tokenizer has a BOS and add_bos), scored in non-overlapping windows of the model's context (at most
+    1024). on_file: called with each file and its own result, for a per-file breakdown."""
+    seq_len = text_window(model, seq_len)
+    bos = add_bos and tokenizer.bos_id is not None
     total = BpbResult(0.0, 0, 0)
     for file in files:
         path = Path(file)
@@ -92,8 +102,8 @@ def evaluate_texts(model, tokenizer, files: list[str | Path], device, seq_len: i
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: byte {e.start} is not valid UTF-8") from None
-        ids = tokenizer.encode(text, add_bos=True, literal=True)  # a document: `<|end|>` in it is text
-        if tokenizer.bos_id is None:
+        ids = tokenizer.encode(text, add_bos=bos, literal=True)  # a document: `<|end|>` in it is text
+        if not bos:
             # Without a BOS the first token has no context; its bytes are left out of the count too.
             text_bytes = len(text.encode("utf-8")) - len(tokenizer.decode(ids[:1]).encode("utf-8"))
         else:
@@ -107,6 +117,8 @@ def evaluate_texts(model, tokenizer, files: list[str | Path], device, seq_len: i
             windows = [(torch.cat([soft, x], 1), torch.cat([torch.full_like(soft, -100), y], 1)) for x, y in windows]
         nats, count = summed_loss(model, windows, device, autocast)
         total = BpbResult(total.nats + nats, total.tokens + count, total.bytes + text_bytes)
+        if on_file is not None:
+            on_file(path, BpbResult(nats, count, text_bytes))
         if not math.isfinite(total.nats):  # said at once: the remaining files cannot make it finite again
             raise GenerationError("the model's loss is not finite (NaN or inf): its weights hold NaN/inf values, "
                                   "or a low-precision dtype overflowed (try --dtype float32)")

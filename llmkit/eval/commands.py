@@ -4,6 +4,7 @@ tests. `llmkit/cli.py` calls `add_eval_verb` once; everything heavy is imported 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -19,35 +20,39 @@ def add_eval_verb(verbs) -> None:
                    "an OpenAI-compatible server's URL (http://HOST:PORT/v1)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--text", nargs="+", default=None, help="bits per byte: text files or directories of .txt files")
+    p.add_argument("--text", nargs="+", default=None, help="bits per byte: text files or directories of .txt files "
+                   "(each file one document)")
     p.add_argument("--seq-len", type=int, default=None, help="--text window length (default: context, at most 1024)")
     p.add_argument("--tasks", default=None, help="core | NAME,... | FILE.jsonl; generative: gsm8k_zero, gsm8k, "
                    "gsm8k_direct, gsm8k_cot, humaneval (EXECUTES model-written code in a sandbox; see the README). "
-                   "Names are looked up in --task-dir, $LLMKIT_EVAL_DATA, ../shared/data/eval, then the cache "
-                   "that --fetch fills")
+                   "Names are looked up in --task-dir, then $LLMKIT_EVAL_DATA, then ../shared/data/eval, then "
+                   "the cache that --fetch fills: the first place holding the file wins")
     p.add_argument("--chat", action="store_true", help="render every prompt with the model's chat template (the "
                    "question as the user's turn, the answer as the assistant's)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generative tasks: tokens to generate "
                    "(default: 256 for GSM8K, 512 for HumanEval)")
-    p.add_argument("--task-dir", default=None, help="folder of NAME.jsonl task files (with --fetch: where to write)")
+    p.add_argument("--task-dir", default=None, help="folder of NAME.jsonl task files (or core/NAME.jsonl; gsm8k/ and "
+                   "humaneval/ for those tasks), searched first; tasks not there are looked up in the other places "
+                   "(with --fetch: where to write)")
     p.add_argument("--shots", type=int, default=None, help="few-shot examples (default: a CORE task's published "
                    "number, else 0)")
     p.add_argument("--limit", type=int, default=None, help="the first N examples of each task (quick; not a "
-                   "random sample: files are often ordered)")
+                   "random sample: files are often ordered); with --text, the first N files")
     p.add_argument("--sample", type=int, default=None, help="N examples of each task drawn at random (seeded by "
                    "--sample-seed and the task's name: every model gets the same ones); a CORE score from them "
-                   "comes with a 95%% interval")
-    p.add_argument("--sample-seed", type=int, default=0, help="--sample's seed")
+                   "comes with a 95%% interval); with --text, N files at random")
+    p.add_argument("--sample-seed", type=int, default=None, help="--sample's seed (default 0)")
     p.add_argument("--out", default=None, help="run directory: results.md, results.json, examples/TASK.jsonl "
-                   "(default: eval-runs/MODEL-TIME)")
-    p.add_argument("--no-bos", action="store_true", help="do not start sequences with the BOS token")
+                   "(default: eval-runs/MODEL-TIME); with --text, results.md and results.json of the bits per byte "
+                   "(written only when --out is given)")
+    p.add_argument("--no-bos", action="store_true", help="do not start sequences (--text: files) with the BOS token")
     p.add_argument("--batch-tokens", type=int_in(COUNT), default=None, help="tokens per forward (default: 4096 CPU, 32768 GPU)")
     p.add_argument("--compile", action="store_true", help="generative tasks: torch.compile the engine's decode "
                    "step (about 2x the batched decode speed on a CPU after a few minutes of compiling; BENCHMARKS.md)")
     p.add_argument("--compare", nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
                    help="paired differences of two run directories with McNemar p-values")
-    p.add_argument("--metric", default="acc", help="--compare: acc | acc_norm | acc_per_token | exact_match_strict "
-                   "| exact_match_flexible | exact_match_numeric | pass@1")
+    p.add_argument("--metric", default=None, help="--compare: acc | acc_norm | acc_per_token | exact_match_strict "
+                   "| exact_match_flexible | exact_match_numeric | pass@1 (default acc)")
     p.add_argument("--fetch", action="store_true", help="download the CORE task files (or those named by --tasks, "
                    "gsm8k and humaneval too) into --task-dir or the llmkit cache")
     inspect_commands.add_word_eval_args(p)
@@ -75,43 +80,180 @@ def interrupted_run(out: Path, model: str) -> tuple[dict, dict] | None:
     return summary, examples
 
 
-def cmd_eval(args) -> None:
+# What each option is for, said when it is given where it does nothing: `llmkit eval` refuses an option the
+# way it runs does not read, as a user who passed it expects it to act (--limit on --text, --shots on --text).
+PURPOSE = {
+    "model": "the model to evaluate", "device": "where the model runs", "dtype": "the model's number format",
+    "text": "the text files whose bits per byte are measured",
+    "seq_len": "the window --text scores in (tasks cut a context that is too long to the model's)",
+    "tasks": "the benchmark tasks to run", "chat": "renders task prompts with the model's chat template",
+    "max_new_tokens": "the generative tasks' token budget", "task_dir": "where --tasks names are looked up",
+    "shots": "few-shot examples put before each task question", "limit": "the first N task examples (or files)",
+    "sample": "N task examples (or files) at random", "sample_seed": "--sample's seed",
+    "out": "where a --tasks or --text run writes its results", "no_bos": "starts each sequence without BOS",
+    "batch_tokens": "the tokens per forward of task scoring (--text scores one --seq-len window per forward)",
+    "compile": "compiles the engine's decode step, which only generative tasks run",
+    "compare": "pairs two runs", "metric": "the metric --compare pairs", "fetch": "downloads task files",
+    "analogies": "a word-analogy test", "similarity": "word-similarity tests",
+}
+MODEL = {"model", "device", "dtype"}
+USES = {  # the options each way of running reads (--embeddings and --template have defaults: not checked)
+    "--analogies/--similarity": MODEL | {"analogies", "similarity"},
+    "--compare": {"compare", "metric"},
+    "--fetch": {"fetch", "tasks", "task_dir"},
+    "--text (bits per byte)": MODEL | {"text", "seq_len", "limit", "sample", "sample_seed", "out", "no_bos"},
+    "--tasks": MODEL | {"tasks", "chat", "max_new_tokens", "task_dir", "shots", "limit", "sample", "sample_seed",
+                        "out", "no_bos", "batch_tokens", "compile"},
+}
+SERVED = {"device": "the server runs the model", "dtype": "the server runs the model",
+          "batch_tokens": "the server batches", "no_bos": "the server tokenizes the prompts with its own BOS rule"}
+
+
+def flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def given(args, dest: str) -> bool:
+    value = getattr(args, dest)
+    return value is not None and value is not False
+
+
+def check_options(args) -> str:
+    """The way this `llmkit eval` runs (a key of USES), after refusing, one line each, any option that way
+    would ignore: a user who passed it expects it to act."""
     if args.analogies or args.similarity:
+        mode = "--analogies/--similarity"
+    elif args.compare:
+        mode = "--compare"
+    elif args.fetch:
+        mode = "--fetch"
+    elif not args.model or (args.text is None) == (args.tasks is None):
+        raise LLMKitError("eval: give --model with either --tasks (benchmark tasks) or --text (bits per byte); "
+                          "or --compare RUN_A RUN_B; or --fetch")
+    else:
+        mode = "--text (bits per byte)" if args.text is not None else "--tasks"
+    served = bool(args.model) and args.model.startswith(("http://", "https://"))
+    if served and mode == "--text (bits per byte)":  # said first: the way of running is what is wrong
+        raise LLMKitError(f"--model {args.model}: bits per byte (--text) needs the checkpoint itself; "
+                          "--tasks can use a server URL")
+    for dest in PURPOSE:
+        if given(args, dest) and dest not in USES[mode]:
+            raise LLMKitError(f"{flag(dest)}: {PURPOSE[dest]}; not used with {mode}: drop it")
+    if args.sample_seed is not None and args.sample is None:
+        raise LLMKitError(f"--sample-seed {args.sample_seed}: --sample's seed, and no --sample N is given: "
+                          "add one or drop --sample-seed")
+    for name, value in (("--limit", args.limit), ("--sample", args.sample)):
+        if value is not None and value < 1:
+            raise LLMKitError(f"{name} {value}: give a number of examples >= 1")
+    if args.limit is not None and args.sample is not None:
+        raise LLMKitError(f"--limit {args.limit} with --sample {args.sample}: give one (the first N, or N at random)")
+    if served:
+        if args.compile:
+            raise LLMKitError(f"--compile with --model {args.model}: the server runs the model; start it with "
+                              "`llmkit serve --compile` instead")
+        for dest, why in SERVED.items():
+            if given(args, dest):
+                raise LLMKitError(f"{flag(dest)} with --model {args.model}: {why}; drop it (the server's settings "
+                                  "apply), or evaluate the checkpoint itself")
+    return mode
+
+
+def cmd_eval(args) -> None:
+    mode = check_options(args)
+    if args.sample_seed is None:
+        args.sample_seed = 0
+    if mode == "--analogies/--similarity":
         from llmkit.inspect.commands import cmd_eval_words
 
         return cmd_eval_words(args)
-    if args.compare:
+    if mode == "--compare":
         from llmkit.eval import compare_runs, format_comparison
 
-        print(format_comparison(compare_runs(*args.compare, metric=args.metric), *args.compare))
+        print(format_comparison(compare_runs(*args.compare, metric=args.metric or "acc"), *args.compare))
         return
-    if args.fetch:
+    if mode == "--fetch":
         from llmkit.eval import fetch_tasks
 
         names = None if args.tasks in (None, "core") else [t.strip() for t in args.tasks.split(",") if t.strip()]
         written = fetch_tasks(args.task_dir, names)
         print(f"{len(written)} task file(s): {', '.join(sorted({str(p.parent) for p in written}))}")
         return
-    if not args.model or (args.text is None) == (args.tasks is None):
-        raise LLMKitError("eval: give --model with either --tasks (benchmark tasks) or --text (bits per byte); "
-                          "or --compare RUN_A RUN_B; or --fetch")
-    if args.model.startswith(("http://", "https://")) and args.text is not None:
-        raise LLMKitError(f"--model {args.model}: bits per byte (--text) needs the checkpoint itself; "
-                          "--tasks can use a server URL")
-    import llmkit
-
-    if args.tasks is not None:
+    if mode == "--tasks":
         cmd_eval_tasks(args)
         return
-    from llmkit.eval.bpb import evaluate_texts
+    cmd_eval_text(args)
 
-    llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
+
+def cmd_eval_text(args) -> None:
+    """Bits per byte of --text files; with --out, results.json and results.md as well."""
+    import llmkit
+    from llmkit.atomic import make_output_dir
+    from llmkit.device import parse_dtype, resolve_device
+    from llmkit.eval.bpb import evaluate_texts, text_window
+    from llmkit.eval.report import BPB_KIND, bpb_record, write_bpb_run
+    from llmkit.eval.runner import chosen_indices
+
     files = [p for item in args.text for p in (sorted(Path(item).glob("*.txt")) if Path(item).is_dir() else [Path(item)])]
     if not files:
         raise DataError(f"--text {' '.join(args.text)}: no .txt files there; pass text files or folders holding them")
-    result = evaluate_texts(llm.model, llm.tokenizer, files, llm.device, seq_len=args.seq_len)
-    print(f"{len(files)} file(s), {result.tokens:,} tokens, {int(result.bytes):,} bytes: "
+    missing = next((f for f in files if not f.is_file()), None)
+    if missing is not None:  # before the model loads, as every other bad flag
+        raise DataError(f"{missing}: no such file; --text takes text files or folders of .txt files")
+    # the documents lm-evaluation-harness's --limit counts on a perplexity task are its files here
+    chosen = [files[i] for i in chosen_indices(len(files), "text", args.limit, args.sample, args.sample_seed)]
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        resolve_device(args.device)  # flags that fail at load time fail before the output folder is made
+        parse_dtype(args.dtype)
+        make_output_dir(out, ours=_is_bpb_run, what="an earlier bits-per-byte run")
+    llm = llmkit.load(args.model, device=args.device, dtype=args.dtype)
+    seq_len = text_window(llm.model, args.seq_len)
+    per_file: list[dict] = []
+    result = evaluate_texts(llm.model, llm.tokenizer, chosen, llm.device, seq_len=seq_len, add_bos=not args.no_bos,
+                            on_file=lambda path, r: per_file.append({"path": str(path), **bpb_record(r)}))
+    count = f"{len(chosen)} of {len(files)}" if len(chosen) < len(files) else f"{len(files)}"
+    print(f"{count} file(s), {result.tokens:,} tokens, {int(result.bytes):,} bytes: "
           f"bits per byte {result.bpb:.4f}, perplexity {result.perplexity:.2f} (loss {result.loss:.4f} nats/token)")
+    if out is not None:
+        add_bos = not args.no_bos and llm.tokenizer.bos_id is not None
+        settings = {"seq_len": seq_len, "add_bos": add_bos, "limit": args.limit,
+                    **({"sample": args.sample, "sample_seed": args.sample_seed} if args.sample is not None else {}),
+                    "device": str(llm.device), "dtype": str(llm.model.tok_emb.weight.dtype).removeprefix("torch.")}
+        write_bpb_run(out, {"kind": BPB_KIND, "model": args.model, "settings": settings, "of": len(files),
+                            "files": per_file, "total": bpb_record(result), "complete": True})
+        print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+
+
+def _is_bpb_run(directory: Path) -> bool:
+    """Whether `directory` holds an earlier bits-per-byte run (which --out may replace): a task run's
+    examples/ would be left beside a results.json that no longer names them."""
+    from llmkit.eval.report import BPB_KIND
+
+    try:
+        return json.loads((directory / "results.json").read_text(encoding="utf-8")).get("kind") == BPB_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def note_fallbacks(tasks: str, specs: list, task_dir: str | None) -> None:
+    """One stderr line per folder that tasks were read from after --task-dir or $LLMKIT_EVAL_DATA did not
+    hold them: the search goes on to the other places (locations.py), and a user who meant their own copy
+    (a misnamed file, gsm8k/ one level off) learns it now, not from results.json's paths."""
+    from llmkit.eval.locations import user_roots
+
+    roots = user_roots(task_dir)
+    if not roots:
+        return
+    mine = [root.resolve() for _, root in roots]
+    named = {Path(t).resolve() for t in (t.strip() for t in tasks.split(",")) if t.endswith(".jsonl") or Path(t).is_file()}
+    elsewhere: dict[Path, list[str]] = {}
+    for spec in specs:
+        path = Path(spec.path).resolve()
+        if path not in named and not any(path.is_relative_to(root) for root in mine):
+            elsewhere.setdefault(Path(spec.path).parent, []).append(spec.name)
+    searched = " or ".join(f"{label} {root}" for label, root in roots)
+    for folder, names in elsewhere.items():
+        print(f"note: {', '.join(names)} not in {searched}: read from {folder}", file=sys.stderr)
 
 
 def cmd_eval_tasks(args) -> None:
@@ -123,17 +265,16 @@ def cmd_eval_tasks(args) -> None:
     from llmkit.atomic import make_output_dir
     from llmkit.eval import evaluate_tasks, evaluate_with, format_table, parse_task_list, write_run
     from llmkit.device import parse_dtype, resolve_device
+    from llmkit.eval.generative import GenerativeSpec
     from llmkit.eval.remote import RemoteBackend, is_url
 
     specs = parse_task_list(args.tasks, args.task_dir, shots=args.shots, max_new_tokens=args.max_new_tokens)
-    for flag, value in (("--limit", args.limit), ("--sample", args.sample)):
-        if value is not None and value < 1:
-            raise LLMKitError(f"{flag} {value}: give a number of examples >= 1")
-    if args.limit is not None and args.sample is not None:
-        raise LLMKitError(f"--limit {args.limit} with --sample {args.sample}: give one (the first N, or N at random)")
-    if is_url(args.model) and args.compile:
-        raise LLMKitError(f"--compile with --model {args.model}: the server runs the model; start it with "
-                          "`llmkit serve --compile` instead")
+    note_fallbacks(args.tasks, specs, args.task_dir)
+    if not any(isinstance(s, GenerativeSpec) for s in specs):
+        for dest in ("max_new_tokens", "compile"):
+            if given(args, dest):
+                raise LLMKitError(f"{flag(dest)}: {PURPOSE[dest]}; --tasks {args.tasks} has none (its tasks are "
+                                  "scored, not generated): drop it")
     if not is_url(args.model):  # flags that fail at load time fail before the output folder is made
         resolve_device(args.device)
         parse_dtype(args.dtype)

@@ -4,7 +4,7 @@
     llmkit eval --model smollm2 --tasks humaneval              # executes model-written code: see sandbox.py
 
 The task table is llmkit/presets/eval/generative.yaml (shots, exemplar style, stop strings, tokens to
-generate). A family's files are looked up as FAMILY/FILE in --task-dir, else $LLMKIT_EVAL_DATA, else
+generate). A family's files are looked up as FAMILY/FILE in --task-dir, then $LLMKIT_EVAL_DATA, then
 ../shared/data/eval (beside a checkout), then the llmkit cache that `llmkit eval --fetch --tasks
 gsm8k,humaneval` fills: gsm8k/test.jsonl with gsm8k/train.jsonl (the exemplars), humaneval/HumanEval.jsonl.gz
 (or an uncompressed HumanEval.jsonl).

@@ -6,6 +6,10 @@
                                (generative tasks: prompt, prediction = the generated text, extracted
                                answers or the sandbox's status, gold, correct, finish_reason)
 
+`llmkit eval --text FILES --out DIR` writes the same two summary files for bits per byte (kind
+"bits_per_byte": the settings, the total and each file's tokens, bytes and bits per byte); it has no
+examples to pair, so --compare refuses it.
+
 `compare_runs(A, B)` pairs the two runs' examples of each task they share and tests the difference in
 accuracy with McNemar's exact test (llmkit/eval/stats.py).
 """
@@ -36,6 +40,41 @@ def write_run(out: str | Path, run: dict) -> Path:
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(out / "results.md", format_table(summary) + "\n")
     return out
+
+
+BPB_KIND = "bits_per_byte"
+
+
+def bpb_record(result) -> dict:
+    """A BpbResult as JSON: the sums (which add up over files) and the figures derived from them."""
+    return {"tokens": result.tokens, "bytes": int(result.bytes), "nats": result.nats,
+            "bpb": result.bpb if result.bytes else None, "loss": result.loss if result.tokens else None,
+            "perplexity": result.perplexity if result.tokens else None}
+
+
+def write_bpb_run(out: str | Path, run: dict) -> Path:
+    """results.json and results.md of a bits-per-byte run, each written atomically (complete or absent)."""
+    out = Path(out)
+    atomic_write_text(out / "results.json", json.dumps(run, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "results.md", format_bpb(run) + "\n")
+    return out
+
+
+def format_bpb(run: dict) -> str:
+    """Markdown: one row per file, then the total (summed nats over summed bytes, not a mean of rows)."""
+    def row(name: str, r: dict) -> str:
+        bpb = "" if r["bpb"] is None else f"{r['bpb']:.4f}"
+        ppl = "" if r["perplexity"] is None else f"{r['perplexity']:.2f}"
+        return f"| {name} | {r['tokens']:,} | {r['bytes']:,} | {bpb} | {ppl} |"
+
+    settings = run["settings"]
+    lines = [f"model: {run.get('model', '?')}",
+             f"bits per byte of {len(run['files'])} of {run['of']} file(s); windows of {settings['seq_len']} tokens, "
+             + ("each file after a BOS token" if settings["add_bos"] else "no BOS token"),
+             "", "| file | tokens | bytes | bits per byte | perplexity |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [row(f["path"], f) for f in run["files"]]
+    lines.append(row("**total**", run["total"]))
+    return "\n".join(lines)
 
 
 def _percent(metric: dict | None) -> str:
@@ -100,6 +139,9 @@ def load_run(directory: str | Path) -> tuple[dict, dict[str, list[dict]]]:
         summary = json.loads(results.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{results}: not valid JSON ({e}); {damaged}") from None
+    if isinstance(summary, dict) and summary.get("kind") == BPB_KIND:
+        raise DataError(f"{directory}: a bits-per-byte run (`llmkit eval --text`), with no examples to pair; "
+                        "--compare takes two `llmkit eval --tasks` runs")
     tasks = summary.get("tasks") if isinstance(summary, dict) else None
     if not isinstance(tasks, (dict, list)) or not all(isinstance(name, str) for name in tasks):
         raise DataError(f"{results}: has no \"tasks\" naming the tasks run; {damaged}")

@@ -82,6 +82,7 @@ def evaluate_with(backend, specs: Sequence[TaskSpec | GenerativeSpec], *, limit:
     settings = {"limit": limit, **({"sample": sample, "sample_seed": sample_seed} if sample is not None else {}),
                 **backend.settings()}
     done = _resumable(resume, settings, specs)
+    data = {spec.name: _read_task(spec) for spec in specs if spec.name not in done}
     display = Progress(enabled=progress)
     tasks: dict[str, dict] = {}
     examples_out: dict[str, list[dict]] = {}
@@ -90,9 +91,9 @@ def evaluate_with(backend, specs: Sequence[TaskSpec | GenerativeSpec], *, limit:
             if spec.name in done:
                 result = done[spec.name]
             elif isinstance(spec, GenerativeSpec):
-                result = _evaluate_generative(backend, spec, subset, display, sandbox)
+                result = _evaluate_generative(backend, spec, data.pop(spec.name), subset, display, sandbox)
             else:
-                result = _evaluate_task(backend, spec, subset, display)
+                result = _evaluate_task(backend, spec, data.pop(spec.name), subset, display)
             result[0]["spec"] = spec_record(spec)
             tasks[spec.name], examples_out[spec.name] = result
             if on_task is not None:
@@ -155,9 +156,19 @@ def core_subset(specs: Sequence[TaskSpec]) -> list[str] | None:
     return list(table)
 
 
-def _evaluate_task(backend, spec: TaskSpec, subset: dict, display: "Progress") -> tuple[dict, list[dict]]:
+def _read_task(spec: TaskSpec | GenerativeSpec):
+    """A task's examples, read and checked before the first task runs: a bad line in the last task's file is
+    said at once, not after hours of the tasks before it (whose results would be kept, but the run not done)."""
+    if not isinstance(spec, GenerativeSpec):
+        return read_examples(spec.path, spec.kind)
+    if spec.family == "gsm8k":
+        return gsm8k.read_gsm8k(spec.files[0]), gsm8k.read_gsm8k(spec.files[1])
+    return humaneval.read_problems(spec.files[0])
+
+
+def _evaluate_task(backend, spec: TaskSpec, examples: list[dict], subset: dict,
+                   display: "Progress") -> tuple[dict, list[dict]]:
     start = time.perf_counter()
-    examples = read_examples(spec.path, spec.kind)
     indices = chosen_indices(len(examples), spec.name, **subset)
     requests = build_requests(spec, examples, indices, chat=backend.render_chat if backend.chat else None)
     owner = [r.index for r in requests for _ in r.pairs]
@@ -193,19 +204,20 @@ def _evaluate_task(backend, spec: TaskSpec, subset: dict, display: "Progress") -
     return result, records
 
 
-def _evaluate_generative(backend, spec: GenerativeSpec, subset: dict, display: "Progress",
+def _evaluate_generative(backend, spec: GenerativeSpec, data, subset: dict, display: "Progress",
                          sandbox: SandboxLimits) -> tuple[dict, list[dict]]:
-    """(the task's result, its per-example records) through a backend (backends.py or remote.py)."""
+    """(the task's result, its per-example records) through a backend (backends.py or remote.py); data:
+    _read_task's (test, train) questions of GSM8K, or HumanEval's problems."""
     start = time.perf_counter()
     chat = backend.chat
     if spec.family == "gsm8k":
-        test, train = gsm8k.read_gsm8k(spec.files[0]), gsm8k.read_gsm8k(spec.files[1])
+        test, train = data
         shots = gsm8k.exemplars(train, spec.shots, spec.fewshot_seed)
         indices = chosen_indices(len(test), spec.name, **subset)
         items, total = [test[i] for i in indices], len(test)
         prompts = [gsm8k.build_prompt(q["question"], shots, spec.style, spec.example_delimiter, chat) for q in items]
     else:
-        problems = humaneval.read_problems(spec.files[0])
+        problems = data
         indices = chosen_indices(len(problems), spec.name, **subset)
         items, total = [problems[i] for i in indices], len(problems)
         prompts = [humaneval.build_prompt(p, chat) for p in items]

@@ -11,13 +11,15 @@ One JSON object a line, one of three shapes:
 `--tasks core` is DCLM's CORE suite with its published settings (llmkit/presets/eval/core.yaml).
 The generative tasks' names (gsm8k, gsm8k_cot, humaneval, ...) come from generative.py, which finds
 their files its own way; `parse_task_list` and `fetch_tasks` take both kinds.
-A task name is looked up as NAME.jsonl in: --task-dir; else $LLMKIT_EVAL_DATA; else
-../shared/data/eval/core (relative to the current directory) when present, then the llmkit cache,
-where `llmkit eval --fetch` writes.
+A task name is looked up as NAME.jsonl in, in order: --task-dir, $LLMKIT_EVAL_DATA (each, or its core/
+subfolder: a folder laid out as ../shared/data/eval, with core/, gsm8k/, humaneval/, serves every task),
+../shared/data/eval/core (relative to the current directory) when present, then the llmkit cache, where
+`llmkit eval --fetch` writes (locations.py says why a chain).
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import sys
@@ -32,7 +34,7 @@ from llmkit.errors import ConfigError, DataError, text_lines
 from llmkit.eval.generative import (GenerativeSpec, fetch_generative_files, generative_settings, generative_spec,
                                     generative_task_names)
 from llmkit.eval.jsonl import read_utf8
-from llmkit.eval.locations import SHARED_ROOT, cache_root, search_roots
+from llmkit.eval.locations import SHARED_ROOT, cache_root, user_roots
 
 MULTIPLE_CHOICE, SCHEMA, LANGUAGE_MODELING = "multiple_choice", "schema", "language_modeling"
 KINDS = (MULTIPLE_CHOICE, SCHEMA, LANGUAGE_MODELING)
@@ -68,19 +70,29 @@ def cache_dir() -> Path:
     return cache_root() / "core"
 
 
-def search_dirs(task_dir: str | Path | None = None) -> list[Path]:
-    """Where task names are looked up, in order."""
-    return search_roots(task_dir, SHARED_DIR, cache_dir())
+def search_dirs(task_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """(what named it, folder) where task names are looked up, in order."""
+    dirs = []
+    for label, root in user_roots(task_dir):
+        dirs += [(label, root)] + ([(label, root / "core")] if (root / "core").is_dir() else [])
+    if SHARED_DIR.is_dir():
+        dirs.append(("the shared data", SHARED_DIR))
+    return dirs + [("the cache --fetch fills", cache_dir())]
 
 
 def find_task_file(name: str, task_dir: str | Path | None = None) -> Path:
     dirs = search_dirs(task_dir)
-    for directory in dirs:
+    for _, directory in dirs:
         if (directory / f"{name}.jsonl").is_file():
             return directory / f"{name}.jsonl"
-    where = ", ".join(str(d) for d in dirs)
-    fetch = " or fetch the CORE files with `llmkit eval --fetch`" if name in core_task_names() else ""
-    raise DataError(f"task {name!r}: no {name}.jsonl in {where}; pass --task-dir DIR (or a FILE.jsonl){fetch}")
+    where = ", ".join(f"{d} ({label})" for label, d in dirs)
+    known = {"core", *core_task_names(), *generative_task_names()} | {
+        p.stem for _, d in dirs if d.is_dir() for p in d.glob("*.jsonl")}
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f"did you mean {close[0]}? Else " if close else ""
+    fetch = "; or fetch the CORE files with `llmkit eval --fetch`" if name in core_task_names() else ""
+    raise DataError(f"task {name!r}: no {name}.jsonl in {where}; {hint}pass --task-dir DIR (a folder holding "
+                    f"{name}.jsonl) or the file's path{fetch}")
 
 
 def parse_task_list(tasks: str, task_dir: str | Path | None = None, shots: int | None = None,
@@ -114,6 +126,7 @@ def parse_task_list(tasks: str, task_dir: str | Path | None = None, shots: int |
             kind = detect_kind(path)
             if row and row["kind"] != kind:
                 raise DataError(f"{path}: holds {kind} examples but the CORE task {name} is {row['kind']}")
+            read_examples(path, kind)  # every line checked now, before a model loads, not when the task's turn comes
             specs.append(TaskSpec(
                 name=name, path=path, kind=kind,
                 shots=shots if shots is not None else row.get("shots", DEFAULT_SHOTS),
@@ -140,8 +153,14 @@ def kind_of(record: dict) -> str | None:
     return None
 
 
+def task_text(path: Path) -> str:
+    """A task file's text without the byte-order mark Windows editors put first: JSON has none, and the
+    file's first line would otherwise be refused as not JSON."""
+    return read_utf8(path).removeprefix("\ufeff")
+
+
 def detect_kind(path: Path) -> str:
-    for number, line in enumerate(text_lines(read_utf8(path)), 1):
+    for number, line in enumerate(text_lines(task_text(path)), 1):
         if line.strip():
             return _kind_or_error(_parse_line(line, path, number), path, number)
     raise DataError(f"{path}: no examples (the file is empty)")
@@ -170,7 +189,7 @@ def read_examples(path: Path, kind: str) -> list[dict]:
     """The file's examples, checked, with their top-level strings stripped of surrounding whitespace
     (Mosaic's datasets strip them by default: piqa's queries end in a newline the delimiter supplies)."""
     examples = []
-    text = read_utf8(path)
+    text = task_text(path)
     for number, line in enumerate(text_lines(text), 1):
         if not line.strip():
             continue
@@ -205,8 +224,15 @@ def _check(record: dict, kind: str, path: Path, number: int) -> None:
         if not string("continuation").strip():
             fail('"continuation" is empty; a language-modelling example needs text to reproduce')
         return
-    options = strings("choices") if kind == MULTIPLE_CHOICE else strings("context_options")
-    string("query" if kind == MULTIPLE_CHOICE else "continuation")
+    field = "choices" if kind == MULTIPLE_CHOICE else "context_options"
+    options = strings(field)
+    if len(options) < 2:  # a lone option is always the model's pick: the example would count as right
+        fail(f'"{field}" has 1 option; an example needs 2 or more to choose between')
+    if kind == MULTIPLE_CHOICE:
+        string("query")
+    elif not string("continuation").strip():
+        # what is scored would be the delimiter alone: which context ends better in a space is no question
+        fail('"continuation" is empty; a schema example scores it after each context')
     gold = record.get("gold")
     if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(options):
         fail(f'"gold" must be an index into the {len(options)} options, got {gold!r}')
