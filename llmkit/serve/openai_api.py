@@ -76,6 +76,12 @@ class OpenAIService:
             raise APIError(404, f"model {name!r} does not exist; this server serves {self.model_name!r} "
                            "(see GET /v1/models)", param="model", code="model_not_found")
 
+    def check_stop_tokens(self, options: GenerationOptions) -> None:
+        vocab = self.llm.model.config.vocab_size
+        outside = [t for t in options.params.stop_token_ids if not 0 <= t < vocab]
+        if outside:
+            raise bad("stop_token_ids", f"token id {outside[0]} is outside the vocabulary of {vocab}")
+
     async def body(self, request: Request) -> dict:
         self.llm  # noqa: B018 - 503 before reading the body while the model loads
         return parse_json(await request.body())
@@ -196,6 +202,7 @@ class OpenAIService:
         chat = parse_chat(body)
         options = chat.options
         self.check_model(options.model)
+        self.check_stop_tokens(options)
         shown, passages = await retrieve(self, body, chat.messages, options.max_tokens)
         self.check_capacity(options.n, "n")
         messages, template_tools = chat_messages(shown, chat.tools, chat.tool_choice,
@@ -259,6 +266,7 @@ class OpenAIService:
         completion = parse_completion(await self.body(request))
         options = completion.options
         self.check_model(options.model)
+        self.check_stop_tokens(options)
         if options.max_tokens != 0:
             self.check_capacity(len(completion.prompts) * options.n, "prompt" if options.n == 1 else "n")
         await self.constrain(options)
@@ -283,7 +291,8 @@ class OpenAIService:
         rid, created = new_id("cmpl"), int(time.time())
         if options.stream:
             first = await reply.first_update()
-            return reply.event_stream(self._completion_chunks(reply, first, options, rid, created))
+            return reply.event_stream(self._completion_chunks(reply, first, options, rid, created,
+                                                              [len(ids) for ids in prompts]))
         await reply.collect()
         out = []
         for c in choices:
@@ -322,23 +331,29 @@ class OpenAIService:
         return out
 
     async def _completion_chunks(self, reply: "Reply", first: Update, options: GenerationOptions, rid: str,
-                                 created: int) -> AsyncIterator[str]:
+                                 created: int, prompt_lengths: list[int]) -> AsyncIterator[str]:
+        """prompt_lengths: each prompt's tokens, for the usage chunk (with max_tokens 0 no generation
+        holds them)."""
         def chunk(choices: list[dict], **fields) -> str:
             if options.include_usage:  # OpenAI: "usage": null on every chunk but the last
                 fields = {"usage": None, **fields}
             return sse(envelope("text_completion", rid, self.model_name, created, choices=choices, **fields))
 
+        offsets = [0] * len(reply.choices)  # characters of each choice's text covered by its logprobs so far
         async for c, text in reply.texts(first):
             pieces = c.new_pieces(stop_token=True) if options.logprobs is not None else []
             if text or pieces or c.finish_reason:
                 logprobs = None
                 if pieces:
-                    logprobs = completion_logprobs(self.tokenizer, [p.text for p, _ in pieces],
-                                                   [lp for _, lp in pieces])
+                    # text_offset counts from the start of the choice's whole text, as vLLM's stream does
+                    # (not from the chunk's): a client reads the offsets of all chunks as one list
+                    texts = [p.text for p, _ in pieces]
+                    logprobs = completion_logprobs(self.tokenizer, texts, [lp for _, lp in pieces], offsets[c.index])
+                    offsets[c.index] += sum(map(len, texts))
                 yield chunk([{"index": c.index, "text": text, "logprobs": logprobs,
                               "finish_reason": c.finish_reason}])
         if options.include_usage:
-            yield chunk([], usage=reply.usage([len(g.prompt_ids) for g in reply.generations]))
+            yield chunk([], usage=reply.usage(prompt_lengths))
         yield sse("[DONE]")
 
     # -- POST /v1/embeddings
@@ -367,10 +382,17 @@ class OpenAIService:
             raise ClientGone()
 
     # -- models and tokenizer
+    def model_card(self) -> dict:
+        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "llmkit",
+                "max_model_len": self.context}
+
     async def models(self, request: Request):
-        return JSONResponse({"object": "list", "data": [{
-            "id": self.model_name, "object": "model", "created": self.created, "owned_by": "llmkit",
-            "max_model_len": self.context}]})
+        return JSONResponse({"object": "list", "data": [self.model_card()]})
+
+    async def model(self, request: Request):
+        """GET /v1/models/{model}: OpenAI's "retrieve model" (the openai client's `models.retrieve`)."""
+        self.check_model(request.path_params["model"])
+        return JSONResponse(self.model_card())
 
     async def tokenize(self, request: Request):
         req = parse_tokenize(await self.body(request))

@@ -3,8 +3,9 @@
 Every mistake a client can make is an `APIError` that becomes OpenAI's error body,
 `{"error": {"message", "type", "param", "code"}}`, with the HTTP status and the offending field named
 (`param`), so a client library shows what to fix. Field names and ranges follow OpenAI's API reference;
-the engine's extras (`top_k`, `min_p`, `repetition_penalty`) and llmkit's own (`truncate`) are
-documented in README.md ("Serving").
+the engine's extras (`top_k`, `min_p`, `repetition_penalty`, vLLM's `stop_token_ids`) and llmkit's own
+(`truncate`) are documented in README.md ("Serving"). Fields the server does not know are ignored, as vLLM and
+llama.cpp ignore them, except those that would change the reply (IGNORED_ONLY_AS): those are refused by name.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from llmkit.infer import SamplingParams
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_N = 16  # choices per prompt
 MAX_STOPS = 16
+MAX_STOP_TOKEN_IDS = 256
 # A stop string's characters: every new token is checked against each one's prefixes (text_stream.py, the
 # engine's tail decode), so their length bounds the per-token work a request can ask for. OpenAI states no
 # limit; 1,000 is far beyond any real stop sequence.
@@ -168,6 +170,19 @@ def _stop_strings(body: dict) -> list[str]:
     return stops
 
 
+def _stop_token_ids(body: dict) -> list[int]:
+    """vLLM's `stop_token_ids`: tokens that end the reply as the model's own stop token does (the server
+    checks them against the vocabulary)."""
+    value = body.get("stop_token_ids")
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise bad("stop_token_ids", "must be a list of token ids (integers)", "invalid_type")
+    if len(value) > MAX_STOP_TOKEN_IDS:
+        raise bad("stop_token_ids", f"at most {MAX_STOP_TOKEN_IDS} token ids, not {len(value)}")
+    return list(value)
+
+
 def _not_supported(body: dict) -> None:
     """Fields we know but cannot honour yet: refused by name rather than silently ignored."""
     for name in ("presence_penalty", "frequency_penalty"):
@@ -180,6 +195,31 @@ def _not_supported(body: dict) -> None:
         param = "functions" if body.get("functions") else "function_call"
         raise bad(param, "the legacy functions API is not supported; use tools and tool_choice",
                   "unsupported_parameter")
+    _refuse_unhonoured(body, IGNORED_ONLY_AS)
+
+
+# Other servers' extensions (vLLM's sampling and guided decoding, llama.cpp's grammar) and OpenAI fields
+# that change the reply: unknown fields are ignored, as vLLM and llama.cpp do, but ignoring one of these
+# would silently give a reply other than the one asked for (e.g. a benchmark's `ignore_eos: true` getting
+# short replies), so each is refused unless its value asks for nothing (the values listed).
+IGNORED_ONLY_AS: dict[str, tuple] = {
+    "ignore_eos": (False, None), "min_tokens": (0, None), "include_stop_str_in_output": (False, None),
+    "use_beam_search": (False, None), "prompt_logprobs": (None,), "typical_p": (1, None),
+    "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
+    "structured_outputs": (None,), "grammar": (None, ""), "json_schema": (None,),
+    "audio": (None,), "modalities": (None, ["text"]), "web_search_options": (None,),
+}
+# vLLM's chat-only ones (on /v1/completions, `echo` is OpenAI's own and honoured)
+CHAT_IGNORED_ONLY_AS: dict[str, tuple] = {
+    "echo": (False, None), "continue_final_message": (False, None), "add_generation_prompt": (True, None),
+}
+
+
+def _refuse_unhonoured(body: dict, fields: dict[str, tuple]) -> None:
+    for name, harmless in fields.items():
+        if name in body and body[name] not in harmless:
+            raise bad(name, f"is not supported (only {' or '.join(map(_shown, harmless))}); "
+                      "without it the reply would silently differ from what it asks for", "unsupported_parameter")
 
 
 @dataclass
@@ -250,7 +290,11 @@ def parse_generation(body: dict, *, chat: bool) -> GenerationOptions:
             raise bad("stream_options", "is only allowed when stream is true")
         if not isinstance(options, dict):
             raise bad("stream_options", "must be an object", "invalid_type")
-        include_usage = _boolean(options, "include_usage", False)
+        include_usage = options.get("include_usage")
+        include_usage = False if include_usage is None else include_usage
+        if not isinstance(include_usage, bool):  # named by its path, as OpenAI names a nested field
+            raise bad("stream_options.include_usage", f"must be true or false, not {_shown(include_usage)}",
+                      "invalid_type")
     if chat:
         wants = _boolean(body, "logprobs", False)
         top = _integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
@@ -260,6 +304,7 @@ def parse_generation(body: dict, *, chat: bool) -> GenerationOptions:
     else:
         logprobs = _integer(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
     top_k = _integer(body, "top_k", 0, -1)
+    _string(body, "user")  # OpenAI's end-user id: not used, but a wrong type is the client's mistake
     try:
         params = SamplingParams(
             temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
@@ -269,6 +314,7 @@ def parse_generation(body: dict, *, chat: bool) -> GenerationOptions:
             repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 10.0, low_open=True),
             seed=_integer(body, "seed", None, -(2**63), 2**63 - 1),
             stop_strings=_stop_strings(body),
+            stop_token_ids=_stop_token_ids(body),
             logprobs=logprobs,
         )
     except GenerationError as e:  # the engine's own rules (e.g. temperature 0 or >= 1e-5): name the field
@@ -344,6 +390,7 @@ def _message_tool_calls(calls: Any, where: str) -> list[dict]:
 
 def parse_chat(body: dict) -> ChatRequest:
     options = parse_generation(body, chat=True)
+    _refuse_unhonoured(body, CHAT_IGNORED_ONLY_AS)
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise bad("messages", "is required: a list of {role, content} objects", "invalid_type")
@@ -492,6 +539,7 @@ def parse_embedding(body: dict) -> EmbeddingRequest:
     if body.get("dimensions") is not None:  # refused by name rather than silently ignored
         raise bad("dimensions", "is not supported: the embeddings have the model's width (leave it out)",
                   "unsupported_parameter")
+    _string(body, "user")
     inputs = parse_prompts(body["input"], "input")
     if len(inputs) > MAX_EMBEDDING_INPUTS:
         raise bad("input", f"at most {MAX_EMBEDDING_INPUTS} inputs a request, not {len(inputs)}; split them")

@@ -143,6 +143,7 @@ def build_app(service: OpenAIService, metrics: ServerMetrics, api_key: str | Non
         Route("/v1/completions", endpoint(service.completions, metrics), methods=post),
         Route("/v1/embeddings", endpoint(service.embeddings, metrics), methods=post),
         Route("/v1/models", endpoint(service.models), methods=get),
+        Route("/v1/models/{model:path}", endpoint(service.model), methods=get),  # ids may hold a "/"
         Route("/tokenize", endpoint(service.tokenize), methods=post),
         Route("/detokenize", endpoint(service.detokenize), methods=post),
         Route("/tokenizer_info", endpoint(service.tokenizer_info), methods=get),
