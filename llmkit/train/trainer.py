@@ -56,7 +56,7 @@ from llmkit.train import distributed as D
 from llmkit.train.config import TrainConfig
 from llmkit.train.optim import build_optimizers, lr_multiplier
 from llmkit.train.progress import MetricsLog, ProgressDisplay, measure_peak_flops, plot_losses
-from llmkit.train.trainer_checkpoints import TRAINING_STATE, TrainerCheckpoints, _read_training_state
+from llmkit.train.trainer_checkpoints import TRAINING_STATE, TrainerCheckpoints, read_training_state
 
 CALIBRATION_STEPS = 10  # steps timed (after 5 warm-up steps) before the plan is fitted to time_limit_s
 # what a run writes in its --out before its first checkpoint or metrics line (DPO's reference cache)
@@ -232,7 +232,7 @@ class Trainer(TrainerCheckpoints):
         self.starting_fingerprints()
         if resume:
             directory = self._latest_checkpoint()
-            self._resume_state = (directory, _read_training_state(directory / TRAINING_STATE))  # read once
+            self._resume_state = (directory, read_training_state(directory / TRAINING_STATE))  # read once
             self._check_same_run(*self._resume_state)
         self._output_ready = True
 

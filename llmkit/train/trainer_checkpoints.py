@@ -35,7 +35,6 @@ class TrainerCheckpoints:
                                   for role, d in self.starting_models.items()}
         return self._fingerprints
 
-
     def _checkpoint_root(self) -> Path:
         return self.out / "checkpoints"
 
@@ -187,7 +186,7 @@ TRAINING_STATE_KEYS = {"step": int, "tokens": int, "train_time_s": (int, float),
                        "rng": torch.Tensor}
 
 
-def _read_training_state(path: Path) -> dict:
+def read_training_state(path: Path) -> dict:
     """A checkpoint's training_state.pt (tensors and plain containers only: weights_only), its keys checked."""
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; the checkpoint is incomplete: resume from an earlier one (edit "
