@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from llmkit import fill_cli
-from llmkit.arg_types import SIGNED_SEED, environment_problem, float_in, int_in, undecodable_argument
+from llmkit.arg_types import SIGNED_SEED, environment_problem, int_in, undecodable_argument
 from llmkit.classify import commands as classify_commands
 from llmkit.errors import (ConversionError, GenerationError, LLMKitError, discard_output, flush_output,
                            interrupted, os_error_message, say)
@@ -22,6 +22,7 @@ from llmkit.eval import judge_cli as judge_commands
 from llmkit.inspect import commands as inspect_commands
 from llmkit.rag import cli as rag_commands
 from llmkit.scaling import commands as scaling_commands
+from llmkit.serve import commands as serve_commands
 from llmkit.train import constitution_cli
 
 
@@ -144,16 +145,6 @@ def cmd_chat(args) -> None:
              **rag_commands.chat_options(args, llm))
     if failed and not sys.stdin.isatty():  # a script piped in: its exit status says that turns failed
         raise GenerationError(f"{len(failed)} chat turn{'s' if len(failed) > 1 else ''} failed; the first: {failed[0]}")
-
-
-def cmd_serve(args) -> None:
-    from llmkit.serve.server import serve
-
-    serve(args.model, host=args.host, port=args.port, api_key=args.api_key, served_model_name=args.served_model_name,
-          device=args.device, dtype=args.dtype, max_waiting=args.max_waiting, max_body_mib=args.max_body_mib,
-          rag=args.rag, rag_k=args.k, rag_mode=args.mode,
-          **engine_from(args), max_batch_size=args.max_batch_size, kv_cache_mib=args.kv_cache_mib,
-          prefix_cache_mib=args.prefix_cache_mib)
 
 
 def cmd_quantize(args) -> None:
@@ -408,24 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     rag_commands.add_chat_rag_args(p)
     p.set_defaults(handler=cmd_chat)
 
-    # conflict_handler="resolve": the batching options below may also come from add_engine_args one day.
-    p = verbs.add_parser("serve", help="OpenAI-compatible HTTP server (chat, completions, embeddings, /metrics)",
-                         conflict_handler="resolve")
-    add_model_args(p)
-    add_engine_args(p)
-    g = p.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    g.add_argument("--port", type=int_in("[0, 65535]"), default=8000, help="0 picks a free port (the URL is printed)")
-    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (except on /health)")
-    g.add_argument("--served-model-name", default=None, help="the model id clients send (default: --model)")
-    g.add_argument("--max-batch-size", type=int, default=32, help="requests decoded together")
-    g.add_argument("--kv-cache-mib", type=float, default=2048,
-                   help="KV-cache budget of the running requests (llmkit serve allocates it at start-up)")
-    g.add_argument("--prefix-cache-mib", type=float, default=256, help="prefix-cache pool (0 = off)")
-    g.add_argument("--max-waiting", type=int_in("[0, 2^31)"), default=512, help="requests queued beyond the batch before 429")
-    g.add_argument("--max-body-mib", type=float_in("(0, 2^20)"), default=8, help="largest request body (413 beyond)")
-    rag_commands.add_chat_rag_args(p, tools=False)
-    p.set_defaults(handler=cmd_serve)
+    serve_commands.add_serve_verb(verbs, add_model_args, add_engine_args, engine_from)
 
     p = verbs.add_parser("quantize", help="weight-only int8 / int4 quantization of a checkpoint's Linear layers")
     p.add_argument("--model", required=True, help="floating-point checkpoint directory or a named model (smollm2)")
@@ -571,7 +545,7 @@ def run(argv: list[str] | None) -> int:
     if problem:
         say(f"error: {problem}")
         return 2
-    if getattr(args, "handler", None) is not cmd_serve:
+    if getattr(args, "handler", None) is not serve_commands.cmd_serve:
         # The engine logs each failed request for a server's operator (Python's last-resort handler prints it);
         # every other verb reports the failure itself, as its one `error:` line, so it is not printed twice.
         engine_log = logging.getLogger("llmkit.infer")

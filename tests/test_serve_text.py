@@ -168,3 +168,32 @@ def test_an_engine_bug_in_one_submit_fails_that_request_and_the_server_keeps_ser
         worker.stop()
         pool.shutdown(wait=False)
     assert "Traceback" in capsys.readouterr().err  # the bug is in the log
+
+
+def test_allowed_origins_let_those_pages_call_the_api_and_no_other(tmp_path):
+    """--allowed-origins: a browser's preflight from a listed origin passes (before the key check: it carries
+    no Authorization header) and replies carry Access-Control-Allow-Origin; other origins, and every origin
+    without the option, get no such header, so the browser keeps the reply from the page."""
+    worker = EngineWorker(lambda: None, ServerMetrics(), max_batch_size=1, max_waiting=0)
+    preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    app = build_app(OpenAIService(worker, "m"), ServerMetrics(), api_key="k", allowed_origins=["https://app.example.com"])
+    client = TestClient(app)
+    r = client.options("/v1/chat/completions", headers=preflight)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "authorization" in r.headers["access-control-allow-headers"].lower()
+    r = client.get("/v1/models", headers={"Origin": "https://app.example.com", "Authorization": "Bearer k"})
+    assert r.status_code == 503 and r.headers["access-control-allow-origin"] == "https://app.example.com"  # loading
+    r = client.get("/v1/models", headers={"Origin": "https://app.example.com"})
+    assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "https://app.example.com"  # still keyed
+    r = client.options("/v1/chat/completions", headers={**preflight, "Origin": "https://evil.example"})
+    assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+    r = client.get("/health", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in r.headers
+    plain = TestClient(build_app(OpenAIService(worker, "m"), ServerMetrics()))
+    assert "access-control-allow-origin" not in plain.get("/health", headers={"Origin": "https://app.example.com"}).headers
+    result = run_cli("serve", "--model", tmp_path, "--port", 0, "--allowed-origins", "app.example.com/")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["error: --allowed-origins 'app.example.com/': an origin is a scheme "
+                                                  "and a host, such as https://app.example.com or http://localhost:3000 "
+                                                  "(no path), or * for any"]

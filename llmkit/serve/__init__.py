@@ -1,1 +1,1 @@
-"""Serving: terminal chat (and, later, the OpenAI-compatible HTTP API and the web page)."""
+"""Serving: the OpenAI-compatible HTTP server (server.py, openai_api.py), its web page (web.py) and the terminal chat."""

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import functools
 import hmac
+import re
 import socket
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -119,7 +120,7 @@ class RequireKey:
 
 
 def build_app(service: OpenAIService, metrics: ServerMetrics, api_key: str | None = None,
-              max_body_bytes: int = 8 << 20):
+              max_body_bytes: int = 8 << 20, allowed_origins: Sequence[str] = ()):
     worker = service.worker
     inspect = InspectService(service)
 
@@ -156,7 +157,23 @@ def build_app(service: OpenAIService, metrics: ServerMetrics, api_key: str | Non
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app = LimitBody(app, max_body_bytes)
-    return RequireKey(app, api_key) if api_key else app
+    app = RequireKey(app, api_key) if api_key else app
+    return with_cors(app, allowed_origins) if allowed_origins else app
+
+
+def with_cors(app, origins: Sequence[str]):
+    """Cross-origin requests from web pages of `origins` (--allowed-origins): Starlette's CORS middleware,
+    outside the key check, since a browser's preflight (OPTIONS) carries no Authorization header. Off by
+    default, unlike vLLM's and llama.cpp's servers (which allow every origin): with it on for "*", any page a
+    user visits could use a server on their machine, and read its replies."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise LLMKitError(f"--allowed-origins {origin!r}: an origin is a scheme and a host, such as "
+                              "https://app.example.com or http://localhost:3000 (no path), or * for any")
+    return CORSMiddleware(app, allow_origins=list(origins), allow_methods=["GET", "POST"], allow_headers=["*"],
+                          expose_headers=["*"], max_age=600)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -175,7 +192,7 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           served_model_name: str | None = None, device: str | None = None, dtype: str | None = None,
           max_waiting: int = 512, max_body_mib: float = 8, rag: str | None = None, rag_k: int = 5,
-          rag_mode: str | None = None, **engine_options) -> None:
+          rag_mode: str | None = None, allowed_origins: Sequence[str] = (), **engine_options) -> None:
     """Run the server until interrupted. engine_options go to `llmkit.load` (compile, speculative,
     max_batch_size, kv_cache_mib, kv_cache_dtype, prefix_cache_mib, prefill_chunk, draft_tokens). rag: a retrieval index
     that chat completions answer from (rag_k passages, rag_mode search; serve/retrieval.py)."""
@@ -211,7 +228,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
     metrics = ServerMetrics()
     worker = EngineWorker(load, metrics, engine_options.get("max_batch_size", 32), max_waiting)
     service = OpenAIService(worker, served_model_name or model)
-    app = build_app(service, metrics, api_key, int(max_body_mib * 2**20))
+    app = build_app(service, metrics, api_key, int(max_body_mib * 2**20), allowed_origins)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                            timeout_graceful_shutdown=3))
     worker.on_load_failure = lambda: setattr(server, "should_exit", True)
