@@ -14,7 +14,7 @@ How a request is run:
    the chunks of several prompts batched into one forward of left-padded rows (Sarathi-Serve's chunked
    prefill with a per-step token budget, Agrawal et al. 2024: a new prompt never stalls the running
    requests for longer than one budget's worth of work, and a burst of prompts is prefilled together
-   instead of one forward each). A request whose prompt completes samples its first token from that
+   instead of one forward each; prefill.py). A request whose prompt completes samples its first token from that
    forward, which the caller may deliver at once (`step(on_first_tokens=...)`), and joins the step's
    decode forward: one forward for every request whose prompt is in (a batch of single tokens, each at
    its own position in its own cache row, logits for those tokens only). Prefill goes first so that a
@@ -89,9 +89,11 @@ from llmkit.infer.grammar import GrammarError
 from llmkit.infer.huge_pages import place_in_huge_pages
 from llmkit.infer.kv_cache import cache_dtype
 from llmkit.infer.options import check_engine_options, prompt_budget
+from llmkit.infer.prefill import ForwardFailed, padding_groups, plan_chunks, prefill_forward
 from llmkit.infer.prefix_cache import PrefixCache
 from llmkit.infer.sampling import RequestSampler, SamplingParams, TokenLogprob, choose_tokens, token_logprobs
-from llmkit.infer.scheduler import Request, Scheduler, padding_groups
+from llmkit.infer.scheduler import Request, Scheduler
+from llmkit.infer.stop_strings import hit_stop_string
 from llmkit.infer.token_step import token_step_for
 from llmkit.model import Transformer
 
@@ -123,14 +125,6 @@ class DecodingStrategy(Protocol):
     def run(self, request: Request) -> Iterator[int]:
         """Admit the submitted `request` (next in the queue), generate it to its end with the engine's
         step primitives, yield its tokens as they are decided, and retire it."""
-
-
-class _ForwardFailed(Exception):
-    """A prefill forward raised: `requests` ran in it; `completed` finished their prompts before it."""
-
-    def __init__(self, requests: list[Request], error: Exception, completed: list):
-        super().__init__(str(error))
-        self.requests, self.error, self.completed = requests, error, completed
 
 
 class Engine:
@@ -310,7 +304,7 @@ class Engine:
                 ready.append(request)
         try:
             completed = self.prefill_chunks(ready)
-        except _ForwardFailed as failure:  # the shared forward failed: so did the requests it ran
+        except ForwardFailed as failure:  # the shared forward failed: so did the requests it ran
             for request in failure.requests:
                 self.fail(request, failure.error)
                 events.append((request, []))
@@ -392,7 +386,7 @@ class Engine:
         while True:
             try:
                 completed = self.prefill_chunks([request])
-            except _ForwardFailed as failure:
+            except ForwardFailed as failure:
                 raise failure.error from None
             if completed:
                 return completed[0][1]
@@ -400,26 +394,17 @@ class Engine:
     def prefill_chunks(self, requests: Sequence[Request],
                        budget: int | None = None) -> list[tuple[Request, torch.Tensor]]:
         """Advance the prefill of admitted requests by at most `budget` prompt tokens in all (default
-        `prefill_chunk`), oldest first, each continuing its row from `request.length`. Requests in
-        consecutive rows run as one forward (left-padded to the longest chunk) unless padding would
-        waste too much of it. Returns (request, float32 logits after its last prompt token) for each
-        request whose prompt is now complete; their full blocks go to the prefix cache."""
-        budget = self.prefill_chunk if budget is None else budget
-        plan: list[tuple[Request, int]] = []  # (request, tokens this step)
-        for request in sorted(requests, key=lambda r: r.id):
-            if budget <= 0:
-                break
-            n = min(len(request.prompt_ids) - request.length, budget)
-            if n > 0:
-                plan.append((request, n))
-                budget -= n
-        plan.sort(key=lambda item: item[0].row)
+        `prefill_chunk`), oldest first, in forwards of consecutive rows (prefill.py). Returns (request,
+        float32 logits after its last prompt token) for each request whose prompt is now complete; their
+        full blocks go to the prefix cache. A forward that raises raises ForwardFailed."""
+        plan = plan_chunks(requests, self.prefill_chunk if budget is None else budget)
         completed: list[tuple[Request, torch.Tensor]] = []
         for group in padding_groups(plan):
             try:
-                logits = self._prefill_forward(group)
+                logits = prefill_forward(self.model, self.scheduler.cache, group)
             except Exception as error:  # noqa: BLE001 - reported per request by the caller
-                raise _ForwardFailed([r for r, _ in group], error, completed) from error
+                raise ForwardFailed([r for r, _ in group], error, completed) from error
+            self.stats["prefill_tokens"] += sum(n for _, n in group)
             for i, (request, _) in enumerate(group):
                 if not request.needs_prefill:
                     if self.prefix_cache is not None:
@@ -427,26 +412,6 @@ class Engine:
                                                 request.length)
                     completed.append((request, logits[i]))
         return completed
-
-    def _prefill_forward(self, group: list[tuple[Request, int]]) -> torch.Tensor:
-        """One forward of the next chunk of each request in `group` (consecutive rows); (rows, vocab)."""
-        width = max(n for _, n in group)
-        tokens, positions, pad = [], [], []
-        for request, n in group:
-            begin = request.length
-            pad.append(width - n)
-            tokens.append([0] * (width - n) + request.prompt_ids[begin:begin + n])
-            # filler tokens sit at the row's first real position: they see the keys it sees, never none
-            positions.append([begin] * (width - n) + list(range(begin, begin + n)))
-        first = group[0][0].row
-        cache = self.scheduler.cache
-        cache.bind(first, first + len(group), max(r.length + n for r, n in group), pad)
-        logits = self.model(torch.tensor(tokens, device=self.device), kv_cache=cache, last_token_only=True,
-                            positions=torch.tensor(positions, device=self.device))
-        for request, n in group:
-            request.length += n
-            self.stats["prefill_tokens"] += n
-        return logits[:, -1].float()
 
     def decode(self, requests: Sequence[Request]) -> torch.Tensor:
         """One forward of each request's pending token (its last emitted one) at its own position; the
@@ -497,20 +462,12 @@ class Engine:
         if logprob is not None:
             request.logprobs.append(logprob)
         # A finished grammar allows only a stop token: end here rather than spend a forward on it.
-        if token in request.stop_ids or self._hit_stop_string(request) or request.sampler.finished:
+        if (token in request.stop_ids or hit_stop_string(self.tokenizer, request.output_ids, request.params.stop_strings)
+                or request.sampler.finished):
             request.finish_reason = "stop"
         elif len(request.output_ids) >= request.max_new:
             request.finish_reason = "length"
         return [token]
-
-    def _hit_stop_string(self, request: Request) -> bool:
-        stops = request.params.stop_strings
-        if not stops:
-            return False
-        # Only the tail can hold a new match: the longest stop string plus a few tokens of slack
-        # for multi-byte characters split across tokens.
-        tail = self.tokenizer.decode(request.output_ids[-(max(map(len, stops)) + 8):])
-        return any(s in tail for s in stops)
 
     def fail(self, request: Request, error: BaseException | str) -> None:
         """Finish a request with finish_reason "error" (something about this request alone went

@@ -148,8 +148,10 @@ def sample_next_token(logits: torch.Tensor, params: SamplingParams, generator: t
 
 
 def token_logprobs(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """`top` alternatives at most, and no more than the vocabulary holds (a 16-token model asked for 20 used
+    to fail the request inside torch.topk)."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    best = torch.topk(logprobs, top) if top else None
+    best = torch.topk(logprobs, min(top, logprobs.numel())) if top else None
     alternatives = list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []
     return TokenLogprob(token, float(logprobs[token]), alternatives)
 
@@ -202,10 +204,20 @@ class RequestSampler:
 
     def distribution(self, logits: torch.Tensor, extra: list[int] = ()) -> torch.Tensor:
         """The filtered distribution, as if the `extra` tokens had also been seen (speculative steps)."""
-        seen = self.seen
+        return next_token_distribution(logits, self.params, self._seen_with(extra))
+
+    def _seen_with(self, extra: list[int]) -> torch.Tensor:
         if extra and self.params.repetition_penalty != 1.0:
-            seen = torch.unique(torch.cat([seen, torch.tensor(list(extra), dtype=torch.long)]))
-        return next_token_distribution(logits, self.params, seen)
+            return torch.unique(torch.cat([self.seen, torch.tensor(list(extra), dtype=torch.long)]))
+        return self.seen
+
+    def best(self, logits: torch.Tensor, extra: list[int] = ()) -> int:
+        """The greedy choice, as `sample_next_token` makes it: the argmax of the (penalised) logits, as if the
+        `extra` tokens had also been seen. Not the argmax of `distribution`: its softmax can round two logits
+        a hair apart to one probability, and the tie then goes to the lower id (speculative greedy differed
+        from plain greedy there)."""
+        return int(apply_repetition_penalty(logits.float(), self._seen_with(extra), self.params.repetition_penalty)
+                   .argmax())
 
     def random(self, device: torch.device) -> float:
         """A uniform draw in [0, 1) from the request's generator on `device` (that of the logits it is

@@ -82,28 +82,6 @@ class Request:
             raise GenerationError(f"generation failed: {self.error}")
 
 
-# A prefill forward of left-padded rows computes rows x longest-chunk tokens. Rows join one forward
-# while the filler stays within this fraction of the real tokens (or under PAD_SLACK tokens): the
-# weight-only int4/int8 kernels cost about the same per row, so filler is wasted work, while every
-# extra forward pays its own per-layer overhead.
-PAD_FRACTION, PAD_SLACK = 0.25, 64
-
-
-def padding_groups(plan: list[tuple[Request, int]]) -> list[list[tuple[Request, int]]]:
-    """Split a row-ordered prefill plan into forwards of consecutive rows with little padding."""
-    groups: list[list[tuple[Request, int]]] = []
-    for item in plan:
-        group = groups[-1] if groups else None
-        if group is not None and item[0].row == group[-1][0].row + 1:
-            real = sum(n for _, n in group) + item[1]
-            padded = (len(group) + 1) * max(item[1], max(n for _, n in group))
-            if padded - real <= max(PAD_SLACK, PAD_FRACTION * real):
-                group.append(item)
-                continue
-        groups.append([item])
-    return groups
-
-
 def cross_positions(request: Request) -> int:
     """Source positions an encoder-decoder request's row keeps cross-attention keys and values for: its
     source, rounded up as KVCache.store_cross grows (0 for a decoder-only request)."""

@@ -42,7 +42,7 @@ from llmkit.errors import GenerationError
 from llmkit.infer.compiled import compile_for_inference
 from llmkit.infer.huge_pages import place_in_huge_pages
 from llmkit.infer.kv_cache import KVCache
-from llmkit.infer.sampling import NAN_LOGITS
+from llmkit.infer.sampling import NAN_LOGITS, broken_rows
 from llmkit.infer.scheduler import CAPACITY_STEP, Request
 from llmkit.model import Transformer
 
@@ -114,11 +114,15 @@ class DraftModel:
                 else:
                     self.cache.bind(0, 1, end)
                     logits = self._forward(tokens, positions, self.cache)
+                # NaN or +inf (a draft overflowing in a low precision): no guess; the target's step decides the
+                # next token alone (sampling from it failed the request). These positions are fed again next time.
+                if bool(broken_rows(logits[None]).any()):
+                    break
                 fed = end
                 if constraint is not None:
                     logits = constraint.mask_logits(logits)
                 q = request.sampler.distribution(logits, extra=drafts)
-                token = int(q.argmax()) if request.params.greedy else request.sampler.draw(q)
+                token = request.sampler.best(logits, drafts) if request.params.greedy else request.sampler.draw(q)
                 if constraint is not None:
                     constraint.advance(token)
                 drafts.append(token)
@@ -234,7 +238,7 @@ class Speculator:
             engine.stats["decode_steps"] += 1
         else:  # nothing to verify: the engine's plain (possibly compiled) decode step
             logits = engine.decode([request])
-        if bool(torch.isnan(logits).any()):
+        if bool(broken_rows(logits).any()):  # +inf too: its softmax is NaN, whose argmax is a silent garbage token
             raise GenerationError(NAN_LOGITS)
         self.steps += 1
         sampler, greedy = request.sampler, request.params.greedy
@@ -244,10 +248,11 @@ class Speculator:
         allowed = logits if sampler.constraint is None else sampler.constraint.mask_draft_logits(logits, drafts)
         emitted, n_accepted = [], 0
         for i, draft in enumerate(drafts):
-            p = sampler.distribution(allowed[i], extra=drafts[:i])
-            if greedy:
-                ok = int(p.argmax()) == draft
+            if greedy:  # the argmax of the logits, as plain greedy takes it (RequestSampler.best)
+                token = sampler.best(allowed[i], drafts[:i])
+                ok = token == draft
             else:
+                p = sampler.distribution(allowed[i], extra=drafts[:i])
                 q_draft = float(dists[i][draft]) if dists is not None else 1.0
                 ok = sampler.random(p.device) < min(1.0, float(p[draft]) / q_draft)
             if ok:
@@ -256,9 +261,7 @@ class Speculator:
                 if request.done:
                     break
                 continue
-            if greedy:
-                token = int(p.argmax())
-            else:  # the residual distribution norm(max(0, p - q)) keeps the output distributed as p
+            if not greedy:  # the residual distribution norm(max(0, p - q)) keeps the output distributed as p
                 q = dists[i] if dists is not None else torch.nn.functional.one_hot(
                     torch.tensor(draft, device=p.device), p.numel()).float()
                 residual = (p - q).clamp(min=0)
@@ -267,8 +270,8 @@ class Speculator:
             break
         else:
             if not request.done:  # every draft accepted: a bonus token from the target's next distribution
-                p = sampler.distribution(allowed[len(drafts)], extra=drafts)
-                token = int(p.argmax()) if greedy else sampler.draw(p)
+                token = (sampler.best(allowed[len(drafts)], drafts) if greedy else
+                         sampler.draw(sampler.distribution(allowed[len(drafts)], extra=drafts)))
                 emitted += engine.emit(request, logits[len(drafts)], token)
         request.length = base + len(emitted)
         request.drafted += len(drafts)
