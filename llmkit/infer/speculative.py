@@ -121,8 +121,9 @@ class DraftModel:
                 fed = end
                 if constraint is not None:
                     logits = constraint.mask_logits(logits)
-                q = request.sampler.distribution(logits, extra=drafts)
-                token = request.sampler.best(logits, drafts) if request.params.greedy else request.sampler.draw(q)
+                greedy = request.params.greedy  # greedy verification reads no q (Speculator.step): not computed
+                q = None if greedy else request.sampler.distribution(logits, extra=drafts)
+                token = request.sampler.best(logits, drafts) if greedy else request.sampler.draw(q)
                 if constraint is not None:
                     constraint.advance(token)
                 drafts.append(token)

@@ -208,10 +208,17 @@ IGNORED_ONLY_AS: dict[str, tuple] = {
     "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
     "structured_outputs": (None,), "grammar": (None, ""), "json_schema": (None,),
     "audio": (None,), "modalities": (None, ["text"]), "web_search_options": (None,),
+    "skip_special_tokens": (True, None), "spaces_between_special_tokens": (True, None),
+    "allowed_token_ids": (None,), "bad_words": (None, []), "truncate_prompt_tokens": (None,),
+    "return_tokens_as_token_ids": (False, None), "length_penalty": (1, None),
+    # llama.cpp's
+    "n_predict": (None, -1), "repeat_penalty": (1, None), "mirostat": (0, None), "dry_multiplier": (0, None),
+    "xtc_probability": (0, None), "n_probs": (0, None),
 }
 # vLLM's chat-only ones (on /v1/completions, `echo` is OpenAI's own and honoured)
 CHAT_IGNORED_ONLY_AS: dict[str, tuple] = {
     "echo": (False, None), "continue_final_message": (False, None), "add_generation_prompt": (True, None),
+    "chat_template": (None,), "chat_template_kwargs": (None, {}), "documents": (None,),
 }
 
 
