@@ -166,7 +166,7 @@ def test_task_names_are_looked_up_along_the_chain_the_help_describes(saved_tiny_
     assert result.returncode == 0, result.stderr
     # a task found past the user's folders is said: a misplaced copy of one's own would otherwise go unseen
     assert (f"note: lambada_openai not in --task-dir {mine} or $LLMKIT_EVAL_DATA {env}: read from "
-            f"{cache / 'eval' / 'core'}\n") in result.stderr and result.stderr.count("note:") == 1
+            f"{cache / 'eval' / 'core'}\n") in result.stderr and result.stderr.count("not in --task-dir") == 1
 
 
 def test_a_bad_task_file_is_said_before_any_task_runs(saved_tiny_model, tmp_path, monkeypatch):
@@ -221,3 +221,30 @@ def test_a_task_file_with_a_byte_order_mark_is_read(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + (FIXTURES / "copa.jsonl").read_bytes())
     spec = parse_task_list(str(path))[0]
     assert read_examples(spec.path, spec.kind) == read_examples(FIXTURES / "copa.jsonl", spec.kind)
+
+
+def test_the_lookup_says_an_unpinned_core_copy_and_spares_explicit_files(saved_tiny_model, tmp_path, monkeypatch):
+    """From the review: a --task-dir copy of a CORE task replaced the pinned file silently (the CORE score was
+    then over an excerpt); a task's own name was offered as 'did you mean'; a stale $LLMKIT_EVAL_DATA refused
+    a task given by its path, where no folder is searched."""
+    from llmkit.eval.tasks import parse_task_list
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(FIXTURES / "winogrande.jsonl", mine / "winogrande.jsonl")  # an excerpt named like the CORE task
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLMKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLMKIT_EVAL_DATA", raising=False)
+    result = cli_in_process("eval", "--model", saved_tiny_model, "--tasks", "winogrande", "--task-dir", mine,
+                            "--limit", 2, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert f"note: winogrande read from {mine / 'winogrande.jsonl'}, not the pinned CORE file" in result.stderr
+
+    with pytest.raises(DataError) as missing:
+        parse_task_list("copa", mine)
+    assert "did you mean copa?" not in str(missing.value)
+
+    monkeypatch.setenv("LLMKIT_EVAL_DATA", str(tmp_path / "gone"))
+    result = cli_in_process("eval", "--model", saved_tiny_model, "--tasks", FIXTURES / "copa.jsonl", "--limit", 2,
+                            "--out", tmp_path / "run2")
+    assert result.returncode == 0, result.stderr

@@ -64,7 +64,7 @@ def interrupted_run(out: Path, model: str) -> tuple[dict, dict] | None:
     none (a complete run is evaluated again: its model may have changed since)."""
     from llmkit.eval.report import load_run
 
-    if not (out / "results.json").is_file():
+    if not (out / "results.json").is_file() or _is_bpb_run(out):  # a bits-per-byte run has no tasks to resume
         return None
     try:
         summary, examples = load_run(out)
@@ -241,11 +241,13 @@ def note_fallbacks(tasks: str, specs: list, task_dir: str | None) -> None:
     (a misnamed file, gsm8k/ one level off) learns it now, not from results.json's paths."""
     from llmkit.eval.locations import user_roots
 
+    named = {Path(t).resolve() for t in (t.strip() for t in tasks.split(",")) if t.endswith(".jsonl") or Path(t).is_file()}
+    if all(Path(spec.path).resolve() in named for spec in specs):
+        return  # every task a file named by its path: no folder was searched
     roots = user_roots(task_dir)
     if not roots:
         return
     mine = [root.resolve() for _, root in roots]
-    named = {Path(t).resolve() for t in (t.strip() for t in tasks.split(",")) if t.endswith(".jsonl") or Path(t).is_file()}
     elsewhere: dict[Path, list[str]] = {}
     for spec in specs:
         path = Path(spec.path).resolve()
@@ -254,6 +256,21 @@ def note_fallbacks(tasks: str, specs: list, task_dir: str | None) -> None:
     searched = " or ".join(f"{label} {root}" for label, root in roots)
     for folder, names in elsewhere.items():
         print(f"note: {', '.join(names)} not in {searched}: read from {folder}", file=sys.stderr)
+
+
+def note_unpinned(specs: list) -> None:
+    """One stderr line per CORE task read from a file that is not the pinned one (its SHA-256 differs): a
+    --task-dir copy replaces the stored file for that task alone, and CORE-18 is then computed over it."""
+    import hashlib
+
+    from llmkit.eval.tasks import core_settings
+
+    table = core_settings()["tasks"]
+    for spec in specs:
+        row = table.get(spec.name)
+        if row and hashlib.sha256(Path(spec.path).read_bytes()).hexdigest() != row["sha256"]:
+            print(f"note: {spec.name} read from {spec.path}, not the pinned CORE file (its SHA-256 differs): its "
+                  "score, and a CORE score over it, are not the published task's", file=sys.stderr)
 
 
 def cmd_eval_tasks(args) -> None:
@@ -275,6 +292,7 @@ def cmd_eval_tasks(args) -> None:
             if given(args, dest):
                 raise LLMKitError(f"{flag(dest)}: {PURPOSE[dest]}; --tasks {args.tasks} has none (its tasks are "
                                   "scored, not generated): drop it")
+    note_unpinned(specs)  # after the refusals: a refused command prints its one line alone
     if not is_url(args.model):  # flags that fail at load time fail before the output folder is made
         resolve_device(args.device)
         parse_dtype(args.dtype)

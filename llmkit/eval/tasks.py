@@ -86,8 +86,8 @@ def find_task_file(name: str, task_dir: str | Path | None = None) -> Path:
         if (directory / f"{name}.jsonl").is_file():
             return directory / f"{name}.jsonl"
     where = ", ".join(f"{d} ({label})" for label, d in dirs)
-    known = {"core", *core_task_names(), *generative_task_names()} | {
-        p.stem for _, d in dirs if d.is_dir() for p in d.glob("*.jsonl")}
+    known = ({"core", *core_task_names(), *generative_task_names()}
+             | {p.stem for _, d in dirs if d.is_dir() for p in d.glob("*.jsonl")}) - {name}  # not itself
     close = difflib.get_close_matches(name, sorted(known), n=1)
     hint = f"did you mean {close[0]}? Else " if close else ""
     fetch = "; or fetch the CORE files with `llmkit eval --fetch`" if name in core_task_names() else ""
