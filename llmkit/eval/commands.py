@@ -235,18 +235,23 @@ def _is_bpb_run(directory: Path) -> bool:
         return False
 
 
-def note_fallbacks(tasks: str, specs: list, task_dir: str | None) -> None:
-    """One stderr line per folder that tasks were read from after --task-dir or $LLMKIT_EVAL_DATA did not
-    hold them: the search goes on to the other places (locations.py), and a user who meant their own copy
-    (a misnamed file, gsm8k/ one level off) learns it now, not from results.json's paths."""
+def lookup_notes(tasks: str, specs: list, task_dir: str | None) -> list[str]:
+    """Where the tasks were read from, when it may not be what the user meant, one line each, printed once
+    the model (or server) is reached so that a command that fails prints its error line alone:
+    - per folder that tasks were read from after --task-dir or $LLMKIT_EVAL_DATA did not hold them: the
+      search goes on to the other places (locations.py), and a user who meant their own copy (a misnamed
+      file, gsm8k/ one level off) learns it at the start, not from results.json's paths;
+    - per CORE task read from a file that is not the pinned one (its SHA-256 differs): a --task-dir copy
+      replaces the stored file for that task alone, and CORE-18 is then computed over it."""
     from llmkit.eval.locations import user_roots
 
+    notes = unpinned_notes(specs)
     named = {Path(t).resolve() for t in (t.strip() for t in tasks.split(",")) if t.endswith(".jsonl") or Path(t).is_file()}
     if all(Path(spec.path).resolve() in named for spec in specs):
-        return  # every task a file named by its path: no folder was searched
+        return notes  # every task a file named by its path: no folder was searched
     roots = user_roots(task_dir)
     if not roots:
-        return
+        return notes
     mine = [root.resolve() for _, root in roots]
     elsewhere: dict[Path, list[str]] = {}
     for spec in specs:
@@ -255,22 +260,25 @@ def note_fallbacks(tasks: str, specs: list, task_dir: str | None) -> None:
             elsewhere.setdefault(Path(spec.path).parent, []).append(spec.name)
     searched = " or ".join(f"{label} {root}" for label, root in roots)
     for folder, names in elsewhere.items():
-        print(f"note: {', '.join(names)} not in {searched}: read from {folder}", file=sys.stderr)
+        notes.append(f"note: {', '.join(names)} not in {searched}: read from {folder}")
+    return notes
 
 
-def note_unpinned(specs: list) -> None:
-    """One stderr line per CORE task read from a file that is not the pinned one (its SHA-256 differs): a
-    --task-dir copy replaces the stored file for that task alone, and CORE-18 is then computed over it."""
+def unpinned_notes(specs: list) -> list[str]:
     import hashlib
 
     from llmkit.eval.tasks import core_settings
 
     table = core_settings()["tasks"]
-    for spec in specs:
-        row = table.get(spec.name)
-        if row and hashlib.sha256(Path(spec.path).read_bytes()).hexdigest() != row["sha256"]:
-            print(f"note: {spec.name} read from {spec.path}, not the pinned CORE file (its SHA-256 differs): its "
-                  "score, and a CORE score over it, are not the published task's", file=sys.stderr)
+    return [f"note: {spec.name} read from {spec.path}, not the pinned CORE file (its SHA-256 differs): its score, "
+            "and a CORE score over it, are not the published task's"
+            for spec in specs if (row := table.get(spec.name))
+            and hashlib.sha256(Path(spec.path).read_bytes()).hexdigest() != row["sha256"]]
+
+
+def say_notes(notes: list[str]) -> None:
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
 
 
 def cmd_eval_tasks(args) -> None:
@@ -286,13 +294,12 @@ def cmd_eval_tasks(args) -> None:
     from llmkit.eval.remote import RemoteBackend, is_url
 
     specs = parse_task_list(args.tasks, args.task_dir, shots=args.shots, max_new_tokens=args.max_new_tokens)
-    note_fallbacks(args.tasks, specs, args.task_dir)
+    notes = lookup_notes(args.tasks, specs, args.task_dir)
     if not any(isinstance(s, GenerativeSpec) for s in specs):
         for dest in ("max_new_tokens", "compile"):
             if given(args, dest):
                 raise LLMKitError(f"{flag(dest)}: {PURPOSE[dest]}; --tasks {args.tasks} has none (its tasks are "
                                   "scored, not generated): drop it")
-    note_unpinned(specs)  # after the refusals: a refused command prints its one line alone
     if not is_url(args.model):  # flags that fail at load time fail before the output folder is made
         resolve_device(args.device)
         parse_dtype(args.dtype)
@@ -319,10 +326,12 @@ def cmd_eval_tasks(args) -> None:
         if is_url(args.model):
             # a server started with --api-key wants it; OPENAI_API_KEY is where OpenAI's own clients look
             backend = RemoteBackend(args.model, chat=args.chat, api_key=os.environ.get("OPENAI_API_KEY"))
+            say_notes(notes)
             run = evaluate_with(backend, specs, limit=args.limit, sample=args.sample, sample_seed=args.sample_seed,
                                 resume=resume, on_task=save)
         else:
             llm = llmkit.load(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+            say_notes(notes)
             run = evaluate_tasks(llm.model, llm.tokenizer, specs, limit=args.limit, sample=args.sample,
                                  sample_seed=args.sample_seed, add_bos=not args.no_bos,
                                  batch_tokens=args.batch_tokens, chat=args.chat, engine=llm.engine,
