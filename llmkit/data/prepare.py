@@ -23,6 +23,7 @@ import numpy as np
 
 from llmkit.atomic import atomic_open, atomic_write_text, staged_directory
 from llmkit.data.clean.readers import FilePart, format_of, read_part, visible_files
+from llmkit.data.clean.report import is_clean_report
 from llmkit.errors import DataError
 from llmkit.tokenizer import Tokenizer, read_text_pieces, text_pieces
 
@@ -52,6 +53,7 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             _refuse_unfinished_clean_output(path)
+            _refuse_whole_clean_output(path)
             files += [p for p in visible_files(path) if format_of(p) in PREPARE_FORMATS]
         elif path.is_file():
             if format_of(path) not in PREPARE_FORMATS:
@@ -75,6 +77,25 @@ def _refuse_unfinished_clean_output(path: Path) -> None:
                             "folder is there and report/report.json is not); run it again to completion")
 
 
+def _refuse_whole_clean_output(path: Path) -> None:
+    """The folder `llmkit data clean` writes holds its report (report.md is a text file, the cluster log
+    JSONL) and the annealing subset beside the mix: read whole, the report would become a training
+    document and the subset be counted twice. The mix is its train/ folder."""
+    if is_clean_report(path / "report" / "report.json"):
+        raise DataError(f"{path}: is the output of `llmkit data clean`, with its report and anneal/ subset; "
+                        f"pass {path / 'train'} (the mix) or {path / 'anneal'} (the annealing subset) as --input")
+
+
+def _without_bom(pieces: Iterator[str]) -> Iterator[str]:
+    """A text file's pieces without a leading byte-order mark: it is the file's encoding signature, not
+    text, and would be tokenized and counted in the bytes bits-per-byte divides by (a JSONL line's is
+    dropped by json, as `data clean` drops a text file's)."""
+    first = True
+    for piece in pieces:
+        yield piece.removeprefix("\ufeff") if first else piece
+        first = False
+
+
 def iter_documents(files: list[Path], field_name: str = "text", skip_bad: bool = False,
                    stats: PrepareStats | None = None) -> Iterator[str | Iterator[str]]:
     """Yield documents from every file, streaming (a text file is one document; JSONL one per line;
@@ -83,10 +104,11 @@ def iter_documents(files: list[Path], field_name: str = "text", skip_bad: bool =
     skipped: list = []
     for path in files:
         if format_of(path) == "text":
+            pieces = _without_bom(read_text_pieces(path, LONG_DOCUMENT, DataError))
             if path.stat().st_size > LONG_DOCUMENT:
-                yield read_text_pieces(path, LONG_DOCUMENT, DataError)
+                yield pieces
             else:  # universal newlines, as `tokenizer train` reads text files: a CRLF file gives the same tokens
-                yield "".join(read_text_pieces(path, LONG_DOCUMENT, DataError))
+                yield "".join(pieces)
             continue
         part = FilePart(path=str(path), rel=path.name, format=format_of(path), source="prepare",
                         text_field=field_name, id_field="")  # ids are not needed: no id column is read

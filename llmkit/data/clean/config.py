@@ -188,10 +188,15 @@ def _check_order(config: PipelineConfig) -> None:
 def parse_inputs(values: list[str] | None, text_field: str = "text") -> list[InputSpec]:
     """`--input` values: PATH or NAME=PATH (NAME is the source that mixing weights refer to; by default
     the file or directory name)."""
+    from llmkit.data.clean.readers import FORMATS
+
     specs = []
     for value in values or []:
         name, sep, path = value.partition("=")
         if not sep or "/" in name or not name:
-            name, path = Path(value.rstrip("/")).stem or "default", value
+            base = Path(value.rstrip("/")).name
+            # crawl.jsonl.gz is the source "crawl", as crawl.jsonl is (Path.stem drops only ".gz")
+            suffix = next((x for x in sorted(FORMATS, key=len, reverse=True) if base.lower().endswith(x)), None)
+            name, path = (base[:-len(suffix)] if suffix else Path(base).stem) or "default", value
         specs.append(InputSpec(path=path, source=name, text_field=text_field))
     return specs

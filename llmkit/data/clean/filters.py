@@ -57,7 +57,8 @@ class GopherQuality:
 
     def __init__(self, config: GopherQualityConfig):
         self.c = config
-        self.stop_words = set(config.stop_words)
+        # Compared with the lower-cased words (`norm_words`): a list written "The, And" must not match nothing.
+        self.stop_words = {w.lower() for w in config.stop_words}
 
     def __call__(self, doc: Document) -> Document | Rejection:
         c = self.c
@@ -283,8 +284,8 @@ class FineWebConfig:
     # Penedo et al. 2024, §3.6: remove documents where the fraction of lines ending with punctuation is
     # <= 0.12, the fraction of characters in duplicated lines is >= 0.1, or the fraction of lines
     # shorter than 30 characters is >= 0.67. (datatrove's FineWebQualityFilter ships 0.01 for the
-    # duplicate-character rule; the paper's 0.1 is used here.) The newline-to-word ratio >= 0.3 is the
-    # fourth rule of datatrove's implementation.
+    # duplicate-character rule; the paper's 0.1 is used here.) A newline-to-word ratio > 0.3 is the
+    # fourth rule of datatrove's implementation (`new_line / len(words) > new_line_ratio`: 0.3 is kept).
     max_line_punct_ratio: float | None = 0.12
     max_dup_line_char_ratio: float | None = 0.1
     max_short_line_ratio: float | None = 0.67
@@ -325,6 +326,6 @@ class FineWeb:
                 return Rejection("fineweb.short_line_ratio", f"{ratio:.2f}")
         if c.max_newline_word_ratio is not None:
             ratio = doc.text.count("\n") / max(1, len(doc.space_words))
-            if ratio >= c.max_newline_word_ratio:
+            if ratio > c.max_newline_word_ratio:
                 return Rejection("fineweb.newline_word_ratio", f"{ratio:.2f}")
         return doc

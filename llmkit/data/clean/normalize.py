@@ -48,11 +48,16 @@ class Extract:
         return doc
 
 
+# Line breaks other than LF: CRLF, CR, vertical tab, form feed (a page break in pdftotext output and
+# Gutenberg texts), the information separators U+001C-U+001E, NEL (U+0085) and U+2028/U+2029 end a line
+# (str.splitlines): they become LF, never deleted, or the words on either side of them would be glued.
+_LINE_BREAKS = re.compile("\r\n|[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 # Zero-width space, word joiner, byte-order mark and soft hyphen, and the C0/C1 control characters
-# except tab and newline. Not ZWNJ/ZWJ (U+200C/U+200D): they are part of the spelling in Persian and
-# Indic scripts and join emoji sequences, so removing them would change the text, not clean it.
+# except tab, newline and the line breaks above. Not ZWNJ/ZWJ (U+200C/U+200D): they are part of the
+# spelling in Persian and Indic scripts and join emoji sequences, so removing them would change the text.
 _INVISIBLE = re.compile("[\u200b\u2060\ufeff\u00ad]")
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
+_UNIT_SEPARATOR = "\x1f"  # whitespace to Python (str.split), so a space, not nothing
 _SPACES = re.compile(r"[^\S\n]+")  # any whitespace but newline: tabs, NBSP, U+2000..U+200A, U+3000 ...
 _BLANK_LINES = re.compile(r"\n{3,}")
 
@@ -81,9 +86,13 @@ class Normalize:
 
     def normalize(self, text: str) -> str:
         c = self.config
-        text = unicodedata.normalize(c.form, text.replace("\r\n", "\n").replace("\r", "\n"))
+        text = _LINE_BREAKS.sub("\n", text)
+        # Characters are removed before the Unicode normalisation, not after: "e", a soft hyphen and a
+        # combining acute compose to "é" only once the hyphen is gone, and text in the documented form
+        # is what exact deduplication and the word statistics compare.
         if c.remove_control:
-            text = _CONTROL.sub("", _INVISIBLE.sub("", text))
+            text = _CONTROL.sub("", _INVISIBLE.sub("", text)).replace(_UNIT_SEPARATOR, " ")
+        text = unicodedata.normalize(c.form, text)
         if c.collapse_whitespace:
             text = "\n".join(line.strip() for line in _SPACES.sub(" ", text).split("\n"))
             text = _BLANK_LINES.sub("\n\n", text).strip()

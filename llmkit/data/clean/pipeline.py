@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -36,7 +37,7 @@ from llmkit.data.clean.document import Document, Rejection
 from llmkit.data.clean.mixing import copies, in_anneal, mixture_summary
 from llmkit.data.clean.quality import QualityModel
 from llmkit.data.clean.readers import FORMAT_PACKAGES, ReadTask, plan_tasks, read_part
-from llmkit.data.clean.report import RunStats, snippet, write_report
+from llmkit.data.clean.report import RunStats, is_clean_report, snippet, write_report
 from llmkit.data.clean.safety import load_word_list
 from llmkit.data.clean.shared import import_extra, require_extra
 from llmkit.data.clean.stages import STAGES
@@ -303,10 +304,25 @@ class DaskExecutor:
 OUTPUTS = ("train", "anneal", "report")  # what a run writes into OUT, and replaces there at its end
 
 
+WORK_MARKER = "llmkit-data-clean"  # made in OUT/.work before anything else: the folder is a run's scratch
+# What a run (of this or an earlier version, which wrote no marker) puts in .work, temporary files included.
+_WORK_NAMES = re.compile(r"\.?(?:output|replaced|swap\.json|clusters\.jsonl|near_(?:valid|keys)\.npy|p1-\d+\.jsonl"
+                         r"|sig-\d+\.(?:meta\.npy|sig\.npy|bands\.npy|ids\.jsonl)|drop-\d+\.npy|"
+                         + re.escape(WORK_MARKER) + r")(?:\.tmp-\d+)?")
+
+
+def _is_our_workdir(workdir: Path) -> bool:
+    if not workdir.is_dir() or workdir.is_symlink():
+        return False
+    return (workdir / WORK_MARKER).exists() or all(_WORK_NAMES.fullmatch(p.name) for p in workdir.iterdir())
+
+
 def _prepare_out(out: Path) -> bool:
-    """OUT is ours if empty or made by a previous run (it has report/report.json, or the .work folder of a
-    killed one); then its previous output is replaced when the new one is complete (`_swap_in`). Anything
-    else is refused rather than mixed with our shards. Returns whether OUT was created here."""
+    """OUT is ours if empty or made by a previous run (it has our report/report.json, or the .work folder of
+    a killed one); then its previous output is replaced when the new one is complete (`_swap_in`). Anything
+    else is refused rather than mixed with our shards: the names alone (a user's `report/report.json` beside
+    their `train/`, their own `.work/`) are not proof, or a run would delete the user's files. Returns
+    whether OUT was created here."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is a file; --out must be a directory (new, empty, or a previous output)")
     created = not out.exists()
@@ -315,10 +331,17 @@ def _prepare_out(out: Path) -> bool:
     except OSError as e:
         raise DataError(f"{out}: cannot create the output directory ({e.strerror}); choose another --out") from None
     if any(out.iterdir()):
-        if not (out / "report" / "report.json").exists() and not (out / ".work").exists():
+        report, work = out / "report" / "report.json", out / ".work"
+        if report.exists() and not is_clean_report(report):
+            raise DataError(f"{report}: is not a report of `llmkit data clean`, so {out} is not a previous output "
+                            "that a run may replace; choose an empty or new --out directory")
+        if (work.exists() or work.is_symlink()) and not _is_our_workdir(work):
+            raise DataError(f"{work}: holds files that `llmkit data clean` did not write, and a run deletes its "
+                            "scratch folder OUT/.work; choose an empty or new --out directory")
+        if not report.exists() and not work.exists():
             raise DataError(f"{out}: exists and is not the output of a previous `llmkit data clean`; "
                             "choose an empty or new --out directory")
-        if (out / ".work").exists():  # the scratch of a killed run: the output only if killed mid-swap
+        if work.exists():  # the scratch of a killed run: the output only if killed mid-swap
             _finish_swap(out, out / ".work")
             shutil.rmtree(out / ".work")
     return created
@@ -393,6 +416,15 @@ def _check(config: PipelineConfig) -> None:
         if config.stage(name).keep == "quality" and "quality_model" not in before:
             raise DataError(f"{config.path}: {name}.keep is 'quality' but no quality_model stage runs before "
                             "deduplication; move quality_model before the dedup stages or use keep: first")
+    # A weight or an annealing source is looked up by source name, so a misspelt name would silently
+    # leave that source at 1.0 (or the subset empty): every name must be one of the inputs' sources.
+    sources = sorted({spec.source for spec in config.inputs})
+    named = [("mixing.weights", name) for name in config.mixing.weights]
+    named += [("mixing.anneal.sources", name) for name in config.mixing.anneal.sources or []]
+    for field_name, name in named:
+        if name not in sources:
+            raise ConfigError(f"{config.path}: {field_name} names the source {name!r}, which no input has (sources: "
+                              f"{', '.join(sources)}); name a source as NAME in --input NAME=PATH or `source:` of an input")
     # Files the stages need are checked here, before OUT is cleared and workers start.
     quality = config.stage("quality_model")
     if quality is not None:
@@ -451,6 +483,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, inputs: list[InputSpec
     workdir = out / ".work"
     staged = workdir / "output"
     staged.mkdir(parents=True)
+    (workdir / WORK_MARKER).touch()
     try:
         summary = _run(config, tasks, workdir, staged, workers, engine, log, start)
         _swap_in(staged, out, workdir)

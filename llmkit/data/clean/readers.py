@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -171,14 +172,44 @@ def _decode(data: bytes, path: str, what: str = "file") -> str:
 
 
 def _read_text(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
-    yield Document(text=_decode(Path(part.path).read_bytes(), part.path), id=f"{part.source}/{part.rel}",
-                   source=part.source)
+    # A byte-order mark is the file's encoding signature, not text (as JSONL lines are read by json).
+    text = _decode(Path(part.path).read_bytes(), part.path).removeprefix("\ufeff")
+    yield Document(text=text, id=f"{part.source}/{part.rel}", source=part.source)
 
 
 def _read_html(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
-    data = Path(part.path).read_bytes()
-    yield Document(text="", html=data.decode("utf-8", errors="replace"), id=f"{part.source}/{part.rel}",
+    yield Document(text="", html=decode_html(Path(part.path).read_bytes()), id=f"{part.source}/{part.rel}",
                    source=part.source)
+
+
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
+
+
+def decode_html(data: bytes, declared: str | None = None) -> str:
+    """An HTML page's bytes as text: in the charset its HTTP header declares; else UTF-8 if the bytes are
+    valid UTF-8; else the charset of its `<meta charset>` / `<meta http-equiv content="...charset=">` (in
+    the first 4 KB, where the HTML standard's prescan looks); else the guess of trafilatura's detector.
+    Decoding a Latin-1 or Windows-1252 page as UTF-8 would turn every accented letter into U+FFFD."""
+    if declared:
+        try:
+            return data.decode(declared, errors="replace")
+        except LookupError:  # an unknown charset name in the header: as if none were given
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    match = _META_CHARSET.search(data[:4096])
+    if match:
+        try:
+            return data.decode(match.group(1).decode("ascii"), errors="replace")
+        except LookupError:
+            pass
+    try:
+        from trafilatura.utils import decode_file
+    except ImportError:  # without the extract stage's package: UTF-8, marking what it cannot read
+        return data.decode("utf-8", errors="replace")
+    return decode_file(data)
 
 
 def _line_number(path: str, offset: int) -> int:
@@ -278,6 +309,9 @@ def _read_parquet(part: FilePart, skip_bad, bad_counter, bad_hint) -> Iterator[D
                         "(text_field on the input, --field for `data prepare`)")
     columns = [part.text_field] + ([part.id_field] if part.id_field in names else [])
     groups = list(range(part.start, part.end if part.end >= 0 else pf.num_row_groups))
+    # The row's index in the whole file, not in this part: ids (which decide mixing and the report) must
+    # not depend on how task_mb split the file, as a JSONL line's byte offset does not.
+    first_row = sum(pf.metadata.row_group(g).num_rows for g in range(part.start))
     row = 0
     for batch in pf.iter_batches(batch_size=1024, row_groups=groups, columns=columns):
         texts = batch.column(0).to_pylist()
@@ -291,7 +325,7 @@ def _read_parquet(part: FilePart, skip_bad, bad_counter, bad_hint) -> Iterator[D
                     continue
                 raise DataError(f"{part.path}: row {row} of row groups {groups[0] if groups else 0}+: column "
                                 f"{part.text_field!r} is null; {bad_hint}")
-            yield Document(text=text, id=str(doc_id) if doc_id is not None else f"{part.rel}#{part.start}:{row}",
+            yield Document(text=text, id=str(doc_id) if doc_id is not None else f"{part.rel}#{first_row + row}",
                            source=part.source)
 
 
@@ -321,14 +355,10 @@ def _read_warc(part: FilePart, skip_bad, bad_counter) -> Iterator[Document]:
                     ctype = (record.http_headers.get_header("Content-Type") or "").lower()
                     if "html" not in ctype:
                         continue
-                    charset = "utf-8"
+                    charset = None
                     if "charset=" in ctype:
-                        charset = ctype.split("charset=", 1)[1].split(";")[0].strip() or "utf-8"
-                    data = record.content_stream().read()
-                    try:
-                        html = data.decode(charset, errors="replace")
-                    except LookupError:
-                        html = data.decode("utf-8", errors="replace")
+                        charset = ctype.split("charset=", 1)[1].split(";")[0].strip().strip("\"'") or None
+                    html = decode_html(record.content_stream().read(), charset)
                     yield Document(text="", html=html, id=rid, source=part.source, meta={"url": url} if url else {})
         except load_failed as e:
             raise DataError(f"{part.path}: not a readable WARC archive ({str(e).strip()}); "

@@ -69,6 +69,17 @@ class RunStats:
                 mine[k] += v
 
 
+def is_clean_report(path: Path) -> bool:
+    """Is `path` a report.json that `llmkit data clean` wrote? The name alone proves nothing: a folder of
+    the user's with its own report/report.json must not be taken for an output a run may replace."""
+    try:
+        summary = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(summary, dict) and isinstance(summary.get("stages"), list)
+            and all(isinstance(summary.get(k), dict) for k in ("read", "output", "mixing")))
+
+
 def snippet(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS] + "…"
