@@ -12,9 +12,12 @@ import os
 import re
 import shutil
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+
+import llmkit
 
 from serve_fixtures import metric, running_server, save_wide_tiny_model
 
@@ -125,8 +128,9 @@ def test_page_and_assets_are_served_without_the_key_and_need_no_internet(server)
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)
     assert {"/static/app.js", "/static/style.css"} <= set(assets)
-    scripts = ["/static/app.js", "/static/api.js", "/static/markdown.js", "/static/probabilities.js",
-               "/static/store.js"]
+    static = Path(llmkit.__file__).parent / "serve" / "static"
+    scripts = [f"/static/{p.name}" for p in static.glob("*.js")]  # every module the page may import
+    assert len(scripts) >= 8
     for path in set(assets) | set(scripts):
         r = httpx.get(f"{server}{path}")
         assert r.status_code == 200 and r.content, path

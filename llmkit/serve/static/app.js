@@ -1,13 +1,17 @@
 // llmkit's chat page: conversations in localStorage, replies streamed from /v1/chat/completions and
 // rendered as Markdown, a stop button (aborting the fetch closes the connection; the server cancels the
 // request within one engine step), regenerate, edit-and-resend, sampling settings, speed and token
-// counts under each reply, a per-token probabilities view, and the Inspect view (inspect.js).
+// counts under each reply, a per-token probabilities view, the Inspect view (inspect.js), and renaming,
+// exporting and importing conversations (sidebar.js, transfer.js).
 
 import { ApiError, NetworkError, health, listModels, streamChat } from "./api.js";
 import { Inspector } from "./inspect.js";
 import { copyCode, renderMarkdown } from "./markdown.js";
+import { sourcesElement, statsElement } from "./message_parts.js";
 import { TokenPopup, renderTokens, tokensOf } from "./probabilities.js";
+import { ConversationList } from "./sidebar.js";
 import * as store from "./store.js";
+import * as transfer from "./transfer.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -15,7 +19,7 @@ const ui = {
   list: $("conversations"), newChat: $("new-chat"), settings: $("settings"), notice: $("notice"),
   model: $("model-name"), status: $("server-status"), system: $("system-prompt"), temperature: $("temperature"),
   topP: $("top-p"), maxTokens: $("max-tokens"), seed: $("seed"), probabilities: $("probabilities"),
-  apiKey: $("api-key"),
+  apiKey: $("api-key"), exportAll: $("export-all"), importButton: $("import"), importFile: $("import-file"),
 };
 
 const settings = store.loadSettings();
@@ -28,6 +32,11 @@ let retry = null; // the timer of the next connect() while the server is loading
 // one the merge with other tabs' saves must not bring back (one continued since, in another tab, stays).
 const deleted = new Map();
 const popup = new TokenPopup($("token-popup"));
+const list = new ConversationList(ui.list, {
+  state: () => [conversations, current], open: (c) => switchTo(c), remove: (c) => deleteConversation(c),
+  rename: renameConversation, refocus: () => refocus(),
+  exportOne: (c) => transfer.download(transfer.exportFileName(c), transfer.exportData([c])),
+});
 const inspector = new Inspector({
   conversation: () => current, apiKey: () => settings.apiKey, model: () => model, onUnauthorized: () => askForKey(),
 });
@@ -36,6 +45,10 @@ const inspector = new Inspector({
 function persist() {
   const kept = conversations.filter((c) => c.messages.length);
   const outcome = store.saveConversations(kept, current ? current.id : null, deleted);
+  warnIfFull(outcome);
+}
+
+function warnIfFull(outcome) {
   if (outcome === "full") {
     showNotice("The browser's storage is full: delete some conversations, or this one will not be kept.");
   } else if (outcome === "without-tokens") {
@@ -79,37 +92,69 @@ function takeOtherTabsChanges(event) {
   renderList();
 }
 
-function showNotice(text) {
+// `info` for news (an import done) rather than a warning.
+function showNotice(text, info = false) {
   ui.notice.textContent = text;
   ui.notice.hidden = !text;
+  ui.notice.classList.toggle("info", info);
 }
 
-// --- the conversation list ---------------------------------------------------------------------------------
+// --- the conversation list (sidebar.js), renaming, export and import -------------------------------------
 function renderList() {
-  ui.list.replaceChildren();
+  list.render();
+}
+
+// An empty title is the automatic one again (from the first message).
+function renameConversation(id, text, maxLength) {
+  const conversation = conversations.find((c) => c.id === id);
+  if (!conversation) return; // deleted in another tab meanwhile
+  const first = conversation.messages.find((m) => m.role === "user");
+  const title = store.titleOf(text, maxLength) || (first ? store.titleOf(first.content) : "");
+  if (title === conversation.title) return;
+  conversation.title = title;
+  conversation.updated = Date.now(); // the newer copy: what other tabs, and the merge when saving, keep
+  persist();
+}
+
+function exportAll() {
   const shown = conversations.filter((c) => c.messages.length).sort((a, b) => b.updated - a.updated);
-  for (const conversation of shown) {
-    const row = document.createElement("div");
-    row.className = "conversation" + (conversation === current ? " current" : "");
-    const open = document.createElement("button");
-    open.type = "button";
-    open.className = "open";
-    open.textContent = conversation.title || "(untitled)";
-    if (conversation === current) open.setAttribute("aria-current", "true");
-    open.dir = "auto";
-    open.title = new Date(conversation.updated).toLocaleString();
-    open.addEventListener("click", () => switchTo(conversation));
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.className = "delete";
-    remove.textContent = "\u00d7";
-    remove.title = "Delete this conversation";
-    // Its text is a bare "×": a screen reader would read "times", so the name says what it deletes.
-    remove.setAttribute("aria-label", `Delete "${conversation.title || "(untitled)"}"`);
-    remove.addEventListener("click", () => deleteConversation(conversation));
-    row.append(open, remove);
-    ui.list.append(row);
+  if (!shown.length) showNotice("There are no conversations to export yet.");
+  else transfer.download(transfer.exportFileName(null), transfer.exportData(shown));
+}
+
+// Adds a file's conversations to this browser's (transfer.js's newConversations says which and how).
+// The file is checked whole first: a bad one changes nothing.
+async function importFile(file) {
+  let imported;
+  try {
+    imported = await transfer.readImport(file);
+  } catch (e) {
+    if (!(e instanceof transfer.ImportError)) throw e;
+    showNotice(`"${file.name}" was not imported: ${e.message}. Nothing was changed.`);
+    return;
   }
+  const gone = new Set([...deleted.keys(), ...store.deletedIds()]);
+  const { added, skipped, empty } = transfer.newConversations(imported, conversations, gone);
+  const notes = [skipped && `${skipped} already here`, empty && `${empty} without messages`].filter(Boolean);
+  const left = notes.length ? ` (left out: ${notes.join(", ")})` : "";
+  if (!added.length) {
+    showNotice(`"${file.name}" holds no conversations to add${left}: nothing was imported.`);
+    return;
+  }
+  // Saved as copies: when storage is nearly full the save drops probabilities from the copies it holds,
+  // and when the file does not fit at all, this tab's conversations must be left as they were.
+  const all = [...conversations, ...added];
+  const outcome = store.saveConversations(structuredClone(all.filter((c) => c.messages.length)),
+                                          current ? current.id : null, deleted);
+  if (outcome === "full") {
+    showNotice(`"${file.name}" was not imported: its conversations do not fit in the browser's storage ` +
+               "(about 5 MB; delete some conversations first). Nothing was changed.");
+    return;
+  }
+  conversations = all;
+  renderList();
+  showNotice(`Imported ${added.length} conversation${added.length === 1 ? "" : "s"} from "${file.name}"${left}.`, true);
+  warnIfFull(outcome); // "without-tokens": the current conversation's probabilities did not fit
 }
 
 function switchTo(conversation) {
@@ -185,27 +230,6 @@ function messageElement(message, index) {
   return element;
 }
 
-// The passages a retrieval-augmented reply cites (a server started with --rag sends them as `sources`):
-// "[2] hamlet.txt, line 1734", the passage itself folded under it. Text only, never markup.
-function sourcesElement(sources) {
-  const list = document.createElement("div");
-  list.className = "sources";
-  const title = document.createElement("div");
-  title.className = "sources-title";
-  title.textContent = "Sources";
-  list.append(title);
-  for (const source of sources) {
-    const item = document.createElement("details");
-    const summary = document.createElement("summary");
-    summary.textContent = `[${source.n}] ${source.file}, line ${source.line}`;
-    const passage = document.createElement("pre");
-    passage.textContent = source.text;
-    item.append(summary, passage);
-    list.append(item);
-  }
-  return list;
-}
-
 // (Re)draws a message's body and footer: called on every streamed chunk (throttled) and when done.
 function fillMessage(element, message, index) {
   const [body, meta] = element.children;
@@ -251,26 +275,6 @@ function fillBody(body, message, streaming) {
   if (showTokens) renderTokens(body, message.tokens);
   else body.innerHTML = renderMarkdown(message.content); // escaped first: see markdown.js
   if (message.sources && message.sources.length && !streaming) body.append(sourcesElement(message.sources));
-}
-
-// Each figure only if it is a number: replies stored by an older page lack some (tokensPerS, truncated).
-function statsElement(stats) {
-  const span = document.createElement("span");
-  span.className = "stats";
-  const known = (x) => typeof x === "number" && Number.isFinite(x);
-  const parts = [`${stats.exact ? "" : "~"}${known(stats.completion) ? stats.completion : "?"} tokens`];
-  if (known(stats.tokensPerS)) parts.push(`${stats.tokensPerS.toFixed(1)} tokens/s`);
-  if (known(stats.prompt)) parts.push(`prompt ${stats.prompt} tokens${stats.cached ? ` (${stats.cached} cached)` : ""}`);
-  if (known(stats.ttftS)) parts.push(`first token ${stats.ttftS.toFixed(2)} s`);
-  if (known(stats.truncated) && stats.truncated > 0) {
-    const n = stats.truncated;
-    parts.push(`the ${n === 1 ? "oldest message was" : `${n} oldest messages were`} left out to fit the context`);
-  }
-  const reason = { length: "max tokens reached", stopped: "stopped" }[stats.finish];
-  if (reason) parts.push(reason);
-  span.textContent = parts.join(" \u00b7 ");
-  for (const key of ["completion", "prompt", "finish", "truncated"]) span.dataset[key] = String(stats[key]);
-  return span;
 }
 
 // A control that had the keyboard focus was removed or hidden (Send and Stop swap places, a message is
@@ -397,16 +401,11 @@ function setBusy(on) {
   if (pressed) ui.input.focus({ preventScroll: true }); // the button pressed is hidden now
 }
 
-// The first 60 characters of the first message; counted in code points, so an emoji is never cut in two.
-function titleOf(text) {
-  return Array.from(text.trim().replace(/\s+/g, " ")).slice(0, 60).join("");
-}
-
 function send() {
   const text = ui.input.value;
   if (busy || !text.trim()) return;
   if (!current) startNewChat();
-  if (!current.messages.length) current.title = titleOf(text);
+  if (!current.messages.length) current.title = store.titleOf(text);
   current.system = ui.system.value;
   current.messages.push({ role: "user", content: text });
   ui.input.value = "";
@@ -437,7 +436,8 @@ function editMessage(element, index) {
     // Everything after the edited message belonged to the old text: it goes.
     current.messages = current.messages.slice(0, index);
     current.messages.push({ role: "user", content: editor.value });
-    if (index === 0) current.title = titleOf(editor.value);
+    // The automatic title follows the first message; one the user gave stays.
+    if (index === 0 && current.title === store.titleOf(message.content)) current.title = store.titleOf(editor.value);
     generate(current);
   };
   const close = () => { // back to the message, the focus back on its Edit button
@@ -524,6 +524,13 @@ document.addEventListener("keydown", (event) => {
 });
 ui.stop.addEventListener("click", stop);
 ui.newChat.addEventListener("click", startNewChat);
+ui.exportAll.addEventListener("click", exportAll);
+ui.importButton.addEventListener("click", () => ui.importFile.click()); // the file picker
+ui.importFile.addEventListener("change", async () => {
+  const [file] = ui.importFile.files;
+  ui.importFile.value = ""; // the same file can be chosen again
+  if (file) await importFile(file);
+});
 for (const input of [ui.temperature, ui.topP, ui.maxTokens, ui.seed, ui.probabilities]) {
   input.addEventListener("change", readSettingsForm);
 }

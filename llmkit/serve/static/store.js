@@ -39,6 +39,12 @@ export function newConversation(system) {
   return { id: newId(), title: "", system, messages: [], created: now, updated: now };
 }
 
+// The first 60 characters of the first message (or of a new title); counted in code points, so an emoji
+// is never cut in two.
+export function titleOf(text, length = 60) {
+  return Array.from(text.trim().replace(/\s+/g, " ")).slice(0, length).join("");
+}
+
 // A stored conversation as the page can show it, or null: data written by another version of the page,
 // edited by hand or cut short must never stop the page from loading, so each message is checked here.
 function validConversation(c) {
@@ -78,6 +84,12 @@ function validList(list) {
 
 export function loadCurrentId() {
   return read(KEYS.current, null);
+}
+
+// The ids of conversations deleted (in any tab): a conversation imported under one would not be kept.
+export function deletedIds() {
+  const tombstones = read(KEYS.deleted, {});
+  return tombstones && typeof tombstones === "object" ? Object.keys(tombstones) : [];
 }
 
 function withoutTokens(conversation) {
