@@ -83,17 +83,22 @@ def chi_square(counts, probs):
     return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
 
 
-@pytest.mark.parametrize("drafter", ["other-model", "prompt-lookup"])
-def test_speculative_sampling_keeps_the_target_distribution(drafter):
-    # A 16-token vocabulary and large weights make distributions peaked. The draft model is the target
-    # with 10% noise on its weights: right often enough that drafts are both accepted and rejected, and
-    # wrong enough that its own distribution fails the same test (the test has power).
+def target_and_noisy_draft():
+    """A 16-token vocabulary and large weights make distributions peaked. The draft model is the target
+    with 10% noise on its weights: right often enough that drafts are both accepted and rejected, and
+    wrong enough that its own distribution fails the same test (a distribution test then has power)."""
     config = dict(vocab_size=16, init_std=0.4)
-    target, other = make_model(0, **config), make_model(0, **config)
+    target, draft = make_model(0, **config), make_model(0, **config)
     noise = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for weight in other.parameters():
+        for weight in draft.parameters():
             weight.add_(0.1 * weight.std() * torch.randn(weight.shape, generator=noise))
+    return target, draft
+
+
+@pytest.mark.parametrize("drafter", ["other-model", "prompt-lookup"])
+def test_speculative_sampling_keeps_the_target_distribution(drafter):
+    target, other = target_and_noisy_draft()
     # For prompt lookup: each token once, followed by a likely successor, so a draft is always found.
     prompt = [1, 2, 3, 1, 2, 4, 1, 2] if drafter == "other-model" else likely_chain(target) + [0, 1]
     # 3 new tokens: the second is a verified draft. A random model does not copy from its prompt, so

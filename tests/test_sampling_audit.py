@@ -11,13 +11,9 @@ from llmkit.config import ModelConfig
 from llmkit.infer import Engine, SamplingParams, Speculator, next_token_distribution
 from llmkit.infer.sampling import RequestSampler
 from llmkit.model import Transformer
+from test_engine_speculative import make_model, target_and_noisy_draft
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return Transformer(ModelConfig.preset("tiny", **overrides)).eval()
 
 
 class Scripted(Transformer):
@@ -174,12 +170,7 @@ def test_speculative_sampling_keeps_the_target_distribution_under_penalty_and_fi
     """Leviathan et al.'s rejection rule with every filter on (top-p, min-p, repetition penalty, whose seen set
     grows by the drafts): the second token's frequencies over 1,200 seeds match the exact distribution
     sum_x1 p(x1) p(x2 | x1) of the target, not the draft's (test_engine_speculative covers temperature/top-k)."""
-    config = dict(vocab_size=16, init_std=0.4)
-    target, draft = make_model(0, **config), make_model(0, **config)
-    noise = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for weight in draft.parameters():
-            weight.add_(0.1 * weight.std() * torch.randn(weight.shape, generator=noise))
+    target, draft = target_and_noisy_draft()
     prompt = [1, 2, 3, 1, 2, 4, 1, 2]
     # 3 new tokens: the second is a verified draft (the first comes from the prefill, the last may be a bonus)
     params = SamplingParams(max_new_tokens=3, temperature=1.2, top_p=0.9, min_p=0.05, repetition_penalty=1.8)
