@@ -13,8 +13,6 @@ page's real files and records each chat request (what the page sends; crafted re
 
 import asyncio
 import math
-import threading
-import time
 
 import httpx
 import pytest
@@ -22,7 +20,7 @@ import pytest
 from serve_fixtures import running_server, save_wide_tiny_model
 from test_serve_web import browser, page_errors, pytestmark, set_field, stored, wait  # noqa: F401 - fixture, skip mark
 from test_serve_web_inspect import shown, wait_for
-from test_serve_web_robustness import chunk, conversation, idle, open_page, render, replied, sse
+from test_serve_web_robustness import Backend, chunk, conversation, idle, open_page, render, replied, sse
 
 try:
     from selenium.webdriver.common.action_chains import ActionChains
@@ -67,16 +65,11 @@ async def scripted(last: str):
     yield sse("[DONE]")
 
 
-class StandIn:
+class StandIn(Backend):
     """The page's files (llmkit.serve.web.web_routes) and a chat API that records each request's body."""
 
     def __init__(self):
-        import uvicorn
-        from starlette.applications import Starlette
         from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
-        from starlette.routing import Route
-
-        from llmkit.serve.web import web_routes
 
         self.bodies = []
 
@@ -91,31 +84,14 @@ class StandIn:
                                                "param": "max_tokens", "code": None}}, status_code=400)
             return StreamingResponse(scripted(last), media_type="text/event-stream")
 
-        async def health(request):
-            return JSONResponse({"status": "ok"})
-
-        async def models(request):
-            return JSONResponse({"object": "list", "data": [{"id": "mock", "object": "model"}]})
-
-        app = Starlette(routes=web_routes() + [Route("/health", health), Route("/v1/models", models),
-                                               Route("/v1/chat/completions", chat, methods=["POST"])])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical",
-                                                    lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "the stand-in did not start"
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        super().__init__(chat=chat, log_level="critical")
 
 
 @pytest.fixture(scope="module")
 def standin():
     server = StandIn()
     yield server
-    server.server.should_exit = True
-    server.thread.join(timeout=10)
+    server.stop()
 
 
 # --- helpers -------------------------------------------------------------------------------------------------

@@ -62,9 +62,10 @@ async def reply_events(body: dict):
 
 class Backend:
     """The page's files and a scripted chat API on 127.0.0.1 (uvicorn on a thread); `stop` and a new
-    Backend on the same port stand for a server that goes down and comes back."""
+    Backend on the same port stand for a server that goes down and comes back. `chat`: another endpoint
+    for /v1/chat/completions (default: reply_events' stream)."""
 
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, chat=None, log_level: str = "warning"):
         import uvicorn
         from starlette.applications import Starlette
         from starlette.requests import Request
@@ -73,7 +74,7 @@ class Backend:
 
         from llmkit.serve.web import web_routes
 
-        async def chat(request: Request):
+        async def scripted(request: Request):
             return StreamingResponse(reply_events(await request.json()), media_type="text/event-stream")
 
         async def health(request: Request):
@@ -83,8 +84,8 @@ class Backend:
             return JSONResponse({"object": "list", "data": [{"id": "mock", "object": "model"}]})
 
         app = Starlette(routes=web_routes() + [Route("/health", health), Route("/v1/models", models),
-                                               Route("/v1/chat/completions", chat, methods=["POST"])])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                               Route("/v1/chat/completions", chat or scripted, methods=["POST"])])
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level,
                                                     lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
