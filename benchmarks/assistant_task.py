@@ -5,7 +5,7 @@ normalisation, llmkit/data/assistant_task.py); the table gives accuracy with a W
 model and by kind, the share of replies that are neither offered answer (every question offers two, so
 a model that always picks one of them scores ~0.5 by chance), and each model against its start (the one
 before it unless `--start` says otherwise): questions gained / lost and the exact McNemar p-value. Held-out questions share no subject with any training question of the same task seed,
-whatever `--heldout-per-kind` is (the split is by a hash of the subject), so more of them only adds
+whatever `--heldout-per-kind` is (the split is by a hash of the held-out unit: a character or a block of speeches), so more of them only adds
 statistical power.
 
     python benchmarks/assistant_task.py smollm2 runs/smol-sft runs/smol-dpo runs/smol-rlhf --start 3:1 --train

@@ -12,8 +12,9 @@ fourth is answered by reading the prompt:
               or "the noble Brutus"?                                                 memory of the text
     passage   <3 short speeches>  In this passage, who says "..."?                     reading the prompt
 
-Held-out questions are about subjects (characters, lines, passages) that no training question touches,
-so accuracy on them measures what the model learned, not what it was shown. The answer is checked by
+Held-out questions are about characters and blocks of speeches that no training question asks about,
+shows or names beside their play (make_questions says how), so accuracy on them measures what the model
+learned, not what it was shown. The answer is checked by
 exact match after normalisation (case, punctuation, surrounding quotes); `accuracy` reports it with a
 Wilson 95% interval, overall and per kind. Only the training plays are used (the pretraining corpus;
 hamlet, macbeth and tempest stay unseen), so the knowledge questions are answerable from pretraining.
@@ -66,7 +67,8 @@ class Question:
     prompt: str  # the user's message
     answer: str  # the right reply
     wrong: str  # a plausible wrong reply
-    subject: str  # what the question is about: held-out questions share no subject with training ones
+    subject: str  # what the question asks about: the line, or the character ("play")
+    unit: str = ""  # what is held out with it: the character, or the block of three speeches holding the line
 
     def sft_record(self) -> dict:
         return {"messages": [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": self.answer}]}
@@ -135,13 +137,26 @@ def _pick_two(rng: random.Random, right: str, wrong: str) -> tuple[str, str]:
 
 def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000, heldout_per_kind: int = 100,
                    heldout_fraction: float = 0.2) -> tuple[list[Question], list[Question]]:
-    """(training questions, held-out questions), deterministic in the seed."""
+    """(training questions, held-out questions), deterministic in the seed.
+
+    What is held out: whole characters (for "play" questions) and whole blocks of three consecutive
+    speeches (for the three kinds about lines), chosen by a hash of the subject. A block's speeches are
+    asked about only in held-out questions, and a passage is exactly one block, so no training passage
+    shows a held-out speech. Then any training question that mentions something a held-out question asks
+    or shows is dropped: a line of the same text elsewhere (repeated lines, a wrong option drawn from a
+    held-out line), or a held-out character named beside the play's title ("In Othello, who says ...:
+    Iago or Cassio?" would tell that Iago is in Othello)."""
     rng = random.Random(seed)
     pools: dict[str, tuple[list, list]] = {k: ([], []) for k in KINDS}
 
-    def add(q: Question):
-        # by subject alone: a line held out is held out from every kind of question
-        pools[q.kind][1 if _held_out(q.subject, heldout_fraction, seed) else 0].append(q)
+    def add(q: Question, shows: set[str], names: tuple[str, ...] = ()):
+        """`shows`: the characters and lines the question asks about or shows; `names`: characters it names
+        beside a play's title (only a training question must avoid those when they are held out)."""
+        held = _held_out(q.unit, heldout_fraction, seed)
+        pools[q.kind][1 if held else 0].append((q, shows, shows | {"name:" + n for n in names}))
+
+    def said(line: str) -> str:
+        return "line:" + normalise_answer(line)
 
     # major characters: >= 8 speeches; "play" questions only for names found in one play alone
     counts = [{} for _ in plays]
@@ -158,33 +173,38 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
             if len(plays_of[name]) == 1:
                 other = plays[rng.choice([j for j in range(len(plays)) if j != i])].title
                 a, b = _pick_two(rng, play.title, other)
-                add(Question("play", f"In which play does {name} appear: {a} or {b}?", play.title, other, name))
+                add(Question("play", f"In which play does {name} appear: {a} or {b}?", play.title, other, name, name),
+                    {"name:" + name})
     for i, play in enumerate(plays):
         cast = major[i]
         if len(cast) < 2:
             continue
         for s_idx, speech in enumerate(play.speeches):
+            block = f"{play.title}:{s_idx // 3 * 3}"  # the unit of every question about this speech
             lines = _verse_lines(speech, 6)
             if speech.speaker in cast and lines:
                 line = rng.choice(lines)
                 other = rng.choice([n for n in cast if n != speech.speaker])
                 a, b = _pick_two(rng, speech.speaker, other)
-                add(Question("speaker", f'In {play.title}, who says "{line}": {a} or {b}?', speech.speaker, other, line))
+                add(Question("speaker", f'In {play.title}, who says "{line}": {a} or {b}?', speech.speaker, other,
+                             line, block), {said(line)}, names=(speech.speaker, other))
             lines = _verse_lines(speech, 8)
             if lines:
-                words = rng.choice(lines).split()
+                line = rng.choice(lines)
+                words = line.split()
                 cut = len(words) - 3  # the line's last three words are the answer
                 donor = rng.choice(play.speeches)
-                donor_lines = _verse_lines(donor, 8) or lines
-                wrong = " ".join(rng.choice(donor_lines).split()[-3:])
+                donor_line = rng.choice(_verse_lines(donor, 8) or lines)
+                wrong = " ".join(donor_line.split()[-3:])
                 answer = " ".join(words[cut:])
                 if normalise_answer(wrong) != normalise_answer(answer):
                     a, b = _pick_two(rng, answer, wrong)
                     add(Question("continue", f'Continue this line from {play.title}: "{" ".join(words[:cut])}" - '
-                                 f'"{a}" or "{b}"?', answer, wrong, " ".join(words)))
+                                 f'"{a}" or "{b}"?', answer, wrong, line, block), {said(line), said(donor_line)})
             window = play.speeches[s_idx:s_idx + 3]
             speakers = {w.speaker for w in window}
-            if len(window) == 3 and len(speakers) >= 2 and all(len(w.lines) <= 3 for w in window):
+            if (s_idx % 3 == 0 and len(window) == 3 and len(speakers) >= 2
+                    and all(len(w.lines) <= 3 for w in window)):
                 target = rng.choice(window)
                 lines = _verse_lines(target, 4)
                 if lines:
@@ -193,10 +213,12 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
                     if sum(line in " ".join(w.lines) for w in window) == 1:
                         wrong = rng.choice(sorted(speakers - {target.speaker}))
                         add(Question("passage", f'{passage}\n\nIn this passage, who says "{line}"?', target.speaker,
-                                     wrong, f"{play.title}:{s_idx}"))
+                                     wrong, line, block), {said(shown) for w in window for shown in w.lines})
+    held_out = set().union(*(shows for kind in KINDS for _, shows, _ in pools[kind][1]))
     train, heldout = [], []
     for kind in KINDS:
-        pool_train, pool_held = pools[kind]
+        pool_train = [q for q, _, mentions in pools[kind][0] if not mentions & held_out]
+        pool_held = [q for q, _, _ in pools[kind][1]]
         rng.shuffle(pool_train)
         rng.shuffle(pool_held)
         train += pool_train[:train_per_kind]
@@ -235,7 +257,9 @@ def builtin_task(seed: int = 0, train_per_kind: int = 1000, heldout_per_kind: in
 
     base = cache_root() / "data"
     corpus = fetch_shakespeare(base / "shakespeare")
-    out = base / f"assistant-task-s{seed}-n{train_per_kind}-h{heldout_per_kind}"
+    # v2: held-out blocks of speeches and characters (the first version's held-out questions asked lines,
+    # passages and characters that training questions showed); a new folder, so old caches are not reused
+    out = base / f"assistant-task-v2-s{seed}-n{train_per_kind}-h{heldout_per_kind}"
     paths = {k: out / v for k, v in TASK_FILES.items()}
     if not all(p.exists() for p in paths.values()):
         write_task(out, corpus / "train", seed, train_per_kind, heldout_per_kind)
