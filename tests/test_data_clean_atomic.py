@@ -146,12 +146,13 @@ KILLED_SWAP = """
 import os, signal, sys
 from llmkit.data.clean import InputSpec, config_from_dict, run_pipeline
 import llmkit.data.clean.pipeline as pipeline
+from llmkit.data.clean.output_folder import OUTPUTS
 
 out, source, renames = sys.argv[1], sys.argv[2], int(sys.argv[3])
-real, moved, swap = os.replace, [], pipeline._swap_in
+real, moved, swap = os.replace, [], pipeline.swap_in
 
 def replace(src, dst):  # kill -9 after `renames` of the swap's folder moves
-    folder = os.path.basename(str(src)) in pipeline.OUTPUTS
+    folder = os.path.basename(str(src)) in OUTPUTS
     if folder and len(moved) == renames:
         os.kill(os.getpid(), signal.SIGKILL)
     real(src, dst)
@@ -161,9 +162,9 @@ def swap_in(*args):
     pipeline.os.replace = replace
     swap(*args)
 
-pipeline._swap_in = swap_in
+pipeline.swap_in = swap_in
 if renames < 0:  # the swap completes; kill -9 while the old output is being deleted, half of it gone
-    pipeline._swap_in = swap
+    pipeline.swap_in = swap
     rmtree = pipeline.shutil.rmtree
 
     def killed_midway(path, **kwargs):

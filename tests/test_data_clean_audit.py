@@ -90,6 +90,32 @@ def test_the_scratch_of_a_killed_run_is_still_cleared(tmp_path):
         assert not (out / ".work").exists()
 
 
+def test_a_second_run_into_an_output_being_written_is_refused(tmp_path):
+    # There was no lock: the second run took the first's .work (our marker in it) for a killed run's scratch
+    # and deleted it under the running one.
+    import fcntl
+    import os
+
+    config = config_from_dict({"stages": ["normalize"]})
+    out = tmp_path / "out"
+    run_pipeline(config, out, inputs=_clean_input(tmp_path), workers=1)
+    (out / ".work" / "output").mkdir(parents=True)  # a run in progress: its scratch, and its lock on OUT
+    (out / ".work" / "llmkit-data-clean").touch()
+    fd = os.open(out, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with pytest.raises(DataError, match="another `llmkit data clean` is writing this output now"):
+            run_pipeline(config, out, inputs=_clean_input(tmp_path), workers=1)
+        assert (out / ".work" / "llmkit-data-clean").exists()
+    finally:
+        os.close(fd)
+    assert run_pipeline(config, out, inputs=_clean_input(tmp_path), workers=1)["output"]["train_docs"] == 1
+    assert not (out / ".work").exists()
+    fd = os.open(out, os.O_RDONLY)  # and the run released its lock
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
+
+
 def test_parquet_ids_do_not_depend_on_task_mb(tmp_path):
     # The id of a row without an id column was "file#FIRST_ROW_GROUP_OF_THE_TASK:ROW_IN_THE_TASK": another
     # task_mb gave the same rows other ids, and so other mixing draws (a hash of the id) in a rerun.
