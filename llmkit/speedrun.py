@@ -288,8 +288,8 @@ def write_report(out: Path, results: dict) -> None:
     kinds = sorted(next(iter(acc.values()))["by_kind"])
     lines = [f"# Speedrun report card ({results['size']})", "",
              f"Total: **{results['total_s'] / 60:.1f} min** on {results['threads']} CPU thread(s). "
-             "Every accuracy is on held-out questions (subjects no training question touches), greedy "
-             "decoding through the engine, exact match after normalisation.", "",
+             "Every accuracy is on held-out questions (characters and speeches no training question asks about or "
+             "shows), greedy decoding through the engine, exact match after normalisation.", "",
              "| model | accuracy | 95% CI | " + " | ".join(kinds) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in kinds) + " |"]
     for name, r in acc.items():
