@@ -97,7 +97,8 @@ class LLM:
         return SamplingParams(**{k: v for k, v in kwargs.items() if v is not None})
 
     def stream(self, prompt: str, add_bos: bool = True, **sampling) -> Iterator[str]:
-        """Yield the generated text piece by piece (stop tokens are not shown; stop strings end it)."""
+        """Yield the generated text piece by piece (stop tokens are not shown, nor special tokens: the server's
+        default `skip_special_tokens`; stop strings end it)."""
         params = self.sampling_params(**sampling)
         ids = self.tokenizer.encode(prompt, add_bos=add_bos)
         yield from self._stream_ids(ids, params)
@@ -106,9 +107,12 @@ class LLM:
         generated: list[int] = []
         shown = ""
         stops = set(self.engine.stop_token_ids) | set(params.stop_token_ids)
+        skipped = self.tokenizer.special_ids()  # left out of the text, as the server does by default
         for token in self.engine.stream(prompt_ids, params):
             if token in stops:
                 break
+            if token in skipped:
+                continue
             generated.append(token)
             text = self.tokenizer.decode(generated)
             if text.endswith("\ufffd"):

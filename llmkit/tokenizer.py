@@ -72,6 +72,7 @@ class Tokenizer:
         self.pad_id = self._id_of(pad_token)
         self.mask_id = self._id_of(mask_token)  # BERT's [MASK]: what `llmkit fill` predicts
         self._literal_backend: BackendTokenizer | None = None  # a copy that reads special-token text as text
+        self._special_ids: dict[bool, frozenset[int]] = {}
 
     def _id_of(self, token: str | None) -> int | None:
         if token is None:
@@ -184,6 +185,19 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def special_ids(self, keep_tool_tags: bool = True) -> frozenset[int]:
+        """The tokens a reply's text leaves out (the server's `skip_special_tokens`, `LLM.generate`): those
+        `tokenizers` marks special, what its own decode(skip_special_tokens=True) skips. keep_tool_tags: not
+        the tool-call tags where a tokenizer has them as special tokens (Hermes-style ones may): calls are
+        read from the text, so the tags must be in it (vLLM turns skipping off for its tool parsers)."""
+        if keep_tool_tags not in self._special_ids:
+            from llmkit.tool_calls import CLOSE, OPEN
+
+            kept = {OPEN, CLOSE} if keep_tool_tags else set()
+            self._special_ids[keep_tool_tags] = frozenset(
+                i for i, t in self.backend.get_added_tokens_decoder().items() if t.special and t.content not in kept)
+        return self._special_ids[keep_tool_tags]
 
     def pieces(self, text: str) -> list[tuple[int, str]]:
         """(id, text of that token) for each token of `text`; a token holding part of a multi-byte

@@ -97,7 +97,7 @@ COMPLETION = {"prompt": "ROMEO:", "max_tokens": 3}
     ("/v1/chat/completions", {**CHAT, "echo": True}, "echo"),
     ("/v1/chat/completions", {**CHAT, "continue_final_message": True}, "continue_final_message"),
     ("/v1/chat/completions", {**CHAT, "modalities": ["text", "audio"]}, "modalities"),
-    ("/v1/completions", {**COMPLETION, "skip_special_tokens": False}, "skip_special_tokens"),
+    ("/v1/completions", {**COMPLETION, "skip_special_tokens": "no"}, "skip_special_tokens"),
     ("/v1/completions", {**COMPLETION, "n_predict": 8}, "n_predict"),
     ("/v1/chat/completions", {**CHAT, "chat_template": "{{ messages }}"}, "chat_template"),
     ("/v1/chat/completions", {**CHAT, "stop_token_ids": [3, "4"]}, "stop_token_ids"),

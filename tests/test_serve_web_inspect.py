@@ -48,7 +48,7 @@ def wait_for(driver, condition, what):
 
 def shown(token: str) -> str:
     """A token as the page writes it (probabilities.js `visible`)."""
-    return token.replace(" ", "\u2423").replace("\n", "\u21b5").replace("\t", "\u21e5") if token else "(part of a character)"
+    return token.replace(" ", "\u2423").replace("\n", "\u21b5").replace("\t", "\u21e5") if token else "(no text: part of a character or a special token)"
 
 
 def api(server, kind, **body):

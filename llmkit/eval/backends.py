@@ -102,7 +102,8 @@ class LocalBackend:
                 tokens = completion.token_ids
                 if tokens and tokens[-1] in stops:
                     tokens = tokens[:-1]
-                text = cut_at_stops(self.tokenizer.decode(tokens), stop)
+                # special tokens left out, as the server's default and lm-evaluation-harness's decode do
+                text = cut_at_stops(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)
                 out.append(Generated(text, completion.finish_reason, len(completion.token_ids), c, completion.error))
             if on_done is not None:
                 on_done(len(ids))

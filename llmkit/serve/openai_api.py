@@ -193,8 +193,8 @@ class OpenAIService:
     def choices(self, total: int, options: GenerationOptions, tool_names: set[str] | None = None,
                 max_calls: int | None = None) -> list[ChoiceState]:
         stops = set(self.llm.engine.stop_token_ids) | set(options.params.stop_token_ids)
-        return [ChoiceState(i, self.tokenizer, stops, options.params.stop_strings, tool_names, max_calls)
-                for i in range(total)]
+        return [ChoiceState(i, self.tokenizer, stops, options.params.stop_strings, tool_names, max_calls,
+                            options.skip_special_tokens) for i in range(total)]
 
     # -- POST /v1/chat/completions
     async def chat_completions(self, request: Request):

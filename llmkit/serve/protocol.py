@@ -3,9 +3,10 @@
 Every mistake a client can make is an `APIError` that becomes OpenAI's error body,
 `{"error": {"message", "type", "param", "code"}}`, with the HTTP status and the offending field named
 (`param`), so a client library shows what to fix. Field names and ranges follow OpenAI's API reference;
-the engine's extras (`top_k`, `min_p`, `repetition_penalty`, vLLM's `stop_token_ids`) and llmkit's own
-(`truncate`) are documented in README.md ("Serving"). Fields the server does not know are ignored, as vLLM and
-llama.cpp ignore them, except those that would change the reply (IGNORED_ONLY_AS): those are refused by name.
+the engine's extras (`top_k`, `min_p`, `repetition_penalty`), vLLM's `stop_token_ids` and `skip_special_tokens`
+and llmkit's own (`truncate`) are documented in README.md ("Serving"). Fields the server does not know are
+ignored, as vLLM and llama.cpp ignore them, except those that would change the reply (IGNORED_ONLY_AS): those
+are refused by name.
 """
 
 from __future__ import annotations
@@ -208,7 +209,6 @@ IGNORED_ONLY_AS: dict[str, tuple] = {
     "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
     "structured_outputs": (None,), "grammar": (None, ""), "json_schema": (None,),
     "audio": (None,), "modalities": (None, ["text"]), "web_search_options": (None,),
-    "skip_special_tokens": (True, None), "spaces_between_special_tokens": (True, None),
     "allowed_token_ids": (None,), "bad_words": (None, []), "truncate_prompt_tokens": (None,),
     "return_tokens_as_token_ids": (False, None), "length_penalty": (1, None),
     # llama.cpp's
@@ -280,6 +280,7 @@ class GenerationOptions:
     include_usage: bool
     logprobs: int | None  # None = off, else the number of top alternatives per token
     response_format: ResponseFormat | None = None  # structured output (compiled into params.grammar later)
+    skip_special_tokens: bool = True  # vLLM's field and default: special tokens are left out of the text
 
 
 def parse_generation(body: dict, *, chat: bool) -> GenerationOptions:
@@ -329,7 +330,16 @@ def parse_generation(body: dict, *, chat: bool) -> GenerationOptions:
         param = name if name in body else None
         raise APIError(400, str(e), param=param, code="invalid_value" if param else None) from None
     return GenerationOptions(model, n, max_tokens, params, stream, include_usage, logprobs,
-                             parse_response_format(body))
+                             parse_response_format(body), _special_tokens(body))
+
+
+def _special_tokens(body: dict) -> bool:
+    """vLLM's `skip_special_tokens` (default true: `<|im_start|>` a model writes mid-reply is not shown;
+    false shows it). Its `spaces_between_special_tokens` is type-checked and changes nothing: vLLM uses it
+    only for Python ("slow") tokenizers; with a `tokenizers` one, the only kind llmkit has, vLLM and Hugging
+    Face's fast decode ignore it too (`tokenizers` cannot space them), so the text is vLLM's either way."""
+    _boolean(body, "spaces_between_special_tokens", True)
+    return _boolean(body, "skip_special_tokens", True)
 
 
 def choice_params(options: GenerationOptions, max_new_tokens: int, choice: int) -> SamplingParams:

@@ -17,16 +17,19 @@ from llmkit.serve.worker import Update
 
 class ChoiceState:
     def __init__(self, index: int, tokenizer, stop_token_ids, stop_strings, tool_names: set[str] | None = None,
-                 max_calls: int | None = None):
+                 max_calls: int | None = None, skip_special_tokens: bool = False):
         """tool_names: the declared functions, when the reply may call them (tools.py reads the calls);
-        max_calls: 1 with `parallel_tool_calls: false` (the calls after the first are dropped)."""
+        max_calls: 1 with `parallel_tool_calls: false` (the calls after the first are dropped);
+        skip_special_tokens: leave special tokens out of the text (the request's field; the server's
+        default is vLLM's, true)."""
         self.index = index
         self.max_calls = max_calls
         self.tools = ToolCallStream(tool_names) if tool_names is not None else None
         self.tool_calls: list[dict] = []
         self.content = ""  # the text shown as content: all of it, or what precedes the tool calls
         self.tokenizer = tokenizer
-        self.stream = TextStream(tokenizer, frozenset(stop_token_ids), tuple(stop_strings))
+        skip = tokenizer.special_ids(keep_tool_tags=tool_names is not None) if skip_special_tokens else frozenset()
+        self.stream = TextStream(tokenizer, frozenset(stop_token_ids), tuple(stop_strings), skip)
         self.logprobs: list[TokenLogprob] = []  # one per generated token
         self.completion_tokens = 0  # generated tokens, a final stop token included (as OpenAI counts)
         self.cached_tokens = 0
@@ -85,17 +88,25 @@ def token_text(tokenizer, token_id: int) -> str:
 
 def chat_logprobs(tokenizer, pieces: list[tuple[TokenPiece, TokenLogprob]]) -> dict:
     """OpenAI chat format: each token's text (the text it added to the content), log-probability, bytes
-    and its most likely alternatives."""
-    return {"content": [{
-        "token": piece.text, "logprob": lp.logprob, "bytes": list(tokenizer.token_bytes(piece.token_id)),
-        "top_logprobs": [{"token": token_text(tokenizer, t), "logprob": v, "bytes": list(tokenizer.token_bytes(t))}
-                         for t, v in lp.top],
-    } for piece, lp in pieces]}
+    and its most likely alternatives. The bytes are the token's own (half of a UTF-8 character shows as
+    that byte), none for a skipped special token: the tokens' bytes concatenate to the content's UTF-8.
+    Among the alternatives the chosen token is listed as it is chosen (same text and bytes), so a client
+    finds it there; the others as each reads alone."""
+    content = []
+    for piece, lp in pieces:
+        own = {"token": piece.text, "bytes": [] if piece.skipped else list(tokenizer.token_bytes(piece.token_id))}
+        content.append({"token": own["token"], "logprob": lp.logprob, "bytes": own["bytes"], "top_logprobs": [
+            {"token": own["token"], "logprob": v, "bytes": own["bytes"]} if t == piece.token_id else
+            {"token": token_text(tokenizer, t), "logprob": v, "bytes": list(tokenizer.token_bytes(t))}
+            for t, v in lp.top]})
+    return {"content": content}
 
 
 def completion_logprobs(tokenizer, texts: list[str], logprobs: list[TokenLogprob | None], offset: int = 0) -> dict:
     """The legacy completions format: parallel lists; a prompt's first token has no log-probability (None).
-    Each token's top alternatives include the token itself, as OpenAI's and vLLM's do."""
+    Each token's top alternatives include the token itself, as OpenAI's and vLLM's do, under its text in
+    `tokens` (lm-evaluation-harness's is_greedy compares the likeliest key with it): a skipped special
+    token's "" or a half character's "", not its text alone (which also listed it twice)."""
     tops, offsets = [], []
     for text, lp in zip(texts, logprobs):
         offsets.append(offset)
@@ -103,7 +114,9 @@ def completion_logprobs(tokenizer, texts: list[str], logprobs: list[TokenLogprob
         if lp is None:
             tops.append(None)
             continue
-        top = {token_text(tokenizer, t): v for t, v in lp.top}
+        top: dict[str, float] = {}
+        for t, v in lp.top:  # best first: where two texts coincide, the likelier one's stays
+            top.setdefault(text if t == lp.token_id else token_text(tokenizer, t), v)
         top.setdefault(text, lp.logprob)
         tops.append(top)
     return {"tokens": texts, "token_logprobs": [None if lp is None else lp.logprob for lp in logprobs],

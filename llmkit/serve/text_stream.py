@@ -9,6 +9,12 @@ is held back until the character completes.
 The same class serves a streamed and a non-streamed reply, so their texts are equal by construction,
 and each token is credited with exactly the text it added: the tokens of a reply's log-probabilities
 concatenate to its content.
+
+The server skips special tokens (`<|im_start|>`, a stray `<|endoftext|>`) by default, as vLLM's
+`skip_special_tokens: true` does: a token in `skip_ids` adds "" and stays out of the decoded window.
+Leaving them out of the ids is what `tokenizers`' own `decode(skip_special_tokens=True)` does (it drops
+them before its decoder runs), so the text equals that decode of the whole reply, and a character whose
+bytes a special token interrupts still completes.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ REPLACEMENT = "\ufffd"
 
 @dataclass
 class TokenPiece:
-    """One generated token and the text it added to the reply ("" while a character is incomplete)."""
+    """One generated token and the text it added to the reply ("" while a character is incomplete, and
+    for a skipped special token)."""
 
     token_id: int
     text: str
+    skipped: bool = False  # a special token left out of the text (skip_special_tokens)
 
 
 @dataclass
@@ -33,7 +41,8 @@ class TextStream:
     tokenizer: object  # anything with .decode(ids)
     stop_token_ids: frozenset[int] = frozenset()
     stop_strings: tuple[str, ...] = ()
-    ids: list[int] = field(default_factory=list)
+    skip_ids: frozenset[int] = frozenset()  # tokens that add no text (Tokenizer.special_ids)
+    ids: list[int] = field(default_factory=list)  # the tokens decoded (skipped ones left out)
     prefix_offset: int = 0  # window start: decoding from here renders the window's first token as it is in context
     read_offset: int = 0  # tokens before this have been turned into text
     text: str = ""  # all text decoded so far (stop strings not yet cut)
@@ -50,6 +59,9 @@ class TextStream:
             if token in self.stop_token_ids:
                 self.stopped, self.stop_token = True, token
                 break
+            if token in self.skip_ids:
+                self.pieces.append(TokenPiece(token, "", skipped=True))
+                continue
             self.ids.append(token)
             self.pieces.append(TokenPiece(token, self._decode_next()))
             self._check_stop_strings()
@@ -61,7 +73,8 @@ class TextStream:
             before = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
             rest = self.tokenizer.decode(self.ids[self.prefix_offset:])[len(before):]
             self.text += rest
-            self.pieces[-1].text += rest
+            # the last token decoded (skipped special tokens after it hold no bytes of the character)
+            next(p for p in reversed(self.pieces) if not p.skipped).text += rest
             self.read_offset = len(self.ids)
             self._check_stop_strings()
         return self._release(final=True)

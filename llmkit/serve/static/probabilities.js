@@ -22,7 +22,8 @@ export function percent(logprob) {
 
 // Whitespace made visible, so that " the" and "the" (and a newline) can be told apart in the list.
 export function visible(token) {
-  if (token === "") return "(part of a character)";
+  // A token that adds no text: part of a UTF-8 character, or a special token the server leaves out.
+  if (token === "") return "(no text: part of a character or a special token)";
   return token.replace(/ /g, "\u2423").replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5");
 }
 
