@@ -190,13 +190,15 @@ class Tokenizer:
         """The tokens a reply's text leaves out (the server's `skip_special_tokens`, `LLM.generate`): those
         `tokenizers` marks special, what its own decode(skip_special_tokens=True) skips. keep_tool_tags: not
         the tool-call tags where a tokenizer has them as special tokens (Hermes-style ones may): calls are
-        read from the text, so the tags must be in it (vLLM turns skipping off for its tool parsers)."""
+        read from the text, so the tags must be in it (vLLM turns skipping off for its tool parsers). T5's
+        span sentinels (<extra_id_N>) are always kept: a span model's reply is written in them."""
         if keep_tool_tags not in self._special_ids:
             from llmkit.tool_calls import CLOSE, OPEN
 
             kept = {OPEN, CLOSE} if keep_tool_tags else set()
             self._special_ids[keep_tool_tags] = frozenset(
-                i for i, t in self.backend.get_added_tokens_decoder().items() if t.special and t.content not in kept)
+                i for i, t in self.backend.get_added_tokens_decoder().items()
+                if t.special and t.content not in kept and not re.fullmatch(r"<extra_id_\d+>", t.content))
         return self._special_ids[keep_tool_tags]
 
     def pieces(self, text: str) -> list[tuple[int, str]]:

@@ -71,6 +71,34 @@ def test_ctrl_c_during_training_is_one_line_naming_the_checkpoint_to_resume(tmp_
     assert not (out / "model.safetensors").exists()  # the final model is written at the end only
 
 
+def test_ctrl_c_while_a_checkpoint_is_written_stops_after_it_is_whole(tmp_path, shards, one_thread, monkeypatch):
+    """Was (seen in CI): Ctrl-C inside torch.save of the training state became torch's RuntimeError from its
+    half-written zip file, a traceback and exit 1, and the save was lost."""
+    import torch
+
+    real_save, saves = torch.save, []
+
+    def save_hit_by_ctrl_c(obj, f, *args, **kwargs):
+        saves.append(f)
+        os.kill(os.getpid(), signal.SIGINT)  # delivered now: Python acts on it at the next instruction
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_hit_by_ctrl_c)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (xdist may ignore it)
+    try:
+        out = tmp_path / "run"
+        result = cli_in_process("pretrain", "--out", out, "model=tiny", f"data={shards}", "max_steps=1000",
+                                "seq_len=16", "micro_batch=1", "ckpt_every=3", "eval_every=0", "plot=false",
+                                "threads=1", "device=cpu", "log_every=1000")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(saves) == 1 and result.returncode == 130, result.stderr
+    assert result.stderr.strip() == ("interrupted (Ctrl-C); the same command with --resume continues from "
+                                     f"{out}/checkpoints/step_0000003")
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_0000003"
+    assert torch.load(out / "checkpoints" / "step_0000003" / "training_state.pt", weights_only=True)["step"] == 3
+
+
 def test_ctrl_c_says_what_a_verb_kept(tmp_path, monkeypatch):
     import llmkit.convert
     import llmkit.train.pretrain

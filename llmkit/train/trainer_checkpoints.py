@@ -8,6 +8,9 @@ loaded. A mixin of llmkit.train.trainer.Trainer, whose attributes (config, out, 
 from __future__ import annotations
 
 import shutil
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,6 +28,26 @@ BUDGET_FIELDS = {"max_steps", "max_tokens", "epochs", "time_limit_s", "lr", "eva
                  "keep_checkpoints", "plot", "sample_every", "threads", "eval_tokens"}
 
 
+@contextmanager
+def ctrl_c_after_it():
+    """Ctrl-C while a checkpoint is written takes effect once it is whole. Raised inside torch.save, the
+    KeyboardInterrupt was replaced by the RuntimeError of torch's half-written zip file (a traceback and
+    exit 1 instead of the one line naming the checkpoint to resume from, and the save lost). Only where
+    Python's own handler is in place (main thread, SIGINT not ignored or taken over by the caller)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    pressed: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pressed:
+        raise KeyboardInterrupt
+
+
 class TrainerCheckpoints:
     """Checkpoint save, load and resume checks of the Trainer (see the module docstring)."""
 
@@ -39,6 +62,10 @@ class TrainerCheckpoints:
         return self.out / "checkpoints"
 
     def _save(self, wrapped, model, optimizers, step, tokens_seen, train_time) -> None:
+        with ctrl_c_after_it():
+            self._save_now(wrapped, model, optimizers, step, tokens_seen, train_time)
+
+    def _save_now(self, wrapped, model, optimizers, step, tokens_seen, train_time) -> None:
         state = D.full_model_state(wrapped, self.config.fsdp)
         optimizer_states = [D.full_optimizer_state(wrapped, opt, self.config.fsdp) for opt in optimizers]
         if not self.dist.is_main:
