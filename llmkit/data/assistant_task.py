@@ -140,7 +140,7 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
     """(training questions, held-out questions), deterministic in the seed.
 
     What is held out: whole characters (for "play" questions) and whole blocks of three consecutive
-    speeches (for the three kinds about lines), chosen by a hash of the subject. A block's speeches are
+    speeches (for the three kinds about lines), chosen by a hash of that unit. A block's speeches are
     asked about only in held-out questions, and a passage is exactly one block, so no training passage
     shows a held-out speech. Then any training question that mentions something a held-out question asks
     or shows is dropped: a line of the same text elsewhere (repeated lines, a wrong option drawn from a
