@@ -186,6 +186,12 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def decode_reply(self, ids: Iterable[int]) -> str:
+        """A generated reply's text: special tokens left out as the server's default leaves them (special_ids:
+        tool-call tags and span sentinels stay)."""
+        skipped = self.special_ids()
+        return self.decode(t for t in ids if t not in skipped)
+
     def special_ids(self, keep_tool_tags: bool = True) -> frozenset[int]:
         """The tokens a reply's text leaves out (the server's `skip_special_tokens`, `LLM.generate`): those
         `tokenizers` marks special, what its own decode(skip_special_tokens=True) skips. keep_tool_tags: not

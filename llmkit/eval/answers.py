@@ -118,7 +118,7 @@ def generate_answers(llm, questions: list[dict], *, max_new_tokens: int = 512, t
                 tokens = completion.token_ids
                 if tokens and tokens[-1] in stops:
                     tokens = tokens[:-1]
-                texts.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())  # as the server's
+                texts.append(tokenizer.decode_reply(tokens).strip())  # as the server's
             return texts
 
         for i, text in zip(active, cached_map(cache, keys, reply)):

@@ -103,7 +103,7 @@ class LocalBackend:
                 if tokens and tokens[-1] in stops:
                     tokens = tokens[:-1]
                 # special tokens left out, as the server's default and lm-evaluation-harness's decode do
-                text = cut_at_stops(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)
+                text = cut_at_stops(self.tokenizer.decode_reply(tokens), stop)
                 out.append(Generated(text, completion.finish_reason, len(completion.token_ids), c, completion.error))
             if on_done is not None:
                 on_done(len(ids))
