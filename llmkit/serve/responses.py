@@ -94,9 +94,9 @@ def chat_logprobs(tokenizer, pieces: list[tuple[TokenPiece, TokenLogprob]]) -> d
     finds it there; the others as each reads alone."""
     content = []
     for piece, lp in pieces:
-        own = {"token": piece.text, "bytes": [] if piece.skipped else list(tokenizer.token_bytes(piece.token_id))}
-        content.append({"token": own["token"], "logprob": lp.logprob, "bytes": own["bytes"], "top_logprobs": [
-            {"token": own["token"], "logprob": v, "bytes": own["bytes"]} if t == piece.token_id else
+        raw = [] if piece.skipped else list(tokenizer.token_bytes(piece.token_id))
+        content.append({"token": piece.text, "logprob": lp.logprob, "bytes": raw, "top_logprobs": [
+            {"token": piece.text, "logprob": v, "bytes": raw} if t == piece.token_id else
             {"token": token_text(tokenizer, t), "logprob": v, "bytes": list(tokenizer.token_bytes(t))}
             for t, v in lp.top]})
     return {"content": content}
