@@ -158,19 +158,27 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
     def said(line: str) -> str:
         return "line:" + normalise_answer(line)
 
+    def named(i: int, text: str) -> tuple[str, ...]:
+        """The major characters of play i that `text` names. Beside the play's title, a quoted line such as
+        "Didst thou not tell me, Griffith, ..." tells that Griffith is in Henry VIII as plainly as an
+        option would."""
+        return tuple(n for n, pattern in name_patterns[i] if pattern.search(text))
+
     # major characters: >= 8 speeches; "play" questions only for names found in one play alone
     counts = [{} for _ in plays]
     for i, play in enumerate(plays):
         for s in play.speeches:
             counts[i][s.speaker] = counts[i].get(s.speaker, 0) + 1
     major = [[n for n, c in sorted(cnt.items()) if c >= 8] for cnt in counts]
+    name_patterns = [[(n, re.compile(rf"(?<![\w']){re.escape(n)}(?![\w'])")) for n in names] for names in major]
     plays_of: dict[str, set] = {}
     for i, names in enumerate(counts):
         for n in names:
             plays_of.setdefault(n, set()).add(i)
     for i, play in enumerate(plays):
         for name in major[i]:
-            if len(plays_of[name]) == 1:
+            # a name inside its play's title (Othello, Romeo, Pericles) is answered by matching strings
+            if len(plays_of[name]) == 1 and name not in named(i, play.title):
                 other = plays[rng.choice([j for j in range(len(plays)) if j != i])].title
                 a, b = _pick_two(rng, play.title, other)
                 add(Question("play", f"In which play does {name} appear: {a} or {b}?", play.title, other, name, name),
@@ -187,7 +195,7 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
                 other = rng.choice([n for n in cast if n != speech.speaker])
                 a, b = _pick_two(rng, speech.speaker, other)
                 add(Question("speaker", f'In {play.title}, who says "{line}": {a} or {b}?', speech.speaker, other,
-                             line, block), {said(line)}, names=(speech.speaker, other))
+                             line, block), {said(line)}, names=(speech.speaker, other, *named(i, f"{line} {a} {b}")))
             lines = _verse_lines(speech, 8)
             if lines:
                 line = rng.choice(lines)
@@ -200,7 +208,8 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
                 if normalise_answer(wrong) != normalise_answer(answer):
                     a, b = _pick_two(rng, answer, wrong)
                     add(Question("continue", f'Continue this line from {play.title}: "{" ".join(words[:cut])}" - '
-                                 f'"{a}" or "{b}"?', answer, wrong, line, block), {said(line), said(donor_line)})
+                                 f'"{a}" or "{b}"?', answer, wrong, line, block), {said(line), said(donor_line)},
+                        names=named(i, f"{line} {wrong}"))
             window = play.speeches[s_idx:s_idx + 3]
             speakers = {w.speaker for w in window}
             if (s_idx % 3 == 0 and len(window) == 3 and len(speakers) >= 2
@@ -215,12 +224,14 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
                         add(Question("passage", f'{passage}\n\nIn this passage, who says "{line}"?', target.speaker,
                                      wrong, line, block), {said(shown) for w in window for shown in w.lines})
     held_out = set().union(*(shows for kind in KINDS for _, shows, _ in pools[kind][1]))
+    # the held-out draw has its own generator, so a change to what training drops leaves it as it is
+    rng_held = random.Random(f"{seed}:heldout")
     train, heldout = [], []
     for kind in KINDS:
         pool_train = [q for q, _, mentions in pools[kind][0] if not mentions & held_out]
         pool_held = [q for q, _, _ in pools[kind][1]]
         rng.shuffle(pool_train)
-        rng.shuffle(pool_held)
+        rng_held.shuffle(pool_held)
         train += pool_train[:train_per_kind]
         heldout += pool_held[:heldout_per_kind]
     rng.shuffle(train)
@@ -245,9 +256,13 @@ def write_task(out: str | Path, corpus_dir: str | Path, seed: int = 0, train_per
     for key, rows in (("sft", [q.sft_record() for q in sft]), ("preference", [q.preference_record() for q in preference]),
                       ("heldout", [q.preference_record() for q in heldout])):
         atomic_write_text(paths[key], "".join(json.dumps(r) + "\n" for r in rows))
-    (out / "questions.json").write_text(json.dumps({"seed": seed, "sft": len(sft), "preference": len(preference),
-                                                    "heldout": len(heldout),
-                                                    "examples": [asdict(q) for q in heldout[:8]]}, indent=2))
+    def by_kind(questions: list[Question]) -> dict[str, int]:  # the plays give fewer passage and play questions
+        return {k: sum(q.kind == k for q in questions) for k in KINDS}
+
+    atomic_write_text(out / "questions.json", json.dumps({
+        "seed": seed, "sft": len(sft), "preference": len(preference), "heldout": len(heldout),
+        "by_kind": {"sft": by_kind(sft), "preference": by_kind(preference), "heldout": by_kind(heldout)},
+        "examples": [asdict(q) for q in heldout[:8]]}, indent=2))
     return paths
 
 
@@ -258,8 +273,10 @@ def builtin_task(seed: int = 0, train_per_kind: int = 1000, heldout_per_kind: in
     base = cache_root() / "data"
     corpus = fetch_shakespeare(base / "shakespeare")
     # v2: held-out blocks of speeches and characters (the first version's held-out questions asked lines,
-    # passages and characters that training questions showed); a new folder, so old caches are not reused
-    out = base / f"assistant-task-v2-s{seed}-n{train_per_kind}-h{heldout_per_kind}"
+    # passages and characters that training questions showed); v3: training lines that name a held-out
+    # character beside its play are dropped too, and characters named in their play's title are not asked.
+    # A new folder each time, so old caches are not reused.
+    out = base / f"assistant-task-v3-s{seed}-n{train_per_kind}-h{heldout_per_kind}"
     paths = {k: out / v for k, v in TASK_FILES.items()}
     if not all(p.exists() for p in paths.values()):
         write_task(out, corpus / "train", seed, train_per_kind, heldout_per_kind)
