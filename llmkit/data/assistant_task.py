@@ -131,6 +131,31 @@ def _verse_lines(speech: Speech, min_words: int) -> list[str]:
     return [line for line in speech.lines if len(line.split()) >= min_words and '"' not in line]
 
 
+# words that do not name a character alone ("First Fisherman" is not named by "first"); a longer name is
+# also named by each of its other words ("Philip" names King Philip, "Pedro" Don Pedro)
+NAME_TITLES = {"First", "Second", "Third", "Fourth", "Old", "Young", "King", "Queen", "Lady", "Lord", "Duke", "Sir",
+               "Don", "Prince", "French", "Chief", "Master", "Mistress"}
+
+
+# the shorter forms the lines use ("He hath released him, Isabel, from the world")
+NAME_VARIANTS = {"Isabella": ["Isabel"], "Cressida": ["Cressid"], "Desdemona": ["Desdemon"], "Dumaine": ["Dumain"]}
+
+
+def name_pattern(name: str) -> re.Pattern:
+    """Where a text names the character: the name or (for a longer name) a distinctive word of it, in any case
+    ("[To ISABELLA.]"), possessive or plural ("Hector's heels", "Marcius' tongue", "the Capulets")."""
+    forms = [name] + [w for w in name.split() if w not in NAME_TITLES and w[:1].isupper()] * (" " in name)
+    forms += NAME_VARIANTS.get(name, [])
+    return re.compile(rf"(?<!\w)(?:{'|'.join(map(re.escape, forms))})(?:e?s)?(?!\w)", re.IGNORECASE)
+
+
+def cut_short(name: str, text: str) -> bool:
+    """Whether `name` is a speaker tag cut short: the text has longer words that begin with it ("Glendower"
+    for "Glend", "Cornwall" for "Corn") more often than the name itself ("Lear" beside "Learn" is not)."""
+    longer = len(re.findall(rf"\b{re.escape(name)}[a-z]{{2,}}", text))
+    return longer > len(re.findall(rf"\b{re.escape(name)}\b", text))
+
+
 def _pick_two(rng: random.Random, right: str, wrong: str) -> tuple[str, str]:
     return (right, wrong) if rng.random() < 0.5 else (wrong, right)
 
@@ -144,8 +169,11 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
     asked about only in held-out questions, and a passage is exactly one block, so no training passage
     shows a held-out speech. Then any training question that mentions something a held-out question asks
     or shows is dropped: a line of the same text elsewhere (repeated lines, a wrong option drawn from a
-    held-out line), or a held-out character named beside the play's title ("In Othello, who says ...:
-    Iago or Cassio?" would tell that Iago is in Othello)."""
+    held-out line), or a held-out character named beside the play's title, in an option ("In Othello, who
+    says ...: Iago or Cassio?" would tell that Iago is in Othello) or in the quoted line ("Didst thou not
+    tell me, Griffith"; any case, possessive, or a distinctive word of a longer name: `name_pattern`), or
+    speaking in a passage that shows the title or a character named in it ("Kent: ... Lear: ...").
+    Characters the plays cannot keep apart from their title are not asked about (`askable`)."""
     rng = random.Random(seed)
     pools: dict[str, tuple[list, list]] = {k: ([], []) for k in KINDS}
 
@@ -170,15 +198,34 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
         for s in play.speeches:
             counts[i][s.speaker] = counts[i].get(s.speaker, 0) + 1
     major = [[n for n, c in sorted(cnt.items()) if c >= 8] for cnt in counts]
-    name_patterns = [[(n, re.compile(rf"(?<![\w']){re.escape(n)}(?![\w'])")) for n in names] for names in major]
+    name_patterns = [[(n, name_pattern(n)) for n in names] for names in major]
+    title_names = [named(i, play.title) for i, play in enumerate(plays)]
     plays_of: dict[str, set] = {}
     for i, names in enumerate(counts):
         for n in names:
             plays_of.setdefault(n, set()).add(i)
+
+    def askable(i: int, name: str) -> bool:
+        """Whether "In which play does `name` appear" asks for knowledge, not string matching or a name the
+        training questions cannot avoid showing."""
+        play = plays[i]
+        return (len(plays_of[name]) == 1  # in one play alone
+                # not named in its play's title (Othello, Romeo, Pericles)
+                and name not in named(i, play.title)
+                # nor one word of a name shared with another character of the play ("Dromio of Syracuse"
+                # beside "Dromio of Ephesus", "First Fisherman" beside "Second Fisherman")
+                and not any(o != name and name_pattern(name).search(o) for o in counts[i])
+                # nor a word that begins like a word of the title ("Old Athenian", "Timon of Athens")
+                and not any(re.search(rf"(?i)\b{re.escape(w[:5])}", play.title) for w in name.split()
+                            if len(w) >= 5 and w not in NAME_TITLES)
+                # nor a speaker tag cut short ("Glend." for Glendower in Henry IV Part 1): the lines name the
+                # character by the whole name, which the name check above would not see
+                and not cut_short(name, texts[i]))
+
+    texts = ["\n".join(line for s in play.speeches for line in s.lines) for play in plays]
     for i, play in enumerate(plays):
         for name in major[i]:
-            # a name inside its play's title (Othello, Romeo, Pericles) is answered by matching strings
-            if len(plays_of[name]) == 1 and name not in named(i, play.title):
+            if askable(i, name):
                 other = plays[rng.choice([j for j in range(len(plays)) if j != i])].title
                 a, b = _pick_two(rng, play.title, other)
                 add(Question("play", f"In which play does {name} appear: {a} or {b}?", play.title, other, name, name),
@@ -187,12 +234,17 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
         cast = major[i]
         if len(cast) < 2:
             continue
+        # a speaker question's wrong option is drawn like its answer, in proportion to speeches: drawn
+        # uniformly from the cast, "the one who speaks more" was right 63% of the time without the line
+        cast_speeches = [s.speaker for s in play.speeches if s.speaker in cast]
         for s_idx, speech in enumerate(play.speeches):
             block = f"{play.title}:{s_idx // 3 * 3}"  # the unit of every question about this speech
             lines = _verse_lines(speech, 6)
             if speech.speaker in cast and lines:
                 line = rng.choice(lines)
-                other = rng.choice([n for n in cast if n != speech.speaker])
+                other = speech.speaker
+                while other == speech.speaker:
+                    other = rng.choice(cast_speeches)
                 a, b = _pick_two(rng, speech.speaker, other)
                 add(Question("speaker", f'In {play.title}, who says "{line}": {a} or {b}?', speech.speaker, other,
                              line, block), {said(line)}, names=(speech.speaker, other, *named(i, f"{line} {a} {b}")))
@@ -222,7 +274,10 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
                     if sum(line in " ".join(w.lines) for w in window) == 1:
                         wrong = rng.choice(sorted(speakers - {target.speaker}))
                         add(Question("passage", f'{passage}\n\nIn this passage, who says "{line}"?', target.speaker,
-                                     wrong, line, block), {said(shown) for w in window for shown in w.lines})
+                                     wrong, line, block), {said(shown) for w in window for shown in w.lines},
+                            # a passage names no play, unless it shows the title or a character named in it
+                            names=tuple(speakers) if set(named(i, passage)) & set(title_names[i])
+                            or play.title in passage else ())
     held_out = set().union(*(shows for kind in KINDS for _, shows, _ in pools[kind][1]))
     # the held-out draw has its own generator, so a change to what training drops leaves it as it is
     rng_held = random.Random(f"{seed}:heldout")
@@ -273,8 +328,9 @@ def builtin_task(seed: int = 0, train_per_kind: int = 1000, heldout_per_kind: in
     base = cache_root() / "data"
     corpus = fetch_shakespeare(base / "shakespeare")
     # v2: held-out blocks of speeches and characters (the first version's held-out questions asked lines,
-    # passages and characters that training questions showed); v3: training lines that name a held-out
-    # character beside its play are dropped too, and characters named in their play's title are not asked.
+    # passages and characters that training questions showed); v3: training lines and passages that name a
+    # held-out character beside its play are dropped too, some characters are not asked (`askable`), and a
+    # speaker question's wrong option is drawn in proportion to speeches like its answer.
     # A new folder each time, so old caches are not reused.
     out = base / f"assistant-task-v3-s{seed}-n{train_per_kind}-h{heldout_per_kind}"
     paths = {k: out / v for k, v in TASK_FILES.items()}
