@@ -4,8 +4,8 @@ with training, plausible wrong answers, files in the post-training formats, and 
 import json
 
 from conftest import SHAKESPEARE
-from llmkit.data.assistant_task import (KINDS, accuracy, is_correct, make_questions, paired_comparison, parse_play,
-                                        read_plays, write_task)
+from llmkit.data.assistant_task import (KINDS, _syllables, accuracy, cut_short, is_correct, make_questions, name_pattern,
+                                        paired_comparison, parse_play, read_plays, write_task)
 from llmkit.train.chat_data import load_records
 
 
@@ -89,10 +89,40 @@ def test_held_out_questions_ask_nothing_a_training_question_shows():
                 assert len(text.split()) < 6 or text not in shown, q.prompt
 
 
+def test_held_out_characters_neither_speak_nor_are_named_in_a_training_passage_of_their_play():
+    """A training passage pairs its speakers with characters that training questions name beside the play
+    ("Kent: ... Gloucester: ..." and "In King Lear, who says ...: Gloucester or Edmund?"): in the third version,
+    the co-speakers' titles alone answered 46 of the 50 held-out play questions."""
+    plays = read_plays(SHAKESPEARE / "train")
+    train, heldout = make_questions(plays, seed=0, train_per_kind=2000, heldout_per_kind=100)
+    cast = {p.title: {s.speaker for s in p.speeches} for p in plays}
+    passages = [q.prompt.split("\n\n")[0] for q in train if q.kind == "passage"]
+    for q in heldout:
+        if q.kind == "play":
+            name = name_pattern(q.subject)
+            for body in passages:
+                speakers = {line.split(": ", 1)[0] for line in body.split("\n")}
+                if speakers <= cast[q.answer]:  # a passage of the character's play
+                    assert q.subject not in speakers and not name.search(body), (q.prompt, body)
+
+
+def test_names_and_characters_that_are_not_asked():
+    assert name_pattern("Isabella").search("He hath released him, Isabel, from the world")
+    assert name_pattern("Provost").search("[To the PROVOST.]") and name_pattern("Hector").search("Hector's heels")
+    assert name_pattern("Capulet").search("the Capulets") and name_pattern("King Philip").search("Kneel thou down Philip")
+    assert not name_pattern("First Fisherman").search("the first of May") and not name_pattern("Lear").search("learn")
+    assert cut_short("Glend", "Glendower, Glendower.") and not cut_short("Lear", "King Lear. Learn, Lear.")
+    train, heldout = make_questions(read_plays(SHAKESPEARE / "train"), seed=0, train_per_kind=300, heldout_per_kind=100)
+    asked = {q.subject for q in train + heldout if q.kind == "play"}
+    # another's name tells it, it sounds like the title, the tag is cut short
+    assert not asked & {"Dromio of Syracuse", "First Fisherman", "Old Athenian", "Glend", "Corn"}, asked
+
+
 def test_the_speaker_who_speaks_more_is_no_better_a_guess_than_chance():
     """A speaker question's answer is drawn in proportion to speeches; with the wrong option drawn uniformly
     from the cast (the third version), picking the option that was right more often in training scored
     0.63 on held-out speaker questions without reading the line. Both are now drawn alike."""
+    import re
     from collections import Counter
 
     train, heldout = make_questions(read_plays(SHAKESPEARE / "train"), seed=0, train_per_kind=10000,
@@ -101,6 +131,18 @@ def test_the_speaker_who_speaks_more_is_no_better_a_guess_than_chance():
     asked = [q for q in heldout if q.kind == "speaker"]
     guessed = sum(right[q.answer] > right[q.wrong] for q in asked) / len(asked)
     assert len(asked) == 400 and guessed < 0.6, guessed
+    # play questions: the wrong title drawn uniformly, "the title right more often" scored 0.68 (answer and wrong
+    # titles far apart); continue questions: "the ending that makes a ten-syllable line" scored 0.60
+    plays_asked = [q for q in heldout if q.kind == "play"]
+    right, wrong = Counter(q.answer for q in plays_asked), Counter(q.wrong for q in plays_asked)
+    assert sum(abs(right[t] - wrong[t]) for t in right | wrong) / 2 / len(plays_asked) < 0.35
+
+    def off(q, option):  # how far from ten syllables the line is with this ending
+        return abs(_syllables(re.match(r'Continue this line from .*?: "(.*)" - ', q.prompt).group(1) + " " + option) - 10)
+
+    cont = [q for q in heldout if q.kind == "continue"]
+    wins, losses = sum(off(q, q.answer) < off(q, q.wrong) for q in cont), sum(off(q, q.answer) > off(q, q.wrong) for q in cont)
+    assert wins <= 0.56 * max(wins + losses, 1), (wins, losses)
 
 
 def test_task_files_load_in_the_post_training_formats(tmp_path):
