@@ -296,6 +296,8 @@ def cmd_label(args) -> None:
         print(f"wrote {stats['pairs']} preference pairs for {stats['prompts']} prompts to {args.out} "
               f"({stats['on_policy']} rejected replies are the policy's own wrong answers; its greedy accuracy "
               f"{stats['greedy_accuracy']:.3f})")
+        if stats["too_long"]:
+            print(f"{stats['too_long']} prompts fill the policy's context: no answer, their own pairs kept")
         return
     if args.samples:  # a judge model compares two sampled replies per prompt: more would be ignored
         raise GenerationError(f"--samples {args.samples} is for --judge answers (sampled answers besides the greedy "

@@ -297,7 +297,10 @@ def write_report(out: Path, results: dict) -> None:
                      + " | ".join(f"{r['by_kind'][k]:.3f}" for k in kinds) + " |")
     n = next(iter(acc.values()))["n"]
     stages = results["stages"]
-    lines += ["", f"{n} held-out questions. Chance on the two-option kinds (play, speaker, continue) is 0.5 for a "
+    too_long = next(iter(acc.values())).get("too_long", 0)
+    lines += ["", f"{n} held-out questions" + (f" ({too_long} longer than the model's context: unanswered, wrong)"
+                                               if too_long else "")
+              + ". Chance on the two-option kinds (play, speaker, continue) is 0.5 for a "
               "model that answers with one of the options.", "", "Each stage against the model it started from, on the "
               "same questions (exact McNemar test on the questions only one of the two gets right):", "",
               "| comparison | difference | gained | lost | p |", "| --- | --- | --- | --- | --- |"]
@@ -307,7 +310,9 @@ def write_report(out: Path, results: dict) -> None:
     lines += ["", "![accuracy](accuracy.png)", "", "## Stages", "",
               f"Preference pairs: the SFT model answered {collect['prompts']} preference questions (greedy accuracy "
               f"{collect['greedy_accuracy']:.3f}); {collect['on_policy']} of its wrong answers became rejected "
-              f"replies, {collect['pairs']} pairs in all ({timings.get('collect', 0):.0f} s).", "",
+              f"replies, {collect['pairs']} pairs in all ({timings.get('collect', 0):.0f} s)"
+              + (f"; {collect['too_long']} questions longer than its context kept their own pairs."
+                 if collect.get("too_long") else "."), "",
               "| stage | steps | time (s) | held-out figures |", "| --- | --- | --- | --- |"]
     for name in ("pretrain", "sft", "reward", "dpo", "rlhf"):
         figures = ", ".join(f"{k} {v:.4f}" for k, v in stages[name].items() if k not in ("steps", "tokens"))

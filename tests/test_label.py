@@ -104,3 +104,26 @@ def test_label_by_answer_pairs_the_policys_wrong_answers_with_the_reference(tmp_
                      tmp_path / "cli.jsonl", "--max-new-tokens", 24)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "greedy accuracy 0.167" in result.stdout and (tmp_path / "cli.jsonl").exists()
+
+
+def test_a_question_longer_than_the_policys_context_keeps_its_own_pair_and_is_counted(tmp_path, tiny_base):
+    """The tiny speedrun's 256-token model met a task passage of 262 tokens: collecting pairs stopped with an
+    error. Such a prompt now gets no answer: label_by_answer keeps the record's own pair, task_accuracy
+    counts it wrong, and both say how many."""
+    from llmkit.train.label import label_by_answer
+    from llmkit.train.post_common import task_accuracy
+
+    policy = llmkit.load(tiny_base)
+    context = policy.model.config.max_seq_len
+    long_prompt = " ".join(["ROMEO. Who says it"] * context)
+    assert len(policy.tokenizer.encode(long_prompt)) >= context
+    rows = [{"prompt": p, "chosen": "Iago", "rejected": "Cassio", "kind": "speaker", "answer": "Iago"}
+            for p in ("Who says it", long_prompt)]
+    source = tmp_path / "questions.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats = label_by_answer(policy, source, tmp_path / "pairs.jsonl")
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert stats["too_long"] == 1 and stats["prompts"] == 2
+    assert [p["rejected"] for p in pairs if p["prompt"] == long_prompt] == ["Cassio"]
+    result = task_accuracy(policy.model, policy.tokenizer, load_records(source, "preference"))
+    assert result["too_long"] == 1 and result["correct"][1] is False and result["n"] == 2

@@ -225,10 +225,12 @@ def label_by_answer(policy, input_path: str | Path, out: str | Path, records: li
     require_answers(items, "labelling by the answer key", "or use a judge model: --judge MODEL")
     llm = llmkit.load(policy) if isinstance(policy, (str, Path)) else policy
     prompts = [r.prompt for r in items]
-    answers = [[reply_text(llm.tokenizer, ids)] for ids in generate(llm.model, llm.tokenizer, prompts, max_new_tokens)]
+    # a prompt longer than the policy's context gets no answer: its record's own pair is kept, and counted
+    greedy = generate(llm.model, llm.tokenizer, prompts, max_new_tokens, skip_too_long=True)
+    answers = [[reply_text(llm.tokenizer, ids)] for ids in greedy]
     if samples:
         sampled = generate(llm.model, llm.tokenizer, [p for p in prompts for _ in range(samples)], max_new_tokens,
-                           temperature=temperature, seed=seed)
+                           temperature=temperature, seed=seed, skip_too_long=True)
         for i, ids in enumerate(sampled):
             answers[i // samples].append(reply_text(llm.tokenizer, ids))
     rows, stats = [], Counter()
@@ -246,4 +248,4 @@ def label_by_answer(policy, input_path: str | Path, out: str | Path, records: li
                          "rejected": as_turn(rejected) if isinstance(rejected, str) else rejected, **record.extra})
     write_pairs(out, rows)
     return {"pairs": len(rows), "prompts": len(items), "greedy_accuracy": stats["greedy_right"] / max(len(items), 1),
-            "on_policy": stats["on_policy"]}
+            "on_policy": stats["on_policy"], "too_long": sum(not ids for ids in greedy)}

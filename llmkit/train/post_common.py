@@ -155,9 +155,12 @@ def eval_mode(model: torch.nn.Module):
 
 
 def generate(model, tokenizer: Tokenizer, prompts: list, max_new_tokens: int, temperature: float = 0.0,
-             seed: int = 0, top_p: float = 1.0, max_batch_size: int = 64) -> list[list[int]]:
+             seed: int = 0, top_p: float = 1.0, max_batch_size: int = 64,
+             skip_too_long: bool = False) -> list[list[int]]:
     """Generated token ids (a final stop token included) for each prompt (token ids, or a Record
-    prompt: text or messages), through the one engine; it puts a soft prompt's virtual tokens first."""
+    prompt: text or messages), through the one engine; it puts a soft prompt's virtual tokens first.
+    skip_too_long: a prompt that fills the model's context gets no tokens ([]) instead of an error (a
+    task's long passage and a small model's context: the caller counts it)."""
     ids = [p if isinstance(p, list) and (not p or isinstance(p[0], int)) else encode_prompt(tokenizer, p)
            for p in prompts]
     transformer = getattr(model, "transformer", model)
@@ -168,13 +171,18 @@ def generate(model, tokenizer: Tokenizer, prompts: list, max_new_tokens: int, te
                         prefix_cache_mib=64)
         params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                  seed=seed + i) for i in range(len(ids))]
-        completions = engine.generate_batch(ids, params)
-    failed = [(i, c) for i, c in enumerate(completions) if c.finish_reason == "error"]
+        room = transformer.config.max_seq_len - len(engine.soft_prompt)
+        fits = [not skip_too_long or len(p) + (engine.source_end is not None and p[-1:] != [engine.source_end]) < room
+                for p in ids]
+        done = iter(engine.generate_batch([p for p, ok in zip(ids, fits) if ok],
+                                          [sp for sp, ok in zip(params, fits) if ok]))
+        completions = [next(done) if ok else None for ok in fits]
+    failed = [(i, c) for i, c in enumerate(completions) if c is not None and c.finish_reason == "error"]
     if failed:  # e.g. NaN logits once training diverged: a rollout must not pass on as partial tokens
         i, c = failed[0]
         raise GenerationError(f"generating for prompt {i} failed ({c.error}); {len(failed)} of {len(completions)} "
                               "failed. If training diverged, lower lr or resume from an earlier checkpoint")
-    return [c.token_ids for c in completions]
+    return [c.token_ids if c is not None else [] for c in completions]
 
 
 def reply_text(tokenizer: Tokenizer, token_ids: list[int]) -> str:
@@ -198,13 +206,15 @@ def task_accuracy(model, tokenizer: Tokenizer, heldout: list[Record], max_new_to
     from llmkit.data.assistant_task import accuracy, is_correct
 
     records = heldout[:limit] if limit else heldout
-    outputs = generate(model, tokenizer, [r.prompt for r in records], max_new_tokens)
+    # a question longer than the model's context is not answered: wrong, and counted
+    outputs = generate(model, tokenizer, [r.prompt for r in records], max_new_tokens, skip_too_long=True)
     replies = [reply_text(tokenizer, out) for out in outputs]
     answers = [r.extra["answer"] for r in records]
     kinds = [r.extra.get("kind", "all") for r in records]
     correct = [is_correct(reply, answer) for reply, answer in zip(replies, answers)]
     result = accuracy(kinds, correct)
     result["correct"] = correct  # per question, for paired comparisons between models
+    result["too_long"] = sum(not out for out in outputs)
     if all(r.rejected for r in records):  # two-option questions: how often the reply is neither option
         wrong = [last_text(r.rejected) for r in records]
         result["off_option"] = sum(not ok and not is_correct(reply, other)
