@@ -186,8 +186,8 @@ def test_task_accuracy_counts_replies_that_are_neither_offered_answer(monkeypatc
                                extra={"kind": "play", "answer": "A"}) for _ in range(4)]
     replies = iter(["A", "B", "a.", "Neither, I think"])
     # the scoring is under test, not generation: each question gets the next fixed reply
-    monkeypatch.setattr(post_common, "generate", lambda model, tok, prompts, n: [[] for _ in prompts])
+    monkeypatch.setattr(post_common, "generate", lambda model, tok, prompts, n, **options: [[0] for _ in prompts])
     monkeypatch.setattr(post_common, "reply_text", lambda tok, ids: next(replies))
     result = post_common.task_accuracy(None, None, held)
     assert result["correct"] == [True, False, True, False]
-    assert result["accuracy"] == 0.5 and result["off_option"] == 0.25
+    assert result["accuracy"] == 0.5 and result["off_option"] == 0.25 and result["too_long"] == 0
