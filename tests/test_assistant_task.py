@@ -191,3 +191,14 @@ def test_task_accuracy_counts_replies_that_are_neither_offered_answer(monkeypatc
     result = post_common.task_accuracy(None, None, held)
     assert result["correct"] == [True, False, True, False]
     assert result["accuracy"] == 0.5 and result["off_option"] == 0.25 and result["too_long"] == 0
+
+
+def test_a_corpus_of_one_or_two_plays_makes_questions():
+    """One play has no other title for a play question's wrong option (rng.choice of nothing raised
+    IndexError); with two, one side of the split may ask about characters of one play only."""
+    plays = read_plays(SHAKESPEARE / "train")
+    for n in (1, 2):
+        train, heldout = make_questions(plays[:n], seed=0, train_per_kind=50, heldout_per_kind=5)
+        assert train and heldout
+        assert all(q.answer != q.wrong for q in train + heldout)
+        assert any(q.kind == "play" for q in train + heldout) == (n == 2)

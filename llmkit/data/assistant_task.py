@@ -240,7 +240,11 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
                   for side in (False, True)}
     for i, play in enumerate(plays):
         for name in asked[i]:
-            other = plays[rng.choice([j for j in title_draw[_held_out(name, heldout_fraction, seed)] if j != i])].title
+            others = ([j for j in title_draw[_held_out(name, heldout_fraction, seed)] if j != i]
+                      or [j for j in range(len(plays)) if j != i])  # (a small corpus: any other play)
+            if not others:  # one play: nothing to choose between
+                break
+            other = plays[rng.choice(others)].title
             a, b = _pick_two(rng, play.title, other)
             add(Question("play", f"In which play does {name} appear: {a} or {b}?", play.title, other, name, name),
                 {"name:" + name})
