@@ -223,7 +223,7 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
                 and name not in named(i, play.title)
                 # nor one word of a name shared with another character of the play ("Dromio of Syracuse"
                 # beside "Dromio of Ephesus", "First Fisherman" beside "Second Fisherman")
-                and not any(o != name and name_pattern(name).search(o) for o in counts[i])
+                and not any(o != name and dict(name_patterns[i])[name].search(o) for o in counts[i])
                 # nor a word that begins like a word of the title ("Old Athenian", "Timon of Athens")
                 and not any(re.search(rf"(?i)\b{re.escape(w[:5])}", play.title) for w in name.split()
                             if len(w) >= 5 and w not in NAME_TITLES)
