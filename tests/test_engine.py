@@ -113,6 +113,9 @@ def test_stop_tokens_and_context_limits():
         engine.generate([600], SamplingParams())
     with pytest.raises(GenerationError, match="top_p"):
         SamplingParams(top_p=0)
+    # fits() is submit's length rule without its error: a batch's caller skips and counts what it refuses
+    assert engine.fits(list(range(127))) and not engine.fits(list(range(128)))
+    assert engine.generate(list(range(127)), SamplingParams(max_new_tokens=5, temperature=0))
 
 
 class CharTokenizer:

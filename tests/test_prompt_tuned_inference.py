@@ -75,6 +75,8 @@ def test_load_generates_after_the_soft_prompt_and_reports_the_callers_tokens(tun
     context = llm.model.config.max_seq_len
     with pytest.raises(GenerationError, match=f"context is {context - SOFT} after the soft prompt's {SOFT}"):
         llm.engine.submit([5] * (context - SOFT), SamplingParams(max_new_tokens=1))
+    assert not llm.engine.fits([5] * (context - SOFT)) and llm.engine.fits([5] * (context - SOFT - 1))
+    assert llm.engine.complete([5] * (context - SOFT - 1), SamplingParams(max_new_tokens=4)).token_ids
 
 
 def test_scores_read_the_text_after_the_soft_prompt(tuned_dir):

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from llmkit.checkpoint import load_model
 from llmkit.convert import convert
-from llmkit.errors import ConversionError
+from llmkit.errors import ConversionError, GenerationError
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test dependency (pip install -e .[test])")
 
@@ -298,6 +298,11 @@ def test_a_source_without_its_end_token_gets_it_as_t5_was_trained(tmp_path):
     params = SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=[94])
     assert [llm.engine.generate(source[:-1], params) for source in SOURCES] == reference  # </s> added
     assert [llm.engine.generate(source, params) for source in SOURCES] == reference  # never twice
+    # a source one short of the context fits only when it already ends with </s> (the end token takes a position)
+    context = llm.model.config.max_seq_len
+    assert llm.engine.fits([5] * (context - 2) + [1]) and not llm.engine.fits([5] * (context - 1))
+    with pytest.raises(GenerationError, match=f"context is {context}"):
+        llm.engine.submit([5] * (context - 1), params)
     text = " ".join(f"w{i}" for i in SOURCES[0][:-1])
     assert llm.engine.complete(llm.tokenizer.encode(text), params).prompt_ids == SOURCES[0]
     from conftest import cli_in_process

@@ -88,7 +88,7 @@ from llmkit.infer.compiled import attend_length, call_warmed, compile_for_infere
 from llmkit.infer.grammar import GrammarError
 from llmkit.infer.huge_pages import place_in_huge_pages
 from llmkit.infer.kv_cache import cache_dtype
-from llmkit.infer.options import check_engine_options, prompt_budget
+from llmkit.infer.options import check_engine_options, context_left, prompt_budget
 from llmkit.infer.prefill import ForwardFailed, padding_groups, plan_chunks, prefill_forward
 from llmkit.infer.prefix_cache import PrefixCache
 from llmkit.infer.sampling import RequestSampler, SamplingParams, TokenLogprob, choose_tokens, token_logprobs
@@ -198,8 +198,19 @@ class Engine:
 
     # -- requests (submit and cancel: any thread)
     def check_prompt(self, prompt_ids: list[int], max_new_tokens: int) -> int:
-        """Number of tokens that can be generated after this prompt within the context (options.prompt_budget)."""
-        return prompt_budget(self.model.config, prompt_ids, max_new_tokens, len(self.soft_prompt))
+        """Number of tokens that can be generated after this prompt within the context (options.prompt_budget),
+        the prompt taken as submit() takes it (a T5 source gets its end token)."""
+        return prompt_budget(self.model.config, self._as_submitted(prompt_ids), max_new_tokens, len(self.soft_prompt))
+
+    def fits(self, prompt_ids: list[int]) -> bool:
+        """Whether submit() would take this prompt's length: the rule check_prompt applies, without its
+        error (a caller that skips the too-long prompts of a batch and counts them)."""
+        return context_left(self.model.config, len(self._as_submitted(prompt_ids)), len(self.soft_prompt)) > 0
+
+    def _as_submitted(self, prompt_ids: list[int]) -> list[int]:
+        if self.source_end is not None and prompt_ids and prompt_ids[-1] != self.source_end:
+            return [*prompt_ids, self.source_end]  # an encoder-decoder's source ends with its end token
+        return list(prompt_ids)
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Request:
         """Queue a request (from any thread); `step()` advances it. Its tokens appear in `request.output_ids`."""
@@ -207,8 +218,7 @@ class Engine:
             prompt_ids = [int(t) for t in prompt_ids]
         except (TypeError, ValueError):
             raise GenerationError("the prompt must be a sequence of integer token ids") from None
-        if self.source_end is not None and prompt_ids and prompt_ids[-1] != self.source_end:
-            prompt_ids.append(self.source_end)
+        prompt_ids = self._as_submitted(prompt_ids)
         max_new = self.check_prompt(prompt_ids, params.max_new_tokens)
         if params.stop_strings and self.tokenizer is None:
             raise GenerationError("stop strings need the engine to have a tokenizer (Engine(..., tokenizer=...))")

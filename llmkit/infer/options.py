@@ -53,6 +53,12 @@ def check_engine_options(model, max_batch_size, kv_cache_mib, prefix_cache_mib, 
                   kv_cache_dtype, f"one of {', '.join(KV_CACHE_DTYPES)}")
 
 
+def context_left(config, n_prompt: int, soft_tokens: int = 0) -> int:
+    """Positions of the model's context left after a prompt of n_prompt tokens and a soft prompt of
+    soft_tokens; a prompt fits only when at least one is left (the first generated token's)."""
+    return config.max_seq_len - soft_tokens - n_prompt
+
+
 def prompt_budget(config, prompt_ids: list[int], max_new_tokens: int, soft_tokens: int = 0) -> int:
     """Number of tokens that can be generated after this prompt within the model's context (`config`, a
     ModelConfig); a clear error for an empty prompt, one as long as the context, or a token outside the vocabulary.
@@ -61,7 +67,7 @@ def prompt_budget(config, prompt_ids: list[int], max_new_tokens: int, soft_token
     context = config.max_seq_len - soft_tokens
     if not prompt_ids:
         raise GenerationError("the prompt is empty; give at least one token")
-    if len(prompt_ids) >= context:
+    if context_left(config, len(prompt_ids), soft_tokens) <= 0:
         after = f" after the soft prompt's {soft_tokens}" if soft_tokens else ""
         raise GenerationError(f"the prompt has {len(prompt_ids)} tokens but the model's context is {context}{after}; "
                               "shorten the prompt")

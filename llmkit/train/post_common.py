@@ -34,6 +34,17 @@ def start_model(config: PostTrainConfig) -> tuple[torch.nn.Module, Tokenizer, st
     return model, load_tokenizer(directory), str(directory)
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Every dropout of the model off, its own (residual, attention) and LoRA's, in train mode too. DPO and RL
+    compare the policy's log-probabilities with ones taken in eval mode (the reference's, the rollouts'):
+    TRL turns dropout off for them (`disable_dropout`) so that the policy equals the reference at the start."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "dropout", None), float):  # attention's dropout probability (model.py)
+            module.dropout = 0.0
+
+
 def check_language_model(directory, field: str) -> None:
     """A directory read as a language model (init_from, a teacher) must be one. A reward model's or a
     classifier's backbone loads as a Transformer too, but its next-token head was never what was trained;
@@ -171,9 +182,7 @@ def generate(model, tokenizer: Tokenizer, prompts: list, max_new_tokens: int, te
                         prefix_cache_mib=64)
         params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                  seed=seed + i) for i in range(len(ids))]
-        room = transformer.config.max_seq_len - len(engine.soft_prompt)
-        fits = [not skip_too_long or len(p) + (engine.source_end is not None and p[-1:] != [engine.source_end]) < room
-                for p in ids]
+        fits = [not skip_too_long or engine.fits(p) for p in ids]
         done = iter(engine.generate_batch([p for p, ok in zip(ids, fits) if ok],
                                           [sp for sp, ok in zip(params, fits) if ok]))
         completions = [next(done) if ok else None for ok in fits]
