@@ -34,3 +34,16 @@ def config(cls, **fields):
     base.update(fields)
     return cls(**{k: str(v) if hasattr(v, "__fspath__") else v for k, v in base.items()})
 
+
+
+def with_dropout(base, out, p: float):
+    """base's weights and tokenizer saved as a model whose config has dropout p (residual and attention)."""
+    import dataclasses
+
+    from llmkit.checkpoint import load_config, load_model, load_tokenizer, save_checkpoint
+    from llmkit.model import Transformer
+
+    model = Transformer(dataclasses.replace(load_config(base), dropout=p))
+    model.load_state_dict(load_model(base).state_dict())
+    save_checkpoint(out, model, load_tokenizer(base))
+    return out

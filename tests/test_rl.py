@@ -9,7 +9,7 @@ from llmkit.config import ModelConfig
 from llmkit.model import Transformer
 from llmkit.train.packing import completion_item, pack
 from llmkit.train.rl import _Reference, group_advantages, policy_loss, token_logprobs
-from posttrain_fixtures import config, task_files, tiny_base  # noqa: F401 (fixtures)
+from posttrain_fixtures import config, task_files, tiny_base, with_dropout  # noqa: F401 (fixtures)
 
 
 def test_group_advantages():
@@ -195,3 +195,26 @@ def test_verifiable_reward_from_the_answer_key(tmp_path, tiny_base):
     prompt_file.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r'prompts\.jsonl:7: field "answer" missing'):
         run_rl(config(RLConfig, data=prompt_file, val_data=prompt_file, **rl), tmp_path / "rl2")
+
+
+def test_dropout_is_off_in_the_policy_so_ratio_and_kl_start_at_1_and_0(tmp_path, tiny_base):
+    """The rollouts' and the reference's log-probabilities are taken in eval mode; with dropout on in the
+    training forward, the first step's ratio and KL were away from 1 and 0 by noise alone (tokens clipped
+    before any update). Dropout is off by default, as in TRL's RL trainers; turned back on, the noise returns."""
+    import json
+
+    from llmkit.train.post_config import RLConfig
+    from llmkit.train.rl import run_rl
+
+    start = with_dropout(tiny_base, tmp_path / "start", 0.3)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Is {i} odd?", "answer": "yes"}) + "\n" for i in range(8)))
+    fields = dict(init_from=start, data=prompts, reward_model="answers", max_steps=1, micro_batch=2, group_size=2,
+                  max_new_tokens=6, baseline="grpo", updates_per_batch=2, eval_every=0, eval_task=False)
+    first = {}
+    for disable in (True, False):
+        run_rl(config(RLConfig, disable_dropout=disable, **fields), tmp_path / str(disable))
+        lines = (tmp_path / str(disable) / "metrics.jsonl").read_text().splitlines()
+        first[disable] = next(r for r in map(json.loads, lines) if "clip_fraction" in r)
+    assert first[True]["kl"] == pytest.approx(0, abs=1e-6) and first[True]["clip_fraction"] == 0
+    assert first[False]["kl"] > 1e-3 and first[False]["clip_fraction"] > 0

@@ -32,8 +32,8 @@ from llmkit.atomic import atomic_write_bytes
 from llmkit.train.chat_data import EncodedPair
 from llmkit.train.packing import completion_item, pack, sequence_logprobs
 from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
-from llmkit.train.post_common import (encode_train_and_held_out_pairs, generate, items_for, reply_text, stage_records,
-                                      start_model, task_accuracy, task_records)
+from llmkit.train.post_common import (disable_dropout, encode_train_and_held_out_pairs, generate, items_for, reply_text,
+                                      stage_records, start_model, task_accuracy, task_records)
 from llmkit.train.post_config import DPOConfig
 from llmkit.train.trainer import Trainer, TrainResult, weighted_by
 
@@ -122,6 +122,8 @@ def run_dpo(config: DPOConfig, out: str | Path, resume: bool = False) -> TrainRe
     out = Path(out)
     model, tokenizer, base_dir = start_model(config)
     summary = apply_peft(model, config)
+    if config.disable_dropout:
+        disable_dropout(model)
     prefix = prompt_prefix_ids(model)
     train_records, val_records = stage_records(config, "preference")
     pairs, val_pairs, dropped_note = encode_train_and_held_out_pairs(tokenizer, train_records, val_records,

@@ -84,6 +84,9 @@ class DPOConfig(PostTrainConfig):
     # chosen reply's own likelihood from falling while the margin grows
     rpo_alpha: float = 0.0
     lr: float = 5e-6
+    # dropout off in the policy (the model's and LoRA's), as TRL's DPOConfig does by default: the reference's
+    # log-probabilities are taken without it, so with it the implicit rewards start as noise, not at 0
+    disable_dropout: bool = True
 
     RANGES = {"beta": "(0, inf)", "rpo_alpha": "[0, inf)"}
 
@@ -110,6 +113,9 @@ class RLConfig(PostTrainConfig):
     top_p: float = 1.0  # nucleus sampling of the rollouts (1 = off)
     micro_batch: int = 8  # prompts per micro-batch (times group_size completions)
     lr: float = 1e-5
+    # dropout off in the policy, as TRL's RL trainers do: the rollouts' and the reference's log-probabilities are
+    # taken without it, so with it the ratio and the KL would start away from 1 and 0 by noise alone
+    disable_dropout: bool = True
     epochs: float = 1.0
 
     # group_size: at least 2, since the baseline comes from the group

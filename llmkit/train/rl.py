@@ -41,8 +41,8 @@ from llmkit.errors import ConfigError, DataError
 from llmkit.train.chat_data import encode_prompt
 from llmkit.train.packing import completion_item, model_inputs, pack
 from llmkit.train.peft import apply_peft, peft_saver, prompt_prefix_ids
-from llmkit.train.post_common import (eval_mode, generate, items_for, reply_text, stage_records, start_model,
-                                      task_accuracy, task_records)
+from llmkit.train.post_common import (disable_dropout, eval_mode, generate, items_for, reply_text, stage_records,
+                                      start_model, task_accuracy, task_records)
 from llmkit.train.post_config import RLConfig
 from llmkit.train.reward import load_reward_model, score
 from llmkit.train.trainer import Trainer, TrainResult, learned_tokens, weighted_by
@@ -182,6 +182,8 @@ def run_rl(config: RLConfig, out: str | Path, resume: bool = False) -> TrainResu
                           "verifiable reward from the records' \"answer\" field")
     model, tokenizer, base_dir = start_model(config)
     summary = apply_peft(model, config)
+    if config.disable_dropout:
+        disable_dropout(model)
     train_records, val_records = stage_records(config, "prompt")
     train_records, dropped = fitting_prompts(train_records, tokenizer, prompt_prefix_ids(model), config.seq_len)
     val_records, val_dropped = fitting_prompts(val_records, tokenizer, prompt_prefix_ids(model), config.seq_len)
