@@ -94,24 +94,88 @@ def title_case(text: str) -> str:
 
 def parse_play(path: Path) -> Play | None:
     """Speeches of a play text (Project Gutenberg layout: a speaker's name alone on a line, then the
-    speech, blocks separated by blank lines). None for poems (no speakers)."""
+    speech, blocks separated by blank lines). None for poems (no speakers). Stage directions are left out
+    of the speeches, also within a line ("Softly, dear sir! [Picks his pocket.] good sir"); speaker tags cut
+    short are written out (`full_names`: "Fal." is Falstaff, "Edg." Edgar)."""
     text = path.read_text(encoding="utf-8", errors="replace")
     title = SHORT_TITLES.get(path.stem) or title_case(text.strip().split("\n", 1)[0].split(";")[0])
-    speeches = []
+    tagged = []
     for block in re.split(r"\n\s*\n", text):
         lines = [line.strip() for line in block.strip().split("\n")]
         if len(lines) < 2:
             continue
         tag = SPEAKER_TAG.match(lines[0])
-        if not tag or not (lines[0].endswith(".") or lines[0].isupper()):
+        if not tag or not (lines[0].endswith(".") or lines[0].isupper()) or not _looks_like_a_name(tag.group(1)):
             continue
-        speech = [line for line in lines[1:] if line and not line.startswith("[")]
-        name = title_case(tag.group(1))
-        if speech and len(name.replace(" ", "")) >= 4:
-            speeches.append(Speech(name, speech))
+        speech = _without_stage_directions(lines[1:])
+        if speech:
+            tagged.append((title_case(tag.group(1)), speech))
+    names = full_names({t for t, _ in tagged}, text, "\n".join(line for _, speech in tagged for line in speech))
+    speeches = [Speech(names[t], speech) for t, speech in tagged if len(names[t].replace(" ", "")) >= 4]
     if len(speeches) < 100:
         return None
     return Play(title, speeches)
+
+
+def _looks_like_a_name(tag: str) -> bool:
+    """A tag, not a short sentence alone on a line ("Saddle my horse.") nor a heading ("Act I")."""
+    if re.fullmatch(r"(?i)(act|scene) [ivx]+", tag):
+        return False
+    return tag.isupper() or all(w[:1].isupper() or w in SMALL_WORDS for w in tag.split())
+
+
+def _without_stage_directions(lines: list[str]) -> list[str]:
+    """A speech's lines without its stage directions: whole bracketed lines, bracketed spans within a line,
+    and a direction that runs on over lines ("[Enter Lear, Cornwall, Albany, Goneril, Regan, Cordelia, and" /
+    "Attendants.]")."""
+    kept, inside = [], False
+    for line in lines:
+        if inside:  # the rest of a direction begun on an earlier line
+            if "]" not in line:
+                continue
+            line, inside = line.split("]", 1)[1], False
+        line = re.sub(r"\[[^\]]*\]", " ", line)
+        if "[" in line:
+            line, inside = line.split("[", 1)[0], True
+        line = " ".join(line.split())
+        if line:
+            kept.append(line)
+    return kept
+
+
+# the one tag whose written-out name does not begin with it (King Lear's "Glou." is Gloster in the directions)
+TAG_SPELLINGS = {"Glou": "Gloster"}
+
+
+def full_names(tags: set[str], text: str, spoken: str) -> dict[str, str]:
+    """{tag: the character's name}: a tag cut short ("Fal", "Edg", "First Serv") written out as the likeliest
+    name beginning with it among those the stage directions and the list of characters use ("[Enter Prince
+    Henry and Falstaff.]"). Only a short word the lines (`spoken`) say less often than longer words beginning
+    with it is cut short (`cut_short`): "Casca" is a name, "Hot" is Hotspur. "Cor" beside the tag "Corn" is
+    Cordelia, not Cornwall. King Lear lost Edgar, Edmund, Regan and five more to tags under four letters, Henry
+    IV Part 1 Falstaff and Hotspur."""
+    cast_text = " ".join(re.findall(r"\[[^\]]*\]", text))
+    listed = re.search(r"Dramatis Person\w*(.*?)\n\s*(?:ACT|Act) [IV1]", text, re.S)
+    cast_text += " " + (listed.group(1) if listed else "")
+    words: dict[str, int] = {}
+    for w in re.findall(r"\b[A-Z][a-z]+\b", cast_text):
+        words[w] = words.get(w, 0) + 1
+    tag_words = {w for t in tags for w in t.split()}
+
+    def write_out(short: str) -> str:
+        if short in TAG_SPELLINGS:
+            return TAG_SPELLINGS[short]
+        if not 3 <= len(short) <= 5 or not cut_short(short, spoken):
+            return short
+        longer_tags = [t for t in tag_words if len(t) > len(short) and t.startswith(short)]
+        found = [(n, w) for w, n in words.items() if w.startswith(short) and w not in (short + "s", short + "es")
+                 and not any(w.startswith(t) for t in longer_tags)]
+        if not found or max(found)[0] <= words.get(short, 0):
+            return short
+        name = max(found)[1]
+        return name[:-1] if name.endswith("s") and name[:-1] in words else name  # "Servants": a Servant
+
+    return {t: " ".join(write_out(w) for w in t.split()) for t in tags}
 
 
 def read_plays(corpus_dir: Path) -> list[Play]:
@@ -163,6 +227,29 @@ def _syllables(text: str) -> int:
         groups = len(re.findall(r"[aeiouy]+", w))
         n += max(groups - (groups > 1 and w.endswith("e") and not w.endswith(("le", "ee"))), 1)
     return n
+
+
+# characters with two speaker tags in one play: neither is the other's wrong option ("who says ...: Marcius or
+# Coriolanus?" has two right answers)
+SAME_CHARACTER = {
+    "Coriolanus": [{"Marcius", "Coriolanus"}], "Richard III": [{"Gloster", "King Richard"}],
+    "Henry VI Part 3": [{"Edward", "King Edward"}, {"Richard", "Gloster"}],
+    "Henry VI Part 1": [{"Plantagenet", "York"}], "Henry VIII": [{"Queen Katherine", "Katherine"}],
+}
+
+
+def _ending_kind(ending: str) -> tuple[int, str]:
+    """What a continue question's wrong ending must share with the right one: its syllables (the metre), and how
+    it closes (a sentence, a pause, or running on). The asked line is often a short speech's last, so "the
+    ending that closes a sentence" scored 0.57 on held-out continue questions when endings shared only syllables."""
+    last = ending.rstrip(" '\")")[-1:]
+    return _syllables(ending), "stop" if last in ".!?" else "pause" if last in ",;:-" else "run"
+
+
+def _shared_words(prefix: str, ending: str) -> int:
+    """Words of the ending the line's beginning already has: the ending that repeats more of them was right
+    81% of the time (a wrong ending drawn from another line rarely echoes this one)."""
+    return len({normalise_answer(w) for w in prefix.split()} & {normalise_answer(w) for w in ending.split()} - {""})
 
 
 def _pick_two(rng: random.Random, right: str, wrong: str) -> tuple[str, str]:
@@ -252,23 +339,30 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
         cast = major[i]
         if len(cast) < 2:
             continue
-        # a speaker question's wrong option is drawn like its answer, in proportion to speeches: drawn
-        # uniformly from the cast, "the one who speaks more" was right 63% of the time without the line
-        cast_speeches = [s.speaker for s in play.speeches if s.speaker in cast]
-        # a continue question's wrong ending has as many syllables as the right one: with any ending, "the one
-        # that makes a ten-syllable line" scored 0.60 on held-out continue questions
-        endings: dict[int, list[str]] = {}
+        # a speaker question's wrong option is drawn like its answer, in proportion to the speeches that can be
+        # asked (a line of six words or more): drawn uniformly from the cast, "the one who speaks more" was right
+        # 63% of the time without the line
+        cast_speeches = [s.speaker for s in play.speeches if s.speaker in cast and _verse_lines(s, 6)]
+        said_by: dict[str, set[str]] = {}  # a line said by two characters has two right answers
+        for s in play.speeches:
+            for verse in s.lines:
+                said_by.setdefault(normalise_answer(verse), set()).add(s.speaker)
+        # a continue question's wrong ending sounds like the right one (`_ending_kind`, `_shared_words`): with
+        # any ending, "the one that makes a ten-syllable line" scored 0.60 on held-out continue questions
+        endings: dict[tuple, list[str]] = {}
         for s in play.speeches:
             for verse in _verse_lines(s, 8):
-                endings.setdefault(_syllables(" ".join(verse.split()[-3:])), []).append(verse)
+                endings.setdefault(_ending_kind(" ".join(verse.split()[-3:])), []).append(verse)
         for s_idx, speech in enumerate(play.speeches):
             block = f"{play.title}:{s_idx // 3 * 3}"  # the unit of every question about this speech
-            lines = _verse_lines(speech, 6)
+            lines, other = _verse_lines(speech, 6), None
             if speech.speaker in cast and lines:
                 line = rng.choice(lines)
-                other = speech.speaker
-                while other == speech.speaker:
-                    other = rng.choice(cast_speeches)
+                aliases = [names for names in SAME_CHARACTER.get(play.title, []) if speech.speaker in names]
+                same = said_by[normalise_answer(line)].union(*aliases)
+                others = [c for c in cast_speeches if c not in same]
+                other = rng.choice(others) if others else None
+            if other:
                 a, b = _pick_two(rng, speech.speaker, other)
                 add(Question("speaker", f'In {play.title}, who says "{line}": {a} or {b}?', speech.speaker, other,
                              line, block), {said(line)}, names=(speech.speaker, other, *named(i, f"{line} {a} {b}")))
@@ -277,10 +371,16 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
                 line = rng.choice(lines)
                 words = line.split()
                 cut = len(words) - 3  # the line's last three words are the answer
-                answer = " ".join(words[cut:])
-                donor_line = rng.choice(endings[_syllables(answer)])
-                wrong = " ".join(donor_line.split()[-3:])
-                if normalise_answer(wrong) != normalise_answer(answer):
+                answer, start = " ".join(words[cut:]), " ".join(words[:cut])
+                pool, echoes = endings[_ending_kind(answer)], _shared_words(start, answer)
+                for _ in range(20):  # a few draws for one that echoes the beginning as much as the answer does
+                    donor_line = rng.choice(pool)
+                    wrong = " ".join(donor_line.split()[-3:])
+                    if _shared_words(start, wrong) == echoes and normalise_answer(wrong) != normalise_answer(answer):
+                        break
+                else:
+                    wrong = None
+                if wrong:
                     a, b = _pick_two(rng, answer, wrong)
                     add(Question("continue", f'Continue this line from {play.title}: "{" ".join(words[:cut])}" - '
                                  f'"{a}" or "{b}"?', answer, wrong, line, block), {said(line), said(donor_line)},
@@ -354,9 +454,11 @@ def builtin_task(seed: int = 0, train_per_kind: int = 1000, heldout_per_kind: in
     # passages and characters that training questions showed); v3: training lines that name a held-out
     # character beside its play, and training passages where one speaks or is named, are dropped too; some
     # characters are not asked (`askable`); wrong options are drawn like the answers (speakers by speeches,
-    # titles by characters asked, endings by syllables), so no guess without the knowledge beats chance.
+    # titles by characters asked, endings by syllables), so no guess without the knowledge beats chance; v4: stage
+    # directions out of the lines, speaker tags cut short written out (King Lear's Edgar, Henry IV's Falstaff),
+    # a wrong ending that closes and echoes the line as the right one does, no wrong speaker who says the line too.
     # A new folder each time, so old caches are not reused.
-    out = base / f"assistant-task-v3-s{seed}-n{train_per_kind}-h{heldout_per_kind}"
+    out = base / f"assistant-task-v4-s{seed}-n{train_per_kind}-h{heldout_per_kind}"
     paths = {k: out / v for k, v in TASK_FILES.items()}
     if not all(p.exists() for p in paths.values()):
         write_task(out, corpus / "train", seed, train_per_kind, heldout_per_kind)
