@@ -132,7 +132,10 @@ def test_sft_with_peft_trains_the_adapter_and_writes_it(tmp_path, tiny_base, tas
     from llmkit.train.sft import run_sft
 
     out = tmp_path / method
-    cfg = config(SFTConfig, init_from=tiny_base, data=task_files["sft"], val_data=task_files["heldout"],
+    # 8 examples in two batches, 6 epochs, so every late step sees a batch the first steps saw (on 48 different
+    # examples the last step's loss against the first's was a coin toss: 4 soft tokens before a random tiny model
+    # lower its loss by only ~0.02)
+    cfg = config(SFTConfig, init_from=tiny_base, data=task_files["sft"], data_records=[0, 8], val_data=task_files["heldout"],
                  max_steps=12, lr=1e-2 if method == "lora" else 0.1, peft=method, prompt_tokens=4, eval_task=False)
     result = run_sft(cfg, out)
     base = load_model(tiny_base)
@@ -146,7 +149,7 @@ def test_sft_with_peft_trains_the_adapter_and_writes_it(tmp_path, tiny_base, tas
         assert all(torch.equal(v, base.state_dict()[k]) for k, v in load_model(out).state_dict().items())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
-    assert losses[-1] < losses[0]
+    assert max(losses[-4:]) < losses[0] - 0.005  # (LoRA: 6.20 -> 5.73; prompt tuning: 6.204 -> 6.160-6.186)
     assert result.eval["val_loss"] < records[0]["loss"] + 0.5
 
 
