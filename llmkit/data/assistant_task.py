@@ -287,7 +287,7 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
         """The major characters of play i that `text` names. Beside the play's title, a quoted line such as
         "Didst thou not tell me, Griffith, ..." tells that Griffith is in Henry VIII as plainly as an
         option would."""
-        return tuple(n for n, pattern in name_patterns[i] if pattern.search(text))
+        return tuple(n for n, pattern in name_patterns[i].items() if pattern.search(text))
 
     # major characters: >= 8 speeches; "play" questions only for names found in one play alone
     counts = [{} for _ in plays]
@@ -295,7 +295,7 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
         for s in play.speeches:
             counts[i][s.speaker] = counts[i].get(s.speaker, 0) + 1
     major = [[n for n, c in sorted(cnt.items()) if c >= 8] for cnt in counts]
-    name_patterns = [[(n, name_pattern(n)) for n in names] for names in major]
+    name_patterns = [{n: name_pattern(n) for n in names} for names in major]
     plays_of: dict[str, set] = {}
     for i, names in enumerate(counts):
         for n in names:
@@ -310,7 +310,7 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
                 and name not in named(i, play.title)
                 # nor one word of a name shared with another character of the play ("Dromio of Syracuse"
                 # beside "Dromio of Ephesus", "First Fisherman" beside "Second Fisherman")
-                and not any(o != name and dict(name_patterns[i])[name].search(o) for o in counts[i])
+                and not any(o != name and name_patterns[i][name].search(o) for o in counts[i])
                 # nor a word that begins like a word of the title ("Old Athenian", "Timon of Athens")
                 and not any(re.search(rf"(?i)\b{re.escape(w[:5])}", play.title) for w in name.split()
                             if len(w) >= 5 and w not in NAME_TITLES)
