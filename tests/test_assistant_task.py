@@ -22,14 +22,23 @@ def test_plays_parse_into_speeches():
     # speaker tags cut short are written out: King Lear's tags under four letters lost Edgar and six more
     speakers = {p.title: {s.speaker for s in p.speeches} for p in plays}
     assert {"Edgar", "Edmund", "Regan", "Goneril", "Albany", "Oswald", "Cordelia", "Cornwall", "Gloster"} <= speakers["King Lear"]
-    assert {"Falstaff", "Hotspur", "Glendower", "Worcester"} <= speakers["Henry IV Part 1"]
-    assert not {"Glou", "Corn", "Glend", "Fal"} & set().union(*speakers.values())
+    assert {"Falstaff", "Hotspur", "Glendower", "Worcester", "Sheriff", "Chamberlain", "Messenger"} <= speakers["Henry IV Part 1"]
+    assert not {"Glou", "Corn", "Glend", "Fal", "Mess", "Cham", "Sher"} & set().union(*speakers.values())
+    # one servant each ("First Serv" is not "First Servants"), the lines never say "Phys": Physician
+    assert {"First Servant", "Physician"} <= speakers["King Lear"] and "First Servants" not in speakers["King Lear"]
+    # short names are characters (Sly, Nym, the Bishop of Ely), "All" and "Boy" are not; "MRS. PAGE." is Mistress Page
+    assert "Sly" in speakers["The Taming of the Shrew"] and {"Nym", "Ely"} <= speakers["Henry V"]
+    assert not {"All", "Boy", "Ii", "Iv"} & set().union(*speakers.values())
+    assert {"Mistress Page", "Mistress Ford", "Page"} <= speakers["The Merry Wives of Windsor"]
     assert "Saddle My Horse" not in speakers["Richard II"] and "Casca" in speakers["Julius Caesar"]
     # no stage direction is left in a line
     assert not [line for p in plays for s in p.speeches for line in s.lines if "[" in line or "]" in line]
     assert _without_stage_directions(["Softly, dear sir! [Picks his pocket.] good sir, softly; you ha'",
                                       "Call him in. [Exit BARDOLPH", "and PAGE.] Such Brooks are welcome", "[Exit.]"]) \
         == ["Softly, dear sir! good sir, softly; you ha'", "Call him in.", "Such Brooks are welcome"]
+    # a "[" no later line closes ends with its line (Henry VI Part 1 lost the rest of three speeches)
+    assert _without_stage_directions(["Why, how now, lords! [Exit Sergeant.", "What, all unready so?"]) == \
+        ["Why, how now, lords!", "What, all unready so?"]
     cast = "[Enter Lear, Cornwall, Cordelia, Casca.]"
     assert full_names({"Cor", "Corn", "Lear", "Casca"}, cast, "Cornwall, Cordelia, Lear; Casca Casca") == \
         {"Cor": "Cordelia", "Corn": "Cornwall", "Lear": "Lear", "Casca": "Casca"}
@@ -74,7 +83,7 @@ def test_held_out_questions_ask_nothing_a_training_question_shows():
         title = re.match(r'(?:In (.*?), who says|Continue this line from (.*?):) "', q.prompt)
         if title:
             beside_title.setdefault(title.group(1) or title.group(2), []).append(f"{q.prompt} {q.answer} {q.wrong}")
-    assert len(heldout) == 352 and len(named_with_play) > 500 and len(beside_title) > 30
+    assert len(heldout) == 353 and len(named_with_play) > 500 and len(beside_title) > 30
     for q in train:  # a name inside its play's title is answered by matching strings: asked nowhere
         assert q.kind != "play" or not re.search(rf"(?<![\w']){re.escape(q.subject)}(?![\w'])", q.answer), q.prompt
     for q in heldout:
@@ -111,14 +120,14 @@ def test_held_out_characters_neither_speak_nor_are_named_in_a_training_passage_o
     the co-speakers' titles alone answered 46 of the 50 held-out play questions."""
     plays = read_plays(SHAKESPEARE / "train")
     train, heldout = make_questions(plays, seed=0, train_per_kind=2000, heldout_per_kind=100)
-    cast = {p.title: {s.speaker for s in p.speeches} for p in plays}
-    passages = [q.prompt.split("\n\n")[0] for q in train if q.kind == "passage"]
+    passages = [(q.unit.rsplit(":", 1)[0], q.prompt.split("\n\n")[0]) for q in train if q.kind == "passage"]
+    assert len({title for title, _ in passages}) == len(plays)
     for q in heldout:
         if q.kind == "play":
             name = name_pattern(q.subject)
-            for body in passages:
+            for title, body in passages:
                 speakers = {line.split(": ", 1)[0] for line in body.split("\n")}
-                if speakers <= cast[q.answer]:  # a passage of the character's play
+                if title == q.answer:  # a passage of the character's play
                     assert q.subject not in speakers and not name.search(body), (q.prompt, body)
 
 
@@ -168,6 +177,36 @@ def test_the_speaker_who_speaks_more_is_no_better_a_guess_than_chance():
         return _shared_words(re.match(r'Continue this line from .*?: "(.*)" - ', q.prompt).group(1), option)
 
     assert all(closes(q.answer) == closes(q.wrong) and echoes(q, q.answer) == echoes(q, q.wrong) for q in cont)
+    assert _shared_words("O, come to-night", "to-night, Romeo") == 2  # words as the answer is checked
+    # the fifth: "the ending whose first word more often follows the line's last word in the plays" scored 200 to
+    # 76 (a bigram's knowledge, not the line's)
+    follows = Counter()
+    for play in read_plays(SHAKESPEARE / "train"):
+        for s in play.speeches:
+            for line in s.lines:
+                words = normalise_answer(line).split()
+                follows.update(zip(words, words[1:]))
+
+    def fluent(q, option):
+        return follows[normalise_answer(re.match(r'Continue this line from .*?: "(.*)" - ', q.prompt).group(1)).split()[-1],
+                       normalise_answer(option).split()[0]]
+
+    wins, losses = sum(fluent(q, q.answer) > fluent(q, q.wrong) for q in cont), sum(fluent(q, q.answer) < fluent(q, q.wrong) for q in cont)
+    assert wins <= 0.56 * (wins + losses), (wins, losses)
+    # and "the option who speaks in training questions about the speeches near the line" scored 0.77 on held-out
+    # speaker questions (who is on stage), when wrong speakers were drawn from the whole play
+    nearby = {}
+    for q in train:
+        if q.kind in ("speaker", "passage"):
+            title, block = q.unit.rsplit(":", 1)
+            speakers = {q.answer} if q.kind == "speaker" else {s.split(": ", 1)[0] for s in q.prompt.split("\n\n")[0].split("\n")}
+            nearby.setdefault((title, int(block)), set()).update(speakers)
+    wins = losses = 0
+    for q in asked:
+        title, block = q.unit.rsplit(":", 1)
+        near = set().union(*(nearby.get((title, int(block) + 3 * k), set()) for k in (-2, -1, 1, 2)))
+        wins, losses = wins + (q.answer in near and q.wrong not in near), losses + (q.wrong in near and q.answer not in near)
+    assert wins <= 0.6 * (wins + losses), (wins, losses)
     # and a wrong speaker never says the asked line too ("Which were the greatest obloquy i' the world": Diana and
     # Bertram both say it)
     said = {}
