@@ -85,12 +85,16 @@ def evaluate(index, questions, gold, mode, embedder) -> tuple[dict, list[float]]
     return result, latencies
 
 
-def names_it(reply: str, right: str, wrong: str) -> bool:
-    """The reply names the right option and not the wrong one (both as the task grader normalises them)."""
+def names_in(text: str, option: str) -> bool:
+    """Whether a text names an option, both as the task grader normalises them (line by line)."""
     from llmkit.data.assistant_task import normalise_answer
 
-    text = f" {' '.join(normalise_answer(line) for line in reply.splitlines())} "
-    return f" {normalise_answer(right)} " in text and f" {normalise_answer(wrong)} " not in text
+    return f" {normalise_answer(option)} " in f" {' '.join(normalise_answer(line) for line in text.splitlines())} "
+
+
+def names_it(reply: str, right: str, wrong: str) -> bool:
+    """The reply names the right option and not the wrong one."""
+    return names_in(reply, right) and not names_in(reply, wrong)
 
 
 def grade(replies: list[str], questions) -> dict[str, list[bool]]:
@@ -181,17 +185,34 @@ def teach_search(index, n: int, k: int, run: Path, max_new_tokens: int, call_tok
     base = greedy_replies(llmkit.load("smollm2", device=device, max_batch_size=32),
                           [[{"role": "user", "content": q.prompt}] for q in heldout], max_new_tokens)
     taught = llmkit.load(run, device=device)
-    replies, calls, malformed, start = [], 0, 0, time.perf_counter()
+    replies, found, calls, malformed, start = [], [], 0, 0, time.perf_counter()
     for q in heldout:
         chat = taught.chat_with_tools([{"role": "user", "content": q.prompt}], [search], max_tool_rounds=2,
                                       max_new_tokens=call_tokens, temperature=0)
         replies.append(chat.reply)
+        found.append("\n".join(str(m.get("content") or "") for m in chat.messages if m.get("role") == "tool"))
         calls, malformed = calls + chat.calls, malformed + chat.errors
     out.update(taught_s=time.perf_counter() - start, taught_calls=calls, taught_malformed=malformed,
                taught_examples=[{"question": q.prompt, "answer": q.answer, "reply": r}
                                 for q, r in list(zip(heldout, replies))[:3]])
-    add_paired(out, "closed", "taught", {"closed": grade(base, heldout), "taught": grade(replies, heldout)})
+    marks = {"closed": grade(base, heldout), "taught": grade(replies, heldout)}
+    add_paired(out, "closed", "taught", marks)
+    # per question kind, and whether the passages the search returned name the right option, the wrong one or
+    # both: a reply can only be read off the passages when they name the right option alone
+    by_kind: dict = {}
+    for kind in sorted({q.kind for q in heldout}):
+        picked = [i for i, q in enumerate(heldout) if q.kind == kind]
+        shown = [(names_in(found[i], heldout[i].answer), names_in(found[i], heldout[i].wrong)) for i in picked]
+        by_kind[kind] = {"n": len(picked), **{f"{arm}_exact": sum(marks[arm]["exact"][i] for i in picked) / len(picked)
+                                              for arm in marks},
+                         "found_right_only": sum(a and not b for a, b in shown) / len(picked),
+                         "found_both": sum(a and b for a, b in shown) / len(picked)}
+    out["taught_by_kind"] = by_kind
+    atomic_write_text(run.with_name(run.name + "-heldout-replies.jsonl"), "".join(
+        json.dumps({"kind": q.kind, "question": q.prompt, "answer": q.answer, "wrong": q.wrong, "closed": b,
+                    "taught": r, "search_results": f}) + "\n" for q, b, r, f in zip(heldout, base, replies, found)))
     return out
+
 
 
 MEMORY_PROBE = """
@@ -327,6 +348,11 @@ def main() -> None:
         print("| --- | --- | --- | --- | --- |")
         for kind in ("exact", "names"):
             print(paired_row("", taught, "closed", "taught", kind))
+        print("| kind | questions | closed-book exact | taught exact | search found the right option alone | both |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for kind, k in taught["taught_by_kind"].items():
+            print(f"| {kind} | {k['n']} | {k['closed_exact']:.3f} | {k['taught_exact']:.3f} | "
+                  f"{k['found_right_only']:.3f} | {k['found_both']:.3f} |")
         for e in taught["taught_examples"]:
             print(f"  taught: {e['question'][:90]!r} -> {e['reply'][:80]!r} (answer {e['answer']!r})")
         figures["taught"] = taught
