@@ -29,7 +29,9 @@ make-tool-data --index`: the quoted line or the character's name as the query, t
 as the tool's reply, the answer; only questions whose answer the passages hold), LoRA SFT with the
 sft-tools-smollm2-lora preset, then the taught model answers the held-out questions through the product's tool
 loop (`llm.chat_with_tools`, the search tool offered, greedy), graded as above and paired against
-SmolLM2's closed-book answers.
+SmolLM2's closed-book answers; per question kind too, with how often the search results name the right
+option alone or both options. Every held-out reply and its search results go to RUN-heldout-replies.jsonl
+beside the run.
 
     python benchmarks/rag.py --chunk-chars 300 --overlap 60 --teach 300 --teach-run runs/rag-taught
 
