@@ -216,7 +216,6 @@ def teach_search(index, n: int, k: int, run: Path, max_new_tokens: int, call_tok
     return out
 
 
-
 MEMORY_PROBE = """
 import json, os, sys
 def rss():  # resident set size, MiB (Linux: /proc/self/statm counts pages)
