@@ -251,6 +251,11 @@ SAME_CHARACTER = {
 }
 
 
+def same_character(title: str, speaker: str) -> set[str]:
+    """The speaker's other tags in the play (SAME_CHARACTER), with the speaker; empty for one tag alone."""
+    return set().union(*(names for names in SAME_CHARACTER.get(title, []) if speaker in names))
+
+
 def _ending_kind(ending: str) -> tuple[int, str]:
     """What a continue question's wrong ending must share with the right one: its syllables (the metre), and how
     it closes (a sentence, a pause, or running on). The asked line is often a short speech's last, so "the
@@ -368,8 +373,8 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
         # a speaker question's wrong option is drawn like its answer, in proportion to the speeches that can be
         # asked (a line of six words or more): drawn uniformly from the cast, "the one who speaks more" was right
         # 63% of the time without the line
-        cast_speeches = [s.speaker for s in play.speeches if s.speaker in cast and _verse_lines(s, 6)]
         cast_at = [(k, s.speaker) for k, s in enumerate(play.speeches) if s.speaker in cast and _verse_lines(s, 6)]
+        cast_speeches = [c for _, c in cast_at]
         said_by: dict[str, set[str]] = {}  # a line said by two characters has two right answers
         for s in play.speeches:
             for verse in s.lines:
@@ -403,8 +408,7 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
             lines, other = _verse_lines(speech, 6), None
             if speech.speaker in cast and lines:
                 line = rng.choice(lines)
-                aliases = [names for names in SAME_CHARACTER.get(play.title, []) if speech.speaker in names]
-                same = said_by[normalise_answer(line)].union(*aliases)
+                same = said_by[normalise_answer(line)] | same_character(play.title, speech.speaker)
                 # drawn among the speeches near this one when there are any (within NEARBY speeches): drawn from
                 # the whole play, "the option who speaks in neighbouring training questions" was right 0.77 of
                 # the time on held-out questions (who is on stage), without the line
@@ -453,8 +457,7 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
                 if lines:
                     passage = "\n".join(f"{w.speaker}: {' '.join(w.lines)}" for w in window)
                     line = rng.choice(lines)
-                    aliases = [names for names in SAME_CHARACTER.get(play.title, []) if target.speaker in names]
-                    wrong_speakers = sorted(speakers - {target.speaker}.union(*aliases))
+                    wrong_speakers = sorted(speakers - {target.speaker} - same_character(play.title, target.speaker))
                     # the line is said once in the passage, however punctuated ("I' the city of kites and crows!--")
                     if wrong_speakers and sum(normalise_answer(line) in normalise_answer(" ".join(w.lines))
                                               for w in window) == 1:
