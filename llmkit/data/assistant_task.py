@@ -22,6 +22,7 @@ hamlet, macbeth and tempest stay unseen), so the knowledge questions are answera
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import random
@@ -412,7 +413,9 @@ def make_questions(plays: list[Play], seed: int = 0, train_per_kind: int = 1000,
                 # drawn among the speeches near this one when there are any (within NEARBY speeches): drawn from
                 # the whole play, "the option who speaks in neighbouring training questions" was right 0.77 of
                 # the time on held-out questions (who is on stage), without the line
-                near = [c for k, c in cast_at if abs(k - s_idx) <= NEARBY and c not in same]
+                around = cast_at[bisect.bisect_left(cast_at, (s_idx - NEARBY,)):
+                                 bisect.bisect_left(cast_at, (s_idx + NEARBY + 1,))]
+                near = [c for _, c in around if c not in same]
                 others = near or [c for c in cast_speeches if c not in same]
                 other = rng.choice(others) if others else None
                 # and a line that names either option is not asked: near the speaker, "the one the line names is
